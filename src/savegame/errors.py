@@ -1,0 +1,82 @@
+"""The errors savegame raises.
+
+Every error is a :class:`StorageError`, so ``except StorageError`` catches all of them::
+
+    StorageError
+    ├── InvalidIdentifierError   (ValueError)   an id, table, schema or prefix refused
+    ├── SerializationError       (ValueError)   a value JSON cannot hold; a wrong session class
+    ├── ConflictError                           the stored version moved on since it was read
+    ├── BackendUnavailableError                 the store is unreachable or locked too long
+    ├── CorruptSessionError                     a stored session cannot be decoded
+    └── MissingDependencyError   (ImportError)  a backend's driver is not installed
+
+Backends translate their driver's exceptions into these at one boundary and re-raise them
+``from`` the original, so the driver's error stays available as ``__cause__``. Reading a session
+that is not there is not an error: ``read`` returns None.
+"""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base class of every error savegame raises."""
+
+
+class InvalidIdentifierError(StorageError, ValueError):
+    """A session id, user id, table, schema or key prefix that savegame refuses."""
+
+
+class SerializationError(StorageError, ValueError):
+    """A session holds a value that cannot be stored faithfully, or is of the wrong class."""
+
+
+class ConflictError(StorageError):
+    """A write named the version it read, and another write had advanced it first.
+
+    Attributes:
+        session_id: the session that was being written.
+        expected: the version the caller said it read (0: "the session must not exist yet").
+        actual: the version found in the store (0: the session is not there).
+    """
+
+    def __init__(self, session_id: str, expected: int, actual: int) -> None:
+        super().__init__(
+            f"session {session_id!r} is at version {actual}, not {expected}: "
+            "another writer changed it since it was read"
+        )
+        self.session_id = session_id
+        self.expected = expected
+        self.actual = actual
+
+
+class BackendUnavailableError(StorageError):
+    """The store could not be reached, or stayed locked past its timeout.
+
+    Nothing was written when a write raises this; retrying later is safe.
+    """
+
+
+class CorruptSessionError(StorageError):
+    """A stored session exists but cannot be decoded (a foreign or damaged record)."""
+
+
+class MissingDependencyError(StorageError, ImportError):
+    """The driver a backend needs is not installed; the message names the extra to install."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        super().__init__(
+            f'this backend needs the {package!r} package: pip install "savegame[{extra}]"'
+        )
+        self.package = package
+        self.extra = extra
+
+
+__all__ = [
+    "BackendUnavailableError",
+    "ConflictError",
+    "CorruptSessionError",
+    "InvalidIdentifierError",
+    "MissingDependencyError",
+    "SerializationError",
+    "StorageError",
+]

@@ -1,0 +1,373 @@
+"""The storage contract, written once over a few primitives that each backend implements.
+
+The public methods (``read``, ``upsert``, ``update``, the listings, ``delete_session``,
+``delete_user``, ``purge_expired``) check their input, apply the rules that hold for every
+backend, and call the primitives:
+
+===========================  ==============================================================
+``_read(session_id)``        the stored record, or None
+``_write(data, expected,     atomically: find the stored header, let :meth:`Storage._stamp`
+now, preserve)``             check the version and stamp the record, write it, return it
+``_list(user, entity,        ids newest ``created_at`` first (ties by id); ``now=None``
+limit, now)``                includes expired sessions
+``_read_many(ids)``          records for ids (default: one ``_read`` each)
+``_delete(session_id)``      True when something was removed
+``_purge_expired(now)``      removes expired sessions, returns how many
+===========================  ==============================================================
+
+A *record* is a session's dict as the storage keeps it: the encoded fields of the session
+(``version`` included) plus ``expires_at`` (unix seconds or None).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar, NamedTuple
+
+from savegame.errors import ConflictError, InvalidIdentifierError, SerializationError
+from savegame.storage.codec import check_id, encode
+from savegame.storage.session import Mode, ModeSpec, Session, mode_spec
+
+Record = dict[str, Any]
+
+
+class Header(NamedTuple):
+    """The part of a stored session a write needs to see before it writes."""
+
+    version: int
+    created_at: int | None
+    expires_at: int | None
+
+
+def is_expired(expires_at: int | None, now: int) -> bool:
+    """Whether a session with this expiry time is gone at ``now``."""
+    return expires_at is not None and expires_at <= now
+
+
+class Storage(ABC):
+    """Saves and loads the sessions of one mode.
+
+    A storage object may be shared between threads. Sessions are values: what ``read``
+    returns and what ``upsert`` was given belong to the caller, and changing them never
+    changes the store.
+
+    Args:
+        mode: ``"agent"``, ``"team"``, ``"workflow"`` or ``"workflow_v2"``; decides the
+            session class and the field ``entity_id`` filters on.
+        expire: when set, a session expires this many seconds after its last write; an
+            expired session is never returned, even before :meth:`purge_expired` removes it.
+    """
+
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    """Optional behaviour this backend declares; the conformance suite tests what is declared.
+
+    ``persistent``: a new storage object on the same location sees what an earlier one wrote.
+    ``processes``: several processes may use one store at once (it can be named by a URL).
+    """
+
+    def __init__(self, mode: Mode | None = "agent", expire: int | None = None) -> None:
+        self._spec = mode_spec(mode)
+        if expire is not None and (not isinstance(expire, int) or expire <= 0):
+            raise ValueError(f"expire must be a positive number of seconds, not {expire!r}")
+        self.expire = expire
+
+    @property
+    def mode(self) -> str:
+        """The kind of sessions this storage holds."""
+        return self._spec.mode
+
+    @mode.setter
+    def mode(self, value: Mode | None) -> None:
+        self._spec = mode_spec(value)
+
+    @property
+    def spec(self) -> ModeSpec:
+        """The row of :data:`savegame.storage.session.MODES` for this storage's mode."""
+        return self._spec
+
+    # -- the contract ---------------------------------------------------------------------
+
+    @abstractmethod
+    def create(self) -> None:
+        """Makes the table, folder or index this storage needs; does nothing if it is there."""
+
+    def table_exists(self) -> bool:
+        """Whether the table (or folder) exists; backends with neither always have one."""
+        return True
+
+    @abstractmethod
+    def drop(self) -> None:
+        """Removes every session of this storage, and nothing that belongs to another."""
+
+    def upgrade_schema(self) -> None:
+        """Brings a table or layout written by an older version up to date, keeping every row.
+
+        Backends whose layout has never changed have nothing to do.
+        """
+
+    def read(self, session_id: str, user_id: str | None = None) -> Session | None:
+        """The stored session, or None when there is none (or it belongs to another user).
+
+        Raises:
+            InvalidIdentifierError: for an id savegame cannot store.
+            BackendUnavailableError: when the store cannot be reached; never None for that.
+            CorruptSessionError: when the stored data cannot be decoded.
+        """
+        check_id(session_id)
+        record = self._read(session_id)
+        if record is None or is_expired(record.get("expires_at"), _now()):
+            return None
+        if user_id is not None and record.get("user_id") != user_id:
+            return None
+        return self._session(record)
+
+    def upsert(self, session: Session, *, expected_version: int | None = None) -> Session:
+        """Stores ``session``, inserting it or replacing the stored one, and returns what is stored.
+
+        ``created_at`` of a session already stored is kept (a new one keeps its own, or gets
+        now); ``updated_at`` becomes now; ``version`` advances by one. When the call returns
+        the session is durable.
+
+        Args:
+            session: a session of this storage's mode.
+            expected_version: the version the caller read (0 for "not stored yet"); when the
+                stored version differs, nothing is written and :class:`ConflictError` is
+                raised. None writes unconditionally (last writer wins).
+
+        Raises:
+            SerializationError: for a value that cannot be stored, or a session of another
+                mode's class; nothing is written.
+            InvalidIdentifierError: for an id savegame cannot store.
+            ConflictError: see ``expected_version``.
+            BackendUnavailableError: when the store cannot be reached or stays locked.
+        """
+        data = self._prepare(session)
+        return self._session(self._write(data, expected_version, _now(), False))
+
+    def restore(self, session: Session) -> Session:
+        """Stores ``session`` keeping its ``created_at``, ``updated_at`` and (at least) version.
+
+        For moving sessions between stores (import, copy): the stored version is the larger
+        of the session's and the one after what is stored, so versions never go back.
+
+        Raises:
+            The same errors as :meth:`upsert`.
+        """
+        data = self._prepare(session)
+        data["version"] = getattr(session, "version", None)
+        return self._session(self._write(data, None, _now(), True))
+
+    def update(
+        self,
+        session_id: str,
+        fn: Callable[[Any], Any],
+        *,
+        max_attempts: int = 50,
+    ) -> Any:
+        """Read-modify-write that never loses another writer's change.
+
+        Reads the session (None when absent), calls ``fn`` with it and writes what ``fn``
+        returns, stating the version it read. When another write came first, it waits a
+        short, random, growing time and does it all again, up to ``max_attempts`` times.
+        ``fn`` may therefore run more than once and should only compute. When ``fn`` returns
+        None nothing is written and the session read is returned.
+
+        Returns:
+            The stored session (or what was read, when ``fn`` returned None).
+
+        Raises:
+            ConflictError: when every attempt met a conflict.
+            InvalidIdentifierError: when ``fn`` returns a session with another id.
+        """
+        check_id(session_id)
+        conflict: ConflictError | None = None
+        for attempt in range(max_attempts):
+            current = self.read(session_id)
+            expected = 0 if current is None else (getattr(current, "version", None) or 1)
+            new = fn(current)
+            if new is None:
+                return current
+            if new.session_id != session_id:
+                raise InvalidIdentifierError(
+                    f"update of {session_id!r} returned a session with id {new.session_id!r}"
+                )
+            try:
+                return self.upsert(new, expected_version=expected)
+            except ConflictError as exc:
+                conflict = exc
+                time.sleep(random.uniform(0, min(0.2, 0.001 * 2**attempt)))
+        assert conflict is not None
+        raise conflict
+
+    def get_all_session_ids(
+        self, user_id: str | None = None, entity_id: str | None = None
+    ) -> list[str]:
+        """Ids of the sessions that match, newest ``created_at`` first (ties by id)."""
+        return self._list(*self._filters(user_id, entity_id), None, _now())
+
+    def get_all_sessions(
+        self, user_id: str | None = None, entity_id: str | None = None
+    ) -> list[Session]:
+        """The sessions that match, newest ``created_at`` first (ties by id)."""
+        user_id, entity_id = self._filters(user_id, entity_id)
+        now = _now()
+        return self._fetch(self._list(user_id, entity_id, None, now), user_id, entity_id, now)
+
+    def get_recent_sessions(
+        self, user_id: str | None = None, entity_id: str | None = None, limit: int | None = 2
+    ) -> list[Session]:
+        """The ``limit`` newest sessions that match (all of them when ``limit`` is None)."""
+        if limit is not None and (not isinstance(limit, int) or limit < 0):
+            raise ValueError(f"limit must be a non-negative int or None, not {limit!r}")
+        user_id, entity_id = self._filters(user_id, entity_id)
+        now = _now()
+        return self._fetch(self._list(user_id, entity_id, limit, now), user_id, entity_id, now)
+
+    def delete_session(self, session_id: str | None = None) -> bool:
+        """Removes exactly that session; returns whether there was one."""
+        if session_id is None:
+            return False
+        return self._delete(check_id(session_id))
+
+    def delete_user(self, user_id: str) -> int:
+        """Removes every session of ``user_id`` (expired ones too); returns how many."""
+        check_id(user_id, "user id")
+        return sum(self._delete(sid) for sid in self._list(user_id, None, None, None))
+
+    def purge_expired(self) -> int:
+        """Removes the sessions whose time has run out; returns how many."""
+        return self._purge_expired(_now())
+
+    def close(self) -> None:
+        """Releases connections and handles; the object must not be used afterwards."""
+
+    def __enter__(self) -> Storage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- what backends share --------------------------------------------------------------
+
+    def _prepare(self, session: Session) -> Record:
+        """Checks ``session`` against the mode and the rules for ids, and encodes it."""
+        cls = self._spec.session_class
+        if not isinstance(session, cls):
+            raise SerializationError(
+                f"this storage is in mode {self.mode!r} and stores {cls.__name__} objects, "
+                f"not {type(session).__name__}"
+            )
+        check_id(session.session_id)
+        for field in ("user_id", self._spec.entity_field):
+            value = getattr(session, field, None)
+            if value is not None:
+                check_id(value, field.replace("_", " "))
+        data = session.to_dict()
+        data.pop("version", None)
+        record: Record = encode(data)
+        return record
+
+    def _stamp(
+        self,
+        data: Record,
+        current: Header | None,
+        expected_version: int | None,
+        now: int,
+        preserve: bool,
+    ) -> Record:
+        """The record to write over ``current``; backends call it inside their atomic step.
+
+        An expired session counts as absent.
+
+        Raises:
+            ConflictError: when ``expected_version`` is set and is not the stored version.
+        """
+        if current is not None and is_expired(current.expires_at, now):
+            current = None
+        actual = 0 if current is None else current.version
+        if expected_version is not None and expected_version != actual:
+            raise ConflictError(data["session_id"], expected_version, actual)
+        record = dict(data)
+        if preserve:
+            record["version"] = max(int(data.get("version") or 1), actual + 1)
+            record["created_at"] = data.get("created_at") or now
+            record["updated_at"] = data.get("updated_at") or now
+        else:
+            record["version"] = actual + 1
+            kept = None if current is None else current.created_at
+            record["created_at"] = kept or data.get("created_at") or now
+            record["updated_at"] = now
+        record["expires_at"] = record["updated_at"] + self.expire if self.expire else None
+        return record
+
+    def _session(self, record: Record) -> Session:
+        if record.get("version") is None:
+            record["version"] = 1
+        session = self._spec.session_class.from_dict(record)
+        assert session is not None
+        return session
+
+    def _filters(self, user_id: str | None, entity_id: str | None) -> tuple[str | None, str | None]:
+        if user_id is not None:
+            check_id(user_id, "user id")
+        if entity_id is not None:
+            check_id(entity_id, self._spec.entity_field.replace("_", " "))
+        return user_id, entity_id
+
+    def _fetch(
+        self, ids: list[str], user_id: str | None, entity_id: str | None, now: int
+    ) -> list[Session]:
+        """Sessions for listed ids, dropping any that vanished or changed since listing."""
+        field = self._spec.entity_field
+        out = []
+        for record in self._read_many(ids):
+            if record is None or is_expired(record.get("expires_at"), now):
+                continue
+            if user_id is not None and record.get("user_id") != user_id:
+                continue
+            if entity_id is not None and record.get(field) != entity_id:
+                continue
+            out.append(self._session(record))
+        return out
+
+    # -- primitives -----------------------------------------------------------------------
+
+    @abstractmethod
+    def _read(self, session_id: str) -> Record | None:
+        """The stored record of ``session_id``, expired or not, or None."""
+
+    @abstractmethod
+    def _write(
+        self, data: Record, expected_version: int | None, now: int, preserve: bool
+    ) -> Record:
+        """Atomically stamps ``data`` over the stored header (:meth:`_stamp`) and stores it.
+
+        Returns the record as stored; the backend keeps no reference to it.
+        """
+
+    @abstractmethod
+    def _list(
+        self, user_id: str | None, entity_id: str | None, limit: int | None, now: int | None
+    ) -> list[str]:
+        """Matching ids, newest ``created_at`` first, ties by id; ``now=None``: expired too."""
+
+    def _read_many(self, ids: Iterable[str]) -> list[Record | None]:
+        return [self._read(sid) for sid in ids]
+
+    @abstractmethod
+    def _delete(self, session_id: str) -> bool:
+        """Removes the session; True when there was one."""
+
+    @abstractmethod
+    def _purge_expired(self, now: int) -> int:
+        """Removes every session expired at ``now``; returns how many."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(mode={self.mode!r})"
+
+
+def _now() -> int:
+    return int(time.time())

@@ -1,0 +1,258 @@
+"""How savegame turns session values into stored text, and which names it accepts.
+
+Values. A session's fields must hold JSON-native data: dicts with string keys, lists, strings,
+finite numbers, booleans and None. A few common types are written in a documented string form
+and read back as that string: ``datetime``/``date``/``time`` in ISO 8601, ``UUID`` and paths as
+``str``, an ``Enum`` member as its value. Tuples are written as lists. Everything else (sets,
+bytes, NaN and infinities, non-string dict keys, arbitrary objects, nesting deeper than
+:data:`MAX_DEPTH`) is refused with :class:`~savegame.errors.SerializationError` before anything
+is written.
+
+Text-safe form. PostgreSQL's JSONB and MySQL's JSON refuse strings holding NUL characters or
+lone surrogates, both of which model output contains. :func:`dumps_text_safe` rewrites each such
+string (and each string that starts with :data:`MARK`, so the rewriting stays reversible) as
+``MARK`` followed by its ASCII JSON literal; :func:`loads_text_safe` restores them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import enum
+import json
+import math
+import re
+import uuid
+from pathlib import PurePath
+from typing import Any
+
+from savegame.errors import InvalidIdentifierError, SerializationError
+
+MAX_DEPTH = 512
+"""How deeply containers may nest in one session, counting the session dict as level 1."""
+
+MAX_ID_LENGTH = 512
+"""The longest session or user id accepted, in characters (MySQL indexes up to 3072 bytes)."""
+
+MARK = "\ufdd0"
+"""A Unicode noncharacter that starts every string rewritten by the text-safe form."""
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+class _Fallback(Exception):
+    """Raised inside ``json.dumps`` to leave the fast path for the exact, slower one."""
+
+
+def _reject(value: object) -> Any:
+    raise _Fallback
+
+
+def encode(value: Any) -> Any:
+    """A JSON-native copy of ``value``, following the rules in this module's docstring.
+
+    The common case (data that is already JSON-native) is checked and copied by the C JSON
+    codec; anything else is walked in Python to convert or to say exactly where it fails.
+
+    Raises:
+        SerializationError: for a value that cannot be stored faithfully, naming its path.
+    """
+    try:
+        text = json.dumps(value, allow_nan=False, default=_reject)
+        copy = json.loads(text)
+    except (_Fallback, ValueError, TypeError, RecursionError):
+        copy = text = None
+    shallow = text is not None and text.count("{") + text.count("[") <= MAX_DEPTH
+    if copy is not None and copy == value and (shallow or _depth_ok(copy)):
+        return copy
+    if not _depth_ok(value):
+        raise SerializationError(f"$: nested deeper than {MAX_DEPTH} levels")
+    return _walk(value, "$", 1)
+
+
+def _depth_ok(value: Any) -> bool:
+    """Whether containers nest at most :data:`MAX_DEPTH` deep; iterative, for any depth."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return False
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list, tuple)))
+    return True
+
+
+def _walk(value: Any, path: str, depth: int) -> Any:
+    if value is None or type(value) in (str, bool, int):
+        return value
+    if isinstance(value, enum.Enum):
+        return _walk(value.value, path, depth)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise SerializationError(f"{path}: {value!r} cannot be stored as JSON")
+        return float(value)
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if isinstance(key, enum.Enum) and isinstance(key.value, str):
+                key = key.value
+            if not isinstance(key, str):
+                raise SerializationError(
+                    f"{path}: dict key {key!r} is a {type(key).__name__}; only string keys "
+                    "can be stored (convert it with str() if that is what you mean)"
+                )
+            out[str(key)] = _walk(item, f"{path}[{key!r}]", depth + 1)
+        return out
+    if isinstance(value, (list, tuple)):
+        items = []
+        for i, item in enumerate(value):
+            items.append(_walk(item, f"{path}[{i}]", depth + 1))
+        return items
+    if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
+        return value.isoformat()
+    if isinstance(value, (uuid.UUID, PurePath)):
+        return str(value)
+    hints: dict[type, str] = {
+        set: "convert it to a sorted list",
+        frozenset: "convert it to a sorted list",
+        bytes: "decode it to str, or encode it with base64",
+        bytearray: "decode it to str, or encode it with base64",
+    }
+    hint = hints.get(type(value), "convert it to JSON-native data (dict, list, str, number, bool)")
+    raise SerializationError(f"{path}: a {type(value).__name__} cannot be stored as JSON; {hint}")
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text of an already encoded value; non-ASCII stays readable where it can."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return text if _encodable(text) else json.dumps(value, separators=(",", ":"))
+
+
+def dumps_pretty(value: Any) -> bytes:
+    """Indented UTF-8 JSON for files a person may read; lone surrogates are \\u-escaped."""
+    text = json.dumps(value, ensure_ascii=False, indent=2)
+    if not _encodable(text):
+        text = json.dumps(value, indent=2)
+    return text.encode("utf-8")
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def loads(text: str | bytes) -> Any:
+    """Parses JSON text written by :func:`dumps` or :func:`dumps_pretty`."""
+    return json.loads(text)
+
+
+def dumps_text_safe(value: Any) -> str:
+    """JSON text with no NUL character and no lone surrogate, for SQL JSON columns.
+
+    Strings that would carry either are rewritten as described in the module docstring.
+    """
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if "\\u0000" in text or MARK in text or not _encodable(text):
+        text = json.dumps(_escape(value), ensure_ascii=False, separators=(",", ":"))
+    return text
+
+
+def loads_text_safe(text: str | bytes) -> Any:
+    """Parses text written by :func:`dumps_text_safe`, restoring rewritten strings."""
+    value = json.loads(text)
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    return _unescape(value) if MARK in text else value
+
+
+def escape_value(value: Any) -> Any:
+    """The text-safe form of an encoded value, for drivers that take Python objects."""
+    return _escape(value)
+
+
+def unescape_value(value: Any) -> Any:
+    """Undoes :func:`escape_value`."""
+    return _unescape(value)
+
+
+def _escape_str(s: str) -> str:
+    if "\x00" in s or s.startswith(MARK) or not _encodable(s):
+        return MARK + json.dumps(s)
+    return s
+
+
+def _escape(value: Any) -> Any:
+    return _map_strings(value, _escape_str)
+
+
+def _unescape_str(s: str) -> str:
+    if s.startswith(MARK):
+        restored = json.loads(s[1:])
+        if isinstance(restored, str):
+            return restored
+    return s
+
+
+def _unescape(value: Any) -> Any:
+    return _map_strings(value, _unescape_str)
+
+
+def _map_strings(value: Any, fn: Any) -> Any:
+    """``value`` with ``fn`` applied to every string and key; one frame per nesting level."""
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            out[fn(key)] = _map_strings(item, fn)
+        return out
+    if isinstance(value, list):
+        items = []
+        for item in value:
+            items.append(_map_strings(item, fn))
+        return items
+    return value
+
+
+def check_id(value: object, what: str = "session id") -> str:
+    """Checks a session, user or entity id: any non-empty string savegame can store everywhere.
+
+    Raises:
+        InvalidIdentifierError: for a non-string, the empty string, a string holding NUL or
+            a lone surrogate, or one longer than :data:`MAX_ID_LENGTH`.
+    """
+    if not isinstance(value, str):
+        raise InvalidIdentifierError(f"{what} must be a str, not {type(value).__name__}")
+    if not value:
+        raise InvalidIdentifierError(f"{what} must not be empty")
+    if "\x00" in value:
+        raise InvalidIdentifierError(f"{what} must not contain NUL characters: {value!r}")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidIdentifierError(
+            f"{what} is {len(value)} characters long; the limit is {MAX_ID_LENGTH}"
+        )
+    if not _encodable(value):
+        raise InvalidIdentifierError(f"{what} is not valid Unicode (lone surrogate): {value!r}")
+    return value
+
+
+def check_name(value: object, what: str, pattern: re.Pattern[str] = _NAME) -> str:
+    """Checks a table, schema or similar name against a strict pattern.
+
+    Raises:
+        InvalidIdentifierError: when ``value`` is not a str matching ``pattern`` in full.
+    """
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise InvalidIdentifierError(
+            f"{what} {value!r} is not allowed: use letters, digits and underscores, "
+            f"starting with a letter or underscore (pattern {pattern.pattern})"
+        )
+    return value

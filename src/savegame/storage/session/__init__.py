@@ -1,0 +1,76 @@
+"""Session classes and the one table that says what each storage mode stores.
+
+Everything that depends on the mode (which class, which field ``entity_id`` filters on, where
+the runs of a session live) is read from :data:`MODES`; no backend branches on the mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from savegame.storage.session.agent import AgentSession
+from savegame.storage.session.base import Session
+from savegame.storage.session.team import TeamSession
+from savegame.storage.session.v2.workflow import WorkflowSession as WorkflowSessionV2
+from savegame.storage.session.workflow import WorkflowSession
+
+Mode = Literal["agent", "team", "workflow", "workflow_v2"]
+
+
+@dataclass(frozen=True)
+class ModeSpec:
+    """What a storage mode stores.
+
+    Attributes:
+        mode: the mode's name.
+        session_class: the class ``read`` returns and ``upsert`` accepts.
+        entity_field: the field that ``entity_id`` filters listings on.
+        runs_path: where the list of runs sits in the session's dict; the SQL and Redis
+            backends keep one row or entry per run there, so that a save writes only what
+            changed.
+    """
+
+    mode: str
+    session_class: type[Session]
+    entity_field: str
+    runs_path: tuple[str, ...]
+
+
+MODES: dict[str, ModeSpec] = {
+    spec.mode: spec
+    for spec in (
+        ModeSpec("agent", AgentSession, "agent_id", ("memory", "runs")),
+        ModeSpec("team", TeamSession, "team_id", ("memory", "runs")),
+        ModeSpec("workflow", WorkflowSession, "workflow_id", ("memory", "runs")),
+        ModeSpec("workflow_v2", WorkflowSessionV2, "workflow_id", ("runs",)),
+    )
+}
+
+AnySession = AgentSession | TeamSession | WorkflowSession | WorkflowSessionV2
+
+
+def mode_spec(mode: str | None) -> ModeSpec:
+    """The spec of ``mode`` (None means ``"agent"``, as in the original).
+
+    Raises:
+        ValueError: for a mode that is not one of :data:`MODES`.
+    """
+    spec = MODES.get("agent" if mode is None else mode)
+    if spec is None:
+        raise ValueError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+    return spec
+
+
+__all__ = [
+    "MODES",
+    "AgentSession",
+    "AnySession",
+    "Mode",
+    "ModeSpec",
+    "Session",
+    "TeamSession",
+    "WorkflowSession",
+    "WorkflowSessionV2",
+    "mode_spec",
+]

@@ -1,0 +1,27 @@
+"""The conformance suite: one contract that every savegame backend must pass.
+
+It ships with the package so that a backend written anywhere can be held to it. A test
+module subclasses the two contract classes and provides two fixtures, both returning a
+:class:`Store`::
+
+    from savegame.testing import BackendContract, ModeContract, Store
+
+    @pytest.fixture(params=["agent", "team", "workflow", "workflow_v2"])
+    def store(request, tmp_path):            # one per backend x mode
+        yield Store("mine", request.param, lambda mode, **kw: MyStorage(tmp_path, mode=mode, **kw))
+
+    @pytest.fixture
+    def backend_store(tmp_path):             # one per backend, mode "agent"
+        yield Store("mine", "agent", ...)
+
+    class TestMine(ModeContract, BackendContract):
+        pass
+
+Tests that need several processes run :mod:`savegame.testing.worker` and need ``Store.url``;
+without one they skip. A test of optional behaviour runs only where the storage class
+declares the capability in :attr:`savegame.storage.base.Storage.capabilities`.
+"""
+
+from savegame.testing.contract import BackendContract, ModeContract, Store
+
+__all__ = ["BackendContract", "ModeContract", "Store"]

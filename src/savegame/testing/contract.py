@@ -1,0 +1,718 @@
+"""The contract tests; see :mod:`savegame.testing` for how to run them on a backend."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from savegame.errors import (
+    ConflictError,
+    InvalidIdentifierError,
+    SerializationError,
+)
+from savegame.storage.base import Storage
+from savegame.storage.session import MODES, Session
+from savegame.testing.sample import check_session, get_path, make_session, set_path
+
+
+@dataclass
+class Store:
+    """One isolated store under test.
+
+    Attributes:
+        backend: a short name for reports.
+        mode: the mode the store is tested in.
+        opener: ``opener(mode, **options)`` opens the *same* store each call, so that a test
+            can close it, open it again and find what it wrote.
+        url: a URL that :func:`savegame.open_storage` opens the same store with in another
+            process; None for stores that live in one process only.
+    """
+
+    backend: str
+    mode: str
+    opener: Callable[..., Storage]
+    url: str | None = None
+    opened: list[Storage] = field(default_factory=list)
+
+    def __call__(self, mode: str | None = None, **options: Any) -> Storage:
+        storage = self.opener(mode or self.mode, **options)
+        self.opened.append(storage)
+        return storage
+
+    def close_all(self) -> None:
+        """Closes every storage the tests opened."""
+        for storage in self.opened:
+            storage.close()
+        self.opened.clear()
+
+    def require(self, capability: str) -> Storage:
+        """A storage of this store, skipping the test unless it declares ``capability``."""
+        storage = self()
+        if capability not in type(storage).capabilities:
+            pytest.skip(f"{self.backend} does not declare {capability!r}")
+        if capability == "processes" and self.url is None:
+            pytest.skip(f"{self.backend} has no URL for other processes")
+        return storage
+
+
+def _spec(store: Store) -> Any:
+    return MODES[store.mode]
+
+
+def _session(store: Store, session_id: str, **fields: Any) -> Session:
+    spec = _spec(store)
+    entity = fields.pop("entity_id", None)
+    data: dict[str, Any] = {"session_id": session_id, **fields}
+    if entity is not None:
+        data[spec.entity_field] = entity
+    session: Session | None = spec.session_class.from_dict(data)
+    assert session is not None
+    return session
+
+
+def _runs_of(store: Store, session: Session) -> Any:
+    return get_path(session.to_dict(), _spec(store).runs_path)
+
+
+def _with_runs(store: Store, session_id: str, runs: Any, **fields: Any) -> Session:
+    data = _session(store, session_id, **fields).to_dict()
+    set_path(data, _spec(store).runs_path, runs)
+    session: Session | None = _spec(store).session_class.from_dict(data)
+    assert session is not None
+    return session
+
+
+def _fields(session: Session) -> dict[str, Any]:
+    data = session.to_dict()
+    for key in ("created_at", "updated_at", "version"):
+        data.pop(key, None)
+    return data
+
+
+def _worker(store: Store, *args: Any) -> list[str]:
+    return [sys.executable, "-m", "savegame.testing.worker", str(store.url), store.mode] + [
+        str(a) for a in args
+    ]
+
+
+def _run_workers(store: Store, commands: list[list[Any]], timeout: float = 240) -> list[str]:
+    procs = [
+        subprocess.Popen(
+            _worker(store, *cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for cmd in commands
+    ]
+    out: list[str] = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=timeout)
+        assert proc.returncode == 0, stderr[-3000:]
+        out.extend(stdout.splitlines())
+    return out
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5)
+    ),
+    max_leaves=30,
+)
+
+
+class Color(enum.Enum):
+    """An enum for the value tests."""
+
+    RED = "red"
+
+
+class ModeContract:
+    """Behaviour every backend shows in every mode; runs on the ``store`` fixture."""
+
+    def test_read_missing_is_none(self, store: Store) -> None:
+        storage = store()
+        storage.create()
+        assert storage.read("no-such-session") is None
+        assert storage.get_all_session_ids() == []
+        assert storage.get_all_sessions() == []
+
+    def test_round_trip_every_field(self, store: Store) -> None:
+        storage = store()
+        storage.create()
+        original = make_session(store.mode, "s1", round_=3)
+        data = original.to_dict()
+        for key in data:
+            if key.endswith("session_id") and key != "session_id":
+                data[key] = f"linked-{key}"
+            if key == "workflow_name":
+                data[key] = "nightly report"
+            if key.endswith("_data") and data[key] is None:
+                data[key] = {"model": "gpt-4o-mini", "nested": {"ünï": ["cödé", 1, 2.0]}}
+        original = type(original).from_dict(data)  # type: ignore[assignment]
+        stored = storage.upsert(original)
+        assert stored.version == 1  # type: ignore[attr-defined]
+        got = storage.read("s1")
+        assert got is not None
+        assert type(got) is _spec(store).session_class
+        assert _fields(got) == _fields(original)
+        assert got.created_at == stored.created_at  # type: ignore[attr-defined]
+        assert got.updated_at == stored.updated_at  # type: ignore[attr-defined]
+        assert isinstance(got.created_at, int)  # type: ignore[attr-defined]
+        check_session(store.mode, got)
+
+    def test_upsert_keeps_created_at_and_sets_updated_at(self, store: Store) -> None:
+        storage = store()
+        first = storage.upsert(_session(store, "s", created_at=1_000, updated_at=1_000))
+        assert first.created_at == 1_000  # type: ignore[attr-defined]
+        assert first.updated_at >= int(time.time()) - 5  # type: ignore[attr-defined]
+        second = storage.upsert(_session(store, "s", created_at=5_000, user_id="u"))
+        assert second.created_at == 1_000  # type: ignore[attr-defined]
+        assert second.updated_at >= first.updated_at  # type: ignore[attr-defined]
+        got = storage.read("s")
+        assert got is not None
+        assert got.created_at == 1_000  # type: ignore[attr-defined]
+        assert got.user_id == "u"  # type: ignore[attr-defined]
+
+    def test_new_session_without_created_at_gets_now(self, store: Store) -> None:
+        before = int(time.time())
+        stored = store().upsert(_session(store, "s"))
+        assert before <= stored.created_at <= int(time.time())  # type: ignore[attr-defined]
+
+    def test_read_checks_user_id(self, store: Store) -> None:
+        storage = store()
+        storage.upsert(_session(store, "s", user_id="alice"))
+        assert storage.read("s", user_id="alice") is not None
+        assert storage.read("s", user_id="bob") is None
+        storage.upsert(_session(store, "t"))
+        assert storage.read("t", user_id="alice") is None
+
+    def test_listing_filters_and_orders_newest_first(self, store: Store) -> None:
+        storage = store()
+        rows = [
+            ("a", "u1", "e1", 100),
+            ("b", "u1", "e2", 300),
+            ("c", "u2", "e1", 200),
+            ("d", "u1", "e1", 400),
+            ("e", None, None, 50),
+        ]
+        for sid, user, entity, created in rows:
+            storage.upsert(_session(store, sid, user_id=user, entity_id=entity, created_at=created))
+        assert storage.get_all_session_ids() == ["d", "b", "c", "a", "e"]
+        assert storage.get_all_session_ids(user_id="u1") == ["d", "b", "a"]
+        assert storage.get_all_session_ids(entity_id="e1") == ["d", "c", "a"]
+        assert storage.get_all_session_ids(user_id="u1", entity_id="e1") == ["d", "a"]
+        assert storage.get_all_session_ids(user_id="nobody") == []
+        assert [s.session_id for s in storage.get_all_sessions(user_id="u1")] == ["d", "b", "a"]
+        recent = storage.get_recent_sessions(user_id="u1")
+        assert [s.session_id for s in recent] == ["d", "b"]
+        assert [s.session_id for s in storage.get_recent_sessions(limit=4)] == [
+            "d",
+            "b",
+            "c",
+            "a",
+        ]
+        assert storage.get_recent_sessions(limit=0) == []
+        everyone = storage.get_all_sessions()
+        assert [s.session_id for s in everyone] == ["d", "b", "c", "a", "e"]
+        assert all(type(s) is _spec(store).session_class for s in everyone)
+
+    def test_listing_ties_are_ordered_by_id(self, store: Store) -> None:
+        storage = store()
+        for sid in ["m", "k", "z", "a"]:
+            storage.upsert(_session(store, sid, created_at=777))
+        assert storage.get_all_session_ids() == ["a", "k", "m", "z"]
+
+    def test_listing_follows_changed_user_and_entity(self, store: Store) -> None:
+        storage = store()
+        storage.upsert(_session(store, "s", user_id="u1", entity_id="e1"))
+        storage.upsert(_session(store, "s", user_id="u2", entity_id="e2"))
+        assert storage.get_all_session_ids(user_id="u1") == []
+        assert storage.get_all_session_ids(entity_id="e1") == []
+        assert storage.get_all_session_ids(user_id="u2", entity_id="e2") == ["s"]
+
+    def test_delete_session_removes_exactly_one(self, store: Store) -> None:
+        storage = store()
+        for sid in ["a", "b", "c"]:
+            storage.upsert(_session(store, sid, user_id="u"))
+        assert storage.delete_session("b") is True
+        assert storage.read("b") is None
+        assert storage.delete_session("b") is False
+        assert sorted(storage.get_all_session_ids()) == ["a", "c"]
+        assert sorted(storage.get_all_session_ids(user_id="u")) == ["a", "c"]
+        assert storage.read("a") is not None
+
+    def test_drop_then_create_gives_an_empty_store(self, store: Store) -> None:
+        storage = store()
+        storage.create()
+        storage.upsert(_session(store, "a"))
+        storage.drop()
+        storage.create()
+        storage.create()
+        assert storage.table_exists()
+        assert storage.read("a") is None
+        assert storage.get_all_session_ids() == []
+        storage.upsert(_session(store, "b"))
+        assert storage.get_all_session_ids() == ["b"]
+
+    def test_reopened_store_keeps_sessions(self, store: Store) -> None:
+        storage = store.require("persistent")
+        storage.upsert(make_session(store.mode, "kept", round_=2))
+        storage.close()
+        again = store()
+        got = again.read("kept")
+        assert got is not None
+        assert check_session(store.mode, got) == 2
+        assert again.get_all_session_ids(user_id="user-1") == ["kept"]
+
+    def test_wrong_session_class_is_refused(self, store: Store) -> None:
+        storage = store()
+        other = next(m for m in MODES if MODES[m].session_class is not _spec(store).session_class)
+        wrong = MODES[other].session_class(session_id="x")
+        with pytest.raises(SerializationError, match=_spec(store).session_class.__name__):
+            storage.upsert(wrong)
+        assert storage.read("x") is None
+
+    def test_versions_advance_and_stale_writes_conflict(self, store: Store) -> None:
+        storage = store()
+        assert storage.upsert(_session(store, "s"), expected_version=0).version == 1  # type: ignore[attr-defined]
+        with pytest.raises(ConflictError) as info:
+            storage.upsert(_session(store, "s", user_id="late"), expected_version=0)
+        assert (info.value.expected, info.value.actual) == (0, 1)
+        v2 = storage.upsert(_session(store, "s", user_id="u2"), expected_version=1)
+        assert v2.version == 2  # type: ignore[attr-defined]
+        with pytest.raises(ConflictError):
+            storage.upsert(_session(store, "s", user_id="stale"), expected_version=1)
+        got = storage.read("s")
+        assert got is not None
+        assert (got.user_id, got.version) == ("u2", 2)  # type: ignore[attr-defined]
+        assert storage.upsert(_session(store, "s", user_id="plain")).version == 3  # type: ignore[attr-defined]
+        with pytest.raises(ConflictError):
+            storage.upsert(_session(store, "missing"), expected_version=4)
+        assert storage.read("missing") is None
+
+    def test_update_reads_modifies_and_writes(self, store: Store) -> None:
+        storage = store()
+
+        def bump(session: Any) -> Any:
+            if session is None:
+                return _session(store, "c", session_data={"counter": 1})
+            session.session_data["counter"] += 1
+            return session
+
+        for _ in range(3):
+            result = storage.update("c", bump)
+        assert result.session_data == {"counter": 3}
+        assert result.version == 3
+        assert storage.update("c", lambda s: None).version == 3
+        with pytest.raises(InvalidIdentifierError):
+            storage.update("c", lambda s: _session(store, "other"))
+
+    def test_sessions_are_values(self, store: Store) -> None:
+        storage = store()
+        given = make_session(store.mode, "v", round_=1)
+        stored = storage.upsert(given)
+        _runs_of(store, given).append({"run_id": "sneaky"})
+        given.session_data["round"] = 99  # type: ignore[attr-defined]
+        _runs_of(store, stored).clear()
+        first = storage.read("v")
+        assert first is not None
+        first.session_data["round"] = 42  # type: ignore[attr-defined]
+        _runs_of(store, first).append({"run_id": "sneaky"})
+        again = storage.read("v")
+        assert again is not None
+        assert check_session(store.mode, again) == 1
+        listed = storage.get_all_sessions()
+        listed[0].session_data.clear()  # type: ignore[attr-defined]
+        final = storage.read("v")
+        assert final is not None
+        assert check_session(store.mode, final) == 1
+
+    def test_runs_round_trip_as_they_grow_change_and_shrink(self, store: Store) -> None:
+        storage = store()
+
+        def check(runs: Any) -> None:
+            session = _with_runs(store, "r", runs, user_id="u")
+            storage.upsert(session)
+            got = storage.read("r")
+            assert got is not None
+            assert _runs_of(store, got) == runs
+            assert _fields(got) == _fields(session)
+
+        runs = [{"run_id": str(i), "content": f"turn {i}", "n": i} for i in range(5)]
+        check(runs)
+        runs = [*runs, {"run_id": "5", "content": "ünïcödé ✓ 🎲"}]
+        check(runs)
+        runs[2] = {"run_id": "2", "content": "edited in place", "extra": {"deep": [1, [2]]}}
+        check(runs)
+        check(runs[:2])
+        check([])
+        check([{"run_id": "x"}, "not a dict", 7, None, ["nested", "list"], {"run_id": "x"}])
+        check(list(reversed(runs)))
+        check(None)
+
+    def test_memory_without_runs_round_trips(self, store: Store) -> None:
+        if _spec(store).runs_path[0] != "memory":
+            pytest.skip("this mode keeps runs outside memory")
+        storage = store()
+        memories: list[Any] = [{"history": [1, 2]}, {}, None, {"runs": "inline text"}, {"runs": {}}]
+        for memory in memories:
+            session = _session(store, "m", memory=memory)
+            storage.upsert(session)
+            got = storage.read("m")
+            assert got is not None
+            assert got.memory == memory  # type: ignore[attr-defined]
+
+    def test_delete_user_erases_every_session_of_that_user(self, store: Store) -> None:
+        storage = store()
+        for i in range(5):
+            storage.upsert(_session(store, f"gone{i}", user_id="erase-me", entity_id="e"))
+        storage.upsert(_session(store, "kept", user_id="keep-me", entity_id="e"))
+        assert storage.delete_user("erase-me") == 5
+        assert storage.get_all_session_ids(user_id="erase-me") == []
+        assert storage.get_all_session_ids(entity_id="e") == ["kept"]
+        assert all(storage.read(f"gone{i}") is None for i in range(5))
+        assert storage.delete_user("erase-me") == 0
+        assert storage.read("kept") is not None
+
+
+ODD_IDS = [
+    "../escape",
+    "a/b",
+    "/abs",
+    "..",
+    ".",
+    "line\nbreak",
+    "tab\there",
+    "emoji 🎲 ✓",
+    "x" * 300,
+    "C:\\windows\\path",
+    "spaces and 'quotes' \"double\"",
+    "%2e%2e%2f",
+    "CON",
+    "ends with dot.",
+    "-leading-dash",
+    "{hash}:tag",
+    "*",
+]
+
+
+class BackendContract:
+    """Behaviour that does not depend on the mode; runs on the ``backend_store`` fixture."""
+
+    @pytest.mark.parametrize("session_id", ODD_IDS)
+    def test_any_session_id_round_trips(self, backend_store: Store, session_id: str) -> None:
+        storage = backend_store()
+        session = make_session(backend_store.mode, session_id, round_=1)
+        storage.upsert(session)
+        got = storage.read(session_id)
+        assert got is not None
+        assert got.session_id == session_id
+        assert check_session(backend_store.mode, got) == 1
+        assert storage.get_all_session_ids(user_id="user-1") == [session_id]
+        assert storage.delete_session(session_id) is True
+        assert storage.read(session_id) is None
+
+    def test_odd_ids_live_side_by_side(self, backend_store: Store) -> None:
+        storage = backend_store()
+        for i, sid in enumerate(ODD_IDS):
+            storage.upsert(_session(backend_store, sid, created_at=1000 + i))
+        assert storage.get_all_session_ids() == list(reversed(ODD_IDS))
+
+    @pytest.mark.parametrize("bad", ["", "nul\x00byte", "\x00", "lone \udc80 surrogate"])
+    def test_invalid_ids_are_refused(self, backend_store: Store, bad: str) -> None:
+        storage = backend_store()
+        storage.upsert(_session(backend_store, "ok"))
+        with pytest.raises(InvalidIdentifierError):
+            storage.upsert(_session(backend_store, bad))
+        with pytest.raises(InvalidIdentifierError):
+            storage.read(bad)
+        with pytest.raises(InvalidIdentifierError):
+            storage.delete_session(bad)
+        with pytest.raises(InvalidIdentifierError):
+            storage.upsert(_session(backend_store, "s", user_id=bad))
+        with pytest.raises(InvalidIdentifierError):
+            storage.get_all_session_ids(user_id=bad)
+        assert storage.get_all_session_ids() == ["ok"]
+
+    def test_documented_conversions(self, backend_store: Store) -> None:
+        storage = backend_store()
+        when = dt.datetime(2024, 5, 17, 13, 45, 30, 123456, tzinfo=dt.timezone.utc)
+        ident = uuid.UUID("12345678-1234-5678-1234-567812345678")
+        data = {"when": when, "day": when.date(), "id": ident, "color": Color.RED, "pair": (1, 2)}
+        storage.upsert(_session(backend_store, "conv", session_data=data))
+        got = storage.read("conv")
+        assert got is not None
+        assert got.session_data == {  # type: ignore[attr-defined]
+            "when": "2024-05-17T13:45:30.123456+00:00",
+            "day": "2024-05-17",
+            "id": "12345678-1234-5678-1234-567812345678",
+            "color": "red",
+            "pair": [1, 2],
+        }
+
+    @pytest.mark.parametrize(
+        ("value", "words"),
+        [
+            ({1, 2}, "set"),
+            (b"bytes", "bytes"),
+            (math.nan, "nan"),
+            (math.inf, "inf"),
+            (object(), "object"),
+            ({1: "int key"}, "key"),
+            ({"deep": [{"x": frozenset()}]}, "frozenset"),
+        ],
+    )
+    def test_unstorable_values_are_refused_and_the_store_is_unchanged(
+        self, backend_store: Store, value: Any, words: str
+    ) -> None:
+        storage = backend_store()
+        before = storage.upsert(_session(backend_store, "s", session_data={"ok": 1}))
+        with pytest.raises(SerializationError, match=words):
+            storage.upsert(_session(backend_store, "s", session_data={"bad": value}))
+        with pytest.raises(SerializationError):
+            storage.upsert(_session(backend_store, "new", session_data={"bad": value}))
+        got = storage.read("s")
+        assert got is not None
+        assert got.session_data == {"ok": 1}  # type: ignore[attr-defined]
+        assert got.version == before.version  # type: ignore[attr-defined]
+        assert storage.read("new") is None
+        assert storage.get_all_session_ids() == ["s"]
+
+    def test_awkward_strings_round_trip(self, backend_store: Store) -> None:
+        storage = backend_store()
+        awkward = {
+            "nul": "before\x00after",
+            "lone": "half \udc80 a pair \ud83d",
+            "keys": {"k\x00ey": 1, "\udcff": 2, "\ufdd0marked": 3},
+            "mark": "\ufdd0 looks escaped",
+            "marked json": '\ufdd0"x"',
+            "controls": "".join(chr(i) for i in range(32)),
+            "unicode": "日本語 العربية עברית 🎲👩‍👩‍👧 e\u0301",
+            "big": 2**62,
+            "neg": -(2**53) - 1,
+            "float": 0.1,
+            "tiny": 5e-324,
+            "bools": [True, False, None],
+            "empty": ["", {}, []],
+        }
+        storage.upsert(_session(backend_store, "awk", session_data=awkward, user_id="ü 🎲"))
+        got = storage.read("awk")
+        assert got is not None
+        assert got.session_data == awkward  # type: ignore[attr-defined]
+        assert storage.get_all_session_ids(user_id="ü 🎲") == ["awk"]
+
+    def test_large_and_deep_values(self, backend_store: Store) -> None:
+        storage = backend_store()
+        big = "🎲abc\x00" * (20 * 1024 * 1024 // 8)
+        storage.upsert(_session(backend_store, "big", session_data={"blob": big}))
+        got = storage.read("big")
+        assert got is not None
+        assert got.session_data["blob"] == big  # type: ignore[attr-defined]
+        deep: Any = "bottom"
+        for i in range(500):
+            deep = {f"k{i % 3}": deep}
+        storage.upsert(_session(backend_store, "deep", session_data=deep))
+        got = storage.read("deep")
+        assert got is not None
+        assert got.session_data == deep  # type: ignore[attr-defined]
+        too_deep: Any = []
+        for _ in range(600):
+            too_deep = [too_deep]
+        with pytest.raises(SerializationError, match="deeper"):
+            storage.upsert(_session(backend_store, "deep", session_data={"x": too_deep}))
+        storage.upsert(_session(backend_store, "after", session_data={"fine": True}))
+        assert storage.read("after") is not None
+        assert sorted(storage.get_all_session_ids()) == ["after", "big", "deep"]
+
+    @settings(
+        max_examples=25,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(value=JSON_VALUES)
+    def test_any_json_value_round_trips(self, backend_store: Store, value: Any) -> None:
+        storage = backend_store()
+        storage.upsert(_session(backend_store, "prop", session_data={"v": value}))
+        got = storage.read("prop")
+        assert got is not None
+        assert got.session_data == {"v": value}  # type: ignore[attr-defined]
+
+    def test_expiry_hides_then_purges(self, backend_store: Store) -> None:
+        storage = backend_store(expire=1)
+        storage.upsert(_session(backend_store, "short", user_id="u"))
+        assert storage.read("short") is not None
+        time.sleep(2.1)
+        assert storage.read("short") is None
+        assert storage.get_all_session_ids() == []
+        assert storage.get_all_session_ids(user_id="u") == []
+        assert storage.get_recent_sessions(user_id="u") == []
+        storage.purge_expired()
+        assert storage.read("short") is None
+        storage.upsert(_session(backend_store, "fresh"))
+        assert storage.get_all_session_ids() == ["fresh"]
+        lasting = backend_store()
+        lasting.upsert(_session(backend_store, "lasting"))
+        assert storage.purge_expired() == 0
+        assert sorted(lasting.get_all_session_ids()) == ["fresh", "lasting"]
+
+    def test_threads_share_one_storage(self, backend_store: Store) -> None:
+        storage = backend_store()
+        errors: list[Exception] = []
+
+        def work(t: int) -> None:
+            try:
+                for i in range(25):
+                    storage.upsert(make_session(backend_store.mode, f"t{t}-{i}", round_=i % 3))
+                    got = storage.read(f"t{t}-{i}")
+                    assert got is not None
+                    check_session(backend_store.mode, got)
+            except Exception as exc:  # noqa: BLE001 - handed to the main thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert len(storage.get_all_session_ids(user_id="user-1")) == 150
+
+    def test_threads_update_one_counter(self, backend_store: Store) -> None:
+        storage = backend_store()
+
+        def bump(session: Any) -> Any:
+            if session is None:
+                return _session(backend_store, "counter", session_data={"counter": 1})
+            session.session_data["counter"] += 1
+            return session
+
+        threads = [
+            threading.Thread(target=lambda: [storage.update("counter", bump) for _ in range(20)])
+            for _ in range(4)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        got = storage.read("counter")
+        assert got is not None
+        assert got.session_data == {"counter": 80}  # type: ignore[attr-defined]
+
+    def test_another_process_reads_what_this_one_wrote(self, backend_store: Store) -> None:
+        storage = backend_store.require("processes")
+        _run_workers(backend_store, [["write", "restart-", 20, 2, 256]])
+        ids = storage.get_all_session_ids(user_id="user-1")
+        assert sorted(ids) == sorted(f"restart-{i}" for i in range(20))
+        for sid in ids:
+            got = storage.read(sid)
+            assert got is not None
+            assert check_session(backend_store.mode, got, 256) == 1
+
+    def test_four_processes_write_1200_sessions(self, backend_store: Store) -> None:
+        storage = backend_store.require("processes")
+        out = _run_workers(backend_store, [["write", f"p{p}-", 300, 1, 64] for p in range(4)])
+        assert len(out) == 1200
+        ids = storage.get_all_session_ids()
+        assert len(ids) == 1200
+        assert sorted(ids) == sorted(f"p{p}-{i}" for p in range(4) for i in range(300))
+        assert len(storage.get_all_session_ids(user_id="user-1", entity_id="entity-1")) == 1200
+
+    def test_four_processes_increment_one_counter(self, backend_store: Store) -> None:
+        storage = backend_store.require("processes")
+        storage.upsert(_session(backend_store, "counter", session_data={"counter": 0}))
+        _run_workers(backend_store, [["increment", "counter", 200, "safe"]] * 4)
+        got = storage.read("counter")
+        assert got is not None
+        assert got.session_data == {"counter": 800}  # type: ignore[attr-defined]
+        assert got.version == 801  # type: ignore[attr-defined]
+
+    def test_plain_upserts_lose_updates_that_update_keeps(self, backend_store: Store) -> None:
+        storage = backend_store.require("processes")
+        storage.upsert(_session(backend_store, "plain", session_data={"counter": 0}))
+        _run_workers(backend_store, [["increment", "plain", 200, "plain"]] * 4)
+        got = storage.read("plain")
+        assert got is not None
+        counter = got.session_data["counter"]  # type: ignore[attr-defined]
+        assert 200 <= counter <= 800
+        assert got.version == 801  # type: ignore[attr-defined]
+        print(f"{backend_store.backend}: plain read+upsert kept {counter} of 800 increments")
+
+    def test_kill_9_never_loses_an_acknowledged_write(self, backend_store: Store) -> None:
+        backend_store.require("processes")
+        rng = random.Random(os.getpid())
+        acked: dict[str, int] = {}
+        for attempt in range(20):
+            proc = subprocess.Popen(
+                _worker(backend_store, "write", f"k{attempt}-", 8, 1000, 2048),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            assert proc.stdout is not None
+            first = proc.stdout.readline()
+            assert first, "the worker wrote nothing"
+            time.sleep(rng.uniform(0, 0.15))
+            proc.send_signal(signal.SIGKILL)
+            rest, _ = proc.communicate(timeout=60)
+            for line in [first, *rest.splitlines()]:
+                if line.strip():
+                    sid, acked_round = line.rsplit(" ", 1)
+                    acked[sid] = max(acked.get(sid, -1), int(acked_round))
+        storage = backend_store()
+        listed = set(storage.get_all_session_ids())
+        for sid, last in acked.items():
+            got = storage.read(sid)
+            assert got is not None, f"{sid} was acknowledged and is gone"
+            assert check_session(backend_store.mode, got, 2048) >= last
+            assert sid in listed
+        storage.get_all_sessions(user_id="user-1")
+
+    def test_readers_never_see_a_torn_session(self, backend_store: Store) -> None:
+        storage = backend_store.require("processes")
+        storage.upsert(make_session(backend_store.mode, "torn", 0, 512))
+        proc = subprocess.Popen(
+            _worker(backend_store, "churn", "torn", 300, 512),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        reads = 0
+        while proc.poll() is None and reads < 5000:
+            got = storage.read("torn")
+            assert got is not None
+            check_session(backend_store.mode, got, 512)
+            for listed in storage.get_recent_sessions(limit=1):
+                check_session(backend_store.mode, listed, 512)
+            reads += 1
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr[-3000:]
+        assert reads > 0
+
+    def test_upgrade_schema_on_a_current_store_changes_nothing(self, backend_store: Store) -> None:
+        storage = backend_store()
+        storage.upsert(make_session(backend_store.mode, "u", 2))
+        storage.upgrade_schema()
+        storage.upgrade_schema()
+        got = storage.read("u")
+        assert got is not None
+        assert check_session(backend_store.mode, got) == 2
+        assert got.version == 1  # type: ignore[attr-defined]

@@ -1,0 +1,78 @@
+"""A process that works on a store, for the conformance suite's crash and concurrency tests.
+
+Run as ``python -m savegame.testing.worker URL MODE COMMAND ARGS...``. It prints one line per
+acknowledged write and flushes it, so a parent that kills it knows exactly which writes had
+returned.
+
+Commands:
+    write PREFIX COUNT ROUNDS SIZE   upsert sessions PREFIX0..PREFIX{COUNT-1}, ROUNDS times
+                                     each, printing "ID ROUND" after each write returns
+    increment SESSION_ID COUNT MODE  add 1 to session_data["counter"] COUNT times, with
+                                     ``update`` (MODE safe) or read + upsert (MODE plain)
+    churn SESSION_ID ROUNDS SIZE     rewrite one sample session for ROUNDS rounds, alternating
+                                     growing and shrinking runs, printing each round
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from savegame.storage.url import open_storage
+from savegame.testing.sample import make_session
+
+
+def _write(storage: Any, mode: str, prefix: str, count: int, rounds: int, size: int) -> None:
+    for round_ in range(rounds):
+        for i in range(count):
+            sid = f"{prefix}{i}"
+            storage.upsert(make_session(mode, sid, round_, size))
+            print(sid, round_, flush=True)
+
+
+def _bump(session: Any) -> Any:
+    data = dict(session.session_data or {})
+    data["counter"] = data.get("counter", 0) + 1
+    session.session_data = data
+    return session
+
+
+def _increment(storage: Any, mode: str, session_id: str, count: int, how: str) -> None:
+    for _ in range(count):
+        if how == "safe":
+            storage.update(session_id, _bump)
+        else:
+            current = storage.read(session_id)
+            storage.upsert(_bump(current))
+    print("done", flush=True)
+
+
+def _churn(storage: Any, mode: str, session_id: str, rounds: int, size: int) -> None:
+    for round_ in range(rounds):
+        shape = round_ % 7 if round_ % 2 else round_ % 13
+        session = make_session(mode, session_id, shape, size)
+        storage.upsert(session)
+        print(session_id, shape, flush=True)
+
+
+def main(argv: list[str]) -> int:
+    """Runs one command; see the module docstring."""
+    url, mode, command, *args = argv
+    storage = open_storage(url, mode=mode)
+    try:
+        if command == "write":
+            _write(storage, mode, args[0], int(args[1]), int(args[2]), int(args[3]))
+        elif command == "increment":
+            _increment(storage, mode, args[0], int(args[1]), args[2])
+        elif command == "churn":
+            _churn(storage, mode, args[0], int(args[1]), int(args[2]))
+        else:
+            print(f"unknown command {command!r}", file=sys.stderr)
+            return 2
+    finally:
+        storage.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,38 @@
+"""Fixtures every test file can use: a store of each backend, in each mode."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from savegame.storage.session import MODES
+from savegame.testing import Store
+from tests.stores import Backend, backend_params
+
+
+@pytest.fixture(params=backend_params())
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """One backend: the suite runs once per entry of ``tests.stores.BACKENDS``."""
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture(params=list(MODES))
+def mode(request: pytest.FixtureRequest) -> str:
+    """One storage mode."""
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def store(backend: Backend, mode: str, tmp_path: Path) -> Iterator[Store]:
+    """An isolated store of every backend, in every mode."""
+    with backend.make(tmp_path, mode) as made:
+        yield made
+
+
+@pytest.fixture
+def backend_store(backend: Backend, tmp_path: Path) -> Iterator[Store]:
+    """An isolated store of every backend, in mode ``agent``."""
+    with backend.make(tmp_path, "agent") as made:
+        yield made

@@ -1,0 +1,83 @@
+"""Every backend savegame tests, as a way to open an isolated store of it.
+
+Each entry makes a :class:`savegame.testing.Store` for one test: a namespace of its own (a
+temporary folder, a unique table, schema or key prefix), removed when the test ends. A
+backend joins the conformance suite, the CLI tests and the runtime tests by adding one entry
+to :data:`BACKENDS`.
+
+Server backends read their address from ``SAVEGAME_TEST_REDIS_URL``,
+``SAVEGAME_TEST_POSTGRES_URL`` and ``SAVEGAME_TEST_MYSQL_URL``. Where the server cannot be
+reached their tests skip, saying how to point them at one, unless
+``SAVEGAME_REQUIRE_SERVICES=1`` (set by CI), which makes them fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from savegame.storage.base import Storage
+from savegame.storage.in_memory import InMemoryStorage
+from savegame.testing import Store
+
+
+def unique(prefix: str = "t") -> str:
+    """A name no other test run uses: for tables, schemas, key prefixes."""
+    return f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:10]}"
+
+
+def require_service(name: str, variable: str, default: str, probe: Callable[[str], Any]) -> str:
+    """The server's URL, after checking it answers; skips (or fails under CI) when it doesn't."""
+    url = os.environ.get(variable, default)
+    try:
+        probe(url)
+    except Exception as exc:
+        message = (
+            f"{name} is not reachable at {url} ({type(exc).__name__}: {exc}); "
+            f"start one or set {variable} to the URL of one"
+        )
+        if os.environ.get("SAVEGAME_REQUIRE_SERVICES") == "1":
+            pytest.fail(message + " (SAVEGAME_REQUIRE_SERVICES=1: servers are required)")
+        pytest.skip(message)
+    return url
+
+
+@dataclass
+class Backend:
+    """How to make a fresh, isolated store of one backend.
+
+    ``make(tmp_path, mode)`` is a context manager yielding a :class:`Store` and removing its
+    namespace afterwards.
+    """
+
+    name: str
+    make: Callable[[Path, str], Any]
+
+
+@contextmanager
+def _memory(tmp_path: Path, mode: str) -> Iterator[Store]:
+    shared: dict[str, Any] = {}
+
+    def opener(mode: str, **options: Any) -> Storage:
+        return InMemoryStorage(mode=mode, storage_dict=shared, **options)  # type: ignore[arg-type]
+
+    store = Store("memory", mode, opener)
+    yield store
+    store.close_all()
+
+
+BACKENDS: list[Backend] = [
+    Backend("memory", _memory),
+]
+
+
+def backend_params() -> list[Any]:
+    """pytest params for every backend, each marked with its name."""
+    return [pytest.param(b, id=b.name) for b in BACKENDS]
