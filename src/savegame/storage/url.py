@@ -3,20 +3,24 @@
 Each scheme maps to a ``from_url`` function in its backend's module, imported only when used,
 so naming a Redis URL without redis-py installed raises the error that says what to install.
 
-=====================================  ===============================================
-``sqlite:///relative.db``              SQLite file (``sqlite:////abs/path.db`` absolute,
-                                       ``sqlite://`` in memory)
-``json:///dir``, ``yaml:///dir``       one file per session in ``dir`` (``json:////abs``)
-``memory://``                          a new in-memory store
-``redis://[:pw@]host:port/db``         Redis (``rediss://`` with TLS,
-                                       ``redis+cluster://`` a Redis Cluster)
-``postgresql+psycopg://user@host/db``  PostgreSQL (``?schema=`` defaults to ``ai``)
-``mysql+pymysql://user@host/db``       MySQL or MariaDB
-=====================================  ===============================================
+=======================================  =============================================
+``sqlite:///relative.db``                SQLite file (``sqlite:////abs/path.db`` absolute,
+                                         ``sqlite://`` in memory)
+``json:///dir``, ``yaml:///dir``         one file per session in ``dir`` (``json:////abs``)
+``memory://``                            a new, empty in-memory store
+``redis://[:password@]host:port/db``     Redis (``rediss://`` with TLS,
+                                         ``redis+cluster://`` a Redis Cluster)
+``postgresql+psycopg://user@host/db``    PostgreSQL (``?schema=`` defaults to ``ai``)
+``mysql+pymysql://user@host/db``         MySQL or MariaDB
+=======================================  =============================================
 
-Query parameters every scheme takes: ``table`` (SQL; default ``<mode>_sessions``), ``prefix``
-(Redis; default ``savegame:<mode>``), ``expire`` (seconds). Keyword arguments given to
-:func:`open_storage` win over the URL's.
+Query parameters: ``table`` (SQL schemes; default ``<mode>_sessions``, so ``agent_sessions``),
+``prefix`` (Redis; default ``savegame:<mode>``), ``expire`` (seconds, every scheme). Keyword
+arguments given to :func:`open_storage` win over the URL's.
+
+The table or prefix is the store's *namespace*. A SQL or Redis URL without one names one store
+per mode (``agent_sessions``, ``team_sessions``, ...); with one, or for a folder, it names a
+single store, holding sessions of the mode it was written in (:attr:`StorageURL.per_mode`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from savegame.errors import InvalidIdentifierError
 from savegame.storage.base import Storage
@@ -45,18 +49,39 @@ SCHEMES: dict[str, str] = {
 }
 """URL scheme → the backend module whose ``from_url(url: StorageURL) -> Storage`` opens it."""
 
+NAMESPACES: dict[str, tuple[str, str]] = {
+    "sqlite": ("table", "{mode}_sessions"),
+    "postgresql": ("table", "{mode}_sessions"),
+    "postgresql+psycopg": ("table", "{mode}_sessions"),
+    "mysql": ("table", "{mode}_sessions"),
+    "mysql+pymysql": ("table", "{mode}_sessions"),
+    "redis": ("prefix", "savegame:{mode}"),
+    "rediss": ("prefix", "savegame:{mode}"),
+    "redis+cluster": ("prefix", "savegame:{mode}"),
+}
+"""Scheme → (the query parameter naming the store inside the server, its default by mode).
+
+Schemes not listed (folders, memory) name one store with the URL alone.
+"""
+
 
 @dataclass
 class StorageURL:
     """A parsed storage URL, handed to a backend's ``from_url``.
 
+    Backends take the options they understand with :meth:`pop_int`, :meth:`pop_namespace` or
+    ``options.pop``.
+
     Attributes:
-        raw: the URL as given, without the query parameters savegame consumed.
+        raw: the URL as given, without its query.
         scheme: the scheme, lower case.
-        path: for file-like schemes, the path after ``scheme://`` with one ``/`` removed
-            (``sqlite:///a.db`` → ``a.db``, ``sqlite:////a.db`` → ``/a.db``).
+        path: for file-like schemes, the path after ``scheme://`` with one ``/`` removed and
+            percent-escapes decoded (``sqlite:///a.db`` → ``a.db``, ``sqlite:////a.db`` →
+            ``/a.db``).
         mode: the storage mode.
         options: query parameters and keyword arguments, keyword arguments winning.
+        per_mode: whether each mode gets a store of its own at this URL: a SQL or Redis URL
+            that names no table or prefix.
     """
 
     raw: str
@@ -64,9 +89,14 @@ class StorageURL:
     path: str
     mode: str
     options: dict[str, Any] = field(default_factory=dict)
+    per_mode: bool = False
 
     def pop_int(self, name: str) -> int | None:
-        """Removes option ``name`` and returns it as an int (None when absent)."""
+        """Removes option ``name`` and returns it as an int (None when absent).
+
+        Raises:
+            InvalidIdentifierError: when the value is not a whole number.
+        """
         value = self.options.pop(name, None)
         if value is None or isinstance(value, int):
             return value
@@ -77,6 +107,22 @@ class StorageURL:
                 f"{name}={value!r} in storage URL must be a whole number"
             ) from None
 
+    def pop_namespace(self) -> str:
+        """Removes the ``table`` or ``prefix`` option and returns it, or its default for the mode.
+
+        Raises:
+            InvalidIdentifierError: for a scheme that has no namespace option, or an empty one.
+        """
+        if self.scheme not in NAMESPACES:
+            raise InvalidIdentifierError(f"{self.scheme}:// URLs take no table or prefix")
+        name, default = NAMESPACES[self.scheme]
+        value = self.options.pop(name, None)
+        if value is None:
+            return default.format(mode=self.mode)
+        if not isinstance(value, str) or not value:
+            raise InvalidIdentifierError(f"{name}= in storage URL must not be empty")
+        return value
+
 
 def parse_url(url: str, mode: Mode | str = "agent", **options: Any) -> StorageURL:
     """Splits ``url`` into what a backend needs.
@@ -84,6 +130,7 @@ def parse_url(url: str, mode: Mode | str = "agent", **options: Any) -> StorageUR
     Raises:
         InvalidIdentifierError: for a string that is not a URL of a known scheme; the
             message lists the schemes.
+        ValueError: for an unknown mode.
     """
     mode_spec(mode)
     if not isinstance(url, str) or "://" not in url:
@@ -94,27 +141,50 @@ def parse_url(url: str, mode: Mode | str = "agent", **options: Any) -> StorageUR
     scheme = scheme.lower()
     if scheme not in SCHEMES:
         raise InvalidIdentifierError(
-            f"unknown storage URL scheme {scheme!r} in {url!r}; known schemes: {_schemes()}"
+            f"unknown storage URL scheme {scheme!r} in {redact(url)!r}; known schemes: {_schemes()}"
         )
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    try:
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False))
+    except ValueError as exc:
+        raise InvalidIdentifierError(f"malformed storage URL {redact(url)!r}: {exc}") from None
     raw = url.split("?", 1)[0]
-    path = rest.split("?", 1)[0]
+    path = unquote(rest.split("?", 1)[0])
     path = path[1:] if path.startswith("/") else path
-    return StorageURL(raw, scheme, path, str(mode), {**query, **options})
+    merged = {**query, **options}
+    namespace = NAMESPACES.get(scheme)
+    per_mode = namespace is not None and namespace[0] not in merged
+    return StorageURL(raw, scheme, path, str(mode), merged, per_mode)
 
 
 def open_storage(url: str, mode: Mode | str = "agent", **options: Any) -> Storage:
     """Opens the store that ``url`` names, for sessions of ``mode``.
 
+    Nothing is created: call ``create()`` on the storage before writing to a new store.
+
     Raises:
-        InvalidIdentifierError: for a malformed URL or an unknown scheme.
+        InvalidIdentifierError: for a malformed URL, an unknown scheme or a bad option.
+        ValueError: for an unknown mode.
         MissingDependencyError: when the backend's driver is not installed.
     """
     parsed = parse_url(url, mode, **options)
     module = importlib.import_module(SCHEMES[parsed.scheme])
     storage: Storage = module.from_url(parsed)
     return storage
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if not password:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def _schemes() -> str:
