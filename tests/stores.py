@@ -24,7 +24,10 @@ from typing import Any
 import pytest
 
 from savegame.storage.base import Storage
+from savegame.storage.files import FileStorage
 from savegame.storage.in_memory import InMemoryStorage
+from savegame.storage.json import JsonStorage
+from savegame.storage.yaml import YamlStorage
 from savegame.testing import Store
 
 
@@ -73,8 +76,25 @@ def _memory(tmp_path: Path, mode: str) -> Iterator[Store]:
     store.close_all()
 
 
+def _files(name: str, storage_class: type[FileStorage]) -> Callable[[Path, str], Any]:
+    @contextmanager
+    def make(tmp_path: Path, mode: str) -> Iterator[Store]:
+        folder = tmp_path / f"{name}-store"
+
+        def opener(mode: str, **options: Any) -> Storage:
+            return storage_class(folder, mode=mode, **options)  # type: ignore[arg-type]
+
+        store = Store(name, mode, opener, url=f"{name}:///{folder}")
+        yield store
+        store.close_all()
+
+    return make
+
+
 BACKENDS: list[Backend] = [
     Backend("memory", _memory),
+    Backend("json", _files("json", JsonStorage)),
+    Backend("yaml", _files("yaml", YamlStorage)),
 ]
 
 

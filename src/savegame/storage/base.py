@@ -41,6 +41,11 @@ class Header(NamedTuple):
     created_at: int | None
     expires_at: int | None
 
+    @classmethod
+    def of(cls, record: Record) -> Header:
+        """The header of a stored record (a record from before versions counts as version 1)."""
+        return cls(record.get("version") or 1, record.get("created_at"), record.get("expires_at"))
+
 
 def is_expired(expires_at: int | None, now: int) -> bool:
     """Whether a session with this expiry time is gone at ``now``."""
@@ -291,14 +296,14 @@ class Storage(ABC):
         if expected_version is not None and expected_version != actual:
             raise ConflictError(data["session_id"], expected_version, actual)
         record = dict(data)
+        kept = None if current is None else current.created_at
         if preserve:
             record["version"] = max(int(data.get("version") or 1), actual + 1)
-            record["created_at"] = data.get("created_at") or now
-            record["updated_at"] = data.get("updated_at") or now
+            record["created_at"] = _first(data.get("created_at"), now)
+            record["updated_at"] = _first(data.get("updated_at"), now)
         else:
             record["version"] = actual + 1
-            kept = None if current is None else current.created_at
-            record["created_at"] = kept or data.get("created_at") or now
+            record["created_at"] = _first(kept, data.get("created_at"), now)
             record["updated_at"] = now
         record["expires_at"] = record["updated_at"] + self.expire if self.expire else None
         return record
@@ -371,3 +376,8 @@ class Storage(ABC):
 
 def _now() -> int:
     return int(time.time())
+
+
+def _first(*values: int | None) -> int:
+    """The first value that is not None (0 is a time like any other)."""
+    return next(v for v in values if v is not None)

@@ -62,19 +62,19 @@ def encode(value: Any) -> Any:
     except (_Fallback, ValueError, TypeError, RecursionError):
         copy = text = None
     shallow = text is not None and text.count("{") + text.count("[") <= MAX_DEPTH
-    if copy is not None and copy == value and (shallow or _depth_ok(copy)):
+    if copy is not None and copy == value and (shallow or depth_at_most(copy, MAX_DEPTH)):
         return copy
-    if not _depth_ok(value):
+    if not depth_at_most(value, MAX_DEPTH):
         raise SerializationError(f"$: nested deeper than {MAX_DEPTH} levels")
     return _walk(value, "$", 1)
 
 
-def _depth_ok(value: Any) -> bool:
-    """Whether containers nest at most :data:`MAX_DEPTH` deep; iterative, for any depth."""
+def depth_at_most(value: Any, limit: int) -> bool:
+    """Whether containers in ``value`` nest at most ``limit`` deep; iterative, for any depth."""
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        if depth > MAX_DEPTH:
+        if depth > limit:
             return False
         children = item.values() if isinstance(item, dict) else item
         stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list, tuple)))

@@ -51,10 +51,7 @@ class InMemoryStorage(Storage):
     ) -> Record:
         with self._lock:
             old = self.storage_dict.get(data["session_id"])
-            header = None
-            if old is not None:
-                version = old.get("version") or 1
-                header = Header(version, old.get("created_at"), old.get("expires_at"))
+            header = None if old is None else Header.of(old)
             record = self._stamp(data, header, expected_version, now, preserve)
             self.storage_dict[data["session_id"]] = _copy(record)
             return record

@@ -27,7 +27,13 @@ def _write(storage: Any, mode: str, prefix: str, count: int, rounds: int, size: 
         for i in range(count):
             sid = f"{prefix}{i}"
             storage.upsert(make_session(mode, sid, round_, size))
-            print(sid, round_, flush=True)
+            _say(f"{sid} {round_}")
+
+
+def _say(line: str) -> None:
+    """One line, written and flushed at once, so a kill leaves no half-said acknowledgement."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def _bump(session: Any) -> Any:
@@ -52,7 +58,7 @@ def _churn(storage: Any, mode: str, session_id: str, rounds: int, size: int) -> 
         shape = round_ % 7 if round_ % 2 else round_ % 13
         session = make_session(mode, session_id, shape, size)
         storage.upsert(session)
-        print(session_id, shape, flush=True)
+        _say(f"{session_id} {shape}")
 
 
 def main(argv: list[str]) -> int:

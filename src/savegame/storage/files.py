@@ -1,0 +1,461 @@
+"""What the JSON and YAML backends share: one readable file per session in a folder.
+
+The files are the truth. Beside them, in ``.savegame/``, sit a lock file and an index (a
+small SQLite database) of each session's user, entity, creation time and expiry, so that
+listing one user's sessions reads the index instead of every file. The index can always be
+rebuilt from the files, and is:
+
+* when it is missing, or was made for another mode;
+* when the folder changed behind savegame's back: every write through savegame records the
+  folder's modification time in the index, so a file added, replaced or removed by anything
+  else shows up as a different time (edits in place by other programs that keep the folder's
+  time are picked up by :meth:`FileStorage.rebuild_index`);
+* when a write was interrupted: a write marks its session *pending* in the index before it
+  touches the file and clears the mark after, so a process killed in between leaves a mark
+  that the next reader repairs.
+
+Guarantees. A write takes the folder's lock (threads and processes), writes a temporary file,
+fsyncs it, renames it over the session's file and fsyncs the folder, so a reader sees either
+the old or the new file, never a half-written one, and a returned write survives a crash.
+Reads take no lock.
+
+File names. A session id made only of letters, digits, ``-``, ``_`` and ``.`` (not starting
+with a dot, at most 128 characters, not a Windows device name) keeps the plain
+``<id>.json`` name the original used; any other id is stored as ``~<sha256 of the id>.json``.
+No id can name a path outside the folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from filelock import FileLock, Timeout
+
+from savegame.errors import BackendUnavailableError, CorruptSessionError, StorageError
+from savegame.storage.base import Header, Record, Storage, is_expired
+from savegame.storage.session import Mode
+
+_PLAIN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
+_DEVICES = frozenset(
+    ["CON", "PRN", "AUX", "NUL"] + [f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)]
+)
+_META_DIR = ".savegame"
+_TEMP_PREFIX = ".tmp-"
+
+
+@dataclass(frozen=True)
+class FileFormat:
+    """How one file backend writes and reads a record.
+
+    Attributes:
+        name: the format's name, used for the index file.
+        extension: the session files' suffix, with its dot.
+        dump: a record to the bytes of its file.
+        load: the bytes of a file to a record (or anything, when the file is foreign).
+    """
+
+    name: str
+    extension: str
+    dump: Callable[[Record], bytes]
+    load: Callable[[bytes], Any]
+
+
+_INDEX_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id TEXT PRIMARY KEY,
+    file TEXT NOT NULL,
+    user_id TEXT,
+    entity_id TEXT,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER,
+    version INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    size INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_by_created ON sessions (created_at DESC, session_id);
+CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions (user_id, created_at DESC, session_id);
+CREATE INDEX IF NOT EXISTS sessions_by_entity ON sessions (entity_id, created_at DESC, session_id);
+CREATE TABLE IF NOT EXISTS pending (session_id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def file_name(session_id: str, extension: str) -> str:
+    """The name of the file that holds ``session_id`` (see the module docstring)."""
+    if _PLAIN.fullmatch(session_id) and session_id.split(".")[0].upper() not in _DEVICES:
+        return session_id + extension
+    digest = hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"~{digest}{extension}"
+
+
+class FileStorage(Storage):
+    """Sessions as files in ``dir_path``, one per session, in :attr:`format`.
+
+    Args:
+        dir_path: the folder; made on :meth:`create` or the first write.
+        mode: the storage mode (see :class:`~savegame.storage.base.Storage`).
+        expire: seconds after its last write that a session expires.
+        lock_timeout: seconds to wait for the folder's lock before raising
+            :class:`~savegame.errors.BackendUnavailableError`.
+    """
+
+    capabilities = frozenset({"persistent", "processes"})
+    format: ClassVar[FileFormat]
+
+    def __init__(
+        self,
+        dir_path: str | os.PathLike[str],
+        mode: Mode | None = "agent",
+        expire: int | None = None,
+        lock_timeout: float = 30.0,
+    ) -> None:
+        super().__init__(mode, expire)
+        self.dir_path = Path(dir_path)
+        self._meta = self.dir_path / _META_DIR
+        self._index_path = self._meta / f"index-{self.format.name}.sqlite3"
+        # filelock polls; a short interval keeps writers from idling while the lock is free.
+        self._file_lock = FileLock(
+            self._meta / "lock", timeout=lock_timeout, thread_local=False, poll_interval=0.002
+        )
+        self._thread_lock = threading.RLock()
+        self._local = threading.local()
+
+    # -- the folder and its lock ----------------------------------------------------------
+
+    def create(self) -> None:
+        self._meta.mkdir(parents=True, exist_ok=True)
+        self._index()
+
+    def table_exists(self) -> bool:
+        """Whether the folder exists."""
+        return self.dir_path.is_dir()
+
+    @contextmanager
+    def _locked(self) -> Iterator[sqlite3.Connection]:
+        """Holds the folder's lock (threads and processes) and yields the index."""
+        self._meta.mkdir(parents=True, exist_ok=True)
+        with self._thread_lock:
+            try:
+                self._file_lock.acquire()
+            except Timeout as exc:
+                raise BackendUnavailableError(
+                    f"the folder {self.dir_path} stayed locked by another writer for "
+                    f"{self._file_lock.timeout} s"
+                ) from exc
+            try:
+                yield self._index()
+            finally:
+                self._file_lock.release()
+
+    def _index(self) -> sqlite3.Connection:
+        """This thread's connection to the index, made (with its tables) on first use."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            self._meta.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self._index_path, timeout=60, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # The index is rebuilt from the files whenever it disagrees with them, so it
+            # need not survive a power loss on its own.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_INDEX_SCHEMA)
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- files ----------------------------------------------------------------------------
+
+    def _path(self, session_id: str) -> Path:
+        return self.dir_path / file_name(session_id, self.format.extension)
+
+    def _load(self, path: Path, session_id: str | None) -> Record | None:
+        """The record in ``path``; None when the file is not there.
+
+        Raises:
+            CorruptSessionError: when the file cannot be parsed, or holds another session.
+        """
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise BackendUnavailableError(f"cannot read {path}: {exc}") from exc
+        try:
+            record = self.format.load(raw)
+        except (ValueError, StorageError) as exc:
+            raise CorruptSessionError(f"{path} is not a readable {self.format.name} file") from exc
+        if not isinstance(record, dict) or not isinstance(record.get("session_id"), str):
+            raise CorruptSessionError(f"{path} does not hold a session")
+        if session_id is not None and record["session_id"] != session_id:
+            raise CorruptSessionError(f"{path} holds session {record['session_id']!r}")
+        return record
+
+    def _replace(self, path: Path, content: bytes) -> None:
+        """Writes ``content`` to ``path`` so that no reader ever sees a partial file."""
+        temp = self.dir_path / f"{_TEMP_PREFIX}{uuid.uuid4().hex}"
+        try:
+            with open(temp, "xb") as handle:
+                handle.write(content)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, path)
+        except OSError as exc:
+            temp.unlink(missing_ok=True)
+            raise BackendUnavailableError(f"cannot write {path}: {exc}") from exc
+        self._sync_dir()
+
+    def _sync_dir(self) -> None:
+        fd = os.open(self.dir_path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _session_files(self) -> Iterator[os.DirEntry[str]]:
+        ext = self.format.extension
+        with os.scandir(self.dir_path) as entries:
+            for entry in entries:
+                name = entry.name
+                if name.endswith(ext) and not name.startswith(".") and entry.is_file():
+                    yield entry
+
+    # -- the index ------------------------------------------------------------------------
+
+    def _row(self, record: Record, path: Path) -> tuple[Any, ...]:
+        stat = path.stat()
+        return (
+            record["session_id"],
+            path.name,
+            record.get("user_id"),
+            record.get(self.spec.entity_field),
+            record.get("created_at") or 0,
+            record.get("expires_at"),
+            record.get("version") or 1,
+            stat.st_mtime_ns,
+            stat.st_size,
+        )
+
+    def _set_row(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> None:
+        conn.execute("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+
+    def _stamp_folder(self, conn: sqlite3.Connection) -> None:
+        """Records the folder's state as savegame left it, and the mode it indexed."""
+        mtime = str(os.stat(self.dir_path).st_mtime_ns)
+        conn.executemany(
+            "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+            [("folder_mtime_ns", mtime), ("entity_field", self.spec.entity_field)],
+        )
+
+    def _is_fresh(self, conn: sqlite3.Connection) -> bool:
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        if meta.get("entity_field") != self.spec.entity_field:
+            return False
+        if conn.execute("SELECT 1 FROM pending LIMIT 1").fetchone():
+            return False
+        try:
+            mtime = str(os.stat(self.dir_path).st_mtime_ns)
+        except FileNotFoundError:
+            return True
+        return meta.get("folder_mtime_ns") == mtime
+
+    def _fresh_index(self) -> sqlite3.Connection:
+        """The index, brought up to date with the files first when it is stale."""
+        conn = self._index()
+        if not self._is_fresh(conn):
+            with self._locked() as conn:
+                if not self._is_fresh(conn):
+                    self._reindex(conn, full=False)
+        return conn
+
+    def rebuild_index(self) -> None:
+        """Reads every file again and rebuilds the index from them.
+
+        Needed only after other programs edited session files in place; savegame notices
+        files added, replaced or removed by itself.
+        """
+        with self._locked() as conn:
+            self._reindex(conn, full=True)
+
+    def _reindex(self, conn: sqlite3.Connection, full: bool) -> None:
+        """Makes the index agree with the files; must hold the lock.
+
+        Files whose size and modification time match their index row are not opened again
+        (unless ``full``). Files that cannot be parsed are left out of the index, so one
+        damaged file never breaks a listing; ``read`` of it raises CorruptSessionError.
+        Temporary files can only be left by a writer that died, since writers hold the lock.
+        """
+        if not self.dir_path.is_dir():
+            conn.execute("DELETE FROM sessions")
+            conn.execute("DELETE FROM pending")
+            return
+        for entry in os.scandir(self.dir_path):
+            if entry.name.startswith(_TEMP_PREFIX):
+                Path(entry.path).unlink(missing_ok=True)
+        known = {
+            row[0]: row[1:]
+            for row in conn.execute("SELECT file, session_id, mtime_ns, size FROM sessions")
+        }
+        pending = {row[0] for row in conn.execute("SELECT session_id FROM pending")}
+        conn.execute("BEGIN")
+        seen: set[str] = set()
+        for entry in self._session_files():
+            stat = entry.stat()
+            old = known.get(entry.name)
+            if (
+                not full
+                and old is not None
+                and old[0] not in pending
+                and (old[1], old[2]) == (stat.st_mtime_ns, stat.st_size)
+            ):
+                seen.add(entry.name)
+                continue
+            try:
+                record = self._load(Path(entry.path), None)
+            except CorruptSessionError:
+                continue
+            if record is None or entry.name != file_name(
+                record["session_id"], self.format.extension
+            ):
+                continue
+            seen.add(entry.name)
+            self._set_row(conn, self._row(record, Path(entry.path)))
+        gone = [(name,) for name in known if name not in seen]
+        conn.executemany("DELETE FROM sessions WHERE file = ?", gone)
+        conn.execute("DELETE FROM pending")
+        self._stamp_folder(conn)
+        conn.execute("COMMIT")
+
+    # -- primitives -----------------------------------------------------------------------
+
+    def _read(self, session_id: str) -> Record | None:
+        return self._load(self._path(session_id), session_id)
+
+    def _header(self, conn: sqlite3.Connection, path: Path, session_id: str) -> Header | None:
+        """The stored header, from the index when it matches the file, else from the file."""
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return None
+        row = conn.execute(
+            "SELECT version, created_at, expires_at, mtime_ns, size FROM sessions "
+            "WHERE session_id = ?",
+            (session_id,),
+        ).fetchone()
+        if row is not None and (row[3], row[4]) == (stat.st_mtime_ns, stat.st_size):
+            return Header(row[0], row[1], row[2])
+        try:
+            record = self._load(path, session_id)
+        except CorruptSessionError:
+            return None  # a damaged file is replaced by the write, as if it were not there
+        return None if record is None else Header.of(record)
+
+    def _write(
+        self, data: Record, expected_version: int | None, now: int, preserve: bool
+    ) -> Record:
+        session_id = data["session_id"]
+        path = self._path(session_id)
+        with self._locked() as conn:
+            header = self._header(conn, path, session_id)
+            record = self._stamp(data, header, expected_version, now, preserve)
+            content = self.format.dump(record)
+            conn.execute("INSERT OR REPLACE INTO pending VALUES (?)", (session_id,))
+            self._replace(path, content)
+            conn.execute("BEGIN")
+            self._set_row(conn, self._row(record, path))
+            conn.execute("DELETE FROM pending WHERE session_id = ?", (session_id,))
+            self._stamp_folder(conn)
+            conn.execute("COMMIT")
+        return record
+
+    def _delete(self, session_id: str) -> bool:
+        path = self._path(session_id)
+        with self._locked() as conn:
+            conn.execute("INSERT OR REPLACE INTO pending VALUES (?)", (session_id,))
+            try:
+                path.unlink()
+                existed = True
+            except FileNotFoundError:
+                existed = False
+            if existed:
+                self._sync_dir()
+            conn.execute("BEGIN")
+            conn.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,))
+            conn.execute("DELETE FROM pending WHERE session_id = ?", (session_id,))
+            if self.dir_path.is_dir():
+                self._stamp_folder(conn)
+            conn.execute("COMMIT")
+        return existed
+
+    def _list(
+        self, user_id: str | None, entity_id: str | None, limit: int | None, now: int | None
+    ) -> list[str]:
+        if not self.dir_path.is_dir():
+            return []
+        conn = self._fresh_index()
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (("user_id", user_id), ("entity_id", entity_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if now is not None:
+            where.append("(expires_at IS NULL OR expires_at > ?)")
+            args.append(now)
+        sql = "SELECT session_id FROM sessions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, session_id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [row[0] for row in conn.execute(sql, args)]
+
+    def _purge_expired(self, now: int) -> int:
+        if not self.dir_path.is_dir():
+            return 0
+        self._fresh_index()
+        with self._locked() as conn:
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT session_id FROM sessions WHERE expires_at <= ?", (now,)
+                )
+            ]
+        purged = 0
+        for session_id in ids:
+            with self._locked():
+                record = self._read(session_id)
+                if record is not None and is_expired(record.get("expires_at"), now):
+                    purged += self._delete(session_id)
+        return purged
+
+    def drop(self) -> None:
+        """Removes this format's session files and its index; other files stay."""
+        if not self.dir_path.is_dir():
+            return
+        with self._locked() as conn:
+            for entry in list(self._session_files()):
+                Path(entry.path).unlink(missing_ok=True)
+            self._sync_dir()
+            conn.execute("BEGIN")
+            conn.execute("DELETE FROM sessions")
+            conn.execute("DELETE FROM pending")
+            self._stamp_folder(conn)
+            conn.execute("COMMIT")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.dir_path)!r}, mode={self.mode!r})"

@@ -1,0 +1,187 @@
+"""What is particular to the JSON and YAML backends: names on disk, the index, foreign files."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from savegame.errors import CorruptSessionError
+from savegame.storage.files import FileFormat, FileStorage, file_name
+from savegame.storage.json import JsonStorage
+from savegame.storage.session.agent import AgentSession
+from savegame.storage.yaml import YamlStorage
+from savegame.testing.contract import ODD_IDS
+
+FORMATS = [pytest.param(JsonStorage, id="json"), pytest.param(YamlStorage, id="yaml")]
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("cls", FORMATS)
+def test_odd_ids_never_leave_the_folder(tmp_path: Path, cls: type[FileStorage]) -> None:
+    folder = tmp_path / "inner" / "store"
+    storage = cls(folder)
+    for sid in ODD_IDS:
+        storage.upsert(AgentSession(session_id=sid, memory={"id": sid}))
+    outside = _tree(tmp_path) - {"inner", "inner/store"}
+    assert all(name.startswith("inner/store/") for name in outside), outside
+    names = {p.name for p in folder.iterdir()} - {".savegame"}
+    assert len(names) == len(ODD_IDS)
+    ext = cls.format.extension
+    assert names == {file_name(sid, ext) for sid in ODD_IDS}
+    assert all("/" not in name and name not in (".", "..") for name in names)
+    for sid in ODD_IDS:
+        got = storage.read(sid)
+        assert got is not None
+        assert got.memory == {"id": sid}
+
+
+def test_plain_ids_keep_the_original_file_name(tmp_path: Path) -> None:
+    storage = JsonStorage(tmp_path)
+    for sid in ["chat_session_123", "a.b-c_d", "UPPER9"]:
+        storage.upsert(AgentSession(session_id=sid))
+        assert (tmp_path / f"{sid}.json").is_file()
+    assert file_name("../x", ".json").startswith("~")
+    assert file_name("con", ".json").startswith("~")
+    assert file_name(".hidden", ".json").startswith("~")
+    assert file_name("x" * 129, ".json").startswith("~")
+
+
+def test_json_files_are_readable_text(tmp_path: Path) -> None:
+    storage = JsonStorage(tmp_path)
+    storage.upsert(AgentSession(session_id="s", memory={"greeting": "grüß dich 🎲"}))
+    text = (tmp_path / "s.json").read_text(encoding="utf-8")
+    assert "grüß dich 🎲" in text
+    assert text.startswith("{\n")
+    assert json.loads(text)["memory"] == {"greeting": "grüß dich 🎲"}
+
+
+def test_folder_written_by_the_original_opens(tmp_path: Path) -> None:
+    for i in range(3):
+        original = {
+            "session_id": f"old{i}",
+            "user_id": "jane",
+            "agent_id": "bot",
+            "memory": {"runs": [{"content": f"turn {i}"}]},
+            "agent_data": {"model": "gpt-4o-mini"},
+            "session_data": None,
+            "extra_data": None,
+            "team_session_id": None,
+            "created_at": 100 + i,
+            "updated_at": 100 + i,
+        }
+        (tmp_path / f"old{i}.json").write_text(json.dumps(original), encoding="utf-8")
+    storage = JsonStorage(tmp_path)
+    assert storage.get_all_session_ids(user_id="jane") == ["old2", "old1", "old0"]
+    got = storage.read("old1")
+    assert got is not None
+    assert got.version == 1
+    assert got.memory == {"runs": [{"content": "turn 1"}]}
+    assert storage.upsert(got, expected_version=1).version == 2
+
+
+@pytest.mark.parametrize("cls", FORMATS)
+def test_files_changed_behind_its_back_are_noticed(tmp_path: Path, cls: type[FileStorage]) -> None:
+    storage = cls(tmp_path)
+    storage.upsert(AgentSession(session_id="a", user_id="u", created_at=1))
+    other = cls(tmp_path / "elsewhere")
+    other.upsert(AgentSession(session_id="b", user_id="u", created_at=2))
+    ext = cls.format.extension
+    os.replace(tmp_path / "elsewhere" / f"b{ext}", tmp_path / f"b{ext}")
+    assert storage.get_all_session_ids(user_id="u") == ["b", "a"]
+    (tmp_path / f"a{ext}").unlink()
+    assert storage.get_all_session_ids(user_id="u") == ["b"]
+
+
+@pytest.mark.parametrize("cls", FORMATS)
+def test_a_damaged_file_never_breaks_a_listing(tmp_path: Path, cls: type[FileStorage]) -> None:
+    storage = cls(tmp_path)
+    storage.upsert(AgentSession(session_id="good", user_id="u"))
+    ext = cls.format.extension
+    (tmp_path / f"torn{ext}").write_bytes(b'{"session_id": "torn", "memory": {"ru')
+    (tmp_path / f"list{ext}").write_bytes(b"[1, 2, 3]")
+    assert storage.get_all_session_ids() == ["good"]
+    assert [s.session_id for s in storage.get_all_sessions(user_id="u")] == ["good"]
+    with pytest.raises(CorruptSessionError):
+        storage.read("torn")
+    with pytest.raises(CorruptSessionError):
+        storage.read("list")
+    storage.upsert(AgentSession(session_id="torn", user_id="u"))
+    assert sorted(storage.get_all_session_ids(user_id="u")) == ["good", "torn"]
+
+
+def test_index_is_rebuilt_when_missing_or_left_pending(tmp_path: Path) -> None:
+    storage = JsonStorage(tmp_path)
+    for i in range(5):
+        storage.upsert(AgentSession(session_id=f"s{i}", user_id="u", created_at=i))
+    storage.close()
+    index = next((tmp_path / ".savegame").glob("index-json.sqlite3"))
+    index.unlink()
+    for extra in (tmp_path / ".savegame").glob("index-json.sqlite3-*"):
+        extra.unlink()
+    fresh = JsonStorage(tmp_path)
+    assert fresh.get_all_session_ids(user_id="u") == ["s4", "s3", "s2", "s1", "s0"]
+    # A writer killed between marking its write pending and finishing it leaves the mark
+    # and possibly a file the index does not know yet.
+    conn = sqlite3.connect(index)
+    conn.execute("INSERT INTO pending VALUES ('s9')")
+    conn.execute("DELETE FROM sessions WHERE session_id = 's2'")
+    conn.commit()
+    conn.close()
+    (tmp_path / "s9.json").write_text(
+        json.dumps({"session_id": "s9", "user_id": "u", "created_at": 9}), encoding="utf-8"
+    )
+    assert fresh.get_all_session_ids(user_id="u") == ["s9", "s4", "s3", "s2", "s1", "s0"]
+
+
+class _Counting(JsonStorage):
+    loads = 0
+
+    @staticmethod
+    def _load_counted(raw: bytes) -> Any:
+        _Counting.loads += 1
+        return json.loads(raw)
+
+    format = FileFormat("json", ".json", JsonStorage.format.dump, _load_counted)
+
+
+def test_listing_one_user_opens_only_that_users_files(tmp_path: Path) -> None:
+    storage = _Counting(tmp_path)
+    for i in range(200):
+        storage.upsert(AgentSession(session_id=f"s{i}", user_id=f"user{i % 20}", created_at=i))
+    _Counting.loads = 0
+    assert storage.get_all_session_ids(user_id="user7") == [f"s{i}" for i in range(187, 6, -20)]
+    assert _Counting.loads == 0
+    sessions = storage.get_recent_sessions(user_id="user7", limit=3)
+    assert [s.session_id for s in sessions] == ["s187", "s167", "s147"]
+    assert _Counting.loads == 3
+
+
+def test_drop_removes_only_its_own_files(tmp_path: Path) -> None:
+    js, ya = JsonStorage(tmp_path), YamlStorage(tmp_path)
+    js.upsert(AgentSession(session_id="j"))
+    ya.upsert(AgentSession(session_id="y"))
+    (tmp_path / "notes.txt").write_text("mine", encoding="utf-8")
+    js.drop()
+    assert js.get_all_session_ids() == []
+    assert ya.get_all_session_ids() == ["y"]
+    assert (tmp_path / "notes.txt").read_text(encoding="utf-8") == "mine"
+    assert not (tmp_path / "j.json").exists()
+
+
+def test_yaml_keeps_awkward_text_and_deep_values_readable(tmp_path: Path) -> None:
+    storage = YamlStorage(tmp_path)
+    storage.upsert(AgentSession(session_id="plain", memory={"text": "hello"}))
+    assert "text: hello" in (tmp_path / "plain.yaml").read_text(encoding="utf-8")
+    odd = {"lone": "a\udc80b", "mark": "\ufdd0x", "nul": "a\x00b"}
+    storage.upsert(AgentSession(session_id="odd", memory=odd))
+    got = storage.read("odd")
+    assert got is not None
+    assert got.memory == odd
