@@ -1,19 +1,498 @@
 """The ``savegame`` command.
 
 The library raises typed errors; this module is the only place that turns them into messages
-and exit codes: 0 done, 1 failure, 2 user error (bad URL, missing session, bad flag).
+and exit codes: 0 done, 1 failure, 2 user error (bad URL, missing session, bad flag). A user
+error prints one line and no traceback; ``savegame --debug ...`` (or ``SAVEGAME_DEBUG=1``)
+prints the traceback too.
+
+Each command reads and writes through :mod:`savegame.transfer`, so that everything it does is
+also a library call.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
 import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from typer.core import TyperGroup
+
+from savegame import __version__, transfer
+from savegame.errors import StorageError
+from savegame.storage.base import Storage
+from savegame.storage.session import MODES, Session
+from savegame.storage.url import open_storage, redact
+
+DEFAULT_STORAGE = "sqlite:///savegame.db"
+
+out = Console(soft_wrap=False)
+# Messages stay one line each, however narrow the terminal, so that scripts can grep them.
+err = Console(stderr=True, soft_wrap=True)
+
+
+class _ExitCodes(TyperGroup):
+    """The root command group: turns the library's errors into one line and an exit code."""
+
+    # ``ctx`` is the Context of the click that typer vendors, which it does not export.
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort):
+            raise
+        except ValueError as exc:
+            # Bad ids, URLs, modes, values in an import file: the user can fix what they typed.
+            _report(exc, ctx, 2)
+        except (StorageError, OSError) as exc:
+            _report(exc, ctx, 1)
+
+
+def _report(exc: BaseException, ctx: Any, code: int) -> NoReturn:
+    root = ctx.find_root()
+    if (root.obj or {}).get("debug"):
+        err.print_exception()
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    raise typer.Exit(code) from exc
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    raise typer.Exit(code)
+
 
 app = typer.Typer(
     name="savegame",
+    cls=_ExitCodes,
     help="Inspect, move and clean up saved agent, team and workflow sessions.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
+sessions_app = typer.Typer(
+    help="List, show, rename and delete sessions.", no_args_is_help=True, add_completion=False
+)
+schema_app = typer.Typer(
+    help="Manage the table or layout of a store.", no_args_is_help=True, add_completion=False
+)
+app.add_typer(sessions_app, name="sessions")
+app.add_typer(schema_app, name="schema")
+
+
+def _check_mode(value: str) -> str:
+    if value not in MODES:
+        raise typer.BadParameter(f"{value!r} is not a mode; use one of {', '.join(MODES)}")
+    return value
+
+
+StorageOption = Annotated[
+    str,
+    typer.Option(
+        "--storage",
+        "-s",
+        envvar="SAVEGAME_STORAGE",
+        help="URL of the store: sqlite:///file.db, json:///dir, redis://host:6379/0, ...",
+    ),
+]
+ModeOption = Annotated[
+    str,
+    typer.Option(
+        "--mode",
+        "-m",
+        envvar="SAVEGAME_MODE",
+        callback=_check_mode,
+        help=f"Kind of sessions: {', '.join(MODES)}.",
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+UserOption = Annotated[str | None, typer.Option("--user", "-u", help="Only this user's sessions.")]
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    debug: Annotated[
+        bool,
+        typer.Option("--debug", envvar="SAVEGAME_DEBUG", help="Show tracebacks of errors."),
+    ] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    """Inspect, move and clean up saved agent, team and workflow sessions."""
+    ctx.obj = {"debug": debug}
+    if version:
+        out.print(f"savegame {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@contextmanager
+def _open(url: str, mode: str) -> Iterator[Storage]:
+    with open_storage(url, mode) as storage:
+        yield storage
+
+
+# -- sessions ---------------------------------------------------------------------------------
+
+
+@sessions_app.command("list")
+def sessions_list(
+    storage: StorageOption = DEFAULT_STORAGE,
+    mode: ModeOption = "agent",
+    user: UserOption = None,
+    entity: Annotated[
+        str | None,
+        typer.Option("--entity", "-e", help="Only sessions of this agent, team or workflow id."),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Sessions a page.")] = 20,
+    page: Annotated[int, typer.Option("--page", "-p", min=1, help="Which page, from 1.")] = 1,
+    as_json: JsonOption = False,
+) -> None:
+    """List sessions, newest first, a page at a time."""
+    with _open(storage, mode) as store:
+        ids = store.get_all_session_ids(user, entity) if store.table_exists() else []
+        start = (page - 1) * limit
+        sessions = [s for s in map(store.read, ids[start : start + limit]) if s is not None]
+        rows = [_summary(store, s) for s in sessions]
+    if as_json:
+        _print_json(rows)
+        return
+    pages = max(1, -(-len(ids) // limit))
+    table = Table(
+        caption=f"page {page} of {pages}, {len(ids)} session{'s' * (len(ids) != 1)}",
+        caption_justify="left",
+    )
+    for column in ("id", "user", "entity", "name", "runs", "created", "updated"):
+        table.add_column(
+            column,
+            justify="right" if column == "runs" else "left",
+            no_wrap=column in ("runs", "created", "updated"),
+        )
+    for row in rows:
+        table.add_row(
+            *(escape(str(row[k] if row[k] is not None else "")) for k in ("id", "user", "entity")),
+            escape(row["name"] or ""),
+            str(row["runs"]),
+            _when(row["created"]),
+            _when(row["updated"]),
+        )
+    out.print(table)
+
+
+@sessions_app.command("show")
+def sessions_show(
+    session_id: Annotated[str, typer.Argument(metavar="ID", help="The session's id.")],
+    storage: StorageOption = DEFAULT_STORAGE,
+    mode: ModeOption = "agent",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw session.")] = False,
+) -> None:
+    """Show one session: its conversation, state and metadata."""
+    with _open(storage, mode) as store:
+        session = store.read(session_id) if store.table_exists() else None
+        if session is None:
+            _fail(f"no {mode} session {session_id!r} in {redact(storage)}")
+        summary = _summary(store, session)
+        runs = transfer.runs_of(store.spec, session)
+    data = session.to_dict()
+    if as_json:
+        _print_json(json.loads(transfer.session_line(session)))
+        return
+    meta = Table.grid(padding=(0, 2))
+    for key in ("id", "user", "entity", "name", "runs", "created", "updated"):
+        value = summary[key]
+        shown = _when(value) if key in ("created", "updated") else str(value or "")
+        meta.add_row(f"[bold]{key}[/]", escape(shown))
+    meta.add_row("[bold]version[/]", str(data.get("version") or ""))
+    out.print(Panel(meta, title=f"{mode} session", expand=False))
+    out.print("[bold]Conversation[/]")
+    messages = [m for run in runs for m in _messages(run)]
+    memory = data.get("memory")
+    if not messages and isinstance(memory, dict) and isinstance(memory.get("messages"), list):
+        messages = _messages(memory)
+    if not messages:
+        out.print("  (no messages)")
+    for role, text in messages:
+        style = {"user": "cyan", "assistant": "green", "system": "magenta"}.get(role, "yellow")
+        out.print(f"[bold {style}]{escape(role)}[/]: {escape(text)}", highlight=False)
+    for key, value in data.items():
+        if key.endswith("_data") or key == "memory":
+            shown = _without_runs(key, value, store.spec.runs_path)
+            if shown:
+                out.print(f"[bold]{key}[/]")
+                _print_json(shown)
+
+
+@sessions_app.command("delete")
+def sessions_delete(
+    session_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Sessions to delete.")],
+    storage: StorageOption = DEFAULT_STORAGE,
+    mode: ModeOption = "agent",
+) -> None:
+    """Delete sessions by id; an id that is not there is an error, after the others are gone."""
+    with _open(storage, mode) as store:
+        exists = store.table_exists()
+        missing = [sid for sid in session_ids if not (exists and store.delete_session(sid))]
+    deleted = len(session_ids) - len(missing)
+    err.print(f"deleted {deleted} session{'s' * (deleted != 1)}", highlight=False)
+    if missing:
+        _fail(f"no {mode} session {', '.join(map(repr, missing))} in {redact(storage)}")
+
+
+@sessions_app.command("rename")
+def sessions_rename(
+    session_id: Annotated[str, typer.Argument(metavar="ID", help="The session's id.")],
+    name: Annotated[str, typer.Argument(help="The new name.")],
+    storage: StorageOption = DEFAULT_STORAGE,
+    mode: ModeOption = "agent",
+) -> None:
+    """Give a session a name (kept in its session_data as session_name)."""
+    with _open(storage, mode) as store:
+        if transfer.rename_session(store, session_id, name) is None:
+            _fail(f"no {mode} session {session_id!r} in {redact(storage)}")
+    err.print(f"renamed {session_id!r} to {name!r}", highlight=False)
+
+
+# -- moving sessions --------------------------------------------------------------------------
+
+
+@app.command("export")
+def export(
+    storage: StorageOption = DEFAULT_STORAGE,
+    mode: ModeOption = "agent",
+    user: UserOption = None,
+) -> None:
+    """Write sessions to standard output as JSON lines, one session a line."""
+    stream = sys.stdout.buffer
+    with _open(storage, mode) as store:
+        count = transfer.export_sessions(store, lambda line: stream.write(line.encode()), user)
+    stream.flush()
+    err.print(f"exported {count} session{'s' * (count != 1)}", highlight=False)
+
+
+@app.command("import")
+def import_(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE",
+            help="JSON lines written by export; - for standard input.",
+            allow_dash=True,
+        ),
+    ],
+    storage: StorageOption = DEFAULT_STORAGE,
+    mode: ModeOption = "agent",
+) -> None:
+    """Store the sessions of a JSON lines file, keeping their timestamps and versions."""
+    if str(file) == "-":
+        lines = sys.stdin.buffer.read().decode("utf-8").splitlines()
+        source = "<stdin>"
+    else:
+        try:
+            lines = file.read_bytes().decode("utf-8").splitlines()
+        except (FileNotFoundError, IsADirectoryError) as exc:
+            _fail(f"cannot read {file}: {exc.strerror}")
+        source = str(file)
+    with _open(storage, mode) as store:
+        count = transfer.import_sessions(store, lines, source)
+    err.print(f"imported {count} session{'s' * (count != 1)}", highlight=False)
+
+
+@app.command("copy")
+def copy(
+    source: Annotated[str, typer.Argument(metavar="SRC_URL", help="Store to copy from.")],
+    destination: Annotated[str, typer.Argument(metavar="DST_URL", help="Store to copy into.")],
+    mode: ModeOption = "agent",
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="Sessions between progress updates.")
+    ] = transfer.DEFAULT_BATCH_SIZE,
+) -> None:
+    """Copy every session of a mode from one store to another; safe to run again."""
+    progress = Progress(
+        TextColumn("copying"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+    task = progress.add_task("copy", total=None)
+    with _open(source, mode) as src, _open(destination, mode) as dst, progress:
+        report = transfer.copy_sessions(
+            src,
+            dst,
+            batch_size=batch_size,
+            on_start=lambda total: progress.update(task, total=total),
+            on_batch=lambda n: progress.advance(task, n),
+        )
+    err.print(
+        f"copied {report.copied}, already there {report.unchanged}, of {report.total} "
+        f"session{'s' * (report.total != 1)}",
+        highlight=False,
+    )
+
+
+# -- looking after a store --------------------------------------------------------------------
+
+
+@app.command("stats")
+def stats(
+    storage: StorageOption = DEFAULT_STORAGE,
+    mode: ModeOption = "agent",
+    user: UserOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Count sessions, users and entities, their size, and the oldest and newest."""
+    with _open(storage, mode) as store:
+        figures = transfer.stats(store, user)
+    data = vars(figures)
+    if as_json:
+        _print_json(data)
+        return
+    table = Table.grid(padding=(0, 2))
+    for key, value in data.items():
+        shown = _when(value) if key in ("oldest", "newest") else f"{value:,}"
+        table.add_row(f"[bold]{key}[/]", shown)
+    out.print(table)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_age(text: str) -> int:
+    """Seconds in an age like ``30d``, ``12h``, ``1w2d`` or ``90`` (seconds).
+
+    Raises:
+        typer.BadParameter: for anything else.
+    """
+    parts = re.findall(r"(\d+)([smhdw]?)", text.strip().lower())
+    if not text.strip() or "".join(n + u for n, u in parts) != text.strip().lower():
+        raise typer.BadParameter(f"{text!r} is not an age; write it like 30d, 12h, 90m or 1w2d")
+    return sum(int(n) * _UNITS[u or "s"] for n, u in parts)
+
+
+@app.command("purge")
+def purge(
+    older_than: Annotated[
+        str,
+        typer.Option(
+            "--older-than", metavar="AGE", help="Remove sessions not updated for AGE (30d, 12h)."
+        ),
+    ],
+    storage: StorageOption = DEFAULT_STORAGE,
+    mode: ModeOption = "agent",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only list what would be removed.")
+    ] = False,
+) -> None:
+    """Remove sessions not updated for a while, and expired ones."""
+    seconds = parse_age(older_than)
+    with _open(storage, mode) as store:
+        removed = transfer.purge(store, seconds, dry_run)
+    for session_id in removed:
+        out.print(escape(session_id), highlight=False)
+    verb = "would remove" if dry_run else "removed"
+    err.print(f"{verb} {len(removed)} session{'s' * (len(removed) != 1)}", highlight=False)
+
+
+@app.command("delete-user")
+def delete_user(
+    user_id: Annotated[str, typer.Argument(metavar="USER", help="The user's id.")],
+    storage: StorageOption = DEFAULT_STORAGE,
+    mode: ModeOption = "agent",
+) -> None:
+    """Delete every session of a user, in every mode the storage URL holds."""
+    erasure = transfer.delete_user(storage, user_id, mode)
+    detail = ", ".join(f"{m}: {n}" for m, n in erasure.removed.items())
+    out.print(
+        f"deleted {erasure.total} session{'s' * (erasure.total != 1)} of user "
+        f"{escape(repr(user_id))} ({detail})",
+        highlight=False,
+    )
+
+
+@schema_app.command("upgrade")
+def schema_upgrade(
+    storage: StorageOption = DEFAULT_STORAGE,
+    mode: ModeOption = "agent",
+) -> None:
+    """Bring a table or layout written by an older savegame up to date, keeping every row."""
+    with _open(storage, mode) as store:
+        store.upgrade_schema()
+    err.print(f"{mode} store at {redact(storage)} is up to date", highlight=False)
+
+
+# -- presentation -----------------------------------------------------------------------------
+
+
+def _summary(store: Storage, session: Session) -> dict[str, Any]:
+    return {
+        "id": session.session_id,
+        "user": getattr(session, "user_id", None),
+        "entity": getattr(session, store.spec.entity_field, None),
+        "name": transfer.session_name(session),
+        "runs": len(transfer.runs_of(store.spec, session)),
+        "created": getattr(session, "created_at", None),
+        "updated": getattr(session, "updated_at", None),
+    }
+
+
+def _print_json(value: Any) -> None:
+    """Indented JSON: coloured on a terminal, exact text (never wrapped) for a pipe."""
+    text = json.dumps(value, ensure_ascii=False, indent=2)
+    if out.is_terminal:
+        out.print_json(text)
+    else:
+        sys.stdout.write(text + "\n")
+
+
+def _when(value: Any) -> str:
+    if not isinstance(value, int):
+        return ""
+    return dt.datetime.fromtimestamp(value, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return str(value["content"])
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _messages(run: Any) -> list[tuple[str, str]]:
+    """The (role, text) pairs of one run, whichever of the usual shapes it has."""
+    if not isinstance(run, dict):
+        return [("run", _text(run))]
+    if isinstance(run.get("messages"), list):
+        return [
+            (str(m.get("role", "?")), _text(m.get("content")))
+            for m in run["messages"]
+            if isinstance(m, dict)
+        ]
+    pairs = []
+    for key, role in (("message", "user"), ("input", "user"), ("response", "assistant")):
+        value = run.get(key)
+        if isinstance(value, dict):
+            pairs.append((str(value.get("role", role)), _text(value.get("content"))))
+        elif value is not None:
+            pairs.append((role, _text(value)))
+    return pairs or [("run", _text(run))]
+
+
+def _without_runs(key: str, value: Any, runs_path: tuple[str, ...]) -> Any:
+    """``value`` without the runs, which the conversation already shows."""
+    if key == runs_path[0] and len(runs_path) == 2 and isinstance(value, dict):
+        value = {k: v for k, v in value.items() if k not in (runs_path[1], "messages")}
+    return value
 
 
 def main() -> None:

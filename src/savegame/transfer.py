@@ -1,0 +1,361 @@
+"""Working on whole stores: export and import as JSON lines, copy between backends, statistics,
+purge by age, and erasure of everything one user has.
+
+These are the library functions behind the ``savegame`` command; they raise the errors of
+:mod:`savegame.errors` and leave messages and exit codes to the command line.
+
+The export format is JSON lines: one session a line, a JSON object of every field of the
+session (``version``, ``created_at`` and ``updated_at`` included) with its keys sorted, in
+UTF-8. Importing it with :func:`import_sessions` into an empty store of any backend and
+exporting again gives the same lines, because import goes through
+:meth:`~savegame.storage.base.Storage.restore`, which keeps timestamps and version.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from savegame.errors import SerializationError
+from savegame.storage.base import Storage
+from savegame.storage.codec import check_id, encode
+from savegame.storage.session import MODES, ModeSpec, Session
+from savegame.storage.url import open_storage, parse_url
+
+DEFAULT_BATCH_SIZE = 100
+"""How many sessions :func:`copy_sessions` reads and writes between two progress reports."""
+
+SESSION_NAME = ("session_data", "session_name")
+"""Where a session keeps the name a person gave it."""
+
+
+def session_line(session: Session) -> str:
+    """One line of the export format for ``session``, without the newline.
+
+    Text that is not valid Unicode (a lone surrogate) is written as a JSON escape, so the
+    line always encodes to UTF-8.
+
+    Raises:
+        SerializationError: when the session holds a value JSON cannot carry.
+    """
+    data = encode(session.to_dict())
+    try:
+        text = json.dumps(data, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return text
+
+
+def parse_line(spec: ModeSpec, line: str, where: str = "line") -> Session:
+    """The session that one line of the export format holds.
+
+    Raises:
+        SerializationError: when the line is not a JSON object, has no ``session_id``, or has
+            fields that sessions of ``spec.mode`` do not have (an export of another mode).
+    """
+    try:
+        data = json.loads(line)
+    except ValueError as exc:
+        raise SerializationError(f"{where}: not JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("session_id"), str):
+        raise SerializationError(f"{where}: not a session (a JSON object with a session_id)")
+    known = {f.name for f in fields(spec.session_class)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SerializationError(
+            f"{where}: fields {', '.join(unknown)} are not fields of {spec.mode} sessions; "
+            "is this an export of another mode?"
+        )
+    session = spec.session_class.from_dict(data)
+    assert session is not None
+    return session
+
+
+def iter_sessions(storage: Storage, user_id: str | None = None) -> Iterator[Session]:
+    """Every session of ``storage`` (of ``user_id``), newest first, read one at a time.
+
+    Sessions deleted while the iteration runs are left out. A store whose table does not
+    exist yet holds no sessions.
+    """
+    if not storage.table_exists():
+        return
+    for session_id in storage.get_all_session_ids(user_id=user_id):
+        session = storage.read(session_id)
+        if session is not None:
+            yield session
+
+
+def export_sessions(
+    storage: Storage, write: Callable[[str], Any], user_id: str | None = None
+) -> int:
+    """Writes every session of ``storage`` (of ``user_id``) as export lines; returns how many.
+
+    Args:
+        storage: where the sessions are.
+        write: called with each line, newline included (``sys.stdout.write``, say).
+        user_id: only this user's sessions.
+    """
+    count = 0
+    for session in iter_sessions(storage, user_id):
+        write(session_line(session) + "\n")
+        count += 1
+    return count
+
+
+def import_sessions(storage: Storage, lines: Iterable[str], source: str = "line") -> int:
+    """Stores the session of each line, keeping timestamps and versions; returns how many.
+
+    Blank lines are skipped. Every line is checked before the first one is written, so a
+    file with a bad line changes nothing. A session already in the store is replaced.
+
+    Args:
+        storage: where to store them; its table or folder is created when missing.
+        lines: lines of the export format.
+        source: a name for the lines (a file name) in error messages.
+
+    Raises:
+        SerializationError: naming the first line that is not a session of this mode.
+    """
+    sessions = [
+        parse_line(storage.spec, line, f"{source}:{number}")
+        for number, line in enumerate(lines, 1)
+        if line.strip()
+    ]
+    storage.create()
+    for session in sessions:
+        storage.restore(session)
+    return len(sessions)
+
+
+@dataclass
+class CopyReport:
+    """What :func:`copy_sessions` did.
+
+    Attributes:
+        total: sessions found in the source.
+        copied: sessions written to the destination.
+        unchanged: sessions the destination already held exactly as in the source.
+        vanished: sessions deleted from the source while the copy ran.
+    """
+
+    total: int = 0
+    copied: int = 0
+    unchanged: int = 0
+    vanished: int = 0
+
+
+def copy_sessions(
+    source: Storage,
+    destination: Storage,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    on_start: Callable[[int], Any] | None = None,
+    on_batch: Callable[[int], Any] | None = None,
+) -> CopyReport:
+    """Copies every session of ``source`` into ``destination``, keeping timestamps and versions.
+
+    Each session is written with one atomic ``restore``, so a copy that is interrupted leaves
+    whole sessions only; running it again skips the sessions that arrived (equal field by
+    field) and copies the rest. A session that differs at the destination is replaced by the
+    source's.
+
+    Args:
+        source: the store to read; its mode must be the destination's.
+        destination: the store to write; created when missing.
+        batch_size: sessions handled between two ``on_batch`` calls.
+        on_start: called once with the number of sessions to copy.
+        on_batch: called after each batch with the number of sessions it handled.
+
+    Raises:
+        ValueError: when the stores are of different modes, or ``batch_size`` is below 1.
+    """
+    if source.mode != destination.mode:
+        raise ValueError(
+            f"cannot copy {source.mode} sessions into a store of {destination.mode} sessions"
+        )
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, not {batch_size}")
+    ids = source.get_all_session_ids() if source.table_exists() else []
+    destination.create()
+    present = set(destination.get_all_session_ids())
+    report = CopyReport(total=len(ids))
+    if on_start is not None:
+        on_start(len(ids))
+    # Oldest first, so that an interrupted copy leaves the destination a prefix of history
+    # and the newest-first listings there never show a session whose elders are missing.
+    ids.reverse()
+    for start in range(0, len(ids), batch_size):
+        batch = ids[start : start + batch_size]
+        for session_id in batch:
+            session = source.read(session_id)
+            if session is None:
+                report.vanished += 1
+                continue
+            if session_id in present:
+                there = destination.read(session_id)
+                if there is not None and there.to_dict() == session.to_dict():
+                    report.unchanged += 1
+                    continue
+            destination.restore(session)
+            report.copied += 1
+        if on_batch is not None:
+            on_batch(len(batch))
+    return report
+
+
+@dataclass
+class Stats:
+    """Figures about one store.
+
+    Attributes:
+        sessions: how many sessions it holds (expired ones left out).
+        users: distinct user ids among them (sessions without one not counted).
+        entities: distinct agent, team or workflow ids among them.
+        bytes: the size of the sessions in the export format, in UTF-8.
+        oldest: the earliest ``created_at``, or None for an empty store.
+        newest: the latest ``updated_at``, or None for an empty store.
+    """
+
+    sessions: int = 0
+    users: int = 0
+    entities: int = 0
+    bytes: int = 0
+    oldest: int | None = None
+    newest: int | None = None
+
+
+def stats(storage: Storage, user_id: str | None = None) -> Stats:
+    """Counts the sessions of ``storage`` (of ``user_id``); reads each session once."""
+    result = Stats()
+    users: set[str] = set()
+    entities: set[str] = set()
+    for session in iter_sessions(storage, user_id):
+        result.sessions += 1
+        result.bytes += len(session_line(session).encode("utf-8"))
+        user = getattr(session, "user_id", None)
+        entity = getattr(session, storage.spec.entity_field, None)
+        if user is not None:
+            users.add(user)
+        if entity is not None:
+            entities.add(entity)
+        created = getattr(session, "created_at", None)
+        updated = getattr(session, "updated_at", None)
+        if created is not None and (result.oldest is None or created < result.oldest):
+            result.oldest = created
+        if updated is not None and (result.newest is None or updated > result.newest):
+            result.newest = updated
+    result.users = len(users)
+    result.entities = len(entities)
+    return result
+
+
+def stale_sessions(storage: Storage, older_than: int, now: int | None = None) -> list[str]:
+    """Ids of the sessions not updated for ``older_than`` seconds, newest first.
+
+    A session without ``updated_at`` is judged by its ``created_at``; one with neither is
+    never stale.
+
+    Raises:
+        ValueError: for a negative ``older_than``.
+    """
+    if older_than < 0:
+        raise ValueError(f"the age must not be negative, not {older_than}")
+    cutoff = (int(time.time()) if now is None else now) - older_than
+    stale = []
+    for session in iter_sessions(storage):
+        when = getattr(session, "updated_at", None)
+        if when is None:
+            when = getattr(session, "created_at", None)
+        if when is not None and when < cutoff:
+            stale.append(session.session_id)
+    return stale
+
+
+def purge(storage: Storage, older_than: int, dry_run: bool = False) -> list[str]:
+    """Removes the sessions not updated for ``older_than`` seconds, and the expired ones.
+
+    Returns:
+        The ids removed (with ``dry_run``, the ids that would be, and nothing is removed).
+        Expired sessions removed on the way are not listed: they were already invisible.
+    """
+    stale = stale_sessions(storage, older_than)
+    if dry_run:
+        return stale
+    removed = [session_id for session_id in stale if storage.delete_session(session_id)]
+    if storage.table_exists():
+        storage.purge_expired()
+    return removed
+
+
+def rename_session(storage: Storage, session_id: str, name: str) -> Session | None:
+    """Sets the session's name (``session_data["session_name"]``); None when it is not there.
+
+    Safe against concurrent writers: the change is made with ``update``.
+    """
+
+    def rename(session: Session | None) -> Session | None:
+        if session is None:
+            return None
+        data = dict(getattr(session, "session_data", None) or {})
+        data[SESSION_NAME[1]] = name
+        session.session_data = data  # type: ignore[attr-defined]
+        return session
+
+    if not storage.table_exists():
+        return None
+    result: Session | None = storage.update(session_id, rename)
+    return result
+
+
+def session_name(session: Session) -> str | None:
+    """The name a person gave the session, if any."""
+    name = _get_path(session, SESSION_NAME)
+    return name if isinstance(name, str) else None
+
+
+def runs_of(spec: ModeSpec, session: Session) -> list[Any]:
+    """The session's runs (an empty list when it has none)."""
+    runs = _get_path(session, spec.runs_path)
+    return runs if isinstance(runs, list) else []
+
+
+def _get_path(session: Session, path: tuple[str, ...]) -> Any:
+    value: Any = getattr(session, path[0], None)
+    for key in path[1:]:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+@dataclass
+class UserErasure:
+    """What :func:`delete_user` removed: how many sessions, per mode searched."""
+
+    removed: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        """Sessions removed in every mode together."""
+        return sum(self.removed.values())
+
+
+def delete_user(url: str, user_id: str, mode: str = "agent", **options: Any) -> UserErasure:
+    """Removes every session of ``user_id`` from the stores ``url`` names.
+
+    A SQL or Redis URL without a table or prefix names one store per mode, and each of them
+    is searched; a URL that names its table or prefix, or a folder, names one store, searched
+    in ``mode``.
+
+    Raises:
+        InvalidIdentifierError: for a bad URL or user id.
+    """
+    check_id(user_id, "user id")
+    modes = list(MODES) if parse_url(url, mode, **options).per_mode else [mode]
+    erasure = UserErasure()
+    for each in modes:
+        with open_storage(url, each, **options) as storage:
+            erasure.removed[each] = storage.delete_user(user_id) if storage.table_exists() else 0
+    return erasure
