@@ -1,0 +1,285 @@
+"""What agents, teams and workflows share: a session that is saved after every run.
+
+:class:`SessionKeeper` holds the state of one session (its runs, name, state, metrics) and
+saves it through :meth:`savegame.storage.base.Storage.update`: each save reads the stored
+session, adds this run to the runs already there and writes with the version it read. When
+another process saved the same session in between, the write conflicts and is redone over
+the newer session, so two processes running one session lose no run. The stored session is
+then taken back as the keeper's own, so its history includes the other process's runs.
+
+Where the runs sit in a session (``memory["runs"]`` or ``runs``) and which field names the
+agent, team or workflow come from the storage's mode spec, never from a branch on the mode.
+
+A failed read is never taken for a missing session: every error of the store propagates, and
+a keeper that could not load its session never saves over it.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from typing import Any, ClassVar
+
+from savegame.storage.base import Storage
+from savegame.storage.session import Session, mode_spec
+
+Run = dict[str, Any]
+
+
+def new_id() -> str:
+    """A fresh session or run id."""
+    return str(uuid.uuid4())
+
+
+class SessionOwnerError(ValueError):
+    """The session id names a session that belongs to another user."""
+
+
+class SessionKeeper:
+    """Loads a session when made with the id of a stored one, and saves it after every run.
+
+    Subclasses set :attr:`mode` and :attr:`data_field`, describe themselves in
+    :meth:`_entity_data` and may add to the stored dict in :meth:`_extend`.
+
+    Args:
+        storage: where sessions are saved; None keeps them in this object only.
+        session_id: the session to resume or start; a new id when None.
+        user_id: the user the session belongs to; taken from the stored session when None.
+        entity_id: the agent, team or workflow id; taken from the stored session when None.
+        session_name: a name for the session; a stored name is kept unless one is given.
+        session_state: the state a new session starts with; a resumed session's stored
+            state wins for the keys it has.
+        extra_data: stored as the session's ``extra_data``.
+
+    Raises:
+        ValueError: when ``storage`` is not in this keeper's mode.
+        SessionOwnerError: when the stored session belongs to another ``user_id``.
+        StorageError: when the stored session cannot be read (never taken for a new one).
+    """
+
+    mode: ClassVar[str] = "agent"
+    data_field: ClassVar[str] = "agent_data"
+
+    session_id: str
+    session_name: str | None
+    session_state: dict[str, Any]
+    runs: list[Run]
+    """The session's runs as last saved or loaded, this process's and others', in order."""
+    metrics: dict[str, Any]
+    version: int | None
+    _stored: Session | None
+
+    def __init__(
+        self,
+        storage: Storage | None,
+        session_id: str | None,
+        user_id: str | None,
+        entity_id: str | None,
+        session_name: str | None,
+        session_state: dict[str, Any] | None,
+        extra_data: dict[str, Any] | None,
+    ) -> None:
+        if storage is not None and storage.mode != self.mode:
+            raise ValueError(
+                f"{type(self).__name__} saves {self.mode!r} sessions; this storage is in mode "
+                f"{storage.mode!r}: open it with mode={self.mode!r}"
+            )
+        self.storage = storage
+        self.spec = mode_spec(self.mode)
+        self.user_id = user_id
+        self.entity_id = entity_id
+        self.extra_data = extra_data
+        self._initial_state = copy.deepcopy(session_state or {})
+        self.session_id = session_id or new_id()
+        self._reset()
+        if session_id is not None:
+            self.load_session()
+        if session_name is not None:
+            self.session_name = session_name
+        if self.entity_id is None:
+            self.entity_id = new_id()
+
+    # -- the session ----------------------------------------------------------------------
+
+    def new_session(self) -> str:
+        """Starts a new, empty session (saved with its first run) and returns its id."""
+        self.session_id = new_id()
+        self._reset()
+        return self.session_id
+
+    def load_session(self, session_id: str | None = None) -> bool:
+        """Loads ``session_id`` (default: the current one) from the store.
+
+        Returns:
+            True when the session was stored and is now loaded; False when there is no such
+            session yet, which leaves an empty session with that id.
+
+        Raises:
+            SessionOwnerError: when the session belongs to another user.
+            StorageError: when the store cannot be read.
+        """
+        if session_id is not None and session_id != self.session_id:
+            self.session_id = session_id
+            self._reset()
+        if self.storage is None:
+            return self._stored is not None
+        stored = self.storage.read(self.session_id)
+        if stored is None:
+            return False
+        owner = getattr(stored, "user_id", None)
+        if self.user_id is not None and owner is not None and owner != self.user_id:
+            raise SessionOwnerError(
+                f"session {self.session_id!r} belongs to another user than {self.user_id!r}"
+            )
+        self._restore(stored)
+        return True
+
+    def rename_session(self, name: str) -> None:
+        """Names the current session and saves the name."""
+        self.session_name = name
+        self._save(None)
+
+    def delete_session(self, session_id: str | None = None) -> bool:
+        """Deletes a stored session (default: the current one, which then starts afresh).
+
+        Returns:
+            Whether there was such a session.
+        """
+        session_id = session_id or self.session_id
+        deleted = self.storage.delete_session(session_id) if self.storage is not None else False
+        if session_id == self.session_id:
+            self.new_session()
+        return deleted
+
+    def get_session(self) -> Session | None:
+        """The session as it is stored now (None before its first save)."""
+        if self.storage is None:
+            return self._stored
+        return self.storage.read(self.session_id)
+
+    # -- saving ---------------------------------------------------------------------------
+
+    def _save(self, run: Run | None, replace: bool = False) -> Session:
+        """Adds ``run`` (or replaces the stored run with its ``run_id``) and saves.
+
+        Raises:
+            StorageError: when the store refused the write; this object is left as it was.
+        """
+
+        def merge(current: Session | None) -> Session:
+            return self._merged(current, run, replace)
+
+        if self.storage is None:
+            stored = merge(self._stored)
+        else:
+            stored = self.storage.update(self.session_id, merge)
+        self._restore(stored)
+        return stored
+
+    def _merged(self, current: Session | None, run: Run | None, replace: bool) -> Session:
+        """The session to store: what is stored now, with this keeper's changes over it.
+
+        It may be called more than once per save (after a conflict), so it only computes.
+        """
+        data = copy.deepcopy(current.to_dict()) if current is not None else {}
+        data["session_id"] = self.session_id
+        runs = list(get_path(data, self.spec.runs_path) or [])
+        session_data = dict(data.get("session_data") or {})
+        metrics = dict(session_data.get("metrics") or {})
+        if run is not None:
+            at = _index(runs, run["run_id"]) if replace else None
+            if at is None:
+                runs.append(run)
+                metrics["runs"] = metrics.get("runs", 0) + 1
+                for key, value in (run.get("metrics") or {}).items():
+                    if isinstance(value, (int, float)):
+                        metrics[key] = metrics.get(key, 0) + value
+            else:
+                runs[at] = run
+        set_path(data, self.spec.runs_path, runs)
+        session_data.update(
+            session_name=self.session_name,
+            session_state=copy.deepcopy(self.session_state),
+            metrics=metrics,
+        )
+        data["session_data"] = session_data
+        data["user_id"] = self.user_id or data.get("user_id")
+        data[self.spec.entity_field] = self.entity_id or data.get(self.spec.entity_field)
+        data[self.data_field] = self._entity_data()
+        if self.extra_data is not None:
+            data["extra_data"] = copy.deepcopy(self.extra_data)
+        self._extend(data, run)
+        session = self.spec.session_class.from_dict(data)
+        assert session is not None
+        return session
+
+    def _restore(self, stored: Session) -> None:
+        """Takes the stored session as this keeper's state."""
+        data = stored.to_dict()
+        self._stored = stored
+        self.version = getattr(stored, "version", None)
+        self.runs = list(get_path(data, self.spec.runs_path) or [])
+        session_data = data.get("session_data") or {}
+        self.session_name = session_data.get("session_name") or self.session_name
+        state = copy.deepcopy(self._initial_state)
+        state.update(session_data.get("session_state") or {})
+        self.session_state = state
+        self.metrics = dict(session_data.get("metrics") or {})
+        self.user_id = self.user_id or data.get("user_id")
+        self.entity_id = self.entity_id or data.get(self.spec.entity_field)
+        if self.extra_data is None:
+            self.extra_data = data.get("extra_data")
+        self._restored(data)
+
+    def _reset(self) -> None:
+        self._stored = None
+        self.version = None
+        self.runs = []
+        self.session_name = None
+        self.session_state = copy.deepcopy(self._initial_state)
+        self.metrics = {}
+
+    # -- hooks ----------------------------------------------------------------------------
+
+    def _entity_data(self) -> dict[str, Any]:
+        """What is stored in the session's ``*_data`` field about the agent, team or workflow."""
+        return {}
+
+    def _extend(self, data: dict[str, Any], run: Run | None) -> None:
+        """Adds what a subclass stores beyond the shared fields to the session's dict."""
+
+    def _restored(self, data: dict[str, Any]) -> None:
+        """Takes what a subclass stores beyond the shared fields back from a stored session."""
+
+
+def extend_messages(data: dict[str, Any], run: Run | None) -> None:
+    """Adds the messages of ``run`` to ``memory["messages"]``, the session's whole conversation."""
+    memory = data.setdefault("memory", {})
+    messages = list(memory.get("messages") or [])
+    if run is not None:
+        messages.extend(run.get("messages") or [])
+    memory["messages"] = messages
+
+
+def get_path(data: dict[str, Any], path: tuple[str, ...]) -> Any:
+    """The value at ``path`` in nested dicts, or None where a step is missing."""
+    value: Any = data
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def set_path(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    """Sets ``value`` at ``path``, making (or replacing non-dict values with) dicts on the way."""
+    for key in path[:-1]:
+        if not isinstance(data.get(key), dict):
+            data[key] = {}
+        data = data[key]
+    data[path[-1]] = value
+
+
+def _index(runs: list[Run], run_id: str) -> int | None:
+    for i, run in enumerate(runs):
+        if run.get("run_id") == run_id:
+            return i
+    return None

@@ -1,0 +1,201 @@
+"""A team of agents: a leader model picks the member that answers each message.
+
+The team's :class:`~savegame.storage.session.team.TeamSession` is saved after every run: its
+``memory["runs"]`` say who answered what, and ``session_data["member_sessions"]`` which agent
+session holds each member's turns. Each member saves its turns in its own
+:class:`~savegame.storage.session.agent.AgentSession` (in the member's own storage, mode
+``"agent"``), whose ``team_session_id`` names the team session. A team made again with the
+same session id resumes: its runs, its state, and every member's conversation.
+
+The member answers before the team saves: if the team's save fails, the member's turn is
+stored and the team's record of it is not, and the error says so by propagating.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from savegame.agent import Agent, RunResponse
+from savegame.models import Model, default_model, describe
+from savegame.models import message as make_message
+from savegame.models.offline import CHOOSE_ONE
+from savegame.runtime import Run, SessionKeeper, extend_messages, new_id
+from savegame.storage.base import Storage
+
+
+class Team(SessionKeeper):
+    """Member agents and a leader that routes each message to one of them.
+
+    Args:
+        members: the agents; each needs a distinct ``name`` (or ``agent_id``), and its
+            ``role`` tells the leader what it is for.
+        model: the leader's model; when None, the model the environment configures.
+        storage: a storage in mode ``"team"``; None keeps the team session in this object.
+        session_id: the team session to resume or start.
+        user_id: whose session it is; members' sessions get the same user.
+        team_id: stored in the session's ``team_id``.
+        name: the team's name, stored in ``team_data``.
+        session_name: a name for the session.
+        session_state: the state a new session starts with (resumed state wins).
+        instructions: added to the leader's prompt.
+        extra_data: stored as the session's ``extra_data``.
+
+    Raises:
+        ValueError: when there are no members or two share a name.
+        ModelNotConfiguredError: when ``model`` is None and no model is configured.
+        SessionOwnerError: when ``session_id`` belongs to another ``user_id``.
+        StorageError: when the stored team or member session cannot be read.
+    """
+
+    mode = "team"
+    data_field = "team_data"
+
+    def __init__(
+        self,
+        members: Sequence[Agent],
+        model: Model | None = None,
+        storage: Storage | None = None,
+        session_id: str | None = None,
+        user_id: str | None = None,
+        team_id: str | None = None,
+        name: str | None = None,
+        session_name: str | None = None,
+        session_state: dict[str, Any] | None = None,
+        instructions: str | None = None,
+        extra_data: dict[str, Any] | None = None,
+    ) -> None:
+        if not members:
+            raise ValueError("a team needs at least one member")
+        self.members: dict[str, Agent] = {}
+        for member in members:
+            key = member.name or member.agent_id or ""
+            if key in self.members:
+                raise ValueError(f"two team members are called {key!r}: give them distinct names")
+            self.members[key] = member
+        self.model: Model = model if model is not None else default_model()
+        self.name = name
+        self.instructions = instructions
+        self.member_sessions: dict[str, str] = {}
+        self._members_ready = False
+        super().__init__(
+            storage, session_id, user_id, team_id, session_name, session_state, extra_data
+        )
+        self._members_ready = True
+        self._attach_members()
+
+    @property
+    def team_id(self) -> str | None:
+        """The id stored in the session's ``team_id``."""
+        return self.entity_id
+
+    def run(self, message: str) -> RunResponse:
+        """Lets the leader pick a member, has it answer, saves the team run, returns the answer.
+
+        When the leader names no member, the first member answers; the run records it.
+
+        Raises:
+            ModelError: when the leader's or the member's model call failed; the team
+                session is unchanged (and so is the member's, when its call failed).
+            StorageError: when the member's or the team's run could not be saved.
+        """
+        created_at = int(time.time())
+        started = time.perf_counter()
+        choice = self.model.respond(self._routing(message))
+        name, routed = self._member_named(choice.content)
+        answer = self.members[name].run(message)
+        run: Run = {
+            "run_id": new_id(),
+            "created_at": created_at,
+            "input": message,
+            "content": answer.content,
+            "member": name,
+            "routed_by": routed,
+            "leader_answer": choice.content,
+            "member_run_id": answer.run_id,
+            "member_session_id": answer.session_id,
+            "messages": [make_message("user", message), make_message("assistant", answer.content)],
+            "status": "completed",
+            "metrics": {f"leader_{k}": v for k, v in choice.usage.items()},
+        }
+        self._save(run)
+        return RunResponse(
+            content=answer.content,
+            run_id=run["run_id"],
+            session_id=self.session_id,
+            messages=answer.messages,
+            model=answer.model,
+            created_at=created_at,
+            duration=time.perf_counter() - started,
+            metrics=run["metrics"],
+            member=name,
+        )
+
+    def new_session(self) -> str:
+        """Starts a new team session; every member starts a new session of its own too."""
+        session_id = super().new_session()
+        self._attach_members()
+        return session_id
+
+    def load_session(self, session_id: str | None = None) -> bool:
+        """Loads the team session and, once members are known, each member's session."""
+        loaded = super().load_session(session_id)
+        if self._members_ready:
+            self._attach_members()
+        return loaded
+
+    def _attach_members(self) -> None:
+        for key, member in self.members.items():
+            sid = self.member_sessions.get(key) or new_id()
+            self.member_sessions[key] = sid
+            member.attach(sid, self.session_id, self.user_id)
+
+    def _routing(self, message: str) -> list[Any]:
+        lines = [f"You lead the team {self.name or self.team_id}. Its members:"]
+        for key, member in self.members.items():
+            lines.append(f"- {key}: {member.role or member.instructions or 'a member'}")
+        if self.instructions:
+            lines.append(self.instructions)
+        lines.append(CHOOSE_ONE)
+        return [make_message("system", "\n".join(lines)), make_message("user", message)]
+
+    def _member_named(self, answer: str) -> tuple[str, str]:
+        """The member the leader's answer names (the longest name it contains), and how."""
+        text = answer.strip().lower()
+        for key in self.members:
+            if text == key.lower():
+                return key, "leader"
+        named = [key for key in self.members if key.lower() in text]
+        if named:
+            return max(named, key=len), "leader"
+        return next(iter(self.members)), "first member: the leader named none"
+
+    def _entity_data(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "team_id": self.entity_id,
+            "model": describe(self.model),
+            "members": [
+                {"name": key, "agent_id": m.agent_id, "role": m.role}
+                for key, m in self.members.items()
+            ],
+        }
+
+    def _extend(self, data: dict[str, Any], run: Run | None) -> None:
+        extend_messages(data, run)
+        session_data = data["session_data"]
+        # Union, not replace: another process may have attached a member this one lacks.
+        session_data["member_sessions"] = {
+            **(session_data.get("member_sessions") or {}),
+            **self.member_sessions,
+        }
+
+    def _restored(self, data: dict[str, Any]) -> None:
+        stored = (data.get("session_data") or {}).get("member_sessions") or {}
+        self.member_sessions = {**self.member_sessions, **stored}
+        self.name = self.name or (data.get("team_data") or {}).get("name")
+
+    def _reset(self) -> None:
+        super()._reset()
+        self.member_sessions = {}

@@ -1,0 +1,383 @@
+"""Workflows whose progress survives a restart.
+
+Two kinds, one per storage mode:
+
+- :class:`Workflow` (mode ``"workflow"``): a subclass writes ``run(...)`` by hand and keeps
+  its progress in ``self.session_state``, which is saved after every run (failed runs too)
+  and is there again when the workflow is made with the same session id, in any process.
+  :meth:`Workflow.step` computes a result once: when the state already holds it, it is not
+  computed again.
+- :class:`StepWorkflow` (mode ``"workflow_v2"``): a list of steps; each run is recorded in
+  ``WorkflowSession.runs`` with the status and output of every step, saved after every step.
+  A run that failed (or whose process died) part-way is resumed by :meth:`StepWorkflow.resume`
+  from the first step that did not complete.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from savegame.errors import SerializationError
+from savegame.runtime import Run, SessionKeeper, new_id
+from savegame.storage.base import Storage
+from savegame.storage.codec import encode
+
+T = TypeVar("T")
+
+
+def _storable(value: Any) -> Any:
+    """``value`` when the store can hold it as it is, else its ``repr`` (for the run record)."""
+    try:
+        return encode(value)
+    except SerializationError:
+        return repr(value)
+
+
+def _failure(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Workflow(SessionKeeper):
+    """A workflow written as a ``run`` method; its ``session_state`` is saved after every run.
+
+    Subclass it and write ``run``; every call of ``run`` is recorded in the session's
+    ``memory["runs"]`` (status, duration, input and output where storable) and saves
+    ``session_state``, also when ``run`` raises (the run is then recorded as failed and the
+    exception propagates). Inside ``run``, :meth:`step` saves as soon as a result is known, so
+    even a killed process keeps the results it had::
+
+        class Report(Workflow):
+            def run(self, topic: str) -> str:
+                notes = self.step("notes", lambda: research(topic))
+                return self.step("report", lambda: write(notes))
+
+    Args:
+        session_id: the session to resume or start; a new id when None.
+        user_id: whose session it is; a resumed session's own when None.
+        storage: a storage in mode ``"workflow"``; None keeps the session in this object.
+        workflow_id: stored in the session's ``workflow_id``.
+        name: stored in ``workflow_data`` (default: the class's ``name`` or its name).
+        session_name: a name for the session.
+        session_state: the state a new session starts with (resumed state wins).
+        extra_data: stored as the session's ``extra_data``.
+
+    Raises:
+        SessionOwnerError: when ``session_id`` belongs to another ``user_id``.
+        StorageError: when the stored session cannot be read.
+    """
+
+    mode = "workflow"
+    data_field = "workflow_data"
+    name: str | None = None
+    description: str | None = None
+
+    def __init__(
+        self,
+        session_id: str | None = None,
+        user_id: str | None = None,
+        storage: Storage | None = None,
+        workflow_id: str | None = None,
+        *,
+        name: str | None = None,
+        session_name: str | None = None,
+        session_state: dict[str, Any] | None = None,
+        extra_data: dict[str, Any] | None = None,
+    ) -> None:
+        self.name = name or self.name or type(self).__name__
+        self._in_run = False
+        super().__init__(
+            storage, session_id, user_id, workflow_id, session_name, session_state, extra_data
+        )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "run" in cls.__dict__:
+            cls.run = _recorded(cls.__dict__["run"])  # type: ignore[method-assign]
+
+    @property
+    def workflow_id(self) -> str | None:
+        """The id stored in the session's ``workflow_id``."""
+        return self.entity_id
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        """The workflow's work; subclasses write it.
+
+        Raises:
+            NotImplementedError: always, on the base class.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must define run()")
+
+    def step(self, key: str, compute: Callable[[], T]) -> T:
+        """``session_state[key]`` when it is there; otherwise computes it, stores and saves it.
+
+        Raises:
+            StorageError: when the result could not be saved (it is then not in the state).
+            SerializationError: when the result is not a value the store can hold.
+        """
+        if key in self.session_state:
+            done: T = self.session_state[key]
+            return done
+        value = compute()
+        self.session_state[key] = value
+        try:
+            self.save()
+        except Exception:
+            del self.session_state[key]
+            raise
+        return value
+
+    def save(self) -> None:
+        """Saves ``session_state`` now, without recording a run.
+
+        Raises:
+            StorageError: when the store refused the write.
+        """
+        self._checkpoint(None)
+
+    def _checkpoint(self, record: Run | None) -> None:
+        state = self.session_state
+        self._save(record)
+        # The save reloads the state from the store; refill the caller's dict rather than
+        # replace it, so references taken inside run() keep seeing the saved state.
+        state.clear()
+        state.update(self.session_state)
+        self.session_state = state
+
+    def _entity_data(self) -> dict[str, Any]:
+        return {"name": self.name, "workflow_id": self.entity_id, "description": self.description}
+
+
+def _recorded(run: Callable[..., Any]) -> Callable[..., Any]:
+    """Wraps a subclass's ``run`` so that each outermost call is recorded and saved."""
+
+    @functools.wraps(run)
+    def recorded(self: Workflow, *args: Any, **kwargs: Any) -> Any:
+        if self._in_run:  # a subclass's run calling super().run(): the outer call records
+            return run(self, *args, **kwargs)
+        record: Run = {
+            "run_id": new_id(),
+            "created_at": int(time.time()),
+            "input": _storable({"args": list(args), "kwargs": kwargs}),
+            "status": "running",
+        }
+        started = time.perf_counter()
+        self._in_run = True
+        try:
+            result = run(self, *args, **kwargs)
+        except BaseException as exc:
+            self._in_run = False
+            record.update(status="failed", error=_failure(exc))
+            record["metrics"] = {"duration": time.perf_counter() - started}
+            self._checkpoint(record)
+            raise
+        self._in_run = False
+        record.update(status="completed", output=_storable(result))
+        record["metrics"] = {"duration": time.perf_counter() - started}
+        self._checkpoint(record)
+        return result
+
+    return recorded
+
+
+@dataclass
+class Step:
+    """One step of a :class:`StepWorkflow`.
+
+    Attributes:
+        name: unique in its workflow; the run record and ``outputs`` are keyed by it.
+        fn: called with a :class:`StepContext`; returns the step's output, which must be a
+            value the store can hold (JSON-like).
+    """
+
+    name: str
+    fn: Callable[[StepContext], Any]
+
+
+@dataclass
+class StepContext:
+    """What a step is called with.
+
+    Attributes:
+        input: the run's input.
+        outputs: the outputs of the steps completed so far in this run, by step name
+            (including those completed before a resume).
+        session_state: the workflow's state, saved with every step.
+        run_id: the run's id.
+    """
+
+    input: Any
+    outputs: dict[str, Any]
+    session_state: dict[str, Any]
+    run_id: str
+
+
+@dataclass
+class WorkflowRunResponse:
+    """The outcome of a step workflow's run.
+
+    Attributes:
+        run_id: the run's id in ``WorkflowSession.runs``.
+        session_id: the session the run was saved in.
+        status: ``"completed"``.
+        outputs: every step's output, by name.
+        content: the last step's output.
+        steps: the stored record of every step (name, status, output, duration).
+        resumed: the steps completed in an earlier attempt and not run again.
+    """
+
+    run_id: str
+    session_id: str
+    status: str
+    outputs: dict[str, Any]
+    content: Any
+    steps: list[dict[str, Any]]
+    resumed: list[str] = field(default_factory=list)
+
+
+class StepWorkflow(SessionKeeper):
+    """A workflow of steps, each run recorded with the status of every step.
+
+    Args:
+        steps: :class:`Step` objects or functions (named by their ``__name__``).
+        storage: a storage in mode ``"workflow_v2"``; None keeps the session in this object.
+        session_id: the session to resume or start.
+        user_id: whose session it is.
+        workflow_id: stored in the session's ``workflow_id``.
+        name: stored as the session's ``workflow_name``.
+        session_name: a name for the session.
+        session_state: the state a new session starts with (resumed state wins).
+        extra_data: stored as the session's ``extra_data``.
+
+    Raises:
+        ValueError: when there are no steps or two share a name.
+        SessionOwnerError: when ``session_id`` belongs to another ``user_id``.
+        StorageError: when the stored session cannot be read.
+    """
+
+    mode = "workflow_v2"
+    data_field = "workflow_data"
+
+    def __init__(
+        self,
+        steps: Sequence[Step | Callable[[StepContext], Any]],
+        storage: Storage | None = None,
+        session_id: str | None = None,
+        user_id: str | None = None,
+        workflow_id: str | None = None,
+        name: str | None = None,
+        session_name: str | None = None,
+        session_state: dict[str, Any] | None = None,
+        extra_data: dict[str, Any] | None = None,
+    ) -> None:
+        self.steps = [s if isinstance(s, Step) else Step(s.__name__, s) for s in steps]
+        names = [s.name for s in self.steps]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"a step workflow needs steps with distinct names, not {names}")
+        self.name = name
+        super().__init__(
+            storage, session_id, user_id, workflow_id, session_name, session_state, extra_data
+        )
+
+    @property
+    def workflow_id(self) -> str | None:
+        """The id stored in the session's ``workflow_id``."""
+        return self.entity_id
+
+    def run(self, input: Any = None) -> WorkflowRunResponse:
+        """Runs every step in order, saving after each.
+
+        Raises:
+            Exception: whatever a step raised; the run is stored as failed, with that step
+                failed and the steps before it completed, ready for :meth:`resume`.
+            SerializationError: when a step's output cannot be stored.
+            StorageError: when a save failed.
+        """
+        record: Run = {
+            "run_id": new_id(),
+            "created_at": int(time.time()),
+            "input": input,
+            "status": "running",
+            "steps": [{"name": s.name, "status": "pending"} for s in self.steps],
+        }
+        self._save(record)
+        return self._execute(record)
+
+    def resume(self, run_id: str | None = None) -> WorkflowRunResponse:
+        """Continues a run from the first step that did not complete.
+
+        Args:
+            run_id: the run to continue; the latest run that did not complete when None.
+
+        Raises:
+            LookupError: when there is no such run, or no run left unfinished.
+            Exception: whatever a step raised, as for :meth:`run`.
+        """
+        unfinished = [r for r in self.runs if r.get("status") != "completed"]
+        if run_id is not None:
+            unfinished = [r for r in self.runs if r.get("run_id") == run_id]
+        if not unfinished:
+            raise LookupError(
+                f"no run {run_id!r} in session {self.session_id!r}"
+                if run_id
+                else f"every run of session {self.session_id!r} completed: nothing to resume"
+            )
+        return self._execute(copy.deepcopy(unfinished[-1]))
+
+    def pending_runs(self) -> list[Run]:
+        """The stored runs that did not complete, oldest first."""
+        return [r for r in self.runs if r.get("status") != "completed"]
+
+    def _execute(self, record: Run) -> WorkflowRunResponse:
+        by_name = {s["name"]: s for s in record.get("steps") or []}
+        record["steps"] = [by_name.get(s.name) or {"name": s.name} for s in self.steps]
+        outputs = {
+            s["name"]: s.get("output") for s in record["steps"] if s.get("status") == "completed"
+        }
+        resumed = list(outputs)
+        record["status"] = "running"
+        for step, stored in zip(self.steps, record["steps"], strict=True):
+            if stored.get("status") == "completed":
+                continue
+            started = time.perf_counter()
+            context = StepContext(
+                record["input"], dict(outputs), self.session_state, record["run_id"]
+            )
+            try:
+                output = step.fn(context)
+            except Exception as exc:
+                stored.update(status="failed", error=_failure(exc))
+                stored["duration"] = time.perf_counter() - started
+                record["status"] = "failed"
+                self._save(record, replace=True)
+                raise
+            stored.update(status="completed", output=output)
+            stored.pop("error", None)
+            stored["duration"] = time.perf_counter() - started
+            outputs[step.name] = output
+            if step is self.steps[-1]:
+                record["status"] = "completed"
+            self._save(record, replace=True)
+        record["status"] = "completed"
+        return WorkflowRunResponse(
+            run_id=record["run_id"],
+            session_id=self.session_id,
+            status="completed",
+            outputs=outputs,
+            content=outputs.get(self.steps[-1].name),
+            steps=record["steps"],
+            resumed=resumed,
+        )
+
+    def _entity_data(self) -> dict[str, Any]:
+        return {"name": self.name, "steps": [s.name for s in self.steps]}
+
+    def _extend(self, data: dict[str, Any], run: Run | None) -> None:
+        data["workflow_name"] = self.name or data.get("workflow_name")
+
+    def _restored(self, data: dict[str, Any]) -> None:
+        self.name = self.name or data.get("workflow_name")
