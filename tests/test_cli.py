@@ -1,0 +1,389 @@
+"""The ``savegame`` command, run as the console script in real processes, on every backend
+that other processes can reach (each entry of ``tests.stores.BACKENDS`` with a URL)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+
+from savegame.cli import app
+from savegame.storage.base import Storage
+from savegame.storage.session import MODES, Session
+from savegame.testing import Store
+from savegame.testing.sample import make_session
+from savegame.transfer import session_line
+from tests.stores import BACKENDS, Backend
+
+SAVEGAME = Path(sys.executable).with_name("savegame")
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+URL_BACKENDS = [pytest.param(b, id=b.name) for b in BACKENDS if b.name != "memory"]
+BASE = 1_700_000_000  # created_at of the first seeded session
+
+
+def savegame(
+    *args: str, stdin: bytes | None = None, code: int = 0
+) -> subprocess.CompletedProcess[bytes]:
+    """Runs the console script; checks its exit code."""
+    env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1"}
+    env.pop("SAVEGAME_STORAGE", None)
+    proc = subprocess.run(
+        [str(SAVEGAME), *args], input=stdin, capture_output=True, timeout=300, env=env
+    )
+    assert proc.returncode == code, (
+        f"savegame {' '.join(args)} exited {proc.returncode}, not {code}\n"
+        f"stdout: {proc.stdout.decode(errors='replace')}\n"
+        f"stderr: {proc.stderr.decode(errors='replace')}"
+    )
+    return proc
+
+
+def text(proc: subprocess.CompletedProcess[bytes]) -> str:
+    return proc.stdout.decode("utf-8")
+
+
+def errors(proc: subprocess.CompletedProcess[bytes]) -> str:
+    return proc.stderr.decode("utf-8")
+
+
+@contextmanager
+def open_store(
+    backend: Backend, tmp_path: Path, mode: str = "agent", name: str = "a"
+) -> Iterator[Store]:
+    """An isolated store of ``backend`` that other processes can open by its URL."""
+    folder = tmp_path / name
+    folder.mkdir(exist_ok=True)
+    with backend.make(folder, mode) as store:
+        if store.url is None:
+            pytest.skip(f"{backend.name} has no URL")
+        yield store
+
+
+def seed(storage: Storage, mode: str, base: int = BASE) -> list[Session]:
+    """Five sessions of two users and two entities, created from ``base`` on."""
+    storage.create()
+    stored = []
+    for i in range(5):
+        session = make_session(mode, f"s{i}", i % 3, 80, user_id=f"u{i % 2}", entity_id=f"e{i % 2}")
+        session.session_data["session_name"] = f"chat ✓ {i}"  # type: ignore[attr-defined]
+        session.created_at = base + i  # type: ignore[attr-defined]
+        session.updated_at = base + 100 + i  # type: ignore[attr-defined]
+        stored.append(storage.restore(session))
+    return stored
+
+
+@pytest.mark.parametrize("backend", URL_BACKENDS)
+def test_sessions_list_show_rename_delete(backend: Backend, tmp_path: Path) -> None:
+    with open_store(backend, tmp_path) as store:
+        seed(store(), "agent")
+        url = ["--storage", str(store.url)]
+
+        listed = json.loads(text(savegame("sessions", "list", *url, "--json")))
+        assert [r["id"] for r in listed] == ["s4", "s3", "s2", "s1", "s0"]
+        assert listed[0] == {
+            "id": "s4",
+            "user": "u0",
+            "entity": "e0",
+            "name": "chat ✓ 4",
+            "runs": 2,
+            "created": 1_700_000_004,
+            "updated": 1_700_000_104,
+        }
+        by_user = json.loads(text(savegame("sessions", "list", *url, "--user", "u1", "--json")))
+        assert [r["id"] for r in by_user] == ["s3", "s1"]
+        by_entity = json.loads(text(savegame("sessions", "list", *url, "-e", "e0", "--json")))
+        assert [r["id"] for r in by_entity] == ["s4", "s2", "s0"]
+        page = json.loads(text(savegame("sessions", "list", *url, "-n", "2", "-p", "2", "--json")))
+        assert [r["id"] for r in page] == ["s2", "s1"]
+
+        table = text(savegame("sessions", "list", *url))
+        for heading in ("id", "user", "entity", "name", "runs", "created", "updated"):
+            assert heading in table
+        assert "chat ✓ 3" in table
+        assert "2023-11-14 22:13:24" in table  # created_at of s4, in UTC
+        assert "5 sessions" in table
+
+        shown = text(savegame("sessions", "show", "s2", *url))
+        assert "question 1 of s2" in shown
+        assert "é✓1" in shown
+        assert "chat ✓ 2" in shown
+        raw = json.loads(text(savegame("sessions", "show", "s2", *url, "--json")))
+        assert raw == json.loads(session_line(store().read("s2")))  # type: ignore[arg-type]
+
+        savegame("sessions", "rename", "s2", "trip to Kyōto", *url)
+        renamed = store().read("s2")
+        assert renamed is not None
+        assert renamed.session_data["session_name"] == "trip to Kyōto"  # type: ignore[attr-defined]
+        assert renamed.session_data["round"] == 2  # type: ignore[attr-defined]
+
+        savegame("sessions", "delete", "s0", "s1", *url)
+        assert store().get_all_session_ids() == ["s4", "s3", "s2"]
+        missing = savegame("sessions", "delete", "s3", "nope", *url, code=2)
+        assert store().get_all_session_ids() == ["s4", "s2"]
+        assert "nope" in errors(missing)
+        assert "Traceback" not in errors(missing)
+        absent = savegame("sessions", "show", "nope", *url, code=2)
+        assert errors(absent).strip().splitlines() == [
+            f"error: no agent session 'nope' in {store.url}"
+        ]
+        savegame("sessions", "rename", "nope", "x", *url, code=2)
+
+
+@pytest.mark.parametrize("backend", URL_BACKENDS)
+def test_export_import_is_lossless_across_backends(backend: Backend, tmp_path: Path) -> None:
+    """JSON lines out of one store, into an empty store of this backend, and out again."""
+    json_backend = next(b for b in BACKENDS if b.name == "json")
+    with (
+        open_store(json_backend, tmp_path, "team", "src") as src,
+        open_store(backend, tmp_path, "team", "dst") as dst,
+    ):
+        seed(src(), "team")
+        exported = savegame("export", "-s", str(src.url), "--mode", "team").stdout
+        assert len(exported.splitlines()) == 5
+        assert "exported 5 sessions" in errors(savegame("export", "-s", str(src.url), "-m", "team"))
+        (tmp_path / "dump.jsonl").write_bytes(exported)
+        savegame("import", str(tmp_path / "dump.jsonl"), "-s", str(dst.url), "-m", "team")
+        assert savegame("export", "-s", str(dst.url), "-m", "team").stdout == exported
+        one_user = savegame("export", "-s", str(dst.url), "-m", "team", "--user", "u1").stdout
+        assert [json.loads(line)["session_id"] for line in one_user.splitlines()] == ["s3", "s1"]
+
+        # Importing again replaces, never duplicates; from standard input too.
+        savegame("import", "-", "-s", str(dst.url), "-m", "team", stdin=exported)
+        assert dst().get_all_session_ids() == ["s4", "s3", "s2", "s1", "s0"]
+
+        # A file of another mode is refused before anything is written.
+        wrong = savegame("import", str(tmp_path / "dump.jsonl"), "-s", str(dst.url), code=2)
+        assert "not fields of agent sessions" in errors(wrong)
+        assert "Traceback" not in errors(wrong)
+
+
+@pytest.mark.parametrize("backend", URL_BACKENDS)
+def test_stats_purge_delete_user_schema(backend: Backend, tmp_path: Path) -> None:
+    with open_store(backend, tmp_path, "workflow_v2") as store:
+        storage = store()
+        # A day before now for the sessions purge keeps, sixty days for the one it removes.
+        recent = int(time.time()) - 86400
+        seed(storage, "workflow_v2", recent)
+        old = make_session("workflow_v2", "old", 0, 10, user_id="u9", entity_id="e9")
+        old.created_at = old.updated_at = recent - 59 * 86400  # type: ignore[attr-defined]
+        storage.restore(old)
+        url = ["-s", str(store.url), "-m", "workflow_v2"]
+
+        figures = json.loads(text(savegame("stats", *url, "--json")))
+        assert figures["sessions"] == 6
+        assert figures["users"] == 3
+        assert figures["entities"] == 3
+        assert figures["oldest"] == recent - 59 * 86400
+        assert figures["newest"] == recent + 104
+        assert figures["bytes"] > 6 * 80
+        assert "sessions" in text(savegame("stats", *url))
+
+        dry = savegame("purge", "--older-than", "30d", "--dry-run", *url)
+        assert text(dry).split() == ["old"]
+        assert "would remove 1 session" in errors(dry)
+        assert len(storage.get_all_session_ids()) == 6
+        savegame("purge", "--older-than", "30d", *url)
+        assert "old" not in storage.get_all_session_ids()
+        assert len(storage.get_all_session_ids()) == 5
+        bad_age = savegame("purge", "--older-than", "soon", *url, code=2)
+        assert "not an age" in errors(bad_age)
+
+        erased = text(savegame("delete-user", "u0", *url))
+        assert "deleted 3 sessions of user 'u0'" in erased
+        assert storage.get_all_session_ids() == ["s3", "s1"]
+
+        savegame("schema", "upgrade", *url)
+        assert storage.get_all_session_ids() == ["s3", "s1"]
+
+
+@pytest.mark.parametrize("backend", URL_BACKENDS)
+def test_copy_into_this_backend_and_again(backend: Backend, tmp_path: Path) -> None:
+    json_backend = next(b for b in BACKENDS if b.name == "json")
+    with (
+        open_store(json_backend, tmp_path, "agent", "src") as src,
+        open_store(backend, tmp_path, "agent", "dst") as dst,
+    ):
+        originals = seed(src(), "agent")
+        first = savegame("copy", str(src.url), str(dst.url), "--batch-size", "2")
+        assert "copied 5, already there 0, of 5 sessions" in errors(first)
+        again = savegame("copy", str(src.url), str(dst.url))
+        assert "copied 0, already there 5, of 5 sessions" in errors(again)
+        for original in originals:
+            assert dst().read(original.session_id) == original
+
+
+def test_delete_user_searches_every_mode_of_a_database(tmp_path: Path) -> None:
+    """A SQLite URL without ?table= names one table per mode; delete-user empties each."""
+    url = f"sqlite:///{tmp_path / 'all.db'}"
+    from savegame.storage.url import open_storage
+
+    for mode in MODES:
+        with open_storage(url, mode) as storage:
+            seed(storage, mode)
+    erased = text(savegame("delete-user", "u1", "-s", url))
+    assert "deleted 8 sessions of user 'u1'" in erased
+    assert "agent: 2, team: 2, workflow: 2, workflow_v2: 2" in erased
+    for mode in MODES:
+        with open_storage(url, mode) as storage:
+            assert storage.get_all_session_ids() == ["s4", "s2", "s0"]
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
+    bad_url = savegame("sessions", "list", "-s", "nowhere", code=2)
+    assert errors(bad_url).count("\n") == 1
+    assert "sqlite://" in errors(bad_url)
+    assert "redis://" in errors(bad_url)
+    unknown = savegame("stats", "-s", "ftp://host/x", code=2)
+    assert "unknown storage URL scheme 'ftp'" in errors(unknown)
+    assert "Traceback" not in errors(unknown)
+    debug = savegame("--debug", "stats", "-s", "ftp://host/x", code=2)
+    assert "Traceback" in errors(debug)
+
+    bad_mode = savegame("sessions", "list", "--mode", "robot", code=2)
+    assert "agent, team, workflow, workflow_v2" in errors(bad_mode)
+    no_file = savegame("import", str(tmp_path / "absent.jsonl"), "-s", "memory://", code=2)
+    assert "cannot read" in errors(no_file)
+    (tmp_path / "junk.jsonl").write_text("{not json\n")
+    junk = savegame("import", str(tmp_path / "junk.jsonl"), "-s", "memory://", code=2)
+    assert f"{tmp_path / 'junk.jsonl'}:1: not JSON" in errors(junk)
+    secret = savegame("sessions", "show", "x", "-s", "memory://:hunter2@host", code=2)
+    assert "hunter2" not in errors(secret)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(("sessions", "list"), id="list"),
+        pytest.param(("stats",), id="stats"),
+        pytest.param(("export",), id="export"),
+    ],
+)
+def test_reading_a_store_that_was_never_created(path: tuple[str, ...], tmp_path: Path) -> None:
+    savegame(*path, "-s", f"json:///{tmp_path / 'never'}")
+    savegame(*path, "-s", f"sqlite:///{tmp_path / 'never.db'}")
+
+
+def _commands(group: Any, prefix: tuple[str, ...] = ()) -> Iterator[str]:
+    for name, command in getattr(group, "commands", {}).items():
+        path = (*prefix, name)
+        if getattr(command, "commands", None):
+            yield from _commands(command, path)
+        else:
+            yield " ".join(path)
+
+
+def test_every_command_is_documented() -> None:
+    docs = DOCS.read_text(encoding="utf-8")
+    commands = sorted(_commands(typer.main.get_command(app)))
+    assert "sessions list" in commands
+    for command in commands:
+        assert re.search(rf"^#+ `savegame {re.escape(command)}\b", docs, re.M), (
+            f"docs/cli.md has no section for `savegame {command}`"
+        )
+
+
+# -- moving sessions through every kind of store ----------------------------------------------
+
+CHAIN = ["sqlite", "postgres", "redis", "json", "sqlite"]
+
+
+def awkward_session(mode: str, session_id: str, i: int) -> Session:
+    """A session with unicode of every kind and a memory of about a megabyte."""
+    session = make_session(mode, session_id, 3 + i, 4000, user_id=f"użytkownik-{i % 2}")
+    data = session.to_dict()
+    data["session_data"] = {
+        "unicode": "日本語 עברית 🎮👾 e\u0301 \u200d\ufeff",
+        "nul": "a\x00b",
+        "surrogate": "lone \ud800 half",
+        "big": "x" * 1_000_000,
+        "deep": {"a": [{"b": [1, 2.5, None, True, False, -0.0, 10**18]}]},
+        "round": 3 + i,
+        "n_runs": 4 + i,
+    }
+    data["extra_data"] = {"empty": {}, "list": [], "emoji_key_🎲": "ok"}
+    data["created_at"] = 1_600_000_000 + i
+    data["updated_at"] = 1_600_000_500 + i
+    result = MODES[mode].session_class.from_dict(data)
+    assert result is not None
+    return result
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_round_trip_through_every_backend(mode: str, tmp_path: Path) -> None:
+    """SQLite → PostgreSQL → Redis → JSON → SQLite by ``savegame copy``; nothing changes."""
+    by_name = {b.name: b for b in BACKENDS}
+    missing = [name for name in CHAIN if name not in by_name]
+    if missing:
+        pytest.skip(f"backends not available: {', '.join(missing)}")
+    with ExitStack() as stack:
+        stores = [
+            stack.enter_context(open_store(by_name[name], tmp_path, mode, f"{i}-{name}"))
+            for i, name in enumerate(CHAIN)
+        ]
+        first = stores[0]()
+        first.create()
+        originals = [first.restore(awkward_session(mode, f"rt-{i}", i)) for i in range(3)]
+        originals.append(first.restore(make_session(mode, "plain/../x", 0, 10, None, None)))
+        for src, dst in itertools.pairwise(stores):
+            savegame("copy", str(src.url), str(dst.url), "--mode", mode, "--batch-size", "2")
+        last = stores[-1]()
+        assert sorted(last.get_all_session_ids()) == sorted(s.session_id for s in originals)
+        for original in originals:
+            arrived = last.read(original.session_id)
+            assert arrived is not None
+            for key, value in original.to_dict().items():
+                assert getattr(arrived, key) == value, f"{key} of {original.session_id} changed"
+
+
+def test_copy_killed_half_way_then_run_again(tmp_path: Path) -> None:
+    """kill -9 in the middle of a copy leaves whole sessions only; a second run finishes it."""
+    by_name = {b.name: b for b in BACKENDS}
+    source_backend = by_name.get("sqlite", by_name["json"])
+    with (
+        open_store(source_backend, tmp_path, "agent", "src") as src,
+        open_store(by_name["json"], tmp_path, "agent", "dst") as dst,
+    ):
+        source = src()
+        source.create()
+        total = 300
+        for i in range(total):
+            source.upsert(make_session("agent", f"k{i:03}", i % 4, 2000))
+        proc = subprocess.Popen(
+            [str(SAVEGAME), "copy", str(src.url), str(dst.url), "--batch-size", "5"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        destination = dst()
+        try:
+            for _ in range(3000):
+                if destination.table_exists() and destination.get_all_session_ids():
+                    break
+                time.sleep(0.01)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+        assert proc.returncode == -signal.SIGKILL
+        partial = destination.get_all_session_ids()
+        assert 0 < len(partial) < total, "the copy was not interrupted half-way"
+        for session_id in partial:
+            assert destination.read(session_id) == source.read(session_id)
+
+        again = savegame("copy", str(src.url), str(dst.url), "--batch-size", "5")
+        assert f"of {total} sessions" in errors(again)
+        ids = dst().get_all_session_ids()
+        assert len(ids) == len(set(ids)) == total
+        assert ids == source.get_all_session_ids()
+        for session_id in ids:
+            assert dst().read(session_id) == source.read(session_id)
