@@ -1,0 +1,156 @@
+"""A process that runs agents, teams and workflows on a store, for the runtime's tests.
+
+Run as ``python -m savegame.testing.agent_worker COMMAND ARGS...``; every model is the
+offline one, so it needs no network. Each command prints what the parent checks.
+
+Commands:
+    turns URL SESSION_ID COUNT TAG      run one agent COUNT times on the session, saying
+                                        "TAG i"; prints "done"
+    say URL SESSION_ID MESSAGE          one run of an agent with history on; prints the answer
+    team AGENT_URL TEAM_URL SESSION_ID MESSAGE
+                                        one run of a two-member team (a chef and a coder);
+                                        prints "MEMBER<TAB>ANSWER"
+    workflow URL SESSION_ID MARKERS FAIL
+                                        runs :class:`Pipeline`, which touches a file in the
+                                        folder MARKERS for each step it computes, and fails
+                                        in step FAIL ("none": no failure)
+    steps URL SESSION_ID MARKERS FAIL run|resume
+                                        the same as a step workflow, starting a run or
+                                        resuming the last unfinished one
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from savegame.agent import Agent
+from savegame.models.offline import OfflineModel
+from savegame.storage.url import open_storage
+from savegame.team import Team
+from savegame.workflow import StepContext, StepWorkflow, Workflow
+
+STEPS = ("fetch", "clean", "report")
+
+
+class StepFailed(RuntimeError):
+    """Raised by a step told to fail, standing for any error in real work."""
+
+
+def _work(markers: Path, fail: str, name: str, value: str) -> str:
+    """One step's work: leaves a marker (so the parent can count computations) or fails."""
+    markers.mkdir(parents=True, exist_ok=True)
+    with (markers / name).open("a") as f:
+        f.write("x")
+    if name == fail:
+        raise StepFailed(f"step {name} failed as told")
+    return f"{name}({value})"
+
+
+class Pipeline(Workflow):
+    """Three steps whose results are kept in ``session_state``, so none is computed twice."""
+
+    def __init__(self, markers: Path, fail: str, **kwargs: Any) -> None:
+        self.markers = markers
+        self.fail = fail
+        super().__init__(**kwargs)
+
+    def run(self, topic: str) -> str:
+        value = topic
+        for name in STEPS:
+            value = self.step(name, lambda name=name, value=value: self._do(name, value))  # type: ignore[misc]
+        return value
+
+    def _do(self, name: str, value: str) -> str:
+        return _work(self.markers, self.fail, name, value)
+
+
+def step_workflow(url: str, session_id: str, markers: Path, fail: str) -> StepWorkflow:
+    """The step-workflow version of :class:`Pipeline`."""
+
+    def make(name: str) -> Any:
+        def fn(ctx: StepContext) -> str:
+            previous = ctx.outputs[STEPS[STEPS.index(name) - 1]] if name != STEPS[0] else ctx.input
+            return _work(markers, fail, name, previous)
+
+        fn.__name__ = name
+        return fn
+
+    return StepWorkflow(
+        [make(name) for name in STEPS],
+        storage=open_storage(url, mode="workflow_v2"),
+        session_id=session_id,
+        name="pipeline",
+    )
+
+
+def team(agent_url: str, team_url: str, session_id: str) -> Team:
+    """A chef and a coder, led by the offline model."""
+    agents = open_storage(agent_url, mode="agent")
+    members = [
+        Agent(
+            OfflineModel(),
+            agents,
+            name="chef",
+            role="cooking, recipes and food",
+            add_history_to_messages=True,
+        ),
+        Agent(
+            OfflineModel(),
+            agents,
+            name="coder",
+            role="python programming and code",
+            add_history_to_messages=True,
+        ),
+    ]
+    return Team(
+        members,
+        OfflineModel(),
+        open_storage(team_url, mode="team"),
+        session_id=session_id,
+        name="kitchen",
+    )
+
+
+def main(argv: list[str]) -> int:
+    """Runs one command; see the module docstring."""
+    command, *args = argv
+    if command == "turns":
+        url, session_id, count, tag = args
+        agent = Agent(OfflineModel(), open_storage(url, mode="agent"), session_id=session_id)
+        for i in range(int(count)):
+            agent.run(f"{tag} {i}")
+        print("done", flush=True)
+    elif command == "say":
+        url, session_id, text = args
+        agent = Agent(
+            OfflineModel(),
+            open_storage(url, mode="agent"),
+            session_id=session_id,
+            add_history_to_messages=True,
+        )
+        print(agent.run(text).content, flush=True)
+    elif command == "team":
+        agent_url, team_url, session_id, text = args
+        answer = team(agent_url, team_url, session_id).run(text)
+        print(f"{answer.member}\t{answer.content}", flush=True)
+    elif command == "workflow":
+        url, session_id, markers, fail = args
+        pipeline = Pipeline(
+            Path(markers), fail, session_id=session_id, storage=open_storage(url, mode="workflow")
+        )
+        print(pipeline.run("data"), flush=True)
+    elif command == "steps":
+        url, session_id, markers, fail, how = args
+        flow = step_workflow(url, session_id, Path(markers), fail)
+        result = flow.run("data") if how == "run" else flow.resume()
+        print(result.content, ",".join(result.resumed), flush=True)
+    else:
+        print(f"unknown command {command!r}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

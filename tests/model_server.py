@@ -1,0 +1,116 @@
+"""A chat-completions server on loopback, for testing the OpenAI-compatible model for real.
+
+It speaks enough of the protocol for :class:`savegame.models.openai.OpenAIChat`, and the model
+name in the request chooses how it behaves:
+
+=============  ==========================================================================
+``echo``       200 with ``echo: <last user message> [<n> messages]`` (any other name too)
+``fail-500``   500 with an OpenAI-style error body
+``fail-429``   429 (rate limited)
+``drop``       closes the connection without answering
+``partial``    sends headers and half the body, then closes
+``garbage``    200 with a body that is not JSON
+``hang``       answers nothing until the server stops
+=============  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class ModelServer:
+    """A running server: its base URL and every request it received."""
+
+    base_url: str
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+
+def _handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            """Quiet: the tests read ``requests`` instead."""
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+            model = body.get("model")
+            if self.path != "/v1/chat/completions":
+                self._send(404, {"error": {"message": f"no route {self.path}"}})
+            elif model == "fail-500":
+                self._send(500, {"error": {"message": "the model fell over"}})
+            elif model == "fail-429":
+                self._send(429, {"error": {"message": "slow down"}})
+            elif model == "drop":
+                self.close_connection = True
+                self.connection.close()
+            elif model == "partial":
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "1000")
+                self.end_headers()
+                self.wfile.write(b'{"choices": [')
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.close()
+            elif model == "garbage":
+                self._raw(200, b"<html>not a completion</html>")
+            elif model == "hang":
+                server.stopping.wait(30)
+            else:
+                last = [m["content"] for m in body["messages"] if m["role"] == "user"][-1]
+                content = f"echo: {last} [{len(body['messages'])} messages]"
+                self._send(
+                    200,
+                    {
+                        "id": "chatcmpl-1",
+                        "object": "chat.completion",
+                        "model": model,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": content},
+                                "finish_reason": "stop",
+                            }
+                        ],
+                        "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+                    },
+                )
+
+        def _send(self, status: int, payload: dict[str, Any]) -> None:
+            self._raw(status, json.dumps(payload).encode())
+
+        def _raw(self, status: int, data: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    return Handler
+
+
+@contextmanager
+def model_server() -> Iterator[ModelServer]:
+    """Starts the server on 127.0.0.1 (a free port) and stops it afterwards."""
+    state = ModelServer(base_url="")
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    httpd.daemon_threads = True
+    state.base_url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        state.stopping.set()
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)

@@ -1,0 +1,229 @@
+"""The agent saves after every run and resumes, on every backend, across processes too."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from savegame.agent import Agent
+from savegame.errors import CorruptSessionError
+from savegame.models import Message, ModelConnectionError, ModelResponse
+from savegame.models.offline import OfflineModel
+from savegame.runtime import SessionOwnerError
+from savegame.storage.in_memory import InMemoryStorage
+from savegame.storage.json import JsonStorage
+from savegame.storage.session import AgentSession
+from savegame.testing import Store
+from tests.runtime_helpers import run_together, run_worker
+
+
+class Flaky:
+    """A model whose server goes away when told: what a real outage looks like to an agent."""
+
+    id = "flaky"
+    provider = "test"
+
+    def __init__(self) -> None:
+        self.down = False
+
+    def respond(self, messages: list[Message]) -> ModelResponse:
+        if self.down:
+            raise ModelConnectionError("the model server went away")
+        return OfflineModel().respond(messages)
+
+
+def _agent(store: Store, **kwargs: object) -> Agent:
+    return Agent(model=OfflineModel(), storage=store(), **kwargs)  # type: ignore[arg-type]
+
+
+def test_every_run_is_saved_with_its_messages(backend_store: Store) -> None:
+    agent = _agent(
+        backend_store,
+        session_id="s1",
+        user_id="ada",
+        agent_id="helper",
+        name="Helper",
+        session_name="first chat",
+        session_state={"topic": "names"},
+        extra_data={"source": "test"},
+    )
+    first = agent.run("My name is Ada.")
+    second = agent.run("What is my name?")
+    assert first.session_id == second.session_id == "s1"
+    assert first.run_id != second.run_id
+    assert second.messages[-1] == {"role": "assistant", "content": second.content}
+    assert second.duration >= 0
+    stored = backend_store().read("s1")
+    assert isinstance(stored, AgentSession)
+    assert stored.version == 2
+    assert stored.user_id == "ada"
+    assert stored.agent_id == "helper"
+    assert stored.extra_data == {"source": "test"}
+    assert stored.agent_data == {
+        "name": "Helper",
+        "agent_id": "helper",
+        "role": None,
+        "model": {"id": "offline", "provider": "offline"},
+    }
+    assert stored.memory is not None
+    runs = stored.memory["runs"]
+    assert [r["run_id"] for r in runs] == [first.run_id, second.run_id]
+    assert [r["status"] for r in runs] == ["completed", "completed"]
+    assert runs[1]["messages"] == [
+        {"role": "user", "content": "What is my name?"},
+        {"role": "assistant", "content": second.content},
+    ]
+    assert stored.memory["messages"] == runs[0]["messages"] + runs[1]["messages"]
+    assert stored.session_data is not None
+    assert stored.session_data["session_name"] == "first chat"
+    assert stored.session_data["session_state"] == {"topic": "names"}
+    metrics = stored.session_data["metrics"]
+    assert metrics["runs"] == 2
+    assert metrics["total_tokens"] == sum(r["metrics"]["total_tokens"] for r in runs)
+
+
+def test_a_new_agent_with_the_session_id_resumes_it(backend_store: Store) -> None:
+    first = _agent(
+        backend_store,
+        user_id="ada",
+        name="Helper",
+        session_name="names",
+        add_history_to_messages=True,
+    )
+    first.session_state["count"] = 1
+    first.run("My name is Ada.")
+    again = _agent(backend_store, session_id=first.session_id, add_history_to_messages=True)
+    assert again.user_id == "ada"
+    assert again.name == "Helper"
+    assert again.session_name == "names"
+    assert again.session_state == {"count": 1}
+    assert again.agent_id == first.agent_id
+    assert again.get_messages_for_session() == first.get_messages_for_session()
+    answer = again.run("What is my name?")
+    assert answer.content.startswith("Your name is Ada.")
+    assert [m["content"] for m in answer.messages[:2]] == [
+        "My name is Ada.",
+        first.runs[0]["content"],
+    ]
+
+
+def test_history_is_sent_only_when_asked_and_only_the_last_runs(backend_store: Store) -> None:
+    agent = _agent(backend_store, add_history_to_messages=False)
+    agent.run("My name is Ada.")
+    assert agent.run("What is my name?").content.startswith("You have not told me")
+    windowed = _agent(backend_store, add_history_to_messages=True, num_history_runs=2)
+    windowed.run("My name is Ada.")
+    windowed.run("one")
+    assert windowed.run("What is my name?").content.startswith("Your name is Ada.")
+    windowed.run("two")
+    answer = windowed.run("What is my name?")
+    assert answer.content.startswith("You have not told me")
+    assert len(answer.messages) == 2 * 2 + 2
+
+
+def test_a_failed_model_call_raises_and_leaves_the_session_as_it_was(
+    backend_store: Store,
+) -> None:
+    model = Flaky()
+    agent = Agent(
+        model=model, storage=backend_store(), session_id="s", add_history_to_messages=True
+    )
+    agent.run("My name is Ada.")
+    before = backend_store().read("s")
+    model.down = True
+    with pytest.raises(ModelConnectionError):
+        agent.run("What is my name?")
+    assert backend_store().read("s") == before
+    assert len(agent.runs) == 1
+    model.down = False
+    assert agent.run("What is my name?").content.startswith("Your name is Ada.")
+    after = backend_store().read("s")
+    assert after is not None
+    assert after.version == 2
+    assert len(after.memory["runs"]) == 2  # type: ignore[attr-defined]
+
+
+def test_session_commands(backend_store: Store) -> None:
+    agent = _agent(backend_store, user_id="ada")
+    agent.run("hello")
+    first = agent.session_id
+    agent.rename_session("greetings")
+    stored = backend_store().read(first)
+    assert stored is not None
+    assert stored.session_data["session_name"] == "greetings"  # type: ignore[attr-defined]
+    second = agent.new_session()
+    assert second != first
+    assert agent.runs == []
+    assert agent.session_name is None
+    agent.run("again")
+    assert sorted(backend_store().get_all_session_ids(user_id="ada")) == sorted([first, second])
+    assert agent.get_messages_for_session(first)[0]["content"] == "hello"
+    assert agent.load_session(first)
+    assert agent.session_id == first
+    assert agent.session_name == "greetings"
+    assert agent.delete_session(first)
+    assert agent.session_id not in (first, second)
+    assert backend_store().read(first) is None
+    assert backend_store().read(second) is not None
+    assert not agent.delete_session("nothing-here")
+
+
+def test_a_session_of_another_user_is_refused(backend_store: Store) -> None:
+    _agent(backend_store, session_id="s", user_id="ada").run("My name is Ada.")
+    with pytest.raises(SessionOwnerError):
+        _agent(backend_store, session_id="s", user_id="bob")
+    stored = backend_store().read("s")
+    assert stored is not None
+    assert stored.user_id == "ada"  # type: ignore[attr-defined]
+
+
+def test_a_storage_of_another_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="mode='agent'"):
+        Agent(model=OfflineModel(), storage=InMemoryStorage(mode="team"))
+
+
+def test_an_agent_without_storage_keeps_its_session_in_memory() -> None:
+    agent = Agent(model=OfflineModel(), add_history_to_messages=True)
+    agent.run("My name is Ada.")
+    assert agent.run("What is my name?").content.startswith("Your name is Ada.")
+    session = agent.get_session()
+    assert session is not None
+    assert len(session.memory["runs"]) == 2  # type: ignore[attr-defined]
+
+
+def test_an_unreadable_session_raises_and_is_never_overwritten(tmp_path: Path) -> None:
+    storage = JsonStorage(tmp_path, mode="agent")
+    Agent(model=OfflineModel(), storage=storage, session_id="s").run("My name is Ada.")
+    path = tmp_path / "s.json"
+    damaged = path.read_bytes()[:40]
+    path.write_bytes(damaged)
+    with pytest.raises(CorruptSessionError):
+        Agent(model=OfflineModel(), storage=storage, session_id="s")
+    assert path.read_bytes() == damaged
+
+
+def test_a_new_process_resumes_the_conversation(backend_store: Store) -> None:
+    backend_store.require("processes")
+    told = run_worker("say", backend_store.url, "restart", "Hi! My name is Ada.")
+    assert told[0].startswith("Noted: your name is Ada.")
+    asked = run_worker("say", backend_store.url, "restart", "What is my name?")
+    assert asked[0].startswith("Your name is Ada.")
+    assert "2 earlier messages" in asked[0]
+
+
+def test_two_processes_on_one_session_lose_no_run(backend_store: Store) -> None:
+    storage = backend_store.require("processes")
+    turns = 50
+    run_together([["turns", backend_store.url, "shared", turns, f"p{p}"] for p in range(2)])
+    stored = storage.read("shared")
+    assert stored is not None
+    runs = stored.memory["runs"]  # type: ignore[attr-defined]
+    assert len(runs) == 2 * turns
+    assert len({r["run_id"] for r in runs}) == 2 * turns
+    for p in range(2):
+        said = [r["input"] for r in runs if r["input"].startswith(f"p{p} ")]
+        assert said == [f"p{p} {i}" for i in range(turns)]
+    assert len(stored.memory["messages"]) == 4 * turns  # type: ignore[attr-defined]
+    assert stored.session_data["metrics"]["runs"] == 2 * turns  # type: ignore[attr-defined]
+    assert stored.version == 2 * turns  # type: ignore[attr-defined]

@@ -1,0 +1,164 @@
+"""The models: OpenAIChat against a real HTTP server on loopback, and the offline model."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from savegame.agent import Agent
+from savegame.models import (
+    Model,
+    ModelConnectionError,
+    ModelHTTPError,
+    ModelNotConfiguredError,
+    ModelResponseError,
+    configured_model,
+    message,
+)
+from savegame.models.offline import CHOOSE_ONE, OfflineModel
+from savegame.models.openai import OpenAIChat
+from tests.model_server import ModelServer, model_server
+
+ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_MODEL")
+
+
+@pytest.fixture
+def server() -> Iterator[ModelServer]:
+    with model_server() as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def no_model_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_openai_chat_sends_the_conversation_and_reads_the_answer(server: ModelServer) -> None:
+    model = OpenAIChat(id="echo", api_key="sk-test", base_url=server.base_url, temperature=0.5)
+    convo = [message("system", "be brief"), message("user", "hello")]
+    response = model.respond(convo)
+    assert response.content == "echo: hello [2 messages]"
+    assert response.model == "echo"
+    assert response.usage == {"input_tokens": 7, "output_tokens": 3, "total_tokens": 10}
+    sent = server.requests[-1]
+    assert sent["body"] == {"model": "echo", "messages": convo, "temperature": 0.5}
+    assert sent["headers"]["Authorization"] == "Bearer sk-test"
+
+
+def test_openai_chat_reads_the_environment(
+    server: ModelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url + "/")
+    monkeypatch.setenv("OPENAI_MODEL", "from-env")
+    model = configured_model()
+    assert isinstance(model, OpenAIChat)
+    assert model.respond([message("user", "hi")]).model == "from-env"
+    assert "Authorization" not in server.requests[-1]["headers"]
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "text"),
+    [("fail-500", 500, "the model fell over"), ("fail-429", 429, "slow down")],
+)
+def test_an_error_status_raises_model_http_error(
+    server: ModelServer, name: str, status: int, text: str
+) -> None:
+    with pytest.raises(ModelHTTPError, match=text) as caught:
+        OpenAIChat(id=name, base_url=server.base_url).respond([message("user", "hi")])
+    assert caught.value.status == status
+
+
+@pytest.mark.parametrize("name", ["drop", "partial"])
+def test_a_dropped_connection_raises_model_connection_error(server: ModelServer, name: str) -> None:
+    with pytest.raises(ModelConnectionError):
+        OpenAIChat(id=name, base_url=server.base_url).respond([message("user", "hi")])
+
+
+def test_a_server_that_does_not_answer_times_out(server: ModelServer) -> None:
+    model = OpenAIChat(id="hang", base_url=server.base_url, timeout=0.3)
+    with pytest.raises(ModelConnectionError, match="timed out"):
+        model.respond([message("user", "hi")])
+
+
+def test_a_refused_connection_raises_model_connection_error() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(ModelConnectionError, match=r"127\.0\.0\.1"):
+        OpenAIChat(id="echo", base_url=f"http://127.0.0.1:{port}/v1").respond(
+            [message("user", "hi")]
+        )
+
+
+def test_an_answer_that_is_not_a_completion_raises(server: ModelServer) -> None:
+    with pytest.raises(ModelResponseError, match="not a chat completion"):
+        OpenAIChat(id="garbage", base_url=server.base_url).respond([message("user", "hi")])
+
+
+def test_an_agent_without_a_model_says_how_to_configure_one() -> None:
+    assert configured_model() is None
+    with pytest.raises(ModelNotConfiguredError) as caught:
+        Agent()
+    text = str(caught.value)
+    assert "OPENAI_API_KEY" in text
+    assert "OPENAI_BASE_URL" in text
+    assert "OfflineModel" in text
+
+
+def test_an_agent_uses_the_configured_model(
+    server: ModelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+    monkeypatch.setenv("OPENAI_MODEL", "echo")
+    agent = Agent(add_history_to_messages=True, instructions="be kind")
+    agent.run("one")
+    assert agent.run("two").content == "echo: two [4 messages]"
+    assert [m["role"] for m in server.requests[-1]["body"]["messages"]] == [
+        "system",
+        "user",
+        "assistant",
+        "user",
+    ]
+
+
+def test_both_models_meet_the_protocol() -> None:
+    assert isinstance(OfflineModel(), Model)
+    assert isinstance(OpenAIChat(id="x", base_url="http://127.0.0.1:9/v1"), Model)
+
+
+def test_offline_model_answers_from_the_history_it_is_given() -> None:
+    model = OfflineModel()
+    told = [message("user", "Hello, my name is Ada. My favourite colour is teal.")]
+    told.append(message("assistant", model.respond(told).content))
+    name = model.respond([*told, message("user", "What is my name?")])
+    assert name.content.startswith("Your name is Ada.")
+    assert "offline model" in name.content
+    colour = model.respond([*told, message("user", "what's my favourite colour")])
+    assert colour.content.startswith("Your favourite colour is teal.")
+    forgot = model.respond([message("user", "What is my name?")])
+    assert forgot.content.startswith("You have not told me your name.")
+
+
+def test_offline_model_is_deterministic_and_counts_what_it_sees() -> None:
+    convo = [
+        message("user", "hi"),
+        message("assistant", "hello"),
+        message("user", "what did I say?"),
+    ]
+    first = OfflineModel().respond(convo)
+    assert first == OfflineModel().respond(convo)
+    assert first.content == 'You said: "hi". (offline model; 2 earlier messages in view)'
+    assert first.usage["total_tokens"] > 0
+
+
+def test_offline_model_can_choose_an_option() -> None:
+    system = "\n".join(
+        ["Members:", "- chef: cooking, recipes and food", "- coder: python programming", CHOOSE_ONE]
+    )
+    pick = OfflineModel().respond
+    assert pick([message("system", system), message("user", "fix my python")]).content == "coder"
+    assert pick([message("system", system), message("user", "a soup recipe")]).content == "chef"
+    assert pick([message("system", system), message("user", "hello")]).content == "chef"
