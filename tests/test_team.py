@@ -1,0 +1,131 @@
+"""The team saves its session and each member's, on every backend, and resumes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from savegame.agent import Agent
+from savegame.models import Message, ModelResponse
+from savegame.models.offline import OfflineModel
+from savegame.storage.session import AgentSession, TeamSession
+from savegame.team import Team
+from savegame.testing import Store
+from tests.runtime_helpers import run_worker
+from tests.stores import Backend
+
+
+@pytest.fixture
+def stores(backend: Backend, tmp_path: Path) -> Iterator[tuple[Store, Store]]:
+    """An agent store for the members and a team store for the team, of one backend."""
+    with (
+        backend.make(tmp_path / "agents", "agent") as agents,
+        backend.make(tmp_path / "teams", "team") as teams,
+    ):
+        yield agents, teams
+
+
+def _team(stores: tuple[Store, Store], leader: object = None, **kwargs: object) -> Team:
+    agents, teams = stores
+    members = [
+        Agent(
+            OfflineModel(),
+            agents(),
+            name="chef",
+            role="cooking, recipes and food",
+            add_history_to_messages=True,
+        ),
+        Agent(
+            OfflineModel(),
+            agents(),
+            name="coder",
+            role="python programming and code",
+            add_history_to_messages=True,
+        ),
+    ]
+    return Team(members, leader or OfflineModel(), teams(), **kwargs)  # type: ignore[arg-type]
+
+
+class Names:
+    """A leader that answers in a sentence, as a chat model might."""
+
+    id = "wordy"
+    provider = "test"
+
+    def respond(self, messages: list[Message]) -> ModelResponse:
+        return ModelResponse("I would ask the coder about that.", self.id)
+
+
+def test_the_leader_routes_and_every_session_is_saved(stores: tuple[Store, Store]) -> None:
+    team = _team(stores, session_id="t1", user_id="ada", team_id="kitchen", name="Kitchen")
+    code = team.run("How do I write a python loop?")
+    soup = team.run("Give me a soup recipe.")
+    assert (code.member, soup.member) == ("coder", "chef")
+    agents, teams = stores
+    stored = teams().read("t1")
+    assert isinstance(stored, TeamSession)
+    assert stored.team_id == "kitchen"
+    assert stored.user_id == "ada"
+    assert stored.team_data is not None
+    assert [m["name"] for m in stored.team_data["members"]] == ["chef", "coder"]
+    runs = stored.memory["runs"]  # type: ignore[index]
+    assert [r["member"] for r in runs] == ["coder", "chef"]
+    assert [r["content"] for r in runs] == [code.content, soup.content]
+    member_sessions = stored.session_data["member_sessions"]  # type: ignore[index]
+    for run in runs:
+        member = agents().read(run["member_session_id"])
+        assert isinstance(member, AgentSession)
+        assert member.session_id == member_sessions[run["member"]]
+        assert member.team_session_id == "t1"
+        assert member.user_id == "ada"
+        assert [r["run_id"] for r in member.memory["runs"]] == [run["member_run_id"]]  # type: ignore[index]
+
+
+def test_a_team_made_again_resumes_its_members(stores: tuple[Store, Store]) -> None:
+    team = _team(stores, session_id="t1", user_id="ada")
+    team.run("My favourite food is soup, for cooking.")
+    again = _team(stores, session_id="t1")
+    assert again.user_id == "ada"
+    assert len(again.runs) == 1
+    assert again.member_sessions == team.member_sessions
+    answer = again.run("What is my favourite food?")
+    assert answer.member == "chef"
+    assert answer.content.startswith("Your favourite food is soup")
+
+
+def test_a_leader_answering_in_prose_is_understood(stores: tuple[Store, Store]) -> None:
+    answer = _team(stores, leader=Names()).run("anything")
+    assert answer.member == "coder"
+
+
+def test_members_need_distinct_names() -> None:
+    with pytest.raises(ValueError, match="distinct names"):
+        Team([Agent(OfflineModel(), name="a"), Agent(OfflineModel(), name="a")], OfflineModel())
+    with pytest.raises(ValueError, match="at least one member"):
+        Team([], OfflineModel())
+
+
+def test_a_new_team_session_gives_members_new_sessions(stores: tuple[Store, Store]) -> None:
+    team = _team(stores)
+    team.run("a soup recipe")
+    before = dict(team.member_sessions)
+    team.new_session()
+    assert set(team.member_sessions.values()).isdisjoint(before.values())
+    assert team.members["chef"].runs == []
+
+
+def test_a_new_process_resumes_the_team(backend: Backend, tmp_path: Path) -> None:
+    with (
+        backend.make(tmp_path / "agents", "agent") as agents,
+        backend.make(tmp_path / "teams", "team") as teams,
+    ):
+        agents.require("processes")
+        first = run_worker("team", agents.url, teams.url, "t", "My favourite recipe is pho.")
+        assert first[0].startswith("chef\tNoted: your favourite recipe is pho.")
+        second = run_worker("team", agents.url, teams.url, "t", "What is my favourite recipe?")
+        assert second[0].startswith("chef\tYour favourite recipe is pho.")
+        stored = teams().read("t")
+        assert stored is not None
+        assert len(stored.memory["runs"]) == 2  # type: ignore[attr-defined]

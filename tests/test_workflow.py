@@ -1,0 +1,172 @@
+"""Workflows keep their progress across runs and processes, on every backend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from savegame.storage.session import WorkflowSession, WorkflowSessionV2
+from savegame.testing import Store
+from savegame.testing.agent_worker import STEPS, Pipeline, StepFailed
+from savegame.workflow import Step, StepContext, StepWorkflow, Workflow
+from tests.runtime_helpers import run_worker
+from tests.stores import Backend
+
+
+@pytest.fixture
+def flows(backend: Backend, tmp_path: Path) -> Iterator[Store]:
+    with backend.make(tmp_path / "store", "workflow") as store:
+        yield store
+
+
+@pytest.fixture
+def steps_store(backend: Backend, tmp_path: Path) -> Iterator[Store]:
+    with backend.make(tmp_path / "store", "workflow_v2") as store:
+        yield store
+
+
+def _computed(markers: Path) -> dict[str, int]:
+    return {p.name: len(p.read_text()) for p in sorted(markers.iterdir())}
+
+
+class Counter(Workflow):
+    name = "counter"
+
+    def run(self, by: int = 1) -> int:
+        self.session_state["count"] = self.session_state.get("count", 0) + by
+        return int(self.session_state["count"])
+
+
+class Louder(Counter):
+    def run(self, by: int = 1) -> int:
+        return super().run(by * 10)
+
+
+def test_state_is_saved_after_every_run(flows: Store) -> None:
+    flow = Counter(session_id="w", user_id="ada", storage=flows(), workflow_id="wf")
+    assert flow.run() == 1
+    assert flow.run(by=2) == 3
+    stored = flows().read("w")
+    assert isinstance(stored, WorkflowSession)
+    assert stored.workflow_id == "wf"
+    assert stored.user_id == "ada"
+    assert stored.session_data["session_state"] == {"count": 3}  # type: ignore[index]
+    runs = stored.memory["runs"]  # type: ignore[index]
+    assert [(r["status"], r["output"]) for r in runs] == [("completed", 1), ("completed", 3)]
+    assert runs[1]["input"] == {"args": [], "kwargs": {"by": 2}}
+    assert stored.workflow_data["name"] == "counter"  # type: ignore[index]
+    again = Counter(session_id="w", storage=flows())
+    assert again.session_state == {"count": 3}
+    assert again.run() == 4
+
+
+def test_a_subclass_calling_super_run_records_one_run(flows: Store) -> None:
+    flow = Louder(session_id="w", storage=flows())
+    assert flow.run() == 10
+    stored = flows().read("w")
+    assert stored is not None
+    assert len(stored.memory["runs"]) == 1  # type: ignore[attr-defined]
+
+
+def test_a_failed_run_keeps_the_steps_it_completed(flows: Store, tmp_path: Path) -> None:
+    markers = tmp_path / "markers"
+    with pytest.raises(StepFailed):
+        Pipeline(markers, "clean", session_id="p", storage=flows()).run("data")
+    stored = flows().read("p")
+    assert stored is not None
+    assert stored.memory["runs"][0]["status"] == "failed"  # type: ignore[attr-defined]
+    assert "StepFailed" in stored.memory["runs"][0]["error"]  # type: ignore[attr-defined]
+    result = Pipeline(markers, "none", session_id="p", storage=flows()).run("data")
+    assert result == "report(clean(fetch(data)))"
+    assert _computed(markers) == {"clean": 2, "fetch": 1, "report": 1}
+
+
+def test_a_new_process_does_not_compute_a_saved_step_again(flows: Store, tmp_path: Path) -> None:
+    flows.require("processes")
+    markers = tmp_path / "markers"
+    run_worker("workflow", flows.url, "p", markers, "report", ok=False)
+    assert _computed(markers) == {"clean": 1, "fetch": 1, "report": 1}
+    out = run_worker("workflow", flows.url, "p", markers, "none")
+    assert out == ["report(clean(fetch(data)))"]
+    assert _computed(markers) == {"clean": 1, "fetch": 1, "report": 2}
+    stored = flows().read("p")
+    assert stored is not None
+    assert [r["status"] for r in stored.memory["runs"]] == ["failed", "completed"]  # type: ignore[attr-defined]
+
+
+def _steps(markers: Path, fail: str, store: Store, **kwargs: Any) -> StepWorkflow:
+    def make(name: str) -> Step:
+        def fn(ctx: StepContext) -> str:
+            before = ctx.outputs[STEPS[STEPS.index(name) - 1]] if name != STEPS[0] else ctx.input
+            markers.mkdir(exist_ok=True)
+            with (markers / name).open("a") as f:
+                f.write("x")
+            ctx.session_state[name] = True
+            if name == fail:
+                raise StepFailed(name)
+            return f"{name}({before})"
+
+        return Step(name, fn)
+
+    return StepWorkflow([make(n) for n in STEPS], storage=store(), name="pipeline", **kwargs)
+
+
+def test_each_step_workflow_run_records_every_step(steps_store: Store, tmp_path: Path) -> None:
+    flow = _steps(tmp_path / "m", "none", steps_store, session_id="s", user_id="ada")
+    result = flow.run("data")
+    assert result.content == "report(clean(fetch(data)))"
+    assert result.resumed == []
+    flow.run("more")
+    stored = steps_store().read("s")
+    assert isinstance(stored, WorkflowSessionV2)
+    assert stored.workflow_name == "pipeline"
+    assert stored.user_id == "ada"
+    assert stored.runs is not None
+    assert [r["input"] for r in stored.runs] == ["data", "more"]
+    assert [s["status"] for s in stored.runs[0]["steps"]] == ["completed"] * 3
+    assert stored.runs[0]["steps"][1]["output"] == "clean(fetch(data))"
+    assert stored.session_data["session_state"] == dict.fromkeys(STEPS, True)  # type: ignore[index]
+    with pytest.raises(LookupError, match="nothing to resume"):
+        flow.resume()
+
+
+def test_a_failed_step_run_resumes_from_the_first_step_not_done(
+    steps_store: Store, tmp_path: Path
+) -> None:
+    markers = tmp_path / "m"
+    with pytest.raises(StepFailed):
+        _steps(markers, "clean", steps_store, session_id="s").run("data")
+    stored = steps_store().read("s")
+    assert stored is not None
+    run = stored.runs[0]  # type: ignore[attr-defined]
+    assert run["status"] == "failed"
+    assert [s["status"] for s in run["steps"]] == ["completed", "failed", "pending"]
+    again = _steps(markers, "none", steps_store, session_id="s")
+    assert [r["run_id"] for r in again.pending_runs()] == [run["run_id"]]
+    result = again.resume()
+    assert result.run_id == run["run_id"]
+    assert result.resumed == ["fetch"]
+    assert result.content == "report(clean(fetch(data)))"
+    assert _computed(markers) == {"clean": 2, "fetch": 1, "report": 1}
+    stored = steps_store().read("s")
+    assert stored is not None
+    assert len(stored.runs) == 1  # type: ignore[attr-defined]
+    assert stored.runs[0]["status"] == "completed"  # type: ignore[attr-defined]
+    assert "error" not in stored.runs[0]["steps"][1]  # type: ignore[attr-defined]
+
+
+def test_a_new_process_resumes_a_failed_step_run(steps_store: Store, tmp_path: Path) -> None:
+    steps_store.require("processes")
+    markers = tmp_path / "m"
+    run_worker("steps", steps_store.url, "s", markers, "report", "run", ok=False)
+    out = run_worker("steps", steps_store.url, "s", markers, "none", "resume")
+    assert out == ["report(clean(fetch(data))) fetch,clean"]
+    assert _computed(markers) == {"clean": 1, "fetch": 1, "report": 2}
+
+
+def test_step_names_must_be_distinct() -> None:
+    with pytest.raises(ValueError, match="distinct names"):
+        StepWorkflow([Step("a", lambda ctx: 1), Step("a", lambda ctx: 2)])
