@@ -1,0 +1,218 @@
+"""Export, import, copy, statistics, purge and erasure as library calls, on every backend."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from savegame import transfer
+from savegame.errors import InvalidIdentifierError, SerializationError
+from savegame.storage.in_memory import InMemoryStorage
+from savegame.storage.session import MODES, Session
+from savegame.testing import Store
+from savegame.testing.sample import make_session
+from tests.stores import BACKENDS
+
+
+def _awkward(mode: str, session_id: str, i: int) -> Session:
+    data = make_session(mode, session_id, i % 3, 300, user_id=f"u{i % 2}").to_dict()
+    data["session_data"] = {
+        "text": "Ünïcødé 🎮 \u202eRTL\u202c e\u0301",
+        "nul": "a\x00b",
+        "surrogate": "\udfff",
+        "number": [0, -1, 2.5, 1e300, 10**20],
+        "n_runs": i % 3 + 1,
+        "round": i % 3,
+    }
+    data["created_at"] = 1_650_000_000 + i
+    data["updated_at"] = 1_650_000_900 + i
+    session = MODES[mode].session_class.from_dict(data)
+    assert session is not None
+    return session
+
+
+def _memory_with(mode: str, count: int) -> InMemoryStorage:
+    storage = InMemoryStorage(mode=mode)  # type: ignore[arg-type]
+    for i in range(count):
+        storage.restore(_awkward(mode, f"x{i}", i))
+    return storage
+
+
+def _lines(storage: Any, user_id: str | None = None) -> list[str]:
+    lines: list[str] = []
+    transfer.export_sessions(storage, lines.append, user_id)
+    return lines
+
+
+def test_export_import_export_gives_the_same_lines(store: Store) -> None:
+    source = _memory_with(store.mode, 6)
+    exported = _lines(source)
+    assert len(exported) == 6
+    assert all(line.endswith("\n") and "\n" not in line[:-1] for line in exported)
+    assert transfer.import_sessions(store(), exported) == 6
+    assert _lines(store()) == exported
+    assert _lines(store(), "u1") == _lines(source, "u1")
+
+
+def test_import_keeps_timestamps_and_versions(backend_store: Store) -> None:
+    source = InMemoryStorage()
+    session = make_session("agent", "v", 0)
+    for _ in range(3):
+        source.upsert(session)
+    stored = source.read("v")
+    assert stored is not None
+    assert stored.version == 3
+    transfer.import_sessions(backend_store(), _lines(source))
+    arrived = backend_store().read("v")
+    assert arrived == stored
+
+
+def test_a_bad_line_stops_the_import_before_anything_is_written(backend_store: Store) -> None:
+    good = _lines(_memory_with("agent", 2))
+    team_line = transfer.session_line(make_session("team", "t", 0))
+    for bad, message in [
+        ("{oops", "dump:3: not JSON"),
+        ("[1, 2]", "dump:3: not a session"),
+        ('{"user_id": "u"}', "dump:3: not a session"),
+        (team_line, "team_data"),
+    ]:
+        with pytest.raises(SerializationError, match=message):
+            transfer.import_sessions(backend_store(), [*good, bad], "dump")
+        storage = backend_store()
+        assert not storage.table_exists() or storage.get_all_session_ids() == []
+
+
+def test_blank_lines_are_skipped(backend_store: Store) -> None:
+    lines = _lines(_memory_with("agent", 2))
+    assert transfer.import_sessions(backend_store(), ["\n", lines[0], "  \n", lines[1]]) == 2
+
+
+def test_copy_reports_and_is_idempotent(store: Store) -> None:
+    source = _memory_with(store.mode, 7)
+    started: list[int] = []
+    batches: list[int] = []
+    report = transfer.copy_sessions(
+        source, store(), batch_size=3, on_start=started.append, on_batch=batches.append
+    )
+    assert (report.total, report.copied, report.unchanged) == (7, 7, 0)
+    assert started == [7]
+    assert batches == [3, 3, 1]
+    assert _lines(store()) == _lines(source)
+
+    again = transfer.copy_sessions(source, store())
+    assert (again.total, again.copied, again.unchanged) == (7, 0, 7)
+
+    changed = source.read("x3")
+    assert changed is not None
+    changed.session_data = {"round": 9}  # type: ignore[attr-defined]
+    source.upsert(changed)
+    third = transfer.copy_sessions(source, store())
+    assert (third.copied, third.unchanged) == (1, 6)
+    assert store().read("x3") == source.read("x3")
+
+
+def test_copy_refuses_stores_of_different_modes_and_bad_batches() -> None:
+    with pytest.raises(ValueError, match="cannot copy agent sessions into a store of team"):
+        transfer.copy_sessions(InMemoryStorage("agent"), InMemoryStorage("team"))
+    with pytest.raises(ValueError, match="batch size"):
+        transfer.copy_sessions(InMemoryStorage(), InMemoryStorage(), batch_size=0)
+
+
+def test_stats(store: Store) -> None:
+    empty = transfer.stats(store())
+    assert (empty.sessions, empty.users, empty.entities, empty.bytes) == (0, 0, 0, 0)
+    assert empty.oldest is None
+    assert empty.newest is None
+    source = _memory_with(store.mode, 5)
+    transfer.copy_sessions(source, store())
+    figures = transfer.stats(store())
+    assert figures.sessions == 5
+    assert figures.users == 2
+    assert figures.entities == 1
+    assert figures.bytes == sum(len(line.encode()) - 1 for line in _lines(source))
+    assert figures.oldest == 1_650_000_000
+    assert figures.newest == 1_650_000_904
+    assert transfer.stats(store(), "u0").sessions == 3
+
+
+def test_purge_removes_what_was_not_updated_for_that_long(backend_store: Store) -> None:
+    storage = backend_store()
+    storage.create()
+    for i, age in enumerate([10, 100, 1000]):
+        session = make_session("agent", f"p{i}", 0)
+        session.created_at = session.updated_at = 1_000_000 - age  # type: ignore[attr-defined]
+        storage.restore(session)
+    assert transfer.stale_sessions(storage, 50, now=1_000_000) == ["p1", "p2"]
+    assert transfer.stale_sessions(storage, 5000, now=1_000_000) == []
+    # Measured from now, every one of them is decades old.
+    assert sorted(transfer.purge(storage, 3600, dry_run=True)) == ["p0", "p1", "p2"]
+    assert len(storage.get_all_session_ids()) == 3
+    assert sorted(transfer.purge(storage, 3600)) == ["p0", "p1", "p2"]
+    assert storage.get_all_session_ids() == []
+    with pytest.raises(ValueError, match="negative"):
+        transfer.stale_sessions(storage, -1)
+
+
+def test_rename(backend_store: Store) -> None:
+    storage = backend_store()
+    storage.create()
+    assert transfer.rename_session(storage, "absent", "x") is None
+    storage.upsert(make_session("agent", "r", 1))
+    renamed = transfer.rename_session(storage, "r", "Ωmega")
+    assert renamed is not None
+    assert transfer.session_name(renamed) == "Ωmega"
+    stored = storage.read("r")
+    assert stored is not None
+    assert transfer.session_name(stored) == "Ωmega"
+    assert stored.session_data["round"] == 1  # type: ignore[attr-defined]
+    assert len(transfer.runs_of(storage.spec, stored)) == 2
+
+
+@pytest.mark.parametrize(
+    "backend", [pytest.param(b, id=b.name) for b in BACKENDS if b.name != "memory"]
+)
+def test_delete_user_of_a_single_store(backend: Any, tmp_path: Path) -> None:
+    with backend.make(tmp_path, "team") as store:
+        storage = store()
+        storage.create()
+        for i in range(4):
+            storage.upsert(make_session("team", f"d{i}", 0, user_id=f"u{i % 2}"))
+        erasure = transfer.delete_user(str(store.url), "u0", "team")
+        assert erasure.removed == {"team": 2}
+        assert erasure.total == 2
+        assert sorted(storage.get_all_session_ids()) == ["d1", "d3"]
+        with pytest.raises(InvalidIdentifierError):
+            transfer.delete_user(str(store.url), "", "team")
+
+
+_text = st.text(st.characters(codec=None, exclude_categories=()), max_size=30)
+_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | _text,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_text, inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mode=st.sampled_from(list(MODES)), data=st.dictionaries(_text, _json, max_size=5))
+def test_an_export_line_holds_any_session_exactly(mode: str, data: dict[str, Any]) -> None:
+    spec = MODES[mode]
+    session = spec.session_class.from_dict(
+        {"session_id": "h", "session_data": data, "extra_data": {"again": data}, "version": 4}
+    )
+    assert session is not None
+    line = transfer.session_line(session)
+    line.encode("utf-8")
+    assert "\n" not in line
+    back = transfer.parse_line(spec, line)
+    assert back == session
+    assert json.loads(line) == json.loads(transfer.session_line(back))
