@@ -29,6 +29,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from savegame import __version__, transfer
+from savegame.chat import chat
 from savegame.errors import StorageError
 from savegame.storage.base import Storage
 from savegame.storage.session import MODES, Session
@@ -493,6 +494,9 @@ def _without_runs(key: str, value: Any, runs_path: tuple[str, ...]) -> Any:
     if key == runs_path[0] and len(runs_path) == 2 and isinstance(value, dict):
         value = {k: v for k, v in value.items() if k not in (runs_path[1], "messages")}
     return value
+
+
+app.command("chat")(chat)
 
 
 def main() -> None:

@@ -1,0 +1,156 @@
+"""``savegame chat``: a conversation in the terminal that is saved after every message.
+
+It reads lines from standard input and prints answers to standard output, so a person types
+into it and a script can pipe into it alike. Quit, come back with ``--session ID``, and the
+earlier conversation is shown and continued. The model is the OpenAI-compatible one the
+environment configures (``OPENAI_API_KEY`` or ``OPENAI_BASE_URL``, with ``OPENAI_MODEL``) or,
+when none is, the offline model; the first line says which.
+
+Storage errors propagate to the ``savegame`` command, which prints them and exits 1; a model
+error ends only that turn (nothing of it is saved) and the chat goes on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from typing import Annotated
+
+import typer
+
+from savegame.agent import Agent
+from savegame.models import Message, Model, ModelError, configured_model
+from savegame.models.offline import OfflineModel
+from savegame.storage.base import Storage
+from savegame.storage.url import open_storage, redact
+
+HELP = (
+    "commands: /sessions (list), /new, /rename NAME, /load ID, /history, /help, /quit (or Ctrl-D)"
+)
+HISTORY_RUNS = 10
+"""Earlier turns sent to the model with each message."""
+
+
+def chat(
+    session: Annotated[
+        str | None,
+        typer.Option("--session", help="Resume (or start) the session with this id."),
+    ] = None,
+    user: Annotated[str | None, typer.Option("--user", "-u", help="Whose chat it is.")] = None,
+    storage: Annotated[
+        str,
+        typer.Option(
+            "--storage",
+            envvar="SAVEGAME_STORAGE",
+            help="URL of the store: sqlite:///file.db, json:///dir, redis://host:6379/0, ...",
+        ),
+    ] = "sqlite:///savegame.db",
+) -> None:
+    """Chat with an agent whose conversation is saved after every message."""
+    model, how = _model()
+    with open_storage(storage, mode="agent") as store:
+        store.create()
+        agent = Agent(
+            model=model,
+            storage=store,
+            session_id=session,
+            user_id=user,
+            name="assistant",
+            add_history_to_messages=True,
+            num_history_runs=HISTORY_RUNS,
+        )
+        _say(f"savegame chat: model {how}; store {redact(storage)}")
+        _show_session(agent)
+        _say(HELP)
+        _loop(agent, store)
+
+
+def _model() -> tuple[Model, str]:
+    configured = configured_model()
+    if configured is not None:
+        return configured, f"{configured.id} ({configured.provider}, from the environment)"
+    return OfflineModel(), (
+        "offline (set OPENAI_API_KEY, or OPENAI_BASE_URL for a local server, to use a real one)"
+    )
+
+
+def _loop(agent: Agent, store: Storage) -> None:
+    while True:
+        sys.stdout.write("you> ")
+        sys.stdout.flush()
+        line = sys.stdin.readline()
+        if not line:
+            _say("")
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("/"):
+            if not _command(agent, store, text):
+                break
+            continue
+        try:
+            answer = agent.run(text)
+        except ModelError as exc:
+            _say(f"model error: {exc} (nothing was saved; send it again)")
+            continue
+        _say(f"{agent.name}> {answer.content}")
+    _say(f"bye: resume with  savegame chat --session {agent.session_id}")
+
+
+def _command(agent: Agent, store: Storage, text: str) -> bool:
+    """Runs an in-chat command; False when the chat should end."""
+    name, _, arg = text.partition(" ")
+    arg = arg.strip()
+    if name in ("/quit", "/exit", "/q"):
+        return False
+    if name == "/sessions":
+        _list_sessions(agent, store)
+    elif name == "/new":
+        agent.new_session()
+        _say(f"new session {agent.session_id} (saved with its first message)")
+    elif name == "/rename" and arg:
+        agent.rename_session(arg)
+        _say(f"session {agent.session_id} is now called {arg!r}")
+    elif name == "/load" and arg:
+        agent.load_session(arg)
+        _show_session(agent)
+    elif name == "/history":
+        _print_messages(agent.get_messages_for_session())
+    else:
+        _say(HELP)
+    return True
+
+
+def _show_session(agent: Agent) -> None:
+    named = f" ({agent.session_name})" if agent.session_name else ""
+    if not agent.runs:
+        _say(f"new session {agent.session_id}{named}")
+        return
+    _say(f"resuming session {agent.session_id}{named}: {len(agent.runs)} earlier turns")
+    _print_messages(agent.get_messages_for_session())
+    _say("--")
+
+
+def _print_messages(messages: list[Message]) -> None:
+    for m in messages:
+        who = "you" if m["role"] == "user" else "assistant"
+        _say(f"{who}> {m['content']}")
+
+
+def _list_sessions(agent: Agent, store: Storage) -> None:
+    sessions = store.get_all_sessions(user_id=agent.user_id)
+    if not sessions:
+        _say("no saved sessions yet")
+    for s in sessions:
+        data = getattr(s, "session_data", None) or {}
+        runs = (getattr(s, "memory", None) or {}).get("runs") or []
+        when = dt.datetime.fromtimestamp(s.updated_at or 0).strftime("%Y-%m-%d %H:%M")  # type: ignore[attr-defined]
+        mark = "*" if s.session_id == agent.session_id else " "
+        name = data.get("session_name") or ""
+        _say(f"{mark} {s.session_id}  {name!s:20}  {len(runs):3} turns  {when}")
+
+
+def _say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
