@@ -1,0 +1,172 @@
+"""Storage URLs: parsing, defaults, errors, and that each URL names the store its backend made."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+import savegame
+from savegame.errors import InvalidIdentifierError
+from savegame.storage.in_memory import InMemoryStorage
+from savegame.storage.session import MODES
+from savegame.storage.url import SCHEMES, StorageURL, open_storage, parse_url, redact
+from savegame.testing import Store
+from savegame.testing.sample import make_session
+from tests.stores import BACKENDS
+
+
+@pytest.mark.parametrize(
+    ("url", "scheme", "path"),
+    [
+        ("sqlite:///relative.db", "sqlite", "relative.db"),
+        ("sqlite:////abs/dir/x.db", "sqlite", "/abs/dir/x.db"),
+        ("sqlite://", "sqlite", ""),
+        ("SQLite:///Case.db", "sqlite", "Case.db"),
+        ("json:///some/dir", "json", "some/dir"),
+        ("json:////abs/dir?expire=5", "json", "/abs/dir"),
+        ("yaml:///with%20space", "yaml", "with space"),
+        ("memory://", "memory", ""),
+    ],
+)
+def test_paths(url: str, scheme: str, path: str) -> None:
+    parsed = parse_url(url, "team")
+    assert (parsed.scheme, parsed.path, parsed.mode) == (scheme, path, "team")
+    assert "?" not in parsed.raw
+
+
+def test_query_options_and_keywords_winning() -> None:
+    parsed = parse_url("redis://h:6379/0?prefix=a:b&expire=60", "agent", expire=5)
+    assert parsed.options == {"prefix": "a:b", "expire": 5}
+    assert parsed.pop_int("expire") == 5
+    assert parsed.pop_namespace() == "a:b"
+    assert parsed.options == {}
+    assert parsed.raw == "redis://h:6379/0"
+
+
+def test_whole_numbers_only() -> None:
+    parsed = parse_url("json:///d?expire=soon")
+    with pytest.raises(InvalidIdentifierError, match=r"expire='soon'.*whole number"):
+        parsed.pop_int("expire")
+    assert parse_url("json:///d").pop_int("expire") is None
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_namespace_defaults_by_mode(mode: str) -> None:
+    assert parse_url("sqlite:///a.db", mode).pop_namespace() == f"{mode}_sessions"
+    assert parse_url("mysql+pymysql://u@h/db", mode).pop_namespace() == f"{mode}_sessions"
+    assert parse_url("postgresql+psycopg://u@h/db", mode).pop_namespace() == f"{mode}_sessions"
+    assert parse_url("redis://h", mode).pop_namespace() == f"savegame:{mode}"
+    assert parse_url("rediss://h", mode).pop_namespace() == f"savegame:{mode}"
+
+
+def test_per_mode_means_no_explicit_namespace() -> None:
+    assert parse_url("sqlite:///a.db").per_mode
+    assert parse_url("redis://h:6379/0").per_mode
+    assert not parse_url("sqlite:///a.db?table=mine").per_mode
+    assert not parse_url("sqlite:///a.db", table="mine").per_mode
+    assert not parse_url("redis://h?prefix=p").per_mode
+    assert not parse_url("json:///dir").per_mode
+    assert not parse_url("memory://").per_mode
+    # Taking the option does not change what the URL named.
+    parsed = parse_url("sqlite:///a.db?table=mine")
+    parsed.pop_namespace()
+    assert not parsed.per_mode
+
+
+def test_namespace_errors() -> None:
+    with pytest.raises(InvalidIdentifierError, match="json:// URLs take no table"):
+        parse_url("json:///d").pop_namespace()
+    with pytest.raises(InvalidIdentifierError, match=r"table= .*must not be empty"):
+        parse_url("sqlite:///a.db?table=").pop_namespace()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("nowhere", "is not a storage URL"),
+        ("sqlite:/one-slash.db", "is not a storage URL"),
+        ("", "is not a storage URL"),
+        ("ftp://host/file", "unknown storage URL scheme 'ftp'"),
+        ("postgres://u@h/db", "unknown storage URL scheme 'postgres'"),
+    ],
+)
+def test_bad_urls_list_the_schemes(url: str, message: str) -> None:
+    with pytest.raises(InvalidIdentifierError, match=message) as caught:
+        open_storage(url)
+    for scheme in SCHEMES:
+        assert f"{scheme}://" in str(caught.value)
+
+
+def test_a_url_that_is_not_a_string() -> None:
+    with pytest.raises(InvalidIdentifierError, match="not a storage URL"):
+        open_storage(None)  # type: ignore[arg-type]
+
+
+def test_an_unknown_mode() -> None:
+    with pytest.raises(ValueError, match="unknown mode 'robot'"):
+        open_storage("memory://", "robot")
+
+
+def test_passwords_are_redacted() -> None:
+    assert redact("redis://:s3cret@h:6379/0?prefix=p") == "redis://:***@h:6379/0?prefix=p"
+    assert redact("postgresql+psycopg://app:pw@db/x") == "postgresql+psycopg://app:***@db/x"
+    assert redact("sqlite:///x.db") == "sqlite:///x.db"
+    assert redact("mysql+pymysql://root@h/db") == "mysql+pymysql://root@h/db"
+    with pytest.raises(InvalidIdentifierError) as caught:
+        open_storage("bogus://user:s3cret@h")
+    assert "s3cret" not in str(caught.value)
+
+
+def test_every_scheme_has_a_backend_with_from_url() -> None:
+    for scheme, module_name in SCHEMES.items():
+        module = importlib.import_module(module_name)
+        assert callable(getattr(module, "from_url", None)), f"{scheme}:// has no from_url"
+
+
+def test_memory_is_a_new_store_each_time() -> None:
+    first = savegame.open_storage("memory://", mode="workflow")
+    assert isinstance(first, InMemoryStorage)
+    assert first.mode == "workflow"
+    first.upsert(make_session("workflow", "m"))
+    second = open_storage("memory://", "workflow")
+    assert second.read("m") is None
+    assert open_storage("memory://?expire=30").expire == 30
+
+
+def test_relative_paths_are_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with open_storage("json:///rel/store", "agent") as storage:
+        storage.create()
+        storage.upsert(make_session("agent", "a"))
+    with open_storage(f"json:///{tmp_path}/rel/store", "agent") as again:
+        assert again.get_all_session_ids() == ["a"]
+    assert (tmp_path / "rel" / "store").is_dir()
+
+
+@pytest.mark.parametrize(
+    "backend", [pytest.param(b, id=b.name) for b in BACKENDS if b.name != "memory"]
+)
+def test_a_store_url_opens_the_same_store(backend: object, tmp_path: Path) -> None:
+    with backend.make(tmp_path, "team") as store:  # type: ignore[attr-defined]
+        assert isinstance(store, Store)
+        assert store.url is not None
+        direct = store()
+        direct.create()
+        direct.upsert(make_session("team", "same"))
+        with open_storage(store.url, "team") as by_url:
+            assert type(by_url) is type(direct)
+            assert by_url.mode == "team"
+            assert by_url.get_all_session_ids() == ["same"]
+            by_url.upsert(make_session("team", "other"))
+        assert sorted(direct.get_all_session_ids()) == ["other", "same"]
+
+
+def test_storage_url_is_what_backends_receive() -> None:
+    parsed = parse_url("sqlite:///a.db?table=t", "team", expire=9)
+    assert parsed == StorageURL(
+        "sqlite:///a.db", "sqlite", "a.db", "team", {"table": "t", "expire": 9}, False
+    )
