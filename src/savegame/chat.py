@@ -135,7 +135,7 @@ def _show_session(agent: Agent) -> None:
 def _print_messages(messages: list[Message]) -> None:
     for m in messages:
         who = "you" if m["role"] == "user" else "assistant"
-        _say(f"{who}> {m['content']}")
+        _say(f"  {who}: {m['content']}")
 
 
 def _list_sessions(agent: Agent, store: Storage) -> None:

@@ -1,0 +1,137 @@
+"""``savegame chat`` driven as a person would: a real process, lines on stdin, text on stdout."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from savegame.storage.url import open_storage
+from savegame.testing import Store
+from tests.model_server import ModelServer, model_server
+
+
+def chat(*args: str, lines: list[str], cwd: Path | None = None, **env: str) -> list[str]:
+    """Runs ``savegame chat ARGS`` with ``lines`` typed in; returns what it printed."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SAVEGAME_"))}
+    proc = subprocess.run(
+        [sys.executable, "-c", "from savegame.cli import main; main()", "chat", *args],
+        input="".join(line + "\n" for line in lines),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env={**clean, **env},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [line.removeprefix("you> ") for line in proc.stdout.splitlines()]
+
+
+@pytest.fixture
+def url(backend_store: Store) -> str:
+    backend_store.require("processes")
+    assert backend_store.url is not None
+    return backend_store.url
+
+
+@pytest.fixture
+def server() -> Iterator[ModelServer]:
+    with model_server() as running:
+        yield running
+
+
+def test_quitting_and_coming_back_shows_and_continues_the_conversation(url: str) -> None:
+    first = chat(
+        "--storage", url, "--session", "c1", "--user", "ada", lines=["My name is Ada.", "/quit"]
+    )
+    assert "model offline" in first[0]
+    assert "new session c1" in first
+    assert any(line.startswith("assistant> Noted: your name is Ada.") for line in first)
+    assert first[-1] == "bye: resume with  savegame chat --session c1"
+    second = chat("--storage", url, "--session", "c1", "--user", "ada", lines=["What is my name?"])
+    at = second.index("resuming session c1: 1 earlier turns")
+    assert second[at + 1] == "  you: My name is Ada."
+    assert second[at + 2].startswith("  assistant: Noted: your name is Ada.")
+    assert any(line.startswith("assistant> Your name is Ada.") for line in second)
+    stored = open_storage(url, mode="agent").read("c1")
+    assert stored is not None
+    assert stored.user_id == "ada"  # type: ignore[attr-defined]
+    assert len(stored.memory["runs"]) == 2  # type: ignore[attr-defined]
+
+
+def test_in_chat_commands_list_start_rename_and_load_sessions(url: str) -> None:
+    out = chat(
+        "--storage",
+        url,
+        "--session",
+        "first",
+        lines=[
+            "hello",
+            "/rename greetings",
+            "/new",
+            "second hello",
+            "/sessions",
+            "/load first",
+            "/help",
+            "/quit",
+            "never sent",
+        ],
+    )
+    assert "session first is now called 'greetings'" in out
+    new = next(line for line in out if line.startswith("new session ") and "first message" in line)
+    second_id = new.split()[2]
+    listed = [line for line in out if line.endswith(" turns  ") or " turns  " in line]
+    assert len(listed) == 2
+    assert listed[0].startswith(f"* {second_id}")
+    assert listed[1].startswith("  first  greetings")
+    assert "resuming session first (greetings): 1 earlier turns" in out
+    assert not any("never sent" in line for line in out)
+    storage = open_storage(url, mode="agent")
+    assert sorted(storage.get_all_session_ids()) == sorted(["first", second_id])
+    named = storage.read("first")
+    assert named is not None
+    assert named.session_data["session_name"] == "greetings"  # type: ignore[attr-defined]
+
+
+def test_the_configured_model_is_used_and_its_failures_end_only_a_turn(
+    url: str, server: ModelServer
+) -> None:
+    out = chat(
+        "--storage",
+        url,
+        "--session",
+        "m",
+        lines=["hello"],
+        OPENAI_BASE_URL=server.base_url,
+        OPENAI_MODEL="echo",
+    )
+    assert "model echo (openai, from the environment)" in out[0]
+    assert "assistant> echo: hello [1 messages]" in out
+    failing = chat(
+        "--storage",
+        url,
+        "--session",
+        "m",
+        lines=["again", "/history"],
+        OPENAI_BASE_URL=server.base_url,
+        OPENAI_MODEL="fail-500",
+    )
+    assert any(line.startswith("model error: model server answered 500") for line in failing)
+    stored = open_storage(url, mode="agent").read("m")
+    assert stored is not None
+    assert len(stored.memory["runs"]) == 1  # type: ignore[attr-defined]
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("savegame.storage.sqlite") is None, reason="no SQLite backend yet"
+)
+def test_the_default_store_is_savegame_db_in_the_current_folder(tmp_path: Path) -> None:
+    chat("--session", "here", lines=["My name is Ada."], cwd=tmp_path)
+    assert (tmp_path / "savegame.db").exists()
+    again = chat("--session", "here", lines=["What is my name?"], cwd=tmp_path)
+    assert any(line.startswith("assistant> Your name is Ada.") for line in again)
