@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -227,3 +230,24 @@ def test_two_processes_on_one_session_lose_no_run(backend_store: Store) -> None:
     assert len(stored.memory["messages"]) == 4 * turns  # type: ignore[attr-defined]
     assert stored.session_data["metrics"]["runs"] == 2 * turns  # type: ignore[attr-defined]
     assert stored.version == 2 * turns  # type: ignore[attr-defined]
+
+
+DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo.py"
+
+
+@pytest.mark.parametrize("url", ["sqlite:///savegame.db", "json:///sessions"])
+def test_the_demo_recalls_a_fact_in_a_second_process(tmp_path: Path, url: str) -> None:
+    if url.startswith("sqlite") and importlib.util.find_spec("savegame.storage.sqlite") is None:
+        pytest.skip("no SQLite backend yet")
+    args = [] if url.startswith("sqlite") else ["--storage", url]
+    proc = subprocess.run(
+        [sys.executable, str(DEMO), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "agent: Your favourite colour is teal." in proc.stdout
+    assert "process 2 recalled what process 1 was told." in proc.stdout
+    assert (tmp_path / url.split(":///")[1]).exists()
