@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from savegame.agent import Agent
-from savegame.errors import CorruptSessionError
+from savegame.errors import BackendUnavailableError, CorruptSessionError
 from savegame.models import Message, ModelConnectionError, ModelResponse
 from savegame.models.offline import OfflineModel
 from savegame.runtime import SessionOwnerError
@@ -204,6 +205,23 @@ def test_an_unreadable_session_raises_and_is_never_overwritten(tmp_path: Path) -
     with pytest.raises(CorruptSessionError):
         Agent(model=OfflineModel(), storage=storage, session_id="s")
     assert path.read_bytes() == damaged
+
+
+def test_a_store_that_is_down_raises_instead_of_starting_afresh() -> None:
+    pytest.importorskip("redis")
+    from savegame.storage.redis import RedisStorage
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    down = RedisStorage("down", host="127.0.0.1", port=port, connect_timeout=2)
+    with pytest.raises(BackendUnavailableError):
+        Agent(model=OfflineModel(), storage=down, session_id="s")
+    agent = Agent(model=OfflineModel(), storage=down)
+    with pytest.raises(BackendUnavailableError):
+        agent.run("hello")
+    assert agent.runs == []
+    assert agent.version is None
 
 
 def test_a_new_process_resumes_the_conversation(backend_store: Store) -> None:

@@ -145,7 +145,8 @@ def _list_sessions(agent: Agent, store: Storage) -> None:
     for s in sessions:
         data = getattr(s, "session_data", None) or {}
         runs = (getattr(s, "memory", None) or {}).get("runs") or []
-        when = dt.datetime.fromtimestamp(s.updated_at or 0).strftime("%Y-%m-%d %H:%M")  # type: ignore[attr-defined]
+        updated = getattr(s, "updated_at", None) or 0
+        when = dt.datetime.fromtimestamp(updated).strftime("%Y-%m-%d %H:%M")
         mark = "*" if s.session_id == agent.session_id else " "
         name = data.get("session_name") or ""
         _say(f"{mark} {s.session_id}  {name!s:20}  {len(runs):3} turns  {when}")

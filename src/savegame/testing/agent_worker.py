@@ -21,6 +21,7 @@ Commands:
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,7 @@ class Pipeline(Workflow):
     def run(self, topic: str) -> str:
         value = topic
         for name in STEPS:
-            value = self.step(name, lambda name=name, value=value: self._do(name, value))  # type: ignore[misc]
+            value = self.step(name, functools.partial(self._do, name, value))
         return value
 
     def _do(self, name: str, value: str) -> str:
