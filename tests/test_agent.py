@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -222,6 +223,29 @@ def test_a_store_that_is_down_raises_instead_of_starting_afresh() -> None:
         agent.run("hello")
     assert agent.runs == []
     assert agent.version is None
+
+
+def test_a_save_blocked_by_a_lock_raises_and_changes_nothing(tmp_path: Path) -> None:
+    sqlite = pytest.importorskip("savegame.storage.sqlite")
+    path = tmp_path / "locked.db"
+    storage = sqlite.SqliteStorage("agent_sessions", db_file=str(path), busy_timeout=0.2)
+    storage.create()
+    agent = Agent(model=OfflineModel(), storage=storage, session_id="s")
+    agent.run("My name is Ada.")
+    before = storage.read("s")
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(BackendUnavailableError):
+            agent.run("What is my name?")
+        assert storage.read("s") == before
+        assert len(agent.runs) == 1
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    agent.run("What is my name?")
+    assert len(agent.runs) == 2
+    assert agent.version == 2
 
 
 def test_a_new_process_resumes_the_conversation(backend_store: Store) -> None:
