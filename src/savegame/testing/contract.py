@@ -560,10 +560,12 @@ class BackendContract:
         assert got.session_data == {"v": value}  # type: ignore[attr-defined]
 
     def test_expiry_hides_then_purges(self, backend_store: Store) -> None:
-        storage = backend_store(expire=1)
+        # Times are whole seconds, so a session lives between expire - 1 and expire seconds:
+        # with expire=1 a read in the next millisecond may already find it gone.
+        storage = backend_store(expire=2)
         storage.upsert(_session(backend_store, "short", user_id="u"))
         assert storage.read("short") is not None
-        time.sleep(2.1)
+        time.sleep(3.1)
         assert storage.read("short") is None
         assert storage.get_all_session_ids() == []
         assert storage.get_all_session_ids(user_id="u") == []

@@ -1,0 +1,609 @@
+"""Sessions in Redis or a Redis Cluster, on core commands and Lua scripts (no modules).
+
+Key layout. Every key of a store starts with its prefix ``P`` in braces, ``{P}``, which is
+the cluster *hash tag*: all keys of one store live in one cluster slot, so that a write, its
+version check and the index updates are one atomic script even in a cluster. Ids are written
+into key names as their UTF-8 bytes, after the fixed part, so any id is a valid key::
+
+    {P}:h:<session id>        hash    the header: ``data`` (the session as JSON, without its
+                                      runs when they are a list), ``version``, ``created_at``,
+                                      ``expires_at``, ``runs`` (a digest per run: present when
+                                      the runs are in the list below), ``token`` (the last write)
+    {P}:r:<session id>        list    one JSON text per run, in order
+    {P}:all                   zset    every session; score ``-created_at``, so an ascending
+                                      range is newest first and ties come in id order
+    {P}:u:<user id>           zset    the sessions of one user (same scores)
+    {P}:e:<entity id>         zset    the sessions of one agent, team or workflow
+    {P}:ue:<n>:<user><entity> zset    both at once (``n``: the user id's length in bytes)
+    {P}:idx                   hash    session id -> the index keys it is listed in (NUL-joined)
+    {P}:exp                   zset    sessions that expire; score ``expires_at``
+
+A write reads the header (version, created_at, expiry, run digests), stamps the record in
+Python, and runs one script that checks the version is still the one it read, moves the
+session between indexes, rewrites the header, and sends only the runs whose digest changed
+(``LSET``/``RPUSH``, ``LTRIM`` for a shorter list). When another write came in between, the
+script changes nothing and the write starts again. A retried script whose first attempt had
+already landed recognises its own ``token`` and does not write twice.
+
+Expiry is Redis's own: with ``expire`` set, the header and the runs get ``EXPIREAT``. Index
+entries cannot expire by themselves, so ``{P}:exp`` remembers when each session goes: listings
+skip (and remove) entries whose time has come, and :meth:`RedisStorage.purge_expired` removes
+them all. ``drop`` walks ``{P}:all``; nothing ever runs ``KEYS`` or ``SCAN``.
+
+The trade-off of one slot per store: a store is served by one cluster master, so one store's
+throughput is one node's. Spread load by giving tenants, modes or applications stores of their
+own (a prefix each); different prefixes land on different slots and so on different masters.
+Putting each session in a slot of its own would spread one store across the masters, but then
+a session and its index entries could no longer change in one atomic step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
+
+from savegame.errors import (
+    BackendUnavailableError,
+    ConflictError,
+    CorruptSessionError,
+    InvalidIdentifierError,
+    MissingDependencyError,
+    StorageError,
+)
+from savegame.storage.base import Header, Record, Storage
+from savegame.storage.codec import check_name, dumps, loads
+from savegame.storage.session import Mode
+from savegame.storage.url import StorageURL
+
+PREFIX = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}")
+"""What a key prefix may look like: no braces (they would break the hash tag), no spaces."""
+
+DIGEST_SIZE = 8
+"""Bytes of BLAKE2b per run digest (16 hex characters): enough to notice a changed run."""
+
+BATCH = 500
+"""Sessions removed per script call by ``drop`` and ``purge_expired``, so no call blocks long."""
+
+MAX_WRITE_ATTEMPTS = 1000
+"""Writes that found the session changed between reading its header and writing it."""
+
+T = TypeVar("T")
+
+# Shared by the scripts: remove every trace of one session. ARGV[1] of every script that
+# uses it is the key prefix "{P}:"; KEYS[1..3] are {P}:all, {P}:idx, {P}:exp.
+_FORGET = """
+local function forget(id)
+  local listed = redis.call('HGET', KEYS[2], id)
+  if listed then
+    for key in string.gmatch(listed, '[^%z]+') do redis.call('ZREM', key, id) end
+  end
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('HDEL', KEYS[2], id)
+  redis.call('ZREM', KEYS[3], id)
+  return redis.call('DEL', ARGV[1] .. 'h:' .. id, ARGV[1] .. 'r:' .. id)
+end
+"""
+
+# KEYS: all, idx, exp, header, runs, new index keys...
+# ARGV: key prefix, id, version read ('0': none), token, score, expires_at or '',
+#       listed (NUL-joined index keys), header field count, fields..., runs mode
+#       ('keep' or 'replace'), new run count, then (position, text) pairs in ascending order.
+_WRITE = """
+local id = ARGV[2]
+local current = redis.call('HGET', KEYS[4], 'version') or '0'
+if current ~= ARGV[3] then
+  if redis.call('HGET', KEYS[4], 'token') == ARGV[4] then return 2 end
+  return 0
+end
+local listed = redis.call('HGET', KEYS[2], id)
+if listed then
+  for key in string.gmatch(listed, '[^%z]+') do redis.call('ZREM', key, id) end
+end
+for i = 6, #KEYS do redis.call('ZADD', KEYS[i], ARGV[5], id) end
+redis.call('ZADD', KEYS[1], ARGV[5], id)
+redis.call('HSET', KEYS[2], id, ARGV[7])
+redis.call('DEL', KEYS[4])
+local n = tonumber(ARGV[8])
+redis.call('HSET', KEYS[4], 'token', ARGV[4], unpack(ARGV, 9, 8 + 2 * n))
+local at = 9 + 2 * n
+if ARGV[at] == 'replace' then redis.call('DEL', KEYS[5]) end
+local count = tonumber(ARGV[at + 1])
+local length = redis.call('LLEN', KEYS[5])
+for i = at + 2, #ARGV, 2 do
+  local pos = tonumber(ARGV[i])
+  if pos < length then
+    redis.call('LSET', KEYS[5], pos, ARGV[i + 1])
+  else
+    redis.call('RPUSH', KEYS[5], ARGV[i + 1])
+  end
+end
+if count == 0 then
+  redis.call('DEL', KEYS[5])
+elseif count < length then
+  redis.call('LTRIM', KEYS[5], 0, count - 1)
+end
+if ARGV[6] ~= '' then
+  redis.call('EXPIREAT', KEYS[4], ARGV[6])
+  redis.call('EXPIREAT', KEYS[5], ARGV[6])
+  redis.call('ZADD', KEYS[3], ARGV[6], id)
+else
+  redis.call('PERSIST', KEYS[5])
+  redis.call('ZREM', KEYS[3], id)
+end
+return 1
+"""
+
+# KEYS: header, runs, header, runs, ... ; returns {data, digests, runs} per session.
+_READ = """
+local out = {}
+for i = 1, #KEYS, 2 do
+  local head = redis.call('HMGET', KEYS[i], 'data', 'runs')
+  local runs = {}
+  if head[2] then runs = redis.call('LRANGE', KEYS[i + 1], 0, -1) end
+  out[#out + 1] = {head[1], head[2], runs}
+end
+return out
+"""
+
+# KEYS: all, idx, exp, the index to list; ARGV: key prefix, limit (-1: all), now ('' : keep
+# expired). Returns ids newest first, removing the expired ones it meets.
+_LIST = (
+    _FORGET
+    + """
+local limit = tonumber(ARGV[2])
+local now = tonumber(ARGV[3])
+local out, gone, start = {}, {}, 0
+while limit < 0 or #out < limit do
+  local ids = redis.call('ZRANGE', KEYS[4], start, start + 199)
+  if #ids == 0 then break end
+  for _, id in ipairs(ids) do
+    local expires = now and redis.call('ZSCORE', KEYS[3], id)
+    if expires and tonumber(expires) <= now then
+      gone[#gone + 1] = id
+    elseif limit < 0 or #out < limit then
+      out[#out + 1] = id
+    end
+  end
+  start = start + 200
+end
+for _, id in ipairs(gone) do forget(id) end
+return out
+"""
+)
+
+# KEYS: all, idx, exp; ARGV: key prefix, id. Returns 1 when there was something to remove.
+_DELETE = (
+    _FORGET
+    + """
+local known = redis.call('HEXISTS', KEYS[2], ARGV[2])
+return math.max(known, forget(ARGV[2]) > 0 and 1 or 0)
+"""
+)
+
+# KEYS: all, idx, exp; ARGV: key prefix, batch, now ('': every session). Returns how many.
+_SWEEP = (
+    _FORGET
+    + """
+local ids
+if ARGV[3] == '' then
+  ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+else
+  ids = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[3], 'LIMIT', 0, tonumber(ARGV[2]))
+end
+for _, id in ipairs(ids) do forget(id) end
+return #ids
+"""
+)
+
+
+_SCRIPTS = (_WRITE, _READ, _LIST, _DELETE, _SWEEP)
+
+
+def _driver() -> Any:
+    try:
+        import redis
+    except ImportError as exc:
+        raise MissingDependencyError("redis", "redis") from exc
+    return redis
+
+
+class RedisStorage(Storage):
+    """Sessions of one mode under one key prefix of a Redis server or Redis Cluster.
+
+    The key layout, and why a store sits in one cluster slot, is in this module's docstring.
+    Nothing is sent to the server until the first call that needs it.
+
+    Args:
+        prefix: the store's key prefix; letters, digits and ``_ - . :`` (see :data:`PREFIX`).
+            Stores with different prefixes never see each other's sessions, ``P:sub`` and
+            ``P`` included.
+        host: server host name or address.
+        port: server port.
+        db: database number (a cluster has only 0).
+        password: server password, if it needs one.
+        mode: the session mode.
+        ssl: connect with TLS.
+        expire: seconds a session lives after its last write (Redis expires it natively).
+        url: a ``redis://``, ``rediss://`` or ``redis+cluster://`` URL (see :func:`from_url`)
+            instead of host, port, db, password and ssl.
+        client: a ready ``redis.Redis`` or ``redis.cluster.RedisCluster``; the storage
+            neither configures nor closes it.
+        username: the ACL user name, if the server uses ACLs.
+        socket_timeout: seconds to wait for a reply before the call fails.
+        connect_timeout: seconds to wait for a connection.
+
+    Raises:
+        InvalidIdentifierError: for a prefix that does not match :data:`PREFIX`.
+        MissingDependencyError: when redis-py is not installed.
+    """
+
+    capabilities = frozenset({"persistent", "processes"})
+
+    def __init__(
+        self,
+        prefix: str,
+        host: str = "localhost",
+        port: int = 6379,
+        db: int = 0,
+        password: str | None = None,
+        mode: Mode | None = "agent",
+        ssl: bool = False,
+        expire: int | None = None,
+        url: str | None = None,
+        *,
+        client: Any = None,
+        username: str | None = None,
+        socket_timeout: float = 30.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        super().__init__(mode, expire)
+        check_name(prefix, "Redis key prefix", PREFIX)
+        self.prefix = prefix
+        self._redis = _driver()
+        self._keys = "{" + prefix + "}:"
+        self._given = client is not None
+        self._client: Any = client
+        self._scripts: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        options: dict[str, Any] = {
+            "username": username,
+            "password": password,
+            "ssl": ssl,
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": connect_timeout,
+            "client_name": f"savegame:{prefix}",
+        }
+        nodes = [(host, port)]
+        cluster = False
+        if url is not None:
+            nodes, db, options = _parse_url(url, options)
+            cluster = url.split("://", 1)[0].lower() == "redis+cluster"
+        if client is not None:
+            self._address = _describe(client)
+            self._connect: Callable[[], Any] = lambda: client
+        elif cluster:
+            self._address = "Redis Cluster at " + ",".join(f"{h}:{p}" for h, p in nodes)
+            self._connect = lambda: self._cluster(nodes, options)
+        else:
+            ((host, port),) = nodes
+            self._address = f"Redis at {host}:{port}/{db}"
+            self._connect = lambda: self._standalone(host, port, db, options)
+
+    # -- connections and the one place driver errors become savegame errors ---------------
+
+    def _retry(self) -> Any:
+        from redis.backoff import ExponentialWithJitterBackoff
+        from redis.retry import Retry
+
+        # A short budget: a server that is down must fail the call within seconds.
+        return Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 3)
+
+    def _standalone(self, host: str, port: int, db: int, options: dict[str, Any]) -> Any:
+        return self._redis.Redis(host=host, port=port, db=db, retry=self._retry(), **options)
+
+    def _cluster(self, nodes: list[tuple[str, int]], options: dict[str, Any]) -> Any:
+        cluster = self._redis.cluster
+        startup = [cluster.ClusterNode(h, p) for h, p in nodes]
+        return cluster.RedisCluster(startup_nodes=startup, retry=self._retry(), **options)
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        exc_ = self._redis.exceptions
+        try:
+            yield
+        except (exc_.ConnectionError, exc_.TimeoutError, exc_.ClusterError) as exc:
+            raise BackendUnavailableError(f"{self._address} is unavailable: {exc}") from exc
+        except (exc_.ReadOnlyError, exc_.TryAgainError, exc_.RedisClusterException) as exc:
+            raise BackendUnavailableError(f"{self._address} cannot serve: {exc}") from exc
+        except exc_.RedisError as exc:
+            raise StorageError(f"{self._address} refused the command: {exc}") from exc
+
+    def _call(self, fn: Callable[[Any], T]) -> T:
+        """Runs ``fn(client)``, connecting first if needed, with driver errors mapped."""
+        with self._errors():
+            client = self._client
+            if client is None or not self._scripts:
+                with self._lock:
+                    if self._client is None:
+                        self._client = self._connect()
+                    client = self._client
+                    if not self._scripts:
+                        # Registering computes the SHA1 locally; redis-py loads the script
+                        # on the server the first time EVALSHA finds it missing.
+                        self._scripts = {s: client.register_script(s) for s in _SCRIPTS}
+            return fn(client)
+
+    def _script(self, source: str, keys: list[str], args: list[Any]) -> Any:
+        return self._call(lambda c: self._scripts[source](keys=keys, args=args, client=c))
+
+    def close(self) -> None:
+        """Closes the connections this storage opened (a client it was given stays open)."""
+        client, self._client = self._client, None
+        self._scripts = {}
+        if client is not None and not self._given:
+            with self._errors():
+                client.close()
+
+    # -- keys -------------------------------------------------------------------------------
+
+    def _store_keys(self) -> list[str]:
+        return [self._keys + "all", self._keys + "idx", self._keys + "exp"]
+
+    def _index_keys(self, user_id: str | None, entity_id: str | None) -> list[str]:
+        keys = []
+        if user_id is not None:
+            keys.append(f"{self._keys}u:{user_id}")
+        if entity_id is not None:
+            keys.append(f"{self._keys}e:{entity_id}")
+        if user_id is not None and entity_id is not None:
+            keys.append(f"{self._keys}ue:{len(user_id.encode())}:{user_id}{entity_id}")
+        return keys
+
+    # -- the contract ---------------------------------------------------------------------
+
+    def create(self) -> None:
+        """Checks that the server answers; Redis needs nothing made in advance.
+
+        Raises:
+            BackendUnavailableError: when the server cannot be reached.
+        """
+        self._call(lambda c: c.ping())
+
+    def drop(self) -> None:
+        """Removes every session under this prefix, in batches, and nothing else."""
+        while self._script(_SWEEP, self._store_keys(), [self._keys, BATCH, ""]):
+            pass
+
+    def _read(self, session_id: str) -> Record | None:
+        return self._read_many([session_id])[0]
+
+    def _read_many(self, ids: Iterable[str]) -> list[Record | None]:
+        ids = list(ids)
+        if not ids:
+            return []
+        keys = [k for sid in ids for k in (f"{self._keys}h:{sid}", f"{self._keys}r:{sid}")]
+        rows = self._script(_READ, keys, [])
+        return [self._assemble(sid, *row) for sid, row in zip(ids, rows, strict=True)]
+
+    def _assemble(self, session_id: str, data: Any, digests: Any, runs: list[Any]) -> Record | None:
+        if data is None:
+            return None
+        try:
+            record = loads(data)
+            if digests is not None:
+                _set_path(record, self.spec.runs_path, [loads(run) for run in runs])
+        except ValueError as exc:
+            raise CorruptSessionError(
+                f"session {session_id!r} under {self._keys}* in {self._address} is not "
+                f"savegame JSON: {exc}"
+            ) from exc
+        if not isinstance(record, dict):
+            raise CorruptSessionError(f"session {session_id!r} in {self._address} is not a dict")
+        return record
+
+    def _write(
+        self, data: Record, expected_version: int | None, now: int, preserve: bool
+    ) -> Record:
+        sid = data["session_id"]
+        header = f"{self._keys}h:{sid}"
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            version, created, expires, digests = self._call(
+                lambda c: c.hmget(header, "version", "created_at", "expires_at", "runs")
+            )
+            current = None
+            if version is not None:
+                current = Header(int(version), _int(created), _int(expires))
+            record = self._stamp(data, current, expected_version, now, preserve)
+            keys, args = self._plan(record, version, digests)
+            if self._script(_WRITE, keys, args):
+                return record
+            time.sleep(secrets.randbelow(1000) / 1e6)
+        raise ConflictError(sid, expected_version or 0, -1)
+
+    def _plan(self, record: Record, version: Any, digests: Any) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of the write script for ``record``."""
+        sid = record["session_id"]
+        path = self.spec.runs_path
+        head, runs = _split_runs(record, path)
+        index = self._index_keys(record.get("user_id"), record.get(self.spec.entity_field))
+        keys = [*self._store_keys(), f"{self._keys}h:{sid}", f"{self._keys}r:{sid}", *index]
+        fields: list[Any] = ["data", dumps(head), "version", record["version"]]
+        fields += ["created_at", record["created_at"]]
+        if record.get("expires_at") is not None:
+            fields += ["expires_at", record["expires_at"]]
+        changes: list[Any] = []
+        how = "replace"
+        if runs is not None:
+            texts = [dumps(run) for run in runs]
+            new = [_digest(text) for text in texts]
+            fields += ["runs", "".join(new)]
+            old = _digests(digests)
+            if old is not None:
+                how = "keep"
+            else:
+                old = []
+            for i, (text, digest) in enumerate(zip(texts, new, strict=True)):
+                if i >= len(old) or old[i] != digest:
+                    changes += [i, text]
+            count = len(texts)
+        else:
+            count = 0
+        expires = record.get("expires_at")
+        args: list[Any] = [
+            self._keys,
+            sid,
+            0 if version is None else _text(version),
+            secrets.token_hex(8),
+            -record["created_at"],
+            "" if expires is None else expires,
+            "\x00".join(index),
+            len(fields) // 2,
+            *fields,
+            how,
+            count,
+            *changes,
+        ]
+        return keys, args
+
+    def _list(
+        self, user_id: str | None, entity_id: str | None, limit: int | None, now: int | None
+    ) -> list[str]:
+        if limit == 0:
+            return []
+        keys = self._index_keys(user_id, entity_id)
+        index = keys[-1] if keys else self._keys + "all"
+        args = [self._keys, -1 if limit is None else limit, "" if now is None else now]
+        ids = self._script(_LIST, [*self._store_keys(), index], args)
+        return [_text(sid) for sid in ids]
+
+    def _delete(self, session_id: str) -> bool:
+        return bool(self._script(_DELETE, self._store_keys(), [self._keys, session_id]))
+
+    def _purge_expired(self, now: int) -> int:
+        total = 0
+        while True:
+            done = int(self._script(_SWEEP, self._store_keys(), [self._keys, BATCH, now]))
+            total += done
+            if done < BATCH:
+                return total
+
+    def __repr__(self) -> str:
+        return f"RedisStorage(prefix={self.prefix!r}, mode={self.mode!r}, {self._address})"
+
+
+def _split_runs(record: Record, path: tuple[str, ...]) -> tuple[Record, list[Any] | None]:
+    """The record without its runs, and the runs, when they sit at ``path`` as a list."""
+    parent: Any = record
+    for key in path[:-1]:
+        parent = parent.get(key) if isinstance(parent, dict) else None
+    runs = parent.get(path[-1]) if isinstance(parent, dict) else None
+    if not isinstance(runs, list):
+        return record, None
+    head = dict(record)
+    at = head
+    for key in path[:-1]:
+        at[key] = dict(at[key])
+        at = at[key]
+    del at[path[-1]]
+    return head, runs
+
+
+def _set_path(record: Record, path: tuple[str, ...], value: Any) -> None:
+    at = record
+    for key in path[:-1]:
+        at = at[key]
+    at[path[-1]] = value
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=DIGEST_SIZE).hexdigest()
+
+
+def _digests(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    text = _text(value)
+    size = 2 * DIGEST_SIZE
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _describe(client: Any) -> str:
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
+    if kwargs:
+        return f"Redis at {kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db', 0)}"
+    nodes = getattr(getattr(client, "nodes_manager", None), "startup_nodes", None)
+    if nodes:
+        return "Redis Cluster at " + ",".join(nodes)
+    return f"Redis ({type(client).__name__})"
+
+
+def _parse_url(
+    url: str, options: dict[str, Any]
+) -> tuple[list[tuple[str, int]], int, dict[str, Any]]:
+    """Nodes, database number and connection options of a Redis URL."""
+    scheme, _, rest = url.partition("://")
+    scheme = scheme.lower()
+    if scheme not in ("redis", "rediss", "redis+cluster"):
+        raise InvalidIdentifierError(f"{scheme}:// is not a Redis URL")
+    netloc, _, path = rest.split("?", 1)[0].partition("/")
+    options = dict(options)
+    if "@" in netloc:
+        credentials, netloc = netloc.rsplit("@", 1)
+        user, has_password, password = credentials.partition(":")
+        options["username"] = unquote(user) or options.get("username")
+        if has_password:
+            options["password"] = unquote(password)
+    if scheme == "rediss":
+        options["ssl"] = True
+    nodes = [_node(part) for part in (netloc or "localhost").split(",")]
+    if len(nodes) > 1 and scheme != "redis+cluster":
+        raise InvalidIdentifierError(f"{scheme}:// names one server; use redis+cluster://")
+    db = 0
+    if path.strip("/"):
+        try:
+            db = int(path.strip("/"))
+        except ValueError:
+            raise InvalidIdentifierError(f"Redis database {path!r} must be a number") from None
+        if scheme == "redis+cluster" and db != 0:
+            raise InvalidIdentifierError("a Redis Cluster has only database 0")
+    return nodes, db, options
+
+
+def _node(text: str) -> tuple[str, int]:
+    try:
+        parts = urlsplit(f"//{text}")
+        return parts.hostname or "localhost", parts.port or 6379
+    except ValueError:
+        raise InvalidIdentifierError(f"{text!r} is not host:port") from None
+
+
+def from_url(url: StorageURL) -> RedisStorage:
+    """``redis://[[user]:password@]host:port/db``, ``rediss://`` (TLS) or a cluster.
+
+    A cluster is named by any of its nodes, comma-separated:
+    ``redis+cluster://[:password@]host:port[,host:port...]``, with ``?ssl=true`` for TLS.
+    ``?prefix=`` names the store (default ``savegame:<mode>``), ``?expire=`` gives seconds.
+    """
+    prefix = url.pop_namespace()
+    expire = url.pop_int("expire")
+    ssl = str(url.options.pop("ssl", "")).lower() in ("1", "true", "yes", "on")
+    if url.options:
+        raise InvalidIdentifierError(
+            f"unknown option(s) for a Redis URL: {', '.join(sorted(url.options))}"
+        )
+    return RedisStorage(prefix, mode=url.mode, expire=expire, ssl=ssl, url=url.raw)  # type: ignore[arg-type]

@@ -1,0 +1,233 @@
+"""A real three-master Redis Cluster on loopback ports, shared by every test process of a run.
+
+:func:`cluster_url` starts the cluster on first use and returns a ``redis+cluster://`` URL.
+pytest-xdist workers of one run (same ``PYTEST_XDIST_TESTRUNUID``) share one cluster: a file
+lock guards a state file holding the servers' ports, process ids and the worker pids using
+them. Each process removes itself when it exits; the last one stops the servers by process
+id and removes their folder. A server left by a run that died is stopped by the next run
+that finds its state file with no live user.
+
+``SAVEGAME_TEST_REDIS_CLUSTER_URL`` names an existing cluster instead (:func:`server_url`
+then starts nothing).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+MASTERS = 3
+START_TIMEOUT = 30.0
+"""Seconds the cluster gets to start, form and report ``cluster_state:ok``."""
+
+_url: str | None = None
+
+
+def cluster_url() -> str:
+    """The URL of a running 3-master cluster, starting one if this run has none yet.
+
+    Raises:
+        RuntimeError: when ``redis-server`` is not installed or the cluster does not form in
+            time (the servers started are stopped again).
+    """
+    global _url
+    if _url is None:
+        _url = _join()
+    return _url
+
+
+def _run_dir() -> Path:
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"solo-{os.getpid()}"
+    return Path(tempfile.gettempdir()) / f"savegame-redis-cluster-{run}"
+
+
+def _join() -> str:
+    base = _run_dir()
+    with FileLock(str(base) + ".lock", timeout=START_TIMEOUT * 2):
+        state = _load(base)
+        if state is None or not all(_alive(pid) for pid in state["pids"]):
+            if state is not None:
+                _stop(state, base)
+            state = _start(base)
+        state["users"] = [pid for pid in state["users"] if _alive(pid)] + [os.getpid()]
+        _save(base, state)
+    atexit.register(_leave, base)
+    return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in state["ports"])
+
+
+def _leave(base: Path) -> None:
+    with FileLock(str(base) + ".lock", timeout=START_TIMEOUT * 2):
+        state = _load(base)
+        if state is None:
+            return
+        state["users"] = [p for p in state["users"] if p != os.getpid() and _alive(p)]
+        if state["users"]:
+            _save(base, state)
+        else:
+            _stop(state, base)
+
+
+def _load(base: Path) -> dict[str, Any] | None:
+    try:
+        state: dict[str, Any] = json.loads((base / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return state
+
+
+def _save(base: Path, state: dict[str, Any]) -> None:
+    (base / "state.json").write_text(json.dumps(state))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _free_ports(count: int) -> list[int]:
+    """Ports whose cluster bus port (+10000) is free too."""
+    ports: list[int] = []
+    while len(ports) < count:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port + 10000 > 65535 or port in ports:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
+
+
+def _start(base: Path) -> dict[str, Any]:
+    server = shutil.which("redis-server")
+    cli = shutil.which("redis-cli")
+    if server is None or cli is None:
+        raise RuntimeError("redis-server and redis-cli are needed to start a Redis Cluster")
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True)
+    ports = _free_ports(MASTERS)
+    pids = []
+    for port in ports:
+        folder = base / str(port)
+        folder.mkdir()
+        command = [server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled"]
+        command += ["yes", "--cluster-config-file", "nodes.conf", "--dir", str(folder)]
+        command += ["--save", "", "--appendonly", "no", "--cluster-node-timeout", "5000"]
+        log = open(folder / "server.log", "wb")  # noqa: SIM115 - the server keeps writing it
+        proc = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        pids.append(proc.pid)
+    state: dict[str, Any] = {"ports": ports, "pids": pids, "users": []}
+    _save(base, state)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        for port in ports:
+            _wait(lambda p=port: _ask(cli, p, "PING") == "PONG", deadline)
+        nodes = [f"127.0.0.1:{p}" for p in ports]
+        subprocess.run(
+            [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=START_TIMEOUT,
+        )
+        for port in ports:
+            _wait(lambda p=port: "cluster_state:ok" in _ask(cli, p, "CLUSTER", "INFO"), deadline)
+    except BaseException:
+        _stop(state, base)
+        raise
+    return state
+
+
+def _ask(cli: str, port: int, *command: str) -> str:
+    done = subprocess.run(
+        [cli, "-h", "127.0.0.1", "-p", str(port), *command],
+        capture_output=True,
+        text=True,
+        timeout=5,
+        check=False,
+    )
+    return done.stdout.strip()
+
+
+def _wait(ready: Any, deadline: float) -> None:
+    while not ready():
+        if time.monotonic() > deadline:
+            raise RuntimeError("the Redis Cluster did not come up in time")
+        time.sleep(0.1)
+
+
+def _stop(state: dict[str, Any], base: Path) -> None:
+    """Stops the servers by process id, waiting (bounded) for them to go, and removes the folder."""
+    for pid in state["pids"]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for pid in state["pids"]:
+        while _alive(pid) and time.monotonic() < deadline:
+            _reap(pid)
+            time.sleep(0.05)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            _reap(pid)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _reap(pid: int) -> None:
+    """Collects a server that is our own child, so it does not linger as a zombie."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+STARTED = "redis+cluster://(a cluster the tests start)"
+"""Stands for the cluster :func:`cluster_url` starts, where no cluster URL is given."""
+
+
+def server_url(cluster: bool) -> str:
+    """The URL of the Redis server (or cluster) the tests use, after checking it answers.
+
+    Skips the test when it does not answer (fails it under ``SAVEGAME_REQUIRE_SERVICES=1``).
+    """
+    from tests.stores import require_service
+
+    if not cluster:
+        return require_service(
+            "Redis", "SAVEGAME_TEST_REDIS_URL", "redis://127.0.0.1:6379/0", _ping
+        )
+    url = require_service(
+        "Redis Cluster", "SAVEGAME_TEST_REDIS_CLUSTER_URL", STARTED, lambda u: _ping(_real(u))
+    )
+    return _real(url)
+
+
+def _real(url: str) -> str:
+    return cluster_url() if url == STARTED else url
+
+
+def _ping(url: str) -> None:
+    from savegame.storage.redis import RedisStorage
+
+    with RedisStorage("probe", url=url, connect_timeout=2) as storage:
+        storage.create()
