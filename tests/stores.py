@@ -91,10 +91,35 @@ def _files(name: str, storage_class: type[FileStorage]) -> Callable[[Path, str],
     return make
 
 
+def _redis(name: str, cluster: bool) -> Callable[[Path, str], Any]:
+    @contextmanager
+    def make(tmp_path: Path, mode: str) -> Iterator[Store]:
+        from savegame.storage.redis import RedisStorage
+        from tests.redis_cluster import server_url
+
+        server = server_url(cluster)
+        prefix = unique("sg")
+
+        def opener(mode: str, **options: Any) -> Storage:
+            return RedisStorage(prefix, url=server, mode=mode, **options)  # type: ignore[arg-type]
+
+        store = Store(name, mode, opener, url=f"{server}?prefix={prefix}")
+        try:
+            yield store
+        finally:
+            store.close_all()
+            with RedisStorage(prefix, url=server) as cleanup:
+                cleanup.drop()
+
+    return make
+
+
 BACKENDS: list[Backend] = [
     Backend("memory", _memory),
     Backend("json", _files("json", JsonStorage)),
     Backend("yaml", _files("yaml", YamlStorage)),
+    Backend("redis", _redis("redis", cluster=False)),
+    Backend("redis-cluster", _redis("redis-cluster", cluster=True)),
 ]
 
 
