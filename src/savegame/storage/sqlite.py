@@ -1,0 +1,206 @@
+"""SQLite: savegame's embedded default, one file (or an in-memory database) on SQLAlchemy Core.
+
+Only what is particular to SQLite lives here; the layout, queries and migrations are in
+:mod:`savegame.storage.sql`.
+
+Settings, and why:
+
+* ``journal_mode=WAL``: readers never wait for the writer and a reader always sees one
+  whole commit.
+* ``synchronous=FULL`` by default: every commit is synced to the WAL file, so a write that
+  returned survives a power cut, not only a crash of the process. ``NORMAL`` syncs at
+  checkpoints only (a crash of the process loses nothing; a power cut may lose the last
+  writes) and is several times faster on slow disks.
+* ``BEGIN IMMEDIATE`` for writes: the write lock is taken before the session is read, so a
+  writer never has to upgrade a read lock, which SQLite refuses with "database is locked"
+  instead of waiting. Python's ``sqlite3`` begins transactions itself, late and deferred,
+  so savegame switches that off on its connections while it holds them and issues
+  ``BEGIN`` itself.
+* ``busy_timeout`` (30 seconds by default): how long a writer waits for the lock; past it
+  the write raises :class:`~savegame.errors.BackendUnavailableError`, never returns None.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, Table, create_engine, make_url
+from sqlalchemy.dialects.sqlite import insert
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.expression import Executable
+
+from savegame.storage.session import Mode
+from savegame.storage.sql import SqlDialect, SqlStorage
+from savegame.storage.url import StorageURL
+
+# The primary result codes that mean "locked past the timeout" or "the file is not usable".
+_UNAVAILABLE = frozenset(
+    {
+        5,  # SQLITE_BUSY
+        6,  # SQLITE_LOCKED
+        8,  # SQLITE_READONLY
+        10,  # SQLITE_IOERR
+        13,  # SQLITE_FULL
+        14,  # SQLITE_CANTOPEN
+        15,  # SQLITE_PROTOCOL
+    }
+)
+
+SYNCHRONOUS = ("FULL", "NORMAL", "EXTRA")
+
+
+class SqliteDialect(SqlDialect):
+    """SQLite's differences: pragmas, ``BEGIN IMMEDIATE``, ``ON CONFLICT`` and result codes."""
+
+    title = "SQLite"
+
+    def __init__(self, synchronous: str, busy_timeout: float, wal: bool) -> None:
+        self.synchronous = synchronous
+        self.busy_timeout = busy_timeout
+        self.wal = wal
+
+    def upsert(self, table: Table, keys: Sequence[str]) -> Executable:
+        statement = insert(table)
+        return statement.on_conflict_do_update(
+            index_elements=list(keys),
+            set_={c.name: statement.excluded[c.name] for c in table.c if c.name not in keys},
+        )
+
+    def configure(self, conn: Connection) -> None:
+        raw: Any = conn.connection.dbapi_connection
+        raw.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        if self.wal:
+            raw.execute("PRAGMA journal_mode = WAL")
+        raw.execute(f"PRAGMA synchronous = {self.synchronous}")
+
+    @contextmanager
+    def transaction(self, conn: Connection, write: bool) -> Iterator[Connection]:
+        raw: Any = conn.connection.dbapi_connection
+        assert raw is not None
+        level = raw.isolation_level
+        raw.isolation_level = None
+        try:
+            with conn.begin():
+                conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+                yield conn
+        finally:
+            if not conn.invalidated:
+                raw.isolation_level = level
+
+    def unavailable(self, error: BaseException) -> bool:
+        code = getattr(error, "sqlite_errorcode", None)
+        return code is not None and code & 0xFF in _UNAVAILABLE
+
+
+def in_memory(url: URL) -> bool:
+    """Whether a SQLite URL names an in-memory database."""
+    return url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
+
+
+def make_engine(url: str | URL, busy_timeout: float = 30.0) -> Engine:
+    """An engine for a SQLite URL; an in-memory database keeps one connection for all threads."""
+    parsed = make_url(url)
+    if in_memory(parsed):
+        return create_engine(
+            parsed, poolclass=StaticPool, connect_args={"check_same_thread": False}
+        )
+    return create_engine(parsed, connect_args={"check_same_thread": False, "timeout": busy_timeout})
+
+
+class SqliteStorage(SqlStorage):
+    """Sessions in a table of a SQLite database.
+
+    With none of ``db_url``, ``db_file`` and ``db_engine`` the database is in memory and
+    lives as long as the storage's engine: another storage made with the same
+    ``db_engine`` shares it.
+
+    Args:
+        table_name: the session table (runs go to ``<table_name>_runs``).
+        db_url: a SQLAlchemy URL, ``sqlite:///relative.db`` or ``sqlite:////absolute.db``.
+        db_file: the database file; its folder is made when missing.
+        db_engine: an engine to use; the storage does not dispose of it.
+        schema_version: accepted for compatibility with the original; unused.
+        auto_upgrade_schema: upgrade a table of an older layout on first write.
+        mode: the storage mode.
+        expire: seconds after its last write that a session expires.
+        synchronous: ``"FULL"`` (a returned write survives power loss), ``"NORMAL"`` (it
+            survives a crash of the process) or ``"EXTRA"``.
+        busy_timeout: seconds a write waits for another writer's lock.
+
+    Raises:
+        InvalidIdentifierError: for a table name that is not a plain identifier.
+        ValueError: for an unknown ``synchronous`` level.
+    """
+
+    def __init__(
+        self,
+        table_name: str,
+        db_url: str | None = None,
+        db_file: str | os.PathLike[str] | None = None,
+        db_engine: Engine | None = None,
+        schema_version: int = 1,
+        auto_upgrade_schema: bool = False,
+        mode: Mode | None = "agent",
+        expire: int | None = None,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout: float = 30.0,
+    ) -> None:
+        level = str(synchronous).upper()
+        if level not in SYNCHRONOUS:
+            raise ValueError(
+                f"synchronous must be one of {', '.join(SYNCHRONOUS)}, not {synchronous!r}"
+            )
+        self.db_url = db_url
+        self.db_file = None if db_file is None else Path(db_file).expanduser()
+        if db_engine is not None:
+            engine = db_engine
+        elif db_url is not None:
+            engine = make_engine(db_url, busy_timeout)
+        elif self.db_file is not None:
+            self.db_file.parent.mkdir(parents=True, exist_ok=True)
+            engine = make_engine(URL.create("sqlite", database=str(self.db_file)), busy_timeout)
+        else:
+            engine = make_engine("sqlite://")
+        memory = in_memory(engine.url)
+        super().__init__(
+            table_name,
+            engine,
+            SqliteDialect(level, busy_timeout, wal=not memory),
+            None,
+            schema_version,
+            auto_upgrade_schema,
+            mode,
+            expire,
+            owns_engine=db_engine is None,
+            serialize=memory,
+        )
+
+    def where(self) -> str:
+        database = self.db_engine.url.database
+        return repr(database) if database and not in_memory(self.db_engine.url) else "memory"
+
+
+def from_url(url: StorageURL) -> SqliteStorage:
+    """``sqlite:///relative.db``, ``sqlite:////absolute.db`` or ``sqlite://`` (in memory).
+
+    Query parameters: ``table``, ``expire``, ``synchronous``, ``busy_timeout``.
+    """
+    table = url.pop_namespace()
+    expire = url.pop_int("expire")
+    synchronous = str(url.options.pop("synchronous", "FULL"))
+    busy_timeout = float(url.options.pop("busy_timeout", 30.0))
+    path = url.path if url.path not in ("", ":memory:") else None
+    return SqliteStorage(
+        table,
+        db_file=path,
+        mode=url.mode,  # type: ignore[arg-type]
+        expire=expire,
+        synchronous=synchronous,
+        busy_timeout=busy_timeout,
+    )

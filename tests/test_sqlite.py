@@ -1,0 +1,239 @@
+"""What only SQLite shows: its file, its locks, the original's tables, and what a save writes."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from savegame import open_storage
+from savegame.errors import BackendUnavailableError, InvalidIdentifierError, StorageError
+from savegame.storage.session.agent import AgentSession
+from savegame.storage.session.v2.workflow import WorkflowSession as WorkflowSessionV2
+from savegame.storage.sqlite import SqliteStorage, make_engine
+
+ORIGINAL_AGENT_TABLE = """
+CREATE TABLE legacy (
+    session_id VARCHAR NOT NULL PRIMARY KEY,
+    user_id VARCHAR,
+    memory JSON,
+    session_data JSON,
+    extra_data JSON,
+    created_at BIGINT,
+    updated_at BIGINT,
+    agent_id VARCHAR,
+    team_session_id VARCHAR,
+    agent_data JSON
+);
+CREATE INDEX ix_legacy_user_id ON legacy (user_id);
+CREATE INDEX ix_legacy_agent_id ON legacy (agent_id);
+"""
+
+
+def _runs(n: int, size: int = 400) -> list[dict[str, Any]]:
+    return [
+        {"run_id": f"r{i}", "messages": [{"role": "assistant", "content": f"{i} " + "x" * size}]}
+        for i in range(n)
+    ]
+
+
+def _legacy_database(path: Path, sessions: int) -> None:
+    """A file written the way the original wrote it: runs inline in ``memory``."""
+    db = sqlite3.connect(path)
+    db.executescript(ORIGINAL_AGENT_TABLE)
+    for i in range(sessions):
+        memory = {"runs": _runs(i % 4, 20), "summary": f"s{i}"}
+        db.execute(
+            "INSERT INTO legacy VALUES (?, ?, json(?), json(?), NULL, ?, ?, ?, NULL, json(?))",
+            (
+                f"old-{i}",
+                f"user-{i % 3}",
+                json.dumps(memory),
+                json.dumps({"n": i}),
+                1_700_000_000 + i,
+                1_700_000_000 + i,
+                "agent-1",
+                json.dumps({"model": "m"}),
+            ),
+        )
+    db.commit()
+    db.close()
+
+
+def test_the_original_table_is_read_then_upgraded_and_written(tmp_path: Path) -> None:
+    path = tmp_path / "original.db"
+    _legacy_database(path, 30)
+    storage = SqliteStorage("legacy", db_file=path)
+    got = storage.read("old-5")
+    assert got is not None
+    assert got.memory == {"runs": _runs(1, 20), "summary": "s5"}
+    assert got.version == 1
+    assert storage.get_all_session_ids(user_id="user-2")[:2] == ["old-29", "old-26"]
+    with pytest.raises(StorageError, match="upgrade_schema"):
+        storage.upsert(AgentSession(session_id="new"))
+
+    storage.upgrade_schema()
+    storage.upgrade_schema()
+    assert len(storage.get_all_session_ids()) == 30
+    for i in range(30):
+        session = storage.read(f"old-{i}")
+        assert session is not None
+        assert session.memory == {"runs": _runs(i % 4, 20), "summary": f"s{i}"}
+        assert session.session_data == {"n": i}
+        assert session.created_at == 1_700_000_000 + i
+    db = sqlite3.connect(path)
+    inline = db.execute("SELECT count(*) FROM legacy WHERE memory LIKE '%\"runs\"%'").fetchone()
+    moved = db.execute("SELECT count(*) FROM legacy_runs").fetchone()
+    assert inline == (0,)
+    assert moved == (sum(i % 4 for i in range(30)),)
+    db.close()
+
+    session = storage.read("old-7")
+    assert session is not None
+    session.memory["runs"].append({"run_id": "next"})  # type: ignore[index]
+    stored = storage.upsert(session, expected_version=1)
+    assert stored.version == 2
+    again = SqliteStorage("legacy", db_file=path).read("old-7")
+    assert again is not None
+    assert again.memory["runs"][-1] == {"run_id": "next"}  # type: ignore[index]
+
+
+def test_auto_upgrade_schema_upgrades_on_first_write(tmp_path: Path) -> None:
+    path = tmp_path / "original.db"
+    _legacy_database(path, 3)
+    storage = SqliteStorage("legacy", db_file=path, auto_upgrade_schema=True)
+    storage.upsert(AgentSession(session_id="new", user_id="user-0"))
+    assert sorted(storage.get_all_session_ids(user_id="user-0")) == ["new", "old-0"]
+
+
+def test_a_save_writes_what_changed_not_the_whole_conversation(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'growth.db'}")
+
+    @event.listens_for(engine, "connect")
+    def keep_every_frame(dbapi_connection: Any, record: Any) -> None:
+        # Without checkpoints the WAL only grows, so its growth is what each save wrote.
+        dbapi_connection.execute("PRAGMA wal_autocheckpoint = 0")
+
+    storage = SqliteStorage("growth", db_engine=engine)
+    storage.create()
+    wal = tmp_path / "growth.db-wal"
+    session = AgentSession(session_id="long", user_id="u", memory={"runs": []})
+    written: dict[int, int] = {}
+    for turn in range(1, 1001):
+        session.memory["runs"].append(_runs(1)[0] | {"run_id": f"r{turn}"})  # type: ignore[index]
+        before = wal.stat().st_size if wal.exists() else 0
+        session = storage.upsert(session)
+        written[turn] = wal.stat().st_size - before
+    early = sum(written[t] for t in range(10, 20)) / 10
+    late = sum(written[t] for t in range(991, 1001)) / 10
+    assert late <= 3 * early, (early, late)
+    got = storage.read("long")
+    assert got is not None
+    assert len(got.memory["runs"]) == 1000  # type: ignore[index]
+    engine.dispose()
+
+
+def test_a_lock_held_past_the_timeout_raises_and_reads_go_on(tmp_path: Path) -> None:
+    path = tmp_path / "locked.db"
+    storage = SqliteStorage("t", db_file=path, busy_timeout=0.3)
+    storage.upsert(AgentSession(session_id="a"))
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(BackendUnavailableError, match="locked"):
+            storage.upsert(AgentSession(session_id="b"))
+        assert storage.read("a") is not None
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    storage.upsert(AgentSession(session_id="b"))
+    assert sorted(storage.get_all_session_ids()) == ["a", "b"]
+
+
+def test_file_settings(tmp_path: Path) -> None:
+    storage = SqliteStorage("t", db_file=tmp_path / "deeper" / "s.db", synchronous="normal")
+    storage.create()
+    with storage.db_engine.connect() as conn:
+        raw: Any = conn.connection.dbapi_connection
+        assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert raw.execute("PRAGMA synchronous").fetchone() == (1,)
+        assert raw.execute("PRAGMA busy_timeout").fetchone() == (30000,)
+    with pytest.raises(ValueError, match="synchronous"):
+        SqliteStorage("t", synchronous="OFF")
+
+
+@pytest.mark.parametrize(
+    "name", ["bad name", "x;drop table y", 'q"uote', "o'k", "", "1abc", "a" * 59]
+)
+def test_table_names_are_checked(name: str) -> None:
+    with pytest.raises(InvalidIdentifierError):
+        SqliteStorage(name)
+
+
+def test_drop_removes_only_this_storages_tables(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE other (x)")
+    db.close()
+    mine = SqliteStorage("sessions", db_file=path)
+    theirs = SqliteStorage("sessions_sub", db_file=path)
+    mine.upsert(AgentSession(session_id="a", memory={"runs": [{"r": 1}]}))
+    theirs.upsert(AgentSession(session_id="b", memory={"runs": [{"r": 2}]}))
+    mine.drop()
+    assert not mine.table_exists()
+    assert theirs.read("b") is not None
+    db = sqlite3.connect(path)
+    names = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    db.close()
+    assert names == {"other", "sessions_sub", "sessions_sub_runs", "savegame_migrations"}
+
+
+def test_in_memory_database_is_shared_through_its_engine() -> None:
+    first = SqliteStorage("t", mode="workflow_v2")
+    first.upsert(WorkflowSessionV2(session_id="w", runs=[{"step": 1}]))
+    second = SqliteStorage("t", db_engine=first.db_engine, mode="workflow_v2")
+    got = second.read("w")
+    assert got is not None
+    assert got.runs == [{"step": 1}]
+    assert SqliteStorage("t", mode="workflow_v2").read("w") is None
+
+
+def test_in_memory_database_serves_threads() -> None:
+    storage = SqliteStorage("t")
+    errors: list[Exception] = []
+
+    def work(n: int) -> None:
+        try:
+            for i in range(50):
+                storage.upsert(AgentSession(session_id=f"{n}-{i}", memory={"runs": [i]}))
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(storage.get_all_session_ids()) == 200
+
+
+def test_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    relative = open_storage("sqlite:///rel.db", mode="team")
+    assert isinstance(relative, SqliteStorage)
+    assert relative.table_name == "team_sessions"
+    relative.create()
+    assert (tmp_path / "rel.db").exists()
+    absolute = open_storage(f"sqlite:///{tmp_path / 'abs.db'}?table=mine&expire=60")
+    assert isinstance(absolute, SqliteStorage)
+    assert (absolute.table_name, absolute.expire) == ("mine", 60)
+    assert absolute.db_file == tmp_path / "abs.db"
+    memory = open_storage("sqlite://")
+    memory.upsert(AgentSession(session_id="m"))
+    assert memory.read("m") is not None
