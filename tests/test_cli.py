@@ -29,7 +29,11 @@ from tests.stores import BACKENDS, Backend
 
 SAVEGAME = Path(sys.executable).with_name("savegame")
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
-URL_BACKENDS = [pytest.param(b, id=b.name) for b in BACKENDS if b.name != "memory"]
+JSON = next(b for b in BACKENDS if b.name == "json")
+# The file backend, the embedded database and two servers; the twins (YAML, Redis Cluster,
+# SQLite in memory) and MySQL run the same library calls in test_transfer.py.
+CLI_BACKENDS = ("json", "sqlite-file", "postgres", "redis")
+URL_BACKENDS = [pytest.param(b, id=b.name) for b in BACKENDS if b.name in CLI_BACKENDS]
 BASE = 1_700_000_000  # created_at of the first seeded session
 
 
@@ -144,9 +148,8 @@ def test_sessions_list_show_rename_delete(backend: Backend, tmp_path: Path) -> N
 @pytest.mark.parametrize("backend", URL_BACKENDS)
 def test_export_import_is_lossless_across_backends(backend: Backend, tmp_path: Path) -> None:
     """JSON lines out of one store, into an empty store of this backend, and out again."""
-    json_backend = next(b for b in BACKENDS if b.name == "json")
     with (
-        open_store(json_backend, tmp_path, "team", "src") as src,
+        open_store(JSON, tmp_path, "team", "src") as src,
         open_store(backend, tmp_path, "team", "dst") as dst,
     ):
         seed(src(), "team")
@@ -210,9 +213,8 @@ def test_stats_purge_delete_user_schema(backend: Backend, tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("backend", URL_BACKENDS)
 def test_copy_into_this_backend_and_again(backend: Backend, tmp_path: Path) -> None:
-    json_backend = next(b for b in BACKENDS if b.name == "json")
     with (
-        open_store(json_backend, tmp_path, "agent", "src") as src,
+        open_store(JSON, tmp_path, "agent", "src") as src,
         open_store(backend, tmp_path, "agent", "dst") as dst,
     ):
         originals = seed(src(), "agent")
@@ -241,6 +243,7 @@ def test_delete_user_searches_every_mode_of_a_database(tmp_path: Path) -> None:
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
+    assert text(savegame("--version")).startswith("savegame ")
     bad_url = savegame("sessions", "list", "-s", "nowhere", code=2)
     assert errors(bad_url).count("\n") == 1
     assert "sqlite://" in errors(bad_url)
@@ -296,7 +299,7 @@ def test_every_command_is_documented() -> None:
 
 # -- moving sessions through every kind of store ----------------------------------------------
 
-CHAIN = ["sqlite", "postgres", "redis", "json", "sqlite"]
+CHAIN = ["sqlite-file", "postgres", "redis", "json", "sqlite-file"]
 
 
 def awkward_session(mode: str, session_id: str, i: int) -> Session:
@@ -350,10 +353,10 @@ def test_round_trip_through_every_backend(mode: str, tmp_path: Path) -> None:
 def test_copy_killed_half_way_then_run_again(tmp_path: Path) -> None:
     """kill -9 in the middle of a copy leaves whole sessions only; a second run finishes it."""
     by_name = {b.name: b for b in BACKENDS}
-    source_backend = by_name.get("sqlite", by_name["json"])
+    source_backend = by_name.get("sqlite-file", JSON)
     with (
         open_store(source_backend, tmp_path, "agent", "src") as src,
-        open_store(by_name["json"], tmp_path, "agent", "dst") as dst,
+        open_store(JSON, tmp_path, "agent", "dst") as dst,
     ):
         source = src()
         source.create()

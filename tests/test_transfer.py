@@ -178,6 +178,8 @@ def test_rename(backend_store: Store) -> None:
 )
 def test_delete_user_of_a_single_store(backend: Any, tmp_path: Path) -> None:
     with backend.make(tmp_path, "team") as store:
+        if store.url is None:
+            pytest.skip(f"{store.backend} lives in one process and has no URL")
         storage = store()
         storage.create()
         for i in range(4):

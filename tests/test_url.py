@@ -153,7 +153,8 @@ def test_relative_paths_are_from_the_working_directory(
 def test_a_store_url_opens_the_same_store(backend: object, tmp_path: Path) -> None:
     with backend.make(tmp_path, "team") as store:  # type: ignore[attr-defined]
         assert isinstance(store, Store)
-        assert store.url is not None
+        if store.url is None:
+            pytest.skip(f"{store.backend} lives in one process and has no URL")
         direct = store()
         direct.create()
         direct.upsert(make_session("team", "same"))

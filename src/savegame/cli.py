@@ -119,6 +119,12 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 UserOption = Annotated[str | None, typer.Option("--user", "-u", help="Only this user's sessions.")]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"savegame {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     ctx: typer.Context,
@@ -126,13 +132,15 @@ def _root(
         bool,
         typer.Option("--debug", envvar="SAVEGAME_DEBUG", help="Show tracebacks of errors."),
     ] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     """Inspect, move and clean up saved agent, team and workflow sessions."""
     ctx.obj = {"debug": debug}
-    if version:
-        out.print(f"savegame {__version__}", highlight=False)
-        raise typer.Exit()
 
 
 @contextmanager
@@ -168,7 +176,7 @@ def sessions_list(
         return
     pages = max(1, -(-len(ids) // limit))
     table = Table(
-        caption=f"page {page} of {pages}, {len(ids)} session{'s' * (len(ids) != 1)}",
+        caption=f"page {page} of {pages}, {_sessions(len(ids))}",
         caption_justify="left",
     )
     for column in ("id", "user", "entity", "name", "runs", "created", "updated"):
@@ -242,7 +250,7 @@ def sessions_delete(
         exists = store.table_exists()
         missing = [sid for sid in session_ids if not (exists and store.delete_session(sid))]
     deleted = len(session_ids) - len(missing)
-    err.print(f"deleted {deleted} session{'s' * (deleted != 1)}", highlight=False)
+    _note(f"deleted {_sessions(deleted)}")
     if missing:
         _fail(f"no {mode} session {', '.join(map(repr, missing))} in {redact(storage)}")
 
@@ -258,7 +266,7 @@ def sessions_rename(
     with _open(storage, mode) as store:
         if transfer.rename_session(store, session_id, name) is None:
             _fail(f"no {mode} session {session_id!r} in {redact(storage)}")
-    err.print(f"renamed {session_id!r} to {name!r}", highlight=False)
+    _note(f"renamed {session_id!r} to {name!r}")
 
 
 # -- moving sessions --------------------------------------------------------------------------
@@ -275,7 +283,7 @@ def export(
     with _open(storage, mode) as store:
         count = transfer.export_sessions(store, lambda line: stream.write(line.encode()), user)
     stream.flush()
-    err.print(f"exported {count} session{'s' * (count != 1)}", highlight=False)
+    _note(f"exported {_sessions(count)}")
 
 
 @app.command("import")
@@ -303,7 +311,7 @@ def import_(
         source = str(file)
     with _open(storage, mode) as store:
         count = transfer.import_sessions(store, lines, source)
-    err.print(f"imported {count} session{'s' * (count != 1)}", highlight=False)
+    _note(f"imported {_sessions(count)}")
 
 
 @app.command("copy")
@@ -334,11 +342,7 @@ def copy(
             on_start=lambda total: progress.update(task, total=total),
             on_batch=lambda n: progress.advance(task, n),
         )
-    err.print(
-        f"copied {report.copied}, already there {report.unchanged}, of {report.total} "
-        f"session{'s' * (report.total != 1)}",
-        highlight=False,
-    )
+    _note(f"copied {report.copied}, already there {report.unchanged}, of {_sessions(report.total)}")
 
 
 # -- looking after a store --------------------------------------------------------------------
@@ -401,7 +405,7 @@ def purge(
     for session_id in removed:
         out.print(escape(session_id), highlight=False)
     verb = "would remove" if dry_run else "removed"
-    err.print(f"{verb} {len(removed)} session{'s' * (len(removed) != 1)}", highlight=False)
+    _note(f"{verb} {_sessions(len(removed))}")
 
 
 @app.command("delete-user")
@@ -414,8 +418,7 @@ def delete_user(
     erasure = transfer.delete_user(storage, user_id, mode)
     detail = ", ".join(f"{m}: {n}" for m, n in erasure.removed.items())
     out.print(
-        f"deleted {erasure.total} session{'s' * (erasure.total != 1)} of user "
-        f"{escape(repr(user_id))} ({detail})",
+        f"deleted {_sessions(erasure.total)} of user {escape(repr(user_id))} ({detail})",
         highlight=False,
     )
 
@@ -428,7 +431,7 @@ def schema_upgrade(
     """Bring a table or layout written by an older savegame up to date, keeping every row."""
     with _open(storage, mode) as store:
         store.upgrade_schema()
-    err.print(f"{mode} store at {redact(storage)} is up to date", highlight=False)
+    _note(f"{mode} store at {redact(storage)} is up to date")
 
 
 # -- presentation -----------------------------------------------------------------------------
@@ -444,6 +447,15 @@ def _summary(store: Storage, session: Session) -> dict[str, Any]:
         "created": getattr(session, "created_at", None),
         "updated": getattr(session, "updated_at", None),
     }
+
+
+def _sessions(count: int) -> str:
+    return f"{count} session{'s' * (count != 1)}"
+
+
+def _note(message: str) -> None:
+    """A message for the person at the terminal, kept out of the output proper."""
+    err.print(escape(message), highlight=False)
 
 
 def _print_json(value: Any) -> None:
