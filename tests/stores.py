@@ -114,10 +114,38 @@ def _redis(name: str, cluster: bool) -> Callable[[Path, str], Any]:
     return make
 
 
+def _sqlite(in_memory: bool) -> Callable[[Path, str], Any]:
+    @contextmanager
+    def make(tmp_path: Path, mode: str) -> Iterator[Store]:
+        from savegame.storage.sqlite import SqliteStorage, make_engine
+
+        table = unique("sessions")
+        path = tmp_path / "sqlite-store" / "sessions.db"
+        engine = make_engine("sqlite://") if in_memory else None
+
+        def opener(mode: str, **options: Any) -> Storage:
+            if engine is not None:
+                return SqliteStorage(table, db_engine=engine, mode=mode, **options)  # type: ignore[arg-type]
+            return SqliteStorage(table, db_file=path, mode=mode, **options)  # type: ignore[arg-type]
+
+        url = None if in_memory else f"sqlite:///{path}?table={table}"
+        store = Store("sqlite-memory" if in_memory else "sqlite-file", mode, opener, url=url)
+        try:
+            yield store
+        finally:
+            store.close_all()
+            if engine is not None:
+                engine.dispose()
+
+    return make
+
+
 BACKENDS: list[Backend] = [
     Backend("memory", _memory),
     Backend("json", _files("json", JsonStorage)),
     Backend("yaml", _files("yaml", YamlStorage)),
+    Backend("sqlite-file", _sqlite(in_memory=False)),
+    Backend("sqlite-memory", _sqlite(in_memory=True)),
     Backend("redis", _redis("redis", cluster=False)),
     Backend("redis-cluster", _redis("redis-cluster", cluster=True)),
 ]

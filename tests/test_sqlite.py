@@ -119,7 +119,7 @@ def test_a_save_writes_what_changed_not_the_whole_conversation(tmp_path: Path) -
         # Without checkpoints the WAL only grows, so its growth is what each save wrote.
         dbapi_connection.execute("PRAGMA wal_autocheckpoint = 0")
 
-    storage = SqliteStorage("growth", db_engine=engine)
+    storage = SqliteStorage("growth", db_engine=engine, synchronous="NORMAL")
     storage.create()
     wal = tmp_path / "growth.db-wal"
     session = AgentSession(session_id="long", user_id="u", memory={"runs": []})
