@@ -183,6 +183,22 @@ def test_a_session_of_another_user_is_refused(backend_store: Store) -> None:
     assert stored.user_id == "ada"  # type: ignore[attr-defined]
 
 
+def test_loading_another_users_session_keeps_the_current_one(backend_store: Store) -> None:
+    _agent(backend_store, session_id="bobs", user_id="bob").run("My name is Bob.")
+    agent = _agent(backend_store, session_id="adas", user_id="ada")
+    agent.run("My name is Ada.")
+    with pytest.raises(SessionOwnerError):
+        agent.load_session("bobs")
+    assert agent.session_id == "adas"
+    assert len(agent.runs) == 1
+    agent.session_id = "bobs"
+    with pytest.raises(SessionOwnerError):
+        agent.run("hello")
+    stored = backend_store().read("bobs")
+    assert stored is not None
+    assert len(stored.memory["runs"]) == 1  # type: ignore[attr-defined]
+
+
 def test_a_storage_of_another_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="mode='agent'"):
         Agent(model=OfflineModel(), storage=InMemoryStorage(mode="team"))

@@ -21,6 +21,7 @@ import typer
 from savegame.agent import Agent
 from savegame.models import Message, Model, ModelError, configured_model
 from savegame.models.offline import OfflineModel
+from savegame.runtime import SessionOwnerError
 from savegame.storage.base import Storage
 from savegame.storage.url import open_storage, redact
 
@@ -113,7 +114,11 @@ def _command(agent: Agent, store: Storage, text: str) -> bool:
         agent.rename_session(arg)
         _say(f"session {agent.session_id} is now called {arg!r}")
     elif name == "/load" and arg:
-        agent.load_session(arg)
+        try:
+            agent.load_session(arg)
+        except SessionOwnerError as exc:
+            _say(f"cannot load: {exc}")
+            return True
         _show_session(agent)
     elif name == "/history":
         _print_messages(agent.get_messages_for_session())

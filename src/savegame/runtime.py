@@ -118,21 +118,25 @@ class SessionKeeper:
             SessionOwnerError: when the session belongs to another user.
             StorageError: when the store cannot be read.
         """
-        if session_id is not None and session_id != self.session_id:
-            self.session_id = session_id
+        target = session_id or self.session_id
+        stored = self.storage.read(target) if self.storage is not None else None
+        if stored is not None:
+            self._check_owner(stored)
+        # Switch only once the read succeeded: a failed load leaves the current session.
+        if target != self.session_id:
+            self.session_id = target
             self._reset()
-        if self.storage is None:
-            return self._stored is not None
-        stored = self.storage.read(self.session_id)
         if stored is None:
-            return False
+            return self.storage is None and self._stored is not None
+        self._restore(stored)
+        return True
+
+    def _check_owner(self, stored: Session) -> None:
         owner = getattr(stored, "user_id", None)
         if self.user_id is not None and owner is not None and owner != self.user_id:
             raise SessionOwnerError(
-                f"session {self.session_id!r} belongs to another user than {self.user_id!r}"
+                f"session {stored.session_id!r} belongs to another user than {self.user_id!r}"
             )
-        self._restore(stored)
-        return True
 
     def rename_session(self, name: str) -> None:
         """Names the current session and saves the name."""
@@ -181,6 +185,8 @@ class SessionKeeper:
 
         It may be called more than once per save (after a conflict), so it only computes.
         """
+        if current is not None:
+            self._check_owner(current)
         data = copy.deepcopy(current.to_dict()) if current is not None else {}
         data["session_id"] = self.session_id
         runs = list(get_path(data, self.spec.runs_path) or [])
