@@ -1,0 +1,287 @@
+"""What is particular to the Redis backend: key layout, prefixes, TTL, URLs and faults.
+
+Runs against the Redis server of ``SAVEGAME_TEST_REDIS_URL`` and against a 3-master cluster
+(see ``tests/redis_cluster.py``); each test works under a prefix of its own and drops it.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from redis.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
+
+from savegame.errors import BackendUnavailableError, InvalidIdentifierError
+from savegame.storage.redis import RedisStorage, from_url
+from savegame.storage.session.agent import AgentSession
+from savegame.storage.url import open_storage, parse_url
+from tests.redis_cluster import server_url
+from tests.stores import unique
+
+
+@pytest.fixture(params=[False, True], ids=["redis", "redis-cluster"])
+def server(request: pytest.FixtureRequest) -> str:
+    """The URL of a standalone server, then of a cluster."""
+    return server_url(request.param)
+
+
+@pytest.fixture
+def raw(server: str) -> Iterator[Any]:
+    """A plain redis-py client of the same server, for looking at keys directly."""
+    if server.startswith("redis+cluster://"):
+        netloc = server.split("://", 1)[1].split("/")[0].split("?")[0]
+        nodes = [ClusterNode(h, int(p)) for h, p in (n.rsplit(":", 1) for n in netloc.split(","))]
+        client: Any = RedisCluster(startup_nodes=nodes)
+    else:
+        client = redis.Redis.from_url(server)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def prefix(server: str) -> Iterator[str]:
+    """A prefix of this test's own, with everything under it (and ``:sub``) dropped after."""
+    name = unique("sgt")
+    yield name
+    for each in (name, name + ":sub"):
+        with RedisStorage(each, url=server) as storage:
+            storage.drop()
+
+
+def _runs(n: int, tag: str = "") -> list[dict[str, Any]]:
+    return [{"run_id": str(i), "content": f"turn {i}{tag}"} for i in range(n)]
+
+
+def _session(sid: str, runs: Any = None, **fields: Any) -> AgentSession:
+    memory = None if runs is None else {"runs": runs, "summary": "s"}
+    return AgentSession(session_id=sid, memory=memory, **fields)
+
+
+def _members(raw: Any, key: str) -> list[str]:
+    return [m.decode() for m in raw.zrange(key, 0, -1)]
+
+
+def test_key_layout_is_as_documented(server: str, raw: Any, prefix: str) -> None:
+    storage = RedisStorage(prefix, url=server)
+    storage.upsert(_session("s/1", _runs(3), user_id="u", agent_id="a", created_at=10))
+    tag = "{" + prefix + "}:"
+    header = raw.hgetall(f"{tag}h:s/1")
+    assert set(header) == {b"data", b"version", b"created_at", b"runs", b"token"}
+    assert b"runs" not in header[b"data"]
+    assert raw.llen(f"{tag}r:s/1") == 3
+    keys = [f"{tag}{k}" for k in ("all", "u:u", "e:a", "ue:1:ua")]
+    for key in keys:
+        assert _members(raw, key) == ["s/1"]
+        assert raw.zscore(key, "s/1") == -10
+    assert raw.hget(f"{tag}idx", "s/1").split(b"\x00") == [k.encode() for k in keys[1:]]
+    slots = {key_slot(key.encode()) for key in [*keys, f"{tag}h:s/1", f"{tag}r:s/1", f"{tag}idx"]}
+    assert len(slots) == 1
+
+
+def test_a_save_writes_only_new_and_changed_runs(server: str, raw: Any, prefix: str) -> None:
+    storage = RedisStorage(prefix, url=server)
+    runs = _runs(3)
+    storage.upsert(_session("s", runs))
+    key = "{" + prefix + "}:r:s"
+    # A marker the storage could only keep by not rewriting run 0.
+    raw.lset(key, 0, '{"marker":true}')
+    runs[2] = {"run_id": "2", "content": "edited"}
+    storage.upsert(_session("s", [*runs, {"run_id": "3"}]))
+    assert raw.lindex(key, 0) == b'{"marker":true}'
+    got = storage.read("s")
+    assert got is not None
+    assert got.memory["runs"] == [{"marker": True}, runs[1], runs[2], {"run_id": "3"}]
+    storage.upsert(_session("s", runs[:1]))
+    assert raw.llen(key) == 1
+    storage.upsert(_session("s", "inline text"))
+    assert raw.exists(key) == 0
+    got = storage.read("s")
+    assert got is not None
+    assert got.memory == {"runs": "inline text", "summary": "s"}
+
+
+def test_a_prefix_never_sees_or_drops_a_longer_one(server: str, prefix: str) -> None:
+    outer = RedisStorage(prefix, url=server)
+    inner = RedisStorage(prefix + ":sub", url=server)
+    outer.upsert(_session("mine", user_id="u"))
+    inner.upsert(_session("theirs", user_id="u"))
+    assert outer.get_all_session_ids() == ["mine"]
+    assert outer.get_all_session_ids(user_id="u") == ["mine"]
+    assert outer.read("theirs") is None
+    assert outer.delete_user("u") == 1
+    outer.upsert(_session("again"))
+    outer.drop()
+    assert outer.get_all_session_ids() == []
+    assert inner.get_all_session_ids(user_id="u") == ["theirs"]
+    assert inner.read("theirs") is not None
+
+
+@pytest.mark.parametrize("bad", ["", "a b", "{tag}", "a*", "ü", "x}y", "-x", 7])
+def test_prefixes_are_checked(bad: Any) -> None:
+    with pytest.raises(InvalidIdentifierError):
+        RedisStorage(bad)
+
+
+def test_sessions_expire_natively_and_purge_cleans_the_indexes(
+    server: str, raw: Any, prefix: str
+) -> None:
+    lasting = RedisStorage(prefix, url=server)
+    lasting.upsert(_session("kept", _runs(1), user_id="u"))
+    storage = RedisStorage(prefix, url=server, expire=60)
+    storage.upsert(_session("long", _runs(2), user_id="u"))
+    tag = "{" + prefix + "}:"
+    assert 0 < raw.ttl(f"{tag}h:long") <= 60
+    assert 0 < raw.ttl(f"{tag}r:long") <= 60
+    assert raw.ttl(f"{tag}h:kept") == -1
+    short = RedisStorage(prefix, url=server, expire=2)
+    short.upsert(_session("short", _runs(2), user_id="u", agent_id="a"))
+    time.sleep(3.1)
+    # Redis removed the data; the index entries wait for a listing or a purge.
+    assert raw.exists(f"{tag}h:short", f"{tag}r:short") == 0
+    assert raw.zscore(f"{tag}u:u", "short") is not None
+    assert short.purge_expired() == 1
+    for key in ("all", "u:u", "e:a", "ue:1:ua", "exp"):
+        assert raw.zscore(f"{tag}{key}", "short") is None, key
+    assert raw.hget(f"{tag}idx", "short") is None
+    assert sorted(storage.get_all_session_ids(user_id="u")) == ["kept", "long"]
+    # Writing again without expiry makes a session lasting again.
+    lasting.upsert(_session("long", _runs(2), user_id="u"))
+    assert raw.ttl(f"{tag}h:long") == -1
+    assert raw.ttl(f"{tag}r:long") == -1
+    assert raw.zscore(f"{tag}exp", "long") is None
+
+
+def test_listing_skips_and_removes_expired_entries(server: str, raw: Any, prefix: str) -> None:
+    storage = RedisStorage(prefix, url=server, expire=2)
+    storage.upsert(_session("gone", user_id="u", created_at=20))
+    RedisStorage(prefix, url=server).upsert(_session("kept", user_id="u", created_at=10))
+    time.sleep(3.1)
+    assert storage.get_recent_sessions(user_id="u", limit=1)[0].session_id == "kept"
+    assert _members(raw, "{" + prefix + "}:u:u") == ["kept"]
+    assert _members(raw, "{" + prefix + "}:all") == ["kept"]
+
+
+def test_a_ready_client_is_used_and_left_open(server: str, raw: Any, prefix: str) -> None:
+    storage = RedisStorage(prefix, client=raw)
+    storage.upsert(_session("c"))
+    storage.close()
+    assert raw.ping()
+    assert RedisStorage(prefix, url=server).read("c") is not None
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("scheme", ["redis", "redis+cluster"])
+def test_a_closed_port_raises_naming_the_address(scheme: str) -> None:
+    port = _closed_port()
+    storage = RedisStorage("p", url=f"{scheme}://127.0.0.1:{port}/0")
+    for call in (storage.create, lambda: storage.read("s"), lambda: storage.upsert(_session("s"))):
+        with pytest.raises(BackendUnavailableError, match=f"127.0.0.1:{port}"):
+            call()
+
+
+@pytest.mark.timeout(120)
+def test_killed_connections_leave_no_half_written_session(
+    server: str, raw: Any, prefix: str
+) -> None:
+    storage = RedisStorage(prefix, url=server)
+    stop = threading.Event()
+    outcomes = {"ok": 0, "unavailable": 0}
+    failures: list[BaseException] = []
+
+    def write() -> None:
+        i = 0
+        while not stop.is_set():
+            sid = f"s{i % 40}"
+            try:
+                storage.upsert(_session(sid, _runs(i % 7, f"/{i}"), user_id=f"u{i % 3}"))
+                storage.get_all_session_ids(user_id=f"u{i % 3}")
+                outcomes["ok"] += 1
+            except BackendUnavailableError:
+                outcomes["unavailable"] += 1
+            except BaseException as exc:
+                failures.append(exc)
+                return
+            i += 1
+
+    worker = threading.Thread(target=write)
+    worker.start()
+    kills = 0
+    try:
+        while kills < 40 and worker.is_alive():
+            time.sleep(0.02)
+            kills += _kill_clients(raw, f"savegame:{prefix}")
+    finally:
+        stop.set()
+        worker.join(60)
+    print(f"{kills} connections killed; writes: {outcomes}")
+    assert failures == []
+    assert kills > 0
+    assert outcomes["ok"] > 0
+    storage.upsert(_session("after", _runs(2), user_id="u0"))
+    assert storage.read("after") is not None
+    _check_consistent(raw, prefix)
+
+
+def _kill_clients(raw: Any, name: str) -> int:
+    nodes = raw.get_primaries() if isinstance(raw, RedisCluster) else [None]
+    killed = 0
+    for node in nodes:
+        options = {} if node is None else {"target_nodes": node}
+        for client in raw.client_list(**options):
+            if client.get("name") == name:
+                killed += raw.client_kill_filter(_id=client["id"], **options)
+    return killed
+
+
+def _check_consistent(raw: Any, prefix: str) -> None:
+    """Every header is listed and whole; every listed session has its header."""
+    tag = "{" + prefix + "}:"
+    headers = {k.decode()[len(tag) + 2 :] for k in raw.scan_iter(match=f"{tag}h:*", count=1000)}
+    listed = set(_members(raw, f"{tag}all"))
+    assert headers == listed
+    assert {k.decode() for k in raw.hkeys(f"{tag}idx")} == listed
+    for sid in headers:
+        digests = raw.hget(f"{tag}h:{sid}", "runs")
+        assert len(digests) // 16 == raw.llen(f"{tag}r:{sid}"), sid
+        user = raw.hget(f"{tag}idx", sid).decode().split("\x00")
+        assert all(raw.zscore(key, sid) is not None for key in user)
+
+
+def test_urls_name_server_database_prefix_and_options() -> None:
+    storage = from_url(parse_url("redis://:secret@db.example:6380/3?prefix=app:x", "team"))
+    assert (storage.prefix, storage.mode) == ("app:x", "team")
+    assert "db.example:6380/3" in repr(storage)
+    assert "secret" not in repr(storage)
+    assert from_url(parse_url("redis://h", "workflow")).prefix == "savegame:workflow"
+    cluster = from_url(parse_url("redis+cluster://a:7000,b:7001/?expire=9", "agent"))
+    assert "Redis Cluster at a:7000,b:7001" in repr(cluster)
+    assert cluster.expire == 9
+    assert from_url(parse_url("rediss://h:6390/0")).prefix == "savegame:agent"
+    for bad in (
+        "redis://a:1,b:2/0",
+        "redis://h/notanumber",
+        "redis+cluster://h:1/2",
+        "redis://h/0?prefix=has space",
+        "redis://h/0?colour=blue",
+    ):
+        with pytest.raises(InvalidIdentifierError):
+            open_storage(bad)
+
+
+def test_open_storage_reaches_the_same_store(server: str, prefix: str) -> None:
+    RedisStorage(prefix, url=server).upsert(_session("shared", user_id="u"))
+    with open_storage(f"{server}?prefix={prefix}") as storage:
+        assert storage.get_all_session_ids(user_id="u") == ["shared"]
