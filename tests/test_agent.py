@@ -113,6 +113,17 @@ def test_a_new_agent_with_the_session_id_resumes_it(backend_store: Store) -> Non
     ]
 
 
+def test_initial_state_fills_a_resumed_session_but_never_returns_after_a_save(
+    backend_store: Store,
+) -> None:
+    agent = _agent(backend_store, session_id="s", session_state={"a": 1, "b": 2})
+    del agent.session_state["a"]
+    agent.run("hello")
+    assert agent.session_state == {"b": 2}
+    again = _agent(backend_store, session_id="s", session_state={"b": 0, "c": 3})
+    assert again.session_state == {"b": 2, "c": 3}
+
+
 def test_history_is_sent_only_when_asked_and_only_the_last_runs(backend_store: Store) -> None:
     agent = _agent(backend_store, add_history_to_messages=False)
     agent.run("My name is Ada.")

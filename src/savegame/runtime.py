@@ -5,7 +5,8 @@ saves it through :meth:`savegame.storage.base.Storage.update`: each save reads t
 session, adds this run to the runs already there and writes with the version it read. When
 another process saved the same session in between, the write conflicts and is redone over
 the newer session, so two processes running one session lose no run. The stored session is
-then taken back as the keeper's own, so its history includes the other process's runs.
+then taken back as the keeper's own, so its history includes the other process's runs. Runs
+are merged; the session's name and state are the saving process's (the last writer wins).
 
 Where the runs sit in a session (``memory["runs"]`` or ``runs``) and which field names the
 agent, team or workflow come from the storage's mode spec, never from a branch on the mode.
@@ -128,7 +129,7 @@ class SessionKeeper:
             self._reset()
         if stored is None:
             return self.storage is None and self._stored is not None
-        self._restore(stored)
+        self._restore(stored, loading=True)
         return True
 
     def _check_owner(self, stored: Session) -> None:
@@ -219,15 +220,19 @@ class SessionKeeper:
         assert session is not None
         return session
 
-    def _restore(self, stored: Session) -> None:
-        """Takes the stored session as this keeper's state."""
+    def _restore(self, stored: Session, loading: bool = False) -> None:
+        """Takes the stored session as this keeper's state.
+
+        When ``loading``, keys of the initial ``session_state`` that the stored state lacks
+        are added; after a save the stored state is exactly what was saved.
+        """
         data = stored.to_dict()
         self._stored = stored
         self.version = getattr(stored, "version", None)
         self.runs = list(get_path(data, self.spec.runs_path) or [])
         session_data = data.get("session_data") or {}
         self.session_name = session_data.get("session_name") or self.session_name
-        state = copy.deepcopy(self._initial_state)
+        state = copy.deepcopy(self._initial_state) if loading else {}
         state.update(session_data.get("session_state") or {})
         self.session_state = state
         self.metrics = dict(session_data.get("metrics") or {})
