@@ -162,9 +162,11 @@ def test_export_import_is_lossless_across_backends(backend: Backend, tmp_path: P
         one_user = savegame("export", "-s", str(dst.url), "-m", "team", "--user", "u1").stdout
         assert [json.loads(line)["session_id"] for line in one_user.splitlines()] == ["s3", "s1"]
 
-        # Importing again replaces, never duplicates; from standard input too.
-        savegame("import", "-", "-s", str(dst.url), "-m", "team", stdin=exported)
+        # Importing again writes nothing and duplicates nothing; from standard input too.
+        again = savegame("import", "-", "-s", str(dst.url), "-m", "team", stdin=exported)
+        assert "imported 0, already there 5, of 5 sessions" in errors(again)
         assert dst().get_all_session_ids() == ["s4", "s3", "s2", "s1", "s0"]
+        assert savegame("export", "-s", str(dst.url), "-m", "team").stdout == exported
 
         # A file of another mode is refused before anything is written.
         wrong = savegame("import", str(tmp_path / "dump.jsonl"), "-s", str(dst.url), code=2)

@@ -54,7 +54,7 @@ def test_export_import_export_gives_the_same_lines(store: Store) -> None:
     exported = _lines(source)
     assert len(exported) == 6
     assert all(line.endswith("\n") and "\n" not in line[:-1] for line in exported)
-    assert transfer.import_sessions(store(), exported) == 6
+    assert transfer.import_sessions(store(), exported).copied == 6
     assert _lines(store()) == exported
     assert _lines(store(), "u1") == _lines(source, "u1")
 
@@ -89,7 +89,11 @@ def test_a_bad_line_stops_the_import_before_anything_is_written(backend_store: S
 
 def test_blank_lines_are_skipped(backend_store: Store) -> None:
     lines = _lines(_memory_with("agent", 2))
-    assert transfer.import_sessions(backend_store(), ["\n", lines[0], "  \n", lines[1]]) == 2
+    report = transfer.import_sessions(backend_store(), ["\n", lines[0], "  \n", lines[1]])
+    assert (report.total, report.copied, report.unchanged) == (2, 2, 0)
+    again = transfer.import_sessions(backend_store(), lines)
+    assert (again.total, again.copied, again.unchanged) == (2, 0, 2)
+    assert _lines(backend_store()) == lines
 
 
 def test_copy_reports_and_is_idempotent(store: Store) -> None:

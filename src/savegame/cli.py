@@ -310,8 +310,10 @@ def import_(
             _fail(f"cannot read {file}: {exc.strerror}")
         source = str(file)
     with _open(storage, mode) as store:
-        count = transfer.import_sessions(store, lines, source)
-    _note(f"imported {_sessions(count)}")
+        report = transfer.import_sessions(store, lines, source)
+    _note(
+        f"imported {report.copied}, already there {report.unchanged}, of {_sessions(report.total)}"
+    )
 
 
 @app.command("copy")

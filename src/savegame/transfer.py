@@ -106,11 +106,41 @@ def export_sessions(
     return count
 
 
-def import_sessions(storage: Storage, lines: Iterable[str], source: str = "line") -> int:
-    """Stores the session of each line, keeping timestamps and versions; returns how many.
+@dataclass
+class Report:
+    """What :func:`copy_sessions` or :func:`import_sessions` did.
+
+    Attributes:
+        total: sessions found in the source.
+        copied: sessions written to the destination.
+        unchanged: sessions the destination already held exactly as in the source.
+        vanished: sessions deleted from the source while the copy ran.
+    """
+
+    total: int = 0
+    copied: int = 0
+    unchanged: int = 0
+    vanished: int = 0
+
+
+def _put(destination: Storage, session: Session, present: set[str], report: Report) -> None:
+    """Restores ``session`` unless ``destination`` holds it already, equal field by field."""
+    if session.session_id in present:
+        there = destination.read(session.session_id)
+        if there is not None and there.to_dict() == session.to_dict():
+            report.unchanged += 1
+            return
+    destination.restore(session)
+    report.copied += 1
+
+
+def import_sessions(storage: Storage, lines: Iterable[str], source: str = "line") -> Report:
+    """Stores the session of each line, keeping timestamps and versions.
 
     Blank lines are skipped. Every line is checked before the first one is written, so a
-    file with a bad line changes nothing. A session already in the store is replaced.
+    file with a bad line changes nothing. A session already stored exactly as in the file is
+    left alone, so importing a file again (after an interruption, say) writes only what is
+    missing; one that differs is replaced.
 
     Args:
         storage: where to store them; its table or folder is created when missing.
@@ -126,26 +156,11 @@ def import_sessions(storage: Storage, lines: Iterable[str], source: str = "line"
         if line.strip()
     ]
     storage.create()
+    present = set(storage.get_all_session_ids())
+    report = Report(total=len(sessions))
     for session in sessions:
-        storage.restore(session)
-    return len(sessions)
-
-
-@dataclass
-class CopyReport:
-    """What :func:`copy_sessions` did.
-
-    Attributes:
-        total: sessions found in the source.
-        copied: sessions written to the destination.
-        unchanged: sessions the destination already held exactly as in the source.
-        vanished: sessions deleted from the source while the copy ran.
-    """
-
-    total: int = 0
-    copied: int = 0
-    unchanged: int = 0
-    vanished: int = 0
+        _put(storage, session, present, report)
+    return report
 
 
 def copy_sessions(
@@ -155,7 +170,7 @@ def copy_sessions(
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_start: Callable[[int], Any] | None = None,
     on_batch: Callable[[int], Any] | None = None,
-) -> CopyReport:
+) -> Report:
     """Copies every session of ``source`` into ``destination``, keeping timestamps and versions.
 
     Each session is written with one atomic ``restore``, so a copy that is interrupted leaves
@@ -182,7 +197,7 @@ def copy_sessions(
     ids = source.get_all_session_ids() if source.table_exists() else []
     destination.create()
     present = set(destination.get_all_session_ids())
-    report = CopyReport(total=len(ids))
+    report = Report(total=len(ids))
     if on_start is not None:
         on_start(len(ids))
     # Oldest first, so that an interrupted copy leaves the destination a prefix of history
@@ -194,14 +209,8 @@ def copy_sessions(
             session = source.read(session_id)
             if session is None:
                 report.vanished += 1
-                continue
-            if session_id in present:
-                there = destination.read(session_id)
-                if there is not None and there.to_dict() == session.to_dict():
-                    report.unchanged += 1
-                    continue
-            destination.restore(session)
-            report.copied += 1
+            else:
+                _put(destination, session, present, report)
         if on_batch is not None:
             on_batch(len(batch))
     return report
