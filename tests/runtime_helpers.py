@@ -23,14 +23,3 @@ def run_worker(*args: Any, ok: bool = True, timeout: float = 120) -> list[str]:
     else:
         assert proc.returncode != 0, proc.stdout
     return proc.stdout.splitlines()
-
-
-def run_together(commands: list[list[Any]], timeout: float = 240) -> None:
-    """Starts every worker at once and waits for all; each must succeed."""
-    procs = [
-        subprocess.Popen(worker(*cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for cmd in commands
-    ]
-    for proc in procs:
-        _, stderr = proc.communicate(timeout=timeout)
-        assert proc.returncode == 0, stderr[-3000:]

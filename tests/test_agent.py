@@ -20,7 +20,7 @@ from savegame.storage.in_memory import InMemoryStorage
 from savegame.storage.json import JsonStorage
 from savegame.storage.session import AgentSession
 from savegame.testing import Store
-from tests.runtime_helpers import run_together, run_worker
+from tests.runtime_helpers import run_worker
 
 
 class Flaky:
@@ -282,23 +282,6 @@ def test_a_new_process_resumes_the_conversation(backend_store: Store) -> None:
     asked = run_worker("say", backend_store.url, "restart", "What is my name?")
     assert asked[0].startswith("Your name is Ada.")
     assert "2 earlier messages" in asked[0]
-
-
-def test_two_processes_on_one_session_lose_no_run(backend_store: Store) -> None:
-    storage = backend_store.require("processes")
-    turns = 50
-    run_together([["turns", backend_store.url, "shared", turns, f"p{p}"] for p in range(2)])
-    stored = storage.read("shared")
-    assert stored is not None
-    runs = stored.memory["runs"]  # type: ignore[attr-defined]
-    assert len(runs) == 2 * turns
-    assert len({r["run_id"] for r in runs}) == 2 * turns
-    for p in range(2):
-        said = [r["input"] for r in runs if r["input"].startswith(f"p{p} ")]
-        assert said == [f"p{p} {i}" for i in range(turns)]
-    assert len(stored.memory["messages"]) == 4 * turns  # type: ignore[attr-defined]
-    assert stored.session_data["metrics"]["runs"] == 2 * turns  # type: ignore[attr-defined]
-    assert stored.version == 2 * turns  # type: ignore[attr-defined]
 
 
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo.py"

@@ -661,6 +661,34 @@ class BackendContract:
         assert got.version == 801  # type: ignore[attr-defined]
         print(f"{backend_store.backend}: plain read+upsert kept {counter} of 800 increments")
 
+    def test_two_processes_running_one_agent_session_lose_no_run(
+        self, backend_store: Store
+    ) -> None:
+        storage = backend_store.require("processes")
+        turns = 50
+        worker = [sys.executable, "-m", "savegame.testing.agent_worker", "turns"]
+        procs = [
+            subprocess.Popen(
+                [*worker, str(backend_store.url), "agent-shared", str(turns), f"p{p}"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for p in range(2)
+        ]
+        for proc in procs:
+            _, stderr = proc.communicate(timeout=240)
+            assert proc.returncode == 0, stderr[-3000:]
+        got = storage.read("agent-shared")
+        assert got is not None
+        runs = got.memory["runs"]  # type: ignore[attr-defined]
+        assert len(runs) == 2 * turns
+        assert len({run["run_id"] for run in runs}) == 2 * turns
+        for p in range(2):
+            said = [run["input"] for run in runs if run["input"].startswith(f"p{p} ")]
+            assert said == [f"p{p} {i}" for i in range(turns)], "a process's runs out of order"
+        assert got.version == 2 * turns  # type: ignore[attr-defined]
+
     def test_kill_9_never_loses_an_acknowledged_write(self, backend_store: Store) -> None:
         backend_store.require("processes")
         rng = random.Random(os.getpid())
