@@ -14,6 +14,7 @@ import pytest
 from savegame.storage.url import open_storage
 from savegame.testing import Store
 from tests.model_server import ModelServer, model_server
+from tests.stores import BACKENDS
 
 
 def chat(*args: str, lines: list[str], cwd: Path | None = None, **env: str) -> list[str]:
@@ -34,9 +35,19 @@ def chat(*args: str, lines: list[str], cwd: Path | None = None, **env: str) -> l
 
 @pytest.fixture
 def url(backend_store: Store) -> str:
+    """A store of every backend that other processes can open."""
     backend_store.require("processes")
     assert backend_store.url is not None
     return backend_store.url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> Iterator[str]:
+    """A store of the default backend, for what does not depend on the backend."""
+    backend = next(b for b in BACKENDS if b.name == "sqlite-file")
+    with backend.make(tmp_path, "agent") as store:
+        assert store.url is not None
+        yield store.url
 
 
 @pytest.fixture
@@ -64,7 +75,8 @@ def test_quitting_and_coming_back_shows_and_continues_the_conversation(url: str)
     assert len(stored.memory["runs"]) == 2  # type: ignore[attr-defined]
 
 
-def test_in_chat_commands_list_start_rename_and_load_sessions(url: str) -> None:
+def test_in_chat_commands_list_start_rename_and_load_sessions(sqlite_url: str) -> None:
+    url = sqlite_url
     out = chat(
         "--storage",
         url,
@@ -99,8 +111,9 @@ def test_in_chat_commands_list_start_rename_and_load_sessions(url: str) -> None:
 
 
 def test_the_configured_model_is_used_and_its_failures_end_only_a_turn(
-    url: str, server: ModelServer
+    sqlite_url: str, server: ModelServer
 ) -> None:
+    url = sqlite_url
     out = chat(
         "--storage",
         url,
