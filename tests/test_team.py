@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from savegame.agent import Agent
-from savegame.models import Message, ModelResponse
+from savegame.models import Message, ModelHTTPError, ModelResponse
 from savegame.models.offline import OfflineModel
 from savegame.storage.session import AgentSession, TeamSession
 from savegame.team import Team
@@ -98,6 +98,28 @@ def test_a_team_made_again_resumes_its_members(stores: tuple[Store, Store]) -> N
 def test_a_leader_answering_in_prose_is_understood(stores: tuple[Store, Store]) -> None:
     answer = _team(stores, leader=Names()).run("anything")
     assert answer.member == "coder"
+
+
+class Down:
+    """A leader whose model server is gone."""
+
+    id = "down"
+    provider = "test"
+
+    def respond(self, messages: list[Message]) -> ModelResponse:
+        raise ModelHTTPError(503, "unavailable")
+
+
+def test_a_failed_leader_call_leaves_every_session_as_it_was(stores: tuple[Store, Store]) -> None:
+    team = _team(stores, session_id="t1")
+    team.run("a soup recipe")
+    agents, teams = stores
+    before = teams().read("t1"), sorted(agents().get_all_session_ids())
+    team.model = Down()
+    with pytest.raises(ModelHTTPError):
+        team.run("python code")
+    assert (teams().read("t1"), sorted(agents().get_all_session_ids())) == before
+    assert len(team.runs) == 1
 
 
 def test_members_need_distinct_names() -> None:

@@ -140,7 +140,11 @@ class SessionKeeper:
             )
 
     def rename_session(self, name: str) -> None:
-        """Names the current session and saves the name."""
+        """Names the current session and saves the name.
+
+        Raises:
+            StorageError: when the name could not be saved.
+        """
         self.session_name = name
         self._save(None)
 
@@ -149,6 +153,9 @@ class SessionKeeper:
 
         Returns:
             Whether there was such a session.
+
+        Raises:
+            StorageError: when the store could not be reached.
         """
         session_id = session_id or self.session_id
         deleted = self.storage.delete_session(session_id) if self.storage is not None else False
