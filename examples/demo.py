@@ -34,7 +34,9 @@ def agent(url: str, session_id: str) -> Agent:
         storage=storage,
         session_id=session_id,
         user_id="demo-user",
-        name="demo-agent",
+        agent_id="demo-agent",
+        name="Demo agent",
+        session_name="a fact to remember",
         add_history_to_messages=True,
     )
 
