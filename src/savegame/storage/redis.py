@@ -18,12 +18,17 @@ into key names as their UTF-8 bytes, after the fixed part, so any id is a valid 
     {P}:idx                   hash    session id -> the index keys it is listed in (NUL-joined)
     {P}:exp                   zset    sessions that expire; score ``expires_at``
 
-A write reads the header (version, created_at, expiry, run digests), stamps the record in
-Python, and runs one script that checks the version is still the one it read, moves the
-session between indexes, rewrites the header, and sends only the runs whose digest changed
-(``LSET``/``RPUSH``, ``LTRIM`` for a shorter list). When another write came in between, the
-script changes nothing and the write starts again. A retried script whose first attempt had
-already landed recognises its own ``token`` and does not write twice.
+Writes. Every write leaves a random ``token`` in the header. A write reads the header (token,
+version, created_at, expiry, run digests), stamps the record in Python (version check, times),
+and runs one script that checks the token is still the one it read, moves the session between
+indexes, rewrites the header, and sends only the runs whose digest changed (``LSET``,
+``RPUSH``, ``LTRIM`` for a shorter list). When another write came in between, the script
+changes nothing and the write starts again; a token, unlike a version, is never reused, even
+when a session is deleted and made again. A storage remembers the header it last read or
+wrote for each of its recent sessions and writes on that without reading first, so a
+conversation that saves after every turn costs one round trip per save; a stale memory costs
+one extra round trip, never a wrong write. A script retried after a lost connection whose
+first attempt had landed finds its own new token and does not write twice.
 
 Expiry is Redis's own: with ``expire`` set, the header and the runs get ``EXPIREAT``. Index
 entries cannot expire by themselves, so ``{P}:exp`` remembers when each session goes: listings
@@ -44,9 +49,10 @@ import re
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from savegame.errors import (
@@ -74,6 +80,9 @@ BATCH = 500
 MAX_WRITE_ATTEMPTS = 1000
 """Writes that found the session changed between reading its header and writing it."""
 
+REMEMBERED = 1024
+"""Sessions whose last seen header a storage keeps, to write them without reading first."""
+
 T = TypeVar("T")
 
 # Shared by the scripts: remove every trace of one session. ARGV[1] of every script that
@@ -92,14 +101,15 @@ end
 """
 
 # KEYS: all, idx, exp, header, runs, new index keys...
-# ARGV: key prefix, id, version read ('0': none), token, score, expires_at or '',
+# ARGV: key prefix, id, token of the header written on ('': none), new token, score,
+#       expires_at or '',
 #       listed (NUL-joined index keys), header field count, fields..., runs mode
 #       ('keep' or 'replace'), new run count, then (position, text) pairs in ascending order.
 _WRITE = """
 local id = ARGV[2]
-local current = redis.call('HGET', KEYS[4], 'version') or '0'
+local current = redis.call('HGET', KEYS[4], 'token') or ''
 if current ~= ARGV[3] then
-  if redis.call('HGET', KEYS[4], 'token') == ARGV[4] then return 2 end
+  if current == ARGV[4] then return 2 end
   return 0
 end
 local listed = redis.call('HGET', KEYS[2], id)
@@ -140,14 +150,16 @@ end
 return 1
 """
 
-# KEYS: header, runs, header, runs, ... ; returns {data, digests, runs} per session.
+# KEYS: header, runs, header, runs, ... ; returns per session
+# {data, runs, token, version, created_at, expires_at, digests}.
 _READ = """
 local out = {}
 for i = 1, #KEYS, 2 do
-  local head = redis.call('HMGET', KEYS[i], 'data', 'runs')
+  local head = redis.call('HMGET', KEYS[i], 'data', 'token', 'version', 'created_at',
+                          'expires_at', 'runs')
   local runs = {}
-  if head[2] then runs = redis.call('LRANGE', KEYS[i + 1], 0, -1) end
-  out[#out + 1] = {head[1], head[2], runs}
+  if head[6] then runs = redis.call('LRANGE', KEYS[i + 1], 0, -1) end
+  out[#out + 1] = {head[1], runs, head[2], head[3], head[4], head[5], head[6]}
 end
 return out
 """
@@ -271,6 +283,7 @@ class RedisStorage(Storage):
         self._given = client is not None
         self._client: Any = client
         self._scripts: dict[str, Any] = {}
+        self._seen: OrderedDict[str, _Seen] = OrderedDict()
         self._lock = threading.Lock()
         options: dict[str, Any] = {
             "username": username,
@@ -380,6 +393,8 @@ class RedisStorage(Storage):
         """Removes every session under this prefix, in batches, and nothing else."""
         while self._script(_SWEEP, self._store_keys(), [self._keys, BATCH, ""]):
             pass
+        with self._lock:
+            self._seen.clear()
 
     def _read(self, session_id: str) -> Record | None:
         return self._read_many([session_id])[0]
@@ -390,87 +405,117 @@ class RedisStorage(Storage):
             return []
         keys = [k for sid in ids for k in (f"{self._keys}h:{sid}", f"{self._keys}r:{sid}")]
         rows = self._script(_READ, keys, [])
-        return [self._assemble(sid, *row) for sid, row in zip(ids, rows, strict=True)]
+        out = []
+        for sid, (data, runs, *state) in zip(ids, rows, strict=True):
+            seen = _Seen.of(*state)
+            self._remember(sid, seen)
+            out.append(None if data is None else self._assemble(sid, data, runs, seen))
+        return out
 
-    def _assemble(self, session_id: str, data: Any, digests: Any, runs: list[Any]) -> Record | None:
-        if data is None:
-            return None
+    def _assemble(self, session_id: str, data: Any, runs: list[Any], seen: _Seen) -> Record:
         try:
             record = loads(data)
-            if digests is not None:
+            if not isinstance(record, dict):
+                raise ValueError("the header's data is not a JSON object")
+            if seen.digests is not None:
                 _set_path(record, self.spec.runs_path, [loads(run) for run in runs])
-        except ValueError as exc:
+        except (ValueError, KeyError, TypeError) as exc:
             raise CorruptSessionError(
-                f"session {session_id!r} under {self._keys}* in {self._address} is not "
-                f"savegame JSON: {exc}"
+                f"session {session_id!r} under {self._keys} in {self._address} is not "
+                f"savegame data: {exc}"
             ) from exc
-        if not isinstance(record, dict):
-            raise CorruptSessionError(f"session {session_id!r} in {self._address} is not a dict")
         return record
 
     def _write(
         self, data: Record, expected_version: int | None, now: int, preserve: bool
     ) -> Record:
         sid = data["session_id"]
-        header = f"{self._keys}h:{sid}"
+        seen = self._recall(sid)
+        guessed = seen is not None
         for _ in range(MAX_WRITE_ATTEMPTS):
-            version, created, expires, digests = self._call(
-                lambda c: c.hmget(header, "version", "created_at", "expires_at", "runs")
-            )
-            current = None
-            if version is not None:
-                current = Header(int(version), _int(created), _int(expires))
-            record = self._stamp(data, current, expected_version, now, preserve)
-            keys, args = self._plan(record, version, digests)
+            if seen is None:
+                seen, guessed = self._header(sid), False
+            try:
+                record = self._stamp(data, seen.header, expected_version, now, preserve)
+            except ConflictError:
+                if not guessed:
+                    raise
+                seen = None
+                continue
+            keys, args, written = self._plan(record, seen)
             if self._script(_WRITE, keys, args):
+                self._remember(sid, written)
                 return record
-            time.sleep(secrets.randbelow(1000) / 1e6)
+            self._remember(sid, None)
+            if not guessed:
+                # Another writer came between our read and our write: let it finish.
+                time.sleep(secrets.randbelow(1000) / 1e6)
+            seen = None
         raise ConflictError(sid, expected_version or 0, -1)
 
-    def _plan(self, record: Record, version: Any, digests: Any) -> tuple[list[str], list[Any]]:
-        """The keys and arguments of the write script for ``record``."""
+    def _header(self, session_id: str) -> _Seen:
+        key = f"{self._keys}h:{session_id}"
+        return _Seen.of(*self._call(lambda c: c.hmget(key, *_HEADER_FIELDS)))
+
+    def _recall(self, session_id: str) -> _Seen | None:
+        with self._lock:
+            seen = self._seen.get(session_id)
+            if seen is not None:
+                self._seen.move_to_end(session_id)
+            return seen
+
+    def _remember(self, session_id: str, seen: _Seen | None) -> None:
+        with self._lock:
+            if seen is None or seen.header is None:
+                self._seen.pop(session_id, None)
+                return
+            self._seen[session_id] = seen
+            self._seen.move_to_end(session_id)
+            if len(self._seen) > REMEMBERED:
+                self._seen.popitem(last=False)
+
+    def _plan(self, record: Record, seen: _Seen) -> tuple[list[str], list[Any], _Seen]:
+        """The write script's keys and arguments for ``record``, and the header it leaves."""
         sid = record["session_id"]
-        path = self.spec.runs_path
-        head, runs = _split_runs(record, path)
+        head, runs = _split_runs(record, self.spec.runs_path)
         index = self._index_keys(record.get("user_id"), record.get(self.spec.entity_field))
         keys = [*self._store_keys(), f"{self._keys}h:{sid}", f"{self._keys}r:{sid}", *index]
+        expires = record.get("expires_at")
         fields: list[Any] = ["data", dumps(head), "version", record["version"]]
         fields += ["created_at", record["created_at"]]
-        if record.get("expires_at") is not None:
-            fields += ["expires_at", record["expires_at"]]
+        if expires is not None:
+            fields += ["expires_at", expires]
         changes: list[Any] = []
-        how = "replace"
+        digests = None
         if runs is not None:
-            texts = [dumps(run) for run in runs]
-            new = [_digest(text) for text in texts]
-            fields += ["runs", "".join(new)]
-            old = _digests(digests)
-            if old is not None:
-                how = "keep"
-            else:
-                old = []
-            for i, (text, digest) in enumerate(zip(texts, new, strict=True)):
-                if i >= len(old) or old[i] != digest:
+            size = 2 * DIGEST_SIZE
+            old = seen.digests or ""
+            parts = []
+            for i, run in enumerate(runs):
+                text = dumps(run)
+                digest = _digest(text)
+                parts.append(digest)
+                if old[i * size : (i + 1) * size] != digest:
                     changes += [i, text]
-            count = len(texts)
-        else:
-            count = 0
-        expires = record.get("expires_at")
+            digests = "".join(parts)
+            fields += ["runs", digests]
+        token = secrets.token_hex(8)
         args: list[Any] = [
             self._keys,
             sid,
-            0 if version is None else _text(version),
-            secrets.token_hex(8),
+            seen.token,
+            token,
             -record["created_at"],
             "" if expires is None else expires,
             "\x00".join(index),
             len(fields) // 2,
             *fields,
-            how,
-            count,
+            "replace" if seen.digests is None else "keep",
+            0 if runs is None else len(runs),
             *changes,
         ]
-        return keys, args
+        header = Header(record["version"], record["created_at"], expires)
+        return keys, args, _Seen(token, header, digests)
 
     def _list(
         self, user_id: str | None, entity_id: str | None, limit: int | None, now: int | None
@@ -484,6 +529,7 @@ class RedisStorage(Storage):
         return [_text(sid) for sid in ids]
 
     def _delete(self, session_id: str) -> bool:
+        self._remember(session_id, None)
         return bool(self._script(_DELETE, self._store_keys(), [self._keys, session_id]))
 
     def _purge_expired(self, now: int) -> int:
@@ -496,6 +542,28 @@ class RedisStorage(Storage):
 
     def __repr__(self) -> str:
         return f"RedisStorage(prefix={self.prefix!r}, mode={self.mode!r}, {self._address})"
+
+
+_HEADER_FIELDS = ("token", "version", "created_at", "expires_at", "runs")
+"""The header fields :meth:`_Seen.of` takes, in its order."""
+
+
+class _Seen(NamedTuple):
+    """What a write needs to know of a stored session's header, as last read or written."""
+
+    token: str
+    """The random token of the write that made the header ('': no session)."""
+    header: Header | None
+    digests: str | None
+    """A digest per run, concatenated; None when the runs are not kept in the list."""
+
+    @classmethod
+    def of(cls, token: Any, version: Any, created: Any, expires: Any, digests: Any) -> _Seen:
+        """From the header's fields as Redis returns them (None where missing)."""
+        if token is None or version is None:
+            return cls("", None, None)
+        header = Header(int(version), _int(created), _int(expires))
+        return cls(_text(token), header, None if digests is None else _text(digests))
 
 
 def _split_runs(record: Record, path: tuple[str, ...]) -> tuple[Record, list[Any] | None]:
@@ -524,14 +592,6 @@ def _set_path(record: Record, path: tuple[str, ...], value: Any) -> None:
 
 def _digest(text: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=DIGEST_SIZE).hexdigest()
-
-
-def _digests(value: Any) -> list[str] | None:
-    if value is None:
-        return None
-    text = _text(value)
-    size = 2 * DIGEST_SIZE
-    return [text[i : i + size] for i in range(0, len(text), size)]
 
 
 def _text(value: Any) -> str:
