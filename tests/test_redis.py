@@ -285,3 +285,21 @@ def test_open_storage_reaches_the_same_store(server: str, prefix: str) -> None:
     RedisStorage(prefix, url=server).upsert(_session("shared", user_id="u"))
     with open_storage(f"{server}?prefix={prefix}") as storage:
         assert storage.get_all_session_ids(user_id="u") == ["shared"]
+
+
+def test_a_stale_remembered_header_never_corrupts_a_write(server: str, prefix: str) -> None:
+    mine = RedisStorage(prefix, url=server)
+    other = RedisStorage(prefix, url=server)
+    runs = _runs(3)
+    mine.upsert(_session("s", runs))
+    # The session is deleted and made again elsewhere: its version is 1 again.
+    other.delete_session("s")
+    other.upsert(_session("s", _runs(2, " elsewhere")))
+    mine.upsert(_session("s", [*runs, {"run_id": "3"}]))
+    got = other.read("s")
+    assert got is not None
+    assert got.memory["runs"] == [*runs, {"run_id": "3"}]
+    assert got.version == 2
+    # A version this storage has not seen yet is not a conflict.
+    other.upsert(_session("s", runs))
+    assert mine.upsert(_session("s", runs[:1]), expected_version=3).version == 4
