@@ -153,9 +153,10 @@ def test_export_import_is_lossless_across_backends(backend: Backend, tmp_path: P
         open_store(backend, tmp_path, "team", "dst") as dst,
     ):
         seed(src(), "team")
-        exported = savegame("export", "-s", str(src.url), "--mode", "team").stdout
+        export = savegame("export", "-s", str(src.url), "--mode", "team")
+        exported = export.stdout
         assert len(exported.splitlines()) == 5
-        assert "exported 5 sessions" in errors(savegame("export", "-s", str(src.url), "-m", "team"))
+        assert "exported 5 sessions" in errors(export)
         (tmp_path / "dump.jsonl").write_bytes(exported)
         savegame("import", str(tmp_path / "dump.jsonl"), "-s", str(dst.url), "-m", "team")
         assert savegame("export", "-s", str(dst.url), "-m", "team").stdout == exported
