@@ -20,8 +20,23 @@ module subclasses the two contract classes and provides two fixtures, both retur
 Tests that need several processes run :mod:`savegame.testing.worker` and need ``Store.url``;
 without one they skip. A test of optional behaviour runs only where the storage class
 declares the capability in :attr:`savegame.storage.base.Storage.capabilities`.
+
+The contract is imported on first use, so the worker processes start without pytest.
 """
 
-from savegame.testing.contract import BackendContract, ModeContract, Store
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from savegame.testing.contract import BackendContract, ModeContract, Store
 
 __all__ = ["BackendContract", "ModeContract", "Store"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from savegame.testing import contract
+
+        return getattr(contract, name)
+    raise AttributeError(f"module 'savegame.testing' has no attribute {name!r}")
