@@ -80,6 +80,9 @@ BATCH = 500
 MAX_WRITE_ATTEMPTS = 1000
 """Writes that found the session changed between reading its header and writing it."""
 
+GUESS = 64 * 1024
+"""Largest write (in characters) sent on the guess that a session not seen is new."""
+
 REMEMBERED = 1024
 """Sessions whose last seen header a storage keeps, to write them without reading first."""
 
@@ -101,6 +104,7 @@ end
 """
 
 # KEYS: all, idx, exp, header, runs, new index keys...
+# Returns 1 when written, or the header's fields (see _HEADER_FIELDS) when the token differs.
 # ARGV: key prefix, id, token of the header written on ('': none), new token, score,
 #       expires_at or '',
 #       listed (NUL-joined index keys), header field count, fields..., runs mode
@@ -109,8 +113,8 @@ _WRITE = """
 local id = ARGV[2]
 local current = redis.call('HGET', KEYS[4], 'token') or ''
 if current ~= ARGV[3] then
-  if current == ARGV[4] then return 2 end
-  return 0
+  if current == ARGV[4] then return 1 end
+  return redis.call('HMGET', KEYS[4], 'token', 'version', 'created_at', 'expires_at', 'runs')
 end
 local listed = redis.call('HGET', KEYS[2], id)
 if listed then
@@ -430,27 +434,31 @@ class RedisStorage(Storage):
         self, data: Record, expected_version: int | None, now: int, preserve: bool
     ) -> Record:
         sid = data["session_id"]
-        seen = self._recall(sid)
-        guessed = seen is not None
+        runs = _Runs.of(_split_runs(data, self.spec.runs_path)[1])
+        # Write on the header last seen; a session this storage has not seen is most
+        # likely new. ``trusted``: the header was read from the store just now.
+        seen, trusted = self._recall(sid) or ABSENT, False
         for _ in range(MAX_WRITE_ATTEMPTS):
-            if seen is None:
-                seen, guessed = self._header(sid), False
             try:
                 record = self._stamp(data, seen.header, expected_version, now, preserve)
             except ConflictError:
-                if not guessed:
+                if trusted:
                     raise
-                seen = None
+                seen, trusted = self._header(sid), True
                 continue
-            keys, args, written = self._plan(record, seen)
-            if self._script(_WRITE, keys, args):
+            keys, args, written = self._plan(record, seen, runs)
+            if seen is ABSENT and not trusted and _payload(args) > GUESS:
+                seen, trusted = self._header(sid), True
+                continue
+            result = self._script(_WRITE, keys, args)
+            if not isinstance(result, list):
                 self._remember(sid, written)
                 return record
             self._remember(sid, None)
-            if not guessed:
+            if trusted:
                 # Another writer came between our read and our write: let it finish.
                 time.sleep(secrets.randbelow(1000) / 1e6)
-            seen = None
+            seen, trusted = _Seen.of(*result), True
         raise ConflictError(sid, expected_version or 0, -1)
 
     def _header(self, session_id: str) -> _Seen:
@@ -474,10 +482,10 @@ class RedisStorage(Storage):
             if len(self._seen) > REMEMBERED:
                 self._seen.popitem(last=False)
 
-    def _plan(self, record: Record, seen: _Seen) -> tuple[list[str], list[Any], _Seen]:
+    def _plan(self, record: Record, seen: _Seen, runs: _Runs) -> tuple[list[str], list[Any], _Seen]:
         """The write script's keys and arguments for ``record``, and the header it leaves."""
         sid = record["session_id"]
-        head, runs = _split_runs(record, self.spec.runs_path)
+        head, _ = _split_runs(record, self.spec.runs_path)
         index = self._index_keys(record.get("user_id"), record.get(self.spec.entity_field))
         keys = [*self._store_keys(), f"{self._keys}h:{sid}", f"{self._keys}r:{sid}", *index]
         expires = record.get("expires_at")
@@ -485,20 +493,8 @@ class RedisStorage(Storage):
         fields += ["created_at", record["created_at"]]
         if expires is not None:
             fields += ["expires_at", expires]
-        changes: list[Any] = []
-        digests = None
-        if runs is not None:
-            size = 2 * DIGEST_SIZE
-            old = seen.digests or ""
-            parts = []
-            for i, run in enumerate(runs):
-                text = dumps(run)
-                digest = _digest(text)
-                parts.append(digest)
-                if old[i * size : (i + 1) * size] != digest:
-                    changes += [i, text]
-            digests = "".join(parts)
-            fields += ["runs", digests]
+        if runs.digests is not None:
+            fields += ["runs", runs.digests]
         token = secrets.token_hex(8)
         args: list[Any] = [
             self._keys,
@@ -511,11 +507,11 @@ class RedisStorage(Storage):
             len(fields) // 2,
             *fields,
             "replace" if seen.digests is None else "keep",
-            0 if runs is None else len(runs),
-            *changes,
+            len(runs.texts),
+            *runs.changes(seen.digests),
         ]
         header = Header(record["version"], record["created_at"], expires)
-        return keys, args, _Seen(token, header, digests)
+        return keys, args, _Seen(token, header, runs.digests)
 
     def _list(
         self, user_id: str | None, entity_id: str | None, limit: int | None, now: int | None
@@ -564,6 +560,41 @@ class _Seen(NamedTuple):
             return cls("", None, None)
         header = Header(int(version), _int(created), _int(expires))
         return cls(_text(token), header, None if digests is None else _text(digests))
+
+
+ABSENT = _Seen("", None, None)
+"""What a write assumes of a session the storage has not seen."""
+
+
+class _Runs(NamedTuple):
+    """A session's runs as stored: one JSON text and one digest per run."""
+
+    texts: list[str]
+    digests: str | None
+    """The digests concatenated; None when the session keeps no list of runs."""
+
+    @classmethod
+    def of(cls, runs: list[Any] | None) -> _Runs:
+        if runs is None:
+            return cls([], None)
+        texts = [dumps(run) for run in runs]
+        return cls(texts, "".join(_digest(text) for text in texts))
+
+    def changes(self, stored: str | None) -> list[Any]:
+        """(position, text) pairs, flattened, for the runs that differ from ``stored``."""
+        size = 2 * DIGEST_SIZE
+        old = stored or ""
+        out: list[Any] = []
+        for i, text in enumerate(self.texts):
+            at = i * size
+            if self.digests is None or old[at : at + size] != self.digests[at : at + size]:
+                out += [i, text]
+        return out
+
+
+def _payload(args: list[Any]) -> int:
+    """Characters a script call would send."""
+    return sum(len(a) for a in args if isinstance(a, str))
 
 
 def _split_runs(record: Record, path: tuple[str, ...]) -> tuple[Record, list[Any] | None]:
