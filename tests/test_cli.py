@@ -268,6 +268,14 @@ def test_user_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     assert "hunter2" not in errors(secret)
 
 
+def test_an_unreachable_server_is_a_failure_in_one_line() -> None:
+    down = savegame("stats", "-s", "redis://:hunter2@127.0.0.1:1/0", code=1)
+    assert errors(down).startswith("error: ")
+    assert errors(down).count("\n") == 1
+    assert "unavailable" in errors(down)
+    assert "hunter2" not in errors(down)
+
+
 @pytest.mark.parametrize(
     "path",
     [
