@@ -140,12 +140,90 @@ def _sqlite(in_memory: bool) -> Callable[[Path, str], Any]:
     return make
 
 
+POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+MYSQL_URL = "mysql+pymysql://root@127.0.0.1:3306/test"
+
+
+def _probe_sql(url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url, connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    finally:
+        engine.dispose()
+
+
+def postgres_url() -> str:
+    """The test PostgreSQL server's URL (skips or fails when it does not answer)."""
+    return require_service("PostgreSQL", "SAVEGAME_TEST_POSTGRES_URL", POSTGRES_URL, _probe_sql)
+
+
+def mysql_url() -> str:
+    """The test MySQL/MariaDB server's URL (skips or fails when it does not answer)."""
+    url = require_service("MySQL", "SAVEGAME_TEST_MYSQL_URL", MYSQL_URL, _probe_sql)
+    from sqlalchemy import create_engine, text
+
+    # The conformance suite stores a 34 MB session; MariaDB's default packet is 16 MB.
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        if conn.execute(text("SELECT @@global.max_allowed_packet")).scalar_one() < 1 << 28:
+            conn.execute(text("SET GLOBAL max_allowed_packet = 268435456"))
+    engine.dispose()
+    return url
+
+
+@contextmanager
+def _postgres(tmp_path: Path, mode: str) -> Iterator[Store]:
+    from sqlalchemy import create_engine, text
+
+    from savegame.storage.postgres import PostgresStorage
+
+    server = postgres_url()
+    schema = unique("sg")
+
+    def opener(mode: str, **options: Any) -> Storage:
+        return PostgresStorage("sessions", schema=schema, db_url=server, mode=mode, **options)  # type: ignore[arg-type]
+
+    store = Store("postgres", mode, opener, url=f"{server}?schema={schema}&table=sessions")
+    try:
+        yield store
+    finally:
+        store.close_all()
+        engine = create_engine(server)
+        with engine.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        engine.dispose()
+
+
+@contextmanager
+def _mysql(tmp_path: Path, mode: str) -> Iterator[Store]:
+    from savegame.storage.mysql import MySQLStorage
+
+    server = mysql_url()
+    table = unique("sg")
+
+    def opener(mode: str, **options: Any) -> Storage:
+        return MySQLStorage(table, db_url=server, mode=mode, **options)  # type: ignore[arg-type]
+
+    store = Store("mysql", mode, opener, url=f"{server}?table={table}")
+    try:
+        yield store
+    finally:
+        store.close_all()
+        with MySQLStorage(table, db_url=server) as cleanup:
+            cleanup.drop()
+
+
 BACKENDS: list[Backend] = [
     Backend("memory", _memory),
     Backend("json", _files("json", JsonStorage)),
     Backend("yaml", _files("yaml", YamlStorage)),
     Backend("sqlite-file", _sqlite(in_memory=False)),
     Backend("sqlite-memory", _sqlite(in_memory=True)),
+    Backend("postgres", _postgres),
+    Backend("mysql", _mysql),
     Backend("redis", _redis("redis", cluster=False)),
     Backend("redis-cluster", _redis("redis-cluster", cluster=True)),
 ]

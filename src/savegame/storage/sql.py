@@ -37,6 +37,7 @@ driver errors become :mod:`savegame.errors`, with the dialect deciding which one
 from __future__ import annotations
 
 import hashlib
+import importlib
 import re
 import threading
 import weakref
@@ -44,6 +45,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, ClassVar, get_args, get_origin, get_type_hints
+from urllib.parse import urlencode
 
 from sqlalchemy import (
     BigInteger,
@@ -54,26 +56,31 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    create_engine,
     delete,
     func,
     inspect,
+    make_url,
     select,
     update,
 )
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.schema import CreateSchema
 from sqlalchemy.sql.expression import Executable
 from sqlalchemy.types import TypeEngine, UserDefinedType
 
 from savegame.errors import (
     BackendUnavailableError,
     CorruptSessionError,
+    MissingDependencyError,
     SerializationError,
     StorageError,
 )
 from savegame.storage import codec
 from savegame.storage.base import Header, Record, Storage
 from savegame.storage.session import Mode, ModeSpec
+from savegame.storage.url import StorageURL
 
 MIGRATIONS_TABLE = "savegame_migrations"
 """The table, in each schema savegame writes to, that records each table's layout version."""
@@ -164,7 +171,9 @@ class SqlDialect:
         """Releases what :meth:`schema_lock` took, where it outlives the transaction."""
 
     def create_schema(self, conn: Connection, schema: str | None) -> None:
-        """Makes ``schema`` when the database has schemas and it is missing."""
+        """Makes ``schema`` when it is missing (None: the connection's default is used)."""
+        if schema is not None:
+            conn.execute(CreateSchema(schema, if_not_exists=True))
 
     # -- errors ---------------------------------------------------------------------------
 
@@ -179,6 +188,19 @@ class SqlDialect:
         the row when it runs again.
         """
         return isinstance(error, sa_exc.IntegrityError)
+
+
+def on_conflict_update(statement: Any, keys: Sequence[str]) -> Executable:
+    """``INSERT ... ON CONFLICT (keys) DO UPDATE`` of every other column (SQLite, PostgreSQL).
+
+    ``statement`` is the dialect's own ``insert(table)``.
+    """
+    table = statement.table
+    updated: Executable = statement.on_conflict_do_update(
+        index_elements=list(keys),
+        set_={c.name: statement.excluded[c.name] for c in table.c if c.name not in keys},
+    )
+    return updated
 
 
 @dataclass(frozen=True)
@@ -273,6 +295,66 @@ def engine_lock(engine: Engine) -> threading.RLock:
         if lock is None:
             lock = _ENGINE_LOCKS[engine] = threading.RLock()
         return lock
+
+
+def server_engine(db_url: str, driver: str, package: str, extra: str, **options: Any) -> Engine:
+    """A shared engine for a database server, with ``driver`` unless the URL names one.
+
+    The pool checks each connection before handing it out, so a restarted server or a
+    connection the server closed costs a reconnect, not an error.
+
+    Raises:
+        MissingDependencyError: when the driver's package is not installed.
+    """
+    try:
+        importlib.import_module(package)
+    except ImportError as exc:
+        raise MissingDependencyError(package, extra) from exc
+    url = make_url(db_url)
+    base = {"postgres": "postgresql"}.get(url.drivername, url.drivername)
+    if "+" not in base:
+        url = url.set(drivername=f"{base}+{driver}")
+    return shared_engine(url, pool_pre_ping=True, **options)
+
+
+_SHARED: dict[tuple[str, str], list[Any]] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_engine(url: URL, **options: Any) -> Engine:
+    """One engine per URL and options in this process, so that storages share a pool.
+
+    A server allows a limited number of connections; an application that opens a storage
+    per mode, or per request, would otherwise keep a pool of idle connections for each.
+    Give it back with :func:`release_engine`.
+    """
+    key = (url.render_as_string(hide_password=False), repr(sorted(options.items())))
+    with _SHARED_LOCK:
+        entry = _SHARED.get(key)
+        if entry is None:
+            entry = _SHARED[key] = [create_engine(url, **options), 0]
+        entry[1] += 1
+        engine: Engine = entry[0]
+        return engine
+
+
+def release_engine(engine: Engine) -> None:
+    """Gives back an engine of :func:`shared_engine`; the last user disposes of it."""
+    with _SHARED_LOCK:
+        for key, entry in _SHARED.items():
+            if entry[0] is engine:
+                entry[1] -= 1
+                if entry[1] > 0:
+                    return
+                del _SHARED[key]
+                break
+    engine.dispose()
+
+
+def server_db_url(url: StorageURL) -> str:
+    """The database URL of a storage URL: its query options savegame did not take, kept."""
+    rest = {k: str(v) for k, v in url.options.items() if k != "mode"}
+    return url.raw + ("?" + urlencode(rest) if rest else "")
 
 
 def _digest(text: str) -> str:
@@ -376,23 +458,33 @@ class SqlStorage(Storage):
             raise StorageError(f"{self.dialect.title} at {self.where()}: {exc}") from exc
 
     @contextmanager
-    def _transaction(self, write: bool) -> Iterator[Connection]:
+    def _connection(self) -> Iterator[Connection]:
         with self._lock, self.db_engine.connect() as conn:
             if not conn.info.get("savegame"):
                 self.dialect.configure(conn)
                 conn.info["savegame"] = True
-            with self.dialect.transaction(conn, write) as tx:
-                yield tx
+            yield conn
+
+    @contextmanager
+    def _transaction(self, write: bool) -> Iterator[Connection]:
+        with self._connection() as conn, self.dialect.transaction(conn, write) as tx:
+            yield tx
 
     @contextmanager
     def _schema_change(self) -> Iterator[Connection]:
-        """A write transaction holding the lock that serializes schema changes."""
-        with self._transaction(True) as conn:
-            self.dialect.schema_lock(conn)
+        """A write transaction holding the lock that serializes schema changes.
+
+        The lock is let go only after the commit, so the next process to take it sees every
+        change this one made.
+        """
+        with self._connection() as conn:
             try:
-                yield conn
+                with self.dialect.transaction(conn, True) as tx:
+                    self.dialect.schema_lock(tx)
+                    yield tx
             finally:
-                self.dialect.release_schema_lock(conn)
+                if not conn.invalidated:
+                    self.dialect.release_schema_lock(conn)
 
     # -- the layout -----------------------------------------------------------------------
 
@@ -424,14 +516,13 @@ class SqlStorage(Storage):
         return layout
 
     def _writable(self) -> None:
-        layout = self._current()
-        if layout.version >= LATEST:
+        if self._current().version >= LATEST:
             return
-        if layout.version == 0:
-            self.create()
-        elif self.auto_upgrade_schema:
-            self.upgrade_schema()
-        else:
+        # Under the schema lock: makes a missing table, and waits out another process that
+        # is making it (MySQL's DDL commits table by table, so it can be seen half made).
+        self._make_tables(upgrade=self.auto_upgrade_schema)
+        layout = self._layout
+        if layout.version < LATEST:
             raise StorageError(
                 f"table {self.table_name!r} has an older layout (version {layout.version}, "
                 f"savegame writes version {LATEST}); savegame reads it as it is, and writes "
@@ -512,9 +603,10 @@ class SqlStorage(Storage):
         conn.execute(statement, {"table_name": self.table_name, "version": version})
 
     def close(self) -> None:
-        """Returns the engine's connections, when this storage made the engine."""
+        """Gives back the engine, when this storage made it; the last user disposes of it."""
         if self._owns_engine:
-            self.db_engine.dispose()
+            self._owns_engine = False
+            release_engine(self.db_engine)
 
     # -- records and rows -----------------------------------------------------------------
 
@@ -729,6 +821,70 @@ class SqlStorage(Storage):
     def __repr__(self) -> str:
         where = f"{self.schema}.{self.table_name}" if self.schema else self.table_name
         return f"{type(self).__name__}({where!r}, mode={self.mode!r})"
+
+
+class ServerStorage(SqlStorage):
+    """A SQL storage on a database server: the engine is made from ``db_url`` when not given.
+
+    Subclasses say which driver (:attr:`driver`, the package and the extra that installs it),
+    which dialect, and what the engine needs (:meth:`engine_options`).
+
+    Args:
+        table_name: the session table (runs go to ``<table_name>_runs``).
+        schema: the schema (database, in MySQL) of the tables, made when missing.
+        db_url: the database's SQLAlchemy URL; the driver is added when it names none.
+        db_engine: an engine to use instead; the storage does not dispose of it.
+        schema_version: accepted for compatibility with the original; unused.
+        auto_upgrade_schema: upgrade a table of an older layout on first write.
+        mode: the storage mode.
+        expire: seconds after its last write that a session expires.
+        connect_timeout: seconds to wait for a connection to the server.
+
+    Raises:
+        ValueError: when neither ``db_url`` nor ``db_engine`` is given.
+        InvalidIdentifierError: for a table or schema name that is not a plain identifier.
+        MissingDependencyError: when the driver is not installed.
+    """
+
+    driver: ClassVar[tuple[str, str, str]]
+    """(SQLAlchemy driver name, package to import, savegame extra that installs it)."""
+    dialect_class: ClassVar[type[SqlDialect]]
+
+    def __init__(
+        self,
+        table_name: str,
+        schema: str | None = None,
+        db_url: str | None = None,
+        db_engine: Engine | None = None,
+        schema_version: int = 1,
+        auto_upgrade_schema: bool = False,
+        mode: Mode | None = "agent",
+        expire: int | None = None,
+        *,
+        connect_timeout: int = 5,
+    ) -> None:
+        self.db_url = db_url
+        owns = db_engine is None
+        if db_engine is None:
+            if db_url is None:
+                raise ValueError(f"{type(self).__name__} needs db_url or db_engine")
+            db_engine = server_engine(db_url, *self.driver, **self.engine_options(connect_timeout))
+        super().__init__(
+            table_name,
+            db_engine,
+            self.dialect_class(),
+            schema,
+            schema_version,
+            auto_upgrade_schema,
+            mode,
+            expire,
+            owns_engine=owns,
+        )
+
+    @classmethod
+    def engine_options(cls, connect_timeout: int) -> dict[str, Any]:
+        """Keyword arguments for :func:`sqlalchemy.create_engine`."""
+        return {"connect_args": {"connect_timeout": connect_timeout}}
 
 
 # -- runs inside a record ---------------------------------------------------------------

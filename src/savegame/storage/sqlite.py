@@ -35,7 +35,7 @@ from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.expression import Executable
 
 from savegame.storage.session import Mode
-from savegame.storage.sql import SqlDialect, SqlStorage
+from savegame.storage.sql import SqlDialect, SqlStorage, on_conflict_update, shared_engine
 from savegame.storage.url import StorageURL
 
 # The primary result codes that mean "locked past the timeout" or "the file is not usable".
@@ -65,11 +65,7 @@ class SqliteDialect(SqlDialect):
         self.wal = wal
 
     def upsert(self, table: Table, keys: Sequence[str]) -> Executable:
-        statement = insert(table)
-        return statement.on_conflict_do_update(
-            index_elements=list(keys),
-            set_={c.name: statement.excluded[c.name] for c in table.c if c.name not in keys},
-        )
+        return on_conflict_update(insert(table), keys)
 
     def configure(self, conn: Connection) -> None:
         raw: Any = conn.connection.dbapi_connection
@@ -103,13 +99,18 @@ def in_memory(url: URL) -> bool:
 
 
 def make_engine(url: str | URL, busy_timeout: float = 30.0) -> Engine:
-    """An engine for a SQLite URL; an in-memory database keeps one connection for all threads."""
+    """An engine for a SQLite URL.
+
+    A file's engine is shared by the storages of this process that name it (see
+    :func:`~savegame.storage.sql.shared_engine`); an in-memory database is new each time and
+    keeps one connection, which threads take in turn.
+    """
     parsed = make_url(url)
     if in_memory(parsed):
         return create_engine(
             parsed, poolclass=StaticPool, connect_args={"check_same_thread": False}
         )
-    return create_engine(parsed, connect_args={"check_same_thread": False, "timeout": busy_timeout})
+    return shared_engine(parsed, connect_args={"check_same_thread": False, "timeout": busy_timeout})
 
 
 class SqliteStorage(SqlStorage):

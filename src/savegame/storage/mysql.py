@@ -1,0 +1,161 @@
+"""MySQL and MariaDB with PyMySQL: utf8mb4 everywhere, ``ON DUPLICATE KEY UPDATE``.
+
+Only what is particular to MySQL lives here; the layout, queries and migrations are in
+:mod:`savegame.storage.sql`.
+
+* JSON goes into ``LONGTEXT`` columns written by savegame's serializer, not into MySQL's
+  ``JSON`` type: MariaDB's ``JSON`` is ``LONGTEXT`` checked by ``json_valid``, which refuses
+  documents nested more than 32 levels, and MySQL's refuses more than 100; savegame accepts
+  sessions nested 512 levels deep. Tables written by the original, with ``JSON`` columns,
+  are read and written as they are.
+* Ids are ``VARBINARY`` holding UTF-8: compared byte for byte, so ``a``, ``A`` and ``a ``
+  are three sessions (utf8mb4 collations fold case or ignore trailing spaces), and sorted in
+  code-point order, like every other backend.
+* Writes run in ``READ COMMITTED`` (a missing row takes no gap lock, so two first writes of
+  different sessions never deadlock), reads in ``REPEATABLE READ`` (one snapshot).
+* A session can be as large as the server's ``max_allowed_packet`` allows (16 MB by
+  default on MariaDB; raise it to store larger sessions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Table, text
+from sqlalchemy.dialects.mysql import LONGTEXT, VARBINARY, insert
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql.expression import Executable
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+from savegame.storage import codec
+from savegame.storage.sql import JsonText, ServerStorage, SqlDialect, server_db_url
+from savegame.storage.url import StorageURL
+
+_UNAVAILABLE = frozenset(
+    {
+        1040,  # too many connections
+        1053,  # server shutdown in progress
+        1205,  # lock wait timeout
+        2002,  # can't connect through the socket
+        2003,  # can't connect to the server
+        2006,  # server has gone away
+        2013,  # lost connection during query
+        2055,  # lost connection
+    }
+)
+_DEADLOCK = 1213
+_SCHEMA_LOCK = "savegame.schema"
+
+
+class Utf8Binary(TypeDecorator[str]):
+    """A string stored as its UTF-8 bytes, compared and sorted byte for byte."""
+
+    impl = VARBINARY
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        return value.encode("utf-8") if isinstance(value, str) else value
+
+    def process_result_value(self, value: Any, dialect: Any) -> Any:
+        return value.decode("utf-8") if isinstance(value, (bytes, bytearray)) else value
+
+
+class MySQLDialect(SqlDialect):
+    """MySQL's differences: text JSON, binary ids, ``ON DUPLICATE KEY``, named locks."""
+
+    title = "MySQL"
+    read_isolation = "REPEATABLE READ"
+    table_options = {
+        "mysql_engine": "InnoDB",
+        "mysql_charset": "utf8mb4",
+        "mysql_collate": "utf8mb4_bin",
+    }
+
+    def json_type(self) -> TypeEngine[Any]:
+        return JsonText("LONGTEXT")
+
+    def id_type(self) -> TypeEngine[Any]:
+        # Four bytes per character: the longest id fits, and stays under InnoDB's
+        # 3072-byte index limit.
+        return Utf8Binary(4 * codec.MAX_ID_LENGTH)
+
+    def text_type(self) -> TypeEngine[Any]:
+        return LONGTEXT()
+
+    def dumps(self, value: Any) -> str:
+        return codec.dumps_text_safe(value)
+
+    def loads(self, text: str | bytes) -> Any:
+        return codec.loads_text_safe(text)
+
+    def upsert(self, table: Table, keys: Sequence[str]) -> Executable:
+        statement = insert(table)
+        return statement.on_duplicate_key_update(
+            {c.name: statement.inserted[c.name] for c in table.c if c.name not in keys}
+        )
+
+    def schema_lock(self, conn: Connection) -> None:
+        conn.execute(text("SELECT GET_LOCK(:name, 60)"), {"name": _SCHEMA_LOCK})
+
+    def release_schema_lock(self, conn: Connection) -> None:
+        conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": _SCHEMA_LOCK})
+
+    def unavailable(self, error: BaseException) -> bool:
+        import pymysql
+
+        code = error.args[0] if error.args else None
+        if isinstance(error, pymysql.err.InterfaceError):
+            return True
+        return isinstance(error, pymysql.err.OperationalError) and code in _UNAVAILABLE
+
+    def retryable(self, error: Any) -> bool:
+        args: tuple[Any, ...] = getattr(error.orig, "args", ())
+        return super().retryable(error) or (len(args) > 0 and args[0] == _DEADLOCK)
+
+
+class MySQLStorage(ServerStorage):
+    """Sessions in a table of a MySQL or MariaDB database.
+
+    ``db_url`` is ``mysql+pymysql://user:password@host:port/database`` (a ``mysql://`` URL
+    uses PyMySQL too); ``schema`` is the database of the tables, None for the URL's. The
+    other arguments are those of :class:`~savegame.storage.sql.ServerStorage`.
+
+    Raises:
+        ValueError: when neither ``db_url`` nor ``db_engine`` is given.
+        InvalidIdentifierError: for a table or database name that is not a plain identifier.
+        MissingDependencyError: when PyMySQL is not installed.
+    """
+
+    driver = ("pymysql", "pymysql", "mysql")
+    dialect_class = MySQLDialect
+
+    @classmethod
+    def engine_options(cls, connect_timeout: int) -> dict[str, Any]:
+        return {
+            "isolation_level": "READ COMMITTED",
+            "pool_recycle": 3600,
+            "connect_args": {
+                "charset": "utf8mb4",
+                "connect_timeout": connect_timeout,
+                # The client's own cap; the server's max_allowed_packet still applies.
+                "max_allowed_packet": 1 << 30,
+            },
+        }
+
+
+def from_url(url: StorageURL) -> MySQLStorage:
+    """``mysql+pymysql://user@host:port/database?table=agent_sessions``.
+
+    Query parameters savegame does not take go to the driver.
+    """
+    table = url.pop_namespace()
+    expire = url.pop_int("expire")
+    schema = url.options.pop("schema", None)
+    return MySQLStorage(
+        table,
+        schema=None if schema is None else str(schema),
+        db_url=server_db_url(url),
+        mode=url.mode,  # type: ignore[arg-type]
+        expire=expire,
+    )

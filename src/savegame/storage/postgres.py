@@ -1,0 +1,143 @@
+"""PostgreSQL with psycopg 3: JSONB columns, a schema of savegame's own, and a pool that reconnects.
+
+Only what is particular to PostgreSQL lives here; the layout, queries and migrations are in
+:mod:`savegame.storage.sql`.
+
+* JSON goes into ``JSONB`` columns. JSONB refuses NUL characters and lone surrogates, which
+  model output contains, so savegame writes the text-safe form of
+  :func:`savegame.storage.codec.dumps_text_safe` and reads it back exactly.
+* The ids are ``VARCHAR COLLATE "C"``: code-point order, the same in every locale, which is
+  the order listings break ties in.
+* The schema (``ai`` unless told otherwise) is made when missing; schema changes of
+  concurrent processes take turns under an advisory lock.
+* Reads run in ``REPEATABLE READ``, so a session's header and runs come from one commit.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import String, Table, Text, cast, text
+from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql.expression import ColumnElement, Executable
+from sqlalchemy.types import TypeEngine
+
+from savegame.storage import codec
+from savegame.storage.sql import (
+    JsonText,
+    ServerStorage,
+    SqlDialect,
+    on_conflict_update,
+    server_db_url,
+)
+from savegame.storage.url import StorageURL
+
+_SCHEMA_LOCK = 0x5A7E_6A3E
+"""The advisory lock key under which savegame changes schemas and tables."""
+
+
+# A JSON string, or a number written with a positive exponent (Python writes floats of 1e16
+# and above that way). Strings are matched only so that numbers inside them are skipped.
+_EXPONENT_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?e\+\d+')
+
+
+def _keep_float(match: re.Match[str]) -> str:
+    token = match.group()
+    return token if token[0] == '"' else f"{int(float(token))}.0"
+
+
+class Jsonb(JsonText):
+    """``JSONB`` that travels as text, so savegame's own serializer writes and reads it."""
+
+    cache_ok = True
+
+    def __init__(self) -> None:
+        super().__init__("JSONB")
+
+    def bind_expression(self, bindvalue: Any) -> ColumnElement[Any]:
+        return cast(bindvalue, JSONB)
+
+    def column_expression(self, colexpr: Any) -> ColumnElement[Any]:
+        return cast(colexpr, Text)
+
+
+class PostgresDialect(SqlDialect):
+    """PostgreSQL's differences: JSONB, ``ON CONFLICT``, advisory locks, SQLSTATEs."""
+
+    title = "PostgreSQL"
+    read_isolation = "REPEATABLE READ"
+
+    def json_type(self) -> TypeEngine[Any]:
+        return Jsonb()
+
+    def id_type(self) -> TypeEngine[Any]:
+        return String(codec.MAX_ID_LENGTH, collation="C")
+
+    def dumps(self, value: Any) -> str:
+        # JSONB keeps numbers as NUMERIC and prints 6.6e+16 back as 66000000000000000, an int
+        # once parsed; the same value written with a decimal point comes back as a float.
+        text = codec.dumps_text_safe(value)
+        return _EXPONENT_TOKEN.sub(_keep_float, text) if "e+" in text else text
+
+    def loads(self, text: str | bytes) -> Any:
+        return codec.loads_text_safe(text)
+
+    def upsert(self, table: Table, keys: Sequence[str]) -> Executable:
+        return on_conflict_update(insert(table), keys)
+
+    def schema_lock(self, conn: Connection) -> None:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+
+    def unavailable(self, error: BaseException) -> bool:
+        import psycopg
+
+        state = getattr(error, "sqlstate", None) or ""
+        return isinstance(error, psycopg.OperationalError) and (
+            not state or state[:2] in ("08", "53", "57")
+        )
+
+    def retryable(self, error: Any) -> bool:
+        state = getattr(error.orig, "sqlstate", None)
+        return super().retryable(error) or state in ("40001", "40P01")
+
+
+class PostgresStorage(ServerStorage):
+    """Sessions in a table of a PostgreSQL database, in schema ``ai`` unless told otherwise.
+
+    ``db_url`` is ``postgresql+psycopg://user:password@host:port/database`` (a
+    ``postgresql://`` URL uses psycopg 3 too). The other arguments are those of
+    :class:`~savegame.storage.sql.ServerStorage`.
+
+    Raises:
+        ValueError: when neither ``db_url`` nor ``db_engine`` is given.
+        InvalidIdentifierError: for a table or schema name that is not a plain identifier.
+        MissingDependencyError: when psycopg is not installed.
+    """
+
+    driver = ("psycopg", "psycopg", "postgres")
+    dialect_class = PostgresDialect
+
+    def __init__(
+        self, table_name: str, schema: str | None = "ai", *args: Any, **kwargs: Any
+    ) -> None:
+        super().__init__(table_name, schema, *args, **kwargs)
+
+
+def from_url(url: StorageURL) -> PostgresStorage:
+    """``postgresql+psycopg://user@host:port/db?schema=ai&table=agent_sessions``.
+
+    Query parameters savegame does not take (``sslmode``, say) go to the driver.
+    """
+    table = url.pop_namespace()
+    expire = url.pop_int("expire")
+    schema = str(url.options.pop("schema", "ai"))
+    return PostgresStorage(
+        table,
+        schema=schema,
+        db_url=server_db_url(url),
+        mode=url.mode,
+        expire=expire,
+    )
