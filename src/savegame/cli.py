@@ -67,6 +67,11 @@ def _report(exc: BaseException, ctx: Any, code: int) -> NoReturn:
     raise typer.Exit(code) from exc
 
 
+def _missing(url: str, mode: str, session_ids: list[str]) -> NoReturn:
+    """A user error: sessions that are not in the store."""
+    _fail(f"no {mode} session {', '.join(map(repr, session_ids))} in {redact(url)}")
+
+
 def _fail(message: str, code: int = 2) -> NoReturn:
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
@@ -207,7 +212,7 @@ def sessions_show(
     with _open(storage, mode) as store:
         session = store.read(session_id) if store.table_exists() else None
         if session is None:
-            _fail(f"no {mode} session {session_id!r} in {redact(storage)}")
+            _missing(storage, mode, [session_id])
         summary = _summary(store, session)
         runs = transfer.runs_of(store.spec, session)
     data = session.to_dict()
@@ -252,7 +257,7 @@ def sessions_delete(
     deleted = len(session_ids) - len(missing)
     _note(f"deleted {_sessions(deleted)}")
     if missing:
-        _fail(f"no {mode} session {', '.join(map(repr, missing))} in {redact(storage)}")
+        _missing(storage, mode, missing)
 
 
 @sessions_app.command("rename")
@@ -265,7 +270,7 @@ def sessions_rename(
     """Give a session a name (kept in its session_data as session_name)."""
     with _open(storage, mode) as store:
         if transfer.rename_session(store, session_id, name) is None:
-            _fail(f"no {mode} session {session_id!r} in {redact(storage)}")
+            _missing(storage, mode, [session_id])
     _note(f"renamed {session_id!r} to {name!r}")
 
 
