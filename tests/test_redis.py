@@ -7,15 +7,20 @@ Runs against the Redis server of ``SAVEGAME_TEST_REDIS_URL`` and against a 3-mas
 from __future__ import annotations
 
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from filelock import FileLock
+from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
+from redis.retry import Retry
 
 from savegame.errors import BackendUnavailableError, InvalidIdentifierError
 from savegame.storage.redis import RedisStorage, from_url
@@ -256,8 +261,8 @@ def _check_consistent(raw: Any, prefix: str) -> None:
     for sid in headers:
         digests = raw.hget(f"{tag}h:{sid}", "runs")
         assert len(digests) // 16 == raw.llen(f"{tag}r:{sid}"), sid
-        user = raw.hget(f"{tag}idx", sid).decode().split("\x00")
-        assert all(raw.zscore(key, sid) is not None for key in user)
+        listed_in = [k for k in raw.hget(f"{tag}idx", sid).decode().split("\x00") if k]
+        assert all(raw.zscore(key, sid) is not None for key in listed_in)
 
 
 def test_urls_name_server_database_prefix_and_options() -> None:
@@ -303,3 +308,105 @@ def test_a_stale_remembered_header_never_corrupts_a_write(server: str, prefix: s
     # A version this storage has not seen yet is not a conflict.
     other.upsert(_session("s", runs))
     assert mine.upsert(_session("s", runs[:1]), expected_version=3).version == 4
+
+
+def _in_flight(raw: Any, storage: RedisStorage, call: Any) -> dict[str, Any]:
+    """Runs ``call`` while the server holds writes, kills its connection, and lets go."""
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["result"] = call()
+        except Exception as exc:
+            outcome["error"] = exc
+
+    storage.create()
+    name = f"savegame:{storage.prefix}"
+    every = {"target_nodes": RedisCluster.ALL_NODES} if isinstance(raw, RedisCluster) else {}
+    worker = threading.Thread(target=work)
+    # A pause holds every client's writes: tests that pause take turns, across processes.
+    with FileLock(str(Path(tempfile.gettempdir()) / "savegame-redis-pause.lock"), timeout=120):
+        raw.client_pause(5000, all=False, **every)
+        try:
+            worker.start()
+            for client in _blocked(raw, name):
+                raw.client_kill_filter(_id=client["id"], **_target(client))
+        finally:
+            raw.client_unpause(**every)
+    worker.join(30)
+    return outcome
+
+
+def _blocked(raw: Any, name: str) -> list[dict[str, Any]]:
+    """The connections named ``name`` waiting on the pause (waits a bounded time for one)."""
+    for _ in range(250):
+        waiting = [c for c in _clients(raw) if c.get("name") == name and "b" in c["flags"]]
+        if waiting:
+            return waiting
+        time.sleep(0.02)
+    raise AssertionError("the write never reached the server")
+
+
+def _clients(raw: Any) -> list[dict[str, Any]]:
+    if not isinstance(raw, RedisCluster):
+        return list(raw.client_list())
+    return [
+        {**client, "node": node}
+        for node in raw.get_primaries()
+        for client in raw.client_list(target_nodes=node)
+    ]
+
+
+def _target(client: dict[str, Any]) -> dict[str, Any]:
+    return {"target_nodes": client["node"]} if "node" in client else {}
+
+
+@pytest.mark.timeout(60)
+def test_a_write_whose_connection_is_killed_in_flight_is_retried(
+    server: str, raw: Any, prefix: str
+) -> None:
+    storage = RedisStorage(prefix, url=server)
+    outcome = _in_flight(raw, storage, lambda: storage.upsert(_session("s", _runs(2))))
+    assert "error" not in outcome
+    got = storage.read("s")
+    assert got is not None
+    assert (got.memory["runs"], got.version) == (_runs(2), 1)
+    _check_consistent(raw, prefix)
+
+
+@pytest.mark.timeout(60)
+def test_without_retries_a_killed_write_raises_and_the_next_works() -> None:
+    url = server_url(False)
+    prefix = unique("sgt")
+    name = f"savegame:{prefix}"
+    client = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), client_name=name)
+    raw = redis.Redis.from_url(url)
+    storage = RedisStorage(prefix, client=client)
+    outcome = _in_flight(raw, storage, lambda: storage.upsert(_session("s", _runs(2))))
+    assert isinstance(outcome.get("error"), BackendUnavailableError), outcome
+    assert "Redis at" in str(outcome["error"])
+    assert storage.read("s") is None
+    storage.upsert(_session("s", _runs(3)))
+    got = storage.read("s")
+    assert got is not None
+    assert got.memory["runs"] == _runs(3)
+    _check_consistent(raw, prefix)
+    storage.drop()
+    client.close()
+    raw.close()
+
+
+def test_without_redis_py_the_error_names_the_extra(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['redis'] = None\n"
+        "from savegame.errors import MissingDependencyError\n"
+        "from savegame.storage.redis import RedisStorage\n"
+        "try:\n    RedisStorage('p')\nexcept MissingDependencyError as exc:\n    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert 'pip install "savegame[redis]"' in done.stdout
