@@ -1,0 +1,158 @@
+"""Checks that PostgreSQL and MySQL share: a closed port, killed connections, the original's tables.
+
+Each takes the storage and a way to reach the server as an administrator; the test modules
+provide the SQL that differs.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+
+from savegame.errors import BackendUnavailableError, StorageError
+from savegame.storage.session.agent import AgentSession
+from savegame.storage.sql import SqlStorage
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def check_closed_port(make: Callable[[str], SqlStorage], url_template: str) -> None:
+    """First use of a storage on a closed port raises naming the address, and nothing hangs."""
+    port = closed_port()
+    storage = make(url_template.format(port=port))
+    with pytest.raises(BackendUnavailableError, match=f"127.0.0.1:{port}"):
+        storage.read("anything")
+    with pytest.raises(BackendUnavailableError, match=f"127.0.0.1:{port}"):
+        storage.upsert(AgentSession(session_id="s"))
+    storage.close()
+
+
+def _runs(tag: str, n: int) -> list[dict[str, Any]]:
+    return [{"run_id": f"{tag}{i}", "content": f"{tag} turn {i}"} for i in range(n)]
+
+
+def check_killed_connections(
+    storage: SqlStorage,
+    admin: Engine,
+    lock_run: str,
+    blocked: str,
+    kill: str,
+    own_id: str,
+) -> None:
+    """Connections killed between operations and in the middle of a write.
+
+    Args:
+        storage: a fresh storage.
+        admin: an engine on the same database, for locking and killing.
+        lock_run: SQL that locks run 0 of session ``s`` (parameter ``:table``-free; the
+            runs table is formatted in as ``{runs}``).
+        blocked: SQL giving the connection ids whose statement waits on ``{runs}``.
+        kill: SQL killing connection ``:id``.
+        own_id: SQL giving the id of the connection that runs it.
+    """
+    runs_table = storage.runs_table.name
+    storage.upsert(AgentSession(session_id="s", user_id="u", memory={"runs": _runs("old", 2)}))
+
+    with storage.db_engine.connect() as conn:
+        idle = conn.execute(text(own_id)).scalar()
+    with admin.connect() as conn:
+        conn.execute(text(kill), {"id": idle})
+    assert storage.read("s") is not None, "the pool hands out a dead connection"
+
+    outcome: dict[str, Any] = {}
+
+    def write() -> None:
+        try:
+            new = AgentSession(session_id="s", user_id="u", memory={"runs": _runs("new", 3)})
+            outcome["stored"] = storage.upsert(new)
+        except StorageError as exc:
+            outcome["error"] = exc
+
+    with admin.connect() as locker:
+        transaction = locker.begin()
+        locker.execute(text(lock_run.format(runs=runs_table)))
+        writer = threading.Thread(target=write)
+        writer.start()
+        waiting: list[Any] = []
+        for _ in range(400):
+            with admin.connect() as conn:
+                waiting = list(conn.execute(text(blocked.format(runs=runs_table))).scalars())
+            if waiting:
+                break
+            time.sleep(0.025)
+        assert len(waiting) == 1, "the write never waited on the locked run"
+        with admin.connect() as conn:
+            conn.execute(text(kill), {"id": waiting[0]})
+        transaction.rollback()
+    writer.join(60)
+    assert not writer.is_alive()
+
+    got = storage.read("s")
+    assert got is not None
+    if "error" in outcome:
+        assert isinstance(outcome["error"], BackendUnavailableError), outcome["error"]
+        assert (got.version, got.memory) == (1, {"runs": _runs("old", 2)})
+    else:
+        assert (got.version, got.memory) == (2, {"runs": _runs("new", 3)})
+    again = storage.upsert(AgentSession(session_id="s", memory={"runs": _runs("next", 1)}))
+    assert storage.read("s") == again
+
+
+def check_original_table(
+    storage: SqlStorage,
+    admin: Engine,
+    create_sql: str,
+    insert_sql: str,
+    json_text: Callable[[Any], Any],
+) -> None:
+    """A table made as the original made it is read, upgraded without losing a row, written."""
+    with admin.begin() as conn:
+        for statement in create_sql.split(";"):
+            if statement.strip():
+                conn.execute(text(statement))
+        for i in range(12):
+            memory = {"runs": _runs("old", i % 4), "summary": f"s{i}"}
+            conn.execute(
+                text(insert_sql),
+                {
+                    "sid": f"old-{i}",
+                    "user": f"user-{i % 3}",
+                    "memory": json_text(memory),
+                    "data": json_text({"n": i, "nul": "plain"}),
+                    "created": 1_700_000_000 + i,
+                },
+            )
+    got = storage.read("old-5")
+    assert got is not None
+    assert got.memory == {"runs": _runs("old", 1), "summary": "s5"}
+    assert storage.get_all_session_ids(user_id="user-2") == ["old-11", "old-8", "old-5", "old-2"]
+    with pytest.raises(StorageError, match="upgrade_schema"):
+        storage.upsert(AgentSession(session_id="new"))
+    storage.upgrade_schema()
+    storage.upgrade_schema()
+    for i in range(12):
+        session = storage.read(f"old-{i}")
+        assert session is not None
+        assert session.memory == {"runs": _runs("old", i % 4), "summary": f"s{i}"}
+        assert session.session_data == {"n": i, "nul": "plain"}
+        assert session.created_at == 1_700_000_000 + i
+    with admin.connect() as conn:
+        moved = conn.execute(text(f"SELECT count(*) FROM {storage.runs_table.fullname}")).scalar()
+    assert moved == sum(i % 4 for i in range(12))
+    session = storage.read("old-7")
+    assert session is not None
+    session.memory["runs"].append({"run_id": "next"})  # type: ignore[index]
+    assert storage.upsert(session, expected_version=1).version == 2
+    assert len(storage.get_all_session_ids()) == 12

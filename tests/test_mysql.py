@@ -1,0 +1,141 @@
+"""What only MySQL/MariaDB shows: binary ids, text JSON, killed connections, the original's tables.
+
+Runs against the server of ``SAVEGAME_TEST_MYSQL_URL``, each test with tables of its own.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, create_engine, inspect, text
+
+from savegame import open_storage
+from savegame.storage.mysql import MySQLStorage
+from savegame.storage.session.agent import AgentSession
+from tests import sql_cases
+from tests.stores import mysql_url, unique
+
+
+@pytest.fixture
+def server() -> str:
+    return mysql_url()
+
+
+@pytest.fixture
+def admin(server: str) -> Iterator[Engine]:
+    engine = create_engine(server)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def table(admin: Engine) -> Iterator[str]:
+    name = unique("sg")
+    yield name
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP TABLE IF EXISTS {name}_runs, {name}"))
+        if inspect(conn).has_table("savegame_migrations"):
+            conn.execute(text("DELETE FROM savegame_migrations WHERE table_name = :t"), {"t": name})
+
+
+def test_ids_differing_in_case_or_trailing_spaces_are_different_sessions(
+    server: str, table: str
+) -> None:
+    storage = MySQLStorage(table, db_url=server)
+    for sid in ["a", "A", "a ", "ä", "🎲"]:
+        storage.upsert(AgentSession(session_id=sid, user_id=sid, created_at=1))
+    assert storage.get_all_session_ids() == ["A", "a", "a ", "ä", "🎲"]
+    assert storage.get_all_session_ids(user_id="a ") == ["a "]
+    assert storage.delete_session("a") is True
+    assert storage.read("a ") is not None
+    storage.close()
+
+
+def test_deep_values_pass_where_json_valid_would_refuse_them(
+    server: str, admin: Engine, table: str
+) -> None:
+    storage = MySQLStorage(table, db_url=server)
+    deep: object = "bottom"
+    for _ in range(200):
+        deep = {"k": deep}
+    storage.upsert(AgentSession(session_id="deep", session_data={"v": deep}))
+    got = storage.read("deep")
+    assert got is not None
+    assert got.session_data == {"v": deep}
+    with admin.connect() as conn:
+        refused = conn.execute(
+            text(f"SELECT JSON_VALID(session_data) FROM {table} WHERE session_id = 'deep'")
+        ).scalar()
+    assert refused == 0  # why the columns are LONGTEXT and not MariaDB's JSON
+    storage.close()
+
+
+def test_a_closed_port_raises_naming_the_address() -> None:
+    sql_cases.check_closed_port(
+        lambda url: MySQLStorage("sessions", db_url=url),
+        "mysql+pymysql://root@127.0.0.1:{port}/test",
+    )
+
+
+def test_killed_connections_leave_no_half_written_session(
+    server: str, admin: Engine, table: str
+) -> None:
+    storage = MySQLStorage(table, db_url=server)
+    sql_cases.check_killed_connections(
+        storage,
+        admin,
+        lock_run="SELECT 1 FROM {runs} WHERE session_id = 's' AND position = 0 FOR UPDATE",
+        blocked="SELECT id FROM information_schema.processlist "
+        "WHERE info LIKE 'INSERT INTO {runs}%' AND id <> CONNECTION_ID()",
+        kill="KILL :id",
+        own_id="SELECT CONNECTION_ID()",
+    )
+    storage.close()
+
+
+ORIGINAL_TABLE = """
+CREATE TABLE {table} (
+    session_id VARCHAR(255) NOT NULL PRIMARY KEY,
+    user_id VARCHAR(255),
+    memory JSON,
+    session_data JSON,
+    extra_data JSON,
+    created_at BIGINT,
+    updated_at BIGINT,
+    agent_id VARCHAR(255),
+    team_session_id VARCHAR(255),
+    agent_data JSON,
+    INDEX ix_{table}_user_id (user_id)
+) DEFAULT CHARSET = utf8mb4
+"""
+
+
+def test_the_original_table_is_read_upgraded_and_written(
+    server: str, admin: Engine, table: str
+) -> None:
+    storage = MySQLStorage(table, db_url=server)
+    sql_cases.check_original_table(
+        storage,
+        admin,
+        ORIGINAL_TABLE.format(table=table),
+        f"INSERT INTO {table} (session_id, user_id, memory, session_data, created_at,"
+        " updated_at, agent_id) VALUES (:sid, :user, :memory, :data, :created, :created,"
+        " 'agent-1')",
+        json.dumps,
+    )
+    storage.close()
+
+
+def test_urls(server: str, table: str) -> None:
+    storage = open_storage(f"{server}?table={table}&expire=30", mode="team")
+    assert isinstance(storage, MySQLStorage)
+    assert (storage.schema, storage.table_name, storage.expire) == (None, table, 30)
+    assert storage.db_engine.url.drivername == "mysql+pymysql"
+    per_mode = open_storage("mysql://root@127.0.0.1:1/test", mode="workflow_v2")
+    assert isinstance(per_mode, MySQLStorage)
+    assert per_mode.table_name == "workflow_v2_sessions"
+    assert per_mode.db_engine.url.drivername == "mysql+pymysql"
+    storage.close()
+    per_mode.close()

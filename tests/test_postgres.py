@@ -1,0 +1,174 @@
+"""What only PostgreSQL shows: its schema, JSONB, killed backends and the original's tables.
+
+Runs against the server of ``SAVEGAME_TEST_POSTGRES_URL``, each test in a schema of its own.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, create_engine, inspect, text
+
+from savegame import open_storage
+from savegame.errors import InvalidIdentifierError
+from savegame.storage.postgres import PostgresStorage
+from savegame.storage.session.agent import AgentSession
+from tests import sql_cases
+from tests.stores import postgres_url, unique
+
+
+@pytest.fixture
+def server() -> str:
+    return postgres_url()
+
+
+@pytest.fixture
+def admin(server: str) -> Iterator[Engine]:
+    engine = create_engine(server)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def schema(admin: Engine) -> Iterator[str]:
+    name = unique("sg")
+    yield name
+    with admin.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+
+
+def test_schema_tables_and_types(server: str, admin: Engine, schema: str) -> None:
+    storage = PostgresStorage("sessions", schema=schema, db_url=server)
+    storage.upsert(AgentSession(session_id="s", memory={"runs": [{"r": 1}]}))
+    found = inspect(admin)
+    assert set(found.get_table_names(schema=schema)) == {
+        "sessions",
+        "sessions_runs",
+        "savegame_migrations",
+    }
+    types = {c["name"]: str(c["type"]) for c in found.get_columns("sessions", schema=schema)}
+    assert types["memory"] == "JSONB"
+    assert types["created_at"] == "BIGINT"
+    with admin.connect() as conn:
+        stored = conn.execute(text(f'SELECT run FROM "{schema}".sessions_runs')).scalar()
+    assert stored == {"r": 1}
+    storage.close()
+
+
+def test_nul_and_surrogates_are_stored_as_queryable_jsonb(
+    server: str, admin: Engine, schema: str
+) -> None:
+    storage = PostgresStorage("sessions", schema=schema, db_url=server)
+    data = {"text": "a\x00b", "lone": "\udc80", "plain": "ok", "big": 1e20}
+    storage.upsert(AgentSession(session_id="s", session_data=data))
+    with admin.connect() as conn:
+        plain = conn.execute(
+            text(f"SELECT session_data->>'plain' FROM \"{schema}\".sessions")
+        ).scalar()
+    assert plain == "ok"
+    got = storage.read("s")
+    assert got is not None
+    assert got.session_data == data
+    assert isinstance(got.session_data["big"], float)  # type: ignore[index]
+
+
+def test_a_closed_port_raises_naming_the_address() -> None:
+    sql_cases.check_closed_port(
+        lambda url: PostgresStorage("sessions", db_url=url),
+        "postgresql+psycopg://postgres@127.0.0.1:{port}/test",
+    )
+
+
+def test_killed_backends_leave_no_half_written_session(
+    server: str, admin: Engine, schema: str
+) -> None:
+    storage = PostgresStorage("sessions", schema=schema, db_url=server)
+    sql_cases.check_killed_connections(
+        storage,
+        admin,
+        lock_run=f'SELECT 1 FROM "{schema}".{{runs}} '
+        "WHERE session_id = 's' AND position = 0 FOR UPDATE",
+        blocked="SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+        "AND query LIKE '%{runs}%'",
+        kill="SELECT pg_terminate_backend(:id)",
+        own_id="SELECT pg_backend_pid()",
+    )
+    storage.close()
+
+
+ORIGINAL_TABLE = """
+CREATE SCHEMA "{schema}";
+CREATE TABLE "{schema}".legacy (
+    session_id VARCHAR NOT NULL PRIMARY KEY,
+    user_id VARCHAR,
+    memory JSONB,
+    session_data JSONB,
+    extra_data JSONB,
+    created_at BIGINT,
+    updated_at BIGINT,
+    agent_id VARCHAR,
+    team_session_id VARCHAR,
+    agent_data JSONB
+);
+CREATE INDEX ix_legacy_user_id ON "{schema}".legacy (user_id)
+"""
+
+
+def test_the_original_table_is_read_upgraded_and_written(
+    server: str, admin: Engine, schema: str
+) -> None:
+    storage = PostgresStorage("legacy", schema=schema, db_url=server)
+    sql_cases.check_original_table(
+        storage,
+        admin,
+        ORIGINAL_TABLE.format(schema=schema),
+        f'INSERT INTO "{schema}".legacy (session_id, user_id, memory, session_data, created_at,'
+        " updated_at, agent_id) VALUES (:sid, :user, CAST(:memory AS JSONB),"
+        " CAST(:data AS JSONB), :created, :created, 'agent-1')",
+        json.dumps,
+    )
+    storage.close()
+
+
+@pytest.mark.parametrize("bad", ["a b", 'x"y', "s;drop", ""])
+def test_schema_and_table_names_are_checked(bad: str) -> None:
+    with pytest.raises(InvalidIdentifierError):
+        PostgresStorage("sessions", schema=bad, db_url="postgresql://nowhere/db")
+    with pytest.raises(InvalidIdentifierError):
+        PostgresStorage(bad, db_url="postgresql://nowhere/db")
+
+
+def test_drop_removes_only_this_storages_tables(server: str, admin: Engine, schema: str) -> None:
+    mine = PostgresStorage("sessions", schema=schema, db_url=server)
+    theirs = PostgresStorage("sessions_sub", schema=schema, db_url=server, mode="team")
+    mine.create()
+    theirs.create()
+    mine.drop()
+    assert not mine.table_exists()
+    assert theirs.table_exists()
+    assert set(inspect(admin).get_table_names(schema=schema)) == {
+        "sessions_sub",
+        "sessions_sub_runs",
+        "savegame_migrations",
+    }
+    mine.close()
+    theirs.close()
+
+
+def test_urls(server: str, schema: str) -> None:
+    storage = open_storage(f"{server}?schema={schema}&expire=30", mode="workflow")
+    assert isinstance(storage, PostgresStorage)
+    assert (storage.schema, storage.table_name, storage.expire) == (
+        schema,
+        "workflow_sessions",
+        30,
+    )
+    assert storage.db_engine.url.drivername == "postgresql+psycopg"
+    plain = open_storage("postgresql://u:secret@127.0.0.1:1/db?table=t&sslmode=disable")
+    assert isinstance(plain, PostgresStorage)
+    assert plain.db_engine.url.query == {"sslmode": "disable"}
+    assert "secret" not in plain.where()
+    storage.close()
+    plain.close()
