@@ -75,18 +75,19 @@ def parse_line(spec: ModeSpec, line: str, where: str = "line") -> Session:
     return session
 
 
-def iter_sessions(storage: Storage, user_id: str | None = None) -> Iterator[Session]:
-    """Every session of ``storage`` (of ``user_id``), newest first, read one at a time.
+def iter_sessions(
+    storage: Storage, user_id: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE
+) -> Iterator[Session]:
+    """Every session of ``storage`` (of ``user_id``), newest first, read a batch at a time.
 
     Sessions deleted while the iteration runs are left out. A store whose table does not
     exist yet holds no sessions.
     """
     if not storage.table_exists():
         return
-    for session_id in storage.get_all_session_ids(user_id=user_id):
-        session = storage.read(session_id)
-        if session is not None:
-            yield session
+    ids = storage.get_all_session_ids(user_id=user_id)
+    for start in range(0, len(ids), batch_size):
+        yield from storage.read_many(ids[start : start + batch_size])
 
 
 def export_sessions(
@@ -123,15 +124,16 @@ class Report:
     vanished: int = 0
 
 
-def _put(destination: Storage, session: Session, present: set[str], report: Report) -> None:
-    """Restores ``session`` unless ``destination`` holds it already, equal field by field."""
-    if session.session_id in present:
-        there = destination.read(session.session_id)
-        if there is not None and there.to_dict() == session.to_dict():
+def _put_all(destination: Storage, sessions: list[Session], report: Report) -> None:
+    """Restores each session unless ``destination`` holds it already, equal field by field."""
+    there = {s.session_id: s for s in destination.read_many(s.session_id for s in sessions)}
+    for session in sessions:
+        stored = there.get(session.session_id)
+        if stored is not None and stored.to_dict() == session.to_dict():
             report.unchanged += 1
-            return
-    destination.restore(session)
-    report.copied += 1
+        else:
+            destination.restore(session)
+            report.copied += 1
 
 
 def import_sessions(storage: Storage, lines: Iterable[str], source: str = "line") -> Report:
@@ -156,10 +158,9 @@ def import_sessions(storage: Storage, lines: Iterable[str], source: str = "line"
         if line.strip()
     ]
     storage.create()
-    present = set(storage.get_all_session_ids())
     report = Report(total=len(sessions))
-    for session in sessions:
-        _put(storage, session, present, report)
+    for start in range(0, len(sessions), DEFAULT_BATCH_SIZE):
+        _put_all(storage, sessions[start : start + DEFAULT_BATCH_SIZE], report)
     return report
 
 
@@ -196,7 +197,6 @@ def copy_sessions(
         raise ValueError(f"batch size must be at least 1, not {batch_size}")
     ids = source.get_all_session_ids() if source.table_exists() else []
     destination.create()
-    present = set(destination.get_all_session_ids())
     report = Report(total=len(ids))
     if on_start is not None:
         on_start(len(ids))
@@ -205,12 +205,9 @@ def copy_sessions(
     ids.reverse()
     for start in range(0, len(ids), batch_size):
         batch = ids[start : start + batch_size]
-        for session_id in batch:
-            session = source.read(session_id)
-            if session is None:
-                report.vanished += 1
-            else:
-                _put(destination, session, present, report)
+        sessions = source.read_many(batch)
+        report.vanished += len(batch) - len(sessions)
+        _put_all(destination, sessions, report)
         if on_batch is not None:
             on_batch(len(batch))
     return report

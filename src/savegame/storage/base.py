@@ -221,6 +221,16 @@ class Storage(ABC):
         now = _now()
         return self._fetch(self._list(user_id, entity_id, None, now), user_id, entity_id, now)
 
+    def read_many(self, session_ids: Iterable[str]) -> list[Session]:
+        """The stored sessions among ``session_ids``, in that order, read in one round trip
+        where the backend can; ids with no session (or an expired one) are left out.
+
+        Raises:
+            InvalidIdentifierError: for an id savegame cannot store.
+        """
+        ids = [check_id(session_id) for session_id in session_ids]
+        return self._fetch(ids, None, None, _now())
+
     def get_recent_sessions(
         self, user_id: str | None = None, entity_id: str | None = None, limit: int | None = 2
     ) -> list[Session]:

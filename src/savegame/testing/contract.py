@@ -263,6 +263,20 @@ class ModeContract:
         assert sorted(storage.get_all_session_ids(user_id="u")) == ["a", "c"]
         assert storage.read("a") is not None
 
+    def test_read_many_keeps_the_order_asked_and_leaves_out_what_is_not_there(
+        self, store: Store
+    ) -> None:
+        storage = store()
+        storage.create()
+        for sid in ["a", "b", "c"]:
+            storage.upsert(_session(store, sid, user_id="u"))
+        got = storage.read_many(["c", "missing", "a", "b"])
+        assert [s.session_id for s in got] == ["c", "a", "b"]
+        assert got == [storage.read("c"), storage.read("a"), storage.read("b")]
+        assert storage.read_many([]) == []
+        with pytest.raises(InvalidIdentifierError):
+            storage.read_many(["a", ""])
+
     def test_drop_then_create_gives_an_empty_store(self, store: Store) -> None:
         storage = store()
         storage.create()
