@@ -6,6 +6,7 @@ Runs against the Redis server of ``SAVEGAME_TEST_REDIS_URL`` and against a 3-mas
 
 from __future__ import annotations
 
+import json
 import socket
 import tempfile
 import threading
@@ -410,3 +411,40 @@ def test_without_redis_py_the_error_names_the_extra(tmp_path: Any) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert 'pip install "savegame[redis]"' in done.stdout
+
+
+def test_upgrade_schema_moves_sessions_of_the_original_layout(
+    server: str, raw: Any, prefix: str
+) -> None:
+    # What the original RedisStorage wrote: one JSON string per session, created_at maybe None.
+    old = {
+        "session_id": "legacy",
+        "user_id": "u",
+        "agent_id": "a",
+        "memory": {"runs": [{"run_id": "r1"}, {"run_id": "r2"}], "summary": "ü"},
+        "session_data": None,
+        "created_at": 1_700_000_000,
+        "updated_at": 1_700_000_100,
+    }
+    try:
+        raw.set(f"{prefix}:legacy", json.dumps(old, ensure_ascii=False))
+        raw.set(f"{prefix}:no-time", json.dumps({"session_id": "no-time", "created_at": None}))
+        raw.set(f"{prefix}:sub:theirs", json.dumps({"session_id": "theirs"}))
+        raw.set(f"{prefix}:not-json", "plain text")
+        storage = RedisStorage(prefix, url=server)
+        assert storage.read("legacy") is None
+        storage.upgrade_schema()
+        got = storage.read("legacy")
+        assert got is not None
+        assert got.memory == old["memory"]
+        assert (got.created_at, got.updated_at, got.version) == (1_700_000_000, 1_700_000_100, 1)
+        assert storage.get_all_session_ids(user_id="u", entity_id="a") == ["legacy"]
+        assert storage.read("no-time") is not None
+        assert storage.read("theirs") is None
+        assert raw.exists(f"{prefix}:legacy", f"{prefix}:no-time") == 0
+        assert raw.get(f"{prefix}:sub:theirs") is not None
+        assert raw.get(f"{prefix}:not-json") == b"plain text"
+        storage.upgrade_schema()
+        assert storage.read("legacy").version == 1  # type: ignore[union-attr]
+    finally:
+        raw.delete(*(f"{prefix}:{k}" for k in ("legacy", "no-time", "sub:theirs", "not-json")))

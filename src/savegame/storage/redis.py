@@ -52,6 +52,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from operator import methodcaller
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -76,6 +77,9 @@ DIGEST_SIZE = 8
 
 BATCH = 500
 """Sessions removed per script call by ``drop`` and ``purge_expired``, so no call blocks long."""
+
+READ_BATCH = 50
+"""Sessions read per script call by the listings that return sessions."""
 
 MAX_WRITE_ATTEMPTS = 1000
 """Writes that found the session changed between reading its header and writing it."""
@@ -400,20 +404,54 @@ class RedisStorage(Storage):
         with self._lock:
             self._seen.clear()
 
+    def upgrade_schema(self) -> None:
+        """Moves sessions written by the original ``RedisStorage`` into this layout.
+
+        The original kept each session as one JSON string under ``<prefix>:<session id>``.
+        This is the one call that scans the keyspace (``SCAN``, in steps, once): a key moves
+        when it is a string holding a JSON object whose ``session_id`` makes up the key
+        exactly, so the keys of a longer prefix (``<prefix>:sub:<id>``) and foreign strings
+        stay where they are. Each session is stored with its times kept (as by
+        :meth:`restore`) before its old key is deleted, so an interrupted upgrade loses
+        nothing and can simply be run again.
+
+        Raises:
+            SerializationError: for an old session savegame cannot store; it stays in place.
+            BackendUnavailableError: when the server cannot be reached.
+        """
+        # PREFIX admits no glob characters, so the prefix stands for itself in the pattern.
+        pattern = self.prefix + ":*"
+        old = self._call(lambda c: list(c.scan_iter(match=pattern, count=1000, _type="string")))
+        for key in old:
+            text = self._call(methodcaller("get", key))
+            try:
+                data = None if text is None else loads(text)
+            except ValueError:
+                continue
+            if not isinstance(data, dict) or not isinstance(data.get("session_id"), str):
+                continue
+            if _text(key) != f"{self.prefix}:{data['session_id']}":
+                continue
+            session = self.spec.session_class.from_dict(data)
+            assert session is not None
+            self.restore(session)
+            self._call(methodcaller("delete", key))
+
     def _read(self, session_id: str) -> Record | None:
         return self._read_many([session_id])[0]
 
     def _read_many(self, ids: Iterable[str]) -> list[Record | None]:
         ids = list(ids)
-        if not ids:
-            return []
-        keys = [k for sid in ids for k in (f"{self._keys}h:{sid}", f"{self._keys}r:{sid}")]
-        rows = self._script(_READ, keys, [])
-        out = []
-        for sid, (data, runs, *state) in zip(ids, rows, strict=True):
-            seen = _Seen.of(*state)
-            self._remember(sid, seen)
-            out.append(None if data is None else self._assemble(sid, data, runs, seen))
+        out: list[Record | None] = []
+        # Batches keep each script short, so one big listing never holds up the server.
+        for start in range(0, len(ids), READ_BATCH):
+            batch = ids[start : start + READ_BATCH]
+            keys = [k for sid in batch for k in (f"{self._keys}h:{sid}", f"{self._keys}r:{sid}")]
+            rows = self._script(_READ, keys, [])
+            for sid, (data, runs, *state) in zip(batch, rows, strict=True):
+                seen = _Seen.of(*state)
+                self._remember(sid, seen)
+                out.append(None if data is None else self._assemble(sid, data, runs, seen))
         return out
 
     def _assemble(self, session_id: str, data: Any, runs: list[Any], seen: _Seen) -> Record:
