@@ -56,6 +56,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     create_engine,
     delete,
     func,
@@ -361,6 +362,33 @@ def _digest(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
+class _Statements:
+    """The statements of the hot paths, built once so that each call only binds values."""
+
+    def __init__(self, tables: Tables, dialect: SqlDialect) -> None:
+        header, runs = tables.header, tables.runs
+        sid: Any = bindparam("sid")
+        ids: Any = bindparam("ids", expanding=True)
+        self.lock_header = (
+            select(header.c.version, header.c.created_at, header.c.expires_at)
+            .where(header.c.session_id == sid)
+            .with_for_update()
+        )
+        self.insert_header = header.insert()
+        self.update_header = update(header).where(header.c.session_id == sid)
+        self.digests = select(runs.c.position, runs.c.digest).where(runs.c.session_id == sid)
+        self.upsert_run = dialect.upsert(runs, ("session_id", "position"))
+        self.cut_runs = delete(runs).where(
+            runs.c.session_id == sid, runs.c.position >= bindparam("count")
+        )
+        self.headers = select(header).where(header.c.session_id.in_(ids))
+        self.runs = (
+            select(runs.c.session_id, runs.c.run)
+            .where(runs.c.session_id.in_(ids))
+            .order_by(runs.c.session_id, runs.c.position)
+        )
+
+
 class SqlStorage(Storage):
     """A storage in one table (plus its runs table) of a SQL database.
 
@@ -413,7 +441,7 @@ class SqlStorage(Storage):
         self._layout = _MISSING
         self._layout_lock = threading.Lock()
         self._tables = build_tables(self.spec, dialect, self.table_name, self.schema)
-        self._upsert_run = dialect.upsert(self._tables.runs, ("session_id", "position"))
+        self._sql = _Statements(self._tables, dialect)
 
     @property
     def table(self) -> Table:
@@ -648,17 +676,16 @@ class SqlStorage(Storage):
         return record
 
     def _header_select(self, layout: _Layout) -> Any:
-        return select(*[c for c in self.table.c if c.name in layout.columns])
+        if layout.version >= LATEST:
+            return self._sql.headers
+        columns = [c for c in self.table.c if c.name in layout.columns]
+        return select(*columns).where(self.table.c.session_id.in_(bindparam("ids", expanding=True)))
 
     def _runs_of(self, conn: Connection, ids: Sequence[str]) -> dict[str, list[Any]]:
         """The decoded runs of each session in ``ids``, in position order."""
         runs_table = self.runs_table
         found: dict[str, list[Any]] = {}
-        rows = conn.execute(
-            select(runs_table.c.session_id, runs_table.c.run)
-            .where(runs_table.c.session_id.in_(ids))
-            .order_by(runs_table.c.session_id, runs_table.c.position)
-        )
+        rows = conn.execute(self._sql.runs, {"ids": list(ids)})
         try:
             for session_id, text in rows:
                 found.setdefault(session_id, []).append(
@@ -684,11 +711,10 @@ class SqlStorage(Storage):
             if layout.version == 0 or not wanted:
                 return [None] * len(wanted)
             query = self._header_select(layout)
-            key = self.table.c.session_id
             with self._transaction(False) as conn:
                 for start in range(0, len(wanted), _BATCH):
                     chunk = wanted[start : start + _BATCH]
-                    rows = conn.execute(query.where(key.in_(chunk))).all()
+                    rows = conn.execute(query, {"ids": chunk}).all()
                     with_runs = [r.session_id for r in rows if r._mapping.get("run_count")]
                     runs = self._runs_of(conn, with_runs) if with_runs else {}
                     for row in rows:
@@ -717,21 +743,16 @@ class SqlStorage(Storage):
         now: int,
         preserve: bool,
     ) -> Record:
-        header = self.table
         session_id = data["session_id"]
-        row = conn.execute(
-            select(header.c.version, header.c.created_at, header.c.expires_at)
-            .where(header.c.session_id == session_id)
-            .with_for_update()
-        ).first()
+        row = conn.execute(self._sql.lock_header, {"sid": session_id}).first()
         current = None if row is None else Header(row.version or 1, row.created_at, row.expires_at)
         record = self._stamp(data, current, expected_version, now, preserve)
         values, runs = self._row_values(record)
         if row is None:
-            conn.execute(header.insert(), values)
+            conn.execute(self._sql.insert_header, values)
         else:
             del values["session_id"]
-            conn.execute(update(header).where(header.c.session_id == session_id), values)
+            conn.execute(self._sql.update_header, {**values, "sid": session_id})
         self._write_runs(conn, session_id, runs, fresh=row is None)
         return record
 
@@ -739,16 +760,9 @@ class SqlStorage(Storage):
         self, conn: Connection, session_id: str, runs: list[Any] | None, fresh: bool
     ) -> None:
         """Writes the runs whose text changed and deletes those past the end."""
-        runs_table = self.runs_table
         stored: dict[int, str] = {}
         if not fresh:
-            stored = dict(
-                conn.execute(
-                    select(runs_table.c.position, runs_table.c.digest).where(
-                        runs_table.c.session_id == session_id
-                    )
-                ).all()
-            )
+            stored = dict(conn.execute(self._sql.digests, {"sid": session_id}).all())
         changed = []
         for position, run in enumerate(runs or ()):
             text = None if run is None else self.dialect.dumps(run)
@@ -758,14 +772,10 @@ class SqlStorage(Storage):
                     {"session_id": session_id, "position": position, "digest": digest, "run": text}
                 )
         if changed:
-            conn.execute(self._upsert_run, changed)
+            conn.execute(self._sql.upsert_run, changed)
         count = len(runs or ())
         if any(position >= count for position in stored):
-            conn.execute(
-                delete(runs_table).where(
-                    runs_table.c.session_id == session_id, runs_table.c.position >= count
-                )
-            )
+            conn.execute(self._sql.cut_runs, {"sid": session_id, "count": count})
 
     def _list(
         self, user_id: str | None, entity_id: str | None, limit: int | None, now: int | None
