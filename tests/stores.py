@@ -91,7 +91,7 @@ def _files(name: str, storage_class: type[FileStorage]) -> Callable[[Path, str],
     return make
 
 
-def _redis(name: str, cluster: bool) -> Callable[[Path, str], Any]:
+def _redis(name: str, cluster: bool, shards: int = 1) -> Callable[[Path, str], Any]:
     @contextmanager
     def make(tmp_path: Path, mode: str) -> Iterator[Store]:
         from savegame.storage.redis import RedisStorage
@@ -101,9 +101,9 @@ def _redis(name: str, cluster: bool) -> Callable[[Path, str], Any]:
         prefix = unique("sg")
 
         def opener(mode: str, **options: Any) -> Storage:
-            return RedisStorage(prefix, url=server, mode=mode, **options)  # type: ignore[arg-type]
+            return RedisStorage(prefix, url=server, mode=mode, shards=shards, **options)  # type: ignore[arg-type]
 
-        store = Store(name, mode, opener, url=f"{server}?prefix={prefix}")
+        store = Store(name, mode, opener, url=f"{server}?prefix={prefix}&shards={shards}")
         try:
             yield store
         finally:
@@ -225,7 +225,8 @@ BACKENDS: list[Backend] = [
     Backend("postgres", _postgres),
     Backend("mysql", _mysql),
     Backend("redis", _redis("redis", cluster=False)),
-    Backend("redis-cluster", _redis("redis-cluster", cluster=True)),
+    # The cluster store spreads over 3 slots, so its sessions live on different masters.
+    Backend("redis-cluster", _redis("redis-cluster", cluster=True, shards=3)),
 ]
 
 

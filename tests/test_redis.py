@@ -448,3 +448,37 @@ def test_upgrade_schema_moves_sessions_of_the_original_layout(
         assert storage.read("legacy").version == 1  # type: ignore[union-attr]
     finally:
         raw.delete(*(f"{prefix}:{k}" for k in ("legacy", "no-time", "sub:theirs", "not-json")))
+
+
+def test_a_sharded_store_spreads_sessions_and_merges_listings(
+    server: str, raw: Any, prefix: str
+) -> None:
+    storage = RedisStorage(prefix, url=server, shards=4)
+    for i in range(40):
+        user = f"u{i % 2}"
+        storage.upsert(_session(f"s{i:02}", _runs(1), user_id=user, created_at=1000 + i // 4))
+    headers = [f"{{{prefix}#{i}}}:h:*" for i in range(4)]
+    per_shard = [len(list(raw.scan_iter(match=pattern, count=1000))) for pattern in headers]
+    assert sum(per_shard) == 40
+    assert min(per_shard) > 0
+    # Newest first across shards, ties (four per created_at) in id order.
+    expected = sorted((f"s{i:02}" for i in range(40)), key=lambda s: (-(int(s[1:]) // 4), s))
+    assert storage.get_all_session_ids() == expected
+    assert [s.session_id for s in storage.get_recent_sessions(limit=5)] == expected[:5]
+    assert storage.get_all_session_ids(user_id="u1") == [s for s in expected if int(s[1:]) % 2]
+    assert storage.delete_user("u0") == 20
+    assert len(storage.get_all_session_ids()) == 20
+    # Another storage on the store finds its layout; one that wants another is refused.
+    odd = [s for s in expected if int(s[1:]) % 2]
+    assert RedisStorage(prefix, url=server).get_all_session_ids(user_id="u1") == odd
+    with pytest.raises(InvalidIdentifierError, match="4 shards"):
+        RedisStorage(prefix, url=server, shards=2).read("s01")
+    storage.drop()
+    assert not any(raw.exists(f"{{{prefix}#{i}}}:all") for i in range(4))
+    assert raw.exists("{" + prefix + "}:shards") == 0
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1025, "2", 2.0])
+def test_shards_are_checked(bad: Any) -> None:
+    with pytest.raises(ValueError, match="shards"):
+        RedisStorage("p", shards=bad)

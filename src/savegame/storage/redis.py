@@ -1,45 +1,55 @@
 """Sessions in Redis or a Redis Cluster, on core commands and Lua scripts (no modules).
 
-Key layout. Every key of a store starts with its prefix ``P`` in braces, ``{P}``, which is
-the cluster *hash tag*: all keys of one store live in one cluster slot, so that a write, its
-version check and the index updates are one atomic script even in a cluster. Ids are written
-into key names as their UTF-8 bytes, after the fixed part, so any id is a valid key::
+Key layout. A store (prefix ``P``) keeps each session, and the indexes that list it, in one
+cluster *hash tag* ``T``: ``{P}`` for a store of one shard (the default), ``{P#0}`` ...
+``{P#n-1}`` for a store of ``n`` shards, a session going to shard ``crc32(id) % n``. All keys
+with one tag live in one cluster slot, so a write, its check and its index updates are one
+atomic script, in a cluster too. Ids are written into key names as their UTF-8 bytes, after
+the fixed part, so any id makes a valid key::
 
-    {P}:h:<session id>        hash    the header: ``data`` (the session as JSON, without its
+    {T}:h:<session id>        hash    the header: ``data`` (the session as JSON, without its
                                       runs when they are a list), ``version``, ``created_at``,
                                       ``expires_at``, ``runs`` (a digest per run: present when
                                       the runs are in the list below), ``token`` (the last write)
-    {P}:r:<session id>        list    one JSON text per run, in order
-    {P}:all                   zset    every session; score ``-created_at``, so an ascending
+    {T}:r:<session id>        list    one JSON text per run, in order
+    {T}:all                   zset    every session; score ``-created_at``, so an ascending
                                       range is newest first and ties come in id order
-    {P}:u:<user id>           zset    the sessions of one user (same scores)
-    {P}:e:<entity id>         zset    the sessions of one agent, team or workflow
-    {P}:ue:<n>:<user><entity> zset    both at once (``n``: the user id's length in bytes)
-    {P}:idx                   hash    session id -> the index keys it is listed in (NUL-joined)
-    {P}:exp                   zset    sessions that expire; score ``expires_at``
+    {T}:u:<user id>           zset    the sessions of one user (same scores)
+    {T}:e:<entity id>         zset    the sessions of one agent, team or workflow
+    {T}:ue:<n>:<user><entity> zset    both at once (``n``: the user id's length in bytes)
+    {T}:idx                   hash    session id -> the index keys it is listed in (NUL-joined)
+    {T}:exp                   zset    sessions that expire; score ``expires_at``
+    {P}:shards                string  the store's shard count, fixed by its first user
+
+Braces, ``#`` and spaces cannot occur in a prefix, so the keys of ``P`` and ``P:sub`` (or
+``P#1``) never meet.
 
 Writes. Every write leaves a random ``token`` in the header. A write reads the header (token,
 version, created_at, expiry, run digests), stamps the record in Python (version check, times),
 and runs one script that checks the token is still the one it read, moves the session between
 indexes, rewrites the header, and sends only the runs whose digest changed (``LSET``,
 ``RPUSH``, ``LTRIM`` for a shorter list). When another write came in between, the script
-changes nothing and the write starts again; a token, unlike a version, is never reused, even
-when a session is deleted and made again. A storage remembers the header it last read or
-wrote for each of its recent sessions and writes on that without reading first, so a
-conversation that saves after every turn costs one round trip per save; a stale memory costs
-one extra round trip, never a wrong write. A script retried after a lost connection whose
-first attempt had landed finds its own new token and does not write twice.
+changes nothing and hands back the header it found, and the write starts again on that; a
+token, unlike a version, is never reused, even when a session is deleted and made again. A
+storage remembers the header it last read or wrote for each of its recent sessions and writes
+on that without reading first, and takes a session it has not seen for a new one, so a save
+costs one round trip; a wrong guess costs one more, never a wrong write (a guess is not sent
+when the write is larger than :data:`GUESS`: the header is read first). A script retried
+after a lost connection whose first attempt had landed finds its own new token and does not
+write twice.
 
 Expiry is Redis's own: with ``expire`` set, the header and the runs get ``EXPIREAT``. Index
-entries cannot expire by themselves, so ``{P}:exp`` remembers when each session goes: listings
+entries cannot expire by themselves, so ``{T}:exp`` remembers when each session goes: listings
 skip (and remove) entries whose time has come, and :meth:`RedisStorage.purge_expired` removes
-them all. ``drop`` walks ``{P}:all``; nothing ever runs ``KEYS`` or ``SCAN``.
+them all. ``drop`` walks ``{T}:all``. Listings and ``drop`` never run ``KEYS`` or ``SCAN``;
+only :meth:`RedisStorage.upgrade_schema` scans, once, for sessions of the original layout.
 
-The trade-off of one slot per store: a store is served by one cluster master, so one store's
-throughput is one node's. Spread load by giving tenants, modes or applications stores of their
-own (a prefix each); different prefixes land on different slots and so on different masters.
-Putting each session in a slot of its own would spread one store across the masters, but then
-a session and its index entries could no longer change in one atomic step.
+Shards, the trade-off. With one shard a store is served by one cluster master: one store's
+throughput is one node's, and a listing is one script call. With ``n`` shards a store's
+sessions and writes spread over the masters, and a listing asks each shard and merges the
+answers (``n`` calls, each bounded by the listing's ``limit``). Each session still changes in
+one atomic step, because a session and its index entries share a shard. Stores that need no
+more than a node keep the default; so do stores on a single server, where shards only cost.
 """
 
 from __future__ import annotations
@@ -49,6 +59,7 @@ import re
 import secrets
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -86,6 +97,9 @@ MAX_WRITE_ATTEMPTS = 1000
 
 GUESS = 64 * 1024
 """Largest write (in characters) sent on the guess that a session not seen is new."""
+
+MAX_SHARDS = 1024
+"""The most slots one store may spread over."""
 
 REMEMBERED = 1024
 """Sessions whose last seen header a storage keeps, to write them without reading first."""
@@ -173,22 +187,25 @@ return out
 """
 
 # KEYS: all, idx, exp, the index to list; ARGV: key prefix, limit (-1: all), now ('' : keep
-# expired). Returns ids newest first, removing the expired ones it meets.
+# expired). Returns id, score, id, score... newest first, removing the expired ones it meets.
 _LIST = (
     _FORGET
     + """
 local limit = tonumber(ARGV[2])
 local now = tonumber(ARGV[3])
-local out, gone, start = {}, {}, 0
-while limit < 0 or #out < limit do
-  local ids = redis.call('ZRANGE', KEYS[4], start, start + 199)
-  if #ids == 0 then break end
-  for _, id in ipairs(ids) do
+local out, gone, start, found = {}, {}, 0, 0
+while limit < 0 or found < limit do
+  local page = redis.call('ZRANGE', KEYS[4], start, start + 199, 'WITHSCORES')
+  if #page == 0 then break end
+  for i = 1, #page, 2 do
+    local id = page[i]
     local expires = now and redis.call('ZSCORE', KEYS[3], id)
     if expires and tonumber(expires) <= now then
       gone[#gone + 1] = id
-    elseif limit < 0 or #out < limit then
+    elseif limit < 0 or found < limit then
       out[#out + 1] = id
+      out[#out + 1] = page[i + 1]
+      found = found + 1
     end
   end
   start = start + 200
@@ -223,7 +240,13 @@ return #ids
 )
 
 
-_SCRIPTS = (_WRITE, _READ, _LIST, _DELETE, _SWEEP)
+# KEYS: {P}:shards; ARGV: the shard count to record when none is. Returns the recorded one.
+_LAYOUT = """
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return tonumber(redis.call('GET', KEYS[1]))
+"""
+
+_SCRIPTS = (_WRITE, _READ, _LIST, _DELETE, _SWEEP, _LAYOUT)
 
 
 def _driver() -> Any:
@@ -258,9 +281,14 @@ class RedisStorage(Storage):
         username: the ACL user name, if the server uses ACLs.
         socket_timeout: seconds to wait for a reply before the call fails.
         connect_timeout: seconds to wait for a connection.
+        shards: how many cluster slots the store spreads over (see the module docstring);
+            fixed by the first storage that uses the store, None: whatever it was fixed to
+            (1 for a new store).
 
     Raises:
-        InvalidIdentifierError: for a prefix that does not match :data:`PREFIX`.
+        InvalidIdentifierError: for a prefix that does not match :data:`PREFIX`, or (at
+            first use) ``shards`` that differ from those the store was made with.
+        ValueError: for ``shards`` outside 1 to :data:`MAX_SHARDS`.
         MissingDependencyError: when redis-py is not installed.
     """
 
@@ -282,10 +310,17 @@ class RedisStorage(Storage):
         username: str | None = None,
         socket_timeout: float = 30.0,
         connect_timeout: float = 5.0,
+        shards: int | None = None,
     ) -> None:
         super().__init__(mode, expire)
         check_name(prefix, "Redis key prefix", PREFIX)
+        if shards is not None and (not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS):
+            raise ValueError(
+                f"shards must be a whole number from 1 to {MAX_SHARDS}, not {shards!r}"
+            )
         self.prefix = prefix
+        self._wanted = shards
+        self._shard_tags: list[str] = []
         self._redis = _driver()
         self._keys = "{" + prefix + "}:"
         self._given = client is not None
@@ -358,8 +393,35 @@ class RedisStorage(Storage):
                     if not self._scripts:
                         # Registering computes the SHA1 locally; redis-py loads the script
                         # on the server the first time EVALSHA finds it missing.
-                        self._scripts = {s: client.register_script(s) for s in _SCRIPTS}
+                        scripts = {s: client.register_script(s) for s in _SCRIPTS}
+                        shards = self._layout(client, scripts[_LAYOUT])
+                        self._shard_tags = (
+                            [self._keys]
+                            if shards == 1
+                            else [f"{{{self.prefix}#{i}}}:" for i in range(shards)]
+                        )
+                        self._scripts = scripts
             return fn(client)
+
+    def _layout(self, client: Any, script: Any) -> int:
+        """The store's shard count, recording ours first if the store has none yet."""
+        wanted = self._wanted or 1
+        shards = int(script(keys=[self._keys + "shards"], args=[wanted], client=client))
+        if self._wanted is not None and shards != self._wanted:
+            raise InvalidIdentifierError(
+                f"the store {self.prefix!r} in {self._address} is spread over {shards} "
+                f"shards, not {self._wanted}: open it with shards={shards} (or None)"
+            )
+        return shards
+
+    def _tag(self, session_id: str) -> str:
+        """The key prefix of the slot ``session_id`` lives in (see the module docstring)."""
+        tags = self._tags()
+        return tags[0] if len(tags) == 1 else tags[zlib.crc32(session_id.encode()) % len(tags)]
+
+    def _tags(self) -> list[str]:
+        """The key prefixes of every slot of the store (connecting, to learn how many)."""
+        return self._call(lambda c: self._shard_tags)
 
     def _script(self, source: str, keys: list[str], args: list[Any]) -> Any:
         return self._call(lambda c: self._scripts[source](keys=keys, args=args, client=c))
@@ -374,17 +436,19 @@ class RedisStorage(Storage):
 
     # -- keys -------------------------------------------------------------------------------
 
-    def _store_keys(self) -> list[str]:
-        return [self._keys + "all", self._keys + "idx", self._keys + "exp"]
+    @staticmethod
+    def _store_keys(tag: str) -> list[str]:
+        return [tag + "all", tag + "idx", tag + "exp"]
 
-    def _index_keys(self, user_id: str | None, entity_id: str | None) -> list[str]:
+    @staticmethod
+    def _index_keys(tag: str, user_id: str | None, entity_id: str | None) -> list[str]:
         keys = []
         if user_id is not None:
-            keys.append(f"{self._keys}u:{user_id}")
+            keys.append(f"{tag}u:{user_id}")
         if entity_id is not None:
-            keys.append(f"{self._keys}e:{entity_id}")
+            keys.append(f"{tag}e:{entity_id}")
         if user_id is not None and entity_id is not None:
-            keys.append(f"{self._keys}ue:{len(user_id.encode())}:{user_id}{entity_id}")
+            keys.append(f"{tag}ue:{len(user_id.encode())}:{user_id}{entity_id}")
         return keys
 
     # -- the contract ---------------------------------------------------------------------
@@ -398,11 +462,19 @@ class RedisStorage(Storage):
         self._call(lambda c: c.ping())
 
     def drop(self) -> None:
-        """Removes every session under this prefix, in batches, and nothing else."""
-        while self._script(_SWEEP, self._store_keys(), [self._keys, BATCH, ""]):
-            pass
+        """Removes every key under this prefix, in batches, and nothing else.
+
+        The record of how many shards the store has goes too: other storage objects still
+        open keep what they read, so drop a sharded store only when nothing else uses it.
+        """
+        for tag in self._tags():
+            while self._script(_SWEEP, self._store_keys(tag), [tag, BATCH, ""]):
+                pass
+        self._call(methodcaller("delete", self._keys + "shards"))
         with self._lock:
+            # The next call records the layout again (this storage's shards, or one).
             self._seen.clear()
+            self._scripts = {}
 
     def upgrade_schema(self) -> None:
         """Moves sessions written by the original ``RedisStorage`` into this layout.
@@ -442,16 +514,21 @@ class RedisStorage(Storage):
 
     def _read_many(self, ids: Iterable[str]) -> list[Record | None]:
         ids = list(ids)
-        out: list[Record | None] = []
-        # Batches keep each script short, so one big listing never holds up the server.
-        for start in range(0, len(ids), READ_BATCH):
-            batch = ids[start : start + READ_BATCH]
-            keys = [k for sid in batch for k in (f"{self._keys}h:{sid}", f"{self._keys}r:{sid}")]
-            rows = self._script(_READ, keys, [])
-            for sid, (data, runs, *state) in zip(batch, rows, strict=True):
-                seen = _Seen.of(*state)
-                self._remember(sid, seen)
-                out.append(None if data is None else self._assemble(sid, data, runs, seen))
+        slots: dict[str, list[int]] = {}
+        for i, sid in enumerate(ids):
+            slots.setdefault(self._tag(sid), []).append(i)
+        out: list[Record | None] = [None] * len(ids)
+        for tag, positions in slots.items():
+            # Batches keep each script short, so one big listing never holds up the server.
+            for start in range(0, len(positions), READ_BATCH):
+                batch = positions[start : start + READ_BATCH]
+                keys = [k for i in batch for k in (f"{tag}h:{ids[i]}", f"{tag}r:{ids[i]}")]
+                rows = self._script(_READ, keys, [])
+                for i, (data, runs, *state) in zip(batch, rows, strict=True):
+                    seen = _Seen.of(*state)
+                    self._remember(ids[i], seen)
+                    if data is not None:
+                        out[i] = self._assemble(ids[i], data, runs, seen)
         return out
 
     def _assemble(self, session_id: str, data: Any, runs: list[Any], seen: _Seen) -> Record:
@@ -500,7 +577,7 @@ class RedisStorage(Storage):
         raise ConflictError(sid, expected_version or 0, -1)
 
     def _header(self, session_id: str) -> _Seen:
-        key = f"{self._keys}h:{session_id}"
+        key = f"{self._tag(session_id)}h:{session_id}"
         return _Seen.of(*self._call(lambda c: c.hmget(key, *_HEADER_FIELDS)))
 
     def _recall(self, session_id: str) -> _Seen | None:
@@ -524,8 +601,9 @@ class RedisStorage(Storage):
         """The write script's keys and arguments for ``record``, and the header it leaves."""
         sid = record["session_id"]
         head, _ = _split_runs(record, self.spec.runs_path)
-        index = self._index_keys(record.get("user_id"), record.get(self.spec.entity_field))
-        keys = [*self._store_keys(), f"{self._keys}h:{sid}", f"{self._keys}r:{sid}", *index]
+        tag = self._tag(sid)
+        index = self._index_keys(tag, record.get("user_id"), record.get(self.spec.entity_field))
+        keys = [*self._store_keys(tag), f"{tag}h:{sid}", f"{tag}r:{sid}", *index]
         expires = record.get("expires_at")
         fields: list[Any] = ["data", dumps(head), "version", record["version"]]
         fields += ["created_at", record["created_at"]]
@@ -535,7 +613,7 @@ class RedisStorage(Storage):
             fields += ["runs", runs.digests]
         token = secrets.token_hex(8)
         args: list[Any] = [
-            self._keys,
+            tag,
             sid,
             seen.token,
             token,
@@ -556,23 +634,32 @@ class RedisStorage(Storage):
     ) -> list[str]:
         if limit == 0:
             return []
-        keys = self._index_keys(user_id, entity_id)
-        index = keys[-1] if keys else self._keys + "all"
-        args = [self._keys, -1 if limit is None else limit, "" if now is None else now]
-        ids = self._script(_LIST, [*self._store_keys(), index], args)
-        return [_text(sid) for sid in ids]
+        args = ["", -1 if limit is None else limit, "" if now is None else now]
+        found: list[tuple[float, str]] = []
+        for tag in self._tags():
+            keys = self._index_keys(tag, user_id, entity_id)
+            index = keys[-1] if keys else tag + "all"
+            args[0] = tag
+            flat = self._script(_LIST, [*self._store_keys(tag), index], args)
+            found += [(float(flat[i + 1]), _text(flat[i])) for i in range(0, len(flat), 2)]
+        # Each slot answered in order; merged, ties go by id (code points order as UTF-8 does).
+        found.sort()
+        return [sid for _, sid in found[:limit]]
 
     def _delete(self, session_id: str) -> bool:
         self._remember(session_id, None)
-        return bool(self._script(_DELETE, self._store_keys(), [self._keys, session_id]))
+        tag = self._tag(session_id)
+        return bool(self._script(_DELETE, self._store_keys(tag), [tag, session_id]))
 
     def _purge_expired(self, now: int) -> int:
         total = 0
-        while True:
-            done = int(self._script(_SWEEP, self._store_keys(), [self._keys, BATCH, now]))
-            total += done
-            if done < BATCH:
-                return total
+        for tag in self._tags():
+            while True:
+                done = int(self._script(_SWEEP, self._store_keys(tag), [tag, BATCH, now]))
+                total += done
+                if done < BATCH:
+                    break
+        return total
 
     def __repr__(self) -> str:
         return f"RedisStorage(prefix={self.prefix!r}, mode={self.mode!r}, {self._address})"
@@ -726,13 +813,25 @@ def from_url(url: StorageURL) -> RedisStorage:
 
     A cluster is named by any of its nodes, comma-separated:
     ``redis+cluster://[:password@]host:port[,host:port...]``, with ``?ssl=true`` for TLS.
-    ``?prefix=`` names the store (default ``savegame:<mode>``), ``?expire=`` gives seconds.
+    ``?prefix=`` names the store (default ``savegame:<mode>``), ``?expire=`` gives seconds,
+    ``?shards=`` spreads a new store over that many cluster slots.
+
+    Raises:
+        InvalidIdentifierError: for a malformed address or database, or an unknown option.
     """
     prefix = url.pop_namespace()
     expire = url.pop_int("expire")
+    shards = url.pop_int("shards")
     ssl = str(url.options.pop("ssl", "")).lower() in ("1", "true", "yes", "on")
     if url.options:
         raise InvalidIdentifierError(
             f"unknown option(s) for a Redis URL: {', '.join(sorted(url.options))}"
         )
-    return RedisStorage(prefix, mode=url.mode, expire=expire, ssl=ssl, url=url.raw)  # type: ignore[arg-type]
+    return RedisStorage(
+        prefix,
+        mode=url.mode,  # type: ignore[arg-type]
+        expire=expire,
+        ssl=ssl,
+        url=url.raw,
+        shards=shards,
+    )
