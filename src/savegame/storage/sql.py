@@ -381,7 +381,13 @@ class _Statements:
         self.cut_runs = delete(runs).where(
             runs.c.session_id == sid, runs.c.position >= bindparam("count")
         )
+        self.header = select(header).where(header.c.session_id == sid)
         self.headers = select(header).where(header.c.session_id.in_(ids))
+        self.runs_of_one = (
+            select(runs.c.session_id, runs.c.run)
+            .where(runs.c.session_id == sid)
+            .order_by(runs.c.position)
+        )
         self.runs = (
             select(runs.c.session_id, runs.c.run)
             .where(runs.c.session_id.in_(ids))
@@ -675,17 +681,21 @@ class SqlStorage(Storage):
             join_runs(record, self.spec.runs_path, runs)
         return record
 
-    def _header_select(self, layout: _Layout) -> Any:
+    def _header_select(self, layout: _Layout, one: bool) -> Any:
+        """The header query for one id (``:sid``) or several (``:ids``)."""
         if layout.version >= LATEST:
-            return self._sql.headers
-        columns = [c for c in self.table.c if c.name in layout.columns]
-        return select(*columns).where(self.table.c.session_id.in_(bindparam("ids", expanding=True)))
+            return self._sql.header if one else self._sql.headers
+        key = self.table.c.session_id
+        match = key == bindparam("sid") if one else key.in_(bindparam("ids", expanding=True))
+        return select(*[c for c in self.table.c if c.name in layout.columns]).where(match)
 
     def _runs_of(self, conn: Connection, ids: Sequence[str]) -> dict[str, list[Any]]:
         """The decoded runs of each session in ``ids``, in position order."""
-        runs_table = self.runs_table
+        if len(ids) == 1:
+            rows = conn.execute(self._sql.runs_of_one, {"sid": ids[0]})
+        else:
+            rows = conn.execute(self._sql.runs, {"ids": list(ids)})
         found: dict[str, list[Any]] = {}
-        rows = conn.execute(self._sql.runs, {"ids": list(ids)})
         try:
             for session_id, text in rows:
                 found.setdefault(session_id, []).append(
@@ -693,7 +703,7 @@ class SqlStorage(Storage):
                 )
         except ValueError as exc:
             raise CorruptSessionError(
-                f"a run in table {runs_table.name!r} holds JSON that cannot be read: {exc}"
+                f"a run in table {self.runs_table.name!r} holds JSON that cannot be read: {exc}"
             ) from exc
         return found
 
@@ -710,11 +720,14 @@ class SqlStorage(Storage):
             layout = self._current()
             if layout.version == 0 or not wanted:
                 return [None] * len(wanted)
-            query = self._header_select(layout)
             with self._transaction(False) as conn:
                 for start in range(0, len(wanted), _BATCH):
                     chunk = wanted[start : start + _BATCH]
-                    rows = conn.execute(query, {"ids": chunk}).all()
+                    # A single id takes the plain "=" query: IN lists are rendered per call.
+                    one = len(chunk) == 1
+                    query = self._header_select(layout, one)
+                    params = {"sid": chunk[0]} if one else {"ids": chunk}
+                    rows = conn.execute(query, params).all()
                     with_runs = [r.session_id for r in rows if r._mapping.get("run_count")]
                     runs = self._runs_of(conn, with_runs) if with_runs else {}
                     for row in rows:
