@@ -237,3 +237,14 @@ def test_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     memory = open_storage("sqlite://")
     memory.upsert(AgentSession(session_id="m"))
     assert memory.read("m") is not None
+
+
+def test_storages_sharing_a_file_keep_their_own_durability(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    full = SqliteStorage("a", db_file=path)
+    normal = SqliteStorage("b", db_file=path, synchronous="NORMAL")
+    assert full.db_engine is normal.db_engine
+    for storage, level in ((full, 2), (normal, 1), (full, 2)):
+        storage.upsert(AgentSession(session_id="x"))
+        with storage._transaction(False) as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == level

@@ -121,6 +121,8 @@ class SqlDialect:
     """
 
     title: ClassVar[str] = "SQL"
+    settings: tuple[Any, ...] = ()
+    """What :meth:`configure` sets on a connection; a connection is set up again when it differs."""
     read_isolation: ClassVar[str | None] = None
     table_options: ClassVar[dict[str, Any]] = {}
 
@@ -494,9 +496,10 @@ class SqlStorage(Storage):
     @contextmanager
     def _connection(self) -> Iterator[Connection]:
         with self._lock, self.db_engine.connect() as conn:
-            if not conn.info.get("savegame"):
+            # Storages sharing an engine may want other settings (SQLite's synchronous).
+            if conn.info.get("savegame") != self.dialect.settings:
                 self.dialect.configure(conn)
-                conn.info["savegame"] = True
+                conn.info["savegame"] = self.dialect.settings
             yield conn
 
     @contextmanager

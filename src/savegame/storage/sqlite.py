@@ -63,6 +63,7 @@ class SqliteDialect(SqlDialect):
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
         self.wal = wal
+        self.settings = (synchronous, busy_timeout, wal)
 
     def upsert(self, table: Table, keys: Sequence[str]) -> Executable:
         return on_conflict_update(insert(table), keys)
