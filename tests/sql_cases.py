@@ -7,6 +7,8 @@ provide the SQL that differs.
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -156,3 +158,19 @@ def check_original_table(
     session.memory["runs"].append({"run_id": "next"})  # type: ignore[index]
     assert storage.upsert(session, expected_version=1).version == 2
     assert len(storage.get_all_session_ids()) == 12
+
+
+def check_missing_driver(module: str, storage_class: str, url: str, extra: str) -> None:
+    """Without the driver installed, making the storage says which extra to install."""
+    code = (
+        f"import sys\nsys.modules[{module!r}] = None\n"
+        "from savegame.errors import MissingDependencyError\n"
+        f"from savegame.storage.{storage_class.lower().replace('storage', '')} "
+        f"import {storage_class}\n"
+        f"try:\n    {storage_class}('t', db_url={url!r})\n"
+        "except MissingDependencyError as exc:\n    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert f'pip install "savegame[{extra}]"' in done.stdout

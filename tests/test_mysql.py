@@ -139,3 +139,7 @@ def test_urls(server: str, table: str) -> None:
     assert per_mode.db_engine.url.drivername == "mysql+pymysql"
     storage.close()
     per_mode.close()
+
+
+def test_without_pymysql_the_error_names_the_extra() -> None:
+    sql_cases.check_missing_driver("pymysql", "MySQLStorage", "mysql://h/db", "mysql")

@@ -172,3 +172,7 @@ def test_urls(server: str, schema: str) -> None:
     assert "secret" not in plain.where()
     storage.close()
     plain.close()
+
+
+def test_without_psycopg_the_error_names_the_extra() -> None:
+    sql_cases.check_missing_driver("psycopg", "PostgresStorage", "postgresql://h/db", "postgres")
