@@ -80,13 +80,16 @@ def test_key_layout_is_as_documented(server: str, raw: Any, prefix: str) -> None
     header = raw.hgetall(f"{tag}h:s/1")
     assert set(header) == {b"data", b"version", b"created_at", b"runs", b"token"}
     assert b"runs" not in header[b"data"]
+    assert header[b"runs"] == b"3"
     assert raw.llen(f"{tag}r:s/1") == 3
+    assert raw.strlen(f"{tag}d:s/1") == 3 * 16
     keys = [f"{tag}{k}" for k in ("all", "u:u", "e:a", "ue:1:ua")]
     for key in keys:
         assert _members(raw, key) == ["s/1"]
         assert raw.zscore(key, "s/1") == -10
     assert raw.hget(f"{tag}idx", "s/1").split(b"\x00") == [k.encode() for k in keys[1:]]
-    slots = {key_slot(key.encode()) for key in [*keys, f"{tag}h:s/1", f"{tag}r:s/1", f"{tag}idx"]}
+    session_keys = [f"{tag}{kind}:s/1" for kind in "hrd"]
+    slots = {key_slot(key.encode()) for key in [*keys, *session_keys, f"{tag}idx", f"{tag}exp"]}
     assert len(slots) == 1
 
 
@@ -105,8 +108,9 @@ def test_a_save_writes_only_new_and_changed_runs(server: str, raw: Any, prefix: 
     assert got.memory["runs"] == [{"marker": True}, runs[1], runs[2], {"run_id": "3"}]
     storage.upsert(_session("s", runs[:1]))
     assert raw.llen(key) == 1
+    assert raw.strlen("{" + prefix + "}:d:s") == 16
     storage.upsert(_session("s", "inline text"))
-    assert raw.exists(key) == 0
+    assert raw.exists(key, "{" + prefix + "}:d:s") == 0
     got = storage.read("s")
     assert got is not None
     assert got.memory == {"runs": "inline text", "summary": "s"}
@@ -144,12 +148,13 @@ def test_sessions_expire_natively_and_purge_cleans_the_indexes(
     tag = "{" + prefix + "}:"
     assert 0 < raw.ttl(f"{tag}h:long") <= 60
     assert 0 < raw.ttl(f"{tag}r:long") <= 60
+    assert 0 < raw.ttl(f"{tag}d:long") <= 60
     assert raw.ttl(f"{tag}h:kept") == -1
     short = RedisStorage(prefix, url=server, expire=2)
     short.upsert(_session("short", _runs(2), user_id="u", agent_id="a"))
     time.sleep(3.1)
     # Redis removed the data; the index entries wait for a listing or a purge.
-    assert raw.exists(f"{tag}h:short", f"{tag}r:short") == 0
+    assert raw.exists(f"{tag}h:short", f"{tag}r:short", f"{tag}d:short") == 0
     assert raw.zscore(f"{tag}u:u", "short") is not None
     assert short.purge_expired() == 1
     for key in ("all", "u:u", "e:a", "ue:1:ua", "exp"):
@@ -160,6 +165,7 @@ def test_sessions_expire_natively_and_purge_cleans_the_indexes(
     lasting.upsert(_session("long", _runs(2), user_id="u"))
     assert raw.ttl(f"{tag}h:long") == -1
     assert raw.ttl(f"{tag}r:long") == -1
+    assert raw.ttl(f"{tag}d:long") == -1
     assert raw.zscore(f"{tag}exp", "long") is None
 
 
@@ -260,8 +266,8 @@ def _check_consistent(raw: Any, prefix: str) -> None:
     assert headers == listed
     assert {k.decode() for k in raw.hkeys(f"{tag}idx")} == listed
     for sid in headers:
-        digests = raw.hget(f"{tag}h:{sid}", "runs")
-        assert len(digests) // 16 == raw.llen(f"{tag}r:{sid}"), sid
+        count = int(raw.hget(f"{tag}h:{sid}", "runs"))
+        assert count == raw.llen(f"{tag}r:{sid}") == raw.strlen(f"{tag}d:{sid}") // 16, sid
         listed_in = [k for k in raw.hget(f"{tag}idx", sid).decode().split("\x00") if k]
         assert all(raw.zscore(key, sid) is not None for key in listed_in)
 

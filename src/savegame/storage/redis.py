@@ -9,9 +9,10 @@ the fixed part, so any id makes a valid key::
 
     {T}:h:<session id>        hash    the header: ``data`` (the session as JSON, without its
                                       runs when they are a list), ``version``, ``created_at``,
-                                      ``expires_at``, ``runs`` (a digest per run: present when
-                                      the runs are in the list below), ``token`` (the last write)
+                                      ``expires_at``, ``runs`` (how many: present when the
+                                      runs are in the list below), ``token`` (the last write)
     {T}:r:<session id>        list    one JSON text per run, in order
+    {T}:d:<session id>        string  a 16-character digest per run, in order
     {T}:all                   zset    every session; score ``-created_at``, so an ascending
                                       range is newest first and ties come in id order
     {T}:u:<user id>           zset    the sessions of one user (same scores)
@@ -27,16 +28,17 @@ Braces, ``#`` and spaces cannot occur in a prefix, so the keys of ``P`` and ``P:
 Writes. Every write leaves a random ``token`` in the header. A write reads the header (token,
 version, created_at, expiry, run digests), stamps the record in Python (version check, times),
 and runs one script that checks the token is still the one it read, moves the session between
-indexes, rewrites the header, and sends only the runs whose digest changed (``LSET``,
-``RPUSH``, ``LTRIM`` for a shorter list). When another write came in between, the script
+indexes, rewrites the header, and sends only the runs whose digest changed, with their
+digests (``LSET`` or ``RPUSH``, ``SETRANGE``; ``LTRIM`` for a shorter list): what a save sends
+does not grow with the conversation. When another write came in between, the script
 changes nothing and hands back the header it found, and the write starts again on that; a
 token, unlike a version, is never reused, even when a session is deleted and made again. A
 storage remembers the header it last read or wrote for each of its recent sessions and writes
-on that without reading first, and takes a session it has not seen for a new one, so a save
-costs one round trip; a wrong guess costs one more, never a wrong write (a guess is not sent
-when the write is larger than :data:`GUESS`: the header is read first). A script retried
-after a lost connection whose first attempt had landed finds its own new token and does not
-write twice.
+on that without reading first, and takes a session it has not seen for a new one while that
+guess keeps proving right, so a save costs one round trip; a wrong guess costs one more, never
+a wrong write (a write larger than :data:`GUESS` is not sent on a guess about a session not
+seen: the header is read first). A script retried after a lost connection whose first
+attempt had landed finds its own new token and does not write twice.
 
 Expiry is Redis's own: with ``expire`` set, the header and the runs get ``EXPIREAT``. Index
 entries cannot expire by themselves, so ``{T}:exp`` remembers when each session goes: listings
@@ -117,74 +119,110 @@ local function forget(id)
   redis.call('ZREM', KEYS[1], id)
   redis.call('HDEL', KEYS[2], id)
   redis.call('ZREM', KEYS[3], id)
-  return redis.call('DEL', ARGV[1] .. 'h:' .. id, ARGV[1] .. 'r:' .. id)
+  return redis.call('DEL', ARGV[1] .. 'h:' .. id, ARGV[1] .. 'r:' .. id, ARGV[1] .. 'd:' .. id)
 end
 """
 
-# KEYS: all, idx, exp, header, runs, new index keys...
-# Returns 1 when written, or the header's fields (see _HEADER_FIELDS) when the token differs.
+# Shared by the scripts: what a write needs of a stored session, as _Seen.of takes it.
+_HEAD = """
+local function head(header, digests)
+  local h = redis.call('HMGET', header, 'token', 'version', 'created_at', 'expires_at', 'runs')
+  local d = false
+  if h[5] then d = redis.call('GET', digests) or '' end
+  return {h[1], h[2], h[3], h[4], d}
+end
+"""
+
+# KEYS: all, idx, exp, header, runs, digests, new index keys...
 # ARGV: key prefix, id, token of the header written on ('': none), new token, score,
-#       expires_at or '',
-#       listed (NUL-joined index keys), header field count, fields..., runs mode
-#       ('keep' or 'replace'), new run count, then (position, text) pairs in ascending order.
-_WRITE = """
+#       expires_at (''), data, version, created_at, run count ('': runs not in a list),
+#       runs mode ('keep' or 'replace'), then (position, digest, text) for each new or
+#       changed run, in ascending order.
+# Returns 1 when written, or the stored header (see _HEAD) when the token differs.
+_WRITE = (
+    _HEAD
+    + """
 local id = ARGV[2]
 local current = redis.call('HGET', KEYS[4], 'token') or ''
 if current ~= ARGV[3] then
   if current == ARGV[4] then return 1 end
-  return redis.call('HMGET', KEYS[4], 'token', 'version', 'created_at', 'expires_at', 'runs')
+  return head(KEYS[4], KEYS[6])
 end
 local listed = redis.call('HGET', KEYS[2], id)
 if listed then
   for key in string.gmatch(listed, '[^%z]+') do redis.call('ZREM', key, id) end
 end
-for i = 6, #KEYS do redis.call('ZADD', KEYS[i], ARGV[5], id) end
+local index = {}
+for i = 7, #KEYS do
+  redis.call('ZADD', KEYS[i], ARGV[5], id)
+  index[#index + 1] = KEYS[i]
+end
 redis.call('ZADD', KEYS[1], ARGV[5], id)
-redis.call('HSET', KEYS[2], id, ARGV[7])
+redis.call('HSET', KEYS[2], id, table.concat(index, '\0'))
 redis.call('DEL', KEYS[4])
-local n = tonumber(ARGV[8])
-redis.call('HSET', KEYS[4], 'token', ARGV[4], unpack(ARGV, 9, 8 + 2 * n))
-local at = 9 + 2 * n
-if ARGV[at] == 'replace' then redis.call('DEL', KEYS[5]) end
-local count = tonumber(ARGV[at + 1])
+local fields = {'token', ARGV[4], 'data', ARGV[7], 'version', ARGV[8], 'created_at', ARGV[9]}
+if ARGV[6] ~= '' then
+  fields[#fields + 1] = 'expires_at'
+  fields[#fields + 1] = ARGV[6]
+end
+if ARGV[10] ~= '' then
+  fields[#fields + 1] = 'runs'
+  fields[#fields + 1] = ARGV[10]
+end
+redis.call('HSET', KEYS[4], unpack(fields))
+if ARGV[11] == 'replace' then redis.call('DEL', KEYS[5], KEYS[6]) end
+local count = tonumber(ARGV[10]) or 0
 local length = redis.call('LLEN', KEYS[5])
-for i = at + 2, #ARGV, 2 do
+for i = 12, #ARGV, 3 do
   local pos = tonumber(ARGV[i])
   if pos < length then
-    redis.call('LSET', KEYS[5], pos, ARGV[i + 1])
+    redis.call('LSET', KEYS[5], pos, ARGV[i + 2])
   else
-    redis.call('RPUSH', KEYS[5], ARGV[i + 1])
+    redis.call('RPUSH', KEYS[5], ARGV[i + 2])
   end
+  redis.call('SETRANGE', KEYS[6], pos * WIDTH, ARGV[i + 1])
 end
 if count == 0 then
-  redis.call('DEL', KEYS[5])
+  redis.call('DEL', KEYS[5], KEYS[6])
 elseif count < length then
   redis.call('LTRIM', KEYS[5], 0, count - 1)
+  redis.call('SET', KEYS[6], redis.call('GETRANGE', KEYS[6], 0, count * WIDTH - 1))
 end
 if ARGV[6] ~= '' then
   redis.call('EXPIREAT', KEYS[4], ARGV[6])
   redis.call('EXPIREAT', KEYS[5], ARGV[6])
+  redis.call('EXPIREAT', KEYS[6], ARGV[6])
   redis.call('ZADD', KEYS[3], ARGV[6], id)
 else
   redis.call('PERSIST', KEYS[5])
+  redis.call('PERSIST', KEYS[6])
   redis.call('ZREM', KEYS[3], id)
 end
 return 1
-"""
+""".replace("WIDTH", str(2 * DIGEST_SIZE))
+)
 
-# KEYS: header, runs, header, runs, ... ; returns per session
-# {data, runs, token, version, created_at, expires_at, digests}.
-_READ = """
+# KEYS: header, digests; returns the stored header (see _HEAD).
+_HEADER = _HEAD + "return head(KEYS[1], KEYS[2])\n"
+
+# KEYS: header, runs, digests for each session; returns per session
+# {data, runs as one JSON array (false: not in the list), token, version, created_at,
+# expires_at, digests}: a few strings, which the client parses much faster than a list.
+_READ = (
+    _HEAD
+    + """
 local out = {}
-for i = 1, #KEYS, 2 do
-  local head = redis.call('HMGET', KEYS[i], 'data', 'token', 'version', 'created_at',
-                          'expires_at', 'runs')
-  local runs = {}
-  if head[6] then runs = redis.call('LRANGE', KEYS[i + 1], 0, -1) end
-  out[#out + 1] = {head[1], runs, head[2], head[3], head[4], head[5], head[6]}
+for i = 1, #KEYS, 3 do
+  local h = head(KEYS[i], KEYS[i + 2])
+  local runs = false
+  if h[5] then
+    runs = '[' .. table.concat(redis.call('LRANGE', KEYS[i + 1], 0, -1), ',') .. ']'
+  end
+  out[#out + 1] = {redis.call('HGET', KEYS[i], 'data'), runs, h[1], h[2], h[3], h[4], h[5]}
 end
 return out
 """
+)
 
 # KEYS: all, idx, exp, the index to list; ARGV: key prefix, limit (-1: all), now ('' : keep
 # expired). Returns id, score, id, score... newest first, removing the expired ones it meets.
@@ -246,7 +284,7 @@ redis.call('SET', KEYS[1], ARGV[1], 'NX')
 return tonumber(redis.call('GET', KEYS[1]))
 """
 
-_SCRIPTS = (_WRITE, _READ, _LIST, _DELETE, _SWEEP, _LAYOUT)
+_SCRIPTS = (_WRITE, _HEADER, _READ, _LIST, _DELETE, _SWEEP, _LAYOUT)
 
 
 def _driver() -> Any:
@@ -327,6 +365,7 @@ class RedisStorage(Storage):
         self._client: Any = client
         self._scripts: dict[str, Any] = {}
         self._seen: OrderedDict[str, _Seen] = OrderedDict()
+        self._guess_new = True
         self._lock = threading.Lock()
         options: dict[str, Any] = {
             "username": username,
@@ -522,7 +561,7 @@ class RedisStorage(Storage):
             # Batches keep each script short, so one big listing never holds up the server.
             for start in range(0, len(positions), READ_BATCH):
                 batch = positions[start : start + READ_BATCH]
-                keys = [k for i in batch for k in (f"{tag}h:{ids[i]}", f"{tag}r:{ids[i]}")]
+                keys = [f"{tag}{kind}:{ids[i]}" for i in batch for kind in "hrd"]
                 rows = self._script(_READ, keys, [])
                 for i, (data, runs, *state) in zip(batch, rows, strict=True):
                     seen = _Seen.of(*state)
@@ -531,13 +570,13 @@ class RedisStorage(Storage):
                         out[i] = self._assemble(ids[i], data, runs, seen)
         return out
 
-    def _assemble(self, session_id: str, data: Any, runs: list[Any], seen: _Seen) -> Record:
+    def _assemble(self, session_id: str, data: Any, runs: Any, seen: _Seen) -> Record:
         try:
             record = loads(data)
             if not isinstance(record, dict):
                 raise ValueError("the header's data is not a JSON object")
-            if seen.digests is not None:
-                _set_path(record, self.spec.runs_path, [loads(run) for run in runs])
+            if runs is not None:
+                _set_path(record, self.spec.runs_path, loads(runs))
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptSessionError(
                 f"session {session_id!r} under {self._keys} in {self._address} is not "
@@ -550,9 +589,14 @@ class RedisStorage(Storage):
     ) -> Record:
         sid = data["session_id"]
         runs = _Runs.of(_split_runs(data, self.spec.runs_path)[1])
-        # Write on the header last seen; a session this storage has not seen is most
-        # likely new. ``trusted``: the header was read from the store just now.
-        seen, trusted = self._recall(sid) or ABSENT, False
+        # Write on the header last seen; take a session this storage has not seen for a new
+        # one while that guess keeps proving right. ``trusted``: read from the store just now.
+        seen, trusted = self._recall(sid), False
+        if seen is None and self._guess_new:
+            seen = ABSENT
+        elif seen is None:
+            seen, trusted = self._header(sid), True
+            self._guess_new = seen.header is None
         for _ in range(MAX_WRITE_ATTEMPTS):
             try:
                 record = self._stamp(data, seen.header, expected_version, now, preserve)
@@ -573,12 +617,15 @@ class RedisStorage(Storage):
             if trusted:
                 # Another writer came between our read and our write: let it finish.
                 time.sleep(secrets.randbelow(1000) / 1e6)
+            elif seen is ABSENT:
+                self._guess_new = False
             seen, trusted = _Seen.of(*result), True
         raise ConflictError(sid, expected_version or 0, -1)
 
     def _header(self, session_id: str) -> _Seen:
-        key = f"{self._tag(session_id)}h:{session_id}"
-        return _Seen.of(*self._call(lambda c: c.hmget(key, *_HEADER_FIELDS)))
+        tag = self._tag(session_id)
+        keys = [f"{tag}h:{session_id}", f"{tag}d:{session_id}"]
+        return _Seen.of(*self._script(_HEADER, keys, []))
 
     def _recall(self, session_id: str) -> _Seen | None:
         with self._lock:
@@ -603,14 +650,8 @@ class RedisStorage(Storage):
         head, _ = _split_runs(record, self.spec.runs_path)
         tag = self._tag(sid)
         index = self._index_keys(tag, record.get("user_id"), record.get(self.spec.entity_field))
-        keys = [*self._store_keys(tag), f"{tag}h:{sid}", f"{tag}r:{sid}", *index]
+        keys = [*self._store_keys(tag), *(f"{tag}{kind}:{sid}" for kind in "hrd"), *index]
         expires = record.get("expires_at")
-        fields: list[Any] = ["data", dumps(head), "version", record["version"]]
-        fields += ["created_at", record["created_at"]]
-        if expires is not None:
-            fields += ["expires_at", expires]
-        if runs.digests is not None:
-            fields += ["runs", runs.digests]
         token = secrets.token_hex(8)
         args: list[Any] = [
             tag,
@@ -619,11 +660,11 @@ class RedisStorage(Storage):
             token,
             -record["created_at"],
             "" if expires is None else expires,
-            "\x00".join(index),
-            len(fields) // 2,
-            *fields,
+            dumps(head),
+            record["version"],
+            record["created_at"],
+            "" if runs.digests is None else len(runs.texts),
             "replace" if seen.digests is None else "keep",
-            len(runs.texts),
             *runs.changes(seen.digests),
         ]
         header = Header(record["version"], record["created_at"], expires)
@@ -665,10 +706,6 @@ class RedisStorage(Storage):
         return f"RedisStorage(prefix={self.prefix!r}, mode={self.mode!r}, {self._address})"
 
 
-_HEADER_FIELDS = ("token", "version", "created_at", "expires_at", "runs")
-"""The header fields :meth:`_Seen.of` takes, in its order."""
-
-
 class _Seen(NamedTuple):
     """What a write needs to know of a stored session's header, as last read or written."""
 
@@ -680,7 +717,7 @@ class _Seen(NamedTuple):
 
     @classmethod
     def of(cls, token: Any, version: Any, created: Any, expires: Any, digests: Any) -> _Seen:
-        """From the header's fields as Redis returns them (None where missing)."""
+        """From what the scripts return: the header's fields and the digests (None: absent)."""
         if token is None or version is None:
             return cls("", None, None)
         header = Header(int(version), _int(created), _int(expires))
@@ -706,14 +743,15 @@ class _Runs(NamedTuple):
         return cls(texts, "".join(_digest(text) for text in texts))
 
     def changes(self, stored: str | None) -> list[Any]:
-        """(position, text) pairs, flattened, for the runs that differ from ``stored``."""
+        """(position, digest, text), flattened, for the runs that differ from ``stored``."""
         size = 2 * DIGEST_SIZE
         old = stored or ""
+        new = self.digests or ""
         out: list[Any] = []
         for i, text in enumerate(self.texts):
-            at = i * size
-            if self.digests is None or old[at : at + size] != self.digests[at : at + size]:
-                out += [i, text]
+            digest = new[i * size : (i + 1) * size]
+            if old[i * size : (i + 1) * size] != digest:
+                out += [i, digest, text]
         return out
 
 
