@@ -63,8 +63,7 @@ import threading
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from operator import methodcaller
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -360,6 +359,8 @@ class RedisStorage(Storage):
         self._wanted = shards
         self._shard_tags: list[str] = []
         self._redis = _driver()
+        errors = self._redis.exceptions
+        self._driver_errors = (errors.RedisError, errors.RedisClusterException)
         self._keys = "{" + prefix + "}:"
         self._given = client is not None
         self._client: Any = client
@@ -408,39 +409,45 @@ class RedisStorage(Storage):
         startup = [cluster.ClusterNode(h, p) for h, p in nodes]
         return cluster.RedisCluster(startup_nodes=startup, retry=self._retry(), **options)
 
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        exc_ = self._redis.exceptions
-        try:
-            yield
-        except (exc_.ConnectionError, exc_.TimeoutError, exc_.ClusterError) as exc:
-            raise BackendUnavailableError(f"{self._address} is unavailable: {exc}") from exc
-        except (exc_.ReadOnlyError, exc_.TryAgainError, exc_.RedisClusterException) as exc:
-            raise BackendUnavailableError(f"{self._address} cannot serve: {exc}") from exc
-        except exc_.RedisError as exc:
-            raise StorageError(f"{self._address} refused the command: {exc}") from exc
+    def _mapped(self, exc: Exception) -> StorageError:
+        """The savegame error for a redis-py error: the one place they are translated."""
+        errors = self._redis.exceptions
+        unavailable = (errors.ConnectionError, errors.TimeoutError, errors.ClusterError)
+        if isinstance(exc, unavailable):
+            return BackendUnavailableError(f"{self._address} is unavailable: {exc}")
+        busy = (errors.ReadOnlyError, errors.TryAgainError, errors.RedisClusterException)
+        if isinstance(exc, busy):
+            return BackendUnavailableError(f"{self._address} cannot serve: {exc}")
+        return StorageError(f"{self._address} refused the command: {exc}")
 
     def _call(self, fn: Callable[[Any], T]) -> T:
         """Runs ``fn(client)``, connecting first if needed, with driver errors mapped."""
-        with self._errors():
+        try:
             client = self._client
             if client is None or not self._scripts:
-                with self._lock:
-                    if self._client is None:
-                        self._client = self._connect()
-                    client = self._client
-                    if not self._scripts:
-                        # Registering computes the SHA1 locally; redis-py loads the script
-                        # on the server the first time EVALSHA finds it missing.
-                        scripts = {s: client.register_script(s) for s in _SCRIPTS}
-                        shards = self._layout(client, scripts[_LAYOUT])
-                        self._shard_tags = (
-                            [self._keys]
-                            if shards == 1
-                            else [f"{{{self.prefix}#{i}}}:" for i in range(shards)]
-                        )
-                        self._scripts = scripts
+                client = self._connected()
             return fn(client)
+        except self._driver_errors as exc:
+            raise self._mapped(exc) from exc
+
+    def _connected(self) -> Any:
+        """The client, made (and the store's layout read) on first use."""
+        with self._lock:
+            if self._client is None:
+                self._client = self._connect()
+            client = self._client
+            if not self._scripts:
+                # Registering computes the SHA1 locally; redis-py loads the script on the
+                # server the first time EVALSHA finds it missing.
+                scripts = {s: client.register_script(s) for s in _SCRIPTS}
+                shards = self._layout(client, scripts[_LAYOUT])
+                self._shard_tags = (
+                    [self._keys]
+                    if shards == 1
+                    else [f"{{{self.prefix}#{i}}}:" for i in range(shards)]
+                )
+                self._scripts = scripts
+            return client
 
     def _layout(self, client: Any, script: Any) -> int:
         """The store's shard count, recording ours first if the store has none yet."""
@@ -460,7 +467,9 @@ class RedisStorage(Storage):
 
     def _tags(self) -> list[str]:
         """The key prefixes of every slot of the store (connecting, to learn how many)."""
-        return self._call(lambda c: self._shard_tags)
+        if not self._scripts:
+            self._call(lambda _: None)
+        return self._shard_tags
 
     def _script(self, source: str, keys: list[str], args: list[Any]) -> Any:
         return self._call(lambda c: self._scripts[source](keys=keys, args=args, client=c))
@@ -470,8 +479,10 @@ class RedisStorage(Storage):
         client, self._client = self._client, None
         self._scripts = {}
         if client is not None and not self._given:
-            with self._errors():
+            try:
                 client.close()
+            except self._driver_errors as exc:
+                raise self._mapped(exc) from exc
 
     # -- keys -------------------------------------------------------------------------------
 
