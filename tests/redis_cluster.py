@@ -32,6 +32,9 @@ MASTERS = 3
 START_TIMEOUT = 30.0
 """Seconds the cluster gets to start, form and report ``cluster_state:ok``."""
 
+LOCK = str(Path(tempfile.gettempdir()) / "savegame-redis-cluster.lock")
+"""One lock for every run's state file: runs at the same time take turns to start or stop."""
+
 _url: str | None = None
 
 
@@ -55,7 +58,7 @@ def _run_dir() -> Path:
 
 def _join() -> str:
     base = _run_dir()
-    with FileLock(str(base) + ".lock", timeout=START_TIMEOUT * 2):
+    with FileLock(LOCK, timeout=START_TIMEOUT * 2):
         state = _load(base)
         if state is None or not all(_alive(pid) for pid in state["pids"]):
             if state is not None:
@@ -68,7 +71,7 @@ def _join() -> str:
 
 
 def _leave(base: Path) -> None:
-    with FileLock(str(base) + ".lock", timeout=START_TIMEOUT * 2):
+    with FileLock(LOCK, timeout=START_TIMEOUT * 2):
         state = _load(base)
         if state is None:
             return
