@@ -102,8 +102,11 @@ GUESS = 64 * 1024
 MAX_SHARDS = 1024
 """The most slots one store may spread over."""
 
-REMEMBERED = 1024
+REMEMBERED = 10_000
 """Sessions whose last seen header a storage keeps, to write them without reading first."""
+
+REMEMBERED_DIGESTS = 4_000_000
+"""Characters of run digests those headers may hold together (250,000 runs)."""
 
 T = TypeVar("T")
 
@@ -365,7 +368,7 @@ class RedisStorage(Storage):
         self._given = client is not None
         self._client: Any = client
         self._scripts: dict[str, Any] = {}
-        self._seen: OrderedDict[str, _Seen] = OrderedDict()
+        self._seen = _Remembered()
         self._guess_new = True
         self._lock = threading.Lock()
         options: dict[str, Any] = {
@@ -576,7 +579,7 @@ class RedisStorage(Storage):
                 rows = self._script(_READ, keys, [])
                 for i, (data, runs, *state) in zip(batch, rows, strict=True):
                     seen = _Seen.of(*state)
-                    self._remember(ids[i], seen)
+                    self._seen.put(ids[i], seen)
                     if data is not None:
                         out[i] = self._assemble(ids[i], data, runs, seen)
         return out
@@ -602,7 +605,7 @@ class RedisStorage(Storage):
         runs = _Runs.of(_split_runs(data, self.spec.runs_path)[1])
         # Write on the header last seen; take a session this storage has not seen for a new
         # one while that guess keeps proving right. ``trusted``: read from the store just now.
-        seen, trusted = self._recall(sid), False
+        seen, trusted = self._seen.get(sid), False
         if seen is None and self._guess_new:
             seen = ABSENT
         elif seen is None:
@@ -622,9 +625,9 @@ class RedisStorage(Storage):
                 continue
             result = self._script(_WRITE, keys, args)
             if not isinstance(result, list):
-                self._remember(sid, written)
+                self._seen.put(sid, written)
                 return record
-            self._remember(sid, None)
+            self._seen.put(sid, None)
             if trusted:
                 # Another writer came between our read and our write: let it finish.
                 time.sleep(secrets.randbelow(1000) / 1e6)
@@ -637,23 +640,6 @@ class RedisStorage(Storage):
         tag = self._tag(session_id)
         keys = [f"{tag}h:{session_id}", f"{tag}d:{session_id}"]
         return _Seen.of(*self._script(_HEADER, keys, []))
-
-    def _recall(self, session_id: str) -> _Seen | None:
-        with self._lock:
-            seen = self._seen.get(session_id)
-            if seen is not None:
-                self._seen.move_to_end(session_id)
-            return seen
-
-    def _remember(self, session_id: str, seen: _Seen | None) -> None:
-        with self._lock:
-            if seen is None or seen.header is None:
-                self._seen.pop(session_id, None)
-                return
-            self._seen[session_id] = seen
-            self._seen.move_to_end(session_id)
-            if len(self._seen) > REMEMBERED:
-                self._seen.popitem(last=False)
 
     def _plan(self, record: Record, seen: _Seen, runs: _Runs) -> tuple[list[str], list[Any], _Seen]:
         """The write script's keys and arguments for ``record``, and the header it leaves."""
@@ -699,7 +685,7 @@ class RedisStorage(Storage):
         return [sid for _, sid in found[:limit]]
 
     def _delete(self, session_id: str) -> bool:
-        self._remember(session_id, None)
+        self._seen.put(session_id, None)
         tag = self._tag(session_id)
         return bool(self._script(_DELETE, self._store_keys(tag), [tag, session_id]))
 
@@ -733,6 +719,45 @@ class _Seen(NamedTuple):
             return cls("", None, None)
         header = Header(int(version), _int(created), _int(expires))
         return cls(_text(token), header, None if digests is None else _text(digests))
+
+
+class _Remembered:
+    """The headers a storage last read or wrote, least recently used first out.
+
+    Bounded by :data:`REMEMBERED` sessions and :data:`REMEMBERED_DIGESTS` characters of
+    digests, so long conversations cannot make it large.
+    """
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[str, _Seen] = OrderedDict()
+        self._chars = 0
+        self._lock = threading.Lock()
+
+    def get(self, session_id: str) -> _Seen | None:
+        with self._lock:
+            seen = self._items.get(session_id)
+            if seen is not None:
+                self._items.move_to_end(session_id)
+            return seen
+
+    def put(self, session_id: str, seen: _Seen | None) -> None:
+        """Remembers ``seen`` for the session (forgets it for None or an absent session)."""
+        with self._lock:
+            old = self._items.pop(session_id, None)
+            if old is not None:
+                self._chars -= len(old.digests or "")
+            if seen is None or seen.header is None:
+                return
+            self._items[session_id] = seen
+            self._chars += len(seen.digests or "")
+            while len(self._items) > REMEMBERED or self._chars > REMEMBERED_DIGESTS:
+                _, gone = self._items.popitem(last=False)
+                self._chars -= len(gone.digests or "")
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._chars = 0
 
 
 ABSENT = _Seen("", None, None)
