@@ -23,7 +23,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis.retry import Retry
 
-from savegame.errors import BackendUnavailableError, InvalidIdentifierError
+from savegame.errors import BackendUnavailableError, CorruptSessionError, InvalidIdentifierError
 from savegame.storage.redis import RedisStorage, from_url
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.url import open_storage, parse_url
@@ -488,3 +488,17 @@ def test_a_sharded_store_spreads_sessions_and_merges_listings(
 def test_shards_are_checked(bad: Any) -> None:
     with pytest.raises(ValueError, match="shards"):
         RedisStorage("p", shards=bad)
+
+
+def test_a_damaged_session_raises_instead_of_looking_absent(
+    server: str, raw: Any, prefix: str
+) -> None:
+    storage = RedisStorage(prefix, url=server)
+    storage.upsert(_session("s", _runs(2), user_id="u"))
+    raw.hset("{" + prefix + "}:h:s", "data", "{not json")
+    with pytest.raises(CorruptSessionError, match="'s'"):
+        storage.read("s")
+    with pytest.raises(CorruptSessionError):
+        storage.get_all_sessions(user_id="u")
+    assert storage.delete_session("s") is True
+    assert storage.read("s") is None

@@ -300,7 +300,7 @@ def _driver() -> Any:
 class RedisStorage(Storage):
     """Sessions of one mode under one key prefix of a Redis server or Redis Cluster.
 
-    The key layout, and why a store sits in one cluster slot, is in this module's docstring.
+    The key layout, and how a store maps to cluster slots, is in this module's docstring.
     Nothing is sent to the server until the first call that needs it.
 
     Args:
