@@ -634,7 +634,14 @@ class RedisStorage(Storage):
             elif seen is ABSENT:
                 self._guess_new = False
             seen, trusted = _Seen.of(*result), True
-        raise ConflictError(sid, expected_version or 0, -1)
+        # Every attempt lost the race to other writers; nothing was written.
+        if expected_version is not None:
+            actual = 0 if seen.header is None else seen.header.version
+            raise ConflictError(sid, expected_version, actual)
+        raise BackendUnavailableError(
+            f"session {sid!r} in {self._address} changed under each of "
+            f"{MAX_WRITE_ATTEMPTS} attempts to write it; nothing was written"
+        )
 
     def _header(self, session_id: str) -> _Seen:
         tag = self._tag(session_id)
