@@ -11,6 +11,7 @@ Only what is particular to PostgreSQL lives here; the layout, queries and migrat
 * The schema (``ai`` unless told otherwise) is made when missing; schema changes of
   concurrent processes take turns under an advisory lock.
 * Reads run in ``REPEATABLE READ``, so a session's header and runs come from one commit.
+* Needs PostgreSQL 12 or later (``plan_cache_mode``).
 """
 
 from __future__ import annotations
@@ -119,6 +120,19 @@ class PostgresStorage(ServerStorage):
 
     driver = ("psycopg", "psycopg", "postgres")
     dialect_class = PostgresDialect
+
+    @classmethod
+    def engine_options(cls, connect_timeout: int) -> dict[str, Any]:
+        # psycopg prepares statements it runs often, and PostgreSQL then settles on one
+        # generic plan, made with the table's statistics at the time: a listing planned as a
+        # scan of a small table stays a scan after the table grew, until the next ANALYZE.
+        # Planning these short queries each time costs microseconds.
+        return {
+            "connect_args": {
+                "connect_timeout": connect_timeout,
+                "options": "-c plan_cache_mode=force_custom_plan",
+            }
+        }
 
     def __init__(
         self, table_name: str, schema: str | None = "ai", *args: Any, **kwargs: Any
