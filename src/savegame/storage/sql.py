@@ -41,6 +41,7 @@ import importlib
 import re
 import threading
 import weakref
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -110,7 +111,7 @@ class JsonText(UserDefinedType[Any]):
         return self.spec
 
 
-class SqlDialect:
+class SqlDialect(ABC):
     """What differs between the SQL databases savegame supports; one subclass each.
 
     Attributes:
@@ -150,9 +151,9 @@ class SqlDialect:
 
     # -- statements -----------------------------------------------------------------------
 
+    @abstractmethod
     def upsert(self, table: Table, keys: Sequence[str]) -> Executable:
         """INSERT into ``table`` that updates every other column when ``keys`` exist."""
-        raise NotImplementedError
 
     # -- connections and transactions -----------------------------------------------------
 
