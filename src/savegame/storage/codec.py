@@ -244,15 +244,21 @@ def check_id(value: object, what: str = "session id") -> str:
     return value
 
 
-def check_name(value: object, what: str, pattern: re.Pattern[str] = _NAME) -> str:
+def check_name(
+    value: object,
+    what: str,
+    pattern: re.Pattern[str] = _NAME,
+    allowed: str = "letters, digits and underscores, starting with a letter or underscore",
+) -> str:
     """Checks a table, schema or similar name against a strict pattern.
+
+    ``allowed`` says in words what ``pattern`` admits, for the error message.
 
     Raises:
         InvalidIdentifierError: when ``value`` is not a str matching ``pattern`` in full.
     """
     if not isinstance(value, str) or not pattern.fullmatch(value):
         raise InvalidIdentifierError(
-            f"{what} {value!r} is not allowed: use letters, digits and underscores, "
-            f"starting with a letter or underscore (pattern {pattern.pattern})"
+            f"{what} {value!r} is not allowed: use {allowed} (pattern {pattern.pattern})"
         )
     return value

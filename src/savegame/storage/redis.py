@@ -84,6 +84,8 @@ from savegame.storage.url import StorageURL
 PREFIX = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}")
 """What a key prefix may look like: no braces (they would break the hash tag), no spaces."""
 
+PREFIX_ALLOWED = "letters, digits and _ . : -, starting with a letter, digit or underscore"
+
 DIGEST_SIZE = 8
 """Bytes of BLAKE2b per run digest (16 hex characters): enough to notice a changed run."""
 
@@ -353,7 +355,7 @@ class RedisStorage(Storage):
         shards: int | None = None,
     ) -> None:
         super().__init__(mode, expire)
-        check_name(prefix, "Redis key prefix", PREFIX)
+        check_name(prefix, "Redis key prefix", PREFIX, PREFIX_ALLOWED)
         if shards is not None and (not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS):
             raise ValueError(
                 f"shards must be a whole number from 1 to {MAX_SHARDS}, not {shards!r}"
