@@ -248,3 +248,16 @@ def test_storages_sharing_a_file_keep_their_own_durability(tmp_path: Path) -> No
         storage.upsert(AgentSession(session_id="x"))
         with storage._transaction(False) as conn:
             assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == level
+
+
+def test_changing_the_mode_switches_the_columns(tmp_path: Path) -> None:
+    storage = SqliteStorage("sessions", db_file=tmp_path / "s.db")
+    storage.upsert(AgentSession(session_id="a", agent_id="x"))
+    storage.mode = "workflow_v2"
+    assert "workflow_name" in storage.table.c
+    other = SqliteStorage("flows", db_file=tmp_path / "s.db", mode="agent")
+    other.mode = "workflow_v2"
+    other.upsert(WorkflowSessionV2(session_id="w", workflow_name="nightly", runs=[{"s": 1}]))
+    got = other.read("w")
+    assert got is not None
+    assert (got.workflow_name, got.runs) == ("nightly", [{"s": 1}])

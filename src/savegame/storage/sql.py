@@ -81,7 +81,7 @@ from savegame.errors import (
 )
 from savegame.storage import codec
 from savegame.storage.base import Header, Record, Storage
-from savegame.storage.session import Mode, ModeSpec
+from savegame.storage.session import Mode, ModeSpec, mode_spec
 from savegame.storage.url import StorageURL
 
 MIGRATIONS_TABLE = "savegame_migrations"
@@ -447,10 +447,24 @@ class SqlStorage(Storage):
         self._lock: AbstractContextManager[Any] = (
             engine_lock(engine) if serialize else nullcontext()
         )
-        self._layout = _MISSING
         self._layout_lock = threading.Lock()
-        self._tables = build_tables(self.spec, dialect, self.table_name, self.schema)
-        self._sql = _Statements(self._tables, dialect)
+        self._define_tables()
+
+    def _define_tables(self) -> None:
+        """The table definitions of the current mode; the layout is asked for again."""
+        self._layout = _MISSING
+        self._tables = build_tables(self.spec, self.dialect, self.table_name, self.schema)
+        self._sql = _Statements(self._tables, self.dialect)
+
+    @property
+    def mode(self) -> str:
+        """The kind of sessions this storage holds; setting it switches the table's columns."""
+        return self.spec.mode
+
+    @mode.setter
+    def mode(self, value: Mode | None) -> None:
+        self._spec = mode_spec(value)
+        self._define_tables()
 
     @property
     def table(self) -> Table:
