@@ -22,7 +22,7 @@ import uuid
 from typing import Any, ClassVar
 
 from savegame.storage.base import Storage
-from savegame.storage.session import Session, mode_spec
+from savegame.storage.session import Session, get_path, mode_spec, set_path
 
 Run = dict[str, Any]
 
@@ -277,23 +277,6 @@ def extend_messages(data: dict[str, Any], run: Run | None) -> None:
     if run is not None:
         messages.extend(run.get("messages") or [])
     memory["messages"] = messages
-
-
-def get_path(data: dict[str, Any], path: tuple[str, ...]) -> Any:
-    """The value at ``path`` in nested dicts, or None where a step is missing."""
-    value: Any = data
-    for key in path:
-        value = value.get(key) if isinstance(value, dict) else None
-    return value
-
-
-def set_path(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
-    """Sets ``value`` at ``path``, making (or replacing non-dict values with) dicts on the way."""
-    for key in path[:-1]:
-        if not isinstance(data.get(key), dict):
-            data[key] = {}
-        data = data[key]
-    data[path[-1]] = value
 
 
 def _index(runs: list[Run], run_id: str) -> int | None:

@@ -22,7 +22,7 @@ from typing import Any
 from savegame.errors import SerializationError
 from savegame.storage.base import Storage
 from savegame.storage.codec import check_id, encode
-from savegame.storage.session import MODES, ModeSpec, Session
+from savegame.storage.session import MODES, ModeSpec, Session, get_path
 from savegame.storage.url import open_storage, parse_url
 
 DEFAULT_BATCH_SIZE = 100
@@ -319,21 +319,14 @@ def rename_session(storage: Storage, session_id: str, name: str) -> Session | No
 
 def session_name(session: Session) -> str | None:
     """The name a person gave the session, if any."""
-    name = _get_path(session, SESSION_NAME)
+    name = get_path(session.to_dict(), SESSION_NAME)
     return name if isinstance(name, str) else None
 
 
 def runs_of(spec: ModeSpec, session: Session) -> list[Any]:
     """The session's runs (an empty list when it has none)."""
-    runs = _get_path(session, spec.runs_path)
+    runs = get_path(session.to_dict(), spec.runs_path)
     return runs if isinstance(runs, list) else []
-
-
-def _get_path(session: Session, path: tuple[str, ...]) -> Any:
-    value: Any = getattr(session, path[0], None)
-    for key in path[1:]:
-        value = value.get(key) if isinstance(value, dict) else None
-    return value
 
 
 @dataclass

@@ -78,7 +78,7 @@ from savegame.errors import (
 )
 from savegame.storage.base import Header, Record, Storage
 from savegame.storage.codec import check_name, dumps, loads
-from savegame.storage.session import Mode
+from savegame.storage.session import Mode, set_path, split_runs
 from savegame.storage.url import StorageURL
 
 PREFIX = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}")
@@ -592,7 +592,7 @@ class RedisStorage(Storage):
             if not isinstance(record, dict):
                 raise ValueError("the header's data is not a JSON object")
             if runs is not None:
-                _set_path(record, self.spec.runs_path, loads(runs))
+                set_path(record, self.spec.runs_path, loads(runs))
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptSessionError(
                 f"session {session_id!r} under {self._keys} in {self._address} is not "
@@ -604,7 +604,7 @@ class RedisStorage(Storage):
         self, data: Record, expected_version: int | None, now: int, preserve: bool
     ) -> Record:
         sid = data["session_id"]
-        runs = _Runs.of(_split_runs(data, self.spec.runs_path)[1])
+        runs = _Runs.of(split_runs(data, self.spec.runs_path)[1])
         # Write on the header last seen; take a session this storage has not seen for a new
         # one while that guess keeps proving right. ``trusted``: read from the store just now.
         seen, trusted = self._seen.get(sid), False
@@ -653,7 +653,7 @@ class RedisStorage(Storage):
     def _plan(self, record: Record, seen: _Seen, runs: _Runs) -> tuple[list[str], list[Any], _Seen]:
         """The write script's keys and arguments for ``record``, and the header it leaves."""
         sid = record["session_id"]
-        head, _ = _split_runs(record, self.spec.runs_path)
+        head, _ = split_runs(record, self.spec.runs_path)
         tag = self._tag(sid)
         index = self._index_keys(tag, record.get("user_id"), record.get(self.spec.entity_field))
         keys = [*self._store_keys(tag), *(f"{tag}{kind}:{sid}" for kind in "hrd"), *index]
@@ -803,30 +803,6 @@ class _Runs(NamedTuple):
 def _payload(args: list[Any]) -> int:
     """Characters a script call would send."""
     return sum(len(a) for a in args if isinstance(a, str))
-
-
-def _split_runs(record: Record, path: tuple[str, ...]) -> tuple[Record, list[Any] | None]:
-    """The record without its runs, and the runs, when they sit at ``path`` as a list."""
-    parent: Any = record
-    for key in path[:-1]:
-        parent = parent.get(key) if isinstance(parent, dict) else None
-    runs = parent.get(path[-1]) if isinstance(parent, dict) else None
-    if not isinstance(runs, list):
-        return record, None
-    head = dict(record)
-    at = head
-    for key in path[:-1]:
-        at[key] = dict(at[key])
-        at = at[key]
-    del at[path[-1]]
-    return head, runs
-
-
-def _set_path(record: Record, path: tuple[str, ...], value: Any) -> None:
-    at = record
-    for key in path[:-1]:
-        at = at[key]
-    at[path[-1]] = value
 
 
 def _digest(text: str) -> str:

@@ -27,8 +27,8 @@ from savegame.errors import (
     SerializationError,
 )
 from savegame.storage.base import Storage
-from savegame.storage.session import MODES, Session
-from savegame.testing.sample import check_session, get_path, make_session, set_path
+from savegame.storage.session import MODES, Session, get_path, set_path
+from savegame.testing.sample import check_session, make_session
 
 
 @dataclass

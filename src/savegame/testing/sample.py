@@ -9,26 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from savegame.storage.session import MODES, Session
-
-
-def get_path(data: dict[str, Any], path: tuple[str, ...]) -> Any:
-    """The value at ``path`` in nested dicts, or None where any step is missing."""
-    value: Any = data
-    for key in path:
-        if not isinstance(value, dict):
-            return None
-        value = value.get(key)
-    return value
-
-
-def set_path(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
-    """Sets ``value`` at ``path``, making the dicts on the way."""
-    for key in path[:-1]:
-        if not isinstance(data.get(key), dict):
-            data[key] = {}
-        data = data[key]
-    data[path[-1]] = value
+from savegame.storage.session import MODES, Session, get_path, set_path
 
 
 def make_run(session_id: str, round_: int, k: int, size: int) -> dict[str, Any]:

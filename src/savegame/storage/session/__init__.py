@@ -7,7 +7,7 @@ the runs of a session live) is read from :data:`MODES`; no backend branches on t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.session.base import Session
@@ -50,6 +50,44 @@ MODES: dict[str, ModeSpec] = {
 AnySession = AgentSession | TeamSession | WorkflowSession | WorkflowSessionV2
 
 
+def get_path(data: dict[str, Any], path: tuple[str, ...]) -> Any:
+    """The value at ``path`` in nested dicts, or None where a step is missing."""
+    value: Any = data
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def set_path(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    """Sets ``value`` at ``path``, making (or replacing non-dict values with) dicts on the way."""
+    for key in path[:-1]:
+        if not isinstance(data.get(key), dict):
+            data[key] = {}
+        data = data[key]
+    data[path[-1]] = value
+
+
+def split_runs(
+    record: dict[str, Any], path: tuple[str, ...]
+) -> tuple[dict[str, Any], list[Any] | None]:
+    """``record`` without the list of runs at ``path``, and that list.
+
+    When there is no list at ``path`` (no runs, runs that are not a list, a container that is
+    not a dict) the record is returned whole with None: such runs stay in the header. The
+    record is not changed; the dicts on the way to the runs are copied.
+    """
+    runs = get_path(record, path)
+    if not isinstance(runs, list):
+        return record, None
+    head = dict(record)
+    at = head
+    for key in path[:-1]:
+        at[key] = dict(at[key])
+        at = at[key]
+    del at[path[-1]]
+    return head, runs
+
+
 def mode_spec(mode: str | None) -> ModeSpec:
     """The spec of ``mode`` (None means ``"agent"``, as in the original).
 
@@ -72,5 +110,8 @@ __all__ = [
     "TeamSession",
     "WorkflowSession",
     "WorkflowSessionV2",
+    "get_path",
     "mode_spec",
+    "set_path",
+    "split_runs",
 ]
