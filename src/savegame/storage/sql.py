@@ -81,7 +81,7 @@ from savegame.errors import (
 )
 from savegame.storage import codec
 from savegame.storage.base import Header, Record, Storage
-from savegame.storage.session import Mode, ModeSpec, mode_spec
+from savegame.storage.session import Mode, ModeSpec, mode_spec, set_path, split_runs
 from savegame.storage.url import StorageURL
 
 MIGRATIONS_TABLE = "savegame_migrations"
@@ -696,7 +696,7 @@ class SqlStorage(Storage):
                     f"session {record['session_id']!r} should have {count} runs in table "
                     f"{self.runs_table.name!r} and has {len(runs)}"
                 )
-            join_runs(record, self.spec.runs_path, runs)
+            set_path(record, self.spec.runs_path, runs)
         return record
 
     def _header_select(self, layout: _Layout, one: bool) -> Any:
@@ -926,42 +926,6 @@ class ServerStorage(SqlStorage):
     def engine_options(cls, connect_timeout: int) -> dict[str, Any]:
         """Keyword arguments for :func:`sqlalchemy.create_engine`."""
         return {"connect_args": {"connect_timeout": connect_timeout}}
-
-
-# -- runs inside a record ---------------------------------------------------------------
-
-
-def split_runs(record: Record, path: tuple[str, ...]) -> tuple[Record, list[Any] | None]:
-    """``record`` without the list of runs at ``path``, and that list.
-
-    When there is no list at ``path`` (no runs, runs that are not a list, a container that
-    is not a dict), the record is returned whole with None: its runs stay in the header.
-    The record is not changed; the dicts on the way to the runs are copied.
-    """
-    containers = [record]
-    for key in path[:-1]:
-        inner = containers[-1].get(key)
-        if not isinstance(inner, dict):
-            return record, None
-        containers.append(inner)
-    runs = containers[-1].get(path[-1])
-    if not isinstance(runs, list):
-        return record, None
-    copy = {k: v for k, v in containers[-1].items() if k != path[-1]}
-    for container, key in zip(reversed(containers[:-1]), reversed(path[:-1]), strict=True):
-        copy = {**container, key: copy}
-    return copy, runs
-
-
-def join_runs(record: Record, path: tuple[str, ...], runs: list[Any]) -> None:
-    """Puts ``runs`` back at ``path`` in ``record``, making the dicts on the way."""
-    container = record
-    for key in path[:-1]:
-        inner = container.get(key)
-        if not isinstance(inner, dict):
-            inner = container[key] = {}
-        container = inner
-    container[path[-1]] = runs
 
 
 # -- migrations -------------------------------------------------------------------------
