@@ -70,15 +70,27 @@ def encode(value: Any) -> Any:
 
 
 def depth_at_most(value: Any, limit: int) -> bool:
-    """Whether containers in ``value`` nest at most ``limit`` deep; iterative, for any depth."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
+    """Whether containers in ``value`` nest at most ``limit`` deep; iterative, for any depth.
+
+    Goes one level at a time, so each container costs one list append: this runs on every
+    save of a long conversation.
+    """
+    level = [value]
+    depth = 1
+    while level:
         if depth > limit:
             return False
-        children = item.values() if isinstance(item, dict) else item
-        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list, tuple)))
+        below = []
+        for item in level:
+            for child in item.values() if isinstance(item, dict) else item:
+                if type(child) is dict or type(child) is list or isinstance(child, _NESTED):
+                    below.append(child)
+        level = below
+        depth += 1
     return True
+
+
+_NESTED = (dict, list, tuple)
 
 
 def _walk(value: Any, path: str, depth: int) -> Any:
