@@ -13,6 +13,7 @@ reached their tests skip, saying how to point them at one, unless
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from savegame.storage.base import Storage
 from savegame.storage.files import FileStorage
@@ -71,7 +73,10 @@ def _memory(tmp_path: Path, mode: str) -> Iterator[Store]:
     def opener(mode: str, **options: Any) -> Storage:
         return InMemoryStorage(mode=mode, storage_dict=shared, **options)  # type: ignore[arg-type]
 
-    store = Store("memory", mode, opener)
+    def original(rows: list[dict[str, Any]]) -> None:
+        shared.update({row["session_id"]: dict(row) for row in rows})
+
+    store = Store("memory", mode, opener, original=original)
     yield store
     store.close_all()
 
@@ -84,11 +89,29 @@ def _files(name: str, storage_class: type[FileStorage]) -> Callable[[Path, str],
         def opener(mode: str, **options: Any) -> Storage:
             return storage_class(folder, mode=mode, **options)  # type: ignore[arg-type]
 
-        store = Store(name, mode, opener, url=f"{name}:///{folder}")
+        def original(rows: list[dict[str, Any]]) -> None:
+            folder.mkdir(parents=True, exist_ok=True)
+            for row in rows:
+                text = json.dumps(row) if name == "json" else yaml.safe_dump(row)
+                (folder / f"{row['session_id']}.{name}").write_text(text, encoding="utf-8")
+
+        store = Store(name, mode, opener, url=f"{name}:///{folder}", original=original)
         yield store
         store.close_all()
 
     return make
+
+
+def redis_client(server: str) -> Any:
+    """A plain redis-py client of a test server or cluster, for writing keys directly."""
+    import redis
+    from redis.cluster import ClusterNode, RedisCluster
+
+    if server.startswith("redis+cluster://"):
+        netloc = server.split("://", 1)[1].split("/")[0].split("?")[0]
+        nodes = [ClusterNode(h, int(p)) for h, p in (n.rsplit(":", 1) for n in netloc.split(","))]
+        return RedisCluster(startup_nodes=nodes)
+    return redis.Redis.from_url(server)
 
 
 def _redis(name: str, cluster: bool, shards: int = 1) -> Callable[[Path, str], Any]:
@@ -103,7 +126,17 @@ def _redis(name: str, cluster: bool, shards: int = 1) -> Callable[[Path, str], A
         def opener(mode: str, **options: Any) -> Storage:
             return RedisStorage(prefix, url=server, mode=mode, shards=shards, **options)  # type: ignore[arg-type]
 
-        store = Store(name, mode, opener, url=f"{server}?prefix={prefix}&shards={shards}")
+        def original(rows: list[dict[str, Any]]) -> None:
+            client = redis_client(server)
+            try:
+                for row in rows:
+                    client.set(f"{prefix}:{row['session_id']}", json.dumps(row))
+            finally:
+                client.close()
+
+        store = Store(
+            name, mode, opener, url=f"{server}?prefix={prefix}&shards={shards}", original=original
+        )
         try:
             yield store
         finally:
@@ -129,7 +162,13 @@ def _sqlite(in_memory: bool) -> Callable[[Path, str], Any]:
             return SqliteStorage(table, db_file=path, mode=mode, **options)  # type: ignore[arg-type]
 
         url = None if in_memory else f"sqlite:///{path}?table={table}"
-        store = Store("sqlite-memory" if in_memory else "sqlite-file", mode, opener, url=url)
+
+        def original(rows: list[dict[str, Any]]) -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_original_table(engine or f"sqlite:///{path}", table, None, rows)
+
+        name = "sqlite-memory" if in_memory else "sqlite-file"
+        store = Store(name, mode, opener, url=url, original=original)
         try:
             yield store
         finally:
@@ -138,6 +177,41 @@ def _sqlite(in_memory: bool) -> Callable[[Path, str], Any]:
                 engine.dispose()
 
     return make
+
+
+def write_original_table(
+    engine_or_url: Any, table: str, schema: str | None, rows: list[dict[str, Any]]
+) -> None:
+    """Makes the original library's agent table and fills it, as the original would have."""
+    from sqlalchemy import JSON, BigInteger, Column, MetaData, String, Table, create_engine, text
+    from sqlalchemy.dialects.postgresql import JSONB
+
+    json_type = JSON().with_variant(JSONB(), "postgresql")
+    original = Table(
+        table,
+        MetaData(schema=schema),
+        Column("session_id", String(255), primary_key=True),
+        Column("user_id", String(255), index=True),
+        Column("memory", json_type),
+        Column("session_data", json_type),
+        Column("extra_data", json_type),
+        Column("created_at", BigInteger),
+        Column("updated_at", BigInteger),
+        Column("agent_id", String(255), index=True),
+        Column("team_session_id", String(255)),
+        Column("agent_data", json_type),
+    )
+    owned = isinstance(engine_or_url, str)
+    engine = create_engine(engine_or_url) if owned else engine_or_url
+    try:
+        with engine.begin() as conn:
+            if schema is not None:
+                conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+            original.create(conn)
+            conn.execute(original.insert(), rows)
+    finally:
+        if owned:
+            engine.dispose()
 
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -186,7 +260,12 @@ def _postgres(tmp_path: Path, mode: str) -> Iterator[Store]:
     def opener(mode: str, **options: Any) -> Storage:
         return PostgresStorage("sessions", schema=schema, db_url=server, mode=mode, **options)  # type: ignore[arg-type]
 
-    store = Store("postgres", mode, opener, url=f"{server}?schema={schema}&table=sessions")
+    def original(rows: list[dict[str, Any]]) -> None:
+        write_original_table(server, "sessions", schema, rows)
+
+    store = Store(
+        "postgres", mode, opener, url=f"{server}?schema={schema}&table=sessions", original=original
+    )
     try:
         yield store
     finally:
@@ -207,7 +286,10 @@ def _mysql(tmp_path: Path, mode: str) -> Iterator[Store]:
     def opener(mode: str, **options: Any) -> Storage:
         return MySQLStorage(table, db_url=server, mode=mode, **options)  # type: ignore[arg-type]
 
-    store = Store("mysql", mode, opener, url=f"{server}?table={table}")
+    def original(rows: list[dict[str, Any]]) -> None:
+        write_original_table(server, table, None, rows)
+
+    store = Store("mysql", mode, opener, url=f"{server}?table={table}", original=original)
     try:
         yield store
     finally:

@@ -19,7 +19,7 @@ import pytest
 import redis
 from filelock import FileLock
 from redis.backoff import NoBackoff
-from redis.cluster import ClusterNode, RedisCluster
+from redis.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.retry import Retry
 
@@ -28,7 +28,7 @@ from savegame.storage.redis import RedisStorage, from_url
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.url import open_storage, parse_url
 from tests.redis_cluster import server_url
-from tests.stores import unique
+from tests.stores import redis_client, unique
 
 
 @pytest.fixture(params=[False, True], ids=["redis", "redis-cluster"])
@@ -40,12 +40,7 @@ def server(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def raw(server: str) -> Iterator[Any]:
     """A plain redis-py client of the same server, for looking at keys directly."""
-    if server.startswith("redis+cluster://"):
-        netloc = server.split("://", 1)[1].split("/")[0].split("?")[0]
-        nodes = [ClusterNode(h, int(p)) for h, p in (n.rsplit(":", 1) for n in netloc.split(","))]
-        client: Any = RedisCluster(startup_nodes=nodes)
-    else:
-        client = redis.Redis.from_url(server)
+    client = redis_client(server)
     yield client
     client.close()
 

@@ -42,12 +42,16 @@ class Store:
             can close it, open it again and find what it wrote.
         url: a URL that :func:`savegame.open_storage` opens the same store with in another
             process; None for stores that live in one process only.
+        original: writes agent sessions (dicts) into the store the way the original library
+            (agno 1.x) stored them, before savegame has touched it; None where the backend
+            has no such past.
     """
 
     backend: str
     mode: str
     opener: Callable[..., Storage]
     url: str | None = None
+    original: Callable[[list[dict[str, Any]]], None] | None = None
     opened: list[Storage] = field(default_factory=list)
 
     def __call__(self, mode: str | None = None, **options: Any) -> Storage:
@@ -754,6 +758,49 @@ class BackendContract:
         _, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 0, stderr[-3000:]
         assert reads > 0
+
+    def test_upgrade_schema_keeps_what_the_original_wrote(self, backend_store: Store) -> None:
+        if backend_store.original is None:
+            pytest.skip(f"{backend_store.backend} has no original layout to upgrade")
+        rows: list[dict[str, Any]] = [
+            {
+                "session_id": f"old-{i}",
+                "user_id": f"user-{i % 2}",
+                "team_session_id": None,
+                "agent_id": "agent-1",
+                "memory": {"runs": [{"run_id": f"r{k}", "content": "ü" * k} for k in range(i)]},
+                "agent_data": {"model": "gpt-4o-mini"},
+                "session_data": {"n": i},
+                "extra_data": None,
+                "created_at": 1_700_000_000 + i,
+                "updated_at": 1_700_000_100 + i,
+            }
+            for i in range(6)
+        ]
+        backend_store.original(rows)
+        storage = backend_store()
+        for row in rows:
+            before = storage.read(row["session_id"])
+            assert before is None or before.memory == row["memory"]  # type: ignore[attr-defined]
+        storage.upgrade_schema()
+        storage.upgrade_schema()
+        for row in rows:
+            got = storage.read(row["session_id"])
+            assert got is not None, row["session_id"]
+            assert {k: getattr(got, k) for k in row} == row
+            assert got.version == 1  # type: ignore[attr-defined]
+        assert storage.get_all_session_ids(user_id="user-1") == ["old-5", "old-3", "old-1"]
+        assert storage.get_all_session_ids(entity_id="agent-1")[0] == "old-5"
+        session = storage.read("old-4")
+        assert session is not None
+        session.memory["runs"].append({"run_id": "new"})  # type: ignore[attr-defined]
+        assert storage.upsert(session, expected_version=1).version == 2  # type: ignore[attr-defined]
+        with pytest.raises(ConflictError):
+            storage.upsert(session, expected_version=1)
+        got = storage.read("old-4")
+        assert got is not None
+        assert got.memory["runs"][-1] == {"run_id": "new"}  # type: ignore[attr-defined]
+        assert len(storage.get_all_session_ids()) == 6
 
     def test_upgrade_schema_on_a_current_store_changes_nothing(self, backend_store: Store) -> None:
         storage = backend_store()
