@@ -37,7 +37,8 @@ from savegame.storage.url import open_storage, redact
 
 DEFAULT_STORAGE = "sqlite:///savegame.db"
 
-out = Console(soft_wrap=False)
+# Piped output gets room for whole ids rather than the 80 columns Rich assumes by default.
+out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 160)
 # Messages stay one line each, however narrow the terminal, so that scripts can grep them.
 err = Console(stderr=True, soft_wrap=True)
 
@@ -189,6 +190,8 @@ def sessions_list(
             column,
             justify="right" if column == "runs" else "left",
             no_wrap=column in ("runs", "created", "updated"),
+            # An id cut short with "…" cannot be copied into the next command.
+            overflow="fold",
         )
     for row in rows:
         table.add_row(
