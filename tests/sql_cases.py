@@ -20,6 +20,7 @@ from sqlalchemy import Engine, text
 from savegame.errors import BackendUnavailableError, StorageError
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.sql import SqlStorage
+from tests.stores import write_original_table
 
 
 def closed_port() -> int:
@@ -112,30 +113,24 @@ def check_killed_connections(
     assert storage.read("s") == again
 
 
-def check_original_table(
-    storage: SqlStorage,
-    admin: Engine,
-    create_sql: str,
-    insert_sql: str,
-    json_text: Callable[[Any], Any],
-) -> None:
+def check_original_table(storage: SqlStorage, admin: Engine, server: str) -> None:
     """A table made as the original made it is read, upgraded without losing a row, written."""
-    with admin.begin() as conn:
-        for statement in create_sql.split(";"):
-            if statement.strip():
-                conn.execute(text(statement))
-        for i in range(12):
-            memory = {"runs": _runs("old", i % 4), "summary": f"s{i}"}
-            conn.execute(
-                text(insert_sql),
-                {
-                    "sid": f"old-{i}",
-                    "user": f"user-{i % 3}",
-                    "memory": json_text(memory),
-                    "data": json_text({"n": i, "nul": "plain"}),
-                    "created": 1_700_000_000 + i,
-                },
-            )
+    rows = [
+        {
+            "session_id": f"old-{i}",
+            "user_id": f"user-{i % 3}",
+            "team_session_id": None,
+            "agent_id": "agent-1",
+            "memory": {"runs": _runs("old", i % 4), "summary": f"s{i}"},
+            "agent_data": None,
+            "session_data": {"n": i, "nul": "plain"},
+            "extra_data": None,
+            "created_at": 1_700_000_000 + i,
+            "updated_at": 1_700_000_000 + i,
+        }
+        for i in range(12)
+    ]
+    write_original_table(server, storage.table.name, storage.table.schema, rows)
     got = storage.read("old-5")
     assert got is not None
     assert got.memory == {"runs": _runs("old", 1), "summary": "s5"}

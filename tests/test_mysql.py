@@ -5,7 +5,6 @@ Runs against the server of ``SAVEGAME_TEST_MYSQL_URL``, each test with tables of
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 import pytest
@@ -95,36 +94,11 @@ def test_killed_connections_leave_no_half_written_session(
     storage.close()
 
 
-ORIGINAL_TABLE = """
-CREATE TABLE {table} (
-    session_id VARCHAR(255) NOT NULL PRIMARY KEY,
-    user_id VARCHAR(255),
-    memory JSON,
-    session_data JSON,
-    extra_data JSON,
-    created_at BIGINT,
-    updated_at BIGINT,
-    agent_id VARCHAR(255),
-    team_session_id VARCHAR(255),
-    agent_data JSON,
-    INDEX ix_{table}_user_id (user_id)
-) DEFAULT CHARSET = utf8mb4
-"""
-
-
 def test_the_original_table_is_read_upgraded_and_written(
     server: str, admin: Engine, table: str
 ) -> None:
     storage = MySQLStorage(table, db_url=server)
-    sql_cases.check_original_table(
-        storage,
-        admin,
-        ORIGINAL_TABLE.format(table=table),
-        f"INSERT INTO {table} (session_id, user_id, memory, session_data, created_at,"
-        " updated_at, agent_id) VALUES (:sid, :user, :memory, :data, :created, :created,"
-        " 'agent-1')",
-        json.dumps,
-    )
+    sql_cases.check_original_table(storage, admin, server)
     storage.close()
 
 

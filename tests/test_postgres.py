@@ -5,7 +5,6 @@ Runs against the server of ``SAVEGAME_TEST_POSTGRES_URL``, each test in a schema
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 import pytest
@@ -98,37 +97,11 @@ def test_killed_backends_leave_no_half_written_session(
     storage.close()
 
 
-ORIGINAL_TABLE = """
-CREATE SCHEMA "{schema}";
-CREATE TABLE "{schema}".legacy (
-    session_id VARCHAR NOT NULL PRIMARY KEY,
-    user_id VARCHAR,
-    memory JSONB,
-    session_data JSONB,
-    extra_data JSONB,
-    created_at BIGINT,
-    updated_at BIGINT,
-    agent_id VARCHAR,
-    team_session_id VARCHAR,
-    agent_data JSONB
-);
-CREATE INDEX ix_legacy_user_id ON "{schema}".legacy (user_id)
-"""
-
-
 def test_the_original_table_is_read_upgraded_and_written(
     server: str, admin: Engine, schema: str
 ) -> None:
     storage = PostgresStorage("legacy", schema=schema, db_url=server)
-    sql_cases.check_original_table(
-        storage,
-        admin,
-        ORIGINAL_TABLE.format(schema=schema),
-        f'INSERT INTO "{schema}".legacy (session_id, user_id, memory, session_data, created_at,'
-        " updated_at, agent_id) VALUES (:sid, :user, CAST(:memory AS JSONB),"
-        " CAST(:data AS JSONB), :created, :created, 'agent-1')",
-        json.dumps,
-    )
+    sql_cases.check_original_table(storage, admin, server)
     storage.close()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 from pathlib import Path
@@ -16,23 +15,7 @@ from savegame.errors import BackendUnavailableError, InvalidIdentifierError, Sto
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.session.v2.workflow import WorkflowSession as WorkflowSessionV2
 from savegame.storage.sqlite import SqliteStorage, make_engine
-
-ORIGINAL_AGENT_TABLE = """
-CREATE TABLE legacy (
-    session_id VARCHAR NOT NULL PRIMARY KEY,
-    user_id VARCHAR,
-    memory JSON,
-    session_data JSON,
-    extra_data JSON,
-    created_at BIGINT,
-    updated_at BIGINT,
-    agent_id VARCHAR,
-    team_session_id VARCHAR,
-    agent_data JSON
-);
-CREATE INDEX ix_legacy_user_id ON legacy (user_id);
-CREATE INDEX ix_legacy_agent_id ON legacy (agent_id);
-"""
+from tests.stores import write_original_table
 
 
 def _runs(n: int, size: int = 400) -> list[dict[str, Any]]:
@@ -44,25 +27,22 @@ def _runs(n: int, size: int = 400) -> list[dict[str, Any]]:
 
 def _legacy_database(path: Path, sessions: int) -> None:
     """A file written the way the original wrote it: runs inline in ``memory``."""
-    db = sqlite3.connect(path)
-    db.executescript(ORIGINAL_AGENT_TABLE)
-    for i in range(sessions):
-        memory = {"runs": _runs(i % 4, 20), "summary": f"s{i}"}
-        db.execute(
-            "INSERT INTO legacy VALUES (?, ?, json(?), json(?), NULL, ?, ?, ?, NULL, json(?))",
-            (
-                f"old-{i}",
-                f"user-{i % 3}",
-                json.dumps(memory),
-                json.dumps({"n": i}),
-                1_700_000_000 + i,
-                1_700_000_000 + i,
-                "agent-1",
-                json.dumps({"model": "m"}),
-            ),
-        )
-    db.commit()
-    db.close()
+    rows = [
+        {
+            "session_id": f"old-{i}",
+            "user_id": f"user-{i % 3}",
+            "team_session_id": None,
+            "agent_id": "agent-1",
+            "memory": {"runs": _runs(i % 4, 20), "summary": f"s{i}"},
+            "agent_data": {"model": "m"},
+            "session_data": {"n": i},
+            "extra_data": None,
+            "created_at": 1_700_000_000 + i,
+            "updated_at": 1_700_000_000 + i,
+        }
+        for i in range(sessions)
+    ]
+    write_original_table(f"sqlite:///{path}", "legacy", None, rows)
 
 
 def test_the_original_table_is_read_then_upgraded_and_written(tmp_path: Path) -> None:
