@@ -22,6 +22,7 @@ import json
 import math
 import re
 import uuid
+from collections.abc import Callable
 from pathlib import PurePath
 from typing import Any
 
@@ -40,33 +41,85 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
 class _Fallback(Exception):
-    """Raised inside ``json.dumps`` to leave the fast path for the exact, slower one."""
+    """Raised inside the JSON encoder to leave the fast path for the exact, slower one."""
 
 
 def _reject(value: object) -> Any:
     raise _Fallback
 
 
+def _compact_encoder() -> Callable[[Any], str]:
+    """Compact JSON text with non-ASCII kept, refusing NaN and non-JSON types (``_Fallback``).
+
+    The C encoder is made once and reused: ``json.dumps`` with options builds a new encoder
+    on every call, which costs more than encoding a small session. Without a marker dict
+    it does not look for cycles; a cycle ends in ``RecursionError``, which callers treat as
+    any other failure of the fast path.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - CPython always has the C encoder
+        fallback = json.JSONEncoder(
+            ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_reject
+        )
+        return fallback.encode
+    encoder = make(
+        None, _reject, json.encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+
+    def compact(value: Any) -> str:
+        if type(value) is str:
+            text: str = json.encoder.encode_basestring(value)
+            return text
+        return "".join(encoder(value, 0))
+
+    return compact
+
+
+_compact = _compact_encoder()
+
+
 def encode(value: Any) -> Any:
     """A JSON-native copy of ``value``, following the rules in this module's docstring.
 
+    Raises:
+        SerializationError: for a value that cannot be stored faithfully, naming its path.
+    """
+    return encode_text(value)[0]
+
+
+def encode_text(value: Any, path: str = "$", level: int = 1) -> tuple[Any, str]:
+    """A JSON-native copy of ``value`` and its compact JSON text (non-ASCII kept as it is).
+
+    ``path`` names ``value`` in error messages; ``level`` is how deep it sits in the
+    session (the session itself is level 1), so that nesting is bounded for the whole
+    session, not for each part of it.
+
     The common case (data that is already JSON-native) is checked and copied by the C JSON
-    codec; anything else is walked in Python to convert or to say exactly where it fails.
+    codec in one encoding and one decoding; anything else is walked in Python to convert it
+    or to say exactly where it fails. The text is what :func:`dumps` would give for the copy
+    before its fix-ups (see :func:`dumps`), so a caller that stores text encodes only once.
 
     Raises:
         SerializationError: for a value that cannot be stored faithfully, naming its path.
     """
     try:
-        text = json.dumps(value, allow_nan=False, default=_reject)
+        text = _compact(value)
         copy = json.loads(text)
     except (_Fallback, ValueError, TypeError, RecursionError):
         copy = text = None
-    shallow = text is not None and text.count("{") + text.count("[") <= MAX_DEPTH
-    if copy is not None and copy == value and (shallow or depth_at_most(copy, MAX_DEPTH)):
-        return copy
-    if not depth_at_most(value, MAX_DEPTH):
-        raise SerializationError(f"$: nested deeper than {MAX_DEPTH} levels")
-    return _walk(value, "$", 1)
+    limit = MAX_DEPTH - level + 1
+    # Brackets inside strings count too, so the count only ever sends a value to the exact
+    # check, never past it.
+    if (
+        text is not None
+        and copy == value
+        and (text.count("{") + text.count("[") <= limit or depth_at_most(copy, limit))
+    ):
+        return copy, text
+    if not depth_at_most(value, limit):
+        raise SerializationError(f"{path}: nested deeper than {MAX_DEPTH} levels")
+    converted = _walk(value, path, level)
+    return converted, _compact(converted)
 
 
 def depth_at_most(value: Any, limit: int) -> bool:
@@ -139,9 +192,31 @@ def _walk(value: Any, path: str, depth: int) -> Any:
     raise SerializationError(f"{path}: a {type(value).__name__} cannot be stored as JSON; {hint}")
 
 
-def dumps(value: Any) -> str:
-    """Compact JSON text of an already encoded value; non-ASCII stays readable where it can."""
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+def object_text(record: dict[str, Any], texts: dict[str, str]) -> str:
+    """:func:`dumps` of a dict of encoded values, some of whose compact texts are known.
+
+    Only the values without a text in ``texts`` are encoded here.
+    """
+    quote = json.encoder.encode_basestring
+    whole = (
+        "{"
+        + ",".join(
+            f"{quote(key)}:{texts[key] if key in texts else _compact(value)}"
+            for key, value in record.items()
+        )
+        + "}"
+    )
+    return dumps(record, whole)
+
+
+def dumps(value: Any, text: str | None = None) -> str:
+    """Compact JSON text of an already encoded value; non-ASCII stays readable where it can.
+
+    ``text``, when given, is the compact text :func:`encode_text` returned for ``value``;
+    only the fix-up for lone surrogates (which UTF-8 cannot carry) is then left to do.
+    """
+    if text is None:
+        text = _compact(value)
     return text if _encodable(text) else json.dumps(value, separators=(",", ":"))
 
 
@@ -154,6 +229,8 @@ def dumps_pretty(value: Any) -> bytes:
 
 
 def _encodable(text: str) -> bool:
+    if text.isascii():
+        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -166,14 +243,16 @@ def loads(text: str | bytes) -> Any:
     return json.loads(text)
 
 
-def dumps_text_safe(value: Any) -> str:
+def dumps_text_safe(value: Any, text: str | None = None) -> str:
     """JSON text with no NUL character and no lone surrogate, for SQL JSON columns.
 
     Strings that would carry either are rewritten as described in the module docstring.
+    ``text`` is as for :func:`dumps`.
     """
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    if "\\u0000" in text or MARK in text or not _encodable(text):
-        text = json.dumps(_escape(value), ensure_ascii=False, separators=(",", ":"))
+    if text is None:
+        text = _compact(value)
+    if "\\u0000" in text or not (text.isascii() or (MARK not in text and _encodable(text))):
+        text = _compact(_escape(value))
     return text
 
 
