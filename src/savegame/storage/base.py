@@ -6,8 +6,9 @@ backend, and call the primitives:
 
 ===========================  ==============================================================
 ``_read(session_id)``        the stored record, or None
-``_write(data, expected,     atomically: find the stored header, let :meth:`Storage._stamp`
-now, preserve)``             check the version and stamp the record, write it, return it
+``_write(draft, expected,    atomically: find the stored header, let :meth:`Storage._stamp`
+now, preserve)``             check the version and stamp ``draft.record``, write it, return
+                             the record as stored (:meth:`Draft.whole`)
 ``_list(user, entity,        ids newest ``created_at`` first (ties by id); ``now=None``
 limit, now)``                includes expired sessions
 ``_read_many(ids)``          records for ids (default: one ``_read`` each)
@@ -16,7 +17,10 @@ limit, now)``                includes expired sessions
 ===========================  ==============================================================
 
 A *record* is a session's dict as the storage keeps it: the encoded fields of the session
-(``version`` included) plus ``expires_at`` (unix seconds or None).
+(``version`` included) plus ``expires_at`` (unix seconds or None). A *draft* is a session
+checked and encoded for writing; a backend that keeps one row or entry per run sets
+:attr:`Storage._run_codec`, and its drafts carry the runs apart, encoded only where they
+changed since the storage last saw the session (:mod:`savegame.storage.known`).
 """
 
 from __future__ import annotations
@@ -25,13 +29,22 @@ import random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from savegame.errors import ConflictError, InvalidIdentifierError, SerializationError
-from savegame.storage.codec import check_id, encode
-from savegame.storage.session import Mode, ModeSpec, Session, mode_spec
+from savegame.storage.codec import check_id, encode, encode_text
+from savegame.storage.session import Mode, ModeSpec, Session, mode_spec, split_runs, with_runs
+
+if TYPE_CHECKING:
+    from savegame.storage.known import RunEncoder, Runs
 
 Record = dict[str, Any]
+
+_SCALARS = frozenset({str, int, bool, type(None)})
+"""Field values stored as they are; anything else is checked and encoded."""
+
+STAMPED = frozenset({"version", "created_at", "updated_at", "expires_at"})
+"""The fields :meth:`Storage._stamp` sets: a text made of them before stamping is stale."""
 
 
 class Header(NamedTuple):
@@ -45,6 +58,33 @@ class Header(NamedTuple):
     def of(cls, record: Record) -> Header:
         """The header of a stored record (a record from before versions counts as version 1)."""
         return cls(record.get("version") or 1, record.get("created_at"), record.get("expires_at"))
+
+
+class Draft(NamedTuple):
+    """A session checked and encoded for writing, made by :meth:`Storage._prepare`."""
+
+    record: Record
+    """The session's fields, encoded, without ``version``; without the runs when
+    :attr:`runs` is set."""
+    texts: dict[str, str]
+    """The compact JSON text (:func:`~savegame.storage.codec.encode_text`) of each field
+    that is not a plain string, number or None, where the backend asked for texts."""
+    runs: Runs | None
+    """The runs, for backends with a :attr:`Storage._run_codec` whose sessions keep a list
+    of runs; None otherwise."""
+    runs_path: tuple[str, ...]
+
+    @property
+    def session_id(self) -> str:
+        """The id of the session."""
+        session_id: str = self.record["session_id"]
+        return session_id
+
+    def whole(self, stamped: Record) -> Record:
+        """``stamped`` (made from :attr:`record` by :meth:`Storage._stamp`) with its runs."""
+        if self.runs is None:
+            return stamped
+        return with_runs(stamped, self.runs_path, self.runs.items)
 
 
 def is_expired(expires_at: int | None, now: int) -> bool:
@@ -66,11 +106,15 @@ class Storage(ABC):
             expired session is never returned, even before :meth:`purge_expired` removes it.
     """
 
-    capabilities: ClassVar[frozenset[str]] = frozenset()
+    _run_codec: RunEncoder | None = None
+    """Set by backends that keep one row or entry per run (see :class:`Draft`)."""
+
+    capabilities: ClassVar[frozenset[str]] = frozenset({"key_order"})
     """Optional behaviour this backend declares; the conformance suite tests what is declared.
 
     ``persistent``: a new storage object on the same location sees what an earlier one wrote.
     ``processes``: several processes may use one store at once (it can be named by a URL).
+    ``key_order``: dicts come back with their keys in the order they were written.
     """
 
     def __init__(self, mode: Mode | None = "agent", expire: int | None = None) -> None:
@@ -149,8 +193,8 @@ class Storage(ABC):
             ConflictError: see ``expected_version``.
             BackendUnavailableError: when the store cannot be reached or stays locked.
         """
-        data = self._prepare(session)
-        return self._session(self._write(data, expected_version, _now(), False))
+        draft = self._prepare(session)
+        return self._session(self._write(draft, expected_version, _now(), False))
 
     def restore(self, session: Session) -> Session:
         """Stores ``session`` keeping its ``created_at``, ``updated_at`` and (at least) version.
@@ -161,9 +205,9 @@ class Storage(ABC):
         Raises:
             The same errors as :meth:`upsert`.
         """
-        data = self._prepare(session)
-        data["version"] = getattr(session, "version", None)
-        return self._session(self._write(data, None, _now(), True))
+        draft = self._prepare(session)
+        draft.record["version"] = getattr(session, "version", None)
+        return self._session(self._write(draft, None, _now(), True))
 
     def update(
         self,
@@ -267,23 +311,42 @@ class Storage(ABC):
 
     # -- what backends share --------------------------------------------------------------
 
-    def _prepare(self, session: Session) -> Record:
-        """Checks ``session`` against the mode and the rules for ids, and encodes it."""
-        cls = self._spec.session_class
+    def _prepare(self, session: Session) -> Draft:
+        """Checks ``session`` against the mode and the rules for ids, and encodes it.
+
+        Backends without a run codec get the whole session encoded in one piece; the others
+        get each field encoded with its text, and the runs apart.
+        """
+        spec = self._spec
+        cls = spec.session_class
         if not isinstance(session, cls):
             raise SerializationError(
                 f"this storage is in mode {self.mode!r} and stores {cls.__name__} objects, "
                 f"not {type(session).__name__}"
             )
         check_id(session.session_id)
-        for field in ("user_id", self._spec.entity_field):
+        for field in ("user_id", spec.entity_field):
             value = getattr(session, field, None)
             if value is not None:
                 check_id(value, field.replace("_", " "))
         data = session.to_dict()
         data.pop("version", None)
-        record: Record = encode(data)
-        return record
+        run_codec = self._run_codec
+        if run_codec is None:
+            return Draft(encode(data), {}, None, spec.runs_path)
+        head, runs = split_runs(data, spec.runs_path)
+        record: Record = {}
+        texts: dict[str, str] = {}
+        for key, value in head.items():
+            if type(value) in _SCALARS:
+                record[key] = value
+            else:
+                record[key], texts[key] = encode_text(value, f"$[{key!r}]", 2)
+        if runs is None:
+            return Draft(record, texts, None, spec.runs_path)
+        path = "$" + "".join(f"[{key!r}]" for key in spec.runs_path)
+        encoded = run_codec.encode(session.session_id, runs, path, len(spec.runs_path) + 2)
+        return Draft(record, texts, encoded, spec.runs_path)
 
     def _stamp(
         self,
@@ -356,11 +419,13 @@ class Storage(ABC):
 
     @abstractmethod
     def _write(
-        self, data: Record, expected_version: int | None, now: int, preserve: bool
+        self, draft: Draft, expected_version: int | None, now: int, preserve: bool
     ) -> Record:
-        """Atomically stamps ``data`` over the stored header (:meth:`_stamp`) and stores it.
+        """Atomically stamps ``draft.record`` over the stored header (:meth:`_stamp`) and
+        stores it with its runs.
 
-        Returns the record as stored; the backend keeps no reference to it.
+        Returns the record as stored (:meth:`Draft.whole`); the backend keeps no reference
+        to the dicts and lists in it that are not the caller's own.
         """
 
     @abstractmethod
@@ -390,4 +455,7 @@ def _now() -> int:
 
 def _first(*values: int | None) -> int:
     """The first value that is not None (0 is a time like any other)."""
-    return next(v for v in values if v is not None)
+    for value in values:
+        if value is not None:
+            return value
+    raise ValueError("no value")

@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 from filelock import FileLock, Timeout
 
 from savegame.errors import BackendUnavailableError, CorruptSessionError, StorageError
-from savegame.storage.base import Header, Record, Storage, is_expired
+from savegame.storage.base import Draft, Header, Record, Storage, is_expired
 from savegame.storage.session import Mode
 
 _PLAIN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
@@ -109,7 +109,7 @@ class FileStorage(Storage):
             :class:`~savegame.errors.BackendUnavailableError`.
     """
 
-    capabilities = frozenset({"persistent", "processes"})
+    capabilities = frozenset({"persistent", "processes", "key_order"})
     format: ClassVar[FileFormat]
 
     def __init__(
@@ -364,13 +364,13 @@ class FileStorage(Storage):
         return None if record is None else Header.of(record)
 
     def _write(
-        self, data: Record, expected_version: int | None, now: int, preserve: bool
+        self, draft: Draft, expected_version: int | None, now: int, preserve: bool
     ) -> Record:
-        session_id = data["session_id"]
+        session_id = draft.session_id
         path = self._path(session_id)
         with self._locked() as conn:
             header = self._header(conn, path, session_id)
-            record = self._stamp(data, header, expected_version, now, preserve)
+            record = self._stamp(draft.record, header, expected_version, now, preserve)
             content = self.format.dump(record)
             conn.execute("INSERT OR REPLACE INTO pending VALUES (?)", (session_id,))
             self._replace(path, content)

@@ -6,7 +6,7 @@ import json
 import threading
 from typing import Any
 
-from savegame.storage.base import Header, Record, Storage, is_expired
+from savegame.storage.base import Draft, Header, Record, Storage, is_expired
 from savegame.storage.session import Mode
 from savegame.storage.url import StorageURL
 
@@ -47,13 +47,13 @@ class InMemoryStorage(Storage):
             return None if record is None else _copy(record)
 
     def _write(
-        self, data: Record, expected_version: int | None, now: int, preserve: bool
+        self, draft: Draft, expected_version: int | None, now: int, preserve: bool
     ) -> Record:
         with self._lock:
-            old = self.storage_dict.get(data["session_id"])
+            old = self.storage_dict.get(draft.session_id)
             header = None if old is None else Header.of(old)
-            record = self._stamp(data, header, expected_version, now, preserve)
-            self.storage_dict[data["session_id"]] = _copy(record)
+            record = self._stamp(draft.record, header, expected_version, now, preserve)
+            self.storage_dict[draft.session_id] = _copy(record)
             return record
 
     def _list(

@@ -45,6 +45,7 @@ _UNAVAILABLE = frozenset(
     }
 )
 _DEADLOCK = 1213
+_DUPLICATE_KEY = 1062
 _SCHEMA_LOCK = "savegame.schema"
 
 
@@ -83,8 +84,8 @@ class MySQLDialect(SqlDialect):
     def text_type(self) -> TypeEngine[Any]:
         return LONGTEXT()
 
-    def dumps(self, value: Any) -> str:
-        return codec.dumps_text_safe(value)
+    def dumps(self, value: Any, text: str | None = None) -> str:
+        return codec.dumps_text_safe(value, text)
 
     def loads(self, text: str | bytes) -> Any:
         return codec.loads_text_safe(text)
@@ -94,6 +95,21 @@ class MySQLDialect(SqlDialect):
         return statement.on_duplicate_key_update(
             {c.name: statement.inserted[c.name] for c in table.c if c.name not in keys}
         )
+
+    def insert_new(self, table: Table) -> Executable:
+        # INSERT IGNORE would also swallow truncations; a duplicate key fails this statement
+        # only, and the transaction goes on.
+        return insert(table)
+
+    def duplicate(self, error: BaseException) -> bool:
+        args: tuple[Any, ...] = getattr(error, "args", ())
+        return len(args) > 0 and args[0] == _DUPLICATE_KEY
+
+    def configure(self, conn: Any) -> None:
+        # A read gathers a session's runs with GROUP_CONCAT, cut at 1 MB by default; the
+        # server's max_allowed_packet still bounds what one read can carry.
+        with conn.cursor() as cursor:
+            cursor.execute("SET SESSION group_concat_max_len = 4294967295")
 
     def schema_lock(self, conn: Connection) -> None:
         conn.execute(text("SELECT GET_LOCK(:name, 60)"), {"name": _SCHEMA_LOCK})
@@ -109,9 +125,9 @@ class MySQLDialect(SqlDialect):
             return True
         return isinstance(error, pymysql.err.OperationalError) and code in _UNAVAILABLE
 
-    def retryable(self, error: Any) -> bool:
-        args: tuple[Any, ...] = getattr(error.orig, "args", ())
-        return super().retryable(error) or (len(args) > 0 and args[0] == _DEADLOCK)
+    def retryable(self, error: BaseException, dbapi: Any) -> bool:
+        args: tuple[Any, ...] = getattr(error, "args", ())
+        return super().retryable(error, dbapi) or (len(args) > 0 and args[0] == _DEADLOCK)
 
 
 class MySQLStorage(ServerStorage):
@@ -135,6 +151,9 @@ class MySQLStorage(ServerStorage):
         return {
             "isolation_level": "READ COMMITTED",
             "pool_recycle": 3600,
+            # savegame ends every transaction it begins; PyMySQL's rollback on an idle
+            # connection would cost a round trip each time a connection goes back.
+            "pool_reset_on_return": None,
             "connect_args": {
                 "charset": "utf8mb4",
                 "connect_timeout": connect_timeout,

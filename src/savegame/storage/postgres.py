@@ -17,7 +17,8 @@ Only what is particular to PostgreSQL lives here; the layout, queries and migrat
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import String, Table, Text, cast, text
@@ -77,10 +78,13 @@ class PostgresDialect(SqlDialect):
     def id_type(self) -> TypeEngine[Any]:
         return String(codec.MAX_ID_LENGTH, collation="C")
 
-    def dumps(self, value: Any) -> str:
+    def json_as_text(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
+        return cast(column, Text)
+
+    def dumps(self, value: Any, text: str | None = None) -> str:
         # JSONB keeps numbers as NUMERIC and prints 6.6e+16 back as 66000000000000000, an int
         # once parsed; the same value written with a decimal point comes back as a float.
-        text = codec.dumps_text_safe(value)
+        text = codec.dumps_text_safe(value, text)
         return _EXPONENT_TOKEN.sub(_keep_float, text) if "e+" in text else text
 
     def loads(self, text: str | bytes) -> Any:
@@ -88,6 +92,20 @@ class PostgresDialect(SqlDialect):
 
     def upsert(self, table: Table, keys: Sequence[str]) -> Executable:
         return on_conflict_update(insert(table), keys)
+
+    def insert_new(self, table: Table) -> Executable:
+        statement: Executable = insert(table).on_conflict_do_nothing()
+        return statement
+
+    @contextmanager
+    def one_statement(self, conn: Any) -> Iterator[None]:
+        # In autocommit the statement goes alone, without a BEGIN and a COMMIT around it.
+        conn.autocommit = True
+        try:
+            yield
+        finally:
+            if not (conn.closed or conn.broken):
+                conn.autocommit = False
 
     def schema_lock(self, conn: Connection) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
@@ -100,9 +118,9 @@ class PostgresDialect(SqlDialect):
             not state or state[:2] in ("08", "53", "57")
         )
 
-    def retryable(self, error: Any) -> bool:
-        state = getattr(error.orig, "sqlstate", None)
-        return super().retryable(error) or state in ("40001", "40P01")
+    def retryable(self, error: BaseException, dbapi: Any) -> bool:
+        state = getattr(error, "sqlstate", None)
+        return super().retryable(error, dbapi) or state in ("40001", "40P01")
 
 
 class PostgresStorage(ServerStorage):
@@ -120,6 +138,8 @@ class PostgresStorage(ServerStorage):
 
     driver = ("psycopg", "psycopg", "postgres")
     dialect_class = PostgresDialect
+    # JSONB keeps an object's keys in an order of its own (shorter keys first).
+    capabilities = ServerStorage.capabilities - {"key_order"}
 
     @classmethod
     def engine_options(cls, connect_timeout: int) -> dict[str, Any]:

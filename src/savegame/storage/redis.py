@@ -33,12 +33,15 @@ digests (``LSET`` or ``RPUSH``, ``SETRANGE``; ``LTRIM`` for a shorter list): wha
 does not grow with the conversation. When another write came in between, the script
 changes nothing and hands back the header it found, and the write starts again on that; a
 token, unlike a version, is never reused, even when a session is deleted and made again. A
-storage remembers the header it last read or wrote for each of its recent sessions and writes
-on that without reading first, and takes a session it has not seen for a new one while that
-guess keeps proving right, so a save costs one round trip; a wrong guess costs one more, never
-a wrong write (a write larger than :data:`GUESS` is not sent on a guess about a session not
-seen: the header is read first). A script retried after a lost connection whose first
-attempt had landed finds its own new token and does not write twice.
+storage remembers what it last read or wrote of each of its recent sessions
+(:mod:`savegame.storage.known`) and writes on that without reading first, and takes a
+session it has not seen for a new one while that guess keeps proving right, so a save costs
+one round trip; a wrong guess costs one more, never a wrong write (a write larger than
+:data:`GUESS` is not sent on a guess about a session not seen: the header is read first).
+The runs it remembers unchanged are not encoded again, and a read of a session whose token
+is the remembered one gets back only the header's state, not the session. A script retried
+after a lost connection whose first attempt had landed finds its own new token and does not
+write twice.
 
 Expiry is Redis's own: with ``expire`` set, the header and the runs get ``EXPIREAT``. Index
 entries cannot expire by themselves, so ``{T}:exp`` remembers when each session goes: listings
@@ -62,10 +65,9 @@ import secrets
 import threading
 import time
 import zlib
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from operator import methodcaller
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from savegame.errors import (
@@ -76,9 +78,17 @@ from savegame.errors import (
     MissingDependencyError,
     StorageError,
 )
-from savegame.storage.base import Header, Record, Storage
-from savegame.storage.codec import check_name, dumps, loads
-from savegame.storage.session import Mode, set_path, split_runs
+from savegame.storage.base import STAMPED, Draft, Header, Record, Storage
+from savegame.storage.codec import check_name, dumps, loads, object_text
+from savegame.storage.known import (
+    DEFAULT_BYTES,
+    Known,
+    KnownSessions,
+    RunEncoder,
+    pickle_plain,
+    pickle_runs,
+)
+from savegame.storage.session import Mode, get_path, set_path, split_runs
 from savegame.storage.url import StorageURL
 
 PREFIX = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}")
@@ -104,12 +114,6 @@ GUESS = 64 * 1024
 MAX_SHARDS = 1024
 """The most slots one store may spread over."""
 
-REMEMBERED = 10_000
-"""Sessions whose last seen header a storage keeps, to write them without reading first."""
-
-REMEMBERED_DIGESTS = 4_000_000
-"""Characters of run digests those headers may hold together (250,000 runs)."""
-
 T = TypeVar("T")
 
 # Shared by the scripts: remove every trace of one session. ARGV[1] of every script that
@@ -127,7 +131,7 @@ local function forget(id)
 end
 """
 
-# Shared by the scripts: what a write needs of a stored session, as _Seen.of takes it.
+# Shared by the scripts: what a write needs of a stored session, as _known takes it.
 _HEAD = """
 local function head(header, digests)
   local h = redis.call('HMGET', header, 'token', 'version', 'created_at', 'expires_at', 'runs')
@@ -209,20 +213,26 @@ return 1
 # KEYS: header, digests; returns the stored header (see _HEAD).
 _HEADER = _HEAD + "return head(KEYS[1], KEYS[2])\n"
 
-# KEYS: header, runs, digests for each session; returns per session
-# {data, runs as one JSON array (false: not in the list), token, version, created_at,
-# expires_at, digests}: a few strings, which the client parses much faster than a list.
+# KEYS: header, runs, digests for each session; ARGV: the token the reader remembers of
+# each ('' for none). Returns per session {data, runs as one JSON array (false: not in the
+# list), token, version, created_at, expires_at, digests}: a few strings, which the client
+# parses much faster than a list; or {1} when the header carries the remembered token.
 _READ = (
     _HEAD
     + """
 local out = {}
 for i = 1, #KEYS, 3 do
-  local h = head(KEYS[i], KEYS[i + 2])
-  local runs = false
-  if h[5] then
-    runs = '[' .. table.concat(redis.call('LRANGE', KEYS[i + 1], 0, -1), ',') .. ']'
+  local known = ARGV[(i + 2) / 3]
+  if known ~= '' and redis.call('HGET', KEYS[i], 'token') == known then
+    out[#out + 1] = {1}
+  else
+    local h = head(KEYS[i], KEYS[i + 2])
+    local runs = false
+    if h[5] then
+      runs = '[' .. table.concat(redis.call('LRANGE', KEYS[i + 1], 0, -1), ',') .. ']'
+    end
+    out[#out + 1] = {redis.call('HGET', KEYS[i], 'data'), runs, h[1], h[2], h[3], h[4], h[5]}
   end
-  out[#out + 1] = {redis.call('HGET', KEYS[i], 'data'), runs, h[1], h[2], h[3], h[4], h[5]}
 end
 return out
 """
@@ -326,6 +336,8 @@ class RedisStorage(Storage):
         shards: how many cluster slots the store spreads over (see the module docstring);
             fixed by the first storage that uses the store, None: whatever it was fixed to
             (1 for a new store).
+        cache_bytes: how many bytes of runs the storage may remember of its recent
+            sessions (:mod:`savegame.storage.known`); 0 remembers none.
 
     Raises:
         InvalidIdentifierError: for a prefix that does not match :data:`PREFIX`, or (at
@@ -334,7 +346,7 @@ class RedisStorage(Storage):
         MissingDependencyError: when redis-py is not installed.
     """
 
-    capabilities = frozenset({"persistent", "processes"})
+    capabilities = frozenset({"persistent", "processes", "key_order"})
 
     def __init__(
         self,
@@ -353,6 +365,7 @@ class RedisStorage(Storage):
         socket_timeout: float = 30.0,
         connect_timeout: float = 5.0,
         shards: int | None = None,
+        cache_bytes: int = DEFAULT_BYTES,
     ) -> None:
         super().__init__(mode, expire)
         check_name(prefix, "Redis key prefix", PREFIX, PREFIX_ALLOWED)
@@ -370,7 +383,8 @@ class RedisStorage(Storage):
         self._given = client is not None
         self._client: Any = client
         self._scripts: dict[str, Any] = {}
-        self._seen = _Remembered()
+        self._seen = KnownSessions(cache_bytes)
+        self._run_codec = RunEncoder(self._seen, dumps, _digest)
         self._guess_new = True
         self._lock = threading.Lock()
         options: dict[str, Any] = {
@@ -565,9 +579,10 @@ class RedisStorage(Storage):
             self._call(methodcaller("delete", key))
 
     def _read(self, session_id: str) -> Record | None:
-        return self._read_many([session_id])[0]
+        return self._read_many([session_id], remember=True)[0]
 
-    def _read_many(self, ids: Iterable[str]) -> list[Record | None]:
+    def _read_many(self, ids: Iterable[str], remember: bool = False) -> list[Record | None]:
+        """The records of ``ids``; ``remember``: keep copies of them (reads of one session)."""
         ids = list(ids)
         slots: dict[str, list[int]] = {}
         for i, sid in enumerate(ids):
@@ -578,15 +593,37 @@ class RedisStorage(Storage):
             for start in range(0, len(positions), READ_BATCH):
                 batch = positions[start : start + READ_BATCH]
                 keys = [f"{tag}{kind}:{ids[i]}" for i in batch for kind in "hrd"]
-                rows = self._script(_READ, keys, [])
-                for i, (data, runs, *state) in zip(batch, rows, strict=True):
-                    seen = _Seen.of(*state)
-                    self._seen.put(ids[i], seen)
-                    if data is not None:
-                        out[i] = self._assemble(ids[i], data, runs, seen)
+                known = [self._seen.get(ids[i]) if remember else None for i in batch]
+                tokens = [k.token if k is not None and k.whole() else "" for k in known]
+                rows = self._script(_READ, keys, tokens)
+                for i, row, was in zip(batch, rows, known, strict=True):
+                    if len(row) == 1:
+                        assert was is not None
+                        out[i] = was.record(self.spec.runs_path)
+                    else:
+                        out[i] = self._fetched(ids[i], row, remember)
         return out
 
-    def _assemble(self, session_id: str, data: Any, runs: Any, seen: _Seen) -> Record:
+    def _fetched(self, session_id: str, row: list[Any], remember: bool) -> Record | None:
+        """The record of what the read script sent, remembered as the session's state."""
+        data, runs, *state = row
+        seen = _known(*state)
+        if data is None:
+            self._seen.put(session_id, None)
+            return None
+        record = self._assemble(session_id, data, runs)
+        if not remember:
+            old = self._seen.get(session_id)
+            if old is None or old.token != seen.token:
+                self._seen.put(session_id, seen)
+            return record
+        items = get_path(record, self.spec.runs_path) if runs is not None else None
+        head = split_runs(record, self.spec.runs_path)[0] if runs is not None else record
+        blob = None if items is None else pickle_runs(items)
+        self._seen.put(session_id, seen._replace(runs=blob, head=pickle_plain(head)))
+        return record
+
+    def _assemble(self, session_id: str, data: Any, runs: Any) -> Record:
         try:
             record = loads(data)
             if not isinstance(record, dict):
@@ -601,10 +638,9 @@ class RedisStorage(Storage):
         return record
 
     def _write(
-        self, data: Record, expected_version: int | None, now: int, preserve: bool
+        self, draft: Draft, expected_version: int | None, now: int, preserve: bool
     ) -> Record:
-        sid = data["session_id"]
-        runs = _Runs.of(split_runs(data, self.spec.runs_path)[1])
+        sid = draft.session_id
         # Write on the header last seen; take a session this storage has not seen for a new
         # one while that guess keeps proving right. ``trusted``: read from the store just now.
         seen, trusted = self._seen.get(sid), False
@@ -615,27 +651,27 @@ class RedisStorage(Storage):
             self._guess_new = seen.header is None
         for _ in range(MAX_WRITE_ATTEMPTS):
             try:
-                record = self._stamp(data, seen.header, expected_version, now, preserve)
+                record = self._stamp(draft.record, seen.header, expected_version, now, preserve)
             except ConflictError:
                 if trusted:
                     raise
                 seen, trusted = self._header(sid), True
                 continue
-            keys, args, written = self._plan(record, seen, runs)
+            keys, args, written = self._plan(draft, record, seen)
             if seen is ABSENT and not trusted and _payload(args) > GUESS:
                 seen, trusted = self._header(sid), True
                 continue
             result = self._script(_WRITE, keys, args)
             if not isinstance(result, list):
                 self._seen.put(sid, written)
-                return record
+                return draft.whole(record)
             self._seen.put(sid, None)
             if trusted:
                 # Another writer came between our read and our write: let it finish.
                 time.sleep(secrets.randbelow(1000) / 1e6)
             elif seen is ABSENT:
                 self._guess_new = False
-            seen, trusted = _Seen.of(*result), True
+            seen, trusted = _known(*result), True
         # Every attempt lost the race to other writers; nothing was written.
         if expected_version is not None:
             actual = 0 if seen.header is None else seen.header.version
@@ -645,20 +681,26 @@ class RedisStorage(Storage):
             f"{MAX_WRITE_ATTEMPTS} attempts to write it; nothing was written"
         )
 
-    def _header(self, session_id: str) -> _Seen:
+    def _header(self, session_id: str) -> Known:
         tag = self._tag(session_id)
         keys = [f"{tag}h:{session_id}", f"{tag}d:{session_id}"]
-        return _Seen.of(*self._script(_HEADER, keys, []))
+        return _known(*self._script(_HEADER, keys, []))
 
-    def _plan(self, record: Record, seen: _Seen, runs: _Runs) -> tuple[list[str], list[Any], _Seen]:
-        """The write script's keys and arguments for ``record``, and the header it leaves."""
+    def _plan(
+        self, draft: Draft, record: Record, seen: Known
+    ) -> tuple[list[str], list[Any], Known]:
+        """The write script's keys and arguments for ``record``, and what it leaves stored."""
         sid = record["session_id"]
-        head, _ = split_runs(record, self.spec.runs_path)
+        runs = draft.runs
         tag = self._tag(sid)
         index = self._index_keys(tag, record.get("user_id"), record.get(self.spec.entity_field))
         keys = [*self._store_keys(tag), *(f"{tag}{kind}:{sid}" for kind in "hrd"), *index]
         expires = record.get("expires_at")
         token = secrets.token_hex(8)
+        changes: list[Any] = []
+        if runs is not None:
+            for position, digest, text in runs.changes(seen.digests):
+                changes += [position, digest, text]
         args: list[Any] = [
             tag,
             sid,
@@ -666,15 +708,23 @@ class RedisStorage(Storage):
             token,
             -record["created_at"],
             "" if expires is None else expires,
-            dumps(head),
+            object_text(record, {k: t for k, t in draft.texts.items() if k not in STAMPED}),
             record["version"],
             record["created_at"],
-            "" if runs.digests is None else len(runs.texts),
+            "" if runs is None else len(runs),
             "replace" if seen.digests is None else "keep",
-            *runs.changes(seen.digests),
+            *changes,
         ]
         header = Header(record["version"], record["created_at"], expires)
-        return keys, args, _Seen(token, header, runs.digests)
+        stored = Known(
+            token,
+            header,
+            None if runs is None else runs.digests,
+            None if runs is None else runs.pickled,
+            (),
+            pickle_plain(record),
+        )
+        return keys, args, stored
 
     def _list(
         self, user_id: str | None, entity_id: str | None, limit: int | None, now: int | None
@@ -712,92 +762,16 @@ class RedisStorage(Storage):
         return f"RedisStorage(prefix={self.prefix!r}, mode={self.mode!r}, {self._address})"
 
 
-class _Seen(NamedTuple):
-    """What a write needs to know of a stored session's header, as last read or written."""
-
-    token: str
-    """The random token of the write that made the header ('': no session)."""
-    header: Header | None
-    digests: str | None
-    """A digest per run, concatenated; None when the runs are not kept in the list."""
-
-    @classmethod
-    def of(cls, token: Any, version: Any, created: Any, expires: Any, digests: Any) -> _Seen:
-        """From what the scripts return: the header's fields and the digests (None: absent)."""
-        if token is None or version is None:
-            return cls("", None, None)
-        header = Header(int(version), _int(created), _int(expires))
-        return cls(_text(token), header, None if digests is None else _text(digests))
+def _known(token: Any, version: Any, created: Any, expires: Any, digests: Any) -> Known:
+    """What a write needs of a stored session, from the header's fields the scripts return."""
+    if token is None or version is None:
+        return ABSENT
+    header = Header(int(version), _int(created), _int(expires))
+    return Known(_text(token), header, None if digests is None else _text(digests), None)
 
 
-class _Remembered:
-    """The headers a storage last read or wrote, least recently used first out.
-
-    Bounded by :data:`REMEMBERED` sessions and :data:`REMEMBERED_DIGESTS` characters of
-    digests, so long conversations cannot make it large.
-    """
-
-    def __init__(self) -> None:
-        self._items: OrderedDict[str, _Seen] = OrderedDict()
-        self._chars = 0
-        self._lock = threading.Lock()
-
-    def get(self, session_id: str) -> _Seen | None:
-        with self._lock:
-            seen = self._items.get(session_id)
-            if seen is not None:
-                self._items.move_to_end(session_id)
-            return seen
-
-    def put(self, session_id: str, seen: _Seen | None) -> None:
-        """Remembers ``seen`` for the session (forgets it for None or an absent session)."""
-        with self._lock:
-            old = self._items.pop(session_id, None)
-            if old is not None:
-                self._chars -= len(old.digests or "")
-            if seen is None or seen.header is None:
-                return
-            self._items[session_id] = seen
-            self._chars += len(seen.digests or "")
-            while len(self._items) > REMEMBERED or self._chars > REMEMBERED_DIGESTS:
-                _, gone = self._items.popitem(last=False)
-                self._chars -= len(gone.digests or "")
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self._chars = 0
-
-
-ABSENT = _Seen("", None, None)
+ABSENT = Known("", None, None, None)
 """What a write assumes of a session the storage has not seen."""
-
-
-class _Runs(NamedTuple):
-    """A session's runs as stored: one JSON text and one digest per run."""
-
-    texts: list[str]
-    digests: str | None
-    """The digests concatenated; None when the session keeps no list of runs."""
-
-    @classmethod
-    def of(cls, runs: list[Any] | None) -> _Runs:
-        if runs is None:
-            return cls([], None)
-        texts = [dumps(run) for run in runs]
-        return cls(texts, "".join(_digest(text) for text in texts))
-
-    def changes(self, stored: str | None) -> list[Any]:
-        """(position, digest, text), flattened, for the runs that differ from ``stored``."""
-        size = 2 * DIGEST_SIZE
-        old = stored or ""
-        new = self.digests or ""
-        out: list[Any] = []
-        for i, text in enumerate(self.texts):
-            digest = new[i * size : (i + 1) * size]
-            if old[i * size : (i + 1) * size] != digest:
-                out += [i, digest, text]
-        return out
 
 
 def _payload(args: list[Any]) -> int:
@@ -806,7 +780,7 @@ def _payload(args: list[Any]) -> int:
 
 
 def _digest(text: str) -> str:
-    return hashlib.blake2b(text.encode(), digest_size=DIGEST_SIZE).hexdigest()
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=DIGEST_SIZE).hexdigest()
 
 
 def _text(value: Any) -> str:

@@ -6,7 +6,8 @@ Layout. A storage owns two tables, both in its schema:
     one *header* row per session, with the original's column names: ``session_id`` (primary
     key), one column per field of the mode's session class (the ids as indexed strings,
     ``memory`` and the ``*_data`` fields as JSON, ``created_at``/``updated_at`` as integers),
-    plus savegame's ``version``, ``expires_at`` (indexed, for purges) and ``run_count``.
+    plus savegame's ``version``, ``expires_at`` (indexed, for purges), ``run_count`` and
+    ``write_token`` (a random id of the write that made the row, never reused).
 ``<table>_runs``
     one row per run of the list at the mode's ``runs_path`` (``memory["runs"]``, or ``runs``
     in ``workflow_v2``), keyed by ``(session_id, position)``, with a digest of its JSON text.
@@ -17,11 +18,26 @@ number means "that many rows in ``<table>_runs``". A write sends the header and 
 runs whose digest changed, and deletes the runs past the new end, in one transaction, so a
 save costs what changed, not the length of the conversation. Listings read headers only.
 
-Transactions. A write locks the session's header row first (``SELECT ... FOR UPDATE``; in
-SQLite the whole database with ``BEGIN IMMEDIATE``), so checking the version and writing are
-one atomic step; two first inserts of one session meet at the primary key and the loser runs
-again, now seeing the row. Reads run in a snapshot (``REPEATABLE READ`` where the database
-has levels), so header and runs always come from the same write.
+Transactions. A write checks the version and writes in one atomic step: on a session the
+storage remembers (:mod:`savegame.storage.known`) with an ``UPDATE ... WHERE write_token =
+<the remembered one>``, which changes nothing when another write came in between; otherwise
+after locking the session's header row (``SELECT ... FOR UPDATE``; in SQLite the whole
+database, with ``BEGIN IMMEDIATE``). A session the storage has not seen is first taken for a
+new one (an insert that does nothing when the row is there), while that guess keeps proving
+right. Two first inserts of one session meet at the primary key and the loser runs again,
+now seeing the row. A read takes the header and the runs in one snapshot: in one statement
+on a server (the runs aggregated into one JSON array, and left out when the header carries
+the remembered token), in one transaction in SQLite.
+
+Execution. The statements of reads and writes of one session are built with SQLAlchemy Core
+once per storage, compiled for the engine's dialect, and run on the driver's connection
+taken from the engine's pool: per call, SQLAlchemy's own execution costs more than the
+database does on a small session. Schema changes, listings, deletes and purges run through
+SQLAlchemy. A pooled connection found dead (the server restarted, or closed it) is
+discarded and the call runs again on another; a connection that cannot be made fails the
+call, with :class:`~savegame.errors.BackendUnavailableError`. A write that lost its
+connection while committing runs again with the same token, and finds it in the header
+when the first attempt had landed, so it is never applied twice.
 
 Migrations. :data:`MIGRATIONS` is an ordered, append-only list. The version reached is kept
 per table in ``savegame_migrations`` (in the same schema); a table written by the original,
@@ -36,51 +52,68 @@ driver errors become :mod:`savegame.errors`, with the dialect deciding which one
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
+import random
 import re
 import threading
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, ClassVar, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, NamedTuple, TypeVar, get_args, get_origin, get_type_hints
 from urllib.parse import urlencode
 
 from sqlalchemy import (
     BigInteger,
     Column,
     Engine,
+    Index,
     Integer,
     MetaData,
     String,
     Table,
     Text,
     bindparam,
+    case,
     create_engine,
     delete,
+    event,
     func,
     inspect,
+    literal_column,
     make_url,
+    null,
     select,
     update,
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.schema import CreateSchema
-from sqlalchemy.sql.expression import Executable
+from sqlalchemy.sql.expression import ColumnElement, Executable
 from sqlalchemy.types import TypeEngine, UserDefinedType
 
 from savegame.errors import (
     BackendUnavailableError,
+    ConflictError,
     CorruptSessionError,
     MissingDependencyError,
     SerializationError,
     StorageError,
 )
 from savegame.storage import codec
-from savegame.storage.base import Header, Record, Storage
+from savegame.storage.base import Draft, Header, Record, Storage
+from savegame.storage.known import (
+    DEFAULT_BYTES,
+    Known,
+    KnownSessions,
+    RunEncoder,
+    Runs,
+    pickle_plain,
+    pickle_runs,
+)
 from savegame.storage.session import Mode, ModeSpec, mode_spec, set_path, split_runs
 from savegame.storage.url import StorageURL
 
@@ -91,7 +124,17 @@ _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,57}")
 # 58 characters leave room for "_runs" within PostgreSQL's 63-character identifiers.
 
 _ATTEMPTS = 5
+"""Runs of a write that met another writer at the primary key, or a deadlock."""
+
+_RECONNECTS = 8
+"""Pooled connections a call may find dead, one after the other, before it fails."""
+
 _BATCH = 500
+
+_UNCHANGED = object()
+"""What a read of one session gives when the store holds what the storage remembers."""
+
+T = TypeVar("T")
 
 
 class JsonText(UserDefinedType[Any]):
@@ -116,9 +159,11 @@ class SqlDialect(ABC):
 
     Attributes:
         title: the database's name in messages.
-        read_isolation: the isolation level that makes a read's statements one snapshot
-            (None where every transaction already is one).
+        read_isolation: the isolation level that makes the statements of a read through
+            SQLAlchemy one snapshot (None where every transaction already is one).
         table_options: keyword arguments for each :class:`~sqlalchemy.Table`.
+        aggregate_runs: whether a read gets a session's runs as one JSON array in the
+            statement that gets its header (servers, where each statement is a round trip).
     """
 
     title: ClassVar[str] = "SQL"
@@ -126,6 +171,7 @@ class SqlDialect(ABC):
     """What :meth:`configure` sets on a connection; a connection is set up again when it differs."""
     read_isolation: ClassVar[str | None] = None
     table_options: ClassVar[dict[str, Any]] = {}
+    aggregate_runs: ClassVar[bool] = True
 
     # -- types and serialization ----------------------------------------------------------
 
@@ -141,9 +187,13 @@ class SqlDialect(ABC):
         """The type of other string fields (names, links to other sessions)."""
         return Text()
 
-    def dumps(self, value: Any) -> str:
-        """JSON text for a JSON column."""
-        return codec.dumps(value)
+    def json_as_text(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
+        """A JSON column as its text, inside an expression (where no type casts it back)."""
+        return column
+
+    def dumps(self, value: Any, text: str | None = None) -> str:
+        """JSON text for a JSON column; ``text`` as for :func:`savegame.storage.codec.dumps`."""
+        return codec.dumps(value, text)
 
     def loads(self, text: str | bytes) -> Any:
         """The value of a JSON column's text."""
@@ -155,14 +205,46 @@ class SqlDialect(ABC):
     def upsert(self, table: Table, keys: Sequence[str]) -> Executable:
         """INSERT into ``table`` that updates every other column when ``keys`` exist."""
 
+    @abstractmethod
+    def insert_new(self, table: Table) -> Executable:
+        """INSERT into ``table`` that inserts nothing when the primary key exists.
+
+        Where the database has no such statement, a plain INSERT whose duplicate key
+        :meth:`duplicate` recognises, and which leaves the transaction usable.
+        """
+
+    def duplicate(self, error: BaseException) -> bool:
+        """Whether :meth:`insert_new` failed because the row was there."""
+        return False
+
     # -- connections and transactions -----------------------------------------------------
 
-    def configure(self, conn: Connection) -> None:
+    def configure(self, conn: Any) -> None:
         """Sets up a new DBAPI connection before its first use by savegame."""
+
+    def begin(self, conn: Any, write: bool) -> None:
+        """Starts a transaction on a DBAPI connection (by default its first statement does).
+
+        A write transaction must take the locks that make reading the header and writing
+        on it one step.
+        """
+
+    def end(self, conn: Any, commit: bool) -> None:
+        """Ends the transaction on a DBAPI connection."""
+        if commit:
+            conn.commit()
+        else:
+            conn.rollback()
+
+    @contextmanager
+    def one_statement(self, conn: Any) -> Iterator[None]:
+        """Around a read of one statement on a DBAPI connection, which is a snapshot by itself."""
+        yield
+        conn.commit()
 
     @contextmanager
     def transaction(self, conn: Connection, write: bool) -> Iterator[Connection]:
-        """A transaction on ``conn``: a snapshot for reads, row locks for writes."""
+        """A transaction through SQLAlchemy: a snapshot for reads, row locks for writes."""
         if not write and self.read_isolation is not None:
             conn = conn.execution_options(isolation_level=self.read_isolation)
         with conn.begin():
@@ -185,13 +267,13 @@ class SqlDialect(ABC):
         """Whether a driver error means the database is unreachable or stayed locked."""
         return False
 
-    def retryable(self, error: sa_exc.DBAPIError) -> bool:
-        """Whether a write that failed with ``error`` may simply run again.
+    def retryable(self, error: BaseException, dbapi: Any) -> bool:
+        """Whether a write that failed with the driver's ``error`` may simply run again.
 
         Two first inserts of one session meet at the primary key; the one that loses sees
-        the row when it runs again.
+        the row when it runs again. ``dbapi`` is the driver's module.
         """
-        return isinstance(error, sa_exc.IntegrityError)
+        return isinstance(error, dbapi.IntegrityError)
 
 
 def on_conflict_update(statement: Any, keys: Sequence[str]) -> Executable:
@@ -266,9 +348,17 @@ def build_tables(spec: ModeSpec, dialect: SqlDialect, name: str, schema: str | N
         else:
             json_columns.add(field)
             columns.append(Column(field, dialect.json_type()))
-    columns.append(Column("expires_at", BigInteger, index=True))
+    expires = Column("expires_at", BigInteger)
+    columns.append(expires)
     columns.append(Column("run_count", Integer))
-    header = Table(name, metadata, *columns, **dialect.table_options)
+    columns.append(Column("write_token", String(16)))
+    # Only sessions that expire are indexed by expiry, where the database can say so: a
+    # session without one costs no index entry.
+    has_expiry = expires.isnot(None)
+    expiry = Index(
+        f"ix_{name}_expires_at", expires, sqlite_where=has_expiry, postgresql_where=has_expiry
+    )
+    header = Table(name, metadata, *columns, expiry, **dialect.table_options)
     runs = Table(
         f"{name}_runs",
         metadata,
@@ -304,8 +394,8 @@ def engine_lock(engine: Engine) -> threading.RLock:
 def server_engine(db_url: str, driver: str, package: str, extra: str, **options: Any) -> Engine:
     """A shared engine for a database server, with ``driver`` unless the URL names one.
 
-    The pool checks each connection before handing it out, so a restarted server or a
-    connection the server closed costs a reconnect, not an error.
+    A pooled connection that the server closed, or lost in a restart, costs a reconnect,
+    not an error (see the module docstring); no connection is checked before each use.
 
     Raises:
         MissingDependencyError: when the driver's package is not installed.
@@ -318,7 +408,7 @@ def server_engine(db_url: str, driver: str, package: str, extra: str, **options:
     base = {"postgres": "postgresql"}.get(url.drivername, url.drivername)
     if "+" not in base:
         url = url.set(drivername=f"{base}+{driver}")
-    return shared_engine(url, pool_pre_ping=True, **options)
+    return shared_engine(url, **options)
 
 
 _SHARED: dict[tuple[str, str], list[Any]] = {}
@@ -365,37 +455,240 @@ def _digest(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
-class _Statements:
-    """The statements of the hot paths, built once so that each call only binds values."""
+_DIGEST_WIDTH = len(_digest(""))
 
-    def __init__(self, tables: Tables, dialect: SqlDialect) -> None:
+
+def _same_type(a: Any, b: Any) -> bool:
+    return type(a) is type(b)
+
+
+def _text(value: Any) -> Any:
+    """A value read from the driver, with ids that come as UTF-8 bytes (MySQL) decoded."""
+    return value.decode("utf-8") if type(value) is bytes else value
+
+
+class _Raw(NamedTuple):
+    """A statement compiled once for the engine's dialect, run on the driver's connection."""
+
+    sql: str
+    order: tuple[str, ...] | None
+    """The names of the parameters in order, for drivers that take them by position."""
+
+    @classmethod
+    def of(
+        cls,
+        statement: Any,
+        dialect: Any,
+        columns: Sequence[str] | None = None,
+        literals: bool = False,
+    ) -> _Raw:
+        """``statement`` compiled; ``columns``: those an INSERT or UPDATE sets, by name.
+
+        ``literals`` renders the values SQLAlchemy renders at execution time (a separator
+        of ``aggregate_strings``) into the text; every other parameter must then have a
+        placeholder value.
+        """
+        options = {"render_postcompile": True} if literals else {}
+        compiled = statement.compile(dialect=dialect, column_keys=columns, compile_kwargs=options)
+        order = tuple(compiled.positiontup or ()) if compiled.positional else None
+        return cls(compiled.string, order)
+
+    def params(self, values: Mapping[str, Any]) -> Any:
+        """What the driver takes for ``values``."""
+        return values if self.order is None else tuple(map(values.__getitem__, self.order))
+
+    def run(self, cursor: Any, values: Mapping[str, Any]) -> Any:
+        cursor.execute(self.sql, self.params(values))
+        return cursor
+
+    def run_many(self, cursor: Any, rows: list[dict[str, Any]]) -> None:
+        cursor.executemany(self.sql, [self.params(row) for row in rows])
+
+
+class _Statements:
+    """The statements of the hot paths, built once so that each call only binds values.
+
+    Those the storage runs on the driver's connection are compiled when it first connects
+    (a dialect may render them differently by server version).
+    """
+
+    def __init__(
+        self, tables: Tables, dialect: SqlDialect, engine_dialect: Any, indexed: Sequence[str]
+    ) -> None:
         header, runs = tables.header, tables.runs
         sid: Any = bindparam("sid")
         ids: Any = bindparam("ids", expanding=True)
-        self.lock_header = (
-            select(header.c.version, header.c.created_at, header.c.expires_at)
-            .where(header.c.session_id == sid)
-            .with_for_update()
-        )
-        self.insert_header = header.insert()
-        self.update_header = update(header).where(header.c.session_id == sid)
-        self.digests = select(runs.c.position, runs.c.digest).where(runs.c.session_id == sid)
-        self.upsert_run = dialect.upsert(runs, ("session_id", "position"))
-        self.cut_runs = delete(runs).where(
-            runs.c.session_id == sid, runs.c.position >= bindparam("count")
-        )
-        self.header = select(header).where(header.c.session_id == sid)
+        names = [c.name for c in header.c]
+        written = [n for n in names if n != "session_id"]
+        run_columns = ["session_id", "position", "digest", "run"]
+        self.header_names = names
+        # Through SQLAlchemy: reads of many sessions, and of tables of an older layout.
         self.headers = select(header).where(header.c.session_id.in_(ids))
-        self.runs_of_one = (
-            select(runs.c.session_id, runs.c.run)
-            .where(runs.c.session_id == sid)
-            .order_by(runs.c.position)
-        )
         self.runs = (
             select(runs.c.session_id, runs.c.run)
             .where(runs.c.session_id.in_(ids))
             .order_by(runs.c.session_id, runs.c.position)
         )
+        # On the driver's connection.
+        compile_ = _Raw.of
+        d = engine_dialect
+        self.lock_header = compile_(
+            select(
+                header.c.version,
+                header.c.created_at,
+                header.c.write_token,
+                *(header.c[name] for name in indexed),
+            )
+            .where(header.c.session_id == sid)
+            .with_for_update(),
+            d,
+        )
+        self.insert_header = compile_(header.insert(), d, names)
+        self.insert_new = compile_(dialect.insert_new(header), d, names)
+        self.indexed = indexed
+        self._written = written
+        self._header = header
+        self._dialect = d
+        self._updates: dict[tuple[frozenset[str], bool], _Raw] = {}
+        self.digests = compile_(
+            select(runs.c.digest).where(runs.c.session_id == sid).order_by(runs.c.position), d
+        )
+        self.upsert_run = compile_(dialect.upsert(runs, ("session_id", "position")), d, run_columns)
+        self.cut_runs = compile_(
+            delete(runs).where(runs.c.session_id == sid, runs.c.position >= bindparam("count")),
+            d,
+        )
+        self.runs_of_one = compile_(
+            select(runs.c.run, runs.c.digest)
+            .where(runs.c.session_id == sid)
+            .order_by(runs.c.position),
+            d,
+        )
+        if dialect.aggregate_runs:
+            # The runs as one JSON array's items and the digests as one string, unless the
+            # header carries the token the reader remembers them by.
+            def aggregate(value: ColumnElement[Any], separator: str) -> Any:
+                gathered = func.aggregate_strings(value, separator).aggregate_order_by(
+                    runs.c.position
+                )
+                below = select(gathered).where(runs.c.session_id == header.c.session_id)
+                known = header.c.write_token == bindparam("known", "")
+                return case((known, null()), else_=below.scalar_subquery())
+
+            text = func.coalesce(dialect.json_as_text(runs.c.run), literal_column("'null'"))
+            query = select(header, aggregate(text, ","), aggregate(runs.c.digest, "")).where(
+                header.c.session_id == bindparam("sid", "")
+            )
+            self.header_one = compile_(query, d, literals=True)
+        else:
+            self.header_one = compile_(select(header).where(header.c.session_id == sid), d)
+        self.token_of = compile_(select(header.c.write_token).where(header.c.session_id == sid), d)
+
+    def update(self, changed: frozenset[str], on_token: bool) -> _Raw:
+        """The UPDATE of a header that sets the indexed columns in ``changed`` and every
+        other column; ``on_token``: only while the row carries the token ``:known``.
+
+        Setting an indexed column to the value it has still rewrites its index entry,
+        which in SQLite costs more than the rest of the write.
+        """
+        key = (changed, on_token)
+        statement = self._updates.get(key)
+        if statement is None:
+            header = self._header
+            match = header.c.session_id == bindparam("sid")
+            if on_token:
+                match = match & (header.c.write_token == bindparam("known"))
+            columns = [n for n in self._written if n not in self.indexed or n in changed]
+            statement = _Raw.of(update(header).where(match), self._dialect, columns)
+            self._updates[key] = statement
+        return statement
+
+
+class _Guard:
+    """Turns the errors of SQLAlchemy and the driver into savegame's, raised ``from`` them.
+
+    A class rather than a generator-based context manager: it wraps every call.
+    """
+
+    __slots__ = ("_storage",)
+
+    def __init__(self, storage: SqlStorage) -> None:
+        self._storage = storage
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: BaseException | None, trace: Any) -> None:
+        if exc is None or isinstance(exc, StorageError):
+            return
+        mapped = self._storage._translated(exc)
+        if mapped is not None:
+            raise mapped from exc
+
+
+class _Write:
+    """One write, as its attempts share it: what to write, on what, its token, and the
+    record its last attempt stamped."""
+
+    __slots__ = ("draft", "expected", "known", "now", "preserve", "record", "token")
+
+    def __init__(
+        self, draft: Draft, known: Known | None, expected: int | None, now: int, preserve: bool
+    ) -> None:
+        self.draft = draft
+        self.known = known
+        self.expected = expected
+        self.now = now
+        self.preserve = preserve
+        # 64 random bits: ``random`` is seeded from the OS, and again in a forked child.
+        self.token = f"{random.getrandbits(64):016x}"
+        self.record: Record | None = None
+
+
+class _Spare:
+    """One pooled connection of an engine kept out between calls, for the next call of any
+    storage on that engine: taking a connection from the pool and giving it back costs more
+    than a small read. One per engine, so that storages made in numbers (one per request,
+    say) never hold more connections than the pool would have lent them."""
+
+    __slots__ = ("_fairy", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._fairy: Any = None
+
+    def take(self) -> Any:
+        """The kept connection (None when there is none), which is no longer kept."""
+        with self._lock:
+            fairy, self._fairy = self._fairy, None
+        return fairy
+
+    def keep(self, fairy: Any) -> bool:
+        """Keeps ``fairy`` for the next call, unless one is kept already."""
+        with self._lock:
+            if self._fairy is not None:
+                return False
+            self._fairy = fairy
+            return True
+
+    def close(self, *_: Any) -> None:
+        """Closes the kept connection (the engine is being disposed of)."""
+        fairy = self.take()
+        if fairy is not None:
+            fairy.invalidate()
+
+
+_SPARES: weakref.WeakKeyDictionary[Engine, _Spare] = weakref.WeakKeyDictionary()
+_SPARES_GUARD = threading.Lock()
+
+
+def _spare_of(engine: Engine) -> _Spare:
+    with _SPARES_GUARD:
+        spare = _SPARES.get(engine)
+        if spare is None:
+            spare = _SPARES[engine] = _Spare()
+            event.listen(engine, "engine_disposed", spare.close)
+        return spare
 
 
 class SqlStorage(Storage):
@@ -418,9 +711,11 @@ class SqlStorage(Storage):
         expire: seconds after its last write that a session expires.
         owns_engine: whether :meth:`close` disposes of the engine.
         serialize: whether the engine has one connection that threads must take in turn.
+        cache_bytes: how many bytes of runs the storage may remember of its recent
+            sessions (:mod:`savegame.storage.known`); 0 remembers none.
     """
 
-    capabilities = frozenset({"persistent", "processes"})
+    capabilities = frozenset({"persistent", "processes", "key_order"})
 
     def __init__(
         self,
@@ -435,6 +730,7 @@ class SqlStorage(Storage):
         *,
         owns_engine: bool = True,
         serialize: bool = False,
+        cache_bytes: int = DEFAULT_BYTES,
     ) -> None:
         super().__init__(mode, expire)
         self.table_name = codec.check_name(table_name, "table name", _TABLE_NAME)
@@ -448,13 +744,35 @@ class SqlStorage(Storage):
             engine_lock(engine) if serialize else nullcontext()
         )
         self._layout_lock = threading.Lock()
+        self._known = KnownSessions(cache_bytes)
+        self._guarding = _Guard(self)
+        self._spare = _spare_of(engine)
+        self._run_codec = RunEncoder(self._known, dialect.dumps, _digest)
+        self._guess_new = True
+        dbapi = engine.dialect.loaded_dbapi
+        self._dbapi = dbapi
+        self._driver_errors: tuple[type[BaseException], ...] = (dbapi.Error,)
         self._define_tables()
 
     def _define_tables(self) -> None:
         """The table definitions of the current mode; the layout is asked for again."""
         self._layout = _MISSING
         self._tables = build_tables(self.spec, self.dialect, self.table_name, self.schema)
-        self._sql = _Statements(self._tables, self.dialect)
+        self._sql: _Statements | None = None
+        self._known.clear()
+        json_columns = self._tables.json_columns
+        ids = {"session_id", "user_id", self.spec.entity_field}
+        self._columns = [
+            (c.name, c.name in json_columns, c.name in ids) for c in self._tables.header.c
+        ]
+        names = [c.name for c in self._tables.header.c]
+        self._names = names
+        self._json_names = [name for name in names if name in json_columns]
+        self._count_at = names.index("run_count")
+        self._token_at = names.index("write_token")
+        header = self._tables.header
+        indexed = {c.name for index in header.indexes for c in index.columns}
+        self._indexed = tuple(name for name in names if name in indexed)
 
     @property
     def mode(self) -> str:
@@ -482,38 +800,99 @@ class SqlStorage(Storage):
 
     # -- transactions and errors ----------------------------------------------------------
 
-    @contextmanager
-    def _guard(self) -> Iterator[None]:
-        """The one place where driver errors become savegame errors."""
-        try:
-            yield
-        except sa_exc.DBAPIError as exc:
-            if exc.connection_invalidated or (
-                exc.orig is not None and self.dialect.unavailable(exc.orig)
-            ):
-                raise BackendUnavailableError(
-                    f"{self.dialect.title} at {self.where()} is unavailable: {exc.orig}"
-                ) from exc
-            if isinstance(exc, sa_exc.DataError):
-                raise SerializationError(
-                    f"{self.dialect.title} refused a value of table {self.table_name!r}: {exc.orig}"
-                ) from exc
-            raise StorageError(
-                f"{self.dialect.title} at {self.where()}, table {self.table_name!r}: {exc.orig}"
-            ) from exc
-        except sa_exc.TimeoutError as exc:
-            raise BackendUnavailableError(
+    def _guard(self) -> _Guard:
+        """The one place where driver errors become savegame errors (a context manager)."""
+        return self._guarding
+
+    def _translated(self, exc: BaseException) -> StorageError | None:
+        """The savegame error for an error from SQLAlchemy or the driver; None for others."""
+        if isinstance(exc, sa_exc.DBAPIError):
+            return self._mapped(exc.orig, exc.connection_invalidated)
+        if isinstance(exc, self._driver_errors):
+            return self._mapped(exc, False)
+        if isinstance(exc, sa_exc.TimeoutError):
+            return BackendUnavailableError(
                 f"no connection to {self.dialect.title} at {self.where()} came free: {exc}"
-            ) from exc
-        except sa_exc.SQLAlchemyError as exc:
-            raise StorageError(f"{self.dialect.title} at {self.where()}: {exc}") from exc
+            )
+        if isinstance(exc, sa_exc.SQLAlchemyError):
+            return StorageError(f"{self.dialect.title} at {self.where()}: {exc}")
+        return None
+
+    def _mapped(self, error: BaseException | None, invalidated: bool) -> StorageError:
+        """The savegame error for a driver error."""
+        title = self.dialect.title
+        if invalidated or (error is not None and self.dialect.unavailable(error)):
+            return BackendUnavailableError(f"{title} at {self.where()} is unavailable: {error}")
+        if isinstance(error, self._dbapi.DataError):
+            return SerializationError(
+                f"{title} refused a value of table {self.table_name!r}: {error}"
+            )
+        return StorageError(f"{title} at {self.where()}, table {self.table_name!r}: {error}")
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        """Runs ``fn``, which works through SQLAlchemy, once more when its connection was dead.
+
+        SQLAlchemy discards every pooled connection when it finds one dead, so the second
+        run connects afresh; when that fails too, the server is down.
+        """
+        with self._guard():
+            try:
+                return fn()
+            except sa_exc.DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+            return fn()
+
+    def _on_connection(self, fn: Callable[[Any], T]) -> T:
+        """Runs ``fn`` on a DBAPI connection from the pool, set up for savegame.
+
+        A connection taken from the pool that turns out dead is discarded and ``fn`` runs
+        again on another; ``fn`` must therefore be safe to run again (reads are; writes
+        find their own token when the first run had committed).
+        """
+        dialect = self.dialect
+        spare = self._spare
+        with self._lock:
+            for attempt in range(_RECONNECTS + 1):
+                fairy = spare.take()
+                if fairy is None:
+                    fairy = self.db_engine.raw_connection()
+                conn = fairy.driver_connection
+                info = fairy.info
+                used = "savegame" in info
+                kept = False
+                try:
+                    if info.get("savegame") != dialect.settings:
+                        dialect.configure(conn)
+                        info["savegame"] = dialect.settings
+                    result = fn(conn)
+                    kept = spare.keep(fairy)
+                    return result
+                except self._driver_errors as exc:
+                    dead = self.db_engine.dialect.is_disconnect(exc, conn, None)  # type: ignore[arg-type]
+                    if dead:
+                        fairy.invalidate(exc)
+                    if not (dead and used and attempt < _RECONNECTS):
+                        raise
+                finally:
+                    if not kept:
+                        fairy.close()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _end(self, conn: Any, commit: bool) -> None:
+        """Ends a transaction; when rolling back after an error, the error is what counts."""
+        if commit:
+            self.dialect.end(conn, True)
+            return
+        with contextlib.suppress(*self._driver_errors):
+            self.dialect.end(conn, False)
 
     @contextmanager
     def _connection(self) -> Iterator[Connection]:
         with self._lock, self.db_engine.connect() as conn:
             # Storages sharing an engine may want other settings (SQLite's synchronous).
             if conn.info.get("savegame") != self.dialect.settings:
-                self.dialect.configure(conn)
+                self.dialect.configure(conn.connection.driver_connection)
                 conn.info["savegame"] = self.dialect.settings
             yield conn
 
@@ -538,6 +917,16 @@ class SqlStorage(Storage):
                 if not conn.invalidated:
                     self.dialect.release_schema_lock(conn)
 
+    def _statements(self) -> _Statements:
+        """The compiled statements (compiled on first use, once the server is known)."""
+        statements = self._sql
+        if statements is None:
+            with self._guard(), self._lock, self.db_engine.connect():
+                statements = self._sql = _Statements(
+                    self._tables, self.dialect, self.db_engine.dialect, self._indexed
+                )
+        return statements
+
     # -- the layout -----------------------------------------------------------------------
 
     def _detect(self, conn: Connection) -> _Layout:
@@ -561,8 +950,12 @@ class SqlStorage(Storage):
         layout = self._layout
         if layout.version >= LATEST:
             return layout
-        with self._transaction(False) as conn:
-            layout = self._detect(conn)
+
+        def detect() -> _Layout:
+            with self._transaction(False) as conn:
+                return self._detect(conn)
+
+        layout = self._call(detect)
         with self._layout_lock:
             self._layout = layout
         return layout
@@ -598,8 +991,12 @@ class SqlStorage(Storage):
         Raises:
             BackendUnavailableError: when the database cannot be reached.
         """
-        with self._guard(), self._transaction(False) as conn:
-            return inspect(conn).has_table(self.table_name, self.schema)
+
+        def exists() -> bool:
+            with self._transaction(False) as conn:
+                return bool(inspect(conn).has_table(self.table_name, self.schema))
+
+        return self._call(exists)
 
     def drop(self) -> None:
         """Drops this storage's two tables and its line in ``savegame_migrations``.
@@ -607,7 +1004,8 @@ class SqlStorage(Storage):
         Raises:
             BackendUnavailableError: when the database cannot be reached or stays locked.
         """
-        with self._guard():
+
+        def drop() -> None:
             with self._schema_change() as conn:
                 self.runs_table.drop(conn, checkfirst=True)
                 self.table.drop(conn, checkfirst=True)
@@ -616,8 +1014,11 @@ class SqlStorage(Storage):
                     conn.execute(
                         delete(migrations).where(migrations.c.table_name == self.table_name)
                     )
-            with self._layout_lock:
-                self._layout = _MISSING
+
+        self._call(drop)
+        self._known.clear()
+        with self._layout_lock:
+            self._layout = _MISSING
 
     def upgrade_schema(self) -> None:
         """Applies the migrations the table is missing, in one transaction where DDL allows.
@@ -631,7 +1032,8 @@ class SqlStorage(Storage):
 
     def _make_tables(self, upgrade: bool) -> None:
         """Makes missing tables at the latest layout; with ``upgrade``, migrates older ones."""
-        with self._guard():
+
+        def make() -> _Layout:
             with self._schema_change() as conn:
                 self.dialect.create_schema(conn, self.schema)
                 layout = self._detect(conn)
@@ -645,8 +1047,11 @@ class SqlStorage(Storage):
                 if layout.version == 0 or upgrade:
                     self._record_version(conn, LATEST)
                     layout = _Layout(LATEST, frozenset(self.table.c.keys()))
-            with self._layout_lock:
-                self._layout = layout
+                return layout
+
+        layout = self._call(make)
+        with self._layout_lock:
+            self._layout = layout
 
     def _record_version(self, conn: Connection, version: int) -> None:
         migrations = self._tables.migrations
@@ -656,40 +1061,52 @@ class SqlStorage(Storage):
 
     def close(self) -> None:
         """Gives back the engine, when this storage made it; the last user disposes of it."""
+        self._known.clear()
         if self._owns_engine:
             self._owns_engine = False
             release_engine(self.db_engine)
 
     # -- records and rows -----------------------------------------------------------------
 
-    def _row_values(self, record: Record) -> tuple[dict[str, Any], list[Any] | None]:
-        """The header row of a record, and its runs when they go to the runs table."""
-        header, runs = split_runs(record, self.spec.runs_path)
-        json_columns = self._tables.json_columns
-        values: dict[str, Any] = {}
-        for name in (c.name for c in self.table.c):
-            value = header.get(name)
-            if name in json_columns and value is not None:
-                value = self.dialect.dumps(value)
-            values[name] = value
-        values["run_count"] = None if runs is None else len(runs)
-        return values, runs
+    def _header_values(self, draft: Draft, record: Record, token: str) -> dict[str, Any]:
+        """The header row of a stamped record."""
+        dumps = self.dialect.dumps
+        texts = draft.texts
+        values = {name: record.get(name) for name in self._names}
+        for name in self._json_names:
+            value = values[name]
+            if value is not None:
+                values[name] = dumps(value, texts.get(name))
+        values["run_count"] = None if draft.runs is None else len(draft.runs)
+        values["write_token"] = token
+        return values
 
-    def _record(self, row: Any, runs: list[Any]) -> Record:
-        """The record of a header row and the decoded runs of its session."""
-        json_columns = self._tables.json_columns
+    def _decoded(self, row: Sequence[Any]) -> Record:
+        """The record of a header row (its values in the order of the table's columns)."""
+        loads = self.dialect.loads
         record: Record = {}
         try:
-            for name, value in row._mapping.items():
-                if name in json_columns and value is not None:
-                    value = self.dialect.loads(value)
+            for (name, is_json, is_id), value in zip(self._columns, row, strict=False):
+                if value is not None:
+                    if is_json:
+                        value = loads(value)
+                    elif is_id:
+                        value = _text(value)
                 record[name] = value
         except ValueError as exc:
             raise CorruptSessionError(
                 f"session {record.get('session_id')!r} in table {self.table_name!r} "
                 f"holds JSON that cannot be read: {exc}"
             ) from exc
-        count = record.pop("run_count", None)
+        return record
+
+    def _with_runs(self, record: Record, runs: list[Any]) -> Record:
+        """``record`` (a header, with ``run_count``) with its runs in place."""
+        record.pop("write_token", None)
+        return self._placed(record, record.pop("run_count", None), runs)
+
+    def _placed(self, record: Record, count: int | None, runs: list[Any]) -> Record:
+        """``record`` with its ``count`` runs in place (None: the runs are in the header)."""
         if count is not None:
             if len(runs) != count:
                 raise CorruptSessionError(
@@ -699,120 +1116,285 @@ class SqlStorage(Storage):
             set_path(record, self.spec.runs_path, runs)
         return record
 
+    def _record(self, row: Any, runs: list[Any]) -> Record:
+        """The record of a header row read through SQLAlchemy, and its decoded runs."""
+        return self._with_runs(
+            self._decoded([row._mapping.get(n) for n, _, _ in self._columns]), runs
+        )
+
+    def _loaded_runs(self, texts: Iterable[Any]) -> list[Any]:
+        loads = self.dialect.loads
+        try:
+            return [None if text is None else loads(text) for text in texts]
+        except ValueError as exc:
+            raise CorruptSessionError(
+                f"a run in table {self.runs_table.name!r} holds JSON that cannot be read: {exc}"
+            ) from exc
+
     def _header_select(self, layout: _Layout, one: bool) -> Any:
-        """The header query for one id (``:sid``) or several (``:ids``)."""
-        if layout.version >= LATEST:
-            return self._sql.header if one else self._sql.headers
+        """The header query, through SQLAlchemy, for one id (``:sid``) or several (``:ids``)."""
         key = self.table.c.session_id
         match = key == bindparam("sid") if one else key.in_(bindparam("ids", expanding=True))
         return select(*[c for c in self.table.c if c.name in layout.columns]).where(match)
 
     def _runs_of(self, conn: Connection, ids: Sequence[str]) -> dict[str, list[Any]]:
-        """The decoded runs of each session in ``ids``, in position order."""
-        if len(ids) == 1:
-            rows = conn.execute(self._sql.runs_of_one, {"sid": ids[0]})
-        else:
-            rows = conn.execute(self._sql.runs, {"ids": list(ids)})
+        """The decoded runs of each session in ``ids``, in position order, through SQLAlchemy."""
+        sql = self._statements()
         found: dict[str, list[Any]] = {}
-        try:
-            for session_id, text in rows:
-                found.setdefault(session_id, []).append(
-                    None if text is None else self.dialect.loads(text)
-                )
-        except ValueError as exc:
-            raise CorruptSessionError(
-                f"a run in table {self.runs_table.name!r} holds JSON that cannot be read: {exc}"
-            ) from exc
+        texts: dict[str, list[Any]] = {}
+        for session_id, text in conn.execute(sql.runs, {"ids": list(ids)}):
+            texts.setdefault(session_id, []).append(text)
+        for session_id, items in texts.items():
+            found[session_id] = self._loaded_runs(items)
         return found
 
     # -- primitives -----------------------------------------------------------------------
 
     def _read(self, session_id: str) -> Record | None:
-        records = self._read_many([session_id])
-        return records[0]
+        layout = self._current()
+        if layout.version == 0:
+            return None
+        if layout.version < LATEST:
+            return self._read_many([session_id])[0]
+        known = self._known.get(session_id)
+        token = known.token if known is not None and known.whole() else ""
+        self._statements()
+        with self._guard():
+            row, found = self._on_connection(lambda conn: self._read_on(conn, session_id, token))
+        if row is _UNCHANGED:
+            assert known is not None
+            return known.record(self.spec.runs_path)
+        if row is None:
+            self._known.put(session_id, None)
+            return None
+        record = self._decoded(row)
+        stored = record.pop("write_token", None)
+        count = record.pop("run_count", None)
+        digests: str | None = None
+        runs: list[Any] = []
+        if count is not None:
+            assert found is not None
+            texts, digests = found
+            loaded = self._loaded_runs(texts)
+            runs = loaded if not self.dialect.aggregate_runs else (loaded[0] if loaded else [])
+        if stored is not None:
+            version = record.get("version") or 1
+            header = Header(version, record.get("created_at"), record.get("expires_at"))
+            listed = tuple(record.get(name) for name in self._indexed)
+            blob = None if count is None else pickle_runs(runs)
+            head = pickle_plain(record)
+            self._known.put(session_id, Known(stored, header, digests, blob, listed, head))
+        return self._placed(record, count, runs)
+
+    def _read_on(
+        self, conn: Any, session_id: str, token: str
+    ) -> tuple[Any, tuple[list[Any], str] | None]:
+        """The header row of a session and its runs' texts and digests, from one snapshot;
+        :data:`_UNCHANGED` when the header carries ``token``."""
+        sql = self._statements()
+        dialect = self.dialect
+        cursor = conn.cursor()
+        count_at, token_at, width = self._count_at, self._token_at, len(self._columns)
+        params = {"sid": session_id, "known": token}
+        if dialect.aggregate_runs:
+            with dialect.one_statement(conn):
+                row = sql.header_one.run(cursor, params).fetchone()
+            if row is None:
+                return None, None
+            if token and row[token_at] == token:
+                return _UNCHANGED, None
+            if row[count_at] is None:
+                return row[:width], None
+            gathered, digests = row[width], row[width + 1]
+            return row[:width], ([] if gathered is None else [f"[{gathered}]"], digests or "")
+        if token:
+            # A single SELECT outside a transaction is a snapshot by itself in SQLite.
+            current = sql.token_of.run(cursor, params).fetchone()
+            if current is None:
+                return None, None
+            if current[0] == token:
+                return _UNCHANGED, None
+        dialect.begin(conn, False)
+        try:
+            row = sql.header_one.run(cursor, params).fetchone()
+            runs: tuple[list[Any], str] | None = None
+            if row is not None and row[count_at] is not None:
+                found = sql.runs_of_one.run(cursor, params).fetchall()
+                runs = ([text for text, _ in found], "".join(d for _, d in found))
+        finally:
+            self._end(conn, True)
+        return row, runs
 
     def _read_many(self, ids: Iterable[str]) -> list[Record | None]:
         wanted = list(ids)
         found: dict[str, Record] = {}
-        with self._guard():
+
+        def read() -> None:
             layout = self._current()
             if layout.version == 0 or not wanted:
-                return [None] * len(wanted)
+                return
             with self._transaction(False) as conn:
                 for start in range(0, len(wanted), _BATCH):
                     chunk = wanted[start : start + _BATCH]
-                    # A single id takes the plain "=" query: IN lists are rendered per call.
-                    one = len(chunk) == 1
-                    query = self._header_select(layout, one)
-                    params = {"sid": chunk[0]} if one else {"ids": chunk}
-                    rows = conn.execute(query, params).all()
+                    query = self._header_select(layout, False)
+                    rows = conn.execute(query, {"ids": chunk}).all()
                     with_runs = [r.session_id for r in rows if r._mapping.get("run_count")]
                     runs = self._runs_of(conn, with_runs) if with_runs else {}
                     for row in rows:
                         found[row.session_id] = self._record(row, runs.get(row.session_id, []))
+
+        self._call(read)
         return [found.get(session_id) for session_id in wanted]
 
     def _write(
-        self, data: Record, expected_version: int | None, now: int, preserve: bool
+        self, draft: Draft, expected_version: int | None, now: int, preserve: bool
     ) -> Record:
+        self._writable()
+        self._statements()
+        session_id = draft.session_id
+        # Never trusted blindly: a write on it checks that the store still carries its token.
+        write = _Write(draft, self._known.get(session_id), expected_version, now, preserve)
         with self._guard():
-            self._writable()
-            for attempt in range(_ATTEMPTS):
+            for tries in range(_ATTEMPTS):
                 try:
-                    with self._transaction(True) as conn:
-                        return self._write_in(conn, data, expected_version, now, preserve)
-                except sa_exc.DBAPIError as exc:
-                    if attempt + 1 == _ATTEMPTS or not self.dialect.retryable(exc):
+                    record = self._on_connection(lambda conn: self._write_on(conn, write))
+                    break
+                except self._driver_errors as exc:
+                    if tries + 1 == _ATTEMPTS or not self.dialect.retryable(exc, self._dbapi):
                         raise
-        raise AssertionError("unreachable")  # pragma: no cover
+                    write.known = None
+        runs = draft.runs
+        header = Header(record["version"], record["created_at"], record.get("expires_at"))
+        self._known.put(
+            session_id,
+            Known(
+                write.token,
+                header,
+                None if runs is None else runs.digests,
+                None if runs is None else runs.pickled,
+                tuple(record.get(name) for name in self._indexed),
+                pickle_plain(record),
+            ),
+        )
+        return draft.whole(record)
 
-    def _write_in(
-        self,
-        conn: Connection,
-        data: Record,
-        expected_version: int | None,
-        now: int,
-        preserve: bool,
-    ) -> Record:
-        session_id = data["session_id"]
-        row = conn.execute(self._sql.lock_header, {"sid": session_id}).first()
-        current = None if row is None else Header(row.version or 1, row.created_at, row.expires_at)
-        record = self._stamp(data, current, expected_version, now, preserve)
-        values, runs = self._row_values(record)
-        if row is None:
-            conn.execute(self._sql.insert_header, values)
-        else:
-            del values["session_id"]
-            conn.execute(self._sql.update_header, {**values, "sid": session_id})
-        self._write_runs(conn, session_id, runs, fresh=row is None)
+    def _write_on(self, conn: Any, write: _Write) -> Record:
+        """One attempt of a write, in one transaction on ``conn``."""
+        self.dialect.begin(conn, True)
+        try:
+            record = self._write_in(conn.cursor(), write)
+        except BaseException:
+            self._end(conn, False)
+            raise
+        self._end(conn, True)
         return record
 
+    def _write_in(self, cursor: Any, write: _Write) -> Record:
+        sql = self._statements()
+        draft, known, token = write.draft, write.known, write.token
+        session_id = draft.session_id
+        if known is not None and write.record is None:
+            # On the remembered header, when the store still holds it.
+            record = write.record = self._stamped(write, known.header)
+            if record is not None:
+                values = self._header_values(draft, record, token)
+                statement = sql.update(self._changed(values, known.listed), True)
+                values["sid"], values["known"] = session_id, known.token
+                if statement.run(cursor, values).rowcount == 1:
+                    self._write_runs(cursor, session_id, draft.runs, known.digests)
+                    return record
+        elif known is None and write.record is None and self._guess_new:
+            # Taken for a new session while that guess keeps proving right.
+            record = write.record = self._stamped(write, None)
+            if record is not None:
+                if self._inserted(cursor, sql, self._header_values(draft, record, token)):
+                    self._write_runs(cursor, session_id, draft.runs, None)
+                    return record
+                self._guess_new = False
+        row = sql.lock_header.run(cursor, {"sid": session_id}).fetchone()
+        if row is not None and row[2] == token and write.record is not None:
+            return write.record  # an earlier attempt committed before its connection died
+        listed = () if row is None else tuple(_text(v) for v in row[3:])
+        expires = None if row is None else listed[self._indexed.index("expires_at")]
+        current = None if row is None else Header(row[0] or 1, row[1], expires)
+        record = self._stamp(draft.record, current, write.expected, write.now, write.preserve)
+        write.record = record
+        values = self._header_values(draft, record, token)
+        if row is None:
+            sql.insert_header.run(cursor, values)
+            stored = None
+            self._guess_new = True
+        else:
+            statement = sql.update(self._changed(values, listed), False)
+            values["sid"] = session_id
+            statement.run(cursor, values)
+            if known is not None and row[2] == known.token:
+                stored = known.digests
+            else:
+                stored = "".join(d for (d,) in sql.digests.run(cursor, {"sid": session_id}))
+        self._write_runs(cursor, session_id, draft.runs, stored)
+        return record
+
+    def _changed(self, values: dict[str, Any], listed: tuple[Any, ...]) -> frozenset[str]:
+        """The indexed columns whose new ``values`` differ from the stored ``listed``."""
+        if not listed:
+            return frozenset(self._indexed)
+        now = tuple(map(values.__getitem__, self._indexed))
+        if now == listed and all(map(_same_type, now, listed)):
+            return frozenset()
+        return frozenset(
+            name
+            for name, old in zip(self._indexed, listed, strict=True)
+            if values[name] != old or type(values[name]) is not type(old)
+        )
+
+    def _stamped(self, write: _Write, current: Header | None) -> Record | None:
+        """The record stamped on a header the storage only believes is stored; None when
+        that belief disagrees with the version expected (the stored header must be read)."""
+        try:
+            return self._stamp(
+                write.draft.record, current, write.expected, write.now, write.preserve
+            )
+        except ConflictError:
+            return None
+
+    def _inserted(self, cursor: Any, sql: _Statements, values: dict[str, Any]) -> bool:
+        """Whether the guessed-new header went in (False: the session is there)."""
+        try:
+            return bool(sql.insert_new.run(cursor, values).rowcount == 1)
+        except self._driver_errors as exc:
+            if self.dialect.duplicate(exc):
+                return False
+            raise
+
     def _write_runs(
-        self, conn: Connection, session_id: str, runs: list[Any] | None, fresh: bool
+        self, cursor: Any, session_id: str, runs: Runs | None, stored: str | None
     ) -> None:
-        """Writes the runs whose text changed and deletes those past the end."""
-        stored: dict[int, str] = {}
-        if not fresh:
-            stored = dict(conn.execute(self._sql.digests, {"sid": session_id}).all())
-        changed = []
-        for position, run in enumerate(runs or ()):
-            text = None if run is None else self.dialect.dumps(run)
-            digest = _digest("null" if text is None else text)
-            if stored.get(position) != digest:
-                changed.append(
-                    {"session_id": session_id, "position": position, "digest": digest, "run": text}
+        """Writes the runs whose digest differs from ``stored`` and deletes those past the end.
+
+        ``stored``: the digests of the runs in the table, concatenated (None or "": none).
+        """
+        sql = self._statements()
+        count = 0 if runs is None else len(runs)
+        if runs is not None:
+            changed = runs.changes(stored)
+            if changed:
+                sql.upsert_run.run_many(
+                    cursor,
+                    [
+                        {"session_id": session_id, "position": p, "digest": d, "run": t}
+                        for p, d, t in changed
+                    ],
                 )
-        if changed:
-            conn.execute(self._sql.upsert_run, changed)
-        count = len(runs or ())
-        if any(position >= count for position in stored):
-            conn.execute(self._sql.cut_runs, {"sid": session_id, "count": count})
+        if stored and len(stored) > count * _DIGEST_WIDTH:
+            sql.cut_runs.run(cursor, {"sid": session_id, "count": count})
 
     def _list(
         self, user_id: str | None, entity_id: str | None, limit: int | None, now: int | None
     ) -> list[str]:
         header = self.table
-        with self._guard():
+
+        def listing() -> list[str]:
             layout = self._current()
             if layout.version == 0:
                 return []
@@ -832,9 +1414,13 @@ class SqlStorage(Storage):
             with self._transaction(False) as conn:
                 return list(conn.execute(query).scalars())
 
+        return self._call(listing)
+
     def _delete(self, session_id: str) -> bool:
         header = self.table
-        with self._guard():
+        self._known.put(session_id, None)
+
+        def remove() -> bool:
             layout = self._current()
             if layout.version == 0:
                 return False
@@ -845,9 +1431,12 @@ class SqlStorage(Storage):
                 result = conn.execute(delete(header).where(header.c.session_id == session_id))
                 return bool(result.rowcount)
 
+        return self._call(remove)
+
     def _purge_expired(self, now: int) -> int:
         header = self.table
-        with self._guard():
+
+        def purge() -> int:
             layout = self._current()
             if "expires_at" not in layout.columns:
                 return 0
@@ -858,6 +1447,8 @@ class SqlStorage(Storage):
                     gone = select(header.c.session_id).where(expired)
                     conn.execute(delete(runs_table).where(runs_table.c.session_id.in_(gone)))
                 return int(conn.execute(delete(header).where(expired)).rowcount)
+
+        return self._call(purge)
 
     def __repr__(self) -> str:
         where = f"{self.schema}.{self.table_name}" if self.schema else self.table_name
@@ -954,8 +1545,12 @@ def _add_columns(storage: SqlStorage, conn: Connection, names: Iterable[str]) ->
             index.create(conn, checkfirst=True)
 
 
+_LATER_COLUMNS = ("run_count", "write_token")
+"""Columns that migrations after the second add."""
+
+
 def _savegame_columns(storage: SqlStorage, conn: Connection) -> None:
-    fields = [c.name for c in storage.table.c if c.name != "run_count"]
+    fields = [c.name for c in storage.table.c if c.name not in _LATER_COLUMNS]
     _add_columns(storage, conn, fields)
 
 
@@ -964,6 +1559,7 @@ def _runs_table(storage: SqlStorage, conn: Connection) -> None:
     storage.runs_table.create(conn, checkfirst=True)
     header = storage.table
     column = header.c[storage.spec.runs_path[0]]
+    dumps = storage.dialect.dumps
     after = ""
     while True:
         rows = conn.execute(
@@ -983,17 +1579,27 @@ def _runs_table(storage: SqlStorage, conn: Connection) -> None:
             kept = rest.get(column.name)
             conn.execute(
                 update(header).where(header.c.session_id == session_id),
-                {
-                    column.name: None if kept is None else storage.dialect.dumps(kept),
-                    "run_count": len(runs),
-                },
+                {column.name: None if kept is None else dumps(kept), "run_count": len(runs)},
             )
-            storage._write_runs(conn, session_id, runs, fresh=True)
+            texts = [dumps(run) for run in runs]
+            if texts:
+                conn.execute(
+                    storage.runs_table.insert(),
+                    [
+                        {"session_id": session_id, "position": i, "digest": _digest(t), "run": t}
+                        for i, t in enumerate(texts)
+                    ],
+                )
+
+
+def _write_token(storage: SqlStorage, conn: Connection) -> None:
+    _add_columns(storage, conn, ["write_token"])
 
 
 MIGRATIONS: list[Migration] = [
     Migration(2, "every session field as a column; version and expires_at", _savegame_columns),
     Migration(3, "runs in <table>_runs, one row each; run_count in the header", _runs_table),
+    Migration(4, "write_token: a random id of each session's last write", _write_token),
 ]
 """Append-only. Version 1 is the original's table; each entry brings a table one step on."""
 

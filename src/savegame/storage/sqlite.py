@@ -58,6 +58,7 @@ class SqliteDialect(SqlDialect):
     """SQLite's differences: pragmas, ``BEGIN IMMEDIATE``, ``ON CONFLICT`` and result codes."""
 
     title = "SQLite"
+    aggregate_runs = False  # no ORDER BY inside aggregates before SQLite 3.44; no round trips
 
     def __init__(self, synchronous: str, busy_timeout: float, wal: bool) -> None:
         self.synchronous = synchronous
@@ -68,16 +69,28 @@ class SqliteDialect(SqlDialect):
     def upsert(self, table: Table, keys: Sequence[str]) -> Executable:
         return on_conflict_update(insert(table), keys)
 
-    def configure(self, conn: Connection) -> None:
-        raw: Any = conn.connection.dbapi_connection
-        raw.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+    def insert_new(self, table: Table) -> Executable:
+        statement: Executable = insert(table).on_conflict_do_nothing()
+        return statement
+
+    def configure(self, conn: Any) -> None:
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         if self.wal:
-            raw.execute("PRAGMA journal_mode = WAL")
-        raw.execute(f"PRAGMA synchronous = {self.synchronous}")
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+
+    def begin(self, conn: Any, write: bool) -> None:
+        # Explicit, so that the write lock is taken before the header is read; Python's
+        # sqlite3 then begins nothing itself, whatever its isolation_level.
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    @contextmanager
+    def one_statement(self, conn: Any) -> Iterator[None]:
+        yield  # a SELECT outside a transaction is one by itself
 
     @contextmanager
     def transaction(self, conn: Connection, write: bool) -> Iterator[Connection]:
-        raw: Any = conn.connection.dbapi_connection
+        raw: Any = conn.connection.driver_connection
         assert raw is not None
         level = raw.isolation_level
         raw.isolation_level = None

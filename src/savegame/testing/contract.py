@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import json
 import math
 import os
 import random
@@ -100,6 +101,12 @@ def _with_runs(store: Store, session_id: str, runs: Any, **fields: Any) -> Sessi
     session: Session | None = _spec(store).session_class.from_dict(data)
     assert session is not None
     return session
+
+
+def _exact(value: Any, ordered: bool = True) -> str:
+    """``value`` as JSON text, which tells 1, 1.0, True and -0.0 apart (and, when
+    ``ordered``, the orders of keys)."""
+    return json.dumps(value, sort_keys=not ordered)
 
 
 def _fields(session: Session) -> dict[str, Any]:
@@ -389,6 +396,77 @@ class ModeContract:
         check([{"run_id": "x"}, "not a dict", 7, None, ["nested", "list"], {"run_id": "x"}])
         check(list(reversed(runs)))
         check(None)
+
+    def test_a_run_changed_only_in_type_or_key_order_is_saved(self, store: Store) -> None:
+        # ``==`` calls these equal; what is stored must not.
+        storage = store()
+        runs: list[Any] = [
+            {"run_id": "0", "n": 1, "x": 0, "ok": True, "a": 1, "b": 2},
+            {"run_id": "1", "text": "unchanged"},
+        ]
+        storage.upsert(_with_runs(store, "t", runs))
+        runs[0]["n"] = True
+        runs[0]["x"] = 0.0
+        runs[0]["ok"] = 1
+        runs[0] = {"b": 2, **{k: v for k, v in runs[0].items() if k != "b"}}
+        runs.append({"run_id": "2"})
+        storage.upsert(_with_runs(store, "t", runs))
+        ordered = "key_order" in type(storage).capabilities
+        for reader in (storage, store()):
+            got = reader.read("t")
+            assert got is not None
+            assert _exact(_runs_of(store, got), ordered) == _exact(runs, ordered)
+
+    def test_a_session_made_again_elsewhere_is_not_taken_for_the_one_remembered(
+        self, store: Store
+    ) -> None:
+        mine, theirs = store(), store()
+        old = [{"run_id": f"old-{i}", "content": f"turn {i}"} for i in range(3)]
+        mine.upsert(_with_runs(store, "s", old, user_id="u1"))
+        theirs.delete_session("s")
+        new = [{"run_id": f"new-{i}"} for i in range(2)]
+        for _ in range(2):  # the same version as the one remembered, with other content
+            theirs.upsert(_with_runs(store, "s", new, user_id="u2"))
+        got = mine.read("s")
+        assert got is not None
+        assert (_runs_of(store, got), got.user_id) == (new, "u2")  # type: ignore[attr-defined]
+        mine.upsert(_with_runs(store, "s", [*old, {"run_id": "more"}], user_id="u1"))
+        theirs.delete_session("s")
+        again = [{"run_id": "again"}]
+        theirs.upsert(_with_runs(store, "s", again))
+        mine.upsert(_with_runs(store, "s", [*old, {"run_id": "more"}, {"run_id": "last"}]))
+        for reader in (mine, store()):
+            got = reader.read("s")
+            assert got is not None
+            assert _runs_of(store, got) == [*old, {"run_id": "more"}, {"run_id": "last"}]
+        assert store().get_all_session_ids(user_id="u2") == []
+
+    def test_runs_of_converted_types_round_trip_save_after_save(self, store: Store) -> None:
+        storage = store()
+        when = dt.datetime(2026, 1, 2, 3, 4, 5)
+        runs: list[Any] = [{"run_id": "0", "at": when, "pair": (1, 2)}]
+        for i in range(1, 4):
+            stored = storage.upsert(_with_runs(store, "c", runs))
+            assert _runs_of(store, stored)[0] == {
+                "run_id": "0",
+                "at": when.isoformat(),
+                "pair": [1, 2],
+            }
+            runs.append({"run_id": str(i), "pair": (i,)})
+        got = store().read("c")
+        assert got is not None
+        assert _runs_of(store, got)[-1] == {"run_id": "2", "pair": [2]}
+        assert len(_runs_of(store, got)) == 3
+
+    def test_a_write_by_another_storage_is_read(self, store: Store) -> None:
+        mine, theirs = store(), store()
+        mine.upsert(_session(store, "w", session_data={"by": "mine"}))
+        assert mine.read("w").session_data == {"by": "mine"}  # type: ignore[union-attr]
+        theirs.upsert(_session(store, "w", session_data={"by": "theirs"}))
+        got = mine.read("w")
+        assert got is not None
+        assert got.session_data == {"by": "theirs"}  # type: ignore[attr-defined]
+        assert got.version == 2  # type: ignore[attr-defined]
 
     def test_memory_without_runs_round_trips(self, store: Store) -> None:
         if _spec(store).runs_path[0] != "memory":

@@ -88,6 +88,22 @@ def split_runs(
     return head, runs
 
 
+def with_runs(record: dict[str, Any], path: tuple[str, ...], runs: Any) -> dict[str, Any]:
+    """``record`` with ``runs`` at ``path``: the undoing of :func:`split_runs`.
+
+    The record is not changed; it and the dicts on the way to the runs are copied (a value
+    on the way that is not a dict is replaced by one).
+    """
+    head = dict(record)
+    at = head
+    for key in path[:-1]:
+        inner = at.get(key)
+        at[key] = dict(inner) if isinstance(inner, dict) else {}
+        at = at[key]
+    at[path[-1]] = runs
+    return head
+
+
 def mode_spec(mode: str | None) -> ModeSpec:
     """The spec of ``mode`` (None means ``"agent"``, as in the original).
 
@@ -114,4 +130,5 @@ __all__ = [
     "mode_spec",
     "set_path",
     "split_runs",
+    "with_runs",
 ]

@@ -25,7 +25,7 @@ class Session:
         The dict is shallow: nested dicts and lists are the session's own objects. Storages
         copy what they are given, so changing either afterwards never changes the store.
         """
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: getattr(self, name) for name in _ordered(type(self))}
 
     @classmethod
     def from_dict(cls: type[S], data: dict[str, Any] | None) -> S | None:
@@ -41,10 +41,19 @@ class Session:
 
 
 _NAMES: dict[type, frozenset[str]] = {}
+_ORDERED: dict[type, tuple[str, ...]] = {}
 
 
 def _names(cls: type) -> frozenset[str]:
     names = _NAMES.get(cls)
     if names is None:
-        names = _NAMES[cls] = frozenset(f.name for f in fields(cls))
+        names = _NAMES[cls] = frozenset(_ordered(cls))
+    return names
+
+
+def _ordered(cls: type) -> tuple[str, ...]:
+    """The field names of a session class, in order (``fields()`` is slow on a hot path)."""
+    names = _ORDERED.get(cls)
+    if names is None:
+        names = _ORDERED[cls] = tuple(f.name for f in fields(cls))
     return names

@@ -1,0 +1,365 @@
+"""What a storage remembers of the sessions it lately wrote or read, so that a long
+conversation is saved by what changed and read back without fetching every run again.
+
+A conversation is saved again and again, one run longer each time. Encoding every run on
+every save to find the one that changed costs the length of the conversation, and so does
+fetching and decoding every run on every read. The SQL and Redis backends therefore keep,
+for each session they lately wrote or read, a :class:`Known`:
+
+- the *token* of the write that made the stored session: random, stored in the session's
+  header, and never reused, also when a session is deleted and made again;
+- its header (version, created_at, expires_at);
+- a digest of each run, as the store holds them;
+- the runs themselves, pickled (see :func:`pickle_runs`): exactly the values the store holds.
+
+Writes. :func:`encode_runs` pickles the runs it is given. When the remembered pickle is a
+prefix of that pickle, the remembered runs are unchanged, byte for byte, and are neither
+checked, encoded nor digested again: only the runs after them are. A backend writes on the
+remembered header only while the store still carries the remembered token, which the write
+checks atomically; otherwise it reads the stored header and digests, and writes on those.
+
+Reads. When the stored header carries the remembered token, the runs are unpickled from
+memory instead of being fetched and decoded.
+
+Why a pickle. Deciding that a run is unchanged must be exact. ``==`` is not: it says
+``1 == 1.0 == True`` and ignores the order of keys. The JSON text is exact but costs as much
+to make as the save it would spare. Pickle protocol 3 (which has no frames), with its memo
+switched off, writes each value as its type and its contents, one value after the other and
+independent of what came before: equal bytes mean equal values of the same types in the
+same order, and the pickle of a list's first *n* items is a prefix of the pickle of the
+whole list. Only the exact built-in types are pickled (a subclass, or any other object,
+makes :func:`pickle_runs` give None, and those runs are encoded every time, as without a
+cache); no code of the caller's runs while pickling. It costs about a tenth of encoding the
+same runs as JSON.
+
+Bounds. A cache holds at most :data:`MAX_SESSIONS` sessions and ``max_bytes`` bytes of
+pickles and digests (:data:`DEFAULT_BYTES` unless the storage is told otherwise), least
+recently used out first; a session larger than the whole bound is not remembered.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from savegame.storage.base import Header
+from savegame.storage.codec import encode_text
+from savegame.storage.session import set_path
+
+MAX_SESSIONS = 10_000
+"""The most sessions one cache remembers."""
+
+DEFAULT_BYTES = 64 * 1024 * 1024
+"""The default bound of a cache, in bytes of pickled runs and digests."""
+
+_HEAD = b"\x80\x03("
+_TAIL = b"NNNNt."
+_FRAME = len(_HEAD) + len(_TAIL)
+# pickle_runs pickles the tuple (*runs, None, None, None, None): with more than three items
+# a tuple is written as MARK, the items and TUPLE, so every pickle is _HEAD, the runs one
+# after the other, and _TAIL, whatever the number of runs.
+
+
+class Known(NamedTuple):
+    """What a storage remembers of one stored session."""
+
+    token: str
+    """The token of the write that made the stored session ('': there is no session)."""
+    header: Header | None
+    digests: str | None
+    """The digest of each run, one after the other (all of one width); None when the
+    session keeps no list of runs apart from its header."""
+    runs: bytes | None
+    """The runs as :func:`pickle_runs` gives them; None when they could not be pickled."""
+    listed: tuple[Any, ...] = ()
+    """What the backend lists the session by, as stored (for SQL, the indexed columns), so
+    that a write can leave alone what it does not change."""
+    head: bytes | None = None
+    """The rest of the stored record (every field but the runs), pickled by
+    :func:`pickle_plain`: a read that finds the token unchanged returns a copy of it
+    without decoding the stored JSON; None when not remembered."""
+
+    def whole(self) -> bool:
+        """Whether all of the stored session is remembered, so that a read may use the copy."""
+        return self.head is not None and (self.runs is not None or self.digests is None)
+
+    def record(self, runs_path: tuple[str, ...]) -> dict[str, Any]:
+        """A new copy of the remembered record, runs included (see :meth:`whole`)."""
+        assert self.head is not None
+        record: dict[str, Any] = unpickle_plain(self.head)
+        if self.digests is not None:
+            assert self.runs is not None
+            set_path(record, runs_path, unpickle_runs(self.runs))
+        return record
+
+    def size(self) -> int:
+        """Bytes this entry counts against its cache's bound."""
+        return len(self.runs or b"") + len(self.digests or "") + len(self.head or b"")
+
+
+class _NotPlain(Exception):
+    """Raised while pickling on meeting a value that is not of an exact built-in type."""
+
+
+class _PlainPickler(pickle.Pickler):
+    """Pickles the exact built-in types only, without a memo, so equal values pickle equally."""
+
+    def __init__(self, file: io.BytesIO) -> None:
+        super().__init__(file, protocol=3)
+        self.fast = True
+
+    def reducer_override(self, obj: Any) -> Any:
+        # Called for every object but None, bools and exact int, float, str, bytes, dict,
+        # list, tuple, set and frozenset: everything else is refused, before its own code
+        # (``__reduce__``) could run.
+        raise _NotPlain
+
+
+_PICKLERS = threading.local()
+
+
+def pickle_runs(runs: list[Any]) -> bytes | None:
+    """The runs as one pickle whose prefixes are the pickles of the runs' prefixes.
+
+    Returns None when a run holds anything but exact built-in types, is cyclic, or nests
+    too deeply to pickle.
+    """
+    return pickle_plain((*runs, None, None, None, None))
+
+
+def pickle_plain(value: Any) -> bytes | None:
+    """``value`` pickled as described in the module docstring; None when it cannot be."""
+    # A pickler per thread, reused: making one costs more than pickling a few small runs.
+    made: tuple[_PlainPickler, io.BytesIO] | None = getattr(_PICKLERS, "made", None)
+    if made is None:
+        buffer = io.BytesIO()
+        made = _PICKLERS.made = (_PlainPickler(buffer), buffer)
+    pickler, buffer = made
+    buffer.seek(0)
+    buffer.truncate()
+    try:
+        pickler.dump(value)
+    except (_NotPlain, ValueError, RecursionError, pickle.PicklingError):
+        _PICKLERS.made = None  # a dump cut short may leave the pickler's state behind
+        return None
+    return buffer.getvalue()
+
+
+def unpickle_runs(blob: bytes) -> list[Any]:
+    """The runs of a pickle made by :func:`pickle_runs` (in this process: never stored)."""
+    runs: tuple[Any, ...] = unpickle_plain(blob)
+    return list(runs[:-4])
+
+
+def unpickle_plain(blob: bytes) -> Any:
+    """A value pickled by :func:`pickle_plain`: a new copy each time."""
+    # Safe to unpickle: the blob was made in this process by pickle_plain, never read from
+    # a store.
+    return pickle.loads(blob)
+
+
+def _prefix_count(blob: bytes, known: Known | None, width: int) -> int:
+    """How many leading runs of the runs pickled in ``blob`` are the remembered ones."""
+    if known is None or known.runs is None or not known.digests:
+        return 0
+    old = known.runs
+    if len(blob) < len(old) or not blob.startswith(memoryview(old)[: -len(_TAIL)]):
+        return 0
+    return len(known.digests) // width
+
+
+class Runs:
+    """The runs of one write: each as stored, with its text where made and its digest.
+
+    Attributes:
+        items: the runs as the store will hold them. The leading runs that
+            :func:`encode_runs` found unchanged are the caller's own objects; the others
+            are encoded copies.
+        texts: the stored text of each run; None for the unchanged runs, whose text was not
+            made (see :meth:`changes`).
+        digests: the digest of each run, concatenated.
+        pickled: the runs as stored, pickled, to remember; None when they cannot be.
+    """
+
+    def __init__(
+        self,
+        items: list[Any],
+        texts: list[str | None],
+        digests: str,
+        pickled: bytes | None,
+        text_of: Callable[[Any, str | None], str],
+        digest: Callable[[str], str],
+        width: int,
+    ) -> None:
+        self.items = items
+        self.texts = texts
+        self.digests = digests
+        self.pickled = pickled
+        self._text_of = text_of
+        self._digest = digest
+        self._width = width
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def changes(self, stored: str | None) -> list[tuple[int, str, str]]:
+        """(position, digest, text) of each run that differs from the ``stored`` digests.
+
+        The common case, runs added after the stored ones, is found by comparing the
+        digests as two strings. A run whose text was not made (unchanged since the storage
+        last saw it, while the store now holds something else there) is encoded now, and
+        its digest is taken again from that text.
+        """
+        width = self._width
+        old = stored or ""
+        new = self.digests
+        first = min(len(old), len(new)) // width if new.startswith(old[: len(new)]) else 0
+        out: list[tuple[int, str, str]] = []
+        remade: list[str] | None = None
+        for i in range(first, len(self.items)):
+            at = slice(i * width, (i + 1) * width)
+            digest = new[at]
+            if old[at] == digest:
+                continue
+            text = self.texts[i]
+            if text is None:
+                text = self.texts[i] = self._text_of(self.items[i], None)
+                digest = self._digest(text)
+                if remade is None:
+                    remade = [new[j * width : (j + 1) * width] for j in range(len(self.items))]
+                remade[i] = digest
+                if old[at] == digest:
+                    continue
+            out.append((i, digest, text))
+        if remade is not None:
+            self.digests = "".join(remade)
+        return out
+
+
+def encode_runs(
+    runs: list[Any],
+    known: Known | None,
+    text_of: Callable[[Any, str | None], str],
+    digest: Callable[[str], str],
+    path: str,
+    level: int,
+    width: int | None = None,
+) -> Runs:
+    """Checks and encodes ``runs`` for writing, skipping those ``known`` shows unchanged.
+
+    Args:
+        runs: the session's list of runs, as the caller gave it.
+        known: what the storage remembers of the stored session, or None.
+        text_of: the stored text of an encoded run, given the compact text
+            :func:`~savegame.storage.codec.encode_text` made of it (or None: make it).
+        digest: the digest of a stored text; all digests of one storage have one width.
+        path: where the runs are in the session, for error messages (``$['memory']['runs']``).
+        level: the nesting level of each run in the session (the session is level 1).
+        width: the length of a digest, when the caller knows it.
+
+    Raises:
+        SerializationError: for a run that cannot be stored, naming its path.
+    """
+    if width is None:
+        width = len(digest(""))
+    blob = pickle_runs(runs)
+    start = 0 if blob is None else min(_prefix_count(blob, known, width), len(runs))
+    items: list[Any] = runs[:start]
+    texts: list[str | None] = [None] * start
+    digests = [known.digests[: start * width]] if start and known and known.digests else []
+    for i in range(start, len(runs)):
+        copy, compact = encode_text(runs[i], f"{path}[{i}]", level)
+        text = text_of(copy, compact)
+        items.append(copy)
+        texts.append(text)
+        digests.append(digest(text))
+    pickled = blob
+    if blob is not None and start < len(runs):
+        # The copies made of the new runs must pickle as the runs given did; they differ
+        # where encoding converted a value (a tuple became a list, say).
+        fresh = pickle_runs(items[start:])
+        done = len(known.runs) - _FRAME if start and known and known.runs else 0
+        if (
+            fresh is None
+            or len(fresh) - _FRAME != len(blob) - _FRAME - done
+            or not blob.endswith(memoryview(fresh)[len(_HEAD) :])
+        ):
+            pickled = None
+    if pickled is None:
+        pickled = pickle_runs(items)
+    return Runs(items, texts, "".join(digests), pickled, text_of, digest, width)
+
+
+class KnownSessions:
+    """The :class:`Known` of a storage's recent sessions, least recently used out first.
+
+    Safe to share between threads. ``max_bytes=0`` remembers nothing.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_BYTES) -> None:
+        if not isinstance(max_bytes, int) or max_bytes < 0:
+            raise ValueError(f"cache_bytes must be a whole number >= 0, not {max_bytes!r}")
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, Known] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, session_id: str) -> Known | None:
+        """What is remembered of the session, or None."""
+        with self._lock:
+            known = self._items.get(session_id)
+            if known is not None:
+                self._items.move_to_end(session_id)
+            return known
+
+    def put(self, session_id: str, known: Known | None) -> None:
+        """Remembers ``known`` for the session; None forgets it."""
+        with self._lock:
+            old = self._items.pop(session_id, None)
+            if old is not None:
+                self._bytes -= old.size()
+            if known is None or known.size() > self.max_bytes:
+                return
+            self._items[session_id] = known
+            self._bytes += known.size()
+            while len(self._items) > MAX_SESSIONS or self._bytes > self.max_bytes:
+                _, gone = self._items.popitem(last=False)
+                self._bytes -= gone.size()
+
+    def clear(self) -> None:
+        """Forgets every session."""
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class RunEncoder:
+    """Encodes the runs of a storage's writes against what it remembers (see the module
+    docstring); the run codec of :class:`~savegame.storage.base.Storage`."""
+
+    def __init__(
+        self,
+        known: KnownSessions,
+        text_of: Callable[[Any, str | None], str],
+        digest: Callable[[str], str],
+    ) -> None:
+        self.known = known
+        self.text_of = text_of
+        self.digest = digest
+        self.width = len(digest(""))
+
+    def encode(self, session_id: str, runs: list[Any], path: str, level: int) -> Runs:
+        """The runs checked and encoded, reusing what is remembered of the session.
+
+        Raises:
+            SerializationError: for a run that cannot be stored, naming its path.
+        """
+        known = self.known.get(session_id)
+        return encode_runs(runs, known, self.text_of, self.digest, path, level, self.width)
