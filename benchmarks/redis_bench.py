@@ -3,9 +3,8 @@
 The baseline is what a careful person would write with redis-py alone: the whole session as
 one JSON value in a hash, sorted-set indexes by user and agent, one ``MULTI``/``EXEC``
 pipeline per write; no version check, no validation, no list of runs. The figures are those
-of the SQL sections (``sql_bench._compare``), plus upserts by a storage just opened (which
-has not seen the sessions yet) and the bytes the server receives for a save at turn N,
-read from ``INFO stats`` (run it on a server nothing else is using).
+of the SQL sections (``sql_bench._compare``), plus the bytes the server receives for a save
+at turn N, read from ``INFO stats`` (run it on a server nothing else is using).
 
 Run alone with ``python benchmarks/redis_bench.py [--quick]``; ``benchmarks/run.py`` imports
 :func:`run` and :func:`report`. The server is ``SAVEGAME_TEST_REDIS_URL`` (default
@@ -23,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from sql_bench import _compare, _run, _session, _time
+from sql_bench import _compare, _run, _session
 from sql_bench import report as table
 
 from savegame.storage.redis import RedisStorage
@@ -97,24 +96,12 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     storage = RedisStorage(f"bench_sg_{tag}", url=URL)
     baseline = Baseline(client, f"bench_bl_{tag}")
     try:
-        rows = _compare(storage, baseline, quick, 10_000 if quick else 50_000)  # type: ignore[arg-type]
-        sessions = [_session(f"s{i}", f"user-{i % 100}", 3) for i in range(500)]
-        for session in sessions:
-            storage.upsert(session)
-
-        def opened() -> None:
-            with RedisStorage(f"bench_sg_{tag}", url=URL) as fresh:
-                for session in sessions:
-                    fresh.upsert(session)
-
-        rows.insert(
-            2,
-            {
-                "name": "500 upserts of stored sessions by a storage just opened",
-                "savegame": _time(opened),
-                "baseline": _time(lambda: [baseline.upsert(s) for s in sessions]),
-                "note": "",
-            },
+        rows = _compare(
+            storage,
+            baseline,  # type: ignore[arg-type]
+            quick,
+            10_000 if quick else 50_000,
+            lambda: RedisStorage(f"bench_sg_{tag}", url=URL),
         )
         for turns in (10, 100, 1000):
             rows.append(

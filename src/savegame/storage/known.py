@@ -39,7 +39,6 @@ recently used out first; a session larger than the whole bound is not remembered
 
 from __future__ import annotations
 
-import io
 import pickle
 import threading
 from collections import OrderedDict
@@ -105,12 +104,36 @@ class _NotPlain(Exception):
     """Raised while pickling on meeting a value that is not of an exact built-in type."""
 
 
-class _PlainPickler(pickle.Pickler):
-    """Pickles the exact built-in types only, without a memo, so equal values pickle equally."""
+class _Kept:
+    """A file that keeps what is written to it. The pickler writes a pickle in one piece,
+    which is kept without a copy, unless it holds large strings: those it writes apart."""
 
-    def __init__(self, file: io.BytesIO) -> None:
+    __slots__ = ("parts",)
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.parts.append(data)
+        return len(data)
+
+    def take(self) -> bytes:
+        """What was written since the last call."""
+        parts, self.parts = self.parts, []
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class _PlainPickler(pickle.Pickler):
+    """Pickles the exact built-in types only, without a memo, so equal values pickle equally.
+
+    Without a memo, a dict or list that stands twice in the runs is written twice, and comes
+    back as two, as it would from the store's JSON.
+    """
+
+    def __init__(self, file: _Kept) -> None:
         super().__init__(file, protocol=3)
         self.fast = True
+        self.file = file
 
     def reducer_override(self, obj: Any) -> Any:
         # Called for every object but None, bools and exact int, float, str, bytes, dict,
@@ -134,19 +157,16 @@ def pickle_runs(runs: list[Any]) -> bytes | None:
 def pickle_plain(value: Any) -> bytes | None:
     """``value`` pickled as described in the module docstring; None when it cannot be."""
     # A pickler per thread, reused: making one costs more than pickling a few small runs.
-    made: tuple[_PlainPickler, io.BytesIO] | None = getattr(_PICKLERS, "made", None)
-    if made is None:
-        buffer = io.BytesIO()
-        made = _PICKLERS.made = (_PlainPickler(buffer), buffer)
-    pickler, buffer = made
-    buffer.seek(0)
-    buffer.truncate()
+    pickler: _PlainPickler | None = getattr(_PICKLERS, "pickler", None)
+    if pickler is None:
+        pickler = _PICKLERS.pickler = _PlainPickler(_Kept())
     try:
         pickler.dump(value)
     except (_NotPlain, ValueError, RecursionError, pickle.PicklingError):
-        _PICKLERS.made = None  # a dump cut short may leave the pickler's state behind
+        _PICKLERS.pickler = None  # a dump cut short may leave the pickler's state behind
+        pickler.file.take()
         return None
-    return buffer.getvalue()
+    return pickler.file.take()
 
 
 def unpickle_runs(blob: bytes) -> list[Any]:

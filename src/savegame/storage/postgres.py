@@ -78,9 +78,6 @@ class PostgresDialect(SqlDialect):
     def id_type(self) -> TypeEngine[Any]:
         return String(codec.MAX_ID_LENGTH, collation="C")
 
-    def json_as_text(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
-        return cast(column, Text)
-
     def dumps(self, value: Any, text: str | None = None) -> str:
         # JSONB keeps numbers as NUMERIC and prints 6.6e+16 back as 66000000000000000, an int
         # once parsed; the same value written with a decimal point comes back as a float.
@@ -92,6 +89,10 @@ class PostgresDialect(SqlDialect):
 
     def upsert(self, table: Table, keys: Sequence[str]) -> Executable:
         return on_conflict_update(insert(table), keys)
+
+    def execute(self, cursor: Any, sql: str, params: Any) -> None:
+        # Prepared on each connection at first use: planned once, not on every call.
+        cursor.execute(sql, params, prepare=True)
 
     def insert_new(self, table: Table) -> Executable:
         statement: Executable = insert(table).on_conflict_do_nothing()
@@ -143,16 +144,12 @@ class PostgresStorage(ServerStorage):
 
     @classmethod
     def engine_options(cls, connect_timeout: int) -> dict[str, Any]:
-        # psycopg prepares statements it runs often, and PostgreSQL then settles on one
-        # generic plan, made with the table's statistics at the time: a listing planned as a
-        # scan of a small table stays a scan after the table grew, until the next ANALYZE.
-        # Planning these short queries each time costs microseconds.
-        return {
-            "connect_args": {
-                "connect_timeout": connect_timeout,
-                "options": "-c plan_cache_mode=force_custom_plan",
-            }
-        }
+        # psycopg would prepare every statement it runs often, and PostgreSQL then settles
+        # on one generic plan, made with the table's statistics at the time: a listing
+        # planned as a scan of a small table would stay a scan after the table grew. So
+        # nothing is prepared but the statements on one session's key (see execute()),
+        # whose plan is the primary key's whatever the size of the table.
+        return {"connect_args": {"connect_timeout": connect_timeout, "prepare_threshold": None}}
 
     def __init__(
         self, table_name: str, schema: str | None = "ai", *args: Any, **kwargs: Any

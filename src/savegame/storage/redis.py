@@ -38,8 +38,9 @@ storage remembers what it last read or wrote of each of its recent sessions
 session it has not seen for a new one while that guess keeps proving right, so a save costs
 one round trip; a wrong guess costs one more, never a wrong write (a write larger than
 :data:`GUESS` is not sent on a guess about a session not seen: the header is read first).
-The runs it remembers unchanged are not encoded again, and a read of a session whose token
-is the remembered one gets back only the header's state, not the session. A script retried
+The runs it remembers unchanged are not encoded again, and a read of a session it remembers
+asks for the header's token alone (one ``HGET``) and, finding it unchanged, returns a copy
+of what it remembers. A script retried
 after a lost connection whose first attempt had landed finds its own new token and does not
 write twice.
 
@@ -213,26 +214,20 @@ return 1
 # KEYS: header, digests; returns the stored header (see _HEAD).
 _HEADER = _HEAD + "return head(KEYS[1], KEYS[2])\n"
 
-# KEYS: header, runs, digests for each session; ARGV: the token the reader remembers of
-# each ('' for none). Returns per session {data, runs as one JSON array (false: not in the
-# list), token, version, created_at, expires_at, digests}: a few strings, which the client
-# parses much faster than a list; or {1} when the header carries the remembered token.
+# KEYS: header, runs, digests for each session; returns per session
+# {data, runs as one JSON array (false: not in the list), token, version, created_at,
+# expires_at, digests}: a few strings, which the client parses much faster than a list.
 _READ = (
     _HEAD
     + """
 local out = {}
 for i = 1, #KEYS, 3 do
-  local known = ARGV[(i + 2) / 3]
-  if known ~= '' and redis.call('HGET', KEYS[i], 'token') == known then
-    out[#out + 1] = {1}
-  else
-    local h = head(KEYS[i], KEYS[i + 2])
-    local runs = false
-    if h[5] then
-      runs = '[' .. table.concat(redis.call('LRANGE', KEYS[i + 1], 0, -1), ',') .. ']'
-    end
-    out[#out + 1] = {redis.call('HGET', KEYS[i], 'data'), runs, h[1], h[2], h[3], h[4], h[5]}
+  local h = head(KEYS[i], KEYS[i + 2])
+  local runs = false
+  if h[5] then
+    runs = '[' .. table.concat(redis.call('LRANGE', KEYS[i + 1], 0, -1), ',') .. ']'
   end
+  out[#out + 1] = {redis.call('HGET', KEYS[i], 'data'), runs, h[1], h[2], h[3], h[4], h[5]}
 end
 return out
 """
@@ -579,6 +574,13 @@ class RedisStorage(Storage):
             self._call(methodcaller("delete", key))
 
     def _read(self, session_id: str) -> Record | None:
+        known = self._seen.get(session_id)
+        if known is not None and known.whole():
+            # One HGET: the session unchanged is returned from what the storage remembers.
+            key = f"{self._tag(session_id)}h:{session_id}"
+            token = self._call(methodcaller("hget", key, "token"))
+            if token is not None and _text(token) == known.token:
+                return known.record(self.spec.runs_path)
         return self._read_many([session_id], remember=True)[0]
 
     def _read_many(self, ids: Iterable[str], remember: bool = False) -> list[Record | None]:
@@ -593,15 +595,9 @@ class RedisStorage(Storage):
             for start in range(0, len(positions), READ_BATCH):
                 batch = positions[start : start + READ_BATCH]
                 keys = [f"{tag}{kind}:{ids[i]}" for i in batch for kind in "hrd"]
-                known = [self._seen.get(ids[i]) if remember else None for i in batch]
-                tokens = [k.token if k is not None and k.whole() else "" for k in known]
-                rows = self._script(_READ, keys, tokens)
-                for i, row, was in zip(batch, rows, known, strict=True):
-                    if len(row) == 1:
-                        assert was is not None
-                        out[i] = was.record(self.spec.runs_path)
-                    else:
-                        out[i] = self._fetched(ids[i], row, remember)
+                rows = self._script(_READ, keys, [])
+                for i, row in zip(batch, rows, strict=True):
+                    out[i] = self._fetched(ids[i], row, remember)
         return out
 
     def _fetched(self, session_id: str, row: list[Any], remember: bool) -> Record | None:

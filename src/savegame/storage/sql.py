@@ -63,6 +63,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, ClassVar, NamedTuple, TypeVar, get_args, get_origin, get_type_hints
 from urllib.parse import urlencode
 
@@ -77,7 +78,6 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
-    case,
     create_engine,
     delete,
     event,
@@ -87,12 +87,13 @@ from sqlalchemy import (
     make_url,
     null,
     select,
+    union_all,
     update,
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.schema import CreateSchema
-from sqlalchemy.sql.expression import ColumnElement, Executable
+from sqlalchemy.sql.expression import Executable
 from sqlalchemy.types import TypeEngine, UserDefinedType
 
 from savegame.errors import (
@@ -162,8 +163,8 @@ class SqlDialect(ABC):
         read_isolation: the isolation level that makes the statements of a read through
             SQLAlchemy one snapshot (None where every transaction already is one).
         table_options: keyword arguments for each :class:`~sqlalchemy.Table`.
-        aggregate_runs: whether a read gets a session's runs as one JSON array in the
-            statement that gets its header (servers, where each statement is a round trip).
+        round_trips: whether each statement goes to a server and back (False for an
+            embedded database, where fewer statements matter less than simpler ones).
     """
 
     title: ClassVar[str] = "SQL"
@@ -171,7 +172,7 @@ class SqlDialect(ABC):
     """What :meth:`configure` sets on a connection; a connection is set up again when it differs."""
     read_isolation: ClassVar[str | None] = None
     table_options: ClassVar[dict[str, Any]] = {}
-    aggregate_runs: ClassVar[bool] = True
+    round_trips: ClassVar[bool] = True
 
     # -- types and serialization ----------------------------------------------------------
 
@@ -186,10 +187,6 @@ class SqlDialect(ABC):
     def text_type(self) -> TypeEngine[Any]:
         """The type of other string fields (names, links to other sessions)."""
         return Text()
-
-    def json_as_text(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
-        """A JSON column as its text, inside an expression (where no type casts it back)."""
-        return column
 
     def dumps(self, value: Any, text: str | None = None) -> str:
         """JSON text for a JSON column; ``text`` as for :func:`savegame.storage.codec.dumps`."""
@@ -216,6 +213,10 @@ class SqlDialect(ABC):
     def duplicate(self, error: BaseException) -> bool:
         """Whether :meth:`insert_new` failed because the row was there."""
         return False
+
+    def execute(self, cursor: Any, sql: str, params: Any) -> None:
+        """Runs one of the statements of reads and writes of one session on a driver cursor."""
+        cursor.execute(sql, params)
 
     # -- connections and transactions -----------------------------------------------------
 
@@ -473,32 +474,28 @@ class _Raw(NamedTuple):
     sql: str
     order: tuple[str, ...] | None
     """The names of the parameters in order, for drivers that take them by position."""
+    execute: Callable[[Any, str, Any], None]
+    """The dialect's :meth:`SqlDialect.execute`."""
 
     @classmethod
     def of(
         cls,
         statement: Any,
-        dialect: Any,
+        dialect: SqlDialect,
+        engine_dialect: Any,
         columns: Sequence[str] | None = None,
-        literals: bool = False,
     ) -> _Raw:
-        """``statement`` compiled; ``columns``: those an INSERT or UPDATE sets, by name.
-
-        ``literals`` renders the values SQLAlchemy renders at execution time (a separator
-        of ``aggregate_strings``) into the text; every other parameter must then have a
-        placeholder value.
-        """
-        options = {"render_postcompile": True} if literals else {}
-        compiled = statement.compile(dialect=dialect, column_keys=columns, compile_kwargs=options)
+        """``statement`` compiled; ``columns``: those an INSERT or UPDATE sets, by name."""
+        compiled = statement.compile(dialect=engine_dialect, column_keys=columns)
         order = tuple(compiled.positiontup or ()) if compiled.positional else None
-        return cls(compiled.string, order)
+        return cls(compiled.string, order, dialect.execute)
 
     def params(self, values: Mapping[str, Any]) -> Any:
         """What the driver takes for ``values``."""
         return values if self.order is None else tuple(map(values.__getitem__, self.order))
 
     def run(self, cursor: Any, values: Mapping[str, Any]) -> Any:
-        cursor.execute(self.sql, self.params(values))
+        self.execute(cursor, self.sql, self.params(values))
         return cursor
 
     def run_many(self, cursor: Any, rows: list[dict[str, Any]]) -> None:
@@ -529,9 +526,11 @@ class _Statements:
             .where(runs.c.session_id.in_(ids))
             .order_by(runs.c.session_id, runs.c.position)
         )
+
         # On the driver's connection.
-        compile_ = _Raw.of
-        d = engine_dialect
+        def compile_(statement: Any, columns: Sequence[str] | None = None) -> _Raw:
+            return _Raw.of(statement, dialect, engine_dialect, columns)
+
         self.lock_header = compile_(
             select(
                 header.c.version,
@@ -541,48 +540,43 @@ class _Statements:
             )
             .where(header.c.session_id == sid)
             .with_for_update(),
-            d,
         )
-        self.insert_header = compile_(header.insert(), d, names)
-        self.insert_new = compile_(dialect.insert_new(header), d, names)
+        self.insert_header = compile_(header.insert(), names)
+        self.insert_new = compile_(dialect.insert_new(header), names)
         self.indexed = indexed
         self._written = written
         self._header = header
-        self._dialect = d
+        self._compile = compile_
         self._updates: dict[tuple[frozenset[str], bool], _Raw] = {}
         self.digests = compile_(
-            select(runs.c.digest).where(runs.c.session_id == sid).order_by(runs.c.position), d
+            select(runs.c.digest).where(runs.c.session_id == sid).order_by(runs.c.position)
         )
-        self.upsert_run = compile_(dialect.upsert(runs, ("session_id", "position")), d, run_columns)
+        self.upsert_run = compile_(dialect.upsert(runs, ("session_id", "position")), run_columns)
         self.cut_runs = compile_(
             delete(runs).where(runs.c.session_id == sid, runs.c.position >= bindparam("count")),
-            d,
         )
-        self.runs_of_one = compile_(
+        # The token alone, to find a remembered session unchanged.
+        self.token_of = compile_(select(header.c.write_token).where(header.c.session_id == sid))
+        # On a server, the header (at place -1) and the runs in one statement, so in one
+        # snapshot. Unordered: sorting the union would cost the server a temporary table.
+        head = select(
+            header, null().label("run"), null().label("digest"), literal_column("-1").label("place")
+        ).where(header.c.session_id == sid)
+        rest = select(
+            *(null().label(c.name) for c in header.c),
+            runs.c.run,
+            runs.c.digest,
+            runs.c.position.label("place"),
+        ).where(runs.c.session_id == sid)
+        self.read_one = compile_(union_all(head, rest))
+        # In an embedded database, where statements cost no round trip: header and runs in
+        # a transaction.
+        self.header_of = compile_(select(header).where(header.c.session_id == sid))
+        self.runs_of = compile_(
             select(runs.c.run, runs.c.digest)
             .where(runs.c.session_id == sid)
             .order_by(runs.c.position),
-            d,
         )
-        if dialect.aggregate_runs:
-            # The runs as one JSON array's items and the digests as one string, unless the
-            # header carries the token the reader remembers them by.
-            def aggregate(value: ColumnElement[Any], separator: str) -> Any:
-                gathered = func.aggregate_strings(value, separator).aggregate_order_by(
-                    runs.c.position
-                )
-                below = select(gathered).where(runs.c.session_id == header.c.session_id)
-                known = header.c.write_token == bindparam("known", "")
-                return case((known, null()), else_=below.scalar_subquery())
-
-            text = func.coalesce(dialect.json_as_text(runs.c.run), literal_column("'null'"))
-            query = select(header, aggregate(text, ","), aggregate(runs.c.digest, "")).where(
-                header.c.session_id == bindparam("sid", "")
-            )
-            self.header_one = compile_(query, d, literals=True)
-        else:
-            self.header_one = compile_(select(header).where(header.c.session_id == sid), d)
-        self.token_of = compile_(select(header.c.write_token).where(header.c.session_id == sid), d)
 
     def update(self, changed: frozenset[str], on_token: bool) -> _Raw:
         """The UPDATE of a header that sets the indexed columns in ``changed`` and every
@@ -599,7 +593,7 @@ class _Statements:
             if on_token:
                 match = match & (header.c.write_token == bindparam("known"))
             columns = [n for n in self._written if n not in self.indexed or n in changed]
-            statement = _Raw.of(update(header).where(match), self._dialect, columns)
+            statement = self._compile(update(header).where(match), columns)
             self._updates[key] = statement
         return statement
 
@@ -1175,8 +1169,7 @@ class SqlStorage(Storage):
         if count is not None:
             assert found is not None
             texts, digests = found
-            loaded = self._loaded_runs(texts)
-            runs = loaded if not self.dialect.aggregate_runs else (loaded[0] if loaded else [])
+            runs = self._loaded_runs(texts)
         if stored is not None:
             version = record.get("version") or 1
             header = Header(version, record.get("created_at"), record.get("expires_at"))
@@ -1194,32 +1187,39 @@ class SqlStorage(Storage):
         sql = self._statements()
         dialect = self.dialect
         cursor = conn.cursor()
-        count_at, token_at, width = self._count_at, self._token_at, len(self._columns)
-        params = {"sid": session_id, "known": token}
-        if dialect.aggregate_runs:
-            with dialect.one_statement(conn):
-                row = sql.header_one.run(cursor, params).fetchone()
-            if row is None:
-                return None, None
-            if token and row[token_at] == token:
-                return _UNCHANGED, None
-            if row[count_at] is None:
-                return row[:width], None
-            gathered, digests = row[width], row[width + 1]
-            return row[:width], ([] if gathered is None else [f"[{gathered}]"], digests or "")
+        params = {"sid": session_id}
         if token:
-            # A single SELECT outside a transaction is a snapshot by itself in SQLite.
-            current = sql.token_of.run(cursor, params).fetchone()
+            with dialect.one_statement(conn):
+                current = sql.token_of.run(cursor, params).fetchone()
             if current is None:
                 return None, None
             if current[0] == token:
                 return _UNCHANGED, None
-        dialect.begin(conn, False)
+        if not dialect.round_trips:
+            return self._read_locally(conn, cursor, params)
+        with dialect.one_statement(conn):
+            rows = sql.read_one.run(cursor, params).fetchall()
+        heads = [r for r in rows if r[-1] == -1]
+        if not heads:
+            return None, None
+        width = len(self._columns)
+        row = heads[0][:width]
+        if row[self._count_at] is None:
+            return row, None
+        found = sorted((r for r in rows if r[-1] != -1), key=itemgetter(-1))
+        return row, ([r[width] for r in found], "".join(r[width + 1] for r in found))
+
+    def _read_locally(
+        self, conn: Any, cursor: Any, params: dict[str, Any]
+    ) -> tuple[Any, tuple[list[Any], str] | None]:
+        """:meth:`_read_on`'s header and runs in an embedded database, in a transaction."""
+        sql = self._statements()
+        self.dialect.begin(conn, False)
         try:
-            row = sql.header_one.run(cursor, params).fetchone()
+            row = sql.header_of.run(cursor, params).fetchone()
             runs: tuple[list[Any], str] | None = None
-            if row is not None and row[count_at] is not None:
-                found = sql.runs_of_one.run(cursor, params).fetchall()
+            if row is not None and row[self._count_at] is not None:
+                found = sql.runs_of.run(cursor, params).fetchall()
                 runs = ([text for text, _ in found], "".join(d for _, d in found))
         finally:
             self._end(conn, True)

@@ -58,7 +58,7 @@ class SqliteDialect(SqlDialect):
     """SQLite's differences: pragmas, ``BEGIN IMMEDIATE``, ``ON CONFLICT`` and result codes."""
 
     title = "SQLite"
-    aggregate_runs = False  # no ORDER BY inside aggregates before SQLite 3.44; no round trips
+    round_trips = False
 
     def __init__(self, synchronous: str, busy_timeout: float, wal: bool) -> None:
         self.synchronous = synchronous

@@ -389,6 +389,9 @@ class ModeContract:
         check(runs)
         runs = [*runs, {"run_id": "5", "content": "ünïcödé ✓ 🎲"}]
         check(runs)
+        runs = [*runs, {"run_id": "6", "content": "long " * 30_000}]
+        check(runs)
+        check([*runs, {"run_id": "7"}])
         runs[2] = {"run_id": "2", "content": "edited in place", "extra": {"deep": [1, [2]]}}
         check(runs)
         check(runs[:2])

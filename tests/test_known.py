@@ -1,0 +1,114 @@
+"""What a storage remembers of its sessions: the pickle that proves runs unchanged, and the
+bounded cache. Backends are held to the behaviour this serves by the conformance suite."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+from typing import Any
+
+import pytest
+
+from savegame.errors import SerializationError
+from savegame.storage.base import Header
+from savegame.storage.codec import dumps
+from savegame.storage.known import (
+    Known,
+    KnownSessions,
+    encode_runs,
+    pickle_runs,
+    unpickle_runs,
+)
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
+
+
+def _runs(n: int) -> list[Any]:
+    return [{"run_id": str(i), "text": "x" * (70_000 if i == 1 else 10)} for i in range(n)]
+
+
+def test_the_pickle_of_a_prefix_is_a_prefix_and_comes_back_equal() -> None:
+    runs = _runs(5)
+    whole = pickle_runs(runs)
+    part = pickle_runs(runs[:3])
+    assert whole is not None
+    assert part is not None
+    assert whole.startswith(part[:-6])  # a 70 kB string is written apart by the pickler
+    assert unpickle_runs(whole) == runs
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [(1, True), (1, 1.0), (0.0, -0.0), ({"a": 1, "b": 2}, {"b": 2, "a": 1}), ("s", "s ")],
+)
+def test_values_that_compare_equal_pickle_apart(first: Any, second: Any) -> None:
+    assert pickle_runs([first]) != pickle_runs([second])
+
+
+def test_anything_but_exact_built_in_types_is_not_pickled() -> None:
+    class Text(str):
+        pass
+
+    cyclic: list[Any] = []
+    cyclic.append(cyclic)
+    for value in (Text("a"), collections.OrderedDict(a=1), object(), cyclic):
+        assert pickle_runs([value]) is None
+    assert pickle_runs([{"ok": [1, 2.5, None, True, "é"]}]) is not None
+
+
+def test_runs_remembered_unchanged_are_not_encoded_again() -> None:
+    made: list[Any] = []
+
+    def text_of(value: Any, text: str | None) -> str:
+        made.append(value)
+        return dumps(value, text)
+
+    runs = _runs(3)
+    first = encode_runs(runs, None, text_of, _digest, "$", 2)
+    assert len(made) == 3
+    known = Known("t", Header(1, 0, None), first.digests, first.pickled)
+    more = encode_runs([*runs, {"run_id": "3"}], known, text_of, _digest, "$", 2)
+    assert made[3:] == [{"run_id": "3"}]
+    assert more.texts[:3] == [None, None, None]
+    assert more.digests.startswith(first.digests)
+    assert more.changes(first.digests) == [(3, _digest('{"run_id":"3"}'), '{"run_id":"3"}')]
+    # What the store holds differs from what is remembered: the run is encoded after all.
+    stored = _digest("other") + first.digests[8:]
+    assert [c[0] for c in more.changes(stored)] == [0, 3]
+    assert more.items[0] is runs[0]
+
+
+def test_a_run_changed_in_place_is_encoded_and_checked_again() -> None:
+    runs = _runs(2)
+    first = encode_runs(runs, None, dumps, _digest, "$", 2)
+    known = Known("t", Header(1, 0, None), first.digests, first.pickled)
+    runs[0]["text"] = {"a", "set"}
+    with pytest.raises(SerializationError, match=r"\$\[0\]\['text'\]"):
+        encode_runs(runs, known, dumps, _digest, "$", 2)
+    runs[0]["text"] = (1, 2)
+    again = encode_runs(runs, known, dumps, _digest, "$", 2)
+    assert again.items[0] == {"run_id": "0", "text": [1, 2]}
+    assert again.pickled == pickle_runs(again.items)
+
+
+def test_the_cache_is_bounded_by_bytes_least_recently_used_first_out() -> None:
+    cache = KnownSessions(max_bytes=100)
+
+    def entry(size: int) -> Known:
+        return Known("t", Header(1, 0, None), None, b"x" * size)
+
+    cache.put("a", entry(40))
+    cache.put("b", entry(40))
+    assert cache.get("a") is not None
+    cache.put("c", entry(40))
+    assert cache.get("b") is None
+    assert cache.get("a") is not None
+    cache.put("huge", entry(101))
+    assert cache.get("huge") is None
+    cache.put("a", None)
+    assert cache.get("a") is None
+    with pytest.raises(ValueError, match="cache_bytes"):
+        KnownSessions(max_bytes=-1)
+    assert len(KnownSessions(max_bytes=0)) == 0
