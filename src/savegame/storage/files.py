@@ -339,6 +339,16 @@ class FileStorage(Storage):
         self._stamp_folder(conn)
         conn.execute("COMMIT")
 
+    def update(self, session_id: str, fn: Callable[[Any], Any], *, max_attempts: int = 50) -> Any:
+        """:meth:`Storage.update` holding the folder's lock from the read to the write.
+
+        Other writers wait while ``fn`` runs, so the write never meets a conflict and never
+        runs again: with many processes on one folder, a retrying writer could lose every
+        race to the others, who write faster than it reads and writes again.
+        """
+        with self._locked():
+            return super().update(session_id, fn, max_attempts=max_attempts)
+
     # -- primitives -----------------------------------------------------------------------
 
     def _read(self, session_id: str) -> Record | None:
