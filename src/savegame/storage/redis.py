@@ -341,7 +341,7 @@ class RedisStorage(Storage):
         MissingDependencyError: when redis-py is not installed.
     """
 
-    capabilities = frozenset({"persistent", "processes", "key_order"})
+    capabilities = frozenset({"persistent", "processes", "key_order", "cache_bytes"})
 
     def __init__(
         self,

@@ -709,7 +709,7 @@ class SqlStorage(Storage):
             sessions (:mod:`savegame.storage.known`); 0 remembers none.
     """
 
-    capabilities = frozenset({"persistent", "processes", "key_order"})
+    capabilities = frozenset({"persistent", "processes", "key_order", "cache_bytes"})
 
     def __init__(
         self,
@@ -1471,6 +1471,8 @@ class ServerStorage(SqlStorage):
         mode: the storage mode.
         expire: seconds after its last write that a session expires.
         connect_timeout: seconds to wait for a connection to the server.
+        cache_bytes: how many bytes the storage may remember of its recent sessions
+            (:mod:`savegame.storage.known`); 0 remembers none.
 
     Raises:
         ValueError: when neither ``db_url`` nor ``db_engine`` is given.
@@ -1494,6 +1496,7 @@ class ServerStorage(SqlStorage):
         expire: int | None = None,
         *,
         connect_timeout: int = 5,
+        cache_bytes: int = DEFAULT_BYTES,
     ) -> None:
         self.db_url = db_url
         owns = db_engine is None
@@ -1511,6 +1514,7 @@ class ServerStorage(SqlStorage):
             mode,
             expire,
             owns_engine=owns,
+            cache_bytes=cache_bytes,
         )
 
     @classmethod

@@ -34,6 +34,7 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.expression import Executable
 
+from savegame.storage.known import DEFAULT_BYTES
 from savegame.storage.session import Mode
 from savegame.storage.sql import SqlDialect, SqlStorage, on_conflict_update, shared_engine
 from savegame.storage.url import StorageURL
@@ -146,6 +147,8 @@ class SqliteStorage(SqlStorage):
         synchronous: ``"FULL"`` (a returned write survives power loss), ``"NORMAL"`` (it
             survives a crash of the process) or ``"EXTRA"``.
         busy_timeout: seconds a write waits for another writer's lock.
+        cache_bytes: how many bytes the storage may remember of its recent sessions
+            (:mod:`savegame.storage.known`); 0 remembers none.
 
     Raises:
         InvalidIdentifierError: for a table name that is not a plain identifier.
@@ -165,6 +168,7 @@ class SqliteStorage(SqlStorage):
         *,
         synchronous: str = "FULL",
         busy_timeout: float = 30.0,
+        cache_bytes: int = DEFAULT_BYTES,
     ) -> None:
         level = str(synchronous).upper()
         if level not in SYNCHRONOUS:
@@ -194,6 +198,7 @@ class SqliteStorage(SqlStorage):
             expire,
             owns_engine=db_engine is None,
             serialize=memory,
+            cache_bytes=cache_bytes,
         )
 
     def where(self) -> str:

@@ -444,6 +444,30 @@ class ModeContract:
             assert _runs_of(store, got) == [*old, {"run_id": "more"}, {"run_id": "last"}]
         assert store().get_all_session_ids(user_id="u2") == []
 
+    @pytest.mark.parametrize("cache_bytes", [0, 3000])
+    def test_storages_remembering_little_or_nothing_keep_the_contract(
+        self, store: Store, cache_bytes: int
+    ) -> None:
+        store.require("cache_bytes")
+        small, other = store(cache_bytes=cache_bytes), store()
+        runs = {f"s{i}": [{"run_id": f"{i}-0", "text": "x" * 500}] for i in range(8)}
+        for _ in range(3):
+            for sid, session_runs in runs.items():
+                stored = small.upsert(_with_runs(store, sid, session_runs, user_id="u"))
+                assert _runs_of(store, stored) == session_runs
+                session_runs.append({"run_id": f"{sid}-{len(session_runs)}"})
+        for sid, session_runs in runs.items():
+            got = small.read(sid)
+            assert got is not None
+            assert _runs_of(store, got) == session_runs[:-1]
+            with pytest.raises(ConflictError):
+                small.upsert(got, expected_version=got.version - 1)  # type: ignore[attr-defined]
+            other.upsert(_with_runs(store, sid, session_runs[:1], user_id="v"))
+            got = small.read(sid)
+            assert got is not None
+            assert (_runs_of(store, got), got.user_id) == (session_runs[:1], "v")  # type: ignore[attr-defined]
+        assert sorted(small.get_all_session_ids(user_id="v")) == sorted(runs)
+
     def test_runs_of_converted_types_round_trip_save_after_save(self, store: Store) -> None:
         storage = store()
         when = dt.datetime(2026, 1, 2, 3, 4, 5)
