@@ -79,13 +79,38 @@ def test_every_run_is_saved_with_its_messages(backend_store: Store) -> None:
         {"role": "user", "content": "What is my name?"},
         {"role": "assistant", "content": second.content},
     ]
-    assert stored.memory["messages"] == runs[0]["messages"] + runs[1]["messages"]
+    # The runs are the conversation: no second copy of it in the session's header.
+    assert set(stored.memory) == {"runs"}
+    assert agent.messages == runs[0]["messages"] + runs[1]["messages"]
     assert stored.session_data is not None
     assert stored.session_data["session_name"] == "first chat"
     assert stored.session_data["session_state"] == {"topic": "names"}
     metrics = stored.session_data["metrics"]
     assert metrics["runs"] == 2
     assert metrics["total_tokens"] == sum(r["metrics"]["total_tokens"] for r in runs)
+
+
+def test_a_session_with_the_originals_message_list_continues_without_it(
+    backend_store: Store,
+) -> None:
+    earlier = {"run_id": "r0", "messages": [{"role": "user", "content": "I am Ada."}]}
+    backend_store().upsert(
+        AgentSession(
+            session_id="old",
+            memory={"runs": [earlier], "messages": earlier["messages"], "summary": "kept"},
+        )
+    )
+    agent = _agent(backend_store, session_id="old")
+    assert agent.messages == earlier["messages"]
+    agent.run("Who am I?")
+    stored = backend_store().read("old")
+    assert isinstance(stored, AgentSession)
+    assert stored.memory is not None
+    assert set(stored.memory) == {"runs", "summary"}
+    assert [r["run_id"] for r in stored.memory["runs"]][:1] == ["r0"]
+    assert len(stored.memory["runs"]) == 2
+    assert agent.messages[:1] == earlier["messages"]
+    assert len(agent.messages) == 3
 
 
 def test_a_new_agent_with_the_session_id_resumes_it(backend_store: Store) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,9 @@ import pytest
 from sqlalchemy import event
 
 from savegame import open_storage
+from savegame.agent import Agent
 from savegame.errors import BackendUnavailableError, InvalidIdentifierError, StorageError
+from savegame.models.offline import OfflineModel
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.session.v2.workflow import WorkflowSession as WorkflowSessionV2
 from savegame.storage.sqlite import SqliteStorage, make_engine
@@ -91,7 +94,8 @@ def test_auto_upgrade_schema_upgrades_on_first_write(tmp_path: Path) -> None:
     assert sorted(storage.get_all_session_ids(user_id="user-0")) == ["new", "old-0"]
 
 
-def test_a_save_writes_what_changed_not_the_whole_conversation(tmp_path: Path) -> None:
+def _wal_growth(tmp_path: Path, turns: int, turn: Callable[[SqliteStorage, int], Any]) -> Any:
+    """Bytes each of ``turns`` calls of ``turn(storage, n)`` added to the database's WAL."""
     engine = make_engine(f"sqlite:///{tmp_path / 'growth.db'}")
 
     @event.listens_for(engine, "connect")
@@ -102,20 +106,45 @@ def test_a_save_writes_what_changed_not_the_whole_conversation(tmp_path: Path) -
     storage = SqliteStorage("growth", db_engine=engine, synchronous="NORMAL")
     storage.create()
     wal = tmp_path / "growth.db-wal"
-    session = AgentSession(session_id="long", user_id="u", memory={"runs": []})
     written: dict[int, int] = {}
-    for turn in range(1, 1001):
-        session.memory["runs"].append(_runs(1)[0] | {"run_id": f"r{turn}"})  # type: ignore[index]
+    for n in range(1, turns + 1):
         before = wal.stat().st_size if wal.exists() else 0
-        session = storage.upsert(session)
-        written[turn] = wal.stat().st_size - before
+        turn(storage, n)
+        written[n] = wal.stat().st_size - before
+    got = storage.read("long")
+    engine.dispose()
+    return written, got
+
+
+def test_a_save_writes_what_changed_not_the_whole_conversation(tmp_path: Path) -> None:
+    session = AgentSession(session_id="long", user_id="u", memory={"runs": []})
+
+    def turn(storage: SqliteStorage, n: int) -> None:
+        nonlocal session
+        session.memory["runs"].append(_runs(1)[0] | {"run_id": f"r{n}"})  # type: ignore[index]
+        session = storage.upsert(session)  # type: ignore[assignment]
+
+    written, got = _wal_growth(tmp_path, 1000, turn)
     early = sum(written[t] for t in range(10, 20)) / 10
     late = sum(written[t] for t in range(991, 1001)) / 10
     assert late <= 3 * early, (early, late)
-    got = storage.read("long")
-    assert got is not None
-    assert len(got.memory["runs"]) == 1000  # type: ignore[index]
-    engine.dispose()
+    assert len(got.memory["runs"]) == 1000
+
+
+def test_an_agents_save_writes_its_new_run_not_the_whole_conversation(tmp_path: Path) -> None:
+    agents: dict[str, Agent] = {}
+
+    def turn(storage: SqliteStorage, n: int) -> None:
+        agent = agents.setdefault(
+            "a", Agent(model=OfflineModel(), storage=storage, session_id="long")
+        )
+        agent.run(f"Turn {n}: " + "a question long enough to weigh something. " * 10)
+
+    written, got = _wal_growth(tmp_path, 300, turn)
+    early = sum(written[t] for t in range(10, 20)) / 10
+    late = sum(written[t] for t in range(291, 301)) / 10
+    assert late <= 3 * early, (early, late)
+    assert len(got.memory["runs"]) == 300
 
 
 def test_a_lock_held_past_the_timeout_raises_and_reads_go_on(tmp_path: Path) -> None:

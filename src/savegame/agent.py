@@ -13,7 +13,7 @@
     agent.run("What is my name?").content   # 'Your name is Ada. ...'
 
 The stored :class:`~savegame.storage.session.agent.AgentSession` holds, in ``memory``, the
-runs (each with its messages, model, status and metrics) and the whole message list; in
+runs (each with its messages, model, status and metrics), which are the conversation; in
 ``session_data`` the session's name, state and summed metrics; in ``agent_data`` the agent's
 name, id and model.
 
@@ -30,7 +30,7 @@ from typing import Any
 
 from savegame.models import Message, Model, default_model, describe
 from savegame.models import message as make_message
-from savegame.runtime import Run, SessionKeeper, extend_messages, new_id
+from savegame.runtime import Run, SessionKeeper, drop_message_list, new_id
 from savegame.storage.base import Storage
 
 
@@ -122,7 +122,6 @@ class Agent(SessionKeeper):
         self.instructions = instructions
         self.team_session_id = team_session_id
         self.workflow_session_id = workflow_session_id
-        self.messages: list[Message] = []
         super().__init__(
             storage, session_id, user_id, agent_id, session_name, session_state, extra_data
         )
@@ -187,6 +186,11 @@ class Agent(SessionKeeper):
             runs = other.runs
         return [m for run in runs for m in run.get("messages") or []]
 
+    @property
+    def messages(self) -> list[Message]:
+        """The current session's user and assistant messages, in order (from its runs)."""
+        return self.get_messages_for_session()
+
     def attach(self, session_id: str, team_session_id: str | None, user_id: str | None) -> None:
         """Switches to ``session_id`` on behalf of a team, loading it when it is stored."""
         self.team_session_id = team_session_id
@@ -211,18 +215,13 @@ class Agent(SessionKeeper):
         }
 
     def _extend(self, data: dict[str, Any], run: Run | None) -> None:
-        extend_messages(data, run)
+        drop_message_list(data)
         data["team_session_id"] = self.team_session_id or data.get("team_session_id")
         data["workflow_session_id"] = self.workflow_session_id or data.get("workflow_session_id")
 
     def _restored(self, data: dict[str, Any]) -> None:
-        self.messages = list((data.get("memory") or {}).get("messages") or [])
         self.team_session_id = self.team_session_id or data.get("team_session_id")
         self.workflow_session_id = self.workflow_session_id or data.get("workflow_session_id")
         agent_data = data.get("agent_data") or {}
         self.name = self.name or agent_data.get("name")
         self.role = self.role or agent_data.get("role")
-
-    def _reset(self) -> None:
-        super()._reset()
-        self.messages = []

@@ -270,13 +270,17 @@ class SessionKeeper:
         """Takes what a subclass stores beyond the shared fields back from a stored session."""
 
 
-def extend_messages(data: dict[str, Any], run: Run | None) -> None:
-    """Adds the messages of ``run`` to ``memory["messages"]``, the session's whole conversation."""
-    memory = data.setdefault("memory", {})
-    messages = list(memory.get("messages") or [])
-    if run is not None:
-        messages.extend(run.get("messages") or [])
-    memory["messages"] = messages
+def drop_message_list(data: dict[str, Any]) -> None:
+    """Removes ``memory["messages"]``, the whole conversation in one list, from a session.
+
+    The original kept that list beside the runs, which hold the same messages. Kept in the
+    session's header, it would make every save rewrite the whole conversation; a session
+    written by the original loses it on its first save here, rather than keeping a list
+    that no longer follows the runs.
+    """
+    memory = data.get("memory")
+    if isinstance(memory, dict) and "messages" in memory:
+        data["memory"] = {k: v for k, v in memory.items() if k != "messages"}
 
 
 def _index(runs: list[Run], run_id: str) -> int | None:
