@@ -262,8 +262,7 @@ class Storage(ABC):
     ) -> list[Session]:
         """The sessions that match, newest ``created_at`` first (ties by id)."""
         user_id, entity_id = self._filters(user_id, entity_id)
-        now = _now()
-        return self._fetch(self._list(user_id, entity_id, None, now), user_id, entity_id, now)
+        return self._list_sessions(user_id, entity_id, None, _now())
 
     def read_many(self, session_ids: Iterable[str]) -> list[Session]:
         """The stored sessions among ``session_ids``, in that order, read in one round trip
@@ -273,7 +272,7 @@ class Storage(ABC):
             InvalidIdentifierError: for an id savegame cannot store.
         """
         ids = [check_id(session_id) for session_id in session_ids]
-        return self._fetch(ids, None, None, _now())
+        return self._sessions_of(self._read_many(ids), None, None, _now())
 
     def get_recent_sessions(
         self, user_id: str | None = None, entity_id: str | None = None, limit: int | None = 2
@@ -282,8 +281,7 @@ class Storage(ABC):
         if limit is not None and (not isinstance(limit, int) or limit < 0):
             raise ValueError(f"limit must be a non-negative int or None, not {limit!r}")
         user_id, entity_id = self._filters(user_id, entity_id)
-        now = _now()
-        return self._fetch(self._list(user_id, entity_id, limit, now), user_id, entity_id, now)
+        return self._list_sessions(user_id, entity_id, limit, _now())
 
     def delete_session(self, session_id: str | None = None) -> bool:
         """Removes exactly that session; returns whether there was one."""
@@ -395,13 +393,20 @@ class Storage(ABC):
             check_id(entity_id, self._spec.entity_field.replace("_", " "))
         return user_id, entity_id
 
-    def _fetch(
-        self, ids: list[str], user_id: str | None, entity_id: str | None, now: int
+    def _list_sessions(
+        self, user_id: str | None, entity_id: str | None, limit: int | None, now: int
     ) -> list[Session]:
-        """Sessions for listed ids, dropping any that vanished or changed since listing."""
+        """The sessions of :meth:`_list`; a backend may list and read in fewer steps."""
+        records = self._read_many(self._list(user_id, entity_id, limit, now))
+        return self._sessions_of(records, user_id, entity_id, now)
+
+    def _sessions_of(
+        self, records: Iterable[Record | None], user_id: str | None, entity_id: str | None, now: int
+    ) -> list[Session]:
+        """Sessions of listed records, dropping any that vanished or changed since listing."""
         field = self._spec.entity_field
         out = []
-        for record in self._read_many(ids):
+        for record in records:
             if record is None or is_expired(record.get("expires_at"), now):
                 continue
             if user_id is not None and record.get("user_id") != user_id:

@@ -115,7 +115,7 @@ from savegame.storage.known import (
     pickle_plain,
     pickle_runs,
 )
-from savegame.storage.session import Mode, ModeSpec, mode_spec, set_path, split_runs
+from savegame.storage.session import Mode, ModeSpec, Session, mode_spec, set_path, split_runs
 from savegame.storage.url import StorageURL
 
 MIGRATIONS_TABLE = "savegame_migrations"
@@ -522,9 +522,12 @@ class _Statements:
         # Through SQLAlchemy: reads of many sessions, and of tables of an older layout.
         self.headers = select(header).where(header.c.session_id.in_(ids))
         self.runs = (
-            select(runs.c.session_id, runs.c.run)
+            select(runs.c.session_id, runs.c.run, runs.c.digest)
             .where(runs.c.session_id.in_(ids))
             .order_by(runs.c.session_id, runs.c.position)
+        )
+        self.tokens = select(header.c.session_id, header.c.write_token).where(
+            header.c.session_id.in_(ids)
         )
 
         # On the driver's connection.
@@ -548,6 +551,7 @@ class _Statements:
         self._header = header
         self._compile = compile_
         self._updates: dict[tuple[frozenset[str], bool], _Raw] = {}
+        self._listings: dict[tuple[tuple[str, ...], bool, bool], _Raw] = {}
         self.digests = compile_(
             select(runs.c.digest).where(runs.c.session_id == sid).order_by(runs.c.position)
         )
@@ -577,6 +581,32 @@ class _Statements:
             .where(runs.c.session_id == sid)
             .order_by(runs.c.position),
         )
+
+    def listing(self, filters: tuple[str, ...], live: bool, limited: bool) -> _Raw:
+        """The ids and tokens of the sessions whose columns in ``filters`` equal the
+        parameters of those names, newest first; ``live``: only those not expired at
+        ``:now``; ``limited``: at most ``:limit``, from ``:offset``."""
+        key = (filters, live, limited)
+        statement = self._listings.get(key)
+        if statement is None:
+            header = self._header
+            query = select(header.c.session_id, header.c.write_token)
+            for name in filters:
+                query = query.where(header.c[name] == bindparam(name))
+            if live:
+                expires = header.c.expires_at
+                query = query.where(expires.is_(None) | (expires > bindparam("now")))
+            query = query.order_by(
+                func.coalesce(header.c.created_at, literal_column("0")).desc(),
+                header.c.session_id,
+            )
+            if limited:
+                # An explicit offset: SQLite renders one with the limit anyway.
+                count = Integer()
+                query = query.limit(bindparam("limit", type_=count))
+                query = query.offset(bindparam("offset", type_=count))
+            statement = self._listings[key] = self._compile(query)
+        return statement
 
     def update(self, changed: frozenset[str], on_token: bool) -> _Raw:
         """The UPDATE of a header that sets the indexed columns in ``changed`` and every
@@ -1094,11 +1124,6 @@ class SqlStorage(Storage):
             ) from exc
         return record
 
-    def _with_runs(self, record: Record, runs: list[Any]) -> Record:
-        """``record`` (a header, with ``run_count``) with its runs in place."""
-        record.pop("write_token", None)
-        return self._placed(record, record.pop("run_count", None), runs)
-
     def _placed(self, record: Record, count: int | None, runs: list[Any]) -> Record:
         """``record`` with its ``count`` runs in place (None: the runs are in the header)."""
         if count is not None:
@@ -1110,12 +1135,6 @@ class SqlStorage(Storage):
             set_path(record, self.spec.runs_path, runs)
         return record
 
-    def _record(self, row: Any, runs: list[Any]) -> Record:
-        """The record of a header row read through SQLAlchemy, and its decoded runs."""
-        return self._with_runs(
-            self._decoded([row._mapping.get(n) for n, _, _ in self._columns]), runs
-        )
-
     def _loaded_runs(self, texts: Iterable[Any]) -> list[Any]:
         loads = self.dialect.loads
         try:
@@ -1125,22 +1144,70 @@ class SqlStorage(Storage):
                 f"a run in table {self.runs_table.name!r} holds JSON that cannot be read: {exc}"
             ) from exc
 
-    def _header_select(self, layout: _Layout, one: bool) -> Any:
-        """The header query, through SQLAlchemy, for one id (``:sid``) or several (``:ids``)."""
-        key = self.table.c.session_id
-        match = key == bindparam("sid") if one else key.in_(bindparam("ids", expanding=True))
+    def _header_select(self, layout: _Layout) -> Any:
+        """The header query, through SQLAlchemy, for the sessions of ``:ids``."""
+        match = self.table.c.session_id.in_(bindparam("ids", expanding=True))
         return select(*[c for c in self.table.c if c.name in layout.columns]).where(match)
 
-    def _runs_of(self, conn: Connection, ids: Sequence[str]) -> dict[str, list[Any]]:
-        """The decoded runs of each session in ``ids``, in position order, through SQLAlchemy."""
+    def _runs_of(self, conn: Connection, ids: Sequence[str]) -> dict[str, tuple[list[Any], str]]:
+        """The runs' texts and digests of each session in ``ids``, in position order,
+        through SQLAlchemy."""
         sql = self._statements()
-        found: dict[str, list[Any]] = {}
-        texts: dict[str, list[Any]] = {}
-        for session_id, text in conn.execute(sql.runs, {"ids": list(ids)}):
-            texts.setdefault(session_id, []).append(text)
-        for session_id, items in texts.items():
-            found[session_id] = self._loaded_runs(items)
-        return found
+        found: dict[str, tuple[list[Any], list[str]]] = {}
+        for session_id, text, digest in conn.execute(sql.runs, {"ids": list(ids)}):
+            texts, digests = found.setdefault(session_id, ([], []))
+            texts.append(text)
+            digests.append(digest)
+        return {sid: (texts, "".join(digests)) for sid, (texts, digests) in found.items()}
+
+    def _unpacked(self, session_id: str, row: Sequence[Any], found: Any) -> Record:
+        """The record of a header row (the table's columns in order) and its runs' texts and
+        digests; remembered when the row carries a write token."""
+        record = self._decoded(row)
+        stored = record.pop("write_token", None)
+        count = record.pop("run_count", None)
+        digests: str | None = None
+        runs: list[Any] = []
+        if count is not None:
+            texts, digests = found if found is not None else ([], "")
+            runs = self._loaded_runs(texts)
+        if stored is not None:
+            version = record.get("version") or 1
+            header = Header(version, record.get("created_at"), record.get("expires_at"))
+            listed = tuple(record.get(name) for name in self._indexed)
+            blob = None if count is None else pickle_runs(runs)
+            head = pickle_plain(record)
+            self._known.put(session_id, Known(stored, header, digests, blob, listed, head))
+        return self._placed(record, count, runs)
+
+    def _remembered(self, ids: Sequence[str], tokens: dict[str, Any] | None) -> dict[str, Record]:
+        """Copies of the sessions among ``ids`` that this storage remembers whole and the
+        store still holds unchanged: by the stored ``tokens``, or by one query for them."""
+        known = {}
+        for session_id in ids:
+            entry = self._known.get(session_id)
+            if entry is not None and entry.whole():
+                known[session_id] = entry
+        if not known:
+            return {}
+        if tokens is None:
+            tokens = self._tokens(list(known))
+        path = self.spec.runs_path
+        return {i: k.record(path) for i, k in known.items() if tokens.get(i) == k.token}
+
+    def _tokens(self, asked: list[str]) -> dict[str, Any]:
+        """The stored write token of each session among ``asked`` that is stored."""
+        sql = self._statements()
+        tokens: dict[str, Any] = {}
+
+        def ask() -> None:
+            with self._transaction(False) as conn:
+                for start in range(0, len(asked), _BATCH):
+                    chunk = asked[start : start + _BATCH]
+                    tokens.update(conn.execute(sql.tokens, {"ids": chunk}).all())
+
+        self._call(ask)
+        return tokens
 
     # -- primitives -----------------------------------------------------------------------
 
@@ -1161,23 +1228,7 @@ class SqlStorage(Storage):
         if row is None:
             self._known.put(session_id, None)
             return None
-        record = self._decoded(row)
-        stored = record.pop("write_token", None)
-        count = record.pop("run_count", None)
-        digests: str | None = None
-        runs: list[Any] = []
-        if count is not None:
-            assert found is not None
-            texts, digests = found
-            runs = self._loaded_runs(texts)
-        if stored is not None:
-            version = record.get("version") or 1
-            header = Header(version, record.get("created_at"), record.get("expires_at"))
-            listed = tuple(record.get(name) for name in self._indexed)
-            blob = None if count is None else pickle_runs(runs)
-            head = pickle_plain(record)
-            self._known.put(session_id, Known(stored, header, digests, blob, listed, head))
-        return self._placed(record, count, runs)
+        return self._unpacked(session_id, row, found)
 
     def _read_on(
         self, conn: Any, session_id: str, token: str
@@ -1226,24 +1277,35 @@ class SqlStorage(Storage):
         return row, runs
 
     def _read_many(self, ids: Iterable[str]) -> list[Record | None]:
-        wanted = list(ids)
+        return self._records(list(ids), None)
+
+    def _records(self, wanted: list[str], tokens: dict[str, Any] | None) -> list[Record | None]:
+        """The records of ``wanted``, in that order (None where there is none): copies of
+        those remembered whose token the store still holds, the others read in one
+        transaction. ``tokens``: the stored tokens, when the caller has them."""
+        if not wanted or self._current().version == 0:
+            return [None] * len(wanted)
         found: dict[str, Record] = {}
+        if self._layout.version >= LATEST:
+            found.update(self._remembered(wanted, tokens))
+        rest = [session_id for session_id in wanted if session_id not in found]
+        names = [name for name, _, _ in self._columns]
 
         def read() -> None:
             layout = self._current()
-            if layout.version == 0 or not wanted:
-                return
             with self._transaction(False) as conn:
-                for start in range(0, len(wanted), _BATCH):
-                    chunk = wanted[start : start + _BATCH]
-                    query = self._header_select(layout, False)
-                    rows = conn.execute(query, {"ids": chunk}).all()
+                for start in range(0, len(rest), _BATCH):
+                    chunk = rest[start : start + _BATCH]
+                    rows = conn.execute(self._header_select(layout), {"ids": chunk}).all()
                     with_runs = [r.session_id for r in rows if r._mapping.get("run_count")]
                     runs = self._runs_of(conn, with_runs) if with_runs else {}
                     for row in rows:
-                        found[row.session_id] = self._record(row, runs.get(row.session_id, []))
+                        values = [row._mapping.get(name) for name in names]
+                        session_id = row.session_id
+                        found[session_id] = self._unpacked(session_id, values, runs.get(session_id))
 
-        self._call(read)
+        if rest:
+            self._call(read)
         return [found.get(session_id) for session_id in wanted]
 
     def _write(
@@ -1392,9 +1454,40 @@ class SqlStorage(Storage):
     def _list(
         self, user_id: str | None, entity_id: str | None, limit: int | None, now: int | None
     ) -> list[str]:
+        return [session_id for session_id, _ in self._listing(user_id, entity_id, limit, now)]
+
+    def _list_sessions(
+        self, user_id: str | None, entity_id: str | None, limit: int | None, now: int
+    ) -> list[Session]:
+        # The listing's tokens tell which of the sessions this storage remembers unchanged.
+        listed = self._listing(user_id, entity_id, limit, now)
+        records = self._records([session_id for session_id, _ in listed], dict(listed))
+        return self._sessions_of(records, user_id, entity_id, now)
+
+    def _listing(
+        self, user_id: str | None, entity_id: str | None, limit: int | None, now: int | None
+    ) -> list[tuple[str, str | None]]:
+        """The ids of :meth:`_list` and the write token of each (None: the layout has none)."""
+        if self._current().version >= LATEST:
+            sql = self._statements()
+            values: dict[str, Any] = {"now": now, "limit": limit, "offset": 0}
+            filters = []
+            for name, value in (("user_id", user_id), (self.spec.entity_field, entity_id)):
+                if value is not None:
+                    filters.append(name)
+                    values[name] = value
+            statement = sql.listing(tuple(filters), now is not None, limit is not None)
+
+            def run(conn: Any) -> list[tuple[str, str | None]]:
+                with self.dialect.one_statement(conn):
+                    rows = statement.run(conn.cursor(), values).fetchall()
+                return [(_text(session_id), token) for session_id, token in rows]
+
+            with self._guard():
+                return self._on_connection(run)
         header = self.table
 
-        def listing() -> list[str]:
+        def listing() -> list[tuple[str, str | None]]:
             layout = self._current()
             if layout.version == 0:
                 return []
@@ -1412,7 +1505,7 @@ class SqlStorage(Storage):
             if limit is not None:
                 query = query.limit(limit)
             with self._transaction(False) as conn:
-                return list(conn.execute(query).scalars())
+                return [(session_id, None) for session_id in conn.execute(query).scalars()]
 
         return self._call(listing)
 

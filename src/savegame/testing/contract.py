@@ -444,6 +444,29 @@ class ModeContract:
             assert _runs_of(store, got) == [*old, {"run_id": "more"}, {"run_id": "last"}]
         assert store().get_all_session_ids(user_id="u2") == []
 
+    def test_listings_and_read_many_see_what_another_storage_wrote(self, store: Store) -> None:
+        mine, theirs = store(), store()
+        for sid in ("a", "b", "c"):
+            mine.upsert(_with_runs(store, sid, [{"run_id": f"{sid}-0"}], user_id="u"))
+        assert len(mine.get_all_sessions(user_id="u")) == 3  # now remembered
+        theirs.upsert(_with_runs(store, "b", [{"run_id": "b-0"}, {"run_id": "b-1"}], user_id="u"))
+        theirs.delete_session("c")
+        theirs.upsert(_with_runs(store, "c", [{"run_id": "c-new"}], user_id="u"))
+        listed = {s.session_id: _runs_of(store, s) for s in mine.get_all_sessions(user_id="u")}
+        assert listed == {
+            "a": [{"run_id": "a-0"}],
+            "b": [{"run_id": "b-0"}, {"run_id": "b-1"}],
+            "c": [{"run_id": "c-new"}],
+        }
+        recent = mine.get_recent_sessions(user_id="u", limit=3)
+        assert {s.session_id: _runs_of(store, s) for s in recent} == listed
+        theirs.delete_session("a")
+        assert [s.session_id for s in mine.read_many(["a", "b", "c"])] == ["b", "c"]
+        assert [_runs_of(store, s) for s in mine.read_many(["c", "b"])] == [
+            listed["c"],
+            listed["b"],
+        ]
+
     @pytest.mark.parametrize("cache_bytes", [0, 3000])
     def test_storages_remembering_little_or_nothing_keep_the_contract(
         self, store: Store, cache_bytes: int
