@@ -40,21 +40,23 @@ INTRO = """\
 
 Written by `make bench` (`benchmarks/run.py`); every figure below comes from the run recorded
 here. Each table times savegame and a hand-written baseline doing the same work with the
-database driver alone, in the same process, one after the other; the ratio is
-savegame / baseline (below 1: savegame is faster). Times are the best of several repeats.
+database driver alone, in the same process, in turns (savegame, baseline, savegame, ...), so
+that a slow spell of the machine falls on both; the ratio is savegame / baseline (below 1:
+savegame is faster). Times are the best of several repeats.
 
 The baselines keep each session in one row (or one hash), written whole by one prepared
 statement, with no validation, no version check and no runs table: what a careful person
-writes for one database. savegame additionally validates and copies every session (the
-"checking and copying" row), checks versions atomically, and keeps one row per run so that a
-save writes what changed: the *bytes written* rows show the cost of that on disk, where the
-baseline's save grows with the conversation and savegame's does not.
+writes for one database. savegame additionally checks every value it has not seen before,
+checks versions atomically, and keeps one row per run so that a save writes what changed:
+the *bytes written* rows show the cost of that on disk, where the baseline's save grows with
+the conversation and savegame's does not.
 
-Where savegame is slower, the cost is per call and known: each call validates and copies the
-whole session (the "checking and copying" row, the same for every backend), runs its
-statements through SQLAlchemy Core, locks the session's row to check its version, and reads
-and writes two tables. For small sessions that fixed cost is what the ratios show; in long
-conversations the baseline's whole-session rewrite costs more than all of it."""
+"Upserts" and "reads" are made by the storage that wrote the sessions, which remembers them
+(README, "Remembered sessions"); the rows "by a storage just opened" are made by a new
+storage object, as in a new process, which knows nothing of them yet. A new session costs
+savegame one row per run besides the header. The save at turn N adds one run to a
+conversation of N runs; savegame's save at turn 1000 still pickles the 1000 runs it is
+given, to prove them unchanged: that is the row "of which pickling the runs"."""
 
 
 def machine() -> str:

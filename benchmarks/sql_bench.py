@@ -148,16 +148,49 @@ def _time(fn: Callable[[], Any], repeat: int = 3, setup: Callable[[], Any] | Non
     return best
 
 
-def _turn(save: Callable[[AgentSession], Any], turns: int, sid: str) -> float:
-    """The time of one save that adds run ``turns`` to a conversation of ``turns`` runs."""
-    session = _session(sid, "user-c", turns)
-    save(session)
-    best = float("inf")
-    for extra in range(9):
-        session.memory["runs"].append(_run(turns + extra))  # type: ignore[index]
-        start = time.perf_counter()
-        save(session)
-        best = min(best, time.perf_counter() - start)
+Work = tuple[Callable[[], Any], Callable[[], Any] | None]
+"""Something to time, and what to do untimed before each timing (or None)."""
+
+
+def _pair(ours: Work, theirs: Work, repeat: int = 5) -> tuple[float, float]:
+    """The best of ``repeat`` timings of each, taken in turns: a slow spell of the machine
+    then falls on both sides, not on one."""
+    best = [float("inf"), float("inf")]
+    for _ in range(repeat):
+        for side, (fn, setup) in enumerate((ours, theirs)):
+            if setup is not None:
+                setup()
+            start = time.perf_counter()
+            fn()
+            best[side] = min(best[side], time.perf_counter() - start)
+    return best[0], best[1]
+
+
+def _growth(
+    saves: dict[str, Callable[[AgentSession], Any]], turns: tuple[int, ...], repeat: int = 9
+) -> dict[tuple[str, int], float]:
+    """The time of one save adding run N to a conversation of N runs, for each N in
+    ``turns`` and each of ``saves``: the best of ``repeat``, all series taken in turns.
+
+    Each N is timed on every side before the next N, sides in a new order each round:
+    a small save never always follows a large one, whose work a server may still be
+    flushing."""
+    sessions = {}
+    names = list(saves)
+    for name, save in saves.items():
+        for n in turns:
+            sessions[name, n] = session = _session(f"grow-{name}-{n}", "user-c", n)
+            save(session)
+    best = {key: float("inf") for key in sessions}
+    for extra in range(repeat):
+        order = names if extra % 2 == 0 else names[::-1]
+        for n in turns:
+            for name in order:
+                session = sessions[name, n]
+                session.memory["runs"].append(_run(n + extra))  # type: ignore[index]
+                start = time.perf_counter()
+                saves[name](session)
+                best[name, n] = min(best[name, n], time.perf_counter() - start)
     return best
 
 
@@ -171,9 +204,11 @@ def _compare(
     """The figures every backend shares; ``reopen()`` opens the same store afresh."""
     count = 500 if quick else 2000
     sessions = [_session(f"s{i}", f"user-{i % 100}", 3) for i in range(count)]
+    ids = [s.session_id for s in sessions]
     rows: list[dict[str, Any]] = []
 
-    def row(name: str, ours: float, theirs: float, note: str = "") -> None:
+    def row(name: str, figures: tuple[float, float], note: str = "") -> None:
+        ours, theirs = figures
         rows.append({"name": name, "savegame": ours, "baseline": theirs, "note": note})
 
     def opened(work: Callable[[Storage], Any]) -> Callable[[], None]:
@@ -183,33 +218,41 @@ def _compare(
 
         return run
 
+    def upserts() -> None:
+        for session in sessions:
+            storage.upsert(session)
+
+    def baseline_upserts() -> None:
+        for session in sessions:
+            baseline.upsert(session)
+
+    def baseline_reads() -> None:
+        for sid in ids:
+            baseline.read(sid)
+
     row(
         f"{count} upserts of new sessions (3 runs each)",
-        _time(lambda: [storage.upsert(s) for s in sessions], setup=storage.drop),
-        _time(lambda: [baseline.upsert(s) for s in sessions], setup=baseline.clear),
+        _pair((upserts, storage.drop), (baseline_upserts, baseline.clear)),
     )
     row(
         f"{count} upserts of the same sessions again",
-        _time(lambda: [storage.upsert(s) for s in sessions]),
-        _time(lambda: [baseline.upsert(s) for s in sessions]),
+        _pair((upserts, None), (baseline_upserts, None)),
     )
     row(
         f"{count} upserts of stored sessions by a storage just opened",
-        _time(opened(lambda fresh: [fresh.upsert(s) for s in sessions])),
-        _time(lambda: [baseline.upsert(s) for s in sessions]),
+        _pair(
+            (opened(lambda fresh: [fresh.upsert(s) for s in sessions]), None),
+            (baseline_upserts, None),
+        ),
     )
-    ids = [s.session_id for s in sessions]
-    for session in sessions:
-        storage.upsert(session)
+    upserts()
     row(
         f"{count} reads",
-        _time(lambda: [storage.read(i) for i in ids]),
-        _time(lambda: [baseline.read(i) for i in ids]),
+        _pair((lambda: [storage.read(i) for i in ids], None), (baseline_reads, None)),
     )
     row(
         f"{count} reads by a storage just opened",
-        _time(opened(lambda fresh: [fresh.read(i) for i in ids])),
-        _time(lambda: [baseline.read(i) for i in ids]),
+        _pair((opened(lambda fresh: [fresh.read(i) for i in ids]), None), (baseline_reads, None)),
     )
     storage.drop()
     baseline.clear()
@@ -217,15 +260,16 @@ def _compare(
         _fill(storage, baseline, size)
         row(
             f"list one user's 10 sessions, store of {size}",
-            _time(lambda: storage.get_all_sessions(user_id="user-7"), repeat=20),
-            _time(lambda: baseline.list_user("user-7"), repeat=20),
+            _pair(
+                (lambda: storage.get_all_sessions(user_id="user-7"), None),
+                (lambda: baseline.list_user("user-7"), None),
+                repeat=20,
+            ),
         )
-    for turns in (10, 100, 1000):
-        row(
-            f"save at turn {turns}",
-            _turn(storage.upsert, turns, "conv-sg"),
-            _turn(baseline.upsert, turns, "conv-bl"),
-        )
+    turns = (10, 100, 1000)
+    grown = _growth({"savegame": storage.upsert, "baseline": baseline.upsert}, turns)
+    for n in turns:
+        row(f"save at turn {n}", (grown["savegame", n], grown["baseline", n]))
     runs = _session("long", "user-c", 1000).memory["runs"]  # type: ignore[index]
     rows.append(
         {
