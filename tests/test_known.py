@@ -19,6 +19,9 @@ from savegame.storage.known import (
     pickle_runs,
     unpickle_runs,
 )
+from savegame.storage.redis import RedisStorage
+from savegame.storage.session.agent import AgentSession
+from savegame.testing import Store
 
 
 def _digest(text: str) -> str:
@@ -112,3 +115,19 @@ def test_the_cache_is_bounded_by_bytes_least_recently_used_first_out() -> None:
     with pytest.raises(ValueError, match="cache_bytes"):
         KnownSessions(max_bytes=-1)
     assert len(KnownSessions(max_bytes=0)) == 0
+
+
+def test_what_a_storage_reads_it_remembers_whole(backend_store: Store) -> None:
+    writer = backend_store.require("cache_bytes")
+    for sid in ("a", "b", "c", "d"):
+        runs = [{"run_id": f"{sid}{i}", "messages": [{"role": "user"}]} for i in range(2)]
+        writer.upsert(AgentSession(session_id=sid, user_id="u", memory={"runs": runs}))
+    reader = backend_store()
+    cache = reader._seen if isinstance(reader, RedisStorage) else reader._known  # type: ignore[attr-defined]
+    assert reader.read("a") is not None
+    assert len(reader.get_recent_sessions(user_id="u", limit=2)) == 2
+    assert len(reader.read_many(["d", "c"])) == 2
+    for sid in ("a", "b", "c", "d"):
+        known = cache.get(sid)
+        assert known is not None
+        assert known.whole(), sid

@@ -7,10 +7,11 @@ with one tag live in one cluster slot, so a write, its check and its index updat
 atomic script, in a cluster too. Ids are written into key names as their UTF-8 bytes, after
 the fixed part, so any id makes a valid key::
 
-    {T}:h:<session id>        hash    the header: ``data`` (the session as JSON, without its
-                                      runs when they are a list), ``version``, ``created_at``,
-                                      ``expires_at``, ``runs`` (how many: present when the
-                                      runs are in the list below), ``token`` (the last write)
+    {T}:h:<session id>        hash    the header: ``data`` (the session as JSON, with null
+                                      in place of its runs when they are a list),
+                                      ``version``, ``created_at``, ``expires_at``, ``runs``
+                                      (how many: present when the runs are in the list
+                                      below), ``token`` (the last write)
     {T}:r:<session id>        list    one JSON text per run, in order
     {T}:d:<session id>        string  a 16-character digest per run, in order
     {T}:all                   zset    every session; score ``-created_at``, so an ascending
@@ -581,10 +582,10 @@ class RedisStorage(Storage):
             token = self._call(methodcaller("hget", key, "token"))
             if token is not None and _text(token) == known.token:
                 return known.record(self.spec.runs_path)
-        return self._read_many([session_id], remember=True)[0]
+        return self._read_many([session_id])[0]
 
-    def _read_many(self, ids: Iterable[str], remember: bool = False) -> list[Record | None]:
-        """The records of ``ids``; ``remember``: keep copies of them (reads of one session)."""
+    def _read_many(self, ids: Iterable[str]) -> list[Record | None]:
+        """The records of ``ids``, each remembered as it was read."""
         ids = list(ids)
         slots: dict[str, list[int]] = {}
         for i, sid in enumerate(ids):
@@ -597,10 +598,10 @@ class RedisStorage(Storage):
                 keys = [f"{tag}{kind}:{ids[i]}" for i in batch for kind in "hrd"]
                 rows = self._script(_READ, keys, [])
                 for i, row in zip(batch, rows, strict=True):
-                    out[i] = self._fetched(ids[i], row, remember)
+                    out[i] = self._fetched(ids[i], row)
         return out
 
-    def _fetched(self, session_id: str, row: list[Any], remember: bool) -> Record | None:
+    def _fetched(self, session_id: str, row: list[Any]) -> Record | None:
         """The record of what the read script sent, remembered as the session's state."""
         data, runs, *state = row
         seen = _known(*state)
@@ -608,11 +609,6 @@ class RedisStorage(Storage):
             self._seen.put(session_id, None)
             return None
         record = self._assemble(session_id, data, runs)
-        if not remember:
-            old = self._seen.get(session_id)
-            if old is None or old.token != seen.token:
-                self._seen.put(session_id, seen)
-            return record
         items = get_path(record, self.spec.runs_path) if runs is not None else None
         head = split_runs(record, self.spec.runs_path)[0] if runs is not None else record
         blob = None if items is None else pickle_runs(items)

@@ -787,9 +787,9 @@ class SqlStorage(Storage):
         json_columns = self._tables.json_columns
         ids = {"session_id", "user_id", self.spec.entity_field}
         self._columns = [
-            (c.name, c.name in json_columns, c.name in ids) for c in self._tables.header.c
+            (str(c.name), c.name in json_columns, c.name in ids) for c in self._tables.header.c
         ]
-        names = [c.name for c in self._tables.header.c]
+        names = [str(c.name) for c in self._tables.header.c]
         self._names = names
         self._json_names = [name for name in names if name in json_columns]
         self._count_at = names.index("run_count")
