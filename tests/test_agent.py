@@ -79,9 +79,8 @@ def test_every_run_is_saved_with_its_messages(backend_store: Store) -> None:
         {"role": "user", "content": "What is my name?"},
         {"role": "assistant", "content": second.content},
     ]
-    # The runs are the conversation: no second copy of it in the session's header.
-    assert set(stored.memory) == {"runs"}
-    assert agent.messages == runs[0]["messages"] + runs[1]["messages"]
+    assert stored.memory["messages"] == runs[0]["messages"] + runs[1]["messages"]
+    assert agent.messages == stored.memory["messages"]
     assert stored.session_data is not None
     assert stored.session_data["session_name"] == "first chat"
     assert stored.session_data["session_state"] == {"topic": "names"}
@@ -90,14 +89,15 @@ def test_every_run_is_saved_with_its_messages(backend_store: Store) -> None:
     assert metrics["total_tokens"] == sum(r["metrics"]["total_tokens"] for r in runs)
 
 
-def test_a_session_with_the_originals_message_list_continues_without_it(
+def test_a_session_with_the_originals_message_list_gets_the_runs_messages(
     backend_store: Store,
 ) -> None:
     earlier = {"run_id": "r0", "messages": [{"role": "user", "content": "I am Ada."}]}
+    system = {"role": "system", "content": "Be brief."}
     backend_store().upsert(
         AgentSession(
             session_id="old",
-            memory={"runs": [earlier], "messages": earlier["messages"], "summary": "kept"},
+            memory={"runs": [earlier], "messages": [system, *earlier["messages"]], "x": 1},
         )
     )
     agent = _agent(backend_store, session_id="old")
@@ -106,9 +106,10 @@ def test_a_session_with_the_originals_message_list_continues_without_it(
     stored = backend_store().read("old")
     assert isinstance(stored, AgentSession)
     assert stored.memory is not None
-    assert set(stored.memory) == {"runs", "summary"}
+    assert set(stored.memory) == {"runs", "messages", "x"}
     assert [r["run_id"] for r in stored.memory["runs"]][:1] == ["r0"]
     assert len(stored.memory["runs"]) == 2
+    assert stored.memory["messages"] == agent.messages
     assert agent.messages[:1] == earlier["messages"]
     assert len(agent.messages) == 3
 

@@ -74,7 +74,8 @@ def test_key_layout_is_as_documented(server: str, raw: Any, prefix: str) -> None
     tag = "{" + prefix + "}:"
     header = raw.hgetall(f"{tag}h:s/1")
     assert set(header) == {b"data", b"version", b"created_at", b"runs", b"token"}
-    assert b"runs" not in header[b"data"]
+    assert b'"runs":null' in header[b"data"]  # the runs' place among memory's keys
+    assert b"run_id" not in header[b"data"]
     assert header[b"runs"] == b"3"
     assert raw.llen(f"{tag}r:s/1") == 3
     assert raw.strlen(f"{tag}d:s/1") == 3 * 16

@@ -70,7 +70,7 @@ def test_the_original_table_is_read_then_upgraded_and_written(tmp_path: Path) ->
         assert session.session_data == {"n": i}
         assert session.created_at == 1_700_000_000 + i
     db = sqlite3.connect(path)
-    inline = db.execute("SELECT count(*) FROM legacy WHERE memory LIKE '%\"runs\"%'").fetchone()
+    inline = db.execute("SELECT count(*) FROM legacy WHERE memory LIKE '%\"runs\":[%'").fetchone()
     moved = db.execute("SELECT count(*) FROM legacy_runs").fetchone()
     assert inline == (0,)
     assert moved == (sum(i % 4 for i in range(30)),)

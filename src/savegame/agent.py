@@ -13,7 +13,8 @@
     agent.run("What is my name?").content   # 'Your name is Ada. ...'
 
 The stored :class:`~savegame.storage.session.agent.AgentSession` holds, in ``memory``, the
-runs (each with its messages, model, status and metrics), which are the conversation; in
+runs (each with its messages, model, status and metrics) and the message list (the runs'
+messages, in order); in
 ``session_data`` the session's name, state and summed metrics; in ``agent_data`` the agent's
 name, id and model.
 
@@ -30,7 +31,7 @@ from typing import Any
 
 from savegame.models import Message, Model, default_model, describe
 from savegame.models import message as make_message
-from savegame.runtime import Run, SessionKeeper, drop_message_list, new_id
+from savegame.runtime import Run, SessionKeeper, list_messages, new_id
 from savegame.storage.base import Storage
 
 
@@ -215,7 +216,7 @@ class Agent(SessionKeeper):
         }
 
     def _extend(self, data: dict[str, Any], run: Run | None) -> None:
-        drop_message_list(data)
+        list_messages(data)
         data["team_session_id"] = self.team_session_id or data.get("team_session_id")
         data["workflow_session_id"] = self.workflow_session_id or data.get("workflow_session_id")
 

@@ -22,7 +22,7 @@ import uuid
 from typing import Any, ClassVar
 
 from savegame.storage.base import Storage
-from savegame.storage.session import Session, get_path, mode_spec, set_path
+from savegame.storage.session import Session, get_path, messages_of, mode_spec, set_path
 
 Run = dict[str, Any]
 
@@ -270,17 +270,19 @@ class SessionKeeper:
         """Takes what a subclass stores beyond the shared fields back from a stored session."""
 
 
-def drop_message_list(data: dict[str, Any]) -> None:
-    """Removes ``memory["messages"]``, the whole conversation in one list, from a session.
+def list_messages(data: dict[str, Any]) -> None:
+    """Sets ``memory["messages"]``, the whole conversation, to the messages of the runs.
 
-    The original kept that list beside the runs, which hold the same messages. Kept in the
-    session's header, it would make every save rewrite the whole conversation; a session
-    written by the original loses it on its first save here, rather than keeping a list
-    that no longer follows the runs.
+    The list holds the runs' own message objects, so that the SQL and Redis backends store
+    it as a mark rather than a second copy of the conversation that every save would
+    rewrite (:func:`savegame.storage.session.fold_messages`). A list written by the
+    original is replaced by the messages of the runs.
     """
     memory = data.get("memory")
-    if isinstance(memory, dict) and "messages" in memory:
-        data["memory"] = {k: v for k, v in memory.items() if k != "messages"}
+    memory = dict(memory) if isinstance(memory, dict) else {}
+    runs = memory.get("runs")
+    memory["messages"] = messages_of(runs if isinstance(runs, list) else [])
+    data["memory"] = memory
 
 
 def _index(runs: list[Run], run_id: str) -> int | None:

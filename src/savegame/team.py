@@ -21,7 +21,7 @@ from savegame.agent import Agent, RunResponse
 from savegame.models import Model, default_model, describe
 from savegame.models import message as make_message
 from savegame.models.offline import CHOOSE_ONE
-from savegame.runtime import Run, SessionKeeper, drop_message_list, new_id
+from savegame.runtime import Run, SessionKeeper, list_messages, new_id
 from savegame.storage.base import Storage
 
 
@@ -183,7 +183,7 @@ class Team(SessionKeeper):
         }
 
     def _extend(self, data: dict[str, Any], run: Run | None) -> None:
-        drop_message_list(data)
+        list_messages(data)
         session_data = data["session_data"]
         # Union, not replace: another process may have attached a member this one lacks.
         session_data["member_sessions"] = {

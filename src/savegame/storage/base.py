@@ -25,6 +25,7 @@ changed since the storage last saw the session (:mod:`savegame.storage.known`).
 
 from __future__ import annotations
 
+import pickle
 import random
 import time
 from abc import ABC, abstractmethod
@@ -33,7 +34,18 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from savegame.errors import ConflictError, InvalidIdentifierError, SerializationError
 from savegame.storage.codec import check_id, encode, encode_text
-from savegame.storage.session import Mode, ModeSpec, Session, mode_spec, split_runs, with_runs
+from savegame.storage.session import (
+    MESSAGES_OF_RUNS,
+    Mode,
+    ModeSpec,
+    Session,
+    fold_messages,
+    get_path,
+    mode_spec,
+    split_runs,
+    unfold_messages,
+    with_runs,
+)
 
 if TYPE_CHECKING:
     from savegame.storage.known import RunEncoder, Runs
@@ -84,7 +96,18 @@ class Draft(NamedTuple):
         """``stamped`` (made from :attr:`record` by :meth:`Storage._stamp`) with its runs."""
         if self.runs is None:
             return stamped
-        return with_runs(stamped, self.runs_path, self.runs.items)
+        record = with_runs(stamped, self.runs_path, self.runs.items)
+        unfold_messages(record, self.runs_path, _same)
+        return record
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy of data a read decoded (plain JSON types), at the speed of pickle."""
+    return pickle.loads(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
 
 
 def is_expired(expires_at: int | None, now: int) -> bool:
@@ -329,10 +352,20 @@ class Storage(ABC):
                 check_id(value, field.replace("_", " "))
         data = session.to_dict()
         data.pop("version", None)
+        beside = spec.runs_path[:-1]
+        holder = get_path(data, beside) if beside else data
+        if isinstance(holder, dict) and holder.get("messages") == MESSAGES_OF_RUNS:
+            where = "".join(f"[{key!r}]" for key in beside)
+            raise SerializationError(
+                f"${where}['messages']: this string is what savegame stores in place of "
+                "a message list made of the runs' messages; a session may not hold it"
+            )
         run_codec = self._run_codec
         if run_codec is None:
             return Draft(encode(data), {}, None, spec.runs_path)
         head, runs = split_runs(data, spec.runs_path)
+        if runs is not None:
+            fold_messages(head, runs, spec.runs_path)
         record: Record = {}
         texts: dict[str, str] = {}
         for key, value in head.items():
@@ -382,6 +415,7 @@ class Storage(ABC):
     def _session(self, record: Record) -> Session:
         if record.get("version") is None:
             record["version"] = 1
+        unfold_messages(record, self._spec.runs_path, _copy)
         session = self._spec.session_class.from_dict(record)
         assert session is not None
         return session

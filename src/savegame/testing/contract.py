@@ -28,7 +28,7 @@ from savegame.errors import (
     SerializationError,
 )
 from savegame.storage.base import Storage
-from savegame.storage.session import MODES, Session, get_path, set_path
+from savegame.storage.session import MESSAGES_OF_RUNS, MODES, Session, get_path, set_path
 from savegame.testing.sample import check_session, make_session
 
 
@@ -466,6 +466,74 @@ class ModeContract:
             listed["c"],
             listed["b"],
         ]
+
+    def test_the_runs_keep_their_place_among_the_keys(self, store: Store) -> None:
+        storage = store.require("key_order")
+        path = _spec(store).runs_path
+        if len(path) == 1:
+            pytest.skip("this mode keeps its runs in a field of the session")
+        data = _session(store, "k").to_dict()
+        set_path(data, path[:-1], {"first": 1, "runs": [{"run_id": "0"}], "last": 2})
+        session = _spec(store).session_class.from_dict(data)
+        assert session is not None
+        storage.upsert(session)
+        for reader in (storage, store()):
+            got = reader.read("k")
+            assert got is not None
+            assert list(get_path(got.to_dict(), path[:-1])) == ["first", "runs", "last"]
+
+    def _conversation(self, store: Store, turns: int) -> tuple[Session, list[Any]]:
+        """A session whose message list holds its runs' own messages, as an agent's does."""
+        if _spec(store).runs_path != ("memory", "runs"):
+            pytest.skip("this mode keeps no message list beside its runs")
+        runs = [
+            {"run_id": f"r{i}", "messages": [{"role": "user", "content": f"turn {i}"}, {"n": i}]}
+            for i in range(turns)
+        ]
+        messages = [m for run in runs for m in run["messages"]]
+        memory = {"summary": "s", "runs": runs, "messages": messages, "after": [1]}
+        return _session(store, "talk", memory=memory), messages
+
+    def test_a_message_list_made_of_the_runs_messages_round_trips(self, store: Store) -> None:
+        session, messages = self._conversation(store, 3)
+        storage = store()
+        ordered = "key_order" in type(storage).capabilities
+        expected = _exact(session.to_dict()["memory"], ordered)
+        stored = storage.upsert(session)
+        assert _exact(stored.to_dict()["memory"], ordered) == expected
+        for reader in (storage, store()):
+            got = reader.read("talk")
+            assert got is not None
+            memory = got.to_dict()["memory"]
+            assert _exact(memory, ordered) == expected
+            memory["messages"][0]["content"] = "changed"  # a copy, not the runs' messages
+            assert memory["runs"][0]["messages"][0]["content"] == "turn 0"
+            (listed,) = reader.get_all_sessions()
+            assert _exact(listed.to_dict()["memory"], ordered) == expected
+        messages.append({"role": "user", "content": "not in any run"})
+        storage.upsert(session)
+        for reader in (storage, store()):
+            got = reader.read("talk")
+            assert got is not None
+            assert got.to_dict()["memory"]["messages"] == messages
+
+    def test_a_message_list_that_copies_the_runs_messages_round_trips(self, store: Store) -> None:
+        session, _ = self._conversation(store, 2)
+        memory = session.to_dict()["memory"]
+        memory["messages"] = json.loads(json.dumps(memory["messages"]))  # equal, not the same
+        storage = store()
+        storage.upsert(session)
+        got = store().read("talk")
+        assert got is not None
+        ordered = "key_order" in type(storage).capabilities
+        assert _exact(got.to_dict()["memory"], ordered) == _exact(memory, ordered)
+
+    def test_the_mark_of_a_message_list_is_refused_as_data(self, store: Store) -> None:
+        self._conversation(store, 0)
+        storage = store()
+        with pytest.raises(SerializationError, match="messages"):
+            storage.upsert(_session(store, "m", memory={"messages": MESSAGES_OF_RUNS}))
+        assert storage.read("m") is None
 
     @pytest.mark.parametrize("cache_bytes", [0, 3000])
     def test_storages_remembering_little_or_nothing_keep_the_contract(

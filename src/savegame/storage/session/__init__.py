@@ -6,6 +6,7 @@ the runs of a session live) is read from :data:`MODES`; no backend branches on t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -70,11 +71,13 @@ def set_path(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 def split_runs(
     record: dict[str, Any], path: tuple[str, ...]
 ) -> tuple[dict[str, Any], list[Any] | None]:
-    """``record`` without the list of runs at ``path``, and that list.
+    """``record`` with None in place of the list of runs at ``path``, and that list.
 
-    When there is no list at ``path`` (no runs, runs that are not a list, a container that is
-    not a dict) the record is returned whole with None: such runs stay in the header. The
-    record is not changed; the dicts on the way to the runs are copied.
+    The None keeps the list's place among the keys, so that the record comes back in its
+    order once the runs are put back. When there is no list at ``path`` (no runs, runs that
+    are not a list, a container that is not a dict) the record is returned whole with None:
+    such runs stay in the header. The record is not changed; the dicts on the way to the
+    runs are copied.
     """
     runs = get_path(record, path)
     if not isinstance(runs, list):
@@ -84,7 +87,7 @@ def split_runs(
     for key in path[:-1]:
         at[key] = dict(at[key])
         at = at[key]
-    del at[path[-1]]
+    at[path[-1]] = None
     return head, runs
 
 
@@ -104,6 +107,55 @@ def with_runs(record: dict[str, Any], path: tuple[str, ...], runs: Any) -> dict[
     return head
 
 
+MESSAGES_OF_RUNS = "\ufdd1savegame: the messages of the runs"
+"""What the SQL and Redis backends store in place of a session's message list when it is
+made of its runs' messages (see :func:`fold_messages`). A session may not hold this string
+there itself."""
+
+
+def messages_of(runs: list[Any]) -> list[Any]:
+    """The messages of ``runs``, in order: the ``messages`` list of each run that has one."""
+    out: list[Any] = []
+    for run in runs:
+        if type(run) is dict:
+            messages = run.get("messages")
+            if type(messages) is list:
+                out.extend(messages)
+    return out
+
+
+def fold_messages(head: dict[str, Any], runs: list[Any], path: tuple[str, ...]) -> bool:
+    """Puts :data:`MESSAGES_OF_RUNS` in place of the message list beside the runs at ``path``
+    when that list holds the runs' messages themselves, the same objects in the same order
+    (as an agent's session does): stored, the list would repeat every run, and every save
+    would rewrite the whole conversation. ``head`` is what :func:`split_runs` returned, whose
+    dicts on the way to the runs are its own. Returns whether it did.
+    """
+    holder = get_path(head, path[:-1]) if len(path) > 1 else head
+    if not isinstance(holder, dict):
+        return False
+    messages = holder.get("messages")
+    if type(messages) is not list or not messages:
+        return False
+    given = messages_of(runs)
+    if len(given) != len(messages) or any(a is not b for a, b in zip(messages, given, strict=True)):
+        return False
+    holder["messages"] = MESSAGES_OF_RUNS
+    return True
+
+
+def unfold_messages(
+    record: dict[str, Any], path: tuple[str, ...], copy: Callable[[Any], Any]
+) -> None:
+    """Puts the runs' messages back in place of :data:`MESSAGES_OF_RUNS`, each made by
+    ``copy`` from the messages of the runs in ``record`` (the identity function when the
+    record may share them with its runs)."""
+    holder = get_path(record, path[:-1]) if len(path) > 1 else record
+    if isinstance(holder, dict) and holder.get("messages") == MESSAGES_OF_RUNS:
+        runs = get_path(record, path)
+        holder["messages"] = copy(messages_of(runs if isinstance(runs, list) else []))
+
+
 def mode_spec(mode: str | None) -> ModeSpec:
     """The spec of ``mode`` (None means ``"agent"``, as in the original).
 
@@ -117,6 +169,7 @@ def mode_spec(mode: str | None) -> ModeSpec:
 
 
 __all__ = [
+    "MESSAGES_OF_RUNS",
     "MODES",
     "AgentSession",
     "AnySession",
@@ -126,9 +179,12 @@ __all__ = [
     "TeamSession",
     "WorkflowSession",
     "WorkflowSessionV2",
+    "fold_messages",
     "get_path",
+    "messages_of",
     "mode_spec",
     "set_path",
     "split_runs",
+    "unfold_messages",
     "with_runs",
 ]
