@@ -7,8 +7,9 @@ runs table. SQLite's baseline uses the ``sqlite3`` module in WAL mode with
 ``synchronous=NORMAL``, and savegame is set to ``NORMAL`` too for the comparison; the
 PostgreSQL baseline uses psycopg 3 with a prepared upsert; MySQL's uses PyMySQL.
 
-Besides times, the SQLite part reports the bytes each save adds to the write-ahead log (with
-automatic checkpoints off, so that the log only grows): what a save at turn N costs the disk.
+Besides times, each part reports the bytes a save at turn N makes the database write: for
+SQLite what it adds to the write-ahead log (with automatic checkpoints off, so that the log
+only grows), for PostgreSQL the growth of its WAL position, for MySQL InnoDB's redo log.
 
 Run alone with ``python benchmarks/sql_bench.py [--quick] [sqlite|postgres|mysql ...]``;
 ``benchmarks/run.py`` imports :data:`PARTS`. Servers are those of
@@ -331,18 +332,38 @@ def _sqlite_storage(path: Path, checkpoints: bool = True) -> SqlStorage:
     return SqliteStorage("bench", db_engine=engine, synchronous="NORMAL")
 
 
-def _wal_bytes(folder: Path, name: str, save: Callable[[AgentSession], Any], turns: int) -> int:
-    """Bytes that one save adding run ``turns`` adds to the WAL (median of 5 saves)."""
-    wal = folder / f"{name}-wal"
-    session = _session(f"grow-{turns}", "user-c", turns)
+def _saved_bytes(
+    written: Callable[[], int], save: Callable[[AgentSession], Any], turns: int
+) -> int:
+    """Bytes one save adding run ``turns`` makes the database write, by ``written()``, a
+    counter that only grows (median of 5 saves)."""
+    session = _session(f"bytes-{turns}", "user-c", turns)
     save(session)
     sizes = []
     for extra in range(5):
         session.memory["runs"].append(_run(turns + extra))  # type: ignore[index]
-        before = wal.stat().st_size
+        before = written()
         save(session)
-        sizes.append(wal.stat().st_size - before)
+        sizes.append(written() - before)
     return sorted(sizes)[2]
+
+
+def _bytes_rows(
+    written: Callable[[], int],
+    ours: Callable[[AgentSession], Any],
+    theirs: Callable[[AgentSession], Any],
+    their_counter: Callable[[], int] | None = None,
+) -> list[dict[str, Any]]:
+    """The rows "bytes written by the save at turn N" for savegame's and the baseline's saves."""
+    return [
+        {
+            "name": f"bytes written by the save at turn {turns}",
+            "savegame": _saved_bytes(written, ours, turns),
+            "baseline": _saved_bytes(their_counter or written, theirs, turns),
+            "note": "bytes",
+        }
+        for turns in (10, 100, 1000)
+    ]
 
 
 def run_sqlite(quick: bool = False) -> list[dict[str, Any]]:
@@ -372,15 +393,14 @@ def run_sqlite(quick: bool = False) -> list[dict[str, Any]]:
             SQLITE_DDL,
             SQLITE_UPSERT,
         )
-        for turns in (10, 100, 1000):
-            rows.append(
-                {
-                    "name": f"bytes written by the save at turn {turns}",
-                    "savegame": _wal_bytes(folder, "grow-sg.db", growing.upsert, turns),
-                    "baseline": _wal_bytes(folder, "grow-bl.db", plain.upsert, turns),
-                    "note": "bytes",
-                }
+        rows.extend(
+            _bytes_rows(
+                lambda: (folder / "grow-sg.db-wal").stat().st_size,
+                growing.upsert,
+                plain.upsert,
+                lambda: (folder / "grow-bl.db-wal").stat().st_size,
             )
+        )
         growing.db_engine.dispose()
         plain.conn.close()
     return rows
@@ -464,10 +484,31 @@ def _mysql_connection() -> Any:
     )
 
 
+def _log_written(conn: Any, kind: str) -> Callable[[], int]:
+    """The server's count of bytes written to its log: PostgreSQL's WAL position, InnoDB's
+    redo log (run it on a server nothing else is writing to)."""
+    query = (
+        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')"
+        if kind == "postgres"
+        else "SHOW GLOBAL STATUS LIKE 'Innodb_os_log_written'"
+    )
+
+    def written() -> int:
+        cursor = conn.cursor()
+        cursor.execute(query)
+        row = cursor.fetchone()
+        conn.commit()
+        return int(row[-1])
+
+    return written
+
+
 def run_server(kind: str, quick: bool = False) -> list[dict[str, Any]]:
     """PostgreSQL or MySQL against its driver's baseline."""
     with _server_pair(kind) as (storage, baseline, reopen):
-        return _compare(storage, baseline, quick, 10_000 if quick else 20_000, reopen)
+        rows = _compare(storage, baseline, quick, 10_000 if quick else 50_000, reopen)
+        rows.extend(_bytes_rows(_log_written(baseline.conn, kind), storage.upsert, baseline.upsert))
+        return rows
 
 
 def report(title: str, baseline_name: str, rows: list[dict[str, Any]]) -> str:
