@@ -18,11 +18,10 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import redis
-from sql_bench import _compare, _run, _session
+from sql_bench import _compare, bytes_rows
 from sql_bench import report as table
 
 from savegame.storage.redis import RedisStorage
@@ -72,20 +71,10 @@ def _received(client: Any) -> int:
     return int(client.info("stats")["total_net_input_bytes"])
 
 
-def _bytes_per_save(client: Any, save: Callable[[AgentSession], Any], turns: int) -> int:
-    """Bytes the server receives for one save adding run ``turns`` (median of 5 saves)."""
-    session = _session(f"grow-{turns}", "user-c", turns)
-    save(session)
-    # What asking costs: INFO's own request, measured between two asks with nothing else.
-    asking = _received(client)
-    asking = _received(client) - asking
-    sizes = []
-    for extra in range(5):
-        session.memory["runs"].append(_run(turns + extra))  # type: ignore[index]
-        before = _received(client)
-        save(session)
-        sizes.append(_received(client) - before - asking)
-    return sorted(sizes)[2]
+def _asking(client: Any) -> int:
+    """What asking for the count costs: INFO's own request, between two asks."""
+    first = _received(client)
+    return _received(client) - first
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
@@ -103,15 +92,14 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             10_000 if quick else 50_000,
             lambda: RedisStorage(f"bench_sg_{tag}", url=URL),
         )
-        for turns in (10, 100, 1000):
-            rows.append(
-                {
-                    "name": f"bytes written by the save at turn {turns}",
-                    "savegame": _bytes_per_save(client, storage.upsert, turns),
-                    "baseline": _bytes_per_save(client, baseline.upsert, turns),
-                    "note": "bytes",
-                }
+        rows.extend(
+            bytes_rows(
+                lambda: _received(client),
+                storage.upsert,
+                baseline.upsert,  # type: ignore[arg-type]
+                asking=_asking(client),
             )
+        )
     finally:
         storage.drop()
         storage.close()

@@ -333,33 +333,34 @@ def _sqlite_storage(path: Path, checkpoints: bool = True) -> SqlStorage:
 
 
 def _saved_bytes(
-    written: Callable[[], int], save: Callable[[AgentSession], Any], turns: int
+    written: Callable[[], int], save: Callable[[AgentSession], Any], turns: int, asking: int = 0
 ) -> int:
-    """Bytes one save adding run ``turns`` makes the database write, by ``written()``, a
-    counter that only grows (median of 5 saves)."""
+    """Bytes a save at turn ``turns`` makes the database write, by ``written()``, a counter
+    that only grows and counts ``asking`` bytes for asking it: the mean of the 10 saves that
+    add runs ``turns`` to ``turns + 9``, so that the pages a save splits now and then count
+    at their share (the baseline's saves grow over those 10 turns; savegame's do not)."""
     session = _session(f"bytes-{turns}", "user-c", turns)
     save(session)
-    sizes = []
-    for extra in range(5):
+    before = written()
+    for extra in range(10):
         session.memory["runs"].append(_run(turns + extra))  # type: ignore[index]
-        before = written()
         save(session)
-        sizes.append(written() - before)
-    return sorted(sizes)[2]
+    return round((written() - before - asking) / 10)
 
 
-def _bytes_rows(
+def bytes_rows(
     written: Callable[[], int],
     ours: Callable[[AgentSession], Any],
     theirs: Callable[[AgentSession], Any],
     their_counter: Callable[[], int] | None = None,
+    asking: int = 0,
 ) -> list[dict[str, Any]]:
     """The rows "bytes written by the save at turn N" for savegame's and the baseline's saves."""
     return [
         {
             "name": f"bytes written by the save at turn {turns}",
-            "savegame": _saved_bytes(written, ours, turns),
-            "baseline": _saved_bytes(their_counter or written, theirs, turns),
+            "savegame": _saved_bytes(written, ours, turns, asking),
+            "baseline": _saved_bytes(their_counter or written, theirs, turns, asking),
             "note": "bytes",
         }
         for turns in (10, 100, 1000)
@@ -394,7 +395,7 @@ def run_sqlite(quick: bool = False) -> list[dict[str, Any]]:
             SQLITE_UPSERT,
         )
         rows.extend(
-            _bytes_rows(
+            bytes_rows(
                 lambda: (folder / "grow-sg.db-wal").stat().st_size,
                 growing.upsert,
                 plain.upsert,
@@ -507,7 +508,7 @@ def run_server(kind: str, quick: bool = False) -> list[dict[str, Any]]:
     """PostgreSQL or MySQL against its driver's baseline."""
     with _server_pair(kind) as (storage, baseline, reopen):
         rows = _compare(storage, baseline, quick, 10_000 if quick else 50_000, reopen)
-        rows.extend(_bytes_rows(_log_written(baseline.conn, kind), storage.upsert, baseline.upsert))
+        rows.extend(bytes_rows(_log_written(baseline.conn, kind), storage.upsert, baseline.upsert))
         return rows
 
 
