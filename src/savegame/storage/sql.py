@@ -502,6 +502,29 @@ class _Raw(NamedTuple):
         cursor.executemany(self.sql, [self.params(row) for row in rows])
 
 
+def _listing_query(
+    header: Table, extra: Sequence[Any], filters: Sequence[str], live: bool, limited: bool
+) -> Any:
+    """The ids (and ``extra`` columns) of the sessions whose columns in ``filters`` equal the
+    parameters of those names, newest first, ties by id; ``live``: only those not expired
+    at ``:now``; ``limited``: at most ``:limit``, from ``:offset``."""
+    query = select(header.c.session_id, *extra)
+    for name in filters:
+        query = query.where(header.c[name] == bindparam(name))
+    if live:
+        expires = header.c.expires_at
+        query = query.where(expires.is_(None) | (expires > bindparam("now")))
+    query = query.order_by(
+        func.coalesce(header.c.created_at, literal_column("0")).desc(), header.c.session_id
+    )
+    if limited:
+        # An explicit offset: SQLite renders one with the limit anyway.
+        count = Integer()
+        query = query.limit(bindparam("limit", type_=count))
+        query = query.offset(bindparam("offset", type_=count))
+    return query
+
+
 class _Statements:
     """The statements of the hot paths, built once so that each call only binds values.
 
@@ -583,28 +606,12 @@ class _Statements:
         )
 
     def listing(self, filters: tuple[str, ...], live: bool, limited: bool) -> _Raw:
-        """The ids and tokens of the sessions whose columns in ``filters`` equal the
-        parameters of those names, newest first; ``live``: only those not expired at
-        ``:now``; ``limited``: at most ``:limit``, from ``:offset``."""
+        """:func:`_listing_query` of the ids and tokens, compiled once for each shape."""
         key = (filters, live, limited)
         statement = self._listings.get(key)
         if statement is None:
             header = self._header
-            query = select(header.c.session_id, header.c.write_token)
-            for name in filters:
-                query = query.where(header.c[name] == bindparam(name))
-            if live:
-                expires = header.c.expires_at
-                query = query.where(expires.is_(None) | (expires > bindparam("now")))
-            query = query.order_by(
-                func.coalesce(header.c.created_at, literal_column("0")).desc(),
-                header.c.session_id,
-            )
-            if limited:
-                # An explicit offset: SQLite renders one with the limit anyway.
-                count = Integer()
-                query = query.limit(bindparam("limit", type_=count))
-                query = query.offset(bindparam("offset", type_=count))
+            query = _listing_query(header, [header.c.write_token], filters, live, limited)
             statement = self._listings[key] = self._compile(query)
         return statement
 
@@ -1468,14 +1475,14 @@ class SqlStorage(Storage):
         self, user_id: str | None, entity_id: str | None, limit: int | None, now: int | None
     ) -> list[tuple[str, str | None]]:
         """The ids of :meth:`_list` and the write token of each (None: the layout has none)."""
+        values: dict[str, Any] = {"now": now, "limit": limit, "offset": 0}
+        filters = []
+        for name, value in (("user_id", user_id), (self.spec.entity_field, entity_id)):
+            if value is not None:
+                filters.append(name)
+                values[name] = value
         if self._current().version >= LATEST:
             sql = self._statements()
-            values: dict[str, Any] = {"now": now, "limit": limit, "offset": 0}
-            filters = []
-            for name, value in (("user_id", user_id), (self.spec.entity_field, entity_id)):
-                if value is not None:
-                    filters.append(name)
-                    values[name] = value
             statement = sql.listing(tuple(filters), now is not None, limit is not None)
 
             def run(conn: Any) -> list[tuple[str, str | None]]:
@@ -1485,27 +1492,16 @@ class SqlStorage(Storage):
 
             with self._guard():
                 return self._on_connection(run)
-        header = self.table
 
         def listing() -> list[tuple[str, str | None]]:
             layout = self._current()
             if layout.version == 0:
                 return []
-            query = select(header.c.session_id)
-            if user_id is not None:
-                query = query.where(header.c.user_id == user_id)
-            if entity_id is not None:
-                query = query.where(header.c[self.spec.entity_field] == entity_id)
-            if now is not None and "expires_at" in layout.columns:
-                expires = header.c.expires_at
-                query = query.where(expires.is_(None) | (expires > now))
-            query = query.order_by(
-                func.coalesce(header.c.created_at, 0).desc(), header.c.session_id
-            )
-            if limit is not None:
-                query = query.limit(limit)
+            live = now is not None and "expires_at" in layout.columns
+            query = _listing_query(self.table, (), filters, live, limit is not None)
             with self._transaction(False) as conn:
-                return [(session_id, None) for session_id in conn.execute(query).scalars()]
+                rows = conn.execute(query, values).scalars()
+                return [(session_id, None) for session_id in rows]
 
         return self._call(listing)
 
