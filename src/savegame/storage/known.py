@@ -82,6 +82,36 @@ class Known(NamedTuple):
     :func:`pickle_plain`: a read that finds the token unchanged returns a copy of it
     without decoding the stored JSON; None when not remembered."""
 
+    @classmethod
+    def written(
+        cls,
+        token: str,
+        header: Header,
+        runs: Runs | None,
+        listed: tuple[Any, ...],
+        record: dict[str, Any],
+    ) -> Known:
+        """What to remember of a write: ``record`` as stamped (its runs apart, when ``runs``
+        is set) and the runs as the write encoded them."""
+        if runs is None:
+            return cls(token, header, None, None, listed, pickle_plain(record))
+        return cls(token, header, runs.digests, runs.pickled, listed, pickle_plain(record))
+
+    @classmethod
+    def read(
+        cls,
+        token: str,
+        header: Header | None,
+        digests: str | None,
+        runs: list[Any] | None,
+        listed: tuple[Any, ...],
+        head: dict[str, Any],
+    ) -> Known:
+        """What to remember of a read: the stored record ``head`` without its runs, and the
+        decoded ``runs`` with their ``digests`` (None: the session keeps no runs apart)."""
+        blob = None if runs is None else pickle_runs(runs)
+        return cls(token, header, digests, blob, listed, pickle_plain(head))
+
     def whole(self) -> bool:
         """Whether all of the stored session is remembered, so that a read may use the copy."""
         return self.head is not None and (self.runs is not None or self.digests is None)

@@ -87,10 +87,8 @@ from savegame.storage.known import (
     Known,
     KnownSessions,
     RunEncoder,
-    pickle_plain,
-    pickle_runs,
 )
-from savegame.storage.session import Mode, get_path, set_path, split_runs
+from savegame.storage.session import Mode, set_path
 from savegame.storage.url import StorageURL
 
 PREFIX = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}")
@@ -608,26 +606,25 @@ class RedisStorage(Storage):
         if data is None:
             self._seen.put(session_id, None)
             return None
-        record = self._assemble(session_id, data, runs)
-        items = get_path(record, self.spec.runs_path) if runs is not None else None
-        head = split_runs(record, self.spec.runs_path)[0] if runs is not None else record
-        blob = None if items is None else pickle_runs(items)
-        self._seen.put(session_id, seen._replace(runs=blob, head=pickle_plain(head)))
+        record, items = self._decoded(session_id, data, runs)
+        known = Known.read(seen.token, seen.header, seen.digests, items, seen.listed, record)
+        self._seen.put(session_id, known)
+        if items is not None:
+            set_path(record, self.spec.runs_path, items)
         return record
 
-    def _assemble(self, session_id: str, data: Any, runs: Any) -> Record:
+    def _decoded(self, session_id: str, data: Any, runs: Any) -> tuple[Record, Any]:
+        """The header's record (null in place of its runs) and the runs (None: not apart)."""
         try:
             record = loads(data)
             if not isinstance(record, dict):
                 raise ValueError("the header's data is not a JSON object")
-            if runs is not None:
-                set_path(record, self.spec.runs_path, loads(runs))
+            return record, None if runs is None else loads(runs)
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptSessionError(
                 f"session {session_id!r} under {self._keys} in {self._address} is not "
                 f"savegame data: {exc}"
             ) from exc
-        return record
 
     def _write(
         self, draft: Draft, expected_version: int | None, now: int, preserve: bool
@@ -708,15 +705,7 @@ class RedisStorage(Storage):
             *changes,
         ]
         header = Header(record["version"], record["created_at"], expires)
-        stored = Known(
-            token,
-            header,
-            None if runs is None else runs.digests,
-            None if runs is None else runs.pickled,
-            (),
-            pickle_plain(record),
-        )
-        return keys, args, stored
+        return keys, args, Known.written(token, header, runs, (), record)
 
     def _list(
         self, user_id: str | None, entity_id: str | None, limit: int | None, now: int | None

@@ -112,8 +112,6 @@ from savegame.storage.known import (
     KnownSessions,
     RunEncoder,
     Runs,
-    pickle_plain,
-    pickle_runs,
 )
 from savegame.storage.session import Mode, ModeSpec, Session, mode_spec, set_path, split_runs
 from savegame.storage.url import StorageURL
@@ -1179,12 +1177,10 @@ class SqlStorage(Storage):
             texts, digests = found if found is not None else ([], "")
             runs = self._loaded_runs(texts)
         if stored is not None:
-            version = record.get("version") or 1
-            header = Header(version, record.get("created_at"), record.get("expires_at"))
             listed = tuple(record.get(name) for name in self._indexed)
-            blob = None if count is None else pickle_runs(runs)
-            head = pickle_plain(record)
-            self._known.put(session_id, Known(stored, header, digests, blob, listed, head))
+            kept = None if count is None else runs
+            known = Known.read(stored, Header.of(record), digests, kept, listed, record)
+            self._known.put(session_id, known)
         return self._placed(record, count, runs)
 
     def _remembered(self, ids: Sequence[str], tokens: dict[str, Any] | None) -> dict[str, Record]:
@@ -1332,19 +1328,9 @@ class SqlStorage(Storage):
                     if tries + 1 == _ATTEMPTS or not self.dialect.retryable(exc, self._dbapi):
                         raise
                     write.known = None
-        runs = draft.runs
         header = Header(record["version"], record["created_at"], record.get("expires_at"))
-        self._known.put(
-            session_id,
-            Known(
-                write.token,
-                header,
-                None if runs is None else runs.digests,
-                None if runs is None else runs.pickled,
-                tuple(record.get(name) for name in self._indexed),
-                pickle_plain(record),
-            ),
-        )
+        listed = tuple(record.get(name) for name in self._indexed)
+        self._known.put(session_id, Known.written(write.token, header, draft.runs, listed, record))
         return draft.whole(record)
 
     def _write_on(self, conn: Any, write: _Write) -> Record:
