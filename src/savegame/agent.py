@@ -33,6 +33,7 @@ from savegame.models import Message, Model, default_model, describe
 from savegame.models import message as make_message
 from savegame.runtime import Run, SessionKeeper, list_messages, new_id
 from savegame.storage.base import Storage
+from savegame.storage.session import messages_of
 
 
 @dataclass
@@ -185,7 +186,7 @@ class Agent(SessionKeeper):
         else:
             other = Agent(model=self.model, storage=self.storage, session_id=session_id)
             runs = other.runs
-        return [m for run in runs for m in run.get("messages") or []]
+        return messages_of(runs)
 
     @property
     def messages(self) -> list[Message]:
@@ -204,8 +205,7 @@ class Agent(SessionKeeper):
     def _history(self) -> list[Message]:
         if not self.add_history_to_messages or self.num_history_runs <= 0:
             return []
-        recent = self.runs[-self.num_history_runs :]
-        return [m for run in recent for m in run.get("messages") or []]
+        return messages_of(self.runs[-self.num_history_runs :])
 
     def _entity_data(self) -> dict[str, Any]:
         return {

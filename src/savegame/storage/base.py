@@ -39,8 +39,8 @@ from savegame.storage.session import (
     Mode,
     ModeSpec,
     Session,
+    beside_runs,
     fold_messages,
-    get_path,
     mode_spec,
     split_runs,
     unfold_messages,
@@ -99,6 +99,11 @@ class Draft(NamedTuple):
         record = with_runs(stamped, self.runs_path, self.runs.items)
         unfold_messages(record, self.runs_path, _same)
         return record
+
+
+def _json_path(keys: Iterable[str]) -> str:
+    """Where ``keys`` lead in a session, as error messages name it: ``$['memory']['runs']``."""
+    return "$" + "".join(f"[{key!r}]" for key in keys)
 
 
 def _same(value: Any) -> Any:
@@ -352,13 +357,12 @@ class Storage(ABC):
                 check_id(value, field.replace("_", " "))
         data = session.to_dict()
         data.pop("version", None)
-        beside = spec.runs_path[:-1]
-        holder = get_path(data, beside) if beside else data
+        holder = beside_runs(data, spec.runs_path)
         if isinstance(holder, dict) and holder.get("messages") == MESSAGES_OF_RUNS:
-            where = "".join(f"[{key!r}]" for key in beside)
             raise SerializationError(
-                f"${where}['messages']: this string is what savegame stores in place of "
-                "a message list made of the runs' messages; a session may not hold it"
+                f"{_json_path((*spec.runs_path[:-1], 'messages'))}: this string is what "
+                "savegame stores in place of a message list made of the runs' messages; a "
+                "session may not hold it"
             )
         run_codec = self._run_codec
         if run_codec is None:
@@ -372,10 +376,10 @@ class Storage(ABC):
             if type(value) in _SCALARS:
                 record[key] = value
             else:
-                record[key], texts[key] = encode_text(value, f"$[{key!r}]", 2)
+                record[key], texts[key] = encode_text(value, _json_path((key,)), 2)
         if runs is None:
             return Draft(record, texts, None, spec.runs_path)
-        path = "$" + "".join(f"[{key!r}]" for key in spec.runs_path)
+        path = _json_path(spec.runs_path)
         encoded = run_codec.encode(session.session_id, runs, path, len(spec.runs_path) + 2)
         return Draft(record, texts, encoded, spec.runs_path)
 

@@ -124,6 +124,12 @@ def messages_of(runs: list[Any]) -> list[Any]:
     return out
 
 
+def beside_runs(record: dict[str, Any], path: tuple[str, ...]) -> Any:
+    """The dict that holds the runs at ``path`` (and the message list beside them), or
+    whatever stands there instead."""
+    return get_path(record, path[:-1]) if len(path) > 1 else record
+
+
 def fold_messages(head: dict[str, Any], runs: list[Any], path: tuple[str, ...]) -> bool:
     """Puts :data:`MESSAGES_OF_RUNS` in place of the message list beside the runs at ``path``
     when that list holds the runs' messages themselves, the same objects in the same order
@@ -131,7 +137,7 @@ def fold_messages(head: dict[str, Any], runs: list[Any], path: tuple[str, ...]) 
     would rewrite the whole conversation. ``head`` is what :func:`split_runs` returned, whose
     dicts on the way to the runs are its own. Returns whether it did.
     """
-    holder = get_path(head, path[:-1]) if len(path) > 1 else head
+    holder = beside_runs(head, path)
     if not isinstance(holder, dict):
         return False
     messages = holder.get("messages")
@@ -150,7 +156,7 @@ def unfold_messages(
     """Puts the runs' messages back in place of :data:`MESSAGES_OF_RUNS`, each made by
     ``copy`` from the messages of the runs in ``record`` (the identity function when the
     record may share them with its runs)."""
-    holder = get_path(record, path[:-1]) if len(path) > 1 else record
+    holder = beside_runs(record, path)
     if isinstance(holder, dict) and holder.get("messages") == MESSAGES_OF_RUNS:
         runs = get_path(record, path)
         holder["messages"] = copy(messages_of(runs if isinstance(runs, list) else []))
@@ -179,6 +185,7 @@ __all__ = [
     "TeamSession",
     "WorkflowSession",
     "WorkflowSessionV2",
+    "beside_runs",
     "fold_messages",
     "get_path",
     "messages_of",
