@@ -19,7 +19,6 @@ from savegame.storage.known import (
     pickle_runs,
     unpickle_runs,
 )
-from savegame.storage.redis import RedisStorage
 from savegame.storage.session.agent import AgentSession
 from savegame.testing import Store
 
@@ -123,7 +122,7 @@ def test_what_a_storage_reads_it_remembers_whole(backend_store: Store) -> None:
         runs = [{"run_id": f"{sid}{i}", "messages": [{"role": "user"}]} for i in range(2)]
         writer.upsert(AgentSession(session_id=sid, user_id="u", memory={"runs": runs}))
     reader = backend_store()
-    cache = reader._seen if isinstance(reader, RedisStorage) else reader._known  # type: ignore[attr-defined]
+    cache = reader._known  # type: ignore[attr-defined]
     assert reader.read("a") is not None
     assert len(reader.get_recent_sessions(user_id="u", limit=2)) == 2
     assert len(reader.read_many(["d", "c"])) == 2

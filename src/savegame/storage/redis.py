@@ -131,7 +131,7 @@ local function forget(id)
 end
 """
 
-# Shared by the scripts: what a write needs of a stored session, as _known takes it.
+# Shared by the scripts: what a write needs of a stored session, as _state_of takes it.
 _HEAD = """
 local function head(header, digests)
   local h = redis.call('HMGET', header, 'token', 'version', 'created_at', 'expires_at', 'runs')
@@ -377,8 +377,8 @@ class RedisStorage(Storage):
         self._given = client is not None
         self._client: Any = client
         self._scripts: dict[str, Any] = {}
-        self._seen = KnownSessions(cache_bytes)
-        self._run_codec = RunEncoder(self._seen, dumps, _digest)
+        self._known = KnownSessions(cache_bytes)
+        self._run_codec = RunEncoder(self._known, dumps, _digest)
         self._guess_new = True
         self._lock = threading.Lock()
         options: dict[str, Any] = {
@@ -536,7 +536,7 @@ class RedisStorage(Storage):
         self._call(methodcaller("delete", self._keys + "shards"))
         with self._lock:
             # The next call records the layout again (this storage's shards, or one).
-            self._seen.clear()
+            self._known.clear()
             self._scripts = {}
 
     def upgrade_schema(self) -> None:
@@ -573,7 +573,7 @@ class RedisStorage(Storage):
             self._call(methodcaller("delete", key))
 
     def _read(self, session_id: str) -> Record | None:
-        known = self._seen.get(session_id)
+        known = self._known.get(session_id)
         if known is not None and known.whole():
             # One HGET: the session unchanged is returned from what the storage remembers.
             key = f"{self._tag(session_id)}h:{session_id}"
@@ -602,13 +602,13 @@ class RedisStorage(Storage):
     def _fetched(self, session_id: str, row: list[Any]) -> Record | None:
         """The record of what the read script sent, remembered as the session's state."""
         data, runs, *state = row
-        seen = _known(*state)
+        seen = _state_of(*state)
         if data is None:
-            self._seen.put(session_id, None)
+            self._known.put(session_id, None)
             return None
         record, items = self._decoded(session_id, data, runs)
         known = Known.read(seen.token, seen.header, seen.digests, items, seen.listed, record)
-        self._seen.put(session_id, known)
+        self._known.put(session_id, known)
         if items is not None:
             set_path(record, self.spec.runs_path, items)
         return record
@@ -632,7 +632,7 @@ class RedisStorage(Storage):
         sid = draft.session_id
         # Write on the header last seen; take a session this storage has not seen for a new
         # one while that guess keeps proving right. ``trusted``: read from the store just now.
-        seen, trusted = self._seen.get(sid), False
+        seen, trusted = self._known.get(sid), False
         if seen is None and self._guess_new:
             seen = ABSENT
         elif seen is None:
@@ -652,15 +652,15 @@ class RedisStorage(Storage):
                 continue
             result = self._script(_WRITE, keys, args)
             if not isinstance(result, list):
-                self._seen.put(sid, written)
+                self._known.put(sid, written)
                 return draft.whole(record)
-            self._seen.put(sid, None)
+            self._known.put(sid, None)
             if trusted:
                 # Another writer came between our read and our write: let it finish.
                 time.sleep(secrets.randbelow(1000) / 1e6)
             elif seen is ABSENT:
                 self._guess_new = False
-            seen, trusted = _known(*result), True
+            seen, trusted = _state_of(*result), True
         # Every attempt lost the race to other writers; nothing was written.
         if expected_version is not None:
             actual = 0 if seen.header is None else seen.header.version
@@ -673,7 +673,7 @@ class RedisStorage(Storage):
     def _header(self, session_id: str) -> Known:
         tag = self._tag(session_id)
         keys = [f"{tag}h:{session_id}", f"{tag}d:{session_id}"]
-        return _known(*self._script(_HEADER, keys, []))
+        return _state_of(*self._script(_HEADER, keys, []))
 
     def _plan(
         self, draft: Draft, record: Record, seen: Known
@@ -725,7 +725,7 @@ class RedisStorage(Storage):
         return [sid for _, sid in found[:limit]]
 
     def _delete(self, session_id: str) -> bool:
-        self._seen.put(session_id, None)
+        self._known.put(session_id, None)
         tag = self._tag(session_id)
         return bool(self._script(_DELETE, self._store_keys(tag), [tag, session_id]))
 
@@ -743,7 +743,7 @@ class RedisStorage(Storage):
         return f"RedisStorage(prefix={self.prefix!r}, mode={self.mode!r}, {self._address})"
 
 
-def _known(token: Any, version: Any, created: Any, expires: Any, digests: Any) -> Known:
+def _state_of(token: Any, version: Any, created: Any, expires: Any, digests: Any) -> Known:
     """What a write needs of a stored session, from the header's fields the scripts return."""
     if token is None or version is None:
         return ABSENT
