@@ -18,6 +18,7 @@ from savegame.models.offline import OfflineModel
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.session.v2.workflow import WorkflowSession as WorkflowSessionV2
 from savegame.storage.sqlite import SqliteStorage, make_engine
+from savegame.testing.contract import in_threads
 from tests.stores import write_original_table
 
 
@@ -164,6 +165,42 @@ def test_a_lock_held_past_the_timeout_raises_and_reads_go_on(tmp_path: Path) -> 
     assert sorted(storage.get_all_session_ids()) == ["a", "b"]
 
 
+def test_connections_opening_a_new_file_together_all_switch_it_to_wal(tmp_path: Path) -> None:
+    # Two connections switching at once both hold a read lock and want the file to
+    # themselves; SQLite refuses one at once, without waiting, and savegame must retry.
+    dialect = SqliteStorage("t", db_file=tmp_path / "first.db").dialect
+    for attempt in range(20):
+        path = tmp_path / f"new-{attempt}.db"
+        together = threading.Barrier(6)
+
+        def connect(_: int, path: Path = path, together: threading.Barrier = together) -> None:
+            conn = sqlite3.connect(path, isolation_level=None)
+            try:
+                together.wait(timeout=30)
+                dialect.configure(conn)
+                assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+            finally:
+                conn.close()
+
+        in_threads(6, connect)
+
+
+def test_a_reader_that_outstays_the_timeout_fails_the_switch_to_wal(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("CREATE TABLE other (x)")
+    reader.execute("BEGIN")
+    reader.execute("SELECT * FROM other").fetchall()
+    try:
+        storage = SqliteStorage("t", db_file=path, busy_timeout=0.2)
+        with pytest.raises(BackendUnavailableError, match="locked"):
+            storage.upsert(AgentSession(session_id="a"))
+    finally:
+        reader.close()
+    storage.upsert(AgentSession(session_id="a"))
+    assert storage.get_all_session_ids() == ["a"]
+
+
 def test_file_settings(tmp_path: Path) -> None:
     storage = SqliteStorage("t", db_file=tmp_path / "deeper" / "s.db", synchronous="normal")
     storage.create()
@@ -214,21 +251,12 @@ def test_in_memory_database_is_shared_through_its_engine() -> None:
 
 def test_in_memory_database_serves_threads() -> None:
     storage = SqliteStorage("t")
-    errors: list[Exception] = []
 
     def work(n: int) -> None:
-        try:
-            for i in range(50):
-                storage.upsert(AgentSession(session_id=f"{n}-{i}", memory={"runs": [i]}))
-        except Exception as exc:
-            errors.append(exc)
+        for i in range(50):
+            storage.upsert(AgentSession(session_id=f"{n}-{i}", memory={"runs": [i]}))
 
-    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    in_threads(4, work)
     assert len(storage.get_all_session_ids()) == 200
 
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -120,6 +121,32 @@ def _worker(store: Store, *args: Any) -> list[str]:
     return [sys.executable, "-m", "savegame.testing.worker", str(store.url), store.mode] + [
         str(a) for a in args
     ]
+
+
+def in_threads(count: int, work: Callable[[int], object]) -> None:
+    """Runs ``work(0)`` … ``work(count - 1)`` in threads at once and waits for them all.
+
+    The first error a thread raised fails the caller, its traceback in the message: a
+    thread's own exception would otherwise only be printed.
+    """
+    errors: list[BaseException] = []
+
+    def run(n: int) -> None:
+        try:
+            work(n)
+        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise AssertionError(
+            f"{len(errors)} of {count} threads failed; the first:\n"
+            + "".join(traceback.format_exception(errors[0]))
+        )
 
 
 def _run_workers(store: Store, commands: list[list[Any]], timeout: float = 240) -> list[str]:
@@ -795,25 +822,29 @@ class BackendContract:
 
     def test_threads_share_one_storage(self, backend_store: Store) -> None:
         storage = backend_store()
-        errors: list[Exception] = []
 
         def work(t: int) -> None:
-            try:
-                for i in range(25):
-                    storage.upsert(make_session(backend_store.mode, f"t{t}-{i}", round_=i % 3))
-                    got = storage.read(f"t{t}-{i}")
-                    assert got is not None
-                    check_session(backend_store.mode, got)
-            except Exception as exc:  # noqa: BLE001 - handed to the main thread
-                errors.append(exc)
+            for i in range(25):
+                storage.upsert(make_session(backend_store.mode, f"t{t}-{i}", round_=i % 3))
+                got = storage.read(f"t{t}-{i}")
+                assert got is not None
+                check_session(backend_store.mode, got)
 
-        threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert errors == []
+        in_threads(6, work)
         assert len(storage.get_all_session_ids(user_id="user-1")) == 150
+
+    def test_storages_opened_together_on_a_new_store_all_write(self, backend_store: Store) -> None:
+        start = threading.Barrier(6)
+
+        def work(t: int) -> None:
+            storage = backend_store()
+            start.wait(timeout=30)
+            for i in range(5):
+                storage.upsert(make_session(backend_store.mode, f"t{t}-{i}"))
+                assert storage.read(f"t{t}-{i}") is not None
+
+        in_threads(6, work)
+        assert len(backend_store().get_all_session_ids()) == 30
 
     def test_threads_update_one_counter(self, backend_store: Store) -> None:
         storage = backend_store()
@@ -824,14 +855,7 @@ class BackendContract:
             session.session_data["counter"] += 1
             return session
 
-        threads = [
-            threading.Thread(target=lambda: [storage.update("counter", bump) for _ in range(20)])
-            for _ in range(4)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        in_threads(4, lambda _: [storage.update("counter", bump) for _ in range(20)])
         got = storage.read("counter")
         assert got is not None
         assert got.session_data == {"counter": 80}  # type: ignore[attr-defined]
