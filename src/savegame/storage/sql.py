@@ -972,7 +972,32 @@ class SqlStorage(Storage):
         if version >= LATEST:
             return _Layout(version, frozenset(self.table.c.keys()))
         names = {c["name"] for c in inspector.get_columns(self.table_name, self.schema)}
+        if names == set(self.runs_table.c.keys()):
+            raise StorageError(
+                f"table {self.table_name!r} holds the runs of another storage's sessions"
+                f" (those of table {self.table_name.removesuffix('_runs')!r}); give this"
+                " storage another table name"
+            )
         return _Layout(version, frozenset(names))
+
+    def _own_runs_table(self, conn: Connection) -> bool:
+        """Whether the runs table is there and has the runs' columns."""
+        runs = self.runs_table
+        inspector = inspect(conn)
+        if not inspector.has_table(runs.name, self.schema):
+            return False
+        names = {c["name"] for c in inspector.get_columns(runs.name, self.schema)}
+        return names == set(runs.c.keys())
+
+    def _check_runs_table(self, conn: Connection) -> None:
+        """Refuses a runs table that another storage made as its own session table."""
+        runs = self.runs_table
+        if inspect(conn).has_table(runs.name, self.schema) and not self._own_runs_table(conn):
+            raise StorageError(
+                f"table {runs.name!r}, where the storage of table {self.table_name!r} would"
+                " keep its runs, is another storage's session table; give this storage"
+                " another table name"
+            )
 
     def _current(self) -> _Layout:
         """The table's layout, asking the database until the table is at the latest one."""
@@ -1030,13 +1055,19 @@ class SqlStorage(Storage):
     def drop(self) -> None:
         """Drops this storage's two tables and its line in ``savegame_migrations``.
 
+        A table of the runs table's name that is another storage's session table is left
+        alone.
+
         Raises:
             BackendUnavailableError: when the database cannot be reached or stays locked.
+            StorageError: when this storage's table holds another storage's runs.
         """
 
         def drop() -> None:
             with self._schema_change() as conn:
-                self.runs_table.drop(conn, checkfirst=True)
+                self._detect(conn)
+                if self._own_runs_table(conn):
+                    self.runs_table.drop(conn)
                 self.table.drop(conn, checkfirst=True)
                 if inspect(conn).has_table(MIGRATIONS_TABLE, self.schema):
                     migrations = self._tables.migrations
@@ -1066,6 +1097,8 @@ class SqlStorage(Storage):
             with self._schema_change() as conn:
                 self.dialect.create_schema(conn, self.schema)
                 layout = self._detect(conn)
+                if layout.version == 0 or upgrade:
+                    self._check_runs_table(conn)
                 if layout.version == 0:
                     for table in (self.table, self.runs_table, self._tables.migrations):
                         table.create(conn, checkfirst=True)

@@ -1,0 +1,76 @@
+"""Table names that SQL storages derive from theirs: a storage named after another's runs
+table, or whose runs table is another's session table, is refused with a clear error and
+touches neither table. Runs on SQLite, PostgreSQL and MySQL alike."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from savegame.errors import StorageError
+from savegame.storage.session.agent import AgentSession
+from savegame.storage.sql import SqlStorage
+from savegame.testing import Store
+from tests.stores import BACKENDS, Backend
+
+
+def _sibling(storage: SqlStorage, table_name: str) -> SqlStorage:
+    """A storage of another table beside ``storage``'s, on the same database."""
+    options: dict[str, Any] = {"db_engine": storage.db_engine}
+    if storage.schema is not None:
+        options["schema"] = storage.schema
+    return type(storage)(table_name, **options)  # type: ignore[call-arg]
+
+
+_SQL = [b for b in BACKENDS if b.name in ("sqlite-file", "sqlite-memory", "postgres", "mysql")]
+
+
+@pytest.fixture(params=[pytest.param(b, id=b.name) for b in _SQL])
+def sql_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    backend: Backend = request.param
+    with backend.make(tmp_path, "agent") as made:
+        yield made
+
+
+def _sql(store: Store) -> SqlStorage:
+    storage = store()
+    assert isinstance(storage, SqlStorage)
+    return storage
+
+
+def test_a_table_named_after_a_runs_table_is_refused(sql_store: Store) -> None:
+    first = _sql(sql_store)
+    first.upsert(AgentSession(session_id="a", memory={"runs": [{"run_id": "r"}]}))
+    second = _sibling(first, f"{first.table_name}_runs")
+    try:
+        with pytest.raises(StorageError, match="holds the runs of another storage"):
+            second.upsert(AgentSession(session_id="b"))
+        with pytest.raises(StorageError, match="holds the runs of another storage"):
+            second.read("a")
+        with pytest.raises(StorageError, match="holds the runs of another storage"):
+            second.drop()
+    finally:
+        second.close()
+    got = first.read("a")
+    assert got is not None
+    assert got.memory == {"runs": [{"run_id": "r"}]}
+
+
+def test_a_runs_table_that_is_another_session_table_is_refused(sql_store: Store) -> None:
+    first = _sql(sql_store)
+    runs_owner = _sibling(first, f"{first.table_name}_x")
+    clash = _sibling(first, f"{first.table_name}_x_runs")
+    try:
+        clash.upsert(AgentSession(session_id="b"))
+        with pytest.raises(StorageError, match="is another storage's session table"):
+            runs_owner.upsert(AgentSession(session_id="a", memory={"runs": [{"run_id": "r"}]}))
+        assert runs_owner.read("a") is None
+        runs_owner.drop()
+        assert clash.get_all_session_ids() == ["b"]
+    finally:
+        clash.drop()
+        runs_owner.close()
+        clash.close()
