@@ -285,8 +285,10 @@ def test_an_unreachable_server_is_a_failure_in_one_line() -> None:
     ],
 )
 def test_reading_a_store_that_was_never_created(path: tuple[str, ...], tmp_path: Path) -> None:
-    savegame(*path, "-s", f"json:///{tmp_path / 'never'}")
-    savegame(*path, "-s", f"sqlite:///{tmp_path / 'never.db'}")
+    for url in (f"json:///{tmp_path / 'never'}", f"sqlite:///{tmp_path / 'deeper' / 'never.db'}"):
+        proc = savegame(*path, "-s", url)
+        assert "nothing of mode agent is stored at" in errors(proc)
+    assert list(tmp_path.iterdir()) == []
 
 
 def _commands(group: Any, prefix: tuple[str, ...] = ()) -> Iterator[str]:

@@ -201,6 +201,28 @@ def test_a_reader_that_outstays_the_timeout_fails_the_switch_to_wal(tmp_path: Pa
     assert storage.get_all_session_ids() == ["a"]
 
 
+def test_reads_of_a_file_that_is_not_there_leave_it_so(tmp_path: Path) -> None:
+    path = tmp_path / "deeper" / "s.db"
+    for storage in (
+        SqliteStorage("t", db_file=path),
+        SqliteStorage("t", db_url=f"sqlite:///{path}"),
+        open_storage(f"sqlite:///{path}"),
+    ):
+        assert storage.read("a") is None
+        assert storage.get_all_sessions(user_id="u") == []
+        assert storage.get_all_session_ids() == []
+        assert not storage.table_exists()
+        assert not storage.delete_session("a")
+        assert storage.purge_expired() == 0
+        storage.drop()
+        storage.close()
+    assert list(tmp_path.iterdir()) == []
+    storage = SqliteStorage("t", db_file=path)
+    storage.upsert(AgentSession(session_id="a"))
+    assert storage.get_all_session_ids() == ["a"]
+    assert path.exists()
+
+
 def test_file_settings(tmp_path: Path) -> None:
     storage = SqliteStorage("t", db_file=tmp_path / "deeper" / "s.db", synchronous="normal")
     storage.create()

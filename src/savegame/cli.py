@@ -150,9 +150,30 @@ def _root(
 
 
 @contextmanager
-def _open(url: str, mode: str) -> Iterator[Storage]:
+def _open(url: str, mode: str, reading: bool = False) -> Iterator[Storage]:
+    """The storage of ``url``. ``reading``: the command reads or removes sessions, and a
+    note on stderr says when the store is not there (a mistyped path would otherwise look
+    like an empty store)."""
     with open_storage(url, mode) as storage:
+        if reading and not _there(storage):
+            _note(
+                f"note: nothing of mode {mode} is stored at {redact(url)} yet; pass --storage"
+                " (or set SAVEGAME_STORAGE) to name another store"
+            )
         yield storage
+
+
+def _there(storage: Storage) -> bool:
+    """Whether the store exists (its table, its folder); True where that cannot be told."""
+    # Imported here: the SQL layer loads SQLAlchemy, which commands on other stores skip.
+    from savegame.storage.files import FileStorage
+    from savegame.storage.sql import SqlStorage
+
+    if isinstance(storage, SqlStorage):
+        return storage.table_exists()
+    if isinstance(storage, FileStorage):
+        return storage.dir_path.is_dir()
+    return True
 
 
 # -- sessions ---------------------------------------------------------------------------------
@@ -172,7 +193,7 @@ def sessions_list(
     as_json: JsonOption = False,
 ) -> None:
     """List sessions, newest first, a page at a time."""
-    with _open(storage, mode) as store:
+    with _open(storage, mode, reading=True) as store:
         ids = store.get_all_session_ids(user, entity) if store.table_exists() else []
         start = (page - 1) * limit
         sessions = [s for s in map(store.read, ids[start : start + limit]) if s is not None]
@@ -212,7 +233,7 @@ def sessions_show(
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw session.")] = False,
 ) -> None:
     """Show one session: its conversation, state and metadata."""
-    with _open(storage, mode) as store:
+    with _open(storage, mode, reading=True) as store:
         session = store.read(session_id) if store.table_exists() else None
         if session is None:
             _missing(storage, mode, [session_id])
@@ -288,7 +309,7 @@ def export(
 ) -> None:
     """Write sessions to standard output as JSON lines, one session a line."""
     stream = sys.stdout.buffer
-    with _open(storage, mode) as store:
+    with _open(storage, mode, reading=True) as store:
         count = transfer.export_sessions(store, lambda line: stream.write(line.encode()), user)
     stream.flush()
     _note(f"exported {_sessions(count)}")
@@ -344,7 +365,7 @@ def copy(
         disable=not err.is_terminal,
     )
     task = progress.add_task("copy", total=None)
-    with _open(source, mode) as src, _open(destination, mode) as dst, progress:
+    with _open(source, mode, reading=True) as src, _open(destination, mode) as dst, progress:
         report = transfer.copy_sessions(
             src,
             dst,
@@ -366,7 +387,7 @@ def stats(
     as_json: JsonOption = False,
 ) -> None:
     """Count sessions, users and entities, their size, and the oldest and newest."""
-    with _open(storage, mode) as store:
+    with _open(storage, mode, reading=True) as store:
         figures = transfer.stats(store, user)
     data = vars(figures)
     if as_json:
@@ -410,7 +431,7 @@ def purge(
 ) -> None:
     """Remove sessions not updated for a while, and expired ones."""
     seconds = parse_age(older_than)
-    with _open(storage, mode) as store:
+    with _open(storage, mode, reading=True) as store:
         removed = transfer.purge(store, seconds, dry_run)
     for session_id in removed:
         out.print(escape(session_id), highlight=False)

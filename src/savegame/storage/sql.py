@@ -999,11 +999,18 @@ class SqlStorage(Storage):
                 " another table name"
             )
 
+    def _absent(self) -> bool:
+        """Whether the database is not there yet, and asking it would make it (a SQLite file):
+        reads then find nothing without touching it."""
+        return False
+
     def _current(self) -> _Layout:
         """The table's layout, asking the database until the table is at the latest one."""
         layout = self._layout
         if layout.version >= LATEST:
             return layout
+        if self._absent():
+            return _MISSING
 
         def detect() -> _Layout:
             with self._transaction(False) as conn:
@@ -1050,7 +1057,7 @@ class SqlStorage(Storage):
             with self._transaction(False) as conn:
                 return bool(inspect(conn).has_table(self.table_name, self.schema))
 
-        return self._call(exists)
+        return not self._absent() and self._call(exists)
 
     def drop(self) -> None:
         """Drops this storage's two tables and its line in ``savegame_migrations``.
@@ -1064,6 +1071,8 @@ class SqlStorage(Storage):
         """
 
         def drop() -> None:
+            if self._absent():
+                return
             with self._schema_change() as conn:
                 self._detect(conn)
                 if self._own_runs_table(conn):

@@ -152,6 +152,14 @@ def in_memory(url: URL) -> bool:
     return url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
 
 
+def _file_of(url: URL) -> Path | None:
+    """The database file a SQLite URL names; None for memory and for ``file:`` URIs."""
+    database = url.database
+    if in_memory(url) or not database or database.startswith("file:") or url.query.get("uri"):
+        return None
+    return Path(database)
+
+
 def make_engine(url: str | URL, busy_timeout: float = 30.0) -> Engine:
     """An engine for a SQLite URL.
 
@@ -177,7 +185,8 @@ class SqliteStorage(SqlStorage):
     Args:
         table_name: the session table (runs go to ``<table_name>_runs``).
         db_url: a SQLAlchemy URL, ``sqlite:///relative.db`` or ``sqlite:////absolute.db``.
-        db_file: the database file; its folder is made when missing.
+        db_file: the database file; it and its folder are made by the first write (reads of
+            a file that is not there find nothing and leave it so).
         db_engine: an engine to use; the storage does not dispose of it.
         schema_version: accepted for compatibility with the original; unused.
         auto_upgrade_schema: upgrade a table of an older layout on first write.
@@ -221,11 +230,11 @@ class SqliteStorage(SqlStorage):
         elif db_url is not None:
             engine = make_engine(db_url, busy_timeout)
         elif self.db_file is not None:
-            self.db_file.parent.mkdir(parents=True, exist_ok=True)
             engine = make_engine(URL.create("sqlite", database=str(self.db_file)), busy_timeout)
         else:
             engine = make_engine("sqlite://")
         memory = in_memory(engine.url)
+        self._file = _file_of(engine.url)
         super().__init__(
             table_name,
             engine,
@@ -239,6 +248,14 @@ class SqliteStorage(SqlStorage):
             serialize=memory,
             cache_bytes=cache_bytes,
         )
+
+    def _absent(self) -> bool:
+        return self._file is not None and not self._file.exists()
+
+    def _make_tables(self, upgrade: bool) -> None:
+        if self._file is not None:
+            self._file.parent.mkdir(parents=True, exist_ok=True)
+        super()._make_tables(upgrade)
 
     def where(self) -> str:
         database = self.db_engine.url.database
