@@ -8,12 +8,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine, create_engine, inspect, text
+from sqlalchemy import Engine, create_engine, inspect, make_url, text
 
 from savegame import open_storage
 from savegame.storage.mysql import MySQLStorage
 from savegame.storage.session.agent import AgentSession
 from tests import sql_cases
+from tests.lossy_proxy import LossyProxy, check_a_write_whose_reply_is_lost_is_made_once
 from tests.stores import mysql_url, unique
 
 
@@ -92,6 +93,18 @@ def test_killed_connections_leave_no_half_written_session(
         own_id="SELECT CONNECTION_ID()",
     )
     storage.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_write_whose_commit_reply_is_lost_is_made_once(server: str, table: str) -> None:
+    url = make_url(server)
+    with LossyProxy(url.host or "127.0.0.1", url.port or 3306) as proxy:
+        through = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+        storage = MySQLStorage(table, db_url=through)
+        try:
+            check_a_write_whose_reply_is_lost_is_made_once(storage, proxy, b"COMMIT")
+        finally:
+            storage.close()
 
 
 def test_the_original_table_is_read_upgraded_and_written(

@@ -27,6 +27,7 @@ from savegame.errors import BackendUnavailableError, CorruptSessionError, Invali
 from savegame.storage.redis import RedisStorage, from_url
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.url import open_storage, parse_url
+from tests.lossy_proxy import LossyProxy, check_a_write_whose_reply_is_lost_is_made_once
 from tests.redis_cluster import server_url
 from tests.stores import redis_client, unique
 
@@ -399,6 +400,19 @@ def test_without_retries_a_killed_write_raises_and_the_next_works() -> None:
     storage.drop()
     client.close()
     raw.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_write_whose_reply_is_lost_is_made_once() -> None:
+    url = redis.connection.parse_url(server_url(False))
+    prefix = unique("sgt")
+    with LossyProxy(url.get("host", "127.0.0.1"), url.get("port", 6379)) as proxy:
+        storage = RedisStorage(prefix, url=f"redis://127.0.0.1:{proxy.port}/{url.get('db', 0)}")
+        try:
+            check_a_write_whose_reply_is_lost_is_made_once(storage, proxy, b"EVALSHA")
+        finally:
+            storage.drop()
+            storage.close()
 
 
 def test_without_redis_py_the_error_names_the_extra(tmp_path: Any) -> None:

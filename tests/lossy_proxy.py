@@ -1,0 +1,127 @@
+"""A TCP proxy on loopback that can lose one reply: the server has done what it was asked,
+and the client never hears of it, as when a connection dies between the two.
+
+``with LossyProxy(host, port) as proxy``: connect clients to ``proxy.port``; after
+``proxy.lose_reply_to(b"COMMIT")`` the first reply the server sends after a client's bytes
+holding ``COMMIT`` is dropped and that client's connection is cut. Connections made after
+that pass everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from typing import Any
+
+
+class LossyProxy:
+    """Forwards loopback connections to ``(host, port)``, one thread per direction."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._target = (host, port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._marker: bytes | None = None
+        self._lock = threading.Lock()
+        self.lost = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+
+    def lose_reply_to(self, marker: bytes) -> None:
+        """Arms the proxy: the reply to the next request holding ``marker`` is lost."""
+        with self._lock:
+            self._marker = marker
+            self.lost.clear()
+
+    def __enter__(self) -> LossyProxy:
+        self._start(self._accept)
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        _close(self._listener)  # the shutdown wakes the thread waiting in accept()
+        with self._lock:
+            for sock in self._sockets:
+                _close(sock)
+        for thread in self._threads:
+            thread.join(5)
+
+    def _start(self, target: Any, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self._target, timeout=10)
+            server.settimeout(None)
+            with self._lock:
+                self._sockets += [client, server]
+            waiting = threading.Event()  # set: this connection's next reply is to be lost
+            self._start(self._requests, client, server, waiting)
+            self._start(self._replies, server, client, waiting)
+
+    def _requests(self, client: socket.socket, server: socket.socket, waiting: Any) -> None:
+        while data := _receive(client):
+            with self._lock:
+                if self._marker is not None and self._marker in data:
+                    self._marker = None
+                    waiting.set()
+            try:
+                server.sendall(data)
+            except OSError:
+                break
+        _close(server)
+
+    def _replies(self, server: socket.socket, client: socket.socket, waiting: Any) -> None:
+        while data := _receive(server):
+            if waiting.is_set():
+                self.lost.set()
+                break
+            try:
+                client.sendall(data)
+            except OSError:
+                break
+        _close(client)
+        _close(server)
+
+
+def _receive(sock: socket.socket) -> bytes:
+    try:
+        return sock.recv(65536)
+    except OSError:
+        return b""
+
+
+def _close(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+
+
+def check_a_write_whose_reply_is_lost_is_made_once(
+    storage: Any, proxy: LossyProxy, marker: bytes
+) -> None:
+    """A write the server made but whose reply was lost is retried, found made, and
+    reported done: not as a conflict with itself, and not made twice.
+
+    ``storage`` reaches its server through ``proxy``; ``marker`` is in the request whose
+    reply makes the write known to the client (the commit, the write script).
+    """
+    from savegame.storage.session.agent import AgentSession
+
+    storage.upsert(AgentSession(session_id="c", session_data={"n": 1}))
+    session = storage.read("c")
+    assert session is not None
+    session.session_data["n"] += 1
+    proxy.lose_reply_to(marker)
+    saved = storage.upsert(session, expected_version=session.version)
+    assert proxy.lost.is_set(), "no reply was lost: the test did not test"
+    assert saved.version == session.version + 1
+    got = storage.read("c")
+    assert got is not None
+    assert (got.session_data, got.version) == ({"n": 2}, session.version + 1)
