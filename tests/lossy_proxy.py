@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 
@@ -23,15 +24,21 @@ class LossyProxy:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self._marker: bytes | None = None
+        self._meanwhile: Callable[[], object] | None = None
         self._lock = threading.Lock()
         self.lost = threading.Event()
         self._sockets: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
 
-    def lose_reply_to(self, marker: bytes) -> None:
-        """Arms the proxy: the reply to the next request holding ``marker`` is lost."""
+    def lose_reply_to(self, marker: bytes, meanwhile: Callable[[], object] | None = None) -> None:
+        """Arms the proxy: the reply to the next request holding ``marker`` is lost.
+
+        ``meanwhile`` runs once the server has replied and before the client's connection
+        is cut, while the client still waits: another writer coming in between.
+        """
         with self._lock:
             self._marker = marker
+            self._meanwhile = meanwhile
             self.lost.clear()
 
     def __enter__(self) -> LossyProxy:
@@ -80,6 +87,8 @@ class LossyProxy:
     def _replies(self, server: socket.socket, client: socket.socket, waiting: Any) -> None:
         while data := _receive(server):
             if waiting.is_set():
+                if self._meanwhile is not None:
+                    self._meanwhile()
                 self.lost.set()
                 break
             try:
@@ -103,6 +112,33 @@ def _close(sock: socket.socket) -> None:
     sock.close()
 
 
+def _bump(by: int) -> Callable[[Any], Any]:
+    from savegame.storage.session.agent import AgentSession
+
+    def bump(session: Any) -> Any:
+        if session is None:
+            return AgentSession(session_id="c", session_data={"n": by})
+        session.session_data["n"] += by
+        return session
+
+    return bump
+
+
+def check_a_write_whose_reply_is_lost_counts_once_after_another(
+    storage: Any, other: Any, proxy: LossyProxy, marker: bytes
+) -> None:
+    """As :func:`check_a_write_whose_reply_is_lost_is_made_once`, with ``other`` (a storage
+    of the same store, not behind the proxy) writing the session between the lost reply and
+    the retry: ``update`` must not apply its change a second time."""
+    storage.update("c", _bump(1))
+    proxy.lose_reply_to(marker, meanwhile=lambda: other.update("c", _bump(10)))
+    storage.update("c", _bump(1))
+    assert proxy.lost.is_set(), "no reply was lost: the test did not test"
+    got = other.read("c")
+    assert got is not None
+    assert got.session_data == {"n": 12}, got.session_data
+
+
 def check_a_write_whose_reply_is_lost_is_made_once(
     storage: Any, proxy: LossyProxy, marker: bytes
 ) -> None:
@@ -121,7 +157,8 @@ def check_a_write_whose_reply_is_lost_is_made_once(
     proxy.lose_reply_to(marker)
     saved = storage.upsert(session, expected_version=session.version)
     assert proxy.lost.is_set(), "no reply was lost: the test did not test"
-    assert saved.version == session.version + 1
+    assert saved.version == session.version + 1, saved.version
     got = storage.read("c")
     assert got is not None
-    assert (got.session_data, got.version) == ({"n": 2}, session.version + 1)
+    stored = (got.session_data, got.version)
+    assert stored == ({"n": 2}, session.version + 1), stored

@@ -27,7 +27,11 @@ from savegame.errors import BackendUnavailableError, CorruptSessionError, Invali
 from savegame.storage.redis import RedisStorage, from_url
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.url import open_storage, parse_url
-from tests.lossy_proxy import LossyProxy, check_a_write_whose_reply_is_lost_is_made_once
+from tests.lossy_proxy import (
+    LossyProxy,
+    check_a_write_whose_reply_is_lost_counts_once_after_another,
+    check_a_write_whose_reply_is_lost_is_made_once,
+)
 from tests.redis_cluster import server_url
 from tests.stores import redis_client, unique
 
@@ -74,7 +78,14 @@ def test_key_layout_is_as_documented(server: str, raw: Any, prefix: str) -> None
     storage.upsert(_session("s/1", _runs(3), user_id="u", agent_id="a", created_at=10))
     tag = "{" + prefix + "}:"
     header = raw.hgetall(f"{tag}h:s/1")
-    assert set(header) == {b"data", b"version", b"created_at", b"runs", b"token"}
+    assert set(header) == {b"data", b"version", b"created_at", b"runs", b"token", b"past"}
+    assert header[b"past"] == b""
+    first = header[b"token"]
+    for _ in range(9):
+        storage.upsert(_session("s/1", _runs(3), user_id="u", agent_id="a", created_at=10))
+    past = raw.hget(f"{tag}h:s/1", "past")
+    assert len(past) == 8 * 16
+    assert first not in past  # the 10th write back is forgotten
     assert b'"runs":null' in header[b"data"]  # the runs' place among memory's keys
     assert b"run_id" not in header[b"data"]
     assert header[b"runs"] == b"3"
@@ -413,6 +424,24 @@ def test_a_write_whose_reply_is_lost_is_made_once() -> None:
         finally:
             storage.drop()
             storage.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_write_whose_reply_is_lost_while_another_writes_counts_once() -> None:
+    server = server_url(False)
+    url = redis.connection.parse_url(server)
+    prefix = unique("sgt")
+    other = RedisStorage(prefix, url=server)
+    with LossyProxy(url.get("host", "127.0.0.1"), url.get("port", 6379)) as proxy:
+        storage = RedisStorage(prefix, url=f"redis://127.0.0.1:{proxy.port}/{url.get('db', 0)}")
+        try:
+            check_a_write_whose_reply_is_lost_counts_once_after_another(
+                storage, other, proxy, b"EVALSHA"
+            )
+        finally:
+            storage.drop()
+            storage.close()
+            other.close()
 
 
 def test_without_redis_py_the_error_names_the_extra(tmp_path: Any) -> None:

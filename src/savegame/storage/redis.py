@@ -11,7 +11,8 @@ the fixed part, so any id makes a valid key::
                                       in place of its runs when they are a list),
                                       ``version``, ``created_at``, ``expires_at``, ``runs``
                                       (how many: present when the runs are in the list
-                                      below), ``token`` (the last write)
+                                      below), ``token`` (the last write), ``past``
+                                      (the tokens of the 8 writes before it)
     {T}:r:<session id>        list    one JSON text per run, in order
     {T}:d:<session id>        string  a 16-character digest per run, in order
     {T}:all                   zset    every session; score ``-created_at``, so an ascending
@@ -42,8 +43,9 @@ one round trip; a wrong guess costs one more, never a wrong write (a write large
 The runs it remembers unchanged are not encoded again, and a read of a session it remembers
 asks for the header's token alone (one ``HGET``) and, finding it unchanged, returns a copy
 of what it remembers. A script retried
-after a lost connection whose first attempt had landed finds its own new token and does not
-write twice.
+after a lost connection whose first attempt had landed finds its own new token, or finds it
+among the ``past`` tokens when other writes came in before the retry, and reports the write
+made without making it twice.
 
 Expiry is Redis's own: with ``expire`` set, the header and the runs get ``EXPIREAT``. Index
 entries cannot expire by themselves, so ``{T}:exp`` remembers when each session goes: listings
@@ -99,6 +101,13 @@ PREFIX_ALLOWED = "letters, digits and _ . : -, starting with a letter, digit or 
 DIGEST_SIZE = 8
 """Bytes of BLAKE2b per run digest (16 hex characters): enough to notice a changed run."""
 
+TOKEN_BYTES = 8
+"""Random bytes of a write token (16 hex characters)."""
+
+PAST_TOKENS = 8
+"""Tokens of earlier writes a header keeps (field ``past``), so that a write whose reply was
+lost, sent again by the client after other writes came in, knows it was made."""
+
 BATCH = 500
 """Sessions removed per script call by ``drop`` and ``purge_expired``, so no call blocks long."""
 
@@ -151,11 +160,15 @@ _WRITE = (
     _HEAD
     + """
 local id = ARGV[2]
-local current = redis.call('HGET', KEYS[4], 'token') or ''
+local stored = redis.call('HMGET', KEYS[4], 'token', 'past')
+local current = stored[1] or ''
+local past = stored[2] or ''
 if current ~= ARGV[3] then
-  if current == ARGV[4] then return 1 end
+  -- This write's own token: the script ran before, and its reply was lost.
+  if current == ARGV[4] or string.find(past, ARGV[4], 1, true) then return 1 end
   return head(KEYS[4], KEYS[6])
 end
+past = string.sub(current .. past, 1, PAST)
 local listed = redis.call('HGET', KEYS[2], id)
 if listed then
   for key in string.gmatch(listed, '[^%z]+') do redis.call('ZREM', key, id) end
@@ -168,7 +181,9 @@ end
 redis.call('ZADD', KEYS[1], ARGV[5], id)
 redis.call('HSET', KEYS[2], id, table.concat(index, '\0'))
 redis.call('DEL', KEYS[4])
-local fields = {'token', ARGV[4], 'data', ARGV[7], 'version', ARGV[8], 'created_at', ARGV[9]}
+local fields = {
+  'token', ARGV[4], 'past', past, 'data', ARGV[7], 'version', ARGV[8], 'created_at', ARGV[9]
+}
 if ARGV[6] ~= '' then
   fields[#fields + 1] = 'expires_at'
   fields[#fields + 1] = ARGV[6]
@@ -207,7 +222,7 @@ else
   redis.call('ZREM', KEYS[3], id)
 end
 return 1
-""".replace("WIDTH", str(2 * DIGEST_SIZE))
+""".replace("WIDTH", str(2 * DIGEST_SIZE)).replace("PAST", str(PAST_TOKENS * 2 * TOKEN_BYTES))
 )
 
 # KEYS: header, digests; returns the stored header (see _HEAD).
@@ -685,7 +700,7 @@ class RedisStorage(Storage):
         index = self._index_keys(tag, record.get("user_id"), record.get(self.spec.entity_field))
         keys = [*self._store_keys(tag), *(f"{tag}{kind}:{sid}" for kind in "hrd"), *index]
         expires = record.get("expires_at")
-        token = secrets.token_hex(8)
+        token = secrets.token_hex(TOKEN_BYTES)
         changes: list[Any] = []
         if runs is not None:
             for position, digest, text in runs.changes(seen.digests):
