@@ -15,6 +15,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from savegame.errors import StorageError
+
 
 class LossyProxy:
     """Forwards loopback connections to ``(host, port)``, one thread per direction."""
@@ -25,19 +27,33 @@ class LossyProxy:
         self.port: int = self._listener.getsockname()[1]
         self._marker: bytes | None = None
         self._meanwhile: Callable[[], object] | None = None
+        self._reply = b""
+        self._after = b""
         self._lock = threading.Lock()
         self.lost = threading.Event()
         self._sockets: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
 
-    def lose_reply_to(self, marker: bytes, meanwhile: Callable[[], object] | None = None) -> None:
+    def lose_reply_to(
+        self,
+        marker: bytes,
+        meanwhile: Callable[[], object] | None = None,
+        reply: bytes = b"",
+        after: bytes = b"",
+    ) -> None:
         """Arms the proxy: the reply to the next request holding ``marker`` is lost.
 
+        ``after``: only a request holding ``marker`` that comes after one holding these
+        bytes (the commit of a write, not of the read before it). ``reply``: the lost reply
+        is the first one after that request to hold these bytes (a client that pipelines
+        may still be reading replies to earlier requests).
         ``meanwhile`` runs once the server has replied and before the client's connection
         is cut, while the client still waits: another writer coming in between.
         """
         with self._lock:
             self._marker = marker
+            self._after = after
+            self._reply = reply
             self._meanwhile = meanwhile
             self.lost.clear()
 
@@ -75,7 +91,14 @@ class LossyProxy:
     def _requests(self, client: socket.socket, server: socket.socket, waiting: Any) -> None:
         while data := _receive(client):
             with self._lock:
-                if self._marker is not None and self._marker in data:
+                if self._marker is not None and self._after:
+                    if self._after in data:
+                        tail = data[data.index(self._after) :]
+                        self._after = b""
+                        if self._marker in tail:
+                            self._marker = None
+                            waiting.set()
+                elif self._marker is not None and self._marker in data:
                     self._marker = None
                     waiting.set()
             try:
@@ -86,7 +109,7 @@ class LossyProxy:
 
     def _replies(self, server: socket.socket, client: socket.socket, waiting: Any) -> None:
         while data := _receive(server):
-            if waiting.is_set():
+            if waiting.is_set() and self._reply in data:
                 if self._meanwhile is not None:
                     self._meanwhile()
                 self.lost.set()
@@ -125,28 +148,44 @@ def _bump(by: int) -> Callable[[Any], Any]:
 
 
 def check_a_write_whose_reply_is_lost_counts_once_after_another(
-    storage: Any, other: Any, proxy: LossyProxy, marker: bytes
-) -> None:
+    storage: Any,
+    other: Any,
+    proxy: LossyProxy,
+    marker: bytes,
+    reply: bytes = b"",
+    after: bytes = b"",
+) -> StorageError | None:
     """As :func:`check_a_write_whose_reply_is_lost_is_made_once`, with ``other`` (a storage
     of the same store, not behind the proxy) writing the session between the lost reply and
-    the retry: ``update`` must not apply its change a second time."""
+    the retry: ``update`` must not apply its change a second time. It either finds its write
+    made and returns, or raises :class:`StorageError` saying the outcome is unknown (which
+    is returned, for the caller to expect or not)."""
     storage.update("c", _bump(1))
-    proxy.lose_reply_to(marker, meanwhile=lambda: other.update("c", _bump(10)))
-    storage.update("c", _bump(1))
+    proxy.lose_reply_to(
+        marker, meanwhile=lambda: other.update("c", _bump(10)), reply=reply, after=after
+    )
+    unknown: StorageError | None = None
+    try:
+        storage.update("c", _bump(1))
+    except StorageError as exc:
+        unknown = exc
+    assert unknown is None or "unknown" in str(unknown), unknown
     assert proxy.lost.is_set(), "no reply was lost: the test did not test"
     got = other.read("c")
     assert got is not None
     assert got.session_data == {"n": 12}, got.session_data
+    return unknown
 
 
 def check_a_write_whose_reply_is_lost_is_made_once(
-    storage: Any, proxy: LossyProxy, marker: bytes
+    storage: Any, proxy: LossyProxy, marker: bytes, reply: bytes = b"", after: bytes = b""
 ) -> None:
     """A write the server made but whose reply was lost is retried, found made, and
     reported done: not as a conflict with itself, and not made twice.
 
     ``storage`` reaches its server through ``proxy``; ``marker`` is in the request whose
-    reply makes the write known to the client (the commit, the write script).
+    reply makes the write known to the client (the commit, the write script), ``reply`` in
+    that reply.
     """
     from savegame.storage.session.agent import AgentSession
 
@@ -154,7 +193,7 @@ def check_a_write_whose_reply_is_lost_is_made_once(
     session = storage.read("c")
     assert session is not None
     session.session_data["n"] += 1
-    proxy.lose_reply_to(marker)
+    proxy.lose_reply_to(marker, reply=reply, after=after)
     saved = storage.upsert(session, expected_version=session.version)
     assert proxy.lost.is_set(), "no reply was lost: the test did not test"
     assert saved.version == session.version + 1, saved.version

@@ -659,7 +659,17 @@ class _Write:
     """One write, as its attempts share it: what to write, on what, its token, and the
     record its last attempt stamped."""
 
-    __slots__ = ("draft", "expected", "known", "now", "preserve", "record", "token")
+    __slots__ = (
+        "committed_on",
+        "draft",
+        "expected",
+        "known",
+        "now",
+        "on",
+        "preserve",
+        "record",
+        "token",
+    )
 
     def __init__(
         self, draft: Draft, known: Known | None, expected: int | None, now: int, preserve: bool
@@ -672,6 +682,11 @@ class _Write:
         # 64 random bits: ``random`` is seeded from the OS, and again in a forked child.
         self.token = f"{random.getrandbits(64):016x}"
         self.record: Record | None = None
+        self.on = ""
+        """The stored token the last attempt wrote on ('': it made the session)."""
+        self.committed_on: str | None = None
+        """Set when an attempt sent its commit: the token it wrote on. Its connection may
+        have died after the database committed and before it said so."""
 
 
 class _Spare:
@@ -1370,6 +1385,7 @@ class SqlStorage(Storage):
                     if tries + 1 == _ATTEMPTS or not self.dialect.retryable(exc, self._dbapi):
                         raise
                     write.known = None
+                    write.committed_on = None  # a deadlock or the like: rolled back
         header = Header(record["version"], record["created_at"], record.get("expires_at"))
         listed = tuple(record.get(name) for name in self._indexed)
         self._known.put(session_id, Known.written(write.token, header, draft.runs, listed, record))
@@ -1383,6 +1399,7 @@ class SqlStorage(Storage):
         except BaseException:
             self._end(conn, False)
             raise
+        write.committed_on = write.on
         self._end(conn, True)
         return record
 
@@ -1399,6 +1416,7 @@ class SqlStorage(Storage):
                 values["sid"], values["known"] = session_id, known.token
                 if statement.run(cursor, values).rowcount == 1:
                     self._write_runs(cursor, session_id, draft.runs, known.digests)
+                    write.on = known.token
                     return record
         elif known is None and write.record is None and self._guess_new:
             # Taken for a new session while that guess keeps proving right.
@@ -1406,11 +1424,24 @@ class SqlStorage(Storage):
             if record is not None:
                 if self._inserted(cursor, sql, self._header_values(draft, record, token)):
                     self._write_runs(cursor, session_id, draft.runs, None)
+                    write.on = ""
                     return record
                 self._guess_new = False
         row = sql.lock_header.run(cursor, {"sid": session_id}).fetchone()
-        if row is not None and row[2] == token and write.record is not None:
+        holds = "" if row is None else row[2] or ""
+        if holds == token and write.record is not None:
             return write.record  # an earlier attempt committed before its connection died
+        if write.committed_on is not None and holds != write.committed_on:
+            # The session changed since the attempt whose commit went unanswered wrote on
+            # it: by that attempt, or by another writer after it. Writing again could make
+            # the change twice; reporting a conflict would have update() make it twice.
+            raise StorageError(
+                f"the connection to {self.dialect.title} at {self.where()} was lost while"
+                f" committing a write of session {session_id!r}, and the session has been"
+                " written since: whether this write was made is unknown; read the session"
+                " to see"
+            )
+        write.on = holds
         listed = () if row is None else tuple(_text(v) for v in row[3:])
         expires = None if row is None else listed[self._indexed.index("expires_at")]
         current = None if row is None else Header(row[0] or 1, row[1], expires)
