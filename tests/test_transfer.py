@@ -9,11 +9,14 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import text
 
 from savegame import transfer
 from savegame.errors import InvalidIdentifierError, SerializationError
 from savegame.storage.in_memory import InMemoryStorage
 from savegame.storage.session import MODES, Session
+from savegame.storage.session.agent import AgentSession
+from savegame.storage.sqlite import SqliteStorage
 from savegame.testing import Store
 from savegame.testing.sample import make_session
 from tests.stores import BACKENDS
@@ -222,3 +225,27 @@ def test_an_export_line_holds_any_session_exactly(mode: str, data: dict[str, Any
     back = transfer.parse_line(spec, line)
     assert back == session
     assert json.loads(line) == json.loads(transfer.session_line(back))
+
+
+def test_an_imported_message_list_copying_the_runs_is_not_stored_twice(tmp_path: Path) -> None:
+    runs = [
+        {"run_id": f"r{i}", "messages": [{"role": "user", "content": f"turn {i}"}]}
+        for i in range(3)
+    ]
+    copied = json.loads(json.dumps([m for run in runs for m in run["messages"]]))
+    differs = [*copied[:2], {"role": "user", "content": 1}]
+    source = InMemoryStorage()
+    for sid, messages in (("same", copied), ("other", differs)):
+        memory = {"runs": runs, "messages": messages}
+        source.upsert(AgentSession(session_id=sid, memory=memory))
+    storage = SqliteStorage("t", db_file=tmp_path / "s.db")
+    assert transfer.import_sessions(storage, _lines(source)).copied == 2
+    with storage.db_engine.connect() as conn:
+        stored = dict(conn.execute(text("SELECT session_id, memory FROM t")).all())
+    assert "turn 0" not in stored["same"]  # kept as the mark, made again from the runs
+    assert "turn 0" in stored["other"]  # not a copy of the runs' messages: kept as it is
+    for sid, messages in (("same", copied), ("other", differs)):
+        got = storage.read(sid)
+        assert got is not None
+        assert got.memory["messages"] == messages
+        assert got.memory["runs"] == runs
