@@ -155,25 +155,12 @@ def _open(url: str, mode: str, reading: bool = False) -> Iterator[Storage]:
     note on stderr says when the store is not there (a mistyped path would otherwise look
     like an empty store)."""
     with open_storage(url, mode) as storage:
-        if reading and not _there(storage):
+        if reading and not storage.table_exists():
             _note(
                 f"note: nothing of mode {mode} is stored at {redact(url)} yet; pass --storage"
                 " (or set SAVEGAME_STORAGE) to name another store"
             )
         yield storage
-
-
-def _there(storage: Storage) -> bool:
-    """Whether the store exists (its table, its folder); True where that cannot be told."""
-    # Imported here: the SQL layer loads SQLAlchemy, which commands on other stores skip.
-    from savegame.storage.files import FileStorage
-    from savegame.storage.sql import SqlStorage
-
-    if isinstance(storage, SqlStorage):
-        return storage.table_exists()
-    if isinstance(storage, FileStorage):
-        return storage.dir_path.is_dir()
-    return True
 
 
 # -- sessions ---------------------------------------------------------------------------------
