@@ -995,19 +995,20 @@ class SqlStorage(Storage):
             )
         return _Layout(version, frozenset(names))
 
-    def _own_runs_table(self, conn: Connection) -> bool:
-        """Whether the runs table is there and has the runs' columns."""
+    def _runs_table_is(self, conn: Connection) -> bool | None:
+        """Whether the table of the runs table's name has the runs' columns; None when
+        there is no such table."""
         runs = self.runs_table
         inspector = inspect(conn)
         if not inspector.has_table(runs.name, self.schema):
-            return False
+            return None
         names = {c["name"] for c in inspector.get_columns(runs.name, self.schema)}
         return names == set(runs.c.keys())
 
     def _check_runs_table(self, conn: Connection) -> None:
         """Refuses a runs table that another storage made as its own session table."""
         runs = self.runs_table
-        if inspect(conn).has_table(runs.name, self.schema) and not self._own_runs_table(conn):
+        if self._runs_table_is(conn) is False:
             raise StorageError(
                 f"table {runs.name!r}, where the storage of table {self.table_name!r} would"
                 " keep its runs, is another storage's session table; give this storage"
@@ -1089,8 +1090,8 @@ class SqlStorage(Storage):
             if self._absent():
                 return
             with self._schema_change() as conn:
-                self._detect(conn)
-                if self._own_runs_table(conn):
+                self._detect(conn)  # raises when this storage's table is another's runs
+                if self._runs_table_is(conn):
                     self.runs_table.drop(conn)
                 self.table.drop(conn, checkfirst=True)
                 if inspect(conn).has_table(MIGRATIONS_TABLE, self.schema):
