@@ -22,15 +22,7 @@ from typing import Any
 from savegame.errors import SerializationError
 from savegame.storage.base import Storage
 from savegame.storage.codec import check_id, encode
-from savegame.storage.known import pickle_plain
-from savegame.storage.session import (
-    MODES,
-    ModeSpec,
-    Session,
-    beside_runs,
-    get_path,
-    messages_of,
-)
+from savegame.storage.session import MODES, ModeSpec, Session, get_path
 from savegame.storage.url import open_storage, parse_url
 
 DEFAULT_BATCH_SIZE = 100
@@ -133,44 +125,15 @@ class Report:
 
 
 def _put_all(destination: Storage, sessions: list[Session], report: Report) -> None:
-    """Restores each session unless ``destination`` holds it already, equal field by field.
-
-    A message list that copies the runs' messages is made of the runs' own first, so that
-    the destination keeps it as the agent's own saves do, without repeating every run.
-    """
+    """Restores each session unless ``destination`` holds it already, equal field by field."""
     there = {s.session_id: s for s in destination.read_many(s.session_id for s in sessions)}
     for session in sessions:
         stored = there.get(session.session_id)
         if stored is not None and stored.to_dict() == session.to_dict():
             report.unchanged += 1
         else:
-            _share_messages(session.to_dict(), destination.spec.runs_path)
             destination.restore(session)
             report.copied += 1
-
-
-def _share_messages(record: dict[str, Any], path: tuple[str, ...]) -> bool:
-    """Makes the message list beside the runs at ``path`` hold the runs' own messages when
-    it holds equal copies of them, exactly (same types, same order, same keys in the same
-    order), as a session read back from JSON does; a storage then keeps the list as
-    :data:`~savegame.storage.session.MESSAGES_OF_RUNS`. ``record`` is changed in place
-    (the session's own dicts when it comes from ``to_dict``). Returns whether it did.
-    """
-    runs = get_path(record, path)
-    holder = beside_runs(record, path)
-    if type(runs) is not list or not isinstance(holder, dict):
-        return False
-    messages = holder.get("messages")
-    if type(messages) is not list or not messages:
-        return False
-    given = messages_of(runs)
-    if len(given) != len(messages):
-        return False
-    mine = pickle_plain(messages)
-    if mine is None or mine != pickle_plain(given):
-        return False
-    holder["messages"] = given
-    return True
 
 
 def import_sessions(storage: Storage, lines: Iterable[str], source: str = "line") -> Report:

@@ -132,10 +132,11 @@ def beside_runs(record: dict[str, Any], path: tuple[str, ...]) -> Any:
 
 def fold_messages(head: dict[str, Any], runs: list[Any], path: tuple[str, ...]) -> bool:
     """Puts :data:`MESSAGES_OF_RUNS` in place of the message list beside the runs at ``path``
-    when that list holds the runs' messages themselves, the same objects in the same order
-    (as an agent's session does): stored, the list would repeat every run, and every save
-    would rewrite the whole conversation. ``head`` is what :func:`split_runs` returned, whose
-    dicts on the way to the runs are its own. Returns whether it did.
+    when that list holds the runs' messages, in order: the same objects (as an agent's
+    session does), or exact copies of them (same types, same keys in the same order, as a
+    session read back from an export does). Stored, the list would repeat every run, and
+    every save would rewrite the whole conversation. ``head`` is what :func:`split_runs`
+    returned, whose dicts on the way to the runs are its own. Returns whether it did.
     """
     holder = beside_runs(head, path)
     if not isinstance(holder, dict):
@@ -144,8 +145,15 @@ def fold_messages(head: dict[str, Any], runs: list[Any], path: tuple[str, ...]) 
     if type(messages) is not list or not messages:
         return False
     given = messages_of(runs)
-    if len(given) != len(messages) or any(a is not b for a, b in zip(messages, given, strict=True)):
+    if len(given) != len(messages):
         return False
+    if any(a is not b for a, b in zip(messages, given, strict=True)):
+        # Imported here: savegame.storage.known imports this module.
+        from savegame.storage.known import pickle_plain
+
+        copied = pickle_plain(messages)
+        if copied is None or copied != pickle_plain(given):
+            return False
     holder["messages"] = MESSAGES_OF_RUNS
     return True
 
