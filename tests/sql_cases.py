@@ -15,11 +15,16 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, make_url, text
 
 from savegame.errors import BackendUnavailableError, StorageError
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.sql import SqlStorage
+from tests.lossy_proxy import (
+    LossyProxy,
+    check_a_write_whose_reply_is_lost_counts_once_after_another,
+    check_a_write_whose_reply_is_lost_is_made_once,
+)
 from tests.stores import write_original_table
 
 
@@ -169,3 +174,36 @@ def check_missing_driver(module: str, storage_class: str, url: str, extra: str) 
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert f'pip install "savegame[{extra}]"' in done.stdout
+
+
+def check_lost_commit_reply(
+    make: Callable[[str], SqlStorage],
+    server: str,
+    another: bool,
+    reply: bytes = b"",
+    after: bytes = b"",
+) -> None:
+    """A write whose commit the server made but whose reply was lost (through a proxy that
+    drops it; ``reply`` and ``after`` pick it out, see :meth:`LossyProxy.lose_reply_to`) is
+    found made; with ``another`` writer coming in before the retry, it raises that its
+    outcome is unknown, and ``update`` never applies it twice. ``make(url)`` opens the
+    storage under test at a URL."""
+    url = make_url(server)
+    other = make(server)
+    with LossyProxy(url.host or "127.0.0.1", url.port or 0) as proxy:
+        through = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+        storage = make(through)
+        try:
+            if not another:
+                check_a_write_whose_reply_is_lost_is_made_once(
+                    storage, proxy, b"COMMIT", reply, after
+                )
+                return
+            unknown = check_a_write_whose_reply_is_lost_counts_once_after_another(
+                storage, other, proxy, b"COMMIT", reply, after
+            )
+            # A SQL header keeps no earlier tokens: the outcome is reported unknown.
+            assert unknown is not None
+        finally:
+            storage.close()
+            other.close()
