@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import run_state_machine_as_test
 
 from savegame.errors import (
     ConflictError,
@@ -30,6 +31,7 @@ from savegame.errors import (
 )
 from savegame.storage.base import Storage
 from savegame.storage.session import MESSAGES_OF_RUNS, MODES, Session, get_path, set_path
+from savegame.testing.history import history_machine
 from savegame.testing.sample import check_session, make_session
 
 
@@ -799,6 +801,17 @@ class BackendContract:
         got = storage.read("prop")
         assert got is not None
         assert got.session_data == {"v": value}  # type: ignore[attr-defined]
+
+    def test_random_histories_of_two_storages_match_a_model(self, backend_store: Store) -> None:
+        run_state_machine_as_test(
+            history_machine(backend_store),
+            settings=settings(
+                max_examples=int(os.environ.get("SAVEGAME_HISTORIES", "40")),
+                stateful_step_count=30,
+                deadline=None,
+                suppress_health_check=[HealthCheck.too_slow],
+            ),
+        )
 
     def test_expiry_hides_then_purges(self, backend_store: Store) -> None:
         # Times are whole seconds, so a session lives between expire - 1 and expire seconds:
