@@ -31,7 +31,6 @@ from savegame.errors import (
 )
 from savegame.storage.base import Storage
 from savegame.storage.session import MESSAGES_OF_RUNS, MODES, Session, get_path, set_path
-from savegame.testing.history import history_machine
 from savegame.testing.sample import check_session, make_session
 
 
@@ -803,6 +802,8 @@ class BackendContract:
         assert got.session_data == {"v": value}  # type: ignore[attr-defined]
 
     def test_random_histories_of_two_storages_match_a_model(self, backend_store: Store) -> None:
+        from savegame.testing.history import history_machine  # it builds on this module
+
         run_state_machine_as_test(
             history_machine(backend_store),
             settings=settings(

@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule
 
 from savegame.errors import ConflictError
-from savegame.storage.session import MODES, Session, get_path, set_path
-
-if TYPE_CHECKING:
-    from savegame.testing.contract import Store
+from savegame.storage.session import Session, get_path, set_path
+from savegame.testing.contract import Store, _exact, _fields, _runs_of, _spec, _with_runs
 
 SIDES = st.sampled_from([0, 1])
 KEYS = st.sampled_from([0, 1])
@@ -57,24 +55,18 @@ RUNS = st.fixed_dictionaries(
 )
 
 
-def _text(session: Session, ordered: bool) -> str:
-    """What a session holds, as JSON text that tells ``1``, ``1.0`` and ``True`` apart and,
-    when ``ordered``, the orders of keys; its version and times left out."""
-    data = session.to_dict()
-    for key in ("created_at", "updated_at", "version"):
-        data.pop(key, None)
-    return json.dumps(data, sort_keys=not ordered)
-
-
 def history_machine(store: Store) -> type[RuleBasedStateMachine]:
     """A state machine class that plays random histories on ``store`` (agent mode or any
     other); each history works on sessions and a user of its own."""
-    spec = MODES[store.mode]
-    path = spec.runs_path
-    small = "cache_bytes" in type(store()).capabilities
+    path = _spec(store).runs_path
+    plain = store()
+    small = "cache_bytes" in type(plain).capabilities
 
     def opened(side: int) -> Any:
         return store(cache_bytes=3000) if small and side == 1 else store()
+
+    witness = store(cache_bytes=0) if small else plain
+    """Reads what the store holds, remembering nothing."""
 
     class History(RuleBasedStateMachine):
         def __init__(self) -> None:
@@ -94,23 +86,28 @@ def history_machine(store: Store) -> type[RuleBasedStateMachine]:
             sid = self.ids[key]
             session = self.held[side].get(sid)
             if session is None:
-                data: dict[str, Any] = {"session_id": sid, "user_id": self.users[0]}
-                set_path(data, path, [])
-                made = spec.session_class.from_dict(data)
-                assert made is not None
-                session = self.held[side][sid] = made
+                session = self.held[side][sid] = _with_runs(store, sid, [], user_id=self.users[0])
             return session
 
         def _runs(self, side: int, key: int) -> list[Any]:
-            runs: list[Any] = get_path(self._held(side, key).to_dict(), path)
+            runs: list[Any] = _runs_of(store, self._held(side, key))
             return runs
+
+        def _text(self, session: Session) -> str:
+            return _exact(_fields(session), self.ordered)
+
+        def _saved(self, side: int, sid: str, text: str, version: int) -> None:
+            """Enters a write by ``side`` in the model, and checks that the store holds it."""
+            self.stored[sid] = text
+            self.versions[sid] = self.seen[side][sid] = version
+            self._check(sid, witness.read(sid))
 
         def _check(self, sid: str, got: Session | None) -> None:
             if sid not in self.stored:
                 assert got is None, f"{sid} was deleted, yet read as {got}"
                 return
             assert got is not None, f"{sid} was saved, yet not found"
-            assert _text(got, self.ordered) == self.stored[sid]
+            assert self._text(got) == self.stored[sid]
             assert got.version == self.versions[sid]  # type: ignore[attr-defined]
 
         @rule(side=SIDES, key=KEYS, run=RUNS)
@@ -158,7 +155,7 @@ def history_machine(store: Store) -> type[RuleBasedStateMachine]:
         def copy_the_runs(self, side: int, key: int) -> None:
             data = self._held(side, key).to_dict()
             set_path(data, path, json.loads(json.dumps(get_path(data, path))))
-            copied = spec.session_class.from_dict(data)
+            copied = _spec(store).session_class.from_dict(data)
             assert copied is not None
             self.held[side][self.ids[key]] = copied
 
@@ -187,9 +184,7 @@ def history_machine(store: Store) -> type[RuleBasedStateMachine]:
                 stored = storage.upsert(session, expected_version=expected)
             else:
                 stored = storage.upsert(session)
-            self.stored[sid] = _text(session, self.ordered)
-            self.versions[sid] = self.versions.get(sid, 0) + 1
-            self.seen[side][sid] = self.versions[sid]
+            self._saved(side, sid, self._text(session), self.versions.get(sid, 0) + 1)
             self._check(sid, stored)
 
         @rule(side=SIDES, key=KEYS, run=RUNS)
@@ -199,13 +194,11 @@ def history_machine(store: Store) -> type[RuleBasedStateMachine]:
             def add(session: Session | None) -> Session:
                 if session is None:
                     session = self._held(side, key)
-                get_path(session.to_dict(), path).append(json.loads(json.dumps(run)))
+                _runs_of(store, session).append(json.loads(json.dumps(run)))
                 return session
 
             stored = self.storages[side].update(sid, add)
-            self.stored[sid] = _text(stored, self.ordered)
-            self.versions[sid] = self.versions.get(sid, 0) + 1
-            self.seen[side][sid] = self.versions[sid]
+            self._saved(side, sid, self._text(stored), self.versions.get(sid, 0) + 1)
             self.held[side][sid] = stored
             self._check(sid, self.storages[1 - side].read(sid))
 
@@ -215,9 +208,7 @@ def history_machine(store: Store) -> type[RuleBasedStateMachine]:
             session = self._held(side, key)
             session.version = version  # type: ignore[attr-defined]
             self.storages[side].restore(session)
-            self.stored[sid] = _text(session, self.ordered)
-            self.versions[sid] = max(version, self.versions.get(sid, 0) + 1)
-            self.seen[side][sid] = self.versions[sid]
+            self._saved(side, sid, self._text(session), max(version, self.versions.get(sid, 0) + 1))
             self._check(sid, self.storages[side].read(sid))
 
         @rule(side=SIDES, key=KEYS)
