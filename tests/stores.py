@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import yaml
@@ -44,14 +44,18 @@ def require_service(name: str, variable: str, default: str, probe: Callable[[str
     try:
         probe(url)
     except Exception as exc:
-        message = (
+        missing_service(
             f"{name} is not reachable at {url} ({type(exc).__name__}: {exc}); "
             f"start one or set {variable} to the URL of one"
         )
-        if os.environ.get("SAVEGAME_REQUIRE_SERVICES") == "1":
-            pytest.fail(message + " (SAVEGAME_REQUIRE_SERVICES=1: servers are required)")
-        pytest.skip(message)
     return url
+
+
+def missing_service(message: str) -> NoReturn:
+    """Skips the test for want of a server, or fails it under ``SAVEGAME_REQUIRE_SERVICES=1``."""
+    if os.environ.get("SAVEGAME_REQUIRE_SERVICES") == "1":
+        pytest.fail(message + " (SAVEGAME_REQUIRE_SERVICES=1: servers are required)")
+    pytest.skip(message)
 
 
 @dataclass
@@ -118,7 +122,7 @@ def _redis(name: str, cluster: bool, shards: int = 1) -> Callable[[Path, str], A
     @contextmanager
     def make(tmp_path: Path, mode: str) -> Iterator[Store]:
         from savegame.storage.redis import RedisStorage
-        from tests.redis_cluster import server_url
+        from tests.redis_servers import server_url
 
         server = server_url(cluster)
         prefix = unique("sg")

@@ -1,11 +1,12 @@
 """What is particular to the Redis backend: key layout, prefixes, TTL, URLs and faults.
 
 Runs against the Redis server of ``SAVEGAME_TEST_REDIS_URL`` and against a 3-master cluster
-(see ``tests/redis_cluster.py``); each test works under a prefix of its own and drops it.
+(see ``tests/redis_servers.py``); each test works under a prefix of its own and drops it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import tempfile
@@ -32,8 +33,8 @@ from tests.lossy_proxy import (
     check_a_write_whose_reply_is_lost_counts_once_after_another,
     check_a_write_whose_reply_is_lost_is_made_once,
 )
-from tests.redis_cluster import server_url
-from tests.stores import redis_client, unique
+from tests.redis_servers import server_url, tls_server
+from tests.stores import missing_service, redis_client, unique
 
 
 @pytest.fixture(params=[False, True], ids=["redis", "redis-cluster"])
@@ -301,6 +302,65 @@ def test_urls_name_server_database_prefix_and_options() -> None:
     ):
         with pytest.raises(InvalidIdentifierError):
             open_storage(bad)
+
+
+def test_url_queries_set_tls_or_are_refused() -> None:
+    with pytest.raises(ValueError, match="ssl_ca_certs needs TLS"):
+        RedisStorage("p", url="redis://h/0?ssl_ca_certs=/ca.pem")
+    with pytest.raises(ValueError, match="ssl_ca_certs needs TLS"):
+        RedisStorage("p", ssl_ca_certs="/ca.pem")
+    for bad in ("redis://h/0?colour=blue", "redis://h/0?ssl=maybe", "rediss://h/0?prefix=x"):
+        with pytest.raises(InvalidIdentifierError):
+            RedisStorage("p", url=bad)
+    with pytest.raises(InvalidIdentifierError, match="neither true nor false"):
+        open_storage("redis://h/0?ssl=sometimes")
+    RedisStorage("p", url="redis+cluster://a:1,b:2?ssl=true&ssl_ca_certs=/ca.pem")
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
+    """A server that speaks TLS only, with a certificate no system authority trusts."""
+    with contextlib.ExitStack() as stack:
+        try:
+            port, ca = stack.enter_context(tls_server(tmp_path_factory.mktemp("redis-tls")))
+        except RuntimeError as exc:
+            missing_service(f"{exc}; install redis-server (built with TLS) to run the TLS tests")
+        yield port, str(ca)
+
+
+@pytest.mark.timeout(60)
+def test_tls_with_a_private_authority_reaches_one_store_every_way(tls: tuple[int, str]) -> None:
+    port, ca = tls
+    name = unique("sgtls")
+    first = RedisStorage(name, "127.0.0.1", port, ssl=True, ssl_ca_certs=ca)
+    try:
+        first.create()
+        first.upsert(_session("over-tls", runs=_runs(3), user_id="u"))
+        ways = [
+            RedisStorage(name, url=f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}"),
+            RedisStorage(name, url=f"redis://localhost:{port}?ssl=true&ssl_ca_certs={ca}"),
+            open_storage(f"rediss://127.0.0.1:{port}/0?prefix={name}&ssl_ca_certs={ca}"),
+        ]
+        for storage in ways:
+            with storage:
+                found = storage.read("over-tls")
+                assert found is not None
+                assert found.memory["runs"] == _runs(3)
+                assert storage.get_all_session_ids(user_id="u") == ["over-tls"]
+    finally:
+        first.drop()
+        first.close()
+
+
+@pytest.mark.timeout(60)
+def test_tls_refuses_an_untrusted_certificate_and_a_plain_client(tls: tuple[int, str]) -> None:
+    port, _ = tls
+    untrusted = RedisStorage("p", "127.0.0.1", port, ssl=True, connect_timeout=2)
+    with pytest.raises(BackendUnavailableError, match=f"127.0.0.1:{port}.*certificate verify"):
+        untrusted.read("s")
+    plain = RedisStorage("p", "127.0.0.1", port, connect_timeout=2, socket_timeout=2)
+    with pytest.raises(BackendUnavailableError, match=f"127.0.0.1:{port}"):
+        plain.upsert(_session("s"))
 
 
 def test_open_storage_reaches_the_same_store(server: str, prefix: str) -> None:

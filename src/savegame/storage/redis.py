@@ -72,7 +72,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from operator import methodcaller
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from savegame.errors import (
     BackendUnavailableError,
@@ -333,13 +333,17 @@ class RedisStorage(Storage):
         db: database number (a cluster has only 0).
         password: server password, if it needs one.
         mode: the session mode.
-        ssl: connect with TLS.
+        ssl: connect with TLS, checking the server's certificate against the system's
+            certificate authorities (or ``ssl_ca_certs``) and its name against ``host``.
         expire: seconds a session lives after its last write (Redis expires it natively).
         url: a ``redis://``, ``rediss://`` or ``redis+cluster://`` URL (see :func:`from_url`)
-            instead of host, port, db, password and ssl.
+            instead of host, port, db, password and ssl; its query may hold ``ssl`` and
+            ``ssl_ca_certs``.
         client: a ready ``redis.Redis`` or ``redis.cluster.RedisCluster``; the storage
             neither configures nor closes it.
         username: the ACL user name, if the server uses ACLs.
+        ssl_ca_certs: a PEM file of the certificate authorities to trust instead of the
+            system's, for a server whose certificate a private authority signed.
         socket_timeout: seconds to wait for a reply before the call fails.
         connect_timeout: seconds to wait for a connection.
         shards: how many cluster slots the store spreads over (see the module docstring);
@@ -349,9 +353,11 @@ class RedisStorage(Storage):
             sessions (:mod:`savegame.storage.known`); 0 remembers none.
 
     Raises:
-        InvalidIdentifierError: for a prefix that does not match :data:`PREFIX`, or (at
-            first use) ``shards`` that differ from those the store was made with.
-        ValueError: for ``shards`` outside 1 to :data:`MAX_SHARDS`.
+        InvalidIdentifierError: for a prefix that does not match :data:`PREFIX`, a malformed
+            URL or one with an unknown option, or (at first use) ``shards`` that differ
+            from those the store was made with.
+        ValueError: for ``shards`` outside 1 to :data:`MAX_SHARDS`, or ``ssl_ca_certs``
+            without TLS.
         MissingDependencyError: when redis-py is not installed.
     """
 
@@ -371,6 +377,7 @@ class RedisStorage(Storage):
         *,
         client: Any = None,
         username: str | None = None,
+        ssl_ca_certs: str | None = None,
         socket_timeout: float = 30.0,
         connect_timeout: float = 5.0,
         shards: int | None = None,
@@ -400,6 +407,7 @@ class RedisStorage(Storage):
             "username": username,
             "password": password,
             "ssl": ssl,
+            "ssl_ca_certs": ssl_ca_certs,
             "socket_timeout": socket_timeout,
             "socket_connect_timeout": connect_timeout,
             "client_name": f"savegame:{prefix}",
@@ -409,6 +417,8 @@ class RedisStorage(Storage):
         if url is not None:
             nodes, db, options = _parse_url(url, options)
             cluster = url.split("://", 1)[0].lower() == "redis+cluster"
+        if options["ssl_ca_certs"] is not None and not options["ssl"]:
+            raise ValueError("ssl_ca_certs needs TLS: ssl=True, ?ssl=true or a rediss:// URL")
         if client is not None:
             self._address = _describe(client)
             self._connect: Callable[[], Any] = lambda: client
@@ -800,12 +810,17 @@ def _describe(client: Any) -> str:
 def _parse_url(
     url: str, options: dict[str, Any]
 ) -> tuple[list[tuple[str, int]], int, dict[str, Any]]:
-    """Nodes, database number and connection options of a Redis URL."""
+    """Nodes, database number and connection options of a Redis URL.
+
+    The query may set ``ssl`` and ``ssl_ca_certs``; any other option is refused rather than
+    ignored (a store's prefix, expiry and shards are arguments of the storage).
+    """
     scheme, _, rest = url.partition("://")
     scheme = scheme.lower()
     if scheme not in ("redis", "rediss", "redis+cluster"):
         raise InvalidIdentifierError(f"{scheme}:// is not a Redis URL")
-    netloc, _, path = rest.split("?", 1)[0].partition("/")
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
     options = dict(options)
     if "@" in netloc:
         credentials, netloc = netloc.rsplit("@", 1)
@@ -815,6 +830,15 @@ def _parse_url(
             options["password"] = unquote(password)
     if scheme == "rediss":
         options["ssl"] = True
+    connection = dict(parse_qsl(query, keep_blank_values=True))
+    if "ssl" in connection:
+        options["ssl"] = options["ssl"] or _flag(connection.pop("ssl"))
+    if "ssl_ca_certs" in connection:
+        options["ssl_ca_certs"] = connection.pop("ssl_ca_certs")
+    if connection:
+        raise InvalidIdentifierError(
+            f"unknown option(s) for a Redis URL: {', '.join(sorted(connection))}"
+        )
     nodes = [_node(part) for part in (netloc or "localhost").split(",")]
     if len(nodes) > 1 and scheme != "redis+cluster":
         raise InvalidIdentifierError(f"{scheme}:// names one server; use redis+cluster://")
@@ -827,6 +851,16 @@ def _parse_url(
         if scheme == "redis+cluster" and db != 0:
             raise InvalidIdentifierError("a Redis Cluster has only database 0")
     return nodes, db, options
+
+
+def _flag(value: Any) -> bool:
+    """A yes/no URL option; anything but the usual spellings is refused, not read as no."""
+    text = str(value).lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    raise InvalidIdentifierError(f"ssl={value!r} is neither true nor false")
 
 
 def _node(text: str) -> tuple[str, int]:
@@ -842,6 +876,7 @@ def from_url(url: StorageURL) -> RedisStorage:
 
     A cluster is named by any of its nodes, comma-separated:
     ``redis+cluster://[:password@]host:port[,host:port...]``, with ``?ssl=true`` for TLS.
+    ``?ssl_ca_certs=`` names a PEM file of certificate authorities to trust for TLS.
     ``?prefix=`` names the store (default ``savegame:<mode>``), ``?expire=`` gives seconds,
     ``?shards=`` spreads a new store over that many cluster slots.
 
@@ -851,7 +886,8 @@ def from_url(url: StorageURL) -> RedisStorage:
     prefix = url.pop_namespace()
     expire = url.pop_int("expire")
     shards = url.pop_int("shards")
-    ssl = str(url.options.pop("ssl", "")).lower() in ("1", "true", "yes", "on")
+    ssl = _flag(url.options.pop("ssl", ""))
+    ca_certs = url.options.pop("ssl_ca_certs", None)
     if url.options:
         raise InvalidIdentifierError(
             f"unknown option(s) for a Redis URL: {', '.join(sorted(url.options))}"
@@ -862,5 +898,6 @@ def from_url(url: StorageURL) -> RedisStorage:
         expire=expire,
         ssl=ssl,
         url=url.raw,
+        ssl_ca_certs=ca_certs,
         shards=shards,
     )

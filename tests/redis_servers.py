@@ -1,14 +1,17 @@
-"""A real three-master Redis Cluster on loopback ports, shared by every test process of a run.
+"""Redis servers the tests start themselves on loopback ports, and the URLs of those they use.
 
-:func:`cluster_url` starts the cluster on first use and returns a ``redis+cluster://`` URL.
-pytest-xdist workers of one run (same ``PYTEST_XDIST_TESTRUNUID``) share one cluster: a file
-lock guards a state file holding the servers' ports, process ids and the worker pids using
-them. Each process removes itself when it exits; the last one stops the servers by process
-id and removes their folder. A server left by a run that died is stopped by the next run
-that finds its state file with no live user.
+:func:`cluster_url` starts a real three-master Redis Cluster on first use and returns a
+``redis+cluster://`` URL. pytest-xdist workers of one run (same ``PYTEST_XDIST_TESTRUNUID``)
+share one cluster: a file lock guards a state file holding the servers' ports, process ids
+and the worker pids using them. Each process removes itself when it exits; the last one stops
+the servers by process id and removes their folder. A server left by a run that died is
+stopped by the next run that finds its state file with no live user.
 
 ``SAVEGAME_TEST_REDIS_CLUSTER_URL`` names an existing cluster instead (:func:`server_url`
 then starts nothing).
+
+:func:`tls_server` starts a standalone server that speaks only TLS, with a certificate from
+a certificate authority made for the test.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +66,7 @@ def _join() -> str:
         state = _load(base)
         if state is None or not all(_alive(pid) for pid in state["pids"]):
             if state is not None:
-                _stop(state, base)
+                stop(state, base)
             state = _start(base)
         state["users"] = [pid for pid in state["users"] if _alive(pid)] + [os.getpid()]
         _save(base, state)
@@ -79,7 +83,7 @@ def _leave(base: Path) -> None:
         if state["users"]:
             _save(base, state)
         else:
-            _stop(state, base)
+            stop(state, base)
 
 
 def _load(base: Path) -> dict[str, Any] | None:
@@ -104,7 +108,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
     """Ports whose cluster bus port (+10000) is free too."""
     ports: list[int] = []
     while len(ports) < count:
@@ -129,26 +133,20 @@ def _start(base: Path) -> dict[str, Any]:
         raise RuntimeError("redis-server and redis-cli are needed to start a Redis Cluster")
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
-    ports = _free_ports(MASTERS)
+    ports = free_ports(MASTERS)
     pids = []
     for port in ports:
         folder = base / str(port)
         folder.mkdir()
-        command = [server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled"]
-        command += ["yes", "--cluster-config-file", "nodes.conf", "--dir", str(folder)]
-        command += ["--save", "", "--appendonly", "no", "--cluster-node-timeout", "5000"]
-        log = open(folder / "server.log", "wb")  # noqa: SIM115 - the server keeps writing it
-        proc = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        log.close()
-        pids.append(proc.pid)
+        options = ["--port", str(port), "--cluster-enabled", "yes"]
+        options += ["--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000"]
+        pids.append(spawn(server, folder, options))
     state: dict[str, Any] = {"ports": ports, "pids": pids, "users": []}
     _save(base, state)
     try:
         deadline = time.monotonic() + START_TIMEOUT
         for port in ports:
-            _wait(lambda p=port: _ask(cli, p, "PING") == "PONG", deadline)
+            wait_until(lambda p=port: _ask(cli, p, "PING") == "PONG", deadline)
         nodes = [f"127.0.0.1:{p}" for p in ports]
         subprocess.run(
             [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
@@ -157,11 +155,26 @@ def _start(base: Path) -> dict[str, Any]:
             timeout=START_TIMEOUT,
         )
         for port in ports:
-            _wait(lambda p=port: "cluster_state:ok" in _ask(cli, p, "CLUSTER", "INFO"), deadline)
+            wait_until(
+                lambda p=port: "cluster_state:ok" in _ask(cli, p, "CLUSTER", "INFO"), deadline
+            )
     except BaseException:
-        _stop(state, base)
+        stop(state, base)
         raise
     return state
+
+
+def spawn(server: str, folder: Path, options: list[str]) -> int:
+    """Starts ``redis-server`` on loopback, without persistence, working in ``folder``.
+
+    Returns its process id; its output goes to ``folder/server.log``.
+    """
+    command = [server, "--bind", "127.0.0.1", "--dir", str(folder), "--save", ""]
+    command += ["--appendonly", "no", *options]
+    log = open(folder / "server.log", "wb")  # noqa: SIM115 - the server keeps writing it
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    return proc.pid
 
 
 def _ask(cli: str, port: int, *command: str) -> str:
@@ -175,14 +188,14 @@ def _ask(cli: str, port: int, *command: str) -> str:
     return done.stdout.strip()
 
 
-def _wait(ready: Any, deadline: float) -> None:
+def wait_until(ready: Any, deadline: float) -> None:
     while not ready():
         if time.monotonic() > deadline:
-            raise RuntimeError("the Redis Cluster did not come up in time")
+            raise RuntimeError("the Redis servers did not come up in time")
         time.sleep(0.1)
 
 
-def _stop(state: dict[str, Any], base: Path) -> None:
+def stop(state: dict[str, Any], base: Path) -> None:
     """Stops the servers by process id, waiting (bounded) for them to go, and removes the folder."""
     for pid in state["pids"]:
         with contextlib.suppress(ProcessLookupError):
@@ -202,6 +215,56 @@ def _reap(pid: int) -> None:
     """Collects a server that is our own child, so it does not linger as a zombie."""
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+
+
+@contextlib.contextmanager
+def tls_server(folder: Path) -> Iterator[tuple[int, Path]]:
+    """A server on a loopback port that accepts TLS only; yields (port, CA file).
+
+    Its certificate names ``127.0.0.1`` and ``localhost`` and is signed by a certificate
+    authority made here, whose PEM file is the CA file; no system authority trusts it. The
+    server is stopped by process id on leaving.
+
+    Raises:
+        RuntimeError: when ``redis-server`` is missing, was built without TLS, or does not
+            answer in time.
+    """
+    import redis
+    import trustme
+
+    server = shutil.which("redis-server")
+    if server is None:
+        raise RuntimeError("redis-server is needed to start a TLS server")
+    authority = trustme.CA()
+    issued = authority.issue_cert("127.0.0.1", "localhost")
+    ca, cert, key = folder / "ca.pem", folder / "cert.pem", folder / "key.pem"
+    authority.cert_pem.write_to_path(str(ca))
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    (port,) = free_ports(1)
+    options = ["--port", "0", "--tls-port", str(port), "--tls-auth-clients", "no"]
+    options += ["--tls-cert-file", str(cert), "--tls-key-file", str(key)]
+    options += ["--tls-ca-cert-file", str(ca)]
+    state: dict[str, Any] = {"pids": [spawn(server, folder, options)]}
+
+    def answers() -> bool:
+        _reap(state["pids"][0])
+        if not _alive(state["pids"][0]):
+            log = (folder / "server.log").read_text(errors="replace")
+            raise RuntimeError(f"redis-server did not start with TLS: {log[-500:]}")
+        client = redis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(ca))
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+        finally:
+            client.close()
+
+    try:
+        wait_until(answers, time.monotonic() + START_TIMEOUT)
+        yield port, ca
+    finally:
+        stop(state, folder)
 
 
 STARTED = "redis+cluster://(a cluster the tests start)"
