@@ -154,16 +154,20 @@ def check_a_write_whose_reply_is_lost_counts_once_after_another(
     marker: bytes,
     reply: bytes = b"",
     after: bytes = b"",
+    writes: int = 1,
 ) -> StorageError | None:
     """As :func:`check_a_write_whose_reply_is_lost_is_made_once`, with ``other`` (a storage
-    of the same store, not behind the proxy) writing the session between the lost reply and
-    the retry: ``update`` must not apply its change a second time. It either finds its write
-    made and returns, or raises :class:`StorageError` saying the outcome is unknown (which
-    is returned, for the caller to expect or not)."""
+    of the same store, not behind the proxy) making ``writes`` writes of the session between
+    the lost reply and the retry: ``update`` must not apply its change a second time. It
+    either finds its write made and returns, or raises :class:`StorageError` saying the
+    outcome is unknown (which is returned, for the caller to expect or not)."""
     storage.update("c", _bump(1))
-    proxy.lose_reply_to(
-        marker, meanwhile=lambda: other.update("c", _bump(10)), reply=reply, after=after
-    )
+
+    def meanwhile() -> None:
+        for _ in range(writes):
+            other.update("c", _bump(10))
+
+    proxy.lose_reply_to(marker, meanwhile=meanwhile, reply=reply, after=after)
     unknown: StorageError | None = None
     try:
         storage.update("c", _bump(1))
@@ -173,7 +177,7 @@ def check_a_write_whose_reply_is_lost_counts_once_after_another(
     assert proxy.lost.is_set(), "no reply was lost: the test did not test"
     got = other.read("c")
     assert got is not None
-    assert got.session_data == {"n": 12}, got.session_data
+    assert got.session_data == {"n": 2 + 10 * writes}, got.session_data
     return unknown
 
 

@@ -98,15 +98,15 @@ def test_killed_backends_leave_no_half_written_session(
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("another", [False, True], ids=["alone", "another-writes-meanwhile"])
+@sql_cases.writes_meanwhile
 def test_a_write_whose_commit_reply_is_lost_is_not_made_twice(
-    server: str, schema: str, another: bool
+    server: str, schema: str, writes: int
 ) -> None:
     # psycopg may still be reading earlier replies: lose the one that reports the commit.
     sql_cases.check_lost_commit_reply(
         lambda url: PostgresStorage("sessions", schema=schema, db_url=url),
         server,
-        another,
+        writes,
         reply=b"COMMIT\x00",
     )
 

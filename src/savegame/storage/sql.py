@@ -6,8 +6,9 @@ Layout. A storage owns two tables, both in its schema:
     one *header* row per session, with the original's column names: ``session_id`` (primary
     key), one column per field of the mode's session class (the ids as indexed strings,
     ``memory`` and the ``*_data`` fields as JSON, ``created_at``/``updated_at`` as integers),
-    plus savegame's ``version``, ``expires_at`` (indexed, for purges), ``run_count`` and
-    ``write_token`` (a random id of the write that made the row, never reused).
+    plus savegame's ``version``, ``expires_at`` (indexed, for purges), ``run_count``,
+    ``write_token`` (a random id of the write that made the row, never reused) and
+    ``past_tokens`` (the tokens of the :data:`PAST_TOKENS` writes before it, newest first).
 ``<table>_runs``
     one row per run of the list at the mode's ``runs_path`` (``memory["runs"]``, or ``runs``
     in ``workflow_v2``), keyed by ``(session_id, position)``, with a digest of its JSON text.
@@ -37,7 +38,8 @@ SQLAlchemy. A pooled connection found dead (the server restarted, or closed it) 
 discarded and the call runs again on another; a connection that cannot be made fails the
 call, with :class:`~savegame.errors.BackendUnavailableError`. A write that lost its
 connection while committing runs again with the same token, and finds it in the header
-when the first attempt had landed, so it is never applied twice.
+(or among its past tokens, when others wrote since) when the first attempt had landed, so
+it is never applied twice.
 
 Migrations. :data:`MIGRATIONS` is an ordered, append-only list. The version reached is kept
 per table in ``savegame_migrations`` (in the same schema); a table written by the original,
@@ -329,6 +331,14 @@ class Tables:
     json_columns: frozenset[str]
 
 
+TOKEN_WIDTH = 16
+"""Characters of a write token: 64 random bits in hex."""
+
+PAST_TOKENS = 8
+"""How many earlier writes' tokens a header keeps: a write whose commit went unanswered
+is found made (or not) as long as fewer writes than this came after it."""
+
+
 def build_tables(spec: ModeSpec, dialect: SqlDialect, name: str, schema: str | None) -> Tables:
     """The tables of a storage, derived from the fields of the mode's session class."""
     metadata = MetaData(schema=schema)
@@ -350,7 +360,8 @@ def build_tables(spec: ModeSpec, dialect: SqlDialect, name: str, schema: str | N
     expires = Column("expires_at", BigInteger)
     columns.append(expires)
     columns.append(Column("run_count", Integer))
-    columns.append(Column("write_token", String(16)))
+    columns.append(Column("write_token", String(TOKEN_WIDTH)))
+    columns.append(Column("past_tokens", String(TOKEN_WIDTH * PAST_TOKENS)))
     # Only sessions that expire are indexed by expiry, where the database can say so: a
     # session without one costs no index entry.
     has_expiry = expires.isnot(None)
@@ -537,7 +548,8 @@ class _Statements:
         sid: Any = bindparam("sid")
         ids: Any = bindparam("ids", expanding=True)
         names = [c.name for c in header.c]
-        written = [n for n in names if n != "session_id"]
+        # past_tokens is set from its own old value (see :meth:`update`).
+        written = [n for n in names if n not in ("session_id", "past_tokens")]
         run_columns = ["session_id", "position", "digest", "run"]
         self.header_names = names
         # Through SQLAlchemy: reads of many sessions, and of tables of an older layout.
@@ -560,6 +572,7 @@ class _Statements:
                 header.c.version,
                 header.c.created_at,
                 header.c.write_token,
+                header.c.past_tokens,
                 *(header.c[name] for name in indexed),
             )
             .where(header.c.session_id == sid)
@@ -617,6 +630,10 @@ class _Statements:
         """The UPDATE of a header that sets the indexed columns in ``changed`` and every
         other column; ``on_token``: only while the row carries the token ``:known``.
 
+        ``past_tokens`` becomes ``:on`` (the token the write replaces) followed by the past
+        tokens it had, cut to :data:`PAST_TOKENS`: computed from its own old value only, so
+        the result is the same where SET clauses see the values set before them (MySQL).
+
         Setting an indexed column to the value it has still rewrites its index entry,
         which in SQLite costs more than the rest of the write.
         """
@@ -628,7 +645,13 @@ class _Statements:
             if on_token:
                 match = match & (header.c.write_token == bindparam("known"))
             columns = [n for n in self._written if n not in self.indexed or n in changed]
-            statement = self._compile(update(header).where(match), columns)
+            # Literals, not bound values: the compiled statement takes only named values.
+            empty: Any = literal_column("''")
+            width: Any = literal_column(str(TOKEN_WIDTH * PAST_TOKENS))
+            past = bindparam("on", type_=String()) + func.coalesce(header.c.past_tokens, empty)
+            kept = func.substr(past, literal_column("1"), width)
+            query = update(header).where(match).values(past_tokens=kept)
+            statement = self._compile(query, columns)
             self._updates[key] = statement
         return statement
 
@@ -668,6 +691,7 @@ class _Write:
         "on",
         "preserve",
         "record",
+        "superseded",
         "token",
     )
 
@@ -687,6 +711,8 @@ class _Write:
         self.committed_on: str | None = None
         """Set when an attempt sent its commit: the token it wrote on. Its connection may
         have died after the database committed and before it said so."""
+        self.superseded = False
+        """Whether the write was found made, and other writes made after it."""
 
 
 class _Spare:
@@ -1228,6 +1254,7 @@ class SqlStorage(Storage):
         digests; remembered when the row carries a write token."""
         record = self._decoded(row)
         stored = record.pop("write_token", None)
+        record.pop("past_tokens", None)
         count = record.pop("run_count", None)
         digests: str | None = None
         runs: list[Any] = []
@@ -1387,6 +1414,9 @@ class SqlStorage(Storage):
                         raise
                     write.known = None
                     write.committed_on = None  # a deadlock or the like: rolled back
+        if write.superseded:
+            self._known.put(session_id, None)
+            return draft.whole(record)
         header = Header(record["version"], record["created_at"], record.get("expires_at"))
         listed = tuple(record.get(name) for name in self._indexed)
         self._known.put(session_id, Known.written(write.token, header, draft.runs, listed, record))
@@ -1415,6 +1445,7 @@ class SqlStorage(Storage):
                 values = self._header_values(draft, record, token)
                 statement = sql.update(self._changed(values, known.listed), True)
                 values["sid"], values["known"] = session_id, known.token
+                values["on"] = known.token
                 if statement.run(cursor, values).rowcount == 1:
                     self._write_runs(cursor, session_id, draft.runs, known.digests)
                     write.on = known.token
@@ -1430,20 +1461,25 @@ class SqlStorage(Storage):
                 self._guess_new = False
         row = sql.lock_header.run(cursor, {"sid": session_id}).fetchone()
         holds = "" if row is None else row[2] or ""
-        if holds == token and write.record is not None:
-            return write.record  # an earlier attempt committed before its connection died
-        if write.committed_on is not None and holds != write.committed_on:
-            # The session changed since the attempt whose commit went unanswered wrote on
-            # it: by that attempt, or by another writer after it. Writing again could make
-            # the change twice; reporting a conflict would have update() make it twice.
-            raise StorageError(
-                f"the connection to {self.dialect.title} at {self.where()} was lost while"
-                f" committing a write of session {session_id!r}, and the session has been"
-                " written since: whether this write was made is unknown; read the session"
-                " to see"
-            )
+        if write.committed_on is not None and write.record is not None:
+            made = self._made(write, row)
+            if made is None:
+                # The session changed since the attempt whose commit went unanswered wrote
+                # on it, too often to tell by whom. Writing again could make the change
+                # twice; reporting a conflict would have update() make it twice.
+                raise StorageError(
+                    f"the connection to {self.dialect.title} at {self.where()} was lost"
+                    f" while committing a write of session {session_id!r}, and the session"
+                    " has been written since: whether this write was made is unknown; read"
+                    " the session to see"
+                )
+            if made:
+                # An earlier attempt committed before its connection died.
+                write.superseded = holds != write.token
+                return write.record
+            write.committed_on = None
         write.on = holds
-        listed = () if row is None else tuple(_text(v) for v in row[3:])
+        listed = () if row is None else tuple(_text(v) for v in row[4:])
         expires = None if row is None else listed[self._indexed.index("expires_at")]
         current = None if row is None else Header(row[0] or 1, row[1], expires)
         record = self._stamp(draft.record, current, write.expected, write.now, write.preserve)
@@ -1455,7 +1491,7 @@ class SqlStorage(Storage):
             self._guess_new = True
         else:
             statement = sql.update(self._changed(values, listed), False)
-            values["sid"] = session_id
+            values["sid"], values["on"] = session_id, holds
             statement.run(cursor, values)
             if known is not None and row[2] == known.token:
                 stored = known.digests
@@ -1463,6 +1499,30 @@ class SqlStorage(Storage):
                 stored = "".join(d for (d,) in sql.digests.run(cursor, {"sid": session_id}))
         self._write_runs(cursor, session_id, draft.runs, stored)
         return record
+
+    @staticmethod
+    def _made(write: _Write, row: Sequence[Any] | None) -> bool | None:
+        """Whether the attempt of ``write`` whose commit went unanswered was made, from the
+        session's locked header ``row`` (None: there is none); None when it cannot be told.
+
+        The header's token and past tokens are its last writes, newest first, each made on
+        the one after it. The write was made if its token is among them; it was not if the
+        token it wrote on is among them and not followed by its own, or if the chain goes
+        back to the session's making and the write was to make it. A session deleted since
+        keeps no chain: then only a write that was to make it is taken as not made.
+        """
+        if row is None:
+            return False if write.committed_on == "" else None
+        past = row[3] or ""
+        chain = [row[2] or ""]
+        chain += [past[i : i + TOKEN_WIDTH] for i in range(0, len(past), TOKEN_WIDTH)]
+        if write.token in chain:
+            return True
+        if write.committed_on in chain:
+            return False
+        if write.committed_on == "" and len(chain) <= PAST_TOKENS:
+            return False
+        return None
 
     def _changed(self, values: dict[str, Any], listed: tuple[Any, ...]) -> frozenset[str]:
         """The indexed columns whose new ``values`` differ from the stored ``listed``."""
@@ -1698,7 +1758,7 @@ def _add_columns(storage: SqlStorage, conn: Connection, names: Iterable[str]) ->
             index.create(conn, checkfirst=True)
 
 
-_LATER_COLUMNS = ("run_count", "write_token")
+_LATER_COLUMNS = ("run_count", "write_token", "past_tokens")
 """Columns that migrations after the second add."""
 
 
@@ -1749,10 +1809,15 @@ def _write_token(storage: SqlStorage, conn: Connection) -> None:
     _add_columns(storage, conn, ["write_token"])
 
 
+def _past_tokens(storage: SqlStorage, conn: Connection) -> None:
+    _add_columns(storage, conn, ["past_tokens"])
+
+
 MIGRATIONS: list[Migration] = [
     Migration(2, "every session field as a column; version and expires_at", _savegame_columns),
     Migration(3, "runs in <table>_runs, one row each; run_count in the header", _runs_table),
     Migration(4, "write_token: a random id of each session's last write", _write_token),
+    Migration(5, "past_tokens: the tokens of each session's writes before its last", _past_tokens),
 ]
 """Append-only. Version 1 is the original's table; each entry brings a table one step on."""
 

@@ -1,6 +1,9 @@
-"""Table names that SQL storages derive from theirs: a storage named after another's runs
-table, or whose runs table is another's session table, is refused with a clear error and
-touches neither table. Runs on SQLite, PostgreSQL and MySQL alike."""
+"""The tables of the SQL storages, on SQLite, PostgreSQL and MySQL alike.
+
+Table names that storages derive from theirs: a storage named after another's runs table, or
+whose runs table is another's session table, is refused with a clear error and touches
+neither table. A table of an earlier savegame's layout is read, upgraded and written.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import MetaData, Table, update
 
 from savegame.errors import StorageError
 from savegame.storage.session.agent import AgentSession
@@ -74,3 +78,47 @@ def test_a_runs_table_that_is_another_session_table_is_refused(sql_store: Store)
         clash.drop()
         runs_owner.close()
         clash.close()
+
+
+def test_a_table_from_before_past_tokens_is_read_then_upgraded_and_written(
+    sql_store: Store,
+) -> None:
+    first = _sql(sql_store)
+    runs = [{"run_id": f"r{i}"} for i in range(3)]
+    first.upsert(AgentSession(session_id="a", memory={"runs": runs}, session_data={"n": 1}))
+    first.upsert(AgentSession(session_id="a", memory={"runs": runs}, session_data={"n": 2}))
+    engine, table = first.db_engine, first.table_name
+    # What savegame wrote before past_tokens: migration 4 applied, the column not there.
+    with engine.begin() as conn:
+        quote = conn.dialect.identifier_preparer
+        name = quote.format_table(Table(table, MetaData(schema=first.schema)))
+        conn.exec_driver_sql(f"ALTER TABLE {name} DROP COLUMN past_tokens")
+        migrations = Table("savegame_migrations", MetaData(schema=first.schema), autoload_with=conn)
+        conn.execute(update(migrations).where(migrations.c.table_name == table).values(version=4))
+    older = _sibling(first, table)
+    try:
+        got = older.read("a")
+        assert got is not None
+        assert (got.memory, got.session_data, got.version) == ({"runs": runs}, {"n": 2}, 2)
+        with pytest.raises(StorageError, match="older layout \\(version 4"):
+            older.upsert(AgentSession(session_id="a", memory={"runs": runs}))
+        older.upgrade_schema()
+        got.session_data = {"n": 3}
+        saved = older.upsert(got, expected_version=2)
+        assert saved.version == 3
+        again = _sibling(first, table)
+        try:
+            read = again.read("a")
+            assert read is not None
+            assert (read.memory, read.session_data, read.version) == ({"runs": runs}, {"n": 3}, 3)
+        finally:
+            again.close()
+        with engine.connect() as conn:
+            header = Table(table, MetaData(schema=first.schema), autoload_with=conn)
+            past = conn.execute(
+                header.select().with_only_columns(header.c.past_tokens)
+            ).scalar_one()
+        assert isinstance(past, str)
+        assert len(past) == 16  # the token of the write before the upgrade
+    finally:
+        older.close()
