@@ -70,6 +70,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable
+from functools import partial
 from operator import methodcaller
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -114,6 +115,9 @@ BATCH = 500
 READ_BATCH = 50
 """Sessions read per script call by the listings that return sessions."""
 
+RETRIES = 3
+"""Times a call is sent again after its connection failed (see :meth:`RedisStorage._call`)."""
+
 MAX_WRITE_ATTEMPTS = 1000
 """Writes that found the session changed between reading its header and writing it."""
 
@@ -153,9 +157,12 @@ end
 # KEYS: all, idx, exp, header, runs, digests, new index keys...
 # ARGV: key prefix, id, token of the header written on ('': none), new token, score,
 #       expires_at (''), data, version, created_at, run count ('': runs not in a list),
-#       runs mode ('keep' or 'replace'), then (position, digest, text) for each new or
+#       runs mode ('keep' or 'replace'), 'again' when an earlier sending of this write may
+#       have reached the server (else ''), then (position, digest, text) for each new or
 #       changed run, in ascending order.
-# Returns 1 when written, or the stored header (see _HEAD) when the token differs.
+# Returns 1 when written (now or by an earlier sending), 3 when written by an earlier
+# sending and written over since, 2 when sent again and whether it was written cannot be
+# told, or the stored header (see _HEAD) when the token differs.
 _WRITE = (
     _HEAD
     + """
@@ -165,7 +172,16 @@ local current = stored[1] or ''
 local past = stored[2] or ''
 if current ~= ARGV[3] then
   -- This write's own token: the script ran before, and its reply was lost.
-  if current == ARGV[4] or string.find(past, ARGV[4], 1, true) then return 1 end
+  if current == ARGV[4] then return 1 end
+  if string.find(past, ARGV[4], 1, true) then return 3 end
+  if ARGV[12] ~= '' then
+    -- Not written if the token it wrote on is among the kept ones (another write followed
+    -- it), or if it was to make the session and the kept tokens go back to its making.
+    local on = ARGV[3]
+    local followed = current ~= '' and (
+      (on ~= '' and string.find(past, on, 1, true)) or (on == '' and #past < PAST))
+    if not followed then return 2 end
+  end
   return head(KEYS[4], KEYS[6])
 end
 past = string.sub(current .. past, 1, PAST)
@@ -196,7 +212,7 @@ redis.call('HSET', KEYS[4], unpack(fields))
 if ARGV[11] == 'replace' then redis.call('DEL', KEYS[5], KEYS[6]) end
 local count = tonumber(ARGV[10]) or 0
 local length = redis.call('LLEN', KEYS[5])
-for i = 12, #ARGV, 3 do
+for i = 13, #ARGV, 3 do
   local pos = tonumber(ARGV[i])
   if pos < length then
     redis.call('LSET', KEYS[5], pos, ARGV[i + 2])
@@ -224,6 +240,11 @@ end
 return 1
 """.replace("WIDTH", str(2 * DIGEST_SIZE)).replace("PAST", str(PAST_TOKENS * 2 * TOKEN_BYTES))
 )
+
+_AGAIN = 11
+"""Where the write script's arguments say it is sent again."""
+_WRITTEN, _UNKNOWN, _WRITTEN_OVER = 1, 2, 3
+"""The write script's answers other than a header."""
 
 # KEYS: header, digests; returns the stored header (see _HEAD).
 _HEADER = _HEAD + "return head(KEYS[1], KEYS[2])\n"
@@ -433,11 +454,11 @@ class RedisStorage(Storage):
     # -- connections and the one place driver errors become savegame errors ---------------
 
     def _retry(self) -> Any:
-        from redis.backoff import ExponentialWithJitterBackoff
+        from redis.backoff import NoBackoff
         from redis.retry import Retry
 
-        # A short budget: a server that is down must fail the call within seconds.
-        return Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 3)
+        # savegame retries itself (see _call), so that a write knows when it is sent again.
+        return Retry(NoBackoff(), 0)
 
     def _standalone(self, host: str, port: int, db: int, options: dict[str, Any]) -> Any:
         return self._redis.Redis(host=host, port=port, db=db, retry=self._retry(), **options)
@@ -459,14 +480,31 @@ class RedisStorage(Storage):
         return StorageError(f"{self._address} refused the command: {exc}")
 
     def _call(self, fn: Callable[[Any], T]) -> T:
-        """Runs ``fn(client)``, connecting first if needed, with driver errors mapped."""
-        try:
-            client = self._client
-            if client is None or not self._scripts:
-                client = self._connected()
-            return fn(client)
-        except self._driver_errors as exc:
-            raise self._mapped(exc) from exc
+        """Runs ``fn(client)``, connecting first if needed, with driver errors mapped.
+
+        On a client savegame made, a call whose connection failed, or that the cluster
+        could not serve, runs again up to :data:`RETRIES` times after a short, growing
+        pause: a server that is down fails the call within seconds. ``fn`` may have reached
+        the server before it failed. A client given to the storage retries as it was set
+        up to.
+        """
+        errors = self._redis.exceptions
+        again = (errors.ConnectionError, errors.TimeoutError, errors.ClusterDownError)
+        failures = 0
+        while True:
+            try:
+                client = self._client
+                if client is None or not self._scripts:
+                    client = self._connected()
+                return fn(client)
+            except again as exc:
+                failures += 1
+                if self._given or failures > RETRIES:
+                    raise self._mapped(exc) from exc
+            except self._driver_errors as exc:
+                raise self._mapped(exc) from exc
+            pause = min(0.5, 0.05 * 2**failures)
+            time.sleep(pause * (1 + secrets.randbelow(1000) / 1000) / 2)
 
     def _connected(self) -> Any:
         """The client, made (and the store's layout read) on first use."""
@@ -675,11 +713,21 @@ class RedisStorage(Storage):
             if seen is ABSENT and not trusted and _payload(args) > GUESS:
                 seen, trusted = self._header(sid), True
                 continue
-            result = self._script(_WRITE, keys, args)
-            if not isinstance(result, list):
+            result = self._call(partial(self._send_write, keys, args))
+            if result == _WRITTEN:
                 self._known.put(sid, written)
                 return draft.whole(record)
             self._known.put(sid, None)
+            if result == _WRITTEN_OVER:
+                return draft.whole(record)
+            if result == _UNKNOWN:
+                # Writing again could make the change twice; reporting a conflict would
+                # have update() make it twice.
+                raise StorageError(
+                    f"the connection to {self._address} was lost while writing session"
+                    f" {sid!r}, and the session has been written since: whether this write"
+                    " was made is unknown; read the session to see"
+                )
             if trusted:
                 # Another writer came between our read and our write: let it finish.
                 time.sleep(secrets.randbelow(1000) / 1e6)
@@ -694,6 +742,14 @@ class RedisStorage(Storage):
             f"session {sid!r} in {self._address} changed under each of "
             f"{MAX_WRITE_ATTEMPTS} attempts to write it; nothing was written"
         )
+
+    def _send_write(self, keys: list[str], args: list[Any], client: Any) -> Any:
+        """Runs the write script; a sending that fails marks the next as sent again."""
+        try:
+            return self._scripts[_WRITE](keys=keys, args=args, client=client)
+        except BaseException:
+            args[_AGAIN] = "again"
+            raise
 
     def _header(self, session_id: str) -> Known:
         tag = self._tag(session_id)
@@ -727,6 +783,7 @@ class RedisStorage(Storage):
             record["created_at"],
             "" if runs is None else len(runs),
             "replace" if seen.digests is None else "keep",
+            "",
             *changes,
         ]
         header = Header(record["version"], record["created_at"], expires)
