@@ -126,11 +126,14 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def _start(base: Path) -> dict[str, Any]:
+def _start(base: Path, tls: dict[str, Path] | None = None) -> dict[str, Any]:
+    """Starts the servers in ``base`` and forms the cluster; ``tls``: speaking TLS only,
+    with the files of :func:`_tls_files`."""
     server = shutil.which("redis-server")
-    cli = shutil.which("redis-cli")
-    if server is None or cli is None:
+    found = shutil.which("redis-cli")
+    if server is None or found is None:
         raise RuntimeError("redis-server and redis-cli are needed to start a Redis Cluster")
+    cli = [found] if tls is None else [found, "--tls", "--cacert", str(tls["ca"])]
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
     ports = free_ports(MASTERS)
@@ -138,8 +141,12 @@ def _start(base: Path) -> dict[str, Any]:
     for port in ports:
         folder = base / str(port)
         folder.mkdir()
-        options = ["--port", str(port), "--cluster-enabled", "yes"]
-        options += ["--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000"]
+        options = ["--port", str(port)]
+        if tls is not None:
+            options = ["--port", "0", "--tls-port", str(port), "--tls-cluster", "yes"]
+            options += _tls_options(tls)
+        options += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+        options += ["--cluster-node-timeout", "5000"]
         pids.append(spawn(server, folder, options))
     state: dict[str, Any] = {"ports": ports, "pids": pids, "users": []}
     _save(base, state)
@@ -149,7 +156,7 @@ def _start(base: Path) -> dict[str, Any]:
             wait_until(lambda p=port: _ask(cli, p, "PING") == "PONG", deadline)
         nodes = [f"127.0.0.1:{p}" for p in ports]
         subprocess.run(
-            [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            [*cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
             check=True,
             capture_output=True,
             timeout=START_TIMEOUT,
@@ -177,9 +184,9 @@ def spawn(server: str, folder: Path, options: list[str]) -> int:
     return proc.pid
 
 
-def _ask(cli: str, port: int, *command: str) -> str:
+def _ask(cli: list[str], port: int, *command: str) -> str:
     done = subprocess.run(
-        [cli, "-h", "127.0.0.1", "-p", str(port), *command],
+        [*cli, "-h", "127.0.0.1", "-p", str(port), *command],
         capture_output=True,
         text=True,
         timeout=5,
@@ -217,12 +224,30 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
+def _tls_files(folder: Path) -> dict[str, Path]:
+    """A certificate authority made here (``ca``) and a server certificate it signed for
+    ``127.0.0.1`` and ``localhost`` (``cert``, ``key``), as PEM files in ``folder``."""
+    import trustme
+
+    authority = trustme.CA()
+    issued = authority.issue_cert("127.0.0.1", "localhost")
+    files = {name: folder / f"{name}.pem" for name in ("ca", "cert", "key")}
+    authority.cert_pem.write_to_path(str(files["ca"]))
+    issued.cert_chain_pems[0].write_to_path(str(files["cert"]))
+    issued.private_key_pem.write_to_path(str(files["key"]))
+    return files
+
+
+def _tls_options(files: dict[str, Path]) -> list[str]:
+    options = ["--tls-cert-file", str(files["cert"]), "--tls-key-file", str(files["key"])]
+    return [*options, "--tls-ca-cert-file", str(files["ca"]), "--tls-auth-clients", "no"]
+
+
 @contextlib.contextmanager
 def tls_server(folder: Path) -> Iterator[tuple[int, Path]]:
     """A server on a loopback port that accepts TLS only; yields (port, CA file).
 
-    Its certificate names ``127.0.0.1`` and ``localhost`` and is signed by a certificate
-    authority made here, whose PEM file is the CA file; no system authority trusts it. The
+    Its certificate (see :func:`_tls_files`) comes from an authority no system trusts. The
     server is stopped by process id on leaving.
 
     Raises:
@@ -230,21 +255,13 @@ def tls_server(folder: Path) -> Iterator[tuple[int, Path]]:
             answer in time.
     """
     import redis
-    import trustme
 
     server = shutil.which("redis-server")
     if server is None:
         raise RuntimeError("redis-server is needed to start a TLS server")
-    authority = trustme.CA()
-    issued = authority.issue_cert("127.0.0.1", "localhost")
-    ca, cert, key = folder / "ca.pem", folder / "cert.pem", folder / "key.pem"
-    authority.cert_pem.write_to_path(str(ca))
-    issued.cert_chain_pems[0].write_to_path(str(cert))
-    issued.private_key_pem.write_to_path(str(key))
+    files = _tls_files(folder)
     (port,) = free_ports(1)
-    options = ["--port", "0", "--tls-port", str(port), "--tls-auth-clients", "no"]
-    options += ["--tls-cert-file", str(cert), "--tls-key-file", str(key)]
-    options += ["--tls-ca-cert-file", str(ca)]
+    options = ["--port", "0", "--tls-port", str(port), *_tls_options(files)]
     state: dict[str, Any] = {"pids": [spawn(server, folder, options)]}
 
     def answers() -> bool:
@@ -252,7 +269,7 @@ def tls_server(folder: Path) -> Iterator[tuple[int, Path]]:
         if not _alive(state["pids"][0]):
             log = (folder / "server.log").read_text(errors="replace")
             raise RuntimeError(f"redis-server did not start with TLS: {log[-500:]}")
-        client = redis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(ca))
+        client = redis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(files["ca"]))
         try:
             return bool(client.ping())
         except redis.ConnectionError:
@@ -262,9 +279,25 @@ def tls_server(folder: Path) -> Iterator[tuple[int, Path]]:
 
     try:
         wait_until(answers, time.monotonic() + START_TIMEOUT)
-        yield port, ca
+        yield port, files["ca"]
     finally:
         stop(state, folder)
+
+
+@contextlib.contextmanager
+def tls_cluster(folder: Path) -> Iterator[tuple[list[int], Path]]:
+    """A 3-master cluster on loopback ports that speaks TLS only, between its nodes too;
+    yields (ports, CA file). Stopped by process id on leaving.
+
+    Raises:
+        RuntimeError: as :func:`tls_server`, or when the cluster does not form in time.
+    """
+    files = _tls_files(folder)
+    state = _start(folder / "cluster", files)
+    try:
+        yield state["ports"], files["ca"]
+    finally:
+        stop(state, folder / "cluster")
 
 
 STARTED = "redis+cluster://(a cluster the tests start)"

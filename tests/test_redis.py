@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -33,8 +35,10 @@ from tests.lossy_proxy import (
     check_a_write_whose_reply_is_lost_counts_once_after_another,
     check_a_write_whose_reply_is_lost_is_made_once,
 )
-from tests.redis_servers import server_url, tls_server
+from tests.redis_servers import server_url, tls_cluster, tls_server
 from tests.stores import missing_service, redis_client, unique
+
+T = TypeVar("T")
 
 
 @pytest.fixture(params=[False, True], ids=["redis", "redis-cluster"])
@@ -317,14 +321,21 @@ def test_url_queries_set_tls_or_are_refused() -> None:
     RedisStorage("p", url="redis+cluster://a:1,b:2?ssl=true&ssl_ca_certs=/ca.pem")
 
 
+@contextlib.contextmanager
+def _tls_started(start: AbstractContextManager[T]) -> Iterator[T]:
+    """What ``start`` yields; skips the tests (fails them under CI) when it cannot start."""
+    with contextlib.ExitStack() as stack:
+        try:
+            started = stack.enter_context(start)
+        except RuntimeError as exc:
+            missing_service(f"{exc}; install redis-server (built with TLS) to run the TLS tests")
+        yield started
+
+
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
     """A server that speaks TLS only, with a certificate no system authority trusts."""
-    with contextlib.ExitStack() as stack:
-        try:
-            port, ca = stack.enter_context(tls_server(tmp_path_factory.mktemp("redis-tls")))
-        except RuntimeError as exc:
-            missing_service(f"{exc}; install redis-server (built with TLS) to run the TLS tests")
+    with _tls_started(tls_server(tmp_path_factory.mktemp("redis-tls"))) as (port, ca):
         yield port, str(ca)
 
 
@@ -361,6 +372,47 @@ def test_tls_refuses_an_untrusted_certificate_and_a_plain_client(tls: tuple[int,
     plain = RedisStorage("p", "127.0.0.1", port, connect_timeout=2, socket_timeout=2)
     with pytest.raises(BackendUnavailableError, match=f"127.0.0.1:{port}"):
         plain.upsert(_session("s"))
+
+
+@pytest.fixture(scope="module")
+def tls_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A 3-master cluster that speaks TLS only: its nodes as ``host:port,...``, the CA file."""
+    with _tls_started(tls_cluster(tmp_path_factory.mktemp("tls-cluster"))) as (ports, ca):
+        yield ",".join(f"127.0.0.1:{port}" for port in ports), str(ca)
+
+
+@pytest.mark.timeout(90)
+def test_a_cluster_over_tls_serves_a_store_spread_over_its_masters(
+    tls_nodes: tuple[str, str],
+) -> None:
+    nodes, ca = tls_nodes
+    host, port = nodes.split(",")[0].split(":")
+    raw = RedisCluster(host=host, port=int(port), ssl=True, ssl_ca_certs=ca)
+    for _ in range(1000):
+        name = unique("sgtls")
+        tags = [f"{{{name}#{i}}}:all" for i in range(3)]
+        if len({raw.get_node_from_key(tag).name for tag in tags}) == 3:
+            break
+    url = f"redis+cluster://{nodes}?ssl=true&ssl_ca_certs={ca}"
+    storage = RedisStorage(name, url=url, shards=3)
+    ids = [f"s{i}" for i in range(12)]
+    try:
+        for sid in ids:
+            storage.upsert(_session(sid, runs=_runs(2, sid), user_id="u"))
+        assert all(raw.exists(tag) for tag in tags), "a master holds none of the sessions"
+        with open_storage(f"{url}&prefix={name}") as other:
+            assert sorted(other.get_all_session_ids(user_id="u")) == sorted(ids)
+            for sid in ids:
+                found = other.read(sid)
+                assert found is not None
+                assert found.memory["runs"] == _runs(2, sid)
+        plain = RedisStorage(name, url=f"redis+cluster://{nodes}", connect_timeout=2)
+        with pytest.raises(BackendUnavailableError, match=re.escape(f"Redis Cluster at {nodes}")):
+            plain.read("s0")
+    finally:
+        storage.drop()
+        storage.close()
+        raw.close()
 
 
 def test_open_storage_reaches_the_same_store(server: str, prefix: str) -> None:
