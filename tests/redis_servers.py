@@ -10,8 +10,8 @@ stopped by the next run that finds its state file with no live user.
 ``SAVEGAME_TEST_REDIS_CLUSTER_URL`` names an existing cluster instead (:func:`server_url`
 then starts nothing).
 
-:func:`tls_server` starts a standalone server that speaks only TLS, with a certificate from
-a certificate authority made for the test.
+:func:`tls_server` and :func:`tls_cluster` start a standalone server and a 3-master cluster
+that speak only TLS, with certificates from a certificate authority made for the test.
 """
 
 from __future__ import annotations
@@ -111,7 +111,9 @@ def _alive(pid: int) -> bool:
 def free_ports(count: int) -> list[int]:
     """Ports whose cluster bus port (+10000) is free too."""
     ports: list[int] = []
-    while len(ports) < count:
+    for _ in range(100 * count):
+        if len(ports) == count:
+            return ports
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
@@ -123,7 +125,9 @@ def free_ports(count: int) -> list[int]:
             except OSError:
                 continue
         ports.append(port)
-    return ports
+    if len(ports) == count:
+        return ports
+    raise RuntimeError(f"found no {count} free loopback ports with free bus ports")
 
 
 def _start(base: Path, tls: dict[str, Path] | None = None) -> dict[str, Any]:
