@@ -36,3 +36,11 @@ def backend_store(backend: Backend, tmp_path: Path) -> Iterator[Store]:
     """An isolated store of every backend, in mode ``agent``."""
     with backend.make(tmp_path, "agent") as made:
         yield made
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Gives the random-history tests room to shrink a failure: Hypothesis may spend up to
+    300 s shrinking, the suite's default timeout, after finding it."""
+    for item in items:
+        if item.name.startswith("test_random_histories_"):
+            item.add_marker(pytest.mark.timeout(900))
