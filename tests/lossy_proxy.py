@@ -147,20 +147,51 @@ def _bump(by: int) -> Callable[[Any], Any]:
     return bump
 
 
-def check_a_write_whose_reply_is_lost_counts_once_after_another(
+def _made_once(
+    storage: Any, proxy: LossyProxy, marker: bytes, reply: bytes = b"", after: bytes = b""
+) -> None:
+    """A write the server made but whose reply was lost, with no other write before it is
+    sent again, is found made and reported done: not as a conflict with itself, and not
+    made twice."""
+    from savegame.storage.session.agent import AgentSession
+
+    storage.upsert(AgentSession(session_id="c", session_data={"n": 1}))
+    session = storage.read("c")
+    assert session is not None
+    session.session_data["n"] += 1
+    proxy.lose_reply_to(marker, reply=reply, after=after)
+    saved = storage.upsert(session, expected_version=session.version)
+    assert proxy.lost.is_set(), "no reply was lost: the test did not test"
+    assert saved.version == session.version + 1, saved.version
+    got = storage.read("c")
+    assert got is not None
+    stored = (got.session_data, got.version)
+    assert stored == ({"n": 2}, session.version + 1), stored
+
+
+def check_lost_reply(
     storage: Any,
     other: Any,
     proxy: LossyProxy,
     marker: bytes,
+    writes: int,
+    kept: int,
     reply: bytes = b"",
     after: bytes = b"",
-    writes: int = 1,
-) -> StorageError | None:
-    """As :func:`check_a_write_whose_reply_is_lost_is_made_once`, with ``other`` (a storage
-    of the same store, not behind the proxy) making ``writes`` writes of the session between
-    the lost reply and the retry: ``update`` must not apply its change a second time. It
-    either finds its write made and returns, or raises :class:`StorageError` saying the
-    outcome is unknown (which is returned, for the caller to expect or not)."""
+) -> None:
+    """A write whose reply ``proxy`` loses is found made and never made twice, with
+    ``writes`` writes of ``other`` (a storage of the same store whose replies are not lost)
+    coming in before it is sent again, as long as they are at most ``kept`` (the past tokens
+    a header keeps); after more, it raises :class:`StorageError` saying its outcome is
+    unknown. Whichever, ``update`` must not apply its change a second time.
+
+    ``marker`` is in the request whose reply makes the write known to the client (the
+    commit, the write script), ``reply`` in that reply; ``after``: see
+    :meth:`LossyProxy.lose_reply_to`.
+    """
+    if not writes:
+        _made_once(storage, proxy, marker, reply, after)
+        return
     storage.update("c", _bump(1))
 
     def meanwhile() -> None:
@@ -178,30 +209,16 @@ def check_a_write_whose_reply_is_lost_counts_once_after_another(
     got = other.read("c")
     assert got is not None
     assert got.session_data == {"n": 2 + 10 * writes}, got.session_data
-    return unknown
+    assert (unknown is not None) == (writes > kept), unknown
 
 
-def check_a_write_whose_reply_is_lost_is_made_once(
-    storage: Any, proxy: LossyProxy, marker: bytes, reply: bytes = b"", after: bytes = b""
-) -> None:
-    """A write the server made but whose reply was lost is retried, found made, and
-    reported done: not as a conflict with itself, and not made twice.
+def writes_meanwhile(kept: int) -> Any:
+    """The parametrization of a test running :func:`check_lost_reply`: no other write, one,
+    as many as a header keeps tokens of, and one more."""
+    import pytest
 
-    ``storage`` reaches its server through ``proxy``; ``marker`` is in the request whose
-    reply makes the write known to the client (the commit, the write script), ``reply`` in
-    that reply.
-    """
-    from savegame.storage.session.agent import AgentSession
-
-    storage.upsert(AgentSession(session_id="c", session_data={"n": 1}))
-    session = storage.read("c")
-    assert session is not None
-    session.session_data["n"] += 1
-    proxy.lose_reply_to(marker, reply=reply, after=after)
-    saved = storage.upsert(session, expected_version=session.version)
-    assert proxy.lost.is_set(), "no reply was lost: the test did not test"
-    assert saved.version == session.version + 1, saved.version
-    got = storage.read("c")
-    assert got is not None
-    stored = (got.session_data, got.version)
-    assert stored == ({"n": 2}, session.version + 1), stored
+    return pytest.mark.parametrize(
+        "writes",
+        [0, 1, kept, kept + 1],
+        ids=["alone", "another-writes", "past-tokens-full", "too-many-writes"],
+    )

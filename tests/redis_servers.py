@@ -10,7 +10,8 @@ stopped by the next run that finds its state file with no live user.
 ``SAVEGAME_TEST_REDIS_CLUSTER_URL`` names an existing cluster instead (:func:`server_url`
 then starts nothing).
 
-:func:`tls_server` and :func:`tls_cluster` start a standalone server and a 3-master cluster
+:func:`lossy_cluster` starts a cluster whose clients reach it through proxies that can lose
+a reply. :func:`tls_server` and :func:`tls_cluster` start a standalone server and a 3-master cluster
 that speak only TLS, with certificates from a certificate authority made for the test.
 """
 
@@ -26,11 +27,13 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
+
+from tests.lossy_proxy import LossyProxy
 
 MASTERS = 3
 START_TIMEOUT = 30.0
@@ -130,9 +133,14 @@ def free_ports(count: int) -> list[int]:
     raise RuntimeError(f"found no {count} free loopback ports with free bus ports")
 
 
-def _start(base: Path, tls: dict[str, Path] | None = None) -> dict[str, Any]:
+def _start(
+    base: Path,
+    tls: dict[str, Path] | None = None,
+    announce: Callable[[int], int] | None = None,
+) -> dict[str, Any]:
     """Starts the servers in ``base`` and forms the cluster; ``tls``: speaking TLS only,
-    with the files of :func:`_tls_files`."""
+    with the files of :func:`_tls_files`; ``announce(port)``: the port a node tells clients
+    to reach it at, instead of its own."""
     server = shutil.which("redis-server")
     found = shutil.which("redis-cli")
     if server is None or found is None:
@@ -149,6 +157,10 @@ def _start(base: Path, tls: dict[str, Path] | None = None) -> dict[str, Any]:
         if tls is not None:
             options = ["--port", "0", "--tls-port", str(port), "--tls-cluster", "yes"]
             options += _tls_options(tls)
+        if announce is not None:
+            options += ["--cluster-announce-ip", "127.0.0.1"]
+            options += ["--cluster-announce-port", str(announce(port))]
+            options += ["--cluster-announce-bus-port", str(port + 10000)]
         options += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
         options += ["--cluster-node-timeout", "5000"]
         pids.append(spawn(server, folder, options))
@@ -302,6 +314,30 @@ def tls_cluster(folder: Path) -> Iterator[tuple[list[int], Path]]:
         yield state["ports"], files["ca"]
     finally:
         stop(state, folder / "cluster")
+
+
+@contextlib.contextmanager
+def lossy_cluster(folder: Path) -> Iterator[tuple[str, dict[int, LossyProxy]]]:
+    """A 3-master cluster whose nodes tell clients to reach them through a
+    :class:`LossyProxy` each; yields its URL and the proxies by port. Stopped by process id
+    on leaving.
+
+    Raises:
+        RuntimeError: as :func:`cluster_url`.
+    """
+    proxies: dict[int, LossyProxy] = {}
+    with contextlib.ExitStack() as stack:
+
+        def announce(port: int) -> int:
+            proxy = stack.enter_context(LossyProxy("127.0.0.1", port))
+            proxies[proxy.port] = proxy
+            return proxy.port
+
+        state = _start(folder, announce=announce)
+        try:
+            yield "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in proxies), proxies
+        finally:
+            stop(state, folder)
 
 
 STARTED = "redis+cluster://(a cluster the tests start)"

@@ -20,11 +20,7 @@ from sqlalchemy import Engine, make_url, text
 from savegame.errors import BackendUnavailableError, StorageError
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.sql import PAST_TOKENS, SqlStorage
-from tests.lossy_proxy import (
-    LossyProxy,
-    check_a_write_whose_reply_is_lost_counts_once_after_another,
-    check_a_write_whose_reply_is_lost_is_made_once,
-)
+from tests import lossy_proxy
 from tests.stores import write_original_table
 
 
@@ -176,11 +172,7 @@ def check_missing_driver(module: str, storage_class: str, url: str, extra: str) 
     assert f'pip install "savegame[{extra}]"' in done.stdout
 
 
-writes_meanwhile = pytest.mark.parametrize(
-    "writes",
-    [0, 1, PAST_TOKENS, PAST_TOKENS + 1],
-    ids=["alone", "another-writes", "past-tokens-full", "too-many-writes"],
-)
+writes_meanwhile = lossy_proxy.writes_meanwhile(PAST_TOKENS)
 """The counts of other writes between a lost commit reply and its retry that
 :func:`check_lost_commit_reply` is run with."""
 
@@ -192,27 +184,19 @@ def check_lost_commit_reply(
     reply: bytes = b"",
     after: bytes = b"",
 ) -> None:
-    """A write whose commit the server made but whose reply was lost (through a proxy that
-    drops it; ``reply`` and ``after`` pick it out, see :meth:`LossyProxy.lose_reply_to`) is
-    found made, with ``writes`` writes of another storage coming in before the retry. Up to
-    :data:`~savegame.storage.sql.PAST_TOKENS` of them, its token is found among the header's
-    past ones; after more, it raises that its outcome is unknown. ``update`` never applies it
-    twice. ``make(url)`` opens the storage under test at a URL."""
+    """:func:`~tests.lossy_proxy.check_lost_reply` for a write whose commit the server made
+    but whose reply a proxy lost (``reply`` and ``after`` pick it out, see
+    ``LossyProxy.lose_reply_to``), with ``writes`` writes of another storage before the
+    retry. ``make(url)`` opens the storage under test at a URL."""
     url = make_url(server)
     other = make(server)
-    with LossyProxy(url.host or "127.0.0.1", url.port or 0) as proxy:
+    with lossy_proxy.LossyProxy(url.host or "127.0.0.1", url.port or 0) as proxy:
         through = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
         storage = make(through)
         try:
-            if not writes:
-                check_a_write_whose_reply_is_lost_is_made_once(
-                    storage, proxy, b"COMMIT", reply, after
-                )
-                return
-            unknown = check_a_write_whose_reply_is_lost_counts_once_after_another(
-                storage, other, proxy, b"COMMIT", reply, after, writes
+            lossy_proxy.check_lost_reply(
+                storage, other, proxy, b"COMMIT", writes, PAST_TOKENS, reply, after
             )
-            assert (unknown is not None) == (writes > PAST_TOKENS), unknown
         finally:
             storage.close()
             other.close()

@@ -30,12 +30,8 @@ from savegame.errors import BackendUnavailableError, CorruptSessionError, Invali
 from savegame.storage.redis import PAST_TOKENS, RedisStorage, from_url
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.url import open_storage, parse_url
-from tests.lossy_proxy import (
-    LossyProxy,
-    check_a_write_whose_reply_is_lost_counts_once_after_another,
-    check_a_write_whose_reply_is_lost_is_made_once,
-)
-from tests.redis_servers import server_url, tls_cluster, tls_server
+from tests.lossy_proxy import LossyProxy, check_lost_reply, writes_meanwhile
+from tests.redis_servers import lossy_cluster, server_url, tls_cluster, tls_server
 from tests.stores import missing_service, redis_client, unique
 
 T = TypeVar("T")
@@ -322,20 +318,20 @@ def test_url_queries_set_tls_or_are_refused() -> None:
 
 
 @contextlib.contextmanager
-def _tls_started(start: AbstractContextManager[T]) -> Iterator[T]:
+def _started(start: AbstractContextManager[T], needs: str = " (built with TLS)") -> Iterator[T]:
     """What ``start`` yields; skips the tests (fails them under CI) when it cannot start."""
     with contextlib.ExitStack() as stack:
         try:
             started = stack.enter_context(start)
         except RuntimeError as exc:
-            missing_service(f"{exc}; install redis-server (built with TLS) to run the TLS tests")
+            missing_service(f"{exc}; install redis-server{needs} to run these tests")
         yield started
 
 
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
     """A server that speaks TLS only, with a certificate no system authority trusts."""
-    with _tls_started(tls_server(tmp_path_factory.mktemp("redis-tls"))) as (port, ca):
+    with _started(tls_server(tmp_path_factory.mktemp("redis-tls"))) as (port, ca):
         yield port, str(ca)
 
 
@@ -377,7 +373,7 @@ def test_tls_refuses_an_untrusted_certificate_and_a_plain_client(tls: tuple[int,
 @pytest.fixture(scope="module")
 def tls_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """A 3-master cluster that speaks TLS only: its nodes as ``host:port,...``, the CA file."""
-    with _tls_started(tls_cluster(tmp_path_factory.mktemp("tls-cluster"))) as (ports, ca):
+    with _started(tls_cluster(tmp_path_factory.mktemp("tls-cluster"))) as (ports, ca):
         yield ",".join(f"127.0.0.1:{port}" for port in ports), str(ca)
 
 
@@ -525,38 +521,47 @@ def test_without_retries_a_killed_write_raises_and_the_next_works() -> None:
     raw.close()
 
 
-@pytest.mark.timeout(60)
-def test_a_write_whose_reply_is_lost_is_made_once() -> None:
-    url = redis.connection.parse_url(server_url(False))
-    prefix = unique("sgt")
-    with LossyProxy(url.get("host", "127.0.0.1"), url.get("port", 6379)) as proxy:
-        storage = RedisStorage(prefix, url=f"redis://127.0.0.1:{proxy.port}/{url.get('db', 0)}")
-        try:
-            check_a_write_whose_reply_is_lost_is_made_once(storage, proxy, b"EVALSHA")
-        finally:
-            storage.drop()
-            storage.close()
+@pytest.fixture(scope="module")
+def lossy_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
+    """A cluster whose nodes clients reach through lossy proxies: its URL, proxies by port."""
+    with _started(lossy_cluster(tmp_path_factory.mktemp("lossy-cluster")), "") as started:
+        yield started
 
 
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("writes", [1, PAST_TOKENS, PAST_TOKENS + 1])
-def test_a_write_whose_reply_is_lost_while_another_writes_counts_once(writes: int) -> None:
+@contextlib.contextmanager
+def _through_proxy(
+    cluster: bool, prefix: str, request: pytest.FixtureRequest
+) -> Iterator[tuple[RedisStorage, RedisStorage, LossyProxy]]:
+    """A storage whose replies a proxy may lose, another on the same store that reaches the
+    server directly (for a cluster: through the proxies, which lose nothing unless armed),
+    and the proxy in front of the store's data."""
+    if cluster:
+        url, proxies = request.getfixturevalue("lossy_nodes")
+        with redis_client(url) as raw:
+            node = raw.get_node_from_key(f"{{{prefix}}}:h:c")
+        with RedisStorage(prefix, url=url) as storage, RedisStorage(prefix, url=url) as other:
+            yield storage, other, proxies[node.port]
+        return
     server = server_url(False)
-    url = redis.connection.parse_url(server)
+    address = redis.connection.parse_url(server)
+    with LossyProxy(address.get("host", "127.0.0.1"), address.get("port", 6379)) as proxy:
+        url = f"redis://127.0.0.1:{proxy.port}/{address.get('db', 0)}"
+        with RedisStorage(prefix, url=url) as storage, RedisStorage(prefix, url=server) as other:
+            yield storage, other, proxy
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("cluster", [False, True], ids=["redis", "redis-cluster"])
+@writes_meanwhile(PAST_TOKENS)
+def test_a_write_whose_reply_is_lost_is_made_once(
+    cluster: bool, writes: int, request: pytest.FixtureRequest
+) -> None:
     prefix = unique("sgt")
-    other = RedisStorage(prefix, url=server)
-    with LossyProxy(url.get("host", "127.0.0.1"), url.get("port", 6379)) as proxy:
-        storage = RedisStorage(prefix, url=f"redis://127.0.0.1:{proxy.port}/{url.get('db', 0)}")
+    with _through_proxy(cluster, prefix, request) as (storage, other, proxy):
         try:
-            unknown = check_a_write_whose_reply_is_lost_counts_once_after_another(
-                storage, other, proxy, b"EVALSHA", writes=writes
-            )
-            # Found among the header's past tokens, until more writes pushed it out.
-            assert (unknown is not None) == (writes > PAST_TOKENS), unknown
+            check_lost_reply(storage, other, proxy, b"EVALSHA", writes, PAST_TOKENS)
         finally:
-            storage.drop()
-            storage.close()
-            other.close()
+            other.drop()
 
 
 def test_without_redis_py_the_error_names_the_extra(tmp_path: Any) -> None:
