@@ -13,10 +13,12 @@ from savegame.errors import SerializationError
 from savegame.storage.base import Header
 from savegame.storage.codec import dumps
 from savegame.storage.known import (
+    PAST_TOKENS,
     Known,
     KnownSessions,
     encode_runs,
     pickle_runs,
+    resent_write_made,
     unpickle_runs,
 )
 from savegame.storage.session.agent import AgentSession
@@ -130,3 +132,20 @@ def test_what_a_storage_reads_it_remembers_whole(backend_store: Store) -> None:
         known = cache.get(sid)
         assert known is not None
         assert known.whole(), sid
+
+
+def test_a_write_sent_again_is_told_made_or_not_from_the_tokens_kept() -> None:
+    mine, on, others = "m" * 16, "o" * 16, [f"{i:016x}" for i in range(PAST_TOKENS + 1)]
+    # Made, and still the last write; made, and written over since.
+    assert resent_write_made(mine, on, mine, on) is True
+    assert resent_write_made(mine, on, others[0], mine + on) is True
+    # Another write followed the one it wrote on: not made.
+    assert resent_write_made(mine, on, others[0], on) is False
+    # It was to make the session, and the tokens go back to another's making: not made.
+    assert resent_write_made(mine, "", others[1], others[0]) is False
+    # Too many writes since, or the session deleted: it cannot be told.
+    assert resent_write_made(mine, on, others[0], "".join(others[1:])) is None
+    assert resent_write_made(mine, "", others[0], "".join(others[1:])) is None
+    assert resent_write_made(mine, on, "", "") is None
+    # Making a session that is not there: not made.
+    assert resent_write_made(mine, "", "", "") is False

@@ -32,6 +32,10 @@ makes :func:`pickle_runs` give None, and those runs are encoded every time, as w
 cache); no code of the caller's runs while pickling. It costs about a tenth of encoding the
 same runs as JSON.
 
+Writes sent again. A header also keeps the tokens of the :data:`PAST_TOKENS` writes before its
+last. A write whose reply was lost and which is sent again finds out from them whether its
+earlier sending was made (:func:`resent_write_made`), so that it is never made twice.
+
 Bounds. A cache holds at most :data:`MAX_SESSIONS` sessions and ``max_bytes`` bytes of
 pickles and digests (:data:`DEFAULT_BYTES` unless the storage is told otherwise), least
 recently used out first; a session larger than the whole bound is not remembered.
@@ -54,6 +58,36 @@ MAX_SESSIONS = 10_000
 
 DEFAULT_BYTES = 64 * 1024 * 1024
 """The default bound of a cache, in bytes of pickled runs and digests."""
+
+PAST_TOKENS = 8
+"""Tokens of earlier writes a header keeps besides its last, newest first: a write sent
+again after fewer other writes than this came in knows whether it was made."""
+
+
+def resent_write_made(token: str, on: str, current: str, past: str) -> bool | None:
+    """Whether a write sent again, with token ``token``, was made by an earlier sending;
+    None when that cannot be told.
+
+    ``on`` is the token the write was made on ('': it was to make the session); ``current``
+    and ``past`` are the stored header's token ('': no session) and its past tokens,
+    concatenated. The header's tokens are its last writes, newest first, each made on the
+    one after it. The write was made if its token is among them. It was not if the token it
+    wrote on is among them and not followed by its own, or if it was to make the session and
+    the tokens go back to the session's making. A session deleted since keeps no tokens:
+    then only a write that was to make it is known not made.
+    """
+    if not current:
+        return False if on == "" else None
+    width = len(token)
+    chain = [current, *(past[i : i + width] for i in range(0, len(past), width))]
+    if token in chain:
+        return True
+    if on in chain:
+        return False
+    if on == "" and len(chain) <= PAST_TOKENS:
+        return False
+    return None
+
 
 _HEAD = b"\x80\x03("
 _TAIL = b"NNNNt."

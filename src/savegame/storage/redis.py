@@ -70,7 +70,6 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable
-from functools import partial
 from operator import methodcaller
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -87,9 +86,11 @@ from savegame.storage.base import STAMPED, Draft, Header, Record, Storage
 from savegame.storage.codec import check_name, dumps, loads, object_text
 from savegame.storage.known import (
     DEFAULT_BYTES,
+    PAST_TOKENS,
     Known,
     KnownSessions,
     RunEncoder,
+    resent_write_made,
 )
 from savegame.storage.session import Mode, set_path
 from savegame.storage.url import StorageURL
@@ -104,10 +105,6 @@ DIGEST_SIZE = 8
 
 TOKEN_BYTES = 8
 """Random bytes of a write token (16 hex characters)."""
-
-PAST_TOKENS = 8
-"""Tokens of earlier writes a header keeps (field ``past``), so that a write whose reply was
-lost, sent again by the client after other writes came in, knows it was made."""
 
 BATCH = 500
 """Sessions removed per script call by ``drop`` and ``purge_expired``, so no call blocks long."""
@@ -157,12 +154,10 @@ end
 # KEYS: all, idx, exp, header, runs, digests, new index keys...
 # ARGV: key prefix, id, token of the header written on ('': none), new token, score,
 #       expires_at (''), data, version, created_at, run count ('': runs not in a list),
-#       runs mode ('keep' or 'replace'), 'again' when an earlier sending of this write may
-#       have reached the server (else ''), then (position, digest, text) for each new or
+#       runs mode ('keep' or 'replace'), then (position, digest, text) for each new or
 #       changed run, in ascending order.
-# Returns 1 when written (now or by an earlier sending), 3 when written by an earlier
-# sending and written over since, 2 when sent again and whether it was written cannot be
-# told, or the stored header (see _HEAD) when the token differs.
+# Returns 1 when written, or when the token differs the stored header (see _HEAD) and its
+# past tokens, for a write sent again to tell whether an earlier sending was made.
 _WRITE = (
     _HEAD
     + """
@@ -171,18 +166,9 @@ local stored = redis.call('HMGET', KEYS[4], 'token', 'past')
 local current = stored[1] or ''
 local past = stored[2] or ''
 if current ~= ARGV[3] then
-  -- This write's own token: the script ran before, and its reply was lost.
-  if current == ARGV[4] then return 1 end
-  if string.find(past, ARGV[4], 1, true) then return 3 end
-  if ARGV[12] ~= '' then
-    -- Not written if the token it wrote on is among the kept ones (another write followed
-    -- it), or if it was to make the session and the kept tokens go back to its making.
-    local on = ARGV[3]
-    local followed = current ~= '' and (
-      (on ~= '' and string.find(past, on, 1, true)) or (on == '' and #past < PAST))
-    if not followed then return 2 end
-  end
-  return head(KEYS[4], KEYS[6])
+  local found = head(KEYS[4], KEYS[6])
+  found[6] = past
+  return found
 end
 past = string.sub(current .. past, 1, PAST)
 local listed = redis.call('HGET', KEYS[2], id)
@@ -212,7 +198,7 @@ redis.call('HSET', KEYS[4], unpack(fields))
 if ARGV[11] == 'replace' then redis.call('DEL', KEYS[5], KEYS[6]) end
 local count = tonumber(ARGV[10]) or 0
 local length = redis.call('LLEN', KEYS[5])
-for i = 13, #ARGV, 3 do
+for i = 12, #ARGV, 3 do
   local pos = tonumber(ARGV[i])
   if pos < length then
     redis.call('LSET', KEYS[5], pos, ARGV[i + 2])
@@ -240,11 +226,6 @@ end
 return 1
 """.replace("WIDTH", str(2 * DIGEST_SIZE)).replace("PAST", str(PAST_TOKENS * 2 * TOKEN_BYTES))
 )
-
-_AGAIN = 11
-"""Where the write script's arguments say it is sent again."""
-_WRITTEN, _UNKNOWN, _WRITTEN_OVER = 1, 2, 3
-"""The write script's answers other than a header."""
 
 # KEYS: header, digests; returns the stored header (see _HEAD).
 _HEADER = _HEAD + "return head(KEYS[1], KEYS[2])\n"
@@ -713,27 +694,32 @@ class RedisStorage(Storage):
             if seen is ABSENT and not trusted and _payload(args) > GUESS:
                 seen, trusted = self._header(sid), True
                 continue
-            result = self._call(partial(self._send_write, keys, args))
-            if result == _WRITTEN:
+            result, resent = self._send_write(keys, args)
+            if not isinstance(result, list):
                 self._known.put(sid, written)
                 return draft.whole(record)
             self._known.put(sid, None)
-            if result == _WRITTEN_OVER:
-                return draft.whole(record)
-            if result == _UNKNOWN:
-                # Writing again could make the change twice; reporting a conflict would
-                # have update() make it twice.
-                raise StorageError(
-                    f"the connection to {self._address} was lost while writing session"
-                    f" {sid!r}, and the session has been written since: whether this write"
-                    " was made is unknown; read the session to see"
-                )
+            if resent:
+                current, past = _text(result[0] or ""), _text(result[5] or "")
+                made = resent_write_made(written.token, seen.token, current, past)
+                if made:
+                    if current == written.token:
+                        self._known.put(sid, written)
+                    return draft.whole(record)
+                if made is None:
+                    # Writing again could make the change twice; reporting a conflict
+                    # would have update() make it twice.
+                    raise StorageError(
+                        f"the connection to {self._address} was lost while writing session"
+                        f" {sid!r}, and the session has been written since: whether this"
+                        " write was made is unknown; read the session to see"
+                    )
             if trusted:
                 # Another writer came between our read and our write: let it finish.
                 time.sleep(secrets.randbelow(1000) / 1e6)
             elif seen is ABSENT:
                 self._guess_new = False
-            seen, trusted = _state_of(*result), True
+            seen, trusted = _state_of(*result[:5]), True
         # Every attempt lost the race to other writers; nothing was written.
         if expected_version is not None:
             actual = 0 if seen.header is None else seen.header.version
@@ -743,13 +729,17 @@ class RedisStorage(Storage):
             f"{MAX_WRITE_ATTEMPTS} attempts to write it; nothing was written"
         )
 
-    def _send_write(self, keys: list[str], args: list[Any], client: Any) -> Any:
-        """Runs the write script; a sending that fails marks the next as sent again."""
-        try:
+    def _send_write(self, keys: list[str], args: list[Any]) -> tuple[Any, bool]:
+        """The write script's answer, and whether it was sent more than once: an earlier
+        sending failed, and may have been made."""
+        sendings = 0
+
+        def send(client: Any) -> Any:
+            nonlocal sendings
+            sendings += 1
             return self._scripts[_WRITE](keys=keys, args=args, client=client)
-        except BaseException:
-            args[_AGAIN] = "again"
-            raise
+
+        return self._call(send), sendings > 1
 
     def _header(self, session_id: str) -> Known:
         tag = self._tag(session_id)
@@ -783,7 +773,6 @@ class RedisStorage(Storage):
             record["created_at"],
             "" if runs is None else len(runs),
             "replace" if seen.digests is None else "keep",
-            "",
             *changes,
         ]
         header = Header(record["version"], record["created_at"], expires)

@@ -110,10 +110,12 @@ from savegame.storage import codec
 from savegame.storage.base import Draft, Header, Record, Storage
 from savegame.storage.known import (
     DEFAULT_BYTES,
+    PAST_TOKENS,
     Known,
     KnownSessions,
     RunEncoder,
     Runs,
+    resent_write_made,
 )
 from savegame.storage.session import Mode, ModeSpec, Session, mode_spec, set_path, split_runs
 from savegame.storage.url import StorageURL
@@ -333,10 +335,6 @@ class Tables:
 
 TOKEN_WIDTH = 16
 """Characters of a write token: 64 random bits in hex."""
-
-PAST_TOKENS = 8
-"""How many earlier writes' tokens a header keeps: a write whose commit went unanswered
-is found made (or not) as long as fewer writes than this came after it."""
 
 
 def build_tables(spec: ModeSpec, dialect: SqlDialect, name: str, schema: str | None) -> Tables:
@@ -1462,7 +1460,8 @@ class SqlStorage(Storage):
         row = sql.lock_header.run(cursor, {"sid": session_id}).fetchone()
         holds = "" if row is None else row[2] or ""
         if write.committed_on is not None and write.record is not None:
-            made = self._made(write, row)
+            current, past = ("", "") if row is None else (row[2] or "", row[3] or "")
+            made = resent_write_made(write.token, write.committed_on, current, past)
             if made is None:
                 # The session changed since the attempt whose commit went unanswered wrote
                 # on it, too often to tell by whom. Writing again could make the change
@@ -1499,30 +1498,6 @@ class SqlStorage(Storage):
                 stored = "".join(d for (d,) in sql.digests.run(cursor, {"sid": session_id}))
         self._write_runs(cursor, session_id, draft.runs, stored)
         return record
-
-    @staticmethod
-    def _made(write: _Write, row: Sequence[Any] | None) -> bool | None:
-        """Whether the attempt of ``write`` whose commit went unanswered was made, from the
-        session's locked header ``row`` (None: there is none); None when it cannot be told.
-
-        The header's token and past tokens are its last writes, newest first, each made on
-        the one after it. The write was made if its token is among them; it was not if the
-        token it wrote on is among them and not followed by its own, or if the chain goes
-        back to the session's making and the write was to make it. A session deleted since
-        keeps no chain: then only a write that was to make it is taken as not made.
-        """
-        if row is None:
-            return False if write.committed_on == "" else None
-        past = row[3] or ""
-        chain = [row[2] or ""]
-        chain += [past[i : i + TOKEN_WIDTH] for i in range(0, len(past), TOKEN_WIDTH)]
-        if write.token in chain:
-            return True
-        if write.committed_on in chain:
-            return False
-        if write.committed_on == "" and len(chain) <= PAST_TOKENS:
-            return False
-        return None
 
     def _changed(self, values: dict[str, Any], listed: tuple[Any, ...]) -> frozenset[str]:
         """The indexed columns whose new ``values`` differ from the stored ``listed``."""
