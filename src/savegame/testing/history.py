@@ -59,14 +59,11 @@ def history_machine(store: Store) -> type[RuleBasedStateMachine]:
     """A state machine class that plays random histories on ``store`` (agent mode or any
     other); each history works on sessions and a user of its own."""
     path = _spec(store).runs_path
-    plain = store()
-    small = "cache_bytes" in type(plain).capabilities
+    with store() as probe:
+        small = "cache_bytes" in type(probe).capabilities
 
     def opened(side: int) -> Any:
         return store(cache_bytes=3000) if small and side == 1 else store()
-
-    witness = store(cache_bytes=0) if small else plain
-    """Reads what the store holds, remembering nothing."""
 
     class History(RuleBasedStateMachine):
         def __init__(self) -> None:
@@ -75,6 +72,8 @@ def history_machine(store: Store) -> type[RuleBasedStateMachine]:
             self.ids = [f"history-{tag}-{k}" for k in range(2)]
             self.users = [f"user-{tag}-a", f"user-{tag}-b"]
             self.storages = [opened(0), opened(1)]
+            self.witness = store(cache_bytes=0) if small else store()
+            """Reads what the store holds, remembering nothing."""
             self.ordered = all("key_order" in type(s).capabilities for s in self.storages)
             self.held: list[dict[str, Session]] = [{}, {}]
             self.seen: list[dict[str, int]] = [{}, {}]
@@ -100,7 +99,7 @@ def history_machine(store: Store) -> type[RuleBasedStateMachine]:
             """Enters a write by ``side`` in the model, and checks that the store holds it."""
             self.stored[sid] = text
             self.versions[sid] = self.seen[side][sid] = version
-            self._check(sid, witness.read(sid))
+            self._check(sid, self.witness.read(sid))
 
         def _check(self, sid: str, got: Session | None) -> None:
             if sid not in self.stored:
@@ -249,7 +248,7 @@ def history_machine(store: Store) -> type[RuleBasedStateMachine]:
         def teardown(self) -> None:
             for sid in self.ids:
                 self.storages[0].delete_session(sid)
-            for storage in self.storages:
+            for storage in [*self.storages, self.witness]:
                 storage.close()
 
     return History
