@@ -12,10 +12,10 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from savegame.errors import StorageError
+from savegame.testing import LossyLink
 
 
 class LossyProxy:
@@ -135,90 +135,25 @@ def _close(sock: socket.socket) -> None:
     sock.close()
 
 
-def _bump(by: int) -> Callable[[Any], Any]:
-    from savegame.storage.session.agent import AgentSession
-
-    def bump(session: Any) -> Any:
-        if session is None:
-            return AgentSession(session_id="c", session_data={"n": by})
-        session.session_data["n"] += by
-        return session
-
-    return bump
-
-
-def _made_once(
-    storage: Any, proxy: LossyProxy, marker: bytes, reply: bytes = b"", after: bytes = b""
-) -> None:
-    """A write the server made but whose reply was lost, with no other write before it is
-    sent again, is found made and reported done: not as a conflict with itself, and not
-    made twice."""
-    from savegame.storage.session.agent import AgentSession
-
-    storage.upsert(AgentSession(session_id="c", session_data={"n": 1}))
-    session = storage.read("c")
-    assert session is not None
-    session.session_data["n"] += 1
-    proxy.lose_reply_to(marker, reply=reply, after=after)
-    saved = storage.upsert(session, expected_version=session.version)
-    assert proxy.lost.is_set(), "no reply was lost: the test did not test"
-    assert saved.version == session.version + 1, saved.version
-    got = storage.read("c")
-    assert got is not None
-    stored = (got.session_data, got.version)
-    assert stored == ({"n": 2}, session.version + 1), stored
-
-
-def check_lost_reply(
+@contextlib.contextmanager
+def lossy_link(
+    proxy: LossyProxy,
     storage: Any,
     other: Any,
-    proxy: LossyProxy,
     marker: bytes,
-    writes: int,
-    kept: int,
     reply: bytes = b"",
     after: bytes = b"",
-) -> None:
-    """A write whose reply ``proxy`` loses is found made and never made twice, with
-    ``writes`` writes of ``other`` (a storage of the same store whose replies are not lost)
-    coming in before it is sent again, as long as they are at most ``kept`` (the past tokens
-    a header keeps); after more, it raises :class:`StorageError` saying its outcome is
-    unknown. Whichever, ``update`` must not apply its change a second time.
-
-    ``marker`` is in the request whose reply makes the write known to the client (the
-    commit, the write script), ``reply`` in that reply; ``after``: see
-    :meth:`LossyProxy.lose_reply_to`.
-    """
-    if not writes:
-        _made_once(storage, proxy, marker, reply, after)
-        return
-    storage.update("c", _bump(1))
-
-    def meanwhile() -> None:
-        for _ in range(writes):
-            other.update("c", _bump(10))
-
-    proxy.lose_reply_to(marker, meanwhile=meanwhile, reply=reply, after=after)
-    unknown: StorageError | None = None
+) -> Iterator[LossyLink]:
+    """A :class:`~savegame.testing.LossyLink` of ``storage`` (reaching its server through
+    ``proxy``) and ``other``, closing both on leaving. ``marker``, ``reply`` and ``after``
+    pick out the reply to lose (see :meth:`LossyProxy.lose_reply_to`)."""
     try:
-        storage.update("c", _bump(1))
-    except StorageError as exc:
-        unknown = exc
-    assert unknown is None or "unknown" in str(unknown), unknown
-    assert proxy.lost.is_set(), "no reply was lost: the test did not test"
-    got = other.read("c")
-    assert got is not None
-    assert got.session_data == {"n": 2 + 10 * writes}, got.session_data
-    assert (unknown is not None) == (writes > kept), unknown
-
-
-def writes_meanwhile(kept: int) -> Any:
-    """The parametrization of a test running :func:`check_lost_reply`: no other write, one,
-    as many as a header keeps tokens of, and one more."""
-    import pytest
-
-    return pytest.mark.parametrize(
-        "writes",
-        [0, 1, kept, kept + 1],
-        ids=["alone", "another-writes", "past-tokens-full", "too-many-writes"],
-    )
+        yield LossyLink(
+            storage,
+            other,
+            lambda meanwhile: proxy.lose_reply_to(marker, meanwhile, reply, after),
+            proxy.lost.is_set,
+        )
+    finally:
+        storage.close()
+        other.close()

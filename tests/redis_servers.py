@@ -340,6 +340,25 @@ def lossy_cluster(folder: Path) -> Iterator[tuple[str, dict[int, LossyProxy]]]:
             stop(state, folder)
 
 
+_lossy: tuple[str, dict[int, LossyProxy]] | None = None
+
+
+def lossy_cluster_url() -> tuple[str, dict[int, LossyProxy]]:
+    """:func:`lossy_cluster`'s URL and proxies, started on first use and stopped when the
+    process exits.
+
+    Raises:
+        RuntimeError: as :func:`lossy_cluster`.
+    """
+    global _lossy
+    if _lossy is None:
+        stack = contextlib.ExitStack()
+        folder = Path(tempfile.mkdtemp(prefix="savegame-lossy-cluster-"))
+        _lossy = stack.enter_context(lossy_cluster(folder))
+        atexit.register(stack.close)
+    return _lossy
+
+
 STARTED = "redis+cluster://(a cluster the tests start)"
 """Stands for the cluster :func:`cluster_url` starts, where no cluster URL is given."""
 

@@ -15,12 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, make_url, text
+from sqlalchemy import Engine, text
 
 from savegame.errors import BackendUnavailableError, StorageError
 from savegame.storage.session.agent import AgentSession
-from savegame.storage.sql import PAST_TOKENS, SqlStorage
-from tests import lossy_proxy
+from savegame.storage.sql import SqlStorage
 from tests.stores import write_original_table
 
 
@@ -170,33 +169,3 @@ def check_missing_driver(module: str, storage_class: str, url: str, extra: str) 
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert f'pip install "savegame[{extra}]"' in done.stdout
-
-
-writes_meanwhile = lossy_proxy.writes_meanwhile(PAST_TOKENS)
-"""The counts of other writes between a lost commit reply and its retry that
-:func:`check_lost_commit_reply` is run with."""
-
-
-def check_lost_commit_reply(
-    make: Callable[[str], SqlStorage],
-    server: str,
-    writes: int,
-    reply: bytes = b"",
-    after: bytes = b"",
-) -> None:
-    """:func:`~tests.lossy_proxy.check_lost_reply` for a write whose commit the server made
-    but whose reply a proxy lost (``reply`` and ``after`` pick it out, see
-    ``LossyProxy.lose_reply_to``), with ``writes`` writes of another storage before the
-    retry. ``make(url)`` opens the storage under test at a URL."""
-    url = make_url(server)
-    other = make(server)
-    with lossy_proxy.LossyProxy(url.host or "127.0.0.1", url.port or 0) as proxy:
-        through = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-        storage = make(through)
-        try:
-            lossy_proxy.check_lost_reply(
-                storage, other, proxy, b"COMMIT", writes, PAST_TOKENS, reply, after
-            )
-        finally:
-            storage.close()
-            other.close()

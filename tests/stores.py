@@ -17,20 +17,23 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from sqlalchemy import make_url
 
 from savegame.storage.base import Storage
 from savegame.storage.files import FileStorage
 from savegame.storage.in_memory import InMemoryStorage
 from savegame.storage.json import JsonStorage
 from savegame.storage.yaml import YamlStorage
-from savegame.testing import Store
+from savegame.testing import LossyLink, Store
+from tests.lossy_proxy import LossyProxy, lossy_link
 
 
 def unique(prefix: str = "t") -> str:
@@ -118,6 +121,24 @@ def redis_client(server: str) -> Any:
     return redis.Redis.from_url(server)
 
 
+@contextmanager
+def _through_proxy(
+    address: tuple[str, int],
+    make: Callable[[str, int], Storage],
+    marker: bytes,
+    reply: bytes = b"",
+    after: bytes = b"",
+) -> Iterator[LossyLink]:
+    """A :class:`LossyLink` of a storage reaching the server at ``address`` through a
+    :class:`LossyProxy` and another reaching it directly; ``make(host, port)`` opens a
+    storage of the store at an address. ``marker``, ``reply``, ``after``: see
+    :meth:`LossyProxy.lose_reply_to`."""
+    with LossyProxy(*address) as proxy:
+        storage, other = make("127.0.0.1", proxy.port), make(*address)
+        with lossy_link(proxy, storage, other, marker, reply, after) as link:
+            yield link
+
+
 def _redis(name: str, cluster: bool, shards: int = 1) -> Callable[[Path, str], Any]:
     @contextmanager
     def make(tmp_path: Path, mode: str) -> Iterator[Store]:
@@ -138,8 +159,29 @@ def _redis(name: str, cluster: bool, shards: int = 1) -> Callable[[Path, str], A
             finally:
                 client.close()
 
+        @contextmanager
+        def lossy() -> Iterator[LossyLink]:
+            if cluster:
+                with _lossy_cluster_link() as link:
+                    yield link
+                return
+            parts = urlsplit(server)
+            db = parts.path.strip("/") or "0"
+
+            def at(host: str, port: int) -> Storage:
+                return RedisStorage(prefix, url=f"redis://{host}:{port}/{db}")
+
+            address = (parts.hostname or "127.0.0.1", parts.port or 6379)
+            with _through_proxy(address, at, b"EVALSHA") as link:
+                yield link
+
         store = Store(
-            name, mode, opener, url=f"{server}?prefix={prefix}&shards={shards}", original=original
+            name,
+            mode,
+            opener,
+            url=f"{server}?prefix={prefix}&shards={shards}",
+            original=original,
+            lossy=lossy,
         )
         try:
             yield store
@@ -149,6 +191,32 @@ def _redis(name: str, cluster: bool, shards: int = 1) -> Callable[[Path, str], A
                 cleanup.drop()
 
     return make
+
+
+@contextmanager
+def _lossy_cluster_link() -> Iterator[LossyLink]:
+    """A link on a cluster of its own, whose nodes clients reach through lossy proxies
+    (:func:`tests.redis_servers.lossy_cluster`): the conformance cluster has none."""
+    from savegame.storage.redis import RedisStorage
+    from tests.redis_servers import lossy_cluster_url
+
+    try:
+        url, proxies = lossy_cluster_url()
+    except RuntimeError as exc:
+        missing_service(f"{exc}; install redis-server and redis-cli to run this test")
+    prefix = unique("sgl")
+    client = redis_client(url)
+    try:
+        proxy = proxies[client.get_node_from_key(f"{{{prefix}}}:h:c").port]
+    finally:
+        client.close()
+    storage, other = RedisStorage(prefix, url=url), RedisStorage(prefix, url=url)
+    try:
+        with lossy_link(proxy, storage, other, b"EVALSHA") as link:
+            yield link
+    finally:
+        with RedisStorage(prefix, url=url) as cleanup:
+            cleanup.drop()
 
 
 def _sqlite(in_memory: bool) -> Callable[[Path, str], Any]:
@@ -252,6 +320,11 @@ def mysql_url() -> str:
     return url
 
 
+def _address(server: str, default_port: int) -> tuple[str, int]:
+    url = make_url(server)
+    return url.host or "127.0.0.1", url.port or default_port
+
+
 @contextmanager
 def _postgres(tmp_path: Path, mode: str) -> Iterator[Store]:
     from sqlalchemy import create_engine, text
@@ -267,8 +340,21 @@ def _postgres(tmp_path: Path, mode: str) -> Iterator[Store]:
     def original(rows: list[dict[str, Any]]) -> None:
         write_original_table(server, "sessions", schema, rows)
 
+    def at(host: str, port: int) -> Storage:
+        url = make_url(server).set(host=host, port=port).render_as_string(hide_password=False)
+        return PostgresStorage("sessions", schema=schema, db_url=url)
+
+    def lossy() -> AbstractContextManager[LossyLink]:
+        # psycopg may still be reading earlier replies: lose the one that reports the commit.
+        return _through_proxy(_address(server, 5432), at, b"COMMIT", reply=b"COMMIT\x00")
+
     store = Store(
-        "postgres", mode, opener, url=f"{server}?schema={schema}&table=sessions", original=original
+        "postgres",
+        mode,
+        opener,
+        url=f"{server}?schema={schema}&table=sessions",
+        original=original,
+        lossy=lossy,
     )
     try:
         yield store
@@ -293,7 +379,17 @@ def _mysql(tmp_path: Path, mode: str) -> Iterator[Store]:
     def original(rows: list[dict[str, Any]]) -> None:
         write_original_table(server, table, None, rows)
 
-    store = Store("mysql", mode, opener, url=f"{server}?table={table}", original=original)
+    def at(host: str, port: int) -> Storage:
+        url = make_url(server).set(host=host, port=port).render_as_string(hide_password=False)
+        return MySQLStorage(table, db_url=url)
+
+    def lossy() -> AbstractContextManager[LossyLink]:
+        # The read before the write commits too: lose the commit that follows the write.
+        return _through_proxy(_address(server, 3306), at, b"COMMIT", after=b"UPDATE ")
+
+    store = Store(
+        "mysql", mode, opener, url=f"{server}?table={table}", original=original, lossy=lossy
+    )
     try:
         yield store
     finally:

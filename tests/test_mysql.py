@@ -95,16 +95,6 @@ def test_killed_connections_leave_no_half_written_session(
 
 
 @pytest.mark.timeout(60)
-@sql_cases.writes_meanwhile
-def test_a_write_whose_commit_reply_is_lost_is_not_made_twice(
-    server: str, table: str, writes: int
-) -> None:
-    # The read before the write commits too: lose the commit that follows the write.
-    sql_cases.check_lost_commit_reply(
-        lambda url: MySQLStorage(table, db_url=url), server, writes, after=b"UPDATE "
-    )
-
-
 def test_the_original_table_is_read_upgraded_and_written(
     server: str, admin: Engine, table: str
 ) -> None:

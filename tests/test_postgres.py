@@ -98,19 +98,6 @@ def test_killed_backends_leave_no_half_written_session(
 
 
 @pytest.mark.timeout(60)
-@sql_cases.writes_meanwhile
-def test_a_write_whose_commit_reply_is_lost_is_not_made_twice(
-    server: str, schema: str, writes: int
-) -> None:
-    # psycopg may still be reading earlier replies: lose the one that reports the commit.
-    sql_cases.check_lost_commit_reply(
-        lambda url: PostgresStorage("sessions", schema=schema, db_url=url),
-        server,
-        writes,
-        reply=b"COMMIT\x00",
-    )
-
-
 def test_the_original_table_is_read_upgraded_and_written(
     server: str, admin: Engine, schema: str
 ) -> None:

@@ -27,11 +27,10 @@ from redis.crc import key_slot
 from redis.retry import Retry
 
 from savegame.errors import BackendUnavailableError, CorruptSessionError, InvalidIdentifierError
-from savegame.storage.redis import PAST_TOKENS, RedisStorage, from_url
+from savegame.storage.redis import RedisStorage, from_url
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.url import open_storage, parse_url
-from tests.lossy_proxy import LossyProxy, check_lost_reply, writes_meanwhile
-from tests.redis_servers import lossy_cluster, server_url, tls_cluster, tls_server
+from tests.redis_servers import server_url, tls_cluster, tls_server
 from tests.stores import missing_service, redis_client, unique
 
 T = TypeVar("T")
@@ -519,49 +518,6 @@ def test_without_retries_a_killed_write_raises_and_the_next_works() -> None:
     storage.drop()
     client.close()
     raw.close()
-
-
-@pytest.fixture(scope="module")
-def lossy_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
-    """A cluster whose nodes clients reach through lossy proxies: its URL, proxies by port."""
-    with _started(lossy_cluster(tmp_path_factory.mktemp("lossy-cluster")), "") as started:
-        yield started
-
-
-@contextlib.contextmanager
-def _through_proxy(
-    cluster: bool, prefix: str, request: pytest.FixtureRequest
-) -> Iterator[tuple[RedisStorage, RedisStorage, LossyProxy]]:
-    """A storage whose replies a proxy may lose, another on the same store that reaches the
-    server directly (for a cluster: through the proxies, which lose nothing unless armed),
-    and the proxy in front of the store's data."""
-    if cluster:
-        url, proxies = request.getfixturevalue("lossy_nodes")
-        with redis_client(url) as raw:
-            node = raw.get_node_from_key(f"{{{prefix}}}:h:c")
-        with RedisStorage(prefix, url=url) as storage, RedisStorage(prefix, url=url) as other:
-            yield storage, other, proxies[node.port]
-        return
-    server = server_url(False)
-    address = redis.connection.parse_url(server)
-    with LossyProxy(address.get("host", "127.0.0.1"), address.get("port", 6379)) as proxy:
-        url = f"redis://127.0.0.1:{proxy.port}/{address.get('db', 0)}"
-        with RedisStorage(prefix, url=url) as storage, RedisStorage(prefix, url=server) as other:
-            yield storage, other, proxy
-
-
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("cluster", [False, True], ids=["redis", "redis-cluster"])
-@writes_meanwhile(PAST_TOKENS)
-def test_a_write_whose_reply_is_lost_is_made_once(
-    cluster: bool, writes: int, request: pytest.FixtureRequest
-) -> None:
-    prefix = unique("sgt")
-    with _through_proxy(cluster, prefix, request) as (storage, other, proxy):
-        try:
-            check_lost_reply(storage, other, proxy, b"EVALSHA", writes, PAST_TOKENS)
-        finally:
-            other.drop()
 
 
 def test_without_redis_py_the_error_names_the_extra(tmp_path: Any) -> None:

@@ -18,8 +18,9 @@ module subclasses the two contract classes and provides two fixtures, both retur
         pass
 
 Tests that need several processes run :mod:`savegame.testing.worker` and need ``Store.url``;
-without one they skip. A test of optional behaviour runs only where the storage class
-declares the capability in :attr:`savegame.storage.base.Storage.capabilities`.
+without one they skip. The tests of writes whose reply is lost need ``Store.lossy``. A test
+of optional behaviour runs only where the storage class declares the capability in
+:attr:`savegame.storage.base.Storage.capabilities`.
 
 The contract is imported on first use, so the worker processes start without pytest.
 """
@@ -29,9 +30,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from savegame.testing.contract import BackendContract, ModeContract, Store
+    from savegame.testing.contract import BackendContract, LossyLink, ModeContract, Store
 
-__all__ = ["BackendContract", "ModeContract", "Store"]
+__all__ = ["BackendContract", "LossyLink", "ModeContract", "Store"]
 
 
 def __getattr__(name: str) -> Any:

@@ -16,6 +16,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,10 +29,35 @@ from savegame.errors import (
     ConflictError,
     InvalidIdentifierError,
     SerializationError,
+    StorageError,
 )
 from savegame.storage.base import Storage
+from savegame.storage.known import PAST_TOKENS
 from savegame.storage.session import MESSAGES_OF_RUNS, MODES, Session, get_path, set_path
 from savegame.testing.sample import check_session, make_session
+
+
+@dataclass
+class LossyLink:
+    """Two storages of one store, in agent mode, and a way to lose a reply to the first,
+    as when a connection dies after the server did what it was asked.
+
+    The store may be one of its own, on a server set up so that replies can be lost.
+
+    Attributes:
+        storage: the storage whose replies can be lost.
+        other: a storage of the same store whose replies are never lost.
+        lose_reply: ``lose_reply(meanwhile)`` arms the link: the reply that makes the next
+            write of ``storage`` known to it (the commit, the write script) is lost and its
+            connection cut; ``meanwhile`` (if not None) runs after the server has done the
+            write and before the connection is cut.
+        lost: whether a reply was lost since the link was last armed.
+    """
+
+    storage: Storage
+    other: Storage
+    lose_reply: Callable[[Callable[[], object] | None], None]
+    lost: Callable[[], bool]
 
 
 @dataclass
@@ -48,6 +74,8 @@ class Store:
         original: writes agent sessions (dicts) into the store the way the original library
             (agno 1.x) stored them, before savegame has touched it; None where the backend
             has no such past.
+        lossy: opens a :class:`LossyLink`, to test writes whose reply is lost; None where
+            no reply can be lost (an embedded store).
     """
 
     backend: str
@@ -55,6 +83,7 @@ class Store:
     opener: Callable[..., Storage]
     url: str | None = None
     original: Callable[[list[dict[str, Any]]], None] | None = None
+    lossy: Callable[[], AbstractContextManager[LossyLink]] | None = None
     opened: list[Storage] = field(default_factory=list)
 
     def __call__(self, mode: str | None = None, **options: Any) -> Storage:
@@ -91,6 +120,62 @@ def _session(store: Store, session_id: str, **fields: Any) -> Session:
     session: Session | None = spec.session_class.from_dict(data)
     assert session is not None
     return session
+
+
+def _bump(by: int) -> Callable[[Session | None], Session]:
+    def bump(session: Session | None) -> Session:
+        if session is None:
+            return _agent("c", session_data={"n": by})
+        session.session_data["n"] += by  # type: ignore[attr-defined]
+        return session
+
+    return bump
+
+
+def _agent(session_id: str, **fields: Any) -> Session:
+    from savegame.storage.session.agent import AgentSession
+
+    return AgentSession(session_id=session_id, **fields)
+
+
+def _lost_alone(link: LossyLink) -> None:
+    """A write whose reply is lost, with no other write before it is sent again, is found
+    made and reported done: not as a conflict with itself, and not made twice."""
+    link.storage.upsert(_agent("c", session_data={"n": 1}))
+    session = link.storage.read("c")
+    assert session is not None
+    session.session_data["n"] += 1  # type: ignore[attr-defined]
+    link.lose_reply(None)
+    saved = link.storage.upsert(session, expected_version=session.version)  # type: ignore[attr-defined]
+    assert link.lost(), "no reply was lost: the test did not test"
+    assert saved.version == session.version + 1, saved.version  # type: ignore[attr-defined]
+    got = link.other.read("c")
+    assert got is not None
+    stored = (got.session_data, got.version)  # type: ignore[attr-defined]
+    assert stored == ({"n": 2}, session.version + 1), stored  # type: ignore[attr-defined]
+
+
+def _lost_after_others(link: LossyLink, writes: int) -> None:
+    """As :func:`_lost_alone`, by ``update``, with ``writes`` writes of the other storage
+    before the write is sent again."""
+    link.storage.update("c", _bump(1))
+
+    def meanwhile() -> None:
+        for _ in range(writes):
+            link.other.update("c", _bump(10))
+
+    link.lose_reply(meanwhile)
+    unknown: StorageError | None = None
+    try:
+        link.storage.update("c", _bump(1))
+    except StorageError as exc:
+        unknown = exc
+    assert link.lost(), "no reply was lost: the test did not test"
+    assert unknown is None or "unknown" in str(unknown), unknown
+    assert (unknown is not None) == (writes > PAST_TOKENS), unknown
+    got = link.other.read("c")
+    assert got is not None
+    assert got.session_data == {"n": 2 + 10 * writes}, got.session_data  # type: ignore[attr-defined]
 
 
 def _runs_of(store: Store, session: Session) -> Any:
@@ -813,6 +898,25 @@ class BackendContract:
                 suppress_health_check=[HealthCheck.too_slow],
             ),
         )
+
+    @pytest.mark.parametrize(
+        "writes",
+        [0, 1, PAST_TOKENS, PAST_TOKENS + 1],
+        ids=["alone", "another-writes", "past-tokens-full", "too-many-writes"],
+    )
+    def test_a_write_whose_reply_is_lost_is_never_made_twice(
+        self, backend_store: Store, writes: int
+    ) -> None:
+        # Found made while at most PAST_TOKENS writes came in before it is sent again (the
+        # past tokens a header keeps); after more, it says its outcome is unknown. Either
+        # way update() must not make its change a second time.
+        if backend_store.lossy is None:
+            pytest.skip(f"{backend_store.backend} cannot lose a reply")
+        with backend_store.lossy() as link:
+            if writes:
+                _lost_after_others(link, writes)
+            else:
+                _lost_alone(link)
 
     def test_expiry_hides_then_purges(self, backend_store: Store) -> None:
         # Times are whole seconds, so a session lives between expire - 1 and expire seconds:
