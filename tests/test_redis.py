@@ -317,20 +317,20 @@ def test_url_queries_set_tls_or_are_refused() -> None:
 
 
 @contextlib.contextmanager
-def _started(start: AbstractContextManager[T], needs: str = " (built with TLS)") -> Iterator[T]:
+def _tls_started(start: AbstractContextManager[T]) -> Iterator[T]:
     """What ``start`` yields; skips the tests (fails them under CI) when it cannot start."""
     with contextlib.ExitStack() as stack:
         try:
             started = stack.enter_context(start)
         except RuntimeError as exc:
-            missing_service(f"{exc}; install redis-server{needs} to run these tests")
+            missing_service(f"{exc}; install redis-server (built with TLS) to run the TLS tests")
         yield started
 
 
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
     """A server that speaks TLS only, with a certificate no system authority trusts."""
-    with _started(tls_server(tmp_path_factory.mktemp("redis-tls"))) as (port, ca):
+    with _tls_started(tls_server(tmp_path_factory.mktemp("redis-tls"))) as (port, ca):
         yield port, str(ca)
 
 
@@ -372,7 +372,7 @@ def test_tls_refuses_an_untrusted_certificate_and_a_plain_client(tls: tuple[int,
 @pytest.fixture(scope="module")
 def tls_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """A 3-master cluster that speaks TLS only: its nodes as ``host:port,...``, the CA file."""
-    with _started(tls_cluster(tmp_path_factory.mktemp("tls-cluster"))) as (ports, ca):
+    with _tls_started(tls_cluster(tmp_path_factory.mktemp("tls-cluster"))) as (ports, ca):
         yield ",".join(f"127.0.0.1:{port}" for port in ports), str(ca)
 
 

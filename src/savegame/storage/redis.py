@@ -397,6 +397,7 @@ class RedisStorage(Storage):
         self._redis = _driver()
         errors = self._redis.exceptions
         self._driver_errors = (errors.RedisError, errors.RedisClusterException)
+        self._resend_on = (errors.ConnectionError, errors.TimeoutError, errors.ClusterDownError)
         self._keys = "{" + prefix + "}:"
         self._given = client is not None
         self._client: Any = client
@@ -469,8 +470,6 @@ class RedisStorage(Storage):
         the server before it failed. A client given to the storage retries as it was set
         up to.
         """
-        errors = self._redis.exceptions
-        again = (errors.ConnectionError, errors.TimeoutError, errors.ClusterDownError)
         failures = 0
         while True:
             try:
@@ -478,7 +477,7 @@ class RedisStorage(Storage):
                 if client is None or not self._scripts:
                     client = self._connected()
                 return fn(client)
-            except again as exc:
+            except self._resend_on as exc:
                 failures += 1
                 if self._given or failures > RETRIES:
                     raise self._mapped(exc) from exc
