@@ -30,9 +30,9 @@ from tests.stores import BACKENDS, Backend
 SAVEGAME = Path(sys.executable).with_name("savegame")
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 JSON = next(b for b in BACKENDS if b.name == "json")
-# The file backend, the embedded database and two servers; the twins (YAML, Redis Cluster,
-# SQLite in memory) and MySQL run the same library calls in test_transfer.py.
-CLI_BACKENDS = ("json", "sqlite-file", "postgres", "redis")
+# The file backend, the embedded database and a server; the other backends run the same
+# library calls in test_transfer.py, and Redis also meets the command in the round trip below.
+CLI_BACKENDS = ("json", "sqlite-file", "postgres")
 URL_BACKENDS = [pytest.param(b, id=b.name) for b in BACKENDS if b.name in CLI_BACKENDS]
 BASE = 1_700_000_000  # created_at of the first seeded session
 

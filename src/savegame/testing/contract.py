@@ -35,6 +35,7 @@ from savegame.storage.base import Storage
 from savegame.storage.known import PAST_TOKENS
 from savegame.storage.session import MESSAGES_OF_RUNS, MODES, Session, get_path, set_path
 from savegame.testing.sample import check_session, make_session
+from savegame.testing.worker import ENDED
 
 
 @dataclass
@@ -1049,24 +1050,36 @@ class BackendContract:
         backend_store.require("processes")
         rng = random.Random(os.getpid())
         acked: dict[str, int] = {}
-        for attempt in range(20):
-            proc = subprocess.Popen(
-                _worker(backend_store, "write", f"k{attempt}-", 8, 1000, 2048),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                text=True,
-            )
-            assert proc.stdout is not None
-            first = proc.stdout.readline()
-            assert first, "the worker wrote nothing"
-            time.sleep(rng.uniform(0, 0.15))
-            proc.send_signal(signal.SIGKILL)
-            rest, _ = proc.communicate(timeout=60)
-            # A line is an acknowledgement only once its newline is out; a kill can cut one.
-            for line in (first + rest).split("\n")[:-1]:
-                if line.strip():
+        # Each writer is a child of one fork server, which imported savegame once for all.
+        server = subprocess.Popen(
+            _worker(backend_store, "serve"),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert server.stdin is not None
+        assert server.stdout is not None
+        try:
+            for attempt in range(20):
+                server.stdin.write(f"write k{attempt}- 8 1000 2048\n")
+                server.stdin.flush()
+                pid = int(server.stdout.readline().removeprefix("pid "))
+                lines = [server.stdout.readline()]
+                assert ENDED not in lines[0], f"the writer wrote nothing and ended: {lines[0]}"
+                time.sleep(rng.uniform(0, 0.15))
+                os.kill(pid, signal.SIGKILL)
+                while ENDED not in lines[-1]:
+                    lines.append(server.stdout.readline())
+                    assert lines[-1], "the fork server ended"
+                assert lines[-1].split()[-1] == str(-signal.SIGKILL), lines[-1]
+                # What stands before the marker is a line the kill cut: no acknowledgement.
+                for line in lines[:-1]:
                     sid, acked_round = line.rsplit(" ", 1)
                     acked[sid] = max(acked.get(sid, -1), int(acked_round))
+        finally:
+            server.stdin.close()
+            server.wait(timeout=60)
         storage = backend_store()
         listed = set(storage.get_all_session_ids())
         for sid, last in acked.items():

@@ -11,15 +11,22 @@ Commands:
                                      ``update`` (MODE safe) or read + upsert (MODE plain)
     churn SESSION_ID ROUNDS SIZE     rewrite one sample session for ROUNDS rounds, alternating
                                      growing and shrinking runs, printing each round
+    serve                            a fork server: see :func:`_serve`
 """
 
 from __future__ import annotations
 
+import importlib
+import os
 import sys
+import traceback
 from typing import Any
 
-from savegame.storage.url import open_storage
+from savegame.storage.url import SCHEMES, open_storage, parse_url
 from savegame.testing.sample import make_session
+
+ENDED = "<ended>"
+"""What :func:`_serve` prints when a child it forked has ended."""
 
 
 def _write(storage: Any, mode: str, prefix: str, count: int, rounds: int, size: int) -> None:
@@ -61,9 +68,41 @@ def _churn(storage: Any, mode: str, session_id: str, rounds: int, size: int) -> 
         _say(f"{session_id} {shape}")
 
 
+def _serve(url: str, mode: str) -> int:
+    """Runs each command line read from standard input in a child forked for it.
+
+    A test that kills twenty writers would otherwise spend most of its time importing
+    savegame and the backend twenty times: the server imports them once, before any
+    connection is made, and each child opens the store itself. A child prints ``pid N``
+    first, then what its command prints; once it has ended (killed, say) the server prints
+    :data:`ENDED` and the exit status. Whatever stands before :data:`ENDED` on its line is
+    what a killed child had not finished saying. Standard input closed ends the server.
+    """
+    importlib.import_module(SCHEMES[parse_url(url, mode).scheme])
+    for line in sys.stdin:
+        sys.stdout.flush()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                _say(f"pid {os.getpid()}")
+                code = main([url, mode, *line.split()])
+            except BaseException:  # noqa: BLE001 - told on stderr, as an uncaught error would be
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        _say(f"{ENDED} {os.waitstatus_to_exitcode(status)}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     """Runs one command; see the module docstring."""
     url, mode, command, *args = argv
+    if command == "serve":
+        return _serve(url, mode)
     storage = open_storage(url, mode=mode)
     try:
         if command == "write":
