@@ -11,6 +11,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -35,7 +36,7 @@ from savegame.storage.base import Storage
 from savegame.storage.known import PAST_TOKENS
 from savegame.storage.session import MESSAGES_OF_RUNS, MODES, Session, get_path, set_path
 from savegame.testing.sample import check_session, make_session
-from savegame.testing.worker import ENDED
+from savegame.testing.worker import ENDED, PID
 
 
 @dataclass
@@ -236,18 +237,74 @@ def in_threads(count: int, work: Callable[[int], object]) -> None:
         )
 
 
-def _run_workers(store: Store, commands: list[list[Any]], timeout: float = 240) -> list[str]:
-    procs = [
-        subprocess.Popen(
-            _worker(store, *cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+class _Forks:
+    """A fork server of :mod:`savegame.testing.worker` on a store: children of a process
+    that imported savegame once run the worker's commands, so that a test spends its time
+    working, not importing."""
+
+    def __init__(self, store: Store) -> None:
+        self._errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed by __exit__
+        self._proc = subprocess.Popen(
+            _worker(store, "serve"),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._errors,
+            text=True,
         )
-        for cmd in commands
-    ]
-    out: list[str] = []
-    for proc in procs:
-        stdout, stderr = proc.communicate(timeout=timeout)
-        assert proc.returncode == 0, stderr[-3000:]
-        out.extend(stdout.splitlines())
+
+    def __enter__(self) -> _Forks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._proc.stdin is not None
+        self._proc.stdin.close()
+        self._proc.wait(timeout=60)
+        self._errors.close()
+
+    def start(self, commands: list[list[Any]]) -> None:
+        """Has the server fork a child for each command, all at once."""
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(" | ".join(" ".join(map(str, c)) for c in commands) + "\n")
+        self._proc.stdin.flush()
+
+    def readline(self) -> str:
+        """The next line the children or the server printed."""
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline()
+        assert line, f"the fork server ended: {self.errors()}"
+        return line
+
+    def finish(self, count: int) -> tuple[list[str], list[int]]:
+        """Reads until ``count`` children have ended: the lines they printed (but their
+        process ids, and a line a kill cut short) and their exit codes."""
+        said: list[str] = []
+        codes: list[int] = []
+        while len(codes) < count:
+            line = self.readline()
+            if ENDED in line:
+                codes.append(int(line.split()[-1]))
+            elif not line.startswith(PID):
+                said.append(line.rstrip("\n"))
+        return said, codes
+
+    def pid(self) -> int:
+        """The process id that a child just started prints first."""
+        line = self.readline()
+        assert line.startswith(PID), line
+        return int(line.split()[1])
+
+    def errors(self) -> str:
+        """The end of what the server and its children wrote to standard error."""
+        self._errors.seek(0)
+        return self._errors.read().decode(errors="replace")[-3000:]
+
+
+def _run_workers(store: Store, commands: list[list[Any]]) -> list[str]:
+    """Runs the worker's ``commands`` in processes at once; the lines they printed."""
+    with _Forks(store) as forks:
+        forks.start(commands)
+        out, codes = forks.finish(len(commands))
+        assert codes == [0] * len(commands), forks.errors()
     return out
 
 
@@ -1050,36 +1107,19 @@ class BackendContract:
         backend_store.require("processes")
         rng = random.Random(os.getpid())
         acked: dict[str, int] = {}
-        # Each writer is a child of one fork server, which imported savegame once for all.
-        server = subprocess.Popen(
-            _worker(backend_store, "serve"),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        assert server.stdin is not None
-        assert server.stdout is not None
-        try:
+        with _Forks(backend_store) as forks:
             for attempt in range(20):
-                server.stdin.write(f"write k{attempt}- 8 1000 2048\n")
-                server.stdin.flush()
-                pid = int(server.stdout.readline().removeprefix("pid "))
-                lines = [server.stdout.readline()]
-                assert ENDED not in lines[0], f"the writer wrote nothing and ended: {lines[0]}"
+                forks.start([["write", f"k{attempt}-", 8, 1000, 2048]])
+                pid = forks.pid()
+                first = forks.readline()
+                assert ENDED not in first, f"the writer wrote nothing: {forks.errors()}"
                 time.sleep(rng.uniform(0, 0.15))
                 os.kill(pid, signal.SIGKILL)
-                while ENDED not in lines[-1]:
-                    lines.append(server.stdout.readline())
-                    assert lines[-1], "the fork server ended"
-                assert lines[-1].split()[-1] == str(-signal.SIGKILL), lines[-1]
-                # What stands before the marker is a line the kill cut: no acknowledgement.
-                for line in lines[:-1]:
+                rest, codes = forks.finish(1)
+                assert codes == [-signal.SIGKILL], forks.errors()
+                for line in [first.rstrip("\n"), *rest]:
                     sid, acked_round = line.rsplit(" ", 1)
                     acked[sid] = max(acked.get(sid, -1), int(acked_round))
-        finally:
-            server.stdin.close()
-            server.wait(timeout=60)
         storage = backend_store()
         listed = set(storage.get_all_session_ids())
         for sid, last in acked.items():

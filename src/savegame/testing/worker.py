@@ -25,6 +25,8 @@ from typing import Any
 from savegame.storage.url import SCHEMES, open_storage, parse_url
 from savegame.testing.sample import make_session
 
+PID = "<pid>"
+"""What a child of :func:`_serve` prints first, before its process id."""
 ENDED = "<ended>"
 """What :func:`_serve` prints when a child it forked has ended."""
 
@@ -69,33 +71,43 @@ def _churn(storage: Any, mode: str, session_id: str, rounds: int, size: int) -> 
 
 
 def _serve(url: str, mode: str) -> int:
-    """Runs each command line read from standard input in a child forked for it.
+    """Runs the commands of each line read from standard input in children forked for them.
 
-    A test that kills twenty writers would otherwise spend most of its time importing
+    A test that starts twenty writers would otherwise spend most of its time importing
     savegame and the backend twenty times: the server imports them once, before any
-    connection is made, and each child opens the store itself. A child prints ``pid N``
-    first, then what its command prints; once it has ended (killed, say) the server prints
-    :data:`ENDED` and the exit status. Whatever stands before :data:`ENDED` on its line is
-    what a killed child had not finished saying. Standard input closed ends the server.
+    connection is made, and each child opens the store itself. A line holds one command or
+    several separated by ``|``; the children of one line run at once, and the server reads
+    the next line once they have all ended. A child prints ``PID N`` first, then what its
+    command prints; once it has ended (killed, say) the server prints ``ENDED PID CODE``
+    (:data:`PID`, :data:`ENDED`, the exit code). Whatever stands before :data:`ENDED` on
+    its line is what a killed child had not finished saying. Standard input closed ends the
+    server.
     """
     importlib.import_module(SCHEMES[parse_url(url, mode).scheme])
     for line in sys.stdin:
         sys.stdout.flush()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                _say(f"pid {os.getpid()}")
-                code = main([url, mode, *line.split()])
-            except BaseException:  # noqa: BLE001 - told on stderr, as an uncaught error would be
-                traceback.print_exc()
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        _say(f"{ENDED} {os.waitstatus_to_exitcode(status)}")
+        children = [_fork(url, mode, command.split()) for command in line.split("|")]
+        for pid in children:
+            _, status = os.waitpid(pid, 0)
+            _say(f"{ENDED} {pid} {os.waitstatus_to_exitcode(status)}")
     return 0
+
+
+def _fork(url: str, mode: str, command: list[str]) -> int:
+    """Forks a child that runs ``command`` and exits; returns its process id."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        _say(f"{PID} {os.getpid()}")
+        code = main([url, mode, *command])
+    except BaseException:  # noqa: BLE001 - told on stderr, as an uncaught error would be
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def main(argv: list[str]) -> int:
