@@ -271,6 +271,26 @@ def _compare(
     grown = _growth({"savegame": storage.upsert, "baseline": baseline.upsert}, turns)
     for n in turns:
         row(f"save at turn {n}", (grown["savegame", n], grown["baseline", n]))
+    shared = _session("shared", "user-c", 1000)
+    with reopen() as writer:
+
+        def extend(save: Callable[[AgentSession], Any]) -> Callable[[], None]:
+            # Untimed: another storage (another process, in a deployment) adds a run.
+            def setup() -> None:
+                shared.memory["runs"].append(_run(len(shared.memory["runs"])))  # type: ignore[index]
+                save(shared)
+
+            return setup
+
+        storage.read("shared")
+        row(
+            "read of a 1000-run session that another storage just added a run to",
+            _pair(
+                (lambda: storage.read("shared"), extend(writer.upsert)),
+                (lambda: baseline.read("shared"), extend(baseline.upsert)),
+                repeat=9,
+            ),
+        )
     runs = _session("long", "user-c", 1000).memory["runs"]  # type: ignore[index]
     rows.append(
         {

@@ -97,6 +97,23 @@ def test_a_run_changed_in_place_is_encoded_and_checked_again() -> None:
     assert again.pickled == pickle_runs(again.items)
 
 
+def test_a_read_of_the_runs_after_those_remembered_joins_them_exactly() -> None:
+    runs = _runs(4)
+    digests = "".join(_digest(dumps(run)) for run in runs)
+    known = Known("t", Header(1, 0, None), digests[:24], pickle_runs(runs[:3]))
+    # The stored runs agree with those remembered where both have one: longer or shorter.
+    assert known.leads(digests)
+    assert known.leads(digests[:8])
+    assert known.leads("")
+    assert not known.leads(_digest("other") + digests[8:])
+    joined, pickled = known.joined(runs[3:], 4)
+    assert joined == runs
+    assert pickled == pickle_runs(runs)  # made by extending the remembered pickle
+    assert joined[0] is not runs[0]  # copies, which the caller may change
+    assert known.joined([], 3) == (runs[:3], known.runs)
+    assert known.joined([], 2) == (runs[:2], None)
+
+
 def test_the_cache_is_bounded_by_bytes_least_recently_used_first_out() -> None:
     cache = KnownSessions(max_bytes=100)
 

@@ -126,6 +126,24 @@ def test_a_save_writes_only_new_and_changed_runs(server: str, raw: Any, prefix: 
     assert got.memory == {"runs": "inline text", "summary": "s"}
 
 
+def test_a_read_fetches_only_the_runs_the_reader_does_not_remember(
+    server: str, raw: Any, prefix: str
+) -> None:
+    reader, writer = RedisStorage(prefix, url=server), RedisStorage(prefix, url=server)
+    runs = _runs(3)
+    writer.upsert(_session("s", runs))
+    assert reader.read("s") is not None  # now remembered
+    # Another text under the same digest: only a storage that fetches the run can see it.
+    raw.lset("{" + prefix + "}:r:s", 0, '{"marker":true}')
+    writer.upsert(_session("s", [*runs, {"run_id": "3"}]))
+    got = reader.read("s")
+    assert got is not None
+    assert got.memory["runs"] == [*runs, {"run_id": "3"}]
+    fresh = RedisStorage(prefix, url=server).read("s")
+    assert fresh is not None
+    assert fresh.memory["runs"][0] == {"marker": True}
+
+
 def test_a_prefix_never_sees_or_drops_a_longer_one(server: str, prefix: str) -> None:
     outer = RedisStorage(prefix, url=server)
     inner = RedisStorage(prefix + ":sub", url=server)

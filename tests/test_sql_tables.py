@@ -122,3 +122,25 @@ def test_a_table_from_before_past_tokens_is_read_then_upgraded_and_written(
         assert len(past) == 16  # the token of the write before the upgrade
     finally:
         older.close()
+
+
+def test_a_read_fetches_only_the_runs_the_reader_does_not_remember(sql_store: Store) -> None:
+    reader, writer = _sql(sql_store), _sql(sql_store)
+    runs = [{"run_id": f"r{i}"} for i in range(3)]
+    writer.upsert(AgentSession(session_id="s", memory={"runs": runs}))
+    assert reader.read("s") is not None  # now remembered
+    # Another text under the same digest: only a storage that fetches the run can see it.
+    table = writer.runs_table
+    with writer.db_engine.begin() as conn:
+        conn.execute(
+            update(table)
+            .where(table.c.session_id == "s", table.c.position == 0)
+            .values(run='{"run_id": "not fetched"}')
+        )
+    writer.upsert(AgentSession(session_id="s", memory={"runs": [*runs, {"run_id": "r3"}]}))
+    got = reader.read("s")
+    assert got is not None
+    assert got.memory["runs"] == [*runs, {"run_id": "r3"}]  # type: ignore[index]
+    fresh = _sql(sql_store).read("s")
+    assert fresh is not None
+    assert fresh.memory["runs"][0] == {"run_id": "not fetched"}  # type: ignore[index]

@@ -19,7 +19,10 @@ remembered header only while the store still carries the remembered token, which
 checks atomically; otherwise it reads the stored header and digests, and writes on those.
 
 Reads. When the stored header carries the remembered token, the runs are unpickled from
-memory instead of being fetched and decoded.
+memory instead of being fetched and decoded. When it carries another (a write elsewhere),
+the read fetches every run's digest but the text of only the runs after those remembered:
+where the digests agree (:meth:`Known.leads`), the remembered runs stand for the stored ones
+(:meth:`Known.joined`), and their pickle is extended rather than made again.
 
 Why a pickle. Deciding that a run is unchanged must be exact. ``==`` is not: it says
 ``1 == 1.0 == True`` and ignores the order of keys. The JSON text is exact but costs as much
@@ -140,11 +143,34 @@ class Known(NamedTuple):
         runs: list[Any] | None,
         listed: tuple[Any, ...],
         head: dict[str, Any],
+        pickled: bytes | None = None,
     ) -> Known:
         """What to remember of a read: the stored record ``head`` without its runs, and the
-        decoded ``runs`` with their ``digests`` (None: the session keeps no runs apart)."""
-        blob = None if runs is None else pickle_runs(runs)
-        return cls(token, header, digests, blob, listed, pickle_plain(head))
+        decoded ``runs`` with their ``digests`` (None: the session keeps no runs apart);
+        ``pickled``: the runs as :func:`pickle_runs` gives them, when already made."""
+        if pickled is None and runs is not None:
+            pickled = pickle_runs(runs)
+        return cls(token, header, digests, pickled, listed, pickle_plain(head))
+
+    def leads(self, digests: str) -> bool:
+        """Whether stored runs with ``digests`` are the remembered runs wherever both have
+        one, so that a read needs to fetch only the runs after those remembered."""
+        mine = self.digests or ""
+        both = min(len(mine), len(digests))
+        return mine[:both] == digests[:both]
+
+    def joined(self, later: list[Any], count: int) -> tuple[list[Any], bytes | None]:
+        """The ``count`` stored runs of a read that fetched only ``later``, the runs after
+        those remembered (see :meth:`leads`): new copies of the remembered runs, then
+        ``later``; and their pickle, for :meth:`read` (None: to be made)."""
+        assert self.runs is not None
+        kept = unpickle_runs(self.runs)
+        if count <= len(kept):
+            return kept[:count], self.runs if count == len(kept) else None
+        more = pickle_runs(later)
+        if more is None:
+            return kept + later, None
+        return kept + later, self.runs[: -len(_TAIL)] + more[len(_HEAD) :]
 
     def whole(self) -> bool:
         """Whether all of the stored session is remembered, so that a read may use the copy."""

@@ -42,7 +42,8 @@ one round trip; a wrong guess costs one more, never a wrong write (a write large
 :data:`GUESS` is not sent on a guess about a session not seen: the header is read first).
 The runs it remembers unchanged are not encoded again, and a read of a session it remembers
 asks for the header's token alone (one ``HGET``) and, finding it unchanged, returns a copy
-of what it remembers. A script retried
+of what it remembers; finding it changed, it fetches the digests and only the runs after
+those remembered (``LRANGE`` from there). A script retried
 after a lost connection whose first attempt had landed finds its own new token, or finds it
 among the ``past`` tokens when other writes came in before the retry, and reports the write
 made without making it twice.
@@ -102,6 +103,7 @@ PREFIX_ALLOWED = "letters, digits and _ . : -, starting with a letter, digit or 
 
 DIGEST_SIZE = 8
 """Bytes of BLAKE2b per run digest (16 hex characters): enough to notice a changed run."""
+_WIDTH = 2 * DIGEST_SIZE
 
 TOKEN_BYTES = 8
 """Random bytes of a write token (16 hex characters)."""
@@ -224,14 +226,15 @@ else
   redis.call('ZREM', KEYS[3], id)
 end
 return 1
-""".replace("WIDTH", str(2 * DIGEST_SIZE)).replace("PAST", str(PAST_TOKENS * 2 * TOKEN_BYTES))
+""".replace("WIDTH", str(_WIDTH)).replace("PAST", str(PAST_TOKENS * 2 * TOKEN_BYTES))
 )
 
 # KEYS: header, digests; returns the stored header (see _HEAD).
 _HEADER = _HEAD + "return head(KEYS[1], KEYS[2])\n"
 
-# KEYS: header, runs, digests for each session; returns per session
-# {data, runs as one JSON array (false: not in the list), token, version, created_at,
+# KEYS: header, runs, digests for each session; ARGV: for each session, the position of
+# the first run to send (absent: 0; the reader remembers those before). Returns per session
+# {data, those runs as one JSON array (false: not in the list), token, version, created_at,
 # expires_at, digests}: a few strings, which the client parses much faster than a list.
 _READ = (
     _HEAD
@@ -241,7 +244,8 @@ for i = 1, #KEYS, 3 do
   local h = head(KEYS[i], KEYS[i + 2])
   local runs = false
   if h[5] then
-    runs = '[' .. table.concat(redis.call('LRANGE', KEYS[i + 1], 0, -1), ',') .. ']'
+    local first = ARGV[#out + 1] or 0
+    runs = '[' .. table.concat(redis.call('LRANGE', KEYS[i + 1], first, -1), ',') .. ']'
   end
   out[#out + 1] = {redis.call('HGET', KEYS[i], 'data'), runs, h[1], h[2], h[3], h[4], h[5]}
 end
@@ -619,10 +623,19 @@ class RedisStorage(Storage):
         known = self._known.get(session_id)
         if known is not None and known.whole():
             # One HGET: the session unchanged is returned from what the storage remembers.
-            key = f"{self._tag(session_id)}h:{session_id}"
-            token = self._call(methodcaller("hget", key, "token"))
+            tag = self._tag(session_id)
+            token = self._call(methodcaller("hget", f"{tag}h:{session_id}", "token"))
             if token is not None and _text(token) == known.token:
                 return known.record(self.spec.runs_path)
+            if token is not None and known.digests:
+                # Changed since: the runs after those remembered are fetched, and those
+                # remembered are checked by their digests.
+                kept = len(known.digests) // _WIDTH
+                keys = [f"{tag}{kind}:{session_id}" for kind in "hrd"]
+                row = self._script(_READ, keys, [kept])[0]
+                digests = _state_of(*row[2:]).digests
+                if digests is not None and known.leads(digests):
+                    return self._fetched(session_id, row, known)
         return self._read_many([session_id])[0]
 
     def _read_many(self, ids: Iterable[str]) -> list[Record | None]:
@@ -642,15 +655,24 @@ class RedisStorage(Storage):
                     out[i] = self._fetched(ids[i], row)
         return out
 
-    def _fetched(self, session_id: str, row: list[Any]) -> Record | None:
-        """The record of what the read script sent, remembered as the session's state."""
+    def _fetched(
+        self, session_id: str, row: list[Any], remembered: Known | None = None
+    ) -> Record | None:
+        """The record of what the read script sent, remembered as the session's state;
+        ``remembered``: what the storage remembers of the runs the script did not send."""
         data, runs, *state = row
         seen = _state_of(*state)
         if data is None:
             self._known.put(session_id, None)
             return None
         record, items = self._decoded(session_id, data, runs)
-        known = Known.read(seen.token, seen.header, seen.digests, items, seen.listed, record)
+        pickled = None
+        if remembered is not None and items is not None:
+            assert seen.digests is not None
+            items, pickled = remembered.joined(items, len(seen.digests) // _WIDTH)
+        known = Known.read(
+            seen.token, seen.header, seen.digests, items, seen.listed, record, pickled
+        )
         self._known.put(session_id, known)
         if items is not None:
             set_path(record, self.spec.runs_path, items)

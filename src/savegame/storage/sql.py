@@ -80,6 +80,7 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
+    case,
     create_engine,
     delete,
     event,
@@ -593,6 +594,10 @@ class _Statements:
         )
         # The token alone, to find a remembered session unchanged.
         self.token_of = compile_(select(header.c.write_token).where(header.c.session_id == sid))
+        # The reads of one session fetch the text of the runs from position :kept on: the
+        # reader remembers those before, and checks them by their digests.
+        kept: Any = bindparam("kept", type_=Integer())
+        text = case((runs.c.position >= kept, runs.c.run)).label("run")
         # On a server, the header (at place -1) and the runs in one statement, so in one
         # snapshot. Unordered: sorting the union would cost the server a temporary table.
         head = select(
@@ -600,7 +605,7 @@ class _Statements:
         ).where(header.c.session_id == sid)
         rest = select(
             *(null().label(c.name) for c in header.c),
-            runs.c.run,
+            text,
             runs.c.digest,
             runs.c.position.label("place"),
         ).where(runs.c.session_id == sid)
@@ -609,9 +614,7 @@ class _Statements:
         # a transaction.
         self.header_of = compile_(select(header).where(header.c.session_id == sid))
         self.runs_of = compile_(
-            select(runs.c.run, runs.c.digest)
-            .where(runs.c.session_id == sid)
-            .order_by(runs.c.position),
+            select(text, runs.c.digest).where(runs.c.session_id == sid).order_by(runs.c.position),
         )
 
     def listing(self, filters: tuple[str, ...], live: bool, limited: bool) -> _Raw:
@@ -1247,22 +1250,30 @@ class SqlStorage(Storage):
             digests.append(digest)
         return {sid: (texts, "".join(digests)) for sid, (texts, digests) in found.items()}
 
-    def _unpacked(self, session_id: str, row: Sequence[Any], found: Any) -> Record:
+    def _unpacked(
+        self,
+        session_id: str,
+        row: Sequence[Any],
+        found: Any,
+        joined: tuple[list[Any], bytes | None] | None = None,
+    ) -> Record:
         """The record of a header row (the table's columns in order) and its runs' texts and
-        digests; remembered when the row carries a write token."""
+        digests; remembered when the row carries a write token. ``joined``: the runs
+        already decoded, and their pickle (see :meth:`Known.joined`)."""
         record = self._decoded(row)
         stored = record.pop("write_token", None)
         record.pop("past_tokens", None)
         count = record.pop("run_count", None)
         digests: str | None = None
         runs: list[Any] = []
+        pickled = None
         if count is not None:
             texts, digests = found if found is not None else ([], "")
-            runs = self._loaded_runs(texts)
+            runs, pickled = joined if joined is not None else (self._loaded_runs(texts), None)
         if stored is not None:
             listed = tuple(record.get(name) for name in self._indexed)
             kept = None if count is None else runs
-            known = Known.read(stored, Header.of(record), digests, kept, listed, record)
+            known = Known.read(stored, Header.of(record), digests, kept, listed, record, pickled)
             self._known.put(session_id, known)
         return self._placed(record, count, runs)
 
@@ -1304,27 +1315,45 @@ class SqlStorage(Storage):
         if layout.version < LATEST:
             return self._read_many([session_id])[0]
         known = self._known.get(session_id)
-        token = known.token if known is not None and known.whole() else ""
+        if known is None or not known.whole():
+            return self._read_one(session_id, "", None)
+        return self._read_one(session_id, known.token, known)
+
+    def _read_one(self, session_id: str, token: str, known: Known | None) -> Record | None:
+        """A session read in one snapshot; ``known``: what is remembered of it, whole, which
+        spares fetching its runs again, and all of it when the store still holds ``token``."""
+        kept = len(known.digests) // _DIGEST_WIDTH if known is not None and known.digests else 0
         self._statements()
         with self._guard():
-            row, found = self._on_connection(lambda conn: self._read_on(conn, session_id, token))
+            row, found = self._on_connection(
+                lambda conn: self._read_on(conn, session_id, token, kept)
+            )
         if row is _UNCHANGED:
             assert known is not None
             return known.record(self.spec.runs_path)
         if row is None:
             self._known.put(session_id, None)
             return None
+        if kept and found is not None:
+            assert known is not None
+            texts, digests = found
+            if not known.leads(digests):
+                # A run the reader remembers was changed since: all of them are fetched.
+                return self._read_one(session_id, "", None)
+            joined = known.joined(self._loaded_runs(texts[kept:]), len(texts))
+            return self._unpacked(session_id, row, found, joined)
         return self._unpacked(session_id, row, found)
 
     def _read_on(
-        self, conn: Any, session_id: str, token: str
+        self, conn: Any, session_id: str, token: str, kept: int
     ) -> tuple[Any, tuple[list[Any], str] | None]:
-        """The header row of a session and its runs' texts and digests, from one snapshot;
-        :data:`_UNCHANGED` when the header carries ``token``."""
+        """The header row of a session, and its runs' texts and digests, from one snapshot;
+        :data:`_UNCHANGED` when the header carries ``token``. The runs before position
+        ``kept`` come without their texts (None)."""
         sql = self._statements()
         dialect = self.dialect
         cursor = conn.cursor()
-        params = {"sid": session_id}
+        params = {"sid": session_id, "kept": kept}
         if token:
             with dialect.one_statement(conn):
                 current = sql.token_of.run(cursor, params).fetchone()

@@ -571,6 +571,35 @@ class ModeContract:
         check(list(reversed(runs)))
         check(None)
 
+    def test_a_reader_that_remembers_the_runs_sees_every_change_another_storage_made(
+        self, store: Store
+    ) -> None:
+        # The reader remembers the runs it read last; what the writer changes must reach it
+        # whether runs were added, edited, retyped, reordered, dropped, or left as they were.
+        reader, writer = store(), store()
+        ordered = "key_order" in type(reader).capabilities
+        runs: list[Any] = [{"run_id": str(i), "n": i, "content": f"turn {i}"} for i in range(6)]
+
+        def check(new_runs: Any, **fields: Any) -> None:
+            session = _with_runs(store, "w", new_runs, **fields)
+            writer.upsert(session)
+            got = reader.read("w")
+            assert got is not None
+            assert _exact(_runs_of(store, got), ordered) == _exact(new_runs, ordered)
+            assert _fields(got) == _fields(session)
+
+        check(runs)
+        check([*runs, {"run_id": "6"}, {"run_id": "7"}])
+        check([*runs, {"run_id": "6"}, {"run_id": "7"}], session_data={"only": "the header"})
+        runs[1] = {"run_id": "1", "n": 1.0, "content": "turn 1"}
+        check(runs)
+        runs[4] = {"content": "turn 4", "n": 4, "run_id": "4"}
+        check([*runs, {"run_id": "8"}])
+        check(runs[:3])
+        check([runs[1], runs[0], runs[2], {"run_id": "9"}])
+        check([])
+        check(runs)
+
     def test_a_run_changed_only_in_type_or_key_order_is_saved(self, store: Store) -> None:
         # ``==`` calls these equal; what is stored must not.
         storage = store()
