@@ -56,7 +56,10 @@ the conversation and savegame's does not.
 storage object, as in a new process, which knows nothing of them yet. A new session costs
 savegame one row per run besides the header. The save at turn N adds one run to a
 conversation of N runs; savegame's save at turn 1000 still pickles the 1000 runs it is
-given, to prove them unchanged: that is the row "of which pickling the runs"."""
+given, to prove them unchanged: that is the row "of which pickling the runs". The "read of a
+1000-run session that another storage just added a run to" is made by a storage that read
+the session before another one (another process, in a deployment) saved it again: it
+fetches the digests of the runs and the text of the new one only."""
 
 
 def machine() -> str:

@@ -250,16 +250,21 @@ class _Forks:
             stdout=subprocess.PIPE,
             stderr=self._errors,
             text=True,
+            start_new_session=True,  # a group of its own, with its children
         )
 
     def __enter__(self) -> _Forks:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: object, *exc: object) -> None:
         assert self._proc.stdin is not None
-        self._proc.stdin.close()
-        self._proc.wait(timeout=60)
-        self._errors.close()
+        try:
+            if kind is not None:  # a test that failed may leave children working
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.stdin.close()
+            self._proc.wait(timeout=60)
+        finally:
+            self._errors.close()
 
     def start(self, commands: list[list[Any]]) -> None:
         """Has the server fork a child for each command, all at once."""

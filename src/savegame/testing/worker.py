@@ -74,11 +74,11 @@ def _serve(url: str, mode: str) -> int:
     """Runs the commands of each line read from standard input in children forked for them.
 
     A test that starts twenty writers would otherwise spend most of its time importing
-    savegame and the backend twenty times: the server imports them once, before any
-    connection is made, and each child opens the store itself. A line holds one command or
-    several separated by ``|``; the children of one line run at once, and the server reads
-    the next line once they have all ended. A child prints ``PID N`` first, then what its
-    command prints; once it has ended (killed, say) the server prints ``ENDED PID CODE``
+    savegame and the backend's module twenty times: the server imports them once, before
+    any connection is made, and each child opens the store itself. A line holds one command
+    or several separated by ``|``; the children of one line run at once, and the server
+    reads the next line once they have all ended. A child prints ``PID N`` first, then what
+    its command prints; once it has ended (killed, say) the server prints ``ENDED PID CODE``
     (:data:`PID`, :data:`ENDED`, the exit code). Whatever stands before :data:`ENDED` on
     its line is what a killed child had not finished saying. Standard input closed ends the
     server.
