@@ -24,12 +24,14 @@ from typing import Any
 from sqlalchemy import String, Table, Text, cast, text
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement, Executable
 from sqlalchemy.types import TypeEngine
 
 from savegame.storage import codec
 from savegame.storage.sql import (
     JsonText,
+    RunDigests,
     ServerStorage,
     SqlDialect,
     on_conflict_update,
@@ -64,6 +66,12 @@ class Jsonb(JsonText):
 
     def column_expression(self, colexpr: Any) -> ColumnElement[Any]:
         return cast(colexpr, Text)
+
+
+@compiles(RunDigests, "postgresql")
+def _string_agg(element: RunDigests, compiler: Any, **kw: Any) -> str:
+    digest, position = (compiler.process(c, **kw) for c in element.clauses)
+    return f"string_agg({digest}, '' ORDER BY {position})"
 
 
 class PostgresDialect(SqlDialect):

@@ -27,8 +27,8 @@ database, with ``BEGIN IMMEDIATE``). A session the storage has not seen is first
 new one (an insert that does nothing when the row is there), while that guess keeps proving
 right. Two first inserts of one session meet at the primary key and the loser runs again,
 now seeing the row. A read takes the header and the runs in one snapshot: in one statement
-on a server (the runs aggregated into one JSON array, and left out when the header carries
-the remembered token), in one transaction in SQLite.
+on a server (the runs' digests aggregated into one string, and the text of only the runs
+after those the reader remembers), in one transaction in SQLite.
 
 Execution. The statements of reads and writes of one session are built with SQLAlchemy Core
 once per storage, compiled for the engine's dialect, and run on the driver's connection
@@ -97,6 +97,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.schema import CreateSchema
 from sqlalchemy.sql.expression import Executable
+from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeEngine, UserDefinedType
 
 from savegame.errors import (
@@ -156,6 +157,16 @@ class JsonText(UserDefinedType[Any]):
 
     def get_col_spec(self, **kw: Any) -> str:
         return self.spec
+
+
+class RunDigests(FunctionElement[str]):
+    """``RunDigests(digest, position)``: the digests of a session's runs, in the order of
+    their positions, run together into one string (NULL for no runs). An aggregate that each
+    server's module compiles for its database (``string_agg``, ``GROUP_CONCAT``)."""
+
+    type = String()
+    name = "run_digests"
+    inherit_cache = True
 
 
 class SqlDialect(ABC):
@@ -598,18 +609,24 @@ class _Statements:
         # reader remembers those before, and checks them by their digests.
         kept: Any = bindparam("kept", type_=Integer())
         text = case((runs.c.position >= kept, runs.c.run)).label("run")
-        # On a server, the header (at place -1) and the runs in one statement, so in one
-        # snapshot. Unordered: sorting the union would cost the server a temporary table.
+        # On a server, in one statement, so in one snapshot: the header (at place -1), the
+        # digests of all the runs run together (at -2: one row, not one a run, each of
+        # which would carry every header column), and the runs from :kept on. Unordered:
+        # sorting the union would cost the server a temporary table.
+        nulls = [null().label(c.name) for c in header.c]
         head = select(
             header, null().label("run"), null().label("digest"), literal_column("-1").label("place")
         ).where(header.c.session_id == sid)
-        rest = select(
-            *(null().label(c.name) for c in header.c),
-            text,
-            runs.c.digest,
-            runs.c.position.label("place"),
+        digests = select(
+            *nulls,
+            null().label("run"),
+            RunDigests(runs.c.digest, runs.c.position).label("digest"),
+            literal_column("-2").label("place"),
         ).where(runs.c.session_id == sid)
-        self.read_one = compile_(union_all(head, rest))
+        rest = select(
+            *nulls, runs.c.run, null().label("digest"), runs.c.position.label("place")
+        ).where(runs.c.session_id == sid, runs.c.position >= kept)
+        self.read_one = compile_(union_all(head, digests, rest)) if dialect.round_trips else None
         # In an embedded database, where statements cost no round trip: header and runs in
         # a transaction.
         self.header_of = compile_(select(header).where(header.c.session_id == sid))
@@ -1363,6 +1380,7 @@ class SqlStorage(Storage):
                 return _UNCHANGED, None
         if not dialect.round_trips:
             return self._read_locally(conn, cursor, params)
+        assert sql.read_one is not None
         with dialect.one_statement(conn):
             rows = sql.read_one.run(cursor, params).fetchall()
         heads = [r for r in rows if r[-1] == -1]
@@ -1372,8 +1390,10 @@ class SqlStorage(Storage):
         row = heads[0][:width]
         if row[self._count_at] is None:
             return row, None
-        found = sorted((r for r in rows if r[-1] != -1), key=itemgetter(-1))
-        return row, ([r[width] for r in found], "".join(r[width + 1] for r in found))
+        digests = _text(next((r[width + 1] for r in rows if r[-1] == -2), None) or "")
+        found = sorted((r for r in rows if r[-1] >= 0), key=itemgetter(-1))
+        skipped = min(kept, len(digests) // _DIGEST_WIDTH)
+        return row, ([None] * skipped + [r[width] for r in found], digests)
 
     def _read_locally(
         self, conn: Any, cursor: Any, params: dict[str, Any]
