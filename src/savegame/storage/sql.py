@@ -608,7 +608,6 @@ class _Statements:
         # The reads of one session fetch the text of the runs from position :kept on: the
         # reader remembers those before, and checks them by their digests.
         kept: Any = bindparam("kept", type_=Integer())
-        text = case((runs.c.position >= kept, runs.c.run)).label("run")
         # On a server, in one statement, so in one snapshot: the header (at place -1), the
         # digests of all the runs run together (at -2: one row, not one a run, each of
         # which would carry every header column), and the runs from :kept on. Unordered:
@@ -628,7 +627,8 @@ class _Statements:
         ).where(runs.c.session_id == sid, runs.c.position >= kept)
         self.read_one = compile_(union_all(head, digests, rest)) if dialect.round_trips else None
         # In an embedded database, where statements cost no round trip: header and runs in
-        # a transaction.
+        # a transaction, every digest with the text of the runs from :kept on.
+        text = case((runs.c.position >= kept, runs.c.run)).label("run")
         self.header_of = compile_(select(header).where(header.c.session_id == sid))
         self.runs_of = compile_(
             select(text, runs.c.digest).where(runs.c.session_id == sid).order_by(runs.c.position),
