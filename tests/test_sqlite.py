@@ -13,7 +13,12 @@ from sqlalchemy import event
 
 from savegame import open_storage
 from savegame.agent import Agent
-from savegame.errors import BackendUnavailableError, InvalidIdentifierError, StorageError
+from savegame.errors import (
+    BackendUnavailableError,
+    CorruptSessionError,
+    InvalidIdentifierError,
+    StorageError,
+)
 from savegame.models.offline import OfflineModel
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.session.v2.workflow import WorkflowSession as WorkflowSessionV2
@@ -320,3 +325,37 @@ def test_changing_the_mode_switches_the_columns(tmp_path: Path) -> None:
     got = other.read("w")
     assert got is not None
     assert (got.workflow_name, got.runs) == ("nightly", [{"s": 1}])
+
+
+@pytest.mark.parametrize(
+    ("column", "table", "text"),
+    [
+        ("memory", "t", '{"summary": "s"} trailing'),
+        ("memory", "t", "{not json"),
+        ("run", "t_runs", '{"run_id": "r0"}]'),
+        ("run", "t_runs", ""),
+    ],
+)
+def test_damaged_json_raises_instead_of_reading_wrong(
+    tmp_path: Path, column: str, table: str, text: str
+) -> None:
+    path = tmp_path / "s.db"
+    SqliteStorage("t", db_file=path).upsert(
+        AgentSession(session_id="s", memory={"runs": _runs(2, 5), "summary": "s"})
+    )
+    with sqlite3.connect(path) as db:
+        db.execute(f"UPDATE {table} SET {column} = ? WHERE session_id = 's'", (text,))
+    with pytest.raises(CorruptSessionError, match="cannot be read"):
+        SqliteStorage("t", db_file=path).read("s")
+
+
+def test_json_written_by_another_tool_with_spaces_around_it_reads(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    SqliteStorage("t", db_file=path).upsert(
+        AgentSession(session_id="s", memory={"runs": _runs(1, 5), "summary": "s"})
+    )
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE t SET session_data = ? WHERE session_id = 's'", ('\n {"a": 1}\n',))
+    session = SqliteStorage("t", db_file=path).read("s")
+    assert session is not None
+    assert session.session_data == {"a": 1}

@@ -238,8 +238,25 @@ def _encodable(text: str) -> bool:
     return True
 
 
+# The C scanner of the standard decoder; typeshed does not declare the attribute.
+_SCAN: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
 def loads(text: str | bytes) -> Any:
-    """Parses JSON text written by :func:`dumps` or :func:`dumps_pretty`."""
+    """Parses JSON text written by :func:`dumps` or :func:`dumps_pretty`.
+
+    Text holding one value and nothing around it, as savegame writes it, goes straight to
+    the decoder's scanner, which spares :func:`json.loads`'s checks for surrounding
+    whitespace; anything else takes the full path, which raises the usual error.
+    """
+    if type(text) is str:
+        try:
+            value, end = _SCAN(text, 0)
+        except (StopIteration, ValueError):
+            pass
+        else:
+            if end == len(text):
+                return value
     return json.loads(text)
 
 
@@ -258,7 +275,7 @@ def dumps_text_safe(value: Any, text: str | None = None) -> str:
 
 def loads_text_safe(text: str | bytes) -> Any:
     """Parses text written by :func:`dumps_text_safe`, restoring rewritten strings."""
-    value = json.loads(text)
+    value = loads(text)
     if isinstance(text, bytes):
         text = text.decode("utf-8")
     return _unescape(value) if MARK in text else value
