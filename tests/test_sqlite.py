@@ -327,6 +327,20 @@ def test_changing_the_mode_switches_the_columns(tmp_path: Path) -> None:
     assert (got.workflow_name, got.runs) == ("nightly", [{"s": 1}])
 
 
+def _stored_then_set(path: Path, table: str, column: str, text: str) -> None:
+    """A session stored by savegame, then ``column`` of its rows in ``table`` set to
+    ``text`` behind savegame's back."""
+    SqliteStorage("t", db_file=path).upsert(
+        AgentSession(session_id="s", memory={"runs": _runs(2, 5), "summary": "s"})
+    )
+    db = sqlite3.connect(path)
+    try:
+        with db:
+            db.execute(f"UPDATE {table} SET {column} = ? WHERE session_id = 's'", (text,))
+    finally:
+        db.close()
+
+
 @pytest.mark.parametrize(
     ("column", "table", "text"),
     [
@@ -339,23 +353,13 @@ def test_changing_the_mode_switches_the_columns(tmp_path: Path) -> None:
 def test_damaged_json_raises_instead_of_reading_wrong(
     tmp_path: Path, column: str, table: str, text: str
 ) -> None:
-    path = tmp_path / "s.db"
-    SqliteStorage("t", db_file=path).upsert(
-        AgentSession(session_id="s", memory={"runs": _runs(2, 5), "summary": "s"})
-    )
-    with sqlite3.connect(path) as db:
-        db.execute(f"UPDATE {table} SET {column} = ? WHERE session_id = 's'", (text,))
+    _stored_then_set(tmp_path / "s.db", table, column, text)
     with pytest.raises(CorruptSessionError, match="cannot be read"):
-        SqliteStorage("t", db_file=path).read("s")
+        SqliteStorage("t", db_file=tmp_path / "s.db").read("s")
 
 
 def test_json_written_by_another_tool_with_spaces_around_it_reads(tmp_path: Path) -> None:
-    path = tmp_path / "s.db"
-    SqliteStorage("t", db_file=path).upsert(
-        AgentSession(session_id="s", memory={"runs": _runs(1, 5), "summary": "s"})
-    )
-    with sqlite3.connect(path) as db:
-        db.execute("UPDATE t SET session_data = ? WHERE session_id = 's'", ('\n {"a": 1}\n',))
-    session = SqliteStorage("t", db_file=path).read("s")
+    _stored_then_set(tmp_path / "s.db", "t", "session_data", '\n {"a": 1}\n')
+    session = SqliteStorage("t", db_file=tmp_path / "s.db").read("s")
     assert session is not None
     assert session.session_data == {"a": 1}
