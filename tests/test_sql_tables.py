@@ -144,3 +144,29 @@ def test_a_read_fetches_only_the_runs_the_reader_does_not_remember(sql_store: St
     fresh = _sql(sql_store).read("s")
     assert fresh is not None
     assert fresh.memory["runs"][0] == {"run_id": "not fetched"}  # type: ignore[index]
+
+
+def test_storages_of_one_table_share_what_was_compiled(sql_store: Store) -> None:
+    """A storage opened per request pays for its tables and statements once per process,
+    and a storage of another table or mode never gets another's statements."""
+    first = _sql(sql_store)
+    first.upsert(AgentSession(session_id="a", memory={"runs": [{"run_id": "r"}]}))
+    again = sql_store()
+    other = _sibling(first, f"{first.table_name}_other")
+    assert isinstance(again, SqlStorage)
+    try:
+        assert again.read("a") is not None
+        assert again.table is first.table
+        assert again._statements() is first._statements()
+        other.upsert(AgentSession(session_id="b"))
+        assert other.table is not first.table
+        assert other._statements() is not first._statements()
+        assert other.table_name in other._statements().insert_header.sql
+        assert other.table_name not in first._statements().insert_header.sql
+        again.mode = "team"
+        assert again.table is not first.table
+        assert again._statements() is not first._statements()
+    finally:
+        other.drop()
+        other.close()
+        again.close()

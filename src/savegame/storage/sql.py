@@ -349,8 +349,41 @@ TOKEN_WIDTH = 16
 """Characters of a write token: 64 random bits in hex."""
 
 
+_BUILT: dict[tuple[Any, ...], Any] = {}
+_BUILT_LOCK = threading.Lock()
+
+
+def _built(key: tuple[Any, ...], make: Callable[[], T]) -> T:
+    """What ``make`` returns, made once per ``key`` in this process and shared after.
+
+    Building a storage's tables and compiling its statements costs milliseconds, more than
+    a hundred reads: an application that opens a storage per request must not pay it on
+    each. The objects shared are never changed after they are made.
+    """
+    with _BUILT_LOCK:
+        found = _BUILT.get(key)
+    if found is None:
+        found = make()
+        with _BUILT_LOCK:
+            found = _BUILT.setdefault(key, found)
+            if len(_BUILT) > _BUILT_MAX:
+                del _BUILT[next(iter(_BUILT))]
+    made: T = found
+    return made
+
+
+_BUILT_MAX = 256
+"""Table shapes kept by :func:`_built`: the oldest are made again when more are asked for."""
+
+
 def build_tables(spec: ModeSpec, dialect: SqlDialect, name: str, schema: str | None) -> Tables:
-    """The tables of a storage, derived from the fields of the mode's session class."""
+    """The tables of a storage, derived from the fields of the mode's session class (made
+    once per mode, dialect, name and schema in this process)."""
+    key = ("tables", spec.mode, type(dialect), name, schema)
+    return _built(key, lambda: _new_tables(spec, dialect, name, schema))
+
+
+def _new_tables(spec: ModeSpec, dialect: SqlDialect, name: str, schema: str | None) -> Tables:
     metadata = MetaData(schema=schema)
     indexed = {"user_id", spec.entity_field}
     json_columns: set[str] = set()
@@ -1010,8 +1043,20 @@ class SqlStorage(Storage):
         statements = self._sql
         if statements is None:
             with self._guard(), self._lock, self.db_engine.connect():
-                statements = self._sql = _Statements(
-                    self._tables, self.dialect, self.db_engine.dialect, self._indexed
+                engine = self.db_engine.dialect
+                key = (
+                    "statements",
+                    self._tables,
+                    type(self.dialect),
+                    type(engine),
+                    engine.paramstyle,
+                    engine.server_version_info,
+                    getattr(engine, "is_mariadb", None),
+                    self._indexed,
+                )
+                statements = self._sql = _built(
+                    key,
+                    lambda: _Statements(self._tables, self.dialect, engine, self._indexed),
                 )
         return statements
 
