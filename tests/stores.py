@@ -308,16 +308,7 @@ def postgres_url() -> str:
 
 def mysql_url() -> str:
     """The test MySQL/MariaDB server's URL (skips or fails when it does not answer)."""
-    url = require_service("MySQL", "SAVEGAME_TEST_MYSQL_URL", MYSQL_URL, _probe_sql)
-    from sqlalchemy import create_engine, text
-
-    # The conformance suite stores a 34 MB session; MariaDB's default packet is 16 MB.
-    engine = create_engine(url)
-    with engine.connect() as conn:
-        if conn.execute(text("SELECT @@global.max_allowed_packet")).scalar_one() < 1 << 28:
-            conn.execute(text("SET GLOBAL max_allowed_packet = 268435456"))
-    engine.dispose()
-    return url
+    return require_service("MySQL", "SAVEGAME_TEST_MYSQL_URL", MYSQL_URL, _probe_sql)
 
 
 def _address(server: str, default_port: int) -> tuple[str, int]:

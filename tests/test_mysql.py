@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, inspect, text
 
 from savegame import open_storage
+from savegame.errors import SerializationError
 from savegame.storage.mysql import MySQLStorage
 from savegame.storage.session.agent import AgentSession
 from tests import sql_cases
@@ -118,3 +119,24 @@ def test_urls(server: str, table: str) -> None:
 
 def test_without_pymysql_the_error_names_the_extra() -> None:
     sql_cases.check_missing_driver("pymysql", "MySQLStorage", "mysql://h/db", "mysql")
+
+
+def test_a_session_larger_than_max_allowed_packet_is_refused_and_nothing_changes(
+    server: str, admin: Engine, table: str
+) -> None:
+    with admin.connect() as conn:
+        limit = conn.execute(text("SELECT @@global.max_allowed_packet")).scalar_one()
+    if limit > 64 << 20:
+        pytest.skip(f"the server's max_allowed_packet is {limit} bytes; this test sends one more")
+    storage = MySQLStorage(table, db_url=server)
+    stored = storage.upsert(AgentSession(session_id="big", session_data={"n": 1}))
+    with pytest.raises(SerializationError, match="max_allowed_packet"):
+        storage.upsert(AgentSession(session_id="big", session_data={"blob": "x" * limit}))
+    with pytest.raises(SerializationError, match="max_allowed_packet"):
+        storage.upsert(AgentSession(session_id="new", memory={"runs": [{"text": "y" * limit}]}))
+    assert storage.read("big") == stored
+    assert storage.read("new") is None
+    assert storage.get_all_session_ids() == ["big"]
+    storage.upsert(AgentSession(session_id="after"))
+    assert storage.read("after") is not None
+    storage.close()

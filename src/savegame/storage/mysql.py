@@ -14,7 +14,8 @@ Only what is particular to MySQL lives here; the layout, queries and migrations 
 * Writes run in ``READ COMMITTED`` (a missing row takes no gap lock, so two first writes of
   different sessions never deadlock), reads in ``REPEATABLE READ`` (one snapshot).
 * A session can be as large as the server's ``max_allowed_packet`` allows (16 MB by
-  default on MariaDB; raise it to store larger sessions).
+  default on MariaDB; raise it to store larger sessions); a larger one is refused with
+  :class:`~savegame.errors.SerializationError`, and nothing is written.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ _UNAVAILABLE = frozenset(
     }
 )
 _DEADLOCK = 1213
+_PACKET_TOO_LARGE = 1153
 _DUPLICATE_KEY = 1062
 _SCHEMA_LOCK = "savegame.schema"
 
@@ -73,6 +75,12 @@ class Utf8Binary(TypeDecorator[str]):
 def _group_concat(element: RunDigests, compiler: Any, **kw: Any) -> str:
     digest, position = (compiler.process(c, **kw) for c in element.clauses)
     return f"GROUP_CONCAT({digest} ORDER BY {position} SEPARATOR '')"
+
+
+def _code(error: BaseException) -> object:
+    """The server's error number of a PyMySQL error (None when it carries none)."""
+    args: tuple[Any, ...] = getattr(error, "args", ())
+    return args[0] if args else None
 
 
 class MySQLDialect(SqlDialect):
@@ -115,8 +123,7 @@ class MySQLDialect(SqlDialect):
         return insert(table)
 
     def duplicate(self, error: BaseException) -> bool:
-        args: tuple[Any, ...] = getattr(error, "args", ())
-        return len(args) > 0 and args[0] == _DUPLICATE_KEY
+        return _code(error) == _DUPLICATE_KEY
 
     def configure(self, conn: Any) -> None:
         # A read gathers a session's run digests with GROUP_CONCAT, cut at 1 MB by default
@@ -133,14 +140,17 @@ class MySQLDialect(SqlDialect):
     def unavailable(self, error: BaseException) -> bool:
         import pymysql
 
-        code = error.args[0] if error.args else None
         if isinstance(error, pymysql.err.InterfaceError):
             return True
-        return isinstance(error, pymysql.err.OperationalError) and code in _UNAVAILABLE
+        return isinstance(error, pymysql.err.OperationalError) and _code(error) in _UNAVAILABLE
+
+    def refused(self, error: BaseException, dbapi: Any) -> bool:
+        # A session larger than the server's max_allowed_packet: the server says so and
+        # drops the connection, which the pool then replaces.
+        return super().refused(error, dbapi) or _code(error) == _PACKET_TOO_LARGE
 
     def retryable(self, error: BaseException, dbapi: Any) -> bool:
-        args: tuple[Any, ...] = getattr(error, "args", ())
-        return super().retryable(error, dbapi) or (len(args) > 0 and args[0] == _DEADLOCK)
+        return super().retryable(error, dbapi) or _code(error) == _DEADLOCK
 
 
 class MySQLStorage(ServerStorage):

@@ -282,6 +282,12 @@ class SqlDialect(ABC):
         """Whether a driver error means the database is unreachable or stayed locked."""
         return False
 
+    def refused(self, error: BaseException, dbapi: Any) -> bool:
+        """Whether a driver error means the database refused a value savegame sent (bad
+        input: :class:`~savegame.errors.SerializationError`). ``dbapi`` is the driver's
+        module."""
+        return isinstance(error, dbapi.DataError)
+
     def retryable(self, error: BaseException, dbapi: Any) -> bool:
         """Whether a write that failed with the driver's ``error`` may simply run again.
 
@@ -944,7 +950,7 @@ class SqlStorage(Storage):
         title = self.dialect.title
         if invalidated or (error is not None and self.dialect.unavailable(error)):
             return BackendUnavailableError(f"{title} at {self.where()} is unavailable: {error}")
-        if isinstance(error, self._dbapi.DataError):
+        if error is not None and self.dialect.refused(error, self._dbapi):
             return SerializationError(
                 f"{title} refused a value of table {self.table_name!r}: {error}"
             )
