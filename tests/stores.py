@@ -122,7 +122,7 @@ def redis_client(server: str) -> Any:
 
 
 @contextmanager
-def _through_proxy(
+def through_proxy(
     address: tuple[str, int],
     make: Callable[[str, int], Storage],
     marker: bytes,
@@ -172,7 +172,7 @@ def _redis(name: str, cluster: bool, shards: int = 1) -> Callable[[Path, str], A
                 return RedisStorage(prefix, url=f"redis://{host}:{port}/{db}")
 
             address = (parts.hostname or "127.0.0.1", parts.port or 6379)
-            with _through_proxy(address, at, b"EVALSHA") as link:
+            with through_proxy(address, at, b"EVALSHA") as link:
                 yield link
 
         store = Store(
@@ -337,7 +337,7 @@ def _postgres(tmp_path: Path, mode: str) -> Iterator[Store]:
 
     def lossy() -> AbstractContextManager[LossyLink]:
         # psycopg may still be reading earlier replies: lose the one that reports the commit.
-        return _through_proxy(_address(server, 5432), at, b"COMMIT", reply=b"COMMIT\x00")
+        return through_proxy(_address(server, 5432), at, b"COMMIT", reply=b"COMMIT\x00")
 
     store = Store(
         "postgres",
@@ -376,7 +376,7 @@ def _mysql(tmp_path: Path, mode: str) -> Iterator[Store]:
 
     def lossy() -> AbstractContextManager[LossyLink]:
         # The read before the write commits too: lose the commit that follows the write.
-        return _through_proxy(_address(server, 3306), at, b"COMMIT", after=b"UPDATE ")
+        return through_proxy(_address(server, 3306), at, b"COMMIT", after=b"UPDATE ")
 
     store = Store(
         "mysql", mode, opener, url=f"{server}?table={table}", original=original, lossy=lossy

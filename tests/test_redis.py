@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -27,11 +28,13 @@ from redis.crc import key_slot
 from redis.retry import Retry
 
 from savegame.errors import BackendUnavailableError, CorruptSessionError, InvalidIdentifierError
+from savegame.storage.known import PAST_TOKENS
 from savegame.storage.redis import RedisStorage, from_url
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.url import open_storage, parse_url
+from savegame.testing.contract import check_lost_reply
 from tests.redis_servers import server_url, tls_cluster, tls_server
-from tests.stores import missing_service, redis_client, unique
+from tests.stores import missing_service, redis_client, through_proxy, unique
 
 T = TypeVar("T")
 
@@ -637,3 +640,34 @@ def test_a_damaged_session_raises_instead_of_looking_absent(
         storage.get_all_sessions(user_id="u")
     assert storage.delete_session("s") is True
     assert storage.read("s") is None
+
+
+@pytest.mark.parametrize(
+    "writes", [0, 1, PAST_TOKENS], ids=["alone", "another-writes", "past-tokens-full"]
+)
+def test_a_write_that_a_client_of_the_users_own_sends_again_is_never_made_twice(
+    writes: int,
+) -> None:
+    # The client's own retries (redis-py's default: 10) send the write script again
+    # without savegame seeing it; the script's answer still shows the write's token among
+    # the session's last writes. After more than PAST_TOKENS other writes in the client's
+    # retry window, savegame cannot tell: the README says so.
+    server = server_url(False)
+    parts = urlsplit(server)
+    address = (parts.hostname or "127.0.0.1", parts.port or 6379)
+    db = int(parts.path.strip("/") or 0)
+    prefix = unique("sgc")
+    clients: list[Any] = []
+
+    def at(host: str, port: int) -> RedisStorage:
+        clients.append(redis.Redis(host=host, port=port, db=db))
+        return RedisStorage(prefix, client=clients[-1])
+
+    try:
+        with through_proxy(address, at, b"EVALSHA") as link:
+            check_lost_reply(link, writes)
+    finally:
+        for client in clients:
+            client.close()
+        with RedisStorage(prefix, url=server) as cleanup:
+            cleanup.drop()

@@ -46,7 +46,8 @@ of what it remembers; finding it changed, it fetches the digests and only the ru
 those remembered (``LRANGE`` from there). A script retried
 after a lost connection whose first attempt had landed finds its own new token, or finds it
 among the ``past`` tokens when other writes came in before the retry, and reports the write
-made without making it twice.
+made without making it twice; this holds too for a client of the caller's that sends the
+script again on its own.
 
 Expiry is Redis's own: with ``expire`` set, the header and the runs get ``EXPIREAT``. Index
 entries cannot expire by themselves, so ``{T}:exp`` remembers when each session goes: listings
@@ -720,21 +721,23 @@ class RedisStorage(Storage):
                 self._known.put(sid, written)
                 return draft.whole(record)
             self._known.put(sid, None)
-            if resent:
-                current, past = _text(result[0] or ""), _text(result[5] or "")
-                made = resent_write_made(written.token, seen.token, current, past)
-                if made:
-                    if current == written.token:
-                        self._known.put(sid, written)
-                    return draft.whole(record)
-                if made is None:
-                    # Writing again could make the change twice; reporting a conflict
-                    # would have update() make it twice.
-                    raise StorageError(
-                        f"the connection to {self._address} was lost while writing session"
-                        f" {sid!r}, and the session has been written since: whether this"
-                        " write was made is unknown; read the session to see"
-                    )
+            # The write's token among the session's last writes: an earlier sending made
+            # it. Savegame's own (``resent``), or one of a client of the caller's that
+            # sends a call again on its own, unseen, and whose retry gets this answer.
+            current, past = _text(result[0] or ""), _text(result[5] or "")
+            made = resent_write_made(written.token, seen.token, current, past)
+            if made:
+                if current == written.token:
+                    self._known.put(sid, written)
+                return draft.whole(record)
+            if resent and made is None:
+                # Writing again could make the change twice; reporting a conflict
+                # would have update() make it twice.
+                raise StorageError(
+                    f"the connection to {self._address} was lost while writing session"
+                    f" {sid!r}, and the session has been written since: whether this"
+                    " write was made is unknown; read the session to see"
+                )
             if trusted:
                 # Another writer came between our read and our write: let it finish.
                 time.sleep(secrets.randbelow(1000) / 1e6)
