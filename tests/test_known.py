@@ -4,7 +4,9 @@ bounded cache. Backends are held to the behaviour this serves by the conformance
 from __future__ import annotations
 
 import collections
+import datetime
 import hashlib
+import json
 from typing import Any
 
 import pytest
@@ -95,6 +97,29 @@ def test_a_run_changed_in_place_is_encoded_and_checked_again() -> None:
     again = encode_runs(runs, known, dumps, _digest, "$", 2)
     assert again.items[0] == {"run_id": "0", "text": [1, 2]}
     assert again.pickled == pickle_runs(again.items)
+
+
+@pytest.mark.parametrize(
+    "last",
+    [
+        {"run_id": "2", "n": [1, 2.5, True, None, -0.0, 10**30]},
+        {"run_id": "2", "n": (1, 2)},
+        {"run_id": "2", "n": [{"deep": (True,)}]},
+        {"run_id": "2", "at": datetime.date(2026, 12, 4)},
+    ],
+    ids=["plain", "tuple", "nested-tuple", "date"],
+)
+def test_what_is_remembered_is_the_pickle_of_the_runs_as_stored(last: Any) -> None:
+    runs = [*_runs(2), last]
+    for known in (None, _remembered(_runs(2))):
+        encoded = encode_runs(runs, known, dumps, _digest, "$", 2)
+        assert encoded.items == [json.loads(dumps(run)) for run in encoded.items]
+        assert encoded.pickled == pickle_runs(encoded.items)
+
+
+def _remembered(runs: list[Any]) -> Known:
+    first = encode_runs(runs, None, dumps, _digest, "$", 2)
+    return Known("t", Header(1, 0, None), first.digests, first.pickled)
 
 
 def test_a_read_of_the_runs_after_those_remembered_joins_them_exactly() -> None:

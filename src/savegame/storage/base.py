@@ -25,6 +25,7 @@ changed since the storage last saw the session (:mod:`savegame.storage.known`).
 
 from __future__ import annotations
 
+import functools
 import pickle
 import random
 import time
@@ -101,8 +102,10 @@ class Draft(NamedTuple):
         return record
 
 
-def _json_path(keys: Iterable[str]) -> str:
-    """Where ``keys`` lead in a session, as error messages name it: ``$['memory']['runs']``."""
+@functools.lru_cache(maxsize=256)
+def _json_path(keys: tuple[str, ...]) -> str:
+    """Where ``keys`` lead in a session, as error messages name it: ``$['memory']['runs']``
+    (the fields of sessions are few: each path is made once)."""
     return "$" + "".join(f"[{key!r}]" for key in keys)
 
 

@@ -90,6 +90,21 @@ def encode(value: Any) -> Any:
 def encode_text(value: Any, path: str = "$", level: int = 1) -> tuple[Any, str]:
     """A JSON-native copy of ``value`` and its compact JSON text (non-ASCII kept as it is).
 
+    See :func:`encode_checked`, which also says whether the copy converted anything.
+
+    Raises:
+        SerializationError: for a value that cannot be stored faithfully, naming its path.
+    """
+    copy, text, _ = encode_checked(value, path, level)
+    return copy, text
+
+
+def encode_checked(value: Any, path: str = "$", level: int = 1) -> tuple[Any, str, bool]:
+    """A JSON-native copy of ``value``, its compact JSON text (non-ASCII kept as it is),
+    and whether the copy equals ``value`` as ``==`` sees it (False: a tuple became a list,
+    a datetime a string, and so on). Where ``value`` holds only the exact built-in types,
+    True means equal in type too.
+
     ``path`` names ``value`` in error messages; ``level`` is how deep it sits in the
     session (the session itself is level 1), so that nesting is bounded for the whole
     session, not for each part of it.
@@ -115,11 +130,11 @@ def encode_text(value: Any, path: str = "$", level: int = 1) -> tuple[Any, str]:
         and copy == value
         and (text.count("{") + text.count("[") <= limit or depth_at_most(copy, limit))
     ):
-        return copy, text
+        return copy, text, True
     if not depth_at_most(value, limit):
         raise SerializationError(f"{path}: nested deeper than {MAX_DEPTH} levels")
     converted = _walk(value, path, level)
-    return converted, _compact(converted)
+    return converted, _compact(converted), False
 
 
 def depth_at_most(value: Any, limit: int) -> bool:

@@ -53,7 +53,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from savegame.storage.base import Header
-from savegame.storage.codec import encode_text
+from savegame.storage.codec import encode_checked
 from savegame.storage.session import set_path
 
 MAX_SESSIONS = 10_000
@@ -381,16 +381,20 @@ def encode_runs(
     items: list[Any] = runs[:start]
     texts: list[str | None] = [None] * start
     digests = [known.digests[: start * width]] if start and known and known.digests else []
+    converted = False
     for i in range(start, len(runs)):
-        copy, compact = encode_text(runs[i], f"{path}[{i}]", level)
+        copy, compact, same = encode_checked(runs[i], f"{path}[{i}]", level)
+        converted = converted or not same
         text = text_of(copy, compact)
         items.append(copy)
         texts.append(text)
         digests.append(digest(text))
     pickled = blob
-    if blob is not None and start < len(runs):
+    if blob is not None and converted:
         # The copies made of the new runs must pickle as the runs given did; they differ
-        # where encoding converted a value (a tuple became a list, say).
+        # where encoding converted a value (a tuple became a list, say). Copies equal to
+        # runs of the exact built-in types alone (``blob`` is made of nothing else) pickle
+        # as they do.
         fresh = pickle_runs(items[start:])
         done = len(known.runs) - _FRAME if start and known and known.runs else 0
         if (
