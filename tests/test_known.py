@@ -162,13 +162,16 @@ def test_the_cache_is_bounded_by_bytes_least_recently_used_first_out() -> None:
 
 def test_what_a_storage_reads_it_remembers_whole(backend_store: Store) -> None:
     writer = backend_store.require("cache_bytes")
-    for sid in ("a", "b", "c", "d"):
+    # Times of their own, so that the listing takes b and c whenever the writes run: read,
+    # listing and read_many each leave one session to remember.
+    for sid, created in (("a", 1), ("b", 4), ("c", 3), ("d", 2)):
         runs = [{"run_id": f"{sid}{i}", "messages": [{"role": "user"}]} for i in range(2)]
-        writer.upsert(AgentSession(session_id=sid, user_id="u", memory={"runs": runs}))
+        memory = {"runs": runs}
+        writer.upsert(AgentSession(session_id=sid, user_id="u", memory=memory, created_at=created))
     reader = backend_store()
     cache = reader._known  # type: ignore[attr-defined]
     assert reader.read("a") is not None
-    assert len(reader.get_recent_sessions(user_id="u", limit=2)) == 2
+    assert [s.session_id for s in reader.get_recent_sessions(user_id="u", limit=2)] == ["b", "c"]
     assert len(reader.read_many(["d", "c"])) == 2
     for sid in ("a", "b", "c", "d"):
         known = cache.get(sid)
