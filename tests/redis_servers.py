@@ -13,6 +13,7 @@ then starts nothing).
 :func:`lossy_cluster` starts a cluster whose clients reach it through proxies that can lose
 a reply. :func:`tls_server` and :func:`tls_cluster` start a standalone server and a 3-master cluster
 that speak only TLS, with certificates from a certificate authority made for the test.
+:func:`plain_server` starts a standalone server for tests that would disturb the shared one.
 """
 
 from __future__ import annotations
@@ -260,44 +261,74 @@ def _tls_options(files: dict[str, Path]) -> list[str]:
 
 
 @contextlib.contextmanager
-def tls_server(folder: Path) -> Iterator[tuple[int, Path]]:
-    """A server on a loopback port that accepts TLS only; yields (port, CA file).
-
-    Its certificate (see :func:`_tls_files`) comes from an authority no system trusts. The
-    server is stopped by process id on leaving.
+def _one_server(
+    folder: Path, options: Callable[[int], list[str]], client: dict[str, Any], what: str
+) -> Iterator[int]:
+    """One ``redis-server`` of the tests' own on a free loopback port, started with
+    ``options(port)`` and answering a client made with ``client``; yields the port and
+    stops the server by process id on leaving.
 
     Raises:
-        RuntimeError: when ``redis-server`` is missing, was built without TLS, or does not
-            answer in time.
+        RuntimeError: when ``redis-server`` is missing, does not start (``what`` says what
+            it needs), or does not answer in time.
     """
     import redis
 
     server = shutil.which("redis-server")
     if server is None:
-        raise RuntimeError("redis-server is needed to start a TLS server")
-    files = _tls_files(folder)
+        raise RuntimeError(f"redis-server is needed to start {what}")
     (port,) = free_ports(1)
-    options = ["--port", "0", "--tls-port", str(port), *_tls_options(files)]
-    state: dict[str, Any] = {"pids": [spawn(server, folder, options)]}
+    state: dict[str, Any] = {"pids": [spawn(server, folder, options(port))]}
 
     def answers() -> bool:
         _reap(state["pids"][0])
         if not _alive(state["pids"][0]):
             log = (folder / "server.log").read_text(errors="replace")
-            raise RuntimeError(f"redis-server did not start with TLS: {log[-500:]}")
-        client = redis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(files["ca"]))
+            raise RuntimeError(f"redis-server did not start as {what}: {log[-500:]}")
+        probe = redis.Redis(host="127.0.0.1", port=port, **client)
         try:
-            return bool(client.ping())
+            return bool(probe.ping())
         except redis.ConnectionError:
             return False
         finally:
-            client.close()
+            probe.close()
 
     try:
         wait_until(answers, time.monotonic() + START_TIMEOUT)
-        yield port, files["ca"]
+        yield port
     finally:
         stop(state, folder)
+
+
+@contextlib.contextmanager
+def tls_server(folder: Path) -> Iterator[tuple[int, Path]]:
+    """A server on a loopback port that accepts TLS only; yields (port, CA file).
+
+    Its certificate (see :func:`_tls_files`) comes from an authority no system trusts.
+
+    Raises:
+        RuntimeError: as :func:`_one_server`, and when ``redis-server`` was built without TLS.
+    """
+    files = _tls_files(folder)
+
+    def options(port: int) -> list[str]:
+        return ["--port", "0", "--tls-port", str(port), *_tls_options(files)]
+
+    client = {"ssl": True, "ssl_ca_certs": str(files["ca"])}
+    with _one_server(folder, options, client, "a TLS server") as port:
+        yield port, files["ca"]
+
+
+@contextlib.contextmanager
+def plain_server(folder: Path) -> Iterator[str]:
+    """A server of the tests' own on a loopback port, for tests that do to a server what
+    would disturb others using it (``CLIENT PAUSE``); yields its URL.
+
+    Raises:
+        RuntimeError: as :func:`_one_server`.
+    """
+    with _one_server(folder, lambda port: ["--port", str(port)], {}, "a server") as port:
+        yield f"redis://127.0.0.1:{port}/0"
 
 
 @contextlib.contextmanager

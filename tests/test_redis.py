@@ -33,7 +33,7 @@ from savegame.storage.redis import RedisStorage, from_url
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.url import open_storage, parse_url
 from savegame.testing.contract import check_lost_reply
-from tests.redis_servers import server_url, tls_cluster, tls_server
+from tests.redis_servers import plain_server, server_url, tls_cluster, tls_server
 from tests.stores import missing_service, redis_client, through_proxy, unique
 
 T = TypeVar("T")
@@ -338,20 +338,23 @@ def test_url_queries_set_tls_or_are_refused() -> None:
 
 
 @contextlib.contextmanager
-def _tls_started(start: AbstractContextManager[T]) -> Iterator[T]:
+def _started(start: AbstractContextManager[T], needs: str = "") -> Iterator[T]:
     """What ``start`` yields; skips the tests (fails them under CI) when it cannot start."""
     with contextlib.ExitStack() as stack:
         try:
             started = stack.enter_context(start)
         except RuntimeError as exc:
-            missing_service(f"{exc}; install redis-server (built with TLS) to run the TLS tests")
+            missing_service(f"{exc}; install redis-server{needs} to run these tests")
         yield started
 
 
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
     """A server that speaks TLS only, with a certificate no system authority trusts."""
-    with _tls_started(tls_server(tmp_path_factory.mktemp("redis-tls"))) as (port, ca):
+    with _started(tls_server(tmp_path_factory.mktemp("redis-tls")), " (built with TLS)") as (
+        port,
+        ca,
+    ):
         yield port, str(ca)
 
 
@@ -393,7 +396,10 @@ def test_tls_refuses_an_untrusted_certificate_and_a_plain_client(tls: tuple[int,
 @pytest.fixture(scope="module")
 def tls_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """A 3-master cluster that speaks TLS only: its nodes as ``host:port,...``, the CA file."""
-    with _tls_started(tls_cluster(tmp_path_factory.mktemp("tls-cluster"))) as (ports, ca):
+    with _started(tls_cluster(tmp_path_factory.mktemp("tls-cluster")), " (built with TLS)") as (
+        ports,
+        ca,
+    ):
         yield ",".join(f"127.0.0.1:{port}" for port in ports), str(ca)
 
 
@@ -506,22 +512,41 @@ def _target(client: dict[str, Any]) -> dict[str, Any]:
     return {"target_nodes": client["node"]} if "node" in client else {}
 
 
-@pytest.mark.timeout(60)
-def test_a_write_whose_connection_is_killed_in_flight_is_retried(
-    server: str, raw: Any, prefix: str
-) -> None:
-    storage = RedisStorage(prefix, url=server)
-    outcome = _in_flight(raw, storage, lambda: storage.upsert(_session("s", _runs(2))))
-    assert "error" not in outcome
-    got = storage.read("s")
-    assert got is not None
-    assert (got.memory["runs"], got.version) == (_runs(2), 1)
-    _check_consistent(raw, prefix)
+@pytest.fixture(scope="module")
+def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A standalone server of this module's own: the tests that pause every client do it
+    there, not on the server others share."""
+    with _started(plain_server(tmp_path_factory.mktemp("redis-own"))) as url:
+        yield url
+
+
+@pytest.fixture(params=[False, True], ids=["redis", "redis-cluster"])
+def pausable(request: pytest.FixtureRequest, own_server: str) -> str:
+    """The URL of a standalone server of the tests' own, then of the tests' cluster."""
+    return server_url(True) if request.param else own_server
 
 
 @pytest.mark.timeout(60)
-def test_without_retries_a_killed_write_raises_and_the_next_works() -> None:
-    url = server_url(False)
+def test_a_write_whose_connection_is_killed_in_flight_is_retried(pausable: str) -> None:
+    prefix = unique("sgt")
+    raw = redis_client(pausable)
+    storage = RedisStorage(prefix, url=pausable)
+    try:
+        outcome = _in_flight(raw, storage, lambda: storage.upsert(_session("s", _runs(2))))
+        assert "error" not in outcome
+        got = storage.read("s")
+        assert got is not None
+        assert (got.memory["runs"], got.version) == (_runs(2), 1)
+        _check_consistent(raw, prefix)
+    finally:
+        storage.drop()
+        storage.close()
+        raw.close()
+
+
+@pytest.mark.timeout(60)
+def test_without_retries_a_killed_write_raises_and_the_next_works(own_server: str) -> None:
+    url = own_server
     prefix = unique("sgt")
     name = f"savegame:{prefix}"
     client = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), client_name=name)
