@@ -420,6 +420,8 @@ class Storage(ABC):
         return record
 
     def _session(self, record: Record) -> Session:
+        """The session of a record this storage owns (it is changed and taken apart)."""
+        record.pop("expires_at", None)
         if record.get("version") is None:
             record["version"] = 1
         unfold_messages(record, self._spec.runs_path, _copy)

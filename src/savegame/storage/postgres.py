@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from sqlalchemy import String, Table, Text, cast, text
@@ -74,6 +74,17 @@ def _string_agg(element: RunDigests, compiler: Any, **kw: Any) -> str:
     return f"string_agg({digest}, '' ORDER BY {position})"
 
 
+@contextmanager
+def _autocommitted(conn: Any) -> Iterator[None]:
+    # In autocommit the statement goes alone, without a BEGIN and a COMMIT around it.
+    conn.autocommit = True
+    try:
+        yield
+    finally:
+        if not (conn.closed or conn.broken):
+            conn.autocommit = False
+
+
 class PostgresDialect(SqlDialect):
     """PostgreSQL's differences: JSONB, ``ON CONFLICT``, advisory locks, SQLSTATEs."""
 
@@ -106,15 +117,8 @@ class PostgresDialect(SqlDialect):
         statement: Executable = insert(table).on_conflict_do_nothing()
         return statement
 
-    @contextmanager
-    def one_statement(self, conn: Any) -> Iterator[None]:
-        # In autocommit the statement goes alone, without a BEGIN and a COMMIT around it.
-        conn.autocommit = True
-        try:
-            yield
-        finally:
-            if not (conn.closed or conn.broken):
-                conn.autocommit = False
+    def one_statement(self, conn: Any) -> AbstractContextManager[None]:
+        return _autocommitted(conn)
 
     def schema_lock(self, conn: Connection) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})

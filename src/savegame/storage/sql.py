@@ -251,11 +251,9 @@ class SqlDialect(ABC):
         else:
             conn.rollback()
 
-    @contextmanager
-    def one_statement(self, conn: Any) -> Iterator[None]:
+    def one_statement(self, conn: Any) -> AbstractContextManager[None]:
         """Around a read of one statement on a DBAPI connection, which is a snapshot by itself."""
-        yield
-        conn.commit()
+        return _committed(conn)
 
     @contextmanager
     def transaction(self, conn: Connection, write: bool) -> Iterator[Connection]:
@@ -295,6 +293,12 @@ class SqlDialect(ABC):
         the row when it runs again. ``dbapi`` is the driver's module.
         """
         return isinstance(error, dbapi.IntegrityError)
+
+
+@contextmanager
+def _committed(conn: Any) -> Iterator[None]:
+    yield
+    conn.commit()
 
 
 def on_conflict_update(statement: Any, keys: Sequence[str]) -> Executable:

@@ -26,7 +26,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from savegame.storage.sql import SqlDialect, SqlStorage, on_conflict_update, sha
 from savegame.storage.url import StorageURL
 
 _BUSY = 5
+_NOTHING: AbstractContextManager[None] = nullcontext()
 
 # The primary result codes that mean "locked past the timeout" or "the file is not usable".
 _UNAVAILABLE = frozenset(
@@ -124,9 +125,8 @@ class SqliteDialect(SqlDialect):
         # sqlite3 then begins nothing itself, whatever its isolation_level.
         conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
 
-    @contextmanager
-    def one_statement(self, conn: Any) -> Iterator[None]:
-        yield  # a SELECT outside a transaction is one by itself
+    def one_statement(self, conn: Any) -> AbstractContextManager[None]:
+        return _NOTHING  # a SELECT outside a transaction is one by itself
 
     @contextmanager
     def transaction(self, conn: Connection, write: bool) -> Iterator[Connection]:

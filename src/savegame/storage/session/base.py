@@ -37,6 +37,8 @@ class Session:
         if not data or data.get("session_id") is None:
             return None
         names = _names(cls)
+        if names.issuperset(data):
+            return cls(**data)
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
