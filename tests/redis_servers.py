@@ -418,5 +418,7 @@ def _real(url: str) -> str:
 def _ping(url: str) -> None:
     from savegame.storage.redis import RedisStorage
 
-    with RedisStorage("probe", url=url, connect_timeout=2) as storage:
+    # A store of its own, dropped again: a probe leaves nothing on a shared server.
+    with RedisStorage(f"probe_{os.getpid()}", url=url, connect_timeout=2) as storage:
         storage.create()
+        storage.drop()
