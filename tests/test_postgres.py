@@ -150,3 +150,30 @@ def test_urls(server: str, schema: str) -> None:
 
 def test_without_psycopg_the_error_names_the_extra() -> None:
     sql_cases.check_missing_driver("psycopg", "PostgresStorage", "postgresql://h/db", "postgres")
+
+
+def test_statements_on_one_session_are_prepared_and_listings_are_not(
+    server: str, schema: str
+) -> None:
+    # A read or write of one session is planned once per connection; a listing is planned
+    # afresh each time, with the table's statistics of the day.
+    storage = PostgresStorage("sessions", schema=schema, db_url=server)
+    storage.upsert(AgentSession(session_id="s", user_id="u", memory={"runs": [{"r": 1}]}))
+    storage.upsert(AgentSession(session_id="s", user_id="u", memory={"runs": [{"r": 2}]}))
+    other = PostgresStorage("sessions", schema=schema, db_url=server)
+    assert other.read("s") is not None
+    assert storage.read("s") is not None
+    assert storage.get_all_session_ids(user_id="u") == ["s"]
+
+    def prepared(conn: object) -> list[str]:
+        with conn.cursor() as cursor:  # type: ignore[attr-defined]
+            cursor.execute("SELECT statement FROM pg_prepared_statements")
+            return [row[0] for row in cursor.fetchall()]
+
+    statements = storage._on_connection(prepared)
+    assert statements, "nothing is prepared: every call is planned again"
+    assert any(s.startswith("UPDATE") and "write_token" in s for s in statements)
+    assert any("UNION ALL" in s for s in statements), statements
+    assert not any("ORDER BY coalesce" in s for s in statements), statements
+    other.close()
+    storage.close()

@@ -40,6 +40,9 @@ from savegame.storage.sql import (
 from savegame.storage.url import StorageURL
 
 _SCHEMA_LOCK = 0x5A7E_6A3E
+
+_NEVER = 2**31 - 1
+"""A prepare threshold no statement reaches: psycopg prepares only what is asked to."""
 """The advisory lock key under which savegame changes schemas and tables."""
 
 
@@ -109,9 +112,10 @@ class PostgresDialect(SqlDialect):
     def upsert(self, table: Table, keys: Sequence[str]) -> Executable:
         return on_conflict_update(insert(table), keys)
 
-    def execute(self, cursor: Any, sql: str, params: Any) -> None:
-        # Prepared on each connection at first use: planned once, not on every call.
-        cursor.execute(sql, params, prepare=True)
+    def execute(self, cursor: Any, sql: str, params: Any, keyed: bool) -> None:
+        # A statement on one session's key is prepared on each connection at first use:
+        # planned once, not on every call (see engine_options).
+        cursor.execute(sql, params, prepare=keyed)
 
     def insert_new(self, table: Table) -> Executable:
         statement: Executable = insert(table).on_conflict_do_nothing()
@@ -160,8 +164,10 @@ class PostgresStorage(ServerStorage):
         # on one generic plan, made with the table's statistics at the time: a listing
         # planned as a scan of a small table would stay a scan after the table grew. So
         # nothing is prepared but the statements on one session's key (see execute()),
-        # whose plan is the primary key's whatever the size of the table.
-        return {"connect_args": {"connect_timeout": connect_timeout, "prepare_threshold": None}}
+        # whose plan is the primary key's whatever the size of the table. A threshold no
+        # statement reaches does that; None would turn preparing off, prepare=True too.
+        options = {"connect_timeout": connect_timeout, "prepare_threshold": _NEVER}
+        return {"connect_args": options}
 
     def __init__(
         self, table_name: str, schema: str | None = "ai", *args: Any, **kwargs: Any

@@ -228,8 +228,9 @@ class SqlDialect(ABC):
         """Whether :meth:`insert_new` failed because the row was there."""
         return False
 
-    def execute(self, cursor: Any, sql: str, params: Any) -> None:
-        """Runs one of the statements of reads and writes of one session on a driver cursor."""
+    def execute(self, cursor: Any, sql: str, params: Any, keyed: bool) -> None:
+        """Runs a compiled statement on a driver cursor; ``keyed``: it works on one
+        session's key, so that one plan serves every call (a server may keep it)."""
         cursor.execute(sql, params)
 
     # -- connections and transactions -----------------------------------------------------
@@ -536,8 +537,10 @@ class _Raw(NamedTuple):
     sql: str
     order: tuple[str, ...] | None
     """The names of the parameters in order, for drivers that take them by position."""
-    execute: Callable[[Any, str, Any], None]
+    execute: Callable[[Any, str, Any, bool], None]
     """The dialect's :meth:`SqlDialect.execute`."""
+    keyed: bool
+    """Whether the statement works on one session's key (see :meth:`SqlDialect.execute`)."""
 
     @classmethod
     def of(
@@ -546,18 +549,19 @@ class _Raw(NamedTuple):
         dialect: SqlDialect,
         engine_dialect: Any,
         columns: Sequence[str] | None = None,
+        keyed: bool = True,
     ) -> _Raw:
         """``statement`` compiled; ``columns``: those an INSERT or UPDATE sets, by name."""
         compiled = statement.compile(dialect=engine_dialect, column_keys=columns)
         order = tuple(compiled.positiontup or ()) if compiled.positional else None
-        return cls(compiled.string, order, dialect.execute)
+        return cls(compiled.string, order, dialect.execute, keyed)
 
     def params(self, values: Mapping[str, Any]) -> Any:
         """What the driver takes for ``values``."""
         return values if self.order is None else tuple(map(values.__getitem__, self.order))
 
     def run(self, cursor: Any, values: Mapping[str, Any]) -> Any:
-        self.execute(cursor, self.sql, self.params(values))
+        self.execute(cursor, self.sql, self.params(values), self.keyed)
         return cursor
 
     def run_many(self, cursor: Any, rows: list[dict[str, Any]]) -> None:
@@ -617,8 +621,10 @@ class _Statements:
         )
 
         # On the driver's connection.
-        def compile_(statement: Any, columns: Sequence[str] | None = None) -> _Raw:
-            return _Raw.of(statement, dialect, engine_dialect, columns)
+        def compile_(
+            statement: Any, columns: Sequence[str] | None = None, keyed: bool = True
+        ) -> _Raw:
+            return _Raw.of(statement, dialect, engine_dialect, columns, keyed)
 
         self.lock_header = compile_(
             select(
@@ -684,7 +690,7 @@ class _Statements:
         if statement is None:
             header = self._header
             query = _listing_query(header, [header.c.write_token], filters, live, limited)
-            statement = self._listings[key] = self._compile(query)
+            statement = self._listings[key] = self._compile(query, keyed=False)
         return statement
 
     def update(self, changed: frozenset[str], on_token: bool) -> _Raw:
