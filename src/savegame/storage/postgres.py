@@ -40,10 +40,10 @@ from savegame.storage.sql import (
 from savegame.storage.url import StorageURL
 
 _SCHEMA_LOCK = 0x5A7E_6A3E
+"""The advisory lock key under which savegame changes schemas and tables."""
 
 _NEVER = 2**31 - 1
 """A prepare threshold no statement reaches: psycopg prepares only what is asked to."""
-"""The advisory lock key under which savegame changes schemas and tables."""
 
 
 # A JSON string, or a number written with a positive exponent (Python writes floats of 1e16

@@ -362,6 +362,8 @@ TOKEN_WIDTH = 16
 
 _BUILT: dict[tuple[Any, ...], Any] = {}
 _BUILT_LOCK = threading.Lock()
+_BUILT_MAX = 256
+"""Table shapes kept by :func:`_built`: the oldest are made again when more are asked for."""
 
 
 def _built(key: tuple[Any, ...], make: Callable[[], T]) -> T:
@@ -381,10 +383,6 @@ def _built(key: tuple[Any, ...], make: Callable[[], T]) -> T:
                 del _BUILT[next(iter(_BUILT))]
     made: T = found
     return made
-
-
-_BUILT_MAX = 256
-"""Table shapes kept by :func:`_built`: the oldest are made again when more are asked for."""
 
 
 def build_tables(spec: ModeSpec, dialect: SqlDialect, name: str, schema: str | None) -> Tables:
@@ -1060,15 +1058,15 @@ class SqlStorage(Storage):
         if statements is None:
             with self._guard(), self._lock, self.db_engine.connect():
                 engine = self.db_engine.dialect
+                # The tables stand for the mode, the dialect and the names (build_tables);
+                # the rest is what the engine's compiler renders differently.
                 key = (
                     "statements",
                     self._tables,
-                    type(self.dialect),
                     type(engine),
                     engine.paramstyle,
                     engine.server_version_info,
                     getattr(engine, "is_mariadb", None),
-                    self._indexed,
                 )
                 statements = self._sql = _built(
                     key,
