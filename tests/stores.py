@@ -139,6 +139,18 @@ def through_proxy(
             yield link
 
 
+@contextmanager
+def redis_through_proxy(
+    server: str, make: Callable[[str, int, int], Storage]
+) -> Iterator[LossyLink]:
+    """:func:`through_proxy` for the standalone Redis server at URL ``server``, losing the
+    reply to the write script; ``make(host, port, db)`` opens a storage of the store."""
+    db = int(urlsplit(server).path.strip("/") or 0)
+    at = _address(server, 6379)
+    with through_proxy(at, lambda host, port: make(host, port, db), b"EVALSHA") as link:
+        yield link
+
+
 def _redis(name: str, cluster: bool, shards: int = 1) -> Callable[[Path, str], Any]:
     @contextmanager
     def make(tmp_path: Path, mode: str) -> Iterator[Store]:
@@ -165,14 +177,11 @@ def _redis(name: str, cluster: bool, shards: int = 1) -> Callable[[Path, str], A
                 with _lossy_cluster_link() as link:
                     yield link
                 return
-            parts = urlsplit(server)
-            db = parts.path.strip("/") or "0"
 
-            def at(host: str, port: int) -> Storage:
+            def at(host: str, port: int, db: int) -> Storage:
                 return RedisStorage(prefix, url=f"redis://{host}:{port}/{db}")
 
-            address = (parts.hostname or "127.0.0.1", parts.port or 6379)
-            with through_proxy(address, at, b"EVALSHA") as link:
+            with redis_through_proxy(server, at) as link:
                 yield link
 
         store = Store(

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -34,7 +33,7 @@ from savegame.storage.session.agent import AgentSession
 from savegame.storage.url import open_storage, parse_url
 from savegame.testing.contract import check_lost_reply
 from tests.redis_servers import plain_server, server_url, tls_cluster, tls_server
-from tests.stores import missing_service, redis_client, through_proxy, unique
+from tests.stores import missing_service, redis_client, redis_through_proxy, unique
 
 T = TypeVar("T")
 
@@ -351,10 +350,8 @@ def _started(start: AbstractContextManager[T], needs: str = "") -> Iterator[T]:
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
     """A server that speaks TLS only, with a certificate no system authority trusts."""
-    with _started(tls_server(tmp_path_factory.mktemp("redis-tls")), " (built with TLS)") as (
-        port,
-        ca,
-    ):
+    server = tls_server(tmp_path_factory.mktemp("redis-tls"))
+    with _started(server, " (built with TLS)") as (port, ca):
         yield port, str(ca)
 
 
@@ -396,10 +393,8 @@ def test_tls_refuses_an_untrusted_certificate_and_a_plain_client(tls: tuple[int,
 @pytest.fixture(scope="module")
 def tls_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """A 3-master cluster that speaks TLS only: its nodes as ``host:port,...``, the CA file."""
-    with _started(tls_cluster(tmp_path_factory.mktemp("tls-cluster")), " (built with TLS)") as (
-        ports,
-        ca,
-    ):
+    cluster = tls_cluster(tmp_path_factory.mktemp("tls-cluster"))
+    with _started(cluster, " (built with TLS)") as (ports, ca):
         yield ",".join(f"127.0.0.1:{port}" for port in ports), str(ca)
 
 
@@ -678,18 +673,15 @@ def test_a_write_that_a_client_of_the_users_own_sends_again_is_never_made_twice(
     # the session's last writes. After more than PAST_TOKENS other writes in the client's
     # retry window, savegame cannot tell: the README says so.
     server = server_url(False)
-    parts = urlsplit(server)
-    address = (parts.hostname or "127.0.0.1", parts.port or 6379)
-    db = int(parts.path.strip("/") or 0)
     prefix = unique("sgc")
     clients: list[Any] = []
 
-    def at(host: str, port: int) -> RedisStorage:
+    def at(host: str, port: int, db: int) -> RedisStorage:
         clients.append(redis.Redis(host=host, port=port, db=db))
         return RedisStorage(prefix, client=clients[-1])
 
     try:
-        with through_proxy(address, at, b"EVALSHA") as link:
+        with redis_through_proxy(server, at) as link:
             check_lost_reply(link, writes)
     finally:
         for client in clients:
