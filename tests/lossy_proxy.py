@@ -4,7 +4,8 @@ and the client never hears of it, as when a connection dies between the two.
 ``with LossyProxy(host, port) as proxy``: connect clients to ``proxy.port``; after
 ``proxy.lose_reply_to(b"COMMIT")`` the first reply the server sends after a client's bytes
 holding ``COMMIT`` is dropped and that client's connection is cut. Connections made after
-that pass everything.
+that pass everything. After ``proxy.refuse_next()`` every connection through the proxy is
+cut and the next one is closed as soon as it is made, before anything reaches the server.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class LossyProxy:
         self._after = b""
         self._lock = threading.Lock()
         self.lost = threading.Event()
+        self._refuse = False
+        self.refused = threading.Event()
         self._sockets: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
 
@@ -57,6 +60,16 @@ class LossyProxy:
             self._meanwhile = meanwhile
             self.lost.clear()
 
+    def refuse_next(self) -> None:
+        """Cuts every connection through the proxy and closes the next one made at once:
+        a client's next request finds its connection dead and cannot make another."""
+        with self._lock:
+            self._refuse = True
+            self.refused.clear()
+            for sock in self._sockets:
+                _close(sock)
+            self._sockets.clear()
+
     def __enter__(self) -> LossyProxy:
         self._start(self._accept)
         return self
@@ -80,6 +93,12 @@ class LossyProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            with self._lock:
+                refuse, self._refuse = self._refuse, False
+            if refuse:
+                _close(client)
+                self.refused.set()
+                continue
             server = socket.create_connection(self._target, timeout=10)
             server.settimeout(None)
             with self._lock:
@@ -153,6 +172,8 @@ def lossy_link(
             other,
             lambda meanwhile: proxy.lose_reply_to(marker, meanwhile, reply, after),
             proxy.lost.is_set,
+            proxy.refuse_next,
+            proxy.refused.is_set,
         )
     finally:
         storage.close()

@@ -72,6 +72,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable
+from functools import cache
 from operator import methodcaller
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -317,6 +318,29 @@ return tonumber(redis.call('GET', KEYS[1]))
 _SCRIPTS = (_WRITE, _HEADER, _READ, _LIST, _DELETE, _SWEEP, _LAYOUT)
 
 
+_WIRE = threading.local()
+"""``sent``: whether the script call running on this thread has been handed, whole, to
+the operating system on a connection of a client savegame made (see :func:`_marking`)."""
+
+
+@cache
+def _marking(base: Any) -> type:
+    """``base``, a redis-py connection class, marking on :data:`_WIRE` each script call it
+    has sent whole.
+
+    A call that failed before it was sent (the connection was dead and no new one could
+    be made) cannot have been made, so sending it again is not a resending whose outcome
+    must be found out. redis-py raises the same errors for both cases.
+    """
+
+    def send_command(self: Any, *args: Any, **kwargs: Any) -> None:
+        base.send_command(self, *args, **kwargs)
+        if args and args[0] in ("EVALSHA", "EVAL"):
+            _WIRE.sent = True
+
+    return type(f"Marking{base.__name__}", (base,), {"send_command": send_command})
+
+
 def _driver() -> Any:
     try:
         import redis
@@ -407,6 +431,7 @@ class RedisStorage(Storage):
         self._given = client is not None
         self._client: Any = client
         self._scripts: dict[str, Any] = {}
+        self._marks_sent = False
         self._known = KnownSessions(cache_bytes)
         self._run_codec = RunEncoder(self._known, dumps, _digest)
         self._guess_new = True
@@ -448,12 +473,21 @@ class RedisStorage(Storage):
         return Retry(NoBackoff(), 0)
 
     def _standalone(self, host: str, port: int, db: int, options: dict[str, Any]) -> Any:
-        return self._redis.Redis(host=host, port=port, db=db, retry=self._retry(), **options)
+        client = self._redis.Redis(host=host, port=port, db=db, retry=self._retry(), **options)
+        pool = client.connection_pool
+        pool.connection_class = _marking(pool.connection_class)
+        return client
 
     def _cluster(self, nodes: list[tuple[str, int]], options: dict[str, Any]) -> Any:
-        cluster = self._redis.cluster
-        startup = [cluster.ClusterNode(h, p) for h, p in nodes]
-        return cluster.RedisCluster(startup_nodes=startup, retry=self._retry(), **options)
+        redis = self._redis
+        startup = [redis.cluster.ClusterNode(h, p) for h, p in nodes]
+        plain = redis.SSLConnection if options.get("ssl") else redis.Connection
+        return redis.cluster.RedisCluster(
+            startup_nodes=startup,
+            retry=self._retry(),
+            connection_class=_marking(plain),
+            **options,
+        )
 
     def _mapped(self, exc: Exception) -> StorageError:
         """The savegame error for a redis-py error: the one place they are translated."""
@@ -501,7 +535,11 @@ class RedisStorage(Storage):
                 # Registering computes the SHA1 locally; redis-py loads the script on the
                 # server the first time EVALSHA finds it missing.
                 scripts = {s: client.register_script(s) for s in _SCRIPTS}
+                _WIRE.sent = False
                 shards = self._layout(client, scripts[_LAYOUT])
+                # Where the client is not one savegame made, or redis-py sends another
+                # way, nothing marks a call sent: every sending then counts.
+                self._marks_sent = bool(_WIRE.sent)
                 self._shard_tags = (
                     [self._keys]
                     if shards == 1
@@ -755,13 +793,17 @@ class RedisStorage(Storage):
 
     def _send_write(self, keys: list[str], args: list[Any]) -> tuple[Any, bool]:
         """The write script's answer, and whether it was sent more than once: an earlier
-        sending failed, and may have been made."""
+        sending failed after it was sent, and may have been made."""
         sendings = 0
 
         def send(client: Any) -> Any:
             nonlocal sendings
-            sendings += 1
-            return self._scripts[_WRITE](keys=keys, args=args, client=client)
+            _WIRE.sent = False
+            try:
+                return self._scripts[_WRITE](keys=keys, args=args, client=client)
+            finally:
+                if _WIRE.sent or not self._marks_sent:
+                    sendings += 1
 
         return self._call(send), sendings > 1
 

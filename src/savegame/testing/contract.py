@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import run_state_machine_as_test
 
 from savegame.errors import (
+    BackendUnavailableError,
     ConflictError,
     InvalidIdentifierError,
     SerializationError,
@@ -54,12 +55,18 @@ class LossyLink:
             connection cut; ``meanwhile`` (if not None) runs after the server has done the
             write and before the connection is cut.
         lost: whether a reply was lost since the link was last armed.
+        refuse_connection: ``refuse_connection()`` cuts the connections of ``storage`` and
+            makes its next attempt to connect fail before anything reaches the server;
+            None where the link cannot.
+        refused: whether a connection was refused since ``refuse_connection`` was called.
     """
 
     storage: Storage
     other: Storage
     lose_reply: Callable[[Callable[[], object] | None], None]
     lost: Callable[[], bool]
+    refuse_connection: Callable[[], None] | None = None
+    refused: Callable[[], bool] = lambda: False
 
 
 @dataclass
@@ -189,6 +196,36 @@ def _lost_after_others(link: LossyLink, writes: int) -> None:
     got = link.other.read("c")
     assert got is not None
     assert got.session_data == {"n": 2 + 10 * writes}, got.session_data  # type: ignore[attr-defined]
+
+
+def check_refused_connection(link: LossyLink) -> None:
+    """A write whose connection is dead, and whose next attempt to connect fails, never
+    reached the store: it is made once, or fails as unavailable having made nothing. It is
+    never said to be of unknown outcome, not even when more writes than a header keeps
+    tokens of (:data:`~savegame.storage.known.PAST_TOKENS`) came in since the storage last
+    saw the session."""
+    assert link.refuse_connection is not None
+    link.storage.update("c", _bump(1))
+    session = link.storage.read("c")
+    assert session is not None
+    for _ in range(PAST_TOKENS + 1):
+        link.other.update("c", _bump(10))
+    before = link.other.read("c")
+    assert before is not None
+    session.session_data["n"] = -1  # type: ignore[attr-defined]
+    link.refuse_connection()
+    try:
+        link.storage.upsert(session)
+        made = True
+    except BackendUnavailableError:
+        made = False
+    assert link.refused(), "no connection was refused: the test did not test"
+    got = link.other.read("c")
+    assert got is not None
+    if made:
+        assert (got.session_data, got.version) == ({"n": -1}, before.version + 1), got  # type: ignore[attr-defined]
+    else:
+        assert got.to_dict() == before.to_dict(), got
 
 
 def _runs_of(store: Store, session: Session) -> Any:
@@ -1020,6 +1057,16 @@ class BackendContract:
             pytest.skip(f"{backend_store.backend} cannot lose a reply")
         with backend_store.lossy() as link:
             check_lost_reply(link, writes)
+
+    def test_a_write_that_could_not_connect_is_made_once_or_not_at_all(
+        self, backend_store: Store
+    ) -> None:
+        if backend_store.lossy is None:
+            pytest.skip(f"{backend_store.backend} has no connection to refuse")
+        with backend_store.lossy() as link:
+            if link.refuse_connection is None:
+                pytest.skip(f"{backend_store.backend}'s link cannot refuse a connection")
+            check_refused_connection(link)
 
     def test_expiry_hides_then_purges(self, backend_store: Store) -> None:
         # Times are whole seconds, so a session lives between expire - 1 and expire seconds:
