@@ -26,5 +26,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
 
+# Longer runs of the tests that draw at random: 500 histories per backend, 200 kills.
+soak: $(STAMP)
+	SAVEGAME_HISTORIES=500 SAVEGAME_KILLS=200 $(PY) -m pytest -n $(PYTEST_WORKERS) \
+		--dist loadgroup --timeout 3600 -k "random_histories or kill_9 or torn or lost" \
+		$(PYTEST_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1200,7 +1200,7 @@ class BackendContract:
         rng = random.Random(os.getpid())
         acked: dict[str, int] = {}
         with _Forks(backend_store) as forks:
-            for attempt in range(20):
+            for attempt in range(int(os.environ.get("SAVEGAME_KILLS", "20"))):
                 forks.start([["write", f"k{attempt}-", 8, 1000, 2048]])
                 pid = forks.pid()
                 first = forks.readline()
