@@ -166,7 +166,9 @@ def test_statements_on_one_session_are_prepared_and_listings_are_not(
     assert storage.get_all_session_ids(user_id="u") == ["s"]
 
     def prepared(conn: object) -> list[str]:
-        with conn.cursor() as cursor:  # type: ignore[attr-defined]
+        # Outside a transaction, as savegame's own reads: the connection goes back to be
+        # used by the next call, of this storage or another on the same server.
+        with storage.dialect.one_statement(conn), conn.cursor() as cursor:  # type: ignore[attr-defined]
             cursor.execute("SELECT statement FROM pg_prepared_statements")
             return [row[0] for row in cursor.fetchall()]
 
