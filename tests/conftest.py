@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine, create_engine
 
 from savegame.storage.session import MODES
 from savegame.testing import Store
@@ -36,6 +37,15 @@ def backend_store(backend: Backend, tmp_path: Path) -> Iterator[Store]:
     """An isolated store of every backend, in mode ``agent``."""
     with backend.make(tmp_path, "agent") as made:
         yield made
+
+
+@pytest.fixture
+def admin(server: str) -> Iterator[Engine]:
+    """An engine of its own on the database server of the test file's ``server`` fixture,
+    to look at or change the database behind savegame's back."""
+    engine = create_engine(server)
+    yield engine
+    engine.dispose()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

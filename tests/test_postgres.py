@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine, create_engine, inspect, text
+from sqlalchemy import Engine, inspect, text
 
 from savegame import open_storage
 from savegame.errors import InvalidIdentifierError
@@ -21,13 +21,6 @@ from tests.stores import postgres_url, unique
 @pytest.fixture
 def server() -> str:
     return postgres_url()
-
-
-@pytest.fixture
-def admin(server: str) -> Iterator[Engine]:
-    engine = create_engine(server)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture
