@@ -16,13 +16,12 @@ Commands:
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 import traceback
 from typing import Any
 
-from savegame.storage.url import SCHEMES, open_storage, parse_url
+from savegame.storage.url import open_storage
 from savegame.testing.sample import make_session
 
 PID = "<pid>"
@@ -74,8 +73,9 @@ def _serve(url: str, mode: str) -> int:
     """Runs the commands of each line read from standard input in children forked for them.
 
     A test that starts twenty writers would otherwise spend most of its time importing
-    savegame and the backend's module twenty times: the server imports them once, before
-    any connection is made, and each child opens the store itself. A line holds one command
+    savegame, the backend's module and its driver twenty times: the server imports them
+    once, by opening and closing a storage, which connects to nothing, and each child opens
+    the store itself. A line holds one command
     or several separated by ``|``; the children of one line run at once, and the server
     reads the next line once they have all ended. A child prints ``PID N`` first, then what
     its command prints; once it has ended (killed, say) the server prints ``ENDED PID CODE``
@@ -83,7 +83,7 @@ def _serve(url: str, mode: str) -> int:
     its line is what a killed child had not finished saying. Standard input closed ends the
     server.
     """
-    importlib.import_module(SCHEMES[parse_url(url, mode).scheme])
+    open_storage(url, mode=mode).close()
     for line in sys.stdin:
         sys.stdout.flush()
         children = [_fork(url, mode, command.split()) for command in line.split("|")]
