@@ -7,6 +7,7 @@ neither table. A table of an earlier savegame's layout is read, upgraded and wri
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -170,3 +171,80 @@ def test_storages_of_one_table_share_what_was_compiled(sql_store: Store) -> None
         other.drop()
         other.close()
         again.close()
+
+
+def _in_transaction(conn: Any) -> bool:
+    """Whether a DBAPI connection of sqlite3, psycopg or PyMySQL is inside a transaction."""
+    if isinstance(conn, sqlite3.Connection):
+        return conn.in_transaction
+    if hasattr(conn, "pgconn"):
+        import psycopg
+
+        return bool(conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE)
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT @@in_transaction")
+        return bool(cursor.fetchone()[0])
+
+
+def test_a_failed_call_leaves_its_connection_outside_any_transaction(sql_store: Store) -> None:
+    """A transaction left open on a pooled connection would keep its row locks (another
+    writer of the session would wait out the lock timeout) until the connection's next use."""
+    storage = _sql(sql_store)
+    storage.upsert(AgentSession(session_id="a"))
+    seen: list[Any] = []
+
+    def failing(conn: Any) -> None:
+        seen.append(conn)
+        storage.dialect.begin(conn, True)
+        cursor = conn.cursor()
+        storage._statements().lock_header.run(cursor, {"sid": "a"}).fetchall()
+        assert _in_transaction(conn)
+        cursor.execute("SELECT no_such_column_anywhere")
+
+    with pytest.raises(storage._driver_errors):
+        storage._on_connection(failing)
+    assert not _in_transaction(seen[0])
+    other = sql_store()
+    other.upsert(AgentSession(session_id="a", session_data={"after": True}))
+    got = storage.read("a")
+    assert got is not None
+    assert got.session_data == {"after": True}  # type: ignore[attr-defined]
+
+
+def _send_unanswered(conn: Any, query: str) -> None:
+    """Sends ``query`` on a psycopg or PyMySQL connection and leaves its reply unread, as a
+    call cut short between the two does."""
+    if hasattr(conn, "pgconn"):
+        conn.pgconn.send_query(query.encode())
+        while conn.pgconn.flush():
+            pass
+    else:
+        from pymysql.constants import COMMAND
+
+        conn._execute_command(COMMAND.COM_QUERY, query)
+
+
+def test_a_call_cut_short_never_leaves_its_reply_to_the_next(sql_store: Store) -> None:
+    storage = _sql(sql_store)
+    if not storage.dialect.round_trips:
+        pytest.skip("an embedded database leaves no reply unread")
+    storage.upsert(AgentSession(session_id="a", session_data={"n": 1}))
+    storage.upsert(AgentSession(session_id="b", session_data={"n": 2}))
+    seen: list[Any] = []
+
+    def interrupted(conn: Any) -> None:
+        seen.append(conn)
+        _send_unanswered(conn, "SELECT 'stale reply'")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        storage._on_connection(interrupted)
+    assert seen[0].closed if hasattr(seen[0], "pgconn") else not seen[0].open
+    pool = [storage.db_engine.raw_connection() for _ in range(3)]
+    try:
+        assert all(fairy.driver_connection is not seen[0] for fairy in pool)
+    finally:
+        for fairy in pool:
+            fairy.close()
+    got = [storage.read(sid) for sid in ("a", "b")]
+    assert [g.session_data for g in got if g is not None] == [{"n": 1}, {"n": 2}]  # type: ignore[attr-defined]

@@ -984,6 +984,11 @@ class SqlStorage(Storage):
         A connection taken from the pool that turns out dead is discarded and ``fn`` runs
         again on another; ``fn`` must therefore be safe to run again (reads are; writes
         find their own token when the first run had committed).
+
+        A connection goes back to the pool outside any transaction, whatever ``fn`` raised.
+        One to a server whose call was cut short by anything but a driver's or savegame's
+        own error (Ctrl-C, say) may still hold the reply to a statement, which would be
+        read as the answer to the next one: it is closed instead.
         """
         dialect = self.dialect
         spare = self._spare
@@ -1007,8 +1012,19 @@ class SqlStorage(Storage):
                     dead = self.db_engine.dialect.is_disconnect(exc, conn, None)  # type: ignore[arg-type]
                     if dead:
                         fairy.invalidate(exc)
+                    else:
+                        self._end(conn, False)
                     if not (dead and used and attempt < _RECONNECTS):
                         raise
+                except StorageError:
+                    self._end(conn, False)
+                    raise
+                except BaseException:
+                    if dialect.round_trips:
+                        fairy.invalidate()
+                    else:
+                        self._end(conn, False)
+                    raise
                 finally:
                     if not kept:
                         fairy.close()
@@ -1529,13 +1545,10 @@ class SqlStorage(Storage):
         return draft.whole(record)
 
     def _write_on(self, conn: Any, write: _Write) -> Record:
-        """One attempt of a write, in one transaction on ``conn``."""
+        """One attempt of a write, in one transaction on ``conn`` (:meth:`_on_connection`
+        ends it when the attempt fails)."""
         self.dialect.begin(conn, True)
-        try:
-            record = self._write_in(conn.cursor(), write)
-        except BaseException:
-            self._end(conn, False)
-            raise
+        record = self._write_in(conn.cursor(), write)
         write.committed_on = write.on
         self._end(conn, True)
         return record
