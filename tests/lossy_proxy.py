@@ -6,6 +6,8 @@ and the client never hears of it, as when a connection dies between the two.
 holding ``COMMIT`` is dropped and that client's connection is cut. Connections made after
 that pass everything. After ``proxy.refuse_next()`` every connection through the proxy is
 cut and the next one is closed as soon as it is made, before anything reaches the server.
+After ``proxy.hold_reply_to(marker, meanwhile)`` the reply to the next request holding
+``marker`` waits until ``meanwhile()`` has run, and then goes through.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class LossyProxy:
         self._meanwhile: Callable[[], object] | None = None
         self._reply = b""
         self._after = b""
+        self._hold = False
         self._lock = threading.Lock()
         self.lost = threading.Event()
         self._refuse = False
@@ -58,7 +61,15 @@ class LossyProxy:
             self._after = after
             self._reply = reply
             self._meanwhile = meanwhile
+            self._hold = False
             self.lost.clear()
+
+    def hold_reply_to(self, marker: bytes, meanwhile: Callable[[], object]) -> None:
+        """Arms the proxy: the reply to the next request holding ``marker`` is held back
+        while ``meanwhile`` runs, the client waiting for it, and then delivered."""
+        self.lose_reply_to(marker, meanwhile)
+        with self._lock:
+            self._hold = True
 
     def refuse_next(self) -> None:
         """Cuts every connection through the proxy and closes the next one made at once:
@@ -96,8 +107,8 @@ class LossyProxy:
             with self._lock:
                 refuse, self._refuse = self._refuse, False
             if refuse:
+                self.refused.set()  # first: the client may look as soon as it is closed
                 _close(client)
-                self.refused.set()
                 continue
             server = socket.create_connection(self._target, timeout=10)
             server.settimeout(None)
@@ -131,8 +142,11 @@ class LossyProxy:
             if waiting.is_set() and self._reply in data:
                 if self._meanwhile is not None:
                     self._meanwhile()
-                self.lost.set()
-                break
+                if self._hold:
+                    waiting.clear()
+                else:
+                    self.lost.set()
+                    break
             try:
                 client.sendall(data)
             except OSError:
@@ -174,6 +188,7 @@ def lossy_link(
             proxy.lost.is_set,
             proxy.refuse_next,
             proxy.refused.is_set,
+            proxy.hold_reply_to,
         )
     finally:
         storage.close()

@@ -84,7 +84,11 @@ def _autocommitted(conn: Any) -> Iterator[None]:
     try:
         yield
     finally:
-        if not (conn.closed or conn.broken):
+        # A statement cut short (Ctrl-C) may still be running: the setting cannot change
+        # then, and trying would hide the interruption behind a driver error. Such a
+        # connection is closed by the caller, not used again.
+        status = conn.info.transaction_status
+        if status == type(status).IDLE:
             conn.autocommit = False
 
 

@@ -59,6 +59,10 @@ class LossyLink:
             makes its next attempt to connect fail before anything reaches the server;
             None where the link cannot.
         refused: whether a connection was refused since ``refuse_connection`` was called.
+        hold_reply: ``hold_reply(marker, meanwhile)`` arms the link: the reply to the next
+            request of ``storage`` whose bytes hold ``marker`` is held back while
+            ``meanwhile()`` runs, ``storage`` waiting for it, and then delivered; None where
+            the link cannot.
     """
 
     storage: Storage
@@ -67,6 +71,7 @@ class LossyLink:
     lost: Callable[[], bool]
     refuse_connection: Callable[[], None] | None = None
     refused: Callable[[], bool] = lambda: False
+    hold_reply: Callable[[bytes, Callable[[], object]], None] | None = None
 
 
 @dataclass
@@ -226,6 +231,46 @@ def check_refused_connection(link: LossyLink) -> None:
         assert (got.session_data, got.version) == ({"n": -1}, before.version + 1), got  # type: ignore[attr-defined]
     else:
         assert got.to_dict() == before.to_dict(), got
+
+
+def check_call_cut_short(link: LossyLink) -> None:
+    """A call cut short while it waits for the server's reply (Ctrl-C) leaves nothing
+    behind for the calls after it: a reply left unread on a connection used again would be
+    taken for the answer to the next request, another session's. Runs in the main thread,
+    the one signals reach."""
+    assert link.hold_reply is not None
+    main = threading.main_thread()
+    if threading.current_thread() is not main:
+        pytest.skip("only the main thread can be interrupted by a signal")
+    for i in range(4):
+        link.storage.upsert(_agent(f"cut-{i}", session_data={"n": i}))
+
+    def interrupt() -> None:
+        # While the reply is held the main thread waits for it; the reply goes on after.
+        signal.pthread_kill(main.ident or 0, signal.SIGUSR1)
+        time.sleep(0.2)
+
+    def ctrl_c(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGUSR1, ctrl_c)
+    try:
+        link.hold_reply(b"cut-0", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            link.storage.read("cut-0")
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    found: dict[int, Any] = {}
+
+    def read(i: int) -> None:
+        got = link.storage.read(f"cut-{i}")
+        found[i] = None if got is None else got.session_data  # type: ignore[attr-defined]
+
+    # Reads at once draw every connection the storage has, the one cut short if it was kept.
+    for _ in range(3):
+        in_threads(4, read)
+        assert found == {i: {"n": i} for i in range(4)}, found
+        found.clear()
 
 
 def _runs_of(store: Store, session: Session) -> Any:
@@ -1067,6 +1112,14 @@ class BackendContract:
             if link.refuse_connection is None:
                 pytest.skip(f"{backend_store.backend}'s link cannot refuse a connection")
             check_refused_connection(link)
+
+    def test_a_call_cut_short_leaves_nothing_for_the_next(self, backend_store: Store) -> None:
+        if backend_store.lossy is None:
+            pytest.skip(f"{backend_store.backend} has no reply to hold back")
+        with backend_store.lossy() as link:
+            if link.hold_reply is None:
+                pytest.skip(f"{backend_store.backend}'s link cannot hold a reply back")
+            check_call_cut_short(link)
 
     def test_expiry_hides_then_purges(self, backend_store: Store) -> None:
         # Times are whole seconds, so a session lives between expire - 1 and expire seconds:
