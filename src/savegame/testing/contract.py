@@ -16,8 +16,8 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -271,6 +271,18 @@ def check_call_cut_short(link: LossyLink) -> None:
         in_threads(4, read)
         assert found == {i: {"n": i} for i in range(4)}, found
         found.clear()
+
+
+@contextmanager
+def _lossy(store: Store, needs: str) -> Iterator[LossyLink]:
+    """The store's :class:`LossyLink`; the test is skipped where there is none, or where
+    the link's ``needs`` (one of its fields) is None."""
+    if store.lossy is None:
+        pytest.skip(f"{store.backend} has no link whose replies can be lost or held")
+    with store.lossy() as link:
+        if getattr(link, needs) is None:
+            pytest.skip(f"{store.backend}'s link has no {needs}")
+        yield link
 
 
 def _runs_of(store: Store, session: Session) -> Any:
@@ -1098,27 +1110,17 @@ class BackendContract:
         # Found made while at most PAST_TOKENS writes came in before it is sent again (the
         # past tokens a header keeps); after more, it says its outcome is unknown. Either
         # way update() must not make its change a second time.
-        if backend_store.lossy is None:
-            pytest.skip(f"{backend_store.backend} cannot lose a reply")
-        with backend_store.lossy() as link:
+        with _lossy(backend_store, "lose_reply") as link:
             check_lost_reply(link, writes)
 
     def test_a_write_that_could_not_connect_is_made_once_or_not_at_all(
         self, backend_store: Store
     ) -> None:
-        if backend_store.lossy is None:
-            pytest.skip(f"{backend_store.backend} has no connection to refuse")
-        with backend_store.lossy() as link:
-            if link.refuse_connection is None:
-                pytest.skip(f"{backend_store.backend}'s link cannot refuse a connection")
+        with _lossy(backend_store, "refuse_connection") as link:
             check_refused_connection(link)
 
     def test_a_call_cut_short_leaves_nothing_for_the_next(self, backend_store: Store) -> None:
-        if backend_store.lossy is None:
-            pytest.skip(f"{backend_store.backend} has no reply to hold back")
-        with backend_store.lossy() as link:
-            if link.hold_reply is None:
-                pytest.skip(f"{backend_store.backend}'s link cannot hold a reply back")
+        with _lossy(backend_store, "hold_reply") as link:
             check_call_cut_short(link)
 
     def test_expiry_hides_then_purges(self, backend_store: Store) -> None:
