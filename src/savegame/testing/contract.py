@@ -234,11 +234,12 @@ def check_refused_connection(link: LossyLink) -> None:
 
 
 def check_call_cut_short(link: LossyLink) -> None:
-    """A call cut short while it waits for the server's reply (Ctrl-C) leaves nothing
-    behind for the calls after it: a reply left unread on a connection used again would be
-    taken for the answer to the next request, another session's. Runs in the main thread,
-    the one signals reach."""
+    """Calls cut short while they wait for the server's reply (Ctrl-C) leave nothing
+    behind for the calls after them: a reply left unread on a connection used again would
+    be taken for the answer to the next request, another session's. A write cut short is
+    made whole or not at all. Runs in the main thread, the one signals reach."""
     assert link.hold_reply is not None
+    hold = link.hold_reply
     main = threading.main_thread()
     if threading.current_thread() is not main:
         pytest.skip("only the main thread can be interrupted by a signal")
@@ -250,27 +251,47 @@ def check_call_cut_short(link: LossyLink) -> None:
         signal.pthread_kill(main.ident or 0, signal.SIGUSR1)
         time.sleep(0.2)
 
-    def ctrl_c(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+    def cut_short(call: Callable[[], object], marker: bytes) -> None:
+        def ctrl_c(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGUSR1, ctrl_c)
-    try:
-        link.hold_reply(b"cut-0", interrupt)
-        with pytest.raises(KeyboardInterrupt):
-            link.storage.read("cut-0")
-    finally:
-        signal.signal(signal.SIGUSR1, previous)
+        previous = signal.signal(signal.SIGUSR1, ctrl_c)
+        try:
+            hold(marker, interrupt)
+            with pytest.raises(KeyboardInterrupt):
+                call()
+        finally:
+            signal.signal(signal.SIGUSR1, previous)
+
     found: dict[int, Any] = {}
 
     def read(i: int) -> None:
         got = link.storage.read(f"cut-{i}")
         found[i] = None if got is None else got.session_data  # type: ignore[attr-defined]
 
-    # Reads at once draw every connection the storage has, the one cut short if it was kept.
-    for _ in range(3):
-        in_threads(4, read)
-        assert found == {i: {"n": i} for i in range(4)}, found
-        found.clear()
+    def check_reads(expected: dict[int, Any]) -> None:
+        # Reads at once draw every connection the storage has, one cut short if it was kept.
+        for _ in range(3):
+            in_threads(4, read)
+            assert found == expected, found
+            found.clear()
+
+    cut_short(lambda: link.storage.read("cut-0"), b"cut-0")
+    check_reads({i: {"n": i} for i in range(4)})
+    runs = [{"run_id": f"r{i}", "messages": [{"role": "user", "content": "hi"}]} for i in range(3)]
+    cut_short(
+        lambda: link.storage.upsert(
+            _agent("cut-1", session_data={"n": 100}, memory={"runs": runs})
+        ),
+        b"cut-1",
+    )
+    got = link.other.read("cut-1")
+    assert got is not None
+    stored = (got.session_data, got.memory)  # type: ignore[attr-defined]
+    assert stored in [({"n": 1}, None), ({"n": 100}, {"runs": runs})], stored
+    check_reads({i: {"n": 100 if i == 1 and stored[1] else i} for i in range(4)})
+    link.storage.upsert(_agent("cut-1", session_data={"n": 1}))
+    check_reads({i: {"n": i} for i in range(4)})
 
 
 @contextmanager
