@@ -118,6 +118,19 @@ def _copy(value: Any) -> Any:
     return pickle.loads(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
 
 
+RECONNECTS = 3
+"""Times a server backend tries to connect again, after a short, growing pause, when the
+server that was there a moment ago cannot be reached (it may be restarting)."""
+
+
+def pause_before_retry(failures: int) -> None:
+    """Sleeps before the next attempt after ``failures`` failed ones: 50-100 ms after the
+    first, doubling, at most 250-500 ms; random within each range, so that clients that
+    failed together do not try again together."""
+    pause = min(0.5, 0.05 * 2**failures)
+    time.sleep(pause * (1 + random.random()) / 2)
+
+
 def is_expired(expires_at: int | None, now: int) -> bool:
     """Whether a session with this expiry time is gone at ``now``."""
     return expires_at is not None and expires_at <= now

@@ -85,7 +85,15 @@ from savegame.errors import (
     MissingDependencyError,
     StorageError,
 )
-from savegame.storage.base import STAMPED, Draft, Header, Record, Storage
+from savegame.storage.base import (
+    RECONNECTS,
+    STAMPED,
+    Draft,
+    Header,
+    Record,
+    Storage,
+    pause_before_retry,
+)
 from savegame.storage.codec import check_name, dumps, loads, object_text
 from savegame.storage.known import (
     DEFAULT_BYTES,
@@ -115,9 +123,6 @@ BATCH = 500
 
 READ_BATCH = 50
 """Sessions read per script call by the listings that return sessions."""
-
-RETRIES = 3
-"""Times a call is sent again after its connection failed (see :meth:`RedisStorage._call`)."""
 
 MAX_WRITE_ATTEMPTS = 1000
 """Writes that found the session changed between reading its header and writing it."""
@@ -504,10 +509,10 @@ class RedisStorage(Storage):
         """Runs ``fn(client)``, connecting first if needed, with driver errors mapped.
 
         On a client savegame made, a call whose connection failed, or that the cluster
-        could not serve, runs again up to :data:`RETRIES` times after a short, growing
-        pause: a server that is down fails the call within seconds. ``fn`` may have reached
-        the server before it failed. A client given to the storage retries as it was set
-        up to.
+        could not serve, runs again up to :data:`~savegame.storage.base.RECONNECTS` times
+        after a short, growing pause: a server that is down fails the call within seconds.
+        ``fn`` may have reached the server before it failed. A client given to the storage
+        retries as it was set up to.
         """
         failures = 0
         while True:
@@ -518,12 +523,11 @@ class RedisStorage(Storage):
                 return fn(client)
             except self._resend_on as exc:
                 failures += 1
-                if self._given or failures > RETRIES:
+                if self._given or failures > RECONNECTS:
                     raise self._mapped(exc) from exc
             except self._driver_errors as exc:
                 raise self._mapped(exc) from exc
-            pause = min(0.5, 0.05 * 2**failures)
-            time.sleep(pause * (1 + secrets.randbelow(1000) / 1000) / 2)
+            pause_before_retry(failures)
 
     def _connected(self) -> Any:
         """The client, made (and the store's layout read) on first use."""

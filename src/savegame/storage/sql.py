@@ -109,7 +109,14 @@ from savegame.errors import (
     StorageError,
 )
 from savegame.storage import codec
-from savegame.storage.base import Draft, Header, Record, Storage
+from savegame.storage.base import (
+    RECONNECTS,
+    Draft,
+    Header,
+    Record,
+    Storage,
+    pause_before_retry,
+)
 from savegame.storage.known import (
     DEFAULT_BYTES,
     PAST_TOKENS,
@@ -996,7 +1003,7 @@ class SqlStorage(Storage):
             for attempt in range(_RECONNECTS + 1):
                 fairy = spare.take()
                 if fairy is None:
-                    fairy = self.db_engine.raw_connection()
+                    fairy = self._pooled(patient=attempt > 0)
                 conn = fairy.driver_connection
                 info = fairy.info
                 used = "savegame" in info
@@ -1029,6 +1036,20 @@ class SqlStorage(Storage):
                     if not kept:
                         fairy.close()
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _pooled(self, patient: bool) -> Any:
+        """A connection from the pool. ``patient``: one was just found dead, the server may
+        be restarting, so a connection refused is asked for again a few times after a
+        short pause (:data:`~savegame.storage.base.RECONNECTS`) before the call fails."""
+        failures = 0
+        while True:
+            try:
+                return self.db_engine.raw_connection()
+            except self._driver_errors as exc:
+                failures += 1
+                if not (patient and failures <= RECONNECTS and self.dialect.unavailable(exc)):
+                    raise
+            pause_before_retry(failures)
 
     def _end(self, conn: Any, commit: bool) -> None:
         """Ends a transaction; when rolling back after an error, the error is what counts."""
