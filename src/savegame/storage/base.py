@@ -118,7 +118,7 @@ def _copy(value: Any) -> Any:
     return pickle.loads(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
 
 
-RECONNECTS = 3
+CONNECT_RETRIES = 3
 """Times a server backend tries to connect again, after a short, growing pause, when the
 server that was there a moment ago cannot be reached (it may be restarting)."""
 

@@ -86,7 +86,7 @@ from savegame.errors import (
     StorageError,
 )
 from savegame.storage.base import (
-    RECONNECTS,
+    CONNECT_RETRIES,
     STAMPED,
     Draft,
     Header,
@@ -509,7 +509,7 @@ class RedisStorage(Storage):
         """Runs ``fn(client)``, connecting first if needed, with driver errors mapped.
 
         On a client savegame made, a call whose connection failed, or that the cluster
-        could not serve, runs again up to :data:`~savegame.storage.base.RECONNECTS` times
+        could not serve, runs again up to :data:`~savegame.storage.base.CONNECT_RETRIES` times
         after a short, growing pause: a server that is down fails the call within seconds.
         ``fn`` may have reached the server before it failed. A client given to the storage
         retries as it was set up to.
@@ -523,7 +523,7 @@ class RedisStorage(Storage):
                 return fn(client)
             except self._resend_on as exc:
                 failures += 1
-                if self._given or failures > RECONNECTS:
+                if self._given or failures > CONNECT_RETRIES:
                     raise self._mapped(exc) from exc
             except self._driver_errors as exc:
                 raise self._mapped(exc) from exc

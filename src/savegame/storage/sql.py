@@ -110,7 +110,7 @@ from savegame.errors import (
 )
 from savegame.storage import codec
 from savegame.storage.base import (
-    RECONNECTS,
+    CONNECT_RETRIES,
     Draft,
     Header,
     Record,
@@ -138,7 +138,7 @@ _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,57}")
 _ATTEMPTS = 5
 """Runs of a write that met another writer at the primary key, or a deadlock."""
 
-_RECONNECTS = 8
+_DEAD_POOLED = 8
 """Pooled connections a call may find dead, one after the other, before it fails."""
 
 _BATCH = 500
@@ -1000,7 +1000,7 @@ class SqlStorage(Storage):
         dialect = self.dialect
         spare = self._spare
         with self._lock:
-            for attempt in range(_RECONNECTS + 1):
+            for attempt in range(_DEAD_POOLED + 1):
                 fairy = spare.take()
                 if fairy is None:
                     fairy = self._pooled(patient=attempt > 0)
@@ -1021,7 +1021,7 @@ class SqlStorage(Storage):
                         fairy.invalidate(exc)
                     else:
                         self._end(conn, False)
-                    if not (dead and used and attempt < _RECONNECTS):
+                    if not (dead and used and attempt < _DEAD_POOLED):
                         raise
                 except StorageError:
                     self._end(conn, False)
@@ -1040,14 +1040,14 @@ class SqlStorage(Storage):
     def _pooled(self, patient: bool) -> Any:
         """A connection from the pool. ``patient``: one was just found dead, the server may
         be restarting, so a connection refused is asked for again a few times after a
-        short pause (:data:`~savegame.storage.base.RECONNECTS`) before the call fails."""
+        short pause (:data:`~savegame.storage.base.CONNECT_RETRIES`) before the call fails."""
         failures = 0
         while True:
             try:
                 return self.db_engine.raw_connection()
             except self._driver_errors as exc:
                 failures += 1
-                if not (patient and failures <= RECONNECTS and self.dialect.unavailable(exc)):
+                if not (patient and failures <= CONNECT_RETRIES and self.dialect.unavailable(exc)):
                     raise
             pause_before_retry(failures)
 
