@@ -4,8 +4,9 @@ and the client never hears of it, as when a connection dies between the two.
 ``with LossyProxy(host, port) as proxy``: connect clients to ``proxy.port``; after
 ``proxy.lose_reply_to(b"COMMIT")`` the first reply the server sends after a client's bytes
 holding ``COMMIT`` is dropped and that client's connection is cut. Connections made after
-that pass everything. After ``proxy.refuse_next()`` every connection through the proxy is
-cut and the next one is closed as soon as it is made, before anything reaches the server.
+that pass everything. After ``proxy.refuse_next(n)`` every connection through the proxy is
+cut and the next ``n`` are closed as soon as they are made, before anything reaches the
+server.
 After ``proxy.hold_reply_to(marker, meanwhile)`` the reply to the next request holding
 ``marker`` waits until ``meanwhile()`` has run, and then goes through.
 """
@@ -35,7 +36,7 @@ class LossyProxy:
         self._hold = False
         self._lock = threading.Lock()
         self.lost = threading.Event()
-        self._refuse = False
+        self._refuse = 0
         self.refused = threading.Event()
         self._sockets: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
@@ -71,11 +72,12 @@ class LossyProxy:
         with self._lock:
             self._hold = True
 
-    def refuse_next(self) -> None:
-        """Cuts every connection through the proxy and closes the next one made at once:
-        a client's next request finds its connection dead and cannot make another."""
+    def refuse_next(self, count: int) -> None:
+        """Cuts every connection through the proxy and closes the next ``count`` made at
+        once: a client's next request finds its connection dead and cannot make another,
+        as while a server restarts."""
         with self._lock:
-            self._refuse = True
+            self._refuse = count
             self.refused.clear()
             for sock in self._sockets:
                 _close(sock)
@@ -105,9 +107,12 @@ class LossyProxy:
             except OSError:
                 return
             with self._lock:
-                refuse, self._refuse = self._refuse, False
+                refuse = self._refuse > 0
+                self._refuse -= refuse
+                if refuse and not self._refuse:
+                    # Before the close: the client may look as soon as it is closed.
+                    self.refused.set()
             if refuse:
-                self.refused.set()  # first: the client may look as soon as it is closed
                 _close(client)
                 continue
             server = socket.create_connection(self._target, timeout=10)

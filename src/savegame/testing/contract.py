@@ -54,10 +54,10 @@ class LossyLink:
             connection cut; ``meanwhile`` (if not None) runs after the server has done the
             write and before the connection is cut.
         lost: whether a reply was lost since the link was last armed.
-        refuse_connection: ``refuse_connection()`` cuts the connections of ``storage`` and
-            makes its next attempt to connect fail before anything reaches the server;
-            None where the link cannot.
-        refused: whether a connection was refused since ``refuse_connection`` was called.
+        refuse_connection: ``refuse_connection(n)`` cuts the connections of ``storage``
+            and makes its next ``n`` attempts to connect fail before anything reaches the
+            server; None where the link cannot.
+        refused: whether all the connections ``refuse_connection`` was to refuse were.
         hold_reply: ``hold_reply(marker, meanwhile)`` arms the link: the reply to the next
             request of ``storage`` whose bytes hold ``marker`` is held back while
             ``meanwhile()`` runs, ``storage`` waiting for it, and then delivered; None where
@@ -68,7 +68,7 @@ class LossyLink:
     other: Storage
     lose_reply: Callable[[Callable[[], object] | None], None]
     lost: Callable[[], bool]
-    refuse_connection: Callable[[], None] | None = None
+    refuse_connection: Callable[[int], None] | None = None
     refused: Callable[[], bool] = lambda: False
     hold_reply: Callable[[bytes, Callable[[], object]], None] | None = None
 
@@ -203,8 +203,8 @@ def _lost_after_others(link: LossyLink, writes: int) -> None:
 
 
 def check_refused_connection(link: LossyLink) -> None:
-    """A write whose connection is dead, and whose next attempt to connect is refused, is
-    made once: the storage connects again after a pause, as a server that restarts wants.
+    """A write whose connection is dead, and whose next two attempts to connect are
+    refused (a server restarting), is made once: the storage connects again after a pause.
     It never reached the store before, so it is never said to be of unknown outcome, not
     even when more writes than a header keeps tokens of
     (:data:`~savegame.storage.known.PAST_TOKENS`) came in since the storage last saw the
@@ -218,9 +218,9 @@ def check_refused_connection(link: LossyLink) -> None:
     before = link.other.read("c")
     assert before is not None
     session.session_data["n"] = -1  # type: ignore[attr-defined]
-    link.refuse_connection()
+    link.refuse_connection(2)
     saved = link.storage.upsert(session)
-    assert link.refused(), "no connection was refused: the test did not test"
+    assert link.refused(), "no connection was refused twice: the test did not test"
     got = link.other.read("c")
     assert got is not None
     assert saved.version == before.version + 1, (saved.version, before.version)  # type: ignore[attr-defined]
