@@ -57,20 +57,28 @@ class LossyProxy:
         ``meanwhile`` runs once the server has replied and before the client's connection
         is cut, while the client still waits: another writer coming in between.
         """
+        self._arm(marker, meanwhile, reply, after, hold=False)
+
+    def hold_reply_to(self, marker: bytes, meanwhile: Callable[[], object]) -> None:
+        """Arms the proxy: the reply to the next request holding ``marker`` is held back
+        while ``meanwhile`` runs, the client waiting for it, and then delivered."""
+        self._arm(marker, meanwhile, b"", b"", hold=True)
+
+    def _arm(
+        self,
+        marker: bytes,
+        meanwhile: Callable[[], object] | None,
+        reply: bytes,
+        after: bytes,
+        hold: bool,
+    ) -> None:
         with self._lock:
             self._marker = marker
             self._after = after
             self._reply = reply
             self._meanwhile = meanwhile
-            self._hold = False
+            self._hold = hold
             self.lost.clear()
-
-    def hold_reply_to(self, marker: bytes, meanwhile: Callable[[], object]) -> None:
-        """Arms the proxy: the reply to the next request holding ``marker`` is held back
-        while ``meanwhile`` runs, the client waiting for it, and then delivered."""
-        self.lose_reply_to(marker, meanwhile)
-        with self._lock:
-            self._hold = True
 
     def refuse_next(self, count: int) -> None:
         """Cuts every connection through the proxy and closes the next ``count`` made at

@@ -31,7 +31,7 @@ import random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 
 from savegame.errors import ConflictError, InvalidIdentifierError, SerializationError
 from savegame.storage.codec import check_id, encode, encode_text
@@ -123,12 +123,26 @@ CONNECT_RETRIES = 3
 server that was there a moment ago cannot be reached (it may be restarting)."""
 
 
-def pause_before_retry(failures: int) -> None:
-    """Sleeps before the next attempt after ``failures`` failed ones: 50-100 ms after the
-    first, doubling, at most 250-500 ms; random within each range, so that clients that
-    failed together do not try again together."""
-    pause = min(0.5, 0.05 * 2**failures)
-    time.sleep(pause * (1 + random.random()) / 2)
+T = TypeVar("T")
+
+
+def with_retries(attempt: Callable[[], T], retryable: Callable[[Exception], bool]) -> T:
+    """What ``attempt()`` returns, trying it again up to :data:`CONNECT_RETRIES` times
+    while it fails with an error ``retryable`` accepts; the last error is raised.
+
+    Each pause is 50-100 ms after the first failure, doubling, at most 250-500 ms: random
+    within each range, so that clients that failed together do not try again together.
+    """
+    failures = 0
+    while True:
+        try:
+            return attempt()
+        except Exception as exc:
+            failures += 1
+            if failures > CONNECT_RETRIES or not retryable(exc):
+                raise
+        pause = min(0.5, 0.05 * 2**failures)
+        time.sleep(pause * (1 + random.random()) / 2)
 
 
 def is_expired(expires_at: int | None, now: int) -> bool:

@@ -52,6 +52,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from savegame.errors import StorageError
 from savegame.storage.base import Header
 from savegame.storage.codec import encode_checked
 from savegame.storage.session import set_path
@@ -90,6 +91,17 @@ def resent_write_made(token: str, on: str, current: str, past: str) -> bool | No
     if on == "" and len(chain) <= PAST_TOKENS:
         return False
     return None
+
+
+def outcome_unknown(where: str, session_id: str) -> StorageError:
+    """The error of a write sent again when :func:`resent_write_made` cannot tell whether
+    its earlier sending was made: writing again could make the change twice, and a
+    conflict would have ``update()`` make it twice. ``where`` names the store."""
+    return StorageError(
+        f"the connection to {where} was lost while writing session {session_id!r}, and"
+        " the session has been written since: whether this write was made is unknown;"
+        " read the session to see"
+    )
 
 
 _HEAD = b"\x80\x03("

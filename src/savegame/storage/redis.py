@@ -85,15 +85,7 @@ from savegame.errors import (
     MissingDependencyError,
     StorageError,
 )
-from savegame.storage.base import (
-    CONNECT_RETRIES,
-    STAMPED,
-    Draft,
-    Header,
-    Record,
-    Storage,
-    pause_before_retry,
-)
+from savegame.storage.base import STAMPED, Draft, Header, Record, Storage, with_retries
 from savegame.storage.codec import check_name, dumps, loads, object_text
 from savegame.storage.known import (
     DEFAULT_BYTES,
@@ -101,6 +93,7 @@ from savegame.storage.known import (
     Known,
     KnownSessions,
     RunEncoder,
+    outcome_unknown,
     resent_write_made,
 )
 from savegame.storage.session import Mode, set_path
@@ -509,25 +502,25 @@ class RedisStorage(Storage):
         """Runs ``fn(client)``, connecting first if needed, with driver errors mapped.
 
         On a client savegame made, a call whose connection failed, or that the cluster
-        could not serve, runs again up to :data:`~savegame.storage.base.CONNECT_RETRIES` times
-        after a short, growing pause: a server that is down fails the call within seconds.
+        could not serve, runs again a few times after a short, growing pause
+        (:func:`~savegame.storage.base.with_retries`): a server that is down fails the call
+        within seconds.
         ``fn`` may have reached the server before it failed. A client given to the storage
         retries as it was set up to.
         """
-        failures = 0
-        while True:
-            try:
-                client = self._client
-                if client is None or not self._scripts:
-                    client = self._connected()
-                return fn(client)
-            except self._resend_on as exc:
-                failures += 1
-                if self._given or failures > CONNECT_RETRIES:
-                    raise self._mapped(exc) from exc
-            except self._driver_errors as exc:
-                raise self._mapped(exc) from exc
-            pause_before_retry(failures)
+
+        def attempt() -> T:
+            client = self._client
+            if client is None or not self._scripts:
+                client = self._connected()
+            return fn(client)
+
+        try:
+            return with_retries(
+                attempt, lambda exc: not self._given and isinstance(exc, self._resend_on)
+            )
+        except self._driver_errors as exc:
+            raise self._mapped(exc) from exc
 
     def _connected(self) -> Any:
         """The client, made (and the store's layout read) on first use."""
@@ -773,13 +766,7 @@ class RedisStorage(Storage):
                     self._known.put(sid, written)
                 return draft.whole(record)
             if resent and made is None:
-                # Writing again could make the change twice; reporting a conflict
-                # would have update() make it twice.
-                raise StorageError(
-                    f"the connection to {self._address} was lost while writing session"
-                    f" {sid!r}, and the session has been written since: whether this"
-                    " write was made is unknown; read the session to see"
-                )
+                raise outcome_unknown(self._address, sid)
             if trusted:
                 # Another writer came between our read and our write: let it finish.
                 time.sleep(secrets.randbelow(1000) / 1e6)

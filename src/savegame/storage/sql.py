@@ -109,14 +109,7 @@ from savegame.errors import (
     StorageError,
 )
 from savegame.storage import codec
-from savegame.storage.base import (
-    CONNECT_RETRIES,
-    Draft,
-    Header,
-    Record,
-    Storage,
-    pause_before_retry,
-)
+from savegame.storage.base import Draft, Header, Record, Storage, with_retries
 from savegame.storage.known import (
     DEFAULT_BYTES,
     PAST_TOKENS,
@@ -124,6 +117,7 @@ from savegame.storage.known import (
     KnownSessions,
     RunEncoder,
     Runs,
+    outcome_unknown,
     resent_write_made,
 )
 from savegame.storage.session import Mode, ModeSpec, Session, mode_spec, set_path, split_runs
@@ -1015,23 +1009,19 @@ class SqlStorage(Storage):
                     result = fn(conn)
                     kept = spare.keep(fairy)
                     return result
-                except self._driver_errors as exc:
-                    dead = self.db_engine.dialect.is_disconnect(exc, conn, None)  # type: ignore[arg-type]
-                    if dead:
-                        fairy.invalidate(exc)
+                except BaseException as exc:
+                    known = isinstance(exc, (*self._driver_errors, StorageError))
+                    dead = isinstance(exc, self._driver_errors) and (
+                        self.db_engine.dialect.is_disconnect(exc, conn, None)  # type: ignore[arg-type]
+                    )
+                    # Cut short by anything else (Ctrl-C), a call to a server may have left
+                    # a reply unread: that connection is not used again.
+                    if dead or (dialect.round_trips and not known):
+                        fairy.invalidate(exc if isinstance(exc, Exception) else None)
                     else:
                         self._end(conn, False)
                     if not (dead and used and attempt < _DEAD_POOLED):
                         raise
-                except StorageError:
-                    self._end(conn, False)
-                    raise
-                except BaseException:
-                    if dialect.round_trips:
-                        fairy.invalidate()
-                    else:
-                        self._end(conn, False)
-                    raise
                 finally:
                     if not kept:
                         fairy.close()
@@ -1040,16 +1030,13 @@ class SqlStorage(Storage):
     def _pooled(self, patient: bool) -> Any:
         """A connection from the pool. ``patient``: one was just found dead, the server may
         be restarting, so a connection refused is asked for again a few times after a
-        short pause (:data:`~savegame.storage.base.CONNECT_RETRIES`) before the call fails."""
-        failures = 0
-        while True:
-            try:
-                return self.db_engine.raw_connection()
-            except self._driver_errors as exc:
-                failures += 1
-                if not (patient and failures <= CONNECT_RETRIES and self.dialect.unavailable(exc)):
-                    raise
-            pause_before_retry(failures)
+        short pause (:func:`~savegame.storage.base.with_retries`) before the call fails."""
+        if not patient:
+            return self.db_engine.raw_connection()
+        return with_retries(
+            self.db_engine.raw_connection,
+            lambda exc: isinstance(exc, self._driver_errors) and self.dialect.unavailable(exc),
+        )
 
     def _end(self, conn: Any, commit: bool) -> None:
         """Ends a transaction; when rolling back after an error, the error is what counts."""
@@ -1606,14 +1593,8 @@ class SqlStorage(Storage):
             made = resent_write_made(write.token, write.committed_on, current, past)
             if made is None:
                 # The session changed since the attempt whose commit went unanswered wrote
-                # on it, too often to tell by whom. Writing again could make the change
-                # twice; reporting a conflict would have update() make it twice.
-                raise StorageError(
-                    f"the connection to {self.dialect.title} at {self.where()} was lost"
-                    f" while committing a write of session {session_id!r}, and the session"
-                    " has been written since: whether this write was made is unknown; read"
-                    " the session to see"
-                )
+                # on it, too often to tell by whom.
+                raise outcome_unknown(f"{self.dialect.title} at {self.where()}", session_id)
             if made:
                 # An earlier attempt committed before its connection died.
                 write.superseded = holds != write.token

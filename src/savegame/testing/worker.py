@@ -75,13 +75,12 @@ def _serve(url: str, mode: str) -> int:
     A test that starts twenty writers would otherwise spend most of its time importing
     savegame, the backend's module and its driver twenty times: the server imports them
     once, by opening and closing a storage, which connects to nothing, and each child opens
-    the store itself. A line holds one command
-    or several separated by ``|``; the children of one line run at once, and the server
-    reads the next line once they have all ended. A child prints ``PID N`` first, then what
-    its command prints; once it has ended (killed, say) the server prints ``ENDED PID CODE``
-    (:data:`PID`, :data:`ENDED`, the exit code). Whatever stands before :data:`ENDED` on
-    its line is what a killed child had not finished saying. Standard input closed ends the
-    server.
+    the store itself. A line holds one command or several separated by ``|``; the children
+    of one line run at once, and the server reads the next line once they have all ended.
+    A child prints ``PID N`` first, then what its command prints; once it has ended
+    (killed, say) the server prints ``ENDED PID CODE`` (:data:`PID`, :data:`ENDED`, the
+    exit code). Whatever stands before :data:`ENDED` on its line is what a killed child had
+    not finished saying. Standard input closed ends the server.
     """
     open_storage(url, mode=mode).close()
     for line in sys.stdin:
