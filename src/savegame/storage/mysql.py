@@ -13,6 +13,10 @@ Only what is particular to MySQL lives here; the layout, queries and migrations 
   code-point order, like every other backend.
 * Writes run in ``READ COMMITTED`` (a missing row takes no gap lock, so two first writes of
   different sessions never deadlock), reads in ``REPEATABLE READ`` (one snapshot).
+* A read of one session gets its header as one JSON array (``JSON_ARRAY``) rather than as
+  sixteen columns: PyMySQL parses each column's description in Python, which took longer
+  than the rest of such a read. An array the server cannot send (larger than
+  ``max_allowed_packet``, where it gives NULL) is read again column by column.
 * A session can be as large as the server's ``max_allowed_packet`` allows (16 MB by
   default on MariaDB; raise it to store larger sessions); a larger one is refused with
   :class:`~savegame.errors.SerializationError`, and nothing is written.
@@ -23,11 +27,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Table, text
-from sqlalchemy.dialects.mysql import LONGTEXT, VARBINARY, insert
+from sqlalchemy import Column, Integer, Table, cast, func, text
+from sqlalchemy.dialects.mysql import CHAR, LONGTEXT, VARBINARY, insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.expression import Executable
+from sqlalchemy.sql.expression import ColumnElement, Executable
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from savegame.storage import codec
@@ -124,6 +128,15 @@ class MySQLDialect(SqlDialect):
 
     def duplicate(self, error: BaseException) -> bool:
         return _code(error) == _DUPLICATE_KEY
+
+    def packed(self, columns: Sequence[Column[Any]]) -> ColumnElement[Any] | None:
+        # PyMySQL parses the description of each column of a result in Python, which costs
+        # more than the values of a small session. Every column but the integers is cast to
+        # text: ids (VARBINARY) would come as base64 from MySQL, and a JSON column (of a
+        # table written by the original) as a JSON value rather than its text.
+        utf8 = CHAR(charset="utf8mb4")
+        values = [c if isinstance(c.type, Integer) else cast(c, utf8) for c in columns]
+        return func.json_array(*values)
 
     def configure(self, conn: Any) -> None:
         # A read gathers a session's run digests with GROUP_CONCAT, cut at 1 MB by default

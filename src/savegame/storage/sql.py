@@ -28,7 +28,8 @@ new one (an insert that does nothing when the row is there), while that guess ke
 right. Two first inserts of one session meet at the primary key and the loser runs again,
 now seeing the row. A read takes the header and the runs in one snapshot: in one statement
 on a server (the runs' digests aggregated into one string, and the text of only the runs
-after those the reader remembers), in one transaction in SQLite.
+after those the reader remembers; on MySQL the header's columns packed into one JSON array,
+see :meth:`SqlDialect.packed`), in one transaction in SQLite.
 
 Execution. The statements of reads and writes of one session are built with SQLAlchemy Core
 once per storage, compiled for the engine's dialect, and run on the driver's connection
@@ -57,6 +58,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
+import json
 import random
 import re
 import threading
@@ -96,7 +98,7 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.schema import CreateSchema
-from sqlalchemy.sql.expression import Executable
+from sqlalchemy.sql.expression import ColumnElement, Executable
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeEngine, UserDefinedType
 
@@ -139,6 +141,14 @@ _BATCH = 500
 
 _UNCHANGED = object()
 """What a read of one session gives when the store holds what the storage remembers."""
+
+_UNPACKED = object()
+"""What a read of one session gives when the server could not pack its header (see
+:meth:`SqlDialect.packed`)."""
+
+_ARRAY = json.JSONDecoder(strict=False)
+"""Decodes a packed header: strings come back as the server sent them, control characters
+included."""
 
 T = TypeVar("T")
 
@@ -233,6 +243,17 @@ class SqlDialect(ABC):
         """Runs a compiled statement on a driver cursor; ``keyed``: it works on one
         session's key, so that one plan serves every call (a server may keep it)."""
         cursor.execute(sql, params)
+
+    def packed(self, columns: Sequence[Column[Any]]) -> ColumnElement[Any] | None:
+        """One column whose value is the JSON array of ``columns``' values, in order (ids
+        and texts as strings, JSON columns as their text), for a driver that spends longer
+        on each column of a result than on the value it holds; None: a read of one session
+        fetches the header's columns as they are.
+
+        The server may give NULL instead of a result larger than it sends at once; the read
+        then fetches the columns as they are.
+        """
+        return None
 
     # -- connections and transactions -----------------------------------------------------
 
@@ -660,9 +681,19 @@ class _Statements:
         # digests of all the runs run together (at -2: one row, not one a run, each of
         # which would carry every header column), and the runs from :kept on. Unordered:
         # sorting the union would cost the server a temporary table.
+        # Where the dialect packs the header's columns into one (:meth:`SqlDialect.packed`),
+        # the union has four: the packed header, run, digest and place.
+        packed = dialect.packed(list(header.c))
+        columns: list[Any] = list(header.c)
         nulls = [null().label(c.name) for c in header.c]
+        if packed is not None:
+            columns, nulls = [packed.label("head")], [null().label("head")]
+        self.packed = packed is not None
         head = select(
-            header, null().label("run"), null().label("digest"), literal_column("-1").label("place")
+            *columns,
+            null().label("run"),
+            null().label("digest"),
+            literal_column("-1").label("place"),
         ).where(header.c.session_id == sid)
         digests = select(
             *nulls,
@@ -1431,6 +1462,8 @@ class SqlStorage(Storage):
         if row is _UNCHANGED:
             assert known is not None
             return known.record(self.spec.runs_path)
+        if row is _UNPACKED:
+            return self._records([session_id], None)[0]
         if row is None:
             self._known.put(session_id, None)
             return None
@@ -1469,14 +1502,32 @@ class SqlStorage(Storage):
         heads = [r for r in rows if r[-1] == -1]
         if not heads:
             return None, None
-        width = len(self._columns)
+        width = len(heads[0]) - 3  # the header's columns come before run, digest and place
         row = heads[0][:width]
+        if sql.packed:
+            if row[0] is None:
+                return _UNPACKED, None
+            row = self._spread(row[0], session_id)
         if row[self._count_at] is None:
             return row, None
         digests = _text(next((r[width + 1] for r in rows if r[-1] == -2), None) or "")
         found = sorted((r for r in rows if r[-1] >= 0), key=itemgetter(-1))
         skipped = min(kept, len(digests) // _DIGEST_WIDTH)
         return row, ([None] * skipped + [r[width] for r in found], digests)
+
+    def _spread(self, packed: Any, session_id: str) -> list[Any]:
+        """The values of a header's columns, from the JSON array :meth:`SqlDialect.packed`
+        made of them."""
+        try:
+            values = _ARRAY.decode(packed)
+        except (TypeError, ValueError):
+            values = None
+        if type(values) is not list or len(values) != len(self._columns):
+            raise StorageError(
+                f"{self.dialect.title} at {self.where()} gave the header of session "
+                f"{session_id!r} as {packed!r:.200}, not the array of its columns"
+            )
+        return values
 
     def _read_locally(
         self, conn: Any, cursor: Any, params: dict[str, Any]
