@@ -15,8 +15,9 @@ Only what is particular to MySQL lives here; the layout, queries and migrations 
   different sessions never deadlock), reads in ``REPEATABLE READ`` (one snapshot).
 * A read of one session gets its header as one JSON array (``JSON_ARRAY``) rather than as
   sixteen columns: PyMySQL parses each column's description in Python, which took longer
-  than the rest of such a read. An array the server cannot send (larger than
-  ``max_allowed_packet``, where it gives NULL) is read again column by column.
+  than the rest of such a read. An array, or a value in it, larger than
+  ``max_allowed_packet`` comes as NULL; the array says which columns are NULL, and a header
+  whose array disagrees is read again column by column.
 * A session can be as large as the server's ``max_allowed_packet`` allows (16 MB by
   default on MariaDB; raise it to store larger sessions); a larger one is refused with
   :class:`~savegame.errors.SerializationError`, and nothing is written.
@@ -27,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Column, Integer, Table, cast, func, text
+from sqlalchemy import Column, Integer, Table, case, cast, func, literal_column, text
 from sqlalchemy.dialects.mysql import CHAR, LONGTEXT, VARBINARY, insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
@@ -133,10 +134,19 @@ class MySQLDialect(SqlDialect):
         # PyMySQL parses the description of each column of a result in Python, which costs
         # more than the values of a small session. Every column but the integers is cast to
         # text: ids (VARBINARY) would come as base64 from MySQL, and a JSON column (of a
-        # table written by the original) as a JSON value rather than its text.
+        # table written by the original) as a JSON value rather than its text. A cast gives
+        # NULL for a value larger than max_allowed_packet: the bits of NULL columns tell.
         utf8 = CHAR(charset="utf8mb4")
         values = [c if isinstance(c.type, Integer) else cast(c, utf8) for c in columns]
-        return func.json_array(*values)
+        zero: ColumnElement[Any] = literal_column("0")
+        nulls = sum(
+            (
+                case((c.is_(None), literal_column(str(1 << i))), else_=zero)
+                for i, c in enumerate(columns)
+            ),
+            start=zero,
+        )
+        return func.json_array(*values, nulls)
 
     def configure(self, conn: Any) -> None:
         # A read gathers a session's run digests with GROUP_CONCAT, cut at 1 MB by default

@@ -246,12 +246,14 @@ class SqlDialect(ABC):
 
     def packed(self, columns: Sequence[Column[Any]]) -> ColumnElement[Any] | None:
         """One column whose value is the JSON array of ``columns``' values, in order (ids
-        and texts as strings, JSON columns as their text), for a driver that spends longer
-        on each column of a result than on the value it holds; None: a read of one session
-        fetches the header's columns as they are.
+        and texts as strings, JSON columns as their text), then an integer whose bit *i* is
+        set when column *i* is NULL; for a driver that spends longer on each column of a
+        result than on the value it holds. None: a read of one session fetches the header's
+        columns as they are.
 
-        The server may give NULL instead of a result larger than it sends at once; the read
-        then fetches the columns as they are.
+        A server may give NULL in place of a value, or of the array, larger than it sends
+        at once; a read that finds the array NULL, or a NULL where the bits say the column
+        holds a value, fetches the columns as they are.
         """
         return None
 
@@ -1505,9 +1507,10 @@ class SqlStorage(Storage):
         width = len(heads[0]) - 3  # the header's columns come before run, digest and place
         row = heads[0][:width]
         if sql.packed:
-            if row[0] is None:
+            spread = None if row[0] is None else self._spread(row[0], session_id)
+            if spread is None:
                 return _UNPACKED, None
-            row = self._spread(row[0], session_id)
+            row = spread
         if row[self._count_at] is None:
             return row, None
         digests = _text(next((r[width + 1] for r in rows if r[-1] == -2), None) or "")
@@ -1515,18 +1518,26 @@ class SqlStorage(Storage):
         skipped = min(kept, len(digests) // _DIGEST_WIDTH)
         return row, ([None] * skipped + [r[width] for r in found], digests)
 
-    def _spread(self, packed: Any, session_id: str) -> list[Any]:
+    def _spread(self, packed: str, session_id: str) -> list[Any] | None:
         """The values of a header's columns, from the JSON array :meth:`SqlDialect.packed`
-        made of them."""
+        made of them; None when the server left out a value too large to pack."""
         try:
             values = _ARRAY.decode(packed)
-        except (TypeError, ValueError):
+        except ValueError:
             values = None
-        if type(values) is not list or len(values) != len(self._columns):
+        if (
+            type(values) is not list
+            or len(values) != len(self._columns) + 1
+            or type(values[-1]) is not int
+        ):
             raise StorageError(
                 f"{self.dialect.title} at {self.where()} gave the header of session "
                 f"{session_id!r} as {packed!r:.200}, not the array of its columns"
             )
+        nulls = values.pop()
+        for i, value in enumerate(values):
+            if value is None and not nulls >> i & 1:
+                return None
         return values
 
     def _read_locally(
