@@ -20,7 +20,8 @@ Only what is particular to MySQL lives here; the layout, queries and migrations 
   whose array disagrees is read again column by column.
 * A session can be as large as the server's ``max_allowed_packet`` allows (16 MB by
   default on MariaDB; raise it to store larger sessions); a larger one is refused with
-  :class:`~savegame.errors.SerializationError`, and nothing is written.
+  :class:`~savegame.errors.SerializationError` before it is sent (see :func:`_fits`), and
+  nothing is written.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement, Executable
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
+from savegame.errors import SerializationError
 from savegame.storage import codec
 from savegame.storage.sql import (
     JsonText,
@@ -153,6 +155,17 @@ class MySQLDialect(SqlDialect):
         # (1 kB on MySQL): 16 bytes a run.
         with conn.cursor() as cursor:
             cursor.execute("SET SESSION group_concat_max_len = 4294967295")
+            cursor.execute("SELECT @@session.max_allowed_packet")
+            conn.savegame_packet_limit = int(cursor.fetchone()[0])
+
+    def execute(self, cursor: Any, sql: str, params: Any, keyed: bool) -> None:
+        _fits(cursor.connection, sql, params)
+        cursor.execute(sql, params)
+
+    def execute_many(self, cursor: Any, sql: str, rows: list[Any]) -> None:
+        for params in rows:
+            _fits(cursor.connection, sql, params)
+        cursor.executemany(sql, rows)
 
     def schema_lock(self, conn: Connection) -> None:
         conn.execute(text("SELECT GET_LOCK(:name, 60)"), {"name": _SCHEMA_LOCK})
@@ -174,6 +187,45 @@ class MySQLDialect(SqlDialect):
 
     def retryable(self, error: BaseException, dbapi: Any) -> bool:
         return super().retryable(error, dbapi) or _code(error) == _DEADLOCK
+
+
+def _fits(conn: Any, sql: str, params: Any) -> None:
+    """Refuses a statement larger than the connection's max_allowed_packet before it is
+    sent: the server would refuse it, but it closes the connection while the statement is
+    still being sent, and the client may then see the connection reset, not the reason."""
+    limit = getattr(conn, "savegame_packet_limit", None)
+    if limit is None:
+        return
+    values = params.values() if isinstance(params, dict) else params
+    texts = [v for v in values if type(v) in (str, bytes)]
+    # A character takes at most 4 bytes, 8 when escaped: nearly every statement is far
+    # below the limit, and only the others are measured as PyMySQL will send them.
+    if 8 * (len(sql) + sum(map(len, texts))) < limit:
+        return
+    size = len(sql.encode()) + _SLACK * len(values) + sum(map(_escaped_size, texts))
+    if size > limit:
+        raise SerializationError(
+            f"a statement of {size} bytes is larger than the server's max_allowed_packet "
+            f"({limit} bytes); nothing was written (raise it with SET GLOBAL "
+            "max_allowed_packet to store larger sessions)"
+        )
+
+
+_SLACK = 32
+"""Bytes a value may take on the wire besides its text: quotes, a ``_binary X`` prefix, a
+number's digits."""
+
+
+def _escaped_size(value: str | bytes) -> int:
+    """The bytes of a string value as PyMySQL sends it: text with a backslash before each
+    of ``\\ ' " NUL LF CR ^Z``, bytes in hexadecimal."""
+    if isinstance(value, bytes):
+        return 2 * len(value)
+    data = value.encode()
+    return len(data) + sum(data.count(special) for special in _ESCAPED)
+
+
+_ESCAPED = (b"\\", b"'", b'"', b"\0", b"\n", b"\r", b"\x1a")
 
 
 class MySQLStorage(ServerStorage):

@@ -244,6 +244,10 @@ class SqlDialect(ABC):
         session's key, so that one plan serves every call (a server may keep it)."""
         cursor.execute(sql, params)
 
+    def execute_many(self, cursor: Any, sql: str, rows: list[Any]) -> None:
+        """Runs a compiled statement once for each of ``rows`` on a driver cursor."""
+        cursor.executemany(sql, rows)
+
     def packed(self, columns: Sequence[Column[Any]]) -> ColumnElement[Any] | None:
         """One column whose value is the JSON array of ``columns``' values, in order (ids
         and texts as strings, JSON columns as their text), then an integer whose bit *i* is
@@ -559,8 +563,7 @@ class _Raw(NamedTuple):
     sql: str
     order: tuple[str, ...] | None
     """The names of the parameters in order, for drivers that take them by position."""
-    execute: Callable[[Any, str, Any, bool], None]
-    """The dialect's :meth:`SqlDialect.execute`."""
+    dialect: SqlDialect
     keyed: bool
     """Whether the statement works on one session's key (see :meth:`SqlDialect.execute`)."""
 
@@ -576,18 +579,18 @@ class _Raw(NamedTuple):
         """``statement`` compiled; ``columns``: those an INSERT or UPDATE sets, by name."""
         compiled = statement.compile(dialect=engine_dialect, column_keys=columns)
         order = tuple(compiled.positiontup or ()) if compiled.positional else None
-        return cls(compiled.string, order, dialect.execute, keyed)
+        return cls(compiled.string, order, dialect, keyed)
 
     def params(self, values: Mapping[str, Any]) -> Any:
         """What the driver takes for ``values``."""
         return values if self.order is None else tuple(map(values.__getitem__, self.order))
 
     def run(self, cursor: Any, values: Mapping[str, Any]) -> Any:
-        self.execute(cursor, self.sql, self.params(values), self.keyed)
+        self.dialect.execute(cursor, self.sql, self.params(values), self.keyed)
         return cursor
 
     def run_many(self, cursor: Any, rows: list[dict[str, Any]]) -> None:
-        cursor.executemany(self.sql, [self.params(row) for row in rows])
+        self.dialect.execute_many(cursor, self.sql, [self.params(row) for row in rows])
 
 
 def _listing_query(
