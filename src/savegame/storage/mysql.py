@@ -198,11 +198,12 @@ def _fits(conn: Any, sql: str, params: Any) -> None:
         return
     values = params.values() if isinstance(params, dict) else params
     texts = [v for v in values if type(v) in (str, bytes)]
-    # A character takes at most 4 bytes, 8 when escaped: nearly every statement is far
-    # below the limit, and only the others are measured as PyMySQL will send them.
-    if 8 * (len(sql) + sum(map(len, texts))) < limit:
+    # As sent, a character takes at most 4 bytes (an escaped one 2, a byte 2 in hexadecimal):
+    # by that bound alone nearly every statement fits; only the others are measured.
+    slack = _SLACK * len(values)
+    if 4 * (len(sql) + sum(map(len, texts))) + slack <= limit:
         return
-    size = len(sql.encode()) + _SLACK * len(values) + sum(map(_escaped_size, texts))
+    size = len(sql.encode()) + slack + sum(map(_escaped_size, texts))
     if size > limit:
         raise SerializationError(
             f"a statement of {size} bytes is larger than the server's max_allowed_packet "
