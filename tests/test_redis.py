@@ -648,6 +648,24 @@ def test_shards_are_checked(bad: Any) -> None:
         RedisStorage("p", shards=bad)
 
 
+@pytest.mark.parametrize("lost", ["r", "d"])
+def test_a_write_on_runs_lost_outside_savegame_is_refused(
+    server: str, raw: Any, prefix: str, lost: str
+) -> None:
+    # Sending only the changed runs onto a list (or digests) that lost entries would make
+    # a session that reads wrong: the script refuses, and writes nothing.
+    storage = RedisStorage(prefix, url=server)
+    session = storage.upsert(_session("s", _runs(3), user_id="u"))
+    raw.delete(f"{{{prefix}}}:{lost}:s")
+    session.memory["runs"].append({"run_id": "3"})  # type: ignore[index]
+    with pytest.raises(CorruptSessionError, match=r"'s'.* 3 runs"):
+        storage.upsert(session)
+    assert int(raw.hget(f"{{{prefix}}}:h:s", "version")) == 1
+    with pytest.raises(CorruptSessionError, match="'s'"):
+        RedisStorage(prefix, url=server).read("s")
+    storage.close()
+
+
 def test_a_damaged_session_raises_instead_of_looking_absent(
     server: str, raw: Any, prefix: str
 ) -> None:

@@ -55,6 +55,11 @@ skip (and remove) entries whose time has come, and :meth:`RedisStorage.purge_exp
 them all. ``drop`` walks ``{T}:all``. Listings and ``drop`` never run ``KEYS`` or ``SCAN``;
 only :meth:`RedisStorage.upgrade_schema` scans, once, for sessions of the original layout.
 
+Damage. The header counts the session's runs. A read whose list or digests disagree with
+that count (keys evicted by a ``maxmemory-policy``, or removed outside savegame) raises
+:class:`~savegame.errors.CorruptSessionError` rather than return the session short, and the
+write script refuses to send changed runs onto them.
+
 Shards, the trade-off. With one shard a store is served by one cluster master: one store's
 throughput is one node's, and a listing is one script call. With ``n`` shards a store's
 sessions and writes spread over the masters, and a listing asks each shard and merges the
@@ -159,7 +164,9 @@ end
 #       runs mode ('keep' or 'replace'), then (position, digest, text) for each new or
 #       changed run, in ascending order.
 # Returns 1 when written, or when the token differs the stored header (see _HEAD) and its
-# past tokens, for a write sent again to tell whether an earlier sending was made.
+# past tokens, for a write sent again to tell whether an earlier sending was made. Writing
+# only the changed runs ('keep') on a list or digests whose length is not the header's run
+# count (keys changed outside savegame) is refused with an error starting SAVEGAME-DAMAGED.
 _WRITE = (
     _HEAD
     + """
@@ -173,6 +180,13 @@ if current ~= ARGV[3] then
   return found
 end
 past = string.sub(current .. past, 1, PAST)
+if ARGV[11] == 'keep' then
+  local count = tonumber(redis.call('HGET', KEYS[4], 'runs'))
+  local length = redis.call('LLEN', KEYS[5])
+  if count ~= length or redis.call('STRLEN', KEYS[6]) ~= length * WIDTH then
+    return redis.error_reply('SAVEGAME-DAMAGED ' .. tostring(count) .. ' ' .. length .. ' ' .. id)
+  end
+end
 local listed = redis.call('HGET', KEYS[2], id)
 if listed then
   for key in string.gmatch(listed, '[^%z]+') do redis.call('ZREM', key, id) end
@@ -235,19 +249,24 @@ _HEADER = _HEAD + "return head(KEYS[1], KEYS[2])\n"
 # KEYS: header, runs, digests for each session; ARGV: for each session, the position of
 # the first run to send (absent: 0; the reader remembers those before). Returns per session
 # {data, those runs as one JSON array (false: not in the list), token, version, created_at,
-# expires_at, digests}: a few strings, which the client parses much faster than a list.
+# expires_at, digests, the run count of the header, the length of the list}: a few strings,
+# which the client parses much faster than a list.
 _READ = (
     _HEAD
     + """
 local out = {}
 for i = 1, #KEYS, 3 do
   local h = head(KEYS[i], KEYS[i + 2])
-  local runs = false
+  local runs, count, length = false, false, false
   if h[5] then
     local first = ARGV[#out + 1] or 0
     runs = '[' .. table.concat(redis.call('LRANGE', KEYS[i + 1], first, -1), ',') .. ']'
+    count = redis.call('HGET', KEYS[i], 'runs')
+    length = redis.call('LLEN', KEYS[i + 1])
   end
-  out[#out + 1] = {redis.call('HGET', KEYS[i], 'data'), runs, h[1], h[2], h[3], h[4], h[5]}
+  out[#out + 1] = {
+    redis.call('HGET', KEYS[i], 'data'), runs, h[1], h[2], h[3], h[4], h[5], count, length
+  }
 end
 return out
 """
@@ -490,6 +509,13 @@ class RedisStorage(Storage):
     def _mapped(self, exc: Exception) -> StorageError:
         """The savegame error for a redis-py error: the one place they are translated."""
         errors = self._redis.exceptions
+        if isinstance(exc, errors.ResponseError) and str(exc).startswith("SAVEGAME-DAMAGED"):
+            count, length, session_id = str(exc).split(" ", 3)[1:]
+            return CorruptSessionError(
+                f"session {session_id!r} under {self._keys} in {self._address} should have "
+                f"{count} runs and its list has {length}: its keys were changed outside "
+                "savegame (by a maxmemory-policy that evicts keys, say); nothing was written"
+            )
         unavailable = (errors.ConnectionError, errors.TimeoutError, errors.ClusterError)
         if isinstance(exc, unavailable):
             return BackendUnavailableError(f"{self._address} is unavailable: {exc}")
@@ -669,7 +695,7 @@ class RedisStorage(Storage):
                 kept = len(known.digests) // _WIDTH
                 keys = [f"{tag}{kind}:{session_id}" for kind in "hrd"]
                 row = self._script(_READ, keys, [kept])[0]
-                digests = _state_of(*row[2:]).digests
+                digests = _state_of(*row[2:7]).digests
                 if digests is not None and known.leads(digests):
                     return self._fetched(session_id, row, known)
         return self._read_many([session_id])[0]
@@ -696,16 +722,25 @@ class RedisStorage(Storage):
     ) -> Record | None:
         """The record of what the read script sent, remembered as the session's state;
         ``remembered``: what the storage remembers of the runs the script did not send."""
-        data, runs, *state = row
+        data, runs, *state, count, length = row
         seen = _state_of(*state)
         if data is None:
             self._known.put(session_id, None)
             return None
         record, items = self._decoded(session_id, data, runs)
         pickled = None
-        if remembered is not None and items is not None:
-            assert seen.digests is not None
-            items, pickled = remembered.joined(items, len(seen.digests) // _WIDTH)
+        if items is not None:
+            digests = seen.digests or ""
+            if remembered is not None:
+                items, pickled = remembered.joined(items, len(digests) // _WIDTH)
+            counted = _int(count)
+            if not counted == length == len(items) == len(digests) // _WIDTH:
+                raise CorruptSessionError(
+                    f"session {session_id!r} under {self._keys} in {self._address} should "
+                    f"have {counted} runs; its list has {length} and its digests "
+                    f"{len(digests) // _WIDTH}: its keys were changed outside savegame (by a "
+                    "maxmemory-policy that evicts keys, say)"
+                )
         known = Known.read(
             seen.token, seen.header, seen.digests, items, seen.listed, record, pickled
         )
