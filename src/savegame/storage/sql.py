@@ -1350,17 +1350,6 @@ class SqlStorage(Storage):
             ) from exc
         return record
 
-    def _placed(self, record: Record, count: int | None, runs: list[Any]) -> Record:
-        """``record`` with its ``count`` runs in place (None: the runs are in the header)."""
-        if count is not None:
-            if len(runs) != count:
-                raise CorruptSessionError(
-                    f"session {record['session_id']!r} should have {count} runs in table "
-                    f"{self.runs_table.name!r} and has {len(runs)}"
-                )
-            set_path(record, self.spec.runs_path, runs)
-        return record
-
     def _loaded_runs(self, texts: Iterable[Any]) -> list[Any]:
         loads = self.dialect.loads
         try:
@@ -1394,8 +1383,12 @@ class SqlStorage(Storage):
         joined: tuple[list[Any], bytes | None] | None = None,
     ) -> Record:
         """The record of a header row (the table's columns in order) and its runs' texts and
-        digests; remembered when the row carries a write token. ``joined``: the runs
-        already decoded, and their pickle (see :meth:`Known.joined`)."""
+        digests; remembered when the row carries a write token, once it is found whole.
+        ``joined``: the runs already decoded, and their pickle (see :meth:`Known.joined`).
+
+        Raises:
+            CorruptSessionError: when the header counts more or fewer runs than are stored.
+        """
         record = self._decoded(row)
         stored = record.pop("write_token", None)
         record.pop("past_tokens", None)
@@ -1406,12 +1399,19 @@ class SqlStorage(Storage):
         if count is not None:
             texts, digests = found if found is not None else ([], "")
             runs, pickled = joined if joined is not None else (self._loaded_runs(texts), None)
+            if len(runs) != count:
+                raise CorruptSessionError(
+                    f"session {session_id!r} should have {count} runs in table "
+                    f"{self.runs_table.name!r} and has {len(runs)}"
+                )
         if stored is not None:
             listed = tuple(record.get(name) for name in self._indexed)
             kept = None if count is None else runs
             known = Known.read(stored, Header.of(record), digests, kept, listed, record, pickled)
             self._known.put(session_id, known)
-        return self._placed(record, count, runs)
+        if count is not None:
+            set_path(record, self.spec.runs_path, runs)
+        return record
 
     def _remembered(self, ids: Sequence[str], tokens: dict[str, Any] | None) -> dict[str, Record]:
         """Copies of the sessions among ``ids`` that this storage remembers whole and the
