@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from operator import methodcaller
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
@@ -191,6 +192,7 @@ def _redis(name: str, cluster: bool, shards: int = 1) -> Callable[[Path, str], A
             url=f"{server}?prefix={prefix}&shards={shards}",
             original=original,
             lossy=lossy,
+            lose_runs=lose_redis_runs,
         )
         try:
             yield store
@@ -228,6 +230,27 @@ def _lossy_cluster_link() -> Iterator[LossyLink]:
             cleanup.drop()
 
 
+def lose_sql_runs(storage: Storage, session_id: str) -> None:
+    """Deletes a session's rows from its storage's runs table, behind savegame's back."""
+    from sqlalchemy import delete
+
+    from savegame.storage.sql import SqlStorage
+
+    assert isinstance(storage, SqlStorage)
+    runs = storage.runs_table
+    with storage.db_engine.begin() as conn:
+        conn.execute(delete(runs).where(runs.c.session_id == session_id))
+
+
+def lose_redis_runs(storage: Storage, session_id: str) -> None:
+    """Deletes a session's list of runs, as a cache evicting keys would."""
+    from savegame.storage.redis import RedisStorage
+
+    assert isinstance(storage, RedisStorage)
+    key = f"{storage._tag(session_id)}r:{session_id}"
+    storage._call(methodcaller("delete", key))
+
+
 def _sqlite(in_memory: bool) -> Callable[[Path, str], Any]:
     @contextmanager
     def make(tmp_path: Path, mode: str) -> Iterator[Store]:
@@ -249,7 +272,7 @@ def _sqlite(in_memory: bool) -> Callable[[Path, str], Any]:
             write_original_table(engine or f"sqlite:///{path}", table, None, rows)
 
         name = "sqlite-memory" if in_memory else "sqlite-file"
-        store = Store(name, mode, opener, url=url, original=original)
+        store = Store(name, mode, opener, url=url, original=original, lose_runs=lose_sql_runs)
         try:
             yield store
         finally:
@@ -355,6 +378,7 @@ def _postgres(tmp_path: Path, mode: str) -> Iterator[Store]:
         url=f"{server}?schema={schema}&table=sessions",
         original=original,
         lossy=lossy,
+        lose_runs=lose_sql_runs,
     )
     try:
         yield store
@@ -388,7 +412,13 @@ def _mysql(tmp_path: Path, mode: str) -> Iterator[Store]:
         return through_proxy(_address(server, 3306), at, b"COMMIT", after=b"UPDATE ")
 
     store = Store(
-        "mysql", mode, opener, url=f"{server}?table={table}", original=original, lossy=lossy
+        "mysql",
+        mode,
+        opener,
+        url=f"{server}?table={table}",
+        original=original,
+        lossy=lossy,
+        lose_runs=lose_sql_runs,
     )
     try:
         yield store

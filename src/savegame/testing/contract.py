@@ -28,6 +28,7 @@ from hypothesis.stateful import run_state_machine_as_test
 
 from savegame.errors import (
     ConflictError,
+    CorruptSessionError,
     InvalidIdentifierError,
     SerializationError,
     StorageError,
@@ -89,6 +90,10 @@ class Store:
             has no such past.
         lossy: opens a :class:`LossyLink`, to test writes whose reply is lost; None where
             no reply can be lost (an embedded store).
+        lose_runs: ``lose_runs(storage, session_id)`` removes, behind savegame's back, what
+            ``storage`` (one of this store's) keeps of a session's runs apart from its
+            header, as a cache evicting keys or a partial restore would; None where the runs
+            are kept with the rest of the session.
     """
 
     backend: str
@@ -97,6 +102,7 @@ class Store:
     url: str | None = None
     original: Callable[[list[dict[str, Any]]], None] | None = None
     lossy: Callable[[], AbstractContextManager[LossyLink]] | None = None
+    lose_runs: Callable[[Storage, str], None] | None = None
     opened: list[Storage] = field(default_factory=list)
 
     def __call__(self, mode: str | None = None, **options: Any) -> Storage:
@@ -1067,6 +1073,31 @@ class BackendContract:
             assert got.session_data == awkward  # type: ignore[attr-defined]
             assert got.user_id == "ü 🎲"  # type: ignore[attr-defined]
         assert storage.get_all_session_ids(user_id="ü 🎲") == ["awk"]
+
+    def test_runs_lost_behind_savegames_back_fail_the_read(self, backend_store: Store) -> None:
+        # Never a session read short: the header says how many runs there are.
+        if backend_store.lose_runs is None:
+            pytest.skip(f"{backend_store.backend} keeps the runs with the rest of a session")
+        writer = backend_store()
+        said = [{"role": "user", "content": "hi"}]
+        runs = [{"run_id": f"r{i}", "messages": said} for i in range(3)]
+        for session_id in ("lost", "kept"):
+            writer.upsert(_with_runs(backend_store, session_id, runs, user_id="u"))
+        backend_store.lose_runs(writer, "lost")
+        reader = backend_store()
+        for _ in range(2):  # the first failure leaves nothing remembered for the second
+            with pytest.raises(CorruptSessionError, match="lost"):
+                reader.read("lost")
+            with pytest.raises(CorruptSessionError, match="lost"):
+                reader.read_many(["kept", "lost"])
+            with pytest.raises(CorruptSessionError, match="lost"):
+                reader.get_all_sessions(user_id="u")
+        kept = reader.read("kept")
+        assert kept is not None
+        assert _runs_of(backend_store, kept) == runs
+        assert reader.delete_session("lost") is True
+        assert reader.read("lost") is None
+        assert reader.get_all_session_ids(user_id="u") == ["kept"]
 
     def test_large_and_deep_values(self, backend_store: Store) -> None:
         storage = backend_store()
