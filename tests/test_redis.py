@@ -666,6 +666,25 @@ def test_a_write_on_runs_lost_outside_savegame_is_refused(
     storage.close()
 
 
+def test_a_session_whose_header_is_gone_is_no_longer_listed(
+    server: str, raw: Any, prefix: str
+) -> None:
+    # An evicted header leaves index entries, a list and digests behind: a live listing
+    # removes them instead of listing an id that reads as None.
+    storage = RedisStorage(prefix, url=server)
+    for sid in ("a", "b"):
+        storage.upsert(_session(sid, _runs(2), user_id="u"))
+    raw.delete(f"{{{prefix}}}:h:a")
+    fresh = RedisStorage(prefix, url=server)
+    assert fresh.get_all_session_ids(user_id="u") == ["b"]
+    assert fresh.get_all_session_ids() == ["b"]
+    assert [s.session_id for s in fresh.get_all_sessions(user_id="u")] == ["b"]
+    assert raw.exists(f"{{{prefix}}}:r:a", f"{{{prefix}}}:d:a") == 0
+    assert raw.hget(f"{{{prefix}}}:idx", "a") is None
+    storage.close()
+    fresh.close()
+
+
 def test_a_damaged_session_raises_instead_of_looking_absent(
     server: str, raw: Any, prefix: str
 ) -> None:

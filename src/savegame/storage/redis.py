@@ -58,7 +58,8 @@ only :meth:`RedisStorage.upgrade_schema` scans, once, for sessions of the origin
 Damage. The header counts the session's runs. A read whose list or digests disagree with
 that count (keys evicted by a ``maxmemory-policy``, or removed outside savegame) raises
 :class:`~savegame.errors.CorruptSessionError` rather than return the session short, and the
-write script refuses to send changed runs onto them.
+write script refuses to send changed runs onto them. A live listing removes the index entries
+(and the rest) of a session whose header is gone, instead of listing an id that reads as None.
 
 Shards, the trade-off. With one shard a store is served by one cluster master: one store's
 throughput is one node's, and a listing is one script call. With ``n`` shards a store's
@@ -273,7 +274,8 @@ return out
 )
 
 # KEYS: all, idx, exp, the index to list; ARGV: key prefix, limit (-1: all), now ('' : keep
-# expired). Returns id, score, id, score... newest first, removing the expired ones it meets.
+# expired). Returns id, score, id, score... newest first, removing the expired ones it meets,
+# and those whose header is gone (evicted, or removed outside savegame).
 _LIST = (
     _FORGET
     + """
@@ -287,6 +289,8 @@ while limit < 0 or found < limit do
     local id = page[i]
     local expires = now and redis.call('ZSCORE', KEYS[3], id)
     if expires and tonumber(expires) <= now then
+      gone[#gone + 1] = id
+    elseif now and redis.call('EXISTS', ARGV[1] .. 'h:' .. id) == 0 then
       gone[#gone + 1] = id
     elseif limit < 0 or found < limit then
       out[#out + 1] = id
