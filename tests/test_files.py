@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +186,24 @@ def test_yaml_keeps_awkward_text_and_deep_values_readable(tmp_path: Path) -> Non
     got = storage.read("odd")
     assert got is not None
     assert got.memory == odd
+
+
+def test_opening_the_index_waits_while_another_process_writes_it(tmp_path: Path) -> None:
+    # Two processes opening one folder for the first time: the index starts with a
+    # rollback journal, and switching it to WAL while another connection writes is
+    # refused at once ("database is locked"), without SQLite's busy timeout.
+    writer = JsonStorage(tmp_path / "s")
+    writer.upsert(AgentSession(session_id="a", user_id="u"))
+    index = writer._index_path
+    writer.close()
+    with sqlite3.connect(index) as conn:
+        conn.execute("PRAGMA journal_mode = DELETE")
+    other = sqlite3.connect(index, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another process writing to it, say
+    released = threading.Timer(0.3, lambda: other.execute("COMMIT"))
+    released.start()
+    try:
+        assert JsonStorage(tmp_path / "s").get_all_session_ids() == ["a"]
+    finally:
+        released.join()
+        other.close()

@@ -44,6 +44,7 @@ from filelock import FileLock, Timeout
 from savegame.errors import BackendUnavailableError, CorruptSessionError, StorageError
 from savegame.storage.base import Draft, Header, Record, Storage, is_expired
 from savegame.storage.session import Mode
+from savegame.storage.wal import use_wal
 
 _PLAIN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 _DEVICES = frozenset(
@@ -69,6 +70,9 @@ class FileFormat:
     dump: Callable[[Record], bytes]
     load: Callable[[bytes], Any]
 
+
+_INDEX_TIMEOUT = 60.0
+"""Seconds a process waits for another one holding the index's database (SQLite)."""
 
 _INDEX_SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -162,12 +166,19 @@ class FileStorage(Storage):
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             self._meta.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self._index_path, timeout=60, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            # The index is rebuilt from the files whenever it disagrees with them, so it
-            # need not survive a power loss on its own.
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(_INDEX_SCHEMA)
+            conn = sqlite3.connect(self._index_path, timeout=_INDEX_TIMEOUT, isolation_level=None)
+            try:
+                use_wal(conn, _INDEX_TIMEOUT)
+                # The index is rebuilt from the files whenever it disagrees with them, so it
+                # need not survive a power loss on its own.
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.executescript(_INDEX_SCHEMA)
+            except sqlite3.Error as exc:
+                conn.close()
+                raise BackendUnavailableError(
+                    f"the index of the folder {self.dir_path} ({self._index_path}) cannot be "
+                    f"opened: {exc}"
+                ) from exc
             self._local.conn = conn
         return conn
 

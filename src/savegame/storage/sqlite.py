@@ -23,8 +23,6 @@ Settings, and why:
 from __future__ import annotations
 
 import os
-import sqlite3
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -40,8 +38,8 @@ from savegame.storage.known import DEFAULT_BYTES
 from savegame.storage.session import Mode
 from savegame.storage.sql import SqlDialect, SqlStorage, on_conflict_update, shared_engine
 from savegame.storage.url import StorageURL
+from savegame.storage.wal import use_wal
 
-_BUSY = 5
 _NOTHING: AbstractContextManager[None] = nullcontext()
 
 # The primary result codes that mean "locked past the timeout" or "the file is not usable".
@@ -58,15 +56,6 @@ _UNAVAILABLE = frozenset(
 )
 
 SYNCHRONOUS = ("FULL", "NORMAL", "EXTRA")
-
-
-def _busy(error: sqlite3.OperationalError) -> bool:
-    """Whether SQLite refused for a lock another connection holds (Python 3.10's sqlite3
-    gives the message only)."""
-    code = getattr(error, "sqlite_errorcode", None)
-    if code is None:
-        return "database is locked" in str(error)
-    return bool(code & 0xFF == _BUSY)
 
 
 class SqliteDialect(SqlDialect):
@@ -91,34 +80,8 @@ class SqliteDialect(SqlDialect):
     def configure(self, conn: Any) -> None:
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         if self.wal:
-            self._use_wal(conn)
+            use_wal(conn, self.busy_timeout)
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-
-    def _use_wal(self, conn: sqlite3.Connection) -> None:
-        """Puts the file in WAL mode, waiting up to the busy timeout for the chance.
-
-        The switch from a rollback journal needs the file to itself, and SQLite gives up at
-        once, without its busy handler, when another connection is reading it: connections
-        opening a new file together would otherwise see "database is locked". A file already
-        in WAL mode (the usual case) answers the first query.
-        """
-        deadline = time.monotonic() + self.busy_timeout
-        pause = 0.001
-        while True:
-            try:
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            except sqlite3.OperationalError as error:
-                if not _busy(error) or time.monotonic() >= deadline:
-                    raise
-                time.sleep(pause)
-                pause = min(pause * 2, 0.05)
-                continue
-            if str(mode).lower() != "wal":
-                raise sqlite3.OperationalError(
-                    f"the database stays in journal mode {mode!r}: its file system does not"
-                    " support WAL, which savegame needs"
-                )
-            return
 
     def begin(self, conn: Any, write: bool) -> None:
         # Explicit, so that the write lock is taken before the header is read; Python's
