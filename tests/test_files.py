@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from savegame.errors import CorruptSessionError
+from savegame.errors import BackendUnavailableError, CorruptSessionError
 from savegame.storage.files import FileFormat, FileStorage, file_name
 from savegame.storage.json import JsonStorage
 from savegame.storage.session.agent import AgentSession
@@ -207,3 +207,22 @@ def test_opening_the_index_waits_while_another_process_writes_it(tmp_path: Path)
     finally:
         released.join()
         other.close()
+
+
+def test_a_damaged_index_raises_savegames_error_and_rolls_back(tmp_path: Path) -> None:
+    # The index is derived data in a SQLite database beside the files: its failures come
+    # as savegame's errors, and leave no transaction open on the storage's connection.
+    storage = JsonStorage(tmp_path / "s")
+    storage.upsert(AgentSession(session_id="a", user_id="u"))
+    with sqlite3.connect(storage._index_path) as side:
+        side.execute("DROP TABLE sessions")
+    with pytest.raises(BackendUnavailableError, match="index of the folder"):
+        storage.get_all_session_ids()
+    with pytest.raises(BackendUnavailableError, match="index of the folder"):
+        storage.upsert(AgentSession(session_id="b", user_id="u"))
+    assert not storage._index().in_transaction
+    assert storage.read("a") is not None  # reads need only the files
+    storage.close()
+    fresh = JsonStorage(tmp_path / "s")  # makes the index's tables again
+    fresh.rebuild_index()
+    assert "a" in fresh.get_all_session_ids(user_id="u")

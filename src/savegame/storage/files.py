@@ -27,6 +27,7 @@ No id can name a path outside the folder.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -158,6 +159,8 @@ class FileStorage(Storage):
                 ) from exc
             try:
                 yield self._index()
+            except sqlite3.Error as exc:
+                raise self._index_failed(exc) from exc
             finally:
                 self._file_lock.release()
 
@@ -175,12 +178,20 @@ class FileStorage(Storage):
                 conn.executescript(_INDEX_SCHEMA)
             except sqlite3.Error as exc:
                 conn.close()
-                raise BackendUnavailableError(
-                    f"the index of the folder {self.dir_path} ({self._index_path}) cannot be "
-                    f"opened: {exc}"
-                ) from exc
+                raise self._index_failed(exc) from exc
             self._local.conn = conn
         return conn
+
+    def _index_failed(self, exc: sqlite3.Error) -> StorageError:
+        """The error to raise for one of the index's (a SQLite database beside the files),
+        after rolling back what this thread had begun on it."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        return BackendUnavailableError(
+            f"the index of the folder {self.dir_path} ({self._index_path}) failed: {exc}"
+        )
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -286,7 +297,11 @@ class FileStorage(Storage):
     def _fresh_index(self) -> sqlite3.Connection:
         """The index, brought up to date with the files first when it is stale."""
         conn = self._index()
-        if not self._is_fresh(conn):
+        try:
+            fresh = self._is_fresh(conn)
+        except sqlite3.Error as exc:
+            raise self._index_failed(exc) from exc
+        if not fresh:
             with self._locked() as conn:
                 if not self._is_fresh(conn):
                     self._reindex(conn, full=False)
@@ -443,7 +458,10 @@ class FileStorage(Storage):
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
-        return [row[0] for row in conn.execute(sql, args)]
+        try:
+            return [row[0] for row in conn.execute(sql, args)]
+        except sqlite3.Error as exc:
+            raise self._index_failed(exc) from exc
 
     def _purge_expired(self, now: int) -> int:
         if not self.dir_path.is_dir():
