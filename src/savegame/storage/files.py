@@ -183,8 +183,8 @@ class FileStorage(Storage):
         return conn
 
     def _index_failed(self, exc: sqlite3.Error) -> StorageError:
-        """The error to raise for one of the index's (a SQLite database beside the files),
-        after rolling back what this thread had begun on it."""
+        """savegame's error for an error of the index (a SQLite database beside the files);
+        what this thread had begun on the index is rolled back first."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None and conn.in_transaction:
             with contextlib.suppress(sqlite3.Error):

@@ -24,9 +24,10 @@ def use_wal(conn: sqlite3.Connection, timeout: float) -> None:
     chance.
 
     The switch from a rollback journal needs the file to itself, and SQLite gives up at
-    once, without its busy handler, when another connection is reading it: connections
-    opening a new file together (two processes, say) would otherwise see "database is
-    locked". A file already in WAL mode (the usual case) answers the first query.
+    once, without its busy handler, when another connection is writing to it: connections
+    opening a new file together (two processes, one of them making the tables) would
+    otherwise see "database is locked". A file already in WAL mode (the usual case) answers
+    the first query.
     """
     deadline = time.monotonic() + timeout
     pause = 0.001
