@@ -648,15 +648,18 @@ def test_shards_are_checked(bad: Any) -> None:
         RedisStorage("p", shards=bad)
 
 
-@pytest.mark.parametrize("lost", ["r", "d"])
-def test_a_write_on_runs_lost_outside_savegame_is_refused(
-    server: str, raw: Any, prefix: str, lost: str
+@pytest.mark.parametrize("damage", ["list deleted", "digests deleted", "digests lengthened"])
+def test_a_write_on_runs_damaged_outside_savegame_is_refused(
+    server: str, raw: Any, prefix: str, damage: str
 ) -> None:
     # Sending only the changed runs onto a list (or digests) that lost entries would make
     # a session that reads wrong: the script refuses, and writes nothing.
     storage = RedisStorage(prefix, url=server)
     session = storage.upsert(_session("s", _runs(3), user_id="u"))
-    raw.delete(f"{{{prefix}}}:{lost}:s")
+    if damage == "digests lengthened":
+        raw.append(f"{{{prefix}}}:d:s", "01234")
+    else:
+        raw.delete(f"{{{prefix}}}:{'r' if damage == 'list deleted' else 'd'}:s")
     session.memory["runs"].append({"run_id": "3"})  # type: ignore[index]
     with pytest.raises(CorruptSessionError, match=r"'s'.* 3 runs"):
         storage.upsert(session)

@@ -738,7 +738,7 @@ class RedisStorage(Storage):
             if remembered is not None:
                 items, pickled = remembered.joined(items, len(digests) // _WIDTH)
             counted = _int(count)
-            if not counted == length == len(items) == len(digests) // _WIDTH:
+            if not (counted == length == len(items) and len(digests) == length * _WIDTH):
                 raise CorruptSessionError(
                     f"session {session_id!r} under {self._keys} in {self._address} should "
                     f"have {counted} runs; its list has {length} and its digests "
