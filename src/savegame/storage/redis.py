@@ -55,10 +55,11 @@ skip (and remove) entries whose time has come, and :meth:`RedisStorage.purge_exp
 them all. ``drop`` walks ``{T}:all``. Listings and ``drop`` never run ``KEYS`` or ``SCAN``;
 only :meth:`RedisStorage.upgrade_schema` scans, once, for sessions of the original layout.
 
-Damage. The header counts the session's runs. A read whose list or digests disagree with
-that count (keys evicted by a ``maxmemory-policy``, or removed outside savegame) raises
-:class:`~savegame.errors.CorruptSessionError` rather than return the session short, and the
-write script refuses to send changed runs onto them. A live listing removes the index entries
+Damage. The header counts the session's runs. The read script, and the write script when it
+sends only the changed runs, refuse a session whose list or digests disagree with that count
+(keys evicted by a ``maxmemory-policy``, or removed outside savegame): the client raises
+:class:`~savegame.errors.CorruptSessionError` rather than return the session short or write
+onto it. A live listing removes the index entries
 (and the rest) of a session whose header is gone, instead of listing an id that reads as None.
 
 Shards, the trade-off. With one shard a store is served by one cluster master: one store's
@@ -149,7 +150,9 @@ local function forget(id)
 end
 """
 
-# Shared by the scripts: what a write needs of a stored session, as _state_of takes it.
+# Shared by the scripts: what a write needs of a stored session, as _state_of takes it; and
+# the error reply (see RedisStorage._mapped) for a session whose list of runs or digests
+# disagree with the header's run count, nil when they agree.
 _HEAD = """
 local function head(header, digests)
   local h = redis.call('HMGET', header, 'token', 'version', 'created_at', 'expires_at', 'runs')
@@ -157,7 +160,13 @@ local function head(header, digests)
   if h[5] then d = redis.call('GET', digests) or '' end
   return {h[1], h[2], h[3], h[4], d}
 end
-"""
+local function damaged(header, runs, digests)
+  local count = tonumber(redis.call('HGET', header, 'runs'))
+  local length = redis.call('LLEN', runs)
+  if count == length and redis.call('STRLEN', digests) == length * WIDTH then return nil end
+  return redis.error_reply('SAVEGAME-DAMAGED ' .. tostring(count) .. ' ' .. length .. ' ' .. header)
+end
+""".replace("WIDTH", str(_WIDTH))
 
 # KEYS: all, idx, exp, header, runs, digests, new index keys...
 # ARGV: key prefix, id, token of the header written on ('': none), new token, score,
@@ -166,8 +175,7 @@ end
 #       changed run, in ascending order.
 # Returns 1 when written, or when the token differs the stored header (see _HEAD) and its
 # past tokens, for a write sent again to tell whether an earlier sending was made. Writing
-# only the changed runs ('keep') on a list or digests whose length is not the header's run
-# count (keys changed outside savegame) is refused with an error starting SAVEGAME-DAMAGED.
+# only the changed runs ('keep') onto a damaged session (see _HEAD) is refused.
 _WRITE = (
     _HEAD
     + """
@@ -182,11 +190,8 @@ if current ~= ARGV[3] then
 end
 past = string.sub(current .. past, 1, PAST)
 if ARGV[11] == 'keep' then
-  local count = tonumber(redis.call('HGET', KEYS[4], 'runs'))
-  local length = redis.call('LLEN', KEYS[5])
-  if count ~= length or redis.call('STRLEN', KEYS[6]) ~= length * WIDTH then
-    return redis.error_reply('SAVEGAME-DAMAGED ' .. tostring(count) .. ' ' .. length .. ' ' .. id)
-  end
+  local bad = damaged(KEYS[4], KEYS[5], KEYS[6])
+  if bad then return bad end
 end
 local listed = redis.call('HGET', KEYS[2], id)
 if listed then
@@ -250,24 +255,22 @@ _HEADER = _HEAD + "return head(KEYS[1], KEYS[2])\n"
 # KEYS: header, runs, digests for each session; ARGV: for each session, the position of
 # the first run to send (absent: 0; the reader remembers those before). Returns per session
 # {data, those runs as one JSON array (false: not in the list), token, version, created_at,
-# expires_at, digests, the run count of the header, the length of the list}: a few strings,
-# which the client parses much faster than a list.
+# expires_at, digests}: a few strings, which the client parses much faster than a list; or
+# the error of the first damaged session (see _HEAD).
 _READ = (
     _HEAD
     + """
 local out = {}
 for i = 1, #KEYS, 3 do
   local h = head(KEYS[i], KEYS[i + 2])
-  local runs, count, length = false, false, false
+  local runs = false
   if h[5] then
+    local bad = damaged(KEYS[i], KEYS[i + 1], KEYS[i + 2])
+    if bad then return bad end
     local first = ARGV[#out + 1] or 0
     runs = '[' .. table.concat(redis.call('LRANGE', KEYS[i + 1], first, -1), ',') .. ']'
-    count = redis.call('HGET', KEYS[i], 'runs')
-    length = redis.call('LLEN', KEYS[i + 1])
   end
-  out[#out + 1] = {
-    redis.call('HGET', KEYS[i], 'data'), runs, h[1], h[2], h[3], h[4], h[5], count, length
-  }
+  out[#out + 1] = {redis.call('HGET', KEYS[i], 'data'), runs, h[1], h[2], h[3], h[4], h[5]}
 end
 return out
 """
@@ -514,11 +517,13 @@ class RedisStorage(Storage):
         """The savegame error for a redis-py error: the one place they are translated."""
         errors = self._redis.exceptions
         if isinstance(exc, errors.ResponseError) and str(exc).startswith("SAVEGAME-DAMAGED"):
-            count, length, session_id = str(exc).split(" ", 3)[1:]
+            count, length, header = str(exc).split(" ", 3)[1:]
+            session_id = header.partition("}:h:")[2]
             return CorruptSessionError(
                 f"session {session_id!r} under {self._keys} in {self._address} should have "
-                f"{count} runs and its list has {length}: its keys were changed outside "
-                "savegame (by a maxmemory-policy that evicts keys, say); nothing was written"
+                f"{count} runs, and its list has {length} or its digests another number: its "
+                "keys were changed outside savegame (by a maxmemory-policy that evicts keys, "
+                "say); nothing was read or written"
             )
         unavailable = (errors.ConnectionError, errors.TimeoutError, errors.ClusterError)
         if isinstance(exc, unavailable):
@@ -699,7 +704,7 @@ class RedisStorage(Storage):
                 kept = len(known.digests) // _WIDTH
                 keys = [f"{tag}{kind}:{session_id}" for kind in "hrd"]
                 row = self._script(_READ, keys, [kept])[0]
-                digests = _state_of(*row[2:7]).digests
+                digests = _state_of(*row[2:]).digests
                 if digests is not None and known.leads(digests):
                     return self._fetched(session_id, row, known)
         return self._read_many([session_id])[0]
@@ -726,25 +731,16 @@ class RedisStorage(Storage):
     ) -> Record | None:
         """The record of what the read script sent, remembered as the session's state;
         ``remembered``: what the storage remembers of the runs the script did not send."""
-        data, runs, *state, count, length = row
+        data, runs, *state = row
         seen = _state_of(*state)
         if data is None:
             self._known.put(session_id, None)
             return None
         record, items = self._decoded(session_id, data, runs)
         pickled = None
-        if items is not None:
-            digests = seen.digests or ""
-            if remembered is not None:
-                items, pickled = remembered.joined(items, len(digests) // _WIDTH)
-            counted = _int(count)
-            if not (counted == length == len(items) and len(digests) == length * _WIDTH):
-                raise CorruptSessionError(
-                    f"session {session_id!r} under {self._keys} in {self._address} should "
-                    f"have {counted} runs; its list has {length} and its digests "
-                    f"{len(digests) // _WIDTH}: its keys were changed outside savegame (by a "
-                    "maxmemory-policy that evicts keys, say)"
-                )
+        if remembered is not None and items is not None:
+            assert seen.digests is not None
+            items, pickled = remembered.joined(items, len(seen.digests) // _WIDTH)
         known = Known.read(
             seen.token, seen.header, seen.digests, items, seen.listed, record, pickled
         )
