@@ -158,9 +158,8 @@ class FileStorage(Storage):
                     f"{self._file_lock.timeout} s"
                 ) from exc
             try:
-                yield self._index()
-            except sqlite3.Error as exc:
-                raise self._index_failed(exc) from exc
+                with self._index_errors():
+                    yield self._index()
             finally:
                 self._file_lock.release()
 
@@ -170,28 +169,33 @@ class FileStorage(Storage):
         if conn is None:
             self._meta.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self._index_path, timeout=_INDEX_TIMEOUT, isolation_level=None)
-            try:
-                use_wal(conn, _INDEX_TIMEOUT)
-                # The index is rebuilt from the files whenever it disagrees with them, so it
-                # need not survive a power loss on its own.
-                conn.execute("PRAGMA synchronous=NORMAL")
-                conn.executescript(_INDEX_SCHEMA)
-            except sqlite3.Error as exc:
-                conn.close()
-                raise self._index_failed(exc) from exc
+            with self._index_errors():
+                try:
+                    use_wal(conn, _INDEX_TIMEOUT)
+                    # The index is rebuilt from the files whenever it disagrees with them, so
+                    # it need not survive a power loss on its own.
+                    conn.execute("PRAGMA synchronous=NORMAL")
+                    conn.executescript(_INDEX_SCHEMA)
+                except sqlite3.Error:
+                    conn.close()
+                    raise
             self._local.conn = conn
         return conn
 
-    def _index_failed(self, exc: sqlite3.Error) -> StorageError:
-        """savegame's error for an error of the index (a SQLite database beside the files);
-        what this thread had begun on the index is rolled back first."""
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None and conn.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-        return BackendUnavailableError(
-            f"the index of the folder {self.dir_path} ({self._index_path}) failed: {exc}"
-        )
+    @contextmanager
+    def _index_errors(self) -> Iterator[None]:
+        """Turns an error of the index (a SQLite database beside the files) into savegame's,
+        after rolling back what this thread had begun on the index."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+            if conn is not None and conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise BackendUnavailableError(
+                f"the index of the folder {self.dir_path} ({self._index_path}) failed: {exc}"
+            ) from exc
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -297,10 +301,8 @@ class FileStorage(Storage):
     def _fresh_index(self) -> sqlite3.Connection:
         """The index, brought up to date with the files first when it is stale."""
         conn = self._index()
-        try:
+        with self._index_errors():
             fresh = self._is_fresh(conn)
-        except sqlite3.Error as exc:
-            raise self._index_failed(exc) from exc
         if not fresh:
             with self._locked() as conn:
                 if not self._is_fresh(conn):
@@ -458,10 +460,8 @@ class FileStorage(Storage):
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
-        try:
+        with self._index_errors():
             return [row[0] for row in conn.execute(sql, args)]
-        except sqlite3.Error as exc:
-            raise self._index_failed(exc) from exc
 
     def _purge_expired(self, now: int) -> int:
         if not self.dir_path.is_dir():
