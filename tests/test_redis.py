@@ -7,6 +7,7 @@ Runs against the Redis server of ``SAVEGAME_TEST_REDIS_URL`` and against a 3-mas
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import socket
@@ -92,7 +93,7 @@ def test_key_layout_is_as_documented(server: str, raw: Any, prefix: str) -> None
     assert b"run_id" not in header[b"data"]
     assert header[b"runs"] == b"3"
     assert raw.llen(f"{tag}r:s/1") == 3
-    assert raw.strlen(f"{tag}d:s/1") == 3 * 16
+    assert raw.strlen(f"{tag}d:s/1") == 3 * 32
     keys = [f"{tag}{k}" for k in ("all", "u:u", "e:a", "ue:1:ua")]
     for key in keys:
         assert _members(raw, key) == ["s/1"]
@@ -101,6 +102,60 @@ def test_key_layout_is_as_documented(server: str, raw: Any, prefix: str) -> None
     session_keys = [f"{tag}{kind}:s/1" for kind in "hrd"]
     slots = {key_slot(key.encode()) for key in [*keys, *session_keys, f"{tag}idx", f"{tag}exp"]}
     assert len(slots) == 1
+
+
+def _blake2b(text: bytes, size: int) -> str:
+    return hashlib.blake2b(text, digest_size=size).hexdigest()
+
+
+def test_each_run_has_a_128_bit_digest(server: str, raw: Any, prefix: str) -> None:
+    storage = RedisStorage(prefix, url=server)
+    storage.upsert(_session("s", _runs(3)))
+    tag = "{" + prefix + "}:"
+    texts = raw.lrange(f"{tag}r:s", 0, -1)
+    assert raw.get(f"{tag}d:s").decode() == "".join(_blake2b(t, 16) for t in texts)
+    storage.close()
+
+
+@pytest.mark.parametrize("runs", [0, 1, 4])
+def test_a_session_with_digests_of_the_legacy_width_is_read_and_then_saved_whole(
+    server: str, raw: Any, prefix: str, runs: int
+) -> None:
+    # Sessions stored before digests were widened carry 16 characters per run. Reads take
+    # them as they are; the next save rewrites every run, with digests of today's width.
+    tag = "{" + prefix + "}:"
+    writer = RedisStorage(prefix, url=server)
+    writer.upsert(_session("s", _runs(runs), user_id="u"))
+    texts = raw.lrange(f"{tag}r:s", 0, -1)
+    raw.set(f"{tag}d:s", "".join(_blake2b(t, 8) for t in texts))
+    # A marker in place of run 0: kept by a save that trusted the old digests, gone after
+    # one that sends every run.
+    if runs:
+        raw.lset(f"{tag}r:s", 0, '{"marker":true}')
+    expected = [{"marker": True}, *_runs(runs)[1:]] if runs else []
+    reader = RedisStorage(prefix, url=server)
+    got = reader.read("s")
+    assert got is not None
+    assert got.memory is not None
+    assert got.memory["runs"] == expected
+    assert [s.session_id for s in reader.get_all_sessions(user_id="u")] == ["s"]
+
+    for saver in (reader, RedisStorage(prefix, url=server)):  # remembering it, or not
+        raw.set(f"{tag}d:s", "".join(_blake2b(t, 8) for t in raw.lrange(f"{tag}r:s", 0, -1)))
+        grown = [*_runs(runs), {"run_id": "new"}]
+        saver.upsert(_session("s", grown, user_id="u"))
+        texts = raw.lrange(f"{tag}r:s", 0, -1)
+        assert raw.get(f"{tag}d:s").decode() == "".join(_blake2b(t, 16) for t in texts)
+        fresh = RedisStorage(prefix, url=server).read("s")
+        assert fresh is not None
+        assert fresh.memory == {"runs": grown, "summary": "s"}
+    # The first writer remembers the runs it wrote, with digests of today's width: its read
+    # finds them among the stored ones by their digests and fetches only the new run.
+    again = writer.read("s")
+    assert again is not None
+    assert again.memory == {"runs": grown, "summary": "s"}
+    for each in (writer, reader):
+        each.close()
 
 
 def test_a_save_writes_only_new_and_changed_runs(server: str, raw: Any, prefix: str) -> None:
@@ -120,7 +175,7 @@ def test_a_save_writes_only_new_and_changed_runs(server: str, raw: Any, prefix: 
     assert got.memory["runs"] == [{"marker": True}, runs[1], runs[2], {"run_id": "3"}]
     storage.upsert(_session("s", runs[:1]))
     assert raw.llen(key) == 1
-    assert raw.strlen("{" + prefix + "}:d:s") == 16
+    assert raw.strlen("{" + prefix + "}:d:s") == 32
     storage.upsert(_session("s", "inline text"))
     assert raw.exists(key, "{" + prefix + "}:d:s") == 0
     got = storage.read("s")
@@ -297,7 +352,7 @@ def _check_consistent(raw: Any, prefix: str) -> None:
     assert {k.decode() for k in raw.hkeys(f"{tag}idx")} == listed
     for sid in headers:
         count = int(raw.hget(f"{tag}h:{sid}", "runs"))
-        assert count == raw.llen(f"{tag}r:{sid}") == raw.strlen(f"{tag}d:{sid}") // 16, sid
+        assert count == raw.llen(f"{tag}r:{sid}") == raw.strlen(f"{tag}d:{sid}") // 32, sid
         listed_in = [k for k in raw.hget(f"{tag}idx", sid).decode().split("\x00") if k]
         assert all(raw.zscore(key, sid) is not None for key in listed_in)
 

@@ -14,7 +14,7 @@ the fixed part, so any id makes a valid key::
                                       below), ``token`` (the last write), ``past``
                                       (the tokens of the 8 writes before it)
     {T}:r:<session id>        list    one JSON text per run, in order
-    {T}:d:<session id>        string  a 16-character digest per run, in order
+    {T}:d:<session id>        string  a 32-character digest per run, in order
     {T}:all                   zset    every session; score ``-created_at``, so an ascending
                                       range is newest first and ties come in id order
     {T}:u:<user id>           zset    the sessions of one user (same scores)
@@ -111,9 +111,17 @@ PREFIX = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}")
 
 PREFIX_ALLOWED = "letters, digits and _ . : -, starting with a letter, digit or underscore"
 
-DIGEST_SIZE = 8
-"""Bytes of BLAKE2b per run digest (16 hex characters): enough to notice a changed run."""
+DIGEST_SIZE = 16
+"""Bytes of BLAKE2b per run digest (32 hex characters), as in the SQL backends: a digest
+taken as the same says a run is unchanged, so it must stay out of reach of a crafted pair
+of runs, which 64 bits are not."""
 _WIDTH = 2 * DIGEST_SIZE
+
+LEGACY_WIDTH = 16
+"""Characters per run digest of sessions written by savegame before digests were widened to
+:data:`DIGEST_SIZE`. Reads take such a session as it is; the scripts report its digests as
+``?`` characters, which match no run, so its next save sends every run and leaves digests of
+today's width."""
 
 TOKEN_BYTES = 8
 """Random bytes of a write token (16 hex characters)."""
@@ -150,23 +158,29 @@ local function forget(id)
 end
 """
 
-# Shared by the scripts: what a write needs of a stored session, as _state_of takes it; and
-# the error reply (see RedisStorage._mapped) for a session whose list of runs or digests
-# disagree with the header's run count, nil when they agree.
+# Shared by the scripts: what a write needs of a stored session, as _state_of takes it (with
+# '?' for digests of LEGACY_WIDTH); and the error reply (see RedisStorage._mapped) for a
+# session whose list of runs or digests disagree with the header's run count, nil when they
+# agree.
 _HEAD = """
 local function head(header, digests)
   local h = redis.call('HMGET', header, 'token', 'version', 'created_at', 'expires_at', 'runs')
   local d = false
-  if h[5] then d = redis.call('GET', digests) or '' end
+  if h[5] then
+    d = redis.call('GET', digests) or ''
+    local count = tonumber(h[5])
+    if count > 0 and #d == count * LEGACY then d = string.rep('?', count * WIDTH) end
+  end
   return {h[1], h[2], h[3], h[4], d}
 end
 local function damaged(header, runs, digests)
   local count = tonumber(redis.call('HGET', header, 'runs'))
   local length = redis.call('LLEN', runs)
-  if count == length and redis.call('STRLEN', digests) == length * WIDTH then return nil end
+  local size = redis.call('STRLEN', digests)
+  if count == length and (size == length * WIDTH or size == length * LEGACY) then return nil end
   return redis.error_reply('SAVEGAME-DAMAGED ' .. tostring(count) .. ' ' .. length .. ' ' .. header)
 end
-""".replace("WIDTH", str(_WIDTH))
+""".replace("WIDTH", str(_WIDTH)).replace("LEGACY", str(LEGACY_WIDTH))
 
 # KEYS: all, idx, exp, header, runs, digests, new index keys...
 # ARGV: key prefix, id, token of the header written on ('': none), new token, score,
@@ -192,6 +206,11 @@ past = string.sub(current .. past, 1, PAST)
 if ARGV[11] == 'keep' then
   local bad = damaged(KEYS[4], KEYS[5], KEYS[6])
   if bad then return bad end
+  -- Digests of the legacy width: the client, given '?' for them, sends every run. A run
+  -- not sent would leave zero bytes in place of its digest, which match no run either.
+  if redis.call('STRLEN', KEYS[6]) ~= redis.call('LLEN', KEYS[5]) * WIDTH then
+    redis.call('DEL', KEYS[6])
+  end
 end
 local listed = redis.call('HGET', KEYS[2], id)
 if listed then
