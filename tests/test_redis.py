@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import re
+import secrets
 import socket
 import tempfile
 import threading
@@ -112,48 +113,76 @@ def test_each_run_has_a_128_bit_digest(server: str, raw: Any, prefix: str) -> No
     storage = RedisStorage(prefix, url=server)
     storage.upsert(_session("s", _runs(3)))
     tag = "{" + prefix + "}:"
-    texts = raw.lrange(f"{tag}r:s", 0, -1)
-    assert raw.get(f"{tag}d:s").decode() == "".join(_blake2b(t, 16) for t in texts)
+    _check_digests(raw, tag, "s")
     storage.close()
 
 
-@pytest.mark.parametrize("runs", [0, 1, 4])
-def test_a_session_with_digests_of_the_legacy_width_is_read_and_then_saved_whole(
-    server: str, raw: Any, prefix: str, runs: int
+def _as_before_digests_widened(raw: Any, tag: str, sid: str, runs: Any = None) -> None:
+    """Stores ``runs`` (when given) and digests as savegame wrote them with 64-bit digests,
+    under a new token: what a process not yet upgraded leaves after its write."""
+    key = f"{tag}r:{sid}"
+    if runs is not None:
+        for i, run in enumerate(runs):
+            raw.lset(key, i, json.dumps(run))
+    raw.set(f"{tag}d:{sid}", "".join(_blake2b(t, 8) for t in raw.lrange(key, 0, -1)))
+    raw.hset(f"{tag}h:{sid}", "token", secrets.token_hex(8))
+
+
+def _check_digests(raw: Any, tag: str, sid: str) -> None:
+    texts = raw.lrange(f"{tag}r:{sid}", 0, -1)
+    assert (raw.get(f"{tag}d:{sid}") or b"").decode() == "".join(_blake2b(t, 16) for t in texts)
+
+
+def _stored_runs(storage: RedisStorage, sid: str) -> Any:
+    got = storage.read(sid)
+    assert got is not None
+    assert got.memory is not None
+    return got.memory["runs"]
+
+
+@pytest.mark.parametrize("count", [0, 1, 4])
+def test_sessions_with_digests_of_the_legacy_width_read_and_save_exactly(
+    server: str, raw: Any, prefix: str, count: int
 ) -> None:
-    # Sessions stored before digests were widened carry 16 characters per run. Reads take
-    # them as they are; the next save rewrites every run, with digests of today's width.
+    # Sessions stored before digests were widened carry 16 characters per run, which match
+    # no digest of today's: reads take the runs as stored, and remember none of them.
     tag = "{" + prefix + "}:"
+    runs = _runs(count)
     writer = RedisStorage(prefix, url=server)
-    writer.upsert(_session("s", _runs(runs), user_id="u"))
-    texts = raw.lrange(f"{tag}r:s", 0, -1)
-    raw.set(f"{tag}d:s", "".join(_blake2b(t, 8) for t in texts))
-    # A marker in place of run 0: kept by a save that trusted the old digests, gone after
-    # one that sends every run.
-    if runs:
-        raw.lset(f"{tag}r:s", 0, '{"marker":true}')
-    expected = [{"marker": True}, *_runs(runs)[1:]] if runs else []
+    writer.upsert(_session("s", runs, user_id="u"))
+    _as_before_digests_widened(raw, tag, "s")
+
+    # A save that changes no run still leaves every run with a digest of today's width.
     reader = RedisStorage(prefix, url=server)
     got = reader.read("s")
     assert got is not None
-    assert got.memory is not None
-    assert got.memory["runs"] == expected
-    assert [s.session_id for s in reader.get_all_sessions(user_id="u")] == ["s"]
+    got.session_data = {"name": "renamed"}
+    reader.upsert(got)
+    _check_digests(raw, tag, "s")
+    fresh = RedisStorage(prefix, url=server).read("s")
+    assert fresh is not None
+    assert fresh.memory == {"runs": runs, "summary": "s"}
+    assert fresh.session_data == {"name": "renamed"}
 
-    for saver in (reader, RedisStorage(prefix, url=server)):  # remembering it, or not
-        raw.set(f"{tag}d:s", "".join(_blake2b(t, 8) for t in raw.lrange(f"{tag}r:s", 0, -1)))
-        grown = [*_runs(runs), {"run_id": "new"}]
-        saver.upsert(_session("s", grown, user_id="u"))
-        texts = raw.lrange(f"{tag}r:s", 0, -1)
-        assert raw.get(f"{tag}d:s").decode() == "".join(_blake2b(t, 16) for t in texts)
-        fresh = RedisStorage(prefix, url=server).read("s")
-        assert fresh is not None
-        assert fresh.memory == {"runs": grown, "summary": "s"}
-    # The first writer remembers the runs it wrote, with digests of today's width: its read
-    # finds them among the stored ones by their digests and fetches only the new run.
-    again = writer.read("s")
-    assert again is not None
-    assert again.memory == {"runs": grown, "summary": "s"}
+    # A storage that has not seen the session adds a run.
+    _as_before_digests_widened(raw, tag, "s")
+    runs.append({"run_id": "new"})
+    RedisStorage(prefix, url=server).upsert(_session("s", runs, user_id="u"))
+    _check_digests(raw, tag, "s")
+    assert _stored_runs(RedisStorage(prefix, url=server), "s") == runs
+
+    # A process not yet upgraded changes the first run of a session another has read.
+    _as_before_digests_widened(raw, tag, "s")
+    assert _stored_runs(reader, "s") == runs
+    runs[0] = {"run_id": "0", "content": "edited"}
+    _as_before_digests_widened(raw, tag, "s", runs[:1])
+    assert _stored_runs(reader, "s") == runs
+    assert _stored_runs(reader, "s") == runs
+    assert [s.memory for s in reader.get_all_sessions(user_id="u")] == [
+        {"runs": runs, "summary": "s"}
+    ]
+    # The first writer, which remembers the runs with digests of today's width, too.
+    assert _stored_runs(writer, "s") == runs
     for each in (writer, reader):
         each.close()
 

@@ -120,8 +120,10 @@ _WIDTH = 2 * DIGEST_SIZE
 LEGACY_WIDTH = 16
 """Characters per run digest of sessions written by savegame before digests were widened to
 :data:`DIGEST_SIZE`. Reads take such a session as it is; the scripts report its digests as
-``?`` characters, which match no run, so its next save sends every run and leaves digests of
-today's width."""
+:data:`_UNKNOWN` characters, and the storage does not remember it, so its next save encodes
+every run afresh, finds none of them stored, sends them all and leaves digests of today's
+width. The write script refuses one that would send fewer."""
+_UNKNOWN = "?"
 
 TOKEN_BYTES = 8
 """Random bytes of a write token (16 hex characters)."""
@@ -206,9 +208,11 @@ past = string.sub(current .. past, 1, PAST)
 if ARGV[11] == 'keep' then
   local bad = damaged(KEYS[4], KEYS[5], KEYS[6])
   if bad then return bad end
-  -- Digests of the legacy width: the client, given '?' for them, sends every run. A run
-  -- not sent would leave zero bytes in place of its digest, which match no run either.
+  -- Digests of the legacy width: every run is sent, with its digest of today's width.
   if redis.call('STRLEN', KEYS[6]) ~= redis.call('LLEN', KEYS[5]) * WIDTH then
+    if (#ARGV - 11) / 3 ~= (tonumber(ARGV[10]) or 0) then
+      return redis.error_reply('SAVEGAME-LEGACY ' .. KEYS[4])
+    end
     redis.call('DEL', KEYS[6])
   end
 end
@@ -756,14 +760,18 @@ class RedisStorage(Storage):
             self._known.put(session_id, None)
             return None
         record, items = self._decoded(session_id, data, runs)
-        pickled = None
-        if remembered is not None and items is not None:
-            assert seen.digests is not None
-            items, pickled = remembered.joined(items, len(seen.digests) // _WIDTH)
-        known = Known.read(
-            seen.token, seen.header, seen.digests, items, seen.listed, record, pickled
-        )
-        self._known.put(session_id, known)
+        if seen.digests is not None and seen.digests.startswith(_UNKNOWN):
+            # Digests of the legacy width: nothing to check runs against, so none is kept.
+            self._known.put(session_id, None)
+        else:
+            pickled = None
+            if remembered is not None and items is not None:
+                assert seen.digests is not None
+                items, pickled = remembered.joined(items, len(seen.digests) // _WIDTH)
+            known = Known.read(
+                seen.token, seen.header, seen.digests, items, seen.listed, record, pickled
+            )
+            self._known.put(session_id, known)
         if items is not None:
             set_path(record, self.spec.runs_path, items)
         return record
