@@ -118,6 +118,37 @@ def test_a_damaged_file_never_breaks_a_listing(tmp_path: Path, cls: type[FileSto
     assert sorted(storage.get_all_session_ids(user_id="u")) == ["good", "torn"]
 
 
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"user_id": {"name": "ann"}},
+        {"agent_id": 7},
+        {"created_at": 2**63},
+        {"created_at": 1.5},
+        {"expires_at": "2030-01-01"},
+        {"version": "3"},
+    ],
+)
+@pytest.mark.parametrize("cls", FORMATS)
+def test_a_file_edited_to_hold_fields_of_the_wrong_kind_is_a_damaged_file(
+    tmp_path: Path, cls: type[FileStorage], odd: dict[str, Any]
+) -> None:
+    # Fields the index keeps (ids, times, version) of another kind: the file is left out
+    # of listings, reading it says what is wrong, and nothing else in the folder breaks.
+    storage = cls(tmp_path)
+    storage.upsert(AgentSession(session_id="good", user_id="u"))
+    ext = cls.format.extension
+    content = {"session_id": "odd", "memory": {"runs": []}, **odd}
+    (tmp_path / f"odd{ext}").write_bytes(cls.format.dump(content))
+    for reader in (storage, cls(tmp_path)):
+        assert reader.get_all_session_ids() == ["good"]
+        with pytest.raises(CorruptSessionError, match=f"{next(iter(odd))} must be"):
+            reader.read("odd")
+    storage.upsert(AgentSession(session_id="odd", user_id="u"))
+    storage.delete_session("good")
+    assert cls(tmp_path).get_all_session_ids(user_id="u") == ["odd"]
+
+
 def test_index_is_rebuilt_when_missing_or_left_pending(tmp_path: Path) -> None:
     storage = JsonStorage(tmp_path)
     for i in range(5):

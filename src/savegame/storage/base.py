@@ -59,6 +59,43 @@ _SCALARS = frozenset({str, int, bool, type(None)})
 STAMPED = frozenset({"version", "created_at", "updated_at", "expires_at"})
 """The fields :meth:`Storage._stamp` sets: a text made of them before stamping is stale."""
 
+LAST_TIME = 253402300799
+"""The largest ``created_at`` or ``updated_at`` savegame stores: 9999-12-31 23:59:59 UTC,
+in unix seconds. A time in milliseconds (or any later) is refused rather than stored."""
+
+MAX_EXPIRE = 10**10
+"""The largest ``expire`` (about 317 years): every ``expires_at`` then fits each backend's
+integers, Redis's ``EXPIREAT`` and the doubles of its sorted sets exactly."""
+
+MAX_VERSION = 2**53 - 1
+"""The largest version: exact as a double, which Redis's scripts compute with."""
+
+MAX_LIMIT = 2**31 - 1
+"""The largest listing limit passed on to a backend (a 32-bit integer in some databases);
+a larger one asks for more sessions than a list in memory could hold, and is taken as None."""
+
+_WHOLE = {
+    "created_at": LAST_TIME,
+    "updated_at": LAST_TIME,
+    "expires_at": LAST_TIME + MAX_EXPIRE,
+    "version": MAX_VERSION,
+}
+
+
+def whole_number_problem(record: Record, fields: Iterable[str] = _WHOLE) -> str | None:
+    """What is wrong with the record's ``created_at``, ``updated_at``, ``expires_at`` or
+    ``version`` (those of ``fields`` present): each is None or an int (not a bool) from 0
+    to its bound. None when nothing is."""
+    for field in fields:
+        value = record.get(field)
+        if value is not None and (type(value) is not int or not 0 <= value <= _WHOLE[field]):
+            kind = "version" if field == "version" else "time in unix seconds"
+            return (
+                f"{field} must be None or a whole number (int) from 0 to {_WHOLE[field]}, "
+                f"the {kind}; not {value!r}"
+            )
+    return None
+
 
 class Header(NamedTuple):
     """The part of a stored session a write needs to see before it writes."""
@@ -177,8 +214,11 @@ class Storage(ABC):
 
     def __init__(self, mode: Mode | None = "agent", expire: int | None = None) -> None:
         self._spec = mode_spec(mode)
-        if expire is not None and (not isinstance(expire, int) or expire <= 0):
-            raise ValueError(f"expire must be a positive number of seconds, not {expire!r}")
+        if expire is not None and (type(expire) is not int or not 0 < expire <= MAX_EXPIRE):
+            raise ValueError(
+                f"expire must be None (sessions never expire) or a whole number of seconds "
+                f"from 1 to {MAX_EXPIRE}, not {expire!r}"
+            )
         self.expire = expire
 
     @property
@@ -336,8 +376,10 @@ class Storage(ABC):
         self, user_id: str | None = None, entity_id: str | None = None, limit: int | None = 2
     ) -> list[Session]:
         """The ``limit`` newest sessions that match (all of them when ``limit`` is None)."""
-        if limit is not None and (not isinstance(limit, int) or limit < 0):
+        if limit is not None and (type(limit) is not int or limit < 0):
             raise ValueError(f"limit must be a non-negative int or None, not {limit!r}")
+        if limit is not None and limit > MAX_LIMIT:
+            limit = None  # more sessions than one list could hold: the answer of "all"
         user_id, entity_id = self._filters(user_id, entity_id)
         return self._list_sessions(user_id, entity_id, limit, _now())
 
@@ -386,6 +428,9 @@ class Storage(ABC):
             if value is not None:
                 check_id(value, field.replace("_", " "))
         data = session.to_dict()
+        problem = whole_number_problem(data, ("created_at", "updated_at", "version"))
+        if problem is not None:
+            raise SerializationError(f"session {session.session_id!r}: {problem}")
         data.pop("version", None)
         holder = beside_runs(data, spec.runs_path)
         if isinstance(holder, dict) and holder.get("messages") == MESSAGES_OF_RUNS:

@@ -43,7 +43,7 @@ from typing import Any, ClassVar
 from filelock import FileLock, Timeout
 
 from savegame.errors import BackendUnavailableError, CorruptSessionError, StorageError
-from savegame.storage.base import Draft, Header, Record, Storage, is_expired
+from savegame.storage.base import Draft, Header, Record, Storage, is_expired, whole_number_problem
 from savegame.storage.session import Mode
 from savegame.storage.wal import use_wal
 
@@ -228,6 +228,12 @@ class FileStorage(Storage):
             raise CorruptSessionError(f"{path} does not hold a session")
         if session_id is not None and record["session_id"] != session_id:
             raise CorruptSessionError(f"{path} holds session {record['session_id']!r}")
+        problem = whole_number_problem(record)
+        for field in ("user_id", self.spec.entity_field):
+            if not isinstance(record.get(field), (str, type(None))):
+                problem = f"{field} must be a string or null, not {record[field]!r}"
+        if problem is not None:
+            raise CorruptSessionError(f"{path} does not hold a session that can be read: {problem}")
         return record
 
     def _replace(self, path: Path, content: bytes) -> None:

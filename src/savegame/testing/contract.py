@@ -1051,6 +1051,62 @@ class BackendContract:
         assert storage.read("new") is None
         assert storage.get_all_session_ids() == ["s"]
 
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [
+            ("created_at", 1796514405.3036094),  # time.time()
+            ("created_at", "2024-01-01"),
+            ("created_at", True),
+            ("created_at", -1),
+            ("created_at", 1796514405303),  # in milliseconds
+            ("created_at", 2**63),
+            ("updated_at", 1.5),
+            ("version", "3"),
+            ("version", 2**53),
+        ],
+    )
+    def test_times_and_versions_must_be_whole_numbers_in_range(
+        self, backend_store: Store, field: str, value: Any
+    ) -> None:
+        # A time in milliseconds, a float from time.time(), a string: refused before anything
+        # is written, since a backend would round it, or fail on it at a later listing.
+        storage = backend_store()
+        before = storage.upsert(_session(backend_store, "s", user_id="u", created_at=5))
+        for sid in ("s", "new"):
+            bad = _session(backend_store, sid, user_id="u")
+            setattr(bad, field, value)
+            with pytest.raises(SerializationError, match=f"{field} must be"):
+                storage.restore(bad)
+            if field != "version":
+                with pytest.raises(SerializationError, match=f"{field} must be"):
+                    storage.upsert(bad)
+        for reader in (storage, backend_store()):
+            assert reader.read("new") is None
+            got = reader.read("s")
+            assert got is not None
+            assert (got.created_at, got.version) == (5, before.version)  # type: ignore[attr-defined]
+            assert reader.get_all_session_ids(user_id="u") == ["s"]
+        storage.restore(_session(backend_store, "edge", created_at=253402300799))
+        edge = backend_store().read("edge")
+        assert edge is not None
+        assert edge.created_at == 253402300799  # type: ignore[attr-defined]
+
+    def test_odd_limits_and_expiries(self, backend_store: Store) -> None:
+        storage = backend_store()
+        for sid in ("a", "b"):
+            storage.upsert(_session(backend_store, sid, user_id="u"))
+        for limit in (True, -1, 1.0, "2"):
+            with pytest.raises(ValueError, match="limit"):
+                storage.get_recent_sessions(user_id="u", limit=limit)  # type: ignore[arg-type]
+        for limit in (2**31, 2**63, 10**30):
+            assert len(storage.get_recent_sessions(user_id="u", limit=limit)) == 2
+        for expire in (0, -5, True, 1.5, 10**16):
+            with pytest.raises(ValueError, match="expire"):
+                backend_store(expire=expire)
+        lasting = backend_store(expire=10**10)
+        stored = lasting.upsert(_session(backend_store, "long"))
+        assert lasting.read("long") == stored
+
     def test_awkward_strings_round_trip(self, backend_store: Store) -> None:
         storage = backend_store()
         awkward = {
