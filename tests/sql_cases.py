@@ -6,6 +6,7 @@ provide the SQL that differs.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, event, text
 
 from savegame.errors import BackendUnavailableError, StorageError
 from savegame.storage.session.agent import AgentSession
@@ -73,6 +74,42 @@ def check_killed_connections(
     with admin.connect() as conn:
         conn.execute(text(kill), {"id": idle})
     assert storage.read("s") is not None, "the pool hands out a dead connection"
+
+    # Every pooled connection killed, as by a restart of the server: a storage opened
+    # afterwards on the same pool, whose first call reads the table's layout through
+    # SQLAlchemy, works at once. The pool holds connections savegame has set up, or
+    # connections it has not (taken by the application from the engine it shares).
+    engine = storage.db_engine
+    pooled: list[Any] = []
+
+    def note_id(dbapi_connection: Any, record: Any) -> None:
+        with contextlib.closing(dbapi_connection.cursor()) as cursor:
+            cursor.execute(own_id.replace(":", ""))
+            pooled.append(cursor.fetchone()[0])
+        dbapi_connection.rollback()
+
+    for set_up in (True, False):
+        engine.dispose()
+        pooled.clear()
+        event.listen(engine, "connect", note_id)
+        if set_up:
+            for _ in range(2):
+                used = type(storage)(storage.table_name, schema=storage.schema, db_engine=engine)
+                used.read("s")
+                used.get_all_sessions()
+                used.close()
+        else:
+            with engine.connect(), engine.connect():
+                pass
+        event.remove(engine, "connect", note_id)
+        assert pooled
+        with admin.connect() as conn:
+            for each in pooled:
+                conn.execute(text(kill), {"id": each})
+        for _ in range(3):
+            fresh = type(storage)(storage.table_name, schema=storage.schema, db_engine=engine)
+            assert fresh.read("s") is not None, set_up
+            assert fresh.get_all_session_ids(user_id="u") == ["s"]
 
     outcome: dict[str, Any] = {}
 

@@ -26,7 +26,10 @@ Only what is particular to MySQL lives here; the layout, queries and migrations 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import importlib
+import inspect
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Column, Integer, Table, case, cast, func, literal_column, text
@@ -100,6 +103,17 @@ class MySQLDialect(SqlDialect):
         "mysql_charset": "utf8mb4",
         "mysql_collate": "utf8mb4_bin",
     }
+
+    @contextmanager
+    def transaction(self, conn: Connection, write: bool) -> Iterator[Connection]:
+        # The level of a read is set for its transaction alone by a statement of its own,
+        # not by execution_options: PyMySQL runs that SET SESSION outside SQLAlchemy, whose
+        # error on a dead pooled connection would then keep it in the pool; and it costs one
+        # round trip here, where the session's level set and reset again costs two.
+        with conn.begin():
+            if not write:
+                conn.exec_driver_sql(f"SET TRANSACTION ISOLATION LEVEL {self.read_isolation}")
+            yield conn
 
     def json_type(self) -> TypeEngine[Any]:
         return JsonText("LONGTEXT")
@@ -265,11 +279,21 @@ class MySQLStorage(ServerStorage):
 def from_url(url: StorageURL) -> MySQLStorage:
     """``mysql+pymysql://user@host:port/database?table=agent_sessions``.
 
-    Query parameters savegame does not take go to the driver.
+    Query parameters savegame does not take go to the driver (``charset``, ``ssl_ca``, ...);
+    one that PyMySQL does not take either is refused here, not at the first connection.
+
+    Raises:
+        InvalidIdentifierError: for a bad table name or ``expire``, or an unknown option.
     """
     table = url.pop_namespace()
     expire = url.pop_int("expire")
     schema = url.options.pop("schema", None)
+    driver = _driver_options()
+    if driver is not None and "plugin" not in url.options:
+        url.refuse(
+            set(url.options) - driver,
+            "table, schema, expire and the keyword arguments of pymysql.connect()",
+        )
     return MySQLStorage(
         table,
         schema=None if schema is None else str(schema),
@@ -277,3 +301,27 @@ def from_url(url: StorageURL) -> MySQLStorage:
         mode=url.mode,  # type: ignore[arg-type]
         expire=expire,
     )
+
+
+# Query parameters that do not reach pymysql.connect() under their own name: SQLAlchemy's
+# MySQL dialect folds these ssl_ ones into its ssl= argument, and sql.server_db_url leaves out
+# mode=. Every other one becomes a keyword argument of pymysql.connect().
+_TAKEN_ON_THE_WAY = frozenset({"ssl_capath", "ssl_cipher", "ssl_check_hostname", "mode"})
+
+
+def _driver_options() -> frozenset[str] | None:
+    """The URL options PyMySQL takes, or None when that cannot be told.
+
+    Read from its signature rather than listed, so that a PyMySQL that takes a new option
+    gets it. None without PyMySQL (:class:`MySQLStorage` says what to install), or when it
+    takes any keyword. A URL naming a SQLAlchemy ``plugin=``, which may take options of its
+    own, is not judged either.
+    """
+    try:
+        connections = importlib.import_module("pymysql.connections")
+    except ImportError:
+        return None
+    parameters = inspect.signature(connections.Connection.__init__).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return frozenset(p.name for p in parameters if p.name != "self") | _TAKEN_ON_THE_WAY

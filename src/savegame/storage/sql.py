@@ -1084,12 +1084,38 @@ class SqlStorage(Storage):
 
     @contextmanager
     def _connection(self) -> Iterator[Connection]:
-        with self._lock, self.db_engine.connect() as conn:
-            # Storages sharing an engine may want other settings (SQLite's synchronous).
-            if conn.info.get("savegame") != self.dialect.settings:
-                self.dialect.configure(conn.connection.driver_connection)
-                conn.info["savegame"] = self.dialect.settings
+        with self._lock, self._configured() as conn:
             yield conn
+
+    def _configured(self) -> Connection:
+        """A connection from the pool, set up for savegame.
+
+        Storages sharing an engine may want other settings (SQLite's synchronous). They are
+        set on the driver's connection, outside SQLAlchemy, which therefore does not notice
+        a pooled connection found dead there (a server restart): it is discarded here, and
+        another taken, as :meth:`_on_connection` does.
+        """
+        attempt = 0
+        while True:
+            conn = self.db_engine.connect()
+            if conn.info.get("savegame") == self.dialect.settings:
+                return conn
+            raw = conn.connection.driver_connection
+            try:
+                self.dialect.configure(raw)
+            except BaseException as exc:
+                dead = isinstance(exc, self._driver_errors) and (
+                    self.db_engine.dialect.is_disconnect(exc, raw, None)  # type: ignore[arg-type]
+                )
+                if dead:
+                    conn.invalidate(exc)
+                conn.close()
+                if not (dead and attempt < _DEAD_POOLED):
+                    raise
+                attempt += 1
+                continue
+            conn.info["savegame"] = self.dialect.settings
+            return conn
 
     @contextmanager
     def _transaction(self, write: bool) -> Iterator[Connection]:
