@@ -125,6 +125,35 @@ def test_a_table_from_before_past_tokens_is_read_then_upgraded_and_written(
         older.close()
 
 
+def test_a_read_while_another_storage_upgrades_the_original_table_is_whole(
+    sql_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The upgrade commits at the worst moment of a read: after the read has seen the
+    # original layout, before it selects the rows, which then hold their runs apart.
+    if sql_store.backend == "sqlite-memory":
+        pytest.skip("one connection, which threads take in turn: no upgrade comes mid-read")
+    assert sql_store.original is not None
+    runs = [{"run_id": str(i), "content": f"turn {i}"} for i in range(3)]
+    sql_store.original([{"session_id": "s", "user_id": "u", "memory": {"runs": runs}}])
+    upgrader, reader = _sql(sql_store), _sql(sql_store)
+    select = SqlStorage._header_select
+    upgraded: list[bool] = []
+
+    def upgrade_first(storage: SqlStorage, layout: Any) -> Any:
+        if not upgraded:
+            upgraded.append(True)
+            upgrader.upgrade_schema()
+        return select(storage, layout)
+
+    monkeypatch.setattr(SqlStorage, "_header_select", upgrade_first)
+    got = reader.read("s")
+    assert upgraded
+    assert got is not None
+    assert got.memory == {"runs": runs}
+    [listed] = reader.get_all_sessions(user_id="u")
+    assert listed.memory == {"runs": runs}
+
+
 def test_a_read_fetches_only_the_runs_the_reader_does_not_remember(sql_store: Store) -> None:
     reader, writer = _sql(sql_store), _sql(sql_store)
     runs = [{"run_id": f"r{i}"} for i in range(3)]

@@ -1603,6 +1603,12 @@ class SqlStorage(Storage):
         def read() -> None:
             layout = self._current()
             with self._transaction(False) as conn:
+                if layout.version < LATEST:
+                    # The layout as of the snapshot that reads the rows: an upgrade
+                    # committed since the check above has moved the runs out of the rows.
+                    layout = self._detect(conn)
+                    if layout.version == 0:
+                        return
                 for start in range(0, len(rest), _BATCH):
                     chunk = rest[start : start + _BATCH]
                     rows = conn.execute(self._header_select(layout), {"ids": chunk}).all()

@@ -1443,6 +1443,52 @@ class BackendContract:
         assert got.memory["runs"][-1] == {"run_id": "new"}  # type: ignore[attr-defined]
         assert len(storage.get_all_session_ids()) == 6
 
+    def test_reads_while_another_storage_upgrades_are_never_short(
+        self, backend_store: Store
+    ) -> None:
+        # A reader meets each session as the original stored it or as upgraded (or, where
+        # the original layout is not read, not yet there): never with its runs missing.
+        if backend_store.original is None:
+            pytest.skip(f"{backend_store.backend} has no original layout to upgrade")
+        memories = {
+            f"old-{i}": {"runs": [{"run_id": f"r{k}"} for k in range(i % 4 + 1)]} for i in range(20)
+        }
+        backend_store.original(
+            [
+                {"session_id": sid, "user_id": "u", "memory": memory, "created_at": i}
+                for i, (sid, memory) in enumerate(memories.items())
+            ]
+        )
+        wrong: list[Any] = []
+        done = threading.Event()
+
+        def read_until_done() -> None:
+            storage = backend_store()
+            try:
+                while not done.is_set():
+                    got = [storage.read(sid) for sid in memories]
+                    got += storage.get_all_sessions(user_id="u")
+                    wrong.extend(
+                        (s.session_id, s.memory)  # type: ignore[attr-defined]
+                        for s in got
+                        if s is not None and s.memory != memories[s.session_id]  # type: ignore[attr-defined]
+                    )
+            except Exception as exc:  # noqa: BLE001 - any error of a reader fails the test
+                wrong.append(exc)
+
+        readers = [threading.Thread(target=read_until_done) for _ in range(2)]
+        for thread in readers:
+            thread.start()
+        try:
+            backend_store().upgrade_schema()
+        finally:
+            done.set()
+            for thread in readers:
+                thread.join()
+        assert wrong == []
+        fresh = backend_store()
+        assert {s.session_id: s.memory for s in fresh.get_all_sessions()} == memories  # type: ignore[attr-defined]
+
     def test_upgrade_schema_on_a_current_store_changes_nothing(self, backend_store: Store) -> None:
         storage = backend_store()
         storage.upsert(make_session(backend_store.mode, "u", 2))
