@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 
 from savegame.errors import ConflictError, InvalidIdentifierError, SerializationError
-from savegame.storage.codec import check_id, encode, encode_text
+from savegame.storage.codec import check_id, check_text_field, encode, encode_text
 from savegame.storage.session import (
     MESSAGES_OF_RUNS,
     Mode,
@@ -44,6 +44,7 @@ from savegame.storage.session import (
     fold_messages,
     mode_spec,
     split_runs,
+    text_fields,
     unfold_messages,
     with_runs,
 )
@@ -431,6 +432,10 @@ class Storage(ABC):
         problem = whole_number_problem(data, ("created_at", "updated_at", "version"))
         if problem is not None:
             raise SerializationError(f"session {session.session_id!r}: {problem}")
+        for key in text_fields(spec):
+            value = data.get(key)
+            if type(value) is str:
+                check_text_field(value, key)
         data.pop("version", None)
         holder = beside_runs(data, spec.runs_path)
         if isinstance(holder, dict) and holder.get("messages") == MESSAGES_OF_RUNS:

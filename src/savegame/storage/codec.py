@@ -367,6 +367,21 @@ def check_id(value: object, what: str = "session id") -> str:
     return value
 
 
+def check_text_field(value: str, what: str) -> None:
+    """Checks the text of a plain string field (``workflow_name``, ``team_session_id``...),
+    which every SQL backend keeps in a text column as it is.
+
+    Raises:
+        SerializationError: for a string holding NUL or a lone surrogate, which a text
+            column of PostgreSQL, MySQL or SQLite cannot hold.
+    """
+    if "\x00" in value or not _encodable(value):
+        raise SerializationError(
+            f"{what} {value!r} holds a NUL character or a lone surrogate, which text columns "
+            "cannot store; such text may stand in memory and the *_data fields"
+        )
+
+
 def check_name(
     value: object,
     what: str,

@@ -68,7 +68,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any, ClassVar, NamedTuple, TypeVar, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, NamedTuple, TypeVar
 from urllib.parse import urlencode
 
 from sqlalchemy import (
@@ -122,7 +122,15 @@ from savegame.storage.known import (
     outcome_unknown,
     resent_write_made,
 )
-from savegame.storage.session import Mode, ModeSpec, Session, mode_spec, set_path, split_runs
+from savegame.storage.session import (
+    Mode,
+    ModeSpec,
+    Session,
+    field_kinds,
+    mode_spec,
+    set_path,
+    split_runs,
+)
 from savegame.storage.url import StorageURL
 
 MIGRATIONS_TABLE = "savegame_migrations"
@@ -365,15 +373,6 @@ ORIGINAL_VERSION = 1
 """The layout version of a table written by the original: runs inline, no savegame columns."""
 
 
-def _field_kinds(spec: ModeSpec) -> dict[str, type]:
-    """Each field of the mode's session class and the Python type it holds."""
-    kinds: dict[str, type] = {}
-    for name, hint in get_type_hints(spec.session_class).items():
-        args = [a for a in get_args(hint) if a is not type(None)] or [hint]
-        kinds[name] = get_origin(args[0]) or args[0]
-    return kinds
-
-
 @dataclass(frozen=True)
 class Tables:
     """The tables of one storage, with what the code needs to know about their columns."""
@@ -425,7 +424,7 @@ def _new_tables(spec: ModeSpec, dialect: SqlDialect, name: str, schema: str | No
     indexed = {"user_id", spec.entity_field}
     json_columns: set[str] = set()
     columns: list[Column[Any]] = []
-    for field, kind in _field_kinds(spec).items():
+    for field, kind in field_kinds(spec).items():
         if field == "session_id":
             columns.append(Column(field, dialect.id_type(), primary_key=True))
         elif kind is str:

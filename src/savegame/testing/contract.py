@@ -35,7 +35,14 @@ from savegame.errors import (
 )
 from savegame.storage.base import Storage
 from savegame.storage.known import PAST_TOKENS
-from savegame.storage.session import MESSAGES_OF_RUNS, MODES, Session, get_path, set_path
+from savegame.storage.session import (
+    MESSAGES_OF_RUNS,
+    MODES,
+    Session,
+    get_path,
+    set_path,
+    text_fields,
+)
 from savegame.testing.sample import check_session, make_session
 from savegame.testing.worker import ENDED, PID
 
@@ -628,6 +635,25 @@ class ModeContract:
         with pytest.raises(SerializationError, match=_spec(store).session_class.__name__):
             storage.upsert(wrong)
         assert storage.read("x") is None
+
+    def test_plain_text_fields_refuse_nul_and_lone_surrogates(self, store: Store) -> None:
+        # Kept in text columns as they are, where no SQL database can hold these; any other
+        # text round-trips.
+        spec = _spec(store)
+        ids = {"session_id", "user_id", spec.entity_field}
+        fields = [name for name in text_fields(spec) if name not in ids]
+        if not fields:
+            pytest.skip(f"{store.mode} sessions have no plain text field but ids")
+        storage = store()
+        for name in fields:
+            for bad in ("a\x00b", "x\ud800y"):
+                with pytest.raises(SerializationError, match=name):
+                    storage.upsert(_session(store, "s", **{name: bad}))
+            assert storage.read("s") is None
+            text = "ü 😀 \u2028 \ufdd0 " + "x" * 2000
+            storage.upsert(_session(store, name, **{name: text}))
+            for got in _read_both(store, storage, name):
+                assert getattr(got, name) == text
 
     def test_versions_advance_and_stale_writes_conflict(self, store: Store) -> None:
         storage = store()

@@ -6,9 +6,10 @@ the runs of a session live) is read from :data:`MODES`; no backend branches on t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.session.base import Session
@@ -49,6 +50,23 @@ MODES: dict[str, ModeSpec] = {
 }
 
 AnySession = AgentSession | TeamSession | WorkflowSession | WorkflowSessionV2
+
+
+@functools.cache
+def field_kinds(spec: ModeSpec) -> dict[str, type]:
+    """Each field of the mode's session class and the Python type it holds: ``str`` for the
+    fields kept as plain text, ``int`` for numbers, ``dict`` or ``list`` for JSON values."""
+    kinds: dict[str, type] = {}
+    for name, hint in get_type_hints(spec.session_class).items():
+        args = [a for a in get_args(hint) if a is not type(None)] or [hint]
+        kinds[name] = get_origin(args[0]) or args[0]
+    return kinds
+
+
+@functools.cache
+def text_fields(spec: ModeSpec) -> tuple[str, ...]:
+    """The fields of the mode's session class kept as plain text (see :func:`field_kinds`)."""
+    return tuple(name for name, kind in field_kinds(spec).items() if kind is str)
 
 
 def get_path(data: dict[str, Any], path: tuple[str, ...]) -> Any:
