@@ -64,6 +64,7 @@ _UNAVAILABLE = frozenset(
 )
 _DEADLOCK = 1213
 _PACKET_TOO_LARGE = 1153
+_NO_SUCH_TABLE = 1146
 _DUPLICATE_KEY = 1062
 _SCHEMA_LOCK = "savegame.schema"
 
@@ -201,6 +202,9 @@ class MySQLDialect(SqlDialect):
 
     def retryable(self, error: BaseException, dbapi: Any) -> bool:
         return super().retryable(error, dbapi) or _code(error) == _DEADLOCK
+
+    def missing_table(self, error: BaseException) -> bool:
+        return _code(error) == _NO_SUCH_TABLE
 
 
 def _fits(conn: Any, sql: str, params: Any) -> None:

@@ -139,6 +139,9 @@ class PostgresDialect(SqlDialect):
             not state or state[:2] in ("08", "53", "57")
         )
 
+    def missing_table(self, error: BaseException) -> bool:
+        return getattr(error, "sqlstate", None) == "42P01"
+
     def retryable(self, error: BaseException, dbapi: Any) -> bool:
         state = getattr(error, "sqlstate", None)
         return super().retryable(error, dbapi) or state in ("40001", "40P01")

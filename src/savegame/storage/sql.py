@@ -56,6 +56,7 @@ driver errors become :mod:`savegame.errors`, with the dialect deciding which one
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib
 import json
@@ -315,6 +316,10 @@ class SqlDialect(ABC):
 
     def unavailable(self, error: BaseException) -> bool:
         """Whether a driver error means the database is unreachable or stayed locked."""
+        return False
+
+    def missing_table(self, error: BaseException) -> bool:
+        """Whether a driver error says a table the statement names does not exist."""
         return False
 
     def refused(self, error: BaseException, dbapi: Any) -> bool:
@@ -757,6 +762,25 @@ class _Statements:
         return statement
 
 
+class _TableGone(StorageError):
+    """The table was dropped by another storage or process since this one last saw it."""
+
+
+def _again_if_dropped(method: Callable[..., T]) -> Callable[..., T]:
+    """``method`` of a :class:`SqlStorage`, run once more when it met the table dropped
+    behind this storage's back: it then sees the table as missing, as a storage just opened
+    would (a read finds nothing, a write makes the table again)."""
+
+    @functools.wraps(method)
+    def again(self: SqlStorage, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except _TableGone:
+            return method(self, *args, **kwargs)
+
+    return again
+
+
 class _Guard:
     """Turns the errors of SQLAlchemy and the driver into savegame's, raised ``from`` them.
 
@@ -994,6 +1018,15 @@ class SqlStorage(Storage):
         title = self.dialect.title
         if invalidated or (error is not None and self.dialect.unavailable(error)):
             return BackendUnavailableError(f"{title} at {self.where()} is unavailable: {error}")
+        if error is not None and self._layout.version and self.dialect.missing_table(error):
+            # Dropped by another storage or process since this one saw it: what this one
+            # knows of the table and its sessions is forgotten (see _again_if_dropped).
+            self._known.clear()
+            with self._layout_lock:
+                self._layout = _MISSING
+            return _TableGone(
+                f"table {self.table_name!r} at {self.where()} was dropped while in use: {error}"
+            )
         if error is not None and self.dialect.refused(error, self._dbapi):
             return SerializationError(
                 f"{title} refused a value of table {self.table_name!r}: {error}"
@@ -1469,6 +1502,7 @@ class SqlStorage(Storage):
 
     # -- primitives -----------------------------------------------------------------------
 
+    @_again_if_dropped
     def _read(self, session_id: str) -> Record | None:
         layout = self._current()
         if layout.version == 0:
@@ -1584,6 +1618,7 @@ class SqlStorage(Storage):
             self._end(conn, True)
         return row, runs
 
+    @_again_if_dropped
     def _read_many(self, ids: Iterable[str]) -> list[Record | None]:
         return self._records(list(ids), None)
 
@@ -1622,6 +1657,7 @@ class SqlStorage(Storage):
             self._call(read)
         return [found.get(session_id) for session_id in wanted]
 
+    @_again_if_dropped
     def _write(
         self, draft: Draft, expected_version: int | None, now: int, preserve: bool
     ) -> Record:
@@ -1772,11 +1808,13 @@ class SqlStorage(Storage):
         if stored and len(stored) > count * _DIGEST_WIDTH:
             sql.cut_runs.run(cursor, {"sid": session_id, "count": count})
 
+    @_again_if_dropped
     def _list(
         self, user_id: str | None, entity_id: str | None, limit: int | None, now: int | None
     ) -> list[str]:
         return [session_id for session_id, _ in self._listing(user_id, entity_id, limit, now)]
 
+    @_again_if_dropped
     def _list_sessions(
         self, user_id: str | None, entity_id: str | None, limit: int | None, now: int
     ) -> list[Session]:
@@ -1819,6 +1857,7 @@ class SqlStorage(Storage):
 
         return self._call(listing)
 
+    @_again_if_dropped
     def _delete(self, session_id: str) -> bool:
         header = self.table
         self._known.put(session_id, None)
@@ -1836,6 +1875,7 @@ class SqlStorage(Storage):
 
         return self._call(remove)
 
+    @_again_if_dropped
     def _purge_expired(self, now: int) -> int:
         header = self.table
 

@@ -34,6 +34,7 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.expression import Executable
 
+from savegame.errors import InvalidIdentifierError
 from savegame.storage.known import DEFAULT_BYTES
 from savegame.storage.session import Mode
 from savegame.storage.sql import SqlDialect, SqlStorage, on_conflict_update, shared_engine
@@ -108,6 +109,10 @@ class SqliteDialect(SqlDialect):
     def unavailable(self, error: BaseException) -> bool:
         code = getattr(error, "sqlite_errorcode", None)
         return code is not None and code & 0xFF in _UNAVAILABLE
+
+    def missing_table(self, error: BaseException) -> bool:
+        # SQLite gives no error code of its own for it, only the message.
+        return str(error).startswith("no such table")
 
 
 def in_memory(url: URL) -> bool:
@@ -229,11 +234,18 @@ def from_url(url: StorageURL) -> SqliteStorage:
     """``sqlite:///relative.db``, ``sqlite:////absolute.db`` or ``sqlite://`` (in memory).
 
     Query parameters: ``table``, ``expire``, ``synchronous``, ``busy_timeout``.
+
+    Raises:
+        InvalidIdentifierError: for a bad table name or option value.
     """
     table = url.pop_namespace()
     expire = url.pop_int("expire")
     synchronous = str(url.options.pop("synchronous", "FULL"))
-    busy_timeout = float(url.options.pop("busy_timeout", 30.0))
+    if synchronous.upper() not in SYNCHRONOUS:
+        raise InvalidIdentifierError(
+            f"synchronous={synchronous!r} in storage URL must be one of {', '.join(SYNCHRONOUS)}"
+        )
+    busy_timeout = url.pop_number("busy_timeout")
     path = url.path if url.path not in ("", ":memory:") else None
     return SqliteStorage(
         table,
@@ -241,5 +253,5 @@ def from_url(url: StorageURL) -> SqliteStorage:
         mode=url.mode,  # type: ignore[arg-type]
         expire=expire,
         synchronous=synchronous,
-        busy_timeout=busy_timeout,
+        busy_timeout=30.0 if busy_timeout is None else busy_timeout,
     )

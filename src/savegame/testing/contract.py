@@ -618,6 +618,24 @@ class ModeContract:
         storage.upsert(_session(store, "b"))
         assert storage.get_all_session_ids() == ["b"]
 
+    def test_a_store_dropped_by_another_storage_is_empty_and_takes_writes(
+        self, store: Store
+    ) -> None:
+        # The storage that saw the store never acts on what it knew of it: it reads and lists
+        # nothing, as a storage just opened would, and its next write makes the store again.
+        storage, other = store(), store()
+        storage.upsert(_session(store, "a", user_id="u"))
+        assert storage.read("a") is not None
+        other.drop()
+        assert storage.read("a") is None
+        assert storage.get_all_session_ids() == []
+        assert storage.get_recent_sessions(user_id="u") == []
+        assert storage.read_many(["a"]) == []
+        assert storage.delete_session("a") is False
+        storage.upsert(_session(store, "b", user_id="u"))
+        assert store().get_all_session_ids(user_id="u") == ["b"]
+        assert storage.read("a") is None
+
     def test_reopened_store_keeps_sessions(self, store: Store) -> None:
         storage = store.require("persistent")
         storage.upsert(make_session(store.mode, "kept", round_=2))
