@@ -125,6 +125,28 @@ def test_a_table_from_before_past_tokens_is_read_then_upgraded_and_written(
         older.close()
 
 
+def test_the_longest_table_names_make_every_table_and_index(sql_store: Store) -> None:
+    # 58 characters, the longest allowed, and two that differ only at the end: the expiry
+    # index's name is cut to fit, and stays apart from the other table's.
+    own = _sql(sql_store)
+    longest = (own.table_name + "_" + "x" * 58)[:57]  # unique to this test: servers are shared
+    first = _sibling(own, longest + "a")
+    second = _sibling(own, longest + "b")
+    try:
+        for storage in (first, second):
+            storage.expire = 3600
+            storage.create()
+            storage.upsert(AgentSession(session_id=storage.table_name[-1], user_id="u"))
+        for storage in (first, second):
+            assert storage.get_all_session_ids(user_id="u") == [storage.table_name[-1]]
+            assert storage.purge_expired() == 0
+    finally:
+        first.drop()
+        second.drop()
+    assert not first.table_exists()
+    assert not second.table_exists()
+
+
 def test_a_read_while_another_storage_upgrades_the_original_table_is_whole(
     sql_store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -417,6 +417,18 @@ def _built(key: tuple[Any, ...], make: Callable[[], T]) -> T:
     return made
 
 
+_NAME_LIMIT = 63
+"""The longest identifier PostgreSQL keeps (MySQL's is 64)."""
+
+
+def _index_name(name: str) -> str:
+    """``name``, or for a long table's index a name cut to fit :data:`_NAME_LIMIT`, ending
+    in a digest of the whole name so that two long tables' indexes never share one."""
+    if len(name) <= _NAME_LIMIT:
+        return name
+    return f"{name[: _NAME_LIMIT - 9]}_{hashlib.blake2b(name.encode(), digest_size=4).hexdigest()}"
+
+
 def build_tables(spec: ModeSpec, dialect: SqlDialect, name: str, schema: str | None) -> Tables:
     """The tables of a storage, derived from the fields of the mode's session class (made
     once per mode, dialect, name and schema in this process)."""
@@ -450,7 +462,10 @@ def _new_tables(spec: ModeSpec, dialect: SqlDialect, name: str, schema: str | No
     # session without one costs no index entry.
     has_expiry = expires.isnot(None)
     expiry = Index(
-        f"ix_{name}_expires_at", expires, sqlite_where=has_expiry, postgresql_where=has_expiry
+        _index_name(f"ix_{name}_expires_at"),
+        expires,
+        sqlite_where=has_expiry,
+        postgresql_where=has_expiry,
     )
     header = Table(name, metadata, *columns, expiry, **dialect.table_options)
     runs = Table(
