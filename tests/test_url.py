@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,10 +14,10 @@ import savegame
 from savegame.errors import InvalidIdentifierError
 from savegame.storage.in_memory import InMemoryStorage
 from savegame.storage.session import MODES
-from savegame.storage.url import SCHEMES, StorageURL, open_storage, parse_url, redact
+from savegame.storage.url import OPTIONS, SCHEMES, StorageURL, open_storage, parse_url, redact
 from savegame.testing import Store
 from savegame.testing.sample import make_session
-from tests.stores import BACKENDS
+from tests.stores import BACKENDS, mysql_url, unique
 
 
 @pytest.mark.parametrize(
@@ -119,6 +122,48 @@ def test_passwords_are_redacted() -> None:
     assert "s3cret" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        # urlsplit refuses these: the password is found by hand.
+        ("postgresql+psycopg://u:s3cret@[::1/db", "postgresql+psycopg://u:***@[::1/db"),
+        ("redis://:s3cret@[::1:6379/0?prefix=p", "redis://:***@[::1:6379/0?prefix=p"),
+        # SQLAlchemy takes a / as part of the password; urlsplit ends the host there.
+        ("mysql+pymysql://u:s3/cret@h/db", "mysql+pymysql://u:***@h/db"),
+        # The drivers take a password from the query too.
+        (
+            "postgresql://u@h/db?sslmode=require&password=s3cret",
+            "postgresql://u@h/db?sslmode=require&password=***",
+        ),
+        (
+            "mysql://u@h/db?passwd=s3cret&charset=utf8mb4",
+            "mysql://u@h/db?passwd=***&charset=utf8mb4",
+        ),
+        # Paths are not passwords.
+        ("sqlite:////tmp/a:b@c.db", "sqlite:////tmp/a:b@c.db"),
+        ("json:///d@x:y/z", "json:///d@x:y/z"),
+    ],
+)
+def test_passwords_are_redacted_from_any_url(url: str, shown: str) -> None:
+    assert redact(url) == shown
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://u:s3cret@[::1/db",
+        "redis://:s3cret@[::1:6379/0",
+        # NFKC: urlsplit's error quotes the netloc.
+        "postgresql+psycopg://u:s3cret\uff03@h/db",
+    ],
+)
+def test_a_malformed_url_is_shown_without_its_password(url: str) -> None:
+    with pytest.raises(InvalidIdentifierError, match="malformed storage URL") as caught:
+        open_storage(url)
+    assert "s3cret" not in str(caught.value)
+    assert ":***@" in str(caught.value)
+
+
 def test_every_scheme_has_a_backend_with_from_url() -> None:
     for scheme, module_name in SCHEMES.items():
         module = importlib.import_module(module_name)
@@ -171,3 +216,101 @@ def test_storage_url_is_what_backends_receive() -> None:
     assert parsed == StorageURL(
         "sqlite:///a.db", "sqlite", "a.db", "team", {"table": "t", "expire": 9}, False
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "options", "message"),
+    [
+        ("sqlite:///a.db?tabel=custom", {}, "sqlite:// URL: tabel; it takes table, expire,"),
+        ("sqlite:///a.db?cache_bytes=0", {}, "sqlite:// URL: cache_bytes; it takes table,"),
+        ("sqlite://", {"tabel": "custom"}, "sqlite:// URL: tabel;"),
+        ("json:///d?exipre=60", {}, "json:// URL: exipre; it takes expire$"),
+        ("json:///d?table=x", {}, "json:// URL: table; it takes expire$"),
+        ("json:///d", {"cache_bytes": 0}, "json:// URL: cache_bytes; it takes expire$"),
+        ("yaml:///d?exipre=60&prefix=p", {}, "yaml:// URL: exipre, prefix; it takes expire$"),
+        ("memory://?exipre=60", {}, "memory:// URL: exipre; it takes expire$"),
+        ("memory://", {"table": "t"}, "memory:// URL: table; it takes expire$"),
+        ("redis://127.0.0.1:1/0?exipre=60", {}, "Redis URL: exipre"),
+        ("mysql+pymysql://root@127.0.0.1:1/test?tabel=x", {}, "mysql.pymysql:// URL: tabel;"),
+        ("mysql://root@127.0.0.1:1/test", {"cache_bytes": 0}, "mysql:// URL: cache_bytes;"),
+    ],
+)
+def test_unknown_options_are_refused(url: str, options: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidIdentifierError, match=r"unknown option\(s\) for a " + message):
+        open_storage(url, **options)
+
+
+def test_an_unknown_option_is_refused_before_anything_is_made(tmp_path: Path) -> None:
+    with pytest.raises(InvalidIdentifierError, match="exipre"):
+        parse_url(f"json:///{tmp_path}/store?exipre=60")
+    with pytest.raises(InvalidIdentifierError, match="tabel"):
+        open_storage(f"sqlite:///{tmp_path}/app.db?tabel=custom").create()
+    assert list(tmp_path.iterdir()) == []
+
+
+SAMPLE_VALUES = {"table": "t", "expire": "60", "synchronous": "NORMAL", "busy_timeout": "2.5"}
+
+
+@pytest.mark.parametrize("scheme", list(OPTIONS))
+def test_each_option_a_scheme_lists_is_taken(scheme: str, tmp_path: Path) -> None:
+    """What OPTIONS lets through, the scheme's from_url takes: none is dropped on the way."""
+    url = f"{scheme}:///{tmp_path}/store" if scheme != "memory" else "memory://"
+    parsed = parse_url(url, "agent", **{name: SAMPLE_VALUES[name] for name in OPTIONS[scheme]})
+    with importlib.import_module(SCHEMES[scheme]).from_url(parsed) as storage:
+        assert parsed.options == {}
+        assert storage.expire == 60
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("busy_timeout=abc", r"busy_timeout='abc' in storage URL must be a number, 0 or more"),
+        ("busy_timeout=-1", r"busy_timeout='-1' .*0 or more"),
+        ("busy_timeout=inf", r"busy_timeout='inf' .*0 or more"),
+        ("busy_timeout=nan", r"busy_timeout='nan' .*0 or more"),
+        ("synchronous=sometimes", r"synchronous='sometimes' .*one of FULL, NORMAL, EXTRA"),
+        ("expire=soon", r"expire='soon' .*whole number"),
+    ],
+)
+def test_bad_option_values(query: str, message: str) -> None:
+    with pytest.raises(InvalidIdentifierError, match=message):
+        open_storage(f"sqlite:///a.db?{query}")
+
+
+def test_sqlite_option_values_are_used() -> None:
+    with open_storage("sqlite://?busy_timeout=2.5&synchronous=normal") as storage:
+        assert (storage.dialect.busy_timeout, storage.dialect.synchronous) == (2.5, "NORMAL")  # type: ignore[attr-defined]
+
+
+def test_mysql_passes_the_driver_its_options() -> None:
+    # Options of PyMySQL, and those SQLAlchemy folds into its ssl= argument: no server needed.
+    query = "charset=utf8mb4&read_timeout=30&ssl_ca=/ca.pem&ssl_check_hostname=false"
+    with open_storage(f"mysql+pymysql://root@127.0.0.1:1/test?table=t&{query}") as storage:
+        assert storage.table_name == "t"  # type: ignore[attr-defined]
+        assert set(storage.db_engine.url.query) == {  # type: ignore[attr-defined]
+            "charset",
+            "read_timeout",
+            "ssl_ca",
+            "ssl_check_hostname",
+        }
+
+
+def test_mysql_driver_options_reach_a_server() -> None:
+    server = mysql_url()
+    url = f"{server}?table={unique('sg')}&charset=utf8mb4&read_timeout=30&ssl_disabled=1"
+    with open_storage(url) as storage:
+        assert storage.read("absent") is None
+
+
+def test_mysql_without_pymysql_still_names_the_extra() -> None:
+    code = (
+        "import sys\nsys.modules['pymysql'] = None\n"
+        "from savegame import open_storage\n"
+        "from savegame.errors import MissingDependencyError\n"
+        "try:\n    open_storage('mysql://h/db?charset=utf8mb4')\n"
+        "except MissingDependencyError as exc:\n    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert 'pip install "savegame[mysql]"' in done.stdout

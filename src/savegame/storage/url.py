@@ -16,7 +16,10 @@ so naming a Redis URL without redis-py installed raises the error that says what
 
 Query parameters: ``table`` (SQL schemes; default ``<mode>_sessions``, so ``agent_sessions``),
 ``prefix`` (Redis; default ``savegame:<mode>``), ``expire`` (seconds, every scheme). Keyword
-arguments given to :func:`open_storage` win over the URL's.
+arguments given to :func:`open_storage` win over the URL's. An option a scheme does not take,
+from the query or a keyword, raises :class:`~savegame.errors.InvalidIdentifierError` naming it
+(:data:`OPTIONS`): a misspelt ``?exipre=`` that was ignored would keep sessions for ever, and
+a misspelt ``?tabel=`` would open an empty store.
 
 The table or prefix is the store's *namespace*. A SQL or Redis URL without one names one store
 per mode (``agent_sessions``, ``team_sessions``, ...); with one, or for a folder, it names a
@@ -26,9 +29,12 @@ single store, holding sessions of the mode it was written in (:attr:`StorageURL.
 from __future__ import annotations
 
 import importlib
+import math
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from savegame.errors import InvalidIdentifierError
 from savegame.storage.base import Storage
@@ -64,13 +70,32 @@ NAMESPACES: dict[str, tuple[str, str]] = {
 Schemes not listed (folders, memory) name one store with the URL alone.
 """
 
+_FILES = ("expire",)
+OPTIONS: dict[str, tuple[str, ...]] = {
+    "sqlite": ("table", "expire", "synchronous", "busy_timeout"),
+    "json": _FILES,
+    "yaml": _FILES,
+    "memory": _FILES,
+}
+"""Scheme → every option its ``from_url`` takes; :func:`parse_url` refuses any other.
+
+Schemes not listed judge their options in ``from_url``: a Redis URL refuses what it does not
+take, and a database server's URL hands what savegame does not take to the driver
+(``sslmode=`` for psycopg, ``charset=`` for PyMySQL), which alone knows its options. Listing
+them here instead would refuse a driver's options that savegame has not heard of.
+"""
+
+_SECRETS_IN_QUERY = re.compile(r"(?i)(^|&)(password|passwd)=[^&]*")
+"""Query parameters that hold a password: libpq takes ``password=``, PyMySQL ``passwd=``."""
+
 
 @dataclass
 class StorageURL:
     """A parsed storage URL, handed to a backend's ``from_url``.
 
-    Backends take the options they understand with :meth:`pop_int`, :meth:`pop_namespace` or
-    ``options.pop``.
+    Backends take the options they understand with :meth:`pop_int`, :meth:`pop_number`,
+    :meth:`pop_namespace` or ``options.pop``, and refuse others with :meth:`refuse` (for the
+    schemes of :data:`OPTIONS`, :func:`parse_url` has done so).
 
     Attributes:
         raw: the URL as given, without its query.
@@ -107,6 +132,41 @@ class StorageURL:
                 f"{name}={value!r} in storage URL must be a whole number"
             ) from None
 
+    def pop_number(self, name: str) -> float | None:
+        """Removes option ``name`` and returns it as a float (None when absent).
+
+        Raises:
+            InvalidIdentifierError: when the value is not a finite number, 0 or more.
+        """
+        value = self.options.pop(name, None)
+        if value is None:
+            return None
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not 0 <= number < math.inf:
+            raise InvalidIdentifierError(
+                f"{name}={value!r} in storage URL must be a number, 0 or more"
+            )
+        return number
+
+    def refuse(self, unknown: Iterable[str], takes: str) -> None:
+        """Refuses the options ``unknown`` of this URL, naming them and what the scheme takes.
+
+        Args:
+            unknown: the options of :attr:`options` that the scheme does not take.
+            takes: what it takes, for the message (``"table, expire"``).
+
+        Raises:
+            InvalidIdentifierError: naming the options, when ``unknown`` is not empty.
+        """
+        if names := sorted(unknown):
+            raise InvalidIdentifierError(
+                f"unknown option(s) for a {self.scheme}:// URL: {', '.join(names)}; "
+                f"it takes {takes}"
+            )
+
     def pop_namespace(self) -> str:
         """Removes the ``table`` or ``prefix`` option and returns it, or its default for the mode.
 
@@ -128,8 +188,9 @@ def parse_url(url: str, mode: Mode | str = "agent", **options: Any) -> StorageUR
     """Splits ``url`` into what a backend needs.
 
     Raises:
-        InvalidIdentifierError: for a string that is not a URL of a known scheme; the
-            message lists the schemes.
+        InvalidIdentifierError: for a string that is not a URL of a known scheme (the
+            message lists the schemes), or an option the scheme does not take (the message
+            lists those it takes).
         ValueError: for an unknown mode.
     """
     mode_spec(mode)
@@ -147,14 +208,20 @@ def parse_url(url: str, mode: Mode | str = "agent", **options: Any) -> StorageUR
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False))
     except ValueError as exc:
-        raise InvalidIdentifierError(f"malformed storage URL {redact(url)!r}: {exc}") from None
+        # The error may quote the URL's netloc (an NFKC one does), password and all.
+        detail = _redact(str(exc), url)
+        raise InvalidIdentifierError(f"malformed storage URL {redact(url)!r}: {detail}") from None
     raw = url.split("?", 1)[0]
     path = unquote(rest.split("?", 1)[0])
     path = path[1:] if path.startswith("/") else path
     merged = {**query, **options}
     namespace = NAMESPACES.get(scheme)
     per_mode = namespace is not None and namespace[0] not in merged
-    return StorageURL(raw, scheme, path, str(mode), merged, per_mode)
+    parsed = StorageURL(raw, scheme, path, str(mode), merged, per_mode)
+    takes = OPTIONS.get(scheme)
+    if takes is not None:
+        parsed.refuse(set(merged) - set(takes), ", ".join(takes))
+    return parsed
 
 
 def open_storage(url: str, mode: Mode | str = "agent", **options: Any) -> Storage:
@@ -174,17 +241,28 @@ def open_storage(url: str, mode: Mode | str = "agent", **options: Any) -> Storag
 
 
 def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***``, for messages and logs."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return url
-    if not password:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    """``url`` with any password replaced by ``***``, for messages and logs.
+
+    So is a ``password=`` or ``passwd=`` in the query, which the drivers take as well.
+    """
+    return _redact(url, url)
+
+
+def _redact(text: str, url: str) -> str:
+    """``text`` (``url``, or a message quoting it) without the passwords of ``url``.
+
+    The password is what stands between ``scheme://user:`` and the last ``@`` before the
+    query. It is found by hand rather than by ``urlsplit``, which refuses the malformed URLs
+    that error messages show (``[::1`` without its ``]``) and ends the password at a ``/``
+    that SQLAlchemy takes as part of it.
+    """
+    authority = url.partition("://")[2].partition("?")[0]
+    credentials, at, _ = authority.rpartition("@")
+    user, colon, password = credentials.partition(":")
+    if at and colon and password and "/" not in user:
+        text = text.replace(f":{password}@", ":***@")
+    before, mark, query = text.partition("?")
+    return before + mark + _SECRETS_IN_QUERY.sub(r"\1\2=***", query)
 
 
 def _schemes() -> str:
