@@ -232,13 +232,17 @@ def dumps(value: Any, text: str | None = None) -> str:
     """
     if text is None:
         text = _compact(value)
-    return text if _encodable(text) else json.dumps(value, separators=(",", ":"))
+    if _encodable(text):
+        return text
+    _map_strings(value, _no_joined_surrogates)
+    return json.dumps(value, separators=(",", ":"))
 
 
 def dumps_pretty(value: Any) -> bytes:
     """Indented UTF-8 JSON for files a person may read; lone surrogates are \\u-escaped."""
     text = json.dumps(value, ensure_ascii=False, indent=2)
     if not _encodable(text):
+        _map_strings(value, _no_joined_surrogates)
         text = json.dumps(value, indent=2)
     return text.encode("utf-8")
 
@@ -308,7 +312,26 @@ def unescape_value(value: Any) -> Any:
 
 def _escape_str(s: str) -> str:
     if "\x00" in s or s.startswith(MARK) or not _encodable(s):
-        return MARK + json.dumps(s)
+        return MARK + json.dumps(_no_joined_surrogates(s))
+    return s
+
+
+_JOINED = re.compile("[\ud800-\udbff][\udc00-\udfff]")
+
+
+def _no_joined_surrogates(s: str) -> str:
+    """``s``, unless it holds a high surrogate followed by a low one: JSON can only write
+    them as the escapes of one character above U+FFFF, which is what a read would give.
+
+    Raises:
+        SerializationError: for such a string.
+    """
+    if _JOINED.search(s) is not None:
+        raise SerializationError(
+            f"the string {s[:80]!r} holds a surrogate pair as two code points, which JSON "
+            "reads back as the one character they encode; store that character instead "
+            "(s.encode('utf-16', 'surrogatepass').decode('utf-16') makes it)"
+        )
     return s
 
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from typing import Any
 
 from savegame.storage.base import Draft, Header, Record, Storage, is_expired
+from savegame.storage.codec import dumps, loads
 from savegame.storage.session import Mode
 from savegame.storage.url import StorageURL
 
 
 def _copy(record: Record) -> Record:
-    copy: Record = json.loads(json.dumps(record))
+    """A copy of ``record`` through the JSON text the other backends would store."""
+    copy: Record = loads(dumps(record))
     return copy
 
 

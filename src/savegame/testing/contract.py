@@ -1077,6 +1077,8 @@ class BackendContract:
             (object(), "object"),
             ({1: "int key"}, "key"),
             ({"deep": [{"x": frozenset()}]}, "frozenset"),
+            ({"text": "smile \ud83d\ude00"}, "surrogate pair"),
+            ({"\ud83d\ude00": "as a key"}, "surrogate pair"),
         ],
     )
     def test_unstorable_values_are_refused_and_the_store_is_unchanged(
