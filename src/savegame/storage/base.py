@@ -33,14 +33,21 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 
-from savegame.errors import ConflictError, InvalidIdentifierError, SerializationError
+from savegame.errors import (
+    ConflictError,
+    CorruptSessionError,
+    InvalidIdentifierError,
+    SerializationError,
+)
 from savegame.storage.codec import check_id, check_text_field, encode, encode_text
 from savegame.storage.session import (
     MESSAGES_OF_RUNS,
+    MODES,
     Mode,
     ModeSpec,
     Session,
     beside_runs,
+    field_kinds,
     fold_messages,
     mode_spec,
     split_runs,
@@ -497,14 +504,39 @@ class Storage(ABC):
         return record
 
     def _session(self, record: Record) -> Session:
-        """The session of a record this storage owns (it is changed and taken apart)."""
+        """The session of a record this storage owns (it is changed and taken apart).
+
+        Raises:
+            CorruptSessionError: when the record holds a value under a name the mode's
+                session class has no field for (a session of another mode, in a folder or
+                a Redis prefix opened with the wrong ``mode``): the session built without
+                it, saved again, would lose it.
+        """
         record.pop("expires_at", None)
+        extra = record.keys() - field_kinds(self._spec).keys()
+        if extra and any(record[key] is not None for key in extra):
+            raise CorruptSessionError(self._of_another_mode(record, extra))
         if record.get("version") is None:
             record["version"] = 1
         unfold_messages(record, self._spec.runs_path, _copy)
         session = self._spec.session_class.from_dict(record)
         assert session is not None
         return session
+
+    def _of_another_mode(self, record: Record, extra: set[str]) -> str:
+        """Why ``record``, holding values under the names ``extra``, is not read as a session."""
+        held = sorted(key for key in extra if record[key] is not None)
+        modes = [m for m, spec in MODES.items() if set(held) <= field_kinds(spec).keys()]
+        likely = (
+            f"a {modes[0]} session: open the store with mode={modes[0]!r}"
+            if modes
+            else ("not a session savegame knows")
+        )
+        return (
+            f"session {record.get('session_id')!r} holds {', '.join(held)}, which "
+            f"{self._spec.session_class.__name__} has no field for; it looks like {likely}. "
+            f"Read in mode {self.mode!r} and saved again, it would lose them"
+        )
 
     def _filters(self, user_id: str | None, entity_id: str | None) -> tuple[str | None, str | None]:
         if user_id is not None:

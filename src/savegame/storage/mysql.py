@@ -65,6 +65,7 @@ _UNAVAILABLE = frozenset(
 _DEADLOCK = 1213
 _PACKET_TOO_LARGE = 1153
 _NO_SUCH_TABLE = 1146
+_NO_SUCH_COLUMN = 1054
 _DUPLICATE_KEY = 1062
 _SCHEMA_LOCK = "savegame.schema"
 
@@ -205,6 +206,9 @@ class MySQLDialect(SqlDialect):
 
     def missing_table(self, error: BaseException) -> bool:
         return _code(error) == _NO_SUCH_TABLE
+
+    def missing_column(self, error: BaseException) -> bool:
+        return _code(error) == _NO_SUCH_COLUMN
 
 
 def _fits(conn: Any, sql: str, params: Any) -> None:

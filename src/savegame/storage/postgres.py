@@ -142,6 +142,9 @@ class PostgresDialect(SqlDialect):
     def missing_table(self, error: BaseException) -> bool:
         return getattr(error, "sqlstate", None) == "42P01"
 
+    def missing_column(self, error: BaseException) -> bool:
+        return getattr(error, "sqlstate", None) == "42703"
+
     def retryable(self, error: BaseException, dbapi: Any) -> bool:
         state = getattr(error, "sqlstate", None)
         return super().retryable(error, dbapi) or state in ("40001", "40P01")

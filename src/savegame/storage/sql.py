@@ -322,6 +322,10 @@ class SqlDialect(ABC):
         """Whether a driver error says a table the statement names does not exist."""
         return False
 
+    def missing_column(self, error: BaseException) -> bool:
+        """Whether a driver error says a column the statement names does not exist."""
+        return False
+
     def refused(self, error: BaseException, dbapi: Any) -> bool:
         """Whether a driver error means the database refused a value savegame sent (bad
         input: :class:`~savegame.errors.SerializationError`). ``dbapi`` is the driver's
@@ -1041,6 +1045,14 @@ class SqlStorage(Storage):
                 self._layout = _MISSING
             return _TableGone(
                 f"table {self.table_name!r} at {self.where()} was dropped while in use: {error}"
+            )
+        if error is not None and self.dialect.missing_column(error):
+            # A table whose columns are another mode's fields (agent_id where team_id is
+            # wanted): it holds sessions of another mode.
+            return CorruptSessionError(
+                f"table {self.table_name!r} at {self.where()} lacks a column of {self.mode} "
+                f"sessions ({error}): it holds sessions of another mode; open it with the "
+                "mode it was written in"
             )
         if error is not None and self.dialect.refused(error, self._dbapi):
             return SerializationError(

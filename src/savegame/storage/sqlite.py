@@ -111,8 +111,11 @@ class SqliteDialect(SqlDialect):
         return code is not None and code & 0xFF in _UNAVAILABLE
 
     def missing_table(self, error: BaseException) -> bool:
-        # SQLite gives no error code of its own for it, only the message.
+        # SQLite gives no error code of its own for these, only the message.
         return str(error).startswith("no such table")
+
+    def missing_column(self, error: BaseException) -> bool:
+        return str(error).startswith("no such column")
 
 
 def in_memory(url: URL) -> bool:

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from operator import methodcaller
 from typing import Any
 
 import pytest
@@ -1152,6 +1153,31 @@ class BackendContract:
         lasting = backend_store(expire=10**10)
         stored = lasting.upsert(_session(backend_store, "long"))
         assert lasting.read("long") == stored
+
+    def test_a_store_opened_in_the_wrong_mode_never_gives_a_session_short(
+        self, backend_store: Store
+    ) -> None:
+        # A team session read as an agent session would lose team_id and team_data, and a
+        # save would make that loss permanent: the read raises, or finds nothing.
+        writer = backend_store(mode="team")
+        team = MODES["team"].session_class.from_dict(
+            {"session_id": "t", "user_id": "u", "team_id": "squad", "team_data": {"size": 2}}
+        )
+        assert team is not None
+        stored = writer.upsert(team)
+        for mode in ("agent", "workflow", "workflow_v2"):
+            wrong = backend_store(mode=mode)
+            for read in (
+                methodcaller("read", "t"),
+                methodcaller("get_all_sessions", user_id="u"),
+                methodcaller("read_many", ["t"]),
+            ):
+                try:
+                    got = read(wrong)
+                except CorruptSessionError as exc:
+                    got = str(exc)
+                assert got in (None, []) or "mode" in got, (mode, got)
+        assert backend_store(mode="team").read("t") == stored
 
     def test_awkward_strings_round_trip(self, backend_store: Store) -> None:
         storage = backend_store()
