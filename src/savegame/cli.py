@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -37,8 +38,35 @@ from savegame.storage.url import open_storage, redact
 
 DEFAULT_STORAGE = "sqlite:///savegame.db"
 
+SIGPIPE_EXIT = 141
+"""The exit code of a command whose standard output was closed, as a shell reports a process
+that SIGPIPE ended (128 + 13)."""
+
+
+def _pipe_closed() -> NoReturn:
+    """Ends the command quietly, as tools that SIGPIPE ends do: no message, exit code 141.
+
+    Standard output is pointed at the null device first, as the Python documentation
+    advises, so that flushing what is still buffered at interpreter exit cannot raise (and
+    print) a second BrokenPipeError.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    raise typer.Exit(SIGPIPE_EXIT)
+
+
+class _Output(Console):
+    """Standard output: a closed pipe ends the command as it does everywhere else in it."""
+
+    def on_broken_pipe(self) -> None:
+        # Rich's own handling exits 1; 141 is what the other commands, and other tools, give.
+        self.quiet = True
+        _pipe_closed()
+
+
 # Piped output gets room for whole ids rather than the 80 columns Rich assumes by default.
-out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 160)
+out = _Output(soft_wrap=False, width=None if sys.stdout.isatty() else 160)
 # Messages stay one line each, however narrow the terminal, so that scripts can grep them.
 err = Console(stderr=True, soft_wrap=True)
 
@@ -49,9 +77,18 @@ class _ExitCodes(TyperGroup):
     # ``ctx`` is the Context of the click that typer vendors, which it does not export.
     def invoke(self, ctx: Any) -> Any:
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            # Output still buffered would otherwise meet a closed pipe at interpreter exit,
+            # out of reach of the handler below.
+            sys.stdout.flush()
+            return result
         except (typer.Exit, typer.Abort):
             raise
+        except BrokenPipeError:
+            # The reader of standard output went away (``savegame export | head``). Backends
+            # turn their drivers' socket errors into StorageError, so a BrokenPipeError that
+            # gets here is standard output's.
+            _pipe_closed()
         except ValueError as exc:
             # Bad ids, URLs, modes, values in an import file: the user can fix what they typed.
             _report(exc, ctx, 2)
@@ -317,14 +354,17 @@ def import_(
 ) -> None:
     """Store the sessions of a JSON lines file, keeping their timestamps and versions."""
     if str(file) == "-":
-        lines = sys.stdin.buffer.read().decode("utf-8").splitlines()
+        data = sys.stdin.buffer.read()
         source = "<stdin>"
     else:
         try:
-            lines = file.read_bytes().decode("utf-8").splitlines()
+            data = file.read_bytes()
         except (FileNotFoundError, IsADirectoryError) as exc:
             _fail(f"cannot read {file}: {exc.strerror}")
         source = str(file)
+    # Lines end at "\n" only: str.splitlines() would also break at U+2028, U+0085 and the
+    # other separators that export writes as they are inside a session's text.
+    lines = data.decode("utf-8").split("\n")
     with _open(storage, mode) as store:
         report = transfer.import_sessions(store, lines, source)
     _note(

@@ -5,9 +5,14 @@ These are the library functions behind the ``savegame`` command; they raise the 
 :mod:`savegame.errors` and leave messages and exit codes to the command line.
 
 The export format is JSON lines: one session a line, a JSON object of every field of the
-session (``version``, ``created_at`` and ``updated_at`` included) with its keys sorted, in
-UTF-8. Importing it with :func:`import_sessions` into an empty store of any backend and
-exporting again gives the same lines, because import goes through
+session (``version``, ``created_at`` and ``updated_at`` included), in UTF-8. The session's
+fields are sorted; the dicts inside them keep their keys in the order they were stored, since
+that order is part of the session (a run written as ``{"role", "content"}`` reads back so).
+A line ends at ``"\\n"`` only: text in a session may hold U+2028, U+0085 and the other
+characters that :meth:`str.splitlines` also breaks at, and the line holds them as they are.
+Importing it with :func:`import_sessions` into an empty store of a backend that keeps key
+order (every one but PostgreSQL, whose JSONB orders keys its own way) and exporting again
+gives the same lines, because import goes through
 :meth:`~savegame.storage.base.Storage.restore`, which keeps timestamps and version.
 """
 
@@ -19,9 +24,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from savegame.errors import SerializationError
+from savegame.errors import InvalidIdentifierError, SerializationError
 from savegame.storage.base import Storage
-from savegame.storage.codec import check_id, encode
+from savegame.storage.codec import check_id, dumps, encode
 from savegame.storage.session import MODES, ModeSpec, Session, get_path
 from savegame.storage.url import open_storage, parse_url
 
@@ -39,15 +44,14 @@ def session_line(session: Session) -> str:
     line always encodes to UTF-8.
 
     Raises:
-        SerializationError: when the session holds a value JSON cannot carry.
+        SerializationError: when the session holds a value JSON cannot carry, or a string
+            that it would give back changed (a surrogate pair as two code points), as a
+            write to a store would.
     """
-    data = encode(session.to_dict())
-    try:
-        text = json.dumps(data, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
-    return text
+    encoded = encode(session.to_dict())
+    # The fields alone are sorted: ``sort_keys`` would sort every dict inside them too, and
+    # the order of those keys is the session's own.
+    return dumps({key: encoded[key] for key in sorted(encoded)})
 
 
 def parse_line(spec: ModeSpec, line: str, where: str = "line") -> Session:
@@ -124,12 +128,28 @@ class Report:
     vanished: int = 0
 
 
+def _exact_text(session: Session, ordered: bool = True) -> str:
+    """The JSON text of ``session`` that two sessions share only when they are the same.
+
+    ``==`` would call ``1``, ``1.0`` and ``True`` equal and ignore the order of keys; the
+    text keeps every type apart. ``ordered``: the order of keys counts too; pass False for a
+    store that does not keep it (PostgreSQL's JSONB), whose sessions then compare with their
+    keys sorted.
+
+    Raises:
+        SerializationError: when the session holds a value JSON cannot carry.
+    """
+    return json.dumps(encode(session.to_dict()), sort_keys=not ordered, separators=(",", ":"))
+
+
 def _put_all(destination: Storage, sessions: list[Session], report: Report) -> None:
-    """Restores each session unless ``destination`` holds it already, equal field by field."""
+    """Restores each session unless ``destination`` holds it already, exactly (see
+    :func:`_exact_text`)."""
+    ordered = "key_order" in type(destination).capabilities
     there = {s.session_id: s for s in destination.read_many(s.session_id for s in sessions)}
     for session in sessions:
         stored = there.get(session.session_id)
-        if stored is not None and stored.to_dict() == session.to_dict():
+        if stored is not None and _exact_text(stored, ordered) == _exact_text(session, ordered):
             report.unchanged += 1
         else:
             destination.restore(session)
@@ -139,29 +159,60 @@ def _put_all(destination: Storage, sessions: list[Session], report: Report) -> N
 def import_sessions(storage: Storage, lines: Iterable[str], source: str = "line") -> Report:
     """Stores the session of each line, keeping timestamps and versions.
 
-    Blank lines are skipped. Every line is checked before the first one is written, so a
-    file with a bad line changes nothing. A session already stored exactly as in the file is
-    left alone, so importing a file again (after an interruption, say) writes only what is
-    missing; one that differs is replaced.
+    Blank lines are skipped. Every line is checked before the first one is written, with the
+    checks :meth:`~savegame.storage.base.Storage.upsert` makes, so a file with a bad line
+    changes nothing. A session already stored exactly as in the file (the same JSON text:
+    ``1``, ``1.0`` and ``true`` differ, and so does the order of keys where the store keeps
+    it) is left alone, so importing a file again (after an interruption, say) writes only
+    what is missing; one that differs is replaced.
 
     Args:
         storage: where to store them; its table or folder is created when missing.
-        lines: lines of the export format.
+        lines: lines of the export format, split at ``"\\n"`` only (see the module
+            docstring); a ``"\\r"`` left at the end of a line does no harm.
         source: a name for the lines (a file name) in error messages.
 
     Raises:
-        SerializationError: naming the first line that is not a session of this mode.
+        SerializationError: naming the first line that is not a session of this mode, holds
+            a value the storage cannot store, or holds a session that an earlier line holds
+            too (naming both lines).
+        InvalidIdentifierError: naming the first line whose session id, user id or entity id
+            the storage refuses.
     """
-    sessions = [
-        parse_line(storage.spec, line, f"{source}:{number}")
-        for number, line in enumerate(lines, 1)
-        if line.strip()
-    ]
+    sessions: list[Session] = []
+    first_line: dict[str, int] = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{source}:{number}"
+        session = parse_line(storage.spec, line, where)
+        earlier = first_line.setdefault(session.session_id, number)
+        if earlier != number:
+            raise SerializationError(
+                f"{where}: session {session.session_id!r} is on line {earlier} too; an export "
+                "holds each session once"
+            )
+        _check(storage, session, where)
+        sessions.append(session)
     storage.create()
     report = Report(total=len(sessions))
     for start in range(0, len(sessions), DEFAULT_BATCH_SIZE):
         _put_all(storage, sessions[start : start + DEFAULT_BATCH_SIZE], report)
     return report
+
+
+def _check(storage: Storage, session: Session, where: str) -> None:
+    """Raises what ``storage.upsert(session)`` would raise for the session itself, writing
+    nothing, with ``where`` (a file and line) in front of the message."""
+    # ``_prepare`` is the part of every write that checks and encodes the session, before
+    # any store is touched; calling it here is the only way to be sure the check is the
+    # write's own and cannot drift from it.
+    try:
+        storage._prepare(session)
+    except SerializationError as exc:
+        raise SerializationError(f"{where}: {exc}") from exc
+    except InvalidIdentifierError as exc:
+        raise InvalidIdentifierError(f"{where}: {exc}") from exc
 
 
 def copy_sessions(
@@ -175,9 +226,9 @@ def copy_sessions(
     """Copies every session of ``source`` into ``destination``, keeping timestamps and versions.
 
     Each session is written with one atomic ``restore``, so a copy that is interrupted leaves
-    whole sessions only; running it again skips the sessions that arrived (equal field by
-    field) and copies the rest. A session that differs at the destination is replaced by the
-    source's.
+    whole sessions only; running it again skips the sessions that arrived (exactly: the
+    same JSON text, as :func:`import_sessions` compares them) and copies the rest. A
+    session that differs at the destination is replaced by the source's.
 
     Args:
         source: the store to read; its mode must be the destination's.
