@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -63,7 +64,8 @@ def test_quitting_and_coming_back_shows_and_continues_the_conversation(url: str)
     assert "model offline" in first[0]
     assert "new session c1" in first
     assert any(line.startswith("assistant> Noted: your name is Ada.") for line in first)
-    assert first[-1] == "bye: resume with  savegame chat --session c1"
+    hint = f"savegame chat --session c1 --user ada --storage {shlex.quote(url)}"
+    assert first[-1] == f"bye: resume with  {hint}"
     second = chat("--storage", url, "--session", "c1", "--user", "ada", lines=["What is my name?"])
     at = second.index("resuming session c1: 1 earlier turns")
     assert second[at + 1] == "  you: My name is Ada."
@@ -73,6 +75,27 @@ def test_quitting_and_coming_back_shows_and_continues_the_conversation(url: str)
     assert stored is not None
     assert stored.user_id == "ada"  # type: ignore[attr-defined]
     assert len(stored.memory["runs"]) == 2  # type: ignore[attr-defined]
+
+
+def test_following_the_resume_hint_comes_back_to_the_same_store(tmp_path: Path) -> None:
+    """The hint names the store it was given (by ``-s``, as every command takes it), so
+    running it in another folder resumes the conversation instead of starting one."""
+    url = f"sqlite:///{tmp_path / 'chats' / 'my chats.db'}"
+    (tmp_path / "chats").mkdir()
+    first = chat("-s", url, "--session", "trip", lines=["My name is Ada."])
+    hint = first[-1].removeprefix("bye: resume with  ")
+    assert hint == f"savegame chat --session trip --storage '{url}'"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    words = shlex.split(hint)
+    assert words[:2] == ["savegame", "chat"]
+    again = chat(*words[2:], lines=["What is my name?"], cwd=elsewhere)
+    assert "resuming session trip: 1 earlier turns" in again
+    assert any(line.startswith("assistant> Your name is Ada.") for line in again)
+    assert not (elsewhere / "savegame.db").exists()
+    # A chat in the default store says so by leaving the store out.
+    here = chat("--session", "h", "--user", "bo", lines=["hi"], cwd=elsewhere)
+    assert here[-1] == "bye: resume with  savegame chat --session h --user bo"
 
 
 def test_in_chat_commands_list_start_rename_and_load_sessions(sqlite_url: str) -> None:

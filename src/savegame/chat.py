@@ -13,6 +13,7 @@ error ends only that turn (nothing of it is saved) and the chat goes on.
 from __future__ import annotations
 
 import datetime as dt
+import shlex
 import sys
 from typing import Annotated
 
@@ -30,6 +31,7 @@ HELP = (
 )
 HISTORY_RUNS = 10
 """Earlier turns sent to the model with each message."""
+DEFAULT_STORAGE = "sqlite:///savegame.db"
 
 
 def chat(
@@ -42,10 +44,11 @@ def chat(
         str,
         typer.Option(
             "--storage",
+            "-s",
             envvar="SAVEGAME_STORAGE",
             help="URL of the store: sqlite:///file.db, json:///dir, redis://host:6379/0, ...",
         ),
-    ] = "sqlite:///savegame.db",
+    ] = DEFAULT_STORAGE,
 ) -> None:
     """Chat with an agent whose conversation is saved after every message."""
     model, how = _model()
@@ -64,6 +67,7 @@ def chat(
         _show_session(agent)
         _say(HELP)
         _loop(agent, store)
+    _say(f"bye: resume with  {_resume_command(agent, storage)}")
 
 
 def _model() -> tuple[Model, str]:
@@ -96,7 +100,17 @@ def _loop(agent: Agent, store: Storage) -> None:
             _say(f"model error: {exc} (nothing was saved; send it again)")
             continue
         _say(f"{agent.name}> {answer.content}")
-    _say(f"bye: resume with  savegame chat --session {agent.session_id}")
+
+
+def _resume_command(agent: Agent, url: str) -> str:
+    """The command that comes back to this chat: its session, user and store, quoted for a
+    shell (a password in the URL shown as ``***``, as everywhere)."""
+    words = ["savegame", "chat", "--session", agent.session_id]
+    if agent.user_id is not None:
+        words += ["--user", agent.user_id]
+    if url != DEFAULT_STORAGE:
+        words += ["--storage", redact(url)]
+    return shlex.join(words)
 
 
 def _command(agent: Agent, store: Storage, text: str) -> bool:
