@@ -16,10 +16,12 @@ import pytest
 from sqlalchemy import MetaData, Table, update
 
 from savegame.errors import StorageError
+from savegame.storage.mysql import MySQLStorage
+from savegame.storage.postgres import PostgresStorage
 from savegame.storage.session.agent import AgentSession
-from savegame.storage.sql import SqlStorage
+from savegame.storage.sql import CONNECT_TIMEOUT, SqlStorage
 from savegame.testing import Store
-from tests.stores import BACKENDS, Backend
+from tests.stores import BACKENDS, Backend, mysql_url, postgres_url
 
 
 def _sibling(storage: SqlStorage, table_name: str) -> SqlStorage:
@@ -299,3 +301,31 @@ def test_a_call_cut_short_never_leaves_its_reply_to_the_next(sql_store: Store) -
             fairy.close()
     got = [storage.read(sid) for sid in ("a", "b")]
     assert [g.session_data for g in got if g is not None] == [{"n": 1}, {"n": 2}]  # type: ignore[attr-defined]
+
+
+def _connect_timeout(storage: SqlStorage) -> Any:
+    raw = storage.db_engine.raw_connection()
+    try:
+        driver = raw.driver_connection
+        if isinstance(storage, MySQLStorage):
+            return driver.connect_timeout  # type: ignore[union-attr]
+        return int(driver.info.get_parameters()["connect_timeout"])  # type: ignore[union-attr]
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize("server", ["postgres", "mysql"])
+def test_a_connect_timeout_in_the_url_is_kept(server: str) -> None:
+    cls, url = (
+        (PostgresStorage, postgres_url()) if server == "postgres" else (MySQLStorage, mysql_url())
+    )
+    separator = "&" if "?" in url else "?"
+    timeouts = []
+    for given in ({}, {"connect_timeout": 3}):
+        storage = cls("unused", db_url=f"{url}{separator}connect_timeout=17", **given)
+        timeouts.append(_connect_timeout(storage))
+        storage.close()
+    storage = cls("unused", db_url=url)
+    timeouts.append(_connect_timeout(storage))
+    storage.close()
+    assert timeouts == [17, 3, CONNECT_TIMEOUT]

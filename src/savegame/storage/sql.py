@@ -504,6 +504,18 @@ def engine_lock(engine: Engine) -> threading.RLock:
         return lock
 
 
+CONNECT_TIMEOUT = 5
+"""Seconds a server storage waits for a connection, unless told otherwise."""
+
+
+def _url_option(db_url: str, name: str) -> bool:
+    """Whether the SQLAlchemy URL ``db_url`` sets the query option ``name``."""
+    try:
+        return name in make_url(db_url).query
+    except sa_exc.ArgumentError:
+        return False  # server_engine says what is wrong with it
+
+
 def server_engine(db_url: str, driver: str, package: str, extra: str, **options: Any) -> Engine:
     """A shared engine for a database server, with ``driver`` unless the URL names one.
 
@@ -1940,7 +1952,8 @@ class ServerStorage(SqlStorage):
         auto_upgrade_schema: upgrade a table of an older layout on first write.
         mode: the storage mode.
         expire: seconds after its last write that a session expires.
-        connect_timeout: seconds to wait for a connection to the server.
+        connect_timeout: seconds to wait for a connection to the server; None: the
+            URL's ``connect_timeout`` option, or :data:`CONNECT_TIMEOUT`.
         cache_bytes: how many bytes the storage may remember of its recent sessions
             (:mod:`savegame.storage.known`); 0 remembers none.
 
@@ -1965,7 +1978,7 @@ class ServerStorage(SqlStorage):
         mode: Mode | None = "agent",
         expire: int | None = None,
         *,
-        connect_timeout: int = 5,
+        connect_timeout: int | None = None,
         cache_bytes: int = DEFAULT_BYTES,
     ) -> None:
         self.db_url = db_url
@@ -1973,7 +1986,10 @@ class ServerStorage(SqlStorage):
         if db_engine is None:
             if db_url is None:
                 raise ValueError(f"{type(self).__name__} needs db_url or db_engine")
-            db_engine = server_engine(db_url, *self.driver, **self.engine_options(connect_timeout))
+            options = self.engine_options(connect_timeout or CONNECT_TIMEOUT)
+            if connect_timeout is None and _url_option(db_url, "connect_timeout"):
+                del options["connect_args"]["connect_timeout"]  # the URL's, then
+            db_engine = server_engine(db_url, *self.driver, **options)
         super().__init__(
             table_name,
             db_engine,
