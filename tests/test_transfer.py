@@ -318,6 +318,14 @@ def test_a_session_differing_only_in_type_or_key_order_is_not_already_there(
     assert stored is not None
     assert type(stored.session_data["flag"]) is float  # type: ignore[attr-defined]
 
+    # A session replaced has a version past its line's: importing the line again finds it
+    # there, and writes nothing more.
+    changed = retyped.replace('"flag":true', '"flag":"x"')
+    assert transfer.import_sessions(backend_store(), [changed]).copied == 1
+    report = transfer.import_sessions(backend_store(), [changed])
+    assert (report.copied, report.unchanged) == (0, 1)
+    assert backend_store().read("s").session_data["flag"] == "x"  # type: ignore[union-attr]
+
 
 @pytest.mark.parametrize(
     ("bad", "error", "message"),
@@ -332,6 +340,12 @@ def test_a_session_differing_only_in_type_or_key_order_is_not_already_there(
             id="messages-mark",
         ),
         pytest.param(_line(created_at=1.5), SerializationError, "created_at", id="float-time"),
+        pytest.param(
+            '{"session_id":"p","session_data":{"t":"\ud83d\ude00"}}',
+            SerializationError,
+            "surrogate pair",
+            id="surrogate-pair-as-two-code-points",
+        ),
         pytest.param(_line(version=True), SerializationError, "version", id="bool-version"),
         pytest.param(
             '{"session_id":""}', InvalidIdentifierError, "must not be empty", id="empty-id"

@@ -129,7 +129,8 @@ class Report:
 
 
 def _exact_text(session: Session, ordered: bool = True) -> str:
-    """The JSON text of ``session`` that two sessions share only when they are the same.
+    """The JSON text of ``session`` but its version, which two sessions share only when
+    they hold the same.
 
     ``==`` would call ``1``, ``1.0`` and ``True`` equal and ignore the order of keys; the
     text keeps every type apart. ``ordered``: the order of keys counts too; pass False for a
@@ -139,17 +140,25 @@ def _exact_text(session: Session, ordered: bool = True) -> str:
     Raises:
         SerializationError: when the session holds a value JSON cannot carry.
     """
-    return json.dumps(encode(session.to_dict()), sort_keys=not ordered, separators=(",", ":"))
+    data = encode(session.to_dict())
+    data.pop("version", None)
+    return json.dumps(data, sort_keys=not ordered, separators=(",", ":"))
 
 
 def _put_all(destination: Storage, sessions: list[Session], report: Report) -> None:
     """Restores each session unless ``destination`` holds it already, exactly (see
-    :func:`_exact_text`)."""
+    :func:`_exact_text`) and at its version or a later one: a session replaced once (whose
+    version then went past the source's, see :meth:`Storage.restore`) is not written again
+    by the next run."""
     ordered = "key_order" in type(destination).capabilities
     there = {s.session_id: s for s in destination.read_many(s.session_id for s in sessions)}
     for session in sessions:
         stored = there.get(session.session_id)
-        if stored is not None and _exact_text(stored, ordered) == _exact_text(session, ordered):
+        if (
+            stored is not None
+            and (stored.version or 1) >= (session.version or 1)  # type: ignore[attr-defined]
+            and _exact_text(stored, ordered) == _exact_text(session, ordered)
+        ):
             report.unchanged += 1
         else:
             destination.restore(session)
@@ -209,6 +218,7 @@ def _check(storage: Storage, session: Session, where: str) -> None:
     # write's own and cannot drift from it.
     try:
         storage._prepare(session)
+        session_line(session)  # what a store would give back changed (a surrogate pair)
     except SerializationError as exc:
         raise SerializationError(f"{where}: {exc}") from exc
     except InvalidIdentifierError as exc:
