@@ -363,3 +363,22 @@ def test_json_written_by_another_tool_with_spaces_around_it_reads(tmp_path: Path
     session = SqliteStorage("t", db_file=tmp_path / "s.db").read("s")
     assert session is not None
     assert session.session_data == {"a": 1}
+
+
+def test_a_name_that_differs_only_in_case_from_another_tables_is_refused(tmp_path: Path) -> None:
+    # SQLite takes "Chat" and "chat" for one table: a storage named "Chat" would list, and
+    # drop, the sessions of the storage named "chat".
+    path = tmp_path / "case.db"
+    first = SqliteStorage("chat", db_file=str(path))
+    first.upsert(AgentSession(session_id="s", user_id="u"))
+    other = SqliteStorage("Chat", db_file=str(path))
+    for call in (
+        lambda: other.read("s"),
+        other.get_all_session_ids,
+        lambda: other.upsert(AgentSession(session_id="t")),
+        other.drop,
+        other.upgrade_schema,
+    ):
+        with pytest.raises(InvalidIdentifierError, match="'Chat' is the table 'chat'"):
+            call()
+    assert SqliteStorage("chat", db_file=str(path)).get_all_session_ids() == ["s"]

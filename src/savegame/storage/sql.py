@@ -107,6 +107,7 @@ from savegame.errors import (
     BackendUnavailableError,
     ConflictError,
     CorruptSessionError,
+    InvalidIdentifierError,
     MissingDependencyError,
     SerializationError,
     StorageError,
@@ -197,6 +198,7 @@ class SqlDialect(ABC):
         read_isolation: the isolation level that makes the statements of a read through
             SQLAlchemy one snapshot (None where every transaction already is one).
         table_options: keyword arguments for each :class:`~sqlalchemy.Table`.
+        names_ignore_case: whether table names that differ only in case name one table.
         round_trips: whether each statement goes to a server and back (False for an
             embedded database, where fewer statements matter less than simpler ones).
     """
@@ -205,6 +207,7 @@ class SqlDialect(ABC):
     settings: tuple[Any, ...] = ()
     """What :meth:`configure` sets on a connection; a connection is set up again when it differs."""
     read_isolation: ClassVar[str | None] = None
+    names_ignore_case: ClassVar[bool] = False
     table_options: ClassVar[dict[str, Any]] = {}
     round_trips: ClassVar[bool] = True
 
@@ -1237,6 +1240,15 @@ class SqlStorage(Storage):
         inspector = inspect(conn)
         if not inspector.has_table(self.table_name, self.schema):
             return _MISSING
+        if self.dialect.names_ignore_case:
+            folded = self.table_name.casefold()
+            for name in inspector.get_table_names(self.schema):
+                if name.casefold() == folded and name != self.table_name:
+                    raise InvalidIdentifierError(
+                        f"{self.dialect.title} table names ignore case: table "
+                        f"{self.table_name!r} is the table {name!r} here, another storage's; "
+                        f"open that one as {name!r}, or give this storage another name"
+                    )
         version = ORIGINAL_VERSION
         if inspector.has_table(MIGRATIONS_TABLE, self.schema):
             migrations = self._tables.migrations

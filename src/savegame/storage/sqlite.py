@@ -64,6 +64,7 @@ class SqliteDialect(SqlDialect):
 
     title = "SQLite"
     round_trips = False
+    names_ignore_case = True
 
     def __init__(self, synchronous: str, busy_timeout: float, wal: bool) -> None:
         self.synchronous = synchronous
