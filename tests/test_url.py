@@ -261,6 +261,13 @@ def test_each_option_a_scheme_lists_is_taken(scheme: str, tmp_path: Path) -> Non
         assert storage.expire == 60
 
 
+def test_sqlite_with_three_slashes_and_no_path_is_refused() -> None:
+    # "sqlite:///$DB" with DB unset: an in-memory database would lose what it was given.
+    with pytest.raises(InvalidIdentifierError, match="sqlite:/// names no file"):
+        open_storage("sqlite:///")
+    assert open_storage("sqlite://").read("any") is None
+
+
 @pytest.mark.parametrize(
     ("query", "message"),
     [

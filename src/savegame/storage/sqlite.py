@@ -240,7 +240,8 @@ def from_url(url: StorageURL) -> SqliteStorage:
     Query parameters: ``table``, ``expire``, ``synchronous``, ``busy_timeout``.
 
     Raises:
-        InvalidIdentifierError: for a bad table name or option value.
+        InvalidIdentifierError: for a bad table name or option value, or ``sqlite:///``
+            with no path.
     """
     table = url.pop_namespace()
     expire = url.pop_int("expire")
@@ -250,6 +251,13 @@ def from_url(url: StorageURL) -> SqliteStorage:
             f"synchronous={synchronous!r} in storage URL must be one of {', '.join(SYNCHRONOUS)}"
         )
     busy_timeout = url.pop_number("busy_timeout")
+    if url.raw.startswith("sqlite:///") and url.path == "":
+        # What "sqlite:///$DB" gives when DB is unset: an in-memory database would take the
+        # writes and lose them when the process ends.
+        raise InvalidIdentifierError(
+            "sqlite:/// names no file; give its path (sqlite:///app.db), or sqlite:// for a "
+            "database in memory"
+        )
     path = url.path if url.path not in ("", ":memory:") else None
     return SqliteStorage(
         table,
