@@ -532,3 +532,40 @@ def test_copy_killed_half_way_then_run_again(tmp_path: Path) -> None:
         assert ids == source.get_all_session_ids()
         for session_id in ids:
             assert dst().read(session_id) == source.read(session_id)
+
+
+def test_show_gives_a_workflows_input_output_and_steps(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    workflow = MODES["workflow"].session_class.from_dict(
+        {
+            "session_id": "wf",
+            "memory": {
+                "runs": [{"input": {"args": ["cats"], "kwargs": {}}, "output": "report on cats"}]
+            },
+        }
+    )
+    steps = MODES["workflow_v2"].session_class.from_dict(
+        {
+            "session_id": "st",
+            "runs": [
+                {
+                    "input": {"topic": "dogs"},
+                    "steps": [
+                        {"name": "fetch", "status": "completed", "output": "3 pages"},
+                        {"name": "write", "status": "pending"},
+                    ],
+                }
+            ],
+        }
+    )
+    assert workflow is not None
+    assert steps is not None
+    open_storage(url, mode="workflow").upsert(workflow)
+    open_storage(url, mode="workflow_v2").upsert(steps)
+    shown = text(savegame("sessions", "show", "wf", "-s", url, "-m", "workflow"))
+    assert 'user: {"args": ["cats"], "kwargs": {}}' in shown
+    assert "assistant: report on cats" in shown
+    shown = text(savegame("sessions", "show", "st", "-s", url, "-m", "workflow_v2"))
+    assert 'user: {"topic": "dogs"}' in shown
+    assert "step fetch: 3 pages" in shown
+    assert "step write" not in shown

@@ -550,12 +550,21 @@ def _messages(run: Any) -> list[tuple[str, str]]:
             if isinstance(m, dict)
         ]
     pairs = []
-    for key, role in (("message", "user"), ("input", "user"), ("response", "assistant")):
+    for key, role in (
+        ("message", "user"),
+        ("input", "user"),
+        ("response", "assistant"),
+        ("output", "assistant"),
+    ):
         value = run.get(key)
-        if isinstance(value, dict):
-            pairs.append((str(value.get("role", role)), _text(value.get("content"))))
+        if isinstance(value, dict) and "content" in value:
+            pairs.append((str(value.get("role", role)), _text(value["content"])))
         elif value is not None:
-            pairs.append((role, _text(value)))
+            pairs.append((role, _text(value)))  # a workflow's arguments, say
+    steps = run.get("steps")
+    for step in steps if isinstance(steps, list) else ():
+        if isinstance(step, dict) and "output" in step:
+            pairs.append((f"step {step.get('name', '?')}", _text(step["output"])))
     return pairs or [("run", _text(run))]
 
 
