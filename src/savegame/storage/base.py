@@ -47,11 +47,9 @@ from savegame.storage.session import (
     ModeSpec,
     Session,
     beside_runs,
-    field_kinds,
     fold_messages,
     mode_spec,
     split_runs,
-    text_fields,
     unfold_messages,
     with_runs,
 )
@@ -439,7 +437,7 @@ class Storage(ABC):
         problem = whole_number_problem(data, ("created_at", "updated_at", "version"))
         if problem is not None:
             raise SerializationError(f"session {session.session_id!r}: {problem}")
-        for key in text_fields(spec):
+        for key in spec.text_fields:
             value = data.get(key)
             if type(value) is str:
                 check_text_field(value, key)
@@ -513,9 +511,11 @@ class Storage(ABC):
                 it, saved again, would lose it.
         """
         record.pop("expires_at", None)
-        extra = record.keys() - field_kinds(self._spec).keys()
-        if extra and any(record[key] is not None for key in extra):
-            raise CorruptSessionError(self._of_another_mode(record, extra))
+        fields = self._spec.fields
+        if not fields.issuperset(record):
+            extra = record.keys() - fields
+            if any(record[key] is not None for key in extra):
+                raise CorruptSessionError(self._of_another_mode(record, extra))
         if record.get("version") is None:
             record["version"] = 1
         unfold_messages(record, self._spec.runs_path, _copy)
@@ -526,7 +526,7 @@ class Storage(ABC):
     def _of_another_mode(self, record: Record, extra: set[str]) -> str:
         """Why ``record``, holding values under the names ``extra``, is not read as a session."""
         held = sorted(key for key in extra if record[key] is not None)
-        modes = [m for m, spec in MODES.items() if set(held) <= field_kinds(spec).keys()]
+        modes = [m for m, spec in MODES.items() if spec.fields.issuperset(held)]
         likely = (
             f"a {modes[0]} session: open the store with mode={modes[0]!r}"
             if modes

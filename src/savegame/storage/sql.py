@@ -128,7 +128,6 @@ from savegame.storage.session import (
     Mode,
     ModeSpec,
     Session,
-    field_kinds,
     mode_spec,
     set_path,
     split_runs,
@@ -448,7 +447,7 @@ def _new_tables(spec: ModeSpec, dialect: SqlDialect, name: str, schema: str | No
     indexed = {"user_id", spec.entity_field}
     json_columns: set[str] = set()
     columns: list[Column[Any]] = []
-    for field, kind in field_kinds(spec).items():
+    for field, kind in spec.kinds.items():
         if field == "session_id":
             columns.append(Column(field, dialect.id_type(), primary_key=True))
         elif kind is str:

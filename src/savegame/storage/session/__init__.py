@@ -6,9 +6,8 @@ the runs of a session live) is read from :data:`MODES`; no backend branches on t
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from savegame.storage.session.agent import AgentSession
@@ -31,12 +30,32 @@ class ModeSpec:
         runs_path: where the list of runs sits in the session's dict; the SQL and Redis
             backends keep one row or entry per run there, so that a save writes only what
             changed.
+        kinds: each field of the session class and the Python type it holds: ``str`` for
+            the fields kept as plain text, ``int`` for numbers, ``dict`` or ``list`` for
+            JSON values.
+        fields: the names of ``kinds``.
+        text_fields: the fields kept as plain text that are not ids (the session's, the
+            user's, the entity's), which are checked as ids.
     """
 
     mode: str
     session_class: type[Session]
     entity_field: str
     runs_path: tuple[str, ...]
+    kinds: dict[str, type] = field(init=False, compare=False, repr=False)
+    fields: frozenset[str] = field(init=False, compare=False, repr=False)
+    text_fields: tuple[str, ...] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        kinds: dict[str, type] = {}
+        for name, hint in get_type_hints(self.session_class).items():
+            args = [a for a in get_args(hint) if a is not type(None)] or [hint]
+            kinds[name] = get_origin(args[0]) or args[0]
+        object.__setattr__(self, "kinds", kinds)
+        object.__setattr__(self, "fields", frozenset(kinds))
+        ids = ("session_id", "user_id", self.entity_field)
+        text = tuple(name for name, kind in kinds.items() if kind is str and name not in ids)
+        object.__setattr__(self, "text_fields", text)
 
 
 MODES: dict[str, ModeSpec] = {
@@ -50,23 +69,6 @@ MODES: dict[str, ModeSpec] = {
 }
 
 AnySession = AgentSession | TeamSession | WorkflowSession | WorkflowSessionV2
-
-
-@functools.cache
-def field_kinds(spec: ModeSpec) -> dict[str, type]:
-    """Each field of the mode's session class and the Python type it holds: ``str`` for the
-    fields kept as plain text, ``int`` for numbers, ``dict`` or ``list`` for JSON values."""
-    kinds: dict[str, type] = {}
-    for name, hint in get_type_hints(spec.session_class).items():
-        args = [a for a in get_args(hint) if a is not type(None)] or [hint]
-        kinds[name] = get_origin(args[0]) or args[0]
-    return kinds
-
-
-@functools.cache
-def text_fields(spec: ModeSpec) -> tuple[str, ...]:
-    """The fields of the mode's session class kept as plain text (see :func:`field_kinds`)."""
-    return tuple(name for name, kind in field_kinds(spec).items() if kind is str)
 
 
 def get_path(data: dict[str, Any], path: tuple[str, ...]) -> Any:
