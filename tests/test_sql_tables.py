@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import MetaData, Table, update
+from sqlalchemy import MetaData, Table, delete, select, update
 
 from savegame.errors import StorageError
 from savegame.storage.mysql import MySQLStorage
 from savegame.storage.postgres import PostgresStorage
 from savegame.storage.session.agent import AgentSession
-from savegame.storage.sql import CONNECT_TIMEOUT, SqlStorage
+from savegame.storage.sql import CONNECT_TIMEOUT, LATEST, SqlStorage
 from savegame.testing import Store
 from tests.stores import BACKENDS, Backend, mysql_url, postgres_url
 
@@ -176,6 +176,32 @@ def test_a_read_while_another_storage_upgrades_the_original_table_is_whole(
     assert got.memory == {"runs": runs}
     [listed] = reader.get_all_sessions(user_id="u")
     assert listed.memory == {"runs": runs}
+
+
+def test_a_latest_table_whose_record_was_lost_is_taken_at_the_latest_layout(
+    sql_store: Store,
+) -> None:
+    # A call cut short after making the tables, before recording them (MySQL commits each
+    # CREATE TABLE at once), left every column but no line in savegame_migrations: the
+    # next storage writes on the table, and records it, rather than calling it original.
+    first = _sql(sql_store)
+    runs = [{"run_id": "0"}, {"run_id": "1"}]
+    first.upsert(AgentSession(session_id="s", memory={"runs": runs}))
+    with first.db_engine.begin() as conn:
+        migrations = Table("savegame_migrations", MetaData(schema=first.schema), autoload_with=conn)
+        conn.execute(delete(migrations).where(migrations.c.table_name == first.table_name))
+    second = _sibling(first, first.table_name)
+    got = second.read("s")
+    assert got is not None
+    assert got.memory == {"runs": runs}
+    second.upsert(AgentSession(session_id="t"))
+    second.upgrade_schema()
+    assert sorted(second.get_all_session_ids()) == ["s", "t"]
+    with first.db_engine.connect() as conn:
+        recorded = conn.execute(
+            select(migrations.c.version).where(migrations.c.table_name == first.table_name)
+        ).scalar()
+    assert recorded == LATEST
 
 
 def test_a_read_fetches_only_the_runs_the_reader_does_not_remember(sql_store: Store) -> None:

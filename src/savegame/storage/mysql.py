@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Column, Integer, Table, case, cast, func, literal_column, text
@@ -105,17 +104,6 @@ class MySQLDialect(SqlDialect):
         "mysql_charset": "utf8mb4",
         "mysql_collate": "utf8mb4_bin",
     }
-
-    @contextmanager
-    def transaction(self, conn: Connection, write: bool) -> Iterator[Connection]:
-        # The level of a read is set for its transaction alone by a statement of its own,
-        # not by execution_options: PyMySQL runs that SET SESSION outside SQLAlchemy, whose
-        # error on a dead pooled connection would then keep it in the pool; and it costs one
-        # round trip here, where the session's level set and reset again costs two.
-        with conn.begin():
-            if not write:
-                conn.exec_driver_sql(f"SET TRANSACTION ISOLATION LEVEL {self.read_isolation}")
-            yield conn
 
     def json_type(self) -> TypeEngine[Any]:
         return JsonText("LONGTEXT")

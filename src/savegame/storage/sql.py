@@ -297,9 +297,21 @@ class SqlDialect(ABC):
 
     @contextmanager
     def transaction(self, conn: Connection, write: bool) -> Iterator[Connection]:
-        """A transaction through SQLAlchemy: a snapshot for reads, row locks for writes."""
+        """A transaction through SQLAlchemy: a snapshot for reads, row locks for writes.
+
+        Raises:
+            DeadConnection: when the connection, taken from the pool, is found dead while
+                its isolation level is set (a statement SQLAlchemy leaves to the driver).
+        """
         if not write and self.read_isolation is not None:
-            conn = conn.execution_options(isolation_level=self.read_isolation)
+            try:
+                conn = conn.execution_options(isolation_level=self.read_isolation)
+            except conn.dialect.loaded_dbapi.Error as exc:
+                raw = conn.connection.driver_connection
+                if not conn.dialect.is_disconnect(exc, raw, None):
+                    raise
+                conn.invalidate(exc)
+                raise DeadConnection(f"a pooled connection was dead: {exc}") from exc
         with conn.begin():
             yield conn
 
@@ -373,10 +385,12 @@ class Migration:
 
 @dataclass(frozen=True)
 class _Layout:
-    """What a storage knows about its table: the layout version and the columns it has."""
+    """What a storage knows about its table: the layout version and the columns it has;
+    ``recorded``: whether ``savegame_migrations`` says so."""
 
     version: int
     columns: frozenset[str]
+    recorded: bool = True
 
 
 _MISSING = _Layout(0, frozenset())
@@ -795,6 +809,11 @@ class _Statements:
         return statement
 
 
+class DeadConnection(BackendUnavailableError):
+    """A pooled connection found dead where SQLAlchemy does not look (while savegame sets it
+    up); it has been discarded, and the call may run again on another."""
+
+
 class _TableGone(StorageError):
     """The table was dropped by another storage or process since this one last saw it."""
 
@@ -1075,18 +1094,27 @@ class SqlStorage(Storage):
         return StorageError(f"{title} at {self.where()}, table {self.table_name!r}: {error}")
 
     def _call(self, fn: Callable[[], T]) -> T:
-        """Runs ``fn``, which works through SQLAlchemy, once more when its connection was dead.
+        """Runs ``fn``, which works through SQLAlchemy, again when its connection was dead.
 
         SQLAlchemy discards every pooled connection when it finds one dead, so the second
-        run connects afresh; when that fails too, the server is down.
+        run connects afresh; when that fails too, the server is down. A connection found
+        dead while savegame sets it up (:class:`DeadConnection`) is discarded alone, so the
+        call runs again up to :data:`_DEAD_POOLED` times, each on another.
         """
         with self._guard():
-            try:
-                return fn()
-            except sa_exc.DBAPIError as exc:
-                if not exc.connection_invalidated:
-                    raise
-            return fn()
+            dead = 0
+            while True:
+                try:
+                    return fn()
+                except DeadConnection:
+                    # Only that connection was discarded: the pool may hold more like it.
+                    dead += 1
+                    if dead > _DEAD_POOLED:
+                        raise
+                except sa_exc.DBAPIError as exc:
+                    if not exc.connection_invalidated:
+                        raise
+                    return fn()
 
     def _on_connection(self, fn: Callable[[Any], T]) -> T:
         """Runs ``fn`` on a DBAPI connection from the pool, set up for savegame.
@@ -1165,30 +1193,29 @@ class SqlStorage(Storage):
 
         Storages sharing an engine may want other settings (SQLite's synchronous). They are
         set on the driver's connection, outside SQLAlchemy, which therefore does not notice
-        a pooled connection found dead there (a server restart): it is discarded here, and
-        another taken, as :meth:`_on_connection` does.
+        a pooled connection found dead there (a server restart).
+
+        Raises:
+            DeadConnection: for such a connection, which is discarded (see :meth:`_call`).
         """
-        attempt = 0
-        while True:
-            conn = self.db_engine.connect()
-            if conn.info.get("savegame") == self.dialect.settings:
-                return conn
-            raw = conn.connection.driver_connection
-            try:
-                self.dialect.configure(raw)
-            except BaseException as exc:
-                dead = isinstance(exc, self._driver_errors) and (
-                    self.db_engine.dialect.is_disconnect(exc, raw, None)  # type: ignore[arg-type]
-                )
-                if dead:
-                    conn.invalidate(exc)
-                conn.close()
-                if not (dead and attempt < _DEAD_POOLED):
-                    raise
-                attempt += 1
-                continue
-            conn.info["savegame"] = self.dialect.settings
+        conn = self.db_engine.connect()
+        if conn.info.get("savegame") == self.dialect.settings:
             return conn
+        raw = conn.connection.driver_connection
+        try:
+            self.dialect.configure(raw)
+        except BaseException as exc:
+            dead = isinstance(exc, self._driver_errors) and (
+                self.db_engine.dialect.is_disconnect(exc, raw, None)  # type: ignore[arg-type]
+            )
+            if dead:
+                conn.invalidate(exc)
+            conn.close()
+            if dead:
+                raise DeadConnection(f"a pooled connection was dead: {exc}") from exc
+            raise
+        conn.info["savegame"] = self.dialect.settings
+        return conn
 
     @contextmanager
     def _transaction(self, write: bool) -> Iterator[Connection]:
@@ -1264,6 +1291,12 @@ class SqlStorage(Storage):
                 f" (those of table {self.table_name.removesuffix('_runs')!r}); give this"
                 " storage another table name"
             )
+        if names >= set(self.table.c.keys()) and self._runs_table_is(conn):
+            # Every column of the latest layout, and its runs table, with no record saying
+            # so: tables made (or upgraded) by a call cut short before it recorded them,
+            # as MySQL's DDL commits table by table. Rows without their runs apart read as
+            # they are (run_count is NULL), so the table is taken at the latest layout.
+            return _Layout(LATEST, frozenset(self.table.c.keys()), recorded=False)
         return _Layout(version, frozenset(names))
 
     def _runs_table_is(self, conn: Connection) -> bool | None:
@@ -1402,7 +1435,7 @@ class SqlStorage(Storage):
                     for migration in MIGRATIONS:
                         if migration.version > layout.version:
                             migration.apply(self, conn)
-                if layout.version == 0 or upgrade:
+                if layout.version == 0 or upgrade or not layout.recorded:
                     self._record_version(conn, LATEST)
                     layout = _Layout(LATEST, frozenset(self.table.c.keys()))
                 return layout
