@@ -124,7 +124,7 @@ def test_a_damaged_file_never_breaks_a_listing(tmp_path: Path, cls: type[FileSto
         {"user_id": {"name": "ann"}},
         {"agent_id": 7},
         {"created_at": 2**63},
-        {"created_at": 1.5},
+        {"created_at": -5},
         {"expires_at": "2030-01-01"},
         {"version": "3"},
     ],
@@ -257,3 +257,21 @@ def test_a_damaged_index_raises_savegames_error_and_rolls_back(tmp_path: Path) -
     fresh = JsonStorage(tmp_path / "s")  # makes the index's tables again
     fresh.rebuild_index()
     assert "a" in fresh.get_all_session_ids(user_id="u")
+
+
+@pytest.mark.parametrize("cls", FORMATS)
+def test_times_an_earlier_savegame_stored_as_floats_are_read_as_whole_seconds(
+    tmp_path: Path, cls: type[FileStorage]
+) -> None:
+    storage = cls(tmp_path)
+    storage.upsert(AgentSession(session_id="s", user_id="u"))
+    path = tmp_path / f"s{cls.format.extension}"
+    content = cls.format.load(path.read_bytes())
+    content.update(created_at=1796514380.75, updated_at=1796514381.25)
+    path.write_bytes(cls.format.dump(content))
+    readers = (storage, cls(tmp_path))
+    for reader in readers:
+        [got] = reader.get_all_sessions(user_id="u")
+        assert (got.created_at, got.updated_at) == (1796514380, 1796514381)
+    got.session_data = {"saved": "again"}
+    assert readers[1].upsert(got).created_at == 1796514380

@@ -812,3 +812,19 @@ def test_a_write_that_a_client_of_the_users_own_sends_again_is_never_made_twice(
             client.close()
         with RedisStorage(prefix, url=server) as cleanup:
             cleanup.drop()
+
+
+def test_times_an_earlier_savegame_stored_as_floats_are_read_as_whole_seconds(
+    server: str, raw: Any, prefix: str
+) -> None:
+    RedisStorage(prefix, url=server).upsert(_session("s", _runs(1), user_id="u"))
+    header = "{" + prefix + "}:h:s"
+    data = json.loads(raw.hget(header, "data"))
+    data.update(created_at=1796514380.75, updated_at=1796514381.25)
+    raw.hset(header, mapping={"data": json.dumps(data), "created_at": "1796514380.75"})
+    storage = RedisStorage(prefix, url=server)
+    [got] = storage.get_all_sessions(user_id="u")
+    assert (got.created_at, got.updated_at) == (1796514380, 1796514381)
+    got.session_data = {"saved": "again"}
+    assert storage.upsert(got).created_at == 1796514380
+    storage.close()

@@ -511,6 +511,11 @@ class Storage(ABC):
                 it, saved again, would lose it.
         """
         record.pop("expires_at", None)
+        for key in ("created_at", "updated_at"):
+            if type(record.get(key)) is float:
+                # Stored by an earlier savegame, which took time.time() as it came: read as
+                # whole seconds, so the session can be saved again.
+                record[key] = int(record[key])
         fields = self._spec.fields
         if not fields.issuperset(record):
             extra = record.keys() - fields

@@ -959,7 +959,14 @@ def _text(value: Any) -> str:
 
 
 def _int(value: Any) -> int | None:
-    return None if value is None else int(value)
+    """A stored whole number; a time stored as a float by an earlier savegame, which took
+    time.time() as it came, is cut to its whole seconds."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return int(float(value))
 
 
 def _describe(client: Any) -> str:
