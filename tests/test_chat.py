@@ -96,6 +96,10 @@ def test_following_the_resume_hint_comes_back_to_the_same_store(tmp_path: Path) 
     # A chat in the default store says so by leaving the store out.
     here = chat("--session", "h", "--user", "bo", lines=["hi"], cwd=elsewhere)
     assert here[-1] == "bye: resume with  savegame chat --session h --user bo"
+    # ... unless SAVEGAME_STORAGE names another, which would stand in for it.
+    default = "sqlite:///savegame.db"
+    here = chat("--session", "h", "-s", default, lines=["hi"], cwd=elsewhere, SAVEGAME_STORAGE=url)
+    assert here[-1] == f"bye: resume with  savegame chat --session h --user bo --storage {default}"
 
 
 def test_in_chat_commands_list_start_rename_and_load_sessions(sqlite_url: str) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import MetaData, Table, delete, select, update
 
-from savegame.errors import StorageError
+from savegame.errors import CorruptSessionError, StorageError
 from savegame.storage.mysql import MySQLStorage
 from savegame.storage.postgres import PostgresStorage
 from savegame.storage.session.agent import AgentSession
@@ -355,3 +355,19 @@ def test_a_connect_timeout_in_the_url_is_kept(server: str) -> None:
     timeouts.append(_connect_timeout(storage))
     storage.close()
     assert timeouts == [17, 3, CONNECT_TIMEOUT]
+
+
+def test_a_session_written_into_a_table_of_another_mode_is_refused(sql_store: Store) -> None:
+    agents = _sql(sql_store)
+    agents.upsert(AgentSession(session_id="a"))
+    options: dict[str, Any] = {"db_engine": agents.db_engine, "mode": "team"}
+    if agents.schema is not None:
+        options["schema"] = agents.schema
+    teams = type(agents)(agents.table_name, **options)  # type: ignore[call-arg]
+    team = teams.spec.session_class.from_dict({"session_id": "t", "team_id": "squad"})
+    assert team is not None
+    with pytest.raises(CorruptSessionError, match="lacks a column of team sessions"):
+        teams.upsert(team)
+    with pytest.raises(CorruptSessionError, match="lacks a column of team sessions"):
+        teams.read("a")
+    assert agents.get_all_session_ids() == ["a"]

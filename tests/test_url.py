@@ -263,8 +263,9 @@ def test_each_option_a_scheme_lists_is_taken(scheme: str, tmp_path: Path) -> Non
 
 def test_sqlite_with_three_slashes_and_no_path_is_refused() -> None:
     # "sqlite:///$DB" with DB unset: an in-memory database would lose what it was given.
-    with pytest.raises(InvalidIdentifierError, match="sqlite:/// names no file"):
-        open_storage("sqlite:///")
+    for url in ("sqlite:///", "SQLITE:///", "Sqlite:///?table=t"):
+        with pytest.raises(InvalidIdentifierError, match="sqlite:/// names no file"):
+            open_storage(url)
     assert open_storage("sqlite://").read("any") is None
 
 
@@ -275,6 +276,8 @@ def test_sqlite_with_three_slashes_and_no_path_is_refused() -> None:
         ("busy_timeout=-1", r"busy_timeout='-1' .*0 or more"),
         ("busy_timeout=inf", r"busy_timeout='inf' .*0 or more"),
         ("busy_timeout=nan", r"busy_timeout='nan' .*0 or more"),
+        ("busy_timeout=1e308", r"busy_timeout must be a number of seconds from 0 to 2147483"),
+        ("expire=0", r"expire must be None .* from 1 to"),
         ("synchronous=sometimes", r"synchronous='sometimes' .*one of FULL, NORMAL, EXTRA"),
         ("expire=soon", r"expire='soon' .*whole number"),
     ],
@@ -321,3 +324,13 @@ def test_mysql_without_pymysql_still_names_the_extra() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert 'pip install "savegame[mysql]"' in done.stdout
+
+
+def test_a_password_in_a_server_urls_query_stays_out_of_messages() -> None:
+    from savegame.storage.postgres import PostgresStorage
+
+    storage = PostgresStorage("t", db_url="postgresql+psycopg://u@127.0.0.1:1/db?password=hunter2")
+    assert "hunter2" not in storage.where()
+    assert "password=***" in storage.where()
+    storage.close()
+    assert redact("mysql+pymysql://root:se?cret@h/db") == "mysql+pymysql://root:***@h/db"

@@ -13,6 +13,7 @@ error ends only that turn (nothing of it is saved) and the chat goes on.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shlex
 import sys
 from typing import Annotated
@@ -108,7 +109,9 @@ def _resume_command(agent: Agent, url: str) -> str:
     words = ["savegame", "chat", "--session", agent.session_id]
     if agent.user_id is not None:
         words += ["--user", agent.user_id]
-    if url != DEFAULT_STORAGE:
+    # Left out only where it goes without saying: the default, with no SAVEGAME_STORAGE
+    # to stand in for it when the command runs again.
+    if url != DEFAULT_STORAGE or os.environ.get("SAVEGAME_STORAGE"):
         words += ["--storage", redact(url)]
     return shlex.join(words)
 

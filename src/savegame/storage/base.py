@@ -531,7 +531,10 @@ class Storage(ABC):
     def _of_another_mode(self, record: Record, extra: set[str]) -> str:
         """Why ``record``, holding values under the names ``extra``, is not read as a session."""
         held = sorted(key for key in extra if record[key] is not None)
-        modes = [m for m, spec in MODES.items() if spec.fields.issuperset(held)]
+        present = {key for key, value in record.items() if value is not None}
+        # The modes with a field for each value this one lacks, the closest fit first.
+        fits = [(len(present - s.fields), m) for m, s in MODES.items() if s.fields.issuperset(held)]
+        modes = [m for _, m in sorted(fits)]
         likely = (
             f"a {modes[0]} session: open the store with mode={modes[0]!r}"
             if modes

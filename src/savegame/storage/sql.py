@@ -132,7 +132,7 @@ from savegame.storage.session import (
     set_path,
     split_runs,
 )
-from savegame.storage.url import StorageURL
+from savegame.storage.url import StorageURL, redact
 
 MIGRATIONS_TABLE = "savegame_migrations"
 """The table, in each schema savegame writes to, that records each table's layout version."""
@@ -1043,7 +1043,7 @@ class SqlStorage(Storage):
 
     def where(self) -> str:
         """The database, for messages (passwords hidden)."""
-        return self.db_engine.url.render_as_string(hide_password=True)
+        return redact(self.db_engine.url.render_as_string(hide_password=True))
 
     # -- transactions and errors ----------------------------------------------------------
 
@@ -1718,7 +1718,7 @@ class SqlStorage(Storage):
         names = [name for name, _, _ in self._columns]
 
         def read() -> None:
-            layout = self._current()
+            layout = self._layout
             with self._transaction(False) as conn:
                 if layout.version < LATEST:
                     # The layout as of the snapshot that reads the rows: an upgrade
@@ -2030,7 +2030,8 @@ class ServerStorage(SqlStorage):
         if db_engine is None:
             if db_url is None:
                 raise ValueError(f"{type(self).__name__} needs db_url or db_engine")
-            options = self.engine_options(connect_timeout or CONNECT_TIMEOUT)
+            timeout = CONNECT_TIMEOUT if connect_timeout is None else connect_timeout
+            options = self.engine_options(timeout)
             if connect_timeout is None and _url_option(db_url, "connect_timeout"):
                 del options["connect_args"]["connect_timeout"]  # the URL's, then
             db_engine = server_engine(db_url, *self.driver, **options)

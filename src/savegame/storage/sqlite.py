@@ -116,7 +116,8 @@ class SqliteDialect(SqlDialect):
         return str(error).startswith("no such table")
 
     def missing_column(self, error: BaseException) -> bool:
-        return str(error).startswith("no such column")
+        message = str(error)
+        return message.startswith("no such column") or " has no column named " in message
 
 
 def in_memory(url: URL) -> bool:
@@ -130,6 +131,10 @@ def _file_of(url: URL) -> Path | None:
     if in_memory(url) or not database or database.startswith("file:") or url.query.get("uri"):
         return None
     return Path(database)
+
+
+MAX_BUSY_TIMEOUT = 2_147_483
+"""The longest busy timeout, in seconds: SQLite takes it in milliseconds, as a 32-bit int."""
 
 
 def make_engine(url: str | URL, busy_timeout: float = 30.0) -> Engine:
@@ -195,6 +200,11 @@ class SqliteStorage(SqlStorage):
             raise ValueError(
                 f"synchronous must be one of {', '.join(SYNCHRONOUS)}, not {synchronous!r}"
             )
+        if type(busy_timeout) not in (int, float) or not 0 <= busy_timeout <= MAX_BUSY_TIMEOUT:
+            raise ValueError(
+                f"busy_timeout must be a number of seconds from 0 to {MAX_BUSY_TIMEOUT}, "
+                f"not {busy_timeout!r}"
+            )
         self.db_url = db_url
         self.db_file = None if db_file is None else Path(db_file).expanduser()
         if db_engine is not None:
@@ -251,7 +261,7 @@ def from_url(url: StorageURL) -> SqliteStorage:
             f"synchronous={synchronous!r} in storage URL must be one of {', '.join(SYNCHRONOUS)}"
         )
     busy_timeout = url.pop_number("busy_timeout")
-    if url.raw.startswith("sqlite:///") and url.path == "":
+    if url.raw.lower().startswith("sqlite:///") and url.path == "":
         # What "sqlite:///$DB" gives when DB is unset: an in-memory database would take the
         # writes and lose them when the process ends.
         raise InvalidIdentifierError(

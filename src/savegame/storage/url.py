@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from savegame.errors import InvalidIdentifierError
+from savegame.errors import InvalidIdentifierError, StorageError
 from savegame.storage.base import Storage
 from savegame.storage.session import Mode, mode_spec
 
@@ -236,7 +236,13 @@ def open_storage(url: str, mode: Mode | str = "agent", **options: Any) -> Storag
     """
     parsed = parse_url(url, mode, **options)
     module = importlib.import_module(SCHEMES[parsed.scheme])
-    storage: Storage = module.from_url(parsed)
+    try:
+        storage: Storage = module.from_url(parsed)
+    except StorageError:
+        raise
+    except ValueError as exc:
+        # A value the constructor refuses (expire=0, say) came from the URL or its options.
+        raise InvalidIdentifierError(f"storage URL {redact(url)!r}: {exc}") from exc
     return storage
 
 
@@ -252,15 +258,19 @@ def _redact(text: str, url: str) -> str:
     """``text`` (``url``, or a message quoting it) without the passwords of ``url``.
 
     The password is what stands between ``scheme://user:`` and the last ``@`` before the
-    query. It is found by hand rather than by ``urlsplit``, which refuses the malformed URLs
-    that error messages show (``[::1`` without its ``]``) and ends the password at a ``/``
-    that SQLAlchemy takes as part of it.
+    query (or, when none is there, the last ``@``). It is found by hand rather than by
+    ``urlsplit``, which refuses the malformed URLs that error messages show (``[::1``
+    without its ``]``) and ends the password at a ``/`` that SQLAlchemy takes as part of it.
     """
-    authority = url.partition("://")[2].partition("?")[0]
-    credentials, at, _ = authority.rpartition("@")
-    user, colon, password = credentials.partition(":")
-    if at and colon and password and "/" not in user:
-        text = text.replace(f":{password}@", ":***@")
+    rest = url.partition("://")[2]
+    # The authority ends at the query, unless the password holds a "?" (SQLAlchemy takes
+    # one): then at the last "@".
+    for authority in (rest.partition("?")[0], rest):
+        credentials, at, _ = authority.rpartition("@")
+        user, colon, password = credentials.partition(":")
+        if at and colon and password and "/" not in user:
+            text = text.replace(f":{password}@", ":***@")
+            break
     before, mark, query = text.partition("?")
     return before + mark + _SECRETS_IN_QUERY.sub(r"\1\2=***", query)
 

@@ -1151,30 +1151,38 @@ class BackendContract:
         stored = lasting.upsert(_session(backend_store, "long"))
         assert lasting.read("long") == stored
 
+    @pytest.mark.parametrize(
+        ("written", "fields"),
+        [
+            ("team", {"team_id": "squad", "team_data": {"size": 2}}),
+            ("workflow", {"workflow_id": "w", "memory": {"runs": [{"run_id": "0"}]}}),
+        ],
+    )
     def test_a_store_opened_in_the_wrong_mode_never_gives_a_session_short(
-        self, backend_store: Store
+        self, backend_store: Store, written: str, fields: dict[str, Any]
     ) -> None:
         # A team session read as an agent session would lose team_id and team_data, and a
-        # save would make that loss permanent: the read raises, or finds nothing.
-        writer = backend_store(mode="team")
-        team = MODES["team"].session_class.from_dict(
-            {"session_id": "t", "user_id": "u", "team_id": "squad", "team_data": {"size": 2}}
+        # save would make that loss permanent: the read raises, naming the mode to open the
+        # store in (or a table's column it lacks), or finds nothing.
+        session = MODES[written].session_class.from_dict(
+            {"session_id": "s", "user_id": "u", **fields}
         )
-        assert team is not None
-        stored = writer.upsert(team)
-        for mode in ("agent", "workflow", "workflow_v2"):
+        assert session is not None
+        stored = backend_store(mode=written).upsert(session)
+        for mode in MODES.keys() - {written}:
             wrong = backend_store(mode=mode)
             for read in (
-                methodcaller("read", "t"),
+                methodcaller("read", "s"),
                 methodcaller("get_all_sessions", user_id="u"),
-                methodcaller("read_many", ["t"]),
+                methodcaller("read_many", ["s"]),
             ):
                 try:
                     got = read(wrong)
                 except CorruptSessionError as exc:
                     got = str(exc)
-                assert got in (None, []) or "mode" in got, (mode, got)
-        assert backend_store(mode="team").read("t") == stored
+                told = f"mode={written!r}" in got or "lacks a column" in got
+                assert got in (None, []) or told, (mode, got)
+        assert backend_store(mode=written).read("s") == stored
 
     def test_awkward_strings_round_trip(self, backend_store: Store) -> None:
         storage = backend_store()
