@@ -645,22 +645,6 @@ def test_without_retries_a_killed_write_raises_and_the_next_works(own_server: st
     raw.close()
 
 
-def test_without_redis_py_the_error_names_the_extra(tmp_path: Any) -> None:
-    import subprocess
-    import sys
-
-    code = (
-        "import sys; sys.modules['redis'] = None\n"
-        "from savegame.errors import MissingDependencyError\n"
-        "from savegame.storage.redis import RedisStorage\n"
-        "try:\n    RedisStorage('p')\nexcept MissingDependencyError as exc:\n    print(exc)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert 'pip install "savegame[redis]"' in done.stdout
-
-
 def test_upgrade_schema_moves_sessions_of_the_original_layout(
     server: str, raw: Any, prefix: str
 ) -> None:

@@ -312,18 +312,28 @@ def test_mysql_driver_options_reach_a_server() -> None:
         assert storage.read("absent") is None
 
 
-def test_mysql_without_pymysql_still_names_the_extra() -> None:
+@pytest.mark.parametrize(
+    ("driver", "opening", "extra"),
+    [
+        ("redis", "from savegame.storage.redis import RedisStorage; RedisStorage('p')", "redis"),
+        # Options that only the driver would know are left for it: the error names the extra.
+        ("pymysql", "open_storage('mysql://h/db?charset=utf8mb4')", "mysql"),
+    ],
+)
+def test_without_its_driver_a_backend_names_the_extra(
+    driver: str, opening: str, extra: str
+) -> None:
     code = (
-        "import sys\nsys.modules['pymysql'] = None\n"
+        f"import sys\nsys.modules[{driver!r}] = None\n"
         "from savegame import open_storage\n"
         "from savegame.errors import MissingDependencyError\n"
-        "try:\n    open_storage('mysql://h/db?charset=utf8mb4')\n"
+        f"try:\n    {opening}\n"
         "except MissingDependencyError as exc:\n    print(exc)\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
-    assert 'pip install "savegame[mysql]"' in done.stdout
+    assert f'pip install "savegame[{extra}]"' in done.stdout
 
 
 def test_a_password_in_a_server_urls_query_stays_out_of_messages() -> None:
