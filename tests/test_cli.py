@@ -27,7 +27,7 @@ from savegame.storage.url import open_storage
 from savegame.testing import Store
 from savegame.testing.sample import make_session
 from savegame.transfer import session_line
-from tests.stores import BACKENDS, Backend
+from tests.stores import BACKENDS, Backend, write_original_table
 
 SAVEGAME = Path(sys.executable).with_name("savegame")
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
@@ -569,3 +569,19 @@ def test_show_gives_a_workflows_input_output_and_steps(tmp_path: Path) -> None:
     assert 'user: {"topic": "dogs"}' in shown
     assert "step fetch: 3 pages" in shown
     assert "step write" not in shown
+
+
+def test_a_table_of_the_originals_layout_is_upgraded_by_the_command_it_names(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    row = {"session_id": "s", "user_id": "u", "memory": {"runs": [{"run_id": "0"}]}}
+    write_original_table(url, "agent_sessions", None, [row])
+    refused = savegame("sessions", "rename", "s", "Trip", "-s", url, code=1)
+    assert "savegame schema upgrade, with the same --storage and --mode" in errors(refused)
+    savegame("schema", "upgrade", "-s", url)
+    savegame("sessions", "rename", "s", "Trip", "-s", url)
+    got = open_storage(url).read("s")
+    assert got is not None
+    assert got.memory == {"runs": [{"run_id": "0"}]}  # type: ignore[attr-defined]
+    assert got.session_data == {"session_name": "Trip"}  # type: ignore[attr-defined]

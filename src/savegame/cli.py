@@ -101,6 +101,8 @@ def _report(exc: BaseException, ctx: Any, code: int) -> NoReturn:
     if (root.obj or {}).get("debug"):
         err.print_exception()
     message = " ".join(str(exc).split()) or type(exc).__name__
+    if "storage.upgrade_schema()" in message:
+        message += " (here: savegame schema upgrade, with the same --storage and --mode)"
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code) from exc
 
