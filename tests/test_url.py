@@ -344,3 +344,9 @@ def test_a_password_in_a_server_urls_query_stays_out_of_messages() -> None:
     assert "password=***" in storage.where()
     storage.close()
     assert redact("mysql+pymysql://root:se?cret@h/db") == "mysql+pymysql://root:***@h/db"
+    for url in ("mysql+pymysql://root:se?cret@h/db?x=1", "redis://:pa?ss@h:6379/0"):
+        with pytest.raises(InvalidIdentifierError, match="holds a '\\?': write it as %3F") as info:
+            open_storage(url)
+        assert "cret" not in str(info.value)
+        assert "ss@" not in str(info.value)
+    assert parse_url("redis://h:6379/0?prefix=a@b").options == {"prefix": "a@b"}

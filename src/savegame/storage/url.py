@@ -204,6 +204,12 @@ def parse_url(url: str, mode: Mode | str = "agent", **options: Any) -> StorageUR
         raise InvalidIdentifierError(
             f"unknown storage URL scheme {scheme!r} in {redact(url)!r}; known schemes: {_schemes()}"
         )
+    before, mark, after = rest.partition("?")
+    if mark and ":" in before and "/" not in before and "@" in after.partition("/")[0]:
+        # "user:pa?ss@host": the "?" would start a query holding the rest of the password.
+        raise InvalidIdentifierError(
+            f"the password in storage URL {redact(url)!r} holds a '?': write it as %3F"
+        )
     try:
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False))
