@@ -26,6 +26,7 @@ changed since the storage last saw the session (:mod:`savegame.storage.known`).
 from __future__ import annotations
 
 import functools
+import math
 import pickle
 import random
 import time
@@ -512,7 +513,8 @@ class Storage(ABC):
         """
         record.pop("expires_at", None)
         for key in ("created_at", "updated_at"):
-            if type(record.get(key)) is float:
+            value = record.get(key)
+            if type(value) is float and math.isfinite(value):
                 # Stored by an earlier savegame, which took time.time() as it came: read as
                 # whole seconds, so the session can be saved again.
                 record[key] = int(record[key])
