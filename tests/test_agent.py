@@ -19,6 +19,7 @@ from savegame.runtime import SessionOwnerError
 from savegame.storage.in_memory import InMemoryStorage
 from savegame.storage.json import JsonStorage
 from savegame.storage.session import AgentSession
+from savegame.storage.sqlite import SqliteStorage
 from savegame.testing import Store
 from tests.runtime_helpers import run_worker
 
@@ -329,3 +330,53 @@ def test_the_demo_recalls_a_fact_in_a_second_process(tmp_path: Path, url: str) -
     assert "agent: Your favourite colour is teal." in proc.stdout
     assert "process 2 recalled what process 1 was told." in proc.stdout
     assert (tmp_path / url.split(":///")[1]).exists()
+
+
+def test_switching_sessions_carries_nothing_of_the_one_before(backend_store: Store) -> None:
+    storage = backend_store()
+    storage.upsert(AgentSession(session_id="c", user_id="u", extra_data={"tenant": "C"}))
+    agent = _agent(backend_store, user_id="u")
+    agent.load_session("a")
+    agent.extra_data = {"tenant": "A"}
+    agent.team_session_id = "team-A"
+    agent.run("hello")
+    agent.load_session("c")
+    agent.run("hello")
+    c = storage.read("c")
+    assert c is not None
+    assert (c.extra_data, c.team_session_id) == ({"tenant": "C"}, None)
+    fresh = agent.new_session()
+    agent.run("hello")
+    made = storage.read(fresh)
+    assert made is not None
+    assert (made.extra_data, made.team_session_id) == (None, None)
+
+
+def test_loading_a_session_deleted_elsewhere_starts_it_empty(backend_store: Store) -> None:
+    agent = _agent(backend_store, session_id="s")
+    agent.run("My name is Ada.")
+    assert backend_store().delete_session("s")
+    assert agent.load_session() is False
+    assert agent.runs == []
+    answer = agent.run("What is my name?")
+    assert "Ada" not in answer.content
+
+
+def test_a_rename_that_could_not_be_saved_leaves_the_old_name(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    storage = SqliteStorage("agent_sessions", db_file=str(path), busy_timeout=0.2)
+    agent = Agent(model=OfflineModel(), storage=storage, session_id="s", session_name="Old")
+    agent.run("hello")
+    lock = sqlite3.connect(path, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(BackendUnavailableError):
+            agent.rename_session("New")
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert agent.session_name == "Old"
+    agent.run("next")
+    stored = storage.read("s")
+    assert stored is not None
+    assert stored.session_data["session_name"] == "Old"  # type: ignore[index]

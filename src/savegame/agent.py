@@ -122,8 +122,7 @@ class Agent(SessionKeeper):
         self.add_history_to_messages = add_history_to_messages
         self.num_history_runs = num_history_runs
         self.instructions = instructions
-        self.team_session_id = team_session_id
-        self.workflow_session_id = workflow_session_id
+        self._links = (team_session_id, workflow_session_id)
         super().__init__(
             storage, session_id, user_id, agent_id, session_name, session_state, extra_data
         )
@@ -195,9 +194,13 @@ class Agent(SessionKeeper):
 
     def attach(self, session_id: str, team_session_id: str | None, user_id: str | None) -> None:
         """Switches to ``session_id`` on behalf of a team, loading it when it is stored."""
-        self.team_session_id = team_session_id
         self.user_id = user_id
         self.load_session(session_id)
+        self.team_session_id = team_session_id
+
+    def _reset(self) -> None:
+        super()._reset()
+        self.team_session_id, self.workflow_session_id = self._links
 
     def _system(self) -> list[Message]:
         return [make_message("system", self.instructions)] if self.instructions else []

@@ -21,6 +21,7 @@ import copy
 import uuid
 from typing import Any, ClassVar
 
+from savegame.errors import StorageError
 from savegame.storage.base import Storage
 from savegame.storage.session import Session, get_path, messages_of, mode_spec, set_path
 
@@ -89,7 +90,8 @@ class SessionKeeper:
         self.spec = mode_spec(self.mode)
         self.user_id = user_id
         self.entity_id = entity_id
-        self.extra_data = extra_data
+        self._initial_extra = copy.deepcopy(extra_data)
+        self.extra_data: dict[str, Any] | None = None
         self._initial_state = copy.deepcopy(session_state or {})
         self.session_id = session_id or new_id()
         self._reset()
@@ -124,7 +126,8 @@ class SessionKeeper:
         if stored is not None:
             self._check_owner(stored)
         # Switch only once the read succeeded: a failed load leaves the current session.
-        if target != self.session_id:
+        if target != self.session_id or (stored is None and self.storage is not None):
+            # Another session, or this one deleted from the store: start it empty.
             self.session_id = target
             self._reset()
         if stored is None:
@@ -145,8 +148,12 @@ class SessionKeeper:
         Raises:
             StorageError: when the name could not be saved.
         """
-        self.session_name = name
-        self._save(None)
+        before, self.session_name = self.session_name, name
+        try:
+            self._save(None)
+        except StorageError:
+            self.session_name = before
+            raise
 
     def delete_session(self, session_id: str | None = None) -> bool:
         """Deletes a stored session (default: the current one, which then starts afresh).
@@ -250,11 +257,14 @@ class SessionKeeper:
         self._restored(data)
 
     def _reset(self) -> None:
+        """Starts an empty session: nothing of the one before is carried into it but what
+        this object was made with."""
         self._stored = None
         self.version = None
         self.runs = []
         self.session_name = None
         self.session_state = copy.deepcopy(self._initial_state)
+        self.extra_data = copy.deepcopy(self._initial_extra)
         self.metrics = {}
 
     # -- hooks ----------------------------------------------------------------------------
