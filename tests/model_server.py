@@ -10,6 +10,7 @@ name in the request chooses how it behaves:
 ``drop``       closes the connection without answering
 ``partial``    sends headers and half the body, then closes
 ``garbage``    200 with a body that is not JSON
+``odd-usage``  as ``echo``, with a ``usage`` that is a string, not an object
 ``hang``       answers nothing until the server stops
 =============  ==========================================================================
 """
@@ -81,7 +82,9 @@ def _handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
                                 "finish_reason": "stop",
                             }
                         ],
-                        "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+                        "usage": "n/a"
+                        if model == "odd-usage"
+                        else {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
                     },
                 )
 

@@ -93,6 +93,17 @@ def test_a_refused_connection_raises_model_connection_error() -> None:
         )
 
 
+def test_token_counts_of_an_odd_shape_are_left_out(server: ModelServer) -> None:
+    answer = OpenAIChat(id="odd-usage", base_url=server.base_url).respond([message("user", "hi")])
+    assert answer.content == "echo: hi [1 messages]"
+    assert answer.usage == {}
+
+
+def test_a_malformed_base_url_raises_model_connection_error() -> None:
+    with pytest.raises(ModelConnectionError, match="ValueError"):
+        OpenAIChat(id="echo", base_url="http://[::1/v1").respond([message("user", "hi")])
+
+
 def test_an_answer_that_is_not_a_completion_raises(server: ModelServer) -> None:
     with pytest.raises(ModelResponseError, match="not a chat completion"):
         OpenAIChat(id="garbage", base_url=server.base_url).respond([message("user", "hi")])

@@ -83,23 +83,24 @@ class OpenAIChat:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(
-            self.base_url + path,
-            data=json.dumps(payload).encode(),
-            headers=headers,
-            method="POST",
-        )
         try:
+            request = urllib.request.Request(
+                self.base_url + path,
+                data=json.dumps(payload).encode(),
+                headers=headers,
+                method="POST",
+            )
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 body: bytes = response.read()
                 return body
         except urllib.error.HTTPError as exc:
             text = _read_error_body(exc)
             raise ModelHTTPError(exc.code, _error_message(text) or exc.reason, text) from exc
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
             # URLError wraps refused connections and DNS failures; a connection dropped
             # mid-answer surfaces as RemoteDisconnected or IncompleteRead (HTTPException) or a
-            # reset (OSError); a timeout as socket.timeout (an OSError).
+            # reset (OSError); a timeout as socket.timeout (an OSError); a malformed base
+            # URL as ValueError.
             reason = getattr(exc, "reason", exc)
             kind = "timed out" if isinstance(reason, socket.timeout) else "failed"
             raise ModelConnectionError(
@@ -137,7 +138,8 @@ def _parse(body: bytes, default_model: str) -> ModelResponse:
         choice = data["choices"][0]
         content = choice["message"].get("content") or ""
         model = str(data.get("model") or default_model)
-        usage = data.get("usage") or {}
+        usage = data.get("usage")
+        usage = usage if isinstance(usage, dict) else {}  # counts are extra: none is fine
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         raise ModelResponseError(
             f"the server's answer is not a chat completion: {body[:200]!r}"
