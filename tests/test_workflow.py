@@ -97,6 +97,29 @@ def test_a_new_process_does_not_compute_a_saved_step_again(flows: Store, tmp_pat
     assert [r["status"] for r in stored.memory["runs"]] == ["failed", "completed"]  # type: ignore[attr-defined]
 
 
+def test_a_step_saved_by_another_workflow_object_is_kept_by_this_ones_save(flows: Store) -> None:
+    # Two processes on one session, each saving a step result: the second save keeps the
+    # first one's, so no later process computes it again. A key this one removed goes.
+    first = Counter(session_id="w", storage=flows(), session_state={"old": 1})
+    second = Counter(session_id="w", storage=flows())
+    first.save()
+    second.load_session()
+    computed: list[str] = []
+
+    def result(name: str) -> Any:
+        return lambda: computed.append(name) or name.upper()
+
+    assert first.step("x", result("x")) == "X"
+    del second.session_state["old"]
+    assert second.step("y", result("y")) == "Y"
+    stored = flows().read("w")
+    assert stored is not None
+    assert stored.session_data["session_state"] == {"x": "X", "y": "Y"}  # type: ignore[index]
+    later = Counter(session_id="w", storage=flows())
+    assert later.step("x", result("x")) == "X"
+    assert computed == ["x", "y"]
+
+
 def _steps(markers: Path, fail: str, store: Store, **kwargs: Any) -> StepWorkflow:
     def make(name: str) -> Step:
         def fn(ctx: StepContext) -> str:

@@ -92,6 +92,8 @@ class SessionKeeper:
         self.entity_id = entity_id
         self._initial_extra = copy.deepcopy(extra_data)
         self.extra_data: dict[str, Any] | None = None
+        self._base_state: dict[str, Any] = {}
+        """The stored ``session_state`` as last read or saved, that changes are made on."""
         self._initial_state = copy.deepcopy(session_state or {})
         self.session_id = session_id or new_id()
         self._reset()
@@ -220,7 +222,7 @@ class SessionKeeper:
         set_path(data, self.spec.runs_path, runs)
         session_data.update(
             session_name=self.session_name,
-            session_state=copy.deepcopy(self.session_state),
+            session_state=self._state_to_store(session_data.get("session_state") or {}),
             metrics=metrics,
         )
         data["session_data"] = session_data
@@ -249,6 +251,7 @@ class SessionKeeper:
         state = copy.deepcopy(self._initial_state) if loading else {}
         state.update(session_data.get("session_state") or {})
         self.session_state = state
+        self._base_state = copy.deepcopy(session_data.get("session_state") or {})
         self.metrics = dict(session_data.get("metrics") or {})
         self.user_id = self.user_id or data.get("user_id")
         self.entity_id = self.entity_id or data.get(self.spec.entity_field)
@@ -264,10 +267,16 @@ class SessionKeeper:
         self.runs = []
         self.session_name = None
         self.session_state = copy.deepcopy(self._initial_state)
+        self._base_state = {}
         self.extra_data = copy.deepcopy(self._initial_extra)
         self.metrics = {}
 
     # -- hooks ----------------------------------------------------------------------------
+
+    def _state_to_store(self, stored: dict[str, Any]) -> dict[str, Any]:
+        """The ``session_state`` a save writes over the ``stored`` one: this object's whole
+        state (the last writer's wins)."""
+        return copy.deepcopy(self.session_state)
 
     def _entity_data(self) -> dict[str, Any]:
         """What is stored in the session's ``*_data`` field about the agent, team or workflow."""
