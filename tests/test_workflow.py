@@ -160,8 +160,9 @@ def test_a_failed_step_run_resumes_from_the_first_step_not_done(
     steps_store: Store, tmp_path: Path
 ) -> None:
     markers = tmp_path / "m"
+    first = _steps(markers, "clean", steps_store, session_id="s")
     with pytest.raises(StepFailed):
-        _steps(markers, "clean", steps_store, session_id="s").run("data")
+        first.run("data")
     stored = steps_store().read("s")
     assert stored is not None
     run = stored.runs[0]  # type: ignore[attr-defined]
@@ -179,6 +180,10 @@ def test_a_failed_step_run_resumes_from_the_first_step_not_done(
     assert len(stored.runs) == 1  # type: ignore[attr-defined]
     assert stored.runs[0]["status"] == "completed"  # type: ignore[attr-defined]
     assert "error" not in stored.runs[0]["steps"][1]  # type: ignore[attr-defined]
+    # The object whose run failed sees that another completed it: nothing to run again.
+    with pytest.raises(LookupError, match="nothing to resume"):
+        first.resume()
+    assert _computed(markers) == {"clean": 2, "fetch": 1, "report": 1}
 
 
 def test_a_new_process_resumes_a_failed_step_run(steps_store: Store, tmp_path: Path) -> None:

@@ -328,7 +328,7 @@ class StepWorkflow(SessionKeeper):
         return self._execute(record)
 
     def resume(self, run_id: str | None = None) -> WorkflowRunResponse:
-        """Continues a run from the first step that did not complete.
+        """Continues a run from the first step that did not complete, as the store has it.
 
         Args:
             run_id: the run to continue; the latest run that did not complete when None.
@@ -337,6 +337,9 @@ class StepWorkflow(SessionKeeper):
             LookupError: when there is no such run, or no run left unfinished.
             Exception: whatever a step raised, as for :meth:`run`.
         """
+        if self.storage is not None:
+            # Another process may have resumed (and completed) the run since this one saw it.
+            self.load_session()
         unfinished = [r for r in self.runs if r.get("status") != "completed"]
         if run_id is not None:
             unfinished = [r for r in self.runs if r.get("run_id") == run_id]
