@@ -129,6 +129,14 @@ def test_members_need_distinct_names() -> None:
         Team([], OfflineModel())
 
 
+def test_members_need_a_name_or_an_agent_id() -> None:
+    # Keyed by a made-up id, a member's conversation would be lost to a team made again.
+    with pytest.raises(ValueError, match="needs a name \\(or an agent_id\\)"):
+        Team(members=[Agent(model=OfflineModel())], model=OfflineModel())
+    team = Team(members=[Agent(model=OfflineModel(), agent_id="chef")], model=OfflineModel())
+    assert list(team.members) == ["chef"]
+
+
 def test_a_new_team_session_gives_members_new_sessions(stores: tuple[Store, Store]) -> None:
     team = _team(stores)
     team.run("a soup recipe")

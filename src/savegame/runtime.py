@@ -101,6 +101,8 @@ class SessionKeeper:
             self.load_session()
         if session_name is not None:
             self.session_name = session_name
+        self.entity_id_made = self.entity_id is None
+        """Whether the entity id was made up here, given neither to this object nor stored."""
         if self.entity_id is None:
             self.entity_id = new_id()
 

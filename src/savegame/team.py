@@ -70,6 +70,11 @@ class Team(SessionKeeper):
             raise ValueError("a team needs at least one member")
         self.members: dict[str, Agent] = {}
         for member in members:
+            if not member.name and member.entity_id_made:
+                raise ValueError(
+                    "every team member needs a name (or an agent_id): a team made again "
+                    "finds each member's conversation by it, and a made-up id is new each time"
+                )
             key = member.name or member.agent_id or ""
             if key in self.members:
                 raise ValueError(f"two team members are called {key!r}: give them distinct names")
