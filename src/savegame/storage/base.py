@@ -104,6 +104,16 @@ def whole_number_problem(record: Record, fields: Iterable[str] = _WHOLE) -> str 
     return None
 
 
+def whole_seconds(record: Record, fields: Iterable[str] = ("created_at", "updated_at")) -> None:
+    """Cuts the finite float times among ``fields`` to whole seconds, in place: an earlier
+    savegame stored ``time.time()`` as it came, and such a session must stay readable and
+    savable again."""
+    for field in fields:
+        value = record.get(field)
+        if type(value) is float and math.isfinite(value):
+            record[field] = int(value)
+
+
 class Header(NamedTuple):
     """The part of a stored session a write needs to see before it writes."""
 
@@ -512,12 +522,7 @@ class Storage(ABC):
                 it, saved again, would lose it.
         """
         record.pop("expires_at", None)
-        for key in ("created_at", "updated_at"):
-            value = record.get(key)
-            if type(value) is float and math.isfinite(value):
-                # Stored by an earlier savegame, which took time.time() as it came: read as
-                # whole seconds, so the session can be saved again.
-                record[key] = int(record[key])
+        whole_seconds(record)
         fields = self._spec.fields
         if not fields.issuperset(record):
             extra = record.keys() - fields

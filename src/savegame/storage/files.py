@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 import os
 import re
 import sqlite3
@@ -44,7 +43,15 @@ from typing import Any, ClassVar
 from filelock import FileLock, Timeout
 
 from savegame.errors import BackendUnavailableError, CorruptSessionError, StorageError
-from savegame.storage.base import Draft, Header, Record, Storage, is_expired, whole_number_problem
+from savegame.storage.base import (
+    Draft,
+    Header,
+    Record,
+    Storage,
+    is_expired,
+    whole_number_problem,
+    whole_seconds,
+)
 from savegame.storage.session import Mode
 from savegame.storage.wal import use_wal
 
@@ -54,10 +61,6 @@ _DEVICES = frozenset(
 )
 _META_DIR = ".savegame"
 _TEMP_PREFIX = ".tmp-"
-
-
-_TIMES = ("created_at", "updated_at", "expires_at")
-"""Fields read as whole seconds, a float among them cut to its whole part."""
 
 
 @dataclass(frozen=True)
@@ -233,11 +236,7 @@ class FileStorage(Storage):
             raise CorruptSessionError(f"{path} does not hold a session")
         if session_id is not None and record["session_id"] != session_id:
             raise CorruptSessionError(f"{path} holds session {record['session_id']!r}")
-        for field in _TIMES:
-            value = record.get(field)
-            if type(value) is float and math.isfinite(value):
-                # Stored by an earlier savegame, which took time.time() as it came.
-                record[field] = int(value)
+        whole_seconds(record, ("created_at", "updated_at", "expires_at"))
         problem = whole_number_problem(record)
         for field in ("user_id", self.spec.entity_field):
             if not isinstance(record.get(field), (str, type(None))):

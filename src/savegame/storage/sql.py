@@ -307,8 +307,7 @@ class SqlDialect(ABC):
             try:
                 conn = conn.execution_options(isolation_level=self.read_isolation)
             except conn.dialect.loaded_dbapi.Error as exc:
-                raw = conn.connection.driver_connection
-                if not conn.dialect.is_disconnect(exc, raw, None):
+                if not dead(conn.dialect, exc, conn.connection.driver_connection):
                     raise
                 conn.invalidate(exc)
                 raise DeadConnection(f"a pooled connection was dead: {exc}") from exc
@@ -809,6 +808,13 @@ class _Statements:
         return statement
 
 
+def dead(engine_dialect: Any, error: BaseException, raw: Any) -> bool:
+    """Whether ``error``, raised on the driver's connection ``raw``, says it is dead."""
+    return isinstance(error, engine_dialect.loaded_dbapi.Error) and bool(
+        engine_dialect.is_disconnect(error, raw, None)
+    )
+
+
 class DeadConnection(BackendUnavailableError):
     """A pooled connection found dead where SQLAlchemy does not look (while savegame sets it
     up); it has been discarded, and the call may run again on another."""
@@ -1148,16 +1154,14 @@ class SqlStorage(Storage):
                     return result
                 except BaseException as exc:
                     known = isinstance(exc, (*self._driver_errors, StorageError))
-                    dead = isinstance(exc, self._driver_errors) and (
-                        self.db_engine.dialect.is_disconnect(exc, conn, None)  # type: ignore[arg-type]
-                    )
+                    found_dead = dead(self.db_engine.dialect, exc, conn)
                     # Cut short by anything else (Ctrl-C), a call to a server may have left
                     # a reply unread: that connection is not used again.
-                    if dead or (dialect.round_trips and not known):
+                    if found_dead or (dialect.round_trips and not known):
                         fairy.invalidate(exc if isinstance(exc, Exception) else None)
                     else:
                         self._end(conn, False)
-                    if not (dead and used and attempt < _DEAD_POOLED):
+                    if not (found_dead and used and attempt < _DEAD_POOLED):
                         raise
                 finally:
                     if not kept:
@@ -1205,13 +1209,11 @@ class SqlStorage(Storage):
         try:
             self.dialect.configure(raw)
         except BaseException as exc:
-            dead = isinstance(exc, self._driver_errors) and (
-                self.db_engine.dialect.is_disconnect(exc, raw, None)  # type: ignore[arg-type]
-            )
-            if dead:
+            found_dead = dead(self.db_engine.dialect, exc, raw)
+            if found_dead:
                 conn.invalidate(exc)
             conn.close()
-            if dead:
+            if found_dead:
                 raise DeadConnection(f"a pooled connection was dead: {exc}") from exc
             raise
         conn.info["savegame"] = self.dialect.settings
