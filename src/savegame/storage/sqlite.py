@@ -198,7 +198,7 @@ class SqliteStorage(SqlStorage):
         level = str(synchronous).upper()
         if level not in SYNCHRONOUS:
             raise ValueError(
-                f"synchronous must be one of {', '.join(SYNCHRONOUS)}, not {synchronous!r}"
+                f"synchronous={synchronous!r} must be one of {', '.join(SYNCHRONOUS)}"
             )
         if type(busy_timeout) not in (int, float) or not 0 <= busy_timeout <= MAX_BUSY_TIMEOUT:
             raise ValueError(
@@ -255,11 +255,8 @@ def from_url(url: StorageURL) -> SqliteStorage:
     """
     table = url.pop_namespace()
     expire = url.pop_int("expire")
+    # The constructor checks it; open_storage names the URL in what it raises.
     synchronous = str(url.options.pop("synchronous", "FULL"))
-    if synchronous.upper() not in SYNCHRONOUS:
-        raise InvalidIdentifierError(
-            f"synchronous={synchronous!r} in storage URL must be one of {', '.join(SYNCHRONOUS)}"
-        )
     busy_timeout = url.pop_number("busy_timeout")
     if url.raw.lower().startswith("sqlite:///") and url.path == "":
         # What "sqlite:///$DB" gives when DB is unset: an in-memory database would take the
