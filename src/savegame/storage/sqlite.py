@@ -197,9 +197,7 @@ class SqliteStorage(SqlStorage):
     ) -> None:
         level = str(synchronous).upper()
         if level not in SYNCHRONOUS:
-            raise ValueError(
-                f"synchronous={synchronous!r} must be one of {', '.join(SYNCHRONOUS)}"
-            )
+            raise ValueError(f"synchronous={synchronous!r} must be one of {', '.join(SYNCHRONOUS)}")
         if type(busy_timeout) not in (int, float) or not 0 <= busy_timeout <= MAX_BUSY_TIMEOUT:
             raise ValueError(
                 f"busy_timeout must be a number of seconds from 0 to {MAX_BUSY_TIMEOUT}, "
