@@ -1264,7 +1264,9 @@ class SqlStorage(Storage):
 
     # -- the layout -----------------------------------------------------------------------
 
-    def _detect(self, conn: Connection) -> _Layout:
+    def _detect(self, conn: Connection, settled: bool = False) -> _Layout:
+        """The table's layout as ``conn`` sees it; ``settled``: under the schema lock, where
+        no other process is making the tables (see :meth:`_make_tables`)."""
         inspector = inspect(conn)
         if not inspector.has_table(self.table_name, self.schema):
             return _MISSING
@@ -1293,11 +1295,14 @@ class SqlStorage(Storage):
                 f" (those of table {self.table_name.removesuffix('_runs')!r}); give this"
                 " storage another table name"
             )
-        if names >= set(self.table.c.keys()) and self._runs_table_is(conn):
+        if settled and names >= set(self.table.c.keys()) and self._runs_table_is(conn):
             # Every column of the latest layout, and its runs table, with no record saying
             # so: tables made (or upgraded) by a call cut short before it recorded them,
             # as MySQL's DDL commits table by table. Rows without their runs apart read as
             # they are (run_count is NULL), so the table is taken at the latest layout.
+            # Only under the schema lock: outside it, the tables may be another process's
+            # being made, which MySQL refuses to describe meanwhile (error 1684), and a
+            # read takes them as they are.
             return _Layout(LATEST, frozenset(self.table.c.keys()), recorded=False)
         return _Layout(version, frozenset(names))
 
@@ -1427,7 +1432,7 @@ class SqlStorage(Storage):
         def make() -> _Layout:
             with self._schema_change() as conn:
                 self.dialect.create_schema(conn, self.schema)
-                layout = self._detect(conn)
+                layout = self._detect(conn, settled=True)
                 if layout.version == 0 or upgrade:
                     self._check_runs_table(conn)
                 if layout.version == 0:
