@@ -256,6 +256,10 @@ def _in_transaction(conn: Any) -> bool:
     """Whether a DBAPI connection of sqlite3, psycopg or PyMySQL is inside a transaction."""
     if isinstance(conn, sqlite3.Connection):
         return conn.in_transaction
+    if getattr(conn, "closed", False) or getattr(conn, "open", True) is False:
+        # Closed by the pool it went back to (it keeps no more than its size): no
+        # transaction can be left on it.
+        return False
     if hasattr(conn, "pgconn"):
         import psycopg
 
