@@ -233,6 +233,12 @@ def test_storage_url_is_what_backends_receive() -> None:
         ("redis://127.0.0.1:1/0?exipre=60", {}, "Redis URL: exipre"),
         ("mysql+pymysql://root@127.0.0.1:1/test?tabel=x", {}, "mysql.pymysql:// URL: tabel;"),
         ("mysql://root@127.0.0.1:1/test", {"cache_bytes": 0}, "mysql:// URL: cache_bytes;"),
+        ("postgresql://u@127.0.0.1:1/db?sslmod=disable", {}, "postgresql:// URL: sslmod;"),
+        (
+            "postgresql+psycopg://u@127.0.0.1:1/db?table=t&sslmode=disable",
+            {"cache_bytes": 0, "a b": "1"},
+            "postgresql.psycopg:// URL: a b, cache_bytes; it takes table, schema, expire and libpq",
+        ),
     ],
 )
 def test_unknown_options_are_refused(url: str, options: dict[str, Any], message: str) -> None:
@@ -302,6 +308,17 @@ def test_mysql_passes_the_driver_its_options() -> None:
             "read_timeout",
             "ssl_ca",
             "ssl_check_hostname",
+        }
+
+
+def test_postgres_passes_libpq_its_options() -> None:
+    query = "sslmode=disable&application_name=app&connect_timeout=3&options=-c%20a.b%3D1"
+    with open_storage(f"postgresql://u@127.0.0.1:1/db?table=t&{query}") as storage:
+        assert dict(storage.db_engine.url.query) == {  # type: ignore[attr-defined]
+            "sslmode": "disable",
+            "application_name": "app",
+            "connect_timeout": "3",
+            "options": "-c a.b=1",
         }
 
 

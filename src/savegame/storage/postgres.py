@@ -16,6 +16,7 @@ Only what is particular to PostgreSQL lives here; the layout, queries and migrat
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -188,11 +189,20 @@ class PostgresStorage(ServerStorage):
 def from_url(url: StorageURL) -> PostgresStorage:
     """``postgresql+psycopg://user@host:port/db?schema=ai&table=agent_sessions``.
 
-    Query parameters savegame does not take (``sslmode``, say) go to the driver.
+    Query parameters savegame does not take (``sslmode``, say) go to the driver; one that
+    libpq does not take either is refused here, not at the first connection.
+
+    Raises:
+        InvalidIdentifierError: for a bad table name or ``expire``, or an unknown option.
     """
     table = url.pop_namespace()
     expire = url.pop_int("expire")
     schema = str(url.options.pop("schema", "ai"))
+    if "plugin" not in url.options:
+        url.refuse(
+            _not_libpq(set(url.options) - {"mode"}),
+            "table, schema, expire and libpq's connection parameters",
+        )
     return PostgresStorage(
         table,
         schema=schema,
@@ -200,3 +210,23 @@ def from_url(url: StorageURL) -> PostgresStorage:
         mode=url.mode,
         expire=expire,
     )
+
+
+def _not_libpq(names: set[str]) -> set[str]:
+    """Those of ``names`` that libpq does not take as connection parameters; none when
+    psycopg is missing (:class:`PostgresStorage` says what to install).
+
+    libpq is asked rather than a list kept here, so that a newer libpq's parameters pass.
+    A URL naming a SQLAlchemy ``plugin=``, which may take options of its own, is not judged.
+    """
+    try:
+        psycopg = importlib.import_module("psycopg")
+    except ImportError:
+        return set()
+    unknown = set()
+    for name in names:
+        try:
+            psycopg.conninfo.make_conninfo("", **{name: "1"})
+        except psycopg.ProgrammingError:
+            unknown.add(name)
+    return unknown
