@@ -275,3 +275,52 @@ def test_times_an_earlier_savegame_stored_as_floats_are_read_as_whole_seconds(
         assert (got.created_at, got.updated_at) == (1796514380, 1796514381)
     got.session_data = {"saved": "again"}
     assert readers[1].upsert(got).created_at == 1796514380
+
+
+@pytest.mark.parametrize("cls", FORMATS)
+def test_a_folder_removed_and_made_again_under_a_running_storage_lists_what_is_there(
+    tmp_path: Path, cls: type[FileStorage]
+) -> None:
+    # The storage's connection to the index outlived the index file: it went on writing
+    # rows into a file no one else sees, and listed sessions whose files were gone.
+    import shutil
+
+    folder = tmp_path / "s"
+    storage = cls(folder)
+    storage.upsert(AgentSession(session_id="gone", user_id="u"))
+    shutil.rmtree(folder)
+    storage.upsert(AgentSession(session_id="new", user_id="u"))
+    assert storage.read("gone") is None
+    assert storage.get_all_session_ids() == ["new"]
+    assert storage.get_all_session_ids(user_id="u") == ["new"]
+    assert cls(folder).get_all_session_ids() == ["new"]
+
+
+@pytest.mark.parametrize("cls", FORMATS)
+def test_failures_of_the_folder_itself_are_savegames_errors(
+    tmp_path: Path, cls: type[FileStorage]
+) -> None:
+    ext = cls.format.extension
+    storage = cls(tmp_path / "a", lock_timeout=2)
+    storage.upsert(AgentSession(session_id="s1"))
+    # A session's file that became a folder.
+    (tmp_path / "a" / f"s1{ext}").unlink()
+    (tmp_path / "a" / f"s1{ext}").mkdir()
+    with pytest.raises(BackendUnavailableError):
+        storage.delete_session("s1")
+    # The lock file that became a folder.
+    (tmp_path / "a" / ".savegame" / "lock").unlink()
+    (tmp_path / "a" / ".savegame" / "lock").mkdir()
+    with pytest.raises(BackendUnavailableError, match="cannot lock"):
+        storage.upsert(AgentSession(session_id="s2"))
+    # A file where the folder of the lock and index goes.
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / ".savegame").write_text("not a folder", encoding="utf-8")
+    other = cls(tmp_path / "b")
+    for call in (
+        lambda: other.upsert(AgentSession(session_id="s1")),
+        other.get_all_session_ids,
+        other.create,
+    ):
+        with pytest.raises(BackendUnavailableError):
+            call()

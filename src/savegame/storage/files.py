@@ -146,8 +146,9 @@ class FileStorage(Storage):
     # -- the folder and its lock ----------------------------------------------------------
 
     def create(self) -> None:
-        self._meta.mkdir(parents=True, exist_ok=True)
-        self._index()
+        self._make_meta()
+        with self._index_errors():
+            self._index()
 
     def table_exists(self) -> bool:
         """Whether the folder exists."""
@@ -156,7 +157,7 @@ class FileStorage(Storage):
     @contextmanager
     def _locked(self) -> Iterator[sqlite3.Connection]:
         """Holds the folder's lock (threads and processes) and yields the index."""
-        self._meta.mkdir(parents=True, exist_ok=True)
+        self._make_meta()
         with self._thread_lock:
             try:
                 self._file_lock.acquire()
@@ -164,6 +165,10 @@ class FileStorage(Storage):
                 raise BackendUnavailableError(
                     f"the folder {self.dir_path} stayed locked by another writer for "
                     f"{self._file_lock.timeout} s"
+                ) from exc
+            except OSError as exc:
+                raise BackendUnavailableError(
+                    f"cannot lock the folder {self.dir_path} ({self._file_lock.lock_file}): {exc}"
                 ) from exc
             try:
                 with self._index_errors():
@@ -174,8 +179,15 @@ class FileStorage(Storage):
     def _index(self) -> sqlite3.Connection:
         """This thread's connection to the index, made (with its tables) on first use."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and self._index_identity() != self._local.identity:
+            # The index file was removed or replaced since this thread opened it (the folder
+            # deleted and made again, say): the connection would go on reading and writing a
+            # file no other process sees, and list sessions whose files are gone.
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+            conn = self._local.conn = None
         if conn is None:
-            self._meta.mkdir(parents=True, exist_ok=True)
+            self._make_meta()
             conn = sqlite3.connect(self._index_path, timeout=_INDEX_TIMEOUT, isolation_level=None)
             with self._index_errors():
                 try:
@@ -188,7 +200,23 @@ class FileStorage(Storage):
                     conn.close()
                     raise
             self._local.conn = conn
+            self._local.identity = self._index_identity()
         return conn
+
+    def _index_identity(self) -> tuple[int, int] | None:
+        """The device and inode of the index file; None when it is not there."""
+        try:
+            stat = os.stat(self._index_path)
+        except OSError:
+            return None
+        return (stat.st_dev, stat.st_ino)
+
+    def _make_meta(self) -> None:
+        """Makes the folder and its ``.savegame`` folder when missing."""
+        try:
+            self._meta.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BackendUnavailableError(f"cannot make the folder {self._meta}: {exc}") from exc
 
     @contextmanager
     def _index_errors(self) -> Iterator[None]:
@@ -196,11 +224,15 @@ class FileStorage(Storage):
         after rolling back what this thread had begun on the index."""
         try:
             yield
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
             if conn is not None and conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
+            if isinstance(exc, OSError):
+                # The files themselves (a session file that became a folder, a folder made
+                # read-only or removed meanwhile): savegame's error, as for the index.
+                raise BackendUnavailableError(f"the folder {self.dir_path}: {exc}") from exc
             raise BackendUnavailableError(
                 f"the index of the folder {self.dir_path} ({self._index_path}) failed: {exc}"
             ) from exc
