@@ -382,3 +382,35 @@ def test_a_name_that_differs_only_in_case_from_another_tables_is_refused(tmp_pat
         with pytest.raises(InvalidIdentifierError, match="'Chat' is the table 'chat'"):
             call()
     assert SqliteStorage("chat", db_file=str(path)).get_all_session_ids() == ["s"]
+
+
+def test_a_database_file_removed_under_a_running_storage_is_made_again(tmp_path: Path) -> None:
+    # SQLite goes on reading and writing a file that was unlinked: writes were acknowledged
+    # that no other storage or process would ever see.
+    path = tmp_path / "x.db"
+    storage = SqliteStorage("t", db_file=path)
+    storage.upsert(AgentSession(session_id="gone", user_id="u"))
+    for name in ("x.db", "x.db-wal", "x.db-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    assert storage.read("gone") is None
+    assert not path.exists()  # a read makes no file
+    storage.upsert(AgentSession(session_id="new", user_id="u"))
+    assert path.exists()
+    assert storage.get_all_session_ids() == ["new"]
+    assert [s.session_id for s in storage.get_all_sessions(user_id="u")] == ["new"]
+    assert SqliteStorage("t", db_file=path, cache_bytes=0).get_all_session_ids() == ["new"]
+
+
+def test_a_database_file_replaced_under_a_running_storage_is_read_anew(tmp_path: Path) -> None:
+    path, other = tmp_path / "x.db", tmp_path / "other.db"
+    storage = SqliteStorage("t", db_file=path)
+    storage.upsert(AgentSession(session_id="old"))
+    with SqliteStorage("t", db_file=other) as elsewhere:
+        elsewhere.upsert(AgentSession(session_id="moved in"))
+    for name in ("x.db-wal", "x.db-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    other.replace(path)
+    assert storage.get_all_session_ids() == ["moved in"]
+    assert storage.read("old") is None
+    storage.upsert(AgentSession(session_id="after"))
+    assert SqliteStorage("t", db_file=path).get_all_session_ids() == ["after", "moved in"]

@@ -821,7 +821,8 @@ class DeadConnection(BackendUnavailableError):
 
 
 class _TableGone(StorageError):
-    """The table was dropped by another storage or process since this one last saw it."""
+    """The table was dropped by another storage or process since this one last saw it, or
+    the database removed or replaced."""
 
 
 def _again_if_dropped(method: Callable[..., T]) -> Callable[..., T]:
@@ -1079,9 +1080,7 @@ class SqlStorage(Storage):
         if error is not None and self._layout.version and self.dialect.missing_table(error):
             # Dropped by another storage or process since this one saw it: what this one
             # knows of the table and its sessions is forgotten (see _again_if_dropped).
-            self._known.clear()
-            with self._layout_lock:
-                self._layout = _MISSING
+            self._forget()
             return _TableGone(
                 f"table {self.table_name!r} at {self.where()} was dropped while in use: {error}"
             )
@@ -1143,12 +1142,17 @@ class SqlStorage(Storage):
                     fairy = self._pooled(patient=attempt > 0)
                 conn = fairy.driver_connection
                 info = fairy.info
+                if self._elsewhere(info):
+                    fairy.invalidate()
+                    fairy.close()
+                    raise self._gone()
                 used = "savegame" in info
                 kept = False
                 try:
                     if info.get("savegame") != dialect.settings:
                         dialect.configure(conn)
                         info["savegame"] = dialect.settings
+                        self._opened(info)
                     result = fn(conn)
                     kept = spare.keep(fairy)
                     return result
@@ -1203,6 +1207,10 @@ class SqlStorage(Storage):
             DeadConnection: for such a connection, which is discarded (see :meth:`_call`).
         """
         conn = self.db_engine.connect()
+        if self._elsewhere(conn.info):
+            conn.invalidate()
+            conn.close()
+            raise self._gone()
         if conn.info.get("savegame") == self.dialect.settings:
             return conn
         raw = conn.connection.driver_connection
@@ -1217,6 +1225,7 @@ class SqlStorage(Storage):
                 raise DeadConnection(f"a pooled connection was dead: {exc}") from exc
             raise
         conn.info["savegame"] = self.dialect.settings
+        self._opened(conn.info)
         return conn
 
     @contextmanager
@@ -1325,6 +1334,31 @@ class SqlStorage(Storage):
                 " keep its runs, is another storage's session table; give this storage"
                 " another table name"
             )
+
+    def _opened(self, info: dict[Any, Any]) -> None:
+        """Notes in a pooled connection's ``info``, when savegame first sets it up, which
+        database it reaches, for :meth:`_elsewhere`."""
+
+    def _elsewhere(self, info: dict[Any, Any]) -> bool:
+        """Whether the pooled connection of ``info`` reaches a database that is no longer at
+        this storage's address (a SQLite file removed or replaced): see :meth:`_gone`."""
+        return False
+
+    def _gone(self) -> _TableGone:
+        """The error of a call that met a connection to a database no longer at this
+        storage's address. Every pooled connection, all made before, is let go and the
+        table forgotten, so that the call runs again as on a storage just opened (see
+        :func:`_again_if_dropped`)."""
+        self.db_engine.dispose()
+        self._forget()
+        return _TableGone(f"the database at {self.where()} was removed or replaced while in use")
+
+    def _forget(self) -> None:
+        """Forgets the table's layout and every session remembered, as a storage just opened
+        knows nothing of them."""
+        self._known.clear()
+        with self._layout_lock:
+            self._layout = _MISSING
 
     def _absent(self) -> bool:
         """Whether the database is not there yet, and asking it would make it (a SQLite file):

@@ -232,6 +232,27 @@ class SqliteStorage(SqlStorage):
     def _absent(self) -> bool:
         return self._file is not None and not self._file.exists()
 
+    # SQLite goes on reading and writing a database file that was unlinked: a connection
+    # opened before the file was removed or replaced would have writes acknowledged that no
+    # other storage or process ever sees.
+
+    def _opened(self, info: dict[Any, Any]) -> None:
+        info.setdefault("file", self._identity())
+
+    def _elsewhere(self, info: dict[Any, Any]) -> bool:
+        opened = info.get("file")
+        return opened is not None and opened != self._identity()
+
+    def _identity(self) -> tuple[int, int] | None:
+        """The device and inode of the database file; None when absent or in memory."""
+        if self._file is None:
+            return None
+        try:
+            stat = os.stat(self._file)
+        except OSError:
+            return None
+        return (stat.st_dev, stat.st_ino)
+
     def _make_tables(self, upgrade: bool) -> None:
         if self._file is not None:
             self._file.parent.mkdir(parents=True, exist_ok=True)
