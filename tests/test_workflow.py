@@ -120,6 +120,38 @@ def test_a_step_saved_by_another_workflow_object_is_kept_by_this_ones_save(flows
     assert computed == ["x", "y"]
 
 
+def test_a_step_saved_since_this_object_loaded_is_not_computed_again(flows: Store) -> None:
+    # Two workers hold the session; one saves a step: the other, made before that save and
+    # not reloaded, takes the saved result instead of computing it again and overwriting it.
+    first = Counter(session_id="w", storage=flows())
+    second = Counter(session_id="w", storage=flows())
+    computed: list[str] = []
+    assert second.step("x", lambda: computed.append("second") or "from second") == "from second"
+    assert first.step("x", lambda: computed.append("first") or "from first") == "from second"
+    assert computed == ["second"]
+    stored = flows().read("w")
+    assert stored is not None
+    assert stored.session_data["session_state"] == {"x": "from second"}  # type: ignore[index]
+
+
+def test_of_two_workers_computing_one_step_at_once_the_first_saved_result_is_kept(
+    flows: Store,
+) -> None:
+    first = Counter(session_id="w", storage=flows())
+    second = Counter(session_id="w", storage=flows())
+
+    def slow() -> str:
+        # While this one computes, the other worker computes and saves the same step.
+        assert second.step("x", lambda: "from second") == "from second"
+        return "from first"
+
+    assert first.step("x", slow) == "from second"
+    assert first.session_state["x"] == "from second"
+    stored = flows().read("w")
+    assert stored is not None
+    assert stored.session_data["session_state"] == {"x": "from second"}  # type: ignore[index]
+
+
 def _steps(markers: Path, fail: str, store: Store, **kwargs: Any) -> StepWorkflow:
     def make(name: str) -> Step:
         def fn(ctx: StepContext) -> str:

@@ -30,6 +30,9 @@ from savegame.storage.known import pickle_plain
 
 T = TypeVar("T")
 
+_MISSING = object()
+"""No result saved for a step."""
+
 
 def _storable(value: Any) -> Any:
     """``value`` when the store can hold it as it is, else its ``repr`` (for the run record)."""
@@ -91,6 +94,9 @@ class Workflow(SessionKeeper):
     ) -> None:
         self.name = name or self.name or type(self).__name__
         self._in_run = False
+        self._new_steps: set[str] = set()
+        """Keys of step results being saved: a result stored meanwhile by another process
+        is kept rather than overwritten (the first result saved wins)."""
         super().__init__(
             storage, session_id, user_id, workflow_id, session_name, session_state, extra_data
         )
@@ -123,14 +129,38 @@ class Workflow(SessionKeeper):
         if key in self.session_state:
             done: T = self.session_state[key]
             return done
+        saved = self._saved_step(key)
+        if saved is not _MISSING:
+            return saved  # type: ignore[no-any-return]
         value = compute()
         self.session_state[key] = value
+        self._new_steps.add(key)
         try:
             self.save()
         except Exception:
             del self.session_state[key]
             raise
-        return value
+        finally:
+            self._new_steps.discard(key)
+        # Another process may have saved this step first: its result is the one kept.
+        kept: T = self.session_state.get(key, value)
+        return kept
+
+    def _saved_step(self, key: str) -> Any:
+        """The result another process saved for ``key`` since this object last read the
+        session (taken into this object's state), or :data:`_MISSING`."""
+        if self.storage is None:
+            return _MISSING
+        stored = self.storage.read(self.session_id)
+        if stored is None:
+            return _MISSING
+        self._check_owner(stored)
+        state = (getattr(stored, "session_data", None) or {}).get("session_state") or {}
+        if key not in state:
+            return _MISSING
+        self.session_state[key] = copy.deepcopy(state[key])
+        self._base_state[key] = copy.deepcopy(state[key])
+        return self.session_state[key]
 
     def save(self) -> None:
         """Saves ``session_state`` now, without recording a run.
@@ -161,6 +191,8 @@ class Workflow(SessionKeeper):
         for key in base.keys() - self.session_state.keys():
             merged.pop(key, None)
         for key, value in self.session_state.items():
+            if key in self._new_steps and key in stored and key not in base:
+                continue
             if key not in base or _changed(base[key], value):
                 merged[key] = copy.deepcopy(value)
         return merged
