@@ -146,6 +146,53 @@ def test_a_new_team_session_gives_members_new_sessions(stores: tuple[Store, Stor
     assert team.members["chef"].runs == []
 
 
+def test_two_teams_starting_one_session_at_once_share_each_members_session(
+    stores: tuple[Store, Store],
+) -> None:
+    # Two processes make the team on a session not stored yet, before either has run it:
+    # each member must answer in one session, or a team made again sees half its turns.
+    first = _team(stores, session_id="t")
+    second = _team(stores, session_id="t")
+    first.run("My favourite recipe is pho.")
+    second.run("a soup recipe")
+    assert first.member_sessions == second.member_sessions
+    again = _team(stores, session_id="t")
+    assert len(again.members["chef"].runs) == 2
+    assert "pho" in again.run("What is my favourite recipe?").content
+
+
+@pytest.mark.parametrize("current", [True, False], ids=["current", "another"])
+def test_deleting_a_team_session_deletes_its_members_sessions(
+    stores: tuple[Store, Store], current: bool
+) -> None:
+    # Member session ids derive from the team session's: a team session made again with the
+    # id of a deleted one would find the deleted conversation, were the members' left.
+    team = _team(stores, session_id="t")
+    team.run("My favourite recipe is pho.")
+    team.run("How do I write a python loop?")
+    linked = set(team.member_sessions.values())
+    agents, teams = stores
+    assert all(agents().read(sid) is not None for sid in linked)
+    if not current:
+        team.new_session()
+    assert team.delete_session("t")
+    assert teams().read("t") is None
+    assert [agents().read(sid) for sid in linked] == [None, None]
+    again = _team(stores, session_id="t")
+    assert again.members["chef"].runs == []
+    assert "pho" not in again.run("What is my favourite recipe?").content
+    assert not team.delete_session("absent")
+
+
+def test_a_team_session_linking_members_oddly_is_corrupt(stores: tuple[Store, Store]) -> None:
+    from savegame.errors import CorruptSessionError
+
+    _, teams = stores
+    teams().upsert(TeamSession(session_id="t", session_data={"member_sessions": ["chef"]}))
+    with pytest.raises(CorruptSessionError, match="member_sessions"):
+        _team(stores, session_id="t")
+
+
 def test_a_new_process_resumes_the_team(backend: Backend, tmp_path: Path) -> None:
     with (
         backend.make(tmp_path / "agents", "agent") as agents,

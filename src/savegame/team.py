@@ -14,10 +14,12 @@ stored and the team's record of it is not, and the error says so by propagating.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from savegame.agent import Agent, RunResponse
+from savegame.errors import CorruptSessionError
 from savegame.models import Model, default_model, describe
 from savegame.models import message as make_message
 from savegame.models.offline import CHOOSE_ONE
@@ -150,9 +152,37 @@ class Team(SessionKeeper):
             self._attach_members()
         return loaded
 
+    def delete_session(self, session_id: str | None = None) -> bool:
+        """Deletes a stored team session and its members' sessions (default: the current
+        one, which then starts afresh).
+
+        The members' sessions go first: a team session made again with the same id would
+        otherwise find their turns (their ids derive from it). Sessions of members that are
+        no longer in the team are left, as their storage is unknown here.
+
+        Returns:
+            Whether there was such a team session.
+
+        Raises:
+            StorageError: when a store could not be reached; what was deleted stays deleted.
+        """
+        session_id = session_id or self.session_id
+        if session_id == self.session_id:
+            links = dict(self.member_sessions)
+        else:
+            links = {key: _member_session_id(session_id, key) for key in self.members}
+        stored = self.storage.read(session_id) if self.storage is not None else None
+        if stored is not None:
+            links.update(_links(getattr(stored, "session_data", None)))
+        for key, member_session in links.items():
+            member = self.members.get(key)
+            if member is not None and member.storage is not None:
+                member.storage.delete_session(member_session)
+        return super().delete_session(session_id)
+
     def _attach_members(self) -> None:
         for key, member in self.members.items():
-            sid = self.member_sessions.get(key) or new_id()
+            sid = self.member_sessions.get(key) or _member_session_id(self.session_id, key)
             self.member_sessions[key] = sid
             member.attach(sid, self.session_id, self.user_id)
 
@@ -191,16 +221,44 @@ class Team(SessionKeeper):
         list_messages(data)
         session_data = data["session_data"]
         # Union, not replace: another process may have attached a member this one lacks.
-        session_data["member_sessions"] = {
-            **(session_data.get("member_sessions") or {}),
-            **self.member_sessions,
-        }
+        session_data["member_sessions"] = {**_links(session_data), **self.member_sessions}
 
     def _restored(self, data: dict[str, Any]) -> None:
-        stored = (data.get("session_data") or {}).get("member_sessions") or {}
-        self.member_sessions = {**self.member_sessions, **stored}
+        self.member_sessions = {**self.member_sessions, **_links(data.get("session_data"))}
         self.name = self.name or (data.get("team_data") or {}).get("name")
 
     def _reset(self) -> None:
         super()._reset()
         self.member_sessions = {}
+
+
+def _links(session_data: Any) -> dict[str, str]:
+    """The member sessions a stored team session links to, by member.
+
+    Raises:
+        CorruptSessionError: when the stored links are not a map of names to session ids.
+    """
+    links = session_data.get("member_sessions") if isinstance(session_data, dict) else None
+    if links is None:
+        return {}
+    if not isinstance(links, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in links.items()
+    ):
+        raise CorruptSessionError(
+            f"the team session's member_sessions is not a map of names to session ids: {links!r}"
+        )
+    return links
+
+
+def _member_session_id(team_session_id: str, member: str) -> str:
+    """The session a member answers in for a team session not stored yet.
+
+    Derived from the two names rather than drawn at random, so that two processes starting
+    one team session at once give each member the same session, not one each (the stored
+    map would keep only one, and a team made again would see half the member's turns).
+    """
+    return str(uuid.uuid5(_MEMBER_SESSIONS, f"{team_session_id}\x00{member}"))
+
+
+_MEMBER_SESSIONS = uuid.UUID("5b0d1a4e-2f7c-4c38-9a55-6d2f3e1b7a90")
+"""Namespace of member session ids (any fixed UUID)."""
