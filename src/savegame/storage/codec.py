@@ -21,6 +21,7 @@ import enum
 import json
 import math
 import re
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import PurePath
@@ -161,8 +162,34 @@ def depth_at_most(value: Any, limit: int) -> bool:
 _NESTED = (dict, list, tuple)
 
 
+_INT_BITS = 14_000
+"""Ints of at most this many bits have at most 4,215 digits, under Python's default limit on
+converting an int to text (4,300 digits); only longer ones are converted to find out."""
+
+
+def _int_text_problem(value: int, path: str) -> SerializationError | None:
+    """The error for an int too long for Python to write as text (``sys.int_info`` and
+    ``sys.set_int_max_str_digits``), which JSON cannot then hold; None for any other."""
+    if value.bit_length() <= _INT_BITS:
+        return None
+    try:
+        int.__repr__(value)
+    except ValueError:
+        limit = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 0
+        return SerializationError(
+            f"{path}: an int of more than {limit} digits cannot be written as JSON text "
+            "(Python's limit on converting ints to text); store it as a string"
+        )
+    return None
+
+
 def _walk(value: Any, path: str, depth: int) -> Any:
-    if value is None or type(value) in (str, bool, int):
+    if value is None or type(value) in (str, bool):
+        return value
+    if type(value) is int:
+        problem = _int_text_problem(value, path)
+        if problem is not None:
+            raise problem
         return value
     if isinstance(value, enum.Enum):
         return _walk(value.value, path, depth)
@@ -171,7 +198,7 @@ def _walk(value: Any, path: str, depth: int) -> Any:
     if isinstance(value, bool):
         return bool(value)
     if isinstance(value, int):
-        return int(value)
+        return _walk(int(value), path, depth)
     if isinstance(value, float):
         if not math.isfinite(value):
             raise SerializationError(f"{path}: {value!r} cannot be stored as JSON")
