@@ -66,6 +66,16 @@ def test_nul_and_surrogates_are_stored_as_queryable_jsonb(
     assert isinstance(got.session_data["big"], float)  # type: ignore[index]
 
 
+def test_values_jsonb_cannot_hold_are_refused_as_serialization_errors() -> None:
+    # A string over 256 MB (SQLSTATE 54000) is bad input, as on SQLite and MySQL, not a
+    # failure of the server; checked on the error itself, the real one needing gigabytes.
+    import psycopg
+
+    dialect = PostgresStorage.dialect_class()
+    assert dialect.refused(psycopg.errors.ProgramLimitExceeded(), psycopg)
+    assert not dialect.refused(psycopg.errors.AdminShutdown(), psycopg)
+
+
 def test_a_closed_port_raises_naming_the_address() -> None:
     sql_cases.check_closed_port(
         lambda url: PostgresStorage("sessions", db_url=url),

@@ -132,6 +132,12 @@ class PostgresDialect(SqlDialect):
     def schema_lock(self, conn: Connection) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
 
+    def refused(self, error: BaseException, dbapi: Any) -> bool:
+        # 54000 (program_limit_exceeded): a value JSONB cannot hold, such as a string or an
+        # object over 256 MB. psycopg raises it as an OperationalError, but it is bad input,
+        # as SQLite's "string or blob too big" and MySQL's max_allowed_packet are.
+        return super().refused(error, dbapi) or getattr(error, "sqlstate", None) == "54000"
+
     def unavailable(self, error: BaseException) -> bool:
         import psycopg
 
