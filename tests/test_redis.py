@@ -28,7 +28,13 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.retry import Retry
 
-from savegame.errors import BackendUnavailableError, CorruptSessionError, InvalidIdentifierError
+import savegame.storage.redis as redis_backend
+from savegame.errors import (
+    BackendUnavailableError,
+    CorruptSessionError,
+    InvalidIdentifierError,
+    SerializationError,
+)
 from savegame.storage.known import PAST_TOKENS
 from savegame.storage.redis import RedisStorage, from_url
 from savegame.storage.session.agent import AgentSession
@@ -812,3 +818,76 @@ def test_times_an_earlier_savegame_stored_as_floats_are_read_as_whole_seconds(
     got.session_data = {"saved": "again"}
     assert storage.upsert(got).created_at == 1796514380
     storage.close()
+
+
+def test_a_value_larger_than_redis_takes_is_refused_before_it_is_sent(
+    server: str, raw: Any, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Sent, a value over proto-max-bulk-len (512 MB) makes the server close the connection,
+    # which looked like a server gone away (BackendUnavailableError, after sending it four
+    # times). The limit is lowered here, so the test needs no gigabytes.
+    storage = RedisStorage(prefix, url=server)
+    before = storage.upsert(_session("s", _runs(2), user_id="u"))
+    monkeypatch.setattr(redis_backend, "MAX_ARGUMENT", 1 << 20)
+    for sid in ("s", "new"):
+        for holder in ("runs", "header"):
+            big = "\u00e9" * (600 * 1024)  # 1.2 MB as UTF-8, 600 k characters
+            runs = _runs(2) + ([{"blob": big}] if holder == "runs" else [])
+            session = _session(sid, runs, user_id="u")
+            if holder == "header":
+                session.session_data = {"blob": big}
+            with pytest.raises(SerializationError, match="larger than"):
+                storage.upsert(session)
+    for reader in (storage, RedisStorage(prefix, url=server)):
+        assert reader.read("s") == before
+        assert reader.read("new") is None
+        assert reader.get_all_session_ids(user_id="u") == ["s"]
+
+
+def _answers(client: redis.Redis) -> bool:
+    """Whether the server answers ``client``, rather than saying it is BUSY."""
+    try:
+        client.ping()
+    except redis.exceptions.ResponseError as exc:
+        if str(exc).startswith("BUSY"):
+            return False
+        raise
+    return True
+
+
+@pytest.mark.timeout(60)
+def test_a_server_busy_with_a_script_is_unavailable_not_a_refusal(own_server: str) -> None:
+    # While any client's script runs past busy-reply-threshold, the server answers every
+    # other command with BUSY and runs none: nothing was done, and it serves again soon.
+    prefix = unique("sgt")
+    storage = RedisStorage(prefix, url=own_server)
+    stored = storage.upsert(_session("s", _runs(1)))
+    admin = redis.Redis.from_url(own_server)
+    threshold = admin.config_get("busy-reply-threshold")["busy-reply-threshold"]
+    admin.config_set("busy-reply-threshold", 50)
+    spinning = redis.Redis.from_url(own_server)
+
+    def spin() -> None:
+        with contextlib.suppress(redis.exceptions.ResponseError):  # killed, at the end
+            spinning.eval("while true do end", 0)
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    spinner.start()
+    probe = redis.Redis.from_url(own_server)
+    try:
+        deadline = time.monotonic() + 10
+        while _answers(probe):
+            assert time.monotonic() < deadline, "the script never made the server busy"
+            time.sleep(0.02)
+        with pytest.raises(BackendUnavailableError, match="BUSY"):
+            storage.upsert(_session("s", _runs(2)))
+        with pytest.raises(BackendUnavailableError, match="BUSY"):
+            RedisStorage(prefix, url=own_server).read("s")
+    finally:
+        probe.script_kill()
+        spinner.join(10)
+        admin.config_set("busy-reply-threshold", threshold)
+    assert storage.read("s") == stored
+    storage.drop()
+    for client in (admin, spinning, probe):
+        client.close()

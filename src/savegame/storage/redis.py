@@ -90,6 +90,7 @@ from savegame.errors import (
     CorruptSessionError,
     InvalidIdentifierError,
     MissingDependencyError,
+    SerializationError,
     StorageError,
 )
 from savegame.storage.base import STAMPED, Draft, Header, Record, Storage, with_retries
@@ -142,6 +143,11 @@ GUESS = 64 * 1024
 
 MAX_SHARDS = 1024
 """The most slots one store may spread over."""
+
+MAX_ARGUMENT = 512 * 1024 * 1024
+"""Bytes of the largest value a write sends as one argument: Redis's default
+``proto-max-bulk-len``. A server refuses a larger one by closing the connection, which looks
+like a server gone away; savegame refuses it before sending, with SerializationError."""
 
 T = TypeVar("T")
 
@@ -552,7 +558,11 @@ class RedisStorage(Storage):
         if isinstance(exc, unavailable):
             return BackendUnavailableError(f"{self._address} is unavailable: {exc}")
         busy = (errors.ReadOnlyError, errors.TryAgainError, errors.RedisClusterException)
-        if isinstance(exc, busy):
+        if isinstance(exc, busy) or (
+            # Another client's script has run past busy-reply-threshold: the command was
+            # not run, and the server serves again when the script ends.
+            isinstance(exc, errors.ResponseError) and str(exc).startswith("BUSY ")
+        ):
             return BackendUnavailableError(f"{self._address} cannot serve: {exc}")
         return StorageError(f"{self._address} refused the command: {exc}")
 
@@ -810,6 +820,7 @@ class RedisStorage(Storage):
                 seen, trusted = self._header(sid), True
                 continue
             keys, args, written = self._plan(draft, record, seen)
+            _check_sizes(sid, args)
             if seen is ABSENT and not trusted and _payload(args) > GUESS:
                 seen, trusted = self._header(sid), True
                 continue
@@ -943,6 +954,24 @@ def _state_of(token: Any, version: Any, created: Any, expires: Any, digests: Any
 
 ABSENT = Known("", None, None, None)
 """What a write assumes of a session the storage has not seen."""
+
+
+def _check_sizes(session_id: str, args: list[Any]) -> None:
+    """Refuses a write with a value larger than :data:`MAX_ARGUMENT`, before it is sent.
+
+    Raises:
+        SerializationError: naming the size and the limit; nothing was written.
+    """
+    for arg in args:
+        # UTF-8 takes at most 4 bytes a character: only long texts are measured.
+        if isinstance(arg, str) and 4 * len(arg) > MAX_ARGUMENT:
+            size = len(arg.encode("utf-8", "surrogatepass"))
+            if size > MAX_ARGUMENT:
+                raise SerializationError(
+                    f"session {session_id!r}: a run or header of {size} bytes is larger than "
+                    f"the {MAX_ARGUMENT} bytes Redis takes in one value (proto-max-bulk-len); "
+                    "nothing was written"
+                )
 
 
 def _payload(args: list[Any]) -> int:
