@@ -891,3 +891,133 @@ def test_a_server_busy_with_a_script_is_unavailable_not_a_refusal(own_server: st
     storage.drop()
     for client in (admin, spinning, probe):
         client.close()
+
+
+class _Migration:
+    """One cluster slot being moved from its master to another, as ``redis-cli --cluster
+    reshard`` moves it: IMPORTING and MIGRATING set, then keys moved in batches (``move``),
+    then the slot given to the new master (``finish``, which is always run)."""
+
+    def __init__(self, raw: Any, slot: int) -> None:
+        self.slot = slot
+        self.source = raw.nodes_manager.get_node_from_slot(slot)
+        self.target = next(n for n in raw.get_primaries() if n.name != self.source.name)
+        self.primaries = raw.get_primaries()
+        self.ids = {n.name: self.node(n).execute_command("CLUSTER", "MYID") for n in self.primaries}
+
+    @staticmethod
+    def node(node: Any) -> Any:
+        return redis.Redis(host=node.host, port=node.port)
+
+    def begin(self) -> None:
+        source, target = self.node(self.source), self.node(self.target)
+        target.execute_command(
+            "CLUSTER", "SETSLOT", self.slot, "IMPORTING", self.ids[self.source.name]
+        )
+        source.execute_command(
+            "CLUSTER", "SETSLOT", self.slot, "MIGRATING", self.ids[self.target.name]
+        )
+
+    def move(self, *keys: str) -> None:
+        source = self.node(self.source)
+        for key in keys:
+            source.execute_command(
+                "MIGRATE", self.target.host, self.target.port, "", 0, 5000, "KEYS", key
+            )
+
+    def finish(self) -> None:
+        source = self.node(self.source)
+        self.move(
+            *(
+                k.decode()
+                for k in source.execute_command("CLUSTER", "GETKEYSINSLOT", self.slot, 100000)
+            )
+        )
+        for node in self.primaries:
+            self.node(node).execute_command(
+                "CLUSTER", "SETSLOT", self.slot, "NODE", self.ids[self.target.name]
+            )
+
+
+@contextlib.contextmanager
+def _migrating(raw: Any, prefix: str) -> Iterator[_Migration]:
+    migration = _Migration(raw, key_slot(f"{{{prefix}}}:all".encode()))
+    migration.begin()
+    try:
+        yield migration
+    finally:
+        migration.finish()
+
+
+@pytest.fixture
+def cluster_raw() -> Iterator[Any]:
+    client = redis_client(server_url(True))
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def cluster_prefix() -> Iterator[str]:
+    name = unique("sgt")
+    yield name
+    with RedisStorage(name, url=server_url(True)) as storage:
+        storage.drop()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("same_user", [False, True], ids=["own-user", "shared-user"])
+def test_a_write_while_the_slot_migrates_never_loses_the_session(
+    cluster_raw: Any, cluster_prefix: str, same_user: bool
+) -> None:
+    # A script on a MIGRATING slot is stopped by its first command on a key missing there:
+    # a write that removed the header (or an index) to make it again lost it.
+    url, prefix = server_url(True), cluster_prefix
+    storage = RedisStorage(prefix, url=url, expire=3600)
+    session = storage.upsert(_session("s", _runs(1), user_id="u", agent_id="a"))
+    if same_user:
+        storage.upsert(_session("other", _runs(1), user_id="u", agent_id="a"))
+    written = True
+    with _migrating(cluster_raw, prefix):
+        session.memory["runs"].append({"run_id": "1"})  # type: ignore[index]
+        try:
+            storage.upsert(session)
+        except BackendUnavailableError:
+            written = False
+    fresh = RedisStorage(prefix, url=url, expire=3600)
+    stored = fresh.read("s")
+    assert stored is not None
+    assert len(stored.memory["runs"]) == (2 if written else 1)  # type: ignore[index]
+    assert "s" in fresh.get_all_session_ids(user_id="u")
+    assert "s" in fresh.get_all_session_ids(entity_id="a")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("moved", ["session", "indexes"])
+def test_a_removal_or_listing_while_the_slot_migrates_never_unlists_a_session(
+    cluster_raw: Any, cluster_prefix: str, moved: str
+) -> None:
+    # Keys moved so far: the session's (a removal stops at its header, after removing its
+    # index entries), or the indexes (a listing there sees no header and forgot it).
+    url, prefix = server_url(True), cluster_prefix
+    tag = "{" + prefix + "}:"
+    storage = RedisStorage(prefix, url=url, expire=3600)
+    for sid in ("s1", "s2"):
+        storage.upsert(_session(sid, _runs(1), user_id="u", agent_id="a"))
+    with _migrating(cluster_raw, prefix) as migration:
+        if moved == "session":
+            migration.move(tag + "h:s1", tag + "r:s1", tag + "d:s1")
+        else:
+            migration.move(*(tag + k for k in ("all", "idx", "exp", "u:u")))
+        with contextlib.suppress(BackendUnavailableError):
+            storage.get_all_session_ids(user_id="u")
+        with contextlib.suppress(BackendUnavailableError):
+            storage.delete_user("u")
+    fresh = RedisStorage(prefix, url=url, expire=3600)
+    alive = [sid for sid in ("s1", "s2") if fresh.read(sid) is not None]
+    assert fresh.get_all_session_ids(user_id="u") == alive
+    fresh.delete_user("u")
+    assert fresh.read("s1") is None
+    assert fresh.read("s2") is None
+    fresh.drop()
+    nodes = [_Migration.node(n) for n in cluster_raw.get_primaries()]
+    assert not [key for node in nodes for key in node.keys(tag + "*")]

@@ -72,6 +72,7 @@ more than a node keep the default; so do stores on a single server, where shards
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import secrets
@@ -151,18 +152,46 @@ like a server gone away; savegame refuses it before sending, with SerializationE
 
 T = TypeVar("T")
 
-# Shared by the scripts: remove every trace of one session. ARGV[1] of every script that
-# uses it is the key prefix "{P}:"; KEYS[1..3] are {P}:all, {P}:idx, {P}:exp.
+# Shared by the scripts that remove sessions. KEYS[1..3] are {P}:all, {P}:idx, {P}:exp, then
+# the header, runs and digests of each session to remove, from KEYS[first] on (declared, so
+# that a cluster runs the script only on the node that holds them: see _WRITE).
+# Slot migration: in a cluster, a command of a script on a key of its slot that is not on
+# the node (moved already, or missing while the slot is MIGRATING) aborts the script, and
+# what it had done stays done. So the scripts read every key they will change before their
+# first change, never touch a key again after a change may have removed it (each key is
+# changed once), and remove a session's data before its index entries: an index entry
+# left without its session is dropped by the next listing; a session left without its
+# index entries would never be listed, nor found by delete_user, again.
 _FORGET = """
-local function forget(id)
-  local listed = redis.call('HGET', KEYS[2], id)
-  if listed then
-    for key in string.gmatch(listed, '[^%z]+') do redis.call('ZREM', key, id) end
+local function forget(ids, first)
+  local listed, where, hit = {}, {}, {}
+  for n, id in ipairs(ids) do
+    local keys = redis.call('HGET', KEYS[2], id)
+    if keys then
+      hit[n] = true
+      for key in string.gmatch(keys, '[^%z]+') do
+        redis.call('ZSCORE', key, id)
+        if not where[key] then
+          where[key] = {}
+          listed[#listed + 1] = key
+        end
+        table.insert(where[key], id)
+      end
+    end
   end
-  redis.call('ZREM', KEYS[1], id)
-  redis.call('HDEL', KEYS[2], id)
-  redis.call('ZREM', KEYS[3], id)
-  return redis.call('DEL', ARGV[1] .. 'h:' .. id, ARGV[1] .. 'r:' .. id, ARGV[1] .. 'd:' .. id)
+  for n, id in ipairs(ids) do
+    local k = first + (n - 1) * 3
+    if redis.call('DEL', KEYS[k], KEYS[k + 1], KEYS[k + 2]) > 0 then hit[n] = true end
+  end
+  for _, key in ipairs(listed) do redis.call('ZREM', key, unpack(where[key])) end
+  if #ids > 0 then
+    redis.call('ZREM', KEYS[1], unpack(ids))
+    redis.call('HDEL', KEYS[2], unpack(ids))
+    redis.call('ZREM', KEYS[3], unpack(ids))
+  end
+  local removed = 0
+  for n in pairs(hit) do removed = removed + 1 end
+  return removed
 end
 """
 
@@ -211,6 +240,18 @@ if current ~= ARGV[3] then
   return found
 end
 past = string.sub(current .. past, 1, PAST)
+-- Reads first (see _FORGET): the index keys the session leaves, which are not declared.
+local listed = redis.call('HGET', KEYS[2], id)
+local new, stale = {}, {}
+for i = 7, #KEYS do new[KEYS[i]] = true end
+if listed then
+  for key in string.gmatch(listed, '[^%z]+') do
+    if not new[key] then
+      redis.call('ZSCORE', key, id)
+      stale[#stale + 1] = key
+    end
+  end
+end
 if ARGV[11] == 'keep' then
   local bad = damaged(KEYS[4], KEYS[5], KEYS[6])
   if bad then return bad end
@@ -219,13 +260,11 @@ if ARGV[11] == 'keep' then
     if (#ARGV - 11) / 3 ~= (tonumber(ARGV[10]) or 0) then
       return redis.error_reply('SAVEGAME-LEGACY ' .. KEYS[4])
     end
-    redis.call('DEL', KEYS[6])
+    redis.call('SET', KEYS[6], '')
   end
 end
-local listed = redis.call('HGET', KEYS[2], id)
-if listed then
-  for key in string.gmatch(listed, '[^%z]+') do redis.call('ZREM', key, id) end
-end
+-- No key is removed and made again below (see _FORGET): a slot being migrated would
+-- refuse the second command, after the first.
 local index = {}
 for i = 7, #KEYS do
   redis.call('ZADD', KEYS[i], ARGV[5], id)
@@ -233,7 +272,6 @@ for i = 7, #KEYS do
 end
 redis.call('ZADD', KEYS[1], ARGV[5], id)
 redis.call('HSET', KEYS[2], id, table.concat(index, '\0'))
-redis.call('DEL', KEYS[4])
 local fields = {
   'token', ARGV[4], 'past', past, 'data', ARGV[7], 'version', ARGV[8], 'created_at', ARGV[9]
 }
@@ -246,8 +284,13 @@ if ARGV[10] ~= '' then
   fields[#fields + 1] = ARGV[10]
 end
 redis.call('HSET', KEYS[4], unpack(fields))
-if ARGV[11] == 'replace' then redis.call('DEL', KEYS[5], KEYS[6]) end
+local gone = {}
+if ARGV[6] == '' then gone[#gone + 1] = 'expires_at' end
+if ARGV[10] == '' then gone[#gone + 1] = 'runs' end
+if #gone > 0 then redis.call('HDEL', KEYS[4], unpack(gone)) end
 local count = tonumber(ARGV[10]) or 0
+-- 'replace' sends every run from the first: they overwrite the list, trimmed below.
+if ARGV[11] == 'replace' and count > 0 then redis.call('SET', KEYS[6], '') end
 local length = redis.call('LLEN', KEYS[5])
 for i = 12, #ARGV, 3 do
   local pos = tonumber(ARGV[i])
@@ -258,22 +301,28 @@ for i = 12, #ARGV, 3 do
   end
   redis.call('SETRANGE', KEYS[6], pos * WIDTH, ARGV[i + 1])
 end
-if count == 0 then
-  redis.call('DEL', KEYS[5], KEYS[6])
-elseif count < length then
+if count > 0 and count < length then
   redis.call('LTRIM', KEYS[5], 0, count - 1)
   redis.call('SET', KEYS[6], redis.call('GETRANGE', KEYS[6], 0, count * WIDTH - 1))
 end
 if ARGV[6] ~= '' then
   redis.call('EXPIREAT', KEYS[4], ARGV[6])
-  redis.call('EXPIREAT', KEYS[5], ARGV[6])
-  redis.call('EXPIREAT', KEYS[6], ARGV[6])
+  if count > 0 then
+    redis.call('EXPIREAT', KEYS[5], ARGV[6])
+    redis.call('EXPIREAT', KEYS[6], ARGV[6])
+  end
   redis.call('ZADD', KEYS[3], ARGV[6], id)
 else
-  redis.call('PERSIST', KEYS[5])
-  redis.call('PERSIST', KEYS[6])
+  redis.call('PERSIST', KEYS[4])
+  if count > 0 then
+    redis.call('PERSIST', KEYS[5])
+    redis.call('PERSIST', KEYS[6])
+  end
   redis.call('ZREM', KEYS[3], id)
 end
+-- Last: keys that these commands may remove.
+if count == 0 then redis.call('DEL', KEYS[5], KEYS[6]) end
+for _, key in ipairs(stale) do redis.call('ZREM', key, id) end
 return 1
 """.replace("WIDTH", str(_WIDTH)).replace("PAST", str(PAST_TOKENS * 2 * TOKEN_BYTES))
 )
@@ -306,11 +355,10 @@ return out
 )
 
 # KEYS: all, idx, exp, the index to list; ARGV: key prefix, limit (-1: all), now ('' : keep
-# expired). Returns id, score, id, score... newest first, removing the expired ones it meets,
-# and those whose header is gone (evicted, or removed outside savegame).
-_LIST = (
-    _FORGET
-    + """
+# expired). Returns {id, score, id, score... newest first; the expired ids it met, and those
+# whose header is gone (evicted, or removed outside savegame)}, which the client removes
+# with _FORGET_IDS, their keys declared (see _FORGET): this script changes nothing.
+_LIST = """
 local limit = tonumber(ARGV[2])
 local now = tonumber(ARGV[3])
 local out, gone, start, found = {}, {}, 0, 0
@@ -332,34 +380,39 @@ while limit < 0 or found < limit do
   end
   start = start + 200
 end
-for _, id in ipairs(gone) do forget(id) end
-return out
+return {out, gone}
 """
-)
 
-# KEYS: all, idx, exp; ARGV: key prefix, id. Returns 1 when there was something to remove.
-_DELETE = (
+# KEYS: all, idx, exp, then header, runs, digests of each id; ARGV: now ('': remove each),
+# the ids. With now, an id is removed only while it is expired then or its header is gone.
+# Returns for how many ids there was something to remove.
+_FORGET_IDS = (
     _FORGET
     + """
-local known = redis.call('HEXISTS', KEYS[2], ARGV[2])
-return math.max(known, forget(ARGV[2]) > 0 and 1 or 0)
-"""
-)
-
-# KEYS: all, idx, exp; ARGV: key prefix, batch, now ('': every session). Returns how many.
-_SWEEP = (
-    _FORGET
-    + """
-local ids
-if ARGV[3] == '' then
-  ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
-else
-  ids = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[3], 'LIMIT', 0, tonumber(ARGV[2]))
+local now = tonumber(ARGV[1])
+local ids = {}
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  local k = 4 + (i - 2) * 3
+  local go = true
+  if now then
+    local expires = redis.call('ZSCORE', KEYS[3], id)
+    go = (expires and tonumber(expires) <= now) or redis.call('EXISTS', KEYS[k]) == 0
+  end
+  if go then ids[#ids + 1] = id end
 end
-for _, id in ipairs(ids) do forget(id) end
-return #ids
+return forget(ids, 4)
 """
 )
+
+# KEYS: all, exp; ARGV: batch, now ('': every session). Returns up to batch ids: every
+# session's, or those expired at now.
+_SWEEP = """
+if ARGV[2] == '' then
+  return redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+end
+return redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[1]))
+"""
 
 
 # KEYS: {P}:shards; ARGV: the shard count to record when none is. Returns the recorded one.
@@ -368,7 +421,7 @@ redis.call('SET', KEYS[1], ARGV[1], 'NX')
 return tonumber(redis.call('GET', KEYS[1]))
 """
 
-_SCRIPTS = (_WRITE, _HEADER, _READ, _LIST, _DELETE, _SWEEP, _LAYOUT)
+_SCRIPTS = (_WRITE, _HEADER, _READ, _LIST, _FORGET_IDS, _SWEEP, _LAYOUT)
 
 
 _WIRE = threading.local()
@@ -554,6 +607,13 @@ class RedisStorage(Storage):
                 "keys were changed outside savegame (by a maxmemory-policy that evicts keys, "
                 "say); nothing was read or written"
             )
+        if isinstance(exc, errors.ResponseError) and "non local key" in str(exc):
+            # A script met a key of its slot that another node holds now (see _FORGET):
+            # it stopped before changing anything.
+            return BackendUnavailableError(
+                f"{self._address} is moving the slot of {self._keys} between nodes; nothing "
+                f"was written, try again when it is done: {exc}"
+            )
         unavailable = (errors.ConnectionError, errors.TimeoutError, errors.ClusterError)
         if isinstance(exc, unavailable):
             return BackendUnavailableError(f"{self._address} is unavailable: {exc}")
@@ -682,8 +742,7 @@ class RedisStorage(Storage):
         open keep what they read, so drop a sharded store only when nothing else uses it.
         """
         for tag in self._tags():
-            while self._script(_SWEEP, self._store_keys(tag), [tag, BATCH, ""]):
-                pass
+            self._sweep(tag, "")
         self._call(methodcaller("delete", self._keys + "shards"))
         with self._lock:
             # The next call records the layout again (this storage's shards, or one).
@@ -919,7 +978,11 @@ class RedisStorage(Storage):
             keys = self._index_keys(tag, user_id, entity_id)
             index = keys[-1] if keys else tag + "all"
             args[0] = tag
-            flat = self._script(_LIST, [*self._store_keys(tag), index], args)
+            flat, gone = self._script(_LIST, [*self._store_keys(tag), index], args)
+            if gone:
+                with contextlib.suppress(BackendUnavailableError):
+                    # Cleaning up; a slot being migrated refuses it until it is done.
+                    self._forget(tag, [_text(sid) for sid in gone], now)
             found += [(float(flat[i + 1]), _text(flat[i])) for i in range(0, len(flat), 2)]
         # Each slot answered in order; merged, ties go by id (code points order as UTF-8 does).
         found.sort()
@@ -927,18 +990,25 @@ class RedisStorage(Storage):
 
     def _delete(self, session_id: str) -> bool:
         self._known.put(session_id, None)
-        tag = self._tag(session_id)
-        return bool(self._script(_DELETE, self._store_keys(tag), [tag, session_id]))
+        return bool(self._forget(self._tag(session_id), [session_id], None))
+
+    def _forget(self, tag: str, ids: list[str], now: int | None) -> int:
+        """Removes ``ids`` (with ``now``: those expired or whose header is gone) from the slot
+        of ``tag``; returns for how many there was something to remove."""
+        keys = self._store_keys(tag) + [f"{tag}{kind}:{sid}" for sid in ids for kind in "hrd"]
+        return int(self._script(_FORGET_IDS, keys, ["" if now is None else now, *ids]))
+
+    def _sweep(self, tag: str, now: int | str) -> int:
+        """Removes the sessions of ``tag`` (with ``now``: the expired ones), in batches."""
+        total = 0
+        while True:
+            ids = self._script(_SWEEP, [tag + "all", tag + "exp"], [BATCH, now])
+            if not ids:
+                return total
+            total += self._forget(tag, [_text(sid) for sid in ids], None if now == "" else int(now))
 
     def _purge_expired(self, now: int) -> int:
-        total = 0
-        for tag in self._tags():
-            while True:
-                done = int(self._script(_SWEEP, self._store_keys(tag), [tag, BATCH, now]))
-                total += done
-                if done < BATCH:
-                    break
-        return total
+        return sum(self._sweep(tag, now) for tag in self._tags())
 
     def __repr__(self) -> str:
         return f"RedisStorage(prefix={self.prefix!r}, mode={self.mode!r}, {self._address})"
