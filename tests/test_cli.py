@@ -420,6 +420,35 @@ def test_a_closed_standard_output_ends_the_command_quietly(
     assert (proc.returncode, proc.stderr) == (141, b"")
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(("sessions", "list", "--json"), id="list-json"),
+        pytest.param(("sessions", "list"), id="list"),
+        pytest.param(("export",), id="export"),
+    ],
+)
+def test_output_cut_short_by_a_closed_pipe_ends_the_command_quietly(
+    command: tuple[str, ...], tmp_path: Path
+) -> None:
+    """``savegame sessions list | head -c 1``: the reader goes away while the command writes
+    more than the pipe holds; no message, exit code 141, and not 0 with the output cut."""
+    url = f"sqlite:///{tmp_path / 'pipe.db'}"
+    big = {"session_id": "big", "session_data": {"session_name": "x" * 300_000}}
+    savegame("import", "-", "-s", url, stdin=json.dumps(big).encode() + b"\n")
+    proc = subprocess.Popen(
+        [str(SAVEGAME), *command, "-s", url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.read(1)
+    proc.stdout.close()
+    _, stderr = proc.communicate(timeout=300)
+    assert (proc.returncode, stderr) == (141, b"")
+
+
 def _commands(group: Any, prefix: tuple[str, ...] = ()) -> Iterator[str]:
     for name, command in getattr(group, "commands", {}).items():
         path = (*prefix, name)

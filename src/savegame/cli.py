@@ -56,8 +56,38 @@ def _pipe_closed() -> NoReturn:
     raise typer.Exit(SIGPIPE_EXIT)
 
 
+def _emit(data: bytes, *, flush: bool = True) -> None:
+    """Writes ``data`` to standard output, all of it; everything the commands print goes
+    out here.
+
+    A write to a pipe whose reader has gone can be cut short rather than fail, and Python's
+    buffered stream then only returns a smaller count, which its text layer ignores: the
+    rest of the output would be dropped and the command end with 0. Writing what was not
+    taken again meets the closed pipe, which ends the command with 141.
+    """
+    stream = sys.stdout.buffer
+    rest = memoryview(data)
+    try:
+        while rest:
+            rest = rest[stream.write(rest) :]
+        if flush:
+            stream.flush()
+    except BrokenPipeError:
+        _pipe_closed()
+
+
+def _encoded(text: str) -> bytes:
+    """``text`` encoded as standard output's text layer would encode it."""
+    return text.encode(sys.stdout.encoding, sys.stdout.errors or "strict")
+
+
 class _Output(Console):
-    """Standard output: a closed pipe ends the command as it does everywhere else in it."""
+    """Standard output: Rich renders, :func:`_emit` writes."""
+
+    def print(self, *objects: Any, **options: Any) -> None:
+        with self.capture() as captured:
+            super().print(*objects, **options)
+        _emit(_encoded(captured.get()))
 
     def on_broken_pipe(self) -> None:
         # Rich's own handling exits 1; 141 is what the other commands, and other tools, give.
@@ -334,10 +364,11 @@ def export(
     user: UserOption = None,
 ) -> None:
     """Write sessions to standard output as JSON lines, one session a line."""
-    stream = sys.stdout.buffer
     with _open(storage, mode, reading=True) as store:
-        count = transfer.export_sessions(store, lambda line: stream.write(line.encode()), user)
-    stream.flush()
+        count = transfer.export_sessions(
+            store, lambda line: _emit(line.encode(), flush=False), user
+        )
+    sys.stdout.flush()
     _note(f"exported {_sessions(count)}")
 
 
@@ -524,7 +555,7 @@ def _print_json(value: Any) -> None:
     if out.is_terminal:
         out.print_json(text)
     else:
-        sys.stdout.write(text + "\n")
+        _emit(_encoded(text + "\n"))
 
 
 def _when(value: Any) -> str:
