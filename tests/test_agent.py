@@ -352,6 +352,29 @@ def test_switching_sessions_carries_nothing_of_the_one_before(backend_store: Sto
     assert (made.extra_data, made.team_session_id) == (None, None)
 
 
+def test_an_agent_made_without_a_user_takes_no_user_from_one_session_to_the_next(
+    backend_store: Store,
+) -> None:
+    _agent(backend_store, session_id="adas", user_id="ada").run("My name is Ada.")
+    _agent(backend_store, session_id="bobs", user_id="bob").run("My name is Bob.")
+    agent = _agent(backend_store)
+    agent.load_session("adas")
+    assert agent.user_id == "ada"
+    fresh = agent.new_session()
+    assert agent.user_id is None
+    agent.run("hello")
+    made = backend_store().read(fresh)
+    assert made is not None
+    assert made.user_id is None  # type: ignore[attr-defined]
+    agent.load_session("adas")
+    assert agent.load_session("bobs")
+    assert agent.user_id == "bob"
+    mine = _agent(backend_store, user_id="ada")
+    mine.load_session("adas")
+    mine.new_session()
+    assert mine.user_id == "ada"
+
+
 def test_loading_a_session_deleted_elsewhere_starts_it_empty(backend_store: Store) -> None:
     agent = _agent(backend_store, session_id="s")
     agent.run("My name is Ada.")

@@ -137,6 +137,20 @@ def test_in_chat_commands_list_start_rename_and_load_sessions(sqlite_url: str) -
     assert named.session_data["session_name"] == "greetings"  # type: ignore[attr-defined]
 
 
+def test_a_chat_without_a_user_loads_any_users_session_and_starts_new_ones_without_one(
+    sqlite_url: str,
+) -> None:
+    chat("--storage", sqlite_url, "--session", "a1", "--user", "alice", lines=["hi from alice"])
+    chat("--storage", sqlite_url, "--session", "b1", "--user", "bob", lines=["hi from bob"])
+    out = chat("--storage", sqlite_url, lines=["/load a1", "/new", "new words", "/load b1"])
+    assert not any("cannot load" in line for line in out)
+    assert "resuming session b1: 1 earlier turns" in out
+    storage = open_storage(sqlite_url, mode="agent")
+    users = {s.session_id: s.user_id for s in storage.get_all_sessions()}  # type: ignore[attr-defined]
+    new = next(sid for sid in users if sid not in ("a1", "b1"))
+    assert users == {"a1": "alice", "b1": "bob", new: None}
+
+
 def test_the_configured_model_is_used_and_its_failures_end_only_a_turn(
     sqlite_url: str, server: ModelServer
 ) -> None:

@@ -193,8 +193,9 @@ class Agent(SessionKeeper):
         return self.get_messages_for_session()
 
     def attach(self, session_id: str, team_session_id: str | None, user_id: str | None) -> None:
-        """Switches to ``session_id`` on behalf of a team, loading it when it is stored."""
-        self.user_id = user_id
+        """Switches to ``session_id`` on behalf of a team, loading it when it is stored; the
+        team's ``user_id`` becomes this agent's, as if it had been made with it."""
+        self._initial_user = self.user_id = user_id
         self.load_session(session_id)
         self.team_session_id = team_session_id
 

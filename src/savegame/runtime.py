@@ -46,7 +46,8 @@ class SessionKeeper:
     Args:
         storage: where sessions are saved; None keeps them in this object only.
         session_id: the session to resume or start; a new id when None.
-        user_id: the user the session belongs to; taken from the stored session when None.
+        user_id: the user the session belongs to; when None, each session loaded has the
+            user stored with it, and a new session none.
         entity_id: the agent, team or workflow id; taken from the stored session when None.
         session_name: a name for the session; a stored name is kept unless one is given.
         session_state: the state a new session starts with; a resumed session's stored
@@ -88,6 +89,7 @@ class SessionKeeper:
             )
         self.storage = storage
         self.spec = mode_spec(self.mode)
+        self._initial_user = user_id
         self.user_id = user_id
         self.entity_id = entity_id
         self._initial_extra = copy.deepcopy(extra_data)
@@ -126,11 +128,12 @@ class SessionKeeper:
             StorageError: when the store cannot be read.
         """
         target = session_id or self.session_id
+        switching = target != self.session_id
         stored = self.storage.read(target) if self.storage is not None else None
         if stored is not None:
-            self._check_owner(stored)
+            self._check_owner(stored, switching)
         # Switch only once the read succeeded: a failed load leaves the current session.
-        if target != self.session_id or (stored is None and self.storage is not None):
+        if switching or (stored is None and self.storage is not None):
             # Another session, or this one deleted from the store: start it empty.
             self.session_id = target
             self._reset()
@@ -139,11 +142,15 @@ class SessionKeeper:
         self._restore(stored, loading=True)
         return True
 
-    def _check_owner(self, stored: Session) -> None:
+    def _check_owner(self, stored: Session, switching: bool = False) -> None:
+        """Raises SessionOwnerError when ``stored`` belongs to another user than the current
+        session's, or, when ``switching`` to it from another session, than the user this
+        object was made with (a user taken from the session before was that session's)."""
+        user_id = self._initial_user if switching else self.user_id
         owner = getattr(stored, "user_id", None)
-        if self.user_id is not None and owner is not None and owner != self.user_id:
+        if user_id is not None and owner is not None and owner != user_id:
             raise SessionOwnerError(
-                f"session {stored.session_id!r} belongs to another user than {self.user_id!r}"
+                f"session {stored.session_id!r} belongs to another user than {user_id!r}"
             )
 
     def rename_session(self, name: str) -> None:
@@ -266,6 +273,7 @@ class SessionKeeper:
         this object was made with."""
         self._stored = None
         self.version = None
+        self.user_id = self._initial_user
         self.runs = []
         self.session_name = None
         self.session_state = copy.deepcopy(self._initial_state)
