@@ -12,6 +12,7 @@ name in the request chooses how it behaves:
 ``garbage``    200 with a body that is not JSON
 ``odd-usage``  as ``echo``, with a ``usage`` that is a string, not an object
 ``hang``       answers nothing until the server stops
+``trickle``    as ``echo``, a byte every 10 ms (about 3 s in all), or until the server stops
 =============  ==========================================================================
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -69,7 +71,8 @@ def _handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
             else:
                 last = [m["content"] for m in body["messages"] if m["role"] == "user"][-1]
                 content = f"echo: {last} [{len(body['messages'])} messages]"
-                self._send(
+                send = self._trickle if model == "trickle" else self._send
+                send(
                     200,
                     {
                         "id": "chatcmpl-1",
@@ -90,6 +93,23 @@ def _handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
 
         def _send(self, status: int, payload: dict[str, Any]) -> None:
             self._raw(status, json.dumps(payload).encode())
+
+        def _trickle(self, status: int, payload: dict[str, Any]) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.flush()
+            started = time.monotonic()
+            for at in range(len(data)):
+                if server.stopping.wait(max(0.0, started + at * 0.01 - time.monotonic())):
+                    return
+                try:
+                    self.wfile.write(data[at : at + 1])
+                    self.wfile.flush()
+                except OSError:  # the client gave up
+                    return
 
         def _raw(self, status: int, data: bytes) -> None:
             self.send_response(status)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -81,6 +82,18 @@ def test_a_server_that_does_not_answer_times_out(server: ModelServer) -> None:
     model = OpenAIChat(id="hang", base_url=server.base_url, timeout=0.3)
     with pytest.raises(ModelConnectionError, match="timed out"):
         model.respond([message("user", "hi")])
+
+
+def test_an_answer_sent_slowly_times_out_when_the_request_has_taken_its_time(
+    server: ModelServer,
+) -> None:
+    model = OpenAIChat(id="trickle", base_url=server.base_url, timeout=1)
+    started = time.monotonic()
+    with pytest.raises(ModelConnectionError, match="timed out"):
+        model.respond([message("user", "hi")])
+    assert time.monotonic() - started < 3
+    slow_but_in_time = OpenAIChat(id="trickle", base_url=server.base_url, timeout=60)
+    assert slow_but_in_time.respond([message("user", "hi")]).content == "echo: hi [1 messages]"
 
 
 def test_a_refused_connection_raises_model_connection_error() -> None:

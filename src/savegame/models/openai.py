@@ -6,12 +6,16 @@ llama.cpp's server. It uses only the standard library's HTTP client, so it needs
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
 import socket
+import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 from savegame.models import (
@@ -37,7 +41,8 @@ class OpenAIChat:
         id: the model name sent with each request.
         api_key: sent as a bearer token when set.
         base_url: the URL that ``/chat/completions`` is appended to.
-        timeout: seconds to wait for the server, per request.
+        timeout: seconds to wait for the server, per request: connecting, sending and
+            reading the whole answer, however slowly the server sends it.
         temperature: sent when set.
         max_tokens: sent when set.
     """
@@ -83,6 +88,8 @@ class OpenAIChat:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
+        deadline = _Deadline(self.timeout)
+        opener = urllib.request.build_opener(_Handler(deadline))
         try:
             request = urllib.request.Request(
                 self.base_url + path,
@@ -90,17 +97,21 @@ class OpenAIChat:
                 headers=headers,
                 method="POST",
             )
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                body: bytes = response.read()
-                return body
-        except urllib.error.HTTPError as exc:
-            text = _read_error_body(exc)
-            raise ModelHTTPError(exc.code, _error_message(text) or exc.reason, text) from exc
+            with deadline:
+                try:
+                    with opener.open(request, timeout=self.timeout) as response:
+                        body: bytes = response.read()
+                        return body
+                except urllib.error.HTTPError as exc:
+                    text = _read_error_body(exc)
+                    raise ModelHTTPError(
+                        exc.code, _error_message(text) or exc.reason, text
+                    ) from exc
         except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
             # URLError wraps refused connections and DNS failures; a connection dropped
             # mid-answer surfaces as RemoteDisconnected or IncompleteRead (HTTPException) or a
-            # reset (OSError); a timeout as socket.timeout (an OSError); a malformed base
-            # URL as ValueError.
+            # reset (OSError); a timeout as socket.timeout (an OSError), from a socket or the
+            # deadline; a malformed base URL as ValueError.
             reason = getattr(exc, "reason", exc)
             kind = "timed out" if isinstance(reason, socket.timeout) else "failed"
             raise ModelConnectionError(
@@ -109,6 +120,102 @@ class OpenAIChat:
 
     def __repr__(self) -> str:
         return f"OpenAIChat(id={self.id!r}, base_url={self.base_url!r})"
+
+
+class _Deadline:
+    """The time a request has, all of it: connecting, sending and reading the whole answer.
+
+    A socket's timeout bounds each wait on its own, so a server that sends a byte now and
+    then would hold a request for as long as it likes. When the time is up, the request's
+    connections are shut down, which ends any wait on them, and leaving the ``with`` block
+    raises TimeoutError, in place of whatever the request raised or returned (an answer
+    read to the end of a connection shut down is cut short).
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._state = "running"
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def watch(self, sock: socket.socket) -> None:
+        """Shuts ``sock``'s connection down when the time is up (at once if it is)."""
+        # A copy of the descriptor: TLS takes the socket's own away from its object
+        # before its handshake, and closing it would let another socket take its number.
+        copy = sock.dup()
+        with self._lock:
+            self._sockets.append(copy)
+            if self._state == "expired":
+                _shut_down(copy)
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._state == "running":
+                self._state = "expired"
+                for sock in self._sockets:
+                    _shut_down(sock)
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._timer.cancel()
+        with self._lock:
+            expired = self._state == "expired"
+            self._state = "over"
+            for sock in self._sockets:
+                sock.close()
+        if expired:
+            raise TimeoutError(f"no whole answer within {self.seconds:g} seconds") from exc
+
+
+def _shut_down(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # the server closed it first
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Connection(http.client.HTTPConnection):
+    """A connection whose socket a :class:`_Deadline` watches."""
+
+    deadline: _Deadline
+
+    def connect(self) -> None:
+        super().connect()
+        self.deadline.watch(self.sock)
+
+
+class _TLSConnection(http.client.HTTPSConnection, _Connection):
+    """The same over TLS; :meth:`_Connection.connect` runs before the handshake."""
+
+
+class _Handler(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
+    """Opens the connections of one request under its deadline."""
+
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self._watched(_Connection), req)
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self._watched(_TLSConnection), req)
+
+    def _watched(self, kind: type[_Connection]) -> Callable[..., _Connection]:
+        def connection(host: str, **options: Any) -> _Connection:
+            made = kind(host, **options)
+            made.deadline = self.deadline
+            return made
+
+        return connection
 
 
 def _read_error_body(exc: urllib.error.HTTPError) -> str:
