@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -403,3 +404,31 @@ def test_a_rename_that_could_not_be_saved_leaves_the_old_name(tmp_path: Path) ->
     stored = storage.read("s")
     assert stored is not None
     assert stored.session_data["session_name"] == "Old"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("field", "fields"),
+    [
+        ("session_data", {"session_data": [1]}),
+        ("session_data", {"session_data": "text"}),
+        ("session_data.session_state", {"session_data": {"session_state": "x"}}),
+        ("session_data.metrics", {"session_data": {"metrics": 5}}),
+        ("memory", {"memory": [1]}),
+        ("memory.runs", {"memory": {"runs": {"run_id": "r"}}}),
+        (r"memory.runs\[1\]", {"memory": {"runs": [{"run_id": "r"}, "a run"]}}),
+        ("agent_data", {"agent_data": ["helper"]}),
+    ],
+)
+def test_a_stored_session_of_another_shape_is_corrupt_and_left_as_it_is(
+    backend_store: Store, field: str, fields: dict[str, Any]
+) -> None:
+    storage = backend_store()
+    stored = storage.upsert(AgentSession(session_id="odd", **fields))
+    with pytest.raises(CorruptSessionError, match=rf"'odd'.* {field} should be a"):
+        _agent(backend_store, session_id="odd")
+    agent = _agent(backend_store, session_id="fine")
+    agent.run("hello")
+    storage.upsert(AgentSession(session_id="fine", **fields))
+    with pytest.raises(CorruptSessionError, match=rf"'fine'.* {field} should be a"):
+        agent.run("hello again")
+    assert storage.read("odd") == stored

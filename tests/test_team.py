@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from savegame.agent import Agent
+from savegame.errors import CorruptSessionError
 from savegame.models import Message, ModelHTTPError, ModelResponse
 from savegame.models.offline import OfflineModel
 from savegame.storage.session import AgentSession, TeamSession
@@ -190,6 +192,22 @@ def test_a_team_session_linking_members_oddly_is_corrupt(stores: tuple[Store, St
     _, teams = stores
     teams().upsert(TeamSession(session_id="t", session_data={"member_sessions": ["chef"]}))
     with pytest.raises(CorruptSessionError, match="member_sessions"):
+        _team(stores, session_id="t")
+
+
+@pytest.mark.parametrize(
+    ("field", "fields"),
+    [
+        ("session_data", {"session_data": "text"}),
+        ("team_data", {"team_data": ["kitchen"]}),
+    ],
+)
+def test_a_team_session_of_another_shape_is_corrupt(
+    stores: tuple[Store, Store], field: str, fields: dict[str, Any]
+) -> None:
+    _, teams = stores
+    teams().upsert(TeamSession(session_id="t", **fields))
+    with pytest.raises(CorruptSessionError, match=f"'t'.* {field} should be a dict"):
         _team(stores, session_id="t")
 
 

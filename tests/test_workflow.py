@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from savegame.errors import CorruptSessionError
 from savegame.storage.session import WorkflowSession, WorkflowSessionV2
 from savegame.testing import Store
 from savegame.testing.agent_worker import STEPS, Pipeline, StepFailed
@@ -225,6 +226,26 @@ def test_a_new_process_resumes_a_failed_step_run(steps_store: Store, tmp_path: P
     out = run_worker("steps", steps_store.url, "s", markers, "none", "resume")
     assert out == ["report(clean(fetch(data))) fetch,clean"]
     assert _computed(markers) == {"clean": 1, "fetch": 1, "report": 2}
+
+
+def test_a_workflow_session_of_another_shape_is_corrupt(flows: Store) -> None:
+    flows().upsert(WorkflowSession(session_id="w", session_data={"session_state": [1]}))
+    with pytest.raises(CorruptSessionError, match=r"'w'.* session_data.session_state"):
+        Counter(session_id="w", storage=flows())
+    flow = Counter(session_id="v", storage=flows())
+    flow.run()
+    flows().upsert(WorkflowSession(session_id="v", session_data={"session_state": "x"}))
+    with pytest.raises(CorruptSessionError, match=r"'v'.* session_data.session_state"):
+        flow.step("later", lambda: 1)
+
+
+@pytest.mark.parametrize(("field", "runs"), [("runs", {"run_id": "r"}), (r"runs\[0\]", ["a run"])])
+def test_a_step_workflow_session_of_another_shape_is_corrupt(
+    steps_store: Store, field: str, runs: Any
+) -> None:
+    steps_store().upsert(WorkflowSessionV2(session_id="s", runs=runs))
+    with pytest.raises(CorruptSessionError, match=rf"'s'.* {field} should be a"):
+        StepWorkflow([Step("one", lambda context: 1)], steps_store(), session_id="s")
 
 
 def test_step_names_must_be_distinct() -> None:

@@ -21,7 +21,7 @@ import copy
 import uuid
 from typing import Any, ClassVar
 
-from savegame.errors import StorageError
+from savegame.errors import CorruptSessionError, StorageError
 from savegame.storage.base import Storage
 from savegame.storage.session import Session, get_path, messages_of, mode_spec, set_path
 
@@ -57,6 +57,8 @@ class SessionKeeper:
     Raises:
         ValueError: when ``storage`` is not in this keeper's mode.
         SessionOwnerError: when the stored session belongs to another ``user_id``.
+        CorruptSessionError: when a field of the stored session is not of the shape a
+            session of this kind has (see :meth:`_fields`).
         StorageError: when the stored session cannot be read (never taken for a new one).
     """
 
@@ -125,6 +127,7 @@ class SessionKeeper:
 
         Raises:
             SessionOwnerError: when the session belongs to another user.
+            CorruptSessionError: when a field of the stored session is of another shape.
             StorageError: when the store cannot be read.
         """
         target = session_id or self.session_id
@@ -213,7 +216,7 @@ class SessionKeeper:
         """
         if current is not None:
             self._check_owner(current)
-        data = copy.deepcopy(current.to_dict()) if current is not None else {}
+        data = copy.deepcopy(self._fields(current)) if current is not None else {}
         data["session_id"] = self.session_id
         runs = list(get_path(data, self.spec.runs_path) or [])
         session_data = dict(data.get("session_data") or {})
@@ -251,7 +254,7 @@ class SessionKeeper:
         When ``loading``, keys of the initial ``session_state`` that the stored state lacks
         are added; after a save the stored state is exactly what was saved.
         """
-        data = stored.to_dict()
+        data = self._fields(stored)
         self._stored = stored
         self.version = getattr(stored, "version", None)
         self.runs = list(get_path(data, self.spec.runs_path) or [])
@@ -267,6 +270,34 @@ class SessionKeeper:
         if self.extra_data is None:
             self.extra_data = data.get("extra_data")
         self._restored(data)
+
+    def _fields(self, stored: Session) -> dict[str, Any]:
+        """The fields of a stored session, once those this object works on are of the shape
+        it needs: the runs a list of objects, ``session_data``, its ``session_state`` and
+        ``metrics``, and the ``*_data`` field objects (dicts). A store holds any JSON there,
+        which a session written by other code may use otherwise.
+
+        Raises:
+            CorruptSessionError: naming the session and the first field of another shape.
+        """
+        data = stored.to_dict()
+        runs_path = self.spec.runs_path
+        shapes = {
+            **{runs_path[:depth]: dict for depth in range(1, len(runs_path))},
+            runs_path: list,
+            ("session_data",): dict,
+            ("session_data", "session_state"): dict,
+            ("session_data", "metrics"): dict,
+            (self.data_field,): dict,
+        }
+        for path, kind in shapes.items():
+            value = get_path(data, path)
+            if value is not None and not isinstance(value, kind):
+                raise _misshapen(stored, ".".join(path), value, kind)
+        for at, run in enumerate(get_path(data, runs_path) or []):
+            if not isinstance(run, dict):
+                raise _misshapen(stored, f"{'.'.join(runs_path)}[{at}]", run, dict)
+        return data
 
     def _reset(self) -> None:
         """Starts an empty session: nothing of the one before is carried into it but what
@@ -312,6 +343,15 @@ def list_messages(data: dict[str, Any]) -> None:
     runs = memory.get("runs")
     memory["messages"] = messages_of(runs if isinstance(runs, list) else [])
     data["memory"] = memory
+
+
+def _misshapen(stored: Session, field: str, value: Any, kind: type) -> CorruptSessionError:
+    shown = repr(value)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    return CorruptSessionError(
+        f"stored session {stored.session_id!r} cannot be used: its {field} should be a "
+        f"{kind.__name__}, not {type(value).__name__} {shown}"
+    )
 
 
 def _index(runs: list[Run], run_id: str) -> int | None:

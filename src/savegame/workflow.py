@@ -27,6 +27,7 @@ from savegame.runtime import Run, SessionKeeper, new_id
 from savegame.storage.base import Storage
 from savegame.storage.codec import encode
 from savegame.storage.known import pickle_plain
+from savegame.storage.session import get_path
 
 T = TypeVar("T")
 
@@ -155,7 +156,7 @@ class Workflow(SessionKeeper):
         if stored is None:
             return _MISSING
         self._check_owner(stored)
-        state = (getattr(stored, "session_data", None) or {}).get("session_state") or {}
+        state = get_path(self._fields(stored), ("session_data", "session_state")) or {}
         if key not in state:
             return _MISSING
         self.session_state[key] = copy.deepcopy(state[key])
