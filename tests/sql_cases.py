@@ -206,3 +206,45 @@ def check_missing_driver(module: str, storage_class: str, url: str, extra: str) 
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert f'pip install "savegame[{extra}]"' in done.stdout
+
+
+def check_purge_keeps_a_session_saved_again(
+    make: Callable[..., SqlStorage], admin: Engine, lock_runs: str
+) -> None:
+    """purge_expired() never takes the runs of a session written again (a new expiry)
+    while it purges: the purge is held in its work by a lock on another expired session's
+    runs (``lock_runs``, SQL locking the runs of session ``x``, the runs table formatted in
+    as ``{runs}``) while another storage saves ``s`` again, unchanged but for its expiry.
+    """
+    short = make(expire=1)
+    for sid in ("s", "x"):
+        short.upsert(AgentSession(session_id=sid, memory={"runs": _runs(sid, 3)}))
+    time.sleep(2.1)  # both expired
+    lasting = make(expire=3600)
+    outcome: dict[str, Any] = {}
+
+    def purge() -> None:
+        outcome["purged"] = short.purge_expired()
+
+    def save_again() -> None:
+        outcome["saved"] = lasting.upsert(
+            AgentSession(session_id="s", memory={"runs": _runs("s", 3)})
+        )
+
+    with admin.connect() as locker:
+        transaction = locker.begin()
+        locker.execute(text(lock_runs.format(runs=short.runs_table.name)))
+        threads = [threading.Thread(target=purge)]
+        threads[0].start()
+        time.sleep(0.5)  # the purge is under way, waiting for x's runs
+        threads.append(threading.Thread(target=save_again))
+        threads[1].start()
+        time.sleep(0.5)
+        transaction.rollback()
+    for thread in threads:
+        thread.join(30)
+        assert not thread.is_alive()
+    got = make(expire=3600, cache_bytes=0).read("s")
+    assert got is not None
+    assert got.memory == {"runs": _runs("s", 3)}
+    assert make(cache_bytes=0).read("x") is None

@@ -205,3 +205,13 @@ def test_a_value_stored_under_a_larger_max_allowed_packet_is_never_read_as_null(
         got = fresh.read("grown")
         assert got is not None
         assert got.session_data == {"b": "x" * limit}
+
+
+def test_a_purge_never_takes_the_runs_of_a_session_saved_again(
+    server: str, admin: Engine, table: str
+) -> None:
+    sql_cases.check_purge_keeps_a_session_saved_again(
+        lambda **kw: MySQLStorage(table, db_url=server, **kw),
+        admin,
+        "SELECT 1 FROM {runs} WHERE session_id = 'x' FOR UPDATE",
+    )

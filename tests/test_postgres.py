@@ -182,3 +182,13 @@ def test_statements_on_one_session_are_prepared_and_listings_are_not(
     assert not any("ORDER BY coalesce" in s for s in statements), statements
     other.close()
     storage.close()
+
+
+def test_a_purge_never_takes_the_runs_of_a_session_saved_again(
+    server: str, admin: Engine, schema: str
+) -> None:
+    sql_cases.check_purge_keeps_a_session_saved_again(
+        lambda **kw: PostgresStorage("sessions", schema=schema, db_url=server, **kw),
+        admin,
+        f"SELECT 1 FROM \"{schema}\".{{runs}} WHERE session_id = 'x' FOR UPDATE",
+    )

@@ -63,6 +63,7 @@ import json
 import random
 import re
 import threading
+import time
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -1121,6 +1122,24 @@ class SqlStorage(Storage):
                         raise
                     return fn()
 
+    def _again_on_deadlock(self, fn: Callable[[], T]) -> T:
+        """Runs ``fn``, a transaction through SQLAlchemy that may simply run again (a delete,
+        a purge), again when the database rolled it back to break a deadlock: as a write
+        is, up to :data:`_ATTEMPTS` times, after a short random pause."""
+        for tries in range(_ATTEMPTS):
+            try:
+                return fn()
+            except sa_exc.DBAPIError as exc:
+                if (
+                    tries + 1 == _ATTEMPTS
+                    or exc.connection_invalidated
+                    or exc.orig is None
+                    or not self.dialect.retryable(exc.orig, self._dbapi)
+                ):
+                    raise
+            time.sleep(random.uniform(0, 0.002 * 2**tries))
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def _on_connection(self, fn: Callable[[Any], T]) -> T:
         """Runs ``fn`` on a DBAPI connection from the pool, set up for savegame.
 
@@ -1436,9 +1455,13 @@ class SqlStorage(Storage):
                 return
             with self._schema_change() as conn:
                 self._detect(conn)  # raises when this storage's table is another's runs
-                if self._runs_table_is(conn):
-                    self.runs_table.drop(conn)
+                runs_are_ours = self._runs_table_is(conn)
+                # The header table first: reads and writes take the header before the
+                # runs, so dropping the runs first deadlocked with them (PostgreSQL), and
+                # left a header without its runs table between MySQL's two commits.
                 self.table.drop(conn, checkfirst=True)
+                if runs_are_ours:
+                    self.runs_table.drop(conn)
                 if inspect(conn).has_table(MIGRATIONS_TABLE, self.schema):
                     migrations = self._tables.migrations
                     conn.execute(
@@ -1796,10 +1819,20 @@ class SqlStorage(Storage):
                     record = self._on_connection(lambda conn: self._write_on(conn, write))
                     break
                 except self._driver_errors as exc:
-                    if tries + 1 == _ATTEMPTS or not self.dialect.retryable(exc, self._dbapi):
+                    # The commit was sent and its connection died before the answer: the
+                    # write may have been made, whatever connection it went on. It is sent
+                    # again, to find its token, never reported as not made.
+                    resend = write.committed_on is not None and self.dialect.unavailable(exc)
+                    if not resend and (
+                        tries + 1 == _ATTEMPTS or not self.dialect.retryable(exc, self._dbapi)
+                    ):
                         raise
-                    write.known = None
-                    write.committed_on = None  # a deadlock or the like: rolled back
+                    if resend and tries + 1 == _ATTEMPTS:
+                        where = f"{self.dialect.title} at {self.where()}"
+                        raise outcome_unknown(where, session_id) from exc
+                    if not resend:
+                        write.known = None
+                        write.committed_on = None  # a deadlock or the like: rolled back
         if write.superseded:
             self._known.put(session_id, None)
             return draft.whole(record)
@@ -1991,13 +2024,15 @@ class SqlStorage(Storage):
             if layout.version == 0:
                 return False
             with self._transaction(True) as conn:
+                # The header first, then the runs: the order a write locks them in, so
+                # that a delete and a write of one session never deadlock.
+                result = conn.execute(delete(header).where(header.c.session_id == session_id))
                 if "run_count" in layout.columns:
                     runs_table = self.runs_table
                     conn.execute(delete(runs_table).where(runs_table.c.session_id == session_id))
-                result = conn.execute(delete(header).where(header.c.session_id == session_id))
                 return bool(result.rowcount)
 
-        return self._call(remove)
+        return self._call(lambda: self._again_on_deadlock(remove))
 
     @_again_if_dropped
     def _purge_expired(self, now: int) -> int:
@@ -2009,13 +2044,26 @@ class SqlStorage(Storage):
                 return 0
             expired = header.c.expires_at <= now
             with self._transaction(True) as conn:
-                if "run_count" in layout.columns:
-                    runs_table = self.runs_table
-                    gone = select(header.c.session_id).where(expired)
-                    conn.execute(delete(runs_table).where(runs_table.c.session_id.in_(gone)))
-                return int(conn.execute(delete(header).where(expired)).rowcount)
+                if "run_count" not in layout.columns:
+                    return int(conn.execute(delete(header).where(expired)).rowcount)
+                # The expired headers first, locked, as a write locks a header before its
+                # runs: a session written again meanwhile (a new expiry) is no longer
+                # expired once its lock is had, and keeps its runs; one written after
+                # waits for the purge. Deleting the runs first, by a subquery, took the
+                # runs of a session re-saved between the two deletes and left its header.
+                locked = select(header.c.session_id).where(expired).with_for_update()
+                ids = list(conn.execute(locked).scalars())
+                runs_table = self.runs_table
+                gone = 0
+                for start in range(0, len(ids), _BATCH):
+                    chunk = ids[start : start + _BATCH]
+                    gone += int(
+                        conn.execute(delete(header).where(header.c.session_id.in_(chunk))).rowcount
+                    )
+                    conn.execute(delete(runs_table).where(runs_table.c.session_id.in_(chunk)))
+                return gone
 
-        return self._call(purge)
+        return self._call(lambda: self._again_on_deadlock(purge))
 
     def __repr__(self) -> str:
         where = f"{self.schema}.{self.table_name}" if self.schema else self.table_name

@@ -183,13 +183,21 @@ def check_lost_reply(link: LossyLink, writes: int) -> None:
         _lost_alone(link)
 
 
-def _lost_alone(link: LossyLink) -> None:
+def _lost_alone(link: LossyLink, connections_cut: bool = False) -> None:
     """A write whose reply is lost, with no other write before it is sent again, is found
-    made and reported done: not as a conflict with itself, and not made twice."""
+    made and reported done: not as a conflict with itself, and not made twice.
+
+    With ``connections_cut``, every pooled connection is cut first, so the write goes out
+    on a connection just made, whose reply is the one lost: it is still found made, not
+    reported "unavailable" (which says nothing was written, and has the caller make the
+    change a second time)."""
     link.storage.upsert(_agent("c", session_data={"n": 1}))
     session = link.storage.read("c")
     assert session is not None
     session.session_data["n"] += 1  # type: ignore[attr-defined]
+    if connections_cut:
+        assert link.refuse_connection is not None
+        link.refuse_connection(0)  # every connection cut, none refused: new ones are made
     link.lose_reply(None)
     saved = link.storage.upsert(session, expected_version=session.version)  # type: ignore[attr-defined]
     assert link.lost(), "no reply was lost: the test did not test"
@@ -1297,6 +1305,12 @@ class BackendContract:
         # way update() must not make its change a second time.
         with _lossy(backend_store, "lose_reply") as link:
             check_lost_reply(link, writes)
+
+    def test_a_lost_reply_on_a_connection_just_made_is_found_made(
+        self, backend_store: Store
+    ) -> None:
+        with _lossy(backend_store, "refuse_connection") as link:
+            _lost_alone(link, connections_cut=True)
 
     def test_a_write_that_could_not_connect_is_made_once(self, backend_store: Store) -> None:
         with _lossy(backend_store, "refuse_connection") as link:
