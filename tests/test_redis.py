@@ -762,6 +762,58 @@ def test_a_session_whose_header_is_gone_is_no_longer_listed(
     fresh.close()
 
 
+def test_a_purge_racing_a_save_removes_only_what_expired(
+    server: str, raw: Any, prefix: str
+) -> None:
+    # Between the script that finds the expired ids and the one that removes them, one of
+    # them is saved again: it is left out, and its keys with it, not taken for the next id's.
+    short = RedisStorage(prefix, url=server, expire=1)
+    for sid in ("a", "b"):
+        short.upsert(_session(sid, _runs(2), user_id="u"))
+    time.sleep(2.1)  # both expired
+    other = RedisStorage(prefix, url=server, expire=3600)
+    purger = RedisStorage(prefix, url=server, expire=3600)
+    script = purger._script
+
+    def save_meanwhile(source: str, keys: list[str], args: list[Any]) -> Any:
+        found = script(source, keys, args)
+        if source is redis_backend._SWEEP and found:
+            assert sorted(map(bytes.decode, found)) == ["a", "b"]
+            other.upsert(_session("a", _runs(1, "again"), user_id="u"))
+        return found
+
+    purger._script = save_meanwhile  # type: ignore[method-assign]
+    assert purger.purge_expired() == 1
+    fresh = RedisStorage(prefix, url=server, cache_bytes=0)
+    got = fresh.read("a")
+    assert got is not None
+    assert got.memory == {"runs": _runs(1, "again"), "summary": "s"}
+    assert fresh.get_all_session_ids(user_id="u") == ["a"]
+    assert raw.exists(f"{{{prefix}}}:r:b", f"{{{prefix}}}:d:b") == 0
+    for each in (short, other, purger, fresh):
+        each.close()
+
+
+def test_a_listing_cleans_up_any_number_of_expired_sessions(server: str, prefix: str) -> None:
+    # More than Lua unpacks at once (about 8,000) are removed in several calls.
+    storage = RedisStorage(prefix, url=server, expire=3600)
+    sessions = [f"s{i}" for i in range(8_100)]
+    for sid in sessions:
+        storage.upsert(_session(sid, user_id="u"))
+    storage.upsert(_session("live", user_id="u"))
+    fresh = RedisStorage(prefix, url=server, expire=3600, cache_bytes=0)
+    tag = fresh._tag("live")
+    for start in range(0, len(sessions), 1000):
+        # Expired long ago, as far as the index of expiry times knows.
+        chunk = dict.fromkeys(sessions[start : start + 1000], 1)
+        fresh._call(lambda client, chunk=chunk: client.zadd(tag + "exp", chunk))
+    assert fresh.get_all_session_ids(user_id="u") == ["live"]
+    assert fresh.get_all_session_ids() == ["live"]
+    assert fresh.purge_expired() == 0
+    storage.close()
+    fresh.close()
+
+
 def test_a_damaged_session_raises_instead_of_looking_absent(
     server: str, raw: Any, prefix: str
 ) -> None:

@@ -152,9 +152,9 @@ like a server gone away; savegame refuses it before sending, with SerializationE
 
 T = TypeVar("T")
 
-# Shared by the scripts that remove sessions. KEYS[1..3] are {P}:all, {P}:idx, {P}:exp, then
-# the header, runs and digests of each session to remove, from KEYS[first] on (declared, so
-# that a cluster runs the script only on the node that holds them: see _WRITE).
+# Shared by the scripts that remove sessions. KEYS[1..3] are {P}:all, {P}:idx, {P}:exp;
+# KEYS[at[n]], KEYS[at[n] + 1], KEYS[at[n] + 2] are the header, runs and digests of ids[n]
+# (declared, so that a cluster runs the script only on the node that holds them: see _WRITE).
 # Slot migration: in a cluster, a command of a script on a key of its slot that is not on
 # the node (moved already, or missing while the slot is MIGRATING) aborts the script, and
 # what it had done stays done. So the scripts read every key they will change before their
@@ -163,7 +163,7 @@ T = TypeVar("T")
 # left without its session is dropped by the next listing; a session left without its
 # index entries would never be listed, nor found by delete_user, again.
 _FORGET = """
-local function forget(ids, first)
+local function forget(ids, at)
   local listed, where, hit = {}, {}, {}
   for n, id in ipairs(ids) do
     local keys = redis.call('HGET', KEYS[2], id)
@@ -180,7 +180,7 @@ local function forget(ids, first)
     end
   end
   for n, id in ipairs(ids) do
-    local k = first + (n - 1) * 3
+    local k = at[n]
     if redis.call('DEL', KEYS[k], KEYS[k + 1], KEYS[k + 2]) > 0 then hit[n] = true end
   end
   for _, key in ipairs(listed) do redis.call('ZREM', key, unpack(where[key])) end
@@ -390,7 +390,7 @@ _FORGET_IDS = (
     _FORGET
     + """
 local now = tonumber(ARGV[1])
-local ids = {}
+local ids, at = {}, {}
 for i = 2, #ARGV do
   local id = ARGV[i]
   local k = 4 + (i - 2) * 3
@@ -399,9 +399,13 @@ for i = 2, #ARGV do
     local expires = redis.call('ZSCORE', KEYS[3], id)
     go = (expires and tonumber(expires) <= now) or redis.call('EXISTS', KEYS[k]) == 0
   end
-  if go then ids[#ids + 1] = id end
+  if go then
+    -- The keys of an id left out (saved again meanwhile) are skipped, not taken by the next.
+    ids[#ids + 1] = id
+    at[#at + 1] = k
+  end
 end
-return forget(ids, 4)
+return forget(ids, at)
 """
 )
 
@@ -994,9 +998,16 @@ class RedisStorage(Storage):
 
     def _forget(self, tag: str, ids: list[str], now: int | None) -> int:
         """Removes ``ids`` (with ``now``: those expired or whose header is gone) from the slot
-        of ``tag``; returns for how many there was something to remove."""
-        keys = self._store_keys(tag) + [f"{tag}{kind}:{sid}" for sid in ids for kind in "hrd"]
-        return int(self._script(_FORGET_IDS, keys, ["" if now is None else now, *ids]))
+        of ``tag``; returns for how many there was something to remove.
+
+        At most :data:`BATCH` ids a script call: Lua unpacks fewer than 8,000 values at once,
+        and a listing may meet any number of expired sessions."""
+        removed = 0
+        for start in range(0, len(ids), BATCH):
+            chunk = ids[start : start + BATCH]
+            keys = self._store_keys(tag) + [f"{tag}{kind}:{sid}" for sid in chunk for kind in "hrd"]
+            removed += int(self._script(_FORGET_IDS, keys, ["" if now is None else now, *chunk]))
+        return removed
 
     def _sweep(self, tag: str, now: int | str) -> int:
         """Removes the sessions of ``tag`` (with ``now``: the expired ones), in batches."""
