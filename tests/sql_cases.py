@@ -21,6 +21,8 @@ from sqlalchemy import Engine, event, text
 from savegame.errors import BackendUnavailableError, StorageError
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.sql import SqlStorage
+from savegame.testing import Store
+from savegame.testing.contract import _lost_alone
 from tests.stores import write_original_table
 
 
@@ -240,11 +242,23 @@ def check_purge_keeps_a_session_saved_again(
         threads.append(threading.Thread(target=save_again))
         threads[1].start()
         time.sleep(0.5)
+        assert threads[0].is_alive(), "the purge was not held: the test did not test"
         transaction.rollback()
     for thread in threads:
         thread.join(30)
         assert not thread.is_alive()
+    assert set(outcome) == {"purged", "saved"}, outcome  # neither raised
     got = make(expire=3600, cache_bytes=0).read("s")
     assert got is not None
     assert got.memory == {"runs": _runs("s", 3)}
     assert make(cache_bytes=0).read("x") is None
+
+
+def check_lost_commit_then_restart(store: Store) -> None:
+    """A write on a connection just made whose commit reply is lost, the server then
+    refusing four connections (restarting): the write waits for it, as one whose pooled
+    connection was found dead does, and is found made; it does not spend its attempts at
+    once and say its outcome is unknown."""
+    assert store.lossy is not None
+    with store.lossy() as link:
+        _lost_alone(link, connections_cut=True, refused=4)

@@ -6,6 +6,7 @@ Runs against the server of ``SAVEGAME_TEST_MYSQL_URL``, each test with tables of
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, inspect, text
@@ -215,3 +216,12 @@ def test_a_purge_never_takes_the_runs_of_a_session_saved_again(
         admin,
         "SELECT 1 FROM {runs} WHERE session_id = 'x' FOR UPDATE",
     )
+
+
+def test_a_lost_commit_on_a_new_connection_waits_for_a_restarting_server(
+    tmp_path: Path,
+) -> None:
+    from tests.stores import _mysql
+
+    with _mysql(tmp_path, "agent") as store:
+        sql_cases.check_lost_commit_then_restart(store)

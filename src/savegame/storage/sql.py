@@ -1140,8 +1140,11 @@ class SqlStorage(Storage):
             time.sleep(random.uniform(0, 0.002 * 2**tries))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _on_connection(self, fn: Callable[[Any], T]) -> T:
+    def _on_connection(self, fn: Callable[[Any], T], patient: bool = False) -> T:
         """Runs ``fn`` on a DBAPI connection from the pool, set up for savegame.
+
+        ``patient``: a connection just died (see :meth:`_pooled`), so one refused is asked
+        for again a few times, as it is when a pooled one is found dead here.
 
         A connection taken from the pool that turns out dead is discarded and ``fn`` runs
         again on another; ``fn`` must therefore be safe to run again (reads are; writes
@@ -1158,7 +1161,7 @@ class SqlStorage(Storage):
             for attempt in range(_DEAD_POOLED + 1):
                 fairy = spare.take()
                 if fairy is None:
-                    fairy = self._pooled(patient=attempt > 0)
+                    fairy = self._pooled(patient=patient or attempt > 0)
                 conn = fairy.driver_connection
                 info = fairy.info
                 if self._elsewhere(info):
@@ -1816,7 +1819,13 @@ class SqlStorage(Storage):
         with self._guard():
             for tries in range(_ATTEMPTS):
                 try:
-                    record = self._on_connection(lambda conn: self._write_on(conn, write))
+                    # After a commit left unanswered, the server may be restarting: the
+                    # write waits for it as a connection found dead does, rather than
+                    # spending its attempts at once and saying its outcome is unknown.
+                    record = self._on_connection(
+                        lambda conn: self._write_on(conn, write),
+                        patient=write.committed_on is not None,
+                    )
                     break
                 except self._driver_errors as exc:
                     # The commit was sent and its connection died before the answer: the

@@ -183,14 +183,16 @@ def check_lost_reply(link: LossyLink, writes: int) -> None:
         _lost_alone(link)
 
 
-def _lost_alone(link: LossyLink, connections_cut: bool = False) -> None:
+def _lost_alone(link: LossyLink, connections_cut: bool = False, refused: int = 0) -> None:
     """A write whose reply is lost, with no other write before it is sent again, is found
     made and reported done: not as a conflict with itself, and not made twice.
 
     With ``connections_cut``, every pooled connection is cut first, so the write goes out
     on a connection just made, whose reply is the one lost: it is still found made, not
     reported "unavailable" (which says nothing was written, and has the caller make the
-    change a second time)."""
+    change a second time). With ``refused``, the server then refuses that many
+    connections (it is restarting): the write waits for it, as a write whose pooled
+    connection was found dead does, and is found made."""
     link.storage.upsert(_agent("c", session_data={"n": 1}))
     session = link.storage.read("c")
     assert session is not None
@@ -198,9 +200,11 @@ def _lost_alone(link: LossyLink, connections_cut: bool = False) -> None:
     if connections_cut:
         assert link.refuse_connection is not None
         link.refuse_connection(0)  # every connection cut, none refused: new ones are made
-    link.lose_reply(None)
+    restart = link.refuse_connection
+    link.lose_reply(None if not refused or restart is None else lambda: restart(refused))
     saved = link.storage.upsert(session, expected_version=session.version)  # type: ignore[attr-defined]
     assert link.lost(), "no reply was lost: the test did not test"
+    assert not refused or link.refused(), "no connection was refused: the test did not test"
     assert saved.version == session.version + 1, saved.version  # type: ignore[attr-defined]
     got = link.other.read("c")
     assert got is not None
