@@ -135,6 +135,16 @@ def test_a_step_saved_since_this_object_loaded_is_not_computed_again(flows: Stor
     assert stored.session_data["session_state"] == {"x": "from second"}  # type: ignore[index]
 
 
+def test_a_step_taken_out_of_the_state_is_computed_again(flows: Store) -> None:
+    flow = Counter(session_id="w", storage=flows())
+    assert flow.step("x", lambda: "old") == "old"
+    del flow.session_state["x"]  # to compute it again
+    assert flow.step("x", lambda: "new") == "new"
+    stored = flows().read("w")
+    assert stored is not None
+    assert stored.session_data["session_state"] == {"x": "new"}  # type: ignore[index]
+
+
 def test_of_two_workers_computing_one_step_at_once_the_first_saved_result_is_kept(
     flows: Store,
 ) -> None:

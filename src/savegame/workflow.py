@@ -149,8 +149,11 @@ class Workflow(SessionKeeper):
 
     def _saved_step(self, key: str) -> Any:
         """The result another process saved for ``key`` since this object last read the
-        session (taken into this object's state), or :data:`_MISSING`."""
-        if self.storage is None:
+        session (taken into this object's state), or :data:`_MISSING`.
+
+        A result this object read and then took out of its state (to compute it again) is
+        not taken back from the store."""
+        if self.storage is None or key in self._base_state:
             return _MISSING
         stored = self.storage.read(self.session_id)
         if stored is None:
