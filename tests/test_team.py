@@ -163,6 +163,26 @@ def test_two_teams_starting_one_session_at_once_share_each_members_session(
     assert "pho" in again.run("What is my favourite recipe?").content
 
 
+def test_teams_stored_apart_with_one_session_id_keep_their_members_apart(
+    backend: Backend, tmp_path: Path
+) -> None:
+    # Member session ids derive from the team session's id: two teams in two stores that
+    # share their members' store, each with a session "chat-1", must not share them.
+    with (
+        backend.make(tmp_path / "agents", "agent") as agents,
+        backend.make(tmp_path / "teams", "team") as teams,
+        backend.make(tmp_path / "other-teams", "team") as other_teams,
+    ):
+        kitchen = _team((agents, teams), session_id="chat-1", team_id="kitchen")
+        bakery = _team((agents, other_teams), session_id="chat-1", name="Bakery")
+        kitchen.run("My favourite recipe is pho.")
+        bakery.run("a soup recipe")
+        assert set(kitchen.member_sessions.values()).isdisjoint(bakery.member_sessions.values())
+        assert len(kitchen.members["chef"].runs) == len(bakery.members["chef"].runs) == 1
+        assert bakery.delete_session()
+        assert agents().read(kitchen.member_sessions["chef"]) is not None
+
+
 @pytest.mark.parametrize("current", [True, False], ids=["current", "another"])
 def test_deleting_a_team_session_deletes_its_members_sessions(
     stores: tuple[Store, Store], current: bool

@@ -170,7 +170,7 @@ class Team(SessionKeeper):
         if session_id == self.session_id:
             links = dict(self.member_sessions)
         else:
-            links = {key: _member_session_id(session_id, key) for key in self.members}
+            links = {key: self._member_session_id(session_id, key) for key in self.members}
         stored = self.storage.read(session_id) if self.storage is not None else None
         if stored is not None:
             links.update(_links(getattr(stored, "session_data", None)))
@@ -182,9 +182,23 @@ class Team(SessionKeeper):
 
     def _attach_members(self) -> None:
         for key, member in self.members.items():
-            sid = self.member_sessions.get(key) or _member_session_id(self.session_id, key)
+            sid = self.member_sessions.get(key) or self._member_session_id(self.session_id, key)
             self.member_sessions[key] = sid
             member.attach(sid, self.session_id, self.user_id)
+
+    def _member_session_id(self, team_session_id: str, member: str) -> str:
+        """The session member ``member`` answers in for a team session that names none.
+
+        Derived rather than drawn at random, so that two processes starting one team session
+        at once give each member the same session, not one each (the stored links would
+        keep only one, and a team made again would see half the member's turns). The team's
+        id (when given or stored, not made up here) or else its name is part of it, so that
+        teams stored apart that share their members' storage and a session id do not share
+        member sessions.
+        """
+        team = "" if self.entity_id_made else self.entity_id or ""
+        name = "\x00".join((team_session_id, team or self.name or "", member))
+        return str(uuid.uuid5(_MEMBER_SESSIONS, name))
 
     def _routing(self, message: str) -> list[Any]:
         lines = [f"You lead the team {self.name or self.team_id}. Its members:"]
@@ -248,16 +262,6 @@ def _links(session_data: Any) -> dict[str, str]:
             f"the team session's member_sessions is not a map of names to session ids: {links!r}"
         )
     return links
-
-
-def _member_session_id(team_session_id: str, member: str) -> str:
-    """The session a member answers in for a team session not stored yet.
-
-    Derived from the two names rather than drawn at random, so that two processes starting
-    one team session at once give each member the same session, not one each (the stored
-    map would keep only one, and a team made again would see half the member's turns).
-    """
-    return str(uuid.uuid5(_MEMBER_SESSIONS, f"{team_session_id}\x00{member}"))
 
 
 _MEMBER_SESSIONS = uuid.UUID("5b0d1a4e-2f7c-4c38-9a55-6d2f3e1b7a90")
