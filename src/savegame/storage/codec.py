@@ -162,9 +162,10 @@ def depth_at_most(value: Any, limit: int) -> bool:
 _NESTED = (dict, list, tuple)
 
 
-_INT_BITS = 14_000
-"""Ints of at most this many bits have at most 4,215 digits, under Python's default limit on
-converting an int to text (4,300 digits); only longer ones are converted to find out."""
+_INT_BITS = 2_100
+"""Ints of at most this many bits have at most 633 digits, under the lowest limit Python
+allows on converting an int to text (640 digits; 4,300 by default): only longer ones are
+converted to find out."""
 
 
 def _int_text_problem(value: int, path: str) -> SerializationError | None:

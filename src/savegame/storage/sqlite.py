@@ -164,7 +164,8 @@ class SqliteStorage(SqlStorage):
         db_url: a SQLAlchemy URL, ``sqlite:///relative.db`` or ``sqlite:////absolute.db``.
         db_file: the database file; it and its folder are made by the first write (reads of
             a file that is not there find nothing and leave it so).
-        db_engine: an engine to use; the storage does not dispose of it.
+        db_engine: an engine to use; the storage does not dispose of it (but lets its pooled
+            connections go when the database file is removed or replaced).
         schema_version: accepted for compatibility with the original; unused.
         auto_upgrade_schema: upgrade a table of an older layout on first write.
         mode: the storage mode.
