@@ -147,6 +147,16 @@ def test_sessions_list_show_rename_delete(backend: Backend, tmp_path: Path) -> N
         savegame("sessions", "rename", "nope", "x", *url, code=2)
 
 
+def test_show_gives_a_session_without_runs_as_0_runs(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'quiet.db'}"
+    with open_storage(url) as storage:
+        storage.create()
+        storage.upsert(AgentSession(session_id="quiet"))
+    shown = text(savegame("sessions", "show", "quiet", "-s", url))
+    assert re.search(r"│ runs +0 +│", shown), shown
+    assert re.search(r"│ version +1 +│", shown), shown
+
+
 @pytest.mark.parametrize("backend", URL_BACKENDS)
 def test_export_import_is_lossless_across_backends(backend: Backend, tmp_path: Path) -> None:
     """JSON lines out of one store, into an empty store of this backend, and out again."""

@@ -262,7 +262,7 @@ def sessions_list(
         caption=f"page {page} of {pages}, {_sessions(len(ids))}",
         caption_justify="left",
     )
-    for column in ("id", "user", "entity", "name", "runs", "created", "updated"):
+    for column in _COLUMNS:
         table.add_column(
             column,
             justify="right" if column == "runs" else "left",
@@ -271,13 +271,7 @@ def sessions_list(
             overflow="fold",
         )
     for row in rows:
-        table.add_row(
-            *(escape(str(row[k] if row[k] is not None else "")) for k in ("id", "user", "entity")),
-            escape(row["name"] or ""),
-            str(row["runs"]),
-            _when(row["created"]),
-            _when(row["updated"]),
-        )
+        table.add_row(*(escape(_cell(key, row[key])) for key in _COLUMNS))
     out.print(table)
 
 
@@ -300,11 +294,9 @@ def sessions_show(
         _print_json(json.loads(transfer.session_line(session)))
         return
     meta = Table.grid(padding=(0, 2))
-    for key in ("id", "user", "entity", "name", "runs", "created", "updated"):
-        value = summary[key]
-        shown = _when(value) if key in ("created", "updated") else str(value or "")
-        meta.add_row(f"[bold]{key}[/]", escape(shown))
-    meta.add_row("[bold]version[/]", str(data.get("version") or ""))
+    for key in _COLUMNS:
+        meta.add_row(f"[bold]{key}[/]", escape(_cell(key, summary[key])))
+    meta.add_row("[bold]version[/]", _cell("version", data.get("version")))
     out.print(Panel(meta, title=f"{mode} session", expand=False))
     out.print("[bold]Conversation[/]")
     messages = [m for run in runs for m in _messages(run)]
@@ -528,6 +520,10 @@ def schema_upgrade(
 # -- presentation -----------------------------------------------------------------------------
 
 
+_COLUMNS = ("id", "user", "entity", "name", "runs", "created", "updated")
+"""The fields of a session that ``sessions list`` and ``sessions show`` give, in order."""
+
+
 def _summary(store: Storage, session: Session) -> dict[str, Any]:
     return {
         "id": session.session_id,
@@ -556,6 +552,13 @@ def _print_json(value: Any) -> None:
         out.print_json(text)
     else:
         _emit(_encoded(text + "\n"))
+
+
+def _cell(key: str, value: Any) -> str:
+    """A field as a table shows it: a time in UTC, blank when not set, a count of 0 as 0."""
+    if key in ("created", "updated"):
+        return _when(value)
+    return "" if value is None else str(value)
 
 
 def _when(value: Any) -> str:
