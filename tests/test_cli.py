@@ -215,6 +215,7 @@ def test_stats_purge_delete_user_schema(backend: Backend, tmp_path: Path) -> Non
         assert figures["oldest"] == recent - 59 * 86400
         assert figures["newest"] == recent + 104
         assert figures["bytes"] > 6 * 80
+        assert figures["bytes"] == len(savegame("export", *url).stdout)
         assert "sessions" in text(savegame("stats", *url))
 
         dry = savegame("purge", "--older-than", "30d", "--dry-run", *url)

@@ -106,9 +106,14 @@ def export_sessions(
     """
     count = 0
     for session in iter_sessions(storage, user_id):
-        write(session_line(session) + "\n")
+        write(_exported(session))
         count += 1
     return count
+
+
+def _exported(session: Session) -> str:
+    """What an export writes for ``session``: its line and the newline that ends it."""
+    return session_line(session) + "\n"
 
 
 @dataclass
@@ -282,7 +287,8 @@ class Stats:
         sessions: how many sessions it holds (expired ones left out).
         users: distinct user ids among them (sessions without one not counted).
         entities: distinct agent, team or workflow ids among them.
-        bytes: the size of the sessions in the export format, in UTF-8.
+        bytes: the size of their export, in UTF-8: the lines and the newlines that end them,
+            as many bytes as :func:`export_sessions` writes.
         oldest: the earliest ``created_at``, or None for an empty store.
         newest: the latest ``updated_at``, or None for an empty store.
     """
@@ -302,7 +308,7 @@ def stats(storage: Storage, user_id: str | None = None) -> Stats:
     entities: set[str] = set()
     for session in iter_sessions(storage, user_id):
         result.sessions += 1
-        result.bytes += len(session_line(session).encode("utf-8"))
+        result.bytes += len(_exported(session).encode("utf-8"))
         user = getattr(session, "user_id", None)
         entity = getattr(session, storage.spec.entity_field, None)
         if user is not None:
