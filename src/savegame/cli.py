@@ -251,13 +251,18 @@ def sessions_list(
     """List sessions, newest first, a page at a time."""
     with _open(storage, mode, reading=True) as store:
         ids = store.get_all_session_ids(user, entity) if store.table_exists() else []
+        pages = max(1, -(-len(ids) // limit))
+        if page > pages:
+            _fail(
+                f"there is no page {page}: the last page is {pages} "
+                f"({_sessions(len(ids))}, {limit} a page)"
+            )
         start = (page - 1) * limit
         sessions = [s for s in map(store.read, ids[start : start + limit]) if s is not None]
         rows = [_summary(store, s) for s in sessions]
     if as_json:
         _print_json(rows)
         return
-    pages = max(1, -(-len(ids) // limit))
     table = Table(
         caption=f"page {page} of {pages}, {_sessions(len(ids))}",
         caption_justify="left",
