@@ -378,6 +378,14 @@ def test_import_checks_every_line_before_writing_anything(tmp_path: Path) -> Non
     ]
     assert json.loads(text(savegame("sessions", "list", "-s", url, "--json"))) == []
 
+    file.write_bytes('{"session_id":"ok1"}\n{"session_id":"café"}\n'.encode("latin-1"))
+    latin = savegame("import", str(file), "-s", url, code=2)
+    assert errors(latin).splitlines() == [
+        f"error: {file}:2: not UTF-8 (invalid continuation byte: b'\\xe9' at byte 19 of the "
+        "line); an export is UTF-8"
+    ]
+    assert json.loads(text(savegame("sessions", "list", "-s", url, "--json"))) == []
+
     file.write_text('{"session_id":"ok1"}\n{"session_id":"ok2","created_at":1.5}\n')
     when = savegame("import", str(file), "-s", url, code=2)
     assert f"error: {file}:2: session 'ok2': created_at must be None" in errors(when)

@@ -393,8 +393,9 @@ def import_(
             _fail(f"cannot read {file}: {exc.strerror}")
         source = str(file)
     # Lines end at "\n" only: str.splitlines() would also break at U+2028, U+0085 and the
-    # other separators that export writes as they are inside a session's text.
-    lines = data.decode("utf-8").split("\n")
+    # other separators that export writes as they are inside a session's text. Each line is
+    # decoded on its own, so that text that is not UTF-8 is reported with its line.
+    lines = data.split(b"\n")
     with _open(storage, mode) as store:
         report = transfer.import_sessions(store, lines, source)
     _note(

@@ -170,7 +170,7 @@ def _put_all(destination: Storage, sessions: list[Session], report: Report) -> N
             report.copied += 1
 
 
-def import_sessions(storage: Storage, lines: Iterable[str], source: str = "line") -> Report:
+def import_sessions(storage: Storage, lines: Iterable[str | bytes], source: str = "line") -> Report:
     """Stores the session of each line, keeping timestamps and versions.
 
     Blank lines are skipped. Every line is checked before the first one is written, with the
@@ -182,23 +182,25 @@ def import_sessions(storage: Storage, lines: Iterable[str], source: str = "line"
 
     Args:
         storage: where to store them; its table or folder is created when missing.
-        lines: lines of the export format, split at ``"\\n"`` only (see the module
-            docstring); a ``"\\r"`` left at the end of a line does no harm.
+        lines: lines of the export format, as text or as UTF-8 bytes, split at ``"\\n"``
+            only (see the module docstring); a ``"\\r"`` left at the end of a line does no
+            harm.
         source: a name for the lines (a file name) in error messages.
 
     Raises:
-        SerializationError: naming the first line that is not a session of this mode, holds
-            a value the storage cannot store, or holds a session that an earlier line holds
-            too (naming both lines).
+        SerializationError: naming the first line that is not UTF-8, is not a session of
+            this mode, holds a value the storage cannot store, or holds a session that an
+            earlier line holds too (naming both lines).
         InvalidIdentifierError: naming the first line whose session id, user id or entity id
             the storage refuses.
     """
     sessions: list[Session] = []
     first_line: dict[str, int] = {}
-    for number, line in enumerate(lines, 1):
+    for number, raw in enumerate(lines, 1):
+        where = f"{source}:{number}"
+        line = _decoded(raw, where)
         if not line.strip():
             continue
-        where = f"{source}:{number}"
         session = parse_line(storage.spec, line, where)
         earlier = first_line.setdefault(session.session_id, number)
         if earlier != number:
@@ -213,6 +215,24 @@ def import_sessions(storage: Storage, lines: Iterable[str], source: str = "line"
     for start in range(0, len(sessions), DEFAULT_BATCH_SIZE):
         _put_all(storage, sessions[start : start + DEFAULT_BATCH_SIZE], report)
     return report
+
+
+def _decoded(line: str | bytes, where: str) -> str:
+    """``line`` as text: bytes are decoded as UTF-8, the encoding of an export.
+
+    Raises:
+        SerializationError: naming ``where`` and the first byte that is not UTF-8.
+    """
+    if isinstance(line, str):
+        return line
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = line[exc.start : exc.end]
+        raise SerializationError(
+            f"{where}: not UTF-8 ({exc.reason}: {bad!r} at byte {exc.start + 1} of the line); "
+            "an export is UTF-8"
+        ) from None
 
 
 def _check(storage: Storage, session: Session, where: str) -> None:
