@@ -321,6 +321,17 @@ def test_reading_a_store_that_was_never_created(path: tuple[str, ...], tmp_path:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_copying_from_a_store_that_is_not_there_fails_and_makes_nothing(tmp_path: Path) -> None:
+    for source in (f"json:///{tmp_path / 'never'}", f"sqlite:///{tmp_path / 'deep' / 'never.db'}"):
+        for destination in (f"json:///{tmp_path / 'dst'}", f"sqlite:///{tmp_path / 'dst.db'}"):
+            proc = savegame("copy", source, destination, code=2)
+            assert errors(proc).splitlines() == [
+                f"error: nothing of mode agent is stored at {source}: there is nothing to copy "
+                "(check the URL and --mode)"
+            ]
+    assert list(tmp_path.iterdir()) == []
+
+
 # Characters that str.splitlines() breaks a line at and JSON writes as they are...
 SEPARATORS = "\u2028 \u2029 \x85"
 # ... and those it escapes.

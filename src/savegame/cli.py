@@ -219,15 +219,20 @@ def _root(
 
 
 @contextmanager
-def _open(url: str, mode: str, reading: bool = False) -> Iterator[Storage]:
+def _open(url: str, mode: str, reading: bool = False, copied: bool = False) -> Iterator[Storage]:
     """The storage of ``url``. ``reading``: the command reads or removes sessions, and a
     note on stderr says when the store is not there (a mistyped path would otherwise look
-    like an empty store)."""
+    like an empty store). ``copied``: the store is the source of a copy; when it is not
+    there, the copy would copy nothing, and it is a user error, raised before anything is
+    made at the destination."""
     with open_storage(url, mode) as storage:
-        if reading and not storage.table_exists():
+        if (reading or copied) and not storage.table_exists():
+            absent = f"nothing of mode {mode} is stored at {redact(url)}"
+            if copied:
+                _fail(f"{absent}: there is nothing to copy (check the URL and --mode)")
             _note(
-                f"note: nothing of mode {mode} is stored at {redact(url)} yet; pass --storage"
-                " (or set SAVEGAME_STORAGE) to name another store"
+                f"note: {absent} yet; pass --storage (or set SAVEGAME_STORAGE) to name another"
+                " store"
             )
         yield storage
 
@@ -423,7 +428,7 @@ def copy(
         disable=not err.is_terminal,
     )
     task = progress.add_task("copy", total=None)
-    with _open(source, mode, reading=True) as src, _open(destination, mode) as dst, progress:
+    with _open(source, mode, copied=True) as src, _open(destination, mode) as dst, progress:
         report = transfer.copy_sessions(
             src,
             dst,
