@@ -298,6 +298,16 @@ def test_user_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     assert "hunter2" not in errors(secret)
 
 
+def test_a_folder_that_cannot_be_made_is_named_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    folder = tmp_path / "file" / "sessions"
+    for url in (f"json:///{folder}", f"sqlite:///{folder / 'app.db'}"):
+        proc = savegame("import", "-", "-s", url, stdin=b'{"session_id":"s"}\n', code=1)
+        assert errors(proc).splitlines() == [
+            f"error: cannot make the folder {folder}: Not a directory"
+        ]
+
+
 def test_an_unreachable_server_is_a_failure_in_one_line() -> None:
     down = savegame("stats", "-s", "redis://:hunter2@127.0.0.1:1/0", code=1)
     assert errors(down).startswith("error: ")

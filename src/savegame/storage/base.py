@@ -32,9 +32,11 @@ import random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 
 from savegame.errors import (
+    BackendUnavailableError,
     ConflictError,
     CorruptSessionError,
     InvalidIdentifierError,
@@ -197,6 +199,21 @@ def with_retries(attempt: Callable[[], T], retryable: Callable[[Exception], bool
                 raise
         pause = min(0.5, 0.05 * 2**failures)
         time.sleep(pause * (1 + random.random()) / 2)
+
+
+def make_folder(path: Path) -> None:
+    """Makes the folder ``path``, and the folders above it, when missing.
+
+    Raises:
+        BackendUnavailableError: naming the folder that could not be made (``path`` or one
+            above it) and why.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BackendUnavailableError(
+            f"cannot make the folder {exc.filename or path}: {exc.strerror or exc}"
+        ) from exc
 
 
 def is_expired(expires_at: int | None, now: int) -> bool:

@@ -49,6 +49,7 @@ from savegame.storage.base import (
     Record,
     Storage,
     is_expired,
+    make_folder,
     whole_number_problem,
     whole_seconds,
 )
@@ -213,10 +214,10 @@ class FileStorage(Storage):
 
     def _make_meta(self) -> None:
         """Makes the folder and its ``.savegame`` folder when missing."""
-        try:
-            self._meta.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise BackendUnavailableError(f"cannot make the folder {self._meta}: {exc}") from exc
+        # The folder first, so that what cannot be made is reported as the folder the store
+        # was given, not as the ``.savegame`` inside it.
+        make_folder(self.dir_path)
+        make_folder(self._meta)
 
     @contextmanager
     def _index_errors(self) -> Iterator[None]:

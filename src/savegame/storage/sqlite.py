@@ -35,6 +35,7 @@ from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.expression import Executable
 
 from savegame.errors import InvalidIdentifierError
+from savegame.storage.base import make_folder
 from savegame.storage.known import DEFAULT_BYTES
 from savegame.storage.session import Mode
 from savegame.storage.sql import SqlDialect, SqlStorage, on_conflict_update, shared_engine
@@ -256,7 +257,7 @@ class SqliteStorage(SqlStorage):
 
     def _make_tables(self, upgrade: bool) -> None:
         if self._file is not None:
-            self._file.parent.mkdir(parents=True, exist_ok=True)
+            make_folder(self._file.parent)
         super()._make_tables(upgrade)
 
     def where(self) -> str:
