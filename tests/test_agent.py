@@ -22,7 +22,7 @@ from savegame.storage.json import JsonStorage
 from savegame.storage.session import AgentSession
 from savegame.storage.sqlite import SqliteStorage
 from savegame.testing import Store
-from tests.runtime_helpers import run_worker
+from tests.runtime_helpers import new_session_after, run_worker
 
 
 class Flaky:
@@ -374,6 +374,23 @@ def test_an_agent_made_without_a_user_takes_no_user_from_one_session_to_the_next
     mine.load_session("adas")
     mine.new_session()
     assert mine.user_id == "ada"
+
+
+def test_an_agent_made_without_a_name_or_role_takes_none_from_one_session_to_the_next(
+    backend_store: Store,
+) -> None:
+    _agent(backend_store, session_id="helpers", name="Helper", role="helps").run("hi")
+    agent = _agent(backend_store)
+    taken = {"name": "Helper", "role": "helps"}
+    made = new_session_after(agent, "helpers", taken, lambda: agent.run("hello"))
+    assert (made["agent_data"]["name"], made["agent_data"]["role"]) == (None, None)
+    agent.load_session("helpers")
+    assert not agent.load_session("elsewhere")
+    assert (agent.name, agent.role) == (None, None)
+    mine = _agent(backend_store, name="Mine", role="mine")
+    mine.load_session("helpers")
+    mine.new_session()
+    assert (mine.name, mine.role) == ("Mine", "mine")
 
 
 def test_loading_a_session_deleted_elsewhere_starts_it_empty(backend_store: Store) -> None:

@@ -15,7 +15,7 @@ from savegame.models.offline import OfflineModel
 from savegame.storage.session import AgentSession, TeamSession
 from savegame.team import Team
 from savegame.testing import Store
-from tests.runtime_helpers import run_worker
+from tests.runtime_helpers import new_session_after, run_worker
 from tests.stores import Backend
 
 
@@ -146,6 +146,15 @@ def test_a_new_team_session_gives_members_new_sessions(stores: tuple[Store, Stor
     team.new_session()
     assert set(team.member_sessions.values()).isdisjoint(before.values())
     assert team.members["chef"].runs == []
+
+
+def test_a_team_made_without_a_name_takes_none_from_one_session_to_the_next(
+    stores: tuple[Store, Store],
+) -> None:
+    _team(stores, session_id="named", name="kitchen").run("a soup recipe")
+    team = _team(stores)
+    made = new_session_after(team, "named", {"name": "kitchen"}, lambda: team.run("a soup"))
+    assert made["team_data"]["name"] is None
 
 
 def test_two_teams_starting_one_session_at_once_share_each_members_session(

@@ -13,7 +13,7 @@ from savegame.storage.session import WorkflowSession, WorkflowSessionV2
 from savegame.testing import Store
 from savegame.testing.agent_worker import STEPS, Pipeline, StepFailed
 from savegame.workflow import Step, StepContext, StepWorkflow, Workflow
-from tests.runtime_helpers import run_worker
+from tests.runtime_helpers import new_session_after, run_worker
 from tests.stores import Backend
 
 
@@ -256,6 +256,19 @@ def test_a_step_workflow_session_of_another_shape_is_corrupt(
     steps_store().upsert(WorkflowSessionV2(session_id="s", runs=runs))
     with pytest.raises(CorruptSessionError, match=rf"'s'.* {field} should be a"):
         StepWorkflow([Step("one", lambda context: 1)], steps_store(), session_id="s")
+
+
+def test_a_step_workflow_made_without_a_name_takes_none_from_one_session_to_the_next(
+    steps_store: Store,
+) -> None:
+    def only(ctx: StepContext) -> str:
+        return "done"
+
+    StepWorkflow([only], storage=steps_store(), session_id="named", name="pipeline").run()
+    flow = StepWorkflow([only], storage=steps_store())
+    made = new_session_after(flow, "named", {"name": "pipeline"}, flow.run)
+    assert made["workflow_name"] is None
+    assert made["workflow_data"] == {"name": None, "steps": ["only"]}
 
 
 def test_step_names_must_be_distinct() -> None:

@@ -75,14 +75,16 @@ class Agent(SessionKeeper):
         user_id: whose session it is; a resumed session's own when None.
         agent_id: stored in the session's ``agent_id``; a resumed session's own, or a new
             id, when None.
-        name: the agent's name (stored in ``agent_data``; a team tells members by it).
+        name: the agent's name (stored in ``agent_data``; a team tells members by it); when
+            None, each session loaded has the name stored with it, and a new session none.
         session_name: a name for the session.
         session_state: the state a new session starts with (resumed state wins).
         add_history_to_messages: send the earlier turns of the session to the model.
         num_history_runs: how many earlier runs to send when history is on.
         instructions: sent as the system message of every run.
         extra_data: stored as the session's ``extra_data``.
-        role: what the agent is for; a team's leader chooses members by it.
+        role: what the agent is for; a team's leader chooses members by it. When None, as
+            for ``name``.
         team_session_id: links the session to the team session it answers for.
         workflow_session_id: links the session to a workflow session.
 
@@ -96,6 +98,7 @@ class Agent(SessionKeeper):
 
     mode = "agent"
     data_field = "agent_data"
+    made_with = ("name", "role", "team_session_id", "workflow_session_id")
 
     def __init__(
         self,
@@ -122,7 +125,8 @@ class Agent(SessionKeeper):
         self.add_history_to_messages = add_history_to_messages
         self.num_history_runs = num_history_runs
         self.instructions = instructions
-        self._links = (team_session_id, workflow_session_id)
+        self.team_session_id = team_session_id
+        self.workflow_session_id = workflow_session_id
         super().__init__(
             storage, session_id, user_id, agent_id, session_name, session_state, extra_data
         )
@@ -198,10 +202,6 @@ class Agent(SessionKeeper):
         self._initial_user = self.user_id = user_id
         self.load_session(session_id)
         self.team_session_id = team_session_id
-
-    def _reset(self) -> None:
-        super()._reset()
-        self.team_session_id, self.workflow_session_id = self._links
 
     def _system(self) -> list[Message]:
         return [make_message("system", self.instructions)] if self.instructions else []

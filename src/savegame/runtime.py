@@ -64,6 +64,11 @@ class SessionKeeper:
 
     mode: ClassVar[str] = "agent"
     data_field: ClassVar[str] = "agent_data"
+    made_with: ClassVar[tuple[str, ...]] = ()
+    """Attributes a subclass sets before this class's ``__init__`` and fills in from a stored
+    session where they are None (a name from ``agent_data``, say). Every session started or
+    switched to begins with them as the object was made, as it does with the user: what was
+    taken from one session is that session's, not the next one's."""
 
     session_id: str
     session_name: str | None
@@ -99,6 +104,7 @@ class SessionKeeper:
         self._base_state: dict[str, Any] = {}
         """The stored ``session_state`` as last read or saved, that changes are made on."""
         self._initial_state = copy.deepcopy(session_state or {})
+        self._made_with = {name: getattr(self, name) for name in self.made_with}
         self.session_id = session_id or new_id()
         self._reset()
         if session_id is not None:
@@ -311,6 +317,8 @@ class SessionKeeper:
         self._base_state = {}
         self.extra_data = copy.deepcopy(self._initial_extra)
         self.metrics = {}
+        for name, value in self._made_with.items():
+            setattr(self, name, value)
 
     # -- hooks ----------------------------------------------------------------------------
 

@@ -38,7 +38,8 @@ class Team(SessionKeeper):
         session_id: the team session to resume or start.
         user_id: whose session it is; members' sessions get the same user.
         team_id: stored in the session's ``team_id``.
-        name: the team's name, stored in ``team_data``.
+        name: the team's name, stored in ``team_data``; when None, each session loaded has
+            the name stored with it, and a new session none.
         session_name: a name for the session.
         session_state: the state a new session starts with (resumed state wins).
         instructions: added to the leader's prompt.
@@ -53,6 +54,7 @@ class Team(SessionKeeper):
 
     mode = "team"
     data_field = "team_data"
+    made_with = ("name",)
 
     def __init__(
         self,

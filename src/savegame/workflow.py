@@ -304,7 +304,8 @@ class StepWorkflow(SessionKeeper):
         session_id: the session to resume or start.
         user_id: whose session it is.
         workflow_id: stored in the session's ``workflow_id``.
-        name: stored as the session's ``workflow_name``.
+        name: stored as the session's ``workflow_name``; when None, each session loaded
+            has the name stored with it, and a new session none.
         session_name: a name for the session.
         session_state: the state a new session starts with (resumed state wins).
         extra_data: stored as the session's ``extra_data``.
@@ -317,6 +318,7 @@ class StepWorkflow(SessionKeeper):
 
     mode = "workflow_v2"
     data_field = "workflow_data"
+    made_with = ("name",)
 
     def __init__(
         self,
