@@ -13,6 +13,9 @@ name in the request chooses how it behaves:
 ``odd-usage``  as ``echo``, with a ``usage`` that is a string, not an object
 ``hang``       answers nothing until the server stops
 ``trickle``    as ``echo``, a byte every 10 ms (about 3 s in all), or until the server stops
+``refuse``     200 with a message whose content is null and whose ``refusal`` says why
+``tool-call``  200 with a message whose content is null that calls the tool ``get_weather``
+``filtered``   200 with a message whose content is null, ``finish_reason`` content_filter
 =============  ==========================================================================
 """
 
@@ -26,6 +29,29 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+NO_TEXT: dict[str, tuple[dict[str, Any], str]] = {
+    "refuse": (
+        {"role": "assistant", "content": None, "refusal": "I can't help with that."},
+        "stop",
+    ),
+    "tool-call": (
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                }
+            ],
+        },
+        "tool_calls",
+    ),
+    "filtered": ({"role": "assistant", "content": None}, "content_filter"),
+}
+"""The message and finish reason of the answers without text, by model name."""
 
 
 @dataclass
@@ -71,6 +97,9 @@ def _handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
             else:
                 last = [m["content"] for m in body["messages"] if m["role"] == "user"][-1]
                 content = f"echo: {last} [{len(body['messages'])} messages]"
+                message, finish = NO_TEXT.get(
+                    model, ({"role": "assistant", "content": content}, "stop")
+                )
                 send = self._trickle if model == "trickle" else self._send
                 send(
                     200,
@@ -78,13 +107,7 @@ def _handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
                         "id": "chatcmpl-1",
                         "object": "chat.completion",
                         "model": model,
-                        "choices": [
-                            {
-                                "index": 0,
-                                "message": {"role": "assistant", "content": content},
-                                "finish_reason": "stop",
-                            }
-                        ],
+                        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
                         "usage": "n/a"
                         if model == "odd-usage"
                         else {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},

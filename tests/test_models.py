@@ -20,6 +20,7 @@ from savegame.models import (
 )
 from savegame.models.offline import CHOOSE_ONE, OfflineModel
 from savegame.models.openai import OpenAIChat
+from savegame.storage.in_memory import InMemoryStorage
 from tests.model_server import ModelServer, model_server
 
 ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_MODEL")
@@ -120,6 +121,28 @@ def test_a_malformed_base_url_raises_model_connection_error() -> None:
 def test_an_answer_that_is_not_a_completion_raises(server: ModelServer) -> None:
     with pytest.raises(ModelResponseError, match="not a chat completion"):
         OpenAIChat(id="garbage", base_url=server.base_url).respond([message("user", "hi")])
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("refuse", "it refused: I can't help with that."),
+        ("tool-call", r"it asked for tool calls \(get_weather\), which savegame does not make"),
+        ("filtered", r"its content is null \(finish_reason: content_filter\)"),
+    ],
+)
+def test_an_answer_without_text_raises_and_the_agent_saves_nothing(
+    server: ModelServer, name: str, why: str
+) -> None:
+    model = OpenAIChat(id=name, base_url=server.base_url)
+    with pytest.raises(ModelResponseError, match=f"^the model gave no text: {why}$"):
+        model.respond([message("user", "hi")])
+    storage = InMemoryStorage()
+    agent = Agent(model=model, storage=storage, session_id="s")
+    with pytest.raises(ModelResponseError):
+        agent.run("hi")
+    assert storage.read("s") is None
+    assert agent.runs == []
 
 
 def test_an_agent_without_a_model_says_how_to_configure_one() -> None:

@@ -15,7 +15,8 @@ tree of their own::
     ├── ModelNotConfiguredError   (ValueError)  no model given and none configured
     ├── ModelConnectionError                    refused, dropped or timed-out connection
     ├── ModelHTTPError                          the server answered with an error status
-    └── ModelResponseError                      the answer is not a chat completion
+    └── ModelResponseError                      the answer is not a chat completion, or has no
+                                                text (a refusal, a tool call)
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ class ModelHTTPError(ModelError):
 
 
 class ModelResponseError(ModelError):
-    """The server answered 200 with something that is not a chat completion."""
+    """The server answered 200 with something that is not a chat completion, or with a
+    completion that holds no text: the model refused, or asked for a tool call."""
 
 
 HOW_TO_CONFIGURE = (

@@ -74,7 +74,8 @@ class OpenAIChat:
             ModelHTTPError: the server answered with an error status (401, 429, 500...).
             ModelConnectionError: the server could not be reached, timed out, or dropped the
                 connection before the answer was whole.
-            ModelResponseError: the answer was not a chat completion.
+            ModelResponseError: the answer was not a chat completion, or had no text (the
+                model refused, or asked for a tool call).
         """
         payload: dict[str, Any] = {"model": self.id, "messages": messages}
         if self.temperature is not None:
@@ -239,11 +240,26 @@ def _error_message(body: str) -> str:
     return body[:200]
 
 
+def _why_no_text(answer: dict[str, Any], choice: dict[str, Any]) -> str:
+    """Why a completion whose content is null has none: the model's refusal, the tools it
+    asked for (which savegame does not call), or else its finish reason."""
+    refusal = answer.get("refusal")
+    if refusal:
+        return f"it refused: {refusal}"
+    calls = answer.get("tool_calls")
+    if isinstance(calls, list) and calls:
+        functions = [call.get("function") if isinstance(call, dict) else None for call in calls]
+        names = [str(f.get("name", "?")) if isinstance(f, dict) else "?" for f in functions]
+        return f"it asked for tool calls ({', '.join(names)}), which savegame does not make"
+    return f"its content is null (finish_reason: {choice.get('finish_reason')})"
+
+
 def _parse(body: bytes, default_model: str) -> ModelResponse:
     try:
         data = json.loads(body)
         choice = data["choices"][0]
-        content = choice["message"].get("content") or ""
+        answer = choice["message"]
+        content = answer.get("content")
         model = str(data.get("model") or default_model)
         usage = data.get("usage")
         usage = usage if isinstance(usage, dict) else {}  # counts are extra: none is fine
@@ -251,6 +267,8 @@ def _parse(body: bytes, default_model: str) -> ModelResponse:
         raise ModelResponseError(
             f"the server's answer is not a chat completion: {body[:200]!r}"
         ) from exc
+    if content is None:
+        raise ModelResponseError(f"the model gave no text: {_why_no_text(answer, choice)}")
     if not isinstance(content, str):
         raise ModelResponseError(f"the completion's content is not text: {content!r}")
     counts = {
