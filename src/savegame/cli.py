@@ -257,7 +257,8 @@ def sessions_list(
     with _open(storage, mode, reading=True) as store:
         ids = store.get_all_session_ids(user, entity) if store.table_exists() else []
         pages = max(1, -(-len(ids) // limit))
-        if page > pages:
+        # A script paging through --json stops at an empty page; a person is told.
+        if page > pages and not as_json:
             _fail(
                 f"there is no page {page}: the last page is {pages} "
                 f"({_sessions(len(ids))}, {limit} a page)"
