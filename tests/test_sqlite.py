@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
+import savegame.storage.sqlite as sqlite_module
 from savegame import open_storage
 from savegame.agent import Agent
 from savegame.errors import (
@@ -384,7 +385,9 @@ def test_a_name_that_differs_only_in_case_from_another_tables_is_refused(tmp_pat
     assert SqliteStorage("chat", db_file=str(path)).get_all_session_ids() == ["s"]
 
 
-def test_a_database_file_removed_under_a_running_storage_is_made_again(tmp_path: Path) -> None:
+def test_a_write_never_goes_to_a_database_file_removed_under_a_running_storage(
+    tmp_path: Path,
+) -> None:
     # SQLite goes on reading and writing a file that was unlinked: writes were acknowledged
     # that no other storage or process would ever see.
     path = tmp_path / "x.db"
@@ -392,25 +395,32 @@ def test_a_database_file_removed_under_a_running_storage_is_made_again(tmp_path:
     storage.upsert(AgentSession(session_id="gone", user_id="u"))
     for name in ("x.db", "x.db-wal", "x.db-shm"):
         (tmp_path / name).unlink(missing_ok=True)
-    assert storage.read("gone") is None
-    assert not path.exists()  # a read makes no file
     storage.upsert(AgentSession(session_id="new", user_id="u"))
     assert path.exists()
+    assert storage.read("gone") is None
     assert storage.get_all_session_ids() == ["new"]
     assert [s.session_id for s in storage.get_all_sessions(user_id="u")] == ["new"]
     assert SqliteStorage("t", db_file=path, cache_bytes=0).get_all_session_ids() == ["new"]
 
 
-def test_a_database_file_replaced_under_a_running_storage_is_read_anew(tmp_path: Path) -> None:
+@pytest.mark.parametrize("replaced", [False, True], ids=["removed", "replaced"])
+def test_reads_see_a_database_file_removed_or_replaced_within_a_tenth_of_a_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replaced: bool
+) -> None:
+    # Reads look at the file at most every _LOOK_EVERY seconds; set to 0, every read looks.
+    monkeypatch.setattr(sqlite_module, "_LOOK_EVERY", 0.0)
     path, other = tmp_path / "x.db", tmp_path / "other.db"
     storage = SqliteStorage("t", db_file=path)
     storage.upsert(AgentSession(session_id="old"))
     with SqliteStorage("t", db_file=other) as elsewhere:
         elsewhere.upsert(AgentSession(session_id="moved in"))
-    for name in ("x.db-wal", "x.db-shm"):
+    for name in ("x.db", "x.db-wal", "x.db-shm"):
         (tmp_path / name).unlink(missing_ok=True)
-    other.replace(path)
-    assert storage.get_all_session_ids() == ["moved in"]
+    if replaced:
+        other.replace(path)
     assert storage.read("old") is None
+    assert storage.get_all_session_ids() == (["moved in"] if replaced else [])
+    assert path.exists() == replaced  # a read makes no file
     storage.upsert(AgentSession(session_id="after"))
-    assert SqliteStorage("t", db_file=path).get_all_session_ids() == ["after", "moved in"]
+    expected = ["after", "moved in"] if replaced else ["after"]
+    assert SqliteStorage("t", db_file=path).get_all_session_ids() == expected

@@ -1140,11 +1140,14 @@ class SqlStorage(Storage):
             time.sleep(random.uniform(0, 0.002 * 2**tries))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _on_connection(self, fn: Callable[[Any], T], patient: bool = False) -> T:
+    def _on_connection(
+        self, fn: Callable[[Any], T], patient: bool = False, writing: bool = False
+    ) -> T:
         """Runs ``fn`` on a DBAPI connection from the pool, set up for savegame.
 
         ``patient``: a connection just died (see :meth:`_pooled`), so one refused is asked
-        for again a few times, as it is when a pooled one is found dead here.
+        for again a few times, as it is when a pooled one is found dead here. ``writing``:
+        ``fn`` writes (see :meth:`_elsewhere`).
 
         A connection taken from the pool that turns out dead is discarded and ``fn`` runs
         again on another; ``fn`` must therefore be safe to run again (reads are; writes
@@ -1164,7 +1167,7 @@ class SqlStorage(Storage):
                     fairy = self._pooled(patient=patient or attempt > 0)
                 conn = fairy.driver_connection
                 info = fairy.info
-                if self._elsewhere(info):
+                if self._elsewhere(info, writing):
                     fairy.invalidate()
                     fairy.close()
                     raise self._gone()
@@ -1214,11 +1217,11 @@ class SqlStorage(Storage):
             self.dialect.end(conn, False)
 
     @contextmanager
-    def _connection(self) -> Iterator[Connection]:
-        with self._lock, self._configured() as conn:
+    def _connection(self, writing: bool) -> Iterator[Connection]:
+        with self._lock, self._configured(writing) as conn:
             yield conn
 
-    def _configured(self) -> Connection:
+    def _configured(self, writing: bool) -> Connection:
         """A connection from the pool, set up for savegame.
 
         Storages sharing an engine may want other settings (SQLite's synchronous). They are
@@ -1229,7 +1232,7 @@ class SqlStorage(Storage):
             DeadConnection: for such a connection, which is discarded (see :meth:`_call`).
         """
         conn = self.db_engine.connect()
-        if self._elsewhere(conn.info):
+        if self._elsewhere(conn.info, writing):
             conn.invalidate()
             conn.close()
             raise self._gone()
@@ -1252,7 +1255,7 @@ class SqlStorage(Storage):
 
     @contextmanager
     def _transaction(self, write: bool) -> Iterator[Connection]:
-        with self._connection() as conn, self.dialect.transaction(conn, write) as tx:
+        with self._connection(write) as conn, self.dialect.transaction(conn, write) as tx:
             yield tx
 
     @contextmanager
@@ -1262,7 +1265,7 @@ class SqlStorage(Storage):
         The lock is let go only after the commit, so the next process to take it sees every
         change this one made.
         """
-        with self._connection() as conn:
+        with self._connection(True) as conn:
             try:
                 with self.dialect.transaction(conn, True) as tx:
                     self.dialect.schema_lock(tx)
@@ -1361,9 +1364,10 @@ class SqlStorage(Storage):
         """Notes in a pooled connection's ``info``, when savegame first sets it up, which
         database it reaches, for :meth:`_elsewhere`."""
 
-    def _elsewhere(self, info: dict[Any, Any]) -> bool:
+    def _elsewhere(self, info: dict[Any, Any], writing: bool) -> bool:
         """Whether the pooled connection of ``info`` reaches a database that is no longer at
-        this storage's address (a SQLite file removed or replaced): see :meth:`_gone`."""
+        this storage's address (a SQLite file removed or replaced): see :meth:`_gone`.
+        ``writing``: the connection is to write, which must never go to such a database."""
         return False
 
     def _gone(self) -> _TableGone:
@@ -1825,6 +1829,7 @@ class SqlStorage(Storage):
                     record = self._on_connection(
                         lambda conn: self._write_on(conn, write),
                         patient=write.committed_on is not None,
+                        writing=True,
                     )
                     break
                 except self._driver_errors as exc:

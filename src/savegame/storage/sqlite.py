@@ -23,6 +23,7 @@ Settings, and why:
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -134,6 +135,10 @@ def _file_of(url: URL) -> Path | None:
     return Path(database)
 
 
+_LOOK_EVERY = 0.1
+"""Seconds a read may go on using a database file that was removed or replaced: see
+:meth:`SqliteStorage._elsewhere`."""
+
 MAX_BUSY_TIMEOUT = 2_147_483
 """The longest busy timeout, in seconds: SQLite takes it in milliseconds, as a 32-bit int."""
 
@@ -217,6 +222,7 @@ class SqliteStorage(SqlStorage):
             engine = make_engine("sqlite://")
         memory = in_memory(engine.url)
         self._file = _file_of(engine.url)
+        self._look_again = 0.0
         super().__init__(
             table_name,
             engine,
@@ -236,14 +242,21 @@ class SqliteStorage(SqlStorage):
 
     # SQLite goes on reading and writing a database file that was unlinked: a connection
     # opened before the file was removed or replaced would have writes acknowledged that no
-    # other storage or process ever sees.
+    # other storage or process ever sees. Every write looks; reads look at most every
+    # _LOOK_EVERY seconds, as looking costs a tenth of a read.
 
     def _opened(self, info: dict[Any, Any]) -> None:
         info.setdefault("file", self._identity())
 
-    def _elsewhere(self, info: dict[Any, Any]) -> bool:
+    def _elsewhere(self, info: dict[Any, Any], writing: bool) -> bool:
         opened = info.get("file")
-        return opened is not None and opened != self._identity()
+        if opened is None:
+            return False
+        now = time.monotonic()
+        if not writing and now < self._look_again:
+            return False
+        self._look_again = now + _LOOK_EVERY
+        return bool(opened != self._identity())
 
     def _identity(self) -> tuple[int, int] | None:
         """The device and inode of the database file; None when absent or in memory."""
