@@ -105,7 +105,7 @@ from savegame.storage.known import (
     outcome_unknown,
     resent_write_made,
 )
-from savegame.storage.session import Mode, set_path
+from savegame.storage.session import MODES, Mode, beside_runs, set_path
 from savegame.storage.url import StorageURL
 
 PREFIX = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}")
@@ -833,6 +833,22 @@ class RedisStorage(Storage):
             self._known.put(session_id, None)
             return None
         record, items = self._decoded(session_id, data, runs)
+        if items is not None and not _holds_runs(record, self.spec.runs_path):
+            # The runs were stored apart from the header of a session of another mode (a
+            # workflow_v2 session's ``runs`` read in mode "workflow", say): put back where
+            # that header holds their place, they make the read raise CorruptSessionError
+            # naming the mode, rather than be taken for this mode's runs.
+            self._known.put(session_id, None)
+            path = next(
+                (m.runs_path for m in MODES.values() if _holds_runs(record, m.runs_path)), None
+            )
+            if path is None:
+                raise CorruptSessionError(
+                    f"session {session_id!r} under {self._keys} in {self._address} has runs "
+                    "stored apart but no place for them in its header"
+                )
+            set_path(record, path, items)
+            return record
         if seen.digests is not None and seen.digests.startswith(_UNKNOWN):
             # Digests of the legacy width: nothing to check runs against, so none is kept.
             self._known.put(session_id, None)
@@ -1035,6 +1051,13 @@ def _state_of(token: Any, version: Any, created: Any, expires: Any, digests: Any
 
 ABSENT = Known("", None, None, None)
 """What a write assumes of a session the storage has not seen."""
+
+
+def _holds_runs(record: Record, path: tuple[str, ...]) -> bool:
+    """Whether ``record``, a header read from the store, keeps the place of runs stored
+    apart at ``path`` (None there, as :func:`~savegame.storage.session.split_runs` left it)."""
+    holder = beside_runs(record, path)
+    return isinstance(holder, dict) and path[-1] in holder and holder[path[-1]] is None
 
 
 def _check_sizes(session_id: str, args: list[Any]) -> None:
