@@ -468,6 +468,8 @@ class FileStorage(Storage):
         return record
 
     def _delete(self, session_id: str) -> bool:
+        if not self.dir_path.is_dir():
+            return False  # nothing to remove: the folder is not made for it
         path = self._path(session_id)
         with self._locked() as conn:
             conn.execute("INSERT OR REPLACE INTO pending VALUES (?)", (session_id,))
