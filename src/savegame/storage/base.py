@@ -324,7 +324,15 @@ class Storage(ABC):
             InvalidIdentifierError: for an id savegame cannot store.
             ConflictError: see ``expected_version``.
             BackendUnavailableError: when the store cannot be reached or stays locked.
+            TypeError: for an ``expected_version`` that is not None or a whole number of 0
+                or more (a bool, a float, a string), which no stored version could equal.
         """
+        if expected_version is not None and (
+            type(expected_version) is not int or expected_version < 0
+        ):
+            raise TypeError(
+                f"expected_version must be None or an int of 0 or more, not {expected_version!r}"
+            )
         draft = self._prepare(session)
         return self._session(self._write(draft, expected_version, _now(), False))
 
@@ -362,8 +370,11 @@ class Storage(ABC):
         Raises:
             ConflictError: when every attempt met a conflict.
             InvalidIdentifierError: when ``fn`` returns a session with another id.
+            ValueError: when ``max_attempts`` is not a whole number of at least 1.
         """
         check_id(session_id)
+        if type(max_attempts) is not int or max_attempts < 1:
+            raise ValueError(f"max_attempts must be an int of at least 1, not {max_attempts!r}")
         conflict: ConflictError | None = None
         for attempt in range(max_attempts):
             current = self.read(session_id)
@@ -404,7 +415,16 @@ class Storage(ABC):
             InvalidIdentifierError: for an id savegame cannot store.
         """
         ids = [check_id(session_id) for session_id in session_ids]
-        return self._sessions_of(self._read_many(ids), None, None, _now())
+        records = self._read_many(ids)
+        # An id asked for twice may come back as one record twice: each session read is a
+        # copy of its own (the first one made of a record takes it apart).
+        seen: set[int] = set()
+        for i, record in enumerate(records):
+            if record is not None:
+                if id(record) in seen:
+                    records[i] = _copy(record)
+                seen.add(id(record))
+        return self._sessions_of(records, None, None, _now())
 
     def get_recent_sessions(
         self, user_id: str | None = None, entity_id: str | None = None, limit: int | None = 2
@@ -526,6 +546,13 @@ class Storage(ABC):
             record["version"] = actual + 1
             record["created_at"] = _first(kept, data.get("created_at"), now)
             record["updated_at"] = now
+        if record["version"] > MAX_VERSION:
+            # Stored, it would be refused by every later read that checks it (the file
+            # backends) and computed inexactly where versions are doubles (Redis's scripts).
+            raise SerializationError(
+                f"session {data['session_id']!r} is at version {actual}, the largest "
+                f"savegame stores is {MAX_VERSION}; nothing was written"
+            )
         record["expires_at"] = record["updated_at"] + self.expire if self.expire else None
         return record
 

@@ -617,6 +617,41 @@ class ModeContract:
         with pytest.raises(InvalidIdentifierError):
             storage.read_many(["a", ""])
 
+    def test_read_many_of_an_id_asked_twice_gives_two_copies(self, store: Store) -> None:
+        storage = store()
+        storage.upsert(_session(store, "a", session_data={"state": {"seen": [1]}}))
+        for reader in (storage, store()):
+            first, second = reader.read_many(["a", "a"])
+            first.session_data["state"]["seen"].append(2)  # type: ignore[attr-defined]
+            assert second.session_data == {"state": {"seen": [1]}}  # type: ignore[attr-defined]
+            assert reader.read("a") == second
+
+    def test_an_expected_version_of_another_type_is_refused(self, store: Store) -> None:
+        storage = store()
+        storage.upsert(_session(store, "a"))
+        for odd in (True, 1.0, "1", -1):
+            with pytest.raises(TypeError, match="expected_version"):
+                storage.upsert(_session(store, "a"), expected_version=odd)  # type: ignore[arg-type]
+        assert storage.read("a").version == 1  # type: ignore[union-attr]
+
+    def test_update_refuses_fewer_than_one_attempt(self, store: Store) -> None:
+        storage = store()
+        storage.upsert(_session(store, "a"))
+        for attempts in (0, -1, 1.5, None):
+            with pytest.raises(ValueError, match="max_attempts"):
+                storage.update("a", lambda s: s, max_attempts=attempts)  # type: ignore[arg-type]
+        assert storage.read("a").version == 1  # type: ignore[union-attr]
+
+    def test_reads_and_removals_on_a_store_not_made_make_nothing(self, store: Store) -> None:
+        storage = store()
+        existed = storage.table_exists()
+        assert storage.read("a") is None
+        assert storage.get_all_session_ids() == []
+        assert storage.delete_session("a") is False
+        assert storage.delete_user("u") == 0
+        assert storage.purge_expired() == 0
+        assert storage.table_exists() == existed
+
     def test_drop_then_create_gives_an_empty_store(self, store: Store) -> None:
         storage = store()
         storage.create()
@@ -1150,6 +1185,26 @@ class BackendContract:
         assert edge is not None
         assert edge.created_at == 253402300799  # type: ignore[attr-defined]
 
+    def test_a_version_never_passes_the_largest_stored(self, backend_store: Store) -> None:
+        # restore() takes versions up to 2**53 - 1; a write after it would store one more,
+        # which readers refuse (or Redis's doubles round): it is refused, nothing written.
+        storage = backend_store()
+        top = 2**53 - 1
+        storage.restore(_session(backend_store, "top", created_at=5, version=top))
+        for write in (
+            lambda: storage.upsert(_session(backend_store, "top")),
+            lambda: storage.restore(_session(backend_store, "top", version=top)),
+            lambda: storage.update("top", lambda s: s),
+        ):
+            with pytest.raises(SerializationError, match="version"):
+                write()
+        for reader in (storage, backend_store()):
+            got = reader.read("top")
+            assert got is not None
+            assert got.version == top  # type: ignore[attr-defined]
+            assert [s.session_id for s in reader.get_all_sessions()] == ["top"]
+        assert storage.upsert(_session(backend_store, "next")).version == 1  # type: ignore[attr-defined]
+
     def test_odd_limits_and_expiries(self, backend_store: Store) -> None:
         storage = backend_store()
         for sid in ("a", "b"):
@@ -1171,6 +1226,10 @@ class BackendContract:
         [
             ("team", {"team_id": "squad", "team_data": {"size": 2}}),
             ("workflow", {"workflow_id": "w", "memory": {"runs": [{"run_id": "0"}]}}),
+            # Its runs, kept apart from its header, must not be taken for the runs of
+            # memory["runs"] by a storage of another mode.
+            ("workflow_v2", {"workflow_id": "w", "runs": [{"run_id": "0"}]}),
+            ("workflow_v2", {"runs": []}),
         ],
     )
     def test_a_store_opened_in_the_wrong_mode_never_gives_a_session_short(
