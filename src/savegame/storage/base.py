@@ -293,11 +293,13 @@ class Storage(ABC):
         """The stored session, or None when there is none (or it belongs to another user).
 
         Raises:
-            InvalidIdentifierError: for an id savegame cannot store.
+            InvalidIdentifierError: for a session or user id savegame cannot store (as the
+                listings do for a user id).
             BackendUnavailableError: when the store cannot be reached; never None for that.
             CorruptSessionError: when the stored data cannot be decoded.
         """
         check_id(session_id)
+        self._filters(user_id, None)
         record = self._read(session_id)
         if record is None or is_expired(record.get("expires_at"), _now()):
             return None

@@ -626,6 +626,16 @@ class ModeContract:
             assert second.session_data == {"state": {"seen": [1]}}  # type: ignore[attr-defined]
             assert reader.read("a") == second
 
+    def test_a_read_for_a_user_id_savegame_cannot_store_is_refused(self, store: Store) -> None:
+        storage = store()
+        storage.upsert(_session(store, "a", user_id="u"))
+        for odd in ("", "a\x00b"):
+            with pytest.raises(InvalidIdentifierError):
+                storage.read("a", user_id=odd)
+            with pytest.raises(InvalidIdentifierError):
+                storage.get_all_session_ids(user_id=odd)
+        assert storage.read("a", user_id="u") is not None
+
     def test_an_expected_version_of_another_type_is_refused(self, store: Store) -> None:
         storage = store()
         storage.upsert(_session(store, "a"))
