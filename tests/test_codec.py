@@ -1,0 +1,46 @@
+"""Encoding rules that no backend's store decides: the limits of Python itself."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from savegame.errors import SerializationError
+from savegame.storage.base import Storage
+from savegame.storage.in_memory import InMemoryStorage
+from savegame.storage.json import JsonStorage
+from savegame.storage.session.agent import AgentSession
+from savegame.storage.sqlite import SqliteStorage
+
+LOWEST = 640
+"""The lowest limit ``sys.set_int_max_str_digits`` takes."""
+
+
+@pytest.fixture
+def lowest_digit_limit() -> Iterator[None]:
+    if not hasattr(sys, "set_int_max_str_digits"):
+        pytest.skip("this Python has no limit on converting ints to text")
+    before = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(LOWEST)
+    try:
+        yield
+    finally:
+        sys.set_int_max_str_digits(before)
+
+
+@pytest.mark.usefixtures("lowest_digit_limit")
+@pytest.mark.parametrize("backend", ["memory", "sqlite", "json"])
+def test_an_int_longer_than_a_lowered_digit_limit_is_refused(backend: str, tmp_path: Path) -> None:
+    storage: Storage = {
+        "memory": lambda: InMemoryStorage(),
+        "sqlite": lambda: SqliteStorage("t", db_file=tmp_path / "x.db"),
+        "json": lambda: JsonStorage(tmp_path / "j"),
+    }[backend]()
+    longest = 10**LOWEST - 1  # LOWEST digits: still fine
+    assert storage.upsert(AgentSession(session_id="ok", session_data={"n": longest}))
+    with pytest.raises(SerializationError, match=f"more than {LOWEST} digits"):
+        storage.upsert(AgentSession(session_id="s", session_data={"n": 10**LOWEST}))
+    assert storage.read("s") is None
