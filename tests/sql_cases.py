@@ -210,13 +210,20 @@ def check_missing_driver(module: str, storage_class: str, url: str, extra: str) 
     assert f'pip install "savegame[{extra}]"' in done.stdout
 
 
+def _count(engine: Engine, query: Any) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar() or 0)
+
+
 def check_purge_keeps_a_session_saved_again(
-    make: Callable[..., SqlStorage], admin: Engine, lock_runs: str
+    make: Callable[..., SqlStorage], admin: Engine, lock_runs: str, waiting: str
 ) -> None:
     """purge_expired() never takes the runs of a session written again (a new expiry)
     while it purges: the purge is held in its work by a lock on another expired session's
     runs (``lock_runs``, SQL locking the runs of session ``x``, the runs table formatted in
     as ``{runs}``) while another storage saves ``s`` again, unchanged but for its expiry.
+    ``waiting``: SQL counting the statements under way (waiting for a lock) that delete
+    from the runs table (``{runs}``), run on a connection of its own.
     """
     short = make(expire=1)
     for sid in ("s", "x"):
@@ -238,7 +245,13 @@ def check_purge_keeps_a_session_saved_again(
         locker.execute(text(lock_runs.format(runs=short.runs_table.name)))
         threads = [threading.Thread(target=purge)]
         threads[0].start()
-        time.sleep(0.5)  # the purge is under way, waiting for x's runs
+        # The purge is under way, waiting for x's runs: looked for, not slept on, as a
+        # loaded machine may not have started it in any given time.
+        deadline = time.monotonic() + 30
+        asked = text(waiting.format(runs=short.runs_table.name))
+        while not _count(admin, asked):
+            assert time.monotonic() < deadline, "the purge was not held: the test did not test"
+            time.sleep(0.02)
         threads.append(threading.Thread(target=save_again))
         threads[1].start()
         time.sleep(0.5)

@@ -192,6 +192,8 @@ def test_a_purge_never_takes_the_runs_of_a_session_saved_again(
         lambda **kw: PostgresStorage("sessions", schema=schema, db_url=server, **kw),
         admin,
         f"SELECT 1 FROM \"{schema}\".{{runs}} WHERE session_id = 'x' FOR UPDATE",
+        "SELECT count(*) FROM pg_stat_activity"
+        f" WHERE wait_event_type = 'Lock' AND query LIKE 'DELETE FROM %{schema}%.{{runs}} %'",
     )
 
 
