@@ -93,14 +93,16 @@ def resent_write_made(token: str, on: str, current: str, past: str) -> bool | No
     return None
 
 
-def outcome_unknown(where: str, session_id: str) -> StorageError:
+def outcome_unknown(
+    where: str, session_id: str, why: str = "the session has been written since"
+) -> StorageError:
     """The error of a write sent again when :func:`resent_write_made` cannot tell whether
     its earlier sending was made: writing again could make the change twice, and a
-    conflict would have ``update()`` make it twice. ``where`` names the store."""
+    conflict would have ``update()`` make it twice. ``where`` names the store, ``why``
+    says why it could not be told."""
     return StorageError(
         f"the connection to {where} was lost while writing session {session_id!r}, and"
-        " the session has been written since: whether this write was made is unknown;"
-        " read the session to see"
+        f" {why}: whether this write was made is unknown; read the session to see"
     )
 
 

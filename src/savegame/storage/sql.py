@@ -1823,9 +1823,9 @@ class SqlStorage(Storage):
         with self._guard():
             for tries in range(_ATTEMPTS):
                 try:
-                    # After a commit left unanswered, the server may be restarting: the
-                    # write waits for it as a connection found dead does, rather than
-                    # spending its attempts at once and saying its outcome is unknown.
+                    # After a commit left unanswered, the server may be restarting: each
+                    # attempt waits for it as a connection found dead does, rather than
+                    # saying at once that its outcome is unknown.
                     record = self._on_connection(
                         lambda conn: self._write_on(conn, write),
                         patient=write.committed_on is not None,
@@ -1843,7 +1843,9 @@ class SqlStorage(Storage):
                         raise
                     if resend and tries + 1 == _ATTEMPTS:
                         where = f"{self.dialect.title} at {self.where()}"
-                        raise outcome_unknown(where, session_id) from exc
+                        raise outcome_unknown(
+                            where, session_id, "it could not be reached again to look"
+                        ) from exc
                     if not resend:
                         write.known = None
                         write.committed_on = None  # a deadlock or the like: rolled back
