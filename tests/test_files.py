@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -250,13 +252,17 @@ def test_a_damaged_index_raises_savegames_error_and_rolls_back(tmp_path: Path) -
     with pytest.raises(BackendUnavailableError, match="index of the folder"):
         storage.get_all_session_ids()
     with pytest.raises(BackendUnavailableError, match="index of the folder"):
-        storage.upsert(AgentSession(session_id="b", user_id="u"))
+        storage.upsert(AgentSession(session_id="a", user_id="u"))  # its header is in the index
+    assert not storage._index().in_transaction
+    # A write whose file is in place returns, though the index cannot record it: its
+    # pending mark makes the index read the file again.
+    storage.upsert(AgentSession(session_id="b", user_id="u"))
     assert not storage._index().in_transaction
     assert storage.read("a") is not None  # reads need only the files
     storage.close()
     fresh = JsonStorage(tmp_path / "s")  # makes the index's tables again
     fresh.rebuild_index()
-    assert "a" in fresh.get_all_session_ids(user_id="u")
+    assert sorted(fresh.get_all_session_ids(user_id="u")) == ["a", "b"]
 
 
 @pytest.mark.parametrize("cls", FORMATS)
@@ -324,3 +330,149 @@ def test_failures_of_the_folder_itself_are_savegames_errors(
     ):
         with pytest.raises(BackendUnavailableError):
             call()
+
+
+# The checks of a full disk, run in a process of their own: ``full()`` leaves no room for
+# any byte of data, ``free()`` makes room again. Sessions s0..s5 are stored (users u0, u1),
+# "gone" is expired, and the index is stale (a pending mark, as a writer killed leaves it).
+_FULL_DISK_CHECKS = """
+import json, os, sqlite3, sys
+from savegame.errors import BackendUnavailableError
+from savegame.storage.json import JsonStorage
+from savegame.storage.session.agent import AgentSession
+from savegame.storage.yaml import YamlStorage
+
+cls = {"json": JsonStorage, "yaml": YamlStorage}[sys.argv[1]]
+folder = sys.argv[2]
+stored = ["s5", "s4", "s3", "s2", "s1", "s0"]
+full()
+# No process has the index open: SQLite cannot make the files it keeps beside it.
+assert cls(folder).get_all_session_ids() == stored
+free()
+early = cls(folder)
+early.create()  # its connection to the index is open before the disk fills
+full()
+late = cls(folder)  # opens the index on a full disk
+for storage in (early, late):
+    for session in (AgentSession(session_id="new"), AgentSession(session_id="s1", created_at=1)):
+        try:
+            storage.upsert(session)
+        except BackendUnavailableError:
+            pass
+        else:
+            raise AssertionError("a write on a full disk returned")
+    assert storage.get_all_session_ids() == stored
+    assert storage.get_all_session_ids(user_id="u1") == ["s5", "s3", "s1"]
+    assert [s.session_id for s in storage.get_recent_sessions(user_id="u0")] == ["s4", "s2"]
+    assert storage.read("s3").session_data == {"i": 3}
+assert not [name for name in os.listdir(folder) if name.startswith(".tmp-")]
+assert late.delete_session("s0") and not early.delete_session("s0")
+assert early.get_all_session_ids() == late.get_all_session_ids() == stored[:-1]
+assert early.purge_expired() == 1
+assert not os.path.exists(os.path.join(folder, "gone" + cls.format.extension))
+assert late.delete_user("u1") == 3
+assert early.get_all_session_ids() == cls(folder).get_all_session_ids() == ["s4", "s2"]
+assert early.read("s1") is None and early.read("s4").session_data == {"i": 4}
+free()
+early.upsert(AgentSession(session_id="s6", user_id="u0", created_at=6))
+assert cls(folder).get_all_session_ids(user_id="u0") == ["s6", "s4", "s2"]
+index = sqlite3.connect(early._index_path)
+assert sorted(r[0] for r in index.execute("SELECT session_id FROM sessions")) == ["s2", "s4", "s6"]
+assert index.execute("SELECT * FROM pending").fetchall() == []
+full()
+early.drop()
+assert early.get_all_session_ids() == cls(folder).get_all_session_ids() == []
+free()
+assert cls(folder).get_all_session_ids() == []
+print("checked")
+"""
+
+
+def _stored_before_the_disk_fills(folder: Path, cls: type[FileStorage]) -> None:
+    storage = cls(folder)
+    for i in range(6):
+        session = AgentSession(
+            session_id=f"s{i}", user_id=f"u{i % 2}", created_at=i, session_data={"i": i}
+        )
+        storage.upsert(session)
+    expired = {"session_id": "gone", "user_id": "u0", "created_at": 9, "expires_at": 10}
+    (folder / f"gone{cls.format.extension}").write_bytes(cls.format.dump(expired))
+    storage.get_all_session_ids()  # the index knows "gone"
+    index = sqlite3.connect(storage._index_path, isolation_level=None)
+    index.execute("INSERT INTO pending VALUES ('s3')")
+    index.close()
+    storage.close()
+
+
+def _run_checks(prologue: str, cls: type[FileStorage], folder: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", prologue + _FULL_DISK_CHECKS, cls.format.name, str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stdout.strip() == "checked", done.stdout + done.stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no RLIMIT_FSIZE")
+@pytest.mark.parametrize("cls", FORMATS)
+def test_a_full_disk_leaves_stored_sessions_listable_and_removable(
+    tmp_path: Path, cls: type[FileStorage]
+) -> None:
+    # A file-size limit of one byte fails every write of data past the first byte (EFBIG
+    # where a full disk gives ENOSPC): the session files' and the index's alike.
+    prologue = (
+        "import resource, signal\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "_, hard = resource.getrlimit(resource.RLIMIT_FSIZE)\n"
+        "def full(): resource.setrlimit(resource.RLIMIT_FSIZE, (1, hard))\n"
+        "def free(): resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))\n"
+    )
+    _stored_before_the_disk_fills(tmp_path / "s", cls)
+    _run_checks(prologue, cls, tmp_path / "s")
+
+
+@pytest.mark.parametrize("cls", FORMATS)
+def test_a_full_tmpfs_leaves_stored_sessions_listable_and_removable(
+    tmp_path: Path, cls: type[FileStorage]
+) -> None:
+    # The same on a file system filled to its last byte; needs the right to mount one.
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True
+    )
+    if sys.platform != "linux" or os.geteuid() != 0 or mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        _stored_before_the_disk_fills(disk / "s", cls)
+        filler = disk / "filler"
+        prologue = (
+            "import os\n"
+            "def full():\n"
+            f"    fd = os.open({str(filler)!r}, os.O_WRONLY | os.O_CREAT | os.O_APPEND)\n"
+            "    for size in (65536, 4096, 1):\n"
+            "        try:\n"
+            "            while True: os.write(fd, bytes(size))\n"
+            "        except OSError: pass\n"
+            "    os.close(fd)\n"
+            f"def free(): os.unlink({str(filler)!r})\n"
+        )
+        _run_checks(prologue, cls, disk / "s")
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_removal_the_index_cannot_record_shows_in_the_folders_time(tmp_path: Path) -> None:
+    # A file removed within the tick of the clock that stamped the index leaves the folder's
+    # time as the index recorded it: the index would be trusted, and list the session.
+    storage = JsonStorage(tmp_path)
+    storage.upsert(AgentSession(session_id="a", created_at=1))
+    storage.upsert(AgentSession(session_id="b", created_at=2))
+    before = os.stat(tmp_path)
+    (tmp_path / "a.json").unlink()
+    os.utime(tmp_path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert storage.get_all_session_ids() == ["b", "a"]
+    storage._show_change(before.st_mtime_ns)
+    assert os.stat(tmp_path).st_mtime_ns != before.st_mtime_ns
+    assert storage.get_all_session_ids() == JsonStorage(tmp_path).get_all_session_ids() == ["b"]

@@ -11,8 +11,18 @@ rebuilt from the files, and is:
   else shows up as a different time (edits in place by other programs that keep the folder's
   time are picked up by :meth:`FileStorage.rebuild_index`);
 * when a write was interrupted: a write marks its session *pending* in the index before it
-  touches the file and clears the mark after, so a process killed in between leaves a mark
-  that the next reader repairs.
+  renames its new file into place and clears the mark after, so a process killed in between
+  leaves a mark that the next reader repairs.
+
+A full disk. The index is written only after what can fail for want of space (the temporary
+file of a write), so a write that fails leaves no mark; a write whose file is in place
+returns even when the index cannot be written after it, leaving its mark. A listing that
+finds the index stale and cannot write it lists from a private copy in memory, brought up to
+date with the files as a rebuild would. ``delete_session`` (``delete_user`` and
+``purge_expired`` go through it) and ``drop`` remove files whether or not the index can be
+written, and when it cannot, make sure the folder's modification time shows the change, so
+that every process rebuilds the index (or lists from such a copy) before it lists again.
+The first listing or write that can write the index brings it up to date.
 
 Guarantees. A write takes the folder's lock (threads and processes), writes a temporary file,
 fsyncs it, renames it over the session's file and fsyncs the folder, so a reader sees either
@@ -33,6 +43,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -84,6 +95,10 @@ class FileFormat:
 _INDEX_TIMEOUT = 60.0
 """Seconds a process waits for another one holding the index's database (SQLite)."""
 
+_TICK_TIMEOUT = 5.0
+"""Seconds to wait for the folder's modification time to move on (see :meth:`_show_change`);
+file systems whose clock is the coarsest count in steps of 2 seconds."""
+
 _INDEX_SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     session_id TEXT PRIMARY KEY,
@@ -102,6 +117,8 @@ CREATE INDEX IF NOT EXISTS sessions_by_entity ON sessions (entity_id, created_at
 CREATE TABLE IF NOT EXISTS pending (session_id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+_SET_ROW = "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 def file_name(session_id: str, extension: str) -> str:
@@ -158,6 +175,12 @@ class FileStorage(Storage):
     @contextmanager
     def _locked(self) -> Iterator[sqlite3.Connection]:
         """Holds the folder's lock (threads and processes) and yields the index."""
+        with self._folder_locked(), self._index_errors():
+            yield self._index()
+
+    @contextmanager
+    def _folder_locked(self) -> Iterator[None]:
+        """Holds the folder's lock (threads and processes), without opening the index."""
         self._make_meta()
         with self._thread_lock:
             try:
@@ -172,8 +195,7 @@ class FileStorage(Storage):
                     f"cannot lock the folder {self.dir_path} ({self._file_lock.lock_file}): {exc}"
                 ) from exc
             try:
-                with self._index_errors():
-                    yield self._index()
+                yield
             finally:
                 self._file_lock.release()
 
@@ -203,6 +225,14 @@ class FileStorage(Storage):
             self._local.conn = conn
             self._local.identity = self._index_identity()
         return conn
+
+    def _open_index(self) -> sqlite3.Connection | None:
+        """The index as :meth:`_index` gives it; None when it cannot be opened (a full disk
+        leaves no room for the files SQLite makes beside it)."""
+        try:
+            return self._index()
+        except (BackendUnavailableError, sqlite3.Error):
+            return None
 
     def _index_identity(self) -> tuple[int, int] | None:
         """The device and inode of the index file; None when it is not there."""
@@ -278,19 +308,18 @@ class FileStorage(Storage):
             raise CorruptSessionError(f"{path} does not hold a session that can be read: {problem}")
         return record
 
-    def _replace(self, path: Path, content: bytes) -> None:
-        """Writes ``content`` to ``path`` so that no reader ever sees a partial file."""
+    def _temp_file(self, path: Path, content: bytes) -> Path:
+        """A new temporary file holding ``content``, on disk, to be renamed to ``path``."""
         temp = self.dir_path / f"{_TEMP_PREFIX}{uuid.uuid4().hex}"
         try:
             with open(temp, "xb") as handle:
                 handle.write(content)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(temp, path)
         except OSError as exc:
             temp.unlink(missing_ok=True)
             raise BackendUnavailableError(f"cannot write {path}: {exc}") from exc
-        self._sync_dir()
+        return temp
 
     def _sync_dir(self) -> None:
         fd = os.open(self.dir_path, os.O_RDONLY)
@@ -324,7 +353,7 @@ class FileStorage(Storage):
         )
 
     def _set_row(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> None:
-        conn.execute("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+        conn.execute(_SET_ROW, row)
 
     def _stamp_folder(self, conn: sqlite3.Connection) -> None:
         """Records the folder's state as savegame left it, and the mode it indexed."""
@@ -347,15 +376,91 @@ class FileStorage(Storage):
         return meta.get("folder_mtime_ns") == mtime
 
     def _fresh_index(self) -> sqlite3.Connection:
-        """The index, brought up to date with the files first when it is stale."""
-        conn = self._index()
-        with self._index_errors():
-            fresh = self._is_fresh(conn)
-        if not fresh:
-            with self._locked() as conn:
-                if not self._is_fresh(conn):
+        """The index, brought up to date with the files first when it is stale.
+
+        When it cannot be brought up to date (a full disk: it cannot be written, or even
+        opened), a private copy in memory of what it holds, brought up to date instead, the
+        way :meth:`_reindex` does it; it serves the one listing that holds it.
+        """
+        conn = self._open_index()
+        if conn is not None:
+            with self._index_errors():
+                fresh = self._is_fresh(conn)
+            if fresh:
+                return conn
+        with self._folder_locked(), self._index_errors():
+            conn = self._open_index()
+            if conn is None:
+                return self._index_copy(None)
+            if not self._is_fresh(conn):
+                try:
                     self._reindex(conn, full=False)
+                except sqlite3.Error:
+                    if conn.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
+                    return self._index_copy(conn)
         return conn
+
+    def _index_copy(self, conn: sqlite3.Connection | None) -> sqlite3.Connection:
+        """A copy in memory of the index (an empty one when ``conn`` is None), brought up to
+        date with the files; must hold the lock."""
+        copy = sqlite3.connect(":memory:", isolation_level=None)
+        try:
+            if conn is None:
+                copy.executescript(_INDEX_SCHEMA)
+            else:
+                conn.backup(copy)
+            self._reindex(copy, full=False)
+        except BaseException:
+            copy.close()
+            raise
+        return copy
+
+    def _show_change(self, before: int) -> None:
+        """Makes a change to the folder that the index could not record visible to every
+        process; must hold the lock.
+
+        ``before`` is the folder's modification time before the change, which is the time the
+        index recorded or a later one: while the folder's time differs from it, every process
+        finds the index stale and brings it up to date (or lists from a copy) before it lists.
+        A change within one tick of the file system's clock leaves the time as it was, so the
+        folder is touched again once the clock has moved on.
+        """
+        deadline = time.monotonic() + _TICK_TIMEOUT
+        while os.stat(self.dir_path).st_mtime_ns == before:
+            if time.monotonic() > deadline:
+                raise BackendUnavailableError(
+                    f"the modification time of the folder {self.dir_path} stays at "
+                    f"{before} ns: a change the index could not record would not be seen"
+                )
+            time.sleep(0.001)
+            os.utime(self.dir_path)
+
+    def _index_write(
+        self,
+        conn: sqlite3.Connection | None,
+        statements: list[tuple[str, tuple[Any, ...]]],
+        stamp: bool = True,
+    ) -> bool:
+        """Runs ``statements`` on the index in one transaction, recording the folder's state
+        too when ``stamp``; False, having changed nothing, when the index cannot be written
+        (or is None: it could not be opened)."""
+        if conn is None:
+            return False
+        try:
+            conn.execute("BEGIN")
+            for sql, args in statements:
+                conn.execute(sql, args)
+            if stamp and self.dir_path.is_dir():
+                self._stamp_folder(conn)
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            return False
+        return True
 
     def rebuild_index(self) -> None:
         """Reads every file again and rebuilds the index from them.
@@ -457,22 +562,42 @@ class FileStorage(Storage):
         with self._locked() as conn:
             header = self._header(conn, path, session_id)
             record = self._stamp(draft.record, header, expected_version, now, preserve)
-            content = self.format.dump(record)
-            conn.execute("INSERT OR REPLACE INTO pending VALUES (?)", (session_id,))
-            self._replace(path, content)
-            conn.execute("BEGIN")
-            self._set_row(conn, self._row(record, path))
-            conn.execute("DELETE FROM pending WHERE session_id = ?", (session_id,))
-            self._stamp_folder(conn)
-            conn.execute("COMMIT")
+            # The file first: a write that fails for want of space leaves the index as it was.
+            temp = self._temp_file(path, self.format.dump(record))
+            try:
+                conn.execute("INSERT OR REPLACE INTO pending VALUES (?)", (session_id,))
+                os.replace(temp, path)
+            except BaseException as exc:
+                temp.unlink(missing_ok=True)
+                if isinstance(exc, OSError):
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("DELETE FROM pending WHERE session_id = ?", (session_id,))
+                    raise BackendUnavailableError(f"cannot write {path}: {exc}") from exc
+                raise
+            self._sync_dir()
+            # The session is written: an index that cannot record it now keeps the mark,
+            # and the next listing reads the file again.
+            self._index_write(
+                conn,
+                [
+                    (_SET_ROW, self._row(record, path)),
+                    ("DELETE FROM pending WHERE session_id = ?", (session_id,)),
+                ],
+            )
         return record
 
     def _delete(self, session_id: str) -> bool:
         if not self.dir_path.is_dir():
             return False  # nothing to remove: the folder is not made for it
         path = self._path(session_id)
-        with self._locked() as conn:
-            conn.execute("INSERT OR REPLACE INTO pending VALUES (?)", (session_id,))
+        with self._folder_locked(), self._index_errors():
+            conn = self._open_index()
+            mark = [("INSERT OR REPLACE INTO pending VALUES (?)", (session_id,))]
+            # An index that cannot be written (a full disk) does not keep the file: removing
+            # it frees space, and the folder's time tells every process of it.
+            before = None
+            if not self._index_write(conn, mark, stamp=False):
+                before = os.stat(self.dir_path).st_mtime_ns
             try:
                 path.unlink()
                 existed = True
@@ -480,12 +605,15 @@ class FileStorage(Storage):
                 existed = False
             if existed:
                 self._sync_dir()
-            conn.execute("BEGIN")
-            conn.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,))
-            conn.execute("DELETE FROM pending WHERE session_id = ?", (session_id,))
-            if self.dir_path.is_dir():
-                self._stamp_folder(conn)
-            conn.execute("COMMIT")
+            recorded = self._index_write(
+                conn,
+                [
+                    ("DELETE FROM sessions WHERE session_id = ?", (session_id,)),
+                    ("DELETE FROM pending WHERE session_id = ?", (session_id,)),
+                ],
+            )
+            if existed and not recorded and before is not None:
+                self._show_change(before)
         return existed
 
     def _list(
@@ -516,8 +644,8 @@ class FileStorage(Storage):
     def _purge_expired(self, now: int) -> int:
         if not self.dir_path.is_dir():
             return 0
-        self._fresh_index()
-        with self._locked() as conn:
+        conn = self._fresh_index()
+        with self._index_errors():
             ids = [
                 row[0]
                 for row in conn.execute(
@@ -526,7 +654,7 @@ class FileStorage(Storage):
             ]
         purged = 0
         for session_id in ids:
-            with self._locked():
+            with self._folder_locked():
                 record = self._read(session_id)
                 if record is not None and is_expired(record.get("expires_at"), now):
                     purged += self._delete(session_id)
@@ -536,15 +664,16 @@ class FileStorage(Storage):
         """Removes this format's session files and its index; other files stay."""
         if not self.dir_path.is_dir():
             return
-        with self._locked() as conn:
-            for entry in list(self._session_files()):
+        with self._folder_locked(), self._index_errors():
+            conn = self._open_index()
+            before = os.stat(self.dir_path).st_mtime_ns
+            removed = list(self._session_files())
+            for entry in removed:
                 Path(entry.path).unlink(missing_ok=True)
             self._sync_dir()
-            conn.execute("BEGIN")
-            conn.execute("DELETE FROM sessions")
-            conn.execute("DELETE FROM pending")
-            self._stamp_folder(conn)
-            conn.execute("COMMIT")
+            emptied = [("DELETE FROM sessions", ()), ("DELETE FROM pending", ())]
+            if not self._index_write(conn, emptied) and removed:
+                self._show_change(before)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.dir_path)!r}, mode={self.mode!r})"
