@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from savegame.errors import BackendUnavailableError, CorruptSessionError
+from savegame.errors import BackendUnavailableError, ConflictError, CorruptSessionError
 from savegame.storage.files import FileFormat, FileStorage, file_name
 from savegame.storage.json import JsonStorage
 from savegame.storage.session.agent import AgentSession
@@ -469,6 +469,7 @@ def test_a_removal_the_index_cannot_record_shows_in_the_folders_time(tmp_path: P
     storage = JsonStorage(tmp_path)
     storage.upsert(AgentSession(session_id="a", created_at=1))
     storage.upsert(AgentSession(session_id="b", created_at=2))
+    assert storage.get_all_session_ids() == ["b", "a"]  # the index records the folder
     before = os.stat(tmp_path)
     (tmp_path / "a.json").unlink()
     os.utime(tmp_path, ns=(before.st_atime_ns, before.st_mtime_ns))
@@ -476,3 +477,78 @@ def test_a_removal_the_index_cannot_record_shows_in_the_folders_time(tmp_path: P
     storage._show_change(before.st_mtime_ns)
     assert os.stat(tmp_path).st_mtime_ns != before.st_mtime_ns
     assert storage.get_all_session_ids() == JsonStorage(tmp_path).get_all_session_ids() == ["b"]
+
+
+# A removal the index could not record (a full disk) is shown by the folder's time alone: a
+# later write or removal that records the folder's time without reading it again would hide it.
+_REMOVE_ON_A_FULL_DISK = """
+import resource, signal, sys
+from savegame.storage.json import JsonStorage
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+_, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1, hard))
+storage = JsonStorage(sys.argv[1])
+if sys.argv[2] == "drop":
+    storage.drop()
+else:
+    assert storage.delete_user("u") == 2
+print("removed")
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no RLIMIT_FSIZE")
+@pytest.mark.parametrize("removal", ["delete_user", "drop"])
+@pytest.mark.parametrize("then", ["upsert", "delete_session"])
+def test_sessions_removed_on_a_full_disk_are_never_listed_again(
+    tmp_path: Path, removal: str, then: str
+) -> None:
+    storage = JsonStorage(tmp_path)
+    for i, user in enumerate(["u", "u", "v"]):
+        storage.upsert(AgentSession(session_id=f"s{i}", user_id=user, created_at=i))
+    storage.close()
+    done = subprocess.run(
+        [sys.executable, "-c", _REMOVE_ON_A_FULL_DISK, str(tmp_path), removal],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stdout.strip() == "removed", done.stdout + done.stderr
+    # Room again: another process writes or removes a session before any process lists.
+    other = JsonStorage(tmp_path)
+    if then == "upsert":
+        other.upsert(AgentSession(session_id="new", user_id="w", created_at=9))
+    else:
+        other.delete_session("s2")
+    left = sorted(p.stem for p in tmp_path.glob("*.json"))
+    assert sorted(JsonStorage(tmp_path).get_all_session_ids()) == left
+    assert JsonStorage(tmp_path).get_all_session_ids(user_id="u") == []
+
+
+def test_a_write_never_takes_its_header_from_a_row_marked_pending(tmp_path: Path) -> None:
+    storage = JsonStorage(tmp_path)
+    storage.upsert(AgentSession(session_id="a", session_data={"n": 0}))
+    conn = storage._index()
+    stale = conn.execute("SELECT * FROM sessions").fetchone()
+    storage.upsert(AgentSession(session_id="a", session_data={"n": 1}))  # version 2
+    # What a write whose index could not be written after its rename leaves, on a file
+    # system whose clock counts in seconds: the old row, its mark, a file of the same time
+    # and size as the old one.
+    path = tmp_path / "a.json"
+    assert path.stat().st_size == stale[8]
+    os.utime(path, ns=(stale[7], stale[7]))
+    conn.execute("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", stale)
+    conn.execute("INSERT INTO pending VALUES ('a')")
+    with pytest.raises(ConflictError):
+        storage.upsert(AgentSession(session_id="a"), expected_version=1)
+    assert storage.upsert(AgentSession(session_id="a"), expected_version=2).version == 3
+
+
+def test_the_first_write_in_a_folder_of_the_original_keeps_its_sessions_listed(
+    tmp_path: Path,
+) -> None:
+    # No index yet: the one the write makes must not record the folder as indexed.
+    for i in range(2):
+        session = {"session_id": f"old{i}", "user_id": "u", "created_at": i, "memory": {}}
+        (tmp_path / f"old{i}.json").write_text(json.dumps(session))
+    JsonStorage(tmp_path).upsert(AgentSession(session_id="new", user_id="u", created_at=9))
+    assert JsonStorage(tmp_path).get_all_session_ids() == ["new", "old1", "old0"]

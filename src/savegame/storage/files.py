@@ -7,9 +7,10 @@ rebuilt from the files, and is:
 
 * when it is missing, or was made for another mode;
 * when the folder changed behind savegame's back: every write through savegame records the
-  folder's modification time in the index, so a file added, replaced or removed by anything
-  else shows up as a different time (edits in place by other programs that keep the folder's
-  time are picked up by :meth:`FileStorage.rebuild_index`);
+  folder's modification time in the index (when the index recorded the time before the
+  write: a change it does not know stays visible), so a file added, replaced or removed by
+  anything else shows up as a different time (edits in place by other programs that keep the
+  folder's time are picked up by :meth:`FileStorage.rebuild_index`);
 * when a write was interrupted: a write marks its session *pending* in the index before it
   renames its new file into place and clears the mark after, so a process killed in between
   leaves a mark that the next reader repairs.
@@ -363,6 +364,12 @@ class FileStorage(Storage):
             [("folder_mtime_ns", mtime), ("entity_field", self.spec.entity_field)],
         )
 
+    def _recorded(self, conn: sqlite3.Connection, mtime_ns: int) -> bool:
+        """Whether the index recorded the folder at ``mtime_ns``, for this mode."""
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        recorded = (meta.get("entity_field"), meta.get("folder_mtime_ns"))
+        return recorded == (self.spec.entity_field, str(mtime_ns))
+
     def _is_fresh(self, conn: sqlite3.Connection) -> bool:
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         if meta.get("entity_field") != self.spec.entity_field:
@@ -442,17 +449,29 @@ class FileStorage(Storage):
         conn: sqlite3.Connection | None,
         statements: list[tuple[str, tuple[Any, ...]]],
         stamp: bool = True,
+        before: int | None = None,
     ) -> bool:
         """Runs ``statements`` on the index in one transaction, recording the folder's state
         too when ``stamp``; False, having changed nothing, when the index cannot be written
-        (or is None: it could not be opened)."""
+        (or is None: it could not be opened).
+
+        ``before``, the folder's modification time before this change: the folder's state is
+        recorded only when the index recorded that one. Otherwise the folder changed in a way
+        the index does not know (a removal it could not record on a full disk, another
+        program's edit), and recording the time now would hide that change from every
+        process; the index stays stale, and the next listing brings it up to date.
+        """
         if conn is None:
             return False
         try:
             conn.execute("BEGIN")
             for sql, args in statements:
                 conn.execute(sql, args)
-            if stamp and self.dir_path.is_dir():
+            if (
+                stamp
+                and self.dir_path.is_dir()
+                and (before is None or self._recorded(conn, before))
+            ):
                 self._stamp_folder(conn)
             conn.execute("COMMIT")
         except sqlite3.Error:
@@ -536,14 +555,19 @@ class FileStorage(Storage):
         return self._load(self._path(session_id), session_id)
 
     def _header(self, conn: sqlite3.Connection, path: Path, session_id: str) -> Header | None:
-        """The stored header, from the index when it matches the file, else from the file."""
+        """The stored header, from the index when it matches the file, else from the file.
+
+        A row marked pending is never trusted: the file was replaced after it (a write whose
+        index could not be written, or was killed), and on a file system whose clock counts
+        in seconds the new file can have the old one's time and size.
+        """
         try:
             stat = path.stat()
         except FileNotFoundError:
             return None
         row = conn.execute(
             "SELECT version, created_at, expires_at, mtime_ns, size FROM sessions "
-            "WHERE session_id = ?",
+            "WHERE session_id = ? AND session_id NOT IN (SELECT session_id FROM pending)",
             (session_id,),
         ).fetchone()
         if row is not None and (row[3], row[4]) == (stat.st_mtime_ns, stat.st_size):
@@ -562,6 +586,7 @@ class FileStorage(Storage):
         with self._locked() as conn:
             header = self._header(conn, path, session_id)
             record = self._stamp(draft.record, header, expected_version, now, preserve)
+            before = os.stat(self.dir_path).st_mtime_ns
             # The file first: a write that fails for want of space leaves the index as it was.
             temp = self._temp_file(path, self.format.dump(record))
             try:
@@ -583,6 +608,7 @@ class FileStorage(Storage):
                     (_SET_ROW, self._row(record, path)),
                     ("DELETE FROM pending WHERE session_id = ?", (session_id,)),
                 ],
+                before=before,
             )
         return record
 
@@ -595,9 +621,8 @@ class FileStorage(Storage):
             mark = [("INSERT OR REPLACE INTO pending VALUES (?)", (session_id,))]
             # An index that cannot be written (a full disk) does not keep the file: removing
             # it frees space, and the folder's time tells every process of it.
-            before = None
-            if not self._index_write(conn, mark, stamp=False):
-                before = os.stat(self.dir_path).st_mtime_ns
+            before = os.stat(self.dir_path).st_mtime_ns
+            marked = self._index_write(conn, mark, stamp=False)
             try:
                 path.unlink()
                 existed = True
@@ -611,8 +636,9 @@ class FileStorage(Storage):
                     ("DELETE FROM sessions WHERE session_id = ?", (session_id,)),
                     ("DELETE FROM pending WHERE session_id = ?", (session_id,)),
                 ],
+                before=before,
             )
-            if existed and not recorded and before is not None:
+            if existed and not recorded and not marked:
                 self._show_change(before)
         return existed
 
