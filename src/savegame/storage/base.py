@@ -552,8 +552,8 @@ class Storage(ABC):
             # Stored, it would be refused by every later read that checks it (the file
             # backends) and computed inexactly where versions are doubles (Redis's scripts).
             raise SerializationError(
-                f"session {data['session_id']!r} is at version {actual}, the largest "
-                f"savegame stores is {MAX_VERSION}; nothing was written"
+                f"session {data['session_id']!r} would be at version {record['version']}, past "
+                f"the largest savegame stores ({MAX_VERSION}); nothing was written"
             )
         record["expires_at"] = record["updated_at"] + self.expire if self.expire else None
         return record
