@@ -593,10 +593,10 @@ class FileStorage(Storage):
                 conn.execute("INSERT OR REPLACE INTO pending VALUES (?)", (session_id,))
                 os.replace(temp, path)
             except BaseException as exc:
+                # The mark stays: it may be an earlier write's, whose index update failed,
+                # and costs the next listing no more than reading this file again.
                 temp.unlink(missing_ok=True)
                 if isinstance(exc, OSError):
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("DELETE FROM pending WHERE session_id = ?", (session_id,))
                     raise BackendUnavailableError(f"cannot write {path}: {exc}") from exc
                 raise
             self._sync_dir()
