@@ -34,6 +34,7 @@ from savegame.errors import (
     CorruptSessionError,
     InvalidIdentifierError,
     SerializationError,
+    StorageError,
 )
 from savegame.storage.known import PAST_TOKENS
 from savegame.storage.redis import RedisStorage, from_url
@@ -1073,3 +1074,110 @@ def test_a_removal_or_listing_while_the_slot_migrates_never_unlists_a_session(
     fresh.drop()
     nodes = [_Migration.node(n) for n in cluster_raw.get_primaries()]
     assert not [key for node in nodes for key in node.keys(tag + "*")]
+
+
+def test_upgrade_schema_run_again_never_overwrites_a_session_saved_since(
+    server: str, raw: Any, prefix: str
+) -> None:
+    # An upgrade killed between storing a session and deleting its old key leaves both; the
+    # session is then saved again. Run again, the upgrade must not put the old copy back.
+    old = {"session_id": "s", "memory": {"runs": [{"n": 1}]}, "created_at": 100}
+    try:
+        raw.set(f"{prefix}:s", json.dumps(old))
+        storage = RedisStorage(prefix, url=server)
+        storage.restore(AgentSession.from_dict(old))  # type: ignore[arg-type]
+        current = storage.read("s")
+        assert current is not None
+        current.memory["runs"].append({"n": 2})
+        storage.upsert(current)
+        storage.upgrade_schema()
+        got = storage.read("s")
+        assert got is not None
+        assert (got.memory["runs"], got.version) == ([{"n": 1}, {"n": 2}], 2)
+        assert raw.exists(f"{prefix}:s") == 0
+    finally:
+        raw.delete(f"{prefix}:s")
+
+
+def test_upgrade_schema_leaves_in_place_what_it_cannot_move_and_moves_the_rest(
+    server: str, raw: Any, prefix: str
+) -> None:
+    # A team session under an agent store (the CLI's default mode), and a session savegame
+    # cannot store: both stay as they were, named in the error; the others move.
+    team = {"session_id": "t", "team_id": "T", "team_data": {"name": "x"}, "created_at": 100}
+    bad = {"session_id": "bad", "user_id": 5}
+    good = [{"session_id": f"g{i}", "created_at": 100 + i} for i in range(5)]
+    rows = {"t": team, "bad": bad, **{g["session_id"]: g for g in good}}
+    try:
+        for sid, row in rows.items():
+            raw.set(f"{prefix}:{sid}", json.dumps(row))
+        storage = RedisStorage(prefix, url=server, mode="agent")
+        with pytest.raises(SerializationError, match=f"{prefix}:t.*team") as caught:
+            storage.upgrade_schema()
+        assert f"{prefix}:bad" in str(caught.value)
+        assert sorted(storage.get_all_session_ids()) == [f"g{i}" for i in range(5)]
+        assert json.loads(raw.get(f"{prefix}:t")) == team
+        assert json.loads(raw.get(f"{prefix}:bad")) == bad
+        with RedisStorage(prefix, url=server, mode="team") as teams:
+            with pytest.raises(SerializationError, match=f"{prefix}:bad"):
+                teams.upgrade_schema()
+            got = teams.read("t")
+            assert got is not None
+            assert (got.team_id, got.team_data) == ("T", {"name": "x"})
+    finally:
+        raw.delete(*(f"{prefix}:{sid}" for sid in rows))
+
+
+@pytest.mark.timeout(60)
+def test_a_storage_opened_on_a_full_server_reads_lists_and_removes(own_server: str) -> None:
+    # maxmemory with noeviction (the policy the README asks for) refuses write commands,
+    # and only them: opening a store whose layout is recorded must not need one.
+    prefix = unique("sgt")
+    storage = RedisStorage(prefix, url=own_server)
+    storage.upsert(_session("s", _runs(2), user_id="u"))
+    admin = redis.Redis.from_url(own_server)
+    limit = admin.config_get("maxmemory")["maxmemory"]
+    try:
+        admin.config_set("maxmemory", 1)
+        with pytest.raises(StorageError):
+            RedisStorage(prefix, url=own_server).upsert(_session("other"))
+        assert RedisStorage(prefix, url=own_server).read("s") is not None
+        assert RedisStorage(prefix, url=own_server).get_all_session_ids(user_id="u") == ["s"]
+        assert RedisStorage(prefix, url=own_server).delete_session("s")
+    finally:
+        admin.config_set("maxmemory", limit)
+        storage.drop()
+        storage.close()
+        admin.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_write_whose_every_sending_goes_unanswered_is_of_unknown_outcome() -> None:
+    # The write lands and its reply is lost; then the server refuses more connections than
+    # savegame tries. "Unavailable" says nothing was written, and would have the caller make
+    # the change again: the write's outcome is unknown, and said so.
+    server = server_url(False)
+    prefix = unique("sgt")
+
+    def at(host: str, port: int, db: int) -> RedisStorage:
+        return RedisStorage(prefix, url=f"redis://{host}:{port}/{db}")
+
+    try:
+        with redis_through_proxy(server, at) as link:
+            assert link.refuse_connection is not None
+            restart = link.refuse_connection
+            link.storage.upsert(_session("c", session_data={"n": 1}))
+            session = link.storage.read("c")
+            assert session is not None
+            session.session_data["n"] += 1  # type: ignore[index]
+            link.lose_reply(lambda: restart(50))
+            with pytest.raises(StorageError, match="unknown") as caught:
+                link.storage.upsert(session, expected_version=session.version)
+            assert not isinstance(caught.value, BackendUnavailableError)
+            assert link.lost()
+            got = link.other.read("c")
+            assert got is not None
+            assert (got.session_data, got.version) == ({"n": 2}, 2)
+    finally:
+        with RedisStorage(prefix, url=server) as cleanup:
+            cleanup.drop()

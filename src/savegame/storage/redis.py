@@ -420,9 +420,14 @@ return redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, tonumbe
 
 
 # KEYS: {P}:shards; ARGV: the shard count to record when none is. Returns the recorded one.
+# Read first: a store whose count is recorded is opened without a write command, which a
+# server at its maxmemory (noeviction) would refuse, so that reads, listings and removals
+# (which free memory) still work there.
 _LAYOUT = """
-redis.call('SET', KEYS[1], ARGV[1], 'NX')
-return tonumber(redis.call('GET', KEYS[1]))
+local recorded = redis.call('GET', KEYS[1])
+if recorded then return tonumber(recorded) end
+redis.call('SET', KEYS[1], ARGV[1])
+return tonumber(ARGV[1])
 """
 
 _SCRIPTS = (_WRITE, _HEADER, _READ, _LIST, _FORGET_IDS, _SWEEP, _LAYOUT)
@@ -762,15 +767,20 @@ class RedisStorage(Storage):
         exactly, so the keys of a longer prefix (``<prefix>:sub:<id>``) and foreign strings
         stay where they are. Each session is stored with its times kept (as by
         :meth:`restore`) before its old key is deleted, so an interrupted upgrade loses
-        nothing and can simply be run again.
+        nothing and can simply be run again: a session stored already (moved by an upgrade
+        cut short before it deleted the old key, and maybe saved since) is not overwritten
+        by the old copy, whose key is then deleted.
 
         Raises:
-            SerializationError: for an old session savegame cannot store; it stays in place.
+            SerializationError: after moving the others, naming the old sessions savegame
+                cannot store, or that hold fields this mode's class has none for (a store
+                of another mode); they stay in place.
             BackendUnavailableError: when the server cannot be reached.
         """
         # PREFIX admits no glob characters, so the prefix stands for itself in the pattern.
         pattern = self.prefix + ":*"
         old = self._call(lambda c: list(c.scan_iter(match=pattern, count=1000, _type="string")))
+        refused: list[str] = []
         for key in old:
             text = self._call(methodcaller("get", key))
             try:
@@ -781,10 +791,42 @@ class RedisStorage(Storage):
                 continue
             if _text(key) != f"{self.prefix}:{data['session_id']}":
                 continue
+            # Values under names this mode's class has no field for (a session of another
+            # mode, upgraded with the wrong ``mode``) would be lost with the old key.
+            extra = sorted(
+                k
+                for k, v in data.items()
+                if k not in self.spec.fields and k != "expires_at" and v is not None
+            )
+            if extra:
+                refused.append(f"{_text(key)!r}: {self._of_another_mode(data, set(extra))}")
+                continue
             session = self.spec.session_class.from_dict(data)
             assert session is not None
-            self.restore(session)
+            try:
+                # Only where the session is not stored yet: one stored already was moved by
+                # an upgrade interrupted before it deleted the old key, and may have been
+                # written since; the old copy must not overwrite it.
+                draft = self._prepare(session)
+                draft.record["version"] = getattr(session, "version", None)
+                self._write(draft, 0, int(time.time()), True)
+            except ConflictError:
+                stored = self._read(data["session_id"])
+                if stored is None or stored.get("created_at") != data.get("created_at"):
+                    refused.append(
+                        f"{_text(key)!r}: a session {data['session_id']!r} is stored already "
+                        "that was not moved from it"
+                    )
+                    continue
+            except (SerializationError, InvalidIdentifierError) as exc:
+                refused.append(f"{_text(key)!r}: {exc}")
+                continue
             self._call(methodcaller("delete", key))
+        if refused:
+            raise SerializationError(
+                f"upgrade_schema() left {len(refused)} key(s) of the original layout in place "
+                f"in {self._address}, and moved the others: " + "; ".join(refused)
+            )
 
     def _read(self, session_id: str) -> Record | None:
         known = self._known.get(session_id)
@@ -937,18 +979,30 @@ class RedisStorage(Storage):
     def _send_write(self, keys: list[str], args: list[Any]) -> tuple[Any, bool]:
         """The write script's answer, and whether it was sent more than once: an earlier
         sending failed after it was sent, and may have been made."""
-        sendings = 0
+        sendings = whole = 0
 
         def send(client: Any) -> Any:
-            nonlocal sendings
+            nonlocal sendings, whole
             _WIRE.sent = False
             try:
                 return self._scripts[_WRITE](keys=keys, args=args, client=client)
             finally:
+                whole += bool(_WIRE.sent)
                 if _WIRE.sent or not self._marks_sent:
                     sendings += 1
 
-        return self._call(send), sendings > 1
+        try:
+            return self._call(send), sendings > 1
+        except BackendUnavailableError as exc:
+            if whole and isinstance(exc.__cause__, self._resend_on):
+                # Sent, and no answer came to any sending (the server stayed away, or took
+                # longer than socket_timeout): the write may have been made, or be made yet
+                # (a server that was only slow runs it when it reads it). "Unavailable"
+                # says nothing was written, on which a caller would make the change again.
+                raise outcome_unknown(
+                    self._address, _text(args[1]), f"no answer came to it ({exc.__cause__})"
+                ) from exc
+            raise
 
     def _header(self, session_id: str) -> Known:
         tag = self._tag(session_id)
