@@ -16,7 +16,7 @@ from savegame.errors import SerializationError
 from savegame.storage.mysql import MySQLStorage
 from savegame.storage.session.agent import AgentSession
 from tests import sql_cases
-from tests.stores import mysql_url, unique
+from tests.stores import mysql_url, unique, write_original_table
 
 
 @pytest.fixture
@@ -44,6 +44,29 @@ def test_ids_differing_in_case_or_trailing_spaces_are_different_sessions(
     assert storage.get_all_session_ids(user_id="a ") == ["a "]
     assert storage.delete_session("a") is True
     assert storage.read("a ") is not None
+    storage.close()
+
+
+def test_an_upgraded_original_table_tells_ids_apart_byte_for_byte(server: str, table: str) -> None:
+    # The original's ids are VARCHAR in the database's collation (case-insensitive, trailing
+    # spaces ignored): once upgraded, "A" must not read, overwrite or erase the session "a".
+    write_original_table(
+        server,
+        table,
+        None,
+        [{"session_id": "a", "user_id": "alice", "memory": {"runs": [{"n": 1}]}, "created_at": 1}],
+    )
+    storage = MySQLStorage(table, db_url=server)
+    storage.upgrade_schema()
+    assert storage.read("A") is None
+    assert storage.get_all_session_ids(user_id="ALICE") == []
+    for sid in ["A", "a "]:
+        storage.upsert(AgentSession(session_id=sid, user_id="bob", memory={"runs": [{"n": sid}]}))
+    assert storage.delete_user("ALICE") == 0
+    got = storage.read("a")
+    assert got is not None
+    assert (got.user_id, got.memory) == ("alice", {"runs": [{"n": 1}]})
+    assert sorted(storage.get_all_session_ids()) == ["A", "a", "a "]
     storage.close()
 
 

@@ -7,13 +7,26 @@ neither table. A table of an earlier savegame's layout is read, upgraded and wri
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import MetaData, Table, delete, select, update
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    delete,
+    select,
+    update,
+)
 
 from savegame.errors import CorruptSessionError, StorageError
 from savegame.storage.mysql import MySQLStorage
@@ -375,3 +388,76 @@ def test_a_session_written_into_a_table_of_another_mode_is_refused(sql_store: St
     with pytest.raises(CorruptSessionError, match="lacks a column of team sessions"):
         teams.read("a")
     assert agents.get_all_session_ids() == ["a"]
+
+
+def test_an_original_table_of_another_mode_or_no_session_table_is_refused_untouched(
+    sql_store: Store,
+) -> None:
+    # "savegame schema upgrade" takes mode agent unless told: a team table, or a table
+    # that holds no sessions at all, must not be read short or filled with agent columns.
+    own = _sql(sql_store)
+    own.create()  # the database file, the schema
+    metadata = MetaData(schema=own.schema)
+    team = Table(
+        own.table_name + "_team",
+        metadata,
+        Column("session_id", String(255), primary_key=True),
+        Column("team_id", String(255)),
+        Column("user_id", String(255)),
+        Column("memory", JSON()),
+        Column("team_data", JSON()),
+        Column("created_at", BigInteger),
+    )
+    other = Table(
+        own.table_name + "_other",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("name", Text),
+    )
+    with own.db_engine.begin() as conn:
+        metadata.create_all(conn)
+        conn.execute(
+            team.insert(),
+            [
+                {
+                    "session_id": "t",
+                    "team_id": "squad",
+                    "memory": {"runs": [{"r": 1}]},
+                    "team_data": {"n": 1},
+                }
+            ],
+        )
+    try:
+        for table, lacking in ((team, "'agent_id'"), (other, "'session_id', 'memory', 'agent_id'")):
+            agents = _sibling(own, table.name)
+            try:
+                for call in (
+                    functools.partial(agents.read, "t"),
+                    agents.get_all_sessions,
+                    agents.upgrade_schema,
+                ):
+                    with pytest.raises(
+                        CorruptSessionError, match=f"lacks the column\\(s\\) {lacking}"
+                    ):
+                        call()
+            finally:
+                agents.close()
+            with own.db_engine.connect() as conn:
+                assert set(
+                    Table(table.name, MetaData(schema=own.schema), autoload_with=conn).c.keys()
+                ) == set(table.c.keys())
+        options: dict[str, Any] = {"db_engine": own.db_engine, "mode": "team"}
+        if own.schema is not None:
+            options["schema"] = own.schema
+        teams = type(own)(team.name, **options)  # type: ignore[call-arg]
+        try:
+            teams.upgrade_schema()
+            got = teams.read("t")
+            assert got is not None
+            assert got.to_dict()["team_data"] == {"n": 1}
+        finally:
+            teams.drop()
+            teams.close()
+    finally:
+        with own.db_engine.begin() as conn:
+            metadata.drop_all(conn)

@@ -55,6 +55,26 @@ def _legacy_database(path: Path, sessions: int) -> None:
     write_original_table(f"sqlite:///{path}", "legacy", None, rows)
 
 
+def test_an_upgrade_meeting_unreadable_json_names_the_row_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "original.db"
+    rows = [{"session_id": f"s{i}", "memory": {"runs": [{"i": i}]}} for i in range(3)]
+    write_original_table(f"sqlite:///{path}", "legacy", None, rows)
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE legacy SET memory = '{\"runs\": [' WHERE session_id = 's1'")
+    db.close()
+    storage = SqliteStorage("legacy", db_file=str(path))
+    with pytest.raises(CorruptSessionError, match=r"'s1'.*'memory'"):
+        storage.upgrade_schema()
+    got = storage.read("s2")
+    assert got is not None
+    assert got.memory == {"runs": [{"i": 2}]}
+    with pytest.raises(StorageError, match="older layout"):
+        storage.upsert(AgentSession(session_id="s3"))
+    storage.close()
+
+
 def test_the_original_table_is_read_then_upgraded_and_written(tmp_path: Path) -> None:
     path = tmp_path / "original.db"
     _legacy_database(path, 30)

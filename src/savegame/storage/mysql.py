@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Column, Integer, Table, case, cast, func, literal_column, text
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects.mysql import CHAR, LONGTEXT, VARBINARY, insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
@@ -65,6 +66,7 @@ _DEADLOCK = 1213
 _PACKET_TOO_LARGE = 1153
 _NO_SUCH_TABLE = 1146
 _NO_SUCH_COLUMN = 1054
+_TABLE_CHANGED = 1412
 _DUPLICATE_KEY = 1062
 _SCHEMA_LOCK = "savegame.schema"
 
@@ -171,6 +173,28 @@ class MySQLDialect(SqlDialect):
             _fits(cursor.connection, sql, params)
         cursor.executemany(sql, rows)
 
+    def adopt_id_types(self, conn: Connection, table: Table) -> None:
+        # The original's ids are VARCHAR in a case- and space-insensitive collation: left
+        # so, "A" would read and overwrite the header of "a" while the runs table, keyed
+        # byte for byte, keeps them apart. VARCHAR keeps trailing spaces, and a collation
+        # that tells fewer ids apart than bytes do held no two ids the same bytes tell
+        # apart: the conversion keeps every row.
+        have = {
+            c["name"]: c["type"] for c in sa_inspect(conn).get_columns(table.name, table.schema)
+        }
+        preparer = conn.dialect.identifier_preparer
+        changes = [
+            f"MODIFY COLUMN {preparer.quote(column.name)} "
+            f"{column.type.compile(dialect=conn.dialect)}"
+            f"{'' if column.nullable else ' NOT NULL'}"
+            for column in table.c
+            if isinstance(column.type, Utf8Binary)
+            and column.name in have
+            and not isinstance(have[column.name], VARBINARY)
+        ]
+        if changes:
+            conn.exec_driver_sql(f"ALTER TABLE {preparer.format_table(table)} {', '.join(changes)}")
+
     def schema_lock(self, conn: Connection) -> None:
         conn.execute(text("SELECT GET_LOCK(:name, 60)"), {"name": _SCHEMA_LOCK})
 
@@ -197,6 +221,9 @@ class MySQLDialect(SqlDialect):
 
     def missing_column(self, error: BaseException) -> bool:
         return _code(error) == _NO_SUCH_COLUMN
+
+    def table_changed(self, error: BaseException) -> bool:
+        return _code(error) == _TABLE_CHANGED
 
 
 def _fits(conn: Any, sql: str, params: Any) -> None:

@@ -321,6 +321,11 @@ class SqlDialect(ABC):
     def release_schema_lock(self, conn: Connection) -> None:
         """Releases what :meth:`schema_lock` took, where it outlives the transaction."""
 
+    def adopt_id_types(self, conn: Connection, table: Table) -> None:
+        """Gives the id columns of ``table``, a table written by the original, the type
+        savegame makes them with, where the original's compares ids otherwise (MySQL's
+        collations fold case and ignore trailing spaces)."""
+
     def create_schema(self, conn: Connection, schema: str | None) -> None:
         """Makes ``schema`` when it is missing (None: the connection's default is used)."""
         if schema is not None:
@@ -338,6 +343,11 @@ class SqlDialect(ABC):
 
     def missing_column(self, error: BaseException) -> bool:
         """Whether a driver error says a column the statement names does not exist."""
+        return False
+
+    def table_changed(self, error: BaseException) -> bool:
+        """Whether a driver error says a table was altered since the transaction's snapshot
+        was taken (MySQL, after a statement that rebuilt it): the call may run again."""
         return False
 
     def refused(self, error: BaseException, dbapi: Any) -> bool:
@@ -1078,6 +1088,13 @@ class SqlStorage(Storage):
         title = self.dialect.title
         if invalidated or (error is not None and self.dialect.unavailable(error)):
             return BackendUnavailableError(f"{title} at {self.where()} is unavailable: {error}")
+        if error is not None and self._layout.version and self.dialect.table_changed(error):
+            # Altered by an upgrade since this call's snapshot: the call runs again, on the
+            # table as it is now (see _again_if_dropped).
+            self._forget()
+            return _TableGone(
+                f"table {self.table_name!r} at {self.where()} was altered while in use: {error}"
+            )
         if error is not None and self._layout.version and self.dialect.missing_table(error):
             # Dropped by another storage or process since this one saw it: what this one
             # knows of the table and its sessions is forgotten (see _again_if_dropped).
@@ -1328,6 +1345,19 @@ class SqlStorage(Storage):
                 f"table {self.table_name!r} holds the runs of another storage's sessions"
                 f" (those of table {self.table_name.removesuffix('_runs')!r}); give this"
                 " storage another table name"
+            )
+        needed = ("session_id", self.spec.runs_path[0], self.spec.entity_field)
+        lacking = [name for name in needed if name not in names]
+        if lacking:
+            # Every table of this mode, the original's included, has these: without them
+            # the table holds sessions of another mode (team_id where agent_id is wanted),
+            # which would be read short, or is no session table at all, which an upgrade
+            # would fill with this mode's columns.
+            raise CorruptSessionError(
+                f"table {self.table_name!r} at {self.where()} lacks the column(s) "
+                f"{', '.join(map(repr, lacking))} of {self.mode} sessions: it holds sessions "
+                "of another mode, or is not a session table; open it with the mode it was "
+                "written in, or give this storage another table name"
             )
         if settled and names >= set(self.table.c.keys()) and self._runs_table_is(conn):
             # Every column of the latest layout, and its runs table, with no record saying
@@ -2192,6 +2222,7 @@ _LATER_COLUMNS = ("run_count", "write_token", "past_tokens")
 def _savegame_columns(storage: SqlStorage, conn: Connection) -> None:
     fields = [c.name for c in storage.table.c if c.name not in _LATER_COLUMNS]
     _add_columns(storage, conn, fields)
+    storage.dialect.adopt_id_types(conn, storage.table)
 
 
 def _runs_table(storage: SqlStorage, conn: Connection) -> None:
@@ -2212,7 +2243,14 @@ def _runs_table(storage: SqlStorage, conn: Connection) -> None:
             return
         for session_id, text in rows:
             after = session_id
-            value = {column.name: None if text is None else storage.dialect.loads(text)}
+            try:
+                value = {column.name: None if text is None else storage.dialect.loads(text)}
+            except ValueError as exc:
+                raise CorruptSessionError(
+                    f"session {_text(session_id)!r} in table {storage.table_name!r} holds "
+                    f"JSON that cannot be read in its {column.name!r}: {exc}; fix or delete "
+                    "that row, then upgrade again"
+                ) from exc
             rest, runs = split_runs(value, storage.spec.runs_path)
             if runs is None:
                 continue
