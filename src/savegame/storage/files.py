@@ -364,23 +364,22 @@ class FileStorage(Storage):
             [("folder_mtime_ns", mtime), ("entity_field", self.spec.entity_field)],
         )
 
-    def _recorded(self, conn: sqlite3.Connection, mtime_ns: int) -> bool:
-        """Whether the index recorded the folder at ``mtime_ns``, for this mode."""
-        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        recorded = (meta.get("entity_field"), meta.get("folder_mtime_ns"))
-        return recorded == (self.spec.entity_field, str(mtime_ns))
-
-    def _is_fresh(self, conn: sqlite3.Connection) -> bool:
+    def _recorded(self, conn: sqlite3.Connection, mtime_ns: int | None) -> bool:
+        """Whether the index was made for this mode and recorded the folder at ``mtime_ns``
+        (None: at any time)."""
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         if meta.get("entity_field") != self.spec.entity_field:
             return False
+        return mtime_ns is None or meta.get("folder_mtime_ns") == str(mtime_ns)
+
+    def _is_fresh(self, conn: sqlite3.Connection) -> bool:
         if conn.execute("SELECT 1 FROM pending LIMIT 1").fetchone():
             return False
         try:
-            mtime = str(os.stat(self.dir_path).st_mtime_ns)
+            mtime: int | None = os.stat(self.dir_path).st_mtime_ns
         except FileNotFoundError:
-            return True
-        return meta.get("folder_mtime_ns") == mtime
+            mtime = None
+        return self._recorded(conn, mtime)
 
     def _fresh_index(self) -> sqlite3.Connection:
         """The index, brought up to date with the files first when it is stale.
