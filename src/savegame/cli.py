@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 from rich.console import Console
@@ -219,19 +219,19 @@ def _root(
 
 
 @contextmanager
-def _open(url: str, mode: str, reading: bool = False, copied: bool = False) -> Iterator[Storage]:
-    """The storage of ``url``. ``reading``: the command reads or removes sessions, and a
-    note on stderr says when the store is not there (a mistyped path would otherwise look
-    like an empty store). ``copied``: the store is the source of a copy; when it is not
-    there, the copy would copy nothing, and it is a user error, raised before anything is
-    made at the destination."""
+def _open(url: str, mode: str, absent: Literal["", "note", "fail"] = "") -> Iterator[Storage]:
+    """The storage of ``url``. ``absent`` says what to do when the store is not there:
+    ``"note"`` for a command that reads or removes sessions (a note on stderr, as a mistyped
+    path would otherwise look like an empty store); ``"fail"`` for the source of a copy,
+    which would copy nothing (a user error, raised before anything is made at the
+    destination)."""
     with open_storage(url, mode) as storage:
-        if (reading or copied) and not storage.table_exists():
-            absent = f"nothing of mode {mode} is stored at {redact(url)}"
-            if copied:
-                _fail(f"{absent}: there is nothing to copy (check the URL and --mode)")
+        if absent and not storage.table_exists():
+            missing = f"nothing of mode {mode} is stored at {redact(url)}"
+            if absent == "fail":
+                _fail(f"{missing}: there is nothing to copy (check the URL and --mode)")
             _note(
-                f"note: {absent} yet; pass --storage (or set SAVEGAME_STORAGE) to name another"
+                f"note: {missing} yet; pass --storage (or set SAVEGAME_STORAGE) to name another"
                 " store"
             )
         yield storage
@@ -254,7 +254,7 @@ def sessions_list(
     as_json: JsonOption = False,
 ) -> None:
     """List sessions, newest first, a page at a time."""
-    with _open(storage, mode, reading=True) as store:
+    with _open(storage, mode, "note") as store:
         ids = store.get_all_session_ids(user, entity) if store.table_exists() else []
         pages = max(1, -(-len(ids) // limit))
         # A script paging through --json stops at an empty page; a person is told.
@@ -294,7 +294,7 @@ def sessions_show(
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw session.")] = False,
 ) -> None:
     """Show one session: its conversation, state and metadata."""
-    with _open(storage, mode, reading=True) as store:
+    with _open(storage, mode, "note") as store:
         session = store.read(session_id) if store.table_exists() else None
         if session is None:
             _missing(storage, mode, [session_id])
@@ -367,7 +367,7 @@ def export(
     user: UserOption = None,
 ) -> None:
     """Write sessions to standard output as JSON lines, one session a line."""
-    with _open(storage, mode, reading=True) as store:
+    with _open(storage, mode, "note") as store:
         count = transfer.export_sessions(
             store, lambda line: _emit(line.encode(), flush=False), user
         )
@@ -429,7 +429,7 @@ def copy(
         disable=not err.is_terminal,
     )
     task = progress.add_task("copy", total=None)
-    with _open(source, mode, copied=True) as src, _open(destination, mode) as dst, progress:
+    with _open(source, mode, "fail") as src, _open(destination, mode) as dst, progress:
         report = transfer.copy_sessions(
             src,
             dst,
@@ -451,7 +451,7 @@ def stats(
     as_json: JsonOption = False,
 ) -> None:
     """Count sessions, users and entities, their size, and the oldest and newest."""
-    with _open(storage, mode, reading=True) as store:
+    with _open(storage, mode, "note") as store:
         figures = transfer.stats(store, user)
     data = vars(figures)
     if as_json:
@@ -495,7 +495,7 @@ def purge(
 ) -> None:
     """Remove sessions not updated for a while, and expired ones."""
     seconds = parse_age(older_than)
-    with _open(storage, mode, reading=True) as store:
+    with _open(storage, mode, "note") as store:
         removed = transfer.purge(store, seconds, dry_run)
     for session_id in removed:
         out.print(escape(session_id), highlight=False)
