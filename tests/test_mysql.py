@@ -70,6 +70,42 @@ def test_an_upgraded_original_table_tells_ids_apart_byte_for_byte(server: str, t
     storage.close()
 
 
+def test_upgrading_again_converts_the_ids_an_earlier_savegame_left_case_insensitive(
+    server: str, admin: Engine, table: str
+) -> None:
+    # An earlier savegame upgraded the original's tables without converting their id
+    # columns, and recorded them at the latest version: upgrading again converts them.
+    write_original_table(
+        server, table, None, [{"session_id": "a", "user_id": "alice", "created_at": 1}]
+    )
+    MySQLStorage(table, db_url=server).upgrade_schema()
+    with admin.begin() as conn:
+        conn.execute(
+            text(
+                f"ALTER TABLE {table} MODIFY session_id VARCHAR(255) COLLATE"
+                " utf8mb4_general_ci NOT NULL, MODIFY user_id VARCHAR(255) COLLATE"
+                " utf8mb4_general_ci"
+            )
+        )
+    storage = MySQLStorage(table, db_url=server)
+    assert storage.read("A") is not None  # the collation's doing, as that savegame left it
+    storage.upgrade_schema()
+    assert storage.read("A") is None
+    assert storage.get_all_session_ids(user_id="ALICE") == []
+    storage.upsert(AgentSession(session_id="A", user_id="bob"))
+    got = storage.read("a")
+    assert got is not None
+    assert got.user_id == "alice"
+    with admin.connect() as conn:
+        kinds = {
+            c["name"]: type(c["type"]).__name__
+            for c in inspect(conn).get_columns(table)
+            if c["name"] in ("session_id", "user_id")
+        }
+    assert kinds == {"session_id": "VARBINARY", "user_id": "VARBINARY"}
+    storage.close()
+
+
 def test_deep_values_pass_where_json_valid_would_refuse_them(
     server: str, admin: Engine, table: str
 ) -> None:

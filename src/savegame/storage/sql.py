@@ -1536,6 +1536,9 @@ class SqlStorage(Storage):
                     for migration in MIGRATIONS:
                         if migration.version > layout.version:
                             migration.apply(self, conn)
+                    # Also on tables an earlier savegame brought to a later version before
+                    # the second migration converted the original's id columns.
+                    self.dialect.adopt_id_types(conn, self.table)
                 if layout.version == 0 or upgrade or not layout.recorded:
                     self._record_version(conn, LATEST)
                     layout = _Layout(LATEST, frozenset(self.table.c.keys()))
