@@ -144,6 +144,14 @@ _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,57}")
 _ATTEMPTS = 5
 """Runs of a write that met another writer at the primary key, or a deadlock."""
 
+
+def _pause(tries: int) -> None:
+    """Waits a random while, longer after each try, before a transaction the database
+    rolled back (a deadlock, two writers making one session) runs again: run again at
+    once, it would meet the same transaction it met before."""
+    time.sleep(random.uniform(0, 0.002 * 2**tries))
+
+
 _DEAD_POOLED = 8
 """Pooled connections a call may find dead, one after the other, before it fails."""
 
@@ -1154,7 +1162,7 @@ class SqlStorage(Storage):
                     or not self.dialect.retryable(exc.orig, self._dbapi)
                 ):
                     raise
-            time.sleep(random.uniform(0, 0.002 * 2**tries))
+            _pause(tries)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _on_connection(
@@ -1882,6 +1890,7 @@ class SqlStorage(Storage):
                     if not resend:
                         write.known = None
                         write.committed_on = None  # a deadlock or the like: rolled back
+                        _pause(tries)
         if write.superseded:
             self._known.put(session_id, None)
             return draft.whole(record)
