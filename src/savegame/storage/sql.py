@@ -1022,6 +1022,7 @@ class SqlStorage(Storage):
         self._spare = _spare_of(engine)
         self._run_codec = RunEncoder(self._known, dialect.dumps, _digest)
         self._guess_new = True
+        self._doubt_record = False
         dbapi = engine.dialect.loaded_dbapi
         self._dbapi = dbapi
         self._driver_errors: tuple[type[BaseException], ...] = (dbapi.Error,)
@@ -1106,9 +1107,26 @@ class SqlStorage(Storage):
         if error is not None and self._layout.version and self.dialect.missing_table(error):
             # Dropped by another storage or process since this one saw it: what this one
             # knows of the table and its sessions is forgotten (see _again_if_dropped).
+            # The session table may stand again without its runs table, made by another
+            # program: the table's record is not taken at its word (see _detect).
+            self._doubt_record = True
             self._forget()
             return _TableGone(
                 f"table {self.table_name!r} at {self.where()} was dropped while in use: {error}"
+            )
+        if (
+            error is not None
+            and self.dialect.missing_column(error)
+            and self._layout.version >= LATEST
+            and not self._doubt_record
+        ):
+            # Taken at the latest layout on its record alone: the call runs again, on the
+            # table's columns (see _detect).
+            self._doubt_record = True
+            self._forget()
+            return _TableGone(
+                f"table {self.table_name!r} at {self.where()} lacks a column its record in "
+                f"{MIGRATIONS_TABLE} says it has: {error}"
             )
         if error is not None and self.dialect.missing_column(error):
             # A table whose columns are another mode's fields (agent_id where team_id is
@@ -1323,9 +1341,16 @@ class SqlStorage(Storage):
 
     # -- the layout -----------------------------------------------------------------------
 
-    def _detect(self, conn: Connection, settled: bool = False) -> _Layout:
+    def _detect(self, conn: Connection, settled: bool = False, doubt: bool = False) -> _Layout:
         """The table's layout as ``conn`` sees it; ``settled``: under the schema lock, where
-        no other process is making the tables (see :meth:`_make_tables`)."""
+        no other process is making the tables (see :meth:`_make_tables`).
+
+        A table recorded at the latest layout is taken at it without looking, unless
+        ``doubt`` or the storage has met a column or table missing: then a table lacking
+        the latest columns, or its runs table, is taken as it is, as though not recorded. Another
+        program made it again after savegame recorded it (the original library's
+        ``drop()`` and ``create()``), and ``savegame_migrations`` kept the record.
+        """
         inspector = inspect(conn)
         if not inspector.has_table(self.table_name, self.schema):
             return _MISSING
@@ -1345,9 +1370,14 @@ class SqlStorage(Storage):
                 select(migrations.c.version).where(migrations.c.table_name == self.table_name)
             ).scalar()
             version = recorded or version
-        if version >= LATEST:
-            return _Layout(version, frozenset(self.table.c.keys()))
+        latest = frozenset(self.table.c.keys())
+        if version >= LATEST and not (doubt or self._doubt_record):
+            return _Layout(version, latest)
         names = {c["name"] for c in inspector.get_columns(self.table_name, self.schema)}
+        if version >= LATEST:
+            if names >= latest and self._runs_table_is(conn):
+                return _Layout(version, latest)
+            version = ORIGINAL_VERSION
         if names == set(self.runs_table.c.keys()):
             raise StorageError(
                 f"table {self.table_name!r} holds the runs of another storage's sessions"
@@ -1534,7 +1564,7 @@ class SqlStorage(Storage):
         def make() -> _Layout:
             with self._schema_change() as conn:
                 self.dialect.create_schema(conn, self.schema)
-                layout = self._detect(conn, settled=True)
+                layout = self._detect(conn, settled=True, doubt=upgrade)
                 if layout.version == 0 or upgrade:
                     self._check_runs_table(conn)
                 if layout.version == 0:
