@@ -238,6 +238,63 @@ def test_a_new_process_resumes_a_failed_step_run(steps_store: Store, tmp_path: P
     assert _computed(markers) == {"clean": 1, "fetch": 1, "report": 2}
 
 
+def test_of_two_objects_resuming_one_run_at_once_neither_undoes_the_others_steps(
+    steps_store: Store, tmp_path: Path
+) -> None:
+    markers = tmp_path / "m"
+    with pytest.raises(StepFailed):
+        _steps(markers, "fetch", steps_store, session_id="s").run("data")
+    first = _steps(markers, "none", steps_store, session_id="s")
+    second = _steps(markers, "none", steps_store, session_id="s")
+    fetch = first.steps[0].fn
+
+    def slow(ctx: StepContext) -> str:
+        # While this one computes, the other resumes the same run and completes it.
+        assert second.resume().content == "report(clean(fetch(data)))"
+        fetch(ctx)
+        return "fetch(late)"
+
+    first.steps[0] = Step("fetch", slow)
+    result = first.resume()
+    # The first result saved is kept, and the steps the other completed are not run again.
+    assert result.outputs == {
+        "fetch": "fetch(data)",
+        "clean": "clean(fetch(data))",
+        "report": "report(clean(fetch(data)))",
+    }
+    assert _computed(markers) == {"clean": 1, "fetch": 3, "report": 1}
+    stored = steps_store().read("s")
+    assert stored is not None
+    [run] = stored.runs  # type: ignore[attr-defined]
+    assert run["status"] == "completed"
+    assert [s["output"] for s in run["steps"]] == list(result.outputs.values())
+
+
+def test_a_resume_failing_after_another_completed_the_run_leaves_it_completed(
+    steps_store: Store, tmp_path: Path
+) -> None:
+    markers = tmp_path / "m"
+    with pytest.raises(StepFailed):
+        _steps(markers, "clean", steps_store, session_id="s").run("data")
+    first = _steps(markers, "none", steps_store, session_id="s")
+    second = _steps(markers, "none", steps_store, session_id="s")
+
+    def failing(ctx: StepContext) -> str:
+        second.resume()
+        raise StepFailed("clean")
+
+    first.steps[1] = Step("clean", failing)
+    with pytest.raises(StepFailed):
+        first.resume()
+    stored = steps_store().read("s")
+    assert stored is not None
+    [run] = stored.runs  # type: ignore[attr-defined]
+    assert run["status"] == "completed"
+    assert [s["status"] for s in run["steps"]] == ["completed"] * 3
+    with pytest.raises(LookupError, match="nothing to resume"):
+        _steps(markers, "none", steps_store, session_id="s").resume()
+
+
 def test_a_workflow_session_of_another_shape_is_corrupt(flows: Store) -> None:
     flows().upsert(WorkflowSession(session_id="w", session_data={"session_state": [1]}))
     with pytest.raises(CorruptSessionError, match=r"'w'.* session_data.session_state"):

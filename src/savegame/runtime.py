@@ -236,7 +236,7 @@ class SessionKeeper:
                     if isinstance(value, (int, float)):
                         metrics[key] = metrics.get(key, 0) + value
             else:
-                runs[at] = run
+                runs[at] = self._replacing(runs[at], run)
         set_path(data, self.spec.runs_path, runs)
         session_data.update(
             session_name=self.session_name,
@@ -326,6 +326,10 @@ class SessionKeeper:
         """The ``session_state`` a save writes over the ``stored`` one: this object's whole
         state (the last writer's wins)."""
         return copy.deepcopy(self.session_state)
+
+    def _replacing(self, stored: Run, run: Run) -> Run:
+        """The run a save stores in place of the ``stored`` run with the same id: ``run``."""
+        return run
 
     def _entity_data(self) -> dict[str, Any]:
         """What is stored in the session's ``*_data`` field about the agent, team or workflow."""

@@ -10,7 +10,10 @@ Two kinds, one per storage mode:
 - :class:`StepWorkflow` (mode ``"workflow_v2"``): a list of steps; each run is recorded in
   ``WorkflowSession.runs`` with the status and output of every step, saved after every step.
   A run that failed (or whose process died) part-way is resumed by :meth:`StepWorkflow.resume`
-  from the first step that did not complete.
+  from the first step that did not complete. Two processes resuming one run at once may both
+  compute the step neither has completed (there is no lock, so that a run whose process died
+  can always be resumed); the first result saved is kept, a step one of them completed is not
+  run by the other, and a completed step or run is never stored again as failed or pending.
 """
 
 from __future__ import annotations
@@ -368,6 +371,10 @@ class StepWorkflow(SessionKeeper):
     def resume(self, run_id: str | None = None) -> WorkflowRunResponse:
         """Continues a run from the first step that did not complete, as the store has it.
 
+        Another process resuming the same run at once is not waited for: a step neither
+        completed may be computed by both, the first result saved being the one kept, and a
+        step the other completed meanwhile is taken from the store rather than run.
+
         Args:
             run_id: the run to continue; the latest run that did not complete when None.
 
@@ -401,7 +408,10 @@ class StepWorkflow(SessionKeeper):
         }
         resumed = list(outputs)
         record["status"] = "running"
-        for step, stored in zip(self.steps, record["steps"], strict=True):
+        for at, step in enumerate(self.steps):
+            # Another process resuming this run at once may have completed steps meanwhile.
+            self._take_completed(record, outputs)
+            stored = record["steps"][at]
             if stored.get("status") == "completed":
                 continue
             started = time.perf_counter()
@@ -434,6 +444,29 @@ class StepWorkflow(SessionKeeper):
             resumed=resumed,
         )
 
+    def _take_completed(self, record: Run, outputs: dict[str, Any]) -> None:
+        """Takes into ``record`` and ``outputs`` the steps of its run that the session, as last
+        saved or loaded, has completed: a step another process completed first is not run
+        again, and its saved result is the one this run goes on with."""
+        saved = next((r for r in self.runs if r.get("run_id") == record["run_id"]), None)
+        done = _completed_steps(saved)
+        for at, step in enumerate(record["steps"]):
+            theirs = done.get(step.get("name"))
+            if theirs is not None:
+                record["steps"][at] = copy.deepcopy(theirs)
+                outputs[theirs["name"]] = copy.deepcopy(theirs.get("output"))
+
+    def _replacing(self, stored: Run, run: Run) -> Run:
+        """``run`` over the ``stored`` one, except for the steps stored as completed: the first
+        result saved for a step is kept (two processes resuming one run at once may both
+        compute a step), and a step completed is never stored again as failed or pending."""
+        done = _completed_steps(stored)
+        steps = [done.get(s.get("name")) or s for s in run.get("steps") or []]
+        merged = {**run, "steps": steps}
+        if steps and all(s.get("status") == "completed" for s in steps):
+            merged["status"] = "completed"
+        return merged
+
     def _entity_data(self) -> dict[str, Any]:
         return {"name": self.name, "steps": [s.name for s in self.steps]}
 
@@ -442,3 +475,15 @@ class StepWorkflow(SessionKeeper):
 
     def _restored(self, data: dict[str, Any]) -> None:
         self.name = self.name or data.get("workflow_name")
+
+
+def _completed_steps(run: Run | None) -> dict[str, dict[str, Any]]:
+    """The steps of a stored run that completed, by name."""
+    steps = run.get("steps") if run is not None else None
+    if not isinstance(steps, list):
+        return {}
+    return {
+        s["name"]: s
+        for s in steps
+        if isinstance(s, dict) and isinstance(s.get("name"), str) and s.get("status") == "completed"
+    }
