@@ -152,6 +152,22 @@ def test_initial_state_fills_a_resumed_session_but_never_returns_after_a_save(
     assert again.session_state == {"b": 2, "c": 3}
 
 
+def test_a_reference_to_the_session_state_stays_the_agents_after_a_run(
+    backend_store: Store,
+) -> None:
+    agent = _agent(backend_store, session_id="s", session_state={"count": 0})
+    state = agent.session_state
+    state["count"] = 1
+    agent.run("hello")
+    assert agent.session_state is state
+    state["count"] = 2
+    agent.run("hello")
+    assert agent.session_state == {"count": 2}
+    stored = backend_store().read("s")
+    assert stored is not None
+    assert stored.session_data["session_state"] == {"count": 2}  # type: ignore[attr-defined]
+
+
 def test_history_is_sent_only_when_asked_and_only_the_last_runs(backend_store: Store) -> None:
     agent = _agent(backend_store, add_history_to_messages=False)
     agent.run("My name is Ada.")

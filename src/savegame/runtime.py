@@ -258,7 +258,10 @@ class SessionKeeper:
         """Takes the stored session as this keeper's state.
 
         When ``loading``, keys of the initial ``session_state`` that the stored state lacks
-        are added; after a save the stored state is exactly what was saved.
+        are added; after a save the stored state is exactly what was saved. The state is
+        refilled in place, not replaced: a reference to ``session_state`` taken before a run
+        (by the caller, or inside a workflow's ``run``) goes on seeing, and changing, the
+        state that the next save writes.
         """
         data = self._fields(stored)
         self._stored = stored
@@ -268,7 +271,11 @@ class SessionKeeper:
         self.session_name = session_data.get("session_name") or self.session_name
         state = copy.deepcopy(self._initial_state) if loading else {}
         state.update(session_data.get("session_state") or {})
-        self.session_state = state
+        if isinstance(self.session_state, dict):
+            self.session_state.clear()
+            self.session_state.update(state)
+        else:
+            self.session_state = state
         self._base_state = copy.deepcopy(session_data.get("session_state") or {})
         self.metrics = dict(session_data.get("metrics") or {})
         self.user_id = self.user_id or data.get("user_id")

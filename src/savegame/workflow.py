@@ -178,13 +178,9 @@ class Workflow(SessionKeeper):
         self._checkpoint(None)
 
     def _checkpoint(self, record: Run | None) -> None:
-        state = self.session_state
+        # The save refills session_state in place: references taken inside run() keep
+        # seeing the saved state.
         self._save(record)
-        # The save reloads the state from the store; refill the caller's dict rather than
-        # replace it, so references taken inside run() keep seeing the saved state.
-        state.clear()
-        state.update(self.session_state)
-        self.session_state = state
 
     def _entity_data(self) -> dict[str, Any]:
         return {"name": self.name, "workflow_id": self.entity_id, "description": self.description}
