@@ -254,6 +254,20 @@ def test_loading_another_users_session_keeps_the_current_one(backend_store: Stor
     assert len(stored.memory["runs"]) == 1  # type: ignore[attr-defined]
 
 
+def test_another_users_session_is_neither_read_nor_deleted(backend_store: Store) -> None:
+    _agent(backend_store, session_id="adas", user_id="ada").run("My secret is 42.")
+    bob = _agent(backend_store, user_id="bob")
+    with pytest.raises(SessionOwnerError):
+        bob.get_messages_for_session("adas")
+    with pytest.raises(SessionOwnerError):
+        bob.delete_session("adas")
+    stored = backend_store().read("adas")
+    assert stored is not None
+    assert len(stored.memory["runs"]) == 1  # type: ignore[attr-defined]
+    anyone = _agent(backend_store)
+    assert anyone.get_messages_for_session("adas")[0]["content"] == "My secret is 42."
+
+
 def test_a_storage_of_another_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="mode='agent'"):
         Agent(model=OfflineModel(), storage=InMemoryStorage(mode="team"))

@@ -12,6 +12,7 @@ from savegame.agent import Agent
 from savegame.errors import CorruptSessionError
 from savegame.models import Message, ModelHTTPError, ModelResponse
 from savegame.models.offline import OfflineModel
+from savegame.runtime import SessionOwnerError
 from savegame.storage.session import AgentSession, TeamSession
 from savegame.team import Team
 from savegame.testing import Store
@@ -213,6 +214,20 @@ def test_deleting_a_team_session_deletes_its_members_sessions(
     assert again.members["chef"].runs == []
     assert "pho" not in again.run("What is my favourite recipe?").content
     assert not team.delete_session("absent")
+
+
+def test_another_users_team_session_and_its_members_are_not_deleted(
+    stores: tuple[Store, Store],
+) -> None:
+    adas = _team(stores, session_id="t", user_id="ada")
+    adas.run("My favourite recipe is pho.")
+    chefs = adas.member_sessions["chef"]
+    bobs = _team(stores, user_id="bob")
+    with pytest.raises(SessionOwnerError):
+        bobs.delete_session("t")
+    agents, teams = stores
+    assert teams().read("t") is not None
+    assert agents().read(chefs) is not None
 
 
 def test_a_team_session_linking_members_oddly_is_corrupt(stores: tuple[Store, Store]) -> None:

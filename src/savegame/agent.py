@@ -182,12 +182,19 @@ class Agent(SessionKeeper):
             session_id: another stored session to read; the current one when None.
 
         Raises:
+            SessionOwnerError: when the other session belongs to another user than the one
+                this agent was made with (as for :meth:`load_session`).
             StorageError: when the other session cannot be read.
         """
         if session_id is None or session_id == self.session_id:
             runs = self.runs
         else:
-            other = Agent(model=self.model, storage=self.storage, session_id=session_id)
+            other = Agent(
+                model=self.model,
+                storage=self.storage,
+                session_id=session_id,
+                user_id=self._initial_user,
+            )
             runs = other.runs
         return messages_of(runs)
 

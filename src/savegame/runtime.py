@@ -162,6 +162,18 @@ class SessionKeeper:
                 f"session {stored.session_id!r} belongs to another user than {user_id!r}"
             )
 
+    def _check_stored_owner(self, session_id: str) -> Session | None:
+        """The stored session ``session_id`` (None when there is none), once checked to
+        belong to this object's user, as :meth:`load_session` checks it.
+
+        Raises:
+            SessionOwnerError: when it belongs to another user.
+        """
+        stored = self.storage.read(session_id) if self.storage is not None else None
+        if stored is not None:
+            self._check_owner(stored, switching=session_id != self.session_id)
+        return stored
+
     def rename_session(self, name: str) -> None:
         """Names the current session and saves the name.
 
@@ -182,9 +194,12 @@ class SessionKeeper:
             Whether there was such a session.
 
         Raises:
+            SessionOwnerError: when the session belongs to another user (as for
+                :meth:`load_session`); nothing is deleted.
             StorageError: when the store could not be reached.
         """
         session_id = session_id or self.session_id
+        self._check_stored_owner(session_id)
         deleted = self.storage.delete_session(session_id) if self.storage is not None else False
         if session_id == self.session_id:
             self.new_session()

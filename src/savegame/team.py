@@ -166,6 +166,8 @@ class Team(SessionKeeper):
             Whether there was such a team session.
 
         Raises:
+            SessionOwnerError: when the team session belongs to another user; nothing is
+                deleted.
             StorageError: when a store could not be reached; what was deleted stays deleted.
         """
         session_id = session_id or self.session_id
@@ -173,7 +175,7 @@ class Team(SessionKeeper):
             links = dict(self.member_sessions)
         else:
             links = {key: self._member_session_id(session_id, key) for key in self.members}
-        stored = self.storage.read(session_id) if self.storage is not None else None
+        stored = self._check_stored_owner(session_id)
         if stored is not None:
             links.update(_links(getattr(stored, "session_data", None)))
         for key, member_session in links.items():
