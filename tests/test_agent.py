@@ -423,6 +423,21 @@ def test_an_agent_made_without_a_name_or_role_takes_none_from_one_session_to_the
     assert (mine.name, mine.role) == ("Mine", "mine")
 
 
+def test_an_agent_made_without_an_id_keeps_the_id_of_a_session_it_loads(
+    backend_store: Store,
+) -> None:
+    _agent(backend_store, session_id="bots", agent_id="bot").run("hello")
+    agent = _agent(backend_store)
+    agent.run("a session of its own, under a made-up id")
+    agent.load_session("bots")
+    assert agent.agent_id == "bot"
+    agent.run("hello again")
+    stored = backend_store().read("bots")
+    assert stored is not None
+    assert stored.agent_id == "bot"  # type: ignore[attr-defined]
+    assert backend_store().get_all_session_ids(entity_id="bot") == ["bots"]
+
+
 def test_loading_a_session_deleted_elsewhere_starts_it_empty(backend_store: Store) -> None:
     agent = _agent(backend_store, session_id="s")
     agent.run("My name is Ada.")

@@ -99,6 +99,9 @@ class SessionKeeper:
         self._initial_user = user_id
         self.user_id = user_id
         self.entity_id = entity_id
+        self.entity_id_made = entity_id is None
+        """Whether the entity id was made up here, given neither to this object nor stored.
+        A made-up id gives way to the id of a stored session loaded later."""
         self._initial_extra = copy.deepcopy(extra_data)
         self.extra_data: dict[str, Any] | None = None
         self._base_state: dict[str, Any] = {}
@@ -112,7 +115,6 @@ class SessionKeeper:
         if session_name is not None:
             self.session_name = session_name
         self.entity_id_made = self.entity_id is None
-        """Whether the entity id was made up here, given neither to this object nor stored."""
         if self.entity_id is None:
             self.entity_id = new_id()
 
@@ -294,7 +296,13 @@ class SessionKeeper:
         self._base_state = copy.deepcopy(session_data.get("session_state") or {})
         self.metrics = dict(session_data.get("metrics") or {})
         self.user_id = self.user_id or data.get("user_id")
-        self.entity_id = self.entity_id or data.get(self.spec.entity_field)
+        stored_entity = data.get(self.spec.entity_field)
+        if loading and self.entity_id_made and stored_entity:
+            # An id made up for another session is not this one's: saving it would take
+            # the session from the agent, team or workflow it is listed under.
+            self.entity_id, self.entity_id_made = stored_entity, False
+        else:
+            self.entity_id = self.entity_id or stored_entity
         if self.extra_data is None:
             self.extra_data = data.get("extra_data")
         self._restored(data)
