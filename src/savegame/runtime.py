@@ -114,7 +114,6 @@ class SessionKeeper:
             self.load_session()
         if session_name is not None:
             self.session_name = session_name
-        self.entity_id_made = self.entity_id is None
         if self.entity_id is None:
             self.entity_id = new_id()
 
