@@ -230,7 +230,12 @@ def test_storage_url_is_what_backends_receive() -> None:
         ("yaml:///d?exipre=60&prefix=p", {}, "yaml:// URL: exipre, prefix; it takes expire$"),
         ("memory://?exipre=60", {}, "memory:// URL: exipre; it takes expire$"),
         ("memory://", {"table": "t"}, "memory:// URL: table; it takes expire$"),
-        ("redis://127.0.0.1:1/0?exipre=60", {}, "Redis URL: exipre"),
+        (
+            "redis://127.0.0.1:1/0?exipre=60",
+            {},
+            "Redis URL: exipre; it takes prefix, expire, shards, ssl, ssl_ca_certs$",
+        ),
+        ("rediss://127.0.0.1:1/0", {"table": "t"}, "Redis URL: table; it takes prefix,"),
         ("mysql+pymysql://root@127.0.0.1:1/test?tabel=x", {}, "mysql.pymysql:// URL: tabel;"),
         ("mysql://root@127.0.0.1:1/test", {"cache_bytes": 0}, "mysql:// URL: cache_bytes;"),
         ("postgresql://u@127.0.0.1:1/db?sslmod=disable", {}, "postgresql:// URL: sslmod;"),

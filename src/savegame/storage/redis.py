@@ -1196,7 +1196,9 @@ def _parse_url(
         options["ssl_ca_certs"] = connection.pop("ssl_ca_certs")
     if connection:
         raise InvalidIdentifierError(
-            f"unknown option(s) for a Redis URL: {', '.join(sorted(connection))}"
+            f"unknown option(s) for a Redis URL: {', '.join(sorted(connection))}; it takes "
+            "ssl, ssl_ca_certs (a store's prefix, expire and shards are arguments of "
+            "RedisStorage)"
         )
     nodes = [_node(part) for part in (netloc or "localhost").split(",")]
     if len(nodes) > 1 and scheme != "redis+cluster":
@@ -1249,7 +1251,8 @@ def from_url(url: StorageURL) -> RedisStorage:
     ca_certs = url.options.pop("ssl_ca_certs", None)
     if url.options:
         raise InvalidIdentifierError(
-            f"unknown option(s) for a Redis URL: {', '.join(sorted(url.options))}"
+            f"unknown option(s) for a Redis URL: {', '.join(sorted(url.options))}; it takes "
+            "prefix, expire, shards, ssl, ssl_ca_certs"
         )
     return RedisStorage(
         prefix,
