@@ -346,6 +346,19 @@ def test_copying_from_a_store_that_is_not_there_fails_and_makes_nothing(tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+def test_upgrading_a_store_that_is_not_there_makes_it_and_says_so(tmp_path: Path) -> None:
+    # A first deployment's upgrade makes the store; a mistyped path must not pass unseen.
+    url = f"sqlite:///{tmp_path / 'never.db'}"
+    proc = savegame("schema", "upgrade", "-s", url)
+    assert errors(proc).splitlines() == [
+        f"nothing of mode agent was stored at {url}: made it, empty, at the latest layout "
+        "(check the URL and --mode if a store was meant to be there)"
+    ]
+    assert (tmp_path / "never.db").exists()
+    proc = savegame("schema", "upgrade", "-s", url)
+    assert errors(proc).splitlines() == [f"agent store at {url} is up to date"]
+
+
 # Characters that str.splitlines() breaks a line at and JSON writes as they are...
 SEPARATORS = "\u2028 \u2029 \x85"
 # ... and those it escapes.

@@ -525,8 +525,16 @@ def schema_upgrade(
 ) -> None:
     """Bring a table or layout written by an older savegame up to date, keeping every row."""
     with _open(storage, mode) as store:
+        was_there = store.table_exists()
         store.upgrade_schema()
-    _note(f"{mode} store at {redact(storage)} is up to date")
+    if was_there:
+        _note(f"{mode} store at {redact(storage)} is up to date")
+    else:
+        # Made, as a deployment's first upgrade wants; said, as a mistyped path is likelier.
+        _note(
+            f"nothing of mode {mode} was stored at {redact(storage)}: made it, empty, at the "
+            "latest layout (check the URL and --mode if a store was meant to be there)"
+        )
 
 
 # -- presentation -----------------------------------------------------------------------------
