@@ -193,6 +193,7 @@ def _redis(name: str, cluster: bool, shards: int = 1) -> Callable[[Path, str], A
             original=original,
             lossy=lossy,
             lose_runs=lose_redis_runs,
+            lose_run=lose_redis_run,
         )
         try:
             yield store
@@ -242,6 +243,31 @@ def lose_sql_runs(storage: Storage, session_id: str) -> None:
         conn.execute(delete(runs).where(runs.c.session_id == session_id))
 
 
+def lose_sql_run(storage: Storage, session_id: str, position: int) -> None:
+    """Deletes one row of a session's runs, behind savegame's back."""
+    from sqlalchemy import delete
+
+    from savegame.storage.sql import SqlStorage
+
+    assert isinstance(storage, SqlStorage)
+    runs = storage.runs_table
+    with storage.db_engine.begin() as conn:
+        conn.execute(
+            delete(runs).where(runs.c.session_id == session_id, runs.c.position == position)
+        )
+
+
+def lose_redis_run(storage: Storage, session_id: str, position: int) -> None:
+    """Removes one run from a session's list, the runs after it moving up one place."""
+    from savegame.storage.redis import RedisStorage
+
+    assert isinstance(storage, RedisStorage)
+    key = f"{storage._tag(session_id)}r:{session_id}"
+    marker = "\x00lost"
+    storage._call(methodcaller("lset", key, position, marker))
+    storage._call(methodcaller("lrem", key, 1, marker))
+
+
 def lose_redis_runs(storage: Storage, session_id: str) -> None:
     """Deletes a session's list of runs, as a cache evicting keys would."""
     from savegame.storage.redis import RedisStorage
@@ -272,7 +298,15 @@ def _sqlite(in_memory: bool) -> Callable[[Path, str], Any]:
             write_original_table(engine or f"sqlite:///{path}", table, None, rows)
 
         name = "sqlite-memory" if in_memory else "sqlite-file"
-        store = Store(name, mode, opener, url=url, original=original, lose_runs=lose_sql_runs)
+        store = Store(
+            name,
+            mode,
+            opener,
+            url=url,
+            original=original,
+            lose_runs=lose_sql_runs,
+            lose_run=lose_sql_run,
+        )
         try:
             yield store
         finally:
@@ -379,6 +413,7 @@ def _postgres(tmp_path: Path, mode: str) -> Iterator[Store]:
         original=original,
         lossy=lossy,
         lose_runs=lose_sql_runs,
+        lose_run=lose_sql_run,
     )
     try:
         yield store
@@ -419,6 +454,7 @@ def _mysql(tmp_path: Path, mode: str) -> Iterator[Store]:
         original=original,
         lossy=lossy,
         lose_runs=lose_sql_runs,
+        lose_run=lose_sql_run,
     )
     try:
         yield store

@@ -740,7 +740,9 @@ class _Statements:
         self._updates: dict[tuple[frozenset[str], bool], _Raw] = {}
         self._listings: dict[tuple[tuple[str, ...], bool, bool], _Raw] = {}
         self.digests = compile_(
-            select(runs.c.digest).where(runs.c.session_id == sid).order_by(runs.c.position)
+            select(runs.c.position, runs.c.digest)
+            .where(runs.c.session_id == sid)
+            .order_by(runs.c.position)
         )
         self.upsert_run = compile_(dialect.upsert(runs, ("session_id", "position")), run_columns)
         self.cut_runs = compile_(
@@ -1995,9 +1997,29 @@ class SqlStorage(Storage):
             if known is not None and row[2] == known.token:
                 stored = known.digests
             else:
-                stored = "".join(d for (d,) in sql.digests.run(cursor, {"sid": session_id}))
+                stored = self._stored_digests(cursor, session_id)
         self._write_runs(cursor, session_id, draft.runs, stored)
         return record
+
+    def _stored_digests(self, cursor: Any, session_id: str) -> str | None:
+        """The digests of the session's runs in the table, concatenated, for a write that
+        holds the header's lock.
+
+        Digests line up with the runs they stand for only while the positions run from 0
+        without a gap and each digest has its width: where a row was removed, or a digest
+        changed, outside savegame, a run taken as stored could be missing and the write
+        would leave the session short. Then every run of the table is removed, and the write
+        sends all of its runs (None).
+        """
+        sql = self._statements()
+        rows = sql.digests.run(cursor, {"sid": session_id}).fetchall()
+        if all(
+            position == i and isinstance(digest, str) and len(digest) == _DIGEST_WIDTH
+            for i, (position, digest) in enumerate(rows)
+        ):
+            return "".join(digest for _, digest in rows)
+        sql.cut_runs.run(cursor, {"sid": session_id, "count": 0})
+        return None
 
     def _changed(self, values: dict[str, Any], listed: tuple[Any, ...]) -> frozenset[str]:
         """The indexed columns whose new ``values`` differ from the stored ``listed``."""

@@ -102,6 +102,10 @@ class Store:
             ``storage`` (one of this store's) keeps of a session's runs apart from its
             header, as a cache evicting keys or a partial restore would; None where the runs
             are kept with the rest of the session.
+        lose_run: ``lose_run(storage, session_id, position)`` removes, behind savegame's
+            back, the one run at ``position`` that ``storage`` keeps apart from the header,
+            the runs after it keeping theirs (a row deleted by hand); None where the runs
+            are kept with the rest of the session.
     """
 
     backend: str
@@ -111,6 +115,7 @@ class Store:
     original: Callable[[list[dict[str, Any]]], None] | None = None
     lossy: Callable[[], AbstractContextManager[LossyLink]] | None = None
     lose_runs: Callable[[Storage, str], None] | None = None
+    lose_run: Callable[[Storage, str, int], None] | None = None
     opened: list[Storage] = field(default_factory=list)
 
     def __call__(self, mode: str | None = None, **options: Any) -> Storage:
@@ -1318,6 +1323,37 @@ class BackendContract:
         assert reader.delete_session("lost") is True
         assert reader.read("lost") is None
         assert reader.get_all_session_ids(user_id="u") == ["kept"]
+
+    def test_a_save_over_a_run_lost_behind_savegames_back_is_whole_or_refused(
+        self, backend_store: Store
+    ) -> None:
+        # The runs after the lost one are stored, each where the next was: a save of the
+        # session as it was must not take them for its own and report a write that left
+        # the session short.
+        if backend_store.lose_run is None:
+            pytest.skip(f"{backend_store.backend} keeps the runs with the rest of a session")
+        runs = [{"run_id": "a"}, {"run_id": "b"}, {"run_id": "b"}]
+        session = _with_runs(backend_store, "hurt", runs, user_id="u")
+        backend_store().upsert(session)
+        backend_store().upsert(_with_runs(backend_store, "kept", runs, user_id="u"))
+        backend_store.lose_run(backend_store(), "hurt", 1)
+        with pytest.raises(CorruptSessionError, match="hurt"):
+            backend_store().read("hurt")
+        try:
+            backend_store().upsert(session)
+        except CorruptSessionError as exc:
+            refused: str | None = str(exc)
+        else:
+            refused = None
+        if refused is not None:
+            assert "hurt" in refused
+        else:
+            stored = backend_store().read("hurt")
+            assert stored is not None
+            assert _runs_of(backend_store, stored) == runs
+        kept = backend_store().read("kept")
+        assert kept is not None
+        assert _runs_of(backend_store, kept) == runs
 
     def test_large_and_deep_values(self, backend_store: Store) -> None:
         storage = backend_store()
