@@ -1183,3 +1183,50 @@ def test_a_write_whose_every_sending_goes_unanswered_is_of_unknown_outcome() -> 
     finally:
         with RedisStorage(prefix, url=server) as cleanup:
             cleanup.drop()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [
+        ("data", None, "without its data"),
+        ("version", "x", "numbers cannot be read"),
+        ("created_at", "yesterday", "numbers cannot be read"),
+        ("runs", None, "no list of runs"),
+        ("data", '{"session_id": "other"}', "of session 'other'"),
+        ("data", '{"session_id": "s", "user_id": 5}', "user_id must be"),
+    ],
+)
+def test_a_header_changed_outside_savegame_raises_naming_the_session(
+    server: str, raw: Any, prefix: str, field: str, value: str | None, said: str
+) -> None:
+    # Never a raw ValueError, a session that reads as absent or as another, nor one whose
+    # runs read as None while its list holds them.
+    RedisStorage(prefix, url=server).upsert(_session("s", _runs(2), user_id="u"))
+    RedisStorage(prefix, url=server).upsert(_session("fine", _runs(1), user_id="u"))
+    header = "{" + prefix + "}:h:s"
+    if value is None:
+        raw.hdel(header, field)
+    else:
+        raw.hset(header, field, value)
+    storage = RedisStorage(prefix, url=server)
+    for read in (lambda: storage.read("s"), lambda: storage.get_all_sessions(user_id="u")):
+        with pytest.raises(CorruptSessionError, match=f"'s'.*{re.escape(said)}"):
+            read()
+    assert storage.get_all_session_ids(user_id="u") == ["fine", "s"]
+    assert storage.delete_session("s") is True
+    assert storage.read("s") is None
+    assert storage.read("fine") is not None
+
+
+@pytest.mark.parametrize("field", ["token", "version"])
+def test_a_header_missing_its_token_or_version_is_updated(
+    server: str, raw: Any, prefix: str, field: str
+) -> None:
+    # Read as version 1 (a header written before tokens has none): update() writes on it
+    # rather than meeting a conflict on every attempt, or a write looping a thousand times.
+    RedisStorage(prefix, url=server).upsert(_session("s", _runs(2), user_id="u"))
+    raw.hdel("{" + prefix + "}:h:s", field)
+    storage = RedisStorage(prefix, url=server)
+    stored = storage.update("s", lambda s: _session("s", _runs(3), user_id="u"))
+    assert RedisStorage(prefix, url=server).read("s") == stored
+    assert RedisStorage(prefix, url=server).upsert(_session("s", _runs(1))).version == 3

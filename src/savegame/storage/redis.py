@@ -342,7 +342,8 @@ local out = {}
 for i = 1, #KEYS, 3 do
   local h = head(KEYS[i], KEYS[i + 2])
   local runs = false
-  if h[5] then
+  if h[5] or redis.call('EXISTS', KEYS[i + 1], KEYS[i + 2]) > 0 then
+    -- Without a run count, a list or digests are left by damage: a write removes them.
     local bad = damaged(KEYS[i], KEYS[i + 1], KEYS[i + 2])
     if bad then return bad end
     local first = ARGV[#out + 1] or 0
@@ -610,9 +611,10 @@ class RedisStorage(Storage):
         if isinstance(exc, errors.ResponseError) and str(exc).startswith("SAVEGAME-DAMAGED"):
             count, length, header = str(exc).split(" ", 3)[1:]
             session_id = header.partition("}:h:")[2]
+            should = "no list of runs" if count == "nil" else f"{count} runs"
             return CorruptSessionError(
                 f"session {session_id!r} under {self._keys} in {self._address} should have "
-                f"{count} runs, and its list has {length} or its digests another number: its "
+                f"{should}, and its list has {length} or its digests another number: its "
                 "keys were changed outside savegame (by a maxmemory-policy that evicts keys, "
                 "say); nothing was read or written"
             )
@@ -842,7 +844,7 @@ class RedisStorage(Storage):
                 kept = len(known.digests) // _WIDTH
                 keys = [f"{tag}{kind}:{session_id}" for kind in "hrd"]
                 row = self._script(_READ, keys, [kept])[0]
-                digests = _state_of(*row[2:]).digests
+                digests = self._state(session_id, *row[2:]).digests
                 if digests is not None and known.leads(digests):
                     return self._fetched(session_id, row, known)
         return self._read_many([session_id])[0]
@@ -870,9 +872,14 @@ class RedisStorage(Storage):
         """The record of what the read script sent, remembered as the session's state;
         ``remembered``: what the storage remembers of the runs the script did not send."""
         data, runs, *state = row
-        seen = _state_of(*state)
+        seen = self._state(session_id, *state)
         if data is None:
             self._known.put(session_id, None)
+            if any(value is not None for value in state):
+                raise CorruptSessionError(
+                    f"session {session_id!r} under {self._keys} in {self._address} has a "
+                    "header without its data: its keys were changed outside savegame"
+                )
             return None
         record, items = self._decoded(session_id, data, runs)
         if items is not None and not _holds_runs(record, self.spec.runs_path):
@@ -907,12 +914,31 @@ class RedisStorage(Storage):
             set_path(record, self.spec.runs_path, items)
         return record
 
+    def _state(self, session_id: str, *fields: Any) -> Known:
+        """:func:`_state_of` the header's fields, naming the session when they are not numbers.
+
+        Raises:
+            CorruptSessionError: for a version, time or run count that is not a number.
+        """
+        try:
+            return _state_of(*fields)
+        except (ValueError, OverflowError) as exc:
+            raise CorruptSessionError(
+                f"session {session_id!r} under {self._keys} in {self._address} has a header "
+                f"whose numbers cannot be read ({exc}): its keys were changed outside savegame"
+            ) from exc
+
     def _decoded(self, session_id: str, data: Any, runs: Any) -> tuple[Record, Any]:
         """The header's record (null in place of its runs) and the runs (None: not apart)."""
         try:
             record = loads(data)
             if not isinstance(record, dict):
                 raise ValueError("the header's data is not a JSON object")
+            if record.get("session_id") != session_id:
+                raise ValueError(f"the header's data is of session {record.get('session_id')!r}")
+            for field in ("user_id", self.spec.entity_field):
+                if not isinstance(record.get(field), (str, type(None))):
+                    raise ValueError(f"{field} must be a string or null, not {record[field]!r}")
             return record, None if runs is None else loads(runs)
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptSessionError(
@@ -966,7 +992,7 @@ class RedisStorage(Storage):
                 time.sleep(secrets.randbelow(1000) / 1e6)
             elif seen is ABSENT:
                 self._guess_new = False
-            seen, trusted = _state_of(*result[:5]), True
+            seen, trusted = self._state(sid, *result[:5]), True
         # Every attempt lost the race to other writers; nothing was written.
         if expected_version is not None:
             actual = 0 if seen.header is None else seen.header.version
@@ -1007,7 +1033,7 @@ class RedisStorage(Storage):
     def _header(self, session_id: str) -> Known:
         tag = self._tag(session_id)
         keys = [f"{tag}h:{session_id}", f"{tag}d:{session_id}"]
-        return _state_of(*self._script(_HEADER, keys, []))
+        return self._state(session_id, *self._script(_HEADER, keys, []))
 
     def _plan(
         self, draft: Draft, record: Record, seen: Known
@@ -1096,11 +1122,20 @@ class RedisStorage(Storage):
 
 
 def _state_of(token: Any, version: Any, created: Any, expires: Any, digests: Any) -> Known:
-    """What a write needs of a stored session, from the header's fields the scripts return."""
-    if token is None or version is None:
+    """What a write needs of a stored session, from the header's fields the scripts return.
+
+    A header that lacks its token (written before tokens) is written on with the empty
+    one, which the write script takes for it; one that lacks its version is at version 1,
+    as a read of it says.
+
+    Raises:
+        ValueError: for a version or time that is not a number.
+    """
+    if token is None and version is None:
         return ABSENT
-    header = Header(int(version), _int(created), _int(expires))
-    return Known(_text(token), header, None if digests is None else _text(digests), None)
+    header = Header(1 if version is None else int(version), _int(created), _int(expires))
+    token = "" if token is None else _text(token)
+    return Known(token, header, None if digests is None else _text(digests), None)
 
 
 ABSENT = Known("", None, None, None)
