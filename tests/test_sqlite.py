@@ -375,7 +375,7 @@ def test_damaged_json_raises_instead_of_reading_wrong(
     tmp_path: Path, column: str, table: str, text: str
 ) -> None:
     _stored_then_set(tmp_path / "s.db", table, column, text)
-    with pytest.raises(CorruptSessionError, match="cannot be read"):
+    with pytest.raises(CorruptSessionError, match=r"session 's'.* cannot be read"):
         SqliteStorage("t", db_file=tmp_path / "s.db").read("s")
 
 

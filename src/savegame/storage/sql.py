@@ -1635,13 +1635,14 @@ class SqlStorage(Storage):
             ) from exc
         return record
 
-    def _loaded_runs(self, texts: Iterable[Any]) -> list[Any]:
+    def _loaded_runs(self, session_id: str, texts: Iterable[Any]) -> list[Any]:
         loads = self.dialect.loads
         try:
             return [None if text is None else loads(text) for text in texts]
         except ValueError as exc:
             raise CorruptSessionError(
-                f"a run in table {self.runs_table.name!r} holds JSON that cannot be read: {exc}"
+                f"a run of session {session_id!r} in table {self.runs_table.name!r} holds "
+                f"JSON that cannot be read: {exc}"
             ) from exc
 
     def _header_select(self, layout: _Layout) -> Any:
@@ -1683,7 +1684,9 @@ class SqlStorage(Storage):
         pickled = None
         if count is not None:
             texts, digests = found if found is not None else ([], "")
-            runs, pickled = joined if joined is not None else (self._loaded_runs(texts), None)
+            runs, pickled = (
+                joined if joined is not None else (self._loaded_runs(session_id, texts), None)
+            )
             if len(runs) != count:
                 raise CorruptSessionError(
                     f"session {session_id!r} should have {count} runs in table "
@@ -1764,7 +1767,7 @@ class SqlStorage(Storage):
             if not known.leads(digests):
                 # A run the reader remembers was changed since: all of them are fetched.
                 return self._read_one(session_id, "", None)
-            joined = known.joined(self._loaded_runs(texts[kept:]), len(texts))
+            joined = known.joined(self._loaded_runs(session_id, texts[kept:]), len(texts))
             return self._unpacked(session_id, row, found, joined)
         return self._unpacked(session_id, row, found)
 
