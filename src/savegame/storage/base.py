@@ -52,6 +52,7 @@ from savegame.storage.session import (
     beside_runs,
     fold_messages,
     mode_spec,
+    modes_of,
     split_runs,
     unfold_messages,
     with_runs,
@@ -325,6 +326,9 @@ class Storage(ABC):
                 mode's class; nothing is written.
             InvalidIdentifierError: for an id savegame cannot store.
             ConflictError: see ``expected_version``.
+            CorruptSessionError: when the store keeps sessions of another mode (a table,
+                or a folder, written in another mode), or the stored session of this id is
+                of another mode; nothing is written.
             BackendUnavailableError: when the store cannot be reached or stays locked.
             TypeError: for an ``expected_version`` that is not None or a whole number of 0
                 or more (a bool, a float, a string), which no stored version could equal.
@@ -440,7 +444,12 @@ class Storage(ABC):
         return self._list_sessions(user_id, entity_id, limit, _now())
 
     def delete_session(self, session_id: str | None = None) -> bool:
-        """Removes exactly that session; returns whether there was one."""
+        """Removes exactly that session; returns whether there was one.
+
+        Raises:
+            CorruptSessionError: when the store, or that session, is of another mode; nothing
+                is removed.
+        """
         if session_id is None:
             return False
         return self._delete(check_id(session_id))
@@ -598,6 +607,30 @@ class Storage(ABC):
             f"{self._spec.session_class.__name__} has no field for; it looks like {likely}. "
             f"Read in mode {self.mode!r} and saved again, it would lose them"
         )
+
+    def _other_mode(self, record: Record) -> str | None:
+        """The mode of ``record`` when it is a session of another mode only
+        (:func:`~savegame.storage.session.modes_of`); None when it can be one of this mode,
+        or is of none."""
+        modes = modes_of(record)
+        if not modes or self.mode in modes:
+            return None
+        return next(mode for mode in MODES if mode in modes)
+
+    def _refuse_other_mode(self, record: Record, doing: str) -> None:
+        """Refuses to ``doing`` (a verb: "read", "replace") ``record`` when it is a session
+        of another mode (:func:`~savegame.storage.session.modes_of`), in a store that keeps
+        each session's fields with it (the files, the in-memory dict).
+
+        Raises:
+            CorruptSessionError: naming the record's mode and the mode to open the store with.
+        """
+        other = self._other_mode(record)
+        if other is not None:
+            raise CorruptSessionError(
+                f"session {record.get('session_id')!r} is a {other} session, which a storage "
+                f"of mode {self.mode!r} cannot {doing}: open the store with mode={other!r}"
+            )
 
     def _filters(self, user_id: str | None, entity_id: str | None) -> tuple[str | None, str | None]:
         if user_id is not None:

@@ -202,6 +202,26 @@ def mode_spec(mode: str | None) -> ModeSpec:
     return spec
 
 
+def modes_of(record: dict[str, Any]) -> frozenset[str]:
+    """The modes whose session ``record`` (a stored session's dict) is: those with a field
+    for each of its values, and among them those with a field for the most of its names.
+
+    Every session is stored with all the fields of its class, None ones included (as the
+    original stored them too), so its names tell its mode even when its values are None: a
+    team session has ``team_id`` and ``team_data``, which an agent session lacks. A record
+    with fewer names (written by hand, say) can be of several modes; one holding a value
+    under a name no mode has is of none. ``expires_at``, kept beside a session by the
+    storages, is no field of it.
+    """
+    names = record.keys() - {"expires_at"}
+    held = {name for name in names if record[name] is not None}
+    lacking = {
+        mode: len(names - spec.fields) for mode, spec in MODES.items() if held <= spec.fields
+    }
+    fewest = min(lacking.values(), default=0)
+    return frozenset(mode for mode, count in lacking.items() if count == fewest)
+
+
 __all__ = [
     "MESSAGES_OF_RUNS",
     "MODES",
@@ -218,6 +238,7 @@ __all__ = [
     "get_path",
     "messages_of",
     "mode_spec",
+    "modes_of",
     "set_path",
     "split_runs",
     "unfold_messages",
