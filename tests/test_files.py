@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from savegame.errors import BackendUnavailableError, ConflictError, CorruptSessi
 from savegame.storage.files import FileFormat, FileStorage, file_name
 from savegame.storage.json import JsonStorage
 from savegame.storage.session.agent import AgentSession
+from savegame.storage.session.team import TeamSession
 from savegame.storage.yaml import YamlStorage
 from savegame.testing.contract import ODD_IDS
 
@@ -552,3 +554,177 @@ def test_the_first_write_in_a_folder_of_the_original_keeps_its_sessions_listed(
         (tmp_path / f"old{i}.json").write_text(json.dumps(session))
     JsonStorage(tmp_path).upsert(AgentSession(session_id="new", user_id="u", created_at=9))
     assert JsonStorage(tmp_path).get_all_session_ids() == ["new", "old1", "old0"]
+
+
+def _refuses_mode(error: CorruptSessionError, kept: str, refused: str) -> bool:
+    message = str(error)
+    return f"mode={kept!r}" in message and f"mode={refused!r}" in message
+
+
+@pytest.mark.parametrize("cls", FORMATS)
+def test_a_folder_keeps_the_mode_of_its_first_write(tmp_path: Path, cls: type[FileStorage]) -> None:
+    # The README's agent and team examples run against one folder: the team's first write
+    # is refused, naming both modes, and the agent's listings go on working.
+    agent, team = cls(tmp_path, mode="agent"), cls(tmp_path, mode="team")
+    stored = agent.upsert(AgentSession(session_id="a1", user_id="u"))
+    with pytest.raises(CorruptSessionError) as refused:
+        team.upsert(TeamSession(session_id="t1", user_id="u"))
+    assert _refuses_mode(refused.value, "agent", "team")
+    with pytest.raises(CorruptSessionError):
+        team.upsert(TeamSession(session_id="a1"))
+    assert not (tmp_path / f"t1{cls.format.extension}").exists()
+    assert (tmp_path / ".savegame" / f"mode-{cls.format.name}").read_text() == "agent\n"
+    for listed in (agent, cls(tmp_path)):
+        assert listed.get_all_session_ids() == ["a1"]
+        assert listed.get_all_sessions(user_id="u") == [stored]
+    # The team storage lists none of the agent's sessions, and reads, deletes or drops none.
+    assert team.get_all_session_ids() == team.get_all_sessions() == []
+    with pytest.raises(CorruptSessionError, match="mode='agent'"):
+        team.read("a1")
+    with pytest.raises(CorruptSessionError, match="mode='agent'"):
+        team.delete_session("a1")
+    assert team.delete_user("u") == 0
+    team.drop()
+    assert agent.get_all_sessions() == [stored]
+    assert agent.upsert(stored).version == 2
+
+
+def test_formats_keep_a_mode_each_in_one_folder(tmp_path: Path) -> None:
+    JsonStorage(tmp_path, mode="agent").upsert(AgentSession(session_id="a"))
+    YamlStorage(tmp_path, mode="team").upsert(TeamSession(session_id="t"))
+    assert JsonStorage(tmp_path, mode="agent").get_all_session_ids() == ["a"]
+    assert YamlStorage(tmp_path, mode="team").get_all_session_ids() == ["t"]
+
+
+def test_a_dropped_folder_takes_another_mode(tmp_path: Path) -> None:
+    agent = JsonStorage(tmp_path, mode="agent")
+    agent.upsert(AgentSession(session_id="a"))
+    agent.drop()
+    team = JsonStorage(tmp_path, mode="team")
+    team.upsert(TeamSession(session_id="t"))
+    assert team.get_all_session_ids() == ["t"]
+    with pytest.raises(CorruptSessionError, match="mode='team'"):
+        agent.upsert(AgentSession(session_id="a"))
+
+
+def _original(folder: Path, session_id: str, **fields: Any) -> None:
+    record = {"session_id": session_id, "user_id": "u", "created_at": 1, **fields}
+    (folder / f"{session_id}.json").write_text(json.dumps(record), encoding="utf-8")
+
+
+def test_a_folder_of_the_original_keeps_the_mode_of_its_files(tmp_path: Path) -> None:
+    # No marker, no index: the mode is inferred from the files, once.
+    _original(tmp_path, "old", agent_id="bot", agent_data={}, team_session_id=None)
+    with pytest.raises(CorruptSessionError) as refused:
+        JsonStorage(tmp_path, mode="team").upsert(TeamSession(session_id="t"))
+    assert _refuses_mode(refused.value, "agent", "team")
+    JsonStorage(tmp_path).upsert(AgentSession(session_id="new", user_id="u", created_at=2))
+    assert JsonStorage(tmp_path).get_all_session_ids() == ["new", "old"]
+
+
+def test_files_that_fit_several_modes_leave_the_folder_to_the_first_writer(
+    tmp_path: Path,
+) -> None:
+    _original(tmp_path, "plain", memory={})  # fields every mode but workflow_v2 has
+    team = JsonStorage(tmp_path, mode="team")
+    team.upsert(TeamSession(session_id="t", user_id="u", created_at=2))
+    assert team.get_all_session_ids() == ["t", "plain"]
+    with pytest.raises(CorruptSessionError, match="mode='team'"):
+        JsonStorage(tmp_path).upsert(AgentSession(session_id="a"))
+
+
+def test_a_folder_an_earlier_savegame_mixed_lists_each_mode_apart(tmp_path: Path) -> None:
+    # An earlier savegame let the agent and the team examples write into one folder, and
+    # its index listed both (the rows of a team session in an agent's index): every
+    # listing of either mode failed. Each mode now lists its own; the first to write keeps
+    # the folder, and the other mode's sessions stay readable, to be copied elsewhere.
+    agent, team = JsonStorage(tmp_path), JsonStorage(tmp_path / "other", mode="team")
+    agent.upsert(AgentSession(session_id="a1", user_id="u", agent_id="bot", created_at=1))
+    team.upsert(TeamSession(session_id="t1", user_id="u", team_id="squad", created_at=2))
+    os.replace(tmp_path / "other" / "t1.json", tmp_path / "t1.json")
+    (tmp_path / ".savegame" / "mode-json").unlink()
+    index = sqlite3.connect(agent._index_path, isolation_level=None)
+    index.execute("PRAGMA user_version = 0")
+    row = ("t1", "t1.json", "u", "squad", 2, None, 1, 0, 0)
+    index.execute("INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+    mtime = str(os.stat(tmp_path).st_mtime_ns)
+    index.execute("DELETE FROM meta")
+    index.executemany(
+        "INSERT INTO meta VALUES (?, ?)", [("folder_mtime_ns", mtime), ("entity_field", "agent_id")]
+    )
+    index.close()
+    agent.close()
+    for _ in range(2):
+        agent, team = JsonStorage(tmp_path), JsonStorage(tmp_path, mode="team")
+        assert agent.get_all_session_ids(user_id="u") == ["a1"]
+        assert [s.session_id for s in agent.get_all_sessions(user_id="u")] == ["a1"]
+        assert [s.session_id for s in team.get_all_sessions(user_id="u")] == ["t1"]
+        assert team.get_all_session_ids(entity_id="squad") == ["t1"]
+        agent.upsert(AgentSession(session_id="a2", user_id="x", created_at=0))
+    with pytest.raises(CorruptSessionError, match="mode='agent'"):
+        team.upsert(TeamSession(session_id="t2"))
+    assert team.read("t1") is not None
+    agent.drop()
+    assert agent.get_all_session_ids() == []
+    assert team.get_all_session_ids() == ["t1"]
+    with pytest.raises(CorruptSessionError, match="mode='agent'"):
+        team.upsert(TeamSession(session_id="t2"))  # the folder is still the agent's
+
+
+_FIRST_WRITE = """
+import sys, time
+from savegame.errors import CorruptSessionError
+from savegame.storage.json import JsonStorage
+from savegame.storage.session import MODES
+folder, mode, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+storage = JsonStorage(folder, mode=mode)
+session = MODES[mode].session_class(session_id=mode)
+time.sleep(max(0.0, start - time.time()))
+try:
+    storage.upsert(session)
+except CorruptSessionError:
+    print("refused")
+else:
+    print("written")
+"""
+
+
+def test_processes_of_two_modes_writing_first_into_one_folder_never_both_write(
+    tmp_path: Path,
+) -> None:
+    for attempt in range(4):
+        folder = tmp_path / f"f{attempt}"
+        start = f"{time.time() + 1.5:.3f}"
+        runs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _FIRST_WRITE, str(folder), mode, start],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for mode in ("agent", "team")
+        ]
+        said = [run.communicate(timeout=60) for run in runs]
+        assert sorted(out.strip() for out, _ in said) == ["refused", "written"], said
+        kept = (folder / ".savegame" / "mode-json").read_text().strip()
+        assert [p.stem for p in folder.glob("*.json")] == [kept]
+
+
+def test_only_the_first_write_into_a_folder_pays_for_its_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fsyncs: list[int] = []
+    real = os.fsync
+
+    def counting(fd: int) -> None:
+        fsyncs.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", counting)
+    storage = JsonStorage(tmp_path)
+    storage.upsert(AgentSession(session_id="first"))
+    assert len(fsyncs) == 3  # the marker, the session's file, the folder
+    for i in range(3):
+        fsyncs.clear()
+        storage.upsert(AgentSession(session_id=f"s{i}"))
+        assert len(fsyncs) == 2  # the session's file, the folder: as before the marker

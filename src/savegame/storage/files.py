@@ -25,6 +25,15 @@ written, and when it cannot, make sure the folder's modification time shows the 
 that every process rebuilds the index (or lists from such a copy) before it lists again.
 The first listing or write that can write the index brings it up to date.
 
+One mode. A folder keeps the sessions of one mode per format: the first write records its
+mode in ``.savegame/mode-json`` (or ``mode-yaml``), and a storage of another mode may not
+write there (:class:`~savegame.errors.CorruptSessionError`, naming both modes). A folder
+without that marker (written by the original, or by an earlier savegame) is taken by the
+first writer whose mode its files fit. Listings leave out files of another mode's sessions,
+as they leave out damaged files, so that sessions of two modes an earlier savegame let into
+one folder break no listing: each mode lists its own. ``read`` and ``delete_session`` of
+another mode's session raise, and ``drop`` leaves such files.
+
 Guarantees. A write takes the folder's lock (threads and processes), writes a temporary file,
 fsyncs it, renames it over the session's file and fsyncs the folder, so a reader sees either
 the old or the new file, never a half-written one, and a returned write survives a crash.
@@ -65,7 +74,7 @@ from savegame.storage.base import (
     whole_number_problem,
     whole_seconds,
 )
-from savegame.storage.session import Mode
+from savegame.storage.session import MODES, Mode, modes_of
 from savegame.storage.wal import use_wal
 
 _PLAIN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
@@ -121,6 +130,29 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 _SET_ROW = "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
+_INDEX_VERSION = 1
+"""The index's ``PRAGMA user_version``: 0 for an index of an earlier savegame, whose rows may
+be of sessions of several modes and whose meta does not say which."""
+
+
+def _forget_earlier_rows(conn: sqlite3.Connection) -> None:
+    """Empties an index an earlier savegame made, once: it let sessions of several modes into
+    one folder and listed them all, so its rows cannot be trusted to be one mode's. The next
+    listing reads every file again."""
+    if conn.execute("PRAGMA user_version").fetchone()[0] >= _INDEX_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if conn.execute("PRAGMA user_version").fetchone()[0] < _INDEX_VERSION:
+            for table in ("sessions", "pending", "meta"):
+                conn.execute(f"DELETE FROM {table}")
+            conn.execute(f"PRAGMA user_version = {_INDEX_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
 
 def file_name(session_id: str, extension: str) -> str:
     """The name of the file that holds ``session_id`` (see the module docstring)."""
@@ -155,6 +187,7 @@ class FileStorage(Storage):
         self.dir_path = Path(dir_path)
         self._meta = self.dir_path / _META_DIR
         self._index_path = self._meta / f"index-{self.format.name}.sqlite3"
+        self._mode_path = self._meta / f"mode-{self.format.name}"
         # filelock polls; a short interval keeps writers from idling while the lock is free.
         self._file_lock = FileLock(
             self._meta / "lock", timeout=lock_timeout, thread_local=False, poll_interval=0.002
@@ -220,6 +253,7 @@ class FileStorage(Storage):
                     # it need not survive a power loss on its own.
                     conn.execute("PRAGMA synchronous=NORMAL")
                     conn.executescript(_INDEX_SCHEMA)
+                    _forget_earlier_rows(conn)
                 except sqlite3.Error:
                     conn.close()
                     raise
@@ -337,6 +371,82 @@ class FileStorage(Storage):
                 if name.endswith(ext) and not name.startswith(".") and entry.is_file():
                     yield entry
 
+    # -- the folder's mode ----------------------------------------------------------------
+
+    def _folder_mode(self) -> str | None:
+        """The mode recorded for this format's sessions in the folder; None when none is.
+
+        A marker that is not a mode's name (cut short by a crash before its rename was on
+        disk, or edited by hand) counts as none: the next write infers the mode again from
+        the files and writes the marker anew.
+        """
+        try:
+            text = self._mode_path.read_bytes().decode("ascii", "replace").strip()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise BackendUnavailableError(f"cannot read {self._mode_path}: {exc}") from exc
+        return text if text in MODES else None
+
+    def _claim(self) -> None:
+        """Makes sure the folder keeps this mode's sessions before a write; must hold the lock.
+
+        The first write records the mode in a marker beside the index. A folder without one
+        (written by the original, by an earlier savegame, or not at all) is this mode's
+        unless its files are another mode's only: the mode is inferred from them once. The
+        check of every later write reads the small marker; it costs no fsync. Writers hold
+        the folder's lock, so of two processes of different modes writing first into one
+        folder, the second finds the first one's marker.
+
+        Raises:
+            CorruptSessionError: when the folder keeps another mode's sessions; nothing is
+                written.
+        """
+        recorded = self._folder_mode()
+        if recorded == self.mode:
+            return
+        if recorded is None:
+            recorded = self._mode_of_files()
+            if recorded is None:
+                temp = self._temp_file(self._mode_path, f"{self.mode}\n".encode("ascii"))
+                try:
+                    os.replace(temp, self._mode_path)
+                except OSError as exc:
+                    temp.unlink(missing_ok=True)
+                    raise BackendUnavailableError(f"cannot write {self._mode_path}: {exc}") from exc
+                # No fsync of the folder it is in: a marker lost in a crash is inferred
+                # again from the files, which the write that follows puts on disk.
+                return
+        raise CorruptSessionError(
+            f"the folder {self.dir_path} keeps {recorded} sessions (its {self.format.name} "
+            f"files were written in mode={recorded!r}), and a storage of mode={self.mode!r} "
+            f"may not write there: open it with mode={recorded!r}, or keep {self.mode} "
+            "sessions in another folder"
+        )
+
+    def _mode_of_files(self) -> str | None:
+        """Another mode whose sessions the folder's files are, and none of this mode's;
+        None when the folder may be this mode's (must hold the lock).
+
+        A folder that holds sessions of this mode is this mode's, even when an earlier
+        savegame let another mode's sessions in beside them: those stay readable and listed
+        by a storage of their mode, so that they can be copied elsewhere. Files that are no
+        session (damaged, foreign), or can be one of several modes, this one included, tell
+        nothing.
+        """
+        found: str | None = None
+        for entry in self._session_files():
+            try:
+                record = self._load(Path(entry.path), None)
+            except CorruptSessionError:
+                continue
+            if record is None:
+                continue
+            if modes_of(record) == {self.mode}:
+                return None
+            found = found or self._other_mode(record)
+        return found
+
     # -- the index ------------------------------------------------------------------------
 
     def _row(self, record: Record, path: Path) -> tuple[Any, ...]:
@@ -361,14 +471,33 @@ class FileStorage(Storage):
         mtime = str(os.stat(self.dir_path).st_mtime_ns)
         conn.executemany(
             "INSERT OR REPLACE INTO meta VALUES (?, ?)",
-            [("folder_mtime_ns", mtime), ("entity_field", self.spec.entity_field)],
+            # entity_field: what an earlier savegame sharing the folder checks.
+            [
+                ("folder_mtime_ns", mtime),
+                ("mode", self.mode),
+                ("entity_field", self.spec.entity_field),
+            ],
         )
+
+    def _note_mode(self, conn: sqlite3.Connection) -> None:
+        """Records in the index that it holds a row of this mode's, added without recording
+        the folder's state (see :meth:`_index_write`).
+
+        The index's ``mode`` says whose sessions its rows are: a listing of that mode reads
+        again only the files that changed, one of any other mode reads every file. An index
+        with no mode yet takes this one; an index of another mode's rows (a storage of that
+        mode listed last) now holds rows of two modes, and is marked so (``""``).
+        """
+        row = conn.execute("SELECT value FROM meta WHERE key = 'mode'").fetchone()
+        if row is None or row[0] != self.mode:
+            mode = self.mode if row is None else ""
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('mode', ?)", (mode,))
 
     def _recorded(self, conn: sqlite3.Connection, mtime_ns: int | None) -> bool:
         """Whether the index was made for this mode and recorded the folder at ``mtime_ns``
         (None: at any time)."""
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        if meta.get("entity_field") != self.spec.entity_field:
+        if meta.get("mode") != self.mode:
             return False
         return mtime_ns is None or meta.get("folder_mtime_ns") == str(mtime_ns)
 
@@ -449,6 +578,7 @@ class FileStorage(Storage):
         statements: list[tuple[str, tuple[Any, ...]]],
         stamp: bool = True,
         before: int | None = None,
+        adds: bool = False,
     ) -> bool:
         """Runs ``statements`` on the index in one transaction, recording the folder's state
         too when ``stamp``; False, having changed nothing, when the index cannot be written
@@ -458,7 +588,9 @@ class FileStorage(Storage):
         recorded only when the index recorded that one. Otherwise the folder changed in a way
         the index does not know (a removal it could not record on a full disk, another
         program's edit), and recording the time now would hide that change from every
-        process; the index stays stale, and the next listing brings it up to date.
+        process; the index stays stale, and the next listing brings it up to date. ``adds``:
+        ``statements`` add a row of this storage's mode, which the index then records
+        (:meth:`_note_mode`).
         """
         if conn is None:
             return False
@@ -466,12 +598,11 @@ class FileStorage(Storage):
             conn.execute("BEGIN")
             for sql, args in statements:
                 conn.execute(sql, args)
-            if (
-                stamp
-                and self.dir_path.is_dir()
-                and (before is None or self._recorded(conn, before))
-            ):
-                self._stamp_folder(conn)
+            if stamp and self.dir_path.is_dir():
+                if before is None or self._recorded(conn, before):
+                    self._stamp_folder(conn)
+                elif adds:
+                    self._note_mode(conn)
             conn.execute("COMMIT")
         except sqlite3.Error:
             if conn.in_transaction:
@@ -493,10 +624,16 @@ class FileStorage(Storage):
         """Makes the index agree with the files; must hold the lock.
 
         Files whose size and modification time match their index row are not opened again
-        (unless ``full``). Files that cannot be parsed are left out of the index, so one
-        damaged file never breaks a listing; ``read`` of it raises CorruptSessionError.
-        Temporary files can only be left by a writer that died, since writers hold the lock.
+        (unless ``full``, or the index was made for another mode). Files that cannot be
+        parsed, and sessions of another mode (:func:`~savegame.storage.session.modes_of`),
+        are left out of the index, so one damaged file, or a session of another mode that an
+        earlier savegame let into the folder, never breaks a listing; ``read`` of it raises
+        CorruptSessionError. Temporary files can only be left by a writer that died, since
+        writers hold the lock.
         """
+        if not self._recorded(conn, None):
+            full = True  # its rows are of another mode's sessions, or of several modes'
+
         if not self.dir_path.is_dir():
             conn.execute("DELETE FROM sessions")
             conn.execute("DELETE FROM pending")
@@ -526,8 +663,10 @@ class FileStorage(Storage):
                 record = self._load(Path(entry.path), None)
             except CorruptSessionError:
                 continue
-            if record is None or entry.name != file_name(
-                record["session_id"], self.format.extension
+            if (
+                record is None
+                or entry.name != file_name(record["session_id"], self.format.extension)
+                or self.mode not in modes_of(record)
             ):
                 continue
             seen.add(entry.name)
@@ -551,7 +690,10 @@ class FileStorage(Storage):
     # -- primitives -----------------------------------------------------------------------
 
     def _read(self, session_id: str) -> Record | None:
-        return self._load(self._path(session_id), session_id)
+        record = self._load(self._path(session_id), session_id)
+        if record is not None:
+            self._refuse_other_mode(record, "read")
+        return record
 
     def _header(self, conn: sqlite3.Connection, path: Path, session_id: str) -> Header | None:
         """The stored header, from the index when it matches the file, else from the file.
@@ -583,6 +725,7 @@ class FileStorage(Storage):
         session_id = draft.session_id
         path = self._path(session_id)
         with self._locked() as conn:
+            self._claim()
             header = self._header(conn, path, session_id)
             record = self._stamp(draft.record, header, expected_version, now, preserve)
             before = os.stat(self.dir_path).st_mtime_ns
@@ -608,6 +751,7 @@ class FileStorage(Storage):
                     ("DELETE FROM pending WHERE session_id = ?", (session_id,)),
                 ],
                 before=before,
+                adds=True,
             )
         return record
 
@@ -616,6 +760,12 @@ class FileStorage(Storage):
             return False  # nothing to remove: the folder is not made for it
         path = self._path(session_id)
         with self._folder_locked(), self._index_errors():
+            try:
+                record = self._load(path, session_id)
+            except CorruptSessionError:
+                record = None  # a damaged file is removed like any other
+            if record is not None:
+                self._refuse_other_mode(record, "delete")
             conn = self._open_index()
             mark = [("INSERT OR REPLACE INTO pending VALUES (?)", (session_id,))]
             # An index that cannot be written (a full disk) does not keep the file: removing
@@ -686,19 +836,37 @@ class FileStorage(Storage):
         return purged
 
     def drop(self) -> None:
-        """Removes this format's session files and its index; other files stay."""
+        """Removes this format's session files and its index; other files stay, and so do
+        the files of sessions of another mode (a storage of the wrong mode drops none of
+        them). The folder's mode is forgotten with its last session file."""
         if not self.dir_path.is_dir():
             return
         with self._folder_locked(), self._index_errors():
             conn = self._open_index()
             before = os.stat(self.dir_path).st_mtime_ns
-            removed = list(self._session_files())
+            removed: list[os.DirEntry[str]] = []
+            kept = 0
+            for entry in self._session_files():
+                if self._of_another_mode_file(Path(entry.path)):
+                    kept += 1
+                else:
+                    removed.append(entry)
             for entry in removed:
                 Path(entry.path).unlink(missing_ok=True)
+            if not kept:
+                self._mode_path.unlink(missing_ok=True)
             self._sync_dir()
             emptied = [("DELETE FROM sessions", ()), ("DELETE FROM pending", ())]
             if not self._index_write(conn, emptied) and removed:
                 self._show_change(before)
+
+    def _of_another_mode_file(self, path: Path) -> bool:
+        """Whether ``path`` holds a session of another mode (not a damaged file)."""
+        try:
+            record = self._load(path, None)
+        except CorruptSessionError:
+            return False
+        return record is not None and self._other_mode(record) is not None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.dir_path)!r}, mode={self.mode!r})"
