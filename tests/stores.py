@@ -194,6 +194,10 @@ def _redis(name: str, cluster: bool, shards: int = 1) -> Callable[[Path, str], A
             lossy=lossy,
             lose_runs=lose_redis_runs,
             lose_run=lose_redis_run,
+            mixed_modes=(
+                "a Redis prefix takes sessions of any mode, lists them all, and lets a "
+                "storage of another mode replace one; it does not keep one mode yet"
+            ),
         )
         try:
             yield store
