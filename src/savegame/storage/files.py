@@ -844,10 +844,21 @@ class FileStorage(Storage):
         with self._folder_locked(), self._index_errors():
             conn = self._open_index()
             before = os.stat(self.dir_path).st_mtime_ns
+            # Files the index holds, fresh and of this mode, are this mode's sessions; only
+            # the others are read to find those of another mode.
+            ours: set[str] = set()
+            if conn is not None and self._recorded(conn, before):
+                ours = {
+                    file
+                    for (file,) in conn.execute(
+                        "SELECT file FROM sessions"
+                        " WHERE session_id NOT IN (SELECT session_id FROM pending)"
+                    )
+                }
             removed: list[os.DirEntry[str]] = []
             kept = 0
             for entry in self._session_files():
-                if self._of_another_mode_file(Path(entry.path)):
+                if entry.name not in ours and self._of_another_mode_file(Path(entry.path)):
                     kept += 1
                 else:
                     removed.append(entry)
