@@ -359,6 +359,37 @@ def test_upgrading_a_store_that_is_not_there_makes_it_and_says_so(tmp_path: Path
     assert errors(proc).splitlines() == [f"agent store at {url} is up to date"]
 
 
+def test_a_backup_of_a_folder_names_the_damaged_files_it_left_out_and_fails(
+    tmp_path: Path,
+) -> None:
+    # Listings leave a damaged file out so that it breaks none of them; an export or a
+    # copy that left it out without a word would be a backup missing a session.
+    folder = tmp_path / "f"
+    url = f"json:///{folder}"
+    with open_storage(url) as storage:
+        for sid in ("s1", "s2"):
+            storage.upsert(AgentSession(session_id=sid, user_id="u"))
+    (folder / "bad.json").write_text("{cut sho", encoding="utf-8")
+    said = [
+        f"left out: {folder / 'bad.json'} is not a readable json file",
+        f"error: 1 file(s) at {url} could not be read and were left out; fix or delete "
+        "them, then run again",
+    ]
+    proc = savegame("export", "-s", url, code=1)
+    assert len(proc.stdout.decode().splitlines()) == 2
+    assert errors(proc).splitlines() == ["exported 2 sessions", *said]
+    copied = f"sqlite:///{tmp_path / 'copy.db'}"
+    proc = savegame("copy", url, copied, code=1)
+    assert errors(proc).splitlines() == ["copied 2, already there 0, of 2 sessions", *said]
+    with open_storage(copied) as storage:
+        assert sorted(storage.get_all_session_ids()) == ["s1", "s2"]
+    note = "note: 1 file(s) could not be read and are left out; savegame export names them"
+    for command in (["sessions", "list"], ["stats"]):
+        assert errors(savegame(*command, "-s", url)).splitlines() == [note]
+    (folder / "bad.json").unlink()
+    assert errors(savegame("export", "-s", url)).splitlines() == ["exported 2 sessions"]
+
+
 # Characters that str.splitlines() breaks a line at and JSON writes as they are...
 SEPARATORS = "\u2028 \u2029 \x85"
 # ... and those it escapes.

@@ -728,3 +728,26 @@ def test_only_the_first_write_into_a_folder_pays_for_its_mode(
         fsyncs.clear()
         storage.upsert(AgentSession(session_id=f"s{i}"))
         assert len(fsyncs) == 2  # the session's file, the folder: as before the marker
+
+
+@pytest.mark.parametrize("cls", FORMATS)
+def test_unreadable_names_each_file_listings_leave_out(
+    tmp_path: Path, cls: type[FileStorage]
+) -> None:
+    storage = cls(tmp_path)
+    storage.upsert(AgentSession(session_id="fine", user_id="u"))
+    ext = cls.format.extension
+    (tmp_path / f"cut{ext}").write_bytes(b"{\x00[")
+    (tmp_path / f"list{ext}").write_text("[1, 2]\n", encoding="utf-8")
+    copied = (tmp_path / f"fine{ext}").read_bytes()
+    (tmp_path / f"copy{ext}").write_bytes(copied)
+    assert storage.get_all_session_ids() == ["fine"]
+    found = sorted(storage.unreadable())
+    assert len(found) == 3
+    assert found[0].startswith(f"{tmp_path / f'copy{ext}'} holds session 'fine'")
+    assert found[1] == f"{tmp_path / f'cut{ext}'} is not a readable {cls.format.name} file"
+    assert found[2] == f"{tmp_path / f'list{ext}'} does not hold a session"
+    for name in ("cut", "list", "copy"):
+        (tmp_path / f"{name}{ext}").unlink()
+    assert storage.unreadable() == []
+    assert cls(tmp_path / "never").unreadable() == []

@@ -33,6 +33,7 @@ from savegame import __version__, transfer
 from savegame.chat import chat
 from savegame.errors import StorageError
 from savegame.storage.base import Storage
+from savegame.storage.files import FileStorage
 from savegame.storage.session import MODES, Session
 from savegame.storage.url import open_storage, redact
 
@@ -266,6 +267,7 @@ def sessions_list(
         start = (page - 1) * limit
         sessions = [s for s in map(store.read, ids[start : start + limit]) if s is not None]
         rows = [_summary(store, s) for s in sessions]
+        _note_left_out(store)
     if as_json:
         _print_json(rows)
         return
@@ -371,8 +373,10 @@ def export(
         count = transfer.export_sessions(
             store, lambda line: _emit(line.encode(), flush=False), user
         )
+        left_out = _left_out(store)
     sys.stdout.flush()
     _note(f"exported {_sessions(count)}")
+    _fail_if_left_out(left_out, storage)
 
 
 @app.command("import")
@@ -437,7 +441,9 @@ def copy(
             on_start=lambda total: progress.update(task, total=total),
             on_batch=lambda n: progress.advance(task, n),
         )
+        left_out = _left_out(src)
     _note(f"copied {report.copied}, already there {report.unchanged}, of {_sessions(report.total)}")
+    _fail_if_left_out(left_out, source)
 
 
 # -- looking after a store --------------------------------------------------------------------
@@ -453,6 +459,7 @@ def stats(
     """Count sessions, users and entities, their size, and the oldest and newest."""
     with _open(storage, mode, "note") as store:
         figures = transfer.stats(store, user)
+        _note_left_out(store)
     data = vars(figures)
     if as_json:
         _print_json(data)
@@ -558,6 +565,35 @@ def _summary(store: Storage, session: Session) -> dict[str, Any]:
 
 def _sessions(count: int) -> str:
     return f"{count} session{'s' * (count != 1)}"
+
+
+def _left_out(store: Storage) -> list[str]:
+    """Why each stored entry that listings leave out is left out (damaged files of a JSON or
+    YAML folder); the other backends raise on such an entry rather than leave it out."""
+    return store.unreadable() if isinstance(store, FileStorage) else []
+
+
+def _note_left_out(store: Storage) -> None:
+    """Says on stderr how many damaged files a listing or a count left out."""
+    left_out = _left_out(store)
+    if left_out:
+        _note(
+            f"note: {len(left_out)} file(s) could not be read and are left out; "
+            "savegame export names them"
+        )
+
+
+def _fail_if_left_out(left_out: list[str], url: str) -> None:
+    """Fails (exit 1) after a backup that left damaged files behind, naming each."""
+    if not left_out:
+        return
+    for line in left_out:
+        _note(f"left out: {line}")
+    _fail(
+        f"{len(left_out)} file(s) at {redact(url)} could not be read and were left out; "
+        "fix or delete them, then run again",
+        code=1,
+    )
 
 
 def _note(message: str) -> None:

@@ -611,6 +611,40 @@ class FileStorage(Storage):
             return False
         return True
 
+    def unreadable(self) -> list[str]:
+        """Why each file of this format that listings leave out is left out, one line a
+        file naming it: a file that cannot be parsed, holds no session, holds a session
+        whose file it is not, or holds a time or an id savegame cannot read.
+
+        Listings leave such files out, so that one damaged file never breaks them: a backup
+        (``savegame export``, ``copy``) asks this to say what it left behind. A file of
+        another mode's session is not counted; it is that mode's (see "One mode" above).
+
+        Raises:
+            BackendUnavailableError: when the folder or its index cannot be read.
+        """
+        if not self.dir_path.is_dir():
+            return []
+        conn = self._fresh_index()
+        with self._index_errors():
+            listed = {file for (file,) in conn.execute("SELECT file FROM sessions")}
+        found: list[str] = []
+        for entry in self._session_files():
+            if entry.name in listed:
+                continue
+            path = Path(entry.path)
+            try:
+                record = self._load(path, None)
+            except CorruptSessionError as exc:
+                found.append(str(exc))
+                continue
+            if record is None:
+                continue  # removed since the listing
+            own = file_name(record["session_id"], self.format.extension)
+            if entry.name != own:
+                found.append(f"{path} holds session {record['session_id']!r}, whose file is {own}")
+        return found
+
     def rebuild_index(self) -> None:
         """Reads every file again and rebuilds the index from them.
 
