@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 PYTEST_WORKERS ?= 4
 
-.PHONY: demo test lint bench soak clean
+.PHONY: demo test lint bench soak clean test-redis-versions
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -32,5 +32,17 @@ soak: $(STAMP)
 		--dist loadgroup --timeout 3600 -k "random_histories or kill_9 or torn or lost" \
 		$(PYTEST_ARGS)
 
+# The Redis tests on each line of redis-py that pyproject admits, each in a venv of its own
+# (.venv-redis-<version>): they differ in how a cluster client makes its node connections
+# and in what a connection retries by default. Python 3.10 gets redis-py 8.1 at most.
+REDIS_VERSIONS ?= 5.0 6.4 7.4 8.1 8.2
+test-redis-versions:
+	set -e; for v in $(REDIS_VERSIONS); do \
+		test -x .venv-redis-$$v/bin/python || python3 -m venv .venv-redis-$$v; \
+		.venv-redis-$$v/bin/python -m pip install -q -e '.[dev]' "redis==$$v.*"; \
+		SAVEGAME_REQUIRE_SERVICES=1 .venv-redis-$$v/bin/python -m pytest -n $(PYTEST_WORKERS) \
+			--dist loadgroup tests/test_redis.py tests/conformance -k redis $(PYTEST_ARGS); \
+	done
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-redis-* .pytest_cache .mypy_cache .ruff_cache

@@ -595,13 +595,34 @@ class RedisStorage(Storage):
         return client
 
     def _cluster(self, nodes: list[tuple[str, int]], options: dict[str, Any]) -> Any:
+        """A cluster client whose connections to every node, those found later included,
+        are of a :func:`_marking` class.
+
+        The first node is given as a URL: redis-py makes a node's client from a connection
+        pool built on the connection options (``connection_class`` among them) only for a
+        cluster named by URL. For one named by ``startup_nodes`` alone, redis-py before 8.2
+        makes it as ``Redis(host, port, **options)``, which takes no ``connection_class``
+        and fails every call. Patching the pools of the nodes found at start was rejected:
+        a node the cluster adds later (a failover, a resharding) would get a plain pool.
+        A pool takes no ``ssl``: TLS is the connection class, which takes the ``ssl_*``
+        options a plain one refuses.
+        """
         redis = self._redis
-        startup = [redis.cluster.ClusterNode(h, p) for h, p in nodes]
-        plain = redis.SSLConnection if options.get("ssl") else redis.Connection
+        options = dict(options)
+        if options.pop("ssl"):
+            base = redis.SSLConnection
+            # redis-py before 6 checks no host name unless asked: the docstring promises it.
+            options["ssl_check_hostname"] = True
+        else:
+            base = redis.Connection
+            del options["ssl_ca_certs"]
+        (host, port), *others = nodes
+        first = f"[{host}]" if ":" in host else host
         return redis.cluster.RedisCluster(
-            startup_nodes=startup,
+            url=f"redis://{first}:{port}",
+            startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in others],
             retry=self._retry(),
-            connection_class=_marking(plain),
+            connection_class=_marking(base),
             **options,
         )
 
