@@ -525,6 +525,21 @@ def test_a_cluster_over_tls_serves_a_store_spread_over_its_masters(
         raw.close()
 
 
+def test_every_connection_savegame_makes_tells_a_write_sent_whole(server: str, prefix: str) -> None:
+    # What tells a write sent again (of unknown outcome) from one that never left: the
+    # connections of a client savegame makes, to every node of a cluster, mark each script
+    # call sent. redis-py before 8.2 takes the class for a cluster's nodes only through a
+    # URL; a plain class would leave each write counted as sent, or the client broken.
+    storage = RedisStorage(prefix, url=server, shards=3)
+    storage.upsert(_session("s"))
+    client = storage._client
+    nodes = client.get_nodes() if isinstance(client, RedisCluster) else []
+    pools = [n.redis_connection.connection_pool for n in nodes] or [client.connection_pool]
+    assert all(p.connection_class.__name__.startswith("Marking") for p in pools), pools
+    assert storage._marks_sent
+    storage.close()
+
+
 def test_open_storage_reaches_the_same_store(server: str, prefix: str) -> None:
     RedisStorage(prefix, url=server).upsert(_session("shared", user_id="u"))
     with open_storage(f"{server}?prefix={prefix}") as storage:
