@@ -346,6 +346,29 @@ def test_copying_from_a_store_that_is_not_there_fails_and_makes_nothing(tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("cluster", [False, True], ids=["redis", "redis-cluster"])
+def test_commands_on_a_redis_store_that_is_not_there_say_so_and_leave_no_key(
+    cluster: bool, tmp_path: Path
+) -> None:
+    from tests.redis_servers import server_url
+    from tests.stores import redis_client, unique
+
+    server = server_url(cluster)
+    prefix = unique("sgt")
+    source = f"{server}?prefix={prefix}"
+    proc = savegame("copy", source, f"sqlite:///{tmp_path / 'dest.db'}", code=2)
+    assert "there is nothing to copy" in errors(proc)
+    assert list(tmp_path.iterdir()) == []
+    for command in (["sessions", "list"], ["stats"], ["purge", "--older-than", "1d"]):
+        proc = savegame(*command, "-s", source)
+        assert f"nothing of mode agent is stored at {source} yet" in errors(proc)
+    client = redis_client(server)
+    try:
+        assert list(client.scan_iter(match=f"*{prefix}*", count=1000)) == []
+    finally:
+        client.close()
+
+
 def test_upgrading_a_store_that_is_not_there_makes_it_and_says_so(tmp_path: Path) -> None:
     # A first deployment's upgrade makes the store; a mistyped path must not pass unseen.
     url = f"sqlite:///{tmp_path / 'never.db'}"

@@ -734,6 +734,59 @@ def test_a_sharded_store_spreads_sessions_and_merges_listings(
     assert raw.exists("{" + prefix + "}:shards") == 0
 
 
+def _keys_of(raw: Any, prefix: str) -> list[str]:
+    """Every key of the store ``prefix`` (its own, not those of ``prefix:sub``)."""
+    found = set()
+    for pattern in ("{" + prefix + "}:*", "{" + prefix + "#*}:*"):
+        found |= {k.decode() for k in raw.scan_iter(match=pattern, count=1000)}
+    return sorted(found)
+
+
+@pytest.mark.parametrize("shards", [None, 1, 3])
+def test_a_store_is_made_by_its_first_write_and_never_by_a_read(
+    server: str, raw: Any, prefix: str, shards: int | None
+) -> None:
+    storage = RedisStorage(prefix, url=server, shards=shards)
+    assert storage.read("a") is None
+    assert storage.get_all_sessions(user_id="u") == []
+    assert storage.get_recent_sessions(entity_id="e") == []
+    assert storage.delete_session("a") is False
+    assert storage.delete_user("u") == 0
+    assert storage.purge_expired() == 0
+    storage.drop()
+    assert not storage.table_exists()
+    assert _keys_of(raw, prefix) == []
+    storage.upsert(_session("a", _runs(1), user_id="u"))
+    assert raw.get("{" + prefix + "}:shards") == str(shards or 1).encode()
+    assert storage.table_exists()
+    assert RedisStorage(prefix, url=server).table_exists()
+    storage.drop()
+    assert not storage.table_exists()
+    storage.create()
+    assert _keys_of(raw, prefix) == ["{" + prefix + "}:shards"]
+    assert storage.table_exists()
+
+
+def test_a_storage_that_found_no_store_reads_the_one_another_makes(
+    server: str, prefix: str
+) -> None:
+    # The first storage to write fixes the shards; one that only read meanwhile fixed
+    # nothing, and finds the sessions where that one put them.
+    early, wanting = RedisStorage(prefix, url=server), RedisStorage(prefix, url=server, shards=2)
+    assert early.read("s1") is None
+    assert wanting.get_all_session_ids() == []
+    maker = RedisStorage(prefix, url=server, shards=4)
+    ids = [f"s{i}" for i in range(12)]
+    for sid in ids:
+        maker.upsert(_session(sid, user_id="u", created_at=1000))
+    assert early.read("s1") is not None
+    assert early.get_all_session_ids(user_id="u") == sorted(ids)
+    early.upsert(_session("late", user_id="u", created_at=999))
+    assert maker.get_all_session_ids(user_id="u") == [*sorted(ids), "late"]
+    with pytest.raises(InvalidIdentifierError, match="4 shards"):
+        wanting.upsert(_session("s1"))
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1025, "2", 2.0])
 def test_shards_are_checked(bad: Any) -> None:
     with pytest.raises(ValueError, match="shards"):

@@ -22,10 +22,16 @@ the fixed part, so any id makes a valid key::
     {T}:ue:<n>:<user><entity> zset    both at once (``n``: the user id's length in bytes)
     {T}:idx                   hash    session id -> the index keys it is listed in (NUL-joined)
     {T}:exp                   zset    sessions that expire; score ``expires_at``
-    {P}:shards                string  the store's shard count, fixed by its first user
+    {P}:shards                string  the store's shard count, fixed by its first write
 
 Braces, ``#`` and spaces cannot occur in a prefix, so the keys of ``P`` and ``P:sub`` (or
 ``P#1``) never meet.
+
+A store is there (:meth:`RedisStorage.table_exists`) once ``{P}:shards`` is: its first write,
+or :meth:`RedisStorage.create`, records it. Reads, listings and removals write nothing on a
+store that is not there, so a mistyped prefix leaves no key behind; a storage reads the
+shard count again on each call until the store is there, as another storage may make it,
+over other shards, meanwhile.
 
 Writes. Every write leaves a random ``token`` in the header. A write reads the header (token,
 version, created_at, expiry, run digests), stamps the record in Python (version check, times),
@@ -420,13 +426,15 @@ return redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, tonumbe
 """
 
 
-# KEYS: {P}:shards; ARGV: the shard count to record when none is. Returns the recorded one.
+# KEYS: {P}:shards; ARGV: the shard count to record when none is ('': record none). Returns
+# the recorded one, nil when none is.
 # Read first: a store whose count is recorded is opened without a write command, which a
 # server at its maxmemory (noeviction) would refuse, so that reads, listings and removals
 # (which free memory) still work there.
 _LAYOUT = """
 local recorded = redis.call('GET', KEYS[1])
 if recorded then return tonumber(recorded) end
+if ARGV[1] == '' then return nil end
 redis.call('SET', KEYS[1], ARGV[1])
 return tonumber(ARGV[1])
 """
@@ -494,8 +502,8 @@ class RedisStorage(Storage):
         socket_timeout: seconds to wait for a reply before the call fails.
         connect_timeout: seconds to wait for a connection.
         shards: how many cluster slots the store spreads over (see the module docstring);
-            fixed by the first storage that uses the store, None: whatever it was fixed to
-            (1 for a new store).
+            fixed by the first storage that writes to the store, None: whatever it was
+            fixed to (1 for a new store).
         cache_bytes: how many bytes of runs the storage may remember of its recent
             sessions (:mod:`savegame.storage.known`); 0 remembers none.
 
@@ -539,6 +547,7 @@ class RedisStorage(Storage):
         self.prefix = prefix
         self._wanted = shards
         self._shard_tags: list[str] = []
+        self._recorded = False
         self._redis = _driver()
         errors = self._redis.exceptions
         self._driver_errors = (errors.RedisError, errors.RedisClusterException)
@@ -693,39 +702,59 @@ class RedisStorage(Storage):
                 # server the first time EVALSHA finds it missing.
                 scripts = {s: client.register_script(s) for s in _SCRIPTS}
                 _WIRE.sent = False
-                shards = self._layout(client, scripts[_LAYOUT])
+                self._layout(client, scripts[_LAYOUT], False)
                 # Where the client is not one savegame made, or redis-py sends another
                 # way, nothing marks a call sent: every sending then counts.
                 self._marks_sent = bool(_WIRE.sent)
-                self._shard_tags = (
-                    [self._keys]
-                    if shards == 1
-                    else [f"{{{self.prefix}#{i}}}:" for i in range(shards)]
-                )
                 self._scripts = scripts
             return client
 
-    def _layout(self, client: Any, script: Any) -> int:
-        """The store's shard count, recording ours first if the store has none yet."""
+    def _layout(self, client: Any, script: Any, record: bool) -> None:
+        """Reads the store's shard count (with ``record``, recording ours first if the store
+        has none yet) and the slots it makes; a store without one is read as of ours."""
         wanted = self._wanted or 1
-        shards = int(script(keys=[self._keys + "shards"], args=[wanted], client=client))
-        if self._wanted is not None and shards != self._wanted:
+        found = script(keys=[self._keys + "shards"], args=[wanted if record else ""], client=client)
+        shards = wanted if found is None else int(found)
+        if found is not None and self._wanted is not None and shards != self._wanted:
             raise InvalidIdentifierError(
                 f"the store {self.prefix!r} in {self._address} is spread over {shards} "
                 f"shards, not {self._wanted}: open it with shards={shards} (or None)"
             )
-        return shards
+        self._recorded = found is not None
+        self._shard_tags = (
+            [self._keys] if shards == 1 else [f"{{{self.prefix}#{i}}}:" for i in range(shards)]
+        )
 
-    def _tag(self, session_id: str) -> str:
-        """The key prefix of the slot ``session_id`` lives in (see the module docstring)."""
-        tags = self._tags()
+    def _settle(self, record: bool) -> None:
+        """Reads the store's layout again (with ``record``, recording it if not yet)."""
+
+        def settle(client: Any) -> None:
+            with self._lock:
+                self._layout(client, self._scripts[_LAYOUT], record)
+
+        self._call(settle)
+
+    def _tag(self, session_id: str, tags: list[str] | None = None) -> str:
+        """The key prefix of the slot ``session_id`` lives in (see the module docstring),
+        of ``tags`` (None: the store's)."""
+        tags = self._tags() if tags is None else tags
         return tags[0] if len(tags) == 1 else tags[zlib.crc32(session_id.encode()) % len(tags)]
 
     def _tags(self) -> list[str]:
-        """The key prefixes of every slot of the store (connecting, to learn how many)."""
+        """The key prefixes of every slot of the store (connecting, to learn how many; while
+        the store is not there, asking again, see the module docstring)."""
         if not self._scripts:
             self._call(lambda _: None)
+        elif not self._recorded:
+            self._settle(False)
         return self._shard_tags
+
+    def _made(self) -> None:
+        """Records the store's layout, if this storage has not found it recorded: before its
+        first write, which makes the store."""
+        self._tags()
+        if not self._recorded:
+            self._settle(True)
 
     def _script(self, source: str, keys: list[str], args: list[Any]) -> Any:
         return self._call(lambda c: self._scripts[source](keys=keys, args=args, client=c))
@@ -760,12 +789,28 @@ class RedisStorage(Storage):
     # -- the contract ---------------------------------------------------------------------
 
     def create(self) -> None:
-        """Checks that the server answers; Redis needs nothing made in advance.
+        """Records the store's shard count, which makes the store there
+        (:meth:`table_exists`), as its first write would; nothing else needs making.
+
+        Raises:
+            BackendUnavailableError: when the server cannot be reached.
+            InvalidIdentifierError: when the store is spread over other ``shards``.
+        """
+        self._call(lambda c: c.ping())
+        self._made()
+
+    def table_exists(self) -> bool:
+        """Whether anything of the store is stored: the record of its shard count (see
+        :meth:`create`), or the index of one of its slots (a store dropped by another storage
+        and written by this one since has only that). Sessions of the original layout count
+        once :meth:`upgrade_schema` has moved them.
 
         Raises:
             BackendUnavailableError: when the server cannot be reached.
         """
-        self._call(lambda c: c.ping())
+        if self._call(methodcaller("exists", self._keys + "shards")):
+            return True
+        return any(self._call(methodcaller("exists", tag + "all")) for tag in self._tags())
 
     def drop(self) -> None:
         """Removes every key under this prefix, in batches, and nothing else.
@@ -777,9 +822,10 @@ class RedisStorage(Storage):
             self._sweep(tag, "")
         self._call(methodcaller("delete", self._keys + "shards"))
         with self._lock:
-            # The next call records the layout again (this storage's shards, or one).
+            # The next write records the layout again (this storage's shards, or one).
             self._known.clear()
             self._scripts = {}
+            self._recorded = False
 
     def upgrade_schema(self) -> None:
         """Moves sessions written by the original ``RedisStorage`` into this layout.
@@ -800,6 +846,8 @@ class RedisStorage(Storage):
                 of another mode); they stay in place.
             BackendUnavailableError: when the server cannot be reached.
         """
+        # Made, as a first upgrade of a deployment wants (the SQL backends make their tables).
+        self._made()
         # PREFIX admits no glob characters, so the prefix stands for itself in the pattern.
         pattern = self.prefix + ":*"
         old = self._call(lambda c: list(c.scan_iter(match=pattern, count=1000, _type="string")))
@@ -874,8 +922,9 @@ class RedisStorage(Storage):
         """The records of ``ids``, each remembered as it was read."""
         ids = list(ids)
         slots: dict[str, list[int]] = {}
+        tags = self._tags()
         for i, sid in enumerate(ids):
-            slots.setdefault(self._tag(sid), []).append(i)
+            slots.setdefault(self._tag(sid, tags), []).append(i)
         out: list[Record | None] = [None] * len(ids)
         for tag, positions in slots.items():
             # Batches keep each script short, so one big listing never holds up the server.
@@ -971,6 +1020,7 @@ class RedisStorage(Storage):
         self, draft: Draft, expected_version: int | None, now: int, preserve: bool
     ) -> Record:
         sid = draft.session_id
+        self._made()
         # Write on the header last seen; take a session this storage has not seen for a new
         # one while that guess keeps proving right. ``trusted``: read from the store just now.
         seen, trusted = self._known.get(sid), False
