@@ -694,6 +694,29 @@ class ModeContract:
         assert storage.purge_expired() == 0
         assert storage.table_exists() == existed
 
+    def test_a_store_is_there_from_its_first_write_and_never_from_a_read(
+        self, store: Store
+    ) -> None:
+        # The command line tells a mistyped store from an empty one by table_exists(): a
+        # store never written is not there, and reading, listing or removing on it, as the
+        # command line does, must not make it so (nor leave anything behind to find).
+        storage = store.require("persistent")
+        assert not storage.table_exists()
+        assert storage.read("a") is None
+        assert storage.read_many(["a", "b"]) == []
+        assert storage.get_all_sessions() == []
+        assert storage.get_all_session_ids(user_id="u", entity_id="e") == []
+        assert storage.get_recent_sessions(user_id="u") == []
+        assert storage.delete_session("a") is False
+        assert storage.delete_user("u") == 0
+        assert storage.purge_expired() == 0
+        storage.drop()
+        assert not storage.table_exists()
+        assert not store().table_exists()
+        storage.upsert(_session(store, "a"))
+        assert storage.table_exists()
+        assert store().table_exists()
+
     def test_drop_then_create_gives_an_empty_store(self, store: Store) -> None:
         storage = store()
         storage.create()
@@ -724,6 +747,8 @@ class ModeContract:
         storage.upsert(_session(store, "b", user_id="u"))
         assert store().get_all_session_ids(user_id="u") == ["b"]
         assert storage.read("a") is None
+        assert storage.table_exists()
+        assert store().table_exists()
 
     def test_reopened_store_keeps_sessions(self, store: Store) -> None:
         storage = store.require("persistent")
