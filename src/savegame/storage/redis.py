@@ -625,6 +625,10 @@ class RedisStorage(Storage):
         else:
             base = redis.Connection
             del options["ssl_ca_certs"]
+        if redis.VERSION < (6,):
+            # redis-py 5 sends a failed cluster call again on its own, three times, unseen
+            # by savegame and by the ``retry`` that later versions obey (see _retry).
+            options["cluster_error_retry_attempts"] = 0
         (host, port), *others = nodes
         first = f"[{host}]" if ":" in host else host
         return redis.cluster.RedisCluster(
