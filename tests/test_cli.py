@@ -369,6 +369,26 @@ def test_commands_on_a_redis_store_that_is_not_there_say_so_and_leave_no_key(
         client.close()
 
 
+def test_upgrading_a_redis_prefix_of_the_originals_layout_says_it_is_up_to_date() -> None:
+    # Such a prefix is not there as a savegame store until upgraded: the command must not
+    # say it made a new, empty one.
+    from tests.redis_servers import server_url
+    from tests.stores import redis_client, unique
+
+    server = server_url(False)
+    prefix = unique("sgt")
+    url = f"{server}?prefix={prefix}"
+    client = redis_client(server)
+    try:
+        client.set(f"{prefix}:old", json.dumps({"session_id": "old", "user_id": "u"}))
+        proc = savegame("schema", "upgrade", "-s", url)
+        assert errors(proc).splitlines() == [f"agent store at {url} is up to date"]
+        assert open_storage(url).get_all_session_ids() == ["old"]
+    finally:
+        open_storage(url).drop()
+        client.close()
+
+
 def test_upgrading_a_store_that_is_not_there_makes_it_and_says_so(tmp_path: Path) -> None:
     # A first deployment's upgrade makes the store; a mistyped path must not pass unseen.
     url = f"sqlite:///{tmp_path / 'never.db'}"

@@ -534,6 +534,8 @@ def schema_upgrade(
     with _open(storage, mode) as store:
         was_there = store.table_exists()
         store.upgrade_schema()
+        # A Redis prefix of the original's layout only is not there until upgraded.
+        was_there = was_there or bool(store.get_recent_sessions(limit=1))
     if was_there:
         _note(f"{mode} store at {redact(storage)} is up to date")
     else:
