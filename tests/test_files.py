@@ -751,3 +751,26 @@ def test_unreadable_names_each_file_listings_leave_out(
         (tmp_path / f"{name}{ext}").unlink()
     assert storage.unreadable() == []
     assert cls(tmp_path / "never").unreadable() == []
+
+
+@pytest.mark.parametrize("cls", FORMATS)
+def test_unreadable_names_a_session_of_no_mode_that_listings_leave_out(
+    tmp_path: Path, cls: type[FileStorage]
+) -> None:
+    # A key added by hand, or an agent's and a team's fields in one file: no mode lists it
+    # and its read raises, so a backup that did not name it would miss it without a word.
+    storage = cls(tmp_path)
+    for sid in ("fine", "edited"):
+        storage.upsert(AgentSession(session_id=sid, user_id="u"))
+    edited = tmp_path / f"edited{cls.format.extension}"
+    record = cls.format.load(edited.read_bytes())
+    record.update(note="by hand", team_id="squad")
+    edited.write_bytes(cls.format.dump(record))
+    storage.rebuild_index()
+    assert storage.get_all_session_ids() == ["fine"]
+    with pytest.raises(CorruptSessionError):
+        storage.read("edited")
+    assert storage.unreadable() == [
+        f"{edited} holds session 'edited' with note, team_id, which no session class has "
+        "beside its other fields"
+    ]

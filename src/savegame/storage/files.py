@@ -614,7 +614,8 @@ class FileStorage(Storage):
     def unreadable(self) -> list[str]:
         """Why each file of this format that listings leave out is left out, one line a
         file naming it: a file that cannot be parsed, holds no session, holds a session
-        whose file it is not, or holds a time or an id savegame cannot read.
+        whose file it is not, holds a time or an id savegame cannot read, or holds fields
+        that no one mode's session has together.
 
         Listings leave such files out, so that one damaged file never breaks them: a backup
         (``savegame export``, ``copy``) asks this to say what it left behind. A file of
@@ -643,6 +644,16 @@ class FileStorage(Storage):
             own = file_name(record["session_id"], self.format.extension)
             if entry.name != own:
                 found.append(f"{path} holds session {record['session_id']!r}, whose file is {own}")
+            elif not modes_of(record):
+                # Fields no one mode's session has together (a key added by hand, another
+                # program's): no storage lists it, and its read raises.
+                odd = sorted(
+                    k for k, v in record.items() if v is not None and k not in self.spec.fields
+                )
+                found.append(
+                    f"{path} holds session {record['session_id']!r} with {', '.join(odd)}, "
+                    "which no session class has beside its other fields"
+                )
         return found
 
     def rebuild_index(self) -> None:
