@@ -23,6 +23,7 @@ from savegame.cli import app
 from savegame.storage.base import Storage
 from savegame.storage.session import MODES, Session
 from savegame.storage.session.agent import AgentSession
+from savegame.storage.session.team import TeamSession
 from savegame.storage.url import open_storage
 from savegame.testing import Store
 from savegame.testing.sample import make_session
@@ -753,3 +754,29 @@ def test_a_table_of_the_originals_layout_is_upgraded_by_the_command_it_names(
     assert got is not None
     assert got.memory == {"runs": [{"run_id": "0"}]}  # type: ignore[attr-defined]
     assert got.session_data == {"session_name": "Trip"}  # type: ignore[attr-defined]
+
+
+def test_a_folder_of_another_mode_is_said_so_and_never_exported_as_empty(tmp_path: Path) -> None:
+    # Another mode lists none of a folder's sessions: without a word, an export in the
+    # default mode of a folder of team sessions would be an empty backup that looks made.
+    folder = tmp_path / "f"
+    url = f"json:///{folder}"
+    with open_storage(url, mode="team") as storage:
+        storage.upsert(TeamSession(session_id="t1", team_id="squad", user_id="u"))
+    note = f"note: {url} keeps team sessions, and none of mode agent; pass --mode team to see them"
+    proc = savegame("export", "-s", url, code=2)
+    assert proc.stdout == b""
+    assert errors(proc).splitlines() == [
+        note,
+        "exported 0 sessions",
+        f"error: exported nothing: {url} keeps team sessions (pass --mode team)",
+    ]
+    proc = savegame("copy", url, f"sqlite:///{tmp_path / 'copy.db'}", code=2)
+    assert errors(proc).splitlines() == [
+        f"error: {url} keeps team sessions, and none of mode agent: there is nothing to copy "
+        "(pass --mode team)"
+    ]
+    assert not (tmp_path / "copy.db").exists()
+    for command in (["sessions", "list"], ["stats"]):
+        assert errors(savegame(*command, "-s", url)).splitlines()[0] == note
+    assert len(savegame("export", "-s", url, "-m", "team").stdout.splitlines()) == 1

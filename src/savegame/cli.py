@@ -235,7 +235,26 @@ def _open(url: str, mode: str, absent: Literal["", "note", "fail"] = "") -> Iter
                 f"note: {missing} yet; pass --storage (or set SAVEGAME_STORAGE) to name another"
                 " store"
             )
+        elif absent:
+            other = _kept_by_another_mode(storage, mode)
+            if other is not None:
+                kept = f"{redact(url)} keeps {other} sessions, and none of mode {mode}"
+                if absent == "fail":
+                    _fail(f"{kept}: there is nothing to copy (pass --mode {other})")
+                _note(f"note: {kept}; pass --mode {other} to see them")
         yield storage
+
+
+def _kept_by_another_mode(store: Storage, mode: str) -> str | None:
+    """The mode a JSON or YAML folder keeps when it is another than ``mode`` and the folder
+    holds no session of ``mode``: its listings in ``mode`` are empty, not because nothing is
+    stored (``--mode`` was forgotten, say). None otherwise."""
+    if not isinstance(store, FileStorage):
+        return None
+    kept = store.kept_mode()
+    if kept is None or kept == mode or store.get_all_session_ids():
+        return None
+    return kept
 
 
 # -- sessions ---------------------------------------------------------------------------------
@@ -374,9 +393,13 @@ def export(
             store, lambda line: _emit(line.encode(), flush=False), user
         )
         left_out = _left_out(store)
+        other = _kept_by_another_mode(store, mode) if not count else None
     sys.stdout.flush()
     _note(f"exported {_sessions(count)}")
     _fail_if_left_out(left_out, storage)
+    if other is not None:
+        # A backup in the wrong mode would be empty, and look made.
+        _fail(f"exported nothing: {redact(storage)} keeps {other} sessions (pass --mode {other})")
 
 
 @app.command("import")

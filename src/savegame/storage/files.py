@@ -388,6 +388,15 @@ class FileStorage(Storage):
             raise BackendUnavailableError(f"cannot read {self._mode_path}: {exc}") from exc
         return text if text in MODES else None
 
+    def kept_mode(self) -> str | None:
+        """The mode this format's sessions in the folder are kept in, as its first write
+        recorded it; None when none is recorded (see "One mode" above).
+
+        Raises:
+            BackendUnavailableError: when the record cannot be read.
+        """
+        return self._folder_mode()
+
     def _claim(self) -> None:
         """Makes sure the folder keeps this mode's sessions before a write; must hold the lock.
 
