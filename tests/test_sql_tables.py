@@ -429,6 +429,42 @@ def test_a_table_made_again_by_the_original_after_savegame_recorded_it_is_read_a
         after.close()
 
 
+def test_the_runs_table_the_originals_drop_leaves_holds_no_run_after_an_upgrade(
+    sql_store: Store,
+) -> None:
+    # The original's drop() removes its own table only: savegame's runs table stays, with
+    # the runs of the sessions dropped. Made again by the original, upgraded, the table must
+    # not take them for the runs of the sessions it holds, or of those written later.
+    if sql_store.backend == "sqlite-memory":
+        pytest.skip("the original's table is written through another connection")
+    assert sql_store.original is not None
+    before = _sql(sql_store)
+    old = {"runs": [{"run_id": "old", "n": n} for n in range(3)]}
+    for sid in ("a", "b"):
+        before.upsert(AgentSession(session_id=sid, user_id="u", memory=old))
+    with before.db_engine.begin() as conn:
+        table = conn.dialect.identifier_preparer.format_table(before.table)
+        conn.exec_driver_sql(f"DROP TABLE {table}")
+    runs = [{"run_id": "1", "content": "hi"}]
+    sql_store.original([{"session_id": "a", "user_id": "u", "memory": {"runs": runs}}])
+    after = _sibling(before, before.table_name)
+    try:
+        after.upgrade_schema()
+        fresh = {"runs": [{"run_id": "2"}]}
+        after.upsert(AgentSession(session_id="b", user_id="u", memory=fresh))
+        reader = _sibling(before, before.table_name)
+        try:
+            got = {sid: reader.read(sid) for sid in ("a", "b")}
+        finally:
+            reader.close()
+        assert {sid: s.memory if s else None for sid, s in got.items()} == {
+            "a": {"runs": runs},
+            "b": fresh,
+        }
+    finally:
+        after.close()
+
+
 def test_an_original_table_of_another_mode_or_no_session_table_is_refused_untouched(
     sql_store: Store,
 ) -> None:

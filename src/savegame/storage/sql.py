@@ -2296,6 +2296,14 @@ def _runs_table(storage: SqlStorage, conn: Connection) -> None:
     _add_columns(storage, conn, ["run_count"])
     storage.runs_table.create(conn, checkfirst=True)
     header = storage.table
+    # A runs table may be there already: savegame made it for a table that another program
+    # dropped and made again (the original's drop() knows its own table only). Its rows are
+    # of sessions gone, or of sessions whose runs are in the header again: moved below, runs
+    # would meet them at their positions, and a session made later would be read with them.
+    # Rows of sessions whose runs are apart already (an upgrade cut short) are theirs.
+    apart = select(header.c.session_id).where(header.c.run_count.is_not(None))
+    runs_table = storage.runs_table
+    conn.execute(delete(runs_table).where(runs_table.c.session_id.not_in(apart)))
     column = header.c[storage.spec.runs_path[0]]
     dumps = storage.dialect.dumps
     after = ""
