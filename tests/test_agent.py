@@ -268,6 +268,20 @@ def test_another_users_session_is_neither_read_nor_deleted(backend_store: Store)
     assert anyone.get_messages_for_session("adas")[0]["content"] == "My secret is 42."
 
 
+def test_a_damaged_session_is_deleted_when_there_is_no_owner_to_check(tmp_path: Path) -> None:
+    # delete_session reads a session only to check its owner: an agent made without a user
+    # deletes one that cannot be read, as it did before the check; one made with a user
+    # cannot tell whose it is, and leaves it.
+    storage = JsonStorage(tmp_path)
+    storage.upsert(AgentSession(session_id="bad", user_id="ada"))
+    (tmp_path / "bad.json").write_text("{cut sho", encoding="utf-8")
+    with pytest.raises(CorruptSessionError):
+        Agent(model=OfflineModel(), storage=storage, user_id="ada").delete_session("bad")
+    assert (tmp_path / "bad.json").exists()
+    assert Agent(model=OfflineModel(), storage=storage).delete_session("bad")
+    assert not (tmp_path / "bad.json").exists()
+
+
 def test_a_storage_of_another_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="mode='agent'"):
         Agent(model=OfflineModel(), storage=InMemoryStorage(mode="team"))

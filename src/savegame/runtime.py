@@ -156,12 +156,16 @@ class SessionKeeper:
         """Raises SessionOwnerError when ``stored`` belongs to another user than the current
         session's, or, when ``switching`` to it from another session, than the user this
         object was made with (a user taken from the session before was that session's)."""
-        user_id = self._initial_user if switching else self.user_id
+        user_id = self._owner_to_check(switching)
         owner = getattr(stored, "user_id", None)
         if user_id is not None and owner is not None and owner != user_id:
             raise SessionOwnerError(
                 f"session {stored.session_id!r} belongs to another user than {user_id!r}"
             )
+
+    def _owner_to_check(self, switching: bool) -> str | None:
+        """The user a stored session must belong to (see :meth:`_check_owner`); None: any."""
+        return self._initial_user if switching else self.user_id
 
     def _check_stored_owner(self, session_id: str) -> Session | None:
         """The stored session ``session_id`` (None when there is none), once checked to
@@ -197,10 +201,15 @@ class SessionKeeper:
         Raises:
             SessionOwnerError: when the session belongs to another user (as for
                 :meth:`load_session`); nothing is deleted.
+            CorruptSessionError: when there is a user to check the session's owner against
+                and the session cannot be read; nothing is deleted.
             StorageError: when the store could not be reached.
         """
         session_id = session_id or self.session_id
-        self._check_stored_owner(session_id)
+        if self._owner_to_check(session_id != self.session_id) is not None:
+            # Read only to check the owner: a session that cannot be read is deleted all
+            # the same when there is no user to check it against.
+            self._check_stored_owner(session_id)
         deleted = self.storage.delete_session(session_id) if self.storage is not None else False
         if session_id == self.session_id:
             self.new_session()
