@@ -443,12 +443,20 @@ def test_an_agent_made_without_an_id_keeps_the_id_of_a_session_it_loads(
     _agent(backend_store, session_id="bots", agent_id="bot").run("hello")
     agent = _agent(backend_store)
     agent.run("a session of its own, under a made-up id")
+    own, made = agent.session_id, agent.agent_id
     agent.load_session("bots")
     assert agent.agent_id == "bot"
     agent.run("hello again")
     stored = backend_store().read("bots")
     assert stored is not None
     assert stored.agent_id == "bot"  # type: ignore[attr-defined]
+    assert backend_store().get_all_session_ids(entity_id="bot") == ["bots"]
+    # Back on a session of its own: its made-up id again, not the last session's.
+    agent.load_session(own)
+    agent.run("back")
+    stored = backend_store().read(own)
+    assert stored is not None
+    assert stored.agent_id == made  # type: ignore[attr-defined]
     assert backend_store().get_all_session_ids(entity_id="bot") == ["bots"]
 
 

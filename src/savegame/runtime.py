@@ -100,8 +100,9 @@ class SessionKeeper:
         self.user_id = user_id
         self.entity_id = entity_id
         self.entity_id_made = entity_id is None
-        """Whether the entity id was made up here, given neither to this object nor stored.
-        A made-up id gives way to the id of a stored session loaded later."""
+        """Whether this object was made without an entity id: it then takes the id of each
+        stored session it loads, and makes one up for sessions that have none."""
+        self._made_up_id: str | None = None
         self._initial_extra = copy.deepcopy(extra_data)
         self.extra_data: dict[str, Any] | None = None
         self._base_state: dict[str, Any] = {}
@@ -115,7 +116,7 @@ class SessionKeeper:
         if session_name is not None:
             self.session_name = session_name
         if self.entity_id is None:
-            self.entity_id = new_id()
+            self.entity_id = self._made_up_id = new_id()
 
     # -- the session ----------------------------------------------------------------------
 
@@ -305,10 +306,10 @@ class SessionKeeper:
         self.metrics = dict(session_data.get("metrics") or {})
         self.user_id = self.user_id or data.get("user_id")
         stored_entity = data.get(self.spec.entity_field)
-        if loading and self.entity_id_made and stored_entity:
-            # An id made up for another session is not this one's: saving it would take
-            # the session from the agent, team or workflow it is listed under.
-            self.entity_id, self.entity_id_made = stored_entity, False
+        if loading and self.entity_id_made:
+            # The id of another session loaded before is not this one's: saved, it would
+            # take the session from the agent, team or workflow it is listed under.
+            self.entity_id = stored_entity or self._made_up_id or self.entity_id
         else:
             self.entity_id = self.entity_id or stored_entity
         if self.extra_data is None:
