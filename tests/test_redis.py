@@ -483,6 +483,16 @@ def test_tls_refuses_an_untrusted_certificate_and_a_plain_client(tls: tuple[int,
         plain.upsert(_session("s"))
 
 
+@pytest.mark.timeout(60)
+def test_tls_refuses_a_certificate_of_another_host_on_every_redis_py(tls: tuple[int, str]) -> None:
+    # The certificate names 127.0.0.1 and localhost; "127.1" reaches the same server under a
+    # name it does not hold. redis-py before 6 checks no host name unless asked.
+    port, ca = tls
+    other = RedisStorage("p", "127.1", port, ssl=True, ssl_ca_certs=ca, connect_timeout=2)
+    with pytest.raises(BackendUnavailableError, match=r"127\.1.*[Hh]ostname mismatch"):
+        other.read("s")
+
+
 @pytest.fixture(scope="module")
 def tls_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """A 3-master cluster that speaks TLS only: its nodes as ``host:port,...``, the CA file."""

@@ -598,6 +598,9 @@ class RedisStorage(Storage):
         return Retry(NoBackoff(), 0)
 
     def _standalone(self, host: str, port: int, db: int, options: dict[str, Any]) -> Any:
+        if options["ssl"]:
+            # redis-py before 6 checks no host name unless asked: the docstring promises it.
+            options = {**options, "ssl_check_hostname": True}
         client = self._redis.Redis(host=host, port=port, db=db, retry=self._retry(), **options)
         pool = client.connection_pool
         pool.connection_class = _marking(pool.connection_class)
