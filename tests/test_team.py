@@ -13,6 +13,7 @@ from savegame.errors import CorruptSessionError
 from savegame.models import Message, ModelHTTPError, ModelResponse
 from savegame.models.offline import OfflineModel
 from savegame.runtime import SessionOwnerError
+from savegame.storage.in_memory import InMemoryStorage
 from savegame.storage.session import AgentSession, TeamSession
 from savegame.team import Team
 from savegame.testing import Store
@@ -268,3 +269,21 @@ def test_a_new_process_resumes_the_team(backend: Backend, tmp_path: Path) -> Non
         stored = teams().read("t")
         assert stored is not None
         assert len(stored.memory["runs"]) == 2  # type: ignore[attr-defined]
+
+
+def test_a_team_made_without_an_id_derives_member_sessions_from_a_loaded_sessions_id() -> None:
+    # Two processes of one team session give a member the session the stored team id
+    # derives, whether the team was made with that id or took it from the session it loaded.
+    teams, agents = InMemoryStorage(mode="team"), InMemoryStorage(mode="agent")
+
+    def crew(**kwargs: Any) -> Team:
+        chef = Agent(OfflineModel(), agents, name="chef")
+        return Team([chef], OfflineModel(), teams, name="crew", **kwargs)
+
+    crew(team_id="kitchen", session_id="s").run("hello")
+    given, loaded = crew(team_id="kitchen"), crew()
+    assert given.load_session("s")
+    assert loaded.load_session("s")
+    assert loaded.team_id == "kitchen"
+    assert loaded._member_session_id("s", "baker") == given._member_session_id("s", "baker")
+    assert crew()._member_session_id("s", "baker") != given._member_session_id("s", "baker")

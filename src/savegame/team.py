@@ -200,7 +200,7 @@ class Team(SessionKeeper):
         teams stored apart that share their members' storage and a session id do not share
         member sessions.
         """
-        team = "" if self.entity_id_made else self.entity_id or ""
+        team = "" if self.entity_id == self._made_up_id else self.entity_id or ""
         name = "\x00".join((team_session_id, team or self.name or "", member))
         return str(uuid.uuid5(_MEMBER_SESSIONS, name))
 
