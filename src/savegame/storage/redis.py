@@ -23,6 +23,7 @@ the fixed part, so any id makes a valid key::
     {T}:idx                   hash    session id -> the index keys it is listed in (NUL-joined)
     {T}:exp                   zset    sessions that expire; score ``expires_at``
     {P}:shards                string  the store's shard count, fixed by its first write
+    {P}:mode                  string  the mode of the store's sessions, fixed with the count
 
 Braces, ``#`` and spaces cannot occur in a prefix, so the keys of ``P`` and ``P:sub`` (or
 ``P#1``) never meet.
@@ -32,6 +33,19 @@ or :meth:`RedisStorage.create`, records it. Reads, listings and removals write n
 store that is not there, so a mistyped prefix leaves no key behind; a storage reads the
 shard count again on each call until the store is there, as another storage may make it,
 over other shards, meanwhile.
+
+One mode. A store keeps the sessions of one mode: the script that records the shard count
+records the storage's mode beside it, in one step, so of two first writers of different
+modes one records its mode and the other finds it. A storage of another mode is refused on
+every call, as a SQL table of another mode is: reading the layout (once per storage, as
+before) raises :class:`~savegame.errors.CorruptSessionError` naming the store's mode, and
+nothing is read, listed, written or removed. A store an earlier savegame made has its count
+but no mode: reads take it as they did, and its first write by this savegame records the
+writer's mode when some of its newest sessions (:data:`SAMPLE` per slot) are of that mode,
+or none tells a mode; when they are another mode's, the writer is refused and records
+nothing. :meth:`RedisStorage.upgrade_schema` tells the mode of a prefix holding only the
+original's layout from the sessions it is to move. ``drop`` forgets the mode with the
+shard count.
 
 Writes. Every write leaves a random ``token`` in the header. A write reads the header (token,
 version, created_at, expiry, run digests), stamps the record in Python (version check, times),
@@ -111,7 +125,7 @@ from savegame.storage.known import (
     outcome_unknown,
     resent_write_made,
 )
-from savegame.storage.session import MODES, Mode, beside_runs, set_path
+from savegame.storage.session import MODES, Mode, beside_runs, modes_of, set_path
 from savegame.storage.url import StorageURL
 
 PREFIX = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}")
@@ -150,6 +164,9 @@ GUESS = 64 * 1024
 
 MAX_SHARDS = 1024
 """The most slots one store may spread over."""
+
+SAMPLE = 8
+"""Sessions per slot whose headers tell the mode of a store that recorded none."""
 
 MAX_ARGUMENT = 512 * 1024 * 1024
 """Bytes of the largest value a write sends as one argument: Redis's default
@@ -426,20 +443,40 @@ return redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, tonumbe
 """
 
 
-# KEYS: {P}:shards; ARGV: the shard count to record when none is ('': record none). Returns
-# the recorded one, nil when none is.
-# Read first: a store whose count is recorded is opened without a write command, which a
+# KEYS: {P}:shards, {P}:mode; ARGV: the shard count to record when none is ('': record
+# nothing), the mode to record when none is ('': none). Returns {shards, mode}, each nil when
+# none is recorded. One script, so that of two first writers of different modes one records
+# its mode and the other finds it.
+# Read first: a store whose layout is recorded is opened without a write command, which a
 # server at its maxmemory (noeviction) would refuse, so that reads, listings and removals
 # (which free memory) still work there.
 _LAYOUT = """
-local recorded = redis.call('GET', KEYS[1])
-if recorded then return tonumber(recorded) end
-if ARGV[1] == '' then return nil end
-redis.call('SET', KEYS[1], ARGV[1])
-return tonumber(ARGV[1])
+local shards = redis.call('GET', KEYS[1])
+local mode = redis.call('GET', KEYS[2])
+if ARGV[1] == '' or (shards and (mode or ARGV[2] == '')) then return {shards, mode} end
+if not shards then
+  shards = ARGV[1]
+  redis.call('SET', KEYS[1], shards)
+end
+if not mode and ARGV[2] ~= '' then
+  mode = ARGV[2]
+  redis.call('SET', KEYS[2], mode)
+end
+return {shards, mode}
 """
 
-_SCRIPTS = (_WRITE, _HEADER, _READ, _LIST, _FORGET_IDS, _SWEEP, _LAYOUT)
+# KEYS: {T}:all; ARGV: key prefix, how many. Returns the data of the newest sessions'
+# headers: what tells the mode of a store an earlier savegame made, which recorded none.
+_SAMPLE = """
+local out = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)) do
+  local data = redis.call('HGET', ARGV[1] .. 'h:' .. id, 'data')
+  if data then out[#out + 1] = data end
+end
+return out
+"""
+
+_SCRIPTS = (_WRITE, _HEADER, _READ, _LIST, _FORGET_IDS, _SWEEP, _LAYOUT, _SAMPLE)
 
 
 _WIRE = threading.local()
@@ -548,6 +585,7 @@ class RedisStorage(Storage):
         self._wanted = shards
         self._shard_tags: list[str] = []
         self._recorded = False
+        self._moded = False
         self._redis = _driver()
         errors = self._redis.exceptions
         self._driver_errors = (errors.RedisError, errors.RedisClusterException)
@@ -709,35 +747,88 @@ class RedisStorage(Storage):
                 # server the first time EVALSHA finds it missing.
                 scripts = {s: client.register_script(s) for s in _SCRIPTS}
                 _WIRE.sent = False
-                self._layout(client, scripts[_LAYOUT], False)
+                self._layout(client, scripts, False)
                 # Where the client is not one savegame made, or redis-py sends another
                 # way, nothing marks a call sent: every sending then counts.
                 self._marks_sent = bool(_WIRE.sent)
                 self._scripts = scripts
             return client
 
-    def _layout(self, client: Any, script: Any, record: bool) -> None:
-        """Reads the store's shard count (with ``record``, recording ours first if the store
-        has none yet) and the slots it makes; a store without one is read as of ours."""
+    def _layout(
+        self, client: Any, scripts: dict[str, Any], record: bool, hint: str | None = None
+    ) -> None:
+        """Reads the store's shard count and mode (with ``record``, recording ours first
+        where the store has none yet) and the slots it makes; a store without a count is
+        read as of ours.
+
+        A store made by an earlier savegame has its count but no mode: it takes the mode of
+        its sessions (:meth:`_mode_found`; ``hint``: the mode of sessions that tell it
+        elsewhere), or ours when they tell none, on its first write by this savegame.
+
+        Raises:
+            InvalidIdentifierError: when the store is spread over other ``shards``.
+            CorruptSessionError: when the store keeps another mode's sessions.
+        """
         wanted = self._wanted or 1
-        found = script(keys=[self._keys + "shards"], args=[wanted if record else ""], client=client)
+        keys = [self._keys + "shards", self._keys + "mode"]
+        found, mode = scripts[_LAYOUT](keys=keys, args=["", ""], client=client)
         shards = wanted if found is None else int(found)
         if found is not None and self._wanted is not None and shards != self._wanted:
             raise InvalidIdentifierError(
                 f"the store {self.prefix!r} in {self._address} is spread over {shards} "
                 f"shards, not {self._wanted}: open it with shards={shards} (or None)"
             )
+        tags = [self._keys] if shards == 1 else [f"{{{self.prefix}#{i}}}:" for i in range(shards)]
+        why = f"as {keys[1]} records"
+        if record and mode is None:
+            kept = self._mode_found(client, scripts, tags) or hint or self.mode
+            if kept == self.mode:
+                found, mode = scripts[_LAYOUT](keys=keys, args=[shards, kept], client=client)
+            else:
+                # Nothing is recorded: the store stays as it is, like any refused write.
+                mode, why = kept, "its sessions are, and no mode is recorded"
+        if mode is not None and _text(mode) != self.mode:
+            mode = _text(mode)
+            raise CorruptSessionError(
+                f"the store {self.prefix!r} in {self._address} keeps {mode} sessions ({why}), "
+                f"and a storage of mode={self.mode!r} may not use it: open it with "
+                f"mode={mode!r}, or keep {self.mode} sessions under another prefix"
+            )
         self._recorded = found is not None
-        self._shard_tags = (
-            [self._keys] if shards == 1 else [f"{{{self.prefix}#{i}}}:" for i in range(shards)]
-        )
+        self._moded = mode is not None
+        self._shard_tags = tags
 
-    def _settle(self, record: bool) -> None:
+    def _mode_found(self, client: Any, scripts: dict[str, Any], tags: list[str]) -> str | None:
+        """The mode the newest sessions of each slot tell (see :meth:`_mode_among`)."""
+
+        def headers() -> Iterable[Record]:
+            for tag in tags:
+                for data in scripts[_SAMPLE](keys=[tag + "all"], args=[tag, SAMPLE], client=client):
+                    with contextlib.suppress(ValueError):
+                        yield loads(data)
+
+        return self._mode_among(headers())
+
+    def _mode_among(self, records: Iterable[Any]) -> str | None:
+        """This mode when one of ``records`` can be a session of it (a store that holds
+        sessions of this mode is this mode's, even when an earlier savegame let another
+        mode's in beside them), else the other mode whose session one is; None when no
+        record tells (none is a session of any mode)."""
+        found = None
+        for record in records:
+            if not isinstance(record, dict):
+                continue
+            if self.mode in modes_of(record):
+                return self.mode
+            found = found or self._other_mode(record)
+        return found
+
+    def _settle(self, record: bool, hint: str | None = None) -> None:
         """Reads the store's layout again (with ``record``, recording it if not yet)."""
 
         def settle(client: Any) -> None:
             with self._lock:
-                self._layout(client, self._scripts[_LAYOUT], record)
+                self._layout(client, self._scripts, record, hint)
 
         self._call(settle)
 
@@ -756,12 +847,17 @@ class RedisStorage(Storage):
             self._settle(False)
         return self._shard_tags
 
-    def _made(self) -> None:
-        """Records the store's layout, if this storage has not found it recorded: before its
-        first write, which makes the store."""
+    def _made(self, hint: str | None = None) -> None:
+        """Records the store's layout and mode, if this storage has not found them recorded:
+        before its first write, which makes the store (``hint``: see :meth:`_layout`).
+
+        Raises:
+            InvalidIdentifierError: when the store is spread over other ``shards``.
+            CorruptSessionError: when the store keeps another mode's sessions.
+        """
         self._tags()
-        if not self._recorded:
-            self._settle(True)
+        if not (self._recorded and self._moded):
+            self._settle(True, hint)
 
     def _script(self, source: str, keys: list[str], args: list[Any]) -> Any:
         return self._call(lambda c: self._scripts[source](keys=keys, args=args, client=c))
@@ -802,6 +898,7 @@ class RedisStorage(Storage):
         Raises:
             BackendUnavailableError: when the server cannot be reached.
             InvalidIdentifierError: when the store is spread over other ``shards``.
+            CorruptSessionError: when the store keeps another mode's sessions.
         """
         self._call(lambda c: c.ping())
         self._made()
@@ -814,6 +911,7 @@ class RedisStorage(Storage):
 
         Raises:
             BackendUnavailableError: when the server cannot be reached.
+            CorruptSessionError: when the store keeps another mode's sessions.
         """
         if self._call(methodcaller("exists", self._keys + "shards")):
             return True
@@ -822,12 +920,19 @@ class RedisStorage(Storage):
     def drop(self) -> None:
         """Removes every key under this prefix, in batches, and nothing else.
 
-        The record of how many shards the store has goes too: other storage objects still
-        open keep what they read, so drop a sharded store only when nothing else uses it.
+        The record of how many shards the store has, and of its mode, goes too: other
+        storage objects still open keep what they read, so drop a sharded store only when
+        nothing else uses it, and write another mode there only when nothing of this mode
+        writes there any more.
+
+        Raises:
+            CorruptSessionError: when the store keeps another mode's sessions; nothing is
+                removed.
         """
         for tag in self._tags():
             self._sweep(tag, "")
-        self._call(methodcaller("delete", self._keys + "shards"))
+        for key in ("shards", "mode"):
+            self._call(methodcaller("delete", self._keys + key))
         with self._lock:
             # The next write records the layout again (this storage's shards, or one).
             self._known.clear()
@@ -851,23 +956,21 @@ class RedisStorage(Storage):
             SerializationError: after moving the others, naming the old sessions savegame
                 cannot store, or that hold fields this mode's class has none for (a store
                 of another mode); they stay in place.
+            CorruptSessionError: when the store keeps another mode's sessions, or has none
+                yet and the sessions to move are another mode's; nothing is moved.
             BackendUnavailableError: when the server cannot be reached.
         """
-        # Made, as a first upgrade of a deployment wants (the SQL backends make their tables).
-        self._made()
         # PREFIX admits no glob characters, so the prefix stands for itself in the pattern.
         pattern = self.prefix + ":*"
         old = self._call(lambda c: list(c.scan_iter(match=pattern, count=1000, _type="string")))
+        # Made, as a first upgrade of a deployment wants (the SQL backends make their tables),
+        # in the mode of the sessions to move when the store has none yet: an upgrade in the
+        # wrong mode is refused before it makes the store, which the right one can then make.
+        self._made(self._mode_among(map(self._original, old)))
         refused: list[str] = []
         for key in old:
-            text = self._call(methodcaller("get", key))
-            try:
-                data = None if text is None else loads(text)
-            except ValueError:
-                continue
-            if not isinstance(data, dict) or not isinstance(data.get("session_id"), str):
-                continue
-            if _text(key) != f"{self.prefix}:{data['session_id']}":
+            data = self._original(key)
+            if data is None:
                 continue
             # Values under names this mode's class has no field for (a session of another
             # mode, upgraded with the wrong ``mode``) would be lost with the old key.
@@ -905,6 +1008,19 @@ class RedisStorage(Storage):
                 f"upgrade_schema() left {len(refused)} key(s) of the original layout in place "
                 f"in {self._address}, and moved the others: " + "; ".join(refused)
             )
+
+    def _original(self, key: Any) -> dict[str, Any] | None:
+        """The session the original stored under ``key``; None when ``key`` holds none."""
+        text = self._call(methodcaller("get", key))
+        try:
+            data = None if text is None else loads(text)
+        except ValueError:
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("session_id"), str):
+            return None
+        if _text(key) != f"{self.prefix}:{data['session_id']}":
+            return None
+        return data
 
     def _read(self, session_id: str) -> Record | None:
         known = self._known.get(session_id)
