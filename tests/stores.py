@@ -122,6 +122,20 @@ def redis_client(server: str) -> Any:
     return redis.Redis.from_url(server)
 
 
+def drop_redis(prefix: str, server: str) -> None:
+    """Drops the Redis store ``prefix`` in the mode it keeps, which only a storage of that
+    mode may drop."""
+    from savegame.storage.redis import RedisStorage
+
+    client = redis_client(server)
+    try:
+        mode = client.get("{" + prefix + "}:mode")
+    finally:
+        client.close()
+    with RedisStorage(prefix, url=server, mode=(mode or b"agent").decode()) as storage:  # type: ignore[arg-type]
+        storage.drop()
+
+
 @contextmanager
 def through_proxy(
     address: tuple[str, int],
@@ -194,17 +208,12 @@ def _redis(name: str, cluster: bool, shards: int = 1) -> Callable[[Path, str], A
             lossy=lossy,
             lose_runs=lose_redis_runs,
             lose_run=lose_redis_run,
-            mixed_modes=(
-                "a Redis prefix takes sessions of any mode, lists them all, and lets a "
-                "storage of another mode replace one; it does not keep one mode yet"
-            ),
         )
         try:
             yield store
         finally:
             store.close_all()
-            with RedisStorage(prefix, url=server) as cleanup:
-                cleanup.drop()
+            drop_redis(prefix, server)
 
     return make
 

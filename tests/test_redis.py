@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from operator import methodcaller
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,10 +40,17 @@ from savegame.errors import (
 from savegame.storage.known import PAST_TOKENS
 from savegame.storage.redis import RedisStorage, from_url
 from savegame.storage.session.agent import AgentSession
+from savegame.storage.session.team import TeamSession
 from savegame.storage.url import open_storage, parse_url
 from savegame.testing.contract import check_lost_reply
 from tests.redis_servers import plain_server, server_url, tls_cluster, tls_server
-from tests.stores import missing_service, redis_client, redis_through_proxy, unique
+from tests.stores import (
+    drop_redis,
+    missing_service,
+    redis_client,
+    redis_through_proxy,
+    unique,
+)
 
 T = TypeVar("T")
 
@@ -67,8 +75,7 @@ def prefix(server: str) -> Iterator[str]:
     name = unique("sgt")
     yield name
     for each in (name, name + ":sub"):
-        with RedisStorage(each, url=server) as storage:
-            storage.drop()
+        drop_redis(each, server)
 
 
 def _runs(n: int, tag: str = "") -> list[dict[str, Any]]:
@@ -773,7 +780,8 @@ def test_a_store_is_made_by_its_first_write_and_never_by_a_read(
     storage.drop()
     assert not storage.table_exists()
     storage.create()
-    assert _keys_of(raw, prefix) == ["{" + prefix + "}:shards"]
+    assert _keys_of(raw, prefix) == ["{" + prefix + "}:mode", "{" + prefix + "}:shards"]
+    assert raw.get("{" + prefix + "}:mode") == b"agent"
     assert storage.table_exists()
 
 
@@ -795,6 +803,141 @@ def test_a_storage_that_found_no_store_reads_the_one_another_makes(
     assert maker.get_all_session_ids(user_id="u") == [*sorted(ids), "late"]
     with pytest.raises(InvalidIdentifierError, match="4 shards"):
         wanting.upsert(_session("s1"))
+
+
+@pytest.mark.parametrize("shards", [None, 3])
+def test_a_prefix_keeps_the_mode_of_its_first_write(
+    server: str, raw: Any, prefix: str, shards: int | None
+) -> None:
+    agents = RedisStorage(prefix, url=server, shards=shards)
+    teams = RedisStorage(prefix, url=server, mode="team")
+    assert teams.get_all_session_ids() == []  # connected before the store is made
+    agents.upsert(_session("s", _runs(2), user_id="u"))
+    assert raw.get("{" + prefix + "}:mode") == b"agent"
+    team = TeamSession(session_id="t", user_id="u", team_id="T")
+    calls = [
+        lambda s: s.upsert(team),
+        lambda s: s.read("s"),
+        methodcaller("get_all_session_ids"),
+        methodcaller("get_all_sessions", user_id="u"),
+        methodcaller("delete_session", "s"),
+        methodcaller("delete_user", "u"),
+        methodcaller("purge_expired"),
+        methodcaller("drop"),
+        methodcaller("create"),
+    ]
+    for storage in (teams, RedisStorage(prefix, url=server, mode="team")):
+        for call in calls:
+            with pytest.raises(CorruptSessionError, match=r"keeps agent sessions.*mode='agent'"):
+                call(storage)
+    assert agents.get_all_session_ids(user_id="u") == ["s"]
+    assert RedisStorage(prefix, url=server).read("s") is not None
+    # Dropped by its own mode, the prefix forgets the mode with its sessions.
+    agents.drop()
+    assert _keys_of(raw, prefix) == []
+    teams.upsert(team)
+    assert raw.get("{" + prefix + "}:mode") == b"team"
+    assert teams.get_all_session_ids() == ["t"]
+    with pytest.raises(CorruptSessionError, match="mode='team'"):
+        RedisStorage(prefix, url=server).upsert(_session("s"))
+
+
+def test_of_two_first_writers_of_different_modes_one_keeps_the_prefix(
+    server: str, raw: Any, prefix: str
+) -> None:
+    names = [f"{prefix}:sub"] + [f"{prefix}:sub{n}" for n in range(1, 5)]
+    try:
+        for name in names:
+            modes = ["agent", "team"] * 3
+            storages = [RedisStorage(name, url=server, mode=m) for m in modes]  # type: ignore[arg-type]
+            start = threading.Barrier(len(storages))
+            outcome: dict[str, list[Any]] = {"agent": [], "team": []}
+
+            def write(
+                storage: RedisStorage,
+                n: int,
+                start: threading.Barrier = start,
+                outcome: dict[str, list[Any]] = outcome,
+            ) -> None:
+                start.wait()
+                session = storage.spec.session_class(session_id=f"s{n}")
+                try:
+                    outcome[storage.mode].append(storage.upsert(session))
+                except CorruptSessionError as exc:
+                    outcome[storage.mode].append(exc)
+
+            threads = [threading.Thread(target=write, args=(s, n)) for n, s in enumerate(storages)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            kept = raw.get("{" + name + "}:mode").decode()
+            lost = "team" if kept == "agent" else "agent"
+            assert not any(isinstance(o, Exception) for o in outcome[kept])
+            assert all(isinstance(o, CorruptSessionError) for o in outcome[lost])
+            owner = RedisStorage(name, url=server, mode=kept)  # type: ignore[arg-type]
+            assert len(owner.get_all_sessions()) == 3
+    finally:
+        for name in names[1:]:
+            drop_redis(name, server)
+
+
+def _as_an_earlier_savegame_left(raw: Any, prefix: str) -> None:
+    """Removes the record of the store's mode, which savegame before modes did not make."""
+    raw.delete("{" + prefix + "}:mode")
+
+
+def test_a_prefix_an_earlier_savegame_made_takes_the_mode_of_its_sessions(
+    server: str, raw: Any, prefix: str
+) -> None:
+    teams = RedisStorage(prefix, url=server, mode="team", shards=2)
+    for n in range(3):
+        teams.upsert(TeamSession(session_id=f"t{n}", team_id="T"))
+    _as_an_earlier_savegame_left(raw, prefix)
+    agents = RedisStorage(prefix, url=server)
+    with pytest.raises(CorruptSessionError, match=r"keeps team sessions.*mode='team'"):
+        agents.upsert(_session("a"))
+    assert raw.get("{" + prefix + "}:mode") is None  # refused, it recorded nothing
+    later = RedisStorage(prefix, url=server, mode="team")
+    assert len(later.get_all_session_ids()) == 3  # a read records nothing either
+    assert raw.get("{" + prefix + "}:mode") is None
+    later.upsert(TeamSession(session_id="t3", team_id="T"))
+    assert raw.get("{" + prefix + "}:mode") == b"team"
+    # One where an earlier savegame let two modes write: the first of them to write keeps it.
+    mixed = prefix + ":sub"
+    RedisStorage(mixed, url=server).upsert(_session("a"))
+    raw.set("{" + mixed + "}:mode", "team")
+    RedisStorage(mixed, url=server, mode="team").upsert(TeamSession(session_id="t", team_id="T"))
+    _as_an_earlier_savegame_left(raw, mixed)
+    RedisStorage(mixed, url=server, mode="team").upsert(TeamSession(session_id="u", team_id="T"))
+    assert raw.get("{" + mixed + "}:mode") == b"team"
+    with pytest.raises(CorruptSessionError, match="mode='team'"):
+        RedisStorage(mixed, url=server).upsert(_session("a"))
+    # One an earlier savegame made and left empty takes the mode of its first writer.
+    teams.drop()
+    RedisStorage(prefix, url=server, mode="workflow").create()
+    _as_an_earlier_savegame_left(raw, prefix)
+    RedisStorage(prefix, url=server).upsert(_session("a"))
+    assert raw.get("{" + prefix + "}:mode") == b"agent"
+
+
+def test_upgrade_schema_in_another_mode_than_the_originals_makes_nothing(
+    server: str, raw: Any, prefix: str
+) -> None:
+    team = {"session_id": "t", "team_id": "T", "team_data": {"n": 1}, "created_at": 100}
+    try:
+        raw.set(f"{prefix}:t", json.dumps(team))
+        with pytest.raises(CorruptSessionError, match=r"keeps team sessions.*mode='team'"):
+            RedisStorage(prefix, url=server).upgrade_schema()
+        assert _keys_of(raw, prefix) == []
+        teams = RedisStorage(prefix, url=server, mode="team")
+        teams.upgrade_schema()
+        got = teams.read("t")
+        assert got is not None
+        assert got.team_data == {"n": 1}
+        assert raw.get("{" + prefix + "}:mode") == b"team"
+    finally:
+        raw.delete(f"{prefix}:t")
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1025, "2", 2.0])
@@ -1201,12 +1344,13 @@ def test_upgrade_schema_leaves_in_place_what_it_cannot_move_and_moves_the_rest(
         assert sorted(storage.get_all_session_ids()) == [f"g{i}" for i in range(5)]
         assert json.loads(raw.get(f"{prefix}:t")) == team
         assert json.loads(raw.get(f"{prefix}:bad")) == bad
-        with RedisStorage(prefix, url=server, mode="team") as teams:
-            with pytest.raises(SerializationError, match=f"{prefix}:bad"):
-                teams.upgrade_schema()
-            got = teams.read("t")
-            assert got is not None
-            assert (got.team_id, got.team_data) == ("T", {"name": "x"})
+        # The prefix keeps agent sessions now: a team storage moves nothing there.
+        with (
+            RedisStorage(prefix, url=server, mode="team") as teams,
+            pytest.raises(CorruptSessionError, match="mode='agent'"),
+        ):
+            teams.upgrade_schema()
+        assert json.loads(raw.get(f"{prefix}:t")) == team
     finally:
         raw.delete(*(f"{prefix}:{sid}" for sid in rows))
 
