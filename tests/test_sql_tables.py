@@ -391,6 +391,27 @@ def test_a_session_written_into_a_table_of_another_mode_is_refused(sql_store: St
     assert agents.get_all_session_ids() == ["a"]
 
 
+def _original_made_again(
+    store: Store, memories: dict[str, Any], runs_table_too: bool
+) -> SqlStorage:
+    """A storage of ``store`` that wrote sessions of these ``memories`` for user "u", whose
+    table was then dropped behind its back (``runs_table_too``: its runs table as well), as
+    the original's ``drop()`` does before its ``create()``."""
+    if store.backend == "sqlite-memory":
+        pytest.skip("the original's table is written through another connection")
+    assert store.original is not None
+    storage = _sql(store)
+    for sid, memory in memories.items():
+        storage.upsert(AgentSession(session_id=sid, user_id="u", memory=memory))
+    dropped = (storage.runs_table, storage.table) if runs_table_too else (storage.table,)
+    with storage.db_engine.begin() as conn:
+        for table in dropped:
+            conn.exec_driver_sql(
+                f"DROP TABLE {conn.dialect.identifier_preparer.format_table(table)}"
+            )
+    return storage
+
+
 def test_a_table_made_again_by_the_original_after_savegame_recorded_it_is_read_as_such(
     sql_store: Store,
 ) -> None:
@@ -398,16 +419,7 @@ def test_a_table_made_again_by_the_original_after_savegame_recorded_it_is_read_a
     # savegame_migrations stays, at the latest version, over a table of the original's
     # columns. Storages open before and after read it as the original's, and an upgrade
     # brings it up to date.
-    if sql_store.backend == "sqlite-memory":
-        pytest.skip("the original's table is written through another connection")
-    assert sql_store.original is not None
-    before = _sql(sql_store)
-    before.upsert(AgentSession(session_id="a", user_id="u", memory={"runs": [{"n": 0}]}))
-    with before.db_engine.begin() as conn:
-        for table in (before.runs_table, before.table):
-            conn.exec_driver_sql(
-                f"DROP TABLE {conn.dialect.identifier_preparer.format_table(table)}"
-            )
+    before = _original_made_again(sql_store, {"a": {"runs": [{"n": 0}]}}, runs_table_too=True)
     runs = [{"run_id": "1", "content": "hi"}]
     sql_store.original([{"session_id": "b", "user_id": "u", "memory": {"runs": runs}}])
     after = _sibling(before, before.table_name)
@@ -435,16 +447,8 @@ def test_the_runs_table_the_originals_drop_leaves_holds_no_run_after_an_upgrade(
     # The original's drop() removes its own table only: savegame's runs table stays, with
     # the runs of the sessions dropped. Made again by the original, upgraded, the table must
     # not take them for the runs of the sessions it holds, or of those written later.
-    if sql_store.backend == "sqlite-memory":
-        pytest.skip("the original's table is written through another connection")
-    assert sql_store.original is not None
-    before = _sql(sql_store)
     old = {"runs": [{"run_id": "old", "n": n} for n in range(3)]}
-    for sid in ("a", "b"):
-        before.upsert(AgentSession(session_id=sid, user_id="u", memory=old))
-    with before.db_engine.begin() as conn:
-        table = conn.dialect.identifier_preparer.format_table(before.table)
-        conn.exec_driver_sql(f"DROP TABLE {table}")
+    before = _original_made_again(sql_store, {"a": old, "b": old}, runs_table_too=False)
     runs = [{"run_id": "1", "content": "hi"}]
     sql_store.original([{"session_id": "a", "user_id": "u", "memory": {"runs": runs}}])
     after = _sibling(before, before.table_name)

@@ -238,14 +238,21 @@ def test_a_new_process_resumes_a_failed_step_run(steps_store: Store, tmp_path: P
     assert _computed(markers) == {"clean": 1, "fetch": 1, "report": 2}
 
 
+def _two_resumers(markers: Path, failing: str, store: Store) -> tuple[StepWorkflow, StepWorkflow]:
+    """Two objects of the session "s", whose run failed at step ``failing``."""
+    with pytest.raises(StepFailed):
+        _steps(markers, failing, store, session_id="s").run("data")
+    return (
+        _steps(markers, "none", store, session_id="s"),
+        _steps(markers, "none", store, session_id="s"),
+    )
+
+
 def test_of_two_objects_resuming_one_run_at_once_neither_undoes_the_others_steps(
     steps_store: Store, tmp_path: Path
 ) -> None:
     markers = tmp_path / "m"
-    with pytest.raises(StepFailed):
-        _steps(markers, "fetch", steps_store, session_id="s").run("data")
-    first = _steps(markers, "none", steps_store, session_id="s")
-    second = _steps(markers, "none", steps_store, session_id="s")
+    first, second = _two_resumers(markers, "fetch", steps_store)
     fetch = first.steps[0].fn
 
     def slow(ctx: StepContext) -> str:
@@ -274,10 +281,7 @@ def test_a_resume_failing_after_another_completed_the_run_leaves_it_completed(
     steps_store: Store, tmp_path: Path
 ) -> None:
     markers = tmp_path / "m"
-    with pytest.raises(StepFailed):
-        _steps(markers, "clean", steps_store, session_id="s").run("data")
-    first = _steps(markers, "none", steps_store, session_id="s")
-    second = _steps(markers, "none", steps_store, session_id="s")
+    first, second = _two_resumers(markers, "clean", steps_store)
 
     def failing(ctx: StepContext) -> str:
         second.resume()
