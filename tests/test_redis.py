@@ -805,6 +805,32 @@ def test_a_storage_that_found_no_store_reads_the_one_another_makes(
         wanting.upsert(_session("s1"))
 
 
+@pytest.mark.parametrize(("first", "second"), [(None, 3), (3, None)])
+def test_a_first_writer_that_finds_another_recorded_its_shards_meanwhile_keeps_to_them(
+    server: str, prefix: str, first: int | None, second: int | None
+) -> None:
+    # The second reads no layout, then (while it tells the mode) the first records its own:
+    # the second writes where the recorded count puts the session, or is refused.
+    early, late = (
+        RedisStorage(prefix, url=server, shards=first),
+        RedisStorage(prefix, url=server, shards=second),
+    )
+    telling = late._mode_found
+
+    def meanwhile(*args: Any) -> Any:
+        early.upsert(_session("e"))
+        return telling(*args)
+
+    late._mode_found = meanwhile  # type: ignore[method-assign]
+    if second is None:
+        late.upsert(_session("l"))
+        assert sorted(RedisStorage(prefix, url=server).get_all_session_ids()) == ["e", "l"]
+    else:
+        with pytest.raises(InvalidIdentifierError, match="spread over 1 shards, not 3"):
+            late.upsert(_session("l"))
+        assert RedisStorage(prefix, url=server).get_all_session_ids() == ["e"]
+
+
 @pytest.mark.parametrize("shards", [None, 3])
 def test_a_prefix_keeps_the_mode_of_its_first_write(
     server: str, raw: Any, prefix: str, shards: int | None

@@ -769,21 +769,17 @@ class RedisStorage(Storage):
             InvalidIdentifierError: when the store is spread over other ``shards``.
             CorruptSessionError: when the store keeps another mode's sessions.
         """
-        wanted = self._wanted or 1
         keys = [self._keys + "shards", self._keys + "mode"]
         found, mode = scripts[_LAYOUT](keys=keys, args=["", ""], client=client)
-        shards = wanted if found is None else int(found)
-        if found is not None and self._wanted is not None and shards != self._wanted:
-            raise InvalidIdentifierError(
-                f"the store {self.prefix!r} in {self._address} is spread over {shards} "
-                f"shards, not {self._wanted}: open it with shards={shards} (or None)"
-            )
-        tags = [self._keys] if shards == 1 else [f"{{{self.prefix}#{i}}}:" for i in range(shards)]
+        tags = self._tags_of(found)
         why = f"as {keys[1]} records"
         if record and mode is None:
             kept = self._mode_found(client, scripts, tags) or hint or self.mode
             if kept == self.mode:
-                found, mode = scripts[_LAYOUT](keys=keys, args=[shards, kept], client=client)
+                found, mode = scripts[_LAYOUT](keys=keys, args=[len(tags), kept], client=client)
+                # Another storage may have recorded its count since the read above: the
+                # store's is the one that came back.
+                tags = self._tags_of(found)
             else:
                 # Nothing is recorded: the store stays as it is, like any refused write.
                 mode, why = kept, "its sessions are, and no mode is recorded"
@@ -797,6 +793,21 @@ class RedisStorage(Storage):
         self._recorded = found is not None
         self._moded = mode is not None
         self._shard_tags = tags
+
+    def _tags_of(self, found: Any) -> list[str]:
+        """The key prefixes of the slots of a store whose recorded shard count is ``found``
+        (None: none is, and the store is read as of ours).
+
+        Raises:
+            InvalidIdentifierError: when the store is spread over other ``shards``.
+        """
+        shards = (self._wanted or 1) if found is None else int(found)
+        if found is not None and self._wanted is not None and shards != self._wanted:
+            raise InvalidIdentifierError(
+                f"the store {self.prefix!r} in {self._address} is spread over {shards} "
+                f"shards, not {self._wanted}: open it with shards={shards} (or None)"
+            )
+        return [self._keys] if shards == 1 else [f"{{{self.prefix}#{i}}}:" for i in range(shards)]
 
     def _mode_found(self, client: Any, scripts: dict[str, Any], tags: list[str]) -> str | None:
         """The mode the newest sessions of each slot tell (see :meth:`_mode_among`)."""
