@@ -832,6 +832,28 @@ def test_a_first_writer_that_finds_another_recorded_its_shards_meanwhile_keeps_t
 
 
 @pytest.mark.parametrize("shards", [None, 3])
+def test_a_write_after_another_storage_dropped_the_store_records_its_layout_again(
+    server: str, raw: Any, prefix: str, shards: int | None
+) -> None:
+    dropping = RedisStorage(prefix, url=server, shards=shards)
+    dropping.upsert(_session("x"))
+    writer = RedisStorage(prefix, url=server)  # reads the layout, then writes on it
+    assert writer.read("x") is not None
+    dropping.drop()
+    writer.upsert(_session("y", user_id="u"))
+    assert raw.get("{" + prefix + "}:shards") == str(shards or 1).encode()
+    assert raw.get("{" + prefix + "}:mode") == b"agent"
+    reader = RedisStorage(prefix, url=server)
+    assert reader.get_all_session_ids(user_id="u") == ["y"]
+    assert reader._recorded  # it reads the layout once, not before each call
+    other = 2 if shards is None else 1
+    with pytest.raises(InvalidIdentifierError, match="spread over"):
+        RedisStorage(prefix, url=server, shards=other).upsert(_session("z"))
+    with pytest.raises(CorruptSessionError, match="keeps agent sessions"):
+        RedisStorage(prefix, url=server, mode="team").get_all_session_ids()
+
+
+@pytest.mark.parametrize("shards", [None, 3])
 def test_a_prefix_keeps_the_mode_of_its_first_write(
     server: str, raw: Any, prefix: str, shards: int | None
 ) -> None:

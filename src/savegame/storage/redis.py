@@ -45,7 +45,10 @@ writer's mode when some of its newest sessions (:data:`SAMPLE` per slot) are of 
 or none tells a mode; when they are another mode's, the writer is refused and records
 nothing. :meth:`RedisStorage.upgrade_schema` tells the mode of a prefix holding only the
 original's layout from the sessions it is to move. ``drop`` forgets the mode with the
-shard count.
+shard count; a write that makes a slot's ``{T}:all`` (the store's first in that slot, or
+the first since the slot was emptied or dropped) reads the layout again, recording it when
+it is gone (as another storage's ``drop`` leaves it), so a store that holds sessions keeps
+its count and mode recorded.
 
 Writes. Every write leaves a random ``token`` in the header. A write reads the header (token,
 version, created_at, expiry, run digests), stamps the record in Python (version check, times),
@@ -247,9 +250,11 @@ end
 #       expires_at (''), data, version, created_at, run count ('': runs not in a list),
 #       runs mode ('keep' or 'replace'), then (position, digest, text) for each new or
 #       changed run, in ascending order.
-# Returns 1 when written, or when the token differs the stored header (see _HEAD) and its
-# past tokens, for a write sent again to tell whether an earlier sending was made. Writing
-# only the changed runs ('keep') onto a damaged session (see _HEAD) is refused.
+# Returns 1 when written (2 when the write made the slot's {T}:all, which a store loses with
+# its last session or to a drop: see RedisStorage._write), or when the token differs the
+# stored header (see _HEAD) and its past tokens, for a write sent again to tell whether an
+# earlier sending was made. Writing only the changed runs ('keep') onto a damaged session
+# (see _HEAD) is refused.
 _WRITE = (
     _HEAD
     + """
@@ -263,6 +268,7 @@ if current ~= ARGV[3] then
   return found
 end
 past = string.sub(current .. past, 1, PAST)
+local fresh = redis.call('EXISTS', KEYS[1]) == 0
 -- Reads first (see _FORGET): the index keys the session leaves, which are not declared.
 local listed = redis.call('HGET', KEYS[2], id)
 local new, stale = {}, {}
@@ -346,6 +352,7 @@ end
 -- Last: keys that these commands may remove.
 if count == 0 then redis.call('DEL', KEYS[5], KEYS[6]) end
 for _, key in ipairs(stale) do redis.call('ZREM', key, id) end
+if fresh then return 2 end
 return 1
 """.replace("WIDTH", str(_WIDTH)).replace("PAST", str(PAST_TOKENS * 2 * TOKEN_BYTES))
 )
@@ -755,7 +762,12 @@ class RedisStorage(Storage):
             return client
 
     def _layout(
-        self, client: Any, scripts: dict[str, Any], record: bool, hint: str | None = None
+        self,
+        client: Any,
+        scripts: dict[str, Any],
+        record: bool,
+        hint: str | None = None,
+        count: int | None = None,
     ) -> None:
         """Reads the store's shard count and mode (with ``record``, recording ours first
         where the store has none yet) and the slots it makes; a store without a count is
@@ -764,6 +776,8 @@ class RedisStorage(Storage):
         A store made by an earlier savegame has its count but no mode: it takes the mode of
         its sessions (:meth:`_mode_found`; ``hint``: the mode of sessions that tell it
         elsewhere), or ours when they tell none, on its first write by this savegame.
+        ``count``: the shard count this storage has written by, which the store must have
+        (None: ``shards``).
 
         Raises:
             InvalidIdentifierError: when the store is spread over other ``shards``.
@@ -771,7 +785,7 @@ class RedisStorage(Storage):
         """
         keys = [self._keys + "shards", self._keys + "mode"]
         found, mode = scripts[_LAYOUT](keys=keys, args=["", ""], client=client)
-        tags = self._tags_of(found)
+        tags = self._tags_of(found, count)
         why = f"as {keys[1]} records"
         if record and mode is None:
             kept = self._mode_found(client, scripts, tags) or hint or self.mode
@@ -779,7 +793,7 @@ class RedisStorage(Storage):
                 found, mode = scripts[_LAYOUT](keys=keys, args=[len(tags), kept], client=client)
                 # Another storage may have recorded its count since the read above: the
                 # store's is the one that came back.
-                tags = self._tags_of(found)
+                tags = self._tags_of(found, count)
             else:
                 # Nothing is recorded: the store stays as it is, like any refused write.
                 mode, why = kept, "its sessions are, and no mode is recorded"
@@ -794,18 +808,20 @@ class RedisStorage(Storage):
         self._moded = mode is not None
         self._shard_tags = tags
 
-    def _tags_of(self, found: Any) -> list[str]:
+    def _tags_of(self, found: Any, count: int | None = None) -> list[str]:
         """The key prefixes of the slots of a store whose recorded shard count is ``found``
-        (None: none is, and the store is read as of ours).
+        (None: none is, and the store is read as of ours), which must be ``count`` (None:
+        ``shards``).
 
         Raises:
             InvalidIdentifierError: when the store is spread over other ``shards``.
         """
-        shards = (self._wanted or 1) if found is None else int(found)
-        if found is not None and self._wanted is not None and shards != self._wanted:
+        wanted = self._wanted if count is None else count
+        shards = (wanted or 1) if found is None else int(found)
+        if found is not None and wanted is not None and shards != wanted:
             raise InvalidIdentifierError(
                 f"the store {self.prefix!r} in {self._address} is spread over {shards} "
-                f"shards, not {self._wanted}: open it with shards={shards} (or None)"
+                f"shards, not {wanted}: open it with shards={shards} (or None)"
             )
         return [self._keys] if shards == 1 else [f"{{{self.prefix}#{i}}}:" for i in range(shards)]
 
@@ -834,12 +850,12 @@ class RedisStorage(Storage):
             found = found or self._other_mode(record)
         return found
 
-    def _settle(self, record: bool, hint: str | None = None) -> None:
+    def _settle(self, record: bool, hint: str | None = None, count: int | None = None) -> None:
         """Reads the store's layout again (with ``record``, recording it if not yet)."""
 
         def settle(client: Any) -> None:
             with self._lock:
-                self._layout(client, self._scripts, record, hint)
+                self._layout(client, self._scripts, record, hint, count)
 
         self._call(settle)
 
@@ -858,17 +874,20 @@ class RedisStorage(Storage):
             self._settle(False)
         return self._shard_tags
 
-    def _made(self, hint: str | None = None) -> None:
+    def _made(self, hint: str | None = None) -> bool:
         """Records the store's layout and mode, if this storage has not found them recorded:
         before its first write, which makes the store (``hint``: see :meth:`_layout`).
+        Returns whether it read the layout.
 
         Raises:
             InvalidIdentifierError: when the store is spread over other ``shards``.
             CorruptSessionError: when the store keeps another mode's sessions.
         """
         self._tags()
-        if not (self._recorded and self._moded):
-            self._settle(True, hint)
+        if self._recorded and self._moded:
+            return False
+        self._settle(True, hint)
+        return True
 
     def _script(self, source: str, keys: list[str], args: list[Any]) -> Any:
         return self._call(lambda c: self._scripts[source](keys=keys, args=args, client=c))
@@ -1154,7 +1173,8 @@ class RedisStorage(Storage):
         self, draft: Draft, expected_version: int | None, now: int, preserve: bool
     ) -> Record:
         sid = draft.session_id
-        self._made()
+        settled = self._made()
+        count = len(self._shard_tags)
         # Write on the header last seen; take a session this storage has not seen for a new
         # one while that guess keeps proving right. ``trusted``: read from the store just now.
         seen, trusted = self._known.get(sid), False
@@ -1179,6 +1199,11 @@ class RedisStorage(Storage):
             result, resent = self._send_write(keys, args)
             if not isinstance(result, list):
                 self._known.put(sid, written)
+                if result == 2 and not settled:
+                    # The write made its slot's index: the store may have been dropped (by
+                    # another storage) since this one read the layout. Recorded again, so
+                    # that others find the session where this write put it.
+                    self._settle(True, count=count)
                 return draft.whole(record)
             self._known.put(sid, None)
             # The write's token among the session's last writes: an earlier sending made
