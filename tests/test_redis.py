@@ -1503,3 +1503,19 @@ def test_a_header_missing_its_token_or_version_is_updated(
     stored = storage.update("s", lambda s: _session("s", _runs(3), user_id="u"))
     assert RedisStorage(prefix, url=server).read("s") == stored
     assert RedisStorage(prefix, url=server).upsert(_session("s", _runs(1))).version == 3
+
+
+@pytest.mark.parametrize("kind", ["h", "r"])
+def test_a_key_of_another_type_is_a_corrupt_session(
+    server: str, raw: Any, prefix: str, kind: str
+) -> None:
+    # A header or a list of runs made a plain string outside savegame: Redis answers
+    # WRONGTYPE, which says the store was changed, not that the server refused a command.
+    RedisStorage(prefix, url=server).upsert(_session("s", _runs(2), user_id="u"))
+    raw.set("{" + prefix + "}:" + kind + ":s", "plain")
+    storage = RedisStorage(prefix, url=server)
+    for call in (lambda: storage.read("s"), lambda: storage.upsert(_session("s", _runs(3)))):
+        with pytest.raises(CorruptSessionError, match="not of the type savegame keeps"):
+            call()
+    assert storage.delete_session("s") is True
+    assert storage.read("s") is None

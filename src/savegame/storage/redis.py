@@ -707,6 +707,11 @@ class RedisStorage(Storage):
                 f"{self._address} is moving the slot of {self._keys} between nodes; nothing "
                 f"was written, try again when it is done: {exc}"
             )
+        if isinstance(exc, errors.ResponseError) and "WRONGTYPE" in str(exc):
+            return CorruptSessionError(
+                f"a key under {self._keys} in {self._address} is not of the type savegame "
+                f"keeps there: it was changed outside savegame, and the call stopped there: {exc}"
+            )
         unavailable = (errors.ConnectionError, errors.TimeoutError, errors.ClusterError)
         if isinstance(exc, unavailable):
             return BackendUnavailableError(f"{self._address} is unavailable: {exc}")
