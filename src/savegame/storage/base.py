@@ -617,6 +617,31 @@ class Storage(ABC):
             return None
         return next(mode for mode in MODES if mode in modes)
 
+    def _mode_among(self, records: Iterable[Any]) -> str | None:
+        """The mode a store holding ``records`` (stored sessions' dicts, read until one
+        settles it) keeps: this mode when one of them can be a session of it (a store that
+        holds sessions of this mode is this mode's, even when an earlier savegame let
+        another mode's in beside them), else the other mode one of them is a session of;
+        None when none tells (none is a session of any mode)."""
+        found = None
+        for record in records:
+            if not isinstance(record, dict):
+                continue
+            if self.mode in modes_of(record):
+                return self.mode
+            found = found or self._other_mode(record)
+        return found
+
+    def _kept_by_another(
+        self, store: str, kept: str, why: str, elsewhere: str
+    ) -> CorruptSessionError:
+        """The error of a storage of this mode on ``store``, which keeps ``kept`` sessions
+        (``why``: what says so); ``elsewhere``: where this mode's sessions may go instead."""
+        return CorruptSessionError(
+            f"{store} keeps {kept} sessions ({why}), and a storage of mode={self.mode!r} may "
+            f"not use it: open it with mode={kept!r}, or keep {self.mode} sessions {elsewhere}"
+        )
+
     def _refuse_other_mode(self, record: Record, doing: str) -> None:
         """Refuses to ``doing`` (a verb: "read", "replace") ``record`` when it is a session
         of another mode (:func:`~savegame.storage.session.modes_of`), in a store that keeps

@@ -415,8 +415,9 @@ class FileStorage(Storage):
         if recorded == self.mode:
             return
         if recorded is None:
-            recorded = self._mode_of_files()
-            if recorded is None:
+            recorded = self._mode_among(self._loadable())
+            why = "its files are, and no mode is recorded"
+            if recorded in (None, self.mode):
                 temp = self._temp_file(self._mode_path, f"{self.mode}\n".encode("ascii"))
                 try:
                     os.replace(temp, self._mode_path)
@@ -426,35 +427,22 @@ class FileStorage(Storage):
                 # No fsync of the folder it is in: a marker lost in a crash is inferred
                 # again from the files, which the write that follows puts on disk.
                 return
-        raise CorruptSessionError(
-            f"the folder {self.dir_path} keeps {recorded} sessions (its {self.format.name} "
-            f"files were written in mode={recorded!r}), and a storage of mode={self.mode!r} "
-            f"may not write there: open it with mode={recorded!r}, or keep {self.mode} "
-            "sessions in another folder"
+        else:
+            why = f"as {self._mode_path} records"
+        raise self._kept_by_another(
+            f"the folder {self.dir_path}", recorded, why, "in another folder"
         )
 
-    def _mode_of_files(self) -> str | None:
-        """Another mode whose sessions the folder's files are, and none of this mode's;
-        None when the folder may be this mode's (must hold the lock).
-
-        A folder that holds sessions of this mode is this mode's, even when an earlier
-        savegame let another mode's sessions in beside them: those stay readable and listed
-        by a storage of their mode, so that they can be copied elsewhere. Files that are no
-        session (damaged, foreign), or can be one of several modes, this one included, tell
-        nothing.
-        """
-        found: str | None = None
+    def _loadable(self) -> Iterator[Record]:
+        """The records of the folder's session files that can be read (must hold the lock);
+        damaged ones are passed over."""
         for entry in self._session_files():
             try:
                 record = self._load(Path(entry.path), None)
             except CorruptSessionError:
                 continue
-            if record is None:
-                continue
-            if modes_of(record) == {self.mode}:
-                return None
-            found = found or self._other_mode(record)
-        return found
+            if record is not None:
+                yield record
 
     # -- the index ------------------------------------------------------------------------
 

@@ -128,7 +128,7 @@ from savegame.storage.known import (
     outcome_unknown,
     resent_write_made,
 )
-from savegame.storage.session import MODES, Mode, beside_runs, modes_of, set_path
+from savegame.storage.session import MODES, Mode, beside_runs, set_path
 from savegame.storage.url import StorageURL
 
 PREFIX = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}")
@@ -804,10 +804,8 @@ class RedisStorage(Storage):
                 mode, why = kept, "its sessions are, and no mode is recorded"
         if mode is not None and _text(mode) != self.mode:
             mode = _text(mode)
-            raise CorruptSessionError(
-                f"the store {self.prefix!r} in {self._address} keeps {mode} sessions ({why}), "
-                f"and a storage of mode={self.mode!r} may not use it: open it with "
-                f"mode={mode!r}, or keep {self.mode} sessions under another prefix"
+            raise self._kept_by_another(
+                f"the store {self.prefix!r} in {self._address}", mode, why, "under another prefix"
             )
         self._recorded = found is not None
         self._moded = mode is not None
@@ -840,20 +838,6 @@ class RedisStorage(Storage):
                         yield loads(data)
 
         return self._mode_among(headers())
-
-    def _mode_among(self, records: Iterable[Any]) -> str | None:
-        """This mode when one of ``records`` can be a session of it (a store that holds
-        sessions of this mode is this mode's, even when an earlier savegame let another
-        mode's in beside them), else the other mode whose session one is; None when no
-        record tells (none is a session of any mode)."""
-        found = None
-        for record in records:
-            if not isinstance(record, dict):
-                continue
-            if self.mode in modes_of(record):
-                return self.mode
-            found = found or self._other_mode(record)
-        return found
 
     def _settle(self, record: bool, hint: str | None = None, count: int | None = None) -> None:
         """Reads the store's layout again (with ``record``, recording it if not yet)."""
