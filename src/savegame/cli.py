@@ -33,7 +33,6 @@ from savegame import __version__, transfer
 from savegame.chat import chat
 from savegame.errors import StorageError
 from savegame.storage.base import Storage
-from savegame.storage.files import FileStorage
 from savegame.storage.session import MODES, Session
 from savegame.storage.url import open_storage, redact
 
@@ -249,8 +248,6 @@ def _kept_by_another_mode(store: Storage, mode: str) -> str | None:
     """The mode a JSON or YAML folder keeps when it is another than ``mode`` and the folder
     holds no session of ``mode``: its listings in ``mode`` are empty, not because nothing is
     stored (``--mode`` was forgotten, say). None otherwise."""
-    if not isinstance(store, FileStorage):
-        return None
     kept = store.kept_mode()
     if kept is None or kept == mode or store.get_all_session_ids():
         return None
@@ -392,7 +389,7 @@ def export(
         count = transfer.export_sessions(
             store, lambda line: _emit(line.encode(), flush=False), user
         )
-        left_out = _left_out(store)
+        left_out = store.unreadable()
         other = _kept_by_another_mode(store, mode) if not count else None
     sys.stdout.flush()
     _note(f"exported {_sessions(count)}")
@@ -464,7 +461,7 @@ def copy(
             on_start=lambda total: progress.update(task, total=total),
             on_batch=lambda n: progress.advance(task, n),
         )
-        left_out = _left_out(src)
+        left_out = src.unreadable()
     _note(f"copied {report.copied}, already there {report.unchanged}, of {_sessions(report.total)}")
     _fail_if_left_out(left_out, source)
 
@@ -592,15 +589,9 @@ def _sessions(count: int) -> str:
     return f"{count} session{'s' * (count != 1)}"
 
 
-def _left_out(store: Storage) -> list[str]:
-    """Why each stored entry that listings leave out is left out (damaged files of a JSON or
-    YAML folder); the other backends raise on such an entry rather than leave it out."""
-    return store.unreadable() if isinstance(store, FileStorage) else []
-
-
 def _note_left_out(store: Storage) -> None:
     """Says on stderr how many damaged files a listing or a count left out."""
-    left_out = _left_out(store)
+    left_out = store.unreadable()
     if left_out:
         _note(
             f"note: {len(left_out)} file(s) could not be read and are left out; "

@@ -463,6 +463,17 @@ class Storage(ABC):
         """Removes the sessions whose time has run out; returns how many."""
         return self._purge_expired(_now())
 
+    def unreadable(self) -> list[str]:
+        """Why each stored entry that listings leave out is left out, one line each. Only
+        the file backends leave entries out (a damaged file must not break a listing); the
+        others raise on such an entry, so they have none."""
+        return []
+
+    def kept_mode(self) -> str | None:
+        """The mode the store records its sessions to be of, where listings in another mode
+        find nothing rather than raise (a JSON or YAML folder); None elsewhere."""
+        return None
+
     def close(self) -> None:
         """Releases connections and handles; the object must not be used afterwards."""
 
