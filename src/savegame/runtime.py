@@ -235,8 +235,9 @@ class SessionKeeper:
             return self._merged(current, run, replace)
 
         if self.storage is None:
-            stored = merge(self._stored)
+            stored = merge(copy.deepcopy(self._stored))
         else:
+            # A session read from the store is a new copy each time: merged in place.
             stored = self.storage.update(self.session_id, merge)
         self._restore(stored)
         return stored
@@ -244,11 +245,14 @@ class SessionKeeper:
     def _merged(self, current: Session | None, run: Run | None, replace: bool) -> Session:
         """The session to store: what is stored now, with this keeper's changes over it.
 
-        It may be called more than once per save (after a conflict), so it only computes.
+        ``current`` is taken apart and built on, so it must be a copy of this save's own:
+        copying a long conversation again would cost more than the rest of the save. It
+        may be called more than once per save (after a conflict, with a new copy), so it
+        changes nothing else.
         """
         if current is not None:
             self._check_owner(current)
-        data = copy.deepcopy(self._fields(current)) if current is not None else {}
+        data = self._fields(current) if current is not None else {}
         data["session_id"] = self.session_id
         runs = list(get_path(data, self.spec.runs_path) or [])
         session_data = dict(data.get("session_data") or {})
