@@ -55,8 +55,9 @@ the conversation and savegame's does not.
 (README, "Remembered sessions"); the rows "by a storage just opened" are made by a new
 storage object, as in a new process, which knows nothing of them yet. A new session costs
 savegame one row per run besides the header. The save at turn N adds one run to a
-conversation of N runs; savegame's save at turn 1000 still pickles the 1000 runs it is
-given, to prove them unchanged: that is the row "of which pickling the runs". The "read of a
+conversation of N runs, kept by the caller from save to save; savegame's save at turn 1000
+still marks the 1000 runs it is given (marshals them), to prove them unchanged: that is the
+row "of which marking the runs". The "read of a
 1000-run session that another storage just added a run to" is made by a storage that read
 the session before another one (another process, in a deployment) saved it again: it
 fetches the digests of the runs and the text of the new one only."""

@@ -34,7 +34,7 @@ from typing import Any
 from sqlalchemy import event
 
 from savegame.storage.base import Storage
-from savegame.storage.known import pickle_runs
+from savegame.storage.known import mark_runs
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.sql import SqlStorage
 
@@ -293,8 +293,8 @@ def _compare(
     runs = _session("long", "user-c", 1000).memory["runs"]  # type: ignore[index]
     rows.append(
         {
-            "name": "of which pickling the runs, to find those unchanged",
-            "savegame": _time(lambda: pickle_runs(runs), repeat=9),
+            "name": "of which marking the runs, to find those unchanged",
+            "savegame": _time(lambda: mark_runs(runs), repeat=9),
             "baseline": 0.0,
             "note": "turn 1000",
         }

@@ -1,5 +1,6 @@
-"""What a storage remembers of its sessions: the pickle that proves runs unchanged, and the
-bounded cache. Backends are held to the behaviour this serves by the conformance suite."""
+"""What a storage remembers of its sessions: the marks and the pickle that prove runs
+unchanged, and the bounded cache. Backends are held to the behaviour this serves by the
+conformance suite."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from savegame.errors import SerializationError
+from savegame.storage import known as known_module
 from savegame.storage.base import Header
 from savegame.storage.codec import dumps
 from savegame.storage.known import (
@@ -97,6 +99,148 @@ def test_a_run_changed_in_place_is_encoded_and_checked_again() -> None:
     again = encode_runs(runs, known, dumps, _digest, "$", 2)
     assert again.items[0] == {"run_id": "0", "text": [1, 2]}
     assert again.pickled == pickle_runs(again.items)
+
+
+def _marked(runs: list[Any]) -> Known:
+    """What is remembered of two saves of ``runs``: the first finds no runs it gave
+    before, so it makes no marks; the second does."""
+    known = None
+    for _ in range(2):
+        given = encode_runs(runs, known, dumps, _digest, "$", 2)
+        known = Known.written("t", Header(1, 0, None), given, (), {})
+    assert known is not None
+    assert known.marks is not None
+    return known
+
+
+def _lengths(monkeypatch: pytest.MonkeyPatch, name: str = "pickle_runs") -> list[int]:
+    """The length of each list of runs given from now on to the function ``name`` of
+    savegame.storage.known (one that pickles or marks runs)."""
+    lengths: list[int] = []
+    made = getattr(known_module, name)
+
+    def counted(runs: list[Any]) -> bytes | None:
+        lengths.append(len(runs))
+        return made(runs)
+
+    monkeypatch.setattr(known_module, name, counted)
+    return lengths
+
+
+def test_runs_whose_marks_are_unchanged_are_neither_encoded_nor_pickled_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runs = _runs(3)
+    known = _marked(runs)
+    pickled = _lengths(monkeypatch)
+    runs.append({"run_id": "3"})
+    more = encode_runs(runs, known, dumps, _digest, "$", 2)
+    assert pickled == [1]
+    assert more.texts[:3] == [None, None, None]
+    assert more.pickled == pickle_runs(runs)
+    assert more.marks is not None
+    assert more.changes(known.digests) == [(3, _digest('{"run_id":"3"}'), '{"run_id":"3"}')]
+
+
+def _to_true(runs: list[Any]) -> None:
+    runs[0]["n"] = True
+
+
+def _to_float(runs: list[Any]) -> None:
+    runs[0]["n"] = 1.0
+
+
+def _to_negative_zero(runs: list[Any]) -> None:
+    runs[0]["zero"] = -0.0
+
+
+def _keys_reordered(runs: list[Any]) -> None:
+    first = runs[0]
+    items = list(first.items())
+    first.clear()
+    first.update(reversed(items))
+
+
+def _shared_changed_through_the_later_run(runs: list[Any]) -> None:
+    runs[1]["also"]["deep"].append(2)
+
+
+def _run_replaced_by_an_equal_copy(runs: list[Any]) -> None:
+    runs[0] = json.loads(json.dumps(runs[0]))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        _to_true,
+        _to_float,
+        _to_negative_zero,
+        _keys_reordered,
+        _shared_changed_through_the_later_run,
+        _run_replaced_by_an_equal_copy,
+    ],
+)
+def test_a_run_changed_in_place_even_to_an_equal_value_is_encoded_again(change: Any) -> None:
+    shared: dict[str, Any] = {"deep": [1]}
+    runs: list[Any] = [
+        {"run_id": "0", "n": 1, "zero": 0.0, "shared": shared},
+        {"run_id": "1", "also": shared},
+    ]
+    known = _marked(runs)
+    before = [dumps(run) for run in runs]
+    change(runs)
+    runs.append({"run_id": "2"})
+    more = encode_runs(runs, known, dumps, _digest, "$", 2)
+    changed = [i for i, run in enumerate(runs[:2]) if dumps(run) != before[i]]
+    assert [c[0] for c in more.changes(known.digests)] == [*changed, 2]
+    assert [json.loads(dumps(run)) for run in more.items] == [json.loads(dumps(r)) for r in runs]
+    assert more.pickled == pickle_runs(more.items)
+
+
+def test_marks_that_number_their_objects_otherwise_prove_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Runs whose marks refer to no object, so that they are the same bytes under either
+    # flag of the list: the flag alone must refuse them.
+    runs: list[Any] = [True, None]
+    known = _marked(runs)
+    assert known.marks is not None
+    flipped = bytes([known.marks[0] ^ 0x80]) + known.marks[1:]
+    pickled = _lengths(monkeypatch)
+    runs.append(False)
+    encode_runs(runs, known._replace(marks=flipped), dumps, _digest, "$", 2)
+    assert pickled[0] == 3  # the whole list pickled to compare: the marks were not trusted
+    encode_runs(runs, known, dumps, _digest, "$", 2)
+    assert pickled[-1] == 1
+
+
+def test_runs_stored_other_than_given_are_not_marked() -> None:
+    runs: list[Any] = [{"run_id": "0", "pair": (1, 2)}]
+    known = None
+    for _ in range(3):
+        runs.append({"run_id": str(len(runs))})
+        given = encode_runs(runs, known, dumps, _digest, "$", 2)
+        assert given.items[0] == {"run_id": "0", "pair": [1, 2]}
+        assert given.marks is None
+        known = Known.written("t", Header(1, 0, None), given, (), {})
+
+
+def test_runs_given_as_a_new_copy_each_time_are_not_marked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    marked = _lengths(monkeypatch, "mark_runs")
+    runs, kept = _runs(2), []
+    known = None
+    for _ in range(3):
+        copy = json.loads(json.dumps(runs))
+        kept.append(copy)  # alive, so that no copy's first run takes an earlier one's id
+        given = encode_runs(copy, known, dumps, _digest, "$", 2)
+        known = Known.written("t", Header(1, 0, None), given, (), {})
+    assert marked == []
+    for _ in range(2):
+        given = encode_runs(runs, known, dumps, _digest, "$", 2)
+        known = Known.written("t", Header(1, 0, None), given, (), {})
+    assert marked == [2]
 
 
 @pytest.mark.parametrize(

@@ -10,13 +10,19 @@ for each session they lately wrote or read, a :class:`Known`:
   header, and never reused, also when a session is deleted and made again;
 - its header (version, created_at, expires_at);
 - a digest of each run, as the store holds them;
-- the runs themselves, pickled (see :func:`pickle_runs`): exactly the values the store holds.
+- the runs themselves, pickled (see :func:`pickle_runs`): exactly the values the store holds;
+- the runs the last write was given, marked (see :func:`mark_runs`), when the caller keeps
+  them from save to save.
 
-Writes. :func:`encode_runs` pickles the runs it is given. When the remembered pickle is a
-prefix of that pickle, the remembered runs are unchanged, byte for byte, and are neither
-checked, encoded nor digested again: only the runs after them are. A backend writes on the
-remembered header only while the store still carries the remembered token, which the write
-checks atomically; otherwise it reads the stored header and digests, and writes on those.
+Writes. :func:`encode_runs` marks the runs it is given, when the caller gave the same first
+run object last time. When the remembered marks are a prefix of those marks, the remembered
+runs are unchanged and are neither checked, encoded, digested nor pickled again: only the
+runs after them are, and their pickle is added to the remembered one. Otherwise it pickles
+the runs given, and when the remembered pickle is a prefix of that pickle, the remembered
+runs are unchanged, byte for byte, and only the runs after them are checked, encoded and
+digested. A backend writes on the remembered header only while the store still carries the
+remembered token, which the write checks atomically; otherwise it reads the stored header
+and digests, and writes on those.
 
 Reads. When the stored header carries the remembered token, the runs are unpickled from
 memory instead of being fetched and decoded. When it carries another (a write elsewhere),
@@ -35,17 +41,25 @@ makes :func:`pickle_runs` give None, and those runs are encoded every time, as w
 cache); no code of the caller's runs while pickling. It costs about a tenth of encoding the
 same runs as JSON.
 
+Why marks as well. Marshal makes its bytes in half to two thirds of a pickle's time, and
+they are as exact where they agree (see :func:`mark_runs`), but they depend on which objects
+are referred to from elsewhere: the runs of a caller who keeps them mark alike from save to
+save, while a new copy of the same runs may mark otherwise, and the runs read back are such
+a copy. So marks only spare the pickle of runs kept, and are neither made for a copy nor
+remembered from a read.
+
 Writes sent again. A header also keeps the tokens of the :data:`PAST_TOKENS` writes before its
 last. A write whose reply was lost and which is sent again finds out from them whether its
 earlier sending was made (:func:`resent_write_made`), so that it is never made twice.
 
 Bounds. A cache holds at most :data:`MAX_SESSIONS` sessions and ``max_bytes`` bytes of
-pickles and digests (:data:`DEFAULT_BYTES` unless the storage is told otherwise), least
+pickles, marks and digests (:data:`DEFAULT_BYTES` unless the storage is told otherwise), least
 recently used out first; a session larger than the whole bound is not remembered.
 """
 
 from __future__ import annotations
 
+import marshal
 import pickle
 import threading
 from collections import OrderedDict
@@ -132,6 +146,14 @@ class Known(NamedTuple):
     """The rest of the stored record (every field but the runs), pickled by
     :func:`pickle_plain`: a read that finds the token unchanged returns a copy of it
     without decoding the stored JSON; None when not remembered."""
+    marks: bytes | None = None
+    """The runs the last write was given, as :func:`mark_runs` gives them, when they were
+    exactly the runs stored (none converted) and marked; None otherwise."""
+    first: int = 0
+    """The ``id()`` of the first run the last write was given (0: none). A caller who gives
+    the same object again keeps its runs from save to save, which is when their marks can
+    agree and are worth making; one who gives a new copy each time (read, changed,
+    saved) is spared them."""
 
     @classmethod
     def written(
@@ -146,7 +168,8 @@ class Known(NamedTuple):
         is set) and the runs as the write encoded them."""
         if runs is None:
             return cls(token, header, None, None, listed, pickle_plain(record))
-        return cls(token, header, runs.digests, runs.pickled, listed, pickle_plain(record))
+        head = pickle_plain(record)
+        return cls(token, header, runs.digests, runs.pickled, listed, head, runs.marks, runs.first)
 
     @classmethod
     def read(
@@ -201,7 +224,7 @@ class Known(NamedTuple):
 
     def size(self) -> int:
         """Bytes this entry counts against its cache's bound."""
-        return len(self.runs or b"") + len(self.digests or "") + len(self.head or b"")
+        return sum(len(part or "") for part in (self.runs, self.digests, self.head, self.marks))
 
 
 class _NotPlain(Exception):
@@ -293,6 +316,51 @@ def unpickle_plain(blob: bytes) -> Any:
     return pickle.loads(blob)
 
 
+def mark_runs(runs: list[Any]) -> bytes | None:
+    """The runs marshalled: bytes that tell, cheaper than a pickle, that runs are exactly
+    the runs of an earlier write (see :func:`_marked_count`); None when they cannot be
+    marshalled (a subclass of a built-in type, an object of any other type, or nesting too
+    deep).
+
+    Marshal refuses every subclass, and writes each value as its type and contents, but
+    with its version 4 it writes an object referred to from elsewhere (by the count of its
+    references) once, with a flag, and later occurrences as references to it. Equal bytes
+    therefore still mean equal values; equal values may give other bytes, which only costs
+    the pickle that marks spare.
+    """
+    try:
+        return marshal.dumps(runs, 4)
+    except ValueError:
+        return None
+
+
+_LIST_HEAD = 5
+# A marshalled list is its type code (with the flag of an object referred to from
+# elsewhere), its length as 4 bytes, then its items one after the other.
+
+
+def _marked_count(marks: bytes | None, known: Known | None, width: int) -> int:
+    """How many runs of ``marks`` are, by their marks, exactly the remembered ones: all of
+    those remembered, or 0.
+
+    The list's own flag must agree too: it numbers the objects referred to, so item bytes
+    that refer back mean the same objects only under the same flag. No run refers back to
+    the list itself, as the runs marked at a write could be stored, which a cycle forbids.
+    """
+    if marks is None or known is None or known.marks is None or known.runs is None:
+        return 0
+    old = known.marks
+    count = len(known.digests or "") // width
+    if (
+        not count
+        or len(marks) < len(old)
+        or marks[0] != old[0]
+        or not marks.startswith(memoryview(old)[_LIST_HEAD:], _LIST_HEAD)
+    ):
+        return 0
+    return count
+
+
 def _prefix_count(blob: bytes, known: Known | None, width: int) -> int:
     """How many leading runs of the runs pickled in ``blob`` are the remembered ones."""
     if known is None or known.runs is None or not known.digests:
@@ -314,6 +382,9 @@ class Runs:
             made (see :meth:`changes`).
         digests: the digest of each run, concatenated.
         pickled: the runs as stored, pickled, to remember; None when they cannot be.
+        marks: the runs given, marked by :func:`mark_runs`, when they were marked and are
+            exactly the runs as stored; None otherwise.
+        first: the ``id()`` of the first run given (see :attr:`Known.first`).
     """
 
     def __init__(
@@ -325,11 +396,15 @@ class Runs:
         text_of: Callable[[Any, str | None], str],
         digest: Callable[[str], str],
         width: int,
+        marks: bytes | None = None,
+        first: int = 0,
     ) -> None:
         self.items = items
         self.texts = texts
         self.digests = digests
         self.pickled = pickled
+        self.marks = marks
+        self.first = first
         self._text_of = text_of
         self._digest = digest
         self._width = width
@@ -397,8 +472,13 @@ def encode_runs(
     """
     if width is None:
         width = len(digest(""))
-    blob = pickle_runs(runs)
-    start = 0 if blob is None else min(_prefix_count(blob, known, width), len(runs))
+    first = id(runs[0]) if runs else 0
+    marks = mark_runs(runs) if first and known is not None and known.first == first else None
+    start = min(_marked_count(marks, known, width), len(runs))
+    marked = start > 0
+    blob = None if marked else pickle_runs(runs)
+    if blob is not None:
+        start = min(_prefix_count(blob, known, width), len(runs))
     items: list[Any] = runs[:start]
     texts: list[str | None] = [None] * start
     digests = [known.digests[: start * width]] if start and known and known.digests else []
@@ -410,23 +490,37 @@ def encode_runs(
         items.append(copy)
         texts.append(text)
         digests.append(digest(text))
-    pickled = blob
-    if blob is not None and converted:
-        # The copies made of the new runs must pickle as the runs given did; they differ
-        # where encoding converted a value (a tuple became a list, say). Copies equal to
-        # runs of the exact built-in types alone (``blob`` is made of nothing else) pickle
-        # as they do.
+    if marked:
+        # The marks proved the remembered runs unchanged: their pickle stands, and only
+        # the new runs, as stored, are pickled after it.
+        assert known is not None
+        assert known.runs is not None
         fresh = pickle_runs(items[start:])
-        done = len(known.runs) - _FRAME if start and known and known.runs else 0
-        if (
-            fresh is None
-            or len(fresh) - _FRAME != len(blob) - _FRAME - done
-            or not blob.endswith(memoryview(fresh)[len(_HEAD) :])
-        ):
-            pickled = None
+        pickled = None
+        if fresh is not None:
+            pickled = b"".join(
+                (memoryview(known.runs)[: -len(_TAIL)], memoryview(fresh)[len(_HEAD) :])
+            )
+    else:
+        pickled = blob
+        if blob is not None and converted:
+            # The copies made of the new runs must pickle as the runs given did; they
+            # differ where encoding converted a value (a tuple became a list, say). Copies
+            # equal to runs of the exact built-in types alone (``blob`` is made of nothing
+            # else) pickle as they do.
+            fresh = pickle_runs(items[start:])
+            done = len(known.runs) - _FRAME if start and known and known.runs else 0
+            if (
+                fresh is None
+                or len(fresh) - _FRAME != len(blob) - _FRAME - done
+                or not blob.endswith(memoryview(fresh)[len(_HEAD) :])
+            ):
+                pickled = None
     if pickled is None:
         pickled = pickle_runs(items)
-    return Runs(items, texts, "".join(digests), pickled, text_of, digest, width)
+    exact = not converted and pickled is not None and (marked or pickled is blob)
+    marks = marks if exact else None
+    return Runs(items, texts, "".join(digests), pickled, text_of, digest, width, marks, first)
 
 
 class KnownSessions:

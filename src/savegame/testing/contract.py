@@ -915,6 +915,44 @@ class ModeContract:
             assert got is not None
             assert _exact(_runs_of(store, got), ordered) == _exact(runs, ordered)
 
+    def test_runs_kept_by_the_caller_and_changed_in_place_save_after_save(
+        self, store: Store
+    ) -> None:
+        # The same objects saved again and again, as a caller that keeps its conversation
+        # does: each save changes an old run in place, to a value ``==`` calls equal or
+        # into a value it shares with another run.
+        storage = store()
+        shared: dict[str, Any] = {"deep": [1]}
+        runs: list[Any] = [
+            {"run_id": "0", "n": 1, "x": 0.0, "a": 1, "b": 2, "shared": shared},
+            {"run_id": "1", "also": shared},
+        ]
+
+        def to_true() -> None:
+            runs[0]["n"] = True
+
+        def to_int() -> None:
+            runs[0]["x"] = 0
+
+        def reordered() -> None:
+            items = list(runs[0].items())
+            runs[0].clear()
+            runs[0].update(reversed(items))
+
+        def through_the_other_run() -> None:
+            runs[1]["also"]["deep"].append(2)
+
+        ordered = "key_order" in type(storage).capabilities
+        for change in (None, None, to_true, to_int, reordered, through_the_other_run):
+            if change is not None:
+                change()
+            runs.append({"run_id": str(len(runs))})
+            storage.upsert(_with_runs(store, "kept", runs))
+            for reader in (storage, store()):
+                got = reader.read("kept")
+                assert got is not None
+                assert _exact(_runs_of(store, got), ordered) == _exact(runs, ordered)
+
     def test_a_session_made_again_elsewhere_is_not_taken_for_the_one_remembered(
         self, store: Store
     ) -> None:
