@@ -264,6 +264,12 @@ class Storage(ABC):
     @mode.setter
     def mode(self, value: Mode | None) -> None:
         self._spec = mode_spec(value)
+        self._mode_changed()
+
+    def _mode_changed(self) -> None:
+        """Called when :attr:`mode` is set: a backend that keeps what it learnt of the store
+        in the mode before (tables, the store's layout, sessions remembered) lets it go, so
+        that the storage acts as one opened in the new mode."""
 
     @property
     def spec(self) -> ModeSpec:

@@ -954,9 +954,20 @@ class RedisStorage(Storage):
             self._call(methodcaller("delete", self._keys + key))
         with self._lock:
             # The next write records the layout again (this storage's shards, or one).
-            self._known.clear()
-            self._scripts = {}
-            self._recorded = False
+            self._forget_layout()
+
+    def _mode_changed(self) -> None:
+        # The layout was read, and found of the mode before: read again, it refuses this
+        # mode where the store keeps another, as it does a storage opened in this mode.
+        with self._lock:
+            self._forget_layout()
+
+    def _forget_layout(self) -> None:
+        """Forgets the store's layout and the sessions remembered: the next call reads the
+        layout again (with :attr:`_lock` held)."""
+        self._known.clear()
+        self._scripts = {}
+        self._recorded = False
 
     def upgrade_schema(self) -> None:
         """Moves sessions written by the original ``RedisStorage`` into this layout.

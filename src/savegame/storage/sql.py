@@ -129,7 +129,6 @@ from savegame.storage.session import (
     Mode,
     ModeSpec,
     Session,
-    mode_spec,
     set_path,
     split_runs,
 )
@@ -1050,14 +1049,7 @@ class SqlStorage(Storage):
         indexed = {c.name for index in header.indexes for c in index.columns}
         self._indexed = tuple(name for name in names if name in indexed)
 
-    @property
-    def mode(self) -> str:
-        """The kind of sessions this storage holds; setting it switches the table's columns."""
-        return self.spec.mode
-
-    @mode.setter
-    def mode(self, value: Mode | None) -> None:
-        self._spec = mode_spec(value)
+    def _mode_changed(self) -> None:
         self._define_tables()
 
     @property

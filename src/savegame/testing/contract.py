@@ -41,6 +41,7 @@ from savegame.storage.known import PAST_TOKENS
 from savegame.storage.session import (
     MESSAGES_OF_RUNS,
     MODES,
+    Mode,
     Session,
     get_path,
     set_path,
@@ -1375,18 +1376,26 @@ class BackendContract:
             ("team", "workflow"),
         ],
     )
+    @pytest.mark.parametrize("switched", [False, True], ids=["opened", "switched"])
     def test_a_storage_of_another_mode_never_breaks_or_joins_the_listings_of_the_first(
-        self, backend_store: Store, first: str, second: str
+        self, backend_store: Store, first: Mode, second: Mode, switched: bool
     ) -> None:
         # The README's agent and team examples run against one store: the second storage's
         # writes are refused, naming the store's mode, or kept apart. Either way the first
         # mode's listings go on working and list its own sessions only, and the second
-        # storage never lists them, reads them short, replaces, deletes or drops them.
+        # storage never lists them, reads them short, replaces, deletes or drops them. The
+        # second storage is opened in its mode, or (switched) is one of the first mode that
+        # has read the store and remembers its session, whose ``mode`` is then set.
         if backend_store.mixed_modes is not None:
             pytest.skip(backend_store.mixed_modes)
         one = backend_store(mode=first)
         mine = [one.upsert(_dated(first, "s1", 1))]
-        other = backend_store(mode=second)
+        if switched:
+            other = backend_store(mode=first)
+            assert other.read("s1") == mine[0]
+            other.mode = second
+        else:
+            other = backend_store(mode=second)
         theirs: list[str] = []
         written = _outcome(lambda: other.upsert(_dated(second, "s2", 2)))
         if isinstance(written, CorruptSessionError):
