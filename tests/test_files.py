@@ -212,6 +212,34 @@ def test_drop_removes_only_its_own_files(tmp_path: Path) -> None:
     assert not (tmp_path / "j.json").exists()
 
 
+@pytest.mark.parametrize("cls", FORMATS)
+def test_drop_leaves_files_of_its_format_that_are_no_session_of_its_own(
+    tmp_path: Path, cls: type[FileStorage]
+) -> None:
+    # A folder shared with other files (a project's root, named by "json:///." or a
+    # dir_path built from an empty setting): drop removes the sessions' files, damaged ones
+    # included, and leaves another program's files, files cut short, and copies of a
+    # session under another name, which the storage never read as its sessions.
+    ext = cls.format.extension
+    storage = cls(tmp_path)
+    storage.upsert(AgentSession(session_id="mine"))
+    foreign = {
+        f"package{ext}": '{"name": "app", "version": "1.0"}\n',
+        f"list{ext}": "[1, 2]\n",
+        f"cut{ext}": '{"session_id": "cut", "memo',
+        f"backup{ext}": '{"session_id": "mine", "memory": null}\n',
+    }
+    for name, text in foreign.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    (tmp_path / f"damaged{ext}").write_text(
+        '{"session_id": "damaged", "created_at": "yesterday"}\n', encoding="utf-8"
+    )
+    storage.drop()
+    left = {p.name: p.read_text(encoding="utf-8") for p in tmp_path.iterdir() if p.is_file()}
+    assert left == foreign
+    assert storage.get_all_session_ids() == []
+
+
 def test_yaml_keeps_awkward_text_and_deep_values_readable(tmp_path: Path) -> None:
     storage = YamlStorage(tmp_path)
     storage.upsert(AgentSession(session_id="plain", memory={"text": "hello"}))

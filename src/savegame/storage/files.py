@@ -878,9 +878,10 @@ class FileStorage(Storage):
         return purged
 
     def drop(self) -> None:
-        """Removes this format's session files and its index; other files stay, and so do
-        the files of sessions of another mode (a storage of the wrong mode drops none of
-        them). The folder's mode is forgotten with its last session file."""
+        """Removes this format's session files and its index; other files stay: the files
+        of sessions of another mode (a storage of the wrong mode drops none of them), and
+        files of this format that are no session's file (see :meth:`_dropped`). The
+        folder's mode is forgotten with its last session file."""
         if not self.dir_path.is_dir():
             return
         with self._folder_locked(), self._index_errors():
@@ -900,10 +901,13 @@ class FileStorage(Storage):
             removed: list[os.DirEntry[str]] = []
             kept = 0
             for entry in self._session_files():
-                if entry.name not in ours and self._of_another_mode_file(Path(entry.path)):
-                    kept += 1
-                else:
+                dropped = entry.name in ours or self._dropped(Path(entry.path))
+                if dropped is None:
+                    continue
+                if dropped:
                     removed.append(entry)
+                else:
+                    kept += 1
             for entry in removed:
                 Path(entry.path).unlink(missing_ok=True)
             if not kept:
@@ -913,13 +917,31 @@ class FileStorage(Storage):
             if not self._index_write(conn, emptied) and removed:
                 self._show_change(before)
 
-    def _of_another_mode_file(self, path: Path) -> bool:
-        """Whether ``path`` holds a session of another mode (not a damaged file)."""
+    def _dropped(self, path: Path) -> bool | None:
+        """Whether :meth:`drop` removes ``path``, a file the index does not hold as one of
+        this mode's sessions: True for a session's own file (named after the session it
+        holds, damaged or not) of this mode; False for one of another mode's session, which
+        keeps the folder's mode; None for a file that is no session's file, which stays.
+
+        A file that holds no session (another program's ``package.json``, one cut short)
+        or a session under another name (a copy made by hand) is not the storage's: it
+        never listed or read it, and a folder shared with other files (a project's root)
+        must lose none of them.
+        """
         try:
-            record = self._load(path, None)
-        except CorruptSessionError:
-            return False
-        return record is not None and self._other_mode(record) is not None
+            data = self.format.load(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise BackendUnavailableError(f"cannot read {path}: {exc}") from exc
+        except (ValueError, StorageError):
+            return None
+        session_id = data.get("session_id") if isinstance(data, dict) else None
+        if not isinstance(session_id, str) or path.name != file_name(
+            session_id, self.format.extension
+        ):
+            return None
+        return self._other_mode(data) is None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.dir_path)!r}, mode={self.mode!r})"
