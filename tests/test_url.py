@@ -14,6 +14,7 @@ import savegame
 from savegame.errors import InvalidIdentifierError
 from savegame.storage.in_memory import InMemoryStorage
 from savegame.storage.session import MODES
+from savegame.storage.session.agent import AgentSession
 from savegame.storage.url import OPTIONS, SCHEMES, StorageURL, open_storage, parse_url, redact
 from savegame.testing import Store
 from savegame.testing.sample import make_session
@@ -278,6 +279,23 @@ def test_sqlite_with_three_slashes_and_no_path_is_refused() -> None:
         with pytest.raises(InvalidIdentifierError, match="sqlite:/// names no file"):
             open_storage(url)
     assert open_storage("sqlite://").read("any") is None
+
+
+@pytest.mark.parametrize("scheme", ["json", "yaml"])
+def test_a_folder_url_or_dir_path_with_no_path_is_refused(
+    scheme: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "json:///$DIR" with DIR unset would name the current folder, and write sessions beside
+    # (and drop the session files among) whatever else is there.
+    monkeypatch.chdir(tmp_path)
+    cls = type(open_storage(f"{scheme}:///x"))
+    for url in (f"{scheme}:///", f"{scheme}://", f"{scheme}:///?expire=5"):
+        with pytest.raises(InvalidIdentifierError, match=f"dir_path is empty .*{scheme}:///"):
+            open_storage(url)
+    with pytest.raises(InvalidIdentifierError, match=r"'\.' for the current folder"):
+        cls("")
+    assert open_storage(f"{scheme}:///.").upsert(AgentSession(session_id="s")).version == 1
+    assert [p.name for p in tmp_path.iterdir() if p.is_file()] == [f"s.{scheme}"]
 
 
 @pytest.mark.parametrize(

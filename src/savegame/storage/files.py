@@ -63,7 +63,12 @@ from typing import Any, ClassVar
 
 from filelock import FileLock, Timeout
 
-from savegame.errors import BackendUnavailableError, CorruptSessionError, StorageError
+from savegame.errors import (
+    BackendUnavailableError,
+    CorruptSessionError,
+    InvalidIdentifierError,
+    StorageError,
+)
 from savegame.storage.base import (
     Draft,
     Header,
@@ -171,6 +176,9 @@ class FileStorage(Storage):
         expire: seconds after its last write that a session expires.
         lock_timeout: seconds to wait for the folder's lock before raising
             :class:`~savegame.errors.BackendUnavailableError`.
+
+    Raises:
+        InvalidIdentifierError: for an empty ``dir_path`` (``"."`` names the current folder).
     """
 
     capabilities = frozenset({"persistent", "processes", "key_order"})
@@ -184,6 +192,13 @@ class FileStorage(Storage):
         lock_timeout: float = 30.0,
     ) -> None:
         super().__init__(mode, expire)
+        if os.fspath(dir_path) == "":
+            # What "json:///$DIR" gives when DIR is unset: Path("") is the current folder,
+            # which would take the sessions beside whatever else is there.
+            raise InvalidIdentifierError(
+                f"{type(self).__name__} needs a folder, and dir_path is empty (as is the path "
+                f"of {self.format.name}:/// with none): name it, '.' for the current folder"
+            )
         self.dir_path = Path(dir_path)
         self._meta = self.dir_path / _META_DIR
         self._index_path = self._meta / f"index-{self.format.name}.sqlite3"
