@@ -23,18 +23,45 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    create_engine,
     delete,
     select,
     update,
 )
 
-from savegame.errors import CorruptSessionError, StorageError
+from savegame.errors import CorruptSessionError, InvalidIdentifierError, StorageError
 from savegame.storage.mysql import MySQLStorage
 from savegame.storage.postgres import PostgresStorage
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.sql import CONNECT_TIMEOUT, LATEST, SqlStorage
+from savegame.storage.sqlite import SqliteStorage
 from savegame.testing import Store
 from tests.stores import BACKENDS, Backend, mysql_url, postgres_url
+
+_URLS = {
+    SqliteStorage: "sqlite:///app.db",
+    PostgresStorage: "postgresql+psycopg://app:secret@db.internal/app",
+    MySQLStorage: "mysql+pymysql://app:secret@db.internal/app",
+}
+
+
+@pytest.mark.parametrize("cls", list(_URLS), ids=lambda cls: cls.__name__)
+def test_a_url_or_engine_of_another_database_is_refused(cls: type[SqlStorage]) -> None:
+    # A SqliteStorage given a PostgreSQL URL ran its statements there; a PostgresStorage
+    # given a file name raised SQLAlchemy's ArgumentError, which is no StorageError.
+    for bad in ("app.db", "", "not a url"):
+        with pytest.raises(InvalidIdentifierError, match="is not a database URL; give one like"):
+            cls("t", db_url=bad)  # type: ignore[call-arg]
+    for other, url in _URLS.items():
+        if other is cls:
+            continue
+        for given in ("db_url", "db_engine"):
+            value = url if given == "db_url" else create_engine(url)
+            with pytest.raises(InvalidIdentifierError) as refused:
+                cls("t", **{given: value})  # type: ignore[call-arg]
+            assert f"{cls.__name__} keeps sessions in" in str(refused.value)
+            assert f"its {given} names a " in str(refused.value)
+            assert "secret" not in str(refused.value)
 
 
 def _sibling(storage: SqlStorage, table_name: str) -> SqlStorage:

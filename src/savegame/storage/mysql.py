@@ -100,6 +100,8 @@ class MySQLDialect(SqlDialect):
     """MySQL's differences: text JSON, binary ids, ``ON DUPLICATE KEY``, named locks."""
 
     title = "MySQL"
+    backends = ("mysql", "mariadb")
+    example = "mysql+pymysql://user@host/db"
     read_isolation = "REPEATABLE READ"
     table_options = {
         "mysql_engine": "InnoDB",

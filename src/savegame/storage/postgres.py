@@ -97,6 +97,8 @@ class PostgresDialect(SqlDialect):
     """PostgreSQL's differences: JSONB, ``ON CONFLICT``, advisory locks, SQLSTATEs."""
 
     title = "PostgreSQL"
+    backends = ("postgresql", "postgres")
+    example = "postgresql+psycopg://user@host/db"
     read_isolation = "REPEATABLE READ"
 
     def json_type(self) -> TypeEngine[Any]:

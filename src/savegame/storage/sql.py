@@ -211,6 +211,10 @@ class SqlDialect(ABC):
     """
 
     title: ClassVar[str] = "SQL"
+    backends: ClassVar[tuple[str, ...]] = ()
+    """SQLAlchemy's names of the databases of this dialect (``URL.get_backend_name()``)."""
+    example: ClassVar[str] = ""
+    """A URL of such a database, for messages."""
     settings: tuple[Any, ...] = ()
     """What :meth:`configure` sets on a connection; a connection is set up again when it differs."""
     read_isolation: ClassVar[str | None] = None
@@ -541,15 +545,43 @@ CONNECT_TIMEOUT = 5
 """Seconds a server storage waits for a connection, unless told otherwise."""
 
 
-def _url_option(db_url: str, name: str) -> bool:
-    """Whether the SQLAlchemy URL ``db_url`` sets the query option ``name``."""
+def database_url(db_url: str | URL, storage: str, dialect: type[SqlDialect]) -> URL:
+    """``db_url`` parsed, for a storage of class ``storage`` on a database of ``dialect``.
+
+    Raises:
+        InvalidIdentifierError: for a string SQLAlchemy cannot read as a URL (a bare file
+            name, say), or the URL of another kind of database.
+    """
     try:
-        return name in make_url(db_url).query
+        url = make_url(db_url)
     except sa_exc.ArgumentError:
-        return False  # server_engine says what is wrong with it
+        raise InvalidIdentifierError(
+            f"{storage}: db_url {redact(str(db_url))!r} is not a database URL; give one like "
+            f"{dialect.example}"
+        ) from None
+    check_database(url, storage, dialect, "db_url")
+    return url
 
 
-def server_engine(db_url: str, driver: str, package: str, extra: str, **options: Any) -> Engine:
+def check_database(url: URL, storage: str, dialect: type[SqlDialect], given: str) -> None:
+    """Refuses a ``url`` (given as ``given``: ``db_url`` or ``db_engine``) of a database that
+    is not of ``dialect``: a storage would run its statements on it, or fail on its first
+    call with the driver's own error.
+
+    Raises:
+        InvalidIdentifierError: naming the database ``url`` is of.
+    """
+    backend = url.get_backend_name()
+    if backend not in dialect.backends:
+        shown = redact(url.render_as_string(hide_password=True))
+        raise InvalidIdentifierError(
+            f"{storage} keeps sessions in {dialect.title}, and its {given} names a {backend} "
+            f"database ({shown}): give a URL like {dialect.example}, or open any URL with "
+            "savegame.open_storage"
+        )
+
+
+def server_engine(db_url: URL, driver: str, package: str, extra: str, **options: Any) -> Engine:
     """A shared engine for a database server, with ``driver`` unless the URL names one.
 
     A pooled connection that the server closed, or lost in a restart, costs a reconnect,
@@ -562,7 +594,7 @@ def server_engine(db_url: str, driver: str, package: str, extra: str, **options:
         importlib.import_module(package)
     except ImportError as exc:
         raise MissingDependencyError(package, extra) from exc
-    url = make_url(db_url)
+    url = db_url
     base = {"postgres": "postgresql"}.get(url.drivername, url.drivername)
     if "+" not in base:
         url = url.set(drivername=f"{base}+{driver}")
@@ -1007,6 +1039,7 @@ class SqlStorage(Storage):
         cache_bytes: int = DEFAULT_BYTES,
     ) -> None:
         super().__init__(mode, expire)
+        check_database(engine.url, type(self).__name__, type(dialect), "db_engine")
         self.table_name = codec.check_name(table_name, "table name", _TABLE_NAME)
         self.schema = None if schema is None else codec.check_name(schema, "schema name")
         self.schema_version = schema_version
@@ -2197,7 +2230,8 @@ class ServerStorage(SqlStorage):
 
     Raises:
         ValueError: when neither ``db_url`` nor ``db_engine`` is given.
-        InvalidIdentifierError: for a table or schema name that is not a plain identifier.
+        InvalidIdentifierError: for a table or schema name that is not a plain identifier,
+            or a ``db_url`` or ``db_engine`` that is not of this storage's database.
         MissingDependencyError: when the driver is not installed.
     """
 
@@ -2224,11 +2258,12 @@ class ServerStorage(SqlStorage):
         if db_engine is None:
             if db_url is None:
                 raise ValueError(f"{type(self).__name__} needs db_url or db_engine")
+            url = database_url(db_url, type(self).__name__, self.dialect_class)
             timeout = CONNECT_TIMEOUT if connect_timeout is None else connect_timeout
             options = self.engine_options(timeout)
-            if connect_timeout is None and _url_option(db_url, "connect_timeout"):
+            if connect_timeout is None and "connect_timeout" in url.query:
                 del options["connect_args"]["connect_timeout"]  # the URL's, then
-            db_engine = server_engine(db_url, *self.driver, **options)
+            db_engine = server_engine(url, *self.driver, **options)
         super().__init__(
             table_name,
             db_engine,

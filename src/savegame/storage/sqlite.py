@@ -39,7 +39,13 @@ from savegame.errors import InvalidIdentifierError
 from savegame.storage.base import make_folder
 from savegame.storage.known import DEFAULT_BYTES
 from savegame.storage.session import Mode
-from savegame.storage.sql import SqlDialect, SqlStorage, on_conflict_update, shared_engine
+from savegame.storage.sql import (
+    SqlDialect,
+    SqlStorage,
+    database_url,
+    on_conflict_update,
+    shared_engine,
+)
 from savegame.storage.url import StorageURL
 from savegame.storage.wal import use_wal
 
@@ -65,6 +71,8 @@ class SqliteDialect(SqlDialect):
     """SQLite's differences: pragmas, ``BEGIN IMMEDIATE``, ``ON CONFLICT`` and result codes."""
 
     title = "SQLite"
+    backends = ("sqlite",)
+    example = "sqlite:///app.db"
     round_trips = False
     names_ignore_case = True
 
@@ -183,7 +191,8 @@ class SqliteStorage(SqlStorage):
             (:mod:`savegame.storage.known`); 0 remembers none.
 
     Raises:
-        InvalidIdentifierError: for a table name that is not a plain identifier.
+        InvalidIdentifierError: for a table name that is not a plain identifier, or a
+            ``db_url`` or ``db_engine`` that is not of a SQLite database.
         ValueError: for an unknown ``synchronous`` level.
     """
 
@@ -215,7 +224,8 @@ class SqliteStorage(SqlStorage):
         if db_engine is not None:
             engine = db_engine
         elif db_url is not None:
-            engine = make_engine(db_url, busy_timeout)
+            url = database_url(db_url, type(self).__name__, SqliteDialect)
+            engine = make_engine(url, busy_timeout)
         elif self.db_file is not None:
             engine = make_engine(URL.create("sqlite", database=str(self.db_file)), busy_timeout)
         else:
