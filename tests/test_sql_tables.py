@@ -64,6 +64,21 @@ def test_a_url_or_engine_of_another_database_is_refused(cls: type[SqlStorage]) -
             assert "secret" not in str(refused.value)
 
 
+@pytest.mark.parametrize("cls", list(_URLS), ids=lambda cls: cls.__name__)
+def test_a_table_name_the_database_or_savegame_keeps_is_refused(cls: type[SqlStorage]) -> None:
+    # savegame_migrations met SQLAlchemy's InvalidRequestError on every call; a SQLite name
+    # starting with sqlite_ was read as an empty store and refused by the database on write.
+    reserved = ["savegame_migrations", "SAVEGAME_Migrations"]
+    if cls is SqliteStorage:
+        reserved += ["sqlite_master", "SQLITE_sessions"]
+    for name in reserved:
+        with pytest.raises(InvalidIdentifierError, match="keeps tables of that name for itself"):
+            cls(name, db_url=_URLS[cls])  # type: ignore[call-arg]
+    for name in ("savegame_migrations_x", "my_sqlite_sessions"):
+        with cls(name, db_url=_URLS[cls]) as storage:  # type: ignore[call-arg]
+            assert storage.table_name == name
+
+
 def _sibling(storage: SqlStorage, table_name: str) -> SqlStorage:
     """A storage of another table beside ``storage``'s, on the same database."""
     options: dict[str, Any] = {"db_engine": storage.db_engine}

@@ -215,6 +215,8 @@ class SqlDialect(ABC):
     """SQLAlchemy's names of the databases of this dialect (``URL.get_backend_name()``)."""
     example: ClassVar[str] = ""
     """A URL of such a database, for messages."""
+    reserved: ClassVar[str | None] = None
+    """The start of the table names the database keeps for itself, in lower case."""
     settings: tuple[Any, ...] = ()
     """What :meth:`configure` sets on a connection; a connection is set up again when it differs."""
     read_isolation: ClassVar[str | None] = None
@@ -1041,6 +1043,15 @@ class SqlStorage(Storage):
         super().__init__(mode, expire)
         check_database(engine.url, type(self).__name__, type(dialect), "db_engine")
         self.table_name = codec.check_name(table_name, "table name", _TABLE_NAME)
+        folded = table_name.lower()
+        keeper = "savegame" if folded == MIGRATIONS_TABLE else None
+        if dialect.reserved is not None and folded.startswith(dialect.reserved):
+            keeper = dialect.title
+        if keeper is not None:
+            raise InvalidIdentifierError(
+                f"table name {table_name!r} is not allowed: {keeper} keeps tables of that name "
+                "for itself; give the sessions' table another name"
+            )
         self.schema = None if schema is None else codec.check_name(schema, "schema name")
         self.schema_version = schema_version
         self.auto_upgrade_schema = auto_upgrade_schema

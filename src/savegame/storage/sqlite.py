@@ -73,6 +73,7 @@ class SqliteDialect(SqlDialect):
     title = "SQLite"
     backends = ("sqlite",)
     example = "sqlite:///app.db"
+    reserved = "sqlite_"
     round_trips = False
     names_ignore_case = True
 
