@@ -560,6 +560,68 @@ def test_a_closed_standard_output_ends_the_command_quietly(
     assert (proc.returncode, proc.stderr) == (141, b"")
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("stdout", ["closed", "full"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(("stats", "-s", "URL"), id="stats"),
+        pytest.param(("export", "-s", "URL"), id="export"),
+        pytest.param(("sessions", "list", "-s", "URL"), id="list"),
+        pytest.param(("sessions", "show", "s1", "--json", "-s", "URL"), id="show-json"),
+        pytest.param(("--version",), id="version"),
+        pytest.param(("--help",), id="help"),
+    ],
+)
+def test_a_standard_output_that_cannot_be_written_fails_in_one_line(
+    command: tuple[str, ...], stdout: str, tmp_path: Path
+) -> None:
+    """``savegame stats >&-`` (from cron, say) or ``savegame export > /full/disk``: one
+    error line and exit code 1, where a closed one raised a traceback as savegame started,
+    and a full disk one under --version or --help."""
+    if (stdout, command) == ("closed", ("--help",)):
+        pytest.skip("typer prints help to Rich's null file, and exits 0")
+    url = f"sqlite:///{tmp_path / 'out.db'}"
+    savegame("import", "-", "-s", url, stdin=b'{"session_id": "s1"}\n')
+    args = [url if arg == "URL" else arg for arg in command]
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run(
+            [str(SAVEGAME), *args],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            timeout=300,
+            env={**os.environ, "NO_COLOR": "1"},
+            preexec_fn=(lambda: os.close(1)) if stdout == "closed" else None,
+        )
+    (line,) = proc.stderr.decode().splitlines()
+    assert proc.returncode == 1, line
+    assert line.startswith("error: "), line
+    assert "standard output" in line, line
+
+
+def test_commands_that_print_nothing_work_with_standard_output_closed(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'out.db'}"
+    savegame("import", "-", "-s", url, stdin=b'{"session_id": "s1"}\n{"session_id": "s2"}\n')
+    closed = subprocess.run(
+        [str(SAVEGAME), "sessions", "delete", "s1", "-s", url],
+        capture_output=True,
+        timeout=300,
+        preexec_fn=lambda: os.close(1),
+    )
+    assert (closed.returncode, closed.stderr) == (0, b"deleted 1 session\n")
+    assert json.loads(text(savegame("export", "-s", url)))["session_id"] == "s2"
+    no_input = subprocess.run(
+        [str(SAVEGAME), "import", "-", "-s", url],
+        capture_output=True,
+        timeout=300,
+        preexec_fn=lambda: os.close(0),
+    )
+    assert no_input.returncode == 2
+    assert no_input.stderr.decode().splitlines() == [
+        "error: cannot read standard input: it is closed"
+    ]
+
+
 @pytest.mark.parametrize(
     "command",
     [

@@ -12,6 +12,7 @@ also a library call.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import os
 import re
@@ -19,7 +20,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn
+from typing import Annotated, Any, Literal, NoReturn, TextIO
 
 import typer
 from rich.console import Console
@@ -65,27 +66,52 @@ def _emit(data: bytes, *, flush: bool = True) -> None:
     rest of the output would be dropped and the command end with 0. Writing what was not
     taken again meets the closed pipe, which ends the command with 141.
     """
-    stream = sys.stdout.buffer
+    stream = _stdout().buffer
     rest = memoryview(data)
-    try:
+    with _writing():
         while rest:
             rest = rest[stream.write(rest) :]
         if flush:
             stream.flush()
+
+
+@contextmanager
+def _writing() -> Iterator[None]:
+    """Around a write to standard output: a closed pipe ends the command quietly
+    (:func:`_pipe_closed`); any other failure (a full disk under ``savegame export >
+    backup.jsonl``) is said to be standard output's, not only why it failed."""
+    try:
+        yield
     except BrokenPipeError:
         _pipe_closed()
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write to standard output: {exc.strerror}") from exc
+
+
+def _stdout() -> TextIO:
+    """Standard output.
+
+    Raises:
+        OSError: when the command was started with it closed (``savegame stats >&-``), as
+            Python then has none.
+    """
+    if sys.stdout is None:
+        raise OSError(errno.EBADF, "standard output is closed")
+    return sys.stdout
 
 
 def _encoded(text: str) -> bytes:
     """``text`` encoded as standard output's text layer would encode it."""
-    return text.encode(sys.stdout.encoding, sys.stdout.errors or "strict")
+    stdout = _stdout()
+    return text.encode(stdout.encoding, stdout.errors or "strict")
 
 
 class _Output(Console):
     """Standard output: Rich renders, :func:`_emit` writes."""
 
     def print(self, *objects: Any, **options: Any) -> None:
-        with self.capture() as captured:
+        # Rich flushes its file as a capture ends, though it writes nothing to it.
+        with _writing(), self.capture() as captured:
             super().print(*objects, **options)
         _emit(_encoded(captured.get()))
 
@@ -96,7 +122,7 @@ class _Output(Console):
 
 
 # Piped output gets room for whole ids rather than the 80 columns Rich assumes by default.
-out = _Output(soft_wrap=False, width=None if sys.stdout.isatty() else 160)
+out = _Output(soft_wrap=False, width=None if sys.stdout and sys.stdout.isatty() else 160)
 # Messages stay one line each, however narrow the terminal, so that scripts can grep them.
 err = Console(stderr=True, soft_wrap=True)
 
@@ -104,13 +130,25 @@ err = Console(stderr=True, soft_wrap=True)
 class _ExitCodes(TyperGroup):
     """The root command group: turns the library's errors into one line and an exit code."""
 
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().main(*args, **kwargs)
+        except OSError as exc:
+            # Errors of commands are reported by invoke; one that gets here came from what
+            # the command line prints before any command runs (--help, --version) on a
+            # standard output that cannot be written (a full disk).
+            message = f"cannot write to standard output: {exc.strerror or exc}"
+            err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+            raise SystemExit(1) from exc
+
     # ``ctx`` is the Context of the click that typer vendors, which it does not export.
     def invoke(self, ctx: Any) -> Any:
         try:
             result = super().invoke(ctx)
             # Output still buffered would otherwise meet a closed pipe at interpreter exit,
             # out of reach of the handler below.
-            sys.stdout.flush()
+            if sys.stdout is not None:
+                sys.stdout.flush()
             return result
         except (typer.Exit, typer.Abort):
             raise
@@ -391,7 +429,7 @@ def export(
         )
         left_out = store.unreadable()
         other = _kept_by_another_mode(store, mode) if not count else None
-    sys.stdout.flush()
+    _stdout().flush()
     _note(f"exported {_sessions(count)}")
     _fail_if_left_out(left_out, storage)
     if other is not None:
@@ -414,6 +452,8 @@ def import_(
 ) -> None:
     """Store the sessions of a JSON lines file, keeping their timestamps and versions."""
     if str(file) == "-":
+        if sys.stdin is None:
+            _fail("cannot read standard input: it is closed")
         data = sys.stdin.buffer.read()
         source = "<stdin>"
     else:
