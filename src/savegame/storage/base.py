@@ -381,6 +381,8 @@ class Storage(ABC):
 
         Raises:
             ConflictError: when every attempt met a conflict.
+            SerializationError: when ``fn`` returns anything but None or a session of this
+                storage's mode (a dict, say); nothing is written.
             InvalidIdentifierError: when ``fn`` returns a session with another id.
             ValueError: when ``max_attempts`` is not a whole number of at least 1.
         """
@@ -394,6 +396,7 @@ class Storage(ABC):
             new = fn(current)
             if new is None:
                 return current
+            self._check_class(new)
             if new.session_id != session_id:
                 raise InvalidIdentifierError(
                     f"update of {session_id!r} returned a session with id {new.session_id!r}"
@@ -491,6 +494,19 @@ class Storage(ABC):
 
     # -- what backends share --------------------------------------------------------------
 
+    def _check_class(self, session: object) -> None:
+        """Refuses anything but a session of this storage's mode.
+
+        Raises:
+            SerializationError: naming the class this storage stores.
+        """
+        cls = self._spec.session_class
+        if not isinstance(session, cls):
+            raise SerializationError(
+                f"this storage is in mode {self.mode!r} and stores {cls.__name__} objects, "
+                f"not {type(session).__name__}"
+            )
+
     def _prepare(self, session: Session) -> Draft:
         """Checks ``session`` against the mode and the rules for ids, and encodes it.
 
@@ -498,12 +514,7 @@ class Storage(ABC):
         get each field encoded with its text, and the runs apart.
         """
         spec = self._spec
-        cls = spec.session_class
-        if not isinstance(session, cls):
-            raise SerializationError(
-                f"this storage is in mode {self.mode!r} and stores {cls.__name__} objects, "
-                f"not {type(session).__name__}"
-            )
+        self._check_class(session)
         check_id(session.session_id)
         for field in ("user_id", spec.entity_field):
             value = getattr(session, field, None)

@@ -820,6 +820,11 @@ class ModeContract:
         assert storage.update("c", lambda s: None).version == 3
         with pytest.raises(InvalidIdentifierError):
             storage.update("c", lambda s: _session(store, "other"))
+        # A dict of the session (fn working on data rather than on the session) is refused
+        # as upsert refuses it, naming the class to return.
+        with pytest.raises(SerializationError, match="objects, not dict"):
+            storage.update("c", lambda s: s.to_dict())
+        assert storage.read("c") == result
 
     def test_sessions_are_values(self, store: Store) -> None:
         storage = store()
