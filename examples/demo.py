@@ -12,9 +12,13 @@ session is printed. It uses the offline model, so it needs no network and no API
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import shutil
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 from savegame import open_storage
 from savegame.agent import Agent
@@ -48,6 +52,17 @@ def turn(url: str, session_id: str, text: str) -> None:
     print(f"  agent: {answer.content}")
 
 
+def command() -> str:
+    """How to run the ``savegame`` command from here: by its name where it is on the PATH,
+    else by the path of the script installed beside this Python (``make demo`` runs
+    ``.venv/bin/python``, whose folder a shell has not on its PATH)."""
+    beside = Path(sys.executable).parent / "savegame"
+    if shutil.which("savegame") or not beside.exists():
+        return "savegame"
+    relative = os.path.relpath(beside)
+    return shlex.quote(str(beside) if relative.startswith("..") else relative)
+
+
 def main(argv: list[str]) -> int:
     """Runs the two processes, checks the second recalled the fact, prints the session."""
     url = argv[argv.index("--storage") + 1] if "--storage" in argv else DEFAULT_STORAGE
@@ -74,7 +89,8 @@ def main(argv: list[str]) -> int:
     assert stored is not None
     print(f"the session as stored in {url}:")
     print(json.dumps(stored.to_dict(), indent=2, ensure_ascii=False))
-    print(f"\nsee it again with:  savegame sessions show {session_id} --storage {url}")
+    show = f"{command()} sessions show {session_id} --storage {shlex.quote(url)}"
+    print(f"\nsee it again with:  {show}")
     return 0
 
 

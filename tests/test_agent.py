@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import shlex
 import socket
 import sqlite3
 import subprocess
@@ -375,6 +377,19 @@ def test_the_demo_recalls_a_fact_in_a_second_process(tmp_path: Path, url: str) -
     assert "agent: Your favourite colour is teal." in proc.stdout
     assert "process 2 recalled what process 1 was told." in proc.stdout
     assert (tmp_path / url.split(":///")[1]).exists()
+    # The command it gives runs in a shell whose PATH is a fresh one's, without .venv/bin
+    # (as after "make demo"), and shows the conversation.
+    show = proc.stdout.rsplit("see it again with:", 1)[1].strip()
+    shown = subprocess.run(
+        shlex.split(show),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "PATH": os.defpath},
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "Your favourite colour is teal." in shown.stdout
 
 
 def test_switching_sessions_carries_nothing_of_the_one_before(backend_store: Store) -> None:
