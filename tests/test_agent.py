@@ -289,6 +289,17 @@ def test_a_storage_of_another_mode_is_refused() -> None:
         Agent(model=OfflineModel(), storage=InMemoryStorage(mode="team"))
 
 
+def test_a_storage_url_in_place_of_a_storage_is_refused_naming_how_to_open_it(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    with pytest.raises(
+        TypeError, match=r"pass savegame\.open_storage\('sqlite:.*', mode='agent'\)"
+    ):
+        Agent(model=OfflineModel(), storage=url)  # type: ignore[arg-type]
+    assert not (tmp_path / "a.db").exists()
+
+
 def test_an_agent_without_storage_keeps_its_session_in_memory() -> None:
     agent = Agent(model=OfflineModel(), add_history_to_messages=True)
     agent.run("My name is Ada.")

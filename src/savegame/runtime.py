@@ -56,6 +56,7 @@ class SessionKeeper:
 
     Raises:
         ValueError: when ``storage`` is not in this keeper's mode.
+        TypeError: when ``storage`` is a URL (a string) rather than a storage.
         SessionOwnerError: when the stored session belongs to another ``user_id``.
         CorruptSessionError: when a field of the stored session is not of the shape a
             session of this kind has (see :meth:`_fields`).
@@ -89,6 +90,11 @@ class SessionKeeper:
         session_state: dict[str, Any] | None,
         extra_data: dict[str, Any] | None,
     ) -> None:
+        if isinstance(storage, str):
+            raise TypeError(
+                f"storage={storage!r} is a URL, not a storage: pass "
+                f"savegame.open_storage({storage!r}, mode={self.mode!r})"
+            )
         if storage is not None and storage.mode != self.mode:
             raise ValueError(
                 f"{type(self).__name__} saves {self.mode!r} sessions; this storage is in mode "
