@@ -103,6 +103,28 @@ def _sql(store: Store) -> SqlStorage:
     return storage
 
 
+def test_a_closed_storage_refuses_every_call_and_the_store_keeps_its_sessions(
+    sql_store: Store,
+) -> None:
+    # Used after close(), a storage connected again: an in-memory database it owned came
+    # back empty (see test_sqlite), and a server's connections sat in a pool that nothing
+    # would close.
+    storage = _sql(sql_store)
+    stored = storage.upsert(AgentSession(session_id="a"))
+    storage.close()
+    for call in (
+        lambda: storage.read("a"),
+        lambda: storage.upsert(AgentSession(session_id="b")),
+        storage.get_all_session_ids,
+        storage.table_exists,
+        storage.drop,
+    ):
+        with pytest.raises(StorageError, match="was closed; open a new storage"):
+            call()
+    storage.close()
+    assert sql_store().get_all_sessions() == [stored]
+
+
 def test_a_table_named_after_a_runs_table_is_refused(sql_store: Store) -> None:
     first = _sql(sql_store)
     first.upsert(AgentSession(session_id="a", memory={"runs": [{"run_id": "r"}]}))

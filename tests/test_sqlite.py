@@ -335,6 +335,14 @@ def test_storages_sharing_a_file_keep_their_own_durability(tmp_path: Path) -> No
             assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == level
 
 
+def test_an_in_memory_database_closed_with_its_storage_is_not_taken_for_an_empty_one() -> None:
+    storage = SqliteStorage("t")
+    storage.upsert(AgentSession(session_id="a"))
+    storage.close()
+    with pytest.raises(StorageError, match="was closed"):
+        storage.read("a")  # was None: a new, empty database had taken the closed one's place
+
+
 def test_changing_the_mode_switches_the_columns(tmp_path: Path) -> None:
     storage = SqliteStorage("sessions", db_file=tmp_path / "s.db")
     storage.upsert(AgentSession(session_id="a", agent_id="x"))

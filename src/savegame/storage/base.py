@@ -484,7 +484,11 @@ class Storage(ABC):
         return None
 
     def close(self) -> None:
-        """Releases connections and handles; the object must not be used afterwards."""
+        """Releases connections and handles; the object must not be used afterwards.
+
+        The SQL storages raise :class:`~savegame.errors.StorageError` on any later call;
+        the others connect again (Redis), or hold nothing to release.
+        """
 
     def __enter__(self) -> Storage:
         return self

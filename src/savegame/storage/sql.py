@@ -1058,6 +1058,7 @@ class SqlStorage(Storage):
         self.db_engine = engine
         self.dialect = dialect
         self._owns_engine = owns_engine
+        self._closed = False
         self._lock: AbstractContextManager[Any] = (
             engine_lock(engine) if serialize else nullcontext()
         )
@@ -1221,6 +1222,15 @@ class SqlStorage(Storage):
             _pause(tries)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _check_open(self) -> None:
+        """Refuses a new connection to a storage that was closed (see :meth:`close`).
+
+        Raises:
+            StorageError: saying so.
+        """
+        if self._closed:
+            raise StorageError(f"{self!r} was closed; open a new storage to go on")
+
     def _on_connection(
         self, fn: Callable[[Any], T], patient: bool = False, writing: bool = False
     ) -> T:
@@ -1239,6 +1249,7 @@ class SqlStorage(Storage):
         own error (Ctrl-C, say) may still hold the reply to a statement, which would be
         read as the answer to the next one: it is closed instead.
         """
+        self._check_open()
         dialect = self.dialect
         spare = self._spare
         with self._lock:
@@ -1312,6 +1323,7 @@ class SqlStorage(Storage):
         Raises:
             DeadConnection: for such a connection, which is discarded (see :meth:`_call`).
         """
+        self._check_open()
         conn = self.db_engine.connect()
         if self._elsewhere(conn.info, writing):
             conn.invalidate()
@@ -1359,6 +1371,7 @@ class SqlStorage(Storage):
         """The compiled statements (compiled on first use, once the server is known)."""
         statements = self._sql
         if statements is None:
+            self._check_open()
             with self._guard(), self._lock, self.db_engine.connect():
                 engine = self.db_engine.dialect
                 # The tables stand for the mode, the dialect and the names (build_tables);
@@ -1631,7 +1644,13 @@ class SqlStorage(Storage):
         conn.execute(statement, {"table_name": self.table_name, "version": version})
 
     def close(self) -> None:
-        """Gives back the engine, when this storage made it; the last user disposes of it."""
+        """Gives back the engine, when this storage made it; the last user disposes of it.
+
+        The storage is closed for good: any later call raises :class:`StorageError`. A
+        closed in-memory database is gone, and a connection made afterwards would be to a
+        new, empty one; one to a server would sit in a pool that nothing closes any more.
+        """
+        self._closed = True
         self._known.clear()
         if self._owns_engine:
             self._owns_engine = False
