@@ -599,6 +599,21 @@ def test_a_standard_output_that_cannot_be_written_fails_in_one_line(
     assert "standard output" in line, line
 
 
+@pytest.mark.parametrize("url", ["memory://", "sqlite://", "sqlite:///:memory:"])
+def test_a_store_in_the_commands_memory_is_said_to_end_with_it(url: str, tmp_path: Path) -> None:
+    # "imported 1" into a store that is gone when the command ends, without a word, reads
+    # as an import that was kept.
+    backup = tmp_path / "one.jsonl"
+    backup.write_bytes(b'{"session_id": "s1"}\n')
+    proc = savegame("import", str(backup), "-s", url)
+    assert errors(proc).splitlines() == [
+        f"note: {url} is a store in this command's memory: what is stored there is gone when "
+        "the command ends",
+        "imported 1, already there 0, of 1 session",
+    ]
+    assert "memory" not in errors(savegame("stats", "-s", f"sqlite:///{tmp_path / 'a.db'}"))
+
+
 def test_commands_that_print_nothing_work_with_standard_output_closed(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'out.db'}"
     savegame("import", "-", "-s", url, stdin=b'{"session_id": "s1"}\n{"session_id": "s2"}\n')

@@ -35,7 +35,8 @@ from savegame.chat import chat
 from savegame.errors import StorageError
 from savegame.storage.base import Storage
 from savegame.storage.session import MODES, Session
-from savegame.storage.url import open_storage, redact
+from savegame.storage.sqlite import in_memory_url
+from savegame.storage.url import open_storage, parse_url, redact
 
 DEFAULT_STORAGE = "sqlite:///savegame.db"
 
@@ -263,6 +264,11 @@ def _open(url: str, mode: str, absent: Literal["", "note", "fail"] = "") -> Iter
     path would otherwise look like an empty store); ``"fail"`` for the source of a copy,
     which would copy nothing (a user error, raised before anything is made at the
     destination)."""
+    if _in_this_process(url, mode):
+        _note(
+            f"note: {redact(url)} is a store in this command's memory: what is stored there is "
+            "gone when the command ends"
+        )
     with open_storage(url, mode) as storage:
         if absent and not storage.table_exists():
             missing = f"nothing of mode {mode} is stored at {redact(url)}"
@@ -280,6 +286,12 @@ def _open(url: str, mode: str, absent: Literal["", "note", "fail"] = "") -> Iter
                     _fail(f"{kept}: there is nothing to copy (pass --mode {other})")
                 _note(f"note: {kept}; pass --mode {other} to see them")
         yield storage
+
+
+def _in_this_process(url: str, mode: str) -> bool:
+    """Whether ``url`` names a store in memory, which no other command will see."""
+    parsed = parse_url(url, mode)
+    return parsed.scheme == "memory" or (parsed.scheme == "sqlite" and in_memory_url(parsed))
 
 
 def _kept_by_another_mode(store: Storage, mode: str) -> str | None:

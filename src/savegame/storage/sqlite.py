@@ -289,6 +289,12 @@ class SqliteStorage(SqlStorage):
         return repr(database) if database and not in_memory(self.db_engine.url) else "memory"
 
 
+def in_memory_url(url: StorageURL) -> bool:
+    """Whether a ``sqlite://`` storage URL names a database in memory (``sqlite://``,
+    ``sqlite:///:memory:``), which lives as long as the process that opens it."""
+    return url.path in ("", ":memory:")
+
+
 def from_url(url: StorageURL) -> SqliteStorage:
     """``sqlite:///relative.db``, ``sqlite:////absolute.db`` or ``sqlite://`` (in memory).
 
@@ -310,7 +316,7 @@ def from_url(url: StorageURL) -> SqliteStorage:
             "sqlite:/// names no file; give its path (sqlite:///app.db), or sqlite:// for a "
             "database in memory"
         )
-    path = url.path if url.path not in ("", ":memory:") else None
+    path = None if in_memory_url(url) else url.path
     return SqliteStorage(
         table,
         db_file=path,
