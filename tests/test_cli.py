@@ -21,6 +21,7 @@ import typer
 
 from savegame.cli import app
 from savegame.storage.base import Storage
+from savegame.storage.json import JsonStorage
 from savegame.storage.session import MODES, Session
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.session.team import TeamSession
@@ -278,6 +279,22 @@ def test_delete_user_searches_every_mode_of_a_database(tmp_path: Path) -> None:
     for mode in MODES:
         with open_storage(url, mode) as storage:
             assert storage.get_all_session_ids() == ["s4", "s2", "s0"]
+
+
+def test_delete_user_searches_a_folder_in_every_mode(tmp_path: Path) -> None:
+    """A folder of team sessions (and one agent session an earlier savegame let in beside
+    them): delete-user in the default mode reported 0 and left every team session."""
+    folder = tmp_path / "sessions"
+    team = JsonStorage(folder, mode="team")
+    for i in range(3):
+        team.upsert(TeamSession(session_id=f"t{i}", user_id="u"))
+    JsonStorage(tmp_path / "other").upsert(AgentSession(session_id="a", user_id="u"))
+    os.replace(tmp_path / "other" / "a.json", folder / "a.json")
+    erased = text(savegame("delete-user", "u", "-s", f"json:///{folder}"))
+    assert erased == (
+        "deleted 4 sessions of user 'u' (agent: 1, team: 3, workflow: 0, workflow_v2: 0)\n"
+    )
+    assert not list(folder.glob("*.json"))
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path: Path) -> None:

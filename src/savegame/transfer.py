@@ -432,14 +432,16 @@ def delete_user(url: str, user_id: str, mode: str = "agent", **options: Any) -> 
     """Removes every session of ``user_id`` from the stores ``url`` names.
 
     A SQL or Redis URL without a table or prefix names one store per mode, and each of them
-    is searched; a URL that names its table or prefix, or a folder, names one store, searched
-    in ``mode``.
+    is searched; so is a folder in every mode, which keeps each mode's sessions apart (a
+    folder of team sessions, erased in mode ``"agent"`` only, would keep the user's). A URL
+    that names its table or prefix names one store of one mode, searched in ``mode``.
 
     Raises:
         InvalidIdentifierError: for a bad URL or user id.
     """
     check_id(user_id, "user id")
-    modes = list(MODES) if parse_url(url, mode, **options).per_mode else [mode]
+    parsed = parse_url(url, mode, **options)
+    modes = list(MODES) if parsed.per_mode or parsed.modes_apart else [mode]
     erasure = UserErasure()
     for each in modes:
         with open_storage(url, each, **options) as storage:

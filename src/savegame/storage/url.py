@@ -85,6 +85,11 @@ take, and a database server's URL hands what savegame does not take to the drive
 them here instead would refuse a driver's options that savegame has not heard of.
 """
 
+APART: frozenset[str] = frozenset({"json", "yaml", "memory"})
+"""Schemes whose one store keeps the sessions of each mode apart: a storage of any mode may
+use it and sees its own mode's sessions only (a folder, in which an earlier savegame let
+several modes write, lists each mode apart)."""
+
 _SECRETS_IN_QUERY = re.compile(r"(?i)(^|&)(password|passwd)=[^&]*")
 """Query parameters that hold a password: libpq takes ``password=``, PyMySQL ``passwd=``."""
 
@@ -115,6 +120,12 @@ class StorageURL:
     mode: str
     options: dict[str, Any] = field(default_factory=dict)
     per_mode: bool = False
+
+    @property
+    def modes_apart(self) -> bool:
+        """Whether storages of every mode may use this one store, each seeing only its own
+        mode's sessions (:data:`APART`)."""
+        return self.scheme in APART
 
     def pop_int(self, name: str) -> int | None:
         """Removes option ``name`` and returns it as an int (None when absent).
