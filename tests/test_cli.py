@@ -642,6 +642,17 @@ def test_commands_that_print_nothing_work_with_standard_output_closed(tmp_path: 
     )
     assert (closed.returncode, closed.stderr) == (0, b"deleted 1 session\n")
     assert json.loads(text(savegame("export", "-s", url)))["session_id"] == "s2"
+    for fd in (0, 1):
+        chat = subprocess.run(
+            [str(SAVEGAME), "chat", "-s", url],
+            capture_output=True,
+            timeout=300,
+            preexec_fn=lambda fd=fd: os.close(fd),  # type: ignore[misc]
+        )
+        assert (chat.returncode, chat.stderr.decode()) == (
+            1,
+            "error: [Errno 9] a chat needs standard input and output, and one is closed\n",
+        )
     no_input = subprocess.run(
         [str(SAVEGAME), "import", "-", "-s", url],
         capture_output=True,

@@ -13,6 +13,7 @@ error ends only that turn (nothing of it is saved) and the chat goes on.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import os
 import shlex
 import sys
@@ -52,6 +53,9 @@ def chat(
     ] = DEFAULT_STORAGE,
 ) -> None:
     """Chat with an agent whose conversation is saved after every message."""
+    if sys.stdin is None or sys.stdout is None:
+        # Python has none when the command starts with it closed (savegame chat >&-).
+        raise OSError(errno.EBADF, "a chat needs standard input and output, and one is closed")
     model, how = _model()
     with open_storage(storage, mode="agent") as store:
         store.create()
