@@ -107,6 +107,17 @@ def whole_number_problem(record: Record, fields: Iterable[str] = _WHOLE) -> str 
     return None
 
 
+def stored_problem(record: Record, entity_field: str) -> str | None:
+    """What keeps the stored session ``record`` from being read: ``user_id`` or the mode's
+    ``entity_field`` that is not a string or None (listings compare them with the ids
+    asked for), or what :func:`whole_number_problem` finds. None when nothing does."""
+    for field in ("user_id", entity_field):
+        value = record.get(field)
+        if value is not None and not isinstance(value, str):
+            return f"{field} must be a string or null, not {value!r}"
+    return whole_number_problem(record)
+
+
 def whole_seconds(record: Record, fields: Iterable[str] = ("created_at", "updated_at")) -> None:
     """Cuts the finite float times among ``fields`` to whole seconds, in place: an earlier
     savegame stored ``time.time()`` as it came, and such a session must stay readable and

@@ -266,6 +266,21 @@ def dumps(value: Any, text: str | None = None) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
+def copy_through_text(value: Any) -> Any:
+    """A copy of ``value`` through the JSON text :func:`dumps` makes of it, as a store that
+    keeps text would give it back. ``value`` is meant to be encoded already; one that is not
+    (handed to savegame by other code) is encoded first.
+
+    Raises:
+        SerializationError: for a value that cannot be stored faithfully, naming its path.
+    """
+    try:
+        text = dumps(value)
+    except (_Fallback, ValueError, TypeError, RecursionError):
+        text = dumps(encode(value))
+    return loads(text)
+
+
 def dumps_pretty(value: Any) -> bytes:
     """Indented UTF-8 JSON for files a person may read; lone surrogates are \\u-escaped."""
     text = json.dumps(value, ensure_ascii=False, indent=2)

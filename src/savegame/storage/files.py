@@ -76,7 +76,7 @@ from savegame.storage.base import (
     Storage,
     is_expired,
     make_folder,
-    whole_number_problem,
+    stored_problem,
     whole_seconds,
 )
 from savegame.storage.session import MODES, Mode, modes_of
@@ -350,10 +350,7 @@ class FileStorage(Storage):
         if session_id is not None and record["session_id"] != session_id:
             raise CorruptSessionError(f"{path} holds session {record['session_id']!r}")
         whole_seconds(record, ("created_at", "updated_at", "expires_at"))
-        problem = whole_number_problem(record)
-        for field in ("user_id", self.spec.entity_field):
-            if not isinstance(record.get(field), (str, type(None))):
-                problem = f"{field} must be a string or null, not {record[field]!r}"
+        problem = stored_problem(record, self.spec.entity_field)
         if problem is not None:
             raise CorruptSessionError(f"{path} does not hold a session that can be read: {problem}")
         return record

@@ -5,16 +5,11 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from savegame.storage.base import Draft, Header, Record, Storage, is_expired
-from savegame.storage.codec import dumps, loads
+from savegame.errors import CorruptSessionError, SerializationError
+from savegame.storage.base import Draft, Header, Record, Storage, is_expired, stored_problem
+from savegame.storage.codec import copy_through_text
 from savegame.storage.session import Mode, modes_of
 from savegame.storage.url import StorageURL
-
-
-def _copy(record: Record) -> Record:
-    """A copy of ``record`` through the JSON text the other backends would store."""
-    copy: Record = loads(dumps(record))
-    return copy
 
 
 class InMemoryStorage(Storage):
@@ -27,6 +22,15 @@ class InMemoryStorage(Storage):
     Storages of several modes may share one dict: each lists its own mode's sessions only,
     and none reads, replaces or deletes a session of another mode (it raises
     :class:`~savegame.errors.CorruptSessionError`).
+
+    An entry that is not a session's record (put in the dict by other code: a value that is
+    not a dict, one whose ``session_id`` is not its key, ids or times of the wrong type,
+    values JSON cannot hold) makes each call that meets it raise
+    :class:`~savegame.errors.CorruptSessionError` naming it, and leave the dict as it was;
+    only ``delete_session`` of its key and ``drop`` remove it.
+
+    Raises:
+        ValueError: for a ``storage_dict`` that is not a dict.
     """
 
     def __init__(
@@ -36,6 +40,11 @@ class InMemoryStorage(Storage):
         expire: int | None = None,
     ) -> None:
         super().__init__(mode, expire)
+        if storage_dict is not None and not isinstance(storage_dict, dict):
+            raise ValueError(
+                "storage_dict must be a dict of session records by session id, or None, "
+                f"not {type(storage_dict).__name__}"
+            )
         self.storage_dict: dict[str, dict[str, Any]] = {} if storage_dict is None else storage_dict
         self._lock = threading.RLock()
 
@@ -43,18 +52,60 @@ class InMemoryStorage(Storage):
         """Nothing to make: the dict is there."""
 
     def drop(self) -> None:
-        """Removes every session but those of another mode."""
+        """Removes every entry but the sessions of another mode."""
         with self._lock:
-            for sid in [sid for sid, r in self.storage_dict.items() if not self._other_mode(r)]:
+            for sid in [sid for sid, r in self.storage_dict.items() if not self._of_other(r)]:
                 del self.storage_dict[sid]
+
+    def _of_other(self, value: Any) -> bool:
+        """Whether the entry ``value`` is a session of another mode (not one of no mode)."""
+        return isinstance(value, dict) and self._other_mode(value) is not None
+
+    def _checked(self, key: Any, value: Any) -> Record:
+        """The entry ``value`` of the dict's ``key``, once it is found to be a session's
+        record.
+
+        Raises:
+            CorruptSessionError: naming the entry, when it is not a session's record.
+        """
+        problem: str | None
+        if not isinstance(value, dict):
+            problem = f"it is a {type(value).__name__}, not a dict"
+        elif value.get("session_id") != key or not isinstance(key, str):
+            problem = f"it holds session_id {value.get('session_id')!r}"
+        else:
+            problem = stored_problem(value, self.spec.entity_field)
+        if problem is not None:
+            raise CorruptSessionError(
+                f"the entry {key!r} of the dict of {self!r} is not a session savegame can "
+                f"read: {problem}; it was put there by other code than savegame's"
+            )
+        record: Record = value
+        return record
+
+    def _copy(self, key: str, record: Record) -> Record:
+        """A copy of the stored, checked record (:meth:`_checked`) through the JSON text the
+        other backends would store.
+
+        Raises:
+            CorruptSessionError: when it holds a value savegame cannot store.
+        """
+        try:
+            copy: Record = copy_through_text(record)
+        except SerializationError as exc:
+            raise CorruptSessionError(
+                f"the entry {key!r} of the dict of {self!r} holds a value savegame cannot "
+                f"store ({exc}); it was put there by other code than savegame's"
+            ) from exc
+        return copy
 
     def _read(self, session_id: str) -> Record | None:
         with self._lock:
             record = self.storage_dict.get(session_id)
             if record is None:
                 return None
-            self._refuse_other_mode(record, "read")
-            return _copy(record)
+            self._refuse_other_mode(self._checked(session_id, record), "read")
+            return self._copy(session_id, record)
 
     def _write(
         self, draft: Draft, expected_version: int | None, now: int, preserve: bool
@@ -62,25 +113,30 @@ class InMemoryStorage(Storage):
         with self._lock:
             old = self.storage_dict.get(draft.session_id)
             if old is not None:
-                self._refuse_other_mode(old, "replace")
+                self._refuse_other_mode(self._checked(draft.session_id, old), "replace")
             header = None if old is None else Header.of(old)
             record = self._stamp(draft.record, header, expected_version, now, preserve)
-            self.storage_dict[draft.session_id] = _copy(record)
+            self.storage_dict[draft.session_id] = copy_through_text(record)
             return record
 
     def _list(
         self, user_id: str | None, entity_id: str | None, limit: int | None, now: int | None
     ) -> list[str]:
         field, mode = self.spec.entity_field, self.mode
+        rows = []
         with self._lock:
-            rows = [
-                (r.get("created_at") or 0, sid)
-                for sid, r in self.storage_dict.items()
-                if (user_id is None or r.get("user_id") == user_id)
-                and (entity_id is None or r.get(field) == entity_id)
-                and (now is None or not is_expired(r.get("expires_at"), now))
-                and mode in modes_of(r)
-            ]
+            for sid, value in self.storage_dict.items():
+                modes = modes_of(value) if isinstance(value, dict) else frozenset()
+                if modes and mode not in modes:
+                    continue  # another mode's session
+                r = self._checked(sid, value)
+                if (
+                    modes
+                    and (user_id is None or r.get("user_id") == user_id)
+                    and (entity_id is None or r.get(field) == entity_id)
+                    and (now is None or not is_expired(r.get("expires_at"), now))
+                ):
+                    rows.append((r.get("created_at") or 0, sid))
         rows.sort(key=lambda row: (-row[0], row[1]))
         return [sid for _, sid in rows[:limit]]
 
@@ -89,7 +145,8 @@ class InMemoryStorage(Storage):
             record = self.storage_dict.get(session_id)
             if record is None:
                 return False
-            self._refuse_other_mode(record, "delete")
+            if isinstance(record, dict):
+                self._refuse_other_mode(record, "delete")
             del self.storage_dict[session_id]
             return True
 
@@ -98,7 +155,8 @@ class InMemoryStorage(Storage):
             gone = [
                 sid
                 for sid, r in self.storage_dict.items()
-                if is_expired(r.get("expires_at"), now) and not self._other_mode(r)
+                if not self._of_other(r)
+                and is_expired(self._checked(sid, r).get("expires_at"), now)
             ]
             for sid in gone:
                 del self.storage_dict[sid]
