@@ -270,6 +270,23 @@ def lose_sql_run(storage: Storage, session_id: str, position: int) -> None:
         )
 
 
+def null_sql_run(storage: Storage, session_id: str, position: int) -> None:
+    """Sets the text of one of a session's runs to NULL, its digest left as it was, behind
+    savegame's back."""
+    from sqlalchemy import update
+
+    from savegame.storage.sql import SqlStorage
+
+    assert isinstance(storage, SqlStorage)
+    runs = storage.runs_table
+    with storage.db_engine.begin() as conn:
+        conn.execute(
+            update(runs)
+            .where(runs.c.session_id == session_id, runs.c.position == position)
+            .values(run=None)
+        )
+
+
 def lose_redis_run(storage: Storage, session_id: str, position: int) -> None:
     """Removes one run from a session's list, the runs after it moving up one place."""
     from savegame.storage.redis import RedisStorage
@@ -319,6 +336,7 @@ def _sqlite(in_memory: bool) -> Callable[[Path, str], Any]:
             original=original,
             lose_runs=lose_sql_runs,
             lose_run=lose_sql_run,
+            null_run=null_sql_run,
         )
         try:
             yield store
@@ -427,6 +445,7 @@ def _postgres(tmp_path: Path, mode: str) -> Iterator[Store]:
         lossy=lossy,
         lose_runs=lose_sql_runs,
         lose_run=lose_sql_run,
+        null_run=null_sql_run,
     )
     try:
         yield store
@@ -468,6 +487,7 @@ def _mysql(tmp_path: Path, mode: str) -> Iterator[Store]:
         lossy=lossy,
         lose_runs=lose_sql_runs,
         lose_run=lose_sql_run,
+        null_run=null_sql_run,
     )
     try:
         yield store

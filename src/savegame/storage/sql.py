@@ -773,7 +773,7 @@ class _Statements:
         self._updates: dict[tuple[frozenset[str], bool], _Raw] = {}
         self._listings: dict[tuple[tuple[str, ...], bool, bool], _Raw] = {}
         self.digests = compile_(
-            select(runs.c.position, runs.c.digest)
+            select(runs.c.position, runs.c.digest, runs.c.run.is_(None))
             .where(runs.c.session_id == sid)
             .order_by(runs.c.position)
         )
@@ -1690,14 +1690,25 @@ class SqlStorage(Storage):
             ) from exc
         return record
 
-    def _loaded_runs(self, session_id: str, texts: Iterable[Any]) -> list[Any]:
+    def _loaded_runs(self, session_id: str, texts: list[Any], start: int = 0) -> list[Any]:
+        """The runs of their stored ``texts``, the first of which is at position ``start``.
+
+        Raises:
+            CorruptSessionError: for a text that is not JSON, or NULL (which savegame never
+                writes: a JSON ``null`` is the text ``null``), naming the session.
+        """
         loads = self.dialect.loads
         try:
-            return [None if text is None else loads(text) for text in texts]
-        except ValueError as exc:
+            return [loads(text) for text in texts]
+        except (ValueError, TypeError) as exc:
+            where = f"of session {session_id!r} in table {self.runs_table.name!r}"
+            if None in texts:
+                raise CorruptSessionError(
+                    f"run {start + texts.index(None)} {where} is NULL, which savegame never "
+                    "writes: the row was changed outside savegame"
+                ) from exc
             raise CorruptSessionError(
-                f"a run of session {session_id!r} in table {self.runs_table.name!r} holds "
-                f"JSON that cannot be read: {exc}"
+                f"a run {where} holds JSON that cannot be read: {exc}"
             ) from exc
 
     def _header_select(self, layout: _Layout) -> Any:
@@ -1822,7 +1833,7 @@ class SqlStorage(Storage):
             if not known.leads(digests):
                 # A run the reader remembers was changed since: all of them are fetched.
                 return self._read_one(session_id, "", None)
-            joined = known.joined(self._loaded_runs(session_id, texts[kept:]), len(texts))
+            joined = known.joined(self._loaded_runs(session_id, texts[kept:], kept), len(texts))
             return self._unpacked(session_id, row, found, joined)
         return self._unpacked(session_id, row, found)
 
@@ -2064,18 +2075,21 @@ class SqlStorage(Storage):
         holds the header's lock.
 
         Digests line up with the runs they stand for only while the positions run from 0
-        without a gap and each digest has its width: where a row was removed, or a digest
-        changed, outside savegame, a run taken as stored could be missing and the write
-        would leave the session short. Then every run of the table is removed, and the write
-        sends all of its runs (None).
+        without a gap, each digest has its width and each run a text: where a row was
+        removed, a digest changed or a run set to NULL outside savegame, a run taken as
+        stored could be missing or unreadable and the write would leave the session short.
+        Then every run of the table is removed, and the write sends all of its runs (None).
         """
         sql = self._statements()
         rows = sql.digests.run(cursor, {"sid": session_id}).fetchall()
         if all(
-            position == i and isinstance(digest, str) and len(digest) == _DIGEST_WIDTH
-            for i, (position, digest) in enumerate(rows)
+            position == i
+            and isinstance(digest, str)
+            and len(digest) == _DIGEST_WIDTH
+            and not missing
+            for i, (position, digest, missing) in enumerate(rows)
         ):
-            return "".join(digest for _, digest in rows)
+            return "".join(digest for _, digest, _ in rows)
         sql.cut_runs.run(cursor, {"sid": session_id, "count": 0})
         return None
 

@@ -108,6 +108,9 @@ class Store:
             back, the one run at ``position`` that ``storage`` keeps apart from the header,
             the runs after it keeping theirs (a row deleted by hand); None where the runs
             are kept with the rest of the session.
+        null_run: ``null_run(storage, session_id, position)`` sets the stored text of the
+            run at ``position`` to NULL, behind savegame's back, its digest and every other
+            run as they were (a row edited by hand); None where no run can be NULL.
         mixed_modes: why storages of two modes on this store still list or break each
             other's sessions, for a backend that cannot keep them apart yet: the tests of
             it skip, giving this reason. None (the contract) where it can.
@@ -121,6 +124,7 @@ class Store:
     lossy: Callable[[], AbstractContextManager[LossyLink]] | None = None
     lose_runs: Callable[[Storage, str], None] | None = None
     lose_run: Callable[[Storage, str, int], None] | None = None
+    null_run: Callable[[Storage, str, int], None] | None = None
     mixed_modes: str | None = None
     opened: list[Storage] = field(default_factory=list)
 
@@ -1532,6 +1536,34 @@ class BackendContract:
             stored = backend_store().read("hurt")
             assert stored is not None
             assert _runs_of(backend_store, stored) == runs
+        kept = backend_store().read("kept")
+        assert kept is not None
+        assert _runs_of(backend_store, kept) == runs
+
+    def test_a_run_set_to_null_behind_savegames_back_fails_the_read_until_saved_again(
+        self, backend_store: Store
+    ) -> None:
+        # Never None in the place of a run: savegame writes a run of None as JSON's null.
+        if backend_store.null_run is None:
+            pytest.skip(f"{backend_store.backend} keeps no run that can be NULL")
+        runs = [{"run_id": "a"}, None, {"run_id": "c"}]
+        session = _with_runs(backend_store, "nulled", runs, user_id="u")
+        writer = backend_store()
+        writer.upsert(session)
+        writer.upsert(_with_runs(backend_store, "kept", runs, user_id="u"))
+        backend_store.null_run(writer, "nulled", 2)
+        reader = backend_store()
+        for _ in range(2):
+            with pytest.raises(CorruptSessionError, match="nulled"):
+                reader.read("nulled")
+            with pytest.raises(CorruptSessionError, match="nulled"):
+                reader.read_many(["kept", "nulled"])
+            with pytest.raises(CorruptSessionError, match="nulled"):
+                reader.get_all_sessions(user_id="u")
+        # A save by a storage that does not remember the session makes it whole again.
+        reader.upsert(session)
+        for got in _read_both(backend_store, reader, "nulled"):
+            assert _runs_of(backend_store, got) == runs
         kept = backend_store().read("kept")
         assert kept is not None
         assert _runs_of(backend_store, kept) == runs
