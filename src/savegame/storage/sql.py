@@ -1830,8 +1830,10 @@ class SqlStorage(Storage):
         if kept and found is not None:
             assert known is not None
             texts, digests = found
-            if not known.leads(digests):
-                # A run the reader remembers was changed since: all of them are fetched.
+            if not known.leads(digests) or row[self._token_at] is None:
+                # A run the reader remembers was changed since, or may have been under the
+                # same digest (a header whose token was cleared by hand, see the README):
+                # all of them are fetched.
                 return self._read_one(session_id, "", None)
             joined = known.joined(self._loaded_runs(session_id, texts[kept:], kept), len(texts))
             return self._unpacked(session_id, row, found, joined)
@@ -2066,30 +2068,34 @@ class SqlStorage(Storage):
             if known is not None and row[2] == known.token:
                 stored = known.digests
             else:
-                stored = self._stored_digests(cursor, session_id)
+                stored = self._stored_digests(cursor, session_id, row[2] is not None)
         self._write_runs(cursor, session_id, draft.runs, stored)
         return record
 
-    def _stored_digests(self, cursor: Any, session_id: str) -> str | None:
+    def _stored_digests(self, cursor: Any, session_id: str, tokened: bool) -> str | None:
         """The digests of the session's runs in the table, concatenated, for a write that
-        holds the header's lock.
+        holds the header's lock; ``tokened``: the header carries a write token.
 
         Digests line up with the runs they stand for only while the positions run from 0
         without a gap, each digest has its width and each run a text: where a row was
         removed, a digest changed or a run set to NULL outside savegame, a run taken as
         stored could be missing or unreadable and the write would leave the session short.
-        Then every run of the table is removed, and the write sends all of its runs (None).
+        Nor are they taken at their word for a header without a token: one whose token was
+        cleared to say that its session was changed by hand (see the README), where a run's
+        text may have changed under the same digest. Then every run of the table is removed,
+        and the write sends all of its runs (None).
         """
         sql = self._statements()
-        rows = sql.digests.run(cursor, {"sid": session_id}).fetchall()
-        if all(
-            position == i
-            and isinstance(digest, str)
-            and len(digest) == _DIGEST_WIDTH
-            and not missing
-            for i, (position, digest, missing) in enumerate(rows)
-        ):
-            return "".join(digest for _, digest, _ in rows)
+        if tokened:
+            rows = sql.digests.run(cursor, {"sid": session_id}).fetchall()
+            if all(
+                position == i
+                and isinstance(digest, str)
+                and len(digest) == _DIGEST_WIDTH
+                and not missing
+                for i, (position, digest, missing) in enumerate(rows)
+            ):
+                return "".join(digest for _, digest, _ in rows)
         sql.cut_runs.run(cursor, {"sid": session_id, "count": 0})
         return None
 
