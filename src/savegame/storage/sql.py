@@ -772,8 +772,10 @@ class _Statements:
         self._compile = compile_
         self._updates: dict[tuple[frozenset[str], bool], _Raw] = {}
         self._listings: dict[tuple[tuple[str, ...], bool, bool], _Raw] = {}
+        # A run set to NULL outside savegame comes with no digest, so that a write which
+        # reads the digests never takes it for stored (see SqlStorage._stored_digests).
         self.digests = compile_(
-            select(runs.c.position, runs.c.digest, runs.c.run.is_(None))
+            select(runs.c.position, case((runs.c.run.is_(None), null()), else_=runs.c.digest))
             .where(runs.c.session_id == sid)
             .order_by(runs.c.position)
         )
@@ -2077,25 +2079,22 @@ class SqlStorage(Storage):
         holds the header's lock; ``tokened``: the header carries a write token.
 
         Digests line up with the runs they stand for only while the positions run from 0
-        without a gap, each digest has its width and each run a text: where a row was
-        removed, a digest changed or a run set to NULL outside savegame, a run taken as
-        stored could be missing or unreadable and the write would leave the session short.
-        Nor are they taken at their word for a header without a token: one whose token was
-        cleared to say that its session was changed by hand (see the README), where a run's
-        text may have changed under the same digest. Then every run of the table is removed,
-        and the write sends all of its runs (None).
+        without a gap and each digest has its width: where a row was removed, a digest
+        changed or a run set to NULL (which comes without a digest) outside savegame, a run
+        taken as stored could be missing or unreadable and the write would leave the session
+        short. Nor are they taken at their word for a header without a token: one whose
+        token was cleared to say that its session was changed by hand (see the README),
+        where a run's text may have changed under the same digest. Then every run of the
+        table is removed, and the write sends all of its runs (None).
         """
         sql = self._statements()
         if tokened:
             rows = sql.digests.run(cursor, {"sid": session_id}).fetchall()
             if all(
-                position == i
-                and isinstance(digest, str)
-                and len(digest) == _DIGEST_WIDTH
-                and not missing
-                for i, (position, digest, missing) in enumerate(rows)
+                position == i and isinstance(digest, str) and len(digest) == _DIGEST_WIDTH
+                for i, (position, digest) in enumerate(rows)
             ):
-                return "".join(digest for _, digest, _ in rows)
+                return "".join(digest for _, digest in rows)
         sql.cut_runs.run(cursor, {"sid": session_id, "count": 0})
         return None
 
