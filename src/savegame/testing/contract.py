@@ -382,6 +382,19 @@ def _with_runs(store: Store, session_id: str, runs: Any, **fields: Any) -> Sessi
     return session
 
 
+def _every_read_refuses(reader: Storage, damaged: str, kept: str, user_id: str) -> None:
+    """Reading the ``damaged`` session alone, beside the ``kept`` one, or in the listing of
+    their ``user_id`` raises CorruptSessionError naming it, twice: the first failure must
+    leave nothing remembered for the second."""
+    for _ in range(2):
+        with pytest.raises(CorruptSessionError, match=damaged):
+            reader.read(damaged)
+        with pytest.raises(CorruptSessionError, match=damaged):
+            reader.read_many([kept, damaged])
+        with pytest.raises(CorruptSessionError, match=damaged):
+            reader.get_all_sessions(user_id=user_id)
+
+
 def _exact(value: Any, ordered: bool = True) -> str:
     """``value`` as JSON text, which tells 1, 1.0, True and -0.0 apart (and, when
     ``ordered``, the orders of keys)."""
@@ -1495,13 +1508,7 @@ class BackendContract:
             writer.upsert(_with_runs(backend_store, session_id, runs, user_id="u"))
         backend_store.lose_runs(writer, "lost")
         reader = backend_store()
-        for _ in range(2):  # the first failure leaves nothing remembered for the second
-            with pytest.raises(CorruptSessionError, match="lost"):
-                reader.read("lost")
-            with pytest.raises(CorruptSessionError, match="lost"):
-                reader.read_many(["kept", "lost"])
-            with pytest.raises(CorruptSessionError, match="lost"):
-                reader.get_all_sessions(user_id="u")
+        _every_read_refuses(reader, "lost", "kept", "u")
         kept = reader.read("kept")
         assert kept is not None
         assert _runs_of(backend_store, kept) == runs
@@ -1553,13 +1560,7 @@ class BackendContract:
         writer.upsert(_with_runs(backend_store, "kept", runs, user_id="u"))
         backend_store.null_run(writer, "nulled", 2)
         reader = backend_store()
-        for _ in range(2):
-            with pytest.raises(CorruptSessionError, match="nulled"):
-                reader.read("nulled")
-            with pytest.raises(CorruptSessionError, match="nulled"):
-                reader.read_many(["kept", "nulled"])
-            with pytest.raises(CorruptSessionError, match="nulled"):
-                reader.get_all_sessions(user_id="u")
+        _every_read_refuses(reader, "nulled", "kept", "u")
         # A save by a storage that does not remember the session makes it whole again.
         reader.upsert(session)
         for got in _read_both(backend_store, reader, "nulled"):
