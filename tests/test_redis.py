@@ -557,6 +557,55 @@ def test_every_connection_savegame_makes_tells_a_write_sent_whole(server: str, p
     storage.close()
 
 
+def test_calls_in_other_threads_while_one_closes_the_storage_all_succeed(
+    server: str, prefix: str
+) -> None:
+    # close() on a storage other threads are calling through waits for their calls in
+    # progress, and a call after it connects again: none meets an emptied script table (a
+    # raw KeyError) or a connection closed under it (a raw AttributeError from redis-py, or
+    # the reply of another command).
+    storage = RedisStorage(prefix, url=server, shards=3)
+    for i in range(3):
+        storage.upsert(_session(f"s{i}", _runs(2), user_id="u"))
+    closed = threading.Event()
+    failures: list[str] = []
+    done: list[int] = []
+
+    def work(t: int) -> None:
+        i = 0
+        while not closed.is_set():
+            i += 1
+            session_id = f"s{i % 3}"
+            try:
+                if t % 3 == 0:
+                    got = storage.read(session_id)
+                    assert got is not None
+                    assert got.session_id == session_id
+                elif t % 3 == 1:
+                    storage.upsert(_session(session_id, _runs(1 + i % 4), user_id="u"))
+                else:
+                    assert len(storage.get_all_sessions(user_id="u")) == 3
+            except Exception as exc:
+                failures.append(f"{type(exc).__name__}: {exc}")
+        done.append(i)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(100):
+            storage.close()
+            time.sleep(0.001)
+    finally:
+        closed.set()
+        for thread in threads:
+            thread.join(60)
+    assert failures == []
+    assert len(done) == 6
+    assert all(calls > 1 for calls in done)
+    storage.close()
+
+
 def test_open_storage_reaches_the_same_store(server: str, prefix: str) -> None:
     RedisStorage(prefix, url=server).upsert(_session("shared", user_id="u"))
     with open_storage(f"{server}?prefix={prefix}") as storage:

@@ -600,12 +600,18 @@ class RedisStorage(Storage):
         self._keys = "{" + prefix + "}:"
         self._given = client is not None
         self._client: Any = client
+        # Registered once: a script object is tied to no client (each call names its own).
         self._scripts: dict[str, Any] = {}
+        self._ready = False
         self._marks_sent = False
         self._known = KnownSessions(cache_bytes)
         self._run_codec = RunEncoder(self._known, dumps, _digest)
         self._guess_new = True
         self._lock = threading.Lock()
+        # Calls in progress on the client, which close() waits for (see _connected).
+        self._calls = 0
+        self._closing = False
+        self._idle = threading.Condition(self._lock)
         options: dict[str, Any] = {
             "username": username,
             "password": password,
@@ -736,10 +742,14 @@ class RedisStorage(Storage):
         """
 
         def attempt() -> T:
-            client = self._client
-            if client is None or not self._scripts:
-                client = self._connected()
-            return fn(client)
+            client = self._connected()
+            try:
+                return fn(client)
+            finally:
+                with self._lock:
+                    self._calls -= 1
+                    if not self._calls:
+                        self._idle.notify_all()
 
         try:
             return with_retries(
@@ -749,22 +759,32 @@ class RedisStorage(Storage):
             raise self._mapped(exc) from exc
 
     def _connected(self) -> Any:
-        """The client, made (and the store's layout read) on first use."""
+        """The client, made (and the store's layout read) on first use and after
+        :meth:`close`, counted in use until the call on it ends (see :meth:`_call`).
+
+        A call does not start while :meth:`close` waits for those in progress: closing the
+        client under a call would fail it with whatever redis-py meets on a connection
+        gone (a raw AttributeError among them), or hand it another command's reply.
+        """
         with self._lock:
-            if self._client is None:
-                self._client = self._connect()
-            client = self._client
-            if not self._scripts:
-                # Registering computes the SHA1 locally; redis-py loads the script on the
-                # server the first time EVALSHA finds it missing.
-                scripts = {s: client.register_script(s) for s in _SCRIPTS}
+            while self._closing:
+                self._idle.wait()
+            if not self._ready:
+                if self._client is None:
+                    self._client = self._connect()
+                client = self._client
+                if not self._scripts:
+                    # Registering computes the SHA1 locally; redis-py loads the script on
+                    # the server the first time EVALSHA finds it missing.
+                    self._scripts = {s: client.register_script(s) for s in _SCRIPTS}
                 _WIRE.sent = False
-                self._layout(client, scripts, False)
+                self._layout(client, self._scripts, False)
                 # Where the client is not one savegame made, or redis-py sends another
                 # way, nothing marks a call sent: every sending then counts.
                 self._marks_sent = bool(_WIRE.sent)
-                self._scripts = scripts
-            return client
+                self._ready = True
+            self._calls += 1
+            return self._client
 
     def _layout(
         self,
@@ -857,7 +877,7 @@ class RedisStorage(Storage):
     def _tags(self) -> list[str]:
         """The key prefixes of every slot of the store (connecting, to learn how many; while
         the store is not there, asking again, see the module docstring)."""
-        if not self._scripts:
+        if not self._ready:
             self._call(lambda _: None)
         elif not self._recorded:
             self._settle(False)
@@ -882,9 +902,19 @@ class RedisStorage(Storage):
         return self._call(lambda c: self._scripts[source](keys=keys, args=args, client=c))
 
     def close(self) -> None:
-        """Closes the connections this storage opened (a client it was given stays open)."""
-        client, self._client = self._client, None
-        self._scripts = {}
+        """Closes the connections this storage opened (a client it was given stays open),
+        once the calls other threads have in progress on them end; a call made after it
+        connects again."""
+        with self._lock:
+            self._closing = True
+            try:
+                while self._calls:
+                    self._idle.wait()
+            finally:
+                self._closing = False
+                self._idle.notify_all()
+            client, self._client = self._client, None
+            self._ready = False
         if client is not None and not self._given:
             try:
                 client.close()
@@ -953,7 +983,8 @@ class RedisStorage(Storage):
         for key in ("shards", "mode"):
             self._call(methodcaller("delete", self._keys + key))
         with self._lock:
-            # The next write records the layout again (this storage's shards, or one).
+            # The next call reads the layout again, and the next write records it (this
+            # storage's shards, or one): see _tags and _made.
             self._forget_layout()
 
     def _mode_changed(self) -> None:
@@ -961,12 +992,12 @@ class RedisStorage(Storage):
         # mode where the store keeps another, as it does a storage opened in this mode.
         with self._lock:
             self._forget_layout()
+            self._ready = False
 
     def _forget_layout(self) -> None:
-        """Forgets the store's layout and the sessions remembered: the next call reads the
-        layout again (with :attr:`_lock` held)."""
+        """Forgets that the layout is recorded, and the sessions remembered (with
+        :attr:`_lock` held)."""
         self._known.clear()
-        self._scripts = {}
         self._recorded = False
 
     def upgrade_schema(self) -> None:

@@ -1692,6 +1692,45 @@ class BackendContract:
         in_threads(6, work)
         assert len(backend_store().get_all_session_ids()) == 30
 
+    def test_threads_keep_calling_while_another_drops_the_store(self, backend_store: Store) -> None:
+        # drop() on a storage that other threads are reading, writing and listing through,
+        # in rounds that start together: each call sees the store before or after a drop,
+        # or raises one of savegame's errors (a SQL table gone under a statement), never
+        # what a storage half reset meets (a raw KeyError, say).
+        storage = backend_store()
+        start = threading.Barrier(5)
+        made: list[str] = []
+        unexpected: list[str] = []
+
+        def calls(t: int, i: int) -> None:
+            if t == 0:
+                storage.drop()
+                return
+            session_id = f"t{t}-{i % 3}"
+            stored = storage.upsert(_session(backend_store, session_id, user_id="u"))
+            assert stored.session_id == session_id
+            got = storage.read(session_id)
+            assert got is None or got.session_id == session_id
+            listed = storage.get_all_sessions(user_id="u")
+            assert all(s.user_id == "u" for s in listed)  # type: ignore[attr-defined]
+            made.append(session_id)
+
+        def work(t: int) -> None:
+            for i in range(60):
+                start.wait(timeout=60)
+                try:
+                    calls(t, i)
+                except StorageError:
+                    continue
+                except Exception:  # noqa: BLE001 - reported below, the rounds go on
+                    unexpected.append(traceback.format_exc())
+
+        in_threads(5, work)
+        assert not unexpected, unexpected[0]
+        assert made
+        storage.drop()
+        assert storage.get_all_session_ids() == []
+
     def test_threads_update_one_counter(self, backend_store: Store) -> None:
         storage = backend_store()
 
