@@ -1452,6 +1452,66 @@ def test_upgrade_schema_leaves_in_place_what_it_cannot_move_and_moves_the_rest(
         raw.delete(*(f"{prefix}:{sid}" for sid in rows))
 
 
+@pytest.mark.parametrize("first", ["agent", "team"])
+def test_upgrade_schema_of_a_prefix_the_original_shared_between_modes_moves_each_mode(
+    server: str, raw: Any, prefix: str, first: str
+) -> None:
+    # The original let an agent's and a team's storage share a prefix. A prefix keeps one
+    # mode: the agent sessions move within it, and the team sessions, left in place and
+    # named (never taken for agent sessions, nor stranded without a word), move to a prefix
+    # of their own, whichever runs first; their fields come along whole, None ones too.
+    agents = [
+        AgentSession(session_id=f"a{i}", agent_id="A", created_at=i, updated_at=i) for i in range(3)
+    ]
+    teams = [TeamSession(session_id=f"t{i}", created_at=9 + i, updated_at=9 + i) for i in range(3)]
+    teams[0].team_id, teams[0].team_data = "T", {"n": 1}
+    rows = {s.session_id: {**s.to_dict(), "version": None} for s in [*agents, *teams]}
+    team_prefix = prefix + ":sub"
+    try:
+        for sid, row in rows.items():
+            raw.set(f"{prefix}:{sid}", json.dumps(row))
+
+        def upgrade_agents() -> None:
+            storage = RedisStorage(prefix, url=server)
+            if first == "agent":
+                with pytest.raises(SerializationError) as caught:
+                    storage.upgrade_schema()
+                said = str(caught.value)
+                assert "left 3 key(s)" in said
+                assert all(f"'{prefix}:t{i}'" in said for i in range(3))
+                assert "mode='team'" in said
+                assert f"upgrade_schema(original_prefix={prefix!r})" in said
+            else:
+                storage.upgrade_schema()
+
+        def upgrade_teams() -> None:
+            RedisStorage(team_prefix, url=server, mode="team").upgrade_schema(
+                original_prefix=prefix
+            )
+
+        order = [upgrade_agents, upgrade_teams]
+        if first == "team":
+            order.reverse()
+        for upgrade in order:
+            upgrade()
+        assert [k for k in rows if raw.exists(f"{prefix}:{k}")] == []
+        mine = RedisStorage(prefix, url=server)
+        for each in agents:
+            each.version = 1
+        assert mine.get_all_sessions() == agents[::-1]
+        theirs = RedisStorage(team_prefix, url=server, mode="team")
+        for each in teams:
+            each.version = 1
+        assert theirs.get_all_sessions() == teams[::-1]
+        assert raw.get("{" + prefix + "}:mode") == b"agent"
+        assert raw.get("{" + team_prefix + "}:mode") == b"team"
+        # Run again, each finds nothing left to move.
+        RedisStorage(prefix, url=server).upgrade_schema()
+        upgrade_teams()
+    finally:
+        raw.delete(*(f"{prefix}:{sid}" for sid in rows))
+
+
 @pytest.mark.timeout(60)
 def test_a_storage_opened_on_a_full_server_reads_lists_and_removes(own_server: str) -> None:
     # maxmemory with noeviction (the policy the README asks for) refuses write commands,

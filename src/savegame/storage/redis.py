@@ -128,7 +128,7 @@ from savegame.storage.known import (
     outcome_unknown,
     resent_write_made,
 )
-from savegame.storage.session import MODES, Mode, beside_runs, set_path
+from savegame.storage.session import MODES, Mode, beside_runs, modes_of, set_path
 from savegame.storage.url import StorageURL
 
 PREFIX = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}")
@@ -1000,7 +1000,7 @@ class RedisStorage(Storage):
         self._known.clear()
         self._recorded = False
 
-    def upgrade_schema(self) -> None:
+    def upgrade_schema(self, *, original_prefix: str | None = None) -> None:
         """Moves sessions written by the original ``RedisStorage`` into this layout.
 
         The original kept each session as one JSON string under ``<prefix>:<session id>``.
@@ -1013,35 +1013,56 @@ class RedisStorage(Storage):
         cut short before it deleted the old key, and maybe saved since) is not overwritten
         by the old copy, whose key is then deleted.
 
+        Only this mode's sessions move: a prefix keeps one mode. The original let a prefix
+        hold several (an agent's and a team's storage given one prefix); the sessions of
+        the other modes stay under their old keys, and a storage of their mode under a
+        prefix of its own moves them there, given ``original_prefix``.
+
+        Args:
+            original_prefix: the prefix the original stored the sessions under, when not
+                this storage's: this mode's sessions move from there to this prefix, and
+                the others stay.
+
         Raises:
             SerializationError: after moving the others, naming the old sessions savegame
-                cannot store, or that hold fields this mode's class has none for (a store
-                of another mode); they stay in place.
+                cannot store, those of no mode, and (from this storage's own prefix, which
+                keeps this mode now) those of another mode, saying how to move them; they
+                stay in place.
             CorruptSessionError: when the store keeps another mode's sessions, or has none
-                yet and the sessions to move are another mode's; nothing is moved.
+                yet and the sessions to move from its own prefix are another mode's;
+                nothing is moved.
+            InvalidIdentifierError: for an ``original_prefix`` that is no prefix.
             BackendUnavailableError: when the server cannot be reached.
         """
+        source = self.prefix if original_prefix is None else original_prefix
+        check_name(source, "Redis key prefix", PREFIX, PREFIX_ALLOWED)
+        own = source == self.prefix
         # PREFIX admits no glob characters, so the prefix stands for itself in the pattern.
-        pattern = self.prefix + ":*"
+        pattern = source + ":*"
         old = self._call(lambda c: list(c.scan_iter(match=pattern, count=1000, _type="string")))
         # Made, as a first upgrade of a deployment wants (the SQL backends make their tables),
         # in the mode of the sessions to move when the store has none yet: an upgrade in the
         # wrong mode is refused before it makes the store, which the right one can then make.
-        self._made(self._mode_among(map(self._original, old)))
+        # Sessions of another prefix tell nothing of this one.
+        self._made(self._mode_among(self._original(k, source) for k in old) if own else None)
         refused: list[str] = []
+        others: dict[str, list[str]] = {}
         for key in old:
-            data = self._original(key)
+            data = self._original(key, source)
             if data is None:
                 continue
-            # Values under names this mode's class has no field for (a session of another
-            # mode, upgraded with the wrong ``mode``) would be lost with the old key.
-            extra = sorted(
-                k
-                for k, v in data.items()
-                if k not in self.spec.fields and k != "expires_at" and v is not None
-            )
-            if extra:
-                refused.append(f"{_text(key)!r}: {self._of_another_mode(data, set(extra))}")
+            if self.mode not in modes_of(data):
+                other = self._other_mode(data)
+                if other is not None:
+                    others.setdefault(other, []).append(_text(key))
+                    continue
+                # Values under names no mode has would be lost with the old key.
+                extra = {
+                    k
+                    for k, v in data.items()
+                    if k not in self.spec.fields and k != "expires_at" and v is not None
+                }
+                refused.append(f"{_text(key)!r}: {self._of_another_mode(data, extra)}")
                 continue
             session = self.spec.session_class.from_dict(data)
             assert session is not None
@@ -1064,14 +1085,30 @@ class RedisStorage(Storage):
                 refused.append(f"{_text(key)!r}: {exc}")
                 continue
             self._call(methodcaller("delete", key))
+        left = len(refused)
+        if own:
+            left += sum(map(len, others.values()))
+            refused += [self._left_to_move(mode, keys) for mode, keys in sorted(others.items())]
         if refused:
             raise SerializationError(
-                f"upgrade_schema() left {len(refused)} key(s) of the original layout in place "
-                f"in {self._address}, and moved the others: " + "; ".join(refused)
+                f"upgrade_schema() left {left} key(s) of the original layout in place in "
+                f"{self._address}, and moved the others: " + "; ".join(refused)
             )
 
-    def _original(self, key: Any) -> dict[str, Any] | None:
-        """The session the original stored under ``key``; None when ``key`` holds none."""
+    def _left_to_move(self, mode: str, keys: list[str]) -> str:
+        """What :meth:`upgrade_schema` says of the ``keys`` of ``mode``'s sessions it left
+        under this storage's prefix, which keeps this mode."""
+        named = ", ".join(map(repr, keys[:5])) + (f" and {len(keys) - 5} more" if keys[5:] else "")
+        return (
+            f"{named}: {mode} sessions, where the prefix {self.prefix!r} keeps {self.mode} "
+            f"ones (a prefix keeps one mode); move them to a prefix of their own with "
+            f"RedisStorage(<that prefix>, mode={mode!r}, ...)"
+            f".upgrade_schema(original_prefix={self.prefix!r})"
+        )
+
+    def _original(self, key: Any, prefix: str) -> dict[str, Any] | None:
+        """The session the original stored under ``key`` with ``prefix``; None when ``key``
+        holds none."""
         text = self._call(methodcaller("get", key))
         try:
             data = None if text is None else loads(text)
@@ -1079,7 +1116,7 @@ class RedisStorage(Storage):
             return None
         if not isinstance(data, dict) or not isinstance(data.get("session_id"), str):
             return None
-        if _text(key) != f"{self.prefix}:{data['session_id']}":
+        if _text(key) != f"{prefix}:{data['session_id']}":
             return None
         return data
 
