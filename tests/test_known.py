@@ -20,6 +20,7 @@ from savegame.storage.known import (
     PAST_TOKENS,
     Known,
     KnownSessions,
+    Pickle,
     encode_runs,
     pickle_runs,
     resent_write_made,
@@ -98,7 +99,7 @@ def test_a_run_changed_in_place_is_encoded_and_checked_again() -> None:
     runs[0]["text"] = (1, 2)
     again = encode_runs(runs, known, dumps, _digest, "$", 2)
     assert again.items[0] == {"run_id": "0", "text": [1, 2]}
-    assert again.pickled == pickle_runs(again.items)
+    assert again.pickled.whole() == pickle_runs(again.items)
 
 
 def _marked(runs: list[Any]) -> Known:
@@ -137,7 +138,7 @@ def test_runs_whose_marks_are_unchanged_are_neither_encoded_nor_pickled_again(
     more = encode_runs(runs, known, dumps, _digest, "$", 2)
     assert pickled == [1]
     assert more.texts[:3] == [None, None, None]
-    assert more.pickled == pickle_runs(runs)
+    assert more.pickled.whole() == pickle_runs(runs)
     assert more.marks is not None
     assert more.changes(known.digests) == [(3, _digest('{"run_id":"3"}'), '{"run_id":"3"}')]
 
@@ -194,7 +195,7 @@ def test_a_run_changed_in_place_even_to_an_equal_value_is_encoded_again(change: 
     changed = [i for i, run in enumerate(runs[:2]) if dumps(run) != before[i]]
     assert [c[0] for c in more.changes(known.digests)] == [*changed, 2]
     assert [json.loads(dumps(run)) for run in more.items] == [json.loads(dumps(r)) for r in runs]
-    assert more.pickled == pickle_runs(more.items)
+    assert more.pickled.whole() == pickle_runs(more.items)
 
 
 def test_marks_that_number_their_objects_otherwise_prove_nothing(
@@ -258,7 +259,7 @@ def test_what_is_remembered_is_the_pickle_of_the_runs_as_stored(last: Any) -> No
     for known in (None, _remembered(_runs(2))):
         encoded = encode_runs(runs, known, dumps, _digest, "$", 2)
         assert encoded.items == [json.loads(dumps(run)) for run in encoded.items]
-        assert encoded.pickled == pickle_runs(encoded.items)
+        assert encoded.pickled.whole() == pickle_runs(encoded.items)
 
 
 def _remembered(runs: list[Any]) -> Known:
@@ -269,7 +270,7 @@ def _remembered(runs: list[Any]) -> Known:
 def test_a_read_of_the_runs_after_those_remembered_joins_them_exactly() -> None:
     runs = _runs(4)
     digests = "".join(_digest(dumps(run)) for run in runs)
-    known = Known("t", Header(1, 0, None), digests[:24], pickle_runs(runs[:3]))
+    known = Known("t", Header(1, 0, None), digests[:24], Pickle.of(pickle_runs(runs[:3])))
     # The stored runs agree with those remembered where both have one: longer or shorter.
     assert known.leads(digests)
     assert known.leads(digests[:8])
@@ -277,17 +278,34 @@ def test_a_read_of_the_runs_after_those_remembered_joins_them_exactly() -> None:
     assert not known.leads(_digest("other") + digests[8:])
     joined, pickled = known.joined(runs[3:], 4)
     assert joined == runs
-    assert pickled == pickle_runs(runs)  # made by extending the remembered pickle
+    assert pickled is not None
+    assert pickled.whole() == pickle_runs(runs)  # made by extending the remembered pickle
     assert joined[0] is not runs[0]  # copies, which the caller may change
     assert known.joined([], 3) == (runs[:3], known.runs)
     assert known.joined([], 2) == (runs[:2], None)
+
+
+def test_a_pickle_extended_save_after_save_is_the_pickle_of_all_the_runs() -> None:
+    runs = _runs(2)
+    made = [Pickle.of(pickle_runs(runs))]
+    for i in range(100):  # more pieces than a pickle keeps apart
+        more = [{"run_id": f"more-{i}"}]
+        runs.append(more[0])
+        before = made[-1]
+        assert before is not None
+        made.append(before.extended(pickle_runs(more)))
+    for count, pickled in enumerate(made, start=2):
+        assert pickled is not None
+        assert len(pickled) == len(pickle_runs(runs[:count]))
+        assert pickled.whole() == pickle_runs(runs[:count])
+        assert unpickle_runs(pickled.whole()) == runs[:count]
 
 
 def test_the_cache_is_bounded_by_bytes_least_recently_used_first_out() -> None:
     cache = KnownSessions(max_bytes=100)
 
     def entry(size: int) -> Known:
-        return Known("t", Header(1, 0, None), None, b"x" * size)
+        return Known("t", Header(1, 0, None), None, Pickle.of(b"x" * size))
 
     cache.put("a", entry(40))
     cache.put("b", entry(40))

@@ -120,6 +120,7 @@ from savegame.storage.known import (
     PAST_TOKENS,
     Known,
     KnownSessions,
+    Pickle,
     RunEncoder,
     Runs,
     outcome_unknown,
@@ -1734,7 +1735,7 @@ class SqlStorage(Storage):
         session_id: str,
         row: Sequence[Any],
         found: Any,
-        joined: tuple[list[Any], bytes | None] | None = None,
+        joined: tuple[list[Any], Pickle | None] | None = None,
     ) -> Record:
         """The record of a header row (the table's columns in order) and its runs' texts and
         digests; remembered when the row carries a write token, once it is found whole.
