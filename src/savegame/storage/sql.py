@@ -385,6 +385,23 @@ def _committed(conn: Any) -> Iterator[None]:
     conn.commit()
 
 
+@contextmanager
+def _cursor(conn: Any) -> Iterator[Any]:
+    """A driver cursor of ``conn``, closed when the block ends, also by an error.
+
+    Left open, a cursor that an error's traceback holds is let go by the garbage collector,
+    in whatever thread collects it; SQLite finalizes its statement there, which waits for
+    the connection's mutex. Another thread may by then hold that connection, busy-waiting
+    inside a statement for a lock the collecting thread's own transaction holds: both wait
+    the whole busy timeout, and "database is locked" reaches the caller.
+    """
+    cursor = conn.cursor()
+    try:
+        yield cursor
+    finally:
+        cursor.close()
+
+
 def on_conflict_update(statement: Any, keys: Sequence[str]) -> Executable:
     """``INSERT ... ON CONFLICT (keys) DO UPDATE`` of every other column (SQLite, PostgreSQL).
 
@@ -1850,36 +1867,36 @@ class SqlStorage(Storage):
         ``kept`` come without their texts (None)."""
         sql = self._statements()
         dialect = self.dialect
-        cursor = conn.cursor()
-        params = {"sid": session_id, "kept": kept}
-        if token:
+        with _cursor(conn) as cursor:
+            params = {"sid": session_id, "kept": kept}
+            if token:
+                with dialect.one_statement(conn):
+                    current = sql.token_of.run(cursor, params).fetchone()
+                if current is None:
+                    return None, None
+                if current[0] == token:
+                    return _UNCHANGED, None
+            if not dialect.round_trips:
+                return self._read_locally(conn, cursor, params)
+            assert sql.read_one is not None
             with dialect.one_statement(conn):
-                current = sql.token_of.run(cursor, params).fetchone()
-            if current is None:
+                rows = sql.read_one.run(cursor, params).fetchall()
+            heads = [r for r in rows if r[-1] == -1]
+            if not heads:
                 return None, None
-            if current[0] == token:
-                return _UNCHANGED, None
-        if not dialect.round_trips:
-            return self._read_locally(conn, cursor, params)
-        assert sql.read_one is not None
-        with dialect.one_statement(conn):
-            rows = sql.read_one.run(cursor, params).fetchall()
-        heads = [r for r in rows if r[-1] == -1]
-        if not heads:
-            return None, None
-        width = len(heads[0]) - 3  # the header's columns come before run, digest and place
-        row = heads[0][:width]
-        if sql.packed:
-            spread = None if row[0] is None else self._spread(row[0], session_id)
-            if spread is None:
-                return _UNPACKED, None
-            row = spread
-        if row[self._count_at] is None:
-            return row, None
-        digests = _text(next((r[width + 1] for r in rows if r[-1] == -2), None) or "")
-        found = sorted((r for r in rows if r[-1] >= 0), key=itemgetter(-1))
-        skipped = min(kept, len(digests) // _DIGEST_WIDTH)
-        return row, ([None] * skipped + [r[width] for r in found], digests)
+            width = len(heads[0]) - 3  # the header's columns come before run, digest and place
+            row = heads[0][:width]
+            if sql.packed:
+                spread = None if row[0] is None else self._spread(row[0], session_id)
+                if spread is None:
+                    return _UNPACKED, None
+                row = spread
+            if row[self._count_at] is None:
+                return row, None
+            digests = _text(next((r[width + 1] for r in rows if r[-1] == -2), None) or "")
+            found = sorted((r for r in rows if r[-1] >= 0), key=itemgetter(-1))
+            skipped = min(kept, len(digests) // _DIGEST_WIDTH)
+            return row, ([None] * skipped + [r[width] for r in found], digests)
 
     def _spread(self, packed: str, session_id: str) -> list[Any] | None:
         """The values of a header's columns, from the JSON array :meth:`SqlDialect.packed`
@@ -2009,7 +2026,8 @@ class SqlStorage(Storage):
         """One attempt of a write, in one transaction on ``conn`` (:meth:`_on_connection`
         ends it when the attempt fails)."""
         self.dialect.begin(conn, True)
-        record = self._write_in(conn.cursor(), write)
+        with _cursor(conn) as cursor:
+            record = self._write_in(cursor, write)
         write.committed_on = write.on
         self._end(conn, True)
         return record
@@ -2183,8 +2201,8 @@ class SqlStorage(Storage):
             statement = sql.listing(tuple(filters), now is not None, limit is not None)
 
             def run(conn: Any) -> list[tuple[str, str | None]]:
-                with self.dialect.one_statement(conn):
-                    rows = statement.run(conn.cursor(), values).fetchall()
+                with self.dialect.one_statement(conn), _cursor(conn) as cursor:
+                    rows = statement.run(cursor, values).fetchall()
                 return [(_text(session_id), token) for session_id, token in rows]
 
             with self._guard():
