@@ -84,7 +84,19 @@ def _memory(tmp_path: Path, mode: str) -> Iterator[Store]:
     def original(rows: list[dict[str, Any]]) -> None:
         shared.update({row["session_id"]: dict(row) for row in rows})
 
-    store = Store("memory", mode, opener, original=original)
+    def spoiler(field: str) -> Callable[[Storage, str, str], None]:
+        def spoil(storage: Storage, session_id: str, text: str) -> None:
+            shared[session_id][field] = text
+
+        return spoil
+
+    store = Store(
+        "memory",
+        mode,
+        opener,
+        original=original,
+        spoil_number={field: spoiler(field) for field in TIMES_AND_VERSION},
+    )
     yield store
     store.close_all()
 
@@ -103,7 +115,27 @@ def _files(name: str, storage_class: type[FileStorage]) -> Callable[[Path, str],
                 text = json.dumps(row) if name == "json" else yaml.safe_dump(row)
                 (folder / f"{row['session_id']}.{name}").write_text(text, encoding="utf-8")
 
-        store = Store(name, mode, opener, url=f"{name}:///{folder}", original=original)
+        def spoiler(field: str) -> Callable[[Storage, str, str], None]:
+            def spoil(storage: Storage, session_id: str, text: str) -> None:
+                assert isinstance(storage, FileStorage)
+                path = storage._path(session_id)
+                load, dump = (
+                    (json.loads, json.dumps) if name == "json" else (yaml.safe_load, yaml.safe_dump)
+                )
+                record = load(path.read_text(encoding="utf-8"))
+                record[field] = text
+                path.write_text(dump(record), encoding="utf-8")
+
+            return spoil
+
+        store = Store(
+            name,
+            mode,
+            opener,
+            url=f"{name}:///{folder}",
+            original=original,
+            spoil_number={field: spoiler(field) for field in TIMES_AND_VERSION},
+        )
         yield store
         store.close_all()
 
@@ -208,6 +240,7 @@ def _redis(name: str, cluster: bool, shards: int = 1) -> Callable[[Path, str], A
             lossy=lossy,
             lose_runs=lose_redis_runs,
             lose_run=lose_redis_run,
+            spoil_number=REDIS_NUMBERS,
         )
         try:
             yield store
@@ -307,6 +340,63 @@ def lose_redis_runs(storage: Storage, session_id: str) -> None:
     storage._call(methodcaller("delete", key))
 
 
+TIMES_AND_VERSION = ("version", "created_at", "updated_at", "expires_at")
+"""The numbers every backend keeps with a session."""
+
+
+def _spoil_redis_header(field: str) -> Callable[[Storage, str, str], None]:
+    """Writes text in place of a number among the fields of a session's header."""
+
+    def spoil(storage: Storage, session_id: str, text: str) -> None:
+        from savegame.storage.redis import RedisStorage
+
+        assert isinstance(storage, RedisStorage)
+        key = f"{storage._tag(session_id)}h:{session_id}"
+        storage._call(methodcaller("hset", key, field, text))
+
+    return spoil
+
+
+def _spoil_redis_data(field: str) -> Callable[[Storage, str, str], None]:
+    """Writes text in place of a number in the JSON of a session's header."""
+
+    def spoil(storage: Storage, session_id: str, text: str) -> None:
+        from savegame.storage.redis import RedisStorage
+
+        assert isinstance(storage, RedisStorage)
+        key = f"{storage._tag(session_id)}h:{session_id}"
+        data = json.loads(storage._call(methodcaller("hget", key, "data")))
+        data[field] = text
+        storage._call(methodcaller("hset", key, "data", json.dumps(data)))
+
+    return spoil
+
+
+REDIS_NUMBERS = {
+    **{f"header {f}": _spoil_redis_header(f) for f in ("version", "created_at", "expires_at")},
+    "header runs": _spoil_redis_header("runs"),
+    **{f"data {f}": _spoil_redis_data(f) for f in TIMES_AND_VERSION},
+}
+
+
+def _spoil_sql(column: str) -> Callable[[Storage, str, str], None]:
+    """Writes text in place of a number in a session's header row (SQLite keeps it)."""
+
+    def spoil(storage: Storage, session_id: str, text: str) -> None:
+        from sqlalchemy import update
+
+        from savegame.storage.sql import SqlStorage
+
+        assert isinstance(storage, SqlStorage)
+        header = storage.table
+        with storage.db_engine.begin() as conn:
+            conn.execute(
+                update(header).where(header.c.session_id == session_id).values({column: text})
+            )
+
+    return spoil
+
+
 def _sqlite(in_memory: bool) -> Callable[[Path, str], Any]:
     @contextmanager
     def make(tmp_path: Path, mode: str) -> Iterator[Store]:
@@ -337,6 +427,7 @@ def _sqlite(in_memory: bool) -> Callable[[Path, str], Any]:
             lose_runs=lose_sql_runs,
             lose_run=lose_sql_run,
             null_run=null_sql_run,
+            spoil_number={c: _spoil_sql(c) for c in (*TIMES_AND_VERSION, "run_count")},
         )
         try:
             yield store

@@ -128,6 +128,29 @@ def whole_seconds(record: Record, fields: Iterable[str] = ("created_at", "update
             record[field] = int(value)
 
 
+def check_stored(record: Record, entity_field: str, where: str) -> None:
+    """Refuses a record read from the store that savegame cannot have written (an id that
+    is not text, a version or time that is text or negative: :func:`stored_problem`), which
+    a hand changed. Float times an earlier savegame stored are first cut to whole seconds,
+    in place (:func:`whole_seconds`).
+
+    Args:
+        record: the stored record, with its ``session_id``.
+        entity_field: the mode's entity id field.
+        where: where the store keeps the session, for the message (``"in table 't'"``).
+
+    Raises:
+        CorruptSessionError: naming the session and the field.
+    """
+    whole_seconds(record, ("created_at", "updated_at", "expires_at"))
+    problem = stored_problem(record, entity_field)
+    if problem is not None:
+        raise CorruptSessionError(
+            f"session {record.get('session_id')!r} {where} cannot be read ({problem}): it "
+            "was changed outside savegame"
+        )
+
+
 class Header(NamedTuple):
     """The part of a stored session a write needs to see before it writes."""
 

@@ -74,10 +74,9 @@ from savegame.storage.base import (
     Header,
     Record,
     Storage,
+    check_stored,
     is_expired,
     make_folder,
-    stored_problem,
-    whole_seconds,
 )
 from savegame.storage.session import MODES, Mode, modes_of
 from savegame.storage.wal import use_wal
@@ -333,7 +332,9 @@ class FileStorage(Storage):
         """The record in ``path``; None when the file is not there.
 
         Raises:
-            CorruptSessionError: when the file cannot be parsed, or holds another session.
+            CorruptSessionError: when the file cannot be parsed, holds another session, or
+                ids or numbers savegame does not write
+                (:func:`~savegame.storage.base.check_stored`).
         """
         try:
             raw = path.read_bytes()
@@ -349,10 +350,7 @@ class FileStorage(Storage):
             raise CorruptSessionError(f"{path} does not hold a session")
         if session_id is not None and record["session_id"] != session_id:
             raise CorruptSessionError(f"{path} holds session {record['session_id']!r}")
-        whole_seconds(record, ("created_at", "updated_at", "expires_at"))
-        problem = stored_problem(record, self.spec.entity_field)
-        if problem is not None:
-            raise CorruptSessionError(f"{path} does not hold a session that can be read: {problem}")
+        check_stored(record, self.spec.entity_field, f"in {path}")
         return record
 
     def _temp_file(self, path: Path, content: bytes) -> Path:

@@ -78,7 +78,7 @@ class InMemoryStorage(Storage):
         if problem is not None:
             raise CorruptSessionError(
                 f"the entry {key!r} of the dict of {self!r} is not a session savegame can "
-                f"read: {problem}; it was put there by other code than savegame's"
+                f"read: {problem}; it was put there or changed outside savegame"
             )
         record: Record = value
         return record
@@ -95,7 +95,7 @@ class InMemoryStorage(Storage):
         except SerializationError as exc:
             raise CorruptSessionError(
                 f"the entry {key!r} of the dict of {self!r} holds a value savegame cannot "
-                f"store ({exc}); it was put there by other code than savegame's"
+                f"store ({exc}); it was put there or changed outside savegame"
             ) from exc
         return copy
 

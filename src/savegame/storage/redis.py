@@ -82,7 +82,8 @@ Damage. The header counts the session's runs. The read script, and the write scr
 sends only the changed runs, refuse a session whose list or digests disagree with that count
 (keys evicted by a ``maxmemory-policy``, or removed outside savegame): the client raises
 :class:`~savegame.errors.CorruptSessionError` rather than return the session short or write
-onto it. A live listing removes the index entries
+onto it. A count, version or time of the header (or of its JSON) that is not a whole number
+(edited by hand) raises it too, naming the session. A live listing removes the index entries
 (and the rest) of a session whose header is gone, instead of listing an id that reads as None.
 
 Shards, the trade-off. With one shard a store is served by one cluster master: one store's
@@ -117,7 +118,15 @@ from savegame.errors import (
     SerializationError,
     StorageError,
 )
-from savegame.storage.base import STAMPED, Draft, Header, Record, Storage, with_retries
+from savegame.storage.base import (
+    STAMPED,
+    Draft,
+    Header,
+    Record,
+    Storage,
+    check_stored,
+    with_retries,
+)
 from savegame.storage.codec import check_name, dumps, loads, object_text
 from savegame.storage.known import (
     DEFAULT_BYTES,
@@ -223,8 +232,8 @@ end
 
 # Shared by the scripts: what a write needs of a stored session, as _state_of takes it (with
 # '?' for digests of LEGACY_WIDTH); and the error reply (see RedisStorage._mapped) for a
-# session whose list of runs or digests disagree with the header's run count, nil when they
-# agree.
+# session whose list of runs or digests disagree with the header's run count (the count
+# said as nil when there is none, as ? when it is not a number), nil when they agree.
 _HEAD = """
 local function head(header, digests)
   local h = redis.call('HMGET', header, 'token', 'version', 'created_at', 'expires_at', 'runs')
@@ -232,16 +241,19 @@ local function head(header, digests)
   if h[5] then
     d = redis.call('GET', digests) or ''
     local count = tonumber(h[5])
-    if count > 0 and #d == count * LEGACY then d = string.rep('?', count * WIDTH) end
+    if count and count > 0 and #d == count * LEGACY then d = string.rep('?', count * WIDTH) end
   end
   return {h[1], h[2], h[3], h[4], d}
 end
 local function damaged(header, runs, digests)
-  local count = tonumber(redis.call('HGET', header, 'runs'))
+  local stored = redis.call('HGET', header, 'runs')
+  local count = tonumber(stored)
   local length = redis.call('LLEN', runs)
   local size = redis.call('STRLEN', digests)
   if count == length and (size == length * WIDTH or size == length * LEGACY) then return nil end
-  return redis.error_reply('SAVEGAME-DAMAGED ' .. tostring(count) .. ' ' .. length .. ' ' .. header)
+  local said = 'nil'
+  if stored then said = count and tostring(count) or '?' end
+  return redis.error_reply('SAVEGAME-DAMAGED ' .. said .. ' ' .. length .. ' ' .. header)
 end
 """.replace("WIDTH", str(_WIDTH)).replace("LEGACY", str(LEGACY_WIDTH))
 
@@ -699,12 +711,17 @@ class RedisStorage(Storage):
         if isinstance(exc, errors.ResponseError) and str(exc).startswith("SAVEGAME-DAMAGED"):
             count, length, header = str(exc).split(" ", 3)[1:]
             session_id = header.partition("}:h:")[2]
+            session = f"session {session_id!r} under {self._keys} in {self._address}"
+            if count == "?":
+                return CorruptSessionError(
+                    f"{session} has a run count that is not a number: its header was changed "
+                    "outside savegame; nothing was read or written"
+                )
             should = "no list of runs" if count == "nil" else f"{count} runs"
             return CorruptSessionError(
-                f"session {session_id!r} under {self._keys} in {self._address} should have "
-                f"{should}, and its list has {length} or its digests another number: its "
-                "keys were changed outside savegame (by a maxmemory-policy that evicts keys, "
-                "say); nothing was read or written"
+                f"{session} should have {should}, and its list has {length} or its digests "
+                "another number: its keys were changed outside savegame (by a "
+                "maxmemory-policy that evicts keys, say); nothing was read or written"
             )
         if isinstance(exc, errors.ResponseError) and "non local key" in str(exc):
             # A script met a key of its slot that another node holds now (see _FORGET):
@@ -1227,15 +1244,14 @@ class RedisStorage(Storage):
                 raise ValueError("the header's data is not a JSON object")
             if record.get("session_id") != session_id:
                 raise ValueError(f"the header's data is of session {record.get('session_id')!r}")
-            for field in ("user_id", self.spec.entity_field):
-                if not isinstance(record.get(field), (str, type(None))):
-                    raise ValueError(f"{field} must be a string or null, not {record[field]!r}")
-            return record, None if runs is None else loads(runs)
+            items = None if runs is None else loads(runs)
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptSessionError(
                 f"session {session_id!r} under {self._keys} in {self._address} is not "
                 f"savegame data: {exc}"
             ) from exc
+        check_stored(record, self.spec.entity_field, f"under {self._keys} in {self._address}")
+        return record, items
 
     def _write(
         self, draft: Draft, expected_version: int | None, now: int, preserve: bool

@@ -114,7 +114,7 @@ from savegame.errors import (
     StorageError,
 )
 from savegame.storage import codec
-from savegame.storage.base import Draft, Header, Record, Storage, with_retries
+from savegame.storage.base import Draft, Header, Record, Storage, check_stored, with_retries
 from savegame.storage.known import (
     DEFAULT_BYTES,
     PAST_TOKENS,
@@ -1710,6 +1710,21 @@ class SqlStorage(Storage):
             ) from exc
         return record
 
+    def _check_numbers(self, record: Record, run_count: Any) -> None:
+        """Refuses a header row whose numbers savegame cannot have written
+        (:func:`~savegame.storage.base.check_stored`), a run count among them.
+
+        Raises:
+            CorruptSessionError: naming the session and the number.
+        """
+        where = f"in table {self.table_name!r}"
+        if run_count is not None and (type(run_count) is not int or run_count < 0):
+            raise CorruptSessionError(
+                f"session {record.get('session_id')!r} {where} cannot be read (its run_count "
+                f"is {run_count!r}, not a whole number): it was changed outside savegame"
+            )
+        check_stored(record, self.spec.entity_field, where)
+
     def _loaded_runs(self, session_id: str, texts: list[Any], start: int = 0) -> list[Any]:
         """The runs of their stored ``texts``, the first of which is at position ``start``.
 
@@ -1759,12 +1774,15 @@ class SqlStorage(Storage):
         ``joined``: the runs already decoded, and their pickle (see :meth:`Known.joined`).
 
         Raises:
-            CorruptSessionError: when the header counts more or fewer runs than are stored.
+            CorruptSessionError: when the header counts more or fewer runs than are stored,
+                or holds a version, time or run count that is not a whole number (a column
+                of SQLite holds any text).
         """
         record = self._decoded(row)
         stored = record.pop("write_token", None)
         record.pop("past_tokens", None)
         count = record.pop("run_count", None)
+        self._check_numbers(record, count)
         digests: str | None = None
         runs: list[Any] = []
         pickled = None
@@ -2073,8 +2091,12 @@ class SqlStorage(Storage):
             write.committed_on = None
         write.on = holds
         listed = () if row is None else tuple(_text(v) for v in row[4:])
-        expires = None if row is None else listed[self._indexed.index("expires_at")]
-        current = None if row is None else Header(row[0] or 1, row[1], expires)
+        current = None
+        if row is not None:
+            found = {"session_id": session_id, "version": row[0], "created_at": row[1]}
+            found["expires_at"] = listed[self._indexed.index("expires_at")]
+            self._check_numbers(found, None)
+            current = Header.of(found)
         record = self._stamp(draft.record, current, write.expected, write.now, write.preserve)
         write.record = record
         values = self._header_values(draft, record, token)

@@ -112,6 +112,11 @@ class Store:
         null_run: ``null_run(storage, session_id, position)`` sets the stored text of the
             run at ``position`` to NULL, behind savegame's back, its digest and every other
             run as they were (a row edited by hand); None where no run can be NULL.
+        spoil_number: the places where the store keeps a number of a session (its version,
+            a time, its run count) that an edit by hand can make text, each named (for
+            reports) with ``spoil(storage, session_id, text)``, which writes ``text`` there
+            behind savegame's back; empty where the store's types refuse text there (the
+            number columns of a SQL server).
         mixed_modes: why storages of two modes on this store still list or break each
             other's sessions, for a backend that cannot keep them apart yet: the tests of
             it skip, giving this reason. None (the contract) where it can.
@@ -126,6 +131,7 @@ class Store:
     lose_runs: Callable[[Storage, str], None] | None = None
     lose_run: Callable[[Storage, str, int], None] | None = None
     null_run: Callable[[Storage, str, int], None] | None = None
+    spoil_number: dict[str, Callable[[Storage, str, str], None]] = field(default_factory=dict)
     mixed_modes: str | None = None
     opened: list[Storage] = field(default_factory=list)
 
@@ -1569,6 +1575,43 @@ class BackendContract:
         kept = backend_store().read("kept")
         assert kept is not None
         assert _runs_of(backend_store, kept) == runs
+
+    def test_a_number_made_text_by_hand_fails_the_read_naming_the_session(
+        self, backend_store: Store
+    ) -> None:
+        # Never a raw TypeError or ValueError, a command the server refused, nor a session
+        # whose version or time is text; a listing or a purge raises the same or leaves the
+        # session out (a folder leaves out a damaged file; a purge takes it for one that has
+        # not expired), a save is refused or stores the session whole, and it can be deleted.
+        if not backend_store.spoil_number:
+            pytest.skip(f"{backend_store.backend}'s numbers are of types that refuse text")
+        runs = [{"run_id": "a"}, {"run_id": "b"}]
+        places = sorted(backend_store.spoil_number.items())
+        for n, ((place, spoil), text) in enumerate((p, t) for p in places for t in ("many", "")):
+            session_id = f"spoilt-{n}"
+            session = _with_runs(backend_store, session_id, runs, user_id=session_id)
+            backend_store(expire=10**6).upsert(session)
+            spoil(backend_store(), session_id, text)
+            storage = backend_store(expire=10**6)
+            with pytest.raises(CorruptSessionError) as refused:
+                storage.read(session_id)
+            said = str(refused.value)
+            assert session_id in said, (place, text, said)
+            assert "outside savegame" in said, (place, text, said)
+            listed = _outcome(partial(storage.get_all_sessions, user_id=session_id))
+            assert isinstance(listed, CorruptSessionError) or listed == [], (place, text)
+            purged = _outcome(storage.purge_expired)
+            assert isinstance(purged, CorruptSessionError) or purged == 0, (place, text)
+            saved = _outcome(partial(backend_store(expire=10**6).upsert, session))
+            if isinstance(saved, CorruptSessionError):
+                assert session_id in str(saved), (place, text, saved)
+            else:
+                got = backend_store().read(session_id)
+                assert got is not None
+                assert _runs_of(backend_store, got) == runs
+                assert type(got.version) is int  # type: ignore[attr-defined]
+            assert backend_store().delete_session(session_id) is True
+            assert backend_store().read(session_id) is None
 
     def test_large_and_deep_values(self, backend_store: Store) -> None:
         storage = backend_store()
