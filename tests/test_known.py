@@ -11,6 +11,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from savegame.errors import SerializationError
 from savegame.storage import known as known_module
@@ -102,14 +104,20 @@ def test_a_run_changed_in_place_is_encoded_and_checked_again() -> None:
     assert again.pickled.whole() == pickle_runs(again.items)
 
 
-def _marked(runs: list[Any]) -> Known:
+def _saved_twice(runs: list[Any]) -> Known:
     """What is remembered of two saves of ``runs``: the first finds no runs it gave
-    before, so it makes no marks; the second does."""
+    before, so it makes no marks; the second may."""
     known = None
     for _ in range(2):
         given = encode_runs(runs, known, dumps, _digest, "$", 2)
         known = Known.written("t", Header(1, 0, None), given, (), {})
     assert known is not None
+    return known
+
+
+def _marked(runs: list[Any]) -> Known:
+    """What is remembered of two saves of ``runs``, which marks them."""
+    known = _saved_twice(runs)
     assert known.marks is not None
     return known
 
@@ -210,9 +218,9 @@ def test_marks_that_number_their_objects_otherwise_prove_nothing(
     pickled = _lengths(monkeypatch)
     runs.append(False)
     encode_runs(runs, known._replace(marks=flipped), dumps, _digest, "$", 2)
-    assert pickled[0] == 3  # the whole list pickled to compare: the marks were not trusted
+    assert pickled == [2, 1]  # the runs remembered pickled to compare: the marks not trusted
     encode_runs(runs, known, dumps, _digest, "$", 2)
-    assert pickled[-1] == 1
+    assert pickled[2:] == [1]
 
 
 def test_runs_stored_other_than_given_are_not_marked() -> None:
@@ -260,6 +268,71 @@ def test_what_is_remembered_is_the_pickle_of_the_runs_as_stored(last: Any) -> No
         encoded = encode_runs(runs, known, dumps, _digest, "$", 2)
         assert encoded.items == [json.loads(dumps(run)) for run in encoded.items]
         assert encoded.pickled.whole() == pickle_runs(encoded.items)
+
+
+# Values that ``==`` calls equal, empty containers, and a list of a pickle's batch size.
+_LEAVES = st.sampled_from([0, 1, 1.0, -0.0, 0.0, True, None, "", "x", 2**70])
+_VALUES = st.recursive(
+    _LEAVES | st.builds(list, st.just(range(1000))),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.lists(inner, max_size=3).map(tuple)
+        | st.dictionaries(st.sampled_from("ab"), inner, max_size=2)
+    ),
+    max_leaves=5,
+)
+
+
+def _grow(value: Any, more: Any) -> bool:
+    """Adds ``more`` inside the last container of ``value``; whether there was one."""
+    if isinstance(value, dict):
+        if value and _grow(value[next(reversed(value))], more):
+            return True
+        value[f"k{len(value)}"] = more
+        return True
+    if isinstance(value, list):
+        if not (value and _grow(value[-1], more)):
+            value.append(more)
+        return True
+    return False
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    before=st.lists(_VALUES, min_size=1, max_size=4),
+    change=st.sampled_from(["grow", "pair", "replace", "append", "drop", "none"]),
+    at=st.integers(min_value=0, max_value=3),
+    value=_VALUES,
+    kept=st.booleans(),
+)
+def test_runs_proved_unchanged_are_exactly_the_runs_remembered(
+    before: list[Any], change: str, at: int, value: Any, kept: bool
+) -> None:
+    # Runs saved twice (so marked, unless stored other than given), then changed in place
+    # (``kept``) or in a copy, and saved again: the store must end up with the digests a
+    # save that remembers nothing makes, whatever the marks or pickles of the runs before
+    # and after have in common, and remember the pickle of the runs as stored.
+    runs = before if kept else json.loads(json.dumps(before))
+    known = _saved_twice(before)
+    i = at % len(runs)
+    if change == "grow":
+        _grow(runs[i], value)
+    elif change == "pair" and i + 1 < len(runs):
+        runs[i : i + 2] = [(runs[i], runs[i + 1])]
+    elif change == "replace":
+        runs[i] = value
+    elif change == "drop":
+        del runs[i]
+    runs.append(value)
+    encoded = encode_runs(runs, known, dumps, _digest, "$", 2)
+    alone = encode_runs(runs, None, dumps, _digest, "$", 2)
+    assert known.digests is not None
+    width = len(_digest(""))
+    stored = [known.digests[j * width : (j + 1) * width] for j in range(len(runs))]
+    for j, digest, _ in encoded.changes(known.digests):
+        stored[j] = digest
+    assert "".join(stored) == alone.digests
+    assert encoded.pickled.whole() == pickle_runs(alone.items)
 
 
 def _remembered(runs: list[Any]) -> Known:

@@ -18,11 +18,11 @@ Writes. :func:`encode_runs` marks the runs it is given, when the caller gave the
 run object last time. When the remembered marks are a prefix of those marks, the remembered
 runs are unchanged and are neither checked, encoded, digested nor pickled again: only the
 runs after them are, and their pickle is added to the remembered one. Otherwise it pickles
-the runs given, and when the remembered pickle is a prefix of that pickle, the remembered
-runs are unchanged, byte for byte, and only the runs after them are checked, encoded and
-digested. A backend writes on the remembered header only while the store still carries the
-remembered token, which the write checks atomically; otherwise it reads the stored header
-and digests, and writes on those.
+as many of the runs given as are remembered, apart from the rest, and when that pickle is
+the remembered one, the remembered runs are unchanged, byte for byte, and only the runs
+after them are checked, encoded and digested. A backend writes on the remembered header
+only while the store still carries the remembered token, which the write checks atomically;
+otherwise it reads the stored header and digests, and writes on those.
 
 Reads. When the stored header carries the remembered token, the runs are unpickled from
 memory instead of being fetched and decoded. When it carries another (a write elsewhere),
@@ -36,10 +36,12 @@ to make as the save it would spare. Pickle protocol 3 (which has no frames), wit
 switched off, writes each value as its type and its contents, one value after the other and
 independent of what came before: equal bytes mean equal values of the same types in the
 same order, and the pickle of a list's first *n* items is a prefix of the pickle of the
-whole list. Only the exact built-in types are pickled (a subclass, or any other object,
-makes :func:`pickle_runs` give None, and those runs are encoded every time, as without a
-cache); no code of the caller's runs while pickling. It costs about a tenth of encoding the
-same runs as JSON.
+whole list. The converse does not hold, as a pickle fills a dict or a list after making it:
+the pickle of ``[{}]`` is a prefix of that of ``[{"a": 1}]``, and that of ``[a, b]`` of that
+of ``[(a, b)]``, so only whole pickles are compared. Only the exact built-in types are
+pickled (a subclass, or any other object, makes :func:`pickle_runs` give None, and those
+runs are encoded every time, as without a cache); no code of the caller's runs while
+pickling. It costs about a tenth of encoding the same runs as JSON.
 
 Why marks as well. Marshal makes its bytes in half to two thirds of a pickle's time, and
 they are as exact where they agree (see :func:`mark_runs`), but they depend on which objects
@@ -122,7 +124,6 @@ def outcome_unknown(
 
 _HEAD = b"\x80\x03("
 _TAIL = b"NNNNt."
-_FRAME = len(_HEAD) + len(_TAIL)
 # pickle_runs pickles the tuple (*runs, None, None, None, None): with more than three items
 # a tuple is written as MARK, the items and TUPLE, so every pickle is _HEAD, the runs one
 # after the other, and _TAIL, whatever the number of runs.
@@ -408,14 +409,25 @@ def _marked_count(marks: bytes | None, known: Known | None, width: int) -> int:
     return count
 
 
-def _prefix_count(blob: bytes, known: Known | None, width: int) -> int:
-    """How many leading runs of the runs pickled in ``blob`` are the remembered ones."""
+def _pickled(runs: list[Any], known: Known | None, width: int) -> tuple[int, Pickle | None]:
+    """The runs pickled (None: they cannot be), and how many leading runs are, by their
+    pickle, exactly the remembered ones: all of those remembered, or 0.
+
+    The runs in the place of those remembered are pickled apart from the rest and compared
+    whole with the remembered pickle, which may be a prefix of the pickle of other runs.
+    """
     if known is None or known.runs is None or not known.digests:
-        return 0
-    old = known.runs.whole()
-    if len(blob) < len(old) or not blob.startswith(memoryview(old)[: -len(_TAIL)]):
-        return 0
-    return len(known.digests) // width
+        return 0, Pickle.of(pickle_runs(runs))
+    count = len(known.digests) // width
+    if len(runs) < count:
+        return 0, Pickle.of(pickle_runs(runs))
+    lead = pickle_runs(runs[:count])
+    rest = pickle_runs(runs[count:])
+    if lead is None or rest is None:
+        return 0, None
+    if lead == known.runs.whole():
+        return count, known.runs.extended(rest)
+    return 0, Pickle((lead,)).extended(rest)
 
 
 class Runs:
@@ -523,9 +535,9 @@ def encode_runs(
     marks = mark_runs(runs) if first and known is not None and known.first == first else None
     start = min(_marked_count(marks, known, width), len(runs))
     marked = start > 0
-    blob = None if marked else pickle_runs(runs)
-    if blob is not None:
-        start = min(_prefix_count(blob, known, width), len(runs))
+    pickled: Pickle | None = None
+    if not marked:
+        start, pickled = _pickled(runs, known, width)
     items: list[Any] = runs[:start]
     texts: list[str | None] = [None] * start
     digests = [known.digests[: start * width]] if start and known and known.digests else []
@@ -537,29 +549,20 @@ def encode_runs(
         items.append(copy)
         texts.append(text)
         digests.append(digest(text))
-    pickled: Pickle | None = None
-    if marked:
-        # The marks proved the remembered runs unchanged: their pickle stands, and only
-        # the new runs, as stored, are pickled after it.
-        assert known is not None
-        assert known.runs is not None
+    if marked or converted:
+        # The remembered runs' pickle stands for the runs before ``start``; the new runs
+        # are pickled after it as stored, which differs from the runs given where encoding
+        # converted a value (a tuple became a list, say). Copies equal to runs of the exact
+        # built-in types alone, which is all that pickles, pickle as they do.
         fresh = pickle_runs(items[start:])
-        pickled = None if fresh is None else known.runs.extended(fresh)
-    elif blob is not None:
-        pickled = Pickle.of(blob)
-        if converted:
-            # The copies made of the new runs must pickle as the runs given did; they
-            # differ where encoding converted a value (a tuple became a list, say). Copies
-            # equal to runs of the exact built-in types alone (``blob`` is made of nothing
-            # else) pickle as they do.
-            fresh = pickle_runs(items[start:])
-            done = len(known.runs) - _FRAME if start and known and known.runs else 0
-            if (
-                fresh is None
-                or len(fresh) - _FRAME != len(blob) - _FRAME - done
-                or not blob.endswith(memoryview(fresh)[len(_HEAD) :])
-            ):
-                pickled = None
+        if fresh is None:
+            pickled = None
+        elif start:
+            assert known is not None
+            assert known.runs is not None
+            pickled = known.runs.extended(fresh)
+        else:
+            pickled = Pickle.of(fresh)
     # The runs given are exactly the runs stored when none was converted and they pickled
     # as the store's copies do.
     exact = not converted and pickled is not None

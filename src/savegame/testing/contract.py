@@ -945,6 +945,47 @@ class ModeContract:
             assert got is not None
             assert _exact(_runs_of(store, got), ordered) == _exact(runs, ordered)
 
+    @pytest.mark.parametrize("copied", [False, True], ids=["kept", "read-back"])
+    def test_a_run_grown_in_place_or_runs_joined_into_one_are_saved(
+        self, store: Store, copied: bool
+    ) -> None:
+        # Changes after which the runs begin with the bytes the runs before them were
+        # written as by a format that fills a dict or a list after making it (as pickle
+        # does, in batches of 1,000 items for a list): an empty run filled, a run of 1,000
+        # items given one more, two runs made into one pair.
+        storage = store()
+        ordered = "key_order" in type(storage).capabilities
+
+        def fill(runs: list[Any]) -> None:
+            runs[-1]["content"] = "filled in later"
+
+        def append(runs: list[Any]) -> None:
+            runs[-1].append("one more")
+
+        def pair(runs: list[Any]) -> None:
+            runs[1:] = [(runs[1], runs[2])]
+
+        cases: list[tuple[list[Any], Callable[[list[Any]], None]]] = [
+            ([{"run_id": "0"}, {}], fill),
+            ([{"run_id": "0"}, []], append),
+            ([{"run_id": "0"}, list(range(1000))], append),
+            ([{"run_id": "0"}, {"run_id": "1"}, {"run_id": "2"}], pair),
+        ]
+        for n, (runs, change) in enumerate(cases):
+            sid = f"grown-{n}"
+            storage.upsert(_with_runs(store, sid, runs))
+            if copied:
+                got = storage.read(sid)
+                assert got is not None
+                runs = _runs_of(store, got)
+            change(runs)
+            storage.upsert(_with_runs(store, sid, runs))
+            want = _exact(json.loads(json.dumps(runs)), ordered)
+            for reader in (storage, store()):
+                read = reader.read(sid)
+                assert read is not None
+                assert _exact(_runs_of(store, read), ordered) == want, sid
+
     def test_runs_kept_by_the_caller_and_changed_in_place_save_after_save(
         self, store: Store
     ) -> None:
