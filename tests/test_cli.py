@@ -407,6 +407,36 @@ def test_upgrading_a_redis_prefix_of_the_originals_layout_says_it_is_up_to_date(
         client.close()
 
 
+def test_upgrading_from_a_redis_prefix_the_original_shared_between_modes(tmp_path: Path) -> None:
+    # The agent sessions move within the prefix; the team sessions beside them are named,
+    # and --original-prefix moves them to a team store's prefix of its own.
+    from tests.redis_servers import server_url
+    from tests.stores import redis_client, unique
+
+    server = server_url(False)
+    prefix = unique("sgt")
+    shared, teams = f"{server}?prefix={prefix}", f"{server}?prefix={prefix}-teams"
+    client = redis_client(server)
+    try:
+        client.set(f"{prefix}:a", json.dumps({"session_id": "a", "agent_id": "A"}))
+        client.set(f"{prefix}:t", json.dumps({"session_id": "t", "team_id": "T"}))
+        proc = savegame("schema", "upgrade", "-s", shared, code=2)
+        assert f"'{prefix}:t'" in errors(proc)
+        assert open_storage(shared).get_all_session_ids() == ["a"]
+        savegame("schema", "upgrade", "-s", teams, "--mode", "team", "--original-prefix", prefix)
+        assert open_storage(teams, mode="team").get_all_session_ids() == ["t"]
+        assert not client.exists(f"{prefix}:t")
+        sqlite = f"sqlite:///{tmp_path / 's.db'}"
+        proc = savegame("schema", "upgrade", "-s", sqlite, "--original-prefix", prefix, code=2)
+        assert "--original-prefix is for a Redis store" in errors(proc)
+        assert not (tmp_path / "s.db").exists()
+    finally:
+        open_storage(shared).drop()
+        open_storage(teams, mode="team").drop()
+        client.delete(f"{prefix}:a", f"{prefix}:t")
+        client.close()
+
+
 def test_upgrading_a_store_that_is_not_there_makes_it_and_says_so(tmp_path: Path) -> None:
     # A first deployment's upgrade makes the store; a mistyped path must not pass unseen.
     url = f"sqlite:///{tmp_path / 'never.db'}"

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import inspect
 import json
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn, TextIO
@@ -601,11 +602,26 @@ def delete_user(
 def schema_upgrade(
     storage: StorageOption = DEFAULT_STORAGE,
     mode: ModeOption = "agent",
+    original_prefix: Annotated[
+        str | None,
+        typer.Option(
+            "--original-prefix",
+            help="Redis: move this mode's sessions here from the prefix the original "
+            "library shared between modes.",
+        ),
+    ] = None,
 ) -> None:
     """Bring a table or layout written by an older savegame up to date, keeping every row."""
     with _open(storage, mode) as store:
+        moves = "original_prefix" in inspect.signature(store.upgrade_schema).parameters
+        if original_prefix is not None and not moves:
+            _fail(f"--original-prefix is for a Redis store, not {redact(storage)}")
         was_there = store.table_exists()
-        store.upgrade_schema()
+        if original_prefix is None:
+            store.upgrade_schema()
+        else:
+            upgrade: Callable[..., None] = store.upgrade_schema  # RedisStorage's, by ``moves``
+            upgrade(original_prefix=original_prefix)
         # A Redis prefix of the original's layout only is not there until upgraded.
         was_there = was_there or bool(store.get_recent_sessions(limit=1))
     if was_there:
