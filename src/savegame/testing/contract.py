@@ -192,6 +192,14 @@ def _outcome(call: Callable[[], Any]) -> Any:
         return exc
 
 
+def _stored_runs(store: Store, session_id: str) -> Any:
+    """The runs of ``session_id`` as a storage just opened on the store reads them; the
+    session must be there."""
+    got = store().read(session_id)
+    assert got is not None, session_id
+    return _runs_of(store, got)
+
+
 def _read_both(store: Store, storage: Storage, session_id: str) -> list[Session]:
     """``session_id`` read by ``storage``, which wrote it and may remember it, and by a
     storage just opened on the same store, which has to decode what is stored."""
@@ -1588,12 +1596,8 @@ class BackendContract:
         if refused is not None:
             assert "hurt" in refused
         else:
-            stored = backend_store().read("hurt")
-            assert stored is not None
-            assert _runs_of(backend_store, stored) == runs
-        kept = backend_store().read("kept")
-        assert kept is not None
-        assert _runs_of(backend_store, kept) == runs
+            assert _stored_runs(backend_store, "hurt") == runs
+        assert _stored_runs(backend_store, "kept") == runs
 
     def test_a_run_set_to_null_behind_savegames_back_fails_the_read_until_saved_again(
         self, backend_store: Store
@@ -1613,9 +1617,7 @@ class BackendContract:
         reader.upsert(session)
         for got in _read_both(backend_store, reader, "nulled"):
             assert _runs_of(backend_store, got) == runs
-        kept = backend_store().read("kept")
-        assert kept is not None
-        assert _runs_of(backend_store, kept) == runs
+        assert _stored_runs(backend_store, "kept") == runs
 
     def test_a_number_made_text_by_hand_fails_the_read_naming_the_session(
         self, backend_store: Store
