@@ -649,12 +649,12 @@ class Storage(ABC):
             extra = record.keys() - fields
             if any(record[key] is not None for key in extra):
                 raise CorruptSessionError(self._of_another_mode(record, extra))
+            for key in extra:
+                del record[key]
         if record.get("version") is None:
             record["version"] = 1
         unfold_messages(record, self._spec.runs_path, _copy)
-        session = self._spec.session_class.from_dict(record)
-        assert session is not None
-        return session
+        return self._spec.session_class(**record)
 
     def _of_another_mode(self, record: Record, extra: set[str]) -> str:
         """Why ``record``, holding values under the names ``extra``, is not read as a session."""

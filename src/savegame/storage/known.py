@@ -144,8 +144,8 @@ class Known(NamedTuple):
     """What the backend lists the session by, as stored (for SQL, the indexed columns), so
     that a write can leave alone what it does not change."""
     head: bytes | None = None
-    """The rest of the stored record (every field but the runs), pickled by
-    :func:`pickle_plain`: a read that finds the token unchanged returns a copy of it
+    """The rest of the stored record (every field but the runs), as :func:`keep_plain`
+    gives it: a read that finds the token unchanged returns a copy of it
     without decoding the stored JSON; None when not remembered."""
     marks: bytes | None = None
     """The runs the last write was given, as :func:`mark_runs` gives them, when they were
@@ -168,8 +168,8 @@ class Known(NamedTuple):
         """What to remember of a write: ``record`` as stamped (its runs apart, when ``runs``
         is set) and the runs as the write encoded them."""
         if runs is None:
-            return cls(token, header, None, None, listed, pickle_plain(record))
-        head = pickle_plain(record)
+            return cls(token, header, None, None, listed, keep_plain(record))
+        head = keep_plain(record)
         return cls(token, header, runs.digests, runs.pickled, listed, head, runs.marks, runs.first)
 
     @classmethod
@@ -188,7 +188,7 @@ class Known(NamedTuple):
         ``pickled``: the runs as :func:`pickle_runs` gives them, when already made."""
         if pickled is None and runs is not None:
             pickled = Pickle.of(pickle_runs(runs))
-        return cls(token, header, digests, pickled, listed, pickle_plain(head))
+        return cls(token, header, digests, pickled, listed, keep_plain(head))
 
     def leads(self, digests: str) -> bool:
         """Whether stored runs with ``digests`` are the remembered runs wherever both have
@@ -217,7 +217,7 @@ class Known(NamedTuple):
     def record(self, runs_path: tuple[str, ...]) -> dict[str, Any]:
         """A new copy of the remembered record, runs included (see :meth:`whole`)."""
         assert self.head is not None
-        record: dict[str, Any] = unpickle_plain(self.head)
+        record: dict[str, Any] = marshal.loads(self.head)
         if self.digests is not None:
             assert self.runs is not None
             set_path(record, runs_path, unpickle_runs(self.runs.whole()))
@@ -362,6 +362,21 @@ def unpickle_plain(blob: bytes) -> Any:
     # Safe to unpickle: the blob was made in this process by pickle_plain, never read from
     # a store.
     return pickle.loads(blob)
+
+
+def keep_plain(value: Any) -> bytes | None:
+    """``value``, a record of JSON-native values, as bytes that ``marshal.loads`` makes a
+    new copy of, each time; None when it cannot be (a subclass of a built-in type, or
+    nesting too deep).
+
+    Marshal's version 2 writes no references: a dict that stands twice in ``value`` comes
+    back as two, as it would from the store's JSON. Its copies are quicker to make than
+    unpickled ones.
+    """
+    try:
+        return marshal.dumps(value, 2)
+    except ValueError:
+        return None
 
 
 def mark_runs(runs: list[Any]) -> bytes | None:
@@ -600,10 +615,11 @@ class KnownSessions:
             old = self._items.pop(session_id, None)
             if old is not None:
                 self._bytes -= old.size()
-            if known is None or known.size() > self.max_bytes:
+            size = 0 if known is None else known.size()
+            if known is None or size > self.max_bytes:
                 return
             self._items[session_id] = known
-            self._bytes += known.size()
+            self._bytes += size
             while len(self._items) > MAX_SESSIONS or self._bytes > self.max_bytes:
                 _, gone = self._items.popitem(last=False)
                 self._bytes -= gone.size()
