@@ -240,6 +240,7 @@ def _redis(name: str, cluster: bool, shards: int = 1) -> Callable[[Path, str], A
             lossy=lossy,
             lose_runs=lose_redis_runs,
             lose_run=lose_redis_run,
+            change_run=change_redis_run,
             spoil_number=REDIS_NUMBERS,
         )
         try:
@@ -318,6 +319,44 @@ def null_sql_run(storage: Storage, session_id: str, position: int) -> None:
             .where(runs.c.session_id == session_id, runs.c.position == position)
             .values(run=None)
         )
+
+
+def change_sql_run(storage: Storage, session_id: str, position: int, run: Any) -> None:
+    """Changes the text of one of a session's runs as the README says to change a session
+    by hand: its digest left as it was, the header's write token cleared in the same
+    transaction."""
+    from sqlalchemy import update
+
+    from savegame.storage.sql import SqlStorage
+
+    assert isinstance(storage, SqlStorage)
+    runs, header = storage.runs_table, storage.table
+    with storage.db_engine.begin() as conn:
+        conn.execute(
+            update(runs)
+            .where(runs.c.session_id == session_id, runs.c.position == position)
+            .values(run=json.dumps(run))
+        )
+        conn.execute(
+            update(header).where(header.c.session_id == session_id).values(write_token=None)
+        )
+
+
+def change_redis_run(storage: Storage, session_id: str, position: int, run: Any) -> None:
+    """Changes one of a session's runs as the README says to change a session by hand: its
+    digest left as it was, the header's token removed in the same transaction."""
+    from savegame.storage.redis import RedisStorage
+
+    assert isinstance(storage, RedisStorage)
+    tag = storage._tag(session_id)
+
+    def change(client: Any) -> None:
+        pipe = client.pipeline(transaction=True)
+        pipe.lset(f"{tag}r:{session_id}", position, json.dumps(run))
+        pipe.hdel(f"{tag}h:{session_id}", "token")
+        pipe.execute()
+
+    storage._call(change)
 
 
 def lose_redis_run(storage: Storage, session_id: str, position: int) -> None:
@@ -427,6 +466,7 @@ def _sqlite(in_memory: bool) -> Callable[[Path, str], Any]:
             lose_runs=lose_sql_runs,
             lose_run=lose_sql_run,
             null_run=null_sql_run,
+            change_run=change_sql_run,
             spoil_number={c: _spoil_sql(c) for c in (*TIMES_AND_VERSION, "run_count")},
         )
         try:
@@ -537,6 +577,7 @@ def _postgres(tmp_path: Path, mode: str) -> Iterator[Store]:
         lose_runs=lose_sql_runs,
         lose_run=lose_sql_run,
         null_run=null_sql_run,
+        change_run=change_sql_run,
     )
     try:
         yield store
@@ -579,6 +620,7 @@ def _mysql(tmp_path: Path, mode: str) -> Iterator[Store]:
         lose_runs=lose_sql_runs,
         lose_run=lose_sql_run,
         null_run=null_sql_run,
+        change_run=change_sql_run,
     )
     try:
         yield store

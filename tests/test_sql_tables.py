@@ -8,7 +8,6 @@ neither table. A table of an earlier savegame's layout is read, upgraded and wri
 from __future__ import annotations
 
 import functools
-import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -302,52 +301,6 @@ def test_a_read_fetches_only_the_runs_the_reader_does_not_remember(sql_store: St
     fresh = _sql(sql_store).read("s")
     assert fresh is not None
     assert fresh.memory["runs"][0] == {"run_id": "not fetched"}  # type: ignore[index]
-
-
-def _change_by_hand(storage: SqlStorage, session_id: str, position: int, run: Any) -> None:
-    """Changes one run's text as the README says to change a session by hand: its digest
-    left as it was, the header's write token cleared in the same transaction."""
-    runs, header = storage.runs_table, storage.table
-    with storage.db_engine.begin() as conn:
-        conn.execute(
-            update(runs)
-            .where(runs.c.session_id == session_id, runs.c.position == position)
-            .values(run=json.dumps(run))
-        )
-        conn.execute(
-            update(header).where(header.c.session_id == session_id).values(write_token=None)
-        )
-
-
-def test_a_run_changed_by_hand_with_the_token_cleared_is_read_by_every_storage(
-    sql_store: Store,
-) -> None:
-    writer, reader = _sql(sql_store), _sql(sql_store)
-    runs = [{"run_id": f"r{i}"} for i in range(3)]
-    writer.upsert(AgentSession(session_id="s", memory={"runs": runs}))
-    assert reader.read("s") is not None  # now remembered, as by the writer
-    _change_by_hand(writer, "s", 0, {"run_id": "by hand"})
-    for storage in (writer, reader, _sql(sql_store), reader):
-        got = storage.read("s")
-        assert got is not None
-        assert got.memory["runs"] == [{"run_id": "by hand"}, *runs[1:]]  # type: ignore[index]
-
-
-@pytest.mark.parametrize("saver", ["the writer, remembering it", "a storage just opened"])
-def test_a_save_over_a_run_changed_by_hand_with_the_token_cleared_is_whole(
-    sql_store: Store, saver: str
-) -> None:
-    writer = _sql(sql_store)
-    runs = [{"run_id": f"r{i}"} for i in range(3)]
-    session = AgentSession(session_id="s", memory={"runs": runs})
-    writer.upsert(session)
-    _change_by_hand(writer, "s", 1, {"run_id": "by hand"})
-    storage = writer if saver.startswith("the writer") else _sql(sql_store)
-    storage.upsert(session)
-    for reader in (storage, _sql(sql_store)):
-        got = reader.read("s")
-        assert got is not None
-        assert got.memory["runs"] == runs  # type: ignore[index]
 
 
 def test_storages_of_one_table_share_what_was_compiled(sql_store: Store) -> None:

@@ -112,6 +112,10 @@ class Store:
         null_run: ``null_run(storage, session_id, position)`` sets the stored text of the
             run at ``position`` to NULL, behind savegame's back, its digest and every other
             run as they were (a row edited by hand); None where no run can be NULL.
+        change_run: ``change_run(storage, session_id, position, run)`` changes the stored
+            run at ``position`` into ``run`` the way the README says to change a session by
+            hand: its digest left as it was and, in the same transaction, the session's
+            write token cleared; None where the runs are kept with the rest of the session.
         spoil_number: the places where the store keeps a number of a session (its version,
             a time, its run count) that an edit by hand can make text, each named (for
             reports) with ``spoil(storage, session_id, text)``, which writes ``text`` there
@@ -131,6 +135,7 @@ class Store:
     lose_runs: Callable[[Storage, str], None] | None = None
     lose_run: Callable[[Storage, str, int], None] | None = None
     null_run: Callable[[Storage, str, int], None] | None = None
+    change_run: Callable[[Storage, str, int, Any], None] | None = None
     spoil_number: dict[str, Callable[[Storage, str, str], None]] = field(default_factory=dict)
     mixed_modes: str | None = None
     opened: list[Storage] = field(default_factory=list)
@@ -1618,6 +1623,39 @@ class BackendContract:
         for got in _read_both(backend_store, reader, "nulled"):
             assert _runs_of(backend_store, got) == runs
         assert _stored_runs(backend_store, "kept") == runs
+
+    def test_a_run_changed_by_hand_as_the_readme_says_is_read_by_every_storage(
+        self, backend_store: Store
+    ) -> None:
+        if backend_store.change_run is None:
+            pytest.skip(f"{backend_store.backend} keeps no runs apart from the session")
+        runs = [{"run_id": f"r{i}"} for i in range(3)]
+        writer, reader = backend_store(), backend_store()
+        writer.upsert(_with_runs(backend_store, "s", runs))
+        assert reader.read("s") is not None  # now remembered, as by the writer
+        backend_store.change_run(writer, "s", 0, {"run_id": "by hand"})
+        for storage in (writer, reader, backend_store(), reader):
+            got = storage.read("s")
+            assert got is not None
+            assert _runs_of(backend_store, got) == [{"run_id": "by hand"}, *runs[1:]]
+
+    @pytest.mark.parametrize("saver", ["the writer, remembering it", "a storage just opened"])
+    def test_a_save_over_a_run_changed_by_hand_as_the_readme_says_is_whole(
+        self, backend_store: Store, saver: str
+    ) -> None:
+        # The run changed by hand keeps its old digest, which the save's run has too: the
+        # save must not take the stored run for it.
+        if backend_store.change_run is None:
+            pytest.skip(f"{backend_store.backend} keeps no runs apart from the session")
+        runs = [{"run_id": f"r{i}"} for i in range(3)]
+        session = _with_runs(backend_store, "s", runs)
+        writer = backend_store()
+        writer.upsert(session)
+        backend_store.change_run(writer, "s", 1, {"run_id": "by hand"})
+        storage = writer if saver.startswith("the writer") else backend_store()
+        storage.upsert(session)
+        for got in _read_both(backend_store, storage, "s"):
+            assert _runs_of(backend_store, got) == runs
 
     def test_a_number_made_text_by_hand_fails_the_read_naming_the_session(
         self, backend_store: Store
