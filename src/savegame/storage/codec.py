@@ -142,8 +142,12 @@ def depth_at_most(value: Any, limit: int) -> bool:
     """Whether containers in ``value`` nest at most ``limit`` deep; iterative, for any depth.
 
     Goes one level at a time, so each container costs one list append: this runs on every
-    save of a long conversation.
+    save of a long conversation. Only dicts, lists and tuples are looked into: ``value``
+    may be anything (one run of a session is checked on its own), and iterating a
+    generator would run it.
     """
+    if not isinstance(value, _NESTED):
+        return True
     level = [value]
     depth = 1
     while level:

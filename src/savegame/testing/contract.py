@@ -909,6 +909,35 @@ class ModeContract:
         check(list(reversed(runs)))
         check(None)
 
+    def test_a_run_that_is_itself_unstorable_is_refused_and_the_store_is_unchanged(
+        self, store: Store
+    ) -> None:
+        # Backends that store each run on its own encode it alone, not inside the session.
+        storage = store()
+        storage.upsert(_with_runs(store, "r", [{"run_id": "0"}]))
+        ran = []
+
+        def generator() -> Iterator[Any]:
+            ran.append(True)
+            yield {"run_id": "from a generator"}
+
+        for run, words in [
+            (math.nan, "nan"),
+            (math.inf, "inf"),
+            (object(), "object"),
+            ({1, 2}, "set"),
+            (generator(), "generator"),
+            (iter([{"run_id": "i"}]), "iterator"),
+        ]:
+            for session_id in ("r", "new"):
+                with pytest.raises(SerializationError, match=words):
+                    storage.upsert(_with_runs(store, session_id, [{"run_id": "0"}, run]))
+        assert not ran, "a generator given as a run was run"
+        got = storage.read("r")
+        assert got is not None
+        assert _runs_of(store, got) == [{"run_id": "0"}]
+        assert storage.get_all_session_ids() == ["r"]
+
     def test_a_reader_that_remembers_the_runs_sees_every_change_another_storage_made(
         self, store: Store
     ) -> None:
