@@ -72,6 +72,64 @@ def test_a_subclass_calling_super_run_records_one_run(flows: Store) -> None:
     assert len(stored.memory["runs"]) == 1  # type: ignore[attr-defined]
 
 
+class Drafts(Workflow):
+    """A run that yields, as the original's workflows do."""
+
+    def run(self, topic: str) -> Iterator[str]:
+        yield self.step("outline", lambda: f"outline of {topic}")
+        self.session_state["drafts"] = self.session_state.get("drafts", 0) + 1
+        yield f"draft {self.session_state['drafts']}"
+        if topic == "fail":
+            raise RuntimeError("no more ideas")
+        return f"{topic} done"
+
+
+class LouderDrafts(Drafts):
+    def run(self, topic: str) -> Iterator[str]:
+        for said in super().run(topic):
+            yield said.upper()
+        return "louder"
+
+
+def _runs(store: Store, session_id: str) -> list[dict[str, Any]]:
+    stored = store().read(session_id)
+    assert stored is not None
+    runs: list[dict[str, Any]] = stored.memory["runs"]  # type: ignore[attr-defined]
+    return runs
+
+
+def test_a_run_that_yields_is_recorded_and_saved_when_it_ends(flows: Store) -> None:
+    flow = Drafts(session_id="g", storage=flows())
+    drafts = flow.run("essay")
+    assert flows().read("g") is None, "recorded before anything ran"
+    assert list(drafts) == ["outline of essay", "draft 1"]
+    runs = _runs(flows, "g")
+    assert [(r["status"], r["output"]) for r in runs] == [("completed", "essay done")]
+    assert Drafts(session_id="g", storage=flows()).session_state == {
+        "outline": "outline of essay",
+        "drafts": 1,
+    }
+    with pytest.raises(RuntimeError, match="no more ideas"):
+        list(flow.run("fail"))
+    failed = _runs(flows, "g")[-1]
+    assert failed["status"] == "failed"
+    assert failed["error"] == "RuntimeError: no more ideas"
+    assert Drafts(session_id="g", storage=flows()).session_state["drafts"] == 2
+    for said in flow.run("short"):
+        assert said == "outline of essay"
+        break
+    stopped = _runs(flows, "g")[-1]
+    assert stopped["status"] == "failed"
+    assert "stopped" in stopped["error"]
+    assert len(_runs(flows, "g")) == 3
+
+
+def test_a_run_that_yields_from_super_run_records_one_run(flows: Store) -> None:
+    flow = LouderDrafts(session_id="g", storage=flows())
+    assert list(flow.run("essay")) == ["OUTLINE OF ESSAY", "DRAFT 1"]
+    assert [(r["status"], r["output"]) for r in _runs(flows, "g")] == [("completed", "louder")]
+
+
 def test_a_failed_run_keeps_the_steps_it_completed(flows: Store, tmp_path: Path) -> None:
     markers = tmp_path / "markers"
     with pytest.raises(StepFailed):

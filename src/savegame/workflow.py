@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -56,8 +57,10 @@ class Workflow(SessionKeeper):
     Subclass it and write ``run``; every call of ``run`` is recorded in the session's
     ``memory["runs"]`` (status, duration, input and output where storable) and saves
     ``session_state``, also when ``run`` raises (the run is then recorded as failed and the
-    exception propagates). Inside ``run``, :meth:`step` saves as soon as a result is known, so
-    even a killed process keeps the results it had::
+    exception propagates). A ``run`` that yields, as the original's workflows do, is recorded
+    and saved when its generator ends (its return value is the output), or fails or is
+    closed before its end. Inside ``run``, :meth:`step` saves as soon as a result is known,
+    so even a killed process keeps the results it had::
 
         class Report(Workflow):
             def run(self, topic: str) -> str:
@@ -208,7 +211,12 @@ def _changed(before: Any, after: Any) -> bool:
 
 
 def _recorded(run: Callable[..., Any]) -> Callable[..., Any]:
-    """Wraps a subclass's ``run`` so that each outermost call is recorded and saved."""
+    """Wraps a subclass's ``run`` so that each outermost call is recorded and saved.
+
+    A ``run`` that yields (a generator function, as the original's workflows are written)
+    has done nothing when it returns its generator: the run is recorded and saved when the
+    generator ends, with what it returned as the output, or fails (also when the caller
+    stops before its end, closing it)."""
 
     @functools.wraps(run)
     def recorded(self: Workflow, *args: Any, **kwargs: Any) -> Any:
@@ -226,17 +234,46 @@ def _recorded(run: Callable[..., Any]) -> Callable[..., Any]:
             result = run(self, *args, **kwargs)
         except BaseException as exc:
             self._in_run = False
-            record.update(status="failed", error=_failure(exc))
-            record["metrics"] = {"duration": time.perf_counter() - started}
-            self._checkpoint(record)
+            _finish(self, record, started, exc)
             raise
         self._in_run = False
-        record.update(status="completed", output=_storable(result))
-        record["metrics"] = {"duration": time.perf_counter() - started}
-        self._checkpoint(record)
+        if inspect.isgenerator(result):
+            return _recorded_generator(self, result, record, started)
+        _finish(self, record, started, None, result)
         return result
 
     return recorded
+
+
+def _recorded_generator(
+    flow: Workflow, generator: Generator[Any, Any, Any], record: Run, started: float
+) -> Generator[Any, Any, Any]:
+    """``generator``, recorded as one run when it ends; a ``super().run()`` it calls is
+    part of that run."""
+    flow._in_run = True
+    try:
+        result = yield from generator
+    except BaseException as exc:
+        flow._in_run = False
+        _finish(flow, record, started, exc)
+        raise
+    flow._in_run = False
+    _finish(flow, record, started, None, result)
+    return result
+
+
+def _finish(
+    flow: Workflow, record: Run, started: float, exc: BaseException | None, result: Any = None
+) -> None:
+    """Records the run as failed with ``exc``, or as completed with ``result``, and saves."""
+    if exc is None:
+        record.update(status="completed", output=_storable(result))
+    elif isinstance(exc, GeneratorExit):
+        record.update(status="failed", error="stopped: its generator was closed before its end")
+    else:
+        record.update(status="failed", error=_failure(exc))
+    record["metrics"] = {"duration": time.perf_counter() - started}
+    flow._checkpoint(record)
 
 
 @dataclass
