@@ -287,6 +287,29 @@ def test_a_failed_step_run_resumes_from_the_first_step_not_done(
     assert _computed(markers) == {"clean": 2, "fetch": 1, "report": 1}
 
 
+def test_a_run_resumed_with_nothing_left_to_run_is_stored_as_completed(
+    steps_store: Store,
+) -> None:
+    def fetch(ctx: StepContext) -> str:
+        return "fetched"
+
+    def flaky(ctx: StepContext) -> str:
+        raise StepFailed("flaky")
+
+    with pytest.raises(StepFailed):
+        StepWorkflow([fetch, flaky], steps_store(), session_id="s").run()
+    # The step that failed is taken out of the workflow: what is left was done before.
+    fewer = StepWorkflow([fetch], steps_store(), session_id="s")
+    result = fewer.resume()
+    assert (result.status, result.resumed) == ("completed", ["fetch"])
+    stored = steps_store().read("s")
+    assert stored is not None
+    assert [r["status"] for r in stored.runs] == ["completed"]  # type: ignore[attr-defined]
+    assert fewer.pending_runs() == []
+    with pytest.raises(LookupError, match="nothing to resume"):
+        fewer.resume()
+
+
 def test_a_new_process_resumes_a_failed_step_run(steps_store: Store, tmp_path: Path) -> None:
     steps_store.require("processes")
     markers = tmp_path / "m"

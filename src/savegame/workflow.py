@@ -467,6 +467,11 @@ class StepWorkflow(SessionKeeper):
                 record["status"] = "completed"
             self._save(record, replace=True)
         record["status"] = "completed"
+        saved = next((r for r in self.runs if r.get("run_id") == record["run_id"]), None)
+        if saved is None or saved.get("status") != "completed":
+            # No step was left to run (the one that failed was taken out of the workflow,
+            # say), so no step's save stored the run as completed.
+            self._save(record, replace=True)
         return WorkflowRunResponse(
             run_id=record["run_id"],
             session_id=self.session_id,
