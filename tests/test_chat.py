@@ -151,6 +151,29 @@ def test_a_chat_without_a_user_loads_any_users_session_and_starts_new_ones_witho
     assert users == {"a1": "alice", "b1": "bob", new: None}
 
 
+def test_a_session_that_cannot_be_loaded_is_said_so_and_the_chat_goes_on(
+    sqlite_url: str,
+) -> None:
+    long_id = "x" * 600
+    out = chat(
+        "--storage",
+        sqlite_url,
+        "--session",
+        "kept",
+        lines=["hello", f"/load {long_id}", "/load a\x00b", "My name is Ada.", "/quit"],
+    )
+    assert "cannot load: session id is 600 characters long; the limit is 512" in out
+    assert any(line.startswith("cannot load: session id must not contain NUL") for line in out)
+    assert any(line.startswith("assistant> Noted: your name is Ada.") for line in out)
+    assert (
+        out[-1]
+        == f"bye: resume with  savegame chat --session kept --storage {shlex.quote(sqlite_url)}"
+    )
+    stored = open_storage(sqlite_url, mode="agent").read("kept")
+    assert stored is not None
+    assert len(stored.memory["runs"]) == 2  # type: ignore[attr-defined]
+
+
 def test_the_configured_model_is_used_and_its_failures_end_only_a_turn(
     sqlite_url: str, server: ModelServer
 ) -> None:

@@ -7,7 +7,9 @@ environment configures (``OPENAI_API_KEY`` or ``OPENAI_BASE_URL``, with ``OPENAI
 when none is, the offline model; the first line says which.
 
 Storage errors propagate to the ``savegame`` command, which prints them and exits 1; a model
-error ends only that turn (nothing of it is saved) and the chat goes on.
+error ends only that turn (nothing of it is saved) and the chat goes on, as does a ``/load``
+of a session that cannot be loaded (another user's, a damaged one, an id savegame cannot
+store), which keeps the current session.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Annotated
 import typer
 
 from savegame.agent import Agent
+from savegame.errors import CorruptSessionError, InvalidIdentifierError
 from savegame.models import Message, Model, ModelError, configured_model
 from savegame.models.offline import OfflineModel
 from savegame.runtime import SessionOwnerError
@@ -137,7 +140,8 @@ def _command(agent: Agent, store: Storage, text: str) -> bool:
     elif name == "/load" and arg:
         try:
             agent.load_session(arg)
-        except SessionOwnerError as exc:
+        except (SessionOwnerError, InvalidIdentifierError, CorruptSessionError) as exc:
+            # The current session is kept: a mistyped id must not end the chat.
             _say(f"cannot load: {exc}")
             return True
         _show_session(agent)
