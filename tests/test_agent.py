@@ -256,6 +256,21 @@ def test_loading_another_users_session_keeps_the_current_one(backend_store: Stor
     assert len(stored.memory["runs"]) == 1  # type: ignore[attr-defined]
 
 
+def test_a_rename_refused_for_another_users_session_leaves_the_old_name(
+    backend_store: Store,
+) -> None:
+    _agent(backend_store, session_id="bobs", user_id="bob").run("My name is Bob.")
+    agent = _agent(backend_store, session_id="adas", user_id="ada", session_name="Old")
+    agent.run("My name is Ada.")
+    agent.session_id = "bobs"
+    with pytest.raises(SessionOwnerError):
+        agent.rename_session("New")
+    assert agent.session_name == "Old"
+    stored = backend_store().read("bobs")
+    assert stored is not None
+    assert stored.user_id == "bob"  # type: ignore[attr-defined]
+
+
 def test_another_users_session_is_neither_read_nor_deleted(backend_store: Store) -> None:
     _agent(backend_store, session_id="adas", user_id="ada").run("My secret is 42.")
     bob = _agent(backend_store, user_id="bob")

@@ -130,6 +130,20 @@ def test_a_run_that_yields_from_super_run_records_one_run(flows: Store) -> None:
     assert [(r["status"], r["output"]) for r in _runs(flows, "g")] == [("completed", "louder")]
 
 
+def test_an_async_run_is_refused_when_the_class_is_made() -> None:
+    with pytest.raises(TypeError, match="async"):
+
+        class Coroutine(Workflow):
+            async def run(self) -> str:
+                return "never recorded"
+
+    with pytest.raises(TypeError, match="async"):
+
+        class Stream(Workflow):
+            async def run(self) -> Any:
+                yield "never recorded"
+
+
 def test_a_failed_run_keeps_the_steps_it_completed(flows: Store, tmp_path: Path) -> None:
     markers = tmp_path / "markers"
     with pytest.raises(StepFailed):

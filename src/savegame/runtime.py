@@ -21,7 +21,7 @@ import copy
 import uuid
 from typing import Any, ClassVar
 
-from savegame.errors import CorruptSessionError, StorageError
+from savegame.errors import CorruptSessionError
 from savegame.storage.base import Storage
 from savegame.storage.session import Session, get_path, messages_of, mode_spec, set_path
 
@@ -189,13 +189,16 @@ class SessionKeeper:
     def rename_session(self, name: str) -> None:
         """Names the current session and saves the name.
 
+        The name is kept only once saved: whatever stops the save leaves the old one.
+
         Raises:
+            SessionOwnerError: when the session id names another user's session.
             StorageError: when the name could not be saved.
         """
         before, self.session_name = self.session_name, name
         try:
             self._save(None)
-        except StorageError:
+        except BaseException:
             self.session_name = before
             raise
 

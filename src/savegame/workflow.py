@@ -109,9 +109,22 @@ class Workflow(SessionKeeper):
         )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Wraps the subclass's ``run`` so that each call is recorded and saved.
+
+        Raises:
+            TypeError: for an ``async def run``, whose calls would only make a coroutine
+                (or an asynchronous generator) and be recorded before any of it ran.
+        """
         super().__init_subclass__(**kwargs)
-        if "run" in cls.__dict__:
-            cls.run = _recorded(cls.__dict__["run"])  # type: ignore[method-assign]
+        run = cls.__dict__.get("run")
+        if run is None:
+            return
+        if inspect.iscoroutinefunction(run) or inspect.isasyncgenfunction(run):
+            raise TypeError(
+                f"{cls.__name__}.run is async; savegame's Workflow records and saves "
+                "synchronous runs only: write run() with def, and run coroutines inside it"
+            )
+        cls.run = _recorded(run)  # type: ignore[method-assign]
 
     @property
     def workflow_id(self) -> str | None:
