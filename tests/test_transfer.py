@@ -355,6 +355,12 @@ def test_a_session_differing_only_in_type_or_key_order_is_not_already_there(
         pytest.param(
             _line(user_id="a\x00b"), InvalidIdentifierError, "user id", id="nul-in-user-id"
         ),
+        pytest.param(
+            _line(team_session_id={"id": "t"}),
+            SerializationError,
+            "team_session_id must be a str",
+            id="text-field-not-text",
+        ),
     ],
 )
 def test_a_value_that_cannot_be_stored_stops_the_import_before_anything_is_written(

@@ -564,7 +564,7 @@ class Storage(ABC):
             raise SerializationError(f"session {session.session_id!r}: {problem}")
         for key in spec.text_fields:
             value = data.get(key)
-            if type(value) is str:
+            if value is not None:
                 check_text_field(value, key)
         data.pop("version", None)
         holder = beside_runs(data, spec.runs_path)

@@ -437,14 +437,18 @@ def check_id(value: object, what: str = "session id") -> str:
     return value
 
 
-def check_text_field(value: str, what: str) -> None:
-    """Checks the text of a plain string field (``workflow_name``, ``team_session_id``...),
+def check_text_field(value: object, what: str) -> None:
+    """Checks the value of a plain string field (``workflow_name``, ``team_session_id``...),
     which every SQL backend keeps in a text column as it is.
 
     Raises:
-        SerializationError: for a string holding NUL or a lone surrogate, which a text
-            column of PostgreSQL, MySQL or SQLite cannot hold.
+        SerializationError: for a value that is not a string (a text column would refuse
+            it, or keep it as another type than the other backends do), or a string holding
+            NUL or a lone surrogate, which a text column of PostgreSQL, MySQL or SQLite
+            cannot hold.
     """
+    if not isinstance(value, str):
+        raise SerializationError(f"{what} must be a str or None, not {type(value).__name__}")
     if "\x00" in value or not _encodable(value):
         raise SerializationError(
             f"{what} {value!r} holds a NUL character or a lone surrogate, which text columns "
