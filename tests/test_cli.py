@@ -838,6 +838,56 @@ def test_copy_killed_half_way_then_run_again(tmp_path: Path) -> None:
             assert dst().read(session_id) == source.read(session_id)
 
 
+@pytest.mark.xdist_group("max_allowed_packet")
+def test_a_session_the_server_refuses_stops_an_import_or_a_copy_saying_which_and_how_far(
+    tmp_path: Path,
+) -> None:
+    """A session larger than MySQL's max_allowed_packet, refused as it is written: the error
+    names its line and id and says what was stored before it, which the next run skips;
+    it said "nothing was written", with the sessions before it stored."""
+    from sqlalchemy import create_engine
+    from sqlalchemy import text as sql
+
+    mysql = next(b for b in BACKENDS if b.name == "mysql")
+    with open_store(mysql, tmp_path, "agent", "dst") as dst:
+        engine = create_engine(str(dst.url).partition("?")[0])
+        with engine.connect() as conn:
+            limit = int(conn.execute(sql("SELECT @@global.max_allowed_packet")).scalar_one())
+        engine.dispose()
+        if limit > 64 << 20:
+            pytest.skip(f"max_allowed_packet is {limit} bytes here; this test needs 64 MB or less")
+        lines = []
+        for i, session_id in enumerate(("s0", "s1", "big", "s3")):
+            content = "x" * (limit if session_id == "big" else 10)
+            runs = [{"messages": [{"role": "user", "content": content}]}]
+            times = {"created_at": BASE + i, "updated_at": BASE + i}
+            lines.append(json.dumps({"session_id": session_id, "memory": {"runs": runs}, **times}))
+        backup = tmp_path / "backup.jsonl"
+        backup.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        refused = f"error: {backup}:3: session 'big' was not stored: a statement of "
+        for written, there in ((2, 0), (0, 2)):
+            (line,) = errors(
+                savegame("import", str(backup), "-s", str(dst.url), code=2)
+            ).splitlines()
+            assert line.startswith(refused), line
+            assert "max_allowed_packet" in line, line
+            assert line.endswith(
+                f"; the import stopped there, having stored 2 of 4 sessions ({written} written, "
+                f"{there} already there), which running it again skips"
+            ), line
+            assert dst().get_all_session_ids() == ["s1", "s0"]
+
+        source = f"sqlite:///{tmp_path / 'src.db'}"
+        savegame("import", str(backup), "-s", source)
+        (line,) = errors(savegame("copy", source, str(dst.url), code=2)).splitlines()
+        assert line.startswith("error: session 'big' was not stored: a statement of "), line
+        assert line.endswith(
+            "; the copy stopped there, having stored 2 of 4 sessions (0 written, 2 already "
+            "there), which running it again skips"
+        ), line
+        assert dst().get_all_session_ids() == ["s1", "s0"]
+
+
 def test_show_gives_a_workflows_input_output_and_steps(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'w.db'}"
     workflow = MODES["workflow"].session_class.from_dict(

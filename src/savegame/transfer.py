@@ -24,7 +24,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from savegame.errors import InvalidIdentifierError, SerializationError
+from savegame.errors import (
+    BackendUnavailableError,
+    CorruptSessionError,
+    InvalidIdentifierError,
+    SerializationError,
+    StorageError,
+)
 from savegame.storage.base import Storage
 from savegame.storage.codec import check_id, dumps, encode
 from savegame.storage.session import MODES, ModeSpec, Session, get_path
@@ -150,13 +156,29 @@ def _exact_text(session: Session, ordered: bool = True) -> str:
     return json.dumps(data, sort_keys=not ordered, separators=(",", ":"))
 
 
-def _put_all(destination: Storage, sessions: list[Session], report: Report) -> None:
+def _put_all(
+    destination: Storage,
+    sessions: list[Session],
+    report: Report,
+    verb: str,
+    where: Callable[[Session], str],
+) -> None:
     """Restores each session unless ``destination`` holds it already, exactly (see
     :func:`_exact_text`) and at its version or a later one: a session replaced once (whose
     version then went past the source's, see :meth:`Storage.restore`) is not written again
-    by the next run."""
+    by the next run.
+
+    Raises:
+        StorageError: of the class of what ``destination`` raised, its message told again
+            with the session it refused (named by ``where``) and what the import or copy
+            (``verb``) had stored before it, which running it again skips: the user can
+            tell what to fix, and that the rest is safe to run again.
+    """
     ordered = "key_order" in type(destination).capabilities
-    there = {s.session_id: s for s in destination.read_many(s.session_id for s in sessions)}
+    try:
+        there = {s.session_id: s for s in destination.read_many(s.session_id for s in sessions)}
+    except StorageError as exc:
+        raise _stopped(exc, f"{exc}", report, verb) from exc
     for session in sessions:
         stored = there.get(session.session_id)
         if (
@@ -165,9 +187,36 @@ def _put_all(destination: Storage, sessions: list[Session], report: Report) -> N
             and _exact_text(stored, ordered) == _exact_text(session, ordered)
         ):
             report.unchanged += 1
-        else:
+            continue
+        try:
             destination.restore(session)
-            report.copied += 1
+        except StorageError as exc:
+            refused = f"{where(session)} was not stored: {exc}"
+            raise _stopped(exc, refused, report, verb) from exc
+        report.copied += 1
+
+
+_RETOLD = (
+    SerializationError,
+    InvalidIdentifierError,
+    BackendUnavailableError,
+    CorruptSessionError,
+    StorageError,
+)
+"""The public errors whose message an import or a copy that stopped tells again, most
+particular first."""
+
+
+def _stopped(exc: StorageError, what: str, report: Report, verb: str) -> StorageError:
+    """An error of ``exc``'s public class saying ``what`` happened, and how far the import
+    or copy (``verb``) had got."""
+    kind = next(k for k in _RETOLD if isinstance(exc, k))
+    done = report.copied + report.unchanged
+    return kind(
+        f"{what}; the {verb} stopped there, having stored {done} of {report.total} sessions "
+        f"({report.copied} written, {report.unchanged} already there), which running it "
+        "again skips"
+    )
 
 
 def import_sessions(storage: Storage, lines: Iterable[str | bytes], source: str = "line") -> Report:
@@ -193,6 +242,9 @@ def import_sessions(storage: Storage, lines: Iterable[str | bytes], source: str 
             earlier line holds too (naming both lines).
         InvalidIdentifierError: naming the first line whose session id, user id or entity id
             the storage refuses.
+        StorageError: (the class the storage raised) when a session that passed the checks
+            is refused as it is written (one larger than the server takes, say), naming its
+            line and id and how many sessions were stored before it; those stay stored.
     """
     sessions: list[Session] = []
     first_line: dict[str, int] = {}
@@ -212,8 +264,13 @@ def import_sessions(storage: Storage, lines: Iterable[str | bytes], source: str 
         sessions.append(session)
     storage.create()
     report = Report(total=len(sessions))
+
+    def line_of(session: Session) -> str:
+        return f"{source}:{first_line[session.session_id]}: session {session.session_id!r}"
+
     for start in range(0, len(sessions), DEFAULT_BATCH_SIZE):
-        _put_all(storage, sessions[start : start + DEFAULT_BATCH_SIZE], report)
+        batch = sessions[start : start + DEFAULT_BATCH_SIZE]
+        _put_all(storage, batch, report, "import", line_of)
     return report
 
 
@@ -274,6 +331,9 @@ def copy_sessions(
 
     Raises:
         ValueError: when the stores are of different modes, or ``batch_size`` is below 1.
+        StorageError: (the class the destination raised) when it refuses a session as it is
+            written, naming the session and how many were stored before it; those stay
+            stored.
     """
     if source.mode != destination.mode:
         raise ValueError(
@@ -293,7 +353,7 @@ def copy_sessions(
         batch = ids[start : start + batch_size]
         sessions = source.read_many(batch)
         report.vanished += len(batch) - len(sessions)
-        _put_all(destination, sessions, report)
+        _put_all(destination, sessions, report, "copy", lambda s: f"session {s.session_id!r}")
         if on_batch is not None:
             on_batch(len(batch))
     return report
