@@ -888,6 +888,40 @@ def test_a_session_the_server_refuses_stops_an_import_or_a_copy_saying_which_and
         assert dst().get_all_session_ids() == ["s1", "s0"]
 
 
+def test_an_import_into_a_folder_stopped_by_ctrl_c_leaves_no_temporary_file(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C while a session's file is being written removed the session but left its
+    temporary file (as large as the session) in the folder, which no later write removed."""
+    backup = tmp_path / "big.jsonl"
+    runs = [{"messages": [{"role": "user", "content": "x" * 60_000_000}]}]
+    backup.write_text(json.dumps({"session_id": "big", "memory": {"runs": runs}}) + "\n")
+    folder = tmp_path / "sessions"
+    url = f"json:///{folder}"
+    proc = subprocess.Popen(
+        [str(SAVEGAME), "import", str(backup), "-s", url],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (folder.is_dir() and any(p.name.startswith(".tmp-") for p in folder.iterdir())):
+            assert proc.poll() is None, "the import ended before its file was written"
+            assert time.monotonic() < deadline, "the import never began its file"
+            time.sleep(0.001)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert (proc.returncode, stderr) == (130, b"")
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".tmp-")] == []
+    assert not (folder / "big.json").exists()
+    again = savegame("import", str(backup), "-s", url)
+    assert "imported 1, already there 0, of 1 session" in errors(again)
+
+
 def test_show_gives_a_workflows_input_output_and_steps(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'w.db'}"
     workflow = MODES["workflow"].session_class.from_dict(

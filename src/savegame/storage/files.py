@@ -354,16 +354,23 @@ class FileStorage(Storage):
         return record
 
     def _temp_file(self, path: Path, content: bytes) -> Path:
-        """A new temporary file holding ``content``, on disk, to be renamed to ``path``."""
+        """A new temporary file holding ``content``, on disk, to be renamed to ``path``.
+
+        A write stopped half-way, by a failure or by Ctrl-C (a KeyboardInterrupt, most
+        likely while the file is written or synced), removes it: only a rescan of the
+        whole folder would.
+        """
         temp = self.dir_path / f"{_TEMP_PREFIX}{uuid.uuid4().hex}"
         try:
             with open(temp, "xb") as handle:
                 handle.write(content)
                 handle.flush()
                 os.fsync(handle.fileno())
-        except OSError as exc:
+        except BaseException as exc:
             temp.unlink(missing_ok=True)
-            raise BackendUnavailableError(f"cannot write {path}: {exc}") from exc
+            if isinstance(exc, OSError):
+                raise BackendUnavailableError(f"cannot write {path}: {exc}") from exc
+            raise
         return temp
 
     def _sync_dir(self) -> None:
@@ -431,9 +438,12 @@ class FileStorage(Storage):
                 temp = self._temp_file(self._mode_path, f"{self.mode}\n".encode("ascii"))
                 try:
                     os.replace(temp, self._mode_path)
-                except OSError as exc:
+                except BaseException as exc:
                     temp.unlink(missing_ok=True)
-                    raise BackendUnavailableError(f"cannot write {self._mode_path}: {exc}") from exc
+                    if isinstance(exc, OSError):
+                        what = f"cannot write {self._mode_path}: {exc}"
+                        raise BackendUnavailableError(what) from exc
+                    raise
                 # No fsync of the folder it is in: a marker lost in a crash is inferred
                 # again from the files, which the write that follows puts on disk.
                 return
