@@ -607,6 +607,25 @@ def test_a_closed_standard_output_ends_the_command_quietly(
     assert (proc.returncode, proc.stderr) == (141, b"")
 
 
+@pytest.mark.parametrize("command", [("--help",), ("export", "--help"), ("sessions", "--help")])
+def test_help_into_a_closed_pipe_ends_quietly(command: tuple[str, ...]) -> None:
+    """``savegame --help | head -1``: the help, which typer prints through its own console,
+    ends as the other commands do: no message, exit code 141."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        proc = subprocess.run(
+            [str(SAVEGAME), *command],
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            env={**os.environ, "NO_COLOR": "1"},
+        )
+    finally:
+        os.close(writer)
+    assert (proc.returncode, proc.stderr) == (141, b"")
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 @pytest.mark.parametrize("stdout", ["closed", "full"])
 @pytest.mark.parametrize(

@@ -102,6 +102,23 @@ def _stdout() -> TextIO:
     return sys.stdout
 
 
+def _file_of(file: int | str) -> tuple[int, int] | None:
+    """The device and inode of ``file``, a descriptor or a path; None when there is none."""
+    try:
+        found = os.stat(file)
+    except OSError:
+        return None
+    return (found.st_dev, found.st_ino)
+
+
+def _stdout_file() -> tuple[int, int] | None:
+    """The file standard output's descriptor is open on (:func:`_file_of`)."""
+    return _file_of(1)
+
+
+_NULL_FILE = _file_of(os.devnull)
+
+
 def _encoded(text: str) -> bytes:
     """``text`` encoded as standard output's text layer would encode it."""
     stdout = _stdout()
@@ -133,8 +150,16 @@ class _ExitCodes(TyperGroup):
     """The root command group: turns the library's errors into one line and an exit code."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
+        before = _stdout_file()
         try:
             return super().main(*args, **kwargs)
+        except SystemExit as exc:
+            # The help (--help, or a command's) is printed by typer's own Rich console,
+            # whose closed-pipe handling points standard output at the null device and
+            # exits 1: 141 is what every other command gives then.
+            if exc.code == 1 and before not in (None, _NULL_FILE) and _stdout_file() == _NULL_FILE:
+                raise SystemExit(SIGPIPE_EXIT) from None
+            raise
         except OSError as exc:
             # Errors of commands are reported by invoke; one that gets here came from what
             # the command line prints before any command runs (--help, --version) on a
