@@ -358,6 +358,25 @@ def test_a_read_of_the_runs_after_those_remembered_joins_them_exactly() -> None:
     assert known.joined([], 2) == (runs[:2], None)
 
 
+def test_runs_saved_again_unchanged_keep_the_remembered_pickle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A save that changes the rest of the session only: the remembered pickle stands for
+    # the runs as it is, neither made again nor extended by an empty piece each time.
+    runs = _runs(3)
+    known = _marked(runs)
+    pickled = _lengths(monkeypatch)
+    again = encode_runs(runs, known, dumps, _digest, "$", 2)
+    assert pickled == []
+    assert again.pickled is known.runs
+    assert again.marks is not None
+    assert again.changes(known.digests) == []
+    later = Known.written("t", Header(2, 0, None), again, (), {})
+    runs.append({"run_id": "3"})
+    more = encode_runs(runs, later, dumps, _digest, "$", 2)
+    assert more.pickled.whole() == pickle_runs(runs)
+
+
 def test_a_pickle_extended_save_after_save_is_the_pickle_of_all_the_runs() -> None:
     runs = _runs(2)
     made = [Pickle.of(pickle_runs(runs))]

@@ -243,9 +243,9 @@ class Pickle:
 
     _MOST_PARTS = 64
 
-    def __init__(self, parts: tuple[bytes | memoryview, ...]) -> None:
+    def __init__(self, parts: tuple[bytes | memoryview, ...], size: int | None = None) -> None:
         self._parts = parts
-        self._size = sum(len(part) for part in parts)
+        self._size = sum(len(part) for part in parts) if size is None else size
 
     @classmethod
     def of(cls, blob: bytes | None) -> Pickle | None:
@@ -266,7 +266,7 @@ class Pickle:
         :func:`pickle_runs`; this one is left as it is."""
         *before, last = self._parts
         parts = (*before, memoryview(last)[: -len(_TAIL)], memoryview(more)[len(_HEAD) :])
-        extended = Pickle(parts)
+        extended = Pickle(parts, self._size - len(_TAIL) + len(more) - len(_HEAD))
         if len(parts) > self._MOST_PARTS:
             extended.whole()
         return extended
@@ -564,7 +564,10 @@ def encode_runs(
         items.append(copy)
         texts.append(text)
         digests.append(digest(text))
-    if marked or converted:
+    if marked and start == len(items):
+        assert known is not None
+        pickled = known.runs  # no run after those remembered: their pickle is the whole
+    elif marked or converted:
         # The remembered runs' pickle stands for the runs before ``start``; the new runs
         # are pickled after it as stored, which differs from the runs given where encoding
         # converted a value (a tuple became a list, say). Copies equal to runs of the exact
