@@ -637,7 +637,10 @@ class Storage(ABC):
                 f"session {data['session_id']!r} would be at version {record['version']}, past "
                 f"the largest savegame stores ({MAX_VERSION}); nothing was written"
             )
-        record["expires_at"] = record["updated_at"] + self.expire if self.expire else None
+        # From the write, as documented: a session restored with its old updated_at (an
+        # import of a backup) would otherwise arrive expired, unreadable though reported
+        # stored, and replace a live session of its id.
+        record["expires_at"] = now + self.expire if self.expire else None
         return record
 
     def _session(self, record: Record) -> Session:

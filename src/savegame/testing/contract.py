@@ -1834,6 +1834,25 @@ class BackendContract:
         assert storage.purge_expired() == 0
         assert sorted(lasting.get_all_session_ids()) == ["fresh", "lasting"]
 
+    def test_a_restored_session_expires_that_long_after_its_write(
+        self, backend_store: Store
+    ) -> None:
+        # restore() keeps updated_at (an import of last month's backup): the expiry still
+        # counts from the write, or the session would arrive expired, reported stored.
+        storage = backend_store(expire=3600)
+        month_ago = int(time.time()) - 30 * 24 * 3600
+        old = _session(
+            backend_store, "old", user_id="u", created_at=month_ago, updated_at=month_ago
+        )
+        storage.upsert(_session(backend_store, "old", user_id="u"))
+        stored = storage.restore(old)
+        assert stored.updated_at == month_ago  # type: ignore[attr-defined]
+        for got in _read_both(backend_store, storage, "old"):
+            assert got.updated_at == month_ago  # type: ignore[attr-defined]
+        assert storage.get_all_session_ids(user_id="u") == ["old"]
+        assert storage.purge_expired() == 0
+        assert backend_store(expire=3600).read("old") is not None
+
     def test_threads_share_one_storage(self, backend_store: Store) -> None:
         storage = backend_store()
 
