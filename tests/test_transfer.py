@@ -310,6 +310,15 @@ def test_a_session_differing_only_in_type_or_key_order_is_not_already_there(
         assert stored is not None
         assert list(stored.session_data) == ["flag", "a", "z"]  # type: ignore[attr-defined]
 
+    # -0.0: another session where the store keeps it, the same one where JSONB gives back
+    # 0.0 for it.
+    signed = reordered.replace('"z":0', '"z":0.0').replace('"version":4', '"version":5')
+    assert transfer.import_sessions(backend_store(), [signed]).copied == 1
+    negative = signed.replace('"z":0.0', '"z":-0.0')
+    report = transfer.import_sessions(backend_store(), [negative])
+    assert (report.copied, report.unchanged) == ((1, 0) if ordered else (0, 1))
+    assert transfer.import_sessions(backend_store(), [negative]).unchanged == 1
+
     # copy compares the same way.
     source = InMemoryStorage()
     session = transfer.parse_line(source.spec, retyped.replace('"flag":true', '"flag":1.0'))

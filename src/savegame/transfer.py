@@ -146,14 +146,23 @@ def _exact_text(session: Session, ordered: bool = True) -> str:
     ``==`` would call ``1``, ``1.0`` and ``True`` equal and ignore the order of keys; the
     text keeps every type apart. ``ordered``: the order of keys counts too; pass False for a
     store that does not keep it (PostgreSQL's JSONB), whose sessions then compare with their
-    keys sorted.
+    keys sorted and ``-0.0`` as ``0.0``, which JSONB gives back for it.
 
     Raises:
         SerializationError: when the session holds a value JSON cannot carry.
     """
     data = encode(session.to_dict())
     data.pop("version", None)
-    return json.dumps(data, sort_keys=not ordered, separators=(",", ":"))
+    text = json.dumps(data, sort_keys=not ordered, separators=(",", ":"))
+    if ordered or "-0" not in text:
+        return text
+    unsigned = json.loads(text, parse_float=_unsigned_zero)
+    return json.dumps(unsigned, sort_keys=True, separators=(",", ":"))
+
+
+def _unsigned_zero(text: str) -> float:
+    """A float of JSON text, with ``-0.0`` (and ``-0e5``, ...) read as ``0.0``."""
+    return float(text) or 0.0
 
 
 def _put_all(
