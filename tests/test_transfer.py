@@ -279,6 +279,21 @@ def _line(**fields: Any) -> str:
     return json.dumps({"session_id": "s", **times, **fields}, separators=(",", ":"))
 
 
+def test_a_line_without_times_is_already_there_once_imported(backend_store: Store) -> None:
+    # restore() gives a session without created_at or updated_at the time of its write;
+    # the next import of the same line must find it there, not write it again.
+    line = json.dumps({"session_id": "s", "session_data": {"n": 1}})
+    assert transfer.import_sessions(backend_store(), [line]).copied == 1
+    stored = backend_store().read("s")
+    assert stored is not None
+    for _ in range(2):
+        report = transfer.import_sessions(backend_store(), [line])
+        assert (report.copied, report.unchanged) == (0, 1)
+    assert backend_store().read("s") == stored
+    changed = line.replace('"n": 1', '"n": 2')
+    assert transfer.import_sessions(backend_store(), [changed]).copied == 1
+
+
 def test_a_session_differing_only_in_type_or_key_order_is_not_already_there(
     backend_store: Store,
 ) -> None:

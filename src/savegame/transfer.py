@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from savegame.errors import (
@@ -160,6 +160,18 @@ def _exact_text(session: Session, ordered: bool = True) -> str:
     return json.dumps(unsigned, sort_keys=True, separators=(",", ":"))
 
 
+def _timed_as(session: Session, stored: Session) -> Session:
+    """``session`` with the times it lacks (a line written by hand may have none) taken
+    from ``stored``, as :meth:`Storage.restore` gave them when it stored it: otherwise it
+    would never be found already there, and each run of the import would write it again."""
+    missing = {
+        name: getattr(stored, name)
+        for name in ("created_at", "updated_at")
+        if getattr(session, name, None) is None
+    }
+    return replace(session, **missing) if missing else session
+
+
 def _unsigned_zero(text: str) -> float:
     """A float of JSON text, with ``-0.0`` (and ``-0e5``, ...) read as ``0.0``."""
     return float(text) or 0.0
@@ -193,7 +205,7 @@ def _put_all(
         if (
             stored is not None
             and (stored.version or 1) >= (session.version or 1)  # type: ignore[attr-defined]
-            and _exact_text(stored, ordered) == _exact_text(session, ordered)
+            and _exact_text(stored, ordered) == _exact_text(_timed_as(session, stored), ordered)
         ):
             report.unchanged += 1
             continue
