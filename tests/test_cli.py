@@ -481,6 +481,28 @@ def test_a_backup_of_a_folder_names_the_damaged_files_it_left_out_and_fails(
     assert errors(savegame("export", "-s", url)).splitlines() == ["exported 2 sessions"]
 
 
+@pytest.mark.parametrize("fmt", ["json", "yaml"])
+def test_an_import_of_a_backup_replaces_a_torn_file_and_says_so(tmp_path: Path, fmt: str) -> None:
+    # Restoring a backup over a folder in which a session's file was torn is what an
+    # import is for: it is written over, named, and the other sessions left as they are.
+    folder = tmp_path / "f"
+    url = f"{fmt}:///{folder}"
+    backup = tmp_path / "backup.jsonl"
+    lines = [json.dumps({"session_id": sid, "session_data": {"n": sid}}) for sid in ("a", "b")]
+    backup.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    savegame("import", str(backup), "-s", url)
+    torn = next(folder.glob("a.*"))
+    torn.write_bytes(torn.read_bytes()[:12])
+    proc = savegame("import", str(backup), "-s", url)
+    assert errors(proc) == "imported 1 (1 over a damaged copy: a), already there 1, of 2 sessions\n"
+    with open_storage(url) as storage:
+        restored = storage.read("a")
+        assert restored is not None
+        assert restored.session_data == {"n": "a"}  # type: ignore[attr-defined]
+    proc = savegame("import", str(backup), "-s", url)
+    assert errors(proc) == "imported 0, already there 2, of 2 sessions\n"
+
+
 # Characters that str.splitlines() breaks a line at and JSON writes as they are...
 SEPARATORS = "\u2028 \u2029 \x85"
 # ... and those it escapes.

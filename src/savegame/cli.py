@@ -506,8 +506,18 @@ def import_(
     lines = data.split(b"\n")
     with _open(storage, mode) as store:
         report = transfer.import_sessions(store, lines, source)
-    _note(
-        f"imported {report.copied}, already there {report.unchanged}, of {_sessions(report.total)}"
+    _note(_moved("imported", report))
+
+
+def _moved(verb: str, report: transfer.Report) -> str:
+    """The closing line of an import or a copy (``verb``: what was done)."""
+    repaired = ""
+    if report.repaired:
+        shown = ", ".join(report.repaired[:5]) + (", ..." if len(report.repaired) > 5 else "")
+        repaired = f" ({len(report.repaired)} over a damaged copy: {shown})"
+    return (
+        f"{verb} {report.copied}{repaired}, already there {report.unchanged}, "
+        f"of {_sessions(report.total)}"
     )
 
 
@@ -540,7 +550,7 @@ def copy(
             on_batch=lambda n: progress.advance(task, n),
         )
         left_out = src.unreadable()
-    _note(f"copied {report.copied}, already there {report.unchanged}, of {_sessions(report.total)}")
+    _note(_moved("copied", report))
     _fail_if_left_out(left_out, source)
 
 

@@ -131,12 +131,15 @@ class Report:
         copied: sessions written to the destination.
         unchanged: sessions the destination already held exactly as in the source.
         vanished: sessions deleted from the source while the copy ran.
+        repaired: the ids of sessions written over a stored copy that could not be read
+            (a damaged file), which the destination replaced (among ``copied``).
     """
 
     total: int = 0
     copied: int = 0
     unchanged: int = 0
     vanished: int = 0
+    repaired: list[str] = field(default_factory=list)
 
 
 def _exact_text(session: Session, ordered: bool = True) -> str:
@@ -196,8 +199,9 @@ def _put_all(
             tell what to fix, and that the rest is safe to run again.
     """
     ordered = "key_order" in type(destination).capabilities
+    damaged: set[str] = set()
     try:
-        there = {s.session_id: s for s in destination.read_many(s.session_id for s in sessions)}
+        there = _held(destination, [s.session_id for s in sessions], damaged)
     except StorageError as exc:
         raise _stopped(exc, f"{exc}", report, verb) from exc
     for session in sessions:
@@ -215,6 +219,33 @@ def _put_all(
             refused = f"{where(session)} was not stored: {exc}"
             raise _stopped(exc, refused, report, verb) from exc
         report.copied += 1
+        if session.session_id in damaged:
+            report.repaired.append(session.session_id)
+
+
+def _held(destination: Storage, ids: list[str], damaged: set[str]) -> dict[str, Session]:
+    """The sessions of ``ids`` that ``destination`` holds, by id. One it holds but cannot
+    read (a damaged file) is left out and its id added to ``damaged``: restoring the good
+    copy over it is what an import of a backup is for, and ``restore`` itself refuses to
+    write over what it must not (a session of another mode).
+
+    Raises:
+        StorageError: when the destination cannot be read at all.
+    """
+    try:
+        return {s.session_id: s for s in destination.read_many(ids)}
+    except CorruptSessionError:
+        pass
+    held: dict[str, Session] = {}
+    for session_id in ids:
+        try:
+            session = destination.read(session_id)
+        except CorruptSessionError:
+            damaged.add(session_id)
+            continue
+        if session is not None:
+            held[session_id] = session
+    return held
 
 
 _RETOLD = (
