@@ -130,6 +130,65 @@ def test_a_run_that_yields_from_super_run_records_one_run(flows: Store) -> None:
     assert [(r["status"], r["output"]) for r in _runs(flows, "g")] == [("completed", "louder")]
 
 
+def test_a_run_while_another_waits_at_a_yield_is_recorded_and_saved(flows: Store) -> None:
+    # A caller who looks at the first thing a run yields and keeps its generator may run
+    # the workflow again meanwhile: that run is a run of its own, not part of the first.
+    flow = Drafts(session_id="g", storage=flows())
+    first = flow.run("first")
+    assert next(first) == "outline of first"
+    assert list(flow.run("second")) == ["outline of first", "draft 1"]
+    assert [(r["status"], r["output"]) for r in _runs(flows, "g")] == [("completed", "second done")]
+    assert Drafts(session_id="g", storage=flows()).session_state["drafts"] == 1
+    assert list(first) == ["draft 2"]
+    runs = _runs(flows, "g")
+    assert [(r["status"], r["output"]) for r in runs] == [
+        ("completed", "second done"),
+        ("completed", "first done"),
+    ]
+
+
+class Echo(Workflow):
+    """A run that takes what it is sent, and carries on after an error thrown into it."""
+
+    def run(self) -> Iterator[str]:
+        heard = []
+        while True:
+            try:
+                said = yield f"heard {len(heard)}"
+            except KeyError as exc:
+                heard.append(f"error {exc}")
+                continue
+            if said is None:
+                return heard
+            heard.append(said)
+
+
+def test_a_run_that_yields_is_sent_values_and_thrown_errors_as_yield_from_would(
+    flows: Store,
+) -> None:
+    flow = Echo(session_id="e", storage=flows())
+    echo = flow.run()
+    assert next(echo) == "heard 0"
+    assert echo.send("a") == "heard 1"
+    assert echo.throw(KeyError("k")) == "heard 2"
+    with pytest.raises(StopIteration) as stop:
+        echo.send(None)
+    assert stop.value.value == ["a", "error 'k'"]
+    assert [(r["status"], r["output"]) for r in _runs(flows, "e")] == [
+        ("completed", ["a", "error 'k'"])
+    ]
+    echo = flow.run()
+    next(echo)
+    with pytest.raises(ValueError, match="bad"):
+        echo.throw(ValueError("bad"))
+    assert _runs(flows, "e")[-1]["error"] == "ValueError: bad"
+    echo = flow.run()
+    next(echo)
+    echo.close()
+    assert "stopped" in _runs(flows, "e")[-1]["error"]
+    assert len(_runs(flows, "e")) == 3
+
+
 def test_an_async_run_is_refused_when_the_class_is_made() -> None:
     with pytest.raises(TypeError, match="async"):
 

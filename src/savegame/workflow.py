@@ -262,17 +262,45 @@ def _recorded_generator(
     flow: Workflow, generator: Generator[Any, Any, Any], record: Run, started: float
 ) -> Generator[Any, Any, Any]:
     """``generator``, recorded as one run when it ends; a ``super().run()`` it calls is
-    part of that run."""
-    flow._in_run = True
-    try:
-        result = yield from generator
-    except BaseException as exc:
+    part of that run.
+
+    It is driven as ``yield from`` would drive it (values sent and exceptions thrown in are
+    passed on, a close closes it), but the workflow counts as inside a run only while the
+    generator's own code runs: while it waits at a ``yield``, its caller may call ``run``
+    again (another run, or the next of two generators taken turn about), and that call is a
+    run of its own, recorded and saved, not part of this one.
+    """
+    sent: Any = None
+    thrown: BaseException | None = None
+    while True:
+        flow._in_run = True
+        try:
+            value = generator.send(sent) if thrown is None else generator.throw(thrown)
+        except StopIteration as stop:
+            flow._in_run = False
+            _finish(flow, record, started, None, stop.value)
+            return stop.value
+        except BaseException as exc:
+            flow._in_run = False
+            _finish(flow, record, started, exc)
+            raise
         flow._in_run = False
-        _finish(flow, record, started, exc)
-        raise
-    flow._in_run = False
-    _finish(flow, record, started, None, result)
-    return result
+        sent, thrown = None, None
+        try:
+            sent = yield value
+        except GeneratorExit as exc:
+            flow._in_run = True
+            try:
+                generator.close()
+            except BaseException as failure:
+                flow._in_run = False
+                _finish(flow, record, started, failure)
+                raise
+            flow._in_run = False
+            _finish(flow, record, started, exc)
+            raise
+        except BaseException as exc:  # noqa: BLE001 - thrown into the generator next
+            thrown = exc
 
 
 def _finish(
