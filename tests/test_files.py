@@ -699,6 +699,32 @@ def test_a_folder_an_earlier_savegame_mixed_lists_each_mode_apart(tmp_path: Path
         team.upsert(TeamSession(session_id="t2"))  # the folder is still the agent's
 
 
+@pytest.mark.parametrize("cls", [JsonStorage, YamlStorage])
+def test_a_write_never_replaces_a_session_of_another_mode_in_the_folder(
+    tmp_path: Path, cls: type[FileStorage]
+) -> None:
+    # A team session that an earlier savegame let into an agent's folder stays readable in
+    # its mode, to be moved elsewhere: an agent write of its id, or an import of a backup
+    # holding that id, replaced it with an agent session, losing its team fields.
+    team_folder = tmp_path / "team"
+    cls(team_folder, mode="team").upsert(
+        TeamSession(session_id="t1", team_id="squad", team_data={"members": 2})
+    )
+    agent = cls(tmp_path / "agent")
+    agent.upsert(AgentSession(session_id="a1"))
+    extension = cls(tmp_path).format.extension
+    os.replace(team_folder / f"t1{extension}", tmp_path / "agent" / f"t1{extension}")
+    before = (tmp_path / "agent" / f"t1{extension}").read_bytes()
+    for write in (agent.upsert, agent.restore):
+        for storage in (agent, cls(tmp_path / "agent")):
+            with pytest.raises(CorruptSessionError, match="mode='team'"):
+                write.__func__(storage, AgentSession(session_id="t1"))  # type: ignore[attr-defined]
+    assert (tmp_path / "agent" / f"t1{extension}").read_bytes() == before
+    stored = cls(tmp_path / "agent", mode="team").read("t1")
+    assert stored is not None
+    assert stored.team_data == {"members": 2}  # type: ignore[attr-defined]
+
+
 _FIRST_WRITE = """
 import sys, time
 from savegame.errors import CorruptSessionError

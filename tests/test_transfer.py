@@ -13,10 +13,12 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from savegame import transfer
-from savegame.errors import InvalidIdentifierError, SerializationError
+from savegame.errors import CorruptSessionError, InvalidIdentifierError, SerializationError
 from savegame.storage.in_memory import InMemoryStorage
+from savegame.storage.json import JsonStorage
 from savegame.storage.session import MESSAGES_OF_RUNS, MODES, Session
 from savegame.storage.session.agent import AgentSession
+from savegame.storage.session.team import TeamSession
 from savegame.storage.sqlite import SqliteStorage
 from savegame.testing import Store
 from savegame.testing.sample import make_session
@@ -432,3 +434,19 @@ def test_an_export_line_sorts_the_fields_and_keeps_the_order_inside_them(
         assert list(arrived.memory["runs"][0]) == ["role", "content"]  # type: ignore[attr-defined]
         assert list(arrived.session_data) == ["z", "a"]  # type: ignore[attr-defined]
         assert _lines(backend_store()) == [line]
+
+
+def test_an_import_stops_at_a_session_of_another_mode_rather_than_replace_it(
+    tmp_path: Path,
+) -> None:
+    # A stored copy that cannot be read because it is another mode's session is no damaged
+    # copy to write over: the import stops, naming it, and leaves it.
+    JsonStorage(tmp_path / "team", mode="team").upsert(TeamSession(session_id="t", team_id="x"))
+    JsonStorage(tmp_path / "agent").upsert(AgentSession(session_id="a"))
+    (tmp_path / "team" / "t.json").replace(tmp_path / "agent" / "t.json")
+    lines = [json.dumps({"session_id": sid}) for sid in ("a", "t")]
+    with pytest.raises(CorruptSessionError, match=r"line:2: session 't' was not stored"):
+        transfer.import_sessions(JsonStorage(tmp_path / "agent"), lines)
+    stored = JsonStorage(tmp_path / "agent", mode="team").read("t")
+    assert stored is not None
+    assert stored.team_id == "x"  # type: ignore[attr-defined]

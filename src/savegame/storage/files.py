@@ -763,6 +763,10 @@ class FileStorage(Storage):
         A row marked pending is never trusted: the file was replaced after it (a write whose
         index could not be written, or was killed), and on a file system whose clock counts
         in seconds the new file can have the old one's time and size.
+
+        Raises:
+            CorruptSessionError: when the file holds a session of another mode, which a
+                write must not replace.
         """
         try:
             stat = path.stat()
@@ -779,7 +783,12 @@ class FileStorage(Storage):
             record = self._load(path, session_id)
         except CorruptSessionError:
             return None  # a damaged file is replaced by the write, as if it were not there
-        return None if record is None else Header.of(record)
+        if record is None:
+            return None
+        # The index never holds a session of another mode (an earlier savegame let some
+        # into the folder), so one is met here: it stays, to be read in its own mode.
+        self._refuse_other_mode(record, "replace")
+        return Header.of(record)
 
     def _write(
         self, draft: Draft, expected_version: int | None, now: int, preserve: bool
