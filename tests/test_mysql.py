@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Engine, inspect, make_url, text
 
 from savegame import open_storage
 from savegame.errors import SerializationError
@@ -287,3 +287,31 @@ def test_a_lost_commit_on_a_new_connection_waits_for_a_restarting_server(
 
     with _mysql(tmp_path, "agent") as store:
         sql_cases.check_lost_commit_then_restart(store)
+
+
+def test_a_mariadb_url_opens_a_storage_as_a_mysql_one(
+    server: str, admin: Engine, table: str
+) -> None:
+    # SQLAlchemy's dialect for mariadb:// is named "mariadb": what is compiled or made for
+    # MySQL, the runs' digests and the tables' charset, must be so for it too.
+    url = make_url(server).set(drivername="mariadb+pymysql")
+    runs = [{"run_id": "r0", "content": "🎲"}]
+    with MySQLStorage(table, db_url=url.render_as_string(hide_password=False)) as storage:
+        assert storage.db_engine.dialect.name == "mariadb"
+        storage.upsert(AgentSession(session_id="🎲", user_id="u", memory={"runs": runs}))
+        got = storage.read("🎲")
+        assert got is not None
+        assert got.memory == {"runs": runs}
+        assert storage.get_all_session_ids(user_id="u") == ["🎲"]
+    with admin.connect() as conn:
+        collations = conn.execute(
+            text(
+                "SELECT table_name, table_collation, engine FROM information_schema.tables"
+                " WHERE table_schema = DATABASE() AND table_name IN (:a, :b)"
+            ),
+            {"a": table, "b": f"{table}_runs"},
+        ).all()
+    assert sorted(collations) == [
+        (table, "utf8mb4_bin", "InnoDB"),
+        (f"{table}_runs", "utf8mb4_bin", "InnoDB"),
+    ]

@@ -84,6 +84,7 @@ class Utf8Binary(TypeDecorator[str]):
         return value.decode("utf-8") if isinstance(value, (bytes, bytearray)) else value
 
 
+@compiles(RunDigests, "mariadb")
 @compiles(RunDigests, "mysql")
 def _group_concat(element: RunDigests, compiler: Any, **kw: Any) -> str:
     digest, position = (compiler.process(c, **kw) for c in element.clauses)
@@ -103,10 +104,16 @@ class MySQLDialect(SqlDialect):
     backends = ("mysql", "mariadb")
     example = "mysql+pymysql://user@host/db"
     read_isolation = "REPEATABLE READ"
+    # SQLAlchemy reads a table's options under the name of the engine's dialect: "mysql",
+    # or "mariadb" for a mariadb:// URL.
     table_options = {
-        "mysql_engine": "InnoDB",
-        "mysql_charset": "utf8mb4",
-        "mysql_collate": "utf8mb4_bin",
+        f"{name}_{option}": value
+        for name in backends
+        for option, value in (
+            ("engine", "InnoDB"),
+            ("charset", "utf8mb4"),
+            ("collate", "utf8mb4_bin"),
+        )
     }
 
     def json_type(self) -> TypeEngine[Any]:
