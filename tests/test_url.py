@@ -390,3 +390,25 @@ def test_a_password_in_a_server_urls_query_stays_out_of_messages() -> None:
         assert "cret" not in str(info.value)
         assert "ss@" not in str(info.value)
     assert parse_url("redis://h:6379/0?prefix=a@b").options == {"prefix": "a@b"}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        # The password ends at its first "@": the rest is taken as the host, or the port.
+        "postgresql+psycopg://u:pa@hunter2@127.0.0.1:5432/db",
+        "postgresql://u:pa@ss:hunter2@127.0.0.1:5432/db",
+        "mysql+pymysql://u:pa@hunter2@127.0.0.1:3306/db",
+        "mysql://u:pa@ss:hunter2@127.0.0.1/db",
+    ],
+)
+def test_a_password_holding_an_unescaped_at_sign_is_refused_unquoted(url: str) -> None:
+    from savegame.storage.mysql import MySQLStorage
+    from savegame.storage.postgres import PostgresStorage
+
+    storage_class = PostgresStorage if url.startswith("postgresql") else MySQLStorage
+    for opening in (lambda: open_storage(url), lambda: storage_class("t", db_url=url)):
+        with pytest.raises(InvalidIdentifierError, match="%40") as info:
+            opening().read("s")
+        assert "hunter2" not in str(info.value)
+        assert ":***@" in str(info.value)

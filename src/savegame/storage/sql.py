@@ -587,17 +587,32 @@ CONNECT_TIMEOUT = 5
 def database_url(db_url: str | URL, storage: str, dialect: type[SqlDialect]) -> URL:
     """``db_url`` parsed, for a storage of class ``storage`` on a database of ``dialect``.
 
+    A password holding an ``@`` that is not escaped ends early, at that ``@``: the rest of
+    it is read as the host and port, which the driver's error would then quote. Such a URL
+    is refused without quoting it, its password shown as ``***``.
+
     Raises:
         InvalidIdentifierError: for a string SQLAlchemy cannot read as a URL (a bare file
-            name, say), or the URL of another kind of database.
+            name, say), one whose host holds an ``@``, or the URL of another kind of database.
     """
+    shown = redact(str(db_url))
+    escape = "an '@' in a password must be written %40"
     try:
         url = make_url(db_url)
     except sa_exc.ArgumentError:
         raise InvalidIdentifierError(
-            f"{storage}: db_url {redact(str(db_url))!r} is not a database URL; give one like "
-            f"{dialect.example}"
+            f"{storage}: db_url {shown!r} is not a database URL; give one like {dialect.example}"
         ) from None
+    except ValueError:
+        # A port that is not a number, quoted by the error: maybe the end of a password.
+        raise InvalidIdentifierError(
+            f"{storage}: db_url {shown!r} is not a database URL: its port is not a number "
+            f"({escape})"
+        ) from None
+    if "@" in (url.host or ""):
+        raise InvalidIdentifierError(
+            f"{storage}: the host of db_url {shown!r} holds an '@'; {escape}"
+        )
     check_database(url, storage, dialect, "db_url")
     return url
 
