@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Engine, inspect, make_url, text
 
 from savegame import open_storage
-from savegame.errors import SerializationError
+from savegame.errors import BackendUnavailableError, SerializationError
 from savegame.storage.mysql import MySQLStorage
 from savegame.storage.session.agent import AgentSession
 from tests import sql_cases
@@ -315,3 +315,28 @@ def test_a_mariadb_url_opens_a_storage_as_a_mysql_one(
         (table, "utf8mb4_bin", "InnoDB"),
         (f"{table}_runs", "utf8mb4_bin", "InnoDB"),
     ]
+
+
+@pytest.mark.xdist_group("schema_lock")
+def test_schema_changes_wait_for_the_lock_and_never_go_on_without_it(
+    server: str, admin: Engine, table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another process holds the lock under which savegame changes tables (a long upgrade,
+    # say): a storage that waited for it in vain says so, and changes nothing.
+    from savegame.storage import mysql
+
+    monkeypatch.setattr(mysql, "_SCHEMA_LOCK_WAIT", 1)
+    storage = MySQLStorage(table, db_url=server)
+    with admin.connect() as holder:
+        assert holder.execute(text("SELECT GET_LOCK('savegame.schema', 30)")).scalar() == 1
+        try:
+            with pytest.raises(BackendUnavailableError, match=r"savegame\.schema"):
+                storage.create()
+            with pytest.raises(BackendUnavailableError, match=r"savegame\.schema"):
+                storage.upsert(AgentSession(session_id="s"))
+        finally:
+            holder.execute(text("SELECT RELEASE_LOCK('savegame.schema')"))
+    assert not storage.table_exists()
+    storage.upsert(AgentSession(session_id="s"))
+    assert storage.read("s") is not None
+    storage.close()

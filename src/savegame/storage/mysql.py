@@ -11,6 +11,9 @@ Only what is particular to MySQL lives here; the layout, queries and migrations 
 * Ids are ``VARBINARY`` holding UTF-8: compared byte for byte, so ``a``, ``A`` and ``a ``
   are three sessions (utf8mb4 collations fold case or ignore trailing spaces), and sorted in
   code-point order, like every other backend.
+* Schema changes of concurrent processes take turns under a named lock (``GET_LOCK``); one
+  that waited :data:`_SCHEMA_LOCK_WAIT` seconds for it in vain raises
+  :class:`~savegame.errors.BackendUnavailableError` and changes nothing.
 * Writes run in ``READ COMMITTED`` (a missing row takes no gap lock, so two first writes of
   different sessions never deadlock), reads in ``REPEATABLE READ`` (one snapshot).
 * A read of one session gets its header as one JSON array (``JSON_ARRAY``) rather than as
@@ -39,7 +42,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement, Executable
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from savegame.errors import SerializationError
+from savegame.errors import BackendUnavailableError, SerializationError
 from savegame.storage import codec
 from savegame.storage.sql import (
     JsonText,
@@ -48,7 +51,7 @@ from savegame.storage.sql import (
     SqlDialect,
     server_db_url,
 )
-from savegame.storage.url import StorageURL
+from savegame.storage.url import StorageURL, redact
 
 _UNAVAILABLE = frozenset(
     {
@@ -69,6 +72,8 @@ _NO_SUCH_COLUMN = 1054
 _TABLE_CHANGED = 1412
 _DUPLICATE_KEY = 1062
 _SCHEMA_LOCK = "savegame.schema"
+_SCHEMA_LOCK_WAIT = 60
+"""Seconds a schema change waits for another process's to end (GET_LOCK's own timeout)."""
 
 
 class Utf8Binary(TypeDecorator[str]):
@@ -205,7 +210,17 @@ class MySQLDialect(SqlDialect):
             conn.exec_driver_sql(f"ALTER TABLE {preparer.format_table(table)} {', '.join(changes)}")
 
     def schema_lock(self, conn: Connection) -> None:
-        conn.execute(text("SELECT GET_LOCK(:name, 60)"), {"name": _SCHEMA_LOCK})
+        # GET_LOCK gives 0 when its time is up, and the caller would go on without the lock,
+        # changing tables alongside the process that holds it.
+        taken = conn.execute(
+            text("SELECT GET_LOCK(:name, :wait)"), {"name": _SCHEMA_LOCK, "wait": _SCHEMA_LOCK_WAIT}
+        ).scalar()
+        if taken != 1:
+            raise BackendUnavailableError(
+                f"{self.title} at {redact(conn.engine.url.render_as_string())}: another process "
+                f"has held the lock {_SCHEMA_LOCK!r}, under which savegame changes tables, for "
+                f"{_SCHEMA_LOCK_WAIT} seconds; nothing was changed, try again once it is done"
+            )
 
     def release_schema_lock(self, conn: Connection) -> None:
         conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": _SCHEMA_LOCK})
