@@ -16,7 +16,7 @@ from savegame.errors import InvalidIdentifierError
 from savegame.storage.postgres import PostgresStorage
 from savegame.storage.session.agent import AgentSession
 from tests import sql_cases
-from tests.stores import postgres_url, unique
+from tests.stores import postgres_url, unique, write_original_table
 
 
 @pytest.fixture
@@ -204,3 +204,33 @@ def test_a_lost_commit_on_a_new_connection_waits_for_a_restarting_server(
 
     with _postgres(tmp_path, "agent") as store:
         sql_cases.check_lost_commit_then_restart(store)
+
+
+def test_an_original_session_whose_id_is_too_long_for_savegame_keeps_its_runs_through_an_upgrade(
+    server: str, admin: Engine, schema: str
+) -> None:
+    # The original's ids are VARCHAR without a length; savegame takes up to 512 characters
+    # and its runs table holds no more. Such a session stays as the original wrote it, runs
+    # inline, and the others are upgraded.
+    long_id = "L" * 600
+    runs = [{"run_id": "r0", "content": "hi"}]
+    write_original_table(
+        server, "legacy", schema, [{"session_id": "short", "memory": {"runs": runs}}]
+    )
+    with admin.begin() as conn:
+        conn.execute(text(f'ALTER TABLE "{schema}".legacy ALTER COLUMN session_id TYPE VARCHAR'))
+    with admin.begin() as conn:
+        conn.execute(
+            text(f'INSERT INTO "{schema}".legacy (session_id, memory) VALUES (:sid, :memory)'),
+            {"sid": long_id, "memory": '{"runs": [{"run_id": "r0", "content": "hi"}]}'},
+        )
+    storage = PostgresStorage("legacy", schema=schema, db_url=server)
+    storage.upgrade_schema()
+    assert {s.session_id: s.memory for s in storage.get_all_sessions()} == {
+        "short": {"runs": runs},
+        long_id: {"runs": runs},
+    }
+    with admin.connect() as conn:
+        moved = conn.execute(text(f'SELECT session_id FROM "{schema}".legacy_runs')).scalars()
+        assert list(moved) == ["short"]
+    storage.close()

@@ -2469,6 +2469,11 @@ def _runs_table(storage: SqlStorage, conn: Connection) -> None:
             return
         for session_id, text in rows:
             after = session_id
+            if len(_text(session_id)) > codec.MAX_ID_LENGTH:
+                # The original took ids of any length (PostgreSQL's VARCHAR without one);
+                # the runs table keeps savegame's. Such a session stays as it was written,
+                # runs inline, which savegame reads as they are.
+                continue
             try:
                 value = {column.name: None if text is None else storage.dialect.loads(text)}
             except ValueError as exc:
