@@ -166,6 +166,13 @@ def test_urls(server: str, table: str) -> None:
     assert isinstance(per_mode, MySQLStorage)
     assert per_mode.table_name == "workflow_v2_sessions"
     assert per_mode.db_engine.url.drivername == "mysql+pymysql"
+    maria = open_storage(server.replace("mysql+pymysql://", "mariadb://") + f"?table={table}")
+    assert isinstance(maria, MySQLStorage)
+    maria.upsert(AgentSession(session_id="maria", memory={"runs": [{"said": "🎮"}]}))
+    found = open_storage(f"{server}?table={table}").read("maria")
+    assert found is not None
+    assert found.memory == {"runs": [{"said": "🎮"}]}  # type: ignore[attr-defined]
+    maria.close()
     storage.close()
     per_mode.close()
 

@@ -148,6 +148,15 @@ def test_urls(server: str, schema: str) -> None:
     assert isinstance(plain, PostgresStorage)
     assert plain.db_engine.url.query == {"sslmode": "disable"}
     assert "secret" not in plain.where()
+    # The form a hosted DATABASE_URL takes.
+    hosted = open_storage(
+        server.replace("postgresql+psycopg://", "postgres://") + f"?schema={schema}"
+    )
+    assert isinstance(hosted, PostgresStorage)
+    hosted.upsert(AgentSession(session_id="hosted"))
+    assert storage.read("hosted") is None  # another mode's table
+    assert hosted.read("hosted") is not None
+    hosted.close()
     storage.close()
     plain.close()
 

@@ -93,7 +93,7 @@ def test_namespace_errors() -> None:
         ("sqlite:/one-slash.db", "is not a storage URL"),
         ("", "is not a storage URL"),
         ("ftp://host/file", "unknown storage URL scheme 'ftp'"),
-        ("postgres://u@h/db", "unknown storage URL scheme 'postgres'"),
+        ("mongodb://u@h/db", "unknown storage URL scheme 'mongodb'"),
     ],
 )
 def test_bad_urls_list_the_schemes(url: str, message: str) -> None:

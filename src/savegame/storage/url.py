@@ -10,8 +10,9 @@ so naming a Redis URL without redis-py installed raises the error that says what
 ``memory://``                            a new, empty in-memory store
 ``redis://[:password@]host:port/db``     Redis (``rediss://`` with TLS,
                                          ``redis+cluster://`` a Redis Cluster)
-``postgresql+psycopg://user@host/db``    PostgreSQL (``?schema=`` defaults to ``ai``)
-``mysql+pymysql://user@host/db``         MySQL or MariaDB
+``postgresql+psycopg://user@host/db``    PostgreSQL (``?schema=`` defaults to ``ai``;
+                                         ``postgresql://`` and ``postgres://`` too)
+``mysql+pymysql://user@host/db``         MySQL or MariaDB (``mysql://``, ``mariadb://`` too)
 =======================================  =============================================
 
 Query parameters: ``table`` (SQL schemes; default ``<mode>_sessions``, so ``agent_sessions``),
@@ -50,8 +51,11 @@ SCHEMES: dict[str, str] = {
     "redis+cluster": "savegame.storage.redis",
     "postgresql": "savegame.storage.postgres",
     "postgresql+psycopg": "savegame.storage.postgres",
+    "postgres": "savegame.storage.postgres",
     "mysql": "savegame.storage.mysql",
     "mysql+pymysql": "savegame.storage.mysql",
+    "mariadb": "savegame.storage.mysql",
+    "mariadb+pymysql": "savegame.storage.mysql",
 }
 """URL scheme → the backend module whose ``from_url(url: StorageURL) -> Storage`` opens it."""
 
@@ -59,8 +63,11 @@ NAMESPACES: dict[str, tuple[str, str]] = {
     "sqlite": ("table", "{mode}_sessions"),
     "postgresql": ("table", "{mode}_sessions"),
     "postgresql+psycopg": ("table", "{mode}_sessions"),
+    "postgres": ("table", "{mode}_sessions"),
     "mysql": ("table", "{mode}_sessions"),
     "mysql+pymysql": ("table", "{mode}_sessions"),
+    "mariadb": ("table", "{mode}_sessions"),
+    "mariadb+pymysql": ("table", "{mode}_sessions"),
     "redis": ("prefix", "savegame:{mode}"),
     "rediss": ("prefix", "savegame:{mode}"),
     "redis+cluster": ("prefix", "savegame:{mode}"),
