@@ -630,6 +630,13 @@ def test_a_stale_remembered_header_never_corrupts_a_write(server: str, prefix: s
     assert mine.upsert(_session("s", runs[:1]), expected_version=3).version == 4
 
 
+def _servers_held() -> FileLock:
+    """A lock the tests that hold up the shared servers take turns with, across processes:
+    a client pause holds every client's writes for seconds, a slot migration among them,
+    whose MIGRATE would then time out."""
+    return FileLock(str(Path(tempfile.gettempdir()) / "savegame-redis-pause.lock"), timeout=120)
+
+
 def _in_flight(raw: Any, storage: RedisStorage, call: Any) -> dict[str, Any]:
     """Runs ``call`` while the server holds writes, kills its connection, and lets go."""
     outcome: dict[str, Any] = {}
@@ -644,8 +651,7 @@ def _in_flight(raw: Any, storage: RedisStorage, call: Any) -> dict[str, Any]:
     name = f"savegame:{storage.prefix}"
     every = {"target_nodes": RedisCluster.ALL_NODES} if isinstance(raw, RedisCluster) else {}
     worker = threading.Thread(target=work)
-    # A pause holds every client's writes: tests that pause take turns, across processes.
-    with FileLock(str(Path(tempfile.gettempdir()) / "savegame-redis-pause.lock"), timeout=120):
+    with _servers_held():
         raw.client_pause(5000, all=False, **every)
         try:
             worker.start()
@@ -1318,11 +1324,12 @@ class _Migration:
 @contextlib.contextmanager
 def _migrating(raw: Any, prefix: str) -> Iterator[_Migration]:
     migration = _Migration(raw, key_slot(f"{{{prefix}}}:all".encode()))
-    migration.begin()
-    try:
-        yield migration
-    finally:
-        migration.finish()
+    with _servers_held():
+        migration.begin()
+        try:
+            yield migration
+        finally:
+            migration.finish()
 
 
 @pytest.fixture
