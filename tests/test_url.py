@@ -412,3 +412,20 @@ def test_a_password_holding_an_unescaped_at_sign_is_refused_unquoted(url: str) -
             opening().read("s")
         assert "hunter2" not in str(info.value)
         assert ":***@" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "options"),
+    [
+        ("redis://:pa#ss@127.0.0.1:6379/0?prefix=mine&expire=5", {"prefix": "mine"}),
+        ("postgresql+psycopg://u:pa#ss@127.0.0.1:5432/db?table=mine&expire=5", {"table": "mine"}),
+        ("json:///dir#1?expire=5", {}),
+    ],
+)
+def test_a_hash_sign_before_the_query_never_hides_it(url: str, options: dict[str, str]) -> None:
+    # A "#" in a password or a path would start a fragment for urlsplit, which then finds
+    # no query: the options were dropped without a word, and the storage opened the
+    # default prefix or table, with no expiry.
+    parsed = parse_url(url)
+    assert parsed.options == {**options, "expire": "5"}
+    assert parsed.raw == url.partition("?")[0]

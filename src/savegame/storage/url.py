@@ -229,8 +229,11 @@ def parse_url(url: str, mode: Mode | str = "agent", **options: Any) -> StorageUR
             f"the password in storage URL {redact(url)!r} holds a '?': write it as %3F"
         )
     try:
-        parts = urlsplit(url)
-        query = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False))
+        urlsplit(url)
+        # The query is what follows the first "?", as for raw and path: urlsplit would take
+        # a "#" before it (in a password, or a file's name) for a fragment holding the
+        # query, whose options would then be dropped without a word.
+        query = dict(parse_qsl(after, keep_blank_values=True, strict_parsing=False))
     except ValueError as exc:
         # The error may quote the URL's netloc (an NFKC one does), password and all.
         detail = _redact(str(exc), url)
