@@ -436,6 +436,29 @@ def test_url_queries_set_tls_or_are_refused() -> None:
     RedisStorage("p", url="redis+cluster://a:1,b:2?ssl=true&ssl_ca_certs=/ca.pem")
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:hunter/2@127.0.0.1:6379/0",
+        "redis://us/erx:hunter2@127.0.0.1:6379/0",
+        "rediss://:hunter?2@127.0.0.1:6379/0",
+        "redis://:hun?ter&2@127.0.0.1:6379/0?ssl_ca_certs=/a@b.pem",
+        "redis+cluster://:hunter/2@127.0.0.1:7000,127.0.0.1:7001",
+    ],
+)
+def test_a_url_whose_credentials_hold_a_slash_or_question_mark_is_refused_unquoted(
+    url: str,
+) -> None:
+    # The credentials would end at the "/" or "?": the rest of the password was taken for
+    # a host, a database or an option, and quoted in the error ("':hunter' is not host:port").
+    for opening in (lambda: RedisStorage("p", url=url), lambda: open_storage(url)):
+        with pytest.raises(InvalidIdentifierError, match=r"%2F|%3F") as info:
+            opening()
+        assert "hunter" not in str(info.value)
+        assert "erx" not in str(info.value)
+    assert RedisStorage("p", url="rediss://h/0?ssl_ca_certs=/home/me@corp/ca.pem")
+
+
 @contextlib.contextmanager
 def _started(start: AbstractContextManager[T], needs: str = "") -> Iterator[T]:
     """What ``start`` yields; skips the tests (fails them under CI) when it cannot start."""

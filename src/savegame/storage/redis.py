@@ -1533,6 +1533,13 @@ def _parse_url(
         raise InvalidIdentifierError(f"{scheme}:// is not a Redis URL")
     rest, _, query = rest.partition("?")
     netloc, _, path = rest.partition("/")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if "@" in path or any("@" in name for name, _ in pairs):
+        # Credentials holding a "/" or "?" end there: the rest of them would be taken for a
+        # host, a database or an option, and quoted as such. The URL is not shown.
+        raise InvalidIdentifierError(
+            "the user name or password of a Redis URL holds a '/' or '?': write them as %2F and %3F"
+        )
     options = dict(options)
     if "@" in netloc:
         credentials, netloc = netloc.rsplit("@", 1)
@@ -1542,7 +1549,7 @@ def _parse_url(
             options["password"] = unquote(password)
     if scheme == "rediss":
         options["ssl"] = True
-    connection = dict(parse_qsl(query, keep_blank_values=True))
+    connection = dict(pairs)
     if "ssl" in connection:
         options["ssl"] = options["ssl"] or _flag(connection.pop("ssl"))
     if "ssl_ca_certs" in connection:
