@@ -1452,6 +1452,52 @@ def test_upgrade_schema_run_again_never_overwrites_a_session_saved_since(
         raw.delete(f"{prefix}:s")
 
 
+def test_upgrade_schema_of_sessions_the_original_stored_without_created_at(
+    server: str, raw: Any, prefix: str
+) -> None:
+    # The original's Agent set no created_at, and its upsert (asdict, then "if 'created_at'
+    # not in data") kept the None: every session it stored has updated_at alone. They take
+    # it as created_at, so their order is kept, and an upgrade interrupted (Ctrl-C) between
+    # storing a session and deleting its old key completes when run again.
+    rows = {
+        f"s{i}": {
+            **AgentSession(session_id=f"s{i}", user_id="u", agent_id="A").to_dict(),
+            "memory": {"runs": _runs(2)},
+            "updated_at": 1_700_000_000 + i,
+        }
+        for i in range(3)
+    }
+    try:
+        for sid, row in rows.items():
+            assert row["created_at"] is None
+            raw.set(f"{prefix}:{sid}", json.dumps(row))
+        storage = RedisStorage(prefix, url=server)
+        call = storage._call
+
+        def interrupted(fn: Any) -> Any:
+            if isinstance(fn, methodcaller) and "'delete'" in repr(fn):
+                raise KeyboardInterrupt
+            return call(fn)
+
+        storage._call = interrupted  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            storage.upgrade_schema()
+        assert sum(raw.exists(f"{prefix}:{sid}") for sid in rows) == 3
+        again = RedisStorage(prefix, url=server)
+        again.upgrade_schema()
+        assert [sid for sid in rows if raw.exists(f"{prefix}:{sid}")] == []
+        got = again.get_recent_sessions(user_id="u", entity_id="A", limit=3)
+        assert [s.session_id for s in got] == ["s2", "s1", "s0"]
+        assert [(s.created_at, s.updated_at) for s in got] == [
+            (rows[s.session_id]["updated_at"],) * 2 for s in got
+        ]
+        assert got[0].memory == {"runs": _runs(2)}
+        storage.close()
+        again.close()
+    finally:
+        raw.delete(*(f"{prefix}:{sid}" for sid in rows))
+
+
 def test_upgrade_schema_leaves_in_place_what_it_cannot_move_and_moves_the_rest(
     server: str, raw: Any, prefix: str
 ) -> None:

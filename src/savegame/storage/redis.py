@@ -1028,7 +1028,8 @@ class RedisStorage(Storage):
         :meth:`restore`) before its old key is deleted, so an interrupted upgrade loses
         nothing and can simply be run again: a session stored already (moved by an upgrade
         cut short before it deleted the old key, and maybe saved since) is not overwritten
-        by the old copy, whose key is then deleted.
+        by the old copy, whose key is then deleted. A session the original stored without
+        ``created_at`` (its ``Agent`` set none) takes its ``updated_at`` as ``created_at``.
 
         Only this mode's sessions move: a prefix keeps one mode. The original let a prefix
         hold several (an agent's and a team's storage given one prefix); the sessions of
@@ -1081,6 +1082,11 @@ class RedisStorage(Storage):
                 }
                 refused.append(f"{_text(key)!r}: {self._of_another_mode(data, extra)}")
                 continue
+            if data.get("created_at") is None and data.get("updated_at") is not None:
+                # The original's Agent set no created_at and its upsert kept the None: its
+                # last write is the best time known, and the same on every run, so a run
+                # after an interrupted one finds the session it moved (see below).
+                data = {**data, "created_at": data["updated_at"]}
             session = self.spec.session_class.from_dict(data)
             assert session is not None
             try:
