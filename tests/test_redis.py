@@ -315,6 +315,18 @@ def test_a_ready_client_is_used_and_left_open(server: str, raw: Any, prefix: str
     assert RedisStorage(prefix, url=server).read("c") is not None
 
 
+@pytest.mark.timeout(30)
+def test_a_ready_client_on_a_unix_socket_is_named_by_its_path(tmp_path: Path) -> None:
+    path = str(tmp_path / "redis.sock")
+    client = redis.Redis(unix_socket_path=path, db=2, retry=Retry(NoBackoff(), 0))
+    storage = RedisStorage("p", client=client)
+    assert f"Redis at unix://{path}?db=2" in repr(storage)
+    with pytest.raises(
+        BackendUnavailableError, match=f"^Redis at unix://{re.escape(path)}\\?db=2 "
+    ):
+        storage.read("s")
+
+
 def _closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -1517,6 +1517,9 @@ def _int(value: Any) -> int | None:
 
 def _describe(client: Any) -> str:
     kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
+    if kwargs and kwargs.get("path"):
+        # A unix socket (redis.Redis(unix_socket_path=...)), which has no host or port.
+        return f"Redis at unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
     if kwargs:
         return f"Redis at {kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db', 0)}"
     nodes = getattr(getattr(client, "nodes_manager", None), "startup_nodes", None)
