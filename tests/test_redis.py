@@ -1108,12 +1108,17 @@ def test_a_write_on_runs_damaged_outside_savegame_is_refused(
 def test_a_session_whose_header_is_gone_is_no_longer_listed(
     server: str, raw: Any, prefix: str
 ) -> None:
-    # An evicted header leaves index entries, a list and digests behind: a live listing
-    # removes them instead of listing an id that reads as None.
+    # An evicted header leaves index entries, a list and digests behind: the session is
+    # gone, for a read as for a live listing, which removes them.
     storage = RedisStorage(prefix, url=server)
     for sid in ("a", "b"):
         storage.upsert(_session(sid, _runs(2), user_id="u"))
     raw.delete(f"{{{prefix}}}:h:a")
+    for reader in (RedisStorage(prefix, url=server), storage):
+        assert reader.read("a") is None
+        assert [s.session_id for s in reader.read_many(["a", "b"])] == ["b"]
+        reader.close()
+    storage = RedisStorage(prefix, url=server)
     fresh = RedisStorage(prefix, url=server)
     assert fresh.get_all_session_ids(user_id="u") == ["b"]
     assert fresh.get_all_session_ids() == ["b"]

@@ -83,8 +83,9 @@ sends only the changed runs, refuse a session whose list or digests disagree wit
 (keys evicted by a ``maxmemory-policy``, or removed outside savegame): the client raises
 :class:`~savegame.errors.CorruptSessionError` rather than return the session short or write
 onto it. A count, version or time of the header (or of its JSON) that is not a whole number
-(edited by hand) raises it too, naming the session. A live listing removes the index entries
-(and the rest) of a session whose header is gone, instead of listing an id that reads as None.
+(edited by hand) raises it too, naming the session. A session whose header is gone is gone:
+a read finds none, and a live listing removes its index entries (and the rest) instead of
+listing it.
 
 Shards, the trade-off. With one shard a store is served by one cluster master: one store's
 throughput is one node's, and a listing is one script call. With ``n`` shards a store's
@@ -383,15 +384,18 @@ _READ = (
 local out = {}
 for i = 1, #KEYS, 3 do
   local h = head(KEYS[i], KEYS[i + 2])
+  local data = redis.call('HGET', KEYS[i], 'data')
   local runs = false
-  if h[5] or redis.call('EXISTS', KEYS[i + 1], KEYS[i + 2]) > 0 then
-    -- Without a run count, a list or digests are left by damage: a write removes them.
+  -- A list or digests without a header are what an evicted header left: the session is
+  -- gone, as listings say, and a write removes them. Beside a header without a run
+  -- count, they are damage.
+  if h[5] or (data and redis.call('EXISTS', KEYS[i + 1], KEYS[i + 2]) > 0) then
     local bad = damaged(KEYS[i], KEYS[i + 1], KEYS[i + 2])
     if bad then return bad end
     local first = ARGV[#out + 1] or 0
     runs = '[' .. table.concat(redis.call('LRANGE', KEYS[i + 1], first, -1), ',') .. ']'
   end
-  out[#out + 1] = {redis.call('HGET', KEYS[i], 'data'), runs, h[1], h[2], h[3], h[4], h[5]}
+  out[#out + 1] = {data, runs, h[1], h[2], h[3], h[4], h[5]}
 end
 return out
 """
