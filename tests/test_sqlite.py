@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -452,3 +455,90 @@ def test_reads_see_a_database_file_removed_or_replaced_within_a_tenth_of_a_secon
     storage.upsert(AgentSession(session_id="after"))
     expected = ["after", "moved in"] if replaced else ["after"]
     assert SqliteStorage("t", db_file=path).get_all_session_ids() == expected
+
+
+_FULL_DISK_CHECKS = """
+import sys
+from savegame.errors import BackendUnavailableError
+from savegame.storage.session.agent import AgentSession
+from savegame.storage.sqlite import SqliteStorage
+
+storage = SqliteStorage("t", db_file=sys.argv[1])
+storage.upsert(AgentSession(session_id="keep", user_id="u", memory={"runs": [{"n": 0}]}))
+full()
+for session in (
+    AgentSession(session_id="new", user_id="u", memory={"runs": [{"n": 1}]}),
+    AgentSession(session_id="keep", user_id="u", memory={"runs": [{"n": 0}, {"n": 1}]}),
+):
+    try:
+        storage.upsert(session)
+    except BackendUnavailableError as exc:
+        assert "full" in str(exc) or "I/O" in str(exc), exc
+    else:
+        raise AssertionError("a write to a full disk returned")
+assert storage.read("keep").memory == {"runs": [{"n": 0}]}
+assert storage.read("new") is None
+assert storage.get_all_session_ids() == ["keep"]
+free()
+storage.upsert(AgentSession(session_id="new", user_id="u"))
+assert sorted(SqliteStorage("t", db_file=sys.argv[1]).get_all_session_ids()) == ["keep", "new"]
+print("checked")
+"""
+
+
+def _check_full_disk(prologue: str, path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", prologue + _FULL_DISK_CHECKS, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stdout.strip() == "checked", done.stdout + done.stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no RLIMIT_FSIZE")
+def test_a_write_to_a_full_disk_raises_backend_unavailable_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    # A file-size limit of one byte fails every write past the first byte (EFBIG, which
+    # SQLite reports as an I/O error). The failed commit was taken for one whose reply a
+    # server never sent: written again five times, it ended in a plain StorageError saying
+    # the database could not be reached to learn the outcome.
+    prologue = (
+        "import resource, signal\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "_, hard = resource.getrlimit(resource.RLIMIT_FSIZE)\n"
+        "def full(): resource.setrlimit(resource.RLIMIT_FSIZE, (1, hard))\n"
+        "def free(): resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))\n"
+    )
+    _check_full_disk(prologue, tmp_path / "full.db")
+
+
+def test_a_write_to_a_full_tmpfs_raises_backend_unavailable_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    # The same on a file system filled to its last byte (SQLITE_FULL); needs the right to
+    # mount one.
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True
+    )
+    if sys.platform != "linux" or os.geteuid() != 0 or mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        filler = disk / "filler"
+        prologue = (
+            "import os\n"
+            "def full():\n"
+            f"    fd = os.open({str(filler)!r}, os.O_WRONLY | os.O_CREAT | os.O_APPEND)\n"
+            "    for size in (65536, 4096, 1):\n"
+            "        try:\n"
+            "            while True: os.write(fd, bytes(size))\n"
+            "        except OSError: pass\n"
+            "    os.close(fd)\n"
+            f"def free(): os.unlink({str(filler)!r})\n"
+        )
+        _check_full_disk(prologue, disk / "full.db")
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)

@@ -351,6 +351,11 @@ class SqlDialect(ABC):
         """Whether a driver error means the database is unreachable or stayed locked."""
         return False
 
+    def commit_may_have_landed(self, error: BaseException) -> bool:
+        """Whether a commit that failed with the driver's ``error`` may have been made: on a
+        server, one whose connection died before the reply came."""
+        return self.unavailable(error)
+
     def missing_table(self, error: BaseException) -> bool:
         """Whether a driver error says a table the statement names does not exist."""
         return False
@@ -2052,7 +2057,8 @@ class SqlStorage(Storage):
                     # The commit was sent and its connection died before the answer: the
                     # write may have been made, whatever connection it went on. It is sent
                     # again, to find its token, never reported as not made.
-                    resend = write.committed_on is not None and self.dialect.unavailable(exc)
+                    landed = self.dialect.commit_may_have_landed
+                    resend = write.committed_on is not None and landed(exc)
                     if not resend and (
                         tries + 1 == _ATTEMPTS or not self.dialect.retryable(exc, self._dbapi)
                     ):

@@ -64,6 +64,17 @@ _UNAVAILABLE = frozenset(
     }
 )
 
+_MAY_BE_WRITTEN = frozenset(
+    {
+        1034,  # SQLITE_IOERR_FSYNC
+        1290,  # SQLITE_IOERR_DIR_FSYNC
+        4874,  # SQLITE_IOERR_SHMSIZE
+        5386,  # SQLITE_IOERR_SHMMAP
+    }
+)
+"""The extended result codes of a failed commit whose frames may be whole in the WAL: their
+sync failed, or the shared index that would have shown them to readers could not be grown."""
+
 SYNCHRONOUS = ("FULL", "NORMAL", "EXTRA")
 
 
@@ -121,6 +132,12 @@ class SqliteDialect(SqlDialect):
     def unavailable(self, error: BaseException) -> bool:
         code = getattr(error, "sqlite_errorcode", None)
         return code is not None and code & 0xFF in _UNAVAILABLE
+
+    def commit_may_have_landed(self, error: BaseException) -> bool:
+        # No reply crosses a network: a COMMIT that failed was not made (a full disk, a
+        # write refused), unless its frames were written to the WAL and what failed came
+        # after, when a later opening of the file may find them whole.
+        return getattr(error, "sqlite_errorcode", None) in _MAY_BE_WRITTEN
 
     def missing_table(self, error: BaseException) -> bool:
         # SQLite gives no error code of its own for these, only the message.
