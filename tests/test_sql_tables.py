@@ -604,3 +604,50 @@ def test_an_original_table_of_another_mode_or_no_session_table_is_refused_untouc
     finally:
         with own.db_engine.begin() as conn:
             metadata.drop_all(conn)
+
+
+def test_a_table_of_a_newer_layout_is_refused_and_left_as_it_is(sql_store: Store) -> None:
+    # Recorded at a version this savegame does not know: it read and wrote the table as its
+    # own, and upgrade_schema() recorded its own latest version over the newer one, so the
+    # newer savegame would have applied its migrations to the table a second time.
+    first = _sql(sql_store)
+    first.upsert(AgentSession(session_id="a", memory={"runs": [{"run_id": "r"}]}))
+    engine, table = first.db_engine, first.table_name
+    with engine.connect() as conn:
+        migrations = Table("savegame_migrations", MetaData(schema=first.schema), autoload_with=conn)
+        header = Table(table, MetaData(schema=first.schema), autoload_with=conn)
+
+    def record(version: int) -> None:
+        with engine.begin() as conn:
+            conn.execute(
+                update(migrations).where(migrations.c.table_name == table).values(version=version)
+            )
+
+    record(LATEST + 1)
+    try:
+        for auto in (False, True):
+            newer = _sibling(first, table)
+            newer.auto_upgrade_schema = auto
+            try:
+                for call in (
+                    functools.partial(newer.read, "a"),
+                    newer.get_all_session_ids,
+                    functools.partial(newer.upsert, AgentSession(session_id="b")),
+                    functools.partial(newer.delete_session, "a"),
+                    newer.upgrade_schema,
+                    newer.create,
+                    newer.drop,
+                ):
+                    with pytest.raises(StorageError, match=f"layout version {LATEST + 1}, written"):
+                        call()
+            finally:
+                newer.close()
+        with engine.connect() as conn:
+            recorded = conn.execute(
+                select(migrations.c.version).where(migrations.c.table_name == table)
+            ).scalar()
+            stored = conn.execute(select(header.c.session_id)).scalars().all()
+        assert recorded == LATEST + 1
+        assert [s if isinstance(s, str) else s.decode() for s in stored] == ["a"]
+    finally:
+        record(LATEST)

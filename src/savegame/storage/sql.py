@@ -1480,6 +1480,15 @@ class SqlStorage(Storage):
                 select(migrations.c.version).where(migrations.c.table_name == self.table_name)
             ).scalar()
             version = recorded or version
+        if version > LATEST:
+            # A layout this code cannot know: reading it could give sessions short, writing
+            # could leave it half updated, and an upgrade would record an older version
+            # than the table's, so the newer savegame would apply its migrations again.
+            raise StorageError(
+                f"table {self.table_name!r} at {self.where()} has layout version {version}, "
+                f"written by a newer savegame; this one knows versions up to {LATEST}: "
+                "upgrade savegame to use it"
+            )
         latest = frozenset(self.table.c.keys())
         if version >= LATEST and not (doubt or self._doubt_record):
             return _Layout(version, latest)
