@@ -828,3 +828,23 @@ def test_unreadable_names_a_session_of_no_mode_that_listings_leave_out(
         f"{edited} holds session 'edited' with note, team_id, which no session class has "
         "beside its other fields"
     ]
+
+
+@pytest.mark.parametrize("cls", FORMATS)
+def test_a_folder_under_the_home_folder_is_named_with_a_tilde(
+    tmp_path: Path, cls: type[FileStorage], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As SqliteStorage's db_file and sqlite:///~/... are: the file backends made a folder
+    # named "~" in the current folder.
+    from savegame import open_storage
+
+    home, elsewhere = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(elsewhere)
+    cls("~/sessions").upsert(AgentSession(session_id="a"))
+    url = open_storage(f"{cls.format.name}:///~/sessions", mode="agent")
+    assert url.get_all_session_ids() == ["a"]
+    assert (home / "sessions" / f"a{cls.format.extension}").is_file()
+    assert list(elsewhere.iterdir()) == []

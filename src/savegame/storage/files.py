@@ -170,7 +170,8 @@ class FileStorage(Storage):
     """Sessions as files in ``dir_path``, one per session, in :attr:`format`.
 
     Args:
-        dir_path: the folder; made on :meth:`create` or the first write.
+        dir_path: the folder, ``~`` standing for the home folder; made on :meth:`create` or
+            the first write.
         mode: the storage mode (see :class:`~savegame.storage.base.Storage`).
         expire: seconds after its last write that a session expires.
         lock_timeout: seconds to wait for the folder's lock before raising
@@ -198,7 +199,7 @@ class FileStorage(Storage):
                 f"{type(self).__name__} needs a folder, and dir_path is empty (as is the path "
                 f"of {self.format.name}:/// with none): name it, '.' for the current folder"
             )
-        self.dir_path = Path(dir_path)
+        self.dir_path = Path(dir_path).expanduser()
         self._meta = self.dir_path / _META_DIR
         self._index_path = self._meta / f"index-{self.format.name}.sqlite3"
         self._mode_path = self._meta / f"mode-{self.format.name}"

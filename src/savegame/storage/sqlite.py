@@ -194,8 +194,9 @@ class SqliteStorage(SqlStorage):
     Args:
         table_name: the session table (runs go to ``<table_name>_runs``).
         db_url: a SQLAlchemy URL, ``sqlite:///relative.db`` or ``sqlite:////absolute.db``.
-        db_file: the database file; it and its folder are made by the first write (reads of
-            a file that is not there find nothing and leave it so).
+        db_file: the database file, ``~`` standing for the home folder; it and its folder
+            are made by the first write (reads of a file that is not there find nothing and
+            leave it so).
         db_engine: an engine to use; the storage does not dispose of it (but lets its pooled
             connections go when the database file is removed or replaced).
         schema_version: accepted for compatibility with the original; unused.
