@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import sqlite3
@@ -848,3 +849,116 @@ def test_a_folder_under_the_home_folder_is_named_with_a_tilde(
     assert url.get_all_session_ids() == ["a"]
     assert (home / "sessions" / f"a{cls.format.extension}").is_file()
     assert list(elsewhere.iterdir()) == []
+
+
+_INTERRUPTED_WRITER = """
+import random, signal, sys, time
+from savegame.storage.session.agent import AgentSession
+from savegame.storage.{module} import {cls}
+
+rng = random.Random(7)
+calling = False
+
+
+def interrupt(signum, frame):
+    signal.setitimer(signal.ITIMER_REAL, rng.uniform(0.0002, 0.003))
+    if calling:
+        raise KeyboardInterrupt
+
+
+storage = {cls}(sys.argv[1], lock_timeout=5)
+acked = {{}}
+signal.signal(signal.SIGALRM, interrupt)
+signal.setitimer(signal.ITIMER_REAL, 0.001)
+deadline = time.monotonic() + 3
+for i in range(10**9):
+    if time.monotonic() > deadline:
+        break
+    session_id = f"s{{i % 5}}"
+    try:
+        calling = True
+        storage.upsert(AgentSession(session_id=session_id, user_id="u", session_data={{"i": i}}))
+        acked[session_id] = i
+        if i % 7 == 0:
+            storage.get_all_session_ids(user_id="u")
+        if i % 11 == 0:
+            del acked[session_id]  # removed, or not if interrupted first
+            storage.delete_session(session_id)
+        calling = False
+    except KeyboardInterrupt:
+        calling = False
+signal.setitimer(signal.ITIMER_REAL, 0)
+print(repr(acked), flush=True)
+sys.stdin.readline()  # another process writes meanwhile, as beside a notebook left open
+storage.upsert(AgentSession(session_id="late", user_id="u"))
+print(sorted(storage.get_all_session_ids(user_id="u")), flush=True)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no SIGALRM")
+@pytest.mark.parametrize("cls", FORMATS)
+def test_a_write_interrupted_by_ctrl_c_leaves_the_folder_to_other_processes(
+    tmp_path: Path, cls: type[FileStorage]
+) -> None:
+    # Ctrl-C (here a timer raising KeyboardInterrupt) in a process that goes on running, as
+    # a notebook does: it left the folder's lock held, or the index in an open transaction
+    # that held its write lock, and every other process's writes failed after the timeout.
+    folder = tmp_path / "s"
+    code = _INTERRUPTED_WRITER.format(module=cls.format.name, cls=cls.__name__)
+    with subprocess.Popen(
+        [sys.executable, "-c", code, str(folder)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as child:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        if not line:
+            pytest.fail(child.communicate(timeout=10)[1][-3000:])
+        acked: dict[str, int] = ast.literal_eval(line)
+        other = cls(folder, lock_timeout=2)
+        index = sqlite3.connect(other._index_path, timeout=2)
+        index.execute("BEGIN IMMEDIATE")  # the child holds no transaction on the index
+        index.execute("ROLLBACK")
+        index.close()
+        other.upsert(AgentSession(session_id="other", user_id="u"))
+        for session_id, i in acked.items():
+            got = other.read(session_id)
+            assert got is not None
+            assert got.session_data["i"] >= i  # type: ignore[index]
+        out, err = child.communicate("\n", timeout=60)
+        assert child.returncode == 0, err[-3000:]
+    # A write or removal cut short may or may not have been made; what the index lists is
+    # what the files hold, in both processes.
+    on_disk = sorted(p.stem for p in folder.glob(f"*{cls.format.extension}"))
+    assert {*acked, "late", "other"} <= set(on_disk)
+    assert ast.literal_eval(out) == on_disk
+    assert sorted(other.get_all_session_ids(user_id="u")) == on_disk
+    assert other.unreadable() == []
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+@pytest.mark.parametrize("cls", FORMATS)
+def test_a_storage_made_before_a_fork_writes_in_each_process(
+    tmp_path: Path, cls: type[FileStorage]
+) -> None:
+    # A storage made at import time and used by forked workers (a preloading web server):
+    # the child's writes raised filelock's RuntimeError that its lock was inherited.
+    storage = cls(tmp_path)
+    storage.upsert(AgentSession(session_id="parent", user_id="u"))
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit code
+        code = 1
+        try:
+            for i in range(20):
+                storage.upsert(AgentSession(session_id=f"child-{i}", user_id="u"))
+            code = 0 if len(storage.get_all_session_ids(user_id="u")) >= 21 else 2
+        finally:
+            os._exit(code)
+    for i in range(20):
+        storage.upsert(AgentSession(session_id=f"parent-{i}", user_id="u"))
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert len(cls(tmp_path).get_all_session_ids(user_id="u")) == 41
+    assert len(storage.get_all_session_ids(user_id="u")) == 41

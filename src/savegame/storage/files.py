@@ -158,6 +158,20 @@ def _forget_earlier_rows(conn: sqlite3.Connection) -> None:
         raise
 
 
+def _uninterrupted(step: Callable[[], None]) -> None:
+    """Runs ``step``, which must be safe to run again, to its end: a KeyboardInterrupt that
+    lands in it runs it again, and is raised once it is done."""
+    interrupted: KeyboardInterrupt | None = None
+    while True:
+        try:
+            step()
+            break
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
+
+
 def file_name(session_id: str, extension: str) -> str:
     """The name of the file that holds ``session_id`` (see the module docstring)."""
     if _PLAIN.fullmatch(session_id) and session_id.split(".")[0].upper() not in _DEVICES:
@@ -203,12 +217,18 @@ class FileStorage(Storage):
         self._meta = self.dir_path / _META_DIR
         self._index_path = self._meta / f"index-{self.format.name}.sqlite3"
         self._mode_path = self._meta / f"mode-{self.format.name}"
-        # filelock polls; a short interval keeps writers from idling while the lock is free.
-        self._file_lock = FileLock(
-            self._meta / "lock", timeout=lock_timeout, thread_local=False, poll_interval=0.002
-        )
+        self._lock_timeout = lock_timeout
+        self._file_lock = self._new_file_lock()
+        self._lock_pid = os.getpid()
+        self._owner: int | None = None
         self._thread_lock = threading.RLock()
         self._local = threading.local()
+
+    def _new_file_lock(self) -> FileLock:
+        # filelock polls; a short interval keeps writers from idling while the lock is free.
+        return FileLock(
+            self._meta / "lock", timeout=self._lock_timeout, thread_local=False, poll_interval=0.002
+        )
 
     # -- the folder and its lock ----------------------------------------------------------
 
@@ -229,28 +249,64 @@ class FileStorage(Storage):
 
     @contextmanager
     def _folder_locked(self) -> Iterator[None]:
-        """Holds the folder's lock (threads and processes), without opening the index."""
+        """Holds the folder's lock (threads and processes), without opening the index.
+
+        The outermost of the calls that nest in one thread takes the file lock, and gives it
+        back whatever cut the call short: a KeyboardInterrupt (Ctrl-C in a notebook, which
+        goes on running) landing in the release is let finish it first, or the folder would
+        stay locked against every other process for as long as this one lives. A lock made
+        before a fork is the parent's, which filelock refuses in the child: the child makes
+        its own.
+        """
         self._make_meta()
         with self._thread_lock:
+            me = threading.get_ident()
+            if self._owner == me:
+                yield
+                return
+            if self._lock_pid != os.getpid():
+                self._file_lock, self._lock_pid = self._new_file_lock(), os.getpid()
+            lock = self._file_lock
             try:
-                self._file_lock.acquire()
+                lock.acquire()
             except Timeout as exc:
                 raise BackendUnavailableError(
                     f"the folder {self.dir_path} stayed locked by another writer for "
-                    f"{self._file_lock.timeout} s"
+                    f"{lock.timeout} s"
                 ) from exc
             except OSError as exc:
                 raise BackendUnavailableError(
-                    f"cannot lock the folder {self.dir_path} ({self._file_lock.lock_file}): {exc}"
+                    f"cannot lock the folder {self.dir_path} ({lock.lock_file}): {exc}"
                 ) from exc
+            interrupted: KeyboardInterrupt | None = None
             try:
+                self._owner = me
                 yield
             finally:
-                self._file_lock.release()
+                # Inline, not a call: an interrupt can land between a call and its first step.
+                while True:
+                    try:
+                        self._owner = None
+                        # Every level: one that an interrupt left taken after acquire()
+                        # returned, before this block began, goes too.
+                        lock.release(force=True)
+                        break
+                    except KeyboardInterrupt as exc:
+                        interrupted = exc
+            if interrupted is not None:
+                raise interrupted
 
     def _index(self) -> sqlite3.Connection:
         """This thread's connection to the index, made (with its tables) on first use."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid != os.getpid():
+            # The parent's, inherited across fork: its SQLite locks are the parent's, and
+            # the child never uses (nor closes) it.
+            conn = self._local.conn = None
+        if conn is not None:
+            # One left open by a call that an interrupt cut short where nothing could end
+            # it: no transaction spans calls, and an open one holds the index's write lock.
+            self._roll_back()
         if conn is not None and self._index_identity() != self._local.identity:
             # The index file was removed or replaced since this thread opened it (the folder
             # deleted and made again, say): the connection would go on reading and writing a
@@ -273,6 +329,7 @@ class FileStorage(Storage):
                     conn.close()
                     raise
             self._local.conn = conn
+            self._local.pid = os.getpid()
             self._local.identity = self._index_identity()
         return conn
 
@@ -299,17 +356,25 @@ class FileStorage(Storage):
         make_folder(self.dir_path)
         make_folder(self._meta)
 
+    def _roll_back(self) -> None:
+        """Ends the transaction this thread had begun on the index, if any."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+
     @contextmanager
     def _index_errors(self) -> Iterator[None]:
         """Turns an error of the index (a SQLite database beside the files) into savegame's,
         after rolling back what this thread had begun on the index."""
         try:
             yield
-        except (sqlite3.Error, OSError) as exc:
-            conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-            if conn is not None and conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
+        except BaseException as exc:
+            # Ctrl-C too: a transaction left open would hold the index's write lock against
+            # every other process for as long as this one runs.
+            _uninterrupted(self._roll_back)
+            if not isinstance(exc, (sqlite3.Error, OSError)):
+                raise
             if isinstance(exc, OSError):
                 # The files themselves (a session file that became a folder, a folder made
                 # read-only or removed meanwhile): savegame's error, as for the index.
@@ -622,10 +687,10 @@ class FileStorage(Storage):
                 elif adds:
                     self._note_mode(conn)
             conn.execute("COMMIT")
-        except sqlite3.Error:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
+        except BaseException as exc:
+            _uninterrupted(self._roll_back)
+            if not isinstance(exc, sqlite3.Error):
+                raise
             return False
         return True
 
