@@ -287,3 +287,29 @@ def test_a_team_made_without_an_id_derives_member_sessions_from_a_loaded_session
     assert loaded.team_id == "kitchen"
     assert loaded._member_session_id("s", "baker") == given._member_session_id("s", "baker")
     assert crew()._member_session_id("s", "baker") != given._member_session_id("s", "baker")
+
+
+def test_a_member_session_that_cannot_be_loaded_leaves_the_team_as_it_was(
+    stores: tuple[Store, Store],
+) -> None:
+    # Half switched, a member left on the session before would answer the new session's
+    # messages in the old one's conversation, its history (another user's, say) in view.
+    _team(stores, session_id="t1", user_id="ada").run("My favourite recipe is pho.")
+    bobs = _team(stores, session_id="t2", user_id="bob")
+    bobs.run("How do I write a python loop?")
+    agents, _ = stores
+    agents().upsert(
+        AgentSession(session_id=bobs.member_sessions["chef"], user_id="bob", session_data="x")  # type: ignore[arg-type]
+    )
+    team = _team(stores)
+    team.load_session("t1")
+    before = team.member_sessions.copy(), {k: m.session_id for k, m in team.members.items()}
+    with pytest.raises(CorruptSessionError, match="session_data"):
+        team.load_session("t2")
+    assert (team.session_id, team.user_id, len(team.runs)) == ("t1", "ada", 1)
+    assert (team.member_sessions, {k: m.session_id for k, m in team.members.items()}) == before
+    assert all(m.team_session_id == "t1" and m.user_id == "ada" for m in team.members.values())
+    assert "pho" in team.run("What is my favourite recipe?").content
+    coder = agents().read(bobs.member_sessions["coder"])
+    assert coder is not None
+    assert len(coder.memory["runs"]) == 1  # type: ignore[index]

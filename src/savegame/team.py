@@ -13,9 +13,10 @@ stored and the team's record of it is not, and the error says so by propagating.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from savegame.agent import Agent, RunResponse
@@ -142,15 +143,31 @@ class Team(SessionKeeper):
         )
 
     def new_session(self) -> str:
-        """Starts a new team session; every member starts a new session of its own too."""
-        session_id = super().new_session()
-        self._attach_members()
+        """Starts a new team session; every member starts a new session of its own too.
+
+        Raises:
+            StorageError: when a member's session could not be read; the team and every
+                member are left on the sessions they were on.
+        """
+        with self._unchanged_on_error():
+            session_id = super().new_session()
+            self._attach_members()
         return session_id
 
     def load_session(self, session_id: str | None = None) -> bool:
-        """Loads the team session and, once members are known, each member's session."""
-        loaded = super().load_session(session_id)
-        if self._members_ready:
+        """Loads the team session and, once members are known, each member's session.
+
+        Raises:
+            SessionOwnerError: when the team session belongs to another user.
+            CorruptSessionError: when the team's or a member's session is of another shape.
+            StorageError: when the team's or a member's session could not be read.
+
+            On any error the team and every member are left on the sessions they were on.
+        """
+        if not self._members_ready:
+            return super().load_session(session_id)
+        with self._unchanged_on_error():
+            loaded = super().load_session(session_id)
             self._attach_members()
         return loaded
 
@@ -183,6 +200,30 @@ class Team(SessionKeeper):
             if member is not None and member.storage is not None:
                 member.storage.delete_session(member_session)
         return super().delete_session(session_id)
+
+    @contextlib.contextmanager
+    def _unchanged_on_error(self) -> Iterator[None]:
+        """Puts the team and its members back as they were when the block raises.
+
+        Members switch one after another: a member left on the session before, once the
+        team and the members before it had switched, would answer the new team session's
+        messages in the old one's conversation, with its history (another user's, maybe)
+        in view. The fields are taken back as they were (a switch replaces them rather
+        than changing them), and ``session_state`` keeps its object, which a caller may
+        hold, with its keys as they were.
+        """
+        keepers: list[SessionKeeper] = [self, *self.members.values()]
+        saved = [(k, dict(vars(k)), k.session_state, dict(k.session_state)) for k in keepers]
+        links = dict(self.member_sessions)
+        try:
+            yield
+        except BaseException:
+            for keeper, fields, state, keys in saved:
+                vars(keeper).update(fields)
+                state.clear()
+                state.update(keys)
+            self.member_sessions = links
+            raise
 
     def _attach_members(self) -> None:
         for key, member in self.members.items():
