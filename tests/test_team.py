@@ -313,3 +313,9 @@ def test_a_member_session_that_cannot_be_loaded_leaves_the_team_as_it_was(
     coder = agents().read(bobs.member_sessions["coder"])
     assert coder is not None
     assert len(coder.memory["runs"]) == 1  # type: ignore[index]
+
+
+def test_a_team_as_a_member_is_refused_clearly() -> None:
+    sub = Team([Agent(OfflineModel(), name="chef")], OfflineModel(), name="sub")
+    with pytest.raises(TypeError, match="members are agents: a team in a team"):
+        Team([sub, Agent(OfflineModel(), name="coder")], OfflineModel())  # type: ignore[list-item]

@@ -48,6 +48,7 @@ class Team(SessionKeeper):
 
     Raises:
         ValueError: when there are no members or two share a name.
+        TypeError: when a member is not an :class:`~savegame.agent.Agent` (a team, say).
         ModelNotConfiguredError: when ``model`` is None and no model is configured.
         SessionOwnerError: when ``session_id`` belongs to another ``user_id``.
         StorageError: when the stored team or member session cannot be read.
@@ -75,6 +76,11 @@ class Team(SessionKeeper):
             raise ValueError("a team needs at least one member")
         self.members: dict[str, Agent] = {}
         for member in members:
+            if not isinstance(member, Agent):
+                raise TypeError(
+                    f"team members are agents: a team in a team is not supported, and "
+                    f"{type(member).__name__} is not an Agent"
+                )
             if not member.name and member.entity_id_made:
                 raise ValueError(
                     "every team member needs a name (or an agent_id): a team made again "
