@@ -56,6 +56,15 @@ def test_whole_numbers_only() -> None:
     assert parse_url("json:///d").pop_int("expire") is None
 
 
+@pytest.mark.parametrize("value", [1.5, 2.0, "1.5", [60]])
+def test_a_keyword_that_is_not_a_whole_number_is_refused_not_truncated(value: object) -> None:
+    parsed = parse_url("json:///d", expire=value)
+    with pytest.raises(InvalidIdentifierError, match=r"expire=.*whole number"):
+        parsed.pop_int("expire")
+    with pytest.raises(InvalidIdentifierError, match=r"expire=.*whole number"):
+        open_storage("json:///d", "agent", expire=value)  # 1.5 was taken for 1
+
+
 @pytest.mark.parametrize("mode", list(MODES))
 def test_namespace_defaults_by_mode(mode: str) -> None:
     assert parse_url("sqlite:///a.db", mode).pop_namespace() == f"{mode}_sessions"

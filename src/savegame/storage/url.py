@@ -138,17 +138,18 @@ class StorageURL:
         """Removes option ``name`` and returns it as an int (None when absent).
 
         Raises:
-            InvalidIdentifierError: when the value is not a whole number.
+            InvalidIdentifierError: when the value is not a whole number: text of one, or an
+                int (a keyword's ``1.5`` is refused, not cut to 1).
         """
         value = self.options.pop(name, None)
         if value is None or isinstance(value, int):
             return value
         try:
-            return int(value)
+            if isinstance(value, str):
+                return int(value)
         except ValueError:
-            raise InvalidIdentifierError(
-                f"{name}={value!r} in storage URL must be a whole number"
-            ) from None
+            pass
+        raise InvalidIdentifierError(f"{name}={value!r} in storage URL must be a whole number")
 
     def pop_number(self, name: str) -> float | None:
         """Removes option ``name`` and returns it as a float (None when absent).
