@@ -346,6 +346,21 @@ def test_an_in_memory_database_closed_with_its_storage_is_not_taken_for_an_empty
         storage.read("a")  # was None: a new, empty database had taken the closed one's place
 
 
+def test_a_closed_storage_of_a_file_never_made_refuses_every_call(tmp_path: Path) -> None:
+    path = tmp_path / "never.db"
+    storage = SqliteStorage("t", db_file=path)
+    storage.close()
+    for call in (
+        lambda: storage.read("a"),
+        storage.get_all_session_ids,
+        storage.table_exists,
+        storage.drop,
+    ):
+        with pytest.raises(StorageError, match="was closed"):
+            call()  # read was None, and the listing empty: the file was not there to ask
+    assert not path.exists()
+
+
 def test_changing_the_mode_switches_the_columns(tmp_path: Path) -> None:
     storage = SqliteStorage("sessions", db_file=tmp_path / "s.db")
     storage.upsert(AgentSession(session_id="a", agent_id="x"))

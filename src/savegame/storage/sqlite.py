@@ -267,6 +267,13 @@ class SqliteStorage(SqlStorage):
         )
 
     def _absent(self) -> bool:
+        """Whether the file is not there yet.
+
+        Raises:
+            StorageError: when the storage was closed, which the calls that find nothing
+                in a file not there must say as every other call does.
+        """
+        self._check_open()
         return self._file is not None and not self._file.exists()
 
     # SQLite goes on reading and writing a database file that was unlinked: a connection
