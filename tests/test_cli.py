@@ -614,18 +614,7 @@ def test_a_closed_standard_output_ends_the_command_quietly(
     url = f"sqlite:///{tmp_path / 'pipe.db'}"
     many = "".join(f'{{"session_id":"s{i}","session_data":{{"n":{i}}}}}\n' for i in range(300))
     savegame("import", "-", "-s", url, stdin=many.encode())
-    reader, writer = os.pipe()
-    os.close(reader)  # the reader is gone before the first byte is written
-    try:
-        proc = subprocess.run(
-            [str(SAVEGAME), *command, "-s", url],
-            stdout=writer,
-            stderr=subprocess.PIPE,
-            timeout=300,
-            env={**os.environ, "NO_COLOR": "1"},
-        )
-    finally:
-        os.close(writer)
+    proc = _into_a_closed_pipe(*command, "-s", url)
     assert (proc.returncode, proc.stderr) == (141, b"")
 
 
@@ -633,19 +622,25 @@ def test_a_closed_standard_output_ends_the_command_quietly(
 def test_help_into_a_closed_pipe_ends_quietly(command: tuple[str, ...]) -> None:
     """``savegame --help | head -1``: the help, which typer prints through its own console,
     ends as the other commands do: no message, exit code 141."""
+    proc = _into_a_closed_pipe(*command)
+    assert (proc.returncode, proc.stderr) == (141, b"")
+
+
+def _into_a_closed_pipe(*args: str) -> subprocess.CompletedProcess[bytes]:
+    """The command run with its standard output a pipe whose reader is gone before the
+    first byte is written."""
     reader, writer = os.pipe()
     os.close(reader)
     try:
-        proc = subprocess.run(
-            [str(SAVEGAME), *command],
+        return subprocess.run(
+            [str(SAVEGAME), *args],
             stdout=writer,
             stderr=subprocess.PIPE,
-            timeout=60,
+            timeout=300,
             env={**os.environ, "NO_COLOR": "1"},
         )
     finally:
         os.close(writer)
-    assert (proc.returncode, proc.stderr) == (141, b"")
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")

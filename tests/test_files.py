@@ -22,6 +22,7 @@ from savegame.storage.session.agent import AgentSession
 from savegame.storage.session.team import TeamSession
 from savegame.storage.yaml import YamlStorage
 from savegame.testing.contract import ODD_IDS
+from tests.full_disk import FILE_SIZE_LIMIT, full_tmpfs
 
 FORMATS = [pytest.param(JsonStorage, id="json"), pytest.param(YamlStorage, id="yaml")]
 
@@ -452,15 +453,8 @@ def test_a_full_disk_leaves_stored_sessions_listable_and_removable(
 ) -> None:
     # A file-size limit of one byte fails every write of data past the first byte (EFBIG
     # where a full disk gives ENOSPC): the session files' and the index's alike.
-    prologue = (
-        "import resource, signal\n"
-        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-        "_, hard = resource.getrlimit(resource.RLIMIT_FSIZE)\n"
-        "def full(): resource.setrlimit(resource.RLIMIT_FSIZE, (1, hard))\n"
-        "def free(): resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))\n"
-    )
     _stored_before_the_disk_fills(tmp_path / "s", cls)
-    _run_checks(prologue, cls, tmp_path / "s")
+    _run_checks(FILE_SIZE_LIMIT, cls, tmp_path / "s")
 
 
 @pytest.mark.parametrize("cls", FORMATS)
@@ -468,30 +462,9 @@ def test_a_full_tmpfs_leaves_stored_sessions_listable_and_removable(
     tmp_path: Path, cls: type[FileStorage]
 ) -> None:
     # The same on a file system filled to its last byte; needs the right to mount one.
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True
-    )
-    if sys.platform != "linux" or os.geteuid() != 0 or mounted.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with full_tmpfs(tmp_path) as (disk, prologue):
         _stored_before_the_disk_fills(disk / "s", cls)
-        filler = disk / "filler"
-        prologue = (
-            "import os\n"
-            "def full():\n"
-            f"    fd = os.open({str(filler)!r}, os.O_WRONLY | os.O_CREAT | os.O_APPEND)\n"
-            "    for size in (65536, 4096, 1):\n"
-            "        try:\n"
-            "            while True: os.write(fd, bytes(size))\n"
-            "        except OSError: pass\n"
-            "    os.close(fd)\n"
-            f"def free(): os.unlink({str(filler)!r})\n"
-        )
         _run_checks(prologue, cls, disk / "s")
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
 def test_a_removal_the_index_cannot_record_shows_in_the_folders_time(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from savegame.storage.session.agent import AgentSession
 from savegame.storage.session.v2.workflow import WorkflowSession as WorkflowSessionV2
 from savegame.storage.sqlite import SqliteStorage, make_engine
 from savegame.testing.contract import in_threads
+from tests.full_disk import FILE_SIZE_LIMIT, full_tmpfs
 from tests.stores import write_original_table
 
 
@@ -519,14 +519,7 @@ def test_a_write_to_a_full_disk_raises_backend_unavailable_and_changes_nothing(
     # SQLite reports as an I/O error). The failed commit was taken for one whose reply a
     # server never sent: written again five times, it ended in a plain StorageError saying
     # the database could not be reached to learn the outcome.
-    prologue = (
-        "import resource, signal\n"
-        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-        "_, hard = resource.getrlimit(resource.RLIMIT_FSIZE)\n"
-        "def full(): resource.setrlimit(resource.RLIMIT_FSIZE, (1, hard))\n"
-        "def free(): resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))\n"
-    )
-    _check_full_disk(prologue, tmp_path / "full.db")
+    _check_full_disk(FILE_SIZE_LIMIT, tmp_path / "full.db")
 
 
 def test_a_write_to_a_full_tmpfs_raises_backend_unavailable_and_changes_nothing(
@@ -534,26 +527,5 @@ def test_a_write_to_a_full_tmpfs_raises_backend_unavailable_and_changes_nothing(
 ) -> None:
     # The same on a file system filled to its last byte (SQLITE_FULL); needs the right to
     # mount one.
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True
-    )
-    if sys.platform != "linux" or os.geteuid() != 0 or mounted.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        filler = disk / "filler"
-        prologue = (
-            "import os\n"
-            "def full():\n"
-            f"    fd = os.open({str(filler)!r}, os.O_WRONLY | os.O_CREAT | os.O_APPEND)\n"
-            "    for size in (65536, 4096, 1):\n"
-            "        try:\n"
-            "            while True: os.write(fd, bytes(size))\n"
-            "        except OSError: pass\n"
-            "    os.close(fd)\n"
-            f"def free(): os.unlink({str(filler)!r})\n"
-        )
+    with full_tmpfs(tmp_path) as (disk, prologue):
         _check_full_disk(prologue, disk / "full.db")
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)

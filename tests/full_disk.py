@@ -1,0 +1,57 @@
+"""A disk that fills under a subprocess's writes, for the tests of what a full disk does.
+
+Each way is a *prologue*: Python code that defines ``full()``, which makes every later write
+fail as on a full disk, and ``free()``, which ends that; the test's subprocess runs it
+before its checks.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+FILE_SIZE_LIMIT = (
+    "import resource, signal\n"
+    "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+    "_, hard = resource.getrlimit(resource.RLIMIT_FSIZE)\n"
+    "def full(): resource.setrlimit(resource.RLIMIT_FSIZE, (1, hard))\n"
+    "def free(): resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))\n"
+)
+"""A file-size limit of one byte: every write of data past the first byte of a file fails
+(EFBIG, where a full disk gives ENOSPC; SQLite reports it as an I/O error)."""
+
+
+@contextmanager
+def full_tmpfs(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A 1 MB tmpfs mounted under ``tmp_path``, and the prologue that fills it to its last
+    byte (and empties it); unmounted afterwards. Skips the test where no tmpfs can be
+    mounted (not Linux, not root)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True
+    )
+    if sys.platform != "linux" or os.geteuid() != 0 or mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    filler = disk / "filler"
+    prologue = (
+        "import os\n"
+        "def full():\n"
+        f"    fd = os.open({str(filler)!r}, os.O_WRONLY | os.O_CREAT | os.O_APPEND)\n"
+        "    for size in (65536, 4096, 1):\n"
+        "        try:\n"
+        "            while True: os.write(fd, bytes(size))\n"
+        "        except OSError: pass\n"
+        "    os.close(fd)\n"
+        f"def free(): os.unlink({str(filler)!r})\n"
+    )
+    try:
+        yield disk, prologue
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
