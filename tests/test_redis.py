@@ -471,6 +471,21 @@ def test_a_url_whose_credentials_hold_a_slash_or_question_mark_is_refused_unquot
     assert RedisStorage("p", url="rediss://h/0?ssl_ca_certs=/home/me@corp/ca.pem")
 
 
+def test_credentials_the_server_refuses_are_not_taken_for_a_server_away(
+    server: str, prefix: str
+) -> None:
+    # redis-py's AuthenticationError is a ConnectionError: it was tried 3 more times, and
+    # raised as BackendUnavailableError, which says to wait and try again.
+    scheme, _, rest = server.partition("://")
+    url = f"{scheme}://nosuch-user:wrong@{rest.partition('@')[2] or rest}"
+    storage = RedisStorage(prefix, url=url)
+    with pytest.raises(StorageError, match="refused the credentials") as info:
+        storage.read("s")
+    assert not isinstance(info.value, BackendUnavailableError)
+    assert "wrong" not in str(info.value)
+    storage.close()
+
+
 @contextlib.contextmanager
 def _started(start: AbstractContextManager[T], needs: str = "") -> Iterator[T]:
     """What ``start`` yields; skips the tests (fails them under CI) when it cannot start."""

@@ -739,6 +739,10 @@ class RedisStorage(Storage):
                 f"a key under {self._keys} in {self._address} is not of the type savegame "
                 f"keeps there: it was changed outside savegame, and the call stopped there: {exc}"
             )
+        if self._refused(exc):
+            # A ConnectionError to redis-py, but no later call would fare better: not one to
+            # wait out, as BackendUnavailableError says.
+            return StorageError(f"{self._address} refused the credentials given: {exc}")
         unavailable = (errors.ConnectionError, errors.TimeoutError, errors.ClusterError)
         if isinstance(exc, unavailable):
             return BackendUnavailableError(f"{self._address} is unavailable: {exc}")
@@ -773,11 +777,24 @@ class RedisStorage(Storage):
                         self._idle.notify_all()
 
         try:
-            return with_retries(
-                attempt, lambda exc: not self._given and isinstance(exc, self._resend_on)
-            )
+            return with_retries(attempt, self._passing)
         except self._driver_errors as exc:
             raise self._mapped(exc) from exc
+
+    def _passing(self, exc: Exception) -> bool:
+        """Whether a call that failed with ``exc`` is tried again (see :meth:`_call`): a
+        connection that failed may work on the next try, credentials refused never do."""
+        return not self._given and isinstance(exc, self._resend_on) and not self._refused(exc)
+
+    def _refused(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is, or was raised from, the server refusing the credentials (a
+        cluster client reports it as a node it could not connect to)."""
+        seen: BaseException | None = exc
+        while seen is not None:
+            if isinstance(seen, self._redis.exceptions.AuthenticationError):
+                return True
+            seen = seen.__cause__
+        return False
 
     def _connected(self) -> Any:
         """The client, made (and the store's layout read) on first use and after
