@@ -399,6 +399,10 @@ def test_a_password_in_a_server_urls_query_stays_out_of_messages() -> None:
         assert "cret" not in str(info.value)
         assert "ss@" not in str(info.value)
     assert parse_url("redis://h:6379/0?prefix=a@b").options == {"prefix": "a@b"}
+    # No path before the query: an option's value holding an "@" comes after its "=".
+    assert parse_url("rediss://h:6379?ssl_ca_certs=me@corp.pem").options == {
+        "ssl_ca_certs": "me@corp.pem"
+    }
 
 
 @pytest.mark.parametrize(

@@ -224,8 +224,10 @@ def parse_url(url: str, mode: Mode | str = "agent", **options: Any) -> StorageUR
             f"unknown storage URL scheme {scheme!r} in {redact(url)!r}; known schemes: {_schemes()}"
         )
     before, mark, after = rest.partition("?")
-    if mark and ":" in before and "/" not in before and "@" in after.partition("/")[0]:
-        # "user:pa?ss@host": the "?" would start a query holding the rest of the password.
+    rest_of_password, at, _ = after.partition("/")[0].partition("@")
+    if mark and ":" in before and "/" not in before and at and "=" not in rest_of_password:
+        # "user:pa?ss@host": the "?" would start a query holding the rest of the password
+        # (an option's value holding an "@", "?ssl_ca_certs=me@corp.pem", comes after "=").
         raise InvalidIdentifierError(
             f"the password in storage URL {redact(url)!r} holds a '?': write it as %3F"
         )
