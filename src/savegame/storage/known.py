@@ -167,9 +167,9 @@ class Known(NamedTuple):
     ) -> Known:
         """What to remember of a write: ``record`` as stamped (its runs apart, when ``runs``
         is set) and the runs as the write encoded them."""
-        if runs is None:
-            return cls(token, header, None, None, listed, keep_plain(record))
         head = keep_plain(record)
+        if runs is None:
+            return cls(token, header, None, None, listed, head)
         return cls(token, header, runs.digests, runs.pickled, listed, head, runs.marks, runs.first)
 
     @classmethod
