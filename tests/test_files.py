@@ -751,11 +751,33 @@ def test_only_the_first_write_into_a_folder_pays_for_its_mode(
     monkeypatch.setattr(os, "fsync", counting)
     storage = JsonStorage(tmp_path)
     storage.upsert(AgentSession(session_id="first"))
-    assert len(fsyncs) == 3  # the marker, the session's file, the folder
+    assert (
+        len(fsyncs) == 4
+    )  # the new .savegame folder into its own, the marker, the file, the folder
     for i in range(3):
         fsyncs.clear()
         storage.upsert(AgentSession(session_id=f"s{i}"))
         assert len(fsyncs) == 2  # the session's file, the folder: as before the marker
+
+
+@pytest.mark.parametrize("cls", FORMATS)
+def test_the_folders_a_store_makes_are_synced_into_theirs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cls: type[FileStorage]
+) -> None:
+    synced: list[str] = []
+    real = os.fsync
+
+    def naming(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", naming)
+    folder = tmp_path / "a" / "b"
+    cls(folder).upsert(AgentSession(session_id="first"))
+    # Each new folder's entry lives in the folder above it: without these a crash could
+    # lose the folder, and the session acknowledged in it.
+    for made in (tmp_path / "a", folder, folder / ".savegame"):
+        assert str(made.parent) in synced, (made, synced)
 
 
 @pytest.mark.parametrize("cls", FORMATS)

@@ -26,8 +26,10 @@ changed since the storage last saw the session (:mod:`savegame.storage.known`).
 from __future__ import annotations
 
 import functools
+import itertools
 import marshal
 import math
+import os
 import pickle
 import random
 import time
@@ -244,18 +246,36 @@ def with_retries(attempt: Callable[[], T], retryable: Callable[[Exception], bool
 
 
 def make_folder(path: Path) -> None:
-    """Makes the folder ``path``, and the folders above it, when missing.
+    """Makes the folder ``path``, and the folders above it, when missing, and syncs the
+    folder each one made is in: a write into a new folder that returns then survives a
+    crash with the folder that holds it.
 
     Raises:
         BackendUnavailableError: naming the folder that could not be made (``path`` or one
             above it) and why.
     """
+    missing = list(itertools.takewhile(lambda p: not p.is_dir(), (path, *path.parents)))
     try:
         path.mkdir(parents=True, exist_ok=True)
+        for made in reversed(missing):
+            sync_folder(made.parent)
     except OSError as exc:
         raise BackendUnavailableError(
             f"cannot make the folder {exc.filename or path}: {exc.strerror or exc}"
         ) from exc
+
+
+def sync_folder(path: Path) -> None:
+    """Makes the entries of the folder ``path`` durable (an fsync of the folder itself).
+
+    Raises:
+        OSError: when the folder cannot be opened or synced.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def is_expired(expires_at: int | None, now: int) -> bool:

@@ -77,6 +77,7 @@ from savegame.storage.base import (
     check_stored,
     is_expired,
     make_folder,
+    sync_folder,
 )
 from savegame.storage.session import MODES, Mode, modes_of
 from savegame.storage.wal import use_wal
@@ -438,13 +439,6 @@ class FileStorage(Storage):
                 raise BackendUnavailableError(f"cannot write {path}: {exc}") from exc
             raise
         return temp
-
-    def _sync_dir(self) -> None:
-        fd = os.open(self.dir_path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     def _session_files(self) -> Iterator[os.DirEntry[str]]:
         ext = self.format.extension
@@ -878,7 +872,7 @@ class FileStorage(Storage):
                 if isinstance(exc, OSError):
                     raise BackendUnavailableError(f"cannot write {path}: {exc}") from exc
                 raise
-            self._sync_dir()
+            sync_folder(self.dir_path)
             # The session is written: an index that cannot record it now keeps the mark,
             # and the next listing reads the file again.
             self._index_write(
@@ -915,7 +909,7 @@ class FileStorage(Storage):
             except FileNotFoundError:
                 existed = False
             if existed:
-                self._sync_dir()
+                sync_folder(self.dir_path)
             recorded = self._index_write(
                 conn,
                 [
@@ -1007,7 +1001,7 @@ class FileStorage(Storage):
                 Path(entry.path).unlink(missing_ok=True)
             if not kept:
                 self._mode_path.unlink(missing_ok=True)
-            self._sync_dir()
+            sync_folder(self.dir_path)
             emptied = [("DELETE FROM sessions", ()), ("DELETE FROM pending", ())]
             if not self._index_write(conn, emptied) and removed:
                 self._show_change(before)
