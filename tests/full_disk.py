@@ -1,8 +1,9 @@
-"""A disk that fills under a subprocess's writes, for the tests of what a full disk does.
+"""A disk that fills under a subprocess's writes, for the tests of what a full disk does, and
+a folder that cannot be written to.
 
-Each way is a *prologue*: Python code that defines ``full()``, which makes every later write
-fail as on a full disk, and ``free()``, which ends that; the test's subprocess runs it
-before its checks.
+Each way of filling is a *prologue*: Python code that defines ``full()``, which makes every
+later write fail as on a full disk, and ``free()``, which ends that; the test's subprocess
+runs it before its checks.
 """
 
 from __future__ import annotations
@@ -55,3 +56,26 @@ def full_tmpfs(tmp_path: Path) -> Iterator[tuple[Path, str]]:
         yield disk, prologue
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+@contextmanager
+def read_only(folder: Path) -> Iterator[Path]:
+    """``folder`` as a folder that cannot be written to: mounted again read-only for root
+    (whom permissions do not stop), made mode 555 for others; undone afterwards. Skips the
+    test where root cannot mount."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield folder
+        finally:
+            folder.chmod(0o755)
+        return
+    mounted = subprocess.run(
+        ["mount", "--bind", "-o", "ro", str(folder), str(folder)], capture_output=True
+    )
+    if sys.platform != "linux" or mounted.returncode != 0:
+        pytest.skip("cannot mount a folder read-only here")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)

@@ -27,7 +27,7 @@ from savegame.storage.session.agent import AgentSession
 from savegame.storage.session.v2.workflow import WorkflowSession as WorkflowSessionV2
 from savegame.storage.sqlite import SqliteStorage, make_engine
 from savegame.testing.contract import in_threads
-from tests.full_disk import FILE_SIZE_LIMIT, full_tmpfs
+from tests.full_disk import FILE_SIZE_LIMIT, full_tmpfs, read_only
 from tests.stores import write_original_table
 
 
@@ -250,6 +250,21 @@ def test_reads_of_a_file_that_is_not_there_leave_it_so(tmp_path: Path) -> None:
     storage.upsert(AgentSession(session_id="a"))
     assert storage.get_all_session_ids() == ["a"]
     assert path.exists()
+
+
+def test_a_database_in_a_folder_that_cannot_be_written_to_names_the_folder(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "shelf"
+    with SqliteStorage("t", db_file=folder / "s.db") as storage:
+        storage.upsert(AgentSession(session_id="a"))
+    with read_only(folder), SqliteStorage("t", db_file=folder / "s.db") as storage:
+        with pytest.raises(BackendUnavailableError, match="cannot be written to") as raised:
+            storage.read("a")
+        assert repr(str(folder)) in str(raised.value)
+        assert "s.db-wal" in str(raised.value)
+    with SqliteStorage("t", db_file=folder / "s.db") as storage:
+        assert storage.read("a") is not None
 
 
 def test_file_settings(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.expression import Executable
 
-from savegame.errors import InvalidIdentifierError
+from savegame.errors import InvalidIdentifierError, StorageError
 from savegame.storage.base import make_folder
 from savegame.storage.known import DEFAULT_BYTES
 from savegame.storage.session import Mode
@@ -52,6 +52,8 @@ from savegame.storage.wal import use_wal
 _NOTHING: AbstractContextManager[None] = nullcontext()
 
 # The primary result codes that mean "locked past the timeout" or "the file is not usable".
+_CANTOPEN = 14
+
 _UNAVAILABLE = frozenset(
     {
         5,  # SQLITE_BUSY
@@ -303,6 +305,26 @@ class SqliteStorage(SqlStorage):
         except OSError:
             return None
         return (stat.st_dev, stat.st_ino)
+
+    def _mapped(self, error: BaseException | None, invalidated: bool) -> StorageError:
+        mapped = super()._mapped(error, invalidated)
+        folder = None if self._file is None else self._file.parent
+        if (
+            getattr(error, "sqlite_errorcode", 0) & 0xFF == _CANTOPEN
+            and self._file is not None
+            and self._file.is_file()
+            and folder is not None
+            and not os.access(folder, os.W_OK)
+        ):
+            # The file is there and readable or not, SQLite says only that it cannot open
+            # it; in WAL mode the cause is most often the folder.
+            return type(mapped)(
+                f"{mapped}; the folder {str(folder)!r} cannot be written to, and SQLite needs "
+                f"to make {self._file.name}-wal and {self._file.name}-shm beside a database in "
+                "WAL mode to open it, even to read: copy the file to a folder that can be "
+                "written to"
+            )
+        return mapped
 
     def _make_tables(self, upgrade: bool) -> None:
         if self._file is not None:
