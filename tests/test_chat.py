@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from savegame.chat import CHAT_AGENT_ID
 from savegame.storage.url import open_storage
 from savegame.testing import Store
 from tests.model_server import ModelServer, model_server
@@ -149,6 +150,14 @@ def test_a_chat_without_a_user_loads_any_users_session_and_starts_new_ones_witho
     users = {s.session_id: s.user_id for s in storage.get_all_sessions()}  # type: ignore[attr-defined]
     new = next(sid for sid in users if sid not in ("a1", "b1"))
     assert users == {"a1": "alice", "b1": "bob", new: None}
+
+
+def test_every_chat_keeps_its_sessions_under_one_agent_id(sqlite_url: str) -> None:
+    chat("--storage", sqlite_url, "--session", "a1", lines=["hi"])
+    chat("--storage", sqlite_url, lines=["hello"])
+    storage = open_storage(sqlite_url, mode="agent")
+    assert len(storage.get_all_session_ids()) == 2
+    assert len(storage.get_all_session_ids(entity_id=CHAT_AGENT_ID)) == 2
 
 
 def test_a_session_that_cannot_be_loaded_is_said_so_and_the_chat_goes_on(

@@ -37,6 +37,9 @@ HELP = (
 HISTORY_RUNS = 10
 """Earlier turns sent to the model with each message."""
 DEFAULT_STORAGE = "sqlite:///savegame.db"
+CHAT_AGENT_ID = "savegame-chat"
+"""The ``agent_id`` of the sessions a chat starts: ``savegame sessions list --entity
+savegame-chat`` lists them all, whichever chat started them."""
 
 
 def chat(
@@ -67,6 +70,7 @@ def chat(
             storage=store,
             session_id=session,
             user_id=user,
+            agent_id=CHAT_AGENT_ID,
             name="assistant",
             add_history_to_messages=True,
             num_history_runs=HISTORY_RUNS,
