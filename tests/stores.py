@@ -109,6 +109,9 @@ def _files(name: str, storage_class: type[FileStorage]) -> Callable[[Path, str],
         def opener(mode: str, **options: Any) -> Storage:
             return storage_class(folder, mode=mode, **options)  # type: ignore[arg-type]
 
+        def neighbour(mode: str, **options: Any) -> Storage:
+            return storage_class(folder / "sub", mode=mode, **options)  # type: ignore[arg-type]
+
         def original(rows: list[dict[str, Any]]) -> None:
             folder.mkdir(parents=True, exist_ok=True)
             for row in rows:
@@ -135,6 +138,7 @@ def _files(name: str, storage_class: type[FileStorage]) -> Callable[[Path, str],
             url=f"{name}:///{folder}",
             original=original,
             spoil_number={field: spoiler(field) for field in TIMES_AND_VERSION},
+            neighbour=neighbour,
         )
         yield store
         store.close_all()
@@ -210,6 +214,9 @@ def _redis(name: str, cluster: bool, shards: int = 1) -> Callable[[Path, str], A
         def opener(mode: str, **options: Any) -> Storage:
             return RedisStorage(prefix, url=server, mode=mode, shards=shards, **options)  # type: ignore[arg-type]
 
+        def neighbour(mode: str, **options: Any) -> Storage:
+            return RedisStorage(f"{prefix}:sub", url=server, mode=mode, shards=shards, **options)  # type: ignore[arg-type]
+
         def original(rows: list[dict[str, Any]]) -> None:
             client = redis_client(server)
             try:
@@ -242,12 +249,14 @@ def _redis(name: str, cluster: bool, shards: int = 1) -> Callable[[Path, str], A
             lose_run=lose_redis_run,
             change_run=change_redis_run,
             spoil_number=REDIS_NUMBERS,
+            neighbour=neighbour,
         )
         try:
             yield store
         finally:
             store.close_all()
             drop_redis(prefix, server)
+            drop_redis(f"{prefix}:sub", server)
 
     return make
 
@@ -446,6 +455,12 @@ def _sqlite(in_memory: bool) -> Callable[[Path, str], Any]:
         engine = make_engine("sqlite://") if in_memory else None
 
         def opener(mode: str, **options: Any) -> Storage:
+            return opened(table, mode, **options)
+
+        def neighbour(mode: str, **options: Any) -> Storage:
+            return opened(f"{table}_sub", mode, **options)
+
+        def opened(table: str, mode: str, **options: Any) -> Storage:
             if engine is not None:
                 return SqliteStorage(table, db_engine=engine, mode=mode, **options)  # type: ignore[arg-type]
             return SqliteStorage(table, db_file=path, mode=mode, **options)  # type: ignore[arg-type]
@@ -468,6 +483,7 @@ def _sqlite(in_memory: bool) -> Callable[[Path, str], Any]:
             null_run=null_sql_run,
             change_run=change_sql_run,
             spoil_number={c: _spoil_sql(c) for c in (*TIMES_AND_VERSION, "run_count")},
+            neighbour=neighbour,
         )
         try:
             yield store
@@ -556,6 +572,9 @@ def _postgres(tmp_path: Path, mode: str) -> Iterator[Store]:
     def opener(mode: str, **options: Any) -> Storage:
         return PostgresStorage("sessions", schema=schema, db_url=server, mode=mode, **options)  # type: ignore[arg-type]
 
+    def neighbour(mode: str, **options: Any) -> Storage:
+        return PostgresStorage("sessions_sub", schema=schema, db_url=server, mode=mode, **options)  # type: ignore[arg-type]
+
     def original(rows: list[dict[str, Any]]) -> None:
         write_original_table(server, "sessions", schema, rows)
 
@@ -578,6 +597,7 @@ def _postgres(tmp_path: Path, mode: str) -> Iterator[Store]:
         lose_run=lose_sql_run,
         null_run=null_sql_run,
         change_run=change_sql_run,
+        neighbour=neighbour,
     )
     try:
         yield store
@@ -598,6 +618,9 @@ def _mysql(tmp_path: Path, mode: str) -> Iterator[Store]:
 
     def opener(mode: str, **options: Any) -> Storage:
         return MySQLStorage(table, db_url=server, mode=mode, **options)  # type: ignore[arg-type]
+
+    def neighbour(mode: str, **options: Any) -> Storage:
+        return MySQLStorage(f"{table}_sub", db_url=server, mode=mode, **options)  # type: ignore[arg-type]
 
     def original(rows: list[dict[str, Any]]) -> None:
         write_original_table(server, table, None, rows)
@@ -621,13 +644,15 @@ def _mysql(tmp_path: Path, mode: str) -> Iterator[Store]:
         lose_run=lose_sql_run,
         null_run=null_sql_run,
         change_run=change_sql_run,
+        neighbour=neighbour,
     )
     try:
         yield store
     finally:
         store.close_all()
-        with MySQLStorage(table, db_url=server) as cleanup:
-            cleanup.drop()
+        for name in (table, f"{table}_sub"):
+            with MySQLStorage(name, db_url=server) as cleanup:
+                cleanup.drop()
 
 
 BACKENDS: list[Backend] = [

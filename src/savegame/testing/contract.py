@@ -7,6 +7,7 @@ import enum
 import json
 import math
 import os
+import pathlib
 import random
 import re
 import signal
@@ -38,6 +39,7 @@ from savegame.errors import (
     StorageError,
 )
 from savegame.storage.base import Storage
+from savegame.storage.codec import MAX_DEPTH
 from savegame.storage.known import PAST_TOKENS
 from savegame.storage.session import (
     MESSAGES_OF_RUNS,
@@ -124,6 +126,11 @@ class Store:
         mixed_modes: why storages of two modes on this store still list or break each
             other's sessions, for a backend that cannot keep them apart yet: the tests of
             it skip, giving this reason. None (the contract) where it can.
+        neighbour: ``neighbour(mode, **options)`` opens a storage of another store whose
+            name extends this one's (a key prefix ``P:sub``, a folder inside this store's
+            folder, a table ``t_sub`` beside ``t``), which this store must never see, list,
+            remove or drop; the fixture removes it with the store. None where stores are
+            not named (an in-memory dict).
     """
 
     backend: str
@@ -138,10 +145,19 @@ class Store:
     change_run: Callable[[Storage, str, int, Any], None] | None = None
     spoil_number: dict[str, Callable[[Storage, str, str], None]] = field(default_factory=dict)
     mixed_modes: str | None = None
+    neighbour: Callable[..., Storage] | None = None
     opened: list[Storage] = field(default_factory=list)
 
     def __call__(self, mode: str | None = None, **options: Any) -> Storage:
         storage = self.opener(mode or self.mode, **options)
+        self.opened.append(storage)
+        return storage
+
+    def neighbouring(self, mode: str | None = None, **options: Any) -> Storage:
+        """A storage of the :attr:`neighbour` store, skipping the test where there is none."""
+        if self.neighbour is None:
+            pytest.skip(f"{self.backend} stores have no names that one can extend")
+        storage = self.neighbour(mode or self.mode, **options)
         self.opened.append(storage)
         return storage
 
@@ -654,6 +670,51 @@ class ModeContract:
             storage.upsert(_session(store, sid, created_at=777))
         assert storage.get_all_session_ids() == ["a", "k", "m", "z"]
 
+    def test_ties_are_ordered_by_id_in_code_point_order_in_every_listing(
+        self, store: Store
+    ) -> None:
+        # Python's order of str: code points, neither a locale's order nor one that folds
+        # case; a limit that cuts through a tie keeps the first ids of it.
+        storage = store()
+        ids = ["b", "B", "a", "a b", "ab", "A", "_", "é", "e\u0301", "Z", "10", "9", "😀", "\uff41"]
+        for sid in ids:
+            storage.upsert(_session(store, sid, user_id="u", entity_id="e", created_at=777))
+        storage.upsert(_session(store, "newer", user_id="u", entity_id="e", created_at=778))
+        storage.upsert(_session(store, "older", user_id="u", entity_id="e", created_at=776))
+        want = ["newer", *sorted(ids), "older"]
+        for reader in (storage, store()):
+            assert reader.get_all_session_ids() == want
+            assert reader.get_all_session_ids(user_id="u", entity_id="e") == want
+            assert [s.session_id for s in reader.get_all_sessions(entity_id="e")] == want
+            for limit in (1, 4, 9):
+                recent = reader.get_recent_sessions(user_id="u", limit=limit)
+                assert [s.session_id for s in recent] == want[:limit], limit
+
+    def test_ids_that_differ_only_in_case_spaces_or_normal_form_are_apart(
+        self, store: Store
+    ) -> None:
+        # Compared as the strings they are: never folded, trimmed or normalized, whether
+        # session ids, user ids or entity ids.
+        storage = store()
+        kin = ["alice", "Alice", "ALICE", "alice ", " alice", "alicé", "alice\u0301", "\uff41lice"]
+        for n, name in enumerate(kin):
+            storage.upsert(
+                _session(store, name, user_id=name, entity_id=name, session_data={"n": n})
+            )
+        for reader in (storage, store()):
+            for n, name in enumerate(kin):
+                got = reader.read(name)
+                assert got is not None
+                assert got.session_data == {"n": n}, name  # type: ignore[attr-defined]
+                assert reader.read(name, user_id=name) is not None
+                others = [k for k in kin if k != name]
+                assert all(reader.read(name, user_id=k) is None for k in others), name
+                assert reader.get_all_session_ids(user_id=name) == [name]
+                assert reader.get_all_session_ids(entity_id=name) == [name]
+        assert storage.delete_user("alice") == 1
+        assert storage.delete_session("Alice") is True
+        assert sorted(store().get_all_session_ids()) == sorted(kin[2:])
+
     def test_listing_follows_changed_user_and_entity(self, store: Store) -> None:
         storage = store()
         storage.upsert(_session(store, "s", user_id="u1", entity_id="e1"))
@@ -896,6 +957,91 @@ class ModeContract:
         final = storage.read("v")
         assert final is not None
         assert check_session(store.mode, final) == 1
+
+    def test_nothing_a_call_gives_or_is_given_is_shared_with_the_store(self, store: Store) -> None:
+        # Changed deep inside (a run's nested list, a nested dict of the state), not only at
+        # the top: a storage that remembers a session must remember a copy, whatever call
+        # handed the session out.
+        storage = store()
+
+        def given() -> Session:
+            runs = [{"run_id": "0", "said": {"words": ["hi"]}}, {"run_id": "1"}]
+            return _with_runs(store, "v", runs, user_id="u", session_data={"deep": {"seen": [1]}})
+
+        want = given()
+
+        def spoil(session: Session | None) -> None:
+            assert session is not None
+            session.session_data["deep"]["seen"].append("spoilt")  # type: ignore[attr-defined]
+            runs = _runs_of(store, session)
+            runs[0]["said"]["words"].append("spoilt")
+            runs[1]["added"] = "spoilt"
+            runs.append({"run_id": "spoilt"})
+
+        def unchanged() -> None:
+            for reader in (storage, store()):
+                got = reader.read("v")
+                assert got is not None
+                assert got.session_data == want.session_data  # type: ignore[attr-defined]
+                assert _runs_of(store, got) == _runs_of(store, want)
+
+        session = given()
+        stored = storage.upsert(session)
+        spoil(session)
+        unchanged()
+        spoil(stored)
+        unchanged()
+        spoil(storage.read("v"))
+        unchanged()
+        for listing in (
+            methodcaller("get_all_sessions", user_id="u"),
+            methodcaller("get_recent_sessions", limit=1),
+            methodcaller("read_many", ["v"]),
+        ):
+            spoil(listing(storage)[0])
+            unchanged()
+        spoil(storage.restore(given()))
+        unchanged()
+        spoil(storage.update("v", lambda s: None))
+        unchanged()
+        spoil(storage.update("v", lambda s: s))
+        unchanged()
+
+    def test_a_storage_whose_mode_is_set_acts_as_one_opened_in_it(self, store: Store) -> None:
+        # It has looked at the store in the mode it was opened in (a read, a listing) but
+        # written nothing: the store takes the new mode's sessions as if opened in it.
+        before = next(m for m in MODES if MODES[m].session_class is not _spec(store).session_class)
+        storage = store(mode=before)
+        assert storage.read("s") is None
+        assert storage.get_all_session_ids(user_id="user-1") == []
+        storage.mode = store.mode  # type: ignore[assignment]
+        assert storage.mode == store.mode
+        stored = storage.upsert(make_session(store.mode, "s", round_=2))
+        for reader in (storage, store()):
+            got = reader.read("s")
+            assert got is not None
+            assert type(got) is _spec(store).session_class
+            assert check_session(store.mode, got) == 2
+            assert got.version == stored.version  # type: ignore[attr-defined]
+            assert reader.get_all_session_ids(user_id="user-1", entity_id="entity-1") == ["s"]
+
+    def test_every_json_field_refuses_what_json_cannot_hold(self, store: Store) -> None:
+        # Each field is encoded on its own where a backend keeps it in a column or entry of
+        # its own: every one refuses, naming itself, before anything is written.
+        spec = _spec(store)
+        names = [n for n, kind in spec.kinds.items() if kind in (dict, list)]
+        assert names
+        storage = store()
+        before = storage.upsert(_session(store, "s", user_id="u"))
+        for name in names:
+            for bad in ({"x": {1, 2}}, {"x": [math.nan]}, {"x": object()}, {"x": b"b"}):
+                value = [bad] if spec.kinds[name] is list else bad
+                for sid in ("s", "new"):
+                    with pytest.raises(SerializationError, match=name):
+                        storage.upsert(_session(store, sid, **{name: value}))
+        for reader in (storage, store()):
+            assert reader.read("s") == before
+            assert reader.get_all_session_ids() == ["s"]
 
     def test_runs_round_trip_as_they_grow_change_and_shrink(self, store: Store) -> None:
         storage = store()
@@ -1343,6 +1489,158 @@ class BackendContract:
                 "color": "red",
                 "pair": [1, 2],
             }
+
+    def test_documented_conversions_in_runs_and_state_of_every_kind(
+        self, backend_store: Store
+    ) -> None:
+        # Runs are encoded one by one where a backend keeps them apart: each documented
+        # form must come out of a run as out of the state.
+        storage = backend_store()
+        when = dt.datetime(2024, 5, 17, 13, 45, 30)
+        data = {
+            "naive": when,
+            "time": dt.time(13, 45, 30, 500),
+            "path": pathlib.PurePosixPath("/tmp/a b/c.txt"),
+            "uuid": uuid.UUID(int=7),
+            "color": Color.RED,
+            "tuple": (1, (2, "x")),
+        }
+        written = {
+            "naive": "2024-05-17T13:45:30",
+            "time": "13:45:30.000500",
+            "path": "/tmp/a b/c.txt",
+            "uuid": "00000000-0000-0000-0000-000000000007",
+            "color": "red",
+            "tuple": [1, [2, "x"]],
+        }
+        session = _with_runs(backend_store, "conv", [{"run_id": "0", **data}], session_data=data)
+        stored = storage.upsert(session)
+        for got in [stored, *_read_both(backend_store, storage, "conv")]:
+            assert got.session_data == written  # type: ignore[attr-defined]
+            assert _runs_of(backend_store, got) == [{"run_id": "0", **written}]
+
+    def test_ids_of_up_to_512_characters_round_trip_and_longer_are_refused(
+        self, backend_store: Store
+    ) -> None:
+        # Characters, not bytes: 512 of four bytes each in UTF-8 and two code units in
+        # UTF-16, in every id a store keeps and indexes.
+        storage = backend_store()
+        longest = "🎲" * 511 + "x"
+        session = _session(backend_store, longest, user_id=longest, entity_id=longest)
+        storage.upsert(session)
+        for got in _read_both(backend_store, storage, longest):
+            assert (got.session_id, got.user_id) == (longest, longest)  # type: ignore[attr-defined]
+        for reader in (storage, backend_store()):
+            assert reader.get_all_session_ids(user_id=longest, entity_id=longest) == [longest]
+        too_long = longest + "y"
+        with pytest.raises(InvalidIdentifierError, match="512"):
+            storage.upsert(_session(backend_store, too_long))
+        with pytest.raises(InvalidIdentifierError, match="512"):
+            storage.upsert(_session(backend_store, "s", user_id=too_long))
+        with pytest.raises(InvalidIdentifierError, match="512"):
+            storage.read(too_long)
+        with pytest.raises(InvalidIdentifierError, match="512"):
+            storage.get_all_session_ids(user_id=too_long)
+        assert storage.get_all_session_ids() == [longest]
+        assert storage.delete_session(longest) is True
+        assert backend_store().read(longest) is None
+
+    def test_values_nested_as_deep_as_documented_round_trip_in_state_and_runs(
+        self, backend_store: Store
+    ) -> None:
+        # 512 levels counted from the session itself (level 1): its state is level 2, a run
+        # level 4 (memory, its runs, the run).
+        storage = backend_store()
+
+        def nested(levels: int) -> Any:
+            value: Any = "bottom"
+            for i in range(levels):
+                value = {"k": value} if i % 2 else [value]
+            return value
+
+        state = {"x": nested(MAX_DEPTH - 2)}
+        run = {"run_id": "0", "x": nested(MAX_DEPTH - 4)}
+        storage.upsert(_with_runs(backend_store, "deep", [run], session_data=state))
+        for got in _read_both(backend_store, storage, "deep"):
+            assert got.session_data == state  # type: ignore[attr-defined]
+            assert _runs_of(backend_store, got) == [run]
+        for too_deep in (
+            _session(backend_store, "deeper", session_data={"x": nested(MAX_DEPTH - 1)}),
+            _with_runs(backend_store, "deeper", [{"run_id": "0", "x": nested(MAX_DEPTH - 3)}]),
+        ):
+            with pytest.raises(SerializationError, match="deeper"):
+                storage.upsert(too_deep)
+        assert storage.get_all_session_ids() == ["deep"]
+
+    def test_restore_keeps_times_and_version_and_never_takes_a_version_back(
+        self, backend_store: Store
+    ) -> None:
+        # What import and copy rely on to keep timestamps and versions.
+        storage = backend_store()
+        kept = _session(backend_store, "r", user_id="u", created_at=1_000, updated_at=2_000)
+        kept.version = 7  # type: ignore[attr-defined]
+        stored = storage.restore(kept)
+        assert (stored.created_at, stored.updated_at, stored.version) == (1_000, 2_000, 7)  # type: ignore[attr-defined]
+        for got in _read_both(backend_store, storage, "r"):
+            assert (got.created_at, got.updated_at, got.version) == (1_000, 2_000, 7)  # type: ignore[attr-defined]
+        older = _session(backend_store, "r", user_id="u", created_at=500, updated_at=600)
+        older.version = 3  # type: ignore[attr-defined]
+        again = storage.restore(older)
+        assert (again.created_at, again.updated_at, again.version) == (500, 600, 8)  # type: ignore[attr-defined]
+        for got in _read_both(backend_store, storage, "r"):
+            assert (got.created_at, got.updated_at, got.version) == (500, 600, 8)  # type: ignore[attr-defined]
+        assert storage.get_all_session_ids(user_id="u") == ["r"]
+
+    def test_a_store_never_sees_or_drops_a_store_whose_name_extends_its_own(
+        self, backend_store: Store
+    ) -> None:
+        # Prefix P and P:sub, folder F and F/sub, table t and t_sub: each store sees, lists,
+        # removes and drops its own sessions only, with the same ids and users in both.
+        outer, inner = backend_store(), backend_store.neighbouring()
+
+        def fill(storage: Storage, side: str) -> None:
+            for sid in ("both", f"only-{side}"):
+                storage.upsert(
+                    _with_runs(
+                        backend_store,
+                        sid,
+                        [{"run_id": f"{side}-0"}],
+                        user_id="u",
+                        entity_id="e",
+                        session_data={"side": side},
+                    )
+                )
+
+        def holds(storage: Storage, side: str) -> None:
+            ids = ["both", f"only-{side}"]
+            for reader in (
+                storage,
+                backend_store.neighbouring() if side == "inner" else backend_store(),
+            ):
+                assert sorted(reader.get_all_session_ids()) == ids, side
+                assert sorted(reader.get_all_session_ids(user_id="u", entity_id="e")) == ids
+                for got in reader.get_all_sessions(user_id="u"):
+                    assert got.session_data == {"side": side}, (side, got)  # type: ignore[attr-defined]
+                    assert _runs_of(backend_store, got) == [{"run_id": f"{side}-0"}]
+                assert reader.read("only-outer" if side == "inner" else "only-inner") is None
+
+        fill(outer, "outer")
+        fill(inner, "inner")
+        holds(outer, "outer")
+        holds(inner, "inner")
+        assert outer.delete_session("only-inner") is False
+        assert outer.delete_user("u") == 2
+        assert outer.get_all_session_ids() == []
+        holds(inner, "inner")
+        fill(outer, "outer")
+        outer.drop()
+        assert outer.get_all_session_ids() == []
+        holds(inner, "inner")
+        assert inner.table_exists()
+        fill(outer, "outer")
+        inner.drop()
+        holds(outer, "outer")
+        assert inner.get_all_session_ids() == []
 
     @pytest.mark.parametrize(
         ("value", "words"),
@@ -1833,6 +2131,67 @@ class BackendContract:
         lasting.upsert(_session(backend_store, "lasting"))
         assert storage.purge_expired() == 0
         assert sorted(lasting.get_all_session_ids()) == ["fresh", "lasting"]
+
+    def test_an_expired_session_is_gone_for_every_call(self, backend_store: Store) -> None:
+        # Not returned by any read or listing before purge_expired() removes it, and not in
+        # the way of a write either: update() finds none and makes the session anew, as a
+        # write that names version 0 ("not stored yet") does.
+        storage = backend_store(expire=2)
+        for sid in ("gone", "again"):
+            storage.upsert(_session(backend_store, sid, user_id="u", entity_id="e"))
+        lasting = backend_store()
+        lasting.upsert(_session(backend_store, "kept", user_id="u", entity_id="e"))
+        time.sleep(3.1)
+        for reader in (storage, backend_store(expire=2), lasting):
+            for sid in ("gone", "again"):
+                assert reader.read(sid) is None
+                assert reader.read(sid, user_id="u") is None
+            assert [s.session_id for s in reader.read_many(["gone", "kept", "again"])] == ["kept"]
+            assert reader.get_all_session_ids(entity_id="e") == ["kept"]
+            assert [s.session_id for s in reader.get_all_sessions()] == ["kept"]
+            assert [s.session_id for s in reader.get_all_sessions(user_id="u", entity_id="e")] == [
+                "kept"
+            ]
+            assert [s.session_id for s in reader.get_recent_sessions(entity_id="e")] == ["kept"]
+        seen: list[Any] = []
+
+        def anew(session: Session | None) -> Session:
+            seen.append(session)
+            return _session(backend_store, "gone", user_id="v", session_data={"n": 1})
+
+        made = storage.update("gone", anew)
+        assert seen == [None]
+        assert made.session_data == {"n": 1}
+        storage.upsert(_session(backend_store, "again", user_id="v"), expected_version=0)
+        for reader in (storage, backend_store()):
+            assert sorted(reader.get_all_session_ids(user_id="v")) == ["again", "gone"]
+            assert reader.get_all_session_ids(user_id="u") == ["kept"]
+            got = reader.read("gone")
+            assert got is not None
+            assert got.session_data == {"n": 1}  # type: ignore[attr-defined]
+
+    def test_an_expiry_counts_from_the_last_write(self, backend_store: Store) -> None:
+        # Each write, by a storage with an expiry, gives the session that long again; a
+        # write by one without (expire=None) keeps it until it is deleted.
+        expiring = backend_store(expire=4)
+        for sid in ("written again", "kept for good", "updated"):
+            expiring.upsert(_session(backend_store, sid, user_id="u"))
+        time.sleep(2.5)
+        expiring.upsert(_session(backend_store, "written again", user_id="u"))
+        expiring.update("updated", lambda s: s)
+        backend_store().upsert(_session(backend_store, "kept for good", user_id="u"))
+        time.sleep(2.5)
+        for reader in (expiring, backend_store()):
+            assert sorted(reader.get_all_session_ids(user_id="u")) == [
+                "kept for good",
+                "updated",
+                "written again",
+            ]
+        time.sleep(2.5)
+        assert expiring.purge_expired() >= 0
+        for reader in (expiring, backend_store()):
+            assert reader.get_all_session_ids(user_id="u") == ["kept for good"]
+            assert reader.read("kept for good") is not None
 
     def test_a_restored_session_expires_that_long_after_its_write(
         self, backend_store: Store
