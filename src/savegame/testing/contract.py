@@ -2059,6 +2059,38 @@ class BackendContract:
         assert storage.read("after") is not None
         assert sorted(storage.get_all_session_ids()) == ["after", "big", "deep"]
 
+    def test_a_20_mb_string_round_trips_or_is_refused_before_anything_is_written(
+        self, backend_store: Store
+    ) -> None:
+        # 20 MB of text (30 MB in UTF-8), in the state and in a run: stored whole, or, on a
+        # server that takes less in one statement (MariaDB's max_allowed_packet is 16 MB by
+        # default), refused saying so, the store as it was.
+        storage = backend_store()
+        big = "a\u00e9" * (10 * 1024 * 1024)
+        sessions = {
+            "state": _session(backend_store, "state", session_data={"blob": big}),
+            "run": _with_runs(backend_store, "run", [{"run_id": "0", "blob": big}]),
+        }
+        for sid, session in sessions.items():
+            storage.upsert(_session(backend_store, sid, session_data={"small": True}))
+            try:
+                storage.upsert(session)
+            except SerializationError as exc:
+                refused: str | None = str(exc)
+            else:
+                refused = None
+            if refused is not None:
+                assert "larger than" in refused, refused[:500]
+                got = backend_store().read(sid)
+                assert got is not None
+                assert (got.session_data, got.version) == ({"small": True}, 1)  # type: ignore[attr-defined]
+                continue
+            for got in _read_both(backend_store, storage, sid):
+                if sid == "state":
+                    assert got.session_data == {"blob": big}  # type: ignore[attr-defined]
+                else:
+                    assert _runs_of(backend_store, got) == [{"run_id": "0", "blob": big}]
+
     @settings(
         max_examples=25,
         deadline=None,
