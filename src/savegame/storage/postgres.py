@@ -24,12 +24,14 @@ from typing import Any
 
 from sqlalchemy import String, Table, Text, cast, text
 from sqlalchemy.dialects.postgresql import JSONB, insert
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement, Executable
 from sqlalchemy.types import TypeEngine
 
 from savegame.storage import codec
+from savegame.storage.known import DEFAULT_BYTES
+from savegame.storage.session import Mode
 from savegame.storage.sql import (
     JsonText,
     RunDigests,
@@ -189,9 +191,31 @@ class PostgresStorage(ServerStorage):
         return {"connect_args": options}
 
     def __init__(
-        self, table_name: str, schema: str | None = "ai", *args: Any, **kwargs: Any
+        self,
+        table_name: str,
+        schema: str | None = "ai",
+        db_url: str | None = None,
+        db_engine: Engine | None = None,
+        schema_version: int = 1,
+        auto_upgrade_schema: bool = False,
+        mode: Mode | None = "agent",
+        expire: int | None = None,
+        *,
+        connect_timeout: int | None = None,
+        cache_bytes: int = DEFAULT_BYTES,
     ) -> None:
-        super().__init__(table_name, schema, *args, **kwargs)
+        super().__init__(
+            table_name,
+            schema,
+            db_url,
+            db_engine,
+            schema_version,
+            auto_upgrade_schema,
+            mode,
+            expire,
+            connect_timeout=connect_timeout,
+            cache_bytes=cache_bytes,
+        )
 
 
 def from_url(url: StorageURL) -> PostgresStorage:
@@ -215,7 +239,7 @@ def from_url(url: StorageURL) -> PostgresStorage:
         table,
         schema=schema,
         db_url=server_db_url(url),
-        mode=url.mode,
+        mode=url.mode,  # type: ignore[arg-type]
         expire=expire,
     )
 

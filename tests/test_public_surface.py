@@ -1,0 +1,165 @@
+"""The public surface that code written for the original moves over to by changing its imports:
+the import paths, the session classes' fields, and the constructors' parameters."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+from typing import Any
+
+import pytest
+
+from savegame.storage.session import MODES
+
+SESSIONS = {
+    "savegame.storage.session.agent.AgentSession": [
+        "session_id",
+        "user_id",
+        "team_session_id",
+        "workflow_session_id",
+        "memory",
+        "session_data",
+        "extra_data",
+        "created_at",
+        "updated_at",
+        "agent_id",
+        "agent_data",
+    ],
+    "savegame.storage.session.team.TeamSession": [
+        "session_id",
+        "team_session_id",
+        "workflow_session_id",
+        "team_id",
+        "user_id",
+        "memory",
+        "team_data",
+        "session_data",
+        "extra_data",
+        "created_at",
+        "updated_at",
+    ],
+    "savegame.storage.session.workflow.WorkflowSession": [
+        "session_id",
+        "user_id",
+        "memory",
+        "session_data",
+        "extra_data",
+        "created_at",
+        "updated_at",
+        "workflow_id",
+        "workflow_data",
+    ],
+    "savegame.storage.session.v2.workflow.WorkflowSession": [
+        "session_id",
+        "user_id",
+        "workflow_id",
+        "workflow_name",
+        "runs",
+        "session_data",
+        "workflow_data",
+        "extra_data",
+        "created_at",
+        "updated_at",
+    ],
+}
+"""Each session class, by import path, and the original's fields in their order."""
+
+MODE_CLASSES = {
+    "agent": "savegame.storage.session.agent.AgentSession",
+    "team": "savegame.storage.session.team.TeamSession",
+    "workflow": "savegame.storage.session.workflow.WorkflowSession",
+    "workflow_v2": "savegame.storage.session.v2.workflow.WorkflowSession",
+}
+
+SQL = [
+    ("db_engine", None),
+    ("schema_version", 1),
+    ("auto_upgrade_schema", False),
+    ("mode", "agent"),
+]
+CONSTRUCTORS: dict[str, list[tuple[str, Any]]] = {
+    "savegame.storage.sqlite.SqliteStorage": [
+        ("table_name", inspect.Parameter.empty),
+        ("db_url", None),
+        ("db_file", None),
+        *SQL,
+    ],
+    "savegame.storage.postgres.PostgresStorage": [
+        ("table_name", inspect.Parameter.empty),
+        ("schema", "ai"),
+        ("db_url", None),
+        *SQL,
+    ],
+    "savegame.storage.mysql.MySQLStorage": [
+        ("table_name", inspect.Parameter.empty),
+        ("schema", None),
+        ("db_url", None),
+        *SQL,
+    ],
+    "savegame.storage.json.JsonStorage": [("dir_path", inspect.Parameter.empty), ("mode", "agent")],
+    "savegame.storage.yaml.YamlStorage": [("dir_path", inspect.Parameter.empty), ("mode", "agent")],
+    "savegame.storage.redis.RedisStorage": [
+        ("prefix", inspect.Parameter.empty),
+        ("host", "localhost"),
+        ("port", 6379),
+        ("db", 0),
+        ("password", None),
+        ("mode", "agent"),
+        ("ssl", False),
+        ("expire", None),
+        ("url", None),
+    ],
+    "savegame.storage.in_memory.InMemoryStorage": [("mode", "agent"), ("storage_dict", None)],
+}
+"""Each storage class and the parameters it takes, in the original's order, with defaults."""
+
+
+def _load(path: str) -> Any:
+    module, name = path.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
+
+
+def test_the_documented_import_paths() -> None:
+    from savegame.storage.base import Storage
+
+    for path in [*CONSTRUCTORS, *SESSIONS]:
+        assert _load(path).__name__ == path.rsplit(".", 1)[1]
+    assert all(issubclass(_load(path), Storage) for path in CONSTRUCTORS)
+    assert len({_load(path) for path in SESSIONS}) == 4
+
+
+@pytest.mark.parametrize("path", list(SESSIONS))
+def test_a_session_class_has_the_originals_fields_in_their_order(path: str) -> None:
+    names = [f.name for f in dataclasses.fields(_load(path))]
+    assert names == [*SESSIONS[path], "version"]
+
+
+@pytest.mark.parametrize("path", list(SESSIONS))
+def test_from_dict_of_none_or_of_data_without_a_session_id_is_none(path: str) -> None:
+    cls = _load(path)
+    assert cls.from_dict(None) is None
+    assert cls.from_dict({}) is None
+    assert cls.from_dict({"user_id": "u", "created_at": 5}) is None
+    assert cls.from_dict({"session_id": None, "user_id": "u"}) is None
+    session = cls.from_dict({"session_id": "s", "user_id": "u", "not_a_field": 1})
+    assert (session.session_id, session.user_id) == ("s", "u")
+    assert all(
+        v is None for k, v in session.to_dict().items() if k not in ("session_id", "user_id")
+    )
+    assert cls.from_dict(session.to_dict()) == session
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_a_mode_reads_and_writes_its_documented_session_class(mode: str) -> None:
+    assert MODES[mode].session_class is _load(MODE_CLASSES[mode])
+
+
+@pytest.mark.parametrize("path", list(CONSTRUCTORS))
+def test_a_constructor_keeps_the_originals_parameters(path: str) -> None:
+    parameters = list(inspect.signature(_load(path)).parameters.values())
+    expected = CONSTRUCTORS[path]
+    assert [(p.name, p.default) for p in parameters[: len(expected)]] == expected
+    assert all(
+        p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in parameters[: len(expected)]
+    )
