@@ -916,6 +916,34 @@ class ModeContract:
             storage.upsert(_session(store, "missing"), expected_version=4)
         assert storage.read("missing") is None
 
+    def test_a_write_naming_the_version_of_a_session_deleted_since_conflicts(
+        self, store: Store
+    ) -> None:
+        # What update() meets when another process deleted the session it read: the write
+        # must not make the session again, whether the writer remembers it or not.
+        for n, writer in enumerate((store(), store())):
+            sid = f"s{n}"
+            read = writer.upsert(_with_runs(store, sid, [{"run_id": "0"}], user_id="u"))
+            if n:
+                writer = store()
+            store().delete_session(sid)
+            with pytest.raises(ConflictError) as info:
+                writer.upsert(read, expected_version=read.version)  # type: ignore[attr-defined]
+            assert (info.value.expected, info.value.actual) == (1, 0)
+            for reader in (writer, store()):
+                assert reader.read(sid) is None
+                assert reader.get_all_session_ids(user_id="u") == []
+
+    def test_create_on_a_store_holding_sessions_keeps_them(self, store: Store) -> None:
+        storage = store()
+        stored = storage.upsert(_with_runs(store, "s", [{"run_id": "0"}], user_id="u"))
+        for creator in (storage, store()):
+            creator.create()
+            creator.create()
+        for reader in (storage, store()):
+            assert reader.read("s") == stored
+            assert reader.get_all_session_ids(user_id="u") == ["s"]
+
     def test_update_reads_modifies_and_writes(self, store: Store) -> None:
         storage = store()
 
@@ -2168,11 +2196,14 @@ class BackendContract:
         # Not returned by any read or listing before purge_expired() removes it, and not in
         # the way of a write either: update() finds none and makes the session anew, as a
         # write that names version 0 ("not stored yet") does.
+        # The expired sessions are the newest: a listing with a limit must look past them.
         storage = backend_store(expire=2)
-        for sid in ("gone", "again"):
-            storage.upsert(_session(backend_store, sid, user_id="u", entity_id="e"))
+        for sid, created in (("gone", 300), ("again", 200)):
+            storage.upsert(
+                _session(backend_store, sid, user_id="u", entity_id="e", created_at=created)
+            )
         lasting = backend_store()
-        lasting.upsert(_session(backend_store, "kept", user_id="u", entity_id="e"))
+        lasting.upsert(_session(backend_store, "kept", user_id="u", entity_id="e", created_at=100))
         time.sleep(3.1)
         for reader in (storage, backend_store(expire=2), lasting):
             for sid in ("gone", "again"):
@@ -2184,7 +2215,9 @@ class BackendContract:
             assert [s.session_id for s in reader.get_all_sessions(user_id="u", entity_id="e")] == [
                 "kept"
             ]
-            assert [s.session_id for s in reader.get_recent_sessions(entity_id="e")] == ["kept"]
+            for limit in (1, 2):
+                recent = reader.get_recent_sessions(user_id="u", entity_id="e", limit=limit)
+                assert [s.session_id for s in recent] == ["kept"]
         seen: list[Any] = []
 
         def anew(session: Session | None) -> Session:
@@ -2193,7 +2226,8 @@ class BackendContract:
 
         made = storage.update("gone", anew)
         assert seen == [None]
-        assert made.session_data == {"n": 1}
+        assert (made.session_data, made.version) == ({"n": 1}, 1)
+        assert made.created_at > 300
         storage.upsert(_session(backend_store, "again", user_id="v"), expected_version=0)
         for reader in (storage, backend_store()):
             assert sorted(reader.get_all_session_ids(user_id="v")) == ["again", "gone"]
