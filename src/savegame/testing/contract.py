@@ -715,6 +715,36 @@ class ModeContract:
         assert storage.delete_session("Alice") is True
         assert sorted(store().get_all_session_ids()) == sorted(kin[2:])
 
+    def test_listings_by_odd_user_and_entity_ids_never_mix(self, store: Store) -> None:
+        # Ids that a store might join into one key or path: pairs whose texts run together
+        # alike, separators, patterns and names of other index keys.
+        storage = store()
+        pairs = [
+            ("ab", "c"),
+            ("a", "bc"),
+            ("a:b", "c"),
+            ("a", "b:c"),
+            ("u:x", "e:y"),
+            ("*", "?"),
+            ("{tag}", "../up"),
+            ("line\nbreak", "a/b"),
+            ("%", "_"),
+        ]
+        for n, (user, entity) in enumerate(pairs):
+            storage.upsert(_session(store, f"s{n}", user_id=user, entity_id=entity))
+        for reader in (storage, store()):
+            for n, (user, entity) in enumerate(pairs):
+                mine = {f"s{k}" for k, pair in enumerate(pairs) if pair[0] == user}
+                assert set(reader.get_all_session_ids(user_id=user)) == mine, user
+                theirs = {f"s{k}" for k, pair in enumerate(pairs) if pair[1] == entity}
+                assert set(reader.get_all_session_ids(entity_id=entity)) == theirs, entity
+                both = reader.get_all_session_ids(user_id=user, entity_id=entity)
+                assert both == [f"s{n}"], (user, entity)
+        assert storage.delete_user("a") == 2
+        assert store().get_all_session_ids(entity_id="bc") == []
+        assert store().get_all_session_ids(entity_id="b:c") == []
+        assert sorted(store().get_all_session_ids(entity_id="c")) == ["s0", "s2"]
+
     def test_listing_follows_changed_user_and_entity(self, store: Store) -> None:
         storage = store()
         storage.upsert(_session(store, "s", user_id="u1", entity_id="e1"))
