@@ -1635,18 +1635,17 @@ class BackendContract:
     ) -> None:
         # What import and copy rely on to keep timestamps and versions.
         storage = backend_store()
-        kept = _session(backend_store, "r", user_id="u", created_at=1_000, updated_at=2_000)
-        kept.version = 7  # type: ignore[attr-defined]
-        stored = storage.restore(kept)
-        assert (stored.created_at, stored.updated_at, stored.version) == (1_000, 2_000, 7)  # type: ignore[attr-defined]
-        for got in _read_both(backend_store, storage, "r"):
-            assert (got.created_at, got.updated_at, got.version) == (1_000, 2_000, 7)  # type: ignore[attr-defined]
-        older = _session(backend_store, "r", user_id="u", created_at=500, updated_at=600)
-        older.version = 3  # type: ignore[attr-defined]
-        again = storage.restore(older)
-        assert (again.created_at, again.updated_at, again.version) == (500, 600, 8)  # type: ignore[attr-defined]
-        for got in _read_both(backend_store, storage, "r"):
-            assert (got.created_at, got.updated_at, got.version) == (500, 600, 8)  # type: ignore[attr-defined]
+        # The second restore is of an older copy: its times are taken, its version is not.
+        for copied, expected in (
+            ((1_000, 2_000, 7), (1_000, 2_000, 7)),
+            ((500, 600, 3), (500, 600, 8)),
+        ):
+            created, updated, version = copied
+            copy = _session(backend_store, "r", user_id="u", created_at=created, updated_at=updated)
+            copy.version = version  # type: ignore[attr-defined]
+            stored = storage.restore(copy)
+            for got in (stored, *_read_both(backend_store, storage, "r")):
+                assert (got.created_at, got.updated_at, got.version) == expected  # type: ignore[attr-defined]
         assert storage.get_all_session_ids(user_id="u") == ["r"]
 
     def test_a_store_never_sees_or_drops_a_store_whose_name_extends_its_own(
