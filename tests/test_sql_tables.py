@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     delete,
+    inspect,
     select,
     update,
 )
@@ -36,7 +37,7 @@ from savegame.storage.session.agent import AgentSession
 from savegame.storage.sql import CONNECT_TIMEOUT, LATEST, SqlStorage
 from savegame.storage.sqlite import SqliteStorage
 from savegame.testing import Store
-from tests.stores import BACKENDS, Backend, mysql_url, postgres_url
+from tests.stores import BACKENDS, Backend, mysql_url, postgres_url, write_original_table
 
 _URLS = {
     SqliteStorage: "sqlite:///app.db",
@@ -224,6 +225,37 @@ def test_the_longest_table_names_make_every_table_and_index(sql_store: Store) ->
         second.drop()
     assert not first.table_exists()
     assert not second.table_exists()
+
+
+def test_an_original_table_of_the_longest_name_is_upgraded_keeping_its_indexes(
+    sql_store: Store,
+) -> None:
+    # The original's indexes of a long table (ix_<table>_user_id) have names longer than
+    # the server takes, which SQLAlchemy cut when it made them: the upgrade found no index
+    # of the name it looked for, made it again, and failed on the one that was there.
+    own = _sql(sql_store)
+    longest = (own.table_name + "_" + "x" * 58)[:58]  # unique to this test: servers are shared
+    rows = [{"session_id": "old", "user_id": "u", "agent_id": "a", "memory": {"runs": [{"n": 0}]}}]
+    own.create()  # the database, where it is a file
+    write_original_table(own.db_engine, longest, own.schema, rows)
+    storage = _sibling(own, longest)
+    try:
+        storage.upgrade_schema()
+        storage.upsert(AgentSession(session_id="new", user_id="u", agent_id="a"))
+        assert sorted(storage.get_all_session_ids(user_id="u", entity_id="a")) == ["new", "old"]
+        got = storage.read("old")
+        assert got is not None
+        assert got.memory == {"runs": [{"n": 0}]}
+        with own.db_engine.connect() as conn:
+            indexes = inspect(conn).get_indexes(longest, own.schema)
+        assert sorted(tuple(i["column_names"]) for i in indexes) == [
+            ("agent_id",),
+            ("expires_at",),
+            ("user_id",),
+        ]
+    finally:
+        storage.drop()
+        storage.close()
 
 
 def test_a_read_while_another_storage_upgrades_the_original_table_is_whole(

@@ -2440,9 +2440,12 @@ def _add_columns(storage: SqlStorage, conn: Connection, names: Iterable[str]) ->
             f"ALTER TABLE {preparer.format_table(table)} "
             f"ADD COLUMN {preparer.quote(name)} {column_type}"
         )
-    indexed = {i["name"] for i in inspector.get_indexes(table.name, table.schema)}
+    # Told apart by their columns, not their names: SQLAlchemy cuts a name longer than the
+    # database takes (the index of a long table's user_id) only when it makes the index, so
+    # the name the database gives back is not the one the table definition holds.
+    indexed = {tuple(i["column_names"]) for i in inspector.get_indexes(table.name, table.schema)}
     for index in table.indexes:
-        if index.name not in indexed and all(
+        if tuple(c.name for c in index.columns) not in indexed and all(
             c.name in names or c.name in have for c in index.columns
         ):
             index.create(conn, checkfirst=True)
