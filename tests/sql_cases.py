@@ -275,3 +275,25 @@ def check_lost_commit_then_restart(store: Store) -> None:
     assert store.lossy is not None
     with store.lossy() as link:
         _lost_alone(link, connections_cut=True, refused=4)
+
+
+def save_owned_session(owner: SqlStorage) -> None:
+    """Makes ``owner``'s tables, holding session ``s``, for :func:`check_schema_of_another_role`."""
+    owner.upsert(AgentSession(session_id="s", memory={"runs": _runs("s", 2)}))
+
+
+def check_schema_of_another_role(storage: SqlStorage, owner: SqlStorage) -> None:
+    """A storage whose user may read and write the tables of a schema that another made,
+    and make none (an application's role beside the administrator's): ``create()`` and
+    ``upgrade_schema()`` of tables that are there change nothing, and do not fail asking
+    to make the schema. ``owner`` made the tables (:func:`save_owned_session`)."""
+    storage.create()
+    storage.upgrade_schema()
+    got = storage.read("s")
+    assert got is not None
+    assert got.memory == {"runs": _runs("s", 2)}
+    got.memory = {"runs": _runs("s", 3)}
+    storage.upsert(got, expected_version=1)
+    read = owner.read("s")
+    assert read is not None
+    assert (read.version, read.memory) == (2, {"runs": _runs("s", 3)})

@@ -347,3 +347,26 @@ def test_schema_changes_wait_for_the_lock_and_never_go_on_without_it(
     storage.upsert(AgentSession(session_id="s"))
     assert storage.read("s") is not None
     storage.close()
+
+
+def test_a_user_that_may_only_use_a_database_another_made_creates_and_upgrades(
+    server: str, admin: Engine
+) -> None:
+    database = unique("sg")
+    user = unique("sg")
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE DATABASE {database}"))
+        conn.execute(text(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'secret'"))
+        conn.execute(text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {database}.* TO '{user}'@'%'"))
+    owner = MySQLStorage("sessions", schema=database, db_url=server)
+    url = make_url(server).set(username=user, password="secret", database=database)
+    storage = MySQLStorage("sessions", schema=database, db_url=url.render_as_string(False))
+    try:
+        sql_cases.save_owned_session(owner)
+        sql_cases.check_schema_of_another_role(storage, owner)
+    finally:
+        storage.close()
+        owner.close()
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP DATABASE {database}"))
+            conn.execute(text(f"DROP USER '{user}'@'%'"))

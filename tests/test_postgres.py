@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Engine, inspect, make_url, text
 
 from savegame import open_storage
 from savegame.errors import InvalidIdentifierError
@@ -243,3 +243,26 @@ def test_an_original_session_whose_id_is_too_long_for_savegame_keeps_its_runs_th
         moved = conn.execute(text(f'SELECT session_id FROM "{schema}".legacy_runs')).scalars()
         assert list(moved) == ["short"]
     storage.close()
+
+
+def test_a_role_that_may_only_use_a_schema_another_role_made_creates_and_upgrades(
+    server: str, admin: Engine, schema: str
+) -> None:
+    owner = PostgresStorage("sessions", schema=schema, db_url=server)
+    sql_cases.save_owned_session(owner)
+    role = unique("sg")
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE ROLE \"{role}\" LOGIN PASSWORD 'secret'"))
+        conn.execute(text(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"'))
+        tables = f'ALL TABLES IN SCHEMA "{schema}"'
+        conn.execute(text(f'GRANT SELECT, INSERT, UPDATE, DELETE ON {tables} TO "{role}"'))
+    url = make_url(server).set(username=role, password="secret")
+    storage = PostgresStorage("sessions", schema=schema, db_url=url.render_as_string(False))
+    try:
+        sql_cases.check_schema_of_another_role(storage, owner)
+    finally:
+        storage.close()
+        owner.close()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP OWNED BY "{role}"'))
+            conn.execute(text(f'DROP ROLE "{role}"'))

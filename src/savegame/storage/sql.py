@@ -341,8 +341,13 @@ class SqlDialect(ABC):
         collations fold case and ignore trailing spaces)."""
 
     def create_schema(self, conn: Connection, schema: str | None) -> None:
-        """Makes ``schema`` when it is missing (None: the connection's default is used)."""
-        if schema is not None:
+        """Makes ``schema`` when it is missing (None: the connection's default is used).
+
+        Looked for first: ``CREATE SCHEMA IF NOT EXISTS`` (``CREATE DATABASE`` in MySQL)
+        needs the right to make one even where it exists, which a role allowed only to use
+        a schema that another role made and owns does not have.
+        """
+        if schema is not None and not inspect(conn).has_schema(schema):
             conn.execute(CreateSchema(schema, if_not_exists=True))
 
     # -- errors ---------------------------------------------------------------------------
