@@ -313,6 +313,35 @@ def test_a_latest_table_whose_record_was_lost_is_taken_at_the_latest_layout(
     assert recorded == LATEST
 
 
+@pytest.mark.parametrize("recorded", [False, True], ids=["create-cut-short", "runs-dropped"])
+def test_a_table_left_without_its_runs_table_is_made_whole_and_written(
+    sql_store: Store, recorded: bool
+) -> None:
+    # MySQL commits each CREATE TABLE: a create() killed between the two left the session
+    # table alone, unrecorded; or the runs table was dropped by hand. Either was taken for
+    # the original's table: create() did nothing and writes asked for upgrade_schema().
+    first = _sql(sql_store)
+    first.create()
+    with first.db_engine.begin() as conn:
+        first.runs_table.drop(conn)
+        if not recorded:
+            migrations = Table(
+                "savegame_migrations", MetaData(schema=first.schema), autoload_with=conn
+            )
+            conn.execute(delete(migrations).where(migrations.c.table_name == first.table_name))
+    runs = [{"run_id": "0"}, {"run_id": "1"}]
+    second, third = _sibling(first, first.table_name), _sibling(first, first.table_name)
+    try:
+        second.create()
+        second.upsert(AgentSession(session_id="s", memory={"runs": runs}))
+        got = third.read("s")
+        assert got is not None
+        assert got.memory == {"runs": runs}
+    finally:
+        second.close()
+        third.close()
+
+
 def test_a_read_fetches_only_the_runs_the_reader_does_not_remember(sql_store: Store) -> None:
     reader, writer = _sql(sql_store), _sql(sql_store)
     runs = [{"run_id": f"r{i}"} for i in range(3)]

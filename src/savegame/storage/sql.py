@@ -1521,14 +1521,15 @@ class SqlStorage(Storage):
                 "of another mode, or is not a session table; open it with the mode it was "
                 "written in, or give this storage another table name"
             )
-        if settled and names >= set(self.table.c.keys()) and self._runs_table_is(conn):
-            # Every column of the latest layout, and its runs table, with no record saying
-            # so: tables made (or upgraded) by a call cut short before it recorded them,
-            # as MySQL's DDL commits table by table. Rows without their runs apart read as
-            # they are (run_count is NULL), so the table is taken at the latest layout.
-            # Only under the schema lock: outside it, the tables may be another process's
-            # being made, which MySQL refuses to describe meanwhile (error 1684), and a
-            # read takes them as they are.
+        if settled and names >= set(self.table.c.keys()) and self._runs_table_is(conn) is not False:
+            # Every column of the latest layout, which only savegame makes, with no record
+            # saying so or without its runs table: tables made (or upgraded) by a call cut
+            # short before it made the runs table or recorded them, as MySQL's DDL commits
+            # table by table, or a runs table dropped by hand. Rows without their runs apart
+            # read as they are (run_count is NULL), so the table is taken at the latest
+            # layout, and its runs table made (see _make_tables). Only under the schema
+            # lock: outside it, the tables may be another process's being made, which MySQL
+            # refuses to describe meanwhile (error 1684), and a read takes them as they are.
             return _Layout(LATEST, frozenset(self.table.c.keys()), recorded=False)
         return _Layout(version, frozenset(names))
 
@@ -1694,6 +1695,8 @@ class SqlStorage(Storage):
                 if layout.version == 0:
                     for table in (self.table, self.runs_table, self._tables.migrations):
                         table.create(conn, checkfirst=True)
+                elif not layout.recorded:
+                    self.runs_table.create(conn, checkfirst=True)
                 elif upgrade:
                     for migration in MIGRATIONS:
                         if migration.version > layout.version:
