@@ -342,6 +342,46 @@ def test_a_table_left_without_its_runs_table_is_made_whole_and_written(
         third.close()
 
 
+def test_a_session_the_original_saves_again_after_the_upgrade_is_read_as_it_saved_it(
+    sql_store: Store,
+) -> None:
+    # The original, still running after the upgrade, saves a session as it always did: the
+    # whole memory, runs inline, savegame's columns left as they were. Its runs were read
+    # as the older ones the upgrade (or savegame) had put apart.
+    assert sql_store.original is not None
+    old = [{"run_id": "0"}]
+    sql_store.original([{"session_id": "s", "user_id": "u", "memory": {"runs": old}}])
+    storage = _sql(sql_store)
+    storage.upgrade_schema()
+    storage.upsert(AgentSession(session_id="t", user_id="u", memory={"runs": old}))
+    new = [*old, {"run_id": "1"}]
+    table = storage.table
+    with storage.db_engine.begin() as conn:
+        for session_id in ("s", "t"):
+            memory = storage.dialect.dumps({"runs": new, "summary": session_id})
+            conn.execute(update(table).where(table.c.session_id == session_id), {"memory": memory})
+    reader = _sibling(storage, storage.table_name)
+    try:
+        for session_id in ("s", "t"):
+            got = reader.read(session_id)
+            assert got is not None
+            assert got.memory == {"runs": new, "summary": session_id}
+            [listed] = [
+                x for x in reader.get_all_sessions(user_id="u") if x.session_id == session_id
+            ]
+            assert listed.memory == got.memory
+            # savegame saves it again: the runs go apart once more, the older ones replaced.
+            got.memory["runs"].append({"run_id": "2"})  # type: ignore[index]
+            reader.upsert(got, expected_version=got.version)
+            again = _sibling(storage, storage.table_name)
+            read = again.read(session_id)
+            again.close()
+            assert read is not None
+            assert read.memory == {"runs": [*new, {"run_id": "2"}], "summary": session_id}
+    finally:
+        reader.close()
+
+
 def test_a_read_fetches_only_the_runs_the_reader_does_not_remember(sql_store: Store) -> None:
     reader, writer = _sql(sql_store), _sql(sql_store)
     runs = [{"run_id": f"r{i}"} for i in range(3)]

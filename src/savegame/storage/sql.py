@@ -130,6 +130,7 @@ from savegame.storage.session import (
     Mode,
     ModeSpec,
     Session,
+    get_path,
     set_path,
     split_runs,
 )
@@ -1839,6 +1840,13 @@ class SqlStorage(Storage):
         record.pop("past_tokens", None)
         count = record.pop("run_count", None)
         self._check_numbers(record, count)
+        if count is not None and get_path(record, self.spec.runs_path) is not None:
+            # savegame leaves None where the runs were: this header was saved since by a
+            # program that keeps them in it (the original library, still running after
+            # the upgrade), whose runs are newer than those apart. Not remembered: the
+            # store's token is savegame's last write, not this one.
+            self._known.put(session_id, None)
+            return record
         digests: str | None = None
         runs: list[Any] = []
         pickled = None
