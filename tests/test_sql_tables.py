@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -380,6 +381,52 @@ def test_a_session_the_original_saves_again_after_the_upgrade_is_read_as_it_save
             assert read.memory == {"runs": [*new, {"run_id": "2"}], "summary": session_id}
     finally:
         reader.close()
+
+
+def test_a_session_the_original_saves_while_the_upgrade_moves_its_runs_is_kept(
+    sql_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # MySQL commits each ALTER TABLE, so the runs are moved without the table locked: the
+    # original's save of a session between the upgrade's reading of its row and writing it
+    # back was overwritten with what the upgrade had read.
+    if sql_store.backend == "sqlite-memory":
+        pytest.skip("one connection, which threads take in turn: no save comes mid-upgrade")
+    assert sql_store.original is not None
+    old = [{"run_id": "0"}]
+    new = [*old, {"run_id": "1"}]
+    sql_store.original([{"session_id": "s", "memory": {"runs": old}}])
+    upgrader = _sql(sql_store)
+    table = upgrader.table
+    engine = create_engine(upgrader.db_engine.url)
+
+    def save_as_the_original() -> None:
+        with engine.begin() as conn:
+            memory = upgrader.dialect.dumps({"runs": new})
+            conn.execute(update(table).where(table.c.session_id == "s"), {"memory": memory})
+
+    dumps = upgrader.dialect.dumps
+    savers: list[threading.Thread] = []
+
+    def save_meanwhile(value: Any, text: str | None = None) -> str:
+        if not savers:  # the upgrade has read the row, and writes it back after this
+            savers.append(threading.Thread(target=save_as_the_original))
+            savers[0].start()
+            savers[0].join(2)  # done by now, unless it waits for the upgrade
+        return dumps(value, text)
+
+    monkeypatch.setattr(upgrader.dialect, "dumps", save_meanwhile)
+    try:
+        upgrader.upgrade_schema()
+        assert savers
+        savers[0].join(60)
+        assert not savers[0].is_alive()
+    finally:
+        engine.dispose()
+    reader = _sibling(upgrader, upgrader.table_name)
+    got = reader.read("s")
+    reader.close()
+    assert got is not None
+    assert got.memory == {"runs": new}
 
 
 def test_a_read_fetches_only_the_runs_the_reader_does_not_remember(sql_store: Store) -> None:

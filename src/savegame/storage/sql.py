@@ -2493,11 +2493,15 @@ def _runs_table(storage: SqlStorage, conn: Connection) -> None:
     dumps = storage.dialect.dumps
     after = ""
     while True:
+        # Locked until the upgrade commits: MySQL commits each ALTER TABLE, so the table is
+        # not locked while the runs move, and a save by the original between this read and
+        # the update below would be overwritten with what was read.
         rows = conn.execute(
             select(header.c.session_id, column)
             .where(header.c.run_count.is_(None), header.c.session_id > after)
             .order_by(header.c.session_id)
             .limit(_BATCH)
+            .with_for_update()
         ).all()
         if not rows:
             return
