@@ -1560,6 +1560,35 @@ def test_upgrade_schema_leaves_in_place_what_it_cannot_move_and_moves_the_rest(
         raw.delete(*(f"{prefix}:{sid}" for sid in rows))
 
 
+@pytest.mark.parametrize("expire", [None, 100, 10**6])
+def test_upgrade_schema_keeps_the_time_a_session_had_left(
+    server: str, raw: Any, prefix: str, expire: int | None
+) -> None:
+    # The original stored each session with SET ... EX <its expire>: a session moved keeps
+    # the time it had left, never more than this storage's expire gives it; one stored
+    # without a TTL lives as this storage's sessions do.
+    rows = {sid: {"session_id": sid, "memory": {"runs": _runs(2)}} for sid in ("ttl", "none")}
+    try:
+        raw.set(f"{prefix}:ttl", json.dumps(rows["ttl"]), ex=1000)
+        raw.set(f"{prefix}:none", json.dumps(rows["none"]))
+        RedisStorage(prefix, url=server, expire=expire).upgrade_schema()
+        tag = "{" + prefix + "}:"
+        most = 1000 if expire is None else min(expire, 1000)
+        for kind in "hrd":
+            assert 0 < raw.ttl(f"{tag}{kind}:ttl") <= most, kind
+            if expire is None:
+                assert raw.ttl(f"{tag}{kind}:none") == -1, kind
+            else:
+                assert 0 < raw.ttl(f"{tag}{kind}:none") <= expire, kind
+        deadline = raw.zscore(f"{tag}exp", "ttl")
+        assert deadline is not None
+        assert deadline == raw.expiretime(f"{tag}h:ttl")
+        assert (raw.zscore(f"{tag}exp", "none") is None) == (expire is None)
+        assert raw.exists(f"{prefix}:ttl", f"{prefix}:none") == 0
+    finally:
+        raw.delete(*(f"{prefix}:{sid}" for sid in rows))
+
+
 @pytest.mark.parametrize("first", ["agent", "team"])
 def test_upgrade_schema_of_a_prefix_the_original_shared_between_modes_moves_each_mode(
     server: str, raw: Any, prefix: str, first: str

@@ -99,6 +99,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import re
 import secrets
 import threading
@@ -1051,6 +1052,10 @@ class RedisStorage(Storage):
         cut short before it deleted the old key, and maybe saved since) is not overwritten
         by the old copy, whose key is then deleted. A session the original stored without
         ``created_at`` (its ``Agent`` set none) takes its ``updated_at`` as ``created_at``.
+        A key the original stored with a TTL (its ``expire``) moves with the time it had
+        left, to the second below, or this storage's ``expire`` when that is shorter; one
+        with less than a second left is left to expire; one without a TTL gets this
+        storage's ``expire``, as a write does.
 
         Only this mode's sessions move: a prefix keeps one mode. The original let a prefix
         hold several (an agent's and a team's storage given one prefix); the sessions of
@@ -1087,6 +1092,11 @@ class RedisStorage(Storage):
         refused: list[str] = []
         others: dict[str, list[str]] = {}
         for key in old:
+            # Read before the value: a key that expires in between is then not moved.
+            deadline = self._deadline(key)
+            if deadline is not None and deadline <= time.time():
+                # Less than a second left: Redis removes it as the original would have.
+                continue
             data = self._original(key, source)
             if data is None:
                 continue
@@ -1116,7 +1126,7 @@ class RedisStorage(Storage):
                 # written since; the old copy must not overwrite it.
                 draft = self._prepare(session)
                 draft.record["version"] = getattr(session, "version", None)
-                self._write(draft, 0, int(time.time()), True)
+                self._write(draft, 0, int(time.time()), True, expires_by=deadline)
             except ConflictError:
                 stored = self._read(data["session_id"])
                 if stored is None or stored.get("created_at") != data.get("created_at"):
@@ -1149,6 +1159,12 @@ class RedisStorage(Storage):
             f"RedisStorage(<that prefix>, mode={mode!r}, ...)"
             f".upgrade_schema(original_prefix={self.prefix!r})"
         )
+
+    def _deadline(self, key: Any) -> int | None:
+        """When the original's ``key`` expires, in whole unix seconds rounded down, so
+        that the session moved never outlives it; None when it has no TTL (or is gone)."""
+        left = self._call(methodcaller("pttl", key))
+        return None if left < 0 else math.floor(time.time() + left / 1000)
 
     def _original(self, key: Any, prefix: str) -> dict[str, Any] | None:
         """The session the original stored under ``key`` with ``prefix``; None when ``key``
@@ -1281,8 +1297,17 @@ class RedisStorage(Storage):
         return record, items
 
     def _write(
-        self, draft: Draft, expected_version: int | None, now: int, preserve: bool
+        self,
+        draft: Draft,
+        expected_version: int | None,
+        now: int,
+        preserve: bool,
+        *,
+        expires_by: int | None = None,
     ) -> Record:
+        """See :class:`~savegame.storage.base.Storage`; ``expires_by``: the latest the
+        session may expire (None: as ``expire`` says), for a session moved with the time it
+        had left (:meth:`upgrade_schema`)."""
         sid = draft.session_id
         settled = self._made()
         count = len(self._shard_tags)
@@ -1297,6 +1322,8 @@ class RedisStorage(Storage):
         for _ in range(MAX_WRITE_ATTEMPTS):
             try:
                 record = self._stamp(draft.record, seen.header, expected_version, now, preserve)
+                if expires_by is not None:
+                    record["expires_at"] = min(expires_by, record["expires_at"] or expires_by)
             except ConflictError:
                 if trusted:
                     raise
