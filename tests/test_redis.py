@@ -1144,6 +1144,34 @@ def test_a_session_whose_header_is_gone_is_no_longer_listed(
     fresh.close()
 
 
+@pytest.mark.parametrize("lost", ["idx", "idx and header"])
+def test_an_evicted_index_map_never_lists_a_session_under_its_former_user(
+    server: str, raw: Any, prefix: str, lost: str
+) -> None:
+    # {T}:idx says which index keys list each session, so that a write moving a session to
+    # another user (or a delete) removes its old entries. Evicted, it no longer can: the
+    # old user's index keeps the id, and must not list (nor have delete_user remove) the
+    # session of its new user.
+    tag = "{" + prefix + "}:"
+    storage = RedisStorage(prefix, url=server)
+    storage.upsert(_session("s", _runs(2), user_id="old", agent_id="A"))
+    storage.upsert(_session("kept", _runs(1), user_id="old", agent_id="A"))
+    raw.delete(f"{tag}idx", *([f"{tag}h:s"] if lost == "idx and header" else []))
+    storage.upsert(_session("s", _runs(3), user_id="new", agent_id="B"))
+    for reader in (storage, RedisStorage(prefix, url=server)):
+        assert reader.get_all_session_ids(user_id="old") == ["kept"]
+        assert reader.get_all_session_ids(entity_id="A") == ["kept"]
+        assert reader.get_all_session_ids(user_id="old", entity_id="A") == ["kept"]
+        assert [s.session_id for s in reader.get_recent_sessions(user_id="old", limit=1)] == [
+            "kept"
+        ]
+        assert reader.get_all_session_ids(user_id="new", entity_id="B") == ["s"]
+    assert storage.delete_user("old") == 1
+    got = storage.read("s")
+    assert got is not None
+    assert (got.user_id, got.memory["runs"]) == ("new", _runs(3))
+
+
 def test_a_purge_racing_a_save_removes_only_what_expired(
     server: str, raw: Any, prefix: str
 ) -> None:

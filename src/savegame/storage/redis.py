@@ -403,12 +403,35 @@ return out
 )
 
 # KEYS: all, idx, exp, the index to list; ARGV: key prefix, limit (-1: all), now ('' : keep
-# expired). Returns {id, score, id, score... newest first; the expired ids it met, and those
-# whose header is gone (evicted, or removed outside savegame)}, which the client removes
-# with _FORGET_IDS, their keys declared (see _FORGET): this script changes nothing.
+# expired), the mode's entity field. Returns {id, score, id, score... newest first; the
+# expired ids it met, and those whose header is gone (evicted, or removed outside
+# savegame)}, which the client removes with _FORGET_IDS, their keys declared (see _FORGET):
+# this script changes nothing.
+# An id is listed by a user's or entity's index only while {T}:idx names that index for it:
+# a write that moves a session to another user removes its old entries by what {T}:idx
+# names, so with {T}:idx evicted the old user's index keeps the id. Where {T}:idx has no
+# entry for the id, the header's own user and entity decide.
 _LIST = """
 local limit = tonumber(ARGV[2])
 local now = tonumber(ARGV[3])
+local function holds(id)
+  if KEYS[4] == KEYS[1] then return true end
+  local keys = redis.call('HGET', KEYS[2], id)
+  if keys then
+    return string.find('\0' .. keys .. '\0', '\0' .. KEYS[4] .. '\0', 1, true) ~= nil
+  end
+  local data = redis.call('HGET', ARGV[1] .. 'h:' .. id, 'data')
+  local ok, record = pcall(cjson.decode, data or '')
+  if not ok or type(record) ~= 'table' then return true end
+  local user, entity = record['user_id'], record[ARGV[4]]
+  if type(user) ~= 'string' then user = nil end
+  if type(entity) ~= 'string' then entity = nil end
+  local key = string.sub(KEYS[4], #ARGV[1] + 1)
+  return (user and key == 'u:' .. user)
+    or (entity and key == 'e:' .. entity)
+    or (user and entity and key == 'ue:' .. #user .. ':' .. user .. entity)
+    or false
+end
 local out, gone, start, found = {}, {}, 0, 0
 while limit < 0 or found < limit do
   local page = redis.call('ZRANGE', KEYS[4], start, start + 199, 'WITHSCORES')
@@ -420,7 +443,7 @@ while limit < 0 or found < limit do
       gone[#gone + 1] = id
     elseif now and redis.call('EXISTS', ARGV[1] .. 'h:' .. id) == 0 then
       gone[#gone + 1] = id
-    elseif limit < 0 or found < limit then
+    elseif (limit < 0 or found < limit) and holds(id) then
       out[#out + 1] = id
       out[#out + 1] = page[i + 1]
       found = found + 1
@@ -1445,6 +1468,7 @@ class RedisStorage(Storage):
         if limit == 0:
             return []
         args = ["", -1 if limit is None else limit, "" if now is None else now]
+        args.append(self.spec.entity_field)
         found: list[tuple[float, str]] = []
         for tag in self._tags():
             keys = self._index_keys(tag, user_id, entity_id)
