@@ -1172,6 +1172,19 @@ def test_an_evicted_index_map_never_lists_a_session_under_its_former_user(
     assert (got.user_id, got.memory["runs"]) == ("new", _runs(3))
 
 
+def test_drop_removes_the_sessions_of_an_evicted_list_of_all(
+    server: str, raw: Any, prefix: str
+) -> None:
+    # drop walks {T}:all; evicted, the sessions must still go, found by {T}:idx.
+    storage = RedisStorage(prefix, url=server)
+    for i in range(3):
+        storage.upsert(_session(f"s{i}", _runs(2), user_id="u", agent_id="a"))
+    raw.delete("{" + prefix + "}:all")
+    storage.drop()
+    assert RedisStorage(prefix, url=server).read("s0") is None
+    assert _keys_of(raw, prefix) == []
+
+
 def test_a_purge_racing_a_save_removes_only_what_expired(
     server: str, raw: Any, prefix: str
 ) -> None:

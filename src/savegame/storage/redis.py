@@ -480,13 +480,23 @@ return forget(ids, at)
 """
 )
 
-# KEYS: all, exp; ARGV: batch, now ('': every session). Returns up to batch ids: every
-# session's, or those expired at now.
+# KEYS: all, exp, idx; ARGV: batch, now ('': every session). Returns up to batch ids: every
+# session's, or those expired at now. Every session is in {T}:all and {T}:idx: those of
+# {T}:idx come once {T}:all is empty, so that a drop removes them with {T}:all evicted.
 _SWEEP = """
+local batch = tonumber(ARGV[1])
 if ARGV[2] == '' then
-  return redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+  local ids = redis.call('ZRANGE', KEYS[1], 0, batch - 1)
+  local cursor = '0'
+  while #ids == 0 do
+    local page = redis.call('HSCAN', KEYS[3], cursor, 'COUNT', batch)
+    for i = 1, #page[2], 2 do ids[#ids + 1] = page[2][i] end
+    cursor = page[1]
+    if cursor == '0' then break end
+  end
+  return ids
 end
-return redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[1]))
+return redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, batch)
 """
 
 
@@ -1505,7 +1515,7 @@ class RedisStorage(Storage):
         """Removes the sessions of ``tag`` (with ``now``: the expired ones), in batches."""
         total = 0
         while True:
-            ids = self._script(_SWEEP, [tag + "all", tag + "exp"], [BATCH, now])
+            ids = self._script(_SWEEP, [tag + "all", tag + "exp", tag + "idx"], [BATCH, now])
             if not ids:
                 return total
             total += self._forget(tag, [_text(sid) for sid in ids], None if now == "" else int(now))
