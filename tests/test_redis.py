@@ -1185,6 +1185,21 @@ def test_drop_removes_the_sessions_of_an_evicted_list_of_all(
     assert _keys_of(raw, prefix) == []
 
 
+def test_with_the_index_map_evicted_removals_leave_no_index_entry(
+    server: str, raw: Any, prefix: str
+) -> None:
+    # Without {T}:idx, a removal finds the index keys of a session by its header.
+    storage = RedisStorage(prefix, url=server)
+    for i in range(3):
+        storage.upsert(_session(f"s{i}", _runs(2), user_id="u", agent_id="a"))
+    raw.delete("{" + prefix + "}:idx")
+    assert storage.delete_session("s0")
+    for key in ("u:u", "e:a", "ue:1:ua"):
+        assert _members(raw, "{" + prefix + "}:" + key) == ["s1", "s2"], key
+    storage.drop()
+    assert _keys_of(raw, prefix) == []
+
+
 def test_a_purge_racing_a_save_removes_only_what_expired(
     server: str, raw: Any, prefix: str
 ) -> None:

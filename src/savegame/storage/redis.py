@@ -189,6 +189,24 @@ like a server gone away; savegame refuses it before sending, with SerializationE
 
 T = TypeVar("T")
 
+# Shared by the scripts that list and remove sessions: the index keys (user, entity, both)
+# that the header ``header`` names for its session under ``tag``, the mode's entity field
+# being ``field``; nil where there is no header or its data cannot be read. What {T}:idx
+# keeps, told again from the header for a session {T}:idx has no entry for (evicted by a
+# maxmemory-policy).
+_INDEXED = """
+local function indexed(tag, header, field)
+  local ok, record = pcall(cjson.decode, redis.call('HGET', header, 'data') or '')
+  if not ok or type(record) ~= 'table' then return nil end
+  local keys = {}
+  local user, entity = record['user_id'], record[field]
+  if type(user) == 'string' then keys[#keys + 1] = tag .. 'u:' .. user end
+  if type(entity) == 'string' then keys[#keys + 1] = tag .. 'e:' .. entity end
+  if #keys == 2 then keys[3] = tag .. 'ue:' .. #user .. ':' .. user .. entity end
+  return keys
+end
+"""
+
 # Shared by the scripts that remove sessions. KEYS[1..3] are {P}:all, {P}:idx, {P}:exp;
 # KEYS[at[n]], KEYS[at[n] + 1], KEYS[at[n] + 2] are the header, runs and digests of ids[n]
 # (declared, so that a cluster runs the script only on the node that holds them: see _WRITE).
@@ -199,21 +217,30 @@ T = TypeVar("T")
 # changed once), and remove a session's data before its index entries: an index entry
 # left without its session is dropped by the next listing; a session left without its
 # index entries would never be listed, nor found by delete_user, again.
-_FORGET = """
-local function forget(ids, at)
+# A session {T}:idx has no entry for ({T}:idx evicted) leaves the index keys its header
+# names (see _INDEXED); ``field``: the mode's entity field.
+_FORGET = (
+    _INDEXED
+    + """
+local function forget(ids, at, field)
   local listed, where, hit = {}, {}, {}
+  local tag = string.sub(KEYS[1], 1, -4)
   for n, id in ipairs(ids) do
     local keys = redis.call('HGET', KEYS[2], id)
+    local found = {}
     if keys then
       hit[n] = true
-      for key in string.gmatch(keys, '[^%z]+') do
-        redis.call('ZSCORE', key, id)
-        if not where[key] then
-          where[key] = {}
-          listed[#listed + 1] = key
-        end
-        table.insert(where[key], id)
+      for key in string.gmatch(keys, '[^%z]+') do found[#found + 1] = key end
+    else
+      found = indexed(tag, KEYS[at[n]], field) or {}
+    end
+    for _, key in ipairs(found) do
+      redis.call('ZSCORE', key, id)
+      if not where[key] then
+        where[key] = {}
+        listed[#listed + 1] = key
       end
+      table.insert(where[key], id)
     end
   end
   for n, id in ipairs(ids) do
@@ -231,6 +258,7 @@ local function forget(ids, at)
   return removed
 end
 """
+)
 
 # Shared by the scripts: what a write needs of a stored session, as _state_of takes it (with
 # '?' for digests of LEGACY_WIDTH); and the error reply (see RedisStorage._mapped) for a
@@ -411,7 +439,9 @@ return out
 # a write that moves a session to another user removes its old entries by what {T}:idx
 # names, so with {T}:idx evicted the old user's index keeps the id. Where {T}:idx has no
 # entry for the id, the header's own user and entity decide.
-_LIST = """
+_LIST = (
+    _INDEXED
+    + """
 local limit = tonumber(ARGV[2])
 local now = tonumber(ARGV[3])
 local function holds(id)
@@ -420,17 +450,12 @@ local function holds(id)
   if keys then
     return string.find('\0' .. keys .. '\0', '\0' .. KEYS[4] .. '\0', 1, true) ~= nil
   end
-  local data = redis.call('HGET', ARGV[1] .. 'h:' .. id, 'data')
-  local ok, record = pcall(cjson.decode, data or '')
-  if not ok or type(record) ~= 'table' then return true end
-  local user, entity = record['user_id'], record[ARGV[4]]
-  if type(user) ~= 'string' then user = nil end
-  if type(entity) ~= 'string' then entity = nil end
-  local key = string.sub(KEYS[4], #ARGV[1] + 1)
-  return (user and key == 'u:' .. user)
-    or (entity and key == 'e:' .. entity)
-    or (user and entity and key == 'ue:' .. #user .. ':' .. user .. entity)
-    or false
+  local found = indexed(ARGV[1], ARGV[1] .. 'h:' .. id, ARGV[4])
+  if not found then return true end
+  for _, key in ipairs(found) do
+    if key == KEYS[4] then return true end
+  end
+  return false
 end
 local out, gone, start, found = {}, {}, 0, 0
 while limit < 0 or found < limit do
@@ -453,18 +478,19 @@ while limit < 0 or found < limit do
 end
 return {out, gone}
 """
+)
 
 # KEYS: all, idx, exp, then header, runs, digests of each id; ARGV: now ('': remove each),
-# the ids. With now, an id is removed only while it is expired then or its header is gone.
-# Returns for how many ids there was something to remove.
+# the mode's entity field, the ids. With now, an id is removed only while it is expired
+# then or its header is gone. Returns for how many ids there was something to remove.
 _FORGET_IDS = (
     _FORGET
     + """
 local now = tonumber(ARGV[1])
 local ids, at = {}, {}
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   local id = ARGV[i]
-  local k = 4 + (i - 2) * 3
+  local k = 4 + (i - 3) * 3
   local go = true
   if now then
     local expires = redis.call('ZSCORE', KEYS[3], id)
@@ -476,7 +502,7 @@ for i = 2, #ARGV do
     at[#at + 1] = k
   end
 end
-return forget(ids, at)
+return forget(ids, at, ARGV[2])
 """
 )
 
@@ -1508,7 +1534,8 @@ class RedisStorage(Storage):
         for start in range(0, len(ids), BATCH):
             chunk = ids[start : start + BATCH]
             keys = self._store_keys(tag) + [f"{tag}{kind}:{sid}" for sid in chunk for kind in "hrd"]
-            removed += int(self._script(_FORGET_IDS, keys, ["" if now is None else now, *chunk]))
+            args = ["" if now is None else now, self.spec.entity_field, *chunk]
+            removed += int(self._script(_FORGET_IDS, keys, args))
         return removed
 
     def _sweep(self, tag: str, now: int | str) -> int:
