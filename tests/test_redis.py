@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import random
 import re
 import secrets
 import socket
@@ -1724,6 +1725,49 @@ def test_a_storage_opened_on_a_full_server_reads_lists_and_removes(own_server: s
     finally:
         admin.config_set("maxmemory", limit)
         storage.drop()
+        storage.close()
+        admin.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("policy", ["allkeys-random", "allkeys-lru", "volatile-random"])
+def test_a_server_that_evicts_keys_never_has_a_session_read_short_or_misplaced(
+    own_server: str, policy: str
+) -> None:
+    # Whatever keys a maxmemory-policy evicts, a session read or listed is whole and of the
+    # user it was listed for, or the call raises CorruptSessionError.
+    prefix = unique("sgt")
+    admin = redis.Redis.from_url(own_server)
+    limit = admin.config_get("maxmemory")["maxmemory"]
+    storage = RedisStorage(prefix, url=own_server, expire=10**6, cache_bytes=0)
+    stored: dict[str, tuple[str, int]] = {}
+    rng = random.Random(policy)
+    try:
+        admin.config_set("maxmemory-policy", policy)
+        for i in range(300):
+            if i == 100:
+                admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]) - 100_000)
+            sid, user, count = f"s{i % 60}", f"u{rng.randrange(4)}", rng.randrange(1, 6)
+            runs = [{"n": n, "pad": "x" * rng.randrange(50, 2000)} for n in range(count)]
+            with contextlib.suppress(CorruptSessionError):
+                storage.upsert(_session(sid, runs, user_id=user))
+                stored[sid] = (user, count)
+        for sid, (user, count) in stored.items():
+            with contextlib.suppress(CorruptSessionError):
+                got = storage.read(sid)
+                if got is not None:
+                    assert (got.user_id, len(got.memory["runs"])) == (user, count)
+        for user in ("u0", "u1", "u2", "u3"):
+            assert {stored[sid][0] for sid in storage.get_all_session_ids(user_id=user)} <= {user}
+            with contextlib.suppress(CorruptSessionError):
+                for got in storage.get_all_sessions(user_id=user):
+                    assert (got.user_id, len(got.memory["runs"])) == stored[got.session_id]
+    finally:
+        admin.config_set("maxmemory", limit)
+        admin.config_set("maxmemory-policy", "noeviction")
+        for pattern in ("{" + prefix + "}:*", prefix + ":*"):
+            for key in admin.scan_iter(match=pattern, count=1000):
+                admin.delete(key)
         storage.close()
         admin.close()
 
