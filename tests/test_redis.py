@@ -1159,6 +1159,10 @@ def test_an_evicted_index_map_never_lists_a_session_under_its_former_user(
     storage.upsert(_session("kept", _runs(1), user_id="old", agent_id="A"))
     raw.delete(f"{tag}idx", *([f"{tag}h:s"] if lost == "idx and header" else []))
     storage.upsert(_session("s", _runs(3), user_id="new", agent_id="B"))
+    if lost == "idx":
+        # The write took the session out of the indexes its stored header named.
+        for key in ("u:old", "e:A", "ue:3:oldA"):
+            assert _members(raw, tag + key) == ["kept"], key
     for reader in (storage, RedisStorage(prefix, url=server)):
         assert reader.get_all_session_ids(user_id="old") == ["kept"]
         assert reader.get_all_session_ids(entity_id="A") == ["kept"]
@@ -1171,6 +1175,9 @@ def test_an_evicted_index_map_never_lists_a_session_under_its_former_user(
     got = storage.read("s")
     assert got is not None
     assert (got.user_id, got.memory["runs"]) == ("new", _runs(3))
+    # With its header evicted too, nothing tells where the session was listed: the entries
+    # stay (unlisted), and go with their keys.
+    raw.delete(*(tag + key for key in ("u:old", "e:A", "ue:3:oldA")))
 
 
 def test_drop_removes_the_sessions_of_an_evicted_list_of_all(

@@ -290,8 +290,8 @@ end
 # KEYS: all, idx, exp, header, runs, digests, new index keys...
 # ARGV: key prefix, id, token of the header written on ('': none), new token, score,
 #       expires_at (''), data, version, created_at, run count ('': runs not in a list),
-#       runs mode ('keep' or 'replace'), then (position, digest, text) for each new or
-#       changed run, in ascending order.
+#       runs mode ('keep' or 'replace'), the mode's entity field, then (position, digest,
+#       text) for each new or changed run, in ascending order.
 # Returns 1 when written (2 when the write made the slot's {T}:all, which a store loses with
 # its last session or to a drop: see RedisStorage._write), or when the token differs the
 # stored header (see _HEAD) and its past tokens, for a write sent again to tell whether an
@@ -299,6 +299,7 @@ end
 # (see _HEAD) is refused.
 _WRITE = (
     _HEAD
+    + _INDEXED
     + """
 local id = ARGV[2]
 local stored = redis.call('HMGET', KEYS[4], 'token', 'past')
@@ -311,16 +312,21 @@ if current ~= ARGV[3] then
 end
 past = string.sub(current .. past, 1, PAST)
 local fresh = redis.call('EXISTS', KEYS[1]) == 0
--- Reads first (see _FORGET): the index keys the session leaves, which are not declared.
+-- Reads first (see _FORGET): the index keys the session leaves, which are not declared;
+-- those its header names where {T}:idx has no entry for it (evicted).
 local listed = redis.call('HGET', KEYS[2], id)
+local was = {}
+if listed then
+  for key in string.gmatch(listed, '[^%z]+') do was[#was + 1] = key end
+else
+  was = indexed(ARGV[1], KEYS[4], ARGV[12]) or {}
+end
 local new, stale = {}, {}
 for i = 7, #KEYS do new[KEYS[i]] = true end
-if listed then
-  for key in string.gmatch(listed, '[^%z]+') do
-    if not new[key] then
-      redis.call('ZSCORE', key, id)
-      stale[#stale + 1] = key
-    end
+for _, key in ipairs(was) do
+  if not new[key] then
+    redis.call('ZSCORE', key, id)
+    stale[#stale + 1] = key
   end
 end
 if ARGV[11] == 'keep' then
@@ -328,7 +334,7 @@ if ARGV[11] == 'keep' then
   if bad then return bad end
   -- Digests of the legacy width: every run is sent, with its digest of today's width.
   if redis.call('STRLEN', KEYS[6]) ~= redis.call('LLEN', KEYS[5]) * WIDTH then
-    if (#ARGV - 11) / 3 ~= (tonumber(ARGV[10]) or 0) then
+    if (#ARGV - 12) / 3 ~= (tonumber(ARGV[10]) or 0) then
       return redis.error_reply('SAVEGAME-LEGACY ' .. KEYS[4])
     end
     redis.call('SET', KEYS[6], '')
@@ -363,7 +369,7 @@ local count = tonumber(ARGV[10]) or 0
 -- 'replace' sends every run from the first: they overwrite the list, trimmed below.
 if ARGV[11] == 'replace' and count > 0 then redis.call('SET', KEYS[6], '') end
 local length = redis.call('LLEN', KEYS[5])
-for i = 12, #ARGV, 3 do
+for i = 13, #ARGV, 3 do
   local pos = tonumber(ARGV[i])
   if pos < length then
     redis.call('LSET', KEYS[5], pos, ARGV[i + 2])
@@ -1493,6 +1499,7 @@ class RedisStorage(Storage):
             record["created_at"],
             "" if runs is None else len(runs),
             "replace" if stored is None else "keep",
+            self.spec.entity_field,
             *changes,
         ]
         header = Header(record["version"], record["created_at"], expires)
