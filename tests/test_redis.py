@@ -1548,6 +1548,38 @@ def test_upgrade_schema_run_again_never_overwrites_a_session_saved_since(
         raw.delete(f"{prefix}:s")
 
 
+def test_upgrade_schema_run_again_moves_what_the_original_saved_since_the_move(
+    server: str, raw: Any, prefix: str
+) -> None:
+    # The original, still running after the upgrade, saves a session again under its old
+    # key. Run again, the upgrade must move that newer save, not delete it as a leftover;
+    # a session savegame saved after it keeps savegame's.
+    first = {"session_id": "s", "memory": {"runs": [{"n": 1}]}, "created_at": 100}
+    try:
+        raw.set(f"{prefix}:s", json.dumps({**first, "updated_at": 200}))
+        raw.set(f"{prefix}:t", json.dumps({**first, "session_id": "t", "updated_at": 200}))
+        storage = RedisStorage(prefix, url=server)
+        storage.upgrade_schema()
+        later = {"memory": {"runs": [{"n": 1}, {"n": 2}]}, "updated_at": 300}
+        raw.set(f"{prefix}:s", json.dumps({**first, **later}))
+        raw.set(f"{prefix}:t", json.dumps({**first, **later, "session_id": "t"}))
+        ours = storage.read("t")
+        assert ours is not None
+        ours.session_data = {"by": "savegame"}
+        storage.upsert(ours)
+        storage.upgrade_schema()
+        for reader in (storage, RedisStorage(prefix, url=server)):
+            got = reader.read("s")
+            assert got is not None
+            assert (got.memory, got.updated_at, got.version) == (later["memory"], 300, 2)
+            kept = reader.read("t")
+            assert kept is not None
+            assert (kept.memory, kept.session_data) == (first["memory"], {"by": "savegame"})
+        assert raw.exists(f"{prefix}:s", f"{prefix}:t") == 0
+    finally:
+        raw.delete(f"{prefix}:s", f"{prefix}:t")
+
+
 def test_upgrade_schema_of_sessions_the_original_stored_without_created_at(
     server: str, raw: Any, prefix: str
 ) -> None:

@@ -1200,6 +1200,20 @@ class RedisStorage(Storage):
                         "that was not moved from it"
                     )
                     continue
+                if _saved_since(data, stored):
+                    # The original, still running after the move, saved it again, and
+                    # savegame has not since: its save is the newest, and takes the place
+                    # of the one moved.
+                    try:
+                        self._write(
+                            draft, stored["version"], int(time.time()), True, expires_by=deadline
+                        )
+                    except ConflictError:
+                        refused.append(
+                            f"{_text(key)!r}: saved again by the original since it was moved, "
+                            f"while savegame saved {data['session_id']!r} too"
+                        )
+                        continue
             except (SerializationError, InvalidIdentifierError) as exc:
                 refused.append(f"{_text(key)!r}: {exc}")
                 continue
@@ -1614,6 +1628,13 @@ def _payload(args: list[Any]) -> int:
 
 def _digest(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=DIGEST_SIZE).hexdigest()
+
+
+def _saved_since(old: dict[str, Any], stored: Record) -> bool:
+    """Whether the original's copy ``old`` of a session was saved after ``stored``, the one
+    savegame keeps (moved from it, with its times, and maybe saved since)."""
+    saved = old.get("updated_at")
+    return type(saved) is int and saved > (stored.get("updated_at") or 0)
 
 
 def _text(value: Any) -> str:
