@@ -8,6 +8,7 @@ neither table. A table of an earlier savegame's layout is read, upgraded and wri
 from __future__ import annotations
 
 import functools
+import hashlib
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -226,6 +227,40 @@ def test_the_longest_table_names_make_every_table_and_index(sql_store: Store) ->
         second.drop()
     assert not first.table_exists()
     assert not second.table_exists()
+
+
+def _cut_alike(prefix: str, schema: str | None) -> tuple[str, str]:
+    """Two table names of 58 characters starting with ``prefix`` (of at most 52) whose
+    user_id indexes SQLAlchemy would name alike, cutting ``ix_[<schema>_]<table>_user_id``
+    to its first 55 characters, ``_`` and the last 4 hex digits of its MD5 (as it does for
+    a server that takes 63)."""
+    seen: dict[tuple[str, str], str] = {}
+    for i in range(100_000):
+        name = f"{prefix:_<52}{i:06d}"
+        index = f"ix_{schema + '_' if schema else ''}{name}_user_id"
+        key = (index[:55], hashlib.md5(index.encode()).hexdigest()[-4:])
+        if key in seen:
+            return seen[key], name
+        seen[key] = name
+    raise AssertionError("no two names alike")
+
+
+def test_two_long_tables_whose_cut_index_names_would_be_alike_stand_side_by_side(
+    sql_store: Store,
+) -> None:
+    # PostgreSQL names indexes per schema: the second table's index made under SQLAlchemy's
+    # cut name failed as already there.
+    own = _sql(sql_store)
+    first, second = (_sibling(own, name) for name in _cut_alike(own.table_name[:40], own.schema))
+    try:
+        for storage in (first, second):
+            storage.create()
+            storage.upsert(AgentSession(session_id=storage.table_name, user_id="u"))
+        for storage in (first, second):
+            assert storage.get_all_session_ids(user_id="u") == [storage.table_name]
+    finally:
+        first.drop()
+        second.drop()
 
 
 def test_an_original_table_of_the_longest_name_is_upgraded_keeping_its_indexes(

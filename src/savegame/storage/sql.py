@@ -532,13 +532,18 @@ def _new_tables(spec: ModeSpec, dialect: SqlDialect, name: str, schema: str | No
     indexed = {"user_id", spec.entity_field}
     json_columns: set[str] = set()
     columns: list[Column[Any]] = []
+    indexes: list[Index] = []
     for field, kind in spec.kinds.items():
         if field == "session_id":
             columns.append(Column(field, dialect.id_type(), primary_key=True))
         elif kind is str:
             id_like = field in indexed
-            column_type = dialect.id_type() if id_like else dialect.text_type()
-            columns.append(Column(field, column_type, index=id_like))
+            column = Column(field, dialect.id_type() if id_like else dialect.text_type())
+            columns.append(column)
+            if id_like:
+                # Named here: SQLAlchemy would cut a long table's index name to end in 4 hex
+                # digits of a digest, which two long names in one schema may share.
+                indexes.append(Index(_index_name(f"ix_{name}_{field}"), column))
         elif kind is int:
             columns.append(Column(field, BigInteger))
         else:
@@ -558,7 +563,7 @@ def _new_tables(spec: ModeSpec, dialect: SqlDialect, name: str, schema: str | No
         sqlite_where=has_expiry,
         postgresql_where=has_expiry,
     )
-    header = Table(name, metadata, *columns, expiry, **dialect.table_options)
+    header = Table(name, metadata, *columns, *indexes, expiry, **dialect.table_options)
     runs = Table(
         f"{name}_runs",
         metadata,
