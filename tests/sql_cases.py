@@ -297,3 +297,29 @@ def check_schema_of_another_role(storage: SqlStorage, owner: SqlStorage) -> None
     read = owner.read("s")
     assert read is not None
     assert (read.version, read.memory) == (2, {"runs": _runs("s", 3)})
+
+
+def check_lock_held_past_a_timeout(storage: SqlStorage, admin: Engine, lock_header: str) -> None:
+    """With a server-side timeout set on ``storage``'s connections (in its URL), every call
+    that waits for a session's header while another transaction holds its lock raises
+    BackendUnavailableError, and the session stays as it was. ``lock_header`` locks the
+    header of session ``s`` (``{table}`` is the session table's name)."""
+    storage.upsert(AgentSession(session_id="s", user_id="u", memory={"runs": _runs("a", 2)}))
+    calls: list[Callable[[], object]] = [
+        lambda: storage.upsert(AgentSession(session_id="s", memory={"runs": _runs("b", 3)})),
+        lambda: storage.upsert(
+            AgentSession(session_id="s", memory={"runs": _runs("b", 3)}), expected_version=1
+        ),
+        lambda: storage.delete_session("s"),
+        lambda: storage.delete_user("u"),
+    ]
+    with admin.connect() as holder:
+        holder.execute(text(lock_header.format(table=storage.table_name)))
+        for call in calls:
+            with pytest.raises(BackendUnavailableError):
+                call()
+        holder.rollback()
+    got = storage.read("s")
+    assert got is not None
+    assert got.memory == {"runs": _runs("a", 2)}
+    assert got.version == 1

@@ -370,3 +370,15 @@ def test_a_user_that_may_only_use_a_database_another_made_creates_and_upgrades(
         with admin.begin() as conn:
             conn.execute(text(f"DROP DATABASE {database}"))
             conn.execute(text(f"DROP USER '{user}'@'%'"))
+
+
+@pytest.mark.parametrize("setting", ["innodb_lock_wait_timeout = 1", "max_statement_time = 0.3"])
+def test_a_lock_held_past_a_timeout_raises_backend_unavailable(
+    server: str, admin: Engine, table: str, setting: str
+) -> None:
+    url = make_url(server).update_query_dict({"init_command": f"SET SESSION {setting}"})
+    storage = MySQLStorage(table, db_url=url.render_as_string(False))
+    sql_cases.check_lock_held_past_a_timeout(
+        storage, admin, "SELECT 1 FROM {table} WHERE session_id = 's' FOR UPDATE"
+    )
+    storage.close()

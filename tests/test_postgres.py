@@ -266,3 +266,15 @@ def test_a_role_that_may_only_use_a_schema_another_role_made_creates_and_upgrade
         with admin.begin() as conn:
             conn.execute(text(f'DROP OWNED BY "{role}"'))
             conn.execute(text(f'DROP ROLE "{role}"'))
+
+
+@pytest.mark.parametrize("setting", ["lock_timeout", "statement_timeout"])
+def test_a_lock_held_past_a_timeout_raises_backend_unavailable(
+    server: str, admin: Engine, schema: str, setting: str
+) -> None:
+    url = make_url(server).update_query_dict({"options": f"-c {setting}=300"})
+    storage = PostgresStorage("sessions", schema=schema, db_url=url.render_as_string(False))
+    sql_cases.check_lock_held_past_a_timeout(
+        storage, admin, f"SELECT 1 FROM \"{schema}\".{{table}} WHERE session_id = 's' FOR UPDATE"
+    )
+    storage.close()

@@ -63,6 +63,11 @@ _UNAVAILABLE = frozenset(
         2006,  # server has gone away
         2013,  # lost connection during query
         2055,  # lost connection
+        # A statement stopped by the server's time limit, waiting for a lock as a rule,
+        # as PostgreSQL's statement_timeout stops one.
+        1317,  # query interrupted (KILL QUERY)
+        1969,  # max_statement_time exceeded (MariaDB)
+        3024,  # max_execution_time exceeded (MySQL)
     }
 )
 _DEADLOCK = 1213

@@ -145,9 +145,11 @@ class PostgresDialect(SqlDialect):
     def unavailable(self, error: BaseException) -> bool:
         import psycopg
 
+        # 55P03 (lock_not_available): a lock held past the connection's lock_timeout, as
+        # 57014 is one held past its statement_timeout.
         state = getattr(error, "sqlstate", None) or ""
         return isinstance(error, psycopg.OperationalError) and (
-            not state or state[:2] in ("08", "53", "57")
+            not state or state[:2] in ("08", "53", "57") or state == "55P03"
         )
 
     def missing_table(self, error: BaseException) -> bool:
