@@ -278,3 +278,19 @@ def test_a_lock_held_past_a_timeout_raises_backend_unavailable(
         storage, admin, f"SELECT 1 FROM \"{schema}\".{{table}} WHERE session_id = 's' FOR UPDATE"
     )
     storage.close()
+
+
+def test_text_travels_as_utf8_whatever_the_client_encoding_libpq_is_told(
+    server: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # libpq takes the client encoding from PGCLIENTENCODING, and a database's own encoding
+    # otherwise: LATIN1 could not carry an emoji, nor savegame's escapes (U+FDD0).
+    monkeypatch.setenv("PGCLIENTENCODING", "LATIN1")
+    storage = PostgresStorage("sessions", schema=schema, db_url=server)
+    data = {"text": "🎲 日本語 \x00 é"}
+    storage.upsert(AgentSession(session_id="🎲", user_id="é", session_data=data))
+    got = PostgresStorage("sessions", schema=schema, db_url=server, cache_bytes=0).read("🎲")
+    assert got is not None
+    assert got.session_data == data
+    assert storage.get_all_session_ids(user_id="é") == ["🎲"]
+    storage.close()

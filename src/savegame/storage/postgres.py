@@ -189,7 +189,15 @@ class PostgresStorage(ServerStorage):
         # nothing is prepared but the statements on one session's key (see execute()),
         # whose plan is the primary key's whatever the size of the table. A threshold no
         # statement reaches does that; None would turn preparing off, prepare=True too.
-        options = {"connect_timeout": connect_timeout, "prepare_threshold": _NEVER}
+        # libpq takes the client encoding from PGCLIENTENCODING or the database's encoding
+        # (LATIN1, SQL_ASCII), in which psycopg could not send an emoji or gives bytes
+        # for text; in UTF8 the server refuses what its encoding cannot hold (a
+        # SerializationError) and a SQL_ASCII database keeps the UTF-8 as it is sent.
+        options = {
+            "connect_timeout": connect_timeout,
+            "prepare_threshold": _NEVER,
+            "client_encoding": "utf8",
+        }
         return {"connect_args": options}
 
     def __init__(
