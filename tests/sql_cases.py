@@ -323,3 +323,34 @@ def check_lock_held_past_a_timeout(storage: SqlStorage, admin: Engine, lock_head
     assert got is not None
     assert got.memory == {"runs": _runs("a", 2)}
     assert got.version == 1
+
+
+def check_an_autocommit_engine(
+    make: Callable[[Engine], SqlStorage], engine: Engine, admin: Engine, runs_table: str
+) -> None:
+    """A storage on an ``engine`` made with ``isolation_level="AUTOCOMMIT"`` (and a server
+    timeout on locks) still writes and deletes each session in one transaction: a write or
+    a delete that fails half-way, on a run another transaction locks in ``runs_table``
+    (the storage's, as SQL names it), leaves the session as it was. And the engine's
+    connections still autocommit for the application after savegame has used them."""
+    storage = make(engine)
+    storage.upsert(AgentSession(session_id="s", memory={"runs": _runs("a", 2)}))
+    with admin.connect() as holder:
+        holder.execute(
+            text(f"SELECT 1 FROM {runs_table} WHERE session_id = 's' AND position = 1 FOR UPDATE")
+        )
+        with pytest.raises(BackendUnavailableError):
+            storage.upsert(AgentSession(session_id="s", memory={"runs": _runs("b", 3)}))
+        with pytest.raises(BackendUnavailableError):
+            storage.delete_session("s")
+        holder.rollback()
+    got = make(engine).read("s")
+    assert got is not None
+    assert got.memory == {"runs": _runs("a", 2)}
+    assert got.version == 1
+    with engine.connect() as conn:
+        conn.execute(text(f"DELETE FROM {runs_table}"))
+    with admin.connect() as conn:
+        left = conn.execute(text(f"SELECT COUNT(*) FROM {runs_table}")).scalar()
+    assert left == 0, "a statement the application ran on the engine was not committed"
+    storage.close()

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, inspect, make_url, text
+from sqlalchemy import Engine, create_engine, inspect, make_url, text
 
 from savegame import open_storage
 from savegame.errors import BackendUnavailableError, SerializationError
@@ -382,3 +382,16 @@ def test_a_lock_held_past_a_timeout_raises_backend_unavailable(
         storage, admin, "SELECT 1 FROM {table} WHERE session_id = 's' FOR UPDATE"
     )
     storage.close()
+
+
+def test_an_engine_in_autocommit_still_writes_each_session_in_one_transaction(
+    server: str, admin: Engine, table: str
+) -> None:
+    url = make_url(server).update_query_dict(
+        {"init_command": "SET SESSION innodb_lock_wait_timeout = 1"}
+    )
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    sql_cases.check_an_autocommit_engine(
+        lambda e: MySQLStorage(table, db_engine=e), engine, admin, f"{table}_runs"
+    )
+    engine.dispose()

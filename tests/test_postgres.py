@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, inspect, make_url, text
+from sqlalchemy import Engine, create_engine, inspect, make_url, text
 
 from savegame import open_storage
 from savegame.errors import InvalidIdentifierError
@@ -294,3 +294,17 @@ def test_text_travels_as_utf8_whatever_the_client_encoding_libpq_is_told(
     assert got.session_data == data
     assert storage.get_all_session_ids(user_id="é") == ["🎲"]
     storage.close()
+
+
+def test_an_engine_in_autocommit_still_writes_each_session_in_one_transaction(
+    server: str, admin: Engine, schema: str
+) -> None:
+    url = make_url(server).update_query_dict({"options": "-c lock_timeout=300"})
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    sql_cases.check_an_autocommit_engine(
+        lambda e: PostgresStorage("sessions", schema=schema, db_engine=e),
+        engine,
+        admin,
+        f'"{schema}".sessions_runs',
+    )
+    engine.dispose()

@@ -114,6 +114,7 @@ class MySQLDialect(SqlDialect):
     backends = ("mysql", "mariadb")
     example = "mysql+pymysql://user@host/db"
     read_isolation = "REPEATABLE READ"
+    write_isolation = "READ COMMITTED"
     # SQLAlchemy reads a table's options under the name of the engine's dialect: "mysql",
     # or "mariadb" for a mariadb:// URL.
     table_options = {
@@ -182,6 +183,14 @@ class MySQLDialect(SqlDialect):
             cursor.execute("SET SESSION group_concat_max_len = 4294967295")
             cursor.execute("SELECT @@session.max_allowed_packet")
             conn.savegame_packet_limit = int(cursor.fetchone()[0])
+
+    def autocommits(self, conn: Any) -> bool:
+        return bool(conn.get_autocommit())
+
+    def begin(self, conn: Any, write: bool) -> None:
+        if write and conn.get_autocommit():
+            # The session's autocommit stays the application's; COMMIT ends this one.
+            conn.begin()
 
     def execute(self, cursor: Any, sql: str, params: Any, keyed: bool) -> None:
         _fits(cursor.connection, sql, params)

@@ -83,6 +83,9 @@ def _string_agg(element: RunDigests, compiler: Any, **kw: Any) -> str:
 @contextmanager
 def _autocommitted(conn: Any) -> Iterator[None]:
     # In autocommit the statement goes alone, without a BEGIN and a COMMIT around it.
+    # The connection is left as it was found: one of an engine made in autocommit by the
+    # application must go on committing the application's statements.
+    was = conn.autocommit
     conn.autocommit = True
     try:
         yield
@@ -92,7 +95,7 @@ def _autocommitted(conn: Any) -> Iterator[None]:
         # connection is closed by the caller, not used again.
         status = conn.info.transaction_status
         if status == type(status).IDLE:
-            conn.autocommit = False
+            conn.autocommit = was
 
 
 class PostgresDialect(SqlDialect):
@@ -102,6 +105,7 @@ class PostgresDialect(SqlDialect):
     backends = ("postgresql", "postgres")
     example = "postgresql+psycopg://user@host/db"
     read_isolation = "REPEATABLE READ"
+    write_isolation = "READ COMMITTED"
 
     def json_type(self) -> TypeEngine[Any]:
         return Jsonb()
@@ -132,6 +136,14 @@ class PostgresDialect(SqlDialect):
 
     def one_statement(self, conn: Any) -> AbstractContextManager[None]:
         return _autocommitted(conn)
+
+    def autocommits(self, conn: Any) -> bool:
+        return bool(conn.autocommit)
+
+    def begin(self, conn: Any, write: bool) -> None:
+        if write and conn.autocommit:
+            # The connection's setting stays the application's; COMMIT ends this one.
+            conn.execute("BEGIN")
 
     def schema_lock(self, conn: Connection) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})

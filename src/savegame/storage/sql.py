@@ -222,6 +222,10 @@ class SqlDialect(ABC):
     settings: tuple[Any, ...] = ()
     """What :meth:`configure` sets on a connection; a connection is set up again when it differs."""
     read_isolation: ClassVar[str | None] = None
+    write_isolation: ClassVar[str | None] = None
+    """The isolation level of a write through SQLAlchemy on a connection that autocommits
+    (an engine made with ``isolation_level="AUTOCOMMIT"``), which would otherwise commit
+    each statement of the write apart."""
     names_ignore_case: ClassVar[bool] = False
     table_options: ClassVar[dict[str, Any]] = {}
     round_trips: ClassVar[bool] = True
@@ -293,11 +297,16 @@ class SqlDialect(ABC):
     def configure(self, conn: Any) -> None:
         """Sets up a new DBAPI connection before its first use by savegame."""
 
+    def autocommits(self, conn: Any) -> bool:
+        """Whether the DBAPI connection commits each statement by itself (an engine made
+        with ``isolation_level="AUTOCOMMIT"`` sets its connections so)."""
+        return False
+
     def begin(self, conn: Any, write: bool) -> None:
         """Starts a transaction on a DBAPI connection (by default its first statement does).
 
         A write transaction must take the locks that make reading the header and writing
-        on it one step.
+        on it one step, also on a connection that :meth:`autocommits`.
         """
 
     def end(self, conn: Any, commit: bool) -> None:
@@ -319,9 +328,14 @@ class SqlDialect(ABC):
             DeadConnection: when the connection, taken from the pool, is found dead while
                 its isolation level is set (a statement SQLAlchemy leaves to the driver).
         """
-        if not write and self.read_isolation is not None:
+        level = self.read_isolation
+        if write:
+            raw = conn.connection.driver_connection
+            level = self.write_isolation if self.autocommits(raw) else None
+        if level is not None:
+            # SQLAlchemy sets the connection back to the engine's level when it returns.
             try:
-                conn = conn.execution_options(isolation_level=self.read_isolation)
+                conn = conn.execution_options(isolation_level=level)
             except conn.dialect.loaded_dbapi.Error as exc:
                 if not dead(conn.dialect, exc, conn.connection.driver_connection):
                     raise
