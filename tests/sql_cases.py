@@ -19,10 +19,11 @@ import pytest
 from sqlalchemy import Engine, event, text
 
 from savegame.errors import BackendUnavailableError, StorageError
+from savegame.storage.session import Session
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.sql import SqlStorage
 from savegame.testing import Store
-from savegame.testing.contract import _lost_alone
+from savegame.testing.contract import _lost_alone, in_threads
 from tests.stores import write_original_table
 
 
@@ -354,3 +355,27 @@ def check_an_autocommit_engine(
         left = conn.execute(text(f"SELECT COUNT(*) FROM {runs_table}")).scalar()
     assert left == 0, "a statement the application ran on the engine was not committed"
     storage.close()
+
+
+def check_an_engine_of_one_connection(make: Callable[[Engine], SqlStorage], engine: Engine) -> None:
+    """Storages on the application's ``engine``, whose pool holds one connection, keep none
+    of it between calls: the application gets it after each call, storages opened later
+    too, and threads sharing the engine take it in turn."""
+    storage = make(engine)
+    storage.upsert(AgentSession(session_id="s", session_data={"n": 0}))
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT 1")).scalar() == 1
+    assert make(engine).read("s") is not None
+
+    def add_one(session: Session | None) -> Session:
+        assert isinstance(session, AgentSession)
+        assert session.session_data is not None
+        session.session_data["n"] += 1
+        return session
+
+    in_threads(4, lambda _: [make(engine).update("s", add_one) for _ in range(10)])
+    got = storage.read("s")
+    assert got is not None
+    assert got.session_data == {"n": 40}
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT 1")).scalar() == 1

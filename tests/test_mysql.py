@@ -390,8 +390,16 @@ def test_an_engine_in_autocommit_still_writes_each_session_in_one_transaction(
     url = make_url(server).update_query_dict(
         {"init_command": "SET SESSION innodb_lock_wait_timeout = 1"}
     )
-    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    engine = create_engine(url, isolation_level="AUTOCOMMIT", pool_size=1, max_overflow=0)
     sql_cases.check_an_autocommit_engine(
         lambda e: MySQLStorage(table, db_engine=e), engine, admin, f"{table}_runs"
     )
+    engine.dispose()
+
+
+def test_an_engine_of_one_connection_is_shared_with_the_application(
+    server: str, table: str
+) -> None:
+    engine = create_engine(server, pool_size=1, max_overflow=0, pool_timeout=3)
+    sql_cases.check_an_engine_of_one_connection(lambda e: MySQLStorage(table, db_engine=e), engine)
     engine.dispose()

@@ -300,11 +300,21 @@ def test_an_engine_in_autocommit_still_writes_each_session_in_one_transaction(
     server: str, admin: Engine, schema: str
 ) -> None:
     url = make_url(server).update_query_dict({"options": "-c lock_timeout=300"})
-    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    engine = create_engine(url, isolation_level="AUTOCOMMIT", pool_size=1, max_overflow=0)
     sql_cases.check_an_autocommit_engine(
         lambda e: PostgresStorage("sessions", schema=schema, db_engine=e),
         engine,
         admin,
         f'"{schema}".sessions_runs',
+    )
+    engine.dispose()
+
+
+def test_an_engine_of_one_connection_is_shared_with_the_application(
+    server: str, schema: str
+) -> None:
+    engine = create_engine(server, pool_size=1, max_overflow=0, pool_timeout=3)
+    sql_cases.check_an_engine_of_one_connection(
+        lambda e: PostgresStorage("sessions", schema=schema, db_engine=e), engine
     )
     engine.dispose()

@@ -700,7 +700,7 @@ def shared_engine(url: URL, **options: Any) -> Engine:
     with _SHARED_LOCK:
         entry = _SHARED.get(key)
         if entry is None:
-            entry = _SHARED[key] = [create_engine(url, **options), 0]
+            entry = _SHARED[key] = [made_here(create_engine(url, **options)), 0]
         entry[1] += 1
         engine: Engine = entry[0]
         return engine
@@ -1041,7 +1041,12 @@ class _Spare:
     """One pooled connection of an engine kept out between calls, for the next call of any
     storage on that engine: taking a connection from the pool and giving it back costs more
     than a small read. One per engine, so that storages made in numbers (one per request,
-    say) never hold more connections than the pool would have lent them."""
+    say) never hold more connections than the pool would have lent them.
+
+    Only on engines savegame made (:func:`made_here`): an engine the application passes in
+    is the application's, whose pool may hold a single connection, which the application
+    and savegame's calls through SQLAlchemy would then wait for in vain.
+    """
 
     __slots__ = ("_fairy", "_lock")
 
@@ -1070,12 +1075,33 @@ class _Spare:
             fairy.invalidate()
 
 
+class _NoSpare(_Spare):
+    """Keeps no connection: each call gives its own back to the pool."""
+
+    __slots__ = ()
+
+    def keep(self, fairy: Any) -> bool:
+        return False
+
+
 _SPARES: weakref.WeakKeyDictionary[Engine, _Spare] = weakref.WeakKeyDictionary()
 _SPARES_GUARD = threading.Lock()
+_MADE: weakref.WeakSet[Engine] = weakref.WeakSet()
+_NO_SPARE = _NoSpare()
+
+
+def made_here(engine: Engine) -> Engine:
+    """``engine``, noted as one savegame made, on which storages keep a spare connection
+    (see :class:`_Spare`)."""
+    with _SPARES_GUARD:
+        _MADE.add(engine)
+    return engine
 
 
 def _spare_of(engine: Engine) -> _Spare:
     with _SPARES_GUARD:
+        if engine not in _MADE:
+            return _NO_SPARE
         spare = _SPARES.get(engine)
         if spare is None:
             spare = _SPARES[engine] = _Spare()

@@ -43,6 +43,7 @@ from savegame.storage.sql import (
     SqlDialect,
     SqlStorage,
     database_url,
+    made_here,
     on_conflict_update,
     shared_engine,
 )
@@ -180,8 +181,8 @@ def make_engine(url: str | URL, busy_timeout: float = 30.0) -> Engine:
     """
     parsed = make_url(url)
     if in_memory(parsed):
-        return create_engine(
-            parsed, poolclass=StaticPool, connect_args={"check_same_thread": False}
+        return made_here(
+            create_engine(parsed, poolclass=StaticPool, connect_args={"check_same_thread": False})
         )
     return shared_engine(parsed, connect_args={"check_same_thread": False, "timeout": busy_timeout})
 
