@@ -403,3 +403,26 @@ def test_an_engine_of_one_connection_is_shared_with_the_application(
     engine = create_engine(server, pool_size=1, max_overflow=0, pool_timeout=3)
     sql_cases.check_an_engine_of_one_connection(lambda e: MySQLStorage(table, db_engine=e), engine)
     engine.dispose()
+
+
+def test_a_value_the_json_columns_of_an_upgraded_original_table_refuse_is_a_serialization_error(
+    server: str, table: str
+) -> None:
+    # The original's JSON columns stay JSON, which MariaDB checks with json_valid: nesting
+    # deeper than 32 levels fails the check (MySQL refuses more than 100).
+    write_original_table(
+        server, table, None, [{"session_id": "a", "session_data": {"n": 1}, "created_at": 1}]
+    )
+    storage = MySQLStorage(table, db_url=server)
+    storage.upgrade_schema()
+    deep: dict[str, object] = {"leaf": 1}
+    for _ in range(120):
+        deep = {"d": deep}
+    for session_id in ("a", "new"):
+        with pytest.raises(SerializationError):
+            storage.upsert(AgentSession(session_id=session_id, session_data=deep))
+    got = MySQLStorage(table, db_url=server, cache_bytes=0).read("a")
+    assert got is not None
+    assert got.session_data == {"n": 1}
+    assert storage.get_all_session_ids() == ["a"]
+    storage.close()

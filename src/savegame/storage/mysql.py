@@ -72,6 +72,14 @@ _UNAVAILABLE = frozenset(
 )
 _DEADLOCK = 1213
 _PACKET_TOO_LARGE = 1153
+_REFUSED_JSON = frozenset(
+    {
+        3140,  # invalid JSON text (MySQL's JSON type)
+        3157,  # JSON document nested too deep (MySQL's JSON type)
+        3819,  # CHECK constraint violated (MySQL)
+        4025,  # CHECK constraint failed: MariaDB's JSON is LONGTEXT checked by json_valid
+    }
+)
 _NO_SUCH_TABLE = 1146
 _NO_SUCH_COLUMN = 1054
 _TABLE_CHANGED = 1412
@@ -248,8 +256,10 @@ class MySQLDialect(SqlDialect):
 
     def refused(self, error: BaseException, dbapi: Any) -> bool:
         # A session larger than the server's max_allowed_packet: the server says so and
-        # drops the connection, which the pool then replaces.
-        return super().refused(error, dbapi) or _code(error) == _PACKET_TOO_LARGE
+        # drops the connection, which the pool then replaces. A JSON column of a table the
+        # original made refuses a value nested deeper than the JSON type takes.
+        code = _code(error)
+        return super().refused(error, dbapi) or code == _PACKET_TOO_LARGE or code in _REFUSED_JSON
 
     def retryable(self, error: BaseException, dbapi: Any) -> bool:
         return super().retryable(error, dbapi) or _code(error) == _DEADLOCK
