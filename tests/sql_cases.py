@@ -379,3 +379,29 @@ def check_an_engine_of_one_connection(make: Callable[[Engine], SqlStorage], engi
     assert got.session_data == {"n": 40}
     with engine.connect() as conn:
         assert conn.execute(text("SELECT 1")).scalar() == 1
+
+
+def check_an_engine_of_another_isolation_level(
+    make: Callable[[Engine], SqlStorage], engine: Engine
+) -> None:
+    """Threads updating one session through storages on an ``engine`` made with a stricter
+    isolation level than savegame's writes need lose no update and raise nothing: the
+    writes, ordered by their row locks, do not fail as serialization conflicts."""
+    make(engine).upsert(AgentSession(session_id="s", session_data={"n": 0}))
+
+    def add_one(session: Session | None) -> Session:
+        assert isinstance(session, AgentSession)
+        assert session.session_data is not None
+        session.session_data["n"] += 1
+        return session
+
+    def work(n: int) -> None:
+        storage = make(engine)
+        for i in range(50):
+            storage.update("s", add_one)
+            storage.upsert(AgentSession(session_id="t", session_data={"by": n, "i": i}))
+
+    in_threads(4, work)
+    got = make(engine).read("s")
+    assert got is not None
+    assert got.session_data == {"n": 200}

@@ -318,3 +318,14 @@ def test_an_engine_of_one_connection_is_shared_with_the_application(
         lambda e: PostgresStorage("sessions", schema=schema, db_engine=e), engine
     )
     engine.dispose()
+
+
+@pytest.mark.parametrize("level", ["REPEATABLE READ", "SERIALIZABLE"])
+def test_an_engine_of_a_stricter_isolation_level_loses_no_update(
+    server: str, schema: str, level: str
+) -> None:
+    engine = create_engine(server, isolation_level=level)
+    sql_cases.check_an_engine_of_another_isolation_level(
+        lambda e: PostgresStorage("sessions", schema=schema, db_engine=e), engine
+    )
+    engine.dispose()

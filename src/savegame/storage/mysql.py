@@ -192,7 +192,7 @@ class MySQLDialect(SqlDialect):
             cursor.execute("SELECT @@session.max_allowed_packet")
             conn.savegame_packet_limit = int(cursor.fetchone()[0])
 
-    def autocommits(self, conn: Any) -> bool:
+    def other_level(self, conn: Any) -> bool:
         return bool(conn.get_autocommit())
 
     def begin(self, conn: Any, write: bool) -> None:

@@ -45,6 +45,10 @@ from savegame.storage.url import StorageURL
 _SCHEMA_LOCK = 0x5A7E_6A3E
 """The advisory lock key under which savegame changes schemas and tables."""
 
+_READ_COMMITTED = (None, 2)
+"""psycopg's isolation levels of a connection that runs in READ COMMITTED: the server's
+default (None), and ``IsolationLevel.READ_COMMITTED``."""
+
 _NEVER = 2**31 - 1
 """A prepare threshold no statement reaches: psycopg prepares only what is asked to."""
 
@@ -137,13 +141,19 @@ class PostgresDialect(SqlDialect):
     def one_statement(self, conn: Any) -> AbstractContextManager[None]:
         return _autocommitted(conn)
 
-    def autocommits(self, conn: Any) -> bool:
-        return bool(conn.autocommit)
+    def other_level(self, conn: Any) -> bool:
+        return bool(conn.autocommit) or conn.isolation_level not in _READ_COMMITTED
 
     def begin(self, conn: Any, write: bool) -> None:
-        if write and conn.autocommit:
-            # The connection's setting stays the application's; COMMIT ends this one.
-            conn.execute("BEGIN")
+        # A write reads the header under its row lock: in REPEATABLE READ or SERIALIZABLE,
+        # one that waited for another writer's lock would fail as a serialization conflict.
+        # The connection's settings stay the application's; COMMIT ends this transaction.
+        if not write:
+            return
+        if conn.autocommit:
+            conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+        elif conn.isolation_level not in _READ_COMMITTED:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
 
     def schema_lock(self, conn: Connection) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})

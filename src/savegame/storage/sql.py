@@ -223,9 +223,9 @@ class SqlDialect(ABC):
     """What :meth:`configure` sets on a connection; a connection is set up again when it differs."""
     read_isolation: ClassVar[str | None] = None
     write_isolation: ClassVar[str | None] = None
-    """The isolation level of a write through SQLAlchemy on a connection that autocommits
-    (an engine made with ``isolation_level="AUTOCOMMIT"``), which would otherwise commit
-    each statement of the write apart."""
+    """The isolation level of a write through SQLAlchemy on a connection of another level
+    (:meth:`other_level`), where it would commit each statement of the write apart or fail
+    as a serialization conflict where the row locks order writers."""
     names_ignore_case: ClassVar[bool] = False
     table_options: ClassVar[dict[str, Any]] = {}
     round_trips: ClassVar[bool] = True
@@ -297,16 +297,18 @@ class SqlDialect(ABC):
     def configure(self, conn: Any) -> None:
         """Sets up a new DBAPI connection before its first use by savegame."""
 
-    def autocommits(self, conn: Any) -> bool:
-        """Whether the DBAPI connection commits each statement by itself (an engine made
-        with ``isolation_level="AUTOCOMMIT"`` sets its connections so)."""
+    def other_level(self, conn: Any) -> bool:
+        """Whether the DBAPI connection runs a write otherwise than in a transaction of
+        :attr:`write_isolation`, as far as the driver tells without asking the server: it
+        commits each statement by itself, or another level was set (an engine made with
+        ``isolation_level="AUTOCOMMIT"``, or ``"SERIALIZABLE"``, sets its connections so)."""
         return False
 
     def begin(self, conn: Any, write: bool) -> None:
         """Starts a transaction on a DBAPI connection (by default its first statement does).
 
         A write transaction must take the locks that make reading the header and writing
-        on it one step, also on a connection that :meth:`autocommits`.
+        on it one step, also on a connection of :meth:`other_level`.
         """
 
     def end(self, conn: Any, commit: bool) -> None:
@@ -331,7 +333,7 @@ class SqlDialect(ABC):
         level = self.read_isolation
         if write:
             raw = conn.connection.driver_connection
-            level = self.write_isolation if self.autocommits(raw) else None
+            level = self.write_isolation if self.other_level(raw) else None
         if level is not None:
             # SQLAlchemy sets the connection back to the engine's level when it returns.
             try:
