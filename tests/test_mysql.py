@@ -47,6 +47,20 @@ def test_ids_differing_in_case_or_trailing_spaces_are_different_sessions(
     storage.close()
 
 
+@pytest.mark.parametrize("option", ["use_unicode=false", "charset=latin1"])
+def test_driver_options_that_would_change_what_text_is_are_overridden(
+    server: str, table: str, option: str
+) -> None:
+    # Text must come back as str, in utf8mb4; PyMySQL's use_unicode=false gave bytes, on
+    # which the first read failed with a TypeError.
+    storage = MySQLStorage(table, db_url=f"{server}?{option}")
+    storage.upsert(AgentSession(session_id="🎲", user_id="ü", memory={"runs": [{"t": "🎲"}]}))
+    got = MySQLStorage(table, db_url=f"{server}?{option}", cache_bytes=0).read("🎲")
+    assert got is not None
+    assert (got.user_id, got.memory) == ("ü", {"runs": [{"t": "🎲"}]})
+    storage.close()
+
+
 def test_an_upgraded_original_table_tells_ids_apart_byte_for_byte(server: str, table: str) -> None:
     # The original's ids are VARCHAR in the database's collation (case-insensitive, trailing
     # spaces ignored): once upgraded, "A" must not read, overwrite or erase the session "a".

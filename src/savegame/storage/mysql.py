@@ -339,7 +339,9 @@ class MySQLStorage(ServerStorage):
             # connection would cost a round trip each time a connection goes back.
             "pool_reset_on_return": None,
             "connect_args": {
+                # Whatever the URL asks: savegame's text is str, in utf8mb4.
                 "charset": "utf8mb4",
+                "use_unicode": True,
                 "connect_timeout": connect_timeout,
                 # The client's own cap; the server's max_allowed_packet still applies.
                 "max_allowed_packet": 1 << 30,
