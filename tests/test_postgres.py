@@ -110,6 +110,46 @@ def test_the_original_table_is_read_upgraded_and_written(
     storage.close()
 
 
+def test_an_upgraded_original_table_orders_ids_by_code_point_as_a_new_one_does(
+    server: str, admin: Engine, schema: str
+) -> None:
+    # The original's id columns take the database's collation (en_US.UTF-8 on many
+    # servers), in which "a" comes before "B": listings break ties by code point, "B" first.
+    ids = ["a", "B", "ä", "Z"]
+    rows = [{"session_id": i, "user_id": "u", "agent_id": "e", "created_at": 1} for i in ids]
+    write_original_table(server, "legacy", schema, rows)
+    with admin.begin() as conn:
+        for column in ("session_id", "user_id", "agent_id"):
+            conn.execute(
+                text(
+                    f'ALTER TABLE "{schema}".legacy ALTER COLUMN {column} TYPE VARCHAR(255) '
+                    'COLLATE "en-x-icu"'
+                )
+            )
+    storage = PostgresStorage("legacy", schema=schema, db_url=server)
+    storage.upgrade_schema()
+    fresh = PostgresStorage("fresh", schema=schema, db_url=server)
+    for sid in ids:
+        fresh.upsert(AgentSession(session_id=sid, user_id="u", agent_id="e", created_at=1))
+    expected = sorted(ids)
+    for listed in (storage, fresh):
+        assert listed.get_all_session_ids() == expected
+        assert listed.get_all_session_ids(user_id="u", entity_id="e") == expected
+    with admin.connect() as conn:
+        collations = conn.execute(
+            text(
+                "SELECT column_name, collation_name FROM information_schema.columns "
+                "WHERE table_schema = :s AND table_name = 'legacy' AND column_name IN "
+                "('session_id', 'user_id', 'agent_id')"
+            ),
+            {"s": schema},
+        ).all()
+    assert sorted(collations) == [("agent_id", "C"), ("session_id", "C"), ("user_id", "C")]
+    storage.upgrade_schema()
+    storage.close()
+    fresh.close()
+
+
 @pytest.mark.parametrize("bad", ["a b", 'x"y', "s;drop", ""])
 def test_schema_and_table_names_are_checked(bad: str) -> None:
     with pytest.raises(InvalidIdentifierError):

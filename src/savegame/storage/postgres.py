@@ -117,6 +117,29 @@ class PostgresDialect(SqlDialect):
     def id_type(self) -> TypeEngine[Any]:
         return String(codec.MAX_ID_LENGTH, collation="C")
 
+    def adopt_id_types(self, conn: Connection, table: Table) -> None:
+        # The original's id columns take the database's collation (en_US.UTF-8 on many
+        # servers), in which listings would break ties otherwise than in savegame's own
+        # tables, by code point. Their type stays: the original took ids of any length.
+        names = [c.name for c in table.c if getattr(c.type, "collation", None) == "C"]
+        preparer = conn.dialect.identifier_preparer
+        qualified = preparer.format_table(table)
+        found = conn.execute(
+            text(
+                "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+                "JOIN pg_collation c ON c.oid = a.attcollation "
+                "WHERE a.attrelid = CAST(:table AS regclass) AND a.attname = ANY(:names) "
+                "AND NOT a.attisdropped AND c.collname <> 'C'"
+            ),
+            {"table": qualified, "names": names},
+        ).all()
+        if found:
+            changes = ", ".join(
+                f'ALTER COLUMN {preparer.quote(name)} TYPE {kind} COLLATE "C"'
+                for name, kind in found
+            )
+            conn.exec_driver_sql(f"ALTER TABLE {qualified} {changes}")
+
     def dumps(self, value: Any, text: str | None = None) -> str:
         # JSONB keeps numbers as NUMERIC and prints 6.6e+16 back as 66000000000000000, an int
         # once parsed; the same value written with a decimal point comes back as a float.

@@ -354,8 +354,10 @@ class SqlDialect(ABC):
 
     def adopt_id_types(self, conn: Connection, table: Table) -> None:
         """Gives the id columns of ``table``, a table written by the original, the type
-        savegame makes them with, where the original's compares ids otherwise (MySQL's
-        collations fold case and ignore trailing spaces)."""
+        savegame makes them with, where the original's compares or orders ids otherwise
+        (MySQL's collations fold case and ignore trailing spaces; PostgreSQL's database
+        collation orders them by locale, not code point). Called by every upgrade: it
+        changes only what is not so yet."""
 
     def create_schema(self, conn: Connection, schema: str | None) -> None:
         """Makes ``schema`` when it is missing (None: the connection's default is used).
