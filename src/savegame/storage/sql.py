@@ -60,6 +60,7 @@ import functools
 import hashlib
 import importlib
 import json
+import os
 import random
 import re
 import threading
@@ -70,7 +71,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any, ClassVar, NamedTuple, TypeVar
+from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 from urllib.parse import urlencode
 
 from sqlalchemy import (
@@ -170,6 +171,7 @@ _ARRAY = json.JSONDecoder(strict=False)
 included."""
 
 T = TypeVar("T")
+Inherited = Literal["forsake", "close", "keep"]
 
 
 class JsonText(UserDefinedType[Any]):
@@ -210,6 +212,11 @@ class SqlDialect(ABC):
         names_ignore_case: whether table names that differ only in case name one table.
         round_trips: whether each statement goes to a server and back (False for an
             embedded database, where fewer statements matter less than simpler ones).
+        inherited: what a process forked from one that used the engine does with the
+            connections it inherited (see :func:`_after_fork`): ``"forsake"`` them unused (a
+            server's, which the parent goes on using), ``"close"`` them (SQLite's: the
+            child does not hold their file locks), or ``"keep"`` them (an in-memory
+            database, of which the child has a copy of its own).
     """
 
     title: ClassVar[str] = "SQL"
@@ -229,6 +236,7 @@ class SqlDialect(ABC):
     names_ignore_case: ClassVar[bool] = False
     table_options: ClassVar[dict[str, Any]] = {}
     round_trips: ClassVar[bool] = True
+    inherited: Inherited = "forsake"
 
     # -- types and serialization ----------------------------------------------------------
 
@@ -1050,13 +1058,18 @@ class _Spare:
     Only on engines savegame made (:func:`made_here`): an engine the application passes in
     is the application's, whose pool may hold a single connection, which the application
     and savegame's calls through SQLAlchemy would then wait for in vain.
-    """
 
-    __slots__ = ("_fairy", "_lock")
+    ``inherited`` is what a forked child does with the engine's connections (see
+    :attr:`SqlDialect.inherited`), on every engine; ``keeps``: whether the engine is one
+    savegame made, whose connection is kept."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_fairy", "_lock", "inherited", "keeps")
+
+    def __init__(self, inherited: Inherited, keeps: bool) -> None:
         self._lock = threading.Lock()
         self._fairy: Any = None
+        self.inherited = inherited
+        self.keeps = keeps
 
     def take(self) -> Any:
         """The kept connection (None when there is none), which is no longer kept."""
@@ -1065,9 +1078,10 @@ class _Spare:
         return fairy
 
     def keep(self, fairy: Any) -> bool:
-        """Keeps ``fairy`` for the next call, unless one is kept already."""
+        """Keeps ``fairy`` for the next call, unless one is kept already (or the engine
+        is the application's)."""
         with self._lock:
-            if self._fairy is not None:
+            if self._fairy is not None or not self.keeps:
                 return False
             self._fairy = fairy
             return True
@@ -1078,20 +1092,26 @@ class _Spare:
         if fairy is not None:
             fairy.invalidate()
 
-
-class _NoSpare(_Spare):
-    """Keeps no connection: each call gives its own back to the pool."""
-
-    __slots__ = ()
-
-    def keep(self, fairy: Any) -> bool:
-        return False
+    def after_fork(self, engine: Engine) -> None:
+        """In a child just forked: lets go of the connections of ``engine`` made by the
+        parent, so that the child's calls make their own (see :func:`_after_fork`)."""
+        self._lock = threading.Lock()  # another thread of the parent may have held it
+        if self.inherited == "keep":
+            return
+        fairy, self._fairy = self._fairy, None
+        if fairy is not None:
+            if self.inherited == "close":
+                fairy.invalidate()
+            else:
+                # Out of the pool, it is never given back, so never rolled back; a server
+                # driver's connection collected in a child does not end the session.
+                fairy.detach()
+        engine.dispose(close=self.inherited == "close")
 
 
 _SPARES: weakref.WeakKeyDictionary[Engine, _Spare] = weakref.WeakKeyDictionary()
 _SPARES_GUARD = threading.Lock()
 _MADE: weakref.WeakSet[Engine] = weakref.WeakSet()
-_NO_SPARE = _NoSpare()
 
 
 def made_here(engine: Engine) -> Engine:
@@ -1102,15 +1122,36 @@ def made_here(engine: Engine) -> Engine:
     return engine
 
 
-def _spare_of(engine: Engine) -> _Spare:
+def _spare_of(engine: Engine, inherited: Inherited) -> _Spare:
     with _SPARES_GUARD:
-        if engine not in _MADE:
-            return _NO_SPARE
         spare = _SPARES.get(engine)
         if spare is None:
-            spare = _SPARES[engine] = _Spare()
+            spare = _SPARES[engine] = _Spare(inherited, engine in _MADE)
             event.listen(engine, "engine_disposed", spare.close)
         return spare
+
+
+def _after_fork() -> None:
+    """Runs in the child of every ``os.fork()`` of a process that imported this module.
+
+    A child that went on using the connections it inherited would share each with its
+    parent: two processes writing requests on one socket and reading each other's replies
+    (a read given another session's rows, a commit ending the other's transaction), and, in
+    SQLite, a connection whose file locks stayed with the parent: the parent, closing its
+    own, took the database for unused and removed the write-ahead log that held the child's
+    acknowledged writes. So every engine a storage used gets a new pool in the child, and
+    the child's calls connect anew. SQLAlchemy's own advice for a pool in a forked child
+    (``engine.dispose(close=False)``), extended to the connection savegame keeps out of it.
+    """
+    global _SPARES_GUARD, _SHARED_LOCK, _ENGINE_LOCKS_GUARD
+    _SPARES_GUARD, _SHARED_LOCK = threading.Lock(), threading.Lock()
+    _ENGINE_LOCKS_GUARD = threading.Lock()
+    for engine, spare in list(_SPARES.items()):
+        spare.after_fork(engine)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 class SqlStorage(Storage):
@@ -1179,7 +1220,7 @@ class SqlStorage(Storage):
         self._layout_lock = threading.Lock()
         self._known = KnownSessions(cache_bytes)
         self._guarding = _Guard(self)
-        self._spare = _spare_of(engine)
+        self._spare = _spare_of(engine, dialect.inherited)
         self._run_codec = RunEncoder(self._known, dialect.dumps, _digest)
         self._guess_new = True
         self._doubt_record = False

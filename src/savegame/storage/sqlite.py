@@ -96,6 +96,7 @@ class SqliteDialect(SqlDialect):
         self.busy_timeout = busy_timeout
         self.wal = wal
         self.settings = (synchronous, busy_timeout, wal)
+        self.inherited = "close" if wal else "keep"
 
     def upsert(self, table: Table, keys: Sequence[str]) -> Executable:
         return on_conflict_update(insert(table), keys)

@@ -543,6 +543,45 @@ class _Forks:
         return self._errors.read().decode(errors="replace")[-3000:]
 
 
+def _forked_child(store: Store, storage: Storage, said: int, go: int) -> None:
+    """The child of the fork test: calls ``storage``, made and used by the parent, while
+    the parent calls it too, then writes on after the parent closed it (``go``); prints
+    ``k<i>`` to ``said`` for each write that returned, a traceback if one failed."""
+    code = 1
+    try:
+        with os.fdopen(said, "w", buffering=1) as out:
+            try:
+                for i in range(40):
+                    if i == 20:
+                        os.read(go, 2)
+                    got = storage.read(f"s{i % 4}")
+                    assert got is not None
+                    assert got.session_data == {"n": i % 4}  # type: ignore[attr-defined]
+                    storage.upsert(_session(store, f"k{i}", user_id="k"))
+                    print(f"k{i}", file=out)
+                    storage.update("c", _bump(10))
+                    assert len(storage.get_all_session_ids(user_id="u")) == 4
+                code = 0
+            except BaseException:  # noqa: BLE001 - told to the parent, which fails the test
+                traceback.print_exc(file=out)
+    finally:
+        os._exit(code)
+
+
+def _wait_child(pid: int, bound: float) -> int:
+    """The exit code of child ``pid``, which is killed if it has not ended within ``bound``
+    seconds (it hung)."""
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
 def _run_workers(store: Store, commands: list[list[Any]]) -> list[str]:
     """Runs the worker's ``commands`` in processes at once; the lines they printed."""
     with _Forks(store) as forks:
@@ -2482,6 +2521,56 @@ class BackendContract:
             assert check_session(backend_store.mode, got, 2048) >= last
             assert sid in listed
         storage.get_all_sessions(user_id="user-1")
+
+    def test_a_storage_used_before_a_fork_works_in_both_processes_and_loses_nothing(
+        self, backend_store: Store
+    ) -> None:
+        # A storage used before a worker pool forks (a preloading web server): the child's
+        # calls must not go out on the parent's connections, whose replies the two
+        # processes would then read in turn, nor rely on the parent's database locks, which
+        # a child does not inherit (SQLite then took a child's writes for no one's when
+        # the parent closed its storage, and dropped them).
+        if not hasattr(os, "fork"):
+            pytest.skip("no fork on this platform")
+        storage = backend_store.require("processes")
+        for i in range(4):
+            storage.upsert(_session(backend_store, f"s{i}", user_id="u", session_data={"n": i}))
+        storage.update("c", _bump(0))
+        assert storage.read("s0") is not None
+        said_r, said_w = os.pipe()
+        go_r, go_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through the pipe
+            os.close(said_r)
+            os.close(go_w)
+            _forked_child(backend_store, storage, said_w, go_r)
+        os.close(said_w)
+        os.close(go_r)
+        try:
+            for i in range(40):
+                got = storage.read(f"s{i % 4}")
+                assert got is not None
+                assert got.session_data == {"n": i % 4}  # type: ignore[attr-defined]
+                storage.upsert(_session(backend_store, f"p{i}", user_id="p"))
+                storage.update("c", _bump(1))
+                assert len(storage.get_all_session_ids(user_id="u")) == 4
+            storage.close()
+        finally:
+            os.write(go_w, b"go")
+            os.close(go_w)
+            code = _wait_child(pid, 120)
+            with os.fdopen(said_r) as said:
+                lines = said.read().splitlines()
+        assert code == 0, "\n".join(lines[-40:])
+        reopened = backend_store()
+        acked = [line for line in lines if line.startswith("k")]
+        assert len(acked) == 40
+        lost = [sid for sid in acked if reopened.read(sid) is None]
+        assert lost == [], f"acknowledged in the child and lost: {lost}"
+        assert len(reopened.get_all_session_ids(user_id="p")) == 40
+        got = reopened.read("c")
+        assert got is not None
+        assert got.session_data == {"n": 40 + 40 * 10}  # type: ignore[attr-defined]
 
     def test_readers_never_see_a_torn_session(self, backend_store: Store) -> None:
         storage = backend_store.require("processes")
