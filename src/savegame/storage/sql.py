@@ -89,6 +89,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    exists,
     func,
     inspect,
     literal_column,
@@ -2408,11 +2409,16 @@ class SqlStorage(Storage):
                 return False
             with self._transaction(True) as conn:
                 # The header first, then the runs: the order a write locks them in, so
-                # that a delete and a write of one session never deadlock.
+                # that a delete and a write of one session never deadlock. Then only runs
+                # left without a header: where there was no header to delete, a write may
+                # have made the session since, and the runs' statement sees its runs.
                 result = conn.execute(delete(header).where(header.c.session_id == session_id))
                 if "run_count" in layout.columns:
                     runs_table = self.runs_table
-                    conn.execute(delete(runs_table).where(runs_table.c.session_id == session_id))
+                    alone = ~exists().where(header.c.session_id == session_id)
+                    conn.execute(
+                        delete(runs_table).where(runs_table.c.session_id == session_id, alone)
+                    )
                 return bool(result.rowcount)
 
         return self._call(lambda: self._again_on_deadlock(remove))

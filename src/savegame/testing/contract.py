@@ -2240,6 +2240,33 @@ class BackendContract:
         with _lossy(backend_store, "hold_reply") as link:
             check_call_cut_short(link)
 
+    def test_a_delete_that_finds_nothing_leaves_a_session_saved_meanwhile_whole(
+        self, backend_store: Store
+    ) -> None:
+        # A delete of a session that is not there yet, while another storage saves it: the
+        # reply to the delete's first request is held until the save is made. A SQL
+        # server's delete, finding no header, went on to remove the runs by their session
+        # id, those of the save made meanwhile, and left a header that every read refused.
+        # The id holds its first word in hex, the marker, which the request holds whether
+        # the driver sends the id as text or in hex (MySQL).
+        session_id = "meanwhile-" + b"meanwhile".hex()
+        with _lossy(backend_store, "hold_reply") as link:
+            assert link.hold_reply is not None
+            runs = [{"run_id": f"r{i}", "content": f"turn {i}"} for i in range(3)]
+            link.storage.upsert(_agent("there"))
+            saved: list[Session] = []
+
+            def save() -> None:
+                saved.append(link.other.upsert(_agent(session_id, memory={"runs": runs})))
+
+            link.hold_reply(b"meanwhile".hex().encode(), save)
+            link.storage.delete_session(session_id)
+            assert saved, "the delete's reply was not held: the test did not test"
+            for reader in (link.other, link.storage, backend_store()):
+                got = _outcome(partial(reader.read, session_id))
+                assert not isinstance(got, CorruptSessionError), got
+                assert got is None or got.memory == {"runs": runs}, got
+
     def test_expiry_hides_then_purges(self, backend_store: Store) -> None:
         # Times are whole seconds, so a session lives between expire - 1 and expire seconds:
         # with expire=1 a read in the next millisecond may already find it gone.
