@@ -957,3 +957,42 @@ def test_a_storage_made_before_a_fork_writes_in_each_process(
     assert os.waitstatus_to_exitcode(status) == 0
     assert len(cls(tmp_path).get_all_session_ids(user_id="u")) == 41
     assert len(storage.get_all_session_ids(user_id="u")) == 41
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+@pytest.mark.parametrize("cls", FORMATS)
+def test_a_fork_while_another_thread_waits_for_the_folder_leaves_the_child_working(
+    tmp_path: Path, cls: type[FileStorage]
+) -> None:
+    # Forked while another thread of the parent waits for the folder's lock (held by
+    # another writer): the child, where that thread does not go on, waited for ever for
+    # it to give back the storage's thread lock.
+    from filelock import FileLock
+
+    from savegame.testing.contract import _wait_child
+
+    storage = cls(tmp_path)
+    storage.upsert(AgentSession(session_id="parent", user_id="u"))
+    other_writer = FileLock(tmp_path / ".savegame" / "lock")
+    other_writer.acquire()
+    try:
+        waiting = threading.Thread(
+            target=storage.upsert, args=(AgentSession(session_id="late", user_id="u"),)
+        )
+        waiting.start()
+        while storage._thread_lock.acquire(blocking=False):  # until the thread holds it
+            storage._thread_lock.release()
+            time.sleep(0.001)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit code
+            code = 1
+            try:
+                storage.upsert(AgentSession(session_id="child", user_id="u"))
+                code = 0
+            finally:
+                os._exit(code)
+    finally:
+        other_writer.release()
+    waiting.join(timeout=60)
+    assert _wait_child(pid, 60) == 0
+    assert sorted(cls(tmp_path).get_all_session_ids(user_id="u")) == ["child", "late", "parent"]

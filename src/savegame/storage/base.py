@@ -33,6 +33,7 @@ import os
 import pickle
 import random
 import time
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -283,6 +284,20 @@ def is_expired(expires_at: int | None, now: int) -> bool:
     return expires_at is not None and expires_at <= now
 
 
+_MADE: weakref.WeakSet[Storage] = weakref.WeakSet()
+"""Every storage of this process, for :func:`_after_fork`."""
+
+
+def _after_fork() -> None:
+    """Runs in the child of every ``os.fork()``: see :meth:`Storage._forked`."""
+    for storage in list(_MADE):
+        storage._forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
 class Storage(ABC):
     """Saves and loads the sessions of one mode.
 
@@ -316,6 +331,16 @@ class Storage(ABC):
                 f"from 1 to {MAX_EXPIRE}, not {expire!r}"
             )
         self.expire = expire
+        _MADE.add(self)
+
+    def _forked(self) -> None:
+        """Called in a child just forked from the process that made this storage.
+
+        Only the thread that forked goes on in the child: a lock that another thread held
+        at that moment stays held for good, and a count of calls in progress never comes
+        down. A backend makes such state anew here, so that the child's calls neither wait
+        for ever nor act on what the parent was half-way through.
+        """
 
     @property
     def mode(self) -> str:

@@ -225,6 +225,10 @@ class FileStorage(Storage):
         self._thread_lock = threading.RLock()
         self._local = threading.local()
 
+    def _forked(self) -> None:
+        self._thread_lock = threading.RLock()
+        self._owner = None
+
     def _new_file_lock(self) -> FileLock:
         # filelock polls; a short interval keeps writers from idling while the lock is free.
         return FileLock(

@@ -48,6 +48,9 @@ class InMemoryStorage(Storage):
         self.storage_dict: dict[str, dict[str, Any]] = {} if storage_dict is None else storage_dict
         self._lock = threading.RLock()
 
+    def _forked(self) -> None:
+        self._lock = threading.RLock()
+
     def create(self) -> None:
         """Nothing to make: the dict is there."""
 

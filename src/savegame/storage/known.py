@@ -627,6 +627,13 @@ class KnownSessions:
                 _, gone = self._items.popitem(last=False)
                 self._bytes -= gone.size()
 
+    def forked(self) -> None:
+        """Forgets every session, with a new lock, in a child just forked (see
+        :meth:`~savegame.storage.base.Storage._forked`): the parent may have been
+        half-way through remembering one."""
+        self._lock = threading.Lock()
+        self.clear()
+
     def clear(self) -> None:
         """Forgets every session."""
         with self._lock:

@@ -1091,6 +1091,15 @@ class RedisStorage(Storage):
             # storage's shards, or one): see _tags and _made.
             self._forget_layout()
 
+    def _forked(self) -> None:
+        # redis-py's pools make their own connections in a child; the count of calls in
+        # progress, which close() waits for, starts again from none.
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._calls = 0
+        self._closing = False
+        self._known.forked()
+
     def _mode_changed(self) -> None:
         # The layout was read, and found of the mode before: read again, it refuses this
         # mode where the store keeps another, as it does a storage opened in this mode.

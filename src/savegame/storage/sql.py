@@ -1250,6 +1250,11 @@ class SqlStorage(Storage):
         indexed = {c.name for index in header.indexes for c in index.columns}
         self._indexed = tuple(name for name in names if name in indexed)
 
+    def _forked(self) -> None:
+        # The engine's connections are let go by _after_fork, once per engine.
+        self._layout_lock = threading.Lock()
+        self._known.forked()
+
     def _mode_changed(self) -> None:
         self._define_tables()
 

@@ -2267,6 +2267,45 @@ class BackendContract:
                 assert not isinstance(got, CorruptSessionError), got
                 assert got is None or got.memory == {"runs": runs}, got
 
+    def test_a_fork_while_another_thread_waits_in_a_call_leaves_the_child_working(
+        self, backend_store: Store
+    ) -> None:
+        # A worker pool forked while another thread of the parent is in the middle of a
+        # call (its reply held back): only the forking thread goes on in the child, and
+        # nothing that thread had taken or counted may make the child's calls wait for
+        # it. Redis's close() waited for ever for the call to end.
+        if not hasattr(os, "fork"):
+            pytest.skip("no fork on this platform")
+        with _lossy(backend_store, "hold_reply") as link:
+            assert link.hold_reply is not None
+            link.storage.upsert(_agent("before", session_data={"n": 1}))
+            held, forked = threading.Event(), threading.Event()
+
+            def meanwhile() -> None:
+                held.set()
+                forked.wait(timeout=60)
+
+            link.hold_reply(b"before", meanwhile)
+            reader = threading.Thread(target=partial(link.storage.read, "before"))
+            reader.start()
+            assert held.wait(timeout=60), "the read's reply was not held"
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child reports through its exit code
+                code = 1
+                try:
+                    got = link.storage.read("before")
+                    link.storage.upsert(_agent("child"))
+                    ids = link.storage.get_all_session_ids()
+                    link.storage.close()
+                    code = 0 if got is not None and sorted(ids) == ["before", "child"] else 2
+                finally:
+                    os._exit(code)
+            forked.set()
+            reader.join(timeout=60)
+            assert _wait_child(pid, 60) == 0
+            assert link.other.read("child") is not None
+            assert link.storage.read("before") is not None
+
     def test_expiry_hides_then_purges(self, backend_store: Store) -> None:
         # Times are whole seconds, so a session lives between expire - 1 and expire seconds:
         # with expire=1 a read in the next millisecond may already find it gone.
