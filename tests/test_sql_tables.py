@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import sqlite3
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -834,3 +835,30 @@ def test_a_table_of_a_newer_layout_is_refused_and_left_as_it_is(sql_store: Store
         assert [s if isinstance(s, str) else s.decode() for s in stored] == ["a"]
     finally:
         record(LATEST)
+
+
+def test_ctrl_c_just_after_a_connection_was_kept_leaves_the_next_calls_working(
+    sql_store: Store,
+) -> None:
+    # A call keeps its connection for the next one (see sql._Spare). Ctrl-C landing just
+    # after it was kept, before the call noted so, had the call give it back to the pool
+    # as well: kept and closed, it failed a later call with a raw AttributeError.
+    storage = _sql(sql_store)
+    storage.upsert(AgentSession(session_id="s", session_data={"n": 1}))
+
+    def ctrl_c_when_kept(frame: Any, event: str, arg: Any) -> Any:
+        if event == "return" and frame.f_code.co_name == "keep":
+            raise KeyboardInterrupt
+        return ctrl_c_when_kept
+
+    previous = sys.gettrace()
+    sys.settrace(ctrl_c_when_kept)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            storage.read("s")
+    finally:
+        sys.settrace(previous)
+    for _ in range(3):
+        got = storage.read("s")
+        assert got is not None
+        assert got.session_data == {"n": 1}

@@ -1078,14 +1078,14 @@ class _Spare:
             fairy, self._fairy = self._fairy, None
         return fairy
 
-    def keep(self, fairy: Any) -> bool:
+    def keep(self, fairy: Any, kept: list[bool]) -> None:
         """Keeps ``fairy`` for the next call, unless one is kept already (or the engine
-        is the application's)."""
+        is the application's); sets ``kept[0]`` when it does, in the same statement, so
+        that Ctrl-C cannot land between the two (the call would give the connection back
+        to the pool as well)."""
         with self._lock:
-            if self._fairy is not None or not self.keeps:
-                return False
-            self._fairy = fairy
-            return True
+            if self._fairy is None and self.keeps:
+                self._fairy, kept[0] = fairy, True
 
     def close(self, *_: Any) -> None:
         """Closes the kept connection (the engine is being disposed of)."""
@@ -1425,16 +1425,18 @@ class SqlStorage(Storage):
                     fairy.close()
                     raise self._gone()
                 used = "savegame" in info
-                kept = False
+                kept = [False]
                 try:
                     if info.get("savegame") != dialect.settings:
                         dialect.configure(conn)
                         info["savegame"] = dialect.settings
                         self._opened(info)
                     result = fn(conn)
-                    kept = spare.keep(fairy)
+                    spare.keep(fairy, kept)
                     return result
                 except BaseException as exc:
+                    if kept[0]:
+                        raise  # cut short once done: the connection is another call's now
                     known = isinstance(exc, (*self._driver_errors, StorageError))
                     found_dead = dead(self.db_engine.dialect, exc, conn)
                     # Cut short by anything else (Ctrl-C), a call to a server may have left
@@ -1446,7 +1448,7 @@ class SqlStorage(Storage):
                     if not (found_dead and used and attempt < _DEAD_POOLED):
                         raise
                 finally:
-                    if not kept:
+                    if not kept[0]:
                         fairy.close()
         raise AssertionError("unreachable")  # pragma: no cover
 
