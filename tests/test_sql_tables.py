@@ -862,3 +862,24 @@ def test_ctrl_c_just_after_a_connection_was_kept_leaves_the_next_calls_working(
         got = storage.read("s")
         assert got is not None
         assert got.session_data == {"n": 1}
+
+
+def test_ctrl_c_while_a_transaction_commits_is_a_keyboard_interrupt(sql_store: Store) -> None:
+    # SQLAlchemy asserts, in a finally, that a commit it began has ended: Ctrl-C landing
+    # in the commit came out of a listing or read_many as a bare AssertionError.
+    storage = _sql(sql_store)
+    storage.upsert(AgentSession(session_id="s", user_id="u"))
+
+    def ctrl_c_in_commit(frame: Any, event: str, arg: Any) -> Any:
+        if event == "call" and frame.f_code.co_name == "_do_commit":
+            raise KeyboardInterrupt
+        return None
+
+    previous = sys.gettrace()
+    sys.settrace(ctrl_c_in_commit)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            storage.read_many(["s"])
+    finally:
+        sys.settrace(previous)
+    assert [s.session_id for s in storage.read_many(["s"]) if s is not None] == ["s"]

@@ -1008,6 +1008,10 @@ class _Guard:
     def __exit__(self, kind: Any, exc: BaseException | None, trace: Any) -> None:
         if exc is None or isinstance(exc, StorageError):
             return
+        if isinstance(exc, AssertionError) and isinstance(exc.__context__, KeyboardInterrupt):
+            # SQLAlchemy checks in a finally that a commit it began has ended, which one
+            # cut short by Ctrl-C has not: the interrupt is what the caller must get.
+            raise exc.__context__
         mapped = self._storage._translated(exc)
         if mapped is not None:
             raise mapped from exc
