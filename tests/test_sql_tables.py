@@ -12,7 +12,7 @@ import hashlib
 import sqlite3
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -837,6 +837,24 @@ def test_a_table_of_a_newer_layout_is_refused_and_left_as_it_is(sql_store: Store
         record(LATEST)
 
 
+def _ctrl_c_at(event: str, function: str, call: Callable[[], Any]) -> None:
+    """Runs ``call`` with Ctrl-C raised at the first ``event`` (``"call"``, ``"return"``)
+    of a function named ``function``; it must come out as KeyboardInterrupt."""
+
+    def trace(frame: Any, seen: str, arg: Any) -> Any:
+        if seen == event and frame.f_code.co_name == function:
+            raise KeyboardInterrupt
+        return trace
+
+    previous = sys.gettrace()
+    sys.settrace(trace)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            call()
+    finally:
+        sys.settrace(previous)
+
+
 def test_ctrl_c_just_after_a_connection_was_kept_leaves_the_next_calls_working(
     sql_store: Store,
 ) -> None:
@@ -845,19 +863,7 @@ def test_ctrl_c_just_after_a_connection_was_kept_leaves_the_next_calls_working(
     # as well: kept and closed, it failed a later call with a raw AttributeError.
     storage = _sql(sql_store)
     storage.upsert(AgentSession(session_id="s", session_data={"n": 1}))
-
-    def ctrl_c_when_kept(frame: Any, event: str, arg: Any) -> Any:
-        if event == "return" and frame.f_code.co_name == "keep":
-            raise KeyboardInterrupt
-        return ctrl_c_when_kept
-
-    previous = sys.gettrace()
-    sys.settrace(ctrl_c_when_kept)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            storage.read("s")
-    finally:
-        sys.settrace(previous)
+    _ctrl_c_at("return", "keep", lambda: storage.read("s"))
     for _ in range(3):
         got = storage.read("s")
         assert got is not None
@@ -869,17 +875,5 @@ def test_ctrl_c_while_a_transaction_commits_is_a_keyboard_interrupt(sql_store: S
     # in the commit came out of a listing or read_many as a bare AssertionError.
     storage = _sql(sql_store)
     storage.upsert(AgentSession(session_id="s", user_id="u"))
-
-    def ctrl_c_in_commit(frame: Any, event: str, arg: Any) -> Any:
-        if event == "call" and frame.f_code.co_name == "_do_commit":
-            raise KeyboardInterrupt
-        return None
-
-    previous = sys.gettrace()
-    sys.settrace(ctrl_c_in_commit)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            storage.read_many(["s"])
-    finally:
-        sys.settrace(previous)
+    _ctrl_c_at("call", "_do_commit", lambda: storage.read_many(["s"]))
     assert [s.session_id for s in storage.read_many(["s"]) if s is not None] == ["s"]
