@@ -890,6 +890,49 @@ print(sorted(storage.get_all_session_ids(user_id="u")), flush=True)
 """
 
 
+def test_ctrl_c_at_each_step_of_taking_the_folder_lock_leaves_it_free(tmp_path: Path) -> None:
+    # Ctrl-C at the entry of each function filelock runs while it takes the lock, in turn:
+    # an interrupt that cut short filelock's own clean-up came out as an ExceptionGroup of
+    # KeyboardInterrupts, past the code that gives the lock back, and the folder stayed
+    # locked against every other process.
+    from filelock import FileLock, Timeout
+
+    storage = JsonStorage(tmp_path)
+    storage.upsert(AgentSession(session_id="s"))
+    lock_file = tmp_path / ".savegame" / "lock"
+    interrupted = 0
+    for step in range(1, 500):
+        calls = 0
+
+        def trace(frame: Any, event: str, arg: Any, step: int = step) -> Any:
+            nonlocal calls
+            if event == "call" and "filelock" in frame.f_code.co_filename:
+                calls += 1
+                if calls == step:
+                    raise KeyboardInterrupt
+            return None
+
+        previous = sys.gettrace()
+        sys.settrace(trace)
+        try:
+            storage.upsert(AgentSession(session_id="s", session_data={"step": step}))
+        except KeyboardInterrupt:
+            interrupted += 1
+        finally:
+            sys.settrace(previous)
+        try:
+            FileLock(lock_file, timeout=0).acquire().lock.release()
+        except Timeout:
+            pytest.fail(f"the folder stayed locked after Ctrl-C at filelock's call {step}")
+        if calls < step:
+            break
+    assert interrupted > 5  # the steps were there to interrupt
+    storage.upsert(AgentSession(session_id="s", session_data={"step": "after"}))
+    got = JsonStorage(tmp_path).read("s")
+    assert got is not None
+    assert got.session_data == {"step": "after"}  # type: ignore[attr-defined]
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="no SIGALRM")
 @pytest.mark.parametrize("cls", FORMATS)
 def test_a_write_interrupted_by_ctrl_c_leaves_the_folder_to_other_processes(

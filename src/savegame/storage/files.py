@@ -272,19 +272,27 @@ class FileStorage(Storage):
             if self._lock_pid != os.getpid():
                 self._file_lock, self._lock_pid = self._new_file_lock(), os.getpid()
             lock = self._file_lock
-            try:
-                lock.acquire()
-            except Timeout as exc:
-                raise BackendUnavailableError(
-                    f"the folder {self.dir_path} stayed locked by another writer for "
-                    f"{lock.timeout} s"
-                ) from exc
-            except OSError as exc:
-                raise BackendUnavailableError(
-                    f"cannot lock the folder {self.dir_path} ({lock.lock_file}): {exc}"
-                ) from exc
             interrupted: KeyboardInterrupt | None = None
             try:
+                # Inside the block that releases: an interrupt landing in acquire() may leave
+                # the file locked, with filelock's count of it not yet taken.
+                try:
+                    lock.acquire()
+                except Timeout as exc:
+                    raise BackendUnavailableError(
+                        f"the folder {self.dir_path} stayed locked by another writer for "
+                        f"{lock.timeout} s"
+                    ) from exc
+                except OSError as exc:
+                    raise BackendUnavailableError(
+                        f"cannot lock the folder {self.dir_path} ({lock.lock_file}): {exc}"
+                    ) from exc
+                except BaseException as exc:
+                    # filelock groups the interrupts that cut short its own clean-up of a
+                    # failed acquire (an ExceptionGroup): Ctrl-C is raised as Ctrl-C.
+                    if _only_interrupts(exc) and not isinstance(exc, KeyboardInterrupt):
+                        raise KeyboardInterrupt from exc
+                    raise
                 self._owner = me
                 yield
             finally:
@@ -1038,3 +1046,12 @@ class FileStorage(Storage):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.dir_path)!r}, mode={self.mode!r})"
+
+
+def _only_interrupts(exc: BaseException) -> bool:
+    """Whether ``exc`` is a KeyboardInterrupt, or a group of exceptions (an
+    ``ExceptionGroup``, nested or not) that holds nothing else."""
+    inner = getattr(exc, "exceptions", None)
+    if isinstance(inner, tuple) and inner:
+        return all(_only_interrupts(e) for e in inner)
+    return isinstance(exc, KeyboardInterrupt)
