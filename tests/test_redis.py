@@ -1180,14 +1180,21 @@ def test_an_evicted_index_map_never_lists_a_session_under_its_former_user(
     raw.delete(*(tag + key for key in ("u:old", "e:A", "ue:3:oldA")))
 
 
+def _three_sessions_then_evicted(server: str, raw: Any, prefix: str, key: str) -> RedisStorage:
+    """A storage of sessions s0 to s2 (user u, agent a), whose store then lost ``{T}:<key>``
+    as an evicting maxmemory-policy would drop it."""
+    storage = RedisStorage(prefix, url=server)
+    for i in range(3):
+        storage.upsert(_session(f"s{i}", _runs(2), user_id="u", agent_id="a"))
+    raw.delete("{" + prefix + "}:" + key)
+    return storage
+
+
 def test_drop_removes_the_sessions_of_an_evicted_list_of_all(
     server: str, raw: Any, prefix: str
 ) -> None:
     # drop walks {T}:all; evicted, the sessions must still go, found by {T}:idx.
-    storage = RedisStorage(prefix, url=server)
-    for i in range(3):
-        storage.upsert(_session(f"s{i}", _runs(2), user_id="u", agent_id="a"))
-    raw.delete("{" + prefix + "}:all")
+    storage = _three_sessions_then_evicted(server, raw, prefix, "all")
     storage.drop()
     assert RedisStorage(prefix, url=server).read("s0") is None
     assert _keys_of(raw, prefix) == []
@@ -1197,10 +1204,7 @@ def test_with_the_index_map_evicted_removals_leave_no_index_entry(
     server: str, raw: Any, prefix: str
 ) -> None:
     # Without {T}:idx, a removal finds the index keys of a session by its header.
-    storage = RedisStorage(prefix, url=server)
-    for i in range(3):
-        storage.upsert(_session(f"s{i}", _runs(2), user_id="u", agent_id="a"))
-    raw.delete("{" + prefix + "}:idx")
+    storage = _three_sessions_then_evicted(server, raw, prefix, "idx")
     assert storage.delete_session("s0")
     for key in ("u:u", "e:a", "ue:1:ua"):
         assert _members(raw, "{" + prefix + "}:" + key) == ["s1", "s2"], key
