@@ -21,7 +21,7 @@ from savegame.storage.json import JsonStorage
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.session.team import TeamSession
 from savegame.storage.yaml import YamlStorage
-from savegame.testing.contract import ODD_IDS
+from savegame.testing.contract import ODD_IDS, wait_child
 from tests.full_disk import FILE_SIZE_LIMIT, full_tmpfs
 
 FORMATS = [pytest.param(JsonStorage, id="json"), pytest.param(YamlStorage, id="yaml")]
@@ -996,8 +996,7 @@ def test_a_storage_made_before_a_fork_writes_in_each_process(
             os._exit(code)
     for i in range(20):
         storage.upsert(AgentSession(session_id=f"parent-{i}", user_id="u"))
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert wait_child(pid, 60) == 0
     assert len(cls(tmp_path).get_all_session_ids(user_id="u")) == 41
     assert len(storage.get_all_session_ids(user_id="u")) == 41
 
@@ -1011,8 +1010,6 @@ def test_a_fork_while_another_thread_waits_for_the_folder_leaves_the_child_worki
     # another writer): the child, where that thread does not go on, waited for ever for
     # it to give back the storage's thread lock.
     from filelock import FileLock
-
-    from savegame.testing.contract import _wait_child
 
     storage = cls(tmp_path)
     storage.upsert(AgentSession(session_id="parent", user_id="u"))
@@ -1037,5 +1034,5 @@ def test_a_fork_while_another_thread_waits_for_the_folder_leaves_the_child_worki
     finally:
         other_writer.release()
     waiting.join(timeout=60)
-    assert _wait_child(pid, 60) == 0
+    assert wait_child(pid, 60) == 0
     assert sorted(cls(tmp_path).get_all_session_ids(user_id="u")) == ["child", "late", "parent"]

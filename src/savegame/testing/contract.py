@@ -568,7 +568,7 @@ def _forked_child(store: Store, storage: Storage, said: int, go: int) -> None:
         os._exit(code)
 
 
-def _wait_child(pid: int, bound: float) -> int:
+def wait_child(pid: int, bound: float) -> int:
     """The exit code of child ``pid``, which is killed if it has not ended within ``bound``
     seconds (it hung)."""
     deadline = time.monotonic() + bound
@@ -2302,7 +2302,7 @@ class BackendContract:
                     os._exit(code)
             forked.set()
             reader.join(timeout=60)
-            assert _wait_child(pid, 60) == 0
+            assert wait_child(pid, 60) == 0
             assert link.other.read("child") is not None
             assert link.storage.read("before") is not None
 
@@ -2624,7 +2624,7 @@ class BackendContract:
         finally:
             os.write(go_w, b"go")
             os.close(go_w)
-            code = _wait_child(pid, 120)
+            code = wait_child(pid, 120)
             with os.fdopen(said_r) as said:
                 lines = said.read().splitlines()
         assert code == 0, "\n".join(lines[-40:])
