@@ -411,14 +411,6 @@ def test_an_engine_in_autocommit_still_writes_each_session_in_one_transaction(
     engine.dispose()
 
 
-def test_an_engine_of_one_connection_is_shared_with_the_application(
-    server: str, table: str
-) -> None:
-    engine = create_engine(server, pool_size=1, max_overflow=0, pool_timeout=3)
-    sql_cases.check_an_engine_of_one_connection(lambda e: MySQLStorage(table, db_engine=e), engine)
-    engine.dispose()
-
-
 def test_a_value_the_json_columns_of_an_upgraded_original_table_refuse_is_a_serialization_error(
     server: str, table: str
 ) -> None:

@@ -350,16 +350,6 @@ def test_an_engine_in_autocommit_still_writes_each_session_in_one_transaction(
     engine.dispose()
 
 
-def test_an_engine_of_one_connection_is_shared_with_the_application(
-    server: str, schema: str
-) -> None:
-    engine = create_engine(server, pool_size=1, max_overflow=0, pool_timeout=3)
-    sql_cases.check_an_engine_of_one_connection(
-        lambda e: PostgresStorage("sessions", schema=schema, db_engine=e), engine
-    )
-    engine.dispose()
-
-
 @pytest.mark.parametrize("level", ["REPEATABLE READ", "SERIALIZABLE"])
 def test_an_engine_of_a_stricter_isolation_level_loses_no_update(
     server: str, schema: str, level: str

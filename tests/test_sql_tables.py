@@ -40,6 +40,7 @@ from savegame.storage.session.agent import AgentSession
 from savegame.storage.sql import CONNECT_TIMEOUT, LATEST, SqlStorage
 from savegame.storage.sqlite import SqliteStorage
 from savegame.testing import Store
+from tests import sql_cases
 from tests.stores import BACKENDS, Backend, mysql_url, postgres_url, write_original_table
 
 _URLS = {
@@ -835,6 +836,24 @@ def test_a_table_of_a_newer_layout_is_refused_and_left_as_it_is(sql_store: Store
         assert [s if isinstance(s, str) else s.decode() for s in stored] == ["a"]
     finally:
         record(LATEST)
+
+
+def test_an_engine_of_one_connection_is_shared_with_the_application(sql_store: Store) -> None:
+    # savegame kept one connection of any engine out of its pool between calls: on the
+    # application's engine of one connection, the application and savegame's own calls
+    # through SQLAlchemy then waited for it in vain.
+    if sql_store.backend == "sqlite-memory":
+        pytest.skip("an in-memory database is one connection, shared by its engine")
+    own = _sql(sql_store)
+    engine = create_engine(own.db_engine.url, pool_size=1, max_overflow=0, pool_timeout=3)
+    options: dict[str, Any] = {} if own.schema is None else {"schema": own.schema}
+    try:
+        sql_cases.check_an_engine_of_one_connection(
+            lambda e: type(own)(own.table_name, db_engine=e, **options),  # type: ignore[call-arg]
+            engine,
+        )
+    finally:
+        engine.dispose()
 
 
 def _ctrl_c_at(event: str, function: str, call: Callable[[], Any]) -> None:
