@@ -12,7 +12,8 @@ now, preserve)``             check the version and stamp ``draft.record``, write
 ``_list(user, entity,        ids newest ``created_at`` first (ties by id); ``now=None``
 limit, now)``                includes expired sessions
 ``_read_many(ids)``          records for ids (default: one ``_read`` each)
-``_delete(session_id)``      True when something was removed
+``_delete(session_id,        True when something was removed (with ``owner``: only a
+owner)``                     session of that user)
 ``_purge_expired(now)``      removes expired sessions, returns how many
 ===========================  ==============================================================
 
@@ -550,9 +551,13 @@ class Storage(ABC):
         return self._delete(check_id(session_id))
 
     def delete_user(self, user_id: str) -> int:
-        """Removes every session of ``user_id`` (expired ones too); returns how many."""
+        """Removes every session of ``user_id`` (expired ones too); returns how many.
+
+        A session saved under another user between the listing of this user's sessions and
+        its removal is kept: each is removed only while it is still this user's.
+        """
         check_id(user_id, "user id")
-        return sum(self._delete(sid) for sid in self._list(user_id, None, None, None))
+        return sum(self._delete(sid, user_id) for sid in self._list(user_id, None, None, None))
 
     def purge_expired(self) -> int:
         """Removes the sessions whose time has run out; returns how many."""
@@ -835,8 +840,9 @@ class Storage(ABC):
         return [self._read(sid) for sid in ids]
 
     @abstractmethod
-    def _delete(self, session_id: str) -> bool:
-        """Removes the session; True when there was one."""
+    def _delete(self, session_id: str, owner: str | None = None) -> bool:
+        """Removes the session (with ``owner``: only while its user id is ``owner``, in the
+        same atomic step as the removal); True when there was one to remove."""
 
     @abstractmethod
     def _purge_expired(self, now: int) -> int:

@@ -898,7 +898,7 @@ class FileStorage(Storage):
             )
         return record
 
-    def _delete(self, session_id: str) -> bool:
+    def _delete(self, session_id: str, owner: str | None = None) -> bool:
         if not self.dir_path.is_dir():
             return False  # nothing to remove: the folder is not made for it
         path = self._path(session_id)
@@ -909,6 +909,8 @@ class FileStorage(Storage):
                 record = None  # a damaged file is removed like any other
             if record is not None:
                 self._refuse_other_mode(record, "delete")
+                if owner is not None and record.get("user_id") != owner:
+                    return False
             conn = self._open_index()
             mark = [("INSERT OR REPLACE INTO pending VALUES (?)", (session_id,))]
             # An index that cannot be written (a full disk) does not keep the file: removing

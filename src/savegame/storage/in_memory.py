@@ -143,13 +143,15 @@ class InMemoryStorage(Storage):
         rows.sort(key=lambda row: (-row[0], row[1]))
         return [sid for _, sid in rows[:limit]]
 
-    def _delete(self, session_id: str) -> bool:
+    def _delete(self, session_id: str, owner: str | None = None) -> bool:
         with self._lock:
             record = self.storage_dict.get(session_id)
             if record is None:
                 return False
             if isinstance(record, dict):
                 self._refuse_other_mode(record, "delete")
+                if owner is not None and record.get("user_id") != owner:
+                    return False
             del self.storage_dict[session_id]
             return True
 

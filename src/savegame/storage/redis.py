@@ -487,20 +487,27 @@ return {out, gone}
 )
 
 # KEYS: all, idx, exp, then header, runs, digests of each id; ARGV: now ('': remove each),
-# the mode's entity field, the ids. With now, an id is removed only while it is expired
-# then or its header is gone. Returns for how many ids there was something to remove.
+# the mode's entity field, an owner ('': any), the ids. With now, an id is removed only
+# while it is expired then or its header is gone; with an owner, only while its header is
+# gone, cannot be read, or names that user. Returns for how many ids there was something
+# to remove.
 _FORGET_IDS = (
     _FORGET
     + """
 local now = tonumber(ARGV[1])
+local owner = ARGV[3]
 local ids, at = {}, {}
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local id = ARGV[i]
-  local k = 4 + (i - 3) * 3
+  local k = 4 + (i - 4) * 3
   local go = true
   if now then
     local expires = redis.call('ZSCORE', KEYS[3], id)
     go = (expires and tonumber(expires) <= now) or redis.call('EXISTS', KEYS[k]) == 0
+  end
+  if go and owner ~= '' then
+    local ok, record = pcall(cjson.decode, redis.call('HGET', KEYS[k], 'data') or '')
+    go = not ok or type(record) ~= 'table' or record['user_id'] == owner
   end
   if go then
     -- The keys of an id left out (saved again meanwhile) are skipped, not taken by the next.
@@ -1550,13 +1557,14 @@ class RedisStorage(Storage):
         found.sort()
         return [sid for _, sid in found[:limit]]
 
-    def _delete(self, session_id: str) -> bool:
+    def _delete(self, session_id: str, owner: str | None = None) -> bool:
         self._known.put(session_id, None)
-        return bool(self._forget(self._tag(session_id), [session_id], None))
+        return bool(self._forget(self._tag(session_id), [session_id], None, owner))
 
-    def _forget(self, tag: str, ids: list[str], now: int | None) -> int:
-        """Removes ``ids`` (with ``now``: those expired or whose header is gone) from the slot
-        of ``tag``; returns for how many there was something to remove.
+    def _forget(self, tag: str, ids: list[str], now: int | None, owner: str | None = None) -> int:
+        """Removes ``ids`` (with ``now``: those expired or whose header is gone; with
+        ``owner``: those of that user) from the slot of ``tag``; returns for how many there
+        was something to remove.
 
         At most :data:`BATCH` ids a script call: Lua unpacks fewer than 8,000 values at once,
         and a listing may meet any number of expired sessions."""
@@ -1564,7 +1572,7 @@ class RedisStorage(Storage):
         for start in range(0, len(ids), BATCH):
             chunk = ids[start : start + BATCH]
             keys = self._store_keys(tag) + [f"{tag}{kind}:{sid}" for sid in chunk for kind in "hrd"]
-            args = ["" if now is None else now, self.spec.entity_field, *chunk]
+            args = ["" if now is None else now, self.spec.entity_field, owner or "", *chunk]
             removed += int(self._script(_FORGET_IDS, keys, args))
         return removed
 

@@ -2410,9 +2410,12 @@ class SqlStorage(Storage):
         return self._call(listing)
 
     @_again_if_dropped
-    def _delete(self, session_id: str) -> bool:
+    def _delete(self, session_id: str, owner: str | None = None) -> bool:
         header = self.table
         self._known.put(session_id, None)
+        which = header.c.session_id == session_id
+        if owner is not None:
+            which &= header.c.user_id == owner
 
         def remove() -> bool:
             layout = self._current()
@@ -2423,7 +2426,7 @@ class SqlStorage(Storage):
                 # that a delete and a write of one session never deadlock. Then only runs
                 # left without a header: where there was no header to delete, a write may
                 # have made the session since, and the runs' statement sees its runs.
-                result = conn.execute(delete(header).where(header.c.session_id == session_id))
+                result = conn.execute(delete(header).where(which))
                 if "run_count" in layout.columns:
                     runs_table = self.runs_table
                     alone = ~exists().where(header.c.session_id == session_id)

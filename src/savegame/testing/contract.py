@@ -1513,6 +1513,27 @@ class ModeContract:
         assert storage.delete_user("erase-me") == 0
         assert storage.read("kept") is not None
 
+    def test_delete_user_keeps_a_session_given_to_another_user_once_listed(
+        self, store: Store
+    ) -> None:
+        storage, other = store(), store()
+        for session_id in ("given", "erased"):
+            storage.upsert(_session(store, session_id, user_id="leaving"))
+        listed = storage._list
+
+        def list_then_give(*args: Any) -> list[str]:
+            ids = listed(*args)
+            other.upsert(_session(store, "given", user_id="staying"))
+            return ids
+
+        storage._list = list_then_give  # type: ignore[assignment]
+        assert storage.delete_user("leaving") == 1
+        kept = other.read("given")
+        assert kept is not None
+        assert kept.user_id == "staying"  # type: ignore[attr-defined]
+        assert other.get_all_session_ids(user_id="staying") == ["given"]
+        assert other.read("erased") is None
+
 
 ODD_IDS = [
     "../escape",
