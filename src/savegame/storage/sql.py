@@ -144,7 +144,7 @@ MIGRATIONS_TABLE = "savegame_migrations"
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,57}")
 # 58 characters leave room for "_runs" within PostgreSQL's 63-character identifiers.
 
-_ATTEMPTS = 5
+_ATTEMPTS = 8
 """Runs of a write that met another writer at the primary key, or a deadlock."""
 
 
@@ -2242,6 +2242,22 @@ class SqlStorage(Storage):
                     write.on = ""
                     return record
                 self._guess_new = False
+        # A header that another writer makes between the look for it and the insert is
+        # looked for again, locked and written on, in this transaction; where that keeps
+        # happening, the last insert's duplicate key fails the attempt, which runs again.
+        found, tries = None, 0
+        while found is None:
+            tries += 1
+            found = self._write_locked(cursor, write, tries == _ATTEMPTS)
+        return found
+
+    def _write_locked(self, cursor: Any, write: _Write, last: bool) -> Record | None:
+        """Writes on the stored header, locked first, or inserts one where there is none.
+        None: another writer made the header after it was looked for (never when ``last``:
+        its duplicate key is raised)."""
+        sql = self._statements()
+        draft, known, token = write.draft, write.known, write.token
+        session_id = draft.session_id
         row = sql.lock_header.run(cursor, {"sid": session_id}).fetchone()
         holds = "" if row is None else row[2] or ""
         if write.committed_on is not None and write.record is not None:
@@ -2268,7 +2284,10 @@ class SqlStorage(Storage):
         write.record = record
         values = self._header_values(draft, record, token)
         if row is None:
-            sql.insert_header.run(cursor, values)
+            if last:
+                sql.insert_header.run(cursor, values)
+            elif not self._inserted(cursor, sql, values):
+                return None
             stored = None
             self._guess_new = True
         else:

@@ -2502,6 +2502,39 @@ class BackendContract:
         storage.drop()
         assert storage.get_all_session_ids() == []
 
+    def test_storages_saving_and_deleting_one_session_at_once_never_fail(
+        self, backend_store: Store
+    ) -> None:
+        # Six storages each save the session (their runs naming the write, as many as the
+        # storage's number) and, every third call, delete it. A plain upsert is last-writer-
+        # wins and a delete removes what is there: neither may fail because another made
+        # or removed the session a moment before (two first inserts meeting at the primary
+        # key, InnoDB's deadlock on a row just deleted), and the session is always absent
+        # or one write's whole.
+        start = threading.Barrier(6)
+        seen: list[Session | None] = []
+
+        def work(t: int) -> None:
+            storage = backend_store()
+            start.wait(timeout=60)
+            for i in range(120):
+                if (i + t) % 3 == 0:
+                    storage.delete_session("s")
+                else:
+                    runs = [{"writer": f"{t}-{i}", "n": n} for n in range(t + 1)]
+                    stored = storage.upsert(_with_runs(backend_store, "s", runs, user_id="u"))
+                    assert _runs_of(backend_store, stored) == runs
+                seen.append(storage.read("s"))
+
+        in_threads(6, work)
+        seen.append(backend_store().read("s"))
+        for got in seen:
+            if got is not None:
+                runs = _runs_of(backend_store, got)
+                writer = runs[0]["writer"]
+                assert runs == [{"writer": writer, "n": n} for n in range(int(writer[0]) + 1)]
+        assert len(seen) == 6 * 120 + 1
+
     def test_threads_update_one_counter(self, backend_store: Store) -> None:
         storage = backend_store()
 
