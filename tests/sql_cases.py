@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Engine, event, make_url, text
 
 from savegame.errors import BackendUnavailableError, StorageError
 from savegame.storage.session import Session
@@ -24,7 +24,7 @@ from savegame.storage.session.agent import AgentSession
 from savegame.storage.sql import SqlStorage
 from savegame.testing import Store
 from savegame.testing.contract import _lost_alone, in_threads
-from tests.stores import write_original_table
+from tests.stores import unique, write_original_table
 
 
 def closed_port() -> int:
@@ -44,6 +44,24 @@ def check_closed_port(make: Callable[[str], SqlStorage], url_template: str) -> N
     with pytest.raises(BackendUnavailableError, match=f"127.0.0.1:{port}"):
         storage.upsert(AgentSession(session_id="s"))
     storage.close()
+
+
+def check_refused_login(make: Callable[[str], SqlStorage], server: str) -> None:
+    """A user or a database the server refuses at login raises a plain StorageError, as
+    Redis's refused credentials do: no later try would fare better, where
+    BackendUnavailableError says to wait and try again. The password is not shown."""
+    url = make_url(server)
+    for refused in (
+        url.set(username=unique("nosuch"), password="hunter2"),
+        url.set(database=unique("nosuch")),
+    ):
+        storage = make(refused.render_as_string(hide_password=False))
+        with pytest.raises(StorageError) as info:
+            storage.read("s")
+        assert not isinstance(info.value, BackendUnavailableError)
+        assert "nosuch" in str(info.value)
+        assert "hunter2" not in str(info.value)
+        storage.close()
 
 
 def _runs(tag: str, n: int) -> list[dict[str, Any]]:

@@ -139,6 +139,12 @@ def test_deep_values_pass_where_json_valid_would_refuse_them(
     storage.close()
 
 
+def test_a_user_or_database_refused_at_login_is_not_taken_for_a_server_away(
+    server: str,
+) -> None:
+    sql_cases.check_refused_login(lambda url: MySQLStorage("sessions", db_url=url), server)
+
+
 def test_a_closed_port_raises_naming_the_address() -> None:
     sql_cases.check_closed_port(
         lambda url: MySQLStorage("sessions", db_url=url),

@@ -77,6 +77,12 @@ def test_values_jsonb_cannot_hold_are_refused_as_serialization_errors() -> None:
     assert not dialect.refused(psycopg.errors.AdminShutdown(), psycopg)
 
 
+def test_a_user_or_database_refused_at_login_is_not_taken_for_a_server_away(
+    server: str,
+) -> None:
+    sql_cases.check_refused_login(lambda url: PostgresStorage("sessions", db_url=url), server)
+
+
 def test_a_closed_port_raises_naming_the_address() -> None:
     sql_cases.check_closed_port(
         lambda url: PostgresStorage("sessions", db_url=url),

@@ -55,6 +55,14 @@ _NEVER = 2**31 - 1
 
 # A JSON string, or a number written with a positive exponent (Python writes floats of 1e16
 # and above that way). Strings are matched only so that numbers inside them are skipped.
+# What the server says when it refuses a login for good (libpq gives no SQLSTATE for a
+# connection that failed): a wrong password or role, a database that is not there, a host
+# pg_hba.conf turns away. In English, the server's default; in another language the error
+# stays BackendUnavailableError.
+_LOGIN_REFUSED = re.compile(
+    r"FATAL:\s+(?:\w+ authentication failed|role .* does not exist"
+    r"|database .* does not exist|no pg_hba\.conf entry|permission denied for database)"
+)
 _EXPONENT_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?e\+\d+')
 
 
@@ -193,6 +201,8 @@ class PostgresDialect(SqlDialect):
         # 55P03 (lock_not_available): a lock held past the connection's lock_timeout, as
         # 57014 is one held past its statement_timeout.
         state = getattr(error, "sqlstate", None) or ""
+        if not state and _LOGIN_REFUSED.search(str(error)):
+            return False
         return isinstance(error, psycopg.OperationalError) and (
             not state or state[:2] in ("08", "53", "57") or state == "55P03"
         )
