@@ -22,7 +22,7 @@ from savegame.storage.session.agent import AgentSession
 from savegame.storage.session.team import TeamSession
 from savegame.storage.yaml import YamlStorage
 from savegame.testing.contract import ODD_IDS, wait_child
-from tests.full_disk import FILE_SIZE_LIMIT, full_tmpfs
+from tests.full_disk import FILE_SIZE_LIMIT, full_tmpfs, read_only
 
 FORMATS = [pytest.param(JsonStorage, id="json"), pytest.param(YamlStorage, id="yaml")]
 
@@ -332,6 +332,42 @@ def test_a_folder_removed_and_made_again_under_a_running_storage_lists_what_is_t
     assert storage.get_all_session_ids() == ["new"]
     assert storage.get_all_session_ids(user_id="u") == ["new"]
     assert cls(folder).get_all_session_ids() == ["new"]
+
+
+@pytest.mark.parametrize("cls", FORMATS)
+@pytest.mark.parametrize("made_by", ["savegame", "the original"])
+def test_a_folder_that_cannot_be_written_to_is_read_and_listed(
+    tmp_path: Path, cls: type[FileStorage], made_by: str
+) -> None:
+    # A backup mounted read-only: no lock can be taken, nor index opened or made; a
+    # writer's temporary file left behind stays, as nothing can be removed.
+    folder = tmp_path / "sessions"
+    writer = cls(folder)
+    for i in range(3):
+        writer.upsert(AgentSession(session_id=f"s{i}", user_id=f"u{i % 2}", created_at=10 + i))
+    writer.close()
+    if made_by == "the original":
+        for entry in (folder / ".savegame").iterdir():
+            entry.unlink()
+        (folder / ".savegame").rmdir()
+    (folder / ".tmp-left").write_text("cut short", encoding="utf-8")
+    before = _tree(folder)
+    with read_only(folder):
+        storage = cls(folder)
+        got = storage.read("s1")
+        assert got is not None
+        assert got.user_id == "u1"
+        assert storage.get_all_session_ids(user_id="u0") == ["s2", "s0"]
+        assert [s.session_id for s in storage.get_recent_sessions(limit=None)] == ["s2", "s1", "s0"]
+        assert storage.unreadable() == []
+        for write in (
+            lambda: storage.upsert(AgentSession(session_id="new")),
+            lambda: storage.delete_session("s0"),
+        ):
+            with pytest.raises(BackendUnavailableError, match=str(folder)):
+                write()
+        storage.close()
+    assert _tree(folder) == before
 
 
 @pytest.mark.parametrize("cls", FORMATS)

@@ -48,6 +48,7 @@ No id can name a path outside the folder.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -612,30 +613,39 @@ class FileStorage(Storage):
                 fresh = self._is_fresh(conn)
             if fresh:
                 return conn
-        with self._folder_locked(), self._index_errors():
-            conn = self._open_index()
-            if conn is None:
-                return self._index_copy(None)
-            if not self._is_fresh(conn):
-                try:
-                    self._reindex(conn, full=False)
-                except sqlite3.Error:
-                    if conn.in_transaction:
-                        with contextlib.suppress(sqlite3.Error):
-                            conn.execute("ROLLBACK")
-                    return self._index_copy(conn)
+        try:
+            with self._folder_locked(), self._index_errors():
+                conn = self._open_index()
+                if conn is None:
+                    return self._index_copy(None)
+                if not self._is_fresh(conn):
+                    try:
+                        self._reindex(conn, full=False)
+                    except sqlite3.Error:
+                        if conn.in_transaction:
+                            with contextlib.suppress(sqlite3.Error):
+                                conn.execute("ROLLBACK")
+                        return self._index_copy(conn)
+        except BackendUnavailableError as exc:
+            if not _not_writable(exc):
+                raise
+            # A folder this process cannot write to (a read-only mount, another user's):
+            # no lock can be taken there, nor is one needed to read whole files, which every
+            # writer puts in place by a rename.
+            return self._index_copy(self._open_index(), tidy=False)
         return conn
 
-    def _index_copy(self, conn: sqlite3.Connection | None) -> sqlite3.Connection:
+    def _index_copy(self, conn: sqlite3.Connection | None, tidy: bool = True) -> sqlite3.Connection:
         """A copy in memory of the index (an empty one when ``conn`` is None), brought up to
-        date with the files; must hold the lock."""
+        date with the files; must hold the lock unless ``tidy`` is False (see
+        :meth:`_reindex`)."""
         copy = sqlite3.connect(":memory:", isolation_level=None)
         try:
             if conn is None:
                 copy.executescript(_INDEX_SCHEMA)
             else:
                 conn.backup(copy)
-            self._reindex(copy, full=False)
+            self._reindex(copy, full=False, tidy=tidy)
         except BaseException:
             copy.close()
             raise
@@ -754,8 +764,9 @@ class FileStorage(Storage):
         with self._locked() as conn:
             self._reindex(conn, full=True)
 
-    def _reindex(self, conn: sqlite3.Connection, full: bool) -> None:
-        """Makes the index agree with the files; must hold the lock.
+    def _reindex(self, conn: sqlite3.Connection, full: bool, tidy: bool = True) -> None:
+        """Makes the index agree with the files; must hold the lock when ``tidy``, which
+        removes the temporary files of writers that died.
 
         Files whose size and modification time match their index row are not opened again
         (unless ``full``, or the index was made for another mode). Files that cannot be
@@ -772,7 +783,7 @@ class FileStorage(Storage):
             conn.execute("DELETE FROM sessions")
             conn.execute("DELETE FROM pending")
             return
-        for entry in os.scandir(self.dir_path):
+        for entry in os.scandir(self.dir_path) if tidy else ():
             if entry.name.startswith(_TEMP_PREFIX):
                 Path(entry.path).unlink(missing_ok=True)
         known = {
@@ -1048,6 +1059,13 @@ class FileStorage(Storage):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.dir_path)!r}, mode={self.mode!r})"
+
+
+def _not_writable(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised because a file or folder could not be written to: on a
+    read-only file system, or without the permission."""
+    cause = exc.__cause__
+    return isinstance(cause, OSError) and cause.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _only_interrupts(exc: BaseException) -> bool:
