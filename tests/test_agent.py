@@ -557,3 +557,59 @@ def test_a_stored_session_of_another_shape_is_corrupt_and_left_as_it_is(
     with pytest.raises(CorruptSessionError, match=rf"'fine'.* {field} should be a"):
         agent.run("hello again")
     assert storage.read("odd") == stored
+
+
+def test_an_agent_given_another_storage_carries_its_whole_session_there(
+    backend_store: Store, tmp_path: Path
+) -> None:
+    agent = Agent(
+        model=OfflineModel(), session_id="moved", add_history_to_messages=True, user_id="ada"
+    )
+    agent.session_state["topic"] = "names"
+    agent.run("My name is Ada.")
+    agent.storage = JsonStorage(tmp_path / "before", mode="agent")
+    agent.run("My colour is red.")
+    before = agent.storage.read("moved")
+    agent.storage = backend_store()
+    assert agent.run("What is my name?").content.startswith("Your name is Ada.")
+    assert [r["input"] for r in agent.runs] == [
+        "My name is Ada.",
+        "My colour is red.",
+        "What is my name?",
+    ]
+    stored = backend_store().read("moved")
+    assert isinstance(stored, AgentSession)
+    assert stored.memory is not None
+    assert [r["input"] for r in stored.memory["runs"]] == [r["input"] for r in agent.runs]
+    assert stored.memory["messages"] == agent.messages
+    assert stored.session_data is not None
+    assert stored.session_data["session_state"] == {"topic": "names"}
+    assert stored.session_data["metrics"]["runs"] == 3
+    assert stored.user_id == "ada"
+    assert JsonStorage(tmp_path / "before", mode="agent").read("moved") == before
+    again = _agent(backend_store, session_id="moved", add_history_to_messages=True)
+    assert again.run("What is my colour?").content.startswith("Your colour is red.")
+
+
+def test_an_agent_given_a_storage_that_holds_its_session_adds_to_it(
+    backend_store: Store, tmp_path: Path
+) -> None:
+    old = JsonStorage(tmp_path / "old", mode="agent")
+    agent = Agent(model=OfflineModel(), storage=old, session_id="s")
+    agent.run("one")
+    agent.run("two")
+    backend_store().restore(old.read("s"))  # type: ignore[arg-type]
+    agent.storage = backend_store()
+    agent.run("three")
+    stored = backend_store().read("s")
+    assert stored is not None
+    assert [r["input"] for r in stored.memory["runs"]] == ["one", "two", "three"]  # type: ignore[attr-defined]
+
+
+def test_a_storage_set_on_an_agent_is_checked_as_one_given_to_it() -> None:
+    agent = Agent(model=OfflineModel())
+    with pytest.raises(ValueError, match="mode='agent'"):
+        agent.storage = InMemoryStorage(mode="team")
+    with pytest.raises(TypeError, match="is a URL"):
+        agent.storage = "sqlite:///x.db"  # type: ignore[assignment]
+    assert agent.storage is None

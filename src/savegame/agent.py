@@ -71,6 +71,8 @@ class Agent(SessionKeeper):
         model: the model to answer with; when None, the model the environment configures
             (see :func:`savegame.models.default_model`).
         storage: a storage in mode ``"agent"``; None keeps the session in this object only.
+            Set to another later, it gets the whole session at the next save (see
+            :attr:`~savegame.runtime.SessionKeeper.storage`).
         session_id: the session to resume or start; a new id when None.
         user_id: whose session it is; a resumed session's own when None.
         agent_id: stored in the session's ``agent_id``; a resumed session's own, or a new

@@ -90,16 +90,7 @@ class SessionKeeper:
         session_state: dict[str, Any] | None,
         extra_data: dict[str, Any] | None,
     ) -> None:
-        if isinstance(storage, str):
-            raise TypeError(
-                f"storage={storage!r} is a URL, not a storage: pass "
-                f"savegame.open_storage({storage!r}, mode={self.mode!r})"
-            )
-        if storage is not None and storage.mode != self.mode:
-            raise ValueError(
-                f"{type(self).__name__} saves {self.mode!r} sessions; this storage is in mode "
-                f"{storage.mode!r}: open it with mode={self.mode!r}"
-            )
+        self._stored_from: Storage | None = None
         self.storage = storage
         self.spec = mode_spec(self.mode)
         self._initial_user = user_id
@@ -123,6 +114,36 @@ class SessionKeeper:
             self.session_name = session_name
         if self.entity_id is None:
             self.entity_id = self._made_up_id = new_id()
+
+    @property
+    def storage(self) -> Storage | None:
+        """Where the session is saved; None keeps it in this object only.
+
+        Another storage may be set at any time (a move from SQLite to PostgreSQL, say, or
+        from none to one): the session goes with it. The next save writes the whole session
+        as this object has it into the new storage when that one does not hold it yet, and
+        adds this object's changes to it when it does (copied there beforehand by
+        ``savegame copy``, say). The storage set before is left as it was.
+
+        Raises:
+            TypeError: when set to a URL (a string) rather than a storage.
+            ValueError: when set to a storage in another mode than this object's.
+        """
+        return self._storage
+
+    @storage.setter
+    def storage(self, storage: Storage | None) -> None:
+        if isinstance(storage, str):
+            raise TypeError(
+                f"storage={storage!r} is a URL, not a storage: pass "
+                f"savegame.open_storage({storage!r}, mode={self.mode!r})"
+            )
+        if storage is not None and storage.mode != self.mode:
+            raise ValueError(
+                f"{type(self).__name__} saves {self.mode!r} sessions; this storage is in mode "
+                f"{storage.mode!r}: open it with mode={self.mode!r}"
+            )
+        self._storage = storage
 
     # -- the session ----------------------------------------------------------------------
 
@@ -240,7 +261,14 @@ class SessionKeeper:
             StorageError: when the store refused the write; this object is left as it was.
         """
 
+        # A session this object had from another storage (or from none) is carried into
+        # this one, which does not hold it yet; only a session this storage held and no
+        # longer does (deleted elsewhere) starts afresh.
+        carried = self._stored if self._stored_from is not self.storage else None
+
         def merge(current: Session | None) -> Session:
+            if current is None and carried is not None:
+                current = copy.deepcopy(carried)
             return self._merged(current, run, replace)
 
         if self.storage is None:
@@ -304,6 +332,7 @@ class SessionKeeper:
         """
         data = self._fields(stored)
         self._stored = stored
+        self._stored_from = self.storage
         self.version = getattr(stored, "version", None)
         self.runs = list(get_path(data, self.spec.runs_path) or [])
         session_data = data.get("session_data") or {}
