@@ -11,6 +11,9 @@ name in the request chooses how it behaves:
 ``partial``    sends headers and half the body, then closes
 ``garbage``    200 with a body that is not JSON
 ``odd-usage``  as ``echo``, with a ``usage`` that is a string, not an object
+``bool-usage`` as ``echo``, with token counts that are booleans and floats
+``deep``       200 with JSON nested deeper than Python's recursion limit
+``deep-500``   500 with such a body
 ``hang``       answers nothing until the server stops
 ``trickle``    as ``echo``, a byte every 10 ms (about 3 s in all), or until the server stops
 ``refuse``     200 with a message whose content is null and whose ``refusal`` says why
@@ -53,6 +56,12 @@ NO_TEXT: dict[str, tuple[dict[str, Any], str]] = {
 }
 """The message and finish reason of the answers without text, by model name."""
 
+USAGE: dict[str, Any] = {
+    "odd-usage": "n/a",
+    "bool-usage": {"prompt_tokens": True, "completion_tokens": 3.0, "total_tokens": 4},
+}
+"""The ``usage`` of the answers whose token counts are not all whole numbers, by model name."""
+
 
 @dataclass
 class ModelServer:
@@ -92,6 +101,8 @@ def _handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
                 self.connection.close()
             elif model == "garbage":
                 self._raw(200, b"<html>not a completion</html>")
+            elif model in ("deep", "deep-500"):
+                self._raw(200 if model == "deep" else 500, b"[" * 100_000 + b"]" * 100_000)
             elif model == "hang":
                 server.stopping.wait(30)
             else:
@@ -108,9 +119,9 @@ def _handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
                         "object": "chat.completion",
                         "model": model,
                         "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-                        "usage": "n/a"
-                        if model == "odd-usage"
-                        else {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+                        "usage": USAGE.get(
+                            model, {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+                        ),
                     },
                 )
 

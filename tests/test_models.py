@@ -111,6 +111,21 @@ def test_token_counts_of_an_odd_shape_are_left_out(server: ModelServer) -> None:
     answer = OpenAIChat(id="odd-usage", base_url=server.base_url).respond([message("user", "hi")])
     assert answer.content == "echo: hi [1 messages]"
     assert answer.usage == {}
+    answer = OpenAIChat(id="bool-usage", base_url=server.base_url).respond([message("user", "hi")])
+    assert answer.usage == {"total_tokens": 4}
+
+
+def test_an_answer_nested_too_deep_to_decode_raises_a_model_error(server: ModelServer) -> None:
+    with pytest.raises(ModelResponseError, match="not a chat completion"):
+        OpenAIChat(id="deep", base_url=server.base_url).respond([message("user", "hi")])
+    with pytest.raises(ModelHTTPError, match=r"answered 500: \[\[\[") as caught:
+        OpenAIChat(id="deep-500", base_url=server.base_url).respond([message("user", "hi")])
+    assert caught.value.status == 500
+    storage = InMemoryStorage()
+    agent = Agent(OpenAIChat(id="deep", base_url=server.base_url), storage, session_id="s")
+    with pytest.raises(ModelResponseError):
+        agent.run("hi")
+    assert storage.read("s") is None
 
 
 def test_a_malformed_base_url_raises_model_connection_error() -> None:

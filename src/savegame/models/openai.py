@@ -230,7 +230,7 @@ def _error_message(body: str) -> str:
     """The ``error.message`` of an OpenAI-style error body, or its first line."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's stack
         return body.strip().splitlines()[0][:200] if body.strip() else ""
     error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, dict) and isinstance(error.get("message"), str):
@@ -263,7 +263,7 @@ def _parse(body: bytes, default_model: str) -> ModelResponse:
         model = str(data.get("model") or default_model)
         usage = data.get("usage")
         usage = usage if isinstance(usage, dict) else {}  # counts are extra: none is fine
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError) as exc:
         raise ModelResponseError(
             f"the server's answer is not a chat completion: {body[:200]!r}"
         ) from exc
@@ -279,5 +279,5 @@ def _parse(body: bytes, default_model: str) -> ModelResponse:
     return ModelResponse(
         content=content,
         model=model,
-        usage={k: v for k, v in counts.items() if isinstance(v, int)},
+        usage={k: v for k, v in counts.items() if type(v) is int},  # not True, not 1.0
     )
