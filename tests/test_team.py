@@ -315,6 +315,35 @@ def test_a_member_session_that_cannot_be_loaded_leaves_the_team_as_it_was(
     assert len(coder.memory["runs"]) == 1  # type: ignore[index]
 
 
+def test_a_team_that_cannot_load_a_members_session_leaves_every_member_as_it_was(
+    stores: tuple[Store, Store],
+) -> None:
+    agents, teams = stores
+    stored = _team(stores, session_id="t2", user_id="bob")
+    stored.run("How do I write a python loop?")
+    agents().upsert(
+        AgentSession(session_id=stored.member_sessions["coder"], session_data="x")  # type: ignore[arg-type]
+    )
+    chef = Agent(OfflineModel(), agents(), session_id="own-chef", name="chef", user_id="ada")
+    coder = Agent(OfflineModel(), agents(), session_id="own-coder", name="coder")
+    chef.run("My favourite recipe is pho.")
+    with pytest.raises(CorruptSessionError, match="session_data"):
+        Team([chef, coder], OfflineModel(), teams(), session_id="t2")
+    assert (chef.session_id, chef.user_id, chef.team_session_id, len(chef.runs)) == (
+        "own-chef",
+        "ada",
+        None,
+        1,
+    )
+    assert (coder.session_id, coder.user_id, coder.team_session_id) == ("own-coder", None, None)
+    chef.run("And my favourite drink is tea.")
+    own = agents().read("own-chef")
+    assert own is not None
+    assert len(own.memory["runs"]) == 2  # type: ignore[index]
+    chef.new_session()
+    assert chef.user_id == "ada"
+
+
 def test_a_team_as_a_member_is_refused_clearly() -> None:
     sub = Team([Agent(OfflineModel(), name="chef")], OfflineModel(), name="sub")
     with pytest.raises(TypeError, match="members are agents: a team in a team"):

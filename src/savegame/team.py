@@ -51,7 +51,8 @@ class Team(SessionKeeper):
         TypeError: when a member is not an :class:`~savegame.agent.Agent` (a team, say).
         ModelNotConfiguredError: when ``model`` is None and no model is configured.
         SessionOwnerError: when ``session_id`` belongs to another ``user_id``.
-        StorageError: when the stored team or member session cannot be read.
+        StorageError: when the stored team or member session cannot be read; every member
+            is then left on the session it was on.
     """
 
     mode = "team"
@@ -99,7 +100,9 @@ class Team(SessionKeeper):
             storage, session_id, user_id, team_id, session_name, session_state, extra_data
         )
         self._members_ready = True
-        self._attach_members()
+        # The members are the caller's: a team that cannot be made leaves them as they were.
+        with self._unchanged_on_error():
+            self._attach_members()
 
     @property
     def team_id(self) -> str | None:
