@@ -613,3 +613,37 @@ def test_a_storage_set_on_an_agent_is_checked_as_one_given_to_it() -> None:
     with pytest.raises(TypeError, match="is a URL"):
         agent.storage = "sqlite:///x.db"  # type: ignore[assignment]
     assert agent.storage is None
+
+
+def test_two_agents_on_one_session_keep_each_others_state_and_name(
+    backend_store: Store,
+) -> None:
+    first = _agent(backend_store, session_id="s", session_state={"shared": 0})
+    first.run("hello")
+    second = _agent(backend_store, session_id="s")
+    first.session_state["cart"] = ["tea"]
+    first.session_state["shared"] = 1
+    first.run("add tea to my cart")
+    second.rename_session("Shopping")
+    second.run("what is the weather?")
+    stored = backend_store().read("s")
+    assert stored is not None
+    assert stored.session_data["session_state"] == {"shared": 1, "cart": ["tea"]}  # type: ignore[index]
+    assert second.session_state == {"shared": 1, "cart": ["tea"]}
+    first.run("anything else?")
+    assert first.session_name == "Shopping"
+    second.session_state["shared"] = 2
+    del second.session_state["cart"]
+    first.session_state["shared"] = 3
+    second.run("empty my cart")
+    first.run("one more")
+    stored = backend_store().read("s")
+    assert stored is not None
+    assert stored.session_data["session_state"] == {"shared": 3}  # type: ignore[index]
+    assert stored.session_data["session_name"] == "Shopping"  # type: ignore[index]
+    assert len(stored.memory["runs"]) == 6  # type: ignore[attr-defined]
+    second.rename_session("Groceries")
+    first.rename_session("Shopping")
+    stored = backend_store().read("s")
+    assert stored is not None
+    assert stored.session_data["session_name"] == "Shopping"  # type: ignore[index]

@@ -6,7 +6,10 @@ session, adds this run to the runs already there and writes with the version it 
 another process saved the same session in between, the write conflicts and is redone over
 the newer session, so two processes running one session lose no run. The stored session is
 then taken back as the keeper's own, so its history includes the other process's runs. Runs
-are merged; the session's name and state are the saving process's (the last writer wins).
+are merged, and so are the session's name and state: a save writes the name, and the keys of
+the state, that this object changed since it last read or saved the session, over what is
+stored then. A change another process saved meanwhile is kept, unless this object changed the
+same thing (the last writer wins).
 
 Where the runs sit in a session (``memory["runs"]`` or ``runs``) and which field names the
 agent, team or workflow come from the storage's mode spec, never from a branch on the mode.
@@ -23,6 +26,7 @@ from typing import Any, ClassVar
 
 from savegame.errors import CorruptSessionError
 from savegame.storage.base import Storage
+from savegame.storage.known import pickle_plain
 from savegame.storage.session import Session, get_path, messages_of, mode_spec, set_path
 
 Run = dict[str, Any]
@@ -104,6 +108,11 @@ class SessionKeeper:
         self.extra_data: dict[str, Any] | None = None
         self._base_state: dict[str, Any] = {}
         """The stored ``session_state`` as last read or saved, that changes are made on."""
+        self._base_name: str | None = None
+        """The stored session name as last read or saved."""
+        self._renaming = False
+        """Whether the save under way is a rename, which writes the name even when it is the
+        one last read (another process having renamed the session since)."""
         self._initial_state = copy.deepcopy(session_state or {})
         self._made_with = {name: getattr(self, name) for name in self.made_with}
         self.session_id = session_id or new_id()
@@ -217,11 +226,14 @@ class SessionKeeper:
             StorageError: when the name could not be saved.
         """
         before, self.session_name = self.session_name, name
+        self._renaming = True
         try:
             self._save(None)
         except BaseException:
             self.session_name = before
             raise
+        finally:
+            self._renaming = False
 
     def delete_session(self, session_id: str | None = None) -> bool:
         """Deletes a stored session (default: the current one, which then starts afresh).
@@ -305,8 +317,9 @@ class SessionKeeper:
             else:
                 runs[at] = self._replacing(runs[at], run)
         set_path(data, self.spec.runs_path, runs)
+        changed_name = self._renaming or self.session_name != self._base_name
         session_data.update(
-            session_name=self.session_name,
+            session_name=self.session_name if changed_name else session_data.get("session_name"),
             session_state=self._state_to_store(session_data.get("session_state") or {}),
             metrics=metrics,
         )
@@ -345,6 +358,7 @@ class SessionKeeper:
         else:
             self.session_state = state
         self._base_state = copy.deepcopy(session_data.get("session_state") or {})
+        self._base_name = session_data.get("session_name")
         self.metrics = dict(session_data.get("metrics") or {})
         self.user_id = self.user_id or data.get("user_id")
         stored_entity = data.get(self.spec.entity_field)
@@ -396,6 +410,7 @@ class SessionKeeper:
         self.session_name = None
         self.session_state = copy.deepcopy(self._initial_state)
         self._base_state = {}
+        self._base_name = None
         self.extra_data = copy.deepcopy(self._initial_extra)
         self.metrics = {}
         for name, value in self._made_with.items():
@@ -404,9 +419,26 @@ class SessionKeeper:
     # -- hooks ----------------------------------------------------------------------------
 
     def _state_to_store(self, stored: dict[str, Any]) -> dict[str, Any]:
-        """The ``session_state`` a save writes over the ``stored`` one: this object's whole
-        state (the last writer's wins)."""
-        return copy.deepcopy(self.session_state)
+        """The ``session_state`` a save writes: the ``stored`` one with this object's changes
+        since it last read or saved it, key by key. A key another process saved meanwhile
+        and this object left alone is kept, where writing this object's whole state would
+        put back what it had read, erasing the other's change without a word."""
+        base = self._base_state
+        merged = copy.deepcopy(stored)
+        for key in base.keys() - self.session_state.keys():
+            merged.pop(key, None)
+        for key, value in self.session_state.items():
+            if key not in base and key in stored and self._stored_wins(key):
+                continue
+            if key not in base or _changed(base[key], value):
+                merged[key] = copy.deepcopy(value)
+        return merged
+
+    def _stored_wins(self, key: str) -> bool:
+        """Whether ``key``, added to the state by this object and stored meanwhile by
+        another process, keeps the stored value (the first writer's): no, the last writer
+        wins."""
+        return False
 
     def _replacing(self, stored: Run, run: Run) -> Run:
         """The run a save stores in place of the ``stored`` run with the same id: ``run``."""
@@ -436,6 +468,12 @@ def list_messages(data: dict[str, Any]) -> None:
     runs = memory.get("runs")
     memory["messages"] = messages_of(runs if isinstance(runs, list) else [])
     data["memory"] = memory
+
+
+def _changed(before: Any, after: Any) -> bool:
+    """Whether a value of the state changed, exactly (``==`` calls 1, 1.0 and True equal)."""
+    old, new = pickle_plain(before), pickle_plain(after)
+    return old is None or old != new
 
 
 def _misshapen(stored: Session, field: str, value: Any, kind: type) -> CorruptSessionError:

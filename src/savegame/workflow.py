@@ -30,7 +30,6 @@ from savegame.errors import SerializationError
 from savegame.runtime import Run, SessionKeeper, new_id
 from savegame.storage.base import Storage
 from savegame.storage.codec import encode
-from savegame.storage.known import pickle_plain
 from savegame.storage.session import get_path
 
 T = TypeVar("T")
@@ -201,26 +200,10 @@ class Workflow(SessionKeeper):
     def _entity_data(self) -> dict[str, Any]:
         return {"name": self.name, "workflow_id": self.entity_id, "description": self.description}
 
-    def _state_to_store(self, stored: dict[str, Any]) -> dict[str, Any]:
-        """The stored state with this object's changes since it last read it, key by key:
-        a result another process saved meanwhile (by :meth:`step`) is kept, where the whole
-        state of the last writer would erase it, and the step would be computed again."""
-        base = self._base_state
-        merged = copy.deepcopy(stored)
-        for key in base.keys() - self.session_state.keys():
-            merged.pop(key, None)
-        for key, value in self.session_state.items():
-            if key in self._new_steps and key in stored and key not in base:
-                continue
-            if key not in base or _changed(base[key], value):
-                merged[key] = copy.deepcopy(value)
-        return merged
-
-
-def _changed(before: Any, after: Any) -> bool:
-    """Whether a value of the state changed, exactly (``==`` calls 1, 1.0 and True equal)."""
-    old, new = pickle_plain(before), pickle_plain(after)
-    return old is None or old != new
+    def _stored_wins(self, key: str) -> bool:
+        """A step result another process saved meanwhile is kept (the first result saved
+        wins), where this object's would replace it after being computed twice."""
+        return key in self._new_steps
 
 
 def _recorded(run: Callable[..., Any]) -> Callable[..., Any]:
