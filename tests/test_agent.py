@@ -18,12 +18,14 @@ from savegame.agent import Agent
 from savegame.errors import BackendUnavailableError, CorruptSessionError
 from savegame.models import Message, ModelConnectionError, ModelResponse
 from savegame.models.offline import OfflineModel
+from savegame.models.openai import OpenAIChat
 from savegame.runtime import SessionOwnerError
 from savegame.storage.in_memory import InMemoryStorage
 from savegame.storage.json import JsonStorage
 from savegame.storage.session import AgentSession
 from savegame.storage.sqlite import SqliteStorage
 from savegame.testing import Store
+from tests.model_server import model_server
 from tests.runtime_helpers import new_session_after, run_worker
 
 
@@ -647,3 +649,56 @@ def test_two_agents_on_one_session_keep_each_others_state_and_name(
     stored = backend_store().read("s")
     assert stored is not None
     assert stored.session_data["session_name"] == "Shopping"  # type: ignore[index]
+
+
+def test_the_originals_run_messages_are_sent_as_the_turns_they_hold() -> None:
+    # Runs as the original library saved them: each run's system prompt, a tool call and its
+    # result, copies of the history it had sent, keys of its own, content given as parts.
+    system = {"role": "system", "content": "You are agno.", "created_at": 1}
+    call = {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+    picture = [
+        {"type": "text", "text": "What is in this picture?"},
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+    ]
+    runs = [
+        {
+            "run_id": "r0",
+            "messages": [
+                system,
+                {"role": "user", "content": "My name is Ada.", "add_to_agent_memory": True},
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "content": "found", "tool_call_id": "c1"},
+                {"role": "assistant", "content": "Hello, Ada.", "metrics": {"time": 0.1}},
+            ],
+        },
+        {
+            "run_id": "r1",
+            "messages": [
+                system,
+                {"role": "user", "content": "My name is Ada.", "from_history": True},
+                {"role": "assistant", "content": "Hello, Ada.", "from_history": True},
+                {"role": "user", "content": picture},
+                {"role": "assistant", "content": "A cat."},
+            ],
+        },
+    ]
+    storage = InMemoryStorage(mode="agent")
+    storage.upsert(AgentSession(session_id="old", memory={"runs": runs}))
+    with model_server() as server:
+        model = OpenAIChat(id="echo", api_key="sk-test", base_url=server.base_url)
+        agent = Agent(model=model, storage=storage, session_id="old", add_history_to_messages=True)
+        assert agent.run("Who am I?").content == "echo: Who am I? [5 messages]"
+        assert server.requests[-1]["body"]["messages"] == [
+            {"role": "user", "content": "My name is Ada."},
+            {"role": "assistant", "content": "Hello, Ada."},
+            {"role": "user", "content": "What is in this picture?"},
+            {"role": "assistant", "content": "A cat."},
+            {"role": "user", "content": "Who am I?"},
+        ]
+    offline = Agent(
+        model=OfflineModel(), storage=storage, session_id="old", add_history_to_messages=True
+    )
+    assert offline.run("What is my name?").content.startswith("Your name is Ada.")
+    stored = storage.read("old")
+    assert stored is not None
+    assert stored.memory["runs"][:2] == runs  # type: ignore[attr-defined]

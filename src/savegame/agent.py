@@ -218,7 +218,7 @@ class Agent(SessionKeeper):
     def _history(self) -> list[Message]:
         if not self.add_history_to_messages or self.num_history_runs <= 0:
             return []
-        return messages_of(self.runs[-self.num_history_runs :])
+        return _turns(messages_of(self.runs[-self.num_history_runs :]))
 
     def _entity_data(self) -> dict[str, Any]:
         return {
@@ -239,3 +239,34 @@ class Agent(SessionKeeper):
         agent_data = data.get("agent_data") or {}
         self.name = self.name or agent_data.get("name")
         self.role = self.role or agent_data.get("role")
+
+
+_TURN_ROLES = ("user", "assistant")
+
+
+def _turns(messages: list[Any]) -> list[Message]:
+    """The earlier turns among a session's run messages, as a model is sent them: each
+    user message and each answer with text, its role and content alone.
+
+    A session the original library saved holds more in its runs' messages: each run's system
+    prompt, copies of the history it sent (``from_history``), tool calls and their results,
+    keys of its own (``metrics``, ``created_at``). A chat API refuses keys it does not know,
+    and would be sent the instructions and the history twice. Content given as parts (text
+    beside an image) is sent as its text.
+    """
+    turns: list[Message] = []
+    for m in messages:
+        if type(m) is not dict or m.get("from_history") or m.get("role") not in _TURN_ROLES:
+            continue
+        content = m.get("content")
+        if isinstance(content, list):
+            content = "\n".join(
+                p["text"]
+                for p in content
+                if isinstance(p, dict)
+                and p.get("type") == "text"
+                and isinstance(p.get("text"), str)
+            )
+        if isinstance(content, str) and content:
+            turns.append(make_message(m["role"], content))
+    return turns
