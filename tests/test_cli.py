@@ -171,6 +171,48 @@ def test_show_gives_a_session_without_runs_as_0_runs(tmp_path: Path) -> None:
     assert re.search(r"│ version +1 +│", shown), shown
 
 
+def test_tables_and_json_show_ids_and_text_as_they_are(tmp_path: Path) -> None:
+    """Emoji codes, markup, escape sequences and lone surrogates in ids, names and messages:
+    Rich showed "chat:x:1" as "chat❌1", passed a model's escape sequences to the terminal,
+    and a lone surrogate made list and show fail with a UnicodeEncodeError, exit code 2."""
+    url = f"sqlite:///{tmp_path / 'odd.db'}"
+    session_id = "chat:x:1[bold]"
+    message = "clear\x1b[2J screen \x9b31m :100: two\nlines"
+    with open_storage(url) as storage:
+        storage.create()
+        storage.restore(
+            AgentSession(
+                session_id=session_id,
+                user_id=":thumbs_up:",
+                agent_id="bell\x07",
+                memory={"runs": [{"message": message, "response": "half \ud800 a pair"}]},
+                session_data={"session_name": "n\udc00 :red_heart:"},
+                created_at=BASE,
+                updated_at=BASE,
+            )
+        )
+    url_args = ("-s", url)
+    table = text(savegame("sessions", "list", *url_args))
+    assert "chat:x:1[bold]" in table
+    assert ":thumbs_up:" in table
+    assert "bell\\x07" in table
+    assert "n\\udc00 :red_heart:" in table
+    shown = text(savegame("sessions", "show", session_id, *url_args))
+    assert "clear\\x1b[2J screen \\x9b31m :100: two\nlines" in shown
+    assert "half \\ud800 a pair" in shown
+    purged = text(savegame("purge", "--older-than", "1d", "--dry-run", *url_args))
+    assert purged.splitlines() == [session_id]
+    for output in (table, shown, purged):
+        assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f]", output), output
+
+    listed = json.loads(text(savegame("sessions", "list", "--json", *url_args)))
+    assert (listed[0]["id"], listed[0]["name"]) == (session_id, "n\udc00 :red_heart:")
+    raw = savegame("sessions", "show", session_id, "--json", *url_args).stdout
+    assert not re.search(b"[\x00-\x09\x0b-\x1f\x7f]|\xc2[\x80-\x9f]", raw)
+    with open_storage(url) as storage:
+        assert json.loads(raw) == json.loads(session_line(storage.read(session_id)))  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("backend", URL_BACKENDS)
 def test_export_import_is_lossless_across_backends(backend: Backend, tmp_path: Path) -> None:
     """JSON lines out of one store, into an empty store of this backend, and out again."""

@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal, NoReturn, TextIO
 
 import typer
 from rich.console import Console
+from rich.highlighter import JSONHighlighter
 from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -141,9 +142,13 @@ class _Output(Console):
 
 
 # Piped output gets room for whole ids rather than the 80 columns Rich assumes by default.
-out = _Output(soft_wrap=False, width=None if sys.stdout and sys.stdout.isatty() else 160)
+# No emoji codes: Rich would show a session id like "chat:x:1" as "chat❌1", which cannot be
+# copied into the next command.
+out = _Output(
+    soft_wrap=False, width=None if sys.stdout and sys.stdout.isatty() else 160, emoji=False
+)
 # Messages stay one line each, however narrow the terminal, so that scripts can grep them.
-err = Console(stderr=True, soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True, emoji=False)
 
 
 class _ExitCodes(TyperGroup):
@@ -165,7 +170,7 @@ class _ExitCodes(TyperGroup):
             # the command line prints before any command runs (--help, --version) on a
             # standard output that cannot be written (a full disk).
             message = f"cannot write to standard output: {exc.strerror or exc}"
-            err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+            err.print(f"[bold red]error:[/] {_shown(message)}", highlight=False)
             raise SystemExit(1) from exc
 
     # ``ctx`` is the Context of the click that typer vendors, which it does not export.
@@ -198,7 +203,7 @@ def _report(exc: BaseException, ctx: Any, code: int) -> NoReturn:
     message = " ".join(str(exc).split()) or type(exc).__name__
     if "storage.upgrade_schema()" in message:
         message += " (here: savegame schema upgrade, with the same --storage and --mode)"
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    err.print(f"[bold red]error:[/] {_shown(message)}", highlight=False)
     raise typer.Exit(code) from exc
 
 
@@ -208,7 +213,7 @@ def _missing(url: str, mode: str, session_ids: list[str]) -> NoReturn:
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    err.print(f"[bold red]error:[/] {_shown(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -376,7 +381,7 @@ def sessions_list(
             overflow="fold",
         )
     for row in rows:
-        table.add_row(*(escape(_cell(key, row[key])) for key in _COLUMNS))
+        table.add_row(*(_shown(_cell(key, row[key])) for key in _COLUMNS))
     out.print(table)
 
 
@@ -400,7 +405,7 @@ def sessions_show(
         return
     meta = Table.grid(padding=(0, 2))
     for key in _COLUMNS:
-        meta.add_row(f"[bold]{key}[/]", escape(_cell(key, summary[key])))
+        meta.add_row(f"[bold]{key}[/]", _shown(_cell(key, summary[key])))
     meta.add_row("[bold]version[/]", _cell("version", data.get("version")))
     out.print(Panel(meta, title=f"{mode} session", expand=False))
     out.print("[bold]Conversation[/]")
@@ -412,7 +417,7 @@ def sessions_show(
         out.print("  (no messages)")
     for role, text in messages:
         style = {"user": "cyan", "assistant": "green", "system": "magenta"}.get(role, "yellow")
-        out.print(f"[bold {style}]{escape(role)}[/]: {escape(text)}", highlight=False)
+        out.print(f"[bold {style}]{_shown(role)}[/]: {_shown(text, lines=True)}", highlight=False)
     for key, value in data.items():
         if key.endswith("_data") or key == "memory":
             shown = _without_runs(key, value, store.spec.runs_path)
@@ -613,7 +618,7 @@ def purge(
     with _open(storage, mode, "note") as store:
         removed = transfer.purge(store, seconds, dry_run)
     for session_id in removed:
-        out.print(escape(session_id), highlight=False)
+        out.print(_shown(session_id), highlight=False)
     verb = "would remove" if dry_run else "removed"
     _note(f"{verb} {_sessions(len(removed))}")
 
@@ -628,7 +633,7 @@ def delete_user(
     erasure = transfer.delete_user(storage, user_id, mode)
     detail = ", ".join(f"{m}: {n}" for m, n in erasure.removed.items())
     out.print(
-        f"deleted {_sessions(erasure.total)} of user {escape(repr(user_id))} ({detail})",
+        f"deleted {_sessions(erasure.total)} of user {_shown(repr(user_id))} ({detail})",
         highlight=False,
     )
 
@@ -717,14 +722,44 @@ def _fail_if_left_out(left_out: list[str], url: str) -> None:
 
 def _note(message: str) -> None:
     """A message for the person at the terminal, kept out of the output proper."""
-    err.print(escape(message), highlight=False)
+    err.print(_shown(message), highlight=False)
+
+
+_UNSHOWN = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+"""Control characters, which a terminal would obey (an escape sequence in a model's answer
+could clear the screen or retitle the window), and lone surrogates, which UTF-8 cannot
+encode."""
+_UNSHOWN_IN_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+""":data:`_UNSHOWN` but for the line breaks and tabs of a message's text."""
+
+
+def _shown(text: str, *, lines: bool = False) -> str:
+    """``text`` as Rich markup that prints it as it is, with each character of
+    :data:`_UNSHOWN` written as its Python escape (``\\x1b``, ``\\ud800``); ``lines``: line
+    breaks and tabs are kept."""
+    pattern = _UNSHOWN_IN_LINES if lines else _UNSHOWN
+    visible = pattern.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    return escape(visible)
+
+
+_UNSHOWN_IN_JSON = re.compile(r"[\x7f-\x9f\ud800-\udfff]")
+"""What JSON text written with ``ensure_ascii=False`` holds of :data:`_UNSHOWN`."""
 
 
 def _print_json(value: Any) -> None:
-    """Indented JSON: coloured on a terminal, exact text (never wrapped) for a pipe."""
+    """Indented JSON: coloured on a terminal, exact text (never wrapped) for a pipe.
+
+    Control characters and lone surrogates are written as JSON escapes, which give the same
+    value back: text that UTF-8 can carry and a terminal does not obey.
+    """
     text = json.dumps(value, ensure_ascii=False, indent=2)
+    text = _UNSHOWN_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
     if out.is_terminal:
-        out.print_json(text)
+        # Not print_json, which would parse the text and write it again, escapes undone.
+        shown = JSONHighlighter()(text)
+        shown.no_wrap = True
+        shown.overflow = None
+        out.print(shown)
     else:
         _emit(_encoded(text + "\n"))
 
