@@ -161,6 +161,24 @@ def test_sessions_list_show_rename_delete(backend: Backend, tmp_path: Path) -> N
         savegame("sessions", "rename", "nope", "x", *url, code=2)
 
 
+def test_delete_refuses_a_bad_id_before_deleting_any(tmp_path: Path) -> None:
+    """``delete a "" b`` deleted a, then stopped at the empty id with b kept and nothing
+    said of a; ``delete c c`` deleted c and then said it was not there."""
+    url = f"sqlite:///{tmp_path / 'del.db'}"
+    with open_storage(url) as storage:
+        storage.create()
+        for session_id in "abc":
+            storage.upsert(AgentSession(session_id=session_id))
+    refused = savegame("sessions", "delete", "a", "", "b", "-s", url, code=2)
+    assert errors(refused).splitlines() == ["error: session id must not be empty"]
+    with open_storage(url) as storage:
+        assert sorted(storage.get_all_session_ids()) == ["a", "b", "c"]
+    twice = savegame("sessions", "delete", "c", "c", "-s", url)
+    assert errors(twice).splitlines() == ["deleted 1 session"]
+    with open_storage(url) as storage:
+        assert sorted(storage.get_all_session_ids()) == ["a", "b"]
+
+
 def test_show_gives_a_session_without_runs_as_0_runs(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'quiet.db'}"
     with open_storage(url) as storage:

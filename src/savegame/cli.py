@@ -36,6 +36,7 @@ from savegame import __version__, transfer
 from savegame.chat import chat
 from savegame.errors import StorageError
 from savegame.storage.base import Storage
+from savegame.storage.codec import check_id
 from savegame.storage.session import MODES, Session
 from savegame.storage.sqlite import in_memory_url
 from savegame.storage.url import open_storage, parse_url, redact
@@ -433,11 +434,21 @@ def sessions_delete(
     mode: ModeOption = "agent",
 ) -> None:
     """Delete sessions by id; an id that is not there is an error, after the others are gone."""
+    # Every id is checked before the first is deleted: a bad one half-way would stop the
+    # command with some sessions gone and the rest not.
+    wanted = list(dict.fromkeys(check_id(session_id) for session_id in session_ids))
+    deleted = 0
+    missing: list[str] = []
     with _open(storage, mode) as store:
         exists = store.table_exists()
-        missing = [sid for sid in session_ids if not (exists and store.delete_session(sid))]
-    deleted = len(session_ids) - len(missing)
-    _note(f"deleted {_sessions(deleted)}")
+        try:
+            for session_id in wanted:
+                if exists and store.delete_session(session_id):
+                    deleted += 1
+                else:
+                    missing.append(session_id)
+        finally:
+            _note(f"deleted {_sessions(deleted)}")
     if missing:
         _missing(storage, mode, missing)
 
