@@ -112,6 +112,18 @@ def test_blank_lines_are_skipped(backend_store: Store) -> None:
     assert _comparable(backend_store(), stored) == _comparable(backend_store(), lines)
 
 
+def test_a_byte_order_mark_in_front_of_the_file_is_skipped() -> None:
+    """A file saved by Notepad starts with one; its first line was "not JSON"."""
+    lines = _lines(_memory_with("agent", 2))
+    for first in ("\ufeff" + lines[0], ("\ufeff" + lines[0]).encode("utf-8")):
+        storage = InMemoryStorage()
+        report = transfer.import_sessions(storage, [first, lines[1]])
+        assert (report.total, report.copied) == (2, 2)
+        assert _lines(storage) == lines
+    with pytest.raises(SerializationError, match="dump:2: not JSON"):
+        transfer.import_sessions(InMemoryStorage(), [lines[0], "\ufeff" + lines[1]], "dump")
+
+
 def test_copy_reports_and_is_idempotent(store: Store) -> None:
     source = _memory_with(store.mode, 7)
     started: list[int] = []

@@ -39,6 +39,10 @@ from savegame.storage.url import open_storage, parse_url
 DEFAULT_BATCH_SIZE = 100
 """How many sessions :func:`copy_sessions` reads and writes between two progress reports."""
 
+BYTE_ORDER_MARK = "\ufeff"
+"""What Notepad and PowerShell write at the start of a UTF-8 file; :func:`import_sessions`
+skips it."""
+
 SESSION_NAME = ("session_data", "session_name")
 """Where a session keeps the name a person gave it."""
 
@@ -284,8 +288,8 @@ def import_sessions(storage: Storage, lines: Iterable[str | bytes], source: str 
     Args:
         storage: where to store them; its table or folder is created when missing.
         lines: lines of the export format, as text or as UTF-8 bytes, split at ``"\\n"``
-            only (see the module docstring); a ``"\\r"`` left at the end of a line does no
-            harm.
+            only (see the module docstring); a ``"\\r"`` left at the end of a line, or a
+            byte order mark at the start of the first, does no harm.
         source: a name for the lines (a file name) in error messages.
 
     Raises:
@@ -303,6 +307,8 @@ def import_sessions(storage: Storage, lines: Iterable[str | bytes], source: str 
     for number, raw in enumerate(lines, 1):
         where = f"{source}:{number}"
         line = _decoded(raw, where)
+        if number == 1:
+            line = line.removeprefix(BYTE_ORDER_MARK)
         if not line.strip():
             continue
         session = parse_line(storage.spec, line, where)
