@@ -19,8 +19,10 @@ from typing import Any
 import pytest
 import typer
 
-from savegame.cli import app
+from savegame import transfer
+from savegame.cli import _moved, app
 from savegame.storage.base import Storage
+from savegame.storage.in_memory import InMemoryStorage
 from savegame.storage.json import JsonStorage
 from savegame.storage.session import MODES, Session
 from savegame.storage.session.agent import AgentSession
@@ -916,6 +918,20 @@ def test_round_trip_through_every_backend(mode: str, tmp_path: Path) -> None:
             assert arrived is not None
             for key, value in original.to_dict().items():
                 assert getattr(arrived, key) == value, f"{key} of {original.session_id} changed"
+
+
+def test_a_session_deleted_from_the_source_during_a_copy_is_counted_and_said() -> None:
+    """The closing line said "copied 2, already there 0, of 3 sessions", one unaccounted."""
+    source = InMemoryStorage()
+    for session_id in ("a", "b", "c"):
+        source.upsert(AgentSession(session_id=session_id))
+    report = transfer.copy_sessions(
+        source, InMemoryStorage(), on_start=lambda _: source.delete_session("b")
+    )
+    assert (report.total, report.copied, report.vanished) == (3, 2, 1)
+    assert _moved("copied", report) == (
+        "copied 2, already there 0, deleted at the source meanwhile 1, of 3 sessions"
+    )
 
 
 def test_copy_killed_half_way_then_run_again(tmp_path: Path) -> None:

@@ -531,8 +531,10 @@ def _moved(verb: str, report: transfer.Report) -> str:
     if report.repaired:
         shown = ", ".join(report.repaired[:5]) + (", ..." if len(report.repaired) > 5 else "")
         repaired = f" ({len(report.repaired)} over a damaged copy: {shown})"
+    # Without it, sessions deleted from the source while the copy ran would look lost.
+    vanished = f", deleted at the source meanwhile {report.vanished}" if report.vanished else ""
     return (
-        f"{verb} {report.copied}{repaired}, already there {report.unchanged}, "
+        f"{verb} {report.copied}{repaired}, already there {report.unchanged}{vanished}, "
         f"of {_sessions(report.total)}"
     )
 
