@@ -102,6 +102,20 @@ def test_a_bad_line_stops_the_import_before_anything_is_written(backend_store: S
         assert not storage.table_exists() or storage.get_all_session_ids() == []
 
 
+def test_indented_json_or_an_array_is_said_not_to_be_an_export() -> None:
+    """What sessions show --json and sessions list --json print was refused as "not JSON
+    (Expecting property name ...)", which does not say what an import takes."""
+    session = json.loads(_lines(_memory_with("agent", 1))[0])
+    for printed in (
+        json.dumps(session, indent=2),
+        json.dumps([session]),
+        json.dumps([session], indent=2),
+    ):
+        with pytest.raises(SerializationError, match="one session a line") as raised:
+            transfer.import_sessions(InMemoryStorage(), printed.split("\n"), "show.json")
+        assert str(raised.value).startswith("show.json:1: not ")
+
+
 def test_blank_lines_are_skipped(backend_store: Store) -> None:
     lines = _lines(_memory_with("agent", 2))
     report = transfer.import_sessions(backend_store(), ["\n", lines[0], "  \n", lines[1]])

@@ -64,6 +64,13 @@ def session_line(session: Session) -> str:
     return dumps({key: encoded[key] for key in sorted(encoded)})
 
 
+_ONE_A_LINE = (
+    "; the export format is one session a line, as savegame export writes it, not indented "
+    "JSON nor an array (as sessions show --json and sessions list --json print)"
+)
+"""Said of a line that starts a JSON value spread over lines, or holds an array."""
+
+
 def parse_line(spec: ModeSpec, line: str, where: str = "line") -> Session:
     """The session that one line of the export format holds.
 
@@ -74,9 +81,15 @@ def parse_line(spec: ModeSpec, line: str, where: str = "line") -> Session:
     try:
         data = json.loads(line)
     except ValueError as exc:
-        raise SerializationError(f"{where}: not JSON ({exc})") from None
+        indented = line.strip() in ("{", "[")
+        raise SerializationError(
+            f"{where}: not JSON ({exc}){_ONE_A_LINE if indented else ''}"
+        ) from None
     if not isinstance(data, dict) or not isinstance(data.get("session_id"), str):
-        raise SerializationError(f"{where}: not a session (a JSON object with a session_id)")
+        raise SerializationError(
+            f"{where}: not a session (a JSON object with a session_id)"
+            f"{_ONE_A_LINE if isinstance(data, list) else ''}"
+        )
     known = {f.name for f in fields(spec.session_class)}
     unknown = sorted(set(data) - known)
     if unknown:
