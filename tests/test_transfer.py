@@ -204,6 +204,36 @@ def test_purge_removes_what_was_not_updated_for_that_long(backend_store: Store) 
         transfer.stale_sessions(storage, -1)
 
 
+def test_purge_keeps_a_session_saved_again_after_it_was_found_stale(
+    backend_store: Store,
+) -> None:
+    """Its user came back while the purge ran: the purge removed the conversation saved
+    since, as it removed whatever had the id it had listed."""
+    storage, user = backend_store(), backend_store()
+    storage.create()
+    for session_id in ("back", "gone"):
+        session = make_session("agent", session_id, 0)
+        session.created_at = session.updated_at = 1_000_000  # type: ignore[attr-defined]
+        storage.restore(session)
+    delete = storage.delete_session
+
+    def save_then_delete(session_id: str, **options: Any) -> bool:
+        if session_id == "back":
+            user.upsert(make_session("agent", "back", 1))
+        return delete(session_id, **options)
+
+    storage.delete_session = save_then_delete  # type: ignore[method-assign]
+    assert transfer.purge(storage, 3600) == ["gone"]
+    kept = user.read("back")
+    assert kept is not None
+    assert kept.to_dict() == {**make_session("agent", "back", 1).to_dict(), **_stamps(kept)}
+    assert user.get_all_session_ids() == ["back"]
+
+
+def _stamps(session: Session) -> dict[str, Any]:
+    return {k: getattr(session, k) for k in ("created_at", "updated_at", "version")}
+
+
 def test_rename(backend_store: Store) -> None:
     storage = backend_store()
     storage.create()

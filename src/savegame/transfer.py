@@ -26,6 +26,7 @@ from typing import Any
 
 from savegame.errors import (
     BackendUnavailableError,
+    ConflictError,
     CorruptSessionError,
     InvalidIdentifierError,
     SerializationError,
@@ -486,6 +487,11 @@ def stale_sessions(storage: Storage, older_than: int, now: int | None = None) ->
     Raises:
         ValueError: for a negative ``older_than``.
     """
+    return [session_id for session_id, _ in _stale(storage, older_than, now)]
+
+
+def _stale(storage: Storage, older_than: int, now: int | None = None) -> list[tuple[str, int]]:
+    """:func:`stale_sessions`, each id with the version it was found at."""
     if older_than < 0:
         raise ValueError(f"the age must not be negative, not {older_than}")
     cutoff = (int(time.time()) if now is None else now) - older_than
@@ -495,21 +501,30 @@ def stale_sessions(storage: Storage, older_than: int, now: int | None = None) ->
         if when is None:
             when = getattr(session, "created_at", None)
         if when is not None and when < cutoff:
-            stale.append(session.session_id)
+            stale.append((session.session_id, getattr(session, "version", None) or 1))
     return stale
 
 
 def purge(storage: Storage, older_than: int, dry_run: bool = False) -> list[str]:
     """Removes the sessions not updated for ``older_than`` seconds, and the expired ones.
 
+    A session saved again after it was found stale (its user came back while the purge ran)
+    is kept: each is removed only while it is still at the version it was found at.
+
     Returns:
         The ids removed (with ``dry_run``, the ids that would be, and nothing is removed).
         Expired sessions removed on the way are not listed: they were already invisible.
     """
-    stale = stale_sessions(storage, older_than)
+    stale = _stale(storage, older_than)
     if dry_run:
-        return stale
-    removed = [session_id for session_id in stale if storage.delete_session(session_id)]
+        return [session_id for session_id, _ in stale]
+    removed = []
+    for session_id, version in stale:
+        try:
+            if storage.delete_session(session_id, expected_version=version):
+                removed.append(session_id)
+        except ConflictError:
+            continue
     if storage.table_exists():
         storage.purge_expired()
     return removed

@@ -13,7 +13,8 @@ now, preserve)``             check the version and stamp ``draft.record``, write
 limit, now)``                includes expired sessions
 ``_read_many(ids)``          records for ids (default: one ``_read`` each)
 ``_delete(session_id,        True when something was removed (with ``owner``: only a
-owner)``                     session of that user)
+owner, version)``            session of that user; with ``version``: only a session still
+                             at that version), in one atomic step
 ``_purge_expired(now)``      removes expired sessions, returns how many
 ===========================  ==============================================================
 
@@ -539,16 +540,43 @@ class Storage(ABC):
         user_id, entity_id = self._filters(user_id, entity_id)
         return self._list_sessions(user_id, entity_id, limit, _now())
 
-    def delete_session(self, session_id: str | None = None) -> bool:
+    def delete_session(
+        self, session_id: str | None = None, *, expected_version: int | None = None
+    ) -> bool:
         """Removes exactly that session; returns whether there was one.
 
+        Args:
+            session_id: the session to remove.
+            expected_version: the version the caller read: the session is removed only
+                while it is still at that version, in the same atomic step as the removal,
+                so that a save made since it was read is never lost. None removes it
+                whatever its version.
+
         Raises:
+            ConflictError: when the session is at another version than ``expected_version``
+                (it was saved since); nothing is removed.
             CorruptSessionError: when the store, or that session, is of another mode; nothing
                 is removed.
+            TypeError: for an ``expected_version`` that is not None or a whole number of 1
+                or more.
         """
+        if expected_version is not None and (
+            type(expected_version) is not int or expected_version < 1
+        ):
+            raise TypeError(
+                f"expected_version must be None or an int of 1 or more, not {expected_version!r}"
+            )
         if session_id is None:
             return False
-        return self._delete(check_id(session_id))
+        session_id = check_id(session_id)
+        if expected_version is None:
+            return self._delete(session_id)
+        if self._delete(session_id, version=expected_version):
+            return True
+        current = self.read(session_id)
+        if current is None:
+            return False
+        raise ConflictError(session_id, expected_version, getattr(current, "version", None) or 1)
 
     def delete_user(self, user_id: str) -> int:
         """Removes every session of ``user_id`` (expired ones too); returns how many.
@@ -840,9 +868,13 @@ class Storage(ABC):
         return [self._read(sid) for sid in ids]
 
     @abstractmethod
-    def _delete(self, session_id: str, owner: str | None = None) -> bool:
-        """Removes the session (with ``owner``: only while its user id is ``owner``, in the
-        same atomic step as the removal); True when there was one to remove."""
+    def _delete(
+        self, session_id: str, owner: str | None = None, version: int | None = None
+    ) -> bool:
+        """Removes the session (with ``owner``: only while its user id is ``owner``; with
+        ``version``: only while it is at that version, a stored session without one being at
+        version 1; either checked in the same atomic step as the removal); True when there
+        was one to remove."""
 
     @abstractmethod
     def _purge_expired(self, now: int) -> int:

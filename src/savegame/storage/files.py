@@ -909,7 +909,9 @@ class FileStorage(Storage):
             )
         return record
 
-    def _delete(self, session_id: str, owner: str | None = None) -> bool:
+    def _delete(
+        self, session_id: str, owner: str | None = None, version: int | None = None
+    ) -> bool:
         if not self.dir_path.is_dir():
             return False  # nothing to remove: the folder is not made for it
         path = self._path(session_id)
@@ -921,6 +923,8 @@ class FileStorage(Storage):
             if record is not None:
                 self._refuse_other_mode(record, "delete")
                 if owner is not None and record.get("user_id") != owner:
+                    return False
+                if version is not None and (record.get("version") or 1) != version:
                     return False
             conn = self._open_index()
             mark = [("INSERT OR REPLACE INTO pending VALUES (?)", (session_id,))]

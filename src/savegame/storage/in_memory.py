@@ -143,7 +143,9 @@ class InMemoryStorage(Storage):
         rows.sort(key=lambda row: (-row[0], row[1]))
         return [sid for _, sid in rows[:limit]]
 
-    def _delete(self, session_id: str, owner: str | None = None) -> bool:
+    def _delete(
+        self, session_id: str, owner: str | None = None, version: int | None = None
+    ) -> bool:
         with self._lock:
             record = self.storage_dict.get(session_id)
             if record is None:
@@ -151,6 +153,8 @@ class InMemoryStorage(Storage):
             if isinstance(record, dict):
                 self._refuse_other_mode(record, "delete")
                 if owner is not None and record.get("user_id") != owner:
+                    return False
+                if version is not None and (record.get("version") or 1) != version:
                     return False
             del self.storage_dict[session_id]
             return True

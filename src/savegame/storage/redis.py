@@ -487,19 +487,21 @@ return {out, gone}
 )
 
 # KEYS: all, idx, exp, then header, runs, digests of each id; ARGV: now ('': remove each),
-# the mode's entity field, an owner ('': any), the ids. With now, an id is removed only
-# while it is expired then or its header is gone; with an owner, only while its header is
-# gone, cannot be read, or names that user. Returns for how many ids there was something
-# to remove.
+# the mode's entity field, an owner ('': any), a version ('': any), the ids. With now, an id
+# is removed only while it is expired then or its header is gone; with an owner, only while
+# its header is gone, cannot be read, or names that user; with a version, only while its
+# header is gone or at that version (1 when it has none). Returns for how many ids there
+# was something to remove.
 _FORGET_IDS = (
     _FORGET
     + """
 local now = tonumber(ARGV[1])
 local owner = ARGV[3]
+local version = tonumber(ARGV[4])
 local ids, at = {}, {}
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   local id = ARGV[i]
-  local k = 4 + (i - 4) * 3
+  local k = 4 + (i - 5) * 3
   local go = true
   if now then
     local expires = redis.call('ZSCORE', KEYS[3], id)
@@ -508,6 +510,9 @@ for i = 4, #ARGV do
   if go and owner ~= '' then
     local ok, record = pcall(cjson.decode, redis.call('HGET', KEYS[k], 'data') or '')
     go = not ok or type(record) ~= 'table' or record['user_id'] == owner
+  end
+  if go and version and redis.call('EXISTS', KEYS[k]) == 1 then
+    go = (tonumber(redis.call('HGET', KEYS[k], 'version')) or 1) == version
   end
   if go then
     -- The keys of an id left out (saved again meanwhile) are skipped, not taken by the next.
@@ -1557,14 +1562,23 @@ class RedisStorage(Storage):
         found.sort()
         return [sid for _, sid in found[:limit]]
 
-    def _delete(self, session_id: str, owner: str | None = None) -> bool:
+    def _delete(
+        self, session_id: str, owner: str | None = None, version: int | None = None
+    ) -> bool:
         self._known.put(session_id, None)
-        return bool(self._forget(self._tag(session_id), [session_id], None, owner))
+        return bool(self._forget(self._tag(session_id), [session_id], None, owner, version))
 
-    def _forget(self, tag: str, ids: list[str], now: int | None, owner: str | None = None) -> int:
+    def _forget(
+        self,
+        tag: str,
+        ids: list[str],
+        now: int | None,
+        owner: str | None = None,
+        version: int | None = None,
+    ) -> int:
         """Removes ``ids`` (with ``now``: those expired or whose header is gone; with
-        ``owner``: those of that user) from the slot of ``tag``; returns for how many there
-        was something to remove.
+        ``owner``: those of that user; with ``version``: those at that version) from the slot
+        of ``tag``; returns for how many there was something to remove.
 
         At most :data:`BATCH` ids a script call: Lua unpacks fewer than 8,000 values at once,
         and a listing may meet any number of expired sessions."""
@@ -1572,7 +1586,13 @@ class RedisStorage(Storage):
         for start in range(0, len(ids), BATCH):
             chunk = ids[start : start + BATCH]
             keys = self._store_keys(tag) + [f"{tag}{kind}:{sid}" for sid in chunk for kind in "hrd"]
-            args = ["" if now is None else now, self.spec.entity_field, owner or "", *chunk]
+            args = [
+                "" if now is None else now,
+                self.spec.entity_field,
+                owner or "",
+                "" if version is None else version,
+                *chunk,
+            ]
             removed += int(self._script(_FORGET_IDS, keys, args))
         return removed
 

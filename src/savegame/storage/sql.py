@@ -2429,7 +2429,9 @@ class SqlStorage(Storage):
         return self._call(listing)
 
     @_again_if_dropped
-    def _delete(self, session_id: str, owner: str | None = None) -> bool:
+    def _delete(
+        self, session_id: str, owner: str | None = None, version: int | None = None
+    ) -> bool:
         header = self.table
         self._known.put(session_id, None)
         which = header.c.session_id == session_id
@@ -2440,12 +2442,18 @@ class SqlStorage(Storage):
             layout = self._current()
             if layout.version == 0:
                 return False
+            where = which
+            if version is not None:
+                if "version" in layout.columns:
+                    where &= func.coalesce(header.c.version, 1) == version
+                elif version != 1:
+                    return False  # a table of the original's layout keeps sessions at 1
             with self._transaction(True) as conn:
                 # The header first, then the runs: the order a write locks them in, so
                 # that a delete and a write of one session never deadlock. Then only runs
                 # left without a header: where there was no header to delete, a write may
                 # have made the session since, and the runs' statement sees its runs.
-                result = conn.execute(delete(header).where(which))
+                result = conn.execute(delete(header).where(where))
                 if "run_count" in layout.columns:
                     runs_table = self.runs_table
                     alone = ~exists().where(header.c.session_id == session_id)

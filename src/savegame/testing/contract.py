@@ -803,6 +803,28 @@ class ModeContract:
         assert sorted(storage.get_all_session_ids(user_id="u")) == ["a", "c"]
         assert storage.read("a") is not None
 
+    def test_a_delete_naming_the_version_it_read_keeps_a_session_saved_since(
+        self, store: Store
+    ) -> None:
+        storage, other = store(), store()
+        first = storage.upsert(_session(store, "s", user_id="u"))
+        version = first.version  # type: ignore[attr-defined]
+        other.upsert(_session(store, "s", user_id="u", session_data={"saved": "since"}))
+        with pytest.raises(ConflictError) as raised:
+            storage.delete_session("s", expected_version=version)
+        assert (raised.value.expected, raised.value.actual) == (version, version + 1)
+        kept = other.read("s")
+        assert kept is not None
+        assert kept.session_data == {"saved": "since"}  # type: ignore[attr-defined]
+        assert other.get_all_session_ids(user_id="u") == ["s"]
+        assert storage.delete_session("s", expected_version=version + 1) is True
+        assert other.read("s") is None
+        assert other.get_all_session_ids() == []
+        assert storage.delete_session("s", expected_version=1) is False
+        for bad in (0, True, 1.0, "1"):
+            with pytest.raises(TypeError):
+                storage.delete_session("s", expected_version=bad)  # type: ignore[arg-type]
+
     def test_read_many_keeps_the_order_asked_and_leaves_out_what_is_not_there(
         self, store: Store
     ) -> None:
