@@ -759,6 +759,15 @@ def test_a_store_in_the_commands_memory_is_said_to_end_with_it(url: str, tmp_pat
     assert "memory" not in errors(savegame("stats", "-s", f"sqlite:///{tmp_path / 'a.db'}"))
 
 
+def test_a_sqlite_url_naming_no_file_is_not_said_to_be_in_memory() -> None:
+    """The note that the store is in memory came before the error that no file was named."""
+    refused = savegame("stats", "-s", "sqlite:///", code=2)
+    assert errors(refused).splitlines() == [
+        "error: sqlite:/// names no file; give its path (sqlite:///app.db), or sqlite:// for a "
+        "database in memory"
+    ]
+
+
 def test_commands_that_print_nothing_work_with_standard_output_closed(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'out.db'}"
     savegame("import", "-", "-s", url, stdin=b'{"session_id": "s1"}\n{"session_id": "s2"}\n')

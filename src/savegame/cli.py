@@ -296,12 +296,13 @@ def _open(url: str, mode: str, absent: Literal["", "note", "fail"] = "") -> Iter
     path would otherwise look like an empty store); ``"fail"`` for the source of a copy,
     which would copy nothing (a user error, raised before anything is made at the
     destination)."""
-    if _in_this_process(url, mode):
-        _note(
-            f"note: {redact(url)} is a store in this command's memory: what is stored there is "
-            "gone when the command ends"
-        )
     with open_storage(url, mode) as storage:
+        # Said once the URL is known to open, which ``sqlite:///`` (no file named) does not.
+        if _in_this_process(url, mode):
+            _note(
+                f"note: {redact(url)} is a store in this command's memory: what is stored "
+                "there is gone when the command ends"
+            )
         if absent and not storage.table_exists():
             missing = f"nothing of mode {mode} is stored at {redact(url)}"
             if absent == "fail":
