@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -283,6 +285,32 @@ _json = st.recursive(
 
 
 _JOINED = re.compile("[\ud800-\udbff][\udc00-\udfff]")
+
+
+def test_delete_user_goes_on_past_a_store_that_fails_and_says_what_it_did(
+    tmp_path: Path,
+) -> None:
+    """A team_sessions table that is not a session table stopped the erasure there: the
+    user's workflow sessions were kept, and nothing said the agent ones were gone."""
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    for mode, session_id in (("agent", "a"), ("workflow", "w")):
+        with SqliteStorage(f"{mode}_sessions", db_file=str(tmp_path / "app.db"), mode=mode) as s:
+            s.upsert(make_session(mode, session_id, 0, user_id="alice"))
+    with closing(sqlite3.connect(tmp_path / "app.db")) as conn:
+        conn.execute("CREATE TABLE team_sessions (x INTEGER)")
+        conn.commit()
+    with pytest.raises(CorruptSessionError) as raised:
+        transfer.delete_user(url, "alice")
+    message = str(raised.value)
+    assert message.startswith(
+        "the sessions of user 'alice' in mode team could not be deleted (team: "
+    )
+    assert message.endswith(
+        "; in the other modes they were, 2 in all (agent: 1, workflow: 1, workflow_v2: 0)"
+    )
+    for mode in ("agent", "workflow"):
+        with SqliteStorage(f"{mode}_sessions", db_file=str(tmp_path / "app.db"), mode=mode) as s:
+            assert s.get_all_session_ids() == []
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -582,14 +582,36 @@ def delete_user(url: str, user_id: str, mode: str = "agent", **options: Any) -> 
     folder of team sessions, erased in mode ``"agent"`` only, would keep the user's). A URL
     that names its table or prefix names one store of one mode, searched in ``mode``.
 
+    A store that fails (a table of that name that is not a session table, say) does not stop
+    the search of the others: the user's sessions there are removed all the same.
+
     Raises:
         InvalidIdentifierError: for a bad URL or user id.
+        StorageError: (the class the first failing store raised) when the store of a mode
+            could not be searched, after the others were, naming each mode that failed and
+            what was removed from the rest.
     """
     check_id(user_id, "user id")
     parsed = parse_url(url, mode, **options)
     modes = list(MODES) if parsed.per_mode or parsed.modes_apart else [mode]
     erasure = UserErasure()
+    failed: dict[str, StorageError] = {}
     for each in modes:
-        with open_storage(url, each, **options) as storage:
-            erasure.removed[each] = storage.delete_user(user_id) if storage.table_exists() else 0
-    return erasure
+        try:
+            with open_storage(url, each, **options) as storage:
+                found = storage.table_exists()
+                erasure.removed[each] = storage.delete_user(user_id) if found else 0
+        except StorageError as exc:
+            failed[each] = exc
+    if not failed:
+        return erasure
+    first = next(iter(failed.values()))
+    if not erasure.removed:
+        raise first  # every store failed (a server that is down): its error says it all
+    kind = next(k for k in _RETOLD if isinstance(first, k))
+    reasons = "; ".join(f"{each}: {exc}" for each, exc in failed.items())
+    done = ", ".join(f"{each}: {n}" for each, n in erasure.removed.items())
+    raise kind(
+        f"the sessions of user {user_id!r} in mode {', '.join(failed)} could not be deleted "
+        f"({reasons}); in the other modes they were, {erasure.total} in all ({done})"
+    ) from first
