@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from savegame.chat import CHAT_AGENT_ID
+from savegame.storage.session import AgentSession
 from savegame.storage.url import open_storage
 from savegame.testing import Store
 from tests.model_server import ModelServer, model_server
@@ -221,3 +222,33 @@ def test_the_default_store_is_savegame_db_in_the_current_folder(tmp_path: Path) 
     assert (tmp_path / "savegame.db").exists()
     again = chat("--session", "here", lines=["What is my name?"], cwd=tmp_path)
     assert any(line.startswith("assistant> Your name is Ada.") for line in again)
+
+
+def test_stored_text_is_shown_as_it_is_and_never_obeyed_by_the_terminal(
+    sqlite_url: str,
+) -> None:
+    # An escape sequence that would clear the screen, a lone surrogate UTF-8 cannot carry,
+    # and the original's system, tool and history-copy messages beside the turns.
+    runs = [
+        {
+            "run_id": "r0",
+            "messages": [
+                {"role": "system", "content": "You are agno."},
+                {"role": "user", "content": "My name is Ada.\x1b[2J"},
+                {"role": "assistant", "content": None, "tool_calls": []},
+                {"role": "tool", "content": "looked up", "tool_call_id": "c1"},
+                {"role": "assistant", "content": "Hello \ud800 Ada.\nTwo lines."},
+            ],
+        }
+    ]
+    with open_storage(sqlite_url, mode="agent") as storage:
+        storage.upsert(AgentSession(session_id="odd", memory={"runs": runs}))
+    out = chat("--storage", sqlite_url, "--session", "odd", lines=["/history", "/quit"])
+    text = "\n".join(out)
+    assert "\x1b" not in text
+    assert "  you: My name is Ada.\\x1b[2J" in out
+    assert "  assistant: Hello \\ud800 Ada." in out
+    assert "Two lines." in out
+    assert "You are agno." not in text
+    assert "looked up" not in text
+    assert "None" not in text

@@ -218,7 +218,7 @@ class Agent(SessionKeeper):
     def _history(self) -> list[Message]:
         if not self.add_history_to_messages or self.num_history_runs <= 0:
             return []
-        return _turns(messages_of(self.runs[-self.num_history_runs :]))
+        return turns_of(messages_of(self.runs[-self.num_history_runs :]))
 
     def _entity_data(self) -> dict[str, Any]:
         return {
@@ -244,7 +244,7 @@ class Agent(SessionKeeper):
 _TURN_ROLES = ("user", "assistant")
 
 
-def _turns(messages: list[Any]) -> list[Message]:
+def turns_of(messages: list[Any]) -> list[Message]:
     """The earlier turns among a session's run messages, as a model is sent them: each
     user message and each answer with text, its role and content alone.
 

@@ -17,13 +17,14 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import os
+import re
 import shlex
 import sys
 from typing import Annotated
 
 import typer
 
-from savegame.agent import Agent
+from savegame.agent import Agent, turns_of
 from savegame.errors import CorruptSessionError, InvalidIdentifierError
 from savegame.models import Message, Model, ModelError, configured_model
 from savegame.models.offline import OfflineModel
@@ -167,7 +168,7 @@ def _show_session(agent: Agent) -> None:
 
 
 def _print_messages(messages: list[Message]) -> None:
-    for m in messages:
+    for m in turns_of(messages):
         who = "you" if m["role"] == "user" else "assistant"
         _say(f"  {who}: {m['content']}")
 
@@ -187,5 +188,20 @@ def _list_sessions(agent: Agent, store: Storage) -> None:
 
 
 def _say(text: str) -> None:
-    sys.stdout.write(text + "\n")
+    sys.stdout.write(printable(text, lines=True) + "\n")
     sys.stdout.flush()
+
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+"""Control characters, which a terminal would obey (an escape sequence in a model's answer
+could clear the screen or retitle the window), and lone surrogates, which UTF-8 cannot
+encode."""
+_UNPRINTABLE_IN_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+""":data:`_UNPRINTABLE` but for line breaks and tabs."""
+
+
+def printable(text: str, *, lines: bool = False) -> str:
+    """``text`` with each character of :data:`_UNPRINTABLE` written as its Python escape
+    (``\\x1b``, ``\\ud800``), for a terminal; ``lines``: line breaks and tabs are kept."""
+    pattern = _UNPRINTABLE_IN_LINES if lines else _UNPRINTABLE
+    return pattern.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)

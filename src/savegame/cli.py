@@ -33,7 +33,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from savegame import __version__, transfer
-from savegame.chat import chat
+from savegame.chat import chat, printable
 from savegame.errors import StorageError
 from savegame.storage.base import Storage
 from savegame.storage.codec import check_id
@@ -739,25 +739,16 @@ def _note(message: str) -> None:
     err.print(_shown(message), highlight=False)
 
 
-_UNSHOWN = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-"""Control characters, which a terminal would obey (an escape sequence in a model's answer
-could clear the screen or retitle the window), and lone surrogates, which UTF-8 cannot
-encode."""
-_UNSHOWN_IN_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
-""":data:`_UNSHOWN` but for the line breaks and tabs of a message's text."""
-
-
 def _shown(text: str, *, lines: bool = False) -> str:
-    """``text`` as Rich markup that prints it as it is, with each character of
-    :data:`_UNSHOWN` written as its Python escape (``\\x1b``, ``\\ud800``); ``lines``: line
+    """``text`` as Rich markup that prints it as it is, control characters and lone
+    surrogates written as escapes (see :func:`~savegame.chat.printable`); ``lines``: line
     breaks and tabs are kept."""
-    pattern = _UNSHOWN_IN_LINES if lines else _UNSHOWN
-    visible = pattern.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
-    return escape(visible)
+    return escape(printable(text, lines=lines))
 
 
 _UNSHOWN_IN_JSON = re.compile(r"[\x7f-\x9f\ud800-\udfff]")
-"""What JSON text written with ``ensure_ascii=False`` holds of :data:`_UNSHOWN`."""
+"""The control characters and lone surrogates (see :func:`~savegame.chat.printable`) that
+JSON text written with ``ensure_ascii=False`` holds."""
 
 
 def _print_json(value: Any) -> None:
