@@ -21,13 +21,14 @@ import typer
 
 from savegame import transfer
 from savegame.cli import _moved, app
+from savegame.errors import CorruptSessionError
 from savegame.storage.base import Storage
 from savegame.storage.in_memory import InMemoryStorage
 from savegame.storage.json import JsonStorage
 from savegame.storage.session import MODES, Session
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.session.team import TeamSession
-from savegame.storage.url import open_storage
+from savegame.storage.url import open_storage, redact
 from savegame.testing import Store
 from savegame.testing.sample import make_session
 from savegame.transfer import session_line
@@ -525,7 +526,7 @@ def test_a_backup_of_a_folder_names_the_damaged_files_it_left_out_and_fails(
     (folder / "bad.json").write_text("{cut sho", encoding="utf-8")
     said = [
         f"left out: {folder / 'bad.json'} is not a readable json file",
-        f"error: 1 file(s) at {url} could not be read and were left out; fix or delete "
+        f"error: 1 stored item(s) at {url} could not be read and were left out; fix or delete "
         "them, then run again",
     ]
     proc = savegame("export", "-s", url, code=1)
@@ -536,11 +537,55 @@ def test_a_backup_of_a_folder_names_the_damaged_files_it_left_out_and_fails(
     assert errors(proc).splitlines() == ["copied 2, already there 0, of 2 sessions", *said]
     with open_storage(copied) as storage:
         assert sorted(storage.get_all_session_ids()) == ["s1", "s2"]
-    note = "note: 1 file(s) could not be read and are left out; savegame export names them"
+    note = "note: 1 stored item(s) could not be read and are left out; savegame export names them"
     for command in (["sessions", "list"], ["stats"]):
         assert errors(savegame(*command, "-s", url)).splitlines() == [note]
     (folder / "bad.json").unlink()
     assert errors(savegame("export", "-s", url)).splitlines() == ["exported 2 sessions"]
+
+
+@pytest.mark.parametrize(
+    "backend", [pytest.param(b, id=b.name) for b in BACKENDS if b.name in ("sqlite-file", "redis")]
+)
+def test_a_backup_of_a_store_with_a_damaged_session_names_it_and_takes_the_rest(
+    backend: Backend, tmp_path: Path
+) -> None:
+    # One session whose run was removed behind savegame's back: every read of it raises.
+    # The backups go on past it and fail at the end naming it; counts and listings say
+    # they left it out; a purge keeps it, its age unknown.
+    with open_store(backend, tmp_path) as store:
+        seed(store(), "agent")
+        assert store.lose_run is not None
+        storage = store()
+        store.lose_run(storage, "s2", 0)
+        url = str(store.url)
+        with pytest.raises(CorruptSessionError):
+            storage.read("s2")
+        proc = savegame("export", "-s", url, code=1)
+        exported = [json.loads(line)["session_id"] for line in proc.stdout.decode().splitlines()]
+        assert exported == ["s4", "s3", "s1", "s0"]
+        said = errors(proc).splitlines()
+        assert said[0] == "exported 4 sessions"
+        assert said[1].startswith("left out: session 's2'")
+        assert said[2].startswith(f"error: 1 stored item(s) at {redact(url)} could not be read")
+        copied = f"json:///{tmp_path / 'copy'}"
+        proc = savegame("copy", url, copied, code=1)
+        assert errors(proc).splitlines()[0] == "copied 4, already there 0, of 5 sessions"
+        with open_storage(copied) as copy:
+            assert sorted(copy.get_all_session_ids()) == ["s0", "s1", "s3", "s4"]
+        note = (
+            "note: 1 stored item(s) could not be read and are left out; savegame export names them"
+        )
+        stats = savegame("stats", "-s", url, "--json")
+        assert json.loads(stats.stdout)["sessions"] == 4
+        assert errors(stats).splitlines() == [note]
+        listed = savegame("sessions", "list", "-s", url, "--json")
+        assert [row["id"] for row in json.loads(listed.stdout)] == ["s4", "s3", "s1", "s0"]
+        assert errors(listed).splitlines() == [note]
+        purged = savegame("purge", "--older-than", "1s", "-s", url)
+        assert sorted(purged.stdout.decode().split()) == ["s0", "s1", "s3", "s4"]
+        assert errors(purged).splitlines()[1].startswith("note: 1 stored item(s) could not be read")
+        assert storage.get_all_session_ids() == ["s2"]
 
 
 @pytest.mark.parametrize("fmt", ["json", "yaml"])

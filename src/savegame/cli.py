@@ -364,9 +364,10 @@ def sessions_list(
                 f"({_sessions(len(ids))}, {limit} a page)"
             )
         start = (page - 1) * limit
-        sessions = [s for s in map(store.read, ids[start : start + limit]) if s is not None]
+        damaged: list[str] = []
+        sessions = transfer.read_sessions(store, ids[start : start + limit], damaged)
         rows = [_summary(store, s) for s in sessions]
-        _note_left_out(store)
+        _note_left_out(store, damaged)
     if as_json:
         _print_json(rows)
         return
@@ -479,10 +480,11 @@ def export(
 ) -> None:
     """Write sessions to standard output as JSON lines, one session a line."""
     with _open(storage, mode, "note") as store:
+        left_out: list[str] = []
         count = transfer.export_sessions(
-            store, lambda line: _emit(line.encode(), flush=False), user
+            store, lambda line: _emit(line.encode(), flush=False), user, left_out
         )
-        left_out = store.unreadable()
+        left_out += store.unreadable()
         other = _kept_by_another_mode(store, mode) if not count else None
     _stdout().flush()
     _note(f"exported {_sessions(count)}")
@@ -560,6 +562,7 @@ def copy(
         disable=not err.is_terminal,
     )
     task = progress.add_task("copy", total=None)
+    left_out: list[str] = []
     with _open(source, mode, "fail") as src, _open(destination, mode) as dst, progress:
         report = transfer.copy_sessions(
             src,
@@ -567,8 +570,9 @@ def copy(
             batch_size=batch_size,
             on_start=lambda total: progress.update(task, total=total),
             on_batch=lambda n: progress.advance(task, n),
+            damaged=left_out,
         )
-        left_out = src.unreadable()
+        left_out += src.unreadable()
     _note(_moved("copied", report))
     _fail_if_left_out(left_out, source)
 
@@ -585,8 +589,9 @@ def stats(
 ) -> None:
     """Count sessions, users and entities, their size, and the oldest and newest."""
     with _open(storage, mode, "note") as store:
-        figures = transfer.stats(store, user)
-        _note_left_out(store)
+        damaged: list[str] = []
+        figures = transfer.stats(store, user, damaged)
+        _note_left_out(store, damaged)
     data = vars(figures)
     if as_json:
         _print_json(data)
@@ -629,12 +634,18 @@ def purge(
 ) -> None:
     """Remove sessions not updated for a while, and expired ones."""
     seconds = parse_age(older_than)
+    damaged: list[str] = []
     with _open(storage, mode, "note") as store:
-        removed = transfer.purge(store, seconds, dry_run)
+        removed = transfer.purge(store, seconds, dry_run, damaged)
     for session_id in removed:
         out.print(_shown(session_id), highlight=False)
     verb = "would remove" if dry_run else "removed"
     _note(f"{verb} {_sessions(len(removed))}")
+    if damaged:
+        _note(
+            f"note: {len(damaged)} stored item(s) could not be read, so their age is unknown, "
+            "and were kept; savegame export names them"
+        )
 
 
 @app.command("delete-user")
@@ -711,12 +722,13 @@ def _sessions(count: int) -> str:
     return f"{count} session{'s' * (count != 1)}"
 
 
-def _note_left_out(store: Storage) -> None:
-    """Says on stderr how many damaged files a listing or a count left out."""
-    left_out = store.unreadable()
+def _note_left_out(store: Storage, damaged: list[str]) -> None:
+    """Says on stderr how many damaged sessions (``damaged``, said by
+    :func:`~savegame.transfer.iter_sessions`) and files a listing or a count left out."""
+    left_out = len(damaged) + len(store.unreadable())
     if left_out:
         _note(
-            f"note: {len(left_out)} file(s) could not be read and are left out; "
+            f"note: {left_out} stored item(s) could not be read and are left out; "
             "savegame export names them"
         )
 
@@ -728,7 +740,7 @@ def _fail_if_left_out(left_out: list[str], url: str) -> None:
     for line in left_out:
         _note(f"left out: {line}")
     _fail(
-        f"{len(left_out)} file(s) at {redact(url)} could not be read and were left out; "
+        f"{len(left_out)} stored item(s) at {redact(url)} could not be read and were left out; "
         "fix or delete them, then run again",
         code=1,
     )

@@ -104,22 +104,54 @@ def parse_line(spec: ModeSpec, line: str, where: str = "line") -> Session:
 
 
 def iter_sessions(
-    storage: Storage, user_id: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE
+    storage: Storage,
+    user_id: str | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    damaged: list[str] | None = None,
 ) -> Iterator[Session]:
     """Every session of ``storage`` (of ``user_id``), newest first, read a batch at a time.
 
     Sessions deleted while the iteration runs are left out. A store whose table does not
     exist yet holds no sessions.
+
+    Args:
+        damaged: where given, a session that cannot be read (a row edited by hand, a run
+            lost) is left out and why is added to it, one line a session; otherwise its
+            CorruptSessionError is raised.
     """
     if not storage.table_exists():
         return
     ids = storage.get_all_session_ids(user_id=user_id)
     for start in range(0, len(ids), batch_size):
-        yield from storage.read_many(ids[start : start + batch_size])
+        yield from read_sessions(storage, ids[start : start + batch_size], damaged)
+
+
+def read_sessions(storage: Storage, ids: list[str], damaged: list[str] | None) -> list[Session]:
+    """The sessions among ``ids`` that are stored, in order (see :func:`iter_sessions` for
+    ``damaged``): read together, or one by one once one of them cannot be read."""
+    if damaged is None:
+        return storage.read_many(ids)
+    try:
+        return storage.read_many(ids)
+    except CorruptSessionError:
+        pass
+    found = []
+    for session_id in ids:
+        try:
+            session = storage.read(session_id)
+        except CorruptSessionError as exc:
+            damaged.append(str(exc))
+            continue
+        if session is not None:
+            found.append(session)
+    return found
 
 
 def export_sessions(
-    storage: Storage, write: Callable[[str], Any], user_id: str | None = None
+    storage: Storage,
+    write: Callable[[str], Any],
+    user_id: str | None = None,
+    damaged: list[str] | None = None,
 ) -> int:
     """Writes every session of ``storage`` (of ``user_id``) as export lines; returns how many.
 
@@ -127,9 +159,10 @@ def export_sessions(
         storage: where the sessions are.
         write: called with each line, newline included (``sys.stdout.write``, say).
         user_id: only this user's sessions.
+        damaged: as for :func:`iter_sessions`.
     """
     count = 0
-    for session in iter_sessions(storage, user_id):
+    for session in iter_sessions(storage, user_id, damaged=damaged):
         write(_exported(session))
         count += 1
     return count
@@ -386,6 +419,7 @@ def copy_sessions(
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_start: Callable[[int], Any] | None = None,
     on_batch: Callable[[int], Any] | None = None,
+    damaged: list[str] | None = None,
 ) -> Report:
     """Copies every session of ``source`` into ``destination``, keeping timestamps and versions.
 
@@ -400,6 +434,8 @@ def copy_sessions(
         batch_size: sessions handled between two ``on_batch`` calls.
         on_start: called once with the number of sessions to copy.
         on_batch: called after each batch with the number of sessions it handled.
+        damaged: as for :func:`iter_sessions`: a session of the source that cannot be read
+            is then left out, said there, and not counted as deleted meanwhile.
 
     Raises:
         ValueError: when the stores are of different modes, or ``batch_size`` is below 1.
@@ -423,8 +459,10 @@ def copy_sessions(
     ids.reverse()
     for start in range(0, len(ids), batch_size):
         batch = ids[start : start + batch_size]
-        sessions = source.read_many(batch)
-        report.vanished += len(batch) - len(sessions)
+        before = 0 if damaged is None else len(damaged)
+        sessions = read_sessions(source, batch, damaged)
+        left_out = 0 if damaged is None else len(damaged) - before
+        report.vanished += len(batch) - len(sessions) - left_out
         _put_all(destination, sessions, report, "copy", lambda s: f"session {s.session_id!r}")
         if on_batch is not None:
             on_batch(len(batch))
@@ -453,12 +491,13 @@ class Stats:
     newest: int | None = None
 
 
-def stats(storage: Storage, user_id: str | None = None) -> Stats:
-    """Counts the sessions of ``storage`` (of ``user_id``); reads each session once."""
+def stats(storage: Storage, user_id: str | None = None, damaged: list[str] | None = None) -> Stats:
+    """Counts the sessions of ``storage`` (of ``user_id``); reads each session once.
+    ``damaged``: as for :func:`iter_sessions`."""
     result = Stats()
     users: set[str] = set()
     entities: set[str] = set()
-    for session in iter_sessions(storage, user_id):
+    for session in iter_sessions(storage, user_id, damaged=damaged):
         result.sessions += 1
         result.bytes += len(_exported(session).encode("utf-8"))
         user = getattr(session, "user_id", None)
@@ -490,13 +529,15 @@ def stale_sessions(storage: Storage, older_than: int, now: int | None = None) ->
     return [session_id for session_id, _ in _stale(storage, older_than, now)]
 
 
-def _stale(storage: Storage, older_than: int, now: int | None = None) -> list[tuple[str, int]]:
+def _stale(
+    storage: Storage, older_than: int, now: int | None = None, damaged: list[str] | None = None
+) -> list[tuple[str, int]]:
     """:func:`stale_sessions`, each id with the version it was found at."""
     if older_than < 0:
         raise ValueError(f"the age must not be negative, not {older_than}")
     cutoff = (int(time.time()) if now is None else now) - older_than
     stale = []
-    for session in iter_sessions(storage):
+    for session in iter_sessions(storage, damaged=damaged):
         when = getattr(session, "updated_at", None)
         if when is None:
             when = getattr(session, "created_at", None)
@@ -505,17 +546,21 @@ def _stale(storage: Storage, older_than: int, now: int | None = None) -> list[tu
     return stale
 
 
-def purge(storage: Storage, older_than: int, dry_run: bool = False) -> list[str]:
+def purge(
+    storage: Storage, older_than: int, dry_run: bool = False, damaged: list[str] | None = None
+) -> list[str]:
     """Removes the sessions not updated for ``older_than`` seconds, and the expired ones.
 
     A session saved again after it was found stale (its user came back while the purge ran)
-    is kept: each is removed only while it is still at the version it was found at.
+    is kept: each is removed only while it is still at the version it was found at. With
+    ``damaged`` (see :func:`iter_sessions`), a session that cannot be read, whose age is
+    therefore unknown, is kept and said there.
 
     Returns:
         The ids removed (with ``dry_run``, the ids that would be, and nothing is removed).
         Expired sessions removed on the way are not listed: they were already invisible.
     """
-    stale = _stale(storage, older_than)
+    stale = _stale(storage, older_than, damaged=damaged)
     if dry_run:
         return [session_id for session_id, _ in stale]
     removed = []
