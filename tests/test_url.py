@@ -18,7 +18,7 @@ from savegame.storage.session.agent import AgentSession
 from savegame.storage.url import OPTIONS, SCHEMES, StorageURL, open_storage, parse_url, redact
 from savegame.testing import Store
 from savegame.testing.sample import make_session
-from tests.stores import BACKENDS, mysql_url, unique
+from tests.stores import BACKENDS, mysql_url, postgres_url, unique
 
 
 @pytest.mark.parametrize(
@@ -442,3 +442,76 @@ def test_a_hash_sign_before_the_query_never_hides_it(url: str, options: dict[str
     parsed = parse_url(url)
     assert parsed.options == {**options, "expire": "5"}
     assert parsed.raw == url.partition("?")[0]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:///a.db?expire=60&expire=5",
+        "json:///d?expire=60&table=t&expire=5",
+        "memory://?expire=60&expire=5",
+        "redis://127.0.0.1:1/0?prefix=a&prefix=b",
+        "postgresql+psycopg://u:s3cret@127.0.0.1:1/db?table=a&table=b",
+        "postgresql://u@127.0.0.1:1/db?sslmode=disable&sslmode=require",
+        "mysql+pymysql://u@127.0.0.1:1/db?expire=60&expire=5",
+    ],
+)
+def test_an_option_given_twice_is_refused(url: str, tmp_path: Path) -> None:
+    # The last one was taken without a word: ?expire=60&expire=5 kept sessions 5 seconds.
+    with pytest.raises(InvalidIdentifierError, match="more than once") as caught:
+        open_storage(url.replace("///d", f"///{tmp_path}/d"))
+    assert "s3cret" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_redis_storage_refuses_an_option_its_url_gives_twice() -> None:
+    from savegame.storage.redis import RedisStorage
+
+    with pytest.raises(InvalidIdentifierError, match="more than once: ssl"):
+        RedisStorage("p", url="redis://127.0.0.1:1/0?ssl=true&ssl=false")
+
+
+def test_postgres_hosts_given_twice_are_tried_in_turn() -> None:
+    from sqlalchemy.engine import make_url
+
+    server = make_url(postgres_url())
+    url = (
+        f"postgresql+psycopg://{server.username}@/{server.database}?table={unique('sg')}"
+        f"&host={server.host}:{server.port or 5432}&host=127.0.0.1:1"
+    )
+    with open_storage(url) as storage:
+        assert storage.db_engine.url.query["host"] == (  # type: ignore[attr-defined]
+            f"{server.host}:{server.port or 5432}",
+            "127.0.0.1:1",
+        )
+        assert storage.read("absent") is None  # the first host answers
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:///a.db?mode=team",
+        "memory://?mode=team",
+        "redis://127.0.0.1:1/0?mode=team",
+        "postgresql+psycopg://u@127.0.0.1:1/db?mode=team",
+        "mysql+pymysql://u@127.0.0.1:1/db?table=t&mode=team",
+    ],
+)
+def test_a_mode_in_the_query_is_refused(url: str) -> None:
+    # PostgreSQL and MySQL URLs dropped it: an agent storage opened where a team one was meant.
+    with pytest.raises(InvalidIdentifierError, match="mode= option: the mode is open_storage's"):
+        open_storage(url, "agent")
+
+
+def test_a_keyword_given_as_none_counts_as_not_given() -> None:
+    parsed = parse_url("sqlite:///a.db?table=mine&expire=5", "team", table=None, expire=None)
+    assert parsed.options == {"table": "mine", "expire": "5"}
+    assert not parsed.per_mode
+    assert parse_url("sqlite:///a.db", "team", table=None).per_mode
+    assert open_storage("json:///d?expire=5", expire=None).expire == 5
+    # A schema of None was the schema named "None".
+    url = "postgresql+psycopg://u@127.0.0.1:1/db?table=t"
+    with open_storage(url, schema=None) as storage:
+        assert storage.schema == "ai"  # type: ignore[attr-defined]
+    with open_storage(url + "&schema=mine", schema=None, table=None) as storage:
+        assert (storage.schema, storage.table_name) == ("mine", "t")  # type: ignore[attr-defined]

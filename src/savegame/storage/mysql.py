@@ -377,9 +377,9 @@ def from_url(url: StorageURL) -> MySQLStorage:
 
 
 # Query parameters that do not reach pymysql.connect() under their own name: SQLAlchemy's
-# MySQL dialect folds these ssl_ ones into its ssl= argument, and sql.server_db_url leaves out
-# mode=. Every other one becomes a keyword argument of pymysql.connect().
-_TAKEN_ON_THE_WAY = frozenset({"ssl_capath", "ssl_cipher", "ssl_check_hostname", "mode"})
+# MySQL dialect folds these ssl_ ones into its ssl= argument. Every other one becomes a
+# keyword argument of pymysql.connect().
+_TAKEN_ON_THE_WAY = frozenset({"ssl_capath", "ssl_cipher", "ssl_check_hostname"})
 
 
 def _driver_options() -> frozenset[str] | None:

@@ -297,7 +297,7 @@ def from_url(url: StorageURL) -> PostgresStorage:
     schema = str(url.options.pop("schema", "ai"))
     if "plugin" not in url.options:
         url.refuse(
-            _not_libpq(set(url.options) - {"mode"}),
+            _not_libpq(set(url.options)),
             "table, schema, expire and libpq's connection parameters",
         )
     return PostgresStorage(

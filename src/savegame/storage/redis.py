@@ -105,6 +105,7 @@ import secrets
 import threading
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable
 from functools import cache
 from operator import methodcaller
@@ -1733,6 +1734,12 @@ def _parse_url(
     if scheme == "rediss":
         options["ssl"] = True
     connection = dict(pairs)
+    if len(connection) < len(pairs):
+        counts = Counter(name for name, _ in pairs)
+        twice = sorted(name for name, count in counts.items() if count > 1)
+        raise InvalidIdentifierError(
+            f"a Redis URL gives an option more than once: {', '.join(twice)}"
+        )
     if "ssl" in connection:
         options["ssl"] = options["ssl"] or _flag(connection.pop("ssl"))
     if "ssl_ca_certs" in connection:

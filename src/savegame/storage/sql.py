@@ -733,8 +733,13 @@ def release_engine(engine: Engine) -> None:
 
 
 def server_db_url(url: StorageURL) -> str:
-    """The database URL of a storage URL: its query options savegame did not take, kept."""
-    rest = {k: str(v) for k, v in url.options.items() if k != "mode"}
+    """The database URL of a storage URL: its query options savegame did not take, kept,
+    those given more than once (:data:`~savegame.storage.url.REPEATABLE`) in their order."""
+    rest = [
+        (name, str(each))
+        for name, value in url.options.items()
+        for each in (value if isinstance(value, list) else [value])
+    ]
     return url.raw + ("?" + urlencode(rest) if rest else "")
 
 

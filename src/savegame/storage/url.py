@@ -17,10 +17,14 @@ so naming a Redis URL without redis-py installed raises the error that says what
 
 Query parameters: ``table`` (SQL schemes; default ``<mode>_sessions``, so ``agent_sessions``),
 ``prefix`` (Redis; default ``savegame:<mode>``), ``expire`` (seconds, every scheme). Keyword
-arguments given to :func:`open_storage` win over the URL's. An option a scheme does not take,
-from the query or a keyword, raises :class:`~savegame.errors.InvalidIdentifierError` naming it
-(:data:`OPTIONS`): a misspelt ``?exipre=`` that was ignored would keep sessions for ever, and
-a misspelt ``?tabel=`` would open an empty store.
+arguments given to :func:`open_storage` win over the URL's; one given as None counts as not
+given, so ``open_storage(url, expire=None)`` keeps the URL's ``?expire=``. An option a scheme
+does not take, from the query or a keyword, raises
+:class:`~savegame.errors.InvalidIdentifierError` naming it (:data:`OPTIONS`): a misspelt
+``?exipre=`` that was ignored would keep sessions for ever, and a misspelt ``?tabel=`` would
+open an empty store. So does an option given twice in the query (which of ``?expire=60&expire=5``
+was meant?), but for those of :data:`REPEATABLE`, and a ``?mode=``, which
+:func:`open_storage` takes as its own argument.
 
 The table or prefix is the store's *namespace*. A SQL or Redis URL without one names one store
 per mode (``agent_sessions``, ``team_sessions``, ...); with one, or for a folder, it names a
@@ -91,6 +95,16 @@ take, and a database server's URL hands what savegame does not take to the drive
 (``sslmode=`` for psycopg, ``charset=`` for PyMySQL), which alone knows its options. Listing
 them here instead would refuse a driver's options that savegame has not heard of.
 """
+
+_POSTGRES_REPEATABLE = frozenset({"host"})
+REPEATABLE: dict[str, frozenset[str]] = {
+    "postgresql": _POSTGRES_REPEATABLE,
+    "postgresql+psycopg": _POSTGRES_REPEATABLE,
+    "postgres": _POSTGRES_REPEATABLE,
+}
+"""Scheme → the query options that may be given more than once, each time for another value:
+PostgreSQL's ``host``, which names servers to try in turn (SQLAlchemy's multiple hosts).
+They reach the driver as a list."""
 
 APART: frozenset[str] = frozenset({"json", "yaml", "memory"})
 """Schemes whose one store keeps the sessions of each mode apart: a storage of any mode may
@@ -236,15 +250,16 @@ def parse_url(url: str, mode: Mode | str = "agent", **options: Any) -> StorageUR
         # The query is what follows the first "?", as for raw and path: urlsplit would take
         # a "#" before it (in a password, or a file's name) for a fragment holding the
         # query, whose options would then be dropped without a word.
-        query = dict(parse_qsl(after, keep_blank_values=True, strict_parsing=False))
+        pairs = parse_qsl(after, keep_blank_values=True, strict_parsing=False)
     except ValueError as exc:
         # The error may quote the URL's netloc (an NFKC one does), password and all.
         detail = _redact(str(exc), url)
         raise InvalidIdentifierError(f"malformed storage URL {redact(url)!r}: {detail}") from None
+    query = _query(pairs, scheme, url)
     raw = url.split("?", 1)[0]
     path = unquote(rest.split("?", 1)[0])
     path = path[1:] if path.startswith("/") else path
-    merged = {**query, **options}
+    merged = {**query, **{name: value for name, value in options.items() if value is not None}}
     namespace = NAMESPACES.get(scheme)
     per_mode = namespace is not None and namespace[0] not in merged
     parsed = StorageURL(raw, scheme, path, str(mode), merged, per_mode)
@@ -252,6 +267,37 @@ def parse_url(url: str, mode: Mode | str = "agent", **options: Any) -> StorageUR
     if takes is not None:
         parsed.refuse(set(merged) - set(takes), ", ".join(takes))
     return parsed
+
+
+def _query(pairs: list[tuple[str, str]], scheme: str, url: str) -> dict[str, Any]:
+    """The options of a URL's query: a list of values for those of :data:`REPEATABLE` given
+    more than once.
+
+    Raises:
+        InvalidIdentifierError: for any other option given more than once, and for
+            ``mode``.
+    """
+    query: dict[str, Any] = {}
+    repeated = set()
+    for name, value in pairs:
+        if name not in query:
+            query[name] = value
+        elif name in REPEATABLE.get(scheme, ()):
+            earlier = query[name]
+            query[name] = [*(earlier if isinstance(earlier, list) else [earlier]), value]
+        else:
+            repeated.add(name)
+    if repeated:
+        raise InvalidIdentifierError(
+            f"storage URL {redact(url)!r} gives {', '.join(sorted(repeated))} more than once; "
+            "give each option once"
+        )
+    if "mode" in query:
+        raise InvalidIdentifierError(
+            f"storage URL {redact(url)!r} has a mode= option: the mode is open_storage's "
+            "mode argument (--mode on the command line), not part of the URL"
+        )
+    return query
 
 
 def open_storage(url: str, mode: Mode | str = "agent", **options: Any) -> Storage:
