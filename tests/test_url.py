@@ -515,3 +515,42 @@ def test_a_keyword_given_as_none_counts_as_not_given() -> None:
         assert storage.schema == "ai"  # type: ignore[attr-defined]
     with open_storage(url + "&schema=mine", schema=None, table=None) as storage:
         assert (storage.schema, storage.table_name) == ("mine", "t")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("scheme", ["sqlite", "json", "yaml"])
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("a%00b", "holds a NUL character"),
+        ("~no_such_user_of_savegame/store", "starts with a home folder this machine does not know"),
+    ],
+)
+def test_a_path_no_file_system_takes_is_refused_when_opened(
+    scheme: str, path: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A NUL raised a plain ValueError at the first call, an unknown ~user a RuntimeError.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InvalidIdentifierError, match=message):
+        open_storage(f"{scheme}:///{path}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sqlite_refuses_an_empty_db_file_as_folders_refuse_an_empty_dir_path() -> None:
+    from savegame.storage.sqlite import SqliteStorage
+
+    # It was the current folder, which SQLite failed to open at the first call.
+    with pytest.raises(InvalidIdentifierError, match="db_file is empty"):
+        SqliteStorage("t", db_file="")
+    with pytest.raises(InvalidIdentifierError, match="holds a NUL"):
+        SqliteStorage("t", db_file=Path("a\0b"))
+
+
+def test_a_sqlite_file_name_too_long_for_the_file_system(tmp_path: Path) -> None:
+    from savegame.errors import BackendUnavailableError
+
+    # Looking for the file raised a bare OSError (ENAMETOOLONG) from every call.
+    with open_storage(f"sqlite:///{tmp_path}/{'x' * 300}.db") as storage:
+        assert storage.read("s") is None
+        assert storage.get_all_session_ids() == []
+        with pytest.raises(BackendUnavailableError, match="unable to open database file"):
+            storage.upsert(AgentSession(session_id="s"))

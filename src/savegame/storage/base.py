@@ -248,6 +248,26 @@ def with_retries(attempt: Callable[[], T], retryable: Callable[[Exception], bool
         time.sleep(pause * (1 + random.random()) / 2)
 
 
+def local_path(value: str | os.PathLike[str], what: str) -> Path:
+    """``value`` (a file or folder named by ``what``, for messages) as a path, a leading
+    ``~`` or ``~user`` standing for that home folder.
+
+    Raises:
+        InvalidIdentifierError: for a path holding a NUL character, which no file system
+            takes, or a ``~user`` of a user this machine does not know; checked here so
+            that a storage is refused when it is made, not at its first call.
+    """
+    text = os.fspath(value)
+    if "\0" in text:
+        raise InvalidIdentifierError(f"{what} {text!r} holds a NUL character")
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:
+        raise InvalidIdentifierError(
+            f"{what} {text!r} starts with a home folder this machine does not know"
+        ) from None
+
+
 def make_folder(path: Path) -> None:
     """Makes the folder ``path``, and the folders above it, when missing, and syncs the
     folder each one made is in: a write into a new folder that returns then survives a

@@ -77,6 +77,7 @@ from savegame.storage.base import (
     Storage,
     check_stored,
     is_expired,
+    local_path,
     make_folder,
     sync_folder,
 )
@@ -194,7 +195,8 @@ class FileStorage(Storage):
             :class:`~savegame.errors.BackendUnavailableError`.
 
     Raises:
-        InvalidIdentifierError: for an empty ``dir_path`` (``"."`` names the current folder).
+        InvalidIdentifierError: for an empty ``dir_path`` (``"."`` names the current folder),
+            one holding a NUL character or starting with the ``~user`` of an unknown user.
     """
 
     capabilities = frozenset({"persistent", "processes", "key_order"})
@@ -215,7 +217,7 @@ class FileStorage(Storage):
                 f"{type(self).__name__} needs a folder, and dir_path is empty (as is the path "
                 f"of {self.format.name}:/// with none): name it, '.' for the current folder"
             )
-        self.dir_path = Path(dir_path).expanduser()
+        self.dir_path = local_path(dir_path, "dir_path")
         self._meta = self.dir_path / _META_DIR
         self._index_path = self._meta / f"index-{self.format.name}.sqlite3"
         self._mode_path = self._meta / f"mode-{self.format.name}"

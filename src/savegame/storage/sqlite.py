@@ -36,7 +36,7 @@ from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.expression import Executable
 
 from savegame.errors import InvalidIdentifierError, StorageError
-from savegame.storage.base import make_folder
+from savegame.storage.base import local_path, make_folder
 from savegame.storage.known import DEFAULT_BYTES
 from savegame.storage.session import Mode
 from savegame.storage.sql import (
@@ -214,8 +214,10 @@ class SqliteStorage(SqlStorage):
             (:mod:`savegame.storage.known`); 0 remembers none.
 
     Raises:
-        InvalidIdentifierError: for a table name that is not a plain identifier, or a
-            ``db_url`` or ``db_engine`` that is not of a SQLite database.
+        InvalidIdentifierError: for a table name that is not a plain identifier, a
+            ``db_url`` or ``db_engine`` that is not of a SQLite database, or a ``db_file``
+            that is empty, holds a NUL character or starts with the ``~user`` of an
+            unknown user.
         ValueError: for an unknown ``synchronous`` level.
     """
 
@@ -243,7 +245,14 @@ class SqliteStorage(SqlStorage):
                 f"not {busy_timeout!r}"
             )
         self.db_url = db_url
-        self.db_file = None if db_file is None else Path(db_file).expanduser()
+        if db_file is not None and os.fspath(db_file) == "":
+            # Path("") is the current folder, which SQLite cannot open: the storage failed
+            # at its first call, where JsonStorage("") is refused when made.
+            raise InvalidIdentifierError(
+                f"{type(self).__name__}: db_file is empty; name the database file, or give "
+                "none of db_file, db_url and db_engine for a database in memory"
+            )
+        self.db_file = None if db_file is None else local_path(db_file, "db_file")
         if db_engine is not None:
             engine = db_engine
         elif db_url is not None:
@@ -278,7 +287,8 @@ class SqliteStorage(SqlStorage):
                 in a file not there must say as every other call does.
         """
         self._check_open()
-        return self._file is not None and not self._file.exists()
+        # os.path: a name the file system refuses (too long) names no file, not an OSError.
+        return self._file is not None and not os.path.exists(self._file)
 
     # SQLite goes on reading and writing a database file that was unlinked: a connection
     # opened before the file was removed or replaced would have writes acknowledged that no
@@ -314,7 +324,7 @@ class SqliteStorage(SqlStorage):
         if (
             getattr(error, "sqlite_errorcode", 0) & 0xFF == _CANTOPEN
             and self._file is not None
-            and self._file.is_file()
+            and os.path.isfile(self._file)
             and folder is not None
             and not os.access(folder, os.W_OK)
         ):
