@@ -70,6 +70,28 @@ def test_a_url_or_engine_of_another_database_is_refused(cls: type[SqlStorage]) -
 
 
 @pytest.mark.parametrize("cls", list(_URLS), ids=lambda cls: cls.__name__)
+def test_two_ways_of_naming_the_database_at_once_are_refused(
+    cls: type[SqlStorage], tmp_path: Path
+) -> None:
+    # The engine was used and the URL (or SQLite's db_file) ignored, which the storage's
+    # db_url and db_file went on showing.
+    url = _URLS[cls]
+    engine = create_engine(url)
+    named = [{"db_url": url, "db_engine": engine}]
+    if cls is SqliteStorage:
+        named += [
+            {"db_url": url, "db_file": tmp_path / "other.db"},
+            {"db_file": tmp_path / "other.db", "db_engine": engine},
+        ]
+    for given in named:
+        with pytest.raises(InvalidIdentifierError, match=r" and .*: give one of them") as refused:
+            cls("t", **given)  # type: ignore[arg-type]
+        assert "secret" not in str(refused.value)
+    assert list(tmp_path.iterdir()) == []
+    engine.dispose()
+
+
+@pytest.mark.parametrize("cls", list(_URLS), ids=lambda cls: cls.__name__)
 def test_a_table_name_the_database_or_savegame_keeps_is_refused(cls: type[SqlStorage]) -> None:
     # savegame_migrations met SQLAlchemy's InvalidRequestError on every call; a SQLite name
     # starting with sqlite_ was read as an empty store and refused by the database on write.

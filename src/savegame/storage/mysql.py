@@ -323,7 +323,8 @@ class MySQLStorage(ServerStorage):
 
     Raises:
         ValueError: when neither ``db_url`` nor ``db_engine`` is given.
-        InvalidIdentifierError: for a table or database name that is not a plain identifier.
+        InvalidIdentifierError: for a table or database name that is not a plain identifier,
+            or both ``db_url`` and ``db_engine``.
         MissingDependencyError: when PyMySQL is not installed.
     """
 

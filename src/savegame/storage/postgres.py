@@ -227,7 +227,8 @@ class PostgresStorage(ServerStorage):
 
     Raises:
         ValueError: when neither ``db_url`` nor ``db_engine`` is given.
-        InvalidIdentifierError: for a table or schema name that is not a plain identifier.
+        InvalidIdentifierError: for a table or schema name that is not a plain identifier,
+            or both ``db_url`` and ``db_engine``.
         MissingDependencyError: when psycopg is not installed.
     """
 

@@ -2528,7 +2528,7 @@ class ServerStorage(SqlStorage):
     Raises:
         ValueError: when neither ``db_url`` nor ``db_engine`` is given.
         InvalidIdentifierError: for a table or schema name that is not a plain identifier,
-            or a ``db_url`` or ``db_engine`` that is not of this storage's database.
+            a ``db_url`` or ``db_engine`` that is not of this storage's database, or both.
         MissingDependencyError: when the driver is not installed.
     """
 
@@ -2550,6 +2550,11 @@ class ServerStorage(SqlStorage):
         connect_timeout: int | None = None,
         cache_bytes: int = DEFAULT_BYTES,
     ) -> None:
+        if db_url is not None and db_engine is not None:
+            # The engine was used and the URL ignored, which db_url went on showing.
+            raise InvalidIdentifierError(
+                f"{type(self).__name__} got db_url and db_engine: give one of them"
+            )
         self.db_url = db_url
         owns = db_engine is None
         if db_engine is None:

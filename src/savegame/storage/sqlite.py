@@ -215,9 +215,9 @@ class SqliteStorage(SqlStorage):
 
     Raises:
         InvalidIdentifierError: for a table name that is not a plain identifier, a
-            ``db_url`` or ``db_engine`` that is not of a SQLite database, or a ``db_file``
-            that is empty, holds a NUL character or starts with the ``~user`` of an
-            unknown user.
+            ``db_url`` or ``db_engine`` that is not of a SQLite database, more than one of
+            ``db_url``, ``db_file`` and ``db_engine``, or a ``db_file`` that is empty, holds
+            a NUL character or starts with the ``~user`` of an unknown user.
         ValueError: for an unknown ``synchronous`` level.
     """
 
@@ -245,6 +245,14 @@ class SqliteStorage(SqlStorage):
                 f"not {busy_timeout!r}"
             )
         self.db_url = db_url
+        places = {"db_url": db_url, "db_file": db_file, "db_engine": db_engine}
+        given = [name for name, value in places.items() if value is not None]
+        if len(given) > 1:
+            # Each names a database: taking the first would leave db_file naming a file the
+            # storage never writes.
+            raise InvalidIdentifierError(
+                f"{type(self).__name__} got {' and '.join(given)}: give one of them"
+            )
         if db_file is not None and os.fspath(db_file) == "":
             # Path("") is the current folder, which SQLite cannot open: the storage failed
             # at its first call, where JsonStorage("") is refused when made.
