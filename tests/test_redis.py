@@ -450,6 +450,52 @@ def test_url_queries_set_tls_or_are_refused() -> None:
 
 
 @pytest.mark.parametrize(
+    "given",
+    [
+        {"url": "redis://127.0.0.1:6379/0", "host": "other.example"},
+        {"url": "redis://127.0.0.1:6379/0", "port": 6380},
+        {"url": "redis://127.0.0.1:6379/0", "db": 3},
+        {"url": "redis+cluster://a:7000,b:7001", "host": "c"},
+        {"url": "redis://:hunter2@127.0.0.1:6379/0", "password": "hunter3"},
+        {"url": "redis://me:hunter2@127.0.0.1:6379/0", "username": "you"},
+    ],
+)
+def test_a_url_and_an_argument_naming_another_server_or_user_are_refused(
+    given: dict[str, Any],
+) -> None:
+    # The URL's were used, the arguments dropped without a word.
+    with pytest.raises(InvalidIdentifierError, match="RedisStorage got a") as info:
+        RedisStorage("p", **given)
+    assert "hunter2" not in str(info.value)
+    assert "hunter3" not in str(info.value)
+
+
+def test_a_password_or_user_a_url_lacks_may_come_as_an_argument() -> None:
+    for given in (
+        {"url": "redis://127.0.0.1:6379/0", "password": "pw", "username": "me"},
+        {"url": "redis://me:pw@127.0.0.1:6379/0", "password": "pw", "username": "me"},
+    ):
+        assert RedisStorage("p", **given)
+
+
+@pytest.mark.parametrize(
+    "opening",
+    [
+        lambda: RedisStorage("p", db=-1),
+        lambda: RedisStorage("p", url="redis://:hunter2@127.0.0.1:6379/-1"),
+        lambda: open_storage("redis://:hunter2@127.0.0.1:6379/-1"),
+    ],
+)
+def test_a_negative_database_is_refused_when_the_storage_is_made(opening: Any) -> None:
+    # Redis refused it at the first call, with a plain StorageError.
+    with pytest.raises(
+        InvalidIdentifierError, match="Redis database -1 must be a number, 0 or more"
+    ) as info:
+        opening()
+    assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
     "url",
     [
         "redis://:hunter/2@127.0.0.1:6379/0",

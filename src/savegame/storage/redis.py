@@ -631,8 +631,9 @@ class RedisStorage(Storage):
             certificate authorities (or ``ssl_ca_certs``) and its name against ``host``.
         expire: seconds a session lives after its last write (Redis expires it natively).
         url: a ``redis://``, ``rediss://`` or ``redis+cluster://`` URL (see :func:`from_url`)
-            instead of host, port, db, password and ssl; its query may hold ``ssl`` and
-            ``ssl_ca_certs``.
+            instead of host, port and db; its query may hold ``ssl`` and ``ssl_ca_certs``.
+            ``password``, ``username`` and ``ssl=True`` given with it are used when the URL
+            has none.
         client: a ready ``redis.Redis`` or ``redis.cluster.RedisCluster``; the storage
             neither configures nor closes it.
         username: the ACL user name, if the server uses ACLs.
@@ -648,8 +649,10 @@ class RedisStorage(Storage):
 
     Raises:
         InvalidIdentifierError: for a prefix that does not match :data:`PREFIX`, a malformed
-            URL or one with an unknown option, or (at first use) ``shards`` that differ
-            from those the store was made with.
+            URL or one with an unknown option, a ``url`` with ``host``, ``port`` or ``db``
+            other than their defaults, or with a ``username`` or ``password`` other than the
+            URL's, a negative database, or (at first use) ``shards`` that differ from those
+            the store was made with.
         ValueError: for ``shards`` outside 1 to :data:`MAX_SHARDS`, or ``ssl_ca_certs``
             without TLS.
         MissingDependencyError: when redis-py is not installed.
@@ -719,8 +722,16 @@ class RedisStorage(Storage):
         nodes = [(host, port)]
         cluster = False
         if url is not None:
+            if (host, port, db) != ("localhost", 6379, 0):
+                # The URL's were used and these dropped without a word.
+                raise InvalidIdentifierError(
+                    "RedisStorage got a url and host, port or db: give the server in the url"
+                )
             nodes, db, options = _parse_url(url, options)
             cluster = url.split("://", 1)[0].lower() == "redis+cluster"
+        if type(db) is not int or db < 0:
+            # Redis refused it only at the first call, as a plain StorageError.
+            raise InvalidIdentifierError(f"Redis database {db!r} must be a number, 0 or more")
         if options["ssl_ca_certs"] is not None and not options["ssl"]:
             raise ValueError("ssl_ca_certs needs TLS: ssl=True, ?ssl=true or a rediss:// URL")
         if client is not None:
@@ -1728,9 +1739,16 @@ def _parse_url(
     if "@" in netloc:
         credentials, netloc = netloc.rsplit("@", 1)
         user, has_password, password = credentials.partition(":")
-        options["username"] = unquote(user) or options.get("username")
+        given = {"username": unquote(user) or None}
         if has_password:
-            options["password"] = unquote(password)
+            given["password"] = unquote(password)
+        for name, value in given.items():
+            if value is not None and options.get(name) not in (None, value):
+                # Which one the server expects cannot be told; the secret is not shown.
+                raise InvalidIdentifierError(
+                    f"RedisStorage got a {name} as an argument and another in its url: give one"
+                )
+            options[name] = value or options.get(name)
     if scheme == "rediss":
         options["ssl"] = True
     connection = dict(pairs)
