@@ -554,3 +554,18 @@ def test_a_sqlite_file_name_too_long_for_the_file_system(tmp_path: Path) -> None
         assert storage.get_all_session_ids() == []
         with pytest.raises(BackendUnavailableError, match="unable to open database file"):
             storage.upsert(AgentSession(session_id="s"))
+
+
+def test_a_parsed_url_is_shown_without_its_passwords() -> None:
+    # Its repr, in a traceback or a log, showed the password three times.
+    parsed = parse_url("postgresql://u:hunter%402@h/db?password=hunter3&table=t", "team")
+    shown = repr(parsed)
+    assert "hunter" not in shown
+    assert "raw='postgresql://u:***@h/db'" in shown
+    assert "path='u:***@h/db'" in shown
+    assert "options={'password': '***', 'table': 't'}" in shown
+    assert parsed.options["password"] == "hunter3"
+    assert "hunter" not in repr(parse_url("redis://:hunter2@h:6379/0"))
+    assert repr(parse_url("sqlite:////abs/x.db")).startswith(
+        "StorageURL(raw='sqlite:////abs/x.db', scheme='sqlite', path='/abs/x.db', mode='agent'"
+    )

@@ -111,6 +111,7 @@ APART: frozenset[str] = frozenset({"json", "yaml", "memory"})
 use it and sees its own mode's sessions only (a folder, in which an earlier savegame let
 several modes write, lists each mode apart)."""
 
+_PASSWORD_OPTIONS = frozenset({"password", "passwd"})
 _SECRETS_IN_QUERY = re.compile(r"(?i)(^|&)(password|passwd)=[^&]*")
 """Query parameters that hold a password: libpq takes ``password=``, PyMySQL ``passwd=``."""
 
@@ -141,6 +142,21 @@ class StorageURL:
     mode: str
     options: dict[str, Any] = field(default_factory=dict)
     per_mode: bool = False
+
+    def __repr__(self) -> str:
+        """The fields, with the URL's passwords as ``***`` (:func:`redact`), as the storages'
+        messages show them: a StorageURL in a traceback or a log keeps them out."""
+        raw = redact(self.raw)
+        path = unquote(raw.partition("://")[2])
+        path = path[1:] if path.startswith("/") else path
+        options = {
+            name: "***" if name in _PASSWORD_OPTIONS else value
+            for name, value in self.options.items()
+        }
+        return (
+            f"StorageURL(raw={raw!r}, scheme={self.scheme!r}, path={path!r}, "
+            f"mode={self.mode!r}, options={options!r}, per_mode={self.per_mode!r})"
+        )
 
     @property
     def modes_apart(self) -> bool:
