@@ -190,6 +190,17 @@ def test_memory_is_a_new_store_each_time() -> None:
     assert open_storage("memory://?expire=30").expire == 30
 
 
+@pytest.mark.parametrize(
+    "url", ["memory://shared", "memory:///x", "memory://:hunter2@host?expire=5"]
+)
+def test_a_memory_url_naming_a_store_is_refused(url: str) -> None:
+    # The name was ignored: two opens of "memory://shared" looked like one store, and each
+    # was a new, empty one.
+    with pytest.raises(InvalidIdentifierError, match="takes no name or address") as caught:
+        open_storage(url)
+    assert "hunter2" not in str(caught.value)
+
+
 def test_relative_paths_are_from_the_working_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

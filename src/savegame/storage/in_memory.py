@@ -5,11 +5,11 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from savegame.errors import CorruptSessionError, SerializationError
+from savegame.errors import CorruptSessionError, InvalidIdentifierError, SerializationError
 from savegame.storage.base import Draft, Header, Record, Storage, is_expired, stored_problem
 from savegame.storage.codec import copy_through_text
 from savegame.storage.session import Mode, modes_of
-from savegame.storage.url import StorageURL
+from savegame.storage.url import StorageURL, redact
 
 
 class InMemoryStorage(Storage):
@@ -173,5 +173,16 @@ class InMemoryStorage(Storage):
 
 
 def from_url(url: StorageURL) -> InMemoryStorage:
-    """``memory://``: a new, empty in-memory store."""
+    """``memory://``: a new, empty in-memory store.
+
+    Raises:
+        InvalidIdentifierError: for a URL with anything between ``memory://`` and its
+            query: ``memory://shared`` would look like the name of a store that two
+            opens share, and each open is a new store.
+    """
+    if url.path:
+        raise InvalidIdentifierError(
+            f"{redact(url.raw)!r}: memory:// names a new, empty store each time it is "
+            "opened, and takes no name or address: give memory:// alone"
+        )
     return InMemoryStorage(mode=url.mode, expire=url.pop_int("expire"))  # type: ignore[arg-type]
