@@ -93,6 +93,11 @@ def test_namespace_errors() -> None:
         parse_url("json:///d").pop_namespace()
     with pytest.raises(InvalidIdentifierError, match=r"table= .*must not be empty"):
         parse_url("sqlite:///a.db?table=").pop_namespace()
+    # A table or prefix that is not text was said to be empty.
+    with pytest.raises(InvalidIdentifierError, match=r"table=5 in storage URL must be text"):
+        open_storage("sqlite:///a.db", table=5)
+    with pytest.raises(InvalidIdentifierError, match=r"prefix=b'p' in storage URL must be text"):
+        open_storage("redis://127.0.0.1:1/0", prefix=b"p")
 
 
 @pytest.mark.parametrize(

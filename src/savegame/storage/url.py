@@ -220,7 +220,8 @@ class StorageURL:
         """Removes the ``table`` or ``prefix`` option and returns it, or its default for the mode.
 
         Raises:
-            InvalidIdentifierError: for a scheme that has no namespace option, or an empty one.
+            InvalidIdentifierError: for a scheme that has no namespace option, or one that is
+                empty or not text.
         """
         if self.scheme not in NAMESPACES:
             raise InvalidIdentifierError(f"{self.scheme}:// URLs take no table or prefix")
@@ -228,7 +229,9 @@ class StorageURL:
         value = self.options.pop(name, None)
         if value is None:
             return default.format(mode=self.mode)
-        if not isinstance(value, str) or not value:
+        if not isinstance(value, str):
+            raise InvalidIdentifierError(f"{name}={value!r} in storage URL must be text")
+        if not value:
             raise InvalidIdentifierError(f"{name}= in storage URL must not be empty")
         return value
 
