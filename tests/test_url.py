@@ -585,3 +585,20 @@ def test_a_parsed_url_is_shown_without_its_passwords() -> None:
     assert repr(parse_url("sqlite:////abs/x.db")).startswith(
         "StorageURL(raw='sqlite:////abs/x.db', scheme='sqlite', path='/abs/x.db', mode='agent'"
     )
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a drive is a drive on Windows")
+@pytest.mark.parametrize(
+    "url", ["sqlite:///C:/Users/me/app.db", "json:///c:\\sessions", "yaml:///D%3A/x", "json:///C:"]
+)
+def test_a_path_on_a_windows_drive_is_refused_elsewhere(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It was a relative path: a folder named "C:" in the working directory took the sessions.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        InvalidIdentifierError, match=r"names a path on a Windows drive \([A-Za-z]:\)"
+    ):
+        open_storage(url).create()
+    assert list(tmp_path.iterdir()) == []
+    assert open_storage("sqlite:///C-drive.db").read("s") is None

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -110,6 +111,10 @@ APART: frozenset[str] = frozenset({"json", "yaml", "memory"})
 """Schemes whose one store keeps the sessions of each mode apart: a storage of any mode may
 use it and sees its own mode's sessions only (a folder, in which an earlier savegame let
 several modes write, lists each mode apart)."""
+
+_FILE_SCHEMES = frozenset({"sqlite", "json", "yaml"})
+_WINDOWS_DRIVE = re.compile(r"[A-Za-z]:([\\/]|$)")
+"""A path starting with a Windows drive (``C:/``, ``C:\\``): absolute on Windows only."""
 
 _PASSWORD_OPTIONS = frozenset({"password", "passwd"})
 _SECRETS_IN_QUERY = re.compile(r"(?i)(^|&)(password|passwd)=[^&]*")
@@ -241,8 +246,9 @@ def parse_url(url: str, mode: Mode | str = "agent", **options: Any) -> StorageUR
 
     Raises:
         InvalidIdentifierError: for a string that is not a URL of a known scheme (the
-            message lists the schemes), or an option the scheme does not take (the message
-            lists those it takes).
+            message lists the schemes), an option the scheme does not take (the message
+            lists those it takes), or, but on Windows, a file or folder on a Windows drive
+            (``sqlite:///C:/app.db``).
         ValueError: for an unknown mode.
     """
     mode_spec(mode)
@@ -278,6 +284,13 @@ def parse_url(url: str, mode: Mode | str = "agent", **options: Any) -> StorageUR
     raw = url.split("?", 1)[0]
     path = unquote(rest.split("?", 1)[0])
     path = path[1:] if path.startswith("/") else path
+    if scheme in _FILE_SCHEMES and os.name != "nt" and _WINDOWS_DRIVE.match(path):
+        # Elsewhere it is a relative path: a folder named "C:" made in the working directory.
+        raise InvalidIdentifierError(
+            f"{redact(url)!r} names a path on a Windows drive ({path[:2]}), which this system "
+            f"does not have: give a path of this system ({scheme}:////abs/path for an "
+            "absolute one)"
+        )
     merged = {**query, **{name: value for name, value in options.items() if value is not None}}
     namespace = NAMESPACES.get(scheme)
     per_mode = namespace is not None and namespace[0] not in merged
