@@ -481,15 +481,19 @@ def test_a_password_or_user_a_url_lacks_may_come_as_an_argument() -> None:
 @pytest.mark.parametrize(
     "opening",
     [
+        lambda: RedisStorage("p", port=0),
+        lambda: RedisStorage("p", port=65536),
         lambda: RedisStorage("p", db=-1),
         lambda: RedisStorage("p", url="redis://:hunter2@127.0.0.1:6379/-1"),
         lambda: open_storage("redis://:hunter2@127.0.0.1:6379/-1"),
     ],
 )
-def test_a_negative_database_is_refused_when_the_storage_is_made(opening: Any) -> None:
+def test_a_negative_database_or_a_port_out_of_range_is_refused_when_the_storage_is_made(
+    opening: Any,
+) -> None:
     # Redis refused it at the first call, with a plain StorageError.
     with pytest.raises(
-        InvalidIdentifierError, match="Redis database -1 must be a number, 0 or more"
+        InvalidIdentifierError, match=r"Redis database -1 must be a number, 0 or more|Redis port"
     ) as info:
         opening()
     assert "hunter2" not in str(info.value)

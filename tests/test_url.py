@@ -602,3 +602,22 @@ def test_a_path_on_a_windows_drive_is_refused_elsewhere(
         open_storage(url).create()
     assert list(tmp_path.iterdir()) == []
     assert open_storage("sqlite:///C-drive.db").read("s") is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:hunter2@127.0.0.1:0/0",
+        "redis+cluster://:hunter2@127.0.0.1:7000,127.0.0.1:0",
+        "postgresql+psycopg://u:hunter2@127.0.0.1:0/db",
+        "postgresql://u:hunter2@127.0.0.1:99999/db",
+        "mysql+pymysql://u:hunter2@127.0.0.1:0/db",
+        "mysql://u:hunter2@127.0.0.1:70000/db",
+    ],
+)
+def test_a_port_no_server_has_is_refused_when_opened(url: str) -> None:
+    # Port 0 was taken for the default port, another server; the others were found out at
+    # the first call, as a server that cannot be reached (BackendUnavailableError).
+    with pytest.raises(InvalidIdentifierError, match="1 to 65535") as caught:
+        open_storage(url)
+    assert "hunter2" not in str(caught.value)

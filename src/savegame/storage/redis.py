@@ -651,8 +651,8 @@ class RedisStorage(Storage):
         InvalidIdentifierError: for a prefix that does not match :data:`PREFIX`, a malformed
             URL or one with an unknown option, a ``url`` with ``host``, ``port`` or ``db``
             other than their defaults, or with a ``username`` or ``password`` other than the
-            URL's, a negative database, or (at first use) ``shards`` that differ from those
-            the store was made with.
+            URL's, a port outside 1 to 65535, a negative database, or (at first use)
+            ``shards`` that differ from those the store was made with.
         ValueError: for ``shards`` outside 1 to :data:`MAX_SHARDS`, or ``ssl_ca_certs``
             without TLS.
         MissingDependencyError: when redis-py is not installed.
@@ -729,6 +729,8 @@ class RedisStorage(Storage):
                 )
             nodes, db, options = _parse_url(url, options)
             cluster = url.split("://", 1)[0].lower() == "redis+cluster"
+        if type(port) is not int or not 1 <= port <= 65535:
+            raise InvalidIdentifierError(f"Redis port {port!r} must be from 1 to 65535")
         if type(db) is not int or db < 0:
             # Redis refused it only at the first call, as a plain StorageError.
             raise InvalidIdentifierError(f"Redis database {db!r} must be a number, 0 or more")
@@ -1795,9 +1797,13 @@ def _flag(value: Any) -> bool:
 def _node(text: str) -> tuple[str, int]:
     try:
         parts = urlsplit(f"//{text}")
-        return parts.hostname or "localhost", parts.port or 6379
+        host, port = parts.hostname or "localhost", parts.port
     except ValueError:
         raise InvalidIdentifierError(f"{text!r} is not host:port") from None
+    if port == 0:
+        # It was taken for no port, and the storage went to 6379: another server.
+        raise InvalidIdentifierError(f"{text!r} is not host:port: ports are from 1 to 65535")
+    return host, 6379 if port is None else port
 
 
 def from_url(url: StorageURL) -> RedisStorage:

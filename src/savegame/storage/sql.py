@@ -636,7 +636,8 @@ def database_url(db_url: str | URL, storage: str, dialect: type[SqlDialect]) -> 
 
     Raises:
         InvalidIdentifierError: for a string SQLAlchemy cannot read as a URL (a bare file
-            name, say), one whose host holds an ``@``, or the URL of another kind of database.
+            name, say), one whose host holds an ``@`` or whose port is not from 1 to 65535,
+            or the URL of another kind of database.
     """
     shown = redact(str(db_url))
     escape = "an '@' in a password must be written %40"
@@ -655,6 +656,12 @@ def database_url(db_url: str | URL, storage: str, dialect: type[SqlDialect]) -> 
     if "@" in (url.host or ""):
         raise InvalidIdentifierError(
             f"{storage}: the host of db_url {shown!r} holds an '@'; {escape}"
+        )
+    if url.port is not None and not 1 <= url.port <= 65535:
+        # SQLAlchemy takes port 0 for the default one, and the drivers refuse the others
+        # only at the first connection, as a server that cannot be reached.
+        raise InvalidIdentifierError(
+            f"{storage}: the port of db_url {shown!r} must be from 1 to 65535"
         )
     check_database(url, storage, dialect, "db_url")
     return url
