@@ -621,3 +621,16 @@ def test_a_port_no_server_has_is_refused_when_opened(url: str) -> None:
     with pytest.raises(InvalidIdentifierError, match="1 to 65535") as caught:
         open_storage(url)
     assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("scheme", "server"),
+    [("POSTGRESQL+psycopg", postgres_url), ("Postgres", postgres_url), ("MySQL", mysql_url)],
+)
+def test_a_server_url_scheme_in_any_case_opens_the_server(scheme: str, server: Any) -> None:
+    # SQLite, folder and Redis schemes were taken in any case; a server's was refused as
+    # "a MySQL database" that is not one of MySQL.
+    url = f"{scheme}://{server().partition('://')[2]}?table={unique('sg')}"
+    assert parse_url(url).raw.startswith(scheme.lower() + "://")
+    with open_storage(url) as storage:
+        assert storage.read("absent") is None

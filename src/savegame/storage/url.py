@@ -130,7 +130,7 @@ class StorageURL:
     schemes of :data:`OPTIONS`, :func:`parse_url` has done so).
 
     Attributes:
-        raw: the URL as given, without its query.
+        raw: the URL as given, without its query, its scheme in lower case.
         scheme: the scheme, lower case.
         path: for file-like schemes, the path after ``scheme://`` with one ``/`` removed and
             percent-escapes decoded (``sqlite:///a.db`` → ``a.db``, ``sqlite:////a.db`` →
@@ -281,7 +281,8 @@ def parse_url(url: str, mode: Mode | str = "agent", **options: Any) -> StorageUR
         detail = _redact(str(exc), url)
         raise InvalidIdentifierError(f"malformed storage URL {redact(url)!r}: {detail}") from None
     query = _query(pairs, scheme, url)
-    raw = url.split("?", 1)[0]
+    # The scheme in lower case: SQLAlchemy takes "MySQL://" for a database of another kind.
+    raw = f"{scheme}://{before}"
     path = unquote(rest.split("?", 1)[0])
     path = path[1:] if path.startswith("/") else path
     if scheme in _FILE_SCHEMES and os.name != "nt" and _WINDOWS_DRIVE.match(path):
