@@ -499,6 +499,18 @@ def test_a_negative_database_or_a_port_out_of_range_is_refused_when_the_storage_
     assert "hunter2" not in str(info.value)
 
 
+@pytest.mark.parametrize("name", ["socket_timeout", "connect_timeout"])
+@pytest.mark.parametrize("value", [0, -1, "soon", True, float("nan"), float("inf")])
+def test_a_timeout_that_is_no_wait_is_refused_when_the_storage_is_made(
+    name: str, value: object
+) -> None:
+    # redis-py found it at the first call: a TypeError, a ValueError, or for 0 a timeout
+    # raised as BackendUnavailableError, which says to wait and try again.
+    with pytest.raises(InvalidIdentifierError, match=f"{name} must be a number of seconds"):
+        RedisStorage("p", host="127.0.0.1", port=1, **{name: value})
+    assert RedisStorage("p", **{name: 0.5})
+
+
 @pytest.mark.parametrize(
     "url",
     [

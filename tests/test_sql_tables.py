@@ -645,6 +645,22 @@ def test_a_connect_timeout_in_the_url_is_kept(server: str) -> None:
     assert timeouts == [17, 3, CONNECT_TIMEOUT]
 
 
+@pytest.mark.parametrize("cls", [PostgresStorage, MySQLStorage], ids=lambda cls: cls.__name__)
+@pytest.mark.parametrize("value", [0, -1, 1.5, "soon", True, 10**9])
+def test_a_connect_timeout_that_is_no_wait_is_refused_when_the_storage_is_made(
+    cls: type[SqlStorage], value: object
+) -> None:
+    # The drivers found it at the first call, with a TypeError or ValueError of their own
+    # (PyMySQL), a StorageError (libpq, for the URL's), or took 0 for "wait for ever".
+    url = _URLS[cls].replace("@db.internal/", "@127.0.0.1:1/")
+    for opening in (
+        lambda: cls("t", db_url=url, connect_timeout=value),  # type: ignore[call-arg]
+        lambda: cls("t", db_url=f"{url}?connect_timeout={value}"),  # type: ignore[call-arg]
+    ):
+        with pytest.raises(InvalidIdentifierError, match="connect_timeout must be a whole number"):
+            opening()
+
+
 def test_a_session_written_into_a_table_of_another_mode_is_refused(sql_store: Store) -> None:
     agents = _sql(sql_store)
     agents.upsert(AgentSession(session_id="a"))

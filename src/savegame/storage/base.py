@@ -27,6 +27,7 @@ changed since the storage last saw the session (:mod:`savegame.storage.known`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import marshal
@@ -246,6 +247,39 @@ def with_retries(attempt: Callable[[], T], retryable: Callable[[Exception], bool
                 raise
         pause = min(0.5, 0.05 * 2**failures)
         time.sleep(pause * (1 + random.random()) / 2)
+
+
+MAX_WAIT = 31_536_000
+"""The longest wait for a server a storage takes, in seconds (a year; PyMySQL's limit)."""
+
+
+def check_seconds(value: object, what: str, *, whole: bool = False) -> float:
+    """``value``, the seconds a storage waits for a server (``what`` names it in messages).
+
+    Checked when the storage is made: the drivers find a bad one at the first call, with a
+    ``TypeError`` or a ``ValueError`` of their own, or take 0 for "wait for ever".
+
+    Args:
+        value: a number, or the text of one (a URL's query option).
+        what: the argument's name, for messages.
+        whole: whether only whole seconds are taken (libpq's ``connect_timeout``).
+
+    Raises:
+        InvalidIdentifierError: unless ``value`` is a number above 0 and at most
+            :data:`MAX_WAIT` (a whole one when ``whole``).
+    """
+    number: float = math.nan
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            number = int(value) if whole else float(value)
+    elif type(value) is int or (type(value) is float and not whole):
+        number = value
+    if not 0 < number <= MAX_WAIT:
+        kind = "whole number" if whole else "number"
+        raise InvalidIdentifierError(
+            f"{what} must be a {kind} of seconds above 0 and at most {MAX_WAIT}, not {value!r}"
+        )
+    return number
 
 
 def local_path(value: str | os.PathLike[str], what: str) -> Path:

@@ -127,6 +127,7 @@ from savegame.storage.base import (
     Header,
     Record,
     Storage,
+    check_seconds,
     check_stored,
     with_retries,
 )
@@ -651,7 +652,8 @@ class RedisStorage(Storage):
         InvalidIdentifierError: for a prefix that does not match :data:`PREFIX`, a malformed
             URL or one with an unknown option, a ``url`` with ``host``, ``port`` or ``db``
             other than their defaults, or with a ``username`` or ``password`` other than the
-            URL's, a port outside 1 to 65535, a negative database, or (at first use)
+            URL's, a port outside 1 to 65535, a negative database, a ``socket_timeout`` or
+            ``connect_timeout`` that is not a number of seconds above 0, or (at first use)
             ``shards`` that differ from those the store was made with.
         ValueError: for ``shards`` outside 1 to :data:`MAX_SHARDS`, or ``ssl_ca_certs``
             without TLS.
@@ -682,6 +684,8 @@ class RedisStorage(Storage):
     ) -> None:
         super().__init__(mode, expire)
         check_name(prefix, "Redis key prefix", PREFIX, PREFIX_ALLOWED)
+        socket_timeout = check_seconds(socket_timeout, "socket_timeout")
+        connect_timeout = check_seconds(connect_timeout, "connect_timeout")
         if shards is not None and (not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS):
             raise ValueError(
                 f"shards must be a whole number from 1 to {MAX_SHARDS}, not {shards!r}"

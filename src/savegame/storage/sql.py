@@ -116,7 +116,15 @@ from savegame.errors import (
     StorageError,
 )
 from savegame.storage import codec
-from savegame.storage.base import Draft, Header, Record, Storage, check_stored, with_retries
+from savegame.storage.base import (
+    Draft,
+    Header,
+    Record,
+    Storage,
+    check_seconds,
+    check_stored,
+    with_retries,
+)
 from savegame.storage.known import (
     DEFAULT_BYTES,
     PAST_TOKENS,
@@ -2527,15 +2535,17 @@ class ServerStorage(SqlStorage):
         auto_upgrade_schema: upgrade a table of an older layout on first write.
         mode: the storage mode.
         expire: seconds after its last write that a session expires.
-        connect_timeout: seconds to wait for a connection to the server; None: the
-            URL's ``connect_timeout`` option, or :data:`CONNECT_TIMEOUT`.
+        connect_timeout: whole seconds to wait for a connection to the server, above 0;
+            None: the URL's ``connect_timeout`` option, or :data:`CONNECT_TIMEOUT`.
         cache_bytes: how many bytes the storage may remember of its recent sessions
             (:mod:`savegame.storage.known`); 0 remembers none.
 
     Raises:
         ValueError: when neither ``db_url`` nor ``db_engine`` is given.
         InvalidIdentifierError: for a table or schema name that is not a plain identifier,
-            a ``db_url`` or ``db_engine`` that is not of this storage's database, or both.
+            a ``db_url`` or ``db_engine`` that is not of this storage's database, or both,
+            or a ``connect_timeout`` (the argument or the URL's) that is not a whole number
+            of seconds above 0.
         MissingDependencyError: when the driver is not installed.
     """
 
@@ -2568,9 +2578,11 @@ class ServerStorage(SqlStorage):
             if db_url is None:
                 raise ValueError(f"{type(self).__name__} needs db_url or db_engine")
             url = database_url(db_url, type(self).__name__, self.dialect_class)
-            timeout = CONNECT_TIMEOUT if connect_timeout is None else connect_timeout
+            given = CONNECT_TIMEOUT if connect_timeout is None else connect_timeout
+            timeout = int(check_seconds(given, "connect_timeout", whole=True))
             options = self.engine_options(timeout)
             if connect_timeout is None and "connect_timeout" in url.query:
+                check_seconds(url.query["connect_timeout"], "connect_timeout", whole=True)
                 del options["connect_args"]["connect_timeout"]  # the URL's, then
             db_engine = server_engine(url, *self.driver, **options)
         super().__init__(
