@@ -434,6 +434,28 @@ def test_urls_name_server_database_prefix_and_options() -> None:
             open_storage(bad)
 
 
+def test_a_rediss_url_with_ssl_false_is_refused_and_with_ssl_true_taken() -> None:
+    # TLS was used, the ssl=false dropped without a word, where keywords win over the URL.
+    for opening in (
+        lambda: open_storage("rediss://:hunter2@127.0.0.1:1/0?ssl=false"),
+        lambda: open_storage("rediss://:hunter2@127.0.0.1:1/0", ssl=False),
+        lambda: open_storage("rediss://:hunter2@127.0.0.1:1/0", ssl="0"),
+        lambda: RedisStorage("p", url="rediss://:hunter2@127.0.0.1:1/0?ssl=no"),
+    ):
+        with pytest.raises(InvalidIdentifierError, match="rediss:// URL asks for TLS") as info:
+            opening()
+        assert "hunter2" not in str(info.value)
+    # A URL's ?ssl=true beside TLS asked otherwise was refused as an unknown option "ssl".
+    for agreeing in (
+        "rediss://127.0.0.1:1/0?ssl=true",
+        "rediss://127.0.0.1:1/0",
+        "redis://127.0.0.1:1/0?ssl=1",
+    ):
+        assert open_storage(agreeing, ssl=True)
+        assert RedisStorage("p", url=agreeing, ssl=True)
+    assert RedisStorage("p", url="rediss://127.0.0.1:1/0?ssl=yes")
+
+
 def test_url_queries_set_tls_or_are_refused() -> None:
     with pytest.raises(ValueError, match="ssl_ca_certs needs TLS"):
         RedisStorage("p", url="redis://h/0?ssl_ca_certs=/ca.pem")

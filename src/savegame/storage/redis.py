@@ -1755,9 +1755,10 @@ def _parse_url(
                     f"RedisStorage got a {name} as an argument and another in its url: give one"
                 )
             options[name] = value or options.get(name)
-    if scheme == "rediss":
-        options["ssl"] = True
     connection = dict(pairs)
+    if scheme == "rediss":
+        _check_tls(connection.get("ssl"))
+        options["ssl"] = True
     if len(connection) < len(pairs):
         counts = Counter(name for name, _ in pairs)
         twice = sorted(name for name, count in counts.items() if count > 1)
@@ -1765,7 +1766,9 @@ def _parse_url(
             f"a Redis URL gives an option more than once: {', '.join(twice)}"
         )
     if "ssl" in connection:
-        options["ssl"] = options["ssl"] or _flag(connection.pop("ssl"))
+        # Taken out first: "ssl=True or ..." left it behind, refused as an unknown option.
+        asked = _flag(connection.pop("ssl"))
+        options["ssl"] = options["ssl"] or asked
     if "ssl_ca_certs" in connection:
         options["ssl_ca_certs"] = connection.pop("ssl_ca_certs")
     if connection:
@@ -1786,6 +1789,20 @@ def _parse_url(
         if scheme == "redis+cluster" and db != 0:
             raise InvalidIdentifierError("a Redis Cluster has only database 0")
     return nodes, db, options
+
+
+def _check_tls(ssl: Any) -> None:
+    """Refuses an ``ssl`` option (None: not given) that says no to a ``rediss://`` URL,
+    which asks for TLS: one of them was meant, and TLS was used without a word.
+
+    Raises:
+        InvalidIdentifierError: for an ``ssl`` that is given and false.
+    """
+    if ssl is not None and not _flag(ssl):
+        raise InvalidIdentifierError(
+            f"a rediss:// URL asks for TLS, and ssl={ssl!r} does not: give redis:// for a "
+            "connection without TLS, or leave ssl out"
+        )
 
 
 def _flag(value: Any) -> bool:
@@ -1825,7 +1842,10 @@ def from_url(url: StorageURL) -> RedisStorage:
     prefix = url.pop_namespace()
     expire = url.pop_int("expire")
     shards = url.pop_int("shards")
-    ssl = _flag(url.options.pop("ssl", ""))
+    given = url.options.pop("ssl", None)
+    if url.scheme == "rediss":
+        _check_tls(given)
+    ssl = _flag("" if given is None else given)
     ca_certs = url.options.pop("ssl_ca_certs", None)
     if url.options:
         raise InvalidIdentifierError(
