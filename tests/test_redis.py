@@ -480,13 +480,14 @@ def test_url_queries_set_tls_or_are_refused() -> None:
         {"url": "redis+cluster://a:7000,b:7001", "host": "c"},
         {"url": "redis://:hunter2@127.0.0.1:6379/0", "password": "hunter3"},
         {"url": "redis://me:hunter2@127.0.0.1:6379/0", "username": "you"},
+        {"url": "rediss://127.0.0.1:6379/0?ssl_ca_certs=/a.pem", "ssl_ca_certs": "/b.pem"},
     ],
 )
 def test_a_url_and_an_argument_naming_another_server_or_user_are_refused(
     given: dict[str, Any],
 ) -> None:
     # The URL's were used, the arguments dropped without a word.
-    with pytest.raises(InvalidIdentifierError, match="RedisStorage got a") as info:
+    with pytest.raises(InvalidIdentifierError, match=r"RedisStorage got .* and .*: give") as info:
         RedisStorage("p", **given)
     assert "hunter2" not in str(info.value)
     assert "hunter3" not in str(info.value)
@@ -496,6 +497,7 @@ def test_a_password_or_user_a_url_lacks_may_come_as_an_argument() -> None:
     for given in (
         {"url": "redis://127.0.0.1:6379/0", "password": "pw", "username": "me"},
         {"url": "redis://me:pw@127.0.0.1:6379/0", "password": "pw", "username": "me"},
+        {"url": "rediss://127.0.0.1:6379/0?ssl_ca_certs=/a.pem", "ssl_ca_certs": "/a.pem"},
     ):
         assert RedisStorage("p", **given)
 

@@ -651,10 +651,11 @@ class RedisStorage(Storage):
     Raises:
         InvalidIdentifierError: for a prefix that does not match :data:`PREFIX`, a malformed
             URL or one with an unknown option, a ``url`` with ``host``, ``port`` or ``db``
-            other than their defaults, or with a ``username`` or ``password`` other than the
-            URL's, a port outside 1 to 65535, a negative database, a ``socket_timeout`` or
-            ``connect_timeout`` that is not a number of seconds above 0, or (at first use)
-            ``shards`` that differ from those the store was made with.
+            other than their defaults, or with a ``username``, ``password`` or
+            ``ssl_ca_certs`` other than the URL's, a port outside 1 to 65535, a negative
+            database, a ``socket_timeout`` or ``connect_timeout`` that is not a number of
+            seconds above 0, or (at first use) ``shards`` that differ from those the store
+            was made with.
         ValueError: for ``shards`` outside 1 to :data:`MAX_SHARDS`, or ``ssl_ca_certs``
             without TLS.
         MissingDependencyError: when redis-py is not installed.
@@ -1770,7 +1771,13 @@ def _parse_url(
         asked = _flag(connection.pop("ssl"))
         options["ssl"] = options["ssl"] or asked
     if "ssl_ca_certs" in connection:
-        options["ssl_ca_certs"] = connection.pop("ssl_ca_certs")
+        ca_certs = connection.pop("ssl_ca_certs")
+        if options["ssl_ca_certs"] not in (None, ca_certs):
+            raise InvalidIdentifierError(
+                f"RedisStorage got ssl_ca_certs={options['ssl_ca_certs']!r} as an argument and "
+                f"{ca_certs!r} in its url: give one"
+            )
+        options["ssl_ca_certs"] = ca_certs
     if connection:
         raise InvalidIdentifierError(
             f"unknown option(s) for a Redis URL: {', '.join(sorted(connection))}; it takes "
