@@ -456,6 +456,14 @@ def test_a_rediss_url_with_ssl_false_is_refused_and_with_ssl_true_taken() -> Non
     assert RedisStorage("p", url="rediss://127.0.0.1:1/0?ssl=yes")
 
 
+def test_a_url_naming_a_unix_socket_says_how_to_reach_one() -> None:
+    # The message said only that "run/redis.sock" is not a database number.
+    with pytest.raises(InvalidIdentifierError, match=r"unix socket has no URL: .*client="):
+        open_storage("redis:///run/redis.sock")
+    with pytest.raises(InvalidIdentifierError, match=r"must be a number$"):
+        open_storage("redis://127.0.0.1:1/zero")
+
+
 def test_url_queries_set_tls_or_are_refused() -> None:
     with pytest.raises(ValueError, match="ssl_ca_certs needs TLS"):
         RedisStorage("p", url="redis://h/0?ssl_ca_certs=/ca.pem")

@@ -1792,7 +1792,16 @@ def _parse_url(
         try:
             db = int(path.strip("/"))
         except ValueError:
-            raise InvalidIdentifierError(f"Redis database {path!r} must be a number") from None
+            socket = ""
+            if not netloc and "/" in path.strip("/"):
+                # "redis:///run/redis.sock", as redis-py's unix:// URLs name a socket.
+                socket = (
+                    "; a server reached through a unix socket has no URL: give RedisStorage "
+                    "a ready client, client=redis.Redis(unix_socket_path=...)"
+                )
+            raise InvalidIdentifierError(
+                f"Redis database {path!r} must be a number{socket}"
+            ) from None
         if scheme == "redis+cluster" and db != 0:
             raise InvalidIdentifierError("a Redis Cluster has only database 0")
     return nodes, db, options
