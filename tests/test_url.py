@@ -127,6 +127,13 @@ def test_an_unknown_mode() -> None:
         open_storage("memory://", "robot")
 
 
+def test_a_mode_of_none_is_agent_as_for_the_constructors() -> None:
+    # It was taken for a mode named "None": the table None_sessions, and then an error.
+    assert parse_url("sqlite:///a.db", None).pop_namespace() == "agent_sessions"
+    with open_storage("sqlite://", None) as storage:
+        assert storage.mode == "agent"
+
+
 def test_passwords_are_redacted() -> None:
     assert redact("redis://:s3cret@h:6379/0?prefix=p") == "redis://:***@h:6379/0?prefix=p"
     assert redact("postgresql+psycopg://app:pw@db/x") == "postgresql+psycopg://app:***@db/x"

@@ -241,7 +241,7 @@ class StorageURL:
         return value
 
 
-def parse_url(url: str, mode: Mode | str = "agent", **options: Any) -> StorageURL:
+def parse_url(url: str, mode: Mode | str | None = "agent", **options: Any) -> StorageURL:
     """Splits ``url`` into what a backend needs.
 
     Raises:
@@ -251,7 +251,8 @@ def parse_url(url: str, mode: Mode | str = "agent", **options: Any) -> StorageUR
             (``sqlite:///C:/app.db``).
         ValueError: for an unknown mode.
     """
-    mode_spec(mode)
+    # None is "agent", as for the storages' constructors (and the original's).
+    mode = mode_spec(mode).mode
     if not isinstance(url, str) or "://" not in url:
         raise InvalidIdentifierError(
             f"{url!r} is not a storage URL; expected scheme://..., one of: {_schemes()}"
@@ -295,7 +296,7 @@ def parse_url(url: str, mode: Mode | str = "agent", **options: Any) -> StorageUR
     merged = {**query, **{name: value for name, value in options.items() if value is not None}}
     namespace = NAMESPACES.get(scheme)
     per_mode = namespace is not None and namespace[0] not in merged
-    parsed = StorageURL(raw, scheme, path, str(mode), merged, per_mode)
+    parsed = StorageURL(raw, scheme, path, mode, merged, per_mode)
     takes = OPTIONS.get(scheme)
     if takes is not None:
         parsed.refuse(set(merged) - set(takes), ", ".join(takes))
@@ -333,7 +334,7 @@ def _query(pairs: list[tuple[str, str]], scheme: str, url: str) -> dict[str, Any
     return query
 
 
-def open_storage(url: str, mode: Mode | str = "agent", **options: Any) -> Storage:
+def open_storage(url: str, mode: Mode | str | None = "agent", **options: Any) -> Storage:
     """Opens the store that ``url`` names, for sessions of ``mode``.
 
     Nothing is created: call ``create()`` on the storage before writing to a new store.
