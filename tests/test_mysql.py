@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, inspect, make_url, text
 
 from savegame import open_storage
-from savegame.errors import BackendUnavailableError, SerializationError
+from savegame.errors import BackendUnavailableError, InvalidIdentifierError, SerializationError
 from savegame.storage.mysql import MySQLStorage
 from savegame.storage.session.agent import AgentSession
 from tests import sql_cases
@@ -438,3 +438,21 @@ def test_a_value_the_json_columns_of_an_upgraded_original_table_refuse_is_a_seri
     assert got.session_data == {"n": 1}
     assert storage.get_all_session_ids() == ["a"]
     storage.close()
+
+
+def test_a_url_that_names_no_database_is_refused_unless_schema_names_one() -> None:
+    # The first call failed on a bare AssertionError of SQLAlchemy's.
+    server = mysql_url()
+    bare, _, database = server.partition("?")[0].rpartition("/")
+    engine = create_engine(bare)
+    for opening in (
+        lambda: open_storage(f"{bare}?table=t"),
+        lambda: open_storage(f"{bare}/?table=t"),
+        lambda: MySQLStorage("t", db_url=bare),
+        lambda: MySQLStorage("t", db_engine=engine),
+    ):
+        with pytest.raises(InvalidIdentifierError, match="names no database; name one in it"):
+            opening()
+    with open_storage(f"{bare}?table={unique('sg')}&schema={database}") as storage:
+        assert storage.read("absent") is None
+    engine.dispose()

@@ -120,6 +120,7 @@ class MySQLDialect(SqlDialect):
 
     title = "MySQL"
     backends = ("mysql", "mariadb")
+    needs_database = True
     example = "mysql+pymysql://user@host/db"
     read_isolation = "REPEATABLE READ"
     write_isolation = "READ COMMITTED"
@@ -324,7 +325,8 @@ class MySQLStorage(ServerStorage):
     Raises:
         ValueError: when neither ``db_url`` nor ``db_engine`` is given.
         InvalidIdentifierError: for a table or database name that is not a plain identifier,
-            or both ``db_url`` and ``db_engine``.
+            both ``db_url`` and ``db_engine``, or neither a database in the URL nor a
+            ``schema``.
         MissingDependencyError: when PyMySQL is not installed.
     """
 

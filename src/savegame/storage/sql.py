@@ -246,6 +246,9 @@ class SqlDialect(ABC):
     table_options: ClassVar[dict[str, Any]] = {}
     round_trips: ClassVar[bool] = True
     inherited: Inherited = "forsake"
+    needs_database: ClassVar[bool] = False
+    """Whether a storage needs a database named by its URL or its ``schema`` (MySQL's
+    tables are in a database, and a connection to none has no default one)."""
 
     # -- types and serialization ----------------------------------------------------------
 
@@ -2545,7 +2548,7 @@ class ServerStorage(SqlStorage):
         InvalidIdentifierError: for a table or schema name that is not a plain identifier,
             a ``db_url`` or ``db_engine`` that is not of this storage's database, or both,
             or a ``connect_timeout`` (the argument or the URL's) that is not a whole number
-            of seconds above 0.
+            of seconds above 0, or (MySQL) neither a database in the URL nor a ``schema``.
         MissingDependencyError: when the driver is not installed.
     """
 
@@ -2585,6 +2588,14 @@ class ServerStorage(SqlStorage):
                 check_seconds(url.query["connect_timeout"], "connect_timeout", whole=True)
                 del options["connect_args"]["connect_timeout"]  # the URL's, then
             db_engine = server_engine(url, *self.driver, **options)
+        if self.dialect_class.needs_database and schema is None and not db_engine.url.database:
+            # The first call failed on an AssertionError of SQLAlchemy's.
+            if owns:
+                release_engine(db_engine)
+            raise InvalidIdentifierError(
+                f"{type(self).__name__}: {redact(db_engine.url.render_as_string())!r} names no "
+                f"database; name one in it ({self.dialect_class.example}) or give schema="
+            )
         super().__init__(
             table_name,
             db_engine,
