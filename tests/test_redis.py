@@ -474,6 +474,12 @@ def test_url_queries_set_tls_or_are_refused() -> None:
             RedisStorage("p", url=bad)
     with pytest.raises(InvalidIdentifierError, match="neither true nor false"):
         open_storage("redis://h/0?ssl=sometimes")
+    # A bare ?ssl, which some read as yes, was taken for no.
+    for bare in ("redis://h/0?ssl", "redis://h/0?ssl=", "rediss://h/0?ssl"):
+        with pytest.raises(InvalidIdentifierError, match="ssl='' is neither true nor false"):
+            open_storage(bare)
+        with pytest.raises(InvalidIdentifierError, match="ssl='' is neither true nor false"):
+            RedisStorage("p", url=bare)
     with pytest.raises(InvalidIdentifierError, match=r"prefix; it takes ssl, ssl_ca_certs \("):
         RedisStorage("p", url="redis://h/0?prefix=x")
     RedisStorage("p", url="redis+cluster://a:1,b:2?ssl=true&ssl_ca_certs=/ca.pem")

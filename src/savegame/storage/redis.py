@@ -1822,11 +1822,12 @@ def _check_tls(ssl: Any) -> None:
 
 
 def _flag(value: Any) -> bool:
-    """A yes/no URL option; anything but the usual spellings is refused, not read as no."""
+    """A yes/no URL option; anything but the usual spellings is refused, not read as no:
+    an empty one too (``?ssl``, which some read as yes)."""
     text = str(value).lower()
     if text in ("1", "true", "yes", "on"):
         return True
-    if text in ("", "0", "false", "no", "off"):
+    if text in ("0", "false", "no", "off"):
         return False
     raise InvalidIdentifierError(f"ssl={value!r} is neither true nor false")
 
@@ -1861,7 +1862,7 @@ def from_url(url: StorageURL) -> RedisStorage:
     given = url.options.pop("ssl", None)
     if url.scheme == "rediss":
         _check_tls(given)
-    ssl = _flag("" if given is None else given)
+    ssl = given is not None and _flag(given)
     ca_certs = url.options.pop("ssl_ca_certs", None)
     if url.options:
         raise InvalidIdentifierError(
