@@ -641,3 +641,25 @@ def test_a_server_url_scheme_in_any_case_opens_the_server(scheme: str, server: A
     assert parse_url(url).raw.startswith(scheme.lower() + "://")
     with open_storage(url) as storage:
         assert storage.read("absent") is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:///app.db\n",
+        "json:///sessions ",
+        "redis://:hunter2@127.0.0.1:1/0\r\n",
+        "postgresql://u:hunter2@127.0.0.1:1/db\n",
+        "yaml:///a\tb",
+    ],
+)
+def test_a_url_with_a_line_break_or_spaces_at_its_ends_is_refused(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Read with the URL from a file or an environment variable, they became part of the
+    # name: a file "app.db\n", a folder "sessions ", a database "db\n".
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InvalidIdentifierError, match="control character") as caught:
+        open_storage(url).create()
+    assert "hunter2" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []

@@ -116,6 +116,8 @@ _FILE_SCHEMES = frozenset({"sqlite", "json", "yaml"})
 _WINDOWS_DRIVE = re.compile(r"[A-Za-z]:([\\/]|$)")
 """A path starting with a Windows drive (``C:/``, ``C:\\``): absolute on Windows only."""
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
 _PASSWORD_OPTIONS = frozenset({"password", "passwd"})
 _SECRETS_IN_QUERY = re.compile(r"(?i)(^|&)(password|passwd)=[^&]*")
 """Query parameters that hold a password: libpq takes ``password=``, PyMySQL ``passwd=``."""
@@ -247,8 +249,8 @@ def parse_url(url: str, mode: Mode | str | None = "agent", **options: Any) -> St
     Raises:
         InvalidIdentifierError: for a string that is not a URL of a known scheme (the
             message lists the schemes), an option the scheme does not take (the message
-            lists those it takes), or, but on Windows, a file or folder on a Windows drive
-            (``sqlite:///C:/app.db``).
+            lists those it takes), spaces at its ends or a control character in it, or,
+            but on Windows, a file or folder on a Windows drive (``sqlite:///C:/app.db``).
         ValueError: for an unknown mode.
     """
     # None is "agent", as for the storages' constructors (and the original's).
@@ -256,6 +258,13 @@ def parse_url(url: str, mode: Mode | str | None = "agent", **options: Any) -> St
     if not isinstance(url, str) or "://" not in url:
         raise InvalidIdentifierError(
             f"{url!r} is not a storage URL; expected scheme://..., one of: {_schemes()}"
+        )
+    if url != url.strip() or _CONTROL.search(url):
+        # A newline or space read from a file or an environment variable along with the
+        # URL: it became part of a file's, folder's or database's name ("app.db\n").
+        raise InvalidIdentifierError(
+            f"storage URL {redact(url)!r} has spaces at an end or a control character (a "
+            "line break, say) in it: write it without them, percent-escaped where they belong"
         )
     scheme, rest = url.split("://", 1)
     scheme = scheme.lower()
