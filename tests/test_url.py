@@ -177,6 +177,9 @@ def test_passwords_are_redacted_from_any_url(url: str, shown: str) -> None:
         "redis://:s3cret@[::1:6379/0",
         # NFKC: urlsplit's error quotes the netloc.
         "postgresql+psycopg://u:s3cret\uff03@h/db",
+        # The error quoted the part of the password after its "[".
+        "redis://u:hun[s3cret@[::1]:1/0",
+        "postgresql+psycopg://u:a[s3cret@[::1]:5432/db",
     ],
 )
 def test_a_malformed_url_is_shown_without_its_password(url: str) -> None:

@@ -287,8 +287,12 @@ def parse_url(url: str, mode: Mode | str | None = "agent", **options: Any) -> St
         # query, whose options would then be dropped without a word.
         pairs = parse_qsl(after, keep_blank_values=True, strict_parsing=False)
     except ValueError as exc:
-        # The error may quote the URL's netloc (an NFKC one does), password and all.
+        # The error may quote the URL's netloc (an NFKC one does), password and all, or a
+        # piece of it ("'ter2@[::1' does not appear to be an IPv4 or IPv6 address", of a
+        # password "hun[ter2"), which no redaction finds: what it quotes is left out.
         detail = _redact(str(exc), url)
+        if redact(url) != url:
+            detail = re.sub(r"'.*'", "'…'", detail)
         raise InvalidIdentifierError(f"malformed storage URL {redact(url)!r}: {detail}") from None
     query = _query(pairs, scheme, url)
     # The scheme in lower case: SQLAlchemy takes "MySQL://" for a database of another kind.
