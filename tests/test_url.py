@@ -13,12 +13,13 @@ import pytest
 import savegame
 from savegame.errors import InvalidIdentifierError
 from savegame.storage.in_memory import InMemoryStorage
+from savegame.storage.known import DEFAULT_BYTES
 from savegame.storage.session import MODES
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.url import OPTIONS, SCHEMES, StorageURL, open_storage, parse_url, redact
 from savegame.testing import Store
 from savegame.testing.sample import make_session
-from tests.stores import BACKENDS, mysql_url, postgres_url, unique
+from tests.stores import BACKENDS, Backend, mysql_url, postgres_url, unique
 
 
 @pytest.mark.parametrize(
@@ -258,7 +259,6 @@ def test_storage_url_is_what_backends_receive() -> None:
     ("url", "options", "message"),
     [
         ("sqlite:///a.db?tabel=custom", {}, "sqlite:// URL: tabel; it takes table, expire,"),
-        ("sqlite:///a.db?cache_bytes=0", {}, "sqlite:// URL: cache_bytes; it takes table,"),
         ("sqlite://", {"tabel": "custom"}, "sqlite:// URL: tabel;"),
         ("json:///d?exipre=60", {}, "json:// URL: exipre; it takes expire$"),
         ("json:///d?table=x", {}, "json:// URL: table; it takes expire$"),
@@ -269,16 +269,17 @@ def test_storage_url_is_what_backends_receive() -> None:
         (
             "redis://127.0.0.1:1/0?exipre=60",
             {},
-            "Redis URL: exipre; it takes prefix, expire, shards, ssl, ssl_ca_certs$",
+            "Redis URL: exipre; it takes prefix, expire, shards, cache_bytes, ssl, ssl_ca_certs$",
         ),
         ("rediss://127.0.0.1:1/0", {"table": "t"}, "Redis URL: table; it takes prefix,"),
         ("mysql+pymysql://root@127.0.0.1:1/test?tabel=x", {}, "mysql.pymysql:// URL: tabel;"),
-        ("mysql://root@127.0.0.1:1/test", {"cache_bytes": 0}, "mysql:// URL: cache_bytes;"),
+        ("mysql://root@127.0.0.1:1/test", {"cache_byte": 0}, "mysql:// URL: cache_byte;"),
         ("postgresql://u@127.0.0.1:1/db?sslmod=disable", {}, "postgresql:// URL: sslmod;"),
         (
             "postgresql+psycopg://u@127.0.0.1:1/db?table=t&sslmode=disable",
-            {"cache_bytes": 0, "a b": "1"},
-            "postgresql.psycopg:// URL: a b, cache_bytes; it takes table, schema, expire and libpq",
+            {"cache_byte": 0, "a b": "1"},
+            "postgresql.psycopg:// URL: a b, cache_byte; it takes table, schema, expire, "
+            "cache_bytes and libpq",
         ),
     ],
 )
@@ -295,7 +296,13 @@ def test_an_unknown_option_is_refused_before_anything_is_made(tmp_path: Path) ->
     assert list(tmp_path.iterdir()) == []
 
 
-SAMPLE_VALUES = {"table": "t", "expire": "60", "synchronous": "NORMAL", "busy_timeout": "2.5"}
+SAMPLE_VALUES = {
+    "table": "t",
+    "expire": "60",
+    "synchronous": "NORMAL",
+    "busy_timeout": "2.5",
+    "cache_bytes": "0",
+}
 
 
 @pytest.mark.parametrize("scheme", list(OPTIONS))
@@ -306,6 +313,29 @@ def test_each_option_a_scheme_lists_is_taken(scheme: str, tmp_path: Path) -> Non
     with importlib.import_module(SCHEMES[scheme]).from_url(parsed) as storage:
         assert parsed.options == {}
         assert storage.expire == 60
+
+
+@pytest.mark.parametrize("backend", [pytest.param(b, id=b.name) for b in BACKENDS])
+def test_cache_bytes_is_taken_from_the_url_or_a_keyword_by_every_storage_that_remembers(
+    backend: Backend, tmp_path: Path
+) -> None:
+    # Where stores are opened by URL (the command line, a config file), cache_bytes=0 is how
+    # an upgrade from the original is waited out (see the README).
+    with backend.make(tmp_path, "agent") as store:
+        if store.url is None or "cache_bytes" not in type(store()).capabilities:
+            pytest.skip(f"{backend.name} has no URL, or remembers no sessions")
+        url = str(store.url)
+        joined = "&" if "?" in url else "?"
+        for opened in (
+            open_storage(url + joined + "cache_bytes=0"),
+            open_storage(url, cache_bytes=0),
+        ):
+            with opened:
+                assert opened._known.max_bytes == 0
+        with open_storage(url) as default:
+            assert default._known.max_bytes == DEFAULT_BYTES
+        with pytest.raises(InvalidIdentifierError, match="cache_bytes"):
+            open_storage(url + joined + "cache_bytes=lots")
 
 
 def test_sqlite_with_three_slashes_and_no_path_is_refused() -> None:

@@ -359,16 +359,18 @@ def from_url(url: StorageURL) -> MySQLStorage:
     one that PyMySQL does not take either is refused here, not at the first connection.
 
     Raises:
-        InvalidIdentifierError: for a bad table name or ``expire``, or an unknown option.
+        InvalidIdentifierError: for a bad table name, ``expire`` or ``cache_bytes``, or an
+            unknown option.
     """
     table = url.pop_namespace()
     expire = url.pop_int("expire")
     schema = url.options.pop("schema", None)
+    cache_bytes = url.pop_cache_bytes()
     driver = _driver_options()
     if driver is not None and "plugin" not in url.options:
         url.refuse(
             set(url.options) - driver,
-            "table, schema, expire and the keyword arguments of pymysql.connect()",
+            "table, schema, expire, cache_bytes and the keyword arguments of pymysql.connect()",
         )
     return MySQLStorage(
         table,
@@ -376,6 +378,7 @@ def from_url(url: StorageURL) -> MySQLStorage:
         db_url=server_db_url(url),
         mode=url.mode,  # type: ignore[arg-type]
         expire=expire,
+        cache_bytes=cache_bytes,
     )
 
 

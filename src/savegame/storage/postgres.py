@@ -291,15 +291,17 @@ def from_url(url: StorageURL) -> PostgresStorage:
     libpq does not take either is refused here, not at the first connection.
 
     Raises:
-        InvalidIdentifierError: for a bad table name or ``expire``, or an unknown option.
+        InvalidIdentifierError: for a bad table name, ``expire`` or ``cache_bytes``, or an
+            unknown option.
     """
     table = url.pop_namespace()
     expire = url.pop_int("expire")
     schema = str(url.options.pop("schema", "ai"))
+    cache_bytes = url.pop_cache_bytes()
     if "plugin" not in url.options:
         url.refuse(
             _not_libpq(set(url.options)),
-            "table, schema, expire and libpq's connection parameters",
+            "table, schema, expire, cache_bytes and libpq's connection parameters",
         )
     return PostgresStorage(
         table,
@@ -307,6 +309,7 @@ def from_url(url: StorageURL) -> PostgresStorage:
         db_url=server_db_url(url),
         mode=url.mode,  # type: ignore[arg-type]
         expire=expire,
+        cache_bytes=cache_bytes,
     )
 
 

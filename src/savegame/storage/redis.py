@@ -1851,7 +1851,8 @@ def from_url(url: StorageURL) -> RedisStorage:
     ``redis+cluster://[:password@]host:port[,host:port...]``, with ``?ssl=true`` for TLS.
     ``?ssl_ca_certs=`` names a PEM file of certificate authorities to trust for TLS.
     ``?prefix=`` names the store (default ``savegame:<mode>``), ``?expire=`` gives seconds,
-    ``?shards=`` spreads a new store over that many cluster slots.
+    ``?shards=`` spreads a new store over that many cluster slots, ``?cache_bytes=`` bounds
+    what the storage remembers of its recent sessions.
 
     Raises:
         InvalidIdentifierError: for a malformed address or database, or an unknown option.
@@ -1859,6 +1860,7 @@ def from_url(url: StorageURL) -> RedisStorage:
     prefix = url.pop_namespace()
     expire = url.pop_int("expire")
     shards = url.pop_int("shards")
+    cache_bytes = url.pop_cache_bytes()
     given = url.options.pop("ssl", None)
     if url.scheme == "rediss":
         _check_tls(given)
@@ -1867,7 +1869,7 @@ def from_url(url: StorageURL) -> RedisStorage:
     if url.options:
         raise InvalidIdentifierError(
             f"unknown option(s) for a Redis URL: {', '.join(sorted(url.options))}; it takes "
-            "prefix, expire, shards, ssl, ssl_ca_certs"
+            "prefix, expire, shards, cache_bytes, ssl, ssl_ca_certs"
         )
     return RedisStorage(
         prefix,
@@ -1877,4 +1879,5 @@ def from_url(url: StorageURL) -> RedisStorage:
         url=url.raw,
         ssl_ca_certs=ca_certs,
         shards=shards,
+        cache_bytes=cache_bytes,
     )

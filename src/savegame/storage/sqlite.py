@@ -365,7 +365,8 @@ def in_memory_url(url: StorageURL) -> bool:
 def from_url(url: StorageURL) -> SqliteStorage:
     """``sqlite:///relative.db``, ``sqlite:////absolute.db`` or ``sqlite://`` (in memory).
 
-    Query parameters: ``table``, ``expire``, ``synchronous``, ``busy_timeout``.
+    Query parameters: ``table``, ``expire``, ``synchronous``, ``busy_timeout``,
+    ``cache_bytes``.
 
     Raises:
         InvalidIdentifierError: for a bad table name or option value, or ``sqlite:///``
@@ -376,6 +377,7 @@ def from_url(url: StorageURL) -> SqliteStorage:
     # The constructor checks it; open_storage names the URL in what it raises.
     synchronous = str(url.options.pop("synchronous", "FULL"))
     busy_timeout = url.pop_number("busy_timeout")
+    cache_bytes = url.pop_cache_bytes()
     if url.raw.lower().startswith("sqlite:///") and url.path == "":
         # What "sqlite:///$DB" gives when DB is unset: an in-memory database would take the
         # writes and lose them when the process ends.
@@ -391,4 +393,5 @@ def from_url(url: StorageURL) -> SqliteStorage:
         expire=expire,
         synchronous=synchronous,
         busy_timeout=30.0 if busy_timeout is None else busy_timeout,
+        cache_bytes=cache_bytes,
     )

@@ -44,6 +44,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from savegame.errors import InvalidIdentifierError, StorageError
 from savegame.storage.base import Storage
+from savegame.storage.known import DEFAULT_BYTES
 from savegame.storage.session import Mode, mode_spec
 
 SCHEMES: dict[str, str] = {
@@ -84,7 +85,7 @@ Schemes not listed (folders, memory) name one store with the URL alone.
 
 _FILES = ("expire",)
 OPTIONS: dict[str, tuple[str, ...]] = {
-    "sqlite": ("table", "expire", "synchronous", "busy_timeout"),
+    "sqlite": ("table", "expire", "synchronous", "busy_timeout", "cache_bytes"),
     "json": _FILES,
     "yaml": _FILES,
     "memory": _FILES,
@@ -187,6 +188,17 @@ class StorageURL:
         except ValueError:
             pass
         raise InvalidIdentifierError(f"{name}={value!r} in storage URL must be a whole number")
+
+    def pop_cache_bytes(self) -> int:
+        """Removes the ``cache_bytes`` option and returns it: how many bytes of its recent
+        sessions the storage may remember (:data:`~savegame.storage.known.DEFAULT_BYTES`
+        when absent; 0 remembers none).
+
+        Raises:
+            InvalidIdentifierError: when the value is not a whole number.
+        """
+        value = self.pop_int("cache_bytes")
+        return DEFAULT_BYTES if value is None else value
 
     def pop_number(self, name: str) -> float | None:
         """Removes option ``name`` and returns it as a float (None when absent).
