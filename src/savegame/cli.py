@@ -607,15 +607,22 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_age(text: str) -> int:
-    """Seconds in an age like ``30d``, ``12h``, ``1w2d`` or ``90`` (seconds).
+    """Seconds in an age like ``30d``, ``12h``, ``1w2d`` or ``90s``.
 
     Raises:
-        typer.BadParameter: for anything else.
+        typer.BadParameter: for anything else, a number without its unit included: ``90``
+            meant seconds once, and a purge given ``--older-than 90`` for 90 days removed
+            every session not saved in the last minute and a half.
     """
     parts = re.findall(r"(\d+)([smhdw]?)", text.strip().lower())
     if not text.strip() or "".join(n + u for n, u in parts) != text.strip().lower():
         raise typer.BadParameter(f"{text!r} is not an age; write it like 30d, 12h, 90m or 1w2d")
-    return sum(int(n) * _UNITS[u or "s"] for n, u in parts)
+    if not all(unit for _, unit in parts):
+        raise typer.BadParameter(
+            f"{text!r} has a number without its unit; write {text.strip()}d for days, "
+            f"{text.strip()}s for seconds (units: s, m, h, d, w)"
+        )
+    return sum(int(n) * _UNITS[u] for n, u in parts)
 
 
 @app.command("purge")
