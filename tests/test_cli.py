@@ -204,7 +204,7 @@ def test_tables_and_json_show_ids_and_text_as_they_are(tmp_path: Path) -> None:
         storage.restore(
             AgentSession(
                 session_id=session_id,
-                user_id=":thumbs_up:",
+                user_id=":thumbs_up:\u202egnp.exe",
                 agent_id="bell\x07",
                 memory={"runs": [{"message": message, "response": "half \ud800 a pair"}]},
                 session_data={"session_name": "n\udc00 :red_heart:"},
@@ -215,7 +215,7 @@ def test_tables_and_json_show_ids_and_text_as_they_are(tmp_path: Path) -> None:
     url_args = ("-s", url)
     table = text(savegame("sessions", "list", *url_args))
     assert "chat:x:1[bold]" in table
-    assert ":thumbs_up:" in table
+    assert ":thumbs_up:\\u202egnp.exe" in table
     assert "bell\\x07" in table
     assert "n\\udc00 :red_heart:" in table
     shown = text(savegame("sessions", "show", session_id, *url_args))
@@ -224,7 +224,7 @@ def test_tables_and_json_show_ids_and_text_as_they_are(tmp_path: Path) -> None:
     purged = text(savegame("purge", "--older-than", "1d", "--dry-run", *url_args))
     assert purged.splitlines() == [session_id]
     for output in (table, shown, purged):
-        assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f]", output), output
+        assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202e]", output), output
 
     listed = json.loads(text(savegame("sessions", "list", "--json", *url_args)))
     assert (listed[0]["id"], listed[0]["name"]) == (session_id, "n\udc00 :red_heart:")

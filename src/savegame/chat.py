@@ -192,11 +192,16 @@ def _say(text: str) -> None:
     sys.stdout.flush()
 
 
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_UNPRINTABLE = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
 """Control characters, which a terminal would obey (an escape sequence in a model's answer
-could clear the screen or retitle the window), and lone surrogates, which UTF-8 cannot
-encode."""
-_UNPRINTABLE_IN_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+could clear the screen or retitle the window), the marks and overrides of bidirectional
+text, which would show an id or a line in another order than it has (``\\u202e``), and
+lone surrogates, which UTF-8 cannot encode."""
+_UNPRINTABLE_IN_LINES = re.compile(
+    r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
 """:data:`_UNPRINTABLE` but for line breaks and tabs."""
 
 
