@@ -69,6 +69,28 @@ def test_a_url_or_engine_of_another_database_is_refused(cls: type[SqlStorage]) -
             assert "secret" not in str(refused.value)
 
 
+@pytest.mark.parametrize(
+    ("cls", "url", "written"),
+    [
+        (PostgresStorage, "postgresql+psycopg2://app:secret@db.internal/app", "postgresql"),
+        (PostgresStorage, "postgresql+asyncpg://app:secret@db.internal/app", "postgresql"),
+        (MySQLStorage, "mysql+mysqldb://app:secret@db.internal/app", "mysql"),
+        (MySQLStorage, "mariadb+mysqlconnector://app:secret@db.internal/app", "mariadb"),
+    ],
+)
+def test_a_db_url_of_another_driver_is_refused(
+    cls: type[SqlStorage], url: str, written: str
+) -> None:
+    # postgresql+psycopg2://, the URL most SQLAlchemy applications hold, raised the
+    # ModuleNotFoundError of psycopg2, which is no StorageError and says nothing of psycopg.
+    driver = "psycopg" if cls is PostgresStorage else "pymysql"
+    with pytest.raises(InvalidIdentifierError) as refused:
+        cls("t", db_url=url)  # type: ignore[call-arg]
+    assert f"savegame talks to {written} through {driver} only" in str(refused.value)
+    assert f"write {written}+{driver}://" in str(refused.value)
+    assert "secret" not in str(refused.value)
+
+
 @pytest.mark.parametrize("cls", list(_URLS), ids=lambda cls: cls.__name__)
 def test_two_ways_of_naming_the_database_at_once_are_refused(
     cls: type[SqlStorage], tmp_path: Path

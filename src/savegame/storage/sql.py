@@ -696,6 +696,25 @@ def check_database(url: URL, storage: str, dialect: type[SqlDialect], given: str
         )
 
 
+def check_driver(url: URL, storage: str, driver: str) -> None:
+    """Refuses a ``url`` that names another driver than ``driver``, the one savegame talks
+    to the database through (``postgresql+psycopg2://``, ``mysql+mysqldb://``): SQLAlchemy
+    would import that driver, and fail with its ``ModuleNotFoundError`` where it is not
+    installed, or run savegame's statements through a driver they were not written for.
+
+    Raises:
+        InvalidIdentifierError: naming the driver, and the URL to write instead.
+    """
+    named = url.get_driver_name() if "+" in url.drivername else driver
+    if named != driver:
+        base = url.get_backend_name()
+        shown = redact(url.render_as_string(hide_password=True))
+        raise InvalidIdentifierError(
+            f"{storage}: db_url {shown!r} names the driver {named!r}; savegame talks to "
+            f"{base} through {driver} only: write {base}+{driver}:// (or {base}://)"
+        )
+
+
 def server_engine(db_url: URL, driver: str, package: str, extra: str, **options: Any) -> Engine:
     """A shared engine for a database server, with ``driver`` unless the URL names one.
 
@@ -2547,6 +2566,7 @@ class ServerStorage(SqlStorage):
         ValueError: when neither ``db_url`` nor ``db_engine`` is given.
         InvalidIdentifierError: for a table or schema name that is not a plain identifier,
             a ``db_url`` or ``db_engine`` that is not of this storage's database, or both,
+            a ``db_url`` that names another driver than savegame's (``postgresql+psycopg2``),
             or a ``connect_timeout`` (the argument or the URL's) that is not a whole number
             of seconds above 0, or (MySQL) neither a database in the URL nor a ``schema``.
         MissingDependencyError: when the driver is not installed.
@@ -2581,6 +2601,7 @@ class ServerStorage(SqlStorage):
             if db_url is None:
                 raise ValueError(f"{type(self).__name__} needs db_url or db_engine")
             url = database_url(db_url, type(self).__name__, self.dialect_class)
+            check_driver(url, type(self).__name__, self.driver[0])
             given = CONNECT_TIMEOUT if connect_timeout is None else connect_timeout
             timeout = int(check_seconds(given, "connect_timeout", whole=True))
             options = self.engine_options(timeout)
