@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from savegame.errors import CorruptSessionError
+from savegame.errors import CorruptSessionError, InvalidIdentifierError
 from savegame.storage.in_memory import InMemoryStorage
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.session.team import TeamSession
@@ -86,5 +86,5 @@ def test_delete_session_and_drop_remove_entries_that_are_no_session() -> None:
 
 @pytest.mark.parametrize("given", ["sessions", [("s", {"session_id": "s"})], 5])
 def test_a_storage_dict_that_is_not_a_dict_is_refused(given: Any) -> None:
-    with pytest.raises(ValueError, match="storage_dict must be a dict"):
+    with pytest.raises(InvalidIdentifierError, match="storage_dict must be a dict"):
         InMemoryStorage(storage_dict=given)

@@ -465,9 +465,9 @@ def test_a_url_naming_a_unix_socket_says_how_to_reach_one() -> None:
 
 
 def test_url_queries_set_tls_or_are_refused() -> None:
-    with pytest.raises(ValueError, match="ssl_ca_certs needs TLS"):
+    with pytest.raises(InvalidIdentifierError, match="ssl_ca_certs needs TLS"):
         RedisStorage("p", url="redis://h/0?ssl_ca_certs=/ca.pem")
-    with pytest.raises(ValueError, match="ssl_ca_certs needs TLS"):
+    with pytest.raises(InvalidIdentifierError, match="ssl_ca_certs needs TLS"):
         RedisStorage("p", ssl_ca_certs="/ca.pem")
     for bad in ("redis://h/0?colour=blue", "redis://h/0?ssl=maybe", "rediss://h/0?prefix=x"):
         with pytest.raises(InvalidIdentifierError):
@@ -1196,7 +1196,7 @@ def test_upgrade_schema_in_another_mode_than_the_originals_makes_nothing(
 
 @pytest.mark.parametrize("bad", [0, -1, 1025, "2", 2.0])
 def test_shards_are_checked(bad: Any) -> None:
-    with pytest.raises(ValueError, match="shards"):
+    with pytest.raises(InvalidIdentifierError, match="shards"):
         RedisStorage("p", shards=bad)
 
 

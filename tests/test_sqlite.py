@@ -275,7 +275,7 @@ def test_file_settings(tmp_path: Path) -> None:
         assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert raw.execute("PRAGMA synchronous").fetchone() == (1,)
         assert raw.execute("PRAGMA busy_timeout").fetchone() == (30000,)
-    with pytest.raises(ValueError, match="synchronous"):
+    with pytest.raises(InvalidIdentifierError, match="synchronous"):
         SqliteStorage("t", synchronous="OFF")
 
 

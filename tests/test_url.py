@@ -124,7 +124,7 @@ def test_a_url_that_is_not_a_string() -> None:
 
 
 def test_an_unknown_mode() -> None:
-    with pytest.raises(ValueError, match="unknown mode 'robot'"):
+    with pytest.raises(InvalidIdentifierError, match="unknown mode 'robot'"):
         open_storage("memory://", "robot")
 
 

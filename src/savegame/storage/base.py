@@ -382,7 +382,7 @@ class Storage(ABC):
     def __init__(self, mode: Mode | None = "agent", expire: int | None = None) -> None:
         self._spec = mode_spec(mode)
         if expire is not None and (type(expire) is not int or not 0 < expire <= MAX_EXPIRE):
-            raise ValueError(
+            raise InvalidIdentifierError(
                 f"expire must be None (sessions never expire) or a whole number of seconds "
                 f"from 1 to {MAX_EXPIRE}, not {expire!r}"
             )
@@ -526,11 +526,13 @@ class Storage(ABC):
             SerializationError: when ``fn`` returns anything but None or a session of this
                 storage's mode (a dict, say); nothing is written.
             InvalidIdentifierError: when ``fn`` returns a session with another id.
-            ValueError: when ``max_attempts`` is not a whole number of at least 1.
+            InvalidIdentifierError: when ``max_attempts`` is not a whole number of at least 1.
         """
         check_id(session_id)
         if type(max_attempts) is not int or max_attempts < 1:
-            raise ValueError(f"max_attempts must be an int of at least 1, not {max_attempts!r}")
+            raise InvalidIdentifierError(
+                f"max_attempts must be an int of at least 1, not {max_attempts!r}"
+            )
         conflict: ConflictError | None = None
         for attempt in range(max_attempts):
             current = self.read(session_id)
@@ -588,7 +590,7 @@ class Storage(ABC):
     ) -> list[Session]:
         """The ``limit`` newest sessions that match (all of them when ``limit`` is None)."""
         if limit is not None and (type(limit) is not int or limit < 0):
-            raise ValueError(f"limit must be a non-negative int or None, not {limit!r}")
+            raise InvalidIdentifierError(f"limit must be a non-negative int or None, not {limit!r}")
         if limit is not None and limit > MAX_LIMIT:
             limit = None  # more sessions than one list could hold: the answer of "all"
         user_id, entity_id = self._filters(user_id, entity_id)

@@ -30,7 +30,7 @@ class InMemoryStorage(Storage):
     only ``delete_session`` of its key and ``drop`` remove it.
 
     Raises:
-        ValueError: for a ``storage_dict`` that is not a dict.
+        InvalidIdentifierError: (a ``ValueError``) for a ``storage_dict`` that is not a dict.
     """
 
     def __init__(
@@ -41,7 +41,7 @@ class InMemoryStorage(Storage):
     ) -> None:
         super().__init__(mode, expire)
         if storage_dict is not None and not isinstance(storage_dict, dict):
-            raise ValueError(
+            raise InvalidIdentifierError(
                 "storage_dict must be a dict of session records by session id, or None, "
                 f"not {type(storage_dict).__name__}"
             )

@@ -68,7 +68,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from savegame.errors import StorageError
+from savegame.errors import InvalidIdentifierError, StorageError
 from savegame.storage.base import Header
 from savegame.storage.codec import encode_checked
 from savegame.storage.session import set_path
@@ -598,7 +598,9 @@ class KnownSessions:
 
     def __init__(self, max_bytes: int = DEFAULT_BYTES) -> None:
         if not isinstance(max_bytes, int) or max_bytes < 0:
-            raise ValueError(f"cache_bytes must be a whole number >= 0, not {max_bytes!r}")
+            raise InvalidIdentifierError(
+                f"cache_bytes must be a whole number >= 0, not {max_bytes!r}"
+            )
         self.max_bytes = max_bytes
         self._items: OrderedDict[str, Known] = OrderedDict()
         self._bytes = 0

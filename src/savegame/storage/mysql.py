@@ -323,10 +323,9 @@ class MySQLStorage(ServerStorage):
     other arguments are those of :class:`~savegame.storage.sql.ServerStorage`.
 
     Raises:
-        ValueError: when neither ``db_url`` nor ``db_engine`` is given.
-        InvalidIdentifierError: for a table or database name that is not a plain identifier,
-            both ``db_url`` and ``db_engine``, or neither a database in the URL nor a
-            ``schema``.
+        InvalidIdentifierError: when neither ``db_url`` nor ``db_engine`` is given, or for a
+            table or database name that is not a plain identifier, both ``db_url`` and
+            ``db_engine``, or neither a database in the URL nor a ``schema``.
         MissingDependencyError: when PyMySQL is not installed.
     """
 

@@ -226,9 +226,9 @@ class PostgresStorage(ServerStorage):
     :class:`~savegame.storage.sql.ServerStorage`.
 
     Raises:
-        ValueError: when neither ``db_url`` nor ``db_engine`` is given.
-        InvalidIdentifierError: for a table or schema name that is not a plain identifier,
-            or both ``db_url`` and ``db_engine``.
+        InvalidIdentifierError: when neither ``db_url`` nor ``db_engine`` is given, or for a
+            table or schema name that is not a plain identifier, or both ``db_url`` and
+            ``db_engine``.
         MissingDependencyError: when psycopg is not installed.
     """
 

@@ -655,8 +655,7 @@ class RedisStorage(Storage):
             ``ssl_ca_certs`` other than the URL's, a port outside 1 to 65535, a negative
             database, a ``socket_timeout`` or ``connect_timeout`` that is not a number of
             seconds above 0, or (at first use) ``shards`` that differ from those the store
-            was made with.
-        ValueError: for ``shards`` outside 1 to :data:`MAX_SHARDS`, or ``ssl_ca_certs``
+            was made with; for ``shards`` outside 1 to :data:`MAX_SHARDS`, or ``ssl_ca_certs``
             without TLS.
         MissingDependencyError: when redis-py is not installed.
     """
@@ -688,7 +687,7 @@ class RedisStorage(Storage):
         socket_timeout = check_seconds(socket_timeout, "socket_timeout")
         connect_timeout = check_seconds(connect_timeout, "connect_timeout")
         if shards is not None and (not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS):
-            raise ValueError(
+            raise InvalidIdentifierError(
                 f"shards must be a whole number from 1 to {MAX_SHARDS}, not {shards!r}"
             )
         self.prefix = prefix
@@ -740,7 +739,9 @@ class RedisStorage(Storage):
             # Redis refused it only at the first call, as a plain StorageError.
             raise InvalidIdentifierError(f"Redis database {db!r} must be a number, 0 or more")
         if options["ssl_ca_certs"] is not None and not options["ssl"]:
-            raise ValueError("ssl_ca_certs needs TLS: ssl=True, ?ssl=true or a rediss:// URL")
+            raise InvalidIdentifierError(
+                "ssl_ca_certs needs TLS: ssl=True, ?ssl=true or a rediss:// URL"
+            )
         if client is not None:
             self._address = _describe(client)
             self._connect: Callable[[], Any] = lambda: client

@@ -2563,12 +2563,12 @@ class ServerStorage(SqlStorage):
             (:mod:`savegame.storage.known`); 0 remembers none.
 
     Raises:
-        ValueError: when neither ``db_url`` nor ``db_engine`` is given.
-        InvalidIdentifierError: for a table or schema name that is not a plain identifier,
-            a ``db_url`` or ``db_engine`` that is not of this storage's database, or both,
-            a ``db_url`` that names another driver than savegame's (``postgresql+psycopg2``),
-            or a ``connect_timeout`` (the argument or the URL's) that is not a whole number
-            of seconds above 0, or (MySQL) neither a database in the URL nor a ``schema``.
+        InvalidIdentifierError: when neither ``db_url`` nor ``db_engine`` is given; for a
+            table or schema name that is not a plain identifier, a ``db_url`` or
+            ``db_engine`` that is not of this storage's database, or both, a ``db_url`` that
+            names another driver than savegame's (``postgresql+psycopg2``), a
+            ``connect_timeout`` (the argument or the URL's) that is not a whole number of
+            seconds above 0, or (MySQL) neither a database in the URL nor a ``schema``.
         MissingDependencyError: when the driver is not installed.
     """
 
@@ -2599,7 +2599,7 @@ class ServerStorage(SqlStorage):
         owns = db_engine is None
         if db_engine is None:
             if db_url is None:
-                raise ValueError(f"{type(self).__name__} needs db_url or db_engine")
+                raise InvalidIdentifierError(f"{type(self).__name__} needs db_url or db_engine")
             url = database_url(db_url, type(self).__name__, self.dialect_class)
             check_driver(url, type(self).__name__, self.driver[0])
             given = CONNECT_TIMEOUT if connect_timeout is None else connect_timeout

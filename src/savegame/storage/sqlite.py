@@ -217,8 +217,8 @@ class SqliteStorage(SqlStorage):
         InvalidIdentifierError: for a table name that is not a plain identifier, a
             ``db_url`` or ``db_engine`` that is not of a SQLite database, more than one of
             ``db_url``, ``db_file`` and ``db_engine``, or a ``db_file`` that is empty, holds
-            a NUL character or starts with the ``~user`` of an unknown user.
-        ValueError: for an unknown ``synchronous`` level.
+            a NUL character or starts with the ``~user`` of an unknown user; for an unknown
+            ``synchronous`` level, or a ``busy_timeout`` out of range.
     """
 
     def __init__(
@@ -238,9 +238,11 @@ class SqliteStorage(SqlStorage):
     ) -> None:
         level = str(synchronous).upper()
         if level not in SYNCHRONOUS:
-            raise ValueError(f"synchronous={synchronous!r} must be one of {', '.join(SYNCHRONOUS)}")
+            raise InvalidIdentifierError(
+                f"synchronous={synchronous!r} must be one of {', '.join(SYNCHRONOUS)}"
+            )
         if type(busy_timeout) not in (int, float) or not 0 <= busy_timeout <= MAX_BUSY_TIMEOUT:
-            raise ValueError(
+            raise InvalidIdentifierError(
                 f"busy_timeout must be a number of seconds from 0 to {MAX_BUSY_TIMEOUT}, "
                 f"not {busy_timeout!r}"
             )

@@ -262,8 +262,8 @@ def parse_url(url: str, mode: Mode | str | None = "agent", **options: Any) -> St
         InvalidIdentifierError: for a string that is not a URL of a known scheme (the
             message lists the schemes), an option the scheme does not take (the message
             lists those it takes), spaces at its ends or a control character in it, or,
-            but on Windows, a file or folder on a Windows drive (``sqlite:///C:/app.db``).
-        ValueError: for an unknown mode.
+            but on Windows, a file or folder on a Windows drive (``sqlite:///C:/app.db``);
+            or an unknown mode.
     """
     # None is "agent", as for the storages' constructors (and the original's).
     mode = mode_spec(mode).mode
@@ -365,8 +365,8 @@ def open_storage(url: str, mode: Mode | str | None = "agent", **options: Any) ->
     Nothing is created: call ``create()`` on the storage before writing to a new store.
 
     Raises:
-        InvalidIdentifierError: for a malformed URL, an unknown scheme or a bad option.
-        ValueError: for an unknown mode.
+        InvalidIdentifierError: for a malformed URL, an unknown scheme, a bad option or an
+            unknown mode.
         MissingDependencyError: when the backend's driver is not installed.
     """
     parsed = parse_url(url, mode, **options)

@@ -870,7 +870,7 @@ class ModeContract:
         storage = store()
         storage.upsert(_session(store, "a"))
         for attempts in (0, -1, 1.5, None):
-            with pytest.raises(ValueError, match="max_attempts"):
+            with pytest.raises(InvalidIdentifierError, match="max_attempts"):
                 storage.update("a", lambda s: s, max_attempts=attempts)  # type: ignore[arg-type]
         assert storage.read("a").version == 1  # type: ignore[union-attr]
 
@@ -1878,14 +1878,18 @@ class BackendContract:
         storage = backend_store()
         for sid in ("a", "b"):
             storage.upsert(_session(backend_store, sid, user_id="u"))
+        # Refused as every error of savegame's is, with a StorageError (they were plain
+        # ValueErrors, which ``except StorageError`` let through).
         for limit in (True, -1, 1.0, "2"):
-            with pytest.raises(ValueError, match="limit"):
+            with pytest.raises(InvalidIdentifierError, match="limit"):
                 storage.get_recent_sessions(user_id="u", limit=limit)  # type: ignore[arg-type]
         for limit in (2**31, 2**63, 10**30):
             assert len(storage.get_recent_sessions(user_id="u", limit=limit)) == 2
         for expire in (0, -5, True, 1.5, 10**16):
-            with pytest.raises(ValueError, match="expire"):
+            with pytest.raises(InvalidIdentifierError, match="expire"):
                 backend_store(expire=expire)
+        with pytest.raises(InvalidIdentifierError, match="unknown mode 'robot'"):
+            backend_store("robot")
         lasting = backend_store(expire=10**10)
         stored = lasting.upsert(_session(backend_store, "long"))
         assert lasting.read("long") == stored

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
+from savegame.errors import InvalidIdentifierError
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.session.base import Session
 from savegame.storage.session.team import TeamSession
@@ -194,11 +195,11 @@ def mode_spec(mode: str | None) -> ModeSpec:
     """The spec of ``mode`` (None means ``"agent"``, as in the original).
 
     Raises:
-        ValueError: for a mode that is not one of :data:`MODES`.
+        InvalidIdentifierError: for a mode that is not one of :data:`MODES`.
     """
     spec = MODES.get("agent" if mode is None else mode)
     if spec is None:
-        raise ValueError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+        raise InvalidIdentifierError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
     return spec
 
 
