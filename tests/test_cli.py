@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from savegame.storage.json import JsonStorage
 from savegame.storage.session import MODES, Session
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.session.team import TeamSession
-from savegame.storage.url import open_storage, redact
+from savegame.storage.url import SCHEMES, open_storage, redact
 from savegame.testing import Store
 from savegame.testing.sample import make_session
 from savegame.transfer import session_line
@@ -916,6 +917,48 @@ def test_every_option_is_documented() -> None:
         name for name in options if not re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", docs)
     )
     assert undocumented == [], f"docs/cli.md does not name {', '.join(undocumented)}"
+
+
+def test_every_url_scheme_is_documented() -> None:
+    """docs/cli.md names every scheme a storage URL may have (``redis+cluster://`` was
+    missing from its table of URLs)."""
+    docs = DOCS.read_text(encoding="utf-8")
+    assert "redis+cluster" in SCHEMES
+    undocumented = sorted(s for s in SCHEMES if not re.search(rf"`{re.escape(s)}://", docs))
+    assert undocumented == [], f"docs/cli.md does not name {', '.join(undocumented)}"
+
+
+def _documented_command_lines() -> list[str]:
+    """Every ``savegame ...`` line of the command's docs: the shell blocks of the README and
+    docs/cli.md, and their inline code, cut at a comment, a pipe or a redirection."""
+    lines = set()
+    for doc in (DOCS, DOCS.parent.parent / "README.md", DOCS.parent / "backends.md"):
+        text = doc.read_text(encoding="utf-8")
+        spans = re.findall(r"`(savegame [^`]+)`", text)
+        for block in re.findall(r"```(?:sh|console)\n(.*?)```", text, re.S):
+            spans += [line.strip().removeprefix("$ ") for line in block.splitlines()]
+        for span in spans:
+            line = re.split(r"\s(?:#|\\?\||>|<)", " ".join(span.split()))[0]
+            if line.startswith("savegame ") and "..." not in line:
+                lines.add(line)
+    return sorted(lines)
+
+
+def test_every_documented_command_line_parses(capsys: pytest.CaptureFixture[str]) -> None:
+    """The commands and options the docs write are the command's: each line, given
+    ``--help``, is parsed by the real command line, which refuses an unknown command or
+    option."""
+    lines = _documented_command_lines()
+    assert len(lines) > 20
+    root = typer.main.get_command(app)
+    wrong = []
+    for line in lines:
+        try:
+            root.main([*shlex.split(line)[1:], "--help"], "savegame", standalone_mode=False)
+        except Exception as exc:
+            wrong.append(f"{line}: {exc}")
+    capsys.readouterr()
+    assert wrong == []
 
 
 def _command(root: Any, path: str) -> Any:
