@@ -12,7 +12,12 @@ import pytest
 from sqlalchemy import Engine, create_engine, inspect, make_url, text
 
 from savegame import open_storage
-from savegame.errors import BackendUnavailableError, InvalidIdentifierError, SerializationError
+from savegame.errors import (
+    BackendUnavailableError,
+    InvalidIdentifierError,
+    SerializationError,
+    StorageError,
+)
 from savegame.storage.mysql import MySQLStorage
 from savegame.storage.session.agent import AgentSession
 from tests import sql_cases
@@ -456,3 +461,17 @@ def test_a_url_that_names_no_database_is_refused_unless_schema_names_one() -> No
     with open_storage(f"{bare}?table={unique('sg')}&schema={database}") as storage:
         assert storage.read("absent") is None
     engine.dispose()
+
+
+def test_tls_files_that_cannot_be_read_are_named(server: str, table: str, tmp_path: Path) -> None:
+    # PyMySQL raised ssl's own error, no StorageError, which named neither the file nor the
+    # database: "error: [Errno 2] No such file or directory" was all the command line said.
+    not_a_certificate = tmp_path / "ca.pem"
+    not_a_certificate.write_text("not a certificate\n")
+    for path in (tmp_path / "missing.pem", not_a_certificate):
+        storage = open_storage(f"{server}?table={table}&ssl_ca={path}")
+        with pytest.raises(StorageError) as refused:
+            storage.read("s")
+        assert "cannot make a connection with the TLS files its URL names" in str(refused.value)
+        assert str(path) in str(refused.value).replace("%2F", "/")
+        storage.close()

@@ -42,7 +42,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement, Executable
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from savegame.errors import BackendUnavailableError, SerializationError
+from savegame.errors import BackendUnavailableError, SerializationError, StorageError
 from savegame.storage import codec
 from savegame.storage.sql import (
     JsonText,
@@ -331,6 +331,19 @@ class MySQLStorage(ServerStorage):
 
     driver = ("pymysql", "pymysql", "mysql")
     dialect_class = MySQLDialect
+
+    def _translated(self, exc: BaseException) -> StorageError | None:
+        mapped = super()._translated(exc)
+        tls = any(name.startswith("ssl") for name in self.db_engine.url.query)
+        if mapped is None and tls and isinstance(exc, OSError):
+            # PyMySQL wraps its socket's errors in its own, but not those of reading the TLS
+            # files a URL names, as it makes a connection: ssl's error names neither the file
+            # nor the database ("[Errno 2] No such file or directory").
+            return StorageError(
+                f"MySQL at {self.where()}: cannot make a connection with the TLS files its "
+                f"URL names (ssl_ca=, ssl_cert=, ssl_key=): {exc}"
+            )
+        return mapped
 
     @classmethod
     def engine_options(cls, connect_timeout: int) -> dict[str, Any]:
