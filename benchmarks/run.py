@@ -43,6 +43,10 @@ here. Each table times savegame and a hand-written baseline doing the same work 
 database driver alone, in the same process, in turns (savegame, baseline, savegame, ...), so
 that a slow spell of the machine falls on both; the ratio is savegame / baseline (below 1:
 savegame is faster). Times are the best of several repeats.
+`.venv/bin/python benchmarks/run.py --quick` (with section names, `sqlite redis`, to run only
+those) prints smaller runs and writes nothing here; the servers come from
+`SAVEGAME_TEST_POSTGRES_URL`, `SAVEGAME_TEST_MYSQL_URL` and `SAVEGAME_TEST_REDIS_URL`, as for
+the tests, and a section whose server is down says so.
 
 The baselines keep each session in one row (or one hash), written whole by one prepared
 statement, with no validation, no version check and no runs table: what a careful person
