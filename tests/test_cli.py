@@ -365,6 +365,26 @@ def test_delete_user_searches_a_folder_in_every_mode(tmp_path: Path) -> None:
     assert not list(folder.glob("*.json"))
 
 
+def test_delete_user_says_when_nothing_is_stored_there(tmp_path: Path) -> None:
+    """A mistyped path reported "deleted 0 sessions" alone, as if the user's sessions were
+    erased; it says that nothing is stored there, and makes nothing."""
+    for url, searched in (
+        (f"sqlite:///{tmp_path / 'typo.db'}", "any mode"),
+        (f"json:///{tmp_path / 'typo'}", "any mode"),
+        (f"sqlite:///{tmp_path / 'typo.db'}?table=chats", "agent"),
+    ):
+        erased = savegame("delete-user", "u", "-s", url)
+        assert text(erased).startswith("deleted 0 sessions of user 'u'")
+        assert f"note: nothing of {searched} is stored at {url}" in errors(erased)
+    assert list(tmp_path.iterdir()) == []
+    url = f"sqlite:///{tmp_path / 'all.db'}"
+    with open_storage(url, "team") as storage:
+        storage.upsert(TeamSession(session_id="t", user_id="u"))
+    erased = savegame("delete-user", "u", "-s", url)
+    assert "deleted 1 session of user 'u'" in text(erased)
+    assert errors(erased) == ""
+
+
 def test_user_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     assert text(savegame("--version")).startswith("savegame ")
     bad_url = savegame("sessions", "list", "-s", "nowhere", code=2)

@@ -668,6 +668,14 @@ def delete_user(
         f"deleted {_sessions(erasure.total)} of user {_shown(repr(user_id))} ({detail})",
         highlight=False,
     )
+    if erasure.absent and len(erasure.absent) == len(erasure.removed):
+        # A mistyped path would otherwise look like an erasure done: the user's sessions,
+        # in the store that was meant, are all still there.
+        searched = mode if len(erasure.absent) == 1 else "any mode"
+        _note(
+            f"note: nothing of {searched} is stored at {redact(storage)}; pass --storage (or "
+            "set SAVEGAME_STORAGE) to name another store"
+        )
 
 
 @schema_app.command("upgrade")

@@ -609,9 +609,11 @@ def runs_of(spec: ModeSpec, session: Session) -> list[Any]:
 
 @dataclass
 class UserErasure:
-    """What :func:`delete_user` removed: how many sessions, per mode searched."""
+    """What :func:`delete_user` removed: how many sessions, per mode searched; and the modes
+    whose store was not there (``absent``: a mistyped URL, when it is every mode)."""
 
     removed: dict[str, int] = field(default_factory=dict)
+    absent: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -646,6 +648,8 @@ def delete_user(url: str, user_id: str, mode: str = "agent", **options: Any) -> 
             with open_storage(url, each, **options) as storage:
                 found = storage.table_exists()
                 erasure.removed[each] = storage.delete_user(user_id) if found else 0
+                if not found:
+                    erasure.absent.append(each)
         except StorageError as exc:
             failed[each] = exc
     if not failed:
