@@ -825,6 +825,26 @@ class ModeContract:
             with pytest.raises(TypeError):
                 storage.delete_session("s", expected_version=bad)  # type: ignore[arg-type]
 
+    def test_a_delete_naming_a_version_removes_a_session_made_again_at_it_meanwhile(
+        self, store: Store
+    ) -> None:
+        # Found at version 2, then removed and made again at version 1 (by another process)
+        # before the version it has is read: it is at the version named, and goes.
+        storage, other = store(), store()
+        storage.upsert(_session(store, "s", user_id="u"))
+        storage.upsert(_session(store, "s", user_id="u"))
+        reads = storage.read
+
+        def made_again_first(session_id: str) -> Session | None:
+            storage.read = reads  # type: ignore[method-assign]
+            other.delete_session("s")
+            other.upsert(_session(store, "s", user_id="u", session_data={"again": True}))
+            return reads(session_id)
+
+        storage.read = made_again_first  # type: ignore[assignment]
+        assert storage.delete_session("s", expected_version=1) is True
+        assert other.read("s") is None
+
     def test_read_many_keeps_the_order_asked_and_leaves_out_what_is_not_there(
         self, store: Store
     ) -> None:
