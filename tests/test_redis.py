@@ -495,6 +495,7 @@ def test_url_queries_set_tls_or_are_refused() -> None:
         {"url": "redis://:hunter2@127.0.0.1:6379/0", "password": "hunter3"},
         {"url": "redis://me:hunter2@127.0.0.1:6379/0", "username": "you"},
         {"url": "rediss://127.0.0.1:6379/0?ssl_ca_certs=/a.pem", "ssl_ca_certs": "/b.pem"},
+        {"url": "redis://:hunter2@127.0.0.1:6379/0?ssl=false", "ssl": True},
     ],
 )
 def test_a_url_and_an_argument_naming_another_server_or_user_are_refused(

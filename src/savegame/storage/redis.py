@@ -634,7 +634,7 @@ class RedisStorage(Storage):
         url: a ``redis://``, ``rediss://`` or ``redis+cluster://`` URL (see :func:`from_url`)
             instead of host, port and db; its query may hold ``ssl`` and ``ssl_ca_certs``.
             ``password``, ``username`` and ``ssl=True`` given with it are used when the URL
-            has none.
+            has none, and refused when it has another.
         client: a ready ``redis.Redis`` or ``redis.cluster.RedisCluster``; the storage
             neither configures nor closes it.
         username: the ACL user name, if the server uses ACLs.
@@ -652,11 +652,11 @@ class RedisStorage(Storage):
         InvalidIdentifierError: for a prefix that does not match :data:`PREFIX`, a malformed
             URL or one with an unknown option, a ``url`` with ``host``, ``port`` or ``db``
             other than their defaults, or with a ``username``, ``password`` or
-            ``ssl_ca_certs`` other than the URL's, a port outside 1 to 65535, a negative
-            database, a ``socket_timeout`` or ``connect_timeout`` that is not a number of
-            seconds above 0, or (at first use) ``shards`` that differ from those the store
-            was made with; for ``shards`` outside 1 to :data:`MAX_SHARDS`, or ``ssl_ca_certs``
-            without TLS.
+            ``ssl_ca_certs`` other than the URL's (or ``ssl=True`` where it says false), a
+            port outside 1 to 65535, a negative database, a ``socket_timeout`` or
+            ``connect_timeout`` that is not a number of seconds above 0, or (at first use)
+            ``shards`` that differ from those the store was made with; for ``shards``
+            outside 1 to :data:`MAX_SHARDS`, or ``ssl_ca_certs`` without TLS.
         MissingDependencyError: when redis-py is not installed.
     """
 
@@ -1770,6 +1770,12 @@ def _parse_url(
     if "ssl" in connection:
         # Taken out first: "ssl=True or ..." left it behind, refused as an unknown option.
         asked = _flag(connection.pop("ssl"))
+        if options["ssl"] and not asked:
+            # rediss:// with ssl=false is refused above: here ssl=True is the argument's,
+            # and TLS was used with the URL's ssl=false dropped.
+            raise InvalidIdentifierError(
+                "RedisStorage got ssl=True as an argument and ssl=false in its url: give one"
+            )
         options["ssl"] = options["ssl"] or asked
     if "ssl_ca_certs" in connection:
         ca_certs = connection.pop("ssl_ca_certs")
