@@ -229,8 +229,11 @@ def test_tables_and_json_show_ids_and_text_as_they_are(tmp_path: Path) -> None:
 
     listed = json.loads(text(savegame("sessions", "list", "--json", *url_args)))
     assert (listed[0]["id"], listed[0]["name"]) == (session_id, "n\udc00 :red_heart:")
+    assert listed[0]["user"] == ":thumbs_up:\u202egnp.exe"
+    # JSON as the tables: a bidirectional override shown as its escape, not obeyed.
     raw = savegame("sessions", "show", session_id, "--json", *url_args).stdout
-    assert not re.search(b"[\x00-\x09\x0b-\x1f\x7f]|\xc2[\x80-\x9f]", raw)
+    assert not re.search(b"[\x00-\x09\x0b-\x1f\x7f]|\xc2[\x80-\x9f]|\xe2\x80\xae", raw)
+    assert b":thumbs_up:\\u202egnp.exe" in raw
     with open_storage(url) as storage:
         assert json.loads(raw) == json.loads(session_line(storage.read(session_id)))  # type: ignore[arg-type]
 

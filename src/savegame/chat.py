@@ -196,16 +196,16 @@ def _say(text: str) -> None:
     sys.stdout.flush()
 
 
-_UNPRINTABLE = re.compile(
-    r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
-)
+UNSHOWN_BEYOND_ASCII = r"\x7f-\x9f\ud800-\udfff\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+"""The characters past the C0 controls that :func:`printable` writes as escapes, as a regex
+character range: DEL and the C1 controls, lone surrogates, and the marks and overrides of
+bidirectional text (JSON text escapes the C0 controls itself)."""
+_UNPRINTABLE = re.compile(rf"[\x00-\x1f{UNSHOWN_BEYOND_ASCII}]")
 """Control characters, which a terminal would obey (an escape sequence in a model's answer
 could clear the screen or retitle the window), the marks and overrides of bidirectional
 text, which would show an id or a line in another order than it has (``\\u202e``), and
 lone surrogates, which UTF-8 cannot encode."""
-_UNPRINTABLE_IN_LINES = re.compile(
-    r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
-)
+_UNPRINTABLE_IN_LINES = re.compile(rf"[\x00-\x08\x0b\x0c\x0e-\x1f{UNSHOWN_BEYOND_ASCII}]")
 """:data:`_UNPRINTABLE` but for line breaks and tabs."""
 
 

@@ -33,7 +33,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from savegame import __version__, transfer
-from savegame.chat import chat, printable
+from savegame.chat import UNSHOWN_BEYOND_ASCII, chat, printable
 from savegame.errors import StorageError
 from savegame.storage.base import Storage
 from savegame.storage.codec import check_id
@@ -773,16 +773,17 @@ def _shown(text: str, *, lines: bool = False) -> str:
     return escape(printable(text, lines=lines))
 
 
-_UNSHOWN_IN_JSON = re.compile(r"[\x7f-\x9f\ud800-\udfff]")
-"""The control characters and lone surrogates (see :func:`~savegame.chat.printable`) that
-JSON text written with ``ensure_ascii=False`` holds."""
+_UNSHOWN_IN_JSON = re.compile(f"[{UNSHOWN_BEYOND_ASCII}]")
+"""The control characters, lone surrogates and bidirectional marks (see
+:func:`~savegame.chat.printable`) that JSON text written with ``ensure_ascii=False`` holds."""
 
 
 def _print_json(value: Any) -> None:
     """Indented JSON: coloured on a terminal, exact text (never wrapped) for a pipe.
 
-    Control characters and lone surrogates are written as JSON escapes, which give the same
-    value back: text that UTF-8 can carry and a terminal does not obey.
+    Control characters, lone surrogates and the marks of bidirectional text are written as
+    JSON escapes, which give the same value back: text that UTF-8 can carry and a terminal
+    shows in the order it has, without obeying it.
     """
     text = json.dumps(value, ensure_ascii=False, indent=2)
     text = _UNSHOWN_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
