@@ -22,6 +22,7 @@ from savegame.storage.session import MESSAGES_OF_RUNS, MODES, Session
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.session.team import TeamSession
 from savegame.storage.sqlite import SqliteStorage
+from savegame.storage.url import open_storage
 from savegame.testing import Store
 from savegame.testing.sample import make_session
 from tests.stores import BACKENDS
@@ -285,6 +286,31 @@ _json = st.recursive(
 
 
 _JOINED = re.compile("[\ud800-\udbff][\udc00-\udfff]")
+
+
+def test_a_table_of_another_mode_is_refused_not_told_of_as_damaged_sessions(
+    tmp_path: Path,
+) -> None:
+    """A table of team sessions opened in mode agent: export, stats, purge and the listing
+    went on past each session as a damaged one, and stats counted 0 sessions."""
+    db = tmp_path / "app.db"
+    with SqliteStorage("t", db_file=str(db), mode="team") as team:
+        for i in range(3):
+            team.upsert(make_session("team", f"s{i}", 0, user_id="u"))
+    url = f"sqlite:///{db}?table=t"
+    for call in (
+        lambda s: transfer.export_sessions(s, lambda line: None, damaged=[]),
+        lambda s: transfer.stats(s, damaged=[]),
+        lambda s: transfer.purge(s, 0, damaged=[]),
+        lambda s: transfer.read_sessions(s, s.get_all_session_ids(), []),
+    ):
+        with (
+            open_storage(url, "agent") as storage,
+            pytest.raises(CorruptSessionError, match="lacks the column"),
+        ):
+            call(storage)
+    with open_storage(url, "team") as team:
+        assert sorted(team.get_all_session_ids()) == ["s0", "s1", "s2"]
 
 
 def test_delete_user_goes_on_past_a_store_that_fails_and_says_what_it_did(

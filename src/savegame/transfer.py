@@ -128,13 +128,21 @@ def iter_sessions(
 
 def read_sessions(storage: Storage, ids: list[str], damaged: list[str] | None) -> list[Session]:
     """The sessions among ``ids`` that are stored, in order (see :func:`iter_sessions` for
-    ``damaged``): read together, or one by one once one of them cannot be read."""
+    ``damaged``): read together, or one by one once one of them cannot be read.
+
+    Raises:
+        CorruptSessionError: for a store that cannot be read as a whole (a SQL table of
+            another mode, opened with the wrong ``mode``), even with ``damaged``: after the
+            failed read, its listings fail too, where a damaged session fails only its own.
+    """
     if damaged is None:
         return storage.read_many(ids)
     try:
         return storage.read_many(ids)
     except CorruptSessionError:
-        pass
+        # Each session of such a store would be told as damaged, and a count, listing or
+        # purge of it would end as if it held none.
+        storage.get_recent_sessions(limit=0)
     found = []
     for session_id in ids:
         try:
