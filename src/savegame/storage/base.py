@@ -335,6 +335,15 @@ def sync_folder(path: Path) -> None:
         os.close(fd)
 
 
+def kept_from_delete(record: Record, owner: str | None, version: int | None) -> bool:
+    """Whether a ``_delete`` given ``owner`` and ``version`` (see :meth:`Storage._delete`)
+    leaves the stored session ``record`` in place: it is another user's, or at another
+    version (one stored without a version being at 1)."""
+    return (owner is not None and record.get("user_id") != owner) or (
+        version is not None and (record.get("version") or 1) != version
+    )
+
+
 def is_expired(expires_at: int | None, now: int) -> bool:
     """Whether a session with this expiry time is gone at ``now``."""
     return expires_at is not None and expires_at <= now

@@ -77,6 +77,7 @@ from savegame.storage.base import (
     Storage,
     check_stored,
     is_expired,
+    kept_from_delete,
     local_path,
     make_folder,
     sync_folder,
@@ -924,9 +925,7 @@ class FileStorage(Storage):
                 record = None  # a damaged file is removed like any other
             if record is not None:
                 self._refuse_other_mode(record, "delete")
-                if owner is not None and record.get("user_id") != owner:
-                    return False
-                if version is not None and (record.get("version") or 1) != version:
+                if kept_from_delete(record, owner, version):
                     return False
             conn = self._open_index()
             mark = [("INSERT OR REPLACE INTO pending VALUES (?)", (session_id,))]

@@ -6,7 +6,15 @@ import threading
 from typing import Any
 
 from savegame.errors import CorruptSessionError, InvalidIdentifierError, SerializationError
-from savegame.storage.base import Draft, Header, Record, Storage, is_expired, stored_problem
+from savegame.storage.base import (
+    Draft,
+    Header,
+    Record,
+    Storage,
+    is_expired,
+    kept_from_delete,
+    stored_problem,
+)
 from savegame.storage.codec import copy_through_text
 from savegame.storage.session import Mode, modes_of
 from savegame.storage.url import StorageURL, redact
@@ -152,9 +160,7 @@ class InMemoryStorage(Storage):
                 return False
             if isinstance(record, dict):
                 self._refuse_other_mode(record, "delete")
-                if owner is not None and record.get("user_id") != owner:
-                    return False
-                if version is not None and (record.get("version") or 1) != version:
+                if kept_from_delete(record, owner, version):
                     return False
             del self.storage_dict[session_id]
             return True
