@@ -53,8 +53,6 @@ _NEVER = 2**31 - 1
 """A prepare threshold no statement reaches: psycopg prepares only what is asked to."""
 
 
-# A JSON string, or a number written with a positive exponent (Python writes floats of 1e16
-# and above that way). Strings are matched only so that numbers inside them are skipped.
 # What the server says when it refuses a login for good (libpq gives no SQLSTATE for a
 # connection that failed): a wrong password or role, a database that is not there, a host
 # pg_hba.conf turns away. In English, the server's default; in another language the error
@@ -63,6 +61,9 @@ _LOGIN_REFUSED = re.compile(
     r"FATAL:\s+(?:\w+ authentication failed|role .* does not exist"
     r"|database .* does not exist|no pg_hba\.conf entry|permission denied for database)"
 )
+
+# A JSON string, or a number written with a positive exponent (Python writes floats of 1e16
+# and above that way). Strings are matched only so that numbers inside them are skipped.
 _EXPONENT_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?e\+\d+')
 
 
