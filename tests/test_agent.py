@@ -702,3 +702,19 @@ def test_the_originals_run_messages_are_sent_as_the_turns_they_hold() -> None:
     stored = storage.read("old")
     assert stored is not None
     assert stored.memory["runs"][:2] == runs  # type: ignore[attr-defined]
+
+
+def test_an_agent_given_a_new_storage_of_its_own_store_never_brings_back_a_deleted_session(
+    backend_store: Store,
+) -> None:
+    # An erasure while the agent lived: a new storage object on the same store is no move
+    # to another store, and the session starts afresh there rather than coming back whole.
+    agent = _agent(backend_store, session_id="erased", user_id="ada")
+    agent.run("My name is Ada.")
+    agent.run("My colour is red.")
+    assert backend_store().delete_user("ada") == 1
+    agent.storage = backend_store()
+    agent.run("What is my name?")
+    stored = backend_store().read("erased")
+    assert stored is not None
+    assert [r["input"] for r in stored.memory["runs"]] == ["What is my name?"]  # type: ignore[attr-defined]

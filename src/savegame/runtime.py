@@ -132,7 +132,11 @@ class SessionKeeper:
         from none to one): the session goes with it. The next save writes the whole session
         as this object has it into the new storage when that one does not hold it yet, and
         adds this object's changes to it when it does (copied there beforehand by
-        ``savegame copy``, say). The storage set before is left as it was.
+        ``savegame copy``, say). The storage set before is left as it was. A storage of the
+        same store as the one before (equal
+        :meth:`~savegame.storage.base.Storage.store_names`: a new object opened on the same
+        table, folder or prefix) is no move: a session deleted there meanwhile (an erasure)
+        starts afresh, and is never written back.
 
         Raises:
             TypeError: when set to a URL (a string) rather than a storage.
@@ -273,10 +277,11 @@ class SessionKeeper:
             StorageError: when the store refused the write; this object is left as it was.
         """
 
-        # A session this object had from another storage (or from none) is carried into
-        # this one, which does not hold it yet; only a session this storage held and no
-        # longer does (deleted elsewhere) starts afresh.
-        carried = self._stored if self._stored_from is not self.storage else None
+        # A session this object had from another store (or from none) is carried into this
+        # one, which does not hold it yet; a session its store held and no longer does
+        # (deleted elsewhere, an erasure) starts afresh, also through another storage
+        # object of that store.
+        carried = None if _same_store(self._stored_from, self.storage) else self._stored
 
         def merge(current: Session | None) -> Session:
             if current is None and carried is not None:
@@ -468,6 +473,14 @@ def list_messages(data: dict[str, Any]) -> None:
     runs = memory.get("runs")
     memory["messages"] = messages_of(runs if isinstance(runs, list) else [])
     data["memory"] = memory
+
+
+def _same_store(before: Storage | None, now: Storage | None) -> bool:
+    """Whether two storages (None: none) use the same store (see
+    :meth:`~savegame.storage.base.Storage.store_names`)."""
+    if before is None or now is None or before is now:
+        return before is now
+    return type(before) is type(now) and before.store_names() == now.store_names()
 
 
 def _changed(before: Any, after: Any) -> bool:

@@ -951,6 +951,14 @@ class Storage(ABC):
     def _purge_expired(self, now: int) -> int:
         """Removes every session expired at ``now``; returns how many."""
 
+    def store_names(self) -> tuple[object, ...]:
+        """What names this storage's store: two storages of one class with equal names use
+        the same store (two objects opened on one table, folder or prefix); by default,
+        this object alone. An agent told of another storage tells by it whether its session
+        moves to another store, or was deleted in its own (see
+        :attr:`~savegame.runtime.SessionKeeper.storage`)."""
+        return (id(self),)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(mode={self.mode!r})"
 

@@ -1062,6 +1062,9 @@ class FileStorage(Storage):
             return None
         return self._other_mode(data) is None
 
+    def store_names(self) -> tuple[object, ...]:
+        return (os.path.realpath(self.dir_path),)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.dir_path)!r}, mode={self.mode!r})"
 

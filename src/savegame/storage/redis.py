@@ -1628,6 +1628,9 @@ class RedisStorage(Storage):
     def _purge_expired(self, now: int) -> int:
         return sum(self._sweep(tag, now) for tag in self._tags())
 
+    def store_names(self) -> tuple[object, ...]:
+        return (self._address, self.prefix)
+
     def __repr__(self) -> str:
         return f"RedisStorage(prefix={self.prefix!r}, mode={self.mode!r}, {self._address})"
 

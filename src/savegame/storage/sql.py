@@ -2537,6 +2537,14 @@ class SqlStorage(Storage):
 
         return self._call(lambda: self._again_on_deadlock(purge))
 
+    def store_names(self) -> tuple[object, ...]:
+        # The database as its URL names it, and the table.
+        return (
+            self.db_engine.url.render_as_string(hide_password=True),
+            self.schema,
+            self.table_name,
+        )
+
     def __repr__(self) -> str:
         where = f"{self.schema}.{self.table_name}" if self.schema else self.table_name
         return f"{type(self).__name__}({where!r}, mode={self.mode!r})"

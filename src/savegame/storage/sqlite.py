@@ -300,6 +300,12 @@ class SqliteStorage(SqlStorage):
         # os.path: a name the file system refuses (too long) names no file, not an OSError.
         return self._file is not None and not os.path.exists(self._file)
 
+    def store_names(self) -> tuple[object, ...]:
+        # A file by its real path, however it was named; a database in memory by its engine,
+        # which alone reaches it.
+        where = id(self.db_engine) if self._file is None else os.path.realpath(self._file)
+        return (where, self.table_name)
+
     # SQLite goes on reading and writing a database file that was unlinked: a connection
     # opened before the file was removed or replaced would have writes acknowledged that no
     # other storage or process ever sees. Every write looks; reads look at most every

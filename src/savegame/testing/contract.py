@@ -2479,6 +2479,13 @@ class BackendContract:
         assert storage.purge_expired() == 0
         assert backend_store(expire=3600).read("old") is not None
 
+    def test_storages_of_one_store_have_its_names_and_a_neighbours_others(
+        self, backend_store: Store
+    ) -> None:
+        first, second = backend_store(), backend_store()
+        assert first.store_names() == second.store_names()
+        assert backend_store.neighbouring().store_names() != first.store_names()
+
     def test_threads_share_one_storage(self, backend_store: Store) -> None:
         storage = backend_store()
 
