@@ -20,6 +20,7 @@ from savegame.errors import (
 )
 from savegame.storage.mysql import MySQLStorage
 from savegame.storage.session.agent import AgentSession
+from savegame.workflow import Workflow
 from tests import sql_cases
 from tests.stores import mysql_url, unique, write_original_table
 
@@ -475,3 +476,26 @@ def test_tls_files_that_cannot_be_read_are_named(server: str, table: str, tmp_pa
         assert "cannot make a connection with the TLS files its URL names" in str(refused.value)
         assert str(path) in str(refused.value).replace("%2F", "/")
         storage.close()
+
+
+@pytest.mark.xdist_group("max_allowed_packet")
+def test_a_workflow_run_whose_output_is_too_large_is_recorded_without_it(
+    server: str, admin: Engine, table: str
+) -> None:
+    limit = _packet_limit(admin)
+
+    class Report(Workflow):
+        def run(self) -> str:
+            self.session_state["runs"] = self.session_state.get("runs", 0) + 1
+            return "x" * limit
+
+    storage = MySQLStorage(table, db_url=server, mode="workflow")
+    with pytest.raises(SerializationError, match="max_allowed_packet"):
+        Report(session_id="w", storage=storage).run()
+    stored = storage.read("w")
+    assert stored is not None
+    [run] = stored.memory["runs"]  # type: ignore[attr-defined]
+    assert (run["status"], "output" in run) == ("failed", False)
+    assert run["error"].startswith("not saved: SerializationError: a statement of ")
+    assert stored.session_data["session_state"] == {"runs": 1}  # type: ignore[attr-defined]
+    storage.close()

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from savegame.errors import CorruptSessionError
+from savegame.errors import CorruptSessionError, SerializationError
 from savegame.storage.session import WorkflowSession, WorkflowSessionV2
 from savegame.testing import Store
 from savegame.testing.agent_worker import STEPS, Pipeline, StepFailed
@@ -216,6 +216,34 @@ def test_a_failed_run_keeps_the_steps_it_completed(flows: Store, tmp_path: Path)
     assert _computed(markers) == {"clean": 2, "fetch": 1, "report": 1}
 
 
+class Hoarder(Workflow):
+    def run(self, keep: Any = None, fail: bool = False) -> str:
+        self.session_state["count"] = self.session_state.get("count", 0) + 1
+        if keep is not None:
+            self.session_state["kept"] = keep
+        if fail:
+            raise ValueError("nothing found")
+        return "done"
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_a_run_whose_state_cannot_be_stored_is_recorded_as_failed(flows: Store, fail: bool) -> None:
+    flow = Hoarder(session_id="w", storage=flows())
+    flow.run()
+    with pytest.raises(SerializationError, match=r"session_state'\]\['kept'\].*set"):
+        flow.run({1, 2}, fail=fail)
+    runs = _runs(flows, "w")
+    assert [r["status"] for r in runs] == ["completed", "failed"]
+    assert "output" not in runs[1]
+    error = "not saved: SerializationError: "
+    assert runs[1]["error"].startswith(("ValueError: nothing found; " if fail else "") + error)
+    # The state is as stored: the run's changes, which could not be saved, are dropped.
+    assert flow.session_state == {"count": 1}
+    assert Hoarder(session_id="w", storage=flows()).session_state == {"count": 1}
+    assert flow.run() == "done"
+    assert flows().read("w").session_data["session_state"] == {"count": 2}  # type: ignore[union-attr]
+
+
 def test_a_new_process_does_not_compute_a_saved_step_again(flows: Store, tmp_path: Path) -> None:
     flows.require("processes")
     markers = tmp_path / "markers"
@@ -381,6 +409,61 @@ def test_a_run_resumed_with_nothing_left_to_run_is_stored_as_completed(
     assert fewer.pending_runs() == []
     with pytest.raises(LookupError, match="nothing to resume"):
         fewer.resume()
+
+
+@pytest.mark.parametrize("output", [{"a set"}, float("nan"), object()])
+def test_a_step_whose_output_cannot_be_stored_fails_and_is_resumed(
+    steps_store: Store, output: Any
+) -> None:
+    outputs = [output, "fixed"]
+
+    def fetch(ctx: StepContext) -> str:
+        return "fetched"
+
+    def parse(ctx: StepContext) -> Any:
+        ctx.session_state["parsed"] = True
+        return outputs.pop(0)
+
+    flow = StepWorkflow([fetch, parse], steps_store(), session_id="s")
+    with pytest.raises(SerializationError, match=r"\['steps'\]\[1\]\['output'\]"):
+        flow.run("data")
+    stored = steps_store().read("s")
+    assert stored is not None
+    [run] = stored.runs  # type: ignore[attr-defined]
+    assert run["status"] == "failed"
+    assert [s["status"] for s in run["steps"]] == ["completed", "failed"]
+    assert "output" not in run["steps"][1]
+    assert run["steps"][1]["error"].startswith("SerializationError: ")
+    assert stored.session_data["session_state"] == {"parsed": True}  # type: ignore[index]
+    result = StepWorkflow([fetch, parse], steps_store(), session_id="s").resume()
+    assert (result.run_id, result.content, result.resumed) == (run["run_id"], "fixed", ["fetch"])
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_a_step_whose_state_cannot_be_stored_fails_without_its_state(
+    steps_store: Store, fail: bool
+) -> None:
+    def fetch(ctx: StepContext) -> str:
+        ctx.session_state["fetched"] = True
+        return "fetched"
+
+    def parse(ctx: StepContext) -> str:
+        ctx.session_state["seen"] = {"a set"}
+        if fail:
+            raise StepFailed("parse")
+        return "parsed"
+
+    flow = StepWorkflow([fetch, parse], steps_store(), session_id="s")
+    with pytest.raises(SerializationError, match=r"session_state'\]\['seen'\]"):
+        flow.run("data")
+    stored = steps_store().read("s")
+    assert stored is not None
+    [run] = stored.runs  # type: ignore[attr-defined]
+    assert (run["status"], run["steps"][1]["status"]) == ("failed", "failed")
+    failed = "StepFailed: parse; not saved: " if fail else ""
+    assert run["steps"][1]["error"].startswith(failed + "SerializationError: ")
+    assert stored.session_data["session_state"] == {"fetched": True}  # type: ignore[index]
+    assert flow.session_state == {"fetched": True}
 
 
 def test_a_new_process_resumes_a_failed_step_run(steps_store: Store, tmp_path: Path) -> None:

@@ -270,8 +270,12 @@ class SessionKeeper:
 
     # -- saving ---------------------------------------------------------------------------
 
-    def _save(self, run: Run | None, replace: bool = False) -> Session:
+    def _save(self, run: Run | None, replace: bool = False, keep_state: bool = False) -> Session:
         """Adds ``run`` (or replaces the stored run with its ``run_id``) and saves.
+
+        With ``keep_state``, the stored ``session_state`` is written back as it is, without
+        this object's changes (which are then dropped from it, as from every save's state):
+        a failed run whose state cannot be stored is recorded all the same.
 
         Raises:
             StorageError: when the store refused the write; this object is left as it was.
@@ -286,7 +290,7 @@ class SessionKeeper:
         def merge(current: Session | None) -> Session:
             if current is None and carried is not None:
                 current = copy.deepcopy(carried)
-            return self._merged(current, run, replace)
+            return self._merged(current, run, replace, keep_state)
 
         if self.storage is None:
             stored = merge(copy.deepcopy(self._stored))
@@ -296,7 +300,9 @@ class SessionKeeper:
         self._restore(stored)
         return stored
 
-    def _merged(self, current: Session | None, run: Run | None, replace: bool) -> Session:
+    def _merged(
+        self, current: Session | None, run: Run | None, replace: bool, keep_state: bool = False
+    ) -> Session:
         """The session to store: what is stored now, with this keeper's changes over it.
 
         ``current`` is taken apart and built on, so it must be a copy of this save's own:
@@ -323,9 +329,10 @@ class SessionKeeper:
                 runs[at] = self._replacing(runs[at], run)
         set_path(data, self.spec.runs_path, runs)
         changed_name = self._renaming or self.session_name != self._base_name
+        state = dict(session_data.get("session_state") or {})
         session_data.update(
             session_name=self.session_name if changed_name else session_data.get("session_name"),
-            session_state=self._state_to_store(session_data.get("session_state") or {}),
+            session_state=state if keep_state else self._state_to_store(state),
             metrics=metrics,
         )
         data["session_data"] = session_data

@@ -50,13 +50,21 @@ def _failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _not_saved(error: str | None, unstorable: SerializationError) -> str:
+    """The error of a run or step whose save was refused with ``unstorable``."""
+    unsaved = f"not saved: {_failure(unstorable)}"
+    return f"{error}; {unsaved}" if error else unsaved
+
+
 class Workflow(SessionKeeper):
     """A workflow written as a ``run`` method; its ``session_state`` is saved after every run.
 
     Subclass it and write ``run``; every call of ``run`` is recorded in the session's
     ``memory["runs"]`` (status, duration, input and output where storable) and saves
     ``session_state``, also when ``run`` raises (the run is then recorded as failed and the
-    exception propagates). A ``run`` that yields, as the original's workflows do, is recorded
+    exception propagates). A run whose ``session_state`` holds what the store cannot hold is
+    recorded as failed, with the state as stored, and raises ``SerializationError``. A
+    ``run`` that yields, as the original's workflows do, is recorded
     and saved when its generator ends (its return value is the output), or fails or is
     closed before its end. Inside ``run``, :meth:`step` saves as soon as a result is known,
     so even a killed process keeps the results it had::
@@ -297,7 +305,19 @@ def _finish(
     else:
         record.update(status="failed", error=_failure(exc))
     record["metrics"] = {"duration": time.perf_counter() - started}
-    flow._checkpoint(record)
+    try:
+        flow._checkpoint(record)
+    except SerializationError as unstorable:
+        # The run is recorded as failed rather than not at all: without its output (larger
+        # than the store takes, say), and else without the state, which then holds what
+        # the store cannot hold.
+        record.pop("output", None)
+        record.update(status="failed", error=_not_saved(record.get("error"), unstorable))
+        try:
+            flow._checkpoint(record)
+        except SerializationError:
+            flow._save(record, keep_state=True)
+        raise
 
 
 @dataclass
@@ -412,7 +432,10 @@ class StepWorkflow(SessionKeeper):
         Raises:
             Exception: whatever a step raised; the run is stored as failed, with that step
                 failed and the steps before it completed, ready for :meth:`resume`.
-            SerializationError: when a step's output cannot be stored.
+            SerializationError: when the input cannot be stored (nothing is stored then),
+                or a step's output or ``session_state``: the step is then stored as failed
+                with this error, the state as it was before the step, ready for
+                :meth:`resume`.
             StorageError: when a save failed.
         """
         record: Run = {
@@ -481,15 +504,27 @@ class StepWorkflow(SessionKeeper):
                 stored.update(status="failed", error=_failure(exc))
                 stored["duration"] = time.perf_counter() - started
                 record["status"] = "failed"
-                self._save(record, replace=True)
+                self._save_failed(record, stored)
                 raise
             stored.update(status="completed", output=output)
             stored.pop("error", None)
             stored["duration"] = time.perf_counter() - started
-            outputs[step.name] = output
             if step is self.steps[-1]:
                 record["status"] = "completed"
-            self._save(record, replace=True)
+            try:
+                self._save(record, replace=True)
+            except SerializationError as exc:
+                # Its output (or its change to the state) cannot be stored: the step failed,
+                # and resume() runs it again, where a run left "running" would hide why.
+                del stored["output"]
+                stored.update(status="failed", error=_failure(exc))
+                record["status"] = "failed"
+                try:
+                    self._save(record, replace=True)
+                except SerializationError:  # the state, which the error names already
+                    self._save(record, replace=True, keep_state=True)
+                raise
+            outputs[step.name] = output
         record["status"] = "completed"
         saved = next((r for r in self.runs if r.get("run_id") == record["run_id"]), None)
         if saved is None or saved.get("status") != "completed":
@@ -505,6 +540,23 @@ class StepWorkflow(SessionKeeper):
             steps=record["steps"],
             resumed=resumed,
         )
+
+    def _save_failed(self, record: Run, step: dict[str, Any]) -> None:
+        """Saves ``record``, whose ``step`` failed; when the state holds what the store cannot
+        hold, saves it with the stored state instead, adding the refusal to the step's
+        error, and raises.
+
+        Raises:
+            SerializationError: when ``session_state`` cannot be stored (the run is then
+                stored as failed all the same, without this object's changes to the state).
+            StorageError: when the store refused the write.
+        """
+        try:
+            self._save(record, replace=True)
+        except SerializationError as exc:
+            step["error"] = _not_saved(step["error"], exc)
+            self._save(record, replace=True, keep_state=True)
+            raise
 
     def _take_completed(self, record: Run, outputs: dict[str, Any]) -> None:
         """Takes into ``record`` and ``outputs`` the steps of its run that the session, as last
