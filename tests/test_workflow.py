@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from savegame.storage.session import WorkflowSession, WorkflowSessionV2
 from savegame.testing import Store
 from savegame.testing.agent_worker import STEPS, Pipeline, StepFailed
 from savegame.workflow import Step, StepContext, StepWorkflow, Workflow
-from tests.runtime_helpers import new_session_after, run_worker
+from tests.runtime_helpers import new_session_after, run_worker, worker
 from tests.stores import Backend
 
 
@@ -122,6 +123,19 @@ def test_a_run_that_yields_is_recorded_and_saved_when_it_ends(flows: Store) -> N
     assert stopped["status"] == "failed"
     assert "stopped" in stopped["error"]
     assert len(_runs(flows, "g")) == 3
+
+
+def test_a_run_that_yields_left_unfinished_when_its_process_exits_is_recorded(
+    flows: Store,
+) -> None:
+    flows.require("processes")
+    proc = subprocess.run(worker("yields", flows.url, "g"), capture_output=True, text=True)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "draft 1\n", "")
+    runs = _runs(flows, "g")
+    assert [(r["status"], r["error"]) for r in runs] == [
+        ("failed", "stopped: its generator was closed before its end")
+    ]
+    assert Drafts(session_id="g", storage=flows()).session_state == {"drafts": 1}
 
 
 def test_a_run_that_yields_from_super_run_records_one_run(flows: Store) -> None:

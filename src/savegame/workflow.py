@@ -18,10 +18,13 @@ Two kinds, one per storage mode:
 
 from __future__ import annotations
 
+import atexit
 import copy
 import functools
 import inspect
+import os
 import time
+import weakref
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -64,10 +67,10 @@ class Workflow(SessionKeeper):
     ``session_state``, also when ``run`` raises (the run is then recorded as failed and the
     exception propagates). A run whose ``session_state`` holds what the store cannot hold is
     recorded as failed, with the state as stored, and raises ``SerializationError``. A
-    ``run`` that yields, as the original's workflows do, is recorded
-    and saved when its generator ends (its return value is the output), or fails or is
-    closed before its end. Inside ``run``, :meth:`step` saves as soon as a result is known,
-    so even a killed process keeps the results it had::
+    ``run`` that yields, as the original's workflows do, is recorded and saved when its
+    generator ends (its return value is the output), or fails or is closed before its end
+    (at the latest, as the process exits). Inside ``run``, :meth:`step` saves as soon as a
+    result is known, so even a killed process keeps the results it had::
 
         class Report(Workflow):
             def run(self, topic: str) -> str:
@@ -242,11 +245,59 @@ def _recorded(run: Callable[..., Any]) -> Callable[..., Any]:
             raise
         self._in_run = False
         if inspect.isgenerator(result):
-            return _recorded_generator(self, result, record, started)
+            generator = _recorded_generator(self, result, record, started)
+            _left_open(generator)
+            return generator
         _finish(self, record, started, None, result)
         return result
 
     return recorded
+
+
+_UNFINISHED: weakref.WeakSet[Generator[Any, Any, Any]] = weakref.WeakSet()
+"""The generator runs of this process, closed at its exit (:func:`_close_unfinished`)."""
+
+
+def _left_open(generator: Generator[Any, Any, Any]) -> None:
+    """Has ``generator``, a run, closed (so recorded and saved) at the process's exit if it
+    has not ended by then."""
+    _close_at_exit()
+    _UNFINISHED.add(generator)
+
+
+@functools.cache
+def _close_at_exit() -> None:
+    # At the first run rather than at import, so that it runs before the exit handlers of
+    # the drivers and storages made until then (the last registered runs first).
+    atexit.register(_close_unfinished)
+
+
+def _close_unfinished() -> None:
+    """Closes the generator runs still waiting at a ``yield`` as the process exits, which
+    records and saves them as stopped.
+
+    Left to the interpreter's shutdown, they would be closed after it has begun to take
+    modules apart, and their saves would fail (``open`` or an import no longer there) and
+    be lost, with only a note on stderr.
+
+    Raises:
+        Exception: the first error of a save, once every run has been closed.
+    """
+    failures: list[BaseException] = []
+    for generator in list(_UNFINISHED):
+        if inspect.getgeneratorstate(generator) != inspect.GEN_SUSPENDED:
+            continue  # not started (nothing ran), ended, or running in another thread
+        try:
+            generator.close()
+        except Exception as exc:  # noqa: BLE001 - raised below, once every run is closed
+            failures.append(exc)
+    if failures:
+        raise failures[0]
+
+
+if hasattr(os, "register_at_fork"):
+    # A forked child's copies are its parent's runs, not its own to record.
+    os.register_at_fork(after_in_child=_UNFINISHED.clear)
 
 
 def _recorded_generator(

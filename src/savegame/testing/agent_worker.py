@@ -17,12 +17,16 @@ Commands:
     steps URL SESSION_ID MARKERS FAIL run|resume
                                         the same as a step workflow, starting a run or
                                         resuming the last unfinished one
+    yields URL SESSION_ID               starts a run of :class:`Drafts` that yields, takes
+                                        its first draft and exits with the run unfinished;
+                                        prints the draft
 """
 
 from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +69,19 @@ class Pipeline(Workflow):
 
     def _do(self, name: str, value: str) -> str:
         return _work(self.markers, self.fail, name, value)
+
+
+class Drafts(Workflow):
+    """A run that yields one draft at a time, as the original's workflows do."""
+
+    def run(self, count: int) -> Iterator[str]:
+        for at in range(count):
+            self.session_state["drafts"] = at + 1
+            yield f"draft {at + 1}"
+
+
+_LEFT_OPEN: list[Iterator[str]] = []
+"""Runs left unfinished until the process exits."""
 
 
 def step_workflow(url: str, session_id: str, markers: Path, fail: str) -> StepWorkflow:
@@ -147,6 +164,11 @@ def main(argv: list[str]) -> int:
         flow = step_workflow(url, session_id, Path(markers), fail)
         result = flow.run("data") if how == "run" else flow.resume()
         print(result.content, ",".join(result.resumed), flush=True)
+    elif command == "yields":
+        url, session_id = args
+        drafts = Drafts(session_id=session_id, storage=open_storage(url, mode="workflow")).run(3)
+        print(next(drafts), flush=True)
+        _LEFT_OPEN.append(drafts)
     else:
         print(f"unknown command {command!r}", file=sys.stderr)
         return 2
