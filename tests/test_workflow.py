@@ -402,6 +402,28 @@ def test_a_failed_step_run_resumes_from_the_first_step_not_done(
     assert _computed(markers) == {"clean": 2, "fetch": 1, "report": 1}
 
 
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, SystemExit])
+def test_a_step_run_interrupted_is_stored_as_failed(
+    steps_store: Store, stop: type[BaseException]
+) -> None:
+    def fetch(ctx: StepContext) -> str:
+        return "fetched"
+
+    def wait(ctx: StepContext) -> str:
+        raise stop()
+
+    with pytest.raises(stop):
+        StepWorkflow([fetch, wait], steps_store(), session_id="s").run()
+    stored = steps_store().read("s")
+    assert stored is not None
+    [run] = stored.runs  # type: ignore[attr-defined]
+    assert run["status"] == "failed"
+    assert [(s["status"], s.get("error")) for s in run["steps"]] == [
+        ("completed", None),
+        ("failed", f"{stop.__name__}: "),
+    ]
+
+
 def test_a_run_resumed_with_nothing_left_to_run_is_stored_as_completed(
     steps_store: Store,
 ) -> None:
@@ -487,6 +509,32 @@ def test_a_new_process_resumes_a_failed_step_run(steps_store: Store, tmp_path: P
     out = run_worker("steps", steps_store.url, "s", markers, "none", "resume")
     assert out == ["report(clean(fetch(data))) fetch,clean"]
     assert _computed(markers) == {"clean": 1, "fetch": 1, "report": 2}
+
+
+def test_a_step_run_whose_process_was_killed_is_resumed(steps_store: Store, tmp_path: Path) -> None:
+    steps_store.require("processes")
+    markers = tmp_path / "m"
+    run_worker("steps", steps_store.url, "s", markers, "kill:clean", "run", ok=False)
+    stored = steps_store().read("s")
+    assert stored is not None
+    [run] = stored.runs  # type: ignore[attr-defined]
+    assert run["status"] == "running"
+    assert [s["status"] for s in run["steps"]] == ["completed", "pending", "pending"]
+    out = run_worker("steps", steps_store.url, "s", markers, "none", "resume")
+    assert out == ["report(clean(fetch(data))) fetch"]
+    assert _computed(markers) == {"clean": 2, "fetch": 1, "report": 1}
+
+
+def test_a_workflow_whose_process_was_killed_keeps_the_steps_it_saved(
+    flows: Store, tmp_path: Path
+) -> None:
+    flows.require("processes")
+    markers = tmp_path / "markers"
+    run_worker("workflow", flows.url, "p", markers, "kill:clean", ok=False)
+    out = run_worker("workflow", flows.url, "p", markers, "none")
+    assert out == ["report(clean(fetch(data)))"]
+    assert _computed(markers) == {"clean": 2, "fetch": 1, "report": 1}
+    assert [r["status"] for r in _runs(flows, "p")] == ["completed"]
 
 
 def _two_resumers(markers: Path, failing: str, store: Store) -> tuple[StepWorkflow, StepWorkflow]:

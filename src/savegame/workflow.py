@@ -481,8 +481,9 @@ class StepWorkflow(SessionKeeper):
         """Runs every step in order, saving after each.
 
         Raises:
-            Exception: whatever a step raised; the run is stored as failed, with that step
-                failed and the steps before it completed, ready for :meth:`resume`.
+            BaseException: whatever a step raised (``KeyboardInterrupt`` included); the run
+                is stored as failed, with that step failed and the steps before it
+                completed, ready for :meth:`resume`.
             SerializationError: when the input cannot be stored (nothing is stored then),
                 or a step's output or ``session_state``: the step is then stored as failed
                 with this error, the state as it was before the step, ready for
@@ -511,7 +512,7 @@ class StepWorkflow(SessionKeeper):
 
         Raises:
             LookupError: when there is no such run, or no run left unfinished.
-            Exception: whatever a step raised, as for :meth:`run`.
+            BaseException: whatever a step raised, as for :meth:`run`.
         """
         if self.storage is not None:
             # Another process may have resumed (and completed) the run since this one saw it.
@@ -551,7 +552,7 @@ class StepWorkflow(SessionKeeper):
             )
             try:
                 output = step.fn(context)
-            except Exception as exc:
+            except BaseException as exc:  # Ctrl-C too: a run left "running" would never end
                 stored.update(status="failed", error=_failure(exc))
                 stored["duration"] = time.perf_counter() - started
                 record["status"] = "failed"

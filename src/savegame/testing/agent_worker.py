@@ -13,7 +13,8 @@ Commands:
     workflow URL SESSION_ID MARKERS FAIL
                                         runs :class:`Pipeline`, which touches a file in the
                                         folder MARKERS for each step it computes, and fails
-                                        in step FAIL ("none": no failure)
+                                        in step FAIL ("none": no failure; "kill:STEP": the
+                                        process kills itself with SIGKILL in step STEP)
     steps URL SESSION_ID MARKERS FAIL run|resume
                                         the same as a step workflow, starting a run or
                                         resuming the last unfinished one
@@ -25,6 +26,8 @@ Commands:
 from __future__ import annotations
 
 import functools
+import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +51,8 @@ def _work(markers: Path, fail: str, name: str, value: str) -> str:
     markers.mkdir(parents=True, exist_ok=True)
     with (markers / name).open("a") as f:
         f.write("x")
+    if fail == f"kill:{name}":
+        os.kill(os.getpid(), signal.SIGKILL)  # killed in the middle of the step
     if name == fail:
         raise StepFailed(f"step {name} failed as told")
     return f"{name}({value})"
