@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,6 +137,48 @@ def test_a_run_that_yields_left_unfinished_when_its_process_exits_is_recorded(
         ("failed", "stopped: its generator was closed before its end")
     ]
     assert Drafts(session_id="g", storage=flows()).session_state == {"drafts": 1}
+
+
+def test_a_run_that_yields_held_by_its_dropped_workflow_is_recorded_when_collected(
+    flows: Store,
+) -> None:
+    flow = Drafts(session_id="g", storage=flows())
+    flow.current = flow.run("essay")  # type: ignore[attr-defined]
+    next(flow.current)  # type: ignore[attr-defined]
+    del flow
+    gc.collect()
+    assert [r["status"] for r in _runs(flows, "g")] == ["failed"]
+
+
+@pytest.mark.parametrize("leave", ["load_session", "new_session", "delete_session"])
+def test_a_run_that_yields_is_stopped_in_its_session_when_the_workflow_leaves_it(
+    flows: Store, leave: str
+) -> None:
+    flows().upsert(WorkflowSession(session_id="other", session_data={"session_state": {}}))
+    flow = Drafts(session_id="g", storage=flows())
+    drafts = flow.run("essay")
+    assert next(drafts) == "outline of essay"
+    switch = getattr(flow, leave)
+    switch("other") if leave == "load_session" else switch()
+    assert list(drafts) == []
+    if leave == "delete_session":
+        assert flows().read("g") is None
+    else:
+        [run] = _runs(flows, "g")
+        assert (run["status"], run["error"]) == (
+            "failed",
+            "stopped: its generator was closed before its end",
+        )
+        assert Drafts(session_id="g", storage=flows()).session_state == {
+            "outline": "outline of essay"
+        }
+    assert flow.session_state == {}
+    for session_id in flows().get_all_session_ids():
+        if session_id != "g":
+            stored = flows().read(session_id)
+            assert stored is not None
+            assert stored.memory is None or stored.memory.get("runs") in (None, [])
+            assert stored.session_data["session_state"] == {}  # type: ignore[index]
 
 
 def test_a_run_that_yields_from_super_run_records_one_run(flows: Store) -> None:

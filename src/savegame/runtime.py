@@ -162,6 +162,7 @@ class SessionKeeper:
 
     def new_session(self) -> str:
         """Starts a new, empty session (saved with its first run) and returns its id."""
+        self._leaving()
         self.session_id = new_id()
         self._reset()
         return self.session_id
@@ -186,6 +187,8 @@ class SessionKeeper:
         # Switch only once the read succeeded: a failed load leaves the current session.
         if switching or (stored is None and self.storage is not None):
             # Another session, or this one deleted from the store: start it empty.
+            if switching:
+                self._leaving()
             self.session_id = target
             self._reset()
         if stored is None:
@@ -257,6 +260,8 @@ class SessionKeeper:
             # Read only to check the owner: a session that cannot be read is deleted all
             # the same when there is no user to check it against.
             self._check_stored_owner(session_id)
+        if session_id == self.session_id:
+            self._leaving()  # before the delete, which what it saves would undo
         deleted = self.storage.delete_session(session_id) if self.storage is not None else False
         if session_id == self.session_id:
             self.new_session()
@@ -429,6 +434,10 @@ class SessionKeeper:
             setattr(self, name, value)
 
     # -- hooks ----------------------------------------------------------------------------
+
+    def _leaving(self) -> None:
+        """Called before this object leaves its session for another one (or deletes it),
+        with the session still current: what is under way in it ends there."""
 
     def _state_to_store(self, stored: dict[str, Any]) -> dict[str, Any]:
         """The ``session_state`` a save writes: the ``stored`` one with this object's changes

@@ -25,7 +25,7 @@ import inspect
 import os
 import time
 import weakref
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -211,6 +211,17 @@ class Workflow(SessionKeeper):
     def _entity_data(self) -> dict[str, Any]:
         return {"name": self.name, "workflow_id": self.entity_id, "description": self.description}
 
+    def _leaving(self) -> None:
+        """Closes this object's runs that wait at a ``yield``, each recorded as stopped in
+        the session it ran in: iterated on, it would go on in the next session, changing
+        that one's state and being recorded among its runs.
+
+        Raises:
+            Exception: the first error of a run's close (a save refused, say); the session
+                is then not left.
+        """
+        _close([run for run, flow in list(_UNFINISHED.items()) if flow() is self])
+
     def _stored_wins(self, key: str) -> bool:
         """A step result another process saved meanwhile is kept (the first result saved
         wins), where this object's would replace it after being computed twice."""
@@ -246,7 +257,7 @@ def _recorded(run: Callable[..., Any]) -> Callable[..., Any]:
         self._in_run = False
         if inspect.isgenerator(result):
             generator = _recorded_generator(self, result, record, started)
-            _left_open(generator)
+            _left_open(self, generator)
             return generator
         _finish(self, record, started, None, result)
         return result
@@ -254,15 +265,21 @@ def _recorded(run: Callable[..., Any]) -> Callable[..., Any]:
     return recorded
 
 
-_UNFINISHED: weakref.WeakSet[Generator[Any, Any, Any]] = weakref.WeakSet()
-"""The generator runs of this process, closed at its exit (:func:`_close_unfinished`)."""
+_UNFINISHED: weakref.WeakKeyDictionary[
+    Generator[Any, Any, Any], weakref.ReferenceType[Workflow]
+] = weakref.WeakKeyDictionary()
+"""The generator runs of this process, by the workflow they are runs of: closed when it
+leaves its session (:meth:`Workflow._leaving`) and at the process's exit
+(:func:`_close_unfinished`). Kept here rather than in the workflow, which stays a plain
+object that pickles; weakly on both sides, so that a run dropped, or a workflow holding
+its run, is still closed, and saved, by the garbage collector."""
 
 
-def _left_open(generator: Generator[Any, Any, Any]) -> None:
-    """Has ``generator``, a run, closed (so recorded and saved) at the process's exit if it
-    has not ended by then."""
+def _left_open(flow: Workflow, generator: Generator[Any, Any, Any]) -> None:
+    """Has ``generator``, a run of ``flow``, closed (so recorded and saved) when ``flow``
+    leaves its session or the process exits, if it has not ended by then."""
     _close_at_exit()
-    _UNFINISHED.add(generator)
+    _UNFINISHED[generator] = weakref.ref(flow)
 
 
 @functools.cache
@@ -283,10 +300,19 @@ def _close_unfinished() -> None:
     Raises:
         Exception: the first error of a save, once every run has been closed.
     """
+    _close(list(_UNFINISHED))
+
+
+def _close(runs: Iterable[Generator[Any, Any, Any]]) -> None:
+    """Closes the generator runs of ``runs`` that wait at a ``yield``, recording each.
+
+    Raises:
+        Exception: the first error of a save, once every run has been closed.
+    """
     failures: list[BaseException] = []
-    for generator in list(_UNFINISHED):
+    for generator in list(runs):
         if inspect.getgeneratorstate(generator) != inspect.GEN_SUSPENDED:
-            continue  # not started (nothing ran), ended, or running in another thread
+            continue  # not started (nothing ran), ended, or running (the caller, say)
         try:
             generator.close()
         except Exception as exc:  # noqa: BLE001 - raised below, once every run is closed
