@@ -10,7 +10,10 @@ from typing import Any
 
 import pytest
 
+from savegame import open_storage
+from savegame.agent import Agent
 from savegame.errors import CorruptSessionError, SerializationError
+from savegame.models.offline import OfflineModel
 from savegame.storage.session import WorkflowSession, WorkflowSessionV2
 from savegame.testing import Store
 from savegame.testing.agent_worker import STEPS, Pipeline, StepFailed
@@ -413,6 +416,21 @@ def test_each_step_workflow_run_records_every_step(steps_store: Store, tmp_path:
     assert stored.session_data["session_state"] == dict.fromkeys(STEPS, True)  # type: ignore[index]
     with pytest.raises(LookupError, match="nothing to resume"):
         flow.resume()
+
+
+def test_an_agent_run_in_a_step_is_linked_to_the_workflow_session(
+    steps_store: Store, tmp_path: Path
+) -> None:
+    agents = open_storage(f"sqlite:///{tmp_path / 'agents.db'}", mode="agent")
+
+    def ask(ctx: StepContext) -> str | None:
+        agent = Agent(OfflineModel(), agents, workflow_session_id=ctx.session_id)
+        return agent.run(str(ctx.input)).content
+
+    flow = StepWorkflow([ask], steps_store(), session_id="s")
+    assert "hello" in str(flow.run("hello").content)
+    [linked] = agents.get_all_sessions()
+    assert linked.workflow_session_id == "s"  # type: ignore[attr-defined]
 
 
 def test_a_failed_step_run_resumes_from_the_first_step_not_done(

@@ -421,12 +421,15 @@ class StepContext:
             (including those completed before a resume).
         session_state: the workflow's state, saved with every step.
         run_id: the run's id.
+        session_id: the workflow's session, for the ``workflow_session_id`` of an agent
+            the step runs (None only in a context made by hand).
     """
 
     input: Any
     outputs: dict[str, Any]
     session_state: dict[str, Any]
     run_id: str
+    session_id: str | None = None
 
 
 @dataclass
@@ -574,7 +577,11 @@ class StepWorkflow(SessionKeeper):
                 continue
             started = time.perf_counter()
             context = StepContext(
-                record["input"], dict(outputs), self.session_state, record["run_id"]
+                record["input"],
+                dict(outputs),
+                self.session_state,
+                record["run_id"],
+                self.session_id,
             )
             try:
                 output = step.fn(context)
