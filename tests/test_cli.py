@@ -1190,7 +1190,10 @@ def test_show_gives_a_workflows_input_output_and_steps(tmp_path: Path) -> None:
         {
             "session_id": "wf",
             "memory": {
-                "runs": [{"input": {"args": ["cats"], "kwargs": {}}, "output": "report on cats"}]
+                "runs": [
+                    {"input": {"args": ["cats"], "kwargs": {}}, "output": "report on cats"},
+                    {"input": {"args": []}, "status": "failed", "error": "TypeError: no topic"},
+                ]
             },
         }
     )
@@ -1204,7 +1207,12 @@ def test_show_gives_a_workflows_input_output_and_steps(tmp_path: Path) -> None:
                         {"name": "fetch", "status": "completed", "output": "3 pages"},
                         {"name": "write", "status": "pending"},
                     ],
-                }
+                },
+                {
+                    "input": {"topic": "owls"},
+                    "status": "failed",
+                    "steps": [{"name": "fetch", "status": "failed", "error": "OSError: offline"}],
+                },
             ],
         }
     )
@@ -1215,10 +1223,12 @@ def test_show_gives_a_workflows_input_output_and_steps(tmp_path: Path) -> None:
     shown = text(savegame("sessions", "show", "wf", "-s", url, "-m", "workflow"))
     assert 'user: {"args": ["cats"], "kwargs": {}}' in shown
     assert "assistant: report on cats" in shown
+    assert "run failed: TypeError: no topic" in shown
     shown = text(savegame("sessions", "show", "st", "-s", url, "-m", "workflow_v2"))
     assert 'user: {"topic": "dogs"}' in shown
     assert "step fetch: 3 pages" in shown
     assert "step write" not in shown
+    assert "step fetch failed: OSError: offline" in shown
 
 
 def test_a_table_of_the_originals_layout_is_upgraded_by_the_command_it_names(

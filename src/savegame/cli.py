@@ -844,6 +844,10 @@ def _messages(run: Any) -> list[tuple[str, str]]:
     for step in steps if isinstance(steps, list) else ():
         if isinstance(step, dict) and "output" in step:
             pairs.append((f"step {step.get('name', '?')}", _text(step["output"])))
+        if isinstance(step, dict) and isinstance(step.get("error"), str):
+            pairs.append((f"step {step.get('name', '?')} failed", step["error"]))
+    if isinstance(run.get("error"), str):
+        pairs.append((f"run {run.get('status') or 'failed'}", run["error"]))
     return pairs or [("run", _text(run))]
 
 
