@@ -593,6 +593,25 @@ def test_an_agent_given_another_storage_carries_its_whole_session_there(
     assert again.run("What is my colour?").content.startswith("Your colour is red.")
 
 
+def test_an_agent_given_another_storage_keeps_its_session_when_it_loads_it(
+    backend_store: Store, tmp_path: Path
+) -> None:
+    agent = Agent(model=OfflineModel(), session_id="moved")
+    agent.run("My name is Ada.")
+    agent.storage = JsonStorage(tmp_path / "before", mode="agent")
+    agent.run("My colour is red.")
+    agent.storage = backend_store()
+    assert agent.load_session() is False
+    assert [r["input"] for r in agent.runs] == ["My name is Ada.", "My colour is red."]
+    agent.run("What is my name?")
+    stored = backend_store().read("moved")
+    assert stored is not None
+    assert len(stored.memory["runs"]) == 3  # type: ignore[index]
+    backend_store().delete_session("moved")
+    assert agent.load_session() is False
+    assert agent.runs == []
+
+
 def test_an_agent_given_a_storage_that_holds_its_session_adds_to_it(
     backend_store: Store, tmp_path: Path
 ) -> None:

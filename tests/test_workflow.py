@@ -14,6 +14,7 @@ from savegame import open_storage
 from savegame.agent import Agent
 from savegame.errors import CorruptSessionError, SerializationError
 from savegame.models.offline import OfflineModel
+from savegame.storage.json import JsonStorage
 from savegame.storage.session import WorkflowSession, WorkflowSessionV2
 from savegame.testing import Store
 from savegame.testing.agent_worker import STEPS, Pipeline, StepFailed
@@ -596,6 +597,27 @@ def test_a_workflow_whose_process_was_killed_keeps_the_steps_it_saved(
     assert out == ["report(clean(fetch(data)))"]
     assert _computed(markers) == {"clean": 2, "fetch": 1, "report": 1}
     assert [r["status"] for r in _runs(flows, "p")] == ["completed"]
+
+
+def test_a_step_run_resumes_in_another_storage_given_to_the_workflow(
+    steps_store: Store, tmp_path: Path
+) -> None:
+    markers = tmp_path / "m"
+    flow = _steps(markers, "clean", steps_store, session_id="s")
+    flow.storage = JsonStorage(tmp_path / "before", mode="workflow_v2")
+    with pytest.raises(StepFailed):
+        flow.run("data")
+    flow.storage = steps_store()
+    flow.steps = _steps(markers, "none", steps_store).steps
+    result = flow.resume()
+    assert (result.content, result.resumed) == ("report(clean(fetch(data)))", ["fetch"])
+    stored = steps_store().read("s")
+    assert stored is not None
+    assert [r["status"] for r in stored.runs] == ["completed"]  # type: ignore[attr-defined]
+    assert stored.session_data["session_state"] == dict.fromkeys(STEPS, True)  # type: ignore[index]
+    assert [
+        r["status"] for r in JsonStorage(tmp_path / "before", mode="workflow_v2").read("s").runs
+    ] == ["failed"]  # type: ignore[union-attr]
 
 
 def _two_resumers(markers: Path, failing: str, store: Store) -> tuple[StepWorkflow, StepWorkflow]:

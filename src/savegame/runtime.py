@@ -172,7 +172,9 @@ class SessionKeeper:
 
         Returns:
             True when the session was stored and is now loaded; False when there is no such
-            session yet, which leaves an empty session with that id.
+            session yet, which leaves an empty session with that id, but for the current
+            session carried from another storage (see :attr:`storage`): this object keeps
+            it, to save it into this storage.
 
         Raises:
             SessionOwnerError: when the session belongs to another user.
@@ -184,8 +186,9 @@ class SessionKeeper:
         stored = self.storage.read(target) if self.storage is not None else None
         if stored is not None:
             self._check_owner(stored, switching)
+        carried = self._stored is not None and not _same_store(self._stored_from, self.storage)
         # Switch only once the read succeeded: a failed load leaves the current session.
-        if switching or (stored is None and self.storage is not None):
+        if switching or (stored is None and self.storage is not None and not carried):
             # Another session, or this one deleted from the store: start it empty.
             if switching:
                 self._leaving()
