@@ -78,6 +78,33 @@ def test_a_subclass_calling_super_run_records_one_run(flows: Store) -> None:
     assert len(stored.memory["runs"]) == 1  # type: ignore[attr-defined]
 
 
+class Counting:
+    """A mixin that is not a workflow, giving one its run."""
+
+    session_state: dict[str, Any]
+
+    def run(self, by: int = 1) -> int:
+        self.session_state["count"] = self.session_state.get("count", 0) + by
+        return int(self.session_state["count"])
+
+
+class MixedCounter(Counting, Workflow):
+    pass
+
+
+class LouderMixedCounter(MixedCounter):
+    def run(self, by: int = 1) -> int:
+        return super().run(by * 10)
+
+
+@pytest.mark.parametrize("kind", [MixedCounter, LouderMixedCounter])
+def test_a_run_taken_from_a_mixin_is_recorded_and_saved(flows: Store, kind: type[Workflow]) -> None:
+    count = kind(session_id="w", storage=flows()).run()
+    assert count == (1 if kind is MixedCounter else 10)
+    assert [r["status"] for r in _runs(flows, "w")] == ["completed"]
+    assert kind(session_id="w", storage=flows()).session_state == {"count": count}
+
+
 class Drafts(Workflow):
     """A run that yields, as the original's workflows do."""
 

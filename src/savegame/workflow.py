@@ -119,15 +119,17 @@ class Workflow(SessionKeeper):
         )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Wraps the subclass's ``run`` so that each call is recorded and saved.
+        """Wraps the subclass's ``run`` so that each call is recorded and saved: its own, or
+        the one it takes from a class that is not a workflow (a mixin listed before
+        :class:`Workflow`), which would otherwise run unrecorded and unsaved.
 
         Raises:
             TypeError: for an ``async def run``, whose calls would only make a coroutine
                 (or an asynchronous generator) and be recorded before any of it ran.
         """
         super().__init_subclass__(**kwargs)
-        run = cls.__dict__.get("run")
-        if run is None:
+        run = cls.__dict__.get("run") or inspect.getattr_static(cls, "run")
+        if run is Workflow.__dict__["run"] or getattr(run, "_recorded_run", False):
             return
         if inspect.iscoroutinefunction(run) or inspect.isasyncgenfunction(run):
             raise TypeError(
@@ -262,6 +264,7 @@ def _recorded(run: Callable[..., Any]) -> Callable[..., Any]:
         _finish(self, record, started, None, result)
         return result
 
+    recorded._recorded_run = True  # type: ignore[attr-defined]
     return recorded
 
 
