@@ -172,6 +172,27 @@ def test_a_reference_to_the_session_state_stays_the_agents_after_a_run(
     assert stored.session_data["session_state"] == {"count": 2}  # type: ignore[attr-defined]
 
 
+def test_a_reference_to_a_value_in_the_session_state_stays_the_agents_after_a_run(
+    backend_store: Store,
+) -> None:
+    agent = _agent(backend_store, session_id="s", session_state={"seen": [], "other": {}})
+    seen = agent.session_state["seen"]
+    seen.append("one")
+    agent.run("hello")
+    seen.append("two")
+    elsewhere = _agent(backend_store, session_id="s")
+    elsewhere.session_state["other"]["changed"] = True
+    elsewhere.run("hello")
+    other = agent.session_state["other"]
+    agent.run("hello")
+    assert agent.session_state["seen"] is seen
+    assert agent.session_state == {"seen": ["one", "two"], "other": {"changed": True}}
+    assert agent.session_state["other"] is not other, "changed elsewhere: the stored value"
+    stored = backend_store().read("s")
+    assert stored is not None
+    assert stored.session_data["session_state"] == agent.session_state  # type: ignore[attr-defined]
+
+
 def test_history_is_sent_only_when_asked_and_only_the_last_runs(backend_store: Store) -> None:
     agent = _agent(backend_store, add_history_to_messages=False)
     agent.run("My name is Ada.")

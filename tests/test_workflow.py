@@ -345,6 +345,22 @@ def test_a_new_process_does_not_compute_a_saved_step_again(flows: Store, tmp_pat
     assert [r["status"] for r in stored.memory["runs"]] == ["failed", "completed"]  # type: ignore[attr-defined]
 
 
+class Collector(Workflow):
+    def run(self, keys: list[str]) -> dict[str, str]:
+        results = self.session_state.setdefault("results", {})
+        for key in keys:
+            results[key] = self.step(key, key.upper)
+        return dict(results)
+
+
+def test_a_value_of_the_state_changed_across_steps_is_saved_whole(flows: Store) -> None:
+    flow = Collector(session_id="c", storage=flows())
+    assert flow.run(["a", "b", "c"]) == {"a": "A", "b": "B", "c": "C"}
+    stored = flows().read("c")
+    assert stored is not None
+    assert stored.session_data["session_state"]["results"] == {"a": "A", "b": "B", "c": "C"}  # type: ignore[index]
+
+
 def test_a_step_saved_by_another_workflow_object_is_kept_by_this_ones_save(flows: Store) -> None:
     # Two processes on one session, each saving a step result: the second save keeps the
     # first one's, so no later process computes it again. A key this one removed goes.

@@ -359,9 +359,10 @@ class SessionKeeper:
 
         When ``loading``, keys of the initial ``session_state`` that the stored state lacks
         are added; after a save the stored state is exactly what was saved. The state is
-        refilled in place, not replaced: a reference to ``session_state`` taken before a run
-        (by the caller, or inside a workflow's ``run``) goes on seeing, and changing, the
-        state that the next save writes.
+        refilled in place, not replaced, and keeps this object's values that the store holds
+        as they are: a reference to ``session_state``, or to a value in it, taken before a
+        run or a step (by the caller, or inside a workflow's ``run``) goes on seeing, and
+        changing, the state that the next save writes.
         """
         data = self._fields(stored)
         self._stored = stored
@@ -373,8 +374,16 @@ class SessionKeeper:
         state = copy.deepcopy(self._initial_state) if loading else {}
         state.update(session_data.get("session_state") or {})
         if isinstance(self.session_state, dict):
+            # This object's own values where the store holds them as they are: a reference
+            # taken to one (a list a run appends to across its steps) goes on changing it.
+            kept = {
+                key: value
+                for key, value in self.session_state.items()
+                if key in state and not _changed(state[key], value)
+            }
             self.session_state.clear()
             self.session_state.update(state)
+            self.session_state.update(kept)
         else:
             self.session_state = state
         self._base_state = copy.deepcopy(session_data.get("session_state") or {})
