@@ -507,6 +507,40 @@ def test_a_failed_step_run_resumes_from_the_first_step_not_done(
     assert _computed(markers) == {"clean": 2, "fetch": 1, "report": 1}
 
 
+def test_a_run_resumed_by_a_workflow_whose_steps_changed_keeps_the_steps_it_had(
+    steps_store: Store,
+) -> None:
+    # The pipeline's code changed between the failure and the resume: the step it no longer
+    # has stays in the run's record, output and all, after the steps it has now.
+    def fetch(ctx: StepContext) -> str:
+        return "fetched"
+
+    def enrich(ctx: StepContext) -> str:
+        return "enriched"
+
+    def parse(ctx: StepContext) -> str:
+        raise StepFailed("parse")
+
+    with pytest.raises(StepFailed):
+        StepWorkflow([fetch, enrich, parse], steps_store(), session_id="s").run("data")
+
+    def parse_again(ctx: StepContext) -> str:
+        return f"parsed {ctx.outputs['fetch']}"
+
+    parse_again.__name__ = "parse"
+    result = StepWorkflow([fetch, parse_again], steps_store(), session_id="s").resume()
+    assert (result.content, result.resumed) == ("parsed fetched", ["fetch"])
+    stored = steps_store().read("s")
+    assert stored is not None
+    [run] = stored.runs  # type: ignore[attr-defined]
+    assert run["status"] == "completed"
+    assert [(s["name"], s["status"], s.get("output")) for s in run["steps"]] == [
+        ("fetch", "completed", "fetched"),
+        ("parse", "completed", "parsed fetched"),
+        ("enrich", "completed", "enriched"),
+    ]
+
+
 @pytest.mark.parametrize("stop", [KeyboardInterrupt, SystemExit])
 def test_a_step_run_interrupted_is_stored_as_failed(
     steps_store: Store, stop: type[BaseException]

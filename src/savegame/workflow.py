@@ -566,10 +566,13 @@ class StepWorkflow(SessionKeeper):
 
     def _execute(self, record: Run) -> WorkflowRunResponse:
         by_name = {s["name"]: s for s in record.get("steps") or []}
-        record["steps"] = [by_name.get(s.name) or {"name": s.name} for s in self.steps]
+        record["steps"] = [by_name.pop(s.name, None) or {"name": s.name} for s in self.steps]
         outputs = {
             s["name"]: s.get("output") for s in record["steps"] if s.get("status") == "completed"
         }
+        # Steps of the run that this workflow no longer has (its list changed since) stay
+        # in the record, after its own: what they did is the run's history.
+        record["steps"] += by_name.values()
         resumed = list(outputs)
         record["status"] = "running"
         for at, step in enumerate(self.steps):
