@@ -502,6 +502,7 @@ def test_a_failed_step_run_resumes_from_the_first_step_not_done(
     assert stored.runs[0]["status"] == "completed"  # type: ignore[attr-defined]
     assert "error" not in stored.runs[0]["steps"][1]  # type: ignore[attr-defined]
     # The object whose run failed sees that another completed it: nothing to run again.
+    assert first.pending_runs() == []
     with pytest.raises(LookupError, match="nothing to resume"):
         first.resume()
     assert _computed(markers) == {"clean": 2, "fetch": 1, "report": 1}

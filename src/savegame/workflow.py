@@ -561,8 +561,15 @@ class StepWorkflow(SessionKeeper):
         return self._execute(copy.deepcopy(unfinished[-1]))
 
     def pending_runs(self) -> list[Run]:
-        """The stored runs that did not complete, oldest first."""
-        return [r for r in self.runs if r.get("status") != "completed"]
+        """The stored runs that did not complete, oldest first, as the store has them now:
+        a run another process resumed and completed since this object last read or saved
+        the session is not among them."""
+        runs = self.runs
+        if self.storage is not None:
+            stored = self.storage.read(self.session_id)
+            if stored is not None:
+                runs = get_path(stored.to_dict(), self.spec.runs_path) or []
+        return [r for r in runs if r.get("status") != "completed"]
 
     def _execute(self, record: Run) -> WorkflowRunResponse:
         by_name = {s["name"]: s for s in record.get("steps") or []}
