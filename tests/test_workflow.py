@@ -542,6 +542,27 @@ def test_a_run_resumed_by_a_workflow_whose_steps_changed_keeps_the_steps_it_had(
     ]
 
 
+def test_a_step_runs_outputs_are_given_as_stored(steps_store: Store) -> None:
+    # A tuple is stored as a list: the next step, the run's outputs and its content all
+    # give the list, as a read of the run does and a resumed run would.
+    seen = []
+
+    def pair(ctx: StepContext) -> tuple[str, int]:
+        return ("a", 1)
+
+    def last(ctx: StepContext) -> tuple[str, ...]:
+        seen.append(ctx.outputs["pair"])
+        return ("b",)
+
+    result = StepWorkflow([pair, last], steps_store(), session_id="s").run()
+    assert seen == [["a", 1]]
+    assert result.outputs == {"pair": ["a", 1], "last": ["b"]}
+    assert result.content == ["b"]
+    stored = steps_store().read("s")
+    assert stored is not None
+    assert [s["output"] for s in stored.runs[0]["steps"]] == [["a", 1], ["b"]]  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("stop", [KeyboardInterrupt, SystemExit])
 def test_a_step_run_interrupted_is_stored_as_failed(
     steps_store: Store, stop: type[BaseException]

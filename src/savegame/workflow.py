@@ -623,6 +623,9 @@ class StepWorkflow(SessionKeeper):
                     self._save(record, replace=True, keep_state=True)
                 raise
             outputs[step.name] = output
+        # The last step's output as stored, as the steps before it are taken (a tuple is
+        # stored as a list): what the run gives is what a read of it gives.
+        self._take_completed(record, outputs)
         record["status"] = "completed"
         saved = next((r for r in self.runs if r.get("run_id") == record["run_id"]), None)
         if saved is None or saved.get("status") != "completed":
