@@ -403,6 +403,10 @@ def test_a_lock_held_past_a_timeout_raises_backend_unavailable(
     server: str, admin: Engine, table: str, setting: str
 ) -> None:
     url = make_url(server).update_query_dict({"init_command": f"SET SESSION {setting}"})
+    # The tables are made first without the timeout: making them waits for the server-wide
+    # schema lock, which another test's storage may hold for longer than the timeout.
+    with MySQLStorage(table, db_url=server) as maker:
+        maker.create()
     storage = MySQLStorage(table, db_url=url.render_as_string(False))
     sql_cases.check_lock_held_past_a_timeout(
         storage, admin, "SELECT 1 FROM {table} WHERE session_id = 's' FOR UPDATE"

@@ -319,6 +319,10 @@ def test_a_lock_held_past_a_timeout_raises_backend_unavailable(
     server: str, admin: Engine, schema: str, setting: str
 ) -> None:
     url = make_url(server).update_query_dict({"options": f"-c {setting}=300"})
+    # The tables are made first without the timeout: making them waits for the database's
+    # schema lock, which another test's storage may hold for longer than the timeout.
+    with PostgresStorage("sessions", schema=schema, db_url=server) as maker:
+        maker.create()
     storage = PostgresStorage("sessions", schema=schema, db_url=url.render_as_string(False))
     sql_cases.check_lock_held_past_a_timeout(
         storage, admin, f"SELECT 1 FROM \"{schema}\".{{table}} WHERE session_id = 's' FOR UPDATE"

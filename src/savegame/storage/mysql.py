@@ -241,8 +241,9 @@ class MySQLDialect(SqlDialect):
         if taken != 1:
             raise BackendUnavailableError(
                 f"{self.title} at {redact(conn.engine.url.render_as_string())}: another process "
-                f"has held the lock {_SCHEMA_LOCK!r}, under which savegame changes tables, for "
-                f"{_SCHEMA_LOCK_WAIT} seconds; nothing was changed, try again once it is done"
+                f"held the lock {_SCHEMA_LOCK!r}, under which savegame changes tables, longer "
+                f"than this connection waits ({_SCHEMA_LOCK_WAIT} seconds, or its statement time "
+                "limit); nothing was changed, try again once it is done"
             )
 
     def release_schema_lock(self, conn: Connection) -> None:
