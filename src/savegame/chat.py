@@ -162,7 +162,7 @@ def _show_session(agent: Agent) -> None:
     if not agent.runs:
         _say(f"new session {agent.session_id}{named}")
         return
-    _say(f"resuming session {agent.session_id}{named}: {_turns(len(agent.runs), 'earlier ')}")
+    _say(f"resuming session {agent.session_id}{named}: {_turn_count(len(agent.runs), 'earlier ')}")
     _print_messages(agent.get_messages_for_session())
     _say("--")
 
@@ -184,10 +184,10 @@ def _list_sessions(agent: Agent, store: Storage) -> None:
         when = dt.datetime.fromtimestamp(updated).strftime("%Y-%m-%d %H:%M")
         mark = "*" if s.session_id == agent.session_id else " "
         name = data.get("session_name") or ""
-        _say(f"{mark} {s.session_id}  {name!s:20}  {_turns(len(runs)):>9}  {when}")
+        _say(f"{mark} {s.session_id}  {name!s:20}  {_turn_count(len(runs)):>9}  {when}")
 
 
-def _turns(count: int, kind: str = "") -> str:
+def _turn_count(count: int, kind: str = "") -> str:
     return f"{count} {kind}turn{'s' * (count != 1)}"
 
 

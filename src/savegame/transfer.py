@@ -135,11 +135,11 @@ def read_sessions(storage: Storage, ids: list[str], damaged: list[str] | None) -
             another mode, opened with the wrong ``mode``), even with ``damaged``: after the
             failed read, its listings fail too, where a damaged session fails only its own.
     """
-    if damaged is None:
-        return storage.read_many(ids)
     try:
         return storage.read_many(ids)
     except CorruptSessionError:
+        if damaged is None:
+            raise
         # Each session of such a store would be told as damaged, and a count, listing or
         # purge of it would end as if it held none.
         storage.get_recent_sessions(limit=0)
