@@ -424,6 +424,31 @@ def test_a_table_left_without_its_runs_table_is_made_whole_and_written(
         third.close()
 
 
+def test_a_table_left_without_its_runs_table_is_read_and_deleted_from_as_it_is(
+    sql_store: Store,
+) -> None:
+    # What a storage sees of tables another process is making, outside the schema lock:
+    # MySQL commits each CREATE TABLE, so the session table stands, unrecorded, before its
+    # runs table does. Deleting a session then asked the runs table, which was not there,
+    # and failed; reads and the rest find the table empty.
+    first = _sql(sql_store)
+    first.create()
+    with first.db_engine.begin() as conn:
+        first.runs_table.drop(conn)
+        migrations = Table("savegame_migrations", MetaData(schema=first.schema), autoload_with=conn)
+        conn.execute(delete(migrations).where(migrations.c.table_name == first.table_name))
+    second = _sibling(first, first.table_name)
+    try:
+        assert second.delete_session("s") is False
+        assert second.delete_session("s", expected_version=1) is False
+        assert second.read("s") is None
+        assert second.get_all_session_ids() == []
+        assert second.delete_user("u") == 0
+        assert second.purge_expired() == 0
+    finally:
+        second.close()
+
+
 def test_a_session_the_original_saves_again_after_the_upgrade_is_read_as_it_saved_it(
     sql_store: Store,
 ) -> None:

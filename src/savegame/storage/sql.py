@@ -2496,7 +2496,12 @@ class SqlStorage(Storage):
                 # left without a header: where there was no header to delete, a write may
                 # have made the session since, and the runs' statement sees its runs.
                 result = conn.execute(delete(header).where(where))
-                if "run_count" in layout.columns:
+                if "run_count" in layout.columns and (
+                    layout.version >= LATEST
+                    or inspect(conn).has_table(self.runs_table.name, self.schema)
+                ):
+                    # Unrecorded, the table may be another process's being made, its
+                    # runs table not yet there (MySQL commits each CREATE TABLE).
                     runs_table = self.runs_table
                     alone = ~exists().where(header.c.session_id == session_id)
                     conn.execute(
