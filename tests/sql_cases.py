@@ -423,3 +423,37 @@ def check_an_engine_of_another_isolation_level(
     got = make(engine).read("s")
     assert got is not None
     assert got.session_data == {"n": 200}
+
+
+def check_an_engine_reading_uncommitted(
+    make: Callable[[Engine], SqlStorage], engine: Engine
+) -> None:
+    """Storages on an ``engine`` made with ``isolation_level="READ UNCOMMITTED"`` never read
+    a session half written: while one saves a session again and again, its runs replaced
+    by a different number of others each time, another reads only whole saves."""
+    make(engine).upsert(AgentSession(session_id="s", memory={"runs": _runs("w0-", 1)}))
+    done = threading.Event()
+    torn: list[list[str]] = []
+
+    def work(n: int) -> None:
+        if n == 0:
+            writer = make(engine)
+            try:
+                for i in range(1, 200):
+                    runs = _runs(f"w{i}-", 1 + i % 7)
+                    writer.upsert(AgentSession(session_id="s", memory={"runs": runs}))
+            finally:
+                done.set()
+            return
+        reader = make(engine)
+        while not done.is_set():
+            got = reader.read("s")
+            assert got is not None
+            assert got.memory is not None
+            ids = [run["run_id"] for run in got.memory["runs"]]
+            tag = ids[0].partition("-")[0]
+            if ids != [run["run_id"] for run in _runs(f"{tag}-", 1 + int(tag[1:]) % 7)]:
+                torn.append(ids)
+
+    in_threads(2, work)
+    assert torn == []

@@ -503,3 +503,24 @@ def test_a_workflow_run_whose_output_is_too_large_is_recorded_without_it(
     assert run["error"].startswith("not saved: SerializationError: a statement of ")
     assert stored.session_data["session_state"] == {"runs": 1}  # type: ignore[attr-defined]
     storage.close()
+
+
+def test_an_engine_reading_uncommitted_never_reads_a_session_half_written(
+    server: str, table: str
+) -> None:
+    engine = create_engine(server, isolation_level="READ UNCOMMITTED")
+    sql_cases.check_an_engine_reading_uncommitted(
+        lambda e: MySQLStorage(table, db_engine=e, cache_bytes=0), engine
+    )
+    engine.dispose()
+
+
+@pytest.mark.parametrize("level", ["READ UNCOMMITTED", "REPEATABLE READ", "SERIALIZABLE"])
+def test_an_engine_of_another_isolation_level_loses_no_update(
+    server: str, table: str, level: str
+) -> None:
+    engine = create_engine(server, isolation_level=level)
+    sql_cases.check_an_engine_of_another_isolation_level(
+        lambda e: MySQLStorage(table, db_engine=e), engine
+    )
+    engine.dispose()

@@ -369,3 +369,14 @@ def test_an_engine_of_a_stricter_isolation_level_loses_no_update(
         lambda e: PostgresStorage("sessions", schema=schema, db_engine=e), engine
     )
     engine.dispose()
+
+
+def test_an_engine_reading_uncommitted_never_reads_a_session_half_written(
+    server: str, schema: str
+) -> None:
+    # PostgreSQL runs READ UNCOMMITTED as READ COMMITTED: held here as MySQL is.
+    engine = create_engine(server, isolation_level="READ UNCOMMITTED")
+    sql_cases.check_an_engine_reading_uncommitted(
+        lambda e: PostgresStorage("sessions", schema=schema, db_engine=e, cache_bytes=0), engine
+    )
+    engine.dispose()

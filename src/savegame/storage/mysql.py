@@ -32,6 +32,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from sqlalchemy import Column, Integer, Table, case, cast, func, literal_column, text
@@ -192,14 +193,30 @@ class MySQLDialect(SqlDialect):
             cursor.execute("SET SESSION group_concat_max_len = 4294967295")
             cursor.execute("SELECT @@session.max_allowed_packet")
             conn.savegame_packet_limit = int(cursor.fetchone()[0])
+            # An engine made with isolation_level="READ UNCOMMITTED" (or a server whose
+            # default it is): a statement there sees other transactions' rows before they
+            # commit, a session's header without all its runs. MySQL 8 and MariaDB 11.1
+            # renamed the variable.
+            try:
+                cursor.execute("SELECT @@session.transaction_isolation")
+            except conn.Error:
+                cursor.execute("SELECT @@session.tx_isolation")
+            conn.savegame_dirty = cursor.fetchone()[0] == "READ-UNCOMMITTED"
 
     def other_level(self, conn: Any) -> bool:
-        return bool(conn.get_autocommit())
+        return bool(conn.get_autocommit()) or getattr(conn, "savegame_dirty", False)
 
     def begin(self, conn: Any, write: bool) -> None:
+        if write and getattr(conn, "savegame_dirty", False):
+            _read_committed(conn)
         if write and conn.get_autocommit():
             # The session's autocommit stays the application's; COMMIT ends this one.
             conn.begin()
+
+    def one_statement(self, conn: Any) -> AbstractContextManager[None]:
+        if getattr(conn, "savegame_dirty", False):
+            _read_committed(conn)
+        return super().one_statement(conn)
 
     def execute(self, cursor: Any, sql: str, params: Any, keyed: bool) -> None:
         _fits(cursor.connection, sql, params)
@@ -274,6 +291,13 @@ class MySQLDialect(SqlDialect):
 
     def table_changed(self, error: BaseException) -> bool:
         return _code(error) == _TABLE_CHANGED
+
+
+def _read_committed(conn: Any) -> None:
+    """Makes the next transaction on the DBAPI connection ``conn`` read only what others
+    committed, whatever the connection's own level."""
+    with conn.cursor() as cursor:
+        cursor.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
 
 
 def _fits(conn: Any, sql: str, params: Any) -> None:
