@@ -652,6 +652,27 @@ def test_tls_refuses_a_certificate_of_another_host_on_every_redis_py(tls: tuple[
         other.read("s")
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("scheme", ["rediss", "redis+cluster"])
+def test_an_ssl_ca_certs_file_that_cannot_be_read_is_named_at_first_use(
+    scheme: str, tmp_path: Path
+) -> None:
+    # Not a server away: redis-py's own error named no file, and no wait would mend it.
+    not_pem = tmp_path / "not-a-ca.pem"
+    not_pem.write_text("not a certificate\n")
+    port = _closed_port()
+    for path in (tmp_path / "missing.pem", not_pem, tmp_path):
+        url = f"{scheme}://127.0.0.1:{port}?ssl=true&ssl_ca_certs={path}"
+        storage = RedisStorage("p", url=url, connect_timeout=2)
+        for call in (methodcaller("read", "s"), methodcaller("upsert", _session("s"))):
+            with pytest.raises(
+                StorageError, match=f"ssl_ca_certs file {re.escape(repr(str(path)))}"
+            ) as caught:
+                call(storage)
+            assert not isinstance(caught.value, BackendUnavailableError)
+            assert f"127.0.0.1:{port}" in str(caught.value)
+
+
 @pytest.fixture(scope="module")
 def tls_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """A 3-master cluster that speaks TLS only: its nodes as ``host:port,...``, the CA file."""

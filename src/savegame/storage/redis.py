@@ -102,6 +102,7 @@ import hashlib
 import math
 import re
 import secrets
+import ssl as stdlib_ssl
 import threading
 import time
 import zlib
@@ -639,7 +640,8 @@ class RedisStorage(Storage):
             neither configures nor closes it.
         username: the ACL user name, if the server uses ACLs.
         ssl_ca_certs: a PEM file of the certificate authorities to trust instead of the
-            system's, for a server whose certificate a private authority signed.
+            system's, for a server whose certificate a private authority signed; read at
+            the first connection, where one that cannot be read raises StorageError.
         socket_timeout: seconds to wait for a reply before the call fails.
         connect_timeout: seconds to wait for a connection.
         shards: how many cluster slots the store spreads over (see the module docstring);
@@ -763,6 +765,7 @@ class RedisStorage(Storage):
         return Retry(NoBackoff(), 0)
 
     def _standalone(self, host: str, port: int, db: int, options: dict[str, Any]) -> Any:
+        self._check_ca_certs(options["ssl_ca_certs"])
         if options["ssl"]:
             # redis-py before 6 checks no host name unless asked: the docstring promises it.
             options = {**options, "ssl_check_hostname": True}
@@ -785,6 +788,7 @@ class RedisStorage(Storage):
         options a plain one refuses.
         """
         redis = self._redis
+        self._check_ca_certs(options["ssl_ca_certs"])
         options = dict(options)
         if options.pop("ssl"):
             base = redis.SSLConnection
@@ -806,6 +810,27 @@ class RedisStorage(Storage):
             connection_class=_marking(base),
             **options,
         )
+
+    def _check_ca_certs(self, path: str | None) -> None:
+        """Refuses an ``ssl_ca_certs`` file that cannot be read as certificates (None: none).
+
+        redis-py reads it at each connection and reports it as an unreachable server whose
+        error names no file ("No such file or directory"), which no wait would mend. It is
+        checked when the client is made, not when the storage is: a storage is made without
+        touching anything.
+
+        Raises:
+            StorageError: naming the file and the address.
+        """
+        if path is None:
+            return
+        try:
+            stdlib_ssl.create_default_context(cafile=path)
+        except OSError as exc:
+            raise StorageError(
+                f"{self._address}: the ssl_ca_certs file {path!r} cannot be read as PEM "
+                f"certificates: {exc.strerror or exc}"
+            ) from exc
 
     def _mapped(self, exc: Exception) -> StorageError:
         """The savegame error for a redis-py error: the one place they are translated."""
