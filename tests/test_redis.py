@@ -1302,6 +1302,33 @@ def test_an_evicted_index_map_never_lists_a_session_under_its_former_user(
     raw.delete(*(tag + key for key in ("u:old", "e:A", "ue:3:oldA")))
 
 
+def test_an_evicted_index_map_never_lists_a_session_holding_lone_surrogates_wrongly(
+    server: str, raw: Any, prefix: str
+) -> None:
+    # Where {T}:idx has no entry, the scripts read a session's user and entity from its
+    # header's JSON, which holds a lone surrogate (as model output may) as an escape
+    # Redis's cjson refuses to decode.
+    tag = "{" + prefix + "}:"
+    storage = RedisStorage(prefix, url=server)
+    odd = {"note": "cut \ud800 here", "path": "C:\\udd00", "pair": "\U0001f600"}
+    storage.upsert(_session("s", _runs(2), user_id="old", agent_id="A", session_data=odd))
+    storage.upsert(_session("kept", _runs(1), user_id="old", agent_id="A"))
+    raw.delete(f"{tag}idx")
+    storage.upsert(_session("s", _runs(3), user_id="new", agent_id="B", session_data=odd))
+    for key in ("u:old", "e:A", "ue:3:oldA"):
+        assert _members(raw, tag + key) == ["kept"], key
+    raw.hdel(f"{tag}idx", "s")
+    for reader in (storage, RedisStorage(prefix, url=server)):
+        assert reader.get_all_session_ids(user_id="new", entity_id="B") == ["s"]
+    raw.zadd(tag + "u:old", {"s": -1})
+    for reader in (storage, RedisStorage(prefix, url=server)):
+        assert reader.get_all_session_ids(user_id="old") == ["kept"]
+    assert storage.delete_user("old") == 1
+    got = storage.read("s")
+    assert got is not None
+    assert (got.user_id, got.session_data, got.memory["runs"]) == ("new", odd, _runs(3))
+
+
 def _three_sessions_then_evicted(server: str, raw: Any, prefix: str, key: str) -> RedisStorage:
     """A storage of sessions s0 to s2 (user u, agent a), whose store then lost ``{T}:<key>``
     as an evicting maxmemory-policy would drop it."""

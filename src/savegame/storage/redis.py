@@ -192,15 +192,34 @@ like a server gone away; savegame refuses it before sending, with SerializationE
 
 T = TypeVar("T")
 
+# Shared by the scripts that read a header's JSON: the record of the header ``header``, nil
+# where there is none or its data cannot be read. Redis's cjson refuses the whole text over
+# one \uXXXX escape of a surrogate, which savegame writes for a lone surrogate (model output
+# holds them); ids never hold one, so each such escape (an odd run of backslashes before
+# the u) is read as a '?'.
+_RECORD = """
+local function record_of(header)
+  local text = redis.call('HGET', header, 'data') or ''
+  text = string.gsub(text, '(\\\\+)u[dD][89a-fA-F]%x%x', function(slashes)
+    if #slashes % 2 == 1 then return string.sub(slashes, 2) .. '?' end
+  end)
+  local ok, record = pcall(cjson.decode, text)
+  if not ok or type(record) ~= 'table' then return nil end
+  return record
+end
+"""
+
 # Shared by the scripts that list and remove sessions: the index keys (user, entity, both)
 # that the header ``header`` names for its session under ``tag``, the mode's entity field
 # being ``field``; nil where there is no header or its data cannot be read. What {T}:idx
 # keeps, told again from the header for a session {T}:idx has no entry for (evicted by a
 # maxmemory-policy).
-_INDEXED = """
+_INDEXED = (
+    _RECORD
+    + """
 local function indexed(tag, header, field)
-  local ok, record = pcall(cjson.decode, redis.call('HGET', header, 'data') or '')
-  if not ok or type(record) ~= 'table' then return nil end
+  local record = record_of(header)
+  if not record then return nil end
   local keys = {}
   local user, entity = record['user_id'], record[field]
   if type(user) == 'string' then keys[#keys + 1] = tag .. 'u:' .. user end
@@ -209,6 +228,7 @@ local function indexed(tag, header, field)
   return keys
 end
 """
+)
 
 # Shared by the scripts that remove sessions. KEYS[1..3] are {P}:all, {P}:idx, {P}:exp;
 # KEYS[at[n]], KEYS[at[n] + 1], KEYS[at[n] + 2] are the header, runs and digests of ids[n]
@@ -511,8 +531,8 @@ for i = 5, #ARGV do
     go = (expires and tonumber(expires) <= now) or redis.call('EXISTS', KEYS[k]) == 0
   end
   if go and owner ~= '' then
-    local ok, record = pcall(cjson.decode, redis.call('HGET', KEYS[k], 'data') or '')
-    go = not ok or type(record) ~= 'table' or record['user_id'] == owner
+    local record = record_of(KEYS[k])
+    go = not record or record['user_id'] == owner
   end
   if go and version and redis.call('EXISTS', KEYS[k]) == 1 then
     go = (tonumber(redis.call('HGET', KEYS[k], 'version')) or 1) == version
