@@ -882,6 +882,13 @@ class RedisStorage(Storage):
                 f"a key under {self._keys} in {self._address} is not of the type savegame "
                 f"keeps there: it was changed outside savegame, and the call stopped there: {exc}"
             )
+        if isinstance(exc, errors.OutOfMemoryError):
+            # A script stops at its first write command a server at its maxmemory
+            # (noeviction) refuses, before any change; removals free memory.
+            return BackendUnavailableError(
+                f"{self._address} is full (maxmemory): nothing was written; delete sessions "
+                f"or raise maxmemory: {exc}"
+            )
         if self._refused(exc):
             # A ConnectionError to redis-py, but no later call would fare better: not one to
             # wait out, as BackendUnavailableError says.
