@@ -2063,3 +2063,61 @@ def test_a_key_of_another_type_is_a_corrupt_session(
             call()
     assert storage.delete_session("s") is True
     assert storage.read("s") is None
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "said"),
+    [
+        ("shards", "0", "not a shard count"),
+        ("shards", "many", "not a shard count"),
+        ("shards", "-2", "not a shard count"),
+        ("shards", "99999", "not a shard count"),
+        ("shards", b"\xff", "not a shard count"),
+        ("mode", "bogus", "which is no mode"),
+        ("mode", b"\xff", "which is no mode"),
+    ],
+)
+def test_a_store_record_changed_outside_savegame_raises_naming_it(
+    server: str, raw: Any, prefix: str, key: str, value: Any, said: str
+) -> None:
+    # A raw ValueError, a ZeroDivisionError on every call, or a store read over 99,999 slots
+    # where its sessions are in one; and advice to open the store with mode='bogus'.
+    RedisStorage(prefix, url=server).upsert(_session("s", _runs(2), user_id="u"))
+    raw.set("{" + prefix + "}:" + key, value)
+    storage = RedisStorage(prefix, url=server)
+    calls = (
+        methodcaller("read", "s"),
+        methodcaller("get_all_session_ids"),
+        methodcaller("upsert", _session("t")),
+    )
+    for call in calls:
+        with pytest.raises(CorruptSessionError, match=f"{{{prefix}}}:{key} in .*{said}"):
+            call(storage)
+    raw.set("{" + prefix + "}:" + key, "1" if key == "shards" else "agent")
+    assert storage.read("s") is not None
+    assert storage.get_all_session_ids() == ["s"]
+
+
+def test_an_index_member_that_is_no_utf8_is_removed_or_raises(
+    server: str, raw: Any, prefix: str
+) -> None:
+    # Ids are written as UTF-8: a member that is not was put there outside savegame. A live
+    # listing leaves it out, as it does entries that have no session; delete_user, which
+    # lists expired sessions too, raises naming the index; drop and purge_expired remove it.
+    tag = "{" + prefix + "}:"
+    storage = RedisStorage(prefix, url=server)
+    storage.upsert(_session("s", _runs(2), user_id="u"))
+    raw.zadd(tag + "u:u", {b"\xff\xfe": -1})
+    said = re.escape(f"{tag}u:u in ") + r".* lists b'\\xff\\xfe', which is no session id"
+    with pytest.raises(CorruptSessionError, match=said):
+        storage.delete_user("u")
+    assert storage.get_all_session_ids(user_id="u") == ["s"]
+    assert storage.read("s") is not None
+    raw.zrem(tag + "u:u", b"\xff\xfe")
+    assert storage.delete_user("u") == 1
+    raw.zadd(tag + "all", {b"\xff\xfe": -1})
+    raw.zadd(tag + "exp", {b"\xfe": 1})
+    assert storage.purge_expired() == 0
+    assert raw.zscore(tag + "exp", b"\xfe") is None
+    storage.drop()
+    assert _keys_of(raw, prefix) == []

@@ -1010,7 +1010,12 @@ class RedisStorage(Storage):
             else:
                 # Nothing is recorded: the store stays as it is, like any refused write.
                 mode, why = kept, "its sessions are, and no mode is recorded"
-        if mode is not None and _text(mode) != self.mode:
+        if mode is not None and mode not in (self.mode, self.mode.encode()):
+            if _text(mode, "replace") not in MODES:
+                raise CorruptSessionError(
+                    f"{keys[1]} in {self._address} holds {mode!r}, which is no mode: it was "
+                    f"changed outside savegame; set it back to the mode of the store's sessions"
+                )
             mode = _text(mode)
             raise self._kept_by_another(
                 f"the store {self.prefix!r} in {self._address}", mode, why, "under another prefix"
@@ -1028,13 +1033,28 @@ class RedisStorage(Storage):
             InvalidIdentifierError: when the store is spread over other ``shards``.
         """
         wanted = self._wanted if count is None else count
-        shards = (wanted or 1) if found is None else int(found)
+        shards = (wanted or 1) if found is None else self._recorded_shards(found)
         if found is not None and wanted is not None and shards != wanted:
             raise InvalidIdentifierError(
                 f"the store {self.prefix!r} in {self._address} is spread over {shards} "
                 f"shards, not {wanted}: open it with shards={shards} (or None)"
             )
         return [self._keys] if shards == 1 else [f"{{{self.prefix}#{i}}}:" for i in range(shards)]
+
+    def _recorded_shards(self, found: Any) -> int:
+        """The shard count ``{P}:shards`` holds (``found``).
+
+        Raises:
+            CorruptSessionError: for anything savegame never records there: no session
+                could be found by it (a count of 0 left every call failing on a division).
+        """
+        text = found.decode("ascii", "replace") if isinstance(found, bytes) else str(found)
+        if text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_SHARDS:
+            return int(text)
+        raise CorruptSessionError(
+            f"{self._keys}shards in {self._address} holds {found!r}, not a shard count from 1 "
+            f"to {MAX_SHARDS}: it was changed outside savegame; set it back to the store's count"
+        )
 
     def _mode_found(self, client: Any, scripts: dict[str, Any], tags: list[str]) -> str | None:
         """The mode the newest sessions of each slot tell (see :meth:`_mode_among`)."""
@@ -1086,7 +1106,7 @@ class RedisStorage(Storage):
         self._settle(True, hint)
         return True
 
-    def _script(self, source: str, keys: list[str], args: list[Any]) -> Any:
+    def _script(self, source: str, keys: list[Any], args: list[Any]) -> Any:
         return self._call(lambda c: self._scripts[source](keys=keys, args=args, client=c))
 
     def close(self) -> None:
@@ -1348,7 +1368,7 @@ class RedisStorage(Storage):
             return None
         if not isinstance(data, dict) or not isinstance(data.get("session_id"), str):
             return None
-        if _text(key) != f"{prefix}:{data['session_id']}":
+        if _text(key, "replace") != f"{prefix}:{data['session_id']}":
             return None
         return data
 
@@ -1358,7 +1378,7 @@ class RedisStorage(Storage):
             # One HGET: the session unchanged is returned from what the storage remembers.
             tag = self._tag(session_id)
             token = self._call(methodcaller("hget", f"{tag}h:{session_id}", "token"))
-            if token is not None and _text(token) == known.token:
+            if token is not None and _text(token, "replace") == known.token:
                 return known.record(self.spec.runs_path)
             if token is not None and known.digests:
                 # Changed since: the runs after those remembered are fetched, and those
@@ -1519,7 +1539,7 @@ class RedisStorage(Storage):
             # The write's token among the session's last writes: an earlier sending made
             # it. Savegame's own (``resent``), or one of a client of the caller's that
             # sends a call again on its own, unseen, and whose retry gets this answer.
-            current, past = _text(result[0] or ""), _text(result[5] or "")
+            current, past = _text(result[0] or "", "replace"), _text(result[5] or "", "replace")
             made = resent_write_made(written.token, seen.token, current, past)
             if made:
                 if current == written.token:
@@ -1628,11 +1648,27 @@ class RedisStorage(Storage):
             if gone:
                 with contextlib.suppress(BackendUnavailableError):
                     # Cleaning up; a slot being migrated refuses it until it is done.
-                    self._forget(tag, [_text(sid) for sid in gone], now)
-            found += [(float(flat[i + 1]), _text(flat[i])) for i in range(0, len(flat), 2)]
+                    self._forget(tag, gone, now)
+            found += [
+                (float(flat[i + 1]), self._listed(index, flat[i])) for i in range(0, len(flat), 2)
+            ]
         # Each slot answered in order; merged, ties go by id (code points order as UTF-8 does).
         found.sort()
         return [sid for _, sid in found[:limit]]
+
+    def _listed(self, index: str, member: Any) -> str:
+        """The session id the index ``index`` lists as ``member``.
+
+        Raises:
+            CorruptSessionError: for a member that is not UTF-8, which savegame never writes.
+        """
+        try:
+            return _text(member)
+        except UnicodeDecodeError as exc:
+            raise CorruptSessionError(
+                f"{index} in {self._address} lists {member!r}, which is no session id: it was "
+                "changed outside savegame; remove it from there (ZREM)"
+            ) from exc
 
     def _delete(
         self, session_id: str, owner: str | None = None, version: int | None = None
@@ -1643,21 +1679,22 @@ class RedisStorage(Storage):
     def _forget(
         self,
         tag: str,
-        ids: list[str],
+        ids: list[str] | list[bytes],
         now: int | None,
         owner: str | None = None,
         version: int | None = None,
     ) -> int:
         """Removes ``ids`` (with ``now``: those expired or whose header is gone; with
         ``owner``: those of that user; with ``version``: those at that version) from the slot
-        of ``tag``; returns for how many there was something to remove.
+        of ``tag``; returns for how many there was something to remove. ``ids`` may be
+        the members of an index as they came (bytes), which need not be UTF-8.
 
         At most :data:`BATCH` ids a script call: Lua unpacks fewer than 8,000 values at once,
         and a listing may meet any number of expired sessions."""
         removed = 0
         for start in range(0, len(ids), BATCH):
             chunk = ids[start : start + BATCH]
-            keys = self._store_keys(tag) + [f"{tag}{kind}:{sid}" for sid in chunk for kind in "hrd"]
+            keys = self._store_keys(tag) + [_key(tag, kind, sid) for sid in chunk for kind in "hrd"]
             args = [
                 "" if now is None else now,
                 self.spec.entity_field,
@@ -1675,7 +1712,7 @@ class RedisStorage(Storage):
             ids = self._script(_SWEEP, [tag + "all", tag + "exp", tag + "idx"], [BATCH, now])
             if not ids:
                 return total
-            total += self._forget(tag, [_text(sid) for sid in ids], None if now == "" else int(now))
+            total += self._forget(tag, ids, None if now == "" else int(now))
 
     def _purge_expired(self, now: int) -> int:
         return sum(self._sweep(tag, now) for tag in self._tags())
@@ -1749,8 +1786,15 @@ def _saved_since(old: dict[str, Any], stored: Record) -> bool:
     return type(saved) is int and saved > (stored.get("updated_at") or 0)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def _key(tag: str, kind: str, session_id: str | bytes) -> str | bytes:
+    """The key of kind ``kind`` (``h``, ``r``, ``d``) of a session of the slot ``tag``."""
+    if isinstance(session_id, bytes):
+        return f"{tag}{kind}:".encode() + session_id
+    return f"{tag}{kind}:{session_id}"
+
+
+def _text(value: Any, errors: str = "strict") -> str:
+    return value.decode("utf-8", errors) if isinstance(value, bytes) else str(value)
 
 
 def _int(value: Any) -> int | None:
