@@ -434,6 +434,33 @@ def test_urls_name_server_database_prefix_and_options() -> None:
             open_storage(bad)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://h:6379/1_0",
+        "redis://h:6379/\u0661",
+        "redis://h:6379/+1",
+        "redis://h:6379/ 1",
+        "redis://h:6379/0?prefix=p&shards=1_0",
+        "redis://h:6379/0?prefix=p&expire=\u0663\u0660",
+        "redis://h:6379/0?prefix=p&cache_bytes= 5",
+    ],
+)
+def test_a_database_or_number_python_alone_reads_as_one_is_refused(url: str) -> None:
+    # int() took "1_0" for database 10, and the digits of other scripts for ASCII ones.
+    with pytest.raises(InvalidIdentifierError, match=r"must be a (whole )?number"):
+        open_storage(url)
+
+
+@pytest.mark.parametrize("name", ["shards", "cache_bytes"])
+def test_a_count_given_as_true_is_refused(name: str) -> None:
+    # Taken for 1, where port=True, db=True and expire=True are refused.
+    with pytest.raises(InvalidIdentifierError, match=name):
+        RedisStorage("p", **{name: True})
+    with pytest.raises(InvalidIdentifierError, match=name):
+        open_storage("redis://h:6379/0?prefix=p", **{name: True})
+
+
 def test_a_rediss_url_with_ssl_false_is_refused_and_with_ssl_true_taken() -> None:
     # TLS was used, the ssl=false dropped without a word, where keywords win over the URL.
     for opening in (

@@ -597,7 +597,7 @@ class KnownSessions:
     """
 
     def __init__(self, max_bytes: int = DEFAULT_BYTES) -> None:
-        if not isinstance(max_bytes, int) or max_bytes < 0:
+        if type(max_bytes) is not int or max_bytes < 0:
             raise InvalidIdentifierError(
                 f"cache_bytes must be a whole number >= 0, not {max_bytes!r}"
             )

@@ -143,7 +143,7 @@ from savegame.storage.known import (
     resent_write_made,
 )
 from savegame.storage.session import MODES, Mode, beside_runs, modes_of, set_path
-from savegame.storage.url import StorageURL
+from savegame.storage.url import WHOLE_NUMBER, StorageURL
 
 PREFIX = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}")
 """What a key prefix may look like: no braces (they would break the hash tag), no spaces."""
@@ -708,7 +708,7 @@ class RedisStorage(Storage):
         check_name(prefix, "Redis key prefix", PREFIX, PREFIX_ALLOWED)
         socket_timeout = check_seconds(socket_timeout, "socket_timeout")
         connect_timeout = check_seconds(connect_timeout, "connect_timeout")
-        if shards is not None and (not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS):
+        if shards is not None and (type(shards) is not int or not 1 <= shards <= MAX_SHARDS):
             raise InvalidIdentifierError(
                 f"shards must be a whole number from 1 to {MAX_SHARDS}, not {shards!r}"
             )
@@ -1894,20 +1894,19 @@ def _parse_url(
     if len(nodes) > 1 and scheme != "redis+cluster":
         raise InvalidIdentifierError(f"{scheme}:// names one server; use redis+cluster://")
     db = 0
-    if path.strip("/"):
-        try:
-            db = int(path.strip("/"))
-        except ValueError:
+    number = path.strip("/")
+    if number:
+        # int() would also read "1_0" (as 10), " 1" and digits of other scripts.
+        if not WHOLE_NUMBER.fullmatch(number):
             socket = ""
-            if not netloc and "/" in path.strip("/"):
+            if not netloc and "/" in number:
                 # "redis:///run/redis.sock", as redis-py's unix:// URLs name a socket.
                 socket = (
                     "; a server reached through a unix socket has no URL: give RedisStorage "
                     "a ready client, client=redis.Redis(unix_socket_path=...)"
                 )
-            raise InvalidIdentifierError(
-                f"Redis database {path!r} must be a number{socket}"
-            ) from None
+            raise InvalidIdentifierError(f"Redis database {path!r} must be a number{socket}")
+        db = int(number)
         if scheme == "redis+cluster" and db != 0:
             raise InvalidIdentifierError("a Redis Cluster has only database 0")
     return nodes, db, options

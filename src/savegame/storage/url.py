@@ -65,6 +65,9 @@ SCHEMES: dict[str, str] = {
 }
 """URL scheme → the backend module whose ``from_url(url: StorageURL) -> Storage`` opens it."""
 
+WHOLE_NUMBER = re.compile(r"-?[0-9]+")
+"""How a whole number is written in a URL: ASCII digits, maybe a minus sign."""
+
 NAMESPACES: dict[str, tuple[str, str]] = {
     "sqlite": ("table", "{mode}_sessions"),
     "postgresql": ("table", "{mode}_sessions"),
@@ -180,13 +183,12 @@ class StorageURL:
                 int (a keyword's ``1.5`` is refused, not cut to 1).
         """
         value = self.options.pop(name, None)
-        if value is None or isinstance(value, int):
+        if value is None or (isinstance(value, int) and not isinstance(value, bool)):
             return value
-        try:
-            if isinstance(value, str):
-                return int(value)
-        except ValueError:
-            pass
+        # Python's int() also reads "1_000", " 5" and digits of other scripts ("٣٠"): text
+        # no other reader of the URL takes for that number.
+        if isinstance(value, str) and WHOLE_NUMBER.fullmatch(value):
+            return int(value)
         raise InvalidIdentifierError(f"{name}={value!r} in storage URL must be a whole number")
 
     def pop_cache_bytes(self) -> int:
