@@ -423,6 +423,11 @@ def test_urls_name_server_database_prefix_and_options() -> None:
     assert "Redis Cluster at a:7000,b:7001" in repr(cluster)
     assert cluster.expire == 9
     assert from_url(parse_url("rediss://h:6390/0")).prefix == "savegame:agent"
+    assert "Redis at [::1]:6379/2" in repr(open_storage("redis://[::1]:6379/2"))
+    assert "Redis Cluster at [::1]:7000,h:7001" in repr(
+        open_storage("redis+cluster://[::1]:7000,h:7001")
+    )
+    assert "Redis at [::1]:6379/0" in repr(RedisStorage("p", client=redis.Redis(host="::1")))
     for bad in (
         "redis://a:1,b:2/0",
         "redis://h/notanumber",

@@ -768,11 +768,11 @@ class RedisStorage(Storage):
             self._address = _describe(client)
             self._connect: Callable[[], Any] = lambda: client
         elif cluster:
-            self._address = "Redis Cluster at " + ",".join(f"{h}:{p}" for h, p in nodes)
+            self._address = "Redis Cluster at " + ",".join(_hostport(h, p) for h, p in nodes)
             self._connect = lambda: self._cluster(nodes, options)
         else:
             ((host, port),) = nodes
-            self._address = f"Redis at {host}:{port}/{db}"
+            self._address = f"Redis at {_hostport(host, port)}/{db}"
             self._connect = lambda: self._standalone(host, port, db, options)
 
     # -- connections and the one place driver errors become savegame errors ---------------
@@ -1808,13 +1808,19 @@ def _int(value: Any) -> int | None:
         return int(float(value))
 
 
+def _hostport(host: str, port: Any) -> str:
+    """``host:port``, an IPv6 address in brackets ("::1:6379" reads as another address)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _describe(client: Any) -> str:
     kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
     if kwargs and kwargs.get("path"):
         # A unix socket (redis.Redis(unix_socket_path=...)), which has no host or port.
         return f"Redis at unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
     if kwargs:
-        return f"Redis at {kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db', 0)}"
+        where = _hostport(str(kwargs.get("host")), kwargs.get("port"))
+        return f"Redis at {where}/{kwargs.get('db', 0)}"
     nodes = getattr(getattr(client, "nodes_manager", None), "startup_nodes", None)
     if nodes:
         return "Redis Cluster at " + ",".join(nodes)
