@@ -501,6 +501,14 @@ def test_url_queries_set_tls_or_are_refused() -> None:
         RedisStorage("p", url="redis://h/0?ssl_ca_certs=/ca.pem")
     with pytest.raises(InvalidIdentifierError, match="ssl_ca_certs needs TLS"):
         RedisStorage("p", ssl_ca_certs="/ca.pem")
+    # An empty one (?ssl_ca_certs=$CA with CA unset) was taken for none: the system's.
+    for opening in (
+        lambda: open_storage("rediss://h/0?ssl_ca_certs="),
+        lambda: RedisStorage("p", url="rediss://h/0?ssl_ca_certs="),
+        lambda: RedisStorage("p", ssl=True, ssl_ca_certs=""),
+    ):
+        with pytest.raises(InvalidIdentifierError, match="ssl_ca_certs is empty"):
+            opening()
     for bad in ("redis://h/0?colour=blue", "redis://h/0?ssl=maybe", "rediss://h/0?prefix=x"):
         with pytest.raises(InvalidIdentifierError):
             RedisStorage("p", url=bad)

@@ -678,7 +678,7 @@ class RedisStorage(Storage):
             port outside 1 to 65535, a negative database, a ``socket_timeout`` or
             ``connect_timeout`` that is not a number of seconds above 0, or (at first use)
             ``shards`` that differ from those the store was made with; for ``shards``
-            outside 1 to :data:`MAX_SHARDS`, or ``ssl_ca_certs`` without TLS.
+            outside 1 to :data:`MAX_SHARDS`, or ``ssl_ca_certs`` empty or without TLS.
         MissingDependencyError: when redis-py is not installed.
     """
 
@@ -760,6 +760,12 @@ class RedisStorage(Storage):
         if type(db) is not int or db < 0:
             # Redis refused it only at the first call, as a plain StorageError.
             raise InvalidIdentifierError(f"Redis database {db!r} must be a number, 0 or more")
+        if options["ssl_ca_certs"] == "":
+            # Taken by redis-py for none: the system's authorities, not the file meant.
+            raise InvalidIdentifierError(
+                "ssl_ca_certs is empty: name a PEM file, or leave it out for the system's "
+                "certificate authorities"
+            )
         if options["ssl_ca_certs"] is not None and not options["ssl"]:
             raise InvalidIdentifierError(
                 "ssl_ca_certs needs TLS: ssl=True, ?ssl=true or a rediss:// URL"
