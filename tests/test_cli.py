@@ -1271,3 +1271,12 @@ def test_a_folder_of_another_mode_is_said_so_and_never_exported_as_empty(tmp_pat
     for command in (["sessions", "list"], ["stats"]):
         assert errors(savegame(*command, "-s", url)).splitlines()[0] == note
     assert len(savegame("export", "-s", url, "-m", "team").stdout.splitlines()) == 1
+
+
+def test_an_import_of_a_line_with_a_key_twice_is_refused_naming_the_key(tmp_path: Path) -> None:
+    backup = tmp_path / "dup.jsonl"
+    backup.write_text('{"session_id": "s", "user_id": "alice", "user_id": "bob"}\n')
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    (line,) = errors(savegame("import", str(backup), "-s", url, code=2)).splitlines()
+    assert line.startswith(f"error: {backup}:1: the key 'user_id' is in one JSON object twice")
+    assert open_storage(url).get_all_session_ids() == []

@@ -560,3 +560,27 @@ def test_an_import_stops_at_a_session_of_another_mode_rather_than_replace_it(
     stored = JsonStorage(tmp_path / "agent", mode="team").read("t")
     assert stored is not None
     assert stored.team_id == "x"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("bad", "key"),
+    [
+        ('{"session_id":"s","user_id":"alice","user_id":"bob"}', "user_id"),
+        ('{"session_id":"s","session_data":{"n":1,"n":2}}', "n"),
+        ('{"session_id":"s","memory":{"runs":[{"content":"a","content":"b"}]}}', "content"),
+        ('{"session_id":"a","session_id":"s"}', "session_id"),
+    ],
+)
+def test_a_line_with_a_key_twice_stops_the_import_naming_the_key(
+    backend_store: Store, bad: str, key: str
+) -> None:
+    """A JSON object holding a key twice was read as its last value, silently: a line whose
+    ``user_id`` said both alice and bob was stored as bob's session."""
+    storage = backend_store()
+    storage.create()
+    storage.upsert(AgentSession(session_id="s", user_id="carol", session_data={"n": 0}))
+    before = _lines(storage)
+    good = _lines(_memory_with("agent", 2))
+    with pytest.raises(SerializationError, match=rf"^dump:3: .*key {key!r} .*twice"):
+        transfer.import_sessions(backend_store(), [*good, bad], "dump")
+    assert _lines(backend_store()) == before

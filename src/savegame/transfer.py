@@ -76,11 +76,17 @@ def parse_line(spec: ModeSpec, line: str, where: str = "line") -> Session:
     """The session that one line of the export format holds.
 
     Raises:
-        SerializationError: when the line is not a JSON object, has no ``session_id``, or has
-            fields that sessions of ``spec.mode`` do not have (an export of another mode).
+        SerializationError: when the line is not a JSON object, has no ``session_id``, holds
+            an object with a key twice (at any depth), or has fields that sessions of
+            ``spec.mode`` do not have (an export of another mode).
     """
     try:
-        data = json.loads(line)
+        data = json.loads(line, object_pairs_hook=_unique_keys)
+    except _KeyTwiceError as exc:
+        raise SerializationError(
+            f"{where}: the key {exc.key!r} is in one JSON object twice; which value is meant "
+            "cannot be told, and an export never writes a key twice"
+        ) from None
     except ValueError as exc:
         indented = line.strip() in ("{", "[")
         raise SerializationError(
@@ -101,6 +107,28 @@ def parse_line(spec: ModeSpec, line: str, where: str = "line") -> Session:
     session = spec.session_class.from_dict(data)
     assert session is not None
     return session
+
+
+class _KeyTwiceError(Exception):
+    """Raised out of :func:`json.loads` by :func:`_unique_keys`; not a ValueError, which
+    would be taken for text that is not JSON."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The object of ``pairs``; :func:`json.loads` alone keeps the last value of a key given
+    twice and drops the others unseen."""
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _KeyTwiceError(key)
+            seen.add(key)
+    return data
 
 
 def iter_sessions(
@@ -348,9 +376,10 @@ def import_sessions(storage: Storage, lines: Iterable[str | bytes], source: str 
         source: a name for the lines (a file name) in error messages.
 
     Raises:
-        SerializationError: naming the first line that is not UTF-8, is not a session of
-            this mode, holds a value the storage cannot store, or holds a session that an
-            earlier line holds too (naming both lines).
+        SerializationError: naming the first line that is not UTF-8, holds a JSON object
+            with a key twice (naming the key), is not a session of this mode, holds a value
+            the storage cannot store, or holds a session that an earlier line holds too
+            (naming both lines).
         InvalidIdentifierError: naming the first line whose session id, user id or entity id
             the storage refuses.
         StorageError: (the class the storage raised) when a session that passed the checks
