@@ -166,10 +166,15 @@ def test_copy_reports_and_is_idempotent(store: Store) -> None:
 
 
 def test_copy_refuses_stores_of_different_modes_and_bad_batches() -> None:
-    with pytest.raises(ValueError, match="cannot copy agent sessions into a store of team"):
-        transfer.copy_sessions(InMemoryStorage("agent"), InMemoryStorage("team"))
-    with pytest.raises(ValueError, match="batch size"):
-        transfer.copy_sessions(InMemoryStorage(), InMemoryStorage(), batch_size=0)
+    """They were plain ValueErrors, which ``except StorageError`` let through."""
+    destination = InMemoryStorage("team")
+    with pytest.raises(
+        InvalidIdentifierError, match="cannot copy agent sessions into a store of team"
+    ):
+        transfer.copy_sessions(InMemoryStorage("agent"), destination)
+    assert not destination.table_exists() or destination.get_all_session_ids() == []
+    with pytest.raises(InvalidIdentifierError, match="batch size"):
+        transfer.copy_sessions(_memory_with("agent", 1), InMemoryStorage(), batch_size=0)
 
 
 def test_stats(store: Store) -> None:
@@ -203,8 +208,10 @@ def test_purge_removes_what_was_not_updated_for_that_long(backend_store: Store) 
     assert len(storage.get_all_session_ids()) == 3
     assert sorted(transfer.purge(storage, 3600)) == ["p0", "p1", "p2"]
     assert storage.get_all_session_ids() == []
-    with pytest.raises(ValueError, match="negative"):
-        transfer.stale_sessions(storage, -1)
+    for refuse in (transfer.stale_sessions, transfer.purge):
+        with pytest.raises(InvalidIdentifierError, match="negative"):
+            refuse(storage, -1)
+    assert issubclass(InvalidIdentifierError, ValueError)
 
 
 def test_purge_keeps_a_session_saved_again_after_it_was_found_stale(

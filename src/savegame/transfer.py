@@ -475,17 +475,18 @@ def copy_sessions(
             is then left out, said there, and not counted as deleted meanwhile.
 
     Raises:
-        ValueError: when the stores are of different modes, or ``batch_size`` is below 1.
+        InvalidIdentifierError: (a ValueError) when the stores are of different modes, or
+            ``batch_size`` is below 1; nothing is written.
         StorageError: (the class the destination raised) when it refuses a session as it is
             written, naming the session and how many were stored before it; those stay
             stored.
     """
     if source.mode != destination.mode:
-        raise ValueError(
+        raise InvalidIdentifierError(
             f"cannot copy {source.mode} sessions into a store of {destination.mode} sessions"
         )
     if batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, not {batch_size}")
+        raise InvalidIdentifierError(f"batch size must be at least 1, not {batch_size}")
     ids = source.get_all_session_ids() if source.table_exists() else []
     destination.create()
     report = Report(total=len(ids))
@@ -561,7 +562,7 @@ def stale_sessions(storage: Storage, older_than: int, now: int | None = None) ->
     never stale.
 
     Raises:
-        ValueError: for a negative ``older_than``.
+        InvalidIdentifierError: (a ValueError) for a negative ``older_than``.
     """
     return [session_id for session_id, _ in _stale(storage, older_than, now)]
 
@@ -571,7 +572,7 @@ def _stale(
 ) -> list[tuple[str, int]]:
     """:func:`stale_sessions`, each id with the version it was found at."""
     if older_than < 0:
-        raise ValueError(f"the age must not be negative, not {older_than}")
+        raise InvalidIdentifierError(f"the age must not be negative, not {older_than}")
     cutoff = (int(time.time()) if now is None else now) - older_than
     stale = []
     for session in iter_sessions(storage, damaged=damaged):
@@ -596,6 +597,10 @@ def purge(
     Returns:
         The ids removed (with ``dry_run``, the ids that would be, and nothing is removed).
         Expired sessions removed on the way are not listed: they were already invisible.
+
+    Raises:
+        InvalidIdentifierError: (a ValueError) for a negative ``older_than``; nothing is
+            removed.
     """
     stale = _stale(storage, older_than, damaged=damaged)
     if dry_run:
