@@ -348,3 +348,26 @@ def test_a_team_as_a_member_is_refused_clearly() -> None:
     sub = Team([Agent(OfflineModel(), name="chef")], OfflineModel(), name="sub")
     with pytest.raises(TypeError, match="members are agents: a team in a team"):
         Team([sub, Agent(OfflineModel(), name="coder")], OfflineModel())  # type: ignore[list-item]
+
+
+def test_a_team_session_is_linked_to_the_workflow_session_it_runs_in(
+    stores: tuple[Store, Store],
+) -> None:
+    """TeamSession has a workflow_session_id, as AgentSession does, but a Team could not be
+    given one: a team run inside a workflow was not linked to it, where an agent was."""
+    team = _team(stores, session_id="t1", workflow_session_id="w1")
+    assert team.workflow_session_id == "w1"
+    team.run("Give me a soup recipe.")
+    _, teams = stores
+    stored = teams().read("t1")
+    assert isinstance(stored, TeamSession)
+    assert stored.workflow_session_id == "w1"
+    again = _team(stores, session_id="t1")
+    assert again.workflow_session_id == "w1"
+    again.run("And a python loop?")
+    stored = teams().read("t1")
+    assert isinstance(stored, TeamSession)
+    assert stored.workflow_session_id == "w1"
+    # A session of its own, as for an agent: what was taken from "t1" is t1's.
+    again.new_session()
+    assert again.workflow_session_id is None

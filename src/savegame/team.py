@@ -45,6 +45,8 @@ class Team(SessionKeeper):
         session_state: the state a new session starts with (resumed state wins).
         instructions: added to the leader's prompt.
         extra_data: stored as the session's ``extra_data``.
+        workflow_session_id: links the session to the workflow session the team runs in
+            (as :class:`~savegame.agent.Agent`'s does); a resumed session's own when None.
 
     Raises:
         ValueError: when there are no members or two share a name.
@@ -57,7 +59,7 @@ class Team(SessionKeeper):
 
     mode = "team"
     data_field = "team_data"
-    made_with = ("name",)
+    made_with = ("name", "workflow_session_id")
 
     def __init__(
         self,
@@ -72,6 +74,8 @@ class Team(SessionKeeper):
         session_state: dict[str, Any] | None = None,
         instructions: str | None = None,
         extra_data: dict[str, Any] | None = None,
+        *,
+        workflow_session_id: str | None = None,
     ) -> None:
         if not members:
             raise ValueError("a team needs at least one member")
@@ -94,6 +98,7 @@ class Team(SessionKeeper):
         self.model: Model = model if model is not None else default_model()
         self.name = name
         self.instructions = instructions
+        self.workflow_session_id = workflow_session_id
         self.member_sessions: dict[str, str] = {}
         self._members_ready = False
         super().__init__(
@@ -290,10 +295,12 @@ class Team(SessionKeeper):
         session_data = data["session_data"]
         # Union, not replace: another process may have attached a member this one lacks.
         session_data["member_sessions"] = {**_links(session_data), **self.member_sessions}
+        data["workflow_session_id"] = self.workflow_session_id or data.get("workflow_session_id")
 
     def _restored(self, data: dict[str, Any]) -> None:
         self.member_sessions = {**self.member_sessions, **_links(data.get("session_data"))}
         self.name = self.name or (data.get("team_data") or {}).get("name")
+        self.workflow_session_id = self.workflow_session_id or data.get("workflow_session_id")
 
     def _reset(self) -> None:
         super()._reset()
