@@ -1177,7 +1177,11 @@ def test_an_import_into_a_folder_stopped_by_ctrl_c_leaves_no_temporary_file(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert (proc.returncode, stderr) == (130, b"")
+    assert (proc.returncode, stderr.decode()) == (
+        130,
+        "interrupted: the import stopped having stored 0 of 1 session (0 written, 0 already "
+        "there), which running it again skips\n",
+    )
     assert [p.name for p in folder.iterdir() if p.name.startswith(".tmp-")] == []
     assert not (folder / "big.json").exists()
     again = savegame("import", str(backup), "-s", url)
@@ -1280,3 +1284,70 @@ def test_an_import_of_a_line_with_a_key_twice_is_refused_naming_the_key(tmp_path
     (line,) = errors(savegame("import", str(backup), "-s", url, code=2)).splitlines()
     assert line.startswith(f"error: {backup}:1: the key 'user_id' is in one JSON object twice")
     assert open_storage(url).get_all_session_ids() == []
+
+
+def _interrupted(args: list[str], folder: Path, after: int) -> tuple[int, str]:
+    """Runs savegame with ``args``, sends it SIGINT (Ctrl-C) once ``folder`` holds ``after``
+    session files, and gives its exit code and stderr."""
+    proc = subprocess.Popen(
+        [str(SAVEGAME), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (folder.is_dir() and len(list(folder.glob("*.json"))) >= after):
+            assert proc.poll() is None, "it ended before it was interrupted"
+            assert time.monotonic() < deadline, "it never got that far"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, stderr.decode()
+
+
+_HOW_FAR = re.compile(
+    r"interrupted: the (import|copy) stopped having stored (\d+) of 1500 sessions "
+    r"\((\d+) written, (\d+) already there\), which running it again skips\n"
+)
+
+
+@pytest.mark.parametrize("command", ["import", "copy"])
+def test_an_import_or_copy_stopped_by_ctrl_c_says_how_far_it_got(
+    tmp_path: Path, command: str
+) -> None:
+    """Ctrl-C ended them with exit code 130 and nothing on stderr, so a user could not tell
+    whether anything had been stored."""
+    backup = tmp_path / "all.jsonl"
+    with backup.open("w") as f:
+        for i in range(1500):
+            runs = [{"messages": [{"role": "user", "content": "x" * 2000}]}]
+            when = 1_700_000_000 + i
+            line = {"session_id": f"s{i:04}", "created_at": when, "updated_at": when}
+            f.write(json.dumps({**line, "memory": {"runs": runs}}) + "\n")
+    folder = tmp_path / "sessions"
+    url = f"json:///{folder}"
+    if command == "import":
+        args = ["import", str(backup), "-s", url]
+    else:
+        source = f"sqlite:///{tmp_path / 'src.db'}"
+        savegame("import", str(backup), "-s", source)
+        args = ["copy", source, url, "--batch-size", "10"]
+    # Some sessions there already, so that the count tells them apart from the new ones.
+    head = tmp_path / "head.jsonl"
+    head.write_text("".join(backup.read_text().splitlines(keepends=True)[:5]))
+    savegame("import", str(head), "-s", url)
+
+    code, stderr = _interrupted(args, folder, 300)
+    assert code == 130, stderr
+    told = _HOW_FAR.fullmatch(stderr)
+    assert told is not None, stderr
+    verb, done, written, there = told[1], *map(int, told.groups()[1:])
+    assert (verb, done) == (command, written + there)
+    stored = len(open_storage(url).get_all_session_ids())
+    # A session whose file is in place may not be counted yet: its write had not returned.
+    assert 300 - 1 <= done <= stored <= done + 1 < 1500
+    assert there == 5  # the oldest first, as the copy goes; the file's order, as the import does
+    again = errors(savegame(*args))
+    assert f"already there {stored}, of 1500 sessions" in again, again

@@ -591,3 +591,23 @@ def test_a_line_with_a_key_twice_stops_the_import_naming_the_key(
     with pytest.raises(SerializationError, match=rf"^dump:3: .*key {key!r} .*twice"):
         transfer.import_sessions(backend_store(), [*good, bad], "dump")
     assert _lines(backend_store()) == before
+
+
+def test_a_report_given_is_filled_in_as_the_work_goes_on() -> None:
+    """A caller cut short (the command line, on Ctrl-C) reads how far it got from it."""
+    source = _memory_with("agent", 5)
+    seen: list[int] = []
+    report = transfer.Report(copied=99)
+    destination = InMemoryStorage()
+    got = transfer.copy_sessions(
+        source,
+        destination,
+        batch_size=2,
+        on_batch=lambda n: seen.append(report.copied),
+        report=report,
+    )
+    assert got is report
+    assert (report.total, report.copied, seen) == (5, 5, [2, 4, 5])
+    again = transfer.Report()
+    assert transfer.import_sessions(destination, _lines(source), report=again) is again
+    assert (again.total, again.copied, again.unchanged) == (5, 0, 5)

@@ -47,6 +47,10 @@ SIGPIPE_EXIT = 141
 """The exit code of a command whose standard output was closed, as a shell reports a process
 that SIGPIPE ended (128 + 13)."""
 
+SIGINT_EXIT = 130
+"""The exit code of a command stopped by Ctrl-C, as a shell reports a process that SIGINT
+ended (128 + 2)."""
+
 
 def _pipe_closed() -> NoReturn:
     """Ends the command quietly, as tools that SIGPIPE ends do: no message, exit code 141.
@@ -508,6 +512,13 @@ def import_(
     mode: ModeOption = "agent",
 ) -> None:
     """Store the sessions of a JSON lines file, keeping their timestamps and versions."""
+    report = transfer.Report()
+    with _said_how_far_on_ctrl_c("import", report):
+        _import(file, storage, mode, report)
+    _note(_moved("imported", report))
+
+
+def _import(file: Path, storage: str, mode: str, report: transfer.Report) -> None:
     if str(file) == "-":
         if sys.stdin is None:
             _fail("cannot read standard input: it is closed")
@@ -524,8 +535,27 @@ def import_(
     # decoded on its own, so that text that is not UTF-8 is reported with its line.
     lines = data.split(b"\n")
     with _open(storage, mode) as store:
-        report = transfer.import_sessions(store, lines, source)
-    _note(_moved("imported", report))
+        transfer.import_sessions(store, lines, source, report=report)
+
+
+@contextmanager
+def _said_how_far_on_ctrl_c(verb: str, report: transfer.Report) -> Iterator[None]:
+    """Ctrl-C in the block: says on stderr how many sessions the import or copy (``verb``)
+    had stored, which running it again skips, and exits 130 as a shell expects."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        done = report.copied + report.unchanged
+        if report.total == 0 and done == 0:
+            told = f"the {verb} stopped before storing any session"
+        else:
+            told = (
+                f"the {verb} stopped having stored {done} of {_sessions(report.total)} "
+                f"({report.copied} written, {report.unchanged} already there), which running "
+                "it again skips"
+            )
+        err.print(f"interrupted: {_shown(told)}", highlight=False)
+        raise typer.Exit(SIGINT_EXIT) from None
 
 
 def _moved(verb: str, report: transfer.Report) -> str:
@@ -563,14 +593,21 @@ def copy(
     )
     task = progress.add_task("copy", total=None)
     left_out: list[str] = []
-    with _open(source, mode, "fail") as src, _open(destination, mode) as dst, progress:
-        report = transfer.copy_sessions(
+    report = transfer.Report()
+    with (
+        _said_how_far_on_ctrl_c("copy", report),
+        _open(source, mode, "fail") as src,
+        _open(destination, mode) as dst,
+        progress,
+    ):
+        transfer.copy_sessions(
             src,
             dst,
             batch_size=batch_size,
             on_start=lambda total: progress.update(task, total=total),
             on_batch=lambda n: progress.advance(task, n),
             damaged=left_out,
+            report=report,
         )
         left_out += src.unreadable()
     _note(_moved("copied", report))

@@ -358,7 +358,13 @@ def _stopped(exc: StorageError, what: str, report: Report, verb: str) -> Storage
     )
 
 
-def import_sessions(storage: Storage, lines: Iterable[str | bytes], source: str = "line") -> Report:
+def import_sessions(
+    storage: Storage,
+    lines: Iterable[str | bytes],
+    source: str = "line",
+    *,
+    report: Report | None = None,
+) -> Report:
     """Stores the session of each line, keeping timestamps and versions.
 
     Blank lines are skipped. Every line is checked before the first one is written, with the
@@ -374,6 +380,9 @@ def import_sessions(storage: Storage, lines: Iterable[str | bytes], source: str 
             only (see the module docstring); a ``"\\r"`` left at the end of a line, or a
             byte order mark at the start of the first, does no harm.
         source: a name for the lines (a file name) in error messages.
+        report: where given, the report to fill in and return, kept up to date as the
+            import goes on (its ``total`` set once every line is checked), so that a caller
+            cut short (by Ctrl-C, say) can tell how far it got.
 
     Raises:
         SerializationError: naming the first line that is not UTF-8, holds a JSON object
@@ -405,7 +414,7 @@ def import_sessions(storage: Storage, lines: Iterable[str | bytes], source: str 
         _check(storage, session, where)
         sessions.append(session)
     storage.create()
-    report = Report(total=len(sessions))
+    report = _started(report, len(sessions))
 
     def line_of(session: Session) -> str:
         return f"{source}:{first_line[session.session_id]}: session {session.session_id!r}"
@@ -413,6 +422,16 @@ def import_sessions(storage: Storage, lines: Iterable[str | bytes], source: str 
     for start in range(0, len(sessions), DEFAULT_BATCH_SIZE):
         batch = sessions[start : start + DEFAULT_BATCH_SIZE]
         _put_all(storage, batch, report, "import", line_of)
+    return report
+
+
+def _started(report: Report | None, total: int) -> Report:
+    """``report`` (a new one when None), set to count from zero towards ``total``."""
+    if report is None:
+        return Report(total=total)
+    report.total = total
+    report.copied = report.unchanged = report.vanished = 0
+    report.repaired.clear()
     return report
 
 
@@ -457,6 +476,7 @@ def copy_sessions(
     on_start: Callable[[int], Any] | None = None,
     on_batch: Callable[[int], Any] | None = None,
     damaged: list[str] | None = None,
+    report: Report | None = None,
 ) -> Report:
     """Copies every session of ``source`` into ``destination``, keeping timestamps and versions.
 
@@ -473,6 +493,7 @@ def copy_sessions(
         on_batch: called after each batch with the number of sessions it handled.
         damaged: as for :func:`iter_sessions`: a session of the source that cannot be read
             is then left out, said there, and not counted as deleted meanwhile.
+        report: as for :func:`import_sessions`: filled in as the copy goes on.
 
     Raises:
         InvalidIdentifierError: (a ValueError) when the stores are of different modes, or
@@ -489,7 +510,7 @@ def copy_sessions(
         raise InvalidIdentifierError(f"batch size must be at least 1, not {batch_size}")
     ids = source.get_all_session_ids() if source.table_exists() else []
     destination.create()
-    report = Report(total=len(ids))
+    report = _started(report, len(ids))
     if on_start is not None:
         on_start(len(ids))
     # Oldest first, so that an interrupted copy leaves the destination a prefix of history
