@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -1072,3 +1073,93 @@ def test_a_fork_while_another_thread_waits_for_the_folder_leaves_the_child_worki
     waiting.join(timeout=60)
     assert wait_child(pid, 60) == 0
     assert sorted(cls(tmp_path).get_all_session_ids(user_id="u")) == ["child", "late", "parent"]
+
+
+@pytest.mark.parametrize(
+    ("cls", "value"),
+    [
+        pytest.param(JsonStorage, "NaN", id="json-nan"),
+        pytest.param(JsonStorage, "-Infinity", id="json-infinity"),
+        pytest.param(JsonStorage, "1e400", id="json-overflow"),
+        pytest.param(YamlStorage, ".nan", id="yaml-nan"),
+        pytest.param(YamlStorage, "-.inf", id="yaml-infinity"),
+        pytest.param(YamlStorage, "!!binary aGVsbG8=", id="yaml-binary"),
+        pytest.param(YamlStorage, "!!set {a, b}", id="yaml-set"),
+        pytest.param(YamlStorage, "{1: one}", id="yaml-int-key"),
+        pytest.param(YamlStorage, "{null: none}", id="yaml-null-key"),
+        pytest.param(YamlStorage, "&loop [*loop]", id="yaml-cycle"),
+    ],
+)
+def test_a_file_edited_to_hold_values_json_cannot_hold_is_a_damaged_file(
+    tmp_path: Path, cls: type[FileStorage], value: str
+) -> None:
+    # savegame never writes such a value, and a session holding one could be neither saved
+    # again nor copied to another backend: it is a damaged file, named when read.
+    storage = cls(tmp_path)
+    storage.upsert(AgentSession(session_id="good", user_id="u"))
+    ext = cls.format.extension
+    if cls is JsonStorage:
+        text = f'{{"session_id": "odd", "user_id": "u", "session_data": {{"x": {value}}}}}'
+    else:
+        text = f"session_id: odd\nuser_id: u\nsession_data:\n  x: {value}\n"
+    (tmp_path / f"odd{ext}").write_text(text, encoding="utf-8")
+    for reader in (storage, cls(tmp_path)):
+        assert reader.get_all_session_ids(user_id="u") == ["good"]
+        with pytest.raises(CorruptSessionError, match=re.escape(f"odd{ext} is not a readable")):
+            reader.read("odd")
+    assert [line.split(": ")[0] for line in storage.unreadable()] == [
+        f"{tmp_path / f'odd{ext}'} is not a readable {cls.format.name} file"
+    ]
+    storage.upsert(AgentSession(session_id="odd", user_id="u", session_data={"x": 1}))
+    got = storage.read("odd")
+    assert got is not None
+    assert got.session_data == {"x": 1}
+
+
+def test_yaml_timestamps_are_read_in_iso_form(tmp_path: Path) -> None:
+    # As savegame stores a datetime it is given, and as the original's files may hold them.
+    storage = YamlStorage(tmp_path)
+    (tmp_path / "a.yaml").write_text(
+        "session_id: a\nsession_data: {day: 2024-01-02, at: 2024-01-02 10:00:00}\n",
+        encoding="utf-8",
+    )
+    got = storage.read("a")
+    assert got is not None
+    assert got.session_data == {"day": "2024-01-02", "at": "2024-01-02T10:00:00"}
+    assert storage.get_all_session_ids() == ["a"]
+
+
+def test_yaml_anchors_written_by_hand_are_read_as_copies(tmp_path: Path) -> None:
+    storage = YamlStorage(tmp_path)
+    (tmp_path / "a.yaml").write_text(
+        "session_id: a\nsession_data:\n  base: &base {model: m, tags: [x]}\n  copy: *base\n",
+        encoding="utf-8",
+    )
+    got = storage.read("a")
+    assert got is not None
+    data = got.session_data
+    assert data == {"base": {"model": "m", "tags": ["x"]}, "copy": {"model": "m", "tags": ["x"]}}
+    assert data is not None
+    data["copy"]["tags"].append("y")
+    assert data["base"]["tags"] == ["x"]
+    storage.upsert(got)
+    again = storage.read("a")
+    assert again is not None
+    assert again.session_data == data
+
+
+def test_a_yaml_alias_bomb_is_a_damaged_file(tmp_path: Path) -> None:
+    # Nine levels of ten aliases each: a file of a few hundred bytes standing for a billion
+    # values, which a read, a save or a copy would try to walk.
+    storage = YamlStorage(tmp_path)
+    storage.upsert(AgentSession(session_id="good"))
+    lines = ["session_id: bomb", "session_data:", "  l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    for level in range(1, 9):
+        refs = ", ".join([f"*l{level - 1}"] * 10)
+        lines.append(f"  l{level}: &l{level} [{refs}]")
+    (tmp_path / "bomb.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    started = time.monotonic()
+    with pytest.raises(CorruptSessionError, match=r"bomb\.yaml .*aliases make it larger"):
+        storage.read("bomb")
+    assert YamlStorage(tmp_path).get_all_session_ids() == ["good"]
+    assert time.monotonic() - started < 10

@@ -326,6 +326,29 @@ def loads(text: str | bytes) -> Any:
     return json.loads(text)
 
 
+def _refuse_constant(name: str) -> Any:
+    raise SerializationError(f"it holds {name}, which is not a number JSON can hold")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise SerializationError(f"it holds {text[:40]}, a number too large for a float")
+    return value
+
+
+def loads_finite(text: str | bytes) -> Any:
+    """:func:`loads`, refusing ``NaN``, ``Infinity`` and numbers too large for a float
+    (``1e400``), which Python's parser takes as ``nan`` and ``inf``: savegame never writes
+    them (JSON has no such numbers), and a session holding one could not be saved again.
+
+    Raises:
+        ValueError: for text that is not JSON; SerializationError (a ValueError) for text
+            that holds such a number.
+    """
+    return json.loads(text, parse_float=_finite_float, parse_constant=_refuse_constant)
+
+
 def dumps_text_safe(value: Any, text: str | None = None) -> str:
     """JSON text with no NUL character and no lone surrogate, for SQL JSON columns.
 

@@ -68,6 +68,7 @@ from savegame.errors import (
     BackendUnavailableError,
     CorruptSessionError,
     InvalidIdentifierError,
+    SerializationError,
     StorageError,
 )
 from savegame.storage.base import (
@@ -428,7 +429,12 @@ class FileStorage(Storage):
         try:
             record = self.format.load(raw)
         except (ValueError, StorageError) as exc:
-            raise CorruptSessionError(f"{path} is not a readable {self.format.name} file") from exc
+            # A value the file holds is named; the parser's own message (several lines for
+            # YAML) stays in the cause.
+            why = f": {exc}" if isinstance(exc, SerializationError) else ""
+            raise CorruptSessionError(
+                f"{path} is not a readable {self.format.name} file{why}"
+            ) from exc
         if not isinstance(record, dict) or not isinstance(record.get("session_id"), str):
             raise CorruptSessionError(f"{path} does not hold a session")
         if session_id is not None and record["session_id"] != session_id:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from savegame.storage.codec import dumps_pretty, loads
+from savegame.storage.codec import dumps_pretty, loads_finite
 from savegame.storage.files import FileFormat, FileStorage
 from savegame.storage.url import StorageURL
 
@@ -10,7 +10,7 @@ from savegame.storage.url import StorageURL
 class JsonStorage(FileStorage):
     """One ``<session_id>.json`` file per session in ``dir_path`` (see :mod:`.files`)."""
 
-    format = FileFormat("json", ".json", dumps_pretty, loads)
+    format = FileFormat("json", ".json", dumps_pretty, loads_finite)
 
 
 def from_url(url: StorageURL) -> JsonStorage:
