@@ -16,7 +16,12 @@ from typing import Any
 
 import pytest
 
-from savegame.errors import BackendUnavailableError, ConflictError, CorruptSessionError
+from savegame.errors import (
+    BackendUnavailableError,
+    ConflictError,
+    CorruptSessionError,
+    InvalidIdentifierError,
+)
 from savegame.storage.files import FileFormat, FileStorage, file_name
 from savegame.storage.json import JsonStorage
 from savegame.storage.session.agent import AgentSession
@@ -1163,3 +1168,31 @@ def test_a_yaml_alias_bomb_is_a_damaged_file(tmp_path: Path) -> None:
         storage.read("bomb")
     assert YamlStorage(tmp_path).get_all_session_ids() == ["good"]
     assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("cls", FORMATS)
+def test_ids_whose_files_are_one_file_never_replace_each_other(
+    tmp_path: Path, cls: type[FileStorage]
+) -> None:
+    # On a file system that ignores case (macOS, Windows) "abc.json" opens the file of
+    # session "Abc": a write of "abc" would replace that session, and its delete remove
+    # it. A link stands in for such a file system here, as the same two names for one file.
+    storage = cls(tmp_path)
+    ext = cls.format.extension
+    storage.upsert(AgentSession(session_id="Abc", user_id="u", memory={"kept": True}))
+    os.link(tmp_path / f"Abc{ext}", tmp_path / f"abc{ext}")
+    assert storage.read("abc") is None
+    with pytest.raises(InvalidIdentifierError, match=f"abc{re.escape(ext)}.*'Abc'"):
+        storage.upsert(AgentSession(session_id="abc", memory={"other": True}))
+    assert storage.delete_session("abc") is False
+    got = storage.read("Abc")
+    assert got is not None
+    assert got.memory == {"kept": True}
+    assert (tmp_path / f"abc{ext}").samefile(tmp_path / f"Abc{ext}")
+    # A symbolic link is replaced by a write, not the file it leads to: it stays writable.
+    (tmp_path / f"xyz{ext}").symlink_to(tmp_path / f"Abc{ext}")
+    storage.upsert(AgentSession(session_id="xyz", memory={"own": True}))
+    assert not (tmp_path / f"xyz{ext}").is_symlink()
+    got = storage.read("Abc")
+    assert got is not None
+    assert got.memory == {"kept": True}

@@ -42,7 +42,10 @@ Reads take no lock.
 File names. A session id made only of letters, digits, ``-``, ``_`` and ``.`` (not starting
 with a dot, at most 128 characters, not a Windows device name) keeps the plain
 ``<id>.json`` name the original used; any other id is stored as ``~<sha256 of the id>.json``.
-No id can name a path outside the folder.
+No id can name a path outside the folder. On a file system that ignores case (macOS's and
+Windows' by default), ``abc.json`` is also the file of session ``Abc``: where one of two such
+ids is stored, the other reads as missing, and its write raises
+:class:`~savegame.errors.InvalidIdentifierError` rather than replace the session there.
 """
 
 from __future__ import annotations
@@ -438,6 +441,14 @@ class FileStorage(Storage):
         if not isinstance(record, dict) or not isinstance(record.get("session_id"), str):
             raise CorruptSessionError(f"{path} does not hold a session")
         if session_id is not None and record["session_id"] != session_id:
+            other = self._path(record["session_id"])
+            if other != path and _same_file(path, other):
+                raise _FileOfAnother(
+                    f"session id {session_id!r} cannot be stored in the folder "
+                    f"{self.dir_path}: its file {path.name} is the file of session "
+                    f"{record['session_id']!r} there, {other.name} (the folder's file system "
+                    "takes the two names for one, as one that ignores case does)"
+                )
             raise CorruptSessionError(f"{path} holds session {record['session_id']!r}")
         check_stored(record, self.spec.entity_field, f"in {path}")
         return record
@@ -844,7 +855,10 @@ class FileStorage(Storage):
     # -- primitives -----------------------------------------------------------------------
 
     def _read(self, session_id: str) -> Record | None:
-        record = self._load(self._path(session_id), session_id)
+        try:
+            record = self._load(self._path(session_id), session_id)
+        except _FileOfAnother:
+            return None
         if record is not None:
             self._refuse_other_mode(record, "read")
         return record
@@ -859,6 +873,8 @@ class FileStorage(Storage):
         Raises:
             CorruptSessionError: when the file holds a session of another mode, which a
                 write must not replace.
+            InvalidIdentifierError: when the file is another session's file under another
+                name (see the module docstring).
         """
         try:
             stat = path.stat()
@@ -873,6 +889,8 @@ class FileStorage(Storage):
             return Header(row[0], row[1], row[2])
         try:
             record = self._load(path, session_id)
+        except _FileOfAnother as exc:
+            raise InvalidIdentifierError(str(exc)) from None
         except CorruptSessionError:
             return None  # a damaged file is replaced by the write, as if it were not there
         if record is None:
@@ -927,6 +945,8 @@ class FileStorage(Storage):
         with self._folder_locked(), self._index_errors():
             try:
                 record = self._load(path, session_id)
+            except _FileOfAnother:
+                return False
             except CorruptSessionError:
                 record = None  # a damaged file is removed like any other
             if record is not None:
@@ -1073,6 +1093,23 @@ class FileStorage(Storage):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.dir_path)!r}, mode={self.mode!r})"
+
+
+class _FileOfAnother(CorruptSessionError):
+    """The file of a session id is, under another name, the file of another session: the
+    folder's file system takes two names for one (one that ignores case takes ``abc.json``
+    for ``Abc.json``). The id's session is not there, and its write or delete would replace
+    or remove the other session."""
+
+
+def _same_file(path: Path, other: Path) -> bool:
+    """Whether ``path`` and ``other`` name one file, not counting symbolic links (a write
+    replaces a link, not the file it leads to)."""
+    try:
+        a, b = os.lstat(path), os.lstat(other)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _not_writable(exc: BaseException) -> bool:
