@@ -1196,3 +1196,24 @@ def test_ids_whose_files_are_one_file_never_replace_each_other(
     got = storage.read("Abc")
     assert got is not None
     assert got.memory == {"kept": True}
+
+
+@pytest.mark.parametrize("cls", FORMATS)
+def test_files_and_folders_of_other_programs_named_like_temporary_files_stay(
+    tmp_path: Path, cls: type[FileStorage]
+) -> None:
+    # A folder shared with other programs (a project's root) may hold their own ".tmp-"
+    # files and folders: only what a savegame writer that died left behind is removed.
+    storage = cls(tmp_path)
+    storage.upsert(AgentSession(session_id="a"))
+    (tmp_path / ".tmp-cache").mkdir()
+    (tmp_path / ".tmp-notes.txt").write_text("mine", encoding="utf-8")
+    left = tmp_path / f".tmp-{'0123456789abcdef' * 2}"
+    left.write_bytes(b"cut sh")
+    (tmp_path / "b.json").write_text("{}", encoding="utf-8")  # the folder's time moves on
+    assert cls(tmp_path).get_all_session_ids() == ["a"]
+    assert (tmp_path / ".tmp-cache").is_dir()
+    assert (tmp_path / ".tmp-notes.txt").read_text(encoding="utf-8") == "mine"
+    assert not left.exists()
+    cls(tmp_path).rebuild_index()
+    assert (tmp_path / ".tmp-cache").is_dir()

@@ -95,6 +95,9 @@ _DEVICES = frozenset(
 )
 _META_DIR = ".savegame"
 _TEMP_PREFIX = ".tmp-"
+_TEMP_NAME = re.compile(re.escape(_TEMP_PREFIX) + "[0-9a-f]{32}")
+"""The names of savegame's temporary files (a uuid4's hex after the prefix): other programs
+sharing the folder may have ``.tmp-`` files and folders of their own."""
 
 
 @dataclass(frozen=True)
@@ -804,7 +807,7 @@ class FileStorage(Storage):
             conn.execute("DELETE FROM pending")
             return
         for entry in os.scandir(self.dir_path) if tidy else ():
-            if entry.name.startswith(_TEMP_PREFIX):
+            if _TEMP_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
                 Path(entry.path).unlink(missing_ok=True)
         known = {
             row[0]: row[1:]
