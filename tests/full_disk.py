@@ -59,23 +59,31 @@ def full_tmpfs(tmp_path: Path) -> Iterator[tuple[Path, str]]:
 
 
 @contextmanager
-def read_only(folder: Path) -> Iterator[Path]:
+def read_only(folder: Path, at: Path | None = None) -> Iterator[Path]:
     """``folder`` as a folder that cannot be written to: mounted again read-only for root
     (whom permissions do not stop), made mode 555 for others; undone afterwards. Skips the
-    test where root cannot mount."""
+    test where root cannot mount.
+
+    With ``at`` (an empty folder), ``folder`` stays writable and ``at`` is a read-only view
+    of it, for root only (others skip): what a user who may only read a folder sees while
+    its owner writes there.
+    """
     if os.geteuid() != 0:
+        if at is not None:
+            pytest.skip("only root can mount a read-only view of a folder")
         folder.chmod(0o555)
         try:
             yield folder
         finally:
             folder.chmod(0o755)
         return
+    target = folder if at is None else at
     mounted = subprocess.run(
-        ["mount", "--bind", "-o", "ro", str(folder), str(folder)], capture_output=True
+        ["mount", "--bind", "-o", "ro", str(folder), str(target)], capture_output=True
     )
     if sys.platform != "linux" or mounted.returncode != 0:
         pytest.skip("cannot mount a folder read-only here")
     try:
-        yield folder
+        yield target
     finally:
-        subprocess.run(["umount", str(folder)], check=True)
+        subprocess.run(["umount", str(target)], check=True)

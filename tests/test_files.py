@@ -1217,3 +1217,43 @@ def test_files_and_folders_of_other_programs_named_like_temporary_files_stay(
     assert not left.exists()
     cls(tmp_path).rebuild_index()
     assert (tmp_path / ".tmp-cache").is_dir()
+
+
+_CHURN = """
+import sys, time
+from savegame.storage.json import JsonStorage
+from savegame.storage.session.agent import AgentSession
+storage = JsonStorage(sys.argv[1])
+end = time.monotonic() + float(sys.argv[2])
+i = 0
+while time.monotonic() < end:
+    i += 1
+    storage.upsert(AgentSession(session_id=f"s{i % 20}", user_id="u"))
+    storage.delete_session(f"s{(i + 10) % 20}")
+"""
+
+
+def test_a_reader_that_cannot_write_lists_while_the_owner_writes(tmp_path: Path) -> None:
+    # One who may only read the folder takes no lock and lists from a copy of the index
+    # made for the listing; the owner meanwhile removes files it has just seen and writes
+    # the index it copies.
+    folder = tmp_path / "sessions"
+    JsonStorage(folder).upsert(AgentSession(session_id="kept", user_id="u"))
+    (tmp_path / "view").mkdir()
+    listings = 0
+    with read_only(folder, at=tmp_path / "view") as view:
+        reader = JsonStorage(view)
+        writer = subprocess.Popen([sys.executable, "-c", _CHURN, str(folder), "4"])
+        try:
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                assert "kept" in reader.get_all_session_ids(user_id="u")
+                listings += 1
+            assert writer.wait(timeout=60) == 0
+            names = {p.stem for p in folder.glob("*.json")}
+            assert set(reader.get_all_session_ids()) == names
+        finally:
+            writer.kill()
+            writer.wait()
+            reader.close()  # its index, open in the view, would keep it mounted
+    assert listings > 100

@@ -655,19 +655,31 @@ class FileStorage(Storage):
             # A folder this process cannot write to (a read-only mount, another user's):
             # no lock can be taken there, nor is one needed to read whole files, which every
             # writer puts in place by a rename.
-            return self._index_copy(self._open_index(), tidy=False)
+            with self._index_errors():
+                return self._index_copy(self._open_index(), tidy=False)
         return conn
 
     def _index_copy(self, conn: sqlite3.Connection | None, tidy: bool = True) -> sqlite3.Connection:
-        """A copy in memory of the index (an empty one when ``conn`` is None), brought up to
-        date with the files; must hold the lock unless ``tidy`` is False (see
-        :meth:`_reindex`)."""
+        """A copy in memory of the index (an empty one when ``conn`` is None, or cannot be
+        copied), brought up to date with the files; must hold the lock unless ``tidy`` is
+        False (see :meth:`_reindex`).
+
+        An index in WAL mode that this process cannot write to can refuse to be copied
+        while another process writes it ("attempt to write a readonly database"): the copy
+        is then made from the files alone.
+        """
         copy = sqlite3.connect(":memory:", isolation_level=None)
         try:
-            if conn is None:
+            copied = False
+            if conn is not None:
+                try:
+                    conn.backup(copy)
+                    copied = True
+                except sqlite3.Error:
+                    copy.close()
+                    copy = sqlite3.connect(":memory:", isolation_level=None)
+            if not copied:
                 copy.executescript(_INDEX_SCHEMA)
-            else:
-                conn.backup(copy)
             self._reindex(copy, full=False, tidy=tidy)
         except BaseException:
             copy.close()
@@ -817,7 +829,10 @@ class FileStorage(Storage):
         conn.execute("BEGIN")
         seen: set[str] = set()
         for entry in self._session_files():
-            stat = entry.stat()
+            try:
+                stat = entry.stat()
+            except FileNotFoundError:
+                continue  # removed since the folder was listed (see below)
             old = known.get(entry.name)
             if (
                 not full
@@ -837,8 +852,14 @@ class FileStorage(Storage):
                 or self.mode not in modes_of(record)
             ):
                 continue
+            try:
+                row = self._row(record, Path(entry.path))
+            except FileNotFoundError:
+                # Removed since it was read: only by another process when this one does
+                # not hold the lock (a folder it cannot write to), or by hand.
+                continue
             seen.add(entry.name)
-            self._set_row(conn, self._row(record, Path(entry.path)))
+            self._set_row(conn, row)
         gone = [(name,) for name in known if name not in seen]
         conn.executemany("DELETE FROM sessions WHERE file = ?", gone)
         conn.execute("DELETE FROM pending")
