@@ -32,6 +32,7 @@ from savegame.storage.base import Storage
 from savegame.storage.files import FileStorage
 from savegame.storage.in_memory import InMemoryStorage
 from savegame.storage.json import JsonStorage
+from savegame.storage.session import MODES
 from savegame.storage.yaml import YamlStorage
 from savegame.testing import LossyLink, Store
 from tests.lossy_proxy import LossyProxy, lossy_link
@@ -84,8 +85,8 @@ def _memory(tmp_path: Path, mode: str) -> Iterator[Store]:
     def original(rows: list[dict[str, Any]]) -> None:
         shared.update({row["session_id"]: dict(row) for row in rows})
 
-    def spoiler(field: str) -> Callable[[Storage, str, str], None]:
-        def spoil(storage: Storage, session_id: str, text: str) -> None:
+    def spoiler(field: str) -> Callable[[Storage, str, Any], None]:
+        def spoil(storage: Storage, session_id: str, text: Any) -> None:
             shared[session_id][field] = text
 
         return spoil
@@ -96,6 +97,7 @@ def _memory(tmp_path: Path, mode: str) -> Iterator[Store]:
         opener,
         original=original,
         spoil_number={field: spoiler(field) for field in TIMES_AND_VERSION},
+        spoil_text={field: spoiler(field) for field in text_fields(mode)},
     )
     yield store
     store.close_all()
@@ -118,8 +120,8 @@ def _files(name: str, storage_class: type[FileStorage]) -> Callable[[Path, str],
                 text = json.dumps(row) if name == "json" else yaml.safe_dump(row)
                 (folder / f"{row['session_id']}.{name}").write_text(text, encoding="utf-8")
 
-        def spoiler(field: str) -> Callable[[Storage, str, str], None]:
-            def spoil(storage: Storage, session_id: str, text: str) -> None:
+        def spoiler(field: str) -> Callable[[Storage, str, Any], None]:
+            def spoil(storage: Storage, session_id: str, text: Any) -> None:
                 assert isinstance(storage, FileStorage)
                 path = storage._path(session_id)
                 load, dump = (
@@ -138,6 +140,7 @@ def _files(name: str, storage_class: type[FileStorage]) -> Callable[[Path, str],
             url=f"{name}:///{folder}",
             original=original,
             spoil_number={field: spoiler(field) for field in TIMES_AND_VERSION},
+            spoil_text={field: spoiler(field) for field in text_fields(mode)},
             neighbour=neighbour,
         )
         yield store
@@ -249,6 +252,7 @@ def _redis(name: str, cluster: bool, shards: int = 1) -> Callable[[Path, str], A
             lose_run=lose_redis_run,
             change_run=change_redis_run,
             spoil_number=REDIS_NUMBERS,
+            spoil_text={f"data {f}": _spoil_redis_data(f) for f in text_fields(mode)},
             neighbour=neighbour,
         )
         try:
@@ -389,13 +393,21 @@ def lose_redis_runs(storage: Storage, session_id: str) -> None:
 
 
 TIMES_AND_VERSION = ("version", "created_at", "updated_at", "expires_at")
+
+
+def text_fields(mode: str) -> tuple[str, ...]:
+    """The fields a session of ``mode`` keeps as plain text, its ids among them."""
+    spec = MODES[mode]
+    return ("user_id", spec.entity_field, *spec.text_fields)
+
+
 """The numbers every backend keeps with a session."""
 
 
-def _spoil_redis_header(field: str) -> Callable[[Storage, str, str], None]:
+def _spoil_redis_header(field: str) -> Callable[[Storage, str, Any], None]:
     """Writes text in place of a number among the fields of a session's header."""
 
-    def spoil(storage: Storage, session_id: str, text: str) -> None:
+    def spoil(storage: Storage, session_id: str, text: Any) -> None:
         from savegame.storage.redis import RedisStorage
 
         assert isinstance(storage, RedisStorage)
@@ -405,10 +417,10 @@ def _spoil_redis_header(field: str) -> Callable[[Storage, str, str], None]:
     return spoil
 
 
-def _spoil_redis_data(field: str) -> Callable[[Storage, str, str], None]:
+def _spoil_redis_data(field: str) -> Callable[[Storage, str, Any], None]:
     """Writes text in place of a number in the JSON of a session's header."""
 
-    def spoil(storage: Storage, session_id: str, text: str) -> None:
+    def spoil(storage: Storage, session_id: str, text: Any) -> None:
         from savegame.storage.redis import RedisStorage
 
         assert isinstance(storage, RedisStorage)
@@ -427,10 +439,10 @@ REDIS_NUMBERS = {
 }
 
 
-def _spoil_sql(column: str) -> Callable[[Storage, str, str], None]:
+def _spoil_sql(column: str) -> Callable[[Storage, str, Any], None]:
     """Writes text in place of a number in a session's header row (SQLite keeps it)."""
 
-    def spoil(storage: Storage, session_id: str, text: str) -> None:
+    def spoil(storage: Storage, session_id: str, text: Any) -> None:
         from sqlalchemy import update
 
         from savegame.storage.sql import SqlStorage

@@ -114,11 +114,12 @@ def whole_number_problem(record: Record, fields: Iterable[str] = _WHOLE) -> str 
     return None
 
 
-def stored_problem(record: Record, entity_field: str) -> str | None:
-    """What keeps the stored session ``record`` from being read: ``user_id`` or the mode's
-    ``entity_field`` that is not a string or None (listings compare them with the ids
-    asked for), or what :func:`whole_number_problem` finds. None when nothing does."""
-    for field in ("user_id", entity_field):
+def stored_problem(record: Record, spec: ModeSpec) -> str | None:
+    """What keeps the stored session ``record`` of the mode ``spec`` from being read: a
+    field kept as plain text (``user_id``, the entity's id, ``team_session_id``…) that is
+    not a string or None, which listings compare with the ids asked for and a save would
+    refuse, or what :func:`whole_number_problem` finds. None when nothing does."""
+    for field in ("user_id", spec.entity_field, *spec.text_fields):
         value = record.get(field)
         if value is not None and not isinstance(value, str):
             return f"{field} must be a string or null, not {value!r}"
@@ -135,7 +136,7 @@ def whole_seconds(record: Record, fields: Iterable[str] = ("created_at", "update
             record[field] = int(value)
 
 
-def check_stored(record: Record, entity_field: str, where: str) -> None:
+def check_stored(record: Record, spec: ModeSpec, where: str) -> None:
     """Refuses a record read from the store that savegame cannot have written (an id that
     is not text, a version or time that is text or negative: :func:`stored_problem`), which
     a hand changed. Float times an earlier savegame stored are first cut to whole seconds,
@@ -143,14 +144,14 @@ def check_stored(record: Record, entity_field: str, where: str) -> None:
 
     Args:
         record: the stored record, with its ``session_id``.
-        entity_field: the mode's entity id field.
+        spec: the storage's mode.
         where: where the store keeps the session, for the message (``"in table 't'"``).
 
     Raises:
         CorruptSessionError: naming the session and the field.
     """
     whole_seconds(record, ("created_at", "updated_at", "expires_at"))
-    problem = stored_problem(record, entity_field)
+    problem = stored_problem(record, spec)
     if problem is not None:
         raise CorruptSessionError(
             f"session {record.get('session_id')!r} {where} cannot be read ({problem}): it "

@@ -453,7 +453,7 @@ class FileStorage(Storage):
                     "takes the two names for one, as one that ignores case does)"
                 )
             raise CorruptSessionError(f"{path} holds session {record['session_id']!r}")
-        check_stored(record, self.spec.entity_field, f"in {path}")
+        check_stored(record, self.spec, f"in {path}")
         return record
 
     def _temp_file(self, path: Path, content: bytes) -> Path:

@@ -85,7 +85,7 @@ class InMemoryStorage(Storage):
         elif value.get("session_id") != key or not isinstance(key, str):
             problem = f"it holds session_id {value.get('session_id')!r}"
         else:
-            problem = stored_problem(value, self.spec.entity_field)
+            problem = stored_problem(value, self.spec)
         if problem is not None:
             raise CorruptSessionError(
                 f"the entry {key!r} of the dict of {self!r} is not a session savegame can "

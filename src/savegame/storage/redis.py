@@ -1491,7 +1491,7 @@ class RedisStorage(Storage):
                 f"session {session_id!r} under {self._keys} in {self._address} is not "
                 f"savegame data: {exc}"
             ) from exc
-        check_stored(record, self.spec.entity_field, f"under {self._keys} in {self._address}")
+        check_stored(record, self.spec, f"under {self._keys} in {self._address}")
         return record, items
 
     def _write(

@@ -1924,7 +1924,7 @@ class SqlStorage(Storage):
                 f"session {record.get('session_id')!r} {where} cannot be read (its run_count "
                 f"is {run_count!r}, not a whole number): it was changed outside savegame"
             )
-        check_stored(record, self.spec.entity_field, where)
+        check_stored(record, self.spec, where)
 
     def _loaded_runs(self, session_id: str, texts: list[Any], start: int = 0) -> list[Any]:
         """The runs of their stored ``texts``, the first of which is at position ``start``.

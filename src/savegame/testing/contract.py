@@ -123,6 +123,11 @@ class Store:
             reports) with ``spoil(storage, session_id, text)``, which writes ``text`` there
             behind savegame's back; empty where the store's types refuse text there (the
             number columns of a SQL server).
+        spoil_text: as ``spoil_number``, the places where the store keeps a field of a
+            session as plain text (its user's or agent's id, ``team_session_id``,
+            ``workflow_session_id``) that an edit by hand can make a number, each with
+            ``spoil(storage, session_id, value)``; empty where the store's types make a
+            number given there text (the text columns of SQL).
         mixed_modes: why storages of two modes on this store still list or break each
             other's sessions, for a backend that cannot keep them apart yet: the tests of
             it skip, giving this reason. None (the contract) where it can.
@@ -144,6 +149,7 @@ class Store:
     null_run: Callable[[Storage, str, int], None] | None = None
     change_run: Callable[[Storage, str, int, Any], None] | None = None
     spoil_number: dict[str, Callable[[Storage, str, str], None]] = field(default_factory=dict)
+    spoil_text: dict[str, Callable[[Storage, str, Any], None]] = field(default_factory=dict)
     mixed_modes: str | None = None
     neighbour: Callable[..., Storage] | None = None
     opened: list[Storage] = field(default_factory=list)
@@ -2170,33 +2176,16 @@ class BackendContract:
         # not expired), a save is refused or stores the session whole, and it can be deleted.
         if not backend_store.spoil_number:
             pytest.skip(f"{backend_store.backend}'s numbers are of types that refuse text")
-        runs = [{"run_id": "a"}, {"run_id": "b"}]
-        places = sorted(backend_store.spoil_number.items())
-        for n, ((place, spoil), text) in enumerate((p, t) for p in places for t in ("many", "")):
-            session_id = f"spoilt-{n}"
-            session = _with_runs(backend_store, session_id, runs, user_id=session_id)
-            backend_store(expire=10**6).upsert(session)
-            spoil(backend_store(), session_id, text)
-            storage = backend_store(expire=10**6)
-            with pytest.raises(CorruptSessionError) as refused:
-                storage.read(session_id)
-            said = str(refused.value)
-            assert session_id in said, (place, text, said)
-            assert "outside savegame" in said, (place, text, said)
-            listed = _outcome(partial(storage.get_all_sessions, user_id=session_id))
-            assert isinstance(listed, CorruptSessionError) or listed == [], (place, text)
-            purged = _outcome(storage.purge_expired)
-            assert isinstance(purged, CorruptSessionError) or purged == 0, (place, text)
-            saved = _outcome(partial(backend_store(expire=10**6).upsert, session))
-            if isinstance(saved, CorruptSessionError):
-                assert session_id in str(saved), (place, text, saved)
-            else:
-                got = backend_store().read(session_id)
-                assert got is not None
-                assert _runs_of(backend_store, got) == runs
-                assert type(got.version) is int  # type: ignore[attr-defined]
-            assert backend_store().delete_session(session_id) is True
-            assert backend_store().read(session_id) is None
+        _spoilt_reads_fail(backend_store, backend_store.spoil_number, ("many", ""))
+
+    def test_a_text_field_made_a_number_by_hand_fails_the_read_naming_the_session(
+        self, backend_store: Store
+    ) -> None:
+        # A team_session_id of 5 was read as it was: the next save of the session refused
+        # it, and a copy or export stopped there rather than going past a damaged session.
+        if not backend_store.spoil_text:
+            pytest.skip(f"{backend_store.backend}'s text fields turn a number into text")
+        _spoilt_reads_fail(backend_store, backend_store.spoil_text, (5, 2.5, ["a"]))
 
     def test_large_and_deep_values(self, backend_store: Store) -> None:
         storage = backend_store()
@@ -2864,3 +2853,43 @@ class BackendContract:
         assert got is not None
         assert check_session(backend_store.mode, got) == 2
         assert got.version == 1  # type: ignore[attr-defined]
+
+
+def _spoilt_reads_fail(
+    backend_store: Store,
+    spoilers: dict[str, Callable[[Storage, str, Any], None]],
+    values: tuple[Any, ...],
+) -> None:
+    """Each of ``values`` written by hand at each place of ``spoilers`` fails the read of
+    that session with CorruptSessionError naming it; never a raw TypeError or ValueError, a
+    command the server refused, nor a session whose fields are of the wrong type. A listing
+    or a purge raises the same or leaves the session out (a folder leaves out a damaged
+    file; a purge takes it for one that has not expired), a save is refused or stores the
+    session whole, and it can be deleted."""
+    runs = [{"run_id": "a"}, {"run_id": "b"}]
+    places = sorted(spoilers.items())
+    for n, ((place, spoil), text) in enumerate((p, t) for p in places for t in values):
+        session_id = f"spoilt-{n}"
+        session = _with_runs(backend_store, session_id, runs, user_id=session_id)
+        backend_store(expire=10**6).upsert(session)
+        spoil(backend_store(), session_id, text)
+        storage = backend_store(expire=10**6)
+        with pytest.raises(CorruptSessionError) as refused:
+            storage.read(session_id)
+        said = str(refused.value)
+        assert session_id in said, (place, text, said)
+        assert "outside savegame" in said, (place, text, said)
+        listed = _outcome(partial(storage.get_all_sessions, user_id=session_id))
+        assert isinstance(listed, CorruptSessionError) or listed == [], (place, text)
+        purged = _outcome(storage.purge_expired)
+        assert isinstance(purged, CorruptSessionError) or purged == 0, (place, text)
+        saved = _outcome(partial(backend_store(expire=10**6).upsert, session))
+        if isinstance(saved, CorruptSessionError):
+            assert session_id in str(saved), (place, text, saved)
+        else:
+            got = backend_store().read(session_id)
+            assert got is not None
+            assert _runs_of(backend_store, got) == runs
+            assert type(got.version) is int  # type: ignore[attr-defined]
+        assert backend_store().delete_session(session_id) is True
+        assert backend_store().read(session_id) is None
