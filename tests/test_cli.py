@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -1160,24 +1160,12 @@ def test_an_import_into_a_folder_stopped_by_ctrl_c_leaves_no_temporary_file(
     backup.write_text(json.dumps({"session_id": "big", "memory": {"runs": runs}}) + "\n")
     folder = tmp_path / "sessions"
     url = f"json:///{folder}"
-    proc = subprocess.Popen(
-        [str(SAVEGAME), "import", str(backup), "-s", url],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not (folder.is_dir() and any(p.name.startswith(".tmp-") for p in folder.iterdir())):
-            assert proc.poll() is None, "the import ended before its file was written"
-            assert time.monotonic() < deadline, "the import never began its file"
-            time.sleep(0.001)
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert (proc.returncode, stderr.decode()) == (
+
+    def writing() -> bool:
+        return folder.is_dir() and any(p.name.startswith(".tmp-") for p in folder.iterdir())
+
+    outcome = _interrupted(["import", str(backup), "-s", url], writing)
+    assert outcome == (
         130,
         "interrupted: the import stopped having stored 0 of 1 session (0 written, 0 already "
         "there), which running it again skips\n",
@@ -1286,18 +1274,18 @@ def test_an_import_of_a_line_with_a_key_twice_is_refused_naming_the_key(tmp_path
     assert open_storage(url).get_all_session_ids() == []
 
 
-def _interrupted(args: list[str], folder: Path, after: int) -> tuple[int, str]:
-    """Runs savegame with ``args``, sends it SIGINT (Ctrl-C) once ``folder`` holds ``after``
-    session files, and gives its exit code and stderr."""
+def _interrupted(args: list[str], ready: Callable[[], bool]) -> tuple[int, str]:
+    """Runs savegame with ``args``, sends it SIGINT (Ctrl-C) once ``ready()`` says it has got
+    far enough, and gives its exit code and stderr."""
     proc = subprocess.Popen(
         [str(SAVEGAME), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     try:
         deadline = time.monotonic() + 120
-        while not (folder.is_dir() and len(list(folder.glob("*.json"))) >= after):
+        while not ready():
             assert proc.poll() is None, "it ended before it was interrupted"
             assert time.monotonic() < deadline, "it never got that far"
-            time.sleep(0.005)
+            time.sleep(0.001)
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=120)
     finally:
@@ -1339,7 +1327,9 @@ def test_an_import_or_copy_stopped_by_ctrl_c_says_how_far_it_got(
     head.write_text("".join(backup.read_text().splitlines(keepends=True)[:5]))
     savegame("import", str(head), "-s", url)
 
-    code, stderr = _interrupted(args, folder, 300)
+    code, stderr = _interrupted(
+        args, lambda: folder.is_dir() and len(list(folder.glob("*.json"))) >= 300
+    )
     assert code == 130, stderr
     told = _HOW_FAR.fullmatch(stderr)
     assert told is not None, stderr
