@@ -1274,12 +1274,13 @@ def test_an_import_of_a_line_with_a_key_twice_is_refused_naming_the_key(tmp_path
     assert open_storage(url).get_all_session_ids() == []
 
 
-def _interrupted(args: list[str], ready: Callable[[], bool]) -> tuple[int, str]:
-    """Runs savegame with ``args``, sends it SIGINT (Ctrl-C) once ``ready()`` says it has got
-    far enough, and gives its exit code and stderr."""
-    proc = subprocess.Popen(
-        [str(SAVEGAME), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+def _interrupted(
+    args: list[str], ready: Callable[[], bool], stdout: Any = subprocess.DEVNULL
+) -> tuple[int, str]:
+    """Runs savegame with ``args`` (its standard output to ``stdout``), sends it SIGINT
+    (Ctrl-C) once ``ready()`` says it has got far enough, and gives its exit code and
+    stderr."""
+    proc = subprocess.Popen([str(SAVEGAME), *args], stdout=stdout, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
         while not ready():
@@ -1341,3 +1342,32 @@ def test_an_import_or_copy_stopped_by_ctrl_c_says_how_far_it_got(
     assert there == 5  # the oldest first, as the copy goes; the file's order, as the import does
     again = errors(savegame(*args))
     assert f"already there {stored}, of 1500 sessions" in again, again
+
+
+def test_an_export_stopped_by_ctrl_c_says_its_output_is_no_whole_backup(tmp_path: Path) -> None:
+    """Ctrl-C ended it with exit code 130 and nothing on stderr, leaving in the file it was
+    sent to what looks like a backup, without the sessions after."""
+    url = f"sqlite:///{tmp_path / 'src.db'}"
+    storage = open_storage(url)
+    runs = [{"run_id": str(j), "content": "y" * 200} for j in range(50)]
+    for i in range(3000):
+        storage.upsert(AgentSession(session_id=f"s{i:04}", memory={"runs": runs}))
+    storage.close()
+    backup = tmp_path / "backup.jsonl"
+
+    def lines() -> int:
+        return backup.read_bytes().count(b"\n") if backup.exists() else 0
+
+    with backup.open("wb") as out:
+        code, stderr = _interrupted(["export", "-s", url], lambda: lines() >= 300, out)
+    assert code == 130, stderr
+    told = re.fullmatch(
+        r"interrupted: the export stopped having written (\d+) sessions: what it wrote is "
+        r"not a whole backup\n",
+        stderr,
+    )
+    assert told is not None, stderr
+    written = int(told[1])
+    assert 300 <= written < 3000
+    # Counted once handed to the output: one more may be out before the count.
+    assert written <= lines() <= written + 1

@@ -483,11 +483,23 @@ def export(
     user: UserOption = None,
 ) -> None:
     """Write sessions to standard output as JSON lines, one session a line."""
-    with _open(storage, mode, "note") as store:
-        left_out: list[str] = []
-        count = transfer.export_sessions(
-            store, lambda line: _emit(line.encode(), flush=False), user, left_out
+    written = 0
+
+    def write(line: str) -> None:
+        nonlocal written
+        _emit(line.encode(), flush=False)
+        written += 1
+
+    def how_far() -> str:
+        # Its output, in a file, is otherwise a backup that looks made.
+        return (
+            f"the export stopped having written {_sessions(written)}: what it wrote is not "
+            "a whole backup"
         )
+
+    with _on_ctrl_c(how_far), _open(storage, mode, "note") as store:
+        left_out: list[str] = []
+        count = transfer.export_sessions(store, write, user, left_out)
         left_out += store.unreadable()
         other = _kept_by_another_mode(store, mode) if not count else None
     _stdout().flush()
@@ -513,7 +525,7 @@ def import_(
 ) -> None:
     """Store the sessions of a JSON lines file, keeping their timestamps and versions."""
     report = transfer.Report()
-    with _said_how_far_on_ctrl_c("import", report):
+    with _on_ctrl_c(_stored_so_far("import", report)):
         _import(file, storage, mode, report)
     _note(_moved("imported", report))
 
@@ -539,23 +551,31 @@ def _import(file: Path, storage: str, mode: str, report: transfer.Report) -> Non
 
 
 @contextmanager
-def _said_how_far_on_ctrl_c(verb: str, report: transfer.Report) -> Iterator[None]:
-    """Ctrl-C in the block: says on stderr how many sessions the import or copy (``verb``)
-    had stored, which running it again skips, and exits 130 as a shell expects."""
+def _on_ctrl_c(how_far: Callable[[], str]) -> Iterator[None]:
+    """Ctrl-C in the block: says on stderr how far the command got (``how_far()``) and
+    exits 130, as a shell expects of a command SIGINT ended."""
     try:
         yield
     except KeyboardInterrupt:
+        err.print(f"interrupted: {_shown(how_far())}", highlight=False)
+        raise typer.Exit(SIGINT_EXIT) from None
+
+
+def _stored_so_far(verb: str, report: transfer.Report) -> Callable[[], str]:
+    """How far an import or copy (``verb``) filling in ``report`` got: how many sessions it
+    had stored, which running it again skips."""
+
+    def told() -> str:
         done = report.copied + report.unchanged
         if report.total == 0 and done == 0:
-            told = f"the {verb} stopped before storing any session"
-        else:
-            told = (
-                f"the {verb} stopped having stored {done} of {_sessions(report.total)} "
-                f"({report.copied} written, {report.unchanged} already there), which running "
-                "it again skips"
-            )
-        err.print(f"interrupted: {_shown(told)}", highlight=False)
-        raise typer.Exit(SIGINT_EXIT) from None
+            return f"the {verb} stopped before storing any session"
+        return (
+            f"the {verb} stopped having stored {done} of {_sessions(report.total)} "
+            f"({report.copied} written, {report.unchanged} already there), which running "
+            "it again skips"
+        )
+
+    return told
 
 
 def _moved(verb: str, report: transfer.Report) -> str:
@@ -595,7 +615,7 @@ def copy(
     left_out: list[str] = []
     report = transfer.Report()
     with (
-        _said_how_far_on_ctrl_c("copy", report),
+        _on_ctrl_c(_stored_so_far("copy", report)),
         _open(source, mode, "fail") as src,
         _open(destination, mode) as dst,
         progress,
