@@ -393,15 +393,13 @@ def lose_redis_runs(storage: Storage, session_id: str) -> None:
 
 
 TIMES_AND_VERSION = ("version", "created_at", "updated_at", "expires_at")
+"""The numbers every backend keeps with a session."""
 
 
 def text_fields(mode: str) -> tuple[str, ...]:
     """The fields a session of ``mode`` keeps as plain text, its ids among them."""
     spec = MODES[mode]
     return ("user_id", spec.entity_field, *spec.text_fields)
-
-
-"""The numbers every backend keeps with a session."""
 
 
 def _spoil_redis_header(field: str) -> Callable[[Storage, str, Any], None]:

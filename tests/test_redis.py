@@ -1283,6 +1283,23 @@ def test_a_write_on_runs_damaged_outside_savegame_is_refused(
     storage.close()
 
 
+def test_a_run_entry_edited_to_hold_two_values_fails_the_read(
+    server: str, raw: Any, prefix: str
+) -> None:
+    # A read sends the list's entries joined by commas as one JSON array: an entry edited
+    # by hand into "1, 2" read as two runs, the session one run longer than it is.
+    storage = RedisStorage(prefix, url=server)
+    storage.upsert(_session("s", _runs(3), user_id="u"))
+    reader = RedisStorage(prefix, url=server)
+    assert reader.read("s") is not None
+    raw.lset(f"{{{prefix}}}:r:s", 2, '{"run_id": "2"}, {"run_id": "x"}')
+    raw.hdel(f"{{{prefix}}}:h:s", "token")
+    with pytest.raises(CorruptSessionError, match=r"'s'.*changed outside savegame"):
+        reader.read("s")
+    storage.close()
+    reader.close()
+
+
 def test_a_session_whose_header_is_gone_is_no_longer_listed(
     server: str, raw: Any, prefix: str
 ) -> None:

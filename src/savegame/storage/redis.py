@@ -1431,6 +1431,21 @@ class RedisStorage(Storage):
                 )
             return None
         record, items = self._decoded(session_id, data, runs)
+        if items is not None and seen.digests is not None:
+            # The script checked the list's length; its entries, joined by commas into one
+            # array, must each be one value.
+            sent = len(seen.digests) // _WIDTH
+            if remembered is not None and remembered.digests:
+                # Sent from the first run not remembered: none when the session has since
+                # become shorter than what is remembered.
+                sent = max(0, sent - len(remembered.digests) // _WIDTH)
+            if len(items) != sent:
+                self._known.put(session_id, None)
+                raise CorruptSessionError(
+                    f"session {session_id!r} under {self._keys} in {self._address} has "
+                    f"{sent} run entries that read as {len(items)} runs: an entry was changed "
+                    "outside savegame to hold other than one JSON value"
+                )
         if items is not None and not _holds_runs(record, self.spec.runs_path):
             # The runs were stored apart from the header of a session of another mode (a
             # workflow_v2 session's ``runs`` read in mode "workflow", say): put back where
