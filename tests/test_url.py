@@ -601,6 +601,24 @@ def test_sqlite_refuses_an_empty_db_file_as_folders_refuse_an_empty_dir_path() -
         SqliteStorage("t", db_file=Path("a\0b"))
 
 
+@pytest.mark.parametrize("path", [None, 5, b"/tmp/store"])
+def test_a_file_or_folder_that_is_not_a_path_is_refused_when_made(path: Any) -> None:
+    from savegame.storage.json import JsonStorage
+    from savegame.storage.sqlite import SqliteStorage
+    from savegame.storage.yaml import YamlStorage
+
+    # It was a bare TypeError from os.fspath, where an empty one is InvalidIdentifierError.
+    for make, what in (
+        (JsonStorage, "dir_path"),
+        (YamlStorage, "dir_path"),
+        (lambda p: SqliteStorage("t", db_file=p), "db_file"),
+    ):
+        if path is None and what == "db_file":
+            continue  # None is the documented "in memory"
+        with pytest.raises(InvalidIdentifierError, match=f"{what} must be a str or a path"):
+            make(path)
+
+
 def test_a_sqlite_file_name_too_long_for_the_file_system(tmp_path: Path) -> None:
     from savegame.errors import BackendUnavailableError
 

@@ -4,8 +4,8 @@ Every error a storage raises is a :class:`StorageError`, so ``except StorageErro
 all of them (but the ``TypeError`` of an ``expected_version`` that is not a whole number)::
 
     StorageError
-    ├── InvalidIdentifierError   (ValueError)   an id, table, schema, prefix, URL or option
-    │                                           refused
+    ├── InvalidIdentifierError   (ValueError)   an id, table, schema, prefix, path, URL or
+    │                                           option refused
     ├── SerializationError       (ValueError)   a value JSON cannot hold; a wrong session class
     ├── ConflictError                           the stored version moved on since it was read
     ├── BackendUnavailableError                 the store is unreachable or locked too long
@@ -26,8 +26,8 @@ class StorageError(Exception):
 
 class InvalidIdentifierError(StorageError, ValueError):
     """A session id, user id, table, schema or key prefix that savegame refuses; or a
-    storage URL, or an option of a storage (``mode``, ``expire``, ``shards``, ...), that it
-    refuses."""
+    storage URL, a file or folder path, or an option of a storage (``mode``, ``expire``,
+    ``shards``, ...), that it refuses."""
 
 
 class SerializationError(StorageError, ValueError):

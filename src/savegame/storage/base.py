@@ -283,16 +283,30 @@ def check_seconds(value: object, what: str, *, whole: bool = False) -> float:
     return number
 
 
+def path_text(value: str | os.PathLike[str], what: str) -> str:
+    """The text of ``value``, a file or folder named by ``what`` (for messages).
+
+    Raises:
+        InvalidIdentifierError: for what is not a ``str`` or a ``str`` path (None, a number,
+            bytes), which :mod:`os` would refuse with a bare ``TypeError``.
+    """
+    text = os.fspath(value) if isinstance(value, (str, os.PathLike)) else None
+    if not isinstance(text, str):
+        raise InvalidIdentifierError(f"{what} must be a str or a path, not {value!r}")
+    return text
+
+
 def local_path(value: str | os.PathLike[str], what: str) -> Path:
     """``value`` (a file or folder named by ``what``, for messages) as a path, a leading
     ``~`` or ``~user`` standing for that home folder.
 
     Raises:
-        InvalidIdentifierError: for a path holding a NUL character, which no file system
-            takes, or a ``~user`` of a user this machine does not know; checked here so
-            that a storage is refused when it is made, not at its first call.
+        InvalidIdentifierError: for what is not a path (see :func:`path_text`), a path
+            holding a NUL character, which no file system takes, or a ``~user`` of a user
+            this machine does not know; checked here so that a storage is refused when it
+            is made, not at its first call.
     """
-    text = os.fspath(value)
+    text = path_text(value, what)
     if "\0" in text:
         raise InvalidIdentifierError(f"{what} {text!r} holds a NUL character")
     try:

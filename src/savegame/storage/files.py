@@ -84,6 +84,7 @@ from savegame.storage.base import (
     kept_from_delete,
     local_path,
     make_folder,
+    path_text,
     sync_folder,
 )
 from savegame.storage.session import MODES, Mode, modes_of
@@ -203,8 +204,9 @@ class FileStorage(Storage):
             :class:`~savegame.errors.BackendUnavailableError`.
 
     Raises:
-        InvalidIdentifierError: for an empty ``dir_path`` (``"."`` names the current folder),
-            one holding a NUL character or starting with the ``~user`` of an unknown user.
+        InvalidIdentifierError: for a ``dir_path`` that is not a path, an empty one (``"."``
+            names the current folder), one holding a NUL character or starting with the
+            ``~user`` of an unknown user.
     """
 
     capabilities = frozenset({"persistent", "processes", "key_order"})
@@ -218,7 +220,7 @@ class FileStorage(Storage):
         lock_timeout: float = 30.0,
     ) -> None:
         super().__init__(mode, expire)
-        if os.fspath(dir_path) == "":
+        if path_text(dir_path, "dir_path") == "":
             # What "json:///$DIR" gives when DIR is unset: Path("") is the current folder,
             # which would take the sessions beside whatever else is there.
             raise InvalidIdentifierError(

@@ -36,7 +36,7 @@ from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.expression import Executable
 
 from savegame.errors import InvalidIdentifierError, StorageError
-from savegame.storage.base import local_path, make_folder
+from savegame.storage.base import local_path, make_folder, path_text
 from savegame.storage.known import DEFAULT_BYTES
 from savegame.storage.session import Mode
 from savegame.storage.sql import (
@@ -216,9 +216,9 @@ class SqliteStorage(SqlStorage):
     Raises:
         InvalidIdentifierError: for a table name that is not a plain identifier, a
             ``db_url`` or ``db_engine`` that is not of a SQLite database, more than one of
-            ``db_url``, ``db_file`` and ``db_engine``, or a ``db_file`` that is empty, holds
-            a NUL character or starts with the ``~user`` of an unknown user; for an unknown
-            ``synchronous`` level, or a ``busy_timeout`` out of range.
+            ``db_url``, ``db_file`` and ``db_engine``, or a ``db_file`` that is not a path, is
+            empty, holds a NUL character or starts with the ``~user`` of an unknown user; for
+            an unknown ``synchronous`` level, or a ``busy_timeout`` out of range.
     """
 
     def __init__(
@@ -255,7 +255,7 @@ class SqliteStorage(SqlStorage):
             raise InvalidIdentifierError(
                 f"{type(self).__name__} got {' and '.join(given)}: give one of them"
             )
-        if db_file is not None and os.fspath(db_file) == "":
+        if db_file is not None and path_text(db_file, "db_file") == "":
             # Path("") is the current folder, which SQLite cannot open: the storage failed
             # at its first call, where JsonStorage("") is refused when made.
             raise InvalidIdentifierError(
