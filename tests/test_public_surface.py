@@ -6,6 +6,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -133,6 +136,8 @@ def test_the_documented_import_paths() -> None:
 def test_a_session_class_has_the_originals_fields_in_their_order(path: str) -> None:
     names = [f.name for f in dataclasses.fields(_load(path))]
     assert names == [*SESSIONS[path], "version"]
+    only = _load(path)("s")  # every field but session_id is optional
+    assert [getattr(only, name) for name in names] == ["s"] + [None] * (len(names) - 1)
 
 
 @pytest.mark.parametrize("path", list(SESSIONS))
@@ -163,3 +168,79 @@ def test_a_constructor_keeps_the_originals_parameters(path: str) -> None:
     assert all(
         p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in parameters[: len(expected)]
     )
+
+
+ERRORS = {
+    "StorageError": (Exception,),
+    "InvalidIdentifierError": ("StorageError", ValueError),
+    "SerializationError": ("StorageError", ValueError),
+    "ConflictError": ("StorageError",),
+    "BackendUnavailableError": ("StorageError",),
+    "CorruptSessionError": ("StorageError",),
+    "MissingDependencyError": ("StorageError", ImportError),
+}
+"""Each error class of ``savegame.errors`` and the classes it derives from."""
+
+
+def test_the_errors_are_one_hierarchy_under_storage_error() -> None:
+    import savegame
+    import savegame.errors
+
+    assert sorted(savegame.errors.__all__) == sorted(ERRORS)
+    for name, bases in ERRORS.items():
+        cls = getattr(savegame.errors, name)
+        assert getattr(savegame, name) is cls
+        assert cls.__bases__ == tuple(
+            getattr(savegame.errors, b) if isinstance(b, str) else b for b in bases
+        )
+        assert cls is savegame.errors.StorageError or issubclass(cls, savegame.errors.StorageError)
+    missing = savegame.errors.MissingDependencyError("redis", "redis")
+    assert 'pip install "savegame[redis]"' in str(missing)
+    assert (missing.package, missing.extra) == ("redis", "redis")
+    conflict = savegame.errors.ConflictError("s", 1, 2)
+    assert (conflict.session_id, conflict.expected, conflict.actual) == ("s", 1, 2)
+
+
+DRIVERS = {"redis": "redis", "psycopg": "postgres", "pymysql": "mysql"}
+"""The server drivers, each installed by the extra of that name, never by the core install."""
+
+WITHOUT_DRIVERS = """
+import sys, tempfile
+for driver in sys.argv[1:]:
+    sys.modules[driver] = None
+from savegame import open_storage
+from savegame.cli import app
+from savegame.storage.session.agent import AgentSession
+import savegame.agent, savegame.team, savegame.workflow, savegame.transfer
+folder = tempfile.mkdtemp()
+for url in ("sqlite:///%s/s.db" % folder, "json:///%s/j" % folder, "yaml:///%s/y" % folder,
+            "memory://"):
+    with open_storage(url) as storage:
+        storage.upsert(AgentSession(session_id="a", user_id="u", memory={"runs": [{"n": 1}]}))
+        assert storage.read("a").memory == {"runs": [{"n": 1}]}, url
+        assert storage.get_all_session_ids(user_id="u") == ["a"], url
+try:
+    app(["copy", "sqlite:///%s/s.db" % folder, "json:///%s/k" % folder])
+except SystemExit as exc:
+    assert not exc.code, exc.code
+print(sorted(name for name in sys.argv[1:] if sys.modules.get(name) is not None))
+"""
+
+
+def test_the_core_install_needs_no_server_driver() -> None:
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads(
+        (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text("utf-8")
+    )["project"]
+    core = " ".join(project["dependencies"]).lower()
+    for driver, extra in DRIVERS.items():
+        assert driver not in core
+        assert any(d.lower().startswith(driver) for d in project["optional-dependencies"][extra])
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_DRIVERS, *DRIVERS],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]"
