@@ -430,6 +430,67 @@ def test_an_unreachable_server_is_a_failure_in_one_line() -> None:
 
 
 @pytest.mark.parametrize(
+    ("driver", "url", "extra"),
+    [
+        ("redis", "redis://127.0.0.1:6379/0?prefix=absent", "redis"),
+        ("psycopg", "postgresql+psycopg://u@127.0.0.1/db", "postgres"),
+        ("pymysql", "mysql+pymysql://u@127.0.0.1/db", "mysql"),
+    ],
+)
+def test_a_driver_not_installed_is_a_failure_naming_the_extra(
+    driver: str, url: str, extra: str, tmp_path: Path
+) -> None:
+    code = (
+        f"import sys\nsys.modules[{driver!r}] = None\n"
+        "from savegame.cli import main\n"
+        "sys.argv = ['savegame', *sys.argv[1:]]\nmain()\n"
+    )
+    for args in (["stats", "-s", url], ["copy", url, f"json:///{tmp_path / 'copy'}"]):
+        proc = subprocess.run(
+            [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60
+        )
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr.splitlines() == [
+            f'error: this backend needs the {driver!r} package: pip install "savegame[{extra}]"'
+        ]
+    assert not (tmp_path / "copy").exists()
+
+
+def test_copy_shows_its_progress_on_a_terminal_only(tmp_path: Path) -> None:
+    source = JsonStorage(tmp_path / "from")
+    for i in range(30):
+        source.upsert(AgentSession(session_id=f"s{i}"))
+    command = ["copy", f"json:///{tmp_path / 'from'}", "--batch-size", "7"]
+    controller, terminal = os.openpty()
+    try:
+        proc = subprocess.Popen(
+            [str(SAVEGAME), *command, f"json:///{tmp_path / 'to'}"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=terminal,
+        )
+        os.close(terminal)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # the terminal's other end is closed: the command ended
+                break
+            if not chunk:
+                break
+            shown += chunk
+        assert proc.wait(timeout=60) == 0
+    finally:
+        os.close(controller)
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode())
+    assert "copying" in screen
+    assert "30/30" in screen
+    assert "copied 30, already there 0, of 30 sessions" in screen
+    piped = savegame(*command, f"json:///{tmp_path / 'again'}")
+    assert errors(piped) == "copied 30, already there 0, of 30 sessions\n"
+
+
+@pytest.mark.parametrize(
     "path",
     [
         pytest.param(("sessions", "list"), id="list"),
