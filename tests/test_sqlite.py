@@ -544,3 +544,26 @@ def test_a_write_to_a_full_tmpfs_raises_backend_unavailable_and_changes_nothing(
     # mount one.
     with full_tmpfs(tmp_path) as (disk, prologue):
         _check_full_disk(prologue, disk / "full.db")
+
+
+def test_listings_by_user_or_agent_search_an_index(tmp_path: Path) -> None:
+    storage = SqliteStorage("chats", db_file=tmp_path / "s.db")
+    for i in range(40):
+        storage.upsert(AgentSession(session_id=f"s{i}", user_id=f"u{i % 4}", agent_id=f"a{i % 5}"))
+    statements: list[str] = []
+    storage.db_engine.dispose()
+    event.listen(
+        storage.db_engine, "connect", lambda conn, _: conn.set_trace_callback(statements.append)
+    )
+    storage.get_all_session_ids(user_id="u1")
+    storage.get_recent_sessions(entity_id="a2")
+    listings = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert listings
+    raw = sqlite3.connect(tmp_path / "s.db")
+    try:
+        for statement in listings:
+            plan = " ".join(row[-1] for row in raw.execute(f"EXPLAIN QUERY PLAN {statement}"))
+            assert "USING INDEX" in plan or "USING PRIMARY KEY" in plan, (statement, plan)
+            assert "SCAN chats " not in f"{plan} ", (statement, plan)
+    finally:
+        raw.close()
