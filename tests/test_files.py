@@ -6,6 +6,7 @@ import ast
 import json
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -598,6 +599,99 @@ def test_the_first_write_in_a_folder_of_the_original_keeps_its_sessions_listed(
         (tmp_path / f"old{i}.json").write_text(json.dumps(session))
     JsonStorage(tmp_path).upsert(AgentSession(session_id="new", user_id="u", created_at=9))
     assert JsonStorage(tmp_path).get_all_session_ids() == ["new", "old1", "old0"]
+
+
+def _write_originals(tmp_path: Path, cls: type[FileStorage], ids: list[str]) -> None:
+    """Sessions as the original wrote them: each in ``<session_id>.json`` (``.yaml``)."""
+    for i, session_id in enumerate(ids):
+        record = {"session_id": session_id, "user_id": "u", "created_at": i, "memory": {}}
+        ext = cls.format.extension
+        (tmp_path / f"{session_id}{ext}").write_bytes(cls.format.dump(record))
+
+
+ORIGINALS = ["my chat", "a@b.com", "chat:1", "x" * 200, "plain"]
+"""Session ids the original named files after; all but the last savegame names otherwise."""
+
+
+@pytest.mark.parametrize("cls", FORMATS)
+def test_a_folder_of_the_original_is_read_listed_and_written_whatever_its_ids(
+    tmp_path: Path, cls: type[FileStorage]
+) -> None:
+    # The original named every file <session_id>.json; savegame looked for the ids it names
+    # otherwise under hashed names only: they were neither read nor listed (an agent
+    # resuming one started afresh), and a save left the original's file beside its own.
+    _write_originals(tmp_path, cls, ORIGINALS)
+    ext = cls.format.extension
+    storage = cls(tmp_path)
+    assert storage.get_all_session_ids(user_id="u") == list(reversed(ORIGINALS))
+    assert storage.unreadable() == []
+    for i, session_id in enumerate(ORIGINALS):
+        read = storage.read(session_id)
+        assert read is not None
+        assert (read.session_id, read.created_at) == (session_id, i)
+
+    saved = storage.upsert(AgentSession(session_id="my chat", user_id="u", created_at=99))
+    assert (saved.created_at, saved.version) == (0, 2)
+    assert not (tmp_path / f"my chat{ext}").exists()
+    assert storage.delete_session("a@b.com")
+    assert not (tmp_path / f"a@b.com{ext}").exists()
+    assert storage.read("a@b.com") is None
+    again = cls(tmp_path)
+    assert again.get_all_session_ids() == ["plain", "x" * 200, "chat:1", "my chat"]
+    assert again.unreadable() == []
+    again.drop()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".savegame"]
+    # Without an index to tell, too.
+    _write_originals(tmp_path, cls, ORIGINALS)
+    shutil.rmtree(tmp_path / ".savegame")
+    cls(tmp_path).drop()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".savegame"]
+    # The original's name of an id holding a separator is a file elsewhere: never read.
+    inside = tmp_path / "in"
+    (inside / "sub").mkdir(parents=True)
+    (tmp_path / f"x{ext}").write_bytes(cls.format.dump({"session_id": "../x", "memory": {}}))
+    (inside / f"sub/y{ext}").write_bytes(cls.format.dump({"session_id": "sub/y", "memory": {}}))
+    assert cls(inside).read("../x") is None
+    assert cls(inside).read("sub/y") is None
+    assert cls(inside).get_all_session_ids() == []
+
+
+@pytest.mark.parametrize("cls", FORMATS)
+def test_upgrade_schema_renames_the_files_the_original_named_after_any_id(
+    tmp_path: Path, cls: type[FileStorage]
+) -> None:
+    ext = cls.format.extension
+    ids = [*ORIGINALS, ".hidden"]
+    _write_originals(tmp_path, cls, ids)
+    storage = cls(tmp_path)
+    storage.upsert(AgentSession(session_id="other", user_id="u"))
+    # savegame's file of "chat:1" beside the original's (made by an earlier savegame): kept.
+    (tmp_path / f"chat:1{ext}").rename(tmp_path / "keep")
+    storage.upsert(AgentSession(session_id="chat:1", user_id="u", created_at=50))
+    (tmp_path / "keep").rename(tmp_path / f"chat:1{ext}")
+    other_mode = {"session_id": "a team", "team_id": "t", "team_data": {}, "memory": {}}
+    (tmp_path / f"a team{ext}").write_bytes(cls.format.dump(other_mode))
+    (tmp_path / f"not it{ext}").write_bytes(cls.format.dump({"session_id": "another"}))
+
+    storage.upgrade_schema()
+    storage.upgrade_schema()
+    for session_id in ("my chat", "a@b.com", "x" * 200, ".hidden"):
+        assert not (tmp_path / f"{session_id}{ext}").exists()
+        assert (tmp_path / file_name(session_id, ext)).exists()
+    assert cls(tmp_path).get_all_session_ids() == [
+        "other",
+        "chat:1",
+        ".hidden",
+        "plain",
+        "x" * 200,
+        "a@b.com",
+        "my chat",
+    ]
+    assert cls(tmp_path).read("chat:1").created_at == 50  # type: ignore[union-attr]
+    assert (tmp_path / f"chat:1{ext}").exists()
+    assert any("chat:1" in line for line in cls(tmp_path).unreadable())
+    assert (tmp_path / f"a team{ext}").exists()
+    assert (tmp_path / f"not it{ext}").exists()
 
 
 def _refuses_mode(error: CorruptSessionError, kept: str, refused: str) -> bool:

@@ -42,7 +42,10 @@ Reads take no lock.
 File names. A session id made only of letters, digits, ``-``, ``_`` and ``.`` (not starting
 with a dot, at most 128 characters, not a Windows device name) keeps the plain
 ``<id>.json`` name the original used; any other id is stored as ``~<sha256 of the id>.json``.
-No id can name a path outside the folder. On a file system that ignores case (macOS's and
+No id can name a path outside the folder. The original named the files of those other ids
+``<id>.json`` too: such a file is read and listed while no file of savegame's name is there,
+and renamed to it by a write or removal of its session, or by
+:meth:`FileStorage.upgrade_schema`. On a file system that ignores case (macOS's and
 Windows' by default), ``abc.json`` is also the file of session ``Abc``: where one of two such
 ids is stored, the other reads as missing, and its write raises
 :class:`~savegame.errors.InvalidIdentifierError` rather than replace the session there.
@@ -94,6 +97,9 @@ _PLAIN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 _DEVICES = frozenset(
     ["CON", "PRN", "AUX", "NUL"] + [f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)]
 )
+_NOT_IN_A_NAME = frozenset("/\\:" if os.name == "nt" else "/")
+"""Characters that would make an id, as a file name, name another folder (or, on Windows,
+a drive or a stream of another file)."""
 _META_DIR = ".savegame"
 _TEMP_PREFIX = ".tmp-"
 _TEMP_NAME = re.compile(re.escape(_TEMP_PREFIX) + "[0-9a-f]{32}")
@@ -419,6 +425,50 @@ class FileStorage(Storage):
 
     def _path(self, session_id: str) -> Path:
         return self.dir_path / file_name(session_id, self.format.extension)
+
+    def _originals_path(self, session_id: str) -> Path | None:
+        """Where the original kept ``session_id`` when savegame names its file otherwise
+        (``my chat.json``); None when the names agree, or the original's name is no file
+        of this folder (an id holding a separator, one too long for a file name, or one
+        that would pass for a temporary file)."""
+        name = session_id + self.format.extension
+        if name == file_name(session_id, self.format.extension):
+            return None
+        if not _NOT_IN_A_NAME.isdisjoint(name) or name.startswith(_TEMP_PREFIX):
+            return None
+        try:
+            if len(os.fsencode(name)) > 255:
+                return None
+        except UnicodeEncodeError:  # a lone surrogate
+            return None
+        return self.dir_path / name
+
+    def _load_originals(self, session_id: str) -> Record | None:
+        """The session ``session_id`` from the file the original named after it; None when
+        there is none, or the file holds something else (another program's, or damaged:
+        :meth:`unreadable` names it)."""
+        path = self._originals_path(session_id)
+        if path is None:
+            return None
+        try:
+            return self._load(path, session_id)
+        except CorruptSessionError:
+            return None
+
+    def _adopt(self, session_id: str) -> None:
+        """Renames the original's file of ``session_id``, when it has one and no file of
+        savegame's name is there, to savegame's name, so that a write keeps its
+        ``created_at`` and version and a removal removes it. Holds the folder's lock."""
+        own = self._path(session_id)
+        if own.exists():
+            return
+        record = self._load_originals(session_id)
+        if record is None or self.mode not in modes_of(record):
+            return
+        path = self._originals_path(session_id)
+        assert path is not None
+        os.replace(path, own)
+        sync_folder(self.dir_path)
 
     def _load(self, path: Path, session_id: str | None) -> Record | None:
         """The record in ``path``; None when the file is not there.
@@ -792,6 +842,29 @@ class FileStorage(Storage):
                 )
         return found
 
+    def upgrade_schema(self) -> None:
+        """Renames each file the original named after a session id that savegame names
+        otherwise (``my chat.json``, ``a@b.com.json``: see the module docstring) to
+        savegame's name. Such a session is read and listed before too, and a write or a
+        removal of it renames it first; a session savegame keeps under its own name beside
+        it is kept, and the original's file left as it was (:meth:`unreadable` names it).
+        Sessions of another mode stay as they are.
+
+        Raises:
+            BackendUnavailableError: when the folder cannot be locked, read or written.
+        """
+        if not self.dir_path.is_dir():
+            return
+        ext = self.format.extension
+        with self._locked() as conn:
+            with os.scandir(self.dir_path) as entries:
+                names = [e.name for e in entries if e.name.endswith(ext) and e.is_file()]
+            for name in names:
+                path = self._originals_path(name[: -len(ext)])
+                if path is not None and path.name == name:
+                    self._adopt(name[: -len(ext)])
+            self._reindex(conn, full=False)
+
     def rebuild_index(self) -> None:
         """Reads every file again and rebuilds the index from them.
 
@@ -850,7 +923,7 @@ class FileStorage(Storage):
                 continue
             if (
                 record is None
-                or entry.name != file_name(record["session_id"], self.format.extension)
+                or not self._named_for(entry.name, record["session_id"])
                 or self.mode not in modes_of(record)
             ):
                 continue
@@ -868,6 +941,16 @@ class FileStorage(Storage):
         self._stamp_folder(conn)
         conn.execute("COMMIT")
 
+    def _named_for(self, name: str, session_id: str) -> bool:
+        """Whether the file ``name`` is the one ``session_id`` is read from: savegame's
+        name for it, or the original's while there is no file of savegame's name."""
+        if name == file_name(session_id, self.format.extension):
+            return True
+        originals = self._originals_path(session_id)
+        return (
+            originals is not None and originals.name == name and not self._path(session_id).exists()
+        )
+
     def update(self, session_id: str, fn: Callable[[Any], Any], *, max_attempts: int = 50) -> Any:
         """:meth:`Storage.update` holding the folder's lock from the read to the write.
 
@@ -881,8 +964,12 @@ class FileStorage(Storage):
     # -- primitives -----------------------------------------------------------------------
 
     def _read(self, session_id: str) -> Record | None:
+        path = self._path(session_id)
         try:
-            record = self._load(self._path(session_id), session_id)
+            record = self._load(path, session_id)
+            if record is None and self._originals_path(session_id) is not None:
+                # Again after the original's file: a writer may have renamed it meanwhile.
+                record = self._load_originals(session_id) or self._load(path, session_id)
         except _FileOfAnother:
             return None
         if record is not None:
@@ -933,6 +1020,7 @@ class FileStorage(Storage):
         path = self._path(session_id)
         with self._locked() as conn:
             self._claim()
+            self._adopt(session_id)
             header = self._header(conn, path, session_id)
             record = self._stamp(draft.record, header, expected_version, now, preserve)
             before = os.stat(self.dir_path).st_mtime_ns
@@ -969,6 +1057,7 @@ class FileStorage(Storage):
             return False  # nothing to remove: the folder is not made for it
         path = self._path(session_id)
         with self._folder_locked(), self._index_errors():
+            self._adopt(session_id)
             try:
                 record = self._load(path, session_id)
             except _FileOfAnother:
@@ -1091,8 +1180,9 @@ class FileStorage(Storage):
     def _dropped(self, path: Path) -> bool | None:
         """Whether :meth:`drop` removes ``path``, a file the index does not hold as one of
         this mode's sessions: True for a session's own file (named after the session it
-        holds, damaged or not) of this mode; False for one of another mode's session, which
-        keeps the folder's mode; None for a file that is no session's file, which stays.
+        holds, by savegame or by the original, damaged or not) of this mode; False for one
+        of another mode's session, which keeps the folder's mode; None for a file that is no
+        session's file, which stays.
 
         A file that holds no session (another program's ``package.json``, one cut short)
         or a session under another name (a copy made by hand) is not the storage's: it
@@ -1108,9 +1198,7 @@ class FileStorage(Storage):
         except (ValueError, StorageError):
             return None
         session_id = data.get("session_id") if isinstance(data, dict) else None
-        if not isinstance(session_id, str) or path.name != file_name(
-            session_id, self.format.extension
-        ):
+        if not isinstance(session_id, str) or not self._named_for(path.name, session_id):
             return None
         return self._other_mode(data) is None
 
