@@ -30,6 +30,7 @@ from savegame.storage.session.team import TeamSession
 from savegame.storage.yaml import YamlStorage
 from savegame.testing.contract import ODD_IDS, wait_child
 from tests.full_disk import FILE_SIZE_LIMIT, full_tmpfs, read_only
+from tests.syscalls import renamed_to, synced, syscalls_of
 
 FORMATS = [pytest.param(JsonStorage, id="json"), pytest.param(YamlStorage, id="yaml")]
 
@@ -1351,3 +1352,21 @@ def test_a_reader_that_cannot_write_lists_while_the_owner_writes(tmp_path: Path)
             writer.wait()
             reader.close()  # its index, open in the view, would keep it mounted
     assert listings > 100
+
+
+@pytest.mark.parametrize("cls", FORMATS)
+def test_a_returned_write_was_synced_renamed_and_its_folder_synced(
+    tmp_path: Path, cls: type[FileStorage]
+) -> None:
+    folder = (tmp_path / "sessions").resolve()
+    name = cls.__name__
+    setup = (
+        f"from savegame.storage.{cls.format.name} import {name}\n"
+        "from savegame.storage.session.agent import AgentSession\n"
+        f"storage = {name}({str(folder)!r})\n"
+        "storage.upsert(AgentSession(session_id='first'))"
+    )
+    calls = syscalls_of(setup, "storage.upsert(AgentSession(session_id='abc'))", tmp_path)
+    rename, temp = renamed_to(calls, folder / f"abc{cls.format.extension}")
+    assert any(i < rename for i in synced(calls, temp)), calls
+    assert any(i > rename for i in synced(calls, folder)), calls

@@ -29,6 +29,7 @@ from savegame.storage.sqlite import SqliteStorage, make_engine
 from savegame.testing.contract import in_threads
 from tests.full_disk import FILE_SIZE_LIMIT, full_tmpfs, read_only
 from tests.stores import write_original_table
+from tests.syscalls import synced, syscalls_of
 
 
 def _runs(n: int, size: int = 400) -> list[dict[str, Any]]:
@@ -567,3 +568,19 @@ def test_listings_by_user_or_agent_search_an_index(tmp_path: Path) -> None:
             assert "SCAN chats " not in f"{plan} ", (statement, plan)
     finally:
         raw.close()
+
+
+@pytest.mark.parametrize(("synchronous", "durable"), [(None, True), ("NORMAL", False)])
+def test_a_returned_write_was_synced_to_the_log_unless_synchronous_is_normal(
+    tmp_path: Path, synchronous: str | None, durable: bool
+) -> None:
+    db = (tmp_path / "s.db").resolve()
+    level = "" if synchronous is None else f", synchronous={synchronous!r}"
+    setup = (
+        "from savegame.storage.sqlite import SqliteStorage\n"
+        "from savegame.storage.session.agent import AgentSession\n"
+        f"storage = SqliteStorage('t', db_file={str(db)!r}{level})\n"
+        "storage.upsert(AgentSession(session_id='first'))"
+    )
+    calls = syscalls_of(setup, "storage.upsert(AgentSession(session_id='abc'))", tmp_path)
+    assert bool(synced(calls, f"{db}-wal")) is durable, calls
