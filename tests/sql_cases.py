@@ -318,6 +318,33 @@ def check_schema_of_another_role(storage: SqlStorage, owner: SqlStorage) -> None
     assert (read.version, read.memory) == (2, {"runs": _runs("s", 3)})
 
 
+def check_read_only_role(storage: SqlStorage, owner: SqlStorage) -> None:
+    """A storage whose user may only read the tables ``owner`` made (a reporting role):
+    ``create()`` and ``upgrade_schema()`` of tables at the latest layout change nothing and
+    so need no right to write; reads and listings work; every write raises
+    :class:`StorageError` and leaves the store as it was."""
+    save_owned_session(owner)
+    storage.create()
+    storage.upgrade_schema()
+    got = storage.read("s")
+    assert got is not None
+    assert got.memory == {"runs": _runs("s", 2)}
+    assert storage.get_all_session_ids() == ["s"]
+    got.memory = {"runs": _runs("s", 3)}
+    for write in (
+        lambda: storage.upsert(got),
+        lambda: storage.upsert(AgentSession(session_id="new")),
+        lambda: storage.delete_session("s"),
+        storage.drop,
+    ):
+        with pytest.raises(StorageError):
+            write()
+    read = owner.read("s")
+    assert read is not None
+    assert (read.version, read.memory) == (1, {"runs": _runs("s", 2)})
+    assert owner.get_all_session_ids() == ["s"]
+
+
 def check_lock_held_past_a_timeout(storage: SqlStorage, admin: Engine, lock_header: str) -> None:
     """With a server-side timeout set on ``storage``'s connections (in its URL), every call
     that waits for a session's header while another transaction holds its lock raises

@@ -398,6 +398,29 @@ def test_a_user_that_may_only_use_a_database_another_made_creates_and_upgrades(
             conn.execute(text(f"DROP USER '{user}'@'%'"))
 
 
+def test_a_user_that_may_only_read_reads_and_its_writes_change_nothing(
+    server: str, admin: Engine
+) -> None:
+    database = unique("sg")
+    user = unique("sg")
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE DATABASE {database}"))
+        conn.execute(text(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'secret'"))
+        conn.execute(text(f"GRANT SELECT ON {database}.* TO '{user}'@'%'"))
+    owner = MySQLStorage("sessions", schema=database, db_url=server)
+    url = make_url(server).set(username=user, password="secret", database=database)
+    storage = MySQLStorage("sessions", schema=database, db_url=url.render_as_string(False))
+    try:
+        owner.create()
+        sql_cases.check_read_only_role(storage, owner)
+    finally:
+        storage.close()
+        owner.close()
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP DATABASE {database}"))
+            conn.execute(text(f"DROP USER '{user}'@'%'"))
+
+
 @pytest.mark.parametrize("setting", ["innodb_lock_wait_timeout = 1", "max_statement_time = 0.3"])
 def test_a_lock_held_past_a_timeout_raises_backend_unavailable(
     server: str, admin: Engine, table: str, setting: str

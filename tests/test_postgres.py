@@ -314,6 +314,28 @@ def test_a_role_that_may_only_use_a_schema_another_role_made_creates_and_upgrade
             conn.execute(text(f'DROP ROLE "{role}"'))
 
 
+def test_a_role_that_may_only_read_reads_and_its_writes_change_nothing(
+    server: str, admin: Engine, schema: str
+) -> None:
+    owner = PostgresStorage("sessions", schema=schema, db_url=server)
+    owner.create()
+    role = unique("sg")
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE ROLE \"{role}\" LOGIN PASSWORD 'secret'"))
+        conn.execute(text(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"'))
+        conn.execute(text(f'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"'))
+    url = make_url(server).set(username=role, password="secret")
+    storage = PostgresStorage("sessions", schema=schema, db_url=url.render_as_string(False))
+    try:
+        sql_cases.check_read_only_role(storage, owner)
+    finally:
+        storage.close()
+        owner.close()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP OWNED BY "{role}"'))
+            conn.execute(text(f'DROP ROLE "{role}"'))
+
+
 @pytest.mark.parametrize("setting", ["lock_timeout", "statement_timeout"])
 def test_a_lock_held_past_a_timeout_raises_backend_unavailable(
     server: str, admin: Engine, schema: str, setting: str

@@ -1849,7 +1849,10 @@ class SqlStorage(Storage):
                     # Also on tables an earlier savegame brought to a later version before
                     # the second migration converted the original's id columns.
                     self.dialect.adopt_id_types(conn, self.table)
-                if layout.version == 0 or upgrade or not layout.recorded:
+                # A table recorded at the latest layout keeps its record as it is: a role
+                # that may only read the tables can then call upgrade_schema() too.
+                behind = upgrade and layout.version < LATEST
+                if layout.version == 0 or behind or not layout.recorded:
                     self._record_version(conn, LATEST)
                     layout = _Layout(LATEST, frozenset(self.table.c.keys()))
                 return layout
