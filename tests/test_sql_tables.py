@@ -32,14 +32,17 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.pool import AssertionPool, Pool, StaticPool
 
 from savegame.errors import CorruptSessionError, InvalidIdentifierError, StorageError
 from savegame.storage.mysql import MySQLStorage
 from savegame.storage.postgres import PostgresStorage
+from savegame.storage.session import Session
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.sql import CONNECT_TIMEOUT, LATEST, SqlStorage
 from savegame.storage.sqlite import SqliteStorage
 from savegame.testing import Store
+from savegame.testing.contract import in_threads
 from tests import sql_cases
 from tests.stores import BACKENDS, Backend, mysql_url, postgres_url, write_original_table
 
@@ -937,6 +940,45 @@ def test_an_engine_of_one_connection_is_shared_with_the_application(sql_store: S
             lambda e: type(own)(own.table_name, db_engine=e, **options),  # type: ignore[call-arg]
             engine,
         )
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("pool", [StaticPool, AssertionPool])
+def test_threads_on_an_engine_whose_pool_lends_one_connection_take_it_in_turn(
+    sql_store: Store, pool: type[Pool]
+) -> None:
+    # Such a pool hands its one connection to every thread at once (StaticPool), or
+    # refuses a second with an AssertionError (AssertionPool): threads interleaved their
+    # statements on it, and reads came out corrupt or failed with the driver's own errors.
+    if sql_store.backend == "sqlite-memory":
+        pytest.skip("an in-memory database is one connection, shared by its engine")
+    own = _sql(sql_store)
+    threads = {"check_same_thread": False} if own.db_engine.dialect.name == "sqlite" else {}
+    engine = create_engine(own.db_engine.url, poolclass=pool, connect_args=threads)
+    options: dict[str, Any] = {} if own.schema is None else {"schema": own.schema}
+
+    def make() -> SqlStorage:
+        return type(own)(own.table_name, db_engine=engine, **options)  # type: ignore[call-arg]
+
+    shared = make()
+
+    def add_run(session: Session | None) -> Session:
+        runs = [] if session is None else session.memory["runs"]
+        return AgentSession(session_id="s", user_id="u", memory={"runs": [*runs, len(runs)]})
+
+    def work(n: int) -> None:
+        storage = shared if n % 2 else make()
+        for _ in range(10):
+            storage.update("s", add_run)
+            assert storage.read("s") is not None
+            assert storage.get_all_session_ids(user_id="u") == ["s"]
+
+    try:
+        in_threads(4, work)
+        got = shared.read("s")
+        assert got is not None
+        assert got.memory == {"runs": list(range(40))}
     finally:
         engine.dispose()
 

@@ -101,6 +101,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection
+from sqlalchemy.pool import AssertionPool, StaticPool
 from sqlalchemy.schema import CreateSchema
 from sqlalchemy.sql.expression import ColumnElement, Executable
 from sqlalchemy.sql.functions import FunctionElement
@@ -1220,7 +1221,8 @@ class SqlStorage(Storage):
         mode: the storage mode.
         expire: seconds after its last write that a session expires.
         owns_engine: whether :meth:`close` disposes of the engine.
-        serialize: whether the engine has one connection that threads must take in turn.
+        serialize: whether the engine has one connection that threads must take in turn
+            (also taken so on an engine whose pool is a ``StaticPool`` or ``AssertionPool``).
         cache_bytes: how many bytes of runs the storage may remember of its recent
             sessions (:mod:`savegame.storage.known`); 0 remembers none.
     """
@@ -1261,8 +1263,12 @@ class SqlStorage(Storage):
         self.dialect = dialect
         self._owns_engine = owns_engine
         self._closed = False
+        # A StaticPool lends its one connection to every thread at once, an AssertionPool
+        # refuses a second borrower: the application's engine of such a pool is taken in
+        # turn, as an in-memory SQLite database is.
+        one = isinstance(engine.pool, (StaticPool, AssertionPool))
         self._lock: AbstractContextManager[Any] = (
-            engine_lock(engine) if serialize else nullcontext()
+            engine_lock(engine) if serialize or one else nullcontext()
         )
         self._layout_lock = threading.Lock()
         self._known = KnownSessions(cache_bytes)
