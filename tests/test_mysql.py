@@ -421,6 +421,29 @@ def test_a_user_that_may_only_read_reads_and_its_writes_change_nothing(
             conn.execute(text(f"DROP USER '{user}'@'%'"))
 
 
+@pytest.mark.parametrize(
+    "sql_mode", ["TRADITIONAL", "STRICT_ALL_TABLES", "ANSI", "NO_BACKSLASH_ESCAPES"]
+)
+def test_sessions_round_trip_whatever_the_sql_mode(server: str, table: str, sql_mode: str) -> None:
+    # Under a strict mode, MariaDB refuses a session variable set past its maximum, where it
+    # otherwise lowers it with a warning: setting group_concat_max_len failed every call.
+    url = make_url(server).update_query_dict(
+        {"init_command": f"SET SESSION sql_mode = '{sql_mode}'"}
+    )
+    storage = MySQLStorage(table, db_url=url.render_as_string(False))
+    data = {"text": "a \\ b ' c \" d \0 e \n f \x1a 😀"}
+    runs = [{"q": "'\\"}, {"r": 1}]
+    storage.upsert(AgentSession(session_id="it's\\", user_id="u", session_data=data))
+    stored = storage.upsert(
+        AgentSession(session_id="it's\\", user_id="u", session_data=data, memory={"runs": runs})
+    )
+    with MySQLStorage(table, db_url=url.render_as_string(False)) as other:
+        assert other.read("it's\\") == stored
+        assert other.get_all_session_ids(user_id="u") == ["it's\\"]
+    assert storage.delete_session("it's\\")
+    storage.close()
+
+
 @pytest.mark.parametrize("setting", ["innodb_lock_wait_timeout = 1", "max_statement_time = 0.3"])
 def test_a_lock_held_past_a_timeout_raises_backend_unavailable(
     server: str, admin: Engine, table: str, setting: str

@@ -85,6 +85,7 @@ _NO_SUCH_TABLE = 1146
 _NO_SUCH_COLUMN = 1054
 _TABLE_CHANGED = 1412
 _DUPLICATE_KEY = 1062
+_GROUP_CONCAT_MAX = 1 << 30
 _SCHEMA_LOCK = "savegame.schema"
 _SCHEMA_LOCK_WAIT = 60
 """Seconds a schema change waits for another process's to end (GET_LOCK's own timeout)."""
@@ -188,9 +189,10 @@ class MySQLDialect(SqlDialect):
 
     def configure(self, conn: Any) -> None:
         # A read gathers a session's run digests with GROUP_CONCAT, cut at 1 MB by default
-        # (1 kB on MySQL): 16 bytes a run.
+        # (1 kB on MySQL): 32 hexadecimal digits a run. 1 GB is MariaDB's largest setting,
+        # and a strict sql_mode (TRADITIONAL) makes a larger one an error, not a warning.
         with conn.cursor() as cursor:
-            cursor.execute("SET SESSION group_concat_max_len = 4294967295")
+            cursor.execute(f"SET SESSION group_concat_max_len = {_GROUP_CONCAT_MAX}")
             cursor.execute("SELECT @@session.max_allowed_packet")
             conn.savegame_packet_limit = int(cursor.fetchone()[0])
             # An engine made with isolation_level="READ UNCOMMITTED" (or a server whose
