@@ -444,6 +444,26 @@ def test_sessions_round_trip_whatever_the_sql_mode(server: str, table: str, sql_
     storage.close()
 
 
+def test_a_select_limit_of_the_server_or_session_cuts_no_session_or_listing_short(
+    server: str, table: str
+) -> None:
+    # sql_select_limit caps every SELECT without a LIMIT: listings came back short, and a
+    # session with more runs than the cap was reported corrupt.
+    url = make_url(server).update_query_dict({"init_command": "SET SESSION sql_select_limit = 2"})
+    storage = MySQLStorage(table, db_url=url.render_as_string(False), expire=3600)
+    runs = [{"n": n} for n in range(5)]
+    for n in range(4):
+        storage.upsert(AgentSession(session_id=f"s{n}", user_id="u", memory={"runs": runs}))
+    with MySQLStorage(table, db_url=url.render_as_string(False)) as other:
+        got = other.read("s0")
+        assert got is not None
+        assert got.memory == {"runs": runs}
+        assert sorted(other.get_all_session_ids(user_id="u")) == ["s0", "s1", "s2", "s3"]
+        assert len(other.get_all_sessions()) == 4
+    assert storage.delete_user("u") == 4
+    storage.close()
+
+
 @pytest.mark.parametrize("setting", ["innodb_lock_wait_timeout = 1", "max_statement_time = 0.3"])
 def test_a_lock_held_past_a_timeout_raises_backend_unavailable(
     server: str, admin: Engine, table: str, setting: str

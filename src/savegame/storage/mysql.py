@@ -86,6 +86,8 @@ _NO_SUCH_COLUMN = 1054
 _TABLE_CHANGED = 1412
 _DUPLICATE_KEY = 1062
 _GROUP_CONCAT_MAX = 1 << 30
+_NO_LIMIT = 2**64 - 1
+"""The largest ``sql_select_limit``, which is no limit."""
 _SCHEMA_LOCK = "savegame.schema"
 _SCHEMA_LOCK_WAIT = 60
 """Seconds a schema change waits for another process's to end (GET_LOCK's own timeout)."""
@@ -192,7 +194,12 @@ class MySQLDialect(SqlDialect):
         # (1 kB on MySQL): 32 hexadecimal digits a run. 1 GB is MariaDB's largest setting,
         # and a strict sql_mode (TRADITIONAL) makes a larger one an error, not a warning.
         with conn.cursor() as cursor:
-            cursor.execute(f"SET SESSION group_concat_max_len = {_GROUP_CONCAT_MAX}")
+            # A sql_select_limit of the server's (DEFAULT would be that one) or the URL's
+            # init_command would cut every listing and a session's runs short.
+            cursor.execute(
+                f"SET SESSION group_concat_max_len = {_GROUP_CONCAT_MAX}, "
+                f"sql_select_limit = {_NO_LIMIT}"
+            )
             cursor.execute("SELECT @@session.max_allowed_packet")
             conn.savegame_packet_limit = int(cursor.fetchone()[0])
             # An engine made with isolation_level="READ UNCOMMITTED" (or a server whose
