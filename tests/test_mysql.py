@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, inspect, make_url, text
+from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
 
 from savegame import open_storage
 from savegame.errors import (
@@ -462,6 +463,34 @@ def test_a_select_limit_of_the_server_or_session_cuts_no_session_or_listing_shor
         assert len(other.get_all_sessions()) == 4
     assert storage.delete_user("u") == 4
     storage.close()
+
+
+def test_a_completion_type_of_release_closes_no_connection_savegame_commits_on(
+    server: str, table: str
+) -> None:
+    # completion_type = RELEASE (2) makes the server close a connection at each COMMIT and
+    # ROLLBACK; set for the whole server, every call failed as a server gone away. Here it
+    # is set on each new connection, as the server's global setting would give it.
+    engine = create_engine(server)
+    connections: list[Any] = []
+
+    @event.listens_for(engine, "connect")
+    def release_on_commit(dbapi_connection: Any, record: Any) -> None:
+        connections.append(dbapi_connection)
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SET SESSION completion_type = 2")
+
+    storage = MySQLStorage(table, db_engine=engine)
+    try:
+        for n in range(3):
+            runs = [{"n": k} for k in range(n + 1)]
+            stored = storage.upsert(AgentSession(session_id="s", memory={"runs": runs}))
+            assert storage.read("s") == stored
+            assert storage.get_all_session_ids() == ["s"]
+        assert len(connections) == 1
+    finally:
+        storage.close()
+        engine.dispose()
 
 
 @pytest.mark.parametrize("setting", ["innodb_lock_wait_timeout = 1", "max_statement_time = 0.3"])

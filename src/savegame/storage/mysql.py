@@ -195,10 +195,11 @@ class MySQLDialect(SqlDialect):
         # and a strict sql_mode (TRADITIONAL) makes a larger one an error, not a warning.
         with conn.cursor() as cursor:
             # A sql_select_limit of the server's (DEFAULT would be that one) or the URL's
-            # init_command would cut every listing and a session's runs short.
+            # init_command would cut every listing and a session's runs short; a
+            # completion_type of RELEASE would close the connection at every commit.
             cursor.execute(
                 f"SET SESSION group_concat_max_len = {_GROUP_CONCAT_MAX}, "
-                f"sql_select_limit = {_NO_LIMIT}"
+                f"sql_select_limit = {_NO_LIMIT}, completion_type = 0"
             )
             cursor.execute("SELECT @@session.max_allowed_packet")
             conn.savegame_packet_limit = int(cursor.fetchone()[0])
