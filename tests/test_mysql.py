@@ -493,6 +493,30 @@ def test_a_completion_type_of_release_closes_no_connection_savegame_commits_on(
         engine.dispose()
 
 
+def test_an_engine_whose_schema_translate_map_names_the_database_keeps_the_tables_there(
+    server: str, admin: Engine, table: str
+) -> None:
+    # The map's None stands for the URL's database, which a storage without schema= uses.
+    database = unique("sg")
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE DATABASE {database}"))
+    engine = create_engine(server).execution_options(schema_translate_map={None: database})
+    storage = MySQLStorage(table, db_engine=engine)
+    try:
+        stored = storage.upsert(AgentSession(session_id="s", user_id="u", memory={"runs": [1]}))
+        assert storage.read("s") == stored
+        assert storage.get_all_session_ids(user_id="u") == ["s"]
+        with MySQLStorage(table, schema=database, db_url=server) as plain:
+            assert plain.read("s") == stored
+        with MySQLStorage(table, db_url=server) as elsewhere:
+            assert not elsewhere.table_exists()
+    finally:
+        storage.close()
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP DATABASE {database}"))
+
+
 @pytest.mark.parametrize("setting", ["innodb_lock_wait_timeout = 1", "max_statement_time = 0.3"])
 def test_a_lock_held_past_a_timeout_raises_backend_unavailable(
     server: str, admin: Engine, table: str, setting: str

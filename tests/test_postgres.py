@@ -336,6 +336,27 @@ def test_a_role_that_may_only_read_reads_and_its_writes_change_nothing(
             conn.execute(text(f'DROP ROLE "{role}"'))
 
 
+def test_an_engine_whose_schema_translate_map_names_the_schema_keeps_the_tables_there(
+    server: str, schema: str
+) -> None:
+    # The tables were made in the schema the map names, and the sessions written to the
+    # storage's own schema, where no table was: every write failed.
+    engine = create_engine(server).execution_options(schema_translate_map={"tenant": schema})
+    storage = PostgresStorage("sessions", schema="tenant", db_engine=engine)
+    try:
+        runs = [{"n": 1}, {"n": 2}]
+        stored = storage.upsert(AgentSession(session_id="s", user_id="u", memory={"runs": runs}))
+        assert storage.read("s") == stored
+        assert storage.get_all_session_ids(user_id="u") == ["s"]
+        with PostgresStorage("sessions", schema=schema, db_url=server) as plain:
+            assert plain.read("s") == stored
+        storage.drop()
+        assert not storage.table_exists()
+    finally:
+        storage.close()
+        engine.dispose()
+
+
 @pytest.mark.parametrize("setting", ["lock_timeout", "statement_timeout"])
 def test_a_lock_held_past_a_timeout_raises_backend_unavailable(
     server: str, admin: Engine, schema: str, setting: str

@@ -1256,6 +1256,10 @@ class SqlStorage(Storage):
                 f"table name {table_name!r} is not allowed: {keeper} keeps tables of that name "
                 "for itself; give the sessions' table another name"
             )
+        # An engine's schema_translate_map would send only the statements SQLAlchemy runs
+        # to the schema it names, those savegame runs on the driver going to ``schema``.
+        translate = engine.get_execution_options().get("schema_translate_map") or {}
+        schema = translate.get(schema, schema)
         self.schema = None if schema is None else codec.check_name(schema, "schema name")
         self.schema_version = schema_version
         self.auto_upgrade_schema = auto_upgrade_schema
