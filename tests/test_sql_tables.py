@@ -944,6 +944,34 @@ def test_an_engine_of_one_connection_is_shared_with_the_application(sql_store: S
         engine.dispose()
 
 
+@pytest.mark.parametrize("options", [{"stream_results": True}, {"yield_per": 2}])
+def test_an_engine_that_streams_results_makes_reads_and_writes_every_table(
+    sql_store: Store, options: dict[str, Any]
+) -> None:
+    # PostgreSQL's server-side cursors take only queries: on such an engine every call
+    # failed, CREATE TABLE and DELETE sent as cursors.
+    if sql_store.backend == "sqlite-memory":
+        pytest.skip("an in-memory database is one connection, shared by its engine")
+    own = _sql(sql_store)
+    engine = create_engine(own.db_engine.url).execution_options(**options)
+    table = f"{own.table_name}_streamed"
+    extra: dict[str, Any] = {} if own.schema is None else {"schema": own.schema}
+    storage = type(own)(table, db_engine=engine, **extra)  # type: ignore[call-arg]
+    try:
+        stored = [
+            storage.upsert(AgentSession(session_id=f"s{n}", user_id="u", memory={"runs": [n] * 3}))
+            for n in range(5)
+        ]
+        assert sorted(storage.get_all_sessions(user_id="u"), key=lambda s: s.session_id) == stored
+        storage.upgrade_schema()
+        assert storage.delete_user("u") == 5
+        storage.drop()
+        assert not storage.table_exists()
+    finally:
+        storage.close()
+        engine.dispose()
+
+
 @pytest.mark.parametrize("pool", [StaticPool, AssertionPool])
 def test_threads_on_an_engine_whose_pool_lends_one_connection_take_it_in_turn(
     sql_store: Store, pool: type[Pool]

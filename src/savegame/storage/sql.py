@@ -1266,6 +1266,8 @@ class SqlStorage(Storage):
         self.db_engine = engine
         self.dialect = dialect
         self._owns_engine = owns_engine
+        options = engine.get_execution_options()
+        self._streams = bool(options.get("stream_results") or options.get("yield_per"))
         self._closed = False
         # A StaticPool lends its one connection to every thread at once, an AssertionPool
         # refuses a second borrower: the application's engine of such a pool is taken in
@@ -1544,6 +1546,10 @@ class SqlStorage(Storage):
         """
         self._check_open()
         conn = self.db_engine.connect()
+        if self._streams:
+            # PostgreSQL's server-side cursors take only queries: an engine streaming
+            # results wrapped every statement savegame runs (CREATE, DELETE) in one.
+            conn.execution_options(stream_results=False, yield_per=None)
         if self._elsewhere(conn.info, writing):
             conn.invalidate()
             conn.close()
