@@ -357,6 +357,37 @@ def test_an_engine_whose_schema_translate_map_names_the_schema_keeps_the_tables_
         engine.dispose()
 
 
+def test_statements_prepared_before_another_process_converts_the_id_columns_are_prepared_anew(
+    server: str, admin: Engine, schema: str
+) -> None:
+    # The ids of a table an earlier savegame upgraded kept the database's collation, which
+    # upgrade_schema() now converts. A connection that had prepared its statements on the
+    # table before then failed its next calls: "cached plan must not change result type".
+    owner = PostgresStorage("sessions", schema=schema, db_url=server)
+    owner.upsert(AgentSession(session_id="s", user_id="u", memory={"runs": [0]}))
+    with admin.begin() as conn:
+        for column in ("session_id", "user_id", "agent_id"):
+            conn.execute(
+                text(
+                    f'ALTER TABLE "{schema}".sessions ALTER COLUMN {column} '
+                    'TYPE VARCHAR(512) COLLATE "POSIX"'
+                )
+            )
+    user = PostgresStorage("sessions", schema=schema, db_url=server, cache_bytes=0)
+    for n in range(1, 4):
+        assert user.read("s") is not None
+        user.upsert(AgentSession(session_id="s", user_id="u", memory={"runs": list(range(n))}))
+    owner.upgrade_schema()
+    got = user.read("s")
+    assert got is not None
+    assert got.memory == {"runs": [0, 1, 2]}
+    stored = user.upsert(AgentSession(session_id="s", user_id="u", memory={"runs": [9]}))
+    assert owner.read("s") == stored
+    assert user.get_all_session_ids(user_id="u") == ["s"]
+    user.close()
+    owner.close()
+
+
 @pytest.mark.parametrize("setting", ["lock_timeout", "statement_timeout"])
 def test_a_lock_held_past_a_timeout_raises_backend_unavailable(
     server: str, admin: Engine, schema: str, setting: str

@@ -214,6 +214,30 @@ class PostgresDialect(SqlDialect):
     def missing_column(self, error: BaseException) -> bool:
         return getattr(error, "sqlstate", None) == "42703"
 
+    def table_changed(self, error: BaseException) -> bool:
+        # 0A000 (feature_not_supported): a statement prepared on this connection before
+        # another process's upgrade_schema() changed a column it reads ("cached plan must
+        # not change result type"). The call runs again, on statements prepared anew (see
+        # end()).
+        return getattr(error, "sqlstate", None) == "0A000"
+
+    def end(self, conn: Any, commit: bool) -> None:
+        # Ends a call; without commit, one that failed. psycopg lets go of the connection's
+        # prepared statements at a rollback, so that one prepared before a table changed is
+        # not used again; a read fails outside any transaction (see one_statement()), so
+        # one is begun to be rolled back.
+        status = conn.info.transaction_status
+        super().end(conn, commit)
+        if commit or status != type(status).IDLE:
+            return
+        was = conn.autocommit
+        conn.autocommit = False
+        try:
+            conn.execute("SELECT 1")
+        finally:
+            conn.rollback()
+            conn.autocommit = was
+
     def retryable(self, error: BaseException, dbapi: Any) -> bool:
         state = getattr(error, "sqlstate", None)
         return super().retryable(error, dbapi) or state in ("40001", "40P01")
