@@ -99,8 +99,10 @@ def test_killed_backends_leave_no_half_written_session(
         admin,
         lock_run=f'SELECT 1 FROM "{schema}".{{runs}} '
         "WHERE session_id = 's' AND position = 0 FOR UPDATE",
+        # The schema too: other tests' tables are called "sessions", in schemas of their
+        # own, and a backend of theirs waiting would be killed.
         blocked="SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-        "AND query LIKE '%{runs}%'",
+        f"AND query LIKE '%{schema}%' AND query LIKE '%{{runs}}%'",
         kill="SELECT pg_terminate_backend(:id)",
         own_id="SELECT pg_backend_pid()",
     )
