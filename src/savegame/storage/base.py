@@ -595,8 +595,14 @@ class Storage(ABC):
         where the backend can; ids with no session (or an expired one) are left out.
 
         Raises:
-            InvalidIdentifierError: for an id savegame cannot store.
+            InvalidIdentifierError: for an id savegame cannot store, or one id given alone
+                (a string), whose characters would be taken for ids.
         """
+        if isinstance(session_ids, (str, bytes)):
+            raise InvalidIdentifierError(
+                f"read_many takes a list of session ids, not one id ({session_ids!r}); "
+                "read(session_id) reads one"
+            )
         ids = [check_id(session_id) for session_id in session_ids]
         records = self._read_many(ids)
         # An id asked for twice may come back as one record twice: each session read is a

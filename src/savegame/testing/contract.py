@@ -864,6 +864,10 @@ class ModeContract:
         assert storage.read_many([]) == []
         with pytest.raises(InvalidIdentifierError):
             storage.read_many(["a", ""])
+        # One id given as it is read as the ids of its characters: "ab" gave sessions a and b.
+        for one in ("ab", b"ab"):
+            with pytest.raises(InvalidIdentifierError, match="read_many"):
+                storage.read_many(one)  # type: ignore[arg-type]
 
     def test_read_many_of_an_id_asked_twice_gives_two_copies(self, store: Store) -> None:
         storage = store()
