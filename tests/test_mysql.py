@@ -643,3 +643,17 @@ def test_an_engine_of_another_isolation_level_loses_no_update(
         lambda e: MySQLStorage(table, db_engine=e), engine
     )
     engine.dispose()
+
+
+def test_the_database_named_by_the_url_or_by_schema_is_one_store(server: str, table: str) -> None:
+    # An agent given a storage naming the URL's database as schema= took it for another
+    # store: its session was carried there whole, as to a store it had never been in.
+    database = make_url(server).database
+    assert database
+    plain = MySQLStorage(table, db_url=server)
+    named = MySQLStorage(table, db_url=server, schema=database)
+    other = MySQLStorage(table, db_url=server, schema=f"{database}_other")
+    assert plain.store_names() == named.store_names()
+    assert other.store_names() != plain.store_names()
+    for storage in (plain, named, other):
+        storage.close()

@@ -380,6 +380,15 @@ class MySQLStorage(ServerStorage):
             )
         return mapped
 
+    def store_names(self) -> tuple[object, ...]:
+        # The database is the schema, whether the URL or ``schema`` names it.
+        url = self.db_engine.url
+        return (
+            url.set(database=None).render_as_string(hide_password=True),
+            self.schema or url.database,
+            self.table_name,
+        )
+
     @classmethod
     def engine_options(cls, connect_timeout: int) -> dict[str, Any]:
         return {
