@@ -21,7 +21,9 @@ from __future__ import annotations
 
 
 class StorageError(Exception):
-    """Base class of every error savegame raises."""
+    """Base class of every error a storage raises. The agent runtime's own are apart: a
+    model that failed (:class:`savegame.models.ModelError`), a session of another user
+    (:class:`savegame.runtime.SessionOwnerError`)."""
 
 
 class InvalidIdentifierError(StorageError, ValueError):
