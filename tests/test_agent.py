@@ -407,6 +407,25 @@ def test_a_new_process_resumes_the_conversation(backend_store: Store) -> None:
     assert "2 earlier messages" in asked[0]
 
 
+def test_an_agent_killed_in_a_save_keeps_each_saved_run_once(backend_store: Store) -> None:
+    # Each line says how many messages the run sent: its history and its own.
+    backend_store.require("processes")
+    url = backend_store.url
+    assert run_worker("chat", url, "k", 2, "a") == ["a 0 1", "a 1 3"]
+    # Killed with its second run's session made but not written: the first one is kept.
+    assert run_worker("chat", url, "k", 3, "b", kill_at="agent:save:2") == ["b 0 5"]
+    # Killed once its run was written, before run() returned: the run is kept all the same.
+    assert run_worker("chat", url, "k", 2, "c", kill_at="agent:saved:1") == []
+    assert run_worker("chat", url, "k", 1, "d") == ["d 0 9"]
+    stored = backend_store().read("k")
+    assert isinstance(stored, AgentSession)
+    said = ["a 0", "a 1", "b 0", "c 0", "d 0"]
+    assert [r["input"] for r in stored.memory["runs"]] == said  # type: ignore[index]
+    assert [m["content"] for m in stored.memory["messages"][::2]] == said  # type: ignore[index]
+    assert stored.session_data["session_state"] == {"turns": 5}  # type: ignore[index]
+    assert stored.session_data["metrics"]["runs"] == 5  # type: ignore[index]
+
+
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo.py"
 
 

@@ -271,6 +271,42 @@ def test_a_new_process_resumes_the_team(backend: Backend, tmp_path: Path) -> Non
         assert len(stored.memory["runs"]) == 2  # type: ignore[attr-defined]
 
 
+def test_a_team_killed_between_its_members_save_and_its_own_keeps_what_each_saved(
+    backend: Backend, tmp_path: Path
+) -> None:
+    with (
+        backend.make(tmp_path / "agents", "agent") as agents,
+        backend.make(tmp_path / "teams", "team") as teams,
+    ):
+        agents.require("processes")
+        urls = (agents.url, teams.url, "t")
+        run_worker("team", *urls, "My favourite recipe is pho.")
+        run_worker("team", *urls, "How do I cook rice?", kill_at="agent:saved:1")
+        run_worker("team", *urls, "How do I cook rice?")
+        run_worker("team", *urls, "How do I cook pasta?", kill_at="team:save:1")
+        run_worker("team", *urls, "What is my favourite recipe?")
+        stored = teams().read("t")
+        assert stored is not None
+        team_runs = stored.memory["runs"]  # type: ignore[attr-defined]
+        asked = ["My favourite recipe is pho.", "How do I cook rice?"]
+        assert [r["input"] for r in team_runs] == [*asked, "What is my favourite recipe?"]
+        chef_session = stored.session_data["member_sessions"]["chef"]  # type: ignore[index]
+        chef = agents().read(chef_session)
+        assert chef is not None
+        assert chef.team_session_id == "t"  # type: ignore[attr-defined]
+        # As documented: the turns the team did not record stay in the member's session.
+        chef_runs = chef.memory["runs"]  # type: ignore[attr-defined]
+        assert [r["input"] for r in chef_runs] == [
+            *asked,
+            "How do I cook rice?",
+            "How do I cook pasta?",
+            "What is my favourite recipe?",
+        ]
+        assert [r["member_run_id"] for r in team_runs] == [
+            chef_runs[i]["run_id"] for i in (0, 2, 4)
+        ]
+
+
 def test_a_team_made_without_an_id_derives_member_sessions_from_a_loaded_sessions_id() -> None:
     # Two processes of one team session give a member the session the stored team id
     # derives, whether the team was made with that id or took it from the session it loaded.

@@ -686,6 +686,25 @@ def test_a_step_run_whose_process_was_killed_is_resumed(steps_store: Store, tmp_
     assert _computed(markers) == {"clean": 2, "fetch": 1, "report": 1}
 
 
+@pytest.mark.parametrize(
+    ("kill_at", "resumed", "clean"),
+    [("workflow_v2:save:3", "fetch", 2), ("workflow_v2:saved:3", "fetch,clean", 1)],
+)
+def test_a_step_run_killed_in_a_steps_save_is_resumed_from_the_last_step_saved(
+    steps_store: Store, tmp_path: Path, kill_at: str, resumed: str, clean: int
+) -> None:
+    # The third save is the one that records the step clean as completed.
+    steps_store.require("processes")
+    markers = tmp_path / "m"
+    run_worker("steps", steps_store.url, "s", markers, "none", "run", kill_at=kill_at)
+    out = run_worker("steps", steps_store.url, "s", markers, "none", "resume")
+    assert out == [f"report(clean(fetch(data))) {resumed}"]
+    assert _computed(markers) == {"clean": clean, "fetch": 1, "report": 1}
+    stored = steps_store().read("s")
+    assert stored is not None
+    assert [r["status"] for r in stored.runs] == ["completed"]  # type: ignore[attr-defined]
+
+
 def test_a_workflow_whose_process_was_killed_keeps_the_steps_it_saved(
     flows: Store, tmp_path: Path
 ) -> None:

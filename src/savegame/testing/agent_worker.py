@@ -21,6 +21,15 @@ Commands:
     yields URL SESSION_ID               starts a run of :class:`Drafts` that yields, takes
                                         its first draft and exits with the run unfinished;
                                         prints the draft
+    chat URL SESSION_ID COUNT TAG       COUNT runs of an agent with its whole history on,
+                                        saying "TAG i" and counting the runs in
+                                        ``session_state["turns"]``; prints "TAG i N" once
+                                        each run returned, N the messages the model was sent
+
+The environment variable :data:`KILL_AT`, ``MODE:save:K`` or ``MODE:saved:K``, makes the
+process kill itself with SIGKILL in the K-th save of a storage of mode MODE that it opened:
+once the session to write is made but before it is written (``save``), or once the write
+has returned (``saved``).
 """
 
 from __future__ import annotations
@@ -41,6 +50,9 @@ from savegame.workflow import StepContext, StepWorkflow, Workflow
 
 STEPS = ("fetch", "clean", "report")
 
+KILL_AT = "SAVEGAME_WORKER_KILL_AT"
+"""The environment variable that names the save the process dies in (see above)."""
+
 
 class StepFailed(RuntimeError):
     """Raised by a step told to fail, standing for any error in real work."""
@@ -56,6 +68,41 @@ def _work(markers: Path, fail: str, name: str, value: str) -> str:
     if name == fail:
         raise StepFailed(f"step {name} failed as told")
     return f"{name}({value})"
+
+
+def _open(url: str, mode: str) -> Any:
+    """The storage of ``url`` in ``mode``, set to kill the process where :data:`KILL_AT` says."""
+    storage = open_storage(url, mode=mode)
+    kill_mode, _, when = os.environ.get(KILL_AT, "").partition(":")
+    if kill_mode != mode:
+        return storage
+    moment, _, nth = when.partition(":")
+    update = storage.update
+    saves = 0
+
+    def killing_update(session_id: str, fn: Any, **kwargs: Any) -> Any:
+        nonlocal saves
+        saves += 1
+        dies = saves == int(nth)
+
+        def made(current: Any) -> Any:
+            session = fn(current)
+            if dies and moment == "save":
+                _die()
+            return session
+
+        stored = update(session_id, made, **kwargs)
+        if dies and moment == "saved":
+            _die()
+        return stored
+
+    storage.update = killing_update  # type: ignore[method-assign]
+    return storage
+
+
+def _die() -> None:
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Pipeline(Workflow):
@@ -102,7 +149,7 @@ def step_workflow(url: str, session_id: str, markers: Path, fail: str) -> StepWo
 
     return StepWorkflow(
         [make(name) for name in STEPS],
-        storage=open_storage(url, mode="workflow_v2"),
+        storage=_open(url, "workflow_v2"),
         session_id=session_id,
         name="pipeline",
     )
@@ -110,7 +157,7 @@ def step_workflow(url: str, session_id: str, markers: Path, fail: str) -> StepWo
 
 def team(agent_url: str, team_url: str, session_id: str) -> Team:
     """A chef and a coder, led by the offline model."""
-    agents = open_storage(agent_url, mode="agent")
+    agents = _open(agent_url, "agent")
     members = [
         Agent(
             OfflineModel(),
@@ -130,7 +177,7 @@ def team(agent_url: str, team_url: str, session_id: str) -> Team:
     return Team(
         members,
         OfflineModel(),
-        open_storage(team_url, mode="team"),
+        _open(team_url, "team"),
         session_id=session_id,
         name="kitchen",
     )
@@ -154,6 +201,19 @@ def main(argv: list[str]) -> int:
             add_history_to_messages=True,
         )
         print(agent.run(text).content, flush=True)
+    elif command == "chat":
+        url, session_id, count, tag = args
+        agent = Agent(
+            OfflineModel(),
+            _open(url, "agent"),
+            session_id=session_id,
+            add_history_to_messages=True,
+            num_history_runs=1000,
+        )
+        for i in range(int(count)):
+            agent.session_state["turns"] = agent.session_state.get("turns", 0) + 1
+            sent = agent.run(f"{tag} {i}").messages[:-1]
+            print(f"{tag} {i} {len(sent)}", flush=True)
     elif command == "team":
         agent_url, team_url, session_id, text = args
         answer = team(agent_url, team_url, session_id).run(text)
