@@ -705,6 +705,18 @@ def test_a_step_run_killed_in_a_steps_save_is_resumed_from_the_last_step_saved(
     assert [r["status"] for r in stored.runs] == ["completed"]  # type: ignore[attr-defined]
 
 
+def test_a_step_run_killed_before_its_first_save_leaves_no_run_to_resume(
+    steps_store: Store, tmp_path: Path
+) -> None:
+    steps_store.require("processes")
+    markers = tmp_path / "m"
+    run_worker("steps", steps_store.url, "s", markers, "none", "run", kill_at="workflow_v2:save:1")
+    assert steps_store().read("s") is None
+    flow = _steps(markers, "none", steps_store, session_id="s")
+    with pytest.raises(LookupError, match="'s' has no runs stored: nothing to resume"):
+        flow.resume()
+
+
 def test_a_workflow_whose_process_was_killed_keeps_the_steps_it_saved(
     flows: Store, tmp_path: Path
 ) -> None:

@@ -543,7 +543,8 @@ class StepWorkflow(SessionKeeper):
             run_id: the run to continue; the latest run that did not complete when None.
 
         Raises:
-            LookupError: when there is no such run, or no run left unfinished.
+            LookupError: when there is no such run, or no run left unfinished (the message
+                says whether the session has any run stored).
             BaseException: whatever a step raised, as for :meth:`run`.
         """
         if self.storage is not None:
@@ -553,11 +554,15 @@ class StepWorkflow(SessionKeeper):
         if run_id is not None:
             unfinished = [r for r in self.runs if r.get("run_id") == run_id]
         if not unfinished:
-            raise LookupError(
-                f"no run {run_id!r} in session {self.session_id!r}"
-                if run_id
-                else f"every run of session {self.session_id!r} completed: nothing to resume"
-            )
+            if run_id:
+                told = f"no run {run_id!r} in session {self.session_id!r}"
+            elif self.runs:
+                told = f"every run of session {self.session_id!r} completed: nothing to resume"
+            else:
+                # A run whose process died before its first save left none, as does a
+                # mistyped id: "completed" would say that a run finished.
+                told = f"session {self.session_id!r} has no runs stored: nothing to resume"
+            raise LookupError(told)
         return self._execute(copy.deepcopy(unfinished[-1]))
 
     def pending_runs(self) -> list[Run]:
