@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -168,6 +169,19 @@ def test_a_run_that_yields_left_unfinished_when_its_process_exits_is_recorded(
         ("failed", "stopped: its generator was closed before its end")
     ]
     assert Drafts(session_id="g", storage=flows()).session_state == {"drafts": 1}
+
+
+def test_a_run_that_yields_left_unfinished_is_recorded_at_sigterm_only_when_it_exits(
+    flows: Store,
+) -> None:
+    flows.require("processes")
+    killed = subprocess.run(worker("yields", flows.url, "k", "term"), capture_output=True)
+    assert killed.returncode == -signal.SIGTERM
+    assert flows().read("k") is None
+    ended = subprocess.run(worker("yields", flows.url, "e", "term-exit"), capture_output=True)
+    assert ended.returncode == 128 + signal.SIGTERM
+    assert [r["status"] for r in _runs(flows, "e")] == ["failed"]
+    assert Drafts(session_id="e", storage=flows()).session_state == {"drafts": 1}
 
 
 def test_a_run_that_yields_held_by_its_dropped_workflow_is_recorded_when_collected(

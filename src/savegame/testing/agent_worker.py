@@ -18,9 +18,11 @@ Commands:
     steps URL SESSION_ID MARKERS FAIL run|resume
                                         the same as a step workflow, starting a run or
                                         resuming the last unfinished one
-    yields URL SESSION_ID               starts a run of :class:`Drafts` that yields, takes
+    yields URL SESSION_ID [END]         starts a run of :class:`Drafts` that yields, takes
                                         its first draft and exits with the run unfinished;
-                                        prints the draft
+                                        prints the draft. END "term": the process then
+                                        sends itself SIGTERM; "term-exit": the same, with a
+                                        handler that turns SIGTERM into ``sys.exit()``
     chat URL SESSION_ID COUNT TAG       COUNT runs of an agent with its whole history on,
                                         saying "TAG i" and counting the runs in
                                         ``session_state["turns"]``; prints "TAG i N" once
@@ -230,10 +232,14 @@ def main(argv: list[str]) -> int:
         result = flow.run("data") if how == "run" else flow.resume()
         print(result.content, ",".join(result.resumed), flush=True)
     elif command == "yields":
-        url, session_id = args
+        url, session_id, *end = args
+        if end == ["term-exit"]:
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
         drafts = Drafts(session_id=session_id, storage=open_storage(url, mode="workflow")).run(3)
         print(next(drafts), flush=True)
         _LEFT_OPEN.append(drafts)
+        if end:
+            os.kill(os.getpid(), signal.SIGTERM)
     else:
         print(f"unknown command {command!r}", file=sys.stderr)
         return 2
