@@ -19,6 +19,11 @@ from savegame.storage.codec import copy_through_text
 from savegame.storage.session import Mode, modes_of
 from savegame.storage.url import StorageURL, redact
 
+_LOCK = threading.RLock()
+"""Held by every call of every in-memory storage: storages given one dict take turns on it,
+whichever objects they are (a lock of each object's own let their checks and writes
+interleave). The calls are short and in memory, so one lock for all of them costs little."""
+
 
 class InMemoryStorage(Storage):
     """Keeps sessions in ``storage_dict`` (a new dict unless one is given), keyed by session id.
@@ -54,17 +59,18 @@ class InMemoryStorage(Storage):
                 f"not {type(storage_dict).__name__}"
             )
         self.storage_dict: dict[str, dict[str, Any]] = {} if storage_dict is None else storage_dict
-        self._lock = threading.RLock()
 
     def _forked(self) -> None:
-        self._lock = threading.RLock()
+        # Another thread of the parent may have held it at the fork, for good in the child.
+        global _LOCK
+        _LOCK = threading.RLock()
 
     def create(self) -> None:
         """Nothing to make: the dict is there."""
 
     def drop(self) -> None:
         """Removes every entry but the sessions of another mode."""
-        with self._lock:
+        with _LOCK:
             for sid in [sid for sid, r in self.storage_dict.items() if not self._of_other(r)]:
                 del self.storage_dict[sid]
 
@@ -111,7 +117,7 @@ class InMemoryStorage(Storage):
         return copy
 
     def _read(self, session_id: str) -> Record | None:
-        with self._lock:
+        with _LOCK:
             record = self.storage_dict.get(session_id)
             if record is None:
                 return None
@@ -121,7 +127,7 @@ class InMemoryStorage(Storage):
     def _write(
         self, draft: Draft, expected_version: int | None, now: int, preserve: bool
     ) -> Record:
-        with self._lock:
+        with _LOCK:
             old = self.storage_dict.get(draft.session_id)
             if old is not None:
                 self._refuse_other_mode(self._checked(draft.session_id, old), "replace")
@@ -135,7 +141,7 @@ class InMemoryStorage(Storage):
     ) -> list[str]:
         field, mode = self.spec.entity_field, self.mode
         rows = []
-        with self._lock:
+        with _LOCK:
             for sid, value in self.storage_dict.items():
                 modes = modes_of(value) if isinstance(value, dict) else frozenset()
                 if modes and mode not in modes:
@@ -154,7 +160,7 @@ class InMemoryStorage(Storage):
     def _delete(
         self, session_id: str, owner: str | None = None, version: int | None = None
     ) -> bool:
-        with self._lock:
+        with _LOCK:
             record = self.storage_dict.get(session_id)
             if record is None:
                 return False
@@ -169,7 +175,7 @@ class InMemoryStorage(Storage):
         return (id(self.storage_dict),)
 
     def _purge_expired(self, now: int) -> int:
-        with self._lock:
+        with _LOCK:
             gone = [
                 sid
                 for sid, r in self.storage_dict.items()

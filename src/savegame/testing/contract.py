@@ -2581,7 +2581,10 @@ class BackendContract:
                 assert runs == [{"writer": writer, "n": n} for n in range(int(writer[0]) + 1)]
         assert len(seen) == 6 * 120 + 1
 
-    def test_threads_update_one_counter(self, backend_store: Store) -> None:
+    @pytest.mark.parametrize("each", [False, True], ids=["one storage", "a storage each"])
+    def test_threads_update_one_counter(self, backend_store: Store, each: bool) -> None:
+        # A storage each: in-memory storages given one dict each took a lock of their own,
+        # so their checks and writes interleaved. Threads switch as often as they can.
         storage = backend_store()
 
         def bump(session: Any) -> Any:
@@ -2590,7 +2593,17 @@ class BackendContract:
             session.session_data["counter"] += 1
             return session
 
-        in_threads(4, lambda _: [storage.update("counter", bump) for _ in range(20)])
+        def work(_: int) -> None:
+            mine = backend_store() if each else storage
+            for _ in range(20):
+                mine.update("counter", bump)
+
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)
+        try:
+            in_threads(4, work)
+        finally:
+            sys.setswitchinterval(interval)
         got = storage.read("counter")
         assert got is not None
         assert got.session_data == {"counter": 80}  # type: ignore[attr-defined]
