@@ -360,9 +360,11 @@ class FileStorage(Storage):
                 except sqlite3.Error:
                     conn.close()
                     raise
-            self._local.conn = conn
+            # The connection last: Ctrl-C between these left a connection without the pid
+            # and identity the next call reads (AttributeError).
             self._local.pid = os.getpid()
             self._local.identity = self._index_identity()
+            self._local.conn = conn
         return conn
 
     def _open_index(self) -> sqlite3.Connection | None:
