@@ -1019,6 +1019,39 @@ def test_a_sharded_store_spreads_sessions_and_merges_listings(
     assert raw.exists("{" + prefix + "}:shards") == 0
 
 
+@pytest.mark.parametrize("shards", [None, 3])
+def test_listings_removals_and_drop_never_run_keys_or_scan(
+    own_server: str, shards: int | None
+) -> None:
+    # KEYS blocks the server while it walks every key, SCAN walks them all in many calls:
+    # neither may grow with what else the server holds. The counts are the server's own,
+    # of a server no one else uses.
+    raw = redis.Redis.from_url(own_server)
+    prefix = unique("sgt")
+    storage = RedisStorage(prefix, url=own_server, shards=shards)
+    for i in range(6):
+        storage.upsert(_session(f"s{i}", _runs(2), user_id=f"u{i % 2}", agent_id="a"))
+    RedisStorage(prefix, url=own_server, shards=shards, expire=1).upsert(
+        _session("gone", _runs(1), user_id="u0")
+    )
+    time.sleep(1.1)
+    raw.config_resetstat()
+    assert storage.purge_expired() == 1
+    for user_id, entity_id in ((None, None), ("u0", None), (None, "a")):
+        storage.get_all_session_ids(user_id=user_id, entity_id=entity_id)
+        storage.get_all_sessions(user_id=user_id, entity_id=entity_id)
+        storage.get_recent_sessions(user_id=user_id, entity_id=entity_id, limit=3)
+    storage.read_many(["s0", "s1", "gone"])
+    assert storage.delete_session("s2") is True
+    assert storage.delete_user("u1") == 3
+    assert sorted(storage.get_all_session_ids()) == ["s0", "s4"]
+    storage.drop()
+    stats = raw.info("commandstats")
+    assert "cmdstat_keys" not in stats, sorted(stats)
+    assert "cmdstat_scan" not in stats, sorted(stats)
+    assert not any(raw.scan_iter(match="*" + prefix + "*"))
+
+
 def _keys_of(raw: Any, prefix: str) -> list[str]:
     """Every key of the store ``prefix`` (its own, not those of ``prefix:sub``)."""
     found = set()
