@@ -2259,6 +2259,25 @@ class BackendContract:
         for got in _read_both(backend_store, storage, "prop"):
             assert got.session_data == {"v": value}  # type: ignore[attr-defined]
 
+    def test_negative_zero_keeps_its_sign_where_the_store_keeps_json_as_written(
+        self, backend_store: Store
+    ) -> None:
+        # ``-0.0 == 0.0``, so only the text tells them apart. A store that keeps the order of
+        # keys keeps JSON as written and so the sign. PostgreSQL's JSONB keeps numbers as
+        # NUMERIC, which has no negative zero: a storage that reads the session from the
+        # store gets 0.0 (the one that wrote it gives it back as written while it
+        # remembers it, as it does the order of keys).
+        storage = backend_store()
+        kept = "key_order" in type(storage).capabilities
+        runs = [{"run_id": "0", "z": -0.0}]
+        storage.upsert(_with_runs(backend_store, "nz", runs, session_data={"z": -0.0}))
+        readers = _read_both(backend_store, storage, "nz")
+        for got in readers if kept else readers[1:]:
+            assert json.dumps(got.session_data["z"]) == json.dumps(-0.0 if kept else 0.0)  # type: ignore[attr-defined]
+            assert json.dumps(_runs_of(backend_store, got)[0]["z"]) == json.dumps(
+                -0.0 if kept else 0.0
+            )
+
     def test_random_histories_of_two_storages_match_a_model(self, backend_store: Store) -> None:
         from savegame.testing.history import history_machine  # it builds on this module
 
