@@ -2511,6 +2511,35 @@ class BackendContract:
         in_threads(6, work)
         assert len(storage.get_all_session_ids(user_id="user-1")) == 150
 
+    def test_threads_reading_while_another_writes_never_see_a_torn_session(
+        self, backend_store: Store
+    ) -> None:
+        # Rounds of 1 to 8 runs, so that a session both grows and shrinks under the readers:
+        # one through the writer's storage, which may remember what it wrote, one through a
+        # storage of its own.
+        mode = backend_store.mode
+        storage = backend_store()
+        storage.upsert(make_session(mode, "torn", 0, 256))
+        written = threading.Event()
+
+        def work(t: int) -> None:
+            if t == 0:
+                try:
+                    for r in range(1, 60):
+                        storage.upsert(make_session(mode, "torn", r % 8, 256))
+                finally:
+                    written.set()
+                return
+            reader = storage if t == 1 else backend_store()
+            while not written.is_set():
+                got = reader.read("torn")
+                assert got is not None
+                check_session(mode, got, 256)
+                for listed in reader.get_all_sessions(user_id="user-1"):
+                    check_session(mode, listed, 256)
+
+        in_threads(3, work)
+
     def test_storages_opened_together_on_a_new_store_all_write(self, backend_store: Store) -> None:
         start = threading.Barrier(6)
 
