@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -88,3 +89,21 @@ def test_delete_session_and_drop_remove_entries_that_are_no_session() -> None:
 def test_a_storage_dict_that_is_not_a_dict_is_refused(given: Any) -> None:
     with pytest.raises(InvalidIdentifierError, match="storage_dict must be a dict"):
         InMemoryStorage(storage_dict=given)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_child_forked_after_writes_has_a_copy_of_its_own() -> None:
+    storage = InMemoryStorage()
+    storage.upsert(AgentSession(session_id="before", user_id="u"))
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        code = 1
+        try:
+            storage.upsert(AgentSession(session_id="child", user_id="u"))
+            storage.delete_session("before")
+            code = 0 if storage.get_all_session_ids(user_id="u") == ["child"] else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert storage.get_all_session_ids(user_id="u") == ["before"]
