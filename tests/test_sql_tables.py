@@ -560,6 +560,30 @@ def test_a_read_fetches_only_the_runs_the_reader_does_not_remember(sql_store: St
     assert fresh.memory["runs"][0] == {"run_id": "not fetched"}  # type: ignore[index]
 
 
+def test_a_save_writes_the_runs_that_changed_and_leaves_the_others_as_stored(
+    sql_store: Store,
+) -> None:
+    # A run's row changed under the same digest shows whether a save wrote it again: a save
+    # of a long conversation sends its header and its changed runs, not every run.
+    writer = _sql(sql_store)
+    runs = [{"run_id": f"r{i}"} for i in range(50)]
+    writer.upsert(AgentSession(session_id="s", memory={"runs": runs}))
+    table = writer.runs_table
+    with writer.db_engine.begin() as conn:
+        conn.execute(
+            update(table)
+            .where(table.c.session_id == "s", table.c.position.in_([0, 10]))
+            .values(run='{"run_id": "not written again"}')
+        )
+    runs[10] = {"run_id": "r10", "changed": True}
+    writer.upsert(AgentSession(session_id="s", memory={"runs": [*runs, {"run_id": "r50"}]}))
+    fresh = _sql(sql_store).read("s")
+    assert fresh is not None
+    got = fresh.memory["runs"]  # type: ignore[index]
+    assert got[0] == {"run_id": "not written again"}
+    assert got[1:] == [*runs[1:], {"run_id": "r50"}]
+
+
 def test_storages_of_one_table_share_what_was_compiled(sql_store: Store) -> None:
     """A storage opened per request pays for its tables and statements once per process,
     and a storage of another table or mode never gets another's statements."""
