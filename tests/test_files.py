@@ -261,6 +261,43 @@ def test_yaml_keeps_awkward_text_and_deep_values_readable(tmp_path: Path) -> Non
     assert got.memory == odd
 
 
+def test_yaml_files_of_sessions_nested_deeper_than_64_levels_are_written_as_json(
+    tmp_path: Path,
+) -> None:
+    storage = YamlStorage(tmp_path)
+    for depth in (64, 65):
+        value: Any = "leaf"
+        for _ in range(depth - 2):  # memory and its "d" are two levels
+            value = [value]
+        storage.upsert(AgentSession(session_id=f"d{depth}", memory={"d": value}))
+        text = (tmp_path / f"d{depth}.yaml").read_text(encoding="utf-8")
+        assert text.startswith("{") is (depth > 64), text[:40]
+        got = YamlStorage(tmp_path).read(f"d{depth}")
+        assert got is not None
+        assert got.memory == {"d": value}
+
+
+@pytest.mark.parametrize("cls", FORMATS)
+def test_an_index_that_is_no_database_fails_writes_and_leaves_reads_and_listings(
+    tmp_path: Path, cls: type[FileStorage]
+) -> None:
+    folder = tmp_path / "s"
+    cls(folder).upsert(AgentSession(session_id="a", user_id="u"))
+    index = cls(folder)._index_path
+    for path in index.parent.glob(index.name + "*"):
+        path.unlink()
+    index.write_bytes(b"not a database" * 100)
+    storage = cls(folder)
+    for session_id in ("a", "b"):
+        with pytest.raises(BackendUnavailableError, match="index of the folder"):
+            storage.upsert(AgentSession(session_id=session_id, user_id="u"))
+    assert storage.read("b") is None
+    got = storage.read("a")
+    assert got is not None
+    assert got.user_id == "u"
+    assert storage.get_all_session_ids(user_id="u") == ["a"]
+
+
 def test_opening_the_index_waits_while_another_process_writes_it(tmp_path: Path) -> None:
     # Two processes opening one folder for the first time: the index starts with a
     # rollback journal, and switching it to WAL while another connection writes is
