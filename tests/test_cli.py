@@ -490,6 +490,60 @@ def test_copy_shows_its_progress_on_a_terminal_only(tmp_path: Path) -> None:
     assert errors(piped) == "copied 30, already there 0, of 30 sessions\n"
 
 
+def on_terminal(*args: str, columns: int) -> str:
+    """What the command shows on a terminal ``columns`` wide (colours and moves left out)."""
+    controller, terminal = os.openpty()
+    env = {**os.environ, "COLUMNS": str(columns), "NO_COLOR": "1"}
+    try:
+        proc = subprocess.Popen(
+            [str(SAVEGAME), *args], stdin=subprocess.DEVNULL, stdout=terminal, env=env
+        )
+        os.close(terminal)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # the terminal's other end is closed: the command ended
+                break
+            if not chunk:
+                break
+            shown += chunk
+        assert proc.wait(timeout=60) == 0
+    finally:
+        os.close(controller)
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode()).replace("\r\n", "\n")
+
+
+def test_sessions_list_shows_every_field_on_a_narrow_terminal(tmp_path: Path) -> None:
+    """The table's times, which it never wraps, take most of 40 columns: the sessions are
+    then shown one below the other rather than in columns squeezed to nothing."""
+    store = JsonStorage(tmp_path / "s")
+    store.restore(
+        AgentSession(
+            session_id="trip-42",
+            user_id="alice",
+            agent_id="helper",
+            created_at=BASE,
+            updated_at=BASE + 60,
+            session_data={"session_name": "Lisbon"},
+        )
+    )
+    url = f"json:///{tmp_path / 's'}"
+    for columns in (40, 100):
+        screen = on_terminal("sessions", "list", "-s", url, columns=columns)
+        assert all(len(line) <= columns for line in screen.splitlines()), screen
+        for shown in (
+            "trip-42",
+            "alice",
+            "helper",
+            "Lisbon",
+            "2023-11-14 22:13:20",
+            "2023-11-14 22:14:20",
+            "page 1 of 1, 1 session",
+        ):
+            assert shown in screen, (columns, screen)
+
+
 @pytest.mark.parametrize(
     "path",
     [

@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn, TextIO
 
 import typer
+from rich.cells import cell_len
 from rich.console import Console
 from rich.highlighter import JSONHighlighter
 from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 from typer.core import TyperGroup
 
 from savegame import __version__, transfer
@@ -375,21 +377,58 @@ def sessions_list(
     if as_json:
         _print_json(rows)
         return
-    table = Table(
-        caption=f"page {page} of {pages}, {_sessions(len(ids))}",
-        caption_justify="left",
-    )
+    caption = f"page {page} of {pages}, {_sessions(len(ids))}"
+    cells = [[_shown(_cell(key, row[key])) for key in _COLUMNS] for row in rows]
+    if not _table_fits(cells):
+        _print_blocks(cells, caption)
+        return
+    table = Table(caption=caption, caption_justify="left")
     for column in _COLUMNS:
         table.add_column(
             column,
             justify="right" if column == "runs" else "left",
-            no_wrap=column in ("runs", "created", "updated"),
+            no_wrap=column in _UNWRAPPED,
             # An id cut short with "…" cannot be copied into the next command.
             overflow="fold",
         )
-    for row in rows:
-        table.add_row(*(_shown(_cell(key, row[key])) for key in _COLUMNS))
+    for row_cells in cells:
+        table.add_row(*row_cells)
     out.print(table)
+
+
+_UNWRAPPED = ("runs", "created", "updated")
+"""The columns of ``sessions list`` that are never broken over lines."""
+
+_NARROWEST_FOLDED = 8
+"""The fewest characters of a line that ``sessions list`` gives each column it folds (id,
+user, entity, name) before it gives up the table for one block per session."""
+
+
+def _table_fits(cells: list[list[str]]) -> bool:
+    """Whether the table of ``sessions list`` leaves its folded columns room on standard
+    output: Rich would otherwise squeeze them to nothing (the ids not shown at all) and cut
+    the times it cannot wrap, on a terminal 40 columns wide."""
+    unwrapped = [
+        max(cell_len(Text.from_markup(c).plain) for c in [name, *(r[i] for r in cells)])
+        for i, name in enumerate(_COLUMNS)
+        if name in _UNWRAPPED
+    ]
+    borders = 3 * len(_COLUMNS) + 1
+    folded = len(_COLUMNS) - len(unwrapped)
+    return out.width - borders - sum(unwrapped) >= _NARROWEST_FOLDED * folded
+
+
+def _print_blocks(cells: list[list[str]], caption: str) -> None:
+    """The sessions of ``sessions list`` one below the other, a field a line."""
+    for row_cells in cells:
+        block = Table.grid(padding=(0, 1))
+        block.add_column(no_wrap=True)
+        block.add_column(overflow="fold")
+        for name, cell in zip(_COLUMNS, row_cells, strict=True):
+            block.add_row(f"[bold]{name}[/]", cell)
+        out.print(block)
+        out.print()
+    out.print(f"[dim italic]{escape(caption)}[/]", highlight=False)
 
 
 @sessions_app.command("show")
