@@ -490,6 +490,37 @@ def test_copy_shows_its_progress_on_a_terminal_only(tmp_path: Path) -> None:
     assert errors(piped) == "copied 30, already there 0, of 30 sessions\n"
 
 
+def test_an_ascii_standard_output_shows_escapes_and_exact_json(tmp_path: Path) -> None:
+    """Text its encoding lacks is written as escapes: Python's in tables, JSON's under --json,
+    rather than the command failing with a message about a codec (and exit code 2)."""
+    store = JsonStorage(tmp_path / "s")
+    store.restore(
+        AgentSession(
+            session_id="trip-😀",
+            user_id="çarla",
+            agent_id="helper",
+            created_at=BASE,
+            updated_at=BASE,
+            session_data={"session_name": "Évora"},
+        )
+    )
+    url = f"json:///{tmp_path / 's'}"
+    env = {**os.environ, "PYTHONIOENCODING": "ascii", "NO_COLOR": "1", "COLUMNS": "250"}
+
+    def run(*args: str) -> str:
+        proc = subprocess.run(
+            [str(SAVEGAME), *args, "-s", url], capture_output=True, timeout=60, env=env
+        )
+        assert proc.returncode == 0, proc.stderr.decode()
+        return proc.stdout.decode("ascii")
+
+    table = run("sessions", "list")
+    assert "trip-\\U0001f600 | \\xe7arla | helper | \\xc9vora |" in table.replace("│", "|")
+    assert json.loads(run("sessions", "list", "--json"))[0]["user"] == "çarla"
+    assert json.loads(run("sessions", "show", "trip-😀", "--json"))["user_id"] == "çarla"
+    assert "\\xe7arla" in run("sessions", "show", "trip-😀")
+
+
 def on_terminal(*args: str, columns: int) -> str:
     """What the command shows on a terminal ``columns`` wide (colours and moves left out)."""
     controller, terminal = os.openpty()

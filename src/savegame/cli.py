@@ -128,9 +128,27 @@ _NULL_FILE = _file_of(os.devnull)
 
 
 def _encoded(text: str) -> bytes:
-    """``text`` encoded as standard output's text layer would encode it."""
+    """``text`` encoded as standard output's text layer would encode it, but that a
+    character its encoding lacks (``é`` in an ASCII locale, ``PYTHONIOENCODING=ascii``) is
+    written as its Python escape, as the tables write control characters: failing would
+    show nothing, with a message about a codec."""
     stdout = _stdout()
-    return text.encode(stdout.encoding, stdout.errors or "strict")
+    errors = stdout.errors if stdout.errors not in (None, "strict") else "backslashreplace"
+    return text.encode(stdout.encoding, errors)
+
+
+def _output_encoding() -> str:
+    """Standard output's encoding (UTF-8 when it is closed, for the messages then told)."""
+    return sys.stdout.encoding if sys.stdout is not None else "utf-8"
+
+
+def _can_encode(text: str) -> bool:
+    """Whether standard output's encoding holds every character of ``text``."""
+    try:
+        text.encode(_output_encoding())
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class _Output(Console):
@@ -866,7 +884,12 @@ def _shown(text: str, *, lines: bool = False) -> str:
     """``text`` as Rich markup that prints it as it is, control characters and lone
     surrogates written as escapes (see :func:`~savegame.chat.printable`); ``lines``: line
     breaks and tabs are kept."""
-    return escape(printable(text, lines=lines))
+    shown = printable(text, lines=lines)
+    if not _can_encode(shown):
+        # Escaped before Rich lays the text out, so that table columns stay aligned.
+        encoding = _output_encoding()
+        shown = shown.encode(encoding, "backslashreplace").decode(encoding)
+    return escape(shown)
 
 
 _UNSHOWN_IN_JSON = re.compile(f"[{UNSHOWN_BEYOND_ASCII}]")
@@ -883,6 +906,9 @@ def _print_json(value: Any) -> None:
     """
     text = json.dumps(value, ensure_ascii=False, indent=2)
     text = _UNSHOWN_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    if not _can_encode(text):
+        # JSON escapes, not Python's, give the same values back.
+        text = json.dumps(value, indent=2)
     if out.is_terminal:
         # Not print_json, which would parse the text and write it again, escapes undone.
         shown = JSONHighlighter()(text)
