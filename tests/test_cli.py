@@ -461,28 +461,7 @@ def test_copy_shows_its_progress_on_a_terminal_only(tmp_path: Path) -> None:
     for i in range(30):
         source.upsert(AgentSession(session_id=f"s{i}"))
     command = ["copy", f"json:///{tmp_path / 'from'}", "--batch-size", "7"]
-    controller, terminal = os.openpty()
-    try:
-        proc = subprocess.Popen(
-            [str(SAVEGAME), *command, f"json:///{tmp_path / 'to'}"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=terminal,
-        )
-        os.close(terminal)
-        shown = b""
-        while True:
-            try:
-                chunk = os.read(controller, 4096)
-            except OSError:  # the terminal's other end is closed: the command ended
-                break
-            if not chunk:
-                break
-            shown += chunk
-        assert proc.wait(timeout=60) == 0
-    finally:
-        os.close(controller)
-    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode())
+    screen = on_terminal(*command, f"json:///{tmp_path / 'to'}", columns=80, stream="stderr")
     assert "copying" in screen
     assert "30/30" in screen
     assert "copied 30, already there 0, of 30 sessions" in screen
@@ -521,13 +500,16 @@ def test_an_ascii_standard_output_shows_escapes_and_exact_json(tmp_path: Path) -
     assert "\\xe7arla" in run("sessions", "show", "trip-😀")
 
 
-def on_terminal(*args: str, columns: int) -> str:
-    """What the command shows on a terminal ``columns`` wide (colours and moves left out)."""
+def on_terminal(*args: str, columns: int, stream: str = "stdout") -> str:
+    """What the command shows on a terminal ``columns`` wide, its ``stream`` (stdout or
+    stderr) there and the other one left out (colours and moves left out too)."""
     controller, terminal = os.openpty()
     env = {**os.environ, "COLUMNS": str(columns), "NO_COLOR": "1"}
+    streams: dict[str, Any] = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    streams[stream] = terminal
     try:
         proc = subprocess.Popen(
-            [str(SAVEGAME), *args], stdin=subprocess.DEVNULL, stdout=terminal, env=env
+            [str(SAVEGAME), *args], stdin=subprocess.DEVNULL, env=env, **streams
         )
         os.close(terminal)
         shown = b""
