@@ -6,6 +6,7 @@ Runs against the server of ``SAVEGAME_TEST_MYSQL_URL``, each test with tables of
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -376,50 +377,46 @@ def test_schema_changes_wait_for_the_lock_and_never_go_on_without_it(
     storage.close()
 
 
-def test_a_user_that_may_only_use_a_database_another_made_creates_and_upgrades(
-    server: str, admin: Engine
-) -> None:
+@contextmanager
+def _user_of(
+    server: str, admin: Engine, rights: str
+) -> Iterator[tuple[MySQLStorage, MySQLStorage]]:
+    """Storages of a new database's sessions table: one as root, its owner, and one as a
+    new user with ``rights`` on the database; both closed, the database and the user
+    dropped, at the end."""
     database = unique("sg")
     user = unique("sg")
     with admin.begin() as conn:
         conn.execute(text(f"CREATE DATABASE {database}"))
         conn.execute(text(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'secret'"))
-        conn.execute(text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {database}.* TO '{user}'@'%'"))
+        conn.execute(text(f"GRANT {rights} ON {database}.* TO '{user}'@'%'"))
     owner = MySQLStorage("sessions", schema=database, db_url=server)
     url = make_url(server).set(username=user, password="secret", database=database)
     storage = MySQLStorage("sessions", schema=database, db_url=url.render_as_string(False))
     try:
-        sql_cases.save_owned_session(owner)
-        sql_cases.check_schema_of_another_role(storage, owner)
+        yield owner, storage
     finally:
         storage.close()
         owner.close()
         with admin.begin() as conn:
             conn.execute(text(f"DROP DATABASE {database}"))
             conn.execute(text(f"DROP USER '{user}'@'%'"))
+
+
+def test_a_user_that_may_only_use_a_database_another_made_creates_and_upgrades(
+    server: str, admin: Engine
+) -> None:
+    with _user_of(server, admin, "SELECT, INSERT, UPDATE, DELETE") as (owner, storage):
+        sql_cases.save_owned_session(owner)
+        sql_cases.check_schema_of_another_role(storage, owner)
 
 
 def test_a_user_that_may_only_read_reads_and_its_writes_change_nothing(
     server: str, admin: Engine
 ) -> None:
-    database = unique("sg")
-    user = unique("sg")
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE DATABASE {database}"))
-        conn.execute(text(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'secret'"))
-        conn.execute(text(f"GRANT SELECT ON {database}.* TO '{user}'@'%'"))
-    owner = MySQLStorage("sessions", schema=database, db_url=server)
-    url = make_url(server).set(username=user, password="secret", database=database)
-    storage = MySQLStorage("sessions", schema=database, db_url=url.render_as_string(False))
-    try:
+    with _user_of(server, admin, "SELECT") as (owner, storage):
         owner.create()
         sql_cases.check_read_only_role(storage, owner)
-    finally:
-        storage.close()
-        owner.close()
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP DATABASE {database}"))
-            conn.execute(text(f"DROP USER '{user}'@'%'"))
 
 
 @pytest.mark.parametrize(

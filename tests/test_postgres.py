@@ -6,6 +6,7 @@ Runs against the server of ``SAVEGAME_TEST_POSTGRES_URL``, each test in a schema
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -293,27 +294,38 @@ def test_an_original_session_whose_id_is_too_long_for_savegame_keeps_its_runs_th
     storage.close()
 
 
-def test_a_role_that_may_only_use_a_schema_another_role_made_creates_and_upgrades(
-    server: str, admin: Engine, schema: str
-) -> None:
-    owner = PostgresStorage("sessions", schema=schema, db_url=server)
-    sql_cases.save_owned_session(owner)
+@contextmanager
+def _role_of(
+    server: str, admin: Engine, schema: str, rights: str, owner: PostgresStorage
+) -> Iterator[PostgresStorage]:
+    """A storage of the schema's sessions table as a new role that may use the schema and
+    has ``rights`` on its tables as they are now; ``owner`` is closed, and the role
+    dropped, at the end."""
     role = unique("sg")
     with admin.begin() as conn:
         conn.execute(text(f"CREATE ROLE \"{role}\" LOGIN PASSWORD 'secret'"))
         conn.execute(text(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"'))
-        tables = f'ALL TABLES IN SCHEMA "{schema}"'
-        conn.execute(text(f'GRANT SELECT, INSERT, UPDATE, DELETE ON {tables} TO "{role}"'))
+        conn.execute(text(f'GRANT {rights} ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"'))
     url = make_url(server).set(username=role, password="secret")
     storage = PostgresStorage("sessions", schema=schema, db_url=url.render_as_string(False))
     try:
-        sql_cases.check_schema_of_another_role(storage, owner)
+        yield storage
     finally:
         storage.close()
         owner.close()
         with admin.begin() as conn:
             conn.execute(text(f'DROP OWNED BY "{role}"'))
             conn.execute(text(f'DROP ROLE "{role}"'))
+
+
+def test_a_role_that_may_only_use_a_schema_another_role_made_creates_and_upgrades(
+    server: str, admin: Engine, schema: str
+) -> None:
+    owner = PostgresStorage("sessions", schema=schema, db_url=server)
+    sql_cases.save_owned_session(owner)
+    rights = "SELECT, INSERT, UPDATE, DELETE"
+    with _role_of(server, admin, schema, rights, owner) as storage:
+        sql_cases.check_schema_of_another_role(storage, owner)
 
 
 def test_a_role_that_may_only_read_reads_and_its_writes_change_nothing(
@@ -321,21 +333,8 @@ def test_a_role_that_may_only_read_reads_and_its_writes_change_nothing(
 ) -> None:
     owner = PostgresStorage("sessions", schema=schema, db_url=server)
     owner.create()
-    role = unique("sg")
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE ROLE \"{role}\" LOGIN PASSWORD 'secret'"))
-        conn.execute(text(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"'))
-        conn.execute(text(f'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"'))
-    url = make_url(server).set(username=role, password="secret")
-    storage = PostgresStorage("sessions", schema=schema, db_url=url.render_as_string(False))
-    try:
+    with _role_of(server, admin, schema, "SELECT", owner) as storage:
         sql_cases.check_read_only_role(storage, owner)
-    finally:
-        storage.close()
-        owner.close()
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP OWNED BY "{role}"'))
-            conn.execute(text(f'DROP ROLE "{role}"'))
 
 
 def test_an_engine_whose_schema_translate_map_names_the_schema_keeps_the_tables_there(
