@@ -201,17 +201,18 @@ class MySQLDialect(SqlDialect):
                 f"SET SESSION group_concat_max_len = {_GROUP_CONCAT_MAX}, "
                 f"sql_select_limit = {_NO_LIMIT}, completion_type = 0"
             )
-            cursor.execute("SELECT @@session.max_allowed_packet")
-            conn.savegame_packet_limit = int(cursor.fetchone()[0])
-            # An engine made with isolation_level="READ UNCOMMITTED" (or a server whose
-            # default it is): a statement there sees other transactions' rows before they
+            # The isolation level: at "READ UNCOMMITTED" (an engine made so, or a server
+            # whose default it is) a statement sees other transactions' rows before they
             # commit, a session's header without all its runs. MySQL 8 and MariaDB 11.1
             # renamed the variable.
+            asked = "SELECT @@session.max_allowed_packet, @@session.{}"
             try:
-                cursor.execute("SELECT @@session.transaction_isolation")
+                cursor.execute(asked.format("transaction_isolation"))
             except conn.Error:
-                cursor.execute("SELECT @@session.tx_isolation")
-            conn.savegame_dirty = cursor.fetchone()[0] == "READ-UNCOMMITTED"
+                cursor.execute(asked.format("tx_isolation"))
+            packet, level = cursor.fetchone()
+            conn.savegame_packet_limit = int(packet)
+            conn.savegame_dirty = level == "READ-UNCOMMITTED"
 
     def other_level(self, conn: Any) -> bool:
         return bool(conn.get_autocommit()) or getattr(conn, "savegame_dirty", False)
