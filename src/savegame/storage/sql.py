@@ -1256,9 +1256,10 @@ class SqlStorage(Storage):
                 f"table name {table_name!r} is not allowed: {keeper} keeps tables of that name "
                 "for itself; give the sessions' table another name"
             )
+        options = engine.get_execution_options()
         # An engine's schema_translate_map would send only the statements SQLAlchemy runs
         # to the schema it names, those savegame runs on the driver going to ``schema``.
-        translate = engine.get_execution_options().get("schema_translate_map") or {}
+        translate = options.get("schema_translate_map") or {}
         schema = translate.get(schema, schema)
         self.schema = None if schema is None else codec.check_name(schema, "schema name")
         self.schema_version = schema_version
@@ -1266,7 +1267,6 @@ class SqlStorage(Storage):
         self.db_engine = engine
         self.dialect = dialect
         self._owns_engine = owns_engine
-        options = engine.get_execution_options()
         self._streams = bool(options.get("stream_results") or options.get("yield_per"))
         self._closed = False
         # A StaticPool lends its one connection to every thread at once, an AssertionPool
