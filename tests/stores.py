@@ -97,7 +97,7 @@ def _memory(tmp_path: Path, mode: str) -> Iterator[Store]:
         opener,
         original=original,
         spoil_number={field: spoiler(field) for field in TIMES_AND_VERSION},
-        spoil_text={field: spoiler(field) for field in text_fields(mode)},
+        spoil_text={field: spoiler(field) for field in MODES[mode].plain_fields},
     )
     yield store
     store.close_all()
@@ -140,7 +140,7 @@ def _files(name: str, storage_class: type[FileStorage]) -> Callable[[Path, str],
             url=f"{name}:///{folder}",
             original=original,
             spoil_number={field: spoiler(field) for field in TIMES_AND_VERSION},
-            spoil_text={field: spoiler(field) for field in text_fields(mode)},
+            spoil_text={field: spoiler(field) for field in MODES[mode].plain_fields},
             neighbour=neighbour,
         )
         yield store
@@ -252,7 +252,7 @@ def _redis(name: str, cluster: bool, shards: int = 1) -> Callable[[Path, str], A
             lose_run=lose_redis_run,
             change_run=change_redis_run,
             spoil_number=REDIS_NUMBERS,
-            spoil_text={f"data {f}": _spoil_redis_data(f) for f in text_fields(mode)},
+            spoil_text={f"data {f}": _spoil_redis_data(f) for f in MODES[mode].plain_fields},
             neighbour=neighbour,
         )
         try:
@@ -394,12 +394,6 @@ def lose_redis_runs(storage: Storage, session_id: str) -> None:
 
 TIMES_AND_VERSION = ("version", "created_at", "updated_at", "expires_at")
 """The numbers every backend keeps with a session."""
-
-
-def text_fields(mode: str) -> tuple[str, ...]:
-    """The fields a session of ``mode`` keeps as plain text, its ids among them."""
-    spec = MODES[mode]
-    return ("user_id", spec.entity_field, *spec.text_fields)
 
 
 def _spoil_redis_header(field: str) -> Callable[[Storage, str, Any], None]:

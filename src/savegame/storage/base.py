@@ -119,7 +119,7 @@ def stored_problem(record: Record, spec: ModeSpec) -> str | None:
     field kept as plain text (``user_id``, the entity's id, ``team_session_id``…) that is
     not a string or None, which listings compare with the ids asked for and a save would
     refuse, or what :func:`whole_number_problem` finds. None when nothing does."""
-    for field in ("user_id", spec.entity_field, *spec.text_fields):
+    for field in spec.plain_fields:
         value = record.get(field)
         if value is not None and not isinstance(value, str):
             return f"{field} must be a string or null, not {value!r}"

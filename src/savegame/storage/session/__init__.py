@@ -37,6 +37,8 @@ class ModeSpec:
         fields: the names of ``kinds``.
         text_fields: the fields kept as plain text that are not ids (the session's, the
             user's, the entity's), which are checked as ids.
+        plain_fields: every field kept as plain text but the session id: the user's and
+            the entity's ids, then :attr:`text_fields`.
     """
 
     mode: str
@@ -46,6 +48,7 @@ class ModeSpec:
     kinds: dict[str, type] = field(init=False, compare=False, repr=False)
     fields: frozenset[str] = field(init=False, compare=False, repr=False)
     text_fields: tuple[str, ...] = field(init=False, compare=False, repr=False)
+    plain_fields: tuple[str, ...] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         kinds: dict[str, type] = {}
@@ -57,6 +60,7 @@ class ModeSpec:
         ids = ("session_id", "user_id", self.entity_field)
         text = tuple(name for name, kind in kinds.items() if kind is str and name not in ids)
         object.__setattr__(self, "text_fields", text)
+        object.__setattr__(self, "plain_fields", (*ids[1:], *text))
 
 
 MODES: dict[str, ModeSpec] = {
