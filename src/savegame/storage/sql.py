@@ -2503,6 +2503,13 @@ class SqlStorage(Storage):
             layout = self._current()
             if layout.version == 0:
                 return False
+            if layout.version < LATEST and "run_count" in layout.columns:
+                # savegame's columns, unrecorded: tables another process is making (MySQL
+                # commits each CREATE TABLE, and refuses to describe one being made), or
+                # left half made. A removal waits for them under the schema lock, as a
+                # write does, which also makes a missing runs table.
+                self._make_tables(upgrade=False)
+                layout = self._current()
             where = which
             if version is not None:
                 if "version" in layout.columns:
@@ -2515,12 +2522,7 @@ class SqlStorage(Storage):
                 # left without a header: where there was no header to delete, a write may
                 # have made the session since, and the runs' statement sees its runs.
                 result = conn.execute(delete(header).where(where))
-                if "run_count" in layout.columns and (
-                    layout.version >= LATEST
-                    or inspect(conn).has_table(self.runs_table.name, self.schema)
-                ):
-                    # Unrecorded, the table may be another process's being made, its
-                    # runs table not yet there (MySQL commits each CREATE TABLE).
+                if "run_count" in layout.columns:
                     runs_table = self.runs_table
                     alone = ~exists().where(header.c.session_id == session_id)
                     conn.execute(
