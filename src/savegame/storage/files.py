@@ -349,21 +349,24 @@ class FileStorage(Storage):
         if conn is None:
             self._make_meta()
             conn = sqlite3.connect(self._index_path, timeout=_INDEX_TIMEOUT, isolation_level=None)
-            with self._index_errors():
-                try:
+            try:
+                with self._index_errors():
                     use_wal(conn, _INDEX_TIMEOUT)
-                    # The index is rebuilt from the files whenever it disagrees with them, so
-                    # it need not survive a power loss on its own.
+                    # The index is rebuilt from the files whenever it disagrees with them,
+                    # so it need not survive a power loss on its own.
                     conn.execute("PRAGMA synchronous=NORMAL")
                     conn.executescript(_INDEX_SCHEMA)
                     _forget_earlier_rows(conn)
-                except sqlite3.Error:
-                    conn.close()
-                    raise
-            # The connection last: Ctrl-C between these left a connection without the pid
-            # and identity the next call reads (AttributeError).
-            self._local.pid = os.getpid()
-            self._local.identity = self._index_identity()
+                self._local.pid = os.getpid()
+                self._local.identity = self._index_identity()
+            except BaseException:
+                # Ctrl-C too: a connection cut short in its setup may hold the index's
+                # write lock, which only closing it lets go at once (not whenever the
+                # garbage collector gets to it).
+                conn.close()
+                raise
+            # The connection last: Ctrl-C before it is stored leaves none without the pid
+            # and identity the next call reads.
             self._local.conn = conn
         return conn
 
