@@ -407,3 +407,34 @@ def test_a_team_session_is_linked_to_the_workflow_session_it_runs_in(
     # A session of its own, as for an agent: what was taken from "t1" is t1's.
     again.new_session()
     assert again.workflow_session_id is None
+
+
+def test_members_sessions_are_linked_to_the_workflow_session_of_their_team(
+    stores: tuple[Store, Store],
+) -> None:
+    """A team run inside a workflow links its own session to the workflow's, and so the
+    sessions its members answer in, which are part of that run too."""
+    agents, _ = stores
+    team = _team(stores, session_id="t1", workflow_session_id="w1")
+    answer = team.run("Give me a soup recipe.")
+    stored = agents().read(team.member_sessions[answer.member or ""])
+    assert isinstance(stored, AgentSession)
+    assert (stored.team_session_id, stored.workflow_session_id) == ("t1", "w1")
+    assert team.members["coder"].workflow_session_id == "w1"
+    # Made again without the link, the team takes it from its session, and so do members.
+    again = _team(stores, session_id="t1")
+    assert again.members["chef"].workflow_session_id == "w1"
+    again.run("And a python loop?")
+    stored = agents().read(again.member_sessions["coder"])
+    assert isinstance(stored, AgentSession)
+    assert stored.workflow_session_id == "w1"
+    # A new team session is no longer the workflow's, nor are its members' sessions.
+    again.new_session()
+    assert [m.workflow_session_id for m in again.members.values()] == [None, None]
+    # A member made with a link of its own keeps it.
+    own = Agent(OfflineModel(), agents(), name="chef", workflow_session_id="mine")
+    team = Team([own], OfflineModel(), stores[1](), workflow_session_id="w1")
+    team.run("Soup?")
+    stored = agents().read(team.member_sessions["chef"])
+    assert isinstance(stored, AgentSession)
+    assert stored.workflow_session_id == "mine"

@@ -205,12 +205,21 @@ class Agent(SessionKeeper):
         """The current session's user and assistant messages, in order (from its runs)."""
         return self.get_messages_for_session()
 
-    def attach(self, session_id: str, team_session_id: str | None, user_id: str | None) -> None:
+    def attach(
+        self,
+        session_id: str,
+        team_session_id: str | None,
+        user_id: str | None,
+        workflow_session_id: str | None = None,
+    ) -> None:
         """Switches to ``session_id`` on behalf of a team, loading it when it is stored; the
-        team's ``user_id`` becomes this agent's, as if it had been made with it."""
+        team's ``user_id`` becomes this agent's, as if it had been made with it. The team's
+        ``workflow_session_id`` links the session too, unless this agent was made with a
+        link of its own or its session has one."""
         self._initial_user = self.user_id = user_id
         self.load_session(session_id)
         self.team_session_id = team_session_id
+        self.workflow_session_id = self.workflow_session_id or workflow_session_id
 
     def _system(self) -> list[Message]:
         return [make_message("system", self.instructions)] if self.instructions else []

@@ -4,8 +4,10 @@ The team's :class:`~savegame.storage.session.team.TeamSession` is saved after ev
 ``memory["runs"]`` say who answered what, and ``session_data["member_sessions"]`` which agent
 session holds each member's turns. Each member saves its turns in its own
 :class:`~savegame.storage.session.agent.AgentSession` (in the member's own storage, mode
-``"agent"``), whose ``team_session_id`` names the team session. A team made again with the
-same session id resumes: its runs, its state, and every member's conversation.
+``"agent"``), whose ``team_session_id`` names the team session (and whose
+``workflow_session_id`` names the team's workflow session, when it has one). A team made
+again with the same session id resumes: its runs, its state, and every member's
+conversation.
 
 The member answers before the team saves: if the team's save fails, the member's turn is
 stored and the team's record of it is not, and the error says so by propagating.
@@ -46,7 +48,9 @@ class Team(SessionKeeper):
         instructions: added to the leader's prompt.
         extra_data: stored as the session's ``extra_data``.
         workflow_session_id: links the session to the workflow session the team runs in
-            (as :class:`~savegame.agent.Agent`'s does); a resumed session's own when None.
+            (as :class:`~savegame.agent.Agent`'s does), and so the sessions its members
+            answer in, but a member's made with a link of its own; a resumed session's own
+            when None.
 
     Raises:
         ValueError: when there are no members or two share a name.
@@ -243,7 +247,7 @@ class Team(SessionKeeper):
         for key, member in self.members.items():
             sid = self.member_sessions.get(key) or self._member_session_id(self.session_id, key)
             self.member_sessions[key] = sid
-            member.attach(sid, self.session_id, self.user_id)
+            member.attach(sid, self.session_id, self.user_id, self.workflow_session_id)
 
     def _member_session_id(self, team_session_id: str, member: str) -> str:
         """The session member ``member`` answers in for a team session that names none.
