@@ -777,3 +777,37 @@ def test_an_agent_given_a_new_storage_of_its_own_store_never_brings_back_a_delet
     stored = backend_store().read("erased")
     assert stored is not None
     assert [r["input"] for r in stored.memory["runs"]] == ["What is my name?"]  # type: ignore[attr-defined]
+
+
+def test_two_agents_on_one_session_each_send_the_turns_the_other_saved(
+    backend_store: Store,
+) -> None:
+    """Two workers answering one conversation: each run's history is the session as stored
+    when it starts, not as this object last saved it."""
+    first = _agent(backend_store, session_id="s", add_history_to_messages=True)
+    second = _agent(backend_store, session_id="s", add_history_to_messages=True)
+    first.run("My name is Ada.")
+    answer = second.run("What is my name?")
+    assert answer.content.startswith("Your name is Ada.")
+    assert answer.messages[0]["content"] == "My name is Ada."
+    second.run("My name is Grace.")
+    assert first.run("What is my name?").content.startswith("Your name is Grace.")
+    stored = backend_store().read("s")
+    assert stored is not None
+    assert [r["input"] for r in stored.memory["runs"]] == [  # type: ignore[attr-defined]
+        "My name is Ada.",
+        "What is my name?",
+        "My name is Grace.",
+        "What is my name?",
+    ]
+
+
+def test_a_session_erased_elsewhere_sends_none_of_its_turns(backend_store: Store) -> None:
+    agent = _agent(backend_store, session_id="s", add_history_to_messages=True)
+    agent.run("My name is Ada.")
+    assert backend_store().delete_session("s")
+    answer = agent.run("What is my name?")
+    assert answer.content.startswith("You have not told me")
+    stored = backend_store().read("s")
+    assert stored is not None
+    assert [r["input"] for r in stored.memory["runs"]] == ["What is my name?"]  # type: ignore[attr-defined]

@@ -141,9 +141,14 @@ class Agent(SessionKeeper):
     def run(self, message: str) -> RunResponse:
         """Sends ``message`` to the model, saves the run, and returns the answer.
 
+        With ``add_history_to_messages``, the history is read from the store as the run
+        starts: turns another process saved in this session meanwhile are sent too.
+
         Raises:
             ModelError: when the model call failed; nothing was saved.
-            StorageError: when the run could not be saved; the agent is left as before.
+            SessionOwnerError: when the session id names another user's session.
+            StorageError: when the session could not be read for its history, or the run
+                could not be saved; the agent is left as before.
         """
         created_at = int(time.time())
         started = time.perf_counter()
@@ -225,9 +230,11 @@ class Agent(SessionKeeper):
         return [make_message("system", self.instructions)] if self.instructions else []
 
     def _history(self) -> list[Message]:
+        """The earlier turns sent with a run: those of the last runs as the store has them
+        when the run starts, so that a turn another process saved meanwhile is among them."""
         if not self.add_history_to_messages or self.num_history_runs <= 0:
             return []
-        return turns_of(messages_of(self.runs[-self.num_history_runs :]))
+        return turns_of(messages_of(self._current_runs()[-self.num_history_runs :]))
 
     def _entity_data(self) -> dict[str, Any]:
         return {

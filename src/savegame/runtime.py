@@ -276,6 +276,28 @@ class SessionKeeper:
             return self._stored
         return self.storage.read(self.session_id)
 
+    def _current_runs(self) -> list[Run]:
+        """The session's runs as the store has them now, with those another process saved
+        since this object last read or saved the session: what a run's history is made of.
+
+        A session carried from another storage (see :attr:`storage`) and not in this one
+        yet has this object's runs; one its own store held and no longer does (deleted
+        elsewhere, an erasure) has none, as its next save starts it afresh.
+
+        Raises:
+            SessionOwnerError: when the stored session belongs to another user.
+            CorruptSessionError: when a field of the stored session is of another shape.
+            StorageError: when the store cannot be read.
+        """
+        if self.storage is None:
+            return self.runs
+        stored = self.storage.read(self.session_id)
+        if stored is None:
+            carried = self._stored is not None and not _same_store(self._stored_from, self.storage)
+            return self.runs if carried else []
+        self._check_owner(stored)
+        return list(get_path(self._fields(stored), self.spec.runs_path) or [])
+
     # -- saving ---------------------------------------------------------------------------
 
     def _save(self, run: Run | None, replace: bool = False, keep_state: bool = False) -> Session:
