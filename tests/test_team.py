@@ -438,3 +438,30 @@ def test_members_sessions_are_linked_to_the_workflow_session_of_their_team(
     stored = agents().read(team.member_sessions["chef"])
     assert isinstance(stored, AgentSession)
     assert stored.workflow_session_id == "mine"
+
+
+def test_a_member_moved_to_another_session_answers_in_its_teams_session(
+    stores: tuple[Store, Store],
+) -> None:
+    """An agent that is a member of two teams, of two users, answers each team's messages
+    in that team's member session; so does a member moved by a session call of its own."""
+    agents, teams = stores
+    chef = Agent(OfflineModel(), agents(), name="chef", add_history_to_messages=True)
+    ada = Team([chef], OfflineModel(), teams(), session_id="A", user_id="ada", name="a")
+    bob = Team([chef], OfflineModel(), teams(), session_id="B", user_id="bob", name="b")
+    first = ada.run("My name is Ada.")
+    assert first.messages[-1]["content"] == first.content
+    stored = agents().read(ada.member_sessions["chef"])
+    assert isinstance(stored, AgentSession)
+    assert (stored.user_id, stored.team_session_id) == ("ada", "A")
+    assert bob.run("What is my name?").content.startswith("You have not told me")
+    assert ada.run("What is my name?").content.startswith("Your name is Ada.")
+    stored = agents().read(bob.member_sessions["chef"])
+    assert isinstance(stored, AgentSession)
+    assert (stored.user_id, stored.team_session_id) == ("bob", "B")
+    assert [r["input"] for r in stored.memory["runs"]] == ["What is my name?"]  # type: ignore[index]
+    team_runs = teams().read("A").memory["runs"]  # type: ignore[union-attr]
+    assert {r["member_session_id"] for r in team_runs} == {ada.member_sessions["chef"]}
+    chef.new_session()
+    assert ada.run("What is my name?").content.startswith("Your name is Ada.")
+    assert chef.session_id == ada.member_sessions["chef"]

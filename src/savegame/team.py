@@ -123,16 +123,20 @@ class Team(SessionKeeper):
 
         When the leader names no member, the first member answers; the run records it.
 
+        The member answers in its session of this team session, also when it was moved
+        to another session since (as a member of another team, say).
+
         Raises:
             ModelError: when the leader's or the member's model call failed; the team
                 session is unchanged (and so is the member's, when its call failed).
-            StorageError: when the member's or the team's run could not be saved.
+            StorageError: when the member's session could not be read, or the member's or
+                the team's run could not be saved.
         """
         created_at = int(time.time())
         started = time.perf_counter()
         choice = self.model.respond(self._routing(message))
         name, routed = self._member_named(choice.content)
-        answer = self.members[name].run(message)
+        answer = self._member_back(name).run(message)
         run: Run = {
             "run_id": new_id(),
             "created_at": created_at,
@@ -248,6 +252,25 @@ class Team(SessionKeeper):
             sid = self.member_sessions.get(key) or self._member_session_id(self.session_id, key)
             self.member_sessions[key] = sid
             member.attach(sid, self.session_id, self.user_id, self.workflow_session_id)
+
+    def _member_back(self, key: str) -> Agent:
+        """Member ``key``, on the session it answers in for this team session: put back
+        there when it was moved since (by another team it is a member of too, or by a
+        ``load_session`` or ``new_session`` of its own), where it would answer this team's
+        message in another conversation, another user's maybe.
+
+        Raises:
+            StorageError: when its session could not be read; the team and every member are
+                then left as they were.
+        """
+        member = self.members[key]
+        sid = self.member_sessions.get(key) or self._member_session_id(self.session_id, key)
+        here = (member.session_id, member.team_session_id, member._initial_user)
+        if here != (sid, self.session_id, self.user_id):
+            with self._unchanged_on_error():
+                self.member_sessions[key] = sid
+                member.attach(sid, self.session_id, self.user_id, self.workflow_session_id)
+        return member
 
     def _member_session_id(self, team_session_id: str, member: str) -> str:
         """The session member ``member`` answers in for a team session that names none.
