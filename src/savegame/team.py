@@ -248,10 +248,19 @@ class Team(SessionKeeper):
             raise
 
     def _attach_members(self) -> None:
-        for key, member in self.members.items():
-            sid = self.member_sessions.get(key) or self._member_session_id(self.session_id, key)
-            self.member_sessions[key] = sid
-            member.attach(sid, self.session_id, self.user_id, self.workflow_session_id)
+        for key in self.members:
+            self._attach(key)
+
+    def _attach(self, key: str) -> None:
+        """Puts member ``key`` on its session of this team session, linked to the team's."""
+        self.member_sessions[key] = self._member_sid(key)
+        self.members[key].attach(
+            self.member_sessions[key], self.session_id, self.user_id, self.workflow_session_id
+        )
+
+    def _member_sid(self, key: str) -> str:
+        """The session member ``key`` answers in for this team session."""
+        return self.member_sessions.get(key) or self._member_session_id(self.session_id, key)
 
     def _member_back(self, key: str) -> Agent:
         """Member ``key``, on the session it answers in for this team session: put back
@@ -264,12 +273,10 @@ class Team(SessionKeeper):
                 then left as they were.
         """
         member = self.members[key]
-        sid = self.member_sessions.get(key) or self._member_session_id(self.session_id, key)
         here = (member.session_id, member.team_session_id, member._initial_user)
-        if here != (sid, self.session_id, self.user_id):
+        if here != (self._member_sid(key), self.session_id, self.user_id):
             with self._unchanged_on_error():
-                self.member_sessions[key] = sid
-                member.attach(sid, self.session_id, self.user_id, self.workflow_session_id)
+                self._attach(key)
         return member
 
     def _member_session_id(self, team_session_id: str, member: str) -> str:
