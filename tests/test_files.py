@@ -5,13 +5,16 @@ from __future__ import annotations
 import ast
 import json
 import os
+import pwd
 import re
 import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -975,6 +978,98 @@ def test_unreadable_names_each_file_listings_leave_out(
         (tmp_path / f"{name}{ext}").unlink()
     assert storage.unreadable() == []
     assert cls(tmp_path / "never").unreadable() == []
+
+
+def _as_a_user_who_cannot_read(folder: Path, hidden: Path, check: Callable[[], None]) -> None:
+    """Runs ``check`` as a user who owns ``folder`` and everything in it but ``hidden``, a
+    file of another user's that it may not read: root, whom permissions do not stop, runs
+    it in a child process as ``nobody``; anyone else with ``hidden`` made mode 000."""
+    if os.geteuid() != 0:
+        hidden.chmod(0o000)
+        try:
+            check()
+        finally:
+            hidden.chmod(0o644)
+        return
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork")
+    nobody = pwd.getpwnam("nobody")
+    for path in [folder, *folder.rglob("*")]:
+        os.chown(path, nobody.pw_uid, nobody.pw_gid)
+    os.chown(hidden, 0, 0)
+    hidden.chmod(0o600)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit code and the pipe
+        code = 1
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            check()
+            code = 0
+        except BaseException as exc:
+            os.write(write_end, f"{type(exc).__name__}: {exc}".encode())
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as report:
+        failure = report.read().decode()
+    assert wait_child(pid, 60) == 0, failure
+
+
+@pytest.fixture
+def open_folder() -> Iterator[Path]:
+    """A folder that any user may reach (the tests' own are their owner's only)."""
+    base = Path(tempfile.mkdtemp(prefix="savegame-files-"))
+    base.chmod(0o755)
+    try:
+        yield base / "sessions"
+    finally:
+        shutil.rmtree(base)
+
+
+@pytest.mark.parametrize("cls", FORMATS)
+@pytest.mark.parametrize("index", ["kept", "none"])
+def test_a_file_that_cannot_be_read_is_left_out_and_named_as_a_damaged_file_is(
+    open_folder: Path, cls: type[FileStorage], index: str
+) -> None:
+    # Another user's session file, which this process may not read: it broke every listing,
+    # unreadable(), the first write into a folder with no mode recorded, and drop().
+    folder = open_folder
+    storage = cls(folder)
+    for i in range(3):
+        storage.upsert(AgentSession(session_id=f"s{i}", user_id="u", created_at=i))
+    storage.close()
+    hidden = folder / f"s1{cls.format.extension}"
+    if index == "none":
+        shutil.rmtree(folder / ".savegame")
+    else:
+        # Replaced since it was indexed, by another user's program.
+        (folder / "new").write_bytes(hidden.read_bytes() + b"\n")
+        os.replace(folder / "new", hidden)
+
+    def check() -> None:
+        reader = cls(folder)
+        assert reader.get_all_session_ids() == ["s2", "s0"]
+        assert [s.session_id for s in reader.get_all_sessions(user_id="u")] == ["s2", "s0"]
+        assert [s.session_id for s in reader.get_recent_sessions(limit=5)] == ["s2", "s0"]
+        [why] = reader.unreadable()
+        assert why.startswith(f"{hidden} cannot be read: ")
+        assert "Permission denied" in why
+        with pytest.raises(BackendUnavailableError, match=f"cannot read {re.escape(str(hidden))}"):
+            reader.read("s1")
+        reader.upsert(AgentSession(session_id="s3", user_id="u", created_at=3))
+        assert reader.get_all_session_ids(user_id="u") == ["s3", "s2", "s0"]
+        reader.drop()
+        assert reader.get_all_session_ids() == []
+        assert reader.kept_mode() == "agent"  # the file left may be a session of its mode
+        assert sorted(p.name for p in folder.iterdir()) == [".savegame", hidden.name]
+        reader.close()
+
+    _as_a_user_who_cannot_read(folder, hidden, check)
+    assert cls(folder).get_all_session_ids() == ["s1"]
 
 
 @pytest.mark.parametrize("cls", FORMATS)

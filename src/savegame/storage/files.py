@@ -34,6 +34,13 @@ as they leave out damaged files, so that sessions of two modes an earlier savega
 one folder break no listing: each mode lists its own. ``read`` and ``delete_session`` of
 another mode's session raise, and ``drop`` leaves such files.
 
+Files that cannot be read. A session file this process may not read (another user's, made
+readable to that user only) is left out of listings, as a damaged file is, and named by
+:meth:`FileStorage.unreadable`; its ``read`` raises
+:class:`~savegame.errors.BackendUnavailableError`, and ``drop`` leaves it. While the index
+lacks such a file it records no state of the folder, so that every listing, in any process,
+reads the files it lacks again: its owner's listings find it.
+
 Guarantees. A write takes the folder's lock (threads and processes), writes a temporary file,
 fsyncs it, renames it over the session's file and fsyncs the folder, so a reader sees either
 the old or the new file, never a half-written one, and a returned write survives a crash.
@@ -482,13 +489,15 @@ class FileStorage(Storage):
             CorruptSessionError: when the file cannot be parsed, holds another session, or
                 ids or numbers savegame does not write
                 (:func:`~savegame.storage.base.check_stored`).
+            BackendUnavailableError: when the file cannot be read (another user's that
+                this process may not read, a folder in its place).
         """
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise BackendUnavailableError(f"cannot read {path}: {exc}") from exc
+            raise _CannotRead(f"cannot read {path}: {exc}") from exc
         try:
             record = self.format.load(raw)
         except (ValueError, StorageError) as exc:
@@ -608,11 +617,11 @@ class FileStorage(Storage):
 
     def _loadable(self) -> Iterator[Record]:
         """The records of the folder's session files that can be read (must hold the lock);
-        damaged ones are passed over."""
+        damaged ones, and those this process may not read, are passed over."""
         for entry in self._session_files():
             try:
                 record = self._load(Path(entry.path), None)
-            except CorruptSessionError:
+            except (CorruptSessionError, _CannotRead):
                 continue
             if record is not None:
                 yield record
@@ -636,9 +645,15 @@ class FileStorage(Storage):
     def _set_row(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> None:
         conn.execute(_SET_ROW, row)
 
-    def _stamp_folder(self, conn: sqlite3.Connection) -> None:
-        """Records the folder's state as savegame left it, and the mode it indexed."""
-        mtime = str(os.stat(self.dir_path).st_mtime_ns)
+    def _stamp_folder(self, conn: sqlite3.Connection, whole: bool = True) -> None:
+        """Records the folder's state as savegame left it, and the mode it indexed.
+
+        ``whole``: whether the index holds every file it could; when it does not (a file
+        this process may not read, which another user's process can), no state of the
+        folder is recorded, so that the next listing, in any process, reads again the files
+        the index does not hold, and the owner of that file finds it listed.
+        """
+        mtime = str(os.stat(self.dir_path).st_mtime_ns) if whole else ""
         conn.executemany(
             "INSERT OR REPLACE INTO meta VALUES (?, ?)",
             # entity_field: what an earlier savegame sharing the folder checks.
@@ -770,6 +785,7 @@ class FileStorage(Storage):
         stamp: bool = True,
         before: int | None = None,
         adds: bool = False,
+        whole: bool = True,
     ) -> bool:
         """Runs ``statements`` on the index in one transaction, recording the folder's state
         too when ``stamp``; False, having changed nothing, when the index cannot be written
@@ -781,7 +797,7 @@ class FileStorage(Storage):
         program's edit), and recording the time now would hide that change from every
         process; the index stays stale, and the next listing brings it up to date. ``adds``:
         ``statements`` add a row of this storage's mode, which the index then records
-        (:meth:`_note_mode`).
+        (:meth:`_note_mode`). ``whole``: as for :meth:`_stamp_folder`.
         """
         if conn is None:
             return False
@@ -791,7 +807,7 @@ class FileStorage(Storage):
                 conn.execute(sql, args)
             if stamp and self.dir_path.is_dir():
                 if before is None or self._recorded(conn, before):
-                    self._stamp_folder(conn)
+                    self._stamp_folder(conn, whole)
                 elif adds:
                     self._note_mode(conn)
             conn.execute("COMMIT")
@@ -829,6 +845,9 @@ class FileStorage(Storage):
                 record = self._load(path, None)
             except CorruptSessionError as exc:
                 found.append(str(exc))
+                continue
+            except _CannotRead as exc:
+                found.append(f"{path} cannot be read: {exc.__cause__}")
                 continue
             if record is None:
                 continue  # removed since the listing
@@ -908,6 +927,7 @@ class FileStorage(Storage):
         pending = {row[0] for row in conn.execute("SELECT session_id FROM pending")}
         conn.execute("BEGIN")
         seen: set[str] = set()
+        whole = True
         for entry in self._session_files():
             try:
                 stat = entry.stat()
@@ -926,6 +946,9 @@ class FileStorage(Storage):
                 record = self._load(Path(entry.path), None)
             except CorruptSessionError:
                 continue
+            except _CannotRead:
+                whole = False
+                continue
             if (
                 record is None
                 or not self._named_for(entry.name, record["session_id"])
@@ -943,7 +966,7 @@ class FileStorage(Storage):
         gone = [(name,) for name in known if name not in seen]
         conn.executemany("DELETE FROM sessions WHERE file = ?", gone)
         conn.execute("DELETE FROM pending")
-        self._stamp_folder(conn)
+        self._stamp_folder(conn, whole)
         conn.execute("COMMIT")
 
     def _named_for(self, name: str, session_id: str) -> bool:
@@ -1165,8 +1188,14 @@ class FileStorage(Storage):
                 }
             removed: list[os.DirEntry[str]] = []
             kept = 0
+            whole = True
             for entry in self._session_files():
-                dropped = entry.name in ours or self._dropped(Path(entry.path))
+                try:
+                    dropped = entry.name in ours or self._dropped(Path(entry.path))
+                except _CannotRead:
+                    # Another user's, say: it may be a session of this mode or another,
+                    # and keeps the folder's mode; unreadable() names it.
+                    dropped, whole = False, False
                 if dropped is None:
                     continue
                 if dropped:
@@ -1179,7 +1208,7 @@ class FileStorage(Storage):
                 self._mode_path.unlink(missing_ok=True)
             sync_folder(self.dir_path)
             emptied = [("DELETE FROM sessions", ()), ("DELETE FROM pending", ())]
-            if not self._index_write(conn, emptied) and removed:
+            if not self._index_write(conn, emptied, whole=whole) and removed:
                 self._show_change(before)
 
     def _dropped(self, path: Path) -> bool | None:
@@ -1193,13 +1222,16 @@ class FileStorage(Storage):
         or a session under another name (a copy made by hand) is not the storage's: it
         never listed or read it, and a folder shared with other files (a project's root)
         must lose none of them.
+
+        Raises:
+            BackendUnavailableError: when ``path`` cannot be read.
         """
         try:
             data = self.format.load(path.read_bytes())
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise BackendUnavailableError(f"cannot read {path}: {exc}") from exc
+            raise _CannotRead(f"cannot read {path}: {exc}") from exc
         except (ValueError, StorageError):
             return None
         session_id = data.get("session_id") if isinstance(data, dict) else None
@@ -1212,6 +1244,12 @@ class FileStorage(Storage):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.dir_path)!r}, mode={self.mode!r})"
+
+
+class _CannotRead(BackendUnavailableError):
+    """A file of the folder that this process cannot read: one of another user's, made
+    readable to that user only, say. Listings leave it out as they leave out a damaged file,
+    and :meth:`FileStorage.unreadable` names it; its ``read`` raises this."""
 
 
 class _FileOfAnother(CorruptSessionError):
