@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -361,6 +362,36 @@ def test_a_folder_url_or_dir_path_with_no_path_is_refused(
         cls("")
     assert open_storage(f"{scheme}:///.").upsert(AgentSession(session_id="s")).version == 1
     assert [p.name for p in tmp_path.iterdir() if p.is_file()] == [f"s.{scheme}"]
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("json://dir", "dir"),
+        ("json://dir/sub", "dir"),
+        ("yaml://localhost/abs/dir", "localhost"),
+        ("json://~/sessions", "~"),
+        ("json://.", "."),
+        ("json://%2Fabs", "%2Fabs"),
+        ("yaml://dir?expire=5", "dir"),
+        ("sqlite://app.db", "app.db"),
+        ("sqlite://host/app.db?table=t", "host"),
+    ],
+)
+def test_a_file_url_naming_a_host_is_refused(
+    url: str, host: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "json://dir/sub" named the folder "dir/sub", where a reader of URLs sees the host
+    # "dir" and the path "/sub": which was meant cannot be told, and nothing is made.
+    monkeypatch.chdir(tmp_path)
+    scheme = url.partition(":")[0]
+    with pytest.raises(
+        InvalidIdentifierError, match=rf"names a host \({re.escape(host)}\)"
+    ) as caught:
+        open_storage(url)
+    assert f"{scheme}:///" in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+    assert open_storage("sqlite://?table=t").read("any") is None
 
 
 @pytest.mark.parametrize(

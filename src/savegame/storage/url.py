@@ -6,7 +6,8 @@ so naming a Redis URL without redis-py installed raises the error that says what
 =======================================  =============================================
 ``sqlite:///relative.db``                SQLite file (``sqlite:////abs/path.db`` absolute,
                                          ``sqlite://`` in memory)
-``json:///dir``, ``yaml:///dir``         one file per session in ``dir`` (``json:////abs``)
+``json:///dir``, ``yaml:///dir``         one file per session in ``dir`` (``json:////abs``;
+                                         ``json://dir``, which names a host, is refused)
 ``memory://``                            a new, empty in-memory store
 ``redis://[:password@]host:port/db``     Redis (``rediss://`` with TLS,
                                          ``redis+cluster://`` a Redis Cluster)
@@ -265,7 +266,8 @@ def parse_url(url: str, mode: Mode | str | None = "agent", **options: Any) -> St
             message lists the schemes), an option the scheme does not take (the message
             lists those it takes), spaces at its ends or a control character in it, or,
             but on Windows, a file or folder on a Windows drive (``sqlite:///C:/app.db``);
-            or an unknown mode.
+            a ``sqlite://``, ``json://`` or ``yaml://`` URL that names a host
+            (``json://dir``); or an unknown mode.
     """
     # None is "agent", as for the storages' constructors (and the original's).
     mode = mode_spec(mode).mode
@@ -311,6 +313,16 @@ def parse_url(url: str, mode: Mode | str | None = "agent", **options: Any) -> St
     query = _query(pairs, scheme, url)
     # The scheme in lower case: SQLAlchemy takes "MySQL://" for a database of another kind.
     raw = f"{scheme}://{before}"
+    host = before.partition("/")[0]
+    if scheme in _FILE_SCHEMES and host:
+        # "json://dir" read as a URL names a host "dir" and no path; read leniently, it
+        # named the folder "dir", and "json://dir/sub" the folder "dir/sub" where a reader
+        # of URLs expects "/sub".
+        raise InvalidIdentifierError(
+            f"storage URL {redact(url)!r} names a host ({host}), which a {scheme}:// URL "
+            f"takes none of: write {scheme}:///{unquote(host)} for a path relative to the "
+            f"working directory, {scheme}:////abs/path for an absolute one"
+        )
     path = unquote(rest.split("?", 1)[0])
     path = path[1:] if path.startswith("/") else path
     if scheme in _FILE_SCHEMES and os.name != "nt" and _WINDOWS_DRIVE.match(path):
