@@ -698,6 +698,35 @@ def test_a_folder_of_the_original_is_read_listed_and_written_whatever_its_ids(
 
 
 @pytest.mark.parametrize("cls", FORMATS)
+def test_sessions_the_original_kept_in_hidden_files_are_read_and_listed(
+    tmp_path: Path, cls: type[FileStorage]
+) -> None:
+    # The original listed every <session_id>.json, ".x.json" of session ".x" too: savegame
+    # left such files out of listings (and so of every export and copy, without a word)
+    # until upgrade_schema(), and never read one named like ".tmp-x.json".
+    ext = cls.format.extension
+    hidden = [".x", ".tmp-y", "..z"]
+    _write_originals(tmp_path, cls, ["plain", *hidden])
+    (tmp_path / f".eslintrc{ext}").write_bytes(b'{"root": true}')
+    (tmp_path / f".notes{ext}").write_bytes(b"{cut")
+    storage = cls(tmp_path)
+    assert storage.get_all_session_ids(user_id="u") == ["..z", ".tmp-y", ".x", "plain"]
+    for session_id in hidden:
+        assert storage.read(session_id) is not None
+    # Other programs' hidden files are theirs: not named as damaged, and dropped by none.
+    assert storage.unreadable() == []
+    storage.upsert(AgentSession(session_id=".tmp-y", user_id="u", created_at=50))
+    assert not (tmp_path / f".tmp-y{ext}").exists()
+    assert cls(tmp_path).read(".tmp-y").created_at == 2  # type: ignore[union-attr]
+    storage.drop()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".eslintrc" + ext,
+        ".notes" + ext,
+        ".savegame",
+    ]
+
+
+@pytest.mark.parametrize("cls", FORMATS)
 def test_upgrade_schema_renames_the_files_the_original_named_after_any_id(
     tmp_path: Path, cls: type[FileStorage]
 ) -> None:

@@ -50,9 +50,9 @@ File names. A session id made only of letters, digits, ``-``, ``_`` and ``.`` (n
 with a dot, at most 128 characters, not a Windows device name) keeps the plain
 ``<id>.json`` name the original used; any other id is stored as ``~<sha256 of the id>.json``.
 No id can name a path outside the folder. The original named the files of those other ids
-``<id>.json`` too: such a file is read and listed while no file of savegame's name is there,
-and renamed to it by a write or removal of its session, or by
-:meth:`FileStorage.upgrade_schema`. On a file system that ignores case (macOS's and
+``<id>.json`` too (``.x.json`` of session ``.x``, hidden): such a file is read and listed
+while no file of savegame's name is there, and renamed to it by a write or removal of its
+session, or by :meth:`FileStorage.upgrade_schema`. On a file system that ignores case (macOS's and
 Windows' by default), ``abc.json`` is also the file of session ``Abc``: where one of two such
 ids is stored, the other reads as missing, and its write raises
 :class:`~savegame.errors.InvalidIdentifierError` rather than replace the session there.
@@ -440,13 +440,13 @@ class FileStorage(Storage):
 
     def _originals_path(self, session_id: str) -> Path | None:
         """Where the original kept ``session_id`` when savegame names its file otherwise
-        (``my chat.json``); None when the names agree, or the original's name is no file
-        of this folder (an id holding a separator, one too long for a file name, or one
-        that would pass for a temporary file)."""
+        (``my chat.json``, ``.x.json``); None when the names agree, or the original's name
+        is no file of this folder (an id holding a separator, or one too long for a file
+        name). Savegame's temporary files have no extension, so no such name is one."""
         name = session_id + self.format.extension
         if name == file_name(session_id, self.format.extension):
             return None
-        if not _NOT_IN_A_NAME.isdisjoint(name) or name.startswith(_TEMP_PREFIX):
+        if not _NOT_IN_A_NAME.isdisjoint(name):
             return None
         try:
             if len(os.fsencode(name)) > 255:
@@ -543,11 +543,13 @@ class FileStorage(Storage):
         return temp
 
     def _session_files(self) -> Iterator[os.DirEntry[str]]:
+        """The folder's files of this format, hidden ones too: the original kept session
+        ``.x`` in ``.x.json``. Other programs keep hidden files of their own there
+        (``.eslintrc.json``), which :meth:`unreadable` does not name (:func:`_hidden`)."""
         ext = self.format.extension
         with os.scandir(self.dir_path) as entries:
             for entry in entries:
-                name = entry.name
-                if name.endswith(ext) and not name.startswith(".") and entry.is_file():
+                if entry.name.endswith(ext) and entry.is_file():
                     yield entry
 
     # -- the folder's mode ----------------------------------------------------------------
@@ -837,20 +839,26 @@ class FileStorage(Storage):
         with self._index_errors():
             listed = {file for (file,) in conn.execute("SELECT file FROM sessions")}
         found: list[str] = []
+        ext = self.format.extension
         for entry in self._session_files():
             if entry.name in listed:
                 continue
             path = Path(entry.path)
+            hidden = _hidden(entry.name)
             try:
                 record = self._load(path, None)
             except CorruptSessionError as exc:
-                found.append(str(exc))
+                if not hidden:
+                    found.append(str(exc))
                 continue
             except _CannotRead as exc:
-                found.append(f"{path} cannot be read: {exc.__cause__}")
+                if not hidden:
+                    found.append(f"{path} cannot be read: {exc.__cause__}")
                 continue
             if record is None:
                 continue  # removed since the listing
+            if hidden and entry.name != record["session_id"] + ext:
+                continue
             own = file_name(record["session_id"], self.format.extension)
             if entry.name != own:
                 found.append(f"{path} holds session {record['session_id']!r}, whose file is {own}")
@@ -1257,6 +1265,13 @@ class _FileOfAnother(CorruptSessionError):
     folder's file system takes two names for one (one that ignores case takes ``abc.json``
     for ``Abc.json``). The id's session is not there, and its write or delete would replace
     or remove the other session."""
+
+
+def _hidden(name: str) -> bool:
+    """Whether the file ``name`` is hidden: one of the original's sessions (``.x.json``)
+    is listed, but :meth:`FileStorage.unreadable` names one only when it holds the session
+    it is named after, as other programs keep hidden files of their own in a folder."""
+    return name.startswith(".")
 
 
 def _same_file(path: Path, other: Path) -> bool:
