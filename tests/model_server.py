@@ -6,7 +6,17 @@ name in the request chooses how it behaves:
 =============  ==========================================================================
 ``echo``       200 with ``echo: <last user message> [<n> messages]`` (any other name too)
 ``fail-500``   500 with an OpenAI-style error body
-``fail-429``   429 (rate limited)
+``fail-429``   429 (rate limited), with ``Retry-After: 7``
+``fail-503``   503 with a ``Retry-After`` that is an HTTP date about 30 seconds ahead
+``redirect``   301 to ``/v1/moved/chat/completions``, which answers as ``echo`` (GET too)
+``redirect-307``  the same with a 307
+``error-200``  200 with an error body instead of a completion
+``no-choices`` 200 with an empty ``choices`` list
+``huge``       as ``echo``, padded with spaces past :data:`MAX_ANSWER_BYTES`
+``huge-close`` the same without a ``Content-Length``, ended by closing the connection
+``length``     as ``echo``, cut short: ``finish_reason`` length
+``length-empty``  200 with empty content, ``finish_reason`` length (the limit came first)
+``empty-tools``   200 with empty content (not null) that calls the tool ``get_weather``
 ``drop``       closes the connection without answering
 ``partial``    sends headers and half the body, then closes
 ``garbage``    200 with a body that is not JSON
@@ -24,6 +34,7 @@ name in the request chooses how it behaves:
 
 from __future__ import annotations
 
+import email.utils
 import json
 import threading
 import time
@@ -32,6 +43,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from savegame.models.openai import MAX_ANSWER_BYTES
 
 NO_TEXT: dict[str, tuple[dict[str, Any], str]] = {
     "refuse": (
@@ -53,7 +66,9 @@ NO_TEXT: dict[str, tuple[dict[str, Any], str]] = {
         "tool_calls",
     ),
     "filtered": ({"role": "assistant", "content": None}, "content_filter"),
+    "length-empty": ({"role": "assistant", "content": ""}, "length"),
 }
+NO_TEXT["empty-tools"] = ({**NO_TEXT["tool-call"][0], "content": ""}, "tool_calls")
 """The message and finish reason of the answers without text, by model name."""
 
 USAGE: dict[str, Any] = {
@@ -77,16 +92,53 @@ def _handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:
             """Quiet: the tests read ``requests`` instead."""
 
+        def do_GET(self) -> None:
+            """What a client that turned a redirected POST into a GET reaches."""
+            server.requests.append(
+                {"path": self.path, "headers": dict(self.headers), "method": "GET", "body": None}
+            )
+            self._send(200, _completion("echo", {"role": "assistant", "content": "moved"}))
+
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+            server.requests.append(
+                {"path": self.path, "headers": dict(self.headers), "method": "POST", "body": body}
+            )
             model = body.get("model")
-            if self.path != "/v1/chat/completions":
+            if self.path == "/v1/moved/chat/completions":
+                self._send(200, _completion("echo", {"role": "assistant", "content": "moved"}))
+            elif self.path != "/v1/chat/completions":
                 self._send(404, {"error": {"message": f"no route {self.path}"}})
+            elif model in ("redirect", "redirect-307"):
+                self.send_response(301 if model == "redirect" else 307)
+                self.send_header("Location", "/v1/moved/chat/completions")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
             elif model == "fail-500":
                 self._send(500, {"error": {"message": "the model fell over"}})
             elif model == "fail-429":
-                self._send(429, {"error": {"message": "slow down"}})
+                self._send(429, {"error": {"message": "slow down"}}, {"Retry-After": "7"})
+            elif model == "fail-503":
+                when = email.utils.formatdate(time.time() + 30, usegmt=True)
+                self._send(503, {"error": {"message": "overloaded"}}, {"Retry-After": when})
+            elif model == "error-200":
+                self._send(200, {"error": {"message": "quota exceeded", "code": 429}})
+            elif model == "no-choices":
+                self._send(200, {"id": "chatcmpl-1", "object": "chat.completion", "choices": []})
+            elif model in ("huge", "huge-close"):
+                data = json.dumps(_completion("echo", {"role": "assistant", "content": "big"}))
+                padded = data.encode() + b" " * MAX_ANSWER_BYTES
+                if model == "huge":
+                    self._raw(200, padded)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.close_connection = True
+                try:
+                    self.wfile.write(padded)
+                except OSError:  # the client stopped reading
+                    return
             elif model == "drop":
                 self.close_connection = True
                 self.connection.close()
@@ -109,24 +161,19 @@ def _handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
                 last = [m["content"] for m in body["messages"] if m["role"] == "user"][-1]
                 content = f"echo: {last} [{len(body['messages'])} messages]"
                 message, finish = NO_TEXT.get(
-                    model, ({"role": "assistant", "content": content}, "stop")
+                    model,
+                    (
+                        {"role": "assistant", "content": content},
+                        "length" if model == "length" else "stop",
+                    ),
                 )
                 send = self._trickle if model == "trickle" else self._send
-                send(
-                    200,
-                    {
-                        "id": "chatcmpl-1",
-                        "object": "chat.completion",
-                        "model": model,
-                        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-                        "usage": USAGE.get(
-                            model, {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
-                        ),
-                    },
-                )
+                send(200, _completion(model, message, finish))
 
-        def _send(self, status: int, payload: dict[str, Any]) -> None:
-            self._raw(status, json.dumps(payload).encode())
+        def _send(
+            self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
+        ) -> None:
+            self._raw(status, json.dumps(payload).encode(), headers)
 
         def _trickle(self, status: int, payload: dict[str, Any]) -> None:
             data = json.dumps(payload).encode()
@@ -145,14 +192,26 @@ def _handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
                 except OSError:  # the client gave up
                     return
 
-        def _raw(self, status: int, data: bytes) -> None:
+        def _raw(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
 
     return Handler
+
+
+def _completion(model: str, message: dict[str, Any], finish: str = "stop") -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": USAGE.get(model, {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}),
+    }
 
 
 @contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import socket
 import time
 from collections.abc import Iterator
@@ -63,7 +64,11 @@ def test_openai_chat_reads_the_environment(
 
 @pytest.mark.parametrize(
     ("name", "status", "text"),
-    [("fail-500", 500, "the model fell over"), ("fail-429", 429, "slow down")],
+    [
+        ("fail-500", 500, "the model fell over$"),
+        ("fail-429", 429, r"slow down \(retry after 7 seconds\)$"),
+        ("fail-503", 503, r"overloaded \(retry after \d+ seconds\)$"),
+    ],
 )
 def test_an_error_status_raises_model_http_error(
     server: ModelServer, name: str, status: int, text: str
@@ -71,6 +76,71 @@ def test_an_error_status_raises_model_http_error(
     with pytest.raises(ModelHTTPError, match=text) as caught:
         OpenAIChat(id=name, base_url=server.base_url).respond([message("user", "hi")])
     assert caught.value.status == status
+    wait = caught.value.retry_after
+    assert (wait, status) == (None, 500) or (wait == 7 and status == 429) or 20 < wait <= 31
+
+
+def test_a_wrong_path_raises_model_http_error_404(server: ModelServer) -> None:
+    with pytest.raises(ModelHTTPError, match="404: no route /chat/completions") as caught:
+        OpenAIChat(id="echo", base_url=server.base_url.removesuffix("/v1")).respond(
+            [message("user", "hi")]
+        )
+    assert caught.value.status == 404
+
+
+@pytest.mark.parametrize(("name", "status"), [("redirect", 301), ("redirect-307", 307)])
+def test_a_redirect_is_not_followed(server: ModelServer, name: str, status: int) -> None:
+    """Following it would send the key on (urllib keeps the Authorization header, to any
+    host) and turn a 301's POST into a GET without the conversation."""
+    model = OpenAIChat(id=name, api_key="sk-test", base_url=server.base_url)
+    with pytest.raises(ModelHTTPError, match="redirected to /v1/moved/chat/completions") as caught:
+        model.respond([message("user", "hi")])
+    assert caught.value.status == status
+    assert "sk-test" not in str(caught.value)
+    assert [r["path"] for r in server.requests] == ["/v1/chat/completions"]
+
+
+def test_the_api_key_is_sent_trimmed_and_never_shown(
+    server: ModelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A key read from a file keeps its line break; http.client refused it with an error
+    # that quoted the whole header.
+    OpenAIChat(id="echo", api_key="sk-test\r\n", base_url=server.base_url).respond(
+        [message("user", "hi")]
+    )
+    assert server.requests[-1]["headers"]["Authorization"] == "Bearer sk-test"
+    with pytest.raises(ModelNotConfiguredError, match="the key is not shown") as caught:
+        OpenAIChat(id="echo", api_key="sk-te st", base_url=server.base_url)
+    assert "sk-te" not in str(caught.value)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret\x1b")
+    with pytest.raises(ModelNotConfiguredError) as caught:
+        configured_model()
+    assert "sk-secret" not in str(caught.value)
+    # An empty key given sends none, rather than the environment's to another server.
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-hosted")
+    OpenAIChat(id="echo", api_key="", base_url=server.base_url).respond([message("user", "hi")])
+    assert "Authorization" not in server.requests[-1]["headers"]
+    assert "sk-hosted" not in repr(OpenAIChat())
+
+
+def test_a_user_and_password_in_the_base_url_are_sent_as_basic_auth_and_never_shown(
+    server: ModelServer,
+) -> None:
+    url = server.base_url.replace("http://", "http://ada:pa%40ss@")
+    model = OpenAIChat(id="echo", base_url=url)
+    assert model.respond([message("user", "hi")]).content == "echo: hi [1 messages]"
+    sent = server.requests[-1]["headers"]["Authorization"]
+    assert base64.b64decode(sent.removeprefix("Basic ")) == b"ada:pa@ss"
+    assert "pa%40ss" not in repr(model)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(ModelConnectionError, match="refused") as caught:
+        OpenAIChat(id="echo", base_url=f"http://ada:pw-1@127.0.0.1:{port}/v1").respond(
+            [message("user", "hi")]
+        )
+    assert "pw-1" not in str(caught.value)
+    assert "http://***@127.0.0.1" in str(caught.value)
 
 
 @pytest.mark.parametrize("name", ["drop", "partial"])
@@ -133,9 +203,26 @@ def test_a_malformed_base_url_raises_model_connection_error() -> None:
         OpenAIChat(id="echo", base_url="http://[::1/v1").respond([message("user", "hi")])
 
 
-def test_an_answer_that_is_not_a_completion_raises(server: ModelServer) -> None:
-    with pytest.raises(ModelResponseError, match="not a chat completion"):
-        OpenAIChat(id="garbage", base_url=server.base_url).respond([message("user", "hi")])
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("garbage", "not a chat completion"),
+        ("error-200", "^the server answered with an error: quota exceeded$"),
+        ("no-choices", r"^the server's answer has no choices \(an empty list\)$"),
+        ("huge", "larger than 67108864 bytes"),
+        ("huge-close", "larger than 67108864 bytes"),
+    ],
+)
+def test_an_answer_that_is_not_a_completion_raises(
+    server: ModelServer, name: str, text: str
+) -> None:
+    with pytest.raises(ModelResponseError, match=text):
+        OpenAIChat(id=name, base_url=server.base_url).respond([message("user", "hi")])
+
+
+def test_an_answer_cut_short_by_the_token_limit_keeps_its_text(server: ModelServer) -> None:
+    answer = OpenAIChat(id="length", base_url=server.base_url).respond([message("user", "hi")])
+    assert answer.content == "echo: hi [1 messages]"
 
 
 @pytest.mark.parametrize(
@@ -144,6 +231,11 @@ def test_an_answer_that_is_not_a_completion_raises(server: ModelServer) -> None:
         ("refuse", "it refused: I can't help with that."),
         ("tool-call", r"it asked for tool calls \(get_weather\), which savegame does not make"),
         ("filtered", r"its content is null \(finish_reason: content_filter\)"),
+        (
+            "length-empty",
+            r"it reached its token limit \(finish_reason: length\) before writing any",
+        ),
+        ("empty-tools", r"it asked for tool calls \(get_weather\), which savegame does not make"),
     ],
 )
 def test_an_answer_without_text_raises_and_the_agent_saves_nothing(

@@ -12,11 +12,14 @@ Model errors are not storage errors: a failed call says nothing about the store.
 tree of their own::
 
     ModelError
-    ├── ModelNotConfiguredError   (ValueError)  no model given and none configured
+    ├── ModelNotConfiguredError   (ValueError)  no model given and none configured, or an
+    │                                           API key that cannot be sent
     ├── ModelConnectionError                    refused, dropped or timed-out connection
-    ├── ModelHTTPError                          the server answered with an error status
+    ├── ModelHTTPError                          the server answered with an error status or
+    │                                           a redirect
     └── ModelResponseError                      the answer is not a chat completion, or has no
-                                                text (a refusal, a tool call)
+                                                text (a refusal, a tool call, a token limit
+                                                reached first)
 """
 
 from __future__ import annotations
@@ -80,7 +83,8 @@ class ModelError(Exception):
 
 
 class ModelNotConfiguredError(ModelError, ValueError):
-    """No model was given and the environment names none."""
+    """No model was given and the environment names none, or a model was given settings it
+    cannot work with (an API key no HTTP header can carry)."""
 
 
 class ModelConnectionError(ModelError):
@@ -88,17 +92,24 @@ class ModelConnectionError(ModelError):
 
 
 class ModelHTTPError(ModelError):
-    """The model's server answered with an error status.
+    """The model's server answered with an error status, or with a redirect (which is not
+    followed).
 
     Attributes:
         status: the HTTP status code.
         body: the start of the response body, for the message.
+        retry_after: the seconds the server asked to wait before trying again (its
+            ``Retry-After``, sent with a 429 or a 503), or None when it said nothing.
     """
 
-    def __init__(self, status: int, message: str, body: str = "") -> None:
-        super().__init__(f"model server answered {status}: {message}")
+    def __init__(
+        self, status: int, message: str, body: str = "", retry_after: float | None = None
+    ) -> None:
+        wait = "" if retry_after is None else f" (retry after {retry_after:.0f} seconds)"
+        super().__init__(f"model server answered {status}: {message}{wait}")
         self.status = status
         self.body = body
+        self.retry_after = retry_after
 
 
 class ModelResponseError(ModelError):

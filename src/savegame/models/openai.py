@@ -6,13 +6,19 @@ llama.cpp's server. It uses only the standard library's HTTP client, so it needs
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import datetime as dt
+import email.utils
 import http.client
 import json
 import os
+import re
 import socket
 import threading
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from types import TracebackType
@@ -22,12 +28,18 @@ from savegame.models import (
     Message,
     ModelConnectionError,
     ModelHTTPError,
+    ModelNotConfiguredError,
     ModelResponse,
     ModelResponseError,
 )
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4o-mini"
+MAX_ANSWER_BYTES = 64 * 2**20
+"""The largest answer read: a whole context window of text is a few megabytes, and a server
+that sends without end must not take all the memory of the process waiting for it."""
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
+"""What an API key may hold: visible ASCII, which every HTTP header carries as it is."""
 
 
 class OpenAIChat:
@@ -35,16 +47,29 @@ class OpenAIChat:
 
     Every argument left as None is read from the environment: ``OPENAI_API_KEY``,
     ``OPENAI_BASE_URL`` (default: the hosted API) and ``OPENAI_MODEL`` (default
-    ``gpt-4o-mini``). A local server usually needs no key.
+    ``gpt-4o-mini``). A local server usually needs no key (``api_key=""`` sends none, whatever
+    the environment holds). The key is never shown: not by ``repr`` nor in an error, and
+    neither is a password in the base URL.
+
+    Redirects are not followed: one would send the conversation, and the key, to another
+    address than the one configured (and turn the POST into a GET). The server's 3xx answer
+    raises :class:`~savegame.models.ModelHTTPError` naming where it points.
 
     Args:
         id: the model name sent with each request.
-        api_key: sent as a bearer token when set.
-        base_url: the URL that ``/chat/completions`` is appended to.
+        api_key: sent as a bearer token when set; white space around it (a line break read
+            from a file) is left out.
+        base_url: the URL that ``/chat/completions`` is appended to. A user and password in
+            it (``https://user:pass@host/v1``) are sent as basic authentication when no API
+            key is.
         timeout: seconds to wait for the server, per request: connecting, sending and
             reading the whole answer, however slowly the server sends it.
         temperature: sent when set.
         max_tokens: sent when set.
+
+    Raises:
+        ModelNotConfiguredError: the API key holds a character no HTTP header can carry
+            (the message does not show the key).
     """
 
     provider = "openai"
@@ -59,7 +84,14 @@ class OpenAIChat:
         max_tokens: int | None = None,
     ) -> None:
         self.id = id or os.environ.get("OPENAI_MODEL") or DEFAULT_MODEL
-        self.api_key = api_key or os.environ.get("OPENAI_API_KEY")
+        key = os.environ.get("OPENAI_API_KEY") if api_key is None else api_key
+        key = key.strip() if key else None
+        if key and not _HEADER_SAFE.fullmatch(key):
+            raise ModelNotConfiguredError(
+                "the API key holds a space, a control character or a character beyond ASCII, "
+                "which no HTTP header carries (the key is not shown here)"
+            )
+        self.api_key = key or None
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip(
             "/"
         )
@@ -71,11 +103,13 @@ class OpenAIChat:
         """Sends ``messages`` to ``{base_url}/chat/completions`` and returns the first choice.
 
         Raises:
-            ModelHTTPError: the server answered with an error status (401, 429, 500...).
+            ModelHTTPError: the server answered with an error status (401, 429, 500...), or
+                with a redirect.
             ModelConnectionError: the server could not be reached, timed out, or dropped the
                 connection before the answer was whole.
-            ModelResponseError: the answer was not a chat completion, or had no text (the
-                model refused, or asked for a tool call).
+            ModelResponseError: the answer was not a chat completion, was larger than
+                :data:`MAX_ANSWER_BYTES`, or had no text (the model refused, asked for a tool
+                call, or reached its token limit before writing any).
         """
         payload: dict[str, Any] = {"model": self.id, "messages": messages}
         if self.temperature is not None:
@@ -87,27 +121,24 @@ class OpenAIChat:
     def _post(self, path: str, payload: dict[str, Any]) -> bytes:
         """The body of a successful POST; every transport failure mapped here, once."""
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
         deadline = _Deadline(self.timeout)
-        opener = urllib.request.build_opener(_Handler(deadline))
+        opener = urllib.request.build_opener(_Handler(deadline), _NoRedirects())
+        shown = _without_password(self.base_url) + path
         try:
+            url, basic = _split_credentials(self.base_url + path)
+            if self.api_key:
+                headers["Authorization"] = f"Bearer {self.api_key}"
+            elif basic:
+                headers["Authorization"] = f"Basic {basic}"
             request = urllib.request.Request(
-                self.base_url + path,
-                data=json.dumps(payload).encode(),
-                headers=headers,
-                method="POST",
+                url, data=json.dumps(payload).encode(), headers=headers, method="POST"
             )
             with deadline:
                 try:
                     with opener.open(request, timeout=self.timeout) as response:
-                        body: bytes = response.read()
-                        return body
+                        return _read_at_most(response, MAX_ANSWER_BYTES, shown)
                 except urllib.error.HTTPError as exc:
-                    text = _read_error_body(exc)
-                    raise ModelHTTPError(
-                        exc.code, _error_message(text) or exc.reason, text
-                    ) from exc
+                    raise _http_error(exc) from exc
         except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
             # URLError wraps refused connections and DNS failures; a connection dropped
             # mid-answer surfaces as RemoteDisconnected or IncompleteRead (HTTPException) or a
@@ -115,12 +146,100 @@ class OpenAIChat:
             # deadline; a malformed base URL as ValueError.
             reason = getattr(exc, "reason", exc)
             kind = "timed out" if isinstance(reason, socket.timeout) else "failed"
-            raise ModelConnectionError(
-                f"request to {self.base_url}{path} {kind}: {type(reason).__name__}: {reason}"
-            ) from exc
+            why = _without_password(f"{type(reason).__name__}: {reason}", self.base_url)
+            raise ModelConnectionError(f"request to {shown} {kind}: {why}") from exc
 
     def __repr__(self) -> str:
-        return f"OpenAIChat(id={self.id!r}, base_url={self.base_url!r})"
+        return f"OpenAIChat(id={self.id!r}, base_url={_without_password(self.base_url)!r})"
+
+
+def _read_at_most(response: http.client.HTTPResponse, limit: int, shown: str) -> bytes:
+    """The whole body of ``response``, unless it is longer than ``limit`` bytes.
+
+    Raises:
+        ModelResponseError: the body is longer.
+        http.client.IncompleteRead: the connection ended before the length the server
+            announced (``read(n)`` would return what came, silently).
+    """
+    too_large = ModelResponseError(
+        f"the answer from {shown} is larger than {limit} bytes, more than any chat completion holds"
+    )
+    if response.length is not None:
+        if response.length > limit:
+            raise too_large
+        return response.read()
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := response.read(2**16):
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _split_credentials(url: str) -> tuple[str, str | None]:
+    """``url`` without its user and password, and them as basic authentication (None when
+    it has none): urllib would take them for part of the host name."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    pair = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
+    return parts._replace(netloc=host).geturl(), base64.b64encode(pair.encode()).decode("ascii")
+
+
+def _without_password(text: str, url: str | None = None) -> str:
+    """``text`` (``url``, or a message quoting it) with the user and password of ``url``
+    written as ``***``; found by hand, as ``urlsplit`` refuses the malformed URLs that
+    errors quote."""
+    authority = (url if url is not None else text).partition("://")[2]
+    authority = re.split(r"[/?#]", authority, maxsplit=1)[0]
+    userinfo, at, _ = authority.rpartition("@")
+    return text.replace(f"{userinfo}@", "***@") if at and userinfo else text
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Leaves a redirect as the error it is for this client (see :class:`OpenAIChat`)."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _http_error(exc: urllib.error.HTTPError) -> ModelHTTPError:
+    text = _read_error_body(exc)
+    if 300 <= exc.code < 400:
+        where = exc.headers.get("Location") if exc.headers else None
+        message = (
+            f"redirected to {_without_password(where)}, which savegame does not follow "
+            "(it would send the conversation and the API key there): set the base URL to "
+            "where it points"
+            if where
+            else f"a redirect without a Location ({exc.reason})"
+        )
+        return ModelHTTPError(exc.code, message, text)
+    retry_after = _retry_after(exc.headers.get("Retry-After") if exc.headers else None)
+    return ModelHTTPError(
+        exc.code, _error_message(text) or str(exc.reason), text, retry_after=retry_after
+    )
+
+
+def _retry_after(value: str | None) -> float | None:
+    """The seconds a ``Retry-After`` header asks for (a number of them, or an HTTP date),
+    or None when there is none or it cannot be read."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return max(0.0, when.timestamp() - time.time())
 
 
 class _Deadline:
@@ -240,9 +359,14 @@ def _error_message(body: str) -> str:
     return body[:200]
 
 
-def _why_no_text(answer: dict[str, Any], choice: dict[str, Any]) -> str:
-    """Why a completion whose content is null has none: the model's refusal, the tools it
-    asked for (which savegame does not call), or else its finish reason."""
+def _why_no_text(answer: dict[str, Any], choice: dict[str, Any]) -> str | None:
+    """Why a completion has no text, or None when it has (an answer cut short by the token
+    limit included), or its empty text is what the model meant to say: the model's refusal,
+    the tools it asked for (which savegame does not call), the token limit it reached before
+    writing any, or else its finish reason."""
+    content = answer.get("content")
+    if not (content is None or isinstance(content, str)) or (content and content.strip()):
+        return None
     refusal = answer.get("refusal")
     if refusal:
         return f"it refused: {refusal}"
@@ -251,24 +375,43 @@ def _why_no_text(answer: dict[str, Any], choice: dict[str, Any]) -> str:
         functions = [call.get("function") if isinstance(call, dict) else None for call in calls]
         names = [str(f.get("name", "?")) if isinstance(f, dict) else "?" for f in functions]
         return f"it asked for tool calls ({', '.join(names)}), which savegame does not make"
-    return f"its content is null (finish_reason: {choice.get('finish_reason')})"
+    reason = choice.get("finish_reason")
+    if reason == "length":
+        return "it reached its token limit (finish_reason: length) before writing any"
+    if content is None:
+        return f"its content is null (finish_reason: {reason})"
+    if reason not in (None, "stop"):
+        return f"its content is empty (finish_reason: {reason})"
+    return None
 
 
 def _parse(body: bytes, default_model: str) -> ModelResponse:
     try:
         data = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+        raise ModelResponseError(
+            f"the server's answer is not a chat completion: {body[:200]!r}"
+        ) from exc
+    if isinstance(data, dict) and "choices" not in data and data.get("error"):
+        # Some servers and gateways answer 200 with the error of a failed call.
+        message = _error_message(body.decode("utf-8", "replace"))
+        raise ModelResponseError(f"the server answered with an error: {message}")
+    if isinstance(data, dict) and data.get("choices") == []:
+        raise ModelResponseError("the server's answer has no choices (an empty list)")
+    try:
         choice = data["choices"][0]
         answer = choice["message"]
         content = answer.get("content")
         model = str(data.get("model") or default_model)
         usage = data.get("usage")
         usage = usage if isinstance(usage, dict) else {}  # counts are extra: none is fine
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError) as exc:
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
         raise ModelResponseError(
             f"the server's answer is not a chat completion: {body[:200]!r}"
         ) from exc
-    if content is None:
-        raise ModelResponseError(f"the model gave no text: {_why_no_text(answer, choice)}")
+    why = _why_no_text(answer, choice)
+    if why is not None:
+        raise ModelResponseError(f"the model gave no text: {why}")
     if not isinstance(content, str):
         raise ModelResponseError(f"the completion's content is not text: {content!r}")
     counts = {
