@@ -6,8 +6,10 @@ import importlib.util
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -253,3 +255,87 @@ def test_stored_text_is_shown_as_it_is_and_never_obeyed_by_the_terminal(
     assert "You are agno." not in text
     assert "looked up" not in text
     assert "None" not in text
+
+
+def _start_chat(*args: str, **env: str) -> subprocess.Popen[bytes]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SAVEGAME_"))}
+    return subprocess.Popen(
+        [sys.executable, "-c", "from savegame.cli import main; main()", "chat", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**clean, **env},
+    )
+
+
+def _read_until(proc: subprocess.Popen[bytes], marker: bytes, seen: bytes = b"") -> bytes:
+    """What ``proc`` printed, read until ``marker`` appears after ``seen``."""
+    assert proc.stdout is not None
+    text = seen
+    deadline = time.monotonic() + 30
+    while marker not in text[len(seen) :]:
+        assert time.monotonic() < deadline, text
+        chunk = os.read(proc.stdout.fileno(), 4096)
+        assert chunk, text
+        text += chunk
+    return text
+
+
+@pytest.mark.parametrize("when", ["at the prompt", "while the model answers"])
+def test_ctrl_c_ends_the_chat_with_the_resume_hint_and_keeps_the_conversation(
+    sqlite_url: str, server: ModelServer, when: str
+) -> None:
+    chat("--storage", sqlite_url, "--session", "c", lines=["My name is Ada."])
+    model = "hang" if when == "while the model answers" else "echo"
+    proc = _start_chat(
+        "--storage",
+        sqlite_url,
+        "--session",
+        "c",
+        OPENAI_BASE_URL=server.base_url,
+        OPENAI_MODEL=model,
+    )
+    assert proc.stdin is not None
+    try:
+        seen = _read_until(proc, b"you> ")
+        if model == "hang":
+            proc.stdin.write(b"What is my name?\n")
+            proc.stdin.flush()
+            deadline = time.monotonic() + 30
+            while not server.requests:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = (seen + out).decode().splitlines()
+    assert proc.returncode == 130
+    hint = f"savegame chat --session c --storage {shlex.quote(sqlite_url)}"
+    assert lines[-1] == f"bye: resume with  {hint}"
+    if model == "hang":
+        assert lines[-2] == (
+            "interrupted before the answer was shown: a message is saved only with its answer"
+        )
+    stored = open_storage(sqlite_url, mode="agent").read("c")
+    assert stored is not None
+    assert [r["input"] for r in stored.memory["runs"]] == ["My name is Ada."]  # type: ignore[attr-defined]
+
+
+def test_an_empty_session_id_is_refused_rather_than_replaced_by_a_new_one(
+    sqlite_url: str,
+) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SAVEGAME_"))}
+    proc = subprocess.run(
+        [sys.executable, "-c", "from savegame.cli import main; main()", "chat", "--session", ""],
+        input="hello\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**clean, "SAVEGAME_STORAGE": sqlite_url},
+    )
+    assert proc.returncode == 2
+    assert "error: session id must not be empty" in proc.stderr
+    assert open_storage(sqlite_url, mode="agent").get_all_session_ids() == []

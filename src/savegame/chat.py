@@ -9,7 +9,8 @@ when none is, the offline model; the first line says which.
 Storage errors propagate to the ``savegame`` command, which prints them and exits 1; a model
 error ends only that turn (nothing of it is saved) and the chat goes on, as does a ``/load``
 of a session that cannot be loaded (another user's, a damaged one, an id savegame cannot
-store), which keeps the current session.
+store), which keeps the current session. Ctrl-C ends the chat as Ctrl-D does, saying how to
+come back, and exits 130.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import errno
 import os
 import re
 import shlex
+import signal
 import sys
 from typing import Annotated
 
@@ -30,6 +32,7 @@ from savegame.models import Message, Model, ModelError, configured_model
 from savegame.models.offline import OfflineModel
 from savegame.runtime import SessionOwnerError
 from savegame.storage.base import Storage
+from savegame.storage.codec import check_id
 from savegame.storage.url import open_storage, redact
 
 HELP = (
@@ -63,7 +66,12 @@ def chat(
     if sys.stdin is None or sys.stdout is None:
         # Python has none when the command starts with it closed (savegame chat >&-).
         raise OSError(errno.EBADF, "a chat needs standard input and output, and one is closed")
+    if session is not None:
+        # An empty one (--session "$UNSET") would start a new session in place of the one
+        # meant, under an id nobody asked for.
+        check_id(session)
     model, how = _model()
+    interrupted = False
     with open_storage(storage, mode="agent") as store:
         store.create()
         agent = Agent(
@@ -79,8 +87,13 @@ def chat(
         _say(f"savegame chat: model {how}; store {redact(storage)}")
         _show_session(agent)
         _say(HELP)
-        _loop(agent, store)
+        try:
+            _loop(agent, store)
+        except KeyboardInterrupt:
+            interrupted = True
     _say(f"bye: resume with  {_resume_command(agent, storage)}")
+    if interrupted:
+        raise typer.Exit(128 + signal.SIGINT)
 
 
 def _model() -> tuple[Model, str]:
@@ -94,9 +107,13 @@ def _model() -> tuple[Model, str]:
 
 def _loop(agent: Agent, store: Storage) -> None:
     while True:
-        sys.stdout.write("you> ")
-        sys.stdout.flush()
-        line = sys.stdin.readline()
+        try:
+            sys.stdout.write("you> ")
+            sys.stdout.flush()
+            line = sys.stdin.readline()
+        except KeyboardInterrupt:
+            _say("")  # the line the prompt is on
+            raise
         if not line:
             _say("")
             break
@@ -112,6 +129,10 @@ def _loop(agent: Agent, store: Storage) -> None:
         except ModelError as exc:
             _say(f"model error: {exc} (nothing was saved; send it again)")
             continue
+        except KeyboardInterrupt:
+            _say("")
+            _say("interrupted before the answer was shown: a message is saved only with its answer")
+            raise
         _say(f"{agent.name}> {answer.content}")
 
 
