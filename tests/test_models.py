@@ -6,6 +6,7 @@ import base64
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -316,3 +317,44 @@ def test_offline_model_can_choose_an_option() -> None:
     assert pick([message("system", system), message("user", "fix my python")]).content == "coder"
     assert pick([message("system", system), message("user", "a soup recipe")]).content == "chef"
     assert pick([message("system", system), message("user", "hello")]).content == "chef"
+
+
+def test_the_proxy_of_the_environment_is_used_and_named_when_it_fails(
+    server: ModelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("http_proxy", "https_proxy", "no_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    root = server.base_url.removesuffix("/v1")
+    monkeypatch.setenv("HTTP_PROXY", root)
+    # The server, as the proxy, is asked for the whole URL: its answer shows that it was.
+    with pytest.raises(ModelHTTPError, match=r"no route http://model\.invalid/v1/chat"):
+        OpenAIChat(id="echo", base_url="http://model.invalid/v1").respond([message("user", "hi")])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("HTTP_PROXY", f"http://me:proxy-pw@127.0.0.1:{port}")
+    proxied = OpenAIChat(id="echo", base_url=server.base_url)
+    with pytest.raises(ModelConnectionError) as caught:
+        proxied.respond([message("user", "hi")])
+    text = str(caught.value)
+    assert f"through the proxy http://***@127.0.0.1:{port} failed: ConnectionRefusedError" in text
+    assert "proxy-pw" not in text
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    assert proxied.respond([message("user", "hi")]).content == "echo: hi [1 messages]"
+
+
+@pytest.mark.parametrize(
+    ("options", "text"),
+    [
+        ({"base_url": "localhost:11434/v1"}, "must start with http:// or https://"),
+        ({"base_url": "ftp://a:secret@host/v1"}, r"'ftp://\*\*\*@host/v1' must start with"),
+        ({"timeout": 0}, "timeout must be more than 0 seconds, not 0"),
+        ({"timeout": -1.5}, "not -1.5"),
+    ],
+)
+def test_settings_that_cannot_work_are_refused_when_the_model_is_made(
+    options: dict[str, Any], text: str
+) -> None:
+    with pytest.raises(ModelNotConfiguredError, match=text):
+        OpenAIChat(id="echo", **options)

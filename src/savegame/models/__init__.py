@@ -126,7 +126,12 @@ HOW_TO_CONFIGURE = (
 
 
 def configured_model() -> Model | None:
-    """The model the environment configures (``OPENAI_API_KEY`` or ``OPENAI_BASE_URL``), or None."""
+    """The model the environment configures (``OPENAI_API_KEY`` or ``OPENAI_BASE_URL``), or None.
+
+    Raises:
+        ModelNotConfiguredError: when what the environment configures cannot work (a base URL
+            that is not http:// or https://, a key no HTTP header can carry).
+    """
     if not (os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL")):
         return None
     from savegame.models.openai import OpenAIChat
@@ -138,8 +143,8 @@ def default_model() -> Model:
     """The configured model.
 
     Raises:
-        ModelNotConfiguredError: when the environment configures none; the message says how
-            to configure one.
+        ModelNotConfiguredError: when the environment configures none (the message says how
+            to configure one), or one that cannot work.
     """
     model = configured_model()
     if model is None:

@@ -69,7 +69,8 @@ class OpenAIChat:
 
     Raises:
         ModelNotConfiguredError: the API key holds a character no HTTP header can carry
-            (the message does not show the key).
+            (the message does not show the key), the base URL is not an http:// or https://
+            one, or the timeout is not more than 0.
     """
 
     provider = "openai"
@@ -95,6 +96,13 @@ class OpenAIChat:
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip(
             "/"
         )
+        if not self.base_url.lower().startswith(("http://", "https://")):
+            raise ModelNotConfiguredError(
+                f"the base URL {_without_password(self.base_url)!r} must start with http:// "
+                "or https:// (a local server: http://localhost:11434/v1, say)"
+            )
+        if not timeout > 0:
+            raise ModelNotConfiguredError(f"timeout must be more than 0 seconds, not {timeout!r}")
         self.timeout = timeout
         self.temperature = temperature
         self.max_tokens = max_tokens
@@ -124,8 +132,11 @@ class OpenAIChat:
         deadline = _Deadline(self.timeout)
         opener = urllib.request.build_opener(_Handler(deadline), _NoRedirects())
         shown = _without_password(self.base_url) + path
+        via = ""
         try:
             url, basic = _split_credentials(self.base_url + path)
+            proxy = _proxy_for(url)
+            via = f" through the proxy {_without_password(proxy)}" if proxy else ""
             if self.api_key:
                 headers["Authorization"] = f"Bearer {self.api_key}"
             elif basic:
@@ -146,8 +157,9 @@ class OpenAIChat:
             # deadline; a malformed base URL as ValueError.
             reason = getattr(exc, "reason", exc)
             kind = "timed out" if isinstance(reason, socket.timeout) else "failed"
-            why = _without_password(f"{type(reason).__name__}: {reason}", self.base_url)
-            raise ModelConnectionError(f"request to {shown} {kind}: {why}") from exc
+            why = str(reason) if isinstance(reason, str) else f"{type(reason).__name__}: {reason}"
+            why = _without_password(why, self.base_url)
+            raise ModelConnectionError(f"request to {shown}{via} {kind}: {why}") from exc
 
     def __repr__(self) -> str:
         return f"OpenAIChat(id={self.id!r}, base_url={_without_password(self.base_url)!r})"
@@ -176,6 +188,16 @@ def _read_at_most(response: http.client.HTTPResponse, limit: int, shown: str) ->
             raise too_large
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _proxy_for(url: str) -> str | None:
+    """The proxy that urllib sends a request for ``url`` through (``HTTP_PROXY``,
+    ``HTTPS_PROXY``, unless ``NO_PROXY`` names the host), or None."""
+    parts = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if not proxy or urllib.request.proxy_bypass(parts.netloc):
+        return None
+    return str(proxy)
 
 
 def _split_credentials(url: str) -> tuple[str, str | None]:
