@@ -6,6 +6,7 @@ name in the request chooses how it behaves:
 =============  ==========================================================================
 ``echo``       200 with ``echo: <last user message> [<n> messages]`` (any other name too)
 ``fail-500``   500 with an OpenAI-style error body
+``fail-401``   401 whose message quotes the bearer token it was sent, as some servers do
 ``fail-429``   429 (rate limited), with ``Retry-After: 7``
 ``fail-503``   503 with a ``Retry-After`` that is an HTTP date about 30 seconds ahead
 ``redirect``   301 to ``/v1/moved/chat/completions``, which answers as ``echo`` (GET too)
@@ -114,6 +115,9 @@ def _handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Location", "/v1/moved/chat/completions")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+            elif model == "fail-401":
+                key = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                self._send(401, {"error": {"message": f"Incorrect API key provided: {key}."}})
             elif model == "fail-500":
                 self._send(500, {"error": {"message": "the model fell over"}})
             elif model == "fail-429":

@@ -122,6 +122,11 @@ def test_the_api_key_is_sent_trimmed_and_never_shown(
     OpenAIChat(id="echo", api_key="", base_url=server.base_url).respond([message("user", "hi")])
     assert "Authorization" not in server.requests[-1]["headers"]
     assert "sk-hosted" not in repr(OpenAIChat())
+    wrong = OpenAIChat(id="fail-401", api_key="sk-wrong-1234", base_url=server.base_url)
+    with pytest.raises(ModelHTTPError) as failed:
+        wrong.respond([message("user", "hi")])
+    assert str(failed.value) == "model server answered 401: Incorrect API key provided: ***."
+    assert "sk-wrong" not in failed.value.body
 
 
 def test_a_user_and_password_in_the_base_url_are_sent_as_basic_auth_and_never_shown(

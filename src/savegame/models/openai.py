@@ -149,7 +149,7 @@ class OpenAIChat:
                     with opener.open(request, timeout=self.timeout) as response:
                         return _read_at_most(response, MAX_ANSWER_BYTES, shown)
                 except urllib.error.HTTPError as exc:
-                    raise _http_error(exc) from exc
+                    raise _http_error(exc, self.api_key) from exc
         except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
             # URLError wraps refused connections and DNS failures; a connection dropped
             # mid-answer surfaces as RemoteDisconnected or IncompleteRead (HTTPException) or a
@@ -229,8 +229,12 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def _http_error(exc: urllib.error.HTTPError) -> ModelHTTPError:
+def _http_error(exc: urllib.error.HTTPError, api_key: str | None) -> ModelHTTPError:
+    """The error of an answer with an error status; a server that quotes the key it was
+    sent (a 401's "Incorrect API key provided: ...") has it shown as ``***``."""
     text = _read_error_body(exc)
+    if api_key:
+        text = text.replace(api_key, "***")
     if 300 <= exc.code < 400:
         where = exc.headers.get("Location") if exc.headers else None
         message = (
