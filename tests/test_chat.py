@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from savegame.agent import Agent
 from savegame.chat import CHAT_AGENT_ID
+from savegame.models.offline import OfflineModel
 from savegame.storage.session import AgentSession
 from savegame.storage.url import open_storage
 from savegame.testing import Store
@@ -339,3 +341,25 @@ def test_an_empty_session_id_is_refused_rather_than_replaced_by_a_new_one(
     assert proc.returncode == 2
     assert "error: session id must not be empty" in proc.stderr
     assert open_storage(sqlite_url, mode="agent").get_all_session_ids() == []
+
+
+def test_a_session_of_another_agent_resumed_in_the_chat_stays_that_agents(
+    sqlite_url: str,
+) -> None:
+    with open_storage(sqlite_url, mode="agent") as storage:
+        bot = Agent(OfflineModel(), storage, session_id="s1", agent_id="support-bot", name="Sam")
+        bot.run("My name is Ada.")
+    out = chat("--storage", sqlite_url, "--session", "s1", lines=["What is my name?", "/new", "hi"])
+    assert any(line.startswith("Sam> Your name is Ada.") for line in out)
+    assert any(line.startswith('assistant> You said: "hi".') for line in out)
+    with open_storage(sqlite_url, mode="agent") as storage:
+        assert storage.get_all_session_ids(entity_id="support-bot") == ["s1"]
+        stored = storage.read("s1")
+        assert stored is not None
+        assert stored.agent_data["name"] == "Sam"  # type: ignore[attr-defined]
+        assert len(stored.memory["runs"]) == 2  # type: ignore[attr-defined]
+        assert len(storage.get_all_session_ids(entity_id=CHAT_AGENT_ID)) == 1
+    out = chat("--storage", sqlite_url, lines=["/load s1", "/new", "hello"])
+    with open_storage(sqlite_url, mode="agent") as storage:
+        assert storage.get_all_session_ids(entity_id="support-bot") == ["s1"]
+        assert len(storage.get_all_session_ids(entity_id=CHAT_AGENT_ID)) == 2

@@ -22,7 +22,7 @@ import re
 import shlex
 import signal
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -74,7 +74,7 @@ def chat(
     interrupted = False
     with open_storage(storage, mode="agent") as store:
         store.create()
-        agent = Agent(
+        agent = _ChatAgent(
             model=model,
             storage=store,
             session_id=session,
@@ -94,6 +94,22 @@ def chat(
     _say(f"bye: resume with  {_resume_command(agent, storage)}")
     if interrupted:
         raise typer.Exit(128 + signal.SIGINT)
+
+
+class _ChatAgent(Agent):
+    """The chat's agent: a session it continues keeps the agent id and name it was stored
+    with (the chat's are for the sessions it starts), so that a session of another
+    application, resumed in the terminal, stays listed under that application's agent."""
+
+    def _reset(self) -> None:
+        super()._reset()
+        self.entity_id = CHAT_AGENT_ID
+
+    def _restored(self, data: dict[str, Any]) -> None:
+        super()._restored(data)
+        agent_data = data.get("agent_data") or {}
+        self.entity_id = data.get("agent_id") or CHAT_AGENT_ID
+        self.name = agent_data.get("name") or self.name
 
 
 def _model() -> tuple[Model, str]:
