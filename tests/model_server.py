@@ -132,14 +132,14 @@ def _handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
             elif model in ("huge", "huge-close"):
                 data = json.dumps(_completion("echo", {"role": "assistant", "content": "big"}))
                 padded = data.encode() + b" " * MAX_ANSWER_BYTES
-                if model == "huge":
-                    self._raw(200, padded)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
                 self.close_connection = True
                 try:
+                    if model == "huge":
+                        self._raw(200, padded)
+                        return
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
                     self.wfile.write(padded)
                 except OSError:  # the client stopped reading
                     return
