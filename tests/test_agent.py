@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from savegame.agent import Agent
-from savegame.errors import BackendUnavailableError, CorruptSessionError
+from savegame.errors import BackendUnavailableError, CorruptSessionError, InvalidIdentifierError
 from savegame.models import Message, ModelConnectionError, ModelResponse
 from savegame.models.offline import OfflineModel
 from savegame.models.openai import OpenAIChat
@@ -811,3 +811,30 @@ def test_a_session_erased_elsewhere_sends_none_of_its_turns(backend_store: Store
     stored = backend_store().read("s")
     assert stored is not None
     assert [r["input"] for r in stored.memory["runs"]] == ["What is my name?"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("field", ["session_id", "user_id", "agent_id"])
+@pytest.mark.parametrize("value", ["", "a\x00b", 7])
+def test_an_id_savegame_cannot_store_is_refused_before_anything_runs(
+    tmp_path: Path, field: str, value: object
+) -> None:
+    storage = SqliteStorage("agents", db_file=str(tmp_path / "a.db"))
+    with pytest.raises(InvalidIdentifierError, match=field.replace("_", " ")):
+        Agent(model=OfflineModel(), storage=storage, **{field: value})  # type: ignore[arg-type]
+    assert storage.get_all_session_ids() == []
+
+
+@pytest.mark.parametrize("value", ["", "a\x00b"])
+def test_loading_an_id_savegame_cannot_store_is_refused_and_keeps_the_session(
+    tmp_path: Path, value: str
+) -> None:
+    agent = Agent(
+        model=OfflineModel(),
+        storage=SqliteStorage("agents", db_file=str(tmp_path / "a.db")),
+        session_id="s1",
+    )
+    agent.run("My name is Ada.")
+    with pytest.raises(InvalidIdentifierError, match="session id"):
+        agent.load_session(value)
+    assert agent.session_id == "s1"
+    assert len(agent.runs) == 1

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 from savegame.errors import CorruptSessionError
 from savegame.storage.base import Storage
+from savegame.storage.codec import check_id
 from savegame.storage.known import pickle_plain
 from savegame.storage.session import Session, get_path, messages_of, mode_spec, set_path
 
@@ -59,6 +60,8 @@ class SessionKeeper:
         extra_data: stored as the session's ``extra_data``.
 
     Raises:
+        InvalidIdentifierError: when an id given is one savegame cannot store (empty, not a
+            str, holding NUL); raised before anything is read.
         ValueError: when ``storage`` is not in this keeper's mode.
         TypeError: when ``storage`` is a URL (a string) rather than a storage.
         SessionOwnerError: when the stored session belongs to another ``user_id``.
@@ -94,9 +97,16 @@ class SessionKeeper:
         session_state: dict[str, Any] | None,
         extra_data: dict[str, Any] | None,
     ) -> None:
+        self.spec = mode_spec(self.mode)
+        ids = {"session_id": session_id, "user_id": user_id, self.spec.entity_field: entity_id}
+        for field, value in ids.items():
+            if value is not None:
+                # An empty one (an unset variable) would start a session under an id, or
+                # save it under a user, nobody asked for; one no store holds would fail
+                # only at the first save, after the model had answered.
+                check_id(value, field.replace("_", " "))
         self._stored_from: Storage | None = None
         self.storage = storage
-        self.spec = mode_spec(self.mode)
         self._initial_user = user_id
         self.user_id = user_id
         self.entity_id = entity_id
@@ -181,7 +191,7 @@ class SessionKeeper:
             CorruptSessionError: when a field of the stored session is of another shape.
             StorageError: when the store cannot be read.
         """
-        target = session_id or self.session_id
+        target = self.session_id if session_id is None else check_id(session_id)
         switching = target != self.session_id
         stored = self.storage.read(target) if self.storage is not None else None
         if stored is not None:
