@@ -82,7 +82,7 @@ in unix seconds. A time in milliseconds (or any later) is refused rather than st
 
 MAX_EXPIRE = 10**10
 """The largest ``expire`` (about 317 years): every ``expires_at`` then fits each backend's
-integers, Redis's ``EXPIREAT`` and the doubles of its sorted sets exactly."""
+integers, Redis's ``EXPIRE`` and the doubles of its sorted sets exactly."""
 
 MAX_VERSION = 2**53 - 1
 """The largest version: exact as a double, which Redis's scripts compute with."""

@@ -72,7 +72,10 @@ among the ``past`` tokens when other writes came in before the retry, and report
 made without making it twice; this holds too for a client of the caller's that sends the
 script again on its own.
 
-Expiry is Redis's own: with ``expire`` set, the header and the runs get ``EXPIREAT``. Index
+Expiry is Redis's own: with ``expire`` set, the header and the runs get an ``EXPIRE`` of the
+seconds the writer's clock gives the session (its ``expires_at`` less the write's time), not
+an ``EXPIREAT``, which the server would read by its own clock, dropping at once the sessions
+of a writer whose clock is behind the server's by more than ``expire``. Index
 entries cannot expire by themselves, so ``{T}:exp`` remembers when each session goes: listings
 skip (and remove) entries whose time has come, and :meth:`RedisStorage.purge_expired` removes
 them all. ``drop`` walks ``{T}:all``. Listings and ``drop`` never run ``KEYS`` or ``SCAN``;
@@ -313,8 +316,9 @@ end
 # KEYS: all, idx, exp, header, runs, digests, new index keys...
 # ARGV: key prefix, id, token of the header written on ('': none), new token, score,
 #       expires_at (''), data, version, created_at, run count ('': runs not in a list),
-#       runs mode ('keep' or 'replace'), the mode's entity field, then (position, digest,
-#       text) for each new or changed run, in ascending order.
+#       runs mode ('keep' or 'replace'), the mode's entity field, seconds the keys live
+#       ('' with no expires_at), then (position, digest, text) for each new or changed run,
+#       in ascending order.
 # Returns 1 when written (2 when the write made the slot's {T}:all, which a store loses with
 # its last session or to a drop: see RedisStorage._write), or when the token differs the
 # stored header (see _HEAD) and its past tokens, for a write sent again to tell whether an
@@ -357,7 +361,7 @@ if ARGV[11] == 'keep' then
   if bad then return bad end
   -- Digests of the legacy width: every run is sent, with its digest of today's width.
   if redis.call('STRLEN', KEYS[6]) ~= redis.call('LLEN', KEYS[5]) * WIDTH then
-    if (#ARGV - 12) / 3 ~= (tonumber(ARGV[10]) or 0) then
+    if (#ARGV - 13) / 3 ~= (tonumber(ARGV[10]) or 0) then
       return redis.error_reply('SAVEGAME-LEGACY ' .. KEYS[4])
     end
     redis.call('SET', KEYS[6], '')
@@ -392,7 +396,7 @@ local count = tonumber(ARGV[10]) or 0
 -- 'replace' sends every run from the first: they overwrite the list, trimmed below.
 if ARGV[11] == 'replace' and count > 0 then redis.call('SET', KEYS[6], '') end
 local length = redis.call('LLEN', KEYS[5])
-for i = 13, #ARGV, 3 do
+for i = 14, #ARGV, 3 do
   local pos = tonumber(ARGV[i])
   if pos < length then
     redis.call('LSET', KEYS[5], pos, ARGV[i + 2])
@@ -406,10 +410,12 @@ if count > 0 and count < length then
   redis.call('SET', KEYS[6], redis.call('GETRANGE', KEYS[6], 0, count * WIDTH - 1))
 end
 if ARGV[6] ~= '' then
-  redis.call('EXPIREAT', KEYS[4], ARGV[6])
+  -- Relative: an EXPIREAT would be read by the server's clock, which drops a session
+  -- written by a machine whose clock is behind before that machine takes it for expired.
+  redis.call('EXPIRE', KEYS[4], ARGV[13])
   if count > 0 then
-    redis.call('EXPIREAT', KEYS[5], ARGV[6])
-    redis.call('EXPIREAT', KEYS[6], ARGV[6])
+    redis.call('EXPIRE', KEYS[5], ARGV[13])
+    redis.call('EXPIRE', KEYS[6], ARGV[13])
   end
   redis.call('ZADD', KEYS[3], ARGV[6], id)
 else
@@ -1310,7 +1316,10 @@ class RedisStorage(Storage):
                 # written since; the old copy must not overwrite it.
                 draft = self._prepare(session)
                 draft.record["version"] = getattr(session, "version", None)
-                self._write(draft, 0, int(time.time()), True, expires_by=deadline)
+                # The keys live deadline - now seconds from the write: with now rounded up,
+                # never past the time the old key had left.
+                now = math.ceil(time.time())
+                self._write(draft, 0, now, True, expires_by=deadline)
             except ConflictError:
                 stored = self._read(data["session_id"])
                 if stored is None or stored.get("created_at") != data.get("created_at"):
@@ -1324,9 +1333,7 @@ class RedisStorage(Storage):
                     # savegame has not since: its save is the newest, and takes the place
                     # of the one moved.
                     try:
-                        self._write(
-                            draft, stored["version"], int(time.time()), True, expires_by=deadline
-                        )
+                        self._write(draft, stored["version"], now, True, expires_by=deadline)
                     except ConflictError:
                         refused.append(
                             f"{_text(key)!r}: saved again by the original since it was moved, "
@@ -1542,7 +1549,7 @@ class RedisStorage(Storage):
                     raise
                 seen, trusted = self._header(sid), True
                 continue
-            keys, args, written = self._plan(draft, record, seen)
+            keys, args, written = self._plan(draft, record, seen, now)
             _check_sizes(sid, args)
             if seen is ABSENT and not trusted and _payload(args) > GUESS:
                 seen, trusted = self._header(sid), True
@@ -1617,9 +1624,10 @@ class RedisStorage(Storage):
         return self._state(session_id, *self._script(_HEADER, keys, []))
 
     def _plan(
-        self, draft: Draft, record: Record, seen: Known
+        self, draft: Draft, record: Record, seen: Known, now: int
     ) -> tuple[list[str], list[Any], Known]:
-        """The write script's keys and arguments for ``record``, and what it leaves stored."""
+        """The write script's keys and arguments for ``record`` (stamped at ``now``), and
+        what it leaves stored."""
         sid = record["session_id"]
         runs = draft.runs
         tag = self._tag(sid)
@@ -1648,6 +1656,8 @@ class RedisStorage(Storage):
             "" if runs is None else len(runs),
             "replace" if stored is None else "keep",
             self.spec.entity_field,
+            # The keys live from the write as long as the writer's clock gives the session.
+            "" if expires is None else max(1, expires - now),
             *changes,
         ]
         header = Header(record["version"], record["created_at"], expires)

@@ -38,6 +38,7 @@ from savegame.errors import (
     SerializationError,
     StorageError,
 )
+from savegame.storage import base
 from savegame.storage.base import Storage
 from savegame.storage.codec import MAX_DEPTH
 from savegame.storage.known import PAST_TOKENS
@@ -2490,6 +2491,29 @@ class BackendContract:
         assert storage.get_all_session_ids(user_id="u") == ["old"]
         assert storage.purge_expired() == 0
         assert backend_store(expire=3600).read("old") is not None
+
+    @pytest.mark.parametrize("skew", [-7200, 7200], ids=["behind", "ahead"])
+    def test_a_writer_whose_clock_is_off_keeps_its_sessions_as_long_as_it_says(
+        self, backend_store: Store, monkeypatch: pytest.MonkeyPatch, skew: int
+    ) -> None:
+        # Every time is the calling machine's, never the server's: a machine whose clock is
+        # two hours behind (or ahead of) the store's server writes sessions that expire in
+        # an hour, and reads, lists and keeps them through its purges for that hour. Redis,
+        # which drops the keys itself, must not drop them by its own clock (an EXPIREAT at
+        # the writer's time is two hours in its past, and removes them as they are written).
+        monkeypatch.setattr(base, "_now", lambda: int(time.time()) + skew)
+        storage = backend_store(expire=3600)
+        runs = [{"n": n} for n in range(3)]
+        storage.upsert(_with_runs(backend_store, "s", runs, user_id="u"))
+        storage.update("t", lambda _: _with_runs(backend_store, "t", runs, user_id="u"))
+        for reader in (storage, backend_store(expire=3600)):
+            assert reader.purge_expired() == 0
+            for session_id in ("s", "t"):
+                got = reader.read(session_id)
+                assert got is not None, session_id
+                assert _runs_of(backend_store, got) == runs
+            assert reader.get_all_session_ids(user_id="u") == ["s", "t"]
+            assert len(reader.get_recent_sessions(user_id="u")) == 2
 
     def test_storages_of_one_store_have_its_names_and_a_neighbours_others(
         self, backend_store: Store
