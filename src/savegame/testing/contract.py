@@ -2492,6 +2492,110 @@ class BackendContract:
         assert storage.purge_expired() == 0
         assert backend_store(expire=3600).read("old") is not None
 
+    def test_a_purge_keeps_a_session_saved_again_while_it_runs(self, backend_store: Store) -> None:
+        # Each round, an expired session (the purge is asked as if long after its expiry) is
+        # saved again by a storage whose sessions never expire, while another purges: the
+        # purge comes before the save or after it, never in between, and the save returned,
+        # so the session is there, whole, with its runs. Another expired session goes.
+        expiring, purger, keeper = backend_store(expire=3600), backend_store(), backend_store()
+        later = int(time.time()) + 10**6
+        rounds = 30
+        start = threading.Barrier(2)
+        purged: list[int] = []
+
+        def work(t: int) -> None:
+            for i in range(rounds):
+                if t == 1:
+                    for session_id in (f"s{i}", f"gone{i}"):
+                        runs = [{"old": i, "n": n} for n in range(3)]
+                        expiring.upsert(_with_runs(backend_store, session_id, runs, user_id="u"))
+                start.wait(timeout=60)
+                if t == 0:
+                    purged.append(purger._purge_expired(later))
+                else:
+                    runs = [{"new": i, "n": n} for n in range(4)]
+                    keeper.upsert(_with_runs(backend_store, f"s{i}", runs, user_id="u"))
+
+        in_threads(2, work)
+        for reader in (keeper, backend_store()):
+            for i in range(rounds):
+                got = reader.read(f"s{i}")
+                assert got is not None, i
+                assert _runs_of(backend_store, got) == [{"new": i, "n": n} for n in range(4)]
+                assert reader.read(f"gone{i}") is None
+            assert sorted(reader.get_all_session_ids(user_id="u")) == sorted(
+                f"s{i}" for i in range(rounds)
+            )
+        assert purger._purge_expired(later) == 0
+        assert rounds <= sum(purged) <= 2 * rounds
+
+    def test_delete_user_racing_saves_leaves_no_session_of_that_user_and_every_moved_one(
+        self, backend_store: Store
+    ) -> None:
+        # Each round, while one storage erases user "u", another moves one of u's sessions
+        # to user "v" and saves another of u's again: the moved session stays whole (its
+        # save returned), the one saved again is whole or gone, and the erasure takes u's
+        # untouched session. A last erasure, with no save beside it, leaves nothing of u.
+        eraser, writer = backend_store(), backend_store()
+        rounds = 25
+        start = threading.Barrier(2)
+
+        def work(t: int) -> None:
+            for r in range(rounds):
+                if t == 1:
+                    for kind in ("moved", "saved", "untouched"):
+                        runs = [{"old": r, "n": n} for n in range(3)]
+                        writer.upsert(_with_runs(backend_store, f"{kind}{r}", runs, user_id="u"))
+                start.wait(timeout=60)
+                if t == 0:
+                    eraser.delete_user("u")
+                    continue
+                runs = [{"new": r, "n": n} for n in range(4)]
+                writer.upsert(_with_runs(backend_store, f"moved{r}", runs, user_id="v"))
+                writer.upsert(_with_runs(backend_store, f"saved{r}", runs, user_id="u"))
+
+        in_threads(2, work)
+        for r in range(rounds):
+            saved = backend_store().read(f"saved{r}")
+            assert saved is None or _runs_of(backend_store, saved) == [
+                {"new": r, "n": n} for n in range(4)
+            ]
+        eraser.delete_user("u")
+        for reader in (writer, backend_store()):
+            assert reader.get_all_session_ids(user_id="u") == []
+            assert len(reader.get_all_session_ids(user_id="v")) == rounds
+            for r in range(rounds):
+                assert reader.read(f"untouched{r}") is None
+                assert reader.read(f"saved{r}") is None
+                got = reader.read(f"moved{r}")
+                assert got is not None, r
+                assert got.user_id == "v"  # type: ignore[attr-defined]
+                assert _runs_of(backend_store, got) == [{"new": r, "n": n} for n in range(4)]
+
+    def test_a_session_read_as_it_expires_is_whole_or_absent(self, backend_store: Store) -> None:
+        # Reads and listings from the write until the session has expired (a bound of
+        # calls, not of time): each finds the session whole, or none; never an error.
+        storage, reader = backend_store(expire=1), backend_store()
+        runs = [{"n": n, "text": "x" * 100} for n in range(5)]
+        storage.upsert(_with_runs(backend_store, "s", runs, user_id="u", entity_id="e"))
+        storage.upsert(_with_runs(backend_store, "t", runs, user_id="u", entity_id="e"))
+        deadline = time.monotonic() + 5
+        gone = False
+        while not gone and time.monotonic() < deadline:
+            got = [reader.read("s"), *reader.read_many(["s", "t"])]
+            listed = reader.get_all_sessions(user_id="u")
+            ids = reader.get_all_session_ids(entity_id="e")
+            for session in [*got, *listed]:
+                if session is not None:
+                    assert _runs_of(backend_store, session) == runs
+            assert set(ids) <= {"s", "t"}
+            gone = got[0] is None and not listed
+        assert gone
+        assert reader.read("t") is None
+        assert reader.get_all_session_ids() == []
+        storage.purge_expired()
+        assert backend_store().get_all_session_ids() == []
+
     @pytest.mark.parametrize("skew", [-7200, 7200], ids=["behind", "ahead"])
     def test_a_writer_whose_clock_is_off_keeps_its_sessions_as_long_as_it_says(
         self, backend_store: Store, monkeypatch: pytest.MonkeyPatch, skew: int
@@ -2698,6 +2802,54 @@ class BackendContract:
         assert len(ids) == 1200
         assert sorted(ids) == sorted(f"p{p}-{i}" for p in range(4) for i in range(300))
         assert len(storage.get_all_session_ids(user_id="user-1", entity_id="entity-1")) == 1200
+
+    def test_processes_purging_while_another_saves_expired_sessions_again_lose_no_save(
+        self, backend_store: Store
+    ) -> None:
+        # Sessions written to expire, saved again (round 1, for good: the URL gives no
+        # expiry) by one process while two others purge as if long after their expiry:
+        # every save that returned is there, whole, and what is purged is only the rest.
+        backend_store.require("processes")
+        expiring = backend_store(expire=3600)
+        for i in range(150):
+            expiring.upsert(make_session(backend_store.mode, f"x{i}", 0, 64))
+        out = _run_workers(
+            backend_store,
+            [["write", "x", 150, 2, 64], ["purge", 40], ["purge", 40]],
+        )
+        saved = {line.split()[0] for line in out if line.endswith(" 1")}
+        assert len(saved) == 150
+        reader = backend_store()
+        for session_id in sorted(saved):
+            got = reader.read(session_id)
+            assert got is not None, session_id
+            assert check_session(backend_store.mode, got, 64) == 1
+        assert len(reader.get_all_session_ids(user_id="user-1")) == 150
+
+    def test_processes_erasing_a_user_keep_every_session_saved_under_another(
+        self, backend_store: Store
+    ) -> None:
+        # One process moves user-1's sessions to another user (the worker's sessions are
+        # user-1's; these are first saved under "leaving") while two others erase
+        # "leaving": each moved session stays whole, and none of "leaving" is left.
+        backend_store.require("processes")
+        first = backend_store()
+        for i in range(150):
+            session = make_session(backend_store.mode, f"m{i}", 0, 64)
+            session.user_id = "leaving"  # type: ignore[attr-defined]
+            first.upsert(session)
+        out = _run_workers(
+            backend_store,
+            [["write", "m", 150, 2, 64], ["erase", "leaving", 20], ["erase", "leaving", 20]],
+        )
+        assert sum(line.endswith(" 1") and line.startswith("m") for line in out) == 150
+        reader = backend_store()
+        assert reader.delete_user("leaving") == 0
+        for i in range(150):
+            got = reader.read(f"m{i}")
+            assert got is not None, i
+            assert got.user_id == "user-1"  # type: ignore[attr-defined]
+            assert check_session(backend_store.mode, got, 64) == 1
 
     def test_four_processes_increment_one_counter(self, backend_store: Store) -> None:
         storage = backend_store.require("processes")

@@ -11,6 +11,10 @@ Commands:
                                      ``update`` (MODE safe) or read + upsert (MODE plain)
     churn SESSION_ID ROUNDS SIZE     rewrite one sample session for ROUNDS rounds, alternating
                                      growing and shrinking runs, printing each round
+    purge TIMES                      purge TIMES times as if a million seconds later (every
+                                     session that expires at all is expired then), printing
+                                     "purged N" after each
+    erase USER_ID TIMES              delete_user(USER_ID) TIMES times, printing "erased N"
     serve                            a fork server: see :func:`_serve`
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 from typing import Any
 
@@ -67,6 +72,16 @@ def _churn(storage: Any, mode: str, session_id: str, rounds: int, size: int) -> 
         session = make_session(mode, session_id, shape, size)
         storage.upsert(session)
         _say(f"{session_id} {shape}")
+
+
+def _purge(storage: Any, times: int) -> None:
+    for _ in range(times):
+        _say(f"purged {storage._purge_expired(int(time.time()) + 10**6)}")
+
+
+def _erase(storage: Any, user_id: str, times: int) -> None:
+    for _ in range(times):
+        _say(f"erased {storage.delete_user(user_id)}")
 
 
 def _serve(url: str, mode: str) -> int:
@@ -122,6 +137,10 @@ def main(argv: list[str]) -> int:
             _increment(storage, mode, args[0], int(args[1]), args[2])
         elif command == "churn":
             _churn(storage, mode, args[0], int(args[1]), int(args[2]))
+        elif command == "purge":
+            _purge(storage, int(args[0]))
+        elif command == "erase":
+            _erase(storage, args[0], int(args[1]))
         else:
             print(f"unknown command {command!r}", file=sys.stderr)
             return 2
