@@ -1499,3 +1499,37 @@ def test_an_export_stopped_by_ctrl_c_says_its_output_is_no_whole_backup(tmp_path
     assert 300 <= written < 3000
     # Counted once handed to the output: one more may be out before the count.
     assert written <= lines() <= written + 1
+
+
+@pytest.mark.parametrize("command", [["purge", "--older-than", "1d"], ["delete-user", "u"]])
+def test_a_purge_or_erasure_stopped_by_ctrl_c_says_how_many_it_removed(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """Ctrl-C ended them with exit code 130 and nothing on stderr, so a user could not tell
+    whether any session had been removed, nor that the rest were still there."""
+    backup = tmp_path / "old.jsonl"
+    with backup.open("w") as f:
+        for i in range(1500):
+            when = BASE + i
+            line = {"session_id": f"s{i:04}", "user_id": "u", "created_at": when}
+            f.write(json.dumps({**line, "updated_at": when}) + "\n")
+    folder = tmp_path / "sessions"
+    url = f"json:///{folder}"
+    savegame("import", str(backup), "-s", url)
+
+    code, stderr = _interrupted(
+        [*command, "-s", url], lambda: len(list(folder.glob("*.json"))) <= 1200
+    )
+    assert code == 130, stderr
+    what = "the purge" if command[0] == "purge" else "the deletion of user 'u'"
+    told = re.fullmatch(
+        f"interrupted: {what} stopped having removed (\\d+) sessions; running it again "
+        "removes the rest\n",
+        stderr,
+    )
+    assert told is not None, stderr
+    removed = 1500 - len(open_storage(url).get_all_session_ids())
+    # A session whose file is gone may not be counted yet: its removal had not returned.
+    assert 300 - 1 <= int(told[1]) <= removed <= int(told[1]) + 1 < 1500
+    savegame(*command, "-s", url)
+    assert open_storage(url).get_all_session_ids() == []

@@ -206,7 +206,9 @@ def test_purge_removes_what_was_not_updated_for_that_long(backend_store: Store) 
     # Measured from now, every one of them is decades old.
     assert sorted(transfer.purge(storage, 3600, dry_run=True)) == ["p0", "p1", "p2"]
     assert len(storage.get_all_session_ids()) == 3
-    assert sorted(transfer.purge(storage, 3600)) == ["p0", "p1", "p2"]
+    removed: list[str] = []
+    assert transfer.purge(storage, 3600, removed=removed) is removed
+    assert sorted(removed) == ["p0", "p1", "p2"]
     assert storage.get_all_session_ids() == []
     for refuse in (transfer.stale_sessions, transfer.purge):
         with pytest.raises(InvalidIdentifierError, match="negative"):
@@ -275,6 +277,7 @@ def test_delete_user_of_a_single_store(backend: Any, tmp_path: Path) -> None:
         folder = store.backend in ("json", "yaml")
         assert erasure.removed == (dict.fromkeys(MODES, 0) if folder else {}) | {"team": 2}
         assert erasure.total == 2
+        assert sorted(erasure.ids) == ["d0", "d2"]
         assert sorted(storage.get_all_session_ids()) == ["d1", "d3"]
         with pytest.raises(InvalidIdentifierError):
             transfer.delete_user(str(store.url), "", "team")

@@ -635,6 +635,15 @@ def _stored_so_far(verb: str, report: transfer.Report) -> Callable[[], str]:
     return told
 
 
+def _removed_so_far(what: str, removed: list[str]) -> Callable[[], str]:
+    """How far a removal (``what``: "the purge", say) filling in ``removed`` got: how many
+    sessions it had removed, the rest being left for running it again."""
+    return lambda: (
+        f"{what} stopped having removed {_sessions(len(removed))}; running it again "
+        "removes the rest"
+    )
+
+
 def _moved(verb: str, report: transfer.Report) -> str:
     """The closing line of an import or a copy (``verb``: what was done)."""
     repaired = ""
@@ -756,8 +765,15 @@ def purge(
     """Remove sessions not updated for a while, and expired ones."""
     seconds = parse_age(older_than)
     damaged: list[str] = []
-    with _open(storage, mode, "note") as store:
-        removed = transfer.purge(store, seconds, dry_run, damaged)
+    removed: list[str] = []
+
+    def how_far() -> str:
+        if dry_run:
+            return "the dry run stopped before it was done; it removes nothing"
+        return _removed_so_far("the purge", removed)()
+
+    with _on_ctrl_c(how_far), _open(storage, mode, "note") as store:
+        removed = transfer.purge(store, seconds, dry_run, damaged, removed)
     for session_id in removed:
         out.print(_shown(session_id), highlight=False)
     verb = "would remove" if dry_run else "removed"
@@ -776,7 +792,9 @@ def delete_user(
     mode: ModeOption = "agent",
 ) -> None:
     """Delete every session of a user, in every mode the storage URL holds."""
-    erasure = transfer.delete_user(storage, user_id, mode)
+    erasure = transfer.UserErasure()
+    with _on_ctrl_c(_removed_so_far(f"the deletion of user {user_id!r}", erasure.ids)):
+        transfer.delete_user(storage, user_id, mode, erasure)
     detail = ", ".join(f"{m}: {n}" for m, n in erasure.removed.items())
     out.print(
         f"deleted {_sessions(erasure.total)} of user {_shown(repr(user_id))} ({detail})",

@@ -606,14 +606,20 @@ def _stale(
 
 
 def purge(
-    storage: Storage, older_than: int, dry_run: bool = False, damaged: list[str] | None = None
+    storage: Storage,
+    older_than: int,
+    dry_run: bool = False,
+    damaged: list[str] | None = None,
+    removed: list[str] | None = None,
 ) -> list[str]:
     """Removes the sessions not updated for ``older_than`` seconds, and the expired ones.
 
     A session saved again after it was found stale (its user came back while the purge ran)
     is kept: each is removed only while it is still at the version it was found at. With
     ``damaged`` (see :func:`iter_sessions`), a session that cannot be read, whose age is
-    therefore unknown, is kept and said there.
+    therefore unknown, is kept and said there. With ``removed``, each id is appended to it
+    once removed (the list returned), so that a caller stopped half-way (Ctrl-C) knows how
+    far the purge got.
 
     Returns:
         The ids removed (with ``dry_run``, the ids that would be, and nothing is removed).
@@ -626,7 +632,8 @@ def purge(
     stale = _stale(storage, older_than, damaged=damaged)
     if dry_run:
         return [session_id for session_id, _ in stale]
-    removed = []
+    if removed is None:
+        removed = []
     for session_id, version in stale:
         try:
             if storage.delete_session(session_id, expected_version=version):
@@ -673,10 +680,13 @@ def runs_of(spec: ModeSpec, session: Session) -> list[Any]:
 @dataclass
 class UserErasure:
     """What :func:`delete_user` removed: how many sessions, per mode searched; and the modes
-    whose store was not there (``absent``: a mistyped URL, when it is every mode)."""
+    whose store was not there (``absent``: a mistyped URL, when it is every mode); and the ids
+    removed (``ids``), every mode's, each appended once removed, so that an erasure stopped
+    half-way (Ctrl-C) says how far it got."""
 
     removed: dict[str, int] = field(default_factory=dict)
     absent: list[str] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -684,8 +694,15 @@ class UserErasure:
         return sum(self.removed.values())
 
 
-def delete_user(url: str, user_id: str, mode: str = "agent", **options: Any) -> UserErasure:
-    """Removes every session of ``user_id`` from the stores ``url`` names.
+def delete_user(
+    url: str,
+    user_id: str,
+    mode: str = "agent",
+    erasure: UserErasure | None = None,
+    **options: Any,
+) -> UserErasure:
+    """Removes every session of ``user_id`` from the stores ``url`` names; fills in
+    ``erasure`` as it goes, when given, and returns it.
 
     A SQL or Redis URL without a table or prefix names one store per mode, and each of them
     is searched; so is a folder in every mode, which keeps each mode's sessions apart (a
@@ -704,13 +721,14 @@ def delete_user(url: str, user_id: str, mode: str = "agent", **options: Any) -> 
     check_id(user_id, "user id")
     parsed = parse_url(url, mode, **options)
     modes = list(MODES) if parsed.per_mode or parsed.modes_apart else [mode]
-    erasure = UserErasure()
+    if erasure is None:
+        erasure = UserErasure()
     failed: dict[str, StorageError] = {}
     for each in modes:
         try:
             with open_storage(url, each, **options) as storage:
                 found = storage.table_exists()
-                erasure.removed[each] = storage.delete_user(user_id) if found else 0
+                erasure.removed[each] = storage.delete_user(user_id, erasure.ids) if found else 0
                 if not found:
                     erasure.absent.append(each)
         except StorageError as exc:

@@ -670,14 +670,21 @@ class Storage(ABC):
                 break
         raise ConflictError(session_id, expected_version, actual)
 
-    def delete_user(self, user_id: str) -> int:
+    def delete_user(self, user_id: str, removed: list[str] | None = None) -> int:
         """Removes every session of ``user_id`` (expired ones too); returns how many.
 
         A session saved under another user between the listing of this user's sessions and
-        its removal is kept: each is removed only while it is still this user's.
+        its removal is kept: each is removed only while it is still this user's. With
+        ``removed``, each id is appended to it once removed, so that a caller stopped half-way
+        (Ctrl-C) knows how far the removal got.
         """
         check_id(user_id, "user id")
-        return sum(self._delete(sid, user_id) for sid in self._list(user_id, None, None, None))
+        done = [] if removed is None else removed
+        before = len(done)
+        for session_id in self._list(user_id, None, None, None):
+            if self._delete(session_id, user_id):
+                done.append(session_id)
+        return len(done) - before
 
     def purge_expired(self) -> int:
         """Removes the sessions whose time has run out; returns how many."""
