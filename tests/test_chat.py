@@ -109,6 +109,24 @@ def test_following_the_resume_hint_comes_back_to_the_same_store(tmp_path: Path) 
     assert here[-1] == f"bye: resume with  savegame chat --session h --user bo --storage {default}"
 
 
+def test_invisible_characters_in_ids_and_names_are_shown_as_escapes(sqlite_url: str) -> None:
+    """A zero-width space in a session id, a line separator in its name: printed as they
+    are, the id looked like another and the name broke its line in two."""
+    out = chat(
+        "--storage",
+        sqlite_url,
+        "--session",
+        "a\u200bb",
+        lines=["hello", "/rename x\u2028y\u200d", "/sessions", "/load a\u200bb"],
+    )
+    assert "new session a\\u200bb" in out
+    assert "session a\\u200bb is now called 'x\\u2028y\\u200d'" in out
+    (listed,) = [line for line in out if " 1 turn  " in line]
+    assert listed.startswith("* a\\u200bb  x\\u2028y\\u200d ")
+    assert "resuming session a\\u200bb (x\\u2028y\\u200d): 1 earlier turn" in out
+    assert not any(re.search("[\u200b\u200d\u2028]", line) for line in out), out
+
+
 def test_in_chat_commands_list_start_rename_and_load_sessions(sqlite_url: str) -> None:
     url = sqlite_url
     out = chat(

@@ -238,6 +238,88 @@ def test_tables_and_json_show_ids_and_text_as_they_are(tmp_path: Path) -> None:
         assert json.loads(raw) == json.loads(session_line(storage.read(session_id)))  # type: ignore[arg-type]
 
 
+_INVISIBLE = re.compile(
+    "[\u00ad\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\U000e0000-\U000e007f]"
+)
+"""Format characters and line separators, which a terminal shows as nothing, obeys, or
+breaks a line at."""
+
+
+def test_tables_show_invisible_and_format_characters_as_escapes(tmp_path: Path) -> None:
+    """Zero-width characters, the byte order mark, line separators and other format
+    characters in ids, users, entities and names were printed as they are: "ab" and
+    "a\u200bb" listed as two sessions of one id, and "\u2028" broke a table's row."""
+    url = f"sqlite:///{tmp_path / 'odd.db'}"
+    odd = {
+        "zero-width": "a\u200bb",
+        "joiner": "a\u200db",
+        "bom": "\ufeffab",
+        "line": "a\u2028b",
+        "paragraph": "a\u2029b",
+        "soft hyphen": "a\u00adb",
+        "word joiner": "a\u2060b",
+        "tag": "a\U000e0041b",
+        "arabic mark": "a\u061cb",
+    }
+    with open_storage(url) as storage:
+        for n, (what, odd_id) in enumerate(odd.items()):
+            storage.restore(
+                AgentSession(
+                    session_id=odd_id,
+                    user_id=f"u{odd_id}",
+                    agent_id=f"e{odd_id}",
+                    memory={
+                        "runs": [
+                            {"message": f"hi{odd_id}", "response": "a\U0001f469\u200d\U0001f4bb"}
+                        ]
+                    },
+                    session_data={"session_name": f"{what} {odd_id}"},
+                    created_at=BASE + n,
+                    updated_at=BASE + n,
+                )
+            )
+        storage.restore(AgentSession(session_id="ab", created_at=BASE - 1, updated_at=BASE - 1))
+    escaped = {what: odd_id.encode("unicode_escape").decode() for what, odd_id in odd.items()}
+    table = text(savegame("sessions", "list", "-s", url))
+    for what, shown in escaped.items():
+        assert f"│ {shown} " in table, what
+        assert f"│ u{shown} " in table, what
+        assert f"│ e{shown} " in table, what
+        assert f"│ {what} {shown} " in table, what
+    # A header of three lines, a line a session, the bottom border and the caption; str's
+    # splitlines() also breaks at U+2028 and U+2029.
+    assert len(table.splitlines()) == 3 + len(odd) + 1 + 2
+    shown = text(savegame("sessions", "show", "a\u200db", "-s", url))
+    assert "id       a\\u200db" in shown
+    assert '"session_name": "joiner a\\u200db"' in shown
+    # Running text keeps the joiner, which makes one emoji of three characters, and no
+    # other invisible character.
+    assert "user: hia\u200db\n" in shown
+    shown = text(savegame("sessions", "show", "a\u2028b", "-s", url))
+    assert "id       a\\u2028b" in shown
+    assert "name     line a\\u2028b" in shown
+    assert "user: hia\\u2028b\n" in shown
+    assert "assistant: a\U0001f469\u200d\U0001f4bb" in shown
+    purged = text(savegame("purge", "--older-than", "1d", "--dry-run", "-s", url))
+    assert sorted(purged.splitlines()) == sorted([*escaped.values(), "ab"])
+    missing = errors(savegame("sessions", "show", "a\u2028\u200bb", "-s", url, code=2))
+    assert "'a\\u2028\\u200bb'" in missing
+    for output in (table, shown, purged, missing):
+        assert not _INVISIBLE.search(output.replace("\u200d", "")), output
+
+    # JSON gives every id back exactly, the invisible characters as JSON escapes.
+    raw = text(savegame("sessions", "list", "--json", "-s", url))
+    assert not _INVISIBLE.search(raw), raw
+    assert '"a\\u200bb"' in raw
+    assert '"a\\udb40\\udc41b"' in raw
+    assert {row["id"] for row in json.loads(raw)} == {*odd.values(), "ab"}
+    exported = text(savegame("export", "-s", url)).split("\n")[:-1]
+    assert {json.loads(line)["session_id"] for line in exported} == {
+        *odd.values(),
+        "ab",
+    }
+
+
 @pytest.mark.parametrize("backend", URL_BACKENDS)
 def test_export_import_is_lossless_across_backends(backend: Backend, tmp_path: Path) -> None:
     """JSON lines out of one store, into an empty store of this backend, and out again."""

@@ -22,6 +22,7 @@ import re
 import shlex
 import signal
 import sys
+import unicodedata
 from typing import Annotated, Any
 
 import typer
@@ -175,10 +176,10 @@ def _command(agent: Agent, store: Storage, text: str) -> bool:
         _list_sessions(agent, store)
     elif name == "/new":
         agent.new_session()
-        _say(f"new session {agent.session_id} (saved with its first message)")
+        _say(f"new session {printable(agent.session_id)} (saved with its first message)")
     elif name == "/rename" and arg:
         agent.rename_session(arg)
-        _say(f"session {agent.session_id} is now called {arg!r}")
+        _say(f"session {printable(agent.session_id)} is now called {arg!r}")
     elif name == "/load" and arg:
         try:
             agent.load_session(arg)
@@ -195,11 +196,12 @@ def _command(agent: Agent, store: Storage, text: str) -> bool:
 
 
 def _show_session(agent: Agent) -> None:
-    named = f" ({agent.session_name})" if agent.session_name else ""
+    named = f" ({printable(agent.session_name)})" if agent.session_name else ""
+    session_id = printable(agent.session_id)
     if not agent.runs:
-        _say(f"new session {agent.session_id}{named}")
+        _say(f"new session {session_id}{named}")
         return
-    _say(f"resuming session {agent.session_id}{named}: {_turn_count(len(agent.runs), 'earlier ')}")
+    _say(f"resuming session {session_id}{named}: {_turn_count(len(agent.runs), 'earlier ')}")
     _print_messages(agent.get_messages_for_session())
     _say("--")
 
@@ -220,8 +222,8 @@ def _list_sessions(agent: Agent, store: Storage) -> None:
         updated = getattr(s, "updated_at", None) or 0
         when = dt.datetime.fromtimestamp(updated).strftime("%Y-%m-%d %H:%M")
         mark = "*" if s.session_id == agent.session_id else " "
-        name = data.get("session_name") or ""
-        _say(f"{mark} {s.session_id}  {name!s:20}  {_turn_count(len(runs)):>9}  {when}")
+        name = printable(str(data.get("session_name") or ""))
+        _say(f"{mark} {printable(s.session_id)}  {name:20}  {_turn_count(len(runs)):>9}  {when}")
 
 
 def _turn_count(count: int, kind: str = "") -> str:
@@ -233,21 +235,39 @@ def _say(text: str) -> None:
     sys.stdout.flush()
 
 
-UNSHOWN_BEYOND_ASCII = r"\x7f-\x9f\ud800-\udfff\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
-"""The characters past the C0 controls that :func:`printable` writes as escapes, as a regex
-character range: DEL and the C1 controls, lone surrogates, and the marks and overrides of
-bidirectional text (JSON text escapes the C0 controls itself)."""
-_UNPRINTABLE = re.compile(rf"[\x00-\x1f{UNSHOWN_BEYOND_ASCII}]")
-"""Control characters, which a terminal would obey (an escape sequence in a model's answer
-could clear the screen or retitle the window), the marks and overrides of bidirectional
-text, which would show an id or a line in another order than it has (``\\u202e``), and
-lone surrogates, which UTF-8 cannot encode."""
-_UNPRINTABLE_IN_LINES = re.compile(rf"[\x00-\x08\x0b\x0c\x0e-\x1f{UNSHOWN_BEYOND_ASCII}]")
-""":data:`_UNPRINTABLE` but for line breaks and tabs."""
+UNSHOWN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+"""The Unicode categories of the characters :func:`printable` writes as escapes: control
+characters, which a terminal would obey (an escape sequence in a model's answer could clear
+the screen or retitle the window); format characters, which it shows as nothing or obeys
+(zero-width spaces and joiners, the byte order mark, the marks and overrides of
+bidirectional text, which would show an id or a line in another order than it has), so
+that two ids that differ by one would look alike; the line and paragraph separators
+(U+2028, U+2029), which some terminals break lines at and others show as nothing; and lone
+surrogates, which UTF-8 cannot encode."""
+_KEPT_IN_LINES = frozenset("\t\n\r\u200c\u200d")
+"""What running text keeps of :data:`UNSHOWN_CATEGORIES`: line breaks and tabs, and the
+zero-width joiner and non-joiner, which shape words (Persian, Hindi) and join emoji into
+one (U+1F469 U+200D U+1F4BB, a woman at a laptop) in what a person or a model wrote; ids and
+names escape them."""
+_CANDIDATES = re.compile(r"[^\x20-\x7e]")
+"""Every character but printable ASCII: those :func:`unshown` must look at."""
+
+
+def unshown(char: str) -> bool:
+    """Whether :func:`printable` writes ``char`` as an escape (:data:`UNSHOWN_CATEGORIES`)."""
+    return unicodedata.category(char) in UNSHOWN_CATEGORIES
 
 
 def printable(text: str, *, lines: bool = False) -> str:
-    """``text`` with each character of :data:`_UNPRINTABLE` written as its Python escape
-    (``\\x1b``, ``\\ud800``), for a terminal; ``lines``: line breaks and tabs are kept."""
-    pattern = _UNPRINTABLE_IN_LINES if lines else _UNPRINTABLE
-    return pattern.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    """``text`` with each character of :data:`UNSHOWN_CATEGORIES` written as its Python
+    escape (``\\x1b``, ``\\u2028``, ``\\ud800``), for a terminal; ``lines``: line breaks,
+    tabs and the joiners of :data:`_KEPT_IN_LINES` are kept."""
+    kept = _KEPT_IN_LINES if lines else frozenset()
+
+    def shown(match: re.Match[str]) -> str:
+        char = match.group()
+        if char in kept or not unshown(char):
+            return char
+        return char.encode("unicode_escape").decode("ascii")
+
+    return _CANDIDATES.sub(shown, text)

@@ -35,7 +35,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from savegame import __version__, transfer
-from savegame.chat import UNSHOWN_BEYOND_ASCII, chat, printable
+from savegame.chat import chat, printable, unshown
 from savegame.errors import StorageError
 from savegame.storage.base import Storage
 from savegame.storage.codec import check_id
@@ -910,20 +910,29 @@ def _shown(text: str, *, lines: bool = False) -> str:
     return escape(shown)
 
 
-_UNSHOWN_IN_JSON = re.compile(f"[{UNSHOWN_BEYOND_ASCII}]")
-"""The control characters, lone surrogates and bidirectional marks (see
-:func:`~savegame.chat.printable`) that JSON text written with ``ensure_ascii=False`` holds."""
+_BEYOND_ASCII = re.compile(r"[^\x00-\x7e]")
+"""DEL and the characters beyond ASCII, which JSON text written with ``ensure_ascii=False``
+holds as they are; :func:`_print_json` looks among them for those
+:func:`~savegame.chat.printable` escapes."""
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    """The matched character as JSON text, escaped when :func:`~savegame.chat.printable`
+    would escape it (a character beyond U+FFFF as its two surrogates' escapes)."""
+    char = match.group()
+    return json.dumps(char)[1:-1] if unshown(char) else char
 
 
 def _print_json(value: Any) -> None:
     """Indented JSON: coloured on a terminal, exact text (never wrapped) for a pipe.
 
-    Control characters, lone surrogates and the marks of bidirectional text are written as
-    JSON escapes, which give the same value back: text that UTF-8 can carry and a terminal
-    shows in the order it has, without obeying it.
+    The characters :func:`~savegame.chat.printable` escapes (control and format characters,
+    line separators, lone surrogates) are written as JSON escapes, which give the same value
+    back: text that UTF-8 can carry and a terminal shows as it is, in the order it has,
+    without obeying it.
     """
     text = json.dumps(value, ensure_ascii=False, indent=2)
-    text = _UNSHOWN_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    text = _BEYOND_ASCII.sub(_json_escape, text)
     if not _can_encode(text):
         # JSON escapes, not Python's, give the same values back.
         text = json.dumps(value, indent=2)
