@@ -639,6 +639,27 @@ def test_sessions_list_shows_every_field_on_a_narrow_terminal(tmp_path: Path) ->
             assert shown in screen, (columns, screen)
 
 
+def test_sessions_show_gives_ids_longer_than_a_line_whole(tmp_path: Path) -> None:
+    """An id or user wider than the terminal (or than the 160 columns piped output gets)
+    was cut short with "…" in show's panel, and could not be copied into the next command."""
+    session_id = "trip-" + "0123456789" * 10
+    user_id = "user-" + "abcdefghij" * 20
+    store = JsonStorage(tmp_path / "s")
+    store.restore(AgentSession(session_id=session_id, user_id=user_id, created_at=BASE))
+    url = f"json:///{tmp_path / 's'}"
+    for columns in (30, 80, None):
+        if columns is None:
+            screen = text(savegame("sessions", "show", session_id, "-s", url))
+        else:
+            screen = on_terminal("sessions", "show", session_id, "-s", url, columns=columns)
+        assert "…" not in screen, screen
+        cells = [re.findall(r"│ (.*?) *│", line) for line in screen.splitlines()]
+        values = "".join(cell[0].removeprefix(cell[0].split()[0]).strip() for cell in cells if cell)
+        assert session_id in values, (columns, screen)
+        assert user_id in values, (columns, screen)
+        assert "2023-11-14" in values, (columns, screen)
+
+
 @pytest.mark.parametrize(
     "path",
     [

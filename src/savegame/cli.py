@@ -468,6 +468,9 @@ def sessions_show(
         _print_json(json.loads(transfer.session_line(session)))
         return
     meta = Table.grid(padding=(0, 2))
+    meta.add_column(no_wrap=True)
+    # An id cut short with "…" cannot be copied into the next command.
+    meta.add_column(overflow="fold")
     for key in _COLUMNS:
         meta.add_row(f"[bold]{key}[/]", _shown(_cell(key, summary[key])))
     meta.add_row("[bold]version[/]", _cell("version", data.get("version")))
