@@ -486,6 +486,14 @@ def test_user_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     assert "agent, team, workflow, workflow_v2" in errors(bad_mode)
     no_file = savegame("import", str(tmp_path / "absent.jsonl"), "-s", "memory://", code=2)
     assert "cannot read" in errors(no_file)
+    # A file where a folder of the path should be was a failure, told as "[Errno 20] ...".
+    (tmp_path / "file").write_text("")
+    for path in (tmp_path / "file" / "a.jsonl", tmp_path):
+        wrong = savegame("import", str(path), "-s", "memory://", code=2)
+        assert errors(wrong).splitlines()[-1] in (
+            f"error: cannot read {path}: Not a directory",
+            f"error: cannot read {path}: Is a directory",
+        )
     (tmp_path / "junk.jsonl").write_text("{not json\n")
     junk = savegame("import", str(tmp_path / "junk.jsonl"), "-s", "memory://", code=2)
     assert f"{tmp_path / 'junk.jsonl'}:1: not JSON" in errors(junk)

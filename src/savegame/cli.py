@@ -599,8 +599,10 @@ def _import(file: Path, storage: str, mode: str, report: transfer.Report) -> Non
     else:
         try:
             data = file.read_bytes()
-        except (FileNotFoundError, IsADirectoryError) as exc:
-            _fail(f"cannot read {file}: {exc.strerror}")
+        except OSError as exc:
+            # A path that names no file is the user's to fix; a disk that fails is not.
+            mistyped = isinstance(exc, _NO_SUCH_FILE)
+            _fail(f"cannot read {file}: {exc.strerror or exc}", 2 if mistyped else 1)
         source = str(file)
     # Lines end at "\n" only: str.splitlines() would also break at U+2028, U+0085 and the
     # other separators that export writes as they are inside a session's text. Each line is
@@ -608,6 +610,11 @@ def _import(file: Path, storage: str, mode: str, report: transfer.Report) -> Non
     lines = data.split(b"\n")
     with _open(storage, mode) as store:
         transfer.import_sessions(store, lines, source, report=report)
+
+
+_NO_SUCH_FILE = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+"""What reading the file ``import`` names raises when the path is wrong (or not the user's
+to read): a user error, which exits 2."""
 
 
 @contextmanager
