@@ -390,6 +390,7 @@ def test_stats_purge_delete_user_schema(backend: Backend, tmp_path: Path) -> Non
         assert len(storage.get_all_session_ids()) == 5
         bad_age = savegame("purge", "--older-than", "soon", *url, code=2)
         assert "not an age" in errors(bad_age)
+        assert "Invalid value for '--older-than'" in errors(bad_age)
         for unitless in ("90", "1d2"):
             bare = savegame("purge", "--older-than", unitless, *url, code=2)
             assert "a number without its unit" in errors(bare)

@@ -758,12 +758,21 @@ def parse_age(text: str) -> int:
     return sum(int(n) * _UNITS[u] for n, u in parts)
 
 
+def _check_age(value: str) -> str:
+    """Refuses an AGE that :func:`parse_age` cannot read, as the option's error."""
+    parse_age(value)
+    return value
+
+
 @app.command("purge")
 def purge(
     older_than: Annotated[
         str,
         typer.Option(
-            "--older-than", metavar="AGE", help="Remove sessions not updated for AGE (30d, 12h)."
+            "--older-than",
+            metavar="AGE",
+            callback=_check_age,
+            help="Remove sessions not updated for AGE (30d, 12h).",
         ),
     ],
     storage: StorageOption = DEFAULT_STORAGE,
