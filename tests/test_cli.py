@@ -1505,6 +1505,22 @@ def test_a_folder_of_another_mode_is_said_so_and_never_exported_as_empty(tmp_pat
     assert len(savegame("export", "-s", url, "-m", "team").stdout.splitlines()) == 1
 
 
+def test_an_import_of_a_line_nested_too_deeply_to_parse_is_refused_naming_the_line(
+    tmp_path: Path,
+) -> None:
+    """A line nested some thousand levels deep ended the import with a RecursionError's
+    traceback and exit code 1, where one nested 600 levels deep is refused in one line."""
+    backup = tmp_path / "deep.jsonl"
+    for depth in (600, 100_000):
+        nested = "[" * depth + "]" * depth
+        backup.write_text(f'{{"session_id": "ok"}}\n{{"session_id": "d", "memory": {nested}}}\n')
+        url = f"sqlite:///{tmp_path / 'a.db'}"
+        (line,) = errors(savegame("import", str(backup), "-s", url, code=2)).splitlines()
+        assert line.startswith(f"error: {backup}:2: "), line
+        assert line.endswith("nested deeper than 512 levels"), line
+        assert open_storage(url).get_all_session_ids() == []
+
+
 def test_an_import_of_a_line_with_a_key_twice_is_refused_naming_the_key(tmp_path: Path) -> None:
     backup = tmp_path / "dup.jsonl"
     backup.write_text('{"session_id": "s", "user_id": "alice", "user_id": "bob"}\n')

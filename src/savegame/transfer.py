@@ -33,7 +33,7 @@ from savegame.errors import (
     StorageError,
 )
 from savegame.storage.base import Storage
-from savegame.storage.codec import check_id, dumps, encode
+from savegame.storage.codec import MAX_DEPTH, check_id, dumps, encode
 from savegame.storage.session import MODES, ModeSpec, Session, get_path
 from savegame.storage.url import open_storage, parse_url
 
@@ -77,11 +77,16 @@ def parse_line(spec: ModeSpec, line: str, where: str = "line") -> Session:
 
     Raises:
         SerializationError: when the line is not a JSON object, has no ``session_id``, holds
-            an object with a key twice (at any depth), or has fields that sessions of
-            ``spec.mode`` do not have (an export of another mode).
+            an object with a key twice (at any depth), nests too deeply for a session
+            (:data:`~savegame.storage.codec.MAX_DEPTH`) to be read at all, or has fields
+            that sessions of ``spec.mode`` do not have (an export of another mode).
     """
     try:
         data = json.loads(line, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        # The parser recurses once a level: a line nested some thousand levels deep, which
+        # no session can hold, ends it before the session's own check can say so.
+        raise SerializationError(f"{where}: nested deeper than {MAX_DEPTH} levels") from None
     except _KeyTwiceError as exc:
         raise SerializationError(
             f"{where}: the key {exc.key!r} is in one JSON object twice; which value is meant "
