@@ -648,6 +648,37 @@ def test_sessions_list_shows_every_field_on_a_narrow_terminal(tmp_path: Path) ->
             assert shown in screen, (columns, screen)
 
 
+@pytest.mark.parametrize("columns", [0, 1, 12])
+def test_a_terminal_of_almost_no_columns_still_shows_every_field(
+    tmp_path: Path, columns: int
+) -> None:
+    """Rich lays tables out in the columns it is given: at COLUMNS=1 sessions list and show
+    printed blank lines where the ids were, and at COLUMNS=0 (which Python reads as not
+    set) list printed nothing at all, exiting 0."""
+    session_id = "trip-" + "0123456789" * 3
+    store = JsonStorage(tmp_path / "s")
+    store.restore(
+        AgentSession(
+            session_id=session_id,
+            user_id="alice",
+            agent_id="helper",
+            created_at=BASE,
+            updated_at=BASE + 60,
+            session_data={"session_name": "Lisbon"},
+        )
+    )
+    url = f"json:///{tmp_path / 's'}"
+    for command in (["sessions", "list"], ["sessions", "show", session_id]):
+        screen = on_terminal(*command, "-s", url, columns=columns)
+        # The values, as one text: each line's after its label (and the panel's borders).
+        values = "".join(
+            re.sub(r"^[│ ]*(id|user|entity|name|runs|created|updated|version)?\s+|[│ ]*$", "", line)
+            for line in screen.splitlines()
+        )
+        for shown in (session_id, "alice", "helper", "Lisbon", "2023-11-1422:13:20"):
+            assert shown in values.replace(" ", ""), (command, screen)
+
+
 def test_sessions_show_gives_ids_longer_than_a_line_whole(tmp_path: Path) -> None:
     """An id or user wider than the terminal (or than the 160 columns piped output gets)
     was cut short with "…" in show's panel, and could not be copied into the next command."""

@@ -17,6 +17,7 @@ import inspect
 import json
 import os
 import re
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -166,12 +167,25 @@ class _Output(Console):
         _pipe_closed()
 
 
-# Piped output gets room for whole ids rather than the 80 columns Rich assumes by default.
+_NARROWEST_OUTPUT = 20
+"""The fewest columns that standard output's tables are laid out in. Rich squeezes a table
+into the width it is given, and showed nothing of the sessions at ``COLUMNS=1``, nor
+anything at all at ``COLUMNS=0`` (which Python reads as not set); a terminal narrower still
+wraps the lines itself, and every field stays there."""
+
+
+def _output_width() -> int:
+    """The columns of standard output: its terminal's (``COLUMNS`` where set, as Python reads
+    it), at least :data:`_NARROWEST_OUTPUT`; for a pipe or a file, room for whole ids rather
+    than the 80 columns Rich assumes."""
+    if not (sys.stdout and sys.stdout.isatty()):
+        return 160
+    return max(shutil.get_terminal_size().columns, _NARROWEST_OUTPUT)
+
+
 # No emoji codes: Rich would show a session id like "chat:x:1" as "chat❌1", which cannot be
 # copied into the next command.
-out = _Output(
-    soft_wrap=False, width=None if sys.stdout and sys.stdout.isatty() else 160, emoji=False
-)
+out = _Output(soft_wrap=False, width=_output_width(), emoji=False)
 # Messages stay one line each, however narrow the terminal, so that scripts can grep them.
 err = Console(stderr=True, soft_wrap=True, emoji=False)
 
