@@ -503,13 +503,16 @@ def test_user_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
 
 
 def test_a_folder_that_cannot_be_made_is_named_in_one_line(tmp_path: Path) -> None:
-    (tmp_path / "file").write_text("")
-    folder = tmp_path / "file" / "sessions"
-    for url in (f"json:///{folder}", f"sqlite:///{folder / 'app.db'}"):
-        proc = savegame("import", "-", "-s", url, stdin=b'{"session_id":"s"}\n', code=1)
-        assert errors(proc).splitlines() == [
-            f"error: cannot make the folder {folder}: Not a directory"
-        ]
+    # A line separator or a no-break space in the path was shown as a plain space.
+    for name, shown in (("file", "file"), ("f\u2028i\xa0le", "f\\u2028i\xa0le")):
+        (tmp_path / name).write_text("")
+        folder = tmp_path / name / "sessions"
+        for url in (f"json:///{folder}", f"sqlite:///{folder / 'app.db'}"):
+            proc = savegame("import", "-", "-s", url, stdin=b'{"session_id":"s"}\n', code=1)
+            assert errors(proc).split("\n") == [
+                f"error: cannot make the folder {tmp_path / shown / 'sessions'}: Not a directory",
+                "",
+            ]
 
 
 def test_an_unreachable_server_is_a_failure_in_one_line() -> None:

@@ -239,11 +239,22 @@ def _report(exc: BaseException, ctx: Any, code: int) -> NoReturn:
     root = ctx.find_root()
     if (root.obj or {}).get("debug"):
         err.print_exception()
-    message = " ".join(str(exc).split()) or type(exc).__name__
+    message = _one_line(str(exc)) or type(exc).__name__
     if "storage.upgrade_schema()" in message:
         message += " (here: savegame schema upgrade, with the same --storage and --mode)"
     err.print(f"[bold red]error:[/] {_shown(message)}", highlight=False)
     raise typer.Exit(code) from exc
+
+
+_ASCII_SPACES = re.compile(r"[ \t\n\r\f\v]+")
+"""Runs of the spaces and line breaks that :func:`_one_line` joins; not :meth:`str.split`'s,
+which include U+2028, U+00A0 and the other separators that a path or an id can hold, and
+that a message must show as escapes rather than as spaces."""
+
+
+def _one_line(text: str) -> str:
+    """``text`` (a driver's message over several lines, say) on one line."""
+    return _ASCII_SPACES.sub(" ", text).strip()
 
 
 def _missing(url: str, mode: str, session_ids: list[str]) -> NoReturn:
