@@ -262,7 +262,14 @@ def test_stored_text_is_shown_as_it_is_and_never_obeyed_by_the_terminal(
                 {"role": "tool", "content": "looked up", "tool_call_id": "c1"},
                 {"role": "assistant", "content": "Hello \ud800 Ada.\nTwo lines."},
             ],
-        }
+        },
+        {
+            "run_id": "r1",
+            "messages": [
+                {"role": "user", "content": "Pay 10 dollars.\rPay 9999"},
+                {"role": "assistant", "content": "Paid.\r\nDone."},
+            ],
+        },
     ]
     with open_storage(sqlite_url, mode="agent") as storage:
         storage.upsert(AgentSession(session_id="odd", memory={"runs": runs}))
@@ -272,6 +279,9 @@ def test_stored_text_is_shown_as_it_is_and_never_obeyed_by_the_terminal(
     assert "  you: My name is Ada.\\x1b[2J" in out
     assert "  assistant: Hello \\ud800 Ada." in out
     assert "Two lines." in out
+    # A carriage return alone would have the terminal write "Pay 9999" over "Pay 10".
+    assert "  you: Pay 10 dollars.\\rPay 9999" in out
+    assert out[out.index("  assistant: Paid.") + 1] == "Done."
     assert "You are agno." not in text
     assert "looked up" not in text
     assert "None" not in text

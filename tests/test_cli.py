@@ -207,7 +207,12 @@ def test_tables_and_json_show_ids_and_text_as_they_are(tmp_path: Path) -> None:
                 session_id=session_id,
                 user_id=":thumbs_up:\u202egnp.exe",
                 agent_id="bell\x07",
-                memory={"runs": [{"message": message, "response": "half \ud800 a pair"}]},
+                memory={
+                    "runs": [
+                        {"message": message, "response": "half \ud800 a pair"},
+                        {"message": "pay 10\rpay 9999", "response": "ok\r\nfine"},
+                    ]
+                },
                 session_data={"session_name": "n\udc00 :red_heart:"},
                 created_at=BASE,
                 updated_at=BASE,
@@ -222,6 +227,9 @@ def test_tables_and_json_show_ids_and_text_as_they_are(tmp_path: Path) -> None:
     shown = text(savegame("sessions", "show", session_id, *url_args))
     assert "clear\\x1b[2J screen \\x9b31m :100: two\nlines" in shown
     assert "half \\ud800 a pair" in shown
+    # A carriage return alone, which Rich left out, is shown; one that ends a line is not.
+    assert "user: pay 10\\rpay 9999\n" in shown
+    assert "assistant: ok\nfine\n" in shown
     purged = text(savegame("purge", "--older-than", "1d", "--dry-run", *url_args))
     assert purged.splitlines() == [session_id]
     for output in (table, shown, purged):

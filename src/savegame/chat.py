@@ -245,10 +245,11 @@ that two ids that differ by one would look alike; the line and paragraph separat
 (U+2028, U+2029), which some terminals break lines at and others show as nothing; and lone
 surrogates, which UTF-8 cannot encode."""
 _KEPT_IN_LINES = frozenset("\t\n\r\u200c\u200d")
-"""What running text keeps of :data:`UNSHOWN_CATEGORIES`: line breaks and tabs, and the
-zero-width joiner and non-joiner, which shape words (Persian, Hindi) and join emoji into
-one (U+1F469 U+200D U+1F4BB, a woman at a laptop) in what a person or a model wrote; ids and
-names escape them."""
+"""What running text keeps of :data:`UNSHOWN_CATEGORIES`: line breaks (``\\r`` only before
+``\\n``: alone, it sends the terminal back to the start of the line, and the text after it
+is written over the text before), tabs, and the zero-width joiner and non-joiner, which
+shape words (Persian, Hindi) and join emoji into one (U+1F469 U+200D U+1F4BB, a woman at a
+laptop) in what a person or a model wrote; ids and names escape them all."""
 _CANDIDATES = re.compile(r"[^\x20-\x7e]")
 """Every character but printable ASCII: those :func:`unshown` must look at."""
 
@@ -266,7 +267,9 @@ def printable(text: str, *, lines: bool = False) -> str:
 
     def shown(match: re.Match[str]) -> str:
         char = match.group()
-        if char in kept or not unshown(char):
+        if not unshown(char):
+            return char
+        if char in kept and (char != "\r" or text.startswith("\n", match.end())):
             return char
         return char.encode("unicode_escape").decode("ascii")
 
