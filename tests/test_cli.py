@@ -690,6 +690,31 @@ def test_a_terminal_of_almost_no_columns_still_shows_every_field(
             assert shown in values.replace(" ", ""), (command, screen)
 
 
+def test_columns_0_is_read_as_not_set_and_every_message_is_shown(tmp_path: Path) -> None:
+    """At COLUMNS=0 (which Python reads as not set) Rich laid every message out in no
+    columns: an error, a note, a bad flag's usage and the help printed nothing at all."""
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    env = {**os.environ, "COLUMNS": "0", "NO_COLOR": "1"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(SAVEGAME), *args], capture_output=True, text=True, timeout=60, env=env
+        )
+
+    missing = run("sessions", "show", "nope", "-s", url)
+    assert missing.returncode == 2
+    assert missing.stderr.endswith(f"\nerror: no agent session 'nope' in {url}\n")
+    note = run("stats", "-s", url)
+    assert note.stderr.startswith(f"note: nothing of mode agent is stored at {url}"), note.stderr
+    assert "sessions  0" in note.stdout
+    bad_flag = run("sessions", "list", "--mode", "robot")
+    assert bad_flag.returncode == 2
+    assert "Invalid value for '--mode'" in bad_flag.stderr
+    shown = run("--help")
+    assert "Usage: savegame" in shown.stdout
+    assert "delete-user" in shown.stdout
+
+
 def test_sessions_show_gives_ids_longer_than_a_line_whole(tmp_path: Path) -> None:
     """An id or user wider than the terminal (or than the 160 columns piped output gets)
     was cut short with "…" in show's panel, and could not be copied into the next command."""

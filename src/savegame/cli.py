@@ -17,7 +17,6 @@ import inspect
 import json
 import os
 import re
-import shutil
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -168,32 +167,44 @@ class _Output(Console):
 
 
 _NARROWEST_OUTPUT = 20
-"""The fewest columns that standard output's tables are laid out in. Rich squeezes a table
-into the width it is given, and showed nothing of the sessions at ``COLUMNS=1``, nor
-anything at all at ``COLUMNS=0`` (which Python reads as not set); a terminal narrower still
-wraps the lines itself, and every field stays there."""
+"""The fewest columns that output is laid out in. Rich lays text out in the width it is
+given, and showed nothing of the sessions at ``COLUMNS=1``, nor anything at all (not even
+an error) at ``COLUMNS=0``, which Python reads as not set; a terminal narrower still wraps
+the lines itself, and every field stays there."""
 
 
-def _output_width() -> int:
-    """The columns of standard output: its terminal's (``COLUMNS`` where set, as Python reads
-    it), at least :data:`_NARROWEST_OUTPUT`; for a pipe or a file, room for whole ids rather
-    than the 80 columns Rich assumes."""
-    if not (sys.stdout and sys.stdout.isatty()):
-        return 160
-    return max(shutil.get_terminal_size().columns, _NARROWEST_OUTPUT)
+def _columns(stream: TextIO | None, piped: int) -> int:
+    """The columns to lay out what goes to ``stream`` in: its terminal's (``COLUMNS`` where
+    set, as Python reads it: ``0`` is not set), at least :data:`_NARROWEST_OUTPUT`;
+    ``piped`` for a pipe or a file."""
+    if stream is None or not stream.isatty():
+        return piped
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return max(int(columns), _NARROWEST_OUTPUT)
+    try:
+        found = os.get_terminal_size(stream.fileno()).columns
+    except OSError:
+        found = 0
+    return max(found or 80, _NARROWEST_OUTPUT)
 
 
+# Piped output gets room for whole ids rather than the 80 columns Rich assumes by default.
 # No emoji codes: Rich would show a session id like "chat:x:1" as "chat❌1", which cannot be
 # copied into the next command.
-out = _Output(soft_wrap=False, width=_output_width(), emoji=False)
+out = _Output(soft_wrap=False, width=_columns(sys.stdout, 160), emoji=False)
 # Messages stay one line each, however narrow the terminal, so that scripts can grep them.
-err = Console(stderr=True, soft_wrap=True, emoji=False)
+err = Console(stderr=True, soft_wrap=True, emoji=False, width=_columns(sys.stderr, 80))
 
 
 class _ExitCodes(TyperGroup):
     """The root command group: turns the library's errors into one line and an exit code."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
+        if os.environ.get("COLUMNS") == "0":
+            # Python reads it as not set; the help and usage errors, which typer lays out
+            # in a console of its own, would be laid out in no columns, and show nothing.
+            del os.environ["COLUMNS"]
         before = _stdout_file()
         try:
             return super().main(*args, **kwargs)
