@@ -448,6 +448,37 @@ def test_failures_of_the_folder_itself_are_savegames_errors(
             call()
 
 
+@pytest.mark.parametrize("cls", FORMATS)
+@pytest.mark.parametrize("where", ["a file", "below a file"])
+def test_a_folder_path_that_is_a_file_is_refused_by_every_call_not_taken_for_an_empty_store(
+    tmp_path: Path, cls: type[FileStorage], where: str
+) -> None:
+    # A mistyped path, or a folder replaced by a file: "nothing stored" would be wrong, and
+    # a backup or an erasure run on it would report success having seen nothing.
+    (tmp_path / "notes").write_text("a file", encoding="utf-8")
+    folder = tmp_path / "notes" if where == "a file" else tmp_path / "notes" / "sessions"
+    storage = cls(folder)
+    calls: list[Callable[[], object]] = [
+        storage.table_exists,
+        storage.get_all_session_ids,
+        storage.get_all_sessions,
+        storage.get_recent_sessions,
+        storage.unreadable,
+        storage.purge_expired,
+        storage.drop,
+        storage.create,
+        lambda: storage.read("s1"),
+        lambda: storage.delete_session("s1"),
+        lambda: storage.delete_user("u"),
+        lambda: storage.upsert(AgentSession(session_id="s1")),
+    ]
+    for call in calls:
+        with pytest.raises(BackendUnavailableError, match="notes"):
+            call()
+    assert (tmp_path / "notes").read_text(encoding="utf-8") == "a file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]
+
+
 # The checks of a full disk, run in a process of their own: ``full()`` leaves no room for
 # any byte of data, ``free()`` makes room again. Sessions s0..s5 are stored (users u0, u1),
 # "gone" is expired, and the index is stale (a pending mark, as a writer killed leaves it).

@@ -66,6 +66,7 @@ import hashlib
 import os
 import re
 import sqlite3
+import stat
 import threading
 import time
 import uuid
@@ -269,8 +270,35 @@ class FileStorage(Storage):
             self._index()
 
     def table_exists(self) -> bool:
-        """Whether the folder exists."""
-        return self.dir_path.is_dir()
+        """Whether the folder exists.
+
+        Raises:
+            BackendUnavailableError: when something else than a folder is at its path.
+        """
+        return self._made()
+
+    def _made(self) -> bool:
+        """Whether the folder is there; False when nothing is at its path yet (it is made
+        by the first write).
+
+        Raises:
+            BackendUnavailableError: when a file is at its path, or at a path above it:
+                reads and listings would otherwise say that nothing is stored, of a folder
+                that was mistyped or replaced, and writes could never be made.
+        """
+        try:
+            mode = os.stat(self.dir_path).st_mode
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise BackendUnavailableError(
+                f"the folder {self.dir_path} cannot be reached: {exc.strerror or exc}"
+            ) from exc
+        if not stat.S_ISDIR(mode):
+            raise BackendUnavailableError(
+                f"{self.dir_path} is a file, not a folder: give the folder the sessions are in"
+            )
+        return True
 
     @contextmanager
     def _locked(self) -> Iterator[sqlite3.Connection]:
@@ -497,6 +525,8 @@ class FileStorage(Storage):
         except FileNotFoundError:
             return None
         except OSError as exc:
+            if exc.errno == errno.ENOTDIR:
+                self._made()  # the folder, not the file, is what is wrong: it says so
             raise _CannotRead(f"cannot read {path}: {exc}") from exc
         try:
             record = self.format.load(raw)
@@ -833,7 +863,7 @@ class FileStorage(Storage):
         Raises:
             BackendUnavailableError: when the folder or its index cannot be read.
         """
-        if not self.dir_path.is_dir():
+        if not self._made():
             return []
         conn = self._fresh_index()
         with self._index_errors():
@@ -885,7 +915,7 @@ class FileStorage(Storage):
         Raises:
             BackendUnavailableError: when the folder cannot be locked, read or written.
         """
-        if not self.dir_path.is_dir():
+        if not self._made():
             return
         ext = self.format.extension
         with self._locked() as conn:
@@ -1089,7 +1119,7 @@ class FileStorage(Storage):
     def _delete(
         self, session_id: str, owner: str | None = None, version: int | None = None
     ) -> bool:
-        if not self.dir_path.is_dir():
+        if not self._made():
             return False  # nothing to remove: the folder is not made for it
         path = self._path(session_id)
         with self._folder_locked(), self._index_errors():
@@ -1132,7 +1162,7 @@ class FileStorage(Storage):
     def _list(
         self, user_id: str | None, entity_id: str | None, limit: int | None, now: int | None
     ) -> list[str]:
-        if not self.dir_path.is_dir():
+        if not self._made():
             return []
         conn = self._fresh_index()
         where: list[str] = []
@@ -1155,7 +1185,7 @@ class FileStorage(Storage):
             return [row[0] for row in conn.execute(sql, args)]
 
     def _purge_expired(self, now: int) -> int:
-        if not self.dir_path.is_dir():
+        if not self._made():
             return 0
         conn = self._fresh_index()
         with self._index_errors():
@@ -1178,7 +1208,7 @@ class FileStorage(Storage):
         of sessions of another mode (a storage of the wrong mode drops none of them), and
         files of this format that are no session's file (see :meth:`_dropped`). The
         folder's mode is forgotten with its last session file."""
-        if not self.dir_path.is_dir():
+        if not self._made():
             return
         with self._folder_locked(), self._index_errors():
             conn = self._open_index()
