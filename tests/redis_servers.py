@@ -13,7 +13,8 @@ then starts nothing).
 :func:`lossy_cluster` starts a cluster whose clients reach it through proxies that can lose
 a reply. :func:`tls_server` and :func:`tls_cluster` start a standalone server and a 3-master cluster
 that speak only TLS, with certificates from a certificate authority made for the test.
-:func:`plain_server` starts a standalone server for tests that would disturb the shared one.
+:func:`plain_server` and :func:`own_cluster` start a standalone server and a cluster for tests
+that would disturb the shared ones.
 """
 
 from __future__ import annotations
@@ -345,6 +346,22 @@ def tls_cluster(folder: Path) -> Iterator[tuple[list[int], Path]]:
         yield state["ports"], files["ca"]
     finally:
         stop(state, folder / "cluster")
+
+
+@contextlib.contextmanager
+def own_cluster(folder: Path) -> Iterator[list[int]]:
+    """A 3-master cluster on loopback ports of a test's own, for tests that do to a
+    cluster what would disturb others using it (unassigning slots); yields its ports.
+    Stopped by process id on leaving.
+
+    Raises:
+        RuntimeError: as :func:`cluster_url`.
+    """
+    state = _start(folder)
+    try:
+        yield state["ports"]
+    finally:
+        stop(state, folder)
 
 
 @contextlib.contextmanager

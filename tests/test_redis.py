@@ -44,7 +44,7 @@ from savegame.storage.session.agent import AgentSession
 from savegame.storage.session.team import TeamSession
 from savegame.storage.url import open_storage, parse_url
 from savegame.testing.contract import check_lost_reply
-from tests.redis_servers import plain_server, server_url, tls_cluster, tls_server
+from tests.redis_servers import own_cluster, plain_server, server_url, tls_cluster, tls_server
 from tests.stores import (
     drop_redis,
     missing_service,
@@ -1767,6 +1767,86 @@ def test_a_removal_or_listing_while_the_slot_migrates_never_unlists_a_session(
     fresh.drop()
     nodes = [_Migration.node(n) for n in cluster_raw.get_primaries()]
     assert not [key for node in nodes for key in node.keys(tag + "*")]
+
+
+@pytest.fixture(scope="module")
+def cluster_of_our_own(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a 3-master cluster of this module's own: the tests that unassign slots
+    do it there, not on the cluster others share."""
+    with _started(own_cluster(tmp_path_factory.mktemp("redis-cluster-own"))) as ports:
+        yield "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in ports)
+
+
+@contextlib.contextmanager
+def _slot_unserved(url: str, prefix: str, how: str) -> Iterator[None]:
+    """The master of the slot of ``{prefix}`` answering CLUSTERDOWN, as during a failover:
+    ``down``, another of its slots unassigned, which a cluster that requires full coverage
+    (the default) takes for the cluster down; ``uncovered``, the store's own slot unassigned
+    in a cluster that does not. Put back on leaving."""
+    raw = redis_client(url)
+    slot = key_slot(f"{{{prefix}}}:all".encode())
+    owner = raw.nodes_manager.get_node_from_slot(slot)
+    nodes = [_Migration.node(n) for n in raw.get_primaries()]
+    master = _Migration.node(owner)
+    if how == "down":
+        gone = next(
+            s
+            for s in range(16384)
+            if s != slot and raw.nodes_manager.get_node_from_slot(s).name == owner.name
+        )
+        master.execute_command("CLUSTER", "DELSLOTS", gone)
+    else:
+        gone = slot
+        for node in nodes:
+            node.config_set("cluster-require-full-coverage", "no")
+        for node in nodes:
+            node.execute_command("CLUSTER", "DELSLOTS", slot)
+    try:
+        for _ in range(100):
+            refused = how == "uncovered" or b"cluster_state:fail" in master.execute_command(
+                "CLUSTER", "INFO"
+            )
+            if refused:
+                break
+            time.sleep(0.05)
+        yield
+    finally:
+        master.execute_command("CLUSTER", "ADDSLOTS", gone)
+        for _ in range(100):
+            if all(b"cluster_state:ok" in n.execute_command("CLUSTER", "INFO") for n in nodes):
+                break
+            time.sleep(0.05)
+        for node in nodes:
+            node.config_set("cluster-require-full-coverage", "yes")
+        raw.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["down"])
+def test_a_write_the_cluster_refuses_as_down_is_unavailable_not_of_unknown_outcome(
+    cluster_of_our_own: str, how: str
+) -> None:
+    # CLUSTERDOWN is an answer: the script did not run. Taken for a sending that went
+    # unanswered, the write raised an "outcome unknown" StorageError, which no caller
+    # retries, during every failover of a master.
+    url, prefix = cluster_of_our_own, unique("sgt")
+    storage = RedisStorage(prefix, url=url)
+    try:
+        storage.upsert(_session("s", _runs(1)))
+        with _slot_unserved(url, prefix, how):
+            with pytest.raises(BackendUnavailableError) as caught:
+                storage.upsert(_session("s", _runs(2)))
+            assert "unknown" not in str(caught.value)
+            with pytest.raises(BackendUnavailableError):
+                storage.read("s")
+        fresh = RedisStorage(prefix, url=url)
+        got = fresh.read("s")
+        assert got is not None
+        assert (got.memory["runs"], got.version) == (_runs(1), 1)  # type: ignore[index]
+        assert storage.upsert(_session("s", _runs(2))).version == 2
+    finally:
+        storage.drop()
+        storage.close()
 
 
 def test_upgrade_schema_run_again_never_overwrites_a_session_saved_since(

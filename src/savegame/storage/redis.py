@@ -727,6 +727,10 @@ class RedisStorage(Storage):
         errors = self._redis.exceptions
         self._driver_errors = (errors.RedisError, errors.RedisClusterException)
         self._resend_on = (errors.ConnectionError, errors.TimeoutError, errors.ClusterDownError)
+        # Answers of a server that did not run the call: CLUSTERDOWN (a failover under way,
+        # a slot no master serves), LOADING, and redis-py's "TTL exhausted" after as many
+        # MOVED, ASK or TRYAGAIN answers (a slot migrating).
+        self._refusals = (errors.ResponseError, errors.ClusterError, errors.BusyLoadingError)
         self._keys = "{" + prefix + "}:"
         self._given = client is not None
         self._client: Any = client
@@ -1598,12 +1602,18 @@ class RedisStorage(Storage):
         def send(client: Any) -> Any:
             nonlocal sendings, whole
             _WIRE.sent = False
+            refused = False
             try:
                 return self._scripts[_WRITE](keys=keys, args=args, client=client)
+            except self._refusals:
+                # Answered, and not run: no sending whose outcome is to be found out.
+                refused = True
+                raise
             finally:
-                whole += bool(_WIRE.sent)
-                if _WIRE.sent or not self._marks_sent:
-                    sendings += 1
+                if not refused:
+                    whole += bool(_WIRE.sent)
+                    if _WIRE.sent or not self._marks_sent:
+                        sendings += 1
 
         try:
             return self._call(send), sendings > 1
