@@ -1849,6 +1849,29 @@ def test_a_write_the_cluster_refuses_as_down_is_unavailable_not_of_unknown_outco
         storage.close()
 
 
+@pytest.mark.timeout(60)
+def test_a_cluster_serving_all_but_a_slot_serves_the_stores_of_the_others(
+    cluster_of_our_own: str,
+) -> None:
+    # A cluster run with cluster-require-full-coverage no serves every slot a master
+    # holds; redis-py's default refused to start on a cluster with a slot unserved.
+    url, prefix, served = cluster_of_our_own, unique("sgt"), unique("sgt")
+    storage = RedisStorage(served, url=url, shards=3)
+    try:
+        with _slot_unserved(url, prefix, "uncovered"):
+            storage.upsert(_session("s", _runs(2), user_id="u"))
+            assert storage.get_all_session_ids(user_id="u") == ["s"]
+            with RedisStorage(served, url=url) as other:
+                got = other.read("s")
+                assert got is not None
+                assert got.memory["runs"] == _runs(2)  # type: ignore[index]
+            with pytest.raises(BackendUnavailableError, match="not covered"):
+                RedisStorage(prefix, url=url).read("s")
+    finally:
+        storage.drop()
+        storage.close()
+
+
 def test_upgrade_schema_run_again_never_overwrites_a_session_saved_since(
     server: str, raw: Any, prefix: str
 ) -> None:

@@ -844,6 +844,9 @@ class RedisStorage(Storage):
             startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in others],
             retry=self._retry(),
             connection_class=_marking(base),
+            # redis-py's default refuses a cluster with any slot no master serves, which a
+            # cluster run with cluster-require-full-coverage no keeps serving the others.
+            require_full_coverage=False,
             **options,
         )
 
