@@ -1822,7 +1822,7 @@ def _slot_unserved(url: str, prefix: str, how: str) -> Iterator[None]:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("how", ["down"])
+@pytest.mark.parametrize("how", ["down", "uncovered"])
 def test_a_write_the_cluster_refuses_as_down_is_unavailable_not_of_unknown_outcome(
     cluster_of_our_own: str, how: str
 ) -> None:
@@ -1843,6 +1843,7 @@ def test_a_write_the_cluster_refuses_as_down_is_unavailable_not_of_unknown_outco
         got = fresh.read("s")
         assert got is not None
         assert (got.memory["runs"], got.version) == (_runs(1), 1)  # type: ignore[index]
+        # The slot served again is found by the storage that met it unserved.
         assert storage.upsert(_session("s", _runs(2))).version == 2
     finally:
         storage.drop()

@@ -726,7 +726,12 @@ class RedisStorage(Storage):
         self._redis = _driver()
         errors = self._redis.exceptions
         self._driver_errors = (errors.RedisError, errors.RedisClusterException)
-        self._resend_on = (errors.ConnectionError, errors.TimeoutError, errors.ClusterDownError)
+        self._resend_on = (
+            errors.ConnectionError,
+            errors.TimeoutError,
+            errors.ClusterDownError,
+            errors.SlotNotCoveredError,
+        )
         # Answers of a server that did not run the call: CLUSTERDOWN (a failover under way,
         # a slot no master serves), LOADING, and redis-py's "TTL exhausted" after as many
         # MOVED, ASK or TRYAGAIN answers (a slot migrating).
@@ -939,6 +944,10 @@ class RedisStorage(Storage):
             client = self._connected()
             try:
                 return fn(client)
+            except self._redis.exceptions.SlotNotCoveredError:
+                if not self._given:
+                    self._reread_slots(client)
+                raise
             finally:
                 with self._lock:
                     self._calls -= 1
@@ -949,6 +958,18 @@ class RedisStorage(Storage):
             return with_retries(attempt, self._passing)
         except self._driver_errors as exc:
             raise self._mapped(exc) from exc
+
+    def _reread_slots(self, client: Any) -> None:
+        """Has a cluster client read again which master serves each slot.
+
+        redis-py reads it when it starts and then on MOVED and on failures, but finds a
+        slot that no master served when it read it (a cluster run with
+        ``cluster-require-full-coverage no``) without asking anyone: the slot stayed
+        unserved for the client after a master took it again, until the storage was
+        closed. What the reading raises is left for the call tried again to meet.
+        """
+        with contextlib.suppress(*self._driver_errors):
+            client.nodes_manager.initialize()
 
     def _passing(self, exc: Exception) -> bool:
         """Whether a call that failed with ``exc`` is tried again (see :meth:`_call`): a
