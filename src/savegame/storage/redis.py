@@ -726,10 +726,13 @@ class RedisStorage(Storage):
         self._redis = _driver()
         errors = self._redis.exceptions
         self._driver_errors = (errors.RedisError, errors.RedisClusterException)
+        # ClusterError: redis-py's "TTL exhausted", after the answers of a slot migrating
+        # (TRYAGAIN, for a script whose keys are on both nodes for now) for about 0.4 s.
         self._resend_on = (
             errors.ConnectionError,
             errors.TimeoutError,
-            errors.ClusterDownError,
+            errors.ClusterError,
+            errors.TryAgainError,
             errors.SlotNotCoveredError,
         )
         # Answers of a server that did not run the call: CLUSTERDOWN (a failover under way,
