@@ -349,17 +349,18 @@ def tls_cluster(folder: Path) -> Iterator[tuple[list[int], Path]]:
 
 
 @contextlib.contextmanager
-def own_cluster(folder: Path) -> Iterator[list[int]]:
+def own_cluster(folder: Path) -> Iterator[dict[str, list[int]]]:
     """A 3-master cluster on loopback ports of a test's own, for tests that do to a
-    cluster what would disturb others using it (unassigning slots); yields its ports.
-    Stopped by process id on leaving.
+    cluster what would disturb others using it (unassigning slots, stopping a master);
+    yields its ``ports`` and the process ids of their servers (``pids``), in one order.
+    Stopped by process id on leaving (a server stopped already is passed over).
 
     Raises:
         RuntimeError: as :func:`cluster_url`.
     """
     state = _start(folder)
     try:
-        yield state["ports"]
+        yield state
     finally:
         stop(state, folder)
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import random
 import re
 import secrets
+import signal
 import socket
 import tempfile
 import threading
@@ -1773,8 +1775,8 @@ def test_a_removal_or_listing_while_the_slot_migrates_never_unlists_a_session(
 def cluster_of_our_own(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The URL of a 3-master cluster of this module's own: the tests that unassign slots
     do it there, not on the cluster others share."""
-    with _started(own_cluster(tmp_path_factory.mktemp("redis-cluster-own"))) as ports:
-        yield "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in ports)
+    with _started(own_cluster(tmp_path_factory.mktemp("redis-cluster-own"))) as cluster:
+        yield "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in cluster["ports"])
 
 
 @contextlib.contextmanager
@@ -1904,6 +1906,42 @@ def test_a_write_while_the_slot_migrates_briefly_is_made(cluster_of_our_own: str
         storage.drop()
         storage.close()
         raw.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_storage_made_while_a_master_is_away_serves_the_stores_of_the_others(
+    tmp_path: Path,
+) -> None:
+    # The master of slot 0 is the one redis-py asks for its commands when it starts, and
+    # only a retry, which savegame turned off, asks another: with that master away, no
+    # storage could be made, for any store.
+    with _started(own_cluster(tmp_path)) as cluster:
+        nodes = {port: redis.Redis(port=port) for port in cluster["ports"]}
+        for node in nodes.values():
+            node.config_set("cluster-require-full-coverage", "no")
+        first = next(
+            part[2][1] for part in nodes[cluster["ports"][0]].cluster("SLOTS") if part[0] == 0
+        )
+        others = [port for port in cluster["ports"] if port != first]
+        url = "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in others)
+        raw = redis_client(url)
+        away = {raw.nodes_manager.get_node_from_slot(0).name}
+        prefix = next(
+            name
+            for name in (unique("sgt") for _ in range(1000))
+            if raw.get_node_from_key(f"{{{name}}}:all").name not in away
+        )
+        raw.close()
+        os.kill(cluster["pids"][cluster["ports"].index(first)], signal.SIGKILL)
+        storage = RedisStorage(prefix, url=url, connect_timeout=1)
+        storage.upsert(_session("s", _runs(2), user_id="u"))
+        got = storage.read("s")
+        assert got is not None
+        assert got.memory["runs"] == _runs(2)  # type: ignore[index]
+        assert storage.get_all_session_ids(user_id="u") == ["s"]
+        storage.close()
+        for node in nodes.values():
+            node.close()
 
 
 def test_upgrade_schema_run_again_never_overwrites_a_session_saved_since(

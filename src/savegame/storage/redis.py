@@ -126,6 +126,7 @@ from savegame.errors import (
     StorageError,
 )
 from savegame.storage.base import (
+    CONNECT_RETRIES,
     STAMPED,
     Draft,
     Header,
@@ -801,12 +802,12 @@ class RedisStorage(Storage):
 
     # -- connections and the one place driver errors become savegame errors ---------------
 
-    def _retry(self) -> Any:
+    def _retry(self, retries: int = 0) -> Any:
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
         # savegame retries itself (see _call), so that a write knows when it is sent again.
-        return Retry(NoBackoff(), 0)
+        return Retry(NoBackoff(), retries)
 
     def _standalone(self, host: str, port: int, db: int, options: dict[str, Any]) -> Any:
         self._check_ca_certs(options["ssl_ca_certs"])
@@ -841,22 +842,31 @@ class RedisStorage(Storage):
         else:
             base = redis.Connection
             del options["ssl_ca_certs"]
-        if redis.VERSION < (6,):
-            # redis-py 5 sends a failed cluster call again on its own, three times, unseen
-            # by savegame and by the ``retry`` that later versions obey (see _retry).
-            options["cluster_error_retry_attempts"] = 0
+        # Made with redis-py's retries: making the client asks the first master it lists
+        # (that of slot 0) for its commands, and only a retry asks another when that one is
+        # away, which failed every new storage, of every store, until it was back.
+        old = redis.VERSION < (6,)
+        if old:
+            # redis-py 5 sends a failed cluster call again on its own, unseen by savegame
+            # and by the ``retry`` that later versions obey (see _retry): turned off below.
+            options["cluster_error_retry_attempts"] = CONNECT_RETRIES
         (host, port), *others = nodes
         first = f"[{host}]" if ":" in host else host
-        return redis.cluster.RedisCluster(
+        client = redis.cluster.RedisCluster(
             url=f"redis://{first}:{port}",
             startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in others],
-            retry=self._retry(),
+            retry=self._retry(0 if old else CONNECT_RETRIES),
             connection_class=_marking(base),
             # redis-py's default refuses a cluster with any slot no master serves, which a
             # cluster run with cluster-require-full-coverage no keeps serving the others.
             require_full_coverage=False,
             **options,
         )
+        if old:
+            client.cluster_error_retry_attempts = 0
+        else:
+            client.set_retry(self._retry())
+        return client
 
     def _check_ca_certs(self, path: str | None) -> None:
         """Refuses an ``ssl_ca_certs`` file that cannot be read as certificates (None: none).
