@@ -1944,6 +1944,33 @@ def test_a_storage_made_while_a_master_is_away_serves_the_stores_of_the_others(
             node.close()
 
 
+@pytest.mark.timeout(60)
+def test_a_call_while_the_slot_migrates_for_long_says_so(cluster_of_our_own: str) -> None:
+    # It said "unavailable: TTL exhausted.", redis-py's words for giving up on TRYAGAIN.
+    url, prefix = cluster_of_our_own, unique("sgt")
+    storage = RedisStorage(prefix, url=url)
+    raw = redis_client(url)
+    try:
+        session = storage.upsert(_session("s", _runs(1), user_id="u"))
+        migration = _Migration(raw, key_slot(f"{{{prefix}}}:all".encode()))
+        migration.begin()
+        try:
+            migration.move(f"{{{prefix}}}:all")
+            session.memory["runs"].append({"run_id": "1"})  # type: ignore[index]
+            for call in (lambda: storage.upsert(session), lambda: storage.read("other")):
+                with pytest.raises(BackendUnavailableError, match="is moving the slot"):
+                    call()
+        finally:
+            migration.finish()
+        got = RedisStorage(prefix, url=url).read("s")
+        assert got is not None
+        assert got.memory["runs"] == _runs(1)  # type: ignore[index]
+    finally:
+        storage.drop()
+        storage.close()
+        raw.close()
+
+
 def test_upgrade_schema_run_again_never_overwrites_a_session_saved_since(
     server: str, raw: Any, prefix: str
 ) -> None:

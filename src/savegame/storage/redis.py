@@ -914,6 +914,14 @@ class RedisStorage(Storage):
                 f"{self._address} is moving the slot of {self._keys} between nodes; nothing "
                 f"was written, try again when it is done: {exc}"
             )
+        moving = isinstance(exc, (errors.ClusterError, errors.TryAgainError))
+        if moving and not isinstance(exc, errors.ClusterDownError):
+            # redis-py's "TTL exhausted": TRYAGAIN (or MOVED, ASK) answered each sending.
+            return BackendUnavailableError(
+                f"{self._address} is moving the slot of a key under {self._keys} between "
+                f"nodes (Redis answered TRYAGAIN until savegame gave up); nothing was "
+                f"written, try again when it is done: {exc}"
+            )
         if isinstance(exc, errors.ResponseError) and "WRONGTYPE" in str(exc):
             return CorruptSessionError(
                 f"a key under {self._keys} in {self._address} is not of the type savegame "
