@@ -67,11 +67,15 @@ class CorruptSessionError(StorageError):
 
 
 class MissingDependencyError(StorageError, ImportError):
-    """The driver a backend needs is not installed; the message names the extra to install."""
+    """A package that a backend (its driver) or the conformance suite needs is not
+    installed; the message names the extra to install.
 
-    def __init__(self, package: str, extra: str) -> None:
+    ``needed_by`` names what needs it in the message.
+    """
+
+    def __init__(self, package: str, extra: str, needed_by: str = "this backend") -> None:
         super().__init__(
-            f'this backend needs the {package!r} package: pip install "savegame[{extra}]"'
+            f'{needed_by} needs the {package!r} package: pip install "savegame[{extra}]"'
         )
         self.package = package
         self.extra = extra

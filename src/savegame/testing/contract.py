@@ -25,19 +25,29 @@ from functools import partial
 from operator import methodcaller
 from typing import Any
 
-import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from hypothesis.stateful import run_state_machine_as_test
-
 from savegame.errors import (
     BackendUnavailableError,
     ConflictError,
     CorruptSessionError,
     InvalidIdentifierError,
+    MissingDependencyError,
     SerializationError,
     StorageError,
 )
+
+try:
+    import pytest
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from hypothesis.stateful import run_state_machine_as_test
+except ModuleNotFoundError as exc:
+    package = (exc.name or "").partition(".")[0]
+    if package not in ("pytest", "hypothesis"):
+        raise
+    raise MissingDependencyError(
+        package, "testing", needed_by="the conformance suite (savegame.testing)"
+    ) from exc
+
 from savegame.storage import base
 from savegame.storage.base import Storage
 from savegame.storage.codec import MAX_DEPTH
