@@ -368,6 +368,19 @@ _MADE: weakref.WeakSet[Storage] = weakref.WeakSet()
 """Every storage of this process, for :func:`_after_fork`."""
 
 
+CAPABILITIES: dict[str, str] = {
+    "persistent": "a new storage object on the same location sees what an earlier one wrote",
+    "processes": "several processes may use one store at once (it can be named by a URL)",
+    "key_order": "dicts come back with their keys in the order they were written",
+    "cache_bytes": (
+        "the constructor takes cache_bytes=, how many bytes of recent sessions a storage "
+        "may remember (0: none)"
+    ),
+}
+"""What each capability a :class:`Storage` may declare in :attr:`Storage.capabilities`
+promises."""
+
+
 def _after_fork() -> None:
     """Runs in the child of every ``os.fork()``: see :meth:`Storage._forked`."""
     for storage in list(_MADE):
@@ -396,12 +409,8 @@ class Storage(ABC):
     """Set by backends that keep one row or entry per run (see :class:`Draft`)."""
 
     capabilities: ClassVar[frozenset[str]] = frozenset({"key_order"})
-    """Optional behaviour this backend declares; the conformance suite tests what is declared.
-
-    ``persistent``: a new storage object on the same location sees what an earlier one wrote.
-    ``processes``: several processes may use one store at once (it can be named by a URL).
-    ``key_order``: dicts come back with their keys in the order they were written.
-    """
+    """Optional behaviour this backend declares, among the names of :data:`CAPABILITIES`;
+    the conformance suite tests what is declared and skips the rest, naming what was not."""
 
     def __init__(self, mode: Mode | None = "agent", expire: int | None = None) -> None:
         self._spec = mode_spec(mode)

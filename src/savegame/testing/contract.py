@@ -173,7 +173,9 @@ class Store:
     def neighbouring(self, mode: str | None = None, **options: Any) -> Storage:
         """A storage of the :attr:`neighbour` store, skipping the test where there is none."""
         if self.neighbour is None:
-            pytest.skip(f"{self.backend} stores have no names that one can extend")
+            pytest.skip(
+                f"{self.backend} stores have no names that one can extend (no Store.neighbour)"
+            )
         storage = self.neighbour(mode or self.mode, **options)
         self.opened.append(storage)
         return storage
@@ -188,9 +190,15 @@ class Store:
         """A storage of this store, skipping the test unless it declares ``capability``."""
         storage = self()
         if capability not in type(storage).capabilities:
-            pytest.skip(f"{self.backend} does not declare {capability!r}")
+            pytest.skip(
+                f"{self.backend} does not declare {capability!r} in "
+                f"{type(storage).__name__}.capabilities ({base.CAPABILITIES[capability]})"
+            )
         if capability == "processes" and self.url is None:
-            pytest.skip(f"{self.backend} has no URL for other processes")
+            pytest.skip(
+                f"{self.backend} declares 'processes' but its Store has no url, which the "
+                "processes of savegame.testing.worker open with savegame.open_storage"
+            )
         return storage
 
 
@@ -416,10 +424,12 @@ def _lossy(store: Store, needs: str) -> Iterator[LossyLink]:
     """The store's :class:`LossyLink`; the test is skipped where there is none, or where
     the link's ``needs`` (one of its fields) is None."""
     if store.lossy is None:
-        pytest.skip(f"{store.backend} has no link whose replies can be lost or held")
+        pytest.skip(
+            f"{store.backend} has no link whose replies can be lost or held (no Store.lossy)"
+        )
     with store.lossy() as link:
         if getattr(link, needs) is None:
-            pytest.skip(f"{store.backend}'s link has no {needs}")
+            pytest.skip(f"{store.backend}'s link has no {needs} (LossyLink.{needs} is None)")
         yield link
 
 
@@ -1622,6 +1632,15 @@ ODD_IDS = [
 class BackendContract:
     """Behaviour that does not depend on the mode; runs on the ``backend_store`` fixture."""
 
+    def test_declared_capabilities_are_known(self, backend_store: Store) -> None:
+        # A misspelt capability ("persistant") would skip the tests of the one meant, silently.
+        declared = type(backend_store()).capabilities
+        unknown = sorted(set(declared) - set(base.CAPABILITIES))
+        assert not unknown, (
+            f"{backend_store.backend} declares capabilities the suite does not know: "
+            f"{unknown}; known: {sorted(base.CAPABILITIES)}"
+        )
+
     @pytest.mark.parametrize("session_id", ODD_IDS)
     def test_any_session_id_round_trips(self, backend_store: Store, session_id: str) -> None:
         storage = backend_store()
@@ -2086,7 +2105,10 @@ class BackendContract:
     def test_runs_lost_behind_savegames_back_fail_the_read(self, backend_store: Store) -> None:
         # Never a session read short: the header says how many runs there are.
         if backend_store.lose_runs is None:
-            pytest.skip(f"{backend_store.backend} keeps the runs with the rest of a session")
+            pytest.skip(
+                f"{backend_store.backend} keeps the runs with the rest of a session "
+                "(no Store.lose_runs)"
+            )
         writer = backend_store()
         said = [{"role": "user", "content": "hi"}]
         runs = [{"run_id": f"r{i}", "messages": said} for i in range(3)]
@@ -2109,7 +2131,10 @@ class BackendContract:
         # session as it was must not take them for its own and report a write that left
         # the session short.
         if backend_store.lose_run is None:
-            pytest.skip(f"{backend_store.backend} keeps the runs with the rest of a session")
+            pytest.skip(
+                f"{backend_store.backend} keeps the runs with the rest of a session "
+                "(no Store.lose_run)"
+            )
         runs = [{"run_id": "a"}, {"run_id": "b"}, {"run_id": "b"}]
         session = _with_runs(backend_store, "hurt", runs, user_id="u")
         backend_store().upsert(session)
@@ -2134,7 +2159,9 @@ class BackendContract:
     ) -> None:
         # Never None in the place of a run: savegame writes a run of None as JSON's null.
         if backend_store.null_run is None:
-            pytest.skip(f"{backend_store.backend} keeps no run that can be NULL")
+            pytest.skip(
+                f"{backend_store.backend} keeps no run that can be NULL (no Store.null_run)"
+            )
         runs = [{"run_id": "a"}, None, {"run_id": "c"}]
         session = _with_runs(backend_store, "nulled", runs, user_id="u")
         writer = backend_store()
@@ -2153,7 +2180,10 @@ class BackendContract:
         self, backend_store: Store
     ) -> None:
         if backend_store.change_run is None:
-            pytest.skip(f"{backend_store.backend} keeps no runs apart from the session")
+            pytest.skip(
+                f"{backend_store.backend} keeps no runs apart from the session "
+                "(no Store.change_run)"
+            )
         runs = [{"run_id": f"r{i}"} for i in range(3)]
         writer, reader = backend_store(), backend_store()
         writer.upsert(_with_runs(backend_store, "s", runs))
@@ -2171,7 +2201,10 @@ class BackendContract:
         # The run changed by hand keeps its old digest, which the save's run has too: the
         # save must not take the stored run for it.
         if backend_store.change_run is None:
-            pytest.skip(f"{backend_store.backend} keeps no runs apart from the session")
+            pytest.skip(
+                f"{backend_store.backend} keeps no runs apart from the session "
+                "(no Store.change_run)"
+            )
         runs = [{"run_id": f"r{i}"} for i in range(3)]
         session = _with_runs(backend_store, "s", runs)
         writer = backend_store()
@@ -2190,7 +2223,10 @@ class BackendContract:
         # session out (a folder leaves out a damaged file; a purge takes it for one that has
         # not expired), a save is refused or stores the session whole, and it can be deleted.
         if not backend_store.spoil_number:
-            pytest.skip(f"{backend_store.backend}'s numbers are of types that refuse text")
+            pytest.skip(
+                f"{backend_store.backend}'s numbers are of types that refuse text "
+                "(Store.spoil_number is empty)"
+            )
         _spoilt_reads_fail(backend_store, backend_store.spoil_number, ("many", ""))
 
     def test_a_text_field_made_a_number_by_hand_fails_the_read_naming_the_session(
@@ -2199,7 +2235,10 @@ class BackendContract:
         # A team_session_id of 5 was read as it was: the next save of the session refused
         # it, and a copy or export stopped there rather than going past a damaged session.
         if not backend_store.spoil_text:
-            pytest.skip(f"{backend_store.backend}'s text fields turn a number into text")
+            pytest.skip(
+                f"{backend_store.backend}'s text fields turn a number into text "
+                "(Store.spoil_text is empty)"
+            )
         _spoilt_reads_fail(backend_store, backend_store.spoil_text, (5, 2.5, ["a"]))
 
     def test_large_and_deep_values(self, backend_store: Store) -> None:
@@ -3008,7 +3047,9 @@ class BackendContract:
 
     def test_upgrade_schema_keeps_what_the_original_wrote(self, backend_store: Store) -> None:
         if backend_store.original is None:
-            pytest.skip(f"{backend_store.backend} has no original layout to upgrade")
+            pytest.skip(
+                f"{backend_store.backend} has no original layout to upgrade (no Store.original)"
+            )
         rows: list[dict[str, Any]] = [
             {
                 "session_id": f"old-{i}",
@@ -3055,7 +3096,9 @@ class BackendContract:
         # A reader meets each session as the original stored it or as upgraded (or, where
         # the original layout is not read, not yet there): never with its runs missing.
         if backend_store.original is None:
-            pytest.skip(f"{backend_store.backend} has no original layout to upgrade")
+            pytest.skip(
+                f"{backend_store.backend} has no original layout to upgrade (no Store.original)"
+            )
         memories = {
             f"old-{i}": {"runs": [{"run_id": f"r{k}"} for k in range(i % 4 + 1)]} for i in range(20)
         }
