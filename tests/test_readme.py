@@ -2,7 +2,8 @@
 
 The fenced ``python`` blocks run, and so do the indented ones (the constructors of the SQL and
 Redis backends, which connect on first use, not when made); what a ``print`` line says in its
-comment that it prints is what it prints.
+comment that it prints is what it prints. A block that is a test file (its first line
+``# test_NAME.py``) is run by pytest instead, in ``tests/test_shipped_suite.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ import pytest
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 TEXT = README.read_text(encoding="utf-8")
-BLOCKS = re.findall(r"```python\n(.*?)```", TEXT, re.S)
+BLOCKS = [
+    block
+    for block in re.findall(r"```python\n(.*?)```", TEXT, re.S)
+    if not re.match(r"# test_\w+\.py\n", block)
+]
 INDENTED = [
     "\n".join(line[4:] for line in block.splitlines())
     for block in re.findall(r"\n\n((?:    \S.*\n)(?:    .*\n|\n)*)", TEXT)

@@ -1,17 +1,86 @@
-"""The conformance suite as a backend written elsewhere runs it, with savegame as installed."""
+"""The conformance suite as a backend written elsewhere runs it: the README's test file, run
+by pytest in a folder of its own, with savegame as installed and none of this repository's
+tests, fixtures or pytest plugins."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
+import savegame
 from savegame.storage.in_memory import InMemoryStorage
 from savegame.testing import BackendContract, Store
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+TEST_FILES = re.findall(
+    r"```python\n(# (test_\w+\.py)\n.*?)```", README.read_text(encoding="utf-8"), re.S
+)
+
+MY_STORAGE = '''
+"""Someone else's backend: SQLite under another name, at a path."""
+
+import sys
+from pathlib import Path
+
+from savegame.storage.sqlite import SqliteStorage
+
+assert not any((Path(p) / "tests" / "stores.py").exists() for p in sys.path), sys.path
+
+
+class MyStorage(SqliteStorage):
+    def __init__(self, path, mode="agent", **options):
+        super().__init__("sessions", db_file=path, mode=mode, **options)
+'''
+
+SELECTION = (
+    "test_read_missing_is_none or test_reopened_store_keeps_sessions"
+    " or test_any_json_value_round_trips or test_declared_capabilities_are_known"
+    " or test_another_process_reads_what_this_one_wrote"
+)
+"""Tests of each kind: of every mode, of a declared capability, drawn by Hypothesis, and one
+that needs ``Store.url``, which the README's store has not."""
+
+
+def _summary(output: str) -> dict[str, int]:
+    """The counts of pytest's last line: ``{"passed": 10, "skipped": 1, "deselected": 2}``."""
+    last = output.strip().splitlines()[-1]
+    return {word: int(count) for count, word in re.findall(r"(\d+) (\w+)", last)}
+
+
+def test_the_readme_has_one_test_file() -> None:
+    assert [name for _, name in TEST_FILES] == ["test_my_storage.py"]
+
+
+def test_the_readmes_test_file_runs_the_suite_outside_this_repository(tmp_path: Path) -> None:
+    code, name = TEST_FILES[0]
+    (tmp_path / name).write_text(code, encoding="utf-8")
+    (tmp_path / "my_storage.py").write_text(MY_STORAGE, encoding="utf-8")
+    (tmp_path / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "PYTHON"))}
+    env["PYTHONPATH"] = str(Path(savegame.__file__).resolve().parents[1])
+    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # no xdist, no timeout: the extra has none
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", "-k", SELECTION],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-5000:]
+    # Every mode reads and reopens; one draw of values; one check of the capabilities.
+    counts = _summary(output)
+    counts.pop("deselected")
+    assert counts == {"passed": 10, "skipped": 1}, output[-3000:]
+    assert "declares 'processes' but its Store has no url" in output, output[-3000:]
 
 
 @pytest.mark.parametrize("package", ["pytest", "hypothesis"])

@@ -1,26 +1,35 @@
 """The conformance suite: one contract that every savegame backend must pass.
 
-It ships with the package so that a backend written anywhere can be held to it. A test
-module subclasses the two contract classes and provides two fixtures, both returning a
-:class:`Store`::
+It ships with the package so that a backend written anywhere can be held to it; it needs
+pytest and Hypothesis (``pip install "savegame[testing]"``), and importing the contract
+without them raises :class:`~savegame.errors.MissingDependencyError`. A test module
+subclasses the two contract classes and provides two fixtures, each yielding a
+:class:`Store` and closing its storages afterwards (the README's "Testing a backend of your
+own" has a whole file)::
 
+    from savegame.storage.session import MODES
     from savegame.testing import BackendContract, ModeContract, Store
 
-    @pytest.fixture(params=["agent", "team", "workflow", "workflow_v2"])
-    def store(request, tmp_path):            # one per backend x mode
-        yield Store("mine", request.param, lambda mode, **kw: MyStorage(tmp_path, mode=mode, **kw))
+    @pytest.fixture(params=list(MODES))
+    def store(request, tmp_path):            # once per mode
+        made = Store("mine", request.param, lambda mode, **kw: MyStorage(tmp_path, mode=mode, **kw))
+        yield made
+        made.close_all()
 
     @pytest.fixture
-    def backend_store(tmp_path):             # one per backend, mode "agent"
-        yield Store("mine", "agent", ...)
+    def backend_store(tmp_path):             # mode "agent"
+        ...
 
     class TestMine(ModeContract, BackendContract):
         pass
 
 Tests that need several processes run :mod:`savegame.testing.worker` and need ``Store.url``;
-without one they skip. The tests of writes whose reply is lost need ``Store.lossy``. A test
-of optional behaviour runs only where the storage class declares the capability in
-:attr:`savegame.storage.base.Storage.capabilities`.
+without one they skip. The tests of writes whose reply is lost need ``Store.lossy``, and
+those that damage a store behind savegame's back the other fields of :class:`Store`; each
+skips, naming the field, where it is not given. A test of optional behaviour runs only where
+the storage class declares the capability in
+:attr:`savegame.storage.base.Storage.capabilities` (the names of
+:data:`savegame.storage.base.CAPABILITIES`).
 
 The contract is imported on first use, so the worker processes start without pytest.
 """
