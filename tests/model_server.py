@@ -106,9 +106,10 @@ def _handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
                 {"path": self.path, "headers": dict(self.headers), "method": "POST", "body": body}
             )
             model = body.get("model")
-            if self.path == "/v1/moved/chat/completions":
+            route = self.path.partition("?")[0]
+            if route == "/v1/moved/chat/completions":
                 self._send(200, _completion("echo", {"role": "assistant", "content": "moved"}))
-            elif self.path != "/v1/chat/completions":
+            elif route != "/v1/chat/completions":
                 self._send(404, {"error": {"message": f"no route {self.path}"}})
             elif model in ("redirect", "redirect-307"):
                 self.send_response(301 if model == "redirect" else 307)

@@ -52,6 +52,14 @@ def test_openai_chat_sends_the_conversation_and_reads_the_answer(server: ModelSe
     assert sent["headers"]["Authorization"] == "Bearer sk-test"
 
 
+@pytest.mark.parametrize("tail", ["?api-version=2024-06-01", "/?api-version=2024-06-01"])
+def test_a_base_url_with_a_query_keeps_it_after_the_path(server: ModelServer, tail: str) -> None:
+    # Azure OpenAI's deployments are reached as .../openai/deployments/NAME?api-version=...
+    model = OpenAIChat(id="echo", api_key="", base_url=server.base_url + tail)
+    assert model.respond([message("user", "hi")]).content == "echo: hi [1 messages]"
+    assert server.requests[-1]["path"] == "/v1/chat/completions?api-version=2024-06-01"
+
+
 def test_openai_chat_reads_the_environment(
     server: ModelServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -204,9 +212,10 @@ def test_an_answer_nested_too_deep_to_decode_raises_a_model_error(server: ModelS
     assert storage.read("s") is None
 
 
-def test_a_malformed_base_url_raises_model_connection_error() -> None:
-    with pytest.raises(ModelConnectionError, match="ValueError"):
-        OpenAIChat(id="echo", base_url="http://[::1/v1").respond([message("user", "hi")])
+@pytest.mark.parametrize("url", ["http://[::1/v1", "http://localhost:port/v1"])
+def test_a_malformed_base_url_is_refused_when_the_model_is_made(url: str) -> None:
+    with pytest.raises(ModelNotConfiguredError, match="is not a URL"):
+        OpenAIChat(id="echo", base_url=url)
 
 
 @pytest.mark.parametrize(

@@ -70,7 +70,7 @@ class OpenAIChat:
     Raises:
         ModelNotConfiguredError: the API key holds a character no HTTP header can carry
             (the message does not show the key), the base URL is not an http:// or https://
-            one, or the timeout is not more than 0.
+            one or cannot be read as a URL, or the timeout is not more than 0.
     """
 
     provider = "openai"
@@ -101,6 +101,12 @@ class OpenAIChat:
                 f"the base URL {_without_password(self.base_url)!r} must start with http:// "
                 "or https:// (a local server: http://localhost:11434/v1, say)"
             )
+        try:
+            _ = urllib.parse.urlsplit(self.base_url).port  # reading the port checks it
+        except ValueError as exc:
+            raise ModelNotConfiguredError(
+                f"the base URL {_without_password(self.base_url)!r} is not a URL: {exc}"
+            ) from exc
         if not timeout > 0:
             raise ModelNotConfiguredError(f"timeout must be more than 0 seconds, not {timeout!r}")
         self.timeout = timeout
@@ -131,10 +137,10 @@ class OpenAIChat:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         deadline = _Deadline(self.timeout)
         opener = urllib.request.build_opener(_Handler(deadline), _NoRedirects())
-        shown = _without_password(self.base_url) + path
+        shown = _without_password(_joined(self.base_url, path))
         via = ""
         try:
-            url, basic = _split_credentials(self.base_url + path)
+            url, basic = _split_credentials(_joined(self.base_url, path))
             proxy = _proxy_for(url)
             via = f" through the proxy {_without_password(proxy)}" if proxy else ""
             if self.api_key:
@@ -163,6 +169,13 @@ class OpenAIChat:
 
     def __repr__(self) -> str:
         return f"OpenAIChat(id={self.id!r}, base_url={_without_password(self.base_url)!r})"
+
+
+def _joined(base_url: str, path: str) -> str:
+    """``path`` added to the path of ``base_url``, before its query (Azure's
+    ``?api-version=...``) and fragment, which would otherwise take it in."""
+    parts = urllib.parse.urlsplit(base_url)
+    return parts._replace(path=parts.path.rstrip("/") + path).geturl()
 
 
 def _read_at_most(response: http.client.HTTPResponse, limit: int, shown: str) -> bytes:
