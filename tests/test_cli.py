@@ -629,13 +629,12 @@ def on_terminal(*args: str, columns: int, stream: str = "stdout") -> str:
     return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode()).replace("\r\n", "\n")
 
 
-def test_sessions_list_shows_every_field_on_a_narrow_terminal(tmp_path: Path) -> None:
-    """The table's times, which it never wraps, take most of 40 columns: the sessions are
-    then shown one below the other rather than in columns squeezed to nothing."""
-    store = JsonStorage(tmp_path / "s")
-    store.restore(
+def _trip(tmp_path: Path, session_id: str) -> str:
+    """The URL of a new folder holding one session, ``session_id`` of user alice, agent
+    helper, named Lisbon, made at BASE and updated a minute later."""
+    JsonStorage(tmp_path / "s").restore(
         AgentSession(
-            session_id="trip-42",
+            session_id=session_id,
             user_id="alice",
             agent_id="helper",
             created_at=BASE,
@@ -643,7 +642,13 @@ def test_sessions_list_shows_every_field_on_a_narrow_terminal(tmp_path: Path) ->
             session_data={"session_name": "Lisbon"},
         )
     )
-    url = f"json:///{tmp_path / 's'}"
+    return f"json:///{tmp_path / 's'}"
+
+
+def test_sessions_list_shows_every_field_on_a_narrow_terminal(tmp_path: Path) -> None:
+    """The table's times, which it never wraps, take most of 40 columns: the sessions are
+    then shown one below the other rather than in columns squeezed to nothing."""
+    url = _trip(tmp_path, "trip-42")
     for columns in (40, 100):
         screen = on_terminal("sessions", "list", "-s", url, columns=columns)
         assert all(len(line) <= columns for line in screen.splitlines()), screen
@@ -667,18 +672,7 @@ def test_a_terminal_of_almost_no_columns_still_shows_every_field(
     printed blank lines where the ids were, and at COLUMNS=0 (which Python reads as not
     set) list printed nothing at all, exiting 0."""
     session_id = "trip-" + "0123456789" * 3
-    store = JsonStorage(tmp_path / "s")
-    store.restore(
-        AgentSession(
-            session_id=session_id,
-            user_id="alice",
-            agent_id="helper",
-            created_at=BASE,
-            updated_at=BASE + 60,
-            session_data={"session_name": "Lisbon"},
-        )
-    )
-    url = f"json:///{tmp_path / 's'}"
+    url = _trip(tmp_path, session_id)
     for command in (["sessions", "list"], ["sessions", "show", session_id]):
         screen = on_terminal(*command, "-s", url, columns=columns)
         # The values, as one text: each line's after its label (and the panel's borders).

@@ -1879,33 +1879,54 @@ def test_a_cluster_serving_all_but_a_slot_serves_the_stores_of_the_others(
         storage.close()
 
 
+@contextlib.contextmanager
+def _store_moving(url: str, finish_after: float | None = None) -> Iterator[tuple[Any, Any, Any]]:
+    """A new store holding session ``s`` (one run), whose slot is moving to another master
+    with its key ``{P}:all`` moved already, and the others not. Yields the store's
+    storage, the session as stored, and ``done()``, which waits for the move to finish: it
+    finishes ``finish_after`` seconds in (by a timer), or at ``done()``. The store is
+    dropped at the end."""
+    storage = RedisStorage(unique("sgt"), url=url)
+    raw = redis_client(url)
+    try:
+        session = storage.upsert(_session("s", _runs(1), user_id="u"))
+        migration = _Migration(raw, key_slot(f"{{{storage.prefix}}}:all".encode()))
+        migration.begin()
+        timer = None if finish_after is None else threading.Timer(finish_after, migration.finish)
+        finished = False
+
+        def done() -> None:
+            nonlocal finished
+            if not finished:
+                finished = True
+                migration.finish() if timer is None else timer.join()
+
+        try:
+            if timer is not None:
+                timer.start()
+            migration.move(f"{{{storage.prefix}}}:all")
+            yield storage, session, done
+        finally:
+            done()
+    finally:
+        storage.drop()
+        storage.close()
+        raw.close()
+
+
 @pytest.mark.timeout(60)
 def test_a_write_while_the_slot_migrates_briefly_is_made(cluster_of_our_own: str) -> None:
     # A script whose keys are on both nodes for now is answered TRYAGAIN, which redis-py
     # asks again for about 0.4 s: the write failed, though tried again it would have been
     # made a moment later, when the slot had moved.
-    url, prefix = cluster_of_our_own, unique("sgt")
-    storage = RedisStorage(prefix, url=url)
-    raw = redis_client(url)
-    try:
-        session = storage.upsert(_session("s", _runs(1), user_id="u"))
-        migration = _Migration(raw, key_slot(f"{{{prefix}}}:all".encode()))
-        migration.begin()
-        done = threading.Timer(0.7, migration.finish)
-        done.start()
-        try:
-            migration.move(f"{{{prefix}}}:all")
-            session.memory["runs"].append({"run_id": "1"})  # type: ignore[index]
-            assert storage.upsert(session).version == 2
-        finally:
-            done.join()
-        got = RedisStorage(prefix, url=url).read("s")
+    url = cluster_of_our_own
+    with _store_moving(url, finish_after=0.7) as (storage, session, done):
+        session.memory["runs"].append({"run_id": "1"})
+        assert storage.upsert(session).version == 2
+        done()
+        got = RedisStorage(storage.prefix, url=url).read("s")
         assert got is not None
-        assert got.memory["runs"] == [*_runs(1), {"run_id": "1"}]  # type: ignore[index]
-    finally:
-        storage.drop()
-        storage.close()
-        raw.close()
+        assert got.memory["runs"] == [*_runs(1), {"run_id": "1"}]
 
 
 @pytest.mark.timeout(60)
@@ -1947,28 +1968,16 @@ def test_a_storage_made_while_a_master_is_away_serves_the_stores_of_the_others(
 @pytest.mark.timeout(60)
 def test_a_call_while_the_slot_migrates_for_long_says_so(cluster_of_our_own: str) -> None:
     # It said "unavailable: TTL exhausted.", redis-py's words for giving up on TRYAGAIN.
-    url, prefix = cluster_of_our_own, unique("sgt")
-    storage = RedisStorage(prefix, url=url)
-    raw = redis_client(url)
-    try:
-        session = storage.upsert(_session("s", _runs(1), user_id="u"))
-        migration = _Migration(raw, key_slot(f"{{{prefix}}}:all".encode()))
-        migration.begin()
-        try:
-            migration.move(f"{{{prefix}}}:all")
-            session.memory["runs"].append({"run_id": "1"})  # type: ignore[index]
-            for call in (lambda: storage.upsert(session), lambda: storage.read("other")):
-                with pytest.raises(BackendUnavailableError, match="is moving the slot"):
-                    call()
-        finally:
-            migration.finish()
-        got = RedisStorage(prefix, url=url).read("s")
+    url = cluster_of_our_own
+    with _store_moving(url) as (storage, session, done):
+        session.memory["runs"].append({"run_id": "1"})
+        for call in (lambda: storage.upsert(session), lambda: storage.read("other")):
+            with pytest.raises(BackendUnavailableError, match="is moving the slot"):
+                call()
+        done()
+        got = RedisStorage(storage.prefix, url=url).read("s")
         assert got is not None
-        assert got.memory["runs"] == _runs(1)  # type: ignore[index]
-    finally:
-        storage.drop()
-        storage.close()
-        raw.close()
+        assert got.memory["runs"] == _runs(1)
 
 
 def test_upgrade_schema_run_again_never_overwrites_a_session_saved_since(
