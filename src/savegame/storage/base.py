@@ -664,6 +664,12 @@ class Storage(ABC):
         if session_id is None:
             return False
         session_id = check_id(session_id)
+        removed = self._delete_version(session_id, expected_version)
+        self._erased()
+        return removed
+
+    def _delete_version(self, session_id: str, expected_version: int | None) -> bool:
+        """:meth:`delete_session` of a checked id, before :meth:`_erased`."""
         if expected_version is None:
             return self._delete(session_id)
         # A session removed and made again up to that version between the removal that
@@ -693,11 +699,21 @@ class Storage(ABC):
         for session_id in self._list(user_id, None, None, None):
             if self._delete(session_id, user_id):
                 done.append(session_id)
+        self._erased()
         return len(done) - before
 
     def purge_expired(self) -> int:
         """Removes the sessions whose time has run out; returns how many."""
-        return self._purge_expired(_now())
+        removed = self._purge_expired(_now())
+        self._erased()
+        return removed
+
+    def _erased(self) -> None:
+        """Called when a call that removes sessions (``delete_session``, ``delete_user``,
+        ``purge_expired``, ``drop``) has removed them: a backend whose store keeps copies of
+        removed data where savegame can clear them (SQLite's write-ahead log) clears them
+        here. One that cannot clear them yet (another connection needs them) leaves them to
+        the next erasure, or to :meth:`close`; that is no error."""
 
     def unreadable(self) -> list[str]:
         """Why each stored entry that listings leave out is left out, one line each. Only

@@ -318,6 +318,16 @@ class SqlDialect(ABC):
     def configure(self, conn: Any) -> None:
         """Sets up a new DBAPI connection before its first use by savegame."""
 
+    keeps_erased: bool = False
+    """Whether the database keeps copies of removed rows that :meth:`clear_erased` clears."""
+
+    def clear_erased(self, conn: Any) -> bool:
+        """Clears, on a DBAPI connection outside a transaction, the copies of removed rows
+        that the database keeps where savegame can reach them; whether that was done
+        (False: another connection kept it from completing, and a later call tries again).
+        """
+        return True
+
     def other_level(self, conn: Any) -> bool:
         """Whether the DBAPI connection runs a write otherwise than in a transaction of
         :attr:`write_isolation`, as far as the driver tells without asking the server: it
@@ -1269,6 +1279,7 @@ class SqlStorage(Storage):
         self._owns_engine = owns_engine
         self._streams = bool(options.get("stream_results") or options.get("yield_per"))
         self._closed = False
+        self._uncleared = False
         # A StaticPool lends its one connection to every thread at once, an AssertionPool
         # refuses a second borrower: the application's engine of such a pool is taken in
         # turn, as an in-memory SQLite database is.
@@ -1828,11 +1839,13 @@ class SqlStorage(Storage):
                     conn.execute(
                         delete(migrations).where(migrations.c.table_name == self.table_name)
                     )
+                self._removed()
 
         self._call(drop)
         self._known.clear()
         with self._layout_lock:
             self._layout = _MISSING
+        self._erased()
 
     def upgrade_schema(self) -> None:
         """Applies the migrations the table is missing, in one transaction where DDL allows.
@@ -1889,7 +1902,17 @@ class SqlStorage(Storage):
         The storage is closed for good: any later call raises :class:`StorageError`. A
         closed in-memory database is gone, and a connection made afterwards would be to a
         new, empty one; one to a server would sit in a pool that nothing closes any more.
+
+        An erasure whose copies could not be cleared yet (see :meth:`_erased`) is cleared
+        first, and what that raises is raised once the storage is closed.
         """
+        try:
+            if not self._closed:
+                self._erased()
+        finally:
+            self._close()
+
+    def _close(self) -> None:
         self._closed = True
         self._known.clear()
         if self._owns_engine:
@@ -2522,15 +2545,37 @@ class SqlStorage(Storage):
                 # left without a header: where there was no header to delete, a write may
                 # have made the session since, and the runs' statement sees its runs.
                 result = conn.execute(delete(header).where(where))
+                removed = result.rowcount
                 if "run_count" in layout.columns:
                     runs_table = self.runs_table
                     alone = ~exists().where(header.c.session_id == session_id)
-                    conn.execute(
+                    removed += conn.execute(
                         delete(runs_table).where(runs_table.c.session_id == session_id, alone)
-                    )
+                    ).rowcount
+                if removed:
+                    self._removed()
                 return bool(result.rowcount)
 
         return self._call(lambda: self._again_on_deadlock(remove))
+
+    def _removed(self) -> None:
+        """Notes that rows were removed (or are about to be), for :meth:`_erased`."""
+        if self.dialect.keeps_erased:
+            self._uncleared = True
+
+    def _erased(self) -> None:
+        if not self._uncleared:
+            return
+        # Unset first: an erasure of another thread that commits meanwhile sets it again,
+        # and clears after this one.
+        self._uncleared = False
+        cleared = False
+        try:
+            with self._guard():
+                cleared = self._on_connection(self.dialect.clear_erased)
+        finally:
+            if not cleared:
+                self._uncleared = True
 
     @_again_if_dropped
     def _purge_expired(self, now: int) -> int:
@@ -2543,7 +2588,10 @@ class SqlStorage(Storage):
             expired = header.c.expires_at <= now
             with self._transaction(True) as conn:
                 if "run_count" not in layout.columns:
-                    return int(conn.execute(delete(header).where(expired)).rowcount)
+                    gone = int(conn.execute(delete(header).where(expired)).rowcount)
+                    if gone:
+                        self._removed()
+                    return gone
                 # The expired headers first, locked, as a write locks a header before its
                 # runs: a session written again meanwhile (a new expiry) is no longer
                 # expired once its lock is had, and keeps its runs; one written after
@@ -2551,6 +2599,8 @@ class SqlStorage(Storage):
                 # runs of a session re-saved between the two deletes and left its header.
                 locked = select(header.c.session_id).where(expired).with_for_update()
                 ids = list(conn.execute(locked).scalars())
+                if ids:
+                    self._removed()
                 runs_table = self.runs_table
                 gone = 0
                 for start in range(0, len(ids), _BATCH):

@@ -16,6 +16,13 @@ Settings, and why:
   instead of waiting. Python's ``sqlite3`` begins transactions itself, late and deferred,
   so savegame switches that off on its connections while it holds them and issues
   ``BEGIN`` itself.
+* ``secure_delete=ON``, and the log truncated after an erasure: what ``delete_session``,
+  ``delete_user``, ``purge_expired`` and ``drop`` remove leaves no readable copy in the file
+  (zeros in its place, in the pages that held it and in the pages it freed) nor in the
+  write-ahead log, which is copied into the file and truncated to nothing once the erasure
+  commits. A connection reading an older snapshot keeps the log from being truncated: the
+  erasure returns all the same, and the next one, or :meth:`~SqliteStorage.close`, tries
+  again.
 * ``busy_timeout`` (30 seconds by default): how long a writer waits for the lock; past it
   the write raises :class:`~savegame.errors.BackendUnavailableError`, never returns None.
 """
@@ -48,7 +55,7 @@ from savegame.storage.sql import (
     shared_engine,
 )
 from savegame.storage.url import StorageURL
-from savegame.storage.wal import use_wal
+from savegame.storage.wal import CLEAR_WAIT, clear_log, erase_deleted, use_wal
 
 _NOTHING: AbstractContextManager[None] = nullcontext()
 
@@ -97,6 +104,7 @@ class SqliteDialect(SqlDialect):
         self.wal = wal
         self.settings = (synchronous, busy_timeout, wal)
         self.inherited = "close" if wal else "keep"
+        self.keeps_erased = wal
 
     def upsert(self, table: Table, keys: Sequence[str]) -> Executable:
         return on_conflict_update(insert(table), keys)
@@ -110,6 +118,10 @@ class SqliteDialect(SqlDialect):
         if self.wal:
             use_wal(conn, self.busy_timeout)
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        erase_deleted(conn)
+
+    def clear_erased(self, conn: Any) -> bool:
+        return clear_log(conn, min(self.busy_timeout, CLEAR_WAIT))
 
     def begin(self, conn: Any, write: bool) -> None:
         # Explicit, so that the write lock is taken before the header is read; Python's
