@@ -1562,3 +1562,48 @@ def test_a_returned_write_was_synced_renamed_and_its_folder_synced(
     rename, temp = renamed_to(calls, folder / f"abc{cls.format.extension}")
     assert any(i < rename for i in synced(calls, temp)), calls
     assert any(i > rename for i in synced(calls, folder)), calls
+
+
+_MARK = "forget-me-5e1c"
+
+
+def _marked_files(folder: Path) -> list[str]:
+    return sorted(
+        str(path.relative_to(folder))
+        for path in folder.rglob("*")
+        if path.is_file() and _MARK.encode() in path.read_bytes()
+    )
+
+
+@pytest.mark.parametrize("cls", FORMATS)
+@pytest.mark.parametrize("erase", ["delete_user", "delete_session", "purge_expired", "drop"])
+def test_an_erasure_leaves_no_copy_in_the_index_or_its_log(
+    tmp_path: Path, cls: type[FileStorage], erase: str
+) -> None:
+    folder = tmp_path / "store"
+    storage = cls(folder, expire=1)
+    storage.upsert(AgentSession(session_id="kept", user_id="someone"))
+    for turn in range(3):
+        for i in range(3):
+            storage.upsert(
+                AgentSession(
+                    session_id=f"{_MARK}-{i}",
+                    user_id=_MARK,
+                    agent_id=f"agent-{_MARK}",
+                    memory={"runs": [{"content": _MARK * 50}] * (turn + 1)},
+                    session_data={"note": _MARK},
+                )
+            )
+    assert _marked_files(folder) != []
+    if erase == "delete_user":
+        assert storage.delete_user(_MARK) == 3
+    elif erase == "delete_session":
+        assert all(storage.delete_session(f"{_MARK}-{i}") for i in range(3))
+    elif erase == "purge_expired":
+        time.sleep(2.1)
+        assert storage.purge_expired() == 4
+    else:
+        storage.drop()
+    assert _marked_files(folder) == []
+    storage.close()
+    assert _marked_files(folder) == []

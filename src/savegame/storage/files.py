@@ -99,7 +99,7 @@ from savegame.storage.base import (
     sync_folder,
 )
 from savegame.storage.session import MODES, Mode, modes_of
-from savegame.storage.wal import use_wal
+from savegame.storage.wal import clear_log, erase_deleted, use_wal
 
 _PLAIN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 _DEVICES = frozenset(
@@ -251,6 +251,7 @@ class FileStorage(Storage):
         self._owner: int | None = None
         self._thread_lock = threading.RLock()
         self._local = threading.local()
+        self._uncleared = False
 
     def _forked(self) -> None:
         self._thread_lock = threading.RLock()
@@ -390,6 +391,7 @@ class FileStorage(Storage):
                     # The index is rebuilt from the files whenever it disagrees with them,
                     # so it need not survive a power loss on its own.
                     conn.execute("PRAGMA synchronous=NORMAL")
+                    erase_deleted(conn)
                     conn.executescript(_INDEX_SCHEMA)
                     _forget_earlier_rows(conn)
                 self._local.pid = os.getpid()
@@ -456,10 +458,33 @@ class FileStorage(Storage):
             ) from exc
 
     def close(self) -> None:
+        """Closes this thread's connection to the index, clearing first what an erasure
+        left in the index's log (see :meth:`_erased`); what that raises is raised once the
+        connection is closed."""
         conn = getattr(self._local, "conn", None)
         if conn is not None:
-            conn.close()
-            self._local.conn = None
+            try:
+                if self._uncleared:
+                    self._erased()
+            finally:
+                conn.close()
+                self._local.conn = None
+
+    def _erased(self) -> None:
+        # The files removed are the file system's; the index's rows of them are zeroed in
+        # its file (secure_delete), and its log is cleared here.
+        if not self._uncleared:
+            return
+        self._uncleared = False
+        cleared = False
+        try:
+            conn = self._open_index()
+            if conn is not None:
+                with self._index_errors():
+                    cleared = clear_log(conn)
+        finally:
+            if not cleared:
+                self._uncleared = True
 
     # -- files ----------------------------------------------------------------------------
 
@@ -1135,6 +1160,7 @@ class FileStorage(Storage):
                 if kept_from_delete(record, owner, version):
                     return False
             conn = self._open_index()
+            self._uncleared = True
             mark = [("INSERT OR REPLACE INTO pending VALUES (?)", (session_id,))]
             # An index that cannot be written (a full disk) does not keep the file: removing
             # it frees space, and the folder's time tells every process of it.
@@ -1246,8 +1272,10 @@ class FileStorage(Storage):
                 self._mode_path.unlink(missing_ok=True)
             sync_folder(self.dir_path)
             emptied = [("DELETE FROM sessions", ()), ("DELETE FROM pending", ())]
+            self._uncleared = True
             if not self._index_write(conn, emptied, whole=whole) and removed:
                 self._show_change(before)
+        self._erased()
 
     def _dropped(self, path: Path) -> bool | None:
         """Whether :meth:`drop` removes ``path``, a file the index does not hold as one of
