@@ -696,3 +696,21 @@ def test_an_erasure_zeroes_what_it_frees_whatever_sqlites_default(tmp_path: Path
         assert raw.execute("PRAGMA secure_delete").fetchone() == (1,)
     storage.close()
     engine.dispose()
+
+
+def test_closing_after_an_erasure_whose_file_was_removed_neither_raises_nor_makes_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "app.db"
+    storage = SqliteStorage("sessions", db_file=path)
+    _save_marked(storage)
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM sessions").fetchone()
+    assert storage.delete_user(_MARK) == 3
+    reader.close()
+    for name in ("app.db", "app.db-wal", "app.db-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    time.sleep(0.2)  # past the time a read goes on without looking for the file
+    storage.close()
+    assert list(tmp_path.iterdir()) == []

@@ -2573,6 +2573,8 @@ class SqlStorage(Storage):
         try:
             with self._guard():
                 cleared = self._on_connection(self.dialect.clear_erased)
+        except _TableGone:
+            cleared = True  # the database erased from is no longer at this address
         finally:
             if not cleared:
                 self._uncleared = True

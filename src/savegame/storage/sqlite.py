@@ -312,6 +312,13 @@ class SqliteStorage(SqlStorage):
         # os.path: a name the file system refuses (too long) names no file, not an OSError.
         return self._file is not None and not os.path.exists(self._file)
 
+    def _erased(self) -> None:
+        if self._uncleared and self._absent():
+            # Removed since: connecting to clear its log would make an empty file there.
+            self._uncleared = False
+            return
+        super()._erased()
+
     def store_names(self) -> tuple[object, ...]:
         # A file by its real path, however it was named; a database in memory by its engine,
         # which alone reaches it.
