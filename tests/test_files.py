@@ -1607,3 +1607,41 @@ def test_an_erasure_leaves_no_copy_in_the_index_or_its_log(
     assert _marked_files(folder) == []
     storage.close()
     assert _marked_files(folder) == []
+
+
+@pytest.mark.parametrize("cls", FORMATS)
+def test_an_erasure_a_reader_kept_from_clearing_the_index_log_is_cleared_at_close(
+    tmp_path: Path, cls: type[FileStorage]
+) -> None:
+    folder = tmp_path / "store"
+    storage = cls(folder)
+    storage.upsert(AgentSession(session_id=f"{_MARK}-0", user_id=_MARK))
+    storage.upsert(AgentSession(session_id="kept", user_id="someone"))
+    index = next((folder / ".savegame").glob("index-*.sqlite3"))
+    reader = sqlite3.connect(index, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM sessions").fetchone()
+    assert storage.delete_user(_MARK) == 1
+    assert _marked_files(folder) != []
+    reader.execute("COMMIT")
+    storage.close()
+    assert _marked_files(folder) == []
+    reader.close()
+
+
+@pytest.mark.parametrize("cls", FORMATS)
+def test_closing_after_an_erasure_in_a_folder_removed_since_does_not_make_it_again(
+    tmp_path: Path, cls: type[FileStorage]
+) -> None:
+    folder = tmp_path / "store"
+    storage = cls(folder)
+    storage.upsert(AgentSession(session_id=f"{_MARK}-0", user_id=_MARK))
+    index = next((folder / ".savegame").glob("index-*.sqlite3"))
+    reader = sqlite3.connect(index, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM sessions").fetchone()
+    assert storage.delete_user(_MARK) == 1
+    reader.close()
+    shutil.rmtree(folder)
+    storage.close()
+    assert not folder.exists()

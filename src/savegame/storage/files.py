@@ -464,8 +464,11 @@ class FileStorage(Storage):
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             try:
-                if self._uncleared:
-                    self._erased()
+                # On this connection as it is: opening the index anew would make the folder
+                # again, were it removed since.
+                if self._uncleared and self._local.pid == os.getpid():
+                    with self._index_errors():
+                        self._uncleared = not clear_log(conn)
             finally:
                 conn.close()
                 self._local.conn = None
