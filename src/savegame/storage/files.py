@@ -459,16 +459,14 @@ class FileStorage(Storage):
 
     def close(self) -> None:
         """Closes this thread's connection to the index, clearing first what an erasure
-        left in the index's log (see :meth:`_erased`); what that raises is raised once the
-        connection is closed."""
+        left in the index's log (see :meth:`_erased`)."""
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             try:
                 # On this connection as it is: opening the index anew would make the folder
                 # again, were it removed since.
                 if self._uncleared and self._local.pid == os.getpid():
-                    with self._index_errors():
-                        self._uncleared = not clear_log(conn)
+                    self._clear_log(conn)
             finally:
                 conn.close()
                 self._local.conn = None
@@ -476,18 +474,23 @@ class FileStorage(Storage):
     def _erased(self) -> None:
         # The files removed are the file system's; the index's rows of them are zeroed in
         # its file (secure_delete), and its log is cleared here.
-        if not self._uncleared:
-            return
+        if self._uncleared:
+            self._clear_log(self._open_index())
+
+    def _clear_log(self, conn: sqlite3.Connection | None) -> None:
+        """Clears the index's log on ``conn`` (None: the index could not be opened), or
+        leaves it to the next erasure, or :meth:`close`, when another connection keeps it
+        from completing, or the index cannot be written (a full disk): as an erasure's
+        write of the index, which the files' removal does not wait for (see the module's
+        docstring)."""
+        # Unset first: an erasure of another thread that begins meanwhile sets it again,
+        # and clears after this one.
         self._uncleared = False
         cleared = False
-        try:
-            conn = self._open_index()
-            if conn is not None:
-                with self._index_errors():
-                    cleared = clear_log(conn)
-        finally:
-            if not cleared:
-                self._uncleared = True
+        with contextlib.suppress(sqlite3.Error):
+            cleared = conn is not None and clear_log(conn)
+        if not cleared:
+            self._uncleared = True
 
     # -- files ----------------------------------------------------------------------------
 
