@@ -2575,6 +2575,15 @@ class SqlStorage(Storage):
                 cleared = self._on_connection(self.dialect.clear_erased)
         except _TableGone:
             cleared = True  # the database erased from is no longer at this address
+        except StorageError as exc:
+            # The removal itself committed: said, lest the caller take it for not made.
+            kind = (
+                type(exc) if type(exc) in (StorageError, BackendUnavailableError) else StorageError
+            )
+            raise kind(
+                f"the sessions were removed, but clearing the copies the database keeps of "
+                f"them failed (tried again at the next removal, or close()): {exc}"
+            ) from exc
         finally:
             if not cleared:
                 self._uncleared = True
