@@ -861,3 +861,37 @@ def test_a_step_workflow_made_without_a_name_takes_none_from_one_session_to_the_
 def test_step_names_must_be_distinct() -> None:
     with pytest.raises(ValueError, match="distinct names"):
         StepWorkflow([Step("a", lambda ctx: 1), Step("a", lambda ctx: 2)])
+
+
+@pytest.mark.parametrize(
+    ("run", "told"),
+    [
+        ({"status": "failed", "input": 1}, r"runs\[0\] has no run_id"),
+        ({"run_id": "r", "status": "failed", "steps": "one"}, r"runs\[0\]\.steps should be a list"),
+        ({"run_id": "r", "status": "failed", "steps": [1]}, r"runs\[0\]\.steps\[0\] should be a"),
+        ({"run_id": "r", "steps": [{"status": "completed"}]}, r"runs\[0\]\.steps\[0\] should be"),
+    ],
+)
+def test_a_stored_run_of_another_shape_is_not_resumed(
+    steps_store: Store, run: dict[str, Any], told: str
+) -> None:
+    steps_store().upsert(WorkflowSessionV2(session_id="s", runs=[run]))
+    flow = StepWorkflow([Step("one", lambda context: 1)], steps_store(), session_id="s")
+    assert flow.pending_runs() == [run]
+    with pytest.raises(CorruptSessionError, match=rf"'s' cannot be resumed: its {told}"):
+        flow.resume()
+    assert steps_store().read("s").runs == [run]  # type: ignore[union-attr]
+
+
+def test_a_stored_run_without_input_is_resumed_with_none(steps_store: Store) -> None:
+    steps_store().upsert(WorkflowSessionV2(session_id="s", runs=[{"run_id": "r"}]))
+    flow = StepWorkflow([Step("one", lambda context: context.input)], steps_store(), session_id="s")
+    assert (flow.resume().content, [r["status"] for r in flow.runs]) == (None, ["completed"])
+
+
+def test_pending_runs_of_a_session_changed_to_another_shape_is_corrupt(steps_store: Store) -> None:
+    flow = StepWorkflow([Step("one", lambda context: 1)], steps_store(), session_id="s")
+    flow.run()
+    steps_store().upsert(WorkflowSessionV2(session_id="s", runs=["a run"]))
+    with pytest.raises(CorruptSessionError, match=r"'s'.* runs\[0\] should be a"):
+        flow.pending_runs()

@@ -29,7 +29,7 @@ from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from savegame.errors import SerializationError
+from savegame.errors import CorruptSessionError, SerializationError
 from savegame.runtime import Run, SessionKeeper, new_id
 from savegame.storage.base import Storage
 from savegame.storage.codec import encode
@@ -545,6 +545,9 @@ class StepWorkflow(SessionKeeper):
         Raises:
             LookupError: when there is no such run, or no run left unfinished (the message
                 says whether the session has any run stored).
+            CorruptSessionError: when the run to continue is not of the shape savegame
+                stores (no ``run_id``, ``steps`` that are not a list of named steps), naming
+                the field; nothing is run or saved.
             BaseException: whatever a step raised, as for :meth:`run`.
         """
         if self.storage is not None:
@@ -563,7 +566,30 @@ class StepWorkflow(SessionKeeper):
                 # mistyped id: "completed" would say that a run finished.
                 told = f"session {self.session_id!r} has no runs stored: nothing to resume"
             raise LookupError(told)
+        self._check_resumable(unfinished[-1])
         return self._execute(copy.deepcopy(unfinished[-1]))
+
+    def _check_resumable(self, run: Run) -> None:
+        """Raises CorruptSessionError when the stored ``run`` cannot be continued: it has no
+        ``run_id`` (its saves could not find it again), or its ``steps`` are not a list of
+        objects each with a string ``name``. A run without ``input`` continues with None."""
+        where = f"runs[{next(i for i, r in enumerate(self.runs) if r is run)}]"
+        steps = run.get("steps")
+        problem: tuple[str, Any] | None = None
+        if run.get("run_id") is None:
+            problem = f"{where} has no run_id", run
+        elif steps is not None and not isinstance(steps, list):
+            problem = f"{where}.steps should be a list, not {type(steps).__name__}", steps
+        else:
+            for number, step in enumerate(steps or []):
+                if not isinstance(step, dict) or not isinstance(step.get("name"), str):
+                    problem = f"{where}.steps[{number}] should be a step with a name", step
+                    break
+        if problem is not None:
+            told, value = problem
+            raise CorruptSessionError(
+                f"stored session {self.session_id!r} cannot be resumed: its {told}: {_shown(value)}"
+            )
 
     def pending_runs(self) -> list[Run]:
         """The stored runs that did not complete, oldest first, as the store has them now:
@@ -573,7 +599,7 @@ class StepWorkflow(SessionKeeper):
         if self.storage is not None:
             stored = self.storage.read(self.session_id)
             if stored is not None:
-                runs = get_path(stored.to_dict(), self.spec.runs_path) or []
+                runs = get_path(self._fields(stored), self.spec.runs_path) or []
         return [r for r in runs if r.get("status") != "completed"]
 
     def _execute(self, record: Run) -> WorkflowRunResponse:
@@ -595,7 +621,7 @@ class StepWorkflow(SessionKeeper):
                 continue
             started = time.perf_counter()
             context = StepContext(
-                record["input"],
+                record.get("input"),
                 dict(outputs),
                 self.session_state,
                 record["run_id"],
@@ -695,6 +721,11 @@ class StepWorkflow(SessionKeeper):
 
     def _restored(self, data: dict[str, Any]) -> None:
         self.name = self.name or data.get("workflow_name")
+
+
+def _shown(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
 def _completed_steps(run: Run | None) -> dict[str, dict[str, Any]]:
