@@ -743,6 +743,25 @@ def test_a_workflow_whose_process_was_killed_keeps_the_steps_it_saved(
     assert [r["status"] for r in _runs(flows, "p")] == ["completed"]
 
 
+def test_a_workflow_killed_once_a_steps_save_returned_does_not_compute_it_again(
+    flows: Store, tmp_path: Path
+) -> None:
+    # The second save is the one that stores the step clean.
+    flows.require("processes")
+    markers = tmp_path / "markers"
+    run_worker("workflow", flows.url, "p", markers, "none", kill_at="workflow:saved:2")
+    stored = flows().read("p")
+    assert stored is not None
+    assert stored.session_data["session_state"] == {  # type: ignore[index]
+        "fetch": "fetch(data)",
+        "clean": "clean(fetch(data))",
+    }
+    out = run_worker("workflow", flows.url, "p", markers, "none")
+    assert out == ["report(clean(fetch(data)))"]
+    assert _computed(markers) == {"clean": 1, "fetch": 1, "report": 1}
+    assert [r["status"] for r in _runs(flows, "p")] == ["completed"]
+
+
 def test_a_step_run_resumes_in_another_storage_given_to_the_workflow(
     steps_store: Store, tmp_path: Path
 ) -> None:

@@ -223,7 +223,7 @@ def main(argv: list[str]) -> int:
     elif command == "workflow":
         url, session_id, markers, fail = args
         pipeline = Pipeline(
-            Path(markers), fail, session_id=session_id, storage=open_storage(url, mode="workflow")
+            Path(markers), fail, session_id=session_id, storage=_open(url, "workflow")
         )
         print(pipeline.run("data"), flush=True)
     elif command == "steps":
