@@ -312,7 +312,8 @@ def test_a_failed_run_keeps_the_steps_it_completed(flows: Store, tmp_path: Path)
     stored = flows().read("p")
     assert stored is not None
     assert stored.memory["runs"][0]["status"] == "failed"  # type: ignore[attr-defined]
-    assert "StepFailed" in stored.memory["runs"][0]["error"]  # type: ignore[attr-defined]
+    error = stored.memory["runs"][0]["error"]  # type: ignore[attr-defined]
+    assert error == "StepFailed: step clean failed as told (in step 'clean')"
     result = Pipeline(markers, "none", session_id="p", storage=flows()).run("data")
     assert result == "report(clean(fetch(data)))"
     assert _computed(markers) == {"clean": 2, "fetch": 1, "report": 1}

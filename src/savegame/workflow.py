@@ -114,6 +114,9 @@ class Workflow(SessionKeeper):
         self._new_steps: set[str] = set()
         """Keys of step results being saved: a result stored meanwhile by another process
         is kept rather than overwritten (the first result saved wins)."""
+        self._failed_step: tuple[BaseException, str] | None = None
+        """The error a step of the run under way raised, with the step's key, for the run's
+        record."""
         super().__init__(
             storage, session_id, user_id, workflow_id, session_name, session_state, extra_data
         )
@@ -164,7 +167,13 @@ class Workflow(SessionKeeper):
         saved = self._saved_step(key)
         if saved is not _MISSING:
             return saved  # type: ignore[no-any-return]
-        value = compute()
+        try:
+            value = compute()
+        except BaseException as exc:
+            failed = self._failed_step
+            if self._in_run and (failed is None or failed[0] is not exc):
+                self._failed_step = (exc, key)  # the innermost step that raised it
+            raise
         self.session_state[key] = value
         self._new_steps.add(key)
         try:
@@ -377,13 +386,16 @@ def _recorded_generator(
 def _finish(
     flow: Workflow, record: Run, started: float, exc: BaseException | None, result: Any = None
 ) -> None:
-    """Records the run as failed with ``exc``, or as completed with ``result``, and saves."""
+    """Records the run as failed with ``exc`` (naming the step of :meth:`Workflow.step` that
+    raised it, if one did), or as completed with ``result``, and saves."""
+    failed, flow._failed_step = flow._failed_step, None
     if exc is None:
         record.update(status="completed", output=_storable(result))
     elif isinstance(exc, GeneratorExit):
         record.update(status="failed", error="stopped: its generator was closed before its end")
     else:
-        record.update(status="failed", error=_failure(exc))
+        step = f" (in step {failed[1]!r})" if failed is not None and failed[0] is exc else ""
+        record.update(status="failed", error=_failure(exc) + step)
     record["metrics"] = {"duration": time.perf_counter() - started}
     try:
         flow._checkpoint(record)
