@@ -347,6 +347,32 @@ def test_a_run_whose_state_cannot_be_stored_is_recorded_as_failed(flows: Store, 
     assert flows().read("w").session_data["session_state"] == {"count": 2}  # type: ignore[union-attr]
 
 
+class Tagger(Workflow):
+    def run(self, tags: Any) -> str:
+        self.step("first", lambda: "one")
+
+        def second() -> str:
+            self.session_state["tags"] = tags
+            return "two"
+
+        return self.step("second", second)
+
+
+def test_a_step_whose_state_cannot_be_stored_fails_its_run_and_is_computed_again(
+    flows: Store,
+) -> None:
+    with pytest.raises(SerializationError, match=r"\['tags'\]: a set"):
+        Tagger(session_id="w", storage=flows()).run({"b", "a"})
+    [run] = _runs(flows, "w")
+    assert run["status"] == "failed"
+    assert run["error"].startswith("not saved: SerializationError: ")
+    assert run["error"].count("SerializationError") == 1
+    assert flows().read("w").session_data["session_state"] == {"first": "one"}  # type: ignore[union-attr]
+    flow = Tagger(session_id="w", storage=flows())
+    assert flow.run(["a", "b"]) == "two"
+    assert flow.session_state == {"first": "one", "tags": ["a", "b"], "second": "two"}
+
+
 def test_a_new_process_does_not_compute_a_saved_step_again(flows: Store, tmp_path: Path) -> None:
     flows.require("processes")
     markers = tmp_path / "markers"

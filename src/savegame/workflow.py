@@ -56,7 +56,8 @@ def _failure(exc: BaseException) -> str:
 def _not_saved(error: str | None, unstorable: SerializationError) -> str:
     """The error of a run or step whose save was refused with ``unstorable``."""
     unsaved = f"not saved: {_failure(unstorable)}"
-    return f"{error}; {unsaved}" if error else unsaved
+    # A run that failed with this very refusal (a step's save) says it once.
+    return f"{error}; {unsaved}" if error and error != _failure(unstorable) else unsaved
 
 
 class Workflow(SessionKeeper):
