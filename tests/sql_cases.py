@@ -484,3 +484,57 @@ def check_an_engine_reading_uncommitted(
 
     in_threads(2, work)
     assert torn == []
+
+
+def check_a_pool_that_times_out(make: Callable[[Engine], SqlStorage], engine: Engine) -> None:
+    """Storages on the application's ``engine``, whose pool lends one connection and waits
+    half a second for it (``pool_size=1, max_overflow=0, pool_timeout=0.5``): every call of
+    a storage just opened takes that one connection alone; a call that finds it taken for
+    longer raises BackendUnavailableError naming the pool, and writes nothing; threads
+    sharing one storage wait their turn or fail so, and no write is lost or half made."""
+    storage = make(engine)
+    storage.upsert(
+        AgentSession(session_id="s", user_id="u", session_data={"n": 0}, memory={"runs": [1]})
+    )
+    calls: list[Callable[[SqlStorage], object]] = [
+        lambda s: s.read("s"),
+        lambda s: s.read_many(["s", "none"]),
+        lambda s: s.get_all_session_ids(user_id="u"),
+        lambda s: s.get_all_sessions(user_id="u"),
+        lambda s: s.upsert(AgentSession(session_id="t", user_id="v", memory={"runs": [1]})),
+        lambda s: s.delete_user("v"),
+    ]
+    for call in calls:
+        call(make(engine))
+    with engine.connect() as holder:
+        holder.execute(text("SELECT 1"))
+        for call in (calls[1], calls[4]):
+            with pytest.raises(BackendUnavailableError, match="QueuePool limit"):
+                call(make(engine))
+    assert storage.get_all_session_ids() == ["s"]
+
+    done: list[int] = []
+    refused: list[str] = []
+
+    def add_one(session: Session | None) -> Session:
+        assert isinstance(session, AgentSession)
+        assert session.session_data is not None
+        session.session_data["n"] += 1
+        return session
+
+    def work(_: int) -> None:
+        for _ in range(5):
+            try:
+                storage.update("s", add_one)
+            except BackendUnavailableError as exc:
+                refused.append(str(exc))
+            else:
+                done.append(1)
+
+    in_threads(4, work)
+    assert all("QueuePool limit" in message for message in refused)
+    got = make(engine).read("s")
+    assert got is not None
+    assert got.session_data == {"n": len(done)}
+    assert got.version == 1 + len(done)
+    storage.close()

@@ -968,6 +968,25 @@ def test_an_engine_of_one_connection_is_shared_with_the_application(sql_store: S
         engine.dispose()
 
 
+def test_an_engine_whose_pool_times_out_raises_backend_unavailable_and_loses_nothing(
+    sql_store: Store,
+) -> None:
+    # read_many on a storage just opened took a second connection while holding the first,
+    # and waited in vain on a pool of one (on an AssertionPool, a bare AssertionError).
+    if sql_store.backend == "sqlite-memory":
+        pytest.skip("an in-memory database is one connection, shared by its engine")
+    own = _sql(sql_store)
+    engine = create_engine(own.db_engine.url, pool_size=1, max_overflow=0, pool_timeout=0.5)
+    options: dict[str, Any] = {} if own.schema is None else {"schema": own.schema}
+    try:
+        sql_cases.check_a_pool_that_times_out(
+            lambda e: type(own)(own.table_name, db_engine=e, **options),  # type: ignore[call-arg]
+            engine,
+        )
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.parametrize("options", [{"stream_results": True}, {"yield_per": 2}])
 def test_an_engine_that_streams_results_makes_reads_and_writes_every_table(
     sql_store: Store, options: dict[str, Any]
@@ -1031,6 +1050,7 @@ def test_threads_on_an_engine_whose_pool_lends_one_connection_take_it_in_turn(
         got = shared.read("s")
         assert got is not None
         assert got.memory == {"runs": list(range(40))}
+        assert make().read_many(["s"]) == [got]
     finally:
         engine.dispose()
 

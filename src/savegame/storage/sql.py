@@ -2219,6 +2219,9 @@ class SqlStorage(Storage):
             found.update(self._remembered(wanted, tokens))
         rest = [session_id for session_id in wanted if session_id not in found]
         names = [name for name, _, _ in self._columns]
+        # Compiled before the connection is taken: compiling may take one of its own, which
+        # a pool of one connection (or an AssertionPool) would then wait for in vain.
+        self._statements()
 
         def read() -> None:
             layout = self._layout
