@@ -16,7 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, make_url, text
+from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy.pool import NullPool
 
 from savegame.errors import BackendUnavailableError, StorageError
 from savegame.storage.session import Session
@@ -538,3 +539,32 @@ def check_a_pool_that_times_out(make: Callable[[Engine], SqlStorage], engine: En
     assert got.session_data == {"n": len(done)}
     assert got.version == 1 + len(done)
     storage.close()
+
+
+def check_a_connection_limit(make: Callable[[], SqlStorage], url: str) -> None:
+    """A storage of a user the server lets hold one connection (``url``), made by
+    ``make``, whose one connection another program holds: its calls raise
+    BackendUnavailableError saying the server refused, and write nothing; once the
+    connection is let go, they work."""
+    maker = make()
+    maker.upsert(AgentSession(session_id="s", memory={"runs": _runs("a", 1)}))
+    maker.close()
+    other = create_engine(url, poolclass=NullPool)
+    try:
+        storage = make()
+        with other.connect() as holder:
+            holder.execute(text("SELECT 1"))
+            for call in (
+                lambda: storage.read("s"),
+                lambda: storage.upsert(
+                    AgentSession(session_id="s", memory={"runs": _runs("b", 2)})
+                ),
+            ):
+                with pytest.raises(BackendUnavailableError, match="connections"):
+                    call()
+        got = storage.read("s")
+        assert got is not None
+        assert (got.version, got.memory) == (1, {"runs": _runs("a", 1)})
+        storage.close()
+    finally:
+        other.dispose()

@@ -530,6 +530,30 @@ def test_a_lock_held_past_a_timeout_raises_backend_unavailable(
     storage.close()
 
 
+def test_a_user_at_its_connection_limit_raises_backend_unavailable(
+    server: str, admin: Engine
+) -> None:
+    # MariaDB and MySQL refuse the connection with error 1226, which was a plain StorageError.
+    database = unique("sg")
+    user = unique("sg")
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE DATABASE {database}"))
+        conn.execute(
+            text(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'secret' WITH MAX_USER_CONNECTIONS 1")
+        )
+        conn.execute(text(f"GRANT ALL ON {database}.* TO '{user}'@'%'"))
+    url = make_url(server).set(username=user, password="secret", database=database)
+    try:
+        sql_cases.check_a_connection_limit(
+            lambda: MySQLStorage("sessions", db_url=url.render_as_string(False)),
+            url.render_as_string(False),
+        )
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP DATABASE {database}"))
+            conn.execute(text(f"DROP USER '{user}'@'%'"))
+
+
 def test_an_engine_in_autocommit_still_writes_each_session_in_one_transaction(
     server: str, admin: Engine, table: str
 ) -> None:

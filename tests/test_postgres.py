@@ -405,6 +405,24 @@ def test_a_lock_held_past_a_timeout_raises_backend_unavailable(
     storage.close()
 
 
+def test_a_role_at_its_connection_limit_raises_backend_unavailable(
+    server: str, admin: Engine, schema: str
+) -> None:
+    role = unique("sg")
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE ROLE \"{role}\" LOGIN PASSWORD 'secret' CONNECTION LIMIT 1"))
+        conn.execute(text(f'CREATE SCHEMA "{schema}" AUTHORIZATION "{role}"'))
+    url = make_url(server).set(username=role, password="secret").render_as_string(False)
+    try:
+        sql_cases.check_a_connection_limit(
+            lambda: PostgresStorage("sessions", schema=schema, db_url=url), url
+        )
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP OWNED BY "{role}"'))
+            conn.execute(text(f'DROP ROLE "{role}"'))
+
+
 def test_text_travels_as_utf8_whatever_the_client_encoding_libpq_is_told(
     server: str, schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -57,6 +57,10 @@ from savegame.storage.url import StorageURL, redact
 _UNAVAILABLE = frozenset(
     {
         1040,  # too many connections
+        # Limits of the user's: its connections at once (MAX_USER_CONNECTIONS, or the
+        # server's max_user_connections), or its connections or queries in the hour.
+        1203,  # user already has more than max_user_connections active connections
+        1226,  # user has exceeded a resource limit
         1053,  # server shutdown in progress
         1205,  # lock wait timeout
         2002,  # can't connect through the socket
