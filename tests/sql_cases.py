@@ -7,6 +7,7 @@ provide the SQL that differs.
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 import subprocess
 import sys
@@ -568,3 +569,58 @@ def check_a_connection_limit(make: Callable[[], SqlStorage], url: str) -> None:
         storage.close()
     finally:
         other.dispose()
+
+
+def check_a_read_held_past_a_timeout(
+    make: Callable[..., SqlStorage], admin: Engine, lock_table: str, unlock: str | None = None
+) -> None:
+    """With a server-side timeout set on the connections of the storages ``make`` makes
+    (in their URL), a read that waits for a table another connection locks
+    (``lock_table`` locks the table ``{table}``, ``unlock`` or a rollback lets it go)
+    raises BackendUnavailableError, never finds nothing: on a storage just opened, and on
+    one that remembers the session."""
+    warm = make()
+    warm.upsert(AgentSession(session_id="s", user_id="u", memory={"runs": _runs("a", 2)}))
+    for table in (warm.table_name, f"{warm.table_name}_runs"):
+        fresh = make(cache_bytes=0)
+        calls: list[Callable[[], object]] = [
+            functools.partial(fresh.read, "s"),
+            functools.partial(fresh.get_all_sessions, user_id="u"),
+        ]
+        if table == warm.table_name:
+            calls += [functools.partial(fresh.read_many, ["s"]), functools.partial(warm.read, "s")]
+        with admin.connect() as holder:
+            holder.execute(text(lock_table.format(table=table)))
+            try:
+                for call in calls:
+                    with pytest.raises(BackendUnavailableError):
+                        call()
+            finally:
+                if unlock is not None:
+                    holder.execute(text(unlock))
+                holder.rollback()
+        fresh.close()
+    assert warm.read_many(["s"])[0].memory == {"runs": _runs("a", 2)}
+    warm.close()
+
+
+def check_idle_connections_closed_by_the_server(
+    storages: list[SqlStorage], reader: SqlStorage, idle: float
+) -> None:
+    """The server closes the connections of ``storages`` (one on an engine savegame made,
+    one on the application's) once left idle ``idle`` seconds: the next call of each, a
+    write for the first and a read for the others, connects again; each write is made
+    once, as ``reader`` (which remembers nothing) sees."""
+    for n, storage in enumerate(storages):
+        storage.upsert(AgentSession(session_id=f"s{n}", memory={"runs": _runs("a", 1)}))
+    time.sleep(idle + 0.3)
+    for n, storage in enumerate(storages):
+        if n:
+            got = storage.read(f"s{n}")
+            assert got is not None
+            assert got.version == 1
+        stored = storage.upsert(AgentSession(session_id=f"s{n}", memory={"runs": _runs("b", 2)}))
+        assert stored.version == 2
+        got = reader.read(f"s{n}")
+        assert got is not None
+        assert (got.version, got.memory) == (2, {"runs": _runs("b", 2)})

@@ -530,6 +530,22 @@ def test_a_lock_held_past_a_timeout_raises_backend_unavailable(
     storage.close()
 
 
+def test_a_read_held_past_a_timeout_raises_backend_unavailable(
+    server: str, admin: Engine, table: str
+) -> None:
+    url = make_url(server).update_query_dict(
+        {"init_command": "SET SESSION max_statement_time = 0.15"}
+    )
+    with MySQLStorage(table, db_url=server) as maker:
+        maker.create()
+    sql_cases.check_a_read_held_past_a_timeout(
+        lambda **options: MySQLStorage(table, db_url=url.render_as_string(False), **options),
+        admin,
+        "LOCK TABLES {table} WRITE",
+        "UNLOCK TABLES",
+    )
+
+
 def test_a_user_at_its_connection_limit_raises_backend_unavailable(
     server: str, admin: Engine
 ) -> None:
@@ -552,6 +568,22 @@ def test_a_user_at_its_connection_limit_raises_backend_unavailable(
         with admin.begin() as conn:
             conn.execute(text(f"DROP DATABASE {database}"))
             conn.execute(text(f"DROP USER '{user}'@'%'"))
+
+
+def test_connections_the_server_closed_when_idle_are_made_again(server: str, table: str) -> None:
+    url = make_url(server).update_query_dict({"init_command": "SET SESSION wait_timeout = 1"})
+    engine = create_engine(url)
+    storages = [
+        MySQLStorage(table, db_url=url.render_as_string(False)),
+        MySQLStorage(table, db_engine=engine),
+    ]
+    reader = MySQLStorage(table, db_url=server, cache_bytes=0)
+    try:
+        sql_cases.check_idle_connections_closed_by_the_server(storages, reader, 1)
+    finally:
+        for storage in (*storages, reader):
+            storage.close()
+        engine.dispose()
 
 
 def test_an_engine_in_autocommit_still_writes_each_session_in_one_transaction(

@@ -405,6 +405,22 @@ def test_a_lock_held_past_a_timeout_raises_backend_unavailable(
     storage.close()
 
 
+@pytest.mark.parametrize("setting", ["lock_timeout", "statement_timeout"])
+def test_a_read_held_past_a_timeout_raises_backend_unavailable(
+    server: str, admin: Engine, schema: str, setting: str
+) -> None:
+    url = make_url(server).update_query_dict({"options": f"-c {setting}=150"})
+    with PostgresStorage("sessions", schema=schema, db_url=server) as maker:
+        maker.create()
+    sql_cases.check_a_read_held_past_a_timeout(
+        lambda **options: PostgresStorage(
+            "sessions", schema=schema, db_url=url.render_as_string(False), **options
+        ),
+        admin,
+        f'LOCK TABLE "{schema}".{{table}} IN ACCESS EXCLUSIVE MODE',
+    )
+
+
 def test_a_role_at_its_connection_limit_raises_backend_unavailable(
     server: str, admin: Engine, schema: str
 ) -> None:
@@ -421,6 +437,26 @@ def test_a_role_at_its_connection_limit_raises_backend_unavailable(
         with admin.begin() as conn:
             conn.execute(text(f'DROP OWNED BY "{role}"'))
             conn.execute(text(f'DROP ROLE "{role}"'))
+
+
+def test_connections_the_server_closed_when_idle_are_made_again(server: str, schema: str) -> None:
+    # idle_session_timeout closes a connection idle outside a transaction, the one savegame
+    # keeps between calls or the application's pool holds; idle_in_transaction_session_timeout
+    # would close one that savegame left inside a transaction.
+    options = "-c idle_session_timeout=300 -c idle_in_transaction_session_timeout=300"
+    url = make_url(server).update_query_dict({"options": options})
+    engine = create_engine(url)
+    storages = [
+        PostgresStorage("sessions", schema=schema, db_url=url.render_as_string(False)),
+        PostgresStorage("sessions", schema=schema, db_engine=engine),
+    ]
+    reader = PostgresStorage("sessions", schema=schema, db_url=server, cache_bytes=0)
+    try:
+        sql_cases.check_idle_connections_closed_by_the_server(storages, reader, 0.3)
+    finally:
+        for storage in (*storages, reader):
+            storage.close()
+        engine.dispose()
 
 
 def test_text_travels_as_utf8_whatever_the_client_encoding_libpq_is_told(
