@@ -235,8 +235,8 @@ def with_retries(attempt: Callable[[], T], retryable: Callable[[Exception], bool
     """What ``attempt()`` returns, trying it again up to :data:`CONNECT_RETRIES` times
     while it fails with an error ``retryable`` accepts; the last error is raised.
 
-    Each pause is 50-100 ms after the first failure, doubling, at most 250-500 ms: random
-    within each range, so that clients that failed together do not try again together.
+    Each pause is 50-100 ms after the first failure, doubling (100-200, then 200-400 ms):
+    random within each range, so that clients that failed together do not try again together.
     """
     failures = 0
     while True:
