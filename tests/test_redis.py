@@ -1422,6 +1422,30 @@ def test_an_evicted_index_map_never_lists_a_session_holding_lone_surrogates_wron
     raw.delete(tag + "u:old")  # put there by hand, unknown to the store: drop() leaves it
 
 
+def test_an_evicted_index_map_finds_a_user_beyond_the_bmp_beside_a_lone_surrogate(
+    server: str, raw: Any, prefix: str
+) -> None:
+    # Where {T}:idx has no entry, the scripts read the user and entity from the header's
+    # JSON. A lone surrogate in the session's data must not make them read an emoji in an
+    # id (written as a pair of surrogate escapes) as something else.
+    tag = "{" + prefix + "}:"
+    user, agent = "ü 🎲", "🤖"
+    users = f"ue:{len(user.encode())}:{user}{agent}"
+    odd = {"note": "cut \ud800 here"}
+    storage = RedisStorage(prefix, url=server)
+    for sid in ("s", "kept"):
+        storage.upsert(_session(sid, _runs(2), user_id=user, agent_id=agent, session_data=odd))
+    raw.delete(f"{tag}idx")
+    storage.upsert(_session("s", _runs(3), user_id="new", agent_id="B", session_data=odd))
+    for key in (f"u:{user}", f"e:{agent}", users):
+        assert _members(raw, tag + key) == ["kept"], key
+    raw.delete(f"{tag}idx")
+    assert storage.delete_session("kept")
+    for key in (f"u:{user}", f"e:{agent}", users):
+        assert _members(raw, tag + key) == [], key
+    assert storage.get_all_session_ids(user_id="new") == ["s"]
+
+
 def _three_sessions_then_evicted(server: str, raw: Any, prefix: str, key: str) -> RedisStorage:
     """A storage of sessions s0 to s2 (user u, agent a), whose store then lost ``{T}:<key>``
     as an evicting maxmemory-policy would drop it."""

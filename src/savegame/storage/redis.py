@@ -198,12 +198,24 @@ T = TypeVar("T")
 
 # Shared by the scripts that read a header's JSON: the record of the header ``header``, nil
 # where there is none or its data cannot be read. Redis's cjson refuses the whole text over
-# one \uXXXX escape of a surrogate, which savegame writes for a lone surrogate (model output
-# holds them); ids never hold one, so each such escape (an odd run of backslashes before
-# the u) is read as a '?'.
+# one \uXXXX escape of a lone surrogate, which savegame writes for one (model output holds
+# them). Such a header is written all in ASCII, a character beyond U+FFFF as the escapes of
+# its surrogate pair: each pair is first made the character's UTF-8 (an id may hold one);
+# ids never hold a lone surrogate, so each escape left (an odd run of backslashes before the
+# u) is read as a '?'.
 _RECORD = """
+local function utf8_of(high, low)
+  local c = 0x10000 + (tonumber(high, 16) - 0xD800) * 0x400 + tonumber(low, 16) - 0xDC00
+  return string.char(0xF0 + math.floor(c / 0x40000), 0x80 + math.floor(c / 0x1000) % 0x40,
+    0x80 + math.floor(c / 0x40) % 0x40, 0x80 + c % 0x40)
+end
+
 local function record_of(header)
   local text = redis.call('HGET', header, 'data') or ''
+  text = string.gsub(text, '(\\\\+)u([dD][89abAB]%x%x)\\\\u([dD][c-fC-F]%x%x)',
+    function(slashes, high, low)
+      if #slashes % 2 == 1 then return string.sub(slashes, 2) .. utf8_of(high, low) end
+    end)
   text = string.gsub(text, '(\\\\+)u[dD][89a-fA-F]%x%x', function(slashes)
     if #slashes % 2 == 1 then return string.sub(slashes, 2) .. '?' end
   end)

@@ -2102,6 +2102,41 @@ class BackendContract:
             assert got.user_id == "ü 🎲"  # type: ignore[attr-defined]
         assert storage.get_all_session_ids(user_id="ü 🎲") == ["awk"]
 
+    def test_a_user_beyond_the_bmp_is_listed_and_erased_beside_lone_surrogates(
+        self, backend_store: Store
+    ) -> None:
+        # A lone surrogate in a session's data has the whole of it written as ASCII in
+        # some stores' JSON, an emoji in the user id as a pair of escapes: erasing the
+        # user reported 0 sessions removed and left them all.
+        user, agent = "ü 🎲", "🤖"
+        storage = backend_store()
+        for sid in ("a", "b"):
+            storage.upsert(
+                _with_runs(
+                    backend_store,
+                    sid,
+                    [{"run_id": "0", "text": "cut \udc80"}],
+                    session_data={"note": "lone \ud800"},
+                    user_id=user,
+                    entity_id=agent,
+                    created_at={"a": 1, "b": 2}[sid],
+                )
+            )
+        storage.upsert(_session(backend_store, "other", user_id="🎲", entity_id=agent))
+        # The escapes' text itself, in an id: not the character.
+        literal = "\\ud83c\\udfb2 \\\\ud800"
+        storage.upsert(
+            _session(backend_store, "lit", user_id=literal, session_data={"x": "\udc80"})
+        )
+        assert backend_store().get_all_session_ids(user_id=user, entity_id=agent) == ["b", "a"]
+        assert backend_store().delete_user(user) == 2
+        for reader in (storage, backend_store()):
+            assert sorted(reader.get_all_session_ids()) == ["lit", "other"]
+            assert reader.get_all_session_ids(user_id=user) == []
+            assert reader.get_all_session_ids(entity_id=agent) == ["other"]
+        assert backend_store().delete_user(literal) == 1
+        assert storage.get_all_session_ids() == ["other"]
+
     def test_runs_lost_behind_savegames_back_fail_the_read(self, backend_store: Store) -> None:
         # Never a session read short: the header says how many runs there are.
         if backend_store.lose_runs is None:
