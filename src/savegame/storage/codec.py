@@ -4,9 +4,9 @@ Values. A session's fields must hold JSON-native data: dicts with string keys, l
 finite numbers, booleans and None. A few common types are written in a documented string form
 and read back as that string: ``datetime``/``date``/``time`` in ISO 8601, ``UUID`` and paths as
 ``str``, an ``Enum`` member as its value. Tuples are written as lists. Everything else (sets,
-bytes, NaN and infinities, non-string dict keys, arbitrary objects, nesting deeper than
-:data:`MAX_DEPTH`) is refused with :class:`~savegame.errors.SerializationError` before anything
-is written.
+bytes, NaN and infinities, non-string dict keys, arbitrary objects, containers that hold
+themselves, nesting deeper than :data:`MAX_DEPTH`) is refused with
+:class:`~savegame.errors.SerializationError` before anything is written.
 
 Text-safe form. PostgreSQL's JSONB and MySQL's JSON refuse strings holding NUL characters or
 lone surrogates, both of which model output contains. :func:`dumps_text_safe` rewrites each such
@@ -23,7 +23,7 @@ import math
 import re
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import PurePath
 from typing import Any
 
@@ -132,22 +132,32 @@ def encode_checked(value: Any, path: str = "$", level: int = 1) -> tuple[Any, st
         and (text.count("{") + text.count("[") <= limit or depth_at_most(copy, limit))
     ):
         return copy, text, True
-    if not depth_at_most(value, limit):
+    # Only a value the encoder could not write may hold a cycle, or one object in so many
+    # places that counting each would take exponential time: each is counted once.
+    if not depth_at_most(value, limit, distinct=text is None):
+        cycle = _cycle_in(value, path)
+        if cycle is not None:
+            raise SerializationError(
+                f"{cycle}: holds a container it is inside of (a cycle), which JSON cannot hold"
+            )
         raise SerializationError(f"{path}: nested deeper than {MAX_DEPTH} levels")
     converted = _walk(value, path, level)
     return converted, _compact(converted), False
 
 
-def depth_at_most(value: Any, limit: int) -> bool:
+def depth_at_most(value: Any, limit: int, distinct: bool = False) -> bool:
     """Whether containers in ``value`` nest at most ``limit`` deep; iterative, for any depth.
 
     Goes one level at a time, so each container costs one list append: this runs on every
     save of a long conversation. Only dicts, lists and tuples are looked into: ``value``
     may be anything (one run of a session is checked on its own), and iterating a
-    generator would run it.
+    generator would run it. ``distinct`` looks into an object held in many places of one
+    level once, for a value that may hold itself (whose levels would otherwise double).
     """
     if not isinstance(value, _NESTED):
         return True
+    if distinct:
+        return _distinct_depth_at_most(value, limit)
     level = [value]
     depth = 1
     while level:
@@ -163,7 +173,60 @@ def depth_at_most(value: Any, limit: int) -> bool:
     return True
 
 
+def _distinct_depth_at_most(value: Any, limit: int) -> bool:
+    level = {id(value): value}
+    depth = 1
+    while level:
+        if depth > limit:
+            return False
+        below = {}
+        for item in level.values():
+            for child in item.values() if isinstance(item, dict) else item:
+                if type(child) is dict or type(child) is list or isinstance(child, _NESTED):
+                    below[id(child)] = child
+        level = below
+        depth += 1
+    return True
+
+
 _NESTED = (dict, list, tuple)
+
+
+def _cycle_in(value: Any, path: str) -> str | None:
+    """The path of the first container in ``value`` that holds one it is inside of; None
+    where there is none. Iterative, and each container is looked into once: a value that
+    holds one object in many places costs what its distinct containers do."""
+    if not isinstance(value, _NESTED):
+        return None
+    inside = {id(value)}
+    done: set[int] = set()
+    keys: list[Any] = []
+    stack: list[tuple[Any, Iterator[tuple[Any, Any]]]] = [(value, _items(value))]
+    while stack:
+        item, pending = stack[-1]
+        for key, child in pending:
+            if type(child) in _SCALARS or not isinstance(child, _NESTED) or id(child) in done:
+                continue
+            if id(child) in inside:
+                return path + "".join(f"[{k!r}]" for k in (*keys, key))
+            inside.add(id(child))
+            keys.append(key)
+            stack.append((child, _items(child)))
+            break
+        else:
+            stack.pop()
+            if keys:
+                keys.pop()
+            inside.discard(id(item))
+            done.add(id(item))
+    return None
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _items(container: Any) -> Iterator[tuple[Any, Any]]:
+    return iter(container.items()) if isinstance(container, dict) else enumerate(container)
 
 
 _INT_BITS = 2_100

@@ -1874,6 +1874,35 @@ class BackendContract:
         assert storage.read("new") is None
         assert storage.get_all_session_ids() == ["s"]
 
+    def test_a_value_that_holds_itself_is_refused_naming_where(self, backend_store: Store) -> None:
+        # It was refused as nested deeper than 512 levels, which sent the reader looking
+        # for deep data, and one that holds itself twice took time exponential in that
+        # depth to refuse. One object held in many places is no cycle, and is stored.
+        storage = backend_store()
+        before = storage.upsert(_session(backend_store, "s", session_data={"ok": 1}))
+        shared: dict[str, Any] = {"n": 1}
+        loop: dict[str, Any] = {"a": shared, "b": [shared, shared]}
+        loop["b"].append({"up": loop})
+        loop["again"] = loop
+        run: dict[str, Any] = {"run_id": "0", "a": shared}
+        run["also"] = [shared, run, run]
+        for session, where in (
+            (_session(backend_store, "s", session_data={"loop": loop}), "['loop']['b'][2]['up']"),
+            (_with_runs(backend_store, "s", [run]), "['runs'][0]['also'][1]"),
+        ):
+            with pytest.raises(SerializationError, match="cycle") as info:
+                storage.upsert(session)
+            assert where in str(info.value), str(info.value)
+        for reader in (storage, backend_store()):
+            got = reader.read("s")
+            assert got is not None
+            assert (got.session_data, got.version) == ({"ok": 1}, before.version)  # type: ignore[attr-defined]
+        twice = {"a": shared, "b": [shared, {"c": shared}]}
+        storage.upsert(_with_runs(backend_store, "s", [twice, twice], session_data=twice))
+        for got in _read_both(backend_store, storage, "s"):
+            assert got.session_data == twice  # type: ignore[attr-defined]
+            assert _runs_of(backend_store, got) == [twice, twice]
+
     @pytest.mark.parametrize(
         ("field", "value"),
         [
