@@ -2108,6 +2108,34 @@ class BackendContract:
         theirs.clear()
         first_lists()
 
+    def test_numbers_and_keys_at_the_edges_round_trip_with_their_types(
+        self, backend_store: Store
+    ) -> None:
+        # Compared as JSON text, which ``==`` is not: it takes 1.0 for 1 and True, and
+        # 2**64 for 1.8446744073709552e19. Ints past 64 bits, floats at their limits and
+        # of 17 digits, and keys that mean something in the JSON paths of PostgreSQL and
+        # MySQL, or look like numbers, in the state, the runs and a listing.
+        numbers = [
+            *(2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 2**64, 2**53 + 1, 10**600, -(10**600)),
+            *(1, 1.0, True, 0, 0.0, 5e-324, 1.7976931348623157e308, -2.2250738585072014e-308),
+            *(0.1 + 0.2, 1e16, 1e16 + 2, 1e22, 123456789012345678.0),
+        ]
+        names = ["", ".", "$", "$.a", "a.b", "[", "]", "[0]", "{", "}", "'", '"', "\\", "*"]
+        names += ["0", "-1", "1e3", "null", "true", "\x00", "\udc80", "\ufdd0", "\uffff"]
+        names += ["\u2028", "\U0010ffff"]
+        keys = {name: i for i, name in enumerate(names)}
+        value = {"numbers": numbers, "keys": keys, "nested": {"0": {"": [keys]}}}
+        runs = [{"run_id": "0", **value}, {"run_id": "1", "numbers": numbers}]
+        storage = backend_store()
+        storage.upsert(_with_runs(backend_store, "edge", runs, session_data=value, user_id="u"))
+        ordered = "key_order" in type(storage).capabilities
+        for got in [
+            *_read_both(backend_store, storage, "edge"),
+            *backend_store().get_all_sessions(user_id="u"),
+        ]:
+            assert _exact(got.session_data, ordered) == _exact(value, ordered)  # type: ignore[attr-defined]
+            assert _exact(_runs_of(backend_store, got), ordered) == _exact(runs, ordered)
+
     def test_awkward_strings_round_trip(self, backend_store: Store) -> None:
         storage = backend_store()
         awkward = {
