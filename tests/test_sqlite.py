@@ -651,15 +651,22 @@ def test_every_erasure_leaves_no_copy_in_the_database_file_or_its_log(
     storage.close()
 
 
+def _snapshot(path: Path) -> sqlite3.Connection:
+    """A connection of another program to the database at ``path``, holding a read
+    snapshot (a transaction begun and read in), which keeps the log from being cleared."""
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM sessions").fetchone()
+    return reader
+
+
 def test_an_erasure_that_a_reader_keeps_from_clearing_the_log_is_cleared_later(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "app.db"
     storage = SqliteStorage("sessions", db_file=path)
     _save_marked(storage)
-    reader = sqlite3.connect(path, isolation_level=None)
-    reader.execute("BEGIN")
-    reader.execute("SELECT count(*) FROM sessions").fetchone()
+    reader = _snapshot(path)
     # The reader's snapshot holds the log's older pages: the erasure returns all the same.
     assert storage.delete_user(_MARK) == 3
     assert storage.read(f"{_MARK}-0") is None
@@ -670,9 +677,7 @@ def test_an_erasure_that_a_reader_keeps_from_clearing_the_log_is_cleared_later(
     reader.close()
     storage = SqliteStorage("sessions", db_file=path)
     _save_marked(storage)
-    reader = sqlite3.connect(path, isolation_level=None)
-    reader.execute("BEGIN")
-    reader.execute("SELECT count(*) FROM sessions").fetchone()
+    reader = _snapshot(path)
     assert storage.delete_user(_MARK) == 3
     reader.execute("COMMIT")
     # The next erasure clears the log, even one that removes nothing.
@@ -704,9 +709,7 @@ def test_closing_after_an_erasure_whose_file_was_removed_neither_raises_nor_make
     path = tmp_path / "app.db"
     storage = SqliteStorage("sessions", db_file=path)
     _save_marked(storage)
-    reader = sqlite3.connect(path, isolation_level=None)
-    reader.execute("BEGIN")
-    reader.execute("SELECT count(*) FROM sessions").fetchone()
+    reader = _snapshot(path)
     assert storage.delete_user(_MARK) == 3
     reader.close()
     for name in ("app.db", "app.db-wal", "app.db-shm"):
