@@ -32,6 +32,7 @@ from savegame.storage.session.agent import AgentSession
 from savegame.storage.session.team import TeamSession
 from savegame.storage.yaml import YamlStorage
 from savegame.testing.contract import ODD_IDS, wait_child
+from tests.erasure import MARK, marked_files, snapshot
 from tests.full_disk import FILE_SIZE_LIMIT, full_tmpfs, read_only
 from tests.syscalls import renamed_to, synced, syscalls_of
 
@@ -1564,17 +1565,6 @@ def test_a_returned_write_was_synced_renamed_and_its_folder_synced(
     assert any(i > rename for i in synced(calls, folder)), calls
 
 
-_MARK = "forget-me-5e1c"
-
-
-def _marked_files(folder: Path) -> list[str]:
-    return sorted(
-        str(path.relative_to(folder))
-        for path in folder.rglob("*")
-        if path.is_file() and _MARK.encode() in path.read_bytes()
-    )
-
-
 @pytest.mark.parametrize("cls", FORMATS)
 @pytest.mark.parametrize("erase", ["delete_user", "delete_session", "purge_expired", "drop"])
 def test_an_erasure_leaves_no_copy_in_the_index_or_its_log(
@@ -1587,26 +1577,26 @@ def test_an_erasure_leaves_no_copy_in_the_index_or_its_log(
         for i in range(3):
             storage.upsert(
                 AgentSession(
-                    session_id=f"{_MARK}-{i}",
-                    user_id=_MARK,
-                    agent_id=f"agent-{_MARK}",
-                    memory={"runs": [{"content": _MARK * 50}] * (turn + 1)},
-                    session_data={"note": _MARK},
+                    session_id=f"{MARK}-{i}",
+                    user_id=MARK,
+                    agent_id=f"agent-{MARK}",
+                    memory={"runs": [{"content": MARK * 50}] * (turn + 1)},
+                    session_data={"note": MARK},
                 )
             )
-    assert _marked_files(folder) != []
+    assert marked_files(folder) != []
     if erase == "delete_user":
-        assert storage.delete_user(_MARK) == 3
+        assert storage.delete_user(MARK) == 3
     elif erase == "delete_session":
-        assert all(storage.delete_session(f"{_MARK}-{i}") for i in range(3))
+        assert all(storage.delete_session(f"{MARK}-{i}") for i in range(3))
     elif erase == "purge_expired":
         time.sleep(2.1)
         assert storage.purge_expired() == 4
     else:
         storage.drop()
-    assert _marked_files(folder) == []
+    assert marked_files(folder) == []
     storage.close()
-    assert _marked_files(folder) == []
+    assert marked_files(folder) == []
 
 
 @pytest.mark.parametrize("cls", FORMATS)
@@ -1615,17 +1605,15 @@ def test_an_erasure_a_reader_kept_from_clearing_the_index_log_is_cleared_at_clos
 ) -> None:
     folder = tmp_path / "store"
     storage = cls(folder)
-    storage.upsert(AgentSession(session_id=f"{_MARK}-0", user_id=_MARK))
+    storage.upsert(AgentSession(session_id=f"{MARK}-0", user_id=MARK))
     storage.upsert(AgentSession(session_id="kept", user_id="someone"))
     index = next((folder / ".savegame").glob("index-*.sqlite3"))
-    reader = sqlite3.connect(index, isolation_level=None)
-    reader.execute("BEGIN")
-    reader.execute("SELECT count(*) FROM sessions").fetchone()
-    assert storage.delete_user(_MARK) == 1
-    assert _marked_files(folder) != []
+    reader = snapshot(index)
+    assert storage.delete_user(MARK) == 1
+    assert marked_files(folder) != []
     reader.execute("COMMIT")
     storage.close()
-    assert _marked_files(folder) == []
+    assert marked_files(folder) == []
     reader.close()
 
 
@@ -1635,12 +1623,10 @@ def test_closing_after_an_erasure_in_a_folder_removed_since_does_not_make_it_aga
 ) -> None:
     folder = tmp_path / "store"
     storage = cls(folder)
-    storage.upsert(AgentSession(session_id=f"{_MARK}-0", user_id=_MARK))
+    storage.upsert(AgentSession(session_id=f"{MARK}-0", user_id=MARK))
     index = next((folder / ".savegame").glob("index-*.sqlite3"))
-    reader = sqlite3.connect(index, isolation_level=None)
-    reader.execute("BEGIN")
-    reader.execute("SELECT count(*) FROM sessions").fetchone()
-    assert storage.delete_user(_MARK) == 1
+    reader = snapshot(index)
+    assert storage.delete_user(MARK) == 1
     reader.close()
     shutil.rmtree(folder)
     storage.close()

@@ -28,6 +28,7 @@ from savegame.storage.session.agent import AgentSession
 from savegame.storage.session.v2.workflow import WorkflowSession as WorkflowSessionV2
 from savegame.storage.sqlite import SqliteStorage, make_engine
 from savegame.testing.contract import in_threads
+from tests.erasure import MARK, marked_files, snapshot
 from tests.full_disk import FILE_SIZE_LIMIT, full_tmpfs, read_only
 from tests.stores import write_original_table
 from tests.syscalls import synced, syscalls_of
@@ -587,46 +588,32 @@ def test_a_returned_write_was_synced_to_the_log_unless_synchronous_is_normal(
     assert bool(synced(calls, f"{db}-wal")) is durable, calls
 
 
-_MARK = "forget-me-3b9d"
-
-
 def _save_marked(storage: Any, times: int = 4, sessions: int = 3) -> None:
-    """Saves ``sessions`` sessions of user ``_MARK`` ``times`` each, the mark in every field
+    """Saves ``sessions`` sessions of user ``MARK`` ``times`` each, the mark in every field
     that holds text (ids, memory and its runs, session data), beside one of another user."""
     storage.upsert(AgentSession(session_id="kept", user_id="someone", memory={"runs": _runs(2)}))
     for turn in range(times):
         for i in range(sessions):
-            runs = [
-                {"run_id": f"{_MARK}-{k}", "content": f"{_MARK} " * 300} for k in range(turn + 1)
-            ]
+            runs = [{"run_id": f"{MARK}-{k}", "content": f"{MARK} " * 300} for k in range(turn + 1)]
             storage.upsert(
                 AgentSession(
-                    session_id=f"{_MARK}-{i}",
-                    user_id=_MARK,
-                    agent_id=f"agent-{_MARK}",
-                    memory={"runs": runs, "summary": f"{_MARK} said {turn}"},
-                    session_data={"note": f"{_MARK} " * (50 * (turn + 1))},
+                    session_id=f"{MARK}-{i}",
+                    user_id=MARK,
+                    agent_id=f"agent-{MARK}",
+                    memory={"runs": runs, "summary": f"{MARK} said {turn}"},
+                    session_data={"note": f"{MARK} " * (50 * (turn + 1))},
                 )
             )
-
-
-def _marked_files(folder: Path) -> list[str]:
-    """The files under ``folder`` whose bytes hold ``_MARK``."""
-    return sorted(
-        str(path.relative_to(folder))
-        for path in folder.rglob("*")
-        if path.is_file() and _MARK.encode() in path.read_bytes()
-    )
 
 
 def test_an_erased_user_leaves_no_copy_in_the_database_file_or_its_log(tmp_path: Path) -> None:
     storage = SqliteStorage("sessions", db_file=tmp_path / "app.db")
     _save_marked(storage)
-    assert storage.delete_user(_MARK) == 3
+    assert storage.delete_user(MARK) == 3
     # While the storage is open, then once it is closed.
-    assert _marked_files(tmp_path) == []
+    assert marked_files(tmp_path) == []
     storage.close()
-    assert _marked_files(tmp_path) == []
+    assert marked_files(tmp_path) == []
     again = SqliteStorage("sessions", db_file=tmp_path / "app.db")
     assert again.read("kept") is not None
     assert again.get_all_session_ids() == ["kept"]
@@ -640,24 +627,15 @@ def test_every_erasure_leaves_no_copy_in_the_database_file_or_its_log(
     storage = SqliteStorage("sessions", db_file=tmp_path / "app.db", expire=1)
     _save_marked(storage, sessions=1)
     if erase == "delete_session":
-        assert storage.delete_session(f"{_MARK}-0")
+        assert storage.delete_session(f"{MARK}-0")
         assert storage.delete_session("kept")
     elif erase == "purge_expired":
         time.sleep(2.1)
         assert storage.purge_expired() == 2
     else:
         storage.drop()
-    assert _marked_files(tmp_path) == []
+    assert marked_files(tmp_path) == []
     storage.close()
-
-
-def _snapshot(path: Path) -> sqlite3.Connection:
-    """A connection of another program to the database at ``path``, holding a read
-    snapshot (a transaction begun and read in), which keeps the log from being cleared."""
-    reader = sqlite3.connect(path, isolation_level=None)
-    reader.execute("BEGIN")
-    reader.execute("SELECT count(*) FROM sessions").fetchone()
-    return reader
 
 
 def test_an_erasure_that_a_reader_keeps_from_clearing_the_log_is_cleared_later(
@@ -666,23 +644,23 @@ def test_an_erasure_that_a_reader_keeps_from_clearing_the_log_is_cleared_later(
     path = tmp_path / "app.db"
     storage = SqliteStorage("sessions", db_file=path)
     _save_marked(storage)
-    reader = _snapshot(path)
+    reader = snapshot(path)
     # The reader's snapshot holds the log's older pages: the erasure returns all the same.
-    assert storage.delete_user(_MARK) == 3
-    assert storage.read(f"{_MARK}-0") is None
-    assert _marked_files(tmp_path) != []
+    assert storage.delete_user(MARK) == 3
+    assert storage.read(f"{MARK}-0") is None
+    assert marked_files(tmp_path) != []
     reader.execute("COMMIT")
     storage.close()
-    assert _marked_files(tmp_path) == []
+    assert marked_files(tmp_path) == []
     reader.close()
     storage = SqliteStorage("sessions", db_file=path)
     _save_marked(storage)
-    reader = _snapshot(path)
-    assert storage.delete_user(_MARK) == 3
+    reader = snapshot(path)
+    assert storage.delete_user(MARK) == 3
     reader.execute("COMMIT")
     # The next erasure clears the log, even one that removes nothing.
     assert storage.delete_user("nobody") == 0
-    assert _marked_files(tmp_path) == []
+    assert marked_files(tmp_path) == []
     reader.close()
     storage.close()
 
@@ -694,8 +672,8 @@ def test_an_erasure_zeroes_what_it_frees_whatever_sqlites_default(tmp_path: Path
     event.listen(engine, "connect", lambda raw, _: raw.execute("PRAGMA secure_delete = OFF"))
     storage = SqliteStorage("sessions", db_engine=engine)
     _save_marked(storage)
-    assert storage.delete_user(_MARK) == 3
-    assert _marked_files(tmp_path) == []
+    assert storage.delete_user(MARK) == 3
+    assert marked_files(tmp_path) == []
     with engine.connect() as conn:
         raw: Any = conn.connection.dbapi_connection
         assert raw.execute("PRAGMA secure_delete").fetchone() == (1,)
@@ -709,8 +687,8 @@ def test_closing_after_an_erasure_whose_file_was_removed_neither_raises_nor_make
     path = tmp_path / "app.db"
     storage = SqliteStorage("sessions", db_file=path)
     _save_marked(storage)
-    reader = _snapshot(path)
-    assert storage.delete_user(_MARK) == 3
+    reader = snapshot(path)
+    assert storage.delete_user(MARK) == 3
     reader.close()
     for name in ("app.db", "app.db-wal", "app.db-shm"):
         (tmp_path / name).unlink(missing_ok=True)
