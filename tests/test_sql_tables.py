@@ -950,22 +950,28 @@ def test_a_table_of_a_newer_layout_is_refused_and_left_as_it_is(sql_store: Store
         record(LATEST)
 
 
+def _on_a_pool_of_one(
+    sql_store: Store, timeout: float, check: Callable[[Callable[[Any], Any], Any], None]
+) -> None:
+    """Runs ``check(make, engine)`` with an application's engine of the store's database
+    whose pool holds one connection and waits ``timeout`` seconds for it, ``make(engine)``
+    making a storage of the store's table on it."""
+    if sql_store.backend == "sqlite-memory":
+        pytest.skip("an in-memory database is one connection, shared by its engine")
+    own = _sql(sql_store)
+    engine = create_engine(own.db_engine.url, pool_size=1, max_overflow=0, pool_timeout=timeout)
+    options: dict[str, Any] = {} if own.schema is None else {"schema": own.schema}
+    try:
+        check(lambda e: type(own)(own.table_name, db_engine=e, **options), engine)
+    finally:
+        engine.dispose()
+
+
 def test_an_engine_of_one_connection_is_shared_with_the_application(sql_store: Store) -> None:
     # savegame kept one connection of any engine out of its pool between calls: on the
     # application's engine of one connection, the application and savegame's own calls
     # through SQLAlchemy then waited for it in vain.
-    if sql_store.backend == "sqlite-memory":
-        pytest.skip("an in-memory database is one connection, shared by its engine")
-    own = _sql(sql_store)
-    engine = create_engine(own.db_engine.url, pool_size=1, max_overflow=0, pool_timeout=3)
-    options: dict[str, Any] = {} if own.schema is None else {"schema": own.schema}
-    try:
-        sql_cases.check_an_engine_of_one_connection(
-            lambda e: type(own)(own.table_name, db_engine=e, **options),  # type: ignore[call-arg]
-            engine,
-        )
-    finally:
-        engine.dispose()
+    _on_a_pool_of_one(sql_store, 3, sql_cases.check_an_engine_of_one_connection)
 
 
 def test_an_engine_whose_pool_times_out_raises_backend_unavailable_and_loses_nothing(
@@ -973,18 +979,7 @@ def test_an_engine_whose_pool_times_out_raises_backend_unavailable_and_loses_not
 ) -> None:
     # read_many on a storage just opened took a second connection while holding the first,
     # and waited in vain on a pool of one (on an AssertionPool, a bare AssertionError).
-    if sql_store.backend == "sqlite-memory":
-        pytest.skip("an in-memory database is one connection, shared by its engine")
-    own = _sql(sql_store)
-    engine = create_engine(own.db_engine.url, pool_size=1, max_overflow=0, pool_timeout=0.5)
-    options: dict[str, Any] = {} if own.schema is None else {"schema": own.schema}
-    try:
-        sql_cases.check_a_pool_that_times_out(
-            lambda e: type(own)(own.table_name, db_engine=e, **options),  # type: ignore[call-arg]
-            engine,
-        )
-    finally:
-        engine.dispose()
+    _on_a_pool_of_one(sql_store, 0.5, sql_cases.check_a_pool_that_times_out)
 
 
 @pytest.mark.parametrize("options", [{"stream_results": True}, {"yield_per": 2}])
