@@ -638,25 +638,29 @@ def test_every_erasure_leaves_no_copy_in_the_database_file_or_its_log(
     storage.close()
 
 
+def _erased_beside_a_reader(path: Path) -> tuple[SqliteStorage, sqlite3.Connection]:
+    """A storage of the database at ``path`` that saved the marked sessions and erased
+    their user while another program's reader held a snapshot; the storage and the reader."""
+    storage = SqliteStorage("sessions", db_file=path)
+    _save_marked(storage)
+    reader = snapshot(path)
+    assert storage.delete_user(MARK) == 3
+    return storage, reader
+
+
 def test_an_erasure_that_a_reader_keeps_from_clearing_the_log_is_cleared_later(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "app.db"
-    storage = SqliteStorage("sessions", db_file=path)
-    _save_marked(storage)
-    reader = snapshot(path)
     # The reader's snapshot holds the log's older pages: the erasure returns all the same.
-    assert storage.delete_user(MARK) == 3
+    storage, reader = _erased_beside_a_reader(path)
     assert storage.read(f"{MARK}-0") is None
     assert marked_files(tmp_path) != []
     reader.execute("COMMIT")
     storage.close()
     assert marked_files(tmp_path) == []
     reader.close()
-    storage = SqliteStorage("sessions", db_file=path)
-    _save_marked(storage)
-    reader = snapshot(path)
-    assert storage.delete_user(MARK) == 3
+    storage, reader = _erased_beside_a_reader(path)
     reader.execute("COMMIT")
     # The next erasure clears the log, even one that removes nothing.
     assert storage.delete_user("nobody") == 0
@@ -684,11 +688,7 @@ def test_an_erasure_zeroes_what_it_frees_whatever_sqlites_default(tmp_path: Path
 def test_closing_after_an_erasure_whose_file_was_removed_neither_raises_nor_makes_it(
     tmp_path: Path,
 ) -> None:
-    path = tmp_path / "app.db"
-    storage = SqliteStorage("sessions", db_file=path)
-    _save_marked(storage)
-    reader = snapshot(path)
-    assert storage.delete_user(MARK) == 3
+    storage, reader = _erased_beside_a_reader(tmp_path / "app.db")
     reader.close()
     for name in ("app.db", "app.db-wal", "app.db-shm"):
         (tmp_path / name).unlink(missing_ok=True)
