@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 from sqlalchemy import make_url
+from sqlalchemy.pool import NullPool
 
 from savegame.storage.base import Storage
 from savegame.storage.files import FileStorage
@@ -557,6 +558,35 @@ def postgres_url() -> str:
 def mysql_url() -> str:
     """The test MySQL/MariaDB server's URL (skips or fails when it does not answer)."""
     return require_service("MySQL", "SAVEGAME_TEST_MYSQL_URL", MYSQL_URL, _probe_sql)
+
+
+@contextmanager
+def mysql_packet_limit(server: str) -> Iterator[int]:
+    """The MySQL server's max_allowed_packet, held still while the caller runs: one test
+    raises it for a moment, and the server may be shared with other runs of the suite, so
+    every test that reads or changes it holds a server-wide lock. Skips above 64 MB, as the
+    values of about that size these tests send would be too large here."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(server, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            taken = conn.execute(text("SELECT GET_LOCK(:name, 600)"), {"name": _PACKET_LOCK})
+            assert taken.scalar_one() == 1, "another run held max_allowed_packet for 10 minutes"
+            try:
+                limit = int(conn.execute(text("SELECT @@global.max_allowed_packet")).scalar_one())
+                if limit > 64 << 20:
+                    pytest.skip(
+                        f"max_allowed_packet is {limit} bytes here; the test needs 64 MB or less"
+                    )
+                yield limit
+            finally:
+                conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": _PACKET_LOCK})
+    finally:
+        engine.dispose()
+
+
+_PACKET_LOCK = "savegame_tests_max_allowed_packet"
 
 
 def _address(server: str, default_port: int) -> tuple[str, int]:

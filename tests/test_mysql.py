@@ -24,7 +24,7 @@ from savegame.storage.mysql import MySQLStorage
 from savegame.storage.session.agent import AgentSession
 from savegame.workflow import Workflow
 from tests import sql_cases
-from tests.stores import mysql_url, unique, write_original_table
+from tests.stores import mysql_packet_limit, mysql_url, unique, write_original_table
 
 
 @pytest.fixture
@@ -209,25 +209,21 @@ def test_without_pymysql_the_error_names_the_extra() -> None:
     sql_cases.check_missing_driver("pymysql", "MySQLStorage", "mysql://h/db", "mysql")
 
 
-def _packet_limit(admin: Engine) -> int:
-    """The server's max_allowed_packet; the test is skipped above 64 MB, as its values of
-    about that size would be too large to send here. The tests that read or change it run
-    one after the other (one xdist group)."""
-    with admin.connect() as conn:
-        limit = int(conn.execute(text("SELECT @@global.max_allowed_packet")).scalar_one())
-    if limit > 64 << 20:
-        pytest.skip(f"max_allowed_packet is {limit} bytes here; this test needs 64 MB or less")
-    return limit
+@pytest.fixture
+def packet_limit(server: str) -> Iterator[int]:
+    """The server's max_allowed_packet, which no other test changes while this one runs."""
+    with mysql_packet_limit(server) as limit:
+        yield limit
 
 
 @pytest.mark.xdist_group("max_allowed_packet")
 def test_a_session_larger_than_max_allowed_packet_is_refused_and_nothing_changes(
-    server: str, admin: Engine, table: str
+    server: str, admin: Engine, table: str, packet_limit: int
 ) -> None:
     # Refused before it is sent, always with the reason: the server itself would close the
     # connection while a large statement is still being sent, and the client might then
     # see only the connection reset.
-    limit = _packet_limit(admin)
+    limit = packet_limit
     refused = "larger than the server's max_allowed_packet"
     storage = MySQLStorage(table, db_url=server)
     stored = storage.upsert(AgentSession(session_id="big", session_data={"n": 1}))
@@ -249,12 +245,12 @@ def test_a_session_larger_than_max_allowed_packet_is_refused_and_nothing_changes
 
 @pytest.mark.xdist_group("max_allowed_packet")
 def test_a_header_too_large_to_send_packed_is_read_column_by_column(
-    server: str, admin: Engine, table: str
+    server: str, admin: Engine, table: str, packet_limit: int
 ) -> None:
     # A read of one session asks for its header as one JSON array, which doubles each
     # backslash; MariaDB gives NULL for an array larger than max_allowed_packet, though
     # each column alone fits. Another writer leaves such a header here.
-    pairs = _packet_limit(admin) * 9 // 32  # the column: 9/16 of the limit; packed: 9/8
+    pairs = packet_limit * 9 // 32  # the column: 9/16 of the limit; packed: 9/8
     runs = [{"run_id": "r0", "messages": [{"role": "user", "content": "hi"}]}]
     with MySQLStorage(table, db_url=server) as storage:
         storage.upsert(AgentSession(session_id="wide", memory={"runs": runs}))
@@ -276,11 +272,11 @@ def test_a_header_too_large_to_send_packed_is_read_column_by_column(
 
 @pytest.mark.xdist_group("max_allowed_packet")
 def test_a_value_stored_under_a_larger_max_allowed_packet_is_never_read_as_null(
-    server: str, admin: Engine, table: str
+    server: str, admin: Engine, table: str, packet_limit: int
 ) -> None:
     # A value stored while the server took larger packets is larger than it packs now: the
     # cast to text in the packed header gives NULL for it, which is not the value.
-    limit = _packet_limit(admin)
+    limit = packet_limit
     with MySQLStorage(table, db_url=server) as storage:
         storage.upsert(AgentSession(session_id="grown", session_data={"n": 1}))
     try:
@@ -656,9 +652,9 @@ def test_tls_files_that_cannot_be_read_are_named(server: str, table: str, tmp_pa
 
 @pytest.mark.xdist_group("max_allowed_packet")
 def test_a_workflow_run_whose_output_is_too_large_is_recorded_without_it(
-    server: str, admin: Engine, table: str
+    server: str, admin: Engine, table: str, packet_limit: int
 ) -> None:
-    limit = _packet_limit(admin)
+    limit = packet_limit
 
     class Report(Workflow):
         def run(self) -> str:
