@@ -1684,17 +1684,40 @@ def test_an_export_stopped_by_ctrl_c_says_its_output_is_no_whole_backup(tmp_path
     assert written <= lines() <= written + 1
 
 
-@pytest.mark.parametrize("command", [["purge", "--older-than", "1d"], ["delete-user", "u"]])
+_IDS = [f"s{i:04}" for i in range(1500)]
+
+
+@pytest.mark.parametrize(
+    ("command", "told"),
+    [
+        (
+            ["purge", "--older-than", "1d"],
+            "the purge stopped having removed (\\d+) sessions; running it again removes the rest",
+        ),
+        (
+            ["delete-user", "u"],
+            "the deletion of user 'u' stopped having removed (\\d+) sessions; running it again "
+            "removes the rest",
+        ),
+        (
+            ["sessions", "delete", *_IDS],
+            "the deletion stopped having deleted (\\d+) of 1500 sessions; the others are still "
+            "there",
+        ),
+    ],
+    ids=["purge", "delete-user", "sessions-delete"],
+)
 def test_a_purge_or_erasure_stopped_by_ctrl_c_says_how_many_it_removed(
-    tmp_path: Path, command: list[str]
+    tmp_path: Path, command: list[str], told: str
 ) -> None:
-    """Ctrl-C ended them with exit code 130 and nothing on stderr, so a user could not tell
-    whether any session had been removed, nor that the rest were still there."""
+    """Ctrl-C ended them with exit code 130 and nothing on stderr (``sessions delete`` said
+    only how many it had deleted), so a user could not tell whether any session had been
+    removed, nor that the rest were still there."""
     backup = tmp_path / "old.jsonl"
     with backup.open("w") as f:
-        for i in range(1500):
+        for i, session_id in enumerate(_IDS):
             when = BASE + i
-            line = {"session_id": f"s{i:04}", "user_id": "u", "created_at": when}
+            line = {"session_id": session_id, "user_id": "u", "created_at": when}
             f.write(json.dumps({**line, "updated_at": when}) + "\n")
     folder = tmp_path / "sessions"
     url = f"json:///{folder}"
@@ -1704,15 +1727,26 @@ def test_a_purge_or_erasure_stopped_by_ctrl_c_says_how_many_it_removed(
         [*command, "-s", url], lambda: len(list(folder.glob("*.json"))) <= 1200
     )
     assert code == 130, stderr
-    what = "the purge" if command[0] == "purge" else "the deletion of user 'u'"
-    told = re.fullmatch(
-        f"interrupted: {what} stopped having removed (\\d+) sessions; running it again "
-        "removes the rest\n",
-        stderr,
-    )
-    assert told is not None, stderr
-    removed = 1500 - len(open_storage(url).get_all_session_ids())
+    said = re.fullmatch(f"interrupted: {told}\n", stderr)
+    assert said is not None, stderr
+    left = open_storage(url).get_all_session_ids()
+    removed = 1500 - len(left)
     # A session whose file is gone may not be counted yet: its removal had not returned.
-    assert 300 - 1 <= int(told[1]) <= removed <= int(told[1]) + 1 < 1500
-    savegame(*command, "-s", url)
+    assert 300 - 1 <= int(said[1]) <= removed <= int(said[1]) + 1 < 1500
+    # Run again, each removes the rest (sessions delete: those still there).
+    savegame(*([*command[:2], *left] if command[0] == "sessions" else command), "-s", url)
     assert open_storage(url).get_all_session_ids() == []
+
+
+@pytest.mark.parametrize("name", ["", "  ", "\t"])
+def test_a_rename_to_no_name_is_refused(tmp_path: Path, name: str) -> None:
+    """``sessions rename s "$NAME"`` with NAME unset stored an empty name."""
+    url = f"sqlite:///{tmp_path / 'names.db'}"
+    with open_storage(url) as storage:
+        storage.upsert(AgentSession(session_id="s", session_data={"session_name": "Trip"}))
+    refused = savegame("sessions", "rename", "s", name, "-s", url, code=2)
+    assert "a session's name cannot be empty or only spaces" in errors(refused)
+    with open_storage(url) as storage:
+        kept = storage.read("s")
+        assert kept is not None
+        assert kept.session_data == {"session_name": "Trip"}  # type: ignore[attr-defined]

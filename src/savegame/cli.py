@@ -541,7 +541,14 @@ def sessions_delete(
     wanted = list(dict.fromkeys(check_id(session_id) for session_id in session_ids))
     deleted = 0
     missing: list[str] = []
-    with _open(storage, mode) as store:
+
+    def how_far() -> str:
+        return (
+            f"the deletion stopped having deleted {deleted} of {_sessions(len(wanted))}; "
+            "the others are still there"
+        )
+
+    with _on_ctrl_c(how_far), _open(storage, mode) as store:
         exists = store.table_exists()
         try:
             for session_id in wanted:
@@ -549,8 +556,10 @@ def sessions_delete(
                     deleted += 1
                 else:
                     missing.append(session_id)
-        finally:
+        except Exception:
             _note(f"deleted {_sessions(deleted)}")
+            raise
+    _note(f"deleted {_sessions(deleted)}")
     if missing:
         _missing(storage, mode, missing)
 
@@ -563,6 +572,9 @@ def sessions_rename(
     mode: ModeOption = "agent",
 ) -> None:
     """Give a session a name (kept in its session_data as session_name)."""
+    if not name.strip():
+        # An unset shell variable, most likely: the session would show no name.
+        raise typer.BadParameter("a session's name cannot be empty or only spaces")
     with _open(storage, mode) as store:
         if transfer.rename_session(store, session_id, name) is None:
             _missing(storage, mode, [session_id])
