@@ -592,6 +592,52 @@ def test_a_timeout_that_is_no_wait_is_refused_when_the_storage_is_made(
     assert RedisStorage("p", **{name: 0.5})
 
 
+def test_a_url_gives_the_timeouts_and_a_server_that_never_answers_fails_the_call() -> None:
+    # A Redis URL took neither timeout: a server that never answered held each call for
+    # 30 s, and an application configured by URL alone could not shorten that.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        url = f"redis://127.0.0.1:{port}/0?socket_timeout=0.2&connect_timeout=1.5"
+        for storage in (RedisStorage("p", url=url), open_storage(url)):
+            with pytest.raises(BackendUnavailableError, match=f"127.0.0.1:{port}"):
+                storage.read("s")
+            kwargs = storage._connect().connection_pool.connection_kwargs
+            assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (0.2, 1.5)
+            storage.close()
+    default = RedisStorage("p", url="redis://127.0.0.1:1/0")._connect()
+    kwargs = default.connection_pool.connection_kwargs
+    assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (30.0, 5.0)
+
+
+@pytest.mark.parametrize(
+    ("opening", "refused"),
+    [
+        (
+            lambda: RedisStorage("p", url="redis://h/0?socket_timeout=0"),
+            "socket_timeout must be a number of seconds above 0",
+        ),
+        (
+            lambda: open_storage("redis://h/0?connect_timeout=soon"),
+            "connect_timeout must be a number of seconds above 0",
+        ),
+        (
+            lambda: RedisStorage("p", url="redis://h/0?socket_timeout=2", socket_timeout=3),
+            "got socket_timeout=3 as an argument and 2.0 in its url: give one",
+        ),
+        (
+            lambda: RedisStorage("p", url="redis://h/0?connect_timeout=2&connect_timeout=2"),
+            "gives an option more than once: connect_timeout",
+        ),
+    ],
+)
+def test_a_timeout_in_a_url_that_is_no_wait_or_disagrees_is_refused(
+    opening: Any, refused: str
+) -> None:
+    with pytest.raises(InvalidIdentifierError, match=re.escape(refused)):
+        opening()
+    assert RedisStorage("p", url="redis://h/0?socket_timeout=2", socket_timeout=2.0)
+
+
 @pytest.mark.parametrize(
     "url",
     [

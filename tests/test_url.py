@@ -270,7 +270,8 @@ def test_storage_url_is_what_backends_receive() -> None:
         (
             "redis://127.0.0.1:1/0?exipre=60",
             {},
-            "Redis URL: exipre; it takes prefix, expire, shards, cache_bytes, ssl, ssl_ca_certs$",
+            "Redis URL: exipre; it takes prefix, expire, shards, cache_bytes, ssl, ssl_ca_certs, "
+            "socket_timeout, connect_timeout$",
         ),
         ("rediss://127.0.0.1:1/0", {"table": "t"}, "Redis URL: table; it takes prefix,"),
         ("mysql+pymysql://root@127.0.0.1:1/test?tabel=x", {}, "mysql.pymysql:// URL: tabel;"),

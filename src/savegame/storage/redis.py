@@ -183,6 +183,10 @@ MAX_WRITE_ATTEMPTS = 1000
 GUESS = 64 * 1024
 """Largest write (in characters) sent on the guess that a session not seen is new."""
 
+SOCKET_TIMEOUT = 30.0
+"""Seconds a call waits for the server's reply by default before it fails."""
+CONNECT_TIMEOUT = 5.0
+"""Seconds a connection to the server may take by default."""
 MAX_SHARDS = 1024
 """The most slots one store may spread over."""
 
@@ -672,17 +676,20 @@ class RedisStorage(Storage):
             certificate authorities (or ``ssl_ca_certs``) and its name against ``host``.
         expire: seconds a session lives after its last write (Redis expires it natively).
         url: a ``redis://``, ``rediss://`` or ``redis+cluster://`` URL (see :func:`from_url`)
-            instead of host, port and db; its query may hold ``ssl`` and ``ssl_ca_certs``.
-            ``password``, ``username`` and ``ssl=True`` given with it are used when the URL
-            has none, and refused when it has another.
+            instead of host, port and db; its query may hold ``ssl``, ``ssl_ca_certs``,
+            ``socket_timeout`` and ``connect_timeout``. ``password``, ``username``,
+            ``ssl=True`` and the timeouts given with it are used when the URL has none, and
+            refused when it has another.
         client: a ready ``redis.Redis`` or ``redis.cluster.RedisCluster``; the storage
             neither configures nor closes it.
         username: the ACL user name, if the server uses ACLs.
         ssl_ca_certs: a PEM file of the certificate authorities to trust instead of the
             system's, for a server whose certificate a private authority signed; read at
             the first connection, where one that cannot be read raises StorageError.
-        socket_timeout: seconds to wait for a reply before the call fails.
-        connect_timeout: seconds to wait for a connection.
+        socket_timeout: seconds to wait for a reply before the call fails; None: the URL's,
+            or :data:`SOCKET_TIMEOUT`.
+        connect_timeout: seconds to wait for a connection; None: the URL's, or
+            :data:`CONNECT_TIMEOUT`.
         shards: how many cluster slots the store spreads over (see the module docstring);
             fixed by the first storage that writes to the store, None: whatever it was
             fixed to (1 for a new store).
@@ -692,7 +699,7 @@ class RedisStorage(Storage):
     Raises:
         InvalidIdentifierError: for a prefix that does not match :data:`PREFIX`, a malformed
             URL or one with an unknown option, a ``url`` with ``host``, ``port`` or ``db``
-            other than their defaults, or with a ``username``, ``password`` or
+            other than their defaults, or with a ``username``, ``password``, timeout or
             ``ssl_ca_certs`` other than the URL's (or ``ssl=True`` where it says false), a
             port outside 1 to 65535, a negative database, a ``socket_timeout`` or
             ``connect_timeout`` that is not a number of seconds above 0, or (at first use)
@@ -718,15 +725,17 @@ class RedisStorage(Storage):
         client: Any = None,
         username: str | None = None,
         ssl_ca_certs: str | None = None,
-        socket_timeout: float = 30.0,
-        connect_timeout: float = 5.0,
+        socket_timeout: float | None = None,
+        connect_timeout: float | None = None,
         shards: int | None = None,
         cache_bytes: int = DEFAULT_BYTES,
     ) -> None:
         super().__init__(mode, expire)
         check_name(prefix, "Redis key prefix", PREFIX, PREFIX_ALLOWED)
-        socket_timeout = check_seconds(socket_timeout, "socket_timeout")
-        connect_timeout = check_seconds(connect_timeout, "connect_timeout")
+        if socket_timeout is not None:
+            socket_timeout = check_seconds(socket_timeout, "socket_timeout")
+        if connect_timeout is not None:
+            connect_timeout = check_seconds(connect_timeout, "connect_timeout")
         if shards is not None and (type(shards) is not int or not 1 <= shards <= MAX_SHARDS):
             raise InvalidIdentifierError(
                 f"shards must be a whole number from 1 to {MAX_SHARDS}, not {shards!r}"
@@ -786,6 +795,10 @@ class RedisStorage(Storage):
                 )
             nodes, db, options = _parse_url(url, options)
             cluster = url.split("://", 1)[0].lower() == "redis+cluster"
+        if options["socket_timeout"] is None:
+            options["socket_timeout"] = SOCKET_TIMEOUT
+        if options["socket_connect_timeout"] is None:
+            options["socket_connect_timeout"] = CONNECT_TIMEOUT
         if type(port) is not int or not 1 <= port <= 65535:
             raise InvalidIdentifierError(f"Redis port {port!r} must be from 1 to 65535")
         if type(db) is not int or db < 0:
@@ -1930,8 +1943,9 @@ def _parse_url(
 ) -> tuple[list[tuple[str, int]], int, dict[str, Any]]:
     """Nodes, database number and connection options of a Redis URL.
 
-    The query may set ``ssl`` and ``ssl_ca_certs``; any other option is refused rather than
-    ignored (a store's prefix, expiry and shards are arguments of the storage).
+    The query may set ``ssl``, ``ssl_ca_certs``, ``socket_timeout`` and ``connect_timeout``;
+    any other option is refused rather than ignored (a store's prefix, expiry and shards
+    are arguments of the storage).
     """
     scheme, _, rest = url.partition("://")
     scheme = scheme.lower()
@@ -1988,11 +2002,23 @@ def _parse_url(
                 f"{ca_certs!r} in its url: give one"
             )
         options["ssl_ca_certs"] = ca_certs
+    for name, option in (
+        ("socket_timeout", "socket_timeout"),
+        ("connect_timeout", "socket_connect_timeout"),
+    ):
+        if name in connection:
+            seconds = check_seconds(connection.pop(name), name)
+            if options[option] not in (None, seconds):
+                raise InvalidIdentifierError(
+                    f"RedisStorage got {name}={options[option]!r} as an argument and "
+                    f"{seconds!r} in its url: give one"
+                )
+            options[option] = seconds
     if connection:
         raise InvalidIdentifierError(
             f"unknown option(s) for a Redis URL: {', '.join(sorted(connection))}; it takes "
-            "ssl, ssl_ca_certs (a store's prefix, expire and shards are arguments of "
-            "RedisStorage)"
+            "ssl, ssl_ca_certs, socket_timeout, connect_timeout (a store's prefix, expire "
+            "and shards are arguments of RedisStorage)"
         )
     nodes = [_node(part) for part in (netloc or "localhost").split(",")]
     if len(nodes) > 1 and scheme != "redis+cluster":
@@ -2061,7 +2087,8 @@ def from_url(url: StorageURL) -> RedisStorage:
     ``?ssl_ca_certs=`` names a PEM file of certificate authorities to trust for TLS.
     ``?prefix=`` names the store (default ``savegame:<mode>``), ``?expire=`` gives seconds,
     ``?shards=`` spreads a new store over that many cluster slots, ``?cache_bytes=`` bounds
-    what the storage remembers of its recent sessions.
+    what the storage remembers of its recent sessions, ``?socket_timeout=`` and
+    ``?connect_timeout=`` give the seconds a reply and a connection may take.
 
     Raises:
         InvalidIdentifierError: for a malformed address or database, or an unknown option.
@@ -2075,10 +2102,13 @@ def from_url(url: StorageURL) -> RedisStorage:
         _check_tls(given)
     ssl = given is not None and _flag(given)
     ca_certs = url.options.pop("ssl_ca_certs", None)
+    socket_timeout = url.options.pop("socket_timeout", None)
+    connect_timeout = url.options.pop("connect_timeout", None)
     if url.options:
         raise InvalidIdentifierError(
             f"unknown option(s) for a Redis URL: {', '.join(sorted(url.options))}; it takes "
-            "prefix, expire, shards, cache_bytes, ssl, ssl_ca_certs"
+            "prefix, expire, shards, cache_bytes, ssl, ssl_ca_certs, socket_timeout, "
+            "connect_timeout"
         )
     return RedisStorage(
         prefix,
@@ -2089,4 +2119,6 @@ def from_url(url: StorageURL) -> RedisStorage:
         ssl_ca_certs=ca_certs,
         shards=shards,
         cache_bytes=cache_bytes,
+        socket_timeout=socket_timeout,
+        connect_timeout=connect_timeout,
     )
