@@ -119,6 +119,34 @@ def test_the_original_table_is_read_then_upgraded_and_written(tmp_path: Path) ->
     assert again.memory["runs"][-1] == {"run_id": "next"}  # type: ignore[index]
 
 
+def test_numbers_in_the_original_json_columns_are_read_and_written_exactly(
+    tmp_path: Path,
+) -> None:
+    # The original's JSON columns have NUMERIC affinity: SQLite keeps the text of a JSON
+    # number as an INTEGER or REAL, which read as the number it became, not as JSON text.
+    path = tmp_path / "original.db"
+    rows = [
+        {"session_id": "whole", "memory": 5, "extra_data": None},
+        {"session_id": "real", "memory": {"runs": [{"i": 1}]}, "extra_data": 1.5},
+    ]
+    write_original_table(f"sqlite:///{path}", "legacy", None, rows)
+    storage = SqliteStorage("legacy", db_file=path)
+    whole = storage.read("whole")
+    assert whole is not None
+    assert whole.memory == 5
+    assert len(storage.get_all_sessions()) == 2
+    storage.upgrade_schema()
+    real = storage.read("real")
+    assert real is not None
+    assert (real.memory, real.extra_data) == ({"runs": [{"i": 1}]}, 1.5)
+    for value in (7, 1.0, -0.0, 10**20, 2.5e-300):
+        storage.upsert(AgentSession(session_id="whole", session_data=value))  # type: ignore[arg-type]
+        got = SqliteStorage("legacy", db_file=path).read("whole")
+        assert got is not None
+        assert repr(got.session_data) == repr(value)
+    storage.close()
+
+
 def test_auto_upgrade_schema_upgrades_on_first_write(tmp_path: Path) -> None:
     path = tmp_path / "original.db"
     _legacy_database(path, 3)

@@ -273,6 +273,10 @@ class SqlDialect(ABC):
         """The value of a JSON column's text."""
         return codec.loads(text)
 
+    def header_json(self, text: str) -> Any:
+        """What a write binds for ``text``, the JSON of a header's JSON column."""
+        return text
+
     # -- statements -----------------------------------------------------------------------
 
     @abstractmethod
@@ -1924,12 +1928,13 @@ class SqlStorage(Storage):
     def _header_values(self, draft: Draft, record: Record, token: str) -> dict[str, Any]:
         """The header row of a stamped record."""
         dumps = self.dialect.dumps
+        bound = self.dialect.header_json
         texts = draft.texts
         values = {name: record.get(name) for name in self._names}
         for name in self._json_names:
             value = values[name]
             if value is not None:
-                values[name] = dumps(value, texts.get(name))
+                values[name] = bound(dumps(value, texts.get(name)))
         values["run_count"] = None if draft.runs is None else len(draft.runs)
         values["write_token"] = token
         return values

@@ -87,6 +87,8 @@ sync failed, or the shared index that would have shown them to readers could not
 
 SYNCHRONOUS = ("FULL", "NORMAL", "EXTRA")
 
+_NUMBER_STARTS = frozenset("-0123456789")
+
 
 class SqliteDialect(SqlDialect):
     """SQLite's differences: pragmas, ``BEGIN IMMEDIATE``, ``ON CONFLICT`` and result codes."""
@@ -105,6 +107,22 @@ class SqliteDialect(SqlDialect):
         self.settings = (synchronous, busy_timeout, wal)
         self.inherited = "close" if wal else "keep"
         self.keeps_erased = wal
+
+    def loads(self, text: str | bytes | float) -> Any:
+        """The value of a JSON column's text, or the number SQLite made of it.
+
+        The original declared its JSON columns ``JSON``, which gives them SQLite's NUMERIC
+        affinity: the text of a JSON number is stored as an INTEGER or REAL (``1.0`` as 1,
+        ``100000000000000000000`` as 1e20), and is read as the number it became.
+        """
+        if isinstance(text, (int, float)):
+            return text
+        return super().loads(text)
+
+    def header_json(self, text: str) -> Any:
+        """The text of a JSON number as a BLOB, which no column affinity converts, so that
+        it reads back exactly from the original's columns (upgraded) as from savegame's."""
+        return text.encode() if text[0] in _NUMBER_STARTS else text
 
     def upsert(self, table: Table, keys: Sequence[str]) -> Executable:
         return on_conflict_update(insert(table), keys)
