@@ -518,6 +518,23 @@ def test_reads_see_a_database_file_removed_or_replaced_within_a_tenth_of_a_secon
     assert SqliteStorage("t", db_file=path).get_all_session_ids() == expected
 
 
+@pytest.mark.parametrize("call", ["create", "upgrade_schema", "table_exists", "drop"])
+def test_schema_calls_see_a_database_file_replaced_under_a_pooled_connection(
+    tmp_path: Path, call: str
+) -> None:
+    path = tmp_path / "x.db"
+    with SqliteStorage("t", db_file=path) as first:
+        first.upsert(AgentSession(session_id="old"))
+        kept = SqliteStorage("t", db_file=path)  # its engine keeps a connection to the file
+        assert kept.read("old") is not None
+    path.unlink()
+    write_original_table(f"sqlite:///{path}", "legacy", None, [{"session_id": "a"}])
+    with SqliteStorage("legacy", db_file=path) as storage:
+        getattr(storage, call)()
+        assert storage.table_exists() == (call != "drop")
+    kept.close()
+
+
 _FULL_DISK_CHECKS = """
 import sys
 from savegame.errors import BackendUnavailableError

@@ -1791,6 +1791,7 @@ class SqlStorage(Storage):
                 "once storage.upgrade_schema() has brought it up to date"
             )
 
+    @_again_if_dropped
     def create(self) -> None:
         """Makes the schema, the tables and their indexes; does nothing when they exist.
 
@@ -1802,6 +1803,7 @@ class SqlStorage(Storage):
         """
         self._make_tables(upgrade=self.auto_upgrade_schema)
 
+    @_again_if_dropped
     def table_exists(self) -> bool:
         """Whether the session table exists.
 
@@ -1815,6 +1817,7 @@ class SqlStorage(Storage):
 
         return not self._absent() and self._call(exists)
 
+    @_again_if_dropped
     def drop(self) -> None:
         """Drops this storage's two tables and its line in ``savegame_migrations``.
 
@@ -1851,6 +1854,7 @@ class SqlStorage(Storage):
             self._layout = _MISSING
         self._erased()
 
+    @_again_if_dropped
     def upgrade_schema(self) -> None:
         """Applies the migrations the table is missing, in one transaction where DDL allows.
 
