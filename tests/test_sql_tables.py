@@ -28,6 +28,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     delete,
+    insert,
     inspect,
     select,
     update,
@@ -901,6 +902,35 @@ def test_an_original_table_of_another_mode_or_no_session_table_is_refused_untouc
     finally:
         with own.db_engine.begin() as conn:
             metadata.drop_all(conn)
+
+
+def test_an_original_table_recorded_at_an_older_savegame_version_is_upgraded_whole(
+    sql_store: Store,
+) -> None:
+    # An earlier savegame recorded the table at version 2 or 3; the original made it again.
+    first = _sql(sql_store)
+    first.create()
+    engine, table = first.db_engine, first.table_name
+    first.drop()
+    rows = [{"session_id": "a", "memory": {"runs": [{"run_id": "r"}]}}]
+    write_original_table(engine, table, first.schema, rows)
+    with engine.connect() as conn:
+        migrations = Table("savegame_migrations", MetaData(schema=first.schema), autoload_with=conn)
+    for version in (3, 2):
+        with engine.begin() as conn:
+            conn.execute(delete(migrations).where(migrations.c.table_name == table))
+            conn.execute(insert(migrations).values(table_name=table, version=version))
+        storage = _sibling(first, table)
+        storage.upgrade_schema()
+        storage.upsert(AgentSession(session_id="b", memory={"runs": [{"run_id": "s"}]}))
+        again = _sibling(first, table)
+        assert [again.read(i).memory for i in "ab"] == [  # type: ignore[union-attr]
+            {"runs": [{"run_id": "r"}]},
+            {"runs": [{"run_id": "s"}]},
+        ]
+        again.close()
+        storage.close()
+    first.close()
 
 
 def test_a_table_of_a_newer_layout_is_refused_and_left_as_it_is(sql_store: Store) -> None:

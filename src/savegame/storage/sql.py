@@ -1678,6 +1678,12 @@ class SqlStorage(Storage):
             if names >= latest and self._runs_table_is(conn):
                 return _Layout(version, latest)
             version = ORIGINAL_VERSION
+        # A record below the latest is believed only as far as the columns bear it out: the
+        # original may have made the table again after an earlier savegame recorded it.
+        for migration, column in _MARKS:
+            if column not in names:
+                version = min(version, migration - 1)
+                break
         if names == set(self.runs_table.c.keys()):
             raise StorageError(
                 f"table {self.table_name!r} holds the runs of another storage's sessions"
@@ -2851,6 +2857,9 @@ def _write_token(storage: SqlStorage, conn: Connection) -> None:
 def _past_tokens(storage: SqlStorage, conn: Connection) -> None:
     _add_columns(storage, conn, ["past_tokens"])
 
+
+_MARKS = ((2, "expires_at"), (3, "run_count"), (4, "write_token"), (5, "past_tokens"))
+"""Each migration with a column it adds, in order: a table lacking it is not past the one before."""
 
 MIGRATIONS: list[Migration] = [
     Migration(2, "every session field as a column; version and expires_at", _savegame_columns),
