@@ -787,8 +787,14 @@ class Storage(ABC):
         if run_codec is None:
             return Draft(encode(data), {}, None, spec.runs_path)
         head, runs = split_runs(data, spec.runs_path)
+        encoded = None
         if runs is not None:
-            fold_messages(head, runs, spec.runs_path)
+            path = _json_path(spec.runs_path)
+            encoded = run_codec.encode(session.session_id, runs, path, len(spec.runs_path) + 2)
+            # Decided on the runs as stored, from which a read makes the list again: there
+            # a run or a message list of another type (an OrderedDict, a tuple), which
+            # :func:`messages_of` passes over, is a plain dict or list.
+            fold_messages(head, encoded.items, spec.runs_path)
         record: Record = {}
         texts: dict[str, str] = {}
         for key, value in head.items():
@@ -796,10 +802,6 @@ class Storage(ABC):
                 record[key] = value
             else:
                 record[key], texts[key] = encode_text(value, _json_path((key,)), 2)
-        if runs is None:
-            return Draft(record, texts, None, spec.runs_path)
-        path = _json_path(spec.runs_path)
-        encoded = run_codec.encode(session.session_id, runs, path, len(spec.runs_path) + 2)
         return Draft(record, texts, encoded, spec.runs_path)
 
     def _stamp(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import enum
 import json
@@ -1503,6 +1504,23 @@ class ModeContract:
         assert got is not None
         ordered = "key_order" in type(storage).capabilities
         assert _exact(got.to_dict()["memory"], ordered) == _exact(memory, ordered)
+
+    def test_a_message_list_of_runs_stored_as_other_types_round_trips(self, store: Store) -> None:
+        # The list holds the messages of the plain runs only, as an agent's would list them;
+        # stored, the OrderedDict run and the tuple of messages are a dict and a list, whose
+        # messages must not join the list on a read.
+        session, messages = self._conversation(store, 1)
+        memory = session.to_dict()["memory"]
+        later = {"role": "user", "content": "later"}
+        memory["runs"] += [
+            collections.OrderedDict(run_id="r1", messages=[later]),
+            {"run_id": "r2", "messages": (later,)},
+        ]
+        storage = store()
+        stored = storage.upsert(session)
+        for got in (stored, storage.read("talk"), store().read("talk")):
+            assert got is not None
+            assert got.to_dict()["memory"]["messages"] == messages
 
     def test_the_mark_of_a_message_list_is_refused_as_data(self, store: Store) -> None:
         self._conversation(store, 0)

@@ -161,7 +161,9 @@ def fold_messages(head: dict[str, Any], runs: list[Any], path: tuple[str, ...]) 
     session does), or exact copies of them (same types, same keys in the same order, as a
     session read back from an export does). Stored, the list would repeat every run, and
     every save would rewrite the whole conversation. ``head`` is what :func:`split_runs`
-    returned, whose dicts on the way to the runs are its own. Returns whether it did.
+    returned, whose dicts on the way to the runs are its own; ``runs`` are the runs as they
+    will be stored (JSON-native), as :func:`unfold_messages` will find them. Returns
+    whether it did.
     """
     holder = beside_runs(head, path)
     if not isinstance(holder, dict):
@@ -172,12 +174,15 @@ def fold_messages(head: dict[str, Any], runs: list[Any], path: tuple[str, ...]) 
     given = messages_of(runs)
     if len(given) != len(messages):
         return False
-    if any(a is not b for a, b in zip(messages, given, strict=True)):
+    apart = [
+        (mine, theirs) for mine, theirs in zip(messages, given, strict=True) if mine is not theirs
+    ]
+    if apart:
         # Imported here: savegame.storage.known imports this module.
         from savegame.storage.known import pickle_plain
 
-        copied = pickle_plain(messages)
-        if copied is None or copied != pickle_plain(given):
+        copied = pickle_plain([mine for mine, _ in apart])
+        if copied is None or copied != pickle_plain([theirs for _, theirs in apart]):
             return False
     holder["messages"] = MESSAGES_OF_RUNS
     return True
