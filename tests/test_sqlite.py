@@ -617,6 +617,28 @@ def test_listings_by_user_or_agent_search_an_index(tmp_path: Path) -> None:
         raw.close()
 
 
+def test_erasing_a_user_of_many_sessions_takes_a_few_statements_a_batch(tmp_path: Path) -> None:
+    # One transaction of four statements a session made erasing 510 sessions cost over
+    # 2,000 statements and 510 commits; in batches of 500 it takes about a dozen.
+    storage = SqliteStorage("chats", db_file=tmp_path / "s.db", synchronous="NORMAL")
+    for i in range(515):
+        storage.upsert(
+            AgentSession(session_id=f"s{i:03}", user_id="u" if i < 510 else "other", memory={})
+        )
+    listed = storage.get_all_session_ids(user_id="u")
+    statements: list[str] = []
+    storage.db_engine.dispose()
+    event.listen(
+        storage.db_engine, "connect", lambda conn, _: conn.set_trace_callback(statements.append)
+    )
+    removed: list[str] = []
+    assert storage.delete_user("u", removed) == 510
+    assert removed == listed
+    assert len(statements) < 60, statements[:20]
+    assert sorted(storage.get_all_session_ids()) == ["s510", "s511", "s512", "s513", "s514"]
+    storage.close()
+
+
 @pytest.mark.parametrize(("synchronous", "durable"), [(None, True), ("NORMAL", False)])
 def test_a_returned_write_was_synced_to_the_log_unless_synchronous_is_normal(
     tmp_path: Path, synchronous: str | None, durable: bool

@@ -87,6 +87,10 @@ integers, Redis's ``EXPIRE`` and the doubles of its sorted sets exactly."""
 MAX_VERSION = 2**53 - 1
 """The largest version: exact as a double, which Redis's scripts compute with."""
 
+USER_BATCH = 500
+"""Sessions :meth:`Storage.delete_user` removes in one step (:meth:`Storage._delete_owned`):
+those of a step done are reported removed before the next begins."""
+
 MAX_LIMIT = 2**31 - 1
 """The largest listing limit passed on to a backend (a 32-bit integer in some databases);
 a larger one asks for more sessions than a list in memory could hold, and is taken as None."""
@@ -696,9 +700,9 @@ class Storage(ABC):
         check_id(user_id, "user id")
         done = [] if removed is None else removed
         before = len(done)
-        for session_id in self._list(user_id, None, None, None):
-            if self._delete(session_id, user_id):
-                done.append(session_id)
+        listed = self._list(user_id, None, None, None)
+        for start in range(0, len(listed), USER_BATCH):
+            self._delete_owned(listed[start : start + USER_BATCH], user_id, done)
         self._erased()
         return len(done) - before
 
@@ -1001,6 +1005,16 @@ class Storage(ABC):
         ``version``: only while it is at that version, a stored session without one being at
         version 1; either checked in the same atomic step as the removal); True when there
         was one to remove."""
+
+    def _delete_owned(self, session_ids: list[str], owner: str, removed: list[str]) -> None:
+        """Removes those of ``session_ids`` that are still sessions of ``owner``, appending
+        each id to ``removed`` once its removal is done. By default one :meth:`_delete`
+        each; a backend that can remove many in one step does, so that erasing a user of
+        thousands of sessions costs a few statements a batch rather than a transaction a
+        session."""
+        for session_id in session_ids:
+            if self._delete(session_id, owner):
+                removed.append(session_id)
 
     @abstractmethod
     def _purge_expired(self, now: int) -> int:

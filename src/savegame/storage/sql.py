@@ -2576,6 +2576,42 @@ class SqlStorage(Storage):
 
         return self._call(lambda: self._again_on_deadlock(remove))
 
+    @_again_if_dropped
+    def _delete_owned(self, session_ids: list[str], owner: str, removed: list[str]) -> None:
+        header = self.table
+        for session_id in session_ids:
+            self._known.put(session_id, None)
+
+        def remove() -> list[str]:
+            layout = self._current()
+            if layout.version == 0:
+                return []
+            if layout.version < LATEST and "run_count" in layout.columns:
+                # As in _delete: tables being made, or left half made, are finished first.
+                self._make_tables(upgrade=False)
+                layout = self._current()
+            with self._transaction(True) as conn:
+                # The headers still the owner's, locked first, as a write locks a header
+                # before its runs; then their rows. A header already gone had its runs
+                # removed with it.
+                owned = (
+                    select(header.c.session_id)
+                    .where(header.c.session_id.in_(session_ids), header.c.user_id == owner)
+                    .with_for_update()
+                )
+                found = [_text(sid) for sid in conn.execute(owned).scalars()]
+                if not found:
+                    return []
+                self._removed()
+                conn.execute(delete(header).where(header.c.session_id.in_(found)))
+                if "run_count" in layout.columns:
+                    runs_table = self.runs_table
+                    conn.execute(delete(runs_table).where(runs_table.c.session_id.in_(found)))
+                return found
+
+        found = set(self._call(lambda: self._again_on_deadlock(remove)))
+        removed += (session_id for session_id in session_ids if session_id in found)
+
     def _removed(self) -> None:
         """Notes that rows were removed (or are about to be), for :meth:`_erased`."""
         if self.dialect.keeps_erased:
