@@ -1100,6 +1100,32 @@ def test_listings_removals_and_drop_never_run_keys_or_scan(
     assert not any(raw.scan_iter(match="*" + prefix + "*"))
 
 
+@pytest.mark.parametrize("shards", [1, 3])
+def test_erasing_a_user_of_many_sessions_takes_a_script_call_a_batch(
+    server: str, prefix: str, shards: int
+) -> None:
+    # One script call a session made erasing a user a round trip per session; the
+    # sessions of each slot go in batches, and each id removed is reported.
+    storage = RedisStorage(prefix, url=server, shards=shards)
+    for i in range(130):
+        storage.upsert(_session(f"s{i:03}", _runs(1), user_id="u" if i < 120 else "v"))
+    listed = storage.get_all_session_ids(user_id="u")
+    client = storage._connected()
+    sent: list[Any] = []
+    execute = client.execute_command
+
+    def counting(*args: Any, **options: Any) -> Any:
+        sent.append(args[0])
+        return execute(*args, **options)
+
+    client.execute_command = counting
+    removed: list[str] = []
+    assert storage.delete_user("u", removed) == 120
+    assert sorted(removed) == sorted(listed)
+    assert len(sent) < 20, sent
+    assert sorted(storage.get_all_session_ids()) == [f"s{i}" for i in range(120, 130)]
+
+
 def _keys_of(raw: Any, prefix: str) -> list[str]:
     """Every key of the store ``prefix`` (its own, not those of ``prefix:sub``)."""
     found = set()

@@ -199,6 +199,7 @@ MAX_ARGUMENT = 512 * 1024 * 1024
 like a server gone away; savegame refuses it before sending, with SerializationError."""
 
 T = TypeVar("T")
+Id = TypeVar("Id", str, bytes)
 
 # Shared by the scripts that read a header's JSON: the record of the header ``header``, nil
 # where there is none or its data cannot be read. Redis's cjson refuses the whole text over
@@ -296,8 +297,10 @@ local function forget(ids, at, field)
     redis.call('HDEL', KEYS[2], unpack(ids))
     redis.call('ZREM', KEYS[3], unpack(ids))
   end
-  local removed = 0
-  for n in pairs(hit) do removed = removed + 1 end
+  local removed = {}
+  for n in ipairs(ids) do
+    if hit[n] then removed[#removed + 1] = n end
+  end
   return removed
 end
 """
@@ -536,15 +539,15 @@ return {out, gone}
 # the mode's entity field, an owner ('': any), a version ('': any), the ids. With now, an id
 # is removed only while it is expired then or its header is gone; with an owner, only while
 # its header is gone, cannot be read, or names that user; with a version, only while its
-# header is gone or at that version (1 when it has none). Returns for how many ids there
-# was something to remove.
+# header is gone or at that version (1 when it has none). Returns the places (from 1) among
+# the ids given of those there was something to remove for.
 _FORGET_IDS = (
     _FORGET
     + """
 local now = tonumber(ARGV[1])
 local owner = ARGV[3]
 local version = tonumber(ARGV[4])
-local ids, at = {}, {}
+local ids, at, place = {}, {}, {}
 for i = 5, #ARGV do
   local id = ARGV[i]
   local k = 4 + (i - 5) * 3
@@ -564,9 +567,12 @@ for i = 5, #ARGV do
     -- The keys of an id left out (saved again meanwhile) are skipped, not taken by the next.
     ids[#ids + 1] = id
     at[#at + 1] = k
+    place[#place + 1] = i - 4
   end
 end
-return forget(ids, at, ARGV[2])
+local removed = {}
+for _, n in ipairs(forget(ids, at, ARGV[2])) do removed[#removed + 1] = place[n] end
+return removed
 """
 )
 
@@ -1787,24 +1793,34 @@ class RedisStorage(Storage):
         self._known.put(session_id, None)
         return bool(self._forget(self._tag(session_id), [session_id], None, owner, version))
 
+    def _delete_owned(self, session_ids: list[str], owner: str, removed: list[str]) -> None:
+        slots: dict[str, list[str]] = {}
+        tags = self._tags()
+        for session_id in session_ids:
+            self._known.put(session_id, None)
+            slots.setdefault(self._tag(session_id, tags), []).append(session_id)
+        for tag, ids in slots.items():
+            removed += self._forget(tag, ids, None, owner)
+
     def _forget(
         self,
         tag: str,
-        ids: list[str] | list[bytes],
+        ids: list[Id],
         now: int | None,
         owner: str | None = None,
         version: int | None = None,
-    ) -> int:
+    ) -> list[Id]:
         """Removes ``ids`` (with ``now``: those expired or whose header is gone; with
         ``owner``: those of that user; with ``version``: those at that version) from the slot
-        of ``tag``; returns for how many there was something to remove. ``ids`` may be
-        the members of an index as they came (bytes), which need not be UTF-8.
+        of ``tag``; returns those of ``ids`` there was something to remove for, in their
+        order. ``ids`` may be the members of an index as they came (bytes), which need not
+        be UTF-8.
 
         At most :data:`BATCH` ids a script call: Lua unpacks fewer than 8,000 values at once,
         and a listing may meet any number of expired sessions."""
-        removed = 0
+        removed: list[Id] = []
         for start in range(0, len(ids), BATCH):
-            chunk = ids[start : start + BATCH]
+            chunk: list[Id] = ids[start : start + BATCH]
             keys = self._store_keys(tag) + [_key(tag, kind, sid) for sid in chunk for kind in "hrd"]
             args = [
                 "" if now is None else now,
@@ -1813,7 +1829,8 @@ class RedisStorage(Storage):
                 "" if version is None else version,
                 *chunk,
             ]
-            removed += int(self._script(_FORGET_IDS, keys, args))
+            # The script answers with the places (from 1) in ``chunk`` of those it removed.
+            removed += [chunk[int(n) - 1] for n in self._script(_FORGET_IDS, keys, args)]
         return removed
 
     def _sweep(self, tag: str, now: int | str) -> int:
@@ -1823,7 +1840,7 @@ class RedisStorage(Storage):
             ids = self._script(_SWEEP, [tag + "all", tag + "exp", tag + "idx"], [BATCH, now])
             if not ids:
                 return total
-            total += self._forget(tag, ids, None if now == "" else int(now))
+            total += len(self._forget(tag, ids, None if now == "" else int(now)))
 
     def _purge_expired(self, now: int) -> int:
         return sum(self._sweep(tag, now) for tag in self._tags())
