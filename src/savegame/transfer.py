@@ -26,7 +26,6 @@ from typing import Any
 
 from savegame.errors import (
     BackendUnavailableError,
-    ConflictError,
     CorruptSessionError,
     InvalidIdentifierError,
     SerializationError,
@@ -639,12 +638,7 @@ def purge(
         return [session_id for session_id, _ in stale]
     if removed is None:
         removed = []
-    for session_id, version in stale:
-        try:
-            if storage.delete_session(session_id, expected_version=version):
-                removed.append(session_id)
-        except ConflictError:
-            continue
+    storage._delete_batches([session_id for session_id, _ in stale], removed, versions=dict(stale))
     if storage.table_exists():
         storage.purge_expired()
     return removed

@@ -700,11 +700,21 @@ class Storage(ABC):
         check_id(user_id, "user id")
         done = [] if removed is None else removed
         before = len(done)
-        listed = self._list(user_id, None, None, None)
-        for start in range(0, len(listed), USER_BATCH):
-            self._delete_owned(listed[start : start + USER_BATCH], user_id, done)
-        self._erased()
+        self._delete_batches(self._list(user_id, None, None, None), done, owner=user_id)
         return len(done) - before
+
+    def _delete_batches(
+        self,
+        session_ids: list[str],
+        removed: list[str],
+        owner: str | None = None,
+        versions: dict[str, int] | None = None,
+    ) -> None:
+        """Removes ``session_ids`` :data:`USER_BATCH` at a time (:meth:`_delete_many`),
+        then clears what the store keeps of them (:meth:`_erased`) once for all."""
+        for start in range(0, len(session_ids), USER_BATCH):
+            self._delete_many(session_ids[start : start + USER_BATCH], removed, owner, versions)
+        self._erased()
 
     def purge_expired(self) -> int:
         """Removes the sessions whose time has run out; returns how many."""
@@ -1006,14 +1016,23 @@ class Storage(ABC):
         version 1; either checked in the same atomic step as the removal); True when there
         was one to remove."""
 
-    def _delete_owned(self, session_ids: list[str], owner: str, removed: list[str]) -> None:
-        """Removes those of ``session_ids`` that are still sessions of ``owner``, appending
-        each id to ``removed`` once its removal is done. By default one :meth:`_delete`
-        each; a backend that can remove many in one step does, so that erasing a user of
-        thousands of sessions costs a few statements a batch rather than a transaction a
-        session."""
+    def _delete_many(
+        self,
+        session_ids: list[str],
+        removed: list[str],
+        owner: str | None = None,
+        versions: dict[str, int] | None = None,
+    ) -> None:
+        """Removes those of ``session_ids`` that are still sessions of ``owner`` (when set)
+        and still at the version ``versions`` gives for them (when set; one stored without
+        a version being at 1), appending each id to ``removed`` once its removal is done.
+
+        By default one :meth:`_delete` each; a backend that can remove many in one step
+        does, so that erasing a user or purging thousands of sessions costs a few
+        statements a batch rather than a transaction a session."""
         for session_id in session_ids:
-            if self._delete(session_id, owner):
+            version = None if versions is None else versions[session_id]
+            if self._delete(session_id, owner, version):
                 removed.append(session_id)
 
     @abstractmethod

@@ -1793,7 +1793,17 @@ class RedisStorage(Storage):
         self._known.put(session_id, None)
         return bool(self._forget(self._tag(session_id), [session_id], None, owner, version))
 
-    def _delete_owned(self, session_ids: list[str], owner: str, removed: list[str]) -> None:
+    def _delete_many(
+        self,
+        session_ids: list[str],
+        removed: list[str],
+        owner: str | None = None,
+        versions: dict[str, int] | None = None,
+    ) -> None:
+        if versions is not None or owner is None:
+            # The script checks one version for all the ids it is given.
+            super()._delete_many(session_ids, removed, owner, versions)
+            return
         slots: dict[str, list[str]] = {}
         tags = self._tags()
         for session_id in session_ids:

@@ -2577,7 +2577,13 @@ class SqlStorage(Storage):
         return self._call(lambda: self._again_on_deadlock(remove))
 
     @_again_if_dropped
-    def _delete_owned(self, session_ids: list[str], owner: str, removed: list[str]) -> None:
+    def _delete_many(
+        self,
+        session_ids: list[str],
+        removed: list[str],
+        owner: str | None = None,
+        versions: dict[str, int] | None = None,
+    ) -> None:
         header = self.table
         for session_id in session_ids:
             self._known.put(session_id, None)
@@ -2590,16 +2596,22 @@ class SqlStorage(Storage):
                 # As in _delete: tables being made, or left half made, are finished first.
                 self._make_tables(upgrade=False)
                 layout = self._current()
+            versioned = "version" in layout.columns
+            version = func.coalesce(header.c.version, 1) if versioned else literal_column("1")
             with self._transaction(True) as conn:
-                # The headers still the owner's, locked first, as a write locks a header
+                # The headers still to remove, locked first, as a write locks a header
                 # before its runs; then their rows. A header already gone had its runs
                 # removed with it.
-                owned = (
-                    select(header.c.session_id)
-                    .where(header.c.session_id.in_(session_ids), header.c.user_id == owner)
-                    .with_for_update()
+                wanted = select(header.c.session_id, version).where(
+                    header.c.session_id.in_(session_ids)
                 )
-                found = [_text(sid) for sid in conn.execute(owned).scalars()]
+                if owner is not None:
+                    wanted = wanted.where(header.c.user_id == owner)
+                found = [
+                    _text(sid)
+                    for sid, at in conn.execute(wanted.with_for_update())
+                    if versions is None or versions.get(_text(sid)) == at
+                ]
                 if not found:
                     return []
                 self._removed()
