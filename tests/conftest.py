@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,12 @@ from sqlalchemy import Engine, create_engine
 from savegame.storage.session import MODES
 from savegame.testing import Store
 from tests.stores import Backend, backend_params
+
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    # A shell ignores Ctrl-C for what it starts in the background (`make test &`), and
+    # every process the tests start would inherit that: the Ctrl-C tests' commands would
+    # run to their end. A handler, unlike SIG_IGN, is not inherited.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(params=backend_params())
