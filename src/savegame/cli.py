@@ -40,7 +40,6 @@ from savegame.errors import StorageError
 from savegame.storage.base import Storage
 from savegame.storage.codec import check_id
 from savegame.storage.session import MODES, Session
-from savegame.storage.sqlite import in_memory_url
 from savegame.storage.url import open_storage, parse_url, redact
 
 DEFAULT_STORAGE = "sqlite:///savegame.db"
@@ -384,7 +383,13 @@ def _open(url: str, mode: str, absent: Literal["", "note", "fail"] = "") -> Iter
 def _in_this_process(url: str, mode: str) -> bool:
     """Whether ``url`` names a store in memory, which no other command will see."""
     parsed = parse_url(url, mode)
-    return parsed.scheme == "memory" or (parsed.scheme == "sqlite" and in_memory_url(parsed))
+    if parsed.scheme != "sqlite":
+        return parsed.scheme == "memory"
+    # Imported here: SQLAlchemy, which it imports, is most of the start-up time of a
+    # command on another store.
+    from savegame.storage.sqlite import in_memory_url
+
+    return in_memory_url(parsed)
 
 
 def _kept_by_another_mode(store: Storage, mode: str) -> str | None:
