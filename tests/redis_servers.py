@@ -264,10 +264,11 @@ def _tls_options(files: dict[str, Path]) -> list[str]:
 @contextlib.contextmanager
 def _one_server(
     folder: Path, options: Callable[[int], list[str]], client: dict[str, Any], what: str
-) -> Iterator[int]:
+) -> Iterator[tuple[int, Callable[[], None]]]:
     """One ``redis-server`` of the tests' own on a free loopback port, started with
-    ``options(port)`` and answering a client made with ``client``; yields the port and
-    stops the server by process id on leaving.
+    ``options(port)`` and answering a client made with ``client``; yields the port and a
+    function that restarts the server (SIGTERM, then started again on that port, with
+    none of its data: it keeps nothing on disk), and stops it by process id on leaving.
 
     Raises:
         RuntimeError: when ``redis-server`` is missing, does not start (``what`` says what
@@ -294,9 +295,19 @@ def _one_server(
         finally:
             probe.close()
 
+    def restart() -> None:
+        pid = state["pids"][0]
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            _reap(pid)
+            time.sleep(0.02)
+        state["pids"][0] = spawn(server, folder, options(port))
+        wait_until(answers, time.monotonic() + START_TIMEOUT)
+
     try:
         wait_until(answers, time.monotonic() + START_TIMEOUT)
-        yield port
+        yield port, restart
     finally:
         stop(state, folder)
 
@@ -316,7 +327,7 @@ def tls_server(folder: Path) -> Iterator[tuple[int, Path]]:
         return ["--port", "0", "--tls-port", str(port), *_tls_options(files)]
 
     client = {"ssl": True, "ssl_ca_certs": str(files["ca"])}
-    with _one_server(folder, options, client, "a TLS server") as port:
+    with _one_server(folder, options, client, "a TLS server") as (port, _):
         yield port, files["ca"]
 
 
@@ -328,8 +339,24 @@ def plain_server(folder: Path) -> Iterator[str]:
     Raises:
         RuntimeError: as :func:`_one_server`.
     """
-    with _one_server(folder, lambda port: ["--port", str(port)], {}, "a server") as port:
-        yield f"redis://127.0.0.1:{port}/0"
+    with restartable_server(folder) as (url, _):
+        yield url
+
+
+def _port_option(port: int) -> list[str]:
+    return ["--port", str(port)]
+
+
+@contextlib.contextmanager
+def restartable_server(folder: Path) -> Iterator[tuple[str, Callable[[], None]]]:
+    """A server as :func:`plain_server`; yields its URL and a function that restarts it
+    without its data (see :func:`_one_server`).
+
+    Raises:
+        RuntimeError: as :func:`_one_server`.
+    """
+    with _one_server(folder, _port_option, {}, "a server") as (port, restart):
+        yield f"redis://127.0.0.1:{port}/0", restart
 
 
 @contextlib.contextmanager

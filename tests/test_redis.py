@@ -46,7 +46,14 @@ from savegame.storage.session.agent import AgentSession
 from savegame.storage.session.team import TeamSession
 from savegame.storage.url import open_storage, parse_url
 from savegame.testing.contract import check_lost_reply
-from tests.redis_servers import own_cluster, plain_server, server_url, tls_cluster, tls_server
+from tests.redis_servers import (
+    own_cluster,
+    plain_server,
+    restartable_server,
+    server_url,
+    tls_cluster,
+    tls_server,
+)
 from tests.stores import (
     drop_redis,
     missing_service,
@@ -1263,6 +1270,74 @@ def test_a_prefix_keeps_the_mode_of_its_first_write(
     assert teams.get_all_session_ids() == ["t"]
     with pytest.raises(CorruptSessionError, match="mode='team'"):
         RedisStorage(prefix, url=server).upsert(_session("s"))
+
+
+def test_a_storage_whose_store_was_made_again_in_another_mode_is_refused_at_its_write(
+    server: str, raw: Any, prefix: str
+) -> None:
+    # The agents' storage read the layout (mode agent) before the store was dropped and
+    # made again by a team storage: its write must not put an agent session among them.
+    agents = RedisStorage(prefix, url=server)
+    agents.upsert(_session("s", _runs(2), user_id="u"))
+    RedisStorage(prefix, url=server).drop()
+    teams = RedisStorage(prefix, url=server, mode="team")
+    teams.upsert(TeamSession(session_id="t", user_id="u", team_id="T"))
+    with pytest.raises(CorruptSessionError, match=r"keeps team sessions.*nothing was written"):
+        agents.upsert(_session("a", _runs(1), user_id="u"))
+    assert teams.get_all_session_ids() == ["t"]
+    assert raw.exists("{" + prefix + "}:h:a") == 0
+    # Refused from then on, as a storage of its mode opened now is.
+    with pytest.raises(CorruptSessionError, match="keeps team sessions"):
+        agents.get_all_session_ids()
+    with pytest.raises(CorruptSessionError, match="keeps team sessions"):
+        agents.upsert(_session("a", _runs(1), user_id="u"))
+    agents.close()
+    teams.drop()
+
+
+@pytest.fixture(scope="module")
+def restartable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
+    """A server of this module's own, and a function that restarts it without its data."""
+    with _started(restartable_server(tmp_path_factory.mktemp("redis-restart"))) as started:
+        yield started
+
+
+@pytest.mark.timeout(60)
+def test_a_server_restarted_without_its_data_is_met_as_it_is_now(
+    restartable: tuple[str, Any],
+) -> None:
+    url, restart = restartable
+    prefix = unique("sgt")
+    agents = RedisStorage(prefix, url=url)
+    agents.upsert(_session("s", _runs(2), user_id="u"))
+    assert agents.read("s") is not None
+    restart()
+    # What the storage remembers of the session, and of the store, is not taken on trust.
+    assert agents.read("s") is None
+    assert agents.get_all_session_ids(user_id="u") == []
+    assert not agents.table_exists()
+    # A team storage makes the store again first: the agents' storage may not write there.
+    teams = RedisStorage(prefix, url=url, mode="team")
+    teams.upsert(TeamSession(session_id="t", user_id="u", team_id="T"))
+    with pytest.raises(CorruptSessionError, match="keeps team sessions"):
+        agents.upsert(_session("s", _runs(3), user_id="u"))
+    assert teams.get_all_session_ids(user_id="u") == ["t"]
+    teams.drop()
+    restart()
+    # Alone after a restart, the storage writes on: the store and its layout are made anew.
+    agents = RedisStorage(prefix, url=url)
+    agents.upsert(_session("s", _runs(2), user_id="u"))
+    restart()
+    agents.upsert(_session("s", _runs(3), user_id="u"))
+    got = agents.read("s")
+    assert got is not None
+    assert (got.version, got.memory["runs"]) == (1, _runs(3))
+    assert RedisStorage(prefix, url=url).get_all_session_ids(user_id="u") == ["s"]
+    raw = redis.Redis.from_url(url)
+    assert raw.get("{" + prefix + "}:mode") == b"agent"
+    agents.drop()
+    agents.close()
+    raw.close()
 
 
 def test_of_two_first_writers_of_different_modes_one_keeps_the_prefix(

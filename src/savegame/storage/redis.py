@@ -48,7 +48,9 @@ original's layout from the sessions it is to move. ``drop`` forgets the mode wit
 shard count; a write that makes a slot's ``{T}:all`` (the store's first in that slot, or
 the first since the slot was emptied or dropped) reads the layout again, recording it when
 it is gone (as another storage's ``drop`` leaves it), so a store that holds sessions keeps
-its count and mode recorded.
+its count and mode recorded. The write script of a store of one shard, whose tag is the
+record's, checks the recorded mode itself: a storage that read the layout before the store
+was dropped, or lost in a restart of Redis, and made again in another mode, is refused.
 
 Writes. Every write leaves a random ``token`` in the header. A write reads the header (token,
 version, created_at, expiry, run digests), stamps the record in Python (version check, times),
@@ -337,8 +339,11 @@ end
 # ARGV: key prefix, id, token of the header written on ('': none), new token, score,
 #       expires_at (''), data, version, created_at, run count ('': runs not in a list),
 #       runs mode ('keep' or 'replace'), the mode's entity field, seconds the keys live
-#       ('' with no expires_at), then (position, digest, text) for each new or changed run,
-#       in ascending order.
+#       ('' with no expires_at), the writer's mode, then (position, digest, text) for each
+#       new or changed run, in ascending order.
+# A store recorded as of another mode ({T}:mode, the store's record in a store of one
+# shard) refuses the write: the writer read the layout before the store was dropped, or
+# the server lost its data, and a storage of another mode made it again since.
 # Returns 1 when written (2 when the write made the slot's {T}:all, which a store loses with
 # its last session or to a drop: see RedisStorage._write), or when the token differs the
 # stored header (see _HEAD) and its past tokens, for a write sent again to tell whether an
@@ -349,6 +354,8 @@ _WRITE = (
     + _INDEXED
     + """
 local id = ARGV[2]
+local kept = redis.call('GET', ARGV[1] .. 'mode')
+if kept and kept ~= ARGV[14] then return redis.error_reply('SAVEGAME-MODE ' .. kept) end
 local stored = redis.call('HMGET', KEYS[4], 'token', 'past')
 local current = stored[1] or ''
 local past = stored[2] or ''
@@ -381,7 +388,7 @@ if ARGV[11] == 'keep' then
   if bad then return bad end
   -- Digests of the legacy width: every run is sent, with its digest of today's width.
   if redis.call('STRLEN', KEYS[6]) ~= redis.call('LLEN', KEYS[5]) * WIDTH then
-    if (#ARGV - 13) / 3 ~= (tonumber(ARGV[10]) or 0) then
+    if (#ARGV - 14) / 3 ~= (tonumber(ARGV[10]) or 0) then
       return redis.error_reply('SAVEGAME-LEGACY ' .. KEYS[4])
     end
     redis.call('SET', KEYS[6], '')
@@ -416,7 +423,7 @@ local count = tonumber(ARGV[10]) or 0
 -- 'replace' sends every run from the first: they overwrite the list, trimmed below.
 if ARGV[11] == 'replace' and count > 0 then redis.call('SET', KEYS[6], '') end
 local length = redis.call('LLEN', KEYS[5])
-for i = 14, #ARGV, 3 do
+for i = 15, #ARGV, 3 do
   local pos = tonumber(ARGV[i])
   if pos < length then
     redis.call('LSET', KEYS[5], pos, ARGV[i + 2])
@@ -938,6 +945,18 @@ class RedisStorage(Storage):
                 "another number: its keys were changed outside savegame (by a "
                 "maxmemory-policy that evicts keys, say); nothing was read or written"
             )
+        if isinstance(exc, errors.ResponseError) and str(exc).startswith("SAVEGAME-MODE "):
+            # The store was made again in another mode since this storage read its layout
+            # (see _WRITE): read again, the layout refuses every later call, as it does
+            # those of a storage opened now.
+            self._mode_changed()
+            kept = str(exc).split(" ", 1)[1].split(" ", 1)[0]
+            return self._kept_by_another(
+                f"the store {self.prefix!r} in {self._address}",
+                kept,
+                f"as {self._keys}mode records; nothing was written",
+                "under another prefix",
+            )
         if isinstance(exc, errors.ResponseError) and "non local key" in str(exc):
             # A script met a key of its slot that another node holds now (see _FORGET):
             # it stopped before changing anything.
@@ -1271,8 +1290,10 @@ class RedisStorage(Storage):
 
         The record of how many shards the store has, and of its mode, goes too: other
         storage objects still open keep what they read, so drop a sharded store only when
-        nothing else uses it, and write another mode there only when nothing of this mode
-        writes there any more.
+        nothing else uses it. A storage still open whose store is made again in another
+        mode is refused at its next write in a store of one shard (see _WRITE); in a
+        sharded one, write another mode there only when nothing of this mode writes there
+        any more.
 
         Raises:
             CorruptSessionError: when the store keeps another mode's sessions; nothing is
@@ -1744,6 +1765,7 @@ class RedisStorage(Storage):
             self.spec.entity_field,
             # The keys live from the write as long as the writer's clock gives the session.
             "" if expires is None else max(1, expires - now),
+            self.mode,
             *changes,
         ]
         header = Header(record["version"], record["created_at"], expires)
