@@ -2402,6 +2402,44 @@ def test_a_storage_opened_on_a_full_server_reads_lists_and_removes(own_server: s
         admin.close()
 
 
+@pytest.mark.timeout(60)
+def test_a_write_made_before_the_server_fills_up_is_reported_made(own_server: str) -> None:
+    # The store was dropped meanwhile: the write makes it again, then records its layout,
+    # which a server that filled up in between (noeviction) refuses. The session is there.
+    prefix = unique("sgt")
+    storage = RedisStorage(prefix, url=own_server)
+    storage.upsert(_session("s", _runs(2), user_id="u"))
+    RedisStorage(prefix, url=own_server).drop()
+    admin = redis.Redis.from_url(own_server)
+    limit = admin.config_get("maxmemory")["maxmemory"]
+    sending = storage._send_write
+
+    def then_full(*args: Any) -> Any:
+        answer = sending(*args)
+        if not isinstance(answer[0], list):  # made, not answered with the stored header
+            admin.config_set("maxmemory", 1)
+        return answer
+
+    storage._send_write = then_full  # type: ignore[method-assign]
+    try:
+        storage.upsert(_session("s", _runs(3), user_id="u"))
+        admin.config_set("maxmemory", limit)
+        got = RedisStorage(prefix, url=own_server).read("s")
+        assert got is not None
+        assert got.memory["runs"] == _runs(3)
+        storage._send_write = sending  # type: ignore[method-assign]
+        # Room again, the next write records the layout the first could not.
+        storage.upsert(_session("t", user_id="u"))
+        assert admin.get("{" + prefix + "}:mode") == b"agent"
+        assert admin.get("{" + prefix + "}:shards") == b"1"
+        assert storage.get_all_session_ids(user_id="u") == ["s", "t"]
+    finally:
+        admin.config_set("maxmemory", limit)
+        storage.drop()
+        storage.close()
+        admin.close()
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("policy", ["allkeys-random", "allkeys-lru", "volatile-random"])
 def test_a_server_that_evicts_keys_never_has_a_session_read_short_or_misplaced(

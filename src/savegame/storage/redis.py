@@ -1662,7 +1662,15 @@ class RedisStorage(Storage):
                     # The write made its slot's index: the store may have been dropped (by
                     # another storage) since this one read the layout. Recorded again, so
                     # that others find the session where this write put it.
-                    self._settle(True, count=count)
+                    try:
+                        self._settle(True, count=count)
+                    except BackendUnavailableError:
+                        # The write is made: raising would say it was not (a server that
+                        # filled up since, or went away), and have the caller make it again.
+                        # A store without the record reads as of this storage's layout; the
+                        # next call reads it again, and the next write records it.
+                        with self._lock:
+                            self._recorded = False
                 return draft.whole(record)
             self._known.put(sid, None)
             # The write's token among the session's last writes: an earlier sending made
