@@ -232,6 +232,23 @@ local function record_of(header)
 end
 """
 
+# Shared by the scripts that change sessions: an error reply (see RedisStorage._mapped) for
+# the first of ``commands`` (each a command and its arguments, a key first) the server's
+# ACL denies the user, nil when it denies none. Checked before the first change: a script
+# that meets a command it may not run stops there, and what it changed stays changed.
+# Redis before 7.0 has no redis.acl_check_cmd, and nothing is checked there.
+_ALLOWED = """
+local function denied(commands)
+  if not redis.acl_check_cmd then return nil end
+  for _, command in ipairs(commands) do
+    if not redis.acl_check_cmd(unpack(command)) then
+      return redis.error_reply('SAVEGAME-DENIED ' .. command[1] .. ' ' .. command[2])
+    end
+  end
+  return nil
+end
+"""
+
 # Shared by the scripts that list and remove sessions: the index keys (user, entity, both)
 # that the header ``header`` names for its session under ``tag``, the mode's entity field
 # being ``field``; nil where there is no header or its data cannot be read. What {T}:idx
@@ -267,6 +284,7 @@ end
 # names (see _INDEXED); ``field``: the mode's entity field.
 _FORGET = (
     _INDEXED
+    + _ALLOWED
     + """
 local function forget(ids, at, field)
   local listed, where, hit = {}, {}, {}
@@ -288,6 +306,17 @@ local function forget(ids, at, field)
       end
       table.insert(where[key], id)
     end
+  end
+  if #ids > 0 then
+    local needed = {
+      {'ZREM', KEYS[1], ids[1]}, {'HDEL', KEYS[2], ids[1]}, {'ZREM', KEYS[3], ids[1]}
+    }
+    for _, k in ipairs(at) do
+      for j = k, k + 2 do needed[#needed + 1] = {'DEL', KEYS[j]} end
+    end
+    for _, key in ipairs(listed) do needed[#needed + 1] = {'ZREM', key, ids[1]} end
+    local bad = denied(needed)
+    if bad then return bad end
   end
   for n, id in ipairs(ids) do
     local k = at[n]
@@ -352,6 +381,7 @@ end
 _WRITE = (
     _HEAD
     + _INDEXED
+    + _ALLOWED
     + """
 local id = ARGV[2]
 local kept = redis.call('GET', ARGV[1] .. 'mode')
@@ -383,6 +413,22 @@ for _, key in ipairs(was) do
     stale[#stale + 1] = key
   end
 end
+local needed = {
+  {'ZADD', KEYS[1], '0', id}, {'HSET', KEYS[2], id, ''}, {'ZADD', KEYS[3], '0', id},
+  {'ZREM', KEYS[3], id}, {'HSET', KEYS[4], 'token', ''}, {'HDEL', KEYS[4], 'runs'},
+  {'LLEN', KEYS[5]}, {'LSET', KEYS[5], '0', ''}, {'RPUSH', KEYS[5], ''},
+  {'LTRIM', KEYS[5], '0', '0'}, {'SET', KEYS[6], ''}, {'SETRANGE', KEYS[6], '0', ''},
+  {'GETRANGE', KEYS[6], '0', '0'}
+}
+for k = 4, 6 do
+  needed[#needed + 1] = {'EXPIRE', KEYS[k], '1'}
+  needed[#needed + 1] = {'PERSIST', KEYS[k]}
+  if k > 4 then needed[#needed + 1] = {'DEL', KEYS[k]} end
+end
+for i = 7, #KEYS do needed[#needed + 1] = {'ZADD', KEYS[i], '0', id} end
+for _, key in ipairs(stale) do needed[#needed + 1] = {'ZREM', key, id} end
+local refused = denied(needed)
+if refused then return refused end
 if ARGV[11] == 'keep' then
   local bad = damaged(KEYS[4], KEYS[5], KEYS[6])
   if bad then return bad end
@@ -944,6 +990,13 @@ class RedisStorage(Storage):
                 f"{session} should have {should}, and its list has {length} or its digests "
                 "another number: its keys were changed outside savegame (by a "
                 "maxmemory-policy that evicts keys, say); nothing was read or written"
+            )
+        if isinstance(exc, errors.ResponseError) and str(exc).startswith("SAVEGAME-DENIED "):
+            command, key = str(exc).split(" ", 2)[1:]
+            return StorageError(
+                f"{self._address} denies the user {command} on {key!r}, which savegame "
+                f"runs on the keys under {self._keys}; nothing was changed: grant it in the "
+                "user's ACL (or use a user that has it)"
             )
         if isinstance(exc, errors.ResponseError) and str(exc).startswith("SAVEGAME-MODE "):
             # The store was made again in another mode since this storage read its layout
