@@ -352,22 +352,30 @@ def test_a_mariadb_url_opens_a_storage_as_a_mysql_one(
 def test_schema_changes_wait_for_the_lock_and_never_go_on_without_it(
     server: str, admin: Engine, table: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Another process holds the lock under which savegame changes tables (a long upgrade,
-    # say): a storage that waited for it in vain says so, and changes nothing.
+    # Another process holds the lock under which savegame changes the database's tables (a
+    # long upgrade, say): a storage that waited for it in vain says so, and changes nothing.
+    # The lock of another database holds up nothing here: it was the whole server's.
     from savegame.storage import mysql
 
     monkeypatch.setattr(mysql, "_SCHEMA_LOCK_WAIT", 1)
     storage = MySQLStorage(table, db_url=server)
+    lock = f"savegame.schema:{make_url(server).database}"
     with admin.connect() as holder:
-        assert holder.execute(text("SELECT GET_LOCK('savegame.schema', 30)")).scalar() == 1
+        assert holder.execute(text("SELECT GET_LOCK(:n, 30)"), {"n": lock}).scalar() == 1
         try:
-            with pytest.raises(BackendUnavailableError, match=r"savegame\.schema"):
+            refused = f"held the lock '{lock}', under which savegame changes the tables of"
+            with pytest.raises(BackendUnavailableError, match=refused):
                 storage.create()
-            with pytest.raises(BackendUnavailableError, match=r"savegame\.schema"):
+            with pytest.raises(BackendUnavailableError, match=refused):
                 storage.upsert(AgentSession(session_id="s"))
+            assert not storage.table_exists()
+            holder.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": lock})
+            other = holder.execute(text("SELECT GET_LOCK('savegame.schema:another', 30)"))
+            assert other.scalar() == 1
+            storage.create()
+            assert storage.table_exists()
         finally:
-            holder.execute(text("SELECT RELEASE_LOCK('savegame.schema')"))
-    assert not storage.table_exists()
+            holder.execute(text("SELECT RELEASE_ALL_LOCKS()"))
     storage.upsert(AgentSession(session_id="s"))
     assert storage.read("s") is not None
     storage.close()

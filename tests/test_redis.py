@@ -529,7 +529,10 @@ def test_url_queries_set_tls_or_are_refused() -> None:
             open_storage(bare)
         with pytest.raises(InvalidIdentifierError, match="ssl='' is neither true nor false"):
             RedisStorage("p", url=bare)
-    with pytest.raises(InvalidIdentifierError, match=r"prefix; it takes ssl, ssl_ca_certs \("):
+    with pytest.raises(
+        InvalidIdentifierError,
+        match=r"prefix; it takes ssl, ssl_ca_certs, socket_timeout, connect_timeout \(",
+    ):
         RedisStorage("p", url="redis://h/0?prefix=x")
     RedisStorage("p", url="redis+cluster://a:1,b:2?ssl=true&ssl_ca_certs=/ca.pem")
 

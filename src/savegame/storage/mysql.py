@@ -29,6 +29,7 @@ Only what is particular to MySQL lives here; the layout, queries and migrations 
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 from collections.abc import Sequence
@@ -92,7 +93,11 @@ _DUPLICATE_KEY = 1062
 _GROUP_CONCAT_MAX = 1 << 30
 _NO_LIMIT = 2**64 - 1
 """The largest ``sql_select_limit``, which is no limit."""
-_SCHEMA_LOCK = "savegame.schema"
+_SCHEMA_LOCK = "savegame.schema:"
+"""The name of the lock under which savegame changes a database's tables, before the
+database's name."""
+_LOCK_NAME_MAX = 64
+"""The longest name GET_LOCK takes; a longer one is refused, as a database's may make it."""
 _SCHEMA_LOCK_WAIT = 60
 """Seconds a schema change waits for another process's to end (GET_LOCK's own timeout)."""
 
@@ -264,22 +269,28 @@ class MySQLDialect(SqlDialect):
         if changes:
             conn.exec_driver_sql(f"ALTER TABLE {preparer.format_table(table)} {', '.join(changes)}")
 
-    def schema_lock(self, conn: Connection) -> None:
-        # GET_LOCK gives 0 when its time is up, and the caller would go on without the lock,
-        # changing tables alongside the process that holds it.
+    def schema_lock(self, conn: Connection, schema: str | None) -> str:
+        # A lock of GET_LOCK's is the whole server's: named after the database, a long
+        # upgrade in one holds up no other. GET_LOCK gives 0 when its time is up, and the
+        # caller would go on without the lock, changing tables alongside its holder.
+        database = schema or conn.execute(text("SELECT DATABASE()")).scalar() or ""
+        name = _SCHEMA_LOCK + database
+        if len(name) > _LOCK_NAME_MAX:
+            name = _SCHEMA_LOCK + hashlib.sha1(database.encode()).hexdigest()
         taken = conn.execute(
-            text("SELECT GET_LOCK(:name, :wait)"), {"name": _SCHEMA_LOCK, "wait": _SCHEMA_LOCK_WAIT}
+            text("SELECT GET_LOCK(:name, :wait)"), {"name": name, "wait": _SCHEMA_LOCK_WAIT}
         ).scalar()
         if taken != 1:
             raise BackendUnavailableError(
                 f"{self.title} at {redact(conn.engine.url.render_as_string())}: another process "
-                f"held the lock {_SCHEMA_LOCK!r}, under which savegame changes tables, longer "
-                f"than this connection waits ({_SCHEMA_LOCK_WAIT} seconds, or its statement time "
-                "limit); nothing was changed, try again once it is done"
+                f"held the lock {name!r}, under which savegame changes the tables of database "
+                f"{database!r}, longer than this connection waits ({_SCHEMA_LOCK_WAIT} seconds, "
+                "or its statement time limit); nothing was changed, try again once it is done"
             )
+        return name
 
-    def release_schema_lock(self, conn: Connection) -> None:
-        conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": _SCHEMA_LOCK})
+    def release_schema_lock(self, conn: Connection, taken: str) -> None:
+        conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": taken})
 
     def unavailable(self, error: BaseException) -> bool:
         import pymysql

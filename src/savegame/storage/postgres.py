@@ -187,7 +187,8 @@ class PostgresDialect(SqlDialect):
         elif conn.isolation_level not in _READ_COMMITTED:
             conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
 
-    def schema_lock(self, conn: Connection) -> None:
+    def schema_lock(self, conn: Connection, schema: str | None) -> None:
+        # An advisory lock is the database's: other databases of the server go on.
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
 
     def refused(self, error: BaseException, dbapi: Any) -> bool:

@@ -381,11 +381,14 @@ class SqlDialect(ABC):
         with conn.begin():
             yield conn
 
-    def schema_lock(self, conn: Connection) -> None:
-        """Serializes schema changes between processes, inside the transaction on ``conn``."""
+    def schema_lock(self, conn: Connection, schema: str | None) -> Any:
+        """Serializes changes to the tables of ``schema`` (None: the connection's) between
+        processes, inside the transaction on ``conn``; returns what
+        :meth:`release_schema_lock` needs (None: nothing outlives the transaction)."""
 
-    def release_schema_lock(self, conn: Connection) -> None:
-        """Releases what :meth:`schema_lock` took, where it outlives the transaction."""
+    def release_schema_lock(self, conn: Connection, taken: Any) -> None:
+        """Releases what :meth:`schema_lock` took (``taken``: what it returned), where it
+        outlives the transaction."""
 
     def adopt_id_types(self, conn: Connection, table: Table) -> None:
         """Gives the id columns of ``table``, a table written by the original, the type
@@ -1599,13 +1602,14 @@ class SqlStorage(Storage):
         change this one made.
         """
         with self._connection(True) as conn:
+            taken = None
             try:
                 with self.dialect.transaction(conn, True) as tx:
-                    self.dialect.schema_lock(tx)
+                    taken = self.dialect.schema_lock(tx, self.schema)
                     yield tx
             finally:
-                if not conn.invalidated:
-                    self.dialect.release_schema_lock(conn)
+                if taken is not None and not conn.invalidated:
+                    self.dialect.release_schema_lock(conn, taken)
 
     def _statements(self) -> _Statements:
         """The compiled statements (compiled on first use, once the server is known)."""
