@@ -580,6 +580,8 @@ def test_a_rename_that_could_not_be_saved_leaves_the_old_name(tmp_path: Path) ->
         ("session_data", {"session_data": "text"}),
         ("session_data.session_state", {"session_data": {"session_state": "x"}}),
         ("session_data.metrics", {"session_data": {"metrics": 5}}),
+        ("session_data.metrics.runs", {"session_data": {"metrics": {"runs": None}}}),
+        ("session_data.metrics.input_tokens", {"session_data": {"metrics": {"input_tokens": "9"}}}),
         ("memory", {"memory": [1]}),
         ("memory.runs", {"memory": {"runs": {"run_id": "r"}}}),
         (r"memory.runs\[1\]", {"memory": {"runs": [{"run_id": "r"}, "a run"]}}),

@@ -436,8 +436,10 @@ class SessionKeeper:
     def _fields(self, stored: Session) -> dict[str, Any]:
         """The fields of a stored session, once those this object works on are of the shape
         it needs: the runs a list of objects, ``session_data``, its ``session_state`` and
-        ``metrics``, and the ``*_data`` field objects (dicts). A store holds any JSON there,
-        which a session written by other code may use otherwise.
+        ``metrics``, and the ``*_data`` field objects (dicts), each value of ``metrics`` a
+        number, to which a save adds the run's. A store holds any JSON there, which a
+        session written by other code (or imported from it) may use otherwise; found only
+        as a run is saved, such a value would fail the run after its model call.
 
         Raises:
             CorruptSessionError: naming the session and the first field of another shape.
@@ -459,6 +461,9 @@ class SessionKeeper:
         for at, run in enumerate(get_path(data, runs_path) or []):
             if not isinstance(run, dict):
                 raise _misshapen(stored, f"{'.'.join(runs_path)}[{at}]", run, dict)
+        for key, value in (get_path(data, ("session_data", "metrics")) or {}).items():
+            if not isinstance(value, (int, float)):
+                raise _misshapen(stored, f"session_data.metrics.{key}", value, "number")
         return data
 
     def _reset(self) -> None:
@@ -549,12 +554,15 @@ def _changed(before: Any, after: Any) -> bool:
     return old is None or old != new
 
 
-def _misshapen(stored: Session, field: str, value: Any, kind: type) -> CorruptSessionError:
+def _misshapen(stored: Session, field: str, value: Any, kind: type | str) -> CorruptSessionError:
+    """The error for a stored session whose ``field`` holds ``value`` where a ``kind`` (a
+    type, or what it is called) belongs."""
     shown = repr(value)
     shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    wanted = kind if isinstance(kind, str) else kind.__name__
     return CorruptSessionError(
         f"stored session {stored.session_id!r} cannot be used: its {field} should be a "
-        f"{kind.__name__}, not {type(value).__name__} {shown}"
+        f"{wanted}, not {type(value).__name__} {shown}"
     )
 
 
