@@ -531,7 +531,9 @@ class Storage(ABC):
         """Stores ``session`` keeping its ``created_at``, ``updated_at`` and (at least) version.
 
         For moving sessions between stores (import, copy): the stored version is the larger
-        of the session's and the one after what is stored, so versions never go back.
+        of the session's and the one after what is stored, so versions never go back. A
+        session without ``created_at`` keeps the stored one's, as :meth:`upsert` does (or is
+        made now); one without ``updated_at`` is updated now.
 
         Raises:
             The same errors as :meth:`upsert`.
@@ -842,7 +844,7 @@ class Storage(ABC):
         kept = None if current is None else current.created_at
         if preserve:
             record["version"] = max(int(data.get("version") or 1), actual + 1)
-            record["created_at"] = _first(data.get("created_at"), now)
+            record["created_at"] = _first(data.get("created_at"), kept, now)
             record["updated_at"] = _first(data.get("updated_at"), now)
         else:
             record["version"] = actual + 1

@@ -1808,6 +1808,19 @@ class BackendContract:
                 assert (got.created_at, got.updated_at, got.version) == expected  # type: ignore[attr-defined]
         assert storage.get_all_session_ids(user_id="u") == ["r"]
 
+    def test_a_restore_without_created_at_keeps_the_stored_one(self, backend_store: Store) -> None:
+        # A line written by hand for an import may lack it: the session replaced is as old as
+        # before, as upsert keeps it, rather than made now and listed as the newest.
+        storage = backend_store()
+        storage.restore(_session(backend_store, "old", created_at=1_000, updated_at=2_000))
+        storage.restore(_session(backend_store, "new", created_at=3_000, updated_at=3_000))
+        before = int(time.time())
+        stored = storage.restore(_session(backend_store, "old", user_id="u"))
+        for got in (stored, *_read_both(backend_store, storage, "old")):
+            assert got.created_at == 1_000  # type: ignore[attr-defined]
+            assert got.updated_at >= before  # type: ignore[attr-defined]
+        assert storage.get_all_session_ids() == ["new", "old"]
+
     def test_a_store_never_sees_or_drops_a_store_whose_name_extends_its_own(
         self, backend_store: Store
     ) -> None:
