@@ -624,3 +624,58 @@ def check_idle_connections_closed_by_the_server(
         got = reader.read(f"s{n}")
         assert got is not None
         assert (got.version, got.memory) == (2, {"runs": _runs("b", 2)})
+
+
+def check_a_batch_removal_waits_on_no_other_session(
+    storage: SqlStorage, admin: Engine, lock_other: str
+) -> None:
+    """``delete_user``, ``purge`` and ``purge_expired()`` of sessions that make up most of
+    the table remove them while another transaction holds the header and runs of a session
+    they do not remove (a save of another user's), without waiting on it. ``storage``
+    gives up on a lock after about a second (a setting in its URL); ``lock_other`` locks
+    session ``other``'s header and runs (``{table}`` and ``{runs}`` are the tables'
+    names)."""
+    from savegame import transfer
+
+    def old_sessions() -> list[str]:
+        ids = [f"old-{i:02d}" for i in range(30)]
+        for session_id in ids:
+            storage.restore(
+                AgentSession(
+                    session_id=session_id,
+                    user_id="u",
+                    created_at=1000,
+                    updated_at=1000,
+                    version=1,
+                    memory={"runs": _runs(session_id, 2)},
+                )
+            )
+        return ids
+
+    other = AgentSession(session_id="other", user_id="v", memory={"runs": _runs("o", 2)})
+    storage.upsert(other)
+    ids = old_sessions()
+    lock = lock_other.format(table=storage.table_name, runs=storage.runs_table.name)
+    with admin.connect() as holder:
+        holder.execute(text(lock))
+        assert sorted(transfer.purge(storage, 3600)) == ids
+        old_sessions()
+        removed: list[str] = []
+        assert storage.delete_user("u", removed) == 30
+        assert sorted(removed) == ids
+        expiring = type(storage)(
+            storage.table_name, schema=storage.schema, db_engine=storage.db_engine, expire=1
+        )
+        for session_id in ids:
+            expiring.upsert(AgentSession(session_id=session_id, memory={"runs": _runs("e", 2)}))
+        deadline = time.time() + 2.5
+        while expiring.get_all_session_ids() != ["other"]:
+            assert time.time() < deadline
+            time.sleep(0.05)
+        assert storage.purge_expired() == 30
+        expiring.close()
+        holder.rollback()
+    assert storage.get_all_session_ids() == ["other"]
+    got = storage.read("other")
+    assert got is not None
+    assert got.memory == {"runs": _runs("o", 2)}

@@ -534,6 +534,22 @@ def test_a_lock_held_past_a_timeout_raises_backend_unavailable(
     storage.close()
 
 
+def test_a_batch_removal_waits_on_no_other_session(server: str, admin: Engine, table: str) -> None:
+    url = make_url(server).update_query_dict(
+        {"init_command": "SET SESSION innodb_lock_wait_timeout = 1"}
+    )
+    with MySQLStorage(table, db_url=server) as maker:
+        maker.create()
+    storage = MySQLStorage(table, db_url=url.render_as_string(False))
+    sql_cases.check_a_batch_removal_waits_on_no_other_session(
+        storage,
+        admin,
+        "SELECT 1 FROM {table} JOIN {runs} USING (session_id) "
+        "WHERE {table}.session_id = 'other' FOR UPDATE",
+    )
+    storage.close()
+
+
 def test_a_read_held_past_a_timeout_raises_backend_unavailable(
     server: str, admin: Engine, table: str
 ) -> None:

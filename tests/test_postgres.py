@@ -405,6 +405,20 @@ def test_a_lock_held_past_a_timeout_raises_backend_unavailable(
     storage.close()
 
 
+def test_a_batch_removal_waits_on_no_other_session(server: str, admin: Engine, schema: str) -> None:
+    url = make_url(server).update_query_dict({"options": "-c lock_timeout=1000"})
+    with PostgresStorage("sessions", schema=schema, db_url=server) as maker:
+        maker.create()
+    storage = PostgresStorage("sessions", schema=schema, db_url=url.render_as_string(False))
+    sql_cases.check_a_batch_removal_waits_on_no_other_session(
+        storage,
+        admin,
+        f'SELECT 1 FROM "{schema}".{{table}} t JOIN "{schema}".{{runs}} r USING (session_id) '
+        "WHERE t.session_id = 'other' FOR UPDATE",
+    )
+    storage.close()
+
+
 @pytest.mark.parametrize("setting", ["lock_timeout", "statement_timeout"])
 def test_a_read_held_past_a_timeout_raises_backend_unavailable(
     server: str, admin: Engine, schema: str, setting: str

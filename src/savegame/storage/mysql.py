@@ -133,6 +133,7 @@ class MySQLDialect(SqlDialect):
 
     title = "MySQL"
     backends = ("mysql", "mariadb")
+    locks_scanned = True
     needs_database = True
     example = "mysql+pymysql://user@host/db"
     read_isolation = "REPEATABLE READ"

@@ -81,6 +81,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Select,
     String,
     Table,
     Text,
@@ -250,6 +251,10 @@ class SqlDialect(ABC):
     needs_database: ClassVar[bool] = False
     """Whether a storage needs a database named by its URL or its ``schema`` (MySQL's
     tables are in a database, and a connection to none has no default one)."""
+
+    locks_scanned: ClassVar[bool] = False
+    """Whether a locking statement locks every row its scan reads, matching or not
+    (InnoDB): statements that lock many sessions then name their primary key."""
 
     # -- types and serialization ----------------------------------------------------------
 
@@ -2613,20 +2618,42 @@ class SqlStorage(Storage):
                     wanted = wanted.where(header.c.user_id == owner)
                 found = [
                     _text(sid)
-                    for sid, at in conn.execute(wanted.with_for_update())
+                    for sid, at in conn.execute(self._by_key(wanted).with_for_update())
                     if versions is None or versions.get(_text(sid)) == at
                 ]
                 if not found:
                     return []
                 self._removed()
-                conn.execute(delete(header).where(header.c.session_id.in_(found)))
-                if "run_count" in layout.columns:
-                    runs_table = self.runs_table
-                    conn.execute(delete(runs_table).where(runs_table.c.session_id.in_(found)))
+                self._delete_rows(conn, found, "run_count" in layout.columns)
                 return found
 
         found = set(self._call(lambda: self._again_on_deadlock(remove)))
         removed += (session_id for session_id in session_ids if session_id in found)
+
+    def _by_key(self, query: Select[Any]) -> Select[Any]:
+        """``query``, a locking read of the session table by ``session_id IN (...)``, made
+        to read by the primary key where the database locks every row a scan reads, the
+        rows that do not match too (InnoDB): read by a scan, as the optimizer reads most of
+        a small table, it waited on (and timed out on) the lock of a session it was not
+        after, another user's being saved. Asked for in the key's order, the optimizer
+        reads by the key; an index hint would do so more surely, but fails on a table
+        without a primary key, which the original's tables may be."""
+        if self.dialect.locks_scanned:
+            query = query.order_by(self.table.c.session_id)
+        return query
+
+    def _delete_rows(self, conn: Connection, ids: list[str], runs: bool) -> None:
+        """Deletes the headers of ``ids``, locked by this transaction, and with ``runs``
+        their runs. Where the database locks every row a scan reads (see :meth:`_by_key`),
+        one statement by key each: MySQL takes no index hint in a DELETE, and reads one
+        of ``session_id IN (...)`` that names most of the table by a scan."""
+        tables = [self.table, self.runs_table] if runs else [self.table]
+        for table in tables:
+            if self.dialect.locks_scanned:
+                one = delete(table).where(table.c.session_id == bindparam("sid"))
+                conn.execute(one, [{"sid": session_id} for session_id in ids])
+            else:
+                conn.execute(delete(table).where(table.c.session_id.in_(ids)))
 
     def _removed(self) -> None:
         """Notes that rows were removed (or are about to be), for :meth:`_erased`."""
@@ -2678,19 +2705,20 @@ class SqlStorage(Storage):
                 # expired once its lock is had, and keeps its runs; one written after
                 # waits for the purge. Deleting the runs first, by a subquery, took the
                 # runs of a session re-saved between the two deletes and left its header.
-                locked = select(header.c.session_id).where(expired).with_for_update()
-                ids = list(conn.execute(locked).scalars())
+                # They are found first without a lock, then locked by their keys (see
+                # _by_key).
+                found = list(conn.execute(select(header.c.session_id).where(expired)).scalars())
+                ids: list[str] = []
+                for start in range(0, len(found), _BATCH):
+                    wanted = select(header.c.session_id).where(
+                        header.c.session_id.in_(found[start : start + _BATCH]), expired
+                    )
+                    ids += conn.execute(self._by_key(wanted).with_for_update()).scalars()
                 if ids:
                     self._removed()
-                runs_table = self.runs_table
-                gone = 0
                 for start in range(0, len(ids), _BATCH):
-                    chunk = ids[start : start + _BATCH]
-                    gone += int(
-                        conn.execute(delete(header).where(header.c.session_id.in_(chunk))).rowcount
-                    )
-                    conn.execute(delete(runs_table).where(runs_table.c.session_id.in_(chunk)))
-                return gone
+                    self._delete_rows(conn, ids[start : start + _BATCH], True)
+                return len(ids)
 
         return self._call(lambda: self._again_on_deadlock(purge))
 
