@@ -236,8 +236,10 @@ end
 # the first of ``commands`` (each a command and its arguments, a key first) the server's
 # ACL denies the user, nil when it denies none. Checked before the first change: a script
 # that meets a command it may not run stops there, and what it changed stays changed.
-# Redis before 7.0 has no redis.acl_check_cmd, and nothing is checked there.
-_ALLOWED = """
+# Redis before 7.0 has no redis.acl_check_cmd, and nothing is checked there. The scripts
+# build and check their list only where CHECK is true: in the variant a storage runs when
+# the server's ACL restricts its user on the store's keys (see RedisStorage._acl_probe).
+_DENIED = """
 local function denied(commands)
   if not redis.acl_check_cmd then return nil end
   for _, command in ipairs(commands) do
@@ -248,6 +250,12 @@ local function denied(commands)
   return nil
 end
 """
+
+
+def _allowed(check: bool) -> str:
+    """:data:`_DENIED`, with the scripts' ``CHECK`` set to ``check``."""
+    return f"local CHECK = {'true' if check else 'false'}\n" + _DENIED
+
 
 # Shared by the scripts that list and remove sessions: the index keys (user, entity, both)
 # that the header ``header`` names for its session under ``tag``, the mode's entity field
@@ -282,10 +290,7 @@ end
 # index entries would never be listed, nor found by delete_user, again.
 # A session {T}:idx has no entry for ({T}:idx evicted) leaves the index keys its header
 # names (see _INDEXED); ``field``: the mode's entity field.
-_FORGET = (
-    _INDEXED
-    + _ALLOWED
-    + """
+_FORGET = """
 local function forget(ids, at, field)
   local listed, where, hit = {}, {}, {}
   local tag = string.sub(KEYS[1], 1, -4)
@@ -307,7 +312,7 @@ local function forget(ids, at, field)
       table.insert(where[key], id)
     end
   end
-  if #ids > 0 then
+  if CHECK and #ids > 0 then
     local needed = {
       {'ZREM', KEYS[1], ids[1]}, {'HDEL', KEYS[2], ids[1]}, {'ZREM', KEYS[3], ids[1]}
     }
@@ -335,7 +340,6 @@ local function forget(ids, at, field)
   return removed
 end
 """
-)
 
 # Shared by the scripts: what a write needs of a stored session, as _state_of takes it (with
 # '?' for digests of LEGACY_WIDTH); and the error reply (see RedisStorage._mapped) for a
@@ -378,11 +382,7 @@ end
 # stored header (see _HEAD) and its past tokens, for a write sent again to tell whether an
 # earlier sending was made. Writing only the changed runs ('keep') onto a damaged session
 # (see _HEAD) is refused.
-_WRITE = (
-    _HEAD
-    + _INDEXED
-    + _ALLOWED
-    + """
+_WRITE_BODY = """
 local id = ARGV[2]
 local kept = redis.call('GET', ARGV[1] .. 'mode')
 if kept and kept ~= ARGV[14] then return redis.error_reply('SAVEGAME-MODE ' .. kept) end
@@ -413,22 +413,24 @@ for _, key in ipairs(was) do
     stale[#stale + 1] = key
   end
 end
-local needed = {
-  {'ZADD', KEYS[1], '0', id}, {'HSET', KEYS[2], id, ''}, {'ZADD', KEYS[3], '0', id},
-  {'ZREM', KEYS[3], id}, {'HSET', KEYS[4], 'token', ''}, {'HDEL', KEYS[4], 'runs'},
-  {'LLEN', KEYS[5]}, {'LSET', KEYS[5], '0', ''}, {'RPUSH', KEYS[5], ''},
-  {'LTRIM', KEYS[5], '0', '0'}, {'SET', KEYS[6], ''}, {'SETRANGE', KEYS[6], '0', ''},
-  {'GETRANGE', KEYS[6], '0', '0'}
-}
-for k = 4, 6 do
-  needed[#needed + 1] = {'EXPIRE', KEYS[k], '1'}
-  needed[#needed + 1] = {'PERSIST', KEYS[k]}
-  if k > 4 then needed[#needed + 1] = {'DEL', KEYS[k]} end
+if CHECK then
+  local needed = {
+    {'ZADD', KEYS[1], '0', id}, {'HSET', KEYS[2], id, ''}, {'ZADD', KEYS[3], '0', id},
+    {'ZREM', KEYS[3], id}, {'HSET', KEYS[4], 'token', ''}, {'HDEL', KEYS[4], 'runs'},
+    {'LLEN', KEYS[5]}, {'LSET', KEYS[5], '0', ''}, {'RPUSH', KEYS[5], ''},
+    {'LTRIM', KEYS[5], '0', '0'}, {'SET', KEYS[6], ''}, {'SETRANGE', KEYS[6], '0', ''},
+    {'GETRANGE', KEYS[6], '0', '0'}
+  }
+  for k = 4, 6 do
+    needed[#needed + 1] = {'EXPIRE', KEYS[k], '1'}
+    needed[#needed + 1] = {'PERSIST', KEYS[k]}
+    if k > 4 then needed[#needed + 1] = {'DEL', KEYS[k]} end
+  end
+  for i = 7, #KEYS do needed[#needed + 1] = {'ZADD', KEYS[i], '0', id} end
+  for _, key in ipairs(stale) do needed[#needed + 1] = {'ZREM', key, id} end
+  local refused = denied(needed)
+  if refused then return refused end
 end
-for i = 7, #KEYS do needed[#needed + 1] = {'ZADD', KEYS[i], '0', id} end
-for _, key in ipairs(stale) do needed[#needed + 1] = {'ZREM', key, id} end
-local refused = denied(needed)
-if refused then return refused end
 if ARGV[11] == 'keep' then
   local bad = damaged(KEYS[4], KEYS[5], KEYS[6])
   if bad then return bad end
@@ -505,7 +507,8 @@ for _, key in ipairs(stale) do redis.call('ZREM', key, id) end
 if fresh then return 2 end
 return 1
 """.replace("WIDTH", str(_WIDTH)).replace("PAST", str(PAST_TOKENS * 2 * TOKEN_BYTES))
-)
+_WRITE = _HEAD + _INDEXED + _allowed(False) + _WRITE_BODY
+_WRITE_CHECKED = _HEAD + _INDEXED + _allowed(True) + _WRITE_BODY
 
 # KEYS: header, digests; returns the stored header (see _HEAD).
 _HEADER = _HEAD + "return head(KEYS[1], KEYS[2])\n"
@@ -594,9 +597,7 @@ return {out, gone}
 # its header is gone, cannot be read, or names that user; with a version, only while its
 # header is gone or at that version (1 when it has none). Returns the places (from 1) among
 # the ids given of those there was something to remove for.
-_FORGET_IDS = (
-    _FORGET
-    + """
+_FORGET_IDS_BODY = """
 local now = tonumber(ARGV[1])
 local owner = ARGV[3]
 local version = tonumber(ARGV[4])
@@ -623,11 +624,14 @@ for i = 5, #ARGV do
     place[#place + 1] = i - 4
   end
 end
+local hit = forget(ids, at, ARGV[2])
+if hit.err then return hit end
 local removed = {}
-for _, n in ipairs(forget(ids, at, ARGV[2])) do removed[#removed + 1] = place[n] end
+for _, n in ipairs(hit) do removed[#removed + 1] = place[n] end
 return removed
 """
-)
+_FORGET_IDS = _INDEXED + _allowed(False) + _FORGET + _FORGET_IDS_BODY
+_FORGET_IDS_CHECKED = _INDEXED + _allowed(True) + _FORGET + _FORGET_IDS_BODY
 
 # KEYS: all, exp, idx; ARGV: batch, now ('': every session). Returns up to batch ids: every
 # session's, or those expired at now. Every session is in {T}:all and {T}:idx: those of
@@ -682,7 +686,48 @@ end
 return out
 """
 
-_SCRIPTS = (_WRITE, _HEADER, _READ, _LIST, _FORGET_IDS, _SWEEP, _LAYOUT, _SAMPLE)
+# ARGV: a key of each kind under one tag: all, idx, exp, a header, runs, digests, and user,
+# entity and user-and-entity indexes. Returns 'COMMAND key' for the first command the
+# scripts that change sessions run that the server's ACL denies the user on one of them, nil
+# when it denies none (or, before Redis 7.0, cannot tell). Runs no command on them, and
+# declares none of them as keys: a call declaring a key the user may only read is refused.
+_ACL_PROBE = """
+if not redis.acl_check_cmd then return nil end
+local uses = {
+  {1, 'ZADD', '0', 'x'}, {1, 'ZREM', 'x'}, {2, 'HSET', 'x', ''}, {2, 'HDEL', 'x'},
+  {3, 'ZADD', '0', 'x'}, {3, 'ZREM', 'x'}, {4, 'HSET', 'token', ''}, {4, 'HDEL', 'runs'},
+  {5, 'LLEN'}, {5, 'LSET', '0', ''}, {5, 'RPUSH', ''}, {5, 'LTRIM', '0', '0'},
+  {6, 'SET', ''}, {6, 'SETRANGE', '0', ''}, {6, 'GETRANGE', '0', '0'}
+}
+for k = 4, 6 do
+  uses[#uses + 1] = {k, 'EXPIRE', '1'}
+  uses[#uses + 1] = {k, 'PERSIST'}
+  uses[#uses + 1] = {k, 'DEL'}
+end
+for k = 7, #ARGV do
+  uses[#uses + 1] = {k, 'ZADD', '0', 'x'}
+  uses[#uses + 1] = {k, 'ZREM', 'x'}
+end
+for _, use in ipairs(uses) do
+  local key = ARGV[use[1]]
+  if not redis.acl_check_cmd(use[2], key, unpack(use, 3)) then return use[2] .. ' ' .. key end
+end
+return nil
+"""
+
+_SCRIPTS = (
+    _WRITE,
+    _WRITE_CHECKED,
+    _HEADER,
+    _READ,
+    _LIST,
+    _FORGET_IDS,
+    _FORGET_IDS_CHECKED,
+    _SWEEP,
+    _LAYOUT,
+    _SAMPLE,
+    _ACL_PROBE,
+)
 
 
 _WIRE = threading.local()
@@ -827,6 +872,9 @@ class RedisStorage(Storage):
         self._scripts: dict[str, Any] = {}
         self._ready = False
         self._marks_sent = False
+        # Whether the server's ACL restricts the user on the store's keys: the scripts that
+        # change sessions then check each command first (see _acl_probe).
+        self._acl_limited = False
         self._known = KnownSessions(cache_bytes)
         self._run_codec = RunEncoder(self._known, dumps, _digest)
         self._guess_new = True
@@ -1131,12 +1179,31 @@ class RedisStorage(Storage):
                     self._scripts = {s: client.register_script(s) for s in _SCRIPTS}
                 _WIRE.sent = False
                 self._layout(client, self._scripts, False)
+                self._acl_limited = self._acl_probe(client)
                 # Where the client is not one savegame made, or redis-py sends another
                 # way, nothing marks a call sent: every sending then counts.
                 self._marks_sent = bool(_WIRE.sent)
                 self._ready = True
             self._calls += 1
             return self._client
+
+    def _acl_probe(self, client: Any) -> bool:
+        """Whether the server's ACL denies the user a command that the scripts changing
+        sessions run, on a key of some kind under the store's prefix.
+
+        A script stopped by a command the user may not run keeps what it changed before;
+        checking every command of every call first costs the server about a fifth more time
+        a write, so the scripts check only for a user found restricted here, once a
+        connection. A rule that tells keys of one kind apart (by session id, say) is not
+        seen by this probe.
+        """
+        tag = self._keys
+        keys = [
+            *self._store_keys(tag),
+            *(str(_key(tag, kind, "_")) for kind in "hrd"),
+            *self._index_keys(tag, "_", "_"),
+        ]
+        return self._scripts[_ACL_PROBE](keys=[], args=keys, client=client) is not None
 
     def _layout(
         self,
@@ -1762,7 +1829,8 @@ class RedisStorage(Storage):
             _WIRE.sent = False
             refused = False
             try:
-                return self._scripts[_WRITE](keys=keys, args=args, client=client)
+                script = _WRITE_CHECKED if self._acl_limited else _WRITE
+                return self._scripts[script](keys=keys, args=args, client=client)
             except self._refusals:
                 # Answered, and not run: no sending whose outcome is to be found out.
                 refused = True
@@ -1923,7 +1991,8 @@ class RedisStorage(Storage):
                 *chunk,
             ]
             # The script answers with the places (from 1) in ``chunk`` of those it removed.
-            removed += [chunk[int(n) - 1] for n in self._script(_FORGET_IDS, keys, args)]
+            script = _FORGET_IDS_CHECKED if self._acl_limited else _FORGET_IDS
+            removed += [chunk[int(n) - 1] for n in self._script(script, keys, args)]
         return removed
 
     def _sweep(self, tag: str, now: int | str) -> int:
