@@ -31,7 +31,7 @@ from savegame.errors import (
     SerializationError,
     StorageError,
 )
-from savegame.storage.base import Storage
+from savegame.storage.base import Still, Storage
 from savegame.storage.codec import MAX_DEPTH, check_id, dumps, encode
 from savegame.storage.session import MODES, ModeSpec, Session, get_path
 from savegame.storage.url import open_storage, parse_url
@@ -638,7 +638,9 @@ def purge(
         return [session_id for session_id, _ in stale]
     if removed is None:
         removed = []
-    storage._delete_batches([session_id for session_id, _ in stale], removed, versions=dict(stale))
+    storage._delete_batches(
+        [session_id for session_id, _ in stale], removed, Still(versions=dict(stale))
+    )
     if storage.table_exists():
         storage.purge_expired()
     return removed

@@ -39,6 +39,7 @@ import time
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 
@@ -86,6 +87,17 @@ integers, Redis's ``EXPIRE`` and the doubles of its sorted sets exactly."""
 
 MAX_VERSION = 2**53 - 1
 """The largest version: exact as a double, which Redis's scripts compute with."""
+
+
+@dataclass(frozen=True)
+class Still:
+    """What a session must still be for a removal of many (:meth:`Storage._delete_many`)
+    to take it: ``owner``'s (when set), and at the version ``versions`` gives for its id
+    (when set; one stored without a version being at 1)."""
+
+    owner: str | None = None
+    versions: dict[str, int] | None = None
+
 
 USER_BATCH = 500
 """Sessions :meth:`Storage.delete_user` removes in one step (:meth:`Storage._delete_owned`):
@@ -702,20 +714,14 @@ class Storage(ABC):
         check_id(user_id, "user id")
         done = [] if removed is None else removed
         before = len(done)
-        self._delete_batches(self._list(user_id, None, None, None), done, owner=user_id)
+        self._delete_batches(self._list(user_id, None, None, None), done, Still(owner=user_id))
         return len(done) - before
 
-    def _delete_batches(
-        self,
-        session_ids: list[str],
-        removed: list[str],
-        owner: str | None = None,
-        versions: dict[str, int] | None = None,
-    ) -> None:
+    def _delete_batches(self, session_ids: list[str], removed: list[str], still: Still) -> None:
         """Removes ``session_ids`` :data:`USER_BATCH` at a time (:meth:`_delete_many`),
         then clears what the store keeps of them (:meth:`_erased`) once for all."""
         for start in range(0, len(session_ids), USER_BATCH):
-            self._delete_many(session_ids[start : start + USER_BATCH], removed, owner, versions)
+            self._delete_many(session_ids[start : start + USER_BATCH], removed, still)
         self._erased()
 
     def purge_expired(self) -> int:
@@ -1018,23 +1024,17 @@ class Storage(ABC):
         version 1; either checked in the same atomic step as the removal); True when there
         was one to remove."""
 
-    def _delete_many(
-        self,
-        session_ids: list[str],
-        removed: list[str],
-        owner: str | None = None,
-        versions: dict[str, int] | None = None,
-    ) -> None:
-        """Removes those of ``session_ids`` that are still sessions of ``owner`` (when set)
-        and still at the version ``versions`` gives for them (when set; one stored without
-        a version being at 1), appending each id to ``removed`` once its removal is done.
+    def _delete_many(self, session_ids: list[str], removed: list[str], still: Still) -> None:
+        """Removes those of ``session_ids`` that are still as ``still`` says, appending each
+        id to ``removed`` once its removal is done.
 
         By default one :meth:`_delete` each; a backend that can remove many in one step
         does, so that erasing a user or purging thousands of sessions costs a few
         statements a batch rather than a transaction a session."""
+        versions = still.versions
         for session_id in session_ids:
             version = None if versions is None else versions[session_id]
-            if self._delete(session_id, owner, version):
+            if self._delete(session_id, still.owner, version):
                 removed.append(session_id)
 
     @abstractmethod

@@ -133,6 +133,7 @@ from savegame.storage.base import (
     Draft,
     Header,
     Record,
+    Still,
     Storage,
     check_seconds,
     check_stored,
@@ -1944,16 +1945,11 @@ class RedisStorage(Storage):
         self._known.put(session_id, None)
         return bool(self._forget(self._tag(session_id), [session_id], None, owner, version))
 
-    def _delete_many(
-        self,
-        session_ids: list[str],
-        removed: list[str],
-        owner: str | None = None,
-        versions: dict[str, int] | None = None,
-    ) -> None:
-        if versions is not None or owner is None:
+    def _delete_many(self, session_ids: list[str], removed: list[str], still: Still) -> None:
+        owner = still.owner
+        if still.versions is not None or owner is None:
             # The script checks one version for all the ids it is given.
-            super()._delete_many(session_ids, removed, owner, versions)
+            super()._delete_many(session_ids, removed, still)
             return
         slots: dict[str, list[str]] = {}
         tags = self._tags()

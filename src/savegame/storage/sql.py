@@ -122,6 +122,7 @@ from savegame.storage.base import (
     Draft,
     Header,
     Record,
+    Still,
     Storage,
     check_seconds,
     check_stored,
@@ -2586,14 +2587,9 @@ class SqlStorage(Storage):
         return self._call(lambda: self._again_on_deadlock(remove))
 
     @_again_if_dropped
-    def _delete_many(
-        self,
-        session_ids: list[str],
-        removed: list[str],
-        owner: str | None = None,
-        versions: dict[str, int] | None = None,
-    ) -> None:
+    def _delete_many(self, session_ids: list[str], removed: list[str], still: Still) -> None:
         header = self.table
+        owner, versions = still.owner, still.versions
         for session_id in session_ids:
             self._known.put(session_id, None)
 
