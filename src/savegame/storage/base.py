@@ -100,8 +100,9 @@ class Still:
 
 
 USER_BATCH = 500
-"""Sessions :meth:`Storage.delete_user` removes in one step (:meth:`Storage._delete_owned`):
-those of a step done are reported removed before the next begins."""
+"""Sessions :meth:`Storage.delete_user` and a purge remove in one step
+(:meth:`Storage._delete_many`): those of a step done are reported removed before the next
+begins."""
 
 MAX_LIMIT = 2**31 - 1
 """The largest listing limit passed on to a backend (a 32-bit integer in some databases);
