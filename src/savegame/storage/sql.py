@@ -2541,6 +2541,22 @@ class SqlStorage(Storage):
         return self._call(listing)
 
     @_again_if_dropped
+    def _removal_layout(self) -> _Layout | None:
+        """The table's layout for a removal; None when there is no table.
+
+        Tables with savegame's columns but unrecorded are being made by another process
+        (MySQL commits each CREATE TABLE, and refuses to describe one being made), or were
+        left half made: a removal waits for them under the schema lock, as a write does,
+        which also makes a missing runs table.
+        """
+        layout = self._current()
+        if layout.version == 0:
+            return None
+        if layout.version < LATEST and "run_count" in layout.columns:
+            self._make_tables(upgrade=False)
+            layout = self._current()
+        return layout
+
     def _delete(
         self, session_id: str, owner: str | None = None, version: int | None = None
     ) -> bool:
@@ -2551,16 +2567,9 @@ class SqlStorage(Storage):
             which &= header.c.user_id == owner
 
         def remove() -> bool:
-            layout = self._current()
-            if layout.version == 0:
+            layout = self._removal_layout()
+            if layout is None:
                 return False
-            if layout.version < LATEST and "run_count" in layout.columns:
-                # savegame's columns, unrecorded: tables another process is making (MySQL
-                # commits each CREATE TABLE, and refuses to describe one being made), or
-                # left half made. A removal waits for them under the schema lock, as a
-                # write does, which also makes a missing runs table.
-                self._make_tables(upgrade=False)
-                layout = self._current()
             where = which
             if version is not None:
                 if "version" in layout.columns:
@@ -2594,13 +2603,9 @@ class SqlStorage(Storage):
             self._known.put(session_id, None)
 
         def remove() -> list[str]:
-            layout = self._current()
-            if layout.version == 0:
+            layout = self._removal_layout()
+            if layout is None:
                 return []
-            if layout.version < LATEST and "run_count" in layout.columns:
-                # As in _delete: tables being made, or left half made, are finished first.
-                self._make_tables(upgrade=False)
-                layout = self._current()
             versioned = "version" in layout.columns
             version = func.coalesce(header.c.version, 1) if versioned else literal_column("1")
             with self._transaction(True) as conn:
