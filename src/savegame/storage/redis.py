@@ -233,22 +233,57 @@ local function record_of(header)
 end
 """
 
-# Shared by the scripts that change sessions: an error reply (see RedisStorage._mapped) for
-# the first of ``commands`` (each a command and its arguments, a key first) the server's
-# ACL denies the user, nil when it denies none. Checked before the first change: a script
-# that meets a command it may not run stops there, and what it changed stays changed.
-# Redis before 7.0 has no redis.acl_check_cmd, and nothing is checked there. The scripts
-# build and check their list only where CHECK is true: in the variant a storage runs when
-# the server's ACL restricts its user on the store's keys (see RedisStorage._acl_probe).
+# Shared by the scripts that change sessions and by _ACL_PROBE. first_denied: 'COMMAND key'
+# for the first of ``commands`` (each a command and its arguments, a key first) the server's
+# ACL denies the user, nil when it denies none; denied: the same as an error reply (see
+# RedisStorage._mapped). Checked before the first change: a script that meets a command it
+# may not run stops there, and what it changed stays changed. Redis before 7.0 has no
+# redis.acl_check_cmd, and nothing is checked there. write_needs: the commands _WRITE runs,
+# given keys ``K`` as it declares them, the session's id and the index keys it leaves;
+# forget_needs: those _FORGET runs, given its store keys ``K``, where each id's keys begin
+# (``at``) and the index keys it removes ids from. The scripts build and check their list
+# only where CHECK is true: in the variant a storage runs when the server's ACL restricts
+# its user on the store's keys (see RedisStorage._acl_probe).
 _DENIED = """
-local function denied(commands)
+local function first_denied(commands)
   if not redis.acl_check_cmd then return nil end
   for _, command in ipairs(commands) do
-    if not redis.acl_check_cmd(unpack(command)) then
-      return redis.error_reply('SAVEGAME-DENIED ' .. command[1] .. ' ' .. command[2])
-    end
+    if not redis.acl_check_cmd(unpack(command)) then return command[1] .. ' ' .. command[2] end
   end
   return nil
+end
+
+local function denied(commands)
+  local what = first_denied(commands)
+  if what then return redis.error_reply('SAVEGAME-DENIED ' .. what) end
+  return nil
+end
+
+local function write_needs(K, id, stale)
+  local needed = {
+    {'ZADD', K[1], '0', id}, {'HSET', K[2], id, ''}, {'ZADD', K[3], '0', id},
+    {'ZREM', K[3], id}, {'HSET', K[4], 'token', ''}, {'HDEL', K[4], 'runs'},
+    {'LLEN', K[5]}, {'LSET', K[5], '0', ''}, {'RPUSH', K[5], ''},
+    {'LTRIM', K[5], '0', '0'}, {'SET', K[6], ''}, {'SETRANGE', K[6], '0', ''},
+    {'GETRANGE', K[6], '0', '0'}
+  }
+  for k = 4, 6 do
+    needed[#needed + 1] = {'EXPIRE', K[k], '1'}
+    needed[#needed + 1] = {'PERSIST', K[k]}
+    if k > 4 then needed[#needed + 1] = {'DEL', K[k]} end
+  end
+  for i = 7, #K do needed[#needed + 1] = {'ZADD', K[i], '0', id} end
+  for _, key in ipairs(stale) do needed[#needed + 1] = {'ZREM', key, id} end
+  return needed
+end
+
+local function forget_needs(K, at, listed, id)
+  local needed = {{'ZREM', K[1], id}, {'HDEL', K[2], id}, {'ZREM', K[3], id}}
+  for _, k in ipairs(at) do
+    for j = k, k + 2 do needed[#needed + 1] = {'DEL', K[j]} end
+  end
+  for _, key in ipairs(listed) do needed[#needed + 1] = {'ZREM', key, id} end
+  return needed
 end
 """
 
@@ -314,14 +349,7 @@ local function forget(ids, at, field)
     end
   end
   if CHECK and #ids > 0 then
-    local needed = {
-      {'ZREM', KEYS[1], ids[1]}, {'HDEL', KEYS[2], ids[1]}, {'ZREM', KEYS[3], ids[1]}
-    }
-    for _, k in ipairs(at) do
-      for j = k, k + 2 do needed[#needed + 1] = {'DEL', KEYS[j]} end
-    end
-    for _, key in ipairs(listed) do needed[#needed + 1] = {'ZREM', key, ids[1]} end
-    local bad = denied(needed)
+    local bad = denied(forget_needs(KEYS, at, listed, ids[1]))
     if bad then return bad end
   end
   for n, id in ipairs(ids) do
@@ -415,21 +443,7 @@ for _, key in ipairs(was) do
   end
 end
 if CHECK then
-  local needed = {
-    {'ZADD', KEYS[1], '0', id}, {'HSET', KEYS[2], id, ''}, {'ZADD', KEYS[3], '0', id},
-    {'ZREM', KEYS[3], id}, {'HSET', KEYS[4], 'token', ''}, {'HDEL', KEYS[4], 'runs'},
-    {'LLEN', KEYS[5]}, {'LSET', KEYS[5], '0', ''}, {'RPUSH', KEYS[5], ''},
-    {'LTRIM', KEYS[5], '0', '0'}, {'SET', KEYS[6], ''}, {'SETRANGE', KEYS[6], '0', ''},
-    {'GETRANGE', KEYS[6], '0', '0'}
-  }
-  for k = 4, 6 do
-    needed[#needed + 1] = {'EXPIRE', KEYS[k], '1'}
-    needed[#needed + 1] = {'PERSIST', KEYS[k]}
-    if k > 4 then needed[#needed + 1] = {'DEL', KEYS[k]} end
-  end
-  for i = 7, #KEYS do needed[#needed + 1] = {'ZADD', KEYS[i], '0', id} end
-  for _, key in ipairs(stale) do needed[#needed + 1] = {'ZREM', key, id} end
-  local refused = denied(needed)
+  local refused = denied(write_needs(KEYS, id, stale))
   if refused then return refused end
 end
 if ARGV[11] == 'keep' then
@@ -690,31 +704,17 @@ return out
 # ARGV: a key of each kind under one tag: all, idx, exp, a header, runs, digests, and user,
 # entity and user-and-entity indexes. Returns 'COMMAND key' for the first command the
 # scripts that change sessions run that the server's ACL denies the user on one of them, nil
-# when it denies none (or, before Redis 7.0, cannot tell). Runs no command on them, and
-# declares none of them as keys: a call declaring a key the user may only read is refused.
-_ACL_PROBE = """
-if not redis.acl_check_cmd then return nil end
-local uses = {
-  {1, 'ZADD', '0', 'x'}, {1, 'ZREM', 'x'}, {2, 'HSET', 'x', ''}, {2, 'HDEL', 'x'},
-  {3, 'ZADD', '0', 'x'}, {3, 'ZREM', 'x'}, {4, 'HSET', 'token', ''}, {4, 'HDEL', 'runs'},
-  {5, 'LLEN'}, {5, 'LSET', '0', ''}, {5, 'RPUSH', ''}, {5, 'LTRIM', '0', '0'},
-  {6, 'SET', ''}, {6, 'SETRANGE', '0', ''}, {6, 'GETRANGE', '0', '0'}
-}
-for k = 4, 6 do
-  uses[#uses + 1] = {k, 'EXPIRE', '1'}
-  uses[#uses + 1] = {k, 'PERSIST'}
-  uses[#uses + 1] = {k, 'DEL'}
-end
-for k = 7, #ARGV do
-  uses[#uses + 1] = {k, 'ZADD', '0', 'x'}
-  uses[#uses + 1] = {k, 'ZREM', 'x'}
-end
-for _, use in ipairs(uses) do
-  local key = ARGV[use[1]]
-  if not redis.acl_check_cmd(use[2], key, unpack(use, 3)) then return use[2] .. ' ' .. key end
-end
-return nil
+# when it denies none (or, before Redis 7.0, cannot tell): the lists of write_needs and
+# forget_needs, as the scripts check them. Runs no command on them, and declares none of
+# them as keys: a call declaring a key the user may only read is refused.
+_ACL_PROBE = (
+    _DENIED
+    + """
+local indexes = {ARGV[7], ARGV[8], ARGV[9]}
+return first_denied(write_needs(ARGV, 'x', indexes))
+  or first_denied(forget_needs(ARGV, {4}, indexes, 'x'))
 """
+)
 
 _SCRIPTS = (
     _WRITE,
