@@ -1197,6 +1197,10 @@ class RedisStorage(Storage):
         a write, so the scripts check only for a user found restricted here, once a
         connection. A rule that tells keys of one kind apart (by session id, say) is not
         seen by this probe.
+
+        On a cluster the probe goes to the master of the store's own keys: a script that
+        declares no key is sent by redis-py to the master of a random slot, which may be
+        one that is away while the store's are served.
         """
         tag = self._keys
         keys = [
@@ -1204,6 +1208,8 @@ class RedisStorage(Storage):
             *(str(_key(tag, kind, "_")) for kind in "hrd"),
             *self._index_keys(tag, "_", "_"),
         ]
+        if hasattr(client, "get_node_from_key"):
+            client = client.get_redis_connection(client.get_node_from_key(keys[0]))
         return self._scripts[_ACL_PROBE](keys=[], args=keys, client=client) is not None
 
     def _layout(
