@@ -756,6 +756,23 @@ def test_copying_from_a_store_that_is_not_there_fails_and_makes_nothing(tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+def test_copying_into_a_table_of_another_mode_says_nothing_was_stored(tmp_path: Path) -> None:
+    """It said "having stored 0 of 1 sessions (...), which running it again skips"."""
+    source, destination = (
+        f"sqlite:///{tmp_path / name}?table=sessions" for name in ("a.db", "t.db")
+    )
+    backup = tmp_path / "s.jsonl"
+    backup.write_text(json.dumps({"session_id": "s1", "memory": {"runs": []}}) + "\n")
+    savegame("import", str(backup), "-s", source)
+    savegame("import", str(backup), "-s", destination, "--mode", "team")
+    before = (tmp_path / "t.db").read_bytes()
+    (line,) = errors(savegame("copy", source, destination, code=1)).splitlines()
+    assert line.startswith("error: session 's1' was not stored: table "), line
+    assert "of another mode" in line, line
+    assert line.endswith("; the copy stopped before storing any session"), line
+    assert (tmp_path / "t.db").read_bytes() == before
+
+
 @pytest.mark.parametrize("cluster", [False, True], ids=["redis", "redis-cluster"])
 def test_commands_on_a_redis_store_that_is_not_there_say_so_and_leave_no_key(
     cluster: bool, tmp_path: Path
@@ -1429,7 +1446,7 @@ def test_a_session_the_server_refuses_stops_an_import_or_a_copy_saying_which_and
             assert line.startswith(refused), line
             assert "max_allowed_packet" in line, line
             assert line.endswith(
-                f"; the import stopped there, having stored 2 of 4 sessions ({written} written, "
+                f"; the import stopped having stored 2 of 4 sessions ({written} written, "
                 f"{there} already there), which running it again skips"
             ), line
             assert dst().get_all_session_ids() == ["s1", "s0"]
@@ -1439,7 +1456,7 @@ def test_a_session_the_server_refuses_stops_an_import_or_a_copy_saying_which_and
         (line,) = errors(savegame("copy", source, str(dst.url), code=2)).splitlines()
         assert line.startswith("error: session 'big' was not stored: a statement of "), line
         assert line.endswith(
-            "; the copy stopped there, having stored 2 of 4 sessions (0 written, 2 already "
+            "; the copy stopped having stored 2 of 4 sessions (0 written, 2 already "
             "there), which running it again skips"
         ), line
         assert dst().get_all_session_ids() == ["s1", "s0"]
@@ -1462,8 +1479,7 @@ def test_an_import_into_a_folder_stopped_by_ctrl_c_leaves_no_temporary_file(
     outcome = _interrupted(["import", str(backup), "-s", url], writing)
     assert outcome == (
         130,
-        "interrupted: the import stopped having stored 0 of 1 session (0 written, 0 already "
-        "there), which running it again skips\n",
+        "interrupted: the import stopped before storing any session\n",
     )
     assert [p.name for p in folder.iterdir() if p.name.startswith(".tmp-")] == []
     assert not (folder / "big.json").exists()

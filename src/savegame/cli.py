@@ -638,7 +638,7 @@ def import_(
 ) -> None:
     """Store the sessions of a JSON lines file, keeping their timestamps and versions."""
     report = transfer.Report()
-    with _on_ctrl_c(_stored_so_far("import", report)):
+    with _on_ctrl_c(lambda: report.how_far("import")):
         _import(file, storage, mode, report)
     _note(_moved("imported", report))
 
@@ -679,23 +679,6 @@ def _on_ctrl_c(how_far: Callable[[], str]) -> Iterator[None]:
     except KeyboardInterrupt:
         err.print(f"interrupted: {_shown(how_far())}", highlight=False)
         raise typer.Exit(SIGINT_EXIT) from None
-
-
-def _stored_so_far(verb: str, report: transfer.Report) -> Callable[[], str]:
-    """How far an import or copy (``verb``) filling in ``report`` got: how many sessions it
-    had stored, which running it again skips."""
-
-    def told() -> str:
-        done = report.copied + report.unchanged
-        if report.total == 0 and done == 0:
-            return f"the {verb} stopped before storing any session"
-        return (
-            f"the {verb} stopped having stored {done} of {_sessions(report.total)} "
-            f"({report.copied} written, {report.unchanged} already there), which running "
-            "it again skips"
-        )
-
-    return told
 
 
 def _removed_so_far(what: str, removed: list[str]) -> Callable[[], str]:
@@ -744,7 +727,7 @@ def copy(
     left_out: list[str] = []
     report = transfer.Report()
     with (
-        _on_ctrl_c(_stored_so_far("copy", report)),
+        _on_ctrl_c(lambda: report.how_far("copy")),
         _open(source, mode, "fail") as src,
         _open(destination, mode) as dst,
         progress,

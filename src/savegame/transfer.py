@@ -232,6 +232,18 @@ class Report:
     vanished: int = 0
     repaired: list[str] = field(default_factory=list)
 
+    def how_far(self, verb: str) -> str:
+        """How far an import or copy (``verb``) that stopped got: how many sessions it had
+        stored, which running it again skips."""
+        done = self.copied + self.unchanged
+        if done == 0:
+            return f"the {verb} stopped before storing any session"
+        whole = f"{self.total} session{'s' * (self.total != 1)}"
+        return (
+            f"the {verb} stopped having stored {done} of {whole} ({self.copied} written, "
+            f"{self.unchanged} already there), which running it again skips"
+        )
+
 
 def _exact_text(session: Session, ordered: bool = True) -> str:
     """The JSON text of ``session`` but its version, which two sessions share only when
@@ -354,12 +366,7 @@ def _stopped(exc: StorageError, what: str, report: Report, verb: str) -> Storage
     """An error of ``exc``'s public class saying ``what`` happened, and how far the import
     or copy (``verb``) had got."""
     kind = next(k for k in _RETOLD if isinstance(exc, k))
-    done = report.copied + report.unchanged
-    return kind(
-        f"{what}; the {verb} stopped there, having stored {done} of {report.total} sessions "
-        f"({report.copied} written, {report.unchanged} already there), which running it "
-        "again skips"
-    )
+    return kind(f"{what}; {report.how_far(verb)}")
 
 
 def import_sessions(
