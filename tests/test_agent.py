@@ -15,7 +15,12 @@ from typing import Any
 import pytest
 
 from savegame.agent import Agent
-from savegame.errors import BackendUnavailableError, CorruptSessionError, InvalidIdentifierError
+from savegame.errors import (
+    BackendUnavailableError,
+    CorruptSessionError,
+    InvalidIdentifierError,
+    SerializationError,
+)
 from savegame.models import Message, ModelConnectionError, ModelResponse
 from savegame.models.offline import OfflineModel
 from savegame.models.openai import OpenAIChat
@@ -227,6 +232,55 @@ def test_a_failed_model_call_raises_and_leaves_the_session_as_it_was(
     assert after is not None
     assert after.version == 2
     assert len(after.memory["runs"]) == 2  # type: ignore[attr-defined]
+
+
+class Counted(OfflineModel):
+    """The offline model, counting its calls: a model paid for each one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def respond(self, messages: list[Message]) -> ModelResponse:
+        self.calls += 1
+        return super().respond(messages)
+
+
+def test_what_the_store_cannot_hold_is_refused_before_the_model_is_called(
+    backend_store: Store,
+) -> None:
+    model = Counted()
+    agent = Agent(model=model, storage=backend_store(), session_id="s", session_state={"n": 1})
+    agent.run("hello")
+    before = backend_store().read("s")
+    agent.session_state["seen"] = {"a", "b"}
+    with pytest.raises(SerializationError, match=r"\['session_state'\]\['seen'\]: a set"):
+        agent.run("again")
+    agent.session_state.pop("seen")
+    agent.extra_data = {"at": object()}
+    with pytest.raises(SerializationError, match=r"\['extra_data'\]\['at'\]"):
+        agent.run("again")
+    agent.extra_data = None
+    agent.session_state = None  # type: ignore[assignment]
+    with pytest.raises(SerializationError, match="session_state must be a dict, not NoneType"):
+        agent.run("again")
+    agent.session_state = {"n": 1}
+    with pytest.raises(SerializationError, match="surrogate pair"):
+        agent.run("\ud83d\ude00")
+    for message in (None, 42, {"content": "hi"}):
+        with pytest.raises(TypeError, match="message must be a str"):
+            agent.run(message)  # type: ignore[arg-type]
+    assert model.calls == 1
+    assert backend_store().read("s") == before
+    assert agent.run("again").content.startswith('You said: "again"')
+    assert len(backend_store().read("s").memory["runs"]) == 2  # type: ignore[union-attr]
+
+
+def test_a_session_state_or_extra_data_that_is_not_a_dict_is_refused() -> None:
+    with pytest.raises(TypeError, match="session_state must be a dict, not list"):
+        Agent(model=OfflineModel(), session_state=[1, 2])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="extra_data must be a dict, not str"):
+        Agent(model=OfflineModel(), extra_data="note")  # type: ignore[arg-type]
 
 
 def test_session_commands(backend_store: Store) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from savegame.agent import Agent
-from savegame.errors import CorruptSessionError
+from savegame.errors import CorruptSessionError, SerializationError
 from savegame.models import Message, ModelHTTPError, ModelResponse
 from savegame.models.offline import OfflineModel
 from savegame.runtime import SessionOwnerError
@@ -124,6 +124,30 @@ def test_a_failed_leader_call_leaves_every_session_as_it_was(stores: tuple[Store
         team.run("python code")
     assert (teams().read("t1"), sorted(agents().get_all_session_ids())) == before
     assert len(team.runs) == 1
+
+
+def test_a_team_state_the_store_cannot_hold_is_refused_before_any_member_answers(
+    stores: tuple[Store, Store],
+) -> None:
+    team = _team(stores, session_id="t1", team_id="kitchen")
+    team.run("Give me a soup recipe.")
+    agents, teams = stores
+    members_before = {sid: agents().read(sid) for sid in team.member_sessions.values()}
+    team_before = teams().read("t1")
+    team.session_state["tried"] = {"soup"}
+    with pytest.raises(SerializationError, match=r"\['session_state'\]\['tried'\]: a set"):
+        team.run("Give me a soup recipe.")
+    with pytest.raises(TypeError, match="message must be a str"):
+        team.run(None)  # type: ignore[arg-type]
+    # No member saved a turn that the team's runs could not record.
+    assert {sid: agents().read(sid) for sid in team.member_sessions.values()} == members_before
+    assert teams().read("t1") == team_before
+    team.session_state["tried"] = ["soup"]
+    assert team.run("Give me a soup recipe.").member == "chef"
+    stored = teams().read("t1")
+    assert [r["member"] for r in stored.memory["runs"]] == ["chef", "chef"]  # type: ignore[union-attr]
+    chef = agents().read(team.member_sessions["chef"])
+    assert len(chef.memory["runs"]) == 2  # type: ignore[union-attr]
 
 
 def test_members_need_distinct_names() -> None:

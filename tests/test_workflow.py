@@ -347,6 +347,27 @@ def test_a_run_whose_state_cannot_be_stored_is_recorded_as_failed(flows: Store, 
     assert flows().read("w").session_data["session_state"] == {"count": 2}  # type: ignore[union-attr]
 
 
+class Replacer(Workflow):
+    def run(self, state: Any) -> str:
+        self.session_state["count"] = self.session_state.get("count", 0) + 1
+        if state is not None:
+            self.session_state = state
+        return "done"
+
+
+def test_a_run_that_replaces_its_state_with_no_dict_is_recorded_as_failed(flows: Store) -> None:
+    flow = Replacer(session_id="w", storage=flows())
+    flow.run(None)
+    with pytest.raises(SerializationError, match="session_state must be a dict, not list"):
+        flow.run([1, 2])
+    runs = _runs(flows, "w")
+    assert [r["status"] for r in runs] == ["completed", "failed"]
+    assert runs[1]["error"].startswith("not saved: SerializationError: ")
+    assert flow.session_state == {"count": 1}
+    assert flow.run({"count": 5}) == "done"
+    assert flows().read("w").session_data["session_state"] == {"count": 5}  # type: ignore[union-attr]
+
+
 class Tagger(Workflow):
     def run(self, tags: Any) -> str:
         self.step("first", lambda: "one")

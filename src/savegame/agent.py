@@ -145,11 +145,17 @@ class Agent(SessionKeeper):
         starts: turns another process saved in this session meanwhile are sent too.
 
         Raises:
+            TypeError: when ``message`` is not a str; nothing was sent or saved.
+            SerializationError: when the message, ``session_state``, the session's name or
+                ``extra_data`` holds what the store cannot hold (see
+                :meth:`~savegame.runtime.SessionKeeper._check_storable`), naming it;
+                checked before the model is called, and nothing was sent or saved.
             ModelError: when the model call failed; nothing was saved.
             SessionOwnerError: when the session id names another user's session.
             StorageError: when the session could not be read for its history, or the run
                 could not be saved; the agent is left as before.
         """
+        self._check_storable(message)
         created_at = int(time.time())
         started = time.perf_counter()
         user = make_message("user", message)

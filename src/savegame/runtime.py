@@ -24,9 +24,9 @@ import copy
 import uuid
 from typing import Any, ClassVar
 
-from savegame.errors import CorruptSessionError
+from savegame.errors import CorruptSessionError, SerializationError
 from savegame.storage.base import Storage
-from savegame.storage.codec import check_id
+from savegame.storage.codec import check_id, dumps, encode_text
 from savegame.storage.known import pickle_plain
 from savegame.storage.session import Session, get_path, messages_of, mode_spec, set_path
 
@@ -63,7 +63,8 @@ class SessionKeeper:
         InvalidIdentifierError: when an id given is one savegame cannot store (empty, not a
             str, holding NUL); raised before anything is read.
         ValueError: when ``storage`` is not in this keeper's mode.
-        TypeError: when ``storage`` is a URL (a string) rather than a storage.
+        TypeError: when ``storage`` is a URL (a string) rather than a storage, or
+            ``session_state`` or ``extra_data`` is not a dict.
         SessionOwnerError: when the stored session belongs to another ``user_id``.
         CorruptSessionError: when a field of the stored session is not of the shape a
             session of this kind has (see :meth:`_fields`).
@@ -105,6 +106,9 @@ class SessionKeeper:
                 # save it under a user, nobody asked for; one no store holds would fail
                 # only at the first save, after the model had answered.
                 check_id(value, field.replace("_", " "))
+        for field, given in (("session_state", session_state), ("extra_data", extra_data)):
+            if given is not None and not isinstance(given, dict):
+                raise TypeError(f"{field} must be a dict, not {type(given).__name__}")
         self._stored_from: Storage | None = None
         self.storage = storage
         self._initial_user = user_id
@@ -310,6 +314,30 @@ class SessionKeeper:
 
     # -- saving ---------------------------------------------------------------------------
 
+    def _check_storable(self, message: str) -> None:
+        """Checks, before a run calls a model, that its save can store what this object
+        writes of its own: ``message``, the ``session_state``, the session's name,
+        ``extra_data`` and the ``*_data`` field. Found only by the save, such a value would
+        fail the run after the model had answered (and, in a team, after the member had
+        saved its turn in its own session, which the team's runs would then never record).
+
+        Raises:
+            TypeError: when ``message`` is not a str.
+            SerializationError: naming the first value that cannot be stored (a set in the
+                state, a ``session_state`` that is not a dict); nothing is sent or saved.
+        """
+        if not isinstance(message, str):
+            raise TypeError(f"the message must be a str, not {type(message).__name__}")
+        _check_state_is_dict(self.session_state)
+        for path, value, level in (
+            ("the message", message, 1),
+            ("$['session_data']['session_state']", self.session_state, 3),
+            ("$['session_data']['session_name']", self.session_name, 3),
+            ("$['extra_data']", self.extra_data, 2),
+            (f"$['{self.data_field}']", self._entity_data(), 2),
+        ):
+            dumps(*encode_text(value, path, level))
+
     def _save(self, run: Run | None, replace: bool = False, keep_state: bool = False) -> Session:
         """Adds ``run`` (or replaces the stored run with its ``run_id``) and saves.
 
@@ -493,6 +521,7 @@ class SessionKeeper:
         since it last read or saved it, key by key. A key another process saved meanwhile
         and this object left alone is kept, where writing this object's whole state would
         put back what it had read, erasing the other's change without a word."""
+        _check_state_is_dict(self.session_state)
         base = self._base_state
         merged = copy.deepcopy(stored)
         for key in base.keys() - self.session_state.keys():
@@ -538,6 +567,16 @@ def list_messages(data: dict[str, Any]) -> None:
     runs = memory.get("runs")
     memory["messages"] = messages_of(runs if isinstance(runs, list) else [])
     data["memory"] = memory
+
+
+def _check_state_is_dict(state: object) -> None:
+    """Raises SerializationError when ``state``, a ``session_state`` that code replaced,
+    is not a dict: a session's state is stored as an object of keys."""
+    if not isinstance(state, dict):
+        raise SerializationError(
+            f"$['session_data']['session_state']: session_state must be a dict, not "
+            f"{type(state).__name__}: a session's state is stored as an object of keys"
+        )
 
 
 def _same_store(before: Storage | None, now: Storage | None) -> bool:

@@ -127,11 +127,17 @@ class Team(SessionKeeper):
         to another session since (as a member of another team, say).
 
         Raises:
+            TypeError: when ``message`` is not a str; nothing was sent or saved.
+            SerializationError: when the message, or the team's ``session_state``, session
+                name or ``extra_data``, holds what the store cannot hold, naming it;
+                checked before the leader is called, so that no member saves a turn the
+                team could not record. Nothing was sent or saved.
             ModelError: when the leader's or the member's model call failed; the team
                 session is unchanged (and so is the member's, when its call failed).
             StorageError: when the member's session could not be read, or the member's or
                 the team's run could not be saved.
         """
+        self._check_storable(message)
         created_at = int(time.time())
         started = time.perf_counter()
         choice = self.model.respond(self._routing(message))
