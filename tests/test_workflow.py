@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import gc
 import signal
 import subprocess
@@ -623,6 +624,32 @@ def test_a_step_runs_outputs_are_given_as_stored(steps_store: Store) -> None:
     stored = steps_store().read("s")
     assert stored is not None
     assert [s["output"] for s in stored.runs[0]["steps"]] == [["a", 1], ["b"]]  # type: ignore[attr-defined]
+
+
+def test_a_step_runs_input_is_given_as_stored_on_its_first_attempt_as_on_a_resume(
+    steps_store: Store,
+) -> None:
+    # A step that worked on the tuple and the date of the first attempt would fail on a
+    # resume, which is given the list and the ISO text the store holds.
+    seen: list[Any] = []
+    failing = [True]
+
+    def first(ctx: StepContext) -> str:
+        seen.append(ctx.input)
+        return "one"
+
+    def second(ctx: StepContext) -> str:
+        seen.append(ctx.input)
+        if failing:
+            raise StepFailed("second failed as told")
+        return "two"
+
+    given = ("a", datetime.date(2024, 1, 2))
+    with pytest.raises(StepFailed):
+        StepWorkflow([first, second], steps_store(), session_id="s").run(given)
+    failing.clear()
+    StepWorkflow([first, second], steps_store(), session_id="s").resume()
+    assert seen == [["a", "2024-01-02"]] * 3
 
 
 @pytest.mark.parametrize("stop", [KeyboardInterrupt, SystemExit])

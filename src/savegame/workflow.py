@@ -525,6 +525,9 @@ class StepWorkflow(SessionKeeper):
     def run(self, input: Any = None) -> WorkflowRunResponse:
         """Runs every step in order, saving after each.
 
+        Steps are given ``input`` as stored (a tuple as a list, a ``datetime`` as its ISO
+        text), as they are when the run is resumed.
+
         Raises:
             BaseException: whatever a step raised (``KeyboardInterrupt`` included); the run
                 is stored as failed, with that step failed and the steps before it
@@ -543,6 +546,10 @@ class StepWorkflow(SessionKeeper):
             "steps": [{"name": s.name, "status": "pending"} for s in self.steps],
         }
         self._save(record)
+        # The input as stored (a tuple as a list, a date as its ISO text), as a resumed run
+        # gives it to its steps: a step that works on the first attempt works on a resume.
+        saved = next(r for r in self.runs if r.get("run_id") == record["run_id"])
+        record["input"] = copy.deepcopy(saved.get("input"))
         return self._execute(record)
 
     def resume(self, run_id: str | None = None) -> WorkflowRunResponse:
