@@ -723,6 +723,42 @@ def test_an_agent_given_a_storage_that_holds_its_session_adds_to_it(
     assert [r["input"] for r in stored.memory["runs"]] == ["one", "two", "three"]  # type: ignore[attr-defined]
 
 
+def test_an_agent_moved_back_to_a_storage_brings_the_runs_and_state_it_had_elsewhere(
+    backend_store: Store, tmp_path: Path
+) -> None:
+    agent = Agent(
+        model=OfflineModel(),
+        storage=backend_store(),
+        session_id="s",
+        add_history_to_messages=True,
+        num_history_runs=10,
+    )
+    agent.session_state["step"] = "start"
+    agent.run("My name is Ada.")
+    agent.storage = JsonStorage(tmp_path / "elsewhere", mode="agent")
+    agent.session_state["step"] = "moved"
+    agent.rename_session("moved away")
+    agent.run("My colour is red.")
+    agent.storage = backend_store()  # back: it holds the session as it was before the move
+    answer = agent.run("What is my colour?")
+    assert answer.content.startswith("Your colour is red.")
+    stored = backend_store().read("s")
+    assert isinstance(stored, AgentSession)
+    assert stored.memory is not None
+    assert stored.session_data is not None
+    assert [r["input"] for r in stored.memory["runs"]] == [
+        "My name is Ada.",
+        "My colour is red.",
+        "What is my colour?",
+    ]
+    assert stored.memory["messages"] == agent.messages
+    assert stored.session_data["session_state"] == {"step": "moved"}
+    assert stored.session_data["session_name"] == "moved away"
+    assert stored.session_data["metrics"]["runs"] == 3
+    assert agent.session_state == {"step": "moved"}
+    assert [r["input"] for r in agent.runs] == [r["input"] for r in stored.memory["runs"]]
+
+
 def test_a_storage_set_on_an_agent_is_checked_as_one_given_to_it() -> None:
     agent = Agent(model=OfflineModel())
     with pytest.raises(ValueError, match="mode='agent'"):

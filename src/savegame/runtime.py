@@ -144,10 +144,11 @@ class SessionKeeper:
 
         Another storage may be set at any time (a move from SQLite to PostgreSQL, say, or
         from none to one): the session goes with it. The next save writes the whole session
-        as this object has it into the new storage when that one does not hold it yet, and
-        adds this object's changes to it when it does (copied there beforehand by
-        ``savegame copy``, say). The storage set before is left as it was. A storage of the
-        same store as the one before (equal
+        as this object has it into the new storage when that one does not hold it yet.
+        When it does (copied there beforehand by ``savegame copy``, or a storage the session
+        was moved from and is now moved back to), the save adds the runs this object has
+        and it lacks, and writes this object's state and name over it. The storage set
+        before is left as it was. A storage of the same store as the one before (equal
         :meth:`~savegame.storage.base.Storage.store_names`: a new object opened on the same
         table, folder or prefix) is no move: a session deleted there meanwhile (an erasure)
         starts afresh, and is never written back.
@@ -295,8 +296,10 @@ class SessionKeeper:
         since this object last read or saved the session: what a run's history is made of.
 
         A session carried from another storage (see :attr:`storage`) and not in this one
-        yet has this object's runs; one its own store held and no longer does (deleted
-        elsewhere, an erasure) has none, as its next save starts it afresh.
+        yet has this object's runs, and one this storage holds an older copy of has the
+        runs of that copy and then those of this object's that it lacks; one its own store
+        held and no longer does (deleted elsewhere, an erasure) has none, as its next save
+        starts it afresh.
 
         Raises:
             SessionOwnerError: when the stored session belongs to another user.
@@ -306,11 +309,18 @@ class SessionKeeper:
         if self.storage is None:
             return self.runs
         stored = self.storage.read(self.session_id)
+        carried = self._stored is not None and not _same_store(self._stored_from, self.storage)
         if stored is None:
-            carried = self._stored is not None and not _same_store(self._stored_from, self.storage)
             return self.runs if carried else []
         self._check_owner(stored)
-        return list(get_path(self._fields(stored), self.spec.runs_path) or [])
+        runs = list(get_path(self._fields(stored), self.spec.runs_path) or [])
+        if carried:
+            # An older copy of this object's session: its next save adds the runs it lacks.
+            have = {r.get("run_id") for r in runs}
+            runs += [
+                r for r in self.runs if r.get("run_id") is not None and r["run_id"] not in have
+            ]
+        return runs
 
     # -- saving ---------------------------------------------------------------------------
 
@@ -357,8 +367,8 @@ class SessionKeeper:
 
         def merge(current: Session | None) -> Session:
             if current is None and carried is not None:
-                current = copy.deepcopy(carried)
-            return self._merged(current, run, replace, keep_state)
+                return self._merged(copy.deepcopy(carried), run, replace, keep_state)
+            return self._merged(current, run, replace, keep_state, carried)
 
         if self.storage is None:
             stored = merge(copy.deepcopy(self._stored))
@@ -369,9 +379,20 @@ class SessionKeeper:
         return stored
 
     def _merged(
-        self, current: Session | None, run: Run | None, replace: bool, keep_state: bool = False
+        self,
+        current: Session | None,
+        run: Run | None,
+        replace: bool,
+        keep_state: bool = False,
+        carried: Session | None = None,
     ) -> Session:
         """The session to store: what is stored now, with this keeper's changes over it.
+
+        With ``carried``, the session as this object last saved or loaded it in another
+        store, ``current`` is an older copy of it (one it was moved from, or one copied
+        there): the runs of ``carried`` that ``current`` lacks (by ``run_id``) are added,
+        and the state and name are this object's, where the changes since the last save
+        alone would put back the older copy's.
 
         ``current`` is taken apart and built on, so it must be a copy of this save's own:
         copying a long conversation again would cost more than the rest of the save. It
@@ -385,22 +406,25 @@ class SessionKeeper:
         runs = list(get_path(data, self.spec.runs_path) or [])
         session_data = dict(data.get("session_data") or {})
         metrics = dict(session_data.get("metrics") or {})
+        state = dict(session_data.get("session_state") or {})
+        base_state, base_name = self._base_state, self._base_name
+        if carried is not None and current is not None:
+            have = {r.get("run_id") for r in runs}
+            for theirs in get_path(self._fields(carried), self.spec.runs_path) or []:
+                if theirs.get("run_id") is not None and theirs.get("run_id") not in have:
+                    _add_run(runs, metrics, copy.deepcopy(theirs))
+            base_state, base_name = state, session_data.get("session_name")
         if run is not None:
             at = _index(runs, run["run_id"]) if replace else None
             if at is None:
-                runs.append(run)
-                metrics["runs"] = metrics.get("runs", 0) + 1
-                for key, value in (run.get("metrics") or {}).items():
-                    if isinstance(value, (int, float)):
-                        metrics[key] = metrics.get(key, 0) + value
+                _add_run(runs, metrics, run)
             else:
                 runs[at] = self._replacing(runs[at], run)
         set_path(data, self.spec.runs_path, runs)
-        changed_name = self._renaming or self.session_name != self._base_name
-        state = dict(session_data.get("session_state") or {})
+        changed_name = self._renaming or self.session_name != base_name
         session_data.update(
             session_name=self.session_name if changed_name else session_data.get("session_name"),
-            session_state=state if keep_state else self._state_to_store(state),
+            session_state=state if keep_state else self._state_to_store(state, base_state),
             metrics=metrics,
         )
         data["session_data"] = session_data
@@ -516,13 +540,16 @@ class SessionKeeper:
         """Called before this object leaves its session for another one (or deletes it),
         with the session still current: what is under way in it ends there."""
 
-    def _state_to_store(self, stored: dict[str, Any]) -> dict[str, Any]:
+    def _state_to_store(
+        self, stored: dict[str, Any], base: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """The ``session_state`` a save writes: the ``stored`` one with this object's changes
-        since it last read or saved it, key by key. A key another process saved meanwhile
-        and this object left alone is kept, where writing this object's whole state would
-        put back what it had read, erasing the other's change without a word."""
+        since it last read or saved it (or since ``base``), key by key. A key another
+        process saved meanwhile and this object left alone is kept, where writing this
+        object's whole state would put back what it had read, erasing the other's change
+        without a word."""
         _check_state_is_dict(self.session_state)
-        base = self._base_state
+        base = self._base_state if base is None else base
         merged = copy.deepcopy(stored)
         for key in base.keys() - self.session_state.keys():
             merged.pop(key, None)
@@ -603,6 +630,15 @@ def _misshapen(stored: Session, field: str, value: Any, kind: type | str) -> Cor
         f"stored session {stored.session_id!r} cannot be used: its {field} should be a "
         f"{wanted}, not {type(value).__name__} {shown}"
     )
+
+
+def _add_run(runs: list[Run], metrics: dict[str, Any], run: Run) -> None:
+    """Appends ``run`` to ``runs``, adding it to the session's summed ``metrics``."""
+    runs.append(run)
+    metrics["runs"] = metrics.get("runs", 0) + 1
+    for key, value in (run.get("metrics") or {}).items():
+        if isinstance(value, (int, float)):
+            metrics[key] = metrics.get(key, 0) + value
 
 
 def _index(runs: list[Run], run_id: str) -> int | None:
