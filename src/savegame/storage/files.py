@@ -1053,9 +1053,11 @@ class FileStorage(Storage):
 
         Other writers wait while ``fn`` runs, so the write never meets a conflict and never
         runs again: with many processes on one folder, a retrying writer could lose every
-        race to the others, who write faster than it reads and writes again.
+        race to the others, who write faster than it reads and writes again. What ``fn``
+        raises (an ``OSError`` of a file of its own, say) is raised as it is: the read and
+        the write turn only their own failures into savegame's errors.
         """
-        with self._locked():
+        with self._folder_locked():
             return super().update(session_id, fn, max_attempts=max_attempts)
 
     # -- primitives -----------------------------------------------------------------------

@@ -1109,6 +1109,30 @@ class ModeContract:
             storage.update("c", lambda s: s.to_dict())
         assert storage.read("c") == result
 
+    def test_update_raises_what_fn_raises_as_it_is(self, store: Store) -> None:
+        # fn is the caller's code: what it raises (a file of its own that is missing, its
+        # own database failing) is the caller's error, never taken for the store's.
+        import sqlite3
+
+        storage = store()
+        stored = storage.upsert(_session(store, "c"))
+        raised: list[BaseException] = [
+            FileNotFoundError(2, "No such file or directory", "prompt.txt"),
+            PermissionError(13, "Permission denied"),
+            sqlite3.OperationalError("no such table: prompts"),
+            UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"),
+        ]
+        for exc in raised:
+
+            def fail(session: Any, exc: BaseException = exc) -> Any:
+                raise exc
+
+            with pytest.raises(type(exc)) as caught:
+                storage.update("c", fail)
+            assert caught.value is exc
+        assert storage.read("c") == stored
+        assert storage.upsert(_session(store, "c")).version == stored.version + 1  # type: ignore[attr-defined]
+
     def test_sessions_are_values(self, store: Store) -> None:
         storage = store()
         given = make_session(store.mode, "v", round_=1)
