@@ -136,6 +136,36 @@ def test_a_damaged_file_never_breaks_a_listing(tmp_path: Path, cls: type[FileSto
     assert sorted(storage.get_all_session_ids(user_id="u")) == ["good", "torn"]
 
 
+@pytest.mark.parametrize("cls", FORMATS)
+@pytest.mark.parametrize("style", ["json", "yaml"])
+def test_a_file_nested_thousands_of_levels_deep_is_a_damaged_file(
+    tmp_path: Path, cls: type[FileStorage], style: str
+) -> None:
+    # Python's JSON parser recurses once a level and gives up with a RecursionError some
+    # thousand levels down: that is a damaged file, not a failure of every listing.
+    storage = cls(tmp_path)
+    storage.upsert(AgentSession(session_id="good", user_id="u"))
+    deep = "[" * 100_000 + "]" * 100_000
+    if style == "json":
+        text = f'{{"session_id": "deep", "user_id": "u", "memory": {{"x": {deep}}}}}'
+    else:
+        text = f"session_id: deep\nuser_id: u\nmemory:\n  x: {deep}\n"
+    (tmp_path / f"deep{cls.format.extension}").write_text(text)
+    for reader in (storage, cls(tmp_path)):
+        assert reader.get_all_session_ids(user_id="u") == ["good"]
+        assert [s.session_id for s in reader.get_all_sessions()] == ["good"]
+        with pytest.raises(CorruptSessionError, match="deep"):
+            reader.read("deep")
+        [why] = reader.unreadable()
+        assert f"deep{cls.format.extension}" in why
+    storage.upsert(AgentSession(session_id="new", user_id="u"))
+    storage.drop()
+    # Like any file that holds no session it can read, drop() leaves it.
+    assert sorted(os.listdir(tmp_path)) == [".savegame", f"deep{cls.format.extension}"]
+    storage.upsert(AgentSession(session_id="deep", user_id="u"))
+    assert storage.get_all_session_ids() == ["deep"]
+
+
 @pytest.mark.parametrize(
     "odd",
     [

@@ -407,9 +407,13 @@ def loads_finite(text: str | bytes) -> Any:
 
     Raises:
         ValueError: for text that is not JSON; SerializationError (a ValueError) for text
-            that holds such a number.
+            that holds such a number, or nests so deeply (some thousand levels, far more
+            than :data:`MAX_DEPTH`) that the parser, which recurses once a level, gives up.
     """
-    return json.loads(text, parse_float=_finite_float, parse_constant=_refuse_constant)
+    try:
+        return json.loads(text, parse_float=_finite_float, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise SerializationError(f"it is nested deeper than {MAX_DEPTH} levels") from None
 
 
 def dumps_text_safe(value: Any, text: str | None = None) -> str:
