@@ -311,25 +311,111 @@ def test_yaml_files_of_sessions_nested_deeper_than_64_levels_are_written_as_json
         assert got.memory == {"d": value}
 
 
+def _damage_header(index: Path) -> None:
+    for path in index.parent.glob(index.name + "-*"):
+        path.unlink()
+    index.write_bytes(b"not a database" * 100)
+
+
+def _cut_short(index: Path) -> None:
+    data = index.read_bytes()
+    index.write_bytes(data[: len(data) // 3])
+
+
+def _zero_pages(index: Path) -> None:
+    data = bytearray(index.read_bytes())
+    data[4096:] = bytes(len(data) - 4096)  # every page but the first, the schema's
+    index.write_bytes(bytes(data))
+
+
+def _garble_schema(index: Path) -> None:
+    # Bytes in the schema's text that are no UTF-8: SQLite's error message quotes them, and
+    # Python's sqlite3 raised UnicodeDecodeError decoding it.
+    data = bytearray(index.read_bytes())
+    at = data.index(b"CREATE TABLE sessions")
+    data[at + 7 : at + 9] = b"\xc7\xff"
+    index.write_bytes(bytes(data))
+
+
+def _overwrite_a_leaf_of_sessions(index: Path) -> None:
+    # A page of rows, met by a listing that brings the index up to date (the folder's time
+    # changed), not by one that finds it fresh.
+    with sqlite3.connect(index) as conn:
+        (root,) = conn.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'sessions'"
+        ).fetchone()
+        (size,) = conn.execute("PRAGMA page_size").fetchone()
+    data = bytearray(index.read_bytes())
+    at = (root - 1) * size
+    assert data[at] == 5  # an interior page: its first cell points to a leaf
+    cell = at + int.from_bytes(data[at + 12 : at + 14], "big")
+    leaf = int.from_bytes(data[cell : cell + 4], "big")
+    data[(leaf - 1) * size : leaf * size] = b"\xff" * size
+    index.write_bytes(bytes(data))
+    later = index.parent.parent.stat().st_mtime_ns + 10**9
+    os.utime(index.parent.parent, ns=(later, later))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [_damage_header, _cut_short, _zero_pages, _garble_schema, _overwrite_a_leaf_of_sessions],
+    ids=lambda f: f.__name__,
+)
 @pytest.mark.parametrize("cls", FORMATS)
-def test_an_index_that_is_no_database_fails_writes_and_leaves_reads_and_listings(
+def test_a_damaged_index_is_made_anew_from_the_files(
+    tmp_path: Path, cls: type[FileStorage], damage: Callable[[Path], None]
+) -> None:
+    # The index is derived from the files: damaged, it is removed and made again by the
+    # call that finds it, which answers as if nothing had happened.
+    folder = tmp_path / "s"
+    running = cls(folder)
+    for i in range(300):
+        running.upsert(
+            AgentSession(session_id=f"s{i}", user_id=f"u{i % 3}", memory={"x": "y" * 50})
+        )
+    index = running._index_path
+    with sqlite3.connect(index) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    damage(index)
+    expected = [f"s{i}" for i in range(300) if i % 3 == 1]
+    fresh = cls(folder)
+    assert sorted(fresh.get_all_session_ids(user_id="u1")) == sorted(expected)
+    stored = fresh.upsert(AgentSession(session_id="s1", user_id="u1", memory={"x": "new"}))
+    assert stored.version == 2  # its header read from its file, not from the damaged index
+    fresh.close()
+    damage(index)
+    # A storage whose connection was open to the index before it was damaged.
+    new = running.upsert(AgentSession(session_id="new", user_id="u1"))
+    assert new.version == 1
+    assert sorted(running.get_all_session_ids(user_id="u1")) == sorted([*expected, "new"])
+    assert running.delete_user("u2") == 100
+    assert cls(folder).get_all_session_ids(user_id="u2") == []
+    with sqlite3.connect(index) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    running.close()
+
+
+@pytest.mark.parametrize("cls", FORMATS)
+def test_a_damaged_index_in_a_folder_that_cannot_be_written_to_is_listed_from_the_files(
     tmp_path: Path, cls: type[FileStorage]
 ) -> None:
     folder = tmp_path / "s"
-    cls(folder).upsert(AgentSession(session_id="a", user_id="u"))
-    index = cls(folder)._index_path
-    for path in index.parent.glob(index.name + "*"):
-        path.unlink()
-    index.write_bytes(b"not a database" * 100)
-    storage = cls(folder)
-    for session_id in ("a", "b"):
-        with pytest.raises(BackendUnavailableError, match="index of the folder"):
-            storage.upsert(AgentSession(session_id=session_id, user_id="u"))
-    assert storage.read("b") is None
-    got = storage.read("a")
-    assert got is not None
-    assert got.user_id == "u"
-    assert storage.get_all_session_ids(user_id="u") == ["a"]
+    writer = cls(folder)
+    writer.upsert(AgentSession(session_id="a", user_id="u"))
+    # Closed: SQLite keeps open, until then, the files of the index this process opens.
+    writer.close()
+    _damage_header(writer._index_path)
+    with read_only(folder) as view:
+        storage = cls(view)
+        assert storage.get_all_session_ids(user_id="u") == ["a"]
+        with pytest.raises(BackendUnavailableError):
+            storage.upsert(AgentSession(session_id="b", user_id="u"))
+        storage.close()
+    assert (
+        (folder / ".savegame" / cls(folder)._index_path.name)
+        .read_bytes()
+        .startswith(b"not a database")
+    )
 
 
 def test_opening_the_index_waits_while_another_process_writes_it(tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ listing one user's sessions reads the index instead of every file. The index can
 rebuilt from the files, and is:
 
 * when it is missing, or was made for another mode;
+* when SQLite finds it damaged (cut short, pages overwritten, no database at all): the call
+  that finds it removes it, with its log, and runs again on a new one;
 * when the folder changed behind savegame's back: every write through savegame records the
   folder's modification time in the index (when the index recorded the time before the
   write: a change it does not know stays visible), so a file added, replaced or removed by
@@ -74,7 +76,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from filelock import FileLock, Timeout
 
@@ -108,6 +110,7 @@ _DEVICES = frozenset(
 _NOT_IN_A_NAME = frozenset("/\\:" if os.name == "nt" else "/")
 """Characters that would make an id, as a file name, name another folder (or, on Windows,
 a drive or a stream of another file)."""
+_T = TypeVar("_T")
 _META_DIR = ".savegame"
 _TEMP_PREFIX = ".tmp-"
 _TEMP_NAME = re.compile(re.escape(_TEMP_PREFIX) + "[0-9a-f]{32}")
@@ -383,10 +386,31 @@ class FileStorage(Storage):
                 conn.close()
             conn = self._local.conn = None
         if conn is None:
-            self._make_meta()
-            conn = sqlite3.connect(self._index_path, timeout=_INDEX_TIMEOUT, isolation_level=None)
+            seen = self._index_identity()
             try:
-                with self._index_errors():
+                conn = self._connect()
+            except BackendUnavailableError as exc:
+                if not _damaged(exc.__cause__) or not self._discard_index(seen):
+                    raise
+                conn = self._connect()
+            # The connection last: Ctrl-C before it is stored leaves none without the pid
+            # and identity the next call reads.
+            self._local.conn = conn
+        return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        """A new connection to the index, which it makes (with its tables) when missing.
+
+        Raises:
+            BackendUnavailableError: when the index cannot be opened, its cause the SQLite
+                error (a damaged schema, which SQLite reports in text Python cannot decode,
+                as a ``sqlite3.DatabaseError``).
+        """
+        self._make_meta()
+        conn = sqlite3.connect(self._index_path, timeout=_INDEX_TIMEOUT, isolation_level=None)
+        try:
+            with self._index_errors():
+                try:
                     use_wal(conn, _INDEX_TIMEOUT)
                     # The index is rebuilt from the files whenever it disagrees with them,
                     # so it need not survive a power loss on its own.
@@ -394,18 +418,42 @@ class FileStorage(Storage):
                     erase_deleted(conn)
                     conn.executescript(_INDEX_SCHEMA)
                     _forget_earlier_rows(conn)
-                self._local.pid = os.getpid()
-                self._local.identity = self._index_identity()
-            except BaseException:
-                # Ctrl-C too: a connection cut short in its setup may hold the index's
-                # write lock, which only closing it lets go at once (not whenever the
-                # garbage collector gets to it).
-                conn.close()
-                raise
-            # The connection last: Ctrl-C before it is stored leaves none without the pid
-            # and identity the next call reads.
-            self._local.conn = conn
+                except UnicodeDecodeError as exc:
+                    raise sqlite3.DatabaseError(f"malformed database schema ({exc})") from exc
+            self._local.pid = os.getpid()
+            self._local.identity = self._index_identity()
+        except BaseException:
+            # Ctrl-C too: a connection cut short in its setup may hold the index's
+            # write lock, which only closing it lets go at once (not whenever the
+            # garbage collector gets to it).
+            conn.close()
+            raise
         return conn
+
+    def _discard_index(self, seen: tuple[int, int] | None) -> bool:
+        """Removes the index, found damaged as the file ``seen`` (its device and inode),
+        with its log, so that the next connection makes it anew; the next listing then
+        reads every file (the index records no mode). False when it cannot be removed (a
+        folder this process cannot write to); True too when another process replaced it
+        meanwhile.
+
+        The log goes first: a new index must never find the old one's log beside it.
+        """
+        try:
+            with self._folder_locked():
+                conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+                if conn is not None:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.close()
+                    self._local.conn = None
+                if self._index_identity() != seen:
+                    return True
+                for suffix in ("-wal", "-shm", "-journal", ""):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(f"{self._index_path}{suffix}")
+        except (BackendUnavailableError, OSError):
+            return False
+        return True
 
     def _open_index(self) -> sqlite3.Connection | None:
         """The index as :meth:`_index` gives it; None when it cannot be opened (a full disk
@@ -453,9 +501,28 @@ class FileStorage(Storage):
                 # The files themselves (a session file that became a folder, a folder made
                 # read-only or removed meanwhile): savegame's error, as for the index.
                 raise BackendUnavailableError(f"the folder {self.dir_path}: {exc}") from exc
+            if (
+                _damaged(exc)
+                and getattr(self._local, "conn", None) is not None
+                and self._discard_index(self._local.identity)
+            ):
+                raise _IndexDamaged(
+                    f"the index of the folder {self.dir_path} ({self._index_path}) is "
+                    f"damaged ({exc}): it was removed, and the next call makes it anew from "
+                    "the files"
+                ) from exc
             raise BackendUnavailableError(
                 f"the index of the folder {self.dir_path} ({self._index_path}) failed: {exc}"
             ) from exc
+
+    def _retried(self, step: Callable[[], _T]) -> _T:
+        """``step()``, run again once when it found the index damaged, and removed it: the
+        second run makes the index anew from the files. ``step`` must have changed nothing
+        when the index failed (a write fails on the index before its file is in place)."""
+        try:
+            return step()
+        except _IndexDamaged:
+            return step()
 
     def close(self) -> None:
         """Closes this thread's connection to the index, clearing first what an erasure
@@ -779,7 +846,9 @@ class FileStorage(Storage):
                 if not self._is_fresh(conn):
                     try:
                         self._reindex(conn, full=False)
-                    except sqlite3.Error:
+                    except sqlite3.Error as error:
+                        if _damaged(error):
+                            raise  # the index is made anew, and the listing runs again
                         if conn.in_transaction:
                             with contextlib.suppress(sqlite3.Error):
                                 conn.execute("ROLLBACK")
@@ -894,6 +963,9 @@ class FileStorage(Storage):
         Raises:
             BackendUnavailableError: when the folder or its index cannot be read.
         """
+        return self._retried(self._unreadable)
+
+    def _unreadable(self) -> list[str]:
         if not self._made():
             return []
         conn = self._fresh_index()
@@ -962,8 +1034,11 @@ class FileStorage(Storage):
         """Reads every file again and rebuilds the index from them.
 
         Needed only after other programs edited session files in place; savegame notices
-        files added, replaced or removed by itself.
+        files added, replaced or removed by itself. A damaged index is made anew.
         """
+        self._retried(self._rebuild_index)
+
+    def _rebuild_index(self) -> None:
         with self._locked() as conn:
             self._reindex(conn, full=True)
 
@@ -1115,6 +1190,11 @@ class FileStorage(Storage):
     def _write(
         self, draft: Draft, expected_version: int | None, now: int, preserve: bool
     ) -> Record:
+        return self._retried(lambda: self._write_once(draft, expected_version, now, preserve))
+
+    def _write_once(
+        self, draft: Draft, expected_version: int | None, now: int, preserve: bool
+    ) -> Record:
         session_id = draft.session_id
         path = self._path(session_id)
         with self._locked() as conn:
@@ -1152,6 +1232,9 @@ class FileStorage(Storage):
     def _delete(
         self, session_id: str, owner: str | None = None, version: int | None = None
     ) -> bool:
+        return self._retried(lambda: self._delete_once(session_id, owner, version))
+
+    def _delete_once(self, session_id: str, owner: str | None, version: int | None) -> bool:
         if not self._made():
             return False  # nothing to remove: the folder is not made for it
         path = self._path(session_id)
@@ -1196,6 +1279,11 @@ class FileStorage(Storage):
     def _list(
         self, user_id: str | None, entity_id: str | None, limit: int | None, now: int | None
     ) -> list[str]:
+        return self._retried(lambda: self._list_once(user_id, entity_id, limit, now))
+
+    def _list_once(
+        self, user_id: str | None, entity_id: str | None, limit: int | None, now: int | None
+    ) -> list[str]:
         if not self._made():
             return []
         conn = self._fresh_index()
@@ -1221,14 +1309,7 @@ class FileStorage(Storage):
     def _purge_expired(self, now: int) -> int:
         if not self._made():
             return 0
-        conn = self._fresh_index()
-        with self._index_errors():
-            ids = [
-                row[0]
-                for row in conn.execute(
-                    "SELECT session_id FROM sessions WHERE expires_at <= ?", (now,)
-                )
-            ]
+        ids = self._retried(lambda: self._expired(now))
         purged = 0
         for session_id in ids:
             with self._folder_locked():
@@ -1237,11 +1318,25 @@ class FileStorage(Storage):
                     purged += self._delete(session_id)
         return purged
 
+    def _expired(self, now: int) -> list[str]:
+        """The ids of the sessions the index holds as expired at ``now``."""
+        conn = self._fresh_index()
+        with self._index_errors():
+            return [
+                row[0]
+                for row in conn.execute(
+                    "SELECT session_id FROM sessions WHERE expires_at <= ?", (now,)
+                )
+            ]
+
     def drop(self) -> None:
         """Removes this format's session files and its index; other files stay: the files
         of sessions of another mode (a storage of the wrong mode drops none of them), and
         files of this format that are no session's file (see :meth:`_dropped`). The
         folder's mode is forgotten with its last session file."""
+        self._retried(self._drop)
+
+    def _drop(self) -> None:
         if not self._made():
             return
         with self._folder_locked(), self._index_errors():
@@ -1326,6 +1421,11 @@ class _CannotRead(BackendUnavailableError):
     and :meth:`FileStorage.unreadable` names it; its ``read`` raises this."""
 
 
+class _IndexDamaged(BackendUnavailableError):
+    """The index was found damaged (SQLite says its file is malformed, or no database), and
+    removed: the call that found it runs again, and makes it anew from the files."""
+
+
 class _FileOfAnother(CorruptSessionError):
     """The file of a session id is, under another name, the file of another session: the
     folder's file system takes two names for one (one that ignores case takes ``abc.json``
@@ -1338,6 +1438,24 @@ def _hidden(name: str) -> bool:
     is listed, but :meth:`FileStorage.unreadable` names one only when it holds the session
     it is named after, as other programs keep hidden files of their own in a folder."""
     return name.startswith(".")
+
+
+_CORRUPT, _NOTADB = 11, 26
+"""SQLite's result codes for a database file that is damaged, or is no database."""
+
+
+def _damaged(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is SQLite's report of a damaged database (Python 3.10's sqlite3
+    gives the message only)."""
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in (_CORRUPT, _NOTADB):
+        return True
+    text = str(exc)
+    if "Could not decode" in text:
+        return True  # text of the index, damaged, that Python cannot decode
+    return code is None and ("malformed" in text or "not a database" in text)
 
 
 def _same_file(path: Path, other: Path) -> bool:
