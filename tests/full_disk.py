@@ -71,11 +71,15 @@ def read_only(folder: Path, at: Path | None = None) -> Iterator[Path]:
     if os.geteuid() != 0:
         if at is not None:
             pytest.skip("only root can mount a read-only view of a folder")
-        folder.chmod(0o555)
+        # Every folder under it too, as a read-only mount has them (the index's among them).
+        folders = [folder, *(p for p in folder.rglob("*") if p.is_dir())]
+        for each in folders:
+            each.chmod(0o555)
         try:
             yield folder
         finally:
-            folder.chmod(0o755)
+            for each in folders:
+                each.chmod(0o755)
         return
     target = folder if at is None else at
     mounted = subprocess.run(
