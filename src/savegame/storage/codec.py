@@ -377,16 +377,24 @@ def loads(text: str | bytes) -> Any:
     Text holding one value and nothing around it, as savegame writes it, goes straight to
     the decoder's scanner, which spares :func:`json.loads`'s checks for surrounding
     whitespace; anything else takes the full path, which raises the usual error.
+
+    Raises:
+        ValueError: for text that is not JSON; SerializationError (a ValueError) for text
+            nested so deeply that the parser, which recurses once a level, gives up (see
+            :func:`loads_finite`): text savegame never writes, edited in by hand.
     """
-    if type(text) is str:
-        try:
-            value, end = _SCAN(text, 0)
-        except (StopIteration, ValueError):
-            pass
-        else:
-            if end == len(text):
-                return value
-    return json.loads(text)
+    try:
+        if type(text) is str:
+            try:
+                value, end = _SCAN(text, 0)
+            except (StopIteration, ValueError):
+                pass
+            else:
+                if end == len(text):
+                    return value
+        return json.loads(text)
+    except RecursionError:
+        raise _too_deep() from None
 
 
 def _refuse_constant(name: str) -> Any:
@@ -413,7 +421,11 @@ def loads_finite(text: str | bytes) -> Any:
     try:
         return json.loads(text, parse_float=_finite_float, parse_constant=_refuse_constant)
     except RecursionError:
-        raise SerializationError(f"it is nested deeper than {MAX_DEPTH} levels") from None
+        raise _too_deep() from None
+
+
+def _too_deep() -> SerializationError:
+    return SerializationError(f"it is nested deeper than {MAX_DEPTH} levels")
 
 
 def dumps_text_safe(value: Any, text: str | None = None) -> str:
