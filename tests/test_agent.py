@@ -800,6 +800,15 @@ def test_two_agents_on_one_session_keep_each_others_state_and_name(
     stored = backend_store().read("s")
     assert stored is not None
     assert stored.session_data["session_name"] == "Shopping"  # type: ignore[index]
+    # A name cleared by one stays cleared: the other, saving after it, took the empty name
+    # for none and wrote its own back at its next save.
+    second.rename_session("")
+    first.run("still there?")
+    first.run("and now?")
+    stored = backend_store().read("s")
+    assert stored is not None
+    assert stored.session_data["session_name"] == ""  # type: ignore[index]
+    assert first.session_name == ""
 
 
 def test_the_originals_run_messages_are_sent_as_the_turns_they_hold() -> None:

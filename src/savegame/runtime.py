@@ -454,7 +454,11 @@ class SessionKeeper:
         self.version = getattr(stored, "version", None)
         self.runs = list(get_path(data, self.spec.runs_path) or [])
         session_data = data.get("session_data") or {}
-        self.session_name = session_data.get("session_name") or self.session_name
+        stored_name = session_data.get("session_name")
+        if stored_name or not loading:
+            # After a save the stored name is the one this object keeps, an empty one (cleared
+            # by another process) too; a session loaded without one keeps the name given.
+            self.session_name = stored_name
         state = copy.deepcopy(self._initial_state) if loading else {}
         state.update(session_data.get("session_state") or {})
         if isinstance(self.session_state, dict):
