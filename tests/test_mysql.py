@@ -642,6 +642,38 @@ def test_a_value_the_json_columns_of_an_upgraded_original_table_refuse_is_a_seri
     storage.close()
 
 
+@pytest.mark.parametrize("sql_mode", ["", "TRADITIONAL"])
+def test_a_value_too_long_for_a_column_of_the_original_is_refused_whatever_the_sql_mode(
+    server: str, admin: Engine, table: str, sql_mode: str
+) -> None:
+    # The original's team_session_id is a VARCHAR(255) (and its columns may be in a 3-byte
+    # charset): a sql_mode that is not strict stored a longer value, or an emoji, changed
+    # with a warning only, and the save returned as though it had stored the session.
+    write_original_table(
+        server, table, None, [{"session_id": "a", "team_session_id": "t", "created_at": 1}]
+    )
+    MySQLStorage(table, db_url=server).upgrade_schema()
+    with admin.begin() as conn:
+        conn.execute(
+            text(f"ALTER TABLE {table} MODIFY team_session_id VARCHAR(255) CHARACTER SET utf8mb3")
+        )
+    url = make_url(server).update_query_dict(
+        {"init_command": f"SET SESSION sql_mode = '{sql_mode}'"}
+    )
+    storage = MySQLStorage(table, db_url=url.render_as_string(False))
+    for value in ("t" * 300, "🎲"):
+        for session_id in ("a", "new"):
+            with pytest.raises(SerializationError, match="team_session_id"):
+                storage.upsert(AgentSession(session_id=session_id, team_session_id=value))
+    with MySQLStorage(table, db_url=server, cache_bytes=0) as other:
+        got = other.read("a")
+        assert got is not None
+        assert got.team_session_id == "t"
+        assert other.get_all_session_ids() == ["a"]
+    storage.upsert(AgentSession(session_id="new", team_session_id="t" * 255))
+    storage.close()
+
+
 def test_a_url_that_names_no_database_is_refused_unless_schema_names_one() -> None:
     # The first call failed on a bare AssertionError of SQLAlchemy's.
     server = mysql_url()

@@ -242,11 +242,15 @@ class MySQLDialect(SqlDialect):
     def execute(self, cursor: Any, sql: str, params: Any, keyed: bool) -> None:
         _fits(cursor.connection, sql, params)
         cursor.execute(sql, params)
+        if cursor.warning_count:
+            _check_stored_whole(cursor, sql)
 
     def execute_many(self, cursor: Any, sql: str, rows: list[Any]) -> None:
         for params in rows:
             _fits(cursor.connection, sql, params)
         cursor.executemany(sql, rows)
+        if cursor.warning_count:
+            _check_stored_whole(cursor, sql)
 
     def adopt_id_types(self, conn: Connection, table: Table) -> None:
         # The original's ids are VARCHAR in a case- and space-insensitive collation: left
@@ -325,6 +329,43 @@ def _read_committed(conn: Any) -> None:
     committed, whatever the connection's own level."""
     with conn.cursor() as cursor:
         cursor.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+
+
+_ALTERED = frozenset(
+    {
+        1048,  # column cannot be null: NULL stored as the column's default
+        1264,  # out of range value: a number stored as the column's largest
+        1265,  # data truncated for column: a string cut to the column's length
+        1292,  # truncated incorrect value
+        1366,  # incorrect string value: characters the column's charset lacks stored as "?"
+        1406,  # data too long for column
+    }
+)
+"""Warnings of a write that stored a value other than the one sent, as a sql_mode that is
+not strict makes MySQL do where a strict one refuses the write."""
+
+
+def _check_stored_whole(cursor: Any, sql: str) -> None:
+    """Refuses a write that the server carried out by changing a value (see :data:`_ALTERED`).
+
+    A column narrower than savegame's (a ``VARCHAR(255)`` of the original's table for a
+    ``team_session_id`` of any length, or a column in a 3-byte charset) takes a value too
+    long for it cut short when the sql_mode is not strict, with a warning only. Raised
+    inside the write's transaction, which is rolled back: nothing is written.
+    """
+    if not sql.startswith(("INSERT", "UPDATE")):
+        return
+    with cursor.connection.cursor() as shown:
+        shown.execute("SHOW WARNINGS")
+        warnings = shown.fetchall()
+    altered = [(code, message) for _, code, message in warnings if code in _ALTERED]
+    if altered:
+        code, message = altered[0]
+        raise SerializationError(
+            f"the server would store a value of the session other than the one given "
+            f"({code}, {message!r}): a column of the table is narrower than the value, "
+            "which a sql_mode that is not strict cuts short; nothing was written"
+        )
 
 
 def _fits(conn: Any, sql: str, params: Any) -> None:
