@@ -128,6 +128,32 @@ def test_upgrading_again_converts_the_ids_an_earlier_savegame_left_case_insensit
     storage.close()
 
 
+def test_an_original_table_with_an_index_over_two_id_columns_is_upgraded(
+    server: str, admin: Engine, table: str
+) -> None:
+    # At savegame's width (2048 bytes) the two columns of such an index outgrow InnoDB's
+    # 3072-byte keys: the upgrade failed with "Specified key was too long", every time.
+    write_original_table(
+        server,
+        table,
+        None,
+        [{"session_id": "a", "user_id": "alice", "agent_id": "g", "created_at": 1}],
+    )
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE INDEX {table}_both ON {table} (user_id, agent_id)"))
+    storage = MySQLStorage(table, db_url=server)
+    storage.upgrade_schema()
+    storage.upgrade_schema()
+    storage.upsert(AgentSession(session_id="A", user_id="ALICE", agent_id="g"))
+    storage.upsert(AgentSession(session_id="x" * 300, user_id="u" * 255))
+    assert storage.get_all_session_ids(user_id="alice") == ["a"]
+    assert storage.get_all_session_ids(entity_id="g") == ["A", "a"]
+    with admin.connect() as conn:
+        indexes = {i["name"]: i["column_names"] for i in inspect(conn).get_indexes(table)}
+    assert indexes[f"{table}_both"] == ["user_id", "agent_id"]
+    storage.close()
+
+
 def test_deep_values_pass_where_json_valid_would_refuse_them(
     server: str, admin: Engine, table: str
 ) -> None:

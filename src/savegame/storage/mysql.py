@@ -32,11 +32,12 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
 from sqlalchemy import Column, Integer, Table, case, cast, func, literal_column, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects.mysql import CHAR, LONGTEXT, VARBINARY, insert
 from sqlalchemy.engine import Connection
@@ -90,6 +91,7 @@ _NO_SUCH_TABLE = 1146
 _NO_SUCH_COLUMN = 1054
 _TABLE_CHANGED = 1412
 _DUPLICATE_KEY = 1062
+_KEY_TOO_LONG = 1071
 _GROUP_CONCAT_MAX = 1 << 30
 _NO_LIMIT = 2**64 - 1
 """The largest ``sql_select_limit``, which is no limit."""
@@ -262,17 +264,39 @@ class MySQLDialect(SqlDialect):
             c["name"]: c["type"] for c in sa_inspect(conn).get_columns(table.name, table.schema)
         }
         preparer = conn.dialect.identifier_preparer
-        changes = [
-            f"MODIFY COLUMN {preparer.quote(column.name)} "
-            f"{column.type.compile(dialect=conn.dialect)}"
-            f"{'' if column.nullable else ' NOT NULL'}"
+        columns = [
+            column
             for column in table.c
             if isinstance(column.type, Utf8Binary)
             and column.name in have
             and not isinstance(have[column.name], VARBINARY)
         ]
-        if changes:
+
+        def modify(kind: Callable[[Column[Any]], TypeEngine[Any]]) -> None:
+            changes = [
+                f"MODIFY COLUMN {preparer.quote(column.name)} "
+                f"{kind(column).compile(dialect=conn.dialect)}"
+                f"{'' if column.nullable else ' NOT NULL'}"
+                for column in columns
+            ]
             conn.exec_driver_sql(f"ALTER TABLE {preparer.format_table(table)} {', '.join(changes)}")
+
+        def as_wide_as_before(column: Column[Any]) -> TypeEngine[Any]:
+            length = getattr(have[column.name], "length", None) or codec.MAX_ID_LENGTH
+            return Utf8Binary(4 * min(length, codec.MAX_ID_LENGTH))
+
+        if not columns:
+            return
+        try:
+            modify(lambda column: column.type)
+        except sa_exc.DBAPIError as exc:
+            if exc.orig is None or _code(exc.orig) != _KEY_TOO_LONG:
+                raise
+            # An index of the original's (or the application's) over several id columns
+            # outgrows InnoDB's 3072 bytes at savegame's width: the columns keep the bytes
+            # they had (VARCHAR(255) in utf8mb4, 1020), so every index stays as long as it
+            # was. A failed ALTER TABLE changes nothing.
+            modify(as_wide_as_before)
 
     def schema_lock(self, conn: Connection, schema: str | None) -> str:
         # A lock of GET_LOCK's is the whole server's: named after the database, a long
