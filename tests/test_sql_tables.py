@@ -30,6 +30,7 @@ from sqlalchemy import (
     cast,
     create_engine,
     delete,
+    event,
     insert,
     inspect,
     select,
@@ -934,6 +935,51 @@ def test_an_original_table_recorded_at_an_older_savegame_version_is_upgraded_who
         again.close()
         storage.close()
     first.close()
+
+
+def test_an_upgrade_moves_the_runs_of_many_sessions_in_a_few_statements(
+    sql_store: Store,
+) -> None:
+    # Two statements a session (an UPDATE of its header, an INSERT of its runs) made the
+    # upgrade of 50,000 sessions take minutes, for which PostgreSQL kept the table locked.
+    n = 1200
+    rows = [
+        {
+            "session_id": f"s{i:04d}",
+            "memory": {"runs": [{"run_id": f"r{k}"} for k in range(i % 3)], "summary": i},
+            "created_at": i,
+        }
+        for i in range(n)
+    ]
+    # Large runs are written before the batch ends, every 8 MB.
+    for row in rows[:10]:
+        row["memory"]["runs"].append({"run_id": "large", "content": "x" * (1 << 20)})
+    assert sql_store.original is not None
+    sql_store.original(rows)
+    storage = _sql(sql_store)
+    writes: list[str] = []
+
+    def note(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        words = statement.split(None, 3)
+        if words[0] in ("UPDATE", "INSERT"):
+            writes.append(" ".join(words[:3]))
+
+    event.listen(storage.db_engine, "before_cursor_execute", note)
+    try:
+        storage.upgrade_schema()
+    finally:
+        event.remove(storage.db_engine, "before_cursor_execute", note)
+    inserts = [w for w in writes if w.startswith("INSERT")]
+    updates = [w for w in writes if w.startswith("UPDATE")]
+    assert len(inserts) < 20, inserts
+    assert len(updates) < 20, updates
+    fresh = _sibling(storage, storage.table_name)
+    for row in rows[:12] + rows[-10:]:
+        got = fresh.read(row["session_id"])
+        assert got is not None
+        assert got.memory == row["memory"]  # type: ignore[attr-defined]
+    fresh.close()
+    storage.close()
 
 
 def test_a_table_of_a_newer_layout_is_refused_and_left_as_it_is(sql_store: Store) -> None:
