@@ -119,6 +119,27 @@ def test_the_original_table_is_read_upgraded_and_written(
     storage.close()
 
 
+def test_an_upgrade_leaves_the_runs_table_with_statistics_to_plan_by(
+    server: str, admin: Engine, schema: str
+) -> None:
+    # Without them the planner took the runs table just filled for an empty one until
+    # autovacuum came by: listings read the runs of many sessions by scanning it all.
+    rows = [
+        {"session_id": f"s{i}", "memory": {"runs": [{"n": k} for k in range(4)]}, "created_at": i}
+        for i in range(50)
+    ]
+    write_original_table(server, "legacy", schema, rows)
+    storage = PostgresStorage("legacy", schema=schema, db_url=server)
+    storage.upgrade_schema()
+    with admin.connect() as conn:
+        counted = conn.execute(
+            text("SELECT reltuples FROM pg_class WHERE oid = CAST(:t AS regclass)"),
+            {"t": f'"{schema}".legacy_runs'},
+        ).scalar()
+    assert counted == 200
+    storage.close()
+
+
 def test_an_upgraded_original_table_orders_ids_by_code_point_as_a_new_one_does(
     server: str, admin: Engine, schema: str
 ) -> None:

@@ -149,6 +149,11 @@ class PostgresDialect(SqlDialect):
             )
             conn.exec_driver_sql(f"ALTER TABLE {qualified} {changes}")
 
+    def analyze(self, conn: Connection, table: Table) -> None:
+        # Until autovacuum comes by, the planner takes a runs table just filled by an
+        # upgrade for an empty one, and reads the runs of many sessions by scanning it all.
+        conn.exec_driver_sql(f"ANALYZE {conn.dialect.identifier_preparer.format_table(table)}")
+
     def dumps(self, value: Any, text: str | None = None) -> str:
         # JSONB keeps numbers as NUMERIC and prints 6.6e+16 back as 66000000000000000, an int
         # once parsed; the same value written with a decimal point comes back as a float.

@@ -403,6 +403,11 @@ class SqlDialect(ABC):
         collation orders them by locale, not code point). Called by every upgrade: it
         changes only what is not so yet."""
 
+    def analyze(self, conn: Connection, table: Table) -> None:
+        """Gathers the statistics of ``table``, filled in bulk within the transaction of
+        ``conn``, where the database plans queries by them and would otherwise wait for a
+        background task to gather them."""
+
     def create_schema(self, conn: Connection, schema: str | None) -> None:
         """Makes ``schema`` when it is missing (None: the connection's default is used).
 
@@ -2881,6 +2886,14 @@ def _runs_table(storage: SqlStorage, conn: Connection) -> None:
     apart = select(header.c.session_id).where(header.c.run_count.is_not(None))
     runs_table = storage.runs_table
     conn.execute(delete(runs_table).where(runs_table.c.session_id.not_in(apart)))
+    _move_runs(storage, conn)
+    storage.dialect.analyze(conn, runs_table)
+
+
+def _move_runs(storage: SqlStorage, conn: Connection) -> None:
+    """Moves the runs of every session whose runs are in its header to the runs table."""
+    header = storage.table
+    runs_table = storage.runs_table
     column = header.c[storage.spec.runs_path[0]]
     dumps = storage.dialect.dumps
     after = ""
