@@ -768,6 +768,26 @@ def test_a_storage_set_on_an_agent_is_checked_as_one_given_to_it() -> None:
     assert agent.storage is None
 
 
+def test_keys_other_code_keeps_in_agent_data_stay(backend_store: Store) -> None:
+    # The original kept the agent's instructions there, an application may keep its own
+    # keys: the agent's save replaced the whole field with its name, id, role and model.
+    backend_store().upsert(
+        AgentSession(
+            session_id="s",
+            agent_id="old",
+            agent_data={"instructions": ["Be brief."], "name": "Old name", "app": {"v": 1}},
+        )
+    )
+    agent = _agent(backend_store, session_id="s", name="Helper")
+    agent.run("hello")
+    stored = backend_store().read("s")
+    assert stored is not None
+    data = stored.agent_data  # type: ignore[attr-defined]
+    assert data["instructions"] == ["Be brief."]
+    assert data["app"] == {"v": 1}
+    assert (data["name"], data["agent_id"]) == ("Helper", "old")
+
+
 def test_two_agents_on_one_session_keep_each_others_state_and_name(
     backend_store: Store,
 ) -> None:

@@ -430,7 +430,9 @@ class SessionKeeper:
         data["session_data"] = session_data
         data["user_id"] = self.user_id or data.get("user_id")
         data[self.spec.entity_field] = self.entity_id or data.get(self.spec.entity_field)
-        data[self.data_field] = self._entity_data()
+        # Keys other code keeps there (the original's instructions, an application's own)
+        # stay; those this object describes itself by are its own.
+        data[self.data_field] = {**(data.get(self.data_field) or {}), **self._entity_data()}
         if self.extra_data is not None:
             data["extra_data"] = copy.deepcopy(self.extra_data)
         self._extend(data, run)
