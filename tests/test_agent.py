@@ -822,6 +822,10 @@ def test_two_agents_on_one_session_keep_each_others_state_and_name(
     assert stored.session_data["session_name"] == "Shopping"  # type: ignore[index]
     # A name cleared by one stays cleared: the other, saving after it, took the empty name
     # for none and wrote its own back at its next save.
+    for name in (123, None, ["a"]):
+        with pytest.raises(TypeError, match="must be a str"):
+            second.rename_session(name)  # type: ignore[arg-type]
+        assert second.session_name == "Groceries"
     second.rename_session("")
     first.run("still there?")
     first.run("and now?")

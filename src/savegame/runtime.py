@@ -247,9 +247,12 @@ class SessionKeeper:
         The name is kept only once saved: whatever stops the save leaves the old one.
 
         Raises:
+            TypeError: when ``name`` is not a str (``""`` clears the name); nothing is saved.
             SessionOwnerError: when the session id names another user's session.
             StorageError: when the name could not be saved.
         """
+        if not isinstance(name, str):
+            raise TypeError(f"a session's name must be a str, not {type(name).__name__}")
         before, self.session_name = self.session_name, name
         self._renaming = True
         try:
