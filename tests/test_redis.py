@@ -84,8 +84,7 @@ def prefix(server: str) -> Iterator[str]:
     """A prefix of this test's own, with everything under it (and ``:sub``) dropped after."""
     name = unique("sgt")
     yield name
-    for each in (name, name + ":sub"):
-        drop_redis(each, server)
+    drop_redis(name, server, name + ":sub")
 
 
 def _runs(n: int, tag: str = "") -> list[dict[str, Any]]:
