@@ -846,6 +846,13 @@ def test_the_originals_run_messages_are_sent_as_the_turns_they_hold() -> None:
     ]
     runs = [
         {
+            "run_id": "quiet",
+            "messages": [
+                {"role": "user", "content": ""},
+                {"role": "assistant", "content": "Say something."},
+            ],
+        },
+        {
             "run_id": "r0",
             "messages": [
                 system,
@@ -871,8 +878,11 @@ def test_the_originals_run_messages_are_sent_as_the_turns_they_hold() -> None:
     with model_server() as server:
         model = OpenAIChat(id="echo", api_key="sk-test", base_url=server.base_url)
         agent = Agent(model=model, storage=storage, session_id="old", add_history_to_messages=True)
-        assert agent.run("Who am I?").content == "echo: Who am I? [5 messages]"
+        assert agent.run("Who am I?").content == "echo: Who am I? [7 messages]"
+        # An empty message is a turn too: left out, two answers came one after the other.
         assert server.requests[-1]["body"]["messages"] == [
+            {"role": "user", "content": ""},
+            {"role": "assistant", "content": "Say something."},
             {"role": "user", "content": "My name is Ada."},
             {"role": "assistant", "content": "Hello, Ada."},
             {"role": "user", "content": "What is in this picture?"},
@@ -885,7 +895,7 @@ def test_the_originals_run_messages_are_sent_as_the_turns_they_hold() -> None:
     assert offline.run("What is my name?").content.startswith("Your name is Ada.")
     stored = storage.read("old")
     assert stored is not None
-    assert stored.memory["runs"][:2] == runs  # type: ignore[attr-defined]
+    assert stored.memory["runs"][:3] == runs  # type: ignore[attr-defined]
 
 
 def test_an_agent_given_a_new_storage_of_its_own_store_never_brings_back_a_deleted_session(

@@ -268,7 +268,9 @@ _TURN_ROLES = ("user", "assistant")
 
 def turns_of(messages: list[Any]) -> list[Message]:
     """The earlier turns among a session's run messages, as a model is sent them: each
-    user message and each answer with text, its role and content alone.
+    user message (one without text as ``""``, as its own run sent it: left out, its answer
+    would follow the answer before it) and each answer with text, its role and content
+    alone.
 
     A session the original library saved holds more in its runs' messages: each run's system
     prompt, copies of the history it sent (``from_history``), tool calls and their results,
@@ -289,6 +291,8 @@ def turns_of(messages: list[Any]) -> list[Message]:
                 and p.get("type") == "text"
                 and isinstance(p.get("text"), str)
             )
-        if isinstance(content, str) and content:
+        if content is None and m["role"] == "user":
+            content = ""
+        if isinstance(content, str) and (content or m["role"] == "user"):
             turns.append(make_message(m["role"], content))
     return turns
