@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.pool import NullPool
 
-from savegame.errors import BackendUnavailableError, StorageError
+from savegame.errors import BackendUnavailableError, CorruptSessionError, StorageError
 from savegame.storage.session import Session
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.sql import SqlStorage
@@ -679,3 +679,45 @@ def check_a_batch_removal_waits_on_no_other_session(
     got = storage.read("other")
     assert got is not None
     assert got.memory == {"runs": _runs("o", 2)}
+
+
+def check_a_purge_reads_no_run(storage: SqlStorage, reader: SqlStorage) -> None:
+    """``stale_sessions`` and ``purge`` judge sessions by the header table alone: no
+    statement reads the runs table (only the purge's removal of the stale sessions' rows
+    names it), and with every run deleted by hand, which fails any read of a session,
+    the stale sessions are found and removed all the same, none said to be damaged.
+    ``reader``: another storage of ``storage``'s table, which has seen none of its
+    sessions."""
+    from savegame import transfer
+
+    for session_id, updated in (("old", 1000), ("older", 500), ("new", None)):
+        storage.restore(
+            AgentSession(
+                session_id=session_id,
+                created_at=100,
+                updated_at=updated,
+                memory={"runs": _runs(session_id, 40)},
+            )
+        )
+    runs_table = storage.runs_table
+    with storage.db_engine.begin() as conn:
+        conn.execute(runs_table.delete())
+    with pytest.raises(CorruptSessionError):
+        reader.read("new")
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(reader.db_engine, "before_cursor_execute", seen)
+    try:
+        assert transfer.stale_sessions(reader, 3600) == ["old", "older"]
+        damaged: list[str] = []
+        assert sorted(transfer.purge(reader, 3600, damaged=damaged)) == ["old", "older"]
+        assert damaged == []
+    finally:
+        event.remove(reader.db_engine, "before_cursor_execute", seen)
+    name = runs_table.name
+    reads = [s for s in statements if name in s and not s.lstrip().upper().startswith("DELETE")]
+    assert reads == [], reads
+    assert reader.get_all_session_ids() == ["new"]

@@ -898,7 +898,9 @@ def test_a_backup_of_a_store_with_a_damaged_session_names_it_and_takes_the_rest(
 ) -> None:
     # One session whose run was removed behind savegame's back: every read of it raises.
     # The backups go on past it and fail at the end naming it; counts and listings say
-    # they left it out; a purge keeps it, its age unknown.
+    # they left it out. A purge, which reads headers only, judges it by its header (it is
+    # stale, and removed), and keeps a session whose header's time cannot be read, its
+    # age unknown, saying so.
     with open_store(backend, tmp_path) as store:
         seed(store(), "agent")
         assert store.lose_run is not None
@@ -928,10 +930,12 @@ def test_a_backup_of_a_store_with_a_damaged_session_names_it_and_takes_the_rest(
         listed = savegame("sessions", "list", "-s", url, "--json")
         assert [row["id"] for row in json.loads(listed.stdout)] == ["s4", "s3", "s1", "s0"]
         assert errors(listed).splitlines() == [note]
+        spoil = next(f for name, f in store.spoil_number.items() if name.endswith("updated_at"))
+        spoil(storage, "s3", "many")
         purged = savegame("purge", "--older-than", "1s", "-s", url)
-        assert sorted(purged.stdout.decode().split()) == ["s0", "s1", "s3", "s4"]
+        assert sorted(purged.stdout.decode().split()) == ["s0", "s1", "s2", "s4"]
         assert errors(purged).splitlines()[1].startswith("note: 1 stored item(s) could not be read")
-        assert storage.get_all_session_ids() == ["s2"]
+        assert storage.get_all_session_ids() == ["s3"]
 
 
 @pytest.mark.parametrize("fmt", ["json", "yaml"])

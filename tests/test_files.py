@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from savegame import transfer
 from savegame.errors import (
     BackendUnavailableError,
     ConflictError,
@@ -1747,3 +1748,40 @@ def test_closing_after_an_erasure_in_a_folder_removed_since_does_not_make_it_aga
     shutil.rmtree(folder)
     storage.close()
     assert not folder.exists()
+
+
+@pytest.mark.parametrize("cls", FORMATS)
+def test_a_purge_finds_stale_sessions_in_the_index_without_opening_their_files(
+    tmp_path: Path, cls: type[FileStorage]
+) -> None:
+    # The index holds each session's times and version: finding the stale ones opens no
+    # session file. An index an earlier savegame wrote holds no times: the first purge reads
+    # the files, and records their times for the next.
+    folder = tmp_path / "store"
+    storage = cls(folder)
+    for i in range(6):
+        when = 1000 + i if i % 2 else None
+        storage.restore(AgentSession(session_id=f"s{i}", created_at=when, updated_at=when))
+    stale = ["s5", "s3", "s1"]
+    assert transfer.stale_sessions(storage, 3600) == stale
+    setup = (
+        "from savegame import transfer\n"
+        f"from savegame.storage.{cls.format.name} import {cls.__name__}\n"
+        f"storage = {cls.__name__}({str(folder)!r})\n"
+        "storage.table_exists()"
+    )
+    call = "assert transfer.stale_sessions(storage, 3600) == " + repr(stale)
+    ext = cls.format.extension
+
+    def opened() -> list[str]:
+        calls = syscalls_of(setup, call, tmp_path)
+        found = re.findall(rf'"{re.escape(f"{folder}/")}(s\d){re.escape(ext)}"', "\n".join(calls))
+        return sorted(set(found))
+
+    assert opened() == []
+    with sqlite3.connect(storage._index_path) as index:
+        index.execute("DELETE FROM stamps")
+    index.close()
+    assert opened() == [f"s{i}" for i in range(6)]
+    assert opened() == []
+    storage.close()

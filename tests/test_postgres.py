@@ -276,6 +276,14 @@ def test_a_purge_never_takes_the_runs_of_a_session_saved_again(
     )
 
 
+def test_a_purge_reads_no_run(server: str, schema: str) -> None:
+    with (
+        PostgresStorage("sessions", schema=schema, db_url=server) as storage,
+        PostgresStorage("sessions", schema=schema, db_url=server) as reader,
+    ):
+        sql_cases.check_a_purge_reads_no_run(storage, reader)
+
+
 def test_a_lost_commit_on_a_new_connection_waits_for_a_restarting_server(
     tmp_path: Path,
 ) -> None:

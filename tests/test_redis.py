@@ -253,6 +253,34 @@ def test_a_read_fetches_only_the_runs_the_reader_does_not_remember(
     assert fresh.memory["runs"][0] == {"marker": True}
 
 
+def test_a_purge_reads_headers_and_never_a_run_key(server: str, raw: Any, prefix: str) -> None:
+    """A purge judges each session by its header: with the keys of every session's runs
+    and digests made hashes by hand, which any command on runs (LLEN, LRANGE, STRLEN)
+    refuses (WRONGTYPE) and any read of the session therefore fails on, it still finds the
+    stale sessions, removes them, keys and all, and says no session is damaged."""
+    from savegame import transfer
+
+    writer = RedisStorage(prefix, url=server)
+    tag = "{" + prefix + "}:"
+    for sid, updated in (("old", 1000), ("older", 500), ("new", None)):
+        writer.restore(_session(sid, _runs(50), created_at=100, updated_at=updated))
+        for kind in "rd":
+            raw.delete(f"{tag}{kind}:{sid}")
+            raw.hset(f"{tag}{kind}:{sid}", "not", "runs")
+    storage = RedisStorage(prefix, url=server)
+    with pytest.raises(CorruptSessionError):
+        storage.read("old")
+    assert transfer.stale_sessions(storage, 3600) == ["old", "older"]
+    damaged: list[str] = []
+    assert transfer.purge(storage, 3600, dry_run=True, damaged=damaged) == ["old", "older"]
+    assert sorted(transfer.purge(storage, 3600, damaged=damaged)) == ["old", "older"]
+    assert damaged == []
+    for sid in ("old", "older"):
+        assert raw.exists(*(f"{tag}{kind}:{sid}" for kind in "hrd")) == 0
+    assert storage.get_all_session_ids() == ["new"]
+    assert raw.type(f"{tag}r:new") == b"hash"
+
+
 def test_a_prefix_never_sees_or_drops_a_longer_one(server: str, prefix: str) -> None:
     outer = RedisStorage(prefix, url=server)
     inner = RedisStorage(prefix + ":sub", url=server)

@@ -262,6 +262,51 @@ def test_a_purge_of_many_sqlite_sessions_takes_a_few_statements_a_batch(tmp_path
     storage.close()
 
 
+def test_a_sqlite_purge_reads_no_run(tmp_path: Path) -> None:
+    """Every statement SQLite runs (the driver's own included) is traced: finding the
+    stale sessions reads the header table only, and the purge names the runs table only
+    to delete the stale sessions' rows, of which there are more than a batch. With the
+    runs deleted by hand (any read of a session then fails) the answer is the same, and
+    no session is said to be damaged."""
+    db = tmp_path / "s.db"
+    with SqliteStorage("chats", db_file=db) as writer:
+        for i in range(transfer.STAMP_BATCH + 20):
+            runs = [{"run_id": f"{i}/{k}", "content": "x" * 100} for k in range(5)]
+            when = 1000 + i if i % 3 else None  # None: made now, so not stale
+            writer.restore(
+                AgentSession(
+                    session_id=f"s{i:04}",
+                    created_at=when,
+                    updated_at=when,
+                    memory={"runs": runs},
+                )
+            )
+        expected = [s.session_id for s in writer.get_all_sessions() if s.updated_at < 5000]
+    assert len(expected) > transfer.STAMP_BATCH // 2
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("DELETE FROM chats_runs WHERE session_id = 's0001'")
+        conn.execute("DELETE FROM chats_runs WHERE session_id = 's0003'")
+    storage = SqliteStorage("chats", db_file=db)
+    with pytest.raises(CorruptSessionError):
+        storage.read("s0001")
+    statements: list[str] = []
+    storage.db_engine.dispose()
+    event.listen(
+        storage.db_engine, "connect", lambda conn, _: conn.set_trace_callback(statements.append)
+    )
+    assert transfer.stale_sessions(storage, 3600) == expected
+    damaged: list[str] = []
+    assert transfer.purge(storage, 3600, dry_run=True, damaged=damaged) == expected
+    assert statements
+    assert [s for s in statements if "chats_runs" in s] == []
+    assert sorted(transfer.purge(storage, 3600, damaged=damaged)) == sorted(expected)
+    assert damaged == []
+    assert [s for s in statements if "chats_runs" in s and not s.startswith("DELETE")] == []
+    kept = [f"s{i:04}" for i in range(transfer.STAMP_BATCH + 20) if i % 3 == 0]
+    assert sorted(storage.get_all_session_ids()) == kept  # s0003, its runs lost, among them
+    storage.close()
+
+
 def _stamps(session: Session) -> dict[str, Any]:
     return {k: getattr(session, k) for k in ("created_at", "updated_at", "version")}
 

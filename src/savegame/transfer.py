@@ -31,13 +31,16 @@ from savegame.errors import (
     SerializationError,
     StorageError,
 )
-from savegame.storage.base import Still, Storage
+from savegame.storage.base import USER_BATCH, Stamp, Still, Storage
 from savegame.storage.codec import MAX_DEPTH, check_id, dumps, encode
 from savegame.storage.session import MODES, ModeSpec, Session, get_path
 from savegame.storage.url import open_storage, parse_url
 
 DEFAULT_BATCH_SIZE = 100
 """How many sessions :func:`copy_sessions` reads and writes between two progress reports."""
+
+STAMP_BATCH = USER_BATCH
+"""How many sessions' headers a purge reads at a time (:func:`read_stamps`)."""
 
 BYTE_ORDER_MARK = "\ufeff"
 """What Notepad and PowerShell write at the start of a UTF-8 file; :func:`import_sessions`
@@ -588,10 +591,11 @@ def stats(storage: Storage, user_id: str | None = None, damaged: list[str] | Non
 
 
 def stale_sessions(storage: Storage, older_than: int, now: int | None = None) -> list[str]:
-    """Ids of the sessions not updated for ``older_than`` seconds, newest first.
+    """Ids of the sessions not updated for ``older_than`` seconds, newest ``created_at``
+    first (ties by id), as listings give them.
 
     A session without ``updated_at`` is judged by its ``created_at``; one with neither is
-    never stale.
+    never stale. Only the sessions' headers are read, never their runs (see :func:`purge`).
 
     Raises:
         InvalidIdentifierError: (a ValueError) for a negative ``older_than``.
@@ -602,18 +606,46 @@ def stale_sessions(storage: Storage, older_than: int, now: int | None = None) ->
 def _stale(
     storage: Storage, older_than: int, now: int | None = None, damaged: list[str] | None = None
 ) -> list[tuple[str, int]]:
-    """:func:`stale_sessions`, each id with the version it was found at."""
+    """:func:`stale_sessions`, each id with the version it was found at; judged by each
+    session's header alone (:func:`read_stamps`)."""
     if older_than < 0:
         raise InvalidIdentifierError(f"the age must not be negative, not {older_than}")
     cutoff = (int(time.time()) if now is None else now) - older_than
+    if not storage.table_exists():
+        return []
+    ids = storage.get_all_session_ids()
     stale = []
-    for session in iter_sessions(storage, damaged=damaged):
-        when = getattr(session, "updated_at", None)
-        if when is None:
-            when = getattr(session, "created_at", None)
-        if when is not None and when < cutoff:
-            stale.append((session.session_id, getattr(session, "version", None) or 1))
+    for start in range(0, len(ids), STAMP_BATCH):
+        for stamp in read_stamps(storage, ids[start : start + STAMP_BATCH], damaged):
+            when = stamp.updated_at if stamp.updated_at is not None else stamp.created_at
+            if when is not None and when < cutoff:
+                stale.append((stamp.session_id, stamp.version))
     return stale
+
+
+def read_stamps(storage: Storage, ids: list[str], damaged: list[str] | None) -> list[Stamp]:
+    """The :class:`~savegame.storage.base.Stamp` (id, times and version) of each session
+    among ``ids`` that is stored and has not expired, in order, read from the sessions'
+    headers without their runs (see :func:`read_sessions` for ``damaged``, and for a
+    store that cannot be read as a whole). A session whose header can be read is given
+    even when its runs are damaged: its age is known."""
+    now = int(time.time())
+    try:
+        return [stamp for stamp in storage._read_stamps(ids, now) if stamp is not None]
+    except CorruptSessionError:
+        if damaged is None:
+            raise
+        storage.get_recent_sessions(limit=0)
+    found = []
+    for session_id in ids:
+        try:
+            (stamp,) = storage._read_stamps([session_id], now)
+        except CorruptSessionError as exc:
+            damaged.append(str(exc))
+            continue
+        if stamp is not None:
+            found.append(stamp)
+    return found
 
 
 def purge(
@@ -626,11 +658,18 @@ def purge(
     """Removes the sessions not updated for ``older_than`` seconds, and the expired ones.
 
     A session saved again after it was found stale (its user came back while the purge ran)
-    is kept: each is removed only while it is still at the version it was found at. With
-    ``damaged`` (see :func:`iter_sessions`), a session that cannot be read, whose age is
-    therefore unknown, is kept and said there. With ``removed``, each id is appended to it
-    once removed (the list returned), so that a caller stopped half-way (Ctrl-C) knows how
-    far the purge got.
+    is kept: each is removed only while it is still at the version it was found at.
+
+    Each session is judged by its header alone (its times and version, see
+    :func:`read_stamps`): a purge reads no run. With ``damaged`` (see
+    :func:`iter_sessions`), a session whose header cannot be read (a time or version
+    edited by hand into text), whose age is therefore unknown, is kept and said there. One
+    whose header is sound but whose runs are damaged (a run lost or edited by hand) has a
+    known age, and is removed when stale, as ``delete_session`` removes it, and kept
+    unsaid otherwise (a read, an export or a listing of it names the damage).
+
+    With ``removed``, each id is appended to it once removed (the list returned), so that a
+    caller stopped half-way (Ctrl-C) knows how far the purge got.
 
     Returns:
         The ids removed (with ``dry_run``, the ids that would be, and nothing is removed).

@@ -189,6 +189,17 @@ class Header(NamedTuple):
         return cls(record.get("version") or 1, record.get("created_at"), record.get("expires_at"))
 
 
+class Stamp(NamedTuple):
+    """What tells how old a stored session is, read from its header alone
+    (:meth:`Storage._read_stamps`): a purge judges sessions by it."""
+
+    session_id: str
+    created_at: int | None
+    updated_at: int | None
+    version: int
+    """The stored version (1 for a session stored without one)."""
+
+
 class Draft(NamedTuple):
     """A session checked and encoded for writing, made by :meth:`Storage._prepare`."""
 
@@ -1037,6 +1048,58 @@ class Storage(ABC):
             version = None if versions is None else versions[session_id]
             if self._delete(session_id, still.owner, version):
                 removed.append(session_id)
+
+    def _read_stamps(self, ids: list[str], now: int) -> list[Stamp | None]:
+        """The :class:`Stamp` of each of ``ids`` (ids already checked), in that order; None
+        for one not stored, or expired at ``now``.
+
+        A backend reads each session's header only (its id, times and version), never its
+        runs, so that finding the stale sessions of a store of long conversations reads
+        kilobytes a session rather than the conversations; it checks what it reads as a
+        read checks the header (:meth:`_stamp_of`). This default reads the sessions whole,
+        for a backend that keeps nothing apart from its runs.
+
+        Raises:
+            CorruptSessionError: naming the first session whose header cannot be read (a
+                time or version edited by hand into text, a session of another mode); one
+                whose runs alone are damaged raises it only where the backend reads them.
+        """
+        stamps: list[Stamp | None] = []
+        for record in self._read_many(ids):
+            if record is None or is_expired(record.get("expires_at"), now):
+                stamps.append(None)
+                continue
+            session = self._session(record)
+            stamps.append(
+                Stamp(
+                    session.session_id,
+                    getattr(session, "created_at", None),
+                    getattr(session, "updated_at", None),
+                    getattr(session, "version", None) or 1,
+                )
+            )
+        return stamps
+
+    def _stamp_of(self, record: Record) -> Stamp:
+        """The :class:`Stamp` of a stored session's header ``record`` (any of its fields but
+        its runs, with ``session_id``), whose values the backend has checked as it checks
+        those of a read (:func:`check_stored`); float times an earlier savegame stored are
+        cut to whole seconds, in place.
+
+        Raises:
+            CorruptSessionError: when the record holds a value under a name the mode's
+                session class has no field for, as :meth:`_session` does.
+        """
+        whole_seconds(record)
+        extra = record.keys() - self._spec.fields - {"expires_at"}
+        if any(record[key] is not None for key in extra):
+            raise CorruptSessionError(self._of_another_mode(record, extra))
+        return Stamp(
+            record["session_id"],
+            record.get("created_at"),
+            record.get("updated_at"),
+            record.get("version") or 1,
+        )
 
     @abstractmethod
     def _purge_expired(self, now: int) -> int:

@@ -1,9 +1,9 @@
 """What the JSON and YAML backends share: one readable file per session in a folder.
 
 The files are the truth. Beside them, in ``.savegame/``, sit a lock file and an index (a
-small SQLite database) of each session's user, entity, creation time and expiry, so that
-listing one user's sessions reads the index instead of every file. The index can always be
-rebuilt from the files, and is:
+small SQLite database) of each session's user, entity, times, version and expiry, so that
+listing one user's sessions, or finding the stale ones to purge, reads the index instead of
+every file. The index can always be rebuilt from the files, and is:
 
 * when it is missing, or was made for another mode;
 * when SQLite finds it damaged (cut short, pages overwritten, no database at all): the call
@@ -91,6 +91,7 @@ from savegame.storage.base import (
     Draft,
     Header,
     Record,
+    Stamp,
     Storage,
     check_stored,
     is_expired,
@@ -135,6 +136,10 @@ class FileFormat:
     load: Callable[[bytes], Any]
 
 
+_STAMP_BATCH = 500
+"""Sessions whose stamps one statement on the index reads (fewer than SQLite's 999
+parameters)."""
+
 _INDEX_TIMEOUT = 60.0
 """Seconds a process waits for another one holding the index's database (SQLite)."""
 
@@ -159,9 +164,33 @@ CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions (user_id, created_at DES
 CREATE INDEX IF NOT EXISTS sessions_by_entity ON sessions (entity_id, created_at DESC, session_id);
 CREATE TABLE IF NOT EXISTS pending (session_id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS stamps (
+    session_id TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    created_at INTEGER,
+    updated_at INTEGER
+);
 """
 
 _SET_ROW = "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+_SET_STAMP = "INSERT OR REPLACE INTO stamps VALUES (?, ?, ?, ?, ?, ?)"
+"""A session's times as stored (``created_at`` may be None, which ``sessions`` keeps as 0),
+for a purge (:meth:`FileStorage._read_stamps`). A table of its own, rather than columns of
+``sessions``, which an earlier savegame sharing the folder fills by position: it leaves
+this one alone, and a row here is believed only while its version, modification time and
+size are those of the session's row in ``sessions`` (a write by that earlier savegame
+changes them)."""
+
+_STAMPS = """
+SELECT s.session_id, s.file, s.mtime_ns, s.size, s.expires_at, s.version,
+    t.session_id IS NOT NULL, t.created_at, t.updated_at
+FROM sessions AS s LEFT JOIN stamps AS t ON t.session_id = s.session_id
+    AND t.version = s.version AND t.mtime_ns = s.mtime_ns AND t.size = s.size
+WHERE s.session_id IN ({})
+"""
 
 _INDEX_VERSION = 1
 """The index's ``PRAGMA user_version``: 0 for an index of an earlier savegame, whose rows may
@@ -177,7 +206,7 @@ def _forget_earlier_rows(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         if conn.execute("PRAGMA user_version").fetchone()[0] < _INDEX_VERSION:
-            for table in ("sessions", "pending", "meta"):
+            for table in ("sessions", "pending", "meta", "stamps"):
                 conn.execute(f"DELETE FROM {table}")
             conn.execute(f"PRAGMA user_version = {_INDEX_VERSION}")
         conn.execute("COMMIT")
@@ -758,22 +787,29 @@ class FileStorage(Storage):
 
     # -- the index ------------------------------------------------------------------------
 
-    def _row(self, record: Record, path: Path) -> tuple[Any, ...]:
+    def _rows(self, record: Record, path: Path) -> list[tuple[str, tuple[Any, ...]]]:
+        """The statements that index ``record``, stored in ``path``: its row in
+        ``sessions`` and in ``stamps`` (:data:`_SET_STAMP`).
+
+        Raises:
+            FileNotFoundError: when ``path`` is gone.
+        """
         stat = path.stat()
-        return (
-            record["session_id"],
+        session_id, version = record["session_id"], record.get("version") or 1
+        row = (
+            session_id,
             path.name,
             record.get("user_id"),
             record.get(self.spec.entity_field),
             record.get("created_at") or 0,
             record.get("expires_at"),
-            record.get("version") or 1,
+            version,
             stat.st_mtime_ns,
             stat.st_size,
         )
-
-    def _set_row(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> None:
-        conn.execute(_SET_ROW, row)
+        times = (record.get("created_at"), record.get("updated_at"))
+        stamp = (session_id, version, stat.st_mtime_ns, stat.st_size, *times)
+        return [(_SET_ROW, row), (_SET_STAMP, stamp)]
 
     def _stamp_folder(self, conn: sqlite3.Connection, whole: bool = True) -> None:
         """Records the folder's state as savegame left it, and the mode it indexed.
@@ -1060,6 +1096,7 @@ class FileStorage(Storage):
         if not self.dir_path.is_dir():
             conn.execute("DELETE FROM sessions")
             conn.execute("DELETE FROM pending")
+            conn.execute("DELETE FROM stamps")
             return
         for entry in os.scandir(self.dir_path) if tidy else ():
             if _TEMP_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
@@ -1100,15 +1137,20 @@ class FileStorage(Storage):
             ):
                 continue
             try:
-                row = self._row(record, Path(entry.path))
+                rows = self._rows(record, Path(entry.path))
             except FileNotFoundError:
                 # Removed since it was read: only by another process when this one does
                 # not hold the lock (a folder it cannot write to), or by hand.
                 continue
             seen.add(entry.name)
-            self._set_row(conn, row)
+            for sql, row in rows:
+                conn.execute(sql, row)
         gone = [(name,) for name in known if name not in seen]
         conn.executemany("DELETE FROM sessions WHERE file = ?", gone)
+        if gone:
+            conn.execute(
+                "DELETE FROM stamps WHERE session_id NOT IN (SELECT session_id FROM sessions)"
+            )
         conn.execute("DELETE FROM pending")
         self._stamp_folder(conn, whole)
         conn.execute("COMMIT")
@@ -1221,7 +1263,7 @@ class FileStorage(Storage):
             self._index_write(
                 conn,
                 [
-                    (_SET_ROW, self._row(record, path)),
+                    *self._rows(record, path),
                     ("DELETE FROM pending WHERE session_id = ?", (session_id,)),
                 ],
                 before=before,
@@ -1268,6 +1310,7 @@ class FileStorage(Storage):
                 conn,
                 [
                     ("DELETE FROM sessions WHERE session_id = ?", (session_id,)),
+                    ("DELETE FROM stamps WHERE session_id = ?", (session_id,)),
                     ("DELETE FROM pending WHERE session_id = ?", (session_id,)),
                 ],
                 before=before,
@@ -1305,6 +1348,75 @@ class FileStorage(Storage):
             args.append(limit)
         with self._index_errors():
             return [row[0] for row in conn.execute(sql, args)]
+
+    def _read_stamps(self, ids: list[str], now: int) -> list[Stamp | None]:
+        return self._retried(lambda: self._stamps_once(ids, now))
+
+    def _stamps_once(self, ids: list[str], now: int) -> list[Stamp | None]:
+        """:meth:`_read_stamps` from the index, brought up to date as a listing brings it.
+
+        Each file is looked at (its modification time and size, not its text): one edited
+        in place since it was indexed (by another program, keeping the folder's time) is
+        read, as are those whose times the index does not hold (:meth:`_file_stamps`)."""
+        if not ids or not self._made():
+            return [None] * len(ids)
+        conn = self._fresh_index()
+        found: dict[str, Stamp | None] = {}
+        unknown: dict[str, str] = {}
+        with self._index_errors():
+            for start in range(0, len(ids), _STAMP_BATCH):
+                chunk = ids[start : start + _STAMP_BATCH]
+                sql = _STAMPS.format(", ".join("?" * len(chunk)))
+                for row in conn.execute(sql, chunk).fetchall():
+                    session_id, file, mtime_ns, size, expires, version, held = row[:7]
+                    try:
+                        stat = os.stat(self.dir_path / file)
+                    except FileNotFoundError:
+                        continue  # removed since the listing
+                    if (stat.st_mtime_ns, stat.st_size) != (mtime_ns, size) or not held:
+                        unknown[session_id] = file
+                    elif not is_expired(expires, now):
+                        found[session_id] = Stamp(session_id, row[7], row[8], version)
+        if unknown:
+            found.update(self._file_stamps(unknown, now))
+        return [found.get(session_id) for session_id in ids]
+
+    def _file_stamps(self, files: dict[str, str], now: int) -> dict[str, Stamp | None]:
+        """The stamps of the sessions of ``files`` (each session's file, by id), whose times
+        the index does not hold (an index an earlier savegame wrote), read from the files;
+        recorded in the index for the next purge where the folder can be locked (not one
+        this process cannot write to)."""
+        try:
+            with self._folder_locked():
+                return self._stamps_read(files, now, self._open_index())
+        except BackendUnavailableError as exc:
+            if not _not_writable(exc):
+                raise
+        return self._stamps_read(files, now, None)
+
+    def _stamps_read(
+        self, files: dict[str, str], now: int, index: sqlite3.Connection | None
+    ) -> dict[str, Stamp | None]:
+        """:meth:`_file_stamps`, recording them in ``index`` (must hold the lock) when set."""
+        found: dict[str, Stamp | None] = {}
+        statements: list[tuple[str, tuple[Any, ...]]] = []
+        for session_id, file in files.items():
+            path = self.dir_path / file
+            try:
+                record = self._load(path, session_id)
+            except _FileOfAnother:
+                record = None
+            if record is None or is_expired(record.get("expires_at"), now):
+                found[session_id] = None
+                continue
+            self._refuse_other_mode(record, "read")
+            if index is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    statements.append(self._rows(record, path)[1])
+            found[session_id] = self._stamp_of(record)
+        if statements:
+            self._index_write(index, statements, stamp=False)
+        return found
 
     def _purge_expired(self, now: int) -> int:
         if not self._made():
@@ -1374,7 +1486,11 @@ class FileStorage(Storage):
             if not kept:
                 self._mode_path.unlink(missing_ok=True)
             sync_folder(self.dir_path)
-            emptied = [("DELETE FROM sessions", ()), ("DELETE FROM pending", ())]
+            emptied = [
+                ("DELETE FROM sessions", ()),
+                ("DELETE FROM stamps", ()),
+                ("DELETE FROM pending", ()),
+            ]
             self._uncleared = True
             if not self._index_write(conn, emptied, whole=whole) and removed:
                 self._show_change(before)

@@ -10,6 +10,7 @@ from savegame.storage.base import (
     Draft,
     Header,
     Record,
+    Stamp,
     Storage,
     is_expired,
     kept_from_delete,
@@ -123,6 +124,23 @@ class InMemoryStorage(Storage):
                 return None
             self._refuse_other_mode(self._checked(session_id, record), "read")
             return self._copy(session_id, record)
+
+    def _read_stamps(self, ids: list[str], now: int) -> list[Stamp | None]:
+        # Straight from the dict: no copy of the sessions is made.
+        stamps: list[Stamp | None] = []
+        with _LOCK:
+            for session_id in ids:
+                record = self.storage_dict.get(session_id)
+                if record is None:
+                    stamps.append(None)
+                    continue
+                checked = self._checked(session_id, record)
+                self._refuse_other_mode(checked, "read")
+                if is_expired(checked.get("expires_at"), now):
+                    stamps.append(None)
+                    continue
+                stamps.append(self._stamp_of(dict(checked)))
+        return stamps
 
     def _write(
         self, draft: Draft, expected_version: int | None, now: int, preserve: bool

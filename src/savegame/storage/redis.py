@@ -133,10 +133,12 @@ from savegame.storage.base import (
     Draft,
     Header,
     Record,
+    Stamp,
     Still,
     Storage,
     check_seconds,
     check_stored,
+    is_expired,
     with_retries,
 )
 from savegame.storage.codec import check_name, dumps, loads, object_text
@@ -556,6 +558,16 @@ return out
 """
 )
 
+# KEYS: the header of each session. Returns per session {data, token, version, created_at,
+# expires_at} of its header: what a purge judges it by. No key of its runs is touched.
+_STAMPS = """
+local out = {}
+for i = 1, #KEYS do
+  out[i] = redis.call('HMGET', KEYS[i], 'data', 'token', 'version', 'created_at', 'expires_at')
+end
+return out
+"""
+
 # KEYS: all, idx, exp, the index to list; ARGV: key prefix, limit (-1: all), now ('' : keep
 # expired), the mode's entity field. Returns {id, score, id, score... newest first; the
 # expired ids it met, and those whose header is gone (evicted, or removed outside
@@ -721,6 +733,7 @@ _SCRIPTS = (
     _WRITE_CHECKED,
     _HEADER,
     _READ,
+    _STAMPS,
     _LIST,
     _FORGET_IDS,
     _FORGET_IDS_CHECKED,
@@ -1648,6 +1661,33 @@ class RedisStorage(Storage):
                 rows = self._script(_READ, keys, [])
                 for i, row in zip(batch, rows, strict=True):
                     out[i] = self._fetched(ids[i], row)
+        return out
+
+    def _read_stamps(self, ids: list[str], now: int) -> list[Stamp | None]:
+        # The headers alone (see _STAMPS), a slot at a time, as _read_many reads sessions.
+        slots: dict[str, list[int]] = {}
+        tags = self._tags()
+        for i, sid in enumerate(ids):
+            slots.setdefault(self._tag(sid, tags), []).append(i)
+        out: list[Stamp | None] = [None] * len(ids)
+        for tag, positions in slots.items():
+            for start in range(0, len(positions), BATCH):
+                batch = positions[start : start + BATCH]
+                rows = self._script(_STAMPS, [f"{tag}h:{ids[i]}" for i in batch], [])
+                for i, (data, *state) in zip(batch, rows, strict=True):
+                    session_id = ids[i]
+                    self._state(session_id, *state, None)  # its numbers, as a read checks them
+                    if data is None:
+                        if any(value is not None for value in state):
+                            raise CorruptSessionError(
+                                f"session {session_id!r} under {self._keys} in {self._address} "
+                                "has a header without its data: its keys were changed outside "
+                                "savegame"
+                            )
+                        continue
+                    record, _ = self._decoded(session_id, data, None)
+                    if not is_expired(record.get("expires_at"), now):
+                        out[i] = self._stamp_of(record)
         return out
 
     def _fetched(

@@ -17,7 +17,8 @@ Layout. A storage owns two tables, both in its schema:
 whose runs are not a list, or a row written by the original, which kept runs inline), a
 number means "that many rows in ``<table>_runs``". A write sends the header and only the
 runs whose digest changed, and deletes the runs past the new end, in one transaction, so a
-save costs what changed, not the length of the conversation. Listings read headers only.
+save costs what changed, not the length of the conversation. Listings read headers only,
+and so does a purge looking for stale sessions (:meth:`SqlStorage._read_stamps`).
 
 Transactions. A write checks the version and writes in one atomic step: on a session the
 storage remembers (:mod:`savegame.storage.known`) with an ``UPDATE ... WHERE write_token =
@@ -122,10 +123,12 @@ from savegame.storage.base import (
     Draft,
     Header,
     Record,
+    Stamp,
     Still,
     Storage,
     check_seconds,
     check_stored,
+    is_expired,
     with_retries,
 )
 from savegame.storage.known import (
@@ -170,6 +173,10 @@ _DEAD_POOLED = 8
 """Pooled connections a call may find dead, one after the other, before it fails."""
 
 _BATCH = 500
+
+_STAMP_COLUMNS = ("session_id", "created_at", "updated_at", "version", "expires_at")
+"""The header's columns a stamp (:meth:`SqlStorage._read_stamps`) is read from, those of
+them the table has."""
 
 _UNCHANGED = object()
 """What a read of one session gives when the store holds what the storage remembers."""
@@ -2510,6 +2517,37 @@ class SqlStorage(Storage):
         listed = self._listing(user_id, entity_id, limit, now)
         records = self._records([session_id for session_id, _ in listed], dict(listed))
         return self._sessions_of(records, user_id, entity_id, now)
+
+    @_again_if_dropped
+    def _read_stamps(self, ids: list[str], now: int) -> list[Stamp | None]:
+        # From the header table alone: the runs table is never read.
+        if not ids or self._current().version == 0:
+            return [None] * len(ids)
+        found: dict[str, Stamp] = {}
+        where = f"in table {self.table_name!r}"
+
+        def read() -> None:
+            with self._transaction(False) as conn:
+                layout = self._detect(conn) if self._layout.version < LATEST else self._layout
+                if layout.version == 0:
+                    return
+                # The entity's column too, which only a table of this mode has: one of
+                # another mode is refused, as a read refuses it, rather than purged.
+                wanted = (*_STAMP_COLUMNS, self.spec.entity_field)
+                names = [name for name in wanted if name in layout.columns]
+                query = select(*(self.table.c[name] for name in names)).where(
+                    self.table.c.session_id.in_(bindparam("ids", expanding=True))
+                )
+                for start in range(0, len(ids), _BATCH):
+                    for row in conn.execute(query, {"ids": ids[start : start + _BATCH]}):
+                        record = dict(zip(names, row, strict=True))
+                        record["session_id"] = _text(record["session_id"])
+                        check_stored(record, self.spec, where)
+                        if not is_expired(record.get("expires_at"), now):
+                            found[record["session_id"]] = self._stamp_of(record)
+
+        self._call(read)
+        return [found.get(session_id) for session_id in ids]
 
     def _listing(
         self, user_id: str | None, entity_id: str | None, limit: int | None, now: int | None

@@ -3301,6 +3301,90 @@ class BackendContract:
         assert check_session(backend_store.mode, got) == 2
         assert got.version == 1  # type: ignore[attr-defined]
 
+    def test_a_purge_finds_from_headers_what_whole_sessions_say(self, backend_store: Store) -> None:
+        # stale_sessions and purge read each session's header alone (Storage._read_stamps),
+        # and find what reading every session whole finds: the sessions not updated for
+        # that long, newest created_at first (ties by id), each at its version. A session
+        # whose time cannot be read is kept and said; one whose runs alone were lost is
+        # judged by its header like any other.
+        from savegame import transfer
+
+        mode, day = backend_store.mode, 86_400
+        writer = backend_store(expire=10**6)
+        now = int(time.time())
+        ages = {  # created and updated that many days ago, saved that many times
+            "fresh": (30, 1, 1),
+            "edge-fresh": (12, 9, 2),
+            "old": (30, 20, 1),
+            "tie-b": (40, 25, 1),
+            "tie-a": (40, 35, 3),
+            "young-stale": (12, 11, 2),
+        }
+        for session_id, (created, updated, saves) in ages.items():
+            for round_ in range(saves):
+                session = make_session(mode, session_id, round_, size=2000)
+                session.created_at = now - created * day  # type: ignore[attr-defined]
+                session.updated_at = now - updated * day  # type: ignore[attr-defined]
+                writer.restore(session)
+        storage = backend_store()
+
+        def whole(older_than: int) -> list[tuple[str, int]]:
+            cutoff = now - older_than
+            return [
+                (s.session_id, s.version)  # type: ignore[attr-defined]
+                for s in storage.get_all_sessions()
+                if (s.updated_at or s.created_at) < cutoff  # type: ignore[attr-defined]
+            ]
+
+        expected = [("young-stale", 2), ("old", 1), ("tie-a", 3), ("tie-b", 1)]
+        assert transfer._stale(storage, 10 * day, now) == whole(10 * day) == expected
+        assert transfer.stale_sessions(storage, 10 * day, now=now) == [i for i, _ in expected]
+        assert transfer.stale_sessions(storage, 50 * day, now=now) == []
+        assert whole(50 * day) == []
+        # Measured from the clock: the ages are days apart, the test's run seconds long.
+        assert transfer.purge(storage, 10 * day, dry_run=True) == [i for i, _ in expected]
+        assert len(storage.get_all_session_ids()) == len(ages)
+        # The primitive: None for a session not there, or expired at the time it is given.
+        assert storage._read_stamps(["absent", "fresh"], now) == [
+            None,
+            base.Stamp("fresh", now - 30 * day, now - day, 1),
+        ]
+        assert storage._read_stamps(["fresh"], now + 2 * 10**6) == [None]
+
+        left_out: list[str] = []
+        if backend_store.lose_runs is not None:
+            for session_id in ("old", "fresh"):
+                backend_store.lose_runs(writer, session_id)
+            with pytest.raises(CorruptSessionError):
+                backend_store().read("old")
+        spoil = next(
+            (f for name, f in backend_store.spoil_number.items() if name.endswith("updated_at")),
+            None,
+        )
+        if spoil is not None:
+            spoil(writer, "tie-b", "many")
+            left_out = ["tie-b"]
+        storage = backend_store()
+        damaged: list[str] = []
+        found = _outcome(partial(transfer.purge, storage, 10 * day, True, damaged))
+        if isinstance(found, CorruptSessionError):
+            # A store whose listings read the damaged entry (the in-memory dict) fails
+            # the purge as a whole, as before; it removes nothing.
+            assert "tie-b" in str(found)
+            return
+        assert found == [i for i, _ in expected if i not in left_out]
+        assert len(damaged) == len(left_out)
+        assert all("tie-b" in line for line in damaged), damaged
+        if left_out:
+            with pytest.raises(CorruptSessionError, match="tie-b"):
+                transfer.stale_sessions(storage, 10 * day)
+        removed = transfer.purge(storage, 10 * day, damaged=[])
+        assert sorted(removed) == sorted(found)
+        # A folder's listing may leave out the file it has since found damaged.
+        listed = backend_store().get_all_session_ids()
+        assert set(listed) - set(left_out) == {"fresh", "edge-fresh"}
+        assert backend_store().read("edge-fresh") is not None
+
 
 def _spoilt_reads_fail(
     backend_store: Store,
