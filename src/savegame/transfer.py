@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from savegame.errors import (
     BackendUnavailableError,
@@ -170,24 +170,37 @@ def read_sessions(storage: Storage, ids: list[str], damaged: list[str] | None) -
             another mode, opened with the wrong ``mode``), even with ``damaged``: after the
             failed read, its listings fail too, where a damaged session fails only its own.
     """
+    return _each_readable(storage, ids, damaged, storage.read_many)
+
+
+_T = TypeVar("_T")
+
+
+def _each_readable(
+    storage: Storage,
+    ids: list[str],
+    damaged: list[str] | None,
+    read: Callable[[list[str]], Sequence[_T | None]],
+) -> list[_T]:
+    """What ``read(ids)`` gives of each of ``ids`` that is stored, in order, None left out;
+    with ``damaged``, once ``read`` meets a session that cannot be read, ``read`` of each id
+    alone, and why each such session was left out added to ``damaged`` (see
+    :func:`read_sessions`)."""
     try:
-        return storage.read_many(ids)
+        return [found for found in read(ids) if found is not None]
     except CorruptSessionError:
         if damaged is None:
             raise
         # Each session of such a store would be told as damaged, and a count, listing or
         # purge of it would end as if it held none.
         storage.get_recent_sessions(limit=0)
-    found = []
+    kept: list[_T] = []
     for session_id in ids:
         try:
-            session = storage.read(session_id)
+            kept.extend(found for found in read([session_id]) if found is not None)
         except CorruptSessionError as exc:
             damaged.append(str(exc))
-            continue
-        if session is not None:
-            found.append(session)
-    return found
+    return kept
 
 
 def export_sessions(
@@ -630,22 +643,7 @@ def read_stamps(storage: Storage, ids: list[str], damaged: list[str] | None) -> 
     store that cannot be read as a whole). A session whose header can be read is given
     even when its runs are damaged: its age is known."""
     now = int(time.time())
-    try:
-        return [stamp for stamp in storage._read_stamps(ids, now) if stamp is not None]
-    except CorruptSessionError:
-        if damaged is None:
-            raise
-        storage.get_recent_sessions(limit=0)
-    found = []
-    for session_id in ids:
-        try:
-            (stamp,) = storage._read_stamps([session_id], now)
-        except CorruptSessionError as exc:
-            damaged.append(str(exc))
-            continue
-        if stamp is not None:
-            found.append(stamp)
-    return found
+    return _each_readable(storage, ids, damaged, lambda some: storage._read_stamps(some, now))
 
 
 def purge(
