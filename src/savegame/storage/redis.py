@@ -112,7 +112,7 @@ import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import cache
 from operator import methodcaller
 from typing import Any, TypeVar
@@ -1648,47 +1648,51 @@ class RedisStorage(Storage):
     def _read_many(self, ids: Iterable[str]) -> list[Record | None]:
         """The records of ``ids``, each remembered as it was read."""
         ids = list(ids)
-        slots: dict[str, list[int]] = {}
-        tags = self._tags()
-        for i, sid in enumerate(ids):
-            slots.setdefault(self._tag(sid, tags), []).append(i)
         out: list[Record | None] = [None] * len(ids)
-        for tag, positions in slots.items():
-            # Batches keep each script short, so one big listing never holds up the server.
-            for start in range(0, len(positions), READ_BATCH):
-                batch = positions[start : start + READ_BATCH]
-                keys = [f"{tag}{kind}:{ids[i]}" for i in batch for kind in "hrd"]
-                rows = self._script(_READ, keys, [])
-                for i, row in zip(batch, rows, strict=True):
-                    out[i] = self._fetched(ids[i], row)
+        for i, row in self._per_slot(ids, _READ, "hrd", READ_BATCH):
+            out[i] = self._fetched(ids[i], row)
         return out
 
     def _read_stamps(self, ids: list[str], now: int) -> list[Stamp | None]:
-        # The headers alone (see _STAMPS), a slot at a time, as _read_many reads sessions.
+        # The headers alone (see _STAMPS): no key of a run is touched.
+        out: list[Stamp | None] = [None] * len(ids)
+        for i, (data, *state) in self._per_slot(ids, _STAMPS, "h", BATCH):
+            session_id = ids[i]
+            self._state(session_id, *state, None)  # its numbers, as a read checks them
+            if data is None:
+                self._refuse_headless(session_id, state)
+                continue
+            record, _ = self._decoded(session_id, data, None)
+            if not is_expired(record.get("expires_at"), now):
+                out[i] = self._stamp_of(record)
+        return out
+
+    def _per_slot(
+        self, ids: list[str], script: str, kinds: str, size: int
+    ) -> Iterator[tuple[int, Any]]:
+        """Runs ``script`` on the keys of each kind of ``kinds`` (``"hrd"``: header, runs,
+        digests) of ``ids``, a slot at a time, in batches of ``size`` sessions, which keep
+        each script short, so one big listing never holds up the server; yields the
+        position of each id in ``ids`` with what the script returned for it."""
         slots: dict[str, list[int]] = {}
         tags = self._tags()
         for i, sid in enumerate(ids):
             slots.setdefault(self._tag(sid, tags), []).append(i)
-        out: list[Stamp | None] = [None] * len(ids)
         for tag, positions in slots.items():
-            for start in range(0, len(positions), BATCH):
-                batch = positions[start : start + BATCH]
-                rows = self._script(_STAMPS, [f"{tag}h:{ids[i]}" for i in batch], [])
-                for i, (data, *state) in zip(batch, rows, strict=True):
-                    session_id = ids[i]
-                    self._state(session_id, *state, None)  # its numbers, as a read checks them
-                    if data is None:
-                        if any(value is not None for value in state):
-                            raise CorruptSessionError(
-                                f"session {session_id!r} under {self._keys} in {self._address} "
-                                "has a header without its data: its keys were changed outside "
-                                "savegame"
-                            )
-                        continue
-                    record, _ = self._decoded(session_id, data, None)
-                    if not is_expired(record.get("expires_at"), now):
-                        out[i] = self._stamp_of(record)
-        return out
+            for start in range(0, len(positions), size):
+                batch = positions[start : start + size]
+                keys = [f"{tag}{kind}:{ids[i]}" for i in batch for kind in kinds]
+                yield from zip(batch, self._script(script, keys, []), strict=True)
+
+    def _refuse_headless(self, session_id: str, state: list[Any]) -> None:
+        """Raises CorruptSessionError when a session whose header has no data still has
+        numbers in it (``state``): its keys were changed outside savegame. A header with
+        neither is a session not stored."""
+        if any(value is not None for value in state):
+            raise CorruptSessionError(
+                f"session {session_id!r} under {self._keys} in {self._address} has a "
+                "header without its data: its keys were changed outside savegame"
+            )
 
     def _fetched(
         self, session_id: str, row: list[Any], remembered: Known | None = None
@@ -1699,11 +1703,7 @@ class RedisStorage(Storage):
         seen = self._state(session_id, *state)
         if data is None:
             self._known.put(session_id, None)
-            if any(value is not None for value in state):
-                raise CorruptSessionError(
-                    f"session {session_id!r} under {self._keys} in {self._address} has a "
-                    "header without its data: its keys were changed outside savegame"
-                )
+            self._refuse_headless(session_id, state)
             return None
         record, items = self._decoded(session_id, data, runs)
         if items is not None and seen.digests is not None:
