@@ -259,6 +259,27 @@ server that was there a moment ago cannot be reached (it may be restarting)."""
 T = TypeVar("T")
 
 
+def once_more_on(
+    kind: type[BaseException],
+) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """A decorator: the method, run once more when it raised ``kind``, which a backend
+    raises where a call met its store changed behind its back in a way the second run
+    sees and deals with (a SQL table dropped: it is then missing; a folder's index found
+    damaged: it was removed, and is made anew). The first run must have changed nothing."""
+
+    def wrap(method: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(method)
+        def again(self: Any, *args: Any, **kwargs: Any) -> T:
+            try:
+                return method(self, *args, **kwargs)
+            except kind:
+                return method(self, *args, **kwargs)
+
+        return again
+
+    return wrap
+
+
 def with_retries(attempt: Callable[[], T], retryable: Callable[[Exception], bool]) -> T:
     """What ``attempt()`` returns, trying it again up to :data:`CONNECT_RETRIES` times
     while it fails with an error ``retryable`` accepts; the last error is raised.

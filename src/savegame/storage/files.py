@@ -76,7 +76,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from filelock import FileLock, Timeout
 
@@ -98,6 +98,7 @@ from savegame.storage.base import (
     kept_from_delete,
     local_path,
     make_folder,
+    once_more_on,
     path_text,
     sync_folder,
 )
@@ -111,7 +112,6 @@ _DEVICES = frozenset(
 _NOT_IN_A_NAME = frozenset("/\\:" if os.name == "nt" else "/")
 """Characters that would make an id, as a file name, name another folder (or, on Windows,
 a drive or a stream of another file)."""
-_T = TypeVar("_T")
 _META_DIR = ".savegame"
 _TEMP_PREFIX = ".tmp-"
 _TEMP_NAME = re.compile(re.escape(_TEMP_PREFIX) + "[0-9a-f]{32}")
@@ -236,6 +236,17 @@ def file_name(session_id: str, extension: str) -> str:
         return session_id + extension
     digest = hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()
     return f"~{digest}{extension}"
+
+
+class _IndexDamaged(BackendUnavailableError):
+    """The index was found damaged (SQLite says its file is malformed, or no database), and
+    removed: the call that found it runs again, and makes it anew from the files."""
+
+
+_again_if_index_damaged = once_more_on(_IndexDamaged)
+"""A method of a :class:`FileStorage`, run once more when it found the index damaged and
+removed it: the second run makes the index anew from the files. The first run must have
+changed nothing (a write fails on the index before its file is in place)."""
 
 
 class FileStorage(Storage):
@@ -543,15 +554,6 @@ class FileStorage(Storage):
             raise BackendUnavailableError(
                 f"the index of the folder {self.dir_path} ({self._index_path}) failed: {exc}"
             ) from exc
-
-    def _retried(self, step: Callable[[], _T]) -> _T:
-        """``step()``, run again once when it found the index damaged, and removed it: the
-        second run makes the index anew from the files. ``step`` must have changed nothing
-        when the index failed (a write fails on the index before its file is in place)."""
-        try:
-            return step()
-        except _IndexDamaged:
-            return step()
 
     def close(self) -> None:
         """Closes this thread's connection to the index, clearing first what an erasure
@@ -986,6 +988,7 @@ class FileStorage(Storage):
             return False
         return True
 
+    @_again_if_index_damaged
     def unreadable(self) -> list[str]:
         """Why each file of this format that listings leave out is left out, one line a
         file naming it: a file that cannot be parsed, holds no session, holds a session
@@ -999,9 +1002,6 @@ class FileStorage(Storage):
         Raises:
             BackendUnavailableError: when the folder or its index cannot be read.
         """
-        return self._retried(self._unreadable)
-
-    def _unreadable(self) -> list[str]:
         if not self._made():
             return []
         conn = self._fresh_index()
@@ -1066,15 +1066,13 @@ class FileStorage(Storage):
                     self._adopt(name[: -len(ext)])
             self._reindex(conn, full=False)
 
+    @_again_if_index_damaged
     def rebuild_index(self) -> None:
         """Reads every file again and rebuilds the index from them.
 
         Needed only after other programs edited session files in place; savegame notices
         files added, replaced or removed by itself. A damaged index is made anew.
         """
-        self._retried(self._rebuild_index)
-
-    def _rebuild_index(self) -> None:
         with self._locked() as conn:
             self._reindex(conn, full=True)
 
@@ -1229,12 +1227,8 @@ class FileStorage(Storage):
         self._refuse_other_mode(record, "replace")
         return Header.of(record)
 
+    @_again_if_index_damaged
     def _write(
-        self, draft: Draft, expected_version: int | None, now: int, preserve: bool
-    ) -> Record:
-        return self._retried(lambda: self._write_once(draft, expected_version, now, preserve))
-
-    def _write_once(
         self, draft: Draft, expected_version: int | None, now: int, preserve: bool
     ) -> Record:
         session_id = draft.session_id
@@ -1271,12 +1265,10 @@ class FileStorage(Storage):
             )
         return record
 
+    @_again_if_index_damaged
     def _delete(
         self, session_id: str, owner: str | None = None, version: int | None = None
     ) -> bool:
-        return self._retried(lambda: self._delete_once(session_id, owner, version))
-
-    def _delete_once(self, session_id: str, owner: str | None, version: int | None) -> bool:
         if not self._made():
             return False  # nothing to remove: the folder is not made for it
         path = self._path(session_id)
@@ -1319,12 +1311,8 @@ class FileStorage(Storage):
                 self._show_change(before)
         return existed
 
+    @_again_if_index_damaged
     def _list(
-        self, user_id: str | None, entity_id: str | None, limit: int | None, now: int | None
-    ) -> list[str]:
-        return self._retried(lambda: self._list_once(user_id, entity_id, limit, now))
-
-    def _list_once(
         self, user_id: str | None, entity_id: str | None, limit: int | None, now: int | None
     ) -> list[str]:
         if not self._made():
@@ -1349,11 +1337,9 @@ class FileStorage(Storage):
         with self._index_errors():
             return [row[0] for row in conn.execute(sql, args)]
 
+    @_again_if_index_damaged
     def _read_stamps(self, ids: list[str], now: int) -> list[Stamp | None]:
-        return self._retried(lambda: self._stamps_once(ids, now))
-
-    def _stamps_once(self, ids: list[str], now: int) -> list[Stamp | None]:
-        """:meth:`_read_stamps` from the index, brought up to date as a listing brings it.
+        """The stamps from the index, brought up to date as a listing brings it.
 
         Each file is looked at (its modification time and size, not its text): one edited
         in place since it was indexed (by another program, keeping the folder's time) is
@@ -1421,7 +1407,7 @@ class FileStorage(Storage):
     def _purge_expired(self, now: int) -> int:
         if not self._made():
             return 0
-        ids = self._retried(lambda: self._expired(now))
+        ids = self._expired(now)
         purged = 0
         for session_id in ids:
             with self._folder_locked():
@@ -1430,6 +1416,7 @@ class FileStorage(Storage):
                     purged += self._delete(session_id)
         return purged
 
+    @_again_if_index_damaged
     def _expired(self, now: int) -> list[str]:
         """The ids of the sessions the index holds as expired at ``now``."""
         conn = self._fresh_index()
@@ -1441,14 +1428,12 @@ class FileStorage(Storage):
                 )
             ]
 
+    @_again_if_index_damaged
     def drop(self) -> None:
         """Removes this format's session files and its index; other files stay: the files
         of sessions of another mode (a storage of the wrong mode drops none of them), and
         files of this format that are no session's file (see :meth:`_dropped`). The
         folder's mode is forgotten with its last session file."""
-        self._retried(self._drop)
-
-    def _drop(self) -> None:
         if not self._made():
             return
         with self._folder_locked(), self._index_errors():
@@ -1535,11 +1520,6 @@ class _CannotRead(BackendUnavailableError):
     """A file of the folder that this process cannot read: one of another user's, made
     readable to that user only, say. Listings leave it out as they leave out a damaged file,
     and :meth:`FileStorage.unreadable` names it; its ``read`` raises this."""
-
-
-class _IndexDamaged(BackendUnavailableError):
-    """The index was found damaged (SQLite says its file is malformed, or no database), and
-    removed: the call that found it runs again, and makes it anew from the files."""
 
 
 class _FileOfAnother(CorruptSessionError):

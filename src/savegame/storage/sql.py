@@ -57,7 +57,6 @@ driver errors become :mod:`savegame.errors`, with the dialect deciding which one
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import importlib
 import json
@@ -129,6 +128,7 @@ from savegame.storage.base import (
     check_seconds,
     check_stored,
     is_expired,
+    once_more_on,
     with_retries,
 )
 from savegame.storage.known import (
@@ -1054,19 +1054,10 @@ class _TableGone(StorageError):
     the database removed or replaced."""
 
 
-def _again_if_dropped(method: Callable[..., T]) -> Callable[..., T]:
-    """``method`` of a :class:`SqlStorage`, run once more when it met the table dropped
-    behind this storage's back: it then sees the table as missing, as a storage just opened
-    would (a read finds nothing, a write makes the table again)."""
-
-    @functools.wraps(method)
-    def again(self: SqlStorage, *args: Any, **kwargs: Any) -> T:
-        try:
-            return method(self, *args, **kwargs)
-        except _TableGone:
-            return method(self, *args, **kwargs)
-
-    return again
+_again_if_dropped = once_more_on(_TableGone)
+"""A method of a :class:`SqlStorage`, run once more when it met the table dropped behind
+this storage's back: it then sees the table as missing, as a storage just opened would (a
+read finds nothing, a write makes the table again)."""
 
 
 class _Guard:
