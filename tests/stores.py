@@ -134,6 +134,20 @@ def _files(name: str, storage_class: type[FileStorage]) -> Callable[[Path, str],
 
             return spoil
 
+        def spoil_json(storage: Storage, session_id: str, text: str) -> None:
+            assert isinstance(storage, FileStorage)
+            path = storage._path(session_id)
+            if name == "json":
+                record = json.loads(path.read_text(encoding="utf-8"))
+                record["session_data"] = _SPOILT
+                dumped, quoted = json.dumps(record), json.dumps(_SPOILT)
+            else:
+                record = yaml.safe_load(path.read_text(encoding="utf-8"))
+                record["session_data"] = _SPOILT
+                dumped, quoted = yaml.safe_dump(record), f"session_data: {_SPOILT}"
+                text = f"session_data: {text}"
+            path.write_text(_with_json(dumped, quoted, text), encoding="utf-8")
+
         store = Store(
             name,
             mode,
@@ -142,6 +156,7 @@ def _files(name: str, storage_class: type[FileStorage]) -> Callable[[Path, str],
             original=original,
             spoil_number={field: spoiler(field) for field in TIMES_AND_VERSION},
             spoil_text={field: spoiler(field) for field in MODES[mode].plain_fields},
+            spoil_json=spoil_json,
             neighbour=neighbour,
         )
         yield store
@@ -256,6 +271,7 @@ def _redis(name: str, cluster: bool, shards: int = 1) -> Callable[[Path, str], A
             change_run=change_redis_run,
             spoil_number=REDIS_NUMBERS,
             spoil_text={f"data {f}": _spoil_redis_data(f) for f in MODES[mode].plain_fields},
+            spoil_json=spoil_redis_json,
             neighbour=neighbour,
         )
         try:
@@ -369,6 +385,59 @@ def change_redis_run(storage: Storage, session_id: str, position: int, run: Any)
         pipe = client.pipeline(transaction=True)
         pipe.lset(f"{tag}r:{session_id}", position, json.dumps(run))
         pipe.hdel(f"{tag}h:{session_id}", "token")
+        pipe.execute()
+
+    storage._call(change)
+
+
+_SPOILT = "SPOILT-BY-HAND"
+"""A value put where :func:`_with_json` puts JSON text: its dumped form is then replaced."""
+
+
+def _with_json(dumped: str, quoted: str, text: str) -> str:
+    """``dumped`` (a record whose ``session_data`` is :data:`_SPOILT`, written as ``quoted``
+    by its format) with ``text`` in its place."""
+    assert dumped.count(quoted) == 1
+    return dumped.replace(quoted, text)
+
+
+def spoil_sql_json(storage: Storage, session_id: str, text: str) -> None:
+    """Writes JSON ``text`` as it stands in a session's ``session_data`` column, clearing
+    its write token in the same transaction, as the README says to change a session by
+    hand."""
+    from sqlalchemy import Text, bindparam, cast, update
+    from sqlalchemy.dialects.postgresql import JSONB
+
+    from savegame.storage.sql import SqlStorage
+
+    assert isinstance(storage, SqlStorage)
+    value: Any = bindparam("data", text, type_=Text)
+    if storage.db_engine.dialect.name == "postgresql":
+        value = cast(value, JSONB)
+    header = storage.table
+    with storage.db_engine.begin() as conn:
+        conn.execute(
+            update(header)
+            .where(header.c.session_id == session_id)
+            .values(session_data=value, write_token=None)
+        )
+
+
+def spoil_redis_json(storage: Storage, session_id: str, text: str) -> None:
+    """Writes JSON ``text`` as it stands as a session's ``session_data`` in its header's
+    data, removing the header's token in the same transaction (as a change by hand must)."""
+    from savegame.storage.redis import RedisStorage
+
+    assert isinstance(storage, RedisStorage)
+    key = f"{storage._tag(session_id)}h:{session_id}"
+    data = json.loads(storage._call(methodcaller("hget", key, "data")))
+    data["session_data"] = _SPOILT
+    spoilt = _with_json(json.dumps(data), json.dumps(_SPOILT), text)
+
+    def change(client: Any) -> None:
+        pipe = client.pipeline(transaction=True)
+        pipe.hset(key, "data", spoilt)
+        pipe.hdel(key, "token")
         pipe.execute()
 
     storage._call(change)
@@ -489,6 +558,7 @@ def _sqlite(in_memory: bool) -> Callable[[Path, str], Any]:
             null_run=null_sql_run,
             change_run=change_sql_run,
             spoil_number={c: _spoil_sql(c) for c in (*TIMES_AND_VERSION, "run_count")},
+            spoil_json=spoil_sql_json,
             neighbour=neighbour,
         )
         try:
@@ -632,6 +702,7 @@ def _postgres(tmp_path: Path, mode: str) -> Iterator[Store]:
         lose_run=lose_sql_run,
         null_run=null_sql_run,
         change_run=change_sql_run,
+        spoil_json=spoil_sql_json,
         neighbour=neighbour,
     )
     try:

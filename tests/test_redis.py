@@ -2737,20 +2737,3 @@ def test_an_index_member_that_is_no_utf8_is_removed_or_raises(
     assert raw.zscore(tag + "exp", b"\xfe") is None
     storage.drop()
     assert _keys_of(raw, prefix) == []
-
-
-def test_json_nested_deeper_than_the_parser_goes_fails_the_read_naming_the_session(
-    server: str, raw: Any, prefix: str
-) -> None:
-    # Edited in by hand: Python's parser gave up with a raw RecursionError.
-    storage = RedisStorage(prefix, url=server)
-    storage.upsert(AgentSession(session_id="deep", user_id="u", session_data={"a": 1}))
-    key = f"{storage._tag('deep')}h:deep"
-    data = json.loads(raw.hget(key, "data"))
-    data["session_data"] = "@"
-    raw.hset(key, "data", json.dumps(data).replace('"@"', "[" * 5000 + "]" * 5000))
-    fresh = RedisStorage(prefix, url=server)
-    with pytest.raises(CorruptSessionError, match=r"'deep'.*nested deeper"):
-        fresh.read("deep")
-    assert fresh.get_all_session_ids(user_id="u") == ["deep"]
-    assert fresh.delete_session("deep") is True

@@ -140,6 +140,10 @@ class Store:
             ``workflow_session_id``) that an edit by hand can make a number, each with
             ``spoil(storage, session_id, value)``; empty where the store's types make a
             number given there text (the text columns of SQL).
+        spoil_json: ``spoil_json(storage, session_id, text)`` writes the JSON ``text``, as
+            it stands, in place of the session's ``session_data`` behind savegame's back
+            (and clears its write token, as the README says an edit by hand must); None
+            where the store keeps no JSON text there, or refuses such text.
         mixed_modes: why storages of two modes on this store still list or break each
             other's sessions, for a backend that cannot keep them apart yet: the tests of
             it skip, giving this reason. None (the contract) where it can.
@@ -162,6 +166,7 @@ class Store:
     change_run: Callable[[Storage, str, int, Any], None] | None = None
     spoil_number: dict[str, Callable[[Storage, str, str], None]] = field(default_factory=dict)
     spoil_text: dict[str, Callable[[Storage, str, Any], None]] = field(default_factory=dict)
+    spoil_json: Callable[[Storage, str, str], None] | None = None
     mixed_modes: str | None = None
     neighbour: Callable[..., Storage] | None = None
     opened: list[Storage] = field(default_factory=list)
@@ -2387,6 +2392,28 @@ class BackendContract:
                 "(Store.spoil_text is empty)"
             )
         _spoilt_reads_fail(backend_store, backend_store.spoil_text, (5, 2.5, ["a"]))
+
+    def test_json_nested_past_the_parsers_depth_fails_the_read_naming_the_session(
+        self, backend_store: Store
+    ) -> None:
+        # Edited in by hand (savegame refuses values nested deeper than 512 levels): Python's
+        # parser gave up with a raw RecursionError, from every read of the session, and a
+        # folder's listings failed with it.
+        if backend_store.spoil_json is None:
+            pytest.skip(
+                f"{backend_store.backend} keeps no JSON text of a session's fields, or refuses "
+                "such text (Store.spoil_json is None)"
+            )
+        storage = backend_store()
+        for session_id in ("deep", "good"):
+            storage.upsert(_session(backend_store, session_id, user_id="u"))
+        backend_store.spoil_json(storage, "deep", "[" * 5000 + "]" * 5000)
+        fresh = backend_store()
+        for reader in (storage, fresh):
+            with pytest.raises(CorruptSessionError, match="deep"):
+                reader.read("deep")
+            assert "good" in reader.get_all_session_ids(user_id="u")
+            assert reader.read("good") is not None
 
     def test_large_and_deep_values(self, backend_store: Store) -> None:
         storage = backend_store()
