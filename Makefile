@@ -15,7 +15,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
+# The tests start the console script and Python in hundreds of subprocesses; compiling the
+# sources first spares each of them that work where bytecode is not written as it goes
+# (PYTHONDONTWRITEBYTECODE).
 test: $(STAMP)
+	$(PY) -m compileall -q src tests
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(STAMP)
