@@ -426,6 +426,21 @@ def test_copy_into_this_backend_and_again(backend: Backend, tmp_path: Path) -> N
         for original in originals:
             assert dst().read(original.session_id) == original
 
+        # A user goes on at the destination: copying again keeps what they saved there.
+        went_on = dst().read("s2")
+        assert went_on is not None
+        went_on.session_data = {"went": "on"}  # type: ignore[attr-defined]
+        saved = dst().upsert(went_on)
+        third = savegame("copy", str(src.url), str(dst.url))
+        assert (
+            "copied 0, already there 4, kept 1 saved there since (s2; --replace-newer "
+            "replaces them), of 5 sessions"
+        ) in errors(third)
+        assert dst().read("s2") == saved
+        forced = savegame("copy", str(src.url), str(dst.url), "--replace-newer")
+        assert "copied 1, already there 4, of 5 sessions" in errors(forced)
+        assert dst().read("s2").session_data == originals[2].session_data  # type: ignore[union-attr]
+
 
 def test_delete_user_searches_every_mode_of_a_database(tmp_path: Path) -> None:
     """A SQLite URL without ?table= names one table per mode; delete-user empties each."""

@@ -165,6 +165,42 @@ def test_copy_reports_and_is_idempotent(store: Store) -> None:
     assert store().read("x3") == source.read("x3")
 
 
+def test_a_session_saved_at_the_destination_since_is_kept_unless_told(
+    backend_store: Store,
+) -> None:
+    # Running a copy or an import again after users went on at the destination replaced
+    # what they had saved there with the source's older copy.
+    source = _memory_with("agent", 3)
+    assert transfer.copy_sessions(source, backend_store()).copied == 3
+    went_on = backend_store().read("x1")
+    assert went_on is not None
+    went_on.session_data = {"went": "on"}  # type: ignore[attr-defined]
+    saved = backend_store().upsert(went_on)
+    moved_on = source.read("x2")
+    assert moved_on is not None
+    moved_on.session_data = {"the source": "too"}  # type: ignore[attr-defined]
+    source.upsert(moved_on)
+
+    report = transfer.copy_sessions(source, backend_store())
+    assert (report.copied, report.unchanged, report.kept) == (1, 1, ["x1"])
+    assert "(1 written, 1 already there, 1 newer there kept)" in report.how_far("copy")
+    assert backend_store().read("x1") == saved
+    arrived = backend_store().read("x2")
+    assert arrived is not None
+    assert arrived.session_data == {"the source": "too"}  # type: ignore[attr-defined]
+
+    backup = _lines(source)
+    report = transfer.import_sessions(backend_store(), backup)
+    assert (report.copied, report.unchanged, report.kept) == (0, 2, ["x1"])
+    assert backend_store().read("x1") == saved
+    report = transfer.import_sessions(backend_store(), backup, replace_newer=True)
+    assert (report.copied, report.unchanged, report.kept) == (1, 2, [])
+    restored = backend_store().read("x1")
+    assert restored is not None
+    assert restored.session_data == source.read("x1").session_data  # type: ignore[union-attr]
+    assert transfer.import_sessions(backend_store(), backup).unchanged == 3
+
+
 def test_copy_refuses_stores_of_different_modes_and_bad_batches() -> None:
     """They were plain ValueErrors, which ``except StorageError`` let through."""
     destination = InMemoryStorage("team")

@@ -322,6 +322,13 @@ ModeOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 UserOption = Annotated[str | None, typer.Option("--user", "-u", help="Only this user's sessions.")]
+ReplaceNewerOption = Annotated[
+    bool,
+    typer.Option(
+        "--replace-newer",
+        help="Replace sessions saved at the destination later than the copy brought in too.",
+    ),
+]
 
 
 def _print_version(value: bool) -> None:
@@ -635,15 +642,18 @@ def import_(
     ],
     storage: StorageOption = DEFAULT_STORAGE,
     mode: ModeOption = "agent",
+    replace_newer: ReplaceNewerOption = False,
 ) -> None:
     """Store the sessions of a JSON lines file, keeping their timestamps and versions."""
     report = transfer.Report()
     with _on_ctrl_c(lambda: report.how_far("import")):
-        _import(file, storage, mode, report)
+        _import(file, storage, mode, report, replace_newer)
     _note(_moved("imported", report))
 
 
-def _import(file: Path, storage: str, mode: str, report: transfer.Report) -> None:
+def _import(
+    file: Path, storage: str, mode: str, report: transfer.Report, replace_newer: bool
+) -> None:
     if str(file) == "-":
         if sys.stdin is None:
             _fail("cannot read standard input: it is closed")
@@ -662,7 +672,7 @@ def _import(file: Path, storage: str, mode: str, report: transfer.Report) -> Non
     # decoded on its own, so that text that is not UTF-8 is reported with its line.
     lines = data.split(b"\n")
     with _open(storage, mode) as store:
-        transfer.import_sessions(store, lines, source, report=report)
+        transfer.import_sessions(store, lines, source, report=report, replace_newer=replace_newer)
 
 
 _NO_SUCH_FILE = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
@@ -694,14 +704,24 @@ def _moved(verb: str, report: transfer.Report) -> str:
     """The closing line of an import or a copy (``verb``: what was done)."""
     repaired = ""
     if report.repaired:
-        shown = ", ".join(report.repaired[:5]) + (", ..." if len(report.repaired) > 5 else "")
-        repaired = f" ({len(report.repaired)} over a damaged copy: {shown})"
+        repaired = f" ({len(report.repaired)} over a damaged copy: {_some(report.repaired)})"
     # Without it, sessions deleted from the source while the copy ran would look lost.
     vanished = f", deleted at the source meanwhile {report.vanished}" if report.vanished else ""
+    kept = ""
+    if report.kept:
+        kept = (
+            f", kept {len(report.kept)} saved there since ({_some(report.kept)}; "
+            "--replace-newer replaces them)"
+        )
     return (
-        f"{verb} {report.copied}{repaired}, already there {report.unchanged}{vanished}, "
+        f"{verb} {report.copied}{repaired}, already there {report.unchanged}{kept}{vanished}, "
         f"of {_sessions(report.total)}"
     )
+
+
+def _some(ids: list[str]) -> str:
+    """The first few of ``ids``, for a closing line."""
+    return ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
 
 
 @app.command("copy")
@@ -712,6 +732,7 @@ def copy(
     batch_size: Annotated[
         int, typer.Option("--batch-size", min=1, help="Sessions between progress updates.")
     ] = transfer.DEFAULT_BATCH_SIZE,
+    replace_newer: ReplaceNewerOption = False,
 ) -> None:
     """Copy every session of a mode from one store to another; safe to run again."""
     progress = Progress(
@@ -740,6 +761,7 @@ def copy(
             on_batch=lambda n: progress.advance(task, n),
             damaged=left_out,
             report=report,
+            replace_newer=replace_newer,
         )
         left_out += src.unreadable()
     _note(_moved("copied", report))

@@ -240,6 +240,8 @@ class Report:
         vanished: sessions deleted from the source while the copy ran.
         repaired: the ids of sessions written over a stored copy that could not be read
             (a damaged file), which the destination replaced (among ``copied``).
+        kept: the ids of sessions the destination holds saved later than the source's
+            copy (users went on there), which were left as they are.
     """
 
     total: int = 0
@@ -247,17 +249,19 @@ class Report:
     unchanged: int = 0
     vanished: int = 0
     repaired: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
 
     def how_far(self, verb: str) -> str:
         """How far an import or copy (``verb``) that stopped got: how many sessions it had
-        stored, which running it again skips."""
-        done = self.copied + self.unchanged
+        stored or found there, which running it again skips."""
+        done = self.copied + self.unchanged + len(self.kept)
         if done == 0:
             return f"the {verb} stopped before storing any session"
         whole = f"{self.total} session{'s' * (self.total != 1)}"
+        kept = f", {len(self.kept)} newer there kept" if self.kept else ""
         return (
             f"the {verb} stopped having stored {done} of {whole} ({self.copied} written, "
-            f"{self.unchanged} already there), which running it again skips"
+            f"{self.unchanged} already there{kept}), which running it again skips"
         )
 
 
@@ -299,17 +303,32 @@ def _unsigned_zero(text: str) -> float:
     return float(text) or 0.0
 
 
+def _saved_since(stored: Session, session: Session) -> bool:
+    """Whether ``stored`` was saved after ``session``, the copy of it being moved: users
+    went on with the conversation at the destination, and replacing it would lose that.
+
+    ``restore`` keeps a session's ``updated_at``, so a session that an import or a copy
+    wrote, and that nobody saved since, is never newer than its source. A line without
+    ``updated_at`` counts as new.
+    """
+    updated = session.updated_at  # type: ignore[attr-defined]
+    return updated is not None and (stored.updated_at or 0) > updated  # type: ignore[attr-defined]
+
+
 def _put_all(
     destination: Storage,
     sessions: list[Session],
     report: Report,
     verb: str,
     where: Callable[[Session], str],
+    replace_newer: bool,
 ) -> None:
     """Restores each session unless ``destination`` holds it already, exactly (see
     :func:`_exact_text`) and at its version or a later one: a session replaced once (whose
     version then went past the source's, see :meth:`Storage.restore`) is not written again
-    by the next run.
+    by the next run. A session that ``destination`` holds saved later than the one given
+    (see :func:`_saved_since`) is kept and its id added to ``report.kept``, unless
+    ``replace_newer``.
 
     Raises:
         StorageError: of the class of what ``destination`` raised, its message told again
@@ -331,6 +350,9 @@ def _put_all(
             and _exact_text(stored, ordered) == _exact_text(_timed_as(session, stored), ordered)
         ):
             report.unchanged += 1
+            continue
+        if stored is not None and not replace_newer and _saved_since(stored, session):
+            report.kept.append(session.session_id)
             continue
         try:
             destination.restore(session)
@@ -391,6 +413,7 @@ def import_sessions(
     source: str = "line",
     *,
     report: Report | None = None,
+    replace_newer: bool = False,
 ) -> Report:
     """Stores the session of each line, keeping timestamps and versions.
 
@@ -399,7 +422,9 @@ def import_sessions(
     changes nothing. A session already stored exactly as in the file (the same JSON text:
     ``1``, ``1.0`` and ``true`` differ, and so does the order of keys where the store keeps
     it) is left alone, so importing a file again (after an interruption, say) writes only
-    what is missing; one that differs is replaced.
+    what is missing; one that differs is replaced, unless the store's was saved later than
+    the line's (its ``updated_at`` is later): that one is kept, and listed in the report's
+    ``kept``, so that an old backup never takes back what users did since.
 
     Args:
         storage: where to store them; its table or folder is created when missing.
@@ -410,6 +435,8 @@ def import_sessions(
         report: where given, the report to fill in and return, kept up to date as the
             import goes on (its ``total`` set once every line is checked), so that a caller
             cut short (by Ctrl-C, say) can tell how far it got.
+        replace_newer: replace the sessions the store holds saved later than the line's
+            too (to go back to a backup on purpose).
 
     Raises:
         SerializationError: naming the first line that is not UTF-8, holds a JSON object
@@ -448,7 +475,7 @@ def import_sessions(
 
     for start in range(0, len(sessions), DEFAULT_BATCH_SIZE):
         batch = sessions[start : start + DEFAULT_BATCH_SIZE]
-        _put_all(storage, batch, report, "import", line_of)
+        _put_all(storage, batch, report, "import", line_of, replace_newer)
     return report
 
 
@@ -459,6 +486,7 @@ def _started(report: Report | None, total: int) -> Report:
     report.total = total
     report.copied = report.unchanged = report.vanished = 0
     report.repaired.clear()
+    report.kept.clear()
     return report
 
 
@@ -504,13 +532,16 @@ def copy_sessions(
     on_batch: Callable[[int], Any] | None = None,
     damaged: list[str] | None = None,
     report: Report | None = None,
+    replace_newer: bool = False,
 ) -> Report:
     """Copies every session of ``source`` into ``destination``, keeping timestamps and versions.
 
     Each session is written with one atomic ``restore``, so a copy that is interrupted leaves
     whole sessions only; running it again skips the sessions that arrived (exactly: the
     same JSON text, as :func:`import_sessions` compares them) and copies the rest. A
-    session that differs at the destination is replaced by the source's.
+    session that differs at the destination is replaced by the source's, unless the
+    destination's was saved later (users went on with it there, after an earlier copy):
+    that one is kept, and listed in the report's ``kept``.
 
     Args:
         source: the store to read; its mode must be the destination's.
@@ -521,6 +552,7 @@ def copy_sessions(
         damaged: as for :func:`iter_sessions`: a session of the source that cannot be read
             is then left out, said there, and not counted as deleted meanwhile.
         report: as for :func:`import_sessions`: filled in as the copy goes on.
+        replace_newer: replace the sessions the destination holds saved later too.
 
     Raises:
         InvalidIdentifierError: (a ValueError) when the stores are of different modes, or
@@ -549,7 +581,14 @@ def copy_sessions(
         sessions = read_sessions(source, batch, damaged)
         left_out = 0 if damaged is None else len(damaged) - before
         report.vanished += len(batch) - len(sessions) - left_out
-        _put_all(destination, sessions, report, "copy", lambda s: f"session {s.session_id!r}")
+        _put_all(
+            destination,
+            sessions,
+            report,
+            "copy",
+            lambda s: f"session {s.session_id!r}",
+            replace_newer,
+        )
         if on_batch is not None:
             on_batch(len(batch))
     return report
