@@ -1595,6 +1595,36 @@ def test_a_folder_of_another_mode_is_said_so_and_never_exported_as_empty(tmp_pat
     assert len(savegame("export", "-s", url, "-m", "team").stdout.splitlines()) == 1
 
 
+def test_a_url_of_one_store_per_mode_names_the_mode_its_sessions_are_in(tmp_path: Path) -> None:
+    # sqlite:///app.db holds a team_sessions table and no agent_sessions: the commands in
+    # the default mode said to pass --storage, which had been passed, rather than --mode.
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    with open_storage(url, mode="team") as storage:
+        storage.upsert(TeamSession(session_id="t1", team_id="squad", user_id="u"))
+    note = f"note: {url} keeps team sessions, and none of mode agent; pass --mode team to see them"
+    for command in (["sessions", "list"], ["stats"], ["purge", "--older-than", "1d"]):
+        assert errors(savegame(*command, "-s", url)).splitlines()[0] == note
+    shown = savegame("sessions", "show", "t1", "-s", url, code=2)
+    assert errors(shown).splitlines() == [note, f"error: no agent session 't1' in {url}"]
+    proc = savegame("export", "-s", url, code=2)
+    assert proc.stdout == b""
+    assert errors(proc).splitlines()[-1] == (
+        f"error: exported nothing: {url} keeps team sessions (pass --mode team)"
+    )
+    proc = savegame("copy", url, f"sqlite:///{tmp_path / 'copy.db'}", code=2)
+    assert errors(proc).splitlines() == [
+        f"error: {url} keeps team sessions, and none of mode agent: there is nothing to copy "
+        "(pass --mode team)"
+    ]
+    assert not (tmp_path / "copy.db").exists()
+    named = f"{url}?table=agent_sessions"
+    assert "nothing of mode agent is stored" in errors(savegame("stats", "-s", named))
+    with open_storage(url, mode="team") as storage:
+        storage.delete_session("t1")
+    assert "nothing of mode agent is stored" in errors(savegame("stats", "-s", url))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db"]
+
+
 def test_an_import_of_a_line_nested_too_deeply_to_parse_is_refused_naming_the_line(
     tmp_path: Path,
 ) -> None:

@@ -369,21 +369,22 @@ def _open(url: str, mode: str, absent: Literal["", "note", "fail"] = "") -> Iter
                 f"note: {redact(url)} is a store in this command's memory: what is stored "
                 "there is gone when the command ends"
             )
-        if absent and not storage.table_exists():
-            missing = f"nothing of mode {mode} is stored at {redact(url)}"
-            if absent == "fail":
-                _fail(f"{missing}: there is nothing to copy (check the URL and --mode)")
-            _note(
-                f"note: {missing} yet; pass --storage (or set SAVEGAME_STORAGE) to name another"
-                " store"
-            )
-        elif absent:
-            other = _kept_by_another_mode(storage, mode)
+        if absent:
+            there = storage.table_exists()
+            other = _kept_by_another_mode(storage, mode, url, there)
             if other is not None:
                 kept = f"{redact(url)} keeps {other} sessions, and none of mode {mode}"
                 if absent == "fail":
                     _fail(f"{kept}: there is nothing to copy (pass --mode {other})")
                 _note(f"note: {kept}; pass --mode {other} to see them")
+            elif not there:
+                missing = f"nothing of mode {mode} is stored at {redact(url)}"
+                if absent == "fail":
+                    _fail(f"{missing}: there is nothing to copy (check the URL and --mode)")
+                _note(
+                    f"note: {missing} yet; pass --storage (or set SAVEGAME_STORAGE) to name "
+                    "another store"
+                )
         yield storage
 
 
@@ -399,14 +400,36 @@ def _in_this_process(url: str, mode: str) -> bool:
     return in_memory_url(parsed)
 
 
-def _kept_by_another_mode(store: Storage, mode: str) -> str | None:
-    """The mode a JSON or YAML folder keeps when it is another than ``mode`` and the folder
-    holds no session of ``mode``: its listings in ``mode`` are empty, not because nothing is
-    stored (``--mode`` was forgotten, say). None otherwise."""
+def _kept_by_another_mode(store: Storage, mode: str, url: str, there: bool) -> str | None:
+    """Another mode whose sessions ``url`` keeps where it keeps none of ``mode`` (whose store
+    is ``store``, there or not): its listings in ``mode`` are empty, not because nothing is
+    stored (``--mode`` was forgotten, say). None otherwise.
+
+    That is the mode a JSON or YAML folder keeps, or, for a SQL or Redis URL that names no
+    table or prefix (one store per mode), the first other mode whose store holds a session
+    when ``mode``'s is not there: the ``team_sessions`` table beside no ``agent_sessions``.
+    """
+    if not there:
+        return _other_mode_stored(url, mode) if parse_url(url, mode).per_mode else None
     kept = store.kept_mode()
     if kept is None or kept == mode or store.get_all_session_ids():
         return None
     return kept
+
+
+def _other_mode_stored(url: str, mode: str) -> str | None:
+    """The first mode but ``mode`` whose store at the per-mode ``url`` holds a session. A
+    store that fails to answer tells nothing: the hint is not worth failing the command."""
+    for other in MODES:
+        if other == mode:
+            continue
+        try:
+            with open_storage(url, other) as storage:
+                if storage.table_exists() and storage.get_recent_sessions(limit=1):
+                    return other
+        except StorageError:
+            continue
+    return None
 
 
 # -- sessions ---------------------------------------------------------------------------------
@@ -621,7 +644,9 @@ def export(
         left_out: list[str] = []
         count = transfer.export_sessions(store, write, user, left_out)
         left_out += store.unreadable()
-        other = _kept_by_another_mode(store, mode) if not count else None
+        other = (
+            _kept_by_another_mode(store, mode, storage, store.table_exists()) if not count else None
+        )
     _stdout().flush()
     _note(f"exported {_sessions(count)}")
     _fail_if_left_out(left_out, storage)
