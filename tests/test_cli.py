@@ -1803,6 +1803,20 @@ def test_a_purge_or_erasure_stopped_by_ctrl_c_says_how_many_it_removed(
     assert open_storage(url).get_all_session_ids() == []
 
 
+@pytest.mark.parametrize(
+    ("command", "usage"),
+    [(("sessions", "rename"), "ID} {NAME}"), (("sessions", "delete"), "{ID}...")],
+)
+def test_the_usage_names_the_arguments_as_the_docs_do(command: tuple[str, ...], usage: str) -> None:
+    """The usage read ``{ID} {name}`` and ``{ID...}...``, where the docs write ``ID NAME`` and
+    ``ID [ID...]``."""
+    shown = savegame(*command, "--help").stdout.decode()
+    line = next(line for line in shown.splitlines() if "Usage:" in line)
+    assert usage in line, line
+    assert "{name}" not in line, line
+    assert "ID..." not in line, line
+
+
 @pytest.mark.parametrize("name", ["", "  ", "\t"])
 def test_a_rename_to_no_name_is_refused(tmp_path: Path, name: str) -> None:
     """``sessions rename s "$NAME"`` with NAME unset stored an empty name."""
@@ -1810,7 +1824,9 @@ def test_a_rename_to_no_name_is_refused(tmp_path: Path, name: str) -> None:
     with open_storage(url) as storage:
         storage.upsert(AgentSession(session_id="s", session_data={"session_name": "Trip"}))
     refused = savegame("sessions", "rename", "s", name, "-s", url, code=2)
-    assert "a session's name cannot be empty or only spaces" in errors(refused)
+    assert "Invalid value for 'NAME': a session's name cannot be empty or only spaces" in " ".join(
+        errors(refused).replace("│", " ").split()
+    )
     with open_storage(url) as storage:
         kept = storage.read("s")
         assert kept is not None

@@ -566,7 +566,7 @@ def sessions_show(
 
 @sessions_app.command("delete")
 def sessions_delete(
-    session_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Sessions to delete.")],
+    session_ids: Annotated[list[str], typer.Argument(metavar="ID", help="Sessions to delete.")],
     storage: StorageOption = DEFAULT_STORAGE,
     mode: ModeOption = "agent",
 ) -> None:
@@ -602,14 +602,16 @@ def sessions_delete(
 @sessions_app.command("rename")
 def sessions_rename(
     session_id: Annotated[str, typer.Argument(metavar="ID", help="The session's id.")],
-    name: Annotated[str, typer.Argument(help="The new name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The new name.")],
     storage: StorageOption = DEFAULT_STORAGE,
     mode: ModeOption = "agent",
 ) -> None:
     """Give a session a name (kept in its session_data as session_name)."""
     if not name.strip():
         # An unset shell variable, most likely: the session would show no name.
-        raise typer.BadParameter("a session's name cannot be empty or only spaces")
+        raise typer.BadParameter(
+            "a session's name cannot be empty or only spaces", param_hint="'NAME'"
+        )
     with _open(storage, mode) as store:
         if transfer.rename_session(store, session_id, name) is None:
             _missing(storage, mode, [session_id])
