@@ -64,3 +64,5 @@ def test_readme_example_runs(code: str, tmp_path: Path) -> None:
 def test_the_printed_lines_are_checked() -> None:
     said = [s for code in BLOCKS for s in _printed(code)]
     assert any(s.startswith("Your name is Ada.") for s in said), said
+    printing = [code for code in BLOCKS if re.search(r"^\s*print\(", code, re.M)]
+    assert all(_printed(code) for code in printing), "a print without what it prints"
