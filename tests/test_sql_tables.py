@@ -746,8 +746,10 @@ def test_a_session_written_into_a_table_of_another_mode_is_refused(sql_store: St
     teams = type(agents)(agents.table_name, **options)  # type: ignore[call-arg]
     team = teams.spec.session_class.from_dict({"session_id": "t", "team_id": "squad"})
     assert team is not None
+    # The message names the mode the table holds, which the columns tell.
+    held = "lacks the column\\(s\\) 'team_id' of team sessions: it holds agent sessions: open it"
     for call in (functools.partial(teams.upsert, team), functools.partial(teams.read, "a")):
-        with pytest.raises(CorruptSessionError, match="lacks the column\\(s\\) 'team_id'"):
+        with pytest.raises(CorruptSessionError, match=held):
             call()
     with pytest.raises(CorruptSessionError, match="lacks the column\\(s\\) 'team_id'"):
         teams.upgrade_schema()
@@ -870,7 +872,10 @@ def test_an_original_table_of_another_mode_or_no_session_table_is_refused_untouc
             ],
         )
     try:
-        for table, lacking in ((team, "'agent_id'"), (other, "'session_id', 'memory', 'agent_id'")):
+        for table, lacking in (
+            (team, "'agent_id' of agent sessions: it holds team sessions: open it with mode team"),
+            (other, "'session_id', 'memory', 'agent_id' of agent sessions: it holds sessions of"),
+        ):
             agents = _sibling(own, table.name)
             try:
                 for call in (

@@ -143,6 +143,7 @@ from savegame.storage.known import (
     resent_write_made,
 )
 from savegame.storage.session import (
+    MODES,
     Mode,
     ModeSpec,
     Session,
@@ -584,6 +585,11 @@ def _built(key: tuple[Any, ...], make: Callable[[], T]) -> T:
 
 _NAME_LIMIT = 63
 """The longest identifier PostgreSQL keeps (MySQL's is 64)."""
+
+
+def _needed(spec: ModeSpec) -> tuple[str, str, str]:
+    """The columns every table of ``spec``'s mode has, the original's included."""
+    return ("session_id", spec.runs_path[0], spec.entity_field)
 
 
 def _index_name(name: str) -> str:
@@ -1703,18 +1709,23 @@ class SqlStorage(Storage):
                 f" (those of table {self.table_name.removesuffix('_runs')!r}); give this"
                 " storage another table name"
             )
-        needed = ("session_id", self.spec.runs_path[0], self.spec.entity_field)
-        lacking = [name for name in needed if name not in names]
+        lacking = [name for name in _needed(self.spec) if name not in names]
         if lacking:
             # Every table of this mode, the original's included, has these: without them
             # the table holds sessions of another mode (team_id where agent_id is wanted),
             # which would be read short, or is no session table at all, which an upgrade
             # would fill with this mode's columns.
+            held = [m for m, spec in MODES.items() if names >= set(_needed(spec))]
+            holds = (
+                f"it holds {held[0]} sessions: open it with mode {held[0]}"
+                if len(held) == 1
+                else "it holds sessions of another mode, or is not a session table; open it "
+                "with the mode it was written in"
+            )
             raise CorruptSessionError(
                 f"table {self.table_name!r} at {self.where()} lacks the column(s) "
-                f"{', '.join(map(repr, lacking))} of {self.mode} sessions: it holds sessions "
-                "of another mode, or is not a session table; open it with the mode it was "
-                "written in, or give this storage another table name"
+                f"{', '.join(map(repr, lacking))} of {self.mode} sessions: {holds}, or give "
+                "this storage another table name"
             )
         if settled and names >= set(self.table.c.keys()) and self._runs_table_is(conn) is not False:
             # Every column of the latest layout, which only savegame makes, with no record
