@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from savegame.agent import Agent
-from savegame.chat import CHAT_AGENT_ID
+from savegame.chat import CHAT_AGENT_ID, unshown
 from savegame.models.offline import OfflineModel
 from savegame.storage.session import AgentSession
 from savegame.storage.url import open_storage
@@ -125,6 +125,25 @@ def test_invisible_characters_in_ids_and_names_are_shown_as_escapes(sqlite_url: 
     assert listed.startswith("* a\\u200bb  x\\u2028y\\u200d ")
     assert "resuming session a\\u200bb (x\\u2028y\\u200d): 1 earlier turn" in out
     assert not any(re.search("[\u200b\u200d\u2028]", line) for line in out), out
+
+
+def test_the_resume_hint_of_a_session_id_with_invisible_characters_comes_back_to_it(
+    sqlite_url: str,
+) -> None:
+    """Shown as escapes inside plain quotes, a zero-width space or a tab reached the shell
+    as a backslash and letters: the hint started a new, empty session, shown by the same
+    escapes as the one left."""
+    session = "a\u200bb\tc'd\\"
+    first = chat("--storage", sqlite_url, "--session", session, lines=["My name is Ada."])
+    hint = first[-1].removeprefix("bye: resume with  ")
+    assert not any(unshown(char) for char in hint), hint
+    said = subprocess.run(
+        ["bash", "-c", f'printf "%s\\0" {hint}'], capture_output=True, text=True, check=True
+    ).stdout.split("\0")[:-1]
+    assert said == ["savegame", "chat", "--session", session, "--storage", sqlite_url]
+    again = chat(*said[2:], lines=["What is my name?"])
+    assert "resuming session a\\u200bb\\tc'd\\: 1 earlier turn" in again
+    assert any(line.startswith("assistant> Your name is Ada.") for line in again)
 
 
 def test_in_chat_commands_list_start_rename_and_load_sessions(sqlite_url: str) -> None:

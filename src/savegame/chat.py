@@ -155,7 +155,7 @@ def _loop(agent: Agent, store: Storage) -> None:
 
 def _resume_command(agent: Agent, url: str) -> str:
     """The command that comes back to this chat: its session, user and store, quoted for a
-    shell (a password in the URL shown as ``***``, as everywhere)."""
+    shell (a password in the URL shown as ``***``, as everywhere; see :func:`_shell_word`)."""
     words = ["savegame", "chat", "--session", agent.session_id]
     if agent.user_id is not None:
         words += ["--user", agent.user_id]
@@ -163,7 +163,29 @@ def _resume_command(agent: Agent, url: str) -> str:
     # to stand in for it when the command runs again.
     if url != DEFAULT_STORAGE or os.environ.get("SAVEGAME_STORAGE"):
         words += ["--storage", redact(url)]
-    return shlex.join(words)
+    return " ".join(_shell_word(word) for word in words)
+
+
+def _shell_word(word: str) -> str:
+    """``word`` quoted for a shell, so that the shell gives it back exactly, also when it
+    holds what a terminal does not show (:func:`unshown`: a tab, a zero-width space): written
+    as ``$'...'`` with such characters as escapes (``$'a\\u200bb'``), which bash, zsh and
+    ksh read back, where :func:`printable` would show their escapes inside plain quotes,
+    which the shell passes on as a backslash and letters."""
+    if not any(unshown(char) for char in _CANDIDATES.findall(word)):
+        return shlex.quote(word)
+    return "$'" + _CANDIDATES.sub(_escaped, word.replace("\\", "\\\\").replace("'", "\\'")) + "'"
+
+
+def _escaped(match: re.Match[str]) -> str:
+    """The matched character as an escape of ``$'...'`` when a terminal does not show it."""
+    char = match.group()
+    code = ord(char)
+    if not unshown(char):
+        return char
+    if code < 0x80:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def _command(agent: Agent, store: Storage, text: str) -> bool:
