@@ -7,6 +7,7 @@ import os
 import re
 import shlex
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -328,6 +329,37 @@ def _read_until(proc: subprocess.Popen[bytes], marker: bytes, seen: bytes = b"")
         assert chunk, text
         text += chunk
     return text
+
+
+def test_a_store_failing_mid_chat_ends_it_with_the_resume_hint_and_the_error(
+    tmp_path: Path,
+) -> None:
+    """A chat started without ``--session`` is under an id made up for it: ended by the
+    error alone, it left no way back to the conversation saved before."""
+    pytest.importorskip("savegame.storage.sqlite")
+    path = tmp_path / "chats.db"
+    proc = _start_chat("--storage", f"sqlite:///{path}?busy_timeout=0.2")
+    assert proc.stdin is not None
+    holder = None
+    try:
+        proc.stdin.write(b"My name is Ada.\n")
+        proc.stdin.flush()
+        _read_until(proc, b"assistant> ")
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        out, err = proc.communicate(b"What is my name?\n", timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if holder is not None:
+            holder.close()
+    assert proc.returncode == 1, err
+    assert b"database is locked" in err
+    last = out.decode().splitlines()[-1]
+    assert last.startswith("bye: resume with  savegame chat --session "), out
+    again = chat(*shlex.split(last.removeprefix("bye: resume with  "))[2:], lines=["/history"])
+    assert "  you: My name is Ada." in again
+    assert "  you: What is my name?" not in again
 
 
 @pytest.mark.parametrize("when", ["at the prompt", "while the model answers"])

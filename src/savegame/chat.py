@@ -6,7 +6,8 @@ earlier conversation is shown and continued. The model is the OpenAI-compatible 
 environment configures (``OPENAI_API_KEY`` or ``OPENAI_BASE_URL``, with ``OPENAI_MODEL``) or,
 when none is, the offline model; the first line says which.
 
-Storage errors propagate to the ``savegame`` command, which prints them and exits 1; a model
+Storage errors end the chat with the command that comes back to it, and propagate to the
+``savegame`` command, which prints them and exits 1; a model
 error ends only that turn (nothing of it is saved) and the chat goes on, as does a ``/load``
 of a session that cannot be loaded (another user's, a damaged one, an id savegame cannot
 store), which keeps the current session. Ctrl-C ends the chat as Ctrl-D does, saying how to
@@ -92,7 +93,13 @@ def chat(
             _loop(agent, store)
         except KeyboardInterrupt:
             interrupted = True
-    _say(f"bye: resume with  {_resume_command(agent, storage)}")
+        except Exception:
+            # The store failed mid-chat (gone, locked): the way back to what was saved, a
+            # session under a made-up id above all, is said before the error.
+            _say("")
+            _say_bye(agent, storage)
+            raise
+    _say_bye(agent, storage)
     if interrupted:
         raise typer.Exit(128 + signal.SIGINT)
 
@@ -151,6 +158,10 @@ def _loop(agent: Agent, store: Storage) -> None:
             _say("interrupted before the answer was shown: a message is saved only with its answer")
             raise
         _say(f"{agent.name}> {answer.content}")
+
+
+def _say_bye(agent: Agent, url: str) -> None:
+    _say(f"bye: resume with  {_resume_command(agent, url)}")
 
 
 def _resume_command(agent: Agent, url: str) -> str:
