@@ -9,6 +9,9 @@ name in the request chooses how it behaves:
 ``fail-401``   401 whose message quotes the bearer token it was sent, as some servers do
 ``fail-429``   429 (rate limited), with ``Retry-After: 7``
 ``fail-503``   503 with a ``Retry-After`` that is an HTTP date about 30 seconds ahead
+``fail-502``   502 with the HTML page of a proxy in front of the server (nginx's)
+``fail-404``   404 with FastAPI's error body, ``{"detail": ...}``
+``fail-400``   400 with the error body of older vLLM, ``{"object": "error", "message": ...}``
 ``redirect``   301 to ``/v1/moved/chat/completions``, which answers as ``echo`` (GET too)
 ``redirect-307``  the same with a 307
 ``error-200``  200 with an error body instead of a completion
@@ -126,6 +129,14 @@ def _handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
             elif model == "fail-503":
                 when = email.utils.formatdate(time.time() + 30, usegmt=True)
                 self._send(503, {"error": {"message": "overloaded"}}, {"Retry-After": when})
+            elif model == "fail-502":
+                page = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>"
+                self._raw(502, f"{page}<center>nginx</center></body></html>".encode())
+            elif model == "fail-404":
+                self._send(404, {"detail": "Model 'fail-404' not found"})
+            elif model == "fail-400":
+                said = "This model's maximum context length is 4096 tokens."
+                self._send(400, {"object": "error", "message": said, "type": "BadRequestError"})
             elif model == "error-200":
                 self._send(200, {"error": {"message": "quota exceeded", "code": 429}})
             elif model == "no-choices":

@@ -89,6 +89,24 @@ def test_an_error_status_raises_model_http_error(
     assert (wait, status) == (None, 500) or (wait == 7 and status == 429) or 20 < wait <= 31
 
 
+@pytest.mark.parametrize(
+    ("name", "status", "said"),
+    [
+        ("fail-502", 502, "502 Bad Gateway"),
+        ("fail-404", 404, "Model 'fail-404' not found"),
+        ("fail-400", 400, "This model's maximum context length is 4096 tokens."),
+    ],
+)
+def test_the_error_of_another_server_or_of_a_proxy_is_told_in_its_own_words(
+    server: ModelServer, name: str, status: int, said: str
+) -> None:
+    """A proxy's HTML page was told by its first line (``<html>``), and the JSON of servers
+    that do not nest their message under ``error`` as raw JSON."""
+    with pytest.raises(ModelHTTPError) as caught:
+        OpenAIChat(id=name, base_url=server.base_url).respond([message("user", "hi")])
+    assert str(caught.value) == f"model server answered {status}: {said}"
+
+
 def test_a_wrong_path_raises_model_http_error_404(server: ModelServer) -> None:
     with pytest.raises(ModelHTTPError, match="404: no route /chat/completions") as caught:
         OpenAIChat(id="echo", base_url=server.base_url.removesuffix("/v1")).respond(

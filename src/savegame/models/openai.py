@@ -10,6 +10,7 @@ import base64
 import contextlib
 import datetime as dt
 import email.utils
+import html
 import http.client
 import json
 import os
@@ -40,6 +41,7 @@ MAX_ANSWER_BYTES = 64 * 2**20
 that sends without end must not take all the memory of the process waiting for it."""
 _HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
 """What an API key may hold: visible ASCII, which every HTTP header carries as it is."""
+_HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
 
 
 class OpenAIChat:
@@ -385,16 +387,26 @@ def _read_error_body(exc: urllib.error.HTTPError) -> str:
 
 
 def _error_message(body: str) -> str:
-    """The ``error.message`` of an OpenAI-style error body, or its first line."""
+    """What an error body says: the ``error.message`` of an OpenAI-style one, the
+    ``message`` or ``detail`` of the JSON other servers send (vLLM's, FastAPI's), the title
+    of the HTML page a proxy sends (nginx's ``502 Bad Gateway``), or else its first line;
+    "" for a page without a title, whose status's reason says more than its first line."""
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's stack
+        if body.lstrip().startswith("<"):
+            title = _HTML_TITLE.search(body)
+            return " ".join(html.unescape(title.group(1)).split())[:200] if title else ""
         return body.strip().splitlines()[0][:200] if body.strip() else ""
     error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, dict) and isinstance(error.get("message"), str):
         return str(error["message"])
     if isinstance(error, str):
         return error
+    for key in ("message", "detail"):
+        said = data.get(key) if isinstance(data, dict) else None
+        if isinstance(said, str) and said:
+            return said
     return body[:200]
 
 
