@@ -22,6 +22,7 @@ from savegame.errors import (
 )
 from savegame.storage.mysql import MySQLStorage
 from savegame.storage.session.agent import AgentSession
+from savegame.storage.sql import SqlStorage
 from savegame.workflow import Workflow
 from tests import sql_cases
 from tests.stores import mysql_packet_limit, mysql_url, unique, write_original_table
@@ -796,3 +797,43 @@ def test_the_database_named_by_the_url_or_by_schema_is_one_store(server: str, ta
     assert other.store_names() != plain.store_names()
     for storage in (plain, named, other):
         storage.close()
+
+
+def test_a_read_while_the_original_table_of_a_new_database_is_upgraded_is_whole(
+    server: str, admin: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # InnoDB starts a read's snapshot at its first read of a table's rows. In a database
+    # holding no savegame_migrations yet, looking at the original table's layout reads none:
+    # an upgrade committed before the rows were read gave them with their runs moved out,
+    # read as the original's, without them.
+    database = unique("sg")
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE DATABASE {database}"))
+    engine = create_engine(make_url(server).set(database=database))
+    try:
+        runs = [{"run_id": str(i)} for i in range(3)]
+        rows = [{"session_id": "s", "user_id": "u", "memory": {"runs": runs}}]
+        write_original_table(engine, "sessions", None, rows)
+        upgrader = MySQLStorage("sessions", db_engine=engine)
+        reader = MySQLStorage("sessions", db_engine=engine)
+        select = SqlStorage._header_select
+        upgraded: list[bool] = []
+
+        def upgrade_first(storage: SqlStorage, layout: Any) -> Any:
+            if not upgraded:
+                upgraded.append(True)
+                upgrader.upgrade_schema()
+            return select(storage, layout)
+
+        assert reader.read("absent") is None
+        monkeypatch.setattr(SqlStorage, "_header_select", upgrade_first)
+        got = reader.read("s")
+        assert upgraded
+        assert got is not None
+        assert got.memory == {"runs": runs}
+        reader.close()
+        upgrader.close()
+    finally:
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP DATABASE {database}"))

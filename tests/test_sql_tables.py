@@ -374,6 +374,43 @@ def test_a_read_while_another_storage_upgrades_the_original_table_is_whole(
     assert listed.memory == {"runs": runs}
 
 
+def test_a_read_of_an_original_table_looks_at_its_columns_alone_until_another_upgrades_it(
+    sql_store: Store,
+) -> None:
+    # A table left at the original's layout is read as it is: each call must see an upgrade
+    # made by another process, and asked SQLAlchemy's inspector (a dozen statements, most
+    # of a read's time) three times a read to do so.
+    assert sql_store.original is not None
+    runs = [{"run_id": str(i)} for i in range(3)]
+    sql_store.original([{"session_id": "s", "user_id": "u", "memory": {"runs": runs}}])
+    reader, upgrader = _sql(sql_store), _sql(sql_store)
+    seen: list[str] = []
+    event.listen(reader.db_engine, "before_cursor_execute", lambda *a: seen.append(a[2]))
+    assert reader.read("s") is not None
+    # Each: the table's columns and the rows (and the start of the snapshot, on MySQL);
+    # a listing of sessions reads its ids, then the sessions.
+    for call, most in (
+        (lambda: reader.read("s"), 3),
+        (lambda: reader.get_all_session_ids(user_id="u"), 3),
+        (lambda: reader.get_all_sessions(user_id="u"), 6),
+    ):
+        seen.clear()
+        call()
+        assert len(seen) <= most, seen
+    upgrader.upgrade_schema()
+    for _ in range(2):
+        got = reader.read("s")
+        assert got is not None
+        assert got.memory == {"runs": runs}
+        [listed] = reader.get_all_sessions(user_id="u")
+        assert listed.memory == {"runs": runs}
+    seen.clear()
+    reader.read("s")
+    reader.get_all_sessions(user_id="u")
+    asks = ("pragma_table_info", "information_schema", "pg_attribute", "DESCRIBE")
+    assert not [s for s in seen if any(ask in s for ask in asks)], seen
+
+
 def test_a_latest_table_whose_record_was_lost_is_taken_at_the_latest_layout(
     sql_store: Store,
 ) -> None:

@@ -169,6 +169,23 @@ class MySQLDialect(SqlDialect):
     def loads(self, text: str | bytes) -> Any:
         return codec.loads_text_safe(text)
 
+    def snapshot(self, conn: Connection) -> None:
+        # InnoDB starts a snapshot at the first read of a table's rows, and the
+        # information_schema looked at before is no such read. Nothing was done yet in
+        # the transaction that this statement, starting one anew, would commit.
+        conn.exec_driver_sql("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+
+    def column_names(self, conn: Connection, table: Table) -> tuple[str, ...]:
+        # information_schema compares names ignoring case: a table whose name differs in
+        # case alone, which a server on a case-sensitive file system may hold too, is left out.
+        query = text(
+            "SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA = COALESCE(:schema, DATABASE()) AND TABLE_NAME = :table "
+            "ORDER BY ORDINAL_POSITION"
+        )
+        rows = conn.execute(query, {"schema": table.schema, "table": table.name})
+        return tuple(column for name, column in rows if name == table.name)
+
     def upsert(self, table: Table, keys: Sequence[str]) -> Executable:
         statement = insert(table)
         return statement.on_duplicate_key_update(

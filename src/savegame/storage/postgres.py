@@ -126,6 +126,14 @@ class PostgresDialect(SqlDialect):
     def id_type(self) -> TypeEngine[Any]:
         return String(codec.MAX_ID_LENGTH, collation="C")
 
+    def column_names(self, conn: Connection, table: Table) -> tuple[str, ...]:
+        query = text(
+            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(:table) "
+            "AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
+        )
+        qualified = conn.dialect.identifier_preparer.format_table(table)
+        return tuple(conn.execute(query, {"table": qualified}).scalars())
+
     def adopt_id_types(self, conn: Connection, table: Table) -> None:
         # The original's id columns take the database's collation (en_US.UTF-8 on many
         # servers), in which listings would break ties otherwise than in savegame's own

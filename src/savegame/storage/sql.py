@@ -411,6 +411,21 @@ class SqlDialect(ABC):
         collation orders them by locale, not code point). Called by every upgrade: it
         changes only what is not so yet."""
 
+    def snapshot(self, conn: Connection) -> None:
+        """Starts the snapshot of the read transaction on ``conn`` now, where the database
+        would start it only at the first read of a table's rows, after the layout of the
+        table has been looked at: an upgrade committed in between would give rows of one
+        layout read as the other."""
+
+    def column_names(self, conn: Connection, table: Table) -> tuple[str, ...] | None:
+        """The names of the columns of ``table`` in order, asked in one query (none when
+        there is no such table); None where the database has no such query.
+
+        Reads of a table of an older layout ask it on every call, to see an upgrade made by
+        another process: SQLAlchemy's inspection takes a dozen statements.
+        """
+        return None
+
     def analyze(self, conn: Connection, table: Table) -> None:
         """Gathers the statistics of ``table``, filled in bulk within the transaction of
         ``conn``, where the database plans queries by them and would otherwise wait for a
@@ -1316,6 +1331,7 @@ class SqlStorage(Storage):
         self._run_codec = RunEncoder(self._known, dialect.dumps, _digest)
         self._guess_new = True
         self._doubt_record = False
+        self._older: tuple[tuple[str, ...], _Layout] | None = None
         dbapi = engine.dialect.loaded_dbapi
         self._dbapi = dbapi
         self._driver_errors: tuple[type[BaseException], ...] = (dbapi.Error,)
@@ -1324,6 +1340,7 @@ class SqlStorage(Storage):
     def _define_tables(self) -> None:
         """The table definitions of the current mode; the layout is asked for again."""
         self._layout = _MISSING
+        self._older = None
         self._tables = build_tables(self.spec, self.dialect, self.table_name, self.schema)
         self._sql: _Statements | None = None
         self._known.clear()
@@ -1660,7 +1677,17 @@ class SqlStorage(Storage):
         the latest columns, or its runs table, is taken as it is, as though not recorded. Another
         program made it again after savegame recorded it (the original library's
         ``drop()`` and ``create()``), and ``savegame_migrations`` kept the record.
+
+        A table found of an older layout is taken at it again, without inspecting it, while
+        its columns stay as they were (:meth:`SqlDialect.column_names`): every migration
+        adds one, so an upgrade by another process changes them.
         """
+        columns = None
+        if not (settled or doubt):
+            columns = self.dialect.column_names(conn, self.table)
+            older = self._older
+            if columns and older is not None and older[0] == columns:
+                return older[1]
         inspector = inspect(conn)
         if not inspector.has_table(self.table_name, self.schema):
             return _MISSING
@@ -1737,7 +1764,10 @@ class SqlStorage(Storage):
             # lock: outside it, the tables may be another process's being made, which MySQL
             # refuses to describe meanwhile (error 1684), and a read takes them as they are.
             return _Layout(LATEST, frozenset(self.table.c.keys()), recorded=False)
-        return _Layout(version, frozenset(names))
+        layout = _Layout(version, frozenset(names))
+        if columns and set(columns) == names and not names >= latest:
+            self._older = (columns, layout)
+        return layout
 
     def _runs_table_is(self, conn: Connection) -> bool | None:
         """Whether the table of the runs table's name has the runs' columns; None when
@@ -1784,16 +1814,21 @@ class SqlStorage(Storage):
         self._known.clear()
         with self._layout_lock:
             self._layout = _MISSING
+            self._older = None
 
     def _absent(self) -> bool:
         """Whether the database is not there yet, and asking it would make it (a SQLite file):
         reads then find nothing without touching it."""
         return False
 
-    def _current(self) -> _Layout:
-        """The table's layout, asking the database until the table is at the latest one."""
+    def _current(self, rechecked: bool = False) -> _Layout:
+        """The table's layout, asking the database until the table is at the latest one.
+
+        ``rechecked``: the caller detects an older layout again in the snapshot it reads
+        (:meth:`_in_snapshot`), so a table known to be of one is not asked about here.
+        """
         layout = self._layout
-        if layout.version >= LATEST:
+        if layout.version >= LATEST or (rechecked and layout.version):
             return layout
         if self._absent():
             return _MISSING
@@ -1805,6 +1840,19 @@ class SqlStorage(Storage):
         layout = self._call(detect)
         with self._layout_lock:
             self._layout = layout
+        return layout
+
+    def _in_snapshot(self, conn: Connection) -> _Layout:
+        """The table's layout as the snapshot of ``conn`` sees it; kept when another process
+        has brought the table to the latest one since this storage last looked."""
+        layout = self._layout
+        if layout.version >= LATEST:
+            return layout
+        self.dialect.snapshot(conn)
+        layout = self._detect(conn)
+        if layout.version >= LATEST:
+            with self._layout_lock:
+                self._layout = layout
         return layout
 
     def _writable(self) -> None:
@@ -1879,9 +1927,7 @@ class SqlStorage(Storage):
                 self._removed()
 
         self._call(drop)
-        self._known.clear()
-        with self._layout_lock:
-            self._layout = _MISSING
+        self._forget()
         self._erased()
 
     @_again_if_dropped
@@ -2127,7 +2173,7 @@ class SqlStorage(Storage):
 
     @_again_if_dropped
     def _read(self, session_id: str) -> Record | None:
-        layout = self._current()
+        layout = self._current(rechecked=True)
         if layout.version == 0:
             return None
         if layout.version < LATEST:
@@ -2251,7 +2297,7 @@ class SqlStorage(Storage):
         """The records of ``wanted``, in that order (None where there is none): copies of
         those remembered whose token the store still holds, the others read in one
         transaction. ``tokens``: the stored tokens, when the caller has them."""
-        if not wanted or self._current().version == 0:
+        if not wanted or self._current(rechecked=True).version == 0:
             return [None] * len(wanted)
         found: dict[str, Record] = {}
         if self._layout.version >= LATEST:
@@ -2263,14 +2309,12 @@ class SqlStorage(Storage):
         self._statements()
 
         def read() -> None:
-            layout = self._layout
             with self._transaction(False) as conn:
-                if layout.version < LATEST:
-                    # The layout as of the snapshot that reads the rows: an upgrade
-                    # committed since the check above has moved the runs out of the rows.
-                    layout = self._detect(conn)
-                    if layout.version == 0:
-                        return
+                # The layout as of the snapshot that reads the rows: an upgrade committed
+                # since the check above has moved the runs out of the rows.
+                layout = self._in_snapshot(conn)
+                if layout.version == 0:
+                    return
                 for start in range(0, len(rest), _BATCH):
                     chunk = rest[start : start + _BATCH]
                     rows = conn.execute(self._header_select(layout), {"ids": chunk}).all()
@@ -2523,14 +2567,14 @@ class SqlStorage(Storage):
     @_again_if_dropped
     def _read_stamps(self, ids: list[str], now: int) -> list[Stamp | None]:
         # From the header table alone: the runs table is never read.
-        if not ids or self._current().version == 0:
+        if not ids or self._current(rechecked=True).version == 0:
             return [None] * len(ids)
         found: dict[str, Stamp] = {}
         where = f"in table {self.table_name!r}"
 
         def read() -> None:
             with self._transaction(False) as conn:
-                layout = self._detect(conn) if self._layout.version < LATEST else self._layout
+                layout = self._in_snapshot(conn)
                 if layout.version == 0:
                     return
                 # The entity's column too, which only a table of this mode has: one of
@@ -2561,7 +2605,10 @@ class SqlStorage(Storage):
             if value is not None:
                 filters.append(name)
                 values[name] = value
-        if self._current().version >= LATEST:
+        layout = self._current(rechecked=True)
+        if layout.version == 0:
+            return []
+        if layout.version >= LATEST:
             sql = self._statements()
             statement = sql.listing(tuple(filters), now is not None, limit is not None)
 
@@ -2574,12 +2621,12 @@ class SqlStorage(Storage):
                 return self._on_connection(run)
 
         def listing() -> list[tuple[str, str | None]]:
-            layout = self._current()
-            if layout.version == 0:
-                return []
-            live = now is not None and "expires_at" in layout.columns
-            query = _listing_query(self.table, (), filters, live, limit is not None)
             with self._transaction(False) as conn:
+                layout = self._in_snapshot(conn)
+                if layout.version == 0:
+                    return []
+                live = now is not None and "expires_at" in layout.columns
+                query = _listing_query(self.table, (), filters, live, limit is not None)
                 rows = conn.execute(query, values).scalars()
                 return [(session_id, None) for session_id in rows]
 

@@ -36,7 +36,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Table, create_engine, make_url
+from sqlalchemy import Engine, Table, create_engine, make_url, text
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.pool import StaticPool
@@ -123,6 +123,10 @@ class SqliteDialect(SqlDialect):
         """The text of a JSON number as a BLOB, which no column affinity converts, so that
         it reads back exactly from the original's columns (upgraded) as from savegame's."""
         return text.encode() if text[0] in _NUMBER_STARTS else text
+
+    def column_names(self, conn: Connection, table: Table) -> tuple[str, ...]:
+        query = text("SELECT name FROM pragma_table_info(:table)")
+        return tuple(conn.execute(query, {"table": table.name}).scalars())
 
     def upsert(self, table: Table, keys: Sequence[str]) -> Executable:
         return on_conflict_update(insert(table), keys)
