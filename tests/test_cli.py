@@ -617,9 +617,10 @@ def test_an_ascii_standard_output_shows_escapes_and_exact_json(tmp_path: Path) -
     assert "\\xe7arla" in run("sessions", "show", "trip-😀")
 
 
-def on_terminal(*args: str, columns: int, stream: str = "stdout") -> str:
+def on_terminal(*args: str, columns: int, stream: str = "stdout", code: int = 0) -> str:
     """What the command shows on a terminal ``columns`` wide, its ``stream`` (stdout or
-    stderr) there and the other one left out (colours and moves left out too)."""
+    stderr) there and the other one left out (colours and moves left out too); it must exit
+    with ``code``."""
     controller, terminal = os.openpty()
     env = {**os.environ, "COLUMNS": str(columns), "NO_COLOR": "1"}
     streams: dict[str, Any] = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
@@ -638,7 +639,7 @@ def on_terminal(*args: str, columns: int, stream: str = "stdout") -> str:
             if not chunk:
                 break
             shown += chunk
-        assert proc.wait(timeout=60) == 0
+        assert proc.wait(timeout=60) == code
     finally:
         os.close(controller)
     return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode()).replace("\r\n", "\n")
@@ -1313,11 +1314,11 @@ def test_every_documented_command_line_parses(capsys: pytest.CaptureFixture[str]
     root = typer.main.get_command(app)
     wrong = []
     for line in lines:
-        try:
-            root.main([*shlex.split(line)[1:], "--help"], "savegame", standalone_mode=False)
-        except Exception as exc:
-            wrong.append(f"{line}: {exc}")
-    capsys.readouterr()
+        capsys.readouterr()
+        # A usage error is reported (on stderr) and given as the exit code, 2.
+        code = root.main([*shlex.split(line)[1:], "--help"], "savegame", standalone_mode=False)
+        if code:
+            wrong.append(f"{line}: {capsys.readouterr().err}")
     assert wrong == []
 
 
@@ -1831,3 +1832,91 @@ def test_a_rename_to_no_name_is_refused(tmp_path: Path, name: str) -> None:
         kept = storage.read("s")
         assert kept is not None
         assert kept.session_data == {"session_name": "Trip"}  # type: ignore[attr-defined]
+
+
+ROOT_USAGE = "Usage: savegame [OPTIONS] COMMAND [ARGS]..."
+
+USAGE_ERRORS = [
+    (
+        ("stats", "--mode", "robot"),
+        "Usage: savegame stats [OPTIONS]",
+        "error: Invalid value for '--mode' / '-m' (env var: 'SAVEGAME_MODE'): 'robot' is not a "
+        "mode; use one of agent, team, workflow, workflow_v2",
+    ),
+    (
+        ("sessions", "list", "--usr", "alice"),
+        "Usage: savegame sessions list [OPTIONS]",
+        "error: No such option: --usr (Possible options: --user)",
+    ),
+    (
+        ("purge", "--older-than", "90"),
+        "Usage: savegame purge [OPTIONS]",
+        "error: Invalid value for '--older-than': '90' has a number without its unit; write 90d "
+        "for days, 90s for seconds (units: s, m, h, d, w)",
+    ),
+    (("purge",), "Usage: savegame purge [OPTIONS]", "error: Missing option '--older-than'."),
+    (
+        ("sessions", "show"),
+        "Usage: savegame sessions show [OPTIONS] {ID}",
+        "error: Missing argument 'ID'.",
+    ),
+    (("stat",), ROOT_USAGE, "error: No such command 'stat'. Did you mean 'stats'?"),
+    (
+        ("sessions", "lists"),
+        "Usage: savegame sessions [OPTIONS] COMMAND [ARGS]...",
+        "error: No such command 'lists'. Did you mean 'list'?",
+    ),
+    (("--debug=yes", "stats"), ROOT_USAGE, "error: Option '--debug' does not take a value."),
+    (
+        ("export", "--storage"),
+        "Usage: savegame export [OPTIONS]",
+        "error: Option '--storage' requires an argument.",
+    ),
+    (
+        ("sessions", "rename", "s", " "),
+        "Usage: savegame sessions rename [OPTIONS] {ID} {NAME}",
+        "error: Invalid value for 'NAME': a session's name cannot be empty or only spaces",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "usage", "error"), USAGE_ERRORS, ids=[" ".join(a) for a, _, _ in USAGE_ERRORS]
+)
+def test_a_usage_error_is_the_usage_and_one_error_line(
+    args: tuple[str, ...], usage: str, error: str
+) -> None:
+    """A bad flag or value, a missing argument and an unknown command were told in typer's
+    Rich panel, the message broken over lines 80 columns wide between box characters,
+    which a script could not grep."""
+    proc = savegame(*args, code=2)
+    assert (errors(proc), proc.stdout) == (f"{usage}\n{error}\n", b"")
+
+
+def test_a_usage_error_stays_on_one_line_on_a_narrow_terminal() -> None:
+    args, usage, error = USAGE_ERRORS[0]
+    assert on_terminal(*args, columns=30, stream="stderr", code=2) == f"{usage}\n{error}\n"
+
+
+def test_a_flag_without_its_value_shows_the_usage_of_its_command() -> None:
+    """Click's parser names no command in the error of a flag that lacks its value or has
+    one it does not take, which then showed no usage."""
+    root = typer.main.get_command(app)
+    for path in ["", "sessions", *_commands(root)]:
+        proc = savegame(*path.split(), "--help=yes", code=2)
+        usage, error = errors(proc).splitlines()
+        assert usage.startswith(" ".join(["Usage: savegame", *path.split(), "[OPTIONS]"])), path
+        assert error == "error: Option '--help' does not take a value."
+
+
+def test_a_usage_error_hides_the_password_of_a_url_it_quotes() -> None:
+    """``savegame stats postgresql://app:secret@db/app``, --storage forgotten, showed the
+    password in its error."""
+    for args in (
+        ("stats", "postgresql+psycopg://app:hunter2@db/app"),
+        ("copy", "memory://", "memory://", "redis://:hunter2@db:6379/0"),
+        ("sessions", "list", "--mode", "mysql://root:hunter2@db/app"),
+    ):
+        proc = savegame(*args, code=2)
+        assert "hunter2" not in errors(proc)
+        assert ":***@" in errors(proc)

@@ -1,9 +1,9 @@
 """The ``savegame`` command.
 
 The library raises typed errors; this module is the only place that turns them into messages
-and exit codes: 0 done, 1 failure, 2 user error (bad URL, missing session, bad flag). A user
-error prints one line and no traceback; ``savegame --debug ...`` (or ``SAVEGAME_DEBUG=1``)
-prints the traceback too.
+and exit codes: 0 done, 1 failure, 2 user error (bad URL, missing session, bad flag). An error
+prints one ``error:`` line (a bad flag, after the command's usage line) and no traceback;
+``savegame --debug ...`` (or ``SAVEGAME_DEBUG=1``) prints the traceback too.
 
 Each command reads and writes through :mod:`savegame.transfer`, so that everything it does is
 also a library call.
@@ -32,7 +32,8 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
-from typer.core import TyperGroup
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
+from typer.core import TyperCommand, TyperGroup
 
 from savegame import __version__, transfer
 from savegame.chat import chat, printable, unshown
@@ -196,8 +197,46 @@ out = _Output(soft_wrap=False, width=_columns(sys.stdout, 160), emoji=False)
 err = Console(stderr=True, soft_wrap=True, emoji=False, width=_columns(sys.stderr, 80))
 
 
-class _ExitCodes(TyperGroup):
-    """The root command group: turns the library's errors into one line and an exit code."""
+# ``ctx`` is the Context of the click that typer vendors, which it does not export.
+class _Command(TyperCommand):
+    """A command whose bad flags name it (:func:`_naming`)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        with _naming(ctx):
+            return super().parse_args(ctx, args)
+
+
+class _Group(TyperGroup):
+    """A group of commands whose bad flags name it (:func:`_naming`)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        with _naming(ctx):
+            return super().parse_args(ctx, args)
+
+
+@contextmanager
+def _naming(ctx: Any) -> Iterator[None]:
+    """Around reading the command line of ``ctx``'s command: a usage error is given that
+    context where it has none, as click's parser gives none to a flag without its value
+    (``--storage``) or with one it does not take (``--json=1``), so that its report shows the
+    command's usage too."""
+    try:
+        yield
+    except UsageError as exc:
+        if exc.ctx is None:
+            exc.ctx, exc.cmd = ctx, ctx.command
+        raise
+
+
+class _ExitCodes(_Group):
+    """The root command group: turns the library's errors, and bad flags and values, into one
+    line and an exit code."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        # The options before the command name (``savegame --bogus``); those of the commands
+        # are read as the group invokes them.
+        with _usage_errors():
+            return super().parse_args(ctx, args)
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         if os.environ.get("COLUMNS") == "0":
@@ -233,6 +272,10 @@ class _ExitCodes(TyperGroup):
             return result
         except (typer.Exit, typer.Abort):
             raise
+        except NoArgsIsHelpError:
+            raise
+        except UsageError as exc:
+            _report_usage(exc)
         except BrokenPipeError:
             # The reader of standard output went away (``savegame export | head``). Backends
             # turn their drivers' socket errors into StorageError, so a BrokenPipeError that
@@ -243,6 +286,39 @@ class _ExitCodes(TyperGroup):
             _report(exc, ctx, 2)
         except (StorageError, OSError) as exc:
             _report(exc, ctx, 1)
+
+
+@contextmanager
+def _usage_errors() -> Iterator[None]:
+    """Around reading a command line: a bad flag or value is reported by
+    :func:`_report_usage`. A group named without its command (``savegame sessions``) has
+    printed its help, which says what is wrong."""
+    try:
+        yield
+    except NoArgsIsHelpError:
+        raise
+    except UsageError as exc:
+        _report_usage(exc)
+
+
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+"""A storage URL quoted in a message (up to the next space), whose password
+:func:`_report_usage` hides."""
+
+
+def _report_usage(exc: UsageError) -> NoReturn:
+    """Prints the usage of the command that ``exc`` (a bad flag or value, a missing
+    argument, an unknown command) is about, then what is wrong on one ``error:`` line, and
+    exits 2.
+
+    Typer's own report is a Rich panel that breaks the message over lines as wide as the
+    terminal, which a script cannot grep for; the values it quotes (a URL given where no
+    argument is taken, say) are shown without their passwords."""
+    if exc.ctx is not None:
+        err.print(_shown(exc.ctx.get_usage()), highlight=False)
+    message = _URL_IN_TEXT.sub(lambda found: redact(found.group()), exc.format_message())
+    err.print(f"[bold red]error:[/] {_shown(_one_line(message))}", highlight=False)
+    raise typer.Exit(exc.exit_code)
 
 
 def _report(exc: BaseException, ctx: Any, code: int) -> NoReturn:
@@ -286,10 +362,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 sessions_app = typer.Typer(
-    help="List, show, rename and delete sessions.", no_args_is_help=True, add_completion=False
+    cls=_Group,
+    help="List, show, rename and delete sessions.",
+    no_args_is_help=True,
+    add_completion=False,
 )
 schema_app = typer.Typer(
-    help="Manage the table or layout of a store.", no_args_is_help=True, add_completion=False
+    cls=_Group,
+    help="Manage the table or layout of a store.",
+    no_args_is_help=True,
+    add_completion=False,
 )
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(schema_app, name="schema")
@@ -435,7 +517,7 @@ def _other_mode_stored(url: str, mode: str) -> str | None:
 # -- sessions ---------------------------------------------------------------------------------
 
 
-@sessions_app.command("list")
+@sessions_app.command("list", cls=_Command)
 def sessions_list(
     storage: StorageOption = DEFAULT_STORAGE,
     mode: ModeOption = "agent",
@@ -520,7 +602,7 @@ def _print_blocks(cells: list[list[str]], caption: str) -> None:
     out.print(f"[dim italic]{escape(caption)}[/]", highlight=False)
 
 
-@sessions_app.command("show")
+@sessions_app.command("show", cls=_Command)
 def sessions_show(
     session_id: Annotated[str, typer.Argument(metavar="ID", help="The session's id.")],
     storage: StorageOption = DEFAULT_STORAGE,
@@ -564,7 +646,7 @@ def sessions_show(
                 _print_json(shown)
 
 
-@sessions_app.command("delete")
+@sessions_app.command("delete", cls=_Command)
 def sessions_delete(
     session_ids: Annotated[list[str], typer.Argument(metavar="ID", help="Sessions to delete.")],
     storage: StorageOption = DEFAULT_STORAGE,
@@ -599,7 +681,7 @@ def sessions_delete(
         _missing(storage, mode, missing)
 
 
-@sessions_app.command("rename")
+@sessions_app.command("rename", cls=_Command)
 def sessions_rename(
     session_id: Annotated[str, typer.Argument(metavar="ID", help="The session's id.")],
     name: Annotated[str, typer.Argument(metavar="NAME", help="The new name.")],
@@ -621,7 +703,7 @@ def sessions_rename(
 # -- moving sessions --------------------------------------------------------------------------
 
 
-@app.command("export")
+@app.command("export", cls=_Command)
 def export(
     storage: StorageOption = DEFAULT_STORAGE,
     mode: ModeOption = "agent",
@@ -657,7 +739,7 @@ def export(
         _fail(f"exported nothing: {redact(storage)} keeps {other} sessions (pass --mode {other})")
 
 
-@app.command("import")
+@app.command("import", cls=_Command)
 def import_(
     file: Annotated[
         Path,
@@ -751,7 +833,7 @@ def _some(ids: list[str]) -> str:
     return ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
 
 
-@app.command("copy")
+@app.command("copy", cls=_Command)
 def copy(
     source: Annotated[str, typer.Argument(metavar="SRC_URL", help="Store to copy from.")],
     destination: Annotated[str, typer.Argument(metavar="DST_URL", help="Store to copy into.")],
@@ -798,7 +880,7 @@ def copy(
 # -- looking after a store --------------------------------------------------------------------
 
 
-@app.command("stats")
+@app.command("stats", cls=_Command)
 def stats(
     storage: StorageOption = DEFAULT_STORAGE,
     mode: ModeOption = "agent",
@@ -849,7 +931,7 @@ def _check_age(value: str) -> str:
     return value
 
 
-@app.command("purge")
+@app.command("purge", cls=_Command)
 def purge(
     older_than: Annotated[
         str,
@@ -889,7 +971,7 @@ def purge(
         )
 
 
-@app.command("delete-user")
+@app.command("delete-user", cls=_Command)
 def delete_user(
     user_id: Annotated[str, typer.Argument(metavar="USER", help="The user's id.")],
     storage: StorageOption = DEFAULT_STORAGE,
@@ -914,7 +996,7 @@ def delete_user(
         )
 
 
-@schema_app.command("upgrade")
+@schema_app.command("upgrade", cls=_Command)
 def schema_upgrade(
     storage: StorageOption = DEFAULT_STORAGE,
     mode: ModeOption = "agent",
@@ -1111,7 +1193,7 @@ def _without_runs(key: str, value: Any, runs_path: tuple[str, ...]) -> Any:
     return value
 
 
-app.command("chat")(chat)
+app.command("chat", cls=_Command)(chat)
 
 
 def main() -> None:
