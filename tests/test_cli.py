@@ -1920,3 +1920,17 @@ def test_a_usage_error_hides_the_password_of_a_url_it_quotes() -> None:
         proc = savegame(*args, code=2)
         assert "hunter2" not in errors(proc)
         assert ":***@" in errors(proc)
+
+
+def test_a_sqlite_file_whose_path_is_not_utf8_is_a_store_like_any(tmp_path: Path) -> None:
+    """A path whose bytes are not UTF-8 (``caf\\xe9``, which Python reads as ``caf\\udce9``)
+    was refused as a bad URL: "'utf-8' codec can't encode character '\\udce9'"."""
+    folder = tmp_path / "caf\udce9"
+    url = f"sqlite:///{folder / 'app.db'}"
+    savegame("import", "-", "-s", url, stdin=b'{"session_id":"s1","user_id":"u"}\n')
+    assert os.listdir(os.fsencode(tmp_path)) == [b"caf\xe9"]
+    listed = json.loads(text(savegame("sessions", "list", "-s", url, "--json")))
+    assert [row["id"] for row in listed] == ["s1"]
+    missing = savegame("sessions", "show", "s2", "-s", url, code=2)
+    shown = url.replace("\udce9", "\\udce9")
+    assert errors(missing) == f"error: no agent session 's2' in {shown}\n"

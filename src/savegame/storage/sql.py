@@ -803,7 +803,9 @@ def shared_engine(url: URL, **options: Any) -> Engine:
     per mode, or per request, would otherwise keep a pool of idle connections for each.
     Give it back with :func:`release_engine`.
     """
-    key = (url.render_as_string(hide_password=False), repr(sorted(options.items())))
+    # Not the URL rendered as a string: that encodes the database name to UTF-8, which a
+    # path that is not UTF-8 (``caf\udce9.db``, as Python reads its bytes) cannot be.
+    key = (repr(tuple(url)), repr(sorted(options.items())))
     with _SHARED_LOCK:
         entry = _SHARED.get(key)
         if entry is None:
