@@ -298,6 +298,18 @@ def test_a_database_in_a_folder_that_cannot_be_written_to_names_the_folder(
         assert storage.read("a") is not None
 
 
+def test_a_folder_given_as_the_database_file_is_said_to_be_one(tmp_path: Path) -> None:
+    """SQLite says only "unable to open database file" of a folder, as of a file it may not
+    read."""
+    with (
+        SqliteStorage("t", db_file=tmp_path) as storage,
+        pytest.raises(BackendUnavailableError) as raised,
+    ):
+        storage.read("a")
+    assert f"{str(tmp_path)!r} is a folder, not a database file" in str(raised.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_file_settings(tmp_path: Path) -> None:
     storage = SqliteStorage("t", db_file=tmp_path / "deeper" / "s.db", synchronous="normal")
     storage.create()

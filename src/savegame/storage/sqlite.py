@@ -378,8 +378,15 @@ class SqliteStorage(SqlStorage):
     def _mapped(self, error: BaseException | None, invalidated: bool) -> StorageError:
         mapped = super()._mapped(error, invalidated)
         folder = None if self._file is None else self._file.parent
+        cannot_open = getattr(error, "sqlite_errorcode", 0) & 0xFF == _CANTOPEN
+        if cannot_open and self._file is not None and os.path.isdir(self._file):
+            # SQLite says only that it cannot open it, as of a file it may not read.
+            return type(mapped)(
+                f"{mapped}; {str(self._file)!r} is a folder, not a database file: name a file "
+                "(in it, say)"
+            )
         if (
-            getattr(error, "sqlite_errorcode", 0) & 0xFF == _CANTOPEN
+            cannot_open
             and self._file is not None
             and os.path.isfile(self._file)
             and folder is not None
