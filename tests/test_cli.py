@@ -538,6 +538,17 @@ def test_a_folder_that_cannot_be_made_is_named_in_one_line(tmp_path: Path) -> No
             ]
 
 
+def test_a_folder_that_a_file_stands_in_the_place_of_is_said_so(tmp_path: Path) -> None:
+    """The system's "File exists" read as if the folder were there."""
+    (tmp_path / "file").write_text("")
+    for url in (f"json:///{tmp_path / 'file'}", f"sqlite:///{tmp_path / 'file' / 'app.db'}"):
+        proc = savegame("import", "-", "-s", url, stdin=b'{"session_id":"s"}\n', code=1)
+        assert errors(proc) == (
+            f"error: cannot make the folder {tmp_path / 'file'}: a file of that name is there\n"
+        )
+    assert (tmp_path / "file").read_text() == ""
+
+
 def test_an_unreachable_server_is_a_failure_in_one_line() -> None:
     down = savegame("stats", "-s", "redis://:hunter2@127.0.0.1:1/0", code=1)
     assert errors(down).startswith("error: ")

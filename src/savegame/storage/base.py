@@ -380,6 +380,11 @@ def make_folder(path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
         for made in reversed(missing):
             sync_folder(made.parent)
+    except FileExistsError as exc:
+        # What the system says, "File exists", reads as if the folder were there.
+        raise BackendUnavailableError(
+            f"cannot make the folder {exc.filename or path}: a file of that name is there"
+        ) from exc
     except OSError as exc:
         raise BackendUnavailableError(
             f"cannot make the folder {exc.filename or path}: {exc.strerror or exc}"
