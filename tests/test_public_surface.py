@@ -1,5 +1,6 @@
 """The public surface that code written for the original moves over to by changing its imports:
-the import paths, the session classes' fields, and the constructors' parameters."""
+the import paths, the session classes' fields, the constructors' parameters, the storages'
+methods, and the parameters by which an agent, team or workflow is given its storage."""
 
 from __future__ import annotations
 
@@ -168,6 +169,59 @@ def test_a_constructor_keeps_the_originals_parameters(path: str) -> None:
     assert all(
         p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in parameters[: len(expected)]
     )
+    # What savegame adds after them is optional, so the original's calls still construct.
+    assert all(p.default is not inspect.Parameter.empty for p in parameters[len(expected) :])
+
+
+METHODS: dict[str, list[tuple[str, Any]]] = {
+    "create": [],
+    "table_exists": [],
+    "read": [("session_id", inspect.Parameter.empty), ("user_id", None)],
+    "upsert": [("session", inspect.Parameter.empty)],
+    "get_all_session_ids": [("user_id", None), ("entity_id", None)],
+    "get_all_sessions": [("user_id", None), ("entity_id", None)],
+    "get_recent_sessions": [("user_id", None), ("entity_id", None), ("limit", 2)],
+    "delete_session": [("session_id", None)],
+    "drop": [],
+    "upgrade_schema": [],
+}
+"""The methods every storage has and the parameters each takes in the original's order, with
+defaults (after ``self``); savegame adds only keyword-only, optional ones."""
+
+
+@pytest.mark.parametrize("path", list(CONSTRUCTORS))
+def test_every_storage_has_the_originals_methods_with_their_parameters(path: str) -> None:
+    cls = _load(path)
+    for name, expected in METHODS.items():
+        parameters = list(inspect.signature(getattr(cls, name)).parameters.values())[1:]
+        positional = [p for p in parameters if p.kind is not inspect.Parameter.KEYWORD_ONLY]
+        assert [(p.name, p.default) for p in positional] == expected, name
+        assert all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in positional), name
+        assert all(p.default is not inspect.Parameter.empty for p in parameters[len(expected) :])
+
+
+RUNTIME = {
+    "savegame.agent.Agent": [
+        "model",
+        "storage",
+        "session_id",
+        "user_id",
+        "add_history_to_messages",
+    ],
+    "savegame.team.Team": ["members", "model", "storage", "session_id", "user_id"],
+    "savegame.workflow.Workflow": ["session_id", "user_id", "storage"],
+}
+"""What saves and resumes, and the parameters by which it is given its store and session."""
+
+
+@pytest.mark.parametrize("path", list(RUNTIME))
+def test_the_runtime_takes_its_storage_and_session_by_the_originals_names(path: str) -> None:
+    parameters = inspect.signature(_load(path)).parameters
+    assert all(
+        parameters[name].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for name in RUNTIME[path]
+    )
+    assert parameters["storage"].default is None
+    assert parameters["session_id"].default is None
 
 
 ERRORS = {
