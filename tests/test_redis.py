@@ -611,10 +611,29 @@ def test_a_negative_database_or_a_port_out_of_range_is_refused_when_the_storage_
 ) -> None:
     # Redis refused it at the first call, with a plain StorageError.
     with pytest.raises(
-        InvalidIdentifierError, match=r"Redis database -1 must be a number, 0 or more|Redis port"
+        InvalidIdentifierError,
+        match=r"Redis database -1 must be a whole number \(int\), 0 or more|Redis port",
     ) as info:
         opening()
     assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ({"port": "6379"}, "Redis port '6379' must be a whole number (int) from 1 to 65535"),
+        ({"port": 6379.0}, "Redis port 6379.0 must be a whole number (int) from 1 to 65535"),
+        ({"port": True}, "Redis port True must be a whole number (int) from 1 to 65535"),
+        ({"db": "3"}, "Redis database '3' must be a whole number (int), 0 or more"),
+    ],
+)
+def test_a_port_or_database_of_another_type_is_refused_saying_the_type_wanted(
+    given: dict[str, Any], said: str
+) -> None:
+    # "port '6379' must be from 1 to 65535" named a port in that range as the fault.
+    with pytest.raises(InvalidIdentifierError) as info:
+        RedisStorage("p", **given)
+    assert str(info.value) == said
 
 
 @pytest.mark.parametrize("name", ["socket_timeout", "connect_timeout"])

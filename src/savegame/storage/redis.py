@@ -921,10 +921,14 @@ class RedisStorage(Storage):
         if options["socket_connect_timeout"] is None:
             options["socket_connect_timeout"] = CONNECT_TIMEOUT
         if type(port) is not int or not 1 <= port <= 65535:
-            raise InvalidIdentifierError(f"Redis port {port!r} must be from 1 to 65535")
+            raise InvalidIdentifierError(
+                f"Redis port {port!r} must be a whole number (int) from 1 to 65535"
+            )
         if type(db) is not int or db < 0:
             # Redis refused it only at the first call, as a plain StorageError.
-            raise InvalidIdentifierError(f"Redis database {db!r} must be a number, 0 or more")
+            raise InvalidIdentifierError(
+                f"Redis database {db!r} must be a whole number (int), 0 or more"
+            )
         if options["ssl_ca_certs"] == "":
             # Taken by redis-py for none: the system's authorities, not the file meant.
             raise InvalidIdentifierError(
