@@ -376,7 +376,9 @@ def _query(pairs: list[tuple[str, str]], scheme: str, url: str) -> dict[str, Any
 def open_storage(url: str, mode: Mode | str | None = "agent", **options: Any) -> Storage:
     """Opens the store that ``url`` names, for sessions of ``mode``.
 
-    Nothing is created: call ``create()`` on the storage before writing to a new store.
+    Nothing is made on opening, and a read or listing of a store not there yet makes
+    nothing either: a new store (its table, folder or keys) is made by its first write or
+    by ``create()``.
 
     Raises:
         InvalidIdentifierError: for a malformed URL, an unknown scheme, a bad option or an
