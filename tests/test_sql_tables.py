@@ -74,6 +74,24 @@ def test_a_url_or_engine_of_another_database_is_refused(cls: type[SqlStorage]) -
             assert "secret" not in str(refused.value)
 
 
+@pytest.mark.parametrize("cls", list(_URLS), ids=lambda cls: cls.__name__)
+def test_a_db_engine_that_is_no_engine_is_refused(cls: type[SqlStorage]) -> None:
+    # A URL given as db_engine (or a connection of an engine) raised AttributeError: 'str'
+    # object has no attribute 'url', which is no StorageError and says nothing of db_url.
+    engine = create_engine("sqlite://")
+    with engine.connect() as connection:
+        for given in (_URLS[cls], connection, 5):
+            with pytest.raises(InvalidIdentifierError) as refused:
+                cls("t", db_engine=given)  # type: ignore[call-arg]
+            said = str(refused.value)
+            assert said.startswith(
+                f"{cls.__name__}: db_engine must be a SQLAlchemy Engine, not {type(given).__name__}"
+            )
+            assert ("give a URL as db_url=" in said) is isinstance(given, str)
+            assert "secret" not in said
+    engine.dispose()
+
+
 @pytest.mark.parametrize(
     ("cls", "url", "written"),
     [

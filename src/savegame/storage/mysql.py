@@ -459,7 +459,8 @@ class MySQLStorage(ServerStorage):
     Raises:
         InvalidIdentifierError: when neither ``db_url`` nor ``db_engine`` is given, or for a
             table or database name that is not a plain identifier, both ``db_url`` and
-            ``db_engine``, or neither a database in the URL nor a ``schema``.
+            ``db_engine``, a ``db_engine`` that is no SQLAlchemy ``Engine``, or neither a
+            database in the URL nor a ``schema``.
         MissingDependencyError: when PyMySQL is not installed.
     """
 

@@ -266,8 +266,8 @@ class PostgresStorage(ServerStorage):
 
     Raises:
         InvalidIdentifierError: when neither ``db_url`` nor ``db_engine`` is given, or for a
-            table or schema name that is not a plain identifier, or both ``db_url`` and
-            ``db_engine``.
+            table or schema name that is not a plain identifier, both ``db_url`` and
+            ``db_engine``, or a ``db_engine`` that is no SQLAlchemy ``Engine``.
         MissingDependencyError: when psycopg is not installed.
     """
 

@@ -753,6 +753,22 @@ def check_database(url: URL, storage: str, dialect: type[SqlDialect], given: str
         )
 
 
+def check_engine(engine: object, storage: str) -> Engine:
+    """``engine``, given as ``db_engine``, once it is a SQLAlchemy :class:`Engine`: a URL or
+    a connection given there failed on its first attribute, with an ``AttributeError``.
+
+    Raises:
+        InvalidIdentifierError: naming what was given instead (and, for a string, that a URL
+            goes to ``db_url``).
+    """
+    if not isinstance(engine, Engine):
+        hint = "; give a URL as db_url=" if isinstance(engine, str) else ""
+        raise InvalidIdentifierError(
+            f"{storage}: db_engine must be a SQLAlchemy Engine, not {type(engine).__name__}{hint}"
+        )
+    return engine
+
+
 def check_driver(url: URL, storage: str, driver: str) -> None:
     """Refuses a ``url`` that names another driver than ``driver``, the one savegame talks
     to the database through (``postgresql+psycopg2://``, ``mysql+mysqldb://``): SQLAlchemy
@@ -2853,8 +2869,8 @@ class ServerStorage(SqlStorage):
     Raises:
         InvalidIdentifierError: when neither ``db_url`` nor ``db_engine`` is given; for a
             table or schema name that is not a plain identifier, a ``db_url`` or
-            ``db_engine`` that is not of this storage's database, or both, a ``db_url`` that
-            names another driver than savegame's (``postgresql+psycopg2``), a
+            ``db_engine`` that is not of this storage's database (or no ``Engine``), or both,
+            a ``db_url`` that names another driver than savegame's (``postgresql+psycopg2``), a
             ``connect_timeout`` (the argument or the URL's) that is not a whole number of
             seconds above 0, or (MySQL) neither a database in the URL nor a ``schema``.
         MissingDependencyError: when the driver is not installed.
@@ -2885,7 +2901,9 @@ class ServerStorage(SqlStorage):
             )
         self.db_url = db_url
         owns = db_engine is None
-        if db_engine is None:
+        if db_engine is not None:
+            check_engine(db_engine, type(self).__name__)
+        else:
             if db_url is None:
                 raise InvalidIdentifierError(f"{type(self).__name__} needs db_url or db_engine")
             url = database_url(db_url, type(self).__name__, self.dialect_class)

@@ -49,6 +49,7 @@ from savegame.storage.session import Mode
 from savegame.storage.sql import (
     SqlDialect,
     SqlStorage,
+    check_engine,
     database_url,
     made_here,
     on_conflict_update,
@@ -249,7 +250,8 @@ class SqliteStorage(SqlStorage):
 
     Raises:
         InvalidIdentifierError: for a table name that is not a plain identifier, a
-            ``db_url`` or ``db_engine`` that is not of a SQLite database, more than one of
+            ``db_url`` or ``db_engine`` that is not of a SQLite database, a ``db_engine``
+            that is no SQLAlchemy ``Engine`` (a URL, a connection), more than one of
             ``db_url``, ``db_file`` and ``db_engine``, or a ``db_file`` that is not a path, is
             empty, holds a NUL character or starts with the ``~user`` of an unknown user; for
             an unknown ``synchronous`` level, or a ``busy_timeout`` out of range.
@@ -298,7 +300,7 @@ class SqliteStorage(SqlStorage):
             )
         self.db_file = None if db_file is None else local_path(db_file, "db_file")
         if db_engine is not None:
-            engine = db_engine
+            engine = check_engine(db_engine, type(self).__name__)
         elif db_url is not None:
             url = database_url(db_url, type(self).__name__, SqliteDialect)
             engine = make_engine(url, busy_timeout)
