@@ -625,9 +625,15 @@ def test_a_negative_database_or_a_port_out_of_range_is_refused_when_the_storage_
         ({"port": 6379.0}, "Redis port 6379.0 must be a whole number (int) from 1 to 65535"),
         ({"port": True}, "Redis port True must be a whole number (int) from 1 to 65535"),
         ({"db": "3"}, "Redis database '3' must be a whole number (int), 0 or more"),
+        # These raised TypeError or AttributeError, which are no StorageError.
+        ({"host": None}, "Redis host must be a host name or address, not None"),
+        ({"host": 5}, "Redis host must be a host name or address, not 5"),
+        ({"host": ""}, "Redis host must be a host name or address, not ''"),
+        ({"url": 5}, "Redis url must be a str (redis://host:6379/0), not int"),
+        ({"url": b"redis://h"}, "Redis url must be a str (redis://host:6379/0), not bytes"),
     ],
 )
-def test_a_port_or_database_of_another_type_is_refused_saying_the_type_wanted(
+def test_a_host_port_database_or_url_of_another_type_is_refused_saying_what_is_wanted(
     given: dict[str, Any], said: str
 ) -> None:
     # "port '6379' must be from 1 to 65535" named a port in that range as the fault.

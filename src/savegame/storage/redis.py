@@ -815,7 +815,8 @@ class RedisStorage(Storage):
             sessions (:mod:`savegame.storage.known`); 0 remembers none.
 
     Raises:
-        InvalidIdentifierError: for a prefix that does not match :data:`PREFIX`, a malformed
+        InvalidIdentifierError: for a prefix that does not match :data:`PREFIX`, a ``host``
+            that is not a non-empty string, a ``url`` that is not a string, a malformed
             URL or one with an unknown option, a ``url`` with ``host``, ``port`` or ``db``
             other than their defaults, or with a ``username``, ``password``, timeout or
             ``ssl_ca_certs`` other than the URL's (or ``ssl=True`` where it says false), a
@@ -909,6 +910,10 @@ class RedisStorage(Storage):
         nodes = [(host, port)]
         cluster = False
         if url is not None:
+            if not isinstance(url, str):
+                raise InvalidIdentifierError(
+                    f"Redis url must be a str (redis://host:6379/0), not {type(url).__name__}"
+                )
             if (host, port, db) != ("localhost", 6379, 0):
                 # The URL's were used and these dropped without a word.
                 raise InvalidIdentifierError(
@@ -920,6 +925,8 @@ class RedisStorage(Storage):
             options["socket_timeout"] = SOCKET_TIMEOUT
         if options["socket_connect_timeout"] is None:
             options["socket_connect_timeout"] = CONNECT_TIMEOUT
+        if not isinstance(host, str) or not host:
+            raise InvalidIdentifierError(f"Redis host must be a host name or address, not {host!r}")
         if type(port) is not int or not 1 <= port <= 65535:
             raise InvalidIdentifierError(
                 f"Redis port {port!r} must be a whole number (int) from 1 to 65535"
