@@ -537,6 +537,21 @@ def test_a_folder_that_cannot_be_written_to_is_read_and_listed(
 
 
 @pytest.mark.parametrize("cls", FORMATS)
+@pytest.mark.parametrize("bad", [-1, -0.5, float("nan"), float("inf"), True, "30", None, 10**9])
+def test_a_lock_timeout_that_is_no_wait_of_so_many_seconds_is_refused_when_made(
+    tmp_path: Path, cls: type[FileStorage], bad: object
+) -> None:
+    # A negative or infinite one waited for ever on a held lock, where a lock held too long
+    # raises BackendUnavailableError; NaN raised ValueError at the first write, a bool or a
+    # string filelock's TypeError: none of them a StorageError.
+    with pytest.raises(InvalidIdentifierError, match="lock_timeout must be a number of seconds"):
+        cls(tmp_path / "a", lock_timeout=bad)  # type: ignore[arg-type]
+    assert not (tmp_path / "a").exists()
+    for good in (0, 0.5, 2):
+        cls(tmp_path / "a", lock_timeout=good).upsert(AgentSession(session_id="s"))
+
+
+@pytest.mark.parametrize("cls", FORMATS)
 def test_failures_of_the_folder_itself_are_savegames_errors(
     tmp_path: Path, cls: type[FileStorage]
 ) -> None:

@@ -88,6 +88,7 @@ from savegame.errors import (
     StorageError,
 )
 from savegame.storage.base import (
+    MAX_WAIT,
     Draft,
     Header,
     Record,
@@ -263,7 +264,8 @@ class FileStorage(Storage):
     Raises:
         InvalidIdentifierError: for a ``dir_path`` that is not a path, an empty one (``"."``
             names the current folder), one holding a NUL character or starting with the
-            ``~user`` of an unknown user.
+            ``~user`` of an unknown user; for a ``lock_timeout`` that is not a number of
+            seconds from 0 to :data:`~savegame.storage.base.MAX_WAIT`.
     """
 
     capabilities = frozenset({"persistent", "processes", "key_order"})
@@ -277,6 +279,13 @@ class FileStorage(Storage):
         lock_timeout: float = 30.0,
     ) -> None:
         super().__init__(mode, expire)
+        if type(lock_timeout) not in (int, float) or not 0 <= lock_timeout <= MAX_WAIT:
+            # filelock waits for ever on a negative or infinite one, and refuses NaN or a
+            # bool only at the first write, with errors of its own.
+            raise InvalidIdentifierError(
+                f"lock_timeout must be a number of seconds from 0 to {MAX_WAIT}, "
+                f"not {lock_timeout!r}"
+            )
         if path_text(dir_path, "dir_path") == "":
             # What "json:///$DIR" gives when DIR is unset: Path("") is the current folder,
             # which would take the sessions beside whatever else is there.
