@@ -2039,6 +2039,13 @@ class BackendContract:
                 backend_store(expire=expire)
         with pytest.raises(InvalidIdentifierError, match="unknown mode 'robot'"):
             backend_store("robot")
+        # A mode in a list or set raised TypeError (unhashable type), no StorageError.
+        for mode in (["agent"], {"agent"}, {"mode": "agent"}, b"agent"):
+            with pytest.raises(InvalidIdentifierError, match="unknown mode"):
+                backend_store(mode)  # type: ignore[arg-type]
+            with pytest.raises(InvalidIdentifierError, match="unknown mode"):
+                storage.mode = mode  # type: ignore[assignment]
+        assert storage.mode == backend_store.mode
         lasting = backend_store(expire=10**10)
         stored = lasting.upsert(_session(backend_store, "long"))
         assert lasting.read("long") == stored

@@ -206,7 +206,10 @@ def mode_spec(mode: str | None) -> ModeSpec:
     Raises:
         InvalidIdentifierError: for a mode that is not one of :data:`MODES`.
     """
-    spec = MODES.get("agent" if mode is None else mode)
+    if mode is None:
+        mode = "agent"
+    # A list or a dict given as the mode is unhashable: no key of MODES.
+    spec = MODES.get(mode) if isinstance(mode, str) else None
     if spec is None:
         raise InvalidIdentifierError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
     return spec
