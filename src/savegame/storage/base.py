@@ -660,13 +660,18 @@ class Storage(ABC):
         where the backend can; ids with no session (or an expired one) are left out.
 
         Raises:
-            InvalidIdentifierError: for an id savegame cannot store, or one id given alone
-                (a string), whose characters would be taken for ids.
+            InvalidIdentifierError: for an id savegame cannot store, one id given alone
+                (a string), whose characters would be taken for ids, or anything else that
+                is no iterable of ids (None).
         """
         if isinstance(session_ids, (str, bytes)):
             raise InvalidIdentifierError(
                 f"read_many takes a list of session ids, not one id ({session_ids!r}); "
                 "read(session_id) reads one"
+            )
+        if not isinstance(session_ids, Iterable):
+            raise InvalidIdentifierError(
+                f"read_many takes a list of session ids, not {type(session_ids).__name__}"
             )
         ids = [check_id(session_id) for session_id in session_ids]
         records = self._read_many(ids)

@@ -895,6 +895,11 @@ class ModeContract:
         for one in ("ab", b"ab"):
             with pytest.raises(InvalidIdentifierError, match="read_many"):
                 storage.read_many(one)  # type: ignore[arg-type]
+        # None (a variable left unset) raised TypeError: 'NoneType' object is not iterable.
+        for none in (None, 5):
+            with pytest.raises(InvalidIdentifierError, match="read_many takes a list"):
+                storage.read_many(none)  # type: ignore[arg-type]
+        assert [s.session_id for s in storage.read_many(iter(("b", "a")))] == ["b", "a"]
 
     def test_read_many_of_an_id_asked_twice_gives_two_copies(self, store: Store) -> None:
         storage = store()
