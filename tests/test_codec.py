@@ -44,3 +44,19 @@ def test_an_int_longer_than_a_lowered_digit_limit_is_refused(backend: str, tmp_p
     with pytest.raises(SerializationError, match=f"more than {LOWEST} digits"):
         storage.upsert(AgentSession(session_id="s", session_data={"n": 10**LOWEST}))
     assert storage.read("s") is None
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ({1}, "a set cannot be stored as JSON; convert it to a sorted list"),
+        (object(), "an object cannot be stored as JSON"),
+        (Ellipsis, "an ellipsis cannot be stored as JSON"),
+        (b"x", "a bytes value cannot be stored as JSON; decode it to str"),
+    ],
+)
+def test_a_value_json_cannot_hold_is_named_with_its_article(value: object, said: str) -> None:
+    # "a object cannot be stored", "a bytes cannot be stored".
+    with pytest.raises(SerializationError) as refused:
+        InMemoryStorage().upsert(AgentSession("s", session_data={"v": value}))
+    assert f"$['session_data']['v']: {said}" in str(refused.value)

@@ -299,7 +299,11 @@ def _walk(value: Any, path: str, depth: int) -> Any:
         bytearray: "decode it to str, or encode it with base64",
     }
     hint = hints.get(type(value), "convert it to JSON-native data (dict, list, str, number, bool)")
-    raise SerializationError(f"{path}: a {type(value).__name__} cannot be stored as JSON; {hint}")
+    name = type(value).__name__
+    if name == "bytes":
+        name = "bytes value"
+    article = "an" if name[:1].lower() in "aeiou" else "a"
+    raise SerializationError(f"{path}: {article} {name} cannot be stored as JSON; {hint}")
 
 
 def object_text(record: dict[str, Any], texts: dict[str, str]) -> str:
