@@ -631,6 +631,10 @@ def test_a_negative_database_or_a_port_out_of_range_is_refused_when_the_storage_
         ({"host": ""}, "Redis host must be a host name or address, not ''"),
         ({"url": 5}, "Redis url must be a str (redis://host:6379/0), not int"),
         ({"url": b"redis://h"}, "Redis url must be a str (redis://host:6379/0), not bytes"),
+        # A string was true, "false" too: TLS to a server without it timed out at first use.
+        ({"ssl": "false"}, "ssl must be True or False, not 'false'"),
+        ({"ssl": 1}, "ssl must be True or False, not 1"),
+        ({"ssl": None}, "ssl must be True or False, not None"),
     ],
 )
 def test_a_host_port_database_or_url_of_another_type_is_refused_saying_what_is_wanted(

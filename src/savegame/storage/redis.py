@@ -816,7 +816,8 @@ class RedisStorage(Storage):
 
     Raises:
         InvalidIdentifierError: for a prefix that does not match :data:`PREFIX`, a ``host``
-            that is not a non-empty string, a ``url`` that is not a string, a malformed
+            that is not a non-empty string, a ``url`` that is not a string, an ``ssl``
+            that is not a bool, a malformed
             URL or one with an unknown option, a ``url`` with ``host``, ``port`` or ``db``
             other than their defaults, or with a ``username``, ``password``, timeout or
             ``ssl_ca_certs`` other than the URL's (or ``ssl=True`` where it says false), a
@@ -898,6 +899,10 @@ class RedisStorage(Storage):
         self._calls = 0
         self._closing = False
         self._idle = threading.Condition(self._lock)
+        if type(ssl) is not bool:
+            # A string ("false", from an environment variable) is true: TLS to a server
+            # that speaks none timed out at the first call, as an unreachable server.
+            raise InvalidIdentifierError(f"ssl must be True or False, not {ssl!r}")
         options: dict[str, Any] = {
             "username": username,
             "password": password,
