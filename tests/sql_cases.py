@@ -721,3 +721,20 @@ def check_a_purge_reads_no_run(storage: SqlStorage, reader: SqlStorage) -> None:
     reads = [s for s in statements if name in s and not s.lstrip().upper().startswith("DELETE")]
     assert reads == [], reads
     assert reader.get_all_session_ids() == ["new"]
+
+
+def upgrade_mid_read(monkeypatch: pytest.MonkeyPatch, upgrader: SqlStorage) -> list[bool]:
+    """Makes ``upgrader`` upgrade its table at the worst moment of the next read of a table
+    at an older layout: after the read has looked at the layout, before it selects the
+    rows. The list returned holds True once the upgrade has run."""
+    select = SqlStorage._header_select
+    upgraded: list[bool] = []
+
+    def upgrade_first(storage: SqlStorage, layout: Any) -> Any:
+        if not upgraded:
+            upgraded.append(True)
+            upgrader.upgrade_schema()
+        return select(storage, layout)
+
+    monkeypatch.setattr(SqlStorage, "_header_select", upgrade_first)
+    return upgraded

@@ -22,7 +22,6 @@ from savegame.errors import (
 )
 from savegame.storage.mysql import MySQLStorage
 from savegame.storage.session.agent import AgentSession
-from savegame.storage.sql import SqlStorage
 from savegame.workflow import Workflow
 from tests import sql_cases
 from tests.stores import mysql_packet_limit, mysql_url, unique, write_original_table
@@ -816,17 +815,8 @@ def test_a_read_while_the_original_table_of_a_new_database_is_upgraded_is_whole(
         write_original_table(engine, "sessions", None, rows)
         upgrader = MySQLStorage("sessions", db_engine=engine)
         reader = MySQLStorage("sessions", db_engine=engine)
-        select = SqlStorage._header_select
-        upgraded: list[bool] = []
-
-        def upgrade_first(storage: SqlStorage, layout: Any) -> Any:
-            if not upgraded:
-                upgraded.append(True)
-                upgrader.upgrade_schema()
-            return select(storage, layout)
-
         assert reader.read("absent") is None
-        monkeypatch.setattr(SqlStorage, "_header_select", upgrade_first)
+        upgraded = sql_cases.upgrade_mid_read(monkeypatch, upgrader)
         got = reader.read("s")
         assert upgraded
         assert got is not None

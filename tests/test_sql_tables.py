@@ -374,16 +374,7 @@ def test_a_read_while_another_storage_upgrades_the_original_table_is_whole(
     runs = [{"run_id": str(i), "content": f"turn {i}"} for i in range(3)]
     sql_store.original([{"session_id": "s", "user_id": "u", "memory": {"runs": runs}}])
     upgrader, reader = _sql(sql_store), _sql(sql_store)
-    select = SqlStorage._header_select
-    upgraded: list[bool] = []
-
-    def upgrade_first(storage: SqlStorage, layout: Any) -> Any:
-        if not upgraded:
-            upgraded.append(True)
-            upgrader.upgrade_schema()
-        return select(storage, layout)
-
-    monkeypatch.setattr(SqlStorage, "_header_select", upgrade_first)
+    upgraded = sql_cases.upgrade_mid_read(monkeypatch, upgrader)
     got = reader.read("s")
     assert upgraded
     assert got is not None
