@@ -1679,6 +1679,29 @@ def test_a_reader_that_cannot_write_lists_while_the_owner_writes(tmp_path: Path)
     assert listings > 100
 
 
+@pytest.mark.parametrize(
+    "call", ["storage.delete_user('u')", "time.sleep(1.1); storage.purge_expired()"]
+)
+def test_removing_many_sessions_syncs_the_folder_and_the_index_a_few_times(
+    tmp_path: Path, call: str
+) -> None:
+    # Each session removed on its own synced the folder once and wrote the index twice:
+    # erasing a user of 2,000 sessions, or purging as many expired ones, took seconds.
+    folder = (tmp_path / "sessions").resolve()
+    setup = (
+        "import time\n"
+        "from savegame.storage.json import JsonStorage\n"
+        "from savegame.storage.session.agent import AgentSession\n"
+        f"storage = JsonStorage({str(folder)!r}, expire=1)\n"
+        "for i in range(60):\n"
+        "    storage.upsert(AgentSession(session_id=f's{i}', user_id='u'))\n"
+    )
+    calls = syscalls_of(setup, call, tmp_path)
+    syncs = [c for c in calls if re.match(r"f(data)?sync\(", c)]
+    assert len(syncs) < 15, syncs
+    assert not list(folder.glob("*.json"))
+
+
 @pytest.mark.parametrize("cls", FORMATS)
 def test_a_returned_write_was_synced_renamed_and_its_folder_synced(
     tmp_path: Path, cls: type[FileStorage]

@@ -89,10 +89,12 @@ from savegame.errors import (
 )
 from savegame.storage.base import (
     MAX_WAIT,
+    USER_BATCH,
     Draft,
     Header,
     Record,
     Stamp,
+    Still,
     Storage,
     check_stored,
     is_expired,
@@ -1274,51 +1276,91 @@ class FileStorage(Storage):
             )
         return record
 
-    @_again_if_index_damaged
     def _delete(
         self, session_id: str, owner: str | None = None, version: int | None = None
     ) -> bool:
+        removed: list[str] = []
+        self._remove(
+            [session_id], lambda _, record: kept_from_delete(record, owner, version), removed
+        )
+        return bool(removed)
+
+    def _delete_many(self, session_ids: list[str], removed: list[str], still: Still) -> None:
+        versions = still.versions
+
+        def kept(session_id: str, record: Record) -> bool:
+            version = None if versions is None else versions[session_id]
+            return kept_from_delete(record, still.owner, version)
+
+        self._remove(session_ids, kept, removed)
+
+    @_again_if_index_damaged
+    def _remove(
+        self,
+        session_ids: list[str],
+        kept: Callable[[str, Record], bool],
+        removed: list[str],
+        damaged_too: bool = True,
+    ) -> None:
+        """Removes the files of ``session_ids`` but those whose stored record ``kept`` keeps,
+        under one hold of the lock, with two index writes and one sync of the folder for
+        them all; appends the id of each file to ``removed`` as it is removed, so that a
+        caller stopped half-way (Ctrl-C) knows how far the removal got. A file removed
+        before the index records it is marked pending there, as for one removal.
+
+        A damaged file is removed like any other, unless ``damaged_too`` is False: its
+        CorruptSessionError is then raised, before anything is removed.
+        """
         if not self._made():
-            return False  # nothing to remove: the folder is not made for it
-        path = self._path(session_id)
+            return  # nothing to remove: the folder is not made for it
         with self._folder_locked(), self._index_errors():
-            self._adopt(session_id)
-            try:
-                record = self._load(path, session_id)
-            except _FileOfAnother:
-                return False
-            except CorruptSessionError:
-                record = None  # a damaged file is removed like any other
-            if record is not None:
-                self._refuse_other_mode(record, "delete")
-                if kept_from_delete(record, owner, version):
-                    return False
+            doomed: list[str] = []
+            for session_id in session_ids:
+                self._adopt(session_id)
+                try:
+                    record = self._load(self._path(session_id), session_id)
+                except _FileOfAnother:
+                    continue
+                except CorruptSessionError:
+                    if not damaged_too:
+                        raise
+                    record = None
+                if record is not None:
+                    self._refuse_other_mode(record, "delete")
+                    if kept(session_id, record):
+                        continue
+                doomed.append(session_id)
+            if not doomed:
+                return
             conn = self._open_index()
             self._uncleared = True
-            mark = [("INSERT OR REPLACE INTO pending VALUES (?)", (session_id,))]
-            # An index that cannot be written (a full disk) does not keep the file: removing
-            # it frees space, and the folder's time tells every process of it.
+            # An index that cannot be written (a full disk) does not keep the files: removing
+            # them frees space, and the folder's time tells every process of it.
             before = os.stat(self.dir_path).st_mtime_ns
-            marked = self._index_write(conn, mark, stamp=False)
-            try:
-                path.unlink()
-                existed = True
-            except FileNotFoundError:
-                existed = False
-            if existed:
+            marked = self._index_write(
+                conn,
+                [("INSERT OR REPLACE INTO pending VALUES (?)", (sid,)) for sid in doomed],
+                stamp=False,
+            )
+            start = len(removed)
+            for session_id in doomed:
+                with contextlib.suppress(FileNotFoundError):
+                    self._path(session_id).unlink()
+                    removed.append(session_id)
+            gone = len(removed) > start
+            if gone:
                 sync_folder(self.dir_path)
             recorded = self._index_write(
                 conn,
                 [
-                    ("DELETE FROM sessions WHERE session_id = ?", (session_id,)),
-                    ("DELETE FROM stamps WHERE session_id = ?", (session_id,)),
-                    ("DELETE FROM pending WHERE session_id = ?", (session_id,)),
+                    (f"DELETE FROM {table} WHERE session_id = ?", (sid,))
+                    for sid in doomed
+                    for table in ("sessions", "stamps", "pending")
                 ],
                 before=before,
             )
-            if existed and not recorded and not marked:
+            if gone and not recorded and not marked:
                 self._show_change(before)
-        return existed
 
     @_again_if_index_damaged
     def _list(
@@ -1417,13 +1459,15 @@ class FileStorage(Storage):
         if not self._made():
             return 0
         ids = self._expired(now)
-        purged = 0
-        for session_id in ids:
-            with self._folder_locked():
-                record = self._read(session_id)
-                if record is not None and is_expired(record.get("expires_at"), now):
-                    purged += self._delete(session_id)
-        return purged
+        purged: list[str] = []
+        for start in range(0, len(ids), USER_BATCH):
+            self._remove(
+                ids[start : start + USER_BATCH],
+                lambda _, record: not is_expired(record.get("expires_at"), now),
+                purged,
+                damaged_too=False,
+            )
+        return len(purged)
 
     @_again_if_index_damaged
     def _expired(self, now: int) -> list[str]:
