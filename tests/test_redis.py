@@ -1105,6 +1105,32 @@ def test_upgrade_schema_moves_sessions_of_the_original_layout(
         raw.delete(*(f"{prefix}:{k}" for k in ("legacy", "no-time", "sub:theirs", "not-json")))
 
 
+def test_upgrade_schema_moves_from_an_original_prefix_savegame_would_refuse(
+    server: str, raw: Any, prefix: str
+) -> None:
+    # The original took any prefix: glob characters, braces, spaces, non-ASCII. Its sessions
+    # move from there, and a neighbour the unescaped pattern would match stays.
+    original = prefix + r" é*?[x]\{t}"
+    neighbour = prefix + " éZZxt"
+    moved = f"{original}:s1"
+    kept = f"{neighbour}:s2"
+    try:
+        raw.set(moved, json.dumps({"session_id": "s1", "user_id": "u", "created_at": 5}))
+        raw.set(kept, json.dumps({"session_id": "s2", "user_id": "u", "created_at": 6}))
+        storage = RedisStorage(prefix, url=server)
+        storage.upgrade_schema(original_prefix=original)
+        assert storage.get_all_session_ids(user_id="u") == ["s1"]
+        assert raw.exists(moved) == 0
+        assert raw.get(kept) is not None
+        storage.upgrade_schema(original_prefix=neighbour)
+        assert storage.get_all_session_ids(user_id="u") == ["s2", "s1"]
+        for bad in ("", "a\x00b", 7):
+            with pytest.raises(InvalidIdentifierError):
+                storage.upgrade_schema(original_prefix=bad)  # type: ignore[arg-type]
+    finally:
+        raw.delete(moved, kept)
+
+
 def test_a_sharded_store_spreads_sessions_and_merges_listings(
     server: str, raw: Any, prefix: str
 ) -> None:

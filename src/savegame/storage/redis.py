@@ -141,7 +141,7 @@ from savegame.storage.base import (
     is_expired,
     with_retries,
 )
-from savegame.storage.codec import check_name, dumps, loads, object_text
+from savegame.storage.codec import check_id, check_name, dumps, loads, object_text
 from savegame.storage.known import (
     DEFAULT_BYTES,
     PAST_TOKENS,
@@ -158,6 +158,9 @@ PREFIX = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}")
 """What a key prefix may look like: no braces (they would break the hash tag), no spaces."""
 
 PREFIX_ALLOWED = "letters, digits and _ . : -, starting with a letter, digit or underscore"
+
+_GLOB = re.compile(r"[*?[\]\\^]")
+"""What a ``SCAN MATCH`` pattern reads as other than itself, each escaped by a backslash."""
 
 DIGEST_SIZE = 16
 """Bytes of BLAKE2b per run digest (32 hex characters), as in the SQL backends: a digest
@@ -1522,14 +1525,16 @@ class RedisStorage(Storage):
             CorruptSessionError: when the store keeps another mode's sessions, or has none
                 yet and the sessions to move from its own prefix are another mode's;
                 nothing is moved.
-            InvalidIdentifierError: for an ``original_prefix`` that is no prefix.
+            InvalidIdentifierError: for an ``original_prefix`` that is not a non-empty
+                string, or holds NUL or a lone surrogate.
             BackendUnavailableError: when the server cannot be reached.
         """
+        # The original took any prefix (spaces, braces, glob characters): one it wrote
+        # under is only read, so only what no key can be named by is refused.
         source = self.prefix if original_prefix is None else original_prefix
-        check_name(source, "Redis key prefix", PREFIX, PREFIX_ALLOWED)
+        check_id(source, "original Redis key prefix")
         own = source == self.prefix
-        # PREFIX admits no glob characters, so the prefix stands for itself in the pattern.
-        pattern = source + ":*"
+        pattern = _GLOB.sub(r"\\\g<0>", source) + ":*"
         old = self._call(lambda c: list(c.scan_iter(match=pattern, count=1000, _type="string")))
         # Made, as a first upgrade of a deployment wants (the SQL backends make their tables),
         # in the mode of the sessions to move when the store has none yet: an upgrade in the
