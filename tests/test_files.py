@@ -500,6 +500,43 @@ def test_a_folder_removed_and_made_again_under_a_running_storage_lists_what_is_t
     assert cls(folder).get_all_session_ids() == ["new"]
 
 
+_WRITES: dict[str, Callable[[FileStorage], object]] = {
+    "upsert": lambda s: s.upsert(AgentSession(session_id="new")),
+    "update": lambda s: s.update("s0", lambda session: session),
+    "delete_session": lambda s: s.delete_session("s0"),
+    "delete_user": lambda s: s.delete_user("u0"),
+    "drop": lambda s: s.drop(),
+    "upgrade_schema": lambda s: s.upgrade_schema(),
+    "rebuild_index": lambda s: s.rebuild_index(),
+    "create": lambda s: s.create(),
+    "copy": lambda s: transfer.copy_sessions(JsonStorage(s.dir_path.parent / "other"), s),
+}
+
+
+@pytest.mark.parametrize("cls", FORMATS)
+@pytest.mark.parametrize("write", list(_WRITES))
+def test_a_write_to_a_folder_that_cannot_be_written_to_says_so(
+    tmp_path: Path, cls: type[FileStorage], write: str
+) -> None:
+    # The system's own words named neither the folder nor the cause: "unable to open
+    # database file" of the index, "Read-only file system: '.../lock'" of the lock.
+    folder = tmp_path / "sessions"
+    writer = cls(folder)
+    for i in range(2):
+        writer.upsert(AgentSession(session_id=f"s{i}", user_id=f"u{i}"))
+    writer.close()
+    JsonStorage(tmp_path / "other").upsert(AgentSession(session_id="x"))
+    with read_only(folder) as view:
+        storage = cls(view)
+        with pytest.raises(BackendUnavailableError) as raised:
+            _WRITES[write](storage)
+        assert f"the folder {view} cannot be written to (" in str(raised.value)
+        assert "can be read and listed" in str(raised.value)
+        assert storage.get_all_session_ids(user_id="u0") == ["s0"]
+        storage.close()
+    assert sorted(cls(folder).get_all_session_ids()) == ["s0", "s1"]
+
+
 @pytest.mark.parametrize("cls", FORMATS)
 @pytest.mark.parametrize("made_by", ["savegame", "the original"])
 def test_a_folder_that_cannot_be_written_to_is_read_and_listed(

@@ -393,8 +393,8 @@ class FileStorage(Storage):
                         f"{lock.timeout} s"
                     ) from exc
                 except OSError as exc:
-                    raise BackendUnavailableError(
-                        f"cannot lock the folder {self.dir_path} ({lock.lock_file}): {exc}"
+                    raise self._failed(
+                        f"cannot lock the folder {self.dir_path} ({lock.lock_file})", exc
                     ) from exc
                 except BaseException as exc:
                     # filelock groups the interrupts that cut short its own clean-up of a
@@ -551,7 +551,7 @@ class FileStorage(Storage):
             if isinstance(exc, OSError):
                 # The files themselves (a session file that became a folder, a folder made
                 # read-only or removed meanwhile): savegame's error, as for the index.
-                raise BackendUnavailableError(f"the folder {self.dir_path}: {exc}") from exc
+                raise self._failed(f"the folder {self.dir_path}", exc) from exc
             if (
                 _damaged(exc)
                 and getattr(self._local, "conn", None) is not None
@@ -562,9 +562,23 @@ class FileStorage(Storage):
                     f"damaged ({exc}): it was removed, and the next call makes it anew from "
                     "the files"
                 ) from exc
-            raise BackendUnavailableError(
-                f"the index of the folder {self.dir_path} ({self._index_path}) failed: {exc}"
+            raise self._failed(
+                f"the index of the folder {self.dir_path} ({self._index_path}) failed", exc
             ) from exc
+
+    def _failed(self, what: str, exc: BaseException) -> BackendUnavailableError:
+        """The error of ``what`` that failed with ``exc``, saying so when the folder, or the
+        ``.savegame`` folder in it, cannot be written to: the system's words ("Read-only
+        file system" of a lock file, SQLite's "unable to open database file" of the index)
+        name neither the folder nor the cause."""
+        for folder in (self.dir_path, self._meta):
+            if folder.is_dir() and not os.access(folder, os.W_OK):
+                return BackendUnavailableError(
+                    f"{what}: {exc}; the folder {folder} cannot be written to "
+                    f"({_why_unwritable(folder)}): its sessions can be read and listed, "
+                    "not written, removed or indexed"
+                )
+        return BackendUnavailableError(f"{what}: {exc}")
 
     def close(self) -> None:
         """Closes this thread's connection to the index, clearing first what an erasure
@@ -708,7 +722,7 @@ class FileStorage(Storage):
         except BaseException as exc:
             temp.unlink(missing_ok=True)
             if isinstance(exc, OSError):
-                raise BackendUnavailableError(f"cannot write {path}: {exc}") from exc
+                raise self._failed(f"cannot write {path}", exc) from exc
             raise
         return temp
 
@@ -775,8 +789,7 @@ class FileStorage(Storage):
                 except BaseException as exc:
                     temp.unlink(missing_ok=True)
                     if isinstance(exc, OSError):
-                        what = f"cannot write {self._mode_path}: {exc}"
-                        raise BackendUnavailableError(what) from exc
+                        raise self._failed(f"cannot write {self._mode_path}", exc) from exc
                     raise
                 # No fsync of the folder it is in: a marker lost in a crash is inferred
                 # again from the files, which the write that follows puts on disk.
@@ -1260,7 +1273,7 @@ class FileStorage(Storage):
                 # and costs the next listing no more than reading this file again.
                 temp.unlink(missing_ok=True)
                 if isinstance(exc, OSError):
-                    raise BackendUnavailableError(f"cannot write {path}: {exc}") from exc
+                    raise self._failed(f"cannot write {path}", exc) from exc
                 raise
             sync_folder(self.dir_path)
             # The session is written: an index that cannot record it now keeps the mark,
@@ -1622,6 +1635,15 @@ def _not_writable(exc: BaseException) -> bool:
     read-only file system, or without the permission."""
     cause = exc.__cause__
     return isinstance(cause, OSError) and cause.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _why_unwritable(folder: Path) -> str:
+    """Why ``folder``, which this process may not write to, cannot be written to."""
+    statvfs = getattr(os, "statvfs", None)
+    with contextlib.suppress(OSError):
+        if statvfs is not None and statvfs(folder).f_flag & os.ST_RDONLY:
+            return "it is on a read-only file system"
+    return "this process lacks the permission to write there"
 
 
 def _only_interrupts(exc: BaseException) -> bool:
