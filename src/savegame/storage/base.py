@@ -366,6 +366,25 @@ def local_path(value: str | os.PathLike[str], what: str) -> Path:
         ) from None
 
 
+def check_update(session_id: str, fn: object, max_attempts: object) -> None:
+    """Refuses the arguments of :meth:`Storage.update` that it could not use.
+
+    Raises:
+        InvalidIdentifierError: of a session id :func:`check_id` refuses, an ``fn`` that
+            cannot be called, or a ``max_attempts`` that is not a whole number of at least 1.
+    """
+    check_id(session_id)
+    if not callable(fn):
+        raise InvalidIdentifierError(
+            f"update needs fn, a function of the session read (or None) that returns the "
+            f"session to write (or None), not {fn!r}"
+        )
+    if type(max_attempts) is not int or max_attempts < 1:
+        raise InvalidIdentifierError(
+            f"max_attempts must be an int of at least 1, not {max_attempts!r}"
+        )
+
+
 def make_folder(path: Path) -> None:
     """Makes the folder ``path``, and the folders above it, when missing, and syncs the
     folder each one made is in: a write into a new folder that returns then survives a
@@ -615,13 +634,10 @@ class Storage(ABC):
             SerializationError: when ``fn`` returns anything but None or a session of this
                 storage's mode (a dict, say); nothing is written.
             InvalidIdentifierError: when ``fn`` returns a session with another id.
-            InvalidIdentifierError: when ``max_attempts`` is not a whole number of at least 1.
+            InvalidIdentifierError: when ``max_attempts`` is not a whole number of at least 1,
+                or ``fn`` cannot be called; nothing is read or written.
         """
-        check_id(session_id)
-        if type(max_attempts) is not int or max_attempts < 1:
-            raise InvalidIdentifierError(
-                f"max_attempts must be an int of at least 1, not {max_attempts!r}"
-            )
+        check_update(session_id, fn, max_attempts)
         conflict: ConflictError | None = None
         for attempt in range(max_attempts):
             current = self.read(session_id)

@@ -97,6 +97,7 @@ from savegame.storage.base import (
     Still,
     Storage,
     check_stored,
+    check_update,
     is_expired,
     kept_from_delete,
     local_path,
@@ -1196,6 +1197,8 @@ class FileStorage(Storage):
         raises (an ``OSError`` of a file of its own, say) is raised as it is: the read and
         the write turn only their own failures into savegame's errors.
         """
+        # Before the lock: a call that cannot run waits for no other writer.
+        check_update(session_id, fn, max_attempts)
         with self._folder_locked():
             return super().update(session_id, fn, max_attempts=max_attempts)
 

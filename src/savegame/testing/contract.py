@@ -936,6 +936,14 @@ class ModeContract:
                 storage.update("a", lambda s: s, max_attempts=attempts)  # type: ignore[arg-type]
         assert storage.read("a").version == 1  # type: ignore[union-attr]
 
+    def test_update_refuses_an_fn_it_cannot_call(self, store: Store) -> None:
+        storage = store()
+        storage.upsert(_session(store, "a"))
+        for odd in (None, "s", _session(store, "a")):
+            with pytest.raises(InvalidIdentifierError, match="update needs fn"):
+                storage.update("a", odd)  # type: ignore[arg-type]
+        assert storage.read("a").version == 1  # type: ignore[union-attr]
+
     def test_reads_and_removals_on_a_store_not_made_make_nothing(self, store: Store) -> None:
         storage = store()
         existed = storage.table_exists()
