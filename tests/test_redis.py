@@ -635,6 +635,11 @@ def test_a_negative_database_or_a_port_out_of_range_is_refused_when_the_storage_
         ({"ssl": "false"}, "ssl must be True or False, not 'false'"),
         ({"ssl": 1}, "ssl must be True or False, not 1"),
         ({"ssl": None}, "ssl must be True or False, not None"),
+        # Sent as they were: an int as its digits, a list refused only at the first call.
+        ({"password": 5}, "Redis password must be a str or None, not int"),
+        ({"password": b"hunter2"}, "Redis password must be a str or None, not bytes"),
+        ({"password": ["hunter2"]}, "Redis password must be a str or None, not list"),
+        ({"username": 5}, "Redis username must be a str or None, not int"),
     ],
 )
 def test_a_host_port_database_or_url_of_another_type_is_refused_saying_what_is_wanted(

@@ -819,15 +819,16 @@ class RedisStorage(Storage):
 
     Raises:
         InvalidIdentifierError: for a prefix that does not match :data:`PREFIX`, a ``host``
-            that is not a non-empty string, a ``url`` that is not a string, an ``ssl``
-            that is not a bool, a malformed
-            URL or one with an unknown option, a ``url`` with ``host``, ``port`` or ``db``
-            other than their defaults, or with a ``username``, ``password``, timeout or
-            ``ssl_ca_certs`` other than the URL's (or ``ssl=True`` where it says false), a
-            port outside 1 to 65535, a negative database, a ``socket_timeout`` or
-            ``connect_timeout`` that is not a number of seconds above 0, or (at first use)
-            ``shards`` that differ from those the store was made with; for ``shards``
-            outside 1 to :data:`MAX_SHARDS`, or ``ssl_ca_certs`` empty or without TLS.
+            that is not a non-empty string, a ``url`` that is not a string, a ``username``
+            or ``password`` that is neither a string nor None, an ``ssl`` that is not a
+            bool, a malformed URL or one with an unknown option, a ``url`` with ``host``,
+            ``port`` or ``db`` other than their defaults, or with a ``username``,
+            ``password``, timeout or ``ssl_ca_certs`` other than the URL's (or ``ssl=True``
+            where it says false), a port outside 1 to 65535, a negative database, a
+            ``socket_timeout`` or ``connect_timeout`` that is not a number of seconds above
+            0, or (at first use) ``shards`` that differ from those the store was made with;
+            for ``shards`` outside 1 to :data:`MAX_SHARDS`, or ``ssl_ca_certs`` empty or
+            without TLS.
         MissingDependencyError: when redis-py is not installed.
     """
 
@@ -906,6 +907,13 @@ class RedisStorage(Storage):
             # A string ("false", from an environment variable) is true: TLS to a server
             # that speaks none timed out at the first call, as an unreachable server.
             raise InvalidIdentifierError(f"ssl must be True or False, not {ssl!r}")
+        for name, secret in (("username", username), ("password", password)):
+            if secret is not None and not isinstance(secret, str):
+                # redis-py sent an int as its digits, and refused a list only at the first
+                # call. The value is not shown: it may be the password.
+                raise InvalidIdentifierError(
+                    f"Redis {name} must be a str or None, not {type(secret).__name__}"
+                )
         options: dict[str, Any] = {
             "username": username,
             "password": password,
