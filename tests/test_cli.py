@@ -1565,6 +1565,88 @@ def test_show_gives_a_workflows_input_output_and_steps(tmp_path: Path) -> None:
     assert "step fetch failed: OSError: offline" in shown
 
 
+def test_show_gives_each_turns_question_and_answer_in_every_run_shape(tmp_path: Path) -> None:
+    """The runs savegame writes, and those the original wrote: an agent's run with its
+    ``message`` and ``response``, a run that is the model's response (its ``content`` and
+    ``messages``, earlier turns among them marked ``from_history``), a team's run with its
+    members' responses, a workflow's run with its ``input`` and ``response``, and a step
+    workflow's run that is its response."""
+    url = f"sqlite:///{tmp_path / 'shapes.db'}"
+    agent_runs = [
+        {"input": "hi", "content": "yo"},
+        {
+            "input": "q2",
+            "content": "a2",
+            "messages": [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}],
+        },
+        {
+            "message": {"role": "user", "content": "q3"},
+            "response": {"content": "a3", "messages": [{"role": "user", "content": "q3"}]},
+        },
+        {
+            "run_id": "r4",
+            "content": "a4",
+            "messages": [
+                {"role": "system", "content": "be kind"},
+                {"role": "user", "content": "q2", "from_history": True},
+                {"role": "user", "content": "q4"},
+                {"role": "assistant", "content": None, "tool_calls": [{"id": "t"}]},
+                {"role": "tool", "content": "42"},
+                {"role": "assistant", "content": "a4"},
+            ],
+        },
+        {"run_id": "r5", "content": "a5", "content_type": "str"},
+        {"message": {"role": "user", "content": "q6"}, "response": {"run_id": "r6"}},
+        {"input": "q7", "content": {"city": "Oslo"}},
+    ]
+    team_runs = [
+        {
+            "message": {"role": "user", "content": "tq1"},
+            "member_responses": [{"response": {"content": "member said"}}],
+            "response": {"content": "ta1", "team_id": "t"},
+        },
+        {"input": "tq2", "content": "ta2", "member": "writer", "leader_answer": "writer"},
+    ]
+    workflow_runs = [{"input": {"topic": "cats"}, "response": {"content": "on cats"}}]
+    step_runs = [{"run_id": "w1", "content": "wa1", "workflow_name": "w", "status": "COMPLETED"}]
+    sessions = {
+        "agent": {"session_id": "a", "memory": {"runs": agent_runs}},
+        "team": {"session_id": "t", "memory": {"runs": team_runs}},
+        "workflow": {"session_id": "w", "memory": {"runs": workflow_runs}},
+        "workflow_v2": {"session_id": "s", "runs": step_runs},
+    }
+    shown = {}
+    for mode, data in sessions.items():
+        session = MODES[mode].session_class.from_dict(data)
+        assert session is not None
+        open_storage(url, mode=mode).upsert(session)
+        shown[mode] = text(savegame("sessions", "show", data["session_id"], "-s", url, "-m", mode))
+    conversation = shown["agent"].split("Conversation", 1)[1].split("memory", 1)[0]
+    assert [line for line in conversation.splitlines() if line.strip()] == [
+        "user: hi",
+        "assistant: yo",
+        "user: q2",
+        "assistant: a2",
+        "user: q3",
+        "assistant: a3",
+        "system: be kind",
+        "user: q4",
+        "assistant: (no text)",
+        "tool: 42",
+        "assistant: a4",
+        "assistant: a5",
+        "user: q6",
+        "assistant: (no text)",
+        "user: q7",
+        'assistant: {"city": "Oslo"}',
+    ]
+    for said in ("user: tq1", "assistant: ta1", "user: tq2", "assistant: ta2"):
+        assert said in shown["team"]
+    assert 'user: {"topic": "cats"}' in shown["workflow"]
+    assert "assistant: on cats" in shown["workflow"]
+    assert "assistant: wa1" in shown["workflow_v2"]
+
+
 def test_a_table_of_the_originals_layout_is_upgraded_by_the_command_it_names(
     tmp_path: Path,
 ) -> None:

@@ -1147,7 +1147,13 @@ def _when(value: Any) -> str:
     return dt.datetime.fromtimestamp(value, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
+NO_TEXT = "(no text)"
+"""What a turn shows of a message or answer that holds no text (a model's call of a tool)."""
+
+
 def _text(value: Any) -> str:
+    if value is None:
+        return NO_TEXT
     if isinstance(value, str):
         return value
     if isinstance(value, dict) and isinstance(value.get("content"), str):
@@ -1155,28 +1161,43 @@ def _text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+_QUESTIONS = ("message", "input")
+"""Where a run without a message list keeps its question: the original's agent and team
+runs in ``message`` (a message), savegame's and the original's workflow runs in ``input``."""
+
+_ANSWERS = ("response", "output", "content")
+"""Where a run without a message list keeps its answer, the first one there: the original's
+agent, team and workflow runs in ``response`` (the model's response, its text in
+``content``), savegame's workflow runs in ``output``, and runs that are the response itself
+(savegame's agent and team runs, the original's runs of its later memory and of its step
+workflows) in ``content``."""
+
+
 def _messages(run: Any) -> list[tuple[str, str]]:
-    """The (role, text) pairs of one run, whichever of the usual shapes it has."""
+    """The (role, text) pairs of one run, whichever of the shapes savegame and the original
+    write it has; the run as JSON when it has none of them."""
     if not isinstance(run, dict):
         return [("run", _text(run))]
     if isinstance(run.get("messages"), list):
+        # Messages from_history repeat earlier runs' turns, sent to the model again.
         return [
             (str(m.get("role", "?")), _text(m.get("content")))
             for m in run["messages"]
-            if isinstance(m, dict)
+            if isinstance(m, dict) and not m.get("from_history")
         ]
     pairs = []
-    for key, role in (
-        ("message", "user"),
-        ("input", "user"),
-        ("response", "assistant"),
-        ("output", "assistant"),
-    ):
+    for key in _QUESTIONS:
         value = run.get(key)
         if isinstance(value, dict) and "content" in value:
-            pairs.append((str(value.get("role", role)), _text(value["content"])))
+            pairs.append((str(value.get("role", "user")), _text(value["content"])))
         elif value is not None:
-            pairs.append((role, _text(value)))  # a workflow's arguments, say
+            pairs.append(("user", _text(value)))  # a workflow's arguments, say
+    answer = next((key for key in _ANSWERS if run.get(key) is not None), None)
+    if answer is not None:
+        value = run[answer]
+        if answer == "response" and isinstance(value, dict):
+            value = value.get("content")
+        pairs.append(("assistant", _text(value)))
     steps = run.get("steps")
     for step in steps if isinstance(steps, list) else ():
         if isinstance(step, dict) and "output" in step:
