@@ -310,6 +310,25 @@ def test_a_folder_given_as_the_database_file_is_said_to_be_one(tmp_path: Path) -
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("version", [2, 0, "1", None])
+def test_a_schema_version_is_accepted_whatever_its_value_and_changes_nothing(
+    tmp_path: Path, version: object
+) -> None:
+    # The original raised for anything but 1; the README says savegame ignores it.
+    path = tmp_path / "s.db"
+    with SqliteStorage("t", db_file=path, schema_version=version) as storage:  # type: ignore[arg-type]
+        assert storage.schema_version == version
+        storage.upsert(AgentSession(session_id="a", memory={"runs": [{"content": "x"}]}))
+    with sqlite3.connect(path) as conn:
+        tables = sorted(row[0] for row in conn.execute("SELECT name FROM sqlite_master"))
+    with SqliteStorage("t", db_file=tmp_path / "plain.db") as plain:
+        plain.upsert(AgentSession(session_id="a"))
+    with sqlite3.connect(tmp_path / "plain.db") as conn:
+        assert tables == sorted(row[0] for row in conn.execute("SELECT name FROM sqlite_master"))
+    with SqliteStorage("t", db_file=path) as storage:
+        assert storage.read("a").memory == {"runs": [{"content": "x"}]}  # type: ignore[union-attr]
+
+
 def test_file_settings(tmp_path: Path) -> None:
     storage = SqliteStorage("t", db_file=tmp_path / "deeper" / "s.db", synchronous="normal")
     storage.create()
