@@ -500,6 +500,16 @@ def test_a_folder_removed_and_made_again_under_a_running_storage_lists_what_is_t
     assert cls(folder).get_all_session_ids() == ["new"]
 
 
+def _written(cls: type[FileStorage], tmp_path: Path, sessions: list[AgentSession]) -> Path:
+    """The folder ``sessions`` in ``tmp_path``, holding ``sessions`` written by ``cls``."""
+    folder = tmp_path / "sessions"
+    writer = cls(folder)
+    for session in sessions:
+        writer.upsert(session)
+    writer.close()
+    return folder
+
+
 _WRITES: dict[str, Callable[[FileStorage], object]] = {
     "upsert": lambda s: s.upsert(AgentSession(session_id="new")),
     "update": lambda s: s.update("s0", lambda session: session),
@@ -520,11 +530,9 @@ def test_a_write_to_a_folder_that_cannot_be_written_to_says_so(
 ) -> None:
     # The system's own words named neither the folder nor the cause: "unable to open
     # database file" of the index, "Read-only file system: '.../lock'" of the lock.
-    folder = tmp_path / "sessions"
-    writer = cls(folder)
-    for i in range(2):
-        writer.upsert(AgentSession(session_id=f"s{i}", user_id=f"u{i}"))
-    writer.close()
+    folder = _written(
+        cls, tmp_path, [AgentSession(session_id=f"s{i}", user_id=f"u{i}") for i in range(2)]
+    )
     JsonStorage(tmp_path / "other").upsert(AgentSession(session_id="x"))
     with read_only(folder) as view:
         storage = cls(view)
@@ -544,11 +552,14 @@ def test_a_folder_that_cannot_be_written_to_is_read_and_listed(
 ) -> None:
     # A backup mounted read-only: no lock can be taken, nor index opened or made; a
     # writer's temporary file left behind stays, as nothing can be removed.
-    folder = tmp_path / "sessions"
-    writer = cls(folder)
-    for i in range(3):
-        writer.upsert(AgentSession(session_id=f"s{i}", user_id=f"u{i % 2}", created_at=10 + i))
-    writer.close()
+    folder = _written(
+        cls,
+        tmp_path,
+        [
+            AgentSession(session_id=f"s{i}", user_id=f"u{i % 2}", created_at=10 + i)
+            for i in range(3)
+        ],
+    )
     if made_by == "the original":
         for entry in (folder / ".savegame").iterdir():
             entry.unlink()
