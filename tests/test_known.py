@@ -18,6 +18,7 @@ from savegame.errors import SerializationError
 from savegame.storage import known as known_module
 from savegame.storage.base import Header
 from savegame.storage.codec import dumps
+from savegame.storage.in_memory import InMemoryStorage
 from savegame.storage.known import (
     PAST_TOKENS,
     Known,
@@ -30,6 +31,7 @@ from savegame.storage.known import (
 )
 from savegame.storage.session.agent import AgentSession
 from savegame.testing import Store
+from savegame.transfer import copy_sessions, export_sessions, session_line, stats
 
 
 def _digest(text: str) -> str:
@@ -448,3 +450,26 @@ def test_a_write_sent_again_is_told_made_or_not_from_the_tokens_kept() -> None:
     assert resent_write_made(mine, on, "", "") is None
     # Making a session that is not there: not made.
     assert resent_write_made(mine, "", "", "") is False
+
+
+def test_an_export_a_count_and_a_copy_leave_what_a_storage_remembers_as_it_was(
+    backend_store: Store,
+) -> None:
+    # Reading a whole store would push out the sessions an application goes on with, and
+    # spend time keeping sessions it will not read again.
+    writer = backend_store.require("cache_bytes")
+    for i in range(6):
+        memory = {"runs": [{"run_id": f"{i}-0", "messages": [{"role": "user"}]}]}
+        writer.upsert(AgentSession(session_id=f"s{i}", user_id="u", memory=memory))
+    reader = backend_store()
+    cache = reader._known  # type: ignore[attr-defined]
+    assert reader.read("s1") is not None
+    assert reader.read("s3") is not None
+    before = list(cache._items.items())
+    lines: list[str] = []
+    assert export_sessions(reader, lines.append) == 6
+    assert stats(reader).sessions == 6
+    assert copy_sessions(reader, InMemoryStorage()).copied == 6
+    assert list(cache._items.items()) == before
+    assert lines == [session_line(s) + "\n" for s in writer.get_all_sessions()]
+    assert reader.read("s1") == writer.read("s1")

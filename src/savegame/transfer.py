@@ -170,7 +170,9 @@ def read_sessions(storage: Storage, ids: list[str], damaged: list[str] | None) -
             another mode, opened with the wrong ``mode``), even with ``damaged``: after the
             failed read, its listings fail too, where a damaged session fails only its own.
     """
-    return _each_readable(storage, ids, damaged, storage.read_many)
+    return _each_readable(
+        storage, ids, damaged, lambda some: storage._read_sessions(some, remember=False)
+    )
 
 
 _T = TypeVar("_T")
@@ -374,7 +376,7 @@ def _held(destination: Storage, ids: list[str], damaged: set[str]) -> dict[str, 
         StorageError: when the destination cannot be read at all.
     """
     try:
-        return {s.session_id: s for s in destination.read_many(ids)}
+        return {s.session_id: s for s in destination._read_sessions(ids, remember=False)}
     except CorruptSessionError:
         pass
     held: dict[str, Session] = {}

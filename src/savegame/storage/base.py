@@ -11,7 +11,8 @@ now, preserve)``             check the version and stamp ``draft.record``, write
                              the record as stored (:meth:`Draft.whole`)
 ``_list(user, entity,        ids newest ``created_at`` first (ties by id); ``now=None``
 limit, now)``                includes expired sessions
-``_read_many(ids)``          records for ids (default: one ``_read`` each)
+``_read_many(ids,            records for ids (default: one ``_read`` each); ``remember``:
+remember)``                  whether the storage may remember them (see ``_read_sessions``)
 ``_delete(session_id,        True when something was removed (with ``owner``: only a
 owner, version)``            session of that user; with ``version``: only a session still
                              at that version), in one atomic step
@@ -689,8 +690,15 @@ class Storage(ABC):
             raise InvalidIdentifierError(
                 f"read_many takes a list of session ids, not {type(session_ids).__name__}"
             )
+        return self._read_sessions(session_ids)
+
+    def _read_sessions(self, session_ids: Iterable[str], remember: bool = True) -> list[Session]:
+        """:meth:`read_many`; ``remember=False``: the sessions read are not added to what
+        the storage remembers of its recent sessions (:mod:`savegame.storage.known`), so
+        that reading a whole store (an export, a copy) neither pushes out the sessions an
+        application goes on with nor spends time keeping what it will not read again."""
         ids = [check_id(session_id) for session_id in session_ids]
-        records = self._read_many(ids)
+        records = self._read_many(ids, remember)
         # An id asked for twice may come back as one record twice: each session read is a
         # copy of its own (the first one made of a record takes it apart).
         seen: set[int] = set()
@@ -1071,7 +1079,9 @@ class Storage(ABC):
     ) -> list[str]:
         """Matching ids, newest ``created_at`` first, ties by id; ``now=None``: expired too."""
 
-    def _read_many(self, ids: Iterable[str]) -> list[Record | None]:
+    def _read_many(self, ids: Iterable[str], remember: bool = True) -> list[Record | None]:
+        """The records of ``ids``, in order, None where there is none; ``remember``: as for
+        :meth:`_read_sessions`, which a backend that remembers nothing ignores."""
         return [self._read(sid) for sid in ids]
 
     @abstractmethod

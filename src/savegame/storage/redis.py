@@ -1674,12 +1674,12 @@ class RedisStorage(Storage):
                     return self._fetched(session_id, row, known)
         return self._read_many([session_id])[0]
 
-    def _read_many(self, ids: Iterable[str]) -> list[Record | None]:
-        """The records of ``ids``, each remembered as it was read."""
+    def _read_many(self, ids: Iterable[str], remember: bool = True) -> list[Record | None]:
+        """The records of ``ids``, each remembered as it was read when ``remember``."""
         ids = list(ids)
         out: list[Record | None] = [None] * len(ids)
         for i, row in self._per_slot(ids, _READ, "hrd", READ_BATCH):
-            out[i] = self._fetched(ids[i], row)
+            out[i] = self._fetched(ids[i], row, remember=remember)
         return out
 
     def _read_stamps(self, ids: list[str], now: int) -> list[Stamp | None]:
@@ -1724,10 +1724,15 @@ class RedisStorage(Storage):
             )
 
     def _fetched(
-        self, session_id: str, row: list[Any], remembered: Known | None = None
+        self,
+        session_id: str,
+        row: list[Any],
+        remembered: Known | None = None,
+        remember: bool = True,
     ) -> Record | None:
-        """The record of what the read script sent, remembered as the session's state;
-        ``remembered``: what the storage remembers of the runs the script did not send."""
+        """The record of what the read script sent, remembered as the session's state when
+        ``remember``; ``remembered``: what the storage remembers of the runs the script did
+        not send."""
         data, runs, *state = row
         seen = self._state(session_id, *state)
         if data is None:
@@ -1769,7 +1774,7 @@ class RedisStorage(Storage):
         if seen.digests is not None and seen.digests.startswith(_UNKNOWN):
             # Digests of the legacy width: nothing to check runs against, so none is kept.
             self._known.put(session_id, None)
-        else:
+        elif remember:
             pickled = None
             if remembered is not None and items is not None:
                 assert seen.digests is not None

@@ -2114,9 +2114,11 @@ class SqlStorage(Storage):
         row: Sequence[Any],
         found: Any,
         joined: tuple[list[Any], Pickle | None] | None = None,
+        remember: bool = True,
     ) -> Record:
         """The record of a header row (the table's columns in order) and its runs' texts and
-        digests; remembered when the row carries a write token, once it is found whole.
+        digests; remembered when the row carries a write token, once it is found whole, and
+        ``remember``.
         ``joined``: the runs already decoded, and their pickle (see :meth:`Known.joined`).
 
         Raises:
@@ -2149,7 +2151,7 @@ class SqlStorage(Storage):
                     f"session {session_id!r} should have {count} runs in table "
                     f"{self.runs_table.name!r} and has {len(runs)}"
                 )
-        if stored is not None:
+        if stored is not None and remember:
             listed = tuple(record.get(name) for name in self._indexed)
             kept = None if count is None else runs
             known = Known.read(stored, Header.of(record), digests, kept, listed, record, pickled)
@@ -2308,17 +2310,21 @@ class SqlStorage(Storage):
         return row, runs
 
     @_again_if_dropped
-    def _read_many(self, ids: Iterable[str]) -> list[Record | None]:
-        return self._records(list(ids), None)
+    def _read_many(self, ids: Iterable[str], remember: bool = True) -> list[Record | None]:
+        return self._records(list(ids), None, remember)
 
-    def _records(self, wanted: list[str], tokens: dict[str, Any] | None) -> list[Record | None]:
+    def _records(
+        self, wanted: list[str], tokens: dict[str, Any] | None, remember: bool = True
+    ) -> list[Record | None]:
         """The records of ``wanted``, in that order (None where there is none): copies of
         those remembered whose token the store still holds, the others read in one
-        transaction. ``tokens``: the stored tokens, when the caller has them."""
+        transaction. ``tokens``: the stored tokens, when the caller has them. With
+        ``remember=False`` what is remembered is neither used nor added to, nor its order
+        of use changed: every session is read from the store."""
         if not wanted or self._current(rechecked=True).version == 0:
             return [None] * len(wanted)
         found: dict[str, Record] = {}
-        if self._layout.version >= LATEST:
+        if self._layout.version >= LATEST and remember:
             found.update(self._remembered(wanted, tokens))
         rest = [session_id for session_id in wanted if session_id not in found]
         names = [name for name, _, _ in self._columns]
@@ -2341,7 +2347,9 @@ class SqlStorage(Storage):
                     for row in rows:
                         values = [row._mapping.get(name) for name in names]
                         session_id = row.session_id
-                        found[session_id] = self._unpacked(session_id, values, runs.get(session_id))
+                        found[session_id] = self._unpacked(
+                            session_id, values, runs.get(session_id), remember=remember
+                        )
 
         if rest:
             self._call(read)
