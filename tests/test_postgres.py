@@ -14,8 +14,11 @@ from sqlalchemy import Engine, create_engine, inspect, make_url, text
 
 from savegame import open_storage
 from savegame.errors import InvalidIdentifierError
+from savegame.storage.in_memory import InMemoryStorage
 from savegame.storage.postgres import PostgresStorage
 from savegame.storage.session.agent import AgentSession
+from savegame.storage.sql import ANALYZE_AFTER
+from savegame.transfer import copy_sessions
 from tests import sql_cases
 from tests.stores import postgres_url, unique, write_original_table
 
@@ -552,3 +555,31 @@ def test_an_engine_reading_uncommitted_never_reads_a_session_half_written(
         lambda e: PostgresStorage("sessions", schema=schema, db_engine=e, cache_bytes=0), engine
     )
     engine.dispose()
+
+
+def test_a_copy_into_a_new_table_leaves_statistics_to_find_the_sessions_there_by(
+    server: str, admin: Engine, schema: str
+) -> None:
+    # Without them each batch's look-up of the sessions already there scanned the tables
+    # whole, until autovacuum came by: a copy of many sessions grew ever slower.
+    source = InMemoryStorage()
+    count = ANALYZE_AFTER + 20
+    for i in range(count):
+        source.upsert(AgentSession(session_id=f"s{i:05d}", memory={"runs": [{"n": i}]}))
+    destination = PostgresStorage("sessions", schema=schema, db_url=server)
+    destination.create()
+    with admin.begin() as conn:
+        for table in ("sessions", "sessions_runs"):
+            conn.execute(text(f'ALTER TABLE "{schema}".{table} SET (autovacuum_enabled = false)'))
+    assert copy_sessions(source, destination).copied == count
+    with admin.connect() as conn:
+        counted = {
+            table: conn.execute(
+                text("SELECT reltuples FROM pg_class WHERE oid = CAST(:t AS regclass)"),
+                {"t": f'"{schema}".{table}'},
+            ).scalar()
+            for table in ("sessions", "sessions_runs")
+        }
+    # Gathered once the copy had written ANALYZE_AFTER sessions, and not again since.
+    assert counted == {"sessions": ANALYZE_AFTER, "sessions_runs": ANALYZE_AFTER}
+    destination.close()

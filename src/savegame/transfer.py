@@ -344,6 +344,7 @@ def _put_all(
         there = _held(destination, [s.session_id for s in sessions], damaged)
     except StorageError as exc:
         raise _stopped(exc, f"{exc}", report, verb) from exc
+    before = report.copied
     for session in sessions:
         stored = there.get(session.session_id)
         if (
@@ -364,6 +365,10 @@ def _put_all(
         report.copied += 1
         if session.session_id in damaged:
             report.repaired.append(session.session_id)
+    try:
+        destination._bulk_written(report.copied - before)
+    except StorageError as exc:
+        raise _stopped(exc, f"{exc}", report, verb) from exc
 
 
 def _held(destination: Storage, ids: list[str], damaged: set[str]) -> dict[str, Session]:

@@ -1079,6 +1079,16 @@ class Storage(ABC):
     ) -> list[str]:
         """Matching ids, newest ``created_at`` first, ties by id; ``now=None``: expired too."""
 
+    def _bulk_written(self, count: int) -> None:
+        """Told by a copy or an import that it has written ``count`` more sessions in bulk.
+
+        A backend whose database plans queries by statistics of its tables refreshes them
+        once the sessions so written have grown past what they were last gathered for: a
+        table just filled is taken for an empty one until the server's background task comes
+        by, and each batch's look-up of the sessions already there would scan it whole. By
+        default nothing is done.
+        """
+
     def _read_many(self, ids: Iterable[str], remember: bool = True) -> list[Record | None]:
         """The records of ``ids``, in order, None where there is none; ``remember``: as for
         :meth:`_read_sessions`, which a backend that remembers nothing ignores."""

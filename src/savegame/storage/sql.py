@@ -175,6 +175,11 @@ _DEAD_POOLED = 8
 
 _BATCH = 500
 
+ANALYZE_AFTER = 500
+"""How many sessions a copy or an import writes into a store before its tables' statistics
+are first gathered (:meth:`SqlStorage._bulk_written`), and then each time as many
+again as were written: a look-up in a table smaller than this is cheap even scanned whole."""
+
 _STAMP_COLUMNS = ("session_id", "created_at", "updated_at", "version", "expires_at")
 """The header's columns a stamp (:meth:`SqlStorage._read_stamps`) is read from, those of
 them the table has."""
@@ -1344,6 +1349,8 @@ class SqlStorage(Storage):
         )
         self._layout_lock = threading.Lock()
         self._known = KnownSessions(cache_bytes)
+        self._written_in_bulk = 0
+        self._analyzed_for = 0
         self._guarding = _Guard(self)
         self._spare = _spare_of(engine, dialect.inherited)
         self._run_codec = RunEncoder(self._known, dialect.dumps, _digest)
@@ -2308,6 +2315,25 @@ class SqlStorage(Storage):
         finally:
             self._end(conn, True)
         return row, runs
+
+    def _bulk_written(self, count: int) -> None:
+        # Gathered again each time the sessions written in bulk have doubled: a handful of
+        # ANALYZEs for a copy of any size, none for one too small to be slowed down.
+        self._written_in_bulk += count
+        if self._written_in_bulk < max(ANALYZE_AFTER, 2 * self._analyzed_for):
+            return
+        self._analyzed_for = self._written_in_bulk
+        tables = [self.table]
+        if self._current(rechecked=True).version >= LATEST:
+            tables.append(self.runs_table)
+        self._statements()
+
+        def analyze() -> None:
+            with self._transaction(True) as conn:
+                for table in tables:
+                    self.dialect.analyze(conn, table)
+
+        self._call(analyze)
 
     @_again_if_dropped
     def _read_many(self, ids: Iterable[str], remember: bool = True) -> list[Record | None]:
