@@ -299,11 +299,15 @@ def _walk(value: Any, path: str, depth: int) -> Any:
         bytearray: "decode it to str, or encode it with base64",
     }
     hint = hints.get(type(value), "convert it to JSON-native data (dict, list, str, number, bool)")
-    name = type(value).__name__
-    if name == "bytes":
-        name = "bytes value"
-    article = "an" if name[:1].lower() in "aeiou" else "a"
-    raise SerializationError(f"{path}: {article} {name} cannot be stored as JSON; {hint}")
+    raise SerializationError(
+        f"{path}: {_with_article(type(value))} cannot be stored as JSON; {hint}"
+    )
+
+
+def _with_article(kind: type) -> str:
+    """The name of ``kind`` after its article: "an object", "a bytes value"."""
+    name = "bytes value" if kind is bytes else kind.__name__
+    return f"an {name}" if name[:1].lower() in "aeiou" else f"a {name}"
 
 
 def object_text(record: dict[str, Any], texts: dict[str, str]) -> str:

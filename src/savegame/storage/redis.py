@@ -778,6 +778,34 @@ def _driver() -> Any:
     return redis
 
 
+def _check_server(
+    host: object, port: object, ssl: object, username: object, password: object
+) -> None:
+    """Refuses the arguments naming a Redis server and how to log in that redis-py would
+    take otherwise than meant, or refuse only at the first call.
+
+    Raises:
+        InvalidIdentifierError: naming the argument and what it must be (never a secret's
+            value, which may be the password).
+    """
+    if not isinstance(host, str) or not host:
+        raise InvalidIdentifierError(f"Redis host must be a host name or address, not {host!r}")
+    if type(port) is not int or not 1 <= port <= 65535:
+        raise InvalidIdentifierError(
+            f"Redis port {port!r} must be a whole number (int) from 1 to 65535"
+        )
+    if type(ssl) is not bool:
+        # A string ("false", from an environment variable) is true: TLS to a server that
+        # speaks none timed out at the first call, as an unreachable server.
+        raise InvalidIdentifierError(f"ssl must be True or False, not {ssl!r}")
+    for name, secret in (("username", username), ("password", password)):
+        if secret is not None and not isinstance(secret, str):
+            # redis-py sent an int as its digits, and refused a list only at the first call.
+            raise InvalidIdentifierError(
+                f"Redis {name} must be a str or None, not {type(secret).__name__}"
+            )
+
+
 class RedisStorage(Storage):
     """Sessions of one mode under one key prefix of a Redis server or Redis Cluster.
 
@@ -903,17 +931,7 @@ class RedisStorage(Storage):
         self._calls = 0
         self._closing = False
         self._idle = threading.Condition(self._lock)
-        if type(ssl) is not bool:
-            # A string ("false", from an environment variable) is true: TLS to a server
-            # that speaks none timed out at the first call, as an unreachable server.
-            raise InvalidIdentifierError(f"ssl must be True or False, not {ssl!r}")
-        for name, secret in (("username", username), ("password", password)):
-            if secret is not None and not isinstance(secret, str):
-                # redis-py sent an int as its digits, and refused a list only at the first
-                # call. The value is not shown: it may be the password.
-                raise InvalidIdentifierError(
-                    f"Redis {name} must be a str or None, not {type(secret).__name__}"
-                )
+        _check_server(host, port, ssl, username, password)
         options: dict[str, Any] = {
             "username": username,
             "password": password,
@@ -941,12 +959,6 @@ class RedisStorage(Storage):
             options["socket_timeout"] = SOCKET_TIMEOUT
         if options["socket_connect_timeout"] is None:
             options["socket_connect_timeout"] = CONNECT_TIMEOUT
-        if not isinstance(host, str) or not host:
-            raise InvalidIdentifierError(f"Redis host must be a host name or address, not {host!r}")
-        if type(port) is not int or not 1 <= port <= 65535:
-            raise InvalidIdentifierError(
-                f"Redis port {port!r} must be a whole number (int) from 1 to 65535"
-            )
         if type(db) is not int or db < 0:
             # Redis refused it only at the first call, as a plain StorageError.
             raise InvalidIdentifierError(

@@ -1716,15 +1716,7 @@ class SqlStorage(Storage):
         inspector = inspect(conn)
         if not inspector.has_table(self.table_name, self.schema):
             return _MISSING
-        if self.dialect.names_ignore_case:
-            folded = self.table_name.casefold()
-            for name in inspector.get_table_names(self.schema):
-                if name.casefold() == folded and name != self.table_name:
-                    raise InvalidIdentifierError(
-                        f"{self.dialect.title} table names ignore case: table "
-                        f"{self.table_name!r} is the table {name!r} here, another storage's; "
-                        f"open that one as {name!r}, or give this storage another name"
-                    )
+        self._refuse_another_case(inspector)
         version = ORIGINAL_VERSION
         if inspector.has_table(MIGRATIONS_TABLE, self.schema):
             migrations = self._tables.migrations
@@ -1755,30 +1747,7 @@ class SqlStorage(Storage):
             if column not in names:
                 version = min(version, migration - 1)
                 break
-        if names == set(self.runs_table.c.keys()):
-            raise StorageError(
-                f"table {self.table_name!r} holds the runs of another storage's sessions"
-                f" (those of table {self.table_name.removesuffix('_runs')!r}); give this"
-                " storage another table name"
-            )
-        lacking = [name for name in _needed(self.spec) if name not in names]
-        if lacking:
-            # Every table of this mode, the original's included, has these: without them
-            # the table holds sessions of another mode (team_id where agent_id is wanted),
-            # which would be read short, or is no session table at all, which an upgrade
-            # would fill with this mode's columns.
-            held = [m for m, spec in MODES.items() if names >= set(_needed(spec))]
-            holds = (
-                f"it holds {held[0]} sessions: open it with mode {held[0]}"
-                if len(held) == 1
-                else "it holds sessions of another mode, or is not a session table; open it "
-                "with the mode it was written in"
-            )
-            raise CorruptSessionError(
-                f"table {self.table_name!r} at {self.where()} lacks the column(s) "
-                f"{', '.join(map(repr, lacking))} of {self.mode} sessions: {holds}, or give "
-                "this storage another table name"
-            )
+        self._refuse_foreign(names)
         if settled and names >= set(self.table.c.keys()) and self._runs_table_is(conn) is not False:
             # Every column of the latest layout, which only savegame makes, with no record
             # saying so or without its runs table: tables made (or upgraded) by a call cut
@@ -1793,6 +1762,57 @@ class SqlStorage(Storage):
         if columns and set(columns) == names and not names >= latest:
             self._older = (columns, layout)
         return layout
+
+    def _refuse_another_case(self, inspector: Any) -> None:
+        """Refuses a table name that, where the database ignores the case of table names,
+        is another storage's table of a name differing in case alone.
+
+        Raises:
+            InvalidIdentifierError: naming that table.
+        """
+        if not self.dialect.names_ignore_case:
+            return
+        folded = self.table_name.casefold()
+        for name in inspector.get_table_names(self.schema):
+            if name.casefold() == folded and name != self.table_name:
+                raise InvalidIdentifierError(
+                    f"{self.dialect.title} table names ignore case: table "
+                    f"{self.table_name!r} is the table {name!r} here, another storage's; "
+                    f"open that one as {name!r}, or give this storage another name"
+                )
+
+    def _refuse_foreign(self, names: set[str]) -> None:
+        """Refuses a table of columns ``names`` that holds no sessions of this mode.
+
+        Raises:
+            StorageError: when it is the runs table of another storage's sessions.
+            CorruptSessionError: when it lacks a column every table of this mode has (the
+                original's included): it holds sessions of another mode (team_id where
+                agent_id is wanted), which would be read short, or is no session table at
+                all, which an upgrade would fill with this mode's columns. The mode its
+                columns tell is named, when they tell one.
+        """
+        if names == set(self.runs_table.c.keys()):
+            raise StorageError(
+                f"table {self.table_name!r} holds the runs of another storage's sessions"
+                f" (those of table {self.table_name.removesuffix('_runs')!r}); give this"
+                " storage another table name"
+            )
+        lacking = [name for name in _needed(self.spec) if name not in names]
+        if not lacking:
+            return
+        held = [m for m, spec in MODES.items() if names >= set(_needed(spec))]
+        holds = (
+            f"it holds {held[0]} sessions: open it with mode {held[0]}"
+            if len(held) == 1
+            else "it holds sessions of another mode, or is not a session table; open it "
+            "with the mode it was written in"
+        )
+        raise CorruptSessionError(
+            f"table {self.table_name!r} at {self.where()} lacks the column(s) "
+            f"{', '.join(map(repr, lacking))} of {self.mode} sessions: {holds}, or give "
+            "this storage another table name"
+        )
 
     def _runs_table_is(self, conn: Connection) -> bool | None:
         """Whether the table of the runs table's name has the runs' columns; None when
