@@ -386,6 +386,20 @@ def check_update(session_id: str, fn: object, max_attempts: object) -> None:
         )
 
 
+def unwritable(folder: str | os.PathLike[str]) -> str | None:
+    """Why this process cannot write to ``folder`` ("it is on a read-only file system", or
+    it lacks the permission); None when it can. Said beside a driver's or the system's words
+    ("unable to open database file", "Read-only file system" of one file in it), which name
+    neither the folder nor the cause."""
+    if os.access(folder, os.W_OK):
+        return None
+    statvfs = getattr(os, "statvfs", None)
+    with contextlib.suppress(OSError):
+        if statvfs is not None and statvfs(folder).f_flag & os.ST_RDONLY:
+            return "it is on a read-only file system"
+    return "this process lacks the permission to write there"
+
+
 def make_folder(path: Path) -> None:
     """Makes the folder ``path``, and the folders above it, when missing, and syncs the
     folder each one made is in: a write into a new folder that returns then survives a

@@ -105,6 +105,7 @@ from savegame.storage.base import (
     once_more_on,
     path_text,
     sync_folder,
+    unwritable,
 )
 from savegame.storage.session import MODES, Mode, modes_of
 from savegame.storage.wal import clear_log, erase_deleted, use_wal
@@ -573,11 +574,11 @@ class FileStorage(Storage):
         file system" of a lock file, SQLite's "unable to open database file" of the index)
         name neither the folder nor the cause."""
         for folder in (self.dir_path, self._meta):
-            if folder.is_dir() and not os.access(folder, os.W_OK):
+            why = unwritable(folder) if folder.is_dir() else None
+            if why is not None:
                 return BackendUnavailableError(
-                    f"{what}: {exc}; the folder {folder} cannot be written to "
-                    f"({_why_unwritable(folder)}): its sessions can be read and listed, "
-                    "not written, removed or indexed"
+                    f"{what}: {exc}; the folder {folder} cannot be written to ({why}): its "
+                    "sessions can be read and listed, not written, removed or indexed"
                 )
         return BackendUnavailableError(f"{what}: {exc}")
 
@@ -1638,15 +1639,6 @@ def _not_writable(exc: BaseException) -> bool:
     read-only file system, or without the permission."""
     cause = exc.__cause__
     return isinstance(cause, OSError) and cause.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
-
-
-def _why_unwritable(folder: Path) -> str:
-    """Why ``folder``, which this process may not write to, cannot be written to."""
-    statvfs = getattr(os, "statvfs", None)
-    with contextlib.suppress(OSError):
-        if statvfs is not None and statvfs(folder).f_flag & os.ST_RDONLY:
-            return "it is on a read-only file system"
-    return "this process lacks the permission to write there"
 
 
 def _only_interrupts(exc: BaseException) -> bool:

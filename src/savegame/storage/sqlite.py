@@ -43,7 +43,7 @@ from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.expression import Executable
 
 from savegame.errors import InvalidIdentifierError, StorageError
-from savegame.storage.base import local_path, make_folder, path_text
+from savegame.storage.base import local_path, make_folder, path_text, unwritable
 from savegame.storage.known import DEFAULT_BYTES
 from savegame.storage.session import Mode
 from savegame.storage.sql import (
@@ -392,7 +392,7 @@ class SqliteStorage(SqlStorage):
             and self._file is not None
             and os.path.isfile(self._file)
             and folder is not None
-            and not os.access(folder, os.W_OK)
+            and unwritable(folder) is not None
         ):
             # The file is there and readable or not, SQLite says only that it cannot open
             # it; in WAL mode the cause is most often the folder.
