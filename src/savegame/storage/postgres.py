@@ -115,6 +115,7 @@ class PostgresDialect(SqlDialect):
     """PostgreSQL's differences: JSONB, ``ON CONFLICT``, advisory locks, SQLSTATEs."""
 
     title = "PostgreSQL"
+    plans_by_statistics = True
     backends = ("postgresql", "postgres")
     example = "postgresql+psycopg://user@host/db"
     read_isolation = "REPEATABLE READ"

@@ -259,6 +259,9 @@ class SqlDialect(ABC):
     (:meth:`other_level`), where it would commit each statement of the write apart or fail
     as a serialization conflict where the row locks order writers."""
     names_ignore_case: ClassVar[bool] = False
+    plans_by_statistics: ClassVar[bool] = False
+    """Whether :meth:`analyze` gathers anything: where it does not, nothing calls it for a
+    bulk write (see :meth:`SqlStorage._bulk_written`)."""
     table_options: ClassVar[dict[str, Any]] = {}
     round_trips: ClassVar[bool] = True
     inherited: Inherited = "forsake"
@@ -2340,7 +2343,9 @@ class SqlStorage(Storage):
         # Gathered again each time the sessions written in bulk have doubled: a handful of
         # ANALYZEs for a copy of any size, none for one too small to be slowed down.
         self._written_in_bulk += count
-        if self._written_in_bulk < max(ANALYZE_AFTER, 2 * self._analyzed_for):
+        if not self.dialect.plans_by_statistics or self._written_in_bulk < max(
+            ANALYZE_AFTER, 2 * self._analyzed_for
+        ):
             return
         self._analyzed_for = self._written_in_bulk
         tables = [self.table]
