@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -652,29 +652,39 @@ def check_a_batch_removal_waits_on_no_other_session(
             )
         return ids
 
+    @contextlib.contextmanager
+    def other_held() -> Iterator[None]:
+        # Held around each removal alone: under MySQL's repeatable read the lock also
+        # covers the gap before ``other``'s rows, which purged rows widen, so sessions
+        # made while it is held could wait on it.
+        with admin.connect() as holder:
+            holder.execute(text(lock))
+            yield
+            holder.rollback()
+
     other = AgentSession(session_id="other", user_id="v", memory={"runs": _runs("o", 2)})
     storage.upsert(other)
-    ids = old_sessions()
     lock = lock_other.format(table=storage.table_name, runs=storage.runs_table.name)
-    with admin.connect() as holder:
-        holder.execute(text(lock))
+    ids = old_sessions()
+    with other_held():
         assert sorted(transfer.purge(storage, 3600)) == ids
-        old_sessions()
-        removed: list[str] = []
+    old_sessions()
+    removed: list[str] = []
+    with other_held():
         assert storage.delete_user("u", removed) == 30
-        assert sorted(removed) == ids
-        expiring = type(storage)(
-            storage.table_name, schema=storage.schema, db_engine=storage.db_engine, expire=1
-        )
-        for session_id in ids:
-            expiring.upsert(AgentSession(session_id=session_id, memory={"runs": _runs("e", 2)}))
-        deadline = time.time() + 10
-        while expiring.get_all_session_ids() != ["other"]:
-            assert time.time() < deadline
-            time.sleep(0.05)
+    assert sorted(removed) == ids
+    expiring = type(storage)(
+        storage.table_name, schema=storage.schema, db_engine=storage.db_engine, expire=1
+    )
+    for session_id in ids:
+        expiring.upsert(AgentSession(session_id=session_id, memory={"runs": _runs("e", 2)}))
+    deadline = time.time() + 10
+    while expiring.get_all_session_ids() != ["other"]:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    expiring.close()
+    with other_held():
         assert storage.purge_expired() == 30
-        expiring.close()
-        holder.rollback()
     assert storage.get_all_session_ids() == ["other"]
     got = storage.read("other")
     assert got is not None
