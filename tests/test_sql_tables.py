@@ -29,6 +29,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    func,
     insert,
     inspect,
     select,
@@ -381,6 +382,53 @@ def test_a_read_while_another_storage_upgrades_the_original_table_is_whole(
     assert got.memory == {"runs": runs}
     [listed] = reader.get_all_sessions(user_id="u")
     assert listed.memory == {"runs": runs}
+
+
+def test_storages_upgrading_one_original_table_at_once_all_return_and_lose_no_row(
+    sql_store: Store,
+) -> None:
+    # Processes started together after a deploy each call upgrade_schema(): they take
+    # turns under the schema lock, the later ones finding the work done.
+    if sql_store.backend == "sqlite-memory":
+        pytest.skip("one connection, which threads take in turn: no two upgrades overlap")
+    assert sql_store.original is not None
+
+    def runs(i: int) -> list[dict[str, Any]]:
+        return [{"run_id": f"{i}-{n}", "content": f"turn {n}"} for n in range(i % 5)]
+
+    sql_store.original(
+        [
+            {"session_id": f"old-{i}", "user_id": f"u{i % 3}", "memory": {"runs": runs(i)}}
+            for i in range(40)
+        ]
+    )
+    upgraders = [_sql(sql_store) for _ in range(4)]
+    started = threading.Barrier(len(upgraders), timeout=30)
+
+    def upgrade(n: int) -> None:
+        started.wait()
+        upgraders[n].upgrade_schema()
+        upgraders[n].upsert(AgentSession(session_id=f"new-{n}", memory={"runs": runs(n)}))
+
+    in_threads(len(upgraders), upgrade)
+    reader = _sql(sql_store)
+    assert sorted(reader.get_all_session_ids()) == sorted(
+        [f"old-{i}" for i in range(40)] + [f"new-{n}" for n in range(4)]
+    )
+    for i in range(40):
+        got = reader.read(f"old-{i}")
+        assert got is not None
+        assert (got.user_id, got.memory) == (f"u{i % 3}", {"runs": runs(i)})
+    with reader.db_engine.connect() as conn:
+        stored = conn.execute(select(func.count()).select_from(reader.runs_table)).scalar()
+        migrations = Table(
+            "savegame_migrations", MetaData(schema=reader.schema), autoload_with=conn
+        )
+        version = conn.execute(
+            select(migrations.c.version).where(migrations.c.table_name == reader.table_name)
+        ).scalar_one()
+    assert stored == sum(i % 5 for i in range(40)) + sum(n % 5 for n in range(4))
+    assert version == LATEST
 
 
 def test_a_read_of_an_original_table_looks_at_its_columns_alone_until_another_upgrades_it(
