@@ -45,7 +45,7 @@ from savegame.storage.redis import RedisStorage, from_url
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.session.team import TeamSession
 from savegame.storage.url import open_storage, parse_url
-from savegame.testing.contract import check_lost_reply
+from savegame.testing.contract import check_lost_reply, in_threads
 from tests.redis_servers import (
     own_cluster,
     plain_server,
@@ -2243,6 +2243,51 @@ def test_a_call_while_the_slot_migrates_for_long_says_so(cluster_of_our_own: str
         got = RedisStorage(storage.prefix, url=url).read("s")
         assert got is not None
         assert got.memory["runs"] == _runs(1)
+
+
+def test_storages_upgrading_one_original_prefix_at_once_all_return_and_move_each_once(
+    server: str, raw: Any, prefix: str
+) -> None:
+    # Each finds keys that another moves meanwhile: a key gone is passed over, and a
+    # session stored by another from the same old copy is no session "not moved from it".
+    old = {
+        f"{prefix}:s{i}": json.dumps(
+            {
+                "session_id": f"s{i}",
+                "user_id": f"u{i % 3}",
+                "memory": {"runs": [{"run_id": f"{i}-{n}"} for n in range(i % 4)]},
+                "created_at": 1_700_000_000 + i,
+                "updated_at": 1_700_000_100 + i,
+            }
+        )
+        for i in range(60)
+    }
+    try:
+        for key, value in old.items():
+            raw.set(key, value)
+        upgraders = [RedisStorage(prefix, url=server) for _ in range(4)]
+        started = threading.Barrier(len(upgraders), timeout=30)
+
+        def upgrade(n: int) -> None:
+            started.wait()
+            upgraders[n].upgrade_schema()
+
+        in_threads(len(upgraders), upgrade)
+        assert not any(raw.exists(key) for key in old)
+        storage = RedisStorage(prefix, url=server)
+        assert len(storage.get_all_session_ids()) == 60
+        for i in range(60):
+            got = storage.read(f"s{i}")
+            assert got is not None
+            assert (got.user_id, got.version, got.updated_at) == (
+                f"u{i % 3}",
+                1,
+                1_700_000_100 + i,
+            )
+            assert got.memory == {"runs": [{"run_id": f"{i}-{n}"} for n in range(i % 4)]}
+    finally:
+        for key in old:
+            raw.delete(key)
 
 
 def test_upgrade_schema_run_again_never_overwrites_a_session_saved_since(
