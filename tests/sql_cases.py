@@ -347,6 +347,31 @@ def check_read_only_role(storage: SqlStorage, owner: SqlStorage) -> None:
     assert owner.get_all_session_ids() == ["s"]
 
 
+def check_a_write_that_waited_for_a_lock_lives_from_its_write(
+    opener: Callable[..., SqlStorage], hold: Callable[[], Callable[[], None]]
+) -> None:
+    """A write that waits 2.5 s for a lock another transaction holds on session ``s``
+    (``hold()`` takes it and returns what lets it go) stamps its session when it is made:
+    one that lives 2 s from its write is read, listed and kept by a purge after it returns,
+    rather than stored already expired."""
+    with opener() as maker:
+        maker.upsert(AgentSession(session_id="s", user_id="u"))
+    storage = opener(expire=2)
+    release = hold()
+    timer = threading.Timer(2.5, release)
+    timer.start()
+    try:
+        storage.upsert(AgentSession(session_id="s", user_id="u", session_data={"n": 1}))
+    finally:
+        timer.join()
+    got = storage.read("s")
+    assert got is not None
+    assert (got.session_data, got.version) == ({"n": 1}, 2)
+    assert storage.get_all_session_ids(user_id="u") == ["s"]
+    assert storage.purge_expired() == 0
+    storage.close()
+
+
 def check_lock_held_past_a_timeout(storage: SqlStorage, admin: Engine, lock_header: str) -> None:
     """With a server-side timeout set on ``storage``'s connections (in its URL), every call
     that waits for a session's header while another transaction holds its lock raises

@@ -599,6 +599,46 @@ def test_a_lock_timeout_that_is_no_wait_of_so_many_seconds_is_refused_when_made(
         cls(tmp_path / "a", lock_timeout=good).upsert(AgentSession(session_id="s"))
 
 
+_HOLD_THE_LOCK = """
+import sys, time
+from savegame.storage.url import open_storage
+
+def hold(session):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+
+open_storage(sys.argv[1], mode="agent").update("s", hold)
+"""
+
+
+@pytest.mark.parametrize("cls", FORMATS)
+def test_a_write_that_waited_for_another_process_expires_counting_from_its_write(
+    tmp_path: Path, cls: type[FileStorage]
+) -> None:
+    # Another process holds the folder's lock (an update whose fn takes its time) for longer
+    # than the sessions live: the write that waits for it is made when the lock comes free,
+    # and its session lives from then, not from when the call began.
+    folder = tmp_path / "s"
+    storage = cls(folder, expire=2)
+    storage.create()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_THE_LOCK, f"{cls.format.name}:///{folder}", "2.5"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        storage.upsert(AgentSession(session_id="s", user_id="u"))
+    finally:
+        assert holder.wait(timeout=60) == 0
+    got = storage.read("s")
+    assert got is not None
+    assert got.version == 1
+    assert storage.get_all_session_ids(user_id="u") == ["s"]
+    assert storage.purge_expired() == 0
+
+
 @pytest.mark.parametrize("cls", FORMATS)
 def test_failures_of_the_folder_itself_are_savegames_errors(
     tmp_path: Path, cls: type[FileStorage]

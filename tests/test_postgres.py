@@ -5,7 +5,7 @@ Runs against the server of ``SAVEGAME_TEST_POSTGRES_URL``, each test in a schema
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -435,6 +435,23 @@ def test_a_lock_held_past_a_timeout_raises_backend_unavailable(
         storage, admin, f"SELECT 1 FROM \"{schema}\".{{table}} WHERE session_id = 's' FOR UPDATE"
     )
     storage.close()
+
+
+def test_a_write_that_waited_for_a_row_lock_lives_from_its_write(
+    server: str, admin: Engine, schema: str
+) -> None:
+    holder = admin.connect()
+
+    def hold() -> Callable[[], None]:
+        holder.execute(
+            text(f"SELECT 1 FROM \"{schema}\".sessions WHERE session_id = 's' FOR UPDATE")
+        )
+        return holder.close
+
+    sql_cases.check_a_write_that_waited_for_a_lock_lives_from_its_write(
+        lambda **options: PostgresStorage("sessions", schema=schema, db_url=server, **options),
+        hold,
+    )
 
 
 def test_a_batch_removal_waits_on_no_other_session(server: str, admin: Engine, schema: str) -> None:

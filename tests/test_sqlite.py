@@ -28,6 +28,7 @@ from savegame.storage.session.agent import AgentSession
 from savegame.storage.session.v2.workflow import WorkflowSession as WorkflowSessionV2
 from savegame.storage.sqlite import SqliteStorage, make_engine
 from savegame.testing.contract import in_threads
+from tests import sql_cases
 from tests.erasure import MARK, marked_files, snapshot
 from tests.full_disk import FILE_SIZE_LIMIT, full_tmpfs, read_only
 from tests.stores import write_original_table
@@ -206,6 +207,42 @@ def test_an_agents_save_writes_its_new_run_not_the_whole_conversation(tmp_path: 
     late = sum(written[t] for t in range(291, 301)) / 10
     assert late <= 3 * early, (early, late)
     assert len(got.memory["runs"]) == 300
+
+
+def test_a_write_that_waited_for_another_process_lives_from_its_write(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+
+    def hold() -> Callable[[], None]:
+        # A writer of another process (SQLite's locks are the file's) holds the write lock.
+        holder = subprocess.Popen(
+            [sys.executable, "-c", _HOLD_THE_WRITE_LOCK, str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+
+        def release() -> None:
+            assert holder.stdin is not None
+            holder.stdin.close()
+            assert holder.wait(timeout=60) == 0
+
+        return release
+
+    sql_cases.check_a_write_that_waited_for_a_lock_lives_from_its_write(
+        lambda **options: SqliteStorage("t", db_file=path, **options), hold
+    )
+
+
+_HOLD_THE_WRITE_LOCK = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("held", flush=True)
+sys.stdin.read()
+conn.execute("ROLLBACK")
+"""
 
 
 def test_a_lock_held_past_the_timeout_raises_and_reads_go_on(tmp_path: Path) -> None:

@@ -922,6 +922,10 @@ class Storage(ABC):
         Raises:
             ConflictError: when ``expected_version`` is set and is not the stored version.
         """
+        # The write's time is its atomic step's: ``now``, read when the call began, may be
+        # seconds old by then (the write waited for another writer's lock), and a session
+        # stamped with it would expire that much early, even as it is written.
+        now = max(now, _now())
         if current is not None and is_expired(current.expires_at, now):
             current = None
         actual = 0 if current is None else current.version
