@@ -5,7 +5,7 @@ Runs against the server of ``SAVEGAME_TEST_MYSQL_URL``, each test with tables of
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -550,6 +550,21 @@ def test_an_engine_whose_schema_translate_map_names_the_database_keeps_the_table
         engine.dispose()
         with admin.begin() as conn:
             conn.execute(text(f"DROP DATABASE {database}"))
+
+
+def test_a_write_that_waited_for_a_row_lock_lives_from_its_write(
+    server: str, admin: Engine, table: str
+) -> None:
+    holder = admin.connect()
+
+    def hold() -> Callable[[], None]:
+        holder.begin()
+        holder.execute(text(f"SELECT 1 FROM {table} WHERE session_id = 's' FOR UPDATE"))
+        return holder.close
+
+    sql_cases.check_a_write_that_waited_for_a_lock_lives_from_its_write(
+        lambda **options: MySQLStorage(table, db_url=server, **options), hold
+    )
 
 
 @pytest.mark.parametrize("setting", ["innodb_lock_wait_timeout = 1", "max_statement_time = 0.3"])
