@@ -31,6 +31,7 @@ from savegame.storage.files import FileFormat, FileStorage, file_name
 from savegame.storage.json import JsonStorage
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.session.team import TeamSession
+from savegame.storage.url import open_storage
 from savegame.storage.yaml import YamlStorage
 from savegame.testing.contract import ODD_IDS, wait_child
 from tests.erasure import MARK, marked_files, snapshot
@@ -609,6 +610,34 @@ def hold(session):
 
 open_storage(sys.argv[1], mode="agent").update("s", hold)
 """
+
+
+@pytest.mark.parametrize("cls", FORMATS)
+def test_a_urls_lock_timeout_is_how_long_a_write_waits_for_the_folders_lock(
+    tmp_path: Path, cls: type[FileStorage]
+) -> None:
+    folder = tmp_path / "s"
+    url = f"{cls.format.name}:///{folder}"
+    for bad in ("abc", "-1", "nan"):
+        with pytest.raises(InvalidIdentifierError, match=f"lock_timeout='{bad}' in storage URL"):
+            open_storage(f"{url}?lock_timeout={bad}", mode="agent")
+    with pytest.raises(InvalidIdentifierError, match="lock_timeout must be a number of seconds"):
+        open_storage(f"{url}?lock_timeout=1e10", mode="agent")
+    storage = open_storage(f"{url}?lock_timeout=0.2", mode="agent")
+    storage.upsert(AgentSession(session_id="s"))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_THE_LOCK, url, "30"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(BackendUnavailableError, match="lock"):
+            storage.upsert(AgentSession(session_id="t"))
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    assert storage.read("t") is None
+    storage.upsert(AgentSession(session_id="t"))
 
 
 @pytest.mark.parametrize("cls", FORMATS)

@@ -261,10 +261,11 @@ def test_storage_url_is_what_backends_receive() -> None:
     [
         ("sqlite:///a.db?tabel=custom", {}, "sqlite:// URL: tabel; it takes table, expire,"),
         ("sqlite://", {"tabel": "custom"}, "sqlite:// URL: tabel;"),
-        ("json:///d?exipre=60", {}, "json:// URL: exipre; it takes expire$"),
-        ("json:///d?table=x", {}, "json:// URL: table; it takes expire$"),
-        ("json:///d", {"cache_bytes": 0}, "json:// URL: cache_bytes; it takes expire$"),
-        ("yaml:///d?exipre=60&prefix=p", {}, "yaml:// URL: exipre, prefix; it takes expire$"),
+        ("json:///d?exipre=60", {}, "json:// URL: exipre; it takes expire, lock_timeout$"),
+        ("json:///d?table=x", {}, "json:// URL: table; it takes expire, lock_timeout$"),
+        ("json:///d", {"cache_bytes": 0}, "json:// URL: cache_bytes; it takes expire, lock_"),
+        ("yaml:///d?exipre=60&prefix=p", {}, "yaml:// URL: exipre, prefix; it takes expire, lo"),
+        ("memory://?lock_timeout=1", {}, "memory:// URL: lock_timeout; it takes expire$"),
         ("memory://?exipre=60", {}, "memory:// URL: exipre; it takes expire$"),
         ("memory://", {"table": "t"}, "memory:// URL: table; it takes expire$"),
         (
@@ -303,6 +304,7 @@ SAMPLE_VALUES = {
     "expire": "60",
     "synchronous": "NORMAL",
     "busy_timeout": "2.5",
+    "lock_timeout": "4.5",
     "cache_bytes": "0",
 }
 

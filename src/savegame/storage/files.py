@@ -76,7 +76,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from filelock import FileLock, Timeout
 
@@ -109,6 +109,9 @@ from savegame.storage.base import (
 )
 from savegame.storage.session import MODES, Mode, modes_of
 from savegame.storage.wal import clear_log, erase_deleted, use_wal
+
+if TYPE_CHECKING:
+    from savegame.storage.url import StorageURL
 
 _PLAIN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 _DEVICES = frozenset(
@@ -1597,6 +1600,19 @@ class _FileOfAnother(CorruptSessionError):
     folder's file system takes two names for one (one that ignores case takes ``abc.json``
     for ``Abc.json``). The id's session is not there, and its write or delete would replace
     or remove the other session."""
+
+
+_Folder = TypeVar("_Folder", bound=FileStorage)
+
+
+def open_folder(cls: type[_Folder], url: StorageURL) -> _Folder:
+    """A ``cls`` storage of the folder ``url`` names, with the URL's ``expire`` and
+    ``lock_timeout`` (the constructor's default when absent)."""
+    options: dict[str, Any] = {}
+    lock_timeout = url.pop_number("lock_timeout")
+    if lock_timeout is not None:
+        options["lock_timeout"] = lock_timeout
+    return cls(url.path, mode=url.mode, expire=url.pop_int("expire"), **options)  # type: ignore[arg-type]
 
 
 def _hidden(name: str) -> bool:

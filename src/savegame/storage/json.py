@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from savegame.storage.codec import dumps_pretty, loads_finite
-from savegame.storage.files import FileFormat, FileStorage
+from savegame.storage.files import FileFormat, FileStorage, open_folder
 from savegame.storage.url import StorageURL
 
 
@@ -15,4 +15,4 @@ class JsonStorage(FileStorage):
 
 def from_url(url: StorageURL) -> JsonStorage:
     """``json:///relative/dir`` or ``json:////absolute/dir``."""
-    return JsonStorage(url.path, mode=url.mode, expire=url.pop_int("expire"))  # type: ignore[arg-type]
+    return open_folder(JsonStorage, url)

@@ -17,7 +17,8 @@ so naming a Redis URL without redis-py installed raises the error that says what
 =======================================  =============================================
 
 Query parameters: ``table`` (SQL schemes; default ``<mode>_sessions``, so ``agent_sessions``),
-``prefix`` (Redis; default ``savegame:<mode>``), ``expire`` (seconds, every scheme). Keyword
+``prefix`` (Redis; default ``savegame:<mode>``), ``expire`` (seconds, every scheme), and the
+others each scheme lists in :data:`OPTIONS` or its ``from_url`` takes. Keyword
 arguments given to :func:`open_storage` win over the URL's; one given as None counts as not
 given, so ``open_storage(url, expire=None)`` keeps the URL's ``?expire=``. An option a scheme
 does not take, from the query or a keyword, raises
@@ -87,12 +88,12 @@ NAMESPACES: dict[str, tuple[str, str]] = {
 Schemes not listed (folders, memory) name one store with the URL alone.
 """
 
-_FILES = ("expire",)
+_FOLDERS = ("expire", "lock_timeout")
 OPTIONS: dict[str, tuple[str, ...]] = {
     "sqlite": ("table", "expire", "synchronous", "busy_timeout", "cache_bytes"),
-    "json": _FILES,
-    "yaml": _FILES,
-    "memory": _FILES,
+    "json": _FOLDERS,
+    "yaml": _FOLDERS,
+    "memory": ("expire",),
 }
 """Scheme → every option its ``from_url`` takes; :func:`parse_url` refuses any other.
 

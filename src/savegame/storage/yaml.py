@@ -32,7 +32,7 @@ from savegame.storage.codec import (
     loads_finite,
     unescape_value,
 )
-from savegame.storage.files import FileFormat, FileStorage
+from savegame.storage.files import FileFormat, FileStorage, open_folder
 from savegame.storage.url import StorageURL
 
 _Dumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
@@ -132,4 +132,4 @@ class YamlStorage(FileStorage):
 
 def from_url(url: StorageURL) -> YamlStorage:
     """``yaml:///relative/dir`` or ``yaml:////absolute/dir``."""
-    return YamlStorage(url.path, mode=url.mode, expire=url.pop_int("expire"))  # type: ignore[arg-type]
+    return open_folder(YamlStorage, url)
