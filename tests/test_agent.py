@@ -835,6 +835,28 @@ def test_two_agents_on_one_session_keep_each_others_state_and_name(
     assert first.session_name == ""
 
 
+def test_two_agents_on_one_session_keep_each_others_extra_data(backend_store: Store) -> None:
+    first = _agent(backend_store, session_id="s", extra_data={"plan": "free", "tz": "UTC"})
+    first.run("hello")
+    second = _agent(backend_store, session_id="s")
+    assert second.extra_data == {"plan": "free", "tz": "UTC"}
+    second.extra_data["plan"] = "pro"  # type: ignore[index]
+    second.extra_data["seen"] = True  # type: ignore[index]
+    second.run("upgrade me")
+    first.extra_data["tz"] = "CET"  # type: ignore[index]
+    first.run("I moved")  # changed only tz: the plan and seen saved meanwhile stay
+    stored = backend_store().read("s")
+    assert stored is not None
+    assert stored.extra_data == {"plan": "pro", "tz": "CET", "seen": True}  # type: ignore[attr-defined]
+    assert first.extra_data == {"plan": "pro", "tz": "CET", "seen": True}
+    del second.extra_data["seen"]  # type: ignore[index]
+    second.run("forget it")
+    first.run("anything else?")
+    stored = backend_store().read("s")
+    assert stored is not None
+    assert stored.extra_data == {"plan": "pro", "tz": "CET"}  # type: ignore[attr-defined]
+
+
 def test_the_originals_run_messages_are_sent_as_the_turns_they_hold() -> None:
     # Runs as the original library saved them: each run's system prompt, a tool call and its
     # result, copies of the history it had sent, keys of its own, content given as parts.

@@ -6,10 +6,10 @@ session, adds this run to the runs already there and writes with the version it 
 another process saved the same session in between, the write conflicts and is redone over
 the newer session, so two processes running one session lose no run. The stored session is
 then taken back as the keeper's own, so its history includes the other process's runs. Runs
-are merged, and so are the session's name and state: a save writes the name, and the keys of
-the state, that this object changed since it last read or saved the session, over what is
-stored then. A change another process saved meanwhile is kept, unless this object changed the
-same thing (the last writer wins).
+are merged, and so are the session's name, state and ``extra_data``: a save writes the name,
+and the keys of the state and of ``extra_data``, that this object changed since it last read
+or saved the session, over what is stored then. A change another process saved meanwhile is
+kept, unless this object changed the same thing (the last writer wins).
 
 Where the runs sit in a session (``memory["runs"]`` or ``runs``) and which field names the
 agent, team or workflow come from the storage's mode spec, never from a branch on the mode.
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import uuid
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from savegame.errors import CorruptSessionError, SerializationError
@@ -124,6 +125,8 @@ class SessionKeeper:
         """The stored ``session_state`` as last read or saved, that changes are made on."""
         self._base_name: str | None = None
         """The stored session name as last read or saved."""
+        self._base_extra: Any = None
+        """The stored ``extra_data`` as last read or saved, that changes are made on."""
         self._renaming = False
         """Whether the save under way is a rename, which writes the name even when it is the
         one last read (another process having renamed the session since)."""
@@ -410,13 +413,14 @@ class SessionKeeper:
         session_data = dict(data.get("session_data") or {})
         metrics = dict(session_data.get("metrics") or {})
         state = dict(session_data.get("session_state") or {})
-        base_state, base_name = self._base_state, self._base_name
+        base_state, base_name, base_extra = self._base_state, self._base_name, self._base_extra
         if carried is not None and current is not None:
             have = {r.get("run_id") for r in runs}
             for theirs in get_path(self._fields(carried), self.spec.runs_path) or []:
                 if theirs.get("run_id") is not None and theirs.get("run_id") not in have:
                     _add_run(runs, metrics, copy.deepcopy(theirs))
             base_state, base_name = state, session_data.get("session_name")
+            base_extra = data.get("extra_data")
         if run is not None:
             at = _index(runs, run["run_id"]) if replace else None
             if at is None:
@@ -436,8 +440,7 @@ class SessionKeeper:
         # Keys other code keeps there (the original's instructions, an application's own)
         # stay; those this object describes itself by are its own.
         data[self.data_field] = {**(data.get(self.data_field) or {}), **self._entity_data()}
-        if self.extra_data is not None:
-            data["extra_data"] = copy.deepcopy(self.extra_data)
+        data["extra_data"] = self._extra_to_store(data.get("extra_data"), base_extra)
         self._extend(data, run)
         session = self.spec.session_class.from_dict(data)
         assert session is not None
@@ -490,8 +493,7 @@ class SessionKeeper:
             self.entity_id = stored_entity or self._made_up_id or self.entity_id
         else:
             self.entity_id = self.entity_id or stored_entity
-        if self.extra_data is None:
-            self.extra_data = data.get("extra_data")
+        self._restore_extra(data.get("extra_data"), loading)
         self._restored(data)
 
     def _fields(self, stored: Session) -> dict[str, Any]:
@@ -539,6 +541,7 @@ class SessionKeeper:
         self._base_state = {}
         self._base_name = None
         self.extra_data = copy.deepcopy(self._initial_extra)
+        self._base_extra = None
         self.metrics = {}
         for name, value in self._made_with.items():
             setattr(self, name, value)
@@ -559,15 +562,34 @@ class SessionKeeper:
         without a word."""
         _check_state_is_dict(self.session_state)
         base = self._base_state if base is None else base
-        merged = copy.deepcopy(stored)
-        for key in base.keys() - self.session_state.keys():
-            merged.pop(key, None)
-        for key, value in self.session_state.items():
-            if key not in base and key in stored and self._stored_wins(key):
-                continue
-            if key not in base or _changed(base[key], value):
-                merged[key] = copy.deepcopy(value)
-        return merged
+        return _merge_changes(stored, base, self.session_state, self._stored_wins)
+
+    def _extra_to_store(self, stored: Any, base: Any) -> Any:
+        """The ``extra_data`` a save writes: the ``stored`` one with this object's changes
+        since ``base`` (as it last read or saved it), key by key, as for the state; all of
+        this object's when one of them is not a dict (``extra_data`` is any JSON there). None
+        on this object writes none: the stored one stays."""
+        mine = self.extra_data
+        if mine is None:
+            return stored
+        stored_keys = {} if stored is None else stored
+        base_keys = {} if base is None else base
+        if all(isinstance(value, dict) for value in (mine, stored_keys, base_keys)):
+            return _merge_changes(stored_keys, base_keys, mine)
+        return copy.deepcopy(mine) if _changed(base, mine) else stored
+
+    def _restore_extra(self, stored: Any, loading: bool) -> None:
+        """Takes the stored ``extra_data`` as this object's (refilled in place, as the state
+        is), but when ``loading`` a session into an object made with ``extra_data`` of its
+        own, which its next save writes over it."""
+        self._base_extra = copy.deepcopy(stored)
+        if loading and self.extra_data is not None:
+            return
+        if isinstance(self.extra_data, dict) and isinstance(stored, dict):
+            self.extra_data.clear()
+            self.extra_data.update(copy.deepcopy(stored))
+        else:
+            self.extra_data = copy.deepcopy(stored)
 
     def _stored_wins(self, key: str) -> bool:
         """Whether ``key``, added to the state by this object and stored meanwhile by
@@ -613,6 +635,27 @@ def _check_state_is_dict(state: object) -> None:
             f"$['session_data']['session_state']: session_state must be a dict, not "
             f"{type(state).__name__}: a session's state is stored as an object of keys"
         )
+
+
+def _merge_changes(
+    stored: dict[str, Any],
+    base: dict[str, Any],
+    mine: dict[str, Any],
+    stored_wins: Callable[[str], bool] = lambda key: False,
+) -> dict[str, Any]:
+    """``stored`` with the changes ``mine`` made to ``base`` (keys added, changed or removed),
+    key by key: a key changed in ``stored`` since ``base`` and left alone in ``mine`` keeps
+    the stored value. A key ``mine`` added that ``stored`` has too is ``mine``'s unless
+    ``stored_wins`` says otherwise."""
+    merged = copy.deepcopy(stored)
+    for key in base.keys() - mine.keys():
+        merged.pop(key, None)
+    for key, value in mine.items():
+        if key not in base and key in stored and stored_wins(key):
+            continue
+        if key not in base or _changed(base[key], value):
+            merged[key] = copy.deepcopy(value)
+    return merged
 
 
 def _same_store(before: Storage | None, now: Storage | None) -> bool:
