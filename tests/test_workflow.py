@@ -571,6 +571,31 @@ def test_a_failed_step_run_resumes_from_the_first_step_not_done(
     assert _computed(markers) == {"clean": 2, "fetch": 1, "report": 1}
 
 
+def test_a_state_changed_before_a_resume_is_what_the_steps_see_and_is_saved(
+    steps_store: Store,
+) -> None:
+    def fetch(ctx: StepContext) -> str:
+        ctx.session_state["fetched"] = True
+        return "page"
+
+    def send(ctx: StepContext) -> str:
+        if "token" not in ctx.session_state:
+            raise PermissionError("no token")
+        return f"sent with {ctx.session_state['token']}"
+
+    flow = StepWorkflow([fetch, send], storage=steps_store(), session_id="s")
+    with pytest.raises(PermissionError):
+        flow.run()
+    flow.session_state["token"] = "t-1"  # what the failed step lacked
+    state = flow.session_state
+    assert flow.resume().content == "sent with t-1"
+    assert flow.session_state is state
+    assert state == {"fetched": True, "token": "t-1"}
+    stored = steps_store().read("s")
+    assert stored is not None
+    assert stored.session_data["session_state"] == {"fetched": True, "token": "t-1"}  # type: ignore[index]
+
+
 def test_a_run_resumed_by_a_workflow_whose_steps_changed_keeps_the_steps_it_had(
     steps_store: Store,
 ) -> None:

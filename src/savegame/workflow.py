@@ -570,30 +570,32 @@ class StepWorkflow(SessionKeeper):
                 the field; nothing is run or saved.
             BaseException: whatever a step raised, as for :meth:`run`.
         """
-        if self.storage is not None:
-            # Another process may have resumed (and completed) the run since this one saw it.
-            self.load_session()
-        unfinished = [r for r in self.runs if r.get("status") != "completed"]
+        # The runs as the store has them: another process may have resumed (and completed)
+        # the run since this one saw it. Not a load of the session, which would drop the
+        # changes made to session_state since the last save (what the failed step lacked).
+        runs = self._current_runs()
+        unfinished = [r for r in runs if r.get("status") != "completed"]
         if run_id is not None:
-            unfinished = [r for r in self.runs if r.get("run_id") == run_id]
+            unfinished = [r for r in runs if r.get("run_id") == run_id]
         if not unfinished:
             if run_id:
                 told = f"no run {run_id!r} in session {self.session_id!r}"
-            elif self.runs:
+            elif runs:
                 told = f"every run of session {self.session_id!r} completed: nothing to resume"
             else:
                 # A run whose process died before its first save left none, as does a
                 # mistyped id: "completed" would say that a run finished.
                 told = f"session {self.session_id!r} has no runs stored: nothing to resume"
             raise LookupError(told)
-        self._check_resumable(unfinished[-1])
+        self._check_resumable(unfinished[-1], runs)
         return self._execute(copy.deepcopy(unfinished[-1]))
 
-    def _check_resumable(self, run: Run) -> None:
-        """Raises CorruptSessionError when the stored ``run`` cannot be continued: it has no
-        ``run_id`` (its saves could not find it again), or its ``steps`` are not a list of
-        objects each with a string ``name``. A run without ``input`` continues with None."""
-        where = f"runs[{next(i for i, r in enumerate(self.runs) if r is run)}]"
+    def _check_resumable(self, run: Run, runs: list[Run]) -> None:
+        """Raises CorruptSessionError when the stored ``run``, one of ``runs``, cannot be
+        continued: it has no ``run_id`` (its saves could not find it again), or its ``steps``
+        are not a list of objects each with a string ``name``. A run without ``input``
+        continues with None."""
+        where = f"runs[{next(i for i, r in enumerate(runs) if r is run)}]"
         steps = run.get("steps")
         problem: tuple[str, Any] | None = None
         if run.get("run_id") is None:
