@@ -835,6 +835,32 @@ def test_two_agents_on_one_session_keep_each_others_state_and_name(
     assert first.session_name == ""
 
 
+def test_a_state_an_agent_started_with_never_replaces_what_another_saved_meanwhile(
+    backend_store: Store,
+) -> None:
+    # Two processes start one session, each with the state a new session starts with.
+    first = _agent(backend_store, session_id="s", session_state={"cart": [], "visits": 0})
+    second = _agent(backend_store, session_id="s", session_state={"cart": [], "visits": 0})
+    second.session_state["cart"].append("tea")
+    second.run("add tea")
+    first.session_state["visits"] += 1
+    first.run("hello")  # the cart is still the one it started with: the saved one wins
+    stored = backend_store().read("s")
+    assert stored is not None
+    assert stored.session_data["session_state"] == {"cart": ["tea"], "visits": 1}  # type: ignore[index]
+    assert first.session_state == {"cart": ["tea"], "visits": 1}
+    # A value it changed is its own, the last writer's, as for any key.
+    third = _agent(backend_store, session_id="t", session_state={"cart": []})
+    fourth = _agent(backend_store, session_id="t", session_state={"cart": []})
+    fourth.session_state["cart"].append("tea")
+    fourth.run("add tea")
+    third.session_state["cart"].append("milk")
+    third.run("add milk")
+    stored = backend_store().read("t")
+    assert stored is not None
+    assert stored.session_data["session_state"] == {"cart": ["milk"]}  # type: ignore[index]
+
+
 def test_two_agents_on_one_session_keep_each_others_extra_data(backend_store: Store) -> None:
     first = _agent(backend_store, session_id="s", extra_data={"plan": "free", "tz": "UTC"})
     first.run("hello")

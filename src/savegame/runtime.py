@@ -593,9 +593,13 @@ class SessionKeeper:
 
     def _stored_wins(self, key: str) -> bool:
         """Whether ``key``, added to the state by this object and stored meanwhile by
-        another process, keeps the stored value (the first writer's): no, the last writer
+        another process, keeps the stored value (the first writer's): when this object
+        holds it as the ``session_state`` it was made with gives it, which a stored state
+        wins over as at a load (two processes starting one session, each with the state a
+        new session starts with, keep what the first saved); otherwise no, the last writer
         wins."""
-        return False
+        initial = self._initial_state
+        return key in initial and not _changed(initial[key], self.session_state[key])
 
     def _replacing(self, stored: Run, run: Run) -> Run:
         """The run a save stores in place of the ``stored`` run with the same id: ``run``."""

@@ -236,8 +236,9 @@ class Workflow(SessionKeeper):
 
     def _stored_wins(self, key: str) -> bool:
         """A step result another process saved meanwhile is kept (the first result saved
-        wins), where this object's would replace it after being computed twice."""
-        return key in self._new_steps
+        wins), where this object's would replace it after being computed twice; and so is
+        a value this object still holds as it was made with (see the base class)."""
+        return key in self._new_steps or super()._stored_wins(key)
 
 
 def _recorded(run: Callable[..., Any]) -> Callable[..., Any]:
