@@ -399,6 +399,16 @@ def test_an_agent_without_storage_keeps_its_session_in_memory() -> None:
     session = agent.get_session()
     assert session is not None
     assert len(session.memory["runs"]) == 2  # type: ignore[attr-defined]
+    # The session given is the caller's, as a storage's read is: changing it changes
+    # neither the agent nor what it saves next.
+    session.memory["runs"].clear()  # type: ignore[attr-defined]
+    session.session_data["session_state"]["seen"] = True  # type: ignore[index]
+    assert (len(agent.runs), agent.session_state) == (2, {})
+    agent.run("What did I say?")
+    again = agent.get_session()
+    assert again is not None
+    assert len(again.memory["runs"]) == 3  # type: ignore[attr-defined]
+    assert again.session_data["session_state"] == {}  # type: ignore[index]
 
 
 def test_an_unreadable_session_raises_and_is_never_overwritten(tmp_path: Path) -> None:

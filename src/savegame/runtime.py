@@ -292,9 +292,11 @@ class SessionKeeper:
         return deleted
 
     def get_session(self) -> Session | None:
-        """The session as it is stored now (None before its first save)."""
+        """The session as it is stored now (None before its first save): a copy of the
+        caller's, as a storage's read gives, also without a storage, where changing the
+        session this object keeps would change what it saves next."""
         if self.storage is None:
-            return self._stored
+            return copy.deepcopy(self._stored)
         return self.storage.read(self.session_id)
 
     def _current_runs(self) -> list[Run]:
