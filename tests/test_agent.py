@@ -411,6 +411,24 @@ def test_an_agent_without_storage_keeps_its_session_in_memory() -> None:
     assert again.session_data["session_state"] == {}  # type: ignore[index]
 
 
+def test_instructions_given_as_a_list_are_sent_as_one_system_message() -> None:
+    sent: list[list[Message]] = []
+
+    class Recording(OfflineModel):
+        def respond(self, messages: list[Message]) -> ModelResponse:
+            sent.append(messages)
+            return super().respond(messages)
+
+    agent = Agent(model=Recording(), instructions=["Be brief.", "Use metric units."])
+    agent.run("hi")
+    assert sent[-1][0] == {"role": "system", "content": "- Be brief.\n- Use metric units."}
+    Agent(model=Recording(), instructions=("Be brief.",)).run("hi")
+    assert sent[-1][0] == {"role": "system", "content": "Be brief."}
+    for wrong in (["Be brief.", 3], 42, {"a": "b"}):
+        with pytest.raises(TypeError, match="instructions must be a str or a list of str"):
+            Agent(model=OfflineModel(), instructions=wrong)  # type: ignore[arg-type]
+
+
 def test_an_unreadable_session_raises_and_is_never_overwritten(tmp_path: Path) -> None:
     storage = JsonStorage(tmp_path, mode="agent")
     Agent(model=OfflineModel(), storage=storage, session_id="s").run("My name is Ada.")

@@ -489,3 +489,20 @@ def test_a_member_moved_to_another_session_answers_in_its_teams_session(
     chef.new_session()
     assert ada.run("What is my name?").content.startswith("Your name is Ada.")
     assert chef.session_id == ada.member_sessions["chef"]
+
+
+def test_leader_instructions_given_as_a_list_are_in_its_prompt() -> None:
+    prompts: list[str] = []
+
+    class Leader(OfflineModel):
+        def respond(self, messages: list[Message]) -> ModelResponse:
+            prompts.append(messages[0]["content"])
+            return super().respond(messages)
+
+    members = [Agent(OfflineModel(), name="chef", instructions=["Cook.", "Be brief."])]
+    team = Team(members, model=Leader(), instructions=["Prefer the chef.", "Be quick."])
+    team.run("what is for dinner?")
+    assert "- Prefer the chef.\n- Be quick." in prompts[-1]
+    assert "- chef: - Cook.\n- Be brief." in prompts[-1]
+    with pytest.raises(TypeError, match="instructions must be a str or a list of str"):
+        Team(members, model=Leader(), instructions=[1])  # type: ignore[list-item]

@@ -26,6 +26,7 @@ again. A run is saved only once it has an answer.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,7 +84,8 @@ class Agent(SessionKeeper):
         session_state: the state a new session starts with (resumed state wins).
         add_history_to_messages: send the earlier turns of the session to the model.
         num_history_runs: how many earlier runs to send when history is on.
-        instructions: sent as the system message of every run.
+        instructions: sent as the system message of every run; a list of them (as the
+            original took) is sent as one message, a line ``- ...`` each.
         extra_data: stored as the session's ``extra_data``.
         role: what the agent is for; a team's leader chooses members by it. When None, as
             for ``name``.
@@ -91,6 +93,7 @@ class Agent(SessionKeeper):
         workflow_session_id: links the session to a workflow session.
 
     Raises:
+        TypeError: when ``instructions`` is neither a str nor a list of str.
         ModelNotConfiguredError: when ``model`` is None and no model is configured; the
             message says how to configure one.
         SessionOwnerError: when ``session_id`` belongs to another ``user_id``.
@@ -114,19 +117,19 @@ class Agent(SessionKeeper):
         session_state: dict[str, Any] | None = None,
         add_history_to_messages: bool = False,
         num_history_runs: int = 3,
-        instructions: str | None = None,
+        instructions: str | Sequence[str] | None = None,
         extra_data: dict[str, Any] | None = None,
         *,
         role: str | None = None,
         team_session_id: str | None = None,
         workflow_session_id: str | None = None,
     ) -> None:
+        self.instructions = joined_instructions(instructions)
         self.model: Model = model if model is not None else default_model()
         self.name = name
         self.role = role
         self.add_history_to_messages = add_history_to_messages
         self.num_history_runs = num_history_runs
-        self.instructions = instructions
         self.team_session_id = team_session_id
         self.workflow_session_id = workflow_session_id
         super().__init__(
@@ -261,6 +264,22 @@ class Agent(SessionKeeper):
         agent_data = data.get("agent_data") or {}
         self.name = self.name or agent_data.get("name")
         self.role = self.role or agent_data.get("role")
+
+
+def joined_instructions(given: str | Sequence[str] | None) -> str | None:
+    """The system message of ``instructions``: a list of them as one line ``- ...`` each
+    (one alone as it is), where a model would be sent a list it cannot read.
+
+    Raises:
+        TypeError: when ``given`` is neither a str nor a list (or tuple) of str.
+    """
+    if given is None or isinstance(given, str):
+        return given
+    if isinstance(given, (list, tuple)) and all(isinstance(line, str) for line in given):
+        return given[0] if len(given) == 1 else "\n".join(f"- {line}" for line in given)
+    raise TypeError(
+        f"instructions must be a str or a list of str, not {type(given).__name__} {given!r}"[:200]
+    )
 
 
 _TURN_ROLES = ("user", "assistant")

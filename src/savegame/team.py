@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from savegame.agent import Agent, RunResponse
+from savegame.agent import Agent, RunResponse, joined_instructions
 from savegame.errors import CorruptSessionError
 from savegame.models import Model, default_model, describe
 from savegame.models import message as make_message
@@ -45,7 +45,8 @@ class Team(SessionKeeper):
             the name stored with it, and a new session none.
         session_name: a name for the session.
         session_state: the state a new session starts with (resumed state wins).
-        instructions: added to the leader's prompt.
+        instructions: added to the leader's prompt; a list of them as for an
+            :class:`~savegame.agent.Agent`.
         extra_data: stored as the session's ``extra_data``.
         workflow_session_id: links the session to the workflow session the team runs in
             (as :class:`~savegame.agent.Agent`'s does), and so the sessions its members
@@ -54,7 +55,8 @@ class Team(SessionKeeper):
 
     Raises:
         ValueError: when there are no members or two share a name.
-        TypeError: when a member is not an :class:`~savegame.agent.Agent` (a team, say).
+        TypeError: when a member is not an :class:`~savegame.agent.Agent` (a team, say),
+            or ``instructions`` is neither a str nor a list of str.
         ModelNotConfiguredError: when ``model`` is None and no model is configured.
         SessionOwnerError: when ``session_id`` belongs to another ``user_id``.
         StorageError: when the stored team or member session cannot be read; every member
@@ -76,7 +78,7 @@ class Team(SessionKeeper):
         name: str | None = None,
         session_name: str | None = None,
         session_state: dict[str, Any] | None = None,
-        instructions: str | None = None,
+        instructions: str | Sequence[str] | None = None,
         extra_data: dict[str, Any] | None = None,
         *,
         workflow_session_id: str | None = None,
@@ -101,7 +103,7 @@ class Team(SessionKeeper):
             self.members[key] = member
         self.model: Model = model if model is not None else default_model()
         self.name = name
-        self.instructions = instructions
+        self.instructions = joined_instructions(instructions)
         self.workflow_session_id = workflow_session_id
         self.member_sessions: dict[str, str] = {}
         self._members_ready = False
