@@ -429,6 +429,14 @@ def test_instructions_given_as_a_list_are_sent_as_one_system_message() -> None:
             Agent(model=OfflineModel(), instructions=wrong)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("wrong", [None, -1, 2.5, True, "3"])
+def test_a_number_of_history_runs_that_is_no_count_is_refused_when_made(wrong: object) -> None:
+    # None failed at the first run with history on, comparing None with 0.
+    with pytest.raises(TypeError, match="num_history_runs must be an int of 0 or more"):
+        Agent(model=OfflineModel(), add_history_to_messages=True, num_history_runs=wrong)  # type: ignore[arg-type]
+    assert Agent(model=OfflineModel(), num_history_runs=0).run("hi").content
+
+
 def test_an_unreadable_session_raises_and_is_never_overwritten(tmp_path: Path) -> None:
     storage = JsonStorage(tmp_path, mode="agent")
     Agent(model=OfflineModel(), storage=storage, session_id="s").run("My name is Ada.")

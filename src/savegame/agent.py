@@ -93,7 +93,8 @@ class Agent(SessionKeeper):
         workflow_session_id: links the session to a workflow session.
 
     Raises:
-        TypeError: when ``instructions`` is neither a str nor a list of str.
+        TypeError: when ``instructions`` is neither a str nor a list of str, or
+            ``num_history_runs`` is not an int of 0 or more.
         ModelNotConfiguredError: when ``model`` is None and no model is configured; the
             message says how to configure one.
         SessionOwnerError: when ``session_id`` belongs to another ``user_id``.
@@ -125,6 +126,10 @@ class Agent(SessionKeeper):
         workflow_session_id: str | None = None,
     ) -> None:
         self.instructions = joined_instructions(instructions)
+        if type(num_history_runs) is not int or num_history_runs < 0:
+            raise TypeError(
+                f"num_history_runs must be an int of 0 or more, not {num_history_runs!r}"
+            )
         self.model: Model = model if model is not None else default_model()
         self.name = name
         self.role = role
