@@ -15,7 +15,12 @@ from hypothesis import strategies as st
 from sqlalchemy import event, text
 
 from savegame import transfer
-from savegame.errors import CorruptSessionError, InvalidIdentifierError, SerializationError
+from savegame.errors import (
+    CorruptSessionError,
+    InvalidIdentifierError,
+    SerializationError,
+    StorageError,
+)
 from savegame.storage.in_memory import InMemoryStorage
 from savegame.storage.json import JsonStorage
 from savegame.storage.session import MESSAGES_OF_RUNS, MODES, Session
@@ -199,6 +204,67 @@ def test_a_session_saved_at_the_destination_since_is_kept_unless_told(
     assert restored is not None
     assert restored.session_data == source.read("x1").session_data  # type: ignore[union-attr]
     assert transfer.import_sessions(backend_store(), backup).unchanged == 3
+
+
+@pytest.mark.parametrize("move", ["copy", "import"])
+def test_a_session_saved_at_the_destination_while_the_move_runs_is_kept(
+    backend_store: Store, move: str
+) -> None:
+    # An application already on the new store saved sessions between the look a copy or an
+    # import took at what the destination held and its write: the source's older sessions
+    # were written over them, and the turns saved there were lost.
+    source = _memory_with("agent", 3)
+    destination, user = backend_store(), backend_store()
+    assert transfer.copy_sessions(_memory_with("agent", 1), destination).copied == 1
+    changed = source.read("x0")
+    assert changed is not None
+    changed.session_data = {"changed": "at the source"}  # type: ignore[attr-defined]
+    changed.updated_at = 1_700_000_000  # type: ignore[attr-defined]
+    source.restore(changed)
+    look = destination._read_sessions
+    saved: dict[str, Session] = {}
+
+    def look_then_save(ids: list[str], *args: Any, **kwargs: Any) -> list[Session]:
+        found = look(ids, *args, **kwargs)
+        for session_id in ids:
+            if session_id != "x2" and session_id not in saved:
+                saved[session_id] = user.upsert(make_session("agent", session_id, 2))
+        return found
+
+    destination._read_sessions = look_then_save  # type: ignore[method-assign]
+    if move == "copy":
+        report = transfer.copy_sessions(source, destination)
+    else:
+        report = transfer.import_sessions(destination, _lines(source))
+    assert (report.copied, report.unchanged, sorted(report.kept)) == (1, 0, ["x0", "x1"])
+    for session_id, session in saved.items():
+        assert backend_store().read(session_id) == session
+    assert backend_store().read("x2") == source.read("x2")
+
+
+def test_a_session_saved_at_the_destination_at_each_look_stops_the_move_naming_it() -> None:
+    # With --replace-newer, a session saved there again after each look would be written
+    # over unseen; the copy stops instead, saying what it had stored, and the save stays.
+    source, destination = _memory_with("agent", 2), InMemoryStorage()
+    user = destination  # an application saving there as it goes on
+    look = destination._read_sessions
+
+    def look_then_save(ids: list[str], *args: Any, **kwargs: Any) -> list[Session]:
+        found = look(ids, *args, **kwargs)
+        if "x1" in ids:
+            user.upsert(make_session("agent", "x1", 2))
+        return found
+
+    destination._read_sessions = look_then_save  # type: ignore[method-assign]
+    with pytest.raises(
+        StorageError,
+        match=r"session 'x1' was not stored: .*another writer changed it.*; the copy stopped "
+        r"having stored 1 of 2 sessions \(1 written",
+    ):
+        transfer.copy_sessions(source, destination, replace_newer=True)
+    kept = user.read("x1")
+    assert kept is not None
+    assert kept.session_data == make_session("agent", "x1", 2).session_data  # type: ignore[attr-defined]
 
 
 def test_copy_refuses_stores_of_different_modes_and_bad_batches() -> None:

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from savegame.errors import (
     BackendUnavailableError,
+    ConflictError,
     CorruptSessionError,
     InvalidIdentifierError,
     SerializationError,
@@ -330,7 +331,8 @@ def _put_all(
     version then went past the source's, see :meth:`Storage.restore`) is not written again
     by the next run. A session that ``destination`` holds saved later than the one given
     (see :func:`_saved_since`) is kept and its id added to ``report.kept``, unless
-    ``replace_newer``.
+    ``replace_newer``; so is one saved there while the import or copy runs (see
+    :func:`_put`).
 
     Raises:
         StorageError: of the class of what ``destination`` raised, its message told again
@@ -346,29 +348,74 @@ def _put_all(
         raise _stopped(exc, f"{exc}", report, verb) from exc
     before = report.copied
     for session in sessions:
-        stored = there.get(session.session_id)
-        if (
-            stored is not None
-            and (stored.version or 1) >= (session.version or 1)  # type: ignore[attr-defined]
-            and _exact_text(stored, ordered) == _exact_text(_timed_as(session, stored), ordered)
-        ):
-            report.unchanged += 1
-            continue
-        if stored is not None and not replace_newer and _saved_since(stored, session):
-            report.kept.append(session.session_id)
-            continue
+        session_id = session.session_id
         try:
-            destination.restore(session)
+            outcome = _put(
+                destination, session, there.get(session_id), ordered, replace_newer, damaged
+            )
         except StorageError as exc:
             refused = f"{where(session)} was not stored: {exc}"
             raise _stopped(exc, refused, report, verb) from exc
-        report.copied += 1
-        if session.session_id in damaged:
-            report.repaired.append(session.session_id)
+        if outcome == "unchanged":
+            report.unchanged += 1
+        elif outcome == "kept":
+            report.kept.append(session_id)
+        else:
+            report.copied += 1
+            if session_id in damaged:
+                report.repaired.append(session_id)
     try:
         destination._bulk_written(report.copied - before)
     except StorageError as exc:
         raise _stopped(exc, f"{exc}", report, verb) from exc
+
+
+_LOOKS = 5
+"""How many times :func:`_put` looks at a session that is saved at the destination each time
+between its look and its write, before it stops."""
+
+
+def _put(
+    destination: Storage,
+    session: Session,
+    stored: Session | None,
+    ordered: bool,
+    replace_newer: bool,
+    damaged: set[str],
+) -> str:
+    """What became of ``session``, which ``destination`` holds as ``stored`` (None: not at
+    all, or damaged, its id then in ``damaged``): ``"unchanged"`` or ``"kept"`` (see
+    :func:`_put_all`), or ``"copied"``, restored.
+
+    The write is made only over what ``stored`` is (a damaged copy, over whatever is there):
+    a session saved at the destination since it was read (by an application already moved
+    there) is read again and judged afresh, never written over unseen.
+
+    Raises:
+        StorageError: what ``destination`` raised; a ConflictError when the session was
+            saved there again each of :data:`_LOOKS` times.
+    """
+    session_id = session.session_id
+    conflict: ConflictError | None = None
+    for _ in range(_LOOKS):
+        if stored is not None and (
+            (stored.version or 1) >= (session.version or 1)  # type: ignore[attr-defined]
+            and _exact_text(stored, ordered) == _exact_text(_timed_as(session, stored), ordered)
+        ):
+            return "unchanged"
+        if stored is not None and not replace_newer and _saved_since(stored, session):
+            return "kept"
+        seen = 0 if stored is None else stored.version or 1  # type: ignore[attr-defined]
+        try:
+            # A damaged copy, which nothing could read, is written over whatever is there.
+            destination.restore(session, expected_version=None if session_id in damaged else seen)
+        except ConflictError as exc:
+            conflict = exc
+            stored = _held(destination, [session_id], damaged).get(session_id)
+            continue
+        return "copied"
+    assert conflict is not None
+    raise conflict
 
 
 def _held(destination: Storage, ids: list[str], damaged: set[str]) -> dict[str, Session]:
@@ -431,7 +478,9 @@ def import_sessions(
     it) is left alone, so importing a file again (after an interruption, say) writes only
     what is missing; one that differs is replaced, unless the store's was saved later than
     the line's (its ``updated_at`` is later): that one is kept, and listed in the report's
-    ``kept``, so that an old backup never takes back what users did since.
+    ``kept``, so that an old backup never takes back what users did since. A session saved
+    in the store while the import runs (by an application already using it) is never
+    written over unseen: it is read again and judged as above.
 
     Args:
         storage: where to store them; its table or folder is created when missing.
@@ -548,7 +597,9 @@ def copy_sessions(
     same JSON text, as :func:`import_sessions` compares them) and copies the rest. A
     session that differs at the destination is replaced by the source's, unless the
     destination's was saved later (users went on with it there, after an earlier copy):
-    that one is kept, and listed in the report's ``kept``.
+    that one is kept, and listed in the report's ``kept``. A session saved at the
+    destination while the copy runs (by an application already moved there) is never
+    written over unseen: it is read again and judged as above.
 
     Args:
         source: the store to read; its mode must be the destination's.

@@ -117,6 +117,19 @@ _WHOLE = {
 }
 
 
+def _check_expected(expected_version: int | None) -> None:
+    """Refuses an ``expected_version`` (of :meth:`Storage.upsert` or :meth:`Storage.restore`)
+    that no stored version could equal: a bool, a float, a string, a negative number.
+
+    Raises:
+        TypeError: naming the value.
+    """
+    if expected_version is not None and (type(expected_version) is not int or expected_version < 0):
+        raise TypeError(
+            f"expected_version must be None or an int of 0 or more, not {expected_version!r}"
+        )
+
+
 def whole_number_problem(record: Record, fields: Iterable[str] = _WHOLE) -> str | None:
     """What is wrong with the record's ``created_at``, ``updated_at``, ``expires_at`` or
     ``version`` (those of ``fields`` present): each is None or an int (not a bool) from 0
@@ -602,29 +615,27 @@ class Storage(ABC):
             TypeError: for an ``expected_version`` that is not None or a whole number of 0
                 or more (a bool, a float, a string), which no stored version could equal.
         """
-        if expected_version is not None and (
-            type(expected_version) is not int or expected_version < 0
-        ):
-            raise TypeError(
-                f"expected_version must be None or an int of 0 or more, not {expected_version!r}"
-            )
+        _check_expected(expected_version)
         draft = self._prepare(session)
         return self._session(self._write(draft, expected_version, _now(), False))
 
-    def restore(self, session: Session) -> Session:
+    def restore(self, session: Session, *, expected_version: int | None = None) -> Session:
         """Stores ``session`` keeping its ``created_at``, ``updated_at`` and (at least) version.
 
         For moving sessions between stores (import, copy): the stored version is the larger
         of the session's and the one after what is stored, so versions never go back. A
         session without ``created_at`` keeps the stored one's, as :meth:`upsert` does (or is
-        made now); one without ``updated_at`` is updated now.
+        made now); one without ``updated_at`` is updated now. ``expected_version``: as for
+        :meth:`upsert`, the stored version the caller saw (0: none stored), so that a session
+        saved since is never written over.
 
         Raises:
             The same errors as :meth:`upsert`.
         """
+        _check_expected(expected_version)
         draft = self._prepare(session)
         draft.record["version"] = getattr(session, "version", None)
-        return self._session(self._write(draft, None, _now(), True))
+        return self._session(self._write(draft, expected_version, _now(), True))
 
     def update(
         self,

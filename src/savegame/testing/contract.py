@@ -1850,6 +1850,32 @@ class BackendContract:
                 assert (got.created_at, got.updated_at, got.version) == expected  # type: ignore[attr-defined]
         assert storage.get_all_session_ids(user_id="u") == ["r"]
 
+    def test_a_restore_given_the_version_it_saw_never_writes_over_a_later_save(
+        self, backend_store: Store
+    ) -> None:
+        # What a copy or an import relies on not to write the source's session over one
+        # saved at the destination after it looked there (0: it found none).
+        storage, user = backend_store(), backend_store()
+        copy = _session(backend_store, "r", created_at=1_000, updated_at=2_000)
+        copy.version = 7  # type: ignore[attr-defined]
+        with pytest.raises(ConflictError) as raised:
+            storage.restore(copy, expected_version=3)
+        assert (raised.value.expected, raised.value.actual) == (3, 0)
+        assert storage.read("r") is None
+        stored = storage.restore(copy, expected_version=0)
+        assert (stored.created_at, stored.updated_at, stored.version) == (1_000, 2_000, 7)  # type: ignore[attr-defined]
+        saved = user.upsert(_session(backend_store, "r", user_id="u"))
+        for seen in (0, 7):
+            with pytest.raises(ConflictError) as raised:
+                storage.restore(copy, expected_version=seen)
+            assert (raised.value.expected, raised.value.actual) == (seen, 8)
+            assert _read_both(backend_store, storage, "r") == [saved, saved]
+        stored = storage.restore(copy, expected_version=8)
+        for got in (stored, *_read_both(backend_store, storage, "r")):
+            assert (got.created_at, got.updated_at, got.version) == (1_000, 2_000, 9)  # type: ignore[attr-defined]
+        with pytest.raises(TypeError, match="expected_version"):
+            storage.restore(copy, expected_version=True)
+
     def test_a_restore_without_created_at_keeps_the_stored_one(self, backend_store: Store) -> None:
         # A line written by hand for an import may lack it: the session replaced is as old as
         # before, as upsert keeps it, rather than made now and listed as the newest.
