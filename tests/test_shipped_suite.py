@@ -129,3 +129,50 @@ def test_a_skip_names_the_capability_and_what_it_promises() -> None:
         "memory does not declare 'persistent' in InMemoryStorage.capabilities (a new storage"
     )
     store.close_all()
+
+
+class _Processes(InMemoryStorage):
+    capabilities: ClassVar[frozenset[str]] = frozenset({"key_order", "processes"})
+
+
+def test_processes_skip_naming_a_url_that_open_storage_cannot_open() -> None:
+    # The worker processes open the store with savegame.open_storage, which knows its own
+    # schemes only: a backend of another scheme would fail in the worker, far from the cause.
+    # The tests that fork, and need no worker, still run.
+    store = Store("mine", "agent", lambda mode, **_: _Processes(mode=mode), url="mine:///s.db")
+    assert isinstance(store.require("processes"), _Processes)
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        store.worker_url()
+    message = str(skipped.value.msg)
+    assert "Store.url 'mine:///s.db'" in message
+    assert "knows no such scheme (only sqlite, json" in message
+    store.close_all()
+
+
+def test_storages_that_name_no_store_are_told_to_override_store_names() -> None:
+    # Each opener call a new object on one dict, but names kept by object, as the default.
+    kept: dict[str, Any] = {}
+
+    class Unnamed(InMemoryStorage):
+        def store_names(self) -> tuple[object, ...]:
+            return (id(self),)
+
+    store = Store("unnamed", "agent", lambda mode, **_: Unnamed(mode=mode, storage_dict=kept))
+    with pytest.raises(AssertionError, match=r"Unnamed overrides Storage\.store_names\(\)"):
+        BackendContract().test_storages_of_one_store_have_its_names_and_a_neighbours_others(store)
+    store.close_all()
+
+
+def test_a_backend_that_lets_another_mode_replace_a_session_is_told_what_to_do() -> None:
+    kept: dict[str, Any] = {}
+
+    class Mixing(InMemoryStorage):
+        def _refuse_other_mode(self, record: dict[str, Any], doing: str) -> None:
+            return None
+
+    store = Store("mixing", "agent", lambda mode, **_: Mixing(mode=mode, storage_dict=kept))
+    contract = BackendContract()
+    check = contract.test_a_storage_of_another_mode_never_breaks_or_joins_the_listings_of_the_first
+    with pytest.raises(AssertionError, match=r"Storage\._refuse_other_mode\), or the Store"):
+        check(store, "agent", "team", False)
+    store.close_all()
