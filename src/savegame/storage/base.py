@@ -23,7 +23,10 @@ A *record* is a session's dict as the storage keeps it: the encoded fields of th
 (``version`` included) plus ``expires_at`` (unix seconds or None). A *draft* is a session
 checked and encoded for writing; a backend that keeps one row or entry per run sets
 :attr:`Storage._run_codec`, and its drafts carry the runs apart, encoded only where they
-changed since the storage last saw the session (:mod:`savegame.storage.known`).
+changed since the storage last saw the session (:mod:`savegame.storage.known`). A backend
+that keeps a record as JSON text writes it with :func:`~savegame.storage.codec.object_text`
+(``draft.texts`` holds the texts already made) and reads it with
+:func:`~savegame.storage.codec.loads`.
 """
 
 from __future__ import annotations

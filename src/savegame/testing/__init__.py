@@ -23,13 +23,18 @@ own" has a whole file)::
     class TestMine(ModeContract, BackendContract):
         pass
 
-Tests that need several processes run :mod:`savegame.testing.worker` and need ``Store.url``;
-without one they skip. The tests of writes whose reply is lost need ``Store.lossy``, and
+Tests that need several processes run :mod:`savegame.testing.worker` and need ``Store.url``,
+which :func:`savegame.open_storage` opens (it knows savegame's own schemes only); without
+one they skip. The tests of writes whose reply is lost need ``Store.lossy``, and
 those that damage a store behind savegame's back the other fields of :class:`Store`; each
 skips, naming the field, where it is not given. A test of optional behaviour runs only where
 the storage class declares the capability in
 :attr:`savegame.storage.base.Storage.capabilities` (the names of
 :data:`savegame.storage.base.CAPABILITIES`).
+
+What a backend written from scratch must do beyond the primitives of
+:mod:`savegame.storage.base` (write JSON text with :mod:`savegame.storage.codec`, override
+``store_names``, keep the sessions of other modes apart) is in that README section.
 
 The contract is imported on first use, so the worker processes start without pytest.
 """
