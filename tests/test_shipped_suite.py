@@ -54,6 +54,23 @@ def _summary(output: str) -> dict[str, int]:
     return {word: int(count) for count, word in re.findall(r"(\d+) (\w+)", last)}
 
 
+def _pytest_elsewhere(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """pytest run on ``folder`` as a backend's own repository runs it: savegame as
+    installed, none of this repository's conftest or pytest plugins."""
+    (folder / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "PYTHON"))}
+    env["PYTHONPATH"] = str(Path(savegame.__file__).resolve().parents[1])
+    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # no xdist, no timeout: the extra has none
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
 def test_the_readme_has_one_test_file() -> None:
     assert [name for _, name in TEST_FILES] == ["test_my_storage.py"]
 
@@ -62,18 +79,7 @@ def test_the_readmes_test_file_runs_the_suite_outside_this_repository(tmp_path: 
     code, name = TEST_FILES[0]
     (tmp_path / name).write_text(code, encoding="utf-8")
     (tmp_path / "my_storage.py").write_text(MY_STORAGE, encoding="utf-8")
-    (tmp_path / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "PYTHON"))}
-    env["PYTHONPATH"] = str(Path(savegame.__file__).resolve().parents[1])
-    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # no xdist, no timeout: the extra has none
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", "-k", SELECTION],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    done = _pytest_elsewhere(tmp_path, "-rs", "-k", SELECTION)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-5000:]
     # Every mode reads and reopens; one draw of values; one check of the capabilities.
@@ -81,6 +87,30 @@ def test_the_readmes_test_file_runs_the_suite_outside_this_repository(tmp_path: 
     counts.pop("deselected")
     assert counts == {"passed": 10, "skipped": 1}, output[-3000:]
     assert "declares 'processes' but its Store has no url" in output, output[-3000:]
+
+
+DIRTY_STORE = """
+from savegame.storage.in_memory import InMemoryStorage
+from savegame.testing import ModeContract, Store
+from savegame.testing.sample import make_session
+
+
+def test_a_store_that_is_not_empty():
+    kept = {}
+    InMemoryStorage(storage_dict=kept).upsert(make_session("agent", "left-over"))
+    store = Store("dirty", "agent", lambda mode, **_: InMemoryStorage(mode, kept))
+    ModeContract().test_read_missing_is_none(store)
+"""
+
+
+def test_a_failed_check_of_the_suite_says_what_it_compared(tmp_path: Path) -> None:
+    # pytest rewrites the asserts of test modules only: the contract's, installed with
+    # savegame, failed with a bare AssertionError unless registered for rewriting.
+    (tmp_path / "test_dirty.py").write_text(DIRTY_STORE, encoding="utf-8")
+    done = _pytest_elsewhere(tmp_path)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output[-3000:]
+    assert "AssertionError: assert ['left-over'] == []" in output, output[-3000:]
 
 
 @pytest.mark.parametrize("package", ["pytest", "hypothesis"])

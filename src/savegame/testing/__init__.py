@@ -41,6 +41,7 @@ The contract is imported on first use, so the worker processes start without pyt
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -49,9 +50,28 @@ if TYPE_CHECKING:
 __all__ = ["BackendContract", "LossyLink", "ModeContract", "Store"]
 
 
+_CHECKS = ("savegame.testing.contract", "savegame.testing.history", "savegame.testing.sample")
+"""The modules whose ``assert`` statements are the suite's checks."""
+
+
 def __getattr__(name: str) -> Any:
     if name in __all__:
+        _rewrite_asserts()
         from savegame.testing import contract
 
         return getattr(contract, name)
     raise AttributeError(f"module 'savegame.testing' has no attribute {name!r}")
+
+
+def _rewrite_asserts() -> None:
+    """Has pytest rewrite the checks' ``assert`` statements, as it does a test module's, so
+    that a failed one says what it compared: pytest rewrites only the test modules, and an
+    assert of a module installed elsewhere would fail with a bare ``AssertionError``. Done
+    before the modules are imported (afterwards it cannot); without pytest, nothing."""
+    try:
+        import pytest
+    except ModuleNotFoundError:
+        return  # importing the contract raises MissingDependencyError, naming the extra
+    fresh = [module for module in _CHECKS if module not in sys.modules]
+    if fresh:
+        pytest.register_assert_rewrite(*fresh)
