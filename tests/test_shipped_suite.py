@@ -9,12 +9,15 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
 import savegame
+from savegame.storage.base import Header
+from savegame.storage.codec import copy_through_text
 from savegame.storage.in_memory import InMemoryStorage
 from savegame.testing import BackendContract, Store
 
@@ -27,6 +30,7 @@ MY_STORAGE = '''
 """Someone else's backend: SQLite under another name, at a path."""
 
 import sys
+import time
 from pathlib import Path
 
 from savegame.storage.sqlite import SqliteStorage
@@ -205,4 +209,25 @@ def test_a_backend_that_lets_another_mode_replace_a_session_is_told_what_to_do()
     check = contract.test_a_storage_of_another_mode_never_breaks_or_joins_the_listings_of_the_first
     with pytest.raises(AssertionError, match=r"Storage\._refuse_other_mode\), or the Store"):
         check(store, "agent", "team", False)
+    store.close_all()
+
+
+def test_a_write_that_checks_the_version_apart_from_writing_it_fails_the_contract() -> None:
+    # The version read, then the record written, in two steps (with a store's round trip
+    # between them, which lets other threads run): another thread's write between the two
+    # is lost, with no conflict raised.
+    kept: dict[str, Any] = {}
+
+    class TwoSteps(InMemoryStorage):
+        def _write(self, draft: Any, expected_version: Any, now: int, preserve: bool) -> Any:
+            old = self.storage_dict.get(draft.session_id)
+            header = None if old is None else Header.of(old)
+            time.sleep(0)
+            record = self._stamp(draft.record, header, expected_version, now, preserve)
+            self.storage_dict[draft.session_id] = copy_through_text(record)
+            return record
+
+    store = Store("two steps", "agent", lambda mode, **_: TwoSteps(mode=mode, storage_dict=kept))
+    with pytest.raises(AssertionError, match="'counter': "):
+        BackendContract().test_threads_update_one_counter(store, True)
     store.close_all()
