@@ -120,7 +120,7 @@ def encode_checked(value: Any, path: str = "$", level: int = 1) -> tuple[Any, st
     """
     try:
         text = _compact(value)
-        copy = json.loads(text)
+        copy = loads(text)
     except (_Fallback, ValueError, TypeError, RecursionError):
         copy = text = None
     limit = MAX_DEPTH - level + 1
