@@ -1333,6 +1333,69 @@ def test_every_documented_command_line_parses(capsys: pytest.CaptureFixture[str]
     assert wrong == []
 
 
+def _console_examples() -> dict[str, list[str]]:
+    """The ``$ savegame ...`` lines of docs/cli.md's console blocks that show what they print,
+    each with the lines it shows."""
+    examples = {}
+    for block in re.findall(r"```console\n(.*?)```", DOCS.read_text(encoding="utf-8"), re.S):
+        for line, shown in re.findall(r"^\$ (savegame .*)\n((?:[^$\n].*\n)+)", block, re.M):
+            examples[line] = shown.splitlines()
+    return examples
+
+
+def _seed_alice(folder: Path) -> None:
+    """Five agent sessions and two team sessions of alice in app.db."""
+    for mode, count in (("agent", 5), ("team", 2)):
+        with open_storage(f"sqlite:///{folder}/app.db", mode) as storage:
+            for i in range(count):
+                storage.restore(make_session(mode, f"{mode}-{i}", 1, 10, user_id="alice"))
+
+
+def _seed_1200_teams(folder: Path) -> None:
+    """1,200 team sessions in agents.db."""
+    with open_storage(f"sqlite:///{folder}/agents.db", "team") as storage:
+        for i in range(1200):
+            storage.restore(make_session("team", f"t{i}", 1, 10))
+
+
+# Each example of docs/cli.md that shows what it prints, with what makes the store it reads.
+CONSOLE_EXAMPLES: dict[str, Callable[[Path], None]] = {
+    "savegame stats --mode robot": lambda folder: None,
+    "savegame delete-user alice -s sqlite:///app.db": _seed_alice,
+    'savegame copy sqlite:///agents.db "redis://localhost:6379/0" --mode team': _seed_1200_teams,
+}
+
+
+def test_every_console_example_that_shows_its_output_is_run() -> None:
+    assert sorted(_console_examples()) == sorted(CONSOLE_EXAMPLES)
+
+
+@pytest.mark.parametrize("line", sorted(CONSOLE_EXAMPLES))
+def test_console_example_prints_what_the_docs_show(line: str, tmp_path: Path) -> None:
+    """What docs/cli.md shows an example printing (stdout, then stderr) is what it prints. It
+    runs as written, in a folder of its own, but that the Redis it names is a store of the
+    tests' own (a prefix of the shared server)."""
+    shown = _console_examples()[line]
+    CONSOLE_EXAMPLES[line](tmp_path)
+    with ExitStack() as stack:
+        if "redis://localhost:6379/0" in line:
+            redis = next((b for b in BACKENDS if b.name == "redis"), None)
+            if redis is None:
+                pytest.skip("redis is not available")
+            store = stack.enter_context(open_store(redis, tmp_path, "team"))
+            line = line.replace("redis://localhost:6379/0", str(store.url))
+        env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1"}
+        env.pop("SAVEGAME_STORAGE", None)
+        proc = subprocess.run(
+            [str(SAVEGAME), *shlex.split(line)[1:]],
+            capture_output=True,
+            timeout=300,
+            cwd=tmp_path,
+            env=env,
+        )
+    assert (proc.stdout + proc.stderr).decode("utf-8").splitlines() == shown
+
+
 def _command(root: Any, path: str) -> Any:
     command = root
     for name in path.split():
