@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from savegame.errors import SerializationError
+from savegame.errors import CorruptSessionError, SerializationError
 from savegame.storage.base import Storage
 from savegame.storage.in_memory import InMemoryStorage
 from savegame.storage.json import JsonStorage
@@ -60,3 +60,12 @@ def test_a_value_json_cannot_hold_is_named_with_its_article(value: object, said:
     with pytest.raises(SerializationError) as refused:
         InMemoryStorage().upsert(AgentSession("s", session_data={"v": value}))
     assert f"$['session_data']['v']: {said}" in str(refused.value)
+
+
+def test_a_key_or_a_session_of_another_kind_is_named_with_its_article(tmp_path: Path) -> None:
+    # "dict key 1 is a int", "session 's' is a agent session".
+    with pytest.raises(SerializationError, match=r"dict key 1 is an int; only string keys"):
+        InMemoryStorage().upsert(AgentSession("s", session_data={1: "one"}))
+    JsonStorage(tmp_path, mode="agent").upsert(AgentSession("s"))
+    with pytest.raises(CorruptSessionError, match="session 's' is an agent session, which a"):
+        JsonStorage(tmp_path, mode="team").read("s")

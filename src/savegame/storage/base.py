@@ -54,7 +54,13 @@ from savegame.errors import (
     InvalidIdentifierError,
     SerializationError,
 )
-from savegame.storage.codec import check_id, check_text_field, encode, encode_text
+from savegame.storage.codec import (
+    check_id,
+    check_text_field,
+    encode,
+    encode_text,
+    with_article,
+)
 from savegame.storage.session import (
     MESSAGES_OF_RUNS,
     MODES,
@@ -1054,8 +1060,9 @@ class Storage(ABC):
         other = self._other_mode(record)
         if other is not None:
             raise CorruptSessionError(
-                f"session {record.get('session_id')!r} is a {other} session, which a storage "
-                f"of mode {self.mode!r} cannot {doing}: open the store with mode={other!r}"
+                f"session {record.get('session_id')!r} is {with_article(other)} session, which "
+                f"a storage of mode {self.mode!r} cannot {doing}: open the store with "
+                f"mode={other!r}"
             )
 
     def _filters(self, user_id: str | None, entity_id: str | None) -> tuple[str | None, str | None]:

@@ -278,7 +278,7 @@ def _walk(value: Any, path: str, depth: int) -> Any:
                 key = key.value
             if not isinstance(key, str):
                 raise SerializationError(
-                    f"{path}: dict key {key!r} is a {type(key).__name__}; only string keys "
+                    f"{path}: dict key {key!r} is {_with_article(type(key))}; only string keys "
                     "can be stored (convert it with str() if that is what you mean)"
                 )
             out[str(key)] = _walk(item, f"{path}[{key!r}]", depth + 1)
@@ -304,10 +304,14 @@ def _walk(value: Any, path: str, depth: int) -> Any:
     )
 
 
+def with_article(name: str) -> str:
+    """``name`` after its article: "an int", "a str", "an agent"."""
+    return f"an {name}" if name[:1].lower() in "aeiou" else f"a {name}"
+
+
 def _with_article(kind: type) -> str:
     """The name of ``kind`` after its article: "an object", "a bytes value"."""
-    name = "bytes value" if kind is bytes else kind.__name__
-    return f"an {name}" if name[:1].lower() in "aeiou" else f"a {name}"
+    return with_article("bytes value" if kind is bytes else kind.__name__)
 
 
 def object_text(record: dict[str, Any], texts: dict[str, str]) -> str:

@@ -16,7 +16,7 @@ from savegame.storage.base import (
     kept_from_delete,
     stored_problem,
 )
-from savegame.storage.codec import copy_through_text
+from savegame.storage.codec import copy_through_text, with_article
 from savegame.storage.session import Mode, modes_of
 from savegame.storage.url import StorageURL, redact
 
@@ -88,7 +88,7 @@ class InMemoryStorage(Storage):
         """
         problem: str | None
         if not isinstance(value, dict):
-            problem = f"it is a {type(value).__name__}, not a dict"
+            problem = f"it is {with_article(type(value).__name__)}, not a dict"
         elif value.get("session_id") != key or not isinstance(key, str):
             problem = f"it holds session_id {value.get('session_id')!r}"
         else:
