@@ -35,6 +35,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.pool import AssertionPool, Pool, StaticPool
 
 from savegame.errors import CorruptSessionError, InvalidIdentifierError, StorageError
@@ -1002,6 +1003,79 @@ def test_an_original_table_of_another_mode_or_no_session_table_is_refused_untouc
     finally:
         with own.db_engine.begin() as conn:
             metadata.drop_all(conn)
+
+
+def test_an_original_workflow_v2_table_is_refused_in_mode_workflow_untouched(
+    sql_store: Store,
+) -> None:
+    # The original gave the tables of every mode its memory column, so its workflow_v2
+    # table has every column of a workflow table too: read in mode workflow, its runs
+    # would go unseen, and an upgrade and saves in that mode would mix two modes' runs.
+    own = _sql(sql_store)
+    own.create()  # the database file, the schema
+    json_type = JSON().with_variant(JSONB(), "postgresql")
+    steps = Table(
+        own.table_name + "_steps",
+        MetaData(schema=own.schema),
+        Column("session_id", String(255), primary_key=True),
+        Column("user_id", String(255)),
+        Column("memory", json_type),
+        Column("session_data", json_type),
+        Column("extra_data", json_type),
+        Column("created_at", BigInteger),
+        Column("updated_at", BigInteger),
+        Column("workflow_id", String(255)),
+        Column("workflow_name", String(255)),
+        Column("workflow_data", json_type),
+        Column("runs", json_type),
+    )
+    with own.db_engine.begin() as conn:
+        steps.create(conn)
+        conn.execute(
+            steps.insert(),
+            [
+                {
+                    "session_id": "w",
+                    "workflow_id": "flow",
+                    "runs": [{"run_id": "r1"}],
+                    "created_at": 1,
+                }
+            ],
+        )
+    options: dict[str, Any] = {"db_engine": own.db_engine}
+    if own.schema is not None:
+        options["schema"] = own.schema
+    try:
+        workflows = type(own)(steps.name, mode="workflow", **options)  # type: ignore[call-arg]
+        try:
+            for call in (
+                functools.partial(workflows.read, "w"),
+                workflows.get_all_sessions,
+                workflows.upgrade_schema,
+            ):
+                with pytest.raises(
+                    CorruptSessionError,
+                    match="holds workflow_v2 sessions: open it with mode workflow_v2",
+                ):
+                    call()
+        finally:
+            workflows.close()
+        with own.db_engine.connect() as conn:
+            assert set(
+                Table(steps.name, MetaData(schema=own.schema), autoload_with=conn).c.keys()
+            ) == set(steps.c.keys())
+        steps_v2 = type(own)(steps.name, mode="workflow_v2", **options)  # type: ignore[call-arg]
+        try:
+            steps_v2.upgrade_schema()
+            got = steps_v2.read("w")
+            assert got is not None
+            assert got.to_dict()["runs"] == [{"run_id": "r1"}]
+        finally:
+            steps_v2.drop()
+            steps_v2.close()
+    finally:
+        with own.db_engine.begin() as conn:
+            steps.drop(conn, checkfirst=True)
 
 
 def test_an_original_table_recorded_at_an_older_savegame_version_is_upgraded_whole(

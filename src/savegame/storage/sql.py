@@ -1793,7 +1793,9 @@ class SqlStorage(Storage):
                 original's included): it holds sessions of another mode (team_id where
                 agent_id is wanted), which would be read short, or is no session table at
                 all, which an upgrade would fill with this mode's columns. The mode its
-                columns tell is named, when they tell one.
+                columns tell is named, when they tell one. Also when it has this mode's
+                columns but more of another mode's: the original gave every table its
+                ``memory``, so its workflow_v2 tables have all of a workflow table's.
         """
         if names == set(self.runs_table.c.keys()):
             raise StorageError(
@@ -1802,9 +1804,10 @@ class SqlStorage(Storage):
                 " storage another table name"
             )
         lacking = [name for name in _needed(self.spec) if name not in names]
-        if not lacking:
-            return
         held = [m for m, spec in MODES.items() if names >= set(_needed(spec))]
+        if not lacking:
+            self._refuse_closer(names, held)
+            return
         holds = (
             f"it holds {held[0]} sessions: open it with mode {held[0]}"
             if len(held) == 1
@@ -1816,6 +1819,22 @@ class SqlStorage(Storage):
             f"{', '.join(map(repr, lacking))} of {self.mode} sessions: {holds}, or give "
             "this storage another table name"
         )
+
+    def _refuse_closer(self, names: set[str], held: list[str]) -> None:
+        """Refuses a table of columns ``names`` that has every column this mode needs, when
+        one of the other modes ``held`` (whose needed columns it has too) leaves fewer of
+        its columns unexplained: a table of the original's workflow_v2 sessions
+        (``workflow_name`` and ``runs`` beside the ``memory`` of every original table) is
+        theirs, not a workflow table's."""
+        extra = {mode: sorted(names - MODES[mode].fields) for mode in held}
+        closest = min(held, key=lambda mode: len(extra[mode]))
+        if len(extra[closest]) < len(extra[self.mode]):
+            theirs = ", ".join(map(repr, sorted(set(extra[self.mode]) - set(extra[closest]))))
+            raise CorruptSessionError(
+                f"table {self.table_name!r} at {self.where()} has the column(s) {theirs} of "
+                f"{closest} sessions: it holds {closest} sessions: open it with mode "
+                f"{closest}, or give this storage another table name"
+            )
 
     def _runs_table_is(self, conn: Connection) -> bool | None:
         """Whether the table of the runs table's name has the runs' columns; None when
