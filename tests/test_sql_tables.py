@@ -43,6 +43,7 @@ from savegame.storage.mysql import MySQLStorage
 from savegame.storage.postgres import PostgresStorage
 from savegame.storage.session import Session
 from savegame.storage.session.agent import AgentSession
+from savegame.storage.session.workflow import WorkflowSession
 from savegame.storage.sql import CONNECT_TIMEOUT, LATEST, SqlStorage
 from savegame.storage.sqlite import SqliteStorage
 from savegame.testing import Store
@@ -1005,7 +1006,7 @@ def test_an_original_table_of_another_mode_or_no_session_table_is_refused_untouc
             metadata.drop_all(conn)
 
 
-def test_an_original_workflow_v2_table_is_refused_in_mode_workflow_untouched(
+def test_an_original_workflow_v2_table_upgraded_or_not_is_refused_in_mode_workflow(
     sql_store: Store,
 ) -> None:
     # The original gave the tables of every mode its memory column, so its workflow_v2
@@ -1045,21 +1046,31 @@ def test_an_original_workflow_v2_table_is_refused_in_mode_workflow_untouched(
     options: dict[str, Any] = {"db_engine": own.db_engine}
     if own.schema is not None:
         options["schema"] = own.schema
+
+    def refused_in_mode_workflow() -> None:
+        for name in ("read", "get_all_sessions", "upsert", "upgrade_schema"):
+            workflows = type(own)(steps.name, mode="workflow", **options)  # type: ignore[call-arg]
+            calls = {
+                "read": functools.partial(workflows.read, "w"),
+                "get_all_sessions": workflows.get_all_sessions,
+                "upsert": functools.partial(
+                    workflows.upsert, WorkflowSession("w", memory={"runs": [{"x": 1}]})
+                ),
+                "upgrade_schema": workflows.upgrade_schema,
+            }
+            try:
+                # Twice: a call refused once is refused again, not let through.
+                for _ in range(2):
+                    with pytest.raises(
+                        CorruptSessionError,
+                        match="holds workflow_v2 sessions: open it with mode workflow_v2",
+                    ):
+                        calls[name]()
+            finally:
+                workflows.close()
+
     try:
-        workflows = type(own)(steps.name, mode="workflow", **options)  # type: ignore[call-arg]
-        try:
-            for call in (
-                functools.partial(workflows.read, "w"),
-                workflows.get_all_sessions,
-                workflows.upgrade_schema,
-            ):
-                with pytest.raises(
-                    CorruptSessionError,
-                    match="holds workflow_v2 sessions: open it with mode workflow_v2",
-                ):
-                    call()
-        finally:
-            workflows.close()
+        refused_in_mode_workflow()
         with own.db_engine.connect() as conn:
             assert set(
                 Table(steps.name, MetaData(schema=own.schema), autoload_with=conn).c.keys()
@@ -1067,9 +1078,13 @@ def test_an_original_workflow_v2_table_is_refused_in_mode_workflow_untouched(
         steps_v2 = type(own)(steps.name, mode="workflow_v2", **options)  # type: ignore[call-arg]
         try:
             steps_v2.upgrade_schema()
+            # Upgraded, the table keeps the original's memory column, and so every column
+            # of a workflow table still.
+            refused_in_mode_workflow()
             got = steps_v2.read("w")
             assert got is not None
             assert got.to_dict()["runs"] == [{"run_id": "r1"}]
+            assert got.version == 1
         finally:
             steps_v2.drop()
             steps_v2.close()

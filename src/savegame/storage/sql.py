@@ -1738,8 +1738,15 @@ class SqlStorage(Storage):
             )
         latest = frozenset(self.table.c.keys())
         if version >= LATEST and not (doubt or self._doubt_record):
+            # An original's workflow_v2 table keeps its memory column when upgraded, and
+            # with it every column of a workflow table: the columns asked above tell it.
+            if columns is None:
+                columns = self.dialect.column_names(conn, self.table)
+            if columns:
+                self._refuse_closer(set(columns))
             return _Layout(version, latest)
         names = {c["name"] for c in inspector.get_columns(self.table_name, self.schema)}
+        self._refuse_closer(names)
         if version >= LATEST:
             if names >= latest and self._runs_table_is(conn):
                 return _Layout(version, latest)
@@ -1793,9 +1800,7 @@ class SqlStorage(Storage):
                 original's included): it holds sessions of another mode (team_id where
                 agent_id is wanted), which would be read short, or is no session table at
                 all, which an upgrade would fill with this mode's columns. The mode its
-                columns tell is named, when they tell one. Also when it has this mode's
-                columns but more of another mode's: the original gave every table its
-                ``memory``, so its workflow_v2 tables have all of a workflow table's.
+                columns tell is named, when they tell one (see also :meth:`_refuse_closer`).
         """
         if names == set(self.runs_table.c.keys()):
             raise StorageError(
@@ -1804,10 +1809,9 @@ class SqlStorage(Storage):
                 " storage another table name"
             )
         lacking = [name for name in _needed(self.spec) if name not in names]
-        held = [m for m, spec in MODES.items() if names >= set(_needed(spec))]
         if not lacking:
-            self._refuse_closer(names, held)
             return
+        held = [m for m, spec in MODES.items() if names >= set(_needed(spec))]
         holds = (
             f"it holds {held[0]} sessions: open it with mode {held[0]}"
             if len(held) == 1
@@ -1820,12 +1824,19 @@ class SqlStorage(Storage):
             "this storage another table name"
         )
 
-    def _refuse_closer(self, names: set[str], held: list[str]) -> None:
+    def _refuse_closer(self, names: set[str]) -> None:
         """Refuses a table of columns ``names`` that has every column this mode needs, when
-        one of the other modes ``held`` (whose needed columns it has too) leaves fewer of
-        its columns unexplained: a table of the original's workflow_v2 sessions
-        (``workflow_name`` and ``runs`` beside the ``memory`` of every original table) is
-        theirs, not a workflow table's."""
+        another mode whose needed columns it has too leaves fewer of its columns
+        unexplained: a table of the original's workflow_v2 sessions (``workflow_name`` and
+        ``runs`` beside the ``memory`` of every original table) is theirs, not a workflow
+        table's, upgraded or not.
+
+        Raises:
+            CorruptSessionError: for such a table, naming the mode it holds.
+        """
+        held = [m for m, spec in MODES.items() if names >= set(_needed(spec))]
+        if self.mode not in held:
+            return
         extra = {mode: sorted(names - MODES[mode].fields) for mode in held}
         closest = min(held, key=lambda mode: len(extra[mode]))
         if len(extra[closest]) < len(extra[self.mode]):
