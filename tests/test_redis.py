@@ -2391,6 +2391,47 @@ def test_upgrade_schema_of_sessions_the_original_stored_without_created_at(
         raw.delete(*(f"{prefix}:{sid}" for sid in rows))
 
 
+def test_upgrade_schema_of_a_session_stored_without_any_time(
+    server: str, raw: Any, prefix: str
+) -> None:
+    # A key written by hand (the original always set updated_at) has neither time: it is
+    # stamped when moved, never later than a save that follows, and an upgrade interrupted
+    # between storing it and deleting its old key completes when run again.
+    row = {**AgentSession(session_id="s", user_id="u").to_dict(), "memory": {"runs": _runs(2)}}
+    row.pop("version")
+    try:
+        raw.set(f"{prefix}:s", json.dumps(row))
+        storage = RedisStorage(prefix, url=server)
+        call = storage._call
+
+        def interrupted(fn: Any) -> Any:
+            if isinstance(fn, methodcaller) and "'delete'" in repr(fn):
+                raise KeyboardInterrupt
+            return call(fn)
+
+        storage._call = interrupted  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            storage.upgrade_schema()
+        assert raw.exists(f"{prefix}:s") == 1
+        again = RedisStorage(prefix, url=server)
+        again.upgrade_schema()
+        assert raw.exists(f"{prefix}:s") == 0
+        moved = again.read("s")
+        assert moved is not None
+        assert (moved.memory, moved.version) == ({"runs": _runs(2)}, 1)
+        assert moved.created_at == moved.updated_at
+        assert moved.created_at is not None
+        assert moved.created_at <= int(time.time())
+        saved = again.upsert(moved)
+        assert saved.created_at == moved.created_at
+        assert saved.updated_at is not None
+        assert saved.updated_at >= moved.created_at
+        storage.close()
+        again.close()
+    finally:
+        raw.delete(f"{prefix}:s")
+
+
 def test_upgrade_schema_leaves_in_place_what_it_cannot_move_and_moves_the_rest(
     server: str, raw: Any, prefix: str
 ) -> None:

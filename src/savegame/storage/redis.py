@@ -1599,12 +1599,14 @@ class RedisStorage(Storage):
                 draft = self._prepare(session)
                 draft.record["version"] = getattr(session, "version", None)
                 # The keys live deadline - now seconds from the write: with now rounded up,
-                # never past the time the old key had left.
-                now = math.ceil(time.time())
+                # never past the time the old key had left. Without a deadline, rounded
+                # down as a save's: a session with no time of its own is stamped with it,
+                # which must not come after the next save's.
+                now = int(time.time()) if deadline is None else math.ceil(time.time())
                 self._write(draft, 0, now, True, expires_by=deadline)
             except ConflictError:
                 stored = self._read(data["session_id"])
-                if stored is None or stored.get("created_at") != data.get("created_at"):
+                if stored is None or not _moved_from(data, stored):
                     refused.append(
                         f"{_text(key)!r}: a session {data['session_id']!r} is stored already "
                         "that was not moved from it"
@@ -2155,6 +2157,17 @@ def _payload(args: list[Any]) -> int:
 
 def _digest(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=DIGEST_SIZE).hexdigest()
+
+
+def _moved_from(old: dict[str, Any], stored: Record) -> bool:
+    """Whether ``stored`` is the session an upgrade moved from the original's copy ``old``:
+    it has the copy's ``created_at``, which the move keeps; or, for a copy without one
+    (nor ``updated_at``, which it would be taken from), which the move stamped with its
+    own time, it holds all the copy holds."""
+    if old.get("created_at") is not None:
+        return bool(stored.get("created_at") == old["created_at"])
+    stamps = ("created_at", "updated_at", "version")
+    return all(stored.get(k) == v for k, v in old.items() if k not in stamps)
 
 
 def _saved_since(old: dict[str, Any], stored: Record) -> bool:
