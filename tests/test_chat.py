@@ -442,3 +442,37 @@ def test_a_session_of_another_agent_resumed_in_the_chat_stays_that_agents(
     with open_storage(sqlite_url, mode="agent") as storage:
         assert storage.get_all_session_ids(entity_id="support-bot") == ["s1"]
         assert len(storage.get_all_session_ids(entity_id=CHAT_AGENT_ID)) == 2
+
+
+def test_text_that_standard_outputs_encoding_lacks_is_shown_as_escapes(sqlite_url: str) -> None:
+    """In an ASCII locale a stored "é" ended the chat with exit code 2 and a message about
+    the ascii codec, before the conversation or the resume hint was shown; the hint now
+    holds what the encoding lacks as the escapes of ``$'...'``, which the shell reads back
+    as the id it is."""
+    messages = [
+        {"role": "user", "content": "Où est Zoë?"},
+        {"role": "assistant", "content": "À Paris ✓"},
+    ]
+    runs = [{"run_id": "r0", "messages": messages}]
+    with open_storage(sqlite_url, mode="agent") as storage:
+        storage.upsert(AgentSession(session_id="café", memory={"runs": runs}))
+    out = chat(
+        "--storage",
+        sqlite_url,
+        "--session",
+        "café",
+        lines=["/history", "/sessions"],
+        PYTHONIOENCODING="ascii",
+    )
+    assert "resuming session caf\\xe9: 1 earlier turn" in out
+    assert "  you: O\\xf9 est Zo\\xeb?" in out
+    assert "  assistant: \\xc0 Paris \\u2713" in out
+    assert any(line.startswith("* caf\\xe9 ") for line in out), out
+    hint = out[-1].removeprefix("bye: resume with  ")
+    said = subprocess.run(
+        ["bash", "-c", f'printf "%s\\0" {hint}'],
+        capture_output=True,
+        check=True,
+        env={**os.environ, "LC_ALL": "C.UTF-8"},
+    ).stdout.split(b"\0")[:-1]
+    assert said[:4] == [b"savegame", b"chat", b"--session", "café".encode()], hint

@@ -182,17 +182,19 @@ def _shell_word(word: str) -> str:
     holds what a terminal does not show (:func:`unshown`: a tab, a zero-width space): written
     as ``$'...'`` with such characters as escapes (``$'a\\u200bb'``), which bash, zsh and
     ksh read back, where :func:`printable` would show their escapes inside plain quotes,
-    which the shell passes on as a backslash and letters."""
-    if not any(unshown(char) for char in _CANDIDATES.findall(word)):
+    which the shell passes on as a backslash and letters. So are the characters that standard
+    output's encoding lacks (``é`` in an ASCII locale), which it could not write."""
+    if not any(_escapes(char) for char in _CANDIDATES.findall(word)):
         return shlex.quote(word)
     return "$'" + _CANDIDATES.sub(_escaped, word.replace("\\", "\\\\").replace("'", "\\'")) + "'"
 
 
 def _escaped(match: re.Match[str]) -> str:
-    """The matched character as an escape of ``$'...'`` when a terminal does not show it."""
+    """The matched character as an escape of ``$'...'`` when a terminal does not show it
+    or standard output cannot write it (:func:`_escapes`)."""
     char = match.group()
     code = ord(char)
-    if not unshown(char):
+    if not _escapes(char):
         return char
     if code < 0x80:
         return f"\\x{code:02x}"
@@ -264,8 +266,25 @@ def _turn_count(count: int, kind: str = "") -> str:
 
 
 def _say(text: str) -> None:
-    sys.stdout.write(printable(text, lines=True) + "\n")
+    """Prints ``text`` as :func:`printable` shows it, the characters standard output's
+    encoding lacks (``é`` in an ASCII locale) as their Python escapes, as the tables of the
+    other commands show them: writing them would fail, and end the chat."""
+    encoding = sys.stdout.encoding
+    shown = printable(text, lines=True).encode(encoding, "backslashreplace").decode(encoding)
+    sys.stdout.write(shown + "\n")
     sys.stdout.flush()
+
+
+def _escapes(char: str) -> bool:
+    """Whether the resume hint writes ``char`` as an escape: a terminal does not show it
+    (:func:`unshown`), or standard output's encoding lacks it."""
+    if unshown(char):
+        return True
+    try:
+        char.encode(sys.stdout.encoding)
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 UNSHOWN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
