@@ -757,6 +757,23 @@ def test_sessions_show_gives_ids_longer_than_a_line_whole(tmp_path: Path) -> Non
         assert "2023-11-14" in values, (columns, screen)
 
 
+def test_json_on_a_terminal_is_never_broken_over_lines(tmp_path: Path) -> None:
+    """On a terminal, --json broke a value longer than a line (a long id, a name with
+    spaces) over several lines, a line break inside a JSON string: what the terminal showed
+    was no longer JSON, nor gave the values back when copied."""
+    session_id = "trip-" + "0123456789" * 10
+    name = "a name " * 20
+    url = _trip(tmp_path, session_id)
+    savegame("sessions", "rename", session_id, name, "-s", url)
+    listed = on_terminal("sessions", "list", "--json", "-s", url, columns=40)
+    assert json.loads(listed)[0]["id"] == session_id, listed
+    assert json.loads(listed)[0]["name"] == name, listed
+    shown = on_terminal("sessions", "show", session_id, "--json", "-s", url, columns=40)
+    assert json.loads(shown)["session_data"] == {"session_name": name}, shown
+    figures = on_terminal("stats", "--json", "-s", url, columns=20)
+    assert json.loads(figures)["sessions"] == 1, figures
+
+
 @pytest.mark.parametrize(
     "path",
     [

@@ -1112,7 +1112,8 @@ def _json_escape(match: re.Match[str]) -> str:
 
 
 def _print_json(value: Any) -> None:
-    """Indented JSON: coloured on a terminal, exact text (never wrapped) for a pipe.
+    """Indented JSON: coloured on a terminal, exact text for a pipe; never wrapped, a line
+    longer than the terminal being left to it to wrap.
 
     The characters :func:`~savegame.chat.printable` escapes (control and format characters,
     line separators, lone surrogates) are written as JSON escapes, which give the same value
@@ -1126,10 +1127,9 @@ def _print_json(value: Any) -> None:
         text = json.dumps(value, indent=2)
     if out.is_terminal:
         # Not print_json, which would parse the text and write it again, escapes undone.
-        shown = JSONHighlighter()(text)
-        shown.no_wrap = True
-        shown.overflow = None
-        out.print(shown)
+        # Soft wrap: print joins what it is given into a Text of its own, which keeps no
+        # no_wrap, and would break a long value over lines, a line break inside a string.
+        out.print(JSONHighlighter()(text), soft_wrap=True)
     else:
         _emit(_encoded(text + "\n"))
 
