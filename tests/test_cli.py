@@ -412,6 +412,26 @@ def test_stats_purge_delete_user_schema(backend: Backend, tmp_path: Path) -> Non
         assert storage.get_all_session_ids() == ["s3", "s1"]
 
 
+def test_purge_and_delete_user_print_an_id_longer_than_a_line_on_one_line(
+    tmp_path: Path,
+) -> None:
+    """The ids purge prints, one a line for a script to read, and the report of
+    delete-user were broken over lines at 160 columns in a pipe (at the terminal's width on
+    a terminal): an id longer than that was read as two ids, neither of them the session's."""
+    url = _trip(tmp_path, "trip-" + "0123456789" * 30)
+    old = "old-" + "abcdefghij" * 30
+    JsonStorage(tmp_path / "s").restore(
+        AgentSession(session_id=old, user_id="u" * 300, created_at=BASE, updated_at=BASE)
+    )
+    dry = text(savegame("purge", "--older-than", "1d", "--dry-run", "-s", url))
+    assert sorted(dry.splitlines()) == [old, "trip-" + "0123456789" * 30], dry
+    screen = on_terminal("purge", "--older-than", "1d", "--dry-run", "-s", url, columns=40)
+    assert sorted(screen.splitlines()) == sorted(dry.splitlines()), screen
+    erased = text(savegame("delete-user", "u" * 300, "-s", url))
+    every_mode = "agent: 1, team: 0, workflow: 0, workflow_v2: 0"
+    assert erased == f"deleted 1 session of user '{'u' * 300}' ({every_mode})\n", erased
+
+
 @pytest.mark.parametrize("backend", URL_BACKENDS)
 def test_copy_into_this_backend_and_again(backend: Backend, tmp_path: Path) -> None:
     with (

@@ -963,7 +963,8 @@ def purge(
     with _on_ctrl_c(how_far), _open(storage, mode, "note") as store:
         removed = transfer.purge(store, seconds, dry_run, damaged, removed)
     for session_id in removed:
-        out.print(_shown(session_id), highlight=False)
+        # Never broken over lines: a script reads one id a line.
+        out.print(_shown(session_id), highlight=False, soft_wrap=True)
     verb = "would remove" if dry_run else "removed"
     _note(f"{verb} {_sessions(len(removed))}")
     if damaged:
@@ -987,6 +988,7 @@ def delete_user(
     out.print(
         f"deleted {_sessions(erasure.total)} of user {_shown(repr(user_id))} ({detail})",
         highlight=False,
+        soft_wrap=True,
     )
     if erasure.absent and len(erasure.absent) == len(erasure.removed):
         # A mistyped path would otherwise look like an erasure done: the user's sessions,
