@@ -48,6 +48,31 @@ def check_closed_port(make: Callable[[str], SqlStorage], url_template: str) -> N
     storage.close()
 
 
+def check_a_server_that_never_answers(make: Callable[[str], SqlStorage], url_template: str) -> None:
+    """A listener that takes the connection and never speaks (another service's port, a
+    server hung) fails the first use within the connect timeout (``make`` gives one of a
+    second), naming the address, rather than holding the call for ever."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        storage = make(url_template.format(port=port))
+        raised: list[BaseException] = []
+
+        def first_use() -> None:
+            try:
+                storage.read("anything")
+            except BaseException as exc:
+                raised.append(exc)
+
+        reader = threading.Thread(target=first_use, daemon=True)
+        reader.start()
+        reader.join(timeout=120)
+        assert not reader.is_alive(), "the first use of a server that never answers hung"
+        [error] = raised
+        assert isinstance(error, BackendUnavailableError), repr(error)
+        assert f"127.0.0.1:{port}" in str(error)
+        storage.close()
+
+
 def check_refused_login(make: Callable[[str], SqlStorage], server: str) -> None:
     """A user or a database the server refuses at login raises a plain StorageError, as
     Redis's refused credentials do: no later try would fare better, where

@@ -179,6 +179,22 @@ def test_a_user_or_database_refused_at_login_is_not_taken_for_a_server_away(
     sql_cases.check_refused_login(lambda url: MySQLStorage("sessions", db_url=url), server)
 
 
+def test_a_server_that_never_answers_fails_the_first_use_naming_the_address(
+    server: str,
+) -> None:
+    # PyMySQL waited for the server's greeting for ever: its connect_timeout covers the
+    # TCP connection alone. The greeting's wait ends with the connection made.
+    sql_cases.check_a_server_that_never_answers(
+        lambda url: MySQLStorage("sessions", db_url=url, connect_timeout=1),
+        "mysql+pymysql://root@127.0.0.1:{port}/test",
+    )
+    with (
+        MySQLStorage(unique("sg"), db_url=server, connect_timeout=1) as storage,
+        storage.db_engine.connect() as conn,
+    ):
+        assert conn.execute(text("SELECT SLEEP(2.5)")).scalar() == 0
+
+
 def test_a_closed_port_raises_naming_the_address() -> None:
     sql_cases.check_closed_port(
         lambda url: MySQLStorage("sessions", db_url=url),

@@ -87,6 +87,13 @@ def test_a_user_or_database_refused_at_login_is_not_taken_for_a_server_away(
     sql_cases.check_refused_login(lambda url: PostgresStorage("sessions", db_url=url), server)
 
 
+def test_a_server_that_never_answers_fails_the_first_use_naming_the_address() -> None:
+    sql_cases.check_a_server_that_never_answers(
+        lambda url: PostgresStorage("sessions", db_url=url, connect_timeout=1),
+        "postgresql+psycopg://postgres@127.0.0.1:{port}/test",
+    )
+
+
 def test_a_closed_port_raises_naming_the_address() -> None:
     sql_cases.check_closed_port(
         lambda url: PostgresStorage("sessions", db_url=url),

@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from sqlalchemy import Column, Integer, Table, case, cast, func, literal_column, text
+from sqlalchemy import Column, Engine, Integer, Table, case, cast, event, func, literal_column, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects.mysql import CHAR, LONGTEXT, VARBINARY, insert
@@ -506,6 +506,35 @@ class MySQLStorage(ServerStorage):
                 "max_allowed_packet": 1 << 30,
             },
         }
+
+    @classmethod
+    def prepare_engine(cls, engine: Engine) -> None:
+        event.listen(engine, "do_connect", _greeted_in_time)
+
+
+def _greeted_in_time(dialect: Any, record: Any, cargs: list[Any], cparams: dict[str, Any]) -> Any:
+    """Connects as PyMySQL does, but waits for the server's greeting no longer than the
+    connect timeout: PyMySQL's ``connect_timeout`` covers the TCP connection alone, and
+    without a ``read_timeout`` it then waits for ever on a listener that never speaks
+    (PostgreSQL's port, a hung server). Once connected, reads wait as long as they take
+    again, as a long statement must. A ``read_timeout`` of the URL's covers both already."""
+    wait = cparams.get("connect_timeout")
+    connection = dialect.loaded_dbapi.connect(*cargs, **{**cparams, "defer_connect": True})
+    # Where the driver keeps its read timeout: another version may keep it elsewhere, and
+    # it is then left alone rather than set for the connection's whole life.
+    if (
+        not wait
+        or cparams.get("read_timeout") is not None
+        or (getattr(connection, "_read_timeout", 0) is not None)
+    ):
+        connection.connect()
+        return connection
+    connection._read_timeout = wait
+    try:
+        connection.connect()
+    finally:
+        connection._read_timeout = None
+    return connection
 
 
 def from_url(url: StorageURL) -> MySQLStorage:

@@ -796,8 +796,16 @@ def check_driver(url: URL, storage: str, driver: str) -> None:
         )
 
 
-def server_engine(db_url: URL, driver: str, package: str, extra: str, **options: Any) -> Engine:
-    """A shared engine for a database server, with ``driver`` unless the URL names one.
+def server_engine(
+    db_url: URL,
+    driver: str,
+    package: str,
+    extra: str,
+    prepare: Callable[[Engine], None] | None = None,
+    **options: Any,
+) -> Engine:
+    """A shared engine for a database server, with ``driver`` unless the URL names one;
+    ``prepare`` is called with it once it is made (not when it is shared).
 
     A pooled connection that the server closed, or lost in a restart, costs a reconnect,
     not an error (see the module docstring); no connection is checked before each use.
@@ -813,15 +821,18 @@ def server_engine(db_url: URL, driver: str, package: str, extra: str, **options:
     base = {"postgres": "postgresql"}.get(url.drivername, url.drivername)
     if "+" not in base:
         url = url.set(drivername=f"{base}+{driver}")
-    return shared_engine(url, **options)
+    return shared_engine(url, prepare, **options)
 
 
 _SHARED: dict[tuple[str, str], list[Any]] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def shared_engine(url: URL, **options: Any) -> Engine:
-    """One engine per URL and options in this process, so that storages share a pool.
+def shared_engine(
+    url: URL, prepare: Callable[[Engine], None] | None = None, **options: Any
+) -> Engine:
+    """One engine per URL and options in this process, so that storages share a pool;
+    ``prepare`` is called with a new one before it is shared.
 
     A server allows a limited number of connections; an application that opens a storage
     per mode, or per request, would otherwise keep a pool of idle connections for each.
@@ -833,10 +844,13 @@ def shared_engine(url: URL, **options: Any) -> Engine:
     with _SHARED_LOCK:
         entry = _SHARED.get(key)
         if entry is None:
-            entry = _SHARED[key] = [made_here(create_engine(url, **options)), 0]
+            engine = made_here(create_engine(url, **options))
+            if prepare is not None:
+                prepare(engine)
+            entry = _SHARED[key] = [engine, 0]
         entry[1] += 1
-        engine: Engine = entry[0]
-        return engine
+        shared: Engine = entry[0]
+        return shared
 
 
 def release_engine(engine: Engine) -> None:
@@ -3003,7 +3017,7 @@ class ServerStorage(SqlStorage):
             if connect_timeout is None and "connect_timeout" in url.query:
                 check_seconds(url.query["connect_timeout"], "connect_timeout", whole=True)
                 del options["connect_args"]["connect_timeout"]  # the URL's, then
-            db_engine = server_engine(url, *self.driver, **options)
+            db_engine = server_engine(url, *self.driver, self.prepare_engine, **options)
         if self.dialect_class.needs_database and schema is None and not db_engine.url.database:
             # The first call failed on an AssertionError of SQLAlchemy's.
             if owns:
@@ -3029,6 +3043,11 @@ class ServerStorage(SqlStorage):
     def engine_options(cls, connect_timeout: int) -> dict[str, Any]:
         """Keyword arguments for :func:`sqlalchemy.create_engine`."""
         return {"connect_args": {"connect_timeout": connect_timeout}}
+
+    @classmethod
+    def prepare_engine(cls, engine: Engine) -> None:
+        """Readies an engine this storage class made, before any storage uses it (its
+        event listeners, say); an application's own engine is left as it is."""
 
 
 # -- migrations -------------------------------------------------------------------------
