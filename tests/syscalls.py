@@ -1,4 +1,4 @@
-"""What a process asks of the kernel, seen with strace: the syncs and renames that make a
+"""What a process asks of the kernel, seen with strace: the syncs, renames and unlinks that make a
 write durable, which no test of what a store holds can see short of cutting the power."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 _MARKS = ("/nonexistent/savegame-begin", "/nonexistent/savegame-end")
-_TRACED = "trace=openat,fsync,fdatasync,rename,renameat,renameat2"
+_TRACED = "trace=openat,fsync,fdatasync,rename,renameat,renameat2,unlink,unlinkat"
 
 
 def _mark(path: str) -> str:

@@ -1838,6 +1838,31 @@ def test_a_returned_write_was_synced_renamed_and_its_folder_synced(
 
 
 @pytest.mark.parametrize("cls", FORMATS)
+@pytest.mark.parametrize(
+    "call", ["storage.delete_session('abc')", "storage.delete_user('u')", "storage.drop()"]
+)
+def test_a_returned_removal_was_synced_into_the_folder(
+    tmp_path: Path, cls: type[FileStorage], call: str
+) -> None:
+    # A removal is a change of the folder's entries: without a sync of the folder after the
+    # unlink, a session reported removed (an erasure among them) could come back after a
+    # crash of the machine.
+    folder = (tmp_path / "sessions").resolve()
+    name = cls.__name__
+    setup = (
+        f"from savegame.storage.{cls.format.name} import {name}\n"
+        "from savegame.storage.session.agent import AgentSession\n"
+        f"storage = {name}({str(folder)!r})\n"
+        "storage.upsert(AgentSession(session_id='abc', user_id='u'))"
+    )
+    calls = syscalls_of(setup, call, tmp_path)
+    path = folder / f"abc{cls.format.extension}"
+    unlink = next(i for i, c in enumerate(calls) if c.startswith("unlink") and str(path) in c)
+    assert any(i > unlink for i in synced(calls, folder)), calls
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("cls", FORMATS)
 @pytest.mark.parametrize("erase", ["delete_user", "delete_session", "purge_expired", "drop"])
 def test_an_erasure_leaves_no_copy_in_the_index_or_its_log(
     tmp_path: Path, cls: type[FileStorage], erase: str

@@ -723,6 +723,23 @@ def test_a_returned_write_was_synced_to_the_log_unless_synchronous_is_normal(
     assert bool(synced(calls, f"{db}-wal")) is durable, calls
 
 
+def test_the_folders_a_new_database_file_needs_are_synced_into_theirs(tmp_path: Path) -> None:
+    # SQLite syncs the folder of the files it makes, never the folders above: the entries of
+    # the folders savegame makes for it must be synced too, or a crash of the machine could
+    # lose the database, with a write that returned, along with its folder.
+    base = tmp_path.resolve()
+    db = base / "a" / "b" / "s.db"
+    setup = (
+        "from savegame.storage.sqlite import SqliteStorage\n"
+        "from savegame.storage.session.agent import AgentSession\n"
+        f"storage = SqliteStorage('t', db_file={str(db)!r})"
+    )
+    calls = syscalls_of(setup, "storage.upsert(AgentSession(session_id='abc'))", tmp_path)
+    for made in (base / "a", db.parent):
+        assert synced(calls, made.parent), (made, calls)
+    assert synced(calls, db.parent), calls
+
+
 def _save_marked(storage: Any, times: int = 4, sessions: int = 3) -> None:
     """Saves ``sessions`` sessions of user ``MARK`` ``times`` each, the mark in every field
     that holds text (ids, memory and its runs, session data), beside one of another user."""
