@@ -170,6 +170,28 @@ def test_copy_reports_and_is_idempotent(store: Store) -> None:
     assert store().read("x3") == source.read("x3")
 
 
+def test_a_copy_or_an_import_leaves_no_session_remembered_past_its_batch(
+    backend_store: Store,
+) -> None:
+    # A backend remembers the sessions it writes (savegame.storage.known); a copy of a large
+    # store must not fill that cache with sessions nothing is about to save again, so that
+    # its memory is bounded by a batch, not by the store (or the cache's bound).
+    destination = backend_store()
+    remembered = getattr(destination, "_known", None)
+    if remembered is None:
+        pytest.skip("this backend remembers no session")
+    source = _memory_with("agent", 7)
+    seen: list[int] = []
+    report = transfer.copy_sessions(
+        source, destination, batch_size=3, on_batch=lambda _: seen.append(len(remembered))
+    )
+    assert (report.copied, seen) == (7, [0, 0, 0])
+    destination.drop()
+    imported = transfer.import_sessions(destination, _lines(source))
+    assert (imported.copied, len(remembered)) == (7, 0)
+    assert _comparable(destination, _lines(destination)) == _comparable(destination, _lines(source))
+
+
 def test_a_session_saved_at_the_destination_since_is_kept_unless_told(
     backend_store: Store,
 ) -> None:

@@ -347,6 +347,7 @@ def _put_all(
     except StorageError as exc:
         raise _stopped(exc, f"{exc}", report, verb) from exc
     before = report.copied
+    written: list[str] = []
     for session in sessions:
         session_id = session.session_id
         try:
@@ -362,8 +363,10 @@ def _put_all(
             report.kept.append(session_id)
         else:
             report.copied += 1
+            written.append(session_id)
             if session_id in damaged:
                 report.repaired.append(session_id)
+    destination._forget_written(written)
     try:
         destination._bulk_written(report.copied - before)
     except StorageError as exc:

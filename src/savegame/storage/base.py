@@ -1128,6 +1128,14 @@ class Storage(ABC):
         default nothing is done.
         """
 
+    def _forget_written(self, session_ids: Iterable[str]) -> None:
+        """Told by a copy or an import which sessions it has just written in bulk: a backend
+        that remembers the sessions it writes (:mod:`savegame.storage.known`) forgets these,
+        which nothing is about to save again, so that a copy of a large store holds one
+        batch of them at a time rather than as many as the cache takes. By default nothing
+        is done.
+        """
+
     def _read_many(self, ids: Iterable[str], remember: bool = True) -> list[Record | None]:
         """The records of ``ids``, in order, None where there is none; ``remember``: as for
         :meth:`_read_sessions`, which a backend that remembers nothing ignores."""

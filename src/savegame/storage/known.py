@@ -65,7 +65,7 @@ import marshal
 import pickle
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from savegame.errors import InvalidIdentifierError, StorageError
@@ -628,6 +628,11 @@ class KnownSessions:
             while len(self._items) > MAX_SESSIONS or self._bytes > self.max_bytes:
                 _, gone = self._items.popitem(last=False)
                 self._bytes -= gone.size()
+
+    def forget(self, session_ids: Iterable[str]) -> None:
+        """Forgets each of the sessions."""
+        for session_id in session_ids:
+            self.put(session_id, None)
 
     def forked(self) -> None:
         """Forgets every session, with a new lock, in a child just forked (see

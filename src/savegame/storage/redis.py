@@ -1688,6 +1688,9 @@ class RedisStorage(Storage):
                     return self._fetched(session_id, row, known)
         return self._read_many([session_id])[0]
 
+    def _forget_written(self, session_ids: Iterable[str]) -> None:
+        self._known.forget(session_ids)
+
     def _read_many(self, ids: Iterable[str], remember: bool = True) -> list[Record | None]:
         """The records of ``ids``, each remembered as it was read when ``remember``."""
         ids = list(ids)

@@ -2383,6 +2383,9 @@ class SqlStorage(Storage):
             self._end(conn, True)
         return row, runs
 
+    def _forget_written(self, session_ids: Iterable[str]) -> None:
+        self._known.forget(session_ids)
+
     def _bulk_written(self, count: int) -> None:
         # Gathered again each time the sessions written in bulk have doubled: a handful of
         # ANALYZEs for a copy of any size, none for one too small to be slowed down.
