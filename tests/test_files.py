@@ -1819,19 +1819,27 @@ def test_removing_many_sessions_syncs_the_folder_and_the_index_a_few_times(
     assert not list(folder.glob("*.json"))
 
 
+def _storage_with(cls: type[FileStorage], folder: Path, session_id: str) -> str:
+    """Code that makes ``storage``, a ``cls`` of ``folder`` holding session ``session_id``
+    of user ``u``: the set-up of a call whose system calls are traced."""
+    return (
+        f"from savegame.storage.{cls.format.name} import {cls.__name__}\n"
+        "from savegame.storage.session.agent import AgentSession\n"
+        f"storage = {cls.__name__}({str(folder)!r})\n"
+        f"storage.upsert(AgentSession(session_id={session_id!r}, user_id='u'))"
+    )
+
+
 @pytest.mark.parametrize("cls", FORMATS)
 def test_a_returned_write_was_synced_renamed_and_its_folder_synced(
     tmp_path: Path, cls: type[FileStorage]
 ) -> None:
     folder = (tmp_path / "sessions").resolve()
-    name = cls.__name__
-    setup = (
-        f"from savegame.storage.{cls.format.name} import {name}\n"
-        "from savegame.storage.session.agent import AgentSession\n"
-        f"storage = {name}({str(folder)!r})\n"
-        "storage.upsert(AgentSession(session_id='first'))"
+    calls = syscalls_of(
+        _storage_with(cls, folder, "first"),
+        "storage.upsert(AgentSession(session_id='abc'))",
+        tmp_path,
     )
-    calls = syscalls_of(setup, "storage.upsert(AgentSession(session_id='abc'))", tmp_path)
     rename, temp = renamed_to(calls, folder / f"abc{cls.format.extension}")
     assert any(i < rename for i in synced(calls, temp)), calls
     assert any(i > rename for i in synced(calls, folder)), calls
@@ -1848,14 +1856,7 @@ def test_a_returned_removal_was_synced_into_the_folder(
     # unlink, a session reported removed (an erasure among them) could come back after a
     # crash of the machine.
     folder = (tmp_path / "sessions").resolve()
-    name = cls.__name__
-    setup = (
-        f"from savegame.storage.{cls.format.name} import {name}\n"
-        "from savegame.storage.session.agent import AgentSession\n"
-        f"storage = {name}({str(folder)!r})\n"
-        "storage.upsert(AgentSession(session_id='abc', user_id='u'))"
-    )
-    calls = syscalls_of(setup, call, tmp_path)
+    calls = syscalls_of(_storage_with(cls, folder, "abc"), call, tmp_path)
     path = folder / f"abc{cls.format.extension}"
     unlink = next(i for i, c in enumerate(calls) if c.startswith("unlink") and str(path) in c)
     assert any(i > unlink for i in synced(calls, folder)), calls

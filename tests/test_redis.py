@@ -2365,16 +2365,7 @@ def test_upgrade_schema_of_sessions_the_original_stored_without_created_at(
             assert row["created_at"] is None
             raw.set(f"{prefix}:{sid}", json.dumps(row))
         storage = RedisStorage(prefix, url=server)
-        call = storage._call
-
-        def interrupted(fn: Any) -> Any:
-            if isinstance(fn, methodcaller) and "'delete'" in repr(fn):
-                raise KeyboardInterrupt
-            return call(fn)
-
-        storage._call = interrupted  # type: ignore[method-assign]
-        with pytest.raises(KeyboardInterrupt):
-            storage.upgrade_schema()
+        _upgrade_cut_before_its_first_delete(storage)
         assert sum(raw.exists(f"{prefix}:{sid}") for sid in rows) == 3
         again = RedisStorage(prefix, url=server)
         again.upgrade_schema()
@@ -2391,6 +2382,24 @@ def test_upgrade_schema_of_sessions_the_original_stored_without_created_at(
         raw.delete(*(f"{prefix}:{sid}" for sid in rows))
 
 
+def _upgrade_cut_before_its_first_delete(storage: RedisStorage) -> None:
+    """Runs ``storage.upgrade_schema()`` up to the deletion of its first old key, as an
+    upgrade killed after storing a session and before deleting the original's copy."""
+    call = storage._call
+
+    def interrupted(fn: Any) -> Any:
+        if isinstance(fn, methodcaller) and "'delete'" in repr(fn):
+            raise KeyboardInterrupt
+        return call(fn)
+
+    storage._call = interrupted  # type: ignore[method-assign]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            storage.upgrade_schema()
+    finally:
+        del storage._call
+
+
 def test_upgrade_schema_of_a_session_stored_without_any_time(
     server: str, raw: Any, prefix: str
 ) -> None:
@@ -2402,16 +2411,7 @@ def test_upgrade_schema_of_a_session_stored_without_any_time(
     try:
         raw.set(f"{prefix}:s", json.dumps(row))
         storage = RedisStorage(prefix, url=server)
-        call = storage._call
-
-        def interrupted(fn: Any) -> Any:
-            if isinstance(fn, methodcaller) and "'delete'" in repr(fn):
-                raise KeyboardInterrupt
-            return call(fn)
-
-        storage._call = interrupted  # type: ignore[method-assign]
-        with pytest.raises(KeyboardInterrupt):
-            storage.upgrade_schema()
+        _upgrade_cut_before_its_first_delete(storage)
         assert raw.exists(f"{prefix}:s") == 1
         again = RedisStorage(prefix, url=server)
         again.upgrade_schema()
