@@ -213,8 +213,8 @@ class Team(SessionKeeper):
             Whether there was such a team session.
 
         Raises:
-            SessionOwnerError: when the team session belongs to another user; nothing is
-                deleted.
+            SessionOwnerError: when the team session, or a member's session of it, belongs
+                to another user; nothing is deleted.
             StorageError: when a store could not be reached; what was deleted stays deleted.
         """
         session_id = session_id or self.session_id
@@ -225,11 +225,32 @@ class Team(SessionKeeper):
         stored = self._check_stored_owner(session_id)
         if stored is not None:
             links.update(_links(getattr(stored, "session_data", None)))
-        for key, member_session in links.items():
-            member = self.members.get(key)
-            if member is not None and member.storage is not None:
-                member.storage.delete_session(member_session)
+        stores = {
+            sid: member.storage
+            for key, sid in links.items()
+            if (member := self.members.get(key)) is not None and member.storage is not None
+        }
+        self._check_members_owner(stores, switching=session_id != self.session_id)
+        for member_session, storage in stores.items():
+            storage.delete_session(member_session)
         return super().delete_session(session_id)
+
+    def _check_members_owner(self, stores: dict[str, Storage], switching: bool) -> None:
+        """Raises SessionOwnerError when a member session of ``stores`` (each in its
+        member's storage) belongs to another user than the team session's: derived from
+        the team session's id, it is another user's when that user's team session was
+        deleted (erased, expired) and its members' were not yet.
+
+        Raises:
+            SessionOwnerError: naming the member session; nothing is deleted.
+            StorageError: when a member's store could not be read.
+        """
+        if self._owner_to_check(switching) is None:
+            return
+        for member_session, storage in stores.items():
+            found = storage.read(member_session)
+            if found is not None:
+                self._check_owner(found, switching)
 
     @contextlib.contextmanager
     def _unchanged_on_error(self) -> Iterator[None]:
