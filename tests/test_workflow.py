@@ -702,7 +702,10 @@ def test_a_step_run_interrupted_is_stored_as_failed(
 def test_a_run_resumed_with_nothing_left_to_run_is_stored_as_completed(
     steps_store: Store,
 ) -> None:
+    fetched: list[str] = []
+
     def fetch(ctx: StepContext) -> str:
+        fetched.append("fetched")
         return "fetched"
 
     def flaky(ctx: StepContext) -> str:
@@ -720,6 +723,11 @@ def test_a_run_resumed_with_nothing_left_to_run_is_stored_as_completed(
     assert fewer.pending_runs() == []
     with pytest.raises(LookupError, match="nothing to resume"):
         fewer.resume()
+    # Named by its id, the completed run is given back (a resume retried after another
+    # process finished it), no step run again.
+    again = StepWorkflow([fetch], steps_store(), session_id="s").resume(result.run_id)
+    assert (again.run_id, again.status, again.content) == (result.run_id, "completed", "fetched")
+    assert fetched == ["fetched"]
 
 
 @pytest.mark.parametrize("output", [{"a set"}, float("nan"), object()])

@@ -562,6 +562,8 @@ class StepWorkflow(SessionKeeper):
 
         Args:
             run_id: the run to continue; the latest run that did not complete when None.
+                A run given by id that completed already (another process resumed it) is
+                given back with every step taken from the store, none run again.
 
         Raises:
             LookupError: when there is no such run, or no run left unfinished (the message
