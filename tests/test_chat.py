@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import os
 import re
 import shlex
@@ -476,3 +477,22 @@ def test_text_that_standard_outputs_encoding_lacks_is_shown_as_escapes(sqlite_ur
         env={**os.environ, "LC_ALL": "C.UTF-8"},
     ).stdout.split(b"\0")[:-1]
     assert said[:4] == [b"savegame", b"chat", b"--session", "café".encode()], hint
+
+
+def test_the_chat_runs_with_a_standard_output_that_names_no_encoding(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An application that runs the chat in its own process with standard output taken
+    into a StringIO (contextlib.redirect_stdout), whose encoding is None, gets the chat's
+    lines, "é" included, rather than a TypeError from the first line written."""
+    from savegame.chat import chat as run_chat
+
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "SAVEGAME_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdin", io.StringIO("bonjour\n"))
+    monkeypatch.setattr(sys, "stdout", out)
+    run_chat(session="café", user=None, storage=sqlite_url)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("savegame chat: model offline"), lines
+    assert lines[-1].startswith("bye: resume with  savegame chat --session 'café'"), lines

@@ -269,7 +269,7 @@ def _say(text: str) -> None:
     """Prints ``text`` as :func:`printable` shows it, the characters standard output's
     encoding lacks (``é`` in an ASCII locale) as their Python escapes, as the tables of the
     other commands show them: writing them would fail, and end the chat."""
-    encoding = sys.stdout.encoding
+    encoding = _out_encoding()
     shown = printable(text, lines=True).encode(encoding, "backslashreplace").decode(encoding)
     sys.stdout.write(shown + "\n")
     sys.stdout.flush()
@@ -281,10 +281,16 @@ def _escapes(char: str) -> bool:
     if unshown(char):
         return True
     try:
-        char.encode(sys.stdout.encoding)
+        char.encode(_out_encoding())
     except UnicodeEncodeError:
         return True
     return False
+
+
+def _out_encoding() -> str:
+    """Standard output's encoding; UTF-8 for one that names none (a StringIO the chat's
+    output is taken into, ``contextlib.redirect_stdout``), which holds any text."""
+    return getattr(sys.stdout, "encoding", None) or "utf-8"
 
 
 UNSHOWN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
