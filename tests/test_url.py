@@ -748,3 +748,18 @@ def test_a_url_with_a_line_break_or_spaces_at_its_ends_is_refused(
         open_storage(url).create()
     assert "hunter2" not in str(caught.value)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [("json:///d", "lock_timeout"), ("yaml:///d", "lock_timeout"), ("sqlite://", "busy_timeout")],
+)
+def test_a_seconds_keyword_given_as_a_bool_is_refused(
+    url: str, name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # True is no number of seconds, as the storage classes and expire=True say; it was
+    # taken for 1 second.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InvalidIdentifierError, match=rf"{name}=True in storage URL must be a "):
+        open_storage(url, **{name: True})
+    assert list(tmp_path.iterdir()) == []

@@ -208,13 +208,14 @@ class StorageURL:
         """Removes option ``name`` and returns it as a float (None when absent).
 
         Raises:
-            InvalidIdentifierError: when the value is not a finite number, 0 or more.
+            InvalidIdentifierError: when the value is not a finite number, 0 or more (a
+                keyword's True is refused, not taken for 1).
         """
         value = self.options.pop(name, None)
         if value is None:
             return None
         try:
-            number = float(value)
+            number = math.nan if isinstance(value, bool) else float(value)
         except (TypeError, ValueError):
             number = math.nan
         if not 0 <= number < math.inf:
