@@ -241,33 +241,22 @@ def test_deleting_a_team_session_deletes_its_members_sessions(
     assert not team.delete_session("absent")
 
 
+@pytest.mark.parametrize("gone", [False, True], ids=["team session there", "team session gone"])
 def test_another_users_team_session_and_its_members_are_not_deleted(
-    stores: tuple[Store, Store],
+    stores: tuple[Store, Store], gone: bool
 ) -> None:
-    adas = _team(stores, session_id="t", user_id="ada")
-    adas.run("My favourite recipe is pho.")
-    chefs = adas.member_sessions["chef"]
-    bobs = _team(stores, user_id="bob")
-    with pytest.raises(SessionOwnerError):
-        bobs.delete_session("t")
-    agents, teams = stores
-    assert teams().read("t") is not None
-    assert agents().read(chefs) is not None
-
-
-def test_another_users_member_sessions_are_not_deleted_once_their_team_session_is_gone(
-    stores: tuple[Store, Store],
-) -> None:
-    # Ada's team sessions were erased (or expired) and her members' not yet: Bob's team,
-    # deleting that id, derives the same member sessions, which are still Ada's.
+    # Gone: Ada's team sessions were erased (or expired) and her members' not yet; Bob's
+    # team, deleting that id, derives the same member sessions, which are still Ada's.
     adas = _team(stores, session_id="t", user_id="ada")
     adas.run("My favourite recipe is pho.")
     chefs = adas.member_sessions["chef"]
     agents, teams = stores
-    assert teams().delete_session("t")
+    if gone:
+        assert teams().delete_session("t")
     bobs = _team(stores, user_id="bob")
     with pytest.raises(SessionOwnerError):
         bobs.delete_session("t")
+    assert (teams().read("t") is None) == gone
     assert agents().read(chefs) is not None
 
 
