@@ -1945,6 +1945,31 @@ def test_an_export_stopped_by_ctrl_c_says_its_output_is_no_whole_backup(tmp_path
 
 _IDS = [f"s{i:04}" for i in range(1500)]
 
+_CTRL_C_AFTER_REMOVALS = """
+import os, signal, sys
+
+from savegame.cli import main
+
+left = int(sys.argv[1])
+unlink = os.unlink
+
+
+def counted(path, *args, **kwargs):
+    global left
+    unlink(path, *args, **kwargs)
+    if str(path).endswith(".json"):
+        left -= 1
+        if left == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+os.unlink = counted
+sys.argv = ["savegame", *sys.argv[2:]]
+sys.exit(main())
+"""
+"""Runs savegame with the arguments after the first, and sends its own process SIGINT
+(Ctrl-C) right after it has removed as many session files as the first says."""
+
 
 @pytest.mark.parametrize(
     ("command", "told"),
@@ -1982,9 +2007,15 @@ def test_a_purge_or_erasure_stopped_by_ctrl_c_says_how_many_it_removed(
     url = f"json:///{folder}"
     savegame("import", str(backup), "-s", url)
 
-    code, stderr = _interrupted(
-        [*command, "-s", url], lambda: len(list(folder.glob("*.json"))) <= 1200
+    # Ctrl-C right after the 300th session file is removed: sent by the test once it had
+    # seen them go, it could come after the command, on a busy machine, had removed them all.
+    ended = subprocess.run(
+        [sys.executable, "-c", _CTRL_C_AFTER_REMOVALS, "300", *command, "-s", url],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        timeout=120,
     )
+    code, stderr = ended.returncode, ended.stderr.decode()
     assert code == 130, stderr
     said = re.fullmatch(f"interrupted: {told}\n", stderr)
     assert said is not None, stderr
