@@ -615,6 +615,11 @@ def _needed(spec: ModeSpec) -> tuple[str, str, str]:
     return ("session_id", spec.runs_path[0], spec.entity_field)
 
 
+def _modes_held(names: set[str]) -> list[str]:
+    """The modes whose every table has the columns ``names`` has (see :func:`_needed`)."""
+    return [mode for mode, spec in MODES.items() if names >= set(_needed(spec))]
+
+
 def _index_name(name: str) -> str:
     """``name``, or for a long table's index a name cut to fit :data:`_NAME_LIMIT`, ending
     in a digest of the whole name so that two long tables' indexes never share one."""
@@ -1760,7 +1765,7 @@ class SqlStorage(Storage):
                 self._refuse_closer(set(columns))
             return _Layout(version, latest)
         names = {c["name"] for c in inspector.get_columns(self.table_name, self.schema)}
-        self._refuse_closer(names)
+        self._refuse_foreign(names)
         if version >= LATEST:
             if names >= latest and self._runs_table_is(conn):
                 return _Layout(version, latest)
@@ -1771,7 +1776,6 @@ class SqlStorage(Storage):
             if column not in names:
                 version = min(version, migration - 1)
                 break
-        self._refuse_foreign(names)
         if settled and names >= set(self.table.c.keys()) and self._runs_table_is(conn) is not False:
             # Every column of the latest layout, which only savegame makes, with no record
             # saying so or without its runs table: tables made (or upgraded) by a call cut
@@ -1814,7 +1818,8 @@ class SqlStorage(Storage):
                 original's included): it holds sessions of another mode (team_id where
                 agent_id is wanted), which would be read short, or is no session table at
                 all, which an upgrade would fill with this mode's columns. The mode its
-                columns tell is named, when they tell one (see also :meth:`_refuse_closer`).
+                columns tell is named, when they tell one; and what
+                :meth:`_refuse_closer` refuses.
         """
         if names == set(self.runs_table.c.keys()):
             raise StorageError(
@@ -1824,8 +1829,9 @@ class SqlStorage(Storage):
             )
         lacking = [name for name in _needed(self.spec) if name not in names]
         if not lacking:
+            self._refuse_closer(names)
             return
-        held = [m for m, spec in MODES.items() if names >= set(_needed(spec))]
+        held = _modes_held(names)
         holds = (
             f"it holds {held[0]} sessions: open it with mode {held[0]}"
             if len(held) == 1
@@ -1848,7 +1854,7 @@ class SqlStorage(Storage):
         Raises:
             CorruptSessionError: for such a table, naming the mode it holds.
         """
-        held = [m for m, spec in MODES.items() if names >= set(_needed(spec))]
+        held = _modes_held(names)
         if self.mode not in held:
             return
         extra = {mode: sorted(names - MODES[mode].fields) for mode in held}
