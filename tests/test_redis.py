@@ -303,6 +303,24 @@ def test_prefixes_are_checked(bad: Any) -> None:
         RedisStorage(bad)
 
 
+def test_a_write_whose_stamp_is_a_second_after_the_call_lives_no_longer_than_expire(
+    server: str, raw: Any, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The call reads the clock at one second, the stamp at the next: the keys were given
+    # expire + 1 seconds, from the call's time to the stamp's expiry.
+    import savegame.storage.base as base
+
+    start = int(time.time())
+    seconds = iter([start, *[start + 1] * 10])
+    monkeypatch.setattr(base, "_now", lambda: next(seconds))
+    storage = RedisStorage(prefix, url=server, expire=60)
+    storage.upsert(AgentSession(session_id="s", memory={"runs": [{"run_id": "r"}]}))
+    tag = storage._tag("s")
+    ttls = [raw.ttl(f"{tag}{kind}:s") for kind in "hrd"]
+    assert all(58 < ttl <= 60 for ttl in ttls), ttls
+    storage.drop()
+
+
 def test_sessions_expire_natively_and_purge_cleans_the_indexes(
     server: str, raw: Any, prefix: str
 ) -> None:

@@ -1990,8 +1990,10 @@ class RedisStorage(Storage):
             "" if runs is None else len(runs),
             "replace" if stored is None else "keep",
             self.spec.entity_field,
-            # The keys live from the write as long as the writer's clock gives the session.
-            "" if expires is None else max(1, expires - now),
+            # The keys live from the write as long as the writer's clock gives the session,
+            # and no longer than ``expire``: the stamp may be a second later than ``now``,
+            # taken when the call began (see Storage._stamp).
+            "" if expires is None else max(1, min(expires - now, self.expire or expires - now)),
             self.mode,
             *changes,
         ]
