@@ -2248,17 +2248,40 @@ def _parse_url(
     options = dict(options)
     if "@" in netloc:
         credentials, netloc = netloc.rsplit("@", 1)
-        user, has_password, password = credentials.partition(":")
-        given = {"username": unquote(user) or None}
-        if has_password:
-            given["password"] = unquote(password)
-        for name, value in given.items():
-            if value is not None and options.get(name) not in (None, value):
-                # Which one the server expects cannot be told; the secret is not shown.
-                raise InvalidIdentifierError(
-                    f"RedisStorage got a {name} as an argument and another in its url: give one"
-                )
-            options[name] = value or options.get(name)
+        _take_credentials(credentials, options)
+    _take_query(scheme, pairs, options)
+    nodes = [_node(part) for part in (netloc or "localhost").split(",")]
+    if len(nodes) > 1 and scheme != "redis+cluster":
+        raise InvalidIdentifierError(f"{scheme}:// names one server; use redis+cluster://")
+    return nodes, _database(scheme, netloc, path), options
+
+
+def _take_credentials(credentials: str, options: dict[str, Any]) -> None:
+    """Sets ``options``' user name and password from the ``user:password`` of a URL.
+
+    Raises:
+        InvalidIdentifierError: when an argument gave another one (the secret not shown).
+    """
+    user, has_password, password = credentials.partition(":")
+    given = {"username": unquote(user) or None}
+    if has_password:
+        given["password"] = unquote(password)
+    for name, value in given.items():
+        if value is not None and options.get(name) not in (None, value):
+            # Which one the server expects cannot be told.
+            raise InvalidIdentifierError(
+                f"RedisStorage got a {name} as an argument and another in its url: give one"
+            )
+        options[name] = value or options.get(name)
+
+
+def _take_query(scheme: str, pairs: list[tuple[str, str]], options: dict[str, Any]) -> None:
+    """Sets ``options`` from the query of a URL of ``scheme`` (see :func:`_parse_url`).
+
+    Raises:
+        InvalidIdentifierError: for an option given twice, an unknown one, or one that an
+            argument gave otherwise.
+    """
     connection = dict(pairs)
     if scheme == "rediss":
         _check_tls(connection.get("ssl"))
@@ -2280,51 +2303,60 @@ def _parse_url(
             )
         options["ssl"] = options["ssl"] or asked
     if "ssl_ca_certs" in connection:
-        ca_certs = connection.pop("ssl_ca_certs")
-        if options["ssl_ca_certs"] not in (None, ca_certs):
-            raise InvalidIdentifierError(
-                f"RedisStorage got ssl_ca_certs={options['ssl_ca_certs']!r} as an argument and "
-                f"{ca_certs!r} in its url: give one"
-            )
-        options["ssl_ca_certs"] = ca_certs
+        options["ssl_ca_certs"] = _agreed(
+            "ssl_ca_certs", options["ssl_ca_certs"], connection.pop("ssl_ca_certs")
+        )
     for name, option in (
         ("socket_timeout", "socket_timeout"),
         ("connect_timeout", "socket_connect_timeout"),
     ):
         if name in connection:
             seconds = check_seconds(connection.pop(name), name)
-            if options[option] not in (None, seconds):
-                raise InvalidIdentifierError(
-                    f"RedisStorage got {name}={options[option]!r} as an argument and "
-                    f"{seconds!r} in its url: give one"
-                )
-            options[option] = seconds
+            options[option] = _agreed(name, options[option], seconds)
     if connection:
         raise InvalidIdentifierError(
             f"unknown option(s) for a Redis URL: {', '.join(sorted(connection))}; it takes "
             "ssl, ssl_ca_certs, socket_timeout, connect_timeout (a store's prefix, expire "
             "and shards are arguments of RedisStorage)"
         )
-    nodes = [_node(part) for part in (netloc or "localhost").split(",")]
-    if len(nodes) > 1 and scheme != "redis+cluster":
-        raise InvalidIdentifierError(f"{scheme}:// names one server; use redis+cluster://")
-    db = 0
+
+
+def _agreed(name: str, argument: Any, in_url: Any) -> Any:
+    """``in_url``, the URL's value of option ``name``, unless an argument gave another.
+
+    Raises:
+        InvalidIdentifierError: naming both values.
+    """
+    if argument not in (None, in_url):
+        raise InvalidIdentifierError(
+            f"RedisStorage got {name}={argument!r} as an argument and {in_url!r} in its url: "
+            "give one"
+        )
+    return in_url
+
+
+def _database(scheme: str, netloc: str, path: str) -> int:
+    """The database number of a URL's ``path`` (0 where it names none).
+
+    Raises:
+        InvalidIdentifierError: for anything but a number, or a number but 0 in a cluster.
+    """
     number = path.strip("/")
-    if number:
-        # int() would also read "1_0" (as 10), " 1" and digits of other scripts.
-        if not WHOLE_NUMBER.fullmatch(number):
-            socket = ""
-            if not netloc and "/" in number:
-                # "redis:///run/redis.sock", as redis-py's unix:// URLs name a socket.
-                socket = (
-                    "; a server reached through a unix socket has no URL: give RedisStorage "
-                    "a ready client, client=redis.Redis(unix_socket_path=...)"
-                )
-            raise InvalidIdentifierError(f"Redis database {path!r} must be a number{socket}")
-        db = int(number)
-        if scheme == "redis+cluster" and db != 0:
-            raise InvalidIdentifierError("a Redis Cluster has only database 0")
-    return nodes, db, options
+    if not number:
+        return 0
+    # int() would also read "1_0" (as 10), " 1" and digits of other scripts.
+    if not WHOLE_NUMBER.fullmatch(number):
+        socket = ""
+        if not netloc and "/" in number:
+            # "redis:///run/redis.sock", as redis-py's unix:// URLs name a socket.
+            socket = (
+                "; a server reached through a unix socket has no URL: give RedisStorage "
+                "a ready client, client=redis.Redis(unix_socket_path=...)"
+            )
+        raise InvalidIdentifierError(f"Redis database {path!r} must be a number{socket}")
+    if scheme == "redis+cluster" and int(number) != 0:
+        raise InvalidIdentifierError("a Redis Cluster has only database 0")
+    return int(number)
 
 
 def _check_tls(ssl: Any) -> None:
