@@ -252,6 +252,7 @@ def _int_text_problem(value: int, path: str) -> SerializationError | None:
 
 
 def _walk(value: Any, path: str, depth: int) -> Any:
+    """The JSON-native copy of ``value`` (see :func:`encode_checked`), walked in Python."""
     if value is None or type(value) in (str, bool):
         return value
     if type(value) is int:
@@ -261,6 +262,43 @@ def _walk(value: Any, path: str, depth: int) -> Any:
         return value
     if isinstance(value, enum.Enum):
         return _walk(value.value, path, depth)
+    if isinstance(value, dict):
+        return _walk_dict(value, path, depth)
+    if isinstance(value, (list, tuple)):
+        return [_walk(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
+    return _scalar(value, path, depth)
+
+
+def _walk_dict(value: dict[Any, Any], path: str, depth: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if isinstance(key, enum.Enum) and isinstance(key.value, str):
+            key = key.value
+        if not isinstance(key, str):
+            raise SerializationError(
+                f"{path}: dict key {key!r} is {_with_article(type(key))}; only string keys "
+                "can be stored (convert it with str() if that is what you mean)"
+            )
+        out[str(key)] = _walk(item, f"{path}[{key!r}]", depth + 1)
+    return out
+
+
+_HINTS: dict[type, str] = {
+    set: "convert it to a sorted list",
+    frozenset: "convert it to a sorted list",
+    bytes: "decode it to str, or encode it with base64",
+    bytearray: "decode it to str, or encode it with base64",
+}
+"""How to store a value of each of these types, which JSON cannot hold."""
+
+
+def _scalar(value: Any, path: str, depth: int) -> Any:
+    """The JSON-native copy of ``value``, which is no container and no exact str, bool, int
+    or None: a subclass of one, a float, a time, a UUID or a path.
+
+    Raises:
+        SerializationError: for anything else, or a float that is not finite.
+    """
     if isinstance(value, str):
         return str(value)
     if isinstance(value, bool):
@@ -271,34 +309,11 @@ def _walk(value: Any, path: str, depth: int) -> Any:
         if not math.isfinite(value):
             raise SerializationError(f"{path}: {value!r} cannot be stored as JSON")
         return float(value)
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            if isinstance(key, enum.Enum) and isinstance(key.value, str):
-                key = key.value
-            if not isinstance(key, str):
-                raise SerializationError(
-                    f"{path}: dict key {key!r} is {_with_article(type(key))}; only string keys "
-                    "can be stored (convert it with str() if that is what you mean)"
-                )
-            out[str(key)] = _walk(item, f"{path}[{key!r}]", depth + 1)
-        return out
-    if isinstance(value, (list, tuple)):
-        items = []
-        for i, item in enumerate(value):
-            items.append(_walk(item, f"{path}[{i}]", depth + 1))
-        return items
     if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
         return value.isoformat()
     if isinstance(value, (uuid.UUID, PurePath)):
         return str(value)
-    hints: dict[type, str] = {
-        set: "convert it to a sorted list",
-        frozenset: "convert it to a sorted list",
-        bytes: "decode it to str, or encode it with base64",
-        bytearray: "decode it to str, or encode it with base64",
-    }
-    hint = hints.get(type(value), "convert it to JSON-native data (dict, list, str, number, bool)")
+    hint = _HINTS.get(type(value), "convert it to JSON-native data (dict, list, str, number, bool)")
     raise SerializationError(
         f"{path}: {_with_article(type(value))} cannot be stored as JSON; {hint}"
     )
