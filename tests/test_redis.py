@@ -710,6 +710,11 @@ def test_a_url_gives_the_timeouts_and_a_server_that_never_answers_fails_the_call
             "connect_timeout must be a number of seconds above 0",
         ),
         (
+            # float() read it as 10.
+            lambda: open_storage("redis://h/0?connect_timeout=1_0"),
+            "connect_timeout must be a number of seconds above 0",
+        ),
+        (
             lambda: RedisStorage("p", url="redis://h/0?socket_timeout=2", socket_timeout=3),
             "got socket_timeout=3 as an argument and 2.0 in its url: give one",
         ),

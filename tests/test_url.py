@@ -404,6 +404,9 @@ def test_a_file_url_naming_a_host_is_refused(
         ("busy_timeout=-1", r"busy_timeout='-1' .*0 or more"),
         ("busy_timeout=inf", r"busy_timeout='inf' .*0 or more"),
         ("busy_timeout=nan", r"busy_timeout='nan' .*0 or more"),
+        # float() read these as 10 and 1.
+        ("busy_timeout=1_0", r"busy_timeout='1_0' .*0 or more"),
+        ("busy_timeout=%D9%A1", r"busy_timeout='\u0661' .*0 or more"),
         ("busy_timeout=1e308", r"busy_timeout must be a number of seconds from 0 to 2147483"),
         ("expire=0", r"expire must be None .* from 1 to"),
         ("synchronous=sometimes", r"synchronous='sometimes' .*one of FULL, NORMAL, EXTRA"),

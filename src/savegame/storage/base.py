@@ -39,6 +39,7 @@ import math
 import os
 import pickle
 import random
+import re
 import time
 import weakref
 from abc import ABC, abstractmethod
@@ -326,6 +327,20 @@ MAX_WAIT = 31_536_000
 """The longest wait for a server a storage takes, in seconds (a year; PyMySQL's limit)."""
 
 
+_NUMBER_TEXT = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+"""How a number of 0 or more is written in a URL: ASCII digits, maybe a decimal point and an
+exponent; ``float()`` and ``int()`` would also read "1_0" (as 10), " 1" and digits of other
+scripts."""
+
+
+def number_text(text: str, whole: bool = False) -> float:
+    """The number of 0 or more that ``text`` (a URL's option) writes; NaN for anything else,
+    a fraction too where ``whole``."""
+    if not _NUMBER_TEXT.fullmatch(text) or (whole and not text.isdigit()):
+        return math.nan
+    return int(text) if whole else float(text)
+
+
 def check_seconds(value: object, what: str, *, whole: bool = False) -> float:
     """``value``, the seconds a storage waits for a server (``what`` names it in messages).
 
@@ -343,8 +358,7 @@ def check_seconds(value: object, what: str, *, whole: bool = False) -> float:
     """
     number: float = math.nan
     if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            number = int(value) if whole else float(value)
+        number = number_text(value, whole)
     elif type(value) is int or (type(value) is float and not whole):
         number = value
     if not 0 < number <= MAX_WAIT:

@@ -45,7 +45,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from savegame.errors import InvalidIdentifierError, StorageError
-from savegame.storage.base import Storage
+from savegame.storage.base import Storage, number_text
 from savegame.storage.known import DEFAULT_BYTES
 from savegame.storage.session import Mode, mode_spec
 
@@ -214,9 +214,11 @@ class StorageURL:
         value = self.options.pop(name, None)
         if value is None:
             return None
-        try:
-            number = math.nan if isinstance(value, bool) else float(value)
-        except (TypeError, ValueError):
+        if isinstance(value, str):
+            number = number_text(value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        else:
             number = math.nan
         if not 0 <= number < math.inf:
             raise InvalidIdentifierError(
