@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import subprocess
 import sys
@@ -80,6 +81,39 @@ def test_an_upgrade_meeting_unreadable_json_names_the_row_and_changes_nothing(
     with pytest.raises(StorageError, match="older layout"):
         storage.upsert(AgentSession(session_id="s3"))
     storage.close()
+
+
+def test_an_upgrade_keeps_inline_the_runs_of_a_session_holding_nan_or_infinity(
+    tmp_path: Path,
+) -> None:
+    # The original's JSON columns took json.dumps's NaN and Infinity, which savegame never
+    # writes: such a session keeps its runs inline, read as they are, and the others move.
+    path = tmp_path / "original.db"
+    rows = [
+        {"session_id": "nan", "memory": {"runs": [{"metrics": {"ratio": math.nan}}]}},
+        {"session_id": "inf", "memory": {"runs": [{"i": 1}], "summary": {"t": -math.inf}}},
+        {"session_id": "plain", "memory": {"runs": [{"i": 2}]}},
+    ]
+    write_original_table(f"sqlite:///{path}", "legacy", None, rows)
+    storage = SqliteStorage("legacy", db_file=str(path))
+    before = {s.session_id: repr(s.memory) for s in storage.get_all_sessions()}
+    storage.upgrade_schema()
+    again = SqliteStorage("legacy", db_file=str(path))
+    assert {s.session_id: repr(s.memory) for s in again.get_all_sessions()} == before
+    with sqlite3.connect(path) as db:
+        moved = db.execute("SELECT session_id FROM legacy_runs").fetchall()
+    db.close()
+    assert moved == [("plain",)]
+    session = again.read("nan")
+    assert session is not None
+    session.memory = {"runs": [{"metrics": {"ratio": 0.5}}, {"i": 3}]}
+    again.upsert(session)
+    third = SqliteStorage("legacy", db_file=str(path))
+    got = third.read("nan")
+    assert got is not None
+    assert got.memory == {"runs": [{"metrics": {"ratio": 0.5}}, {"i": 3}]}
+    for each in (storage, again, third):
+        each.close()
 
 
 def test_the_original_table_is_read_then_upgraded_and_written(tmp_path: Path) -> None:

@@ -3156,14 +3156,14 @@ def _move_runs(storage: SqlStorage, conn: Connection) -> None:
             if runs is None:
                 continue
             kept = rest.get(column.name)
-            headers.append(
-                {
-                    "sid": session_id,
-                    column.name: None if kept is None else dumps(kept),
-                    "run_count": len(runs),
-                }
-            )
-            texts = [dumps(run) for run in runs]
+            try:
+                head = None if kept is None else dumps(kept)
+                texts = [dumps(run) for run in runs]
+            except ValueError:
+                # NaN or an infinity, which the original's json.dumps wrote and savegame
+                # never stores: such a session stays as it was written, as a long id does.
+                continue
+            headers.append({"sid": session_id, column.name: head, "run_count": len(runs)})
             moved.extend(
                 {"session_id": session_id, "position": i, "digest": _digest(t), "run": t}
                 for i, t in enumerate(texts)
