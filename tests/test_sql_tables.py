@@ -235,6 +235,34 @@ def test_a_runs_table_that_is_another_session_table_is_refused(sql_store: Store)
         clash.close()
 
 
+def test_a_table_named_after_the_runs_table_of_an_original_table_is_refused(
+    sql_store: Store,
+) -> None:
+    # The original's table has no runs table yet: made second, a session table of that
+    # name would leave its upgrade nowhere to move the runs.
+    own = _sql(sql_store)
+    own.create()  # the database file, the schema
+    original = f"{own.table_name}_o"
+    rows = [{"session_id": "a", "memory": {"runs": [{"run_id": "r"}]}}]
+    write_original_table(own.db_engine, original, own.schema, rows)
+    clash = _sibling(own, f"{original}_runs")
+    upgraded = _sibling(own, original)
+    try:
+        for call in (clash.create, functools.partial(clash.upsert, AgentSession("b"))):
+            with pytest.raises(StorageError, match=f"table {original!r} keep their runs"):
+                call()
+        assert not clash.table_exists()
+        upgraded.upgrade_schema()
+        got = upgraded.read("a")
+        assert got is not None
+        assert got.memory == {"runs": [{"run_id": "r"}]}
+    finally:
+        upgraded.drop()
+        clash.drop()
+        upgraded.close()
+        clash.close()
+
+
 def test_a_table_from_before_past_tokens_is_read_then_upgraded_and_written(
     sql_store: Store,
 ) -> None:

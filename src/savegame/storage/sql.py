@@ -156,6 +156,9 @@ from savegame.storage.url import StorageURL, redact
 MIGRATIONS_TABLE = "savegame_migrations"
 """The table, in each schema savegame writes to, that records each table's layout version."""
 
+RUNS_SUFFIX = "_runs"
+"""What a session table's name ends in to name its runs table."""
+
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,57}")
 # 58 characters leave room for "_runs" within PostgreSQL's 63-character identifiers.
 
@@ -673,7 +676,7 @@ def _new_tables(spec: ModeSpec, dialect: SqlDialect, name: str, schema: str | No
     )
     header = Table(name, metadata, *columns, *indexes, expiry, **dialect.table_options)
     runs = Table(
-        f"{name}_runs",
+        f"{name}{RUNS_SUFFIX}",
         metadata,
         Column("session_id", dialect.id_type(), primary_key=True),
         Column("position", Integer, primary_key=True, autoincrement=False),
@@ -1824,7 +1827,7 @@ class SqlStorage(Storage):
         if names == set(self.runs_table.c.keys()):
             raise StorageError(
                 f"table {self.table_name!r} holds the runs of another storage's sessions"
-                f" (those of table {self.table_name.removesuffix('_runs')!r}); give this"
+                f" (those of table {self.table_name.removesuffix(RUNS_SUFFIX)!r}); give this"
                 " storage another table name"
             )
         lacking = [name for name in _needed(self.spec) if name not in names]
@@ -1885,6 +1888,29 @@ class SqlStorage(Storage):
                 f"table {runs.name!r}, where the storage of table {self.table_name!r} would"
                 " keep its runs, is another storage's session table; give this storage"
                 " another table name"
+            )
+
+    def _refuse_runs_name(self, conn: Connection) -> None:
+        """Refuses to make this storage's table where it would be the runs table of a
+        session table without one yet: the original's, whose upgrade makes it.
+
+        Raises:
+            StorageError: naming that session table.
+        """
+        name = self.table_name
+        suffix = name[-len(RUNS_SUFFIX) :]
+        if self.dialect.names_ignore_case:
+            suffix = suffix.casefold()
+        owner = name[: -len(RUNS_SUFFIX)]
+        if suffix != RUNS_SUFFIX or not owner:
+            return
+        inspector = inspect(conn)
+        if not inspector.has_table(owner, self.schema):
+            return
+        if _modes_held({c["name"] for c in inspector.get_columns(owner, self.schema)}):
+            raise StorageError(
+                f"table {name!r} is where the sessions of table {owner!r} keep their runs"
+                " once savegame has upgraded it; give this storage another table name"
             )
 
     def _opened(self, info: dict[Any, Any]) -> None:
@@ -1976,6 +2002,8 @@ class SqlStorage(Storage):
 
         Raises:
             BackendUnavailableError: when the database cannot be reached or stays locked.
+            StorageError: when one of the two tables would be another session table's runs
+                table, or its runs table is another storage's session table.
         """
         self._make_tables(upgrade=self.auto_upgrade_schema)
 
@@ -2049,6 +2077,7 @@ class SqlStorage(Storage):
                 if layout.version == 0 or upgrade:
                     self._check_runs_table(conn)
                 if layout.version == 0:
+                    self._refuse_runs_name(conn)
                     for table in (self.table, self.runs_table, self._tables.migrations):
                         table.create(conn, checkfirst=True)
                 elif not layout.recorded:
