@@ -1763,6 +1763,22 @@ def test_a_table_of_the_originals_layout_is_upgraded_by_the_command_it_names(
     assert got.session_data == {"session_name": "Trip"}  # type: ignore[attr-defined]
 
 
+def test_an_export_stopped_by_a_session_json_lines_cannot_carry_names_it(tmp_path: Path) -> None:
+    # The original's SQLite tables hold the NaN of json.dumps, which savegame reads as it is.
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    rows = [
+        {"session_id": "fine", "memory": {"runs": []}, "created_at": 2},
+        {"session_id": "odd", "memory": {"runs": [{"ratio": float("nan")}]}, "created_at": 1},
+    ]
+    write_original_table(url, "agent_sessions", None, rows)
+    stopped = savegame("export", "-s", url, code=2)
+    assert [json.loads(line)["session_id"] for line in text(stopped).splitlines()] == ["fine"]
+    assert "session 'odd' cannot be exported: $['memory']['runs'][0]['ratio']: nan" in errors(
+        stopped
+    )
+    assert "having written 1 session: what it wrote is not a whole backup" in errors(stopped)
+
+
 def test_a_folder_of_another_mode_is_said_so_and_never_exported_as_empty(tmp_path: Path) -> None:
     # Another mode lists none of a folder's sessions: without a word, an export in the
     # default mode of a folder of team sessions would be an empty backup that looks made.

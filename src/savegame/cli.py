@@ -39,7 +39,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from savegame import __version__, transfer
 from savegame.chat import chat, printable, unshown
-from savegame.errors import StorageError
+from savegame.errors import SerializationError, StorageError
 from savegame.storage.base import Storage
 from savegame.storage.codec import check_id
 from savegame.storage.session import MODES, Session
@@ -728,7 +728,10 @@ def export(
 
     with _on_ctrl_c(how_far), _open(storage, mode, "note") as store:
         left_out: list[str] = []
-        count = transfer.export_sessions(store, write, user, left_out)
+        try:
+            count = transfer.export_sessions(store, write, user, left_out)
+        except SerializationError as exc:
+            raise SerializationError(f"{exc}; {how_far()}") from exc
         left_out += store.unreadable()
         other = (
             _kept_by_another_mode(store, mode, storage, store.table_exists()) if not count else None

@@ -219,10 +219,20 @@ def export_sessions(
         write: called with each line, newline included (``sys.stdout.write``, say).
         user_id: only this user's sessions.
         damaged: as for :func:`iter_sessions`.
+
+    Raises:
+        SerializationError: naming the first session that holds a value JSON lines cannot
+            carry (a NaN in a table the original wrote), after the lines before it.
     """
     count = 0
     for session in iter_sessions(storage, user_id, damaged=damaged):
-        write(_exported(session))
+        try:
+            line = _exported(session)
+        except SerializationError as exc:
+            raise SerializationError(
+                f"session {session.session_id!r} cannot be exported: {exc}"
+            ) from exc
+        write(line)
         count += 1
     return count
 
