@@ -263,6 +263,31 @@ def test_a_table_named_after_the_runs_table_of_an_original_table_is_refused(
         clash.close()
 
 
+def test_an_original_table_whose_runs_table_name_another_original_table_has_says_to_rename(
+    sql_store: Store,
+) -> None:
+    # The original took t and t_runs as two tables of sessions: giving the storage of t
+    # another name would open an empty table, so the error says to rename one.
+    own = _sql(sql_store)
+    own.create()  # the database file, the schema
+    first = f"{own.table_name}_o"
+    for name in (first, f"{first}_runs"):
+        rows = [{"session_id": name, "memory": {"runs": [{"run_id": "r"}]}}]
+        write_original_table(own.db_engine, name, own.schema, rows)
+    storages = [_sibling(own, first), _sibling(own, f"{first}_runs")]
+    try:
+        with pytest.raises(StorageError, match=r"rename one of the two tables \(ALTER TABLE"):
+            storages[0].upgrade_schema()
+        for storage in storages:
+            got = storage.read(storage.table_name)
+            assert got is not None
+            assert got.memory == {"runs": [{"run_id": "r"}]}
+    finally:
+        for storage in reversed(storages):
+            storage.drop()
+            storage.close()
+
+
 def test_a_table_from_before_past_tokens_is_read_then_upgraded_and_written(
     sql_store: Store,
 ) -> None:

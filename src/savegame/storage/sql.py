@@ -1880,14 +1880,22 @@ class SqlStorage(Storage):
         names = {c["name"] for c in inspector.get_columns(runs.name, self.schema)}
         return names == set(runs.c.keys())
 
-    def _check_runs_table(self, conn: Connection) -> None:
-        """Refuses a runs table that another storage made as its own session table."""
+    def _check_runs_table(self, conn: Connection, made: bool) -> None:
+        """Refuses a runs table that another storage made as its own session table;
+        ``made``: this storage's table exists, with sessions that another name would not
+        reach, so the error says to rename a table instead.
+        """
         runs = self.runs_table
         if self._runs_table_is(conn) is False:
+            remedy = (
+                "rename one of the two tables (ALTER TABLE ... RENAME TO ...) and open it by"
+                " its new name"
+                if made
+                else "give this storage another table name"
+            )
             raise StorageError(
                 f"table {runs.name!r}, where the storage of table {self.table_name!r} would"
-                " keep its runs, is another storage's session table; give this storage"
-                " another table name"
+                f" keep its runs, is another storage's session table; {remedy}"
             )
 
     def _refuse_runs_name(self, conn: Connection) -> None:
@@ -2075,7 +2083,7 @@ class SqlStorage(Storage):
                 self.dialect.create_schema(conn, self.schema)
                 layout = self._detect(conn, settled=True, doubt=upgrade)
                 if layout.version == 0 or upgrade:
-                    self._check_runs_table(conn)
+                    self._check_runs_table(conn, made=layout.version > 0)
                 if layout.version == 0:
                     self._refuse_runs_name(conn)
                     for table in (self.table, self.runs_table, self._tables.migrations):
