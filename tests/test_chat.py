@@ -228,6 +228,41 @@ def test_a_session_that_cannot_be_loaded_is_said_so_and_the_chat_goes_on(
     assert len(stored.memory["runs"]) == 2  # type: ignore[attr-defined]
 
 
+def test_sessions_other_code_stored_oddly_or_damaged_neither_end_the_chat(
+    tmp_path: Path,
+) -> None:
+    """A store the chat shares with other code may hold sessions whose fields are of
+    other shapes, or one that cannot be read at all: listed, they are shown as well as
+    they can be, or left out with a note, and the conversation goes on."""
+    backend = next(b for b in BACKENDS if b.name == "sqlite-file")
+    with backend.make(tmp_path, "agent") as store:
+        assert store.url is not None
+        assert store.spoil_json is not None
+        chat("--storage", store.url, "--session", "mine", lines=["My name is Ada."])
+        storage = store()
+        storage.upsert(AgentSession(session_id="odd", memory=[1, 2], session_data="x"))  # type: ignore[arg-type]
+        turn = {"run_id": "r", "messages": [{"role": "user", "content": "hi"}]}
+        numbered = {"session_name": 5}
+        storage.upsert(
+            AgentSession(session_id="numbered", memory={"runs": [turn]}, session_data=numbered)
+        )
+        storage.upsert(AgentSession(session_id="damaged", session_data={}))
+        store.spoil_json(storage, "damaged", "{not json")
+        out = chat(
+            "--storage",
+            store.url,
+            "--session",
+            "mine",
+            lines=["/sessions", "/load numbered", "/load mine", "What is my name?"],
+        )
+    listed = [line.split()[:2] for line in out if re.search(r" turns?  ", line)]
+    assert sorted(listed) == [["*", "mine"], ["numbered", "1"], ["odd", "0"]]
+    note = "note: 1 stored item(s) could not be read and are left out; savegame export names them"
+    assert note in out
+    assert "resuming session numbered: 1 earlier turn" in out
+    assert any(line.startswith("assistant> Your name is Ada.") for line in out)
+
+
 def test_the_configured_model_is_used_and_its_failures_end_only_a_turn(
     sqlite_url: str, server: ModelServer
 ) -> None:

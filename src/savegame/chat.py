@@ -28,6 +28,7 @@ from typing import Annotated, Any
 
 import typer
 
+from savegame import transfer
 from savegame.agent import Agent, turns_of
 from savegame.errors import CorruptSessionError, InvalidIdentifierError
 from savegame.models import Message, Model, ModelError, configured_model
@@ -231,7 +232,10 @@ def _command(agent: Agent, store: Storage, text: str) -> bool:
 
 
 def _show_session(agent: Agent) -> None:
-    named = f" ({printable(agent.session_name)})" if agent.session_name else ""
+    # Other code may have stored a name that is no text (a number), which the listings
+    # show as none.
+    name = agent.session_name if isinstance(agent.session_name, str) else None
+    named = f" ({printable(name)})" if name else ""
     session_id = printable(agent.session_id)
     if not agent.runs:
         _say(f"new session {session_id}{named}")
@@ -248,17 +252,23 @@ def _print_messages(messages: list[Message]) -> None:
 
 
 def _list_sessions(agent: Agent, store: Storage) -> None:
-    sessions = store.get_all_sessions(user_id=agent.user_id)
-    if not sessions:
+    """Lists the user's sessions as ``savegame sessions list`` does: a session that other
+    code stored with fields of other shapes as well as it can be, and one that cannot be
+    read left out with a note, rather than ending the chat."""
+    damaged: list[str] = []
+    sessions = list(transfer.iter_sessions(store, user_id=agent.user_id, damaged=damaged))
+    if not sessions and not damaged:
         _say("no saved sessions yet")
     for s in sessions:
-        data = getattr(s, "session_data", None) or {}
-        runs = (getattr(s, "memory", None) or {}).get("runs") or []
         updated = getattr(s, "updated_at", None) or 0
         when = dt.datetime.fromtimestamp(updated).strftime("%Y-%m-%d %H:%M")
         mark = "*" if s.session_id == agent.session_id else " "
-        name = printable(str(data.get("session_name") or ""))
-        _say(f"{mark} {printable(s.session_id)}  {name:20}  {_turn_count(len(runs)):>9}  {when}")
+        name = printable(transfer.session_name(s) or "")
+        runs = len(transfer.runs_of(store.spec, s))
+        _say(f"{mark} {printable(s.session_id)}  {name:20}  {_turn_count(runs):>9}  {when}")
+    said = transfer.left_out(store, damaged)
+    if said is not None:
+        _say(said)
 
 
 def _turn_count(count: int, kind: str = "") -> str:

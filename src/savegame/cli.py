@@ -1065,12 +1065,9 @@ def _sessions(count: int) -> str:
 def _note_left_out(store: Storage, damaged: list[str]) -> None:
     """Says on stderr how many damaged sessions (``damaged``, said by
     :func:`~savegame.transfer.iter_sessions`) and files a listing or a count left out."""
-    left_out = len(damaged) + len(store.unreadable())
-    if left_out:
-        _note(
-            f"note: {left_out} stored item(s) could not be read and are left out; "
-            "savegame export names them"
-        )
+    said = transfer.left_out(store, damaged)
+    if said is not None:
+        _note(said)
 
 
 def _fail_if_left_out(left_out: list[str], url: str) -> None:

@@ -832,6 +832,19 @@ def runs_of(spec: ModeSpec, session: Session) -> list[Any]:
     return runs if isinstance(runs, list) else []
 
 
+def left_out(storage: Storage, damaged: list[str]) -> str | None:
+    """What to tell a person of the damaged sessions (``damaged``, as :func:`iter_sessions`
+    fills it) and the files of ``storage`` that a listing or a count left out; None when
+    it left out none."""
+    count = len(damaged) + len(storage.unreadable())
+    if not count:
+        return None
+    return (
+        f"note: {count} stored item(s) could not be read and are left out; "
+        "savegame export names them"
+    )
+
+
 @dataclass
 class UserErasure:
     """What :func:`delete_user` removed: how many sessions, per mode searched; and the modes
