@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sqlite3
@@ -15,12 +16,14 @@ from hypothesis import strategies as st
 from sqlalchemy import event, text
 
 from savegame import transfer
+from savegame.agent import Agent
 from savegame.errors import (
     CorruptSessionError,
     InvalidIdentifierError,
     SerializationError,
     StorageError,
 )
+from savegame.models.offline import OfflineModel
 from savegame.storage.in_memory import InMemoryStorage
 from savegame.storage.json import JsonStorage
 from savegame.storage.session import MESSAGES_OF_RUNS, MODES, Session
@@ -226,6 +229,39 @@ def test_a_session_saved_at_the_destination_since_is_kept_unless_told(
     assert restored is not None
     assert restored.session_data == source.read("x1").session_data  # type: ignore[union-attr]
     assert transfer.import_sessions(backend_store(), backup).unchanged == 3
+
+
+@pytest.mark.parametrize("move", ["copy", "import"])
+def test_a_turn_saved_at_the_destination_is_kept_whatever_the_clocks_say(
+    backend_store: Store, move: str
+) -> None:
+    # The source's clock ran a minute ahead of the destination's (or the turn was saved in
+    # the second the copy was made): a copy or an import run again took the turn saved at
+    # the destination for older than the source's copy, and wrote over it without a word.
+    source = InMemoryStorage(mode="agent")
+    Agent(OfflineModel(), source, session_id="trip").run("My name is Ada.")
+    ahead = source.read("trip")
+    assert ahead is not None
+    ahead.updated_at += 60  # type: ignore[attr-defined]
+    source.restore(ahead)
+    backup = _lines(source)
+    assert transfer.copy_sessions(source, backend_store()).copied == 1
+    Agent(OfflineModel(), backend_store(), session_id="trip").run("I moved to Bergen.")
+    went_on = backend_store().read("trip")
+    assert went_on is not None
+
+    again = (
+        functools.partial(transfer.copy_sessions, source)
+        if move == "copy"
+        else functools.partial(transfer.import_sessions, lines=backup)
+    )
+    report = again(backend_store())
+    assert (report.copied, report.kept) == (0, ["trip"])
+    assert backend_store().read("trip") == went_on
+    assert again(backend_store(), replace_newer=True).copied == 1
+    back = backend_store().read("trip")
+    assert back is not None
+    assert len(back.memory["runs"]) == 1  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("move", ["copy", "import"])

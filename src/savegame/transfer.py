@@ -316,16 +316,29 @@ def _unsigned_zero(text: str) -> float:
     return float(text) or 0.0
 
 
-def _saved_since(stored: Session, session: Session) -> bool:
+def _saved_since(spec: ModeSpec, stored: Session, session: Session) -> bool:
     """Whether ``stored`` was saved after ``session``, the copy of it being moved: users
     went on with the conversation at the destination, and replacing it would lose that.
 
-    ``restore`` keeps a session's ``updated_at``, so a session that an import or a copy
-    wrote, and that nobody saved since, is never newer than its source. A line without
-    ``updated_at`` counts as new.
+    It was when it holds a run (by ``run_id``) that ``session`` lacks, whatever the times
+    say: they come from the clocks of two machines, which need not agree, and a turn saved
+    in the second the copy was made has its ``updated_at``. Otherwise when its
+    ``updated_at`` is later: ``restore`` keeps a session's ``updated_at``, so a session
+    that an import or a copy wrote, and that nobody saved since, is never newer than its
+    source. A line without ``updated_at`` counts as new.
     """
+    moved = {_run_id(run) for run in runs_of(spec, session)}
+    if any(_run_id(run) not in moved for run in runs_of(spec, stored) if _run_id(run)):
+        return True
     updated = session.updated_at  # type: ignore[attr-defined]
     return updated is not None and (stored.updated_at or 0) > updated  # type: ignore[attr-defined]
+
+
+def _run_id(run: Any) -> str | None:
+    """The ``run_id`` of a stored run; None for a run without one (or not an object), which
+    cannot be told apart from another."""
+    run_id = run.get("run_id") if isinstance(run, dict) else None
+    return run_id if isinstance(run_id, str) and run_id else None
 
 
 def _put_all(
@@ -416,7 +429,11 @@ def _put(
             and _exact_text(stored, ordered) == _exact_text(_timed_as(session, stored), ordered)
         ):
             return "unchanged"
-        if stored is not None and not replace_newer and _saved_since(stored, session):
+        if (
+            stored is not None
+            and not replace_newer
+            and _saved_since(destination.spec, stored, session)
+        ):
             return "kept"
         seen = 0 if stored is None else stored.version or 1  # type: ignore[attr-defined]
         try:
@@ -490,7 +507,8 @@ def import_sessions(
     ``1``, ``1.0`` and ``true`` differ, and so does the order of keys where the store keeps
     it) is left alone, so importing a file again (after an interruption, say) writes only
     what is missing; one that differs is replaced, unless the store's was saved later than
-    the line's (its ``updated_at`` is later): that one is kept, and listed in the report's
+    the line's (it holds a run the line lacks, or its ``updated_at`` is later): that one is
+    kept, and listed in the report's
     ``kept``, so that an old backup never takes back what users did since. A session saved
     in the store while the import runs (by an application already using it) is never
     written over unseen: it is read again and judged as above.
@@ -609,8 +627,9 @@ def copy_sessions(
     whole sessions only; running it again skips the sessions that arrived (exactly: the
     same JSON text, as :func:`import_sessions` compares them) and copies the rest. A
     session that differs at the destination is replaced by the source's, unless the
-    destination's was saved later (users went on with it there, after an earlier copy):
-    that one is kept, and listed in the report's ``kept``. A session saved at the
+    destination's was saved later (users went on with it there, after an earlier copy: it
+    holds a run the source's lacks, or its ``updated_at`` is later): that one is kept, and
+    listed in the report's ``kept``. A session saved at the
     destination while the copy runs (by an application already moved there) is never
     written over unseen: it is read again and judged as above.
 
