@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from savegame import open_storage
+from savegame import open_storage, transfer
 from savegame.agent import Agent
 from savegame.errors import CorruptSessionError, SerializationError
 from savegame.models.offline import OfflineModel
@@ -889,6 +889,36 @@ def test_a_step_run_resumes_in_another_storage_given_to_the_workflow(
     assert [
         r["status"] for r in JsonStorage(tmp_path / "before", mode="workflow_v2").read("s").runs
     ] == ["failed"]  # type: ignore[union-attr]
+
+
+def test_pending_runs_are_those_resume_finds_after_a_move_or_a_deletion(
+    steps_store: Store, tmp_path: Path
+) -> None:
+    # Moved to a store holding an older copy of its session (copied there before the run
+    # failed), a workflow's pending_runs() read that copy alone and said nothing was left,
+    # where resume() went on with the failed run; deleted elsewhere, the session's runs
+    # were still pending, where resume() said there were none.
+    markers = tmp_path / "m"
+    flow = _steps(markers, "none", steps_store, session_id="s")
+    older = flow.storage = JsonStorage(tmp_path / "before", mode="workflow_v2")
+    flow.run("first")
+    transfer.copy_sessions(older, steps_store())
+    flow.steps = _steps(markers, "clean", steps_store).steps
+    with pytest.raises(StepFailed):
+        flow.run("second")
+    flow.storage = steps_store()
+    assert [r["input"] for r in flow.pending_runs()] == ["second"]
+    flow.steps = _steps(markers, "none", steps_store).steps
+    assert flow.resume().content == "report(clean(fetch(second)))"
+    assert flow.pending_runs() == []
+
+    with pytest.raises(StepFailed):
+        _steps(markers, "clean", steps_store, session_id="gone").run("data")
+    gone = _steps(markers, "none", steps_store, session_id="gone")
+    assert steps_store().delete_session("gone")
+    assert gone.pending_runs() == []
+    with pytest.raises(LookupError, match="has no runs stored"):
+        gone.resume()
 
 
 def _two_resumers(markers: Path, failing: str, store: Store) -> tuple[StepWorkflow, StepWorkflow]:

@@ -618,14 +618,17 @@ class StepWorkflow(SessionKeeper):
 
     def pending_runs(self) -> list[Run]:
         """The stored runs that did not complete, oldest first, as the store has them now:
-        a run another process resumed and completed since this object last read or saved
-        the session is not among them."""
-        runs = self.runs
-        if self.storage is not None:
-            stored = self.storage.read(self.session_id)
-            if stored is not None:
-                runs = get_path(self._fields(stored), self.spec.runs_path) or []
-        return [r for r in runs if r.get("status") != "completed"]
+        the runs :meth:`resume` looks among (see
+        :meth:`~savegame.runtime.SessionKeeper._current_runs`). A run another process
+        resumed and completed since this object last read or saved the session is not among
+        them; one of a session carried to another storage is.
+
+        Raises:
+            SessionOwnerError: when the stored session belongs to another user.
+            CorruptSessionError: when a field of the stored session is of another shape.
+            StorageError: when the store cannot be read.
+        """
+        return [r for r in self._current_runs() if r.get("status") != "completed"]
 
     def _execute(self, record: Run) -> WorkflowRunResponse:
         by_name = {s["name"]: s for s in record.get("steps") or []}
