@@ -367,6 +367,24 @@ def _read_until(proc: subprocess.Popen[bytes], marker: bytes, seen: bytes = b"")
     return text
 
 
+def test_history_shows_the_turns_another_chat_on_the_session_saved(sqlite_url: str) -> None:
+    # Two terminals on one conversation: each message is sent with the turns the other
+    # saved, and /history showed the conversation as this chat had last saved it.
+    chat("--storage", sqlite_url, "--session", "two", lines=["My name is Ada."])
+    proc = _start_chat("--storage", sqlite_url, "--session", "two")
+    try:
+        _read_until(proc, b"you> ")
+        chat("--storage", sqlite_url, "--session", "two", lines=["I live in Oslo."])
+        out, err = proc.communicate(b"/history\n", timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    lines = [line.removeprefix("you> ") for line in out.decode().splitlines()]
+    shown = [line for line in lines if line.startswith("  you: ")]
+    assert shown[-2:] == ["  you: My name is Ada.", "  you: I live in Oslo."], out
+
+
 def test_a_store_failing_mid_chat_ends_it_with_the_resume_hint_and_the_error(
     tmp_path: Path,
 ) -> None:

@@ -225,6 +225,9 @@ def _command(agent: Agent, store: Storage, text: str) -> bool:
             return True
         _show_session(agent)
     elif name == "/history":
+        # As the next message is sent with it: with the turns that another chat on this
+        # session saved since this one last read or saved it.
+        agent.load_session()
         _print_messages(agent.get_messages_for_session())
     else:
         _say(HELP)
