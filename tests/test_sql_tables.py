@@ -235,6 +235,14 @@ def test_a_runs_table_that_is_another_session_table_is_refused(sql_store: Store)
         clash.close()
 
 
+def _original_beside(own: SqlStorage, name: str, session_id: str) -> SqlStorage:
+    """A storage of the original's table ``name``, made beside ``own``'s with one session of
+    one run."""
+    rows = [{"session_id": session_id, "memory": {"runs": [{"run_id": "r"}]}}]
+    write_original_table(own.db_engine, name, own.schema, rows)
+    return _sibling(own, name)
+
+
 def test_a_table_named_after_the_runs_table_of_an_original_table_is_refused(
     sql_store: Store,
 ) -> None:
@@ -243,10 +251,8 @@ def test_a_table_named_after_the_runs_table_of_an_original_table_is_refused(
     own = _sql(sql_store)
     own.create()  # the database file, the schema
     original = f"{own.table_name}_o"
-    rows = [{"session_id": "a", "memory": {"runs": [{"run_id": "r"}]}}]
-    write_original_table(own.db_engine, original, own.schema, rows)
+    upgraded = _original_beside(own, original, "a")
     clash = _sibling(own, f"{original}_runs")
-    upgraded = _sibling(own, original)
     try:
         for call in (clash.create, functools.partial(clash.upsert, AgentSession("b"))):
             with pytest.raises(StorageError, match=f"table {original!r} keep their runs"):
@@ -271,10 +277,7 @@ def test_an_original_table_whose_runs_table_name_another_original_table_has_says
     own = _sql(sql_store)
     own.create()  # the database file, the schema
     first = f"{own.table_name}_o"
-    for name in (first, f"{first}_runs"):
-        rows = [{"session_id": name, "memory": {"runs": [{"run_id": "r"}]}}]
-        write_original_table(own.db_engine, name, own.schema, rows)
-    storages = [_sibling(own, first), _sibling(own, f"{first}_runs")]
+    storages = [_original_beside(own, name, name) for name in (first, f"{first}_runs")]
     try:
         with pytest.raises(StorageError, match=r"rename one of the two tables \(ALTER TABLE"):
             storages[0].upgrade_schema()
