@@ -1742,6 +1742,45 @@ class SqlStorage(Storage):
         if not inspector.has_table(self.table_name, self.schema):
             return _MISSING
         self._refuse_another_case(inspector)
+        version = self._recorded_version(conn, inspector)
+        latest = frozenset(self.table.c.keys())
+        if version >= LATEST and not (doubt or self._doubt_record):
+            # An original's workflow_v2 table keeps its memory column when upgraded, and
+            # with it every column of a workflow table: the columns asked above tell it.
+            if columns is None:
+                columns = self.dialect.column_names(conn, self.table)
+            if columns:
+                self._refuse_closer(set(columns))
+            return _Layout(version, latest)
+        names = {c["name"] for c in inspector.get_columns(self.table_name, self.schema)}
+        self._refuse_foreign(names)
+        if version >= LATEST:
+            if names >= latest and self._runs_table_is(conn):
+                return _Layout(version, latest)
+            version = ORIGINAL_VERSION
+        version = _borne_out(version, names)
+        if settled and names >= set(self.table.c.keys()) and self._runs_table_is(conn) is not False:
+            # Every column of the latest layout, which only savegame makes, with no record
+            # saying so or without its runs table: tables made (or upgraded) by a call cut
+            # short before it made the runs table or recorded them, as MySQL's DDL commits
+            # table by table, or a runs table dropped by hand. Rows without their runs apart
+            # read as they are (run_count is NULL), so the table is taken at the latest
+            # layout, and its runs table made (see _make_tables). Only under the schema
+            # lock: outside it, the tables may be another process's being made, which MySQL
+            # refuses to describe meanwhile (error 1684), and a read takes them as they are.
+            return _Layout(LATEST, frozenset(self.table.c.keys()), recorded=False)
+        layout = _Layout(version, frozenset(names))
+        if columns and set(columns) == names and not names >= latest:
+            self._older = (columns, layout)
+        return layout
+
+    def _recorded_version(self, conn: Connection, inspector: Any) -> int:
+        """The layout version ``savegame_migrations`` records for the table; the original's
+        where it records none.
+
+        Raises:
+            StorageError: for a version newer than this savegame knows.
+        """
         version = ORIGINAL_VERSION
         if inspector.has_table(MIGRATIONS_TABLE, self.schema):
             migrations = self._tables.migrations
@@ -1758,41 +1797,7 @@ class SqlStorage(Storage):
                 f"written by a newer savegame; this one knows versions up to {LATEST}: "
                 "upgrade savegame to use it"
             )
-        latest = frozenset(self.table.c.keys())
-        if version >= LATEST and not (doubt or self._doubt_record):
-            # An original's workflow_v2 table keeps its memory column when upgraded, and
-            # with it every column of a workflow table: the columns asked above tell it.
-            if columns is None:
-                columns = self.dialect.column_names(conn, self.table)
-            if columns:
-                self._refuse_closer(set(columns))
-            return _Layout(version, latest)
-        names = {c["name"] for c in inspector.get_columns(self.table_name, self.schema)}
-        self._refuse_foreign(names)
-        if version >= LATEST:
-            if names >= latest and self._runs_table_is(conn):
-                return _Layout(version, latest)
-            version = ORIGINAL_VERSION
-        # A record below the latest is believed only as far as the columns bear it out: the
-        # original may have made the table again after an earlier savegame recorded it.
-        for migration, column in _MARKS:
-            if column not in names:
-                version = min(version, migration - 1)
-                break
-        if settled and names >= set(self.table.c.keys()) and self._runs_table_is(conn) is not False:
-            # Every column of the latest layout, which only savegame makes, with no record
-            # saying so or without its runs table: tables made (or upgraded) by a call cut
-            # short before it made the runs table or recorded them, as MySQL's DDL commits
-            # table by table, or a runs table dropped by hand. Rows without their runs apart
-            # read as they are (run_count is NULL), so the table is taken at the latest
-            # layout, and its runs table made (see _make_tables). Only under the schema
-            # lock: outside it, the tables may be another process's being made, which MySQL
-            # refuses to describe meanwhile (error 1684), and a read takes them as they are.
-            return _Layout(LATEST, frozenset(self.table.c.keys()), recorded=False)
-        layout = _Layout(version, frozenset(names))
-        if columns and set(columns) == names and not names >= latest:
-            self._older = (columns, layout)
-        return layout
+        return version
 
     def _refuse_another_case(self, inspector: Any) -> None:
         """Refuses a table name that, where the database ignores the case of table names,
@@ -3149,6 +3154,16 @@ def _runs_table(storage: SqlStorage, conn: Connection) -> None:
     conn.execute(delete(runs_table).where(runs_table.c.session_id.not_in(apart)))
     _move_runs(storage, conn)
     storage.dialect.analyze(conn, runs_table)
+
+
+def _borne_out(version: int, names: set[str]) -> int:
+    """``version``, a recorded layout below the latest, as far as a table's columns ``names``
+    bear it out: the original may have made the table again after an earlier savegame
+    recorded it, and every migration adds a column (see ``_MARKS``)."""
+    for migration, column in _MARKS:
+        if column not in names:
+            return min(version, migration - 1)
+    return version
 
 
 def _move_runs(storage: SqlStorage, conn: Connection) -> None:
