@@ -941,39 +941,7 @@ class RedisStorage(Storage):
             "socket_connect_timeout": connect_timeout,
             "client_name": f"savegame:{prefix}",
         }
-        nodes = [(host, port)]
-        cluster = False
-        if url is not None:
-            if not isinstance(url, str):
-                raise InvalidIdentifierError(
-                    f"Redis url must be a str (redis://host:6379/0), not {type(url).__name__}"
-                )
-            if (host, port, db) != ("localhost", 6379, 0):
-                # The URL's were used and these dropped without a word.
-                raise InvalidIdentifierError(
-                    "RedisStorage got a url and host, port or db: give the server in the url"
-                )
-            nodes, db, options = _parse_url(url, options)
-            cluster = url.split("://", 1)[0].lower() == "redis+cluster"
-        if options["socket_timeout"] is None:
-            options["socket_timeout"] = SOCKET_TIMEOUT
-        if options["socket_connect_timeout"] is None:
-            options["socket_connect_timeout"] = CONNECT_TIMEOUT
-        if type(db) is not int or db < 0:
-            # Redis refused it only at the first call, as a plain StorageError.
-            raise InvalidIdentifierError(
-                f"Redis database {db!r} must be a whole number (int), 0 or more"
-            )
-        if options["ssl_ca_certs"] == "":
-            # Taken by redis-py for none: the system's authorities, not the file meant.
-            raise InvalidIdentifierError(
-                "ssl_ca_certs is empty: name a PEM file, or leave it out for the system's "
-                "certificate authorities"
-            )
-        if options["ssl_ca_certs"] is not None and not options["ssl"]:
-            raise InvalidIdentifierError(
-                "ssl_ca_certs needs TLS: ssl=True, ?ssl=true or a rediss:// URL"
-            )
+        nodes, db, options, cluster = _server(url, host, port, db, options)
         if client is not None:
             self._address = _describe(client)
             self._connect: Callable[[], Any] = lambda: client
@@ -2221,6 +2189,53 @@ def _describe(client: Any) -> str:
     if nodes:
         return "Redis Cluster at " + ",".join(nodes)
     return f"Redis ({type(client).__name__})"
+
+
+def _server(
+    url: str | None, host: str, port: int, db: Any, options: dict[str, Any]
+) -> tuple[list[tuple[str, int]], int, dict[str, Any], bool]:
+    """The nodes, database number and connection options (timeouts defaulted) of a storage
+    given ``url``, or ``host``, ``port`` and ``db``, and whether the nodes are a cluster's.
+
+    Raises:
+        InvalidIdentifierError: for a URL that is no str or that :func:`_parse_url` refuses,
+            a URL given with another server too, a database that is no int of 0 or more, or
+            a CA file that is empty or given without TLS.
+    """
+    nodes = [(host, port)]
+    cluster = False
+    if url is not None:
+        if not isinstance(url, str):
+            raise InvalidIdentifierError(
+                f"Redis url must be a str (redis://host:6379/0), not {type(url).__name__}"
+            )
+        if (host, port, db) != ("localhost", 6379, 0):
+            # The URL's were used and these dropped without a word.
+            raise InvalidIdentifierError(
+                "RedisStorage got a url and host, port or db: give the server in the url"
+            )
+        nodes, db, options = _parse_url(url, options)
+        cluster = url.split("://", 1)[0].lower() == "redis+cluster"
+    if options["socket_timeout"] is None:
+        options["socket_timeout"] = SOCKET_TIMEOUT
+    if options["socket_connect_timeout"] is None:
+        options["socket_connect_timeout"] = CONNECT_TIMEOUT
+    if type(db) is not int or db < 0:
+        # Redis refused it only at the first call, as a plain StorageError.
+        raise InvalidIdentifierError(
+            f"Redis database {db!r} must be a whole number (int), 0 or more"
+        )
+    if options["ssl_ca_certs"] == "":
+        # Taken by redis-py for none: the system's authorities, not the file meant.
+        raise InvalidIdentifierError(
+            "ssl_ca_certs is empty: name a PEM file, or leave it out for the system's "
+            "certificate authorities"
+        )
+    if options["ssl_ca_certs"] is not None and not options["ssl"]:
+        raise InvalidIdentifierError(
+            "ssl_ca_certs needs TLS: ssl=True, ?ssl=true or a rediss:// URL"
+        )
+    return nodes, db, options, cluster
 
 
 def _parse_url(
