@@ -297,9 +297,9 @@ def test_a_prefix_never_sees_or_drops_a_longer_one(server: str, prefix: str) -> 
     assert inner.read("theirs") is not None
 
 
-@pytest.mark.parametrize("bad", ["", "a b", "{tag}", "a*", "ü", "x}y", "-x", 7])
+@pytest.mark.parametrize("bad", ["", "a b", "{tag}", "a*", "ü", "x}y", "-x", 7, "p" * 201])
 def test_prefixes_are_checked(bad: Any) -> None:
-    with pytest.raises(InvalidIdentifierError):
+    with pytest.raises(InvalidIdentifierError, match="at most 200 characters"):
         RedisStorage(bad)
 
 

@@ -420,6 +420,12 @@ def test_table_names_are_checked(name: str) -> None:
         SqliteStorage(name)
 
 
+def test_a_table_name_too_long_is_refused_saying_how_long_one_may_be() -> None:
+    # The pattern alone, {0,57}, left the reader to count.
+    with pytest.raises(InvalidIdentifierError, match=r"at most 58 characters .*adds _runs"):
+        SqliteStorage("a" * 59)
+
+
 def test_drop_removes_only_this_storages_tables(tmp_path: Path) -> None:
     path = tmp_path / "shared.db"
     db = sqlite3.connect(path)

@@ -589,7 +589,10 @@ def check_name(
     value: object,
     what: str,
     pattern: re.Pattern[str] = _NAME,
-    allowed: str = "letters, digits and underscores, starting with a letter or underscore",
+    allowed: str = (
+        "letters, digits and underscores, starting with a letter or underscore, at most 63 "
+        "characters"
+    ),
 ) -> str:
     """Checks a table, schema or similar name against a strict pattern.
 

@@ -157,7 +157,10 @@ from savegame.storage.url import WHOLE_NUMBER, StorageURL
 PREFIX = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}")
 """What a key prefix may look like: no braces (they would break the hash tag), no spaces."""
 
-PREFIX_ALLOWED = "letters, digits and _ . : -, starting with a letter, digit or underscore"
+PREFIX_ALLOWED = (
+    "letters, digits and _ . : -, starting with a letter, digit or underscore, at most 200 "
+    "characters"
+)
 
 _GLOB = re.compile(r"[*?[\]\\^]")
 """What a ``SCAN MATCH`` pattern reads as other than itself, each escaped by a backslash."""

@@ -160,7 +160,10 @@ RUNS_SUFFIX = "_runs"
 """What a session table's name ends in to name its runs table."""
 
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,57}")
-# 58 characters leave room for "_runs" within PostgreSQL's 63-character identifiers.
+_TABLE_ALLOWED = (
+    "letters, digits and underscores, starting with a letter or underscore, at most 58 "
+    "characters (its runs table's name adds _runs, within the 63 PostgreSQL takes)"
+)
 
 _ATTEMPTS = 8
 """Runs of a write that met another writer at the primary key, or a deadlock."""
@@ -1341,7 +1344,7 @@ class SqlStorage(Storage):
     ) -> None:
         super().__init__(mode, expire)
         check_database(engine.url, type(self).__name__, type(dialect), "db_engine")
-        self.table_name = codec.check_name(table_name, "table name", _TABLE_NAME)
+        self.table_name = codec.check_name(table_name, "table name", _TABLE_NAME, _TABLE_ALLOWED)
         folded = table_name.lower()
         keeper = "savegame" if folded == MIGRATIONS_TABLE else None
         if dialect.reserved is not None and folded.startswith(dialect.reserved):
