@@ -728,6 +728,9 @@ def test_a_run_resumed_with_nothing_left_to_run_is_stored_as_completed(
     again = StepWorkflow([fetch], steps_store(), session_id="s").resume(result.run_id)
     assert (again.run_id, again.status, again.content) == (result.run_id, "completed", "fetched")
     assert fetched == ["fetched"]
+    # An empty id names no run: it was told that every run completed.
+    with pytest.raises(LookupError, match="no run '' in session 's'"):
+        fewer.resume("")
 
 
 @pytest.mark.parametrize("output", [{"a set"}, float("nan"), object()])

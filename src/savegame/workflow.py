@@ -581,7 +581,7 @@ class StepWorkflow(SessionKeeper):
         if run_id is not None:
             unfinished = [r for r in runs if r.get("run_id") == run_id]
         if not unfinished:
-            if run_id:
+            if run_id is not None:
                 told = f"no run {run_id!r} in session {self.session_id!r}"
             elif runs:
                 told = f"every run of session {self.session_id!r} completed: nothing to resume"
