@@ -1125,9 +1125,10 @@ class FileStorage(Storage):
             conn.execute("DELETE FROM pending")
             conn.execute("DELETE FROM stamps")
             return
-        for entry in os.scandir(self.dir_path) if tidy else ():
-            if _TEMP_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
-                Path(entry.path).unlink(missing_ok=True)
+        if tidy:
+            for entry in os.scandir(self.dir_path):
+                if _TEMP_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                    Path(entry.path).unlink(missing_ok=True)
         known = {
             row[0]: row[1:]
             for row in conn.execute("SELECT file, session_id, mtime_ns, size FROM sessions")
@@ -1137,41 +1138,12 @@ class FileStorage(Storage):
         seen: set[str] = set()
         whole = True
         for entry in self._session_files():
-            try:
-                stat = entry.stat()
-            except FileNotFoundError:
-                continue  # removed since the folder was listed (see below)
             old = known.get(entry.name)
-            if (
-                not full
-                and old is not None
-                and old[0] not in pending
-                and (old[1], old[2]) == (stat.st_mtime_ns, stat.st_size)
-            ):
-                seen.add(entry.name)
-                continue
-            try:
-                record = self._load(Path(entry.path), None)
-            except CorruptSessionError:
-                continue
-            except _CannotRead:
+            indexed = self._index_file(conn, entry, None if full else old, pending)
+            if indexed is None:
                 whole = False
-                continue
-            if (
-                record is None
-                or not self._named_for(entry.name, record["session_id"])
-                or self.mode not in modes_of(record)
-            ):
-                continue
-            try:
-                rows = self._rows(record, Path(entry.path))
-            except FileNotFoundError:
-                # Removed since it was read: only by another process when this one does
-                # not hold the lock (a folder it cannot write to), or by hand.
-                continue
-            seen.add(entry.name)
-            for sql, row in rows:
-                conn.execute(sql, row)
+            elif indexed:
+                seen.add(entry.name)
         gone = [(name,) for name in known if name not in seen]
         conn.executemany("DELETE FROM sessions WHERE file = ?", gone)
         if gone:
@@ -1181,6 +1153,53 @@ class FileStorage(Storage):
         conn.execute("DELETE FROM pending")
         self._stamp_folder(conn, whole)
         conn.execute("COMMIT")
+
+    def _index_file(
+        self,
+        conn: sqlite3.Connection,
+        entry: os.DirEntry[str],
+        old: tuple[Any, ...] | None,
+        pending: set[str],
+    ) -> bool | None:
+        """Indexes the session file ``entry``, unless its size and modification time match
+        ``old``, its index row (None: read it anyway), and its session is not ``pending``.
+
+        Returns:
+            True when the file is indexed; False when it is left out (removed since the
+            folder was listed, damaged, not named for its session, or of another mode);
+            None when it could not be read now, and the index is not whole.
+        """
+        try:
+            stat = entry.stat()
+        except FileNotFoundError:
+            return False  # removed since the folder was listed (see below)
+        if (
+            old is not None
+            and old[0] not in pending
+            and (old[1], old[2]) == (stat.st_mtime_ns, stat.st_size)
+        ):
+            return True
+        try:
+            record = self._load(Path(entry.path), None)
+        except CorruptSessionError:
+            return False
+        except _CannotRead:
+            return None
+        if (
+            record is None
+            or not self._named_for(entry.name, record["session_id"])
+            or self.mode not in modes_of(record)
+        ):
+            return False
+        try:
+            rows = self._rows(record, Path(entry.path))
+        except FileNotFoundError:
+            # Removed since it was read: only by another process when this one does not
+            # hold the lock (a folder it cannot write to), or by hand.
+            return False
+        for sql, row in rows:
+            conn.execute(sql, row)
+        return True
 
     def _named_for(self, name: str, session_id: str) -> bool:
         """Whether the file ``name`` is the one ``session_id`` is read from: savegame's
