@@ -1821,19 +1821,11 @@ class RedisStorage(Storage):
         sid = draft.session_id
         settled = self._made()
         count = len(self._shard_tags)
-        # Write on the header last seen; take a session this storage has not seen for a new
-        # one while that guess keeps proving right. ``trusted``: read from the store just now.
-        seen, trusted = self._known.get(sid), False
-        if seen is None and self._guess_new:
-            seen = ABSENT
-        elif seen is None:
-            seen, trusted = self._header(sid), True
-            self._guess_new = seen.header is None
+        seen, trusted = self._seen_for_write(sid)
         for _ in range(MAX_WRITE_ATTEMPTS):
             try:
                 record = self._stamp(draft.record, seen.header, expected_version, now, preserve)
-                if expires_by is not None:
-                    record["expires_at"] = min(expires_by, record["expires_at"] or expires_by)
+                _expire_by(record, expires_by)
             except ConflictError:
                 if trusted:
                     raise
@@ -1848,18 +1840,7 @@ class RedisStorage(Storage):
             if not isinstance(result, list):
                 self._known.put(sid, written)
                 if result == 2 and not settled:
-                    # The write made its slot's index: the store may have been dropped (by
-                    # another storage) since this one read the layout. Recorded again, so
-                    # that others find the session where this write put it.
-                    try:
-                        self._settle(True, count=count)
-                    except BackendUnavailableError:
-                        # The write is made: raising would say it was not (a server that
-                        # filled up since, or went away), and have the caller make it again.
-                        # A store without the record reads as of this storage's layout; the
-                        # next call reads it again, and the next write records it.
-                        with self._lock:
-                            self._recorded = False
+                    self._record_again(count)
                 return draft.whole(record)
             self._known.put(sid, None)
             # The write's token among the session's last writes: an earlier sending made
@@ -1879,11 +1860,42 @@ class RedisStorage(Storage):
             elif seen is ABSENT:
                 self._guess_new = False
             seen, trusted = self._state(sid, *result[:5]), True
-        # Every attempt lost the race to other writers; nothing was written.
+        raise self._lost(sid, expected_version, seen)
+
+    def _seen_for_write(self, sid: str) -> tuple[Known, bool]:
+        """What a write of session ``sid`` writes on, and whether that was read from the
+        store just now: the header last seen, or, for a session this storage has not seen,
+        none (taken for new while that guess keeps proving right) or the stored one."""
+        seen = self._known.get(sid)
+        if seen is not None:
+            return seen, False
+        if self._guess_new:
+            return ABSENT, False
+        seen = self._header(sid)
+        self._guess_new = seen.header is None
+        return seen, True
+
+    def _record_again(self, count: int) -> None:
+        """Records the layout after a write that made its slot's index: the store may have
+        been dropped (by another storage) since this one read the layout, and others must
+        find the session where the write put it. ``count``: the shards the write saw."""
+        try:
+            self._settle(True, count=count)
+        except BackendUnavailableError:
+            # The write is made: raising would say it was not (a server that filled up
+            # since, or went away), and have the caller make it again. A store without the
+            # record reads as of this storage's layout; the next call reads it again, and
+            # the next write records it.
+            with self._lock:
+                self._recorded = False
+
+    def _lost(self, sid: str, expected_version: int | None, seen: Known) -> StorageError:
+        """The error of a write of ``sid`` whose every attempt lost the race to other
+        writers (nothing was written), ``seen`` the last header it read."""
         if expected_version is not None:
             actual = 0 if seen.header is None else seen.header.version
-            raise ConflictError(sid, expected_version, actual)
-        raise BackendUnavailableError(
+            return ConflictError(sid, expected_version, actual)
+        return BackendUnavailableError(
             f"session {sid!r} in {self._address} changed under each of "
             f"{MAX_WRITE_ATTEMPTS} attempts to write it; nothing was written"
         )
@@ -2192,6 +2204,13 @@ def _describe(client: Any) -> str:
     if nodes:
         return "Redis Cluster at " + ",".join(nodes)
     return f"Redis ({type(client).__name__})"
+
+
+def _expire_by(record: Record, expires_by: int | None) -> None:
+    """Makes the stamped ``record`` expire by ``expires_by`` at the latest (None: as
+    stamped), for a session moved with the time it had left."""
+    if expires_by is not None:
+        record["expires_at"] = min(expires_by, record["expires_at"] or expires_by)
 
 
 def _server(
