@@ -1535,70 +1535,7 @@ class RedisStorage(Storage):
         refused: list[str] = []
         others: dict[str, list[str]] = {}
         for key in old:
-            # Read before the value: a key that expires in between is then not moved.
-            deadline = self._deadline(key)
-            if deadline is not None and deadline <= time.time():
-                # Less than a second left: Redis removes it as the original would have.
-                continue
-            data = self._original(key, source)
-            if data is None:
-                continue
-            if self.mode not in modes_of(data):
-                other = self._other_mode(data)
-                if other is not None:
-                    others.setdefault(other, []).append(_text(key))
-                    continue
-                # Values under names no mode has would be lost with the old key.
-                extra = {
-                    k
-                    for k, v in data.items()
-                    if k not in self.spec.fields and k != "expires_at" and v is not None
-                }
-                refused.append(f"{_text(key)!r}: {self._of_another_mode(data, extra)}")
-                continue
-            if data.get("created_at") is None and data.get("updated_at") is not None:
-                # The original's Agent set no created_at and its upsert kept the None: its
-                # last write is the best time known, and the same on every run, so a run
-                # after an interrupted one finds the session it moved (see below).
-                data = {**data, "created_at": data["updated_at"]}
-            session = self.spec.session_class.from_dict(data)
-            assert session is not None
-            try:
-                # Only where the session is not stored yet: one stored already was moved by
-                # an upgrade interrupted before it deleted the old key, and may have been
-                # written since; the old copy must not overwrite it.
-                draft = self._prepare(session)
-                draft.record["version"] = getattr(session, "version", None)
-                # The keys live deadline - now seconds from the write: with now rounded up,
-                # never past the time the old key had left. Without a deadline, rounded
-                # down as a save's: a session with no time of its own is stamped with it,
-                # which must not come after the next save's.
-                now = int(time.time()) if deadline is None else math.ceil(time.time())
-                self._write(draft, 0, now, True, expires_by=deadline)
-            except ConflictError:
-                stored = self._read(data["session_id"])
-                if stored is None or not _moved_from(data, stored):
-                    refused.append(
-                        f"{_text(key)!r}: a session {data['session_id']!r} is stored already "
-                        "that was not moved from it"
-                    )
-                    continue
-                if _saved_since(data, stored):
-                    # The original, still running after the move, saved it again, and
-                    # savegame has not since: its save is the newest, and takes the place
-                    # of the one moved.
-                    try:
-                        self._write(draft, stored["version"], now, True, expires_by=deadline)
-                    except ConflictError:
-                        refused.append(
-                            f"{_text(key)!r}: saved again by the original since it was moved, "
-                            f"while savegame saved {data['session_id']!r} too"
-                        )
-                        continue
-            except (SerializationError, InvalidIdentifierError) as exc:
-                refused.append(f"{_text(key)!r}: {exc}")
-                continue
-            self._call(methodcaller("delete", key))
+            self._move_original(key, source, refused, others)
         left = len(refused)
         if own:
             left += sum(map(len, others.values()))
@@ -1608,6 +1545,77 @@ class RedisStorage(Storage):
                 f"upgrade_schema() left {left} key(s) of the original layout in place in "
                 f"{self._address}, and moved the others: " + "; ".join(refused)
             )
+
+    def _move_original(
+        self, key: Any, source: str, refused: list[str], others: dict[str, list[str]]
+    ) -> None:
+        """Moves the session the original stored under ``key`` with prefix ``source`` (see
+        :meth:`upgrade_schema`), or adds why it stays to ``refused``, or its key to those of
+        its mode in ``others``, when it is another mode's."""
+        # Read before the value: a key that expires in between is then not moved.
+        deadline = self._deadline(key)
+        if deadline is not None and deadline <= time.time():
+            # Less than a second left: Redis removes it as the original would have.
+            return
+        data = self._original(key, source)
+        if data is None:
+            return
+        if self.mode not in modes_of(data):
+            other = self._other_mode(data)
+            if other is not None:
+                others.setdefault(other, []).append(_text(key))
+                return
+            # Values under names no mode has would be lost with the old key.
+            extra = {
+                k
+                for k, v in data.items()
+                if k not in self.spec.fields and k != "expires_at" and v is not None
+            }
+            refused.append(f"{_text(key)!r}: {self._of_another_mode(data, extra)}")
+            return
+        if data.get("created_at") is None and data.get("updated_at") is not None:
+            # The original's Agent set no created_at and its upsert kept the None: its
+            # last write is the best time known, and the same on every run, so a run
+            # after an interrupted one finds the session it moved (see below).
+            data = {**data, "created_at": data["updated_at"]}
+        session = self.spec.session_class.from_dict(data)
+        assert session is not None
+        try:
+            # Only where the session is not stored yet: one stored already was moved by
+            # an upgrade interrupted before it deleted the old key, and may have been
+            # written since; the old copy must not overwrite it.
+            draft = self._prepare(session)
+            draft.record["version"] = getattr(session, "version", None)
+            # The keys live deadline - now seconds from the write: with now rounded up,
+            # never past the time the old key had left. Without a deadline, rounded
+            # down as a save's: a session with no time of its own is stamped with it,
+            # which must not come after the next save's.
+            now = int(time.time()) if deadline is None else math.ceil(time.time())
+            self._write(draft, 0, now, True, expires_by=deadline)
+        except ConflictError:
+            stored = self._read(data["session_id"])
+            if stored is None or not _moved_from(data, stored):
+                refused.append(
+                    f"{_text(key)!r}: a session {data['session_id']!r} is stored already "
+                    "that was not moved from it"
+                )
+                return
+            if _saved_since(data, stored):
+                # The original, still running after the move, saved it again, and
+                # savegame has not since: its save is the newest, and takes the place
+                # of the one moved.
+                try:
+                    self._write(draft, stored["version"], now, True, expires_by=deadline)
+                except ConflictError:
+                    refused.append(
+                        f"{_text(key)!r}: saved again by the original since it was moved, "
+                        f"while savegame saved {data['session_id']!r} too"
+                    )
+                    return
+        except (SerializationError, InvalidIdentifierError) as exc:
+            refused.append(f"{_text(key)!r}: {exc}")
+            return
+        self._call(methodcaller("delete", key))
 
     def _left_to_move(self, mode: str, keys: list[str]) -> str:
         """What :meth:`upgrade_schema` says of the ``keys`` of ``mode``'s sessions it left
