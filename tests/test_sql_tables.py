@@ -874,7 +874,7 @@ def test_a_connect_timeout_in_the_url_is_kept(server: str) -> None:
 
 
 @pytest.mark.parametrize("cls", [PostgresStorage, MySQLStorage], ids=lambda cls: cls.__name__)
-@pytest.mark.parametrize("value", [0, -1, 1.5, "soon", True, 10**9, "1_0"])
+@pytest.mark.parametrize("value", [0, -1, 1.5, "soon", True, 10**9, "1_0", "1e3", "1" * 5000])
 def test_a_connect_timeout_that_is_no_wait_is_refused_when_the_storage_is_made(
     cls: type[SqlStorage], value: object
 ) -> None:

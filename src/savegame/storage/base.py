@@ -338,7 +338,11 @@ def number_text(text: str, whole: bool = False) -> float:
     a fraction too where ``whole``."""
     if not _NUMBER_TEXT.fullmatch(text) or (whole and not text.isdigit()):
         return math.nan
-    return int(text) if whole else float(text)
+    try:
+        return int(text) if whole else float(text)
+    except ValueError:
+        # More digits than int() reads (sys.get_int_max_str_digits()).
+        return math.nan
 
 
 def check_seconds(value: object, what: str, *, whole: bool = False) -> float:
