@@ -503,10 +503,14 @@ def test_urls_name_server_database_prefix_and_options() -> None:
         "redis://h:6379/0?prefix=p&shards=1_0",
         "redis://h:6379/0?prefix=p&expire=\u0663\u0660",
         "redis://h:6379/0?prefix=p&cache_bytes= 5",
+        "redis://h:6379/" + "1" * 5000,
+        "redis://h:6379/0?prefix=p&shards=" + "1" * 5000,
     ],
+    ids=lambda url: url if len(url) < 80 else f"{url[:40]}...",
 )
 def test_a_database_or_number_python_alone_reads_as_one_is_refused(url: str) -> None:
-    # int() took "1_0" for database 10, and the digits of other scripts for ASCII ones.
+    # int() took "1_0" for database 10, and the digits of other scripts for ASCII ones;
+    # 5,000 digits, more than it reads, raised its ValueError.
     with pytest.raises(InvalidIdentifierError, match=r"must be a (whole )?number"):
         open_storage(url)
 

@@ -411,7 +411,10 @@ def test_a_file_url_naming_a_host_is_refused(
         ("expire=0", r"expire must be None .* from 1 to"),
         ("synchronous=sometimes", r"synchronous='sometimes' .*one of FULL, NORMAL, EXTRA"),
         ("expire=soon", r"expire='soon' .*whole number"),
+        # More digits than int() reads: its ValueError.
+        ("expire=" + "1" * 5000, r"expire='1{5000}' .*whole number"),
     ],
+    ids=lambda value: value if len(value) < 80 else f"{value[:30]}...",
 )
 def test_bad_option_values(query: str, message: str) -> None:
     with pytest.raises(InvalidIdentifierError, match=message):

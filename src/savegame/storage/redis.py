@@ -152,7 +152,7 @@ from savegame.storage.known import (
     resent_write_made,
 )
 from savegame.storage.session import MODES, Mode, beside_runs, modes_of, set_path
-from savegame.storage.url import WHOLE_NUMBER, StorageURL
+from savegame.storage.url import StorageURL, whole_number
 
 PREFIX = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}")
 """What a key prefix may look like: no braces (they would break the hash tag), no spaces."""
@@ -2389,8 +2389,8 @@ def _database(scheme: str, netloc: str, path: str) -> int:
     number = path.strip("/")
     if not number:
         return 0
-    # int() would also read "1_0" (as 10), " 1" and digits of other scripts.
-    if not WHOLE_NUMBER.fullmatch(number):
+    db = whole_number(number)
+    if db is None:
         socket = ""
         if not netloc and "/" in number:
             # "redis:///run/redis.sock", as redis-py's unix:// URLs name a socket.
@@ -2399,9 +2399,9 @@ def _database(scheme: str, netloc: str, path: str) -> int:
                 "a ready client, client=redis.Redis(unix_socket_path=...)"
             )
         raise InvalidIdentifierError(f"Redis database {path!r} must be a number{socket}")
-    if scheme == "redis+cluster" and int(number) != 0:
+    if scheme == "redis+cluster" and db != 0:
         raise InvalidIdentifierError("a Redis Cluster has only database 0")
-    return int(number)
+    return db
 
 
 def _check_tls(ssl: Any) -> None:

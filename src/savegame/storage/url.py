@@ -70,6 +70,19 @@ SCHEMES: dict[str, str] = {
 WHOLE_NUMBER = re.compile(r"-?[0-9]+")
 """How a whole number is written in a URL: ASCII digits, maybe a minus sign."""
 
+
+def whole_number(text: str) -> int | None:
+    """The whole number ``text`` writes as :data:`WHOLE_NUMBER` says; None for other text,
+    which ``int()`` may read too ("1_000", " 5", digits of other scripts), or for more
+    digits than ``int()`` reads (``sys.get_int_max_str_digits()``)."""
+    if not WHOLE_NUMBER.fullmatch(text):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
 NAMESPACES: dict[str, tuple[str, str]] = {
     "sqlite": ("table", "{mode}_sessions"),
     "postgresql": ("table", "{mode}_sessions"),
@@ -187,10 +200,9 @@ class StorageURL:
         value = self.options.pop(name, None)
         if value is None or (isinstance(value, int) and not isinstance(value, bool)):
             return value
-        # Python's int() also reads "1_000", " 5" and digits of other scripts ("٣٠"): text
-        # no other reader of the URL takes for that number.
-        if isinstance(value, str) and WHOLE_NUMBER.fullmatch(value):
-            return int(value)
+        number = whole_number(value) if isinstance(value, str) else None
+        if number is not None:
+            return number
         raise InvalidIdentifierError(f"{name}={value!r} in storage URL must be a whole number")
 
     def pop_cache_bytes(self) -> int:
