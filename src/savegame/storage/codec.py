@@ -252,7 +252,12 @@ def _int_text_problem(value: int, path: str) -> SerializationError | None:
 
 
 def _walk(value: Any, path: str, depth: int) -> Any:
-    """The JSON-native copy of ``value`` (see :func:`encode_checked`), walked in Python."""
+    """The JSON-native copy of ``value`` (see :func:`encode_checked`), walked in Python.
+
+    One call a level, containers walked here: a value nested as deep as :data:`MAX_DEPTH`
+    allows stays within Python's recursion limit (1,000 frames), which a call of another
+    function a level, or a comprehension (a frame of its own before Python 3.12), passes.
+    """
     if value is None or type(value) in (str, bool):
         return value
     if type(value) is int:
@@ -263,24 +268,33 @@ def _walk(value: Any, path: str, depth: int) -> Any:
     if isinstance(value, enum.Enum):
         return _walk(value.value, path, depth)
     if isinstance(value, dict):
-        return _walk_dict(value, path, depth)
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            name = _dict_key(key, path)
+            out[str(name)] = _walk(item, f"{path}[{name!r}]", depth + 1)
+        return out
     if isinstance(value, (list, tuple)):
-        return [_walk(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
+        items = []
+        for i, item in enumerate(value):
+            items.append(_walk(item, f"{path}[{i}]", depth + 1))
+        return items
     return _scalar(value, path, depth)
 
 
-def _walk_dict(value: dict[Any, Any], path: str, depth: int) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, item in value.items():
-        if isinstance(key, enum.Enum) and isinstance(key.value, str):
-            key = key.value
-        if not isinstance(key, str):
-            raise SerializationError(
-                f"{path}: dict key {key!r} is {_with_article(type(key))}; only string keys "
-                "can be stored (convert it with str() if that is what you mean)"
-            )
-        out[str(key)] = _walk(item, f"{path}[{key!r}]", depth + 1)
-    return out
+def _dict_key(key: Any, path: str) -> str:
+    """``key``, a key of the dict at ``path``, as a str (an enum's str value taken).
+
+    Raises:
+        SerializationError: for a key that is no str.
+    """
+    if isinstance(key, enum.Enum) and isinstance(key.value, str):
+        key = key.value
+    if not isinstance(key, str):
+        raise SerializationError(
+            f"{path}: dict key {key!r} is {_with_article(type(key))}; only string keys "
+            "can be stored (convert it with str() if that is what you mean)"
+        )
+    return key
 
 
 _HINTS: dict[type, str] = {

@@ -1845,6 +1845,30 @@ class BackendContract:
                 storage.upsert(too_deep)
         assert storage.get_all_session_ids() == ["deep"]
 
+    def test_values_to_convert_nested_as_deep_as_documented_are_stored(
+        self, backend_store: Store
+    ) -> None:
+        # A value JSON does not hold as it is (a date, a tuple) is converted by a walk in
+        # Python, a call a level: one that took two calls a level ran out of Python's
+        # recursion limit, with RecursionError, past some 490 levels of the 512 allowed.
+        storage = backend_store()
+
+        def nested(levels: int, bottom: Any) -> Any:
+            value = bottom
+            for i in range(levels):
+                value = {"k": value} if i % 2 else [value]
+            return value
+
+        day = dt.date(2026, 1, 2)
+        state = {"x": nested(MAX_DEPTH - 2, day)}
+        run = {"run_id": "0", "x": nested(MAX_DEPTH - 5, (day,))}
+        storage.upsert(_with_runs(backend_store, "walked", [run], session_data=state))
+        for got in _read_both(backend_store, storage, "walked"):
+            assert got.session_data == {"x": nested(MAX_DEPTH - 2, "2026-01-02")}  # type: ignore[attr-defined]
+            assert _runs_of(backend_store, got) == [
+                {"run_id": "0", "x": nested(MAX_DEPTH - 5, ["2026-01-02"])}
+            ]
+
     def test_restore_keeps_times_and_version_and_never_takes_a_version_back(
         self, backend_store: Store
     ) -> None:
