@@ -235,6 +235,14 @@ def test_a_runs_table_that_is_another_session_table_is_refused(sql_store: Store)
         clash.close()
 
 
+def _made(sql_store: Store) -> SqlStorage:
+    """The SQL storage of ``sql_store``, its table made (and with it the database file or
+    the schema, beside which a test makes tables of its own)."""
+    own = _sql(sql_store)
+    own.create()
+    return own
+
+
 def _original_beside(own: SqlStorage, name: str, session_id: str) -> SqlStorage:
     """A storage of the original's table ``name``, made beside ``own``'s with one session of
     one run."""
@@ -248,8 +256,7 @@ def test_a_table_named_after_the_runs_table_of_an_original_table_is_refused(
 ) -> None:
     # The original's table has no runs table yet: made second, a session table of that
     # name would leave its upgrade nowhere to move the runs.
-    own = _sql(sql_store)
-    own.create()  # the database file, the schema
+    own = _made(sql_store)
     original = f"{own.table_name}_o"
     upgraded = _original_beside(own, original, "a")
     clash = _sibling(own, f"{original}_runs")
@@ -274,8 +281,7 @@ def test_an_original_table_whose_runs_table_name_another_original_table_has_says
 ) -> None:
     # The original took t and t_runs as two tables of sessions: giving the storage of t
     # another name would open an empty table, so the error says to rename one.
-    own = _sql(sql_store)
-    own.create()  # the database file, the schema
+    own = _made(sql_store)
     first = f"{own.table_name}_o"
     storages = [_original_beside(own, name, name) for name in (first, f"{first}_runs")]
     try:
@@ -991,8 +997,7 @@ def test_an_original_table_of_another_mode_or_no_session_table_is_refused_untouc
 ) -> None:
     # "savegame schema upgrade" takes mode agent unless told: a team table, or a table
     # that holds no sessions at all, must not be read short or filled with agent columns.
-    own = _sql(sql_store)
-    own.create()  # the database file, the schema
+    own = _made(sql_store)
     metadata = MetaData(schema=own.schema)
     team = Table(
         own.table_name + "_team",
@@ -1068,8 +1073,7 @@ def test_an_original_workflow_v2_table_upgraded_or_not_is_refused_in_mode_workfl
     # The original gave the tables of every mode its memory column, so its workflow_v2
     # table has every column of a workflow table too: read in mode workflow, its runs
     # would go unseen, and an upgrade and saves in that mode would mix two modes' runs.
-    own = _sql(sql_store)
-    own.create()  # the database file, the schema
+    own = _made(sql_store)
     json_type = JSON().with_variant(JSONB(), "postgresql")
     steps = Table(
         own.table_name + "_steps",
