@@ -17,10 +17,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy import URL, Engine, create_engine, event, make_url, text
 from sqlalchemy.pool import NullPool
 
+from savegame.agent import Agent
 from savegame.errors import BackendUnavailableError, CorruptSessionError, StorageError
+from savegame.models.offline import OfflineModel
 from savegame.storage.session import Session
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.sql import SqlStorage
@@ -798,3 +800,35 @@ def upgrade_mid_read(monkeypatch: pytest.MonkeyPatch, upgrader: SqlStorage) -> l
 
     monkeypatch.setattr(SqlStorage, "_header_select", upgrade_first)
     return upgraded
+
+
+def check_one_server_spelled_otherwise_is_one_store(
+    make: Callable[[str], SqlStorage], server: str, default_port: int, scheme: str
+) -> None:
+    """Storages whose URLs spell one server otherwise (the default port left out or written
+    out, the host in capitals, another scheme of the database) are storages of one store:
+    an agent moved from one to another does not carry into it, whole, a session that was
+    erased there meanwhile."""
+    url = make_url(server)
+    assert url.host
+    assert url.port in (None, default_port), "the check needs a server on the default port"
+    url = URL.create(url.drivername, url.username, url.password, url.host, None, url.database)
+    spellings = [
+        url.set(port=default_port),
+        url.set(host=url.host.upper()),
+        url.set(drivername=scheme),
+    ]
+    first = make(url.render_as_string(hide_password=False))
+    others = [make(s.render_as_string(hide_password=False)) for s in spellings]
+    assert [other.store_names() for other in others] == [first.store_names()] * len(others)
+    agent = Agent(model=OfflineModel(), storage=first, session_id="s", user_id="alice")
+    agent.run("my secret is 42")
+    assert first.delete_user("alice") == 1
+    agent.storage = others[0]
+    agent.run("hello again")
+    stored = others[0].read("s")
+    assert stored is not None
+    assert len(stored.memory["runs"]) == 1, "the erased turn was written back"
+    first.drop()
+    for storage in (first, *others):
+        storage.close()

@@ -858,3 +858,9 @@ def test_a_read_while_the_original_table_of_a_new_database_is_upgraded_is_whole(
         engine.dispose()
         with admin.begin() as conn:
             conn.execute(text(f"DROP DATABASE {database}"))
+
+
+def test_one_server_spelled_otherwise_is_one_store(server: str, table: str) -> None:
+    sql_cases.check_one_server_spelled_otherwise_is_one_store(
+        lambda url: MySQLStorage(table, db_url=url), server, 3306, "mariadb"
+    )

@@ -607,3 +607,9 @@ def test_a_copy_into_a_new_table_leaves_statistics_to_find_the_sessions_there_by
     # Gathered once the copy had written ANALYZE_AFTER sessions, and not again since.
     assert counted == {"sessions": ANALYZE_AFTER, "sessions_runs": ANALYZE_AFTER}
     destination.close()
+
+
+def test_one_server_spelled_otherwise_is_one_store(server: str, schema: str) -> None:
+    sql_cases.check_one_server_spelled_otherwise_is_one_store(
+        lambda url: PostgresStorage("sessions", schema=schema, db_url=url), server, 5432, "postgres"
+    )

@@ -138,6 +138,7 @@ class MySQLDialect(SqlDialect):
     locks_scanned = True
     needs_database = True
     example = "mysql+pymysql://user@host/db"
+    default_port = 3306
     read_isolation = "REPEATABLE READ"
     write_isolation = "READ COMMITTED"
     # SQLAlchemy reads a table's options under the name of the engine's dialect: "mysql",
@@ -482,7 +483,7 @@ class MySQLStorage(ServerStorage):
 
     def store_names(self) -> tuple[object, ...]:
         # The database is the schema, whether the URL or ``schema`` names it.
-        url = self.db_engine.url
+        url = self.server_url
         return (
             url.set(database=None).render_as_string(hide_password=True),
             self.schema or url.database,

@@ -118,6 +118,7 @@ class PostgresDialect(SqlDialect):
     plans_by_statistics = True
     backends = ("postgresql", "postgres")
     example = "postgresql+psycopg://user@host/db"
+    default_port = 5432
     read_isolation = "REPEATABLE READ"
     write_isolation = "READ COMMITTED"
 

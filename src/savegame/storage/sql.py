@@ -57,6 +57,7 @@ driver errors become :mod:`savegame.errors`, with the dialect deciding which one
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib
 import json
@@ -271,6 +272,9 @@ class SqlDialect(ABC):
     table_options: ClassVar[dict[str, Any]] = {}
     round_trips: ClassVar[bool] = True
     inherited: Inherited = "forsake"
+    default_port: ClassVar[int | None] = None
+    """The port a server URL without one connects to: such a URL and one that spells the
+    port out name one store (:meth:`ServerStorage.store_names`)."""
     needs_database: ClassVar[bool] = False
     """Whether a storage needs a database named by its URL or its ``schema`` (MySQL's
     tables are in a database, and a connection to none has no default one)."""
@@ -3091,6 +3095,23 @@ class ServerStorage(SqlStorage):
             expire,
             owns_engine=owns,
             cache_bytes=cache_bytes,
+        )
+
+    @functools.cached_property
+    def server_url(self) -> URL:
+        """The engine's URL as it names the server, the same however the server is spelled:
+        the scheme without its driver (``mariadb://`` as ``mysql://``), the host in lower case
+        and the port given, the default one too."""
+        url = self.db_engine.url.set(drivername=self.dialect_class.backends[0])
+        if not url.host:
+            return url
+        return url.set(host=url.host.lower(), port=url.port or self.dialect_class.default_port)
+
+    def store_names(self) -> tuple[object, ...]:
+        return (
+            self.server_url.render_as_string(hide_password=True),
+            self.schema,
+            self.table_name,
         )
 
     @classmethod
