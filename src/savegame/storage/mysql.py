@@ -483,7 +483,7 @@ class MySQLStorage(ServerStorage):
 
     def store_names(self) -> tuple[object, ...]:
         # The database is the schema, whether the URL or ``schema`` names it.
-        url = self.server_url
+        url = self._server_url
         return (
             url.set(database=None).render_as_string(hide_password=True),
             self.schema or url.database,

@@ -3098,7 +3098,7 @@ class ServerStorage(SqlStorage):
         )
 
     @functools.cached_property
-    def server_url(self) -> URL:
+    def _server_url(self) -> URL:
         """The engine's URL as it names the server, the same however the server is spelled:
         the scheme without its driver (``mariadb://`` as ``mysql://``), the host in lower case
         and the port given, the default one too."""
@@ -3109,7 +3109,7 @@ class ServerStorage(SqlStorage):
 
     def store_names(self) -> tuple[object, ...]:
         return (
-            self.server_url.render_as_string(hide_password=True),
+            self._server_url.render_as_string(hide_password=True),
             self.schema,
             self.table_name,
         )
