@@ -327,22 +327,34 @@ MAX_WAIT = 31_536_000
 """The longest wait for a server a storage takes, in seconds (a year; PyMySQL's limit)."""
 
 
+WHOLE_NUMBER = re.compile(r"-?[0-9]+")
+"""How a whole number is written in a URL: ASCII digits, maybe a minus sign."""
+
 _NUMBER_TEXT = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 """How a number of 0 or more is written in a URL: ASCII digits, maybe a decimal point and an
-exponent; ``float()`` and ``int()`` would also read "1_0" (as 10), " 1" and digits of other
-scripts."""
+exponent."""
+
+
+def whole_number(text: str) -> int | None:
+    """The whole number ``text`` (a URL's) writes as :data:`WHOLE_NUMBER` says; None for
+    other text, which ``int()`` may read too ("1_000", " 5", digits of other scripts), or for
+    more digits than ``int()`` reads (``sys.get_int_max_str_digits()``)."""
+    if not WHOLE_NUMBER.fullmatch(text):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
 
 
 def number_text(text: str, whole: bool = False) -> float:
-    """The number of 0 or more that ``text`` (a URL's option) writes; NaN for anything else,
-    a fraction too where ``whole``."""
-    if not _NUMBER_TEXT.fullmatch(text) or (whole and not text.isdigit()):
-        return math.nan
-    try:
-        return int(text) if whole else float(text)
-    except ValueError:
-        # More digits than int() reads (sys.get_int_max_str_digits()).
-        return math.nan
+    """The number that ``text`` (a URL's option) writes, a whole one where ``whole`` (see
+    :func:`whole_number`); NaN for anything else. ``float()`` would also read "1_0" (as 10),
+    " 1" and digits of other scripts; too many digits give an infinity."""
+    if whole:
+        number = whole_number(text)
+        return math.nan if number is None else number
+    return float(text) if _NUMBER_TEXT.fullmatch(text) else math.nan
 
 
 def check_seconds(value: object, what: str, *, whole: bool = False) -> float:

@@ -139,6 +139,7 @@ from savegame.storage.base import (
     check_seconds,
     check_stored,
     is_expired,
+    whole_number,
     with_retries,
 )
 from savegame.storage.codec import check_id, check_name, dumps, loads, object_text
@@ -152,7 +153,7 @@ from savegame.storage.known import (
     resent_write_made,
 )
 from savegame.storage.session import MODES, Mode, beside_runs, modes_of, set_path
-from savegame.storage.url import StorageURL, whole_number
+from savegame.storage.url import StorageURL
 
 PREFIX = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}")
 """What a key prefix may look like: no braces (they would break the hash tag), no spaces."""

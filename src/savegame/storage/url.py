@@ -45,7 +45,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from savegame.errors import InvalidIdentifierError, StorageError
-from savegame.storage.base import Storage, number_text
+from savegame.storage.base import Storage, number_text, whole_number
 from savegame.storage.known import DEFAULT_BYTES
 from savegame.storage.session import Mode, mode_spec
 
@@ -66,22 +66,6 @@ SCHEMES: dict[str, str] = {
     "mariadb+pymysql": "savegame.storage.mysql",
 }
 """URL scheme → the backend module whose ``from_url(url: StorageURL) -> Storage`` opens it."""
-
-WHOLE_NUMBER = re.compile(r"-?[0-9]+")
-"""How a whole number is written in a URL: ASCII digits, maybe a minus sign."""
-
-
-def whole_number(text: str) -> int | None:
-    """The whole number ``text`` writes as :data:`WHOLE_NUMBER` says; None for other text,
-    which ``int()`` may read too ("1_000", " 5", digits of other scripts), or for more
-    digits than ``int()`` reads (``sys.get_int_max_str_digits()``)."""
-    if not WHOLE_NUMBER.fullmatch(text):
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        return None
-
 
 NAMESPACES: dict[str, tuple[str, str]] = {
     "sqlite": ("table", "{mode}_sessions"),
