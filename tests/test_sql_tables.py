@@ -32,6 +32,7 @@ from sqlalchemy import (
     func,
     insert,
     inspect,
+    literal_column,
     select,
     update,
 )
@@ -249,6 +250,40 @@ def _original_beside(own: SqlStorage, name: str, session_id: str) -> SqlStorage:
     rows = [{"session_id": session_id, "memory": {"runs": [{"run_id": "r"}]}}]
     write_original_table(own.db_engine, name, own.schema, rows)
     return _sibling(own, name)
+
+
+def test_an_upgrade_keeps_inline_the_runs_of_a_session_holding_a_number_no_float_holds(
+    sql_store: Store,
+) -> None:
+    # The original's JSON columns took 1e400 (written by hand, or by another program), which
+    # savegame reads as an infinity and never stores: the upgrade raised a bare ValueError and
+    # moved nothing. Such a session keeps its runs inline, read as it is; the others move.
+    # PostgreSQL's JSONB, the original's there, gives the number back as an int: it moves.
+    own = _made(sql_store)
+    name = f"{own.table_name}_n"
+    legacy = _original_beside(own, name, "plain")
+    table = Table(name, MetaData(schema=own.schema), autoload_with=own.db_engine)
+    big = literal_column("""'{"runs": [{"x": 1e400}]}'""")
+    with own.db_engine.begin() as conn:
+        conn.execute(insert(table).values(session_id="big", memory=big))
+    try:
+        before = {s.session_id: repr(s.memory) for s in legacy.get_all_sessions()}
+        inline = ["big"] if "inf" in before["big"] else []
+        assert inline or own.db_engine.dialect.name == "postgresql"
+        legacy.upgrade_schema()
+        again = _sibling(own, name)
+        try:
+            assert {s.session_id: repr(s.memory) for s in again.get_all_sessions()} == before
+        finally:
+            again.close()
+        runs = Table(f"{name}_runs", MetaData(schema=own.schema), autoload_with=own.db_engine)
+        with own.db_engine.connect() as conn:
+            ids = conn.execute(select(runs.c.session_id).distinct()).scalars().all()
+        moved = [i.decode() if isinstance(i, bytes) else i for i in ids]  # MySQL's are binary
+        assert sorted(moved) == sorted({"big", "plain"} - set(inline))
+    finally:
+        legacy.drop()
+        legacy.close()
 
 
 def test_a_table_named_after_the_runs_table_of_an_original_table_is_refused(
