@@ -264,9 +264,9 @@ def test_an_upgrade_keeps_inline_the_runs_of_a_session_holding_a_number_no_float
     legacy = _original_beside(own, name, "plain")
     table = Table(name, MetaData(schema=own.schema), autoload_with=own.db_engine)
     big = literal_column("""'{"runs": [{"x": 1e400}]}'""")
-    with own.db_engine.begin() as conn:
-        conn.execute(insert(table).values(session_id="big", memory=big))
     try:
+        with own.db_engine.begin() as conn:
+            conn.execute(insert(table).values(session_id="big", memory=big))
         before = {s.session_id: repr(s.memory) for s in legacy.get_all_sessions()}
         inline = ["big"] if "inf" in before["big"] else []
         assert inline or own.db_engine.dialect.name == "postgresql"
