@@ -93,13 +93,16 @@ def test_per_mode_means_no_explicit_namespace() -> None:
 def test_namespace_errors() -> None:
     with pytest.raises(InvalidIdentifierError, match="json:// URLs take no table"):
         parse_url("json:///d").pop_namespace()
-    with pytest.raises(InvalidIdentifierError, match=r"table= .*must not be empty"):
+    with pytest.raises(InvalidIdentifierError, match=r"table='' in storage URL must not be empty"):
         parse_url("sqlite:///a.db?table=").pop_namespace()
     # A table or prefix that is not text was said to be empty.
-    with pytest.raises(InvalidIdentifierError, match=r"table=5 in storage URL must be text"):
+    with pytest.raises(InvalidIdentifierError, match=r"table=5 given to open_storage must be text"):
         open_storage("sqlite:///a.db", table=5)
-    with pytest.raises(InvalidIdentifierError, match=r"prefix=b'p' in storage URL must be text"):
+    with pytest.raises(InvalidIdentifierError, match=r"prefix=b'p' given to open_storage must be"):
         open_storage("redis://127.0.0.1:1/0", prefix=b"p")
+    # A keyword is not in the URL, and the message said it was.
+    with pytest.raises(InvalidIdentifierError, match=r"table='' given to open_storage must not"):
+        open_storage("sqlite:///a.db?table=t", table="")
 
 
 @pytest.mark.parametrize(
@@ -766,6 +769,6 @@ def test_a_seconds_keyword_given_as_a_bool_is_refused(
     # True is no number of seconds, as the storage classes and expire=True say; it was
     # taken for 1 second.
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(InvalidIdentifierError, match=rf"{name}=True in storage URL must be a "):
+    with pytest.raises(InvalidIdentifierError, match=rf"{name}=True given to open_storage must be"):
         open_storage(url, **{name: True})
     assert list(tmp_path.iterdir()) == []

@@ -144,6 +144,7 @@ class StorageURL:
         options: query parameters and keyword arguments, keyword arguments winning.
         per_mode: whether each mode gets a store of its own at this URL: a SQL or Redis URL
             that names no table or prefix.
+        keywords: the options given as keyword arguments, which messages say so of.
     """
 
     raw: str
@@ -152,6 +153,7 @@ class StorageURL:
     mode: str
     options: dict[str, Any] = field(default_factory=dict)
     per_mode: bool = False
+    keywords: frozenset[str] = field(default=frozenset(), compare=False)
 
     def __repr__(self) -> str:
         """The fields, with the URL's passwords as ``***`` (:func:`redact`), as the storages'
@@ -167,6 +169,11 @@ class StorageURL:
             f"StorageURL(raw={raw!r}, scheme={self.scheme!r}, path={path!r}, "
             f"mode={self.mode!r}, options={options!r}, per_mode={self.per_mode!r})"
         )
+
+    def given(self, name: str, value: Any) -> str:
+        """``name=value`` and where it was given, for a message refusing it."""
+        where = "given to open_storage" if name in self.keywords else "in storage URL"
+        return f"{name}={value!r} {where}"
 
     @property
     def modes_apart(self) -> bool:
@@ -187,7 +194,7 @@ class StorageURL:
         number = whole_number(value) if isinstance(value, str) else None
         if number is not None:
             return number
-        raise InvalidIdentifierError(f"{name}={value!r} in storage URL must be a whole number")
+        raise InvalidIdentifierError(f"{self.given(name, value)} must be a whole number")
 
     def pop_cache_bytes(self) -> int:
         """Removes the ``cache_bytes`` option and returns it: how many bytes of its recent
@@ -217,9 +224,7 @@ class StorageURL:
         else:
             number = math.nan
         if not 0 <= number < math.inf:
-            raise InvalidIdentifierError(
-                f"{name}={value!r} in storage URL must be a number, 0 or more"
-            )
+            raise InvalidIdentifierError(f"{self.given(name, value)} must be a number, 0 or more")
         return number
 
     def refuse(self, unknown: Iterable[str], takes: str) -> None:
@@ -252,9 +257,9 @@ class StorageURL:
         if value is None:
             return default.format(mode=self.mode)
         if not isinstance(value, str):
-            raise InvalidIdentifierError(f"{name}={value!r} in storage URL must be text")
+            raise InvalidIdentifierError(f"{self.given(name, value)} must be text")
         if not value:
-            raise InvalidIdentifierError(f"{name}= in storage URL must not be empty")
+            raise InvalidIdentifierError(f"{self.given(name, value)} must not be empty")
         return value
 
 
@@ -332,10 +337,11 @@ def parse_url(url: str, mode: Mode | str | None = "agent", **options: Any) -> St
             f"does not have: give a path of this system ({scheme}:////abs/path for an "
             "absolute one)"
         )
-    merged = {**query, **{name: value for name, value in options.items() if value is not None}}
+    keywords = {name: value for name, value in options.items() if value is not None}
+    merged = {**query, **keywords}
     namespace = NAMESPACES.get(scheme)
     per_mode = namespace is not None and namespace[0] not in merged
-    parsed = StorageURL(raw, scheme, path, mode, merged, per_mode)
+    parsed = StorageURL(raw, scheme, path, mode, merged, per_mode, frozenset(keywords))
     takes = OPTIONS.get(scheme)
     if takes is not None:
         parsed.refuse(set(merged) - set(takes), ", ".join(takes))
