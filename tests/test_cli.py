@@ -880,6 +880,43 @@ def test_upgrading_a_redis_prefix_of_the_originals_layout_says_it_is_up_to_date(
         client.close()
 
 
+def test_a_redis_prefix_holding_only_the_originals_sessions_is_said_to_await_an_upgrade(
+    tmp_path: Path,
+) -> None:
+    # Listed before the upgrade, it looked like an empty store, or a mistyped URL.
+    from tests.redis_servers import server_url
+    from tests.stores import redis_client, unique
+
+    server = server_url(False)
+    prefix = unique("sgt")
+    url = f"{server}?prefix={prefix}"
+    command = f"savegame schema upgrade -s '{url}'"
+    upgrade = f"`{command}` moves them"
+    client = redis_client(server)
+    try:
+        client.set(f"{prefix}:other", "a string of another application")
+        proc = savegame("sessions", "list", "-s", url)
+        assert "nothing of mode agent is stored" in errors(proc)
+        assert "original" not in errors(proc)
+        client.set(f"{prefix}:old", json.dumps({"session_id": "old", "user_id": "u"}))
+        proc = savegame("sessions", "list", "-s", url)
+        assert errors(proc).splitlines() == [
+            f"note: nothing of mode agent is stored at {url} in savegame's layout, but "
+            f"sessions of the original RedisStorage under the prefix '{prefix}' are: {upgrade}"
+        ]
+        proc = savegame("copy", url, f"sqlite:///{tmp_path / 'c.db'}", code=2)
+        assert upgrade in errors(proc)
+        assert not (tmp_path / "c.db").exists()
+        proc = savegame("sessions", "list", "-s", url, "--mode", "team")
+        assert f"`{command} --mode team` moves them" in errors(proc)
+        savegame("schema", "upgrade", "-s", url)
+        assert b"old" in savegame("sessions", "list", "-s", url).stdout
+    finally:
+        open_storage(url).drop()
+        client.delete(f"{prefix}:other", f"{prefix}:old")
+        client.close()
+
+
 def test_upgrading_from_a_redis_prefix_the_original_shared_between_modes(tmp_path: Path) -> None:
     # The agent sessions move within the prefix; the team sessions beside them are named,
     # and --original-prefix moves them to a team store's prefix of its own.

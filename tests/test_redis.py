@@ -40,6 +40,7 @@ from savegame.errors import (
     SerializationError,
     StorageError,
 )
+from savegame.storage import redis as redis_module
 from savegame.storage.known import PAST_TOKENS
 from savegame.storage.redis import RedisStorage, from_url
 from savegame.storage.session.agent import AgentSession
@@ -1161,6 +1162,31 @@ def test_upgrade_schema_moves_from_an_original_prefix_savegame_would_refuse(
                 storage.upgrade_schema(original_prefix=bad)  # type: ignore[arg-type]
     finally:
         raw.delete(moved, kept)
+
+
+def test_a_prefix_says_when_the_originals_sessions_await_an_upgrade(
+    server: str, raw: Any, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Until moved, they are not read: the prefix looks empty.
+    storage = RedisStorage(prefix, url=server)
+    old, longer = f"{prefix}:s1", f"{prefix}:sub:s2"
+    try:
+        raw.set(longer, json.dumps({"session_id": "s2"}))  # a longer prefix's
+        assert storage.awaiting_upgrade() is None
+        raw.set(old, json.dumps({"session_id": "s1", "user_id": "u"}))
+        assert storage.read("s1") is None
+        said = storage.awaiting_upgrade()
+        assert said == f"sessions of the original RedisStorage under the prefix {prefix!r}"
+        # In a larger server it does not look, rather than walk every key.
+        monkeypatch.setattr(redis_module, "LOOK_LIMIT", raw.dbsize() - 1)
+        assert storage.awaiting_upgrade() is None
+        monkeypatch.undo()
+        storage.upgrade_schema()
+        assert storage.awaiting_upgrade() is None
+        assert storage.read("s1") is not None
+    finally:
+        storage.drop()
+        raw.delete(old, longer)
 
 
 def test_a_sharded_store_spreads_sessions_and_merges_listings(

@@ -17,6 +17,7 @@ import inspect
 import json
 import os
 import re
+import shlex
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -462,14 +463,29 @@ def _open(url: str, mode: str, absent: Literal["", "note", "fail"] = "") -> Iter
                     _fail(f"{kept}: there is nothing to copy (pass --mode {other})")
                 _note(f"note: {kept}; pass --mode {other} to see them")
             elif not there:
-                missing = f"nothing of mode {mode} is stored at {redact(url)}"
-                if absent == "fail":
-                    _fail(f"{missing}: there is nothing to copy (check the URL and --mode)")
-                _note(
-                    f"note: {missing} yet; pass --storage (or set SAVEGAME_STORAGE) to name "
-                    "another store"
-                )
+                _say_absent(storage, mode, url, absent)
         yield storage
+
+
+def _say_absent(storage: Storage, mode: str, url: str, absent: Literal["note", "fail"]) -> None:
+    """Says that nothing of ``mode`` is stored at ``url`` (:func:`_open`), and what waits
+    there for an upgrade, if anything does."""
+    missing = f"nothing of mode {mode} is stored at {redact(url)}"
+    waiting = storage.awaiting_upgrade()
+    if waiting is not None:
+        command = f"savegame schema upgrade -s {shlex.quote(redact(url))}"
+        if mode != "agent":
+            command += f" --mode {mode}"
+        upgrade = f"{missing} in savegame's layout, but {waiting} are: `{command}` moves them"
+        if absent == "fail":
+            _fail(upgrade)
+        _note(f"note: {upgrade}")
+    elif absent == "fail":
+        _fail(f"{missing}: there is nothing to copy (check the URL and --mode)")
+    else:
+        _note(
+            f"note: {missing} yet; pass --storage (or set SAVEGAME_STORAGE) to name another store"
+        )
 
 
 def _in_this_process(url: str, mode: str) -> bool:

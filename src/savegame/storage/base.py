@@ -879,6 +879,14 @@ class Storage(ABC):
         find nothing rather than raise (a JSON or YAML folder); None elsewhere."""
         return None
 
+    def awaiting_upgrade(self) -> str | None:
+        """What the store holds in a layout that reads do not see until
+        :meth:`upgrade_schema` moves it (``"sessions of the original RedisStorage under the
+        prefix 'app'"``), for a message about a store found empty; None when it holds
+        nothing of the kind, or when telling would cost more than a look at a small part
+        of the server."""
+        return None
+
     def close(self) -> None:
         """Releases connections and handles; the object must not be used afterwards.
 

@@ -81,7 +81,9 @@ of a writer whose clock is behind the server's by more than ``expire``. Index
 entries cannot expire by themselves, so ``{T}:exp`` remembers when each session goes: listings
 skip (and remove) entries whose time has come, and :meth:`RedisStorage.purge_expired` removes
 them all. ``drop`` walks ``{T}:all``. Listings and ``drop`` never run ``KEYS`` or ``SCAN``;
-only :meth:`RedisStorage.upgrade_schema` scans, once, for sessions of the original layout.
+only :meth:`RedisStorage.upgrade_schema` scans, once, for sessions of the original layout,
+and :meth:`RedisStorage.awaiting_upgrade` (which the ``savegame`` command calls for a prefix
+it finds empty), in a small server.
 
 Damage. The header counts the session's runs. The read script, and the write script when it
 sends only the changed runs, refuse a session whose list or digests disagree with that count
@@ -165,6 +167,19 @@ PREFIX_ALLOWED = (
 
 _GLOB = re.compile(r"[*?[\]\\^]")
 """What a ``SCAN MATCH`` pattern reads as other than itself, each escaped by a backslash."""
+
+LOOK_LIMIT = 200_000
+"""The most keys a server may hold for :meth:`RedisStorage.awaiting_upgrade` to look for
+the original's sessions (``SCAN`` walks them all when none is there)."""
+
+
+def _original_keys(client: Any, prefix: str) -> Iterator[Any]:
+    """The string keys of ``client``'s server that begin with ``prefix:``, where the
+    original ``RedisStorage`` kept its sessions, in ``SCAN`` steps."""
+    pattern = _GLOB.sub(r"\\\g<0>", prefix) + ":*"
+    keys: Iterator[Any] = client.scan_iter(match=pattern, count=1000, _type="string")
+    return keys
+
 
 DIGEST_SIZE = 16
 """Bytes of BLAKE2b per run digest (32 hex characters), as in the SQL backends: a digest
@@ -1526,8 +1541,7 @@ class RedisStorage(Storage):
         source = self.prefix if original_prefix is None else original_prefix
         check_id(source, "original Redis key prefix")
         own = source == self.prefix
-        pattern = _GLOB.sub(r"\\\g<0>", source) + ":*"
-        old = self._call(lambda c: list(c.scan_iter(match=pattern, count=1000, _type="string")))
+        old = self._call(lambda c: list(_original_keys(c, source)))
         # Made, as a first upgrade of a deployment wants (the SQL backends make their tables),
         # in the mode of the sessions to move when the store has none yet: an upgrade in the
         # wrong mode is refused before it makes the store, which the right one can then make.
@@ -1546,6 +1560,23 @@ class RedisStorage(Storage):
                 f"upgrade_schema() left {left} key(s) of the original layout in place in "
                 f"{self._address}, and moved the others: " + "; ".join(refused)
             )
+
+    def awaiting_upgrade(self) -> str | None:
+        """Whether the original's sessions wait under this prefix for :meth:`upgrade_schema`
+        to move them: it looks for one, with ``SCAN``, in a server of :data:`LOOK_LIMIT`
+        keys or fewer (None in a larger one).
+
+        Raises:
+            BackendUnavailableError: when the server cannot be reached.
+        """
+        if self._call(methodcaller("dbsize")) > LOOK_LIMIT:
+            return None
+        prefix = self.prefix
+        if not self._call(
+            lambda c: any(self._original(k, prefix) is not None for k in _original_keys(c, prefix))
+        ):
+            return None
+        return f"sessions of the original RedisStorage under the prefix {prefix!r}"
 
     def _move_original(
         self, key: Any, source: str, refused: list[str], others: dict[str, list[str]]
