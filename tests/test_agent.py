@@ -1057,3 +1057,17 @@ def test_loading_an_id_savegame_cannot_store_is_refused_and_keeps_the_session(
         agent.load_session(value)
     assert agent.session_id == "s1"
     assert len(agent.runs) == 1
+
+
+def test_deleting_an_empty_id_is_refused_rather_than_taken_for_the_current_session(
+    tmp_path: Path,
+) -> None:
+    # delete_session(os.environ.get("SESSION", "")) must not delete the session in use.
+    storage = SqliteStorage("agents", db_file=str(tmp_path / "a.db"))
+    agent = Agent(model=OfflineModel(), storage=storage, session_id="s1")
+    agent.run("My name is Ada.")
+    with pytest.raises(InvalidIdentifierError, match="session id"):
+        agent.delete_session("")
+    assert agent.session_id == "s1"
+    assert len(agent.runs) == 1
+    assert storage.read("s1") is not None

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from savegame.agent import Agent
-from savegame.errors import CorruptSessionError, SerializationError
+from savegame.errors import CorruptSessionError, InvalidIdentifierError, SerializationError
 from savegame.models import Message, ModelHTTPError, ModelResponse
 from savegame.models.offline import OfflineModel
 from savegame.runtime import SessionOwnerError
@@ -511,3 +511,15 @@ def test_leader_instructions_given_as_a_list_are_in_its_prompt() -> None:
     assert "- chef: - Cook.\n- Be brief." in prompts[-1]
     with pytest.raises(TypeError, match="instructions must be a str or a list of str"):
         Team(members, model=Leader(), instructions=[1])  # type: ignore[list-item]
+
+
+def test_deleting_an_empty_id_is_refused_rather_than_taken_for_the_current_team() -> None:
+    agents, teams = InMemoryStorage(mode="agent"), InMemoryStorage(mode="team")
+    chef = Agent(OfflineModel(), agents, name="chef", role="cooking")
+    team = Team([chef], OfflineModel(), teams, session_id="t")
+    team.run("My favourite recipe is pho.")
+    with pytest.raises(InvalidIdentifierError, match="session id"):
+        team.delete_session("")
+    assert team.session_id == "t"
+    assert teams.read("t") is not None
+    assert agents.read(team.member_sessions["chef"]) is not None

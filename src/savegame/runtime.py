@@ -199,7 +199,7 @@ class SessionKeeper:
             CorruptSessionError: when a field of the stored session is of another shape.
             StorageError: when the store cannot be read.
         """
-        target = self.session_id if session_id is None else check_id(session_id)
+        target = self._named(session_id)
         switching = target != self.session_id
         stored = self.storage.read(target) if self.storage is not None else None
         if stored is not None:
@@ -216,6 +216,15 @@ class SessionKeeper:
             return self.storage is None and self._stored is not None
         self._restore(stored, loading=True)
         return True
+
+    def _named(self, session_id: str | None) -> str:
+        """The session ``session_id`` names: the current one when None.
+
+        Raises:
+            InvalidIdentifierError: when it is an id no store holds (``""``, as an unset
+                variable gives), rather than taken for the current session.
+        """
+        return self.session_id if session_id is None else check_id(session_id)
 
     def _check_owner(self, stored: Session, switching: bool = False) -> None:
         """Raises SessionOwnerError when ``stored`` belongs to another user than the current
@@ -277,9 +286,11 @@ class SessionKeeper:
                 :meth:`load_session`); nothing is deleted.
             CorruptSessionError: when there is a user to check the session's owner against
                 and the session cannot be read; nothing is deleted.
+            InvalidIdentifierError: when ``session_id`` is one no store holds (``""``, as an
+                unset variable gives); nothing is deleted, the current session neither.
             StorageError: when the store could not be reached.
         """
-        session_id = session_id or self.session_id
+        session_id = self._named(session_id)
         if self._owner_to_check(session_id != self.session_id) is not None:
             # Read only to check the owner: a session that cannot be read is deleted all
             # the same when there is no user to check it against.

@@ -215,9 +215,11 @@ class Team(SessionKeeper):
         Raises:
             SessionOwnerError: when the team session, or a member's session of it, belongs
                 to another user; nothing is deleted.
+            InvalidIdentifierError: when ``session_id`` is one no store holds (``""``);
+                nothing is deleted.
             StorageError: when a store could not be reached; what was deleted stays deleted.
         """
-        session_id = session_id or self.session_id
+        session_id = self._named(session_id)
         if session_id == self.session_id:
             links = dict(self.member_sessions)
         else:
