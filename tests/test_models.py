@@ -153,6 +153,15 @@ def test_the_api_key_is_sent_trimmed_and_never_shown(
         wrong.respond([message("user", "hi")])
     assert str(failed.value) == "model server answered 401: Incorrect API key provided: ***."
     assert "sk-wrong" not in failed.value.body
+    # A short key, as local servers take any, is hidden where it is quoted, and only there.
+    short = OpenAIChat(id="fail-401", api_key="k", base_url=server.base_url)
+    with pytest.raises(ModelHTTPError) as failed:
+        short.respond([message("user", "hi")])
+    assert str(failed.value) == "model server answered 401: Incorrect API key provided: ***."
+    short.id = "fail-400"
+    with pytest.raises(ModelHTTPError) as failed:
+        short.respond([message("user", "hi")])
+    assert "maximum context length is 4096 tokens." in str(failed.value)
 
 
 def test_a_user_and_password_in_the_base_url_are_sent_as_basic_auth_and_never_shown(

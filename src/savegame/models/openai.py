@@ -247,9 +247,7 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 def _http_error(exc: urllib.error.HTTPError, api_key: str | None) -> ModelHTTPError:
     """The error of an answer with an error status; a server that quotes the key it was
     sent (a 401's "Incorrect API key provided: ...") has it shown as ``***``."""
-    text = _read_error_body(exc)
-    if api_key:
-        text = text.replace(api_key, "***")
+    text = _without_key(_read_error_body(exc), api_key)
     if 300 <= exc.code < 400:
         where = exc.headers.get("Location") if exc.headers else None
         message = (
@@ -264,6 +262,16 @@ def _http_error(exc: urllib.error.HTTPError, api_key: str | None) -> ModelHTTPEr
     return ModelHTTPError(
         exc.code, _error_message(text) or str(exc.reason), text, retry_after=retry_after
     )
+
+
+def _without_key(text: str, api_key: str | None) -> str:
+    """``text`` with ``api_key`` written as ``***`` wherever it stands apart from letters and
+    digits: a short key (``x``, ``123``, as local servers take any) inside a word or a
+    number is not the key quoted, and replacing it there would garble the message (``API
+    ***ey``, ``4096 to***ens``)."""
+    if not api_key:
+        return text
+    return re.sub(rf"(?<![A-Za-z0-9]){re.escape(api_key)}(?![A-Za-z0-9])", "***", text)
 
 
 def _retry_after(value: str | None) -> float | None:
