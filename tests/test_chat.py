@@ -459,21 +459,23 @@ def test_ctrl_c_ends_the_chat_with_the_resume_hint_and_keeps_the_conversation(
     assert [r["input"] for r in stored.memory["runs"]] == ["My name is Ada."]  # type: ignore[attr-defined]
 
 
-def test_an_empty_session_id_is_refused_rather_than_replaced_by_a_new_one(
-    sqlite_url: str,
+@pytest.mark.parametrize("flag", ["--session", "--user"])
+def test_an_empty_session_or_user_id_is_refused_before_anything_is_made(
+    tmp_path: Path, flag: str
 ) -> None:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SAVEGAME_"))}
+    db = tmp_path / "chat.db"
     proc = subprocess.run(
-        [sys.executable, "-c", "from savegame.cli import main; main()", "chat", "--session", ""],
+        [sys.executable, "-c", "from savegame.cli import main; main()", "chat", flag, ""],
         input="hello\n",
         capture_output=True,
         text=True,
         timeout=60,
-        env={**clean, "SAVEGAME_STORAGE": sqlite_url},
+        env={**clean, "SAVEGAME_STORAGE": f"sqlite:///{db}"},
     )
     assert proc.returncode == 2
-    assert "error: session id must not be empty" in proc.stderr
-    assert open_storage(sqlite_url, mode="agent").get_all_session_ids() == []
+    assert f"error: {flag[2:]} id must not be empty" in proc.stderr
+    assert not db.exists()
 
 
 def test_a_session_of_another_agent_resumed_in_the_chat_stays_that_agents(

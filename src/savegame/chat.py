@@ -69,10 +69,11 @@ def chat(
     if sys.stdin is None or sys.stdout is None:
         # Python has none when the command starts with it closed (savegame chat >&-).
         raise OSError(errno.EBADF, "a chat needs standard input and output, and one is closed")
-    if session is not None:
-        # An empty one (--session "$UNSET") would start a new session in place of the one
-        # meant, under an id nobody asked for.
-        check_id(session)
+    for given, what in ((session, "session id"), (user, "user id")):
+        if given is not None:
+            # An empty one (--session "$UNSET") would start a new session in place of the
+            # one meant, under an id nobody asked for; refused before the store is made.
+            check_id(given, what)
     model, how = _model()
     interrupted = False
     with open_storage(storage, mode="agent") as store:
