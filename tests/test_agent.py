@@ -871,6 +871,32 @@ def test_two_agents_on_one_session_keep_each_others_state_and_name(
     assert first.session_name == ""
 
 
+@pytest.mark.parametrize("between", [None, "saved without a name"])
+def test_a_name_cleared_by_another_agent_stays_cleared_when_the_session_is_loaded_again(
+    between: str | None,
+) -> None:
+    storage = InMemoryStorage()
+    first = Agent(OfflineModel(), storage, session_id="s")
+    first.run("hello")
+    first.rename_session("Trip")
+    second = Agent(OfflineModel(), storage, session_id="s")
+    first.rename_session("")
+    if between:
+        # A third agent made on the session afterwards saves it with no name at all.
+        Agent(OfflineModel(), storage, session_id="s").run("hi")
+    second.load_session()  # as the chat's /history does
+    assert not second.session_name
+    second.run("and now?")
+    stored = storage.read("s")
+    assert stored is not None
+    assert not stored.session_data["session_name"]  # type: ignore[index]
+    # A name this agent was given and has not saved yet is kept, and saved.
+    second.session_name = "Oslo"
+    second.load_session()
+    second.run("one more")
+    assert storage.read("s").session_data["session_name"] == "Oslo"  # type: ignore[union-attr]
+
+
 def test_a_state_an_agent_started_with_never_replaces_what_another_saved_meanwhile(
     backend_store: Store,
 ) -> None:

@@ -476,9 +476,10 @@ class SessionKeeper:
         self.runs = list(get_path(data, self.spec.runs_path) or [])
         session_data = data.get("session_data") or {}
         stored_name = session_data.get("session_name")
-        if stored_name or not loading:
-            # After a save the stored name is the one this object keeps, an empty one (cleared
-            # by another process) too; a session loaded without one keeps the name given.
+        if stored_name or not loading or self.session_name == self._base_name:
+            # The stored name is the one this object keeps, an empty one (cleared by another
+            # process) too; a session loaded without one keeps a name given to this object
+            # since it last read or saved the session, which its next save writes.
             self.session_name = stored_name
         state = copy.deepcopy(self._initial_state) if loading else {}
         state.update(session_data.get("session_state") or {})
