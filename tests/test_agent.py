@@ -945,6 +945,24 @@ def test_two_agents_on_one_session_keep_each_others_extra_data(backend_store: St
     assert stored.extra_data == {"plan": "pro", "tz": "CET"}  # type: ignore[attr-defined]
 
 
+def test_extra_data_another_agent_changed_is_kept_when_the_session_is_loaded_again() -> None:
+    storage = InMemoryStorage()
+    first = Agent(OfflineModel(), storage, session_id="s", extra_data={"plan": "free", "n": 1})
+    first.run("hello")
+    second = Agent(OfflineModel(), storage, session_id="s")
+    first.extra_data["plan"] = "pro"  # type: ignore[index]
+    first.run("upgrade me")
+    second.load_session()
+    assert second.extra_data == {"plan": "pro", "n": 1}
+    second.run("thanks")
+    assert storage.read("s").extra_data == {"plan": "pro", "n": 1}  # type: ignore[union-attr]
+    # What this agent changed and has not saved yet is its own: kept, and saved.
+    second.extra_data["n"] = 2  # type: ignore[index]
+    second.load_session()
+    second.run("one more")
+    assert storage.read("s").extra_data == {"plan": "pro", "n": 2}  # type: ignore[union-attr]
+
+
 def test_the_originals_run_messages_are_sent_as_the_turns_they_hold() -> None:
     # Runs as the original library saved them: each run's system prompt, a tool call and its
     # result, copies of the history it had sent, keys of its own, content given as parts.

@@ -594,10 +594,14 @@ class SessionKeeper:
 
     def _restore_extra(self, stored: Any, loading: bool) -> None:
         """Takes the stored ``extra_data`` as this object's (refilled in place, as the state
-        is), but when ``loading`` a session into an object made with ``extra_data`` of its
-        own, which its next save writes over it."""
+        is), but when ``loading`` a session into an object whose ``extra_data`` is its own
+        (made with it, or changed since it last read or saved the session), which its next
+        save writes over it. One it took from the store before is no change of its own:
+        kept, it would write back what another process changed since."""
+        mine = self.extra_data
+        own = loading and mine is not None and _changed(self._base_extra, mine)
         self._base_extra = copy.deepcopy(stored)
-        if loading and self.extra_data is not None:
+        if own:
             return
         if isinstance(self.extra_data, dict) and isinstance(stored, dict):
             self.extra_data.clear()
