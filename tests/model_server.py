@@ -33,6 +33,8 @@ name in the request chooses how it behaves:
 ``refuse``     200 with a message whose content is null and whose ``refusal`` says why
 ``tool-call``  200 with a message whose content is null that calls the tool ``get_weather``
 ``filtered``   200 with a message whose content is null, ``finish_reason`` content_filter
+``parts``      as ``echo``, the content a list of parts: a ``thinking`` part, then the text
+               in two ``text`` parts
 =============  ==========================================================================
 """
 
@@ -183,6 +185,11 @@ def _handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
                         "length" if model == "length" else "stop",
                     ),
                 )
+                if model == "parts":
+                    thought = {"type": "thinking", "thinking": [{"type": "text", "text": "hm"}]}
+                    halves = (content[:4], content[4:])
+                    parts = [thought, *({"type": "text", "text": half} for half in halves)]
+                    message = {"role": "assistant", "content": parts}
                 send = self._trickle if model == "trickle" else self._send
                 send(200, _completion(model, message, finish))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from savegame.models import (
     ModelResponseError,
     configured_model,
     message,
+    openai,
 )
 from savegame.models.offline import CHOOSE_ONE, OfflineModel
 from savegame.models.openai import OpenAIChat
@@ -260,6 +262,17 @@ def test_an_answer_that_is_not_a_completion_raises(
 ) -> None:
     with pytest.raises(ModelResponseError, match=text):
         OpenAIChat(id=name, base_url=server.base_url).respond([message("user", "hi")])
+
+
+def test_an_answer_in_parts_is_the_text_of_its_text_parts(server: ModelServer) -> None:
+    # As some servers answer for a reasoning model; it was refused as not text.
+    answer = OpenAIChat(id="parts", base_url=server.base_url).respond([message("user", "hi")])
+    assert answer.content == "echo: hi [1 messages]"
+    # A list of anything else is no text savegame can tell, and stays refused.
+    for content in (["a", "b"], [{"text": "a"}], [{"type": "text", "text": 5}]):
+        body = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
+        with pytest.raises(ModelResponseError, match="content is not text"):
+            openai._parse(body, "m")
 
 
 def test_an_answer_cut_short_by_the_token_limit_keeps_its_text(server: ModelServer) -> None:

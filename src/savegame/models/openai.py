@@ -418,12 +418,24 @@ def _error_message(body: str) -> str:
     return body[:200]
 
 
-def _why_no_text(answer: dict[str, Any], choice: dict[str, Any]) -> str | None:
-    """Why a completion has no text, or None when it has (an answer cut short by the token
-    limit included), or its empty text is what the model meant to say: the model's refusal,
-    the tools it asked for (which savegame does not call), the token limit it reached before
-    writing any, or else its finish reason."""
-    content = answer.get("content")
+def _text_of(content: Any) -> Any:
+    """A completion's ``content`` as text: a list of parts (as some servers send for a
+    reasoning model: ``{"type": "thinking", ...}`` before ``{"type": "text", "text": ...}``)
+    gives the text of its text parts, joined; other content, and a list holding anything
+    but typed parts, comes back as it is."""
+    if not isinstance(content, list) or not all(
+        isinstance(part, dict) and isinstance(part.get("type"), str) for part in content
+    ):
+        return content
+    texts = [part.get("text") for part in content if part["type"] == "text"]
+    return "".join(texts) if all(isinstance(text, str) for text in texts) else content
+
+
+def _why_no_text(content: Any, answer: dict[str, Any], choice: dict[str, Any]) -> str | None:
+    """Why a completion with ``content`` (as text, where it can be) has no text, or None
+    when it has (an answer cut short by the token limit included), or its empty text is what
+    the model meant to say: the model's refusal, the tools it asked for (which savegame does
+    not call), the token limit it reached before writing any, or else its finish reason."""
     if not (content is None or isinstance(content, str)) or (content and content.strip()):
         return None
     refusal = answer.get("refusal")
@@ -460,7 +472,7 @@ def _parse(body: bytes, default_model: str) -> ModelResponse:
     try:
         choice = data["choices"][0]
         answer = choice["message"]
-        content = answer.get("content")
+        content = _text_of(answer.get("content"))
         model = str(data.get("model") or default_model)
         usage = data.get("usage")
         usage = usage if isinstance(usage, dict) else {}  # counts are extra: none is fine
@@ -468,7 +480,7 @@ def _parse(body: bytes, default_model: str) -> ModelResponse:
         raise ModelResponseError(
             f"the server's answer is not a chat completion: {body[:200]!r}"
         ) from exc
-    why = _why_no_text(answer, choice)
+    why = _why_no_text(content, answer, choice)
     if why is not None:
         raise ModelResponseError(f"the model gave no text: {why}")
     if not isinstance(content, str):
