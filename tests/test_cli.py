@@ -2170,6 +2170,18 @@ def test_a_usage_error_is_the_usage_and_one_error_line(
     assert (errors(proc), proc.stdout) == (f"{usage}\n{error}\n", b"")
 
 
+@pytest.mark.parametrize("number", ["9" * 5000, "\u0661\u0662"], ids=["5000 digits", "arabic"])
+def test_an_age_of_digits_int_reads_apart_is_refused_as_not_an_age(number: str) -> None:
+    """``int()`` reads digits of other scripts, which an age was taken in, and raises its
+    own ValueError past 4,300 digits, which ended a purge with Python's message."""
+    proc = savegame("purge", "--older-than", f"{number}d", "-s", "memory://", code=2)
+    assert errors(proc) == (
+        "Usage: savegame purge [OPTIONS]\n"
+        f"error: Invalid value for '--older-than': '{number}d' is not an age; write it like "
+        "30d, 12h, 90m or 1w2d\n"
+    )
+
+
 def test_a_usage_error_stays_on_one_line_on_a_narrow_terminal() -> None:
     args, usage, error = USAGE_ERRORS[0]
     assert on_terminal(*args, columns=30, stream="stderr", code=2) == f"{usage}\n{error}\n"

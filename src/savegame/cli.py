@@ -41,7 +41,7 @@ from typer.core import TyperCommand, TyperGroup
 from savegame import __version__, transfer
 from savegame.chat import chat, printable, unshown
 from savegame.errors import SerializationError, StorageError
-from savegame.storage.base import Storage
+from savegame.storage.base import Storage, whole_number
 from savegame.storage.codec import check_id
 from savegame.storage.session import MODES, Session
 from savegame.storage.url import open_storage, parse_url, redact
@@ -933,10 +933,15 @@ def parse_age(text: str) -> int:
     Raises:
         typer.BadParameter: for anything else, a number without its unit included: ``90``
             meant seconds once, and a purge given ``--older-than 90`` for 90 days removed
-            every session not saved in the last minute and a half.
+            every session not saved in the last minute and a half. So is a number of other
+            digits than ASCII's, or of more than ``int()`` reads.
     """
-    parts = re.findall(r"(\d+)([smhdw]?)", text.strip().lower())
-    if not text.strip() or "".join(n + u for n, u in parts) != text.strip().lower():
+    parts = re.findall(r"([0-9]+)([smhdw]?)", text.strip().lower())
+    if (
+        not text.strip()
+        or "".join(n + u for n, u in parts) != text.strip().lower()
+        or any(whole_number(n) is None for n, _ in parts)
+    ):
         raise typer.BadParameter(f"{text!r} is not an age; write it like 30d, 12h, 90m or 1w2d")
     if not all(unit for _, unit in parts):
         raise typer.BadParameter(
