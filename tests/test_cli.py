@@ -1816,6 +1816,21 @@ def test_an_export_stopped_by_a_session_json_lines_cannot_carry_names_it(tmp_pat
     assert "having written 1 session: what it wrote is not a whole backup" in errors(stopped)
 
 
+def test_a_count_or_json_of_a_session_json_lines_cannot_carry_names_it(tmp_path: Path) -> None:
+    # stats measures each session by its export line, and show --json prints that line:
+    # both ended with the value's path alone, naming no session, stats on a whole store.
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    rows = [{"session_id": "odd", "memory": {"runs": [{"ratio": float("inf")}]}, "created_at": 1}]
+    write_original_table(url, "agent_sessions", None, rows)
+    value = "$['memory']['runs'][0]['ratio']: inf cannot be stored as JSON"
+    counted = savegame("stats", "-s", url, code=2)
+    measured = "error: session 'odd' cannot be measured as an export line"
+    assert errors(counted) == f"{measured}: {value}\n"
+    shown = savegame("sessions", "show", "odd", "--json", "-s", url, code=2)
+    assert errors(shown) == f"error: session 'odd' cannot be shown as JSON: {value}\n"
+    assert "inf" in text(savegame("sessions", "show", "odd", "-s", url)).lower()
+
+
 def test_a_folder_of_another_mode_is_said_so_and_never_exported_as_empty(tmp_path: Path) -> None:
     # Another mode lists none of a folder's sessions: without a word, an export in the
     # default mode of a folder of team sessions would be an empty backup that looks made.

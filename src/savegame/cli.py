@@ -636,7 +636,7 @@ def sessions_show(
         runs = transfer.runs_of(store.spec, session)
     data = session.to_dict()
     if as_json:
-        _print_json(json.loads(transfer.session_line(session)))
+        _print_json(json.loads(transfer.export_line(session, "shown as JSON")))
         return
     meta = Table.grid(padding=(0, 2))
     meta.add_column(no_wrap=True)

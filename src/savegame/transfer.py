@@ -226,20 +226,22 @@ def export_sessions(
     """
     count = 0
     for session in iter_sessions(storage, user_id, damaged=damaged):
-        try:
-            line = _exported(session)
-        except SerializationError as exc:
-            raise SerializationError(
-                f"session {session.session_id!r} cannot be exported: {exc}"
-            ) from exc
-        write(line)
+        write(export_line(session))
         count += 1
     return count
 
 
-def _exported(session: Session) -> str:
-    """What an export writes for ``session``: its line and the newline that ends it."""
-    return session_line(session) + "\n"
+def export_line(session: Session, done: str = "exported") -> str:
+    """What an export writes for ``session``: its line and the newline that ends it.
+
+    Raises:
+        SerializationError: as :func:`session_line`, naming the session: ``session 'x'
+            cannot be {done}: ...``.
+    """
+    try:
+        return session_line(session) + "\n"
+    except SerializationError as exc:
+        raise SerializationError(f"session {session.session_id!r} cannot be {done}: {exc}") from exc
 
 
 @dataclass
@@ -708,13 +710,18 @@ class Stats:
 
 def stats(storage: Storage, user_id: str | None = None, damaged: list[str] | None = None) -> Stats:
     """Counts the sessions of ``storage`` (of ``user_id``); reads each session once.
-    ``damaged``: as for :func:`iter_sessions`."""
+    ``damaged``: as for :func:`iter_sessions`.
+
+    Raises:
+        SerializationError: naming the first session whose export line, which its size is
+            counted as, cannot be written (a NaN in a table the original wrote).
+    """
     result = Stats()
     users: set[str] = set()
     entities: set[str] = set()
     for session in iter_sessions(storage, user_id, damaged=damaged):
         result.sessions += 1
-        result.bytes += len(_exported(session).encode("utf-8"))
+        result.bytes += len(export_line(session, "measured as an export line").encode("utf-8"))
         user = getattr(session, "user_id", None)
         entity = getattr(session, storage.spec.entity_field, None)
         if user is not None:
