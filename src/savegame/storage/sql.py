@@ -1752,12 +1752,15 @@ class SqlStorage(Storage):
         version = self._recorded_version(conn, inspector)
         latest = frozenset(self.table.c.keys())
         if version >= LATEST and not (doubt or self._doubt_record):
-            # An original's workflow_v2 table keeps its memory column when upgraded, and
-            # with it every column of a workflow table: the columns asked above tell it.
+            # The record names the table, not the mode it was made in: another mode's table
+            # (team_id where agent_id is wanted) is recorded at the latest layout too, and
+            # a removal, which names none of those columns, would remove its sessions. An
+            # original's workflow_v2 table keeps its memory column when upgraded, and with
+            # it every column of a workflow table. The columns asked above tell both.
             if columns is None:
                 columns = self.dialect.column_names(conn, self.table)
             if columns:
-                self._refuse_closer(set(columns))
+                self._refuse_foreign(set(columns))
             return _Layout(version, latest)
         names = {c["name"] for c in inspector.get_columns(self.table_name, self.schema)}
         self._refuse_foreign(names)
