@@ -411,7 +411,7 @@ ReplaceNewerOption = Annotated[
     bool,
     typer.Option(
         "--replace-newer",
-        help="Replace sessions saved at the destination later than the copy brought in too.",
+        help="Also replace the sessions saved at the destination later than the ones brought in.",
     ),
 ]
 
@@ -860,7 +860,10 @@ def copy(
     destination: Annotated[str, typer.Argument(metavar="DST_URL", help="Store to copy into.")],
     mode: ModeOption = "agent",
     batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, help="Sessions between progress updates.")
+        int,
+        typer.Option(
+            "--batch-size", min=1, help="Sessions read and written at a time, a progress step."
+        ),
     ] = transfer.DEFAULT_BATCH_SIZE,
     replace_newer: ReplaceNewerOption = False,
 ) -> None:
