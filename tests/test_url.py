@@ -710,6 +710,8 @@ def test_a_path_on_a_windows_drive_is_refused_elsewhere(
     [
         "redis://:hunter2@127.0.0.1:0/0",
         "redis+cluster://:hunter2@127.0.0.1:7000,127.0.0.1:0",
+        "redis://:hunter2@127.0.0.1:70000/0",
+        "redis+cluster://:hunter2@127.0.0.1:7000,127.0.0.1:99999",
         "postgresql+psycopg://u:hunter2@127.0.0.1:0/db",
         "postgresql://u:hunter2@127.0.0.1:99999/db",
         "mysql+pymysql://u:hunter2@127.0.0.1:0/db",

@@ -2462,14 +2462,16 @@ def _flag(value: Any) -> bool:
 
 
 def _node(text: str) -> tuple[str, int]:
+    refused = InvalidIdentifierError(f"{text!r} is not host:port: ports are from 1 to 65535")
     try:
         parts = urlsplit(f"//{text}")
         host, port = parts.hostname or "localhost", parts.port
     except ValueError:
-        raise InvalidIdentifierError(f"{text!r} is not host:port") from None
+        # A port past 65535 too, which said only "is not host:port".
+        raise refused from None
     if port == 0:
         # It was taken for no port, and the storage went to 6379: another server.
-        raise InvalidIdentifierError(f"{text!r} is not host:port: ports are from 1 to 65535")
+        raise refused
     return host, 6379 if port is None else port
 
 
