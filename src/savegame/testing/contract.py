@@ -1702,6 +1702,16 @@ ODD_IDS = [
 ]
 
 
+_MODE_PAIRS: list[tuple[Mode, Mode]] = [
+    ("agent", "team"),
+    ("team", "agent"),
+    ("workflow", "workflow_v2"),
+    ("workflow_v2", "workflow"),
+]
+"""Pairs of modes whose sessions differ little (in the entity's id, or where the runs are),
+for the tests of a storage of the second mode on the store of the first."""
+
+
 class BackendContract:
     """Behaviour that does not depend on the mode; runs on the ``backend_store`` fixture."""
 
@@ -2167,13 +2177,7 @@ class BackendContract:
 
     @pytest.mark.parametrize(
         ("first", "second"),
-        [
-            ("agent", "team"),
-            ("team", "agent"),
-            ("workflow", "workflow_v2"),
-            ("workflow_v2", "workflow"),
-            ("team", "workflow"),
-        ],
+        [*_MODE_PAIRS, ("team", "workflow")],
     )
     @pytest.mark.parametrize("switched", [False, True], ids=["opened", "switched"])
     def test_a_storage_of_another_mode_never_breaks_or_joins_the_listings_of_the_first(
@@ -2257,12 +2261,7 @@ class BackendContract:
 
     @pytest.mark.parametrize(
         ("first", "second"),
-        [
-            ("agent", "team"),
-            ("team", "agent"),
-            ("workflow", "workflow_v2"),
-            ("workflow_v2", "workflow"),
-        ],
+        _MODE_PAIRS,
     )
     @pytest.mark.parametrize("removal", ["delete_session", "delete_user", "drop"])
     def test_a_removal_first_of_a_storage_of_another_mode_removes_nothing_of_the_first(
