@@ -551,3 +551,16 @@ def test_the_chat_runs_with_a_standard_output_that_names_no_encoding(
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("savegame chat: model offline"), lines
     assert lines[-1].startswith("bye: resume with  savegame chat --session 'café'"), lines
+
+
+def test_a_chat_that_saved_nothing_gives_no_command_to_resume_it(sqlite_url: str) -> None:
+    # It gave one, for a session no store held.
+    out = chat("--storage", sqlite_url, "--session", "quiet", lines=["/quit"])
+    assert out[-1] == "bye: nothing was said in session quiet; none was saved"
+    assert open_storage(sqlite_url, mode="agent").read("quiet") is None
+    # A session left for a new one is resumable, and the new one, still empty, is not.
+    out = chat("--storage", sqlite_url, "--session", "said", lines=["hi", "/new"])
+    assert out[-1].startswith("bye: nothing was said in session "), out
+    # One with no runs but a name given is stored, and comes back.
+    out = chat("--storage", sqlite_url, "--session", "named", lines=["/rename Trip"])
+    assert out[-1].startswith("bye: resume with  savegame chat --session named"), out

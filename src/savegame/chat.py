@@ -30,7 +30,7 @@ import typer
 
 from savegame import transfer
 from savegame.agent import Agent, turns_of
-from savegame.errors import CorruptSessionError, InvalidIdentifierError
+from savegame.errors import CorruptSessionError, InvalidIdentifierError, StorageError
 from savegame.models import Message, Model, ModelError, configured_model
 from savegame.models.offline import OfflineModel
 from savegame.runtime import SessionOwnerError
@@ -101,7 +101,10 @@ def chat(
             _say("")
             _say_bye(agent, storage)
             raise
-    _say_bye(agent, storage)
+        if not agent.runs and not _stored(store, agent.session_id):
+            _say(f"bye: nothing was said in session {printable(agent.session_id)}; none was saved")
+        else:
+            _say_bye(agent, storage)
     if interrupted:
         raise typer.Exit(128 + signal.SIGINT)
 
@@ -160,6 +163,15 @@ def _loop(agent: Agent, store: Storage) -> None:
             _say("interrupted before the answer was shown: a message is saved only with its answer")
             raise
         _say(f"{agent.name}> {answer.content}")
+
+
+def _stored(store: Storage, session_id: str) -> bool:
+    """Whether ``store`` holds the session, as far as it answers: one it cannot tell of gets
+    the resume command, which is the way back to what may have been saved."""
+    try:
+        return store.read(session_id) is not None
+    except StorageError:
+        return True
 
 
 def _say_bye(agent: Agent, url: str) -> None:
