@@ -8,6 +8,10 @@ import collections
 import datetime
 import hashlib
 import json
+import subprocess
+import sys
+import textwrap
+from types import FrameType
 from typing import Any
 
 import pytest
@@ -433,6 +437,94 @@ def test_what_a_storage_reads_it_remembers_whole(backend_store: Store) -> None:
         known = cache.get(sid)
         assert known is not None
         assert known.whole(), sid
+
+
+@pytest.mark.parametrize(
+    ("event", "text"),
+    [("return", "short"), ("call", "x" * 70_000)],
+    ids=["as the pickle is written", "between the writes of a long string"],
+)
+def test_a_save_interrupted_while_pickling_leaves_the_next_one_remembered_right(
+    backend_store: Store, event: str, text: str
+) -> None:
+    # Ctrl-C lands where Python code runs during a pickle: in the pickler's file, as it
+    # takes a pickle whole (a pickle that would have begun the next one, which then read
+    # back as the interrupted session's runs) or the first of the pieces that a long
+    # string is written in (whose next one then could not be read back at all).
+    storage = backend_store.require("cache_bytes")
+    write = known_module._Kept.write.__code__
+    before = sys.gettrace()
+    writes = 0
+
+    def interrupt(frame: FrameType, seen: str, arg: Any) -> Any:
+        if seen == event:
+            sys.settrace(before)
+            raise KeyboardInterrupt
+        return interrupt
+
+    def tracer(frame: FrameType, seen: str, arg: Any) -> Any:
+        nonlocal writes
+        if frame.f_code is not write:
+            return None
+        writes += 1
+        return interrupt(frame, seen, arg) if writes == 1 + (event == "call") else None
+
+    cut = AgentSession(session_id="cut", memory={"runs": [{"run_id": "cut", "text": text}]})
+    sys.settrace(tracer)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            storage.upsert(cut)
+    finally:
+        sys.settrace(before)
+    assert writes == 1 + (event == "call")
+    runs = [{"run_id": "next"}, {"run_id": "and one more"}]
+    storage.upsert(AgentSession(session_id="next", memory={"runs": runs}))
+    for _ in range(2):
+        got = storage.read("next")
+        assert got is not None
+        assert got.memory == {"runs": runs}
+    assert storage.read("cut") is None
+
+
+_FINALIZED_MEANWHILE = textwrap.dedent(
+    """
+    import gc
+    from savegame.storage.known import pickle_runs, unpickle_runs
+
+    made = []
+
+    class Saving:
+        def __init__(self):
+            self.cycle = self  # freed by the garbage collector alone
+
+        def __del__(self):
+            made.append(pickle_runs([{"run_id": "made by a finalizer"}]))
+
+    runs = [{"run_id": "outer", "text": "x" * 100}]
+    pickle_runs(runs)
+    gc.collect()
+    gc.set_threshold(1)
+    for _ in range(200):
+        Saving()
+        assert unpickle_runs(pickle_runs(runs)) == runs
+    gc.set_threshold(700)
+    gc.collect()
+    assert len(made) == 200
+    assert all(unpickle_runs(blob) == [{"run_id": "made by a finalizer"}] for blob in made)
+    print("ok")
+    """
+)
+
+
+def test_a_pickle_made_while_another_is_under_way_in_its_thread_is_made_apart() -> None:
+    # The garbage collector runs finalizers where an allocation starts it, in the middle
+    # of a dump too (up to Python 3.11, at the one the pickler makes as it starts), and a
+    # workflow's run dropped half-way is saved by one: on the dump's pickler, its pickle
+    # crashed the process. A finalizer in a cycle, collected at nearly every allocation.
+    done = subprocess.run(
+        [sys.executable, "-c", _FINALIZED_MEANWHILE], capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr[-2000:]
 
 
 def test_a_write_sent_again_is_told_made_or_not_from_the_tokens_kept() -> None:

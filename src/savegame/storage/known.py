@@ -281,12 +281,14 @@ class _NotPlain(Exception):
 
 class _Kept:
     """A file that keeps what is written to it. The pickler writes a pickle in one piece,
-    which is kept without a copy, unless it holds large strings: those it writes apart."""
+    which is kept without a copy, unless it holds large strings: those it writes apart.
+    ``busy`` while a dump into it is under way, or was cut short."""
 
-    __slots__ = ("parts",)
+    __slots__ = ("busy", "parts")
 
     def __init__(self) -> None:
         self.parts: list[bytes] = []
+        self.busy = False
 
     def write(self, data: bytes) -> int:
         self.parts.append(data)
@@ -333,21 +335,28 @@ def pickle_runs(runs: list[Any]) -> bytes | None:
 def pickle_plain(value: Any) -> bytes | None:
     """``value`` pickled as described in the module docstring; None when it cannot be."""
     # A pickler per thread, reused: making one costs more than pickling a few small runs.
+    # One that is busy is not: a pickle made while a dump is under way in this thread (by
+    # a finalizer the garbage collector runs, as a workflow's save of a run dropped
+    # half-way; a dump within another on one pickler crashes the process), or after a dump
+    # was cut short by an interrupt (whose file still holds what it wrote, which the next
+    # pickle would begin with), makes a pickler of its own.
     # A pickler starts each dump with a buffer as large as its largest pickle yet, so one
     # that made a large pickle is let go: kept after a 1,000-run session's save, it made
     # each later save of a small session about 35 microseconds slower.
     pickler: _PlainPickler | None = getattr(_PICKLERS, "pickler", None)
-    if pickler is None:
+    if pickler is None or pickler.file.busy:
         pickler = _PICKLERS.pickler = _PlainPickler(_Kept())
+    file = pickler.file
+    file.busy = True
     try:
         pickler.dump(value)
     except (_NotPlain, ValueError, RecursionError, pickle.PicklingError):
         _PICKLERS.pickler = None  # a dump cut short may leave the pickler's state behind
-        pickler.file.take()
         return None
-    blob = pickler.file.take()
+    blob = file.take()
     if len(blob) > _REUSED_BELOW:
         _PICKLERS.pickler = None
+    file.busy = False
     return blob
 
 
