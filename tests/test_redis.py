@@ -1438,6 +1438,36 @@ def test_a_storage_whose_store_was_made_again_in_another_mode_is_refused_at_its_
     teams.drop()
 
 
+@pytest.mark.parametrize("shards", [None, 1])
+def test_a_storage_whose_store_was_made_again_over_other_shards_writes_where_its_sessions_are(
+    server: str, raw: Any, prefix: str, shards: int | None
+) -> None:
+    # The storage read the layout (one shard) before the store was dropped and made again
+    # over four: its write, into the one shard's slot, would make a session that the
+    # store's storages never find, nor drop() removes.
+    early = RedisStorage(prefix, url=server, shards=shards)
+    early.upsert(_session("s", _runs(2), user_id="u"))
+    RedisStorage(prefix, url=server).drop()
+    spread = RedisStorage(prefix, url=server, shards=4)
+    spread.upsert(_session("s", _runs(1), user_id="u"))
+    if shards is None:
+        early.upsert(_session("a", _runs(3), user_id="u"))
+        early.upsert(_session("a", _runs(4), user_id="u"))
+        got = spread.read("a")
+        assert got is not None
+        assert (got.memory["runs"], got.version) == (_runs(4), 2)
+        assert sorted(spread.get_all_session_ids(user_id="u")) == ["a", "s"]
+        assert early.read("s") is not None
+    else:
+        with pytest.raises(InvalidIdentifierError, match="spread over 4 shards, not 1"):
+            early.upsert(_session("a", _runs(3), user_id="u"))
+        assert spread.get_all_session_ids(user_id="u") == ["s"]
+    one = "{" + prefix + "}:"
+    assert [k for k in _keys_of(raw, prefix) if k.startswith(one)] == [one + "mode", one + "shards"]
+    spread.drop()
+    assert _keys_of(raw, prefix) == []
+
+
 @pytest.fixture(scope="module")
 def restartable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
     """A server of this module's own, and a function that restarts it without its data."""

@@ -50,7 +50,9 @@ the first since the slot was emptied or dropped) reads the layout again, recordi
 it is gone (as another storage's ``drop`` leaves it), so a store that holds sessions keeps
 its count and mode recorded. The write script of a store of one shard, whose tag is the
 record's, checks the recorded mode itself: a storage that read the layout before the store
-was dropped, or lost in a restart of Redis, and made again in another mode, is refused.
+was dropped, or lost in a restart of Redis, and made again in another mode, is refused. So is
+its write that would make the slot's ``{T}:all`` where the store was made again over several
+shards: the storage reads the layout again, and writes on that (``shards=None``) or refuses.
 
 Writes. Every write leaves a random ``token`` in the header. A write reads the header (token,
 version, created_at, expiry, run digests), stamps the record in Python (version check, times),
@@ -429,7 +431,9 @@ end
 #       new or changed run, in ascending order.
 # A store recorded as of another mode ({T}:mode, the store's record in a store of one
 # shard) refuses the write: the writer read the layout before the store was dropped, or
-# the server lost its data, and a storage of another mode made it again since.
+# the server lost its data, and a storage of another mode made it again since. So does,
+# for a write that would make the slot's {T}:all, a store of one shard's tag recorded as
+# spread over several ({T}:shards): made again so since, its sessions are in other slots.
 # Returns 1 when written (2 when the write made the slot's {T}:all, which a store loses with
 # its last session or to a drop: see RedisStorage._write), or when the token differs the
 # stored header (see _HEAD) and its past tokens, for a write sent again to tell whether an
@@ -449,6 +453,12 @@ if current ~= ARGV[3] then
 end
 past = string.sub(current .. past, 1, PAST)
 local fresh = redis.call('EXISTS', KEYS[1]) == 0
+if fresh then
+  local shards = redis.call('GET', ARGV[1] .. 'shards')
+  if shards and tonumber(shards) ~= 1 then
+    return redis.error_reply('SAVEGAME-SHARDS ' .. shards)
+  end
+end
 -- Reads first (see _FORGET): the index keys the session leaves, which are not declared;
 -- those its header names where {T}:idx has no entry for it (evicted).
 local listed = redis.call('HGET', KEYS[2], id)
@@ -825,6 +835,11 @@ def _check_server(
             )
 
 
+class _Resharded(BackendUnavailableError):
+    """A write refused because the store was made again over other shards since the storage
+    read its layout (see ``_WRITE``); nothing was written."""
+
+
 class RedisStorage(Storage):
     """Sessions of one mode under one key prefix of a Redis server or Redis Cluster.
 
@@ -1064,40 +1079,11 @@ class RedisStorage(Storage):
     def _mapped(self, exc: Exception) -> StorageError:
         """The savegame error for a redis-py error: the one place they are translated."""
         errors = self._redis.exceptions
-        if isinstance(exc, errors.ResponseError) and str(exc).startswith("SAVEGAME-DAMAGED"):
-            count, length, header = str(exc).split(" ", 3)[1:]
-            session_id = header.partition("}:h:")[2]
-            session = f"session {session_id!r} under {self._keys} in {self._address}"
-            if count == "?":
-                return CorruptSessionError(
-                    f"{session} has a run count that is not a number: its header was changed "
-                    "outside savegame; nothing was read or written"
-                )
-            should = "no list of runs" if count == "nil" else f"{count} runs"
-            return CorruptSessionError(
-                f"{session} should have {should}, and its list has {length} or its digests "
-                "another number: its keys were changed outside savegame (by a "
-                "maxmemory-policy that evicts keys, say); nothing was read or written"
-            )
-        if isinstance(exc, errors.ResponseError) and str(exc).startswith("SAVEGAME-DENIED "):
-            command, key = str(exc).split(" ", 2)[1:]
-            return StorageError(
-                f"{self._address} denies the user {command} on {key!r}, which savegame "
-                f"runs on the keys under {self._keys}; nothing was changed: grant it in the "
-                "user's ACL (or use a user that has it)"
-            )
-        if isinstance(exc, errors.ResponseError) and str(exc).startswith("SAVEGAME-MODE "):
-            # The store was made again in another mode since this storage read its layout
-            # (see _WRITE): read again, the layout refuses every later call, as it does
-            # those of a storage opened now.
-            self._mode_changed()
-            kept = str(exc).split(" ", 1)[1].split(" ", 1)[0]
-            return self._kept_by_another(
-                f"the store {self.prefix!r} in {self._address}",
-                kept,
-                f"as {self._keys}mode records; nothing was written",
-                "under another prefix",
-            )
+        if isinstance(exc, errors.ResponseError) and str(exc).startswith("SAVEGAME-"):
+            kind, _, said = str(exc).partition(" ")
+            refused = self._refusal(kind, said)
+            if refused is not None:
+                return refused
         if isinstance(exc, errors.ResponseError) and "non local key" in str(exc):
             # A script met a key of its slot that another node holds now (see _FORGET):
             # it stopped before changing anything.
@@ -1140,6 +1126,53 @@ class RedisStorage(Storage):
         ):
             return BackendUnavailableError(f"{self._address} cannot serve: {exc}")
         return StorageError(f"{self._address} refused the command: {exc}")
+
+    def _refusal(self, kind: str, said: str) -> StorageError | None:
+        """The error of a script that refused, answering ``kind`` (``SAVEGAME-...``) and
+        ``said``; None for a refusal that has no error of its own."""
+        if kind == "SAVEGAME-DAMAGED":
+            count, length, header = said.split(" ", 2)
+            session_id = header.partition("}:h:")[2]
+            session = f"session {session_id!r} under {self._keys} in {self._address}"
+            if count == "?":
+                return CorruptSessionError(
+                    f"{session} has a run count that is not a number: its header was changed "
+                    "outside savegame; nothing was read or written"
+                )
+            should = "no list of runs" if count == "nil" else f"{count} runs"
+            return CorruptSessionError(
+                f"{session} should have {should}, and its list has {length} or its digests "
+                "another number: its keys were changed outside savegame (by a "
+                "maxmemory-policy that evicts keys, say); nothing was read or written"
+            )
+        if kind == "SAVEGAME-DENIED":
+            command, key = said.split(" ", 1)
+            return StorageError(
+                f"{self._address} denies the user {command} on {key!r}, which savegame "
+                f"runs on the keys under {self._keys}; nothing was changed: grant it in the "
+                "user's ACL (or use a user that has it)"
+            )
+        if kind == "SAVEGAME-MODE":
+            # The store was made again in another mode since this storage read its layout
+            # (see _WRITE): read again, the layout refuses every later call, as it does
+            # those of a storage opened now.
+            self._mode_changed()
+            return self._kept_by_another(
+                f"the store {self.prefix!r} in {self._address}",
+                said.split(" ", 1)[0],
+                f"as {self._keys}mode records; nothing was written",
+                "under another prefix",
+            )
+        if kind == "SAVEGAME-SHARDS":
+            # Made again over other shards since this storage read its layout (see _WRITE):
+            # the layout is read again by the next call.
+            self._mode_changed()
+            return _Resharded(
+                f"the store {self.prefix!r} in {self._address} was made again over "
+                f"{said.split(' ', 1)[0]} shards since this storage read its layout of one "
+                "shard; nothing was written"
+            )
+        return None
 
     def _call(self, fn: Callable[[Any], T]) -> T:
         """Runs ``fn(client)``, connecting first if needed, with driver errors mapped.
@@ -1858,6 +1891,26 @@ class RedisStorage(Storage):
         """See :class:`~savegame.storage.base.Storage`; ``expires_by``: the latest the
         session may expire (None: as ``expire`` says), for a session moved with the time it
         had left (:meth:`upgrade_schema`)."""
+        try:
+            return self._write_on_layout(draft, expected_version, now, preserve, expires_by)
+        except _Resharded:
+            # On the layout read again: a storage opened without ``shards=`` writes where
+            # the store's sessions are now; one opened with another count is refused.
+            return self._write_on_layout(draft, expected_version, now, preserve, expires_by)
+
+    def _write_on_layout(
+        self,
+        draft: Draft,
+        expected_version: int | None,
+        now: int,
+        preserve: bool,
+        expires_by: int | None,
+    ) -> Record:
+        """:meth:`_write` on the layout this storage read.
+
+        Raises:
+            _Resharded: when the store was made again over other shards since then.
+        """
         sid = draft.session_id
         settled = self._made()
         count = len(self._shard_tags)
