@@ -19,7 +19,7 @@ import savegame
 from savegame.storage.base import Header
 from savegame.storage.codec import copy_through_text
 from savegame.storage.in_memory import InMemoryStorage
-from savegame.testing import BackendContract, Store
+from savegame.testing import BackendContract, ModeContract, Store
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 TEST_FILES = re.findall(
@@ -180,6 +180,19 @@ def test_processes_skip_naming_a_url_that_open_storage_cannot_open() -> None:
     message = str(skipped.value.msg)
     assert "Store.url 'mine:///s.db'" in message
     assert "knows no such scheme (only sqlite, json" in message
+    store.close_all()
+
+
+class _AlwaysThere(InMemoryStorage):
+    capabilities: ClassVar[frozenset[str]] = frozenset({"key_order", "persistent"})
+
+
+def test_a_persistent_backend_is_told_to_override_table_exists() -> None:
+    kept: dict[str, Any] = {}
+    store = Store("there", "agent", lambda mode, **_: _AlwaysThere(mode=mode, storage_dict=kept))
+    check = ModeContract().test_a_store_is_there_from_its_first_write_and_never_from_a_read
+    with pytest.raises(AssertionError, match=r"overrides Storage\.table_exists\(\)"):
+        check(store)
     store.close_all()
 
 

@@ -598,7 +598,11 @@ class Storage(ABC):
         """Makes the table, folder or index this storage needs; does nothing if it is there."""
 
     def table_exists(self) -> bool:
-        """Whether the table (or folder) exists; backends with neither always have one."""
+        """Whether the table (or folder) exists; backends with neither always have one.
+
+        A backend whose stores are made by their first write (or :meth:`create`) overrides
+        it: a store never written is not there, and a read, listing or removal on it makes
+        nothing."""
         return True
 
     @abstractmethod

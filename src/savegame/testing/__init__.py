@@ -34,7 +34,8 @@ the storage class declares the capability in
 
 What a backend written from scratch must do beyond the primitives of
 :mod:`savegame.storage.base` (write JSON text with :mod:`savegame.storage.codec`, override
-``store_names``, keep the sessions of other modes apart) is in that README section.
+``table_exists`` and ``store_names``, keep the sessions of other modes apart) is in that
+README section.
 
 The contract is imported on first use, so the worker processes start without pytest.
 """

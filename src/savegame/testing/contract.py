@@ -974,7 +974,11 @@ class ModeContract:
         # store never written is not there, and reading, listing or removing on it, as the
         # command line does, must not make it so (nor leave anything behind to find).
         storage = store.require("persistent")
-        assert not storage.table_exists()
+        assert not storage.table_exists(), (
+            f"{type(storage).__name__}.table_exists() says a store never written is there: a "
+            "persistent backend overrides Storage.table_exists() (True by default), and its "
+            "constructor makes nothing"
+        )
         assert storage.read("a") is None
         assert storage.read_many(["a", "b"]) == []
         assert storage.get_all_sessions() == []
