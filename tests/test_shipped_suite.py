@@ -183,6 +183,18 @@ def test_processes_skip_naming_a_url_that_open_storage_cannot_open() -> None:
     store.close_all()
 
 
+def test_processes_without_a_url_skip_saying_that_the_tests_that_fork_skip_too() -> None:
+    # A Store without a url is one of a store that lives in one process: the test that
+    # forks, which starts no worker, skips with the others, and ran only with a url.
+    store = Store("mine", "agent", lambda mode, **_: _Processes(mode=mode))
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        store.require("processes")
+    message = str(skipped.value.msg)
+    assert message.startswith("mine declares 'processes' but its Store has no url")
+    assert "the tests that fork skip too (with a url of a scheme of your own, they run)" in message
+    store.close_all()
+
+
 class _AlwaysThere(InMemoryStorage):
     capabilities: ClassVar[frozenset[str]] = frozenset({"key_order", "persistent"})
 

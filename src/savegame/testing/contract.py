@@ -204,7 +204,9 @@ class Store:
         if capability == "processes" and self.url is None:
             pytest.skip(
                 f"{self.backend} declares 'processes' but its Store has no url, which the "
-                "processes of savegame.testing.worker open with savegame.open_storage"
+                "processes of savegame.testing.worker open with savegame.open_storage; "
+                "without one the store is taken to live in one process only, and the "
+                "tests that fork skip too (with a url of a scheme of your own, they run)"
             )
         return storage
 
