@@ -5,6 +5,7 @@ tests, fixtures or pytest plugins."""
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import re
 import subprocess
@@ -205,6 +206,26 @@ def test_a_persistent_backend_is_told_to_override_table_exists() -> None:
     check = ModeContract().test_a_store_is_there_from_its_first_write_and_never_from_a_read
     with pytest.raises(AssertionError, match=r"overrides Storage\.table_exists\(\)"):
         check(store)
+    store.close_all()
+
+
+def test_a_backend_writing_json_dumps_is_told_to_write_object_text() -> None:
+    # json.dumps writes a surrogate pair held as two code points, which comes back as one
+    # character: the backend fails the contract with a bare "DID NOT RAISE" unless told.
+    kept: dict[str, Any] = {}
+
+    class Dumps(InMemoryStorage):
+        def _write(self, draft: Any, expected_version: Any, now: int, preserve: bool) -> Any:
+            old = self.storage_dict.get(draft.session_id)
+            header = None if old is None else Header.of(old)
+            record = self._stamp(draft.record, header, expected_version, now, preserve)
+            self.storage_dict[draft.session_id] = json.loads(json.dumps(record))
+            return record
+
+    store = Store("dumps", "agent", lambda mode, **_: Dumps(mode=mode, storage_dict=kept))
+    check = BackendContract().test_unstorable_values_are_refused_and_the_store_is_unchanged
+    with pytest.raises(pytest.fail.Exception, match=r"codec\.object_text, which refuses it"):
+        check(store, {"text": "smile \ud83d\ude00"}, "surrogate pair")
     store.close_all()
 
 
