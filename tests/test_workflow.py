@@ -72,6 +72,24 @@ def test_state_is_saved_after_every_run(flows: Store) -> None:
     assert again.run() == 4
 
 
+class Recorder(Workflow):
+    def run(self, value: Any) -> Any:
+        self.session_state["ran"] = True
+        return value
+
+
+def test_a_runs_input_and_output_a_session_may_not_hold_are_recorded_as_their_repr(
+    flows: Store,
+) -> None:
+    flow = Recorder(session_id="w", storage=flows())
+    assert flow.run({2}) == {2}
+    runs = _runs(flows, "w")
+    assert [(r["status"], r["input"], r["output"]) for r in runs] == [
+        ("completed", "{'args': [{2}], 'kwargs': {}}", "{2}")
+    ]
+    assert flows().read("w").session_data["session_state"] == {"ran": True}  # type: ignore[union-attr]
+
+
 def test_a_subclass_calling_super_run_records_one_run(flows: Store) -> None:
     flow = Louder(session_id="w", storage=flows())
     assert flow.run() == 10
