@@ -641,6 +641,28 @@ def test_a_urls_lock_timeout_is_how_long_a_write_waits_for_the_folders_lock(
 
 
 @pytest.mark.parametrize("cls", FORMATS)
+def test_a_write_of_another_storage_inside_updates_fn_waits_for_the_folders_lock(
+    tmp_path: Path, cls: type[FileStorage]
+) -> None:
+    # update holds the folder's lock from its read to its write, as the README says: a
+    # write through another storage of the folder, in fn, waits for it, then gives up.
+    storage, other = cls(tmp_path / "s"), cls(tmp_path / "s", lock_timeout=0.1)
+    storage.upsert(AgentSession(session_id="s"))
+    refused: list[BackendUnavailableError] = []
+
+    def bump(session: Any) -> Any:
+        with pytest.raises(BackendUnavailableError, match="stayed locked") as raised:
+            other.upsert(AgentSession(session_id="t"))
+        refused.append(raised.value)
+        return session
+
+    assert storage.update("s", bump).version == 2
+    assert len(refused) == 1
+    assert other.read("t") is None
+    other.upsert(AgentSession(session_id="t"))
+
+
+@pytest.mark.parametrize("cls", FORMATS)
 def test_a_write_that_waited_for_another_process_expires_counting_from_its_write(
     tmp_path: Path, cls: type[FileStorage]
 ) -> None:
