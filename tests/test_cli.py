@@ -2239,3 +2239,23 @@ def test_a_sqlite_file_whose_path_is_not_utf8_is_a_store_like_any(tmp_path: Path
     missing = savegame("sessions", "show", "s2", "-s", url, code=2)
     shown = url.replace("\udce9", "\\udce9")
     assert errors(missing) == f"error: no agent session 's2' in {shown}\n"
+
+
+def test_ctrl_c_as_the_command_exits_ends_it_quietly_as_interrupted(tmp_path: Path) -> None:
+    # Pressed as the interpreter shut down (the drivers' pools closing, after an import had
+    # said what it stored), it printed a KeyboardInterrupt's traceback.
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    pressed = (
+        "import atexit, os, signal, time\n"
+        "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(5)))\n"
+        "from savegame.cli import main\n"
+        "main()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", pressed, "stats", "-s", url],
+        capture_output=True,
+        timeout=60,
+    )
+    assert proc.returncode == 130, proc.stderr
+    assert b"Traceback" not in proc.stderr
+    assert b"sessions" in proc.stdout

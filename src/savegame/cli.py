@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -1247,4 +1248,14 @@ app.command("chat", cls=_Command)(chat)
 
 def main() -> None:
     """Entry point of the console script."""
-    app()
+    try:
+        app()
+    finally:
+        # The command has ended: a Ctrl-C now meets only the interpreter's shutdown (the
+        # drivers' pools closing), which it would interrupt with a traceback. It ends the
+        # process there and then, as interrupted; what the command wrote is committed.
+        signal.signal(signal.SIGINT, _interrupted_at_exit)
+
+
+def _interrupted_at_exit(signum: int, frame: object) -> None:
+    os._exit(SIGINT_EXIT)
