@@ -2831,6 +2831,7 @@ class SqlStorage(Storage):
             layout = self._current()
         return layout
 
+    @_again_if_dropped
     def _delete(
         self, session_id: str, owner: str | None = None, version: int | None = None
     ) -> bool:

@@ -1048,6 +1048,41 @@ class ModeContract:
         assert storage.table_exists()
         assert store().table_exists()
 
+    @pytest.mark.parametrize(
+        ("call", "empty"),
+        [
+            (methodcaller("delete_session", "a"), False),
+            (methodcaller("delete_session", "a", expected_version=1), False),
+            (methodcaller("delete_user", "u"), 0),
+            (methodcaller("purge_expired"), 0),
+            (methodcaller("read", "a"), None),
+            (methodcaller("read_many", ["a"]), []),
+            (methodcaller("get_recent_sessions", user_id="u"), []),
+            (methodcaller("get_all_session_ids"), []),
+        ],
+        ids=[
+            "delete_session",
+            "delete_session_at_a_version",
+            "delete_user",
+            "purge_expired",
+            "read",
+            "read_many",
+            "get_recent_sessions",
+            "get_all_session_ids",
+        ],
+    )
+    def test_the_first_call_after_another_storage_drops_the_store_finds_it_empty(
+        self, store: Store, call: Callable[[Storage], Any], empty: Any
+    ) -> None:
+        # Each call, made first after the drop, meets the store as it is gone: none may act
+        # on, or fail on, what the storage knew of it before.
+        storage, other = store(), store()
+        storage.upsert(_session(store, "a", user_id="u"))
+        assert storage.read("a") is not None
+        other.drop()
+        assert call(storage) == empty
+        assert storage.read("a") is None
+
     def test_reopened_store_keeps_sessions(self, store: Store) -> None:
         storage = store.require("persistent")
         storage.upsert(make_session(store.mode, "kept", round_=2))
