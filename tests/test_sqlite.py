@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from operator import methodcaller
 from pathlib import Path
 from typing import Any
 
@@ -622,6 +623,33 @@ def test_reads_see_a_database_file_removed_or_replaced_within_a_tenth_of_a_secon
     storage.upsert(AgentSession(session_id="after"))
     expected = ["after", "moved in"] if replaced else ["after"]
     assert SqliteStorage("t", db_file=path).get_all_session_ids() == expected
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        methodcaller("delete_session", "old"),
+        methodcaller("delete_session", "old", expected_version=1),
+        methodcaller("delete_user", "u"),
+        methodcaller("purge_expired"),
+        methodcaller("drop"),
+    ],
+    ids=["delete_session", "delete_session_at_a_version", "delete_user", "purge_expired", "drop"],
+)
+def test_a_removal_first_after_the_database_file_was_removed_makes_no_file(
+    tmp_path: Path, call: Callable[[SqliteStorage], Any]
+) -> None:
+    # Run as on a storage just opened, which finds nothing in a file not there and leaves
+    # it so: delete_session and purge_expired made an empty database file there.
+    path = tmp_path / "x.db"
+    storage = SqliteStorage("t", db_file=path, expire=3600)
+    storage.upsert(AgentSession(session_id="old", user_id="u"))
+    assert storage.read("old") is not None
+    for name in ("x.db", "x.db-wal", "x.db-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    assert call(storage) in (False, 0, None)
+    assert list(tmp_path.iterdir()) == []
+    storage.close()
 
 
 @pytest.mark.parametrize("call", ["create", "upgrade_schema", "table_exists", "drop"])

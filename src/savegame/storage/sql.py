@@ -2828,8 +2828,12 @@ class SqlStorage(Storage):
         Tables with savegame's columns but unrecorded are being made by another process
         (MySQL commits each CREATE TABLE, and refuses to describe one being made), or were
         left half made: a removal waits for them under the schema lock, as a write does,
-        which also makes a missing runs table.
+        which also makes a missing runs table. A database file removed since this storage
+        last saw it holds nothing to remove, and none is made.
         """
+        if self._absent():
+            self._forget()
+            return None
         layout = self._current()
         if layout.version == 0:
             return None
@@ -2973,8 +2977,8 @@ class SqlStorage(Storage):
         header = self.table
 
         def purge() -> int:
-            layout = self._current()
-            if "expires_at" not in layout.columns:
+            layout = self._removal_layout()
+            if layout is None or "expires_at" not in layout.columns:
                 return 0
             expired = header.c.expires_at <= now
             with self._transaction(True) as conn:
