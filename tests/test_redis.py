@@ -2772,6 +2772,38 @@ def test_a_user_the_acl_denies_a_command_changes_nothing_and_is_told_which(
         admin.close()
 
 
+@pytest.mark.timeout(60)
+def test_a_user_the_acl_denies_a_key_a_call_names_is_told_under_which_prefix(
+    own_server: str,
+) -> None:
+    # Refused before the script runs, the call said only that "one of the keys used as
+    # arguments" was denied, naming neither the key nor the store.
+    prefix = unique("sgt")
+    admin = redis.Redis.from_url(own_server)
+    user = unique("sgu")
+    admin.acl_setuser(user, enabled=True, passwords=["+pw"], reset_keys=True)
+    tag = "{" + prefix + "}:"
+    admin.execute_command("ACL", "SETUSER", user, f"~{tag}[hrd]:*", f"%R~{tag}*", "+@all")
+    owner = RedisStorage(prefix, url=own_server)
+    owner.upsert(_session("s", _runs(2), user_id="u"))
+    before = _contents(admin, prefix)
+    limited = RedisStorage(prefix, url=own_server.replace("//", f"//{user}:pw@"))
+    try:
+        for call in (lambda: limited.upsert(_session("s", None, user_id="u")), limited.drop):
+            with pytest.raises(StorageError) as denied:
+                call()
+            said = str(denied.value)
+            assert f"denies the user a key under {tag}" in said, said
+            assert "nothing was changed" in said, said
+            assert _contents(admin, prefix) == before
+    finally:
+        admin.acl_deluser(user)
+        limited.close()
+        owner.drop()
+        owner.close()
+        admin.close()
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("policy", ["allkeys-random", "allkeys-lru", "volatile-random"])
 def test_a_server_that_evicts_keys_never_has_a_session_read_short_or_misplaced(

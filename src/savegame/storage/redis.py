@@ -1076,6 +1076,19 @@ class RedisStorage(Storage):
                 f"certificates: {exc.strerror or exc}"
             ) from exc
 
+    def _denied(self, exc: Exception) -> StorageError | None:
+        """The error of a call the server's ACL refused the user before it ran, on a key it
+        names (a command a script runs is refused by the script: see :meth:`_refusal`);
+        None for another error."""
+        if isinstance(exc, self._redis.exceptions.NoPermissionError) and "keys" in str(exc):
+            # A key the call names: Redis refuses the script before it runs, naming no key.
+            return StorageError(
+                f"{self._address} denies the user a key under {self._keys} that savegame "
+                f"reads or writes ({exc}); nothing was changed: grant the user every key "
+                f"there (~{self._keys}*) in its ACL"
+            )
+        return None
+
     def _mapped(self, exc: Exception) -> StorageError:
         """The savegame error for a redis-py error: the one place they are translated."""
         errors = self._redis.exceptions
@@ -1084,6 +1097,9 @@ class RedisStorage(Storage):
             refused = self._refusal(kind, said)
             if refused is not None:
                 return refused
+        denied = self._denied(exc)
+        if denied is not None:
+            return denied
         if isinstance(exc, errors.ResponseError) and "non local key" in str(exc):
             # A script met a key of its slot that another node holds now (see _FORGET):
             # it stopped before changing anything.
