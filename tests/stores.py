@@ -189,7 +189,12 @@ def drop_redis(prefix: str, server: str, *others: str) -> None:
     try:
         for each in (prefix, *others):
             mode = client.get("{" + each + "}:mode")
-            with RedisStorage(each, client=client, mode=(mode or b"agent").decode()) as storage:  # type: ignore[arg-type]
+            opener = partial(RedisStorage, each, client=client)
+            if mode is None:
+                # An earlier savegame's store records none: it is its sessions' mode.
+                drop_in_its_mode(opener)
+                continue
+            with opener(mode=mode.decode()) as storage:
                 storage.drop()
     finally:
         client.close()

@@ -18,7 +18,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from operator import methodcaller
 from pathlib import Path
@@ -1590,6 +1590,32 @@ def test_a_prefix_an_earlier_savegame_made_takes_the_mode_of_its_sessions(
     _as_an_earlier_savegame_left(raw, prefix)
     RedisStorage(prefix, url=server).upsert(_session("a"))
     assert raw.get("{" + prefix + "}:mode") == b"agent"
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        methodcaller("delete_session", "t0"),
+        methodcaller("delete_user", "u"),
+        methodcaller("drop"),
+        methodcaller("purge_expired"),
+        methodcaller("get_all_session_ids"),
+    ],
+    ids=["delete_session", "delete_user", "drop", "purge_expired", "get_all_session_ids"],
+)
+def test_a_removal_of_another_mode_on_a_prefix_an_earlier_savegame_made_removes_nothing(
+    server: str, raw: Any, prefix: str, call: Callable[[RedisStorage], Any]
+) -> None:
+    # Without a record of the mode, only writes looked at the sessions: a removal by a
+    # storage of another mode (savegame sessions delete with the wrong --mode) removed them.
+    teams = RedisStorage(prefix, url=server, mode="team", shards=2)
+    for n in range(3):
+        teams.upsert(TeamSession(session_id=f"t{n}", user_id="u", team_id="T"))
+    _as_an_earlier_savegame_left(raw, prefix)
+    with pytest.raises(CorruptSessionError, match=r"keeps team sessions.*mode='team'"):
+        call(RedisStorage(prefix, url=server))
+    assert raw.get("{" + prefix + "}:mode") is None
+    assert RedisStorage(prefix, url=server, mode="team").get_all_session_ids() == ["t0", "t1", "t2"]
 
 
 def test_upgrade_schema_in_another_mode_than_the_originals_makes_nothing(

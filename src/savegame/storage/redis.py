@@ -1326,16 +1326,18 @@ class RedisStorage(Storage):
         found, mode = scripts[_LAYOUT](keys=keys, args=["", ""], client=client)
         tags = self._tags_of(found, count)
         why = f"as {keys[1]} records"
-        if record and mode is None:
+        if mode is None and (record or found is not None):
+            # Not only before a write: a removal by a storage of another mode, which names
+            # no mode, would remove the sessions of a store an earlier savegame made.
             kept = self._mode_found(client, scripts, tags) or hint or self.mode
-            if kept == self.mode:
+            if kept != self.mode:
+                # Nothing is recorded: the store stays as it is, like any refused call.
+                mode, why = kept, "its sessions are, and no mode is recorded"
+            elif record:
                 found, mode = scripts[_LAYOUT](keys=keys, args=[len(tags), kept], client=client)
                 # Another storage may have recorded its count since the read above: the
                 # store's is the one that came back.
                 tags = self._tags_of(found, count)
-            else:
-                # Nothing is recorded: the store stays as it is, like any refused write.
-                mode, why = kept, "its sessions are, and no mode is recorded"
         if mode is not None and mode not in (self.mode, self.mode.encode()):
             if _text(mode, "replace") not in MODES:
                 raise CorruptSessionError(
