@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 from savegame.errors import CorruptSessionError, SerializationError
 from savegame.runtime import Run, SessionKeeper, new_id
-from savegame.storage.base import Storage
+from savegame.storage.base import Storage, after_held
 from savegame.storage.codec import encode
 from savegame.storage.session import get_path
 
@@ -371,18 +371,33 @@ def _recorded_generator(
         try:
             sent = yield value
         except GeneratorExit as exc:
-            flow._in_run = True
-            try:
-                generator.close()
-            except BaseException as failure:
-                flow._in_run = False
-                _finish(flow, record, started, failure)
-                raise
-            flow._in_run = False
-            _finish(flow, record, started, exc)
+            closing = functools.partial(_stop, flow, generator, record, started, exc)
+            saving = f"the save of run {record['run_id']} of session {flow.session_id!r}"
+            if not after_held(closing, saving):
+                closing()
             raise
         except BaseException as exc:  # noqa: BLE001 - thrown into the generator next
             thrown = exc
+
+
+def _stop(
+    flow: Workflow,
+    generator: Generator[Any, Any, Any],
+    record: Run,
+    started: float,
+    exc: GeneratorExit,
+) -> None:
+    """Closes ``generator``, the run of ``flow`` closed with ``exc``, and records it: as
+    failed with what its close raised, if it raised, or as stopped."""
+    flow._in_run = True
+    try:
+        generator.close()
+    except BaseException as failure:
+        flow._in_run = False
+        _finish(flow, record, started, failure)
+        raise
+    flow._in_run = False
+    _finish(flow, record, started, exc)
 
 
 def _finish(

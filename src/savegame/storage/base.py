@@ -40,6 +40,7 @@ import os
 import pickle
 import random
 import re
+import threading
 import time
 import weakref
 from abc import ABC, abstractmethod
@@ -508,6 +509,84 @@ _MADE: weakref.WeakSet[Storage] = weakref.WeakSet()
 """Every storage of this process, for :func:`_after_fork`."""
 
 
+class _Held(threading.local):
+    """How many storage locks, connections or transactions this thread holds, and the
+    actions kept for when it holds none (see :func:`after_held`)."""
+
+    depth = 0
+    kept: list[_Kept] | None = None
+
+
+_HELD = _Held()
+
+
+class _Holding:
+    """Marks, around the part of a storage call that holds a lock, a connection or a
+    transaction, that this thread is inside it: at the end of the outermost, the actions
+    :func:`after_held` kept meanwhile are run."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        _HELD.depth += 1
+
+    def __exit__(self, kind: object, error: object, trace: object) -> None:
+        held = _HELD
+        held.depth -= 1
+        if held.kept and not held.depth:
+            kept = held.kept
+            while kept:
+                kept.pop(0).ready = True  # run as it is dropped, here
+
+
+HOLDING = _Holding()
+
+
+class _Kept:
+    """An action kept by :func:`after_held`, which runs as the object is dropped once
+    ``ready``: an error of the action is reported as Python reports one of a finalizer
+    (``Exception ignored in``, through ``sys.unraisablehook``), since no caller is there to
+    be given it; from Python 3.11 a note on it says what the action was."""
+
+    __slots__ = ("action", "ready", "what")
+
+    def __init__(self, action: Callable[[], None], what: str) -> None:
+        self.action = action
+        self.what = what
+        self.ready = False
+
+    def __del__(self) -> None:
+        if not self.ready:
+            return
+        try:
+            self.action()
+        except BaseException as exc:
+            if hasattr(exc, "add_note"):
+                exc.add_note(f"in {self.what}, made once a storage call had ended")
+            raise
+
+
+def after_held(action: Callable[[], None], what: str) -> bool:
+    """Keeps ``action`` (``what`` it does, for the report of its error), and returns True,
+    when this thread is inside a storage call that holds a lock, a connection or a
+    transaction: ``action`` then runs, in this thread, once the outermost such call has
+    ended, however it ended, and given its locks back. False when the thread holds none:
+    the caller runs ``action`` itself.
+
+    For the saves of finalizers (a run the garbage collector closes at any allocation,
+    which may be in the middle of another save): made at once, such a save would wait for
+    the lock its own thread holds, or write into the middle of that thread's write. A
+    thread that never ends its call (a daemon thread the process's exit stops in it) never
+    runs them: made by another thread, they would wait for the locks it holds."""
+    held = _HELD
+    if not held.depth:
+        return False
+    if held.kept is None:
+        held.kept = []
+    held.kept.append(_Kept(action, what))
+    return True
+
+
 CAPABILITIES: dict[str, str] = {
     "persistent": "a new storage object on the same location sees what an earlier one wrote",
     "processes": "several processes may use one store at once (it can be named by a URL)",
@@ -525,6 +604,7 @@ def _after_fork() -> None:
     """Runs in the child of every ``os.fork()``: see :meth:`Storage._forked`."""
     for storage in list(_MADE):
         storage._forked()
+    _HELD.kept = None  # the parent's, not the child's to make
 
 
 if hasattr(os, "register_at_fork"):

@@ -88,6 +88,7 @@ from savegame.errors import (
     StorageError,
 )
 from savegame.storage.base import (
+    HOLDING,
     MAX_WAIT,
     USER_BATCH,
     Draft,
@@ -378,7 +379,7 @@ class FileStorage(Storage):
         its own.
         """
         self._make_meta()
-        with self._thread_lock:
+        with HOLDING, self._thread_lock:
             me = threading.get_ident()
             if self._owner == me:
                 yield

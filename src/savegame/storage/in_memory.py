@@ -7,6 +7,7 @@ from typing import Any
 
 from savegame.errors import CorruptSessionError, InvalidIdentifierError, SerializationError
 from savegame.storage.base import (
+    HOLDING,
     Draft,
     Header,
     Record,
@@ -71,7 +72,7 @@ class InMemoryStorage(Storage):
 
     def drop(self) -> None:
         """Removes every entry but the sessions of another mode."""
-        with _LOCK:
+        with HOLDING, _LOCK:
             for sid in [sid for sid, r in self.storage_dict.items() if not self._of_other(r)]:
                 del self.storage_dict[sid]
 
@@ -118,7 +119,7 @@ class InMemoryStorage(Storage):
         return copy
 
     def _read(self, session_id: str) -> Record | None:
-        with _LOCK:
+        with HOLDING, _LOCK:
             record = self.storage_dict.get(session_id)
             if record is None:
                 return None
@@ -128,7 +129,7 @@ class InMemoryStorage(Storage):
     def _read_stamps(self, ids: list[str], now: int) -> list[Stamp | None]:
         # Straight from the dict: no copy of the sessions is made.
         stamps: list[Stamp | None] = []
-        with _LOCK:
+        with HOLDING, _LOCK:
             for session_id in ids:
                 record = self.storage_dict.get(session_id)
                 if record is None:
@@ -145,7 +146,7 @@ class InMemoryStorage(Storage):
     def _write(
         self, draft: Draft, expected_version: int | None, now: int, preserve: bool
     ) -> Record:
-        with _LOCK:
+        with HOLDING, _LOCK:
             old = self.storage_dict.get(draft.session_id)
             if old is not None:
                 self._refuse_other_mode(self._checked(draft.session_id, old), "replace")
@@ -159,7 +160,7 @@ class InMemoryStorage(Storage):
     ) -> list[str]:
         field, mode = self.spec.entity_field, self.mode
         rows = []
-        with _LOCK:
+        with HOLDING, _LOCK:
             for sid, value in self.storage_dict.items():
                 modes = modes_of(value) if isinstance(value, dict) else frozenset()
                 if modes and mode not in modes:
@@ -178,7 +179,7 @@ class InMemoryStorage(Storage):
     def _delete(
         self, session_id: str, owner: str | None = None, version: int | None = None
     ) -> bool:
-        with _LOCK:
+        with HOLDING, _LOCK:
             record = self.storage_dict.get(session_id)
             if record is None:
                 return False
@@ -193,7 +194,7 @@ class InMemoryStorage(Storage):
         return (id(self.storage_dict),)
 
     def _purge_expired(self, now: int) -> int:
-        with _LOCK:
+        with HOLDING, _LOCK:
             gone = [
                 sid
                 for sid, r in self.storage_dict.items()

@@ -133,6 +133,7 @@ from savegame.errors import (
 )
 from savegame.storage.base import (
     CONNECT_RETRIES,
+    HOLDING,
     STAMPED,
     Draft,
     Header,
@@ -1216,7 +1217,8 @@ class RedisStorage(Storage):
                         self._idle.notify_all()
 
         try:
-            return with_retries(attempt, self._passing)
+            with HOLDING:
+                return with_retries(attempt, self._passing)
         except self._driver_errors as exc:
             raise self._mapped(exc) from exc
 

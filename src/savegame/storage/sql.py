@@ -120,6 +120,7 @@ from savegame.errors import (
 )
 from savegame.storage import codec
 from savegame.storage.base import (
+    HOLDING,
     Draft,
     Header,
     Record,
@@ -1580,7 +1581,7 @@ class SqlStorage(Storage):
         self._check_open()
         dialect = self.dialect
         spare = self._spare
-        with self._lock:
+        with HOLDING, self._lock:
             for attempt in range(_DEAD_POOLED + 1):
                 fairy = spare.take()
                 if fairy is None:
@@ -1640,7 +1641,7 @@ class SqlStorage(Storage):
 
     @contextmanager
     def _connection(self, writing: bool) -> Iterator[Connection]:
-        with self._lock, self._configured(writing) as conn:
+        with HOLDING, self._lock, self._configured(writing) as conn:
             yield conn
 
     def _configured(self, writing: bool) -> Connection:
