@@ -236,6 +236,18 @@ def test_a_runs_table_that_is_another_session_table_is_refused(sql_store: Store)
         clash.close()
 
 
+def _lose_runs_table(storage: SqlStorage, recorded: bool) -> None:
+    """Drops the runs table of ``storage``'s (by hand, or as a create() killed half-way on
+    MySQL leaves it); unless ``recorded``, the table's record in savegame_migrations too."""
+    with storage.db_engine.begin() as conn:
+        storage.runs_table.drop(conn)
+        if not recorded:
+            migrations = Table(
+                "savegame_migrations", MetaData(schema=storage.schema), autoload_with=conn
+            )
+            conn.execute(delete(migrations).where(migrations.c.table_name == storage.table_name))
+
+
 def _made(sql_store: Store) -> SqlStorage:
     """The SQL storage of ``sql_store``, its table made (and with it the database file or
     the schema, beside which a test makes tables of its own)."""
@@ -602,13 +614,7 @@ def test_a_table_left_without_its_runs_table_is_made_whole_and_written(
     # the original's table: create() did nothing and writes asked for upgrade_schema().
     first = _sql(sql_store)
     first.create()
-    with first.db_engine.begin() as conn:
-        first.runs_table.drop(conn)
-        if not recorded:
-            migrations = Table(
-                "savegame_migrations", MetaData(schema=first.schema), autoload_with=conn
-            )
-            conn.execute(delete(migrations).where(migrations.c.table_name == first.table_name))
+    _lose_runs_table(first, recorded)
     runs = [{"run_id": "0"}, {"run_id": "1"}]
     second, third = _sibling(first, first.table_name), _sibling(first, first.table_name)
     try:
@@ -657,13 +663,7 @@ def test_sessions_whose_runs_table_is_gone_are_corrupt_before_any_write(
     first = _sql(sql_store)
     first.upsert(AgentSession(session_id="runs", user_id="u", memory={"runs": [{"run_id": "0"}]}))
     first.upsert(AgentSession(session_id="none", user_id="u"))
-    with first.db_engine.begin() as conn:
-        first.runs_table.drop(conn)
-        if not recorded:
-            migrations = Table(
-                "savegame_migrations", MetaData(schema=first.schema), autoload_with=conn
-            )
-            conn.execute(delete(migrations).where(migrations.c.table_name == first.table_name))
+    _lose_runs_table(first, recorded)
     reader, remover = _sibling(first, first.table_name), _sibling(first, first.table_name)
     try:
         for read in (
