@@ -653,36 +653,6 @@ def test_a_table_left_without_its_runs_table_is_read_and_deleted_from_as_it_is(
         second.close()
 
 
-@pytest.mark.parametrize("recorded", [False, True], ids=["create-cut-short", "runs-dropped"])
-def test_sessions_whose_runs_table_is_gone_are_corrupt_before_any_write(
-    sql_store: Store, recorded: bool
-) -> None:
-    # Before a write made the runs table again, a read of a session that had runs there
-    # raised a StorageError saying the session table was dropped while in use, and so did
-    # delete_session, which removed nothing.
-    first = _sql(sql_store)
-    first.upsert(AgentSession(session_id="runs", user_id="u", memory={"runs": [{"run_id": "0"}]}))
-    first.upsert(AgentSession(session_id="none", user_id="u"))
-    _lose_runs_table(first, recorded)
-    reader, remover = _sibling(first, first.table_name), _sibling(first, first.table_name)
-    try:
-        for read in (
-            lambda: reader.read("runs"),
-            lambda: reader.read_many(["none", "runs"]),
-            lambda: reader.get_recent_sessions(user_id="u"),
-        ):
-            with pytest.raises(CorruptSessionError, match="should have 1 runs"):
-                read()
-        assert reader.read("none") is not None
-        assert sorted(reader.get_all_session_ids(user_id="u")) == ["none", "runs"]
-        assert remover.delete_session("runs") is True
-        assert reader.get_all_session_ids(user_id="u") == ["none"]
-        assert inspect(first.db_engine).has_table(first.runs_table.name, first.schema)
-    finally:
-        reader.close()
-        remover.close()
-
-
 def test_a_session_the_original_saves_again_after_the_upgrade_is_read_as_it_saved_it(
     sql_store: Store,
 ) -> None:

@@ -566,13 +566,11 @@ class Migration:
 @dataclass(frozen=True)
 class _Layout:
     """What a storage knows about its table: the layout version and the columns it has;
-    ``recorded``: whether ``savegame_migrations`` says so; ``runs``: whether the runs table
-    is there, which a table of savegame's columns may have lost (see :meth:`_detect`)."""
+    ``recorded``: whether ``savegame_migrations`` says so."""
 
     version: int
     columns: frozenset[str]
     recorded: bool = True
-    runs: bool = True
 
 
 _MISSING = _Layout(0, frozenset())
@@ -1782,11 +1780,6 @@ class SqlStorage(Storage):
             # lock: outside it, the tables may be another process's being made, which MySQL
             # refuses to describe meanwhile (error 1684), and a read takes them as they are.
             return _Layout(LATEST, frozenset(self.table.c.keys()), recorded=False)
-        if names >= latest and self._runs_table_is(conn) is None:
-            # The same tables outside the schema lock, the runs table missing: the sessions
-            # that had runs there raise CorruptSessionError on a read, the others read as
-            # they are, and the next write or removal makes the runs table again.
-            return _Layout(version, frozenset(names), runs=False)
         layout = _Layout(version, frozenset(names))
         if columns and set(columns) == names and not names >= latest:
             self._older = (columns, layout)
@@ -2507,7 +2500,7 @@ class SqlStorage(Storage):
                     chunk = rest[start : start + _BATCH]
                     rows = conn.execute(self._header_select(layout), {"ids": chunk}).all()
                     with_runs = [r.session_id for r in rows if r._mapping.get("run_count")]
-                    runs = self._runs_of(conn, with_runs) if with_runs and layout.runs else {}
+                    runs = self._runs_of(conn, with_runs) if with_runs else {}
                     for row in rows:
                         values = [row._mapping.get(name) for name in names]
                         session_id = row.session_id
