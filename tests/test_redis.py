@@ -2769,17 +2769,13 @@ def test_a_user_the_acl_denies_a_command_changes_nothing_and_is_told_which(
 ) -> None:
     # A script stopped by a command the user may not run keeps what it changed before.
     prefix = unique("sgt")
-    admin = redis.Redis.from_url(own_server)
-    if int(admin.info("server")["redis_version"].split(".")[0]) < 7:
-        pytest.skip("Redis before 7.0 cannot check a user's ACL from a script")
-    user = unique("sgu")
-    admin.acl_setuser(user, enabled=True, passwords=["+pw"], reset_keys=True)
-    admin.execute_command("ACL", "SETUSER", user, *(rule.replace("PFX", prefix) for rule in rules))
-    owner = RedisStorage(prefix, url=own_server)
-    owner.upsert(_session("s", _runs(2), user_id="u"))
-    before = _contents(admin, prefix)
-    limited = RedisStorage(prefix, url=own_server.replace("//", f"//{user}:pw@"))
-    try:
+    with _limited_user(own_server, prefix, [r.replace("PFX", prefix) for r in rules]) as (
+        admin,
+        limited,
+    ):
+        if int(admin.info("server")["redis_version"].split(".")[0]) < 7:
+            pytest.skip("Redis before 7.0 cannot check a user's ACL from a script")
+        before = _contents(admin, prefix)
         calls = [lambda: limited.upsert(_session("s", None))]
         if denied != "EXPIRE":  # which removals run too
             calls += [lambda: limited.delete_session("s"), limited.drop]
@@ -2790,6 +2786,22 @@ def test_a_user_the_acl_denies_a_command_changes_nothing_and_is_told_which(
         got = limited.read("s")
         assert got is not None
         assert (got.user_id, got.memory["runs"]) == ("u", _runs(2))
+
+
+@contextlib.contextmanager
+def _limited_user(server: str, prefix: str, rules: list[str]) -> Iterator[tuple[Any, Any]]:
+    """An admin client of ``server``, and a storage of ``prefix`` whose session ``s`` (two
+    runs, user ``u``) another storage saved, connected as a new user the ACL ``rules`` set;
+    the user and the store are removed afterwards."""
+    admin = redis.Redis.from_url(server)
+    user = unique("sgu")
+    admin.acl_setuser(user, enabled=True, passwords=["+pw"], reset_keys=True)
+    admin.execute_command("ACL", "SETUSER", user, *rules)
+    owner = RedisStorage(prefix, url=server)
+    owner.upsert(_session("s", _runs(2), user_id="u"))
+    limited = RedisStorage(prefix, url=server.replace("//", f"//{user}:pw@"))
+    try:
+        yield admin, limited
     finally:
         admin.acl_deluser(user)
         limited.close()
@@ -2805,16 +2817,10 @@ def test_a_user_the_acl_denies_a_key_a_call_names_is_told_under_which_prefix(
     # Refused before the script runs, the call said only that "one of the keys used as
     # arguments" was denied, naming neither the key nor the store.
     prefix = unique("sgt")
-    admin = redis.Redis.from_url(own_server)
-    user = unique("sgu")
-    admin.acl_setuser(user, enabled=True, passwords=["+pw"], reset_keys=True)
     tag = "{" + prefix + "}:"
-    admin.execute_command("ACL", "SETUSER", user, f"~{tag}[hrd]:*", f"%R~{tag}*", "+@all")
-    owner = RedisStorage(prefix, url=own_server)
-    owner.upsert(_session("s", _runs(2), user_id="u"))
-    before = _contents(admin, prefix)
-    limited = RedisStorage(prefix, url=own_server.replace("//", f"//{user}:pw@"))
-    try:
+    rules = [f"~{tag}[hrd]:*", f"%R~{tag}*", "+@all"]
+    with _limited_user(own_server, prefix, rules) as (admin, limited):
+        before = _contents(admin, prefix)
         for call in (lambda: limited.upsert(_session("s", None, user_id="u")), limited.drop):
             with pytest.raises(StorageError) as denied:
                 call()
@@ -2822,12 +2828,6 @@ def test_a_user_the_acl_denies_a_key_a_call_names_is_told_under_which_prefix(
             assert f"denies the user a key under {tag}" in said, said
             assert "nothing was changed" in said, said
             assert _contents(admin, prefix) == before
-    finally:
-        admin.acl_deluser(user)
-        limited.close()
-        owner.drop()
-        owner.close()
-        admin.close()
 
 
 @pytest.mark.timeout(120)

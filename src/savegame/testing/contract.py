@@ -1762,6 +1762,14 @@ ODD_IDS = [
 ]
 
 
+def _apart(store: Store, mode: Mode) -> Storage:
+    """A storage of ``mode`` on ``store``, skipping the test where the store keeps the
+    sessions of every mode together (:attr:`Store.mixed_modes`)."""
+    if store.mixed_modes is not None:
+        pytest.skip(store.mixed_modes)
+    return store(mode=mode)
+
+
 _MODE_PAIRS: list[tuple[Mode, Mode]] = [
     ("agent", "team"),
     ("team", "agent"),
@@ -2250,9 +2258,7 @@ class BackendContract:
         # storage never lists them, reads them short, replaces, deletes or drops them. The
         # second storage is opened in its mode, or (switched) is one of the first mode that
         # has read the store and remembers its session, whose ``mode`` is then set.
-        if backend_store.mixed_modes is not None:
-            pytest.skip(backend_store.mixed_modes)
-        one = backend_store(mode=first)
+        one = _apart(backend_store, first)
         mine = [one.upsert(_dated(first, "s1", 1))]
         if switched:
             other = backend_store(mode=first)
@@ -2332,9 +2338,7 @@ class BackendContract:
         # `delete-user` with the wrong --mode makes a removal the first call of a storage of
         # another mode: on a SQL table recorded at the latest layout, it named none of the
         # mode's columns and removed the first mode's sessions.
-        if backend_store.mixed_modes is not None:
-            pytest.skip(backend_store.mixed_modes)
-        one = backend_store(mode=first)
+        one = _apart(backend_store, first)
         mine = [one.upsert(_dated(first, f"s{i}", i)) for i in (1, 2)]
         args = {"delete_session": ("s1",), "delete_user": ("user-1",)}.get(removal, ())
         got = _outcome(lambda: getattr(backend_store(mode=second), removal)(*args))
