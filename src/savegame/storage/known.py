@@ -69,7 +69,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from savegame.errors import InvalidIdentifierError, StorageError
-from savegame.storage.base import Header
+from savegame.storage.base import HOLDING, Header
 from savegame.storage.codec import encode_checked
 from savegame.storage.session import set_path
 
@@ -602,7 +602,9 @@ def encode_runs(
 class KnownSessions:
     """The :class:`Known` of a storage's recent sessions, least recently used out first.
 
-    Safe to share between threads. ``max_bytes=0`` remembers nothing.
+    Safe to share between threads. ``max_bytes=0`` remembers nothing. Its calls are marked
+    as holding a lock (see :data:`~savegame.storage.base.HOLDING`): the garbage collector
+    may close a workflow's run under it, whose save would wait for it.
     """
 
     def __init__(self, max_bytes: int = DEFAULT_BYTES) -> None:
@@ -617,7 +619,7 @@ class KnownSessions:
 
     def get(self, session_id: str) -> Known | None:
         """What is remembered of the session, or None."""
-        with self._lock:
+        with HOLDING, self._lock:
             known = self._items.get(session_id)
             if known is not None:
                 self._items.move_to_end(session_id)
@@ -625,7 +627,7 @@ class KnownSessions:
 
     def put(self, session_id: str, known: Known | None) -> None:
         """Remembers ``known`` for the session; None forgets it."""
-        with self._lock:
+        with HOLDING, self._lock:
             old = self._items.pop(session_id, None)
             if old is not None:
                 self._bytes -= old.size()
@@ -652,7 +654,7 @@ class KnownSessions:
 
     def clear(self) -> None:
         """Forgets every session."""
-        with self._lock:
+        with HOLDING, self._lock:
             self._items.clear()
             self._bytes = 0
 
