@@ -219,6 +219,47 @@ def test_a_run_that_yields_held_by_its_dropped_workflow_is_recorded_when_collect
     assert [r["status"] for r in _runs(flows, "g")] == ["failed"]
 
 
+class Outlines(Workflow):
+    """A run that yields, and one that does not and fails in its second step."""
+
+    def run(self, kind: str) -> Any:
+        if kind == "yields":
+            return self._outlines()
+        self.step("outline", lambda: "outline")
+        return self.step("draft", lambda: 1 / 0)
+
+    def _outlines(self) -> Iterator[str]:
+        yield self.step("first", lambda: "first outline")
+        yield "second outline"
+
+
+def test_a_run_that_yields_collected_in_the_middle_of_another_run_leaves_it_as_it_was() -> None:
+    flow = Outlines()
+    cycle: list[Any] = [flow.run("yields")]
+    cycle.append(cycle)
+    next(cycle[0])
+    del cycle
+    save = flow.save
+
+    def save_after_a_collection() -> None:
+        gc.collect()
+        save()
+
+    flow.save = save_after_a_collection  # type: ignore[method-assign]
+    enabled = gc.isenabled()
+    gc.disable()  # the collection in the step's save, not one at an earlier allocation
+    try:
+        with pytest.raises(ZeroDivisionError):
+            flow.run("fails")
+    finally:
+        if enabled:
+            gc.enable()
+    assert [(r["input"]["args"], r["error"]) for r in flow.runs] == [
+        (["yields"], "stopped: its generator was closed before its end"),
+        (["fails"], "ZeroDivisionError: division by zero (in step 'draft')"),
+    ]
+
+
 _SHORT_WAIT: dict[str, dict[str, Any]] = {
     "sqlite-file": {"busy_timeout": 0.5},
     "json": {"lock_timeout": 0.5},

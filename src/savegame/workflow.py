@@ -388,16 +388,23 @@ def _stop(
     exc: GeneratorExit,
 ) -> None:
     """Closes ``generator``, the run of ``flow`` closed with ``exc``, and records it: as
-    failed with what its close raised, if it raised, or as stopped."""
-    flow._in_run = True
+    failed with what its close raised, if it raised, or as stopped.
+
+    The garbage collector may close it in the middle of another run of ``flow``, which
+    then goes on as it was: inside its run, with the step that failed in it, if one did."""
+    under_way = flow._in_run, flow._failed_step
+    flow._in_run, flow._failed_step = True, None
     try:
-        generator.close()
-    except BaseException as failure:
+        try:
+            generator.close()
+        except BaseException as failure:
+            flow._in_run = False
+            _finish(flow, record, started, failure)
+            raise
         flow._in_run = False
-        _finish(flow, record, started, failure)
-        raise
-    flow._in_run = False
-    _finish(flow, record, started, exc)
+        _finish(flow, record, started, exc)
+    finally:
+        flow._in_run, flow._failed_step = under_way
 
 
 def _finish(
