@@ -2259,3 +2259,25 @@ def test_ctrl_c_as_the_command_exits_ends_it_quietly_as_interrupted(tmp_path: Pa
     assert proc.returncode == 130, proc.stderr
     assert b"Traceback" not in proc.stderr
     assert b"sessions" in proc.stdout
+
+
+def test_ctrl_c_as_the_command_exits_is_ignored_when_the_process_ignores_it(
+    tmp_path: Path,
+) -> None:
+    # A command started with Ctrl-C ignored (one a shell script runs in the background)
+    # was ended by it all the same, as interrupted, once it had done its work.
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    ignored = (
+        "import atexit, os, signal\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "atexit.register(lambda: os.kill(os.getpid(), signal.SIGINT))\n"
+        "from savegame.cli import main\n"
+        "main()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", ignored, "stats", "-s", url],
+        capture_output=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert b"sessions" in proc.stdout

@@ -1253,8 +1253,10 @@ def main() -> None:
     finally:
         # The command has ended: a Ctrl-C now meets only the interpreter's shutdown (the
         # drivers' pools closing), which it would interrupt with a traceback. It ends the
-        # process there and then, as interrupted; what the command wrote is committed.
-        signal.signal(signal.SIGINT, _interrupted_at_exit)
+        # process there and then, as interrupted; what the command wrote is committed. A
+        # process started with it ignored (in a script's background) goes on ignoring it.
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            signal.signal(signal.SIGINT, _interrupted_at_exit)
 
 
 def _interrupted_at_exit(signum: int, frame: object) -> None:
