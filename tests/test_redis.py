@@ -15,6 +15,8 @@ import re
 import secrets
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -2772,6 +2774,7 @@ def test_a_user_the_acl_denies_a_command_changes_nothing_and_is_told_which(
     with _limited_user(own_server, prefix, [r.replace("PFX", prefix) for r in rules]) as (
         admin,
         limited,
+        _,
     ):
         if int(admin.info("server")["redis_version"].split(".")[0]) < 7:
             pytest.skip("Redis before 7.0 cannot check a user's ACL from a script")
@@ -2789,19 +2792,20 @@ def test_a_user_the_acl_denies_a_command_changes_nothing_and_is_told_which(
 
 
 @contextlib.contextmanager
-def _limited_user(server: str, prefix: str, rules: list[str]) -> Iterator[tuple[Any, Any]]:
-    """An admin client of ``server``, and a storage of ``prefix`` whose session ``s`` (two
-    runs, user ``u``) another storage saved, connected as a new user the ACL ``rules`` set;
-    the user and the store are removed afterwards."""
+def _limited_user(server: str, prefix: str, rules: list[str]) -> Iterator[tuple[Any, Any, str]]:
+    """An admin client of ``server``, a storage of ``prefix`` whose session ``s`` (two runs,
+    user ``u``) another storage saved, connected as a new user the ACL ``rules`` set, and
+    the server's URL as that user; the user and the store are removed afterwards."""
     admin = redis.Redis.from_url(server)
     user = unique("sgu")
     admin.acl_setuser(user, enabled=True, passwords=["+pw"], reset_keys=True)
     admin.execute_command("ACL", "SETUSER", user, *rules)
     owner = RedisStorage(prefix, url=server)
     owner.upsert(_session("s", _runs(2), user_id="u"))
-    limited = RedisStorage(prefix, url=server.replace("//", f"//{user}:pw@"))
+    as_user = server.replace("//", f"//{user}:pw@")
+    limited = RedisStorage(prefix, url=as_user)
     try:
-        yield admin, limited
+        yield admin, limited, as_user
     finally:
         admin.acl_deluser(user)
         limited.close()
@@ -2819,7 +2823,7 @@ def test_a_user_the_acl_denies_a_key_a_call_names_is_told_under_which_prefix(
     prefix = unique("sgt")
     tag = "{" + prefix + "}:"
     rules = [f"~{tag}[hrd]:*", f"%R~{tag}*", "+@all"]
-    with _limited_user(own_server, prefix, rules) as (admin, limited):
+    with _limited_user(own_server, prefix, rules) as (admin, limited, _):
         before = _contents(admin, prefix)
         for call in (lambda: limited.upsert(_session("s", None, user_id="u")), limited.drop):
             with pytest.raises(StorageError) as denied:
@@ -3024,3 +3028,27 @@ def test_an_index_member_that_is_no_utf8_is_removed_or_raises(
     assert raw.zscore(tag + "exp", b"\xfe") is None
     storage.drop()
     assert _keys_of(raw, prefix) == []
+
+
+def test_a_user_denied_scan_still_gets_the_note_of_an_empty_prefix(own_server: str) -> None:
+    # The look for the original's sessions that the command line makes on an empty prefix
+    # (SCAN) is a hint: a user the ACL denies it gets the note without the hint, not an error.
+    prefix = unique("sgt")
+    with _limited_user(own_server, prefix, ["~*", "+@all", "-scan"]) as (_, _, as_user):
+        empty = f"{as_user}?prefix={unique('sgt')}"
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from savegame.cli import main; main()",
+                "sessions",
+                "list",
+                "-s",
+                empty,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing of mode agent is stored" in proc.stderr

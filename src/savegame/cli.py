@@ -472,7 +472,10 @@ def _say_absent(storage: Storage, mode: str, url: str, absent: Literal["note", "
     """Says that nothing of ``mode`` is stored at ``url`` (:func:`_open`), and what waits
     there for an upgrade, if anything does."""
     missing = f"nothing of mode {mode} is stored at {redact(url)}"
-    waiting = storage.awaiting_upgrade()
+    try:
+        waiting = storage.awaiting_upgrade()
+    except StorageError:
+        waiting = None  # a server that will not tell (a user without SCAN) gives no hint
     if waiting is not None:
         command = f"savegame schema upgrade -s {shlex.quote(redact(url))}"
         if mode != "agent":
