@@ -209,18 +209,36 @@ def test_a_persistent_backend_is_told_to_override_table_exists() -> None:
     store.close_all()
 
 
+class _OwnWrite(InMemoryStorage):
+    """An in-memory storage with a write of its own, as a backend written from scratch has:
+    the stored header read, then (after :meth:`_between`) the record stamped over it and
+    kept as :meth:`_kept` makes it, without the store's lock. The tests' backends each get
+    one step of it wrong."""
+
+    def _write(self, draft: Any, expected_version: Any, now: int, preserve: bool) -> Any:
+        old = self.storage_dict.get(draft.session_id)
+        header = None if old is None else Header.of(old)
+        self._between()
+        record = self._stamp(draft.record, header, expected_version, now, preserve)
+        self.storage_dict[draft.session_id] = self._kept(record)
+        return record
+
+    def _between(self) -> None:
+        """What happens between reading the header and writing the record."""
+
+    def _kept(self, record: Any) -> Any:
+        """What is stored of ``record``: a copy through JSON text, as savegame writes it."""
+        return copy_through_text(record)
+
+
 def test_a_backend_writing_json_dumps_is_told_to_write_object_text() -> None:
     # json.dumps writes a surrogate pair held as two code points, which comes back as one
     # character: the backend fails the contract with a bare "DID NOT RAISE" unless told.
     kept: dict[str, Any] = {}
 
-    class Dumps(InMemoryStorage):
-        def _write(self, draft: Any, expected_version: Any, now: int, preserve: bool) -> Any:
-            old = self.storage_dict.get(draft.session_id)
-            header = None if old is None else Header.of(old)
-            record = self._stamp(draft.record, header, expected_version, now, preserve)
-            self.storage_dict[draft.session_id] = json.loads(json.dumps(record))
-            return record
+    class Dumps(_OwnWrite):
+        def _kept(self, record: Any) -> Any:
+            return json.loads(json.dumps(record))
 
     store = Store("dumps", "agent", lambda mode, **_: Dumps(mode=mode, storage_dict=kept))
     check = BackendContract().test_unstorable_values_are_refused_and_the_store_is_unchanged
@@ -264,14 +282,9 @@ def test_a_write_that_checks_the_version_apart_from_writing_it_fails_the_contrac
     # is lost, with no conflict raised.
     kept: dict[str, Any] = {}
 
-    class TwoSteps(InMemoryStorage):
-        def _write(self, draft: Any, expected_version: Any, now: int, preserve: bool) -> Any:
-            old = self.storage_dict.get(draft.session_id)
-            header = None if old is None else Header.of(old)
+    class TwoSteps(_OwnWrite):
+        def _between(self) -> None:
             time.sleep(0)
-            record = self._stamp(draft.record, header, expected_version, now, preserve)
-            self.storage_dict[draft.session_id] = copy_through_text(record)
-            return record
 
     store = Store("two steps", "agent", lambda mode, **_: TwoSteps(mode=mode, storage_dict=kept))
     with pytest.raises(AssertionError, match="'counter': "):
