@@ -32,8 +32,9 @@ bench: $(STAMP)
 
 # Longer runs of the tests that draw at random: 500 histories per backend, 200 kills.
 soak: $(STAMP)
-	SAVEGAME_HISTORIES=500 SAVEGAME_KILLS=200 $(PY) -m pytest -n $(PYTEST_WORKERS) \
-		--dist loadgroup --timeout 3600 -k "random_histories or kill_9 or torn or lost" \
+	SAVEGAME_HISTORIES=500 SAVEGAME_KILLS=200 SAVEGAME_CONTENTION_ROUNDS=4000 \
+		$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --timeout 3600 \
+		-k "random_histories or kill_9 or torn or lost or saving_and_deleting_one_session" \
 		$(PYTEST_ARGS)
 
 # The Redis tests on each line of redis-py that pyproject admits, each in a venv of its own

@@ -91,7 +91,6 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
-    exists,
     func,
     inspect,
     literal_column,
@@ -2858,22 +2857,46 @@ class SqlStorage(Storage):
                     return False  # a table of the original's layout keeps sessions at 1
             with self._transaction(True) as conn:
                 # The header first, then the runs: the order a write locks them in, so
-                # that a delete and a write of one session never deadlock. Then only runs
-                # left without a header: where there was no header to delete, a write may
-                # have made the session since, and the runs' statement sees its runs.
+                # that a delete and a write of one session never deadlock.
                 result = conn.execute(delete(header).where(where))
                 removed = result.rowcount
                 if "run_count" in layout.columns:
-                    runs_table = self.runs_table
-                    alone = ~exists().where(header.c.session_id == session_id)
-                    removed += conn.execute(
-                        delete(runs_table).where(runs_table.c.session_id == session_id, alone)
-                    ).rowcount
+                    removed += self._delete_runs(conn, session_id, bool(result.rowcount))
                 if removed:
                     self._removed()
                 return bool(result.rowcount)
 
         return self._call(lambda: self._again_on_deadlock(remove))
+
+    def _delete_runs(self, conn: Connection, session_id: str, header_deleted: bool) -> int:
+        """Deletes the runs of a session whose header this transaction has just deleted
+        (``header_deleted``), or, where it found none, those no header stands for (runs
+        left alone by a change made outside savegame); returns how many.
+
+        Where it found no header, a write may make the session meanwhile: the runs it finds
+        are locked, which waits for a write in progress to end, before a header is looked
+        for, and only those go. A header committed with them is then seen; and the look
+        takes no lock, so the delete does not wait, holding the runs, for the header of a
+        write that waits for them (a write locks the header first). One statement that
+        removed the runs
+        "where no header stands for them" removed, now and then, the runs of a save
+        committed while it ran, on MySQL, leaving that save's header without them.
+        """
+        runs = self.runs_table
+        own = runs.c.session_id == session_id
+        if header_deleted:
+            # Its lock, held until this transaction ends, keeps every write of the session
+            # out: each takes the header before the runs.
+            return int(conn.execute(delete(runs).where(own)).rowcount)
+        found = conn.execute(select(runs.c.position).where(own).with_for_update()).all()
+        if not found:
+            return 0
+        header = self.table
+        standing = select(header.c.session_id).where(header.c.session_id == session_id)
+        if conn.execute(standing).first() is not None:
+            return 0
+        positions = [position for (position,) in found]
+        return int(conn.execute(delete(runs).where(own, runs.c.position.in_(positions))).rowcount)
 
     @_again_if_dropped
     def _delete_many(self, session_ids: list[str], removed: list[str], still: Still) -> None:
