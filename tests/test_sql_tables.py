@@ -12,6 +12,7 @@ import hashlib
 import sqlite3
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from sqlalchemy import (
     inspect,
     literal_column,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -783,6 +785,77 @@ def test_a_save_writes_the_runs_that_changed_and_leaves_the_others_as_stored(
     got = fresh.memory["runs"]  # type: ignore[index]
     assert got[0] == {"run_id": "not written again"}
     assert got[1:] == [*runs[1:], {"run_id": "r50"}]
+
+
+def test_a_delete_of_no_session_removes_the_runs_no_header_stands_for(sql_store: Store) -> None:
+    # Runs left by a header removed by hand: the delete finds no session, and removes them,
+    # so that a session saved again under that id holds its own runs only.
+    storage = _sql(sql_store)
+    storage.upsert(AgentSession(session_id="s", memory={"runs": [{"n": n} for n in range(3)]}))
+    storage.upsert(AgentSession(session_id="t", memory={"runs": [{"n": 0}]}))
+    header, runs = storage.table, storage.runs_table
+    with storage.db_engine.begin() as conn:
+        conn.execute(delete(header).where(header.c.session_id == "s"))
+    assert storage.delete_session("s") is False
+    with storage.db_engine.connect() as conn:
+        left = conn.execute(select(runs.c.session_id, runs.c.position)).all()
+    assert sorted(left) == [("t", 0)]
+    storage.upsert(AgentSession(session_id="s", memory={"runs": [{"again": True}]}))
+    fresh = _sql(sql_store).read("s")
+    assert fresh is not None
+    assert fresh.memory == {"runs": [{"again": True}]}
+
+
+_ON_RUNS = {
+    # The statements of other connections under way on a runs table ({runs}), waiting for
+    # a lock.
+    "mysql": "SELECT count(*) FROM information_schema.PROCESSLIST"
+    " WHERE command = 'Query' AND info LIKE '%{runs}%' AND id <> CONNECTION_ID()",
+    "postgresql": "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+    " AND query LIKE '%{runs}%' AND pid <> pg_backend_pid()",
+}
+
+
+def test_a_delete_of_no_session_leaves_the_runs_of_a_save_committed_as_it_looked(
+    sql_store: Store,
+) -> None:
+    # A transaction in progress holds the runs the delete finds (written here by hand,
+    # before their header), and commits their header while the delete waits for them: the
+    # runs stay with their header. On MariaDB, one statement removing the runs "where no
+    # header stands for them" judged so before the header was there and removed them once
+    # it had waited, leaving the header without its runs (a race six storages saving and
+    # deleting one session met about once in 20,000 calls). A server that shows a
+    # statement no row another transaction has not committed (PostgreSQL) gives the
+    # delete none to wait for.
+    storage = _sql(sql_store)
+    name = storage.db_engine.dialect.name
+    if name not in _ON_RUNS:
+        pytest.skip(f"{name} writes one transaction at a time")
+    storage.upsert(AgentSession(session_id="s", memory={"runs": [{"n": n} for n in range(2)]}))
+    saved = storage.read("s")
+    header, runs = storage.table, storage.runs_table
+    with storage.db_engine.connect() as conn:
+        row = conn.execute(select(header).where(header.c.session_id == "s")).mappings().one()
+        run_rows = conn.execute(select(runs).where(runs.c.session_id == "s")).mappings().all()
+    storage.delete_session("s")
+    deleted: list[bool] = []
+    deleter = _sql(sql_store)
+    waiting = text(_ON_RUNS[name].format(runs=runs.name))
+    with storage.db_engine.connect() as conn, conn.begin():
+        conn.execute(insert(runs), [dict(r) for r in run_rows])
+        thread = threading.Thread(target=lambda: deleted.append(deleter.delete_session("s")))
+        thread.start()
+        deadline = time.monotonic() + 30
+        with storage.db_engine.connect() as watcher:
+            while thread.is_alive() and not watcher.execute(waiting).scalar():
+                assert time.monotonic() < deadline, "the delete neither waited nor ended"
+                time.sleep(0.02)
+        if name == "mysql":
+            assert thread.is_alive(), "the delete did not wait for the runs"
+        conn.execute(insert(header).values(**row))
+    thread.join(timeout=60)
+    assert deleted == [False]
+    assert _sql(sql_store).read("s") == saved
 
 
 def test_storages_of_one_table_share_what_was_compiled(sql_store: Store) -> None:
