@@ -306,9 +306,13 @@ def _drop_inside_a_write(
     ``one_storage``, the workflow saves through the writer's storage object."""
     writer = _impatient(flows, backend) if one_storage else flows()
     collected: list[int] = []
+    armed = threading.Event()
 
     def collect() -> None:
-        collected.append(gc.collect())
+        # Only in the write of ``written``: a full collection costs more the more a long
+        # test process holds, and the calls before it take the same lock many times.
+        if armed.is_set():
+            collected.append(gc.collect())
 
     (collecting or _collecting_at_stamp)(writer, collect)
     enabled = gc.isenabled()
@@ -320,8 +324,10 @@ def _drop_inside_a_write(
         next(flow.current)  # type: ignore[attr-defined]
         flow.session_state.update(state)
         del flow
+        armed.set()
         writer.update(written, _touched(written))
     finally:
+        armed.clear()
         if enabled:
             gc.enable()
     stored = writer.read(written)
