@@ -1469,9 +1469,11 @@ class SqlStorage(Storage):
             return _TableGone(
                 f"table {self.table_name!r} at {self.where()} was altered while in use: {error}"
             )
-        if error is not None and self._layout.version and self.dialect.missing_table(error):
+        if error is not None and self.dialect.missing_table(error):
             # Dropped by another storage or process since this one saw it: what this one
             # knows of the table and its sessions is forgotten (see _again_if_dropped).
+            # Whatever the layout now says: another thread of this storage that met the
+            # drop first has forgotten it already, and this call must run again all the same.
             # The session table may stand again without its runs table, made by another
             # program: the table's record is not taken at its word (see _detect).
             self._doubt_record = True
