@@ -18,10 +18,10 @@ from sqlalchemy import event, text
 from savegame import transfer
 from savegame.agent import Agent
 from savegame.errors import (
+    ConflictError,
     CorruptSessionError,
     InvalidIdentifierError,
     SerializationError,
-    StorageError,
 )
 from savegame.models.offline import OfflineModel
 from savegame.storage.in_memory import InMemoryStorage
@@ -314,12 +314,15 @@ def test_a_session_saved_at_the_destination_at_each_look_stops_the_move_naming_i
         return found
 
     destination._read_sessions = look_then_save  # type: ignore[method-assign]
+    # A ConflictError, as the destination raised it: the caller may run the copy again.
     with pytest.raises(
-        StorageError,
+        ConflictError,
         match=r"session 'x1' was not stored: .*another writer changed it.*; the copy stopped "
         r"having stored 1 of 2 sessions \(1 written",
-    ):
+    ) as raised:
         transfer.copy_sessions(source, destination, replace_newer=True)
+    assert raised.value.session_id == "x1"
+    assert raised.value.actual == raised.value.expected + 1
     kept = user.read("x1")
     assert kept is not None
     assert kept.session_data == make_session("agent", "x1", 2).session_data  # type: ignore[attr-defined]

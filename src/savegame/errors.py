@@ -43,11 +43,17 @@ class ConflictError(StorageError):
         session_id: the session that was being written.
         expected: the version the caller said it read (0: "the session must not exist yet").
         actual: the version found in the store (0: the session is not there).
+
+    ``message`` replaces the one made of those, for a call that tells more (an import or a
+    copy that stopped says how far it got).
     """
 
-    def __init__(self, session_id: str, expected: int, actual: int) -> None:
+    def __init__(
+        self, session_id: str, expected: int, actual: int, message: str | None = None
+    ) -> None:
         super().__init__(
-            f"session {session_id!r} is at version {actual}, not {expected}: "
+            message
+            or f"session {session_id!r} is at version {actual}, not {expected}: "
             "another writer changed it since it was read"
         )
         self.session_id = session_id

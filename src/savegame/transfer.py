@@ -489,8 +489,11 @@ particular first."""
 def _stopped(exc: StorageError, what: str, report: Report, verb: str) -> StorageError:
     """An error of ``exc``'s public class saying ``what`` happened, and how far the import
     or copy (``verb``) had got."""
+    message = f"{what}; {report.how_far(verb)}"
+    if isinstance(exc, ConflictError):
+        return ConflictError(exc.session_id, exc.expected, exc.actual, message)
     kind = next(k for k in _RETOLD if isinstance(exc, k))
-    return kind(f"{what}; {report.how_far(verb)}")
+    return kind(message)
 
 
 def import_sessions(
