@@ -787,6 +787,32 @@ def test_a_save_writes_the_runs_that_changed_and_leaves_the_others_as_stored(
     assert got[1:] == [*runs[1:], {"run_id": "r50"}]
 
 
+def test_a_call_meeting_its_table_dropped_runs_again_when_another_thread_met_it_first(
+    sql_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Threads sharing a storage meet a drop together: the one whose error is told apart
+    # second finds the table forgotten already by the first, and must still run again.
+    storage = _sql(sql_store)
+    storage.upsert(AgentSession(session_id="a", memory={"runs": [{"r": 1}]}))
+    assert storage.read("a") is not None
+    _sql(sql_store).drop()
+    translated = SqlStorage._translated
+    first: list[Any] = []
+
+    def after_another_thread(self: SqlStorage, exc: BaseException) -> Any:
+        if not first:
+            first.append("met")
+            thread = threading.Thread(target=lambda: first.append(storage.read("a")))
+            thread.start()
+            thread.join(timeout=60)
+            assert not thread.is_alive(), "the other thread waited for this one"
+        return translated(self, exc)
+
+    monkeypatch.setattr(SqlStorage, "_translated", after_another_thread)
+    assert storage.read("a") is None
+    assert first == ["met", None]
+
+
 def test_a_delete_of_no_session_removes_the_runs_no_header_stands_for(sql_store: Store) -> None:
     # Runs left by a header removed by hand: the delete finds no session, and removes them,
     # so that a session saved again under that id holds its own runs only.

@@ -28,7 +28,6 @@ from savegame.errors import (
 from savegame.models.offline import OfflineModel
 from savegame.storage.session.agent import AgentSession
 from savegame.storage.session.v2.workflow import WorkflowSession as WorkflowSessionV2
-from savegame.storage.sql import SqlStorage
 from savegame.storage.sqlite import SqliteStorage, make_engine
 from savegame.testing.contract import in_threads
 from tests import sql_cases
@@ -442,32 +441,6 @@ def test_drop_removes_only_this_storages_tables(tmp_path: Path) -> None:
     names = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     db.close()
     assert names == {"other", "sessions_sub", "sessions_sub_runs", "savegame_migrations"}
-
-
-def test_a_call_meeting_its_table_dropped_runs_again_when_another_thread_met_it_first(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Threads sharing a storage meet a drop together: the one whose error is told apart
-    # second finds the table forgotten already by the first, and must still run again.
-    path = tmp_path / "shared.db"
-    storage = SqliteStorage("sessions", db_file=path)
-    storage.upsert(AgentSession(session_id="a", memory={"runs": [{"r": 1}]}))
-    assert storage.read("a") is not None
-    SqliteStorage("sessions", db_file=path).drop()
-    translated = SqlStorage._translated
-    first: list[Any] = []
-
-    def after_another_thread(self: SqlStorage, exc: BaseException) -> Any:
-        if not first:
-            first.append("met")
-            thread = threading.Thread(target=lambda: first.append(storage.read("a")))
-            thread.start()
-            thread.join()
-        return translated(self, exc)
-
-    monkeypatch.setattr(SqlStorage, "_translated", after_another_thread)
-    assert storage.read("a") is None
-    assert first == ["met", None]
 
 
 def test_in_memory_database_is_shared_through_its_engine() -> None:
