@@ -2880,9 +2880,8 @@ class SqlStorage(Storage):
         for, and only those go. A header committed with them is then seen; and the look
         takes no lock, so the delete does not wait, holding the runs, for the header of a
         write that waits for them (a write locks the header first). One statement that
-        removed the runs
-        "where no header stands for them" removed, now and then, the runs of a save
-        committed while it ran, on MySQL, leaving that save's header without them.
+        removed the runs "where no header stands for them" removed, now and then, the runs
+        of a save committed while it ran, on MySQL, leaving that save's header without them.
         """
         runs = self.runs_table
         own = runs.c.session_id == session_id
